@@ -1,0 +1,50 @@
+"""Input checks that name the offending field, element index and value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["check_finite", "check_nonnegative", "check_positive", "check_where"]
+
+
+def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: str) -> None:
+    """Raise ``ValueError`` naming ``name``, the first bad index and its value unless ``ok`` holds.
+
+    Examples:
+        >>> check_where("strike", torch.tensor([1.0, -2.0]), torch.tensor([True, False]), "> 0")
+        Traceback (most recent call last):
+        ...
+        ValueError: strike must be > 0; got -2.0 at index 1
+    """
+    ok = torch.broadcast_to(ok, values.shape) if ok.shape != values.shape else ok
+    if bool(ok.all()):
+        return
+    bad = torch.nonzero(~ok)[0]
+    index = tuple(int(i) for i in bad)
+    where = "" if values.dim() == 0 else f" at index {index[0] if len(index) == 1 else index}"
+    raise ValueError(f"{name} must be {requirement}; got {float(values[index])}{where}")
+
+
+def _check_all(
+    requirement: str, test: Callable[[torch.Tensor], torch.Tensor], named: dict[str, torch.Tensor]
+) -> None:
+    for name, values in named.items():
+        values = torch.as_tensor(values)
+        check_where(name, values, test(values), requirement)
+
+
+def check_positive(**named: torch.Tensor) -> None:
+    """Require every element of each named tensor to be finite and > 0."""
+    _check_all("finite and > 0", lambda v: torch.isfinite(v) & (v > 0), named)
+
+
+def check_nonnegative(**named: torch.Tensor) -> None:
+    """Require every element of each named tensor to be finite and >= 0."""
+    _check_all("finite and >= 0", lambda v: torch.isfinite(v) & (v >= 0), named)
+
+
+def check_finite(**named: torch.Tensor) -> None:
+    """Require every element of each named tensor to be finite (no NaN or inf)."""
+    _check_all("finite", torch.isfinite, named)

@@ -1,0 +1,280 @@
+"""Black-Scholes-Merton and Black-76: prices, greeks and implied volatility, batched over tensors.
+
+Everything is keyword-only, broadcasts its arguments, runs on any device and defaults to float64.
+Rates and dividend yields are continuously compounded; maturities are year fractions.
+
+References:
+    F. Black, M. Scholes (1973); R. Merton (1973); F. Black (1976).
+    E. G. Haug (2007), "The Complete Guide to Option Pricing Formulas", 2nd ed., ch. 1 and 2 (greeks).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from pricing._implied_vol import IV_STATUS, solve_total_vol
+from pricing._normalized_black import normalized_call
+from pricing._typing import TensorLike, as_tensors, is_call_tensor
+from pricing._validation import check_finite, check_nonnegative, check_positive
+
+__all__ = [
+    "IV_STATUS",
+    "Greeks",
+    "black_implied_vol",
+    "black_price",
+    "greeks",
+    "implied_vol",
+    "implied_vol_with_status",
+    "price",
+]
+
+
+class Greeks(NamedTuple):
+    """First-order sensitivities and gamma, per unit change (vega per 1.00 vol, theta per year)."""
+
+    delta: torch.Tensor
+    gamma: torch.Tensor
+    vega: torch.Tensor
+    theta: torch.Tensor
+    rho: torch.Tensor
+    dividend_rho: torch.Tensor
+
+
+def black_price(
+    *,
+    forward: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    volatility: TensorLike,
+    discount: TensorLike = 1.0,
+    is_call: bool | torch.Tensor = True,
+) -> torch.Tensor:
+    """Black-76 price ``D * (F N(d1) - K N(d2))`` (calls) of options on a forward.
+
+    Accurate to near machine precision in relative terms even for tiny out-of-the-money prices: the
+    out-of-the-money part is evaluated in normalised form (see :mod:`pricing._normalized_black`) and
+    the intrinsic value is added exactly. Zero volatility gives the discounted intrinsic value.
+
+    Args:
+        forward: forward price F > 0.
+        strike: strike K > 0.
+        maturity: time to expiry in years, > 0.
+        volatility: Black volatility, >= 0.
+        discount: discount factor to expiry, > 0.
+        is_call: True for calls, False for puts (bool or boolean tensor).
+
+    Shape:
+        All inputs broadcast; the output has the broadcast shape.
+
+    Examples:
+        >>> p = black_price(forward=100.0, strike=100.0, maturity=1.0, volatility=0.2)
+        >>> round(float(p), 10)
+        7.9655674554
+    """
+    f, k, t, vol, d = as_tensors(forward, strike, maturity, volatility, discount)
+    check_positive(forward=f, strike=k, maturity=t, discount=d)
+    check_nonnegative(volatility=vol)
+    call = is_call_tensor(is_call, f)
+    sign = torch.where(call, 1.0, -1.0).to(f.dtype)
+    intrinsic = torch.clamp(sign * (f - k), min=0.0)
+    s = vol * torch.sqrt(t)
+    positive = s > 0
+    s_safe = torch.where(positive, s, torch.ones_like(s))
+    x = torch.log(f / k)
+    otm = torch.sqrt(f * k) * normalized_call(-torch.abs(x), s_safe)
+    return d * (intrinsic + torch.where(positive, otm, torch.zeros_like(otm)))
+
+
+def price(
+    *,
+    spot: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    volatility: TensorLike,
+    rate: TensorLike = 0.0,
+    dividend: TensorLike = 0.0,
+    is_call: bool | torch.Tensor = True,
+) -> torch.Tensor:
+    """Black-Scholes-Merton price of European options on a spot with continuous dividend yield.
+
+    Shape:
+        All inputs broadcast; the output has the broadcast shape.
+
+    Examples:
+        >>> p = price(spot=60.0, strike=65.0, maturity=0.25, volatility=0.3, rate=0.08)
+        >>> round(float(p), 4)  # Haug (2007), p. 3
+        2.1334
+    """
+    s, k, t, vol, r, q = as_tensors(spot, strike, maturity, volatility, rate, dividend)
+    check_positive(spot=s, maturity=t)
+    check_finite(rate=r, dividend=q)
+    forward = s * torch.exp((r - q) * t)
+    return black_price(
+        forward=forward,
+        strike=k,
+        maturity=t,
+        volatility=vol,
+        discount=torch.exp(-r * t),
+        is_call=is_call,
+    )
+
+
+def greeks(
+    *,
+    spot: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    volatility: TensorLike,
+    rate: TensorLike = 0.0,
+    dividend: TensorLike = 0.0,
+    is_call: bool | torch.Tensor = True,
+) -> Greeks:
+    """Closed-form Black-Scholes-Merton greeks.
+
+    Conventions: vega, rho and dividend rho per 1.00 change (not per 1%), theta per year
+    (``-dV/dT``; divide by 365 for a daily theta).
+
+    Shape:
+        All inputs broadcast; every field of the result has the broadcast shape.
+
+    References:
+        Haug (2007), section 2.1 (delta, gamma, vega, theta, rho, carry rho).
+
+    Examples:
+        >>> g = greeks(spot=105.0, strike=100.0, maturity=0.5, volatility=0.36, rate=0.1, dividend=0.1)
+        >>> round(float(g.delta), 4)  # Haug (2007), p. 12
+        0.5946
+    """
+    s, k, t, vol, r, q = as_tensors(spot, strike, maturity, volatility, rate, dividend)
+    check_positive(spot=s, strike=k, maturity=t, volatility=vol)
+    check_finite(rate=r, dividend=q)
+    call = is_call_tensor(is_call, s)
+    sqrt_t = torch.sqrt(t)
+    d1 = (torch.log(s / k) + (r - q + 0.5 * vol * vol) * t) / (vol * sqrt_t)
+    d2 = d1 - vol * sqrt_t
+    normal = torch.distributions.Normal(torch.zeros_like(d1), torch.ones_like(d1))
+    pdf_d1 = torch.exp(normal.log_prob(d1))
+    sign = torch.where(call, 1.0, -1.0).to(s.dtype)
+    cdf1 = normal.cdf(sign * d1)
+    cdf2 = normal.cdf(sign * d2)
+    df_q, df_r = torch.exp(-q * t), torch.exp(-r * t)
+    theta = (
+        -s * df_q * pdf_d1 * vol / (2.0 * sqrt_t)
+        - sign * r * k * df_r * cdf2
+        + sign * q * s * df_q * cdf1
+    )
+    return Greeks(
+        delta=sign * df_q * cdf1,
+        gamma=df_q * pdf_d1 / (s * vol * sqrt_t),
+        vega=s * df_q * pdf_d1 * sqrt_t,
+        theta=theta,
+        rho=sign * k * t * df_r * cdf2,
+        dividend_rho=-sign * s * t * df_q * cdf1,
+    )
+
+
+def implied_vol_with_status(
+    *,
+    price: TensorLike,
+    forward: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    discount: TensorLike = 1.0,
+    is_call: bool | torch.Tensor = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Black implied volatility and a status code per option (see ``IV_STATUS`` for the reasons).
+
+    Prices outside the no-arbitrage bounds ``D max(F-K, 0) <= C < D F`` (calls; puts:
+    ``D max(K-F, 0) <= P < D K``) give NaN with status 1 (below intrinsic) or 2 (at or above the upper
+    bound); a price equal to the intrinsic value gives 0. The solver works on the normalised
+    out-of-the-money price with Householder steps of order 4 on a log-transformed objective, safeguarded
+    by bisection, to about machine precision.
+
+    Shape:
+        All inputs broadcast; both outputs have the broadcast shape (status is int64).
+
+    Examples:
+        >>> vol, status = implied_vol_with_status(price=[7.9655674554, 200.0], forward=100.0,
+        ...                                       strike=100.0, maturity=1.0)
+        >>> round(float(vol[0]), 9), IV_STATUS[int(status[1])]
+        (0.2, 'price at or above the upper bound')
+    """
+    p, f, k, t, d = as_tensors(price, forward, strike, maturity, discount)
+    call = is_call_tensor(is_call, f)
+    sign = torch.where(call, 1.0, -1.0).to(f.dtype)
+    undiscounted = p / d
+    intrinsic = torch.clamp(sign * (f - k), min=0.0)
+    root_fk = torch.sqrt(f * k)
+    beta = (undiscounted - intrinsic) / root_fk
+    bound = torch.where(call, f, k)
+    x = -torch.abs(torch.log(f / k))
+    invalid = ~(torch.isfinite(p) & (f > 0) & (k > 0) & (t > 0) & (d > 0))
+    below = ~invalid & (undiscounted < intrinsic)
+    above = ~invalid & ~below & (undiscounted >= bound)
+    s, status = solve_total_vol(x, beta, invalid=invalid, below=below, above=above)
+    return s / torch.sqrt(torch.where(t > 0, t, torch.ones_like(t))), status
+
+
+def black_implied_vol(
+    *,
+    price: TensorLike,
+    forward: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    discount: TensorLike = 1.0,
+    is_call: bool | torch.Tensor = True,
+) -> torch.Tensor:
+    """Black implied volatility of options on a forward; NaN where no volatility reproduces the price.
+
+    Use :func:`implied_vol_with_status` to learn why a value is NaN.
+
+    Shape:
+        All inputs broadcast; the output has the broadcast shape.
+
+    Examples:
+        >>> v = black_implied_vol(price=7.9655674554, forward=100.0, strike=100.0, maturity=1.0)
+        >>> round(float(v), 9)
+        0.2
+    """
+    vol, _ = implied_vol_with_status(
+        price=price,
+        forward=forward,
+        strike=strike,
+        maturity=maturity,
+        discount=discount,
+        is_call=is_call,
+    )
+    return vol
+
+
+def implied_vol(
+    *,
+    price: TensorLike,
+    spot: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    rate: TensorLike = 0.0,
+    dividend: TensorLike = 0.0,
+    is_call: bool | torch.Tensor = True,
+) -> torch.Tensor:
+    """Black-Scholes-Merton implied volatility from spot, rate and dividend yield; NaN if unsolvable.
+
+    Shape:
+        All inputs broadcast; the output has the broadcast shape.
+
+    Examples:
+        >>> v = implied_vol(price=2.1334, spot=60.0, strike=65.0, maturity=0.25, rate=0.08)
+        >>> round(float(v), 3)
+        0.3
+    """
+    p, s, k, t, r, q = as_tensors(price, spot, strike, maturity, rate, dividend)
+    return black_implied_vol(
+        price=p,
+        forward=s * torch.exp((r - q) * t),
+        strike=k,
+        maturity=t,
+        discount=torch.exp(-r * t),
+        is_call=is_call,
+    )

@@ -1,0 +1,363 @@
+"""Quote tables: load CSV or Parquet, normalise column names and option types, validate.
+
+The canonical table (see ARCHITECTURE.md, section 2) has one row per option with the columns
+``option_type, strike, maturity, spot, rate, dividend, forward, discount, bid, ask, mid, price,
+implied_vol`` (and model-parameter columns), any of which may be absent except where a consumer
+requires them (:func:`require_columns`). Cleaning (forwards from parity, implied vols, arbitrage
+filters) lives in :mod:`pricing.quote_cleaning`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["COLUMN_ALIASES", "NUMERIC_COLUMNS", "QuoteError", "read_quotes", "require_columns"]
+
+COLUMN_ALIASES: dict[str, str] = {
+    # option type
+    "type": "option_type",
+    "cp": "option_type",
+    "call_put": "option_type",
+    "callput": "option_type",
+    "put_call": "option_type",
+    "cp_flag": "option_type",
+    "right": "option_type",
+    "optiontype": "option_type",
+    # contract
+    "k": "strike",
+    "strike_price": "strike",
+    "t": "maturity",
+    "tau": "maturity",
+    "ttm": "maturity",
+    "maturity_years": "maturity",
+    "time_to_maturity": "maturity",
+    "time_to_expiry": "maturity",
+    "expiration": "expiry",
+    "expiry_date": "expiry",
+    "expiration_date": "expiry",
+    "maturity_date": "expiry",
+    "date": "quote_date",
+    "trade_date": "quote_date",
+    "valuation_date": "quote_date",
+    "as_of": "quote_date",
+    # market
+    "s": "spot",
+    "s0": "spot",
+    "spot_price": "spot",
+    "underlying_price": "spot",
+    "r": "rate",
+    "zero_rate": "rate",
+    "risk_free_rate": "rate",
+    "interest_rate": "rate",
+    "q": "dividend",
+    "div": "dividend",
+    "dividend_yield": "dividend",
+    "div_yield": "dividend",
+    "fwd": "forward",
+    "forward_price": "forward",
+    "df": "discount",
+    "discount_factor": "discount",
+    "bid_price": "bid",
+    "ask_price": "ask",
+    "offer": "ask",
+    "mid_price": "mid",
+    "iv": "implied_vol",
+    "vol": "implied_vol",
+    "impliedvol": "implied_vol",
+    "implied_volatility": "implied_vol",
+}
+"""Alias -> canonical column name (keys lower-cased, spaces and dashes turned into ``_``)."""
+
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "strike",
+    "maturity",
+    "spot",
+    "rate",
+    "dividend",
+    "forward",
+    "discount",
+    "bid",
+    "ask",
+    "mid",
+    "price",
+    "implied_vol",
+    "volatility",
+    "v0",
+    "kappa",
+    "theta",
+    "sigma",
+    "rho",
+    "alpha",
+    "beta",
+    "nu",
+    "shift",
+)
+"""Canonical columns coerced to float64 (a non-numeric entry is a :class:`QuoteError`)."""
+
+_OPTION_TYPES = {
+    "c": "call",
+    "call": "call",
+    "calls": "call",
+    "p": "put",
+    "put": "put",
+    "puts": "put",
+}
+# Columns whose entries must all be present once the column exists (others may have gaps).
+_REQUIRED_VALUES = ("strike", "maturity", "spot", "rate", "dividend")
+_POSITIVE = ("strike", "maturity", "spot", "forward", "discount", "implied_vol", "volatility")
+_NON_NEGATIVE = ("bid", "ask", "mid", "price")
+
+
+class QuoteError(ValueError):
+    """A malformed quote table; the message names the row (1-based data row, file line) and column.
+
+    Attributes:
+        row: 1-based data row, or ``None`` for table-level problems.
+        line: line in the source file (CSV: header is line 1), or ``None``.
+        column: canonical column name, or ``None``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        row: int | None = None,
+        line: int | None = None,
+        column: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.row, self.line, self.column, self.reason = row, line, column, reason
+        where = []
+        if source is not None:
+            where.append(str(source))
+        if row is not None:
+            where.append(f"row {row}" + (f" (file line {line})" if line is not None else ""))
+        if column is not None:
+            where.append(f"column '{column}'")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+def _show(value: object) -> str:
+    """Format a cell for an error message (plain floats, not ``np.float64(...)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _normalise_name(name: object) -> str:
+    key = re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    return COLUMN_ALIASES.get(key, key)
+
+
+def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """Read a CSV (returning file line numbers of data rows) or Parquet file."""
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise FileNotFoundError(f"quote file not found: {path}")
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path), None
+    if suffix not in (".csv", ".txt"):
+        raise QuoteError(
+            f"unsupported quote file type '{suffix}' (use .csv or .parquet)", source=path
+        )
+    try:
+        # Keep blank lines as all-NaN rows so that row i is file line i + 2 (header is line 1).
+        frame = pd.read_csv(path, skip_blank_lines=False, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise QuoteError(f"cannot parse CSV: {error}", source=path) from error
+    lines = np.arange(len(frame)) + 2
+    blank = (frame == "").all(axis=1).to_numpy()
+    frame = frame.loc[~blank].replace("", np.nan)
+    return frame, lines[~blank]
+
+
+def _normalise_columns(frame: pd.DataFrame, source: str | None) -> pd.DataFrame:
+    names = [_normalise_name(c) for c in frame.columns]
+    seen: dict[str, object] = {}
+    for original, name in zip(frame.columns, names, strict=True):
+        if name in seen:
+            raise QuoteError(
+                f"columns '{seen[name]}' and '{original}' both mean '{name}'",
+                column=name,
+                source=source,
+            )
+        seen[name] = original
+    return frame.set_axis(names, axis=1)
+
+
+class _Locator:
+    """Turns a positional row index into the (row, line) pair of an error message."""
+
+    def __init__(self, lines: np.ndarray | None, source: str | None) -> None:
+        self.lines, self.source = lines, source
+
+    def error(self, position: int, column: str | None, reason: str) -> QuoteError:
+        line = int(self.lines[position]) if self.lines is not None else None
+        return QuoteError(reason, row=position + 1, line=line, column=column, source=self.source)
+
+
+def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
+    for column in NUMERIC_COLUMNS:
+        if column not in frame:
+            continue
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce").astype("float64")
+        bad = np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise locate.error(i, column, f"not a number: {raw.iloc[i]!r}")
+        frame[column] = values
+
+
+def _infer_other_columns(frame: pd.DataFrame) -> None:
+    """Give unrecognised all-numeric CSV columns a numeric dtype, as ``pd.read_csv`` would."""
+    for column in frame.columns:
+        if column in NUMERIC_COLUMNS or frame[column].dtype.kind in "biufcM":
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.notna().sum() == frame[column].notna().sum():
+            frame[column] = values
+
+
+def _normalise_option_type(frame: pd.DataFrame, locate: _Locator) -> None:
+    if "option_type" not in frame:
+        return
+    raw = frame["option_type"]
+    mapped = raw.astype(str).str.strip().str.lower().map(_OPTION_TYPES)
+    bad = np.flatnonzero(mapped.isna().to_numpy())
+    if bad.size:
+        i = int(bad[0])
+        value = raw.iloc[i]
+        reason = "missing option type" if pd.isna(value) else f"unknown option type {value!r}"
+        raise locate.error(i, "option_type", f"{reason} (expected call/put or C/P)")
+    frame["option_type"] = mapped
+
+
+def _year_fractions(frame: pd.DataFrame, locate: _Locator) -> None:
+    """Fill ``maturity`` from ``expiry`` and ``quote_date`` (ACT/365F) when it is absent."""
+    if "maturity" in frame or "expiry" not in frame:
+        return
+    if "quote_date" not in frame:
+        raise QuoteError(
+            "'expiry' needs a 'quote_date' column to compute maturity", column="expiry"
+        )
+    dates = {}
+    for column in ("expiry", "quote_date"):
+        parsed = pd.to_datetime(frame[column], errors="coerce", format="mixed")
+        bad = np.flatnonzero(parsed.isna().to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise locate.error(i, column, f"not a date: {frame[column].iloc[i]!r}")
+        dates[column] = parsed.dt.normalize()
+    days = (dates["expiry"] - dates["quote_date"]).dt.days.astype("float64")
+    frame["maturity"] = days / 365.0
+
+
+def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
+    for column in _REQUIRED_VALUES:
+        if column in frame:
+            missing = np.flatnonzero(frame[column].isna().to_numpy())
+            if missing.size:
+                raise locate.error(int(missing[0]), column, "missing value")
+    shift = frame["shift"].fillna(0.0) if "shift" in frame else 0.0
+    checks = [(c, frame[c], "> 0") for c in _POSITIVE if c in frame]
+    checks += [(c, frame[c], ">= 0") for c in _NON_NEGATIVE if c in frame]
+    if "shift" in frame and "strike" in frame:
+        checks = [(c, v, op) for c, v, op in checks if c != "strike"]
+        checks.append(("strike", frame["strike"] + shift, "> 0 after adding the shift"))
+    for column, values, op in checks:
+        array = values.to_numpy(dtype="float64")
+        bad_mask = ~(array >= 0) if op == ">= 0" else ~(array > 0)
+        bad = np.flatnonzero(bad_mask & ~np.isnan(array))
+        if bad.size:
+            i = int(bad[0])
+            raise locate.error(i, column, f"must be {op}, got {_show(frame[column].iloc[i])}")
+
+
+def _check_crossed(frame: pd.DataFrame, locate: _Locator) -> None:
+    if "bid" in frame and "ask" in frame:
+        crossed = np.flatnonzero((frame["bid"] > frame["ask"]).to_numpy())
+        if crossed.size:
+            i = int(crossed[0])
+            raise locate.error(
+                i,
+                "bid",
+                f"bid {_show(frame['bid'].iloc[i])} > ask {_show(frame['ask'].iloc[i])}"
+                " (crossed quote)",
+            )
+
+
+def read_quotes(source: str | Path | pd.DataFrame, *, allow_crossed: bool = False) -> pd.DataFrame:
+    """Read and validate a quote table from a CSV/Parquet file or a DataFrame.
+
+    Column names are matched case-insensitively after stripping, with aliases
+    (``type``/``cp`` -> ``option_type``, ``T``/``tau`` -> ``maturity``, ``zero_rate`` -> ``rate``,
+    ``div`` -> ``dividend``, ``iv``/``vol`` -> ``implied_vol``, ...; see :data:`COLUMN_ALIASES`).
+    Option types ``C``/``P``/``call``/``put`` become ``call``/``put``. ``maturity`` is computed
+    from ``expiry`` and ``quote_date`` (ACT/365F) when absent; ``rate`` and ``dividend`` default
+    to 0. Unrecognised columns are kept unchanged. ``option_type`` may be absent (the consumer
+    decides).
+
+    Args:
+        source: path to a ``.csv`` or ``.parquet`` file, or a DataFrame (not modified).
+        allow_crossed: keep rows with bid > ask (for :func:`pricing.quote_cleaning.clean_quotes`,
+            which filters and counts them) instead of raising.
+
+    Returns:
+        A new DataFrame with canonical names, float64 numeric columns and a fresh 0-based index.
+
+    Raises:
+        QuoteError: for a malformed table; the message names the row (1-based data row and, for CSV,
+            the file line) and the column.
+
+    Examples:
+        >>> table = pd.DataFrame({"K": [90, 110], "T": [0.5, 0.5], "S": 100, "cp": ["P", "c"]})
+        >>> quotes = read_quotes(table)
+        >>> list(quotes.columns), quotes["option_type"].tolist()
+        (['strike', 'maturity', 'spot', 'option_type', 'rate', 'dividend'], ['put', 'call'])
+    """
+    lines, name = None, None
+    if isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        path = Path(source)
+        frame, lines = _read_file(path)
+        name = str(path)
+    frame = _normalise_columns(frame.reset_index(drop=True), name)
+    locate = _Locator(lines, name)
+    _normalise_option_type(frame, locate)
+    _year_fractions(frame, locate)
+    _coerce_numeric(frame, locate)
+    _infer_other_columns(frame)
+    for column in ("rate", "dividend"):
+        if column not in frame:
+            frame[column] = 0.0
+    _validate(frame, locate)
+    if not allow_crossed:
+        _check_crossed(frame, locate)
+    if lines is not None:
+        frame.attrs["file_lines"] = lines.tolist()
+    return frame
+
+
+def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], what: str) -> None:
+    """Raise :class:`QuoteError` listing the columns of ``columns`` that ``df`` lacks.
+
+    Args:
+        df: a quote table (canonical names, as returned by :func:`read_quotes`).
+        columns: required canonical column names.
+        what: what needs them, for the message (e.g. ``"price --model heston"``).
+
+    Examples:
+        >>> try:
+        ...     require_columns(pd.DataFrame({"strike": [1.0]}), ["strike", "spot"], "pricing")
+        ... except QuoteError as error:
+        ...     print(error)
+        pricing needs column(s) spot; the table has strike
+    """
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        have = ", ".join(map(str, df.columns)) or "no columns"
+        raise QuoteError(f"{what} needs column(s) {', '.join(missing)}; the table has {have}")

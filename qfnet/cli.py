@@ -1,0 +1,157 @@
+"""The ``qfnet`` command line: price, iv, generate, train, calibrate, hedge, demo.
+
+Every command has ``--help``; bad input ends with ``error: ...`` on stderr naming the row, column or
+field, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+import typer
+
+from pricing import black_scholes as bs
+from pricing.quotes import read_quotes
+from qfnet.price_rows import forward_and_discount, price_table
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="qfnet",
+    help="Option-pricing surrogates, volatility calibration and deep hedging.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ENGINES = ("analytic", "quantlib", "mc", "surrogate")
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr and return an Exit(1) to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a quote table, turning a missing file or malformed content into a clean CLI error."""
+    if not path.exists():
+        raise fail(f"{path}: no such file")
+    try:
+        return read_quotes(path)
+    except ValueError as error:
+        raise fail(str(error)) from error
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write CSV or Parquet by the file extension (``.parquet``/``.pq`` or anything else as CSV)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def _load_params(params: str | None) -> dict[str, float]:
+    if params is None:
+        return {}
+    text = Path(params).read_text() if Path(params).is_file() else params
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise fail(f"--params: not valid JSON ({error.msg} at character {error.pos})") from error
+    if not isinstance(loaded, dict):
+        raise fail("--params: expected a JSON object such as '{\"volatility\": 0.2}'")
+    try:
+        return {str(k): float(v) for k, v in loaded.items()}
+    except (TypeError, ValueError) as error:
+        raise fail(f"--params: every value must be a number ({error})") from error
+
+
+@app.command()
+def price(
+    model: str = typer.Option(..., help="bs, heston or sabr."),
+    quotes: Path = typer.Option(..., help="Quote table, CSV or Parquet."),
+    out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
+    engine: str = typer.Option("analytic", help="analytic, quantlib, mc or surrogate."),
+    params: str | None = typer.Option(
+        None, help="JSON object (or file) of model parameters applied to every row."
+    ),
+    seed: int = typer.Option(0, help="Random seed (Monte Carlo)."),
+    paths: int = typer.Option(100_000, help="Monte Carlo paths."),
+    steps: int = typer.Option(100, help="Monte Carlo time steps."),
+    surrogate: Path | None = typer.Option(None, help="Surrogate run or model file."),
+) -> None:
+    """Price every row of a quote table; writes its columns plus price and implied_vol."""
+    if model not in ("bs", "heston", "sabr"):
+        raise fail(f"--model: unknown model {model!r}; choose bs, heston or sabr")
+    if engine not in ENGINES:
+        raise fail(f"--engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    table = read_table(quotes)
+    try:
+        if engine in ("analytic", "quantlib"):
+            result = price_table(table, model=model, engine=engine, params=_load_params(params))
+        else:
+            raise fail(f"--engine {engine} is not available yet")
+    except ValueError as error:
+        raise fail(str(error)) from error
+    write_table(result, out)
+    typer.echo(f"priced {len(result)} options ({model}, {engine}) -> {out}")
+
+
+@app.command()
+def iv(
+    quotes: Path = typer.Option(..., help="Quote table with 'price' (or 'mid') per row."),
+    out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
+) -> None:
+    """Black implied vol of each row's price (or mid); unsolvable rows get NaN and a status reason."""
+    table = read_table(quotes)
+    column = "price" if "price" in table else "mid" if "mid" in table else None
+    if column is None:
+        raise fail(f"{quotes}: iv needs a 'price' or 'mid' column")
+    if "option_type" not in table:
+        raise fail(f"{quotes}: iv needs an 'option_type' column (call/put)")
+    try:
+        forward, discount = forward_and_discount(table)
+    except ValueError as error:
+        raise fail(str(error)) from error
+    vol, status = bs.implied_vol_with_status(
+        price=torch.tensor(table[column].to_numpy(float)),
+        forward=torch.tensor(forward),
+        strike=torch.tensor(table["strike"].to_numpy(float)),
+        maturity=torch.tensor(table["maturity"].to_numpy(float)),
+        discount=torch.tensor(discount),
+        is_call=torch.tensor((table["option_type"] == "call").to_numpy()),
+    )
+    result = table.copy()
+    result["implied_vol"] = vol.numpy()
+    result["status"] = [bs.IV_STATUS[int(s)] for s in status]
+    write_table(result, out)
+    n_bad = int((status != 0).sum())
+    typer.echo(f"implied vols for {len(result)} rows ({n_bad} unsolvable) -> {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_report"), help="Report directory."),
+    quick: bool = typer.Option(False, help="Smallest settings (used by the test suite)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Run the whole pipeline on the bundled DAX surface and write a report directory."""
+    from qfnet.demo import run_demo
+
+    report = run_demo(out, quick=quick, seed=seed)
+    typer.echo(report.read_text())
+    typer.echo(f"report: {report.resolve()}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

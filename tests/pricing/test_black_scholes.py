@@ -1,0 +1,297 @@
+"""Black-Scholes: published values, QuantLib agreement, no-arbitrage properties, implied-vol accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pricing import black_scholes as bs
+from pricing import quantlib as qlref
+
+
+def _case_inputs(row) -> dict:
+    return dict(
+        spot=row.spot,
+        strike=row.strike,
+        maturity=row.maturity_years,
+        volatility=row.volatility,
+        rate=row.rate,
+        dividend=row.dividend_yield,
+        is_call=row.option_type == "call",
+    )
+
+
+def test_prices_match_published_haug_and_hull_values(reference_table):
+    table = reference_table("bs_european_prices.csv")
+    for row in table.itertuples():
+        value = float(bs.price(**_case_inputs(row)))
+        assert value == pytest.approx(row.expected_price, abs=row.tolerance_abs), row.case_id
+
+
+def test_greeks_match_published_values(reference_table):
+    table = reference_table("bs_greeks.csv")
+    for row in table.itertuples():
+        inputs = _case_inputs(row)
+        g = bs.greeks(**inputs)._asdict()
+        price = float(bs.price(**inputs))
+        g["price"] = price
+        g["theta_per_day"] = g["theta"] / 365.0
+        g["elasticity"] = g["delta"] * row.spot / price
+        value = float(g[row.greek])
+        assert value == pytest.approx(row.expected_value, abs=row.tolerance_abs), row.case_id
+
+
+def _random_cases(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return dict(
+        spot=rng.uniform(50, 150, n),
+        strike=rng.uniform(40, 160, n),
+        maturity=np.round(rng.uniform(1, 3 * 365, n)) / 365.0,
+        volatility=rng.uniform(0.05, 1.0, n),
+        rate=rng.uniform(-0.02, 0.08, n),
+        dividend=rng.uniform(0.0, 0.05, n),
+        is_call=rng.random(n) < 0.5,
+    )
+
+
+def test_prices_and_greeks_agree_with_quantlib_on_random_cases():
+    cases = _random_cases(2000, seed=1)
+    ours = bs.greeks(**{k: torch.as_tensor(v) for k, v in cases.items()})._asdict()
+    ours["price"] = bs.price(**{k: torch.as_tensor(v) for k, v in cases.items()})
+    ref = qlref.bs_greeks(**cases)
+    for name, values in ref.items():
+        np.testing.assert_allclose(ours[name].numpy(), values, rtol=1e-9, atol=1e-10, err_msg=name)
+
+
+def test_greeks_equal_autograd_derivatives_of_the_price(device):
+    cases = _random_cases(200, seed=2)
+    t = {k: torch.as_tensor(v, device=device) for k, v in cases.items()}
+    for name in ("spot", "volatility", "rate", "dividend", "maturity"):
+        t[name] = t[name].clone().requires_grad_(True)
+    price = bs.price(**t)
+    grads = torch.autograd.grad(
+        price.sum(), [t["spot"], t["volatility"], t["rate"], t["dividend"], t["maturity"]]
+    )
+    g = bs.greeks(**{k: v.detach() for k, v in t.items()})
+    for ours, auto in zip((g.delta, g.vega, g.rho, g.dividend_rho, -g.theta), grads, strict=True):
+        torch.testing.assert_close(ours, auto, rtol=1e-9, atol=1e-9)
+
+
+def test_put_call_parity_holds_to_rounding():
+    cases = _random_cases(2000, seed=3)
+    kw = {k: torch.as_tensor(v) for k, v in cases.items() if k != "is_call"}
+    call = bs.price(**kw, is_call=True)
+    put = bs.price(**kw, is_call=False)
+    t = kw["maturity"]
+    parity = kw["spot"] * torch.exp(-kw["dividend"] * t) - kw["strike"] * torch.exp(-kw["rate"] * t)
+    torch.testing.assert_close(call - put, parity, rtol=0.0, atol=1e-11)
+
+
+def test_prices_respect_no_arbitrage_bounds_and_are_monotone_convex_in_strike():
+    strikes = torch.linspace(20.0, 300.0, 561, dtype=torch.float64)
+    for is_call in (True, False):
+        p = bs.price(
+            spot=100.0,
+            strike=strikes,
+            maturity=0.7,
+            volatility=0.3,
+            rate=0.03,
+            dividend=0.01,
+            is_call=is_call,
+        )
+        df_r, df_q = math.exp(-0.03 * 0.7), math.exp(-0.01 * 0.7)
+        forward_value = 100.0 * df_q - strikes * df_r
+        lower = torch.clamp(forward_value if is_call else -forward_value, min=0.0)
+        upper = torch.full_like(strikes, 100.0 * df_q) if is_call else strikes * df_r
+        assert bool((p >= lower - 1e-12).all()) and bool((p <= upper).all())
+        slope = torch.diff(p)
+        assert bool((slope < 0).all()) if is_call else bool((slope > 0).all())
+        assert bool((torch.diff(slope) > -1e-12).all()), "price must be convex in strike"
+
+
+def _mp_black_call(forward: float, strike: float, total_vol: float) -> float:
+    """50-digit Black call price with mpmath: an independent, obviously correct reference."""
+    with mpmath.workdps(50):
+        f, k, s = mpmath.mpf(forward), mpmath.mpf(strike), mpmath.mpf(total_vol)
+        d1 = mpmath.log(f / k) / s + s / 2
+        return float(f * mpmath.ncdf(d1) - k * mpmath.ncdf(d1 - s))
+
+
+@pytest.mark.parametrize(
+    ("strike", "maturity", "vol"),
+    [
+        (150.0, 1 / 365, 0.3),
+        (300.0, 1.0, 0.2),
+        (101.0, 1 / (365 * 24), 0.1),
+        (100.0, 1e-6, 0.2),
+        (100.5, 10.0, 0.001),
+        (3000.0, 10.0, 0.5),
+    ],
+)
+def test_tiny_and_near_money_prices_keep_full_relative_precision(strike, maturity, vol):
+    # The naive F N(d1) - K N(d2) loses every digit in these cases (or underflows to 0).
+    p = float(bs.black_price(forward=100.0, strike=strike, maturity=maturity, volatility=vol))
+    ref = _mp_black_call(100.0, strike, vol * math.sqrt(maturity))
+    assert ref > 0.0
+    assert p == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("is_call", [True, False])
+def test_implied_vol_round_trip_to_near_machine_precision(is_call):
+    rng = np.random.default_rng(4)
+    n = 20000
+    x = torch.as_tensor(rng.uniform(-4.0, 4.0, n))
+    maturity = torch.as_tensor(np.exp(rng.uniform(math.log(1 / 365), math.log(30.0), n)))
+    vol = torch.as_tensor(np.exp(rng.uniform(math.log(0.01), math.log(3.0), n)))
+    forward, strike = torch.ones(n, dtype=torch.float64), torch.exp(-x)
+    p = bs.black_price(
+        forward=forward, strike=strike, maturity=maturity, volatility=vol, is_call=is_call
+    )
+    iv, status = bs.implied_vol_with_status(
+        price=p, forward=forward, strike=strike, maturity=maturity, is_call=is_call
+    )
+    # Where vega is not negligible, the price pins down the vol: relative error ~ eps * price / vega.
+    vega = torch.autograd.functional.jacobian(
+        lambda v: bs.black_price(
+            forward=forward, strike=strike, maturity=maturity, volatility=v, is_call=is_call
+        ).sum(),
+        vol,
+    )
+    # Subnormal prices (below ~1e-308) carry too few significant bits to resolve anything.
+    resolvable = (vega * vol > 1e-8 * p) & (p > 1e-300)
+    assert int(resolvable.sum()) > n // 3
+    assert bool((status[resolvable] == 0).all())
+    rel_err = ((iv - vol).abs() / vol)[resolvable]
+    # Condition number of vol in price: (dp/p) / (dvol/vol) = vega * vol / p. The solver must reach
+    # the accuracy the input's last bits allow: ~1e-13 relative (1024 eps) times the inverse
+    # condition number. (Near the money with total vol < 0.01 the normalised price itself is only
+    # good to ~1e-13 relative, which sets the constant.)
+    eps = torch.finfo(torch.float64).eps
+    allowed = 1024 * eps * (1.0 + (p / (vega * vol)))[resolvable]
+    assert bool((rel_err <= allowed).all()), float((rel_err / allowed).max())
+    assert float(rel_err.median()) < 1e-15
+
+
+def test_implied_vol_for_very_short_and_deep_wing_options():
+    # 1 hour to expiry, 3% OTM, and 10-sigma wings for 1-year options.
+    cases = [
+        (100.0, 103.0, 1 / (365 * 24), 0.25),
+        (100.0, 600.0, 1.0, 0.2),
+        (100.0, 15.0, 1.0, 0.2),
+    ]
+    for forward, strike, maturity, vol in cases:
+        for is_call in (True, False):
+            p = bs.black_price(
+                forward=forward, strike=strike, maturity=maturity, volatility=vol, is_call=is_call
+            )
+            otm = (strike > forward) == is_call
+            if not otm:
+                continue
+            iv = bs.black_implied_vol(
+                price=p, forward=forward, strike=strike, maturity=maturity, is_call=is_call
+            )
+            assert float(iv) == pytest.approx(vol, rel=1e-13)
+
+
+def test_implied_vol_agrees_with_quantlib():
+    cases = _random_cases(1000, seed=5)
+    kw = {k: torch.as_tensor(v) for k, v in cases.items()}
+    p = bs.price(**kw)
+    t = kw["maturity"]
+    forward = kw["spot"] * torch.exp((kw["rate"] - kw["dividend"]) * t)
+    discount = torch.exp(-kw["rate"] * t)
+    ours = bs.black_implied_vol(
+        price=p,
+        forward=forward,
+        strike=kw["strike"],
+        maturity=t,
+        discount=discount,
+        is_call=kw["is_call"],
+    )
+    ref = qlref.bs_implied_vol(
+        price=p.numpy(),
+        forward=forward.numpy(),
+        strike=cases["strike"],
+        maturity=cases["maturity"],
+        discount=discount.numpy(),
+        is_call=cases["is_call"],
+    )
+    true_vol = cases["volatility"]
+    ours_err = np.abs(ours.numpy() - true_vol)
+    ref_err = np.abs(np.nan_to_num(ref, nan=np.inf) - true_vol)
+    converged = ref_err < 1e-9 * true_vol
+    assert converged.mean() > 0.9
+    np.testing.assert_allclose(ours.numpy()[converged], ref[converged], rtol=1e-9)
+    # Where the price determines the vol well (vega * vol / price > 1e-3, so the input rounding
+    # moves the vol by < 1e-12), never less accurate than QuantLib's solver at accuracy 1e-12.
+    vega = bs.greeks(**kw).vega.numpy()
+    well_posed = vega * true_vol > 1e-3 * p.numpy()
+    assert well_posed.mean() > 0.8
+    assert bool(np.all((ours_err <= np.maximum(ref_err, 1e-12 * true_vol))[well_posed]))
+
+
+def test_prices_outside_no_arbitrage_bounds_give_nan_with_a_reason():
+    prices = torch.tensor([5.0, 150.0, 100.0, 20.0, float("nan")], dtype=torch.float64)
+    iv, status = bs.implied_vol_with_status(price=prices, forward=100.0, strike=80.0, maturity=1.0)
+    reasons = [bs.IV_STATUS[int(s)] for s in status]
+    assert torch.isnan(iv[[0, 1, 2, 4]]).all()
+    assert reasons[0] == "price below intrinsic value"
+    assert reasons[1] == reasons[2] == "price at or above the upper bound"
+    assert float(iv[3]) == 0.0 and reasons[3] == "ok"  # exactly intrinsic: zero vol
+    assert reasons[4].startswith("invalid input")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    log_moneyness=st.floats(-2.0, 2.0),
+    maturity=st.floats(0.01, 10.0),
+    vol=st.floats(0.02, 2.0),
+    is_call=st.booleans(),
+)
+def test_implied_vol_inverts_price_property(log_moneyness, maturity, vol, is_call):
+    strike = 100.0 * math.exp(-log_moneyness)
+    p = bs.black_price(
+        forward=100.0, strike=strike, maturity=maturity, volatility=vol, is_call=is_call
+    )
+    time_value = float(p) - max((100.0 - strike) if is_call else (strike - 100.0), 0.0)
+    if time_value < max(1e-6 * float(p), 1e-250):  # the price no longer resolves the vol
+        return
+    iv = bs.black_implied_vol(
+        price=p, forward=100.0, strike=strike, maturity=maturity, is_call=is_call
+    )
+    assert float(iv) == pytest.approx(vol, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"),
+    [
+        ("volatility", dict(volatility=-0.2)),
+        ("maturity", dict(maturity=0.0)),
+        ("strike", dict(strike=-1.0)),
+        ("spot", dict(spot=float("nan"))),
+    ],
+)
+def test_bad_input_raises_naming_the_field(field, kwargs):
+    base = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2)
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=field):
+        bs.price(**base)
+
+
+def test_bad_input_error_names_the_element_index():
+    with pytest.raises(ValueError, match="index 2"):
+        bs.price(spot=100.0, strike=[90.0, 100.0, -5.0], maturity=1.0, volatility=0.2)
+
+
+def test_float32_and_device_are_preserved(device):
+    spot = torch.tensor([100.0, 120.0], dtype=torch.float32, device=device)
+    p = bs.price(spot=spot, strike=100.0, maturity=1.0, volatility=0.2)
+    assert p.dtype == torch.float32 and p.device.type == device.type
+    ref = bs.price(spot=spot.double().cpu(), strike=100.0, maturity=1.0, volatility=0.2)
+    torch.testing.assert_close(p.double().cpu(), ref, rtol=1e-5, atol=1e-5)

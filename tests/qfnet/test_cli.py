@@ -1,0 +1,239 @@
+"""The qfnet command line: help texts, price/iv round trips, file formats and error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pricing import black_scholes as bs
+from qfnet.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def bs_quotes(tmp_path):
+    table = pd.DataFrame(
+        {
+            "option_type": ["C", "P", "call", "put"],
+            "strike": [90.0, 95.0, 110.0, 120.0],
+            "maturity": [0.5, 1.0, 2.0, 0.25],
+            "spot": 100.0,
+            "rate": 0.03,
+            "dividend": 0.01,
+            "volatility": [0.2, 0.25, 0.3, 0.35],
+        }
+    )
+    path = tmp_path / "quotes.csv"
+    table.to_csv(path, index=False)
+    return path, table
+
+
+@pytest.mark.parametrize("command", [[], ["price"], ["iv"], ["demo"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_price_bs_writes_prices_and_implied_vols(bs_quotes, tmp_path, suffix):
+    path, table = bs_quotes
+    if suffix == ".parquet":
+        table.to_parquet(path.with_suffix(suffix), index=False)
+        path = path.with_suffix(suffix)
+    out = tmp_path / f"out{suffix}"
+    result = runner.invoke(
+        app, ["price", "--model", "bs", "--quotes", str(path), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    priced = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
+    expected = bs.price(
+        spot=100.0,
+        strike=torch.tensor(table["strike"].to_numpy()),
+        maturity=torch.tensor(table["maturity"].to_numpy()),
+        volatility=torch.tensor(table["volatility"].to_numpy()),
+        rate=0.03,
+        dividend=0.01,
+        is_call=torch.tensor([True, False, True, False]),
+    )
+    torch.testing.assert_close(
+        torch.tensor(priced["price"].to_numpy()), expected, rtol=1e-12, atol=0
+    )
+    torch.testing.assert_close(
+        torch.tensor(priced["implied_vol"].to_numpy()),
+        torch.tensor(table["volatility"].to_numpy()),
+        rtol=1e-10,
+        atol=0,
+    )
+    assert list(priced.columns[: len(table.columns)]) == list(table.columns)
+
+
+def test_price_quantlib_engine_agrees_with_analytic(bs_quotes, tmp_path):
+    path, _ = bs_quotes
+    outs = {}
+    for engine in ("analytic", "quantlib"):
+        outs[engine] = tmp_path / f"{engine}.csv"
+        result = runner.invoke(
+            app,
+            [
+                "price",
+                "--model",
+                "bs",
+                "--quotes",
+                str(path),
+                "--out",
+                str(outs[engine]),
+                "--engine",
+                engine,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    a, q = (pd.read_csv(outs[e])["price"].to_numpy() for e in ("analytic", "quantlib"))
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(q), rtol=1e-10, atol=1e-12)
+
+
+def test_price_params_json_applies_to_every_row(bs_quotes, tmp_path):
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    result = runner.invoke(
+        app,
+        [
+            "price",
+            "--model",
+            "bs",
+            "--quotes",
+            str(path),
+            "--out",
+            str(out),
+            "--params",
+            json.dumps({"volatility": 0.2}),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    torch.testing.assert_close(
+        torch.tensor(pd.read_csv(out)["implied_vol"].to_numpy()),
+        torch.full((4,), 0.2, dtype=torch.float64),
+        rtol=1e-10,
+        atol=0,
+    )
+
+
+def test_price_missing_parameter_is_a_clear_error(bs_quotes, tmp_path):
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    result = runner.invoke(
+        app, ["price", "--model", "bs", "--quotes", str(path), "--out", str(tmp_path / "o.csv")]
+    )
+    assert result.exit_code == 1
+    assert "volatility" in result.output
+
+
+def test_price_negative_volatility_names_the_row(bs_quotes, tmp_path):
+    path, table = bs_quotes
+    table.loc[2, "volatility"] = -0.3
+    table.to_csv(path, index=False)
+    result = runner.invoke(
+        app, ["price", "--model", "bs", "--quotes", str(path), "--out", str(tmp_path / "o.csv")]
+    )
+    assert result.exit_code == 1
+    assert "row 3" in result.output and "volatility" in result.output
+
+
+def test_price_unknown_option_type_names_row_and_value(bs_quotes, tmp_path):
+    path, table = bs_quotes
+    table["option_type"] = table["option_type"].astype(object)
+    table.loc[1, "option_type"] = "straddle"
+    table.to_csv(path, index=False)
+    result = runner.invoke(
+        app, ["price", "--model", "bs", "--quotes", str(path), "--out", str(tmp_path / "o.csv")]
+    )
+    assert result.exit_code == 1
+    assert "row 2" in result.output and "straddle" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "garch"], "unknown model"),
+        (["--engine", "fft"], "unknown engine"),
+        (["--params", "{not json"], "not valid JSON"),
+    ],
+)
+def test_price_bad_options_are_clear_errors(bs_quotes, tmp_path, args, message):
+    path, _ = bs_quotes
+    base = {"--model": "bs", "--quotes": str(path), "--out": str(tmp_path / "o.csv")}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    result = runner.invoke(app, ["price", *[x for kv in base.items() for x in kv]])
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_price_missing_file_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "price",
+            "--model",
+            "bs",
+            "--quotes",
+            str(tmp_path / "nope.csv"),
+            "--out",
+            str(tmp_path / "o.csv"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "no such file" in result.output
+
+
+def test_iv_recovers_vols_and_explains_unsolvable_rows(tmp_path):
+    prices = bs.black_price(
+        forward=100.0,
+        strike=torch.tensor([80.0, 100.0, 120.0], dtype=torch.float64),
+        maturity=1.0,
+        volatility=torch.tensor([0.3, 0.2, 0.25], dtype=torch.float64),
+    )
+    table = pd.DataFrame(
+        {
+            "option_type": "call",
+            "strike": [80.0, 100.0, 120.0, 80.0],
+            "maturity": 1.0,
+            "forward": 100.0,
+            "discount": 1.0,
+            "price": [*prices.tolist(), 1.0],
+        }
+    )
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    torch.testing.assert_close(
+        torch.tensor(ivs["implied_vol"][:3].to_numpy()),
+        torch.tensor([0.3, 0.2, 0.25], dtype=torch.float64),
+        rtol=1e-10,
+        atol=0,
+    )
+    assert pd.isna(ivs["implied_vol"][3]) and ivs["status"][3] == "price below intrinsic value"
+
+
+def test_iv_without_prices_is_a_clear_error(bs_quotes, tmp_path):
+    path, _ = bs_quotes
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 1
+    assert "'price' or 'mid'" in result.output
+
+
+def test_demo_quick_writes_a_report_with_numbers(tmp_path):
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "DAX" in report and "report:" in result.output
+    prices = pd.read_csv(tmp_path / "report" / "dax_surface_prices.csv")
+    assert len(prices) == 104 and (prices["price"] > 0).all()
