@@ -1,0 +1,127 @@
+"""The shared training loop: one :class:`Trainer` for surrogates, calibration nets and deep hedging.
+
+Quick start::
+
+    from qfnet.training import EarlyStopping, Trainer, TrainerConfig
+
+    trainer = Trainer(
+        model,
+        loss=loss_fn,                      # loss(output, target) -> scalar or per-sample values
+        config=TrainerConfig(max_epochs=50, batch_size=256, optimizer="adam", lr=1e-3,
+                             seed=0, run_dir="runs/surrogate"),
+        callbacks=[EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)],
+        metrics={"mae": lambda out, y: (out - y).abs()},
+    )
+    history = trainer.fit(train_data, val_data)    # Dataset, Tensor or DataLoader
+    history["val_loss"][-1]; history[-1]           # a metric's values per epoch; last epoch's row
+    results = trainer.evaluate(test_data)          # {"loss": ..., "mae": ...} as floats
+
+Batches and losses
+    A batch is ``(inputs, target)`` or ``(inputs, target, weight)``; the default forward is
+    ``output = model(inputs)`` and the loss is ``loss(output, target)``. The loss (and each metric
+    ``fn(output, target)``) returns a scalar or per-sample values of shape ``(N, ...)``;
+    per-sample values are averaged over trailing dimensions and then reduced as a weighted mean
+    with the sample weights ``(N,)`` (plain mean without weights). Scalars count as the mean over
+    the batch. Over an epoch, losses and metrics are averaged with the same weights (batch size
+    for scalar values), and reduced across processes under DDP.
+
+Custom forward
+    ``Trainer(..., forward=fn)`` with ``fn(model, batch) -> (output, target, weight_or_None)``
+    serves models whose batch is not ``(inputs, target)``. Deep hedging, for instance: the batch
+    is a tensor of price paths ``(N, T+1)``, the model is an ``nn.Module`` holding the policy and
+    the learnable loss parameters, ``fn`` returns the per-path P&L ``(N,)`` and ``None`` as the
+    target, and ``loss(pnl, None)`` computes e.g. the expected shortfall. If ``loss`` is an
+    ``nn.Module`` with parameters, they are moved with the model and trained too.
+
+Runs (``config.run_dir``)
+    ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, val_loss,
+    val_<metric>..., lr, seconds``); TensorBoard events (per step: ``train/loss``,
+    ``train/grad_norm``, ``lr``; per epoch: every column of ``metrics.csv``);
+    ``checkpoints/last.pt`` (every epoch and every ``checkpoint_every_n_steps``),
+    ``checkpoints/best.pt`` (best ``monitor``, a hard link to the ``last.pt`` of that epoch);
+    ``loss.png`` at the end. Only rank 0 writes.
+
+Data
+    Tensor-backed data (a tensor, a ``TensorDataset``, ``Subset`` of them) are batched by one
+    tensor index per batch, not sample by sample; other Datasets go through a DataLoader
+    (with ``pin_memory`` and 2 workers on CUDA). Batches are moved to the device by the trainer.
+
+Steps
+    Each optimizer step: zero the gradients; forward and loss on each micro-batch (under
+    autocast when mixed precision is on) and backward; unscale (fp16), normalise by the
+    group's total weight, record the global gradient norm, clip; NaN/Inf check; optimizer
+    step (with linear warmup); per-step schedule. Epoch schedules step after validation.
+
+Resume
+    ``trainer.fit(train, val, resume=True)`` continues from ``run_dir/checkpoints/last.pt``
+    (starting fresh when it does not exist); ``fit(..., ckpt_path=path)`` from a given file.
+    Checkpoints hold the model, optimizer, scheduler, GradScaler, callback states, loop position
+    (epoch, batch within the epoch, global step), history and every RNG state. They are written
+    atomically and read with ``torch.load(weights_only=True)``; a truncated, corrupted or
+    tampered file raises :class:`CheckpointError` naming it, and a pickled object is refused.
+    The training order depends only on ``(seed, epoch)`` (``DistributedSampler``'s order, also
+    for one process), so a run interrupted mid-epoch and resumed ends with bit-identical
+    weights on CPU. A user-built DataLoader is positioned by restoring its generator's state
+    at the start of the epoch and skipping the batches already done: exact when its sampler
+    has ``set_epoch`` or draws only from the loader's ``generator``.
+
+Callbacks
+    Duck-typed objects: the trainer calls ``cb.on_<hook>(trainer, ...)`` when present, in list
+    order, for the hooks in :data:`HOOKS` (checkpointing callbacks always run last). A callback
+    stops training by setting ``trainer.should_stop = True``; stateful callbacks implement
+    ``state_dict()`` / ``load_state_dict(state)`` and are restored on resume. Built-in:
+    :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LRMonitor`, :class:`ProgressBar`,
+    :class:`CSVLogger`, :class:`TensorBoardLogger`, :class:`LossCurvePlot`. With a ``run_dir``,
+    the trainer adds ``ModelCheckpoint``, ``CSVLogger``, ``TensorBoardLogger`` and
+    ``LossCurvePlot`` unless one of that type is given; ``ProgressBar`` and ``LRMonitor`` are
+    always added unless given. The NaN/Inf guard is built in (``config.nan_guard``).
+
+Distributed
+    The same script runs under ``torchrun --nproc_per_node=K``: the trainer joins the process
+    group (gloo on CPU, nccl on CUDA), wraps the model in DDP, shards the data with
+    ``DistributedSampler`` (``batch_size`` is per process) and all-reduces metrics.
+
+Also: :func:`split_dataset` (train/val/test by fractions), :func:`lr_find` (LR range test),
+:func:`seed_everything`, :func:`resolve_device`, :func:`save_checkpoint` /
+:func:`load_checkpoint`.
+"""
+
+from qfnet.training.callbacks import (
+    HOOKS,
+    EarlyStopping,
+    LossCurvePlot,
+    LRMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+)
+from qfnet.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from qfnet.training.config import ParamGroup, TrainerConfig
+from qfnet.training.data import split_dataset
+from qfnet.training.device import resolve_device, seed_everything
+from qfnet.training.loggers import CSVLogger, TensorBoardLogger
+from qfnet.training.lr_finder import LRFinderResult, lr_find
+from qfnet.training.trainer import History, NonFiniteLossError, Trainer
+
+__all__ = [
+    "HOOKS",
+    "CSVLogger",
+    "CheckpointError",
+    "EarlyStopping",
+    "History",
+    "LRFinderResult",
+    "LRMonitor",
+    "LossCurvePlot",
+    "ModelCheckpoint",
+    "NonFiniteLossError",
+    "ParamGroup",
+    "ProgressBar",
+    "TensorBoardLogger",
+    "Trainer",
+    "TrainerConfig",
+    "load_checkpoint",
+    "lr_find",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+    "split_dataset",
+]

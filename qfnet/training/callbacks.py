@@ -1,0 +1,343 @@
+"""Callback hooks and the built-in callbacks (early stopping, checkpoints, LR monitor, progress).
+
+Callbacks are duck-typed: the trainer calls ``callback.<hook>(trainer, ...)`` for each hook in
+:data:`HOOKS` that the object defines, in list order (callbacks with ``runs_last = True``, the
+checkpoint writers, after the others so that the states they save are up to date). A callback
+stops training by setting ``trainer.should_stop = True``; the loop ends after the current
+optimizer step (mid-epoch) or at the end of the epoch. Stateful callbacks define
+``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are saved in
+every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from qfnet.training.checkpoint import link_checkpoint
+
+if TYPE_CHECKING:
+    from qfnet.training.trainer import Trainer
+
+__all__ = ["HOOKS", "EarlyStopping", "LRMonitor", "LossCurvePlot", "ModelCheckpoint", "ProgressBar"]
+
+#: Hook name -> when it is called and with which arguments after ``trainer``.
+HOOKS: dict[str, str] = {
+    "on_fit_start": "once, after setup and resume, before the first epoch",
+    "on_train_epoch_start": "at the start of each training epoch (also a resumed one)",
+    "on_train_batch_start": "(batch, batch_idx): before the forward of each micro-batch",
+    "on_after_backward": "after each micro-batch backward (gradients still accumulating)",
+    "on_before_optimizer_step": "(optimizer): gradients final (unscaled, clipped), LR set",
+    "on_train_step_end": "after each optimizer step; trainer.step_metrics holds loss, "
+    "grad_norm (tensors) and lr",
+    "on_train_epoch_end": "after the last step of an epoch; epoch_metrics has train_loss",
+    "on_validation_start": "before validation",
+    "on_validation_end": "(metrics): after validation, with the val_ metrics",
+    "on_epoch_end": "after validation and the epoch schedule step; trainer.epoch_metrics is "
+    "the complete row (also appended to trainer.history)",
+    "on_fit_end": "once, after the last epoch (not after an exception)",
+    "on_exception": "(exception): training raised; the exception propagates afterwards",
+    "on_teardown": "always, last: close files",
+}
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _monitored(trainer: Trainer, monitor: str) -> float | None:
+    """The monitored value, ``None`` on an epoch without it (e.g. no validation that epoch)."""
+    metrics = trainer.epoch_metrics
+    if monitor in metrics:
+        return float(metrics[monitor])
+    if monitor.startswith("val_") and not trainer.has_validation:
+        fallback = "train_" + monitor[4:]
+        if fallback in metrics:
+            return float(metrics[fallback])
+    if trainer.has_validation and not trainer.validated_this_epoch:
+        return None
+    raise KeyError(f"monitored metric {monitor!r} not found; available: {sorted(metrics)}")
+
+
+class EarlyStopping:
+    """Stop when a monitored metric has not improved for ``patience`` epochs.
+
+    Args:
+        monitor: Epoch metric name (``val_loss``, ``val_<metric>``, ``train_loss``).
+        mode: ``min`` or ``max``.
+        patience: Epochs without improvement before stopping.
+        min_delta: Smallest change that counts as an improvement.
+        restore_best_weights: At the end of training, load the weights of the best epoch (a
+            copy is kept in memory and in every checkpoint, so that a resumed run restores
+            them too).
+
+    Examples:
+        >>> EarlyStopping(monitor="val_loss", patience=3).patience
+        3
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        restore_best_weights: bool = False,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping.mode must be 'min' or 'max', got {mode!r}")
+        if patience < 0 or min_delta < 0:
+            raise ValueError("EarlyStopping.patience and min_delta must be >= 0")
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.min_delta, self.restore_best_weights = min_delta, restore_best_weights
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        value = _monitored(trainer, self.monitor)
+        if value is None:
+            return
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch, self.wait = value, trainer.epoch, 0
+            if self.restore_best_weights:
+                self.best_state = {
+                    k: v.detach().clone() for k, v in trainer.model.state_dict().items()
+                }
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = trainer.epoch
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.restore_best_weights and self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.stopped_epoch, self.best_state = state["stopped_epoch"], state["best_state"]
+
+
+class ModelCheckpoint:
+    """Write ``last.pt`` (each epoch, and every N steps), ``best.pt`` and every-N-epochs files.
+
+    Args:
+        dirpath: Folder (``None``: ``run_dir/checkpoints``).
+        monitor: Metric for ``best.pt`` (``None``: no best checkpoint).
+        mode: ``min`` or ``max``.
+        save_last: Write ``last.pt`` at the end of every epoch.
+        every_n_epochs: Also keep ``epoch_XXXX.pt`` every N epochs.
+        every_n_steps: Also write ``last.pt`` every N optimizer steps (mid-epoch resume point).
+
+    Examples:
+        >>> ModelCheckpoint(dirpath="ck", every_n_steps=100).every_n_steps
+        100
+    """
+
+    runs_last = True
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        monitor: str | None = "val_loss",
+        mode: str = "min",
+        save_last: bool = True,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"ModelCheckpoint.mode must be 'min' or 'max', got {mode!r}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None and value < 1:
+                raise ValueError(f"ModelCheckpoint.{name} must be >= 1, got {value}")
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.monitor, self.mode, self.save_last = monitor, mode, save_last
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.best: float | None = None
+        self.best_epoch = -1
+
+    def _dir(self, trainer: Trainer) -> Path:
+        if self.dirpath is not None:
+            return self.dirpath
+        if trainer.run_dir is None:
+            raise ValueError("ModelCheckpoint needs dirpath or TrainerConfig.run_dir")
+        return trainer.run_dir / "checkpoints"
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            if not trainer.at_epoch_end:
+                trainer.save_checkpoint(self._dir(trainer) / "last.pt")
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        folder = self._dir(trainer)
+        improved = False
+        if self.monitor is not None:
+            value = _monitored(trainer, self.monitor)
+            if value is not None and _improved(value, self.best, self.mode, 0.0):
+                self.best, self.best_epoch, improved = value, trainer.epoch, True
+        # the state is written once; the other names are atomic hard links (or copies) of it.
+        # Every rank takes the same branches: saving involves a collective under DDP.
+        written = None
+        if self.save_last:
+            trainer.save_checkpoint(folder / "last.pt")
+            written = folder / "last.pt"
+        if improved:
+            written = _place(trainer, written, folder / "best.pt")
+        if self.every_n_epochs and (trainer.epoch + 1) % self.every_n_epochs == 0:
+            _place(trainer, written, folder / f"epoch_{trainer.epoch:04d}.pt")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+def _place(trainer: Trainer, written: Path | None, path: Path) -> Path:
+    """Put the checkpoint just written at ``path`` too (writing it if nothing was written)."""
+    if written is None:
+        trainer.save_checkpoint(path)
+        return path
+    if trainer.is_global_zero:
+        link_checkpoint(written, path)
+    return written
+
+
+class LRMonitor:
+    """Record the learning rate of every parameter group at every optimizer step.
+
+    Puts ``lr`` (group 0) and ``lr/group{i}`` into ``trainer.step_metrics`` and the epoch's
+    last ``lr`` into ``trainer.epoch_metrics``; keeps ``history`` as ``(step, [lr, ...])``.
+
+    Examples:
+        >>> LRMonitor().history
+        []
+    """
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, list[float]]] = []
+
+    def on_before_optimizer_step(self, trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:
+        lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.history.append((trainer.global_step, lrs))
+        trainer.step_metrics["lr"] = lrs[0]
+        if len(lrs) > 1:
+            for i, lr in enumerate(lrs):
+                trainer.step_metrics[f"lr/group{i}"] = lr
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        if self.history:
+            trainer.epoch_metrics["lr"] = self.history[-1][1][0]
+
+
+class ProgressBar:
+    """A tqdm bar per epoch with the running loss (mean of the epoch's steps so far, refreshed
+    every ``refresh_every`` steps).
+
+    Disabled automatically when stderr is not a terminal, and on ranks other than 0.
+    """
+
+    def __init__(self, refresh_every: int = 20, leave: bool = True) -> None:
+        self.refresh_every, self.leave = refresh_every, leave
+        self._bar: Any = None
+        self._total: torch.Tensor | None = None
+        self._count = 0
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        if not trainer.is_global_zero or not sys.stderr.isatty():
+            return
+        from tqdm.auto import tqdm
+
+        self._total, self._count = None, 0
+        self._bar = tqdm(
+            total=trainer.steps_per_epoch,
+            initial=trainer.step_in_epoch,
+            desc=f"epoch {trainer.epoch}",
+            leave=self.leave,
+            dynamic_ncols=True,
+        )
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        loss = trainer.step_metrics["loss"].detach()
+        self._total = loss if self._total is None else self._total + loss
+        self._count += 1
+        if trainer.global_step % self.refresh_every == 0:
+            # .item() synchronises the GPU: only every refresh_every steps
+            self._bar.set_postfix(loss=f"{(self._total / self._count).item():.4g}")
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if self._bar is not None:
+            shown = {k: f"{v:.4g}" for k, v in trainer.epoch_metrics.items() if "loss" in k}
+            self._bar.set_postfix(shown)
+            self._bar.close()
+            self._bar = None
+
+    def on_teardown(self, trainer: Trainer) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class LossCurvePlot:
+    """Write the train/validation loss curves per epoch as a PNG at the end of training.
+
+    Args:
+        path: Output file (``None``: ``run_dir/loss.png``).
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        path = self.path or (trainer.run_dir / "loss.png" if trainer.run_dir else None)
+        if path is None or not trainer.is_global_zero or not trainer.history.records:
+            return
+        plot_loss_curves(trainer.history.records, path)
+
+
+def plot_loss_curves(records: list[dict[str, float]], path: Path) -> Path:
+    """Plot every ``*loss`` column of per-epoch records against the epoch (log scale if > 0)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    keys = sorted({k for r in records for k in r if k.endswith("loss")})
+    positive = True
+    for key in keys:
+        points = [(r["epoch"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=key)
+            positive = positive and all(v > 0 for _, v in points)
+    if positive and keys:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,196 @@
+"""Checkpoint I/O: atomic writes, integrity checks, ``weights_only`` loads and RNG states.
+
+A checkpoint is a ``torch.save`` zip archive of plain types and tensors only, so that it can be
+read with ``torch.load(..., weights_only=True)``: RNG states are stored as tensors and lists,
+never as pickled objects. Every archive member carries a CRC-32, which :func:`load_checkpoint`
+verifies before unpickling, so truncated or altered files are reported by name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "get_rng_state",
+    "link_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+FORMAT = "qfnet.training.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read: missing, truncated, corrupted, tampered with or unsafe."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder + rename).
+
+    A reader never sees a half-written file: either the old checkpoint or the new one.
+
+    Args:
+        state: Plain types and tensors only (checked on load with ``weights_only=True``).
+        path: Destination; parent folders are created.
+
+    Returns:
+        The destination path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "ck.pt"
+        >>> _ = save_checkpoint({"w": torch.ones(2)}, p)
+        >>> load_checkpoint(p)["w"]
+        tensor([1., 1.])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def link_checkpoint(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` an atomic hard link to ``source`` (a copy where links are not supported).
+
+    Later atomic replacements of ``source`` leave ``path`` unchanged.
+    """
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, safely.
+
+    Args:
+        path: The checkpoint file.
+        map_location: Passed to ``torch.load``.
+
+    Returns:
+        The state dictionary (without the format header).
+
+    Raises:
+        CheckpointError: Naming the file, if it is missing, truncated, corrupted (CRC mismatch),
+            not a qfnet checkpoint, or carries a pickled object that ``weights_only`` refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    _verify_archive(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: refused, it carries a pickled object that is not plain data "
+            f"or tensors (weights_only load): {_first_line(exc)}"
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: unreadable ({_first_line(exc)})") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not a qfnet training checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {path}: format version {state.get('version')} is not {VERSION}"
+        )
+    del state["format"], state["version"]
+    return state
+
+
+def _verify_archive(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: truncated or corrupted, not a valid archive ({exc})"
+        ) from exc
+    except Exception as exc:  # zlib and struct errors on damaged headers
+        raise CheckpointError(f"checkpoint {path}: corrupted archive ({exc})") from exc
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path}: corrupted or tampered with, CRC mismatch in member {bad!r}"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every global RNG state (python, numpy, torch, CUDA) as tensors and plain types.
+
+    Examples:
+        >>> s = get_rng_state(); a = torch.rand(1); set_rng_state(s)
+        >>> bool(torch.rand(1) == a)
+        True
+    """
+    version, py_state, gauss = random.getstate()
+    key, np_state, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    state: dict[str, Any] = {
+        "python": {
+            "version": version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": gauss,
+        },
+        "numpy": {
+            "key": key,
+            "state": torch.from_numpy(np_state.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states captured by :func:`get_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    nps = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            nps["key"],
+            nps["state"].numpy().astype(np.uint32),
+            nps["pos"],
+            nps["has_gauss"],
+            nps["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)

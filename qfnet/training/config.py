@@ -1,0 +1,230 @@
+"""Trainer configuration: one frozen, validated dataclass serialised to ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULERS", "ParamGroup", "TrainerConfig"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "onecycle", "step", "multistep", "exponential", "cosine", "plateau")
+PRECISIONS = ("auto", "32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """An optimizer parameter group selected by a regular expression on parameter names.
+
+    Parameters whose qualified name (``model.named_parameters()``) matches ``pattern``
+    (``re.search``) go into this group; the first matching group wins, unmatched
+    parameters form the default group that uses the config's ``lr`` and ``weight_decay``.
+
+    Args:
+        pattern: Regular expression searched in each parameter name.
+        lr: Learning rate of the group (``None``: the config's ``lr``).
+        weight_decay: Weight decay of the group (``None``: the config's ``weight_decay``).
+
+    Examples:
+        >>> ParamGroup(pattern=r"bias$", weight_decay=0.0).weight_decay
+        0.0
+    """
+
+    pattern: str
+    lr: float | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.pattern:
+            raise ValueError("ParamGroup.pattern must be a non-empty regular expression")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"ParamGroup.lr must be finite and >= 0, got {self.lr}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"ParamGroup.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Everything that controls a training run; saved as ``config.json`` in ``run_dir``.
+
+    Args:
+        max_epochs: Number of passes over the training data.
+        batch_size: Samples per micro-batch (per process under DDP).
+        eval_batch_size: Samples per validation/test batch (``None``: ``batch_size``).
+        shuffle: Shuffle the training data; the order is a function of ``(seed, epoch)``.
+        drop_last: Drop the last incomplete training batch.
+        num_workers: DataLoader workers (``None``: 2 on CUDA, 0 otherwise).
+        optimizer: One of ``sgd``, ``adam``, ``adamw``, ``rmsprop``.
+        lr: Base learning rate.
+        weight_decay: Weight decay of the default parameter group.
+        momentum: Momentum for SGD and RMSprop.
+        betas: Adam/AdamW betas.
+        param_groups: Extra parameter groups, see :class:`ParamGroup`.
+        scheduler: One of ``none``, ``onecycle`` (per optimizer step), ``step``, ``multistep``,
+            ``exponential``, ``cosine`` (per epoch), ``plateau`` (on ``scheduler_monitor``).
+        scheduler_kwargs: Extra keyword arguments of the torch scheduler (e.g. ``step_size``).
+        scheduler_monitor: Metric that drives ``plateau`` (e.g. ``val_loss``).
+        warmup_steps: Linear LR warmup over this many optimizer steps (0: off); it scales the
+            learning rate of every group by ``(step + 1) / warmup_steps`` and composes with
+            any scheduler.
+        accumulate_grad_batches: Micro-batches per optimizer step; the update equals that of one
+            batch this many times larger (also for the last, partial group).
+        clip_grad_norm: Clip the global gradient 2-norm to this value.
+        clip_grad_value: Clip every gradient element to ``[-v, v]``.
+        precision: ``auto`` (mixed precision on CUDA for float32 models: bf16 where supported,
+            else fp16; off on CPU/MPS), ``32`` (off), ``fp16`` (CUDA autocast + GradScaler) or
+            ``bf16`` (autocast to bfloat16).
+        device: ``auto`` (CUDA, then MPS, then CPU) or a torch device name.
+        seed: One seed for python, numpy, torch and the data order.
+        deterministic: Ask torch for deterministic algorithms (slower; errors on ops without one).
+        compile: Wrap the model in ``torch.compile``.
+        compile_backend: Backend passed to ``torch.compile``.
+        run_dir: Where ``config.json``, ``metrics.csv``, TensorBoard events,
+            ``checkpoints/{last,best}.pt`` and ``loss.png`` go (``None``: nothing written).
+        monitor: Metric used by the default best checkpoint (``val_loss`` falls back to
+            ``train_loss`` without validation data).
+        monitor_mode: ``min`` or ``max``.
+        checkpoint_every_n_steps: Also write ``last.pt`` every N optimizer steps (mid-epoch
+            resume points).
+        log_every_n_steps: Write buffered step metrics to TensorBoard every N steps (every step
+            is recorded; this only sets the flush period).
+        val_every_n_epochs: Validate every N epochs.
+        train_metrics: Also compute ``metrics`` on the training batches.
+        progress_bar: Show a tqdm bar (auto-disabled when stderr is not a terminal).
+        tensorboard: Write TensorBoard events in ``run_dir``.
+        nan_guard: Stop with :class:`~qfnet.training.NonFiniteLossError` on a NaN/Inf loss or
+            gradient norm.
+        distributed: ``auto`` (join the process group when launched by ``torchrun``) or ``off``.
+
+    Examples:
+        >>> TrainerConfig(max_epochs=3, batch_size=32, lr=1e-3).optimizer
+        'adam'
+    """
+
+    max_epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    shuffle: bool = True
+    drop_last: bool = False
+    num_workers: int | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    param_groups: tuple[ParamGroup, ...] = ()
+    scheduler: str = "none"
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    scheduler_monitor: str = "val_loss"
+    warmup_steps: int = 0
+    accumulate_grad_batches: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    run_dir: str | Path | None = None
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+    checkpoint_every_n_steps: int | None = None
+    log_every_n_steps: int = 50
+    val_every_n_epochs: int = 1
+    train_metrics: bool = False
+    progress_bar: bool = True
+    tensorboard: bool = True
+    nan_guard: bool = True
+    distributed: str = "auto"
+
+    def __post_init__(self) -> None:
+        # numpy/torch scalars would end up in optimizer and scheduler states, which the
+        # weights_only checkpoint loader refuses: keep plain Python numbers only
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "item") and hasattr(value, "dtype"):
+                object.__setattr__(self, f.name, value.item())
+        _check_positive_int(self, "max_epochs", "batch_size", "accumulate_grad_batches")
+        _check_positive_int(self, "log_every_n_steps", "val_every_n_epochs")
+        _check_optional_positive_int(self, "eval_batch_size", "checkpoint_every_n_steps")
+        _check_choice(self, "optimizer", OPTIMIZERS)
+        _check_choice(self, "scheduler", SCHEDULERS)
+        _check_choice(self, "precision", PRECISIONS)
+        _check_choice(self, "monitor_mode", ("min", "max"))
+        _check_choice(self, "distributed", ("auto", "off"))
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"TrainerConfig.lr must be finite and >= 0, got {self.lr}")
+        for name in ("weight_decay", "momentum", "warmup_steps"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"TrainerConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"TrainerConfig.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("clip_grad_norm", "clip_grad_value"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"TrainerConfig.{name} must be finite and > 0, got {value}")
+        if self.clip_grad_norm is not None and self.clip_grad_value is not None:
+            raise ValueError("TrainerConfig: set clip_grad_norm or clip_grad_value, not both")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        groups = tuple(ParamGroup(**g) if isinstance(g, dict) else g for g in self.param_groups)
+        object.__setattr__(self, "param_groups", groups)
+        object.__setattr__(self, "scheduler_kwargs", _plain(dict(self.scheduler_kwargs)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dictionary (paths as strings, tuples as lists).
+
+        Examples:
+            >>> TrainerConfig(batch_size=8).to_dict()["batch_size"]
+            8
+        """
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them.
+
+        Examples:
+            >>> c = TrainerConfig(max_epochs=2)
+            >>> TrainerConfig.from_dict(c.to_dict()) == c
+            True
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainerConfig: unknown field(s) {unknown}")
+        return cls(**data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy or torch scalars
+        return value.item()
+    return value
+
+
+def _check_positive_int(config: TrainerConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+
+
+def _check_optional_positive_int(config: TrainerConfig, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) is not None:
+            _check_positive_int(config, name)
+
+
+def _check_choice(config: TrainerConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"TrainerConfig.{name} must be one of {choices}, got {value!r}")

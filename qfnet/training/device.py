@@ -1,0 +1,120 @@
+"""Device, precision and seeding: the one place where the trainer decides where tensors live."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["move_to_device", "resolve_device", "resolve_precision", "seed_everything"]
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The torch device for a name; ``auto`` picks CUDA, then MPS, then CPU.
+
+    Under ``torchrun`` on CUDA, ``auto`` and ``cuda`` mean ``cuda:$LOCAL_RANK``.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a ``torch.device``.
+
+    Raises:
+        ValueError: If the named device is not available here.
+
+    Examples:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif _mps_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device: unknown device name {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {name!r} requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device: {name!r} requested but MPS is not available")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module) -> str:
+    """Resolve ``auto`` to ``32``, ``fp16`` or ``bf16`` and check the choice fits the device.
+
+    ``auto`` turns mixed precision on only on CUDA for models with float32 parameters (bf16
+    where supported, else fp16); float64 models and CPU/MPS stay in full precision.
+
+    Examples:
+        >>> resolve_precision("auto", torch.device("cpu"), torch.nn.Linear(2, 1))
+        '32'
+    """
+    if precision == "auto":
+        float32 = any(p.dtype == torch.float32 for p in model.parameters())
+        if device.type != "cuda" or not float32:
+            return "32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision: 'fp16' needs a CUDA device, got {device}")
+    return precision
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and every CUDA device).
+
+    Examples:
+        >>> seed_everything(0); a = torch.rand(1); seed_everything(0)
+        >>> bool(torch.rand(1) == a)
+        True
+    """
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - the legacy global RNG is what user code may draw from
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Ask torch for deterministic algorithms (and cuDNN/cuBLAS settings that need it)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False
+
+
+def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor in a (nested) tuple, list or mapping to ``device``.
+
+    Examples:
+        >>> move_to_device((torch.zeros(1), [torch.ones(1)]), torch.device("cpu"))[1][0]
+        tensor([1.])
+    """
+    if isinstance(batch, torch.Tensor):
+        if batch.device == device:
+            return batch
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(move_to_device(v, device, non_blocking) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

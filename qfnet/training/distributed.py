@@ -1,0 +1,85 @@
+"""Distributed data parallel helpers: join the ``torchrun`` process group, reduce across ranks."""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "all_reduce_sum", "barrier", "init_distributed"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` on its node.
+
+    Examples:
+        >>> DistInfo(rank=0, world_size=1, local_rank=0).is_global_zero
+        True
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(mode: str = "auto", device: torch.device | None = None) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    The backend is nccl for CUDA devices and gloo otherwise. A group that already exists is
+    used as it is; one created here is destroyed at interpreter exit.
+
+    Args:
+        mode: ``auto`` or ``off`` (always a single process).
+        device: The training device (selects the backend).
+
+    Examples:
+        >>> init_distributed("off").world_size
+        1
+    """
+    if mode == "off":
+        return DistInfo()
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), _local_rank())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or not dist.is_available():
+        return DistInfo()
+    backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    atexit.register(_destroy)
+    return DistInfo(dist.get_rank(), dist.get_world_size(), _local_rank())
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op for a single process); returns it."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (no-op for a single process)."""
+    if info.enabled:
+        dist.barrier()

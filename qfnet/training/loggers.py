@@ -1,0 +1,147 @@
+"""CSV and TensorBoard loggers (callbacks; they write on rank 0 only)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from qfnet.training.trainer import Trainer
+
+__all__ = ["CSVLogger", "TensorBoardLogger"]
+
+
+class CSVLogger:
+    """One row per epoch in ``metrics.csv``: ``epoch, step``, the losses, metrics and ``lr``.
+
+    The file is rewritten from ``trainer.history`` when training starts, so a resumed run
+    continues it without duplicated or orphaned rows; a new column rewrites the header.
+
+    Args:
+        path: Output file (``None``: ``run_dir/metrics.csv``).
+
+    Examples:
+        >>> CSVLogger("m.csv").path.name
+        'm.csv'
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._columns: list[str] = []
+
+    def _target(self, trainer: Trainer) -> Path | None:
+        if not trainer.is_global_zero:
+            return None
+        if self.path is not None:
+            return self.path
+        return trainer.run_dir / "metrics.csv" if trainer.run_dir is not None else None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        path = self._target(trainer)
+        if path is not None:
+            self._rewrite(path, trainer.history.records)
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        path = self._target(trainer)
+        if path is None:
+            return
+        row = trainer.history.records[-1]
+        if any(k not in self._columns for k in row):
+            self._rewrite(path, trainer.history.records)
+            return
+        with path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+
+    def _rewrite(self, path: Path, records: list[dict[str, float]]) -> None:
+        columns = ["epoch", "step"]
+        for record in records:
+            columns += [k for k in record if k not in columns]
+        self._columns = columns
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(records)
+
+
+class TensorBoardLogger:
+    """TensorBoard events: ``train/loss``, ``train/grad_norm`` and ``lr`` at every step, and every
+    epoch metric under ``epoch/<name>``.
+
+    Step values stay on the device in a buffer and are written every ``log_every_n_steps``
+    steps (``None``: ``config.log_every_n_steps``) and at the end of each epoch, with one
+    synchronisation per flush. A resumed run purges events past the resume step.
+
+    Args:
+        log_dir: Event folder (``None``: ``run_dir``).
+        log_every_n_steps: Flush period in optimizer steps.
+    """
+
+    def __init__(self, log_dir: str | Path | None = None, log_every_n_steps: int | None = None):
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.log_every_n_steps = log_every_n_steps
+        self._writer: Any = None
+        self._steps: list[int] = []
+        self._values: dict[str, list[Any]] = {}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        log_dir = self.log_dir or trainer.run_dir
+        if log_dir is None or not trainer.is_global_zero:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = trainer.global_step if trainer.global_step > 0 else None
+        self._writer = SummaryWriter(str(log_dir), purge_step=purge)
+        self._every = self.log_every_n_steps or trainer.config.log_every_n_steps
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if self._writer is None:
+            return
+        self._steps.append(trainer.global_step)
+        for key, value in trainer.step_metrics.items():
+            self._values.setdefault(key, []).append(value)
+        if len(self._steps) >= self._every:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._steps:
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        columns = {k: v for k, v in self._values.items() if len(v) == len(self._steps)}
+        tags = [k if k.startswith("lr") else f"train/{k}" for k in columns]
+        rows = zip(*(_floats(v) for v in columns.values()), strict=True)
+        writer = self._writer._get_file_writer()
+        for step, row in zip(self._steps, rows, strict=True):
+            values = [Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, row, strict=True)]
+            writer.add_summary(Summary(value=values), step)  # one event per step, all tags
+        self._steps, self._values = [], {}
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        if self._writer is None:
+            return
+        self._flush()
+        for key, value in trainer.epoch_metrics.items():
+            if key not in ("epoch", "step") and math.isfinite(value):
+                self._writer.add_scalar(f"epoch/{key}", value, trainer.epoch)
+        self._writer.flush()
+
+    def on_teardown(self, trainer: Trainer) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+
+def _floats(values: list[Any]) -> list[float]:
+    """Host floats of a buffered column; tensors are stacked first (one synchronisation)."""
+    if not isinstance(values[0], torch.Tensor):
+        return [float(v) for v in values]
+    try:
+        return torch.stack(values).detach().double().cpu().tolist()
+    except RuntimeError:  # mixed dtypes or devices
+        return [float(v) for v in values]

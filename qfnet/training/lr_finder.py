@@ -1,0 +1,177 @@
+"""Learning-rate range test: raise the LR geometrically each step and watch the loss.
+
+References:
+    L. N. Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, section 3.3
+    ("LR range test").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qfnet.training.checkpoint import get_rng_state, set_rng_state
+from qfnet.training.data import DataSource
+from qfnet.training.step import EpochLoss, NonFiniteLossError, group_batches
+
+if TYPE_CHECKING:
+    from qfnet.training.trainer import Trainer
+
+__all__ = ["LRFinderResult", "lr_find"]
+
+
+@dataclass(frozen=True)
+class LRFinderResult:
+    """Learning rates tried, the smoothed losses, and the suggested learning rate.
+
+    ``suggestion`` is the LR where the smoothed loss falls fastest against ``log(lr)``, before
+    its minimum (``None`` when the loss never decreased).
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    suggestion: float | None
+
+    def plot(self, path: str | Path) -> Path:
+        """Save loss against LR (log axis) with the suggestion marked, as a PNG."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.add_subplot()
+        ax.plot(self.lrs, self.losses, label="smoothed loss")
+        if self.suggestion is not None:
+            ax.axvline(self.suggestion, color="red", linestyle="--", label=f"{self.suggestion:.2e}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss")
+        ax.set_title("LR range test")
+        ax.legend()
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        return path
+
+
+def lr_find(
+    trainer: Trainer,
+    train_data: DataSource,
+    *,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    num_steps: int = 100,
+    smoothing: float = 0.9,
+    divergence: float = 4.0,
+    plot_path: str | Path | None = None,
+) -> LRFinderResult:
+    """Run an LR range test with the trainer's model, loss, optimizer and data settings.
+
+    The LR of every parameter group grows geometrically from ``min_lr`` to ``max_lr`` over
+    ``num_steps`` optimizer steps (relative group LRs are kept); the test stops early when the
+    smoothed loss exceeds ``divergence`` times its minimum or becomes non-finite. The model,
+    RNG states and trainer are restored afterwards; callbacks are not called.
+
+    Args:
+        trainer: A configured trainer (``fit`` may be called afterwards as usual).
+        train_data: Training data (Dataset, tensor or DataLoader); cycled if too short.
+        min_lr: First learning rate.
+        max_lr: Last learning rate.
+        num_steps: Number of optimizer steps (>= 5).
+        smoothing: Exponential moving-average factor of the loss (bias-corrected).
+        divergence: Stop when the smoothed loss exceeds this multiple of its minimum.
+        plot_path: Write the plot there (default ``run_dir/lr_find.png`` when a run_dir is set).
+
+    Returns:
+        The :class:`LRFinderResult`.
+    """
+    if not (0 < min_lr < max_lr) or num_steps < 5:
+        raise ValueError("lr_find: need 0 < min_lr < max_lr and num_steps >= 5")
+    trainer._setup_runtime()
+    trainer._setup_fit(train_data, None)
+    saved_model = {k: v.detach().clone() for k, v in trainer._module.state_dict().items()}
+    saved_attrs = {k: getattr(trainer, k) for k in _TRAINER_ATTRS}
+    rng = get_rng_state()
+    try:
+        lrs, losses = _range_test(trainer, min_lr, max_lr, num_steps, smoothing, divergence)
+    finally:
+        trainer._module.load_state_dict(saved_model)
+        for key, value in saved_attrs.items():
+            setattr(trainer, key, value)
+        set_rng_state(rng)
+        trainer.optimizer.zero_grad(set_to_none=True)
+    result = LRFinderResult(lrs=lrs, losses=losses, suggestion=_suggest(lrs, losses))
+    if plot_path is None and trainer.run_dir is not None:
+        plot_path = trainer.run_dir / "lr_find.png"
+    if plot_path is not None and trainer.is_global_zero:
+        result.plot(plot_path)
+    return result
+
+
+_TRAINER_ATTRS = (
+    "callbacks",
+    "_interval",
+    "epoch",
+    "global_step",
+    "batch_in_epoch",
+    "step_in_epoch",
+    "step_metrics",
+    "_train_sums",
+    "_epoch_loss",
+    "at_epoch_end",
+)
+
+
+def _range_test(
+    trainer: Trainer, min_lr: float, max_lr: float, num_steps: int, beta: float, divergence: float
+) -> tuple[list[float], list[float]]:
+    trainer.callbacks, trainer._interval = [], None
+    trainer._train_sums, trainer._epoch_loss = trainer._zero_sums(), EpochLoss()
+    trainer.global_step = trainer.config.warmup_steps  # no warmup during the test
+    base = [g["lr"] for g in trainer.optimizer.param_groups]
+    ref = base[0] if base[0] > 0 else 1.0
+    lrs: list[float] = []
+    losses: list[float] = []
+    average, best, epoch = 0.0, math.inf, 0
+    trainer._train_module.train()
+    while len(lrs) < num_steps:
+        iterator = trainer._train.epoch_iter(epoch, 0)
+        for group in group_batches(iterator, trainer.config.accumulate_grad_batches):
+            lr = min_lr * (max_lr / min_lr) ** (len(lrs) / (num_steps - 1))
+            for g, b in zip(trainer.optimizer.param_groups, base, strict=True):
+                g["lr"] = lr * b / ref
+            try:
+                trainer._train_step(group)
+            except NonFiniteLossError:
+                return lrs, losses
+            # .item() once per step: the test needs each loss on the host
+            loss = trainer.step_metrics["loss"].item()
+            average = beta * average + (1 - beta) * loss
+            smoothed = average / (1 - beta ** (len(lrs) + 1))
+            lrs.append(lr)
+            losses.append(smoothed)
+            best = min(best, smoothed)
+            if not math.isfinite(smoothed) or smoothed > divergence * best or len(lrs) >= num_steps:
+                return lrs, losses
+        epoch += 1
+    return lrs, losses
+
+
+def _suggest(lrs: list[float], losses: list[float]) -> float | None:
+    """LR of the steepest descent of the loss against log(lr), before the minimum.
+
+    The first 10% of the points (where the moving average is still settling) are skipped and
+    the slope is a central difference over ``n // 20`` points on each side, to damp noise.
+    """
+    loss, log_lr = np.asarray(losses), np.log(np.asarray(lrs))
+    stop = int(np.argmin(loss))
+    start, k = max(1, len(loss) // 10), max(1, len(loss) // 20)
+    idx = np.arange(max(start, k), stop - k + 1)
+    if idx.size == 0:
+        return None
+    slope = (loss[idx + k] - loss[idx - k]) / (log_lr[idx + k] - log_lr[idx - k])
+    best = int(idx[np.argmin(slope)])
+    return float(lrs[best]) if slope.min() < 0 else None

@@ -1,0 +1,144 @@
+"""Optimizers by name with parameter groups, LR schedules and the frequency they step at."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from qfnet.training.config import TrainerConfig
+
+__all__ = ["SCHEDULER_INTERVALS", "build_optimizer", "build_scheduler", "warmup_factor"]
+
+#: When each schedule steps: per optimizer step, per epoch, or per epoch on a monitored metric.
+SCHEDULER_INTERVALS = {
+    "none": None,
+    "onecycle": "step",
+    "step": "epoch",
+    "multistep": "epoch",
+    "exponential": "epoch",
+    "cosine": "epoch",
+    "plateau": "metric",
+}
+
+
+def build_optimizer(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], config: TrainerConfig
+) -> torch.optim.Optimizer:
+    """The optimizer named in ``config`` over parameter groups chosen by name patterns.
+
+    Args:
+        named_parameters: ``(name, parameter)`` pairs; frozen parameters are left out.
+        config: Supplies ``optimizer``, ``lr``, ``weight_decay``, ``momentum``, ``betas`` and
+            ``param_groups``.
+
+    Examples:
+        >>> from qfnet.training.config import ParamGroup
+        >>> cfg = TrainerConfig(optimizer="sgd", lr=0.1, momentum=0.9,
+        ...                     param_groups=(ParamGroup(pattern="bias", lr=0.01),))
+        >>> opt = build_optimizer(nn.Linear(2, 1).named_parameters(), cfg)
+        >>> [g["lr"] for g in opt.param_groups]
+        [0.1, 0.01]
+    """
+    default: list[nn.Parameter] = []
+    groups: list[list[nn.Parameter]] = [[] for _ in config.param_groups]
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        for i, spec in enumerate(config.param_groups):
+            if re.search(spec.pattern, name):
+                groups[i].append(param)
+                break
+        else:
+            default.append(param)
+    param_groups: list[dict[str, Any]] = [
+        {"params": default, "lr": config.lr, "weight_decay": config.weight_decay}
+    ]
+    for spec, params in zip(config.param_groups, groups, strict=True):
+        if not params:
+            raise ValueError(f"ParamGroup pattern {spec.pattern!r} matches no trainable parameter")
+        param_groups.append(
+            {
+                "params": params,
+                "lr": config.lr if spec.lr is None else spec.lr,
+                "weight_decay": config.weight_decay
+                if spec.weight_decay is None
+                else spec.weight_decay,
+            }
+        )
+    param_groups = [g for g in param_groups if g["params"]]
+    if not param_groups:
+        raise ValueError("build_optimizer: the model has no trainable parameters")
+    name = config.optimizer
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=config.lr, betas=config.betas)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=config.lr, betas=config.betas)
+    return torch.optim.RMSprop(param_groups, lr=config.lr, momentum=config.momentum)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainerConfig, steps_per_epoch: int | None
+) -> tuple[Any, str | None]:
+    """The LR schedule named in ``config`` and the interval it steps at.
+
+    Defaults: ``onecycle`` peaks at each group's ``lr`` over ``max_epochs * steps_per_epoch``
+    optimizer steps; ``cosine`` anneals over ``max_epochs``; ``step`` uses ``step_size=1``
+    (torch's ``gamma=0.1``); ``exponential`` uses ``gamma=0.9``; ``plateau`` follows
+    ``config.monitor_mode``. Everything can be overridden through ``config.scheduler_kwargs``.
+
+    Returns:
+        ``(scheduler or None, interval)`` with interval in ``step``, ``epoch``, ``metric``.
+
+    Examples:
+        >>> opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> build_scheduler(opt, TrainerConfig(scheduler="cosine"), 10)[1]
+        'epoch'
+    """
+    name, kwargs = config.scheduler, dict(config.scheduler_kwargs)
+    interval = SCHEDULER_INTERVALS[name]
+    if name == "none":
+        return None, None
+    if name == "onecycle":
+        if "total_steps" not in kwargs:
+            if steps_per_epoch is None:
+                raise ValueError(
+                    "scheduler 'onecycle' needs scheduler_kwargs['total_steps'] when the "
+                    "training loader has no length"
+                )
+            kwargs["total_steps"] = config.max_epochs * steps_per_epoch
+        kwargs.setdefault("max_lr", [g["lr"] for g in optimizer.param_groups])
+        return lr_scheduler.OneCycleLR(optimizer, **kwargs), interval
+    if name == "step":
+        kwargs.setdefault("step_size", 1)
+        return lr_scheduler.StepLR(optimizer, **kwargs), interval
+    if name == "multistep":
+        if "milestones" not in kwargs:
+            raise ValueError("scheduler 'multistep' needs scheduler_kwargs['milestones']")
+        return lr_scheduler.MultiStepLR(optimizer, **kwargs), interval
+    if name == "exponential":
+        kwargs.setdefault("gamma", 0.9)
+        return lr_scheduler.ExponentialLR(optimizer, **kwargs), interval
+    if name == "cosine":
+        kwargs.setdefault("T_max", config.max_epochs)
+        return lr_scheduler.CosineAnnealingLR(optimizer, **kwargs), interval
+    kwargs.setdefault("mode", config.monitor_mode)
+    return lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs), interval
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Linear warmup multiplier ``(step + 1) / warmup_steps`` for 0-based ``step``, then 1.
+
+    Examples:
+        >>> [warmup_factor(s, 4) for s in range(5)]
+        [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return (step + 1) / warmup_steps

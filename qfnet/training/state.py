@@ -1,0 +1,102 @@
+"""The training state in a checkpoint: what a Trainer saves and how it is restored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from qfnet.training.checkpoint import CheckpointError, get_rng_state, set_rng_state
+from qfnet.training.step import EpochLoss, History
+
+if TYPE_CHECKING:
+    from qfnet.training.trainer import Trainer
+
+__all__ = ["restore_trainer", "trainer_state"]
+
+
+def _callback_keys(trainer: Trainer) -> list[tuple[str, Any]]:
+    """Stateful callbacks with unique keys (class name, then _1, _2 for repeats)."""
+    keys, seen = [], {}
+    for cb in trainer.callbacks:
+        if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict"):
+            name = type(cb).__name__
+            seen[name] = seen.get(name, -1) + 1
+            keys.append((f"{name}_{seen[name]}" if seen[name] else name, cb))
+    return keys
+
+
+def trainer_state(trainer: Trainer) -> dict[str, Any]:
+    """Everything a checkpoint holds (plain types and tensors only).
+
+    At the end of an epoch the loop position is the start of the next one.
+    """
+    done = trainer._epoch_done
+    loop = {
+        "epoch": trainer.epoch + 1 if done else trainer.epoch,
+        "batch_in_epoch": 0 if done else trainer.batch_in_epoch,
+        "step_in_epoch": 0 if done else trainer.step_in_epoch,
+        "global_step": trainer.global_step,
+        "should_stop": trainer.should_stop,
+        "train_sums": trainer._zero_sums() if done else trainer._folded_train_sums(),
+        "batch_size": trainer.config.batch_size,
+        "accumulate_grad_batches": trainer.config.accumulate_grad_batches,
+        "world_size": trainer.dist.world_size,
+        "loader_generator": trainer._train.generator_state(done)
+        if hasattr(trainer, "_train")
+        else None,
+    }
+    return {
+        "model": trainer.model.state_dict(),
+        "loss": trainer.loss.state_dict() if isinstance(trainer.loss, nn.Module) else None,
+        "optimizer": trainer.optimizer.state_dict() if trainer.optimizer else None,
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "scaler": trainer._scaler.state_dict() if trainer._scaler is not None else None,
+        "callbacks": {key: cb.state_dict() for key, cb in _callback_keys(trainer)},
+        "loop": loop,
+        "history": [dict(r) for r in trainer.history.records],
+        "rng": get_rng_state(),
+        "config": trainer.config.to_dict(),
+    }
+
+
+def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's state into a trainer set up for ``fit`` (model, optimizer, ...)."""
+    loop = state["loop"]
+    if loop["batch_in_epoch"]:
+        for key in ("batch_size", "accumulate_grad_batches", "world_size"):
+            now = trainer.dist.world_size if key == "world_size" else getattr(trainer.config, key)
+            if loop[key] != now:
+                raise ValueError(
+                    f"checkpoint {path}: cannot resume mid-epoch with {key}={now}, "
+                    f"the checkpoint was written with {key}={loop[key]}"
+                )
+    try:
+        trainer.model.load_state_dict(state["model"])
+        if isinstance(trainer.loss, nn.Module) and state["loss"] is not None:
+            trainer.loss.load_state_dict(state["loss"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: does not match this model or optimizer ({exc})"
+        ) from exc
+    if trainer.scheduler is not None and state["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer._scaler is not None and state["scaler"] is not None:
+        trainer._scaler.load_state_dict(state["scaler"])
+    saved = state["callbacks"]
+    for key, cb in _callback_keys(trainer):
+        if key in saved:
+            cb.load_state_dict(saved[key])
+    trainer.epoch, trainer.global_step = loop["epoch"], loop["global_step"]
+    trainer.batch_in_epoch, trainer.step_in_epoch = loop["batch_in_epoch"], loop["step_in_epoch"]
+    trainer.should_stop = loop["should_stop"]
+    trainer._train_sums = loop["train_sums"].to(trainer.device)
+    if not trainer.dist.is_global_zero:  # the saved sums are already reduced over ranks
+        trainer._train_sums.zero_()
+    trainer._epoch_loss = EpochLoss()
+    if loop.get("loader_generator") is not None:
+        trainer._train.pending_generator_state = loop["loader_generator"].cpu()
+    trainer.history = History(state["history"])
+    set_rng_state(state["rng"])

@@ -1,0 +1,546 @@
+"""The Trainer: an explicit five-step loop (zero grads, forward, loss, backward, step)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qfnet.training import checkpoint as ckpt
+from qfnet.training.callbacks import LossCurvePlot, LRMonitor, ModelCheckpoint, ProgressBar
+from qfnet.training.config import TrainerConfig
+from qfnet.training.data import DataSource, TrainLoader, eval_loader, tensor_backed
+from qfnet.training.device import (
+    move_to_device,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+)
+from qfnet.training.distributed import DistInfo, all_reduce_sum, init_distributed
+from qfnet.training.loggers import CSVLogger, TensorBoardLogger
+from qfnet.training.schedulers import build_optimizer, build_scheduler, warmup_factor
+from qfnet.training.state import restore_trainer, trainer_state
+from qfnet.training.step import (
+    EpochLoss,
+    ForwardFn,
+    History,
+    LossFn,
+    NonFiniteLossError,
+    StepModule,
+    default_forward,
+    global_norm,
+    group_batches,
+    sample_count,
+    scale_gradients_,
+    scaled_loss,
+    weighted_sum,
+)
+
+__all__ = ["History", "NonFiniteLossError", "Trainer"]
+
+MetricFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+class Trainer:
+    """Train ``model`` on ``loss`` with the settings of ``config`` (see the package docstring).
+
+    Args:
+        model: Any ``nn.Module``; it is moved to the configured device.
+        loss: ``loss(output, target)`` returning a scalar or per-sample values ``(N, ...)``.
+        config: The run settings.
+        callbacks: Duck-typed callback objects (see :data:`~qfnet.training.HOOKS`).
+        metrics: ``{"name": fn(output, target)}`` computed on validation/test data (and on
+            training batches with ``config.train_metrics``), reduced like the loss.
+        forward: ``fn(model, batch) -> (output, target, weight or None)``; default
+            ``(model(batch[0]), batch[1], batch[2] if present)``.
+
+    Attributes:
+        epoch: Current 0-based epoch.
+        global_step: Optimizer steps done since the start of training.
+        step_metrics: Last step's ``loss`` and ``grad_norm`` (tensors) and ``lr``.
+        epoch_metrics: The current epoch's row.
+        history: :class:`History` of all epoch rows.
+        should_stop: Set by a callback to stop training.
+        device: The device in use; precision: the resolved mixed-precision mode.
+
+    Examples:
+        >>> torch.manual_seed(0) and None
+        >>> x = torch.randn(64, 1, dtype=torch.float64); y = 2 * x
+        >>> model = nn.Linear(1, 1).double()
+        >>> cfg = TrainerConfig(max_epochs=30, batch_size=16, optimizer="sgd", lr=0.1)
+        >>> history = Trainer(model, loss=nn.MSELoss(), config=cfg).fit(
+        ...     torch.utils.data.TensorDataset(x, y))
+        >>> round(model.weight.item(), 3)
+        2.0
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: LossFn,
+        config: TrainerConfig | None = None,
+        callbacks: Iterable[Any] = (),
+        metrics: dict[str, MetricFn] | None = None,
+        forward: ForwardFn | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not callable(loss):
+            raise TypeError(f"loss: expected a callable, got {type(loss).__name__}")
+        self.model, self.loss = model, loss
+        self.config = config or TrainerConfig()
+        self.metrics = dict(metrics or {})
+        self.forward = forward or default_forward
+        self.run_dir = Path(self.config.run_dir) if self.config.run_dir is not None else None
+        self.callbacks = self._default_callbacks(list(callbacks))
+        self.history = History()
+        self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
+        self.should_stop = False
+        self.at_epoch_end = self.has_validation = self.validated_this_epoch = False
+        self.step_metrics: dict[str, Any] = {}
+        self.epoch_metrics: dict[str, float] = {}
+        self.steps_per_epoch: int | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self._epoch_done = False
+        self._runtime_ready = False
+
+    def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
+        cfg = self.config
+
+        def missing(kind: type) -> bool:
+            return not any(isinstance(c, kind) for c in callbacks)
+
+        if missing(LRMonitor):
+            callbacks.insert(0, LRMonitor())
+        if cfg.progress_bar and missing(ProgressBar):
+            callbacks.append(ProgressBar())
+        if self.run_dir is not None:
+            if missing(CSVLogger):
+                callbacks.append(CSVLogger())
+            if cfg.tensorboard and missing(TensorBoardLogger):
+                callbacks.append(TensorBoardLogger())
+            if missing(LossCurvePlot):
+                callbacks.append(LossCurvePlot())
+            if missing(ModelCheckpoint):
+                callbacks.append(
+                    ModelCheckpoint(
+                        monitor=cfg.monitor,
+                        mode=cfg.monitor_mode,
+                        every_n_steps=cfg.checkpoint_every_n_steps,
+                    )
+                )
+        return sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
+
+    @property
+    def callbacks(self) -> list[Any]:
+        """The callbacks, in call order (assigning a new list re-reads their hooks)."""
+        return self._callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: list[Any]) -> None:
+        self._callbacks = list(callbacks)
+        self._hooks: dict[str, list[Callable[..., Any]]] = {}
+
+    def call(self, hook: str, *args: Any) -> None:
+        """Call ``hook(self, *args)`` on every callback that defines it, in order."""
+        methods = self._hooks.get(hook)
+        if methods is None:
+            found = (getattr(c, hook, None) for c in self._callbacks)
+            methods = self._hooks[hook] = [m for m in found if m is not None]
+        for method in methods:
+            method(self, *args)
+
+    @property
+    def is_global_zero(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.dist.is_global_zero if self._runtime_ready else True
+
+    def _setup_runtime(self) -> None:
+        """Device, process group, precision, model placement, DDP and compile (once)."""
+        if self._runtime_ready:
+            return
+        cfg = self.config
+        self.device = resolve_device(cfg.device)
+        self.dist: DistInfo = init_distributed(cfg.distributed, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device, self.model)
+        if cfg.deterministic:
+            set_deterministic(True)
+        self.model.to(self.device)
+        if isinstance(self.loss, nn.Module):
+            self.loss.to(self.device)
+        inner = (
+            torch.compile(self.model, backend=cfg.compile_backend) if cfg.compile else self.model
+        )
+        self._module = StepModule(inner, self.loss, self.forward)
+        self._train_module: nn.Module = self._module
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._train_module = DistributedDataParallel(self._module, device_ids=ids)
+        # no hooks on the internal module: call forward directly, unless DDP needs its __call__
+        self._train_call = self._train_module if self.dist.enabled else self._module.forward
+        self._params = [p for p in self._module.parameters() if p.requires_grad]
+        self._scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self._runtime_ready = True
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _loader_kwargs(self, data: DataSource) -> dict[str, Any]:
+        """Pinned memory on CUDA; 2 workers there by default, except for tensor-backed data
+        (fetched by one tensor index per batch, where workers only add start-up time)."""
+        cuda = self.device.type == "cuda"
+        workers = self.config.num_workers
+        if workers is None:
+            workers = 2 if cuda and not tensor_backed(data) else 0
+        return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
+
+    def _setup_fit(self, train_data: DataSource, val_data: DataSource | None) -> None:
+        cfg = self.config
+        self._train = TrainLoader(
+            train_data,
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle,
+            drop_last=cfg.drop_last,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            loader_kwargs=self._loader_kwargs(train_data),
+        )
+        self._val = None if val_data is None else self._eval_loader(val_data)
+        self.has_validation = self._val is not None
+        try:
+            n_batches = len(self._train)
+        except TypeError:  # an iterable-style loader
+            self.steps_per_epoch = None
+        else:
+            if n_batches == 0:
+                raise ValueError("train_data: no training batch (empty dataset?)")
+            self.steps_per_epoch = -(-n_batches // cfg.accumulate_grad_batches)
+        named = self._module.named_parameters()
+        self.optimizer = build_optimizer(
+            ((n.removeprefix("model._orig_mod.").removeprefix("model."), p) for n, p in named), cfg
+        )
+        self.scheduler, self._interval = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
+        self._non_blocking = self.device.type == "cuda"
+
+    def _eval_loader(self, data: DataSource) -> Any:
+        size = self.config.eval_batch_size or self.config.batch_size
+        return eval_loader(
+            data,
+            batch_size=size,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            loader_kwargs=self._loader_kwargs(data),
+        )
+
+    def fit(
+        self,
+        train_data: DataSource,
+        val_data: DataSource | None = None,
+        *,
+        resume: bool = False,
+        ckpt_path: str | Path | None = None,
+    ) -> History:
+        """Train for ``config.max_epochs`` epochs (or until a callback stops it).
+
+        Args:
+            train_data: A Dataset, a tensor (one sample per row) or a DataLoader.
+            val_data: Validation data, evaluated every ``val_every_n_epochs`` epochs.
+            resume: Continue from ``run_dir/checkpoints/last.pt`` if it exists.
+            ckpt_path: Continue from this checkpoint (must exist).
+
+        Returns:
+            The :class:`History` of per-epoch metrics.
+
+        Raises:
+            NonFiniteLossError: On a NaN/Inf loss or gradient norm (``config.nan_guard``);
+                checkpoints written before it are kept.
+        """
+        self._setup_runtime()
+        self._setup_fit(train_data, val_data)
+        self._hooks = {}  # re-read the hooks, the list may have been changed in place
+        path = self._resume_path(resume, ckpt_path)
+        if path is None:
+            seed_everything(self.config.seed)
+            self.history = History()
+            self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
+            self.should_stop = False
+        self._write_config()
+        try:
+            if path is not None:
+                restore_trainer(self, ckpt.load_checkpoint(path, map_location=self.device), path)
+            self.call("on_fit_start")
+            while self.epoch < self.config.max_epochs and not self.should_stop:
+                if not self._run_epoch():
+                    break
+            self.call("on_fit_end")
+        except BaseException as exc:
+            self.call("on_exception", exc)
+            raise
+        finally:
+            self.call("on_teardown")
+        return self.history
+
+    def _resume_path(self, resume: bool, ckpt_path: str | Path | None) -> Path | None:
+        if ckpt_path is not None:
+            return Path(ckpt_path)
+        if not resume:
+            return None
+        if self.run_dir is None:
+            raise ValueError("fit(resume=True) needs TrainerConfig.run_dir (or pass ckpt_path)")
+        last = self.run_dir / "checkpoints" / "last.pt"
+        return last if last.exists() else None
+
+    def _write_config(self) -> None:
+        if self.run_dir is None or not self.is_global_zero:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        runtime = {
+            "device": str(self.device),
+            "precision": self.precision,
+            "world_size": self.dist.world_size,
+            "torch": torch.__version__,
+        }
+        text = json.dumps({**self.config.to_dict(), "runtime": runtime}, indent=2, default=str)
+        (self.run_dir / "config.json").write_text(text + "\n")
+
+    def _folded_train_sums(self) -> torch.Tensor:
+        """The epoch's ``[loss_sum, weight_sum, metric sums...]`` including the step losses."""
+        sums = self._train_sums.clone()
+        loss, weight = self._epoch_loss.sums(self.device)
+        sums[0] += loss
+        sums[1] += weight
+        return sums
+
+    def _zero_sums(self) -> torch.Tensor:
+        return torch.zeros(2 + 2 * len(self.metrics), dtype=torch.float64, device=self.device)
+
+    def _run_epoch(self) -> bool:
+        """One epoch: train, validate, schedule, hooks. False if stopped mid-epoch."""
+        start = time.perf_counter()
+        self._epoch_done = self.validated_this_epoch = False
+        self._train_module.train()
+        self.call("on_train_epoch_start")
+        iterator = self._train.epoch_iter(self.epoch, self.batch_in_epoch)
+        for group in group_batches(iterator, self.config.accumulate_grad_batches):
+            self._train_step(group)
+            if self.should_stop:
+                return False
+        self.epoch_metrics = {"epoch": self.epoch, "step": self.global_step}
+        self.epoch_metrics.update(self._reduce(self._folded_train_sums(), "train_", train=True))
+        self.call("on_train_epoch_end")
+        if self._val is not None and (self.epoch + 1) % self.config.val_every_n_epochs == 0:
+            self.call("on_validation_start")
+            val = self._evaluate(self._val, prefix="val_")
+            self.validated_this_epoch = True
+            self.epoch_metrics.update(val)
+            self.call("on_validation_end", val)
+        self._step_scheduler_epoch()
+        self.epoch_metrics["seconds"] = time.perf_counter() - start
+        self.history.records.append(dict(self.epoch_metrics))
+        self._epoch_done = True
+        self.call("on_epoch_end")
+        self.epoch += 1
+        self.batch_in_epoch = self.step_in_epoch = 0
+        self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
+        return True
+
+    def _step_scheduler_epoch(self) -> None:
+        if self._interval == "epoch":
+            self.scheduler.step()
+        elif self._interval == "metric":
+            name = self.config.scheduler_monitor
+            value = self.epoch_metrics.get(name)
+            if value is None and name.startswith("val_") and not self.has_validation:
+                value = self.epoch_metrics.get("train_" + name[4:])
+            if value is None and (self.validated_this_epoch or not self.has_validation):
+                raise KeyError(
+                    f"scheduler_monitor {name!r} not found; available: {sorted(self.epoch_metrics)}"
+                )
+            if value is not None:
+                self.scheduler.step(value)
+
+    def _train_step(self, group: list[Any]) -> None:
+        """One optimizer step over ``group`` micro-batches (gradient accumulation)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_metrics = {}
+        # Gradients of sum(w * loss) / nominal, rescaled by nominal / total weight below: the
+        # exact weighted mean over the whole group (and over all ranks), partial groups too.
+        nominal = cfg.batch_size * cfg.accumulate_grad_batches
+        means: list[torch.Tensor] = []  # detached mean loss of each micro-batch
+        weights: list[torch.Tensor | int] = []
+        for i, raw in enumerate(group):
+            self.call("on_train_batch_start", raw, self.batch_in_epoch + i)
+            batch = move_to_device(raw, self.device, self._non_blocking)
+            last = i == len(group) - 1
+            sync = self._train_module.no_sync() if self.dist.enabled and not last else _NO_SYNC
+            with sync:
+                with self._autocast():
+                    value, output, target, weight = self._train_call(batch)
+                mean, w, scaled = scaled_loss(value, weight, sample_count(output, target), nominal)
+                (self._scaler.scale(scaled) if self._scaler else scaled).backward()
+            means.append(mean)
+            weights.append(w)
+            if cfg.train_metrics:
+                self._accumulate_metrics(self._train_sums, output, target, weight)
+            self.call("on_after_backward")
+        if len(means) == 1:
+            step_loss, total = means[0], weights[0]
+        else:
+            total = sum(weights)
+            step_loss = sum(m * w for m, w in zip(means, weights, strict=True)) / total
+        self._epoch_loss.add(step_loss, total)
+        norm = self._finish_gradients(nominal, total)
+        self._check_finite(step_loss, norm)
+        self._optimizer_step()
+        self.batch_in_epoch += len(group)
+        self.step_in_epoch += 1
+        self.global_step += 1
+        self.at_epoch_end = self.step_in_epoch == self.steps_per_epoch
+        self.step_metrics.update(loss=step_loss, grad_norm=norm)
+        self.call("on_train_step_end")
+
+    def _finish_gradients(self, nominal: int, total: torch.Tensor | int) -> torch.Tensor:
+        """Unscale, normalise by the total weight, clip; returns the global norm before clipping."""
+        if self._scaler is not None:
+            self._scaler.unscale_(self.optimizer)
+        if self.dist.enabled:
+            total = torch.as_tensor(total, dtype=torch.float64, device=self.device).clone()
+            factor = nominal * self.dist.world_size / all_reduce_sum(total, self.dist)
+        else:
+            factor = nominal / total
+        grads = [p.grad for p in self._params if p.grad is not None]
+        scale_gradients_(grads, factor)
+        norm = global_norm(grads)
+        if self.config.clip_grad_norm is not None:
+            # torch.nn.utils.clip_grad_norm_'s rule, reusing the norm computed above
+            scale_gradients_(grads, (self.config.clip_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+        elif self.config.clip_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(self._params, self.config.clip_grad_value)
+        return norm
+
+    def _check_finite(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        if not self.config.nan_guard:
+            return
+        # with fp16 scaling, inf gradients only make the scaler skip the step
+        probe = loss if self._scaler is not None else loss + norm
+        # .item() synchronises the GPU once per step: the price of stopping at the bad step
+        if math.isfinite(probe.item()):
+            return
+        bad_loss = not math.isfinite(loss.item())
+        what = f"loss {loss.item()}" if bad_loss else f"gradient norm {norm.item()}"
+        last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+        kept = f"; last good checkpoint: {last}" if last is not None and last.exists() else ""
+        raise NonFiniteLossError(
+            f"non-finite {what} at epoch {self.epoch}, step {self.step_in_epoch} of the epoch "
+            f"(global step {self.global_step}, 0-based); training stopped before the update"
+            f"{kept}",
+            epoch=self.epoch,
+            step=self.step_in_epoch,
+            global_step=self.global_step,
+        )
+
+    def _optimizer_step(self) -> None:
+        opt = self.optimizer
+        factor = warmup_factor(self.global_step, self.config.warmup_steps)
+        saved = [g["lr"] for g in opt.param_groups] if factor != 1.0 else []
+        if factor != 1.0:
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * factor
+        self.call("on_before_optimizer_step", opt)
+        if self._scaler is not None:
+            self._scaler.step(opt)
+            self._scaler.update()
+        else:
+            opt.step()
+        if factor != 1.0:
+            for g, lr in zip(opt.param_groups, saved, strict=True):
+                g["lr"] = lr
+        if self._interval == "step":
+            self.scheduler.step()
+
+    def _accumulate_metrics(
+        self, sums: torch.Tensor, output: Any, target: Any, weight: Any
+    ) -> None:
+        with torch.no_grad():
+            count = sample_count(output, target)
+            for j, (name, fn) in enumerate(self.metrics.items()):
+                s, w = weighted_sum(fn(output.detach(), target), weight, count, name=name)
+                sums[2 + 2 * j] += s.detach()
+                sums[3 + 2 * j] += w
+
+    def _reduce(self, sums: torch.Tensor, prefix: str, train: bool = False) -> dict[str, float]:
+        """Weighted means from ``[loss_sum, loss_w, m1_sum, m1_w, ...]`` over all ranks."""
+        values = all_reduce_sum(sums.clone(), self.dist).tolist()  # one synchronisation
+        out = {f"{prefix}loss": values[0] / values[1] if values[1] else float("nan")}
+        if train and not self.config.train_metrics:
+            return out
+        for j, name in enumerate(self.metrics):
+            w = values[3 + 2 * j]
+            out[prefix + name] = values[2 + 2 * j] / w if w else float("nan")
+        return out
+
+    @torch.no_grad()
+    def _evaluate(self, loader: Any, prefix: str = "") -> dict[str, float]:
+        self._module.eval()
+        sums = self._zero_sums()
+        for raw in loader:
+            batch = move_to_device(raw, self.device, non_blocking=self.device.type == "cuda")
+            with self._autocast():
+                value, output, target, weight = self._module(batch)
+            s, w = weighted_sum(value, weight, sample_count(output, target))
+            sums[0] += s
+            sums[1] += w
+            self._accumulate_metrics(sums, output, target, weight)
+        self._module.train()
+        return self._reduce(sums, prefix)
+
+    def evaluate(self, data: DataSource) -> dict[str, float]:
+        """Loss and metrics over ``data`` (model in eval mode, no gradients).
+
+        Returns:
+            ``{"loss": ..., "<metric>": ...}`` as weighted means over all samples (all ranks).
+        """
+        self._setup_runtime()
+        return self._evaluate(self._eval_loader(data))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds (plain types and tensors only)."""
+        return trainer_state(self)
+
+    def save_checkpoint(self, path: str | Path) -> Path | None:
+        """Write the full training state to ``path`` atomically (rank 0 writes).
+
+        Under DDP every rank must call it (callbacks run on every rank): the epoch's partial
+        training sums are reduced across ranks first, so a resumed run reports the same
+        ``train_loss``.
+        """
+        sums = None
+        if self._runtime_ready and self.dist.enabled and hasattr(self, "_epoch_loss"):
+            sums = all_reduce_sum(self._folded_train_sums(), self.dist)
+        if not self.is_global_zero:
+            return None
+        state = self.state_dict()
+        if sums is not None and not self._epoch_done:
+            state["loop"]["train_sums"] = sums
+        return ckpt.save_checkpoint(state, path)
+
+
+_NO_SYNC = contextlib.nullcontext()

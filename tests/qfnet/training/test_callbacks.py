@@ -1,0 +1,226 @@
+"""Early stopping, checkpoint callback, loggers, progress bar, loss plot and the LR finder."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from qfnet.training import (
+    HOOKS,
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    Trainer,
+    TrainerConfig,
+    load_checkpoint,
+    lr_find,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Scripted:
+    """A validation metric that returns a scripted value per epoch (one val batch per epoch)."""
+
+    def __init__(self, values):
+        self.values, self.calls = list(values), 0
+
+    def __call__(self, output, target):
+        value = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        return torch.full((output.shape[0],), value, dtype=output.dtype)
+
+
+class _Snapshots:
+    def __init__(self):
+        self.weights = []
+
+    def on_epoch_end(self, trainer):
+        self.weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+
+def _fit(regression, mlp, sq_error, *, callbacks, metric_values, epochs=10, **overrides):
+    data = regression(n=32)
+    cfg = TrainerConfig(
+        max_epochs=epochs,
+        batch_size=8,
+        eval_batch_size=32,
+        optimizer="sgd",
+        lr=0.05,
+        progress_bar=False,
+        **overrides,
+    )
+    model = mlp()
+    trainer = Trainer(
+        model,
+        loss=sq_error,
+        config=cfg,
+        callbacks=callbacks,
+        metrics={"score": _Scripted(metric_values)},
+    )
+    return model, trainer, trainer.fit(data, data)
+
+
+def test_early_stopping_stops_after_patience_and_restores_best_weights(regression, mlp, sq_error):
+    snapshots = _Snapshots()
+    stopper = EarlyStopping(monitor="val_score", patience=2, restore_best_weights=True)
+    model, _, history = _fit(
+        regression,
+        mlp,
+        sq_error,
+        callbacks=[stopper, snapshots],
+        metric_values=[5.0, 4.0, 3.0, 3.5, 3.6, 1.0, 0.5],
+    )
+    assert len(history) == 5  # best at epoch 2, two epochs without improvement
+    assert stopper.best_epoch == 2 and stopper.stopped_epoch == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, snapshots.weights[2][key])
+    assert not torch.equal(snapshots.weights[2]["0.weight"], snapshots.weights[4]["0.weight"])
+
+
+def test_early_stopping_min_delta_and_max_mode(regression, mlp, sq_error):
+    stopper = EarlyStopping(monitor="val_score", mode="max", patience=1, min_delta=0.5)
+    _, _, history = _fit(
+        regression, mlp, sq_error, callbacks=[stopper], metric_values=[1.0, 2.0, 2.4, 5.0]
+    )
+    assert len(history) == 3  # +0.4 at epoch 2 is below min_delta
+    assert stopper.best == 2.0
+
+
+def test_early_stopping_unknown_metric_names_the_available_ones(regression, mlp, sq_error):
+    with pytest.raises(KeyError, match=r"val_nope.*available"):
+        _fit(
+            regression,
+            mlp,
+            sq_error,
+            callbacks=[EarlyStopping(monitor="val_nope")],
+            metric_values=[1.0],
+        )
+
+
+def test_model_checkpoint_writes_last_best_and_every_n_epochs(regression, mlp, sq_error, tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_score", every_n_epochs=2)
+    _fit(
+        regression,
+        mlp,
+        sq_error,
+        callbacks=[checkpoint],
+        epochs=5,
+        metric_values=[3.0, 1.0, 2.0, 4.0, 5.0],
+    )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.pt", "epoch_0001.pt", "epoch_0003.pt", "last.pt"]
+    assert load_checkpoint(tmp_path / "best.pt")["loop"]["epoch"] == 2  # after epoch 1
+    assert load_checkpoint(tmp_path / "last.pt")["loop"]["epoch"] == 5
+
+
+def test_run_dir_gets_config_metrics_csv_tensorboard_checkpoints_and_plot(
+    regression, mlp, sq_error, tmp_path
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = regression(n=32)
+    cfg = TrainerConfig(
+        max_epochs=3,
+        batch_size=8,
+        lr=0.01,
+        run_dir=tmp_path,
+        progress_bar=False,
+        log_every_n_steps=5,
+    )
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, metrics={"mae": lambda o, y: (o - y).abs()})
+    history = trainer.fit(data, data)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["batch_size"] == 8 and config["runtime"]["device"] == "cpu"
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert {"train_loss", "val_loss", "val_mae", "lr"} <= set(rows[0])
+    assert float(rows[-1]["val_loss"]) == pytest.approx(history["val_loss"][-1], rel=1e-12)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert len(events.Scalars("train/grad_norm")) == 12  # every step, not only every 5th
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
+    assert {"lr", "epoch/val_loss", "epoch/train_loss"} <= set(scalars)
+
+
+def test_hooks_are_called_in_the_documented_order(regression, mlp, sq_error):
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            if name in HOOKS:
+                return lambda trainer, *args: calls.append(name)
+            raise AttributeError(name)
+
+    data = regression(n=16)
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, accumulate_grad_batches=2, progress_bar=False)
+    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[Spy()]).fit(data, data)
+    assert calls == [
+        "on_fit_start",
+        "on_train_epoch_start",
+        "on_train_batch_start",
+        "on_after_backward",
+        "on_train_batch_start",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_train_step_end",
+        "on_train_epoch_end",
+        "on_validation_start",
+        "on_validation_end",
+        "on_epoch_end",
+        "on_fit_end",
+        "on_teardown",
+    ]
+
+
+def test_callback_stops_training_with_the_flag(regression, mlp, sq_error):
+    class StopAtStep3:
+        def on_train_step_end(self, trainer):
+            if trainer.global_step == 3:
+                trainer.should_stop = True
+
+    cfg = TrainerConfig(max_epochs=5, batch_size=8, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[StopAtStep3()])
+    trainer.fit(regression(n=32))
+    assert trainer.global_step == 3
+
+
+def test_progress_bar_shows_the_running_loss(regression, mlp, sq_error, monkeypatch, capsys):
+    import re
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    cfg = TrainerConfig(max_epochs=1, batch_size=8)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[ProgressBar(refresh_every=1)])
+    history = trainer.fit(regression(n=32))
+    err = capsys.readouterr().err
+    assert "epoch 0" in err and "4/4" in err
+    running = [float(v) for v in re.findall(r"[ ,]loss=([-+.\deE]+)", err)]
+    # after the 4th of 4 equal batches the running mean is the epoch's training loss
+    assert running[-1] == pytest.approx(history["train_loss"][-1], rel=1e-3)
+
+
+def test_lr_finder_suggests_a_rate_below_divergence_and_plots(regression, mlp, sq_error, tmp_path):
+    data = regression(n=256)
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainerConfig(batch_size=16, optimizer="sgd", lr=0.1, progress_bar=False)
+    trainer = Trainer(model, loss=sq_error, config=cfg)
+    result = lr_find(
+        trainer, data, min_lr=1e-5, max_lr=10.0, num_steps=80, plot_path=tmp_path / "lr.png"
+    )
+    assert (tmp_path / "lr.png").read_bytes()[:8] == PNG_MAGIC
+    assert result.suggestion is not None
+    assert result.lrs[0] == pytest.approx(1e-5) and result.lrs == sorted(result.lrs)
+    # the suggestion lies where the loss falls, below the LR where it is lowest
+    lowest = result.lrs[result.losses.index(min(result.losses))]
+    assert 1e-4 < result.suggestion < lowest
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])  # the model is left as it was
+    assert trainer.fit(data).records  # and the trainer still trains

@@ -1,0 +1,273 @@
+"""Checkpoint integrity and safety, RNG round trips, in-process resume and the NaN guard."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qfnet.training import (
+    CheckpointError,
+    EarlyStopping,
+    NonFiniteLossError,
+    Trainer,
+    TrainerConfig,
+    load_checkpoint,
+    save_checkpoint,
+)
+from qfnet.training.checkpoint import FORMAT, get_rng_state, set_rng_state
+
+
+def _valid_checkpoint(path: Path) -> Path:
+    marker = torch.full((64,), 1234.5678, dtype=torch.float64)
+    return save_checkpoint({"model": {"w": marker}, "loop": {"epoch": 1}}, path)
+
+
+def test_round_trip_keeps_tensors_and_plain_values(tmp_path):
+    path = _valid_checkpoint(tmp_path / "ck.pt")
+    state = load_checkpoint(path)
+    assert torch.equal(state["model"]["w"], torch.full((64,), 1234.5678, dtype=torch.float64))
+    assert state["loop"] == {"epoch": 1}
+
+
+def test_truncated_checkpoint_raises_an_error_naming_the_file(tmp_path):
+    path = _valid_checkpoint(tmp_path / "last.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt.*(truncated|corrupted)"):
+        load_checkpoint(path)
+
+
+def test_tampered_tensor_bytes_are_detected(tmp_path):
+    path = _valid_checkpoint(tmp_path / "last.pt")
+    data = bytearray(path.read_bytes())
+    pattern = torch.full((64,), 1234.5678, dtype=torch.float64).numpy().tobytes()
+    offset = bytes(data).index(pattern)
+    data[offset + 3] ^= 0xFF  # one changed byte inside the stored tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"last\.pt.*CRC mismatch"):
+        load_checkpoint(path)
+
+
+def test_empty_and_missing_files_are_reported(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt"):
+        load_checkpoint(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match=r"missing\.pt.*not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Payload:
+    """An arbitrary object: unpickling it would create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "version": 1, "model": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_foreign_torch_file_is_not_taken_for_a_checkpoint(tmp_path):
+    torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a qfnet training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = _valid_checkpoint(tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"model": {}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_rng_state_round_trip_covers_python_numpy_and_torch(tmp_path):
+    state = get_rng_state()
+    save_checkpoint({"rng": state}, tmp_path / "rng.pt")
+    first = (random.random(), np.random.random(), torch.rand(3))  # noqa: NPY002
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    second = (random.random(), np.random.random(), torch.rand(3))  # noqa: NPY002
+    assert first[0] == second[0] and first[1] == second[1]
+    assert torch.equal(first[2], second[2])
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAtStep:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_step_end(self, trainer) -> None:
+        if trainer.global_step == self.step:
+            raise _Crash
+
+
+def _resumable_run(mlp, run_dir, callbacks=(), resume=False, **overrides):
+    settings = {
+        "max_epochs": 3,
+        "batch_size": 4,
+        "accumulate_grad_batches": 2,
+        "optimizer": "adam",
+        "lr": 0.02,
+        "scheduler": "onecycle",
+        "seed": 3,
+        "run_dir": run_dir,
+        "checkpoint_every_n_steps": 2,
+        "progress_bar": False,
+        "tensorboard": False,
+    } | overrides
+    model = mlp(dropout=0.2, seed=11)
+    stopper = EarlyStopping(monitor="val_loss", patience=10)
+    trainer = Trainer(
+        model,
+        loss=torch.nn.MSELoss(),
+        config=TrainerConfig(**settings),
+        callbacks=[stopper, *callbacks],
+    )
+    return model, trainer, stopper, resume
+
+
+@pytest.mark.parametrize("crash_step", [7, 8])  # mid-epoch (after the step-6 checkpoint), end
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run_exactly(
+    regression, mlp, tmp_path, crash_step
+):
+    train, val = regression(n=40, seed=1), regression(n=12, seed=2)  # 10 micro-batches, 5 steps
+    model_a, trainer_a, stopper_a, _ = _resumable_run(mlp, tmp_path / "a")
+    history_a = trainer_a.fit(train, val)
+
+    _, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_CrashAtStep(crash_step)])
+    with pytest.raises(_Crash):
+        trainer_b.fit(train, val)
+    model_c, trainer_c, stopper_c, _ = _resumable_run(mlp, tmp_path / "b")
+    history_c = trainer_c.fit(train, val, resume=True)
+
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key
+    assert history_c.records == [
+        {k: v for k, v in r.items() if k != "seconds"} | {"seconds": c["seconds"]}
+        for r, c in zip(history_a.records, history_c.records, strict=True)
+    ]
+    assert stopper_c.best == stopper_a.best
+    rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3  # header + one row per epoch, no duplicate after resume
+
+
+def test_resume_mid_epoch_with_a_different_batch_size_is_refused(regression, mlp, tmp_path):
+    train = regression(n=40)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, callbacks=[_CrashAtStep(3)])
+    with pytest.raises(_Crash):
+        trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, batch_size=8)
+    with pytest.raises(ValueError, match=r"batch_size=8.*batch_size=4"):
+        trainer.fit(train, resume=True)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
+    regression, mlp, tmp_path
+):
+    calls = {"n": 0}
+
+    def loss(output, target):
+        calls["n"] += 1
+        value = ((output - target) ** 2).mean()
+        return value * math.nan if calls["n"] == 11 else value  # global step 10 (0-based)
+
+    class Snapshot:
+        def on_epoch_end(self, trainer):
+            self.weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    snapshot = Snapshot()
+    model = mlp()
+    cfg = TrainerConfig(
+        max_epochs=5, batch_size=8, lr=0.01, run_dir=tmp_path, progress_bar=False, tensorboard=False
+    )
+    trainer = Trainer(model, loss=loss, config=cfg, callbacks=[snapshot])
+    with pytest.raises(NonFiniteLossError, match=r"nan.*epoch 2, step 2 .*global step 10") as info:
+        trainer.fit(regression(n=32))  # 4 steps per epoch
+    assert (info.value.epoch, info.value.step, info.value.global_step) == (2, 2, 10)
+    assert "last.pt" in str(info.value)
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["loop"]["epoch"] == 2 and state["loop"]["global_step"] == 8
+    for key, value in state["model"].items():
+        assert torch.equal(value, snapshot.weights[key])
+        assert torch.isfinite(value).all()
+    for value in model.state_dict().values():
+        assert torch.isfinite(value).all()  # stopped before the update
+
+
+def test_nan_guard_catches_a_non_finite_gradient(regression, mlp):
+    def loss(output, target):
+        return (output.sqrt() - target).pow(2).mean()  # sqrt(<0): NaN output and gradient
+
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, progress_bar=False)
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
+        Trainer(mlp(), loss=loss, config=cfg).fit(regression(n=16))
+
+
+def test_resuming_into_a_different_model_names_the_checkpoint(regression, mlp, tmp_path):
+    cfg = TrainerConfig(
+        max_epochs=1, batch_size=8, run_dir=tmp_path, progress_bar=False, tensorboard=False
+    )
+    Trainer(mlp(hidden=8), loss=torch.nn.MSELoss(), config=cfg).fit(regression(n=16))
+    other = Trainer(mlp(hidden=5), loss=torch.nn.MSELoss(), config=cfg)
+    with pytest.raises(CheckpointError, match=r"last\.pt: does not match this model"):
+        other.fit(regression(n=16), resume=True)
+
+
+def test_numpy_scalars_in_the_config_still_give_a_loadable_checkpoint(regression, mlp, tmp_path):
+    cfg = TrainerConfig(
+        max_epochs=1,
+        batch_size=8,
+        run_dir=tmp_path,
+        scheduler="step",
+        progress_bar=False,
+        scheduler_kwargs={"gamma": np.float64(0.5)},
+        tensorboard=False,
+    )
+    Trainer(mlp(), loss=torch.nn.MSELoss(), config=cfg).fit(regression(n=16))
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]["scheduler_kwargs"] == {
+        "gamma": 0.5
+    }
+
+
+def test_resume_mid_epoch_with_a_user_dataloader_and_generator_is_exact(regression, mlp, tmp_path):
+    from torch.utils.data import DataLoader
+
+    data = regression(n=40, seed=1)
+
+    def loader():
+        return DataLoader(
+            data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5)
+        )
+
+    model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
+    trainer_a.fit(loader())
+    _, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_CrashAtStep(7)])
+    with pytest.raises(_Crash):
+        trainer_b.fit(loader())
+    model_c, trainer_c, _, _ = _resumable_run(mlp, tmp_path / "b")
+    trainer_c.fit(loader(), resume=True)
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key

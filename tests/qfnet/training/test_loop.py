@@ -1,0 +1,360 @@
+"""The loop itself: modes, no_grad validation, custom forward, metrics, splits, seeds, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from qfnet.training import (
+    Trainer,
+    TrainerConfig,
+    resolve_device,
+    seed_everything,
+    split_dataset,
+)
+
+
+class _Probe(nn.Module):
+    """Records (training flag, grad enabled) at every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1).double()
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return self.linear(x)
+
+
+def test_train_mode_with_gradients_and_eval_mode_without_during_validation(regression, sq_error):
+    data = regression(n=16)
+    probe = _Probe()
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, eval_batch_size=16, progress_bar=False)
+    Trainer(probe, loss=sq_error, config=cfg).fit(data, data)
+    # per epoch: 2 training batches, then 1 validation batch
+    assert probe.calls == [(True, True), (True, True), (False, False)] * 2
+
+
+def test_fit_learns_a_linear_map_on_any_device(regression, sq_error, device):
+    data = regression(n=256)
+    model = nn.Linear(3, 1).double()
+    cfg = TrainerConfig(
+        max_epochs=40, batch_size=32, lr=0.05, device=str(device), progress_bar=False
+    )
+    history = Trainer(model, loss=sq_error, config=cfg).fit(data)
+    assert model.weight.device.type == device.type
+    expected = torch.linspace(-1.0, 2.0, 3, dtype=torch.float64)
+    torch.testing.assert_close(model.weight.detach().cpu().squeeze(0), expected, rtol=0, atol=0.05)
+    assert history["train_loss"][-1] < 0.05 * history["train_loss"][0]
+
+
+def test_evaluate_returns_weighted_means_of_loss_and_metrics(regression, mlp, sq_error):
+    data = regression(n=20, weighted=True)
+    model = mlp()
+    trainer = Trainer(
+        model,
+        loss=sq_error,
+        config=TrainerConfig(eval_batch_size=6, progress_bar=False),
+        metrics={"mae": lambda out, y: (out - y).abs(), "bias": lambda out, y: (out - y).mean()},
+    )
+    results = trainer.evaluate(data)
+    x, y, w = data.tensors
+    with torch.no_grad():
+        err = (model(x) - y).squeeze(-1)
+    assert results["loss"] == pytest.approx(((err**2 * w).sum() / w.sum()).item(), rel=1e-12)
+    assert results["mae"] == pytest.approx(((err.abs() * w).sum() / w.sum()).item(), rel=1e-12)
+    # a scalar metric counts as the mean of its batch, weighted by the batch's total weight
+    batch_means = [(err[i : i + 6].mean(), w[i : i + 6].sum()) for i in range(0, 20, 6)]
+    expected_bias = sum(m * s for m, s in batch_means) / w.sum()
+    assert results["bias"] == pytest.approx(expected_bias.item(), rel=1e-12)
+    assert set(results) == {"loss", "mae", "bias"}
+
+
+class _HedgeModel(nn.Module):
+    """A toy hedging policy plus the learnable VaR level of the expected-shortfall loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = nn.Linear(1, 1).double()
+        self.var = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+
+def _hedge_forward(model: _HedgeModel, paths: torch.Tensor):
+    """P&L of a short call hedged with the policy's holdings. Shape: (N, T+1) -> (N,)."""
+    log_moneyness = torch.log(paths[:, :-1]).unsqueeze(-1)  # (N, T, 1)
+    holdings = model.policy(log_moneyness).squeeze(-1)  # (N, T)
+    gains = (holdings * paths.diff(dim=1)).sum(dim=1)  # (N,)
+    payoff = (paths[:, -1] - 1.0).clamp(min=0.0)
+    return gains - payoff, None, None
+
+
+def _expected_shortfall(model: _HedgeModel):
+    def loss(pnl: torch.Tensor, target: None) -> torch.Tensor:
+        assert target is None
+        return model.var + (-pnl - model.var).clamp(min=0).mean() / 0.05  # Rockafellar-Uryasev
+
+    return loss
+
+
+def test_custom_forward_trains_a_hedge_on_path_tensors_with_learnable_loss_parameters():
+    g = torch.Generator().manual_seed(0)
+    steps = torch.randn(512, 10, generator=g, dtype=torch.float64) * 0.2 / 10**0.5
+    paths = torch.cat([torch.zeros(512, 1, dtype=torch.float64), steps.cumsum(1)], dim=1).exp()
+    model = _HedgeModel()
+    seen = []
+
+    def forward(m, batch):
+        seen.append((type(m), type(batch), batch.shape))
+        return _hedge_forward(m, batch)
+
+    cfg = TrainerConfig(
+        max_epochs=15, batch_size=128, eval_batch_size=512, lr=0.02, progress_bar=False
+    )
+    trainer = Trainer(
+        model,
+        loss=_expected_shortfall(model),
+        config=cfg,
+        forward=forward,
+        metrics={"mean_pnl": lambda pnl, target: pnl},
+    )
+    before = trainer.evaluate(paths)["loss"]
+    history = trainer.fit(paths, paths)  # a plain tensor of paths is the dataset
+    assert (_HedgeModel, torch.Tensor, (128, 11)) in seen  # raw model, training batches
+    assert history["val_loss"][-1] < 0.7 * before
+    assert model.var.item() != 0.0  # the loss parameter was trained too
+    assert model.policy.weight.grad is not None
+
+
+def test_user_dataloader_is_used_as_given(regression, mlp, sq_error):
+    data = regression(n=24)
+    loader = DataLoader(data, batch_size=6, shuffle=False)
+    cfg = TrainerConfig(max_epochs=2, batch_size=999, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    trainer.fit(loader, loader)
+    assert trainer.global_step == 8
+
+
+def test_bad_batch_layout_names_the_fix(mlp, sq_error):
+    data = TensorDataset(torch.ones(8, 3, dtype=torch.float64))  # inputs only
+    trainer = Trainer(mlp(), loss=sq_error, config=TrainerConfig(batch_size=4, progress_bar=False))
+    with pytest.raises(ValueError, match=r"\(inputs, target\).*forward=fn"):
+        trainer.fit(data)
+
+
+def test_weights_that_do_not_match_the_batch_are_reported(mlp, sq_error):
+    x = torch.ones(8, 3, dtype=torch.float64)
+    bad = TensorDataset(
+        x, torch.ones(8, 1, dtype=torch.float64), torch.ones(8, 2, dtype=torch.float64)
+    )
+    trainer = Trainer(mlp(), loss=sq_error, config=TrainerConfig(batch_size=4, progress_bar=False))
+    with pytest.raises(ValueError, match="4 per-sample values but 8 sample weights"):
+        trainer.fit(bad)
+
+
+def test_split_dataset_is_a_seeded_disjoint_cover():
+    data = torch.arange(101.0)
+    train, val, test = split_dataset(data, [0.7, 0.2, 0.1], seed=3)
+    assert (len(train), len(val), len(test)) == (71, 20, 10)
+    indices = train.indices + val.indices + test.indices
+    assert sorted(indices) == list(range(101))
+    assert split_dataset(data, [0.7, 0.2, 0.1], seed=3)[0].indices == train.indices
+    assert split_dataset(data, [0.7, 0.2, 0.1], seed=4)[0].indices != train.indices
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_dataset(data, [0.5, 0.2])
+    with pytest.raises(ValueError, match="non-negative"):
+        split_dataset(data, [1.2, -0.2])
+
+
+def test_one_seed_makes_runs_identical_and_another_seed_changes_the_order(
+    regression, mlp, sq_error
+):
+    data = regression(n=32)
+
+    def run(seed):
+        model = mlp(dropout=0.3)
+        cfg = TrainerConfig(max_epochs=2, batch_size=8, seed=seed, progress_bar=False)
+        Trainer(model, loss=sq_error, config=cfg).fit(data)
+        return torch.cat([p.flatten() for p in model.parameters()])
+
+    first, again, other = run(1), run(1), run(2)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other, rtol=0, atol=1e-6)
+
+
+def test_seed_everything_seeds_python_numpy_and_torch():
+    import random
+
+    import numpy as np
+
+    seed_everything(5)
+    a = (random.random(), np.random.random(), torch.rand(1).item())  # noqa: NPY002
+    seed_everything(5)
+    assert a == (random.random(), np.random.random(), torch.rand(1).item())  # noqa: NPY002
+
+
+def test_deterministic_mode_turns_on_deterministic_algorithms(regression, mlp, sq_error):
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, deterministic=True, progress_bar=False)
+    try:
+        Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=16))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_compile_flag_wraps_the_model_and_still_trains(regression, mlp, sq_error):
+    model = mlp()
+    cfg = TrainerConfig(
+        max_epochs=2, batch_size=16, compile=True, compile_backend="eager", progress_bar=False
+    )
+    trainer = Trainer(model, loss=sq_error, config=cfg)
+    history = trainer.fit(regression(n=32))
+    assert type(trainer._module.model).__name__ == "OptimizedModule"
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert "_orig_mod" not in "".join(trainer.state_dict()["model"])
+
+
+def test_resolve_device_by_name_and_auto():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else None
+    assert resolve_device("auto").type in {expected, "mps", "cpu"} - {None}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0),
+        ("optimizer", "lbfgs"),
+        ("scheduler", "cyclic"),
+        ("lr", float("nan")),
+        ("precision", "fp8"),
+        ("accumulate_grad_batches", 0),
+        ("clip_grad_norm", -1.0),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainerConfig.{field}"):
+        TrainerConfig(**{field: value})
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = TrainerConfig(max_epochs=3, param_groups=({"pattern": "bias", "lr": 0.1},), run_dir="r")
+    assert TrainerConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ValueError, match="unknown field"):
+        TrainerConfig.from_dict({"epochs": 3})
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A generic (not tensor-backed) dataset: per-sample fetching and default collation."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.data[i]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("generic", [True, False])
+def test_training_batches_follow_distributed_sampler_order_and_resume_position(
+    regression, shuffle, drop_last, generic
+):
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from qfnet.training.data import TrainLoader
+
+    data = regression(n=23)
+    source = _Rows(data) if generic else split_dataset(data, [1.0], seed=0)[0]
+    loader = TrainLoader(
+        source,
+        batch_size=4,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=9,
+        rank=1,
+        world_size=2,
+        loader_kwargs={"num_workers": 0, "pin_memory": False},
+    )
+    sampler = DistributedSampler(source, num_replicas=2, rank=1, shuffle=shuffle, seed=9)
+    sampler.set_epoch(3)
+    reference = DataLoader(source, batch_sampler=BatchSampler(sampler, 4, drop_last))
+    expected = list(reference)
+    got = list(loader.epoch_iter(3))
+    assert len(got) == len(expected) == len(loader)
+    for a, b in zip(got, expected, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    resumed = list(loader.epoch_iter(3, start_batch=2))
+    assert len(resumed) == len(expected) - 2
+    assert torch.equal(resumed[0][0], expected[2][0])
+
+
+def test_epoch_order_is_exactly_the_distributed_sampler_order():
+    from torch.utils.data import DistributedSampler
+
+    from qfnet.training.data import _epoch_order
+
+    for n in (1, 5, 23):
+        for world in (1, 2, 3, 8):
+            for rank in range(world):
+                for shuffle in (True, False):
+                    for drop_last in (True, False):
+                        sampler = DistributedSampler(
+                            range(n),
+                            num_replicas=world,
+                            rank=rank,
+                            shuffle=shuffle,
+                            seed=3,
+                            drop_last=drop_last,
+                        )
+                        sampler.set_epoch(2)
+                        assert _epoch_order(sampler).tolist() == list(sampler)
+
+
+def test_empty_training_data_is_reported(mlp, sq_error):
+    empty = TensorDataset(
+        torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 1, dtype=torch.float64)
+    )
+    trainer = Trainer(mlp(), loss=sq_error, config=TrainerConfig(progress_bar=False))
+    with pytest.raises(ValueError, match="train_data: no training batch"):
+        trainer.fit(empty)
+
+
+class _LearnedScaleLoss(nn.Module):
+    """Gaussian negative log-likelihood with a learnable log standard deviation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_sigma = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (
+            (output - target) ** 2 / (2 * torch.exp(2 * self.log_sigma)) + self.log_sigma
+        ).mean()
+
+
+def test_loss_module_parameters_are_trained_and_checkpointed(regression, mlp, tmp_path):
+    from qfnet.training import load_checkpoint
+
+    loss = _LearnedScaleLoss()
+    cfg = TrainerConfig(
+        max_epochs=3,
+        batch_size=16,
+        lr=0.05,
+        run_dir=tmp_path,
+        progress_bar=False,
+        tensorboard=False,
+    )
+    Trainer(mlp(), loss=loss, config=cfg).fit(regression(n=64))
+    assert loss.log_sigma.item() != 0.0
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["loss"]["log_sigma"]
+    assert torch.equal(saved, loss.log_sigma.detach())

@@ -1,0 +1,172 @@
+"""Optimizers by name, parameter groups, LR schedules stepped at the right frequency, warmup."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from qfnet.training import LRMonitor, ParamGroup, Trainer, TrainerConfig
+
+
+def _lrs(regression, mlp, sq_error, *, epochs=3, steps=4, val=False, metrics=None, **overrides):
+    """Per-step learning rates (group 0) as a list of epochs, each a list of steps."""
+    monitor = LRMonitor()
+    cfg = TrainerConfig(
+        max_epochs=epochs, batch_size=8, optimizer="sgd", lr=0.1, progress_bar=False, **overrides
+    )
+    data = regression(n=8 * steps)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[monitor], metrics=metrics)
+    trainer.fit(data, data if val else None)
+    values = [lrs[0] for _, lrs in monitor.history]
+    return [values[e * steps : (e + 1) * steps] for e in range(epochs)], trainer
+
+
+def test_onecycle_steps_every_optimizer_step_like_torch(regression, mlp, sq_error):
+    lrs, _ = _lrs(regression, mlp, sq_error, scheduler="onecycle")
+    flat = [lr for epoch in lrs for lr in epoch]
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    reference = lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=12)
+    expected = []
+    for _ in range(12):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        reference.step()
+    assert flat == pytest.approx(expected, rel=1e-12)
+    assert len(set(flat)) == len(flat)  # a new value at every step
+
+
+def test_onecycle_counts_optimizer_steps_not_micro_batches(regression, mlp, sq_error):
+    # 4 micro-batches per epoch, 2 per step: 2 optimizer steps per epoch, 6 in all
+    _, trainer = _lrs(regression, mlp, sq_error, scheduler="onecycle", accumulate_grad_batches=2)
+    assert trainer.scheduler.total_steps == 6
+    assert trainer.global_step == 6
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "expected"),
+    [
+        ("step", {"step_size": 1, "gamma": 0.5}, lambda e: 0.1 * 0.5**e),
+        ("exponential", {"gamma": 0.8}, lambda e: 0.1 * 0.8**e),
+        ("cosine", {}, lambda e: 0.1 * (1 + math.cos(math.pi * e / 3)) / 2),
+        ("multistep", {"milestones": [2], "gamma": 0.1}, lambda e: 0.1 if e < 2 else 0.01),
+    ],
+)
+def test_epoch_schedules_are_constant_within_an_epoch_and_step_per_epoch(
+    regression, mlp, sq_error, name, kwargs, expected
+):
+    lrs, _ = _lrs(regression, mlp, sq_error, scheduler=name, scheduler_kwargs=kwargs)
+    for epoch, values in enumerate(lrs):
+        assert values == pytest.approx([expected(epoch)] * 4, rel=1e-12)
+
+
+def test_plateau_reduces_on_the_monitored_metric_after_patience(regression, mlp, sq_error):
+    # a metric that never improves: patience 1 -> the LR halves after every second bad epoch
+    def flat(output, target):
+        return torch.ones(output.shape[0], dtype=output.dtype)
+
+    lrs, _ = _lrs(
+        regression,
+        mlp,
+        sq_error,
+        epochs=5,
+        val=True,
+        metrics={"flat": flat},
+        scheduler="plateau",
+        scheduler_monitor="val_flat",
+        scheduler_kwargs={"patience": 1, "factor": 0.5},
+    )
+    per_epoch = [values[0] for values in lrs]
+    for values in lrs:
+        assert len(set(values)) == 1
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    reference = lr_scheduler.ReduceLROnPlateau(opt, patience=1, factor=0.5)
+    expected = []
+    for _ in range(5):
+        expected.append(opt.param_groups[0]["lr"])
+        reference.step(1.0)
+    assert per_epoch == pytest.approx(expected, rel=1e-12)
+    assert per_epoch[-1] < per_epoch[0]
+
+
+def test_linear_warmup_scales_the_lr_of_the_first_steps(regression, mlp, sq_error, recorder):
+    lrs, _ = _lrs(regression, mlp, sq_error, epochs=2, warmup_steps=5)
+    flat = [lr for epoch in lrs for lr in epoch]
+    assert flat == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.1, 0.1], rel=1e-12)
+
+
+def test_warmup_changes_the_actual_sgd_update(regression, mlp, sq_error, recorder):
+    cfg = TrainerConfig(
+        max_epochs=1, batch_size=8, optimizer="sgd", lr=0.1, warmup_steps=4, progress_bar=False
+    )
+    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[recorder]).fit(regression(n=32))
+    for step, (before, after, grads) in enumerate(
+        zip(recorder.before, recorder.after, recorder.grads, strict=True)
+    ):
+        for b, a, g in zip(before, after, grads, strict=True):
+            torch.testing.assert_close(a, b - 0.1 * (step + 1) / 4 * g, rtol=0, atol=1e-15)
+
+
+def test_warmup_composes_with_an_epoch_schedule(regression, mlp, sq_error):
+    lrs, _ = _lrs(
+        regression,
+        mlp,
+        sq_error,
+        epochs=2,
+        warmup_steps=2,
+        scheduler="step",
+        scheduler_kwargs={"step_size": 1, "gamma": 0.5},
+    )
+    assert lrs == [pytest.approx([0.05, 0.1, 0.1, 0.1]), pytest.approx([0.05] * 4)]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("sgd", torch.optim.SGD),
+        ("adam", torch.optim.Adam),
+        ("adamw", torch.optim.AdamW),
+        ("rmsprop", torch.optim.RMSprop),
+    ],
+)
+def test_optimizers_by_name(regression, mlp, sq_error, name, kind):
+    cfg = TrainerConfig(max_epochs=1, batch_size=16, optimizer=name, lr=0.01, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    trainer.fit(regression(n=32))
+    assert type(trainer.optimizer) is kind
+
+
+def test_param_groups_get_their_own_lr_in_the_update(regression, mlp, sq_error, recorder):
+    groups = (ParamGroup(pattern=r"bias$", lr=0.01, weight_decay=0.0),)
+    cfg = TrainerConfig(
+        max_epochs=1,
+        batch_size=32,
+        optimizer="sgd",
+        lr=0.1,
+        weight_decay=0.0,
+        param_groups=groups,
+        progress_bar=False,
+    )
+    model = mlp()
+    trainer = Trainer(model, loss=sq_error, config=cfg, callbacks=[recorder])
+    trainer.fit(regression(n=32))
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.1, 0.01]
+    biases = {id(p) for n, p in model.named_parameters() if n.endswith("bias")}
+    assert {id(p) for p in trainer.optimizer.param_groups[1]["params"]} == biases
+    params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    for p, b, a, g in zip(
+        params, recorder.before[0], recorder.after[0], recorder.grads[0], strict=True
+    ):
+        lr = 0.01 if id(p) in biases else 0.1
+        torch.testing.assert_close(a, b - lr * g, rtol=0, atol=1e-15)
+
+
+def test_param_group_matching_nothing_is_an_error(regression, mlp, sq_error):
+    cfg = TrainerConfig(
+        param_groups=(ParamGroup(pattern="nonexistent", lr=0.1),), progress_bar=False
+    )
+    with pytest.raises(ValueError, match="nonexistent"):
+        Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=8))
