@@ -1,0 +1,361 @@
+"""Heston (1993) model: validated parameters, characteristic function and a batched Fourier pricer.
+
+The price of the out-of-the-money option is one Fourier integral along a contour chosen per option
+(Lord and Kahl 2007; Andersen and Lake 2018):
+
+* away from the money the contour crosses the imaginary axis at the saddle point ``-i alpha`` of the
+  damped integrand: this removes most of the oscillation of ``exp(-i u k)`` and makes the integrand
+  at the origin of the size of the price itself, so deep out-of-the-money and 1-day prices keep their
+  relative accuracy (the integral is never the small difference of two large numbers);
+* near the money, where that saddle can hug a pole of the integrand, the contour is Lewis' line
+  ``alpha = -1/2`` with the Andersen-Piterbarg Black-Scholes control variate (variance matched at the
+  origin), whose price is added in closed form;
+* a Gauss-Legendre panel covers the core ``[0, 10 s]``, ``s`` the saddle-point width, and a
+  Gauss-Laguerre ray leaves its end at the asymptotic steepest-descent angle, on which the Heston
+  integrand ``~ exp(-W z)`` decays without oscillating (long maturities, large vol of vol).
+
+The other option of the pair follows from put-call parity, added to (never subtracted from) the OTM
+price. The contour is chosen without gradient tracking: the exact integral does not depend on it, so
+autograd gives the derivative of the price to quadrature accuracy (calibration uses it).
+
+Complex arithmetic runs on pairs of real tensors (:mod:`pricing._complex`), several times faster than
+torch's complex kernels on CPU; ``compile=True`` fuses it further with ``torch.compile``.
+
+References:
+    S. Heston (1993), Rev. Financ. Stud. 6(2), 327-343.
+    H. Albrecher, P. Mayer, W. Schoutens, J. Tistaert (2007), "The little Heston trap", Wilmott, pp. 83-92.
+    R. Lord, C. Kahl (2007), "Optimal Fourier inversion in semi-analytical option pricing", J. Comput.
+    Finance 10(4): the saddle-point damping ``alpha``.
+    L. Andersen, V. Piterbarg (2007), "Moment explosions in stochastic volatility models", Finance Stoch.
+    11: the explosion time of ``E[S^p]`` that bounds ``alpha``, and the control variate.
+    L. Andersen, M. Lake (2018), "Robust high-precision option pricing by Fourier transforms: contour
+    deformations and double-exponential quadrature", SSRN 3231626: the deformed contour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from pricing._complex import cexp
+from pricing._heston_fourier import choose_contour, log_characteristic, otm_integral
+from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
+from pricing._validation import check_finite, check_positive, check_where
+
+__all__ = ["HestonParams", "characteristic_function", "delta", "price"]
+
+PARAM_NAMES = ("v0", "kappa", "theta", "sigma", "rho")
+
+_CHUNK = 8192
+"""Options priced per pass: bounds the memory of the (chunk, nodes) temporaries."""
+
+
+@dataclass(frozen=True)
+class HestonParams:
+    """Heston parameters; fields may be floats or tensors (a batch, validated elementwise).
+
+    ``dv = kappa (theta - v) dt + sigma sqrt(v) dW2``, ``d<W1, W2> = rho dt``, ``v(0) = v0``.
+
+    Raises:
+        ValueError: naming the field (and index) when a value is not finite, ``v0 < 0``,
+            ``kappa, theta, sigma <= 0`` or ``|rho| >= 1``.
+
+    Examples:
+        >>> HestonParams(v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7).kappa
+        1.5
+        >>> HestonParams(v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: rho must be in (-1, 1); got -1.0
+    """
+
+    v0: TensorLike
+    kappa: TensorLike
+    theta: TensorLike
+    sigma: TensorLike
+    rho: TensorLike
+
+    def __post_init__(self) -> None:
+        _validate_params(*(getattr(self, f.name) for f in fields(self)))
+
+    def as_tensors(
+        self, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``(v0, kappa, theta, sigma, rho)`` as tensors of one dtype and device, broadcast together."""
+        return as_tensors(*(getattr(self, n) for n in PARAM_NAMES), dtype=dtype, device=device)
+
+
+def _validate_params(*values: TensorLike) -> None:
+    named = {n: torch.as_tensor(v).detach() for n, v in zip(PARAM_NAMES, values, strict=True)}
+    check_finite(**named)
+    check_where("v0", named["v0"], named["v0"] >= 0, ">= 0")
+    for name in ("kappa", "theta", "sigma"):
+        check_where(name, named[name], named[name] > 0, "> 0")
+    check_where("rho", named["rho"], named["rho"].abs() < 1, "in (-1, 1)")
+
+
+def characteristic_function(
+    u: TensorLike,
+    *,
+    maturity: TensorLike,
+    v0: TensorLike,
+    kappa: TensorLike,
+    theta: TensorLike,
+    sigma: TensorLike,
+    rho: TensorLike,
+) -> torch.Tensor:
+    """Characteristic function ``E[exp(i u X)]`` of ``X = ln(S_T / F)`` under Heston, complex128.
+
+    ``u`` may be real or complex (e.g. ``u - 0.5j`` for the Lewis formula). Everything broadcasts;
+    the result is on ``u``'s device and differentiable in every input.
+
+    Shape:
+        u and the parameters: broadcastable; output: their broadcast shape, complex.
+
+    References:
+        Albrecher et al. (2007), "The little Heston trap", eq. (2)-(4).
+
+    Examples:
+        >>> phi = characteristic_function(
+        ...     torch.tensor([0.0, -1j]), maturity=1.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5,
+        ...     rho=-0.7)
+        >>> torch.allclose(phi, torch.ones(2, dtype=torch.complex128))  # E[1] = E[S_T / F] = 1
+        True
+    """
+    _validate_params(v0, kappa, theta, sigma, rho)
+    u = torch.as_tensor(u)
+    values = as_tensors(
+        u.real,
+        u.imag if u.is_complex() else 0.0,
+        maturity,
+        v0,
+        kappa,
+        theta,
+        sigma,
+        rho,
+        dtype=torch.float64,
+        device=u.device,
+    )
+    phi = cexp(log_characteristic((values[0], values[1]), *values[2:]))
+    return torch.complex(*phi)
+
+
+def price(
+    *,
+    strike: TensorLike,
+    maturity: TensorLike,
+    spot: TensorLike | None = None,
+    v0: TensorLike | None = None,
+    kappa: TensorLike | None = None,
+    theta: TensorLike | None = None,
+    sigma: TensorLike | None = None,
+    rho: TensorLike | None = None,
+    rate: TensorLike | None = None,
+    dividend: TensorLike | None = None,
+    is_call: bool | TensorLike = True,
+    params: HestonParams | None = None,
+    forward: TensorLike | None = None,
+    discount: TensorLike | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    core_nodes: int = 32,
+    tail_nodes: int = 24,
+    compile: bool = False,
+) -> torch.Tensor:
+    """European option prices under Heston by Fourier inversion on a per-option saddle-point contour.
+
+    Give the model either as ``params`` or as the five fields, and the market either as ``spot``
+    (with ``rate`` and ``dividend``, continuously compounded, default 0) or as ``forward`` (with
+    ``discount``, default 1). All inputs broadcast: ``params`` shaped (P, 1) against strikes (1, K)
+    prices a P x K block in one call. Differentiable by autograd in every input.
+
+    Args:
+        strike: strikes, > 0.
+        maturity: year fractions, > 0.
+        spot: spot prices, > 0 (or give ``forward``).
+        v0, kappa, theta, sigma, rho: Heston parameters (see :class:`HestonParams`).
+        rate, dividend: continuously compounded rate and dividend yield.
+        is_call: True for calls, False for puts (bool or boolean tensor).
+        params: the parameters as one :class:`HestonParams` instead of the five fields.
+        forward, discount: forward price and discount factor to maturity instead of spot, rate and
+            dividend.
+        dtype, device: of the result (default float64, whatever the inputs' dtypes; the device of
+            the first tensor input, else CPU).
+        core_nodes, tail_nodes: Gauss-Legendre nodes on the core panel and Gauss-Laguerre nodes on
+            the tail ray. With the defaults, implied vols agree with QuantLib's adaptive reference
+            (relative tolerance 1e-12) to better than 1e-3 bp for maturities from 1 day to 10 years,
+            strikes up to 5 standard deviations and parameters in ``v0, theta`` in [0.005, 0.5],
+            ``kappa`` in [0.2, 8], ``sigma`` in [0.05, 1.5], ``rho`` in [-0.95, 0.5].
+        compile: fuse the integrand with ``torch.compile`` (needs a C++ compiler on CPU): several
+            times faster per option, after a one-off compilation of 30-90 s per process; falls back to
+            the eager kernels with a warning where compilation fails. For large or repeated batches.
+
+    Returns:
+        Prices, shape of the broadcast inputs.
+
+    Raises:
+        ValueError: naming the field and index of a non-finite or out-of-domain input.
+
+    Shape:
+        All inputs broadcast together; output: the broadcast shape.
+
+    References:
+        Lord and Kahl (2007); Andersen and Lake (2018); see the module docstring.
+
+    Examples:
+        >>> p = price(spot=100.0, strike=[80.0, 100.0], maturity=1.0, rate=0.01, dividend=0.02,
+        ...           v0=0.04, kappa=4.0, theta=0.25, sigma=1.0, rho=-0.5, is_call=False)
+        >>> [round(float(x), 6) for x in p]  # Lewis' 50-digit values: 7.958878, 17.055271
+        [7.958878, 17.055271]
+    """
+    model = _model_fields(params, (v0, kappa, theta, sigma, rho))
+    _validate_params(*model)
+    market = _market_inputs(spot, rate, dividend, forward, discount)
+    # float64 unless asked otherwise, even for float32 inputs: float32 is too coarse for this integral
+    dtype = DEFAULT_DTYPE if dtype is None else dtype
+    values = as_tensors(strike, maturity, *market, is_call, *model, dtype=dtype, device=device)
+    strike_t, maturity_t, first, second, third, call_t = values[:6]
+    check_positive(strike=strike_t, maturity=maturity_t)
+    fwd, disc = _forward_and_discount(spot is None, first, second, third, maturity_t)
+    shape = strike_t.shape
+    flat = [v.reshape(-1) for v in (strike_t, maturity_t, fwd, disc, call_t, *values[6:])]
+    out = _price_flat(*flat, core_nodes=core_nodes, tail_nodes=tail_nodes, compiled=compile)
+    return out.reshape(shape)
+
+
+def _model_fields(params: HestonParams | None, values: tuple) -> tuple[TensorLike, ...]:
+    given = [n for n, v in zip(PARAM_NAMES, values, strict=True) if v is not None]
+    if params is not None:
+        if given:
+            raise ValueError(f"give either params or the fields, not both (also got {given})")
+        return tuple(getattr(params, n) for n in PARAM_NAMES)
+    missing = [n for n, v in zip(PARAM_NAMES, values, strict=True) if v is None]
+    if missing:
+        raise ValueError(
+            f"missing Heston parameter(s) {missing} (or give params=HestonParams(...))"
+        )
+    return values
+
+
+def _market_inputs(
+    spot: TensorLike | None,
+    rate: TensorLike | None,
+    dividend: TensorLike | None,
+    forward: TensorLike | None,
+    discount: TensorLike | None,
+) -> tuple[TensorLike, ...]:
+    if forward is None:
+        if spot is None:
+            raise ValueError("give spot (with rate, dividend) or forward (with discount)")
+        if discount is not None:
+            raise ValueError("discount goes with forward; with spot give rate and dividend")
+        return spot, 0.0 if rate is None else rate, 0.0 if dividend is None else dividend
+    if spot is not None or rate is not None or dividend is not None:
+        raise ValueError(
+            "give either forward (with discount) or spot (with rate, dividend), not both"
+        )
+    return forward, 1.0 if discount is None else discount, 0.0
+
+
+def _forward_and_discount(
+    from_forward: bool,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    third: torch.Tensor,
+    maturity: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and discount factor from (forward, discount) or (spot, rate, dividend)."""
+    if from_forward:
+        check_positive(forward=first, discount=second)
+        return first, second
+    check_positive(spot=first)
+    check_finite(rate=second, dividend=third)
+    return first * torch.exp((second - third) * maturity), torch.exp(-second * maturity)
+
+
+def _price_flat(
+    strike: torch.Tensor,
+    maturity: torch.Tensor,
+    forward: torch.Tensor,
+    discount: torch.Tensor,
+    is_call: torch.Tensor,
+    *model: torch.Tensor,
+    core_nodes: int,
+    tail_nodes: int,
+    compiled: bool,
+) -> torch.Tensor:
+    """Prices of flat (B,) inputs: the OTM option by quadrature, the ITM one by parity."""
+    k = torch.log(strike / forward)
+    params = (maturity, *model)
+    pieces = []
+    for start in range(0, len(k), _CHUNK):
+        part = slice(start, start + _CHUNK)
+        k_part, params_part = k[part], tuple(p[part] for p in params)
+        contour = choose_contour(k_part.detach(), *params_part, compiled=compiled)
+        pieces.append(otm_integral(k_part, params_part, contour, core_nodes, tail_nodes, compiled))
+    otm = discount * forward * torch.cat(pieces)
+    call = is_call > 0.5
+    otm_is_call = k >= 0
+    intrinsic = discount * (forward - strike)
+    itm = otm + torch.where(call, intrinsic, -intrinsic)
+    return torch.where(call == otm_is_call, otm, itm)
+
+
+def delta(
+    *,
+    spot: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    v0: TensorLike | None = None,
+    kappa: TensorLike | None = None,
+    theta: TensorLike | None = None,
+    sigma: TensorLike | None = None,
+    rho: TensorLike | None = None,
+    rate: TensorLike | None = None,
+    dividend: TensorLike | None = None,
+    is_call: bool | TensorLike = True,
+    params: HestonParams | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Heston delta ``dV/dS`` (variance held fixed) by autograd through :func:`price`.
+
+    Arguments as for :func:`price` (spot form only). The result carries no graph.
+
+    Shape:
+        All inputs broadcast together; output: the broadcast shape.
+
+    Examples:
+        >>> d = delta(spot=100.0, strike=100.0, maturity=1.0, v0=0.04, kappa=1.5, theta=0.04,
+        ...           sigma=0.5, rho=-0.7)
+        >>> 0.5 < float(d) < 0.7
+        True
+    """
+    inputs = (strike, maturity, spot, v0, kappa, theta, sigma, rho, rate, dividend, is_call)
+    shape = torch.broadcast_shapes(*(torch.as_tensor(v).shape for v in inputs if v is not None))
+    shape = torch.broadcast_shapes(
+        shape,
+        *(torch.as_tensor(getattr(params, n)).shape for n in PARAM_NAMES if params is not None),
+    )
+    (spot_t,) = as_tensors(spot, dtype=DEFAULT_DTYPE if dtype is None else dtype, device=device)
+    spot_t = spot_t.detach().expand(shape).clone().requires_grad_(True)
+    with torch.enable_grad():
+        value = price(
+            spot=spot_t,
+            strike=strike,
+            maturity=maturity,
+            v0=v0,
+            kappa=kappa,
+            theta=theta,
+            sigma=sigma,
+            rho=rho,
+            rate=rate,
+            dividend=dividend,
+            is_call=is_call,
+            params=params,
+            dtype=spot_t.dtype,
+            device=spot_t.device,
+        )
+        (grad,) = torch.autograd.grad(value.sum(), spot_t)
+    return grad
