@@ -264,9 +264,10 @@ def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
     shift = frame["shift"].fillna(0.0) if "shift" in frame else 0.0
     checks = [(c, frame[c], "> 0") for c in _POSITIVE if c in frame]
     checks += [(c, frame[c], ">= 0") for c in _NON_NEGATIVE if c in frame]
-    if "shift" in frame and "strike" in frame:
-        checks = [(c, v, op) for c, v, op in checks if c != "strike"]
-        checks.append(("strike", frame["strike"] + shift, "> 0 after adding the shift"))
+    if "shift" in frame:
+        shifted = [c for c in ("strike", "forward") if c in frame]
+        checks = [(c, v, op) for c, v, op in checks if c not in shifted]
+        checks += [(c, frame[c] + shift, "> 0 after adding the shift") for c in shifted]
     for column, values, op in checks:
         array = values.to_numpy(dtype="float64")
         bad_mask = ~(array >= 0) if op == ">= 0" else ~(array > 0)

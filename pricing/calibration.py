@@ -1,0 +1,350 @@
+"""One entry point to calibrate volatility models to quotes: :func:`calibrate`.
+
+Each (model, method) pair is a fitting function in a registry (:func:`register_method`); the
+models live in :mod:`pricing.calibration_heston` (Heston, whole surface) and
+:mod:`pricing.calibration_sabr` (SABR, one smile per expiry). Every fit minimises the weighted sum
+of squared implied-vol errors and returns a :class:`CalibrationResult` with per-quote residuals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pricing.quote_cleaning import prepare_quotes
+from pricing.quotes import QuoteError, read_quotes
+
+__all__ = [
+    "CalibrationProblem",
+    "CalibrationResult",
+    "FitOutput",
+    "available_methods",
+    "calibrate",
+    "model_vols",
+    "quote_weights",
+    "register_method",
+]
+
+RESIDUAL_COLUMNS = (
+    "maturity",
+    "strike",
+    "option_type",
+    "forward",
+    "discount",
+    "market_iv",
+    "model_iv",
+    "error_bp",
+    "weight",
+)
+
+
+@dataclass(frozen=True)
+class CalibrationProblem:
+    """What a fitting function receives: prepared quotes, weights and the caller's options.
+
+    Attributes:
+        quotes: table with ``strike, maturity, forward, discount, market_iv, option_type, spot``
+            (and ``bid_iv``/``ask_iv`` where known), one row per quote used, index 0..N-1.
+        weights: weight per quote, shape ``(N,)``, mean 1.
+        bounds: parameter name -> (lower, upper), overriding the model's defaults.
+        x0: starting parameters (name -> value), tried alongside the global start.
+        beta: SABR beta (None: fixed at 1.0 unless ``free_beta``).
+        seed: seed of the global-start sampling.
+        options: further method options (e.g. ``max_iterations``, ``n_starts``).
+    """
+
+    quotes: pd.DataFrame
+    weights: np.ndarray
+    bounds: Mapping[str, tuple[float, float]] | None = None
+    x0: Mapping[str, float] | None = None
+    beta: float | None = None
+    seed: int = 0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FitOutput:
+    """What a fitting function returns (the driver adds timing and residual statistics)."""
+
+    params: dict[str, Any]
+    model_iv: np.ndarray
+    converged: bool
+    iterations: int | None
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Calibrated parameters and the quality of the fit.
+
+    Attributes:
+        model: ``heston`` or ``sabr``.
+        method: the fitting method used.
+        params: Heston: name -> value; SABR: name -> list with one entry per expiry (``maturity``,
+            ``forward``, ``alpha``, ``beta``, ``rho``, ``nu``, ``shift``).
+        residuals: one row per quote with the columns of :data:`RESIDUAL_COLUMNS`.
+        rmse_iv_bp: root-mean-square implied-vol error in basis points (unweighted).
+        max_abs_iv_bp: largest absolute implied-vol error in basis points.
+        sse: sum of ``(100 * IV error)^2`` (QuantLib's convention, vols in decimals).
+        n_quotes: quotes used in the fit.
+        n_dropped: input rows not used (no market implied vol).
+        seconds: wall time of the fit.
+        converged: the optimiser stopped on a tolerance, not on its iteration limit.
+        iterations: optimiser iterations (None where the method does not report them).
+    """
+
+    model: str
+    method: str
+    params: dict[str, Any]
+    residuals: pd.DataFrame
+    rmse_iv_bp: float
+    max_abs_iv_bp: float
+    sse: float
+    n_quotes: int
+    n_dropped: int
+    seconds: float
+    converged: bool
+    iterations: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (everything except the residual table)."""
+        keys = ("model", "method", "params", "rmse_iv_bp", "max_abs_iv_bp", "sse", "n_quotes")
+        keys += ("n_dropped", "seconds", "converged", "iterations")
+        return {key: getattr(self, key) for key in keys}
+
+
+FitFunction = Callable[[CalibrationProblem], FitOutput]
+_REGISTRY: dict[tuple[str, str], FitFunction] = {}
+_UNAVAILABLE: dict[tuple[str, str], str] = {}
+
+
+def register_method(model: str, method: str, function: FitFunction | None, why: str = "") -> None:
+    """Register the fitter of ``(model, method)``; ``None`` marks it unavailable, saying ``why``."""
+    if function is None:
+        if (model, method) not in _REGISTRY:  # never hide a real implementation
+            _UNAVAILABLE[(model, method)] = why
+    else:
+        _REGISTRY[(model, method)] = function
+        _UNAVAILABLE.pop((model, method), None)
+
+
+def available_methods(model: str) -> list[str]:
+    """Methods registered for ``model`` (``heston`` or ``sabr``).
+
+    Examples:
+        >>> "direct" in available_methods("heston")
+        True
+    """
+    _load_models()
+    return sorted(m for (name, m) in _REGISTRY if name == model)
+
+
+def _load_models() -> None:
+    # The model modules register their methods on import.
+    import pricing.calibration_heston
+    import pricing.calibration_sabr  # noqa: F401
+
+
+def _black_vega(quotes: pd.DataFrame) -> np.ndarray:
+    """Black vega ``D F phi(d1) sqrt(T)`` at the market vol."""
+    f, k, t, d, vol = (
+        quotes[c].to_numpy(float)
+        for c in ("forward", "strike", "maturity", "discount", "market_iv")
+    )
+    s = vol * np.sqrt(t)
+    d1 = np.log(f / k) / s + s / 2
+    return d * f * np.exp(-0.5 * d1 * d1) / np.sqrt(2 * np.pi) * np.sqrt(t)
+
+
+def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndarray) -> np.ndarray:
+    """Weights of the implied-vol errors, normalised to mean 1.
+
+    Args:
+        quotes: prepared quotes (``market_iv``, ``forward``, ``discount``; ``bid_iv``/``ask_iv``
+            for ``spread``).
+        weights: ``"equal"``; ``"vega"`` (Black vega, so errors count like price errors);
+            ``"spread"`` (inverse bid-ask spread in vol); or one non-negative weight per quote.
+
+    Examples:
+        >>> table = pd.DataFrame({"market_iv": [0.2, 0.2], "bid_iv": [0.19, 0.18],
+        ...                       "ask_iv": [0.21, 0.22]})
+        >>> quote_weights(table, "spread").round(6).tolist()
+        [1.333333, 0.666667]
+    """
+    if isinstance(weights, str):
+        if weights == "equal":
+            raw = np.ones(len(quotes))
+        elif weights == "vega":
+            raw = _black_vega(quotes)
+        elif weights == "spread":
+            if not {"bid_iv", "ask_iv"} <= set(quotes.columns):
+                raise QuoteError("weights='spread' needs bid and ask quotes", column="bid")
+            spread = (quotes["ask_iv"] - quotes["bid_iv"]).to_numpy(float)
+            floor = np.nanmedian(spread[spread > 0]) * 1e-2 if np.any(spread > 0) else 1e-4
+            raw = 1 / np.where(np.isfinite(spread) & (spread > floor), spread, np.nan)
+            raw = np.where(
+                np.isfinite(raw), raw, np.nanmedian(raw) if np.isfinite(raw).any() else 1
+            )
+        else:
+            raise ValueError(f"weights must be 'equal', 'vega' or 'spread', got {weights!r}")
+    else:
+        raw = np.asarray(weights, dtype=float)
+        if raw.shape != (len(quotes),) or not np.all(np.isfinite(raw) & (raw >= 0)):
+            raise ValueError(f"weights must be {len(quotes)} finite values >= 0")
+    return raw / raw.mean()
+
+
+def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
+    """Quotes with market implied vols; rows without one are dropped and counted."""
+    table = quotes if isinstance(quotes, pd.DataFrame) else read_quotes(quotes)
+    needed = {"forward", "discount", "market_iv", "option_type"}
+    if not needed <= set(table.columns) or table[sorted(needed)].isna().any().any():
+        table = read_quotes(table, allow_crossed=True)
+        table, _ = prepare_quotes(table)
+    usable = table["market_iv"].notna().to_numpy()
+    table = table.loc[usable].reset_index(drop=True)
+    if len(table) == 0:
+        raise QuoteError("no quote has a market implied vol", column="market_iv")
+    return table, int((~usable).sum())
+
+
+def _residual_table(problem: CalibrationProblem, model_iv: np.ndarray) -> pd.DataFrame:
+    quotes = problem.quotes
+    table = quotes[["maturity", "strike", "option_type", "forward", "discount", "market_iv"]].copy()
+    table["model_iv"] = model_iv
+    table["error_bp"] = (model_iv - table["market_iv"].to_numpy()) * 1e4
+    table["weight"] = problem.weights
+    return table
+
+
+def calibrate(
+    model: str,
+    quotes: pd.DataFrame | str,
+    *,
+    method: str = "direct",
+    weights: str | Sequence[float] | np.ndarray = "equal",
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    x0: Mapping[str, float] | None = None,
+    beta: float | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> CalibrationResult:
+    """Calibrate ``model`` to quotes by minimising weighted squared implied-vol errors.
+
+    Args:
+        model: ``"heston"`` (one parameter set for the whole surface) or ``"sabr"`` (one smile
+            per expiry).
+        quotes: a quote table or file (see :func:`pricing.quotes.read_quotes`); forwards, discount
+            factors and market vols are derived when absent (:func:`pricing.quote_cleaning.
+            prepare_quotes`). Clean it first with :func:`pricing.quote_cleaning.clean_quotes`.
+        method: see :func:`available_methods`: ``direct`` (our differentiable pricer, exact
+            Jacobian, Levenberg-Marquardt, global start) or ``quantlib`` (the reference).
+        weights: ``"equal"``, ``"vega"``, ``"spread"`` or one weight per quote.
+        bounds: parameter name -> (lower, upper), replacing the model's default box.
+        x0: starting parameters, tried besides the global start.
+        beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
+        seed: seed of the global start.
+        **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...).
+
+    Returns:
+        A :class:`CalibrationResult`.
+
+    Raises:
+        ValueError: unknown model, method or weights; NotImplementedError for a method whose
+            dependency is missing (the message names it).
+
+    Examples:
+        >>> from pricing.sabr import lognormal_vol
+        >>> strikes = [80.0, 90.0, 100.0, 110.0, 120.0]
+        >>> vols = lognormal_vol(forward=100.0, strike=strikes, maturity=1.0, alpha=0.2,
+        ...                      beta=1.0, rho=-0.3, nu=0.6)
+        >>> table = pd.DataFrame({"strike": strikes, "maturity": 1.0, "forward": 100.0,
+        ...                       "discount": 1.0, "implied_vol": vols.numpy()})
+        >>> fit = calibrate("sabr", table)
+        >>> [round(fit.params[k][0], 6) for k in ("alpha", "rho", "nu")], fit.rmse_iv_bp < 1e-6
+        ([0.2, -0.3, 0.6], True)
+    """
+    model = model.lower()
+    if model not in ("heston", "sabr"):
+        raise ValueError(f"model must be 'heston' or 'sabr', got {model!r}")
+    _load_models()
+    key = (model, method)
+    if key in _UNAVAILABLE:
+        raise NotImplementedError(f"method {method!r} for {model}: {_UNAVAILABLE[key]}")
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"unknown method {method!r} for {model}; available: "
+            f"{', '.join(available_methods(model))}"
+        )
+    table, n_dropped = _prepare(quotes)
+    problem = CalibrationProblem(
+        table, quote_weights(table, weights), bounds, x0, beta, seed, options
+    )
+    start = time.perf_counter()
+    with torch.no_grad():
+        fit = _REGISTRY[key](problem)
+    seconds = time.perf_counter() - start
+    residuals = _residual_table(problem, fit.model_iv)
+    error = residuals["error_bp"].to_numpy()
+    return CalibrationResult(
+        model=model,
+        method=method,
+        params=fit.params,
+        residuals=residuals,
+        rmse_iv_bp=float(np.sqrt(np.mean(error**2))),
+        max_abs_iv_bp=float(np.max(np.abs(error))),
+        sse=float(np.sum((error / 100) ** 2)),
+        n_quotes=len(table),
+        n_dropped=n_dropped,
+        seconds=seconds,
+        converged=bool(fit.converged),
+        iterations=fit.iterations,
+    )
+
+
+def model_vols(
+    result: CalibrationResult,
+    *,
+    strike: np.ndarray,
+    maturity: float,
+    forward: float,
+) -> np.ndarray:
+    """Implied vols of a calibrated model on a strike grid of one expiry (for smile plots).
+
+    For SABR, ``maturity`` must be one of the calibrated expiries.
+
+    Shape:
+        ``strike``: ``(K,)``; output ``(K,)``.
+
+    Examples:
+        >>> result = CalibrationResult("heston", "direct", {"v0": 0.04, "kappa": 1.5,
+        ...     "theta": 0.04, "sigma": 0.5, "rho": -0.7}, pd.DataFrame(), 0.0, 0.0, 0.0, 0, 0,
+        ...     0.0, True, 0)
+        >>> vols = model_vols(result, strike=np.array([90.0, 110.0]), maturity=1.0, forward=100.0)
+        >>> bool(vols[0] > vols[1])  # negative rho: a downward skew
+        True
+    """
+    strikes = torch.as_tensor(np.asarray(strike, dtype=float))
+    if result.model == "heston":
+        from pricing.black_scholes import black_implied_vol
+        from pricing.heston import price
+
+        ratio = strikes / forward
+        fields = {k: float(result.params[k]) for k in ("v0", "kappa", "theta", "sigma", "rho")}
+        otm = price(forward=1.0, strike=ratio, maturity=maturity, is_call=ratio >= 1, **fields)
+        vols = black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=maturity,
+                                 is_call=ratio >= 1)  # fmt: skip
+        return vols.numpy()
+    from pricing.sabr import lognormal_vol
+
+    table = pd.DataFrame(result.params)
+    row = table.iloc[int(np.argmin(np.abs(table["maturity"].to_numpy() - maturity)))]
+    if abs(row["maturity"] - maturity) > 1e-9:
+        raise ValueError(f"no calibrated SABR smile at maturity {maturity}")
+    fields = {k: float(row[k]) for k in ("alpha", "beta", "rho", "nu", "shift")}
+    return lognormal_vol(forward=forward, strike=strikes, maturity=maturity, **fields).numpy()

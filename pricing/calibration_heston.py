@@ -1,0 +1,389 @@
+"""Heston calibration to a whole surface: ``direct`` (ours) and ``quantlib`` (the reference).
+
+``direct``: a Sobol scan of the parameter box priced in one batched call ranks starting points; the
+best few are refined together by a box-constrained Levenberg-Marquardt on implied-vol residuals
+with the exact Jacobian (autograd through a Lewis-formula surface pricer that shares the
+characteristic function across the strikes of an expiry, :mod:`pricing._heston_lewis`); the
+result is checked, and if needed polished, with the reference pricer :func:`pricing.heston.price`,
+whose implied vols are the ones reported. Many surfaces calibrate in one batch
+(:func:`calibrate_surfaces`).
+
+Implied-vol residuals: with ``b`` the model's out-of-the-money price over ``D sqrt(F K)``, the
+residual is ``IV(b) - IV_market`` and its Jacobian ``sqrt(K/F) db/dtheta / vega`` (implicit
+function theorem; undiscounted Black vega at the model vol, forward 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pricing._heston_lewis import (
+    SurfaceGrid,
+    normalized_otm,
+    normalized_otm_and_jacobian,
+)
+from pricing.black_scholes import black_implied_vol, black_price
+from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.heston import price as heston_price
+from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+
+__all__ = [
+    "DEFAULT_BOUNDS",
+    "NAMES",
+    "HestonSurfaces",
+    "calibrate_surfaces",
+    "surfaces_from_quotes",
+]
+
+NAMES = ("v0", "kappa", "theta", "sigma", "rho")
+DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
+    "v0": (1e-5, 4.0),
+    "kappa": (1e-3, 50.0),
+    "theta": (1e-5, 4.0),
+    "sigma": (1e-3, 10.0),
+    "rho": (-0.999, 0.999),
+}
+# Scan box of the global start: log-uniform in v0, kappa, theta, sigma; uniform in rho.
+_SCAN_LOW = (math.log(1e-3), math.log(0.1), math.log(1e-3), math.log(0.05), -0.95)
+_SCAN_HIGH = (math.log(1.0), math.log(20.0), math.log(1.0), math.log(4.0), 0.5)
+_POLISH_TOLERANCE_BP = 0.01
+_RACE_ITERATIONS = 6
+_RUNNER_UP_RATIO = 1.5  # a runner-up this close (in cost) to the leader also finishes
+_SCAN_NODES = 128
+# Relative cost decrease 1e-10 moves the RMSE by ~1e-10 relative (QuantLib's test uses 1e-8).
+_TOLERANCES = {"ftol": 1e-10, "xtol": 1e-8, "gtol": 1e-10}
+
+
+@dataclass(frozen=True)
+class HestonSurfaces:
+    """S surfaces laid out per expiry: M expiries of Q quotes each (padded), N = M * Q flat.
+
+    Padding entries are at the money (``k = 0``) with weight 0.
+
+    Attributes:
+        grid: expiries ``(S, M)`` and log-moneyness ``(S, M, Q)`` (see
+            :class:`pricing._heston_lewis.SurfaceGrid`).
+        market_iv, weight, maturity: per flat quote, ``(S, N)``; ``weight`` is the square root of
+            the quote weight.
+        positions: per surface, the flat position of each row of its quote table.
+    """
+
+    grid: SurfaceGrid
+    market_iv: torch.Tensor
+    weight: torch.Tensor
+    maturity: torch.Tensor
+    positions: list[np.ndarray]
+
+    @property
+    def ratio(self) -> torch.Tensor:
+        """``K / F`` per flat quote, ``(S, N)``."""
+        return torch.exp(self.grid.k).reshape(self.grid.k.shape[0], -1)
+
+
+def surfaces_from_quotes(
+    tables: list[pd.DataFrame], weights: list[np.ndarray], nodes: int = 256
+) -> HestonSurfaces:
+    """Pack prepared quote tables (``strike, forward, maturity, market_iv``) into padded tensors.
+
+    Shape:
+        S tables, at most M expiries of at most Q quotes -> ``(S, M)``, ``(S, M, Q)``, ``(S, M*Q)``.
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0, 100.0, 100.0], "forward": 100.0,
+        ...                       "maturity": [0.5, 0.5, 1.0], "market_iv": 0.2})
+        >>> packed = surfaces_from_quotes([table], [np.ones(3)])
+        >>> tuple(packed.grid.k.shape), packed.positions[0].tolist()
+        ((1, 2, 2), [0, 1, 2])
+    """
+    keys = [t["maturity"].round(10).to_numpy() for t in tables]
+    expiries = [np.unique(k) for k in keys]
+    m = max(len(e) for e in expiries)
+    q = max(int(np.unique(k, return_counts=True)[1].max()) for k in keys)
+    shape = (len(tables), m, q)
+    k, iv, w = np.zeros(shape), np.full(shape, 0.2), np.zeros(shape)
+    maturities, positions = np.ones((len(tables), m)), []
+    for s, (table, key, expiry) in enumerate(zip(tables, keys, expiries, strict=True)):
+        maturities[s, : len(expiry)] = expiry
+        e = np.searchsorted(expiry, key)
+        slot = pd.Series(e).groupby(e).cumcount().to_numpy()
+        k[s, e, slot] = np.log(table["strike"] / table["forward"]).to_numpy()
+        iv[s, e, slot] = table["market_iv"].to_numpy()
+        w[s, e, slot] = np.sqrt(weights[s])
+        positions.append(e * q + slot)
+    t = torch.tensor
+    grid = SurfaceGrid(t(maturities), t(k), nodes)
+    flat_t = t(np.repeat(maturities, q, axis=1))
+    return HestonSurfaces(
+        grid, t(iv.reshape(len(tables), -1)), t(w.reshape(len(tables), -1)), flat_t, positions
+    )
+
+
+def _box(bounds: dict[str, tuple[float, float]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    box = DEFAULT_BOUNDS | dict(bounds or {})
+    unknown = set(box) - set(NAMES)
+    if unknown:
+        raise ValueError(f"unknown Heston parameter(s) in bounds: {sorted(unknown)}")
+    lower = torch.tensor([box[n][0] for n in NAMES], dtype=torch.float64)
+    upper = torch.tensor([box[n][1] for n in NAMES], dtype=torch.float64)
+    return lower, upper
+
+
+def _scan_points(n: int, seed: int) -> torch.Tensor:
+    """Sobol points of the scan box, shape ``(n, 5)``."""
+    if n == 0:
+        return torch.zeros(0, 5, dtype=torch.float64)
+    engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
+    unit = engine.draw(n, dtype=torch.float64)
+    low, high = torch.tensor(_SCAN_LOW), torch.tensor(_SCAN_HIGH)
+    x = low + (high - low) * unit
+    return torch.cat([torch.exp(x[:, :4]), x[:, 4:]], dim=-1)
+
+
+def _market_otm(surfaces: HestonSurfaces) -> tuple[torch.Tensor, torch.Tensor]:
+    """Market out-of-the-money price over ``F`` and its undiscounted Black vega, ``(S, N)``."""
+    ratio, t, vol = surfaces.ratio, surfaces.maturity, surfaces.market_iv
+    price = black_price(forward=1.0, strike=ratio, maturity=t, volatility=vol, is_call=ratio >= 1)
+    return price, _vega(ratio, t, vol)
+
+
+def _vega(ratio: torch.Tensor, t: torch.Tensor, vol: torch.Tensor) -> torch.Tensor:
+    """Undiscounted Black vega ``phi(d1) sqrt(T)`` with forward 1, strike ``ratio``."""
+    s = vol * torch.sqrt(t)
+    d1 = -torch.log(ratio) / s + 0.5 * s
+    return torch.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi) * torch.sqrt(t)
+
+
+class _Residuals:
+    """Implied-vol residuals of surfaces and their Jacobian (one problem = surface ``owner[i]``)."""
+
+    def __init__(self, surfaces: HestonSurfaces, owner: torch.Tensor) -> None:
+        self.surfaces, self.owner = surfaces, owner
+        self.market_price, self.market_vega = _market_otm(surfaces)
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.owner[index]
+        b, db = normalized_otm_and_jacobian(self.surfaces.grid.select(s), x)
+        residual, jacobian = self.from_prices(s, torch.sqrt(self.surfaces.ratio[s]) * b, db)
+        return residual, jacobian
+
+    def from_prices(
+        self, s: torch.Tensor, price: torch.Tensor, dnormalized: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Residuals of surfaces ``s`` from OTM prices over F, ``(B, N)``, and their Jacobian from
+        ``dnormalized``, the Jacobian of ``price / sqrt(K/F)`` ``(B, N, 5)`` (None: no Jacobian)."""
+        surf = self.surfaces
+        ratio, t, weight = surf.ratio[s], surf.maturity[s], surf.weight[s]
+        vol = black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
+                                is_call=ratio >= 1)  # fmt: skip
+        solved = torch.isfinite(vol) & (vol > 1e-8)
+        fallback = (price - self.market_price[s]) / self.market_vega[s]
+        residual = weight * torch.where(solved, vol - surf.market_iv[s], fallback)
+        residual = torch.where(weight > 0, residual, torch.zeros_like(residual))
+        if dnormalized is None:
+            return residual, None
+        vega = torch.where(solved, _vega(ratio, t, torch.where(solved, vol, surf.market_iv[s])),
+                           self.market_vega[s])  # fmt: skip
+        scale = weight * torch.sqrt(ratio) / vega
+        return residual, torch.nan_to_num(dnormalized * scale.unsqueeze(-1))
+
+
+def _scan(
+    residuals: _Residuals,
+    n_surfaces: int,
+    n_scan: int,
+    n_starts: int,
+    seed: int,
+    extra: torch.Tensor | None,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+) -> torch.Tensor:
+    """Best ``n_starts`` scan points per surface (by approximate vol errors), shape (S*n, 5)."""
+    points = _scan_points(n_scan, seed)
+    if extra is not None:
+        points = torch.cat([extra, points])
+    points = torch.minimum(torch.maximum(points, lower), upper)
+    surf = residuals.surfaces
+    starts = []
+    for s in range(n_surfaces):
+        grid = SurfaceGrid(surf.grid.maturity[s : s + 1], surf.grid.k[s : s + 1], _SCAN_NODES)
+        price = torch.sqrt(surf.ratio[s]) * normalized_otm(grid.select(torch.zeros(len(points),
+                                                           dtype=torch.long)), points)  # fmt: skip
+        error = (price - residuals.market_price[s]) / residuals.market_vega[s] * surf.weight[s]
+        cost = torch.nan_to_num((error * error).sum(-1), nan=math.inf)
+        starts.append(points[torch.argsort(cost)[:n_starts]])
+    return torch.cat(starts)
+
+
+def _single(surfaces: HestonSurfaces, s: int) -> HestonSurfaces:
+    """Surface ``s`` alone (a batch of one)."""
+    g, one = surfaces.grid, slice(s, s + 1)
+    return HestonSurfaces(SurfaceGrid(g.maturity[one], g.k[one], g.nodes),
+                          surfaces.market_iv[one], surfaces.weight[one], surfaces.maturity[one],
+                          [surfaces.positions[s]])  # fmt: skip
+
+
+def _vols(surface: HestonSurfaces, x: torch.Tensor, reference: bool) -> torch.Tensor:
+    """Model vols of a single surface's quotes (table order) at params ``x`` (5,), by the fast
+    pricer or the reference one."""
+    at = torch.as_tensor(surface.positions[0])
+    ratio, t = surface.ratio[0, at], surface.maturity[0, at]
+    if reference:
+        fields = dict(zip(NAMES, x, strict=True))
+        price = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **fields)
+    else:
+        price = torch.sqrt(ratio) * normalized_otm(surface.grid, x.unsqueeze(0))[0, at]
+    return black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
+                             is_call=ratio >= 1)  # fmt: skip
+
+
+def _polish(
+    surface: HestonSurfaces,
+    x: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    iterations: int,
+) -> torch.Tensor:
+    """A few Levenberg-Marquardt steps on one surface with the reference pricer."""
+    ratio, t = surface.ratio, surface.maturity  # (1, N)
+    residuals = _Residuals(surface, torch.tensor([0]))
+
+    def otm(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        fields = dict(zip(NAMES, params.unbind(-1), strict=True))
+        return heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **fields)
+
+    price_jacobian = elementwise_jacobian(otm, ratio.shape[1])
+
+    def fn(params: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        price, dprice = price_jacobian(params, index)
+        dnormalized = dprice / torch.sqrt(ratio).unsqueeze(-1)
+        return residuals.from_prices(torch.zeros_like(index), price, dnormalized)
+
+    solved = levenberg_marquardt(fn, x.unsqueeze(0), lower=lower, upper=upper,
+                                 max_iterations=iterations)  # fmt: skip
+    return solved.x[0]
+
+
+def calibrate_surfaces(
+    surfaces: HestonSurfaces,
+    *,
+    bounds: dict[str, tuple[float, float]] | None = None,
+    x0: torch.Tensor | None = None,
+    seed: int = 0,
+    n_scan: int = 256,
+    n_starts: int = 4,
+    max_iterations: int = 100,
+    polish: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Calibrate Heston to S surfaces at once (see the module docstring).
+
+    Args:
+        surfaces: from :func:`surfaces_from_quotes`.
+        bounds: parameter name -> (lower, upper), over :data:`DEFAULT_BOUNDS`.
+        x0: extra starting points, shape ``(K, 5)``, tried on every surface.
+        seed: Sobol scrambling seed of the scan.
+        n_scan: scan points; n_starts: refined starts per surface.
+        max_iterations: Levenberg-Marquardt iterations.
+        polish: check each fit with :func:`pricing.heston.price` and refine with it when the fast
+            pricer's vols differ by more than 0.01 bp.
+
+    Returns:
+        ``params (S, 5)``, model vols per surface (reference pricer), converged ``(S,)`` and
+        iterations ``(S,)``.
+    """
+    lower, upper = _box(bounds)
+    n_surf = len(surfaces.positions)
+    owner = torch.arange(n_surf).repeat_interleave(n_starts)
+    residuals = _Residuals(surfaces, owner)
+    starts = _scan(residuals, n_surf, n_scan, n_starts, seed, x0, lower, upper)
+    # Race the starts for a few iterations, then finish only the best start of each surface.
+    race = levenberg_marquardt(residuals, starts, lower=lower, upper=upper,
+                               max_iterations=min(_RACE_ITERATIONS, max_iterations))  # fmt: skip
+    # The best racer of each surface finishes, with the runner-up when it is close (one batch);
+    # the better result is kept.
+    cost = torch.nan_to_num(race.cost, nan=math.inf).reshape(n_surf, n_starts)
+    order = torch.argsort(cost, dim=-1)[:, : min(2, n_starts)]  # (S, <=2)
+    ranked = cost.gather(1, order)
+    close = ranked[:, -1] <= _RUNNER_UP_RATIO * ranked[:, 0]
+    finalists = [order[s, : 1 + int(close[s] and order.shape[1] > 1)] + s * n_starts
+                 for s in range(n_surf)]  # fmt: skip
+    leader = torch.cat(finalists)
+    owner = torch.cat([torch.full((len(f),), s) for s, f in enumerate(finalists)])
+    final = levenberg_marquardt(_Residuals(surfaces, owner), race.x[leader], lower=lower,
+                                upper=upper, max_iterations=max_iterations,
+                                **_TOLERANCES)  # fmt: skip
+    final_cost = torch.nan_to_num(final.cost, nan=math.inf)
+    best = torch.stack([torch.nonzero(owner == s).squeeze(-1)[final_cost[owner == s].argmin()]
+                        for s in range(n_surf)])  # fmt: skip
+    solved = final._replace(x=final.x[best], converged=final.converged[best],
+                            iterations=final.iterations[best])  # fmt: skip
+    leader = leader[best]
+    params, vols = solved.x.clone(), []
+    for s in range(n_surf):
+        surface = _single(surfaces, s)
+        vol = _vols(surface, params[s], reference=True)
+        gap_bp = (vol - _vols(surface, params[s], reference=False)).abs() * 1e4
+        if polish and not bool((gap_bp <= _POLISH_TOLERANCE_BP).all()):
+            params[s] = _polish(surface, params[s], lower, upper, 4)
+            vol = _vols(surface, params[s], reference=True)
+        vols.append(vol)
+    iterations = solved.iterations + race.iterations[leader]
+    return params, vols, solved.converged, iterations
+
+
+def _fit_direct(problem: CalibrationProblem) -> FitOutput:
+    """Our calibration of one surface (options: ``nodes`` and those of :func:`calibrate_surfaces`)."""
+    options = dict(problem.options)
+    surfaces = surfaces_from_quotes([problem.quotes], [problem.weights],
+                                    nodes=options.pop("nodes", 256))  # fmt: skip
+    x0 = None
+    if problem.x0:
+        x0 = torch.tensor([[float(problem.x0[n]) for n in NAMES]], dtype=torch.float64)
+    params, vols, converged, iterations = calibrate_surfaces(
+        surfaces, bounds=problem.bounds, x0=x0, seed=problem.seed, **options
+    )
+    values = dict(zip(NAMES, params[0].tolist(), strict=True))
+    return FitOutput(values, vols[0].numpy(), bool(converged[0]), int(iterations[0]))
+
+
+def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
+    """QuantLib's HestonModelHelper calibration (see :func:`pricing.quantlib.heston_calibrate`).
+
+    QuantLib counts whole days: maturities are rounded to ``round(365 T)`` days, with zero curves
+    through each expiry's rate ``-ln(D)/T`` and dividend yield ``rate - ln(F/S)/T``; the start is
+    QuantLib's test-suite start unless ``x0`` is given.
+    """
+    from pricing.quantlib import heston_calibrate
+
+    quotes = problem.quotes
+    t, d, f = (quotes[c].to_numpy(float) for c in ("maturity", "discount", "forward"))
+    spot = float(quotes["spot"].iloc[0]) if "spot" in quotes else float(f[0] * d[0])
+    days = np.maximum(np.rint(t * 365.0).astype(int), 1)
+    rate = -np.log(d) / t
+    dividend = rate - np.log(f / spot) / t
+    pillars, first = np.unique(days, return_index=True)
+    x0 = tuple(problem.x0[n] for n in NAMES) if problem.x0 else (0.1, 1.0, 0.1, 0.5, -0.5)
+    fit = heston_calibrate(
+        spot=spot, strike=quotes["strike"].to_numpy(float), period=days,
+        market_vol=quotes["market_iv"].to_numpy(float), curve_days=pillars,
+        zero_rate=rate[first], dividend_yield=dividend[first], x0=x0,
+        **dict(problem.options),
+    )  # fmt: skip
+    return FitOutput(dict(zip(NAMES, fit.params, strict=True)), fit.model_vol, fit.converged, None)
+
+
+register_method("heston", "direct", _fit_direct)
+register_method("heston", "quantlib", _fit_quantlib)
+# Provided by qfnet (pricing cannot import it); importing qfnet.calibration_surrogate replaces it.
+register_method(
+    "heston",
+    "surrogate",
+    None,
+    "import qfnet.calibration_surrogate first (it needs qfnet's trained surrogate)",
+)
+register_method("heston", "network", None,
+                "the calibration network (issue 6, part 3) is not implemented yet")  # fmt: skip

@@ -1,0 +1,335 @@
+"""SABR calibration, one smile per expiry, all expiries (and starting points) in one batch.
+
+Registered methods: ``direct`` (Hagan's formula of :mod:`pricing.sabr`, exact autograd
+Jacobian, batched Levenberg-Marquardt from a small grid of starts with alpha matched to the ATM
+vol) and ``quantlib`` (scipy's ``least_squares`` over ``ql.sabrVolatility``, the reference, one
+smile at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from pricing.sabr import lognormal_vol
+
+__all__ = [
+    "DEFAULT_BETA",
+    "SmileBatch",
+    "fit_smile_scipy",
+    "fit_smiles",
+    "smile_batch",
+]
+
+DEFAULT_BETA = 1.0
+_RHO_GRID = (-0.75, -0.4, 0.0, 0.4)
+_NU_GRID = (0.1, 0.4, 1.0, 2.5)
+_FREE_BETA_GRID = (0.5, 1.0)
+_NAMES = ("alpha", "beta", "rho", "nu")
+
+
+@dataclass(frozen=True)
+class SmileBatch:
+    """Smiles padded to a common number of strikes M (padding: strike = forward, weight 0).
+
+    Attributes:
+        maturity, forward, shift: shape ``(E, 1)``.
+        strike, market_iv, weight: shape ``(E, M)``.
+        rows: for each expiry, the quote-table positions of its strikes (for unpadding).
+    """
+
+    maturity: torch.Tensor
+    forward: torch.Tensor
+    shift: torch.Tensor
+    strike: torch.Tensor
+    market_iv: torch.Tensor
+    weight: torch.Tensor
+    rows: list[np.ndarray]
+
+
+def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
+    """Group a prepared quote table by expiry into padded tensors.
+
+    Shape:
+        Output tensors ``(E, 1)`` or ``(E, M)`` for E expiries of at most M strikes.
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0, 110.0, 100.0], "forward": 100.0,
+        ...                       "maturity": [0.5, 0.5, 1.0], "market_iv": 0.2})
+        >>> batch = smile_batch(table, np.ones(3))
+        >>> batch.strike.tolist(), [rows.tolist() for rows in batch.rows]
+        ([[90.0, 110.0], [100.0, 100.0]], [[0, 1], [2]])
+    """
+    groups = list(quotes.groupby(quotes["maturity"].round(10), sort=True).indices.values())
+    width = max(len(g) for g in groups)
+    shift = quotes["shift"].fillna(0.0) if "shift" in quotes else pd.Series(0.0, quotes.index)
+    fields = {name: np.zeros((len(groups), width)) for name in ("strike", "iv", "w")}
+    heads = np.zeros((len(groups), 3))
+    for e, rows in enumerate(groups):
+        forward = quotes["forward"].iloc[rows].mean()
+        heads[e] = (quotes["maturity"].iloc[rows[0]], forward, shift.iloc[rows[0]])
+        fields["strike"][e] = forward
+        fields["strike"][e, : len(rows)] = quotes["strike"].to_numpy()[rows]
+        fields["iv"][e, : len(rows)] = quotes["market_iv"].to_numpy()[rows]
+        fields["w"][e, : len(rows)] = np.sqrt(weights[rows])
+    t = torch.tensor
+    return SmileBatch(
+        t(heads[:, :1]),
+        t(heads[:, 1:2]),
+        t(heads[:, 2:]),
+        t(fields["strike"]),
+        t(fields["iv"]),
+        t(fields["w"]),
+        [np.asarray(g) for g in groups],
+    )
+
+
+def _atm_vol(batch: SmileBatch) -> torch.Tensor:
+    """Market vol at the forward, linear in log-moneyness (flat beyond the quoted strikes)."""
+    out = []
+    for e, rows in enumerate(batch.rows):
+        k = torch.log(
+            (batch.strike[e, : len(rows)] + batch.shift[e]) / (batch.forward[e] + batch.shift[e])
+        )
+        order = torch.argsort(k)
+        out.append(
+            float(np.interp(0.0, k[order].numpy(), batch.market_iv[e, : len(rows)][order].numpy()))
+        )
+    return torch.tensor(out, dtype=batch.forward.dtype).unsqueeze(-1)  # (E, 1)
+
+
+def _vols(batch: SmileBatch, params: torch.Tensor, expiry: torch.Tensor) -> torch.Tensor:
+    """Model vols of the smiles ``expiry`` (B,) at params (B, M, 4) = (a, beta, rho, nu).
+
+    The solver works with ``a = alpha / (F + shift)^(1 - beta)``, about the ATM vol whatever beta:
+    that straightens the long curved valley of (alpha, beta) that a free beta otherwise creates.
+
+    Shape:
+        ``params``: ``(B, M, 4)`` with M = 1 or the padded strike count; output ``(B, M)``.
+    """
+    a, beta, rho, nu = params.unbind(-1)
+    alpha = a * (batch.forward + batch.shift)[expiry] ** (1 - beta)
+    return lognormal_vol(
+        forward=batch.forward[expiry],
+        strike=batch.strike[expiry],
+        maturity=batch.maturity[expiry],
+        alpha=alpha,
+        beta=beta,
+        rho=rho,
+        nu=nu,
+        shift=batch.shift[expiry],
+    )
+
+
+def _candidates(batch: SmileBatch, betas: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid starts (G per expiry): beta, rho, nu combinations with alpha near the ATM vol.
+
+    Shape:
+        Returns starts ``(E * G, 4)`` and their expiry index ``(E * G,)``.
+    """
+    grid = torch.tensor(
+        [(b, r, n) for b in betas for r in _RHO_GRID for n in _NU_GRID], dtype=batch.forward.dtype
+    )  # (G, 3)
+    n_exp, n_grid = batch.forward.shape[0], grid.shape[0]
+    expiry = torch.arange(n_exp).repeat_interleave(n_grid)  # (E * G,)
+    b, r, n = grid.repeat(n_exp, 1).unbind(-1)
+    # Leading-order ATM match, a ~ atm / (1 + T (2 - 3 rho^2) nu^2 / 24): a start for the
+    # solver, defined for every grid point (the exact cubic root may not exist).
+    correction = 1 + batch.maturity[expiry, 0] * (2 - 3 * r * r) * n * n / 24
+    a = _atm_vol(batch)[expiry, 0] / correction.clamp(min=0.1)
+    return torch.stack([a, b, r, n], dim=-1), expiry
+
+
+def _bounds(
+    batch: SmileBatch, beta: float | None, user: Mapping[str, tuple[float, float]] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box per expiry of (a, beta, rho, nu), shape ``(E, 4)`` each; a fixed beta has equal
+    bounds. User bounds on alpha become bounds on ``a`` at the fixed beta (at beta = 1 if free)."""
+    atm = _atm_vol(batch)[:, 0]
+    scale = (batch.forward + batch.shift)[:, 0] ** (1 - (1.0 if beta is None else beta))
+    user = dict(user or {})
+    if "alpha" in user:
+        user["alpha"] = tuple(torch.as_tensor(v, dtype=atm.dtype) / scale for v in user["alpha"])
+    box = {
+        "alpha": (atm * 1e-3, atm * 1e3),
+        "beta": (0.0, 1.0) if beta is None else (beta, beta),
+        "rho": (-0.9999, 0.9999),
+        "nu": (1e-8, 10.0),
+    }
+    box.update(user)
+    lower, upper = (
+        torch.stack(
+            [torch.as_tensor(box[n][i], dtype=atm.dtype).expand_as(atm) for n in _NAMES], -1
+        )
+        for i in (0, 1)
+    )
+    return lower, upper
+
+
+def fit_smiles(
+    batch: SmileBatch,
+    *,
+    beta: float | None = DEFAULT_BETA,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    x0: Mapping[str, float] | None = None,
+    n_starts: int = 2,
+    max_iterations: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Fit SABR to every smile of ``batch`` at once (beta fixed, or free when ``beta`` is None).
+
+    A grid of starts per expiry is scored in one batched call; the ``n_starts`` best of each
+    expiry are refined together by :func:`pricing.least_squares.levenberg_marquardt`, and the best
+    result per expiry is kept.
+
+    Returns:
+        ``params`` ``(E, 4)`` as (alpha, beta, rho, nu), model vols ``(E, M)``, converged ``(E,)``
+        and the largest iteration count.
+
+    Examples:
+        >>> strikes = [80.0, 90.0, 100.0, 110.0, 120.0]
+        >>> vols = lognormal_vol(forward=100.0, strike=strikes, maturity=1.0, alpha=2.0,
+        ...                      beta=0.5, rho=-0.3, nu=0.6)
+        >>> table = pd.DataFrame({"strike": strikes, "forward": 100.0, "maturity": 1.0,
+        ...                       "market_iv": vols.numpy()})
+        >>> params, _, converged, _ = fit_smiles(smile_batch(table, np.ones(5)), beta=0.5)
+        >>> [round(v, 6) for v in params[0].tolist()], bool(converged[0])
+        ([2.0, 0.5, -0.3, 0.6], True)
+    """
+    lower, upper = _bounds(batch, beta, bounds)
+    starts, expiry = _candidates(batch, _FREE_BETA_GRID if beta is None else (beta,))
+    if x0:
+        user = {"beta": DEFAULT_BETA if beta is None else beta} | dict(x0)
+        extra = torch.tensor([[user[n] for n in _NAMES]], dtype=starts.dtype)
+        extra = extra.expand(len(batch.rows), -1).clone()
+        extra[:, 0] /= (batch.forward + batch.shift)[:, 0] ** (1 - extra[:, 1])
+        starts = torch.cat([starts, extra])
+        expiry = torch.cat([expiry, torch.arange(len(batch.rows))])
+    starts = torch.nan_to_num(starts, nan=0.0)
+    starts = torch.minimum(torch.maximum(starts, lower[expiry]), upper[expiry])
+
+    def residual(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        e = expiry[index]
+        return batch.weight[e] * (_vols(batch, params, e) - batch.market_iv[e])
+
+    cost = (residual(starts.unsqueeze(1), torch.arange(len(starts))) ** 2).sum(-1)
+    pick = _best_per_expiry(cost, expiry, len(batch.rows), n_starts)
+    solved = levenberg_marquardt(
+        elementwise_jacobian(lambda p, i: residual(p, pick[i]), batch.strike.shape[1]),
+        starts[pick],
+        lower=lower[expiry[pick]],
+        upper=upper[expiry[pick]],
+        max_iterations=max_iterations,
+    )
+    best = _best_per_expiry(solved.cost, expiry[pick], len(batch.rows), 1)
+    params = solved.x[best].clone()
+    vols = _vols(batch, params.unsqueeze(1), torch.arange(len(batch.rows)))
+    params[:, 0] *= (batch.forward + batch.shift)[:, 0] ** (1 - params[:, 1])  # a -> alpha
+    return params, vols, solved.converged[best], int(solved.iterations[best].max())
+
+
+def _best_per_expiry(
+    cost: torch.Tensor, expiry: torch.Tensor, n_expiries: int, k: int
+) -> torch.Tensor:
+    """Indices of the k lowest finite costs for each expiry."""
+    cost = torch.where(torch.isfinite(cost), cost, torch.full_like(cost, float("inf")))
+    picks = []
+    for e in range(n_expiries):
+        rows = torch.nonzero(expiry == e).squeeze(-1)
+        picks.append(rows[torch.argsort(cost[rows])[:k]])
+    return torch.cat(picks)
+
+
+def _fit_direct(problem: CalibrationProblem) -> FitOutput:
+    options = dict(problem.options)
+    free = bool(options.pop("free_beta", False))
+    beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
+    batch = smile_batch(problem.quotes, problem.weights)
+    params, vols, converged, iterations = fit_smiles(
+        batch, beta=beta, bounds=problem.bounds, x0=problem.x0, **options
+    )
+    model_iv = np.empty(len(problem.quotes))
+    for e, rows in enumerate(batch.rows):
+        model_iv[rows] = vols[e, : len(rows)].numpy()
+    table = {"maturity": batch.maturity[:, 0], "forward": batch.forward[:, 0]}
+    table |= dict(zip(("alpha", "beta", "rho", "nu"), params.unbind(-1), strict=True))
+    table["shift"] = batch.shift[:, 0]
+    return FitOutput(
+        {k: v.tolist() for k, v in table.items()}, model_iv, bool(converged.all()), iterations
+    )
+
+
+def fit_smile_scipy(
+    *,
+    forward: float,
+    strike: np.ndarray,
+    maturity: float,
+    market_iv: np.ndarray,
+    beta: float | None,
+    shift: float = 0.0,
+    weight: np.ndarray | None = None,
+    x0: tuple[float, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray, bool, int]:
+    """Reference fit of one smile: scipy ``least_squares`` (trf, finite differences) over
+    ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start.
+
+    Returns:
+        ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
+    """
+    from scipy.optimize import least_squares
+
+    from pricing.quantlib import sabr_vol
+
+    w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
+    atm = float(np.interp(0.0, np.log((strike + shift) / (forward + shift)), market_iv))
+    fixed = beta is not None
+    b0 = beta if fixed else 0.5
+    start = x0 or (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5)
+    names = [0, 2, 3] if fixed else [0, 1, 2, 3]
+
+    def full(x: np.ndarray) -> np.ndarray:
+        return np.array([x[0], beta, x[1], x[2]]) if fixed else x
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        a, b, r, n = full(x)
+        vols = sabr_vol(forward=forward, strike=strike, maturity=maturity, alpha=a, beta=b, rho=r,
+                        nu=n, shift=shift)  # fmt: skip
+        return w * (vols - market_iv)
+
+    lower = np.array([1e-8, 0.0, -0.9999, 1e-8])[names]
+    upper = np.array([np.inf, 1.0, 0.9999, 10.0])[names]
+    x_start = np.clip(np.asarray(start, dtype=float)[names], lower, upper)
+    solution = least_squares(residual, x_start, bounds=(lower, upper), xtol=1e-12, ftol=1e-12,
+                             gtol=1e-12)  # fmt: skip
+    params = full(solution.x)
+    return params, residual(solution.x) / w + market_iv, solution.status > 0, solution.nfev
+
+
+def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
+    free = bool(dict(problem.options).get("free_beta", False))
+    beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
+    batch = smile_batch(problem.quotes, problem.weights)
+    model_iv, table, ok, evaluations = np.empty(len(problem.quotes)), [], True, 0
+    for e, rows in enumerate(batch.rows):
+        n = len(rows)
+        params, vols, converged, nfev = fit_smile_scipy(
+            forward=float(batch.forward[e, 0]), strike=batch.strike[e, :n].numpy(),
+            maturity=float(batch.maturity[e, 0]), market_iv=batch.market_iv[e, :n].numpy(),
+            beta=beta, shift=float(batch.shift[e, 0]), weight=problem.weights[rows],
+        )  # fmt: skip
+        model_iv[rows], ok, evaluations = vols, ok and converged, max(evaluations, nfev)
+        table.append(params)
+    values = np.array(table)
+    params = {"maturity": batch.maturity[:, 0].tolist(), "forward": batch.forward[:, 0].tolist()}
+    params |= {name: values[:, i].tolist() for i, name in enumerate(_NAMES)}
+    params["shift"] = batch.shift[:, 0].tolist()
+    return FitOutput(params, model_iv, ok, evaluations)
+
+
+register_method("sabr", "direct", _fit_direct)
+register_method("sabr", "quantlib", _fit_quantlib)

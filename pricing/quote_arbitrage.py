@@ -1,0 +1,131 @@
+"""Static-arbitrage checks on quoted smiles: call prices in strike, total variance in maturity.
+
+Both checks return a boolean mask of the quotes to remove so that the rest is free of the
+violations they test; removal is greedy (the quote whose removal leaves the least violation).
+
+References:
+    P. Carr, D. Madan (2005), "A note on sufficient conditions for no arbitrage", Finance Research
+    Letters 2, pp. 125-130 (call prices decreasing and convex in strike, calendar spreads >= 0).
+    J. Gatheral, A. Jacquier (2014), "Arbitrage-free SVI volatility surfaces", Quantitative Finance
+    14(1), Lemma 2.1 (total implied variance non-decreasing in maturity at fixed log-moneyness).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["calendar_violations", "strike_violations"]
+
+
+def _violations(strikes: np.ndarray, calls: np.ndarray, tolerance: float) -> tuple:
+    """Violation amounts beyond ``tolerance`` (strikes sorted, distinct): per neighbour pair of
+    ``0 >= dC/dK >= -1``, and per inner point of the strike-weighted butterfly ``>= 0``."""
+    if len(strikes) < 2:
+        return np.zeros(0), np.zeros(0)
+    dk = np.diff(strikes)
+    slope = np.diff(calls) / dk
+    pair = np.maximum(slope * dk - tolerance, 0) + np.maximum((-1 - slope) * dk - tolerance, 0)
+    butterfly = (slope[1:] - slope[:-1]) * dk[:-1] * dk[1:] / (dk[:-1] + dk[1:])
+    return pair, np.maximum(-butterfly - tolerance, 0)
+
+
+def _involved(pair: np.ndarray, triple: np.ndarray, n: int) -> np.ndarray:
+    """Points taking part in at least one violation."""
+    hit = np.zeros(n, dtype=bool)
+    hit[:-1] |= pair > 0
+    hit[1:] |= pair > 0
+    for offset in range(3):
+        hit[offset : n - 2 + offset] |= triple > 0
+    return hit
+
+
+def strike_violations(
+    *, strike: np.ndarray, call: np.ndarray, forward: float, tolerance: float = 1e-6
+) -> np.ndarray:
+    """Quotes of one expiry to drop so that undiscounted call prices are decreasing and convex.
+
+    The conditions are ``0 >= dC/dK >= -1`` between neighbours and non-negative butterflies,
+    each up to ``tolerance * forward`` in price.
+
+    Args:
+        strike: strikes, shape ``(K,)``, distinct.
+        call: undiscounted call prices (puts converted by parity), shape ``(K,)``.
+        forward: the expiry's forward (scale of the tolerance).
+        tolerance: allowed violation relative to the forward.
+
+    Returns:
+        Boolean mask of shape ``(K,)``, True for quotes to remove.
+
+    Examples:
+        >>> k = np.array([80.0, 90.0, 100.0, 110.0, 120.0])
+        >>> c = np.array([21.0, 12.5, 6.0, 7.0, 1.0])  # 110 is above 100: not decreasing
+        >>> strike_violations(strike=k, call=c, forward=100.0).tolist()
+        [False, False, False, True, False]
+    """
+    order = np.argsort(strike)
+    k, c = np.asarray(strike, float)[order], np.asarray(call, float)[order]
+    keep = np.ones(len(k), dtype=bool)
+    distance = np.abs(np.log(k / forward))
+    tol = tolerance * forward
+    while True:
+        pair, triple = _violations(k[keep], c[keep], tol)
+        if not (pair.any() or triple.any()):
+            break
+        # Remove the quote whose removal leaves the least total violation; ties: farthest out.
+        candidates = np.flatnonzero(keep)[_involved(pair, triple, int(keep.sum()))]
+        remaining = []
+        for i in candidates:
+            keep[i] = False
+            remaining.append(sum(v.sum() for v in _violations(k[keep], c[keep], tol)))
+            keep[i] = True
+        worst = candidates[np.lexsort((-distance[candidates], np.asarray(remaining)))[0]]
+        keep[worst] = False
+    drop = np.empty(len(k), dtype=bool)
+    drop[order] = ~keep
+    return drop
+
+
+def calendar_violations(
+    *,
+    maturity: np.ndarray,
+    log_moneyness: np.ndarray,
+    total_variance: np.ndarray,
+    rtol: float = 1e-4,
+) -> np.ndarray:
+    """Quotes to drop so that total implied variance is non-decreasing in maturity.
+
+    Expiries are visited in increasing order; a quote whose total variance ``sigma^2 T`` lies below
+    the previous expiry's smile (linearly interpolated in ``k = ln(K/F)``, only inside its strike
+    range) by more than ``rtol`` relative is removed.
+
+    Args:
+        maturity: year fractions, shape ``(N,)``.
+        log_moneyness: ``ln(K / F)``, shape ``(N,)``.
+        total_variance: ``implied_vol**2 * maturity``, shape ``(N,)``.
+        rtol: relative tolerance on total variance.
+
+    Returns:
+        Boolean mask of shape ``(N,)``, True for quotes to remove.
+
+    Examples:
+        >>> t = np.array([0.5, 0.5, 1.0, 1.0])
+        >>> k = np.array([-0.1, 0.1, -0.1, 0.1])
+        >>> w = np.array([0.02, 0.02, 0.05, 0.015])  # the 1y quote at k = 0.1 is below the 6m smile
+        >>> calendar_violations(maturity=t, log_moneyness=k, total_variance=w).tolist()
+        [False, False, False, True]
+    """
+    maturity, k, w = (np.asarray(a, float) for a in (maturity, log_moneyness, total_variance))
+    drop = np.zeros(len(maturity), dtype=bool)
+    previous = None
+    for t in np.unique(maturity.round(10)):
+        rows = np.flatnonzero(np.isclose(maturity, t, rtol=0, atol=1e-10))
+        if previous is not None:
+            pk, pw = previous
+            inside = (k[rows] >= pk[0]) & (k[rows] <= pk[-1])
+            floor = np.interp(k[rows], pk, pw)
+            drop[rows] = inside & (w[rows] < floor * (1 - rtol))
+        kept = rows[~drop[rows]]
+        if len(kept):
+            order = np.argsort(k[kept])
+            previous = (k[kept][order], w[kept][order])
+    return drop

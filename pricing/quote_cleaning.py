@@ -1,0 +1,344 @@
+"""Quote cleaning: forwards from put-call parity, market implied vols, filters with counts.
+
+:func:`prepare_quotes` adds ``forward``, ``discount``, ``mid``, ``market_iv`` (and ``bid_iv``,
+``ask_iv``) to a table from :func:`pricing.quotes.read_quotes` without removing anything;
+:func:`clean_quotes` also applies the filters (crossed, one-sided, zero-bid quotes, maturity and
+moneyness ranges, no implied vol, out-of-the-money selection, static arbitrage) and returns a
+:class:`CleaningReport`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pricing.black_scholes import black_implied_vol
+from pricing.quote_arbitrage import calendar_violations, strike_violations
+from pricing.quotes import QuoteError, read_quotes, require_columns
+
+__all__ = ["CleaningReport", "clean_quotes", "parity_forwards", "prepare_quotes"]
+
+
+@dataclass
+class CleaningReport:
+    """What :func:`clean_quotes` did: rows in and out, rows removed per reason (in filter order).
+
+    Attributes:
+        n_input: rows of the input table.
+        n_kept: rows of the cleaned table.
+        removed: reason -> number of rows removed by that filter (0 when the filter found nothing).
+        forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
+            over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``) or
+            ``carry`` (spot, rate and dividend).
+    """
+
+    n_input: int
+    n_kept: int = 0
+    removed: dict[str, int] = field(default_factory=dict)
+    forward_sources: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"quotes in: {self.n_input}, kept: {self.n_kept}"]
+        lines += [f"  removed {count:6d}  {reason}" for reason, count in self.removed.items()]
+        sources = ", ".join(f"{k}: {v}" for k, v in self.forward_sources.items())
+        return "\n".join([*lines, f"  forwards per expiry: {sources}"])
+
+
+def _tensor(column: pd.Series) -> torch.Tensor:
+    return torch.tensor(column.to_numpy(dtype=float, copy=True))
+
+
+def _mid(quotes: pd.DataFrame) -> pd.Series:
+    """Market price per row: ``mid``, else the bid/ask midpoint, else ``price``; NaN if none."""
+    mid = pd.Series(np.nan, index=quotes.index)
+    if "price" in quotes:
+        mid = quotes["price"].astype(float)
+    if "bid" in quotes and "ask" in quotes:
+        mid = ((quotes["bid"] + quotes["ask"]) / 2).fillna(mid)
+    if "mid" in quotes:
+        mid = quotes["mid"].fillna(mid)
+    return mid
+
+
+def _expiry_key(quotes: pd.DataFrame) -> pd.Series:
+    """Group key per expiry (maturity rounded to about a minute, against float noise)."""
+    return quotes["maturity"].round(6)
+
+
+def _pair_forward(pairs: pd.DataFrame, carry_discount: float, n_pairs: int) -> tuple:
+    """Forward and discount from call-minus-put prices of one expiry's pairs, or None."""
+    near = pairs.assign(gap=(pairs["call"] - pairs["put"]).abs()).nsmallest(n_pairs, "gap")
+    strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
+    if len(near) >= 2 and np.ptp(strikes) > 0:
+        # C - P = D F - D K: a straight line in K with slope -D and intercept D F.
+        slope, intercept = np.polyfit(strikes, diff, 1)
+        discount = -slope
+        if 0.5 < discount <= 1.5 and intercept > 0:
+            return intercept / discount, discount, "parity"
+    forward = float(np.mean(strikes + diff / carry_discount))
+    return (forward, carry_discount, "parity_one_pair") if forward > 0 else None
+
+
+def _expiry_pairs(group: pd.DataFrame, carry_discount: float, n_pairs: int) -> tuple | None:
+    """Parity forward and discount of one expiry's quotes, or None without call/put pairs."""
+    if "option_type" not in group:
+        return None
+    valid = group.dropna(subset=["_mid"])
+    table = valid.pivot_table(index="strike", columns="option_type", values="_mid")
+    if not {"call", "put"} <= set(table.columns):
+        return None
+    pairs = table.dropna(subset=["call", "put"])
+    return _pair_forward(pairs, carry_discount, n_pairs) if len(pairs) else None
+
+
+def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
+    """Forward and discount factor per expiry, from put-call parity where calls and puts pair up.
+
+    For each expiry, the ``n_pairs`` strikes quoted as both call and put with the smallest
+    ``|C - P|`` (the nearest the money) are fitted by least squares to ``C - P = D (F - K)``.
+    With one pair (or an implausible fit), ``D`` comes from ``rate`` and ``F = K + (C - P) / D``.
+    Expiries without pairs use ``F = S exp((r - q) T)`` and ``D = exp(-r T)`` (``carry``).
+
+    Args:
+        quotes: a table from :func:`pricing.quotes.read_quotes` (needs ``strike``, ``maturity``,
+            ``spot``, ``rate``, ``dividend``; prices from ``mid``, ``bid``/``ask`` or ``price``).
+        n_pairs: number of near-the-money pairs in the regression.
+
+    Returns:
+        One row per expiry: ``maturity``, ``forward``, ``discount``, ``source``.
+
+    Examples:
+        >>> table = pd.DataFrame({"option_type": ["call", "put", "call", "put"],
+        ...     "strike": [95.0, 95.0, 105.0, 105.0], "maturity": 1.0, "spot": 100.0,
+        ...     "price": [9.0, 4.25, 3.5, 8.25]})
+        >>> implied = parity_forwards(read_quotes(table))
+        >>> implied[["forward", "discount"]].round(4).to_numpy().tolist()
+        [[100.0, 0.95]]
+    """
+    require_columns(quotes, ["strike", "maturity", "rate", "dividend"], "parity forwards")
+    quotes = quotes.assign(_mid=_mid(quotes), _key=_expiry_key(quotes))
+    rows = []
+    for key, group in quotes.groupby("_key", sort=True):
+        t = float(group["maturity"].iloc[0])
+        rate, dividend = float(group["rate"].iloc[0]), float(group["dividend"].iloc[0])
+        given = {"forward", "discount"} <= set(group.columns)
+        if given and group[["forward", "discount"]].notna().all().all():
+            result = (group["forward"].mean(), group["discount"].mean(), "given")
+        else:
+            result = _expiry_pairs(group, np.exp(-rate * t), n_pairs)
+        if result is None:
+            if "spot" not in group:
+                raise QuoteError(
+                    f"expiry T={t:.6g}: no call/put pairs to imply the forward, and no spot",
+                    column="spot",
+                )
+            spot = float(group["spot"].iloc[0])
+            result = (spot * np.exp((rate - dividend) * t), np.exp(-rate * t), "carry")
+        forward, discount, source = result
+        rows.append(
+            {"_key": key, "maturity": t, "forward": forward, "discount": discount, "source": source}
+        )
+    return pd.DataFrame(rows)
+
+
+def _attach_forwards(quotes: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Fill missing ``forward``/``discount`` entries; count the forward sources per expiry."""
+    lookup = parity_forwards(quotes, n_pairs=n_pairs).set_index("_key")
+    key = _expiry_key(quotes)
+    out = quotes.copy()
+    for column in ("forward", "discount"):
+        implied = key.map(lookup[column])
+        out[column] = quotes[column].fillna(implied) if column in quotes else implied
+    source = key.map(lookup["source"])
+    if "forward" in quotes:
+        source = source.where(quotes["forward"].isna(), "given")
+    per_expiry = source.groupby(key).agg(lambda s: s.mode().iloc[0])
+    return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
+
+
+def _black_iv(quotes: pd.DataFrame, prices: pd.Series) -> np.ndarray:
+    is_call = torch.tensor((quotes["option_type"] == "call").to_numpy())
+    vol = black_implied_vol(
+        price=_tensor(prices),
+        forward=_tensor(quotes["forward"]),
+        strike=_tensor(quotes["strike"]),
+        maturity=_tensor(quotes["maturity"]),
+        discount=_tensor(quotes["discount"]),
+        is_call=is_call,
+    )
+    return vol.numpy()
+
+
+def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFrame, dict]:
+    """Add ``forward``, ``discount``, ``mid``, ``market_iv`` (and ``bid_iv``, ``ask_iv``) columns.
+
+    Given ``forward``/``discount`` entries are kept; missing ones come from :func:`parity_forwards`.
+    ``market_iv`` is ``implied_vol`` where given, else the Black implied vol of the mid price (NaN
+    where the price is outside the no-arbitrage bounds). Without ``option_type``, rows get the
+    out-of-the-money type (call for ``K >= F``) when only implied vols are given.
+
+    Returns:
+        The new table (same index) and the per-expiry forward sources (source -> count).
+
+    Raises:
+        QuoteError: when a row has neither an implied vol nor a price, or prices lack option types.
+
+    Examples:
+        >>> table = read_quotes(pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0,
+        ...                                   "spot": 100.0, "rate": 0.02, "iv": [0.25, 0.2]}))
+        >>> prepared, sources = prepare_quotes(table)
+        >>> prepared["option_type"].tolist(), sources
+        (['put', 'call'], {'carry': 1})
+    """
+    if not isinstance(quotes, pd.DataFrame) or "strike" not in quotes:
+        quotes = read_quotes(quotes)
+    require_columns(quotes, ["strike", "maturity"], "quote cleaning")
+    out, sources = _attach_forwards(quotes, n_pairs)
+    out["mid"] = _mid(out)
+    given_iv = out["implied_vol"] if "implied_vol" in out else pd.Series(np.nan, index=out.index)
+    needs_price = given_iv.isna()
+    if "option_type" not in out:
+        if needs_price.any():
+            raise QuoteError(
+                "prices without an option_type column cannot be turned into vols",
+                column="option_type",
+            )
+        out["option_type"] = np.where(out["strike"] >= out["forward"], "call", "put")
+    iv = given_iv.to_numpy(float).copy()
+    if needs_price.any():
+        iv[needs_price.to_numpy()] = _black_iv(out[needs_price], out.loc[needs_price, "mid"])
+    out["market_iv"] = iv
+    for side in ("bid", "ask"):
+        if side in out:
+            out[f"{side}_iv"] = _black_iv(out, out[side])
+    return out, sources
+
+
+def _drop(frame: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str, report: CleaningReport):
+    mask = np.asarray(mask, dtype=bool)
+    report.removed[reason] = report.removed.get(reason, 0) + int(mask.sum())
+    return frame.loc[~mask]
+
+
+def _pre_price_filters(frame: pd.DataFrame, report: CleaningReport, maturity_range) -> pd.DataFrame:
+    low, high = maturity_range
+    frame = _drop(frame, ~frame["maturity"].between(low, high), "maturity_out_of_range", report)
+    bid = frame["bid"] if "bid" in frame else pd.Series(np.nan, index=frame.index)
+    ask = frame["ask"] if "ask" in frame else pd.Series(np.nan, index=frame.index)
+    frame = _drop(frame, (bid > ask).to_numpy(), "crossed", report)
+    bid, ask = bid.loc[frame.index], ask.loc[frame.index]
+    frame = _drop(frame, (bid == 0).to_numpy(), "zero_bid", report)
+    bid, ask = bid.loc[frame.index], ask.loc[frame.index]
+    other = pd.Series(False, index=frame.index)
+    for column in ("mid", "price", "implied_vol"):
+        if column in frame:
+            other |= frame[column].notna()
+    frame = _drop(frame, (bid.isna() ^ ask.isna()) & ~other, "one_sided", report)
+    both = frame.index.isin(bid.dropna().index.intersection(ask.dropna().index))
+    return _drop(frame, ~both & ~other.loc[frame.index], "no_price", report)
+
+
+def _otm_duplicates(frame: pd.DataFrame) -> np.ndarray:
+    """Rows quoted in the money whose out-of-the-money counterpart (same expiry, strike) is kept."""
+    otm = np.where(frame["strike"] >= frame["forward"], "call", "put")
+    key = pd.Series(list(zip(_expiry_key(frame), frame["strike"], strict=True)), index=frame.index)
+    has_otm = key.isin(set(key[frame["option_type"].to_numpy() == otm]))
+    return ((frame["option_type"].to_numpy() != otm) & has_otm).to_numpy()
+
+
+def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
+    is_call = (frame["option_type"] == "call").to_numpy()
+    undiscounted = frame["mid"].to_numpy(float) / frame["discount"].to_numpy(float)
+    # Puts become calls by parity; rows with only an implied vol get a Black price.
+    calls = np.where(is_call, undiscounted, undiscounted + frame["forward"] - frame["strike"])
+    if frame["mid"].isna().any():
+        from pricing.black_scholes import black_price
+
+        model = black_price(
+            forward=_tensor(frame["forward"]),
+            strike=_tensor(frame["strike"]),
+            maturity=_tensor(frame["maturity"]),
+            volatility=_tensor(frame["market_iv"]),
+        ).numpy()
+        calls = np.where(frame["mid"].isna(), model, calls)
+    drop = np.zeros(len(frame), dtype=bool)
+    for _, rows in frame.groupby(_expiry_key(frame)).indices.items():
+        sub = frame.iloc[rows].drop_duplicates("strike")
+        unique = np.asarray([frame.index.get_loc(i) for i in sub.index])
+        bad = strike_violations(
+            strike=sub["strike"].to_numpy(float),
+            call=calls[unique],
+            forward=float(sub["forward"].iloc[0]),
+            tolerance=tolerance,
+        )
+        drop[unique[bad]] = True
+    return drop
+
+
+def clean_quotes(
+    source: pd.DataFrame | str,
+    *,
+    maturity_range: tuple[float, float] = (1 / 365, 30.0),
+    moneyness_range: tuple[float, float] = (0.5, 2.0),
+    otm_only: bool = True,
+    arbitrage: bool = True,
+    n_pairs: int = 6,
+    tolerance: float = 1e-6,
+) -> tuple[pd.DataFrame, CleaningReport]:
+    """Filter a quote table and add forwards, discount factors and market implied vols.
+
+    Filters, in order, each counted in the report: maturity outside ``maturity_range``; crossed
+    quotes (bid > ask); zero bids; one-sided quotes (bid or ask missing, no other price); rows
+    without any price or vol; strike/forward outside ``moneyness_range``; no implied vol (price
+    outside the no-arbitrage bounds); in-the-money quotes whose out-of-the-money counterpart exists
+    (``otm_only``); quotes breaking monotonicity or convexity of call prices in strike; quotes below
+    the previous expiry's total variance (calendar). Forwards come from parity on the quotes that
+    pass the first filters (see :func:`parity_forwards`).
+
+    Args:
+        source: a table (any column spelling :func:`pricing.quotes.read_quotes` accepts) or a path.
+        maturity_range: inclusive range of year fractions kept.
+        moneyness_range: inclusive range of ``strike / forward`` kept.
+        otm_only: keep only the out-of-the-money side where both sides are quoted.
+        arbitrage: apply the static-arbitrage filters.
+        n_pairs: near-the-money pairs in the parity regression.
+        tolerance: arbitrage tolerance, relative to the forward (prices) and to total variance.
+
+    Returns:
+        The cleaned table, sorted by maturity and strike (columns of the input plus
+        ``source_row`` (1-based input row),
+        ``forward``, ``discount``, ``mid``, ``market_iv``, ``bid_iv``/``ask_iv`` where bid/ask
+        exist) and the :class:`CleaningReport`.
+
+    Examples:
+        >>> table = pd.DataFrame({"K": [80.0, 100.0, 120.0, 300.0], "T": 1.0, "S": 100.0,
+        ...                       "iv": [0.25, 0.2, 0.18, 0.3]})
+        >>> clean, report = clean_quotes(table)
+        >>> len(clean), report.removed["moneyness_out_of_range"]
+        (3, 1)
+    """
+    quotes = read_quotes(source, allow_crossed=True)
+    quotes["source_row"] = np.arange(1, len(quotes) + 1)
+    report = CleaningReport(n_input=len(quotes))
+    quotes = _pre_price_filters(quotes, report, maturity_range)
+    frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
+    ratio = frame["strike"] / frame["forward"]
+    frame = _drop(frame, ~ratio.between(*moneyness_range), "moneyness_out_of_range", report)
+    frame = _drop(frame, frame["market_iv"].isna(), "no_implied_vol", report)
+    if otm_only:
+        frame = _drop(frame, _otm_duplicates(frame), "in_the_money", report)
+    if arbitrage:
+        frame = _drop(frame, _strike_arbitrage(frame, tolerance), "strike_arbitrage", report)
+        bad = calendar_violations(
+            maturity=frame["maturity"].to_numpy(float),
+            log_moneyness=np.log(frame["strike"] / frame["forward"]).to_numpy(),
+            total_variance=(frame["market_iv"] ** 2 * frame["maturity"]).to_numpy(),
+            rtol=tolerance * 100,
+        )
+        frame = _drop(frame, bad, "calendar_arbitrage", report)
+    report.n_kept = len(frame)
+    frame = frame.sort_values(["maturity", "strike"], kind="stable")
+    return frame.reset_index(drop=True), report

@@ -1,0 +1,78 @@
+"""Smile plots of a calibration: one panel per expiry, market quotes and the model curve."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pricing.calibration import CalibrationResult, model_vols
+
+__all__ = ["plot_smiles"]
+
+
+def _panel(
+    axis, rows: pd.DataFrame, result: CalibrationResult, quotes: pd.DataFrame | None
+) -> None:
+    maturity = float(rows["maturity"].iloc[0])
+    forward = float(rows["forward"].mean())
+    rows = rows.sort_values("strike")
+    strike = rows["strike"].to_numpy()
+    if quotes is not None and {"bid_iv", "ask_iv"} <= set(quotes.columns):
+        bid, ask = quotes.loc[rows.index, "bid_iv"], quotes.loc[rows.index, "ask_iv"]
+        both = (bid.notna() & ask.notna()).to_numpy()
+        axis.vlines(strike[both], 100 * bid[both], 100 * ask[both], color="tab:gray",
+                    label="market bid/ask")  # fmt: skip
+    axis.plot(strike, 100 * rows["market_iv"], "o", ms=3, color="tab:blue", label="market")
+    grid = np.linspace(strike.min(), strike.max(), 60)
+    try:
+        curve = model_vols(result, strike=grid, maturity=maturity, forward=forward)
+        axis.plot(
+            grid, 100 * curve, "-", color="tab:red", label=f"{result.model} ({result.method})"
+        )
+    except ValueError:
+        axis.plot(strike, 100 * rows["model_iv"], "-", color="tab:red", label=result.model)
+    axis.set_title(f"T = {maturity:.3f}y ({maturity * 365:.0f}d)", fontsize=9)
+    axis.tick_params(labelsize=7)
+
+
+def plot_smiles(
+    result: CalibrationResult, path: str | Path, *, quotes: pd.DataFrame | None = None
+) -> Path:
+    """Write a PNG with one implied-vol smile panel per expiry.
+
+    Args:
+        result: a calibration result (its residual table gives strikes, market and model vols).
+        path: the PNG to write.
+        quotes: the quotes that were fitted, row-aligned with ``result.residuals``; when they have
+            ``bid_iv``/``ask_iv`` the panels show bid-ask bars.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = result.residuals
+    expiries = sorted(table["maturity"].round(10).unique())
+    cols = min(4, len(expiries))
+    rows = math.ceil(len(expiries) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for axis, expiry in zip(axes.flat, expiries, strict=False):
+        _panel(axis, table[table["maturity"].round(10) == expiry], result, quotes)
+    for axis in list(axes.flat)[len(expiries) :]:
+        axis.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("strike", fontsize=9)
+    fig.supylabel("implied vol (%)", fontsize=9)
+    fig.suptitle(f"{result.model} {result.method}: RMSE {result.rmse_iv_bp:.1f} bp", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,100 @@
+"""``qfnet calibrate``: fit Heston or SABR to a quote file, write JSON, residuals CSV and smiles.
+
+Mounted by :mod:`qfnet.cli` as ``app.command("calibrate")(calibrate_command)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pricing.calibration import CalibrationResult, calibrate
+from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
+from pricing.quotes import QuoteError, read_quotes
+from qfnet import calibration_surrogate  # noqa: F401  (registers method "surrogate")
+
+__all__ = ["calibrate_command", "result_json"]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def result_json(
+    result: CalibrationResult, residuals_file: Path, report: CleaningReport | None
+) -> dict[str, Any]:
+    """The machine-readable summary of a calibration (ARCHITECTURE.md, section 3)."""
+    out = result.to_dict()
+    out["residuals_file"] = str(residuals_file)
+    if report is not None:
+        out["n_dropped"] = report.n_input - result.n_quotes
+        out["cleaning"] = {"n_input": report.n_input, "removed": report.removed,
+                           "forward_sources": report.forward_sources}  # fmt: skip
+    return _clean(out)
+
+
+def calibrate_command(
+    model: Annotated[
+        str, typer.Option("--model", help="heston (whole surface) or sabr (per expiry).")
+    ],
+    quotes: Annotated[Path, typer.Option("--quotes", help="Quote table (.csv or .parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Result JSON to write.")],
+    method: Annotated[
+        str, typer.Option("--method", help="direct, quantlib or (heston) surrogate.")
+    ] = "direct",
+    weights: Annotated[str, typer.Option("--weights", help="equal, vega or spread.")] = "equal",
+    beta: Annotated[float | None, typer.Option("--beta", help="SABR beta (default 1).")] = None,
+    free_beta: Annotated[bool, typer.Option("--free-beta", help="Fit SABR beta too.")] = False,
+    clean: Annotated[
+        bool, typer.Option("--clean/--no-clean", help="Filter bad and arbitrageable quotes first.")
+    ] = True,
+    plot: Annotated[bool, typer.Option("--plot", help="Also write smile plots (PNG).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the global start.")] = 0,
+) -> None:
+    """Calibrate a model to market quotes; write RESULT.json, a residuals CSV and optional smiles."""
+    if model not in ("heston", "sabr"):
+        raise typer.BadParameter("must be heston or sabr", param_hint="--model")
+    if not quotes.exists():
+        raise _fail(f"{quotes}: no such file")
+    options: dict[str, Any] = {"free_beta": True} if free_beta else {}
+    try:
+        report = None
+        if clean:
+            table, report = clean_quotes(quotes)
+        else:
+            table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True))
+        result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
+                           **options)  # fmt: skip
+    except (QuoteError, NotImplementedError) as error:
+        raise _fail(str(error)) from error
+    except ValueError as error:
+        raise _fail(f"{quotes}: {error}") from error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    residuals_file = out.with_name(f"{out.stem}_residuals.csv")
+    result.residuals.to_csv(residuals_file, index=False)
+    out.write_text(json.dumps(result_json(result, residuals_file, report), indent=2) + "\n")
+    if report is not None:
+        typer.echo(str(report))
+    typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes, "
+               f"{result.seconds:.2f} s -> {out}")  # fmt: skip
+    if plot:
+        from pricing.smile_plot import plot_smiles
+
+        png = plot_smiles(result, out.with_suffix(".png"), quotes=table)
+        typer.echo(f"smiles -> {png}")

@@ -1,0 +1,119 @@
+"""Batched Levenberg-Marquardt, exact Jacobians, and the Lewis surface pricer used by calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pricing._heston_lewis import SurfaceGrid, normalized_otm, normalized_otm_and_jacobian
+from pricing.black_scholes import black_implied_vol
+from pricing.least_squares import elementwise_jacobian, levenberg_marquardt, value_and_jacobian
+from pricing.quantlib import heston_price as ql_heston_price
+
+F64 = torch.float64
+
+
+def test_batched_problems_are_solved_independently() -> None:
+    t = torch.linspace(0.0, 2.0, 30, dtype=F64)
+    truth = torch.tensor([[2.0, 1.5], [0.5, 0.2], [3.0, 4.0]], dtype=F64)
+    data = truth[:, :1] * torch.exp(-truth[:, 1:] * t)  # (3, 30)
+
+    def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return p[..., 0] * torch.exp(-p[..., 1] * t) - data[index]
+
+    x0 = torch.ones(3, 2, dtype=F64)
+    result = levenberg_marquardt(elementwise_jacobian(residual, 30), x0, lower=torch.tensor(0.0),
+                                 upper=torch.tensor(10.0))  # fmt: skip
+    torch.testing.assert_close(result.x, truth, rtol=1e-9, atol=1e-12)
+    assert bool(result.converged.all())
+    assert float(result.cost.max()) < 1e-20
+
+
+def _copy(p: torch.Tensor, n: int) -> torch.Tensor:
+    """The parameter copy of output n: params are (B, M, P) with M = 1 or one copy per output."""
+    return p[:, n if p.shape[1] > 1 else 0]
+
+
+def test_rosenbrock_valley_is_followed_to_the_minimum() -> None:
+    def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        first, second = _copy(p, 0), _copy(p, 1)
+        return torch.stack([10 * (first[:, 1] - first[:, 0] ** 2), 1 - second[:, 0]], dim=-1)
+
+    x0 = torch.tensor([[-1.2, 1.0]], dtype=F64)
+    result = levenberg_marquardt(elementwise_jacobian(residual, 2), x0, lower=torch.tensor(-5.0),
+                                 upper=torch.tensor(5.0), max_iterations=200)  # fmt: skip
+    torch.testing.assert_close(result.x[0], torch.tensor([1.0, 1.0], dtype=F64), rtol=0, atol=1e-8)
+
+
+def test_a_minimum_outside_the_box_stops_on_the_bound() -> None:
+    target = torch.tensor([3.0, -1.0], dtype=F64)
+
+    def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.stack([_copy(p, 0)[:, 0], _copy(p, 1)[:, 1]], dim=-1) - target
+
+    result = levenberg_marquardt(elementwise_jacobian(residual, 2), torch.zeros(1, 2, dtype=F64),
+                                 lower=torch.tensor([-2.0, -2.0], dtype=F64),
+                                 upper=torch.tensor([2.0, 2.0], dtype=F64))  # fmt: skip
+    torch.testing.assert_close(
+        result.x[0], torch.tensor([2.0, -1.0], dtype=F64), rtol=0, atol=1e-10
+    )
+    assert bool(result.converged[0])
+
+
+def test_value_and_jacobian_match_finite_differences() -> None:
+    k = torch.tensor([0.8, 1.0, 1.3], dtype=F64)
+
+    def fn(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return p[..., 0] * torch.log1p(p[..., 1] * k) + torch.sin(p[..., 0] * p[..., 1] * k)
+
+    x = torch.tensor([[0.7, 1.9]], dtype=F64)
+    _, jacobian = value_and_jacobian(fn, x, torch.tensor([0]), 3)
+    h = 1e-6
+    for j in range(2):
+        step = torch.zeros_like(x)
+        step[0, j] = h
+        up, down = fn((x + step).unsqueeze(1), None), fn((x - step).unsqueeze(1), None)
+        torch.testing.assert_close(
+            jacobian[0, :, j], ((up - down) / (2 * h))[0], rtol=1e-8, atol=1e-9
+        )
+
+
+MATURITIES = torch.tensor([[14 / 365, 91 / 365, 1.0, 3.0]], dtype=F64)
+RATIOS = torch.tensor([0.7, 0.85, 1.0, 1.15, 1.4], dtype=F64)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [(0.04, 1.5, 0.04, 0.5, -0.7), (0.2, 15.7, 0.075, 3.4, -0.5), (0.01, 0.5, 0.09, 0.3, 0.3)],
+)
+def test_lewis_surface_prices_match_quantlib_adaptive(params: tuple[float, ...]) -> None:
+    grid = SurfaceGrid(MATURITIES, torch.log(RATIOS).expand(1, 4, 5).clone(), 256)
+    b = normalized_otm(grid, torch.tensor([params], dtype=F64)).reshape(4, 5)
+    t = MATURITIES[0].unsqueeze(-1).expand(4, 5)
+    ratio = RATIOS.expand(4, 5)
+    price = torch.sqrt(ratio) * b
+    reference = ql_heston_price(forward=1.0, strike=ratio.numpy(), maturity=t.numpy(),
+                                **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params,
+                                           strict=True)),
+                                is_call=(ratio >= 1).numpy(), engine="reference")  # fmt: skip
+    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
+            for p in (price, torch.tensor(reference))]  # fmt: skip
+    meaningful = torch.tensor(reference) > 1e-7
+    error_bp = ((vols[0] - vols[1]).abs() * 1e4)[meaningful]
+    assert float(error_bp.max()) < 1e-2
+
+
+def test_lewis_jacobian_matches_autograd_and_finite_differences() -> None:
+    grid = SurfaceGrid(MATURITIES, torch.log(RATIOS).expand(1, 4, 5).clone(), 256)
+    x = torch.tensor([[0.05, 2.0, 0.06, 0.7, -0.6]], dtype=F64)
+    _, jacobian = normalized_otm_and_jacobian(grid, x)
+    full = torch.autograd.functional.jacobian(lambda p: normalized_otm(grid, p), x)[:, :, 0, :]
+    torch.testing.assert_close(jacobian, full, rtol=1e-12, atol=1e-15)
+    for j in range(5):
+        h = 1e-4 * float(x[0, j].abs())
+        step = torch.zeros_like(x)
+        step[0, j] = h
+        numeric = (normalized_otm(grid, x + step) - normalized_otm(grid, x - step)) / (2 * h)
+        # Central differences: O(h^2) truncation plus the quadrature's ~1e-12 noise over h.
+        np.testing.assert_allclose(jacobian[0, :, j], numeric[0], rtol=1e-5, atol=1e-7)

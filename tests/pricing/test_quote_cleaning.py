@@ -1,0 +1,155 @@
+"""Quote cleaning: parity forwards, market implied vols, filters and their counts, arbitrage checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pricing.black_scholes import black_price
+from pricing.quote_arbitrage import calendar_violations, strike_violations
+from pricing.quote_cleaning import clean_quotes, parity_forwards, prepare_quotes
+from pricing.quotes import QuoteError, read_quotes
+
+DATA_DIR = Path(__file__).parents[1] / "data"
+CLEANING_FILE = DATA_DIR / "quotes_cleaning.csv"
+
+
+def _chain(forward: float, discount: float, maturity: float, strikes: np.ndarray) -> pd.DataFrame:
+    """Calls and puts of one expiry at exact Black prices (smile 0.2 - 0.1 k)."""
+    k = np.log(strikes / forward)
+    rows = []
+    for option_type in ("call", "put"):
+        price = black_price(
+            forward=forward,
+            strike=torch.tensor(strikes),
+            maturity=maturity,
+            volatility=torch.tensor(0.2 - 0.1 * k),
+            discount=discount,
+            is_call=option_type == "call",
+        ).numpy()
+        rows.append(pd.DataFrame({"option_type": option_type, "strike": strikes, "price": price}))
+    table = pd.concat(rows, ignore_index=True)
+    table["maturity"], table["spot"] = maturity, 100.0
+    return table
+
+
+def test_parity_recovers_forward_and_discount_from_exact_prices() -> None:
+    strikes = np.arange(70.0, 135.0, 5.0)
+    table = pd.concat(
+        [_chain(103.0, 0.97, 0.75, strikes), _chain(106.5, 0.94, 1.5, strikes)], ignore_index=True
+    )
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], [103.0, 106.5], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(implied["discount"], [0.97, 0.94], rtol=1e-10, atol=0)
+    assert implied["source"].tolist() == ["parity", "parity"]
+
+
+def test_parity_with_one_pair_uses_the_rate_for_discounting() -> None:
+    table = _chain(101.0, float(np.exp(-0.02)), 1.0, np.array([100.0]))
+    table["rate"] = 0.02
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], [101.0], rtol=1e-12, atol=0)
+    assert implied["source"].tolist() == ["parity_one_pair"]
+
+
+def test_expiry_without_pairs_or_spot_is_an_error_naming_spot() -> None:
+    table = _chain(101.0, 1.0, 1.0, np.array([90.0, 110.0])).query("option_type == 'call'")
+    with pytest.raises(QuoteError, match=r"column 'spot'.*no call/put pairs"):
+        parity_forwards(read_quotes(table.drop(columns="spot")))
+
+
+def test_prepare_recovers_the_smile_from_prices() -> None:
+    strikes = np.arange(80.0, 125.0, 5.0)
+    prepared, sources = prepare_quotes(read_quotes(_chain(102.0, 0.98, 0.5, strikes)))
+    k = np.log(prepared["strike"] / 102.0)
+    np.testing.assert_allclose(prepared["market_iv"], 0.2 - 0.1 * k, rtol=0, atol=1e-10)
+    assert sources == {"parity": 1}
+
+
+def test_crafted_file_filters_are_counted_by_reason() -> None:
+    clean, report = clean_quotes(CLEANING_FILE)
+    expected = {
+        "maturity_out_of_range": 0,
+        "crossed": 1,
+        "zero_bid": 1,
+        "one_sided": 1,
+        "no_price": 0,
+        "moneyness_out_of_range": 1,
+        "no_implied_vol": 0,
+        # 9 in-the-money rows per expiry, minus the 3 defective 6m rows removed before.
+        "in_the_money": 15,
+        "strike_arbitrage": 1,
+        # 1y quotes whose log-moneyness lies inside the 6m smile's range: strikes 85 to 115.
+        "calendar_arbitrage": 7,
+    }
+    assert report.removed == expected
+    assert (report.n_input, report.n_kept, len(clean)) == (37, 10, 10)
+    assert not clean["note"].fillna("").str.contains("crossed|zero|one-sided|2.45").any()
+    assert report.forward_sources == {"parity": 2}
+    six_months = clean[clean["maturity"] < 0.6]
+    np.testing.assert_allclose(six_months["forward"], 102.0, rtol=0, atol=0.05)
+    np.testing.assert_allclose(six_months["discount"], 0.98, rtol=0, atol=1e-3)
+    assert "cleaning" not in str(report) or "kept: 10" in str(report)
+
+
+def test_clean_quotes_keeps_only_the_out_of_the_money_side() -> None:
+    strikes = np.arange(80.0, 125.0, 5.0)
+    clean, report = clean_quotes(_chain(102.0, 0.98, 0.5, strikes))
+    otm = np.where(clean["strike"] >= clean["forward"], "call", "put")
+    assert (clean["option_type"].to_numpy() == otm).all()
+    assert report.removed["in_the_money"] == len(strikes)
+    assert clean["strike"].tolist() == sorted(clean["strike"].tolist())
+
+
+def test_maturity_and_moneyness_ranges_are_inclusive_filters() -> None:
+    table = pd.DataFrame(
+        {"strike": [100.0, 100.0, 50.0], "maturity": [0.5, 3.0, 0.5], "spot": 100.0,
+         "implied_vol": 0.2}
+    )  # fmt: skip
+    clean, report = clean_quotes(table, maturity_range=(0.1, 2.0), moneyness_range=(0.6, 1.5))
+    assert report.removed["maturity_out_of_range"] == 1
+    assert report.removed["moneyness_out_of_range"] == 1
+    assert len(clean) == 1
+
+
+def test_bundled_dax_surface_has_butterfly_violations_that_the_filter_finds() -> None:
+    quotes = read_quotes(Path("/work/shared/data/dax_2002_sepp/implied_vols.csv"))
+    clean, report = clean_quotes(quotes)
+    assert report.removed["strike_arbitrage"] > 0
+    assert report.removed["calendar_arbitrage"] == 0
+    # After removal, no expiry's call prices violate monotonicity or convexity.
+    for _, group in clean.groupby("maturity"):
+        calls = black_price(
+            forward=torch.tensor(group["forward"].to_numpy()),
+            strike=torch.tensor(group["strike"].to_numpy()),
+            maturity=torch.tensor(group["maturity"].to_numpy()),
+            volatility=torch.tensor(group["market_iv"].to_numpy()),
+        ).numpy()
+        drop = strike_violations(
+            strike=group["strike"].to_numpy(), call=calls, forward=group["forward"].iloc[0]
+        )
+        assert not drop.any()
+
+
+def test_strike_violations_accepts_black_prices_and_flags_a_concave_point() -> None:
+    strikes = np.linspace(60.0, 140.0, 17)
+    calls = black_price(forward=100.0, strike=torch.tensor(strikes), maturity=1.0, volatility=0.25)
+    calls = calls.numpy()
+    assert not strike_violations(strike=strikes, call=calls, forward=100.0).any()
+    bumped = calls.copy()
+    bumped[8] += 1.0  # the at-the-money call made too expensive: concave there
+    assert np.flatnonzero(
+        strike_violations(strike=strikes, call=bumped, forward=100.0)
+    ).tolist() == [8]
+
+
+def test_calendar_violations_flag_only_quotes_below_the_earlier_smile() -> None:
+    k = np.tile(np.linspace(-0.2, 0.2, 5), 2)
+    t = np.repeat([0.5, 1.0], 5)
+    w = np.concatenate([np.full(5, 0.02), np.array([0.05, 0.03, 0.019, 0.04, 0.045])])
+    drop = calendar_violations(maturity=t, log_moneyness=k, total_variance=w)
+    assert np.flatnonzero(drop).tolist() == [7]

@@ -1,0 +1,190 @@
+"""Quote-table loading: column aliases, option types, year fractions, validation errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pricing.quotes import QuoteError, read_quotes, require_columns
+
+DATA_DIR = Path(__file__).parents[1] / "data"
+DAX_FILE = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+SHARED_DAX_FILE = Path("/work/shared/data/dax_2002_sepp/implied_vols.csv")
+
+
+def _dax_file() -> Path:
+    if DAX_FILE.exists():
+        return DAX_FILE
+    if SHARED_DAX_FILE.exists():
+        return SHARED_DAX_FILE
+    pytest.skip("bundled DAX surface not found")
+
+
+def test_bundled_dax_surface_loads_with_canonical_columns() -> None:
+    quotes = read_quotes(_dax_file())
+    assert len(quotes) == 104
+    assert "option_type" not in quotes  # the source gives implied vols only
+    for column in ("strike", "maturity", "spot", "rate", "dividend", "implied_vol"):
+        assert quotes[column].dtype == np.float64, column
+    assert quotes["maturity"].nunique() == 8
+    assert quotes["strike"].nunique() == 13
+    raw = pd.read_csv(_dax_file())
+    np.testing.assert_allclose(quotes["rate"], raw["zero_rate"], rtol=0, atol=0)
+    np.testing.assert_allclose(quotes["maturity"], raw["expiry_days"] / 365.0, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("Type", "option_type"),
+        (" CP ", "option_type"),
+        ("call_put", "option_type"),
+        ("T", "maturity"),
+        ("tau", "maturity"),
+        ("Zero Rate", "rate"),
+        ("dividend_yield", "dividend"),
+        ("div", "dividend"),
+        ("IV", "implied_vol"),
+        ("vol", "implied_vol"),
+        ("K", "strike"),
+    ],
+)
+def test_column_aliases_are_case_insensitive(name: str, canonical: str) -> None:
+    table = pd.DataFrame({"strike": [100.0], "maturity": [1.0], "spot": [100.0]})
+    table = table.drop(columns=[canonical], errors="ignore")
+    table[name] = ["C"] if canonical == "option_type" else [0.5]
+    assert canonical in read_quotes(table).columns
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("C", "call"), ("p", "put"), ("Call", "call"), ("PUT", "put"), (" c ", "call")],
+)
+def test_option_type_spellings_map_to_call_or_put(raw: str, expected: str) -> None:
+    table = pd.DataFrame({"option_type": [raw], "strike": [1.0], "maturity": [1.0], "spot": [1.0]})
+    assert read_quotes(table)["option_type"].tolist() == [expected]
+
+
+def test_maturity_from_expiry_and_quote_date_is_act_365f() -> None:
+    table = pd.DataFrame(
+        {
+            "expiry": ["2025-06-20", "2026-03-20"],
+            "quote_date": ["2025-03-21", "2025-03-21"],
+            "strike": [100.0, 100.0],
+            "spot": [100.0, 100.0],
+        }
+    )
+    quotes = read_quotes(table)
+    np.testing.assert_allclose(quotes["maturity"], [91 / 365, 364 / 365], rtol=1e-15, atol=0)
+
+
+def test_rate_and_dividend_default_to_zero_and_input_is_not_modified() -> None:
+    table = pd.DataFrame({"K": [100.0], "T": [1.0], "S": [100.0]})
+    quotes = read_quotes(table)
+    assert quotes["rate"].tolist() == [0.0]
+    assert quotes["dividend"].tolist() == [0.0]
+    assert list(table.columns) == ["K", "T", "S"]
+
+
+def test_parquet_and_csv_give_the_same_table(tmp_path: Path) -> None:
+    table = pd.DataFrame(
+        {"cp": ["C", "P"], "strike": [90.0, 110.0], "T": [0.5, 1.0], "spot": [100.0, 100.0]}
+    )
+    table.to_csv(tmp_path / "q.csv", index=False)
+    table.to_parquet(tmp_path / "q.parquet", index=False)
+    from_csv = read_quotes(tmp_path / "q.csv")
+    from_parquet = read_quotes(tmp_path / "q.parquet")
+    pd.testing.assert_frame_equal(from_csv, from_parquet, check_dtype=False)
+
+
+def test_non_numeric_cell_names_row_file_line_and_column() -> None:
+    with pytest.raises(QuoteError, match=r"row 3 \(file line 5\), column 'strike'.*'1O5'") as info:
+        read_quotes(DATA_DIR / "quotes_bad_nonnumeric.csv")
+    assert (info.value.row, info.value.line, info.value.column) == (3, 5, "strike")
+
+
+def test_unknown_option_type_names_row_and_value() -> None:
+    with pytest.raises(QuoteError, match=r"row 3 \(file line 4\), column 'option_type'.*straddle"):
+        read_quotes(DATA_DIR / "quotes_bad_option_type.csv")
+
+
+def test_crossed_quote_raises_unless_allowed() -> None:
+    path = DATA_DIR / "quotes_bad_crossed.csv"
+    with pytest.raises(QuoteError, match=r"row 2 \(file line 3\), column 'bid'.*crossed"):
+        read_quotes(path)
+    quotes = read_quotes(path, allow_crossed=True)
+    assert len(quotes) == 2
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("strike", -5.0, "must be > 0"),
+        ("maturity", 0.0, "must be > 0"),
+        ("spot", 0.0, "must be > 0"),
+        ("implied_vol", -0.2, "must be > 0"),
+        ("bid", -1.0, "must be >= 0"),
+        ("strike", np.nan, "missing value"),
+        ("rate", np.nan, "missing value"),
+    ],
+)
+def test_invalid_values_name_the_row_and_column(column: str, value: float, message: str) -> None:
+    table = pd.DataFrame(
+        {
+            "strike": [100.0, 100.0],
+            "maturity": [1.0, 1.0],
+            "spot": [100.0, 100.0],
+            "rate": [0.01, 0.01],
+            "implied_vol": [0.2, 0.2],
+            "bid": [1.0, 1.0],
+        }
+    )
+    table.loc[1, column] = value
+    with pytest.raises(QuoteError, match=rf"row 2, column '{column}': {message}"):
+        read_quotes(table)
+
+
+def test_shifted_strike_may_be_negative_when_strike_plus_shift_is_positive() -> None:
+    table = pd.DataFrame(
+        {"strike": [-0.005, -0.01], "maturity": [1.0, 1.0], "spot": [0.01, 0.01], "shift": 0.01}
+    )
+    with pytest.raises(QuoteError, match=r"row 2, column 'strike'.*shift"):
+        read_quotes(table)
+    assert len(read_quotes(table.iloc[:1])) == 1
+
+
+def test_unparseable_expiry_names_row_and_column() -> None:
+    table = pd.DataFrame(
+        {
+            "expiry": ["2025-06-20", "20/13/2025"],
+            "quote_date": "2025-03-21",
+            "strike": 1.0,
+            "spot": 1.0,
+        }
+    )
+    with pytest.raises(QuoteError, match=r"row 2, column 'expiry': not a date"):
+        read_quotes(table)
+
+
+def test_two_columns_with_the_same_meaning_are_rejected() -> None:
+    table = pd.DataFrame({"iv": [0.2], "vol": [0.2], "strike": [1.0]})
+    with pytest.raises(QuoteError, match=r"'iv' and 'vol' both mean 'implied_vol'"):
+        read_quotes(table)
+
+
+def test_unsupported_extension_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "q.xlsx").write_text("x")
+    with pytest.raises(QuoteError, match="unsupported quote file type"):
+        read_quotes(tmp_path / "q.xlsx")
+    with pytest.raises(FileNotFoundError):
+        read_quotes(tmp_path / "absent.csv")
+
+
+def test_require_columns_lists_every_missing_column() -> None:
+    quotes = read_quotes(pd.DataFrame({"strike": [1.0], "maturity": [1.0]}))
+    with pytest.raises(QuoteError, match=r"heston pricing needs column\(s\) spot, v0"):
+        require_columns(quotes, ["strike", "spot", "v0"], "heston pricing")
+    require_columns(quotes, ["strike", "maturity"], "anything")
