@@ -15,6 +15,7 @@ import typer
 
 from pricing import black_scholes as bs
 from pricing.quotes import read_quotes
+from qfnet.calibrate_cli import calibrate_command
 from qfnet.price_rows import forward_and_discount, price_table
 
 __all__ = ["app", "main"]
@@ -28,6 +29,8 @@ app = typer.Typer(
 )
 
 ENGINES = ("analytic", "quantlib", "mc", "surrogate")
+
+app.command("calibrate")(calibrate_command)
 
 
 def fail(message: str) -> typer.Exit:

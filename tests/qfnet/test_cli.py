@@ -33,7 +33,7 @@ def bs_quotes(tmp_path):
     return path, table
 
 
-@pytest.mark.parametrize("command", [[], ["price"], ["iv"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["price"], ["iv"], ["demo"], ["calibrate"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -237,3 +237,84 @@ def test_demo_quick_writes_a_report_with_numbers(tmp_path):
     assert "DAX" in report and "report:" in result.output
     prices = pd.read_csv(tmp_path / "report" / "dax_surface_prices.csv")
     assert len(prices) == 104 and (prices["price"] > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("heston", {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.6, "rho": -0.7}),
+        ("sabr", {"alpha": 0.25, "beta": 0.7, "rho": -0.3, "nu": 0.5}),
+    ],
+)
+def test_price_heston_and_sabr_analytic_agree_with_quantlib(bs_quotes, tmp_path, model, params):
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    prices = {}
+    for engine in ("analytic", "quantlib"):
+        out = tmp_path / f"{engine}.csv"
+        result = runner.invoke(
+            app,
+            [
+                "price",
+                "--model",
+                model,
+                "--quotes",
+                str(path),
+                "--out",
+                str(out),
+                "--engine",
+                engine,
+                "--params",
+                json.dumps(params),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        prices[engine] = pd.read_csv(out)
+    torch.testing.assert_close(
+        torch.tensor(prices["analytic"]["implied_vol"].to_numpy()),
+        torch.tensor(prices["quantlib"]["implied_vol"].to_numpy()),
+        rtol=0,
+        atol=1e-6,
+    )
+    assert (prices["analytic"]["price"] > 0).all()
+
+
+def test_price_heston_invalid_rho_names_the_field(bs_quotes, tmp_path):
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).assign(
+        v0=0.04, kappa=1.0, theta=0.04, sigma=0.5, rho=[-0.5, 1.5, 0.0, 0.2]
+    ).to_csv(path, index=False)
+    result = runner.invoke(
+        app, ["price", "--model", "heston", "--quotes", str(path), "--out", str(tmp_path / "o.csv")]
+    )
+    assert result.exit_code == 1
+    assert "rho" in result.output and "row 2" in result.output
+
+
+def test_calibrate_sabr_on_the_bundled_surface_through_the_main_app(tmp_path):
+    from qfnet.demo import DAX_SURFACE
+
+    out = tmp_path / "sabr.json"
+    result = runner.invoke(
+        app, ["calibrate", "--model", "sabr", "--quotes", str(DAX_SURFACE), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    fit = json.loads(out.read_text())
+    assert fit["model"] == "sabr" and fit["n_quotes"] > 90 and fit["rmse_iv_bp"] < 200
+
+
+def test_calibrate_missing_file_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--model",
+            "heston",
+            "--quotes",
+            str(tmp_path / "nope.csv"),
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "no such file" in result.output

@@ -1,0 +1,104 @@
+"""``qfnet calibrate`` (mounted on a throwaway typer app): JSON, residuals CSV, smiles, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pricing.sabr import lognormal_vol
+from qfnet.calibrate_cli import calibrate_command
+
+DATA_DIR = Path(__file__).parents[1] / "data"
+JSON_KEYS = {"model", "method", "params", "rmse_iv_bp", "max_abs_iv_bp", "n_quotes", "n_dropped",
+             "seconds", "converged", "iterations", "residuals_file"}  # fmt: skip
+RESIDUAL_COLUMNS = ["maturity", "strike", "option_type", "forward", "discount", "market_iv",
+                    "model_iv", "error_bp", "weight"]  # fmt: skip
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("calibrate")(calibrate_command)
+    app.command("other")(lambda: None)  # two commands: typer keeps the subcommand name
+    return app
+
+
+@pytest.fixture
+def smile_file(tmp_path: Path) -> Path:
+    rows = []
+    for t, forward in ((0.5, 100.0), (1.0, 101.0)):
+        strike = forward * np.exp(np.linspace(-0.3, 0.3, 9))
+        vol = lognormal_vol(forward=forward, strike=torch.tensor(strike), maturity=t, alpha=0.25,
+                            beta=1.0, rho=-0.4, nu=0.7).numpy()  # fmt: skip
+        rows.append(pd.DataFrame({"K": strike, "T": t, "fwd": forward, "df": 0.99, "IV": vol}))
+    path = tmp_path / "smiles.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+def test_sabr_calibration_writes_json_residuals_and_plot(smile_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "fit.json"
+    args = [
+        "calibrate",
+        "--model",
+        "sabr",
+        "--quotes",
+        str(smile_file),
+        "--out",
+        str(out),
+        "--plot",
+    ]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert JSON_KEYS <= set(summary)
+    assert summary["n_quotes"] == 18 and summary["n_dropped"] == 0
+    assert summary["rmse_iv_bp"] < 1e-3
+    np.testing.assert_allclose(summary["params"]["nu"], [0.7, 0.7], rtol=1e-6)
+    residuals = pd.read_csv(summary["residuals_file"])
+    assert list(residuals.columns) == RESIDUAL_COLUMNS
+    assert len(residuals) == 18
+    png = out.with_suffix(".png")
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_heston_quantlib_calibration_of_the_dax_file(tmp_path: Path) -> None:
+    dax = Path("/work/shared/data/dax_2002_sepp/implied_vols.csv")
+    bundled = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    source = bundled if bundled.exists() else dax
+    out = tmp_path / "heston.json"
+    args = ["calibrate", "--model", "heston", "--quotes", str(source), "--out", str(out),
+            "--method", "quantlib"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    # Cleaning removes the quotes behind the surface's butterfly violations before the fit.
+    removed = summary["cleaning"]["removed"]["strike_arbitrage"]
+    assert removed > 0
+    assert summary["n_quotes"] == 104 - removed and summary["n_dropped"] == removed
+    assert set(summary["params"]) == {"v0", "kappa", "theta", "sigma", "rho"}
+    assert summary["iterations"] is None  # QuantLib does not report them
+
+
+def test_bad_file_names_row_and_column(tmp_path: Path) -> None:
+    out = tmp_path / "fit.json"
+    args = ["calibrate", "--model", "sabr", "--quotes", str(DATA_DIR / "quotes_bad_nonnumeric.csv"),
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1
+    assert "row 3 (file line 5), column 'strike'" in result.output
+    assert not out.exists()
+
+
+def test_unknown_model_and_method_are_rejected(smile_file: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "fit.json")
+    base = ["calibrate", "--quotes", str(smile_file), "--out", out]
+    assert CliRunner().invoke(_app(), [*base, "--model", "bates"]).exit_code == 2
+    result = CliRunner().invoke(_app(), [*base, "--model", "sabr", "--method", "magic"])
+    assert result.exit_code == 1 and "unknown method 'magic'" in result.output
