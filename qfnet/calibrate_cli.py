@@ -15,7 +15,6 @@ import typer
 from pricing.calibration import CalibrationResult, calibrate
 from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
-from qfnet import calibration_surrogate  # noqa: F401  (registers method "surrogate")
 
 __all__ = ["calibrate_command", "result_json"]
 
@@ -73,6 +72,8 @@ def calibrate_command(
     if not quotes.exists():
         raise _fail(f"{quotes}: no such file")
     options: dict[str, Any] = {"free_beta": True} if free_beta else {}
+    if method == "surrogate":
+        import qfnet.calibration_surrogate  # noqa: F401  (registers the "surrogate" method)
     try:
         report = None
         if clean:
