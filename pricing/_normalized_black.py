@@ -22,13 +22,31 @@ References:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["complement", "log_normalized_call", "log_vega", "normalized_call", "vega_ratios"]
+__all__ = [
+    "REGION_UPPER",
+    "XConstants",
+    "complement",
+    "gauss_terms",
+    "log_normalized_call",
+    "log_normalized_call_in",
+    "log_value_and_ratio",
+    "log_vega",
+    "normalized_call",
+    "region_of",
+    "vega_ratios",
+    "x_constants",
+]
 
 _SQRT2 = math.sqrt(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_LOG_HALF = math.log(0.5)
+REGION_UPPER = 3  # pseudo-region: the complement ``exp(x/2) - b`` instead of ``b``
 
 
 def _norm_cdf(z: torch.Tensor) -> torch.Tensor:
@@ -56,15 +74,38 @@ def log_normalized_call(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         True
     """
     x, s = torch.broadcast_tensors(x, s)
-    d1 = x / s + 0.5 * s
-    deep = d1 <= -1.0
-    high = d1 > 1.0
-    near = ~(deep | high)
-    out = torch.empty_like(d1)
-    out[deep] = _log_b_deep(x[deep], s[deep], d1[deep])
-    out[near] = torch.log(_b_near(x[near], s[near], d1[near]))
-    out[high] = torch.log(_b_high(x[high], s[high], d1[high]))
+    region = region_of(x / s + 0.5 * s)
+    out = torch.empty_like(s)
+    for code in range(3):
+        mask = region == code
+        out[mask] = log_normalized_call_in(x[mask], s[mask], code)
     return out
+
+
+def region_of(d1: torch.Tensor) -> torch.Tensor:
+    """Evaluation region of each element: 0 deep (``d1 <= -1``), 1 near the money, 2 high (``d1 > 1``).
+
+    Shape:
+        d1: any; output: the same shape (int64).
+    """
+    return (d1 > -1.0).long() + (d1 > 1.0).long()
+
+
+def log_normalized_call_in(x: torch.Tensor, s: torch.Tensor, region: int) -> torch.Tensor:
+    """``ln b(x, s)`` with one region's formula for every element (see :func:`region_of`).
+
+    Out-of-place and differentiable (prices and their autograd greeks go through here); the
+    implied-vol solver evaluates the same formulas with the in-place :func:`log_value_and_ratio`.
+
+    Shape:
+        x, s: the same shape; output: that shape.
+    """
+    d1 = x / s + 0.5 * s
+    if region == 0:
+        return _log_b_deep(x, s, d1)
+    if region == 1:
+        return torch.log(_b_near(x, s, d1))
+    return torch.log(_b_high(x, s, d1))
 
 
 def _log_b_deep(x: torch.Tensor, s: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
@@ -85,6 +126,23 @@ def _b_high(x: torch.Tensor, s: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
     """Region C (``d1 > 1``): the direct formula."""
     half_x = 0.5 * x
     return torch.exp(half_x) * _norm_cdf(d1) - torch.exp(-half_x) * _norm_cdf(d1 - s)
+
+
+def gauss_terms(
+    x: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``1/s``, ``(x/s)^2``, ``d1 = x/s + s/2`` and ``g = -((x/s)^2 + s^2/4)/2`` (``b' = exp(g)/sqrt(2 pi)``).
+
+    In place on fresh temporaries, for the implied-vol solver (which runs without autograd).
+
+    Shape:
+        x, s: the same shape; outputs: that shape.
+    """
+    inv_s = torch.reciprocal(s)
+    k = x * inv_s
+    k2 = k * k
+    g = torch.addcmul(k2, s, s, value=0.25).mul_(-0.5)
+    return inv_s, k2, k.add_(s, alpha=0.5), g
 
 
 def normalized_call(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -127,3 +185,88 @@ def vega_ratios(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.T
     q = x2 / s**3 - 0.25 * s
     r = q * q - 3.0 * x2 / s**4 - 0.25
     return q, r
+
+
+class XConstants(NamedTuple):
+    """Weights ``(w1, w2)`` of one region's formula: functions of ``x`` alone, computed once per solve.
+
+    With ``t1 = d1 / sqrt 2``, ``t2 = d2 / sqrt 2``: near the money ``b = w1 (erf(t1) - erf(t2)) +
+    w2 erfc(-t2)``; above it ``b = w1 erfc(-t1) + w2 erfc(-t2)``; the complement ``exp(x/2) - b =
+    w1 erfc(t1) + w2 erfc(-t2)``. The deep region needs none.
+    """
+
+    w1: torch.Tensor
+    w2: torch.Tensor
+
+
+def x_constants(x: torch.Tensor, region: int) -> XConstants | None:
+    """The :class:`XConstants` of ``x`` (any shape) for ``region`` (0-2 or ``REGION_UPPER``)."""
+    if region == 0:
+        return None
+    half_x = 0.5 * x
+    if region == 1:
+        return XConstants(0.5 * torch.exp(half_x), torch.sinh(half_x))
+    sign = -0.5 if region == 2 else 0.5
+    return XConstants(0.5 * torch.exp(half_x), sign * torch.exp(-half_x))
+
+
+def log_value_and_ratio(
+    s: torch.Tensor,
+    d1: torch.Tensor,
+    g: torch.Tensor,
+    c: XConstants | None,
+    region: int,
+    *,
+    precise: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ln v`` and ``b' / v`` for ``v = b(x, s)`` (regions 0-2) or ``v = exp(x/2) - b`` (``REGION_UPPER``).
+
+    The same expressions as :func:`log_normalized_call` (one region's formula for every element,
+    accurate somewhat beyond the region) and :func:`complement`, taking the shared pieces
+    ``d1 = x/s + s/2`` and the Gaussian exponent ``g = -(x^2/s^2 + s^2/4)/2`` (``b' = exp(g)/sqrt(2 pi)``)
+    from the caller, which needs them anyway, and the weights ``c = x_constants(x, region)``.
+    ``precise=False`` trades the last digits (~1e-13 relative) of the deep region for speed. In place
+    on fresh temporaries, for the implied-vol solver (which runs without autograd).
+
+    Shape:
+        all tensors the same shape; outputs: that shape.
+    """
+    t1 = d1 * (1.0 / _SQRT2)
+    t2 = torch.add(t1, s, alpha=-1.0 / _SQRT2)
+    if c is None:  # deep: b = exp(g)/2 (erfcx(-t1) - erfcx(-t2))
+        diff = _fast_erfcx(t1.neg_(), precise=precise).sub_(_fast_erfcx(t2.neg_(), precise=precise))
+        return torch.log(diff).add_(g).add_(_LOG_HALF), _SQRT_2_OVER_PI / diff
+    e2 = torch.special.erfc(-t2)
+    if region == 1:
+        value = torch.special.erf(t1).sub_(torch.special.erf(t2)).mul_(c.w1)
+    elif region == 2:
+        value = torch.special.erfc(-t1).mul_(c.w1)
+    else:
+        value = torch.special.erfc(t1).mul_(c.w1)
+    value = torch.addcmul(value, c.w2, e2)
+    return torch.log(value), torch.exp(g).mul_(_INV_SQRT_2PI).div_(value)
+
+
+def _fast_erfcx(y: torch.Tensor, *, precise: bool) -> torch.Tensor:
+    """``erfcx(y) = exp(y^2) erfc(y)`` from the vectorised erfc and exp kernels.
+
+    ``torch.special.erfcx`` evaluates element by element and costs ~2.5x ``erfc`` + ``exp``. The
+    rounding of ``y^2`` would cost ``~y^2`` ulps, so ``precise`` recovers it exactly with Dekker's
+    product (``y^2 = p + e``, ``exp(p + e) = exp(p) (1 + e)``), which measured 4e-16 relative error
+    against mpmath on ``[0.3, 26]``. Where ``|y| > 26`` (erfc underflows), the library erfcx.
+
+    References:
+        T. J. Dekker (1971), "A floating-point technique for extending the available precision",
+        Numer. Math. 18, 224-242 (the exact product by splitting into 26-bit halves).
+    """
+    if bool((y.abs() > 26.0).any()):
+        return torch.special.erfcx(y)
+    p = y * y
+    if not precise:
+        return torch.special.erfc(y).mul_(p.exp_())
+    out = torch.special.erfc(y).mul_(torch.exp(p))
+    split = y * 134217729.0  # 2^27 + 1
+    hi = split.sub_(split - y)
+    lo = torch.sub(y, hi)
+    err = torch.addcmul(p.neg_(), hi, hi).addcmul_(hi, lo, value=2.0).addcmul_(lo, lo)
+    return out.add_(err.mul_(out))
