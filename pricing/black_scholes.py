@@ -78,12 +78,17 @@ def black_price(
     check_nonnegative(volatility=vol)
     call = is_call_tensor(is_call, f)
     sign = torch.where(call, 1.0, -1.0).to(f.dtype)
-    intrinsic = torch.clamp(sign * (f - k), min=0.0)
     s = vol * torch.sqrt(t)
     positive = s > 0
     s_safe = torch.where(positive, s, torch.ones_like(s))
     x = torch.log(f / k)
-    otm = torch.sqrt(f * k) * normalized_call(-torch.abs(x), s_safe)
+    # In the money, add the intrinsic value to the OTM price of the other side (parity). At the money
+    # the branch that keeps x itself (calls: x <= 0, puts: x >= 0) carries the gradient, so autograd
+    # sees the smooth price (|x| and max(., 0) alone would drop half the delta at F = K).
+    itm = torch.where(call, x > 0, x < 0)
+    intrinsic = torch.where(itm, sign * (f - k), torch.zeros_like(f))
+    x_otm = torch.where(itm, -sign * x, sign * x)
+    otm = torch.sqrt(f * k) * normalized_call(x_otm, s_safe)
     return d * (intrinsic + torch.where(positive, otm, torch.zeros_like(otm)))
 
 

@@ -16,7 +16,9 @@ import typer
 from pricing import black_scholes as bs
 from pricing.quotes import read_quotes
 from qfnet.calibrate_cli import calibrate_command
-from qfnet.price_rows import forward_and_discount, price_table
+from qfnet.hedging.cli import hedge_app
+from qfnet.price_rows import forward_and_discount, model_parameters, price_table
+from qfnet.surrogate_cli import generate_command, surrogate_price_rows, train_surrogate_command
 
 __all__ = ["app", "main"]
 
@@ -31,6 +33,13 @@ app = typer.Typer(
 ENGINES = ("analytic", "quantlib", "mc", "surrogate")
 
 app.command("calibrate")(calibrate_command)
+app.command("generate")(generate_command)
+app.add_typer(hedge_app, name="hedge")
+train_app = typer.Typer(
+    help="Train networks through the shared training loop.", no_args_is_help=True
+)
+train_app.command("surrogate")(train_surrogate_command)
+app.add_typer(train_app, name="train")
 
 
 def fail(message: str) -> typer.Exit:
@@ -97,12 +106,25 @@ def price(
     try:
         if engine in ("analytic", "quantlib"):
             result = price_table(table, model=model, engine=engine, params=_load_params(params))
+        elif engine == "surrogate":
+            result = _price_surrogate(table, model, _load_params(params), surrogate)
         else:
             raise fail(f"--engine {engine} is not available yet")
     except ValueError as error:
         raise fail(str(error)) from error
     write_table(result, out)
     typer.echo(f"priced {len(result)} options ({model}, {engine}) -> {out}")
+
+
+def _price_surrogate(
+    table: pd.DataFrame, model: str, params: dict[str, float], surrogate: Path | None
+) -> pd.DataFrame:
+    if model != "heston":
+        raise fail("--engine surrogate prices --model heston (the shipped surrogate's model)")
+    rows = table.assign(**model_parameters(table, model, params))
+    result = table.copy()
+    result["price"], result["implied_vol"] = surrogate_price_rows(rows, surrogate)
+    return result
 
 
 @app.command()

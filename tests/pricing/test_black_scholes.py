@@ -295,3 +295,15 @@ def test_float32_and_device_are_preserved(device):
     assert p.dtype == torch.float32 and p.device.type == device.type
     ref = bs.price(spot=spot.double().cpu(), strike=100.0, maturity=1.0, volatility=0.2)
     torch.testing.assert_close(p.double().cpu(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("is_call", [True, False])
+def test_autograd_greeks_are_right_exactly_at_the_money(is_call):
+    # F = K exactly: the in/out-of-the-money branch switch must not drop half of the delta.
+    spot = torch.tensor([100.0], dtype=torch.float64, requires_grad=True)
+    rate = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
+    p = bs.price(spot=spot, strike=100.0, maturity=1.0, volatility=0.2, rate=rate, is_call=is_call)
+    delta, rho = torch.autograd.grad(p.sum(), [spot, rate])
+    g = bs.greeks(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, is_call=is_call)
+    torch.testing.assert_close(delta, g.delta.reshape(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rho, g.rho.reshape(1), rtol=1e-12, atol=1e-12)

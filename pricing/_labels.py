@@ -1,0 +1,174 @@
+"""Label engines of :mod:`pricing.datasets`: price each sampled point, then its Black implied vol.
+
+Every engine maps ``(points, seed)`` to the price of each row's out-of-the-money option (and a
+standard error for Monte Carlo): ``analytic`` (:func:`pricing.heston.price`), ``quantlib``
+(:func:`pricing.quantlib.heston_price` or, for SABR, the PDE engine
+:func:`pricing.quantlib.sabr_fd_price`), ``mc`` (:func:`pricing.monte_carlo.heston_european`)
+and ``hagan`` (:func:`pricing.sabr.lognormal_vol`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["ENGINES", "HESTON_PARAMS", "SABR_PARAMS", "label"]
+
+HESTON_PARAMS = ("v0", "kappa", "theta", "sigma", "rho")
+SABR_PARAMS = ("alpha", "beta", "rho", "nu")
+
+LabelFn = Callable[[pd.DataFrame, int], tuple[np.ndarray, np.ndarray | None]]
+"""``(points, seed) -> (price, std_error or None)`` of the out-of-the-money option per row."""
+
+
+def _model_kwargs(points: pd.DataFrame, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {n: _column(points, n) for n in names}
+
+
+def _column(points: pd.DataFrame, name: str) -> torch.Tensor:
+    return torch.tensor(points[name].to_numpy(dtype=np.float64), dtype=torch.float64)
+
+
+def _is_call(points: pd.DataFrame) -> torch.Tensor:
+    return torch.tensor((points["option_type"] == "call").to_numpy(dtype=bool))
+
+
+def _heston_analytic(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+    from pricing import heston
+
+    price = heston.price(
+        spot=_column(points, "forward"),
+        strike=_column(points, "strike"),
+        maturity=_column(points, "maturity"),
+        is_call=_is_call(points),
+        **_model_kwargs(points, HESTON_PARAMS),
+    )
+    return price.detach().cpu().numpy(), None
+
+
+def _heston_quantlib(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+    from pricing import quantlib
+
+    price = quantlib.heston_price(
+        spot=points["forward"].to_numpy(dtype=np.float64),
+        strike=points["strike"].to_numpy(dtype=np.float64),
+        maturity=points["maturity"].to_numpy(dtype=np.float64),
+        is_call=(points["option_type"] == "call").to_numpy(dtype=bool),
+        **{n: points[n].to_numpy(dtype=np.float64) for n in HESTON_PARAMS},
+    )
+    return np.asarray(price, dtype=np.float64), None
+
+
+MC_PATHS = 20_000
+"""Paths per option of the Monte Carlo label engine (conditional QE, antithetic, control)."""
+MC_STEPS_PER_YEAR = 100
+
+
+def _heston_mc(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One conditional QE Monte Carlo per row (slow: a check on the analytic labels)."""
+    from pricing import monte_carlo
+
+    generator = torch.Generator().manual_seed(seed)
+    price, std_error = np.empty(len(points)), np.empty(len(points))
+    for i, row in enumerate(points.itertuples(index=False)):
+        result = monte_carlo.heston_european(
+            spot=float(row.forward),
+            strike=float(row.strike),
+            maturity=float(row.maturity),
+            is_call=row.option_type == "call",
+            n_paths=MC_PATHS,
+            n_steps=max(16, math.ceil(MC_STEPS_PER_YEAR * row.maturity)),
+            conditional=True,
+            antithetic=True,
+            control=True,
+            generator=generator,
+            progress=False,
+            **{n: float(getattr(row, n)) for n in HESTON_PARAMS},
+        )
+        price[i], std_error[i] = float(result.price), float(result.std_error)
+    return price, std_error
+
+
+def _sabr_hagan(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+    from pricing import black_scholes, sabr
+
+    kw = _model_kwargs(points, SABR_PARAMS)
+    forward, strike = _column(points, "forward"), _column(points, "strike")
+    maturity = _column(points, "maturity")
+    vol = sabr.lognormal_vol(forward=forward, strike=strike, maturity=maturity, **kw)
+    valid = torch.isfinite(vol) & (vol > 0)  # Hagan's expansion turns negative in far wings
+    price = black_scholes.black_price(
+        forward=forward,
+        strike=strike,
+        maturity=maturity,
+        volatility=torch.where(valid, vol, 0.0),
+        is_call=_is_call(points),
+    )
+    return torch.where(valid, price, float("nan")).detach().cpu().numpy(), None
+
+
+def _sabr_quantlib(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+    """QuantLib's SABR PDE (FdSabrVanillaEngine), one solve per row: exact-enough, slow."""
+    from pricing import quantlib
+
+    price = np.empty(len(points))
+    for i, row in enumerate(points.itertuples(index=False)):
+        price[i] = quantlib.sabr_fd_price(
+            forward=float(row.forward),
+            strike=float(row.strike),
+            maturity=float(row.maturity),
+            is_call=row.option_type == "call",
+            **{n: float(getattr(row, n)) for n in SABR_PARAMS},
+        )[()]
+    return price, None
+
+
+ENGINES: dict[str, dict[str, LabelFn]] = {
+    "heston": {"analytic": _heston_analytic, "quantlib": _heston_quantlib, "mc": _heston_mc},
+    "sabr": {"hagan": _sabr_hagan, "quantlib": _sabr_quantlib},
+}
+"""Label engines per model: ``analytic`` (our Heston pricer), ``quantlib``, ``mc``, ``hagan``."""
+
+
+def label(points: pd.DataFrame, *, model: str, engine: str, seed: int = 0) -> pd.DataFrame:
+    """Add ``price``, ``implied_vol`` (and ``std_error`` for Monte Carlo) columns to sampled points.
+
+    Args:
+        points: output of :func:`sample`.
+        model: ``"heston"`` or ``"sabr"``.
+        engine: a key of ``ENGINES[model]``.
+        seed: seeds the Monte Carlo engine (ignored by the deterministic ones).
+
+    Returns:
+        A copy of ``points`` with the labels; rows whose price has no implied vol get NaN.
+    """
+    engines = ENGINES.get(model)
+    if engines is None:
+        raise ValueError(f"model must be one of {sorted(ENGINES)}, got {model!r}")
+    if engine not in engines:
+        raise ValueError(f"engine for {model} must be one of {sorted(engines)}, got {engine!r}")
+    price, std_error = engines[engine](points, seed)
+    out = points.copy()
+    out["price"] = price
+    if std_error is not None:
+        out["std_error"] = std_error
+    out["implied_vol"] = _implied_vol(out)
+    return out
+
+
+def _implied_vol(points: pd.DataFrame) -> np.ndarray:
+    from pricing import black_scholes
+
+    vol = black_scholes.black_implied_vol(
+        price=_column(points, "price"),
+        forward=_column(points, "forward"),
+        strike=_column(points, "strike"),
+        maturity=_column(points, "maturity"),
+        discount=_column(points, "discount"),
+        is_call=_is_call(points),
+    )
+    return vol.detach().cpu().numpy()

@@ -1,0 +1,105 @@
+"""Conditional Monte Carlo for Heston Europeans under the QE scheme (variance paths only)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import torch
+
+from pricing import black_scholes
+from pricing._mc_random import NormalSource, base_seed, drawn_chunks
+from pricing._simulate_checks import check_heston, check_paths, check_positive
+from pricing._simulate_steps import HestonStep, qe_variance_step
+from pricing._typing import TensorLike
+from pricing.simulate import time_grid
+
+__all__ = ["ConditionalChunk", "conditional_chunks", "conditional_log_moments"]
+
+
+class ConditionalChunk(NamedTuple):
+    """Per-path conditional quantities of one chunk.
+
+    Attributes:
+        payoff: ``E[payoff | variance path]``, undiscounted, (C,) or (C, K).
+        forward: ``E[S_T | variance path]``, (C,).
+    """
+
+    payoff: torch.Tensor
+    forward: torch.Tensor
+
+
+def conditional_log_moments(
+    z: torch.Tensor, steps: list[HestonStep], v0: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of ``ln(S_T / S_0)`` given the QE variance path driven by ``z``.
+
+    Shape:
+        z: (T, C). Output: two tensors (C,).
+    """
+    v = torch.full_like(z[0], v0)
+    mean = torch.zeros_like(v)
+    var = torch.zeros_like(v)
+    for i, step in enumerate(steps):
+        v_next, drift = qe_variance_step(v, z[i], step)
+        mean += drift + step.k2 * v_next
+        var += step.k3 * v + step.k4 * v_next
+        v = v_next
+    return mean, var.clamp_min(0.0)
+
+
+def conditional_chunks(
+    n_paths: int,
+    n_steps: int,
+    *,
+    spot: float,
+    strike: TensorLike,
+    is_call: TensorLike,
+    v0: float,
+    kappa: float,
+    theta: float,
+    sigma: float,
+    rho: float,
+    maturity: float,
+    rate: float,
+    dividend: float,
+    antithetic: bool,
+    sobol: bool,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> Iterator[tuple[slice, ConditionalChunk]]:
+    """Yield conditional payoffs and forwards chunk by chunk (one normal per step and path).
+
+    Shape:
+        Output: payoff (C,) or (C, K); forward (C,).
+    """
+    check_paths(n_paths)
+    check_positive("spot", spot)
+    check_heston(v0, kappa, theta, sigma, rho)
+    grid = time_grid(n_steps, maturity, dtype=dtype, device=device)
+    steps = [
+        HestonStep.build(dt, kappa=kappa, theta=theta, sigma=sigma, rho=rho, drift=rate - dividend)
+        for dt in grid.diff().tolist()
+    ]
+    source = NormalSource(
+        n_paths=n_paths, n_steps=n_steps, n_factors=1, seed=base_seed(generator),
+        antithetic=antithetic, sobol=sobol, dtype=dtype, device=grid.device,
+        times=tuple(grid.tolist()) if sobol else None,
+    )  # fmt: skip
+    k = torch.as_tensor(strike, dtype=dtype, device=grid.device)
+    call = torch.as_tensor(is_call, dtype=torch.bool, device=grid.device)
+    vector = k.ndim == 1 or call.ndim == 1
+    for start, stop, z in drawn_chunks(source, chunk_size):
+        mean, var = conditional_log_moments(z[:, 0], steps, float(v0))
+        fwd = spot * torch.exp(mean + 0.5 * var)  # (C,)
+        sd = var.sqrt()
+        if vector:
+            fwd_k, sd_k = fwd[:, None], sd[:, None]
+        else:
+            fwd_k, sd_k = fwd, sd
+        payoff = black_scholes.black_price(
+            forward=fwd_k, strike=k, maturity=1.0, volatility=sd_k, is_call=call
+        )
+        yield slice(start, stop), ConditionalChunk(payoff, fwd)

@@ -1,0 +1,232 @@
+"""Chunk-invariant normal draws for the path simulators.
+
+Paths are grouped in fixed blocks of :data:`BLOCK_SIZE`. Pseudo-random normals of block ``b`` come
+from their own ``torch.Generator`` seeded with a SplitMix64 hash of (base seed, ``b``); Sobol points
+for path ``i`` are point ``i`` of one scrambled sequence. Either way the normals of a path depend only
+on the base seed and the path index, so simulating in chunks gives exactly the numbers of simulating
+all paths at once. Antithetic pairs are adjacent paths ``(2i, 2i + 1)`` with opposite normals.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "BLOCK_SIZE",
+    "NormalSource",
+    "base_seed",
+    "brownian_bridge",
+    "chunk_bounds",
+    "derive_seed",
+    "drawn_chunks",
+]
+
+BLOCK_SIZE = 1024
+"""Paths per random block; chunk sizes are rounded up to a multiple of it."""
+
+_AUTO_CHUNK_ELEMENTS = 2**23
+"""Normals per chunk when ``chunk_size`` is None (64 MiB in float64)."""
+
+_SOBOL_MAX_DIMENSION = 21201
+_MASK64 = (1 << 64) - 1
+
+
+def derive_seed(base: int, index: int) -> int:
+    """SplitMix64 hash of ``base + index``: independent-looking 63-bit seeds for blocks.
+
+    References:
+        Steele, Lea and Flood (2014), "Fast splittable pseudorandom number generators", OOPSLA.
+    """
+    z = (base + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+def base_seed(generator: torch.Generator | None) -> int:
+    """Draw one 62-bit seed from ``generator`` (fresh OS entropy when None); no global RNG state."""
+    if generator is None:
+        return secrets.randbits(62)
+    draw = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+    return int(draw.item())
+
+
+def chunk_bounds(n_paths: int, chunk_size: int | None, per_path: int) -> list[tuple[int, int]]:
+    """Split ``range(n_paths)`` into block-aligned ``(start, stop)`` chunks.
+
+    Args:
+        n_paths: number of paths.
+        chunk_size: paths per chunk, rounded up to a multiple of :data:`BLOCK_SIZE`; None picks a
+            size that keeps about 2**23 normals per chunk.
+        per_path: normals per path (steps times factors), used for the automatic size.
+    """
+    if chunk_size is None:
+        chunk_size = max(_AUTO_CHUNK_ELEMENTS // max(per_path, 1), 1)
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    size = -(-chunk_size // BLOCK_SIZE) * BLOCK_SIZE
+    return [(start, min(start + size, n_paths)) for start in range(0, n_paths, size)]
+
+
+@dataclass(frozen=True)
+class NormalSource:
+    """Standard normals for paths ``[start, stop)`` of one simulation, independent of chunking.
+
+    Attributes:
+        n_paths: total number of paths of the simulation.
+        n_steps: time steps T.
+        n_factors: normals per step F.
+        seed: base seed.
+        antithetic: adjacent paths ``2i, 2i + 1`` get opposite normals.
+        sobol: scrambled Sobol points mapped by the inverse normal CDF instead of pseudo-random ones.
+        dtype: floating dtype of the normals.
+        device: device of the normals.
+        times: the time grid (T+1,); with ``sobol``, the points are mapped to the Brownian
+            increments by Brownian-bridge construction (the first Sobol dimensions fix the
+            coarsest features of the path). None keeps the step-major order.
+    """
+
+    n_paths: int
+    n_steps: int
+    n_factors: int
+    seed: int
+    antithetic: bool
+    sobol: bool
+    dtype: torch.dtype
+    device: torch.device
+    times: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.antithetic and self.n_paths % 2:
+            raise ValueError(f"n_paths must be even with antithetic=True, got {self.n_paths}")
+        dim = self.n_steps * self.n_factors
+        if self.sobol and dim > _SOBOL_MAX_DIMENSION:
+            raise ValueError(
+                f"n_steps={self.n_steps} needs {dim} Sobol dimensions, more than the "
+                f"{_SOBOL_MAX_DIMENSION} torch supports; use sobol=False or fewer steps"
+            )
+
+    def draw(self, start: int, stop: int) -> torch.Tensor:
+        """Normals for paths ``[start, stop)``; ``start`` must be block-aligned.
+
+        Shape:
+            Output: (T, F, stop - start), time-major so that each step's slice is contiguous.
+        """
+        if start % BLOCK_SIZE:
+            raise ValueError(f"chunk start {start} is not a multiple of {BLOCK_SIZE}")
+        scale = 2 if self.antithetic else 1
+        base = self._draw_units(start // scale, -(-stop // scale))
+        if self.antithetic:
+            base = torch.stack((base, -base), dim=-1).flatten(-2)  # (T, F, 2U)
+        return base[..., : stop - start]
+
+    def _draw_units(self, start: int, stop: int) -> torch.Tensor:
+        if self.sobol:
+            return self._sobol(start, stop)
+        units_per_block = BLOCK_SIZE // (2 if self.antithetic else 1)
+        out = torch.empty(
+            (self.n_steps, self.n_factors, stop - start), dtype=self.dtype, device=self.device
+        )
+        block = start // units_per_block
+        for lo in range(start, stop, units_per_block):
+            hi = min(lo + units_per_block, stop)
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(derive_seed(self.seed, block))
+            out[..., lo - start : hi - start] = torch.randn(
+                (self.n_steps, self.n_factors, hi - lo),
+                generator=gen,
+                dtype=self.dtype,
+                device=self.device,
+            )
+            block += 1
+        return out
+
+    def _sobol(self, start: int, stop: int) -> torch.Tensor:
+        engine = torch.quasirandom.SobolEngine(
+            self.n_steps * self.n_factors, scramble=True, seed=self.seed % (2**31)
+        )
+        if start:
+            engine.fast_forward(start)
+        points = engine.draw(stop - start, dtype=torch.float64)  # (U, T*F)
+        eps = torch.finfo(torch.float64).eps
+        normals = torch.special.ndtri(points.clamp(eps, 1.0 - eps))
+        normals = normals.T.reshape(self.n_steps, self.n_factors, stop - start)  # (T, F, U)
+        if self.times is not None:
+            normals = brownian_bridge(normals, self.times)
+        return normals.to(dtype=self.dtype, device=self.device)
+
+
+def drawn_chunks(
+    source: NormalSource, chunk_size: int | None
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(start, stop, normals)`` per chunk, drawing the next chunk's normals ahead.
+
+    On CPU with ``torch.get_num_threads() >= 2`` the next chunk is drawn in a background thread
+    while the caller simulates the current one (random-number generation is single-threaded, so
+    this hides the simulation behind it); the numbers are the same either way.
+
+    Shape:
+        normals: (T, F, stop - start).
+    """
+    bounds = chunk_bounds(source.n_paths, chunk_size, source.n_steps * source.n_factors)
+    if len(bounds) < 2 or source.device.type != "cpu" or torch.get_num_threads() < 2:
+        for start, stop in bounds:
+            yield start, stop, source.draw(start, stop)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(source.draw, *bounds[0])
+        for i, (start, stop) in enumerate(bounds):
+            normals = pending.result()
+            if i + 1 < len(bounds):
+                pending = pool.submit(source.draw, *bounds[i + 1])
+            yield start, stop, normals
+
+
+def _bridge_order(n_steps: int) -> list[tuple[int, int, int]]:
+    """``(point, left, right)`` grid indices in Brownian-bridge order after the end point."""
+    order, intervals = [], [(0, n_steps)]
+    while intervals:
+        nxt = []
+        for left, right in intervals:
+            if right - left > 1:
+                mid = (left + right) // 2
+                order.append((mid, left, right))
+                nxt += [(left, mid), (mid, right)]
+        intervals = nxt
+    return order
+
+
+def brownian_bridge(normals: torch.Tensor, times: tuple[float, ...]) -> torch.Tensor:
+    """Map i.i.d. normals to standardised Brownian increments by Brownian-bridge construction.
+
+    Normal ``k`` of each factor fixes the ``k``-th point in bridge order (the end point first,
+    then midpoints of ever finer intervals), which concentrates the variance of the path in the
+    first (best-distributed) Sobol dimensions. The output has the same law as the input.
+
+    Shape:
+        normals: (T, F, U). times: T+1 values. Output: (T, F, U), the increments
+        ``(W(t_{i+1}) - W(t_i)) / sqrt(t_{i+1} - t_i)``.
+
+    References:
+        Glasserman (2004), Monte Carlo Methods in Financial Engineering, section 3.1.2 and
+        section 5.5 (with quasi-random sequences).
+
+    Examples:
+        >>> z = torch.randn(4, 1, 3, dtype=torch.float64)
+        >>> brownian_bridge(z, (0.0, 0.25, 0.5, 0.75, 1.0)).shape
+        torch.Size([4, 1, 3])
+    """
+    n_steps = normals.shape[0]
+    t = torch.tensor(times, dtype=normals.dtype, device=normals.device)
+    w = normals.new_zeros((n_steps + 1, *normals.shape[1:]))  # (T+1, F, U)
+    w[n_steps] = t[n_steps].sqrt() * normals[0]
+    for k, (mid, left, right) in enumerate(_bridge_order(n_steps), start=1):
+        span = float(t[right] - t[left])
+        a, b = float(t[mid] - t[left]) / span, float(t[right] - t[mid]) / span
+        w[mid] = b * w[left] + a * w[right] + (a * b * span) ** 0.5 * normals[k]
+    return w.diff(dim=0) / t.diff().sqrt()[:, None, None]

@@ -1,0 +1,141 @@
+"""Streaming sums behind the Monte Carlo estimators of :mod:`pricing.monte_carlo`."""
+
+from __future__ import annotations
+
+from statistics import NormalDist
+from typing import NamedTuple
+
+import torch
+
+from pricing._typing import TensorLike
+
+__all__ = ["MCResult", "Moments", "finish", "shape_samples"]
+
+
+class MCResult(NamedTuple):
+    """A Monte Carlo estimate.
+
+    Attributes:
+        price: the estimate (scalar, or one per strike).
+        std_error: its standard error.
+        ci_low: lower end of the confidence interval ``price - z std_error``.
+        ci_high: upper end of the confidence interval.
+        n_paths: number of simulated paths (antithetic pairs count as two).
+    """
+
+    price: torch.Tensor
+    std_error: torch.Tensor
+    ci_low: torch.Tensor
+    ci_high: torch.Tensor
+    n_paths: int
+
+
+class Moments:
+    """Shifted running sums of samples Y (n, K) and controls C (n, K, J) for the CV estimator."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift_y: torch.Tensor | None = None
+        self.shift_c: torch.Tensor | None = None
+
+    def add(self, y: torch.Tensor, c: torch.Tensor | None) -> None:
+        y = y.detach().to(torch.float64)
+        _check_finite("payoff samples", y, self.n)
+        if c is not None:
+            _check_finite("control samples", c.detach(), self.n)
+        if self.shift_y is None:
+            self.shift_y = y.mean(0)
+            self.sy = torch.zeros_like(self.shift_y)
+            self.syy = torch.zeros_like(self.shift_y)
+            if c is not None:
+                c = c.detach().to(torch.float64)
+                self.shift_c = c.mean(0)  # (K, J)
+                self.sc = torch.zeros_like(self.shift_c)
+                self.scc = torch.zeros(
+                    c.shape[1:] + c.shape[-1:], dtype=torch.float64, device=c.device
+                )
+                self.syc = torch.zeros_like(self.shift_c)
+        dy = y - self.shift_y
+        self.n += y.shape[0]
+        self.sy += dy.sum(0)
+        self.syy += dy.square().sum(0)
+        if c is not None and self.shift_c is not None:
+            dc = c.detach().to(torch.float64) - self.shift_c
+            self.sc += dc.sum(0)
+            self.scc += torch.einsum("nki,nkj->kij", dc, dc)
+            self.syc += torch.einsum("nk,nkj->kj", dy, dc)
+
+    def result(
+        self, control_means: torch.Tensor | None, confidence: float, n_paths: int
+    ) -> MCResult:
+        if self.n < 2 or self.shift_y is None:
+            raise ValueError(f"need at least 2 independent samples, got {self.n}")
+        n = self.n
+        mean_dy = self.sy / n
+        var_y = (self.syy - n * mean_dy.square()) / (n - 1)
+        price = self.shift_y + mean_dy
+        if control_means is not None and self.shift_c is not None:
+            mean_dc = self.sc / n  # (K, J)
+            cov_cc = (self.scc - n * mean_dc[..., :, None] * mean_dc[..., None, :]) / (n - 1)
+            cov_yc = (self.syc - n * mean_dy[..., None] * mean_dc) / (n - 1)
+            # pseudo-inverse: a control that is constant on these samples gets no weight
+            beta = (torch.linalg.pinv(cov_cc, hermitian=True) @ cov_yc[..., None])[..., 0]  # (K, J)
+            gap = self.shift_c + mean_dc - control_means
+            price = price - (beta * gap).sum(-1)
+            dof = max(n - 1 - cov_cc.shape[-1], 1)
+            var_y = ((var_y - (beta * cov_yc).sum(-1)) * (n - 1) / dof).clamp_min(0.0)
+        std_error = (var_y / n).sqrt()
+        z = NormalDist().inv_cdf(0.5 + 0.5 * confidence)
+        return MCResult(price, std_error, price - z * std_error, price + z * std_error, n_paths)
+
+
+def shape_samples(
+    y: torch.Tensor, c: torch.Tensor | None, antithetic: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Bring samples to (n, K) and controls to (n, K, J); average antithetic pairs."""
+    y2 = y[:, None] if y.ndim == 1 else y
+    if y2.ndim != 2:
+        raise ValueError(f"samples must have shape (N,) or (N, K), got {tuple(y.shape)}")
+    c3 = None
+    if c is not None:
+        if c.shape[0] != y.shape[0]:
+            raise ValueError(f"controls have {c.shape[0]} rows for {y.shape[0]} samples")
+        c3 = c[:, None, None] if c.ndim == 1 else c
+        if c3.ndim == 2:
+            c3 = c3[:, :, None] if y.ndim == 2 and c.shape[1] == y.shape[1] else c3[:, None, :]
+        c3 = c3.expand(y2.shape[0], y2.shape[1], c3.shape[-1])
+    if antithetic:
+        if y2.shape[0] % 2:
+            raise ValueError(f"antithetic samples must come in pairs, got {y2.shape[0]} rows")
+        y2 = 0.5 * (y2[0::2] + y2[1::2])
+        c3 = None if c3 is None else 0.5 * (c3[0::2] + c3[1::2])
+    return y2, c3
+
+
+def finish(
+    moments: Moments,
+    squeeze: bool,
+    c: torch.Tensor | None,
+    control_means: TensorLike | None,
+    confidence: float,
+    n_paths: int,
+) -> MCResult:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if (c is None) != (control_means is None):
+        raise ValueError("give both controls and control_means, or neither")
+    means = None
+    if c is not None and control_means is not None:
+        means = torch.as_tensor(control_means, dtype=torch.float64, device=c.device)
+        means = means[..., None] if means.ndim == 1 and c.shape[1] == means.shape[0] else means
+    res = moments.result(means, confidence, n_paths)
+    if squeeze:
+        res = MCResult(*(f.squeeze(-1) for f in res[:4]), n_paths)
+    return res
+
+
+def _check_finite(name: str, values: torch.Tensor, offset: int) -> None:
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        row = int(bad.reshape(values.shape[0], -1).any(1).nonzero()[0, 0]) + offset
+        raise ValueError(f"{name} contain NaN or inf (first at sample {row})")

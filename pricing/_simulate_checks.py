@@ -1,0 +1,99 @@
+"""Input checks of the path simulators; each error names the offending field."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "check_chunk_size",
+    "check_correlation",
+    "check_grid",
+    "check_heston",
+    "check_nonnegative",
+    "check_paths",
+    "check_positive",
+    "check_sabr",
+    "check_steps",
+]
+
+Scalar = float | torch.Tensor
+
+
+def _values(value: Scalar) -> torch.Tensor:
+    return torch.as_tensor(value).detach().to(torch.float64)
+
+
+def check_positive(name: str, value: Scalar) -> None:
+    """Require ``value`` (scalar or tensor) finite and > 0; the error names ``name``."""
+    v = _values(value)
+    if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
+        raise ValueError(f"{name} must be positive and finite, got {_show(v)}")
+
+
+def check_nonnegative(name: str, value: Scalar) -> None:
+    """Require ``value`` finite and >= 0; the error names ``name``."""
+    v = _values(value)
+    if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+        raise ValueError(f"{name} must be non-negative and finite, got {_show(v)}")
+
+
+def check_correlation(value: Scalar) -> None:
+    """Require ``rho`` in [-1, 1]."""
+    v = _values(value)
+    if not bool(torch.isfinite(v).all()) or bool((v.abs() > 1).any()):
+        raise ValueError(f"rho must lie in [-1, 1], got {_show(v)}")
+
+
+def _show(v: torch.Tensor) -> str:
+    return str(v.item()) if v.numel() == 1 else f"a tensor with min {v.min().item()}"
+
+
+def check_paths(n_paths: int) -> None:
+    """Require a positive integer ``n_paths``."""
+    if not isinstance(n_paths, int) or n_paths < 1:
+        raise ValueError(f"n_paths must be a positive integer, got {n_paths!r}")
+
+
+def check_steps(n_steps: int) -> None:
+    """Require a positive integer ``n_steps``."""
+    if not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+
+
+def check_grid(grid: torch.Tensor) -> None:
+    """Require a 1-D, finite, strictly increasing grid starting at 0 (names the bad step)."""
+    if grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError(
+            f"time_grid must be 1-D with at least 2 points, got shape {tuple(grid.shape)}"
+        )
+    if not bool(torch.isfinite(grid).all()) or float(grid[0]) != 0.0:
+        raise ValueError("time_grid must be finite and start at 0")
+    bad = (grid.diff() <= 0).nonzero()
+    if bad.numel():
+        raise ValueError(f"time_grid must increase strictly; step {int(bad[0, 0])} does not")
+
+
+def check_heston(v0: Scalar, kappa: Scalar, theta: Scalar, sigma: Scalar, rho: Scalar) -> None:
+    """Check the Heston parameters: v0 >= 0; kappa, theta, sigma > 0; rho in [-1, 1]."""
+    check_nonnegative("v0", v0)
+    for name, value in (("kappa", kappa), ("theta", theta), ("sigma", sigma)):
+        check_positive(name, value)
+    check_correlation(rho)
+
+
+def check_sabr(
+    forward: Scalar, alpha: Scalar, beta: float, rho: Scalar, nu: Scalar, shift: float
+) -> None:
+    """Check the SABR parameters: beta in [0, 1], forward + shift > 0, alpha > 0, nu >= 0, rho."""
+    if not 0.0 <= float(beta) <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1], got {beta}")
+    check_positive("forward + shift", _values(forward) + shift)
+    check_positive("alpha", alpha)
+    check_nonnegative("nu", nu)
+    check_correlation(rho)
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    """Require None or a positive integer ``chunk_size``."""
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")

@@ -1,0 +1,343 @@
+"""Chunk generators behind :mod:`pricing.simulate` (public through that module).
+
+Each generator validates its inputs, draws one seed from the generator, and yields
+``(path_slice, paths)`` chunk by chunk; see :mod:`pricing.simulate` for the options.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+
+from pricing._mc_random import NormalSource, base_seed, drawn_chunks
+from pricing._simulate_checks import (
+    check_chunk_size,
+    check_grid,
+    check_heston,
+    check_nonnegative,
+    check_paths,
+    check_positive,
+    check_sabr,
+    check_steps,
+)
+from pricing._simulate_steps import (
+    HestonStep,
+    heston_euler_step,
+    heston_qe_step,
+    sabr_step,
+)
+from pricing._typing import DEFAULT_DTYPE
+
+__all__ = [
+    "HestonPaths",
+    "SabrPaths",
+    "gbm_chunks",
+    "heston_chunks",
+    "sabr_chunks",
+    "time_grid",
+]
+
+Scalar = float | torch.Tensor
+
+
+class HestonPaths(NamedTuple):
+    """Heston paths.
+
+    Attributes:
+        spot: spot price paths, shape (N, T+1).
+        variance: instantaneous variance paths, shape (N, T+1) (non-negative).
+    """
+
+    spot: torch.Tensor
+    variance: torch.Tensor
+
+
+class SabrPaths(NamedTuple):
+    """SABR paths.
+
+    Attributes:
+        forward: forward price paths, shape (N, T+1).
+        vol: stochastic volatility (alpha_t) paths, shape (N, T+1).
+    """
+
+    forward: torch.Tensor
+    vol: torch.Tensor
+
+
+def time_grid(
+    n_steps: int | None = None,
+    maturity: float | None = None,
+    *,
+    grid: torch.Tensor | None = None,
+    dtype: torch.dtype = DEFAULT_DTYPE,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Return a validated time grid: ``grid`` when given, else ``n_steps`` uniform steps to maturity.
+
+    Args:
+        n_steps: number of steps T (checked against ``grid`` when both are given).
+        maturity: last time in years (checked against ``grid`` when both are given).
+        grid: explicit grid ``0 = t_0 < t_1 < ... < t_T``.
+        dtype: floating dtype of the result.
+        device: device of the result.
+
+    Shape:
+        Output: (T+1,).
+
+    Examples:
+        >>> time_grid(4, 1.0).tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    if grid is None:
+        if n_steps is None or maturity is None:
+            raise ValueError("give n_steps and maturity, or time_grid")
+        check_steps(n_steps)
+        check_positive("maturity", maturity)
+        return torch.linspace(0.0, float(maturity), n_steps + 1, dtype=dtype, device=device)
+    grid = torch.as_tensor(grid, dtype=dtype, device=device)
+    check_grid(grid)
+    if n_steps is not None and n_steps != grid.numel() - 1:
+        raise ValueError(f"n_steps={n_steps} disagrees with time_grid of {grid.numel() - 1} steps")
+    if maturity is not None and not math.isclose(float(grid[-1]), float(maturity), rel_tol=1e-9):
+        raise ValueError(
+            f"maturity={float(maturity)} disagrees with time_grid[-1]={float(grid[-1])}"
+        )
+    return grid
+
+
+def gbm_chunks(
+    n_paths: int,
+    n_steps: int | None = None,
+    *,
+    spot: Scalar,
+    volatility: Scalar,
+    maturity: float | None = None,
+    rate: Scalar = 0.0,
+    dividend: Scalar = 0.0,
+    time_grid: torch.Tensor | None = None,
+    antithetic: bool = False,
+    sobol: bool = False,
+    dtype: torch.dtype = DEFAULT_DTYPE,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield :func:`gbm` paths chunk by chunk as ``(path_slice, paths)``; arguments as :func:`gbm`.
+
+    Shape:
+        Output: paths of each chunk (C, T+1) with C = ``path_slice.stop - path_slice.start``.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> chunks = gbm_chunks(3000, 2, spot=1.0, volatility=0.2, maturity=1.0, generator=g,
+        ...                     chunk_size=1024)
+        >>> [(s.start, p.shape[0]) for s, p in chunks]
+        [(0, 1024), (1024, 1024), (2048, 952)]
+    """
+    check_paths(n_paths)
+    check_chunk_size(chunk_size)
+    grid = _grid(n_steps, maturity, time_grid, dtype, device)
+    check_positive("spot", spot)
+    check_nonnegative("volatility", volatility)
+    dt = grid.diff()[:, None]  # (T, 1)
+    source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
+
+    def chunks() -> Iterator[tuple[slice, torch.Tensor]]:
+        for start, stop, normals in drawn_chunks(source, chunk_size):
+            s0 = _per_path(spot, start, stop, n_paths)
+            vol = _per_path(volatility, start, stop, n_paths)
+            z = normals[:, 0, :]  # (T, C)
+            increments = (rate - dividend - 0.5 * vol**2) * dt + vol * dt.sqrt() * z  # (T, C)
+            log_growth = torch.cat((torch.zeros_like(increments[:1]), increments.cumsum(0)))
+            yield slice(start, stop), (s0 * log_growth.exp()).T  # (C, T+1)
+
+    return chunks()
+
+
+def heston_chunks(
+    n_paths: int,
+    n_steps: int | None = None,
+    *,
+    spot: Scalar,
+    v0: Scalar,
+    kappa: Scalar,
+    theta: Scalar,
+    sigma: Scalar,
+    rho: Scalar,
+    maturity: float | None = None,
+    rate: Scalar = 0.0,
+    dividend: Scalar = 0.0,
+    scheme: str = "qe",
+    time_grid: torch.Tensor | None = None,
+    antithetic: bool = False,
+    sobol: bool = False,
+    dtype: torch.dtype = DEFAULT_DTYPE,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    compile: bool = False,
+) -> Iterator[tuple[slice, HestonPaths]]:
+    """Yield :func:`heston` paths chunk by chunk as ``(path_slice, HestonPaths)``.
+
+    Arguments as :func:`heston`.
+
+    Shape:
+        Output: each chunk's spot and variance (C, T+1).
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> chunks = heston_chunks(2048, 3, spot=100.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5,
+        ...                        rho=-0.7, maturity=1.0, generator=g, chunk_size=1024)
+        >>> [tuple(h.spot.shape) for _, h in chunks]
+        [(1024, 4), (1024, 4)]
+    """
+    check_paths(n_paths)
+    check_chunk_size(chunk_size)
+    grid = _grid(n_steps, maturity, time_grid, dtype, device)
+    check_positive("spot", spot)
+    check_heston(v0, kappa, theta, sigma, rho)
+    if scheme not in ("qe", "euler"):
+        raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
+    steps = [
+        HestonStep.build(dt, kappa=kappa, theta=theta, sigma=sigma, rho=rho, drift=rate - dividend)
+        for dt in grid.diff().tolist()
+    ]
+    step_fn = _heston_step_fn(scheme, compile, steps, dtype, grid.device)
+    source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
+
+    def chunks() -> Iterator[tuple[slice, HestonPaths]]:
+        for start, stop, z in drawn_chunks(source, chunk_size):  # z: (T, 2, C)
+            log_s = torch.empty((len(steps) + 1, stop - start), dtype=dtype, device=z.device)
+            var = torch.empty_like(log_s)  # (T+1, C)
+            x = torch.zeros_like(log_s[0])
+            v = torch.full_like(log_s[0], float(v0))
+            log_s[0], var[0] = x, v
+            for i, step in enumerate(steps):
+                x, v = step_fn(x, v, z[i, 0], z[i, 1], step)
+                log_s[i + 1], var[i + 1] = x, v
+            s0 = _per_path(spot, start, stop, n_paths)
+            spot_paths = s0 * log_s.exp() if isinstance(s0, torch.Tensor) else log_s.exp_().mul_(s0)
+            if scheme == "euler":  # QE variances are non-negative by construction
+                var.clamp_min_(0.0)
+            yield slice(start, stop), HestonPaths(spot_paths.T, var.T)
+
+    return chunks()
+
+
+def sabr_chunks(
+    n_paths: int,
+    n_steps: int | None = None,
+    *,
+    forward: Scalar,
+    alpha: Scalar,
+    beta: float,
+    rho: Scalar,
+    nu: Scalar,
+    maturity: float | None = None,
+    shift: float = 0.0,
+    time_grid: torch.Tensor | None = None,
+    antithetic: bool = False,
+    sobol: bool = False,
+    dtype: torch.dtype = DEFAULT_DTYPE,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> Iterator[tuple[slice, SabrPaths]]:
+    """Yield :func:`sabr` paths chunk by chunk as ``(path_slice, SabrPaths)``.
+
+    Arguments as :func:`sabr`.
+
+    Shape:
+        Output: each chunk's forward and vol (C, T+1).
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> chunks = sabr_chunks(100, 3, forward=0.03, alpha=0.2, beta=0.5, rho=-0.3, nu=0.4,
+        ...                      maturity=1.0, generator=g)
+        >>> [(s.stop, tuple(k.vol.shape)) for s, k in chunks]
+        [(100, (100, 4))]
+    """
+    check_paths(n_paths)
+    check_chunk_size(chunk_size)
+    grid = _grid(n_steps, maturity, time_grid, dtype, device)
+    check_sabr(forward, alpha, beta, rho, nu, shift)
+    source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
+    dts = grid.diff().tolist()
+
+    def chunks() -> Iterator[tuple[slice, SabrPaths]]:
+        for start, stop, z in drawn_chunks(source, chunk_size):  # z: (T, 2, C)
+            fwd = torch.empty((len(dts) + 1, stop - start), dtype=dtype, device=z.device)
+            vol = torch.empty_like(fwd)  # (T+1, C)
+            x = torch.full_like(fwd[0], float(forward) + shift)
+            a = torch.full_like(fwd[0], float(alpha))
+            fwd[0], vol[0] = x, a
+            for i, dt in enumerate(dts):
+                x, a = sabr_step(x, a, z[i, 0], z[i, 1], dt=dt, beta=beta, rho=rho, nu=nu)
+                fwd[i + 1], vol[i + 1] = x, a
+            yield slice(start, stop), SabrPaths((fwd - shift).T, vol.T)
+
+    return chunks()
+
+
+def _heston_step_fn(
+    scheme: str,
+    compile: bool,
+    steps: list[HestonStep],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    if scheme == "euler":
+        if compile:
+            raise ValueError("compile=True is only available for scheme='qe'")
+        return heston_euler_step
+    if not compile:
+        return heston_qe_step
+    from pricing._qe_fused import fused_qe_step, step_constants
+
+    constants = {id(c): step_constants(c, dtype=dtype, device=device) for c in steps}
+    return lambda x, v, zv, zx, c: fused_qe_step(x, v, zv, zx, c, constants[id(c)])
+
+
+def _source(
+    n_paths: int,
+    grid: torch.Tensor,
+    n_factors: int,
+    antithetic: bool,
+    sobol: bool,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+) -> NormalSource:
+    return NormalSource(
+        n_paths=n_paths,
+        n_steps=grid.numel() - 1,
+        n_factors=n_factors,
+        seed=base_seed(generator),
+        antithetic=antithetic,
+        sobol=sobol,
+        dtype=dtype,
+        device=grid.device,
+        times=tuple(grid.tolist()) if sobol else None,
+    )
+
+
+def _grid(
+    n_steps: int | None,
+    maturity: float | None,
+    grid: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    return time_grid(n_steps, maturity, grid=grid, dtype=dtype, device=device)
+
+
+def _per_path(value: Scalar, start: int, stop: int, n_paths: int) -> Scalar:
+    if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() > 1:
+        if value.numel() != n_paths:
+            raise ValueError(f"per-path parameter has {value.numel()} values for {n_paths} paths")
+        return value[start:stop]
+    return value

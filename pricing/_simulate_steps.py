@@ -1,0 +1,212 @@
+"""One-step updates of the Heston (QE, full-truncation Euler) and SABR simulators.
+
+Each step maps the state vectors at ``t_i`` and two standard normals per path to the state at
+``t_{i+1}``. Step constants that depend only on ``dt`` and the parameters are precomputed once per
+step in :class:`HestonStep`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "PSI_C",
+    "HestonStep",
+    "heston_euler_step",
+    "heston_qe_step",
+    "qe_variance_step",
+    "sabr_step",
+]
+
+PSI_C = 1.5
+"""Andersen's switching level between the quadratic and exponential variance samplers."""
+
+_GAMMA1 = 0.5
+_GAMMA2 = 0.5
+_SQRT_HALF = math.sqrt(0.5)
+
+
+@dataclass(frozen=True)
+class HestonStep:
+    """Constants of one Heston step of length ``dt`` (Andersen 2008, eqs. (17)-(18), (33)).
+
+    Attributes:
+        dt: step length.
+        drift: ``(rate - dividend) * dt``.
+        decay: ``exp(-kappa dt)``.
+        theta: long-run variance.
+        s2_v: coefficient of ``v`` in the conditional variance of ``v(t + dt)``.
+        s2_c: constant term of that conditional variance.
+        k0, k1, k2, k3, k4: log-spot coefficients for gamma1 = gamma2 = 0.5.
+        a_coef: ``A = K2 + K4 / 2`` of the martingale correction.
+        kappa, sigma, rho: model parameters (used by the Euler scheme).
+    """
+
+    dt: float
+    drift: float
+    decay: float
+    theta: float
+    s2_v: float
+    s2_c: float
+    k0: float
+    k1: float
+    k2: float
+    k3: float
+    k4: float
+    a_coef: float
+    kappa: float
+    sigma: float
+    rho: float
+
+    @classmethod
+    def build(
+        cls, dt: float, *, kappa: float, theta: float, sigma: float, rho: float, drift: float
+    ) -> HestonStep:
+        """Precompute the constants of a step of length ``dt``."""
+        kappa, theta, sigma, rho = float(kappa), float(theta), float(sigma), float(rho)
+        decay = math.exp(-kappa * dt)
+        k1 = _GAMMA1 * dt * (kappa * rho / sigma - 0.5) - rho / sigma
+        k2 = _GAMMA2 * dt * (kappa * rho / sigma - 0.5) + rho / sigma
+        k3 = _GAMMA1 * dt * (1.0 - rho * rho)
+        k4 = _GAMMA2 * dt * (1.0 - rho * rho)
+        return cls(
+            dt=dt,
+            drift=float(drift) * dt,
+            decay=decay,
+            theta=theta,
+            s2_v=sigma * sigma * decay * (1.0 - decay) / kappa,
+            s2_c=theta * sigma * sigma * (1.0 - decay) ** 2 / (2.0 * kappa),
+            k0=-rho * kappa * theta * dt / sigma,
+            k1=k1,
+            k2=k2,
+            k3=k3,
+            k4=k4,
+            a_coef=k2 + 0.5 * k4,
+            kappa=kappa,
+            sigma=sigma,
+            rho=rho,
+        )
+
+
+def heston_qe_step(
+    x: torch.Tensor, v: torch.Tensor, zv: torch.Tensor, zx: torch.Tensor, c: HestonStep
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Andersen's QE step with martingale correction.
+
+    Args:
+        x: log spot relative to the initial spot.
+        v: variance (non-negative).
+        zv: normals driving the variance (``1 - U = Phi(-zv)`` in the exponential branch).
+        zx: independent normals driving the log spot.
+        c: step constants.
+
+    Shape:
+        All tensors (C,).
+
+    References:
+        Andersen (2008), J. Comput. Finance 11(3): eqs. (23), (26)-(27), (33) and section 4.2.
+    """
+    v_next, drift = qe_variance_step(v, zv, c)
+    diffusion = (c.k3 * v + c.k4 * v_next).clamp_min(0.0).sqrt()
+    return x + drift + c.k2 * v_next + diffusion * zx, v_next
+
+
+def qe_variance_step(
+    v: torch.Tensor, zv: torch.Tensor, c: HestonStep
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """QE variance update and the martingale-corrected log-spot drift ``(r - q) dt + K0* + K1 v``.
+
+    Given the variance path, the QE log-spot increment is normal with mean
+    ``drift + K2 v'`` and variance ``K3 v + K4 v'`` (used by conditional Monte Carlo).
+
+    Shape:
+        All tensors (C,).
+    """
+    m = v * c.decay + c.theta * (1.0 - c.decay)  # conditional mean of v(t + dt)
+    psi = (v * c.s2_v + c.s2_c) / (m * m)
+    # quadratic branch, v' = a (b + Z)^2, evaluated everywhere (the common case)
+    two_over_psi = 2.0 / psi
+    b2 = (two_over_psi - 1.0) + (two_over_psi * (two_over_psi - 1.0).clamp_min(0.0)).sqrt()
+    a = m / (1.0 + b2)
+    v_next = a * (b2.sqrt() + zv).square()
+    w = 1.0 - (2.0 * c.a_coef) * a
+    log_mgf = (c.a_coef * b2) * a / w.clamp_min(1e-300) - 0.5 * w.clamp_min(1e-300).log()
+    valid = w > 0
+    # exponential branch on the paths where psi > psi_c only (rare away from v = 0)
+    idx = (psi > PSI_C).nonzero().squeeze(-1)
+    if idx.numel():
+        psi_e, m_e = psi[idx], m[idx]
+        p = (psi_e - 1.0) / (psi_e + 1.0)
+        beta = (1.0 - p) / m_e
+        log_one_minus_u = torch.special.ndtr(-zv[idx]).log()  # accurate: ndtr uses erfc
+        v_next = v_next.index_put((idx,), (torch.log1p(-p) - log_one_minus_u).clamp_min(0.0) / beta)
+        gap = (beta - c.a_coef).clamp_min(1e-300)
+        log_mgf = log_mgf.index_put((idx,), (p + beta * (1.0 - p) / gap).log())
+        valid = valid.index_put((idx,), beta > c.a_coef)
+    corrected = c.drift - log_mgf - (0.5 * c.k3) * v
+    if c.a_coef <= 0.0:  # E[exp(A v')] always exists
+        return v_next, corrected
+    return v_next, torch.where(valid, corrected, c.drift + c.k0 + c.k1 * v)
+
+
+def heston_euler_step(
+    x: torch.Tensor, v: torch.Tensor, zv: torch.Tensor, zx: torch.Tensor, c: HestonStep
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-truncation Euler step: ``v^+ = max(v, 0)`` in drift and diffusion, log-Euler spot.
+
+    Args:
+        x: log spot relative to the initial spot.
+        v: variance state (may be negative; only ``v^+`` enters the dynamics).
+        zv: normals driving the variance.
+        zx: independent normals; the spot's normal is ``rho zv + sqrt(1 - rho^2) zx``.
+        c: step constants.
+
+    Shape:
+        All tensors (C,).
+
+    References:
+        Lord, Koekkoek and van Dijk (2010), Quant. Finance 10(2), section 3 (full truncation).
+    """
+    vp = v.clamp_min(0.0)
+    sqrt_vdt = (vp * c.dt).sqrt()
+    v_next = v + c.kappa * (c.theta - vp) * c.dt + c.sigma * sqrt_vdt * zv
+    z_spot = c.rho * zv + math.sqrt(max(1.0 - c.rho * c.rho, 0.0)) * zx
+    x_next = x + c.drift - 0.5 * vp * c.dt + sqrt_vdt * z_spot
+    return x_next, v_next
+
+
+def sabr_step(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    dt: float,
+    beta: float,
+    rho: float,
+    nu: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SABR step for the shifted forward ``x = F + shift`` and the volatility ``alpha``.
+
+    The volatility is exact: ``alpha' = alpha exp(nu sqrt(dt) z2 - nu^2 dt / 2)``. The forward uses
+    log-Euler for ``beta == 1`` and Euler with absorption at zero for ``beta < 1``, with the Brownian
+    increment ``sqrt(dt) (rho z2 + sqrt(1 - rho^2) z1)`` and the left-point volatility.
+
+    Shape:
+        All tensors (C,).
+
+    References:
+        Hagan et al. (2002), Wilmott Magazine (model); Glasserman (2004), section 3.4.
+    """
+    rho, nu = float(rho), float(nu)
+    sqdt = math.sqrt(dt)
+    dw = sqdt * (rho * z2 + math.sqrt(max(1.0 - rho * rho, 0.0)) * z1)
+    alpha_next = alpha * torch.exp(nu * sqdt * z2 - 0.5 * nu * nu * dt)
+    if beta == 1.0:
+        return x * torch.exp(alpha * dw - 0.5 * alpha * alpha * dt), alpha_next
+    alive = x > 0
+    moved = (x + alpha * x.clamp_min(0.0).pow(beta) * dw).clamp_min(0.0)
+    return torch.where(alive, moved, torch.zeros_like(x)), alpha_next

@@ -1,0 +1,496 @@
+"""Training data for surrogate pricers: domains, Sobol sampling, labelling, Parquet shards.
+
+A dataset is a directory of Parquet shards ``shard-00000.parquet, ...`` plus ``metadata.json``
+(generator, domain, engine, seed, sampling, shard layout, library versions). Shard ``i`` holds the
+points ``[i * shard_size, (i + 1) * shard_size)`` of one scrambled Sobol sequence fixed by the seed,
+so every shard is a pure function of ``(seed, shard index, shard size)``: the files are identical
+whether they were made by one process, ``K`` local processes or a Dask cluster, and the concatenated
+dataset is the first ``n`` Sobol points whatever the shard size (Monte Carlo labels excepted: their
+noise is seeded per shard).
+
+Every point is forward-normalised (``forward = 1``, ``discount = 1``): the Black implied vol of a
+Heston or SABR smile depends only on the log-moneyness ``k = ln(K / F)`` and the maturity (for SABR,
+``alpha`` is quoted for ``F = 1``: the lognormal-equivalent level ``alpha * F**(beta - 1)``).
+The strike coordinate is ``z`` with ``k = z * z_scale * sqrt(T)``. Labels are prices of the
+out-of-the-money option (call for ``k >= 0``) and their Black implied vols.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import qmc
+
+from pricing._labels import ENGINES, label
+
+__all__ = [
+    "ENGINES",
+    "HESTON_DOMAIN",
+    "SABR_DOMAIN",
+    "Domain",
+    "DomainError",
+    "generate",
+    "label",
+    "load_dataset",
+    "sample",
+]
+
+FORMAT = "qfnet-dataset"
+FORMAT_VERSION = 1
+DOMAIN_RTOL = 1e-9
+
+
+class DomainError(ValueError):
+    """A query lies outside a model domain; the message names the field, the row and the bounds."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A box of model parameters, maturities and standardised strikes, inclusive at the edges.
+
+    Attributes:
+        model: ``"heston"`` or ``"sabr"``.
+        params: ``(name, low, high)`` for each model parameter, in the model's canonical order.
+        maturity: ``(low, high)`` in years.
+        z: ``(low, high)`` of the standardised strike ``z = ln(K / F) / (z_scale * sqrt(T))``.
+        z_scale: the reference volatility that standardises log-moneyness.
+        rtol: relative tolerance of the edges (a point computed in floating point at an edge is
+            inside).
+
+    Examples:
+        >>> HESTON_DOMAIN.bounds("rho")
+        (-0.95, 0.0)
+        >>> bool(HESTON_DOMAIN.contains({"v0": 0.04, "kappa": 1.0, "theta": 0.04, "sigma": 0.5,
+        ...      "rho": -0.7, "maturity": 1.0, "log_moneyness": 0.1}).all())
+        True
+    """
+
+    model: str
+    params: tuple[tuple[str, float, float], ...]
+    maturity: tuple[float, float]
+    z: tuple[float, float] = (-2.5, 2.5)
+    z_scale: float = 0.2
+    rtol: float = DOMAIN_RTOL
+
+    def __post_init__(self) -> None:
+        for name, low, high in (*self.params, ("maturity", *self.maturity), ("z", *self.z)):
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"domain bounds for {name!r} must be finite with low <= high")
+        if self.maturity[0] <= 0.0:
+            raise ValueError("domain maturity lower bound must be > 0")
+        if self.z_scale <= 0.0:
+            raise ValueError("domain z_scale must be > 0")
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Model parameter names in canonical order."""
+        return tuple(name for name, _, _ in self.params)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Columns of a query: the parameters, ``maturity`` and ``log_moneyness``."""
+        return (*self.param_names, "maturity", "log_moneyness")
+
+    def bounds(self, name: str) -> tuple[float, float]:
+        """``(low, high)`` of a parameter, ``maturity`` or ``z``."""
+        if name == "maturity":
+            return self.maturity
+        if name == "z":
+            return self.z
+        for pname, low, high in self.params:
+            if pname == name:
+                return (low, high)
+        raise KeyError(f"{name!r} is not a field of the {self.model} domain")
+
+    def _outside(self, columns: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray, str]]:
+        """Yield ``(field, outside mask, bounds text)`` for each field of a query."""
+        arrays = _broadcast_columns(columns, self.input_names)
+        for name in (*self.param_names, "maturity"):
+            low, high = self.bounds(name)
+            yield name, ~_within(arrays[name], low, high, self.rtol), f"[{low:g}, {high:g}]"
+        tau = np.where(arrays["maturity"] > 0.0, arrays["maturity"], np.nan)
+        z = arrays["log_moneyness"] / (self.z_scale * np.sqrt(tau))
+        text = f"z_scale * sqrt(T) * [{self.z[0]:g}, {self.z[1]:g}]"
+        yield "log_moneyness", ~_within(z, *self.z, self.rtol), text
+
+    def contains(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """Boolean mask of the query rows inside the domain (NaN rows are outside).
+
+        Args:
+            columns: arrays or tensors named by :attr:`input_names` (broadcast together).
+        """
+        inside = None
+        for _, outside, _ in self._outside(columns):
+            inside = ~outside if inside is None else inside & ~outside
+        return inside
+
+    def check(self, columns: Mapping[str, Any]) -> None:
+        """Raise :class:`DomainError` naming the first field and row outside the domain."""
+        arrays = _broadcast_columns(columns, self.input_names)
+        for name, outside, text in self._outside(arrays):
+            if outside.any():
+                row = int(np.flatnonzero(outside)[0])
+                raise DomainError(
+                    f"{name} = {float(arrays[name][row])!r} at row {row} is outside the {self.model} "
+                    f"surrogate domain {text} ({int(outside.sum())} rows outside); the surrogate "
+                    "never extrapolates"
+                )
+
+    def expanded(self, margin: float) -> Domain:
+        """This domain widened by ``margin`` times each interval's width on both sides.
+
+        Training on a slightly wider box keeps a surrogate accurate up to the edges of the
+        domain it serves. Positive lower bounds shrink at most to half their value, correlations
+        stay within ``[-0.99, 0.99]`` (``beta`` within ``[0, 1]``), and the maturity interval is
+        widened in ``sqrt(T)``, the variable it is sampled in.
+
+        Examples:
+            >>> HESTON_DOMAIN.expanded(0.1).bounds("z")
+            (-3.0, 3.0)
+        """
+        if not (math.isfinite(margin) and margin >= 0.0):
+            raise ValueError(f"margin must be finite and >= 0, got {margin}")
+        params = tuple((n, *_widen(n, lo, hi, margin)) for n, lo, hi in self.params)
+        root_lo, root_hi = _widen("root_maturity", *(b**0.5 for b in self.maturity), margin)
+        width = self.z[1] - self.z[0]
+        z = (self.z[0] - margin * width, self.z[1] + margin * width)
+        return replace(self, params=params, maturity=(root_lo**2, root_hi**2), z=z)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (inverse of :meth:`from_dict`)."""
+        out = asdict(self)
+        out["params"] = [list(p) for p in self.params]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Domain:
+        """Rebuild a domain from :meth:`to_dict` output."""
+        return cls(
+            model=str(data["model"]),
+            params=tuple((str(n), float(lo), float(hi)) for n, lo, hi in data["params"]),
+            maturity=(float(data["maturity"][0]), float(data["maturity"][1])),
+            z=(float(data["z"][0]), float(data["z"][1])),
+            z_scale=float(data["z_scale"]),
+            rtol=float(data.get("rtol", DOMAIN_RTOL)),
+        )
+
+
+def _widen(name: str, low: float, high: float, margin: float) -> tuple[float, float]:
+    width = high - low
+    new_low, new_high = low - margin * width, high + margin * width
+    if low > 0.0:
+        new_low = max(new_low, 0.5 * low)
+    limits = {"rho": (-0.99, 0.99), "beta": (0.0, 1.0)}.get(name)
+    if limits is not None:
+        new_low, new_high = max(new_low, limits[0]), min(new_high, limits[1])
+    return new_low, new_high
+
+
+def _within(x: np.ndarray, low: float, high: float, rtol: float) -> np.ndarray:
+    tol_low, tol_high = rtol * max(abs(low), 1.0), rtol * max(abs(high), 1.0)
+    with np.errstate(invalid="ignore"):
+        return (x >= low - tol_low) & (x <= high + tol_high)
+
+
+def _broadcast_columns(columns: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    missing = [n for n in names if n not in columns]
+    if missing:
+        raise KeyError(f"query is missing the field(s) {missing}")
+    arrays = [np.asarray(_to_numpy(columns[n]), dtype=np.float64) for n in names]
+    return dict(zip(names, np.broadcast_arrays(*(np.atleast_1d(a) for a in arrays)), strict=True))
+
+
+def _to_numpy(value: Any) -> Any:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+
+HESTON_DOMAIN = Domain(
+    model="heston",
+    params=(
+        ("v0", 0.01, 0.25),
+        ("kappa", 0.5, 5.0),
+        ("theta", 0.01, 0.25),
+        ("sigma", 0.1, 1.0),
+        ("rho", -0.95, 0.0),
+    ),
+    maturity=(30.0 / 365.0, 3.0),
+)
+"""Heston box of issue 5: 30 days to 3 years, ``ln(K/F) = 0.2 z sqrt(T)`` with ``|z| <= 2.5``."""
+
+SABR_DOMAIN = Domain(
+    model="sabr",
+    params=(
+        ("alpha", 0.05, 0.5),
+        ("beta", 0.0, 1.0),
+        ("rho", -0.75, 0.75),
+        ("nu", 0.05, 1.0),
+    ),
+    maturity=(0.25, 30.0),
+    z=(-2.0, 2.0),
+    z_scale=0.2,
+)
+"""SABR box (forward-normalised, ``F = 1``): maturities 3 months to 30 years, ``|z| <= 2``."""
+
+DOMAINS: dict[str, Domain] = {"heston": HESTON_DOMAIN, "sabr": SABR_DOMAIN}
+
+
+def sample(domain: Domain, n: int, *, seed: int, start: int = 0) -> pd.DataFrame:
+    """Points ``start .. start + n - 1`` of the domain's scrambled Sobol sequence for ``seed``.
+
+    Parameters and ``z`` are uniform in their intervals; the maturity is uniform in ``sqrt(T)``
+    (denser at the short end, where smiles change fastest).
+
+    Returns:
+        One row per point: the parameters, ``maturity``, ``z``, ``log_moneyness``, ``strike``,
+        ``forward`` (1), ``discount`` (1) and ``option_type`` (out-of-the-money side).
+
+    Examples:
+        >>> sample(HESTON_DOMAIN, 4, seed=0).shape
+        (4, 12)
+    """
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
+    names = domain.param_names
+    sobol = qmc.Sobol(d=len(names) + 2, scramble=True, seed=np.random.default_rng(seed))
+    if start:
+        sobol.fast_forward(start)
+    with warnings.catch_warnings():  # any run of consecutive Sobol points is a valid sample
+        warnings.filterwarnings("ignore", message="The balance properties", category=UserWarning)
+        u = sobol.random(n)  # (N, P + 2)
+    data: dict[str, Any] = {}
+    for j, (name, low, high) in enumerate(domain.params):
+        data[name] = low + (high - low) * u[:, j]
+    root_lo, root_hi = math.sqrt(domain.maturity[0]), math.sqrt(domain.maturity[1])
+    maturity = (root_lo + (root_hi - root_lo) * u[:, -2]) ** 2
+    data["maturity"] = np.clip(maturity, *domain.maturity)
+    data["z"] = domain.z[0] + (domain.z[1] - domain.z[0]) * u[:, -1]
+    data["log_moneyness"] = data["z"] * domain.z_scale * np.sqrt(data["maturity"])
+    data["strike"] = np.exp(data["log_moneyness"])
+    data["forward"] = np.ones(n)
+    data["discount"] = np.ones(n)
+    data["option_type"] = np.where(data["log_moneyness"] >= 0.0, "call", "put")
+    return pd.DataFrame(data)
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    """Everything one worker needs to make one shard: a pure function of these fields."""
+
+    domain: dict[str, Any]
+    engine: str
+    seed: int
+    index: int
+    start: int
+    count: int
+    threads: int = field(default=1)
+
+
+def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
+    """Sample and label one shard (runs in a worker process or on a Dask worker)."""
+    if task.threads > 0:
+        torch.set_num_threads(task.threads)
+    domain = Domain.from_dict(task.domain)
+    points = sample(domain, task.count, seed=task.seed, start=task.start)
+    mc_seed = int(np.random.SeedSequence([task.seed, task.index]).generate_state(1)[0])
+    labelled = label(points, model=domain.model, engine=task.engine, seed=mc_seed)
+    labelled.insert(0, "sample_index", np.arange(task.start, task.start + task.count))
+    return task.index, labelled
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def _write_shard(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+    os.replace(tmp, path)
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import pyarrow
+
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "pyarrow": pyarrow.__version__,
+        "torch": str(torch.__version__),
+    }
+    try:  # the distribution's metadata: only pricing.quantlib imports QuantLib itself
+        versions["QuantLib"] = importlib.metadata.version("QuantLib")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
+
+
+def _run_tasks(
+    tasks: list[_ShardTask], workers: int, scheduler: str | None
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    if scheduler is not None:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+
+        with Client(scheduler) as client:
+            futures = client.map(_make_shard, tasks, pure=False)
+            for future in dask_completed(futures):
+                yield future.result()
+                future.release()
+    elif workers <= 1:
+        for task in tasks:
+            yield _make_shard(task)
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_make_shard, task) for task in tasks]
+            for future in as_completed(futures):
+                yield future.result()
+
+
+def generate(
+    out: str | os.PathLike[str],
+    *,
+    model: str = "heston",
+    n: int,
+    engine: str | None = None,
+    seed: int = 0,
+    shard_size: int = 65_536,
+    workers: int = 1,
+    scheduler: str | None = None,
+    domain: Domain | None = None,
+    margin: float = 0.0,
+    threads_per_worker: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Sample, label and write a dataset of ``n`` points as Parquet shards plus ``metadata.json``.
+
+    Args:
+        out: target directory (created; must not already hold a dataset).
+        model: ``"heston"`` or ``"sabr"``.
+        n: number of points (> 0).
+        engine: label engine (default ``analytic`` for Heston, ``hagan`` for SABR).
+        seed: fixes the Sobol scrambling (and the Monte Carlo noise).
+        shard_size: points per shard (a power of two keeps each shard a balanced Sobol block).
+        workers: local processes (1: in this process).
+        scheduler: address of a Dask scheduler (``tcp://host:8786``); overrides ``workers``.
+        domain: parameter box (default :data:`HESTON_DOMAIN` / :data:`SABR_DOMAIN`), recorded as
+            the domain of the dataset (and of surrogates trained on it).
+        margin: sample from ``domain.expanded(margin)`` (see :meth:`Domain.expanded`), so that
+            a surrogate is trained beyond the edges of the domain it will serve.
+        threads_per_worker: torch threads in each worker (0 leaves torch's default).
+        progress: show a progress bar over shards done.
+
+    Returns:
+        The dataset directory.
+    """
+    if model not in DOMAINS:
+        raise ValueError(f"model must be one of {sorted(DOMAINS)}, got {model!r}")
+    engine = engine or ("analytic" if model == "heston" else "hagan")
+    if engine not in ENGINES[model]:
+        raise ValueError(
+            f"engine for {model} must be one of {sorted(ENGINES[model])}, got {engine!r}"
+        )
+    for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    domain = domain or DOMAINS[model]
+    if domain.model != model:
+        raise ValueError(f"domain is for {domain.model!r}, not {model!r}")
+    path = Path(out)
+    if (path / "metadata.json").exists():
+        raise FileExistsError(f"{path} already holds a dataset; choose another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    sampling = domain.expanded(margin)
+    tasks = [
+        _ShardTask(
+            sampling.to_dict(),
+            engine,
+            seed,
+            i,
+            start,
+            min(shard_size, n - start),
+            threads_per_worker,
+        )
+        for i, start in enumerate(range(0, n, shard_size))
+    ]
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress) as bar:
+        for index, frame in _run_tasks(tasks, workers, scheduler):
+            _write_shard(frame, path / _shard_name(index))
+            bar.update(1)
+    _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks))
+    return path
+
+
+def _write_metadata(
+    path: Path,
+    domain: Domain,
+    sampling: Domain,
+    engine: str,
+    seed: int,
+    n: int,
+    shard_size: int,
+    n_shards: int,
+) -> None:
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "generator": "pricing.datasets.generate",
+        "model": domain.model,
+        "engine": engine,
+        "seed": seed,
+        "n": n,
+        "shard_size": shard_size,
+        "n_shards": n_shards,
+        "shards": [_shard_name(i) for i in range(n_shards)],
+        "domain": domain.to_dict(),
+        "sampling_domain": sampling.to_dict(),
+        "sampling": {
+            "method": "scrambled Sobol (scipy.stats.qmc.Sobol), shard i = points "
+            "[i * shard_size, (i + 1) * shard_size)",
+            "dimensions": [*domain.param_names, "maturity", "z"],
+            "maturity": "uniform in sqrt(maturity)",
+            "strike": "log_moneyness = z * z_scale * sqrt(maturity), forward = 1, discount = 1",
+            "labels": "price of the out-of-the-money option, Black implied vol of that price",
+        },
+        "versions": _versions(),
+    }
+    tmp = path / "metadata.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path / "metadata.json")
+
+
+def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a dataset directory: all shards concatenated in order, and the metadata.
+
+    Raises:
+        FileNotFoundError: the directory, its metadata or one of its shards is missing.
+        ValueError: the metadata is not a qfnet dataset.
+    """
+    root = Path(path)
+    meta_path = root / "metadata.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root} is not a dataset directory (no metadata.json)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a {FORMAT} metadata file")
+    missing = [s for s in meta["shards"] if not (root / s).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root} lacks shard(s) {missing[:3]} (incomplete generation?)")
+    frames = [pd.read_parquet(root / s) for s in meta["shards"]]
+    return pd.concat(frames, ignore_index=True), meta

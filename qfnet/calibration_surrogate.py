@@ -1,0 +1,126 @@
+"""Heston calibration through the neural surrogate: registers ``calibrate(..., method="surrogate")``.
+
+The surrogate (:mod:`qfnet.surrogate`) maps (parameters, maturity, log-moneyness) to an implied
+vol in one batched forward pass, so a Sobol scan of its whole parameter domain and a batched
+Levenberg-Marquardt (exact Jacobian by autograd through the network) are cheap. By default the
+result is then polished by a few ``direct`` iterations with the exact pricer on all quotes (option
+``polish=False`` returns the surrogate's own optimum, within the surrogate's error of it). The
+surrogate stage uses the quotes inside the surrogate's domain (maturity and moneyness ranges).
+
+Importing this module registers the method (``qfnet calibrate`` does so); ``pricing`` cannot
+import ``qfnet``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.calibration_heston import NAMES, calibrate_surfaces, surfaces_from_quotes
+from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from qfnet.surrogate import implied_vol, load_surrogate
+
+__all__ = ["fit_with_surrogate"]
+
+
+def _box(net: Any, bounds: dict[str, tuple[float, float]] | None) -> tuple[torch.Tensor, ...]:
+    domain = {name: (low, high) for name, low, high in net.domain.params}
+    for name, (low, high) in (bounds or {}).items():
+        if name not in domain:
+            raise ValueError(f"unknown Heston parameter in bounds: {name!r}")
+        domain[name] = (max(low, domain[name][0]), min(high, domain[name][1]))
+    lower = torch.tensor([domain[n][0] for n in NAMES], dtype=torch.float64)
+    upper = torch.tensor([domain[n][1] for n in NAMES], dtype=torch.float64)
+    return lower, upper
+
+
+def fit_with_surrogate(
+    net: Any,
+    *,
+    maturity: torch.Tensor,
+    log_moneyness: torch.Tensor,
+    market_iv: torch.Tensor,
+    weight: torch.Tensor,
+    bounds: dict[str, tuple[float, float]] | None = None,
+    seed: int = 0,
+    n_scan: int = 1024,
+    n_starts: int = 3,
+    max_iterations: int = 50,
+) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
+    """Least-squares fit of the surrogate's vols to one surface.
+
+    Shape:
+        ``maturity``, ``log_moneyness``, ``market_iv``, ``weight`` (square-root weights): ``(N,)``.
+
+    Returns:
+        ``params (5,)``, surrogate vols ``(N,)``, converged, iterations.
+    """
+    lower, upper = _box(net, bounds)
+
+    def residual(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        fields = {name: params[..., i] for i, name in enumerate(NAMES)}
+        vols = implied_vol(net, maturity=maturity, log_moneyness=log_moneyness,
+                           out_of_domain="nan", **fields)  # fmt: skip
+        return weight * (vols - market_iv)
+
+    engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
+    points = lower + (upper - lower) * engine.draw(n_scan, dtype=torch.float64)
+    with torch.no_grad():
+        cost = torch.nan_to_num((residual(points.unsqueeze(1), None) ** 2).sum(-1), nan=math.inf)
+    starts = points[torch.argsort(cost)[:n_starts]]
+    solved = levenberg_marquardt(elementwise_jacobian(residual, len(maturity)), starts,
+                                 lower=lower, upper=upper, max_iterations=max_iterations)  # fmt: skip
+    best = int(torch.nan_to_num(solved.cost, nan=math.inf).argmin())
+    x = solved.x[best]
+    with torch.no_grad():
+        vols = residual(x.reshape(1, 1, 5), None)[0] / weight.clamp(min=1e-300) + market_iv
+    return x, vols, bool(solved.converged[best]), int(solved.iterations[best])
+
+
+def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
+    options = dict(problem.options)
+    try:
+        net = load_surrogate(options.pop("surrogate", None))
+    except FileNotFoundError as error:
+        raise NotImplementedError(
+            f"method 'surrogate' needs a trained surrogate: {error}"
+        ) from error
+    polish = bool(options.pop("polish", True))
+    quotes = problem.quotes
+    tensor = lambda values: torch.tensor(np.asarray(values, dtype=float))  # noqa: E731
+    k = np.log(quotes["strike"] / quotes["forward"]).to_numpy()
+    centre = {name: 0.5 * (low + high) for name, low, high in net.domain.params}
+    inside = np.asarray(net.domain.contains({**centre, "maturity": quotes["maturity"].to_numpy(),
+                                             "log_moneyness": k}))  # fmt: skip
+    if inside.sum() < len(NAMES) or not (polish or inside.all()):
+        raise NotImplementedError(
+            f"the surrogate's domain covers {int(inside.sum())} of {len(quotes)} quotes"
+            + ("" if polish else "; use polish=True to fit the others with the exact pricer")
+        )
+    params, vols, converged, iterations = fit_with_surrogate(
+        net,
+        maturity=tensor(quotes["maturity"][inside]),
+        log_moneyness=tensor(k[inside]),
+        market_iv=tensor(quotes["market_iv"][inside]),
+        weight=tensor(np.sqrt(problem.weights[inside])),
+        bounds=problem.bounds,
+        seed=problem.seed,
+        **{k: options.pop(k) for k in ("n_scan", "n_starts", "max_iterations") if k in options},
+    )
+    if polish:
+        surfaces = surfaces_from_quotes([quotes], [problem.weights])
+        polished, reference_vols, converged_t, more = calibrate_surfaces(
+            surfaces, bounds=problem.bounds, x0=params.unsqueeze(0), n_scan=0, n_starts=1,
+            max_iterations=options.pop("polish_iterations", 100),
+        )  # fmt: skip
+        params, vols = polished[0], reference_vols[0]
+        converged, iterations = bool(converged_t[0]), iterations + int(more[0])
+    values = dict(zip(NAMES, params.tolist(), strict=True))
+    return FitOutput(values, vols.numpy(), converged, iterations)
+
+
+register_method("heston", "surrogate", _fit_surrogate)

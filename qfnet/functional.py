@@ -1,0 +1,356 @@
+"""Losses, risk measures and metrics as plain functions of tensors.
+
+Conventions: a *P&L* is a gain (positive is good); a *risk measure* maps a P&L sample to a loss
+(smaller is better) and is evaluated on the empirical distribution of the sample. Thin
+:class:`torch.nn.Module` wrappers live in :mod:`qfnet.losses`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "entropic_risk",
+    "expected_shortfall",
+    "expected_shortfall_ru",
+    "hedge_pnl",
+    "indifference_price",
+    "iv_error_bp",
+    "mean_variance",
+    "pnl_variance",
+    "trades",
+    "transaction_costs",
+    "turnover",
+    "value_at_risk",
+]
+
+
+def _as_instruments(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Add a trailing instrument axis to (N, T) tensors; check the tensor is 2-D or 3-D."""
+    if x.dim() == 2:
+        return x.unsqueeze(-1)
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape (N, T) or (N, T, H), got {tuple(x.shape)}")
+    return x
+
+
+def trades(positions: torch.Tensor, *, liquidate: bool = True) -> torch.Tensor:
+    """Trades implied by a sequence of positions, starting flat.
+
+    The trade at step 0 is the initial purchase ``positions[:, 0]``; the trade at step ``t`` is
+    ``positions[:, t] - positions[:, t - 1]``; with ``liquidate`` a final trade
+    ``-positions[:, -1]`` closes the book at maturity (zero otherwise).
+
+    Args:
+        positions: holdings decided at steps ``0..T-1`` and held over ``[t_i, t_{i+1}]``.
+        liquidate: whether the final position is sold at maturity.
+
+    Shape:
+        - positions: (N, T) or (N, T, H)
+        - output: (N, T + 1) or (N, T + 1, H)
+
+    Examples:
+        >>> trades(torch.tensor([[0.5, 0.7]]))
+        tensor([[ 0.5000,  0.2000, -0.7000]])
+    """
+    squeeze = positions.dim() == 2
+    h = _as_instruments(positions, "positions")
+    last = -h[:, -1:] if liquidate else torch.zeros_like(h[:, -1:])
+    out = torch.cat([h[:, :1], h[:, 1:] - h[:, :-1], last], dim=1)  # (N, T+1, H)
+    return out.squeeze(-1) if squeeze else out
+
+
+def turnover(positions: torch.Tensor, *, liquidate: bool = True) -> torch.Tensor:
+    """Total absolute number of units traded per path (all instruments summed).
+
+    Shape:
+        - positions: (N, T) or (N, T, H)
+        - output: (N,)
+
+    Examples:
+        >>> turnover(torch.tensor([[0.5, 0.7]]))
+        tensor([1.4000])
+    """
+    tr = _as_instruments(trades(positions, liquidate=liquidate), "positions")
+    return tr.abs().sum(dim=(1, 2))
+
+
+def transaction_costs(
+    positions: torch.Tensor,
+    prices: torch.Tensor,
+    *,
+    cost: float | torch.Tensor,
+    liquidate: bool = True,
+) -> torch.Tensor:
+    """Proportional transaction costs ``sum_t cost * |trade_t| * price_t`` per path.
+
+    Every trade pays, including the initial one from a flat book and, with ``liquidate``, the final
+    liquidation at maturity.
+
+    Args:
+        positions: holdings decided at steps ``0..T-1``.
+        prices: instrument prices at steps ``0..T`` (discounted, for discounted P&L).
+        cost: proportional cost rate, a float or one rate per instrument.
+        liquidate: whether the final position is sold (and pays costs) at maturity.
+
+    Shape:
+        - positions: (N, T) or (N, T, H)
+        - prices: (N, T + 1) or (N, T + 1, H)
+        - cost: () or (H,)
+        - output: (N,)
+
+    Examples:
+        >>> transaction_costs(torch.tensor([[1.0]]), torch.tensor([[2.0, 3.0]]), cost=0.01)
+        tensor([0.0500])
+    """
+    h, p = _check_positions_prices(positions, prices)
+    rate = torch.as_tensor(cost, dtype=p.dtype, device=p.device)
+    tr = trades(h, liquidate=liquidate)  # (N, T+1, H)
+    return (tr.abs() * p * rate).sum(dim=(1, 2))
+
+
+def _check_positions_prices(
+    positions: torch.Tensor, prices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    h = _as_instruments(positions, "positions")
+    p = _as_instruments(prices, "prices")
+    n, t, k = h.shape
+    if p.shape != (n, t + 1, k):
+        raise ValueError(
+            f"prices must have shape (N, T+1, H) = {(n, t + 1, k)} to match positions "
+            f"{tuple(h.shape)}, got {tuple(p.shape)}"
+        )
+    return h, p
+
+
+def hedge_pnl(
+    positions: torch.Tensor,
+    prices: torch.Tensor,
+    payoff: torch.Tensor,
+    *,
+    cost: float | torch.Tensor = 0.0,
+    premium: float | torch.Tensor = 0.0,
+    liquidate: bool = True,
+    income: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Terminal P&L of a short derivative hedged with self-financing trades and proportional costs.
+
+    ``pnl = premium + sum_t h_t . (P_{t+1} - P_t + income_t) - costs - payoff`` where prices,
+    payoff and premium are all in discounted units (so the sum of gains is in time-0 money).
+
+    Args:
+        positions: holdings ``h_t`` decided at steps ``0..T-1`` (H instruments).
+        prices: discounted instrument prices ``P_t`` at steps ``0..T``.
+        payoff: discounted payoff owed at maturity (the hedger is short the derivative).
+        cost: proportional cost rate on every trade (a float or one per instrument).
+        premium: premium received at time 0.
+        liquidate: whether the final position is sold (and pays costs) at maturity.
+        income: optional discounted carry per unit held over each step (e.g. dividends).
+
+    Shape:
+        - positions: (N, T) or (N, T, H)
+        - prices: (N, T + 1) or (N, T + 1, H)
+        - payoff: (N,)
+        - income: like positions
+        - output: (N,)
+
+    References:
+        Buehler, Gonon, Teichmann, Wood (2019), "Deep hedging", Quantitative Finance 19(8), eq. (2.1).
+
+    Examples:
+        >>> h = torch.tensor([[0.5, 1.0]])
+        >>> p = torch.tensor([[1.0, 1.1, 1.2]])
+        >>> hedge_pnl(h, p, torch.tensor([0.2]), cost=0.0)
+        tensor([-0.0500])
+    """
+    h, p = _check_positions_prices(positions, prices)
+    if payoff.shape != (h.shape[0],):
+        raise ValueError(
+            f"payoff must have shape (N,) = ({h.shape[0]},), got {tuple(payoff.shape)}"
+        )
+    increments = p[:, 1:] - p[:, :-1]  # (N, T, H)
+    if income is not None:
+        increments = increments + _as_instruments(income, "income")
+    gains = (h * increments).sum(dim=(1, 2))
+    costs = transaction_costs(h, p, cost=cost, liquidate=liquidate)
+    return premium + gains - costs - payoff
+
+
+def value_at_risk(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
+    """Empirical value at risk: the ``alpha``-quantile of the loss ``-pnl``.
+
+    Shape:
+        - pnl: (N,)
+        - output: ()
+
+    Examples:
+        >>> value_at_risk(torch.arange(100.0) - 50.0, alpha=0.9)
+        tensor(40.1000)
+    """
+    _check_alpha(alpha)
+    return torch.quantile(-pnl, alpha)
+
+
+def expected_shortfall(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
+    """Empirical expected shortfall: the mean loss over the worst ``1 - alpha`` fraction of paths.
+
+    Uses the exact sample formula ``min_w w + E[(-pnl - w)^+] / (1 - alpha)`` evaluated at its
+    minimiser (the ``alpha``-quantile), which averages the ``ceil(N (1 - alpha))`` worst losses
+    with a fractional weight on the boundary one.
+
+    Shape:
+        - pnl: (N,)
+        - output: ()
+
+    References:
+        Acerbi, Tasche (2002), "On the coherence of expected shortfall", J. Banking & Finance 26,
+        eq. (3.3).
+
+    Examples:
+        >>> expected_shortfall(torch.arange(100.0), alpha=0.95)
+        tensor(-2.)
+    """
+    _check_alpha(alpha)
+    loss = -pnl.flatten()
+    n = loss.numel()
+    tail = n * (1.0 - alpha)
+    k = max(1, math.ceil(tail - 1e-9))
+    worst = torch.topk(loss, k).values  # descending
+    weights = torch.ones(k, dtype=loss.dtype, device=loss.device)
+    weights[-1] = tail - (k - 1)
+    return (worst * weights).sum() / tail
+
+
+def expected_shortfall_ru(
+    pnl: torch.Tensor, var_level: torch.Tensor | float, alpha: float = 0.95
+) -> torch.Tensor:
+    """Rockafellar-Uryasev objective ``w + E[(-pnl - w)^+] / (1 - alpha)``.
+
+    Minimised over ``w`` it equals the expected shortfall, and the minimiser is the VaR; jointly
+    minimising over ``w`` and a hedge gives the ES-optimal hedge.
+
+    Shape:
+        - pnl: (N,)
+        - var_level: ()
+        - output: ()
+
+    References:
+        Rockafellar, Uryasev (2000), "Optimization of conditional value-at-risk", J. Risk 2(3),
+        Theorem 1, eq. (4).
+
+    Examples:
+        >>> expected_shortfall_ru(torch.arange(100.0), torch.tensor(-4.0), alpha=0.95)
+        tensor(-2.)
+    """
+    _check_alpha(alpha)
+    w = torch.as_tensor(var_level, dtype=pnl.dtype, device=pnl.device)
+    return w + torch.relu(-pnl - w).mean() / (1.0 - alpha)
+
+
+def entropic_risk(
+    pnl: torch.Tensor, risk_aversion: float = 1.0, *, notional: float = 1.0
+) -> torch.Tensor:
+    """Entropic risk ``(1/g) log E[exp(-g pnl)]`` with ``g = risk_aversion / notional``.
+
+    Stating the risk aversion per unit of notional keeps the measure positively homogeneous in the
+    position size: doubling notional and P&L doubles the risk. Computed with log-sum-exp (no
+    overflow for large ``g |pnl|``).
+
+    Shape:
+        - pnl: (N,)
+        - output: ()
+
+    References:
+        Follmer, Schied (2016), "Stochastic Finance", 4th ed., Example 4.34.
+
+    Examples:
+        >>> entropic_risk(torch.zeros(3) + 2.0, 5.0)
+        tensor(-2.)
+    """
+    g = _check_risk_aversion(risk_aversion, notional)
+    x = -g * pnl.flatten()
+    return (torch.logsumexp(x, dim=0) - math.log(x.numel())) / g
+
+
+def indifference_price(
+    pnl: torch.Tensor, risk_aversion: float = 1.0, *, notional: float = 1.0
+) -> torch.Tensor:
+    """Seller's exponential-utility indifference price given the hedged P&L without premium.
+
+    The premium ``p`` solving ``E[-exp(-g (pnl + p))] = -1`` is ``p = (1/g) log E[exp(-g pnl)]``,
+    the entropic certainty equivalent of the hedged short position; it increases with ``g``.
+
+    Shape:
+        - pnl: (N,)
+        - output: ()
+
+    References:
+        Buehler, Gonon, Teichmann, Wood (2019), "Deep hedging", Quantitative Finance 19(8), Sec. 4.
+
+    Examples:
+        >>> float(indifference_price(torch.tensor([-1.0, 1.0]), 1e-8))  # risk-neutral limit: -mean
+        0.0
+    """
+    return entropic_risk(pnl, risk_aversion, notional=notional)
+
+
+def pnl_variance(pnl: torch.Tensor) -> torch.Tensor:
+    """Sample variance of the P&L (population normalisation).
+
+    Shape:
+        - pnl: (N,)
+        - output: ()
+
+    Examples:
+        >>> pnl_variance(torch.tensor([1.0, 3.0]))
+        tensor(1.)
+    """
+    return pnl.var(unbiased=False)
+
+
+def mean_variance(pnl: torch.Tensor, risk_aversion: float = 1.0) -> torch.Tensor:
+    """Mean-variance loss ``-E[pnl] + (risk_aversion / 2) Var[pnl]``.
+
+    Shape:
+        - pnl: (N,)
+        - output: ()
+
+    References:
+        Markowitz (1952), "Portfolio selection", J. Finance 7(1).
+
+    Examples:
+        >>> mean_variance(torch.tensor([1.0, 3.0]), 2.0)
+        tensor(-1.)
+    """
+    if not risk_aversion >= 0.0:
+        raise ValueError(f"risk_aversion must be >= 0, got {risk_aversion}")
+    return -pnl.mean() + 0.5 * risk_aversion * pnl_variance(pnl)
+
+
+def iv_error_bp(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Absolute implied-volatility error in basis points (1 bp = 0.0001 of vol).
+
+    Shape:
+        - predicted, target: (N,)
+        - output: (N,)
+
+    Examples:
+        >>> iv_error_bp(torch.tensor([0.2010]), torch.tensor([0.2000])).round()
+        tensor([10.])
+    """
+    return (predicted - target).abs() * 1e4
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def _check_risk_aversion(risk_aversion: float, notional: float) -> float:
+    if not risk_aversion > 0.0:
+        raise ValueError(f"risk_aversion must be > 0, got {risk_aversion}")
+    if not notional > 0.0:
+        raise ValueError(f"notional must be > 0, got {notional}")
+    return risk_aversion / notional

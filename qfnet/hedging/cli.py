@@ -1,0 +1,76 @@
+"""``qfnet hedge`` commands: ``train`` and ``backtest`` (a typer sub-app, mounted by qfnet.cli)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import typer
+
+__all__ = ["hedge_app"]
+
+hedge_app = typer.Typer(help="Deep hedging: train a policy, backtest it against baselines.")
+
+
+@hedge_app.command("train")
+def train_command(
+    config: Path = typer.Option(..., "--config", help="YAML experiment config."),
+    out: Path = typer.Option(..., "--out", help="Run directory to create."),
+    seed: int | None = typer.Option(None, "--seed", help="Override the config's seed."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override training.epochs."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Train the configured policy on fixed train/validation paths (early stopping,
+    checkpoints) and write the run to OUT."""
+    from qfnet.hedging.config import ConfigError, load_config
+    from qfnet.hedging.train import train
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--config") from exc
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    if epochs is not None:
+        if epochs < 1:
+            raise typer.BadParameter("must be >= 1", param_hint="--epochs")
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, epochs=epochs))
+    result = train(cfg, out, progress_bar=progress)
+    last = result.history[-1] if len(result.history) else {}
+    summary = {
+        "run": str(out),
+        "epochs": len(result.history),
+        "val_loss": last.get("val_loss"),
+        "seconds": round(result.seconds, 3),
+    }
+    typer.echo(json.dumps(summary))
+
+
+@hedge_app.command("backtest")
+def backtest_command(
+    run: Path = typer.Option(..., "--run", help="Run directory written by `hedge train`."),
+    out: Path = typer.Option(..., "--out", help="Directory for report.json and plots."),
+    paths: Path | None = typer.Option(
+        None, "--paths", help="Parquet of price paths (wide: one row per path; or long)."
+    ),
+    n_paths: int | None = typer.Option(None, "--n-paths", help="Override paths.test."),
+    bootstrap: int = typer.Option(100, "--bootstrap", help="Bootstrap resamples for the CIs."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the test paths."),
+) -> None:
+    """Evaluate the learned policy and the baselines on the same test paths; write
+    OUT/report.json, a P&L histogram per strategy and a hedge-ratio-vs-spot plot."""
+    from qfnet.hedging.backtest import run_backtest
+
+    if n_paths is not None and n_paths < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--n-paths")
+    if bootstrap < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--bootstrap")
+    try:
+        report = run_backtest(
+            run, out, paths_file=paths, n_paths=n_paths, n_resamples=bootstrap, seed=seed
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    rows = {name: round(report[name]["es95"], 6) for name in report["strategies"]}
+    typer.echo(json.dumps({"report": str(out / "report.json"), "es95": rows}))

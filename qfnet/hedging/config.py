@@ -1,0 +1,340 @@
+"""Hedging experiment configuration: frozen dataclasses loaded from YAML with validation.
+
+Every error names the offending key by its dotted path (e.g. ``market.volatility``), and unknown
+keys are rejected with a suggestion, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "BaselineConfig",
+    "ConfigError",
+    "DerivativeConfig",
+    "HedgeConfig",
+    "MarketConfig",
+    "ObjectiveConfig",
+    "PathsConfig",
+    "StrategyConfig",
+    "TrainingConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """Market model, hedging instruments and trading frictions.
+
+    ``model`` is ``black_scholes`` (uses ``volatility``) or ``heston`` (uses ``v0, kappa, theta,
+    sigma, rho``, or a calibration result JSON named by ``calibration`` whose ``params`` hold
+    them). ``cost`` is the proportional cost rate, one float or one per instrument.
+    """
+
+    model: Literal["black_scholes", "heston"] = "black_scholes"
+    spot: float = 1.0
+    rate: float = 0.0
+    dividend: float = 0.0
+    maturity: float = 20 / 250
+    n_steps: int = 20
+    volatility: float = 0.2
+    v0: float = 0.04
+    kappa: float = 1.0
+    theta: float = 0.04
+    sigma: float = 0.2
+    rho: float = -0.7
+    calibration: str | None = None
+    cost: float | list[float] = 1e-3
+    liquidate: bool = True
+    instruments: list[str] = field(default_factory=lambda: ["underlying"])
+
+    def validate(self, prefix: str) -> None:
+        for name in ("spot", "maturity", "n_steps", "volatility", "kappa", "theta", "sigma"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        if self.v0 < 0:
+            raise ConfigError(f"{prefix}.v0 must be >= 0, got {self.v0}")
+        if not -1 <= self.rho <= 1:
+            raise ConfigError(f"{prefix}.rho must be in [-1, 1], got {self.rho}")
+        allowed = {"underlying", "variance_swap"}
+        if not self.instruments or self.instruments[0] != "underlying":
+            raise ConfigError(f"{prefix}.instruments must start with 'underlying'")
+        for i, name in enumerate(self.instruments):
+            if name not in allowed:
+                raise ConfigError(f"{prefix}.instruments[{i}] must be one of {sorted(allowed)}")
+        if "variance_swap" in self.instruments and self.model != "heston":
+            raise ConfigError(f"{prefix}.instruments: variance_swap needs model: heston")
+        costs = self.cost if isinstance(self.cost, list) else [self.cost]
+        if isinstance(self.cost, list) and len(costs) != len(self.instruments):
+            raise ConfigError(
+                f"{prefix}.cost needs one rate per instrument ({len(self.instruments)})"
+            )
+        if any(c < 0 for c in costs):
+            raise ConfigError(f"{prefix}.cost must be >= 0, got {self.cost}")
+
+
+@dataclass(frozen=True)
+class DerivativeConfig:
+    """The derivative sold. ``type`` in european, asian (arithmetic, fixings every step),
+    barrier (``barrier``, ``barrier_type`` in up_out, down_out, up_in, down_in) or lookback
+    (floating strike). ``premium`` is received at time 0 (0: report the P&L before premium).
+    """
+
+    type: Literal["european", "asian", "barrier", "lookback"] = "european"
+    strike: float = 1.0
+    is_call: bool = True
+    barrier: float | None = None
+    barrier_type: Literal["up_out", "down_out", "up_in", "down_in"] = "up_out"
+    premium: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.strike", self.strike)
+        if self.type == "barrier":
+            if self.barrier is None:
+                raise ConfigError(f"{prefix}.barrier is required when {prefix}.type is barrier")
+            _positive(f"{prefix}.barrier", self.barrier)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Number of paths in the fixed train, validation and test sets."""
+
+    train: int = 200_000
+    val: int = 50_000
+    test: int = 200_000
+
+    def validate(self, prefix: str) -> None:
+        for name in ("train", "val", "test"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """The learned policy: ``ntb`` (no-transaction band net), ``mlp`` or ``gru``.
+
+    ``reference: delta`` builds the policy around the Black-Scholes hedge (the band's centre;
+    the offset origin of ``mlp``/``gru``); ``none`` learns positions from the features alone.
+    """
+
+    type: Literal["ntb", "mlp", "gru"] = "ntb"
+    hidden: list[int] = field(default_factory=lambda: [16, 16])
+    initial_width: float = 0.02
+    activation: Literal["relu", "silu", "tanh", "gelu", "softplus"] = "relu"
+    reference: Literal["delta", "none"] = "delta"
+
+    def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.initial_width", self.initial_width)
+        if self.type == "ntb" and self.reference == "none":
+            raise ConfigError(f"{prefix}.reference must be delta for the ntb policy")
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"{prefix}.hidden must be a non-empty list of positive widths")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Risk measure minimised: ``es`` (with ``alpha``), ``entropic`` (``risk_aversion`` per
+    unit notional), ``variance`` or ``mean_variance`` (``risk_aversion``)."""
+
+    name: Literal["es", "entropic", "variance", "mean_variance"] = "es"
+    alpha: float = 0.95
+    risk_aversion: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"{prefix}.alpha must be in (0, 1), got {self.alpha}")
+        _positive(f"{prefix}.risk_aversion", self.risk_aversion)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings passed to the shared Trainer (``threads``: sets torch's CPU
+    threads for the process; ``dtype``: of the policy and the training paths; ``device``:
+    where the Trainer trains, e.g. ``cpu``, ``cuda`` or ``auto``; paths are simulated on the
+    CPU and moved per batch)."""
+
+    epochs: int = 10
+    batch_size: int = 20_000
+    lr: float = 3e-3
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    scheduler: Literal["none", "cosine", "onecycle"] = "none"
+    patience: int = 5
+    threads: int | None = None
+    dtype: Literal["float32", "float64"] = "float32"
+    device: str = "cpu"
+
+    def validate(self, prefix: str) -> None:
+        for name in ("epochs", "batch_size", "lr", "patience"):
+            _positive(f"{prefix}.{name}", getattr(self, name))
+        if self.threads is not None:
+            _positive(f"{prefix}.threads", self.threads)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Baselines: ``ww_risk_aversion`` of the Whalley-Wilmott band (``null``: chosen on the
+    training paths from a grid, by the objective)."""
+
+    ww_risk_aversion: float | None = None
+
+    def validate(self, prefix: str) -> None:
+        if self.ww_risk_aversion is not None:
+            _positive(f"{prefix}.ww_risk_aversion", self.ww_risk_aversion)
+
+
+@dataclass(frozen=True)
+class HedgeConfig:
+    """A complete hedging experiment."""
+
+    seed: int = 0
+    market: MarketConfig = field(default_factory=MarketConfig)
+    derivative: DerivativeConfig = field(default_factory=DerivativeConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+
+    def validate(self, prefix: str = "") -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "validate"):
+                value.validate(f"{prefix}{f.name}")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return ``value`` coerced to ``annotation`` (int -> float only) or raise naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise ConfigError(
+                f"{key} must be one of {list(typing.get_args(annotation))}, got {value!r}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(annotation):
+            try:
+                return _check_type(key, value, arm)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} has the wrong type: {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{key} must be null, got {value!r}")
+        return None
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; allowed: {names}"
+            raise ConfigError(f"unknown key {_join(prefix, key)!r}{hint}")
+    kwargs = {k: _check_type(_join(prefix, k), v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> HedgeConfig:
+    """Build and validate a :class:`HedgeConfig` from a nested mapping.
+
+    A ``market.calibration`` JSON (relative paths resolve against ``base_dir``) supplies Heston
+    parameters from its ``params`` mapping.
+
+    Examples:
+        >>> config_from_dict({"market": {"volatility": 0.3}}).market.volatility
+        0.3
+        >>> config_from_dict({"market": {"volatility": -1}})
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: market.volatility must be > 0, got -1.0
+    """
+    config = _build(HedgeConfig, data, "")
+    calibration = config.market.calibration
+    if calibration is not None:
+        config = _apply_calibration(config, Path(base_dir or ".") / calibration)
+    config.validate()
+    return config
+
+
+def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
+    try:
+        params = json.loads(path.read_text())["params"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"market.calibration: cannot read params from {path}: {exc}") from exc
+    keys = ("v0", "kappa", "theta", "sigma", "rho")
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ConfigError(f"market.calibration: {path} lacks Heston params {missing}")
+    market = dataclasses.replace(config.market, **{k: float(params[k]) for k in keys})
+    return dataclasses.replace(config, market=market)
+
+
+def load_config(path: str | Path) -> HedgeConfig:
+    """Load and validate a YAML (or JSON) hedging config; errors name the bad key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    return config_from_dict(data, base_dir=path.parent)
+
+
+def config_to_dict(config: HedgeConfig) -> dict[str, Any]:
+    """Plain nested dict of a config (JSON/YAML serialisable).
+
+    Examples:
+        >>> config_to_dict(HedgeConfig())["market"]["n_steps"]
+        20
+    """
+    return dataclasses.asdict(config)

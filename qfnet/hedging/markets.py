@@ -1,0 +1,285 @@
+"""Hedging markets: simulated paths, hedging instruments, the derivative, observable features.
+
+A market turns raw paths (spot, and variance under Heston) into :class:`HedgeData`: discounted
+instrument prices, the discounted payoff, the observable features a policy sees and the
+Black-Scholes reference hedge. Everything a policy does not change is computed once here, so
+training only evaluates the policy and the P&L.
+
+Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))``, ``tau / T``,
+``sigma_hat / sigma0 - 1`` (implied-vol proxy), ``d1`` clipped to [-6, 6] (moneyness in
+standard deviations), and the Whalley-Wilmott band scale ``(cost S Gamma^2)^(1/3)`` scaled by 10.
+``sigma_hat`` is the model's implied-vol proxy: the constant volatility under Black-Scholes, and
+the square root of the expected average variance to maturity (the variance-swap rate, a market
+quote) under Heston. The hidden Heston variance itself is not a feature.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from pricing import black_scholes, payoffs, simulate
+from qfnet.hedging.config import HedgeConfig
+
+__all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "pack", "unpack"]
+
+N_FEATURES = 5
+
+
+class RawPaths(NamedTuple):
+    """Simulated (undiscounted) spot paths and, under Heston, variance paths.
+
+    Shape:
+        - spot, variance: (N, T + 1)
+    """
+
+    spot: torch.Tensor
+    variance: torch.Tensor | None
+
+
+class HedgeData(NamedTuple):
+    """Everything needed to evaluate hedging strategies on a set of paths.
+
+    Shape:
+        - spot: (N, T + 1), undiscounted
+        - prices: (N, T + 1, H), discounted instrument prices (column 0: the underlying)
+        - income: (N, T, H), discounted carry per unit held over each step (dividends)
+        - payoff: (N,), discounted
+        - features: (N, T, F), observable
+        - reference: (N, T, H), Black-Scholes reference hedge (delta; vega ratio for a
+          variance swap)
+        - vol: (N, T), implied-vol proxy
+    """
+
+    spot: torch.Tensor
+    prices: torch.Tensor
+    income: torch.Tensor
+    payoff: torch.Tensor
+    features: torch.Tensor
+    reference: torch.Tensor
+    vol: torch.Tensor
+
+
+def pack(data: HedgeData) -> torch.Tensor:
+    """Flatten :class:`HedgeData` into one tensor ``(N, L)`` (one row per path) for data loaders.
+
+    Shape:
+        - output: (N, L), ``L = (T + 1)(1 + H) + T (2H + F + 1) + 1``, fields in order
+
+    Examples:
+        >>> m = Market(HedgeConfig())
+        >>> data = m.data(m.simulate(3, generator=torch.Generator().manual_seed(0)))
+        >>> packed = pack(data)
+        >>> packed.shape, bool((unpack(packed, 20, 1).payoff == data.payoff).all())
+        (torch.Size([3, 203]), True)
+    """
+    n = data.spot.shape[0]
+    parts = [t.reshape(n, -1) for t in data[:3]] + [data.payoff.reshape(n, 1)]
+    parts += [t.reshape(n, -1) for t in data[4:]]
+    return torch.cat(parts, dim=1)
+
+
+def unpack(packed: torch.Tensor, n_steps: int, n_instruments: int) -> HedgeData:
+    """Inverse of :func:`pack` (views into ``packed``).
+
+    Shape:
+        - packed: (N, L)
+    """
+    t, h, f = n_steps, n_instruments, N_FEATURES
+    sizes = [t + 1, (t + 1) * h, t * h, 1, t * f, t * h, t]
+    if packed.dim() != 2 or packed.shape[1] != sum(sizes):
+        raise ValueError(
+            f"packed paths must have shape (N, {sum(sizes)}) for T={t}, H={h}, "
+            f"got {tuple(packed.shape)}"
+        )
+    spot, prices, income, payoff, features, reference, vol = packed.split(sizes, dim=1)
+    n = packed.shape[0]
+    return HedgeData(
+        spot=spot,
+        prices=prices.reshape(n, t + 1, h),
+        income=income.reshape(n, t, h),
+        payoff=payoff.reshape(n),
+        features=features.reshape(n, t, f),
+        reference=reference.reshape(n, t, h),
+        vol=vol,
+    )
+
+
+class Market:
+    """Black-Scholes or Heston market with the derivative and instruments of a config.
+
+    Args:
+        config: the experiment config (market and derivative sections are used).
+        dtype: floating dtype of the generated tensors.
+        device: device of the generated tensors.
+
+    Examples:
+        >>> m = Market(HedgeConfig())
+        >>> data = m.data(m.simulate(8, generator=torch.Generator().manual_seed(0)))
+        >>> data.prices.shape, data.features.shape
+        (torch.Size([8, 21, 1]), torch.Size([8, 20, 5]))
+    """
+
+    def __init__(
+        self,
+        config: HedgeConfig,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.config = config
+        self.market = config.market
+        self.dtype, self.device = dtype, device
+        self.n_steps = config.market.n_steps
+        self.n_instruments = len(config.market.instruments)
+        self.time_grid = simulate.time_grid(
+            self.n_steps, config.market.maturity, dtype=dtype, device=device
+        )
+        costs = config.market.cost
+        self.cost = torch.as_tensor(costs, dtype=dtype, device=device).expand(self.n_instruments)
+
+    @property
+    def is_heston(self) -> bool:
+        """Whether the market follows the Heston model."""
+        return self.market.model == "heston"
+
+    @property
+    def initial_vol(self) -> float:
+        """Implied-vol proxy at time 0 (used to scale features)."""
+        if not self.is_heston:
+            return self.market.volatility
+        m = self.market
+        return math.sqrt(float(_expected_variance(torch.tensor(m.v0), m.maturity, m)))
+
+    def simulate(self, n_paths: int, *, generator: torch.Generator) -> RawPaths:
+        """Simulate ``n_paths`` paths (the market's ``dtype``/``device``).
+
+        Shape:
+            - output: spot and variance (N, T + 1)
+        """
+        m = self.market
+        common = dict(
+            spot=m.spot, maturity=m.maturity, rate=m.rate, dividend=m.dividend,
+            dtype=self.dtype, device=self.device, generator=generator,
+        )  # fmt: skip
+        if not self.is_heston:
+            spot = simulate.gbm(n_paths, self.n_steps, volatility=m.volatility, **common)
+            return RawPaths(spot, None)
+        paths = simulate.heston(
+            n_paths, self.n_steps, v0=m.v0, kappa=m.kappa, theta=m.theta, sigma=m.sigma,
+            rho=m.rho, **common,
+        )  # fmt: skip
+        return RawPaths(paths.spot, paths.variance)
+
+    def vol_proxy(self, raw: RawPaths) -> torch.Tensor:
+        """Implied-vol proxy at steps ``0..T-1`` (see the module docstring); for Heston paths
+        without variance (e.g. historical prices) the time-0 level throughout.
+
+        Shape:
+            - output: (N, T)
+        """
+        n = raw.spot.shape[0]
+        if not self.is_heston or raw.variance is None:  # no variance observed: initial level
+            return raw.spot.new_full((n, self.n_steps), self.initial_vol)
+        tau = self.time_grid[-1] - self.time_grid[:-1]  # (T,)
+        return _expected_variance(raw.variance[:, :-1], tau, self.market).sqrt()
+
+    def data(self, raw: RawPaths) -> HedgeData:
+        """Instrument prices, payoff, features and reference hedge for ``raw`` paths."""
+        m, grid = self.market, self.time_grid
+        spot = raw.spot
+        tau = (grid[-1] - grid[:-1]).expand(spot.shape[0], -1)  # (N, T)
+        vol = self.vol_proxy(raw)
+        discount = torch.exp(-m.rate * grid)  # (T+1,)
+        stock = spot * discount
+        carry = stock[:, 1:] * torch.expm1(m.dividend * (grid[1:] - grid[:-1]))  # (N, T)
+        prices, income = [stock], [carry]
+        g = black_scholes.greeks(
+            spot=spot[:, :-1], strike=self.config.derivative.strike, maturity=tau,
+            volatility=vol, rate=m.rate, dividend=m.dividend,
+            is_call=self.config.derivative.is_call,
+        )  # fmt: skip
+        reference = [g.delta]
+        if "variance_swap" in m.instruments:
+            swap, ratio = self._variance_swap(raw, g.vega, vol, tau)
+            prices.append(swap)
+            income.append(torch.zeros_like(carry))
+            reference.append(ratio)
+        features = self._features(spot, tau, vol, g.gamma)
+        payoff = self.payoff(spot) * math.exp(-m.rate * m.maturity)
+        return HedgeData(
+            spot=spot,
+            prices=torch.stack(prices, dim=-1),
+            income=torch.stack(income, dim=-1),
+            payoff=payoff,
+            features=features,
+            reference=torch.stack(reference, dim=-1),
+            vol=vol,
+        )
+
+    def _features(
+        self, spot: torch.Tensor, tau: torch.Tensor, vol: torch.Tensor, gamma: torch.Tensor
+    ) -> torch.Tensor:
+        m, strike = self.market, self.config.derivative.strike
+        sigma0 = self.initial_vol
+        s = spot[:, :-1]
+        log_m = torch.log(s / strike)
+        d1 = (log_m + (m.rate - m.dividend + 0.5 * vol**2) * tau) / (vol * tau.sqrt())
+        cost = float(self.cost[0])
+        band = (cost * s * gamma**2).pow(1.0 / 3.0) * 10.0
+        cols = [
+            log_m / (sigma0 * math.sqrt(m.maturity)),
+            tau / m.maturity,
+            vol / sigma0 - 1.0,
+            d1.clamp(-6.0, 6.0),
+            band,
+        ]
+        return torch.stack(cols, dim=-1)  # (N, T, F)
+
+    def _variance_swap(
+        self, raw: RawPaths, vega: torch.Tensor, vol: torch.Tensor, tau: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Discounted variance-swap price ``e^{-rT} E_t[(1/T) int_0^T v ds]`` and the BS vega
+        hedge ratio ``vega * T / (2 sigma_hat tau) * e^{r tau}`` (sensitivities to ``v`` matched,
+        both in time-0 money)."""
+        m, grid = self.market, self.time_grid
+        v = raw.variance
+        dt = grid[1:] - grid[:-1]
+        realised = torch.cumsum(0.5 * (v[:, 1:] + v[:, :-1]) * dt, dim=1)  # (N, T)
+        realised = torch.cat([torch.zeros_like(v[:, :1]), realised], dim=1)  # (N, T+1)
+        remaining = grid[-1] - grid  # (T+1,)
+        future = _expected_variance(v, remaining, m) * remaining
+        price = (realised + future) / m.maturity * math.exp(-m.rate * m.maturity)
+        ratio = vega * m.maturity / (2.0 * vol * tau) * torch.exp(m.rate * tau)
+        return price, ratio
+
+    def payoff(self, spot: torch.Tensor) -> torch.Tensor:
+        """Undiscounted payoff of the derivative on spot paths.
+
+        Shape:
+            - spot: (N, T + 1)
+            - output: (N,)
+        """
+        d, grid = self.config.derivative, self.time_grid
+        if d.type == "european":
+            return payoffs.european(spot, strike=d.strike, is_call=d.is_call)
+        if d.type == "asian":
+            return payoffs.asian(spot, strike=d.strike, is_call=d.is_call)
+        if d.type == "barrier":
+            return payoffs.barrier(
+                spot, strike=d.strike, barrier=d.barrier, barrier_type=d.barrier_type,
+                time_grid=grid, is_call=d.is_call, rate=self.market.rate,
+            )  # fmt: skip
+        return payoffs.lookback(spot, kind="floating", is_call=d.is_call)
+
+
+def _expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: object) -> torch.Tensor:
+    """Heston ``E[(1/tau) int_t^{t+tau} v ds | v_t = v] = theta + (v - theta)(1 - e^{-k tau})/(k tau)``
+    (the limit ``v`` at ``tau = 0``)."""
+    tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
+    kt = m.kappa * tau
+    safe = torch.where(kt > 0, kt, torch.ones_like(kt))
+    weight = torch.where(kt > 0, -torch.expm1(-safe) / safe, torch.ones_like(kt))
+    return m.theta + (v - m.theta) * weight

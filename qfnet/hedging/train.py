@@ -1,0 +1,263 @@
+"""Train a hedging policy through the shared Trainer on fixed train/validation path sets.
+
+The Trainer's batch is a tensor of packed paths (see :func:`qfnet.hedging.markets.pack`); the
+model is :class:`HedgeModel`, whose forward returns the per-path P&L and which holds the risk
+measure (its learnable parameters, e.g. the ES VaR level, are trained with the policy); the
+loss is ``model.risk_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from qfnet import functional as F
+from qfnet.hedging.config import HedgeConfig, config_from_dict, config_to_dict
+from qfnet.hedging.markets import HedgeData, Market, pack, unpack
+from qfnet.hedging.pnl import run_strategy
+from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
+from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
+from qfnet.training import EarlyStopping, Trainer, TrainerConfig
+
+__all__ = [
+    "HedgeModel",
+    "PathSet",
+    "TrainResult",
+    "build_model",
+    "hedge_forward",
+    "load_run",
+    "make_paths",
+    "train",
+]
+
+_SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class HedgeModel(nn.Module):
+    """Policy, market constants and the risk measure (with its learnable parameters, e.g. the
+    ES VaR level); ``forward(packed paths) -> per-path P&L``, ``risk_loss(pnl, None)`` the loss.
+
+    Training with expected shortfall only needs gradients through the tail paths (where
+    ``-pnl > w``; elsewhere ``(-pnl - w)^+`` is flat): the forward then evaluates all paths
+    without a graph, and re-evaluates only the tail paths (about ``1 - alpha`` of them) with
+    one. Values and gradients equal those of the full evaluation, at about half the cost.
+
+    Shape:
+        - packed: (N, L) (or (1, N, L) as collated by a loader)
+        - output: (N,)
+    """
+
+    def __init__(
+        self,
+        strategy: LearnedStrategy,
+        risk: RiskMeasure,
+        *,
+        n_steps: int,
+        cost: torch.Tensor,
+        premium: float = 0.0,
+        liquidate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.strategy, self.risk = strategy, risk
+        self.n_steps, self.premium, self.liquidate = n_steps, float(premium), liquidate
+        self.register_buffer("cost", cost.detach().clone())
+        self.tail_only = True
+
+    def unpack(self, packed: torch.Tensor) -> HedgeData:
+        """Packed paths to :class:`HedgeData` views."""
+        if packed.dim() == 3 and packed.shape[0] == 1:  # one pre-collated batch
+            packed = packed[0]
+        return unpack(packed, self.n_steps, self.cost.numel())
+
+    def pnl(self, data: HedgeData) -> torch.Tensor:
+        """Per-path P&L of the policy on ``data``."""
+        positions = self.strategy(data)
+        return F.hedge_pnl(
+            positions, data.prices, data.payoff, cost=self.cost.to(data.prices.dtype),
+            premium=self.premium, liquidate=self.liquidate, income=data.income,
+        )  # fmt: skip
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        data = self.unpack(packed)
+        es = isinstance(self.risk, ExpectedShortfall) and self.risk.ready
+        if not (self.tail_only and es and self.training and torch.is_grad_enabled()):
+            return self.pnl(data)
+        with torch.no_grad():
+            pnl = self.pnl(data)
+            tail = torch.nonzero(-pnl >= self.risk.var_level.to(pnl.dtype)).squeeze(1)
+        sub = HedgeData(*(x.index_select(0, tail) for x in data))
+        return pnl.index_put((tail,), self.pnl(sub))
+
+    def risk_loss(self, pnl: torch.Tensor, target: object = None) -> torch.Tensor:
+        """The training loss: the risk measure of the P&L (``target`` is ignored)."""
+        return self.risk(pnl)
+
+
+def hedge_forward(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    """Trainer forward: the P&L is the output, there is no target and no sample weight."""
+    return model(batch), None, None
+
+
+class PathSet(Dataset):
+    """Rows of a packed path tensor; ``__getitems__`` slices a whole batch at once.
+
+    The batch comes back as a one-element list, which the default collate turns into a
+    ``(1, B, L)`` tensor (one copy) instead of stacking ``B`` rows one by one.
+    """
+
+    def __init__(self, packed: torch.Tensor) -> None:
+        self.packed = packed
+
+    def __len__(self) -> int:
+        return self.packed.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.packed[index]
+
+    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
+        return [self.packed[torch.as_tensor(indices)]]
+
+
+def make_paths(market: Market, n_paths: int, *, split: str, seed: int) -> tuple[HedgeData, Any]:
+    """Simulate the fixed ``split`` (train, val or test) path set of an experiment seed.
+
+    Each split has its own generator (seed ``3 * seed + offset``), so sets never share paths.
+    Returns the data and the raw paths.
+    """
+    generator = torch.Generator(device=market.device or "cpu").manual_seed(
+        3 * seed + _SPLIT_OFFSET[split]
+    )
+    raw = market.simulate(n_paths, generator=generator)
+    return market.data(raw), raw
+
+
+def build_model(config: HedgeConfig, market: Market) -> HedgeModel:
+    """The learnable hedge model (policy and risk measure) described by ``config``."""
+    s, o = config.strategy, config.objective
+    policy = build_policy(s.type, market.n_instruments, s.hidden, s.initial_width, s.activation)
+    dtype = _DTYPES[config.training.dtype]
+    params = {"alpha": o.alpha} if o.name == "es" else {}
+    if o.name in ("entropic", "mean_variance"):
+        params = {"risk_aversion": o.risk_aversion}
+    return HedgeModel(
+        LearnedStrategy(policy.to(dtype), use_reference=s.reference == "delta"),
+        make_risk_measure(o.name, **params),
+        n_steps=market.n_steps,
+        cost=market.cost.to(dtype),
+        premium=config.derivative.premium,
+        liquidate=config.market.liquidate,
+    )
+
+
+class TrainResult(NamedTuple):
+    """Outcome of :func:`train`."""
+
+    model: HedgeModel
+    history: Any
+    seconds: float
+    ww_risk_aversion: float
+    cpu_seconds: float
+
+
+def train(
+    config: HedgeConfig, run_dir: str | Path | None = None, *, progress_bar: bool = False
+) -> TrainResult:
+    """Simulate the fixed path sets, train the policy with early stopping and checkpoints, and
+    write ``hedge_config.json`` and ``model.pt`` (weights plus metadata) to ``run_dir``.
+
+    ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
+    ``cpu_seconds`` its process CPU time (all threads).
+    """
+    t = config.training
+    if t.threads is not None:
+        torch.set_num_threads(t.threads)
+    dtype = _DTYPES[t.dtype]
+    market = Market(config)
+    train_data, _ = make_paths(market, config.paths.train, split="train", seed=config.seed)
+    val_data, _ = make_paths(market, config.paths.val, split="val", seed=config.seed)
+    ww = _choose_ww(config, market, train_data)
+    torch.manual_seed(config.seed)
+    model = build_model(config, market)
+    trainer = Trainer(
+        model,
+        loss=model.risk_loss,
+        forward=hedge_forward,
+        config=TrainerConfig(
+            max_epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
+            scheduler=t.scheduler,
+            seed=config.seed, run_dir=run_dir, progress_bar=progress_bar, device=t.device,
+            tensorboard=run_dir is not None, precision="32",
+        ),
+        callbacks=[EarlyStopping(monitor="val_loss", patience=t.patience, restore_best_weights=True)],
+    )  # fmt: skip
+    train_set, val_set = PathSet(pack(train_data).to(dtype)), PathSet(pack(val_data).to(dtype))
+    start, cpu = time.perf_counter(), time.process_time()
+    history = trainer.fit(train_set, val_set)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    model.cpu()
+    if run_dir is not None:
+        _save(Path(run_dir), config, model, ww, seconds)
+    return TrainResult(model, history, seconds, ww, cpu)
+
+
+def _choose_ww(config: HedgeConfig, market: Market, data: HedgeData) -> float:
+    """Whalley-Wilmott risk aversion: from the config, else the grid value with the lowest
+    objective on (a subset of) the training paths."""
+    if config.baselines.ww_risk_aversion is not None:
+        return config.baselines.ww_risk_aversion
+    subset = HedgeData(*(x[:50_000] for x in data))
+    o = config.objective
+    best, best_value = ww_grid()[0], float("inf")
+    for gamma in ww_grid():
+        pnl = run_strategy(WhalleyWilmott(market, gamma), subset, market).pnl
+        value = _objective_value(o.name, pnl, o.alpha, o.risk_aversion)
+        if value < best_value:
+            best, best_value = gamma, value
+    return best
+
+
+def _objective_value(name: str, pnl: torch.Tensor, alpha: float, risk_aversion: float) -> float:
+    if name == "es":
+        return float(F.expected_shortfall(pnl, alpha))
+    if name == "entropic":
+        return float(F.entropic_risk(pnl, risk_aversion))
+    if name == "variance":
+        return float(F.pnl_variance(pnl))
+    return float(F.mean_variance(pnl, risk_aversion))
+
+
+def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec: float) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plain = config_to_dict(config)
+    plain["market"]["calibration"] = None  # its parameters are already in the market section
+    (run_dir / "hedge_config.json").write_text(json.dumps(plain, indent=2) + "\n")
+    payload = {
+        "model": model.state_dict(),
+        "config": json.dumps(plain),
+        "ww_risk_aversion": ww,
+        "train_seconds": sec,
+    }
+    tmp = run_dir / "model.pt.tmp"
+    torch.save(payload, tmp)
+    tmp.replace(run_dir / "model.pt")
+
+
+def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, Any]]:
+    """Load ``run_dir/model.pt`` (``weights_only``): the config, the trained model, metadata."""
+    path = Path(run_dir) / "model.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained hedging model at {path} (run `qfnet hedge train`)")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    config = config_from_dict(json.loads(payload["config"]))
+    model = build_model(config, Market(config))
+    model.load_state_dict(payload["model"])
+    model.eval()
+    meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}
+    return config, model, meta

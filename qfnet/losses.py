@@ -1,0 +1,144 @@
+"""Thin :class:`torch.nn.Module` wrappers over the risk measures in :mod:`qfnet.functional`.
+
+Each module stores and validates its hyperparameters and calls the function. They take
+``(pnl, target=None)`` so that they plug into the shared Trainer as losses; ``target`` is ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qfnet import functional as F
+
+__all__ = [
+    "EntropicRisk",
+    "ExpectedShortfall",
+    "MeanVariance",
+    "PnLVariance",
+    "RiskMeasure",
+    "make_risk_measure",
+]
+
+
+class RiskMeasure(nn.Module):
+    """Base class: ``forward(pnl, target=None) -> scalar loss``; ``exact(pnl)`` evaluates it."""
+
+    def exact(self, pnl: torch.Tensor) -> torch.Tensor:
+        """The risk measure of a P&L sample (without auxiliary training variables)."""
+        return self(pnl)
+
+
+class PnLVariance(RiskMeasure):
+    """P&L variance (see :func:`qfnet.functional.pnl_variance`).
+
+    Examples:
+        >>> PnLVariance()(torch.tensor([1.0, 3.0]))
+        tensor(1.)
+    """
+
+    def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return F.pnl_variance(pnl)
+
+
+class MeanVariance(RiskMeasure):
+    """Mean-variance loss (see :func:`qfnet.functional.mean_variance`).
+
+    Examples:
+        >>> MeanVariance(2.0)(torch.tensor([1.0, 3.0]))
+        tensor(-1.)
+    """
+
+    def __init__(self, risk_aversion: float = 1.0) -> None:
+        super().__init__()
+        if not risk_aversion >= 0.0:
+            raise ValueError(f"risk_aversion must be >= 0, got {risk_aversion}")
+        self.risk_aversion = float(risk_aversion)
+
+    def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return F.mean_variance(pnl, self.risk_aversion)
+
+
+class EntropicRisk(RiskMeasure):
+    """Entropic risk with risk aversion per unit notional (see :func:`qfnet.functional.entropic_risk`).
+
+    Examples:
+        >>> EntropicRisk(5.0)(torch.zeros(3) + 2.0)
+        tensor(-2.)
+    """
+
+    def __init__(self, risk_aversion: float = 1.0, notional: float = 1.0) -> None:
+        super().__init__()
+        if not risk_aversion > 0.0:
+            raise ValueError(f"risk_aversion must be > 0, got {risk_aversion}")
+        if not notional > 0.0:
+            raise ValueError(f"notional must be > 0, got {notional}")
+        self.risk_aversion = float(risk_aversion)
+        self.notional = float(notional)
+
+    def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return F.entropic_risk(pnl, self.risk_aversion, notional=self.notional)
+
+
+class ExpectedShortfall(RiskMeasure):
+    """Expected shortfall in Rockafellar-Uryasev form with a learnable VaR level ``w``.
+
+    ``forward`` returns ``w + E[(-pnl - w)^+] / (1 - alpha)``, whose minimum over ``w`` is the
+    ES; train ``w`` jointly with the hedge. ``w`` starts unset and is initialised to the empirical
+    VaR of the first P&L batch it sees (so the objective starts at the ES, not far above it).
+    ``exact`` returns the empirical ES of a sample.
+
+    Examples:
+        >>> es = ExpectedShortfall(0.95)
+        >>> es(torch.arange(100.0))
+        tensor(-2., grad_fn=<AddBackward0>)
+    """
+
+    def __init__(self, alpha: float = 0.95) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        self.alpha = float(alpha)
+        self.var_level = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self._ready = False
+
+    def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.ready:  # host sync, only until the level is set
+            with torch.no_grad():
+                self.var_level.copy_(F.value_at_risk(pnl.detach(), self.alpha))
+                self.initialised.fill_(True)
+            self._ready = True
+        return F.expected_shortfall_ru(pnl, self.var_level.to(pnl.dtype), self.alpha)
+
+    def exact(self, pnl: torch.Tensor) -> torch.Tensor:
+        return F.expected_shortfall(pnl, self.alpha)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the VaR level has been initialised (from a first batch or a checkpoint)."""
+        if not self._ready and bool(self.initialised):
+            self._ready = True
+        return self._ready
+
+
+def make_risk_measure(name: str, **params: float) -> RiskMeasure:
+    """Build a risk measure by name: ``es``/``expected_shortfall``, ``entropic``, ``variance``,
+    ``mean_variance``.
+
+    Examples:
+        >>> make_risk_measure("es", alpha=0.99).alpha
+        0.99
+    """
+    key = name.lower()
+    if key in ("es", "expected_shortfall"):
+        return ExpectedShortfall(**params)
+    if key == "entropic":
+        return EntropicRisk(**params)
+    if key == "variance":
+        return PnLVariance(**params)
+    if key == "mean_variance":
+        return MeanVariance(**params)
+    raise ValueError(
+        f"unknown risk measure {name!r}; expected one of es, entropic, variance, mean_variance"
+    )

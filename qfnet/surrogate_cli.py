@@ -1,0 +1,190 @@
+"""CLI commands of the surrogate workflow (mounted by :mod:`qfnet.cli`).
+
+``qfnet generate`` (:func:`generate_command`), ``qfnet train surrogate``
+(:func:`train_surrogate_command`) and the row pricer behind ``qfnet price --engine surrogate``
+(:func:`surrogate_price_rows`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+
+from pricing import black_scholes
+from pricing.datasets import ENGINES, generate
+from qfnet.surrogate import implied_vol, load_surrogate
+
+__all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
+
+
+def generate_command(
+    out: Annotated[Path, typer.Option("--out", help="Dataset directory to create.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of labelled options.")],
+    model: Annotated[str, typer.Option("--model", help="heston or sabr.")] = "heston",
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            "--engine",
+            help="Labels: heston analytic (default), quantlib, mc; sabr hagan (default), quantlib.",
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Local processes.")] = 1,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Dask scheduler address; overrides --workers."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the Sobol scrambling.")] = 0,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1)] = 65_536,
+    margin: Annotated[
+        float,
+        typer.Option("--margin", min=0.0, help="Sample this fraction beyond each domain edge."),
+    ] = 0.0,
+) -> None:
+    """Generate labelled training data: Sobol points of a model domain, priced, Parquet shards."""
+    if model not in ENGINES:
+        raise typer.BadParameter(f"must be one of {sorted(ENGINES)}", param_hint="--model")
+    if engine is not None and engine not in ENGINES[model]:
+        raise typer.BadParameter(
+            f"for {model} must be one of {sorted(ENGINES[model])}", param_hint="--engine"
+        )
+    path = generate(
+        out,
+        model=model,
+        n=n,
+        engine=engine,
+        seed=seed,
+        shard_size=shard_size,
+        workers=workers,
+        scheduler=scheduler,
+        margin=margin,
+    )
+    meta = json.loads((path / "metadata.json").read_text())
+    typer.echo(
+        f"wrote {meta['n']} {model} options ({meta['engine']}) in {meta['n_shards']} "
+        f"shards to {path}"
+    )
+
+
+def train_surrogate_command(
+    data: Annotated[Path, typer.Option("--data", help="Dataset from `qfnet generate`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory.")],
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue OUT from its checkpoint.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-3,
+    hidden: Annotated[str, typer.Option("--hidden", help="Hidden widths.")] = "128,128,128,128",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    threads: Annotated[
+        int, typer.Option("--threads", min=0, help="torch threads (0: default).")
+    ] = 0,
+    init: Annotated[
+        Path | None, typer.Option("--init", help="Fine-tune from this surrogate (run or file).")
+    ] = None,
+) -> None:
+    """Train an implied-vol surrogate through the shared Trainer (works under torchrun)."""
+    from qfnet.surrogate_training import train_surrogate
+
+    try:
+        widths = tuple(int(h) for h in hidden.split(","))
+    except ValueError as exc:
+        raise typer.BadParameter(
+            "comma-separated integers, e.g. 128,128", param_hint="--hidden"
+        ) from exc
+    if threads > 0:
+        torch.set_num_threads(threads)
+    summary = train_surrogate(
+        data,
+        out,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        resume=resume,
+        init=init,
+        hidden=widths,
+        device=device,
+    )
+    if summary:
+        t = summary["test"]
+        typer.echo(
+            f"test IV error: mean {t['mae_bp']:.3f} bp, p99 {t['p99_bp']:.2f} bp, "
+            f"max {t['max_bp']:.2f} bp; model: {Path(out) / 'model.pt'}"
+        )
+
+
+def _column(df: pd.DataFrame, name: str, default: float | None = None) -> torch.Tensor:
+    if name not in df.columns:
+        if default is None:
+            raise ValueError(f"surrogate pricing needs a {name!r} column")
+        return torch.full((len(df),), default, dtype=torch.float64)
+    values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"column {name!r} is not a finite number at row {int(np.flatnonzero(bad)[0])}"
+        )
+    return torch.tensor(values)
+
+
+def _is_call(df: pd.DataFrame) -> torch.Tensor:
+    if "option_type" not in df.columns:
+        raise ValueError("surrogate pricing needs an 'option_type' column (call/put)")
+    kind = df["option_type"].astype(str).str.strip().str.lower()
+    call, put = kind.isin(["call", "c"]), kind.isin(["put", "p"])
+    bad = ~(call | put)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"option_type must be call or put, got {df['option_type'].iloc[row]!r} at row {row}"
+        )
+    return torch.tensor(call.to_numpy(dtype=bool))
+
+
+def surrogate_price_rows(
+    df: pd.DataFrame, surrogate_path: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Price quote-table rows with a surrogate (default: the shipped Heston one).
+
+    Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend) T)`` and
+    ``exp(-rate T)``; model parameters come from the columns named by the surrogate's domain.
+
+    Returns:
+        ``(price, implied_vol)`` arrays, one entry per row.
+
+    Raises:
+        ValueError: a missing or non-numeric column, a bad option type (naming the row).
+        pricing.datasets.DomainError: a row outside the surrogate's domain (naming field and row).
+    """
+    net = load_surrogate(surrogate_path)
+    t, k = _column(df, "maturity"), _column(df, "strike")
+    if "forward" in df.columns:
+        forward = _column(df, "forward")
+    else:
+        carry = _column(df, "rate", 0.0) - _column(df, "dividend", 0.0)
+        forward = _column(df, "spot") * torch.exp(carry * t)
+    if "discount" in df.columns:
+        discount = _column(df, "discount")
+    else:
+        discount = torch.exp(-_column(df, "rate", 0.0) * t)
+    params = {name: _column(df, name) for name in net.domain.param_names}
+    with torch.no_grad():
+        iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
+        value = black_scholes.black_price(
+            forward=forward,
+            strike=k,
+            maturity=t,
+            volatility=iv,
+            discount=discount,
+            is_call=_is_call(df),
+        )
+    return value.numpy(), iv.numpy()

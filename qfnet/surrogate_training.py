@@ -1,0 +1,323 @@
+"""Training a surrogate (:mod:`qfnet.surrogate`) on a generated dataset through the shared Trainer.
+
+The run directory gets what every qfnet run has (``config.json``, ``metrics.csv``, TensorBoard
+events, ``checkpoints/{last,best}.pt``, ``loss.png``) plus ``model.pt`` (the surrogate file),
+``error_hist.png`` (test-set implied-vol errors in bp) and ``summary.json``. The loss is the mean
+squared implied-vol error in bp^2. Batches are cut from in-memory tensors by index (a per-sample
+DataLoader would cost more than the network itself); their order depends only on
+``(seed, epoch)``, so an interrupted run resumed with ``resume=True`` ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pricing.datasets import Domain, load_dataset
+from qfnet.surrogate import SurrogateNet, build_surrogate, load_surrogate, save_surrogate
+
+__all__ = [
+    "export_checkpoint",
+    "load_training_tensors",
+    "train_surrogate",
+    "vol_error_bp",
+    "vol_loss_bp2",
+]
+
+
+def vol_loss_bp2(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared implied-vol error in bp^2 (the training loss).
+
+    Shape:
+        - predicted, target: (N,)
+        - output: (N,)
+
+    Examples:
+        >>> vol_loss_bp2(torch.tensor([0.2002]), torch.tensor([0.2])).round()
+        tensor([4.])
+    """
+    return ((predicted - target) * 1e4) ** 2
+
+
+def vol_error_bp(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample absolute implied-vol error in bp (a metric). Shape: (N,), (N,) -> (N,)."""
+    return (predicted - target).abs() * 1e4
+
+
+def load_training_tensors(
+    path: str | os.PathLike[str],
+) -> tuple[torch.Tensor, torch.Tensor, Domain, dict[str, Any]]:
+    """Inputs ``(N, P + 2)``, implied vols ``(N,)``, domain and metadata of a dataset directory.
+
+    Rows without a finite positive implied vol (prices with no Black vol) are dropped; their
+    count is in ``metadata["dropped_rows"]``.
+    """
+    frame, meta = load_dataset(path)
+    domain = Domain.from_dict(meta["domain"])
+    x = torch.tensor(frame[list(domain.input_names)].to_numpy(dtype=np.float64))
+    iv = torch.tensor(frame["implied_vol"].to_numpy(dtype=np.float64))
+    keep = torch.isfinite(iv) & (iv > 0) & torch.isfinite(x).all(dim=1)
+    meta = {**meta, "dropped_rows": int((~keep).sum())}
+    if int(keep.sum()) < 2:
+        raise ValueError(f"dataset {path} has fewer than 2 usable rows")
+    return x[keep], iv[keep], domain, meta
+
+
+class _Batches(Dataset):
+    """Item ``idx`` (an index tensor) is the batch ``(x[idx], y[idx])``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx]
+
+
+class _BatchSampler(Sampler[torch.Tensor]):
+    """Index batches; the permutation is a function of ``(seed, epoch)``, sharded over DDP ranks."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rank_indices(self) -> torch.Tensor:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            per_rank = self.n // world  # equal shares keep DDP ranks in step
+            order = order[rank * per_rank : (rank + 1) * per_rank]
+        return order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self._rank_indices().split(self.batch_size))
+
+    def __len__(self) -> int:
+        n = self.n
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            n //= torch.distributed.get_world_size()
+        return math.ceil(n / self.batch_size)
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int):
+    sampler = _BatchSampler(len(y), batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(_Batches(x, y), batch_size=None, sampler=sampler)
+
+
+def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> list[torch.Tensor]:
+    if not (0.0 < val_fraction < 0.5 and 0.0 < test_fraction < 0.5):
+        raise ValueError("val_fraction and test_fraction must be in (0, 0.5)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val, n_test = max(1, round(val_fraction * n)), max(1, round(test_fraction * n))
+    if n - n_val - n_test < 1:
+        raise ValueError(f"dataset of {n} rows is too small to split")
+    return [order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]]
+
+
+_ARCH_FILE = "surrogate_config.json"
+
+
+def _architecture(
+    out: Path, resume: bool, hidden: Sequence[int], activation: str
+) -> tuple[tuple[int, ...], str]:
+    """On resume the run's own architecture wins (so ``--resume`` alone continues a run)."""
+    path = out / _ARCH_FILE
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        return tuple(saved["hidden"]), str(saved["activation"])
+    return tuple(int(h) for h in hidden), activation
+
+
+def _build(domain: Domain, hidden: tuple[int, ...], activation: str, seed: int) -> SurrogateNet:
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
+        torch.manual_seed(seed)
+        return build_surrogate(domain, hidden=hidden, activation=activation)
+
+
+@torch.no_grad()
+def _errors_bp(net: SurrogateNet, x: torch.Tensor, iv: torch.Tensor) -> torch.Tensor:
+    net.eval()
+    device = net.in_mean.device
+    pred = torch.cat([net(b.to(device)).cpu() for b in x.split(65_536)])
+    return vol_error_bp(pred, iv)
+
+
+def _error_summary(errors: torch.Tensor) -> dict[str, float]:
+    e = errors.double()
+    return {
+        "n": int(e.numel()),
+        "mae_bp": float(e.mean()),
+        "median_bp": float(e.median()),
+        "p99_bp": float(torch.quantile(e, 0.99)) if e.numel() <= 16_000_000 else math.nan,
+        "max_bp": float(e.max()),
+    }
+
+
+def _plot_error_histogram(errors: torch.Tensor, path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: leaves the user's backend alone
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    e = errors.clamp_min(1e-4).numpy()
+    ax.hist(e, bins=np.logspace(-4, math.log10(max(float(e.max()), 1e-3)) + 0.1, 60))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("absolute implied-vol error (bp)")
+    ax.set_ylabel("test points")
+    ax.set_title(f"surrogate test errors: mean {e.mean():.2f} bp, max {e.max():.1f} bp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def train_surrogate(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    epochs: int = 100,
+    batch_size: int = 4096,
+    lr: float = 2e-3,
+    min_lr_ratio: float = 1e-3,
+    seed: int = 0,
+    resume: bool = False,
+    hidden: Sequence[int] = (128, 128, 128, 128),
+    activation: str = "silu",
+    val_fraction: float = 0.02,
+    test_fraction: float = 0.02,
+    device: str = "auto",
+    progress: bool = True,
+    checkpoint_every_n_steps: int | None = None,
+    callbacks: Sequence[Any] = (),
+    init: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Train a surrogate on the dataset directory ``data``; write the run to ``out``.
+
+    Adam with a cosine learning-rate decay from ``lr`` to ``lr * min_lr_ratio`` over ``epochs``,
+    on the squared implied-vol error; the data are split into train/val/test at random
+    (``seed``). The test errors reported are those of the test rows inside the domain (a
+    dataset generated with a ``margin`` also has rows beyond it). ``resume=True`` continues
+    ``out`` from its last checkpoint (with its architecture); ``callbacks`` go to the Trainer.
+    ``init`` (a surrogate file or run) starts from its weights and scalers: a fine-tuning run,
+    typically with a smaller ``lr``.
+
+    Returns:
+        The summary written to ``out/summary.json``: ``test`` holds ``n, mae_bp, median_bp,
+        p99_bp, max_bp`` (absolute implied-vol errors in bp), plus row counts and settings.
+        Empty on ranks other than 0 under torchrun.
+    """
+    from qfnet.training import Trainer, TrainerConfig
+    from qfnet.training.distributed import init_distributed
+
+    run = Path(out)
+    x, iv, domain, meta = load_training_tensors(data)
+    start = load_surrogate(init) if init is not None else None
+    if start is not None:  # fine-tuning: architecture, scalers and weights of the given surrogate
+        if start.domain != domain:
+            raise ValueError(f"--init surrogate domain differs from the dataset's: {init}")
+        hidden, activation = start.hidden, start.activation
+    hidden, activation = _architecture(run, resume, hidden, activation)
+    train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
+    net = _build(domain, hidden, activation, seed)
+    if start is not None:
+        net.load_state_dict(start.state_dict())
+    else:
+        net.fit_scalers(x[train_idx], iv[train_idx])
+    config = TrainerConfig(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        optimizer="adam",
+        lr=lr,
+        scheduler="cosine",
+        scheduler_kwargs={"T_max": epochs, "eta_min": lr * min_lr_ratio},
+        seed=seed,
+        run_dir=str(run),
+        device=device,
+        progress_bar=progress,
+        checkpoint_every_n_steps=checkpoint_every_n_steps,
+    )
+    trainer = Trainer(
+        net,
+        loss=vol_loss_bp2,
+        config=config,
+        callbacks=list(callbacks),
+        metrics={"mae_bp": vol_error_bp},
+    )
+    train = _loader(x[train_idx], iv[train_idx], batch_size, shuffle=True, seed=seed)
+    val = _loader(x[val_idx], iv[val_idx], 65_536, shuffle=False, seed=seed)
+    if init_distributed("auto").is_global_zero:
+        run.mkdir(parents=True, exist_ok=True)
+        arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict()}
+        (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
+    trainer.fit(train, val, resume=resume)
+    if not init_distributed("auto").is_global_zero:
+        return {}
+    net = net.cpu()
+    x_test, iv_test = x[test_idx], iv[test_idx]
+    inside = torch.as_tensor(domain.contains(dict(zip(domain.input_names, x_test.T, strict=True))))
+    errors = _errors_bp(net, x_test[inside], iv_test[inside])  # the margin rows are left out
+    summary = {
+        "data": str(Path(data).resolve()),
+        "engine": meta.get("engine"),
+        "rows": {
+            "train": len(train_idx),
+            "val": len(val_idx),
+            "test": len(test_idx),
+            "dropped": meta["dropped_rows"],
+        },
+        "architecture": {"hidden": list(hidden), "activation": activation},
+        "epochs": epochs,
+        "lr": lr,
+        "init": None if init is None else str(init),
+        "seed": seed,
+        "test": _error_summary(errors),
+    }
+    save_surrogate(net, run / "model.pt", training=summary)
+    _plot_error_histogram(errors, run / "error_hist.png")
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def export_checkpoint(
+    run: str | os.PathLike[str], *, which: str = "best", out: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write the surrogate file of ``RUN/checkpoints/{best,last}.pt`` (to ``RUN/model_<which>.pt``).
+
+    Serves runs stopped before the end (``model.pt`` is written when training completes) and
+    picking the best-validation weights instead of the final ones.
+    """
+    from pricing.datasets import HESTON_DOMAIN
+    from qfnet.training import load_checkpoint
+
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    root = Path(run)
+    arch_path = root / _ARCH_FILE
+    if not arch_path.is_file():
+        raise FileNotFoundError(f"{root} is not a surrogate run (no {_ARCH_FILE})")
+    arch = json.loads(arch_path.read_text())
+    domain = Domain.from_dict(arch["domain"]) if "domain" in arch else HESTON_DOMAIN
+    net = build_surrogate(domain, hidden=arch["hidden"], activation=arch["activation"])
+    state = load_checkpoint(root / "checkpoints" / f"{which}.pt")
+    net.load_state_dict(state["model"])
+    info = {
+        "checkpoint": which,
+        "epoch": state["loop"]["epoch"],
+        "global_step": state["loop"]["global_step"],
+    }
+    return save_surrogate(net, out or root / f"model_{which}.pt", training=info)

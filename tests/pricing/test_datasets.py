@@ -1,0 +1,185 @@
+"""Dataset generation: domains, Sobol sampling, shards, reproducibility across workers and Dask."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pricing.datasets import (
+    HESTON_DOMAIN,
+    SABR_DOMAIN,
+    Domain,
+    DomainError,
+    generate,
+    label,
+    load_dataset,
+    sample,
+)
+
+
+def _heston_query(**overrides: float) -> dict[str, float]:
+    query = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+    query.update({"maturity": 1.0, "log_moneyness": 0.0})
+    query.update(overrides)
+    return query
+
+
+def _shards(path) -> list[str]:
+    return json.loads((path / "metadata.json").read_text())["shards"]
+
+
+def test_sample_stays_inside_domain_and_fills_it():
+    points = sample(HESTON_DOMAIN, 4096, seed=1)
+    assert HESTON_DOMAIN.contains(points.to_dict("series")).all()
+    for name, low, high in HESTON_DOMAIN.params:
+        span = high - low
+        assert points[name].min() < low + 0.01 * span
+        assert points[name].max() > high - 0.01 * span
+    z = points["log_moneyness"] / (0.2 * np.sqrt(points["maturity"]))
+    np.testing.assert_allclose(z, points["z"], rtol=1e-12, atol=1e-12)
+    assert ((points["option_type"] == "call") == (points["log_moneyness"] >= 0)).all()
+
+
+def test_sample_points_are_one_sobol_sequence_whatever_the_start():
+    whole = sample(SABR_DOMAIN, 300, seed=5)
+    tail = sample(SABR_DOMAIN, 100, seed=5, start=200)
+    pd.testing.assert_frame_equal(whole.iloc[200:].reset_index(drop=True), tail)
+    other = sample(SABR_DOMAIN, 300, seed=6)
+    assert not np.allclose(whole["alpha"], other["alpha"], rtol=0, atol=1e-6)
+
+
+def test_domain_edges_are_inclusive_within_relative_tolerance():
+    inside = _heston_query(v0=0.25 * (1 + 1e-12), rho=-0.95, maturity=3.0)
+    edge_k = 2.5 * 0.2 * np.sqrt(3.0) * (1 + 1e-12)
+    inside["log_moneyness"] = edge_k
+    assert HESTON_DOMAIN.contains(inside).all()
+    HESTON_DOMAIN.check(inside)
+    outside = _heston_query(v0=0.25 * (1 + 1e-6))
+    assert not HESTON_DOMAIN.contains(outside).any()
+
+
+def test_domain_check_names_field_row_and_bounds():
+    query = _heston_query(maturity=np.array([1.0, 1.0, 5.0]))
+    with pytest.raises(DomainError, match=r"maturity = 5.0 at row 2 .*\[0.0821\d*, 3\]"):
+        HESTON_DOMAIN.check(query)
+    with pytest.raises(DomainError, match="log_moneyness"):
+        HESTON_DOMAIN.check(_heston_query(log_moneyness=0.6))
+    with pytest.raises(DomainError, match="kappa"):
+        HESTON_DOMAIN.check(_heston_query(kappa=float("nan")))
+    with pytest.raises(KeyError, match="theta"):
+        HESTON_DOMAIN.check({k: v for k, v in _heston_query().items() if k != "theta"})
+
+
+def test_domain_round_trips_through_dict_and_validates():
+    assert Domain.from_dict(json.loads(json.dumps(HESTON_DOMAIN.to_dict()))) == HESTON_DOMAIN
+    with pytest.raises(ValueError, match="'kappa'"):
+        Domain(model="heston", params=(("kappa", 2.0, 1.0),), maturity=(0.1, 1.0))
+    with pytest.raises(ValueError, match="maturity"):
+        Domain(model="heston", params=(("kappa", 1.0, 2.0),), maturity=(0.0, 1.0))
+
+
+def test_generated_dataset_is_reproducible_and_independent_of_shard_size(tmp_path):
+    a = generate(tmp_path / "a", model="sabr", n=1000, shard_size=256, seed=3, progress=False)
+    b = generate(tmp_path / "b", model="sabr", n=1000, shard_size=256, seed=3, progress=False)
+    c = generate(tmp_path / "c", model="sabr", n=1000, shard_size=128, seed=3, progress=False)
+    assert _shards(a) == [f"shard-0000{i}.parquet" for i in range(4)]
+    for shard in _shards(a):
+        assert filecmp.cmp(a / shard, b / shard, shallow=False)
+    frame_a, meta = load_dataset(a)
+    frame_c, _ = load_dataset(c)
+    pd.testing.assert_frame_equal(frame_a, frame_c)
+    assert len(frame_a) == 1000 and (frame_a["sample_index"] == np.arange(1000)).all()
+    assert meta["engine"] == "hagan" and meta["seed"] == 3 and meta["n_shards"] == 4
+    assert Domain.from_dict(meta["domain"]) == SABR_DOMAIN
+    assert {"numpy", "torch", "pyarrow"} <= set(meta["versions"])
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_the_same_shards_as_one(tmp_path):
+    one = generate(tmp_path / "one", model="sabr", n=600, shard_size=200, seed=9, progress=False)
+    two = generate(
+        tmp_path / "two", model="sabr", n=600, shard_size=200, seed=9, workers=2, progress=False
+    )
+    for shard in _shards(one):
+        assert filecmp.cmp(one / shard, two / shard, shallow=False)
+
+
+def test_dask_scheduler_writes_the_same_shards_as_one_process(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    one = generate(tmp_path / "one", model="sabr", n=600, shard_size=200, seed=4, progress=False)
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        dask = generate(
+            tmp_path / "dask",
+            model="sabr",
+            n=600,
+            shard_size=200,
+            seed=4,
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
+    for shard in _shards(one):
+        assert filecmp.cmp(one / shard, dask / shard, shallow=False)
+
+
+def test_generate_rejects_bad_arguments_by_name(tmp_path):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        generate(tmp_path / "x", model="heston", n=0)
+    with pytest.raises(ValueError, match="engine for heston"):
+        generate(tmp_path / "x", model="heston", n=10, engine="fft")
+    with pytest.raises(ValueError, match="model must be one of"):
+        generate(tmp_path / "x", model="bates", n=10)
+    with pytest.raises(ValueError, match="workers"):
+        generate(tmp_path / "x", model="sabr", n=10, workers=0)
+    generate(tmp_path / "x", model="sabr", n=10, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a dataset"):
+        generate(tmp_path / "x", model="sabr", n=10, progress=False)
+
+
+def test_load_dataset_reports_missing_pieces(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no metadata\.json"):
+        load_dataset(tmp_path)
+    path = generate(tmp_path / "d", model="sabr", n=20, shard_size=10, progress=False)
+    (path / "shard-00001.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="shard-00001"):
+        load_dataset(path)
+
+
+def test_hagan_labels_reprice_to_their_implied_vols():
+    from pricing import sabr
+
+    points = sample(SABR_DOMAIN, 256, seed=2)
+    points = points[points["maturity"] < 5.0].reset_index(drop=True)
+    labelled = label(points, model="sabr", engine="hagan")
+    columns = ("strike", "maturity", "alpha", "beta", "rho", "nu")
+    expected = sabr.lognormal_vol(
+        forward=1.0, **{c: torch.tensor(labelled[c].to_numpy()) for c in columns}
+    ).numpy()
+    np.testing.assert_allclose(labelled["implied_vol"], expected, rtol=1e-9, atol=1e-10)
+
+
+def test_analytic_heston_labels_match_quantlib_labels():
+    points = sample(HESTON_DOMAIN, 64, seed=8)
+    ours = label(points, model="heston", engine="analytic")
+    reference = label(points, model="heston", engine="quantlib")
+    np.testing.assert_allclose(ours["implied_vol"], reference["implied_vol"], rtol=0, atol=1e-7)
+    assert ours["implied_vol"].notna().all()
+
+
+def test_monte_carlo_labels_carry_a_standard_error_that_covers_the_analytic_price(monkeypatch):
+    monkeypatch.setattr("pricing._labels.MC_PATHS", 4000)
+    points = sample(HESTON_DOMAIN, 2, seed=4).assign(maturity=0.25)  # 25 steps: a quick run
+    points["log_moneyness"] = points["z"] * 0.2 * 0.5
+    points["strike"] = np.exp(points["log_moneyness"])
+    mc = label(points, model="heston", engine="mc", seed=0)
+    exact = label(points, model="heston", engine="analytic")
+    assert (mc["std_error"] > 0).all()
+    # 4 standard errors plus an allowance for the QE time-discretisation bias (100 steps a year)
+    bias = 5e-5
+    assert (np.abs(mc["price"] - exact["price"]) < 4 * mc["std_error"] + bias).all()

@@ -1,0 +1,350 @@
+"""Monte Carlo prices against published references and closed forms, within k standard errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pricing import black_scholes, heston, mc_exotics, monte_carlo, simulate
+from pricing import quantlib as qlref
+from pricing.analytic_exotics import geometric_asian_price
+
+K_SE = 3.0  # |MC - reference| <= K_SE * std_error + tolerance_abs
+# Levy (1992) is an approximation: published figures differ from the exact continuous-average
+# price by up to about 0.8% of the price here (0.076 at sigma = 35%, T = 0.75; asian_007).
+LEVY_ABS, LEVY_REL = 0.01, 0.01
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # These tensors are small: intra-op threads do not help, and on a busy machine OpenMP
+    # barriers across descheduled threads slow them down tenfold.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _assert_within(result: monte_carlo.MCResult, expected: Any, tol: Any, label: object) -> None:
+    price, se = result.price.reshape(-1), result.std_error.reshape(-1)
+    expected, tol = (
+        torch.as_tensor(
+            v.to_numpy(dtype=float, copy=True) if isinstance(v, pd.Series) else v
+        ).reshape(-1)
+        for v in (expected, tol)
+    )
+    bad = (price - expected).abs() > K_SE * se + tol
+    assert not bool(bad.any()), (
+        f"{label}: MC {price.tolist()} se {se.tolist()} vs {expected.tolist()}"
+    )
+
+
+def _calls(frame: pd.DataFrame) -> torch.Tensor:
+    return torch.tensor((frame.option_type == "call").to_numpy())
+
+
+def test_estimate_plain_antithetic_and_perfect_control() -> None:
+    y = torch.tensor([1.0, 3.0, 2.0, 6.0], dtype=torch.float64)
+    plain = monte_carlo.estimate(y, confidence=0.9)
+    assert plain.price.item() == pytest.approx(3.0, rel=1e-15)
+    assert plain.std_error.item() == pytest.approx(float(y.std()) / 2.0, rel=1e-13)
+    assert (plain.ci_high - plain.price).item() == pytest.approx(1.6448536 * plain.std_error.item())
+    pairs = monte_carlo.estimate(y, antithetic=True)
+    assert pairs.std_error.item() == pytest.approx(1.0, rel=1e-13)  # pair means 2 and 4
+    assert pairs.n_paths == 4
+    exact = monte_carlo.estimate(y, controls=2.0 * y + 1.0, control_means=5.0)
+    assert exact.price.item() == pytest.approx(2.0, rel=1e-9)
+    assert exact.std_error.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bs_european_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    table = reference_table("bs_european_prices.csv")
+    for i, row in enumerate(table.itertuples()):
+        r = monte_carlo.bs_european(
+            spot=row.spot, strike=row.strike, maturity=row.maturity_years,
+            volatility=row.volatility, rate=row.rate, dividend=row.dividend_yield,
+            is_call=row.option_type == "call", n_paths=8192, antithetic=True, control=True,
+            generator=_gen(i),
+        )  # fmt: skip
+        _assert_within(r, row.expected_price, row.tolerance_abs, row.case_id)
+
+
+HESTON_KEYS = ["spot", "maturity_years", "rate", "dividend_yield", "v0", "kappa", "theta", "sigma",
+               "rho"]  # fmt: skip
+
+
+def _heston_groups(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    groups = table.groupby(HESTON_KEYS, sort=False)
+    return [(dict(zip(HESTON_KEYS, key, strict=True)), group) for key, group in groups]
+
+
+def _heston_args(p: dict) -> dict:
+    return {"spot": p["spot"], "maturity": p["maturity_years"], "rate": p["rate"],
+            "dividend": p["dividend_yield"], "v0": p["v0"], "kappa": p["kappa"],
+            "theta": p["theta"], "sigma": p["sigma"], "rho": p["rho"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_heston_reference_prices(
+    reference_table: Callable[[str], pd.DataFrame], conditional: bool
+) -> None:
+    # QE bias must stay below the error bar: 64 steps a year (32 for the 10-year cases)
+    for i, (p, group) in enumerate(_heston_groups(reference_table("heston_european_prices.csv"))):
+        steps = max(16, round(64 * p["maturity_years"])) if p["maturity_years"] <= 1 else 320
+        r = monte_carlo.heston_european(
+            strike=torch.tensor(group.strike.to_numpy()), is_call=_calls(group),
+            **_heston_args(p), n_paths=16384, n_steps=steps, antithetic=True, control=True,
+            conditional=conditional, generator=_gen(20 + i),
+        )  # fmt: skip
+        _assert_within(r, group.expected_price, group.tolerance_abs, group.case_id.tolist())
+
+
+HESTON_LEWIS = {"spot": 100.0, "v0": 0.04, "kappa": 4.0, "theta": 0.25, "sigma": 1.0, "rho": -0.5,
+                "rate": 0.01, "dividend": 0.02, "maturity": 1.0}  # fmt: skip
+HESTON_FO = {"spot": 100.0, "v0": 0.0175, "kappa": 1.5768, "theta": 0.0398, "sigma": 0.5751,
+             "rho": -0.5711, "rate": 0.0, "dividend": 0.0, "maturity": 1.0}  # fmt: skip
+
+
+def test_heston_euler_scheme_converges_to_the_same_prices() -> None:
+    k = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float64)
+    expected = heston.price(strike=k, **HESTON_FO)
+    r = monte_carlo.heston_european(strike=k, **HESTON_FO, n_paths=16384, n_steps=100, scheme="euler",
+                                    antithetic=True, control=True, generator=_gen(12))  # fmt: skip
+    _assert_within(r, expected, 1e-6, "euler")
+
+
+def test_sabr_without_vol_of_vol_is_black() -> None:
+    k = torch.tensor([0.03, 0.05, 0.07], dtype=torch.float64)
+    r = monte_carlo.sabr_european(forward=0.05, strike=k, maturity=2.0, alpha=0.25, beta=1.0,
+                                  rho=-0.3, nu=0.0, discount=0.9, n_paths=16384, n_steps=4,
+                                  antithetic=True, control=True, generator=_gen(13))  # fmt: skip
+    expected = black_scholes.black_price(forward=0.05, strike=k, maturity=2.0, volatility=0.25,
+                                         discount=0.9)  # fmt: skip
+    _assert_within(r, expected, 0.0, "sabr nu=0")
+
+
+@pytest.mark.parametrize(("beta", "nu", "rho"), [(0.5, 0.4, -0.3), (0.0, 0.5, 0.0)])
+def test_sabr_with_absorbing_forward_matches_quantlib_finite_differences(
+    beta: float, nu: float, rho: float
+) -> None:
+    forward, maturity = 0.03, 0.25
+    strikes = forward * np.exp(np.linspace(-0.2, 0.2, 5))
+    calls = strikes >= forward
+    model = {"alpha": 0.2 * forward ** (1 - beta), "beta": beta, "rho": rho, "nu": nu}
+    expected = qlref.sabr_fd_price(forward=forward, strike=strikes, maturity=maturity,
+                                   is_call=calls, **model)  # fmt: skip
+    r = monte_carlo.sabr_european(forward=forward, strike=torch.tensor(strikes), maturity=maturity,
+                                  is_call=torch.tensor(calls), **model, n_paths=16384, n_steps=32,
+                                  antithetic=True, generator=_gen(14))  # fmt: skip
+    _assert_within(r, expected, 1e-6, f"sabr beta={beta}")  # 1e-6: FD grid error
+
+
+def test_barrier_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    table = reference_table("barrier_prices.csv")
+    keys = ["volatility", "barrier", "barrier_type", "option_type", "rebate", "spot", "rate",
+            "dividend_yield", "maturity_years"]  # fmt: skip
+    for i, (key, group) in enumerate(table.groupby(keys, sort=False)):
+        p = dict(zip(keys, key, strict=True))
+        r = mc_exotics.bs_barrier(
+            spot=p["spot"], strike=torch.tensor(group.strike.to_numpy()), barrier=p["barrier"],
+            barrier_type=p["barrier_type"], maturity=p["maturity_years"],
+            volatility=p["volatility"], rate=p["rate"], dividend=p["dividend_yield"],
+            is_call=p["option_type"] == "call", rebate=p["rebate"], n_paths=16384, n_steps=32,
+            antithetic=True, control=True, generator=_gen(100 + i),
+        )  # fmt: skip
+        _assert_within(r, group.expected_price, group.tolerance_abs, group.case_id.tolist())
+
+
+def test_lookback_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    table = reference_table("lookback_prices.csv")
+    for i, row in enumerate(table.itertuples()):
+        r = mc_exotics.bs_lookback(
+            spot=row.spot, kind=row.lookback, is_call=row.option_type == "call",
+            strike=None if row.lookback == "floating" else row.strike,
+            running_extremum=row.running_extremum, maturity=row.maturity_years,
+            volatility=row.volatility, rate=row.rate, dividend=row.dividend_yield,
+            n_paths=8192, n_steps=4, antithetic=True, control=True, generator=_gen(200 + i),
+        )  # fmt: skip
+        _assert_within(r, row.expected_price, row.tolerance_abs, row.case_id)
+
+
+def _asian(row: Any, **kw: Any) -> monte_carlo.MCResult:
+    fixings = None
+    if row.monitoring == "discrete":
+        fixings = [row.first_fixing_years * (i + 1) for i in range(int(row.n_fixings))]
+    past_weight = row.elapsed_years / (row.elapsed_years + row.maturity_years)
+    return mc_exotics.bs_asian(
+        spot=row.spot, strike=row.strike, maturity=row.maturity_years, volatility=row.volatility,
+        rate=row.rate, dividend=row.dividend_yield, is_call=row.option_type == "call",
+        average=row.average, fixing_times=fixings, past_weight=past_weight,
+        past_average=row.running_average if past_weight > 0 else None, **kw,
+    )  # fmt: skip
+
+
+def test_asian_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    table = reference_table("asian_prices.csv")
+    for i, row in enumerate(table.itertuples()):
+        r = _asian(row, n_paths=8192, n_steps=32, antithetic=True,
+                   control=row.average == "arithmetic", generator=_gen(300 + i))  # fmt: skip
+        tol = row.tolerance_abs
+        if row.average == "arithmetic":  # Levy's approximation, to its accuracy only
+            tol += LEVY_ABS + LEVY_REL * row.expected_price
+        _assert_within(r, row.expected_price, tol, row.case_id)
+
+
+def test_arithmetic_asian_with_one_fixing_at_expiry_is_european() -> None:
+    args = {"spot": 100.0, "strike": 95.0, "maturity": 0.5, "volatility": 0.3, "rate": 0.04}
+    r = mc_exotics.bs_asian(**args, fixing_times=[0.5], n_paths=16384, generator=_gen(1))
+    _assert_within(r, black_scholes.price(**args), 0.0, "one fixing")
+
+
+def test_geometric_closed_form_reproduces_reference_rows(
+    reference_table: Callable[[str], pd.DataFrame],
+) -> None:
+    table = reference_table("asian_prices.csv")
+    for row in table[table.average == "geometric"].itertuples():
+        fixings = None
+        if row.monitoring == "discrete":
+            fixings = [row.first_fixing_years * (i + 1) for i in range(int(row.n_fixings))]
+        price = geometric_asian_price(
+            spot=row.spot, strike=row.strike, maturity=row.maturity_years,
+            volatility=row.volatility, rate=row.rate, dividend=row.dividend_yield,
+            is_call=row.option_type == "call", fixing_times=fixings,
+        )  # fmt: skip
+        assert abs(price.item() - row.expected_price) <= row.tolerance_abs, row.case_id
+
+
+def test_antithetic_and_control_variates_reduce_the_standard_error() -> None:
+    args = {"spot": 100.0, "strike": 90.0, "maturity": 1.0, "volatility": 0.25, "rate": 0.03,
+            "n_paths": 16384}  # fmt: skip
+    plain = monte_carlo.bs_european(**args, generator=_gen(1))
+    anti = monte_carlo.bs_european(**args, antithetic=True, generator=_gen(1))
+    cv = monte_carlo.bs_european(**args, control=True, generator=_gen(1))
+    assert anti.std_error < 0.8 * plain.std_error
+    assert cv.std_error < 0.5 * plain.std_error
+    asian = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "volatility": 0.3, "rate": 0.05,
+             "n_paths": 8192, "n_steps": 12}  # fmt: skip
+    no_cv = mc_exotics.bs_asian(**asian, generator=_gen(2))
+    geo_cv = mc_exotics.bs_asian(**asian, control=True, generator=_gen(2))
+    assert geo_cv.std_error < 0.1 * no_cv.std_error
+
+
+def test_conditional_heston_beats_plain_standard_error() -> None:
+    common = {**HESTON_LEWIS, "strike": 100.0, "n_paths": 8192, "n_steps": 32}
+    plain = monte_carlo.heston_european(**common, generator=_gen(3))
+    conditional = monte_carlo.heston_european(**common, conditional=True, generator=_gen(3))
+    assert conditional.std_error < 0.5 * plain.std_error
+
+
+def test_same_seed_same_estimate_and_chunking_only_changes_rounding() -> None:
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "v0": 0.04, "kappa": 2.0,
+            "theta": 0.04, "sigma": 0.5, "rho": -0.6, "n_paths": 4096, "n_steps": 8}  # fmt: skip
+    first = monte_carlo.heston_european(**args, generator=_gen(5))
+    again = monte_carlo.heston_european(**args, generator=_gen(5))
+    chunked = monte_carlo.heston_european(**args, generator=_gen(5), chunk_size=1024)
+    other = monte_carlo.heston_european(**args, generator=_gen(6))
+    assert first == again
+    torch.testing.assert_close(chunked.price, first.price, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(chunked.std_error, first.std_error, rtol=1e-9, atol=0.0)
+    assert other.price != first.price
+
+
+@pytest.mark.parametrize("is_call", [True, False])
+def test_pathwise_european_delta_and_vega_match_black_scholes(is_call: bool) -> None:
+    args = {"spot": 100.0, "strike": 105.0, "maturity": 0.75, "volatility": 0.25, "rate": 0.04,
+            "dividend": 0.01, "is_call": is_call}  # fmt: skip
+    r = mc_exotics.bs_pathwise_greeks(**args, n_paths=16384, antithetic=True, generator=_gen(7))
+    exact = black_scholes.greeks(**args)
+    _assert_within(r.price, black_scholes.price(**args), 0.0, "price")
+    _assert_within(r.delta, exact.delta, 0.0, "delta")
+    _assert_within(r.vega, exact.vega, 0.0, "vega")
+
+
+def test_pathwise_geometric_asian_greeks_match_closed_form_autograd() -> None:
+    spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
+    vol = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    fixings = [0.25, 0.5, 0.75, 1.0]
+    args = {"strike": 100.0, "maturity": 1.0, "rate": 0.05, "dividend": 0.02}
+    exact = geometric_asian_price(spot=spot, volatility=vol, fixing_times=fixings, **args)
+    delta, vega = torch.autograd.grad(exact, (spot, vol))
+    r = mc_exotics.bs_pathwise_greeks(spot=100.0, volatility=0.3, payoff="asian",
+                                      average="geometric", fixing_times=fixings, **args,
+                                      n_paths=16384, antithetic=True, generator=_gen(8))  # fmt: skip
+    _assert_within(r.price, exact.detach(), 0.0, "price")
+    _assert_within(r.delta, delta, 0.0, "delta")
+    _assert_within(r.vega, vega, 0.0, "vega")
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: monte_carlo.bs_european(spot=1.0, strike=1.0, maturity=1.0, volatility=0.2,
+                                         n_paths=3, antithetic=True), "n_paths"),
+        (lambda: monte_carlo.bs_european(spot=1.0, strike=1.0, maturity=-1.0, volatility=0.2,
+                                         n_paths=8), "maturity"),
+        (lambda: monte_carlo.sabr_european(forward=1.0, strike=1.0, maturity=1.0, alpha=0.2,
+                                           beta=0.5, rho=0.0, nu=0.3, n_paths=8, n_steps=2,
+                                           control=True), "beta"),
+        (lambda: monte_carlo.heston_european(spot=1.0, strike=1.0, maturity=1.0, v0=0.04,
+                                             kappa=1.0, theta=0.04, sigma=0.3, rho=0.0,
+                                             n_paths=8, n_steps=2, scheme="euler",
+                                             conditional=True), "scheme"),
+        (lambda: monte_carlo.estimate(torch.ones(4), confidence=1.5), "confidence"),
+        (lambda: monte_carlo.estimate(torch.tensor([1.0, float("nan"), 2.0])), "sample 1"),
+        (lambda: monte_carlo.estimate(torch.ones(4), controls=torch.ones(4)), "control_means"),
+        (lambda: monte_carlo.estimate(torch.ones(4), controls=torch.ones(3), control_means=1.0),
+         "controls"),
+        (lambda: mc_exotics.bs_pathwise_greeks(spot=1.0, strike=1.0, maturity=1.0,
+                                               volatility=0.2, payoff="barrier", n_paths=8),
+         "payoff"),
+        (lambda: mc_exotics.bs_asian(spot=1.0, strike=1.0, maturity=1.0, volatility=0.2,
+                                     fixing_times=[0.5], n_paths=8), "fixing_times"),
+    ],
+)  # fmt: skip
+def test_bad_input_names_the_field(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_simulated_paths_feed_the_streaming_pricer() -> None:
+    g = _gen(9)
+    chunks = simulate.gbm_chunks(8192, 1, spot=100.0, volatility=0.2, maturity=1.0, generator=g,
+                                 chunk_size=2048, antithetic=True)  # fmt: skip
+    r = monte_carlo.price_paths(chunks, lambda p: p[:, -1], antithetic=True, progress=False)
+    assert r.n_paths == 8192
+    _assert_within(r, 100.0, 0.0, "forward")
+    assert r.ci_low < r.price < r.ci_high
+    assert math.isfinite(r.std_error.item())
+
+
+def test_price_european_rows_matches_black_scholes_and_names_bad_rows() -> None:
+    forward = np.array([100.0, 100.0, 105.0, 105.0])
+    strike = np.array([90.0, 110.0, 100.0, 100.0])
+    maturity = np.array([1.0, 1.0, 0.5, 0.5])
+    discount = np.exp(-0.03 * maturity)
+    calls = np.array([True, False, True, False])
+    vol = np.array([0.2, 0.2, 0.3, 0.3])
+    args = {"model": "bs", "forward": forward, "discount": discount, "strike": strike,
+            "maturity": maturity, "is_call": calls, "n_paths": 8192, "n_steps": 1}  # fmt: skip
+    price, error = monte_carlo.price_european_rows(**args, params={"volatility": vol}, seed=1)
+    expected = black_scholes.black_price(forward=forward, strike=strike, maturity=maturity,
+                                         volatility=vol, discount=discount,
+                                         is_call=torch.tensor(calls))  # fmt: skip
+    result = monte_carlo.MCResult(torch.tensor(price), torch.tensor(error), *[None] * 2, 8192)
+    _assert_within(result, expected, 0.0, "rows")
+    again, _ = monte_carlo.price_european_rows(**args, params={"volatility": vol}, seed=1)
+    np.testing.assert_array_equal(price, again)
+    with pytest.raises(ValueError, match=r"row 3.*volatility"):
+        bad = vol.copy()
+        bad[2] = -0.1
+        monte_carlo.price_european_rows(**args, params={"volatility": bad})

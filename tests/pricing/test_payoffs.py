@@ -1,0 +1,170 @@
+"""Payoffs of hand-built paths, Brownian-bridge corrections, and input validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+from pricing import payoffs, simulate
+
+GRID2 = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # These tensors are small: intra-op threads do not help, and on a busy machine OpenMP
+    # barriers across descheduled threads slow them down tenfold.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _paths(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_european_calls_and_puts_for_scalar_and_vector_strikes() -> None:
+    p = _paths([100.0, 120.0], [100.0, 80.0])
+    assert payoffs.european(p, strike=100.0).tolist() == [20.0, 0.0]
+    assert payoffs.european(p, strike=100.0, is_call=False).tolist() == [0.0, 20.0]
+    both = payoffs.european(
+        p, strike=torch.tensor([90.0, 110.0]), is_call=torch.tensor([True, False])
+    )
+    assert both.tolist() == [[30.0, 0.0], [0.0, 30.0]]
+
+
+def test_asian_discrete_geometric_and_seasoned_averages() -> None:
+    p = _paths([100.0, 100.0, 400.0])
+    assert payoffs.asian(p, strike=0.0).item() == pytest.approx(250.0, rel=1e-15)
+    assert payoffs.asian(p, strike=0.0, average="geometric").item() == pytest.approx(
+        200.0, rel=1e-14
+    )
+    assert payoffs.asian(p, strike=0.0, fixings=[2]).item() == pytest.approx(400.0, rel=1e-15)
+    seasoned = payoffs.asian(p, strike=0.0, past_average=50.0, past_weight=0.5)
+    assert seasoned.item() == pytest.approx(0.5 * 50.0 + 0.5 * 250.0, rel=1e-15)
+    geo_seasoned = payoffs.asian(
+        p, strike=0.0, average="geometric", past_average=50.0, past_weight=0.5
+    )
+    assert geo_seasoned.item() == pytest.approx(math.sqrt(50.0 * 200.0), rel=1e-14)
+
+
+def test_asian_continuous_average_is_the_trapezoidal_time_average() -> None:
+    grid = torch.tensor([0.0, 0.1, 0.4, 1.0], dtype=torch.float64)
+    p = (100.0 + 10.0 * grid)[None, :]  # linear path: the trapezoid rule is exact
+    assert payoffs.asian(p, strike=0.0, time_grid=grid).item() == pytest.approx(105.0, rel=1e-14)
+
+
+def test_barrier_discrete_monitoring_knock_outs_and_knock_ins() -> None:
+    p = _paths([100.0, 80.0, 120.0], [100.0, 105.0, 120.0])
+    out = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=GRID2)
+    knock_in = payoffs.barrier(
+        p, strike=100.0, barrier=90.0, barrier_type="down_in", time_grid=GRID2
+    )
+    assert out.tolist() == [0.0, 20.0]
+    assert knock_in.tolist() == [20.0, 0.0]
+    up = payoffs.barrier(p, strike=100.0, barrier=110.0, barrier_type="up_out", time_grid=GRID2,
+                         rebate=2.0)  # fmt: skip
+    assert up.tolist() == [2.0, 2.0]
+
+
+def test_knock_out_rebate_accrues_from_hit_and_knock_in_rebate_is_paid_at_expiry() -> None:
+    rate = 0.1
+    p = _paths([100.0, 80.0, 120.0], [80.0, 80.0, 80.0], [100.0, 100.0, 100.0])
+    out = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=GRID2,
+                          rebate=3.0, rate=rate)  # fmt: skip
+    # hit in the first step (taken at its middle, t = 0.25), and at t = 0 for the second path
+    expected = [3.0 * math.exp(rate * 0.75), 3.0 * math.exp(rate * 1.0), 0.0]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0)
+    knock_in = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_in", time_grid=GRID2,
+                               rebate=3.0, rate=rate)  # fmt: skip
+    assert knock_in.tolist() == [20.0, 0.0, 3.0]
+
+
+def test_bridge_crossing_probability_matches_the_closed_form() -> None:
+    p = _paths([100.0, 95.0])
+    grid = torch.tensor([0.0, 0.25], dtype=torch.float64)
+    hit = payoffs.barrier_hit_probabilities(p, barrier=90.0, down=True, time_grid=grid,
+                                            volatility=0.3)  # fmt: skip
+    a, b = math.log(100 / 90), math.log(95 / 90)
+    assert hit.item() == pytest.approx(math.exp(-2 * a * b / (0.09 * 0.25)), rel=1e-13)
+
+
+def test_in_plus_out_equals_vanilla_and_bridge_hits_at_least_grid_hits() -> None:
+    g = torch.Generator().manual_seed(0)
+    paths = simulate.gbm(512, 8, spot=100.0, volatility=0.3, maturity=1.0, generator=g)
+    grid = simulate.time_grid(8, 1.0)
+    vanilla = payoffs.european(paths, strike=100.0, is_call=False)
+    for kind in ("down", "up"):
+        level = 90.0 if kind == "down" else 110.0
+        args = {"strike": 100.0, "barrier": level, "time_grid": grid, "is_call": False}
+        out = payoffs.barrier(paths, barrier_type=f"{kind}_out", volatility=0.3, **args)
+        knock_in = payoffs.barrier(paths, barrier_type=f"{kind}_in", volatility=0.3, **args)
+        torch.testing.assert_close(out + knock_in, vanilla, rtol=1e-12, atol=1e-12)
+        bridge = payoffs.barrier_hit_probabilities(
+            paths, barrier=level, down=kind == "down", time_grid=grid, volatility=0.3
+        ).sum(1)
+        discrete = payoffs.barrier_hit_probabilities(paths, barrier=level, down=kind == "down",
+                                                     time_grid=grid).sum(1)  # fmt: skip
+        assert bool((bridge >= discrete - 1e-15).all()) and bool((bridge <= 1 + 1e-12).all())
+
+
+def test_lookback_payoffs_with_running_extremum() -> None:
+    p = _paths([100.0, 90.0, 110.0, 105.0])
+    assert payoffs.lookback(p, kind="floating", is_call=True).item() == 15.0
+    assert payoffs.lookback(p, kind="floating", is_call=False).item() == 5.0
+    assert payoffs.lookback(p, kind="fixed", is_call=True, strike=100.0).item() == 10.0
+    assert payoffs.lookback(p, kind="fixed", is_call=False, strike=100.0).item() == 10.0
+    seasoned = payoffs.lookback(p, kind="fixed", is_call=True, strike=100.0, running_extremum=130.0)
+    assert seasoned.item() == 30.0
+
+
+def test_bridge_maximum_has_the_brownian_bridge_distribution() -> None:
+    # one step of a driftless bridge from 0 to 0: P(max >= m) = exp(-2 m^2 / (sigma^2 dt))
+    n, sigma, dt = 200_000, 0.4, 0.5
+    paths = torch.ones(n, 2, dtype=torch.float64)
+    grid = torch.tensor([0.0, dt], dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    log_max = payoffs.path_extremum(paths, maximum=True, time_grid=grid, volatility=sigma,
+                                    generator=g).log()  # fmt: skip
+    for m in (0.05, 0.2, 0.4):
+        exact = math.exp(-2 * m * m / (sigma**2 * dt))
+        empirical = float((log_max >= m).double().mean())
+        assert abs(empirical - exact) <= 4 * math.sqrt(exact * (1 - exact) / n)
+    log_min = payoffs.path_extremum(paths, maximum=False, time_grid=grid, volatility=sigma,
+                                    generator=g).log()  # fmt: skip
+    assert bool((log_min <= 0).all()) and bool((log_max >= 0).all())
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda p: payoffs.european(p[0], strike=1.0), "paths"),
+        (lambda p: payoffs.european(p, strike=-1.0), "strike"),
+        (lambda p: payoffs.asian(p, strike=1.0, average="harmonic"), "average"),
+        (lambda p: payoffs.asian(p, strike=1.0, fixings=[5]), "fixings"),
+        (lambda p: payoffs.asian(p, strike=1.0, past_weight=1.5), "past_weight"),
+        (lambda p: payoffs.asian(p, strike=1.0, past_weight=0.5), "past_average"),
+        (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="knock", time_grid=GRID2),
+         "barrier_type"),
+        (lambda p: payoffs.barrier(p, strike=1.0, barrier=-1.0, barrier_type="up_in", time_grid=GRID2),
+         "barrier"),
+        (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="up_in",
+                                   time_grid=GRID2[:2]), "time_grid"),
+        (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="up_in",
+                                   time_grid=GRID2, volatility=0.0), "volatility"),
+        (lambda p: payoffs.lookback(p, kind="floating", is_call=True, strike=1.0), "strike"),
+        (lambda p: payoffs.lookback(p, kind="fixed", is_call=True), "strike"),
+        (lambda p: payoffs.lookback(p, kind="partial", is_call=True), "kind"),
+        (lambda p: payoffs.path_extremum(p, maximum=True, volatility=0.2), "time_grid"),
+    ],
+)  # fmt: skip
+def test_bad_input_names_the_field(
+    call: Callable[[torch.Tensor], torch.Tensor], match: str
+) -> None:
+    p = _paths([100.0, 90.0, 110.0])
+    with pytest.raises(ValueError, match=match):
+        call(p)

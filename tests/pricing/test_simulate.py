@@ -1,0 +1,272 @@
+"""Path simulators: shapes, reproducibility, chunk invariance, moments within k standard errors."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from pricing import payoffs, simulate
+from pricing._mc_random import brownian_bridge
+from pricing.analytic_exotics import geometric_asian_price
+
+K_SE = 4.0  # moment checks: |estimate - exact| <= K_SE standard errors
+
+GBM = {"spot": 100.0, "volatility": 0.3, "maturity": 1.0, "rate": 0.05, "dividend": 0.02}
+HESTON = {"spot": 100.0, "v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 1.0, "rho": -0.7,
+          "maturity": 1.0, "rate": 0.03, "dividend": 0.01}  # fmt: skip
+SABR = {"forward": 0.05, "alpha": 0.3, "beta": 1.0, "rho": -0.4, "nu": 0.6, "maturity": 1.0}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # These tensors are small: intra-op threads do not help, and on a busy machine OpenMP
+    # barriers across descheduled threads slow them down tenfold.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _run(model: str, n_paths: int, n_steps: int, **kw: object) -> tuple[torch.Tensor, ...]:
+    if model == "gbm":
+        return (simulate.gbm(n_paths, n_steps, **GBM, **kw),)
+    if model.startswith("heston"):
+        return tuple(simulate.heston(n_paths, n_steps, **HESTON, scheme=model[7:], **kw))
+    beta = 0.5 if model == "sabr_cev" else 1.0
+    return tuple(simulate.sabr(n_paths, n_steps, **{**SABR, "beta": beta}, **kw))
+
+
+MODELS = ["gbm", "heston_qe", "heston_euler", "sabr", "sabr_cev"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_shapes_dtype_device_and_initial_column(model: str, device: torch.device) -> None:
+    out = _run(model, 10, 6, generator=_gen(), dtype=torch.float32, device=device)
+    for tensor in out:
+        assert tensor.shape == (10, 7)
+        assert tensor.dtype == torch.float32 and tensor.device.type == device.type
+        assert bool(torch.isfinite(tensor).all())
+    start = {"gbm": 100.0, "heston_qe": 100.0, "heston_euler": 100.0}.get(model, 0.05)
+    torch.testing.assert_close(out[0][:, 0], torch.full((10,), start, device=device))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("variant", [{}, {"antithetic": True}, {"sobol": True}])
+def test_chunked_run_is_identical_to_unchunked(model: str, variant: dict) -> None:
+    whole = _run(model, 3000, 5, generator=_gen(7), **variant)
+    chunked = _run(model, 3000, 5, generator=_gen(7), chunk_size=1024, **variant)
+    for a, b in zip(whole, chunked, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_seed_same_paths_and_other_seed_other_paths(model: str) -> None:
+    first, again, other = (_run(model, 64, 4, generator=_gen(s))[0] for s in (3, 3, 4))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_antithetic_pairs_mirror_log_increments_around_the_drift() -> None:
+    paths = simulate.gbm(1024, 3, **GBM, antithetic=True, generator=_gen())
+    increments = paths.log().diff(dim=1)  # (N, T)
+    drift = (GBM["rate"] - GBM["dividend"] - 0.5 * GBM["volatility"] ** 2) / 3
+    torch.testing.assert_close(
+        increments[0::2] - drift, -(increments[1::2] - drift), rtol=0.0, atol=1e-12
+    )
+
+
+def test_gbm_on_non_uniform_grid_has_exact_mean_and_log_variance() -> None:
+    grid = torch.tensor([0.0, 0.01, 0.1, 0.5, 2.0], dtype=torch.float64)
+    n = 100_000
+    paths = simulate.gbm(n, spot=100.0, volatility=0.3, rate=0.05, time_grid=grid, generator=_gen())
+    log_var = paths.log().var(dim=0)[1:]
+    exact_var = 0.09 * grid[1:]
+    torch.testing.assert_close(log_var, exact_var, rtol=K_SE * math.sqrt(2.0 / n), atol=0.0)
+    terminal = paths[:, -1]
+    se = terminal.std() / math.sqrt(n)
+    assert abs(terminal.mean() - 100.0 * math.exp(0.1)) <= K_SE * se
+
+
+@pytest.mark.parametrize("scheme", ["qe", "euler"])
+def test_heston_discounted_spot_is_a_martingale(scheme: str) -> None:
+    # Feller condition violated (2 kappa theta < sigma^2): QE's exponential branch is exercised
+    n = 40_000
+    h = simulate.heston(n, 16, **HESTON, scheme=scheme, antithetic=True, generator=_gen(1))
+    growth = math.exp((HESTON["rate"] - HESTON["dividend"]) * HESTON["maturity"])
+    pair_means = h.spot[:, -1].view(-1, 2).mean(1)
+    se = pair_means.std() / math.sqrt(n / 2)
+    assert abs(pair_means.mean() - HESTON["spot"] * growth) <= K_SE * se
+    assert bool((h.variance >= 0).all())
+
+
+def test_heston_qe_variance_has_exact_conditional_mean() -> None:
+    n, steps = 40_000, 8
+    h = simulate.heston(n, steps, **HESTON, generator=_gen(2))
+    times = simulate.time_grid(steps, HESTON["maturity"])
+    kappa, theta, v0 = HESTON["kappa"], HESTON["theta"], HESTON["v0"]
+    exact = theta + (v0 - theta) * torch.exp(-kappa * times)
+    se = h.variance.std(dim=0) / math.sqrt(n)
+    assert bool(((h.variance.mean(dim=0) - exact).abs() <= K_SE * se + 1e-15).all())
+    assert (
+        float((h.variance[:, 1:] == 0).double().mean()) > 0.0
+    )  # mass at zero (exponential branch)
+
+
+def test_heston_qe_on_non_uniform_grid_keeps_exact_means() -> None:
+    grid = torch.tensor([0.0, 0.002, 0.05, 0.3, 1.0, 2.0], dtype=torch.float64)
+    n = 40_000
+    args = {k: v for k, v in HESTON.items() if k != "maturity"}
+    h = simulate.heston(n, time_grid=grid, **args, antithetic=True, generator=_gen(6))
+    kappa, theta, v0 = HESTON["kappa"], HESTON["theta"], HESTON["v0"]
+    exact_v = theta + (v0 - theta) * torch.exp(-kappa * grid)
+    se_v = h.variance.std(dim=0) / math.sqrt(n / 2)  # antithetic pairs are not independent
+    assert bool(((h.variance.mean(dim=0) - exact_v).abs() <= K_SE * se_v + 1e-15).all())
+    growth = torch.exp((HESTON["rate"] - HESTON["dividend"]) * grid)
+    pairs = h.spot.view(-1, 2, grid.numel()).mean(1)  # (N/2, T+1)
+    se_s = pairs.std(dim=0) / math.sqrt(n / 2)
+    assert bool(((pairs.mean(dim=0) - 100.0 * growth).abs() <= K_SE * se_s + 1e-12).all())
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_sabr_forward_is_a_martingale_and_vol_is_exact_lognormal(beta: float) -> None:
+    n = 40_000
+    k = simulate.sabr(n, 20, **{**SABR, "beta": beta}, generator=_gen(3))
+    forward = k.forward[:, -1]
+    assert abs(forward.mean() - SABR["forward"]) <= K_SE * forward.std() / math.sqrt(n)
+    log_vol = k.vol[:, -1].log()
+    nu, t = SABR["nu"], SABR["maturity"]
+    assert abs(log_vol.mean() - (math.log(SABR["alpha"]) - 0.5 * nu**2 * t)) <= K_SE * nu / n**0.5
+    torch.testing.assert_close(log_vol.var(), torch.tensor(nu**2 * t, dtype=torch.float64),
+                               rtol=K_SE * math.sqrt(2.0 / n), atol=0.0)  # fmt: skip
+
+
+def test_sabr_absorbs_at_zero_and_respects_shift() -> None:
+    k = simulate.sabr(4096, 50, forward=0.01, alpha=0.5, beta=0.3, rho=0.0, nu=1.0, maturity=5.0,
+                      shift=0.02, generator=_gen(4))  # fmt: skip
+    shifted = k.forward + 0.02
+    assert bool((shifted >= 0).all())
+    absorbed = shifted[:, :-1] == 0
+    assert bool(absorbed.any())  # the parameters push some paths to the boundary
+    assert bool((shifted[:, 1:][absorbed] == 0).all())  # and they stay there
+
+
+def test_sobol_estimate_beats_pseudo_random_error() -> None:
+    n, exact = 2**14, 100.0 * math.exp(0.03)
+    args = {"spot": 100.0, "volatility": 0.3, "maturity": 1.0, "rate": 0.03}
+    sobol = simulate.gbm(n, 1, **args, sobol=True, generator=_gen())[:, -1]
+    plain = simulate.gbm(n, 1, **args, generator=_gen())[:, -1]
+    plain_se = float(plain.std()) / math.sqrt(n)
+    assert abs(float(sobol.mean()) - exact) < 0.1 * plain_se
+
+
+def test_brownian_bridge_gives_independent_standard_increments() -> None:
+    n = 100_000
+    z = torch.randn(7, 2, n, dtype=torch.float64, generator=_gen(10))
+    times = (0.0, 0.01, 0.05, 0.3, 0.31, 0.7, 0.9, 1.5)
+    increments = brownian_bridge(z, times).reshape(14, n)
+    cov = torch.cov(increments)
+    torch.testing.assert_close(cov, torch.eye(14, dtype=torch.float64), rtol=0.0, atol=5 / n**0.5)
+
+
+def test_sobol_bridge_prices_a_geometric_asian_far_inside_the_pseudo_random_error() -> None:
+    fixings = [i / 12 for i in range(1, 13)]
+    grid = torch.tensor([0.0, *fixings], dtype=torch.float64)
+    args = {"spot": 100.0, "volatility": 0.3, "rate": 0.05, "time_grid": grid}
+    exact = geometric_asian_price(spot=100.0, strike=100.0, maturity=1.0, volatility=0.3,
+                                  rate=0.05, fixing_times=fixings).item()  # fmt: skip
+    n, df = 4096, math.exp(-0.05)
+    sobol = simulate.gbm(n, **args, sobol=True, generator=_gen(11))
+    plain = simulate.gbm(n, **args, generator=_gen(11))
+    sobol_value = payoffs.asian(sobol, strike=100.0, average="geometric").mean().item() * df
+    plain_payoff = payoffs.asian(plain, strike=100.0, average="geometric") * df
+    plain_se = plain_payoff.std().item() / math.sqrt(n)
+    assert abs(sobol_value - exact) < 0.1 * plain_se
+
+
+def test_pathwise_derivative_flows_to_per_path_spot() -> None:
+    spot = torch.full((8,), 100.0, dtype=torch.float64, requires_grad=True)
+    paths = simulate.gbm(8, 3, spot=spot, volatility=0.2, maturity=1.0, generator=_gen())
+    (grad,) = torch.autograd.grad(paths[:, -1].sum(), spot)
+    torch.testing.assert_close(grad, paths[:, -1].detach() / 100.0, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"spot": -1.0}, "spot"),
+        ({"volatility": float("nan")}, "volatility"),
+        ({"maturity": 0.0}, "maturity"),
+        ({"n_paths": 0}, "n_paths"),
+        ({"n_steps": 0}, "n_steps"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"n_paths": 5, "antithetic": True}, "n_paths"),
+        ({"dtype": torch.int64}, "dtype"),
+        ({"n_steps": 2, "time_grid": torch.tensor([0.0, 0.5, 0.75, 1.0])}, "n_steps"),
+        ({"n_steps": None, "time_grid": torch.tensor([0.0, 0.5, 0.4, 1.0])}, "step 1"),
+        ({"n_steps": None, "time_grid": torch.tensor([0.1, 0.5])}, "start at 0"),
+        ({"n_steps": 30000, "sobol": True}, "Sobol"),
+        ({"n_steps": None, "time_grid": torch.tensor([0.0, 0.5]), "maturity": 2.0}, "maturity"),
+    ],
+)
+def test_gbm_bad_input_names_the_field(kwargs: dict, field: str) -> None:
+    args = {"n_paths": 4, "n_steps": 2, **GBM, **kwargs}
+    if "time_grid" in kwargs:
+        args["maturity"] = None
+    args["maturity"] = kwargs.get("maturity", args["maturity"])
+    with pytest.raises(ValueError, match=field):
+        simulate.gbm(**args)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("v0", -0.01), ("kappa", 0.0), ("theta", -1.0), ("sigma", 0.0), ("rho", 1.5), ("spot", 0.0)],
+)
+def test_heston_bad_parameter_names_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        simulate.heston(4, 2, **{**HESTON, field: value})
+
+
+def test_heston_unknown_scheme_is_rejected() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        simulate.heston(4, 2, **HESTON, scheme="milstein")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("beta", 1.5), ("alpha", 0.0), ("nu", -0.1), ("rho", -2.0), ("forward", -1.0)],
+)
+def test_sabr_bad_parameter_names_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        simulate.sabr(4, 2, **{**SABR, field: value})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")  # fmt: skip
+def test_compiled_qe_step_matches_eager_qe() -> None:
+    eager = simulate.heston(2048, 12, **HESTON, generator=_gen(5))
+    fused = simulate.heston(2048, 12, **HESTON, generator=_gen(5), compile=True)
+    assert float((eager.variance == 0).double().mean()) > 0  # both QE branches are exercised
+    torch.testing.assert_close(fused.spot, eager.spot, rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(fused.variance, eager.variance, rtol=1e-8, atol=1e-14)
+
+
+def test_compile_is_refused_for_the_euler_scheme() -> None:
+    with pytest.raises(ValueError, match="compile"):
+        simulate.heston(4, 2, **HESTON, scheme="euler", compile=True)
+
+
+def test_prefetching_with_two_threads_gives_the_same_paths() -> None:
+    single = simulate.heston(3000, 4, **HESTON, generator=_gen(9), chunk_size=1024)
+    torch.set_num_threads(2)  # enables drawing the next chunk in a background thread
+    prefetched = simulate.heston(3000, 4, **HESTON, generator=_gen(9), chunk_size=1024)
+    assert torch.equal(single.spot, prefetched.spot)
+    assert torch.equal(single.variance, prefetched.variance)

@@ -1,0 +1,75 @@
+"""Config loading: the shipped configs load; bad configs fail naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qfnet.hedging.config import ConfigError, config_from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[3] / "data" / "configs"
+
+
+@pytest.mark.parametrize("name", ["hedge_bs_cost10bp.yaml", "hedge_heston_cost10bp.yaml"])
+def test_shipped_configs_match_the_issue(name: str) -> None:
+    config = load_config(CONFIGS / name)
+    m = config.market
+    assert (m.spot, config.derivative.strike, m.n_steps, m.cost) == (1.0, 1.0, 20, 1e-3)
+    assert m.maturity == pytest.approx(20 / 250, abs=1e-15)
+    assert config.paths.test == 200_000
+    assert (config.objective.name, config.objective.alpha) == ("es", 0.95)
+    assert config.paths.train * config.training.epochs <= 2_000_000
+    if m.model == "heston":
+        assert (m.kappa, m.theta, m.sigma, m.rho, m.v0) == (1.0, 0.04, 0.2, -0.7, 0.04)
+    else:
+        assert m.volatility == 0.2
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (
+            {"market": {"volatilty": 0.2}},
+            r"unknown key 'market.volatilty' \(did you mean 'volatility'",
+        ),
+        ({"markt": {}}, r"unknown key 'markt'"),
+        ({"market": {"volatility": "high"}}, r"market.volatility must be a number"),
+        ({"market": {"volatility": -0.2}}, r"market.volatility must be > 0"),
+        ({"market": {"n_steps": 2.5}}, r"market.n_steps must be an integer"),
+        ({"market": {"model": "sabr"}}, r"market.model must be one of"),
+        ({"market": {"rho": -1.5, "model": "heston"}}, r"market.rho must be in \[-1, 1\]"),
+        ({"market": {"cost": -1e-3}}, r"market.cost must be >= 0"),
+        ({"market": {"instruments": ["underlying", "variance_swap"]}}, r"variance_swap needs"),
+        ({"market": {"instruments": ["stock"]}}, r"market.instruments must start with"),
+        ({"market": {"liquidate": "yes"}}, r"market.liquidate must be true or false"),
+        ({"derivative": {"type": "barrier"}}, r"derivative.barrier is required"),
+        ({"objective": {"alpha": 1.5}}, r"objective.alpha must be in \(0, 1\)"),
+        ({"training": {"batch_size": 0}}, r"training.batch_size must be > 0"),
+        ({"strategy": {"hidden": [16, -1]}}, r"strategy.hidden"),
+        ({"strategy": {"type": "ntb", "reference": "none"}}, r"strategy.reference"),
+        ({"paths": {"test": 0}}, r"paths.test must be > 0"),
+        ([1, 2], r"config must be a mapping"),
+    ],
+)
+def test_bad_configs_raise_naming_the_key(data: object, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(data)
+
+
+def test_yaml_errors_and_calibration_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("market: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(bad)
+    params = {"v0": 0.05, "kappa": 2.0, "theta": 0.06, "sigma": 0.4, "rho": -0.5}
+    (tmp_path / "fit.json").write_text(json.dumps({"model": "heston", "params": params}))
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("market:\n  model: heston\n  calibration: fit.json\n")
+    config = load_config(cfg_file)
+    assert (config.market.v0, config.market.kappa, config.market.rho) == (0.05, 2.0, -0.5)
+    (tmp_path / "broken.json").write_text(json.dumps({"params": {"v0": 0.05}}))
+    cfg_file.write_text("market:\n  model: heston\n  calibration: broken.json\n")
+    with pytest.raises(ConfigError, match=r"market.calibration: .* lacks Heston params"):
+        load_config(cfg_file)

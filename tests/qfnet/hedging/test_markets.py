@@ -1,0 +1,135 @@
+"""Markets: martingale instrument prices, payoffs, features, Heston delta table, path files."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from pricing import black_scholes, heston
+from qfnet.hedging.backtest import read_paths
+from qfnet.hedging.config import config_from_dict
+from qfnet.hedging.markets import N_FEATURES, Market, pack, unpack
+from qfnet.hedging.pnl import run_strategy
+from qfnet.hedging.strategies import BlackScholesDelta, HestonDelta, NoHedge, WhalleyWilmott
+from qfnet.hedging.train import make_paths
+
+HESTON = {"model": "heston", "v0": 0.05, "kappa": 2.0, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+
+
+def _market(**market: object) -> Market:
+    return Market(config_from_dict({"market": {"n_steps": 10, **market}}))
+
+
+def _mean_within(sample: torch.Tensor, target: float, k: float = 4.0) -> None:
+    se = sample.std().item() / math.sqrt(sample.numel())
+    assert abs(sample.mean().item() - target) < k * se + 1e-12
+
+
+def test_discounted_gains_with_dividends_are_martingales() -> None:
+    market = _market(rate=0.05, dividend=0.03, volatility=0.3, maturity=1.0)
+    data, _ = make_paths(market, 40_000, split="train", seed=0)
+    gains = (data.prices[:, 1:, 0] - data.prices[:, :-1, 0] + data.income[:, :, 0]).sum(1)
+    _mean_within(gains, 0.0)
+    # the discounted call payoff averages to the Black-Scholes price
+    bs = black_scholes.price(spot=1.0, strike=1.0, maturity=1.0, volatility=0.3, rate=0.05,
+                             dividend=0.03)  # fmt: skip
+    _mean_within(data.payoff, bs.item())
+
+
+def test_variance_swap_price_is_a_martingale_under_heston() -> None:
+    market = _market(**HESTON, maturity=0.5, instruments=["underlying", "variance_swap"])
+    data, _ = make_paths(market, 40_000, split="train", seed=1)
+    swap = data.prices[..., 1]
+    assert data.prices.shape[-1] == 2
+    _mean_within(swap[:, -1], swap[0, 0].item())
+    assert swap[0, 0].item() == pytest.approx(
+        0.04 + (0.05 - 0.04) * (1 - math.exp(-1.0)) / 1.0, rel=1e-12
+    )
+
+
+def test_features_are_observable_and_pack_round_trips() -> None:
+    market = _market(**HESTON)
+    data, _ = make_paths(market, 64, split="val", seed=2)
+    assert data.features.shape == (64, 10, N_FEATURES)
+    assert bool(torch.isfinite(data.features).all())
+    tau = (market.time_grid[-1] - market.time_grid[:-1]) / market.time_grid[-1]
+    torch.testing.assert_close(data.features[0, :, 1], tau, rtol=0, atol=1e-15)
+    back = unpack(pack(data), 10, 1)
+    for a, b in zip(back, data, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"packed paths must have shape \(N, "):
+        unpack(pack(data)[:, 1:], 10, 1)
+
+
+def test_path_dependent_payoffs_are_consistent_with_the_european() -> None:
+    common = {"market": {"n_steps": 10}, "paths": {"test": 10}}
+    euro = Market(config_from_dict(common))
+    raw = euro.simulate(5000, generator=torch.Generator().manual_seed(3))
+    vanilla = euro.payoff(raw.spot)
+    knock_out = Market(config_from_dict({**common, "derivative": {
+        "type": "barrier", "barrier": 1.05, "barrier_type": "up_out"}})).payoff(raw.spot)  # fmt: skip
+    asian = Market(config_from_dict({**common, "derivative": {"type": "asian"}})).payoff(raw.spot)
+    lookback = Market(config_from_dict({**common, "derivative": {"type": "lookback"}}))
+    floating = lookback.payoff(raw.spot)
+    assert bool((knock_out <= vanilla + 1e-15).all())
+    assert bool((knock_out < vanilla).any())
+    assert asian.mean() < vanilla.mean()  # averaging lowers the volatility
+    assert bool((floating >= vanilla - 1e-15).all())  # S_T - min S >= (S_T - S_0)^+
+
+
+def test_heston_delta_table_matches_the_pricer() -> None:
+    market = _market(**HESTON)
+    data, raw = make_paths(market, 500, split="test", seed=4)
+    positions = HestonDelta(market).positions(data)[..., 0]
+    torch.testing.assert_close(HestonDelta(market).variance(data), raw.variance[:, :-1],
+                               rtol=1e-9, atol=1e-7)  # fmt: skip
+    idx = torch.arange(0, 500, 50)
+    tau = market.time_grid[-1] - market.time_grid[:-1]
+    for t in (0, 5, 9):
+        direct = heston.delta(
+            spot=raw.spot[idx, t], strike=1.0, maturity=tau[t], v0=raw.variance[idx, t],
+            kappa=2.0, theta=0.04, sigma=0.5, rho=-0.7,
+        )  # fmt: skip
+        torch.testing.assert_close(positions[idx, t], direct, rtol=0, atol=2e-3)
+
+
+def test_baselines_behave_as_expected() -> None:
+    market = _market(cost=1e-3)
+    data, _ = make_paths(market, 4000, split="test", seed=5)
+    none = run_strategy(NoHedge(), data, market)
+    torch.testing.assert_close(none.pnl, -data.payoff, rtol=0, atol=0)
+    delta = run_strategy(BlackScholesDelta(), data, market)
+    ww_tight = run_strategy(WhalleyWilmott(market, 1e8), data, market)
+    ww_loose = run_strategy(WhalleyWilmott(market, 1.0), data, market)
+    torch.testing.assert_close(ww_tight.positions, delta.positions, rtol=0, atol=2e-3)
+    assert ww_loose.turnover.mean() < 0.9 * delta.turnover.mean()
+    assert delta.pnl.std() < 0.2 * none.pnl.std()
+    # first purchase and final liquidation are both charged
+    first = (delta.positions[:, 0, 0] * data.prices[:, 0, 0]).abs()
+    last = (delta.positions[:, -1, 0] * data.prices[:, -1, 0]).abs()
+    assert bool((delta.cost >= 1e-3 * (first + last) - 1e-15).all())
+
+
+def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
+    market = _market(spot=1.0)
+    wide = pd.DataFrame([[100.0 + i + j for j in range(11)] for i in range(3)])
+    wide.columns = [f"t{j}" for j in range(11)]
+    wide.to_parquet(tmp_path / "wide.parquet")
+    raw = read_paths(tmp_path / "wide.parquet", market)
+    assert raw.spot.shape == (3, 11)
+    torch.testing.assert_close(raw.spot[:, 0], torch.ones(3, dtype=torch.float64))
+    long = wide.stack().reset_index()
+    long.columns = ["path", "step", "spot"]
+    long["step"] = long["step"].str[1:].astype(int)
+    long.to_parquet(tmp_path / "long.parquet")
+    torch.testing.assert_close(read_paths(tmp_path / "long.parquet", market).spot, raw.spot)
+    wide.iloc[:, :5].to_parquet(tmp_path / "short.parquet")
+    with pytest.raises(ValueError, match=r"expected 11 prices per path"):
+        read_paths(tmp_path / "short.parquet", market)
+    wide.iloc[1, 3] = -1.0
+    wide.to_parquet(tmp_path / "neg.parquet")
+    with pytest.raises(ValueError, match="path 1 has a non-positive"):
+        read_paths(tmp_path / "neg.parquet", market)

@@ -1,0 +1,62 @@
+"""Method "surrogate": mechanics with a small (untrained) surrogate, polish to the direct optimum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pricing.black_scholes import black_implied_vol
+from pricing.calibration import calibrate
+from pricing.datasets import HESTON_DOMAIN
+from pricing.heston import price as heston_price
+from qfnet import calibration_surrogate  # noqa: F401  (registers the method)
+from qfnet.surrogate import build_surrogate, save_surrogate
+
+TRUE = {"v0": 0.045, "kappa": 2.1, "theta": 0.06, "sigma": 0.65, "rho": -0.6}
+
+
+def _synthetic_surface(noise_bp: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """6 x 11 Heston surface (K/F 0.8..1.2, 30 days to 3 years) with optional noise."""
+    t = torch.tensor(np.repeat([30, 91, 182, 365, 730, 1095], 11) / 365.0)
+    ratio = torch.tensor(np.tile(np.linspace(0.8, 1.2, 11), 6))
+    otm = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **TRUE)
+    iv = black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
+    iv = iv.numpy() + noise_bp * 1e-4 * np.random.default_rng(seed).standard_normal(66)
+    return pd.DataFrame({"strike": 100 * ratio.numpy(), "maturity": t.numpy(), "forward": 100.0,
+                         "discount": 1.0, "spot": 100.0, "implied_vol": iv})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_surrogate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    net = build_surrogate(HESTON_DOMAIN, hidden=(8,))
+    return save_surrogate(net, tmp_path_factory.mktemp("surrogate") / "model.pt")
+
+
+def test_polished_surrogate_fit_recovers_a_clean_surface(tiny_surrogate: Path) -> None:
+    # An untrained surrogate gives a poor start; the exact-pricer polish must still finish the job.
+    fit = calibrate("heston", _synthetic_surface(), method="surrogate", surrogate=tiny_surrogate,
+                    n_scan=64, n_starts=1, max_iterations=5)  # fmt: skip
+    assert fit.method == "surrogate"
+    assert fit.rmse_iv_bp < 1e-3
+    np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-4)
+
+
+def test_unpolished_fit_needs_every_quote_inside_the_domain(tiny_surrogate: Path) -> None:
+    quotes = _synthetic_surface()  # 30-day strikes at +-20% are outside the surrogate's box
+    with pytest.raises(NotImplementedError, match=r"domain covers [1-6][0-9] of 66 quotes"):
+        calibrate("heston", quotes, method="surrogate", surrogate=tiny_surrogate, polish=False)
+
+
+def test_missing_surrogate_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(NotImplementedError, match="needs a trained surrogate"):
+        calibrate("heston", _synthetic_surface(), method="surrogate",
+                  surrogate=tmp_path / "none.pt")  # fmt: skip
+
+
+def test_network_method_is_reported_as_missing() -> None:
+    with pytest.raises(NotImplementedError, match="calibration network"):
+        calibrate("heston", _synthetic_surface(), method="network")

@@ -1,0 +1,174 @@
+"""Losses and P&L arithmetic against hand computations and closed forms."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from qfnet import functional as F
+from qfnet import losses
+
+DT = torch.float64
+
+
+def _hand_example() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    positions = torch.tensor([[0.5, 0.8, 0.3]], dtype=DT)
+    prices = torch.tensor([[1.0, 1.1, 0.9, 1.2]], dtype=DT)
+    payoff = torch.tensor([0.2], dtype=DT)
+    return positions, prices, payoff
+
+
+def test_trades_include_first_purchase_and_final_liquidation() -> None:
+    positions, _, _ = _hand_example()
+    expected = torch.tensor([[0.5, 0.3, -0.5, -0.3]], dtype=DT)
+    torch.testing.assert_close(F.trades(positions), expected, rtol=0, atol=1e-15)
+    no_liq = F.trades(positions, liquidate=False)
+    assert no_liq[0, -1] == 0.0
+    assert F.turnover(positions).item() == pytest.approx(1.6, abs=1e-15)
+
+
+def test_hedge_pnl_matches_hand_computation_with_costs_on_every_trade() -> None:
+    positions, prices, payoff = _hand_example()
+    cost = 0.01
+    gains = 0.5 * 0.1 + 0.8 * (-0.2) + 0.3 * 0.3
+    costs = cost * (0.5 * 1.0 + 0.3 * 1.1 + 0.5 * 0.9 + 0.3 * 1.2)
+    pnl = F.hedge_pnl(positions, prices, payoff, cost=cost, premium=0.05)
+    assert pnl.item() == pytest.approx(0.05 + gains - costs - 0.2, abs=1e-14)
+    costs_no_liq = cost * (0.5 * 1.0 + 0.3 * 1.1 + 0.5 * 0.9)
+    pnl2 = F.hedge_pnl(positions, prices, payoff, cost=cost, premium=0.05, liquidate=False)
+    assert pnl2.item() == pytest.approx(0.05 + gains - costs_no_liq - 0.2, abs=1e-14)
+
+
+def test_hedge_pnl_two_instruments_with_own_costs_and_income() -> None:
+    positions = torch.tensor([[[1.0, -2.0], [0.0, -1.0]]], dtype=DT)  # (1, 2, 2)
+    prices = torch.tensor([[[10.0, 1.0], [11.0, 1.5], [9.0, 2.0]]], dtype=DT)
+    income = torch.tensor([[[0.1, 0.0], [0.2, 0.0]]], dtype=DT)
+    cost = torch.tensor([0.01, 0.1], dtype=DT)
+    gains = 1.0 * (1.0 + 0.1) + (-2.0) * 0.5 + 0.0 * (-2.0 + 0.2) + (-1.0) * 0.5
+    costs = 0.01 * (1 * 10 + 1 * 11 + 0) + 0.1 * (2 * 1.0 + 1 * 1.5 + 1 * 2.0)
+    pnl = F.hedge_pnl(positions, prices, torch.tensor([0.0], dtype=DT), cost=cost, income=income)
+    assert pnl.item() == pytest.approx(gains - costs, abs=1e-13)
+
+
+def test_hedge_pnl_rejects_mismatched_shapes_naming_them() -> None:
+    positions, prices, payoff = _hand_example()
+    with pytest.raises(ValueError, match=r"prices must have shape"):
+        F.hedge_pnl(positions, prices[:, :-1], payoff)
+    with pytest.raises(ValueError, match=r"payoff must have shape"):
+        F.hedge_pnl(positions, prices, payoff.repeat(2))
+
+
+def _normal_sample(n: int = 400_000, seed: int = 0) -> tuple[torch.Tensor, float, float]:
+    g = torch.Generator().manual_seed(seed)
+    mean, std = 0.3, 2.0
+    return mean + std * torch.randn(n, generator=g, dtype=DT), mean, std
+
+
+def test_expected_shortfall_of_normal_matches_closed_form_within_sampling_error() -> None:
+    pnl, mean, std = _normal_sample()
+    alpha = 0.95
+    exact = -mean + std * norm.pdf(norm.ppf(alpha)) / (1 - alpha)
+    loss = -pnl
+    var = F.value_at_risk(pnl, alpha)
+    tail = loss[loss >= var]
+    # asymptotic s.e. of the ES estimator (Yamai & Yoshiba 2002 / Brazauskas et al. 2008)
+    se = math.sqrt((tail.var() + alpha * (tail.mean() - var) ** 2) / (len(pnl) * (1 - alpha)))
+    assert abs(F.expected_shortfall(pnl, alpha).item() - exact) < 4 * se
+    exact_var = -mean + std * norm.ppf(alpha)
+    assert var.item() == pytest.approx(exact_var, abs=0.02)
+
+
+def test_expected_shortfall_equals_mean_of_worst_fraction_on_a_grid() -> None:
+    pnl = torch.arange(1000, dtype=DT)
+    assert F.expected_shortfall(pnl, 0.99).item() == pytest.approx(-4.5, abs=1e-12)
+    # fractional tail: 0.1% of 1500 = 1.5 paths -> (1 * 0 + 0.5 * 1) / 1.5
+    assert F.expected_shortfall(torch.arange(1500, dtype=DT), 0.999).item() == pytest.approx(
+        -1.0 / 3.0, abs=1e-12
+    )
+
+
+def test_rockafellar_uryasev_objective_is_minimised_at_var_with_value_es() -> None:
+    pnl, _, _ = _normal_sample(50_000, seed=1)
+    es = F.expected_shortfall(pnl, 0.95)
+    var = F.value_at_risk(pnl, 0.95)
+    grid = torch.linspace(var.item() - 1.0, var.item() + 1.0, 41, dtype=DT)
+    values = torch.stack([F.expected_shortfall_ru(pnl, w, 0.95) for w in grid])
+    assert values.min().item() >= es.item() - 1e-9
+    assert F.expected_shortfall_ru(pnl, var, 0.95).item() == pytest.approx(es.item(), rel=1e-4)
+
+
+def test_expected_shortfall_module_learns_var_level_by_gradient_descent() -> None:
+    pnl, _, _ = _normal_sample(10_000, seed=2)
+    module = losses.ExpectedShortfall(0.95)
+    module(pnl)  # initialises w at the sample VaR
+    with torch.no_grad():
+        module.var_level.add_(1.0)  # move it away, then learn it back
+    opt = torch.optim.Adam(module.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        module(pnl).backward()
+        opt.step()
+    assert module.var_level.item() == pytest.approx(F.value_at_risk(pnl).item(), abs=0.05)
+    assert module(pnl).item() == pytest.approx(module.exact(pnl).item(), rel=1e-3)
+
+
+def test_entropic_risk_of_normal_matches_closed_form() -> None:
+    pnl, mean, std = _normal_sample(400_000, seed=3)
+    gamma = 0.5
+    exact = -mean + gamma * std**2 / 2  # (1/g) log E exp(-g X) for X ~ N(m, s^2)
+    w = torch.exp(-gamma * (pnl - pnl.mean()))
+    se = (w.std() / w.mean()).item() / gamma / math.sqrt(len(pnl))
+    assert abs(F.entropic_risk(pnl, gamma).item() - exact) < 4 * se
+
+
+def test_entropic_risk_is_homogeneous_with_risk_aversion_per_unit_notional() -> None:
+    pnl, _, _ = _normal_sample(10_000, seed=4)
+    one = F.entropic_risk(pnl, 0.7)
+    scaled = F.entropic_risk(100.0 * pnl, 0.7, notional=100.0)
+    assert scaled.item() == pytest.approx(100.0 * one.item(), rel=1e-12)
+
+
+def test_entropic_risk_does_not_overflow_for_large_losses() -> None:
+    pnl = torch.tensor([-1000.0, 0.0], dtype=DT)
+    value = F.entropic_risk(pnl, 10.0)
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(1000.0 - math.log(2) / 10.0, rel=1e-12)
+
+
+def test_indifference_price_increases_with_risk_aversion() -> None:
+    pnl, _, _ = _normal_sample(20_000, seed=5)
+    pnl = pnl - torch.relu(pnl - 1.0) * 3.0  # skewed, non-normal
+    gammas = np.geomspace(1e-3, 5.0, 12)
+    prices = [F.indifference_price(pnl, float(g)).item() for g in gammas]
+    assert all(b > a for a, b in itertools.pairwise(prices))
+    assert prices[0] == pytest.approx(-pnl.mean().item(), abs=1e-2)  # risk-neutral limit
+
+
+def test_variance_and_mean_variance_match_definitions() -> None:
+    pnl = torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=DT)
+    var = np.var(pnl.numpy())
+    assert F.pnl_variance(pnl).item() == pytest.approx(var, abs=1e-14)
+    assert F.mean_variance(pnl, 2.0).item() == pytest.approx(-3.5 + var, abs=1e-14)
+    assert losses.MeanVariance(2.0)(pnl).item() == pytest.approx(-3.5 + var, abs=1e-14)
+    assert losses.PnLVariance()(pnl).item() == pytest.approx(var, abs=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda p: F.expected_shortfall(p, 1.0), "alpha"),
+        (lambda p: F.value_at_risk(p, 0.0), "alpha"),
+        (lambda p: F.entropic_risk(p, 0.0), "risk_aversion"),
+        (lambda p: F.entropic_risk(p, 1.0, notional=-1.0), "notional"),
+        (lambda p: F.mean_variance(p, -1.0), "risk_aversion"),
+        (lambda p: losses.make_risk_measure("cvar"), "unknown risk measure"),
+    ],
+)
+def test_bad_risk_parameters_raise_naming_the_parameter(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call(torch.zeros(10, dtype=DT))

@@ -1,0 +1,207 @@
+"""Surrogate pricer: accuracy of a small trained net, save/load, domain refusal, greeks, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pricing.datasets import HESTON_DOMAIN, SABR_DOMAIN, DomainError, generate, label, sample
+from qfnet.surrogate import (
+    build_surrogate,
+    greeks,
+    implied_vol,
+    load_surrogate,
+    price,
+    save_surrogate,
+)
+from qfnet.surrogate_cli import train_surrogate_command
+from qfnet.surrogate_training import train_surrogate
+
+# A 2x64 net trained for 12 epochs on 16k points (seconds of CPU) is far from the shipped
+# surrogate, but must already beat this on fresh points; the closed-form base vol it corrects is
+# off by ~230 bp on average, and the net must at least quarter that.
+SMALL_NET_MEAN_BP = 45.0
+HESTON = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.5, "rho": -0.6}
+
+
+@pytest.fixture(scope="module")
+def heston_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "heston"
+    return generate(path, model="heston", n=16_384, shard_size=4096, seed=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_run(heston_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "small"
+    summary = train_surrogate(
+        heston_data, run, epochs=12, batch_size=512, lr=3e-3, hidden=(64, 64), progress=False
+    )
+    return run, summary
+
+
+def _fresh_points(n: int, seed: int) -> pd.DataFrame:
+    return label(sample(HESTON_DOMAIN, n, seed=seed), model="heston", engine="analytic")
+
+
+def test_small_surrogate_reaches_stated_accuracy_on_fresh_points(small_run):
+    run, summary = small_run
+    net = load_surrogate(run)
+    fresh = _fresh_points(2000, seed=77)
+    with torch.no_grad():
+        iv = implied_vol(net, **{c: fresh[c].to_numpy() for c in HESTON_DOMAIN.input_names})
+    errors = np.abs(iv.numpy() - fresh["implied_vol"].to_numpy()) * 1e4
+    x = torch.tensor(fresh[list(HESTON_DOMAIN.input_names)].to_numpy())
+    base_errors = np.abs(net.base_vol(x).numpy() - fresh["implied_vol"].to_numpy()) * 1e4
+    assert errors.mean() < SMALL_NET_MEAN_BP
+    assert errors.mean() < 0.25 * base_errors.mean()
+    assert summary["test"]["mae_bp"] < SMALL_NET_MEAN_BP
+    for name in ("config.json", "metrics.csv", "loss.png", "error_hist.png", "model.pt"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+
+
+def test_save_load_round_trip_gives_identical_outputs(small_run, tmp_path):
+    net = load_surrogate(small_run[0] / "model.pt")
+    copy = load_surrogate(save_surrogate(net, tmp_path / "copy.pt"))
+    x = torch.tensor(sample(HESTON_DOMAIN, 500, seed=3)[list(HESTON_DOMAIN.input_names)].to_numpy())
+    with torch.no_grad():
+        assert torch.equal(net(x), copy(x))
+    assert copy.domain == HESTON_DOMAIN and copy.hidden == (64, 64)
+
+
+def test_fine_tuning_starts_from_the_given_surrogate(heston_data, small_run, tmp_path):
+    start = load_surrogate(small_run[0])
+    summary = train_surrogate(
+        heston_data, tmp_path / "tuned", epochs=1, batch_size=4096, lr=1e-9, init=small_run[0],
+        progress=False,
+    )  # fmt: skip
+    tuned = load_surrogate(tmp_path / "tuned")
+    assert tuned.hidden == start.hidden and summary["init"] == str(small_run[0])
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(tuned.state_dict()[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+def test_out_of_domain_queries_are_refused_or_flagged_never_extrapolated():
+    net = build_surrogate("heston", hidden=(8,))
+    k = np.array([0.0, 0.05, 0.0])
+    t = np.array([1.0, 1.0, 4.0])
+    with pytest.raises(DomainError, match=r"maturity = 4\.0 at row 2"):
+        implied_vol(net, maturity=t, log_moneyness=k, **HESTON)
+    with pytest.raises(DomainError, match="v0"):
+        implied_vol(net, maturity=1.0, log_moneyness=0.0, **{**HESTON, "v0": 0.3})
+    with pytest.raises(DomainError, match="log_moneyness"):
+        price(net, spot=100.0, strike=300.0, maturity=1.0, **HESTON)
+    flagged = implied_vol(net, maturity=t, log_moneyness=k, out_of_domain="nan", **HESTON)
+    assert torch.isfinite(flagged[:2]).all() and torch.isnan(flagged[2])
+    with pytest.raises(TypeError, match="missing"):
+        implied_vol(net, maturity=1.0, log_moneyness=0.0, v0=0.04)
+    with pytest.raises(ValueError, match="out_of_domain"):
+        implied_vol(net, maturity=1.0, log_moneyness=0.0, out_of_domain="clip", **HESTON)
+
+
+def test_sabr_surrogate_builds_on_its_domain_and_scales_its_inputs():
+    points = sample(SABR_DOMAIN, 1024, seed=0)
+    x = torch.tensor(points[list(SABR_DOMAIN.input_names)].to_numpy())
+    net = build_surrogate("sabr", hidden=(8,))
+    iv = torch.full((len(x),), 0.3, dtype=torch.float64)
+    net.fit_scalers(x, iv)
+    feats, base = net.features(x)
+    scaled = (feats - net.in_mean) / net.in_std
+    torch.testing.assert_close(
+        scaled.mean(0), torch.zeros(feats.shape[1], dtype=torch.float64), rtol=0, atol=1e-9
+    )
+    torch.testing.assert_close(base, x[:, 0], rtol=0, atol=0)  # alpha at F = 1
+    with torch.no_grad():
+        assert torch.isfinite(net(x)).all()
+
+
+def test_load_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_surrogate(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a qfnet-surrogate file"):
+        load_surrogate(tmp_path / "other.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a readable surrogate file"):
+        load_surrogate(tmp_path / "garbage.pt")
+
+
+def test_autograd_greeks_match_finite_differences_of_the_surrogate_price(small_run):
+    net = load_surrogate(small_run[0])
+    net.mlp.double()  # float64 weights: finite differences are then free of float32 rounding
+    spot = torch.tensor([100.0, 100.0], dtype=torch.float64)
+    strike = torch.tensor([95.0, 110.0], dtype=torch.float64)
+    args = {"strike": strike, "maturity": 0.75, "rate": 0.02, "dividend": 0.01, **HESTON}
+    g = greeks(net, spot=spot, is_call=torch.tensor([False, True]), **args)
+    h = 0.05
+
+    def value(s: torch.Tensor, **over: float) -> torch.Tensor:
+        with torch.no_grad():
+            return price(net, spot=s, is_call=torch.tensor([False, True]), **{**args, **over})
+
+    up, mid, down = value(spot + h), value(spot), value(spot - h)
+    torch.testing.assert_close(g["price"], mid, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g["delta"], (up - down) / (2 * h), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g["gamma"], (up - 2 * mid + down) / h**2, rtol=1e-3, atol=1e-6)
+    dv = 1e-6
+    fd_v0 = (value(spot, v0=0.04 + dv) - value(spot, v0=0.04 - dv)) / (2 * dv)
+    torch.testing.assert_close(g["d_v0"], fd_v0, rtol=1e-5, atol=1e-6)
+    assert g["delta"][0] < 0 < g["delta"][1]
+
+
+def test_autograd_greeks_are_right_exactly_at_the_money(small_run):
+    net = load_surrogate(small_run[0])
+    net.mlp.double()
+    g = greeks(net, spot=100.0, strike=100.0, maturity=1.0, **HESTON)  # forward == strike
+    h = 0.05
+    with torch.no_grad():
+        up, down = (
+            price(net, spot=100.0 + d, strike=100.0, maturity=1.0, **HESTON) for d in (h, -h)
+        )
+        r_up, r_down = (
+            price(net, spot=100.0, strike=100.0, maturity=1.0, rate=d, **HESTON)
+            for d in (1e-4, -1e-4)
+        )
+    torch.testing.assert_close(g["delta"], (up - down) / (2 * h), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g["rho"], (r_up - r_down) / 2e-4, rtol=1e-5, atol=1e-6)
+
+
+def test_training_resumed_by_the_cli_ends_with_the_same_weights(heston_data, tmp_path):
+    class Interrupt:
+        def on_train_step_end(self, trainer) -> None:
+            if trainer.global_step == 7:
+                raise KeyboardInterrupt
+
+    common = {"epochs": 3, "batch_size": 2048, "hidden": (16,), "progress": False}
+    train_surrogate(heston_data, tmp_path / "full", **common)
+    with pytest.raises(KeyboardInterrupt):
+        train_surrogate(
+            heston_data,
+            tmp_path / "cut",
+            checkpoint_every_n_steps=5,
+            callbacks=[Interrupt()],
+            **common,
+        )
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    app = typer.Typer()
+    app.command()(train_surrogate_command)
+    args = ["--data", str(heston_data), "--out", str(tmp_path / "cut"), "--resume"]
+    args += ["--epochs", "3", "--batch-size", "2048"]  # the architecture comes from the run
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "test IV error" in result.output
+    bad = CliRunner().invoke(app, [*args[:4], "--hidden", "a,b"])
+    assert bad.exit_code != 0 and "--hidden" in bad.output
+    full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)["state_dict"]
+    for name, tensor in full.items():
+        assert torch.equal(tensor, resumed[name]), name
+    rows = json.loads((tmp_path / "cut" / "summary.json").read_text())["rows"]
+    assert rows["train"] + rows["val"] + rows["test"] == 16_384 - rows["dropped"]

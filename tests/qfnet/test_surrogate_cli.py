@@ -1,0 +1,100 @@
+"""`qfnet generate` and the surrogate row pricer behind `qfnet price --engine surrogate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pricing.datasets import DomainError
+from qfnet.surrogate import build_surrogate, load_surrogate, price, save_surrogate
+from qfnet.surrogate_cli import generate_command, surrogate_price_rows
+
+HESTON = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.5, "rho": -0.6}
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so that the command is invoked by name as in qfnet
+    app.command("generate")(generate_command)
+    return app
+
+
+@pytest.fixture
+def quotes() -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "option_type": ["call", "P", "put"],
+            "strike": [105.0, 95.0, 100.0],
+            "maturity": [0.5, 1.0, 2.0],
+            "spot": [100.0, 100.0, 100.0],
+            "rate": [0.01, 0.02, 0.0],
+            "dividend": [0.0, 0.01, 0.02],
+        }
+    )
+    return frame.assign(**HESTON)
+
+
+@pytest.fixture
+def untrained(tmp_path):
+    torch.manual_seed(0)
+    return save_surrogate(build_surrogate("heston", hidden=(8,)), tmp_path / "model.pt")
+
+
+def test_generate_command_writes_a_dataset_and_rejects_unknown_engines(app, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "data"
+    args = ["generate", "--model", "sabr", "--n", "300", "--out", str(out), "--seed", "2"]
+    result = runner.invoke(app, [*args, "--shard-size", "128"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "metadata.json").read_text())
+    assert (meta["n"], meta["n_shards"], meta["seed"], meta["engine"]) == (300, 3, 2, "hagan")
+    bad = runner.invoke(
+        app, ["generate", "--n", "10", "--out", str(tmp_path / "x"), "--engine", "fft"]
+    )
+    assert bad.exit_code != 0 and "--engine" in bad.output
+
+
+def test_price_rows_use_spot_rate_dividend_or_forward_discount(quotes, untrained):
+    value, iv = surrogate_price_rows(quotes, untrained)
+    net = load_surrogate(untrained)
+    with torch.no_grad():
+        expected = price(
+            net,
+            spot=torch.tensor(quotes["spot"].to_numpy()),
+            strike=torch.tensor(quotes["strike"].to_numpy()),
+            maturity=torch.tensor(quotes["maturity"].to_numpy()),
+            rate=torch.tensor(quotes["rate"].to_numpy()),
+            dividend=torch.tensor(quotes["dividend"].to_numpy()),
+            is_call=torch.tensor([True, False, False]),
+            **HESTON,
+        )
+    np.testing.assert_allclose(value, expected.numpy(), rtol=1e-13, atol=0)
+    assert np.all((iv > 0.05) & (iv < 1.0))
+    forward = quotes["spot"] * np.exp((quotes["rate"] - quotes["dividend"]) * quotes["maturity"])
+    discount = np.exp(-quotes["rate"] * quotes["maturity"])
+    by_forward = quotes.drop(columns=["spot", "rate", "dividend"])
+    by_forward = by_forward.assign(forward=forward, discount=discount)
+    value_f, iv_f = surrogate_price_rows(by_forward, untrained)
+    np.testing.assert_allclose(value_f, value, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(iv_f, iv, rtol=1e-12, atol=0)
+
+
+def test_price_rows_name_the_bad_column_row_or_domain_field(quotes, untrained):
+    with pytest.raises(ValueError, match="'kappa'"):
+        surrogate_price_rows(quotes.drop(columns=["kappa"]), untrained)
+    bad_type = quotes.assign(option_type=["call", "straddle", "put"])
+    with pytest.raises(ValueError, match="at row 1"):
+        surrogate_price_rows(bad_type, untrained)
+    bad_number = quotes.assign(strike=[105.0, "x", 100.0])
+    with pytest.raises(ValueError, match="'strike' is not a finite number at row 1"):
+        surrogate_price_rows(bad_number, untrained)
+    far = quotes.assign(strike=[105.0, 95.0, 400.0])
+    with pytest.raises(DomainError, match=r"log_moneyness .* at row 2"):
+        surrogate_price_rows(far, untrained)
