@@ -42,11 +42,11 @@ class DemoSettings:
 
 
 FULL = DemoSettings(
-    n_data=65_536,
-    surrogate_epochs=30,
-    hedge_train_paths=100_000,
-    hedge_test_paths=100_000,
-    hedge_epochs=5,
+    n_data=131_072,
+    surrogate_epochs=40,
+    hedge_train_paths=200_000,
+    hedge_test_paths=200_000,
+    hedge_epochs=10,
 )
 QUICK = DemoSettings(
     n_data=4096, surrogate_epochs=2, hedge_train_paths=4000, hedge_test_paths=4000, hedge_epochs=1
