@@ -246,12 +246,28 @@ def test_iv_without_prices_is_a_clear_error(bs_quotes, tmp_path):
 
 
 def test_demo_quick_writes_a_report_with_numbers(tmp_path):
-    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "report")])
+    from qfnet.demo import summary
+
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    report = (tmp_path / "report" / "report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "DAX" in report and "report:" in result.output
-    prices = pd.read_csv(tmp_path / "report" / "dax_surface_prices.csv")
+    prices = pd.read_csv(out / "dax_surface_prices.csv")
     assert len(prices) == 104 and (prices["price"] > 0).all()
+    numbers = summary(out / "report.md")
+    assert 0 < numbers["calibration"]["rmse_iv_bp"] < 500
+    hedging = numbers["hedging"]
+    assert {"learned", "delta", "no_hedge"} <= set(hedging["strategies"])
+    assert all(hedging[name]["es95"] > 0 for name in hedging["strategies"])
+    for png in (
+        "smiles_heston.png",
+        "smiles_sabr.png",
+        "surrogate_run/loss.png",
+        "surrogate_run/error_hist.png",
+        "hedge_report/hedge_ratio_vs_spot.png",
+    ):
+        assert (out / png).stat().st_size > 1000, png
 
 
 @pytest.mark.parametrize(
