@@ -168,6 +168,8 @@ def demo(
     """Run the whole pipeline on the bundled DAX surface and write a report directory."""
     from qfnet.demo import run_demo
 
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: exists and is not a directory")
     report = run_demo(out, quick=quick, seed=seed)
     typer.echo(report.read_text())
     typer.echo(f"report: {report.resolve()}")

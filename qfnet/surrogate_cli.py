@@ -102,18 +102,22 @@ def train_surrogate_command(
         ) from exc
     if threads > 0:
         torch.set_num_threads(threads)
-    summary = train_surrogate(
-        data,
-        out,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        resume=resume,
-        init=init,
-        hidden=widths,
-        device=device,
-    )
+    try:
+        summary = train_surrogate(
+            data,
+            out,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            resume=resume,
+            init=init,
+            hidden=widths,
+            device=device,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
     if summary:
         t = summary["test"]
         typer.echo(

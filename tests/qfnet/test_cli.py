@@ -424,3 +424,29 @@ def test_generate_rejects_an_unknown_model(tmp_path):
     )
     assert result.exit_code != 0
     assert "--model" in result.output or "model" in result.output
+
+
+def test_hedge_backtest_of_a_missing_run_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app,
+        ["hedge", "backtest", "--run", str(tmp_path / "no_run"), "--out", str(tmp_path / "report")],
+    )
+    assert result.exit_code != 0
+    assert "no_run" in result.output
+
+
+def test_train_surrogate_without_a_dataset_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app,
+        ["train", "surrogate", "--data", str(tmp_path / "no_data"), "--out", str(tmp_path / "run")],
+    )
+    assert result.exit_code != 0
+    assert "no_data" in result.output
+
+
+def test_demo_into_a_file_path_is_a_clear_error(tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("not a directory")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(target)])
+    assert result.exit_code != 0
+    assert "taken" in result.output
