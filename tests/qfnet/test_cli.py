@@ -15,6 +15,26 @@ from qfnet.cli import app
 runner = CliRunner()
 
 
+def _price(quotes, out, model, engine="analytic", params=None):
+    """Run ``qfnet price`` and return the written table (failing the test on a non-zero exit)."""
+    args = [
+        "price",
+        "--model",
+        model,
+        "--quotes",
+        str(quotes),
+        "--out",
+        str(out),
+        "--engine",
+        engine,
+    ]
+    if params is not None:
+        args += ["--params", json.dumps(params)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return pd.read_csv(out)
+
+
 @pytest.fixture()
 def bs_quotes(tmp_path):
     table = pd.DataFrame(
@@ -90,26 +110,10 @@ def test_price_bs_writes_prices_and_implied_vols(bs_quotes, tmp_path, suffix):
 
 def test_price_quantlib_engine_agrees_with_analytic(bs_quotes, tmp_path):
     path, _ = bs_quotes
-    outs = {}
-    for engine in ("analytic", "quantlib"):
-        outs[engine] = tmp_path / f"{engine}.csv"
-        result = runner.invoke(
-            app,
-            [
-                "price",
-                "--model",
-                "bs",
-                "--quotes",
-                str(path),
-                "--out",
-                str(outs[engine]),
-                "--engine",
-                engine,
-            ],
-        )
-        assert result.exit_code == 0, result.output
-    a, q = (pd.read_csv(outs[e])["price"].to_numpy() for e in ("analytic", "quantlib"))
-    torch.testing.assert_close(torch.tensor(a), torch.tensor(q), rtol=1e-10, atol=1e-12)
+    a, q = (_price(path, tmp_path / f"{e}.csv", "bs", e)["price"] for e in ("analytic", "quantlib"))
+    torch.testing.assert_close(
+        torch.tensor(a.to_numpy()), torch.tensor(q.to_numpy()), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_price_params_json_applies_to_every_row(bs_quotes, tmp_path):
@@ -283,24 +287,7 @@ def test_price_heston_and_sabr_analytic_agree_with_quantlib(bs_quotes, tmp_path,
     prices = {}
     for engine in ("analytic", "quantlib"):
         out = tmp_path / f"{engine}.csv"
-        result = runner.invoke(
-            app,
-            [
-                "price",
-                "--model",
-                model,
-                "--quotes",
-                str(path),
-                "--out",
-                str(out),
-                "--engine",
-                engine,
-                "--params",
-                json.dumps(params),
-            ],
-        )
-        assert result.exit_code == 0, result.output
-        prices[engine] = pd.read_csv(out)
+        prices[engine] = _price(path, out, model, engine, params)
     torch.testing.assert_close(
         torch.tensor(prices["analytic"]["implied_vol"].to_numpy()),
         torch.tensor(prices["quantlib"]["implied_vol"].to_numpy()),
@@ -360,24 +347,7 @@ def test_price_heston_surrogate_engine_matches_the_analytic_price(bs_quotes, tmp
     vols = {}
     for engine in ("analytic", "surrogate"):
         out = tmp_path / f"{engine}.csv"
-        result = runner.invoke(
-            app,
-            [
-                "price",
-                "--model",
-                "heston",
-                "--quotes",
-                str(path),
-                "--out",
-                str(out),
-                "--engine",
-                engine,
-                "--params",
-                json.dumps(params),
-            ],
-        )
-        assert result.exit_code == 0, result.output
-        vols[engine] = pd.read_csv(out)["implied_vol"].to_numpy()
+        vols[engine] = _price(path, out, "heston", engine, params)["implied_vol"].to_numpy()
     # The shipped surrogate's stated accuracy: mean 0.25 bp, max ~15 bp inside its domain.
     torch.testing.assert_close(
         torch.tensor(vols["surrogate"]), torch.tensor(vols["analytic"]), rtol=0, atol=15e-4
