@@ -32,7 +32,18 @@ __all__ = [
 
 
 class Greeks(NamedTuple):
-    """First-order sensitivities and gamma, per unit change (vega per 1.00 vol, theta per year)."""
+    """First-order sensitivities and gamma, per unit change (vega per 1.00 vol, theta per year).
+
+    Shape:
+        Every field has the broadcast shape of the inputs of :func:`greeks`.
+
+    Examples:
+        >>> g = greeks(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2)
+        >>> g._fields
+        ('delta', 'gamma', 'vega', 'theta', 'rho', 'dividend_rho')
+        >>> round(float(g.delta), 4), round(float(g.vega), 3)  # N(0.1), 100 * phi(0.1)
+        (0.5398, 39.695)
+    """
 
     delta: torch.Tensor
     gamma: torch.Tensor

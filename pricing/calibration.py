@@ -57,6 +57,12 @@ class CalibrationProblem:
         beta: SABR beta (None: fixed at 1.0 unless ``free_beta``).
         seed: seed of the global-start sampling.
         options: further method options (e.g. ``max_iterations``, ``n_starts``).
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "market_iv": 0.2})
+        >>> problem = CalibrationProblem(quotes, np.ones(2), options={"n_starts": 4})
+        >>> problem.weights.shape, problem.seed, problem.options["n_starts"]
+        ((2,), 0, 4)
     """
 
     quotes: pd.DataFrame
@@ -70,7 +76,13 @@ class CalibrationProblem:
 
 @dataclass(frozen=True)
 class FitOutput:
-    """What a fitting function returns (the driver adds timing and residual statistics)."""
+    """What a fitting function returns (the driver adds timing and residual statistics).
+
+    Examples:
+        >>> out = FitOutput({"v0": 0.04}, np.array([0.2, 0.21]), converged=True, iterations=12)
+        >>> out.model_iv.shape, out.converged
+        ((2,), True)
+    """
 
     params: dict[str, Any]
     model_iv: np.ndarray
@@ -96,6 +108,13 @@ class CalibrationResult:
         seconds: wall time of the fit.
         converged: the optimiser stopped on a tolerance, not on its iteration limit.
         iterations: optimiser iterations (None where the method does not report them).
+
+    Examples:
+        >>> result = CalibrationResult("heston", "direct", {"v0": 0.04}, pd.DataFrame(), 12.5,
+        ...     30.0, 0.1, 20, 0, 0.5, True, 42)
+        >>> summary = result.to_dict()
+        >>> summary["rmse_iv_bp"], "residuals" in summary
+        (12.5, False)
     """
 
     model: str
@@ -124,7 +143,17 @@ _UNAVAILABLE: dict[tuple[str, str], str] = {}
 
 
 def register_method(model: str, method: str, function: FitFunction | None, why: str = "") -> None:
-    """Register the fitter of ``(model, method)``; ``None`` marks it unavailable, saying ``why``."""
+    """Register the fitter of ``(model, method)``; ``None`` marks it unavailable, saying ``why``.
+
+    Examples:
+        >>> def flat(problem):
+        ...     iv = problem.quotes["market_iv"].to_numpy()
+        ...     return FitOutput({"vol": float(iv.mean())}, np.full_like(iv, iv.mean()), True, 0)
+        >>> register_method("toy", "flat", flat)
+        >>> available_methods("toy")
+        ['flat']
+        >>> del _REGISTRY[("toy", "flat")]  # keep the example free of side effects
+    """
     if function is None:
         if (model, method) not in _REGISTRY:  # never hide a real implementation
             _UNAVAILABLE[(model, method)] = why

@@ -71,6 +71,16 @@ class HestonSurfaces:
         market_iv, weight, maturity: per flat quote, ``(S, N)``; ``weight`` is the square root of
             the quote weight.
         positions: per surface, the flat position of each row of its quote table.
+
+    Shape:
+        ``S`` surfaces, ``M`` expiries, ``Q`` quotes per expiry, ``N = M * Q``.
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0, 100.0, 110.0], "forward": 100.0,
+        ...                       "maturity": 1.0, "market_iv": 0.2})
+        >>> packed = surfaces_from_quotes([table], [np.ones(3)])
+        >>> tuple(packed.market_iv.shape), [round(r, 2) for r in packed.ratio[0].tolist()]
+        ((1, 3), [0.9, 1.0, 1.1])
     """
 
     grid: SurfaceGrid
@@ -294,6 +304,25 @@ def calibrate_surfaces(
     Returns:
         ``params (S, 5)``, model vols per surface (reference pricer), converged ``(S,)`` and
         iterations ``(S,)``.
+
+    Shape:
+        ``params``: ``(S, 5)`` in the order ``v0, kappa, theta, sigma, rho``.
+
+    Examples:
+        >>> from pricing.black_scholes import black_implied_vol
+        >>> from pricing.heston import price
+        >>> strike = torch.tensor([80.0, 90.0, 100.0, 110.0, 120.0] * 2, dtype=torch.float64)
+        >>> maturity = torch.tensor([0.5] * 5 + [1.0] * 5, dtype=torch.float64)
+        >>> premium = price(spot=100.0, strike=strike, maturity=maturity, v0=0.04, kappa=1.5,
+        ...                 theta=0.05, sigma=0.5, rho=-0.7)
+        >>> iv = black_implied_vol(price=premium, forward=100.0, strike=strike, maturity=maturity)
+        >>> table = pd.DataFrame({"strike": strike.numpy(), "forward": 100.0,
+        ...                       "maturity": maturity.numpy(), "market_iv": iv.numpy()})
+        >>> surfaces = surfaces_from_quotes([table], [np.ones(10)])
+        >>> params, vols, converged, _ = calibrate_surfaces(surfaces, n_scan=32, n_starts=1,
+        ...                                                 polish=False)
+        >>> [round(p, 3) for p in params[0].tolist()], bool(converged[0])
+        ([0.04, 1.5, 0.05, 0.5, -0.7], True)
     """
     lower, upper = _box(bounds)
     n_surf = len(surfaces.positions)

@@ -42,6 +42,16 @@ class SmileBatch:
         maturity, forward, shift: shape ``(E, 1)``.
         strike, market_iv, weight: shape ``(E, M)``.
         rows: for each expiry, the quote-table positions of its strikes (for unpadding).
+
+    Shape:
+        ``E`` expiries of at most ``M`` strikes (see the attributes).
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0, 100.0, 110.0], "forward": 100.0,
+        ...                       "maturity": 1.0, "market_iv": 0.2})
+        >>> batch = smile_batch(table, np.ones(3))
+        >>> tuple(batch.maturity.shape), tuple(batch.strike.shape), batch.weight.tolist()
+        ((1, 1), (1, 3), [[1.0, 1.0, 1.0]])
     """
 
     maturity: torch.Tensor
@@ -280,6 +290,15 @@ def fit_smile_scipy(
 
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
+
+    Examples:
+        >>> strikes = np.array([80.0, 90.0, 100.0, 110.0, 120.0])
+        >>> vols = lognormal_vol(forward=100.0, strike=strikes, maturity=1.0, alpha=2.0,
+        ...                      beta=0.5, rho=-0.3, nu=0.6).numpy()
+        >>> params, model_iv, converged, _ = fit_smile_scipy(forward=100.0, strike=strikes,
+        ...     maturity=1.0, market_iv=vols, beta=0.5)
+        >>> [round(v, 6) for v in params.tolist()], converged
+        ([2.0, 0.5, -0.3, 0.6], True)
     """
     from scipy.optimize import least_squares
 

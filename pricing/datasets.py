@@ -54,7 +54,15 @@ DOMAIN_RTOL = 1e-9
 
 
 class DomainError(ValueError):
-    """A query lies outside a model domain; the message names the field, the row and the bounds."""
+    """A query lies outside a model domain; the message names the field, the row and the bounds.
+
+    Examples:
+        >>> HESTON_DOMAIN.check({"v0": 0.04, "kappa": 1.0, "theta": 0.04, "sigma": 0.5,
+        ...     "rho": 0.5, "maturity": 1.0, "log_moneyness": 0.0})
+        Traceback (most recent call last):
+        ...
+        pricing.datasets.DomainError: rho = 0.5 at row 0 is outside the heston surrogate domain ...
+    """
 
 
 @dataclass(frozen=True)
@@ -396,6 +404,14 @@ def generate(
 
     Returns:
         The dataset directory.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = generate(f"{tmp}/ds", n=8, shard_size=4, progress=False)
+        ...     frame, meta = load_dataset(path)
+        >>> len(frame), meta["n_shards"], meta["engine"]
+        (8, 2, 'analytic')
     """
     if model not in DOMAINS:
         raise ValueError(f"model must be one of {sorted(DOMAINS)}, got {model!r}")
@@ -481,6 +497,13 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     Raises:
         FileNotFoundError: the directory, its metadata or one of its shards is missing.
         ValueError: the metadata is not a qfnet dataset.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     frame, meta = load_dataset(generate(f"{tmp}/ds", n=4, progress=False))
+        >>> bool(frame[["price", "implied_vol"]].notna().all().all()), meta["model"]
+        (True, 'heston')
     """
     root = Path(path)
     meta_path = root / "metadata.json"

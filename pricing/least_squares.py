@@ -42,6 +42,19 @@ class LeastSquaresResult(NamedTuple):
         residuals: shape ``(B, N)``.
         iterations: Jacobian evaluations per problem, shape ``(B,)``.
         converged: whether a tolerance (not the iteration limit) stopped the problem, ``(B,)``.
+
+    Shape:
+        ``B`` problems, ``P`` parameters, ``N`` residuals each (see the attributes).
+
+    Examples:
+        >>> t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+        >>> fn = elementwise_jacobian(lambda p, i: p[..., 0] - t, 5)  # best fit: the mean, 0.5
+        >>> x0 = torch.zeros(3, 1, dtype=torch.float64)
+        >>> res = levenberg_marquardt(fn, x0, lower=torch.tensor(-1.0), upper=torch.tensor(1.0))
+        >>> res.x.shape, res.residuals.shape, res.converged.tolist()
+        (torch.Size([3, 1]), torch.Size([3, 5]), [True, True, True])
+        >>> [round(c, 6) for c in res.cost.tolist()]
+        [0.3125, 0.3125, 0.3125]
     """
 
     x: torch.Tensor

@@ -33,6 +33,12 @@ class CleaningReport:
         forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
             over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``) or
             ``carry`` (spot, rate and dividend).
+
+    Examples:
+        >>> print(CleaningReport(5, 3, removed={"crossed bid/ask": 2}, forward_sources={"parity": 1}))
+        quotes in: 5, kept: 3
+          removed      2  crossed bid/ask
+          forwards per expiry: parity: 1
     """
 
     n_input: int

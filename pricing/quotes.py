@@ -119,6 +119,13 @@ class QuoteError(ValueError):
         row: 1-based data row, or ``None`` for table-level problems.
         line: line in the source file (CSV: header is line 1), or ``None``.
         column: canonical column name, or ``None``.
+
+    Examples:
+        >>> error = QuoteError("must be > 0", row=3, line=4, column="strike")
+        >>> print(error)
+        row 3 (file line 4), column 'strike': must be > 0
+        >>> error.row, error.column
+        (3, 'strike')
     """
 
     def __init__(

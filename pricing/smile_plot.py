@@ -51,6 +51,18 @@ def plot_smiles(
 
     Returns:
         The path written.
+
+    Examples:
+        >>> import tempfile
+        >>> table = pd.DataFrame({"maturity": 1.0, "strike": [90.0, 100.0, 110.0],
+        ...     "forward": 100.0, "market_iv": [0.22, 0.2, 0.19], "model_iv": [0.22, 0.2, 0.19]})
+        >>> heston = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+        >>> result = CalibrationResult("heston", "direct", heston, table, 10.0, 20.0, 0.1, 3, 0,
+        ...     0.1, True, 3)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     png = plot_smiles(result, f"{tmp}/smiles.png")
+        ...     png.name, png.stat().st_size > 0
+        ('smiles.png', True)
     """
     import matplotlib
 

@@ -58,6 +58,19 @@ def fit_with_surrogate(
 
     Returns:
         ``params (5,)``, surrogate vols ``(N,)``, converged, iterations.
+
+    Examples:
+        Recover the parameters of a surface made by the surrogate itself:
+
+        >>> net = load_surrogate()
+        >>> t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
+        >>> k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
+        >>> iv = implied_vol(net, maturity=t, log_moneyness=k, v0=0.04, kappa=1.5, theta=0.05,
+        ...                  sigma=0.5, rho=-0.7)
+        >>> params, vols, converged, _ = fit_with_surrogate(net, maturity=t, log_moneyness=k,
+        ...     market_iv=iv, weight=torch.ones(6, dtype=torch.float64))
+        >>> [round(p, 3) for p in params.tolist()], converged  # v0, kappa, theta, sigma, rho
+        ([0.04, 1.5, 0.05, 0.5, -0.7], True)
     """
     lower, upper = _box(net, bounds)
 

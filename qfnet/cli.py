@@ -211,7 +211,23 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    Examples:
+        ``main()`` reads the command line from ``sys.argv`` and exits with the command's status:
+
+        >>> import sys, tempfile
+        >>> from unittest import mock
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     argv = ["qfnet", "generate", "--out", f"{tmp}/ds", "--n", "8", "--model", "sabr"]
+        ...     with mock.patch.object(sys, "argv", argv):
+        ...         try:
+        ...             main()
+        ...         except SystemExit as done:
+        ...             print("exit status", done.code)
+        wrote 8 sabr options (hagan) in 1 shards to .../ds
+        exit status 0
+    """
     app()
 
 

@@ -32,7 +32,14 @@ HEDGE_CONFIG = ROOT / "data" / "configs" / "hedge_heston_cost10bp.yaml"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes of each stage."""
+    """Sizes of each stage.
+
+    Examples:
+        >>> QUICK.n_data, QUICK.hedge_epochs, FULL.surrogate_epochs
+        (4096, 1, 40)
+        >>> dataclasses.replace(QUICK, n_data=1024).n_data
+        1024
+    """
 
     n_data: int
     surrogate_epochs: int
@@ -58,6 +65,11 @@ def otm_surface(path: Path = DAX_SURFACE) -> pd.DataFrame:
 
     Shape:
         output: one row per (strike, maturity) point of the surface.
+
+    Examples:
+        >>> surface = otm_surface()
+        >>> len(surface), surface["option_type"].value_counts().to_dict()
+        (104, {'put': 57, 'call': 47})
     """
     quotes = read_quotes(path)
     forward = quotes["spot"] * np.exp((quotes["rate"] - quotes["dividend"]) * quotes["maturity"])

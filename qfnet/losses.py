@@ -22,7 +22,18 @@ __all__ = [
 
 
 class RiskMeasure(nn.Module):
-    """Base class: ``forward(pnl, target=None) -> scalar loss``; ``exact(pnl)`` evaluates it."""
+    """Base class: ``forward(pnl, target=None) -> scalar loss``; ``exact(pnl)`` evaluates it.
+
+    Shape:
+        - pnl: (N,); output: scalar
+
+    Examples:
+        >>> class ExpectedLoss(RiskMeasure):
+        ...     def forward(self, pnl, target=None):
+        ...         return -pnl.mean()
+        >>> ExpectedLoss().exact(torch.tensor([1.0, 3.0]))
+        tensor(-2.)
+    """
 
     def exact(self, pnl: torch.Tensor) -> torch.Tensor:
         """The risk measure of a P&L sample (without auxiliary training variables)."""

@@ -71,6 +71,17 @@ def model_parameters(
 
     Shape:
         outputs: (N,) per parameter name.
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 110.0], "v0": [0.04, 0.05]})
+        >>> params = model_parameters(quotes, "heston",
+        ...                           {"kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7})
+        >>> params["v0"].tolist(), params["kappa"].tolist()
+        ([0.04, 0.05], [1.5, 1.5])
+        >>> model_parameters(quotes, "heston", {"v0": 0.04})
+        Traceback (most recent call last):
+        ...
+        ValueError: parameter 'v0' is given both as a column and in --params
     """
     if model not in MODEL_PARAMETERS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_PARAMETERS)}")

@@ -53,7 +53,13 @@ DEFAULT_SURROGATE = Path(__file__).resolve().parents[1] / "data" / "surrogates" 
 
 
 def default_surrogate_path() -> Path:
-    """Path of the shipped default Heston surrogate file."""
+    """Path of the shipped default Heston surrogate file.
+
+    Examples:
+        >>> path = default_surrogate_path()
+        >>> path.name, path.is_file()
+        ('model.pt', True)
+    """
     return DEFAULT_SURROGATE / "model.pt"
 
 
@@ -208,6 +214,19 @@ def save_surrogate(
         net: the surrogate.
         path: target file (conventionally ``RUN/model.pt``).
         training: JSON-like summary stored alongside (dataset, epochs, validation errors).
+
+    Returns:
+        The file written.
+
+    Examples:
+        >>> import tempfile
+        >>> net = build_surrogate("sabr", hidden=(8,))
+        >>> x = torch.tensor([[0.2, 0.5, -0.3, 0.6, 1.0, 0.0]], dtype=torch.float64)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_surrogate(net, f"{tmp}/run/model.pt", training={"epochs": 0})
+        ...     again = load_surrogate(path)
+        >>> path.name, again.domain.model, torch.equal(again(x), net(x))
+        ('model.pt', 'sabr', True)
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

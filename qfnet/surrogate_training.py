@@ -48,7 +48,13 @@ def vol_loss_bp2(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def vol_error_bp(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample absolute implied-vol error in bp (a metric). Shape: (N,), (N,) -> (N,)."""
+    """Per-sample absolute implied-vol error in bp (a metric). Shape: (N,), (N,) -> (N,).
+
+    Examples:
+        >>> errors = vol_error_bp(torch.tensor([0.2010, 0.1995]), torch.tensor([0.2, 0.2]))
+        >>> [round(e, 2) for e in errors.tolist()]
+        [10.0, 5.0]
+    """
     return (predicted - target).abs() * 1e4
 
 
@@ -59,6 +65,18 @@ def load_training_tensors(
 
     Rows without a finite positive implied vol (prices with no Black vol) are dropped; their
     count is in ``metadata["dropped_rows"]``.
+
+    Shape:
+        - inputs: (N, P + 2), columns :attr:`Domain.input_names`; implied vols: (N,)
+
+    Examples:
+        >>> import tempfile
+        >>> from pricing.datasets import generate
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     data = generate(f"{tmp}/ds", model="sabr", n=16, progress=False)
+        ...     x, iv, domain, meta = load_training_tensors(data)
+        >>> x.shape, iv.shape, domain.input_names[-2:], meta["dropped_rows"]
+        (torch.Size([16, 6]), torch.Size([16]), ('maturity', 'log_moneyness'), 0)
     """
     frame, meta = load_dataset(path)
     domain = Domain.from_dict(meta["domain"])
@@ -220,6 +238,21 @@ def train_surrogate(
         The summary written to ``out/summary.json``: ``test`` holds ``n, mae_bp, median_bp,
         p99_bp, max_bp`` (absolute implied-vol errors in bp), plus row counts and settings.
         Empty on ranks other than 0 under torchrun.
+
+    Examples:
+        A two-epoch run on 64 points (far too small to be accurate), then the surrogate file
+        of its last checkpoint (:func:`export_checkpoint`):
+
+        >>> import tempfile
+        >>> from pricing.datasets import generate
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     data = generate(f"{tmp}/ds", model="sabr", n=64, progress=False)
+        ...     summary = train_surrogate(data, f"{tmp}/run", epochs=2, batch_size=32,
+        ...                               hidden=(8,), progress=False, device="cpu")
+        ...     ready = (Path(tmp) / "run" / "model.pt").is_file()
+        ...     last = load_surrogate(export_checkpoint(f"{tmp}/run", which="last"))
+        >>> summary["epochs"], sorted(summary["test"]), ready, last.domain.model
+        (2, ['mae_bp', 'max_bp', 'median_bp', 'n', 'p99_bp'], True, 'sabr')
     """
     from qfnet.training import Trainer, TrainerConfig
     from qfnet.training.distributed import init_distributed
@@ -299,7 +332,16 @@ def export_checkpoint(
     """Write the surrogate file of ``RUN/checkpoints/{best,last}.pt`` (to ``RUN/model_<which>.pt``).
 
     Serves runs stopped before the end (``model.pt`` is written when training completes) and
-    picking the best-validation weights instead of the final ones.
+    picking the best-validation weights instead of the final ones (a complete example is in
+    :func:`train_surrogate`).
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     export_checkpoint(tmp)
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ... is not a surrogate run (no ...)
     """
     from pricing.datasets import HESTON_DOMAIN
     from qfnet.training import load_checkpoint

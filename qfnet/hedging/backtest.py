@@ -43,6 +43,20 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order) or *long*
     (columns ``path``, ``step``, ``spot`` and optionally ``variance``). Each path is multiplied by
     ``spot / S_0`` so the option (struck relative to ``spot``) is hedged on every window alike.
+
+    Shape:
+        - output spot (and variance, when given): (N, T + 1)
+
+    Examples:
+        >>> import tempfile
+        >>> from qfnet.hedging.config import config_from_dict
+        >>> market = Market(config_from_dict({"market": {"n_steps": 5}}))
+        >>> wide = pd.DataFrame({str(t): [100.0 + t, 50.0 - t] for t in range(6)})  # 2 paths
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     wide.to_parquet(Path(tmp) / "paths.parquet")
+        ...     raw = read_paths(Path(tmp) / "paths.parquet", market)
+        >>> raw.spot.shape, raw.spot[:, :2].tolist(), raw.variance
+        (torch.Size([2, 6]), [[1.0, 1.01], [1.0, 0.98]], None)
     """
     frame = pd.read_parquet(path)
     steps = market.n_steps
@@ -132,6 +146,17 @@ def backtest(
 
     Bootstrap resamples are shared by all strategies (paired), so the intervals of the ES95
     ratio against the delta hedge reflect the difference, not two independent noises.
+
+    Examples:
+        >>> from qfnet.hedging.config import config_from_dict
+        >>> config = config_from_dict({"market": {"n_steps": 5}})
+        >>> market = Market(config)
+        >>> data, _ = make_paths(market, 64, split="test", seed=0)
+        >>> report, results = backtest(config, data, market, n_resamples=10)
+        >>> report["strategies"], report["n_paths"]
+        (['delta', 'no_hedge', 'whalley_wilmott'], 64)
+        >>> sorted(report["es95_vs_delta"]), len(report["delta"]["ci95"]["es95"])
+        (['no_hedge', 'whalley_wilmott'], 2)
     """
     risk_aversion = config.objective.risk_aversion
     results: dict[str, HedgeResult] = {}

@@ -34,7 +34,14 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
+    """A configuration value is missing, unknown, of the wrong type or out of range.
+
+    Examples:
+        >>> config_from_dict({"market": {"volatilty": 0.3}})
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: unknown key 'market.volatilty' (did you mean 'volatility'?)
+    """
 
 
 def _positive(key: str, value: float) -> None:
@@ -49,6 +56,13 @@ class MarketConfig:
     ``model`` is ``black_scholes`` (uses ``volatility``) or ``heston`` (uses ``v0, kappa, theta,
     sigma, rho``, or a calibration result JSON named by ``calibration`` whose ``params`` hold
     them). ``cost`` is the proportional cost rate, one float or one per instrument.
+
+    Examples:
+        >>> MarketConfig(model="heston", instruments=["underlying", "variance_swap"]).validate("market")
+        >>> MarketConfig(instruments=["underlying", "variance_swap"]).validate("market")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: market.instruments: variance_swap needs model: heston
     """
 
     model: Literal["black_scholes", "heston"] = "black_scholes"
@@ -97,6 +111,12 @@ class DerivativeConfig:
     """The derivative sold. ``type`` in european, asian (arithmetic, fixings every step),
     barrier (``barrier``, ``barrier_type`` in up_out, down_out, up_in, down_in) or lookback
     (floating strike). ``premium`` is received at time 0 (0: report the P&L before premium).
+
+    Examples:
+        >>> DerivativeConfig(type="barrier").validate("derivative")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: derivative.barrier is required when derivative.type is barrier
     """
 
     type: Literal["european", "asian", "barrier", "lookback"] = "european"
@@ -116,7 +136,14 @@ class DerivativeConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    """Number of paths in the fixed train, validation and test sets."""
+    """Number of paths in the fixed train, validation and test sets.
+
+    Examples:
+        >>> PathsConfig(train=1000, val=0).validate("paths")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: paths.val must be > 0, got 0
+    """
 
     train: int = 200_000
     val: int = 50_000
@@ -133,6 +160,13 @@ class StrategyConfig:
 
     ``reference: delta`` builds the policy around the Black-Scholes hedge (the band's centre;
     the offset origin of ``mlp``/``gru``); ``none`` learns positions from the features alone.
+
+    Examples:
+        >>> StrategyConfig(type="mlp", reference="none").validate("strategy")
+        >>> StrategyConfig(reference="none").validate("strategy")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: strategy.reference must be delta for the ntb policy
     """
 
     type: Literal["ntb", "mlp", "gru"] = "ntb"
@@ -152,7 +186,14 @@ class StrategyConfig:
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """Risk measure minimised: ``es`` (with ``alpha``), ``entropic`` (``risk_aversion`` per
-    unit notional), ``variance`` or ``mean_variance`` (``risk_aversion``)."""
+    unit notional), ``variance`` or ``mean_variance`` (``risk_aversion``).
+
+    Examples:
+        >>> ObjectiveConfig(alpha=1.0).validate("objective")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: objective.alpha must be in (0, 1), got 1.0
+    """
 
     name: Literal["es", "entropic", "variance", "mean_variance"] = "es"
     alpha: float = 0.95
@@ -169,7 +210,16 @@ class TrainingConfig:
     """Optimisation settings passed to the shared Trainer (``threads``: sets torch's CPU
     threads for the process; ``dtype``: of the policy and the training paths; ``device``:
     where the Trainer trains, e.g. ``cpu``, ``cuda`` or ``auto``; paths are simulated on the
-    CPU and moved per batch)."""
+    CPU and moved per batch).
+
+    Examples:
+        >>> config_from_dict({"training": {"epochs": 2, "dtype": "float64"}}).training.epochs
+        2
+        >>> config_from_dict({"training": {"epochs": 2.5}})
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: training.epochs must be an integer, got 2.5
+    """
 
     epochs: int = 10
     batch_size: int = 20_000
@@ -191,7 +241,16 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class BaselineConfig:
     """Baselines: ``ww_risk_aversion`` of the Whalley-Wilmott band (``null``: chosen on the
-    training paths from a grid, by the objective)."""
+    training paths from a grid, by the objective).
+
+    Examples:
+        >>> BaselineConfig().ww_risk_aversion is None
+        True
+        >>> BaselineConfig(ww_risk_aversion=-1.0).validate("baselines")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: baselines.ww_risk_aversion must be > 0, got -1.0
+    """
 
     ww_risk_aversion: float | None = None
 
@@ -202,7 +261,14 @@ class BaselineConfig:
 
 @dataclass(frozen=True)
 class HedgeConfig:
-    """A complete hedging experiment."""
+    """A complete hedging experiment.
+
+    Examples:
+        >>> config = HedgeConfig(seed=1, paths=PathsConfig(train=1000, val=500, test=1000))
+        >>> config.validate()
+        >>> config.paths.train, config.strategy.type, config.objective.name
+        (1000, 'ntb', 'es')
+    """
 
     seed: int = 0
     market: MarketConfig = field(default_factory=MarketConfig)
@@ -321,7 +387,17 @@ def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
 
 
 def load_config(path: str | Path) -> HedgeConfig:
-    """Load and validate a YAML (or JSON) hedging config; errors name the bad key."""
+    """Load and validate a YAML (or JSON) hedging config; errors name the bad key.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "hedge.yaml"
+        ...     _ = path.write_text("seed: 3\\nmarket:\\n  volatility: 0.25\\n")
+        ...     config = load_config(path)
+        >>> config.seed, config.market.volatility
+        (3, 0.25)
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -33,6 +33,11 @@ class RawPaths(NamedTuple):
 
     Shape:
         - spot, variance: (N, T + 1)
+
+    Examples:
+        >>> raw = Market(HedgeConfig()).simulate(3, generator=torch.Generator().manual_seed(0))
+        >>> raw.spot.shape, raw.spot[:, 0].tolist(), raw.variance is None  # Black-Scholes
+        (torch.Size([3, 21]), [1.0, 1.0, 1.0], True)
     """
 
     spot: torch.Tensor
@@ -51,6 +56,12 @@ class HedgeData(NamedTuple):
         - reference: (N, T, H), Black-Scholes reference hedge (delta; vega ratio for a
           variance swap)
         - vol: (N, T), implied-vol proxy
+
+    Examples:
+        >>> m = Market(HedgeConfig())
+        >>> data = m.data(m.simulate(3, generator=torch.Generator().manual_seed(0)))
+        >>> data.prices.shape, data.features.shape, data.payoff.shape
+        (torch.Size([3, 21, 1]), torch.Size([3, 20, 5]), torch.Size([3]))
     """
 
     spot: torch.Tensor
@@ -86,6 +97,17 @@ def unpack(packed: torch.Tensor, n_steps: int, n_instruments: int) -> HedgeData:
 
     Shape:
         - packed: (N, L)
+
+    Examples:
+        >>> m = Market(HedgeConfig())
+        >>> data = m.data(m.simulate(3, generator=torch.Generator().manual_seed(0)))
+        >>> back = unpack(pack(data), n_steps=20, n_instruments=1)
+        >>> all(torch.equal(a, b) for a, b in zip(back, data))
+        True
+        >>> unpack(torch.zeros(3, 10), n_steps=20, n_instruments=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: packed paths must have shape (N, 203) for T=20, H=1, got (3, 10)
     """
     t, h, f = n_steps, n_instruments, N_FEATURES
     sizes = [t + 1, (t + 1) * h, t * h, 1, t * f, t * h, t]

@@ -18,6 +18,15 @@ class HedgeResult(NamedTuple):
     Shape:
         - positions: (N, T, H)
         - pnl, cost, turnover: (N,)
+
+    Examples:
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> from qfnet.hedging.strategies import BlackScholesDelta
+        >>> m = Market(HedgeConfig())
+        >>> d = m.data(m.simulate(4, generator=torch.Generator().manual_seed(0)))
+        >>> result = run_strategy(BlackScholesDelta(), d, m)
+        >>> result.positions.shape, result.pnl.shape, bool((result.cost > 0).all())
+        (torch.Size([4, 20, 1]), torch.Size([4]), True)
     """
 
     positions: torch.Tensor

@@ -22,6 +22,18 @@ def plot_histograms(results: dict[str, HedgeResult], out_dir: Path) -> list[str]
     """Write ``pnl_hist_<strategy>.png`` for each strategy (shared bins, VaR95/ES95 marked).
 
     Returns the file names written.
+
+    Examples:
+        >>> import tempfile
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> from qfnet.hedging.pnl import run_strategy
+        >>> from qfnet.hedging.strategies import BlackScholesDelta
+        >>> market = Market(HedgeConfig())
+        >>> data = market.data(market.simulate(64, generator=torch.Generator().manual_seed(0)))
+        >>> results = {"delta": run_strategy(BlackScholesDelta(), data, market)}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     plot_histograms(results, Path(tmp))
+        ['pnl_hist_delta.png']
     """
     pnls = {k: r.pnl.detach().to(torch.float64).cpu() for k, r in results.items()}
     finite = torch.cat([p for k, p in pnls.items() if k != "no_hedge"] or list(pnls.values()))
@@ -53,7 +65,20 @@ def plot_hedge_ratio(
     max_points: int = 4000,
 ) -> str:
     """Write ``hedge_ratio_vs_spot.png``: positions in the underlying against spot at three
-    dates (start, middle, last rebalancing), for every strategy that hedges."""
+    dates (start, middle, last rebalancing), for every strategy that hedges.
+
+    Examples:
+        >>> import tempfile
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> from qfnet.hedging.pnl import run_strategy
+        >>> from qfnet.hedging.strategies import BlackScholesDelta
+        >>> market = Market(HedgeConfig())
+        >>> data = market.data(market.simulate(64, generator=torch.Generator().manual_seed(0)))
+        >>> results = {"delta": run_strategy(BlackScholesDelta(), data, market)}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     plot_hedge_ratio(results, data, market, Path(tmp))
+        'hedge_ratio_vs_spot.png'
+    """
     steps = sorted({0, market.n_steps // 2, market.n_steps - 1})
     fig = Figure(figsize=(5 * len(steps), 4))
     axes = fig.subplots(1, len(steps), squeeze=False)

@@ -26,7 +26,19 @@ __all__ = [
 
 
 class Strategy(Protocol):
-    """Anything with ``positions(data) -> (N, T, H)``."""
+    """Anything with ``positions(data) -> (N, T, H)``.
+
+    Shape:
+        - output: (N, T, H): N paths, T steps, H hedging instruments.
+
+    Examples:
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> market = Market(HedgeConfig())
+        >>> data = market.data(market.simulate(4, generator=torch.Generator().manual_seed(0)))
+        >>> strategy: Strategy = BlackScholesDelta()
+        >>> strategy.positions(data).shape
+        torch.Size([4, 20, 1])
+    """
 
     def positions(self, data: HedgeData) -> torch.Tensor: ...
 
@@ -39,7 +51,19 @@ def _underlying_only(data: HedgeData, hedge: torch.Tensor) -> torch.Tensor:
 
 
 class NoHedge:
-    """Hold nothing: the P&L is the (discounted) premium minus the payoff."""
+    """Hold nothing: the P&L is the (discounted) premium minus the payoff.
+
+    Shape:
+        - output: (N, T, H), all zeros.
+
+    Examples:
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> market = Market(HedgeConfig())
+        >>> data = market.data(market.simulate(4, generator=torch.Generator().manual_seed(0)))
+        >>> positions = NoHedge().positions(data)
+        >>> positions.shape, bool((positions == 0).all())
+        (torch.Size([4, 20, 1]), True)
+    """
 
     def positions(self, data: HedgeData) -> torch.Tensor:
         return torch.zeros_like(data.reference)
@@ -50,6 +74,17 @@ class BlackScholesDelta:
 
     References:
         Black, Scholes (1973), "The pricing of options and corporate liabilities", JPE 81(3).
+
+    Shape:
+        - output: (N, T, H); the underlying's column is the reference delta.
+
+    Examples:
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> market = Market(HedgeConfig())
+        >>> data = market.data(market.simulate(4, generator=torch.Generator().manual_seed(0)))
+        >>> positions = BlackScholesDelta().positions(data)
+        >>> positions.shape, bool(torch.equal(positions[..., 0], data.reference[..., 0]))
+        (torch.Size([4, 20, 1]), True)
     """
 
     def positions(self, data: HedgeData) -> torch.Tensor:
@@ -70,6 +105,18 @@ class WhalleyWilmott:
         Whalley, Wilmott (1997), "An asymptotic analysis of an optimal hedging model for option
         pricing with transaction costs", Mathematical Finance 7(3), 307-324 (the leading-order
         band half-width).
+
+    Shape:
+        - output: (N, T, H); :meth:`half_width`: (N, T).
+
+    Examples:
+        >>> from qfnet.hedging.config import HedgeConfig
+        >>> market = Market(HedgeConfig())
+        >>> data = market.data(market.simulate(4, generator=torch.Generator().manual_seed(0)))
+        >>> ww = WhalleyWilmott(market, risk_aversion=1.0)
+        >>> hedge, width = ww.positions(data)[..., 0], ww.half_width(data)
+        >>> hedge.shape, bool(((hedge - data.reference[..., 0]).abs() <= width + 1e-12).all())
+        (torch.Size([4, 20]), True)
     """
 
     def __init__(self, market: Market, risk_aversion: float) -> None:
@@ -106,6 +153,17 @@ class HestonDelta:
     ``sqrt(v)`` (13 nodes over the observed range), interpolated bilinearly: the table costs
     ``T * 1833`` pricer calls whatever the number of paths, and the interpolation error is
     about 1e-3 or less.
+
+    Shape:
+        - output: (N, T, H); :meth:`variance`: (N, T).
+
+    Examples:
+        >>> from qfnet.hedging.config import config_from_dict
+        >>> market = Market(config_from_dict({"market": {"model": "heston", "n_steps": 2}}))
+        >>> data = market.data(market.simulate(4, generator=torch.Generator().manual_seed(0)))
+        >>> hedge = HestonDelta(market, n_moneyness=15, n_variance=3).positions(data)[..., 0]
+        >>> hedge.shape, bool(((hedge > 0) & (hedge < 1)).all())  # a call's delta
+        (torch.Size([4, 2]), True)
     """
 
     def __init__(self, market: Market, n_moneyness: int = 141, n_variance: int = 13) -> None:

@@ -52,6 +52,15 @@ class HedgeModel(nn.Module):
     Shape:
         - packed: (N, L) (or (1, N, L) as collated by a loader)
         - output: (N,)
+
+    Examples:
+        >>> config = config_from_dict({"market": {"n_steps": 5}})
+        >>> market = Market(config)
+        >>> model = build_model(config, market)
+        >>> data, _ = make_paths(market, 8, split="train", seed=0)
+        >>> pnl = model(pack(data).float())
+        >>> pnl.shape, model.risk_loss(pnl).shape
+        (torch.Size([8]), torch.Size([]))
     """
 
     def __init__(
@@ -101,7 +110,16 @@ class HedgeModel(nn.Module):
 
 
 def hedge_forward(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-    """Trainer forward: the P&L is the output, there is no target and no sample weight."""
+    """Trainer forward: the P&L is the output, there is no target and no sample weight.
+
+    Examples:
+        >>> config = config_from_dict({"market": {"n_steps": 5}})
+        >>> market = Market(config)
+        >>> data, _ = make_paths(market, 8, split="train", seed=0)
+        >>> pnl, target, weight = hedge_forward(build_model(config, market), pack(data).float())
+        >>> pnl.shape, target, weight
+        (torch.Size([8]), None, None)
+    """
     return model(batch), None, None
 
 
@@ -110,6 +128,11 @@ class PathSet(Dataset):
 
     The batch comes back as a one-element list, which the default collate turns into a
     ``(1, B, L)`` tensor (one copy) instead of stacking ``B`` rows one by one.
+
+    Examples:
+        >>> paths = PathSet(torch.zeros(10, 53))
+        >>> len(paths), paths[0].shape, paths.__getitems__([0, 3, 5])[0].shape
+        (10, torch.Size([53]), torch.Size([3, 53]))
     """
 
     def __init__(self, packed: torch.Tensor) -> None:
@@ -130,6 +153,15 @@ def make_paths(market: Market, n_paths: int, *, split: str, seed: int) -> tuple[
 
     Each split has its own generator (seed ``3 * seed + offset``), so sets never share paths.
     Returns the data and the raw paths.
+
+    Examples:
+        >>> config = config_from_dict({"market": {"n_steps": 5}})
+        >>> market = Market(config)
+        >>> val, raw = make_paths(market, 8, split="val", seed=0)
+        >>> val.spot.shape, torch.equal(val.spot, make_paths(market, 8, split="val", seed=0)[0].spot)
+        (torch.Size([8, 6]), True)
+        >>> torch.equal(val.spot, make_paths(market, 8, split="test", seed=0)[0].spot)
+        False
     """
     generator = torch.Generator(device=market.device or "cpu").manual_seed(
         3 * seed + _SPLIT_OFFSET[split]
@@ -139,7 +171,14 @@ def make_paths(market: Market, n_paths: int, *, split: str, seed: int) -> tuple[
 
 
 def build_model(config: HedgeConfig, market: Market) -> HedgeModel:
-    """The learnable hedge model (policy and risk measure) described by ``config``."""
+    """The learnable hedge model (policy and risk measure) described by ``config``.
+
+    Examples:
+        >>> config = config_from_dict({"objective": {"name": "entropic"}})
+        >>> model = build_model(config, Market(config))
+        >>> type(model.risk).__name__, type(model.strategy.policy).__name__, model.n_steps
+        ('EntropicRisk', 'NoTransactionBandNet', 20)
+    """
     s, o = config.strategy, config.objective
     policy = build_policy(s.type, market.n_instruments, s.hidden, s.initial_width, s.activation)
     dtype = _DTYPES[config.training.dtype]
@@ -157,7 +196,16 @@ def build_model(config: HedgeConfig, market: Market) -> HedgeModel:
 
 
 class TrainResult(NamedTuple):
-    """Outcome of :func:`train`."""
+    """Outcome of :func:`train`.
+
+    Examples:
+        >>> config = config_from_dict({"market": {"n_steps": 5},
+        ...     "paths": {"train": 64, "val": 32, "test": 32},
+        ...     "training": {"epochs": 1, "batch_size": 32}, "baselines": {"ww_risk_aversion": 1.0}})
+        >>> result = train(config)
+        >>> type(result.model).__name__, result.ww_risk_aversion, result.seconds > 0
+        ('HedgeModel', 1.0, True)
+    """
 
     model: HedgeModel
     history: Any
@@ -174,6 +222,17 @@ def train(
 
     ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
     ``cpu_seconds`` its process CPU time (all threads).
+
+    Examples:
+        >>> import tempfile
+        >>> config = config_from_dict({"market": {"n_steps": 5},
+        ...     "paths": {"train": 64, "val": 32, "test": 32},
+        ...     "training": {"epochs": 1, "batch_size": 32}, "baselines": {"ww_risk_aversion": 1.0}})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     result = train(config, tmp)
+        ...     written = sorted(p.name for p in Path(tmp).glob("*.*"))
+        >>> "model.pt" in written and "hedge_config.json" in written
+        True
     """
     t = config.training
     if t.threads is not None:
@@ -250,7 +309,19 @@ def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec:
 
 
 def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, Any]]:
-    """Load ``run_dir/model.pt`` (``weights_only``): the config, the trained model, metadata."""
+    """Load ``run_dir/model.pt`` (``weights_only``): the config, the trained model, metadata.
+
+    Examples:
+        >>> import tempfile
+        >>> config = config_from_dict({"market": {"n_steps": 5},
+        ...     "paths": {"train": 64, "val": 32, "test": 32},
+        ...     "training": {"epochs": 1, "batch_size": 32}, "baselines": {"ww_risk_aversion": 1.0}})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = train(config, tmp)
+        ...     loaded, model, meta = load_run(tmp)
+        >>> loaded == config, model.training, meta["ww_risk_aversion"]
+        (True, False, 1.0)
+    """
     path = Path(run_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"no trained hedging model at {path} (run `qfnet hedge train`)")

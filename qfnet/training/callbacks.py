@@ -255,6 +255,17 @@ class ProgressBar:
     every ``refresh_every`` steps).
 
     Disabled automatically when stderr is not a terminal, and on ranks other than 0.
+
+    Examples:
+        >>> from torch import nn
+        >>> from qfnet.training import Trainer, TrainerConfig
+        >>> x = torch.linspace(-1.0, 1.0, 32, dtype=torch.float64).unsqueeze(1)
+        >>> data = torch.utils.data.TensorDataset(x, 2 * x)
+        >>> config = TrainerConfig(max_epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+        >>> trainer = Trainer(nn.Linear(1, 1).double(), loss=nn.MSELoss(), config=config,
+        ...                   callbacks=[ProgressBar(refresh_every=5, leave=False)])
+        >>> len(trainer.fit(data).records)  # no bar here: stderr is not a terminal
+        2
     """
 
     def __init__(self, refresh_every: int = 20, leave: bool = True) -> None:
@@ -306,6 +317,21 @@ class LossCurvePlot:
 
     Args:
         path: Output file (``None``: ``run_dir/loss.png``).
+
+    Examples:
+        >>> import tempfile
+        >>> from torch import nn
+        >>> from qfnet.training import Trainer, TrainerConfig
+        >>> x = torch.linspace(-1.0, 1.0, 32, dtype=torch.float64).unsqueeze(1)
+        >>> data = torch.utils.data.TensorDataset(x, 2 * x)
+        >>> config = TrainerConfig(max_epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     plot = LossCurvePlot(Path(tmp) / "loss.png")
+        ...     trainer = Trainer(nn.Linear(1, 1).double(), loss=nn.MSELoss(), config=config,
+        ...                       callbacks=[plot])
+        ...     _ = trainer.fit(data)
+        ...     plot.path.is_file()
+        True
     """
 
     def __init__(self, path: str | Path | None = None) -> None:

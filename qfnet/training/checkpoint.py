@@ -35,7 +35,17 @@ VERSION = 1
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read: missing, truncated, corrupted, tampered with or unsafe."""
+    """A checkpoint cannot be read: missing, truncated, corrupted, tampered with or unsafe.
+
+    Examples:
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     bad = Path(tmp) / "ck.pt"
+        ...     _ = bad.write_bytes(b"not a checkpoint")
+        ...     load_checkpoint(bad)
+        Traceback (most recent call last):
+        ...
+        qfnet.training.checkpoint.CheckpointError: checkpoint ...ck.pt: ...
+    """
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -77,6 +87,14 @@ def link_checkpoint(source: str | Path, path: str | Path) -> Path:
     """Make ``path`` an atomic hard link to ``source`` (a copy where links are not supported).
 
     Later atomic replacements of ``source`` leave ``path`` unchanged.
+
+    Examples:
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     last = save_checkpoint({"step": 1}, Path(tmp) / "last.pt")
+        ...     best = link_checkpoint(last, Path(tmp) / "best.pt")
+        ...     _ = save_checkpoint({"step": 2}, last)  # replaces last.pt, not best.pt
+        ...     load_checkpoint(best)["step"], load_checkpoint(last)["step"]
+        (1, 2)
     """
     source, path = Path(source), Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
@@ -102,6 +120,17 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     Raises:
         CheckpointError: Naming the file, if it is missing, truncated, corrupted (CRC mismatch),
             not a qfnet checkpoint, or carries a pickled object that ``weights_only`` refuses.
+
+    Examples:
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_checkpoint({"w": torch.zeros(3), "epoch": 4}, Path(tmp) / "ck.pt")
+        ...     state = load_checkpoint(path)
+        >>> sorted(state), state["w"].shape
+        (['epoch', 'w'], torch.Size([3]))
+        >>> load_checkpoint("missing.pt")
+        Traceback (most recent call last):
+        ...
+        qfnet.training.checkpoint.CheckpointError: checkpoint missing.pt: file not found
     """
     path = Path(path)
     if not path.is_file():
@@ -177,7 +206,15 @@ def get_rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states captured by :func:`get_rng_state`."""
+    """Restore the states captured by :func:`get_rng_state`.
+
+    Examples:
+        >>> state = get_rng_state()
+        >>> first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+        >>> set_rng_state(state)
+        >>> (random.random(), float(np.random.rand()), float(torch.rand(()))) == first
+        True
+    """
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
     nps = state["numpy"]

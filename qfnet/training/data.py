@@ -131,7 +131,13 @@ class _ShardSampler(Sampler[int]):
 
 
 def tensor_backed(data: Any) -> bool:
-    """True for a tensor, a ``TensorDataset`` or (nested) ``Subset`` of them."""
+    """True for a tensor, a ``TensorDataset`` or (nested) ``Subset`` of them.
+
+    Examples:
+        >>> x = torch.zeros(4, 2)
+        >>> tensor_backed(x), tensor_backed(Subset(TensorDataset(x), [0, 2])), tensor_backed([x])
+        (True, True, False)
+    """
     if isinstance(data, (torch.Tensor, TensorDataset)):
         return True
     return isinstance(data, Subset) and tensor_backed(data.dataset)
@@ -204,6 +210,16 @@ class TrainLoader:
     reached without replaying the data. A user DataLoader gets ``set_epoch`` (when its sampler
     has it), its generator's state at the epoch start restored on resume, and its first
     batches skipped.
+
+    Examples:
+        >>> x = torch.arange(10.0).unsqueeze(1)
+        >>> loader = TrainLoader(TensorDataset(x), batch_size=4, shuffle=True, drop_last=False,
+        ...                      seed=0, rank=0, world_size=1, loader_kwargs={})
+        >>> epoch = [b[0].flatten().tolist() for b in loader.epoch_iter(0)]
+        >>> len(loader), [len(b) for b in epoch], sorted(sum(epoch, [])) == x.flatten().tolist()
+        (3, [4, 4, 2], True)
+        >>> [b[0].flatten().tolist() for b in loader.epoch_iter(0, start_batch=2)] == epoch[2:]
+        True
     """
 
     def __init__(
@@ -271,7 +287,17 @@ class TrainLoader:
 def eval_loader(
     data: DataSource, *, batch_size: int, rank: int, world_size: int, loader_kwargs: dict
 ) -> DataLoader | _TensorBatches:
-    """A sequential loader, sharded without padding across ranks (each sample counted once)."""
+    """A sequential loader, sharded without padding across ranks (each sample counted once).
+
+    Examples:
+        >>> data = TensorDataset(torch.arange(10.0))
+        >>> [b[0].tolist() for b in eval_loader(data, batch_size=4, rank=0, world_size=1,
+        ...                                      loader_kwargs={})]
+        [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0]]
+        >>> [b[0].tolist() for b in eval_loader(data, batch_size=4, rank=1, world_size=2,
+        ...                                      loader_kwargs={})]  # the odd samples
+        [[1.0, 3.0, 5.0, 7.0], [9.0]]
+    """
     if isinstance(data, DataLoader):
         return data
     base = _ShardSampler(len(data), rank, world_size)

@@ -79,6 +79,20 @@ class TensorBoardLogger:
     Args:
         log_dir: Event folder (``None``: ``run_dir``).
         log_every_n_steps: Flush period in optimizer steps.
+
+    Examples:
+        >>> import tempfile
+        >>> from torch import nn
+        >>> from qfnet.training import Trainer, TrainerConfig
+        >>> x = torch.linspace(-1.0, 1.0, 32, dtype=torch.float64).unsqueeze(1)
+        >>> data = torch.utils.data.TensorDataset(x, 2 * x)
+        >>> config = TrainerConfig(max_epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     trainer = Trainer(nn.Linear(1, 1).double(), loss=nn.MSELoss(), config=config,
+        ...                       callbacks=[TensorBoardLogger(tmp, log_every_n_steps=1)])
+        ...     _ = trainer.fit(data)
+        ...     [p.name.split(".")[0] for p in Path(tmp).iterdir()]
+        ['events']
     """
 
     def __init__(self, log_dir: str | Path | None = None, log_every_n_steps: int | None = None):

@@ -30,6 +30,13 @@ class LRFinderResult:
 
     ``suggestion`` is the LR where the smoothed loss falls fastest against ``log(lr)``, before
     its minimum (``None`` when the loss never decreased).
+
+    Examples:
+        >>> import tempfile
+        >>> result = LRFinderResult(lrs=[1e-3, 1e-2, 1e-1], losses=[1.0, 0.5, 2.0], suggestion=1e-2)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     result.plot(Path(tmp) / "lr_find.png").name
+        'lr_find.png'
     """
 
     lrs: list[float]
@@ -87,6 +94,20 @@ def lr_find(
 
     Returns:
         The :class:`LRFinderResult`.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from qfnet.training import Trainer, TrainerConfig
+        >>> x = torch.linspace(-1.0, 1.0, 64, dtype=torch.float64).unsqueeze(1)
+        >>> data = torch.utils.data.TensorDataset(x, 2 * x)
+        >>> config = TrainerConfig(max_epochs=1, batch_size=16, optimizer="sgd", lr=0.1)
+        >>> trainer = Trainer(nn.Linear(1, 1).double(), loss=nn.MSELoss(), config=config)
+        >>> result = lr_find(trainer, data, min_lr=1e-4, max_lr=10.0, num_steps=20)
+        >>> len(result.lrs), result.lrs[0], round(result.lrs[-1], 9)
+        (20, 0.0001, 10.0)
+        >>> result.suggestion is not None and 1e-4 <= result.suggestion <= 10.0
+        True
     """
     if not (0 < min_lr < max_lr) or num_steps < 5:
         raise ValueError("lr_find: need 0 < min_lr < max_lr and num_steps >= 5")

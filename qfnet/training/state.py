@@ -31,6 +31,17 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
     """Everything a checkpoint holds (plain types and tensors only).
 
     At the end of an epoch the loop position is the start of the next one.
+
+    Examples:
+        >>> import torch
+        >>> from qfnet.training import Trainer, TrainerConfig
+        >>> x = torch.linspace(-1.0, 1.0, 64, dtype=torch.float64).unsqueeze(1)
+        >>> config = TrainerConfig(max_epochs=2, batch_size=16, optimizer="sgd", lr=0.1)
+        >>> trainer = Trainer(nn.Linear(1, 1).double(), loss=nn.MSELoss(), config=config)
+        >>> _ = trainer.fit(torch.utils.data.TensorDataset(x, 2 * x))
+        >>> state = trainer_state(trainer)
+        >>> sorted(state)[:5], state["loop"]["global_step"], len(state["history"])
+        (['callbacks', 'config', 'history', 'loop', 'loss'], 8, 2)
     """
     done = trainer._epoch_done
     loop = {
@@ -62,7 +73,25 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
 
 
 def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
-    """Load a checkpoint's state into a trainer set up for ``fit`` (model, optimizer, ...)."""
+    """Load a checkpoint's state into a trainer set up for ``fit`` (model, optimizer, ...).
+
+    ``Trainer.fit(resume=True)`` (or ``ckpt_path=...``) calls it after its setup.
+
+    Examples:
+        >>> import tempfile
+        >>> import torch
+        >>> from qfnet.training import Trainer, TrainerConfig
+        >>> x = torch.linspace(-1.0, 1.0, 32, dtype=torch.float64).unsqueeze(1)
+        >>> data = torch.utils.data.TensorDataset(x, 2 * x)
+        >>> first, again = nn.Linear(1, 1).double(), nn.Linear(1, 1).double()
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     config = TrainerConfig(max_epochs=1, batch_size=16, optimizer="sgd", run_dir=tmp)
+        ...     _ = Trainer(first, loss=nn.MSELoss(), config=config).fit(data)
+        ...     trainer = Trainer(again, loss=nn.MSELoss(), config=config)
+        ...     history = trainer.fit(data, resume=True)  # restored at the end: nothing to do
+        >>> torch.equal(again.weight, first.weight), trainer.global_step, len(history.records)
+        (True, 2, 1)
+    """
     loop = state["loop"]
     if loop["batch_in_epoch"]:
         for key in ("batch_size", "accumulate_grad_batches", "world_size"):

@@ -34,6 +34,11 @@ class NonFiniteLossError(FloatingPointError):
         epoch: 0-based epoch.
         step: 0-based optimizer step within the epoch.
         global_step: 0-based optimizer step since the start of training.
+
+    Examples:
+        >>> error = NonFiniteLossError("loss is nan", epoch=2, step=5, global_step=105)
+        >>> str(error), error.epoch, error.global_step, isinstance(error, FloatingPointError)
+        ('loss is nan', 2, 105, True)
     """
 
     def __init__(self, message: str, *, epoch: int, step: int, global_step: int) -> None:
@@ -67,6 +72,12 @@ class StepModule(nn.Module):
     """Forward and loss as one module, so that DDP sees the model and any loss parameters.
 
     ``forward(batch)`` returns ``(loss_value, output, target, weight)``.
+
+    Examples:
+        >>> step = StepModule(nn.Identity(), nn.MSELoss(), default_forward)
+        >>> loss, output, target, weight = step((torch.tensor([1.0, 3.0]), torch.zeros(2)))
+        >>> float(loss), weight, [name for name, _ in step.named_children()]
+        (5.0, None, ['model', 'loss'])
     """
 
     def __init__(self, model: nn.Module, loss: LossFn, forward: ForwardFn) -> None:
@@ -186,7 +197,14 @@ class History:
 
 
 def scale_gradients_(grads: list[torch.Tensor], factor: torch.Tensor | float) -> None:
-    """Multiply every gradient by ``factor`` in place (skipped for the float 1.0)."""
+    """Multiply every gradient by ``factor`` in place (skipped for the float 1.0).
+
+    Examples:
+        >>> grads = [torch.tensor([1.0, 2.0]), torch.tensor([4.0])]
+        >>> scale_gradients_(grads, 0.5)
+        >>> [g.tolist() for g in grads]
+        [[0.5, 1.0], [2.0]]
+    """
     if not grads or (not isinstance(factor, torch.Tensor) and factor == 1.0):
         return
     torch._foreach_mul_(grads, factor)
@@ -210,7 +228,16 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 class EpochLoss:
-    """Per-step mean losses and weights of an epoch, summed once when asked (no per-step ops)."""
+    """Per-step mean losses and weights of an epoch, summed once when asked (no per-step ops).
+
+    Examples:
+        >>> epoch = EpochLoss()
+        >>> epoch.add(torch.tensor(1.0), 3)
+        >>> epoch.add(torch.tensor(2.0), 1)
+        >>> total, weight = epoch.sums(torch.device("cpu"))
+        >>> float(total), float(weight), float(total / weight)  # weighted mean 1.25
+        (5.0, 4.0, 1.25)
+    """
 
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
@@ -241,6 +268,20 @@ def scaled_loss(
 
     The loss to backpropagate is ``sum(w * loss) / nominal``; for the common scalar loss of a
     full batch it is the loss itself, without extra operations.
+
+    Shape:
+        - value: ``()`` or ``(N, ...)``; weight: ``(N,)`` or ``None``
+
+    Examples:
+        A scalar loss of a half-size micro-batch counts half in the accumulated gradient:
+
+        >>> mean, weight, loss = scaled_loss(torch.tensor(2.0), None, count=16, nominal=32)
+        >>> float(mean), weight, float(loss)
+        (2.0, 16, 1.0)
+        >>> mean, weight, loss = scaled_loss(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 3.0]),
+        ...                                  count=2, nominal=4)
+        >>> float(mean), float(weight), float(loss)  # (1 * 1 + 3 * 3) / 4
+        (2.5, 4.0, 2.5)
     """
     if value.ndim == 0 and weight is None:
         ratio = count / nominal
