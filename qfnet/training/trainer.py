@@ -356,7 +356,10 @@ class Trainer:
         self.history.records.append(dict(self.epoch_metrics))
         self._epoch_done = True
         self.call("on_epoch_end")
+        # From here on the loop position is the start of the next epoch (trainer_state must not
+        # add one again after fit() returns).
         self.epoch += 1
+        self._epoch_done = False
         self.batch_in_epoch = self.step_in_epoch = 0
         self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
         return True

@@ -358,3 +358,18 @@ def test_loss_module_parameters_are_trained_and_checkpointed(regression, mlp, tm
     assert loss.log_sigma.item() != 0.0
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["loss"]["log_sigma"]
     assert torch.equal(saved, loss.log_sigma.detach())
+
+
+def test_state_after_fit_points_at_the_next_epoch_not_beyond():
+    from qfnet.training.state import trainer_state
+
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    trainer = Trainer(
+        torch.nn.Linear(3, 1).double(),
+        loss=torch.nn.functional.mse_loss,
+        config=TrainerConfig(
+            max_epochs=2, batch_size=16, optimizer="sgd", lr=0.1, progress_bar=False
+        ),
+    )
+    trainer.fit(TensorDataset(x, x.sum(1, keepdim=True)))
+    assert trainer_state(trainer)["loop"]["epoch"] == 2
