@@ -414,5 +414,9 @@ register_method(
     None,
     "import qfnet.calibration_surrogate first (it needs qfnet's trained surrogate)",
 )
-register_method("heston", "network", None,
-                "the calibration network (issue 6, part 3) is not implemented yet")  # fmt: skip
+register_method(
+    "heston",
+    "network",
+    None,
+    "import qfnet.calibration_network_method first (it needs qfnet's trained network)",
+)

@@ -67,7 +67,7 @@ def calibrate_command(
     quotes: Annotated[Path, typer.Option("--quotes", help="Quote table (.csv or .parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Result JSON to write.")],
     method: Annotated[
-        str, typer.Option("--method", help="direct, quantlib or (heston) surrogate.")
+        str, typer.Option("--method", help="direct, quantlib, or (heston) surrogate or network.")
     ] = "direct",
     weights: Annotated[str, typer.Option("--weights", help="equal, vega or spread.")] = "equal",
     beta: Annotated[float | None, typer.Option("--beta", help="SABR beta (default 1).")] = None,
@@ -105,8 +105,11 @@ def calibrate_command(
     if not quotes.exists():
         raise _fail(f"{quotes}: no such file")
     options: dict[str, Any] = {"free_beta": True} if free_beta else {}
+    # The qfnet-side methods register themselves with pricing.calibration when imported.
     if method == "surrogate":
-        import qfnet.calibration_surrogate  # noqa: F401  (registers the "surrogate" method)
+        import qfnet.calibration_surrogate
+    if method == "network":
+        import qfnet.calibration_network_method  # noqa: F401
     try:
         report = None
         if clean:

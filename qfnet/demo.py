@@ -132,7 +132,9 @@ def _surrogate_stage(out: Path, settings: DemoSettings, seed: int) -> list[str]:
 
 
 def _calibration_stage(out: Path, seed: int) -> tuple[list[str], dict[str, float]]:
-    import qfnet.calibration_surrogate  # noqa: F401  (registers the "surrogate" method)
+    # Importing these registers the qfnet-side methods ("network", "surrogate").
+    import qfnet.calibration_network_method
+    import qfnet.calibration_surrogate  # noqa: F401
     from pricing.calibration import available_methods, calibrate
     from pricing.smile_plot import plot_smiles
 

@@ -57,6 +57,8 @@ def test_missing_surrogate_file_is_reported(tmp_path: Path) -> None:
                   surrogate=tmp_path / "none.pt")  # fmt: skip
 
 
-def test_network_method_is_reported_as_missing() -> None:
-    with pytest.raises(NotImplementedError, match="calibration network"):
-        calibrate("heston", _synthetic_surface(), method="network")
+def test_network_method_registered_by_importing_its_module() -> None:
+    import qfnet.calibration_network_method  # noqa: F401
+
+    result = calibrate("heston", _synthetic_surface(), method="network")
+    assert result.method == "network" and result.iterations == 0

@@ -1,0 +1,414 @@
+"""Heston calibration network: the inverse map from an implied-vol surface to parameters.
+
+A network reads the implied vols of a surface on a fixed grid (6 maturities x 11 strikes, the
+grid of the surrogate's benchmark) and returns the Heston parameters in one forward pass
+(Hernandez 2017). It is trained through :class:`qfnet.training.Trainer` on surfaces labelled by
+the exact pricer at Sobol-sampled parameters, with an MSE loss on box-normalised parameters;
+its outputs are mapped into the parameter box by a sigmoid, so every answer is admissible.
+
+Rebuild the shipped network (``data/networks/heston_calibration/``)::
+
+    python -m qfnet.calibration_network --out data/networks/heston_calibration/network.pt
+
+References:
+    Hernandez, A. (2017), "Model calibration with neural networks", Risk, June 2017.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pricing.black_scholes import black_implied_vol
+from pricing.heston import price as heston_price
+from qfnet.nets import MLP
+from qfnet.training import EarlyStopping, Trainer, TrainerConfig
+
+__all__ = [
+    "BOX",
+    "GRID_LOG_MONEYNESS",
+    "GRID_MATURITY",
+    "NAMES",
+    "CalibrationNetwork",
+    "accuracy",
+    "default_path",
+    "load_network",
+    "make_dataset",
+    "predict",
+    "sample_parameters",
+    "save_network",
+    "surface_from_quotes",
+    "surface_vols",
+    "train_network",
+]
+
+NAMES = ("v0", "kappa", "theta", "sigma", "rho")
+BOX: dict[str, tuple[float, float]] = {
+    "v0": (0.01, 0.25),
+    "kappa": (0.5, 5.0),
+    "theta": (0.01, 0.25),
+    "sigma": (0.1, 1.0),
+    "rho": (-0.95, 0.0),
+}
+MATURITIES = (30 / 365, 0.25, 0.5, 1.0, 2.0, 3.0)
+Z = tuple(np.linspace(-2.5, 2.5, 11).tolist())
+_Z_SCALE = 0.2
+N_POINTS = len(MATURITIES) * len(Z)
+GRID_MATURITY = torch.tensor(MATURITIES, dtype=torch.float64).repeat_interleave(len(Z))
+GRID_LOG_MONEYNESS = (
+    torch.tensor(Z, dtype=torch.float64) * _Z_SCALE * torch.sqrt(torch.tensor(MATURITIES)[:, None])
+).reshape(-1)  # (66,), maturity-major
+_FORMAT = "qfnet.heston_calibration_network/1"
+
+
+def default_path() -> Path:
+    """Path of the shipped network, ``data/networks/heston_calibration/network.pt``."""
+    return Path(__file__).resolve().parents[1] / "data/networks/heston_calibration/network.pt"
+
+
+def _box_tensors(box: Mapping[str, Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lower = torch.tensor([float(box[n][0]) for n in NAMES], dtype=torch.float64)
+    upper = torch.tensor([float(box[n][1]) for n in NAMES], dtype=torch.float64)
+    return lower, upper
+
+
+def sample_parameters(n: int, *, seed: int = 0) -> torch.Tensor:
+    """Scrambled-Sobol parameter sets filling :data:`BOX`, columns in :data:`NAMES` order.
+
+    Shape:
+        output: ``(n, 5)``.
+
+    Examples:
+        >>> sample_parameters(4, seed=1).shape
+        torch.Size([4, 5])
+    """
+    lower, upper = _box_tensors(BOX)
+    engine = torch.quasirandom.SobolEngine(len(NAMES), scramble=True, seed=seed)
+    return lower + (upper - lower) * engine.draw(n, dtype=torch.float64)
+
+
+def surface_vols(params: torch.Tensor) -> torch.Tensor:
+    """Exact Heston implied vols on the grid (forward 1, no discounting), NaN where unsolvable.
+
+    Out-of-the-money options are priced (calls for ``k >= 0``, puts below).
+
+    Shape:
+        params: ``(P, 5)`` -> output ``(P, 66)``.
+
+    Examples:
+        >>> vols = surface_vols(torch.tensor([[0.04, 1.5, 0.04, 0.3, -0.5]], dtype=torch.float64))
+        >>> vols.shape, bool(abs(vols[0, 5] - 0.2) < 0.01)  # short-dated ATM vol near sqrt(v0)
+        (torch.Size([1, 66]), True)
+    """
+    ratio = torch.exp(GRID_LOG_MONEYNESS)[None, :]  # (1, 66)
+    t = GRID_MATURITY[None, :]
+    is_call = ratio >= 1.0
+    fields = {name: params[:, i : i + 1] for i, name in enumerate(NAMES)}  # (P, 1) each
+    prices = heston_price(forward=1.0, discount=1.0, strike=ratio, maturity=t, is_call=is_call,
+                          **fields)  # fmt: skip
+    return black_implied_vol(price=prices, forward=1.0, strike=ratio, maturity=t, is_call=is_call)
+
+
+def make_dataset(n: int, *, seed: int = 0, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``n`` parameter sets, label their surfaces, and drop surfaces with a NaN vol.
+
+    Shape:
+        output: params ``(n', 5)``, vols ``(n', 66)`` with ``n' <= n``.
+
+    Examples:
+        >>> params, vols = make_dataset(8, seed=0)
+        >>> params.shape[1], vols.shape[1], bool(torch.isfinite(vols).all())
+        (5, 66, True)
+    """
+    params = sample_parameters(n, seed=seed)
+    vols = torch.cat([surface_vols(p) for p in params.split(chunk)])
+    keep = torch.isfinite(vols).all(dim=1) & (vols > 0).all(dim=1)
+    return params[keep], vols[keep]
+
+
+class CalibrationNetwork(nn.Module):
+    """``vols (B, 66) -> unit-box parameters (B, 5)``: standardised inputs, an MLP, a sigmoid.
+
+    Map the output to parameters with :meth:`to_params` (``lower + (upper - lower) * u``).
+
+    Shape:
+        - input: ``(B, 66)``
+        - output: ``(B, 5)`` in ``(0, 1)``
+
+    Examples:
+        >>> net = CalibrationNetwork(hidden=(8,))
+        >>> net(torch.full((2, 66), 0.2, dtype=torch.float64)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden: Sequence[int] = (128, 128, 128, 128),
+        activation: str = "silu",
+        box: Mapping[str, Sequence[float]] = BOX,
+    ) -> None:
+        super().__init__()
+        self.hidden, self.activation = tuple(int(h) for h in hidden), activation
+        self.body = MLP(N_POINTS, len(NAMES), hidden=self.hidden, activation=activation).double()
+        lower, upper = _box_tensors(box)
+        self.register_buffer("lower", lower)
+        self.register_buffer("upper", upper)
+        self.register_buffer("input_mean", torch.full((N_POINTS,), 0.3, dtype=torch.float64))
+        self.register_buffer("input_std", torch.full((N_POINTS,), 0.1, dtype=torch.float64))
+
+    def fit_scaler(self, vols: torch.Tensor) -> None:
+        """Set the input standardisation from training surfaces ``(N, 66)``."""
+        self.input_mean.copy_(vols.mean(dim=0))
+        self.input_std.copy_(vols.std(dim=0).clamp(min=1e-6))
+
+    def forward(self, vols: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body((vols - self.input_mean) / self.input_std))
+
+    def to_unit(self, params: torch.Tensor) -> torch.Tensor:
+        """Parameters ``(B, 5)`` -> unit box."""
+        return (params - self.lower) / (self.upper - self.lower)
+
+    def to_params(self, unit: torch.Tensor) -> torch.Tensor:
+        """Unit box ``(B, 5)`` -> parameters."""
+        return self.lower + (self.upper - self.lower) * unit
+
+
+def train_network(
+    params: torch.Tensor,
+    vols: torch.Tensor,
+    *,
+    hidden: Sequence[int] = (128, 128, 128, 128),
+    activation: str = "silu",
+    max_epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    run_dir: str | None = None,
+) -> CalibrationNetwork:
+    """Train a :class:`CalibrationNetwork` on ``(params, vols)`` through the shared Trainer.
+
+    The loss is the MSE on box-normalised parameters; a ``val_fraction`` of the data (the last
+    rows) drives early stopping and a one-cycle learning-rate schedule sets the step size.
+
+    Shape:
+        params: ``(N, 5)``, vols ``(N, 66)``.
+
+    Examples:
+        >>> p, v = make_dataset(64, seed=0)
+        >>> net = train_network(p, v, hidden=(8,), max_epochs=1)
+        >>> predict(net, v[:2])["rho"].shape
+        torch.Size([2])
+    """
+    _check_surfaces(vols)
+    net = CalibrationNetwork(hidden=hidden, activation=activation)
+    n_val = max(1, int(len(params) * val_fraction))
+    net.fit_scaler(vols[:-n_val])
+    target = net.to_unit(params)
+    train = torch.utils.data.TensorDataset(vols[:-n_val], target[:-n_val])
+    val = torch.utils.data.TensorDataset(vols[-n_val:], target[-n_val:])
+    config = TrainerConfig(max_epochs=max_epochs, batch_size=batch_size, optimizer="adam", lr=lr,
+                           scheduler="onecycle", seed=seed, run_dir=run_dir, device="cpu",
+                           progress_bar=False, tensorboard=False)  # fmt: skip
+    early = EarlyStopping(monitor="val_loss", patience=max(5, max_epochs // 5),
+                          restore_best_weights=True)  # fmt: skip
+    Trainer(net, loss=nn.functional.mse_loss, config=config, callbacks=[early]).fit(train, val)
+    return net.eval()
+
+
+def _check_surfaces(vols: torch.Tensor) -> torch.Tensor:
+    vols = torch.as_tensor(vols, dtype=torch.float64)
+    if vols.ndim == 1:
+        vols = vols.unsqueeze(0)
+    if vols.ndim != 2 or vols.shape[1] != N_POINTS:
+        raise ValueError(
+            f"vols: expected surfaces of shape (B, {N_POINTS}) (6 maturities x 11 strikes), "
+            f"got {tuple(vols.shape)}"
+        )
+    bad = ~torch.isfinite(vols) | (vols <= 0)
+    if bad.any():
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"vols: surface {row}, grid point {col} (maturity {MATURITIES[col // len(Z)]:.4g}, "
+            f"z {Z[col % len(Z)]:.2f}) is {float(vols[row, col])}; vols must be finite and > 0"
+        )
+    return vols
+
+
+def predict(net: CalibrationNetwork, vols: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Heston parameters of a batch of surfaces in one forward pass.
+
+    Shape:
+        vols: ``(B, 66)`` (or ``(66,)``) -> each parameter ``(B,)``.
+
+    Raises:
+        ValueError: wrong surface width, or a NaN / non-positive vol (named by surface and point).
+
+    Examples:
+        >>> net = CalibrationNetwork(hidden=(8,))
+        >>> sorted(predict(net, torch.full((3, 66), 0.2)).keys())
+        ['kappa', 'rho', 'sigma', 'theta', 'v0']
+    """
+    vols = _check_surfaces(vols)
+    with torch.no_grad():
+        params = net.to_params(net(vols))
+    return {name: params[:, i] for i, name in enumerate(NAMES)}
+
+
+def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None:
+    """Write the network as ``{"state_dict", "metadata"}`` (metadata is plain JSON), readable
+    with ``torch.load(weights_only=True)``; ``info`` (e.g. accuracy) is stored in the metadata."""
+    metadata = {
+        "format": _FORMAT,
+        "names": list(NAMES),
+        "box": {
+            n: [float(lo), float(hi)] for n, lo, hi in zip(NAMES, net.lower, net.upper, strict=True)
+        },
+        "grid": {
+            "maturities": list(MATURITIES),
+            "z": list(Z),
+            "log_moneyness": "z*0.2*sqrt(T)",
+            "order": "maturity-major",
+            "vols": "Black implied vols, forward 1",
+        },
+        "architecture": {
+            "hidden": list(net.hidden),
+            "activation": net.activation,
+            "output": "sigmoid to box",
+        },
+        "scaler": {"mean": net.input_mean.tolist(), "std": net.input_std.tolist()},
+        **info,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": net.state_dict(), "metadata": json.dumps(metadata)}
+    torch.save(payload, path)
+
+
+def load_network(path: str | Path | None = None) -> CalibrationNetwork:
+    """Load a network written by :func:`save_network` (default: the shipped one).
+
+    Examples:
+        >>> net = load_network()
+        >>> net.hidden
+        (128, 128, 128, 128)
+    """
+    path = Path(path) if path is not None else default_path()
+    if not path.exists():
+        raise FileNotFoundError(f"no calibration network at {path}")
+    payload = torch.load(path, weights_only=True, map_location="cpu")
+    metadata = json.loads(payload["metadata"])
+    if metadata.get("format") != _FORMAT:
+        raise ValueError(
+            f"{path}: not a Heston calibration network (format {metadata.get('format')!r})"
+        )
+    arch = metadata["architecture"]
+    net = CalibrationNetwork(hidden=arch["hidden"], activation=arch["activation"],
+                             box=metadata["box"])  # fmt: skip
+    net.load_state_dict(payload["state_dict"])
+    net.metadata = metadata
+    return net.eval()
+
+
+def _smile_at(table: pd.DataFrame, k: np.ndarray) -> np.ndarray:
+    """Vols of one expiry at log-moneyness ``k``: linear in k, flat outside the quotes."""
+    x = np.log(table["strike"] / table["forward"]).to_numpy()
+    order = np.argsort(x)
+    return np.interp(k, x[order], table["_iv"].to_numpy()[order])
+
+
+def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
+    """Interpolate a quote table onto the network's grid.
+
+    Columns ``forward, maturity, strike`` and ``market_iv`` (as in a prepared table) or
+    ``implied_vol``. Per expiry the smile is linear in log-moneyness ``ln(K/F)`` and flat beyond
+    the quotes; across expiries total variance is linear in maturity at fixed log-moneyness, and
+    the vol is flat before the first and after the last expiry.
+
+    Shape:
+        output: ``(66,)``, maturity-major.
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        ...                       "maturity": [0.5] * 3 + [1.0] * 3, "implied_vol": 0.2})
+        >>> surface = surface_from_quotes(table)
+        >>> surface.shape, bool(torch.allclose(surface, torch.tensor(0.2, dtype=torch.float64)))
+        (torch.Size([66]), True)
+    """
+    column = "market_iv" if "market_iv" in quotes else "implied_vol"
+    missing = [c for c in ("forward", "maturity", "strike", column) if c not in quotes]
+    if missing:
+        raise ValueError(f"quotes: missing column(s) {missing} (need market_iv or implied_vol)")
+    table = quotes.assign(_iv=quotes[column].astype(float))
+    finite = table[["forward", "maturity", "strike", "_iv"]].apply(np.isfinite).all(axis=1)
+    bad = ~finite | (table["_iv"] <= 0) | (table["strike"] <= 0) | (table["forward"] <= 0)
+    if bad.any():
+        raise ValueError(f"quotes: row {table.index[bad.to_numpy()][0]} has a non-finite or "
+                         "non-positive forward, strike or vol")  # fmt: skip
+    expiries = np.unique(table["maturity"].round(10))
+    groups = [table[table["maturity"].round(10) == e] for e in expiries]
+    out = np.empty((len(MATURITIES), len(Z)))
+    for j, t in enumerate(MATURITIES):
+        k = np.asarray(Z) * _Z_SCALE * math.sqrt(t)
+        above = int(np.searchsorted(expiries, t))
+        if above == 0 or above == len(expiries):
+            out[j] = _smile_at(groups[min(above, len(expiries) - 1)], k)
+            continue
+        t1, t2 = expiries[above - 1], expiries[above]
+        w1 = _smile_at(groups[above - 1], k) ** 2 * t1
+        w2 = _smile_at(groups[above], k) ** 2 * t2
+        out[j] = np.sqrt((w1 + (w2 - w1) * (t - t1) / (t2 - t1)) / t)
+    return torch.tensor(out.reshape(-1), dtype=torch.float64)
+
+
+def accuracy(net: CalibrationNetwork, params: torch.Tensor, vols: torch.Tensor) -> dict[str, Any]:
+    """Fractions of surfaces whose parameters are within 5% of the truth (relative: the issue's
+    criterion; all five and per name) and within 5% of the box width (``*_range``).
+
+    Shape:
+        params: ``(N, 5)``, vols ``(N, 66)``.
+    """
+    predicted = torch.stack(list(predict(net, vols).values()), dim=1)
+    error = (predicted - params).abs()
+    relative = (error <= 0.05 * params.abs()).double()
+    ranged = (error <= 0.05 * (net.upper - net.lower)).double()
+    scores = {"all_within_5pct": float(relative.all(dim=1).double().mean()),
+              "all_within_5pct_range": float(ranged.all(dim=1).double().mean())}  # fmt: skip
+    for i, name in enumerate(NAMES):
+        scores[f"{name}_within_5pct"] = float(relative[:, i].mean())
+    return scores
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train and save the Heston calibration network.")
+    parser.add_argument("--out", default=str(default_path()))
+    parser.add_argument("--n", type=int, default=60_000)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--hidden", default="128,128,128,128")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    params, vols = make_dataset(args.n, seed=args.seed)
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    net = train_network(params, vols, hidden=hidden, max_epochs=args.epochs,
+                        batch_size=args.batch, seed=args.seed)  # fmt: skip
+    test_params, test_vols = make_dataset(2000, seed=args.seed + 1000)
+    scores = accuracy(net, test_params, test_vols)
+    save_network(net, args.out, training={"n": len(params), "epochs": args.epochs,
+                                          "batch": args.batch, "seed": args.seed}, test=scores)  # fmt: skip
+    print(json.dumps(scores))
+
+
+if __name__ == "__main__":
+    _main()

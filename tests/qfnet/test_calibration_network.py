@@ -1,0 +1,149 @@
+"""Tests of the Heston calibration network (issue 6, part 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pricing.calibration import calibrate
+from qfnet.calibration_network import (
+    BOX,
+    NAMES,
+    accuracy,
+    default_path,
+    load_network,
+    make_dataset,
+    predict,
+    save_network,
+    surface_from_quotes,
+    surface_vols,
+    train_network,
+)
+
+# Shipped network: all five parameters within 5% of the truth on 92% of the 300 fresh surfaces of
+# the test below (90.9% on the benchmark's 1,000); asserted with some slack.
+SHIPPED_BAR = 0.85
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    torch.manual_seed(0)
+    params, vols = make_dataset(768, seed=3)
+    net = train_network(params, vols, hidden=(32, 32), max_epochs=30, batch_size=64, seed=0)
+    test_params, test_vols = make_dataset(128, seed=99)
+    return net, test_params, test_vols
+
+
+def _unit_error(params: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    lower = torch.tensor([BOX[n][0] for n in NAMES], dtype=torch.float64)
+    upper = torch.tensor([BOX[n][1] for n in NAMES], dtype=torch.float64)
+    return ((params - truth) / (upper - lower)).abs().mean(dim=0)  # (5,)
+
+
+def test_tiny_network_beats_box_midpoint_on_held_out_surfaces(tiny: tuple) -> None:
+    net, truth, vols = tiny
+    predicted = torch.stack(list(predict(net, vols).values()), dim=1)
+    midpoint = torch.tensor([sum(BOX[n]) / 2 for n in NAMES], dtype=torch.float64).expand_as(truth)
+    network_error, midpoint_error = _unit_error(predicted, truth), _unit_error(midpoint, truth)
+    # Mean absolute error in box units (the midpoint's is about 0.25): at most 0.6 times the
+    # midpoint's on average over the five parameters and for each of the well-identified v0,
+    # theta and rho (measured: about 0.4, 0.15, 0.15 and 0.45 times).
+    assert network_error.mean() <= 0.6 * midpoint_error.mean()
+    for i in (NAMES.index("v0"), NAMES.index("theta"), NAMES.index("rho")):
+        assert network_error[i] <= 0.6 * midpoint_error[i], NAMES[i]
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny: tuple, tmp_path) -> None:
+    net, _, vols = tiny
+    path = tmp_path / "net.pt"
+    save_network(net, path, note="test")
+    loaded = load_network(path)
+    assert loaded.metadata["note"] == "test"
+    assert loaded.metadata["grid"]["maturities"][-1] == 3.0
+    before, after = predict(net, vols), predict(loaded, vols)
+    for name in NAMES:
+        torch.testing.assert_close(after[name], before[name], rtol=0.0, atol=0.0)
+
+
+def test_load_refuses_a_file_that_is_not_a_network(tmp_path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {}, "metadata": '{"format": "something else"}'}, path)
+    with pytest.raises(ValueError, match="not a Heston calibration network"):
+        load_network(path)
+
+
+def test_shipped_network_within_five_percent() -> None:
+    net = load_network()
+    params, vols = make_dataset(300, seed=2024)
+    scores = accuracy(net, params, vols)
+    assert scores["all_within_5pct"] >= SHIPPED_BAR, scores
+
+
+def test_shipped_network_metadata_is_plain_json() -> None:
+    payload = torch.load(default_path(), weights_only=True)
+    assert isinstance(payload["metadata"], str)
+    assert default_path().stat().st_size < 1_000_000
+
+
+def _synthetic_quotes(truth: dict[str, float]) -> pd.DataFrame:
+    maturity = np.repeat([0.1, 0.25, 0.5, 1.0, 2.0, 3.0], 9)
+    z = np.tile(np.linspace(-2.0, 2.0, 9), 6)
+    forward = 100.0
+    strike = forward * np.exp(z * 0.2 * np.sqrt(maturity))
+    from pricing.black_scholes import black_implied_vol
+    from pricing.heston import price as heston_price
+
+    ratio, t = torch.tensor(strike / forward), torch.tensor(maturity)
+    prices = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **truth)
+    vols = black_implied_vol(price=prices, forward=1.0, strike=ratio, maturity=t,
+                             is_call=ratio >= 1)  # fmt: skip
+    return pd.DataFrame({"strike": strike, "maturity": maturity, "forward": forward,
+                         "discount": 1.0, "implied_vol": vols.numpy()})  # fmt: skip
+
+
+def test_calibrate_method_network_on_synthetic_quotes() -> None:
+    import qfnet.calibration_network_method  # noqa: F401  (registers the method)
+
+    truth = {"v0": 0.05, "kappa": 2.0, "theta": 0.06, "sigma": 0.5, "rho": -0.6}
+    fit = calibrate("heston", _synthetic_quotes(truth), method="network")
+    assert fit.method == "network" and fit.iterations == 0
+    assert set(fit.params) == set(NAMES)
+    for name in ("v0", "theta", "rho"):
+        assert fit.params[name] == pytest.approx(truth[name], rel=0.15), name
+    assert math.isfinite(fit.rmse_iv_bp) and fit.rmse_iv_bp < 200.0
+
+
+def test_surface_from_quotes_reproduces_grid_vols_of_a_quote_table() -> None:
+    params = torch.tensor([[0.04, 1.5, 0.05, 0.4, -0.5]], dtype=torch.float64)
+    exact = surface_vols(params)[0]
+    truth = dict(zip(NAMES, params[0].tolist(), strict=True))
+    interpolated = surface_from_quotes(_synthetic_quotes(truth))
+    # Quotes at 6 expiries, 9 strikes within z in [-2, 2]: interpolation error well below 1 vol pt
+    # inside the quoted strikes (the outer grid columns z = +-2.5 are flat-extrapolated).
+    inner = torch.tensor([abs(z) <= 2.0 for z in np.linspace(-2.5, 2.5, 11)] * 6)
+    torch.testing.assert_close(interpolated[inner], exact[inner], rtol=0.0, atol=0.01)
+
+
+def test_predict_rejects_wrong_width() -> None:
+    net = load_network()
+    with pytest.raises(ValueError, match=r"\(B, 66\).*\(2, 65\)"):
+        predict(net, torch.full((2, 65), 0.2))
+
+
+def test_predict_rejects_nan_naming_the_point() -> None:
+    vols = torch.full((2, 66), 0.2, dtype=torch.float64)
+    vols[1, 13] = math.nan
+    with pytest.raises(ValueError, match="surface 1, grid point 13"):
+        predict(load_network(), vols)
+
+
+def test_surface_from_quotes_rejects_missing_column_and_nan_vol() -> None:
+    table = pd.DataFrame({"strike": [90.0, 100.0], "forward": 100.0, "maturity": 1.0})
+    with pytest.raises(ValueError, match="missing column"):
+        surface_from_quotes(table)
+    with pytest.raises(ValueError, match="row 1"):
+        surface_from_quotes(table.assign(implied_vol=[0.2, math.nan]))
