@@ -17,7 +17,7 @@ from pricing import black_scholes as bs
 from pricing.quotes import read_quotes
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
-from qfnet.price_rows import forward_and_discount, model_parameters, price_table
+from qfnet.price_rows import black_vols, forward_and_discount, model_parameters, price_table
 from qfnet.surrogate_cli import generate_command, surrogate_price_rows, train_surrogate_command
 
 __all__ = ["app", "main"]
@@ -155,10 +155,9 @@ def _price_mc(
     )  # fmt: skip
     out = table.copy()
     out["price"], out["std_error"] = prices, errors
-    out["implied_vol"] = bs.black_implied_vol(
-        price=torch.tensor(prices), forward=torch.tensor(f), strike=torch.tensor(k),
-        maturity=torch.tensor(t), discount=torch.tensor(d), is_call=torch.tensor(call),
-    ).numpy()  # fmt: skip
+    out["implied_vol"] = black_vols(
+        prices, forward=f, discount=d, strike=k, maturity=t, is_call=call
+    )
     return out
 
 

@@ -16,7 +16,13 @@ import torch
 from pricing import black_scholes as bs
 from pricing.quotes import QuoteError, require_columns
 
-__all__ = ["MODEL_PARAMETERS", "forward_and_discount", "model_parameters", "price_table"]
+__all__ = [
+    "MODEL_PARAMETERS",
+    "black_vols",
+    "forward_and_discount",
+    "model_parameters",
+    "price_table",
+]
 
 MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "bs": ("volatility",),
@@ -221,12 +227,38 @@ def price_table(
         raise _row_error(error) from error
     out = quotes.copy()
     out["price"] = prices.detach().numpy()
-    out["implied_vol"] = bs.black_implied_vol(
-        price=prices,
-        forward=torch.tensor(f),
-        strike=torch.tensor(k),
-        maturity=torch.tensor(t),
-        discount=torch.tensor(d),
-        is_call=torch.tensor(call),
-    ).numpy()
+    out["implied_vol"] = black_vols(
+        prices, forward=f, discount=d, strike=k, maturity=t, is_call=call
+    )
     return out
+
+
+def black_vols(
+    prices: torch.Tensor | np.ndarray,
+    *,
+    forward: np.ndarray,
+    discount: np.ndarray,
+    strike: np.ndarray,
+    maturity: np.ndarray,
+    is_call: np.ndarray,
+) -> np.ndarray:
+    """Black implied vols of per-row prices (NaN where no vol reproduces the price).
+
+    Shape:
+        all inputs (N,); output (N,).
+
+    Examples:
+        >>> v = black_vols(np.array([7.9655674554]), forward=np.array([100.0]),
+        ...                discount=np.array([1.0]), strike=np.array([100.0]),
+        ...                maturity=np.array([1.0]), is_call=np.array([True]))
+        >>> round(float(v[0]), 9)
+        0.2
+    """
+    return bs.black_implied_vol(
+        price=torch.as_tensor(prices, dtype=torch.float64),
+        forward=torch.tensor(forward),
+        strike=torch.tensor(strike),
+        maturity=torch.tensor(maturity),
+        discount=torch.tensor(discount),
+        is_call=torch.tensor(is_call),
+    ).numpy()
