@@ -21,36 +21,46 @@ __all__ = ["ENGINES", "HESTON_PARAMS", "SABR_PARAMS", "label"]
 HESTON_PARAMS = ("v0", "kappa", "theta", "sigma", "rho")
 SABR_PARAMS = ("alpha", "beta", "rho", "nu")
 
-LabelFn = Callable[[pd.DataFrame, int], tuple[np.ndarray, np.ndarray | None]]
-"""``(points, seed) -> (price, std_error or None)`` of the out-of-the-money option per row."""
+LabelFn = Callable[[pd.DataFrame, int, torch.device], tuple[np.ndarray, np.ndarray | None]]
+"""``(points, seed, device) -> (price, std_error or None)`` of the out-of-the-money option per row
+(``device``: where the torch engines compute; QuantLib ignores it)."""
+
+_CPU = torch.device("cpu")
 
 
-def _model_kwargs(points: pd.DataFrame, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    return {n: _column(points, n) for n in names}
+def _model_kwargs(
+    points: pd.DataFrame, names: tuple[str, ...], device: torch.device = _CPU
+) -> dict[str, torch.Tensor]:
+    return {n: _column(points, n, device) for n in names}
 
 
-def _column(points: pd.DataFrame, name: str) -> torch.Tensor:
-    return torch.tensor(points[name].to_numpy(dtype=np.float64), dtype=torch.float64)
+def _column(points: pd.DataFrame, name: str, device: torch.device = _CPU) -> torch.Tensor:
+    values = points[name].to_numpy(dtype=np.float64)
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
-def _is_call(points: pd.DataFrame) -> torch.Tensor:
-    return torch.tensor((points["option_type"] == "call").to_numpy(dtype=bool))
+def _is_call(points: pd.DataFrame, device: torch.device = _CPU) -> torch.Tensor:
+    return torch.tensor((points["option_type"] == "call").to_numpy(dtype=bool), device=device)
 
 
-def _heston_analytic(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+def _heston_analytic(
+    points: pd.DataFrame, seed: int, device: torch.device
+) -> tuple[np.ndarray, None]:
     from pricing import heston
 
     price = heston.price(
-        spot=_column(points, "forward"),
-        strike=_column(points, "strike"),
-        maturity=_column(points, "maturity"),
-        is_call=_is_call(points),
-        **_model_kwargs(points, HESTON_PARAMS),
+        spot=_column(points, "forward", device),
+        strike=_column(points, "strike", device),
+        maturity=_column(points, "maturity", device),
+        is_call=_is_call(points, device),
+        **_model_kwargs(points, HESTON_PARAMS, device),
     )
     return price.detach().cpu().numpy(), None
 
 
-def _heston_quantlib(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+def _heston_quantlib(
+    points: pd.DataFrame, seed: int, device: torch.device
+) -> tuple[np.ndarray, None]:
     from pricing import quantlib
 
     price = quantlib.heston_price(
@@ -68,11 +78,13 @@ MC_PATHS = 20_000
 MC_STEPS_PER_YEAR = 100
 
 
-def _heston_mc(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _heston_mc(
+    points: pd.DataFrame, seed: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """One conditional QE Monte Carlo per row (slow: a check on the analytic labels)."""
     from pricing import monte_carlo
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     price, std_error = np.empty(len(points)), np.empty(len(points))
     for i, row in enumerate(points.itertuples(index=False)):
         result = monte_carlo.heston_european(
@@ -86,6 +98,7 @@ def _heston_mc(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]
             antithetic=True,
             control=True,
             generator=generator,
+            device=device,
             progress=False,
             **{n: float(getattr(row, n)) for n in HESTON_PARAMS},
         )
@@ -93,12 +106,12 @@ def _heston_mc(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]
     return price, std_error
 
 
-def _sabr_hagan(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+def _sabr_hagan(points: pd.DataFrame, seed: int, device: torch.device) -> tuple[np.ndarray, None]:
     from pricing import black_scholes, sabr
 
-    kw = _model_kwargs(points, SABR_PARAMS)
-    forward, strike = _column(points, "forward"), _column(points, "strike")
-    maturity = _column(points, "maturity")
+    kw = _model_kwargs(points, SABR_PARAMS, device)
+    forward, strike = _column(points, "forward", device), _column(points, "strike", device)
+    maturity = _column(points, "maturity", device)
     vol = sabr.lognormal_vol(forward=forward, strike=strike, maturity=maturity, **kw)
     valid = torch.isfinite(vol) & (vol > 0)  # Hagan's expansion turns negative in far wings
     price = black_scholes.black_price(
@@ -106,12 +119,14 @@ def _sabr_hagan(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
         strike=strike,
         maturity=maturity,
         volatility=torch.where(valid, vol, 0.0),
-        is_call=_is_call(points),
+        is_call=_is_call(points, device),
     )
     return torch.where(valid, price, float("nan")).detach().cpu().numpy(), None
 
 
-def _sabr_quantlib(points: pd.DataFrame, seed: int) -> tuple[np.ndarray, None]:
+def _sabr_quantlib(
+    points: pd.DataFrame, seed: int, device: torch.device
+) -> tuple[np.ndarray, None]:
     """QuantLib's SABR PDE (FdSabrVanillaEngine), one solve per row: exact-enough, slow."""
     from pricing import quantlib
 
@@ -134,7 +149,14 @@ ENGINES: dict[str, dict[str, LabelFn]] = {
 """Label engines per model: ``analytic`` (our Heston pricer), ``quantlib``, ``mc``, ``hagan``."""
 
 
-def label(points: pd.DataFrame, *, model: str, engine: str, seed: int = 0) -> pd.DataFrame:
+def label(
+    points: pd.DataFrame,
+    *,
+    model: str,
+    engine: str,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> pd.DataFrame:
     """Add ``price``, ``implied_vol`` (and ``std_error`` for Monte Carlo) columns to sampled points.
 
     Args:
@@ -142,6 +164,8 @@ def label(points: pd.DataFrame, *, model: str, engine: str, seed: int = 0) -> pd
         model: ``"heston"`` or ``"sabr"``.
         engine: a key of ``ENGINES[model]``.
         seed: seeds the Monte Carlo engine (ignored by the deterministic ones).
+        device: where the torch engines and the implied-vol solver run (default CPU); labels
+            are float64 either way.
 
     Returns:
         A copy of ``points`` with the labels; rows whose price has no implied vol get NaN.
@@ -151,24 +175,25 @@ def label(points: pd.DataFrame, *, model: str, engine: str, seed: int = 0) -> pd
         raise ValueError(f"model must be one of {sorted(ENGINES)}, got {model!r}")
     if engine not in engines:
         raise ValueError(f"engine for {model} must be one of {sorted(engines)}, got {engine!r}")
-    price, std_error = engines[engine](points, seed)
+    where = torch.device(device) if device is not None else _CPU
+    price, std_error = engines[engine](points, seed, where)
     out = points.copy()
     out["price"] = price
     if std_error is not None:
         out["std_error"] = std_error
-    out["implied_vol"] = _implied_vol(out)
+    out["implied_vol"] = _implied_vol(out, where)
     return out
 
 
-def _implied_vol(points: pd.DataFrame) -> np.ndarray:
+def _implied_vol(points: pd.DataFrame, device: torch.device) -> np.ndarray:
     from pricing import black_scholes
 
     vol = black_scholes.black_implied_vol(
-        price=_column(points, "price"),
-        forward=_column(points, "forward"),
-        strike=_column(points, "strike"),
-        maturity=_column(points, "maturity"),
-        discount=_column(points, "discount"),
-        is_call=_is_call(points),
+        price=_column(points, "price", device),
+        forward=_column(points, "forward", device),
+        strike=_column(points, "strike", device),
+        maturity=_column(points, "maturity", device),
+        discount=_column(points, "discount", device),
+        is_call=_is_call(points, device),
     )
     return vol.detach().cpu().numpy()

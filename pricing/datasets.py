@@ -42,6 +42,7 @@ __all__ = [
     "SABR_DOMAIN",
     "Domain",
     "DomainError",
+    "check_device",
     "generate",
     "label",
     "load_dataset",
@@ -304,6 +305,7 @@ class _ShardTask:
     start: int
     count: int
     threads: int = field(default=1)
+    device: str = field(default="cpu")
 
 
 def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
@@ -313,7 +315,9 @@ def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
     domain = Domain.from_dict(task.domain)
     points = sample(domain, task.count, seed=task.seed, start=task.start)
     mc_seed = int(np.random.SeedSequence([task.seed, task.index]).generate_state(1)[0])
-    labelled = label(points, model=domain.model, engine=task.engine, seed=mc_seed)
+    labelled = label(
+        points, model=domain.model, engine=task.engine, seed=mc_seed, device=task.device
+    )
     labelled.insert(0, "sample_index", np.arange(task.start, task.start + task.count))
     return task.index, labelled
 
@@ -382,6 +386,7 @@ def generate(
     domain: Domain | None = None,
     margin: float = 0.0,
     threads_per_worker: int = 1,
+    device: str = "cpu",
     progress: bool = True,
 ) -> Path:
     """Sample, label and write a dataset of ``n`` points as Parquet shards plus ``metadata.json``.
@@ -400,6 +405,9 @@ def generate(
         margin: sample from ``domain.expanded(margin)`` (see :meth:`Domain.expanded`), so that
             a surrogate is trained beyond the edges of the domain it will serve.
         threads_per_worker: torch threads in each worker (0 leaves torch's default).
+        device: where each worker labels (``cpu``, ``cuda``, ``cuda:1``...): the torch engines
+            and the implied-vol solver run there; the labels are float64 either way, identical
+            for any ``shard_size``/``workers`` split on the same device.
         progress: show a progress bar over shards done.
 
     Returns:
@@ -423,6 +431,7 @@ def generate(
     for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    device = check_device(device)
     domain = domain or DOMAINS[model]
     if domain.model != model:
         raise ValueError(f"domain is for {domain.model!r}, not {model!r}")
@@ -440,6 +449,7 @@ def generate(
             start,
             min(shard_size, n - start),
             threads_per_worker,
+            device,
         )
         for i, start in enumerate(range(0, n, shard_size))
     ]
@@ -451,6 +461,28 @@ def generate(
             bar.update(1)
     _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks))
     return path
+
+
+def check_device(device: str) -> str:
+    """Validate a torch device string; a CUDA device must exist here.
+
+    Examples:
+        >>> check_device("cpu")
+        'cpu'
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}"
+        ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    return str(parsed)
 
 
 def _write_metadata(

@@ -89,9 +89,9 @@ def asian(
         paths: (N, T+1). Output: (N,) or (N, K).
 
     Examples:
-        >>> p = torch.tensor([[100.0, 110.0, 120.0]])
-        >>> asian(p, strike=100.0).tolist(), asian(p, strike=100.0, fixings=[0, 1, 2]).tolist()
-        ([15.0], [10.0])
+        >>> p = torch.tensor([[100.0, 110.0, 120.0]], dtype=torch.float64)
+        >>> [round(float(asian(p, strike=100.0, fixings=f)), 9) for f in (None, [0, 1, 2])]
+        [15.0, 10.0]
     """
     _check_paths(paths)
     weights = average_weights(paths, fixings=fixings, time_grid=time_grid)  # (T+1,)

@@ -18,7 +18,7 @@ import torch
 import typer
 
 from pricing import black_scholes
-from pricing.datasets import ENGINES, generate
+from pricing.datasets import ENGINES, check_device, generate
 from qfnet.surrogate import implied_vol, load_surrogate
 
 __all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
@@ -46,6 +46,9 @@ def generate_command(
         float,
         typer.Option("--margin", min=0.0, help="Sample this fraction beyond each domain edge."),
     ] = 0.0,
+    device: Annotated[
+        str, typer.Option("--device", help="Where workers label: cpu, cuda, cuda:1...")
+    ] = "cpu",
 ) -> None:
     """Generate labelled training data: Sobol points of a model domain, priced, Parquet shards.
 
@@ -73,12 +76,20 @@ def generate_command(
         workers=workers,
         scheduler=scheduler,
         margin=margin,
+        device=_checked_device(device),
     )
     meta = json.loads((path / "metadata.json").read_text())
     typer.echo(
         f"wrote {meta['n']} {model} options ({meta['engine']}) in {meta['n_shards']} "
         f"shards to {path}"
     )
+
+
+def _checked_device(device: str) -> str:
+    try:
+        return check_device(device)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--device") from None
 
 
 def train_surrogate_command(

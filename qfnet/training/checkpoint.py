@@ -221,7 +221,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(  # noqa: NPY002
         (
             nps["key"],
-            nps["state"].numpy().astype(np.uint32),
+            nps["state"].cpu().numpy().astype(np.uint32),
             nps["pos"],
             nps["has_gauss"],
             nps["cached_gaussian"],

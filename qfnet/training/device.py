@@ -46,6 +46,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"device: {name!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(
+                f"device: {device} requested (LOCAL_RANK={os.environ.get('LOCAL_RANK', 0)}) but "
+                f"only {count} CUDA device(s) are visible; start torchrun with at most {count} "
+                "process(es) per node, or train on device='cpu'"
+            )
     if device.type == "mps" and not _mps_available():
         raise ValueError(f"device: {name!r} requested but MPS is not available")
     return device

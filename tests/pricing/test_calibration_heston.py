@@ -14,7 +14,6 @@ from pricing.calibration import calibrate
 from pricing.heston import price as heston_price
 from pricing.quantlib import heston_calibrate
 
-DAX_DIR = Path("/work/shared/data/dax_2002_sepp")
 BUNDLED_DAX_DIR = Path(__file__).parents[2] / "data" / "dax_2002_sepp"
 PUBLISHED_SSE = 177.2  # Sepp (2003) via QuantLib's test-suite; one decimal
 TRUE = {"v0": 0.045, "kappa": 2.1, "theta": 0.06, "sigma": 0.65, "rho": -0.6}
@@ -23,9 +22,7 @@ MONEYNESS = np.linspace(0.8, 1.2, 11)
 
 
 def _dax_files() -> tuple[pd.DataFrame, pd.DataFrame]:
-    folder = BUNDLED_DAX_DIR if (BUNDLED_DAX_DIR / "zero_curve.csv").exists() else DAX_DIR
-    if not (folder / "zero_curve.csv").exists():
-        pytest.skip("DAX surface not found")
+    folder = BUNDLED_DAX_DIR
     return pd.read_csv(folder / "implied_vols.csv"), pd.read_csv(folder / "zero_curve.csv")
 
 

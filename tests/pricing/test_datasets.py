@@ -142,6 +142,24 @@ def test_generate_rejects_bad_arguments_by_name(tmp_path):
         generate(tmp_path / "x", model="sabr", n=10, progress=False)
 
 
+def test_generate_refuses_unknown_or_missing_devices(tmp_path):
+    with pytest.raises(ValueError, match=r"device must be a torch device.*'gpu'"):
+        generate(tmp_path / "x", model="sabr", n=10, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            generate(tmp_path / "x", model="sabr", n=10, device="cuda")
+
+
+@pytest.mark.parametrize(("model", "engine"), [("heston", "analytic"), ("sabr", "hagan")])
+def test_labels_on_a_device_match_the_cpu_labels(tmp_path, device, model, engine):
+    kwargs = {"model": model, "n": 512, "shard_size": 256, "seed": 6, "progress": False}
+    on_device = generate(tmp_path / "dev", engine=engine, device=str(device), **kwargs)
+    on_cpu = generate(tmp_path / "cpu", engine=engine, **kwargs)
+    frame, _ = load_dataset(on_device)
+    expected, _ = load_dataset(on_cpu)
+    pd.testing.assert_frame_equal(frame, expected, check_exact=False, rtol=1e-10, atol=1e-13)
+
+
 def test_load_dataset_reports_missing_pieces(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no metadata\.json"):
         load_dataset(tmp_path)

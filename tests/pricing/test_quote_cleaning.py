@@ -14,6 +14,8 @@ from pricing.quote_arbitrage import calendar_violations, strike_violations
 from pricing.quote_cleaning import clean_quotes, parity_forwards, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
 
+BUNDLED_DAX = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+
 DATA_DIR = Path(__file__).parents[1] / "data"
 CLEANING_FILE = DATA_DIR / "quotes_cleaning.csv"
 
@@ -117,7 +119,7 @@ def test_maturity_and_moneyness_ranges_are_inclusive_filters() -> None:
 
 
 def test_bundled_dax_surface_has_butterfly_violations_that_the_filter_finds() -> None:
-    quotes = read_quotes(Path("/work/shared/data/dax_2002_sepp/implied_vols.csv"))
+    quotes = read_quotes(BUNDLED_DAX)
     clean, report = clean_quotes(quotes)
     assert report.removed["strike_arbitrage"] > 0
     assert report.removed["calendar_arbitrage"] == 0

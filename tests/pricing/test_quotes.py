@@ -12,15 +12,10 @@ from pricing.quotes import QuoteError, read_quotes, require_columns
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 DAX_FILE = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
-SHARED_DAX_FILE = Path("/work/shared/data/dax_2002_sepp/implied_vols.csv")
 
 
 def _dax_file() -> Path:
-    if DAX_FILE.exists():
-        return DAX_FILE
-    if SHARED_DAX_FILE.exists():
-        return SHARED_DAX_FILE
-    pytest.skip("bundled DAX surface not found")
+    return DAX_FILE
 
 
 def test_bundled_dax_surface_loads_with_canonical_columns() -> None:

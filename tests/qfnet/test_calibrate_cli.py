@@ -69,9 +69,7 @@ def test_sabr_calibration_writes_json_residuals_and_plot(smile_file: Path, tmp_p
 
 
 def test_heston_quantlib_calibration_of_the_dax_file(tmp_path: Path) -> None:
-    dax = Path("/work/shared/data/dax_2002_sepp/implied_vols.csv")
-    bundled = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
-    source = bundled if bundled.exists() else dax
+    source = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
     out = tmp_path / "heston.json"
     args = ["calibrate", "--model", "heston", "--quotes", str(source), "--out", str(out),
             "--method", "quantlib"]  # fmt: skip

@@ -400,6 +400,7 @@ def test_hedge_backtest_of_a_missing_run_is_a_clear_error(tmp_path):
     result = runner.invoke(
         app,
         ["hedge", "backtest", "--run", str(tmp_path / "no_run"), "--out", str(tmp_path / "report")],
+        env={"COLUMNS": "400"},  # a long tmp path must not be cut by the error box
     )
     assert result.exit_code != 0
     assert "no_run" in result.output

@@ -59,6 +59,10 @@ def test_generate_command_writes_a_dataset_and_rejects_unknown_engines(app, tmp_
         app, ["generate", "--n", "10", "--out", str(tmp_path / "x"), "--engine", "fft"]
     )
     assert bad.exit_code != 0 and "--engine" in bad.output
+    bad = runner.invoke(
+        app, ["generate", "--n", "10", "--out", str(tmp_path / "y"), "--device", "gpu"]
+    )
+    assert bad.exit_code != 0 and "--device" in bad.output and "'gpu'" in bad.output
 
 
 def test_price_rows_use_spot_rate_dividend_or_forward_discount(quotes, untrained):

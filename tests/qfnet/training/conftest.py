@@ -82,3 +82,20 @@ def per_sample_mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @pytest.fixture
 def sq_error() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return per_sample_mse
+
+
+@pytest.fixture(autouse=True)
+def _auto_device_is_the_cpu(request, monkeypatch):
+    """These tests check the loop's arithmetic against CPU float64 references, so ``device="auto"``
+    means the CPU here even on a CUDA machine; the CUDA paths have their own tests (marked
+    ``cuda``), and tests that name a device get it."""
+    if request.node.get_closest_marker("cuda") is not None:
+        return
+    import qfnet.training.trainer as trainer_module
+
+    real = trainer_module.resolve_device
+
+    def resolve(name="auto"):
+        return real("cpu" if str(name) == "auto" else name)
+
+    monkeypatch.setattr(trainer_module, "resolve_device", resolve)

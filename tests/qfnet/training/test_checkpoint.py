@@ -151,16 +151,19 @@ def _resumable_run(mlp, run_dir, callbacks=(), resume=False, **overrides):
 
 @pytest.mark.parametrize("crash_step", [7, 8])  # mid-epoch (after the step-6 checkpoint), end
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run_exactly(
-    regression, mlp, tmp_path, crash_step
+    regression, mlp, tmp_path, crash_step, device
 ):
     train, val = regression(n=40, seed=1), regression(n=12, seed=2)  # 10 micro-batches, 5 steps
-    model_a, trainer_a, stopper_a, _ = _resumable_run(mlp, tmp_path / "a")
+    on = {"device": str(device)}  # CUDA: checkpoints load onto the GPU, RNG states to the CPU
+    model_a, trainer_a, stopper_a, _ = _resumable_run(mlp, tmp_path / "a", **on)
     history_a = trainer_a.fit(train, val)
 
-    _, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_CrashAtStep(crash_step)])
+    _, trainer_b, _, _ = _resumable_run(
+        mlp, tmp_path / "b", callbacks=[_CrashAtStep(crash_step)], **on
+    )
     with pytest.raises(_Crash):
         trainer_b.fit(train, val)
-    model_c, trainer_c, stopper_c, _ = _resumable_run(mlp, tmp_path / "b")
+    model_c, trainer_c, stopper_c, _ = _resumable_run(mlp, tmp_path / "b", **on)
     history_c = trainer_c.fit(train, val, resume=True)
 
     for key, value in model_a.state_dict().items():

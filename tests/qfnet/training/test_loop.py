@@ -225,6 +225,17 @@ def test_resolve_device_by_name_and_auto():
             resolve_device("cuda")
 
 
+def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
+    # torchrun --nproc-per-node 2 on a one-GPU machine: rank 1 must not get "invalid ordinal"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"cuda:1 requested \(LOCAL_RANK=1\).*only 1 CUDA"):
+        resolve_device("auto")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

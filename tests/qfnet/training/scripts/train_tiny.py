@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--hang-after-step", type=int, default=None)
     parser.add_argument("--ready-file", type=Path, default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--device", default="cpu", help="the comparisons are CPU float64 ones")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -62,6 +63,7 @@ def main() -> None:
         seed=5,
         run_dir=args.run_dir,
         checkpoint_every_n_steps=args.checkpoint_every,
+        device=args.device,
         progress_bar=False,
     )
     callbacks = []
