@@ -1,10 +1,13 @@
 """Calibration speed and quality: ours (``direct``) against QuantLib / scipy side by side.
 
 Heston: 6 x 11 surfaces (whole-day maturities 30d..3y, K/F 0.8..1.2) from random true parameters,
-priced by :func:`pricing.heston.price`, with 50 bp noise: ``direct`` vs ``quantlib``
-(HestonModelHelper + Levenberg-Marquardt from QuantLib's test start) per surface, and ``direct``
-on all surfaces in one batch. SABR: 11-strike smiles, ``direct`` (one smile; and many in one
-batch) vs scipy ``least_squares`` over ``ql.sabrVolatility``.
+priced by :func:`pricing.heston.price`, with 50 bp noise: ``quantlib`` (HestonModelHelper +
+Levenberg-Marquardt from QuantLib's test start) vs ``direct`` (with the calibration network's
+global start, and with the Sobol scan only) and ``surrogate`` (polished) per surface, and
+``direct`` and ``network`` on all surfaces in one :func:`pricing.calibration.calibrate_many`
+call. (The unpolished surrogate cannot fit these surfaces: its domain excludes the 30-day wings.)
+SABR: 11-strike smiles, ``direct`` (one smile; and many in one batch) vs scipy ``least_squares``
+over ``ql.sabrVolatility``.
 
 Times are CPU (process) times, best of a few repeats: on a shared machine wall times mostly
 measure the other tenants; with ``--threads 1`` both sides are single-threaded.
@@ -26,9 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+import qfnet.calibration_network_method  # network method and global start
+import qfnet.calibration_surrogate  # noqa: F401  (surrogate method)
 from pricing.black_scholes import black_implied_vol
-from pricing.calibration import CalibrationResult, calibrate
-from pricing.calibration_heston import NAMES, calibrate_surfaces, surfaces_from_quotes
+from pricing.calibration import CalibrationResult, calibrate, calibrate_many
+from pricing.calibration_heston import NAMES
 from pricing.calibration_sabr import fit_smile_scipy, fit_smiles, smile_batch
 from pricing.heston import price as heston_price
 from pricing.quote_cleaning import prepare_quotes
@@ -73,42 +78,49 @@ def _best_of(repeats: int, fit: Callable[[], CalibrationResult]) -> tuple[Calibr
     return result, cpu
 
 
+HESTON_METHODS = {
+    "quantlib": {"method": "quantlib"},
+    "direct (scan only)": {"method": "direct", "global_start": "scan"},
+    "direct": {"method": "direct"},  # the calibration network's start plus a 64-point scan
+    "surrogate": {"method": "surrogate"},  # polished by direct iterations
+}
+
+
 def bench_heston(n_surfaces: int, seed: int, repeats: int) -> dict:
     rng = np.random.default_rng(seed)
     surfaces = [_surface(_random_params(rng), 50.0, rng) for _ in range(n_surfaces)]
-    for method in ("direct", "quantlib"):  # warm-up (imports, caches)
-        calibrate("heston", surfaces[0], method=method)
+    for kwargs in HESTON_METHODS.values():  # warm-up (imports, caches)
+        calibrate("heston", surfaces[0], **kwargs)
     rows = []
     for i, quotes in enumerate(surfaces):
-        direct, direct_s = _best_of(repeats, lambda q=quotes, i=i: calibrate("heston", q, seed=i))
-        ql, ql_s = _best_of(repeats, lambda q=quotes: calibrate("heston", q, method="quantlib"))
-        rows.append({"direct_s": direct_s, "quantlib_s": ql_s, "direct_rmse": direct.rmse_iv_bp,
-                     "quantlib_rmse": ql.rmse_iv_bp})  # fmt: skip
-    frame = pd.DataFrame(rows)
-    best = frame[["direct_rmse", "quantlib_rmse"]].min(axis=1)
-    packed = surfaces_from_quotes(surfaces, [np.ones(len(s)) for s in surfaces])
-    start = time.process_time()
-    _, batch_vols, _, _ = calibrate_surfaces(packed, seed=seed)
-    batch_s = (time.process_time() - start) / n_surfaces
-    batch_rmse = [float(np.sqrt(np.mean((v.numpy() - s["market_iv"].to_numpy()) ** 2)) * 1e4)
-                  for v, s in zip(batch_vols, surfaces, strict=True)]  # fmt: skip
-    return {
-        "surfaces": n_surfaces,
-        "quantlib_ms_per_surface": 1e3 * float(frame["quantlib_s"].mean()),
-        "direct_ms_per_surface": 1e3 * float(frame["direct_s"].mean()),
-        "direct_batched_ms_per_surface": 1e3 * batch_s,
-        "speedup_direct": float(frame["quantlib_s"].mean() / frame["direct_s"].mean()),
-        "speedup_batched": float(frame["quantlib_s"].mean() / batch_s),
-        "max_rmse_excess_vs_quantlib_bp": float(
-            (frame["direct_rmse"] - frame["quantlib_rmse"]).max()
-        ),
-        "max_batched_rmse_excess_bp": float(
-            np.max(np.asarray(batch_rmse) - frame["quantlib_rmse"])
-        ),
-        "stuck_direct": int((frame["direct_rmse"] > best + STUCK_BP).sum()),
-        "stuck_quantlib": int((frame["quantlib_rmse"] > best + STUCK_BP).sum()),
-        "median_rmse_bp": float(best.median()),
+        for name, kwargs in HESTON_METHODS.items():
+            fit, cpu = _best_of(repeats, lambda q=quotes, i=i, k=kwargs: calibrate("heston", q,
+                                                                                  seed=i, **k))  # fmt: skip
+            rows.append({"surface": i, "method": name, "seconds": cpu, "rmse": fit.rmse_iv_bp})
+    frame = pd.DataFrame(rows).pivot(index="surface", columns="method")
+    seconds, rmse = frame["seconds"], frame["rmse"]
+    best = rmse.min(axis=1)
+    batched = {}
+    for name, kwargs in {"direct": {}, "network": {"method": "network"}}.items():
+        start = time.process_time()
+        fits = calibrate_many("heston", surfaces, seed=seed, **kwargs)
+        batched[name] = {
+            "ms_per_surface": 1e3 * (time.process_time() - start) / n_surfaces,
+            "max_rmse_excess_vs_quantlib_bp": float(
+                np.max([f.rmse_iv_bp for f in fits] - rmse["quantlib"].to_numpy())
+            ),
+        }
+    per_method = {
+        name: {
+            "ms_per_surface": 1e3 * float(seconds[name].mean()),
+            "speedup_vs_quantlib": float(seconds["quantlib"].mean() / seconds[name].mean()),
+            "max_rmse_excess_vs_quantlib_bp": float((rmse[name] - rmse["quantlib"]).max()),
+            "stuck": int((rmse[name] > best + STUCK_BP).sum()),
+        }
+        for name in HESTON_METHODS
     }
+    return {"surfaces": n_surfaces, "methods": per_method, "batched": batched,
+            "median_rmse_bp": float(best.median())}  # fmt: skip
 
 
 def _smiles(n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -169,27 +181,36 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     heston = bench_heston(4 if args.quick else 20, args.seed, 2 if args.quick else 3)
     sabr = bench_sabr(100 if args.quick else 1000, 10 if args.quick else 30, args.seed)
-    print(
-        "Heston 6x11, 50 bp noise  | QuantLib ms | direct ms | batched ms | speedup | stuck (ours/QL)"
-    )
-    h = heston
-    print(f"{h['surfaces']:>25} | {h['quantlib_ms_per_surface']:11.1f} | "
-          f"{h['direct_ms_per_surface']:9.1f} | {h['direct_batched_ms_per_surface']:10.1f} | "
-          f"{h['speedup_direct']:7.2f} | {h['stuck_direct']}/{h['stuck_quantlib']}")  # fmt: skip
+    print(f"Heston 6x11, 50 bp noise, {heston['surfaces']} surfaces (CPU ms per surface)")
+    print(f"{'method':24s} {'ms':>8s} {'x QuantLib':>10s} {'rmse - QL (bp)':>15s} {'stuck':>6s}")
+    for name, m in heston["methods"].items():
+        print(f"{name:24s} {m['ms_per_surface']:8.1f} {m['speedup_vs_quantlib']:10.2f} "
+              f"{m['max_rmse_excess_vs_quantlib_bp']:15.3f} {m['stuck']:6d}")  # fmt: skip
+    for name, m in heston["batched"].items():
+        print(f"{'batched ' + name:24s} {m['ms_per_surface']:8.3f} {'':10s} "
+              f"{m['max_rmse_excess_vs_quantlib_bp']:15.3f}")  # fmt: skip
     print(
         "SABR 11 strikes           | scipy+QL ms | direct ms | batched ms | speedup (single/batched)"
     )
     print(f"{sabr['smiles']:>25} | {sabr['scipy_quantlib_ms_per_smile']:11.2f} | "
           f"{sabr['direct_single_ms_per_smile']:9.2f} | {sabr['direct_batched_ms_per_smile']:10.3f} | "
           f"{sabr['speedup_single']:.2f} / {sabr['speedup_batched']:.1f}")  # fmt: skip
+    h = heston["methods"]
     summary = {
         "benchmark": "calibration",
         "heston": heston,
         "sabr": sabr,
         "targets": {
-            "heston_direct_speedup_10x": heston["speedup_direct"] >= 10,
-            "heston_direct_rmse_within_0.01bp": heston["max_rmse_excess_vs_quantlib_bp"] <= 0.01,
-            "heston_no_stuck_fit": heston["stuck_direct"] == 0,
+            "heston_direct_speedup_10x": h["direct"]["speedup_vs_quantlib"] >= 10,
+            "heston_direct_rmse_within_0.01bp": h["direct"]["max_rmse_excess_vs_quantlib_bp"]
+            <= 0.01,
+            "heston_no_stuck_fit": h["direct"]["stuck"] == 0,
+            "heston_surrogate_speedup_20x": h["surrogate"]["speedup_vs_quantlib"] >= 20,
+            "heston_surrogate_polished_within_0.01bp": h["surrogate"][
+                "max_rmse_excess_vs_quantlib_bp"
+            ]
+            <= 0.01,
+            "heston_batched_0.2ms": heston["batched"]["direct"]["ms_per_surface"] <= 0.2,
             "sabr_speedup_10x_batched": sabr["speedup_batched"] >= 10,
             "sabr_speedup_10x_single": sabr["speedup_single"] >= 10,
         },

@@ -1,9 +1,11 @@
 """One entry point to calibrate volatility models to quotes: :func:`calibrate`.
 
-Each (model, method) pair is a fitting function in a registry (:func:`register_method`); the
-models live in :mod:`pricing.calibration_heston` (Heston, whole surface) and
-:mod:`pricing.calibration_sabr` (SABR, one smile per expiry). Every fit minimises the weighted sum
-of squared implied-vol errors and returns a :class:`CalibrationResult` with per-quote residuals.
+Each (model, method) pair is a fitting function in a registry (:func:`register_method`); global
+starting points can come from start providers (:func:`register_start`: ``qfnet`` registers its
+calibration network for Heston, since ``pricing`` never imports ``qfnet``). The models live in
+:mod:`pricing.calibration_heston` (Heston, whole surface) and :mod:`pricing.calibration_sabr`
+(SABR, one smile per expiry). Every fit minimises the weighted sum of squared implied-vol errors
+and returns a :class:`CalibrationResult` with per-quote residuals.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ __all__ = [
     "FitOutput",
     "available_methods",
     "calibrate",
+    "calibrate_many",
     "model_vols",
+    "proposed_starts",
     "quote_weights",
+    "register_batch_method",
     "register_method",
+    "register_start",
 ]
 
 RESIDUAL_COLUMNS = (
@@ -160,6 +166,52 @@ def register_method(model: str, method: str, function: FitFunction | None, why: 
     else:
         _REGISTRY[(model, method)] = function
         _UNAVAILABLE.pop((model, method), None)
+
+
+StartProvider = Callable[[CalibrationProblem], Mapping[str, float] | None]
+_STARTS: dict[str, dict[str, StartProvider]] = {}
+
+
+def register_start(model: str, name: str, provider: StartProvider | None) -> None:
+    """Register (``None``: remove) a global-start provider for ``model``.
+
+    A provider maps a :class:`CalibrationProblem` to starting parameters (name -> value) or None
+    (no proposal for these quotes). Fitters that use global starts (Heston ``direct`` and
+    ``surrogate``) try the proposals first, with a smaller Sobol scan kept as a safety net.
+
+    Examples:
+        >>> register_start("toy", "flat", lambda problem: {"vol": 0.2})
+        >>> proposed_starts("toy", CalibrationProblem(pd.DataFrame(), np.ones(0)))
+        [{'vol': 0.2}]
+        >>> register_start("toy", "flat", None)
+        >>> proposed_starts("toy", CalibrationProblem(pd.DataFrame(), np.ones(0)))
+        []
+    """
+    providers = _STARTS.setdefault(model, {})
+    if provider is None:
+        providers.pop(name, None)
+    else:
+        providers[name] = provider
+
+
+def proposed_starts(model: str, problem: CalibrationProblem) -> list[dict[str, float]]:
+    """Starting points from the registered providers of ``model`` (in registration order)."""
+    out = []
+    for provider in _STARTS.get(model, {}).values():
+        start = provider(problem)
+        if start is not None:
+            out.append({name: float(value) for name, value in start.items()})
+    return out
+
+
+BatchFitFunction = Callable[[Sequence[CalibrationProblem]], list[FitOutput]]
+_BATCH_REGISTRY: dict[tuple[str, str], BatchFitFunction] = {}
+
+
+def register_batch_method(model: str, method: str, function: BatchFitFunction) -> None:
+    """Register a fitter of many problems at once for :func:`calibrate_many` (the single-table
+    fitter of the same method must be registered too)."""
+    _BATCH_REGISTRY[(model, method)] = function
 
 
 def available_methods(model: str) -> list[str]:
@@ -298,6 +350,77 @@ def calibrate(
         >>> [round(fit.params[k][0], 6) for k in ("alpha", "rho", "nu")], fit.rmse_iv_bp < 1e-6
         ([0.2, -0.3, 0.6], True)
     """
+    key = _method_key(model, method)
+    table, n_dropped = _prepare(quotes)
+    problem = CalibrationProblem(
+        table, quote_weights(table, weights), bounds, x0, beta, seed, options
+    )
+    start = time.perf_counter()
+    with torch.no_grad():
+        fit = _REGISTRY[key](problem)
+    return _result(key, problem, fit, n_dropped, time.perf_counter() - start)
+
+
+def calibrate_many(
+    model: str,
+    quotes: Sequence[pd.DataFrame | str],
+    *,
+    method: str = "direct",
+    weights: str = "equal",
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    x0: Mapping[str, float] | None = None,
+    beta: float | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> list[CalibrationResult]:
+    """Calibrate many quote tables in one call (e.g. a history of daily surfaces).
+
+    Methods with a batched fitter (:func:`register_batch_method`: Heston ``direct`` and
+    ``network``) fit all tables together; the others fit them one after another. The arguments
+    are those of :func:`calibrate`, applied to every table (``weights`` by name). Each result's
+    ``seconds`` is its share of the call's wall time (the total divided by the number of tables).
+
+    Returns:
+        One :class:`CalibrationResult` per table, in order.
+
+    Examples:
+        >>> from pricing.sabr import lognormal_vol
+        >>> strikes = [80.0, 90.0, 100.0, 110.0, 120.0]
+        >>> def smile(nu):
+        ...     vols = lognormal_vol(forward=100.0, strike=strikes, maturity=1.0, alpha=0.2,
+        ...                          beta=1.0, rho=-0.3, nu=nu)
+        ...     return pd.DataFrame({"strike": strikes, "maturity": 1.0, "forward": 100.0,
+        ...                          "discount": 1.0, "implied_vol": vols.numpy()})
+        >>> fits = calibrate_many("sabr", [smile(0.4), smile(0.6)])
+        >>> [round(fit.params["nu"][0], 6) for fit in fits]
+        [0.4, 0.6]
+    """
+    if isinstance(quotes, (pd.DataFrame, str)):
+        raise TypeError("quotes: expected a sequence of quote tables or files, got a single one")
+    if not len(quotes):
+        raise ValueError("quotes: no quote tables given")
+    key = _method_key(model, method)
+    problems, dropped = [], []
+    for i, table in enumerate(quotes):
+        try:
+            prepared, n_dropped = _prepare(table)
+            problem = CalibrationProblem(prepared, quote_weights(prepared, weights), bounds, x0,
+                                         beta, seed, options)  # fmt: skip
+        except QuoteError as error:
+            raise QuoteError(f"quote table {i}: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"quote table {i}: {error}") from error
+        problems.append(problem)
+        dropped.append(n_dropped)
+    start = time.perf_counter()
+    with torch.no_grad():
+        batch = _BATCH_REGISTRY.get(key)
+        fits = batch(problems) if batch else [_REGISTRY[key](p) for p in problems]
+    share = (time.perf_counter() - start) / len(problems)
+    return [_result(key, p, f, d, share) for p, f, d in zip(problems, fits, dropped, strict=True)]
+
+
+def _method_key(model: str, method: str) -> tuple[str, str]:
     model = model.lower()
     if model not in ("heston", "sabr"):
         raise ValueError(f"model must be 'heston' or 'sabr', got {model!r}")
@@ -310,25 +433,27 @@ def calibrate(
             f"unknown method {method!r} for {model}; available: "
             f"{', '.join(available_methods(model))}"
         )
-    table, n_dropped = _prepare(quotes)
-    problem = CalibrationProblem(
-        table, quote_weights(table, weights), bounds, x0, beta, seed, options
-    )
-    start = time.perf_counter()
-    with torch.no_grad():
-        fit = _REGISTRY[key](problem)
-    seconds = time.perf_counter() - start
+    return key
+
+
+def _result(
+    key: tuple[str, str],
+    problem: CalibrationProblem,
+    fit: FitOutput,
+    n_dropped: int,
+    seconds: float,
+) -> CalibrationResult:
     residuals = _residual_table(problem, fit.model_iv)
     error = residuals["error_bp"].to_numpy()
     return CalibrationResult(
-        model=model,
-        method=method,
+        model=key[0],
+        method=key[1],
         params=fit.params,
         residuals=residuals,
         rmse_iv_bp=float(np.sqrt(np.mean(error**2))),
         max_abs_iv_bp=float(np.max(np.abs(error))),
         sse=float(np.sum((error / 100) ** 2)),
-        n_quotes=len(table),
+        n_quotes=len(problem.quotes),
         n_dropped=n_dropped,
         seconds=seconds,
         converged=bool(fit.converged),

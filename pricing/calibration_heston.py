@@ -28,7 +28,13 @@ from pricing._heston_lewis import (
     normalized_otm_and_jacobian,
 )
 from pricing.black_scholes import black_implied_vol, black_price
-from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.calibration import (
+    CalibrationProblem,
+    FitOutput,
+    proposed_starts,
+    register_batch_method,
+    register_method,
+)
 from pricing.heston import price as heston_price
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 
@@ -37,6 +43,7 @@ __all__ = [
     "NAMES",
     "HestonSurfaces",
     "calibrate_surfaces",
+    "global_starts",
     "surfaces_from_quotes",
 ]
 
@@ -55,6 +62,8 @@ _POLISH_TOLERANCE_BP = 0.01
 _RACE_ITERATIONS = 6
 _RUNNER_UP_RATIO = 1.5  # a runner-up this close (in cost) to the leader also finishes
 _SCAN_NODES = 128
+SCAN_WITH_PROPOSALS = 64
+"""Sobol scan points kept beside a start provider's proposal (256 without one)."""
 # Relative cost decrease 1e-10 moves the RMSE by ~1e-10 relative (QuantLib's test uses 1e-8).
 _TOLERANCES = {"ftol": 1e-10, "xtol": 1e-8, "gtol": 1e-10}
 
@@ -206,26 +215,33 @@ def _scan(
     residuals: _Residuals,
     n_surfaces: int,
     n_scan: int,
-    n_starts: int,
+    n_best: int,
     seed: int,
     extra: torch.Tensor | None,
     lower: torch.Tensor,
     upper: torch.Tensor,
 ) -> torch.Tensor:
-    """Best ``n_starts`` scan points per surface (by approximate vol errors), shape (S*n, 5)."""
-    points = _scan_points(n_scan, seed)
-    if extra is not None:
-        points = torch.cat([extra, points])
-    points = torch.minimum(torch.maximum(points, lower), upper)
+    """Starts per surface: the ``extra`` points ((K, 5) shared or (S, K, 5) per surface), then the
+    best ``n_best`` scan points (by approximate vol errors); shape ``(S * (K + n_best), 5)``,
+    surface-major."""
+    clamp = lambda x: torch.minimum(torch.maximum(x, lower), upper)  # noqa: E731
+    if extra is None:
+        extra = torch.empty(n_surfaces, 0, 5, dtype=torch.float64)
+    extra = clamp(extra.expand(n_surfaces, *extra.shape[-2:]))  # (S, K, 5)
+    points = clamp(_scan_points(n_scan, seed))
     surf = residuals.surfaces
     starts = []
     for s in range(n_surfaces):
-        grid = SurfaceGrid(surf.grid.maturity[s : s + 1], surf.grid.k[s : s + 1], _SCAN_NODES)
-        price = torch.sqrt(surf.ratio[s]) * normalized_otm(grid.select(torch.zeros(len(points),
-                                                           dtype=torch.long)), points)  # fmt: skip
-        error = (price - residuals.market_price[s]) / residuals.market_vega[s] * surf.weight[s]
-        cost = torch.nan_to_num((error * error).sum(-1), nan=math.inf)
-        starts.append(points[torch.argsort(cost)[:n_starts]])
+        best = points[:0]
+        if n_best and len(points):
+            grid = SurfaceGrid(surf.grid.maturity[s : s + 1], surf.grid.k[s : s + 1], _SCAN_NODES)
+            price = torch.sqrt(surf.ratio[s]) * normalized_otm(
+                grid.select(torch.zeros(len(points), dtype=torch.long)), points
+            )
+            error = (price - residuals.market_price[s]) / residuals.market_vega[s] * surf.weight[s]
+            cost = torch.nan_to_num((error * error).sum(-1), nan=math.inf)
+            best = points[torch.argsort(cost)[:n_best]]
+        starts.append(torch.cat([extra[s], best]))
     return torch.cat(starts)
 
 
@@ -294,9 +310,10 @@ def calibrate_surfaces(
     Args:
         surfaces: from :func:`surfaces_from_quotes`.
         bounds: parameter name -> (lower, upper), over :data:`DEFAULT_BOUNDS`.
-        x0: extra starting points, shape ``(K, 5)``, tried on every surface.
+        x0: extra starting points, shape ``(K, 5)`` (tried on every surface) or ``(S, K, 5)``
+            (per surface): they always race and always finish (besides the race's leader).
         seed: Sobol scrambling seed of the scan.
-        n_scan: scan points; n_starts: refined starts per surface.
+        n_scan: scan points; n_starts: refined starts per surface (x0 rows included).
         max_iterations: Levenberg-Marquardt iterations.
         polish: check each fit with :func:`pricing.heston.price` and refine with it when the fast
             pricer's vols differ by more than 0.01 bp.
@@ -326,20 +343,25 @@ def calibrate_surfaces(
     """
     lower, upper = _box(bounds)
     n_surf = len(surfaces.positions)
-    owner = torch.arange(n_surf).repeat_interleave(n_starts)
-    residuals = _Residuals(surfaces, owner)
-    starts = _scan(residuals, n_surf, n_scan, n_starts, seed, x0, lower, upper)
+    n_extra = 0 if x0 is None else x0.shape[-2]
+    n_best = min(max(n_starts - n_extra, 0), n_scan)
+    n_per = n_extra + n_best  # starts per surface: the x0 rows, then the best scan points
+    if n_per == 0:
+        raise ValueError("calibrate_surfaces needs n_scan > 0 and n_starts > 0, or x0 starts")
+    residuals = _Residuals(surfaces, torch.arange(n_surf).repeat_interleave(n_per))
+    starts = _scan(residuals, n_surf, n_scan, n_best, seed, x0, lower, upper)
     # Race the starts for a few iterations, then finish only the best start of each surface.
     race = levenberg_marquardt(residuals, starts, lower=lower, upper=upper,
                                max_iterations=min(_RACE_ITERATIONS, max_iterations))  # fmt: skip
-    # The best racer of each surface finishes, with the runner-up when it is close (one batch);
-    # the better result is kept.
-    cost = torch.nan_to_num(race.cost, nan=math.inf).reshape(n_surf, n_starts)
-    order = torch.argsort(cost, dim=-1)[:, : min(2, n_starts)]  # (S, <=2)
+    # The best racer of each surface finishes, with the runner-up when it is close, and every x0
+    # start (a proposal is never dropped on its early cost); one batch, the best result is kept.
+    cost = torch.nan_to_num(race.cost, nan=math.inf).reshape(n_surf, n_per)
+    order = torch.argsort(cost, dim=-1)[:, : min(2, n_per)]  # (S, <=2)
     ranked = cost.gather(1, order)
     close = ranked[:, -1] <= _RUNNER_UP_RATIO * ranked[:, 0]
-    finalists = [order[s, : 1 + int(close[s] and order.shape[1] > 1)] + s * n_starts
-                 for s in range(n_surf)]  # fmt: skip
+    always = torch.arange(n_extra)
+    finalists = [torch.unique(torch.cat([order[s, : 1 + int(close[s] and n_per > 1)], always]))
+                 + s * n_per for s in range(n_surf)]  # fmt: skip
     leader = torch.cat(finalists)
     owner = torch.cat([torch.full((len(f),), s) for s, f in enumerate(finalists)])
     final = levenberg_marquardt(_Residuals(surfaces, owner), race.x[leader], lower=lower,
@@ -364,19 +386,78 @@ def calibrate_surfaces(
     return params, vols, solved.converged, iterations
 
 
+def global_starts(
+    problem: CalibrationProblem, options: dict, scan: int = SCAN_WITH_PROPOSALS
+) -> torch.Tensor | None:
+    """The caller's ``x0`` and, with option ``global_start="auto"`` (the default), the registered
+    start providers' proposals (:func:`pricing.calibration.register_start`; ``qfnet`` registers
+    its calibration network), as extra starts ``(K, 5)`` or None.
+
+    With proposals the Sobol scan shrinks to ``scan`` points and two starts race (unless the
+    options say otherwise): the scan stays as the safety net for surfaces outside the provider's
+    domain. ``global_start="scan"`` ignores the providers. Pops ``global_start`` from
+    ``options``.
+    """
+    mode = options.pop("global_start", "auto")
+    if mode not in ("auto", "scan"):
+        raise ValueError(f"global_start must be 'auto' or 'scan', got {mode!r}")
+    starts = [dict(problem.x0)] if problem.x0 else []
+    proposals = proposed_starts("heston", problem) if mode == "auto" else []
+    if proposals:
+        options.setdefault("n_scan", scan)
+        options.setdefault("n_starts", 2)
+    starts += proposals
+    if not starts:
+        return None
+    return torch.tensor([[float(s[n]) for n in NAMES] for s in starts], dtype=torch.float64)
+
+
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
-    """Our calibration of one surface (options: ``nodes`` and those of :func:`calibrate_surfaces`)."""
+    """Our calibration of one surface (options: ``nodes``, ``global_start`` (see
+    :func:`global_starts`) and those of :func:`calibrate_surfaces`)."""
     options = dict(problem.options)
     surfaces = surfaces_from_quotes([problem.quotes], [problem.weights],
                                     nodes=options.pop("nodes", 256))  # fmt: skip
-    x0 = None
-    if problem.x0:
-        x0 = torch.tensor([[float(problem.x0[n]) for n in NAMES]], dtype=torch.float64)
+    x0 = global_starts(problem, options)
     params, vols, converged, iterations = calibrate_surfaces(
         surfaces, bounds=problem.bounds, x0=x0, seed=problem.seed, **options
     )
     values = dict(zip(NAMES, params[0].tolist(), strict=True))
     return FitOutput(values, vols[0].numpy(), bool(converged[0]), int(iterations[0]))
+
+
+def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
+    """``direct`` on many surfaces in one :func:`calibrate_surfaces` call (per-surface starts
+    from :func:`global_starts`; the options of the first problem apply to all)."""
+    options = dict(problems[0].options)
+    nodes = options.pop("nodes", 256)
+    starts = []
+    for problem in problems:
+        per_problem = dict(options)
+        starts.append(global_starts(problem, per_problem))
+    options = per_problem  # the scan settings chosen with proposals (the same for every table)
+    x0 = None
+    if any(x is not None for x in starts):
+        k = max(len(x) for x in starts if x is not None)
+        centre = torch.tensor([math.exp(0.5 * (lo + hi)) if i < 4 else 0.5 * (lo + hi)
+                               for i, (lo, hi) in enumerate(zip(_SCAN_LOW, _SCAN_HIGH,
+                                                                strict=True))],
+                              dtype=torch.float64)  # fmt: skip
+        # Pad to K rows per surface by repeating a start (the scan box centre if none).
+        x0 = torch.stack([
+            torch.cat([x, x[-1:].expand(k - len(x), 5)]) if x is not None and len(x)
+            else centre.expand(k, 5) for x in starts
+        ])  # fmt: skip
+    surfaces = surfaces_from_quotes([p.quotes for p in problems], [p.weights for p in problems],
+                                    nodes=nodes)  # fmt: skip
+    params, vols, converged, iterations = calibrate_surfaces(
+        surfaces, bounds=problems[0].bounds, x0=x0, seed=problems[0].seed, **options
+    )
+    return [
+        FitOutput(dict(zip(NAMES, params[s].tolist(), strict=True)), vols[s].numpy(),
+                  bool(converged[s]), int(iterations[s]))
+        for s in range(len(problems))
+    ]  # fmt: skip
 
 
 def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
@@ -406,6 +487,7 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
 
 
 register_method("heston", "direct", _fit_direct)
+register_batch_method("heston", "direct", _fit_direct_batch)
 register_method("heston", "quantlib", _fit_quantlib)
 # Provided by qfnet (pricing cannot import it); importing qfnet.calibration_surrogate replaces it.
 register_method(

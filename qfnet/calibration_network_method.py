@@ -7,6 +7,10 @@ reports residuals as for the other methods. No optimisation: ``iterations`` is 0
 ``network=PATH`` selects another network file. ``pricing`` cannot import ``qfnet``, so importing
 this module is what registers the method.
 
+Importing it also registers the shipped network as the global start of ``direct`` and
+``surrogate`` (:func:`network_start`, via :func:`pricing.calibration.register_start`): its answer
+is tried first, beside a smaller Sobol scan; ``global_start="scan"`` turns it off per call.
+
 Examples:
     >>> from pricing.calibration import available_methods
     >>> "network" in available_methods("heston")
@@ -15,15 +19,24 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import pandas as pd
 import torch
 
 from pricing.black_scholes import black_implied_vol
-from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.calibration import (
+    CalibrationProblem,
+    FitOutput,
+    register_batch_method,
+    register_method,
+    register_start,
+)
 from pricing.heston import price as heston_price
 from qfnet.calibration_network import NAMES, load_network, predict, surface_from_quotes
 
-__all__ = ["fit_with_network"]
+__all__ = ["fit_many_with_network", "fit_with_network", "network_start"]
 
 
 def _clip(params: dict[str, float], bounds: dict[str, tuple[float, float]] | None) -> None:
@@ -33,11 +46,13 @@ def _clip(params: dict[str, float], bounds: dict[str, tuple[float, float]] | Non
         params[name] = min(max(params[name], low), high)
 
 
-def _model_vols(quotes: object, params: dict[str, float]) -> np.ndarray:
+def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> np.ndarray:
+    """Exact-pricer vols at the quotes; params scalars or one value per quote ``(N,)``."""
     ratio = torch.tensor((quotes["strike"] / quotes["forward"]).to_numpy(dtype=float))
     t = torch.tensor(quotes["maturity"].to_numpy(dtype=float))
     is_call = ratio >= 1.0
-    prices = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=is_call, **params)
+    fields = {name: torch.as_tensor(np.asarray(v, dtype=float)) for name, v in params.items()}
+    prices = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=is_call, **fields)
     vols = black_implied_vol(price=prices, forward=1.0, strike=ratio, maturity=t, is_call=is_call)
     return vols.numpy()
 
@@ -60,4 +75,53 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
 
 
+def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]:
+    """The ``network`` method on many quote tables: one forward pass for all the surfaces and
+    one exact-pricer call for all the quotes (the options of the first problem apply to all)."""
+    options = dict(problems[0].options)
+    try:
+        net = load_network(options.pop("network", None))
+    except FileNotFoundError as error:
+        raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
+    surfaces = []
+    for i, problem in enumerate(problems):
+        try:
+            surfaces.append(surface_from_quotes(problem.quotes))
+        except ValueError as error:
+            raise ValueError(f"quote table {i}: {error}") from error
+    predicted = predict(net, torch.stack(surfaces))  # (S,) per parameter
+    fields = []
+    for s, problem in enumerate(problems):
+        values = {name: float(predicted[name][s]) for name in NAMES}
+        _clip(values, problem.bounds)
+        fields.append(values)
+    sizes = [len(p.quotes) for p in problems]
+    repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}
+    vols = _model_vols(pd.concat([p.quotes for p in problems], ignore_index=True), repeated)
+    chunks = np.split(vols, np.cumsum(sizes)[:-1])
+    return [
+        FitOutput(f, v, converged=True, iterations=0) for f, v in zip(fields, chunks, strict=True)
+    ]
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_network() -> object:
+    return load_network(None)
+
+
+def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
+    """The shipped network's parameters for the problem's quotes, clipped to its bounds; None
+    when there is no network file or the quotes cannot be put on its grid."""
+    try:
+        net = _shipped_network()
+        surface = surface_from_quotes(problem.quotes)
+        values = {name: float(v[0]) for name, v in predict(net, surface.unsqueeze(0)).items()}
+    except (FileNotFoundError, ValueError):
+        return None
+    _clip(values, problem.bounds)
+    return {name: values[name] for name in NAMES}
+
+
 register_method("heston", "network", fit_with_network)
+register_batch_method("heston", "network", fit_many_with_network)
+register_start("heston", "network", network_start)

@@ -20,11 +20,19 @@ import numpy as np
 import torch
 
 from pricing.calibration import CalibrationProblem, FitOutput, register_method
-from pricing.calibration_heston import NAMES, calibrate_surfaces, surfaces_from_quotes
+from pricing.calibration_heston import (
+    NAMES,
+    calibrate_surfaces,
+    global_starts,
+    surfaces_from_quotes,
+)
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 from qfnet.surrogate import implied_vol, load_surrogate
 
 __all__ = ["fit_with_surrogate"]
+
+SURROGATE_SCAN_WITH_PROPOSALS = 256
+"""Scan points of the surrogate's domain kept beside a start provider's proposal (1024 without)."""
 
 
 def _box(net: Any, bounds: dict[str, tuple[float, float]] | None) -> tuple[torch.Tensor, ...]:
@@ -50,8 +58,12 @@ def fit_with_surrogate(
     n_scan: int = 1024,
     n_starts: int = 3,
     max_iterations: int = 50,
+    x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
     """Least-squares fit of the surrogate's vols to one surface.
+
+    The starts are the best ``n_starts`` of ``x0`` (extra starts, ``(K, 5)``, clipped to the
+    box) and a Sobol scan of ``n_scan`` points of the surrogate's domain, ranked by their cost.
 
     Shape:
         ``maturity``, ``log_moneyness``, ``market_iv``, ``weight`` (square-root weights): ``(N,)``.
@@ -82,6 +94,8 @@ def fit_with_surrogate(
 
     engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
     points = lower + (upper - lower) * engine.draw(n_scan, dtype=torch.float64)
+    if x0 is not None:
+        points = torch.cat([torch.minimum(torch.maximum(x0, lower), upper), points])
     with torch.no_grad():
         cost = torch.nan_to_num((residual(points.unsqueeze(1), None) ** 2).sum(-1), nan=math.inf)
     starts = points[torch.argsort(cost)[:n_starts]]
@@ -103,6 +117,7 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
             f"method 'surrogate' needs a trained surrogate: {error}"
         ) from error
     polish = bool(options.pop("polish", True))
+    x0 = global_starts(problem, options, scan=SURROGATE_SCAN_WITH_PROPOSALS)
     quotes = problem.quotes
     tensor = lambda values: torch.tensor(np.asarray(values, dtype=float))  # noqa: E731
     k = np.log(quotes["strike"] / quotes["forward"]).to_numpy()
@@ -122,6 +137,7 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
         weight=tensor(np.sqrt(problem.weights[inside])),
         bounds=problem.bounds,
         seed=problem.seed,
+        x0=x0,
         **{k: options.pop(k) for k in ("n_scan", "n_starts", "max_iterations") if k in options},
     )
     if polish:

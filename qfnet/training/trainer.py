@@ -535,6 +535,11 @@ class Trainer:
         training sums are reduced across ranks first, so a resumed run reports the same
         ``train_loss``.
         """
+        if self._runtime_ready and hasattr(self, "_epoch_loss") and not self._epoch_done:
+            # Fold the step losses into the running sums here, as a resumed run will have them:
+            # the uninterrupted run then adds the epoch's losses in the same order (bit-equal
+            # train_loss, whatever order a vectorised sum would choose on this CPU).
+            self._train_sums, self._epoch_loss = self._folded_train_sums(), EpochLoss()
         sums = None
         if self._runtime_ready and self.dist.enabled and hasattr(self, "_epoch_loss"):
             sums = all_reduce_sum(self._folded_train_sums(), self.dist)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from pricing.calibration import calibrate
+from pricing.calibration import CalibrationProblem, calibrate, calibrate_many, proposed_starts
 from qfnet.calibration_network import (
     BOX,
     NAMES,
@@ -147,3 +148,106 @@ def test_surface_from_quotes_rejects_missing_column_and_nan_vol() -> None:
         surface_from_quotes(table)
     with pytest.raises(ValueError, match="row 1"):
         surface_from_quotes(table.assign(implied_vol=[0.2, math.nan]))
+
+
+def _noisy(quotes: pd.DataFrame, noise_bp: float, seed: int) -> pd.DataFrame:
+    noise = noise_bp * 1e-4 * np.random.default_rng(seed).standard_normal(len(quotes))
+    return quotes.assign(implied_vol=quotes["implied_vol"] + noise)
+
+
+def test_importing_the_method_registers_the_network_as_a_global_start() -> None:
+    import qfnet.calibration_network_method  # noqa: F401
+
+    truth = {"v0": 0.05, "kappa": 2.0, "theta": 0.06, "sigma": 0.5, "rho": -0.6}
+    quotes = _synthetic_quotes(truth)
+    starts = proposed_starts("heston", CalibrationProblem(quotes, np.ones(len(quotes))))
+    assert len(starts) == 1 and set(starts[0]) == set(NAMES)
+    for name in ("v0", "theta", "rho"):
+        assert starts[0][name] == pytest.approx(truth[name], rel=0.15), name
+    bounded = CalibrationProblem(quotes, np.ones(len(quotes)), bounds={"rho": (-0.5, 0.5)})
+    assert proposed_starts("heston", bounded)[0]["rho"] == -0.5  # clipped to the caller's box
+
+
+def test_direct_from_the_network_start_reaches_the_scan_optimum_with_a_smaller_scan(
+    monkeypatch,
+) -> None:
+    import pricing.calibration_heston as heston_calibration
+    import qfnet.calibration_network_method  # noqa: F401
+
+    scanned: list[int] = []
+    real = heston_calibration._scan_points
+    monkeypatch.setattr(
+        heston_calibration, "_scan_points", lambda n, seed: scanned.append(n) or real(n, seed)
+    )
+    truth = {"v0": 0.08, "kappa": 1.2, "theta": 0.05, "sigma": 0.7, "rho": -0.75}
+    quotes = _noisy(_synthetic_quotes(truth), 50.0, seed=5)
+    with_network = calibrate("heston", quotes, seed=1)
+    scan_only = calibrate("heston", quotes, seed=1, global_start="scan")
+    assert scanned == [heston_calibration.SCAN_WITH_PROPOSALS, 256]
+    assert with_network.rmse_iv_bp == pytest.approx(scan_only.rmse_iv_bp, abs=0.01)
+    assert 40.0 < with_network.rmse_iv_bp < 55.0  # the noise level: not a local minimum
+
+
+def test_scan_keeps_surfaces_outside_the_network_box_from_getting_stuck() -> None:
+    import qfnet.calibration_network_method  # noqa: F401
+
+    # The DAX optimum (kappa ~ 15, sigma ~ 3) lies far outside the network's training box.
+    dax = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    with_network = calibrate("heston", str(dax))
+    scan_only = calibrate("heston", str(dax), global_start="scan")
+    assert with_network.sse <= scan_only.sse + 1e-4
+    assert with_network.params["kappa"] > BOX["kappa"][1]
+
+
+TRUTH = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+
+
+def test_unknown_global_start_is_refused() -> None:
+    with pytest.raises(ValueError, match="global_start must be 'auto' or 'scan'"):
+        calibrate("heston", _synthetic_quotes(TRUTH), global_start="network")
+
+
+def _history(n: int) -> tuple[list[dict], list[pd.DataFrame]]:
+    rng = np.random.default_rng(8)
+    truths = [{"v0": rng.uniform(0.02, 0.15), "kappa": rng.uniform(1.0, 4.0),
+               "theta": rng.uniform(0.02, 0.15), "sigma": rng.uniform(0.3, 0.9),
+               "rho": rng.uniform(-0.85, -0.3)} for _ in range(n)]  # fmt: skip
+    return truths, [_noisy(_synthetic_quotes(t), 20.0, seed=i) for i, t in enumerate(truths)]
+
+
+def test_calibrate_many_with_the_network_is_one_pass_equal_to_single_calls() -> None:
+    import qfnet.calibration_network_method  # noqa: F401
+
+    _, tables = _history(4)
+    many = calibrate_many("heston", tables, method="network")
+    for table, fit in zip(tables, many, strict=True):
+        single = calibrate("heston", table, method="network")
+        for name in NAMES:
+            assert fit.params[name] == pytest.approx(single.params[name], rel=1e-12), name
+        assert fit.rmse_iv_bp == pytest.approx(single.rmse_iv_bp, rel=1e-9)
+        assert fit.n_quotes == len(table) and fit.method == "network"
+
+
+def test_calibrate_many_direct_fits_a_history_of_surfaces_in_one_batch() -> None:
+    import qfnet.calibration_network_method  # noqa: F401
+
+    truths, tables = _history(3)
+    many = calibrate_many("heston", tables, seed=2)
+    for truth, table, fit in zip(truths, tables, many, strict=True):
+        single = calibrate("heston", table, seed=2)
+        assert fit.rmse_iv_bp == pytest.approx(single.rmse_iv_bp, abs=0.01)
+        assert fit.rmse_iv_bp < 25.0  # the 20 bp noise, not a local minimum
+        assert fit.params["rho"] == pytest.approx(truth["rho"], abs=0.1)
+        assert fit.converged
+
+
+def test_calibrate_many_names_the_bad_table_and_refuses_a_single_table() -> None:
+    _, tables = _history(2)
+    broken = tables[1].assign(implied_vol=np.where(np.arange(len(tables[1])) == 3, -0.2,
+                                                   tables[1]["implied_vol"]))  # fmt: skip
+    with pytest.raises(ValueError, match="quote table 1"):
+        calibrate_many("heston", [tables[0], broken], method="direct")
+    with pytest.raises(TypeError, match="sequence of quote tables"):
+        calibrate_many("heston", tables[0])
+    with pytest.raises(ValueError, match="no quote tables"):
+        calibrate_many("heston", [])

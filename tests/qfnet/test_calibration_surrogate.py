@@ -37,9 +37,10 @@ def tiny_surrogate(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_polished_surrogate_fit_recovers_a_clean_surface(tiny_surrogate: Path) -> None:
-    # An untrained surrogate gives a poor start; the exact-pricer polish must still finish the job.
+    # An untrained surrogate gives a poor start; the exact-pricer polish must still finish the job
+    # (from the surrogate's answer alone: no network proposal, whatever is registered).
     fit = calibrate("heston", _synthetic_surface(), method="surrogate", surrogate=tiny_surrogate,
-                    n_scan=64, n_starts=1, max_iterations=5)  # fmt: skip
+                    n_scan=64, n_starts=1, max_iterations=5, global_start="scan")  # fmt: skip
     assert fit.method == "surrogate"
     assert fit.rmse_iv_bp < 1e-3
     np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-4)
