@@ -124,21 +124,56 @@ def _sabr_hagan(points: pd.DataFrame, seed: int, device: torch.device) -> tuple[
     return torch.where(valid, price, float("nan")).detach().cpu().numpy(), None
 
 
+SABR_PDE_GRIDS = ((50, 400, 50), (25, 200, 25))
+"""QuantLib PDE grids (time, forward, vol) of the SABR labels: the fine one and the half one."""
+SABR_PDE_EPS = (1e-4, 1e-5, 1e-6, 1e-3)
+"""Mesher tail cuts tried in turn; a row that fails with all of them is labelled NaN."""
+SABR_PDE_MAX_GRID_GAP = 0.01
+"""Largest implied-vol gap (100 bp) between the two grids' prices of a row that gets a label; the
+converged rows' gaps are below ~30 bp (10 years, nu 0.9)."""
+
+
 def _sabr_quantlib(
     points: pd.DataFrame, seed: int, device: torch.device
 ) -> tuple[np.ndarray, None]:
-    """QuantLib's SABR PDE (FdSabrVanillaEngine), one solve per row: exact-enough, slow."""
+    """QuantLib's SABR PDE (FdSabrVanillaEngine), Richardson-extrapolated: exact-enough, slow.
+
+    The engine is second order in its grid spacing, so two solves, on the default grid and on
+    one with half the points in every direction, give ``p = p_fine + (p_fine - p_half) / 3``: on
+    the cases checked (10 years, nu up to 0.9) within about 0.5 bp of implied vol of a grid
+    twice as fine, where the default grid alone is 1-5 bp off. About 0.1 s per row on one core.
+    Rows where QuantLib fails at every mesher cut of :data:`SABR_PDE_EPS`, or whose two grids'
+    vols differ by more than :data:`SABR_PDE_MAX_GRID_GAP` (not converged), get NaN.
+    """
     from pricing import quantlib
 
-    price = np.empty(len(points))
-    for i, row in enumerate(points.itertuples(index=False)):
-        price[i] = quantlib.sabr_fd_price(
+    def solve(row: object, grid: tuple[int, int, int], eps: float) -> float:
+        return quantlib.sabr_fd_price(
             forward=float(row.forward),
             strike=float(row.strike),
             maturity=float(row.maturity),
             is_call=row.option_type == "call",
+            t_grid=grid[0],
+            f_grid=grid[1],
+            x_grid=grid[2],
+            eps=eps,
             **{n: float(getattr(row, n)) for n in SABR_PARAMS},
         )[()]
+
+    fine, half = np.full(len(points), np.nan), np.full(len(points), np.nan)
+    for i, row in enumerate(points.itertuples(index=False)):
+        for eps in SABR_PDE_EPS:  # QuantLib's CEV mesher fails on ~10% of sets at its default
+            try:
+                fine[i], half[i] = (solve(row, grid, eps) for grid in SABR_PDE_GRIDS)
+            except RuntimeError:
+                continue
+            break
+    price = fine + (fine - half) / 3.0
+    # Not converged (seen near beta = 1 with large alpha and nu: the two grids' vols differ by
+    # thousands of bp): no label rather than a wrong one.
+    vols = [_implied_vol(points.assign(price=p), _CPU) for p in (fine, half)]
+    gap = np.abs(vols[0] - vols[1])
+    price[np.isfinite(gap) & (gap > SABR_PDE_MAX_GRID_GAP)] = np.nan
     return price, None
 
 

@@ -39,7 +39,9 @@ from pricing._labels import ENGINES, label
 __all__ = [
     "ENGINES",
     "HESTON_DOMAIN",
+    "NAMED_DOMAINS",
     "SABR_DOMAIN",
+    "SABR_PDE_DOMAIN",
     "Domain",
     "DomainError",
     "check_device",
@@ -253,7 +255,14 @@ SABR_DOMAIN = Domain(
 )
 """SABR box (forward-normalised, ``F = 1``): maturities 3 months to 30 years, ``|z| <= 2``."""
 
+SABR_PDE_DOMAIN = replace(SABR_DOMAIN, maturity=(0.25, 10.0))
+"""The SABR box up to 10 years: the domain of the PDE-labelled SABR surrogate (QuantLib's
+finite-difference engine, ``engine="quantlib"``), where Hagan's expansion is off by hundreds of bp
+in long-dated wings."""
+
 DOMAINS: dict[str, Domain] = {"heston": HESTON_DOMAIN, "sabr": SABR_DOMAIN}
+NAMED_DOMAINS: dict[str, Domain] = {**DOMAINS, "sabr-pde": SABR_PDE_DOMAIN}
+"""Domains by the names ``qfnet generate --domain`` takes (default: the model's own)."""
 
 
 def sample(domain: Domain, n: int, *, seed: int, start: int = 0) -> pd.DataFrame:

@@ -417,6 +417,7 @@ def sabr_fd_price(
     t_grid: int = 50,
     f_grid: int = 400,
     x_grid: int = 50,
+    eps: float = 1e-4,
 ) -> np.ndarray:
     """SABR European prices by ``ql.FdSabrVanillaEngine`` for strikes sharing one smile.
 
@@ -426,7 +427,9 @@ def sabr_fd_price(
     a whole number of days ``D``: the model is rescaled in time onto ``D / 365``, with ``alpha``
     and ``nu`` multiplied by ``sqrt(T / (D / 365))`` (the law of ``F_T`` depends on time only
     through ``alpha^2 T`` and ``nu^2 T``), so any maturity is priced exactly. Prices are the
-    undiscounted PDE values times ``discount``.
+    undiscounted PDE values times ``discount``. ``eps`` is the tail probability the meshers cut
+    (QuantLib's default 1e-4; some parameter sets make its CEV mesher fail, and a smaller one
+    such as 1e-5 then works).
 
     Shape:
         ``strike`` and ``is_call`` broadcast to ``(K,)`` or any shape; the output has that shape.
@@ -451,6 +454,9 @@ def sabr_fd_price(
         t_grid,
         f_grid,
         x_grid,
+        0,  # damping steps
+        1.0,  # scaling factor of the variance mesher
+        float(eps),  # tail probability cut by the meshers
     )
     exercise = ql.EuropeanExercise(EVALUATION_DATE + days)
     k, c = _arrays(strike, is_call)

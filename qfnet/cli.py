@@ -18,6 +18,7 @@ from pricing.quotes import read_quotes
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
 from qfnet.price_rows import black_vols, forward_and_discount, model_parameters, price_table
+from qfnet.surrogate import SABR_PDE_SURROGATE
 from qfnet.surrogate_cli import generate_command, surrogate_price_rows, train_surrogate_command
 
 __all__ = ["app", "main"]
@@ -123,11 +124,17 @@ def price(
 def _price_surrogate(
     table: pd.DataFrame, model: str, params: dict[str, float], surrogate: Path | None
 ) -> pd.DataFrame:
-    if model != "heston":
-        raise fail("--engine surrogate prices --model heston (the shipped surrogate's model)")
-    rows = table.assign(**model_parameters(table, model, params))
+    if model not in ("heston", "sabr"):
+        raise fail("--engine surrogate prices --model heston or sabr")
+    if surrogate is None and model == "sabr":
+        surrogate = SABR_PDE_SURROGATE  # the shipped PDE-labelled SABR surrogate
+    columns = model_parameters(table, model, params)
+    shift = columns.pop("shift", None)  # (N,) for SABR
+    if shift is not None and (shift != 0.0).any():
+        raise fail("--engine surrogate: the SABR surrogate prices unshifted SABR (shift 0) only")
+    rows = table.assign(**columns)
     result = table.copy()
-    result["price"], result["implied_vol"] = surrogate_price_rows(rows, surrogate)
+    result["price"], result["implied_vol"] = surrogate_price_rows(rows, surrogate, model=model)
     return result
 
 

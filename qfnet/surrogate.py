@@ -2,11 +2,12 @@
 
 The network never sees raw inputs and never predicts a raw vol. A model-specific closed-form
 *base* vol carries the level (Heston: the root of the expected average variance
-``theta + (v0 - theta) (1 - exp(-kappa T)) / (kappa T)``; SABR: ``alpha`` at ``F = 1``) and the network
-learns the standardised log-ratio ``log(iv / base)`` from standardised features (the parameters
-mapped to ``[-1, 1]`` over the domain, ``sqrt(T)``, ``z``, ``log(base)`` and the moneyness in
-units of the base total vol). Training (:mod:`qfnet.surrogate_training`) minimises the squared
-implied-vol error in basis points.
+``theta + (v0 - theta) (1 - exp(-kappa T)) / (kappa T)``; SABR: Hagan's lognormal vol at
+``F = 1``, so that a SABR surrogate trained on PDE labels learns the correction of Hagan's
+expansion) and the network learns the standardised log-ratio ``log(iv / base)`` from standardised
+features (the parameters mapped to ``[-1, 1]`` over the domain, ``sqrt(T)``, ``z``, ``log(base)``
+and the moneyness in units of the base total vol). Training (:mod:`qfnet.surrogate_training`)
+minimises the squared implied-vol error in basis points.
 
 A surrogate refuses queries outside its training domain (:class:`pricing.datasets.DomainError`)
 unless asked explicitly to flag them with NaN. It is saved as one self-describing file
@@ -35,7 +36,10 @@ from pricing.datasets import DOMAINS, Domain
 from qfnet.nets import MLP
 
 __all__ = [
+    "BASES",
+    "DEFAULT_BASE",
     "DEFAULT_SURROGATE",
+    "SABR_PDE_SURROGATE",
     "SurrogateNet",
     "build_surrogate",
     "default_surrogate_path",
@@ -50,6 +54,8 @@ FORMAT = "qfnet-surrogate"
 FORMAT_VERSION = 1
 DEFAULT_SURROGATE = Path(__file__).resolve().parents[1] / "data" / "surrogates" / "heston_default"
 """Directory of the shipped default Heston surrogate (``model.pt`` inside)."""
+SABR_PDE_SURROGATE = DEFAULT_SURROGATE.parent / "sabr_pde"
+"""Directory of the shipped SABR surrogate trained on QuantLib PDE labels (``model.pt`` inside)."""
 
 
 def default_surrogate_path() -> Path:
@@ -77,16 +83,32 @@ def _heston_base(x: torch.Tensor) -> torch.Tensor:
 
 
 def _sabr_base(x: torch.Tensor) -> torch.Tensor:
-    """SABR's ``alpha`` quoted for ``F = 1`` (the lognormal-equivalent vol level; always > 0).
-
-    Hagan's formula would be a closer base but turns negative in long-dated low-strike wings.
-    """
+    """SABR's ``alpha`` quoted for ``F = 1`` (the lognormal-equivalent vol level; always > 0)."""
     return x[:, 0]
+
+
+def _sabr_hagan_base(x: torch.Tensor) -> torch.Tensor:
+    """Hagan's lognormal SABR vol at ``F = 1``, floored at ``alpha / 4`` (the expansion can turn
+    negative in long-dated low-strike wings). The network then learns the correction of Hagan's
+    formula towards the labelling engine (exact for Hagan labels, small for PDE labels)."""
+    from pricing.sabr import lognormal_vol
+
+    alpha = x[:, 0]
+    vol = lognormal_vol(forward=1.0, strike=torch.exp(x[:, 5]), maturity=x[:, 4], alpha=alpha,
+                        beta=x[:, 1], rho=x[:, 2], nu=x[:, 3])  # fmt: skip
+    return torch.maximum(torch.nan_to_num(vol, nan=0.0), 0.25 * alpha)
 
 
 _BLOCK_ROWS = 2048
 
-_BASES = {"heston": _heston_base, "sabr": _sabr_base}
+BASES = {
+    "heston-variance": _heston_base,
+    "sabr-alpha": _sabr_base,
+    "sabr-hagan": _sabr_hagan_base,
+}
+"""Closed-form base vols by name: the surrogate learns ``log(iv / base)``."""
+DEFAULT_BASE = {"heston": "heston-variance", "sabr": "sabr-hagan"}
+_LEGACY_BASE = {"heston": "heston-variance", "sabr": "sabr-alpha"}  # files without the field
 
 
 class SurrogateNet(nn.Module):
@@ -98,6 +120,8 @@ class SurrogateNet(nn.Module):
         activation: smooth activations (``silu``, ``softplus``, ``tanh``) keep greeks smooth.
         dtype: dtype of the MLP weights (float32 by default: 2-3x faster on CPU, and its rounding
             is ~1e-7 relative in the output vol); features and output are computed in float64.
+        base: closed-form base vol (a key of :data:`BASES` for the domain's model; default
+            :data:`DEFAULT_BASE`: Heston's average variance, Hagan's formula for SABR).
 
     Shape:
         - input: (N, P + 2), columns ``domain.input_names`` (parameters, maturity, log_moneyness)
@@ -118,10 +142,16 @@ class SurrogateNet(nn.Module):
         hidden: Sequence[int] = (128, 128, 128, 128),
         activation: str = "silu",
         dtype: torch.dtype = torch.float32,
+        base: str | None = None,
     ) -> None:
         super().__init__()
-        if domain.model not in _BASES:
+        if domain.model not in DEFAULT_BASE:
             raise ValueError(f"no surrogate features for model {domain.model!r}")
+        base = base or DEFAULT_BASE[domain.model]
+        if base not in BASES or not base.startswith(domain.model + "-"):
+            choices = sorted(b for b in BASES if b.startswith(domain.model + "-"))
+            raise ValueError(f"base for {domain.model} must be one of {choices}, got {base!r}")
+        self.base = base
         self.domain = domain
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
@@ -134,7 +164,7 @@ class SurrogateNet(nn.Module):
 
     def base_vol(self, x: torch.Tensor) -> torch.Tensor:
         """Closed-form base vol that the network corrects. Shape: (N, P + 2) -> (N,)."""
-        return _BASES[self.domain.model](x)
+        return BASES[self.base](x)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unscaled features (N, F) and base vol (N,) of raw inputs (N, P + 2)."""
@@ -180,8 +210,10 @@ def build_surrogate(
     hidden: Sequence[int] = (128, 128, 128, 128),
     activation: str = "silu",
     dtype: torch.dtype = torch.float32,
+    base: str | None = None,
 ) -> SurrogateNet:
-    """A fresh surrogate for a domain (or a model name, taking its default domain).
+    """A fresh surrogate for a domain (or a model name, taking its default domain); ``base`` as
+    in :class:`SurrogateNet`.
 
     Examples:
         >>> build_surrogate("heston", hidden=(16, 16)).domain.model
@@ -191,7 +223,7 @@ def build_surrogate(
         if domain not in DOMAINS:
             raise ValueError(f"model must be one of {sorted(DOMAINS)}, got {domain!r}")
         domain = DOMAINS[domain]
-    return SurrogateNet(domain, hidden=hidden, activation=activation, dtype=dtype)
+    return SurrogateNet(domain, hidden=hidden, activation=activation, dtype=dtype, base=base)
 
 
 def _versions() -> dict[str, str]:
@@ -240,6 +272,7 @@ def save_surrogate(
             "activation": net.activation,
             "dtype": str(net.mlp.head.weight.dtype).removeprefix("torch."),
             "features": "base-vol log-ratio v1",
+            "base": net.base,
         },
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         "versions": _versions(),
@@ -285,6 +318,7 @@ def load_surrogate(
         hidden=arch["hidden"],
         activation=arch["activation"],
         dtype=getattr(torch, arch["dtype"]),
+        base=arch.get("base", _LEGACY_BASE[payload["model"]]),
     )
     net.load_state_dict(payload["state_dict"])
     net.training_summary = payload.get("training", {})

@@ -18,7 +18,7 @@ import torch
 import typer
 
 from pricing import black_scholes
-from pricing.datasets import ENGINES, check_device, generate
+from pricing.datasets import ENGINES, NAMED_DOMAINS, check_device, generate
 from qfnet.surrogate import implied_vol, load_surrogate
 
 __all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
@@ -49,6 +49,12 @@ def generate_command(
     device: Annotated[
         str, typer.Option("--device", help="Where workers label: cpu, cuda, cuda:1...")
     ] = "cpu",
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            "--domain", help="Parameter box by name (default: the model's; sabr-pde: T <= 10y)."
+        ),
+    ] = None,
 ) -> None:
     """Generate labelled training data: Sobol points of a model domain, priced, Parquet shards.
 
@@ -66,9 +72,13 @@ def generate_command(
         raise typer.BadParameter(
             f"for {model} must be one of {sorted(ENGINES[model])}", param_hint="--engine"
         )
+    if domain is not None and (domain not in NAMED_DOMAINS or NAMED_DOMAINS[domain].model != model):
+        names = sorted(k for k, v in NAMED_DOMAINS.items() if v.model == model)
+        raise typer.BadParameter(f"for {model} must be one of {names}", param_hint="--domain")
     path = generate(
         out,
         model=model,
+        domain=NAMED_DOMAINS[domain] if domain is not None else None,
         n=n,
         engine=engine,
         seed=seed,
@@ -189,12 +199,18 @@ def _is_call(df: pd.DataFrame) -> torch.Tensor:
 
 
 def surrogate_price_rows(
-    df: pd.DataFrame, surrogate_path: str | os.PathLike[str] | None = None
+    df: pd.DataFrame,
+    surrogate_path: str | os.PathLike[str] | None = None,
+    *,
+    model: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Price quote-table rows with a surrogate (default: the shipped Heston one).
 
     Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend) T)`` and
     ``exp(-rate T)``; model parameters come from the columns named by the surrogate's domain.
+    SABR surrogates are forward-normalised (``F = 1``): each row's ``alpha`` is rescaled to
+    ``alpha F^(beta - 1)``, the same dynamics for ``F_t / F``. ``model``, when given, must be the
+    surrogate's model.
 
     Returns:
         ``(price, implied_vol)`` arrays, one entry per row.
@@ -213,6 +229,8 @@ def surrogate_price_rows(
         ((2,), True)
     """
     net = load_surrogate(surrogate_path)
+    if model is not None and net.domain.model != model:
+        raise ValueError(f"the surrogate is a {net.domain.model} surrogate, not {model}")
     t, k = _column(df, "maturity"), _column(df, "strike")
     if "forward" in df.columns:
         forward = _column(df, "forward")
@@ -224,6 +242,8 @@ def surrogate_price_rows(
     else:
         discount = torch.exp(-_column(df, "rate", 0.0) * t)
     params = {name: _column(df, name) for name in net.domain.param_names}
+    if net.domain.model == "sabr":
+        params["alpha"] = params["alpha"] * forward ** (params["beta"] - 1.0)
     with torch.no_grad():
         iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
         value = black_scholes.black_price(

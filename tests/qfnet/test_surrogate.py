@@ -11,6 +11,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from pricing import sabr
 from pricing.datasets import HESTON_DOMAIN, SABR_DOMAIN, DomainError, generate, label, sample
 from qfnet.surrogate import (
     build_surrogate,
@@ -117,9 +118,29 @@ def test_sabr_surrogate_builds_on_its_domain_and_scales_its_inputs():
     torch.testing.assert_close(
         scaled.mean(0), torch.zeros(feats.shape[1], dtype=torch.float64), rtol=0, atol=1e-9
     )
-    torch.testing.assert_close(base, x[:, 0], rtol=0, atol=0)  # alpha at F = 1
+    hagan = sabr.lognormal_vol(forward=1.0, strike=torch.exp(x[:, 5]), maturity=x[:, 4],
+                               alpha=x[:, 0], beta=x[:, 1], rho=x[:, 2], nu=x[:, 3])  # fmt: skip
+    floored = hagan.isnan() | (hagan < 0.25 * x[:, 0])
+    assert floored.float().mean() < 0.05  # the floor is for far long-dated wings only
+    torch.testing.assert_close(base[~floored], hagan[~floored], rtol=0, atol=0)
+    torch.testing.assert_close(base[floored], 0.25 * x[floored, 0], rtol=0, atol=0)
+    legacy = build_surrogate("sabr", hidden=(8,), base="sabr-alpha")
+    torch.testing.assert_close(legacy.features(x)[1], x[:, 0], rtol=0, atol=0)  # alpha at F = 1
+    with pytest.raises(ValueError, match=r"base for sabr must be one of \['sabr-alpha', 'sabr-h"):
+        build_surrogate("sabr", base="heston-variance")
     with torch.no_grad():
         assert torch.isfinite(net(x)).all()
+
+
+def test_files_without_a_base_field_load_with_the_legacy_base(tmp_path):
+    path = save_surrogate(
+        build_surrogate("sabr", hidden=(8,), base="sabr-alpha"), tmp_path / "m.pt"
+    )
+    payload = torch.load(path, weights_only=True)
+    del payload["architecture"]["base"]  # a file written before the field existed
+    torch.save(payload, path)
+    assert load_surrogate(path).base == "sabr-alpha"
+    assert load_surrogate().base == "heston-variance"  # the shipped Heston surrogate
 
 
 def test_load_rejects_missing_and_foreign_files(tmp_path):
