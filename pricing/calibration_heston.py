@@ -431,11 +431,14 @@ def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
     from :func:`global_starts`; the options of the first problem apply to all)."""
     options = dict(problems[0].options)
     nodes = options.pop("nodes", 256)
-    starts = []
+    starts, settings = [], []
     for problem in problems:
-        per_problem = dict(options)
-        starts.append(global_starts(problem, per_problem))
-    options = per_problem  # the scan settings chosen with proposals (the same for every table)
+        settings.append(dict(options))
+        starts.append(global_starts(problem, settings[-1]))
+    if all(o == settings[0] for o in settings):
+        options = settings[0]  # the scan settings global_starts chose, the same for every table
+    else:  # some tables got proposals and some did not: the full scan for all
+        options.pop("global_start", None)
     x0 = None
     if any(x is not None for x in starts):
         k = max(len(x) for x in starts if x is not None)

@@ -63,3 +63,14 @@ def test_network_method_registered_by_importing_its_module() -> None:
 
     result = calibrate("heston", _synthetic_surface(), method="network")
     assert result.method == "network" and result.iterations == 0
+
+
+def test_shipped_surrogate_with_the_network_start_reaches_the_direct_optimum() -> None:
+    import qfnet.calibration_network_method  # noqa: F401  (network global start)
+
+    quotes = _synthetic_surface(noise_bp=50.0, seed=3)
+    surrogate = calibrate("heston", quotes, method="surrogate", seed=1)
+    direct = calibrate("heston", quotes, method="direct", seed=1)
+    # issue 6: after the polish, within 0.01 bp of the optimum
+    assert surrogate.rmse_iv_bp == pytest.approx(direct.rmse_iv_bp, abs=0.01)
+    assert 40.0 < surrogate.rmse_iv_bp < 55.0  # the noise level: no local minimum
