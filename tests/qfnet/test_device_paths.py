@@ -10,7 +10,7 @@ from pricing import black_scholes, heston, monte_carlo
 from pricing.datasets import DomainError
 from qfnet.hedging.config import config_from_dict
 from qfnet.hedging.train import train
-from qfnet.surrogate import implied_vol, load_surrogate
+from qfnet.surrogate import SABR_PDE_SURROGATE, implied_vol, load_surrogate
 
 HESTON = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
 MARKET = {"spot": 100.0, "maturity": 1.0, "rate": 0.03, "dividend": 0.01}
@@ -67,6 +67,16 @@ def test_surrogate_on_device_matches_cpu_and_refuses_out_of_domain(device) -> No
         implied_vol(net, **{**query, "kappa": 50.0})
     flagged = implied_vol(net, **{**query, "kappa": 50.0}, out_of_domain="nan")
     assert flagged.device.type == device.type and torch.isnan(flagged).all()
+
+
+def test_sabr_pde_surrogate_on_device_matches_cpu(device) -> None:
+    query = {"alpha": 0.2, "beta": 0.5, "rho": -0.3, "nu": 0.6,
+             "maturity": torch.tensor([0.5, 5.0, 10.0], dtype=torch.float64),
+             "log_moneyness": torch.tensor([-0.2, 0.0, 0.3], dtype=torch.float64)}  # fmt: skip
+    on_device = implied_vol(load_surrogate(SABR_PDE_SURROGATE, device=device), **query)
+    assert on_device.device.type == device.type
+    expected = implied_vol(load_surrogate(SABR_PDE_SURROGATE), **query)
+    torch.testing.assert_close(on_device.cpu(), expected, rtol=0, atol=1e-6)
 
 
 def test_deep_hedge_trains_on_device(device) -> None:
