@@ -30,6 +30,7 @@ from torch import nn
 
 from pricing.black_scholes import black_implied_vol
 from pricing.heston import price as heston_price
+from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
 
@@ -71,8 +72,9 @@ _FORMAT = "qfnet.heston_calibration_network/1"
 
 
 def default_path() -> Path:
-    """Path of the shipped network, ``data/networks/heston_calibration/network.pt``."""
-    return Path(__file__).resolve().parents[1] / "data/networks/heston_calibration/network.pt"
+    """Path of the shipped network, ``data/networks/heston_calibration/network.pt`` (``data/``
+    relocated by ``$QFNET_DATA``, see :mod:`qfnet._paths`)."""
+    return data_dir() / "networks" / "heston_calibration" / "network.pt"
 
 
 def _box_tensors(box: Mapping[str, Sequence[float]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,7 +306,8 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
     """
     path = Path(path) if path is not None else default_path()
     if not path.exists():
-        raise FileNotFoundError(f"no calibration network at {path}")
+        hint = f" ({missing_hint()})" if path == default_path() else ""
+        raise FileNotFoundError(f"no calibration network at {path}{hint}")
     payload = torch.load(path, weights_only=True, map_location="cpu")
     metadata = json.loads(payload["metadata"])
     if metadata.get("format") != _FORMAT:

@@ -33,6 +33,7 @@ from torch import nn
 
 from pricing import black_scholes
 from pricing.datasets import DOMAINS, Domain
+from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 
 __all__ = [
@@ -52,8 +53,9 @@ __all__ = [
 
 FORMAT = "qfnet-surrogate"
 FORMAT_VERSION = 1
-DEFAULT_SURROGATE = Path(__file__).resolve().parents[1] / "data" / "surrogates" / "heston_default"
-"""Directory of the shipped default Heston surrogate (``model.pt`` inside)."""
+DEFAULT_SURROGATE = data_dir() / "surrogates" / "heston_default"
+"""Directory of the shipped default Heston surrogate (``model.pt`` inside; ``$QFNET_DATA``
+relocates the ``data/`` folder, see :mod:`qfnet._paths`)."""
 SABR_PDE_SURROGATE = DEFAULT_SURROGATE.parent / "sabr_pde"
 """Directory of the shipped SABR surrogate trained on QuantLib PDE labels (``model.pt`` inside)."""
 
@@ -305,7 +307,9 @@ def load_surrogate(
     if target.is_dir():
         target = target / "model.pt"
     if not target.is_file():
-        raise FileNotFoundError(f"surrogate file {target} does not exist")
+        shipped = DEFAULT_SURROGATE.parent in target.parents
+        hint = f" ({missing_hint()})" if shipped else ""
+        raise FileNotFoundError(f"surrogate file {target} does not exist{hint}")
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files

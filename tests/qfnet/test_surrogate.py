@@ -15,6 +15,7 @@ from pricing import sabr
 from pricing.datasets import HESTON_DOMAIN, SABR_DOMAIN, DomainError, generate, label, sample
 from qfnet.surrogate import (
     build_surrogate,
+    default_surrogate_path,
     greeks,
     implied_vol,
     load_surrogate,
@@ -226,3 +227,30 @@ def test_training_resumed_by_the_cli_ends_with_the_same_weights(heston_data, tmp
         assert torch.equal(tensor, resumed[name]), name
     rows = json.loads((tmp_path / "cut" / "summary.json").read_text())["rows"]
     assert rows["train"] + rows["val"] + rows["test"] == 16_384 - rows["dropped"]
+
+
+def test_qfnet_data_relocates_the_shipped_models_and_a_missing_copy_says_how(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "from qfnet.surrogate import load_surrogate, SABR_PDE_SURROGATE\n"
+        "from qfnet.calibration_network import load_network\n"
+        "for load in (load_surrogate, lambda: load_surrogate(SABR_PDE_SURROGATE), load_network):\n"
+        "    try:\n"
+        "        load()\n"
+        "    except FileNotFoundError as error:\n"
+        "        print(error)\n"
+    )
+    env = {**__import__("os").environ, "QFNET_DATA": str(tmp_path / "elsewhere")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3, out.stdout + out.stderr
+    for line in lines:
+        assert str(tmp_path / "elsewhere") in line and "QFNET_DATA" in line
+    copy = tmp_path / "elsewhere" / "surrogates" / "heston_default"
+    copy.mkdir(parents=True)
+    (copy / "model.pt").write_bytes(default_surrogate_path().read_bytes())
+    check = "from qfnet.surrogate import load_surrogate\nprint(load_surrogate().domain.model)"
+    out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "heston", out.stderr
