@@ -1,8 +1,9 @@
 """SABR beyond Hagan: the PDE-labelled SABR surrogate vs Hagan's formula, against QuantLib's PDE.
 
-Fresh uniform random points of :data:`pricing.datasets.SABR_PDE_DOMAIN` (alpha 0.05-0.5 at
-``F = 1``, beta 0-1, rho -0.75-0.75, nu 0.05-1, maturities 3 months to 10 years, strikes
-``ln(K/F) = z 0.2 sqrt(T)`` for ``|z| <= 2``; the training data were Sobol points) are priced by
+Fresh independent random points of :data:`pricing.datasets.SABR_PDE_DOMAIN` (alpha 0.05-0.5 at
+``F = 1``, beta 0-1, rho -0.75-0.75, nu 0.05-1, maturities 3 months to 10 years uniform in
+``sqrt(T)``, strikes ``ln(K/F) = z 0.2 sqrt(T)`` for ``|z| <= 2``; the training data were Sobol
+points of the same distribution) are priced by
 QuantLib's ``FdSabrVanillaEngine``, Richardson-extrapolated from two grids (the label engine,
 ``engine="quantlib"``); a subset is also priced on a grid twice as fine to show the engine's own
 error. Errors are absolute implied-vol differences in bp, overall and by maturity bucket. Options
@@ -28,7 +29,7 @@ from _common import best_time, emit
 from pricing import sabr
 from pricing._labels import SABR_PDE_EPS, label
 from pricing.black_scholes import black_implied_vol
-from pricing.datasets import SABR_PDE_DOMAIN
+from pricing.datasets import SABR_PDE_DOMAIN, sample
 from pricing.quantlib import sabr_fd_price
 from qfnet.surrogate import SABR_PDE_SURROGATE, implied_vol, load_surrogate
 
@@ -37,15 +38,8 @@ BUCKETS = ((0.25, 2.0), (2.0, 5.0), (5.0, 10.0))
 
 
 def fresh_points(n: int, seed: int) -> pd.DataFrame:
-    """Uniform random points of the domain (F = 1), with strikes and OTM option types."""
-    rng = np.random.default_rng(seed)
-    cols = {name: rng.uniform(low, high, n) for name, low, high in SABR_PDE_DOMAIN.params}
-    t = rng.uniform(*SABR_PDE_DOMAIN.maturity, n)
-    z = rng.uniform(*SABR_PDE_DOMAIN.z, n)
-    k = z * SABR_PDE_DOMAIN.z_scale * np.sqrt(t)
-    return pd.DataFrame({**cols, "maturity": t, "z": z, "log_moneyness": k, "strike": np.exp(k),
-                         "forward": 1.0, "discount": 1.0,
-                         "option_type": np.where(k >= 0, "call", "put")})  # fmt: skip
+    """Independent uniform points of the domain (F = 1), with strikes and OTM option types."""
+    return sample(SABR_PDE_DOMAIN, n, seed=seed, method="random")
 
 
 def _tensor(frame: pd.DataFrame, name: str) -> torch.Tensor:

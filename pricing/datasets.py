@@ -265,8 +265,12 @@ NAMED_DOMAINS: dict[str, Domain] = {**DOMAINS, "sabr-pde": SABR_PDE_DOMAIN}
 """Domains by the names ``qfnet generate --domain`` takes (default: the model's own)."""
 
 
-def sample(domain: Domain, n: int, *, seed: int, start: int = 0) -> pd.DataFrame:
-    """Points ``start .. start + n - 1`` of the domain's scrambled Sobol sequence for ``seed``.
+def sample(
+    domain: Domain, n: int, *, seed: int, start: int = 0, method: str = "sobol"
+) -> pd.DataFrame:
+    """Points ``start .. start + n - 1`` of the domain's scrambled Sobol sequence for ``seed``
+    (``method="random"``: ``n`` independent uniform points instead, e.g. fresh test points that
+    share nothing with a Sobol training set; ``start`` must then be 0).
 
     Parameters and ``z`` are uniform in their intervals; the maturity is uniform in ``sqrt(T)``
     (denser at the short end, where smiles change fastest).
@@ -278,16 +282,23 @@ def sample(domain: Domain, n: int, *, seed: int, start: int = 0) -> pd.DataFrame
     Examples:
         >>> sample(HESTON_DOMAIN, 4, seed=0).shape
         (4, 12)
+        >>> bool(sample(SABR_DOMAIN, 100, seed=1, method="random")["maturity"].between(0.25, 30).all())
+        True
     """
     if n < 0 or start < 0:
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
+    if method not in ("sobol", "random") or (method == "random" and start):
+        raise ValueError(f"method must be 'sobol', or 'random' with start=0, got {method!r}")
     names = domain.param_names
-    sobol = qmc.Sobol(d=len(names) + 2, scramble=True, seed=np.random.default_rng(seed))
-    if start:
-        sobol.fast_forward(start)
-    with warnings.catch_warnings():  # any run of consecutive Sobol points is a valid sample
-        warnings.filterwarnings("ignore", message="The balance properties", category=UserWarning)
-        u = sobol.random(n)  # (N, P + 2)
+    if method == "random":
+        u = np.random.default_rng(seed).random((n, len(names) + 2))
+    else:
+        sobol = qmc.Sobol(d=len(names) + 2, scramble=True, seed=np.random.default_rng(seed))
+        if start:
+            sobol.fast_forward(start)
+        with warnings.catch_warnings():  # any run of consecutive Sobol points is a valid sample
+            warnings.filterwarnings("ignore", message="The balance", category=UserWarning)
+            u = sobol.random(n)  # (N, P + 2)
     data: dict[str, Any] = {}
     for j, (name, low, high) in enumerate(domain.params):
         data[name] = low + (high - low) * u[:, j]

@@ -264,6 +264,8 @@ def test_demo_quick_writes_a_report_with_numbers(tmp_path):
     hedging = numbers["hedging"]
     assert {"learned", "delta", "no_hedge"} <= set(hedging["strategies"])
     assert all(hedging[name]["es95"] > 0 for name in hedging["strategies"])
+    sabr = numbers["sabr"]
+    assert sabr["points"] >= 10 and sabr["surrogate_mean_bp"] < sabr["hagan_mean_bp"]
     for png in (
         "smiles_heston.png",
         "smiles_sabr.png",

@@ -10,21 +10,15 @@ from typer.testing import CliRunner
 
 from pricing import sabr
 from pricing.black_scholes import black_implied_vol
-from pricing.datasets import SABR_PDE_DOMAIN, DomainError, label
+from pricing.datasets import SABR_PDE_DOMAIN, DomainError, label, sample
 from pricing.quantlib import sabr_fd_price
 from qfnet.cli import app
 from qfnet.surrogate import SABR_PDE_SURROGATE, implied_vol, load_surrogate
 
 
 def _fresh(n: int, seed: int) -> pd.DataFrame:
-    """Uniform random points of the PDE domain (training used Sobol points), F = 1."""
-    rng = np.random.default_rng(seed)
-    cols = {name: rng.uniform(low, high, n) for name, low, high in SABR_PDE_DOMAIN.params}
-    t = rng.uniform(*SABR_PDE_DOMAIN.maturity, n)
-    k = rng.uniform(*SABR_PDE_DOMAIN.z, n) * SABR_PDE_DOMAIN.z_scale * np.sqrt(t)
-    return pd.DataFrame({**cols, "maturity": t, "log_moneyness": k, "strike": np.exp(k),
-                         "forward": 1.0, "discount": 1.0,
-                         "option_type": np.where(k >= 0, "call", "put")})  # fmt: skip
+    """Independent random points of the PDE domain (training used Sobol points), F = 1."""
+    return sample(SABR_PDE_DOMAIN, n, seed=seed, method="random")
 
 
 def _t(frame: pd.DataFrame, name: str) -> torch.Tensor:
