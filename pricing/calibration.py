@@ -195,7 +195,15 @@ def register_start(model: str, name: str, provider: StartProvider | None) -> Non
 
 
 def proposed_starts(model: str, problem: CalibrationProblem) -> list[dict[str, float]]:
-    """Starting points from the registered providers of ``model`` (in registration order)."""
+    """Starting points from the registered providers of ``model`` (in registration order).
+
+    Examples:
+        >>> register_start("toy", "a", lambda problem: {"vol": 0.1})
+        >>> register_start("toy", "b", lambda problem: None)  # no proposal for these quotes
+        >>> proposed_starts("toy", CalibrationProblem(pd.DataFrame(), np.ones(0)))
+        [{'vol': 0.1}]
+        >>> register_start("toy", "a", None); register_start("toy", "b", None)
+    """
     out = []
     for provider in _STARTS.get(model, {}).values():
         start = provider(problem)
@@ -210,7 +218,26 @@ _BATCH_REGISTRY: dict[tuple[str, str], BatchFitFunction] = {}
 
 def register_batch_method(model: str, method: str, function: BatchFitFunction) -> None:
     """Register a fitter of many problems at once for :func:`calibrate_many` (the single-table
-    fitter of the same method must be registered too)."""
+    fitter of the same method must be registered too).
+
+    Examples:
+        >>> def flat(problem):
+        ...     iv = problem.quotes["market_iv"].to_numpy()
+        ...     return FitOutput({"vol": [float(iv.mean())]}, np.full_like(iv, iv.mean()), True, 0)
+        >>> calls = []
+        >>> def flat_batch(problems):
+        ...     calls.append(len(problems))
+        ...     return [flat(p) for p in problems]
+        >>> register_method("sabr", "toy", flat)
+        >>> register_batch_method("sabr", "toy", flat_batch)
+        >>> table = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "forward": 100.0,
+        ...                       "discount": 1.0, "implied_vol": [0.22, 0.18]})
+        >>> [fit.params["vol"] for fit in calibrate_many("sabr", [table, table], method="toy")]
+        [[0.2], [0.2]]
+        >>> calls  # one call for both tables
+        [2]
+        >>> del _REGISTRY[("sabr", "toy")], _BATCH_REGISTRY[("sabr", "toy")]
+    """
     _BATCH_REGISTRY[(model, method)] = function
 
 

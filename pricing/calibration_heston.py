@@ -397,6 +397,14 @@ def global_starts(
     options say otherwise): the scan stays as the safety net for surfaces outside the provider's
     domain. ``global_start="scan"`` ignores the providers. Pops ``global_start`` from
     ``options``.
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "market_iv": 0.2})
+        >>> x0 = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+        >>> options = {"global_start": "scan"}
+        >>> starts = global_starts(CalibrationProblem(quotes, np.ones(2), x0=x0), options)
+        >>> starts.tolist(), options  # the caller's start only; the option is consumed
+        ([[0.04, 1.5, 0.04, 0.5, -0.7]], {})
     """
     mode = options.pop("global_start", "auto")
     if mode not in ("auto", "scan"):

@@ -73,7 +73,12 @@ _FORMAT = "qfnet.heston_calibration_network/1"
 
 def default_path() -> Path:
     """Path of the shipped network, ``data/networks/heston_calibration/network.pt`` (``data/``
-    relocated by ``$QFNET_DATA``, see :mod:`qfnet._paths`)."""
+    relocated by ``$QFNET_DATA``, see :mod:`qfnet._paths`).
+
+    Examples:
+        >>> default_path().name, default_path().is_file()
+        ('network.pt', True)
+    """
     return data_dir() / "networks" / "heston_calibration" / "network.pt"
 
 
@@ -269,7 +274,18 @@ def predict(net: CalibrationNetwork, vols: torch.Tensor) -> dict[str, torch.Tens
 
 def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None:
     """Write the network as ``{"state_dict", "metadata"}`` (metadata is plain JSON), readable
-    with ``torch.load(weights_only=True)``; ``info`` (e.g. accuracy) is stored in the metadata."""
+    with ``torch.load(weights_only=True)``; ``info`` (e.g. accuracy) is stored in the metadata.
+
+    Examples:
+        >>> import tempfile
+        >>> net = CalibrationNetwork(hidden=(8,))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_network(net, f"{tmp}/n.pt", note="example")
+        ...     again = load_network(f"{tmp}/n.pt")
+        >>> surface = torch.full((1, 66), 0.2, dtype=torch.float64)
+        >>> predict(again, surface)["v0"].tolist() == predict(net, surface)["v0"].tolist()
+        True
+    """
     metadata = {
         "format": _FORMAT,
         "names": list(NAMES),
@@ -379,6 +395,12 @@ def accuracy(net: CalibrationNetwork, params: torch.Tensor, vols: torch.Tensor) 
 
     Shape:
         params: ``(N, 5)``, vols ``(N, 66)``.
+
+    Examples:
+        >>> params, vols = make_dataset(4, seed=1)
+        >>> scores = accuracy(load_network(), params, vols)
+        >>> 0.0 <= scores["all_within_5pct"] <= 1.0, sorted(scores)[:2]
+        (True, ['all_within_5pct', 'all_within_5pct_range'])
     """
     predicted = torch.stack(list(predict(net, vols).values()), dim=1)
     error = (predicted - params).abs()

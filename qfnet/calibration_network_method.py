@@ -62,6 +62,13 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
 
     Raises:
         NotImplementedError: no network file (the message names the path).
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        >>> fit = fit_with_network(CalibrationProblem(quotes, np.ones(6)))
+        >>> sorted(fit.params), fit.model_iv.shape, fit.iterations
+        (['kappa', 'rho', 'sigma', 'theta', 'v0'], (6,), 0)
     """
     options = dict(problem.options)
     try:
@@ -77,7 +84,17 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
 
 def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]:
     """The ``network`` method on many quote tables: one forward pass for all the surfaces and
-    one exact-pricer call for all the quotes (the options of the first problem apply to all)."""
+    one exact-pricer call for all the quotes (the options of the first problem apply to all).
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        >>> problem = CalibrationProblem(quotes, np.ones(6))
+        >>> fits = fit_many_with_network([problem, problem])
+        >>> single = fit_with_network(problem).params
+        >>> len(fits), all(abs(fits[1].params[k] - single[k]) < 1e-12 for k in single)
+        (2, True)
+    """
     options = dict(problems[0].options)
     try:
         net = load_network(options.pop("network", None))
@@ -111,7 +128,15 @@ def _shipped_network() -> object:
 
 def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
     """The shipped network's parameters for the problem's quotes, clipped to its bounds; None
-    when there is no network file or the quotes cannot be put on its grid."""
+    when there is no network file or the quotes cannot be put on its grid.
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        >>> start = network_start(CalibrationProblem(quotes, np.ones(6), bounds={"rho": (-0.5, 0.0)}))
+        >>> sorted(start), -0.5 <= start["rho"] <= 0.0
+        (['kappa', 'rho', 'sigma', 'theta', 'v0'], True)
+    """
     try:
         net = _shipped_network()
         surface = surface_from_quotes(problem.quotes)

@@ -297,7 +297,19 @@ def _hedging_stage(
 
 
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> Path:
-    """Run the three jobs and write ``out/report.md`` (plus data, runs and plots); return its path."""
+    """Run the three jobs and write ``out/report.md`` (plus data, runs and plots); return its path.
+
+    Examples:
+        The reduced run (about 10 s on 2 cores; ``qfnet demo --quick``):
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     report = run_demo(Path(tmp) / "demo", quick=True)
+        ...     text = report.read_text()
+        ...     headline = summary(report)
+        >>> "## 2. Calibration to the DAX surface" in text, sorted(headline)
+        (True, ['calibration', 'hedging', 'sabr'])
+    """
     out.mkdir(parents=True, exist_ok=True)
     settings = QUICK if quick else FULL
     calibration_lines, heston = _calibration_stage(out, seed)

@@ -230,7 +230,22 @@ def run_backtest(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Backtest a trained run on fresh test paths (or a user's Parquet paths) and write
-    ``report.json``, one P&L histogram per strategy and the hedge-ratio-vs-spot plot."""
+    ``report.json``, one P&L histogram per strategy and the hedge-ratio-vs-spot plot.
+
+    Examples:
+        >>> import tempfile
+        >>> from qfnet.hedging.config import config_from_dict
+        >>> from qfnet.hedging.train import train
+        >>> config = config_from_dict({"market": {"n_steps": 5},
+        ...     "paths": {"train": 64, "val": 32, "test": 32},
+        ...     "training": {"epochs": 1, "batch_size": 32}, "baselines": {"ww_risk_aversion": 1.0}})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = train(config, f"{tmp}/run")
+        ...     report = run_backtest(f"{tmp}/run", f"{tmp}/report", n_resamples=10)
+        ...     written = (Path(tmp) / "report" / "report.json").is_file()
+        >>> written, {"learned", "delta"} <= set(report["strategies"])
+        (True, True)
+    """
     from qfnet.hedging.report import plot_hedge_ratio, plot_histograms
 
     config, model, meta = load_run(run_dir)
