@@ -30,10 +30,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_heston
+import bench_mc
 import bench_surrogate
 import numpy as np
 import torch
-from _common import emit
+from _common import best_time, emit
 
 from pricing import heston, monte_carlo, simulate
 from pricing import quantlib as qlib
@@ -54,13 +55,7 @@ def gpu_time(fn: Callable[[], object], repeats: int = 3) -> float:
     """Minimum wall time of ``fn()`` (synchronised) after one warm-up call."""
     fn()
     _sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(lambda: (fn(), _sync()), repeats=repeats)
 
 
 def cpu_time(fn: Callable[[], object]) -> tuple[float, object]:
@@ -134,7 +129,7 @@ def part_generation(quick: bool) -> dict:
 
 
 def part_mc(quick: bool) -> dict:
-    params, strike, steps = bench_mc_params()
+    params, strike, steps = bench_mc.PARAMS, bench_mc.STRIKE, bench_mc.STEPS
     analytic = heston.price(strike=strike, **params).item()
     ql_paths = 4_000 if quick else 20_000
     ql = []
@@ -171,14 +166,8 @@ def part_mc(quick: bool) -> dict:
     return out
 
 
-def bench_mc_params() -> tuple[dict, float, int]:
-    params = {"spot": 100.0, "v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7,
-              "rate": 0.03, "dividend": 0.01, "maturity": 1.0}  # fmt: skip
-    return params, 100.0, 252
-
-
 def part_rng(quick: bool, compile: bool) -> dict:
-    params, _, steps = bench_mc_params()
+    params, steps = bench_mc.PARAMS, bench_mc.STEPS
     model = {k: v for k, v in params.items() if k != "maturity"}
     n_paths = 262_144 if quick else 2_097_152
     chunk = 262_144

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["ENGINES", "HESTON_PARAMS", "SABR_PARAMS", "label"]
+__all__ = ["ENGINES", "HESTON_PARAMS", "SABR_PARAMS", "label", "sabr_pde_prices"]
 
 HESTON_PARAMS = ("v0", "kappa", "theta", "sigma", "rho")
 SABR_PARAMS = ("alpha", "beta", "rho", "nu")
@@ -133,17 +133,17 @@ SABR_PDE_MAX_GRID_GAP = 0.01
 converged rows' gaps are below ~30 bp (10 years, nu 0.9)."""
 
 
-def _sabr_quantlib(
-    points: pd.DataFrame, seed: int, device: torch.device
-) -> tuple[np.ndarray, None]:
-    """QuantLib's SABR PDE (FdSabrVanillaEngine), Richardson-extrapolated: exact-enough, slow.
+def sabr_pde_prices(
+    points: pd.DataFrame, grids: tuple[tuple[int, int, int], ...] = SABR_PDE_GRIDS
+) -> np.ndarray:
+    """QuantLib's SABR PDE price of each row on each grid (time, forward, vol points).
 
-    The engine is second order in its grid spacing, so two solves, on the default grid and on
-    one with half the points in every direction, give ``p = p_fine + (p_fine - p_half) / 3``: on
-    the cases checked (10 years, nu up to 0.9) within about 0.5 bp of implied vol of a grid
-    twice as fine, where the default grid alone is 1-5 bp off. About 0.1 s per row on one core.
-    Rows where QuantLib fails at every mesher cut of :data:`SABR_PDE_EPS`, or whose two grids'
-    vols differ by more than :data:`SABR_PDE_MAX_GRID_GAP` (not converged), get NaN.
+    Every grid of a row uses the same mesher tail cut: the first of :data:`SABR_PDE_EPS` at
+    which QuantLib solves them all (its CEV mesher fails on ~10% of parameter sets at its
+    default); rows that fail at every cut get NaN.
+
+    Shape:
+        Output: ``(len(grids), N)``.
     """
     from pricing import quantlib
 
@@ -160,14 +160,31 @@ def _sabr_quantlib(
             **{n: float(getattr(row, n)) for n in SABR_PARAMS},
         )[()]
 
-    fine, half = np.full(len(points), np.nan), np.full(len(points), np.nan)
+    prices = np.full((len(grids), len(points)), np.nan)
     for i, row in enumerate(points.itertuples(index=False)):
-        for eps in SABR_PDE_EPS:  # QuantLib's CEV mesher fails on ~10% of sets at its default
+        for eps in SABR_PDE_EPS:
             try:
-                fine[i], half[i] = (solve(row, grid, eps) for grid in SABR_PDE_GRIDS)
+                prices[:, i] = [solve(row, grid, eps) for grid in grids]
             except RuntimeError:
                 continue
             break
+    return prices
+
+
+def _sabr_quantlib(
+    points: pd.DataFrame, seed: int, device: torch.device
+) -> tuple[np.ndarray, None]:
+    """QuantLib's SABR PDE (FdSabrVanillaEngine), Richardson-extrapolated: exact-enough, slow.
+
+    The engine is second order in its grid spacing, so two solves (:func:`sabr_pde_prices`), on
+    the default grid and on one with half the points in every direction, give
+    ``p = p_fine + (p_fine - p_half) / 3``: on the cases checked (10 years, nu up to 0.9) within
+    about 0.5 bp of implied vol of a grid twice as fine, where the default grid alone is 1-5 bp
+    off. About 0.1 s per row on one core. Rows where QuantLib fails at every mesher cut of
+    :data:`SABR_PDE_EPS`, or whose two grids' vols differ by more than
+    :data:`SABR_PDE_MAX_GRID_GAP` (not converged), get NaN.
+    """
+    fine, half = sabr_pde_prices(points, SABR_PDE_GRIDS)
     price = fine + (fine - half) / 3.0
     # Not converged (seen near beta = 1 with large alpha and nu: the two grids' vols differ by
     # thousands of bp): no label rather than a wrong one.

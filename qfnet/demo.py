@@ -142,33 +142,23 @@ def _surrogate_stage(out: Path, settings: DemoSettings, seed: int) -> list[str]:
 
 def sabr_beyond_hagan(n: int, seed: int) -> dict[str, float]:
     """Mean and max implied-vol errors (bp) of Hagan's formula and of the shipped PDE-trained SABR
-    surrogate against QuantLib's SABR PDE on ``n`` fresh random points of the surrogate's domain.
+    surrogate against QuantLib's SABR PDE on ``n`` fresh random points of the surrogate's domain
+    (:func:`qfnet.sabr_pde.compare_with_pde`).
 
     Examples:
         >>> errors = sabr_beyond_hagan(4, seed=1)
         >>> sorted(errors)[:3], errors["points"] <= 4
         (['hagan_max_bp', 'hagan_mean_bp', 'pde_seconds'], True)
     """
-    import torch
+    from qfnet.sabr_pde import compare_with_pde
 
-    from pricing import sabr
-    from pricing.datasets import SABR_PDE_DOMAIN, label, sample
-    from qfnet.surrogate import SABR_PDE_SURROGATE, implied_vol, load_surrogate
-
-    points = sample(SABR_PDE_DOMAIN, n, seed=seed, method="random")
-    start = time.perf_counter()
-    pde = label(points, model="sabr", engine="quantlib")["implied_vol"].to_numpy()
-    pde_seconds = time.perf_counter() - start
-    cols = {name: torch.tensor(points[name].to_numpy()) for name in SABR_PDE_DOMAIN.input_names}
-    hagan = sabr.lognormal_vol(forward=1.0, strike=torch.exp(cols["log_moneyness"]),
-                               **{k: v for k, v in cols.items() if k != "log_moneyness"}).numpy()  # fmt: skip
-    with torch.no_grad():
-        ours = implied_vol(load_surrogate(SABR_PDE_SURROGATE), **cols).numpy()
-    ok = np.isfinite(pde) & (pde > 0)  # a PDE price of 0 (strike beyond its mesh) has no vol
-    hagan_bp, ours_bp = (np.abs(v - pde)[ok] * 1e4 for v in (hagan, ours))
-    return {"points": int(ok.sum()), "pde_seconds": pde_seconds,
-            "hagan_mean_bp": float(hagan_bp.mean()), "hagan_max_bp": float(hagan_bp.max()),
-            "surrogate_mean_bp": float(ours_bp.mean()), "surrogate_max_bp": float(ours_bp.max())}  # fmt: skip
+    comparison = compare_with_pde(n, seed=seed)
+    valid = comparison.points[comparison.points["valid"]]
+    return {"points": len(valid), "pde_seconds": comparison.pde_seconds,
+            "hagan_mean_bp": float(valid["hagan_bp"].mean()),
+            "hagan_max_bp": float(valid["hagan_bp"].max()),
+            "surrogate_mean_bp": float(valid["surrogate_bp"].mean()),
+            "surrogate_max_bp": float(valid["surrogate_bp"].max())}  # fmt: skip
 
 
 def _sabr_lines(out: Path, settings: DemoSettings, seed: int) -> list[str]:

@@ -8,37 +8,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pricing import sabr
 from pricing.black_scholes import black_implied_vol
-from pricing.datasets import SABR_PDE_DOMAIN, DomainError, label, sample
+from pricing.datasets import SABR_PDE_DOMAIN, DomainError
 from pricing.quantlib import sabr_fd_price
 from qfnet.cli import app
+from qfnet.sabr_pde import compare_with_pde
 from qfnet.surrogate import SABR_PDE_SURROGATE, implied_vol, load_surrogate
-
-
-def _fresh(n: int, seed: int) -> pd.DataFrame:
-    """Independent random points of the PDE domain (training used Sobol points), F = 1."""
-    return sample(SABR_PDE_DOMAIN, n, seed=seed, method="random")
-
-
-def _t(frame: pd.DataFrame, name: str) -> torch.Tensor:
-    return torch.tensor(frame[name].to_numpy(dtype=float))
 
 
 def test_shipped_surrogate_beats_hagan_tenfold_against_the_pde() -> None:
     net = load_surrogate(SABR_PDE_SURROGATE)
     assert net.domain == SABR_PDE_DOMAIN and net.base == "sabr-hagan"
-    frame = _fresh(48, seed=20_261_126)
-    pde = label(frame, model="sabr", engine="quantlib")["implied_vol"].to_numpy()
-    ok = np.isfinite(pde) & (pde > 0)  # a PDE price of 0 (beyond its mesh) has no vol
-    assert ok.mean() > 0.9
-    params = {n: _t(frame, n) for n in ("alpha", "beta", "rho", "nu")}
-    hagan = sabr.lognormal_vol(forward=1.0, strike=_t(frame, "strike"),
-                               maturity=_t(frame, "maturity"), **params).numpy()  # fmt: skip
-    with torch.no_grad():
-        ours = implied_vol(net, **{n: _t(frame, n) for n in SABR_PDE_DOMAIN.input_names}).numpy()
-    hagan_bp = np.abs(hagan - pde)[ok] * 1e4
-    ours_bp = np.abs(ours - pde)[ok] * 1e4
+    points = compare_with_pde(48, seed=20_261_126).points
+    assert points["valid"].mean() > 0.9
+    valid = points[points["valid"]]
+    ours_bp, hagan_bp = valid["surrogate_bp"], valid["hagan_bp"]
     assert ours_bp.mean() * 10.0 <= hagan_bp.mean(), (ours_bp.mean(), hagan_bp.mean())
 
 
