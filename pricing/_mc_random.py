@@ -24,6 +24,7 @@ __all__ = [
     "chunk_bounds",
     "derive_seed",
     "drawn_chunks",
+    "drawn_slabs",
 ]
 
 BLOCK_SIZE = 1024
@@ -31,6 +32,9 @@ BLOCK_SIZE = 1024
 
 _AUTO_CHUNK_ELEMENTS = 2**23
 """Normals per chunk when ``chunk_size`` is None (64 MiB in float64)."""
+
+_SLAB_ELEMENTS = 2**20
+"""Normals per slab in :func:`drawn_slabs` (4 MiB in float32): small enough to stay in cache."""
 
 _SOBOL_MAX_DIMENSION = 21201
 _MASK64 = (1 << 64) - 1
@@ -128,23 +132,82 @@ class NormalSource:
     def _draw_units(self, start: int, stop: int) -> torch.Tensor:
         if self.sobol:
             return self._sobol(start, stop)
-        units_per_block = BLOCK_SIZE // (2 if self.antithetic else 1)
         out = torch.empty(
             (self.n_steps, self.n_factors, stop - start), dtype=self.dtype, device=self.device
         )
-        block = start // units_per_block
-        for lo in range(start, stop, units_per_block):
-            hi = min(lo + units_per_block, stop)
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(derive_seed(self.seed, block))
-            out[..., lo - start : hi - start] = torch.randn(
-                (self.n_steps, self.n_factors, hi - lo),
-                generator=gen,
-                dtype=self.dtype,
-                device=self.device,
-            )
-            block += 1
+        self._fill_units(out, self._block_generators(start, stop))
         return out
+
+    def _block_generators(self, start: int, stop: int) -> list[torch.Generator]:
+        """One freshly seeded generator per random block of units ``[start, stop)``."""
+        units_per_block = BLOCK_SIZE // (2 if self.antithetic else 1)
+        first = start // units_per_block
+        gens = []
+        for block in range(first, -(-stop // units_per_block)):
+            gen = torch.Generator(device=self.device)
+            gens.append(gen.manual_seed(derive_seed(self.seed, block)))
+        return gens
+
+    def _fill_units(self, out: torch.Tensor, gens: list[torch.Generator]) -> None:
+        """Fill ``out`` (S, F, U) with the next S steps of each block's generator."""
+        units_per_block = BLOCK_SIZE // (2 if self.antithetic else 1)
+        n_steps, n_factors, n_units = out.shape
+        for j, gen in enumerate(gens):
+            lo, hi = j * units_per_block, min((j + 1) * units_per_block, n_units)
+            out[..., lo:hi] = torch.randn(
+                (n_steps, n_factors, hi - lo), generator=gen, dtype=self.dtype, device=self.device
+            )
+
+    def slabs(self, start: int, stop: int, *, prefetch: bool = False) -> Iterator[torch.Tensor]:
+        """Normals for paths ``[start, stop)``, a few steps at a time (the slabs of :func:`drawn_slabs`).
+
+        The numbers are those of :meth:`draw` split along the step axis (each block's CPU
+        generator continues where the previous slab stopped). On the CPU with pseudo-random
+        numbers each slab is written into a reused buffer of about 2**20 normals, which stays
+        in cache and spares the page faults of a fresh (T, F, C) tensor; a yielded slab is valid
+        until the next one is requested. Sobol points and accelerators yield one slab of all
+        steps. ``prefetch`` draws the next slab in a background thread while the caller uses
+        the current one.
+
+        Shape:
+            Each slab: (S, F, stop - start), consecutive steps from 0 to T.
+        """
+        if self.sobol or self.device.type != "cpu":
+            yield self.draw(start, stop)
+            return
+        if start % BLOCK_SIZE:
+            raise ValueError(f"chunk start {start} is not a multiple of {BLOCK_SIZE}")
+        scale = 2 if self.antithetic else 1
+        unit_start, unit_stop = start // scale, -(-stop // scale)
+        gens = self._block_generators(unit_start, unit_stop)
+        units = unit_stop - unit_start
+        per_slab = max(1, min(self.n_steps, _SLAB_ELEMENTS // (self.n_factors * units * scale)))
+        shape = (per_slab, self.n_factors, units)
+        buffers = [torch.empty(shape, dtype=self.dtype) for _ in range(2 if prefetch else 1)]
+        bounds = [(t, min(t + per_slab, self.n_steps)) for t in range(0, self.n_steps, per_slab)]
+
+        def fill(k: int) -> torch.Tensor:
+            t0, t1 = bounds[k]
+            out = buffers[k % len(buffers)][: t1 - t0]
+            self._fill_units(out, gens)
+            return out
+
+        def expand(base: torch.Tensor) -> torch.Tensor:
+            if not self.antithetic:
+                return base
+            return torch.stack((base, -base), dim=-1).flatten(-2)[..., : stop - start]
+
+        if not prefetch:
+            for k in range(len(bounds)):
+                yield expand(fill(k))
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(fill, 0)
+            for k in range(len(bounds)):
+                base = pending.result()
+                if k + 1 < len(bounds):
+                    pending = pool.submit(fill, k + 1)
+                yield expand(base)
 
     def _sobol(self, start: int, stop: int) -> torch.Tensor:
         engine = torch.quasirandom.SobolEngine(
@@ -185,6 +248,23 @@ def drawn_chunks(
             if i + 1 < len(bounds):
                 pending = pool.submit(source.draw, *bounds[i + 1])
             yield start, stop, normals
+
+
+def drawn_slabs(
+    source: NormalSource, chunk_size: int | None
+) -> Iterator[tuple[int, int, Iterator[torch.Tensor]]]:
+    """Yield ``(start, stop, slabs)`` per chunk, ``slabs`` iterating over :meth:`NormalSource.slabs`.
+
+    For step-by-step simulators: the normals of a chunk are never materialised at once. On CPU with
+    ``torch.get_num_threads() >= 2`` the next slab is drawn in a background thread while the
+    caller simulates the current one; the numbers are the same either way.
+
+    Shape:
+        each slab: (S, F, stop - start), S consecutive steps.
+    """
+    prefetch = source.device.type == "cpu" and torch.get_num_threads() >= 2
+    for start, stop in chunk_bounds(source.n_paths, chunk_size, source.n_steps * source.n_factors):
+        yield start, stop, source.slabs(start, stop, prefetch=prefetch)
 
 
 def _bridge_order(n_steps: int) -> list[tuple[int, int, int]]:

@@ -3,7 +3,8 @@
 Both variance branches, the martingale correction and the log-spot update are evaluated
 elementwise without data-dependent indexing, which inductor fuses into one loop over the paths.
 Same numbers as :func:`pricing._simulate_steps.heston_qe_step` up to floating-point rounding
-(the exponential branch's ``1 - U = Phi(-zv)`` is computed as ``erfc(zv / sqrt 2) / 2``).
+(the exponential branch's ``1 - U = Phi(-zv)`` is computed as ``erfc(zv / sqrt 2) / 2``). Every
+path pays for both branches, so the work is one erfc, two logarithms and three square roots.
 """
 
 from __future__ import annotations
@@ -46,14 +47,12 @@ def _qe_step(
     p = ((psi - 1.0) / (psi + 1.0)).clamp(0.0, 0.999)
     beta = (1.0 - p) / m
     quadratic = psi <= PSI_C
-    log_one_minus_u = (0.5 * torch.erfc(zv * _SQRT_HALF)).log()
-    v_exp = (torch.log1p(-p) - log_one_minus_u).clamp_min(0.0) / beta
+    one_minus_u = 0.5 * torch.erfc(zv * _SQRT_HALF)
+    v_exp = ((1.0 - p) / one_minus_u).log().clamp_min(0.0) / beta
     v_next = torch.where(quadratic, a * (b2.sqrt() + zv).square(), v_exp)
-    log_mgf = torch.where(
-        quadratic,
-        big_a * b2 * a / w - 0.5 * w.log(),
-        (p + beta * (1.0 - p) / (beta - big_a)).log(),
-    )
+    # one logarithm for both branches: log(w) (quadratic) or log(p + beta (1 - p) / (beta - A))
+    log_term = torch.where(quadratic, w, p + beta * (1.0 - p) / (beta - big_a)).log()
+    log_mgf = torch.where(quadratic, big_a * b2 * a / w - 0.5 * log_term, log_term)
     valid = torch.where(quadratic, w > 0, beta > big_a)
     corrected = torch.where(valid, drift - log_mgf - 0.5 * k3 * v, drift + k0 + k1 * v)
     diffusion = (k3 * v + k4 * v_next).clamp_min(0.0).sqrt()

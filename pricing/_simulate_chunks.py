@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from pricing._mc_random import NormalSource, base_seed, drawn_chunks
+from pricing._mc_random import NormalSource, base_seed, drawn_chunks, drawn_slabs
 from pricing._simulate_checks import (
     check_chunk_size,
     check_grid,
@@ -209,17 +209,27 @@ def heston_chunks(
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
 
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:
-        for start, stop, z in drawn_chunks(source, chunk_size):  # z: (T, 2, C)
-            log_s = torch.empty((len(steps) + 1, stop - start), dtype=dtype, device=z.device)
+        for start, stop, slabs in drawn_slabs(source, chunk_size):
+            log_s = torch.empty((len(steps) + 1, stop - start), dtype=dtype, device=grid.device)
             var = torch.empty_like(log_s)  # (T+1, C)
             x = torch.zeros_like(log_s[0])
-            v = torch.full_like(log_s[0], float(v0))
+            v0_c = _per_path(v0, start, stop, n_paths)
+            v0_c = torch.as_tensor(v0_c, dtype=dtype, device=grid.device)
+            v = x + v0_c  # (C,); a per-path v0 tensor keeps its graph (pathwise dV/dv0)
             log_s[0], var[0] = x, v
-            for i, step in enumerate(steps):
-                x, v = step_fn(x, v, z[i, 0], z[i, 1], step)
-                log_s[i + 1], var[i + 1] = x, v
+            i = 0
+            for z in slabs:  # (S, 2, C)
+                if v.requires_grad:  # autograd keeps normals; the next slab reuses the buffer
+                    z = z.clone()
+                for zv, zx in z.unbind(0):
+                    x, v = step_fn(x, v, zv, zx, steps[i])
+                    i += 1
+                    log_s[i], var[i] = x, v
             s0 = _per_path(spot, start, stop, n_paths)
-            spot_paths = s0 * log_s.exp() if isinstance(s0, torch.Tensor) else log_s.exp_().mul_(s0)
+            if isinstance(s0, torch.Tensor) or log_s.requires_grad:  # exp_ + mul_ breaks autograd
+                spot_paths = s0 * log_s.exp()
+            else:
+                spot_paths = log_s.exp_().mul_(s0)
             if scheme == "euler":  # QE variances are non-negative by construction
                 var.clamp_min_(0.0)
             yield slice(start, stop), HestonPaths(spot_paths.T, var.T)
@@ -268,15 +278,18 @@ def sabr_chunks(
     dts = grid.diff().tolist()
 
     def chunks() -> Iterator[tuple[slice, SabrPaths]]:
-        for start, stop, z in drawn_chunks(source, chunk_size):  # z: (T, 2, C)
-            fwd = torch.empty((len(dts) + 1, stop - start), dtype=dtype, device=z.device)
+        for start, stop, slabs in drawn_slabs(source, chunk_size):
+            fwd = torch.empty((len(dts) + 1, stop - start), dtype=dtype, device=grid.device)
             vol = torch.empty_like(fwd)  # (T+1, C)
             x = torch.full_like(fwd[0], float(forward) + shift)
             a = torch.full_like(fwd[0], float(alpha))
             fwd[0], vol[0] = x, a
-            for i, dt in enumerate(dts):
-                x, a = sabr_step(x, a, z[i, 0], z[i, 1], dt=dt, beta=beta, rho=rho, nu=nu)
-                fwd[i + 1], vol[i + 1] = x, a
+            i = 0
+            for z in slabs:  # (S, 2, C)
+                for z1, z2 in z.unbind(0):
+                    x, a = sabr_step(x, a, z1, z2, dt=dts[i], beta=beta, rho=rho, nu=nu)
+                    i += 1
+                    fwd[i], vol[i] = x, a
             yield slice(start, stop), SabrPaths((fwd - shift).T, vol.T)
 
     return chunks()

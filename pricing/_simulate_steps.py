@@ -17,6 +17,8 @@ __all__ = [
     "HestonStep",
     "heston_euler_step",
     "heston_qe_step",
+    "qe_drift",
+    "qe_exponential_branch",
     "qe_variance_step",
     "sabr_step",
 ]
@@ -110,7 +112,9 @@ def heston_qe_step(
         Andersen (2008), J. Comput. Finance 11(3): eqs. (23), (26)-(27), (33) and section 4.2.
     """
     v_next, drift = qe_variance_step(v, zv, c)
-    diffusion = (c.k3 * v + c.k4 * v_next).clamp_min(0.0).sqrt()
+    # floor 1e-300, not 0: sqrt has an infinite slope at 0, which would turn the zero gradient of
+    # paths with v = v' = 0 into NaN; the forward value moves by at most 1e-150 * zx
+    diffusion = (c.k3 * v + c.k4 * v_next).clamp_min(1e-300).sqrt()
     return x + drift + c.k2 * v_next + diffusion * zx, v_next
 
 
@@ -127,8 +131,10 @@ def qe_variance_step(
     """
     m = v * c.decay + c.theta * (1.0 - c.decay)  # conditional mean of v(t + dt)
     psi = (v * c.s2_v + c.s2_c) / (m * m)
-    # quadratic branch, v' = a (b + Z)^2, evaluated everywhere (the common case)
-    two_over_psi = 2.0 / psi
+    # quadratic branch, v' = a (b + Z)^2, evaluated everywhere (the common case); psi capped at
+    # psi_c (a no-op where the branch is kept) so that the overwritten paths stay finite and
+    # their zero gradient does not become NaN (0 * inf) under autograd
+    two_over_psi = 2.0 / psi.clamp_max(PSI_C)
     b2 = (two_over_psi - 1.0) + (two_over_psi * (two_over_psi - 1.0).clamp_min(0.0)).sqrt()
     a = m / (1.0 + b2)
     v_next = a * (b2.sqrt() + zv).square()
@@ -138,18 +144,50 @@ def qe_variance_step(
     # exponential branch on the paths where psi > psi_c only (rare away from v = 0)
     idx = (psi > PSI_C).nonzero().squeeze(-1)
     if idx.numel():
-        psi_e, m_e = psi[idx], m[idx]
-        p = (psi_e - 1.0) / (psi_e + 1.0)
-        beta = (1.0 - p) / m_e
-        log_one_minus_u = torch.special.ndtr(-zv[idx]).log()  # accurate: ndtr uses erfc
-        v_next = v_next.index_put((idx,), (torch.log1p(-p) - log_one_minus_u).clamp_min(0.0) / beta)
-        gap = (beta - c.a_coef).clamp_min(1e-300)
-        log_mgf = log_mgf.index_put((idx,), (p + beta * (1.0 - p) / gap).log())
-        valid = valid.index_put((idx,), beta > c.a_coef)
+        v_e, log_mgf_e, valid_e = qe_exponential_branch(v[idx], zv[idx], c)
+        v_next = v_next.index_put((idx,), v_e)
+        log_mgf = log_mgf.index_put((idx,), log_mgf_e)
+        valid = valid.index_put((idx,), valid_e)
+    return v_next, qe_drift(v, log_mgf, valid, c)
+
+
+def qe_exponential_branch(
+    v: torch.Tensor, zv: torch.Tensor, c: HestonStep
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """QE exponential sampler for paths with ``psi > PSI_C``: next variance, log-MGF, validity.
+
+    Returns ``(v', log E[exp(A v') | v], A < beta)``; the log-MGF is only meaningful where valid.
+
+    Shape:
+        All tensors (E,), the paths in the exponential regime.
+
+    References:
+        Andersen (2008), eqs. (26)-(27) and (34).
+    """
+    m = v * c.decay + c.theta * (1.0 - c.decay)
+    psi = (v * c.s2_v + c.s2_c) / (m * m)
+    p = (psi - 1.0) / (psi + 1.0)
+    beta = (1.0 - p) / m
+    log_one_minus_u = torch.special.ndtr(-zv).log()  # accurate: ndtr uses erfc
+    v_next = (torch.log1p(-p) - log_one_minus_u).clamp_min(0.0) / beta
+    gap = (beta - c.a_coef).clamp_min(1e-300)
+    return v_next, (p + beta * (1.0 - p) / gap).log(), beta > c.a_coef
+
+
+def qe_drift(
+    v: torch.Tensor, log_mgf: torch.Tensor, valid: torch.Tensor, c: HestonStep
+) -> torch.Tensor:
+    """Martingale-corrected log-spot drift ``(r - q) dt + K0* + K1 v`` (Andersen 2008, eq. (33)).
+
+    Where ``E[exp(A v')]`` does not exist (``valid`` False) the uncorrected ``K0 + K1 v`` is used.
+
+    Shape:
+        All tensors (C,).
+    """
     corrected = c.drift - log_mgf - (0.5 * c.k3) * v
     if c.a_coef <= 0.0:  # E[exp(A v')] always exists
-        return v_next, corrected
-    return v_next, torch.where(valid, corrected, c.drift + c.k0 + c.k1 * v)
+        return corrected
+    return torch.where(valid, corrected, c.drift + c.k0 + c.k1 * v)
 
 
 def heston_euler_step(

@@ -326,6 +326,7 @@ class _ShardTask:
     count: int
     threads: int = field(default=1)
     device: str = field(default="cpu")
+    compile: bool = field(default=False)
 
 
 def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
@@ -336,7 +337,12 @@ def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
     points = sample(domain, task.count, seed=task.seed, start=task.start)
     mc_seed = int(np.random.SeedSequence([task.seed, task.index]).generate_state(1)[0])
     labelled = label(
-        points, model=domain.model, engine=task.engine, seed=mc_seed, device=task.device
+        points,
+        model=domain.model,
+        engine=task.engine,
+        seed=mc_seed,
+        device=task.device,
+        compile=task.compile,
     )
     labelled.insert(0, "sample_index", np.arange(task.start, task.start + task.count))
     return task.index, labelled
@@ -407,6 +413,7 @@ def generate(
     margin: float = 0.0,
     threads_per_worker: int = 1,
     device: str = "cpu",
+    compile: bool = False,
     progress: bool = True,
 ) -> Path:
     """Sample, label and write a dataset of ``n`` points as Parquet shards plus ``metadata.json``.
@@ -428,6 +435,10 @@ def generate(
         device: where each worker labels (``cpu``, ``cuda``, ``cuda:1``...): the torch engines
             and the implied-vol solver run there; the labels are float64 either way, identical
             for any ``shard_size``/``workers`` split on the same device.
+        compile: label with the ``torch.compile``-fused Heston pricer (``analytic`` engine only):
+            about three times the CPU throughput after a one-off compilation in each worker
+            (seconds with a warm inductor cache, ~20 s cold), so for large datasets; labels
+            agree with the eager ones to about 1e-15 (recorded in the metadata).
         progress: show a progress bar over shards done.
 
     Returns:
@@ -452,6 +463,8 @@ def generate(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     device = check_device(device)
+    if compile and (model, engine) != ("heston", "analytic"):
+        raise ValueError(f"compile=True needs the heston analytic engine, got {model} {engine}")
     domain = domain or DOMAINS[model]
     if domain.model != model:
         raise ValueError(f"domain is for {domain.model!r}, not {model!r}")
@@ -470,6 +483,7 @@ def generate(
             min(shard_size, n - start),
             threads_per_worker,
             device,
+            compile,
         )
         for i, start in enumerate(range(0, n, shard_size))
     ]
@@ -479,7 +493,7 @@ def generate(
         for index, frame in _run_tasks(tasks, workers, scheduler):
             _write_shard(frame, path / _shard_name(index))
             bar.update(1)
-    _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks))
+    _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks), compile)
     return path
 
 
@@ -514,6 +528,7 @@ def _write_metadata(
     n: int,
     shard_size: int,
     n_shards: int,
+    compiled: bool = False,
 ) -> None:
     meta = {
         "format": FORMAT,
@@ -521,6 +536,7 @@ def _write_metadata(
         "generator": "pricing.datasets.generate",
         "model": domain.model,
         "engine": engine,
+        "compiled": compiled,
         "seed": seed,
         "n": n,
         "shard_size": shard_size,

@@ -147,13 +147,16 @@ def heston(
     (where the correction's condition ``A < 1/(2a)`` resp. ``A < beta`` fails, typically for rho > 0
     and long steps, the uncorrected drift is used). ``scheme="euler"``: full-truncation Euler in log
     spot (Lord, Koekkoek and van Dijk). Two normals per step; the exponential branch of QE uses
-    ``U = Phi(Z_v)``. The returned variance is non-negative (``max(v, 0)`` for Euler).
+    ``U = Phi(Z_v)``. The returned variance is non-negative (``max(v, 0)`` for Euler). ``spot`` and
+    ``v0`` may be scalars or tensors of shape (N,) (one value per path, e.g. to get per-path
+    pathwise derivatives by autograd, as :func:`pricing.mc_greeks.heston_pathwise_greeks` does);
+    gradients flow to them through the eager steps (``compile=True`` is not meant for autograd).
 
     Args:
         n_paths: number of paths N.
         n_steps: number of time steps T (or give ``time_grid``).
-        spot: initial price, > 0.
-        v0: initial variance, >= 0.
+        spot: initial price, > 0, scalar or (N,).
+        v0: initial variance, >= 0, scalar or (N,).
         kappa: mean-reversion speed, > 0.
         theta: long-run variance, > 0.
         sigma: volatility of variance, > 0.

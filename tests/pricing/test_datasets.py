@@ -142,6 +142,22 @@ def test_generate_rejects_bad_arguments_by_name(tmp_path):
         generate(tmp_path / "x", model="sabr", n=10, progress=False)
 
 
+@pytest.mark.slow
+def test_compiled_heston_labels_equal_the_eager_ones(tmp_path):
+    kwargs = {"model": "heston", "n": 256, "shard_size": 128, "seed": 8, "progress": False}
+    compiled, meta = load_dataset(generate(tmp_path / "compiled", compile=True, **kwargs))
+    eager, eager_meta = load_dataset(generate(tmp_path / "eager", **kwargs))
+    assert meta["compiled"] and not eager_meta["compiled"]
+    pd.testing.assert_frame_equal(compiled, eager, check_exact=False, rtol=1e-10, atol=1e-13)
+
+
+def test_compile_is_refused_for_engines_without_a_compiled_pricer(tmp_path):
+    with pytest.raises(ValueError, match="compile=True needs the heston analytic engine"):
+        generate(tmp_path / "q", model="heston", n=10, engine="quantlib", compile=True)
+    with pytest.raises(ValueError, match="compile=True needs the heston analytic engine"):
+        generate(tmp_path / "s", model="sabr", n=10, compile=True)
+
+
 def test_generate_refuses_unknown_or_missing_devices(tmp_path):
     with pytest.raises(ValueError, match=r"device must be a torch device.*'gpu'"):
         generate(tmp_path / "x", model="sabr", n=10, device="gpu")

@@ -63,6 +63,8 @@ def test_generate_command_writes_a_dataset_and_rejects_unknown_engines(app, tmp_
         app, ["generate", "--n", "10", "--out", str(tmp_path / "y"), "--device", "gpu"]
     )
     assert bad.exit_code != 0 and "--device" in bad.output and "'gpu'" in bad.output
+    bad = runner.invoke(app, [*args[:-2], "--compile"])  # SABR labels have no compiled pricer
+    assert bad.exit_code != 0 and "--compile" in bad.output
 
 
 def test_price_rows_use_spot_rate_dividend_or_forward_discount(quotes, untrained):

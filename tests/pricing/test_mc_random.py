@@ -1,0 +1,44 @@
+"""Chunk-invariant normal draws: slabs of steps give exactly the numbers of one whole draw."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pricing import _mc_random, simulate
+from pricing._mc_random import NormalSource
+
+HESTON = {"spot": 100.0, "v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 1.0, "rho": -0.7,
+          "maturity": 1.0}  # fmt: skip
+
+
+def _source(antithetic: bool, dtype: torch.dtype, n_paths: int = 3072) -> NormalSource:
+    return NormalSource(n_paths=n_paths, n_steps=37, n_factors=2, seed=11, antithetic=antithetic,
+                        sobol=False, dtype=dtype, device=torch.device("cpu"))  # fmt: skip
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_slabs_concatenate_to_the_whole_draw(
+    monkeypatch: pytest.MonkeyPatch, antithetic: bool, prefetch: bool, dtype: torch.dtype
+) -> None:
+    monkeypatch.setattr(_mc_random, "_SLAB_ELEMENTS", 2**14)  # 2 or 4 steps per slab here
+    source = _source(antithetic, dtype)
+    slabs = [s.clone() for s in source.slabs(1024, 3072, prefetch=prefetch)]  # reused buffers
+    assert len(slabs) > 5
+    assert torch.equal(torch.cat(slabs), source.draw(1024, 3072))
+
+
+def test_slab_start_must_be_block_aligned() -> None:
+    with pytest.raises(ValueError, match="multiple of 1024"):
+        next(_source(False, torch.float64).slabs(100, 3072))
+
+
+def test_heston_paths_do_not_depend_on_the_slab_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator
+    whole = simulate.heston(2048, 24, **HESTON, antithetic=True, generator=gen().manual_seed(3))
+    monkeypatch.setattr(_mc_random, "_SLAB_ELEMENTS", 2**13)
+    sliced = simulate.heston(2048, 24, **HESTON, antithetic=True, generator=gen().manual_seed(3))
+    assert torch.equal(whole.spot, sliced.spot)
+    assert torch.equal(whole.variance, sliced.variance)
