@@ -142,6 +142,7 @@ def gbm_chunks(
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
     check_positive("spot", spot)
     check_nonnegative("volatility", volatility)
+    _check_per_path(n_paths, spot=spot, volatility=volatility)
     dt = grid.diff()[:, None]  # (T, 1)
     source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
 
@@ -199,6 +200,7 @@ def heston_chunks(
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
+    _check_per_path(n_paths, spot=spot, v0=v0)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
     steps = [
@@ -348,9 +350,21 @@ def _grid(
     return time_grid(n_steps, maturity, grid=grid, dtype=dtype, device=device)
 
 
+def _check_per_path(n_paths: int, **values: Scalar) -> None:
+    """A (N,) tensor parameter must have one value per path; checked before any chunk is drawn."""
+    for name, value in values.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.ndim == 1
+            and value.numel() not in (1, n_paths)
+        ):
+            raise ValueError(
+                f"{name} has {value.numel()} values for {n_paths} paths (give one per path or a scalar)"
+            )
+
+
 def _per_path(value: Scalar, start: int, stop: int, n_paths: int) -> Scalar:
+    """The chunk's slice of a per-path (N,) parameter (checked by :func:`_check_per_path`)."""
     if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() > 1:
-        if value.numel() != n_paths:
-            raise ValueError(f"per-path parameter has {value.numel()} values for {n_paths} paths")
         return value[start:stop]
     return value

@@ -379,18 +379,17 @@ def bs_pathwise_greeks(
         antithetic=antithetic, generator=generator, chunk_size=chunk_size,
     )  # fmt: skip
     moments = [Moments() for _ in range(3)]
-    for where, paths in chunks:
-        if payoff == "european":
-            y = payoffs.european(paths, strike=strike, is_call=is_call) * df
-        else:
-            time_avg = None if fixings is not None else grid
-            y = payoffs.asian(
-                paths, strike=strike, is_call=is_call, average=average, fixings=fixings,
-                time_grid=time_avg,
-            ) * df  # fmt: skip
-        d_spot, d_vol = torch.autograd.grad(y.sum(), (s0, vol))
-        for m, sample in zip(moments, (y, d_spot[where], d_vol[where]), strict=True):
-            m.add(shape_samples(sample, None, antithetic)[0], None)
+    time_avg = None if fixings is not None else grid
+    with torch.enable_grad():  # the greeks need the graph even when called under no_grad
+        for where, paths in chunks:
+            if payoff == "european":
+                y = payoffs.european(paths, strike=strike, is_call=is_call) * df
+            else:
+                y = payoffs.asian(paths, strike=strike, is_call=is_call, average=average,
+                                  fixings=fixings, time_grid=time_avg) * df  # fmt: skip
+            d_spot, d_vol = torch.autograd.grad(y.sum(), (s0, vol))
+            for m, sample in zip(moments, (y, d_spot[where], d_vol[where]), strict=True):
+                m.add(shape_samples(sample, None, antithetic)[0], None)
     res = [MCResult(*(f.squeeze(-1) for f in m.result(None, 0.95, n_paths)[:4]), n_paths)
            for m in moments]  # fmt: skip
     return PathwiseGreeks(*res)

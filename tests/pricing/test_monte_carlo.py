@@ -270,6 +270,15 @@ def test_pathwise_european_delta_and_vega_match_black_scholes(is_call: bool) -> 
     _assert_within(r.vega, exact.vega, 0.0, "vega")
 
 
+def test_pathwise_greeks_are_the_same_under_no_grad() -> None:
+    args = {"spot": 100.0, "strike": 95.0, "maturity": 0.5, "volatility": 0.2, "n_paths": 2048}
+    expected = mc_exotics.bs_pathwise_greeks(**args, generator=_gen(3))
+    with torch.no_grad():
+        got = mc_exotics.bs_pathwise_greeks(**args, generator=_gen(3))
+    for field in ("price", "delta", "vega"):
+        assert torch.equal(getattr(got, field).price, getattr(expected, field).price), field
+
+
 def test_pathwise_geometric_asian_greeks_match_closed_form_autograd() -> None:
     spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
     vol = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)

@@ -198,6 +198,14 @@ def test_pathwise_derivative_flows_to_per_path_spot() -> None:
     torch.testing.assert_close(grad, paths[:, -1].detach() / 100.0, rtol=1e-12, atol=0.0)
 
 
+def test_per_path_parameter_of_the_wrong_length_is_named_before_any_draw() -> None:
+    three = torch.full((3,), 0.04, dtype=torch.float64)
+    with pytest.raises(ValueError, match="volatility has 3 values for 8 paths"):
+        simulate.gbm_chunks(8, 2, spot=100.0, volatility=three, maturity=1.0)
+    with pytest.raises(ValueError, match="v0 has 3 values for 8 paths"):
+        simulate.heston_chunks(8, 2, **{**HESTON, "v0": three})
+
+
 def test_heston_qe_pathwise_derivative_in_v0_matches_central_differences() -> None:
     # sigma = 1 violates Feller: many steps take QE's exponential branch and hit v = 0, where
     # the quadratic branch's overwritten values and sqrt(0) once turned gradients into NaN
