@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["ENGINES", "HESTON_PARAMS", "SABR_PARAMS", "label", "sabr_pde_prices"]
+__all__ = ["ENGINES", "HESTON_PARAMS", "SABR_PARAMS", "check_compile", "label", "sabr_pde_prices"]
 
 HESTON_PARAMS = ("v0", "kappa", "theta", "sigma", "rho")
 SABR_PARAMS = ("alpha", "beta", "rho", "nu")
@@ -232,8 +232,8 @@ def label(
         raise ValueError(f"model must be one of {sorted(ENGINES)}, got {model!r}")
     if engine not in engines:
         raise ValueError(f"engine for {model} must be one of {sorted(engines)}, got {engine!r}")
-    if compile and (model, engine) != ("heston", "analytic"):
-        raise ValueError(f"compile=True needs the heston analytic engine, got {model} {engine}")
+    if compile:
+        check_compile(model, engine)
     where = torch.device(device) if device is not None else _CPU
     options = {"compile": True} if compile else {}
     price, std_error = engines[engine](points, seed, where, **options)
@@ -243,6 +243,12 @@ def label(
         out["std_error"] = std_error
     out["implied_vol"] = _implied_vol(out, where)
     return out
+
+
+def check_compile(model: str, engine: str) -> None:
+    """Only the analytic Heston engine has a ``torch.compile``-fused pricer."""
+    if (model, engine) != ("heston", "analytic"):
+        raise ValueError(f"compile=True needs the heston analytic engine, got {model} {engine}")
 
 
 def _implied_vol(points: pd.DataFrame, device: torch.device) -> np.ndarray:

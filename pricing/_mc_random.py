@@ -25,6 +25,7 @@ __all__ = [
     "derive_seed",
     "drawn_chunks",
     "drawn_slabs",
+    "step_normals",
 ]
 
 BLOCK_SIZE = 1024
@@ -265,6 +266,19 @@ def drawn_slabs(
     prefetch = source.device.type == "cpu" and torch.get_num_threads() >= 2
     for start, stop in chunk_bounds(source.n_paths, chunk_size, source.n_steps * source.n_factors):
         yield start, stop, source.slabs(start, stop, prefetch=prefetch)
+
+
+def step_normals(slabs: Iterator[torch.Tensor], *, copy: bool = False) -> Iterator[torch.Tensor]:
+    """Each step's normals, in order, from the slabs of :meth:`NormalSource.slabs`.
+
+    ``copy`` takes each slab out of the reused buffer first: needed when the caller's autograd
+    graph keeps the normals beyond the next slab.
+
+    Shape:
+        each item: (F, C).
+    """
+    for slab in slabs:
+        yield from (slab.clone() if copy else slab).unbind(0)
 
 
 def _bridge_order(n_steps: int) -> list[tuple[int, int, int]]:

@@ -12,7 +12,13 @@ from typing import NamedTuple
 
 import torch
 
-from pricing._mc_random import NormalSource, base_seed, drawn_chunks, drawn_slabs
+from pricing._mc_random import (
+    NormalSource,
+    base_seed,
+    drawn_chunks,
+    drawn_slabs,
+    step_normals,
+)
 from pricing._simulate_checks import (
     check_chunk_size,
     check_grid,
@@ -219,14 +225,10 @@ def heston_chunks(
             v0_c = torch.as_tensor(v0_c, dtype=dtype, device=grid.device)
             v = x + v0_c  # (C,); a per-path v0 tensor keeps its graph (pathwise dV/dv0)
             log_s[0], var[0] = x, v
-            i = 0
-            for z in slabs:  # (S, 2, C)
-                if v.requires_grad:  # autograd keeps normals; the next slab reuses the buffer
-                    z = z.clone()
-                for zv, zx in z.unbind(0):
-                    x, v = step_fn(x, v, zv, zx, steps[i])
-                    i += 1
-                    log_s[i], var[i] = x, v
+            # with a graph (pathwise greeks) autograd keeps the normals: copy them out of the buffer
+            for i, (zv, zx) in enumerate(step_normals(slabs, copy=v.requires_grad), start=1):
+                x, v = step_fn(x, v, zv, zx, steps[i - 1])
+                log_s[i], var[i] = x, v
             s0 = _per_path(spot, start, stop, n_paths)
             if isinstance(s0, torch.Tensor) or log_s.requires_grad:  # exp_ + mul_ breaks autograd
                 spot_paths = s0 * log_s.exp()
@@ -286,12 +288,9 @@ def sabr_chunks(
             x = torch.full_like(fwd[0], float(forward) + shift)
             a = torch.full_like(fwd[0], float(alpha))
             fwd[0], vol[0] = x, a
-            i = 0
-            for z in slabs:  # (S, 2, C)
-                for z1, z2 in z.unbind(0):
-                    x, a = sabr_step(x, a, z1, z2, dt=dts[i], beta=beta, rho=rho, nu=nu)
-                    i += 1
-                    fwd[i], vol[i] = x, a
+            for i, (z1, z2) in enumerate(step_normals(slabs), start=1):
+                x, a = sabr_step(x, a, z1, z2, dt=dts[i - 1], beta=beta, rho=rho, nu=nu)
+                fwd[i], vol[i] = x, a
             yield slice(start, stop), SabrPaths((fwd - shift).T, vol.T)
 
     return chunks()

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from scipy.stats import qmc
 
-from pricing._labels import ENGINES, label
+from pricing._labels import ENGINES, check_compile, label
 
 __all__ = [
     "ENGINES",
@@ -463,8 +463,8 @@ def generate(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     device = check_device(device)
-    if compile and (model, engine) != ("heston", "analytic"):
-        raise ValueError(f"compile=True needs the heston analytic engine, got {model} {engine}")
+    if compile:
+        check_compile(model, engine)
     domain = domain or DOMAINS[model]
     if domain.model != model:
         raise ValueError(f"domain is for {domain.model!r}, not {model!r}")
