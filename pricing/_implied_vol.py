@@ -278,12 +278,17 @@ def _bisect(s, lo, hi) -> torch.Tensor:
     return torch.where(torch.isinf(hi), 4.0 * s, torch.where(lo == 0, 0.25 * hi, mid))
 
 
-def _solve_positive(x, beta) -> tuple[torch.Tensor, torch.Tensor]:
-    """Root ``s`` and a converged mask for ``0 < beta < exp(x/2)`` (flat tensors)."""
+def _solve_positive(x, beta, start=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Root ``s`` and a converged mask for ``0 < beta < exp(x/2)`` (flat tensors), from ``start``
+    where it is positive and finite, else from the closed-form guess."""
     b_max = torch.exp(0.5 * x)
     upper = beta > 0.5 * b_max
     target = torch.log(torch.where(upper, b_max - beta, beta))
-    s0 = _guess(x, beta, b_max)
+    if start is None:
+        s0 = _guess(x, beta, b_max)
+    else:
+        usable = torch.isfinite(start) & (start > 0)
+        s0 = start if bool(usable.all()) else torch.where(usable, start, _guess(x, beta, b_max))
     s, done = _fast_phase(x, s0, target, upper, 2)
     if bool(done.all()):
         return s, done
@@ -307,11 +312,16 @@ def solve_total_vol(
     invalid: torch.Tensor,
     below: torch.Tensor,
     above: torch.Tensor,
+    start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve ``b(x, s) = beta`` for ``s`` where the inputs are valid; NaN and a status elsewhere.
 
+    ``start``: a starting ``s`` per element (e.g. the market's when ``beta`` is a model price near
+    it), used where positive and finite instead of the closed-form guess; the result is the same
+    root, usually for fewer steps.
+
     Shape:
-        x, beta, masks: the same shape (any, including 0-d); outputs: that shape.
+        x, beta, masks, start: the same shape (any, including 0-d); outputs: that shape.
     """
     with torch.no_grad():  # the iteration runs in place; the gradient is attached below
         s, status = _solve_flat(
@@ -320,6 +330,7 @@ def solve_total_vol(
             invalid.reshape(-1),
             below.reshape(-1),
             above.reshape(-1),
+            None if start is None else start.detach().reshape(-1),
         )
     s, status = s.reshape(x.shape), status.reshape(x.shape)
     if torch.is_grad_enabled() and (x.requires_grad or beta.requires_grad):
@@ -341,22 +352,24 @@ def _with_implicit_gradient(x, beta, s, status) -> torch.Tensor:
     return s + torch.where(ok, correction - correction.detach(), 0.0)
 
 
-def _solve_flat(x, beta, invalid, below, above) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve_flat(x, beta, invalid, below, above, start) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`solve_total_vol` on flat tensors."""
     todo = ~(invalid | below | above) & (beta > 0)
     if bool(todo.all()):  # the usual case: no masks, gathers or scatters
-        return _solve_chunks(x, beta)
+        return _solve_chunks(x, beta, start)
     status = torch.where(invalid, 3, torch.where(above, 2, below.long()))
     s_out = torch.where((status == 0) & (beta <= 0), 0.0, math.nan).to(x.dtype)
     todo = torch.nonzero(todo, as_tuple=True)[0]
-    s, status_todo = _solve_chunks(x.index_select(0, todo), beta.index_select(0, todo))
+    start = None if start is None else start.index_select(0, todo)
+    s, status_todo = _solve_chunks(x.index_select(0, todo), beta.index_select(0, todo), start)
     s_out.index_copy_(0, todo, s)
     status.index_copy_(0, todo, status_todo)
     return s_out, status
 
 
-def _solve_chunks(x, beta) -> tuple[torch.Tensor, torch.Tensor]:
-    """Roots (NaN where not converged) and statuses (0 or 4) of valid inputs, chunk by chunk.
+def _solve_chunks(x, beta, s0=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roots (NaN where not converged) and statuses (0 or 4) of valid inputs, chunk by chunk
+    (from the starting points ``s0``, if given).
 
     With several torch threads on the CPU, chunks small enough to run each operation on one thread
     are handed to as many worker threads (torch releases the GIL inside operations). One parallel
@@ -368,18 +381,18 @@ def _solve_chunks(x, beta) -> tuple[torch.Tensor, torch.Tensor]:
     workers = torch.get_num_threads() if x.device.type == "cpu" else 1
     size = _CHUNK if workers == 1 else _SERIAL_CHUNK
 
-    def solve(start: int) -> None:
-        part = slice(start, start + size)
+    def solve(first: int) -> None:
+        part = slice(first, first + size)
         with torch.no_grad():  # grad mode is per thread
-            s, solved = _solve_positive(x[part], beta[part])
+            s, solved = _solve_positive(x[part], beta[part], None if s0 is None else s0[part])
         s_all[part] = torch.where(solved, s, math.nan)
         status[part] = torch.where(solved, 0, 4)
 
-    starts = range(0, x.numel(), size)
-    if workers == 1 or len(starts) == 1:
-        for start in starts:
-            solve(start)
+    firsts = range(0, x.numel(), size)
+    if workers == 1 or len(firsts) == 1:
+        for first in firsts:
+            solve(first)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(solve, starts))
+            list(pool.map(solve, firsts))
     return s_all, status

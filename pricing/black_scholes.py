@@ -199,6 +199,7 @@ def implied_vol_with_status(
     maturity: TensorLike,
     discount: TensorLike = 1.0,
     is_call: bool | torch.Tensor = True,
+    initial_vol: TensorLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Black implied volatility and a status code per option (see ``IV_STATUS`` for the reasons).
 
@@ -206,7 +207,9 @@ def implied_vol_with_status(
     ``D max(K-F, 0) <= P < D K``) give NaN with status 1 (below intrinsic) or 2 (at or above the upper
     bound); a price equal to the intrinsic value gives 0. The solver works on the normalised
     out-of-the-money price with Householder steps of order 4 on a log-transformed objective, safeguarded
-    by bisection, to about machine precision.
+    by bisection, to about machine precision. ``initial_vol`` (optional, broadcast like the
+    inputs) starts the iteration where it is positive and finite instead of the closed-form guess:
+    the same root, for fewer steps when it is close (a model price near a market quote).
 
     Shape:
         All inputs broadcast; both outputs have the broadcast shape (status is int64).
@@ -229,7 +232,11 @@ def implied_vol_with_status(
     invalid = ~(torch.isfinite(p) & (f > 0) & (k > 0) & (t > 0) & (d > 0))
     below = ~invalid & (undiscounted < intrinsic)
     above = ~invalid & ~below & (undiscounted >= bound)
-    s, status = solve_total_vol(x, beta, invalid=invalid, below=below, above=above)
+    start = None
+    if initial_vol is not None:
+        vol0 = torch.as_tensor(initial_vol, dtype=t.dtype, device=t.device)
+        start = (vol0 * torch.sqrt(t.clamp(min=0.0))).expand_as(x)
+    s, status = solve_total_vol(x, beta, invalid=invalid, below=below, above=above, start=start)
     return s / torch.sqrt(torch.where(t > 0, t, torch.ones_like(t))), status
 
 
@@ -241,10 +248,11 @@ def black_implied_vol(
     maturity: TensorLike,
     discount: TensorLike = 1.0,
     is_call: bool | torch.Tensor = True,
+    initial_vol: TensorLike | None = None,
 ) -> torch.Tensor:
     """Black implied volatility of options on a forward; NaN where no volatility reproduces the price.
 
-    Use :func:`implied_vol_with_status` to learn why a value is NaN.
+    Use :func:`implied_vol_with_status` to learn why a value is NaN (and for ``initial_vol``).
 
     Shape:
         All inputs broadcast; the output has the broadcast shape.
@@ -261,6 +269,7 @@ def black_implied_vol(
         maturity=maturity,
         discount=discount,
         is_call=is_call,
+        initial_vol=initial_vol,
     )
     return vol
 

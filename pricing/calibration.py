@@ -311,11 +311,12 @@ def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
     """Quotes with market implied vols; rows without one are dropped and counted."""
     table = quotes if isinstance(quotes, pd.DataFrame) else read_quotes(quotes)
     needed = {"forward", "discount", "market_iv", "option_type"}
-    if not needed <= set(table.columns) or table[sorted(needed)].isna().any().any():
+    if not needed <= set(table.columns) or any(table[c].isna().to_numpy().any() for c in needed):
         table = read_quotes(table, allow_crossed=True)
         table, _ = prepare_quotes(table)
     usable = table["market_iv"].notna().to_numpy()
-    table = table.loc[usable].reset_index(drop=True)
+    if not usable.all() or not table.index.equals(pd.RangeIndex(len(table))):
+        table = table.loc[usable].reset_index(drop=True)
     if len(table) == 0:
         raise QuoteError("no quote has a market implied vol", column="market_iv")
     return table, int((~usable).sum())
@@ -323,11 +324,14 @@ def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
 
 def _residual_table(problem: CalibrationProblem, model_iv: np.ndarray) -> pd.DataFrame:
     quotes = problem.quotes
-    table = quotes[["maturity", "strike", "option_type", "forward", "discount", "market_iv"]].copy()
-    table["model_iv"] = model_iv
-    table["error_bp"] = (model_iv - table["market_iv"].to_numpy()) * 1e4
-    table["weight"] = problem.weights
-    return table
+    columns = {
+        c: quotes[c].to_numpy()
+        for c in ("maturity", "strike", "option_type", "forward", "discount", "market_iv")
+    }
+    columns["model_iv"] = model_iv
+    columns["error_bp"] = (model_iv - columns["market_iv"]) * 1e4
+    columns["weight"] = problem.weights
+    return pd.DataFrame(columns)
 
 
 def calibrate(

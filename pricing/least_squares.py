@@ -42,6 +42,7 @@ class LeastSquaresResult(NamedTuple):
         residuals: shape ``(B, N)``.
         iterations: Jacobian evaluations per problem, shape ``(B,)``.
         converged: whether a tolerance (not the iteration limit) stopped the problem, ``(B,)``.
+        jacobian: of the residuals at ``x``, shape ``(B, N, P)``.
 
     Shape:
         ``B`` problems, ``P`` parameters, ``N`` residuals each (see the attributes).
@@ -62,6 +63,7 @@ class LeastSquaresResult(NamedTuple):
     residuals: torch.Tensor
     iterations: torch.Tensor
     converged: torch.Tensor
+    jacobian: torch.Tensor
 
 
 def value_and_jacobian(
@@ -139,6 +141,7 @@ def levenberg_marquardt(
     xtol: float = 1e-10,
     gtol: float = 1e-12,
     damping: float = 1e-3,
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> LeastSquaresResult:
     """Minimise ``0.5 * |r(x)|^2`` for a batch of independent problems within a box.
 
@@ -152,6 +155,8 @@ def levenberg_marquardt(
         xtol: stop when the step is below ``xtol`` relative to ``|x|``.
         gtol: stop when the projected gradient's max-norm is below ``gtol``.
         damping: initial damping relative to the Gauss-Newton matrix diagonal.
+        initial: residuals ``(B, N)`` and Jacobian ``(B, N, P)`` at ``x0`` when already known
+            (``x0`` inside the box), which saves the first evaluation (e.g. to continue a run).
 
     Returns:
         A :class:`LeastSquaresResult`.
@@ -173,14 +178,14 @@ def levenberg_marquardt(
     x = torch.minimum(torch.maximum(x0, lower), upper).clone()
     batch = x.shape[0]
     every = torch.arange(batch, device=x.device)
-    r, jac = fn(x, every)
+    r, jac = fn(x, every) if initial is None else (t.clone() for t in initial)
     cost = 0.5 * (r * r).sum(-1)
     mu = torch.full((batch,), damping, dtype=x.dtype, device=x.device)
     nu = torch.full_like(mu, 2.0)
-    iterations = torch.ones(batch, dtype=torch.long, device=x.device)
+    iterations = torch.full((batch,), int(initial is None), dtype=torch.long, device=x.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=x.device)
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
-    for _ in range(max_iterations - 1):
+    for _ in range(max_iterations - int(initial is None)):
         idx = every[active]
         if idx.numel() == 0:
             break
@@ -213,4 +218,4 @@ def levenberg_marquardt(
         done = small_gradient | flat | tiny_step | (mu[idx] > 1e20)
         converged[idx] = done
         active[idx] = ~done
-    return LeastSquaresResult(x, cost, r, iterations, converged)
+    return LeastSquaresResult(x, cost, r, iterations, converged, jac)

@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -338,11 +339,10 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
     return net.eval()
 
 
-def _smile_at(table: pd.DataFrame, k: np.ndarray) -> np.ndarray:
-    """Vols of one expiry at log-moneyness ``k``: linear in k, flat outside the quotes."""
-    x = np.log(table["strike"] / table["forward"]).to_numpy()
-    order = np.argsort(x)
-    return np.interp(k, x[order], table["_iv"].to_numpy()[order])
+def _smile_at(x: np.ndarray, vol: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Vols of one expiry (quotes at log-moneyness ``x``, sorted) at ``k``: linear in k, flat
+    outside the quotes."""
+    return np.interp(k, x, vol)
 
 
 def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
@@ -367,24 +367,29 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
     missing = [c for c in ("forward", "maturity", "strike", column) if c not in quotes]
     if missing:
         raise ValueError(f"quotes: missing column(s) {missing} (need market_iv or implied_vol)")
-    table = quotes.assign(_iv=quotes[column].astype(float))
-    finite = table[["forward", "maturity", "strike", "_iv"]].apply(np.isfinite).all(axis=1)
-    bad = ~finite | (table["_iv"] <= 0) | (table["strike"] <= 0) | (table["forward"] <= 0)
+    forward, maturity, strike, vol = (quotes[c].to_numpy(dtype=float)
+                                      for c in ("forward", "maturity", "strike", column))  # fmt: skip
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(forward) & np.isfinite(maturity) & np.isfinite(strike)
+                & np.isfinite(vol) & (vol > 0) & (strike > 0) & (forward > 0))  # fmt: skip
     if bad.any():
-        raise ValueError(f"quotes: row {table.index[bad.to_numpy()][0]} has a non-finite or "
+        raise ValueError(f"quotes: row {quotes.index[np.argmax(bad)]} has a non-finite or "
                          "non-positive forward, strike or vol")  # fmt: skip
-    expiries = np.unique(table["maturity"].round(10))
-    groups = [table[table["maturity"].round(10) == e] for e in expiries]
+    expiries, which = np.unique(maturity.round(10), return_inverse=True)
+    x = np.log(strike / forward)
+    order = np.lexsort((x, which))  # by expiry, then by log-moneyness
+    bounds = np.searchsorted(which[order], np.arange(len(expiries) + 1))
+    smiles = [(x[order[a:b]], vol[order[a:b]]) for a, b in itertools.pairwise(bounds)]
     out = np.empty((len(MATURITIES), len(Z)))
     for j, t in enumerate(MATURITIES):
         k = np.asarray(Z) * _Z_SCALE * math.sqrt(t)
         above = int(np.searchsorted(expiries, t))
         if above == 0 or above == len(expiries):
-            out[j] = _smile_at(groups[min(above, len(expiries) - 1)], k)
+            out[j] = _smile_at(*smiles[min(above, len(expiries) - 1)], k)
             continue
         t1, t2 = expiries[above - 1], expiries[above]
-        w1 = _smile_at(groups[above - 1], k) ** 2 * t1
-        w2 = _smile_at(groups[above], k) ** 2 * t2
+        w1 = _smile_at(*smiles[above - 1], k) ** 2 * t1
+        w2 = _smile_at(*smiles[above], k) ** 2 * t2
         out[j] = np.sqrt((w1 + (w2 - w1) * (t - t1) / (t2 - t1)) / t)
     return torch.tensor(out.reshape(-1), dtype=torch.float64)
 

@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,29 @@ from pricing.calibration import (
     register_start,
 )
 from pricing.heston import price as heston_price
-from qfnet.calibration_network import NAMES, load_network, predict, surface_from_quotes
+from qfnet.calibration_network import (
+    NAMES,
+    CalibrationNetwork,
+    default_path,
+    load_network,
+    predict,
+    surface_from_quotes,
+)
 
 __all__ = ["fit_many_with_network", "fit_with_network", "network_start"]
+
+
+def _network(path: str | Path | None) -> CalibrationNetwork:
+    """:func:`qfnet.calibration_network.load_network`, cached per file and modification time (a
+    retrained file is reloaded)."""
+    resolved = Path(path) if path is not None else default_path()
+    stamp = resolved.stat().st_mtime_ns if resolved.exists() else None
+    return _cached_network(resolved, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_network(path: Path, stamp: int | None) -> CalibrationNetwork:
+    return load_network(path)
 
 
 def _clip(params: dict[str, float], bounds: dict[str, tuple[float, float]] | None) -> None:
@@ -72,7 +93,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     """
     options = dict(problem.options)
     try:
-        net = load_network(options.pop("network", None))
+        net = _network(options.pop("network", None))
     except FileNotFoundError as error:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
     surface = surface_from_quotes(problem.quotes)
@@ -97,7 +118,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
     """
     options = dict(problems[0].options)
     try:
-        net = load_network(options.pop("network", None))
+        net = _network(options.pop("network", None))
     except FileNotFoundError as error:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
     surfaces = []
@@ -121,11 +142,6 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
     ]
 
 
-@functools.lru_cache(maxsize=1)
-def _shipped_network() -> object:
-    return load_network(None)
-
-
 def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
     """The shipped network's parameters for the problem's quotes, clipped to its bounds; None
     when there is no network file or the quotes cannot be put on its grid.
@@ -138,7 +154,7 @@ def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
         (['kappa', 'rho', 'sigma', 'theta', 'v0'], True)
     """
     try:
-        net = _shipped_network()
+        net = _network(None)
         surface = surface_from_quotes(problem.quotes)
         values = {name: float(v[0]) for name, v in predict(net, surface.unsqueeze(0)).items()}
     except (FileNotFoundError, ValueError):

@@ -31,6 +31,10 @@ from qfnet.surrogate import implied_vol, load_surrogate
 
 __all__ = ["fit_with_surrogate"]
 
+# A step lowering the cost by under 1e-6 relative ends the fit: a float32 surrogate's cost is
+# only good to ~1e-7 relative (tighter tolerances chase its rounding), and its vols to ~1e-5;
+# the polish, if any, finishes the job with the exact pricer.
+_TOLERANCES = {"ftol": 1e-6, "xtol": 1e-8, "gtol": 1e-10}
 SURROGATE_SCAN_WITH_PROPOSALS = 256
 """Scan points of the surrogate's domain kept beside a start provider's proposal (1024 without)."""
 
@@ -100,7 +104,8 @@ def fit_with_surrogate(
         cost = torch.nan_to_num((residual(points.unsqueeze(1), None) ** 2).sum(-1), nan=math.inf)
     starts = points[torch.argsort(cost)[:n_starts]]
     solved = levenberg_marquardt(elementwise_jacobian(residual, len(maturity)), starts,
-                                 lower=lower, upper=upper, max_iterations=max_iterations)  # fmt: skip
+                                 lower=lower, upper=upper, max_iterations=max_iterations,
+                                 **_TOLERANCES)  # fmt: skip
     best = int(torch.nan_to_num(solved.cost, nan=math.inf).argmin())
     x = solved.x[best]
     with torch.no_grad():

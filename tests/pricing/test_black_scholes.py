@@ -178,6 +178,26 @@ def test_implied_vol_round_trip_to_near_machine_precision(is_call):
     assert float(rel_err.median()) < 1e-15
 
 
+@pytest.mark.parametrize("start_factor", [1.0, 1.02, 0.5, 5.0, math.nan, -1.0])
+def test_implied_vol_from_a_given_start_is_the_same_root(start_factor):
+    # A start near the root (a model price near a market quote), far from it, or unusable (NaN,
+    # negative: the closed-form guess takes over) must give the root the guess gives.
+    rng = np.random.default_rng(7)
+    n = 4000
+    x = torch.as_tensor(rng.uniform(-1.5, 1.5, n))
+    maturity = torch.as_tensor(np.exp(rng.uniform(math.log(7 / 365), math.log(10.0), n)))
+    vol = torch.as_tensor(np.exp(rng.uniform(math.log(0.05), math.log(1.5), n)))
+    strike, is_call = torch.exp(-x), x < 0
+    p = bs.black_price(forward=1.0, strike=strike, maturity=maturity, volatility=vol,
+                       is_call=is_call)  # fmt: skip
+    p[0] = 2.0  # above the upper bound: NaN with its status whatever the start
+    kwargs = dict(price=p, forward=1.0, strike=strike, maturity=maturity, is_call=is_call)
+    plain, plain_status = bs.implied_vol_with_status(**kwargs)
+    started, status = bs.implied_vol_with_status(**kwargs, initial_vol=vol * start_factor)
+    assert torch.equal(status, plain_status) and int(status[0]) == 2
+    torch.testing.assert_close(started, plain, rtol=1e-13, atol=0.0, equal_nan=True)
+
+
 def test_implied_vol_for_very_short_and_deep_wing_options():
     # 1 hour to expiry, 3% OTM, and 10-sigma wings for 1-year options.
     cases = [

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pricing._heston_lewis import SurfaceGrid, normalized_otm, normalized_otm_and_jacobian
+from pricing._heston_lewis import (
+    SurfaceGrid,
+    gaussian_limit,
+    normalized_otm,
+    normalized_otm_and_jacobian,
+)
 from pricing.black_scholes import black_implied_vol
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt, value_and_jacobian
 from pricing.quantlib import heston_price as ql_heston_price
@@ -104,12 +109,35 @@ def test_lewis_surface_prices_match_quantlib_adaptive(params: tuple[float, ...])
     assert float(error_bp.max()) < 1e-2
 
 
-def test_lewis_jacobian_matches_autograd_and_finite_differences() -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        [(0.05, 2.0, 0.06, 0.7, -0.6)],
+        [(0.2, 15.7, 0.075, 3.4, -0.5), (0.01, 0.5, 0.09, 0.3, 0.3)],  # Feller fails; rho > 0
+        [(0.04, 1e-3, 0.04, 0.05, -0.999), (1.0, 50.0, 1e-5, 10.0, 0.999)],  # at the bounds
+    ],
+)
+def test_closed_form_lewis_jacobian_matches_autograd(params: list[tuple[float, ...]]) -> None:
+    # The Jacobian is written out by the chain rule; autograd through the same grid checks it.
+    x = torch.tensor(params, dtype=F64)
+    grid = SurfaceGrid(MATURITIES.expand(len(x), -1), torch.log(RATIOS).expand(len(x), 4, 5), 256)
+    b, jacobian = normalized_otm_and_jacobian(grid, x)
+    torch.testing.assert_close(b, normalized_otm(grid, x), rtol=1e-13, atol=1e-16)
+    full = torch.autograd.functional.jacobian(lambda p: normalized_otm(grid, p).sum(0), x)
+    torch.testing.assert_close(jacobian, full.permute(1, 0, 2), rtol=1e-10, atol=1e-13)
+
+
+def test_gaussian_limit_solves_its_truncation_equation() -> None:
+    variance = torch.tensor([1e-6, 1e-3, 0.04, 1.0, 10.0], dtype=F64)
+    u = gaussian_limit(variance)
+    torch.testing.assert_close(0.5 * variance * u * u + 2.0 * torch.log(u),
+                               torch.full_like(u, 38.0), rtol=1e-3, atol=0.0)  # fmt: skip
+
+
+def test_lewis_jacobian_matches_finite_differences() -> None:
     grid = SurfaceGrid(MATURITIES, torch.log(RATIOS).expand(1, 4, 5).clone(), 256)
     x = torch.tensor([[0.05, 2.0, 0.06, 0.7, -0.6]], dtype=F64)
     _, jacobian = normalized_otm_and_jacobian(grid, x)
-    full = torch.autograd.functional.jacobian(lambda p: normalized_otm(grid, p), x)[:, :, 0, :]
-    torch.testing.assert_close(jacobian, full, rtol=1e-12, atol=1e-15)
     for j in range(5):
         h = 1e-4 * float(x[0, j].abs())
         step = torch.zeros_like(x)
@@ -117,3 +145,30 @@ def test_lewis_jacobian_matches_autograd_and_finite_differences() -> None:
         numeric = (normalized_otm(grid, x + step) - normalized_otm(grid, x - step)) / (2 * h)
         # Central differences: O(h^2) truncation plus the quadrature's ~1e-12 noise over h.
         np.testing.assert_allclose(jacobian[0, :, j], numeric[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_run_continued_from_known_residuals_equals_one_run() -> None:
+    # Continuing with the residuals and Jacobian at hand (initial=) skips one evaluation and
+    # counts only the new ones; the iterates are those of restarting at the same point.
+    t = torch.linspace(0.0, 1.0, 20, dtype=F64)
+    y = 2.0 * torch.exp(-1.5 * t)
+    calls = []
+
+    def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        calls.append(len(index))
+        return p[..., 0] * torch.exp(-p[..., 1] * t) - y
+
+    fn = elementwise_jacobian(residual, 20)
+    box = {"lower": torch.tensor(0.0), "upper": torch.tensor(10.0)}
+    first = levenberg_marquardt(fn, torch.tensor([[1.0, 0.1]], dtype=F64), max_iterations=3, **box)
+    calls.clear()
+    restarted = levenberg_marquardt(fn, first.x, **box)
+    n_restarted = len(calls)
+    calls.clear()
+    continued = levenberg_marquardt(fn, first.x, initial=(first.residuals, first.jacobian), **box)
+    assert len(calls) == n_restarted - 1
+    assert int(continued.iterations[0]) == int(restarted.iterations[0]) - 1
+    torch.testing.assert_close(continued.x, restarted.x, rtol=0.0, atol=0.0)
+    torch.testing.assert_close(
+        continued.x, torch.tensor([[2.0, 1.5]], dtype=F64), rtol=1e-8, atol=0.0
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from qfnet.calibration_network import (
     surface_vols,
     train_network,
 )
+from qfnet.calibration_network_method import _network
 
 # Shipped network: all five parameters within 5% of the truth on 92% of the 300 fresh surfaces of
 # the test below (90.9% on the benchmark's 1,000); asserted with some slack.
@@ -68,6 +70,18 @@ def test_save_load_round_trip_gives_identical_outputs(tiny: tuple, tmp_path) -> 
     before, after = predict(net, vols), predict(loaded, vols)
     for name in NAMES:
         torch.testing.assert_close(after[name], before[name], rtol=0.0, atol=0.0)
+
+
+def test_network_method_reuses_a_loaded_file_until_it_is_rewritten(tiny: tuple, tmp_path) -> None:
+    net, _, _ = tiny
+    path = tmp_path / "net.pt"
+    save_network(net, path, note="first")
+    first = _network(path)
+    assert _network(path) is first  # no reload per calibration
+    save_network(net, path, note="second")
+    stamp = path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stamp, stamp))  # a new modification time, even on coarse clocks
+    assert _network(path).metadata["note"] == "second"
 
 
 def test_load_refuses_a_file_that_is_not_a_network(tmp_path) -> None:
