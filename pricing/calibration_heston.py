@@ -263,18 +263,22 @@ def _single(surfaces: HestonSurfaces, s: int) -> HestonSurfaces:
                           [surfaces.positions[s]])  # fmt: skip
 
 
-def _vols(surface: HestonSurfaces, x: torch.Tensor, reference: bool) -> torch.Tensor:
-    """Model vols of a single surface's quotes (table order) at params ``x`` (5,), by the fast
-    pricer or the reference one."""
-    at = torch.as_tensor(surface.positions[0])
-    ratio, t = surface.ratio[0, at], surface.maturity[0, at]
+def _vols(surfaces: HestonSurfaces, x: torch.Tensor, reference: bool) -> list[torch.Tensor]:
+    """Model vols of each surface's quotes (table order) at params ``x`` ``(S, 5)``, by the fast
+    pricer or the reference one, priced in one call for all surfaces."""
+    at = [torch.as_tensor(p) for p in surfaces.positions]
+    ratio = torch.cat([surfaces.ratio[s, a] for s, a in enumerate(at)])
+    t = torch.cat([surfaces.maturity[s, a] for s, a in enumerate(at)])
     if reference:
-        fields = dict(zip(NAMES, x, strict=True))
+        per_quote = x.repeat_interleave(torch.tensor([len(a) for a in at]), dim=0)
+        fields = dict(zip(NAMES, per_quote.unbind(-1), strict=True))
         price = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **fields)
     else:
-        price = torch.sqrt(ratio) * normalized_otm(surface.grid, x.unsqueeze(0))[0, at]
-    return black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
+        b = normalized_otm(surfaces.grid, x)
+        price = torch.sqrt(ratio) * torch.cat([b[s, a] for s, a in enumerate(at)])
+    vols = black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
                              is_call=ratio >= 1)  # fmt: skip
+    return list(vols.split([len(a) for a in at]))
 
 
 def _polish(
@@ -393,15 +397,15 @@ def calibrate_surfaces(
     keep = torch.full_like(cost, math.inf)
     keep[finalists] = cost[finalists]
     best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf) * n_per
-    params, vols = x[best], []
-    for s in range(n_surf):
-        surface = _single(surfaces, s)
-        vol = _vols(surface, params[s], reference=True)
-        gap_bp = (vol - _vols(surface, params[s], reference=False)).abs() * 1e4
-        if polish and not bool((gap_bp <= _POLISH_TOLERANCE_BP).all()):
-            params[s] = _polish(surface, params[s], lower, upper, 4)
-            vol = _vols(surface, params[s], reference=True)
-        vols.append(vol)
+    params = x[best]
+    vols = _vols(surfaces, params, reference=True)
+    if polish:  # where the fast pricer's vols are off the reference's, polish with the latter
+        fast = _vols(surfaces, params, reference=False)
+        for s in range(n_surf):
+            if not bool(((vols[s] - fast[s]).abs() * 1e4 <= _POLISH_TOLERANCE_BP).all()):
+                surface = _single(surfaces, s)
+                params[s] = _polish(surface, params[s], lower, upper, 4)
+                vols[s] = _vols(surface, params[s : s + 1], reference=True)[0]
     return params, vols, converged[best], iterations[best]
 
 

@@ -35,7 +35,7 @@ __all__ = ["fit_with_surrogate"]
 # only good to ~1e-7 relative (tighter tolerances chase its rounding), and its vols to ~1e-5;
 # the polish, if any, finishes the job with the exact pricer.
 _TOLERANCES = {"ftol": 1e-6, "xtol": 1e-8, "gtol": 1e-10}
-SURROGATE_SCAN_WITH_PROPOSALS = 256
+SURROGATE_SCAN_WITH_PROPOSALS = 64
 """Scan points of the surrogate's domain kept beside a start provider's proposal (1024 without)."""
 
 
