@@ -22,7 +22,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -132,55 +132,146 @@ class Contour(NamedTuple):
     """Total variance of the Black-Scholes control variate on Lewis' line (``alpha = -1/2``), else 0."""
 
 
+EXPLOSION_MARGIN = 1.0001
+"""Damping values whose moment explodes before ``EXPLOSION_MARGIN * T`` are excluded from the saddle
+search: their integrand at the origin is huge or infinite anyway."""
+
+
+def log_moment(
+    p: torch.Tensor,
+    maturity: torch.Tensor,
+    v0: torch.Tensor,
+    kappa: torch.Tensor,
+    theta: torch.Tensor,
+    sigma: torch.Tensor,
+    rho: torch.Tensor,
+) -> torch.Tensor:
+    """``ln E[(S_T/F)^p]`` for real ``p``, in real arithmetic: :func:`log_characteristic` at ``z = -i p``;
+    ``inf`` where the moment explodes before about ``EXPLOSION_MARGIN * T``.
+
+    ``beta = kappa - rho sigma p`` and ``d^2 = beta^2 - sigma^2 q``, ``q = p (p - 1)``, are real, and
+    ``ln E = kappa theta / sigma^2 (c T - 2 ln G) + v0 q s / G`` with, where ``d^2 >= 0``, the little-trap
+    terms ``c = beta - d``, ``s = -y = (1 - exp(-d T)) / (2 d)``, ``G = 1 - c y``; where ``d^2 < 0``,
+    ``d = i w``, and the same terms rotated by ``exp(i w T / 2)`` are real: ``c = beta``,
+    ``s = sin(w T / 2) / w``, ``G = cos(w T / 2) + beta s``. The moment explodes where ``G`` first
+    reaches 0 (Andersen and Piterbarg's explosion time, :func:`moment_explosion_time`), within
+    ``w T / 2 < pi`` where ``d = i w``; ``G`` at ``EXPLOSION_MARGIN * T`` is extrapolated linearly from
+    ``T``, which moves the margin by ``O((EXPLOSION_MARGIN - 1)^2)``.
+
+    Shape:
+        all inputs broadcast together; output: their shape.
+    """
+    beta = kappa - rho * sigma * p
+    q = p * (p - 1.0)
+    sigma2 = sigma * sigma
+    d2 = beta * beta - sigma2 * q
+    real = d2 >= 0
+    root = torch.sqrt(d2.abs())
+    terms_real = _moment_terms_real(beta, root, q, sigma2, maturity)
+    terms_circular = _moment_terms_circular(beta, root, maturity)
+    c, s, g_minus_1, slope = (
+        torch.where(real, a, b) for a, b in zip(terms_real, terms_circular, strict=True)
+    )
+    log_g = torch.log1p(g_minus_1)
+    value = kappa * theta / sigma2 * (c * maturity - 2.0 * log_g) + v0 * q * s / (1.0 + g_minus_1)
+    g_later = 1.0 + g_minus_1 + (EXPLOSION_MARGIN - 1.0) * maturity * slope
+    first_arch = real | (EXPLOSION_MARGIN * 0.5 * root * maturity < math.pi)
+    finite = (q <= 0) | ((g_minus_1 > -1.0) & (g_later > 0) & first_arch)
+    return torch.where(finite, value, torch.full_like(value, math.inf))
+
+
+def _moment_terms_real(
+    beta: torch.Tensor,
+    d: torch.Tensor,
+    q: torch.Tensor,
+    sigma2: torch.Tensor,
+    maturity: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(c, s, G - 1, dG/dT)`` of :func:`log_moment` for real ``d >= 0``. Shape: broadcast of the
+    inputs."""
+    # beta - d = sigma^2 q / (beta + d) without cancellation where beta > 0
+    c = torch.where(beta > 0, sigma2 * q / (beta.abs() + d), beta - d)
+    safe = d + 1e-300  # limit s = T / 2 at d = 0
+    expm1 = torch.expm1(-safe * maturity)
+    s = -expm1 / (2.0 * safe)
+    return c, s, c * s, 0.5 * c * (1.0 + expm1)
+
+
+def _moment_terms_circular(
+    beta: torch.Tensor, w: torch.Tensor, maturity: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(c, s, G - 1, dG/dT)`` of :func:`log_moment` for ``d = i w``, ``w > 0`` (finite, and unused,
+    for the real ``d`` of the other elements). Shape: broadcast of the inputs."""
+    half_angle = 0.5 * w * maturity
+    sin, cos = torch.sin(half_angle), torch.cos(half_angle)
+    s = sin / (w + 1e-300)
+    return beta, s, (cos - 1.0) + beta * s, 0.5 * (beta * cos - w * sin)
+
+
 def _log_integrand_at_origin(
     alpha: torch.Tensor, k: torch.Tensor, *params: torch.Tensor
 ) -> torch.Tensor:
-    """``ln |integrand(-i alpha)| = -alpha k + ln E[e^{(alpha+1) X}] - ln|alpha (alpha+1)|``, inf where
-    the moment explodes."""
-    maturity, _, kappa, _, sigma, rho = params
+    """``psi = ln |integrand(-i alpha)| = -alpha k + ln E[e^{(alpha+1) X}] - ln|alpha (alpha+1)|``,
+    ``inf`` where the moment explodes (see :func:`log_moment`). Shape: broadcast of the inputs."""
     p = alpha + 1.0
-    log_moment = log_characteristic((torch.zeros_like(p), -p), *params)[0]
-    value = -alpha * k + log_moment - torch.log(torch.abs(alpha * p))
-    ok = (moment_explosion_time(p, kappa, sigma, rho) > maturity * 1.0001) & torch.isfinite(value)
-    return torch.where(ok, value, torch.full_like(value, math.inf))
+    value = -alpha * k + log_moment(p, *params) - torch.log(torch.abs(alpha * p))
+    return torch.where(torch.isfinite(value), value, torch.full_like(value, math.inf))
 
 
 def _saddle(
-    k: torch.Tensor, params: tuple[torch.Tensor, ...], compiled: bool
+    k: torch.Tensor,
+    maturity: torch.Tensor,
+    v0: torch.Tensor,
+    kappa: torch.Tensor,
+    theta: torch.Tensor,
+    sigma: torch.Tensor,
+    rho: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimise the integrand at the origin over alpha on a coarse then a fine grid of ``y``, the log
-    distance of alpha from its pole, or take Lewis' ``alpha = -1/2`` when its integrand is within
-    ``LEWIS_CANCELLATION`` of the saddle's (near the money, where the saddle may hug a pole). Return
-    alpha and the width ``1 / sqrt(d^2 psi / dalpha^2)`` (central difference). Shape (B,)."""
-    lo, hi, n_coarse, n_fine = _ALPHA_GRID
-    call = (k >= 0)[:, None]
-    cols = [p[:, None] for p in params]
-    grid = functools.partial(torch.linspace, dtype=k.dtype, device=k.device)
+    """Minimise ``psi``, the log integrand at the origin (:func:`_log_integrand_at_origin`), over alpha
+    on a coarse then a fine grid of ``y``, the log distance of alpha from its pole, or take Lewis'
+    ``alpha = -1/2`` when its ``psi`` is within ``ln LEWIS_CANCELLATION`` of the saddle's (near the
+    money, where the saddle may hug a pole). Return alpha and the width ``1 / sqrt(d^2 psi / dalpha^2)``
+    (central difference).
 
-    def psi(alpha: torch.Tensor) -> torch.Tensor:
-        return _call("origin", compiled, alpha, k[:, None], *cols)
+    Grids run along the first dimension, (n, B), so that the elementwise kernels vectorise over the
+    options.
+
+    Shape:
+        inputs (B,); outputs (B,).
+    """
+    params = (maturity, v0, kappa, theta, sigma, rho)
+    lo, hi, n_coarse, n_fine = _ALPHA_GRID
+    call = k >= 0
 
     def alpha_of(y: torch.Tensor) -> torch.Tensor:
         return torch.where(call, torch.exp(y), -1.0 - torch.exp(y))
 
-    def best(y: torch.Tensor) -> torch.Tensor:
-        return y.gather(1, psi(alpha_of(y)).argmin(1, True))
+    def psi(alpha: torch.Tensor) -> torch.Tensor:
+        return _log_integrand_at_origin(alpha, k, *params)
+
+    def best(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values = psi(alpha_of(y))
+        index = values.argmin(0, keepdim=True)
+        return y.gather(0, index), values.gather(0, index)
+
+    def offsets(low: float, high: float, n: int) -> torch.Tensor:
+        return torch.linspace(low, high, n, dtype=k.dtype, device=k.device)[:, None]
 
     step = (hi - lo) / (n_coarse - 1)
-    y = best(grid(lo, hi, n_coarse).expand(len(k), -1))
-    y = best(y + grid(-step, step, n_fine))
-    candidates = psi(torch.cat([alpha_of(y), torch.full_like(y, -0.5)], dim=1))
-    lewis = candidates[:, 1:] - candidates[:, :1] < math.log(LEWIS_CANCELLATION)
-    alpha = torch.where(lewis, torch.full_like(y, -0.5), alpha_of(y))[:, 0]
-    distance = torch.where(lewis, torch.full_like(y, 0.5), torch.exp(y))[:, 0]
-    h = 1e-3 * distance
-    values = psi(alpha[:, None] + h[:, None] * grid(-1.0, 1.0, 3))
-    curvature = (values[:, 0] - 2.0 * values[:, 1] + values[:, 2]) / (h * h)
+    y, _ = best(offsets(lo, hi, n_coarse) + torch.zeros_like(k))
+    y, psi_saddle = best(y + offsets(-step, step, n_fine))  # (1, B) each
+    psi_lewis = psi(torch.full_like(y, -0.5))
+    lewis = psi_lewis - psi_saddle < math.log(LEWIS_CANCELLATION)
+    alpha = torch.where(lewis, -0.5, alpha_of(y))
+    h = 1e-3 * torch.where(lewis, 0.5, torch.exp(y))
+    sides = psi(alpha + h * offsets(-1.0, 1.0, 2))
+    centre = torch.where(lewis, psi_lewis, psi_saddle)
+    curvature = ((sides[:1] - 2.0 * centre + sides[1:]) / (h * h))[0]
     # On Lewis' line the poles' curvature 1/alpha^2 + 1/(alpha+1)^2 = 8 says nothing about the extent
     # of the integrand: keep only the characteristic function's part there.
-    curvature = torch.where(lewis[:, 0], curvature - 8.0, curvature)
+    curvature = torch.where(lewis[0], curvature - 8.0, curvature)
     curvature = torch.nan_to_num(curvature, nan=1.0, posinf=1e300).clamp_min(1e-300)
-    return alpha, 1.0 / torch.sqrt(curvature)
+    return alpha[0], 1.0 / torch.sqrt(curvature)
 
 
 def _average_variance(
@@ -191,7 +282,8 @@ def _average_variance(
 
 
 def choose_contour(k: torch.Tensor, *params: torch.Tensor, compiled: bool = False) -> Contour:
-    """The contour of each option from detached inputs. ``params = (T, v0, kappa, theta, sigma, rho)``.
+    """The contour of each option from detached inputs. ``params = (T, v0, kappa, theta, sigma, rho)``;
+    ``compiled`` fuses the whole choice with ``torch.compile`` (see :func:`_call`).
 
     The tail ray turns by the angle that makes the asymptotic integrand ``exp(-W z)``,
     ``W = c (sqrt(1 - rho^2) + i rho) + i k``, ``c = (v0 + kappa theta T) / sigma``, non-oscillating,
@@ -201,25 +293,38 @@ def choose_contour(k: torch.Tensor, *params: torch.Tensor, compiled: bool = Fals
         k and params: (B,); each contour field: (B,).
     """
     with torch.no_grad():
-        params = tuple(p.detach() for p in params)
-        maturity, v0, kappa, theta, sigma, rho = params
-        alpha, width = _saddle(k, params, compiled)
-        c_inf = (v0 + kappa * theta * maturity) / sigma
-        decay = c_inf * torch.sqrt(1.0 - rho * rho)
-        phase = c_inf * rho + k
-        variance = _average_variance(maturity, v0, kappa, theta)
-        gaussian_growth = 2.0 * decay * decay / variance
-        limit = 0.5 * torch.acos(torch.clamp(-5.0 / gaussian_growth, -1.0, 1.0)).clamp(max=1.3)
-        angle = torch.maximum(torch.minimum(-torch.atan(phase / decay), limit), -limit)
-        tan_angle = torch.tan(angle)
-        return Contour(
-            alpha=alpha,
-            core_length=CORE_WIDTHS * width,
-            tan_angle=tan_angle,
-            tail_rate=_tail_rate(decay - tan_angle * phase, width),
-            use_tail=gaussian_growth < 36.0,
-            cv_variance=_control_variance(alpha, params),
-        )
+        detached = (p.detach() for p in params)
+        return Contour(*_call("contour", compiled, k.detach(), *detached))
+
+
+def _contour_fields(
+    k: torch.Tensor,
+    maturity: torch.Tensor,
+    v0: torch.Tensor,
+    kappa: torch.Tensor,
+    theta: torch.Tensor,
+    sigma: torch.Tensor,
+    rho: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The fields of :class:`Contour`, in order (see :func:`choose_contour`). Shape: all (B,)."""
+    params = (maturity, v0, kappa, theta, sigma, rho)
+    alpha, width = _saddle(k, *params)
+    c_inf = (v0 + kappa * theta * maturity) / sigma
+    decay = c_inf * torch.sqrt(1.0 - rho * rho)
+    phase = c_inf * rho + k
+    variance = _average_variance(maturity, v0, kappa, theta)
+    gaussian_growth = 2.0 * decay * decay / variance
+    limit = 0.5 * torch.acos(torch.clamp(-5.0 / gaussian_growth, -1.0, 1.0)).clamp(max=1.3)
+    angle = torch.maximum(torch.minimum(-torch.atan(phase / decay), limit), -limit)
+    tan_angle = torch.tan(angle)
+    return (
+        alpha,
+        CORE_WIDTHS * width,
+        tan_angle,
+        _tail_rate(decay - tan_angle * phase, width),
+        gaussian_growth < 36.0,
+        _control_variance(alpha, params),
+    )
 
 
 TAIL_MIX = 0.25
@@ -291,17 +396,18 @@ def _panel_sum(
     return ((f[0] - tan_angle * f[1]) * weights).sum(-1)
 
 
-_EAGER: dict[str, Callable[..., torch.Tensor]] = {
+_EAGER: dict[str, Callable[..., Any]] = {
     "panel": _panel_sum,
-    "origin": _log_integrand_at_origin,
+    "contour": _contour_fields,
 }
-_COMPILED: dict[str, Callable[..., torch.Tensor]] = {}
+_COMPILED: dict[str, Callable[..., Any]] = {}
 
 
-def _call(name: str, compiled: bool, *args: torch.Tensor) -> torch.Tensor:
-    """Run the elementwise kernel ``name`` eagerly or, with ``compiled``, fused by ``torch.compile``
-    (about ten times faster on CPU once compiled; the first call compiles, ~30 s). Falls back to the
-    eager kernel, with a warning, where compilation fails (e.g. no C++ compiler)."""
+def _call(name: str, compiled: bool, *args: torch.Tensor) -> Any:
+    """Run the kernel ``name`` (a quadrature panel or the contour choice) eagerly or, with
+    ``compiled``, fused by ``torch.compile`` (several times faster on CPU once compiled; the first call
+    compiles, ~30 s). Falls back to the eager kernel, with a warning, where compilation fails (e.g. no
+    C++ compiler)."""
     if compiled and "failed" not in _COMPILED:
         try:
             if name not in _COMPILED:
