@@ -405,9 +405,9 @@ _COMPILED: dict[str, Callable[..., Any]] = {}
 
 def _call(name: str, compiled: bool, *args: torch.Tensor) -> Any:
     """Run the kernel ``name`` (a quadrature panel or the contour choice) eagerly or, with
-    ``compiled``, fused by ``torch.compile`` (several times faster on CPU once compiled; the first call
-    compiles, ~30 s). Falls back to the eager kernel, with a warning, where compilation fails (e.g. no
-    C++ compiler)."""
+    ``compiled``, fused by ``torch.compile`` (several times faster on CPU once compiled; the first
+    call compiles: about a minute with a cold inductor cache, a few seconds with a warm one). Falls
+    back to the eager kernel, with a warning, where compilation fails (e.g. no C++ compiler)."""
     if compiled and "failed" not in _COMPILED:
         try:
             if name not in _COMPILED:

@@ -436,8 +436,8 @@ def generate(
             and the implied-vol solver run there; the labels are float64 either way, identical
             for any ``shard_size``/``workers`` split on the same device.
         compile: label with the ``torch.compile``-fused Heston pricer (``analytic`` engine only):
-            about three times the CPU throughput after a one-off compilation in each worker
-            (seconds with a warm inductor cache, ~20 s cold), so for large datasets; labels
+            about four times the CPU throughput after a one-off compilation in each worker
+            (seconds with a warm inductor cache, about a minute cold), so for large datasets; labels
             agree with the eager ones to about 1e-15 (recorded in the metadata).
         progress: show a progress bar over shards done.
 
