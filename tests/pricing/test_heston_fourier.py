@@ -82,3 +82,35 @@ def test_log_moment_is_infinite_just_past_the_explosion_margin(branch, box):
         maturity = explosion / fourier.EXPLOSION_MARGIN * factor
         value = fourier.log_moment(p, maturity, v0, kappa, theta, sigma, rho)
         assert bool((torch.isfinite(value)[explodes] == finite).all()), factor
+
+
+def _priced_inputs(
+    n: int, seed: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], fourier.Contour]:
+    """Log-moneyness, parameters and contours of ``n`` options, about half on Lewis' line."""
+    rng = np.random.default_rng(seed)
+    params = _params(n, rng)
+    maturity, v0, _, theta, _, _ = params
+    k = torch.tensor(rng.uniform(-3.0, 3.0, n)) * torch.sqrt(0.5 * (v0 + theta) * maturity)
+    return k, params, fourier.choose_contour(k, *params)
+
+
+def test_eager_passes_skip_the_control_variate_without_changing_prices(monkeypatch):
+    k, params, contour = _priced_inputs(300, 9)
+    on = contour.cv_variance > 0
+    assert 30 < on.sum() < 270
+    whole = fourier.otm_integral(k, params, contour, 32, 24)
+    monkeypatch.setattr(fourier, "EAGER_CHUNK", 16)  # Lewis' line first, then passes without it
+    passes = fourier.otm_integral(k, params, contour, 32, 24)
+    torch.testing.assert_close(passes, whole, rtol=0, atol=0)
+
+
+def test_a_contour_without_tail_ignores_the_tail_integrand():
+    k, params, contour = _priced_inputs(200, 10)
+    no_tail = contour._replace(use_tail=torch.zeros_like(contour.use_tail))
+    reference = fourier.otm_integral(k, params, no_tail, 32, 24)
+    far = no_tail._replace(tail_rate=torch.full_like(contour.tail_rate, 1e-12))  # overflows there
+    torch.testing.assert_close(
+        fourier.otm_integral(k, params, far, 32, 24), reference, rtol=0, atol=0
+    )
+    assert torch.isfinite(reference).all()
