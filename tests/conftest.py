@@ -1,7 +1,9 @@
-"""Shared fixtures: reference-data loading and the device fixture (CUDA skipped when absent)."""
+"""Shared fixtures: reference-data loading, the device fixture (CUDA skipped when absent) and one
+torch thread for small simulations."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -30,3 +32,14 @@ def reference_table():
         return pd.read_csv(DATA_DIR / name)
 
     return load
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for the test (modules of small simulations opt in with ``pytestmark``):
+    their tensors are small, so threads do not help, and on a busy machine OpenMP barriers across
+    descheduled threads slow them down tenfold."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -25,14 +23,7 @@ FELLER_FAILS = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "v0": 0.04, "ka
                 "theta": 0.04, "sigma": 0.6, "rho": -0.7, "rate": 0.02, "dividend": 0.0}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # These tensors are small: intra-op threads do not help, and on a busy machine OpenMP
-    # barriers across descheduled threads slow them down tenfold.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

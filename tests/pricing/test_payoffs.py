@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,14 +13,7 @@ from pricing import payoffs, simulate
 GRID2 = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # These tensors are small: intra-op threads do not help, and on a busy machine OpenMP
-    # barriers across descheduled threads slow them down tenfold.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _paths(*rows: list[float]) -> torch.Tensor:

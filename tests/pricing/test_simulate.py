@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,14 +20,7 @@ HESTON = {"spot": 100.0, "v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 1.0, 
 SABR = {"forward": 0.05, "alpha": 0.3, "beta": 1.0, "rho": -0.4, "nu": 0.6, "maturity": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # These tensors are small: intra-op threads do not help, and on a busy machine OpenMP
-    # barriers across descheduled threads slow them down tenfold.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
