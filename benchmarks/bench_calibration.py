@@ -31,11 +31,10 @@ import torch
 
 import qfnet.calibration_network_method  # network method and global start
 import qfnet.calibration_surrogate  # noqa: F401  (surrogate method)
-from pricing.black_scholes import black_implied_vol
 from pricing.calibration import CalibrationResult, calibrate, calibrate_many
 from pricing.calibration_heston import NAMES
 from pricing.calibration_sabr import fit_smile_scipy, fit_smiles, smile_batch
-from pricing.heston import price as heston_price
+from pricing.heston import otm_implied_vol
 from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import read_quotes
 from pricing.sabr import lognormal_vol
@@ -50,10 +49,7 @@ STUCK_BP = 1.0  # a fit this far above the better of the two is stuck in a local
 def _surface(params: dict[str, float], noise_bp: float, rng: np.random.Generator) -> pd.DataFrame:
     t = np.repeat(np.asarray(DAYS) / 365.0, len(MONEYNESS))
     ratio = torch.tensor(np.tile(MONEYNESS, len(DAYS)))
-    otm = heston_price(forward=1.0, strike=ratio, maturity=torch.tensor(t), is_call=ratio >= 1,
-                       **params)  # fmt: skip
-    iv = black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=torch.tensor(t),
-                           is_call=ratio >= 1).numpy()  # fmt: skip
+    iv = otm_implied_vol(ratio=ratio, maturity=torch.tensor(t), **params).numpy()
     iv = iv + noise_bp * 1e-4 * rng.standard_normal(len(iv))
     forward = 100.0 * np.exp(0.02 * t)
     table = pd.DataFrame({"strike": forward * ratio.numpy(), "maturity": t, "spot": 100.0,

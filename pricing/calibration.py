@@ -516,15 +516,10 @@ def model_vols(
     """
     strikes = torch.as_tensor(np.asarray(strike, dtype=float))
     if result.model == "heston":
-        from pricing.black_scholes import black_implied_vol
-        from pricing.heston import price
+        from pricing.heston import otm_implied_vol
 
-        ratio = strikes / forward
         fields = {k: float(result.params[k]) for k in ("v0", "kappa", "theta", "sigma", "rho")}
-        otm = price(forward=1.0, strike=ratio, maturity=maturity, is_call=ratio >= 1, **fields)
-        vols = black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=maturity,
-                                 is_call=ratio >= 1)  # fmt: skip
-        return vols.numpy()
+        return otm_implied_vol(ratio=strikes / forward, maturity=maturity, **fields).numpy()
     from pricing.sabr import lognormal_vol
 
     table = pd.DataFrame(result.params)

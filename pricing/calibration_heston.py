@@ -36,6 +36,7 @@ from pricing.calibration import (
     register_batch_method,
     register_method,
 )
+from pricing.heston import otm_implied_vol
 from pricing.heston import price as heston_price
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 
@@ -271,13 +272,13 @@ def _vols(surfaces: HestonSurfaces, x: torch.Tensor, reference: bool) -> list[to
     t = torch.cat([surfaces.maturity[s, a] for s, a in enumerate(at)])
     if reference:
         per_quote = x.repeat_interleave(torch.tensor([len(a) for a in at]), dim=0)
-        fields = dict(zip(NAMES, per_quote.unbind(-1), strict=True))
-        price = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **fields)
+        vols = otm_implied_vol(ratio=ratio, maturity=t,
+                               **dict(zip(NAMES, per_quote.unbind(-1), strict=True)))  # fmt: skip
     else:
         b = normalized_otm(surfaces.grid, x)
         price = torch.sqrt(ratio) * torch.cat([b[s, a] for s, a in enumerate(at)])
-    vols = black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
-                             is_call=ratio >= 1)  # fmt: skip
+        vols = black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
+                                 is_call=ratio >= 1)  # fmt: skip
     return list(vols.split([len(a) for a in at]))
 
 

@@ -42,8 +42,9 @@ from pricing._complex import cexp
 from pricing._heston_fourier import choose_contour, log_characteristic, otm_integral
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
 from pricing._validation import check_finite, check_positive, check_where
+from pricing.black_scholes import black_implied_vol
 
-__all__ = ["HestonParams", "characteristic_function", "delta", "price"]
+__all__ = ["HestonParams", "characteristic_function", "delta", "otm_implied_vol", "price"]
 
 PARAM_NAMES = ("v0", "kappa", "theta", "sigma", "rho")
 
@@ -300,6 +301,36 @@ def _price_flat(
     intrinsic = discount * (forward - strike)
     itm = otm + torch.where(call, intrinsic, -intrinsic)
     return torch.where(call == otm_is_call, otm, itm)
+
+
+def otm_implied_vol(
+    *,
+    ratio: torch.Tensor,
+    maturity: TensorLike,
+    v0: TensorLike,
+    kappa: TensorLike,
+    theta: TensorLike,
+    sigma: TensorLike,
+    rho: TensorLike,
+) -> torch.Tensor:
+    """Black implied vols of Heston's out-of-the-money prices (calls where ``ratio = K/F >= 1``, puts
+    below), forward 1, undiscounted: the model vols that calibration reports. NaN where unsolvable.
+
+    Shape:
+        All inputs broadcast together; output: the broadcast shape.
+
+    Examples:
+        >>> ratio = torch.tensor([0.9, 1.1], dtype=torch.float64)
+        >>> vols = otm_implied_vol(ratio=ratio, maturity=1.0, v0=0.04, kappa=1.5, theta=0.04,
+        ...                        sigma=0.5, rho=-0.7)
+        >>> bool(vols[0] > vols[1])  # negative rho: a downward skew
+        True
+    """
+    is_call = ratio >= 1.0
+    otm = price(forward=1.0, strike=ratio, maturity=maturity, is_call=is_call, v0=v0, kappa=kappa,
+                theta=theta, sigma=sigma, rho=rho)  # fmt: skip
+    return black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=maturity,
+                             is_call=is_call)  # fmt: skip
 
 
 def delta(

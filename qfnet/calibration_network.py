@@ -29,8 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pricing.black_scholes import black_implied_vol
-from pricing.heston import price as heston_price
+from pricing.heston import otm_implied_vol
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
@@ -118,12 +117,8 @@ def surface_vols(params: torch.Tensor) -> torch.Tensor:
         (torch.Size([1, 66]), True)
     """
     ratio = torch.exp(GRID_LOG_MONEYNESS)[None, :]  # (1, 66)
-    t = GRID_MATURITY[None, :]
-    is_call = ratio >= 1.0
     fields = {name: params[:, i : i + 1] for i, name in enumerate(NAMES)}  # (P, 1) each
-    prices = heston_price(forward=1.0, discount=1.0, strike=ratio, maturity=t, is_call=is_call,
-                          **fields)  # fmt: skip
-    return black_implied_vol(price=prices, forward=1.0, strike=ratio, maturity=t, is_call=is_call)
+    return otm_implied_vol(ratio=ratio, maturity=GRID_MATURITY[None, :], **fields)
 
 
 def make_dataset(n: int, *, seed: int = 0, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing.black_scholes import black_implied_vol
 from pricing.calibration import (
     CalibrationProblem,
     FitOutput,
@@ -34,7 +33,7 @@ from pricing.calibration import (
     register_method,
     register_start,
 )
-from pricing.heston import price as heston_price
+from pricing.heston import otm_implied_vol
 from qfnet.calibration_network import (
     NAMES,
     CalibrationNetwork,
@@ -71,11 +70,8 @@ def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> 
     """Exact-pricer vols at the quotes; params scalars or one value per quote ``(N,)``."""
     ratio = torch.tensor((quotes["strike"] / quotes["forward"]).to_numpy(dtype=float))
     t = torch.tensor(quotes["maturity"].to_numpy(dtype=float))
-    is_call = ratio >= 1.0
     fields = {name: torch.as_tensor(np.asarray(v, dtype=float)) for name, v in params.items()}
-    prices = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=is_call, **fields)
-    vols = black_implied_vol(price=prices, forward=1.0, strike=ratio, maturity=t, is_call=is_call)
-    return vols.numpy()
+    return otm_implied_vol(ratio=ratio, maturity=t, **fields).numpy()
 
 
 def fit_with_network(problem: CalibrationProblem) -> FitOutput:
