@@ -31,7 +31,13 @@ from scipy.special import roots_laguerre, roots_legendre
 from pricing._complex import Cx, cadd, cdiv, cexp, cexpm1, clog1p, cmul, cscale, csqrt
 from pricing._normalized_black import normalized_call
 
-__all__ = ["Contour", "choose_contour", "log_characteristic", "otm_integral"]
+__all__ = [
+    "Contour",
+    "choose_contour",
+    "little_trap_terms",
+    "log_characteristic",
+    "otm_integral",
+]
 
 CORE_WIDTHS = 10.0
 """Length of the Gauss-Legendre panel in saddle-point widths (the core has decayed by ~exp(-50))."""
@@ -88,17 +94,35 @@ def _log_characteristic(
 ) -> Cx:
     """:func:`log_characteristic` given ``zz = z^2 + i z`` (which the integrand shares). Shape: the
     broadcast of the inputs."""
+    *_, bracket, b = little_trap_terms(z, zz, maturity, kappa, sigma, rho)
+    return cadd(cscale(bracket, kappa * theta / (sigma * sigma)), cscale(b, v0))
+
+
+def little_trap_terms(
+    z: Cx,
+    zz: Cx,
+    maturity: torch.Tensor,
+    kappa: torch.Tensor,
+    sigma: torch.Tensor,
+    rho: torch.Tensor,
+) -> tuple[Cx, Cx, Cx, Cx, Cx, Cx]:
+    """The terms of :func:`log_characteristic`, ``log phi = kappa theta / sigma^2 B + v0 b``:
+    ``(d, r, y, q, B, b)`` with ``r = beta - d``, ``y = (exp(-d T) - 1) / (2 d)``, ``q = -r y``,
+    ``B = r T - 2 log(1 + q)`` and ``b = zz y / (1 + q)``, given ``zz = z^2 + i z`` (the
+    calibration's closed-form Jacobian reuses them).
+
+    Shape:
+        the broadcast of the inputs, each term.
+    """
     beta = (kappa + rho * sigma * z[1], -rho * sigma * z[0])
     sigma2 = sigma * sigma
     d = csqrt(cadd(cmul(beta, beta), cscale(zz, sigma2)))
     r = _beta_minus_d(beta, d, zz, sigma2)
     y = _half_expm1_ratio(d, maturity)
-    minus_ry = cscale(cmul(r, y), -1.0)
-    one_minus_ry = (1.0 + minus_ry[0], minus_ry[1])
-    log_term = clog1p(minus_ry)
-    a = cscale(cadd(cscale(r, maturity), cscale(log_term, -2.0)), kappa * theta / sigma2)
-    b = cdiv(cmul(zz, y), one_minus_ry)
-    return cadd(a, cscale(b, v0))
+    q = cscale(cmul(r, y), -1.0)
+    bracket = cadd(cscale(r, maturity), cscale(clog1p(q), -2.0))
+    b = cdiv(cmul(zz, y), (1.0 + q[0], q[1]))
+    return d, r, y, q, bracket, b
 
 
 def _beta_minus_d(beta: Cx, d: Cx, zz: Cx, sigma2: torch.Tensor) -> Cx:

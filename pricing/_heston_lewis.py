@@ -28,8 +28,8 @@ import math
 import torch
 from scipy.special import roots_legendre
 
-from pricing._complex import cadd, cdiv, cexp, clog1p, cmul, cscale, csqrt
-from pricing._heston_fourier import _beta_minus_d, _half_expm1_ratio, log_characteristic
+from pricing._complex import cadd, cexp, cscale
+from pricing._heston_fourier import _square_plus_iz, little_trap_terms, log_characteristic
 
 __all__ = [
     "SurfaceGrid",
@@ -90,10 +90,8 @@ def gaussian_limit(variance: torch.Tensor) -> torch.Tensor:
 
 
 def _phi_grid(grid: SurfaceGrid, params: torch.Tensor, u: torch.Tensor) -> tuple:
-    """``phi(u - i/2)`` on the grid; params (B, 5) or per-node copies (B, M, J, 5)."""
-    if params.dim() == 2:
-        params = params[:, None, None, :]
-    v0, kappa, theta, sigma, rho = params.unbind(-1)
+    """``phi(u - i/2)`` on the grid ``(B, M, J)``; params (B, 5)."""
+    v0, kappa, theta, sigma, rho = params[:, None, None, :].unbind(-1)
     t = grid.maturity.unsqueeze(-1)
     log_phi = log_characteristic((u, torch.full_like(u, -0.5)), t, v0, kappa, theta, sigma, rho)
     return cexp(log_phi)
@@ -178,22 +176,14 @@ def _phi_and_tangent(
     """
     v0, kappa, theta, sigma, rho = (p[:, None, None] for p in params.unbind(-1))
     t = grid.maturity.unsqueeze(-1)
-    zz, zero = u * u + 0.25, torch.zeros_like(u)
+    z = (u, torch.full_like(u, -0.5))
+    zz_pair = _square_plus_iz(z)  # (u^2 + 1/4, 0)
+    terms = little_trap_terms(z, zz_pair, t, kappa, sigma, rho)
     sigma2 = sigma * sigma
-    beta_pair = (kappa - 0.5 * rho * sigma + zero, -rho * sigma * u)
-    d_pair = csqrt((beta_pair[0] ** 2 - beta_pair[1] ** 2 + sigma2 * zz,
-                    2.0 * beta_pair[0] * beta_pair[1]))  # fmt: skip
-    r_pair = _beta_minus_d(beta_pair, d_pair, (zz, zero), sigma2)
-    y_pair = _half_expm1_ratio(d_pair, t)
-    q_pair = cscale(cmul(r_pair, y_pair), -1.0)
     c = kappa * theta / sigma2
-    bracket_pair = cadd(cscale(r_pair, t), cscale(clog1p(q_pair), -2.0))
-    b_pair = cdiv(cscale(y_pair, zz), (1.0 + q_pair[0], q_pair[1]))
-    phi_pair = cexp(cadd(cscale(bracket_pair, c), cscale(b_pair, v0)))
-    d, r, y, q, bracket, b, phi = (
-        torch.complex(*pair)
-        for pair in (d_pair, r_pair, y_pair, q_pair, bracket_pair, b_pair, phi_pair)
-    )
+    phi_pair = cexp(cadd(cscale(terms[4], c), cscale(terms[5], v0)))
+    d, r, y, q, bracket, b, phi = (torch.complex(*pair) for pair in (*terms, phi_pair))
+    zz = zz_pair[0]
     inv_d, inv_1q = 1.0 / d, 1.0 / (1.0 + q)
     dy = -(0.5 * t + y * (1.0 + d * t)) * inv_d
     y_minus_rdy = y - r * dy
