@@ -235,6 +235,13 @@ def implied_vol_with_status(
     start = None
     if initial_vol is not None:
         vol0 = torch.as_tensor(initial_vol, dtype=t.dtype, device=t.device)
+        try:
+            fits = torch.broadcast_shapes(vol0.shape, x.shape) == x.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"initial_vol of shape {tuple(vol0.shape)} does not broadcast to the "
+                             f"options' shape {tuple(x.shape)}")  # fmt: skip
         start = (vol0 * torch.sqrt(t.clamp(min=0.0))).expand_as(x)
     s, status = solve_total_vol(x, beta, invalid=invalid, below=below, above=above, start=start)
     return s / torch.sqrt(torch.where(t > 0, t, torch.ones_like(t))), status

@@ -198,6 +198,12 @@ def test_implied_vol_from_a_given_start_is_the_same_root(start_factor):
     torch.testing.assert_close(started, plain, rtol=1e-13, atol=0.0, equal_nan=True)
 
 
+def test_implied_vol_start_of_the_wrong_shape_is_named():
+    with pytest.raises(ValueError, match="initial_vol of shape"):
+        bs.black_implied_vol(price=[8.0, 9.0], forward=100.0, strike=100.0, maturity=1.0,
+                             initial_vol=[0.2, 0.2, 0.2])  # fmt: skip
+
+
 def test_implied_vol_for_very_short_and_deep_wing_options():
     # 1 hour to expiry, 3% OTM, and 10-sigma wings for 1-year options.
     cases = [
