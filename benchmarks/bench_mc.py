@@ -156,6 +156,15 @@ def float32_rng_fraction(quick: bool, repeats: int) -> dict:
     return out
 
 
+def _thp_setting() -> str:
+    """The kernel's transparent-huge-page mode (the simulators' outputs ask for huge pages)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -189,6 +198,7 @@ def main() -> None:
         "normals_per_s": rng_part["normals_per_s"],
         "threads": args.threads,
         "rng_threads": args.rng_threads,
+        "transparent_hugepage": _thp_setting(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

@@ -149,14 +149,34 @@ class NormalSource:
             gens.append(gen.manual_seed(derive_seed(self.seed, block)))
         return gens
 
-    def _fill_units(self, out: torch.Tensor, gens: list[torch.Generator]) -> None:
-        """Fill ``out`` (S, F, U) with the next S steps of each block's generator."""
+    def _fill_units(
+        self, out: torch.Tensor, gens: list[torch.Generator], stage: torch.Tensor | None = None
+    ) -> None:
+        """Fill ``out`` (S, F, U) with the next S steps of each block's generator.
+
+        Each whole block is drawn into its contiguous slice of ``stage`` (B, S', F, U / B) with
+        S' >= S, then all blocks are moved into ``out`` by one strided copy; without ``stage``
+        (or for a last, partial block) each block is drawn into a temporary.
+        """
         units_per_block = BLOCK_SIZE // (2 if self.antithetic else 1)
         n_steps, n_factors, n_units = out.shape
-        for j, gen in enumerate(gens):
+        whole = 0
+        if stage is not None:
+            whole = n_units // units_per_block
+            blocks = stage[:, :n_steps] if n_steps < stage.shape[1] else stage
+            for block, gen in zip(blocks.unbind(0), gens, strict=False):  # whole blocks only
+                block.normal_(generator=gen)
+            split = out[..., : whole * units_per_block].view(
+                n_steps, n_factors, whole, units_per_block
+            )
+            split.copy_(stage[:, :n_steps].permute(1, 2, 0, 3))
+        for j in range(whole, len(gens)):
             lo, hi = j * units_per_block, min((j + 1) * units_per_block, n_units)
             out[..., lo:hi] = torch.randn(
-                (n_steps, n_factors, hi - lo), generator=gen, dtype=self.dtype, device=self.device
+                (n_steps, n_factors, hi - lo),
+                generator=gens[j],
+                dtype=self.dtype,
+                device=self.device,
             )
 
     def slabs(self, start: int, stop: int, *, prefetch: bool = False) -> Iterator[torch.Tensor]:
@@ -185,12 +205,15 @@ class NormalSource:
         per_slab = max(1, min(self.n_steps, _SLAB_ELEMENTS // (self.n_factors * units * scale)))
         shape = (per_slab, self.n_factors, units)
         buffers = [torch.empty(shape, dtype=self.dtype) for _ in range(2 if prefetch else 1)]
+        units_per_block = BLOCK_SIZE // scale
+        stage_shape = (units // units_per_block, per_slab, self.n_factors, units_per_block)
+        stages = [torch.empty(stage_shape, dtype=self.dtype) for _ in buffers]
         bounds = [(t, min(t + per_slab, self.n_steps)) for t in range(0, self.n_steps, per_slab)]
 
         def fill(k: int) -> torch.Tensor:
             t0, t1 = bounds[k]
             out = buffers[k % len(buffers)][: t1 - t0]
-            self._fill_units(out, gens)
+            self._fill_units(out, gens, stages[k % len(buffers)])
             return out
 
         def expand(base: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from pricing import _hugepages as hugepages
 from pricing._mc_random import (
     NormalSource,
     base_seed,
@@ -19,6 +20,7 @@ from pricing._mc_random import (
     drawn_slabs,
     step_normals,
 )
+from pricing._qe_fused import qe_step_into, step_constants
 from pricing._simulate_checks import (
     check_chunk_size,
     check_grid,
@@ -213,24 +215,36 @@ def heston_chunks(
         HestonStep.build(dt, kappa=kappa, theta=theta, sigma=sigma, rho=rho, drift=rate - dividend)
         for dt in grid.diff().tolist()
     ]
-    step_fn = _heston_step_fn(scheme, compile, steps, dtype, grid.device)
+    step_fn = _heston_step_fn(scheme, compile)
+    if compile and any(isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, v0)):
+        raise ValueError("compile=True has no autograd: spot and v0 must not require grad")
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
+    constants = (
+        [step_constants(c, dtype=dtype, device=grid.device) for c in steps] if compile else []
+    )
 
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size):
-            log_s = torch.empty((len(steps) + 1, stop - start), dtype=dtype, device=grid.device)
-            var = torch.empty_like(log_s)  # (T+1, C)
+            v0_c = torch.as_tensor(
+                _per_path(v0, start, stop, n_paths), dtype=dtype, device=grid.device
+            )
+            s0 = torch.as_tensor(
+                _per_path(spot, start, stop, n_paths), dtype=dtype, device=grid.device
+            )
+            if compile:
+                spot_paths, var = _fused_qe_paths(s0, v0_c, stop - start, slabs, constants)
+                yield slice(start, stop), HestonPaths(spot_paths.T, var.T)
+                continue
+            log_s = hugepages.empty((len(steps) + 1, stop - start), dtype=dtype, device=grid.device)
+            var = hugepages.empty(log_s.shape, dtype=dtype, device=grid.device)  # (T+1, C)
             x = torch.zeros_like(log_s[0])
-            v0_c = _per_path(v0, start, stop, n_paths)
-            v0_c = torch.as_tensor(v0_c, dtype=dtype, device=grid.device)
             v = x + v0_c  # (C,); a per-path v0 tensor keeps its graph (pathwise dV/dv0)
             log_s[0], var[0] = x, v
             # with a graph (pathwise greeks) autograd keeps the normals: copy them out of the buffer
             for i, (zv, zx) in enumerate(step_normals(slabs, copy=v.requires_grad), start=1):
                 x, v = step_fn(x, v, zv, zx, steps[i - 1])
                 log_s[i], var[i] = x, v
-            s0 = _per_path(spot, start, stop, n_paths)
-            if isinstance(s0, torch.Tensor) or log_s.requires_grad:  # exp_ + mul_ breaks autograd
+            if s0.requires_grad or log_s.requires_grad:  # exp_ + mul_ breaks autograd
                 spot_paths = s0 * log_s.exp()
             else:
                 spot_paths = log_s.exp_().mul_(s0)
@@ -283,8 +297,8 @@ def sabr_chunks(
 
     def chunks() -> Iterator[tuple[slice, SabrPaths]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size):
-            fwd = torch.empty((len(dts) + 1, stop - start), dtype=dtype, device=grid.device)
-            vol = torch.empty_like(fwd)  # (T+1, C)
+            fwd = hugepages.empty((len(dts) + 1, stop - start), dtype=dtype, device=grid.device)
+            vol = hugepages.empty(fwd.shape, dtype=dtype, device=grid.device)  # (T+1, C)
             x = torch.full_like(fwd[0], float(forward) + shift)
             a = torch.full_like(fwd[0], float(alpha))
             fwd[0], vol[0] = x, a
@@ -296,23 +310,38 @@ def sabr_chunks(
     return chunks()
 
 
-def _heston_step_fn(
-    scheme: str,
-    compile: bool,
-    steps: list[HestonStep],
-    dtype: torch.dtype,
-    device: torch.device,
-) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+def _heston_step_fn(scheme: str, compile: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     if scheme == "euler":
         if compile:
             raise ValueError("compile=True is only available for scheme='qe'")
         return heston_euler_step
-    if not compile:
-        return heston_qe_step
-    from pricing._qe_fused import fused_qe_step, step_constants
+    return heston_qe_step
 
-    constants = {id(c): step_constants(c, dtype=dtype, device=device) for c in steps}
-    return lambda x, v, zv, zx, c: fused_qe_step(x, v, zv, zx, c, constants[id(c)])
+
+def _fused_qe_paths(
+    s0: torch.Tensor,
+    v0: torch.Tensor,
+    n_chunk: int,
+    slabs: Iterator[torch.Tensor],
+    constants: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """QE paths of one chunk through the compiled step, written row by row (no autograd).
+
+    Shape:
+        s0, v0: () or (C,). slabs: (S, 2, C) each. constants: T tensors (11,).
+        Output: spot (T+1, C), variance (T+1, C).
+    """
+    shape = (len(constants) + 1, n_chunk)
+    spot_paths = hugepages.empty(shape, dtype=s0.dtype, device=s0.device)
+    var = hugepages.empty(shape, dtype=s0.dtype, device=s0.device)
+    spot_paths[0], var[0] = s0, v0
+    x = torch.zeros_like(spot_paths[0])
+    i = 0
+    for slab in slabs:
+        for z in slab:
+            x = qe_step_into(x, var[i], z, constants[i], s0, spot_paths[i + 1], var[i + 1])
+            i += 1
+    return spot_paths, var
 
 
 def _source(

@@ -1,0 +1,56 @@
+"""The branch-free QE step of the compiled path: the same step as the eager QE scheme."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pricing._qe_fused import fused_qe_step, step_constants
+from pricing._simulate_steps import PSI_C, HestonStep, heston_qe_step
+
+
+def _step(sigma: float = 1.0) -> HestonStep:
+    return HestonStep.build(1 / 52, kappa=1.5, theta=0.06, sigma=sigma, rho=-0.7, drift=0.02)
+
+
+def _grid(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Variances from 0 to 0.3 (both branches) crossed with normals from -5 to 5."""
+    v = torch.cat((torch.zeros(1), torch.logspace(-7, math.log10(0.3), 60))).to(dtype)
+    z = torch.linspace(-5.0, 5.0, 41, dtype=dtype)
+    v, zv = torch.cartesian_prod(v, z).unbind(-1)
+    return v, zv, zv.flip(0)
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.0])
+def test_branch_free_step_equals_the_eager_qe_step(sigma: float) -> None:
+    c = _step(sigma)
+    v, zv, zx = _grid(torch.float64)
+    x = torch.full_like(v, 0.1)
+    fused_x, fused_v = fused_qe_step(
+        x, v, zv, zx, step_constants(c, dtype=v.dtype, device=v.device)
+    )
+    eager_x, eager_v = heston_qe_step(x, v, zv, zx, c)
+    m = v * c.decay + c.theta * (1 - c.decay)
+    psi = (v * c.s2_v + c.s2_c) / m**2
+    assert bool((psi > PSI_C).any()) and bool((psi <= PSI_C).any())  # both branches
+    torch.testing.assert_close(fused_v, eager_v, rtol=1e-12, atol=1e-300)
+    torch.testing.assert_close(fused_x, eager_x, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exponential_branch_beyond_the_dtype_floors_one_minus_u_at_half_eps(
+    dtype: torch.dtype,
+) -> None:
+    c = _step()
+    v = torch.zeros(1, dtype=dtype)  # psi > psi_c: the exponential branch
+    zv = torch.full_like(v, 40.0)  # Phi(-40) underflows in either dtype
+    _, v_next = fused_qe_step(v, v, zv, torch.zeros_like(v), step_constants(c, dtype=dtype,
+                                                                          device=v.device))  # fmt: skip
+    m = c.theta * (1 - c.decay)
+    psi = c.s2_c / m**2
+    one_minus_p = 2 / (psi + 1)
+    expected = math.log(one_minus_p / (torch.finfo(dtype).eps / 2)) * m / one_minus_p
+    assert math.isfinite(float(v_next))
+    assert float(v_next) == pytest.approx(expected, rel=1e-5)
