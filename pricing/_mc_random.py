@@ -116,6 +116,20 @@ class NormalSource:
                 f"{_SOBOL_MAX_DIMENSION} torch supports; use sobol=False or fewer steps"
             )
 
+    @property
+    def draw_dtype(self) -> torch.dtype:
+        """The dtype pseudo-random normals are drawn in before they are widened to ``dtype``.
+
+        float32 for float64 on the CPU: torch's CPU generator draws float64 normals five times
+        slower than float32 ones (a scalar Box-Muller against a vectorised one), and the float32
+        normals come from 24-bit uniforms, in the class of QuantLib's Mersenne-Twister normals
+        (32-bit uniforms); their tails end at 5.8 standard deviations instead of 8.6 (a
+        probability of 8e-9 per draw). float32 and float64 runs of one seed share the normals.
+        """
+        if self.device.type == "cpu" and self.dtype == torch.float64:
+            return torch.float32
+        return self.dtype
+
     def draw(self, start: int, stop: int) -> torch.Tensor:
         """Normals for paths ``[start, stop)``; ``start`` must be block-aligned.
 
@@ -175,7 +189,7 @@ class NormalSource:
             out[..., lo:hi] = torch.randn(
                 (n_steps, n_factors, hi - lo),
                 generator=gens[j],
-                dtype=self.dtype,
+                dtype=self.draw_dtype,
                 device=self.device,
             )
 
@@ -207,7 +221,7 @@ class NormalSource:
         buffers = [torch.empty(shape, dtype=self.dtype) for _ in range(2 if prefetch else 1)]
         units_per_block = BLOCK_SIZE // scale
         stage_shape = (units // units_per_block, per_slab, self.n_factors, units_per_block)
-        stages = [torch.empty(stage_shape, dtype=self.dtype) for _ in buffers]
+        stages = [torch.empty(stage_shape, dtype=self.draw_dtype) for _ in buffers]
         bounds = [(t, min(t + per_slab, self.n_steps)) for t in range(0, self.n_steps, per_slab)]
 
         def fill(k: int) -> torch.Tensor:

@@ -206,6 +206,7 @@ def heston_european(
     dtype: torch.dtype = DEFAULT_DTYPE,
     device: torch.device | str | None = None,
     progress: bool | None = None,
+    compile: bool = False,
 ) -> MCResult:
     """Monte Carlo price of European options under Heston.
 
@@ -240,6 +241,8 @@ def heston_european(
         dtype: simulation dtype.
         device: simulation device.
         progress: progress bar (None: only for runs longer than 2 seconds).
+        compile: simulate the QE paths with the compiled step of :func:`pricing.simulate.heston`
+            (several times faster once compiled; not with ``conditional``).
 
     Shape:
         Output fields: () or (K,).
@@ -261,6 +264,10 @@ def heston_european(
 
         if scheme != "qe":
             raise ValueError("conditional=True needs scheme='qe'")
+        if compile:
+            raise ValueError(
+                "compile=True simulates spot paths: it does not apply to conditional=True"
+            )
         chunks = conditional_chunks(
             n_paths, n_steps, spot=spot, strike=strike, is_call=is_call, v0=v0, kappa=kappa,
             theta=theta, sigma=sigma, rho=rho, maturity=maturity, rate=rate, dividend=dividend,
@@ -278,6 +285,7 @@ def heston_european(
         n_paths, n_steps, spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
         maturity=maturity, rate=rate, dividend=dividend, scheme=scheme, antithetic=antithetic,
         sobol=sobol, dtype=dtype, device=device, generator=generator, chunk_size=chunk_size,
+        compile=compile,
     )  # fmt: skip
     spots = ((where, paths.spot) for where, paths in chunks)
     return _european(
@@ -311,8 +319,8 @@ def sabr_european(
     """Monte Carlo price of European options on a SABR forward, ``discount * E[payoff(F_T)]``.
 
     ``control=True`` uses the terminal forward (mean ``forward``) as control variate; it is
-    exact for ``beta == 1`` only (the absorbed Euler scheme of ``beta < 1`` biases the mean
-    slightly), so it is refused otherwise.
+    exact for ``beta == 1`` only (the absorbed Euler scheme of ``beta < 1`` biases the mean, by
+    O(dt): see :func:`pricing.simulate.sabr`), so it is refused otherwise.
 
     Args:
         forward: initial forward.

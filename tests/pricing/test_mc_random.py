@@ -43,3 +43,12 @@ def test_heston_paths_do_not_depend_on_the_slab_size(monkeypatch: pytest.MonkeyP
     sliced = simulate.heston(2048, 24, **HESTON, antithetic=True, generator=gen().manual_seed(3))
     assert torch.equal(whole.spot, sliced.spot)
     assert torch.equal(whole.variance, sliced.variance)
+
+
+def test_float64_normals_are_the_float32_draws_widened() -> None:
+    # torch's CPU float64 normals are five times slower: float64 runs draw float32 and widen them
+    wide, narrow = _source(False, torch.float64), _source(False, torch.float32)
+    assert wide.draw_dtype == torch.float32
+    assert torch.equal(wide.draw(1024, 2900), narrow.draw(1024, 2900).double())
+    slabs = torch.cat([s.clone() for s in wide.slabs(0, 3072)])
+    assert slabs.dtype == torch.float64 and torch.equal(slabs, narrow.draw(0, 3072).double())
