@@ -1,8 +1,9 @@
-"""Where the shipped models live: the checkout's ``data/`` folder, or ``$QFNET_DATA``.
+"""Where the shipped models live: ``$QFNET_DATA``, the checkout's ``data/`` or the wheel's copy.
 
-The shipped surrogates and the calibration network are files of the repository's ``data/``
-folder (an editable install, ``pip install -e .``, finds them there). A non-editable install
-finds them through the environment variable ``QFNET_DATA`` pointing at a copy of that folder.
+The shipped surrogates, the calibration network and the bundled DAX surface are files of the
+repository's ``data/`` folder: an editable install (``pip install -e .``) reads them there, and a
+wheel carries a copy as ``qfnet/_shipped`` (``setup.py`` copies it at build time). The environment
+variable ``QFNET_DATA`` points elsewhere (e.g. at retrained models).
 """
 
 from __future__ import annotations
@@ -16,19 +17,23 @@ DATA_ENV = "QFNET_DATA"
 
 
 def data_dir() -> Path:
-    """``$QFNET_DATA`` when set, else the ``data/`` folder next to the package.
+    """``$QFNET_DATA`` when set, else the wheel's ``qfnet/_shipped`` when installed from one,
+    else the ``data/`` folder of the checkout next to the package.
 
     Examples:
-        >>> data_dir().name
+        >>> data_dir().name  # in a checkout
         'data'
     """
     override = os.environ.get(DATA_ENV)
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "data"
+    if override:
+        return Path(override)
+    shipped = Path(__file__).resolve().parent / "_shipped"
+    return shipped if shipped.is_dir() else Path(__file__).resolve().parents[1] / "data"
 
 
 def missing_hint() -> str:
     """The sentence that ends a 'shipped model not found' error."""
     return (
-        f"the shipped models live in the qfnet checkout's data/ folder: install from a checkout "
-        f"with `pip install -e .`, or set {DATA_ENV} to a copy of that folder"
+        f"the shipped models come with the qfnet wheel (qfnet/_shipped) or the checkout's data/ "
+        f"folder; reinstall qfnet, or set {DATA_ENV} to a copy of that folder"
     )

@@ -22,13 +22,13 @@ import numpy as np
 import pandas as pd
 
 from pricing.quotes import read_quotes
+from qfnet._paths import data_dir
 from qfnet.price_rows import price_table
 
 __all__ = ["DAX_SURFACE", "DemoSettings", "otm_surface", "run_demo", "sabr_beyond_hagan"]
 
-ROOT = Path(__file__).resolve().parent.parent
-DAX_SURFACE = ROOT / "data" / "dax_2002_sepp" / "implied_vols.csv"
-HEDGE_CONFIG = ROOT / "data" / "configs" / "hedge_heston_cost10bp.yaml"
+DAX_SURFACE = data_dir() / "dax_2002_sepp" / "implied_vols.csv"
+HEDGE_CONFIG = data_dir() / "configs" / "hedge_heston_cost10bp.yaml"
 
 
 @dataclass(frozen=True)
