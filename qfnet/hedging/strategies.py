@@ -149,10 +149,11 @@ class HestonDelta:
 
     The variance is recovered from the implied-vol proxy (an invertible function of it). Deltas
     come from the semi-analytic pricer (:func:`pricing.heston.delta`) on a per-step table in
-    standardised moneyness ``log(S/K) / sqrt(v tau)`` (141 nodes on [-7, 7]) and volatility
-    ``sqrt(v)`` (13 nodes over the observed range), interpolated bilinearly: the table costs
-    ``T * 1833`` pricer calls whatever the number of paths, and the interpolation error is
-    about 1e-3 or less.
+    standardised moneyness ``log(S/K) / sqrt(w)`` (141 nodes on [-7, 7]; ``w`` the expected
+    total variance to expiry given ``v``) and volatility ``sqrt(v)`` (13 nodes over the observed
+    range), interpolated bilinearly: the table costs ``T * 1833`` pricer calls whatever the
+    number of paths, and the interpolation error is about 1e-3 at most (measured on 180,000
+    path points, paths near zero variance included).
 
     Shape:
         - output: (N, T, H); :meth:`variance`: (N, T).
@@ -183,7 +184,7 @@ class HestonDelta:
         tau = (m.time_grid[-1] - m.time_grid[:-1]).to(torch.float64)  # (T,)
         v = self.variance(data).to(torch.float64)
         strike = m.config.derivative.strike
-        x = torch.log(data.spot[:, :-1].to(torch.float64) / strike) / (v * tau).sqrt()
+        x = torch.log(data.spot[:, :-1].to(torch.float64) / strike) / self._scale(v, tau)
         xg = torch.linspace(-7.0, 7.0, self.nx, dtype=torch.float64, device=v.device)
         root = v.sqrt()  # variance nodes uniform in volatility: denser where v is small
         lo = root.amin(0).clamp_min(1e-3)
@@ -194,13 +195,20 @@ class HestonDelta:
         hedge = _bilinear(table, xg, sg, x, root)
         return _underlying_only(data, hedge.to(data.reference.dtype))
 
+    def _scale(self, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """Square root of the expected total variance to expiry, ``E[int_t^T v_s ds | v_t = v]``:
+        the moneyness scale of the delta (``sqrt(v tau)`` would blow up where ``v`` is near 0
+        while the variance reverts to ``theta`` before expiry)."""
+        m = self.market.market
+        return (m.theta * tau + (v - m.theta) * (-torch.expm1(-m.kappa * tau)) / m.kappa).sqrt()
+
     def _table(
         self, xg: torch.Tensor, vg: torch.Tensor, tau: torch.Tensor, strike: float
     ) -> torch.Tensor:
         m = self.market.market
         t = tau[:, None, None]
         v = vg[:, None, :]
-        spot = strike * torch.exp(xg[None, :, None] * (v * t).sqrt())  # (T, nx, nv)
+        spot = strike * torch.exp(xg[None, :, None] * self._scale(v, t))  # (T, nx, nv)
         return heston.delta(
             spot=spot, strike=strike, maturity=t, v0=v, kappa=m.kappa, theta=m.theta,
             sigma=m.sigma, rho=m.rho, rate=m.rate, dividend=m.dividend,
