@@ -16,15 +16,14 @@ step uses the exact tail.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
 from pricing._simulate_steps import PSI_C, HestonStep
 
-__all__ = ["fused_qe_step", "qe_step_into", "step_constants"]
-
-_KERNEL: Callable[..., torch.Tensor] | None = None
+__all__ = ["compiled_qe_step_into", "fused_qe_step", "qe_step_into", "step_constants"]
 
 
 def step_constants(c: HestonStep, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -44,7 +43,7 @@ def fused_qe_step(
     """Both QE branches, elementwise and branch-free (so that inductor fuses them).
 
     With ``psi = s^2 / m^2`` the branch quantities are written through ``2 / psi``: ``p = (2 -
-    2/psi) / (2 + 2/psi)``, which saves three divisions per path over the textbook form.
+    2/psi) / (2 + 2/psi)``, which saves two of the textbook form's nine divisions per path.
 
     Shape:
         x, v, zv, zx: (C,). k: (11,) from :func:`step_constants`. Output: x', v', each (C,).
@@ -74,21 +73,6 @@ def fused_qe_step(
     return x + corrected + k2 * v_next + diffusion * zx, v_next
 
 
-def _step_into(
-    x: torch.Tensor,
-    v: torch.Tensor,
-    z: torch.Tensor,
-    k: torch.Tensor,
-    s0: torch.Tensor,
-    spot_out: torch.Tensor,
-    var_out: torch.Tensor,
-) -> torch.Tensor:
-    x_next, v_next = fused_qe_step(x, v, z[0], z[1], k)
-    spot_out.copy_(s0 * x_next.exp())
-    var_out.copy_(v_next)
-    return x_next
-
-
 def qe_step_into(
     x: torch.Tensor,
     v: torch.Tensor,
@@ -98,7 +82,8 @@ def qe_step_into(
     spot_out: torch.Tensor,
     var_out: torch.Tensor,
 ) -> torch.Tensor:
-    """One compiled QE step that writes ``s0 exp(x')`` into ``spot_out`` and ``v'`` into ``var_out``.
+    """One QE step that writes ``s0 exp(x')`` into ``spot_out`` and ``v'`` into ``var_out``
+    (run through :func:`compiled_qe_step_into`, one fused loop).
 
     Args:
         x: log spot relative to ``s0``.
@@ -114,7 +99,13 @@ def qe_step_into(
     Shape:
         x, v, spot_out, var_out: (C,). z: (2, C). k: (11,). s0: () or (C,). Output: (C,).
     """
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = torch.compile(_step_into)
-    return _KERNEL(x, v, z, k, s0, spot_out, var_out)
+    x_next, v_next = fused_qe_step(x, v, z[0], z[1], k)
+    spot_out.copy_(s0 * x_next.exp())
+    var_out.copy_(v_next)
+    return x_next
+
+
+@functools.cache
+def compiled_qe_step_into() -> Callable[..., torch.Tensor]:
+    """:func:`qe_step_into` through ``torch.compile`` (compiled on first call, once per process)."""
+    return torch.compile(qe_step_into)

@@ -20,7 +20,7 @@ from pricing._mc_random import (
     drawn_slabs,
     step_normals,
 )
-from pricing._qe_fused import qe_step_into, step_constants
+from pricing._qe_fused import compiled_qe_step_into, step_constants
 from pricing._simulate_checks import (
     check_chunk_size,
     check_grid,
@@ -336,10 +336,10 @@ def _fused_qe_paths(
     var = hugepages.empty(shape, dtype=s0.dtype, device=s0.device)
     spot_paths[0], var[0] = s0, v0
     x = torch.zeros_like(spot_paths[0])
-    i = 0
+    step, i = compiled_qe_step_into(), 0
     for slab in slabs:
         for z in slab:
-            x = qe_step_into(x, var[i], z, constants[i], s0, spot_paths[i + 1], var[i + 1])
+            x = step(x, var[i], z, constants[i], s0, spot_paths[i + 1], var[i + 1])
             i += 1
     return spot_paths, var
 

@@ -237,7 +237,7 @@ def sabr(
       X^beta dW1, 0)`` and a path that reaches 0 stays there (the absorbing SABR convention; the
       truncation biases the mean up, at first order in ``dt``: with forward 0.05, alpha 0.3, beta
       0.5, nu 0.6 and a third of the paths absorbed in a year, by 3% of the forward with 20
-      steps, 0.8% with 80 and below 0.1% with 320).
+      steps, 0.8% with 80, and by less than the 0.2% standard error of 400,000 paths with 320).
 
     Args:
         n_paths: number of paths N.

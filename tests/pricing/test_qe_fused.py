@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pricing._qe_fused import fused_qe_step, step_constants
+from pricing._qe_fused import fused_qe_step, qe_step_into, step_constants
 from pricing._simulate_steps import PSI_C, HestonStep, heston_qe_step
 
 
@@ -54,3 +54,17 @@ def test_exponential_branch_beyond_the_dtype_floors_one_minus_u_at_half_eps(
     expected = math.log(one_minus_p / (torch.finfo(dtype).eps / 2)) * m / one_minus_p
     assert math.isfinite(float(v_next))
     assert float(v_next) == pytest.approx(expected, rel=1e-5)
+
+
+def test_step_into_writes_the_spot_and_variance_rows_in_place() -> None:
+    c = _step()
+    v, zv, zx = _grid(torch.float64)
+    k = step_constants(c, dtype=v.dtype, device=v.device)
+    x = torch.full_like(v, 0.1)
+    rows = torch.full((2, v.numel()), math.nan, dtype=v.dtype)
+    s0 = torch.tensor(95.0, dtype=v.dtype)
+    x_next = qe_step_into(x, v, torch.stack((zv, zx)), k, s0, rows[0], rows[1])
+    expected_x, expected_v = fused_qe_step(x, v, zv, zx, k)
+    torch.testing.assert_close(x_next, expected_x, rtol=0.0, atol=0.0)
+    torch.testing.assert_close(rows[0], s0 * expected_x.exp(), rtol=0.0, atol=0.0)
+    torch.testing.assert_close(rows[1], expected_v, rtol=0.0, atol=0.0)
