@@ -8,9 +8,18 @@ function, so a surface of M expiries and N quotes costs M * J characteristic-fun
     b(k) = exp(-|k| / 2) - 1/pi int_0^inf Re[exp(-i u k) phi(u - i/2)] / (u^2 + 1/4) du,
 
 integrated by Gauss-Legendre on ``[0, U]`` with ``U`` chosen per expiry (without gradient) where the
-integrand has decayed below machine precision. The exact Jacobian with respect to the five Heston
-parameters is written out by the chain rule on the same grid (:func:`_phi_and_tangent`): about
-twice the cost of the prices, a third of what reverse-mode autograd took.
+integrand has decayed below machine precision, with as many nodes as the oscillation of the integrand
+asks for (:func:`node_counts`: 256 for most surfaces, up to 2048 for wide smiles of short, low-variance
+expiries). A Black-Scholes control variate of Heston's expected total variance ``w`` is subtracted
+under the integral and its price added back in closed form, which removes the peak of ``1 / (u^2 +
+1/4)`` at ``u = 0`` (too narrow for the nodes when ``U`` runs to thousands: 256 nodes then gave
+prices off by hundreds of bp, or negative) and the cancellation in ``exp(-|k|/2) - integral / pi``.
+Checked against :func:`pricing.heston.price` on 2-day to 5-year smiles over 324 parameter sets: within
+0.011 bp on 7-day to 1-year smiles of moneyness 0.8-1.2 (prices above 1e-6 of the forward); off by
+more only at extremes such as vol-of-vol 2 on a long-run variance of 0.005. The exact Jacobian with
+respect to the five Heston parameters is written out by the chain rule on the same grid
+(:func:`_phi_and_tangent`): about twice the cost of the prices, a third of what reverse-mode autograd
+took; the control, of detached parameters, has none.
 
 References:
     A. Lewis (2001), "A simple option formula for general jump-diffusion and other exponential Levy
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 from scipy.special import roots_legendre
@@ -32,14 +42,21 @@ from pricing._complex import cadd, cexp, cscale
 from pricing._heston_fourier import _square_plus_iz, little_trap_terms, log_characteristic
 
 __all__ = [
+    "MAX_NODES",
     "SurfaceGrid",
     "gaussian_limit",
+    "node_counts",
     "normalized_otm",
     "normalized_otm_and_jacobian",
     "upper_limits",
 ]
 
 _DECAY = 38.0  # integrate until the integrand is below exp(-38) ~ 3e-17 of its size at 0
+MAX_NODES = 2048
+"""Most Gauss-Legendre nodes per expiry (:func:`node_counts`); more only add rounding."""
+_GROUP_ABOVE = 2**17
+"""Grid points (surfaces x expiries x nodes) above which surfaces are priced in groups of one node
+count; below, one evaluation with the largest count costs less than several small ones."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -52,7 +69,7 @@ def _legendre(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, to
 
 class SurfaceGrid:
     """Quotes of B surfaces laid out per expiry: ``maturity`` (B, M) and log-moneyness ``k``
-    (B, M, Q), Q quotes per expiry (padded); J quadrature nodes per expiry."""
+    (B, M, Q), Q quotes per expiry (padded); at least J quadrature nodes per expiry."""
 
     def __init__(self, maturity: torch.Tensor, k: torch.Tensor, nodes: int) -> None:
         self.maturity, self.k, self.nodes = maturity, k, nodes
@@ -109,15 +126,49 @@ def _integrate(grid: SurfaceGrid, u: torch.Tensor, w: torch.Tensor, values: tupl
     return out if values[0].dim() == 4 else out.squeeze(-1)
 
 
-def _nodes(
-    grid: SurfaceGrid, params: torch.Tensor, upper: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes ``u`` and weights ``w / (u^2 + 1/4)`` per expiry, shape (B, M, J) (or (1, M, J)
-    for a given ``upper``)."""
-    x, w = _legendre(grid.nodes, grid.k.dtype, str(grid.k.device))
-    upper = (upper_limits(grid, params) if upper is None else upper).unsqueeze(-1)
+def node_counts(grid: SurfaceGrid, params: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Gauss-Legendre nodes per surface for params (B, 5) with truncations ``upper`` (B, M): powers
+    of two from ``grid.nodes`` to :data:`MAX_NODES` (one for all expiries of a surface), shape (B,).
+
+    The integrand ``exp(-i u k) (phi - phi_BS)(u - i/2) / (u^2 + 1/4)`` oscillates with a phase
+    that grows like ``u (|k| + (v0 + kappa theta T) |rho| / sigma)``; about 0.6 nodes per radian
+    over ``[0, U]`` resolve it. Short expiries of low variance have ``U`` in the thousands.
+    """
+    v0, kappa, theta, sigma, rho = (p.unsqueeze(-1) for p in params.detach().unbind(-1))
+    phase = (v0 + kappa * theta * grid.maturity) * rho.abs() / sigma  # (B, M)
+    k_max = grid.k.abs().amax(-1)
+    need = 64.0 + 0.6 * upper * (k_max + phase)
+    need = need.nan_to_num(0.0).amax(-1).clamp(min=grid.nodes, max=max(grid.nodes, MAX_NODES))
+    return (2.0 ** torch.log2(need).ceil()).long().clamp(max=max(grid.nodes, MAX_NODES))
+
+
+def _nodes(grid: SurfaceGrid, upper: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` nodes ``u`` and weights ``w / (u^2 + 1/4)`` per expiry on ``[0, upper]``, shape
+    (B, M, J) for ``upper`` (B, M) (or (1, M, J) for (1, M))."""
+    x, w = _legendre(count, grid.k.dtype, str(grid.k.device))
+    upper = upper.unsqueeze(-1)
     u = x * upper
     return u, w * upper / (u * u + 0.25)
+
+
+def _per_node_count(
+    fn: Callable[..., tuple[torch.Tensor, ...]], grid: SurfaceGrid, params: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """``fn(grid, params, u, w)`` (tensors with leading dim B) with each surface's nodes: on large
+    grids, surfaces of one node count are evaluated together and the groups put back in order."""
+    upper = upper_limits(grid, params)
+    counts = node_counts(grid, params, upper)
+    distinct = torch.unique(counts).tolist()
+    if len(distinct) == 1 or counts.numel() * upper.shape[-1] * distinct[-1] <= _GROUP_ABOVE:
+        return fn(grid, params, *_nodes(grid, upper, distinct[-1]))  # the largest for all
+    parts, order = [], []
+    for count in distinct:
+        rows = torch.nonzero(counts == count).squeeze(-1)
+        sub = grid.select(rows)
+        parts.append(fn(sub, params[rows], *_nodes(sub, upper[rows], count)))
+        order.append(rows)
+    inverse = torch.argsort(torch.cat(order))
+    return tuple(torch.cat(group)[inverse] for group in zip(*parts, strict=True))
 
 
 def normalized_otm(
@@ -137,14 +188,40 @@ def normalized_otm(
         >>> bool(0.0 < b[0, 0] < 0.5)
         True
     """
-    u, w = _nodes(grid, params, upper)
-    integral = _integrate(grid, u, w, _phi_grid(grid, params, u))
-    return _base(grid) - integral / math.pi
+    if upper is not None:
+        return _prices(grid, params, *_nodes(grid, upper, grid.nodes))[0]
+    return _per_node_count(_prices, grid, params)[0]
 
 
-def _base(grid: SurfaceGrid) -> torch.Tensor:
-    """``exp(-|k| / 2)``, shape (B, M*Q)."""
-    return torch.exp(-0.5 * grid.k.abs()).reshape(grid.k.shape[0], -1)
+def _prices(grid: SurfaceGrid, params: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> tuple:
+    variance = _control_variance(grid, params)
+    re, im = _phi_grid(grid, params, u)
+    integral = _integrate(grid, u, w, (re - _control_phi(variance, u), im))
+    return (_control_price(grid, variance) - integral / math.pi,)
+
+
+def _control_variance(grid: SurfaceGrid, params: torch.Tensor) -> torch.Tensor:
+    """Total variance ``w`` of the Black-Scholes control: Heston's expected total variance to
+    expiry, ``theta T + (v0 - theta) (1 - exp(-kappa T)) / kappa`` (detached), shape (B, M)."""
+    v0, kappa, theta, _, _ = (p.unsqueeze(-1) for p in params.detach().unbind(-1))
+    t = grid.maturity
+    return (theta * t + (v0 - theta) * (-torch.expm1(-kappa * t)) / kappa).clamp(min=1e-12)
+
+
+def _control_phi(variance: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Black-Scholes ``phi(u - i/2) = exp(-w (u^2 + 1/4) / 2)`` (real), shape of ``u``."""
+    return torch.exp(-0.5 * variance.unsqueeze(-1) * (u * u + 0.25))
+
+
+def _control_price(grid: SurfaceGrid, variance: torch.Tensor) -> torch.Tensor:
+    """The control's normalised OTM Black price ``exp(x/2) N(d1) - exp(-x/2) N(d2)``, ``x =
+    -|k|``, ``d1,2 = x / s +- s / 2``, ``s = sqrt(w)``, shape (B, M*Q). The direct formula: the
+    surface's price is the sum of this and the quadrature, both accurate to about 1e-16 absolute."""
+    x, s = -grid.k.abs(), variance.sqrt().unsqueeze(-1)
+    d1 = x / s + 0.5 * s
+    half = torch.exp(0.5 * x)
+    b = half * torch.special.ndtr(d1) - torch.special.ndtr(d1 - s) / half
+    return b.reshape(b.shape[0], -1)
 
 
 def _phi_and_tangent(
@@ -205,8 +282,16 @@ def normalized_otm_and_jacobian(
     grid: SurfaceGrid, params: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`normalized_otm` and its exact Jacobian, shapes (B, M*Q) and (B, M*Q, 5)."""
-    u, w = _nodes(grid, params)
-    phi, dphi = _phi_and_tangent(grid, params.detach(), u)
+    return _per_node_count(_prices_and_jacobian, grid, params.detach())
+
+
+def _prices_and_jacobian(
+    grid: SurfaceGrid, params: torch.Tensor, u: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    variance = _control_variance(grid, params)
+    phi, dphi = _phi_and_tangent(grid, params, u)
     both = torch.cat([phi.unsqueeze(-1), dphi], dim=-1)  # (B, M, J, 6)
-    out = -_integrate(grid, u, w, (both.real, both.imag)) / math.pi
-    return _base(grid) + out[..., 0], out[..., 1:]
+    re = torch.cat([both.real[..., :1] - _control_phi(variance, u).unsqueeze(-1),
+                    both.real[..., 1:]], dim=-1)  # fmt: skip
+    out = -_integrate(grid, u, w, (re, both.imag)) / math.pi
+    return _control_price(grid, variance) + out[..., 0], out[..., 1:]

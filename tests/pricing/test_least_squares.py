@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from pricing import _heston_lewis
 from pricing._heston_lewis import (
     SurfaceGrid,
     gaussian_limit,
+    node_counts,
     normalized_otm,
     normalized_otm_and_jacobian,
+    upper_limits,
 )
 from pricing.black_scholes import black_implied_vol
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt, value_and_jacobian
@@ -107,6 +110,72 @@ def test_lewis_surface_prices_match_quantlib_adaptive(params: tuple[float, ...])
     meaningful = torch.tensor(reference) > 1e-7
     error_bp = ((vols[0] - vols[1]).abs() * 1e4)[meaningful]
     assert float(error_bp.max()) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "params",
+    [(0.005, 3.0, 0.01, 1.0, -0.9), (0.01, 5.0, 0.01, 0.2, -0.9), (0.02, 0.5, 0.1, 1.0, -0.6)],
+)
+def test_short_low_variance_expiries_match_quantlib(params: tuple[float, ...]) -> None:
+    # U runs to thousands: without the Black-Scholes control variate, 256 nodes gave negative
+    # 7-day ATM prices and errors of hundreds of bp (the peak of 1 / (u^2 + 1/4) at u = 0)
+    maturities = torch.tensor([[7 / 365, 14 / 365, 30 / 365]], dtype=F64)
+    ratios = torch.tensor([0.9, 0.95, 1.0, 1.05, 1.1], dtype=F64)
+    grid = SurfaceGrid(maturities, torch.log(ratios).expand(1, 3, 5).clone(), 256)
+    x = torch.tensor([params], dtype=F64)
+    price = torch.sqrt(ratios) * normalized_otm(grid, x).reshape(3, 5)
+    t = maturities[0].unsqueeze(-1).expand(3, 5)
+    ratio = ratios.expand(3, 5)
+    reference = ql_heston_price(forward=1.0, strike=ratio.numpy(), maturity=t.numpy(),
+                                **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params,
+                                           strict=True)),
+                                is_call=(ratio >= 1).numpy(), engine="reference")  # fmt: skip
+    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
+            for p in (price, torch.tensor(reference))]  # fmt: skip
+    meaningful = torch.tensor(reference) > 1e-6
+    assert bool(meaningful[0].any())  # the 7-day smile is tested
+    error_bp = ((vols[0] - vols[1]).abs() * 1e4)[meaningful]
+    assert float(error_bp.max()) < 2e-2
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_each_surface_gets_its_own_node_count(
+    monkeypatch: pytest.MonkeyPatch, grouped: bool
+) -> None:
+    # long expiries keep 256 nodes; in a batch with a short, low-variance surface, the batch's
+    # prices and Jacobian are those of the surfaces one by one: exactly when the surfaces are
+    # grouped by node count (large grids), to quadrature accuracy when all take the largest count
+    monkeypatch.setattr(_heston_lewis, "_GROUP_ABOVE", 0 if grouped else 2**17)
+    long = (
+        torch.tensor([[91 / 365, 1.0, 3.0]], dtype=F64),
+        torch.tensor([0.04, 1.5, 0.04, 0.5, -0.7]),
+    )
+    short = (
+        torch.tensor([[7 / 365, 30 / 365, 1.0]], dtype=F64),
+        torch.tensor([0.005, 3.0, 0.01, 1.0, -0.9]),
+    )
+    k = torch.log(RATIOS).expand(1, 3, 5)
+    grid = SurfaceGrid(torch.cat([long[0], short[0], long[0]]), k.expand(3, 3, 5).clone(), 256)
+    x = torch.stack([long[1], short[1], long[1] * 1.1]).to(F64)
+    counts = node_counts(grid, x, upper_limits(grid, x))
+    assert counts[0] == 256 and counts[1] > 256  # the short surface's wide smile oscillates
+    b, jacobian = normalized_otm_and_jacobian(grid, x)
+    t, ratio = short[0][0].unsqueeze(-1).expand(3, 5), RATIOS.expand(3, 5)
+    reference = torch.tensor(ql_heston_price(
+        forward=1.0, strike=ratio.numpy(), maturity=t.numpy(), is_call=(ratio >= 1).numpy(),
+        **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), short[1].tolist(), strict=True)),
+        engine="reference"))  # fmt: skip
+    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
+            for p in (torch.sqrt(ratio) * b[1].reshape(3, 5), reference)]  # fmt: skip
+    meaningful = reference > 1e-6
+    assert float(((vols[0] - vols[1]).abs() * 1e4)[meaningful].max()) < 2e-2
+    torch.testing.assert_close(b, normalized_otm(grid, x), rtol=1e-13, atol=1e-16)
+    for i in range(3):
+        one = grid.select(torch.tensor([i]))
+        b_i, j_i = normalized_otm_and_jacobian(one, x[i : i + 1])
+        tol = {"rtol": 0.0, "atol": 0.0} if grouped else {"rtol": 1e-9, "atol": 1e-11}
+        torch.testing.assert_close(b[i : i + 1], b_i, **tol)
+        torch.testing.assert_close(jacobian[i : i + 1], j_i, **tol)
 
 
 @pytest.mark.parametrize(
