@@ -89,6 +89,29 @@ def test_value_and_jacobian_match_finite_differences() -> None:
 
 MATURITIES = torch.tensor([[14 / 365, 91 / 365, 1.0, 3.0]], dtype=F64)
 RATIOS = torch.tensor([0.7, 0.85, 1.0, 1.15, 1.4], dtype=F64)
+SHORT_RATIOS = torch.tensor([0.9, 0.95, 1.0, 1.05, 1.1], dtype=F64)
+
+
+def _max_error_vs_quantlib_bp(
+    price: torch.Tensor,
+    params: tuple[float, ...],
+    maturities: torch.Tensor,
+    ratios: torch.Tensor,
+    floor: float,
+) -> float:
+    """Largest implied-vol gap (bp) between OTM prices over F ``price`` (M, Q) at strikes ``ratios``
+    (Q,) and maturities (M,) and QuantLib's adaptive engine, over quotes worth more than ``floor``."""
+    m, q = price.shape
+    ratio, t = ratios.expand(m, q), maturities.unsqueeze(-1).expand(m, q)
+    reference = torch.tensor(ql_heston_price(
+        forward=1.0, strike=ratio.numpy(), maturity=t.numpy(), is_call=(ratio >= 1).numpy(),
+        **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params, strict=True)),
+        engine="reference"))  # fmt: skip
+    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
+            for p in (price, reference)]  # fmt: skip
+    meaningful = reference > floor
+    assert bool(meaningful[0].any())  # the first (shortest) expiry is tested
+    return float(((vols[0] - vols[1]).abs() * 1e4)[meaningful].max())
 
 
 @pytest.mark.parametrize(
@@ -98,18 +121,8 @@ RATIOS = torch.tensor([0.7, 0.85, 1.0, 1.15, 1.4], dtype=F64)
 def test_lewis_surface_prices_match_quantlib_adaptive(params: tuple[float, ...]) -> None:
     grid = SurfaceGrid(MATURITIES, torch.log(RATIOS).expand(1, 4, 5).clone(), 256)
     b = normalized_otm(grid, torch.tensor([params], dtype=F64)).reshape(4, 5)
-    t = MATURITIES[0].unsqueeze(-1).expand(4, 5)
-    ratio = RATIOS.expand(4, 5)
-    price = torch.sqrt(ratio) * b
-    reference = ql_heston_price(forward=1.0, strike=ratio.numpy(), maturity=t.numpy(),
-                                **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params,
-                                           strict=True)),
-                                is_call=(ratio >= 1).numpy(), engine="reference")  # fmt: skip
-    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
-            for p in (price, torch.tensor(reference))]  # fmt: skip
-    meaningful = torch.tensor(reference) > 1e-7
-    error_bp = ((vols[0] - vols[1]).abs() * 1e4)[meaningful]
-    assert float(error_bp.max()) < 1e-2
+    price = torch.sqrt(RATIOS) * b
+    assert _max_error_vs_quantlib_bp(price, params, MATURITIES[0], RATIOS, 1e-7) < 1e-2
 
 
 @pytest.mark.parametrize(
@@ -120,22 +133,10 @@ def test_short_low_variance_expiries_match_quantlib(params: tuple[float, ...]) -
     # U runs to thousands: without the Black-Scholes control variate, 256 nodes gave negative
     # 7-day ATM prices and errors of hundreds of bp (the peak of 1 / (u^2 + 1/4) at u = 0)
     maturities = torch.tensor([[7 / 365, 14 / 365, 30 / 365]], dtype=F64)
-    ratios = torch.tensor([0.9, 0.95, 1.0, 1.05, 1.1], dtype=F64)
-    grid = SurfaceGrid(maturities, torch.log(ratios).expand(1, 3, 5).clone(), 256)
-    x = torch.tensor([params], dtype=F64)
-    price = torch.sqrt(ratios) * normalized_otm(grid, x).reshape(3, 5)
-    t = maturities[0].unsqueeze(-1).expand(3, 5)
-    ratio = ratios.expand(3, 5)
-    reference = ql_heston_price(forward=1.0, strike=ratio.numpy(), maturity=t.numpy(),
-                                **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params,
-                                           strict=True)),
-                                is_call=(ratio >= 1).numpy(), engine="reference")  # fmt: skip
-    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
-            for p in (price, torch.tensor(reference))]  # fmt: skip
-    meaningful = torch.tensor(reference) > 1e-6
-    assert bool(meaningful[0].any())  # the 7-day smile is tested
-    error_bp = ((vols[0] - vols[1]).abs() * 1e4)[meaningful]
-    assert float(error_bp.max()) < 2e-2
+    grid = SurfaceGrid(maturities, torch.log(SHORT_RATIOS).expand(1, 3, 5).clone(), 256)
+    b = normalized_otm(grid, torch.tensor([params], dtype=F64)).reshape(3, 5)
+    price = torch.sqrt(SHORT_RATIOS) * b
+    assert _max_error_vs_quantlib_bp(price, params, maturities[0], SHORT_RATIOS, 1e-6) < 2e-2
 
 
 @pytest.mark.parametrize("grouped", [True, False])
@@ -160,15 +161,10 @@ def test_each_surface_gets_its_own_node_count(
     counts = node_counts(grid, x, upper_limits(grid, x))
     assert counts[0] == 256 and counts[1] > 256  # the short surface's wide smile oscillates
     b, jacobian = normalized_otm_and_jacobian(grid, x)
-    t, ratio = short[0][0].unsqueeze(-1).expand(3, 5), RATIOS.expand(3, 5)
-    reference = torch.tensor(ql_heston_price(
-        forward=1.0, strike=ratio.numpy(), maturity=t.numpy(), is_call=(ratio >= 1).numpy(),
-        **dict(zip(("v0", "kappa", "theta", "sigma", "rho"), short[1].tolist(), strict=True)),
-        engine="reference"))  # fmt: skip
-    vols = [black_implied_vol(price=p, forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1)
-            for p in (torch.sqrt(ratio) * b[1].reshape(3, 5), reference)]  # fmt: skip
-    meaningful = reference > 1e-6
-    assert float(((vols[0] - vols[1]).abs() * 1e4)[meaningful].max()) < 2e-2
+    price = torch.sqrt(RATIOS) * b[1].reshape(3, 5)
+    assert (
+        _max_error_vs_quantlib_bp(price, tuple(short[1].tolist()), short[0][0], RATIOS, 1e-6) < 2e-2
+    )
     torch.testing.assert_close(b, normalized_otm(grid, x), rtol=1e-13, atol=1e-16)
     for i in range(3):
         one = grid.select(torch.tensor([i]))
