@@ -146,7 +146,7 @@ def test_each_surface_gets_its_own_node_count(
     # long expiries keep 256 nodes; in a batch with a short, low-variance surface, the batch's
     # prices and Jacobian are those of the surfaces one by one: exactly when the surfaces are
     # grouped by node count (large grids), to quadrature accuracy when all take the largest count
-    monkeypatch.setattr(_heston_lewis, "_GROUP_ABOVE", 0 if grouped else 2**17)
+    monkeypatch.setattr(_heston_lewis, "_GROUP_ABOVE", 0 if grouped else 2**30)
     long = (
         torch.tensor([[91 / 365, 1.0, 3.0]], dtype=F64),
         torch.tensor([0.04, 1.5, 0.04, 0.5, -0.7]),
