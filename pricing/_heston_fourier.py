@@ -34,6 +34,7 @@ from pricing._normalized_black import normalized_call
 __all__ = [
     "Contour",
     "choose_contour",
+    "expected_total_variance",
     "little_trap_terms",
     "log_characteristic",
     "otm_integral",
@@ -317,10 +318,11 @@ def _saddle(
     return alpha[0], 1.0 / torch.sqrt(curvature)
 
 
-def _average_variance(
+def expected_total_variance(
     maturity: torch.Tensor, v0: torch.Tensor, kappa: torch.Tensor, theta: torch.Tensor
 ) -> torch.Tensor:
-    """``E[int_0^T v dt]``, the total variance of the Black-Scholes model nearest to Heston."""
+    """``E[int_0^T v dt] = theta T + (v0 - theta) (1 - exp(-kappa T)) / kappa``, the total variance
+    of the Black-Scholes model nearest to Heston. Shape: broadcast of the inputs."""
     return theta * maturity + (v0 - theta) * (-torch.expm1(-kappa * maturity)) / kappa
 
 
@@ -355,7 +357,7 @@ def _contour_fields(
     c_inf = (v0 + kappa * theta * maturity) / sigma
     decay = c_inf * torch.sqrt(1.0 - rho * rho)
     phase = c_inf * rho + k
-    variance = _average_variance(maturity, v0, kappa, theta)
+    variance = expected_total_variance(maturity, v0, kappa, theta)
     gaussian_growth = 2.0 * decay * decay / variance
     limit = 0.5 * torch.acos(torch.clamp(-5.0 / gaussian_growth, -1.0, 1.0)).clamp(max=1.3)
     angle = torch.maximum(torch.minimum(-torch.atan(phase / decay), limit), -limit)

@@ -39,7 +39,12 @@ import torch
 from scipy.special import roots_legendre
 
 from pricing._complex import cadd, cexp, cscale
-from pricing._heston_fourier import _square_plus_iz, little_trap_terms, log_characteristic
+from pricing._heston_fourier import (
+    _square_plus_iz,
+    expected_total_variance,
+    little_trap_terms,
+    log_characteristic,
+)
 
 __all__ = [
     "MAX_NODES",
@@ -88,7 +93,7 @@ def upper_limits(grid: SurfaceGrid, params: torch.Tensor) -> torch.Tensor:
     """
     v0, kappa, theta, sigma, rho = (p.unsqueeze(-1) for p in params.detach().unbind(-1))
     t = grid.maturity
-    variance = theta * t + (v0 - theta) * (-torch.expm1(-kappa * t)) / kappa
+    variance = expected_total_variance(t, v0, kappa, theta)
     rate = ((v0 + kappa * theta * t) / sigma * torch.sqrt(1 - rho * rho)).clamp(min=1e-12)
     exponential = _DECAY / rate
     for _ in range(3):  # fixed point of c U + 2 ln U = D
@@ -205,8 +210,7 @@ def _control_variance(grid: SurfaceGrid, params: torch.Tensor) -> torch.Tensor:
     """Total variance ``w`` of the Black-Scholes control: Heston's expected total variance to
     expiry, ``theta T + (v0 - theta) (1 - exp(-kappa T)) / kappa`` (detached), shape (B, M)."""
     v0, kappa, theta, _, _ = (p.unsqueeze(-1) for p in params.detach().unbind(-1))
-    t = grid.maturity
-    return (theta * t + (v0 - theta) * (-torch.expm1(-kappa * t)) / kappa).clamp(min=1e-12)
+    return expected_total_variance(grid.maturity, v0, kappa, theta).clamp(min=1e-12)
 
 
 def _control_phi(variance: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
