@@ -23,7 +23,7 @@ import torch
 from pricing import black_scholes, payoffs, simulate
 from qfnet.hedging.config import HedgeConfig
 
-__all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "pack", "unpack"]
+__all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance", "pack", "unpack"]
 
 N_FEATURES = 5
 
@@ -173,7 +173,7 @@ class Market:
         if not self.is_heston:
             return self.market.volatility
         m = self.market
-        return math.sqrt(float(_expected_variance(torch.tensor(m.v0), m.maturity, m)))
+        return math.sqrt(float(expected_variance(torch.tensor(m.v0), m.maturity, m)))
 
     def simulate(self, n_paths: int, *, generator: torch.Generator) -> RawPaths:
         """Simulate ``n_paths`` paths (the market's ``dtype``/``device``).
@@ -206,7 +206,7 @@ class Market:
         if not self.is_heston or raw.variance is None:  # no variance observed: initial level
             return raw.spot.new_full((n, self.n_steps), self.initial_vol)
         tau = self.time_grid[-1] - self.time_grid[:-1]  # (T,)
-        return _expected_variance(raw.variance[:, :-1], tau, self.market).sqrt()
+        return expected_variance(raw.variance[:, :-1], tau, self.market).sqrt()
 
     def data(self, raw: RawPaths) -> HedgeData:
         """Instrument prices, payoff, features and reference hedge for ``raw`` paths."""
@@ -272,7 +272,7 @@ class Market:
         realised = torch.cumsum(0.5 * (v[:, 1:] + v[:, :-1]) * dt, dim=1)  # (N, T)
         realised = torch.cat([torch.zeros_like(v[:, :1]), realised], dim=1)  # (N, T+1)
         remaining = grid[-1] - grid  # (T+1,)
-        future = _expected_variance(v, remaining, m) * remaining
+        future = expected_variance(v, remaining, m) * remaining
         price = (realised + future) / m.maturity * math.exp(-m.rate * m.maturity)
         ratio = vega * m.maturity / (2.0 * vol * tau) * torch.exp(m.rate * tau)
         return price, ratio
@@ -297,9 +297,13 @@ class Market:
         return payoffs.lookback(spot, kind="floating", is_call=d.is_call)
 
 
-def _expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: object) -> torch.Tensor:
+def expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: object) -> torch.Tensor:
     """Heston ``E[(1/tau) int_t^{t+tau} v ds | v_t = v] = theta + (v - theta)(1 - e^{-k tau})/(k tau)``
-    (the limit ``v`` at ``tau = 0``)."""
+    (the limit ``v`` at ``tau = 0``), for market parameters ``m`` (``kappa``, ``theta``).
+
+    Shape:
+        v and tau broadcast; output: their broadcast shape.
+    """
     tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
     kt = m.kappa * tau
     safe = torch.where(kt > 0, kt, torch.ones_like(kt))

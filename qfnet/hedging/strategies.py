@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pricing import black_scholes, heston
-from qfnet.hedging.markets import N_FEATURES, HedgeData, Market
+from qfnet.hedging.markets import N_FEATURES, HedgeData, Market, expected_variance
 from qfnet.nets import GRUPolicy, MLPPolicy, NoTransactionBandNet, clamp_recursion
 
 __all__ = [
@@ -199,8 +199,7 @@ class HestonDelta:
         """Square root of the expected total variance to expiry, ``E[int_t^T v_s ds | v_t = v]``:
         the moneyness scale of the delta (``sqrt(v tau)`` would blow up where ``v`` is near 0
         while the variance reverts to ``theta`` before expiry)."""
-        m = self.market.market
-        return (m.theta * tau + (v - m.theta) * (-torch.expm1(-m.kappa * tau)) / m.kappa).sqrt()
+        return (expected_variance(v, tau, self.market.market) * tau).sqrt()
 
     def _table(
         self, xg: torch.Tensor, vg: torch.Tensor, tau: torch.Tensor, strike: float
