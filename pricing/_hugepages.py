@@ -34,7 +34,7 @@ def empty(
         torch.Size([3, 4])
     """
     count = math.prod(shape)
-    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    nbytes = count * dtype.itemsize
     device = torch.device("cpu") if device is None else torch.device(device)
     if device.type != "cpu" or nbytes < MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=dtype, device=device)
