@@ -142,13 +142,22 @@ def test_tiny_and_near_money_prices_keep_full_relative_precision(strike, maturit
     assert p == pytest.approx(ref, rel=1e-12)
 
 
+def _log_uniform_cases(
+    seed: int, n: int, x_max: float, maturities: tuple[float, float], vols: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` log-moneyness values uniform on ``[-x_max, x_max]``, maturities and vols log-uniform
+    on the given ranges (float64)."""
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(rng.uniform(-x_max, x_max, n))
+    maturity = torch.as_tensor(np.exp(rng.uniform(*map(math.log, maturities), n)))
+    vol = torch.as_tensor(np.exp(rng.uniform(*map(math.log, vols), n)))
+    return x, maturity, vol
+
+
 @pytest.mark.parametrize("is_call", [True, False])
 def test_implied_vol_round_trip_to_near_machine_precision(is_call):
-    rng = np.random.default_rng(4)
     n = 20000
-    x = torch.as_tensor(rng.uniform(-4.0, 4.0, n))
-    maturity = torch.as_tensor(np.exp(rng.uniform(math.log(1 / 365), math.log(30.0), n)))
-    vol = torch.as_tensor(np.exp(rng.uniform(math.log(0.01), math.log(3.0), n)))
+    x, maturity, vol = _log_uniform_cases(4, n, 4.0, (1 / 365, 30.0), (0.01, 3.0))
     forward, strike = torch.ones(n, dtype=torch.float64), torch.exp(-x)
     p = bs.black_price(
         forward=forward, strike=strike, maturity=maturity, volatility=vol, is_call=is_call
@@ -182,11 +191,8 @@ def test_implied_vol_round_trip_to_near_machine_precision(is_call):
 def test_implied_vol_from_a_given_start_is_the_same_root(start_factor):
     # A start near the root (a model price near a market quote), far from it, or unusable (NaN,
     # negative: the closed-form guess takes over) must give the root the guess gives.
-    rng = np.random.default_rng(7)
     n = 4000
-    x = torch.as_tensor(rng.uniform(-1.5, 1.5, n))
-    maturity = torch.as_tensor(np.exp(rng.uniform(math.log(7 / 365), math.log(10.0), n)))
-    vol = torch.as_tensor(np.exp(rng.uniform(math.log(0.05), math.log(1.5), n)))
+    x, maturity, vol = _log_uniform_cases(7, n, 1.5, (7 / 365, 10.0), (0.05, 1.5))
     strike, is_call = torch.exp(-x), x < 0
     p = bs.black_price(forward=1.0, strike=strike, maturity=maturity, volatility=vol,
                        is_call=is_call)  # fmt: skip
