@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -32,6 +33,7 @@ from pricing._simulate_checks import (
     check_steps,
 )
 from pricing._simulate_steps import (
+    EulerStep,
     HestonStep,
     heston_euler_step,
     heston_qe_step,
@@ -208,13 +210,18 @@ def heston_chunks(
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
-    _check_per_path(n_paths, spot=spot, v0=v0)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
-    steps = [
-        HestonStep.build(dt, kappa=kappa, theta=theta, sigma=sigma, rho=rho, drift=rate - dividend)
-        for dt in grid.diff().tolist()
-    ]
+    model = {"kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
+    if scheme == "qe":
+        _check_float_params(model)
+    _check_per_path(n_paths, spot=spot, v0=v0, **model)
+    dts = grid.diff().tolist()
+    params_need_grad = any(isinstance(p, torch.Tensor) and p.requires_grad for p in model.values())
+    if scheme == "euler":  # parameters stay as given (tensors: per path, or with a graph)
+        steps = [EulerStep(dt, float(rate - dividend) * dt, **_as_floats(model)) for dt in dts]
+    else:
+        steps = [HestonStep.build(dt, **model, drift=rate - dividend) for dt in dts]
     step_fn = _heston_step_fn(scheme, compile)
     if compile and any(isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, v0)):
         raise ValueError("compile=True has no autograd: spot and v0 must not require grad")
@@ -240,9 +247,11 @@ def heston_chunks(
             x = torch.zeros_like(log_s[0])
             v = x + v0_c  # (C,); a per-path v0 tensor keeps its graph (pathwise dV/dv0)
             log_s[0], var[0] = x, v
+            chunk_steps = _chunk_steps(steps, model, start, stop, n_paths, dtype, grid.device)
+            graph = v.requires_grad or params_need_grad
             # with a graph (pathwise greeks) autograd keeps the normals: copy them out of the buffer
-            for i, (zv, zx) in enumerate(step_normals(slabs, copy=v.requires_grad), start=1):
-                x, v = step_fn(x, v, zv, zx, steps[i - 1])
+            for i, (zv, zx) in enumerate(step_normals(slabs, copy=graph), start=1):
+                x, v = step_fn(x, v, zv, zx, chunk_steps[i - 1])
                 log_s[i], var[i] = x, v
             if s0.requires_grad or log_s.requires_grad:  # exp_ + mul_ breaks autograd
                 spot_paths = s0 * log_s.exp()
@@ -376,6 +385,48 @@ def _grid(
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {dtype}")
     return time_grid(n_steps, maturity, grid=grid, dtype=dtype, device=device)
+
+
+def _check_float_params(model: dict[str, Scalar]) -> None:
+    """QE precomputes its step constants as floats: refuse per-path or differentiable parameters."""
+    for name, value in model.items():
+        if isinstance(value, torch.Tensor) and (value.numel() > 1 or value.requires_grad):
+            raise ValueError(
+                f"{name}: scheme='qe' takes one float value without autograd (its step constants "
+                "are precomputed, and its branch switch biases pathwise parameter derivatives); "
+                "use scheme='euler' for per-path or differentiable model parameters"
+            )
+
+
+def _as_floats(model: dict[str, Scalar]) -> dict[str, Scalar]:
+    """Plain numbers and one-element tensors without a graph as floats; other tensors as given."""
+    return {
+        name: float(value)
+        if not isinstance(value, torch.Tensor) or (value.numel() == 1 and not value.requires_grad)
+        else value
+        for name, value in model.items()
+    }
+
+
+def _chunk_steps(
+    steps: list,
+    model: dict[str, Scalar],
+    start: int,
+    stop: int,
+    n_paths: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list:
+    """The steps of paths ``[start, stop)``: Euler steps get the chunk's slice of per-path
+    parameters (other steps, and steps without tensor parameters, are shared)."""
+    tensors = {
+        name: torch.as_tensor(_per_path(value, start, stop, n_paths), dtype=dtype, device=device)
+        for name, value in _as_floats(model).items()
+        if isinstance(value, torch.Tensor)
+    }
+    if not tensors or not steps or not isinstance(steps[0], EulerStep):
+        return steps
+    return [replace(step, **tensors) for step in steps]
 
 
 def _check_per_path(n_paths: int, **values: Scalar) -> None:

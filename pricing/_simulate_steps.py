@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "PSI_C",
+    "EulerStep",
     "HestonStep",
     "heston_euler_step",
     "heston_qe_step",
@@ -190,17 +191,44 @@ def qe_drift(
     return torch.where(valid, corrected, c.drift + c.k0 + c.k1 * v)
 
 
+@dataclass(frozen=True)
+class EulerStep:
+    """One full-truncation Euler step: its length and the model parameters as given.
+
+    Unlike :class:`HestonStep` nothing is converted to ``float``: ``kappa, theta, sigma, rho`` may
+    be tensors, one value per path (C,), that require grad (pathwise derivatives in the model
+    parameters, :func:`pricing.mc_greeks.heston_pathwise_greeks`).
+
+    Attributes:
+        dt: step length.
+        drift: ``(rate - dividend) * dt``.
+        kappa, theta, sigma, rho: model parameters, floats or tensors broadcasting against (C,).
+    """
+
+    dt: float
+    drift: float
+    kappa: float | torch.Tensor
+    theta: float | torch.Tensor
+    sigma: float | torch.Tensor
+    rho: float | torch.Tensor
+
+
 def heston_euler_step(
-    x: torch.Tensor, v: torch.Tensor, zv: torch.Tensor, zx: torch.Tensor, c: HestonStep
+    x: torch.Tensor, v: torch.Tensor, zv: torch.Tensor, zx: torch.Tensor, c: EulerStep | HestonStep
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-truncation Euler step: ``v^+ = max(v, 0)`` in drift and diffusion, log-Euler spot.
+
+    Differentiable in the state and in tensor parameters of ``c``: the square root is taken of
+    ``max(v^+ dt, tiny)``, so a variance of exactly 0 (``v0 = 0``) passes a zero gradient through
+    it instead of the infinite slope of the square root at 0 (the value moves by at most
+    ``sqrt(tiny)``, about 1e-154 in float64).
 
     Args:
         x: log spot relative to the initial spot.
         v: variance state (may be negative; only ``v^+`` enters the dynamics).
         zv: normals driving the variance.
         zx: independent normals; the spot's normal is ``rho zv + sqrt(1 - rho^2) zx``.
-        c: step constants.
+        c: step length and parameters.
 
     Shape:
         All tensors (C,).
@@ -209,9 +237,13 @@ def heston_euler_step(
         Lord, Koekkoek and van Dijk (2010), Quant. Finance 10(2), section 3 (full truncation).
     """
     vp = v.clamp_min(0.0)
-    sqrt_vdt = (vp * c.dt).sqrt()
+    sqrt_vdt = (vp * c.dt).clamp_min(torch.finfo(v.dtype).tiny).sqrt()
     v_next = v + c.kappa * (c.theta - vp) * c.dt + c.sigma * sqrt_vdt * zv
-    z_spot = c.rho * zv + math.sqrt(max(1.0 - c.rho * c.rho, 0.0)) * zx
+    if isinstance(c.rho, torch.Tensor):
+        rho_bar = (1.0 - c.rho * c.rho).clamp_min(0.0).sqrt()
+    else:
+        rho_bar = math.sqrt(max(1.0 - c.rho * c.rho, 0.0))
+    z_spot = c.rho * zv + rho_bar * zx
     x_next = x + c.drift - 0.5 * vp * c.dt + sqrt_vdt * z_spot
     return x_next, v_next
 

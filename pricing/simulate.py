@@ -152,16 +152,19 @@ def heston(
     ``v0`` may be scalars or tensors of shape (N,) (one value per path, e.g. to get per-path
     pathwise derivatives by autograd, as :func:`pricing.mc_greeks.heston_pathwise_greeks` does);
     gradients flow to them through the eager steps (``compile=True`` is not meant for autograd).
+    With ``scheme="euler"`` so may ``kappa, theta, sigma, rho``; QE takes them as plain numbers (its
+    step constants are precomputed, and its branch switch would bias their pathwise derivatives),
+    and refuses per-path or differentiable ones by name.
 
     Args:
         n_paths: number of paths N.
         n_steps: number of time steps T (or give ``time_grid``).
         spot: initial price, > 0, scalar or (N,).
         v0: initial variance, >= 0, scalar or (N,).
-        kappa: mean-reversion speed, > 0.
-        theta: long-run variance, > 0.
-        sigma: volatility of variance, > 0.
-        rho: spot/variance correlation in [-1, 1].
+        kappa: mean-reversion speed, > 0 (Euler: scalar or (N,)).
+        theta: long-run variance, > 0 (Euler: scalar or (N,)).
+        sigma: volatility of variance, > 0 (Euler: scalar or (N,)).
+        rho: spot/variance correlation in [-1, 1] (Euler: scalar or (N,)).
         maturity: horizon in years (or give ``time_grid``).
         rate: continuously compounded risk-free rate.
         dividend: continuously compounded dividend yield.

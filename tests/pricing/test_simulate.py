@@ -224,6 +224,35 @@ def test_heston_qe_pathwise_derivative_in_v0_matches_central_differences() -> No
     torch.testing.assert_close(d_spot, mid / HESTON["spot"], rtol=1e-12, atol=0.0)
 
 
+def test_euler_takes_per_path_model_parameters_chunk_by_chunk() -> None:
+    # two kappas, one per half of the paths: each half equals its own scalar-kappa simulation
+    n, args = 2048, {**HESTON, "scheme": "euler"}
+    kappa = torch.cat([torch.full((1024,), 0.5), torch.full((1024,), 3.0)]).double()
+    mixed = simulate.heston(n, 8, **{**args, "kappa": kappa}, generator=_gen(), chunk_size=1024)
+    for half, value in ((slice(0, 1024), 0.5), (slice(1024, n), 3.0)):
+        alone = simulate.heston(n, 8, **{**args, "kappa": value}, generator=_gen())
+        torch.testing.assert_close(mixed.spot[half], alone.spot[half], rtol=0.0, atol=0.0)
+        torch.testing.assert_close(mixed.variance[half], alone.variance[half], rtol=0.0, atol=0.0)
+
+
+def test_euler_gradients_stay_finite_from_zero_variance() -> None:
+    # sqrt(v dt) has an infinite slope at v = 0: without the floor every gradient here was inf
+    v0 = torch.zeros(64, dtype=torch.float64, requires_grad=True)
+    paths = simulate.heston(64, 4, **{**HESTON, "v0": v0}, scheme="euler", generator=_gen())
+    (grad,) = torch.autograd.grad(paths.spot[:, -1].sum(), v0)
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_qe_refuses_per_path_or_differentiable_model_parameters_by_name() -> None:
+    kappa = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"kappa: scheme='qe'.*scheme='euler'"):
+        simulate.heston(8, 2, **{**HESTON, "kappa": kappa})
+    with pytest.raises(ValueError, match="rho: scheme='qe'"):
+        simulate.heston(8, 2, **{**HESTON, "rho": torch.full((8,), -0.5)})
+    with pytest.raises(ValueError, match="theta has 3 values for 8 paths"):
+        simulate.heston(8, 2, **{**HESTON, "theta": torch.full((3,), 0.04)}, scheme="euler")
+
+
 def test_heston_per_path_v0_sets_the_first_column_and_is_checked_elementwise() -> None:
     v0 = torch.linspace(0.01, 0.09, 4, dtype=torch.float64)
     paths = simulate.heston(4, 2, **{**HESTON, "v0": v0}, generator=_gen())
