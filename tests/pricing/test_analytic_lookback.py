@@ -1,0 +1,87 @@
+"""Closed-form lookback options: Haug's published values, limits, Monte Carlo, bad input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pandas as pd
+import pytest
+import torch
+
+from pricing import black_scholes
+from pricing.analytic_lookback import lookback_price
+from pricing.payoffs import lookback as lookback_payoff
+from pricing.simulate import gbm, time_grid
+
+
+def test_every_published_case(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    table = reference_table("lookback_prices.csv")
+    for row in table.itertuples():
+        price = lookback_price(
+            spot=row.spot, running_extremum=row.running_extremum, maturity=row.maturity_years,
+            volatility=row.volatility, rate=row.rate, dividend=row.dividend_yield,
+            kind=row.lookback, is_call=row.option_type == "call",
+            strike=None if row.lookback == "floating" else row.strike,
+        )  # fmt: skip
+        assert abs(price.item() - row.expected_price) <= row.tolerance_abs, row.case_id
+
+
+@pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
+@pytest.mark.parametrize("kind", ["floating", "fixed"])
+def test_zero_carry_is_the_limit_of_small_carry(kind: str, is_call: bool) -> None:
+    # r = q: the sigma^2 / (2 b) terms are 0/0; the price is continuous in b
+    args = {"spot": 100.0, "running_extremum": 100.0, "maturity": 0.5, "volatility": 0.3,
+            "kind": kind, "is_call": is_call, "strike": None if kind == "floating" else 95.0}  # fmt: skip
+    at_zero = lookback_price(**args, rate=0.04, dividend=0.04).item()
+    near = [lookback_price(**args, rate=0.04, dividend=0.04 + e).item() for e in (1e-4, -1e-4)]
+    assert at_zero == pytest.approx(0.5 * sum(near), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "is_call", "strike"),
+    [("floating", True, None), ("floating", False, None), ("fixed", True, 105.0),
+     ("fixed", False, 95.0)],
+)  # fmt: skip
+def test_seasoned_prices_match_monte_carlo_with_continuous_monitoring(
+    kind: str, is_call: bool, strike: float | None
+) -> None:
+    # the path extremum between grid dates is drawn from the Brownian bridge: continuous monitoring
+    spot, t, vol, rate = 100.0, 0.25, 0.3, 0.05
+    extremum = 92.0 if is_call == (kind == "floating") else 108.0
+    paths = gbm(100_000, 8, spot=spot, maturity=t, volatility=vol, rate=rate,
+                generator=torch.Generator().manual_seed(7))  # fmt: skip
+    payoff = lookback_payoff(paths, kind=kind, is_call=is_call, strike=strike,
+                             running_extremum=extremum, time_grid=time_grid(8, t), volatility=vol,
+                             generator=torch.Generator().manual_seed(8))  # fmt: skip
+    payoff = payoff * math.exp(-rate * t)
+    mc, se = payoff.mean().item(), payoff.std().item() / len(payoff) ** 0.5
+    price = lookback_price(spot=spot, running_extremum=extremum, maturity=t, volatility=vol,
+                           rate=rate, kind=kind, is_call=is_call, strike=strike).item()  # fmt: skip
+    assert abs(price - mc) <= 4 * se, (price, mc, se)
+
+
+def test_fixed_call_is_at_least_the_european_call() -> None:
+    strike = torch.linspace(80.0, 130.0, 11, dtype=torch.float64)
+    fixed = lookback_price(spot=100.0, running_extremum=100.0, maturity=1.0, volatility=0.2,
+                           rate=0.03, kind="fixed", strike=strike)  # fmt: skip
+    european = black_scholes.price(spot=100.0, strike=strike, maturity=1.0, volatility=0.2,
+                                   rate=0.03)  # fmt: skip
+    assert bool((fixed >= european).all())
+    assert bool((fixed.diff() < 0).all())  # decreasing in strike
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kind": "partial"}, "kind"),
+        ({"strike": 100.0}, "strike"),
+        ({"running_extremum": 110.0}, "running_extremum must be the minimum"),
+        ({"volatility": 0.0}, "volatility"),
+        ({"spot": float("inf")}, "spot"),
+    ],
+)
+def test_bad_input_names_the_field(kwargs: dict, match: str) -> None:
+    args = {"spot": 100.0, "running_extremum": 95.0, "maturity": 1.0, "volatility": 0.2}
+    with pytest.raises(ValueError, match=match):
+        lookback_price(**{**args, **kwargs})

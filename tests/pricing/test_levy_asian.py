@@ -1,0 +1,71 @@
+"""Levy's arithmetic Asian approximation: Haug's published values, parity, seasoning, bad input."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pandas as pd
+import pytest
+import torch
+
+from pricing.analytic_exotics import levy_asian_price
+
+
+def test_every_published_case(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    table = reference_table("asian_prices.csv")
+    table = table[table.average == "arithmetic"]
+    assert len(table) == 20 and bool((table.elapsed_years > 0).any())  # seasoned cases included
+    for row in table.itertuples():
+        price = levy_asian_price(
+            spot=row.spot, strike=row.strike, maturity=row.maturity_years,
+            volatility=row.volatility, rate=row.rate, dividend=row.dividend_yield,
+            is_call=row.option_type == "call", running_average=row.running_average,
+            elapsed=row.elapsed_years,
+        )  # fmt: skip
+        assert abs(price.item() - row.expected_price) <= row.tolerance_abs, row.case_id
+
+
+def test_call_minus_put_is_the_seasoned_forward() -> None:
+    strike = torch.linspace(60.0, 140.0, 9, dtype=torch.float64)
+    args = {"spot": 100.0, "strike": strike, "maturity": 0.5, "volatility": 0.3, "rate": 0.05,
+            "dividend": 0.01, "running_average": 90.0, "elapsed": 0.25}  # fmt: skip
+    call, put = levy_asian_price(**args), levy_asian_price(**args, is_call=False)
+    # S_E = S e^{-rT2} (e^{bT2} - 1) / (b T): the discounted expected remaining average
+    s_e = 100.0 * math.exp(-0.05 * 0.5) * math.expm1(0.04 * 0.5) / (0.04 * 0.75)
+    forward = s_e - (strike - 90.0 * 0.25 / 0.75) * math.exp(-0.05 * 0.5)
+    torch.testing.assert_close(call - put, forward, rtol=1e-12, atol=1e-12)
+    assert bool((call.diff() < 0).all()) and bool((put.diff() > 0).all())
+
+
+def test_a_strike_covered_by_the_past_average_makes_the_call_a_forward() -> None:
+    # seasoned strike 100 - 160 * 0.5 / 0.75 < 0: the call pays the average minus the strike
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 0.25, "volatility": 0.3, "rate": 0.05,
+            "running_average": 160.0, "elapsed": 0.5}  # fmt: skip
+    call, put = levy_asian_price(**args), levy_asian_price(**args, is_call=False)
+    assert put.item() == 0.0
+    seasoned = 100.0 - 160.0 * 0.5 / 0.75
+    s_e = 100.0 * math.expm1(0.05 * 0.25) / (0.05 * 0.75)
+    expected = math.exp(-0.05 * 0.25) * (s_e - seasoned)
+    assert call.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_zero_carry_is_the_limit_of_small_carry() -> None:
+    # (e^{bT} - 1) / b at b = 0 is T; a carry of 1e-9 either side must not move the price
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 0.5, "volatility": 0.2, "rate": 0.03}
+    at_zero = levy_asian_price(**args, dividend=0.03).item()
+    near = [levy_asian_price(**args, dividend=0.03 + e).item() for e in (1e-4, -1e-4)]
+    assert at_zero == pytest.approx(0.5 * sum(near), rel=1e-6)
+    tiny = [levy_asian_price(**args, dividend=0.03 + e).item() for e in (1e-9, -1e-9)]
+    assert tiny == pytest.approx([at_zero, at_zero], rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"spot": -1.0}, "spot"), ({"volatility": 0.0}, "volatility"), ({"elapsed": -0.1}, "elapsed"),
+     ({"running_average": float("nan")}, "running_average"), ({"maturity": 0.0}, "maturity")],
+)  # fmt: skip
+def test_bad_input_names_the_field(kwargs: dict, field: str) -> None:
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 0.5, "volatility": 0.2}
+    with pytest.raises(ValueError, match=field):
+        levy_asian_price(**{**args, **kwargs})
