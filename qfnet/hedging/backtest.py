@@ -1,9 +1,10 @@
 """Backtest every strategy on the same test paths and write ``report.json`` with bootstrap CIs.
 
 The report has one entry per strategy (``learned``, ``delta``, ``no_hedge``, ``whalley_wilmott``
-and, under Heston, ``heston_delta``; their names listed under ``strategies``) with ``mean, std,
-var95, es95, es99, entropic`` of the P&L (VaR/ES of the loss ``-pnl``), the mean ``turnover``
-and ``cost`` per path, and ``ci95``: percentile bootstrap intervals of each risk metric. Also
+and, under Heston with a European option, ``heston_delta``; their names listed under
+``strategies``) with ``mean, std, var95, es95, es99, entropic`` of the P&L (VaR/ES of the loss
+``-pnl``), the mean ``turnover`` and ``cost`` per path, and ``ci95``: percentile bootstrap
+intervals of each risk metric. Also
 ``n_paths``, ``config`` and ``es95_vs_delta``: each strategy's ES95 relative to the delta hedge
 with a paired bootstrap interval.
 """
@@ -127,8 +128,8 @@ def _strategies(
     out["delta"] = BlackScholesDelta()
     out["no_hedge"] = NoHedge()
     out["whalley_wilmott"] = WhalleyWilmott(market, ww_risk_aversion)
-    if market.is_heston:
-        out["heston_delta"] = HestonDelta(market)
+    if market.is_heston and market.config.derivative.type == "european":
+        out["heston_delta"] = HestonDelta(market)  # European deltas only
     return out
 
 

@@ -5,6 +5,10 @@ instrument prices, the discounted payoff, the observable features a policy sees 
 Black-Scholes reference hedge. Everything a policy does not change is computed once here, so
 training only evaluates the policy and the P&L.
 
+The reference hedge is the Black-Scholes delta at the implied-vol proxy: of the European option, or
+of the path-dependent one given the path so far (:mod:`qfnet.hedging.deltas`). The features and the
+variance-swap hedge ratio use the European option's greeks for every derivative.
+
 Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))``, ``tau / T``,
 ``sigma_hat / sigma0 - 1`` (implied-vol proxy), ``d1`` clipped to [-6, 6] (moneyness in
 standard deviations), and the Whalley-Wilmott band scale ``(cost S Gamma^2)^(1/3)`` scaled by 10.
@@ -22,6 +26,7 @@ import torch
 
 from pricing import black_scholes, payoffs, simulate
 from qfnet.hedging.config import HedgeConfig
+from qfnet.hedging.deltas import path_dependent_delta
 
 __all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance", "pack", "unpack"]
 
@@ -223,7 +228,11 @@ class Market:
             volatility=vol, rate=m.rate, dividend=m.dividend,
             is_call=self.config.derivative.is_call,
         )  # fmt: skip
-        reference = [g.delta]
+        d = self.config.derivative
+        if d.type == "european":
+            reference = [g.delta]
+        else:  # the path so far matters: running average, extremum or barrier status
+            reference = [path_dependent_delta(d, spot, grid, vol, rate=m.rate, dividend=m.dividend)]
         if "variance_swap" in m.instruments:
             swap, ratio = self._variance_swap(raw, g.vega, vol, tau)
             prices.append(swap)

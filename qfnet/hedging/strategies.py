@@ -145,7 +145,8 @@ class WhalleyWilmott:
 
 
 class HestonDelta:
-    """Heston model delta ``dV/dS`` at the current (model) variance, underlying only.
+    """Heston model delta ``dV/dS`` of a European option at the current (model) variance,
+    underlying only.
 
     The variance is recovered from the implied-vol proxy (an invertible function of it). Deltas
     come from the semi-analytic pricer (:func:`pricing.heston.delta`) on a per-step table in
@@ -170,6 +171,11 @@ class HestonDelta:
     def __init__(self, market: Market, n_moneyness: int = 141, n_variance: int = 13) -> None:
         if not market.is_heston:
             raise ValueError("HestonDelta needs a market with model: heston")
+        if market.config.derivative.type != "european":
+            raise ValueError(
+                "HestonDelta hedges European options only; derivative.type is "
+                f"{market.config.derivative.type!r} (its Black-Scholes delta is the 'delta' baseline)"
+            )
         self.market, self.nx, self.nv = market, n_moneyness, n_variance
 
     def variance(self, data: HedgeData) -> torch.Tensor:

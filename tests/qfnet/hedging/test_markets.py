@@ -95,6 +95,10 @@ def test_heston_delta_table_matches_the_pricer() -> None:
         kappa=2.0, theta=0.04, sigma=0.5, rho=-0.7,
     )  # fmt: skip
     torch.testing.assert_close(positions, direct, rtol=0, atol=2e-3)
+    asian = Market(config_from_dict({"market": {"n_steps": 10, **HESTON},
+                                     "derivative": {"type": "asian"}}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"European options only; derivative\.type is 'asian'"):
+        HestonDelta(asian)
 
 
 def test_baselines_behave_as_expected() -> None:
