@@ -130,6 +130,10 @@ def levy_asian_price(
         running_average: average of the elapsed part of the period, >= 0.
         elapsed: years of the averaging period already past, >= 0.
 
+    The formula is evaluated in float64 whatever the inputs' dtype (the result has the first
+    tensor argument's dtype): the second moment subtracts two numbers about ``2 / (sigma^2 T)``
+    times larger than their difference, and float32 then gave negative variances (NaN).
+
     Shape:
         Output: the broadcast shape of the tensor arguments.
 
@@ -144,8 +148,9 @@ def levy_asian_price(
         >>> round(float(p), 4)  # Haug (1998), p. 100
         0.0944
     """
-    s, k, t2, vol, average, past = as_tensors(spot, strike, maturity, volatility,
-                                              running_average, elapsed)  # fmt: skip
+    tensors = as_tensors(spot, strike, maturity, volatility, running_average, elapsed)
+    dtype = tensors[0].dtype  # of the result; the formula runs in float64 (see the docstring)
+    s, k, t2, vol, average, past = (v.to(torch.float64) for v in tensors)
     for name, value in (("spot", s), ("strike", k), ("maturity", t2), ("volatility", vol)):
         if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
             raise ValueError(f"{name} must be positive and finite")
@@ -171,8 +176,8 @@ def levy_asian_price(
     forward_value = forward - seasoned * discount  # the call when the seasoned strike is <= 0
     call = torch.where(positive, call, forward_value)
     if is_call:
-        return call
-    return torch.where(positive, call - forward_value, torch.zeros_like(call))
+        return call.to(dtype)
+    return torch.where(positive, call - forward_value, torch.zeros_like(call)).to(dtype)
 
 
 def _expm1_ratio(x: torch.Tensor | float, t: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,10 @@ def lookback_price(
         is_call: call (True) or put (False).
         strike: the fixed strike (``kind="fixed"`` only).
 
+    The formulas are evaluated in float64 whatever the inputs' dtype (the result has the first
+    tensor argument's dtype): their ``sigma^2 / (2 b)`` terms cancel about as many digits as
+    ``|r - q|`` is small, all of float32's near zero carry.
+
     Shape:
         Output: the broadcast shape of the tensor arguments.
 
@@ -68,7 +72,9 @@ def lookback_price(
     if (strike is None) != (kind == "floating"):
         raise ValueError("strike is required for kind='fixed' and not taken for kind='floating'")
     values = (spot, running_extremum, maturity, volatility) + (() if strike is None else (strike,))
-    s, extremum, t, vol, *k = as_tensors(*values)
+    tensors = as_tensors(*values)
+    dtype = tensors[0].dtype  # of the result; the formulas run in float64 (see the docstring)
+    s, extremum, t, vol, *k = (v.to(torch.float64) for v in tensors)
     names = ("spot", "running_extremum", "maturity", "volatility", "strike")
     for name, value in zip(names, (s, extremum, t, vol, *k), strict=False):
         if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
@@ -83,10 +89,10 @@ def lookback_price(
     if abs(carry) < _MIN_CARRY:
         carry = _MIN_CARRY if carry >= 0 else -_MIN_CARRY
     if kind == "floating":
-        return _floating(s, extremum, t, vol, rate, carry, phi)
+        return _floating(s, extremum, t, vol, rate, carry, phi).to(dtype)
     level = torch.maximum(k[0], extremum) if is_call else torch.minimum(k[0], extremum)
     intrinsic = torch.exp(-rate * t) * (phi * (extremum - k[0])).clamp_min(0.0)
-    return intrinsic + _fixed(s, level, t, vol, rate, carry, phi)
+    return (intrinsic + _fixed(s, level, t, vol, rate, carry, phi)).to(dtype)
 
 
 def _parts(s, level, t, vol, rate, carry):

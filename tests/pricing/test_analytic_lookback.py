@@ -38,6 +38,16 @@ def test_zero_carry_is_the_limit_of_small_carry(kind: str, is_call: bool) -> Non
     assert at_zero == pytest.approx(0.5 * sum(near), rel=1e-6)
 
 
+def test_float32_inputs_get_the_float64_price() -> None:
+    # zero carry: the sigma^2 / (2 b) terms cancel every digit float32 has
+    spot = torch.tensor([1.0, 1.1, 1.2], dtype=torch.float32)
+    args = {"running_extremum": 1.0, "maturity": 0.5, "volatility": 0.2}
+    single = lookback_price(spot=spot, **args)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), lookback_price(spot=spot.double(), **args),
+                               rtol=1e-6, atol=0.0)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kind", "is_call", "strike"),
     [("floating", True, None), ("floating", False, None), ("fixed", True, 105.0),

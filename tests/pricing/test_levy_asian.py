@@ -60,6 +60,16 @@ def test_zero_carry_is_the_limit_of_small_carry() -> None:
     assert tiny == pytest.approx([at_zero, at_zero], rel=1e-8)
 
 
+def test_float32_inputs_get_the_float64_price() -> None:
+    spot = torch.tensor([0.9, 1.0, 1.1], dtype=torch.float32)
+    args = {"strike": 1.0, "maturity": 0.5, "volatility": 0.2, "running_average": 1.02,
+            "elapsed": 0.25}  # fmt: skip
+    single = levy_asian_price(spot=spot, **args)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), levy_asian_price(spot=spot.double(), **args),
+                               rtol=1e-6, atol=0.0)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"spot": -1.0}, "spot"), ({"volatility": 0.0}, "volatility"), ({"elapsed": -0.1}, "elapsed"),
