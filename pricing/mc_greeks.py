@@ -145,14 +145,14 @@ def heston_pathwise_greeks(
     check_paths(n_paths)  # before the leaves below are allocated
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
-    model = {"kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
+    values = {"spot": spot, "v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
+    # one leaf per path for each input differentiated (the model parameters only under Euler)
     names = ("spot", "v0", *(MODEL_PARAMETERS if scheme == "euler" else ()))
-    leaves = {name: torch.full((n_paths,), float({"spot": spot, "v0": v0, **model}[name]),
-                               dtype=DEFAULT_DTYPE, requires_grad=True) for name in names}  # fmt: skip
+    leaves = {name: torch.full((n_paths,), float(values[name]), dtype=DEFAULT_DTYPE,
+                               requires_grad=True) for name in names}  # fmt: skip
     chunks = simulate.heston_chunks(
-        n_paths, n_steps, **{"spot": spot, "v0": v0, **model, **leaves}, maturity=maturity,
-        rate=rate, dividend=dividend, scheme=scheme, antithetic=antithetic, generator=generator,
-        chunk_size=chunk_size,
+        n_paths, n_steps, **(values | leaves), maturity=maturity, rate=rate, dividend=dividend,
+        scheme=scheme, antithetic=antithetic, generator=generator, chunk_size=chunk_size,
     )  # fmt: skip
     df = math.exp(-rate * maturity)
     moments = [Moments() for _ in range(1 + len(names))]

@@ -12,8 +12,8 @@ monitored on the hedging grid, so:
   vanilla delta (knock-in) or nothing (knock-out);
 - the Asian's average of the fixings ``t_1 .. t_T`` is approximated by Levy's continuous average
   over ``[0, T]``, seasoned with the fixings so far;
-- the lookback's extremum over the grid dates is priced as a continuously monitored one (which
-  slightly overstates its value; its delta is the quantity hedged).
+- the lookback's extremum over the grid dates is priced as a continuously monitored one (the
+  grid's extremum is the less extreme of the two, so the value is slightly overstated).
 """
 
 from __future__ import annotations
