@@ -103,7 +103,7 @@ def _barrier(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:
     down = d.barrier_type.startswith("down")
     past = spot[:, :-1]
     reached = past <= d.barrier if down else past >= d.barrier
-    hit = torch.cummax(reached.to(torch.uint8), dim=1).values.bool()  # (N, T)
+    hit = torch.cumsum(reached.to(torch.int32), dim=1) > 0  # (N, T): reached by date j
     interval = float(grid[1] - grid[0])  # the hedging grid is uniform
     shifted = discrete_barrier_shift(d.barrier, vol, interval, down=down)
     tau = grid[-1] - grid[:-1]
