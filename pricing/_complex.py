@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Cx", "cadd", "cdiv", "cexp", "cexpm1", "clog1p", "cmul", "cscale", "csqrt"]
+__all__ = ["Cx", "cadd", "cdiv", "cexp", "cexpm1", "cinv", "clog1p", "cmul", "cscale", "csqrt"]
 
 Cx = tuple[torch.Tensor, torch.Tensor]
 """A complex number as its real and imaginary parts."""
@@ -34,6 +34,12 @@ def cdiv(a: Cx, b: Cx) -> Cx:
     """``a / b`` by ``a conj(b) / |b|^2`` (callers keep ``|b|`` within about 1e+-150)."""
     inv = 1.0 / (b[0] * b[0] + b[1] * b[1])
     return (a[0] * b[0] + a[1] * b[1]) * inv, (a[1] * b[0] - a[0] * b[1]) * inv
+
+
+def cinv(a: Cx) -> Cx:
+    """``1 / a`` by ``conj(a) / |a|^2`` (callers keep ``|a|`` within about 1e+-150)."""
+    inv = 1.0 / (a[0] * a[0] + a[1] * a[1])
+    return a[0] * inv, -a[1] * inv
 
 
 def csqrt(a: Cx) -> Cx:
