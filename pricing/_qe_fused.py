@@ -105,7 +105,16 @@ def qe_step_into(
     return x_next
 
 
+_CPU_OPTIONS = {"cpp_wrapper": True, "cpp.threads": 1}
+"""Inductor options of the CPU step: a C++ wrapper, which releases the GIL while the kernel runs,
+so that the background thread drawing the next slab's normals
+(:meth:`pricing._mc_random.NormalSource.slabs`, two or more torch threads) runs at the same time
+(the default Python wrapper holds the GIL: the two alternated); and one thread per kernel, since
+the generator's single stream, not the step, bounds the rate once they overlap."""
+
+
 @functools.cache
-def compiled_qe_step_into() -> Callable[..., torch.Tensor]:
-    """:func:`qe_step_into` through ``torch.compile`` (compiled on first call, once per process)."""
-    return torch.compile(qe_step_into)
+def compiled_qe_step_into(device_type: str = "cpu") -> Callable[..., torch.Tensor]:
+    """:func:`qe_step_into` through ``torch.compile`` for ``device_type`` (compiled on first call,
+    once per process); on the CPU with :data:`_CPU_OPTIONS`."""
+    return torch.compile(qe_step_into, options=_CPU_OPTIONS if device_type == "cpu" else None)

@@ -231,7 +231,7 @@ def heston_chunks(
     )
 
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:
-        for start, stop, slabs in drawn_slabs(source, chunk_size):
+        for start, stop, slabs in drawn_slabs(source, chunk_size, prefetch=compile):
             v0_c = torch.as_tensor(
                 _per_path(v0, start, stop, n_paths), dtype=dtype, device=grid.device
             )
@@ -345,7 +345,7 @@ def _fused_qe_paths(
     var = hugepages.empty(shape, dtype=s0.dtype, device=s0.device)
     spot_paths[0], var[0] = s0, v0
     x = torch.zeros_like(spot_paths[0])
-    step, i = compiled_qe_step_into(), 0
+    step, i = compiled_qe_step_into(s0.device.type), 0
     for slab in slabs:
         for z in slab:
             x = step(x, var[i], z, constants[i], s0, spot_paths[i + 1], var[i + 1])

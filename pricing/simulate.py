@@ -17,9 +17,12 @@ The ``*_chunks`` variants yield ``(slice, paths)`` pairs instead of one tensor, 
 estimators can reduce each chunk and keep memory bounded for any number of paths (the normals of
 one chunk, about 2**23 numbers by default, plus its paths).
 
-Speed: on CPU with ``torch.get_num_threads() >= 2`` the next chunk's normals are drawn in a
-background thread while the current chunk is simulated; ``heston(..., compile=True)`` fuses the QE
-step with ``torch.compile``. Neither changes the numbers (beyond rounding for ``compile``).
+Speed: ``heston(..., compile=True)`` fuses the QE step with ``torch.compile`` into one
+single-threaded kernel that releases the GIL; on CPU with ``torch.get_num_threads() >= 2`` the
+next normals are then drawn in a background thread while the kernel runs (so do ``gbm``'s, chunk
+by chunk). The eager step-by-step simulators use the threads inside each operation instead (a
+drawing thread beside them stalls their OpenMP barriers). None of this changes the numbers
+(beyond rounding for ``compile``).
 """
 
 from __future__ import annotations

@@ -347,9 +347,16 @@ def test_compile_is_refused_for_the_euler_scheme_and_for_autograd() -> None:
         simulate.heston(4, 2, **{**HESTON, "spot": spot}, compile=True)
 
 
-def test_prefetching_with_two_threads_gives_the_same_paths() -> None:
-    single = simulate.heston(3000, 4, **HESTON, generator=_gen(9), chunk_size=1024)
-    torch.set_num_threads(2)  # enables drawing the next chunk in a background thread
-    prefetched = simulate.heston(3000, 4, **HESTON, generator=_gen(9), chunk_size=1024)
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_prefetching_with_two_threads_gives_the_same_paths(
+    monkeypatch: pytest.MonkeyPatch, compile: bool
+) -> None:
+    # slabs of 2 steps; compiled: the next slab is drawn in the background while the kernel, which
+    # releases the GIL, runs the steps of this one (eager: the threads go to each operation)
+    monkeypatch.setattr("pricing._mc_random._SLAB_ELEMENTS", 2**12)
+    kw = {"generator": _gen(9), "chunk_size": 1024, "compile": compile}
+    single = simulate.heston(3000, 40, **HESTON, **kw)
+    torch.set_num_threads(2)
+    prefetched = simulate.heston(3000, 40, **HESTON, **{**kw, "generator": _gen(9)})
     assert torch.equal(single.spot, prefetched.spot)
     assert torch.equal(single.variance, prefetched.variance)
