@@ -17,7 +17,8 @@ path-steps per second against the machine's normal-random-number limit.
    background thread while the compiled step (one thread, GIL released) simulates the current
    one. Each setting also reports its rate per thread against the limit (the limit of one core).
 
-Usage: ``.venv/bin/python benchmarks/bench_mc.py [--quick] [--threads N]``. Last line: JSON.
+Usage: ``.venv/bin/python benchmarks/bench_mc.py [--quick] [--threads N] [--rng-threads 1,2]``.
+Last line: JSON.
 """
 
 from __future__ import annotations
