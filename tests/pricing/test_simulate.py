@@ -358,5 +358,8 @@ def test_prefetching_with_two_threads_gives_the_same_paths(
     single = simulate.heston(3000, 40, **HESTON, **kw)
     torch.set_num_threads(2)
     prefetched = simulate.heston(3000, 40, **HESTON, **{**kw, "generator": _gen(9)})
-    assert torch.equal(single.spot, prefetched.spot)
-    assert torch.equal(single.variance, prefetched.variance)
+    # the same normals; compiled, the two runs may use different specialisations of the kernel
+    # (static or dynamic shapes, depending on what was compiled before), which round apart
+    tol = 1e-12 if compile else 0.0
+    torch.testing.assert_close(prefetched.spot, single.spot, rtol=tol, atol=0.0)
+    torch.testing.assert_close(prefetched.variance, single.variance, rtol=tol, atol=tol)
