@@ -84,6 +84,7 @@ def barrier_price(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     if rebate < 0:
         raise ValueError(f"rebate must be non-negative, got {rebate}")
+    is_call = bool(is_call)  # one flag for all options (numpy and one-element torch bools too)
     s, x, h, t, vol = as_tensors(spot, strike, barrier, maturity, volatility)
     for name, value in (("spot", s), ("strike", x), ("barrier", h), ("maturity", t),
                         ("volatility", vol)):  # fmt: skip

@@ -55,6 +55,14 @@ def test_a_spot_beyond_the_barrier_has_been_hit() -> None:
     torch.testing.assert_close(knock_in, vanilla, rtol=1e-15, atol=0.0)
 
 
+def test_the_call_flag_may_be_a_one_element_tensor() -> None:
+    args = {"spot": 100.0, "strike": 100.0, "barrier": 90.0, "barrier_type": "down_in",
+            "maturity": 1.0, "volatility": 0.2}  # fmt: skip
+    for flag in (True, False):
+        expected = barrier_price(**args, is_call=flag)
+        assert torch.equal(barrier_price(**args, is_call=torch.tensor(flag)), expected)
+
+
 def test_autograd_delta_matches_central_differences() -> None:
     spot = torch.tensor([96.0, 100.0, 110.0], dtype=torch.float64, requires_grad=True)
     args = {"strike": 100.0, "barrier": 95.0, "barrier_type": "down_out", "maturity": 0.5,
