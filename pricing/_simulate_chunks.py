@@ -7,7 +7,7 @@ Each generator validates its inputs, draws one seed from the generator, and yiel
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -215,16 +215,21 @@ def heston_chunks(
     model = {"kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
     if scheme == "qe":
         _check_float_params(model)
+    elif compile:
+        raise ValueError("compile=True is only available for scheme='qe'")
     _check_per_path(n_paths, spot=spot, v0=v0, **model)
-    dts = grid.diff().tolist()
-    params_need_grad = any(isinstance(p, torch.Tensor) and p.requires_grad for p in model.values())
-    if scheme == "euler":  # parameters stay as given (tensors: per path, or with a graph)
-        steps = [EulerStep(dt, float(rate - dividend) * dt, **_as_floats(model)) for dt in dts]
-    else:
-        steps = [HestonStep.build(dt, **model, drift=rate - dividend) for dt in dts]
-    step_fn = _heston_step_fn(scheme, compile)
     if compile and any(isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, v0)):
         raise ValueError("compile=True has no autograd: spot and v0 must not require grad")
+    dts = grid.diff().tolist()
+    params = _as_floats(model)
+    # Euler only (QE refuses them): per-path parameters, or ones with a graph, sliced per chunk
+    tensor_params = {name: p for name, p in params.items() if isinstance(p, torch.Tensor)}
+    params_need_grad = any(p.requires_grad for p in tensor_params.values())
+    if scheme == "euler":
+        steps = [EulerStep(dt, float(rate - dividend) * dt, **params) for dt in dts]
+    else:
+        steps = [HestonStep.build(dt, **model, drift=rate - dividend) for dt in dts]
+    step_fn = heston_euler_step if scheme == "euler" else heston_qe_step
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
     constants = (
         [step_constants(c, dtype=dtype, device=grid.device) for c in steps] if compile else []
@@ -247,7 +252,12 @@ def heston_chunks(
             x = torch.zeros_like(log_s[0])
             v = x + v0_c  # (C,); a per-path v0 tensor keeps its graph (pathwise dV/dv0)
             log_s[0], var[0] = x, v
-            chunk_steps = _chunk_steps(steps, model, start, stop, n_paths, dtype, grid.device)
+            chunk_steps = steps
+            if tensor_params:  # the chunk's slice of per-path parameters
+                sliced = {name: torch.as_tensor(_per_path(p, start, stop, n_paths), dtype=dtype,
+                                                device=grid.device)
+                          for name, p in tensor_params.items()}  # fmt: skip
+                chunk_steps = [replace(step, **sliced) for step in steps]
             graph = v.requires_grad or params_need_grad
             # with a graph (pathwise greeks) autograd keeps the normals: copy them out of the buffer
             for i, (zv, zx) in enumerate(step_normals(slabs, copy=graph), start=1):
@@ -317,14 +327,6 @@ def sabr_chunks(
             yield slice(start, stop), SabrPaths((fwd - shift).T, vol.T)
 
     return chunks()
-
-
-def _heston_step_fn(scheme: str, compile: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    if scheme == "euler":
-        if compile:
-            raise ValueError("compile=True is only available for scheme='qe'")
-        return heston_euler_step
-    return heston_qe_step
 
 
 def _fused_qe_paths(
@@ -406,27 +408,6 @@ def _as_floats(model: dict[str, Scalar]) -> dict[str, Scalar]:
         else value
         for name, value in model.items()
     }
-
-
-def _chunk_steps(
-    steps: list,
-    model: dict[str, Scalar],
-    start: int,
-    stop: int,
-    n_paths: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> list:
-    """The steps of paths ``[start, stop)``: Euler steps get the chunk's slice of per-path
-    parameters (other steps, and steps without tensor parameters, are shared)."""
-    tensors = {
-        name: torch.as_tensor(_per_path(value, start, stop, n_paths), dtype=dtype, device=device)
-        for name, value in _as_floats(model).items()
-        if isinstance(value, torch.Tensor)
-    }
-    if not tensors or not steps or not isinstance(steps[0], EulerStep):
-        return steps
-    return [replace(step, **tensors) for step in steps]
 
 
 def _check_per_path(n_paths: int, **values: Scalar) -> None:
