@@ -15,6 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._typing import TensorLike, as_tensors
+from pricing._validation import check_positive
 
 __all__ = ["BARRIER_TYPES", "barrier_price", "discrete_barrier_shift"]
 
@@ -86,10 +87,7 @@ def barrier_price(
         raise ValueError(f"rebate must be non-negative, got {rebate}")
     is_call = bool(is_call)  # one flag for all options (numpy and one-element torch bools too)
     s, x, h, t, vol = as_tensors(spot, strike, barrier, maturity, volatility)
-    for name, value in (("spot", s), ("strike", x), ("barrier", h), ("maturity", t),
-                        ("volatility", vol)):  # fmt: skip
-        if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
-            raise ValueError(f"{name} must be positive and finite")
+    check_positive(spot=s, strike=x, barrier=h, maturity=t, volatility=vol)
     down = barrier_type.startswith("down")
     terms = _terms(s, x, h, t, vol, rate, dividend, eta=1.0 if down else -1.0,
                    phi=1.0 if is_call else -1.0, rebate=rebate)  # fmt: skip

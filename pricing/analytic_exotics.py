@@ -15,6 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
+from pricing._validation import check_nonnegative, check_positive
 
 __all__ = ["geometric_asian_price", "levy_asian_price"]
 
@@ -151,12 +152,8 @@ def levy_asian_price(
     tensors = as_tensors(spot, strike, maturity, volatility, running_average, elapsed)
     dtype = tensors[0].dtype  # of the result; the formula runs in float64 (see the docstring)
     s, k, t2, vol, average, past = (v.to(torch.float64) for v in tensors)
-    for name, value in (("spot", s), ("strike", k), ("maturity", t2), ("volatility", vol)):
-        if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
-            raise ValueError(f"{name} must be positive and finite")
-    for name, value in (("running_average", average), ("elapsed", past)):
-        if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
-            raise ValueError(f"{name} must be non-negative and finite")
+    check_positive(spot=s, strike=k, maturity=t2, volatility=vol)
+    check_nonnegative(running_average=average, elapsed=past)
     total = t2 + past  # the whole averaging period
     carry = rate - dividend
     discount = torch.exp(-rate * t2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from pricing._typing import TensorLike, as_tensors
+from pricing._validation import check_positive
 
 __all__ = ["lookback_price"]
 
@@ -75,10 +76,8 @@ def lookback_price(
     tensors = as_tensors(*values)
     dtype = tensors[0].dtype  # of the result; the formulas run in float64 (see the docstring)
     s, extremum, t, vol, *k = (v.to(torch.float64) for v in tensors)
-    names = ("spot", "running_extremum", "maturity", "volatility", "strike")
-    for name, value in zip(names, (s, extremum, t, vol, *k), strict=False):
-        if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
-            raise ValueError(f"{name} must be positive and finite")
+    check_positive(spot=s, running_extremum=extremum, maturity=t, volatility=vol,
+                   **({"strike": k[0]} if k else {}))  # fmt: skip
     phi = 1.0 if is_call else -1.0
     # the extremum is a minimum for floating calls and fixed puts, else a maximum
     below = (kind == "floating") == is_call
