@@ -9,7 +9,7 @@ function, so a surface of M expiries and N quotes costs M * J characteristic-fun
 
 integrated by Gauss-Legendre on ``[0, U]`` with ``U`` chosen per expiry (without gradient) where the
 integrand has decayed below machine precision, with as many nodes as the oscillation of the integrand
-asks for (:func:`node_counts`: 256 for most surfaces, up to 2048 for wide smiles of short, low-variance
+asks for (:func:`node_counts`: 128 for most surfaces, up to 2048 for wide smiles of short, low-variance
 expiries). A Black-Scholes control variate of Heston's expected total variance ``w`` is subtracted
 under the integral and its price added back in closed form, which removes the peak of ``1 / (u^2 +
 1/4)`` at ``u = 0`` (too narrow for the nodes when ``U`` runs to thousands: 256 nodes then gave

@@ -16,6 +16,7 @@ from pricing._heston_lewis import (
     upper_limits,
 )
 from pricing.black_scholes import black_implied_vol
+from pricing.calibration_heston import DEFAULT_NODES
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt, value_and_jacobian
 from pricing.quantlib import heston_price as ql_heston_price
 
@@ -118,8 +119,12 @@ def _max_error_vs_quantlib_bp(
     "params",
     [(0.04, 1.5, 0.04, 0.5, -0.7), (0.2, 15.7, 0.075, 3.4, -0.5), (0.01, 0.5, 0.09, 0.3, 0.3)],
 )
-def test_lewis_surface_prices_match_quantlib_adaptive(params: tuple[float, ...]) -> None:
-    grid = SurfaceGrid(MATURITIES, torch.log(RATIOS).expand(1, 4, 5).clone(), 256)
+@pytest.mark.parametrize("floor_nodes", [DEFAULT_NODES, 256])
+def test_lewis_surface_prices_match_quantlib_adaptive(
+    params: tuple[float, ...], floor_nodes: int
+) -> None:
+    # the calibration's default floor: node_counts adds what the oscillation needs
+    grid = SurfaceGrid(MATURITIES, torch.log(RATIOS).expand(1, 4, 5).clone(), floor_nodes)
     b = normalized_otm(grid, torch.tensor([params], dtype=F64)).reshape(4, 5)
     price = torch.sqrt(RATIOS) * b
     assert _max_error_vs_quantlib_bp(price, params, MATURITIES[0], RATIOS, 1e-7) < 1e-2
@@ -129,11 +134,14 @@ def test_lewis_surface_prices_match_quantlib_adaptive(params: tuple[float, ...])
     "params",
     [(0.005, 3.0, 0.01, 1.0, -0.9), (0.01, 5.0, 0.01, 0.2, -0.9), (0.02, 0.5, 0.1, 1.0, -0.6)],
 )
-def test_short_low_variance_expiries_match_quantlib(params: tuple[float, ...]) -> None:
+@pytest.mark.parametrize("floor_nodes", [DEFAULT_NODES, 256])
+def test_short_low_variance_expiries_match_quantlib(
+    params: tuple[float, ...], floor_nodes: int
+) -> None:
     # U runs to thousands: without the Black-Scholes control variate, 256 nodes gave negative
     # 7-day ATM prices and errors of hundreds of bp (the peak of 1 / (u^2 + 1/4) at u = 0)
     maturities = torch.tensor([[7 / 365, 14 / 365, 30 / 365]], dtype=F64)
-    grid = SurfaceGrid(maturities, torch.log(SHORT_RATIOS).expand(1, 3, 5).clone(), 256)
+    grid = SurfaceGrid(maturities, torch.log(SHORT_RATIOS).expand(1, 3, 5).clone(), floor_nodes)
     b = normalized_otm(grid, torch.tensor([params], dtype=F64)).reshape(3, 5)
     price = torch.sqrt(SHORT_RATIOS) * b
     assert _max_error_vs_quantlib_bp(price, params, maturities[0], SHORT_RATIOS, 1e-6) < 2e-2
