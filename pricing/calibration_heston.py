@@ -28,6 +28,7 @@ from pricing._heston_lewis import (
     normalized_otm,
     normalized_otm_and_jacobian,
 )
+from pricing._implied_vol import solve_total_vol
 from pricing.black_scholes import black_implied_vol, black_price
 from pricing.calibration import (
     CalibrationProblem,
@@ -191,11 +192,25 @@ class _Residuals:
     def __init__(self, surfaces: HestonSurfaces, owner: torch.Tensor) -> None:
         self.surfaces, self.owner = surfaces, owner
         self.market_price, self.market_vega = _market_otm(surfaces)
+        # the pieces of the implied-vol solve that depend on the quotes alone, (S, N)
+        self.x = -torch.abs(torch.log(surfaces.ratio))  # OTM log-moneyness
+        self.root_ratio, self.root_t = torch.sqrt(surfaces.ratio), torch.sqrt(surfaces.maturity)
+        self.start = surfaces.market_iv * self.root_t
+
+    def _vols(self, s: torch.Tensor, price: torch.Tensor) -> torch.Tensor:
+        """Black vols of OTM prices over F ``(B, N)`` of surfaces ``s``, from the market's: what
+        :func:`pricing.black_scholes.black_implied_vol` returns, without its input checks and
+        conversions (the quotes were checked once), which are most of its cost on a surface's few
+        dozen quotes. NaN where no vol reproduces the price."""
+        x, beta = self.x[s], price / self.root_ratio[s]
+        total, _ = solve_total_vol(x, beta, invalid=~torch.isfinite(beta), below=beta < 0,
+                                   above=beta >= torch.exp(0.5 * x), start=self.start[s])  # fmt: skip
+        return total / self.root_t[s]
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.owner[index]
         b, db = normalized_otm_and_jacobian(self.surfaces.grid.select(s), x)
-        residual, jacobian = self.from_prices(s, torch.sqrt(self.surfaces.ratio[s]) * b, db)
+        residual, jacobian = self.from_prices(s, self.root_ratio[s] * b, db)
         return residual, jacobian
 
     def from_prices(
@@ -205,8 +220,7 @@ class _Residuals:
         ``dnormalized``, the Jacobian of ``price / sqrt(K/F)`` ``(B, N, 5)`` (None: no Jacobian)."""
         surf = self.surfaces
         ratio, t, weight = surf.ratio[s], surf.maturity[s], surf.weight[s]
-        vol = black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
-                                is_call=ratio >= 1, initial_vol=surf.market_iv[s])  # fmt: skip
+        vol = self._vols(s, price)
         solved = torch.isfinite(vol) & (vol > 1e-8)
         fallback = (price - self.market_price[s]) / self.market_vega[s]
         residual = weight * torch.where(solved, vol - surf.market_iv[s], fallback)

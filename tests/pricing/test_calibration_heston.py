@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,25 @@ def test_short_dated_low_vol_surface_is_fit_by_the_fast_pricer_alone() -> None:
     fit = calibrate("heston", quotes, method="direct", polish=False)
     np.testing.assert_allclose([fit.params[n] for n in true], list(true.values()), rtol=1e-5)
     assert fit.rmse_iv_bp < 1e-3  # against the reference pricer's vols
+
+
+def test_residual_vols_are_black_implied_vols() -> None:
+    # The residuals' lean solve (quote-only pieces precomputed, no input checks) gives what
+    # black_implied_vol gives, NaN included: a negative price, one at the upper bound, a NaN one.
+    from pricing.calibration_heston import _Residuals, surfaces_from_quotes
+
+    ratio = np.array([0.7, 0.9, 1.0, 1.1, 1.5] * 2)
+    t = np.repeat([7 / 365, 2.0], 5)
+    table = pd.DataFrame({"strike": 100.0 * ratio, "forward": 100.0, "maturity": t,
+                          "market_iv": 0.3 - 0.1 * (ratio - 1.0)})  # fmt: skip
+    surfaces = surfaces_from_quotes([table], [np.ones(len(table))])
+    residuals = _Residuals(surfaces, torch.tensor([0]))
+    k, mt = surfaces.ratio, surfaces.maturity
+    price = residuals.market_price * torch.linspace(0.5, 1.8, k.shape[1], dtype=torch.float64)
+    price[0, :3] = torch.tensor([-1e-3, math.nan, 0.0])
+    price[0, 3] = torch.where(k[0, 3] >= 1, 1.0, k[0, 3])  # the upper bound: F (calls), K (puts)
+    expected = black_implied_vol(price=price, forward=1.0, strike=k, maturity=mt, is_call=k >= 1)
+    got = residuals._vols(torch.tensor([0]), price)
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=0.0, equal_nan=True)
+    assert bool(torch.isnan(got[0, :2]).all()) and float(got[0, 2]) == 0.0
+    assert bool(torch.isnan(got[0, 3])) and bool(torch.isfinite(got[0, 4:]).all())

@@ -207,3 +207,29 @@ def test_worker_threads_give_the_serial_result():
     # Equal up to rounding: vectorised kernels round a few tail elements differently.
     torch.testing.assert_close(threaded, serial, rtol=1e-14, atol=0.0)
     torch.testing.assert_close(threaded, s, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.0, 1.1])
+def test_steps_from_a_near_start_converge_on_every_lower_half_element(factor):
+    # The ungrouped path for starts near the root (a model price near a market quote): two steps
+    # with the formula picked per element solve every lower-half quote (to 1e-13, as the grouped
+    # steps) and mark it done; upper-half elements are left to the grouped path, never done here.
+    x, s = _realistic(4000, seed=21)
+    beta = nb.normalized_call(x, s)
+    b_max = torch.exp(0.5 * x)
+    upper = beta > 0.5 * b_max
+    target = torch.log(torch.where(upper, b_max - beta, beta))
+    s_hat, done = iv._near_start(x, s * factor, target, upper, 2)
+    assert bool(upper.any()) and not bool(done[upper].any())
+    assert bool(done[~upper].all())
+    torch.testing.assert_close(s_hat[done], s[done], rtol=1e-13, atol=0.0)
+
+
+def test_a_far_start_is_not_marked_done_by_the_near_start_steps():
+    x, s = _realistic(2000, seed=22)
+    beta = nb.normalized_call(x, s)
+    upper = beta > 0.5 * torch.exp(0.5 * x)
+    s_hat, done = iv._near_start(x, s * 20.0, torch.log(beta), upper, 2)
+    assert not bool(done.all())  # the grouped and safeguarded paths take these
+    rel = ((s_hat - s).abs() / s)[done]
+    assert bool((rel <= 1e-13).all())  # whatever is marked done is solved
