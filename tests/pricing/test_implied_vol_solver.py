@@ -34,6 +34,14 @@ def _wide_grid() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x[keep], s[keep], beta[keep]
 
 
+def _objective(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The upper-half mask and the solver's log target for the prices of ``(x, s)``."""
+    beta = nb.normalized_call(x, s)
+    b_max = torch.exp(0.5 * x)
+    upper = beta > 0.5 * b_max
+    return upper, torch.log(torch.where(upper, b_max - beta, beta))
+
+
 def _solve(x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     false = torch.zeros_like(x, dtype=torch.bool)
     return iv.solve_total_vol(x, beta, invalid=false, below=false, above=false)
@@ -129,10 +137,7 @@ def test_statuses_nan_and_zero_price_are_kept():
 @pytest.mark.parametrize("start", [1e-9, 1e-3, 30.0, 1e4])
 def test_safeguarded_iteration_converges_from_bad_starting_points(start):
     x, s = _realistic(200, seed=13)
-    beta = nb.normalized_call(x, s)
-    b_max = torch.exp(0.5 * x)
-    upper = beta > 0.5 * b_max
-    target = torch.log(torch.where(upper, b_max - beta, beta))
+    upper, target = _objective(x, s)
     s_hat, solved = iv._safeguarded(x, torch.full_like(s, start), target, upper)
     assert bool(solved.all())
     torch.testing.assert_close(s_hat, s, rtol=1e-12, atol=0.0)
@@ -215,10 +220,7 @@ def test_steps_from_a_near_start_converge_on_every_lower_half_element(factor):
     # with the formula picked per element solve every lower-half quote (to 1e-13, as the grouped
     # steps) and mark it done; upper-half elements are left to the grouped path, never done here.
     x, s = _realistic(4000, seed=21)
-    beta = nb.normalized_call(x, s)
-    b_max = torch.exp(0.5 * x)
-    upper = beta > 0.5 * b_max
-    target = torch.log(torch.where(upper, b_max - beta, beta))
+    upper, target = _objective(x, s)
     s_hat, done = iv._near_start(x, s * factor, target, upper, 2)
     assert bool(upper.any()) and not bool(done[upper].any())
     assert bool(done[~upper].all())
@@ -227,9 +229,8 @@ def test_steps_from_a_near_start_converge_on_every_lower_half_element(factor):
 
 def test_a_far_start_is_not_marked_done_by_the_near_start_steps():
     x, s = _realistic(2000, seed=22)
-    beta = nb.normalized_call(x, s)
-    upper = beta > 0.5 * torch.exp(0.5 * x)
-    s_hat, done = iv._near_start(x, s * 20.0, torch.log(beta), upper, 2)
+    upper, target = _objective(x, s)
+    s_hat, done = iv._near_start(x, s * 20.0, target, upper, 2)
     assert not bool(done.all())  # the grouped and safeguarded paths take these
     rel = ((s_hat - s).abs() / s)[done]
     assert bool((rel <= 1e-13).all())  # whatever is marked done is solved
