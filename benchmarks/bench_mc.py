@@ -9,13 +9,16 @@ path-steps per second against the machine's normal-random-number limit.
    the semi-analytic price (:func:`pricing.heston.price`): |bias| within 2 standard errors.
 2. float32 Heston QE path simulation (two normals per step) in path-steps per second, as a fraction
    of ``torch.randn`` throughput / 2 measured in the same run (interleaved repeats); eager and
-   ``compile=True``. The limit is the faster of ``torch.randn`` into a reused buffer (the generator
-   alone) and into fresh tensors (which adds the page faults of new memory); the fraction of the
-   fresh-tensor rate is printed too. Runs once per ``--rng-threads`` setting (default 1 and 2
-   torch threads; ``torch.randn`` measured again under each): the CPU generator is one stream
-   whatever the threads, and with two or more the simulator draws the next slab's normals in a
-   background thread while the compiled step (one thread, GIL released) simulates the current
-   one. Each setting also reports its rate per thread against the limit (the limit of one core).
+   ``compile=True``, streaming the chunks as the pricer does (``reuse_buffers``: each chunk
+   written into the memory of the one before); compiled with fresh memory per chunk (the default
+   of :func:`pricing.simulate.heston_chunks`) is reported too. The limit is the faster of
+   ``torch.randn`` into a reused buffer (the generator alone) and into fresh tensors (which adds
+   the page faults of new memory); the fraction of the fresh-tensor rate is printed too. Runs once
+   per ``--rng-threads`` setting (default 1 and 2 torch threads; ``torch.randn`` measured again
+   under each): the CPU generator is one stream whatever the threads, and with two or more the
+   simulator draws the next slab's normals in a background thread while the compiled step (one
+   thread, GIL released) simulates the current one. Each setting also reports its rate per thread
+   against the limit (the limit of one core).
 
 Usage: ``.venv/bin/python benchmarks/bench_mc.py [--quick] [--threads N] [--rng-threads 1,2]``.
 Last line: JSON.
@@ -126,17 +129,20 @@ def float32_rng_fraction(quick: bool, repeats: int) -> dict:
         for _ in range(n_paths // chunk):
             torch.randn((steps, 2, chunk), dtype=torch.float32, out=buffer if into_buffer else None)
 
-    def simulate_paths(compile: bool) -> None:
+    def simulate_paths(compile: bool, reuse: bool = True) -> None:
+        # reuse_buffers: each chunk into the memory of the one before, as the pricers stream them
         for _ in simulate.heston_chunks(n_paths, steps, **model, maturity=1.0, dtype=torch.float32,
-                                        chunk_size=chunk, compile=compile,
+                                        chunk_size=chunk, compile=compile, reuse_buffers=reuse,
                                         generator=torch.Generator().manual_seed(2)):  # fmt: skip
             pass
 
     simulate_paths(True)  # compile outside the timing
-    times = dict.fromkeys(("randn_fresh", "randn_buffer", "eager", "compiled"), float("inf"))
+    names = ("randn_fresh", "randn_buffer", "eager", "compiled", "compiled_fresh_buffers")
+    times = dict.fromkeys(names, float("inf"))
     runs = {"randn_fresh": lambda: randn(False), "randn_buffer": lambda: randn(True),
-            "eager": lambda: simulate_paths(False), "compiled": lambda: simulate_paths(True)}  # fmt: skip
-    for _ in range(repeats):  # interleaved, so that load changes hit all four alike
+            "eager": lambda: simulate_paths(False), "compiled": lambda: simulate_paths(True),
+            "compiled_fresh_buffers": lambda: simulate_paths(True, reuse=False)}  # fmt: skip
+    for _ in range(repeats):  # interleaved, so that load changes hit all runs alike
         for name, fn in runs.items():
             times[name] = min(times[name], _best_of(1, fn)[0])
     work = n_paths * steps  # path-steps; the limit counts two normals per path-step
@@ -145,9 +151,11 @@ def float32_rng_fraction(quick: bool, repeats: int) -> dict:
     out = {"normals_per_s": 2 * limit, "limit_path_steps_per_s": limit,
            "limit_fresh_path_steps_per_s": work / times["randn_fresh"],
            "eager_path_steps_per_s": work / times["eager"],
-           "compiled_path_steps_per_s": work / times["compiled"]}  # fmt: skip
+           "compiled_path_steps_per_s": work / times["compiled"],
+           "compiled_fresh_buffers_path_steps_per_s": work / times["compiled_fresh_buffers"]}  # fmt: skip
     out["eager_fraction"] = out["eager_path_steps_per_s"] / limit
     out["compiled_fraction"] = out["compiled_path_steps_per_s"] / limit
+    out["compiled_fresh_buffers_fraction"] = out["compiled_fresh_buffers_path_steps_per_s"] / limit
     out["compiled_fraction_of_fresh_randn"] = (
         out["compiled_path_steps_per_s"] / out["limit_fresh_path_steps_per_s"]
     )
@@ -163,7 +171,8 @@ def float32_rng_fraction(quick: bool, repeats: int) -> dict:
     print(f"compiled: {out['compiled_path_steps_per_s'] / 1e6:7.1f} M path-steps/s "
           f"({out['compiled_fraction']:.0%} of limit, "
           f"{out['compiled_fraction_of_fresh_randn']:.0%} of fresh-tensor randn, "
-          f"{out['compiled_fraction_per_thread']:.0%} per thread)")  # fmt: skip
+          f"{out['compiled_fraction_per_thread']:.0%} per thread; fresh chunk buffers: "
+          f"{out['compiled_fresh_buffers_fraction']:.0%})")  # fmt: skip
     return out
 
 

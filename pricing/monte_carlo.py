@@ -285,7 +285,7 @@ def heston_european(
         n_paths, n_steps, spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
         maturity=maturity, rate=rate, dividend=dividend, scheme=scheme, antithetic=antithetic,
         sobol=sobol, dtype=dtype, device=device, generator=generator, chunk_size=chunk_size,
-        compile=compile,
+        compile=compile, reuse_buffers=True,  # each chunk is reduced before the next is drawn
     )  # fmt: skip
     spots = ((where, paths.spot) for where, paths in chunks)
     return _european(
@@ -359,7 +359,7 @@ def sabr_european(
     chunks = simulate.sabr_chunks(
         n_paths, n_steps, forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu,
         maturity=maturity, shift=shift, antithetic=antithetic, sobol=sobol, dtype=dtype,
-        device=device, generator=generator, chunk_size=chunk_size,
+        device=device, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     return price_paths(
         ((where, paths.forward) for where, paths in chunks),

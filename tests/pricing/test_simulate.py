@@ -363,3 +363,32 @@ def test_prefetching_with_two_threads_gives_the_same_paths(
     tol = 1e-12 if compile else 0.0
     torch.testing.assert_close(prefetched.spot, single.spot, rtol=tol, atol=0.0)
     torch.testing.assert_close(prefetched.variance, single.variance, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("model", ["heston_qe", "heston_euler", "heston_compiled", "sabr_shifted"])
+def test_reused_chunk_buffers_hold_the_same_paths(model: str) -> None:
+    # reuse_buffers writes each chunk into the memory of the one before (the pricers reduce a
+    # chunk before drawing the next): the same numbers, chunk by chunk, in one buffer per tensor
+    def chunks(reuse: bool) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        kw = {"generator": _gen(11), "chunk_size": 1024, "reuse_buffers": reuse}
+        if model == "sabr_shifted":
+            it = simulate.sabr_chunks(2500, 6, **{**SABR, "beta": 0.5, "shift": 0.01}, **kw)
+        else:
+            scheme = "euler" if model == "heston_euler" else "qe"
+            it = simulate.heston_chunks(2500, 6, **HESTON, scheme=scheme,
+                                        compile=model == "heston_compiled", **kw)  # fmt: skip
+        return [(p[0], tuple(t.clone() for t in p)) for _, p in it]  # keeps each chunk alive
+
+    fresh, reused = chunks(False), chunks(True)
+    assert len(fresh) == len(reused) == 3  # two full chunks and a shorter last one
+    for (_, a), (_, b) in zip(fresh, reused, strict=True):
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(y, x, rtol=0.0, atol=0.0)
+    assert reused[0][0].data_ptr() == reused[1][0].data_ptr()
+    assert fresh[0][0].data_ptr() != fresh[1][0].data_ptr()
+
+
+def test_reused_chunk_buffers_are_refused_with_autograd() -> None:
+    v0 = torch.full((8,), 0.04, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="reuse_buffers=True has no autograd"):
+        simulate.heston_chunks(8, 2, **{**HESTON, "v0": v0}, reuse_buffers=True)
