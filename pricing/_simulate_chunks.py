@@ -134,8 +134,14 @@ def gbm_chunks(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
+    reuse_buffers: bool = False,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield :func:`gbm` paths chunk by chunk as ``(path_slice, paths)``; arguments as :func:`gbm`.
+    """Yield :func:`gbm` paths chunk by chunk as ``(path_slice, paths)``; arguments as :func:`gbm`,
+    and ``reuse_buffers`` as in :func:`heston_chunks`.
+
+    Without autograd each chunk is built in place in one buffer, a few steps of normals at a time
+    (the log increments, their running sum row by row, then ``exp``); with a graph (a ``spot`` or
+    ``volatility`` that requires grad) out of place from the chunk's normals.
 
     Shape:
         Output: paths of each chunk (C, T+1) with C = ``path_slice.stop - path_slice.start``.
@@ -155,6 +161,8 @@ def gbm_chunks(
     _check_per_path(n_paths, spot=spot, volatility=volatility)
     dt = grid.diff()[:, None]  # (T, 1)
     source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
+    graph = any(isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, volatility))
+    buffers = _Buffers(reuse_buffers and not graph, dtype, grid.device, count=1)
 
     def chunks() -> Iterator[tuple[slice, torch.Tensor]]:
         for start, stop, normals in drawn_chunks(source, chunk_size):
@@ -165,7 +173,27 @@ def gbm_chunks(
             log_growth = torch.cat((torch.zeros_like(increments[:1]), increments.cumsum(0)))
             yield slice(start, stop), (s0 * log_growth.exp()).T  # (C, T+1)
 
-    return chunks()
+    def chunks_in_place() -> Iterator[tuple[slice, torch.Tensor]]:
+        for start, stop, slabs in drawn_slabs(source, chunk_size):
+            s0 = _per_path(spot, start, stop, n_paths)
+            vol = _per_path(volatility, start, stop, n_paths)
+            scale, drift = vol * dt.sqrt(), (rate - dividend - 0.5 * vol**2) * dt  # (T, 1 or C)
+            out = buffers.get((len(dt) + 1, stop - start))[0]  # (T+1, C)
+            out[0] = 0.0
+            t = 0
+            for slab in slabs:  # (S, 1, C): the log increments of S steps
+                rows = out[t + 1 : t + 1 + len(slab)]
+                torch.mul(slab[:, 0], scale[t : t + len(slab)], out=rows).add_(
+                    drift[t : t + len(slab)]
+                )
+                t += len(slab)
+            for i in range(
+                1, len(out)
+            ):  # the running sum (torch's cumsum along dim 0 is ~10x slower)
+                out[i].add_(out[i - 1])
+            yield slice(start, stop), out.exp_().mul_(s0).T  # (C, T+1)
+
+    return chunks() if graph else chunks_in_place()
 
 
 def heston_chunks(
@@ -198,8 +226,8 @@ def heston_chunks(
     one before (a chunk's tensors are then valid only until the next chunk is requested), for
     consumers that reduce each chunk before asking for the next, such as the pricers. Fresh
     memory is paid for on its first write, one page fault per page: on one thread here that was
-    a fifth of an eager float64 simulation's time and a third of a compiled one's. Not with
-    autograd (the graph keeps the paths).
+    a fifth of an eager float64 simulation's time and a third of a compiled one's. With autograd
+    every chunk gets fresh memory all the same (the graph keeps the paths).
 
     Shape:
         Output: each chunk's spot and variance (C, T+1).
@@ -232,8 +260,6 @@ def heston_chunks(
     # Euler only (QE refuses them): per-path parameters, or ones with a graph, sliced per chunk
     tensor_params = {name: p for name, p in params.items() if isinstance(p, torch.Tensor)}
     params_need_grad = any(p.requires_grad for p in tensor_params.values())
-    if reuse_buffers and (start_grad or params_need_grad):
-        raise ValueError("reuse_buffers=True has no autograd: the graph keeps the paths")
     if scheme == "euler":
         steps = [EulerStep(dt, float(rate - dividend) * dt, **params) for dt in dts]
     else:
@@ -244,7 +270,8 @@ def heston_chunks(
         [step_constants(c, dtype=dtype, device=grid.device) for c in steps] if compile else []
     )
 
-    buffers = _Buffers(reuse_buffers, dtype, grid.device)
+    graph = start_grad or params_need_grad
+    buffers = _Buffers(reuse_buffers and not graph, dtype, grid.device, count=2)
 
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size, prefetch=compile):
@@ -269,9 +296,9 @@ def heston_chunks(
                                                 device=grid.device)
                           for name, p in tensor_params.items()}  # fmt: skip
                 chunk_steps = [replace(step, **sliced) for step in steps]
-            graph = v.requires_grad or params_need_grad
             # with a graph (pathwise greeks) autograd keeps the normals: copy them out of the buffer
-            for i, (zv, zx) in enumerate(step_normals(slabs, copy=graph), start=1):
+            keep_normals = v.requires_grad or params_need_grad
+            for i, (zv, zx) in enumerate(step_normals(slabs, copy=keep_normals), start=1):
                 x, v = step_fn(x, v, zv, zx, chunk_steps[i - 1])
                 log_s[i], var[i] = x, v
             if s0.requires_grad or log_s.requires_grad:  # exp_ + mul_ breaks autograd
@@ -326,7 +353,7 @@ def sabr_chunks(
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
     dts = grid.diff().tolist()
 
-    buffers = _Buffers(reuse_buffers, dtype, grid.device)
+    buffers = _Buffers(reuse_buffers, dtype, grid.device, count=2)
 
     def chunks() -> Iterator[tuple[slice, SabrPaths]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size):
@@ -343,19 +370,19 @@ def sabr_chunks(
 
 
 class _Buffers:
-    """The output tensors of each chunk: fresh ones, or with ``reuse`` those of the chunk before
-    when the shape is the same (the last chunk may be shorter)."""
+    """The ``count`` output tensors of each chunk: fresh ones, or with ``reuse`` those of the
+    chunk before when the shape is the same (the last chunk may be shorter)."""
 
-    def __init__(self, reuse: bool, dtype: torch.dtype, device: torch.device) -> None:
-        self.reuse, self.dtype, self.device = reuse, dtype, device
-        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, reuse: bool, dtype: torch.dtype, device: torch.device, count: int) -> None:
+        self.reuse, self.dtype, self.device, self.count = reuse, dtype, device, count
+        self.last: tuple[torch.Tensor, ...] | None = None
 
-    def get(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two uninitialised tensors of ``shape``."""
+    def get(self, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """``count`` uninitialised tensors of ``shape``."""
         if self.last is not None and self.last[0].shape == shape:
             return self.last
         kind = {"dtype": self.dtype, "device": self.device}
-        out = (hugepages.empty(shape, **kind), hugepages.empty(shape, **kind))
+        out = tuple(hugepages.empty(shape, **kind) for _ in range(self.count))
         if self.reuse:
             self.last = out
         return out

@@ -110,7 +110,7 @@ def bs_asian(
     fixings = None if fixing_times is None else list(range(1, grid.numel()))
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
-        antithetic=antithetic, generator=generator, chunk_size=chunk_size,
+        antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     df = math.exp(-rate * grid[-1].item())
 
@@ -201,7 +201,7 @@ def bs_barrier(
     grid = simulate.time_grid(n_steps, maturity)
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
-        antithetic=antithetic, generator=generator, chunk_size=chunk_size,
+        antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     df = math.exp(-rate * maturity)
     vol = volatility if continuous else None
@@ -289,7 +289,7 @@ def bs_lookback(
     grid = simulate.time_grid(n_steps, maturity)
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
-        antithetic=antithetic, generator=generator, chunk_size=chunk_size,
+        antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     bridge_seed = base_seed(generator)
     df = math.exp(-rate * maturity)

@@ -176,7 +176,7 @@ def bs_european(
     chunks = simulate.gbm_chunks(
         n_paths, n_steps, spot=spot, volatility=volatility, maturity=maturity, rate=rate,
         dividend=dividend, antithetic=antithetic, sobol=sobol, dtype=dtype, device=device,
-        generator=generator, chunk_size=chunk_size,
+        generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     return _european(chunks, strike, is_call, rate, dividend, maturity, spot, control, antithetic)
 

@@ -115,6 +115,7 @@ def gbm(
         n_paths, n_steps, spot=spot, volatility=volatility, maturity=maturity, rate=rate,
         dividend=dividend, time_grid=time_grid, antithetic=antithetic, sobol=sobol, dtype=dtype,
         device=device, generator=generator, chunk_size=chunk_size,
+        reuse_buffers=True,  # the chunks are copied out
     )  # fmt: skip
     return _collect(n_paths, chunks)[0]
 
@@ -205,13 +206,11 @@ def heston(
         >>> h.spot.shape, bool((h.variance >= 0).all())
         (torch.Size([8, 6]), True)
     """
-    graph = any(isinstance(p, torch.Tensor) and p.requires_grad
-                for p in (spot, v0, kappa, theta, sigma, rho))  # fmt: skip
     chunks = heston_chunks(
         n_paths, n_steps, spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
         maturity=maturity, rate=rate, dividend=dividend, scheme=scheme, time_grid=time_grid,
         antithetic=antithetic, sobol=sobol, dtype=dtype, device=device, generator=generator,
-        chunk_size=chunk_size, compile=compile, reuse_buffers=not graph,  # chunks are copied out
+        chunk_size=chunk_size, compile=compile, reuse_buffers=True,  # the chunks are copied out
     )  # fmt: skip
     return HestonPaths(*_collect(n_paths, chunks))
 

@@ -365,12 +365,17 @@ def test_prefetching_with_two_threads_gives_the_same_paths(
     torch.testing.assert_close(prefetched.variance, single.variance, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("model", ["heston_qe", "heston_euler", "heston_compiled", "sabr_shifted"])
+@pytest.mark.parametrize(
+    "model", ["gbm", "heston_qe", "heston_euler", "heston_compiled", "sabr_shifted"]
+)
 def test_reused_chunk_buffers_hold_the_same_paths(model: str) -> None:
     # reuse_buffers writes each chunk into the memory of the one before (the pricers reduce a
     # chunk before drawing the next): the same numbers, chunk by chunk, in one buffer per tensor
     def chunks(reuse: bool) -> list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         kw = {"generator": _gen(11), "chunk_size": 1024, "reuse_buffers": reuse}
+        if model == "gbm":
+            it = simulate.gbm_chunks(2500, 6, **GBM, **kw)
+            return [(p, (p.clone(),)) for _, p in it]  # keeps each chunk alive
         if model == "sabr_shifted":
             it = simulate.sabr_chunks(2500, 6, **{**SABR, "beta": 0.5, "shift": 0.01}, **kw)
         else:
@@ -388,7 +393,19 @@ def test_reused_chunk_buffers_hold_the_same_paths(model: str) -> None:
     assert fresh[0][0].data_ptr() != fresh[1][0].data_ptr()
 
 
-def test_reused_chunk_buffers_are_refused_with_autograd() -> None:
-    v0 = torch.full((8,), 0.04, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(ValueError, match="reuse_buffers=True has no autograd"):
-        simulate.heston_chunks(8, 2, **{**HESTON, "v0": v0}, reuse_buffers=True)
+def test_with_autograd_reused_chunk_buffers_are_fresh_and_gradients_flow() -> None:
+    # the graph keeps the paths, so a reuse request gets fresh memory per chunk all the same
+    v0 = torch.full((2048,), 0.04, dtype=torch.float64, requires_grad=True)
+    kw = {"generator": _gen(12), "chunk_size": 1024, "reuse_buffers": True}
+    chunks = list(simulate.heston_chunks(2048, 2, **{**HESTON, "v0": v0}, **kw))
+    assert chunks[0][1].spot.data_ptr() != chunks[1][1].spot.data_ptr()
+    (grad,) = torch.autograd.grad(sum(p.spot[:, -1].sum() for _, p in chunks), v0)
+    assert bool(torch.isfinite(grad).all()) and bool((grad != 0).any())
+
+
+def test_gbm_in_place_and_autograd_paths_agree() -> None:
+    # without a graph the chunk is built in place (row-by-row running sum); with one, out of place
+    plain = simulate.gbm(3000, 40, **GBM, generator=_gen(13), chunk_size=1024)
+    spot = torch.full((3000,), GBM["spot"], dtype=torch.float64, requires_grad=True)
+    graph = simulate.gbm(3000, 40, **{**GBM, "spot": spot}, generator=_gen(13), chunk_size=1024)
+    torch.testing.assert_close(graph.detach(), plain, rtol=1e-13, atol=0.0)
