@@ -122,11 +122,12 @@ def _phi_grid(grid: SurfaceGrid, params: torch.Tensor, u: torch.Tensor) -> tuple
 def _integrate(grid: SurfaceGrid, u: torch.Tensor, w: torch.Tensor, values: tuple) -> torch.Tensor:
     """``sum_j w_j Re[exp(-i u_j k) v_j]`` per quote: v (B, M, J) or (B, M, J, P) -> (B, M*Q[, P])."""
     phase = u.unsqueeze(2) * grid.k.unsqueeze(-1)  # (B, M, Q, J)
-    cos, sin = w.unsqueeze(2) * torch.cos(phase), w.unsqueeze(2) * torch.sin(phase)
     re, im = values
     if re.dim() == 3:
         re, im = re.unsqueeze(-1), im.unsqueeze(-1)
-    out = cos @ re + sin @ im  # (B, M, Q, P), broadcasting a shared grid (batch 1)
+    # the weights go on the values (B, M, J, P), smaller than the phase factors (B, M, Q, J)
+    weight = w.unsqueeze(-1)
+    out = torch.cos(phase) @ (weight * re) + torch.sin(phase) @ (weight * im)  # (B, M, Q, P)
     out = out.reshape(out.shape[0], -1, out.shape[-1])
     return out if values[0].dim() == 4 else out.squeeze(-1)
 

@@ -13,7 +13,7 @@ without the O(sqrt(dt)) discretisation bias (exactly so for geometric Brownian m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 BARRIER_TYPES = ("down_out", "up_out", "down_in", "up_in")
+_BLOCK_ELEMENTS = 2**18
+"""Path values per block in the payoffs that work on whole paths (barriers, bridge extrema): a
+block's temporaries fit memory the allocator reuses, where a whole chunk's are fresh memory, paid
+for by a page fault per page (most of their time on a large chunk, measured here)."""
 
 
 def european(
@@ -216,6 +220,37 @@ def barrier(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     if not barrier > 0:
         raise ValueError(f"barrier must be positive, got {barrier}")
+    _check_paths(paths)
+    parts = [
+        _barrier_block(
+            block,
+            strike=strike,
+            barrier=barrier,
+            barrier_type=barrier_type,
+            time_grid=time_grid,
+            is_call=is_call,
+            rebate=rebate,
+            rate=rate,
+            volatility=vol,
+        )
+        for block, vol in _path_blocks(paths, volatility)
+    ]
+    return torch.cat(parts)
+
+
+def _barrier_block(
+    paths: torch.Tensor,
+    *,
+    strike: TensorLike,
+    barrier: float,
+    barrier_type: str,
+    time_grid: torch.Tensor,
+    is_call: TensorLike,
+    rebate: float,
+    rate: float,
+    volatility: TensorLike | None,
+) -> torch.Tensor:
+    """:func:`barrier` of one block of paths (arguments as there)."""
     hit = barrier_hit_probabilities(
         paths,
         barrier=barrier,
@@ -228,13 +263,13 @@ def barrier(
     extra = (slice(None),) + (None,) * (vanilla.ndim - 1)
     if barrier_type.endswith("_in"):
         return vanilla * (1.0 - survive)[extra] + rebate * survive[extra]
-    hit_time = 0.5 * (time_grid[:-1] + time_grid[1:])
+    grid = time_grid.to(paths.dtype)
+    accrual = torch.exp(rate * (grid[-1] - 0.5 * (grid[:-1] + grid[1:])))  # (T,): mid-step hits
     start = paths[:, 0]
     starts_beyond = start <= barrier if barrier_type == "down_out" else start >= barrier
-    hit_time = torch.where(starts_beyond[:, None], time_grid[0], hit_time)  # (N, T)
-    accrual = torch.exp(rate * (time_grid[-1] - hit_time))  # (N, T)
-    rebate_value = rebate * (hit * accrual).sum(1)
-    return vanilla * survive[extra] + rebate_value[extra]
+    early = torch.exp(rate * (grid[-1] - grid[0])) - accrual[0]  # hit at t_0 instead
+    accrued = hit @ accrual + torch.where(starts_beyond, hit[:, 0] * early, 0.0)  # (N,)
+    return vanilla * survive[extra] + (rebate * accrued)[extra]
 
 
 def path_extremum(
@@ -268,6 +303,20 @@ def path_extremum(
     if time_grid is None:
         raise ValueError("time_grid is required with volatility (continuous monitoring)")
     _check_grid_matches(paths, time_grid)
+    # the uniforms of consecutive blocks of rows continue one stream: the numbers of one (N, T) draw
+    parts = [_bridge_extremum(block, vol, time_grid, maximum, generator)
+             for block, vol in _path_blocks(paths, volatility)]  # fmt: skip
+    return torch.cat(parts)
+
+
+def _bridge_extremum(
+    paths: torch.Tensor,
+    volatility: TensorLike,
+    time_grid: torch.Tensor,
+    maximum: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`path_extremum` of one block of paths under continuous monitoring."""
     logs = paths.log()
     a, b = logs[:, :-1], logs[:, 1:]  # (N, T)
     variance = _step_variance(volatility, time_grid, paths)
@@ -276,6 +325,23 @@ def path_extremum(
     if maximum:
         return (0.5 * (a + b + spread)).amax(1).exp()
     return (0.5 * (a + b - spread)).amin(1).exp()
+
+
+def _path_blocks(
+    paths: torch.Tensor, per_path: TensorLike | None
+) -> Iterator[tuple[torch.Tensor, TensorLike | None]]:
+    """Blocks of about :data:`_BLOCK_ELEMENTS` path values, row-major, each with its rows of
+    ``per_path`` (a tensor whose first dimension is N; anything else is passed whole).
+
+    Shape:
+        paths: (N, T+1). Each block: (B, T+1), and (B, ...) of ``per_path``.
+    """
+    n = paths.shape[0]
+    rows = max(1, _BLOCK_ELEMENTS // paths.shape[1])
+    sliced = isinstance(per_path, torch.Tensor) and per_path.ndim >= 1 and per_path.shape[0] == n
+    for start in range(0, n, rows):
+        part = slice(start, start + rows)
+        yield paths[part].contiguous(), per_path[part] if sliced else per_path
 
 
 def lookback(

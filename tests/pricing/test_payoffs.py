@@ -161,3 +161,52 @@ def test_bad_input_names_the_field(
     p = _paths([100.0, 90.0, 110.0])
     with pytest.raises(ValueError, match=match):
         call(p)
+
+
+@pytest.mark.parametrize("vol_shape", ["scalar", "per_path", "per_step"])
+def test_blocked_barrier_and_bridge_extremum_equal_the_whole_chunk(
+    monkeypatch: pytest.MonkeyPatch, vol_shape: str
+) -> None:
+    # barriers and bridge extrema run over blocks of rows (their temporaries stay in reused
+    # memory): the same values as one block, per-path volatilities sliced with the rows, and the
+    # bridge uniforms of consecutive blocks continue one stream
+    g = torch.Generator().manual_seed(4)
+    grid = simulate.time_grid(12, 1.0)
+    spot = torch.linspace(80.0, 120.0, 1000, dtype=torch.float64)  # some start beyond 90 or 110
+    paths = simulate.gbm(1000, 12, spot=spot, volatility=0.3, maturity=1.0, generator=g)
+    vol = {"scalar": 0.3, "per_path": torch.linspace(0.2, 0.4, 1000, dtype=torch.float64),
+           "per_step": torch.full((1000, 12), 0.3, dtype=torch.float64)}[vol_shape]  # fmt: skip
+
+    def run() -> tuple[torch.Tensor, ...]:
+        kw = {"strike": 100.0, "time_grid": grid, "rebate": 2.0, "rate": 0.05}
+        return (
+            payoffs.barrier(paths, barrier=90.0, barrier_type="down_out", volatility=vol, **kw),
+            payoffs.barrier(paths, barrier=110.0, barrier_type="up_out", **kw),
+            payoffs.barrier(paths, barrier=110.0, barrier_type="up_in", **kw),
+            payoffs.path_extremum(
+                paths,
+                maximum=True,
+                time_grid=grid,
+                volatility=vol,
+                generator=torch.Generator().manual_seed(5),
+            ),
+        )
+
+    monkeypatch.setattr(payoffs, "_BLOCK_ELEMENTS", 10**9)
+    whole = run()
+    monkeypatch.setattr(payoffs, "_BLOCK_ELEMENTS", 13 * 70)  # blocks of 70 rows, a shorter last
+    for a, b in zip(whole, run(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-14, atol=1e-13)
+
+
+def test_knock_out_rebate_accrues_from_the_mid_step_or_from_today() -> None:
+    # a rebate paid at the hit accrues to expiry: from mid-step, or from t_0 for a path that
+    # starts on the barrier side (hit at once)
+    grid = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    p = _paths([100.0, 80.0, 120.0], [85.0, 95.0, 120.0])
+    out = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=grid,
+                          rebate=1.0, rate=0.1)  # fmt: skip
+    expected = [math.exp(0.1 * 0.75), math.exp(0.1 * 1.0)]
+    torch.testing.assert_close(
+        out, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0.0
+    )
