@@ -138,3 +138,29 @@ def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
     wide.to_parquet(tmp_path / "neg.parquet")
     with pytest.raises(ValueError, match="path 1 has a non-positive"):
         read_paths(tmp_path / "neg.parquet", market)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"market": {**HESTON, "instruments": ["underlying", "variance_swap"]}},
+        {"derivative": {"type": "barrier", "barrier": 1.05, "barrier_type": "up_out"}},
+    ],
+    ids=["bs", "heston_variance_swap", "barrier"],
+)
+def test_market_data_in_blocks_equals_one_block(
+    monkeypatch: pytest.MonkeyPatch, extra: dict
+) -> None:
+    # Market.data works DATA_BLOCK paths at a time (bounded temporaries); the blocks add up to
+    # the data of all paths at once, a shorter last block included
+    market = Market(
+        config_from_dict({**extra, "market": {"n_steps": 6, **extra.get("market", {})}})
+    )
+    raw = market.simulate(1000, generator=torch.Generator().manual_seed(8))
+    monkeypatch.setattr("qfnet.hedging.markets.DATA_BLOCK", 10**9)
+    whole = market.data(raw)
+    monkeypatch.setattr("qfnet.hedging.markets.DATA_BLOCK", 300)
+    blocked = market.data(raw)
+    for a, b in zip(whole, blocked, strict=True):
+        torch.testing.assert_close(b, a, rtol=0.0, atol=0.0)
