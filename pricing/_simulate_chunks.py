@@ -182,14 +182,12 @@ def gbm_chunks(
             out[0] = 0.0
             t = 0
             for slab in slabs:  # (S, 1, C): the log increments of S steps
-                rows = out[t + 1 : t + 1 + len(slab)]
-                torch.mul(slab[:, 0], scale[t : t + len(slab)], out=rows).add_(
-                    drift[t : t + len(slab)]
-                )
-                t += len(slab)
-            for i in range(
-                1, len(out)
-            ):  # the running sum (torch's cumsum along dim 0 is ~10x slower)
+                n = len(slab)
+                torch.mul(slab[:, 0], scale[t : t + n], out=out[t + 1 : t + 1 + n])
+                out[t + 1 : t + 1 + n].add_(drift[t : t + n])
+                t += n
+            # the running sum, row by row (torch's cumsum along dim 0 is ~10x slower here)
+            for i in range(1, len(out)):
                 out[i].add_(out[i - 1])
             yield slice(start, stop), out.exp_().mul_(s0).T  # (C, T+1)
 

@@ -197,7 +197,7 @@ class _Residuals:
         self.root_ratio, self.root_t = torch.sqrt(surfaces.ratio), torch.sqrt(surfaces.maturity)
         self.start = surfaces.market_iv * self.root_t
 
-    def _vols(self, s: torch.Tensor, price: torch.Tensor) -> torch.Tensor:
+    def implied_vols(self, s: torch.Tensor, price: torch.Tensor) -> torch.Tensor:
         """Black vols of OTM prices over F ``(B, N)`` of surfaces ``s``, from the market's: what
         :func:`pricing.black_scholes.black_implied_vol` returns, without its input checks and
         conversions (the quotes were checked once), which are most of its cost on a surface's few
@@ -220,7 +220,7 @@ class _Residuals:
         ``dnormalized``, the Jacobian of ``price / sqrt(K/F)`` ``(B, N, 5)`` (None: no Jacobian)."""
         surf = self.surfaces
         ratio, t, weight = surf.ratio[s], surf.maturity[s], surf.weight[s]
-        vol = self._vols(s, price)
+        vol = self.implied_vols(s, price)
         solved = torch.isfinite(vol) & (vol > 1e-8)
         fallback = (price - self.market_price[s]) / self.market_vega[s]
         residual = weight * torch.where(solved, vol - surf.market_iv[s], fallback)

@@ -171,7 +171,7 @@ def test_residual_vols_are_black_implied_vols() -> None:
     price[0, :3] = torch.tensor([-1e-3, math.nan, 0.0])
     price[0, 3] = torch.where(k[0, 3] >= 1, 1.0, k[0, 3])  # the upper bound: F (calls), K (puts)
     expected = black_implied_vol(price=price, forward=1.0, strike=k, maturity=mt, is_call=k >= 1)
-    got = residuals._vols(torch.tensor([0]), price)
+    got = residuals.implied_vols(torch.tensor([0]), price)
     torch.testing.assert_close(got, expected, rtol=1e-13, atol=0.0, equal_nan=True)
     assert bool(torch.isnan(got[0, :2]).all()) and float(got[0, 2]) == 0.0
     assert bool(torch.isnan(got[0, 3])) and bool(torch.isfinite(got[0, 4:]).all())
