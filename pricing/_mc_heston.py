@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
 
 from pricing import black_scholes
-from pricing._mc_random import NormalSource, base_seed, drawn_chunks
+from pricing._mc_random import NormalSource, base_seed, drawn_slabs, step_normals
 from pricing._simulate_checks import check_heston, check_paths, check_positive
 from pricing._simulate_steps import HestonStep, qe_variance_step
 from pricing._typing import TensorLike
@@ -30,18 +30,19 @@ class ConditionalChunk(NamedTuple):
 
 
 def conditional_log_moments(
-    z: torch.Tensor, steps: list[HestonStep], v0: float
+    z: Iterable[torch.Tensor], steps: list[HestonStep], v0: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of ``ln(S_T / S_0)`` given the QE variance path driven by ``z``.
 
     Shape:
-        z: (T, C). Output: two tensors (C,).
+        z: the T steps' normals in order, (C,) each (a (T, C) tensor, or any iterable of rows).
+        Output: two tensors (C,).
     """
-    v = torch.full_like(z[0], v0)
-    mean = torch.zeros_like(v)
-    var = torch.zeros_like(v)
-    for i, step in enumerate(steps):
-        v_next, drift = qe_variance_step(v, z[i], step)
+    v = mean = var = None
+    for step, z_i in zip(steps, z, strict=True):
+        if v is None:
+            v, mean, var = torch.full_like(z_i, v0), torch.zeros_like(z_i), torch.zeros_like(z_i)
+        v_next, drift = qe_variance_step(v, z_i, step)
         mean += drift + step.k2 * v_next
         var += step.k3 * v + step.k4 * v_next
         v = v_next
@@ -91,8 +92,9 @@ def conditional_chunks(
     k = torch.as_tensor(strike, dtype=dtype, device=grid.device)
     call = torch.as_tensor(is_call, dtype=torch.bool, device=grid.device)
     vector = k.ndim == 1 or call.ndim == 1
-    for start, stop, z in drawn_chunks(source, chunk_size):
-        mean, var = conditional_log_moments(z[:, 0], steps, float(v0))
+    for start, stop, slabs in drawn_slabs(source, chunk_size):
+        rows = (z[0] for z in step_normals(slabs))  # (C,) per step, a slab of steps at a time
+        mean, var = conditional_log_moments(rows, steps, float(v0))
         fwd = spot * torch.exp(mean + 0.5 * var)  # (C,)
         sd = var.sqrt()
         if vector:

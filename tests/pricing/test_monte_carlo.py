@@ -245,9 +245,12 @@ def test_conditional_heston_beats_plain_standard_error() -> None:
     assert conditional.std_error < 0.5 * plain.std_error
 
 
-def test_same_seed_same_estimate_and_chunking_only_changes_rounding() -> None:
+@pytest.mark.parametrize("conditional", [False, True])
+def test_same_seed_same_estimate_and_chunking_only_changes_rounding(conditional: bool) -> None:
+    # (steps drawn a slab at a time: the slabs of one chunk, or of four, give the same normals)
     args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "v0": 0.04, "kappa": 2.0,
-            "theta": 0.04, "sigma": 0.5, "rho": -0.6, "n_paths": 4096, "n_steps": 8}  # fmt: skip
+            "theta": 0.04, "sigma": 0.5, "rho": -0.6, "n_paths": 4096, "n_steps": 8,
+            "conditional": conditional}  # fmt: skip
     first = monte_carlo.heston_european(**args, generator=_gen(5))
     again = monte_carlo.heston_european(**args, generator=_gen(5))
     chunked = monte_carlo.heston_european(**args, generator=_gen(5), chunk_size=1024)
