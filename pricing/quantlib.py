@@ -27,7 +27,9 @@ __all__ = [
     "EVALUATION_DATE",
     "HESTON_ENGINES",
     "HestonCalibrationFit",
-    "HestonMCResult",
+    "MCPrice",
+    "bs_asian_mc_price",
+    "bs_barrier_mc_price",
     "bs_greeks",
     "bs_implied_vol",
     "bs_price",
@@ -475,11 +477,11 @@ def sabr_fd_price(
 # Maturities go through the same time-scaling invariance as the Heston section (whole days).
 
 
-class HestonMCResult(NamedTuple):
+class MCPrice(NamedTuple):
     """A QuantLib Monte Carlo price with its error estimate, wall time and path count.
 
     Examples:
-        >>> HestonMCResult(price=7.0, std_error=0.2, seconds=0.01, n_paths=2000).n_paths
+        >>> MCPrice(price=7.0, std_error=0.2, seconds=0.01, n_paths=2000).n_paths
         2000
     """
 
@@ -506,7 +508,7 @@ def heston_mc_price(
     n_steps: int,
     antithetic: bool = False,
     seed: int = 42,
-) -> HestonMCResult:
+) -> MCPrice:
     """Heston European price by ``ql.MCEuropeanHestonEngine`` with pseudo-random numbers.
 
     Args:
@@ -520,7 +522,7 @@ def heston_mc_price(
         seed: QuantLib's random seed (0 would mean "from the clock").
 
     Returns:
-        ``HestonMCResult(price, std_error, seconds, n_paths)``; ``seconds`` times ``NPV()`` only.
+        ``MCPrice(price, std_error, seconds, n_paths)``; ``seconds`` times ``NPV()`` only.
 
     Examples:
         >>> model = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
@@ -550,10 +552,124 @@ def heston_mc_price(
     payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
     option = ql.VanillaOption(payoff, ql.EuropeanExercise(EVALUATION_DATE + days))
     option.setPricingEngine(engine)
+    return _timed_npv(option, n_paths)
+
+
+def bs_barrier_mc_price(
+    *,
+    spot: float,
+    strike: float,
+    barrier: float,
+    barrier_type: str,
+    maturity: float,
+    volatility: float,
+    rate: float = 0.0,
+    dividend: float = 0.0,
+    is_call: bool = True,
+    n_paths: int,
+    n_steps: int,
+    seed: int = 42,
+) -> MCPrice:
+    """Continuously monitored single barrier by ``ql.MCBarrierEngine`` (pseudo-random, the
+    Brownian-bridge crossing probability between grid dates: ``isBiased=False``), no rebate.
+
+    Args:
+        spot, strike, barrier: contract and market; ``barrier_type`` one of
+            ``down_out, up_out, down_in, up_in``.
+        maturity: years, a whole number of days (Actual/365F).
+        volatility, rate, dividend: flat Black-Scholes market.
+        n_paths, n_steps: simulated paths and time steps.
+        seed: QuantLib's random seed.
+
+    Examples:
+        >>> mc = bs_barrier_mc_price(spot=100.0, strike=100.0, barrier=90.0,
+        ...                          barrier_type="down_out", maturity=1.0, volatility=0.2,
+        ...                          n_paths=2000, n_steps=20)
+        >>> bool(0.0 < mc.price < bs_price(spot=100.0, strike=100.0, maturity=1.0,
+        ...                                volatility=0.2)), mc.n_paths
+        (True, 2000)
+    """
+    kinds = {"down_out": ql.Barrier.DownOut, "up_out": ql.Barrier.UpOut,
+             "down_in": ql.Barrier.DownIn, "up_in": ql.Barrier.UpIn}  # fmt: skip
+    if barrier_type not in kinds:
+        raise ValueError(f"barrier_type must be one of {sorted(kinds)}, got {barrier_type!r}")
+    process = _bs_process(spot, volatility, rate, dividend)
+    engine = ql.MCBarrierEngine(process, "pseudorandom", timeSteps=n_steps,
+                                requiredSamples=n_paths, isBiased=False, seed=seed)  # fmt: skip
+    payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
+    exercise = ql.EuropeanExercise(_whole_days(maturity, "maturity"))
+    option = ql.BarrierOption(kinds[barrier_type], barrier, 0.0, payoff, exercise)
+    option.setPricingEngine(engine)
+    return _timed_npv(option, n_paths)
+
+
+def bs_asian_mc_price(
+    *,
+    spot: float,
+    strike: float,
+    fixing_times: Sequence[float],
+    volatility: float,
+    rate: float = 0.0,
+    dividend: float = 0.0,
+    is_call: bool = True,
+    n_paths: int,
+    control: bool = False,
+    seed: int = 42,
+) -> MCPrice:
+    """Arithmetic-average-price Asian by ``ql.MCDiscreteArithmeticAPEngine`` (pseudo-random),
+    expiring at the last fixing; ``control`` uses the geometric Asian as control variate.
+
+    Args:
+        spot, strike: contract and market.
+        fixing_times: fixing times in years, each a whole number of days (Actual/365F).
+        volatility, rate, dividend: flat Black-Scholes market.
+        n_paths: simulated paths.
+        seed: QuantLib's random seed.
+
+    Examples:
+        >>> mc = bs_asian_mc_price(spot=100.0, strike=100.0, fixing_times=[182 / 365, 1.0],
+        ...                        volatility=0.2, n_paths=2000)
+        >>> bool(0.0 < mc.price < bs_price(spot=100.0, strike=100.0, maturity=1.0,
+        ...                                volatility=0.2))
+        True
+    """
+    process = _bs_process(spot, volatility, rate, dividend)
+    engine = ql.MCDiscreteArithmeticAPEngine(process, "pseudorandom", controlVariate=control,
+                                             requiredSamples=n_paths, seed=seed)  # fmt: skip
+    dates = [_whole_days(t, "fixing_times") for t in fixing_times]
+    payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
+    option = ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, 0.0, 0, dates, payoff,
+                                             ql.EuropeanExercise(dates[-1]))  # fmt: skip
+    option.setPricingEngine(engine)
+    return _timed_npv(option, n_paths)
+
+
+def _bs_process(
+    spot: float, volatility: float, rate: float, dividend: float
+) -> ql.BlackScholesMertonProcess:
+    _set_evaluation_date()
+    curve = lambda x: ql.YieldTermStructureHandle(ql.FlatForward(EVALUATION_DATE, x, DAY_COUNTER))  # noqa: E731
+    vol = ql.BlackVolTermStructureHandle(
+        ql.BlackConstantVol(EVALUATION_DATE, CALENDAR, volatility, DAY_COUNTER)
+    )
+    return ql.BlackScholesMertonProcess(
+        ql.QuoteHandle(ql.SimpleQuote(spot)), curve(dividend), curve(rate), vol
+    )
+
+
+def _whole_days(t: float, name: str) -> ql.Date:
+    """The date ``t`` years after ``EVALUATION_DATE``; ``t`` must be whole days (Actual/365F)."""
+    days = round(365.0 * t)
+    if days < 1 or abs(365.0 * t - days) > 1e-6:
+        raise ValueError(f"{name}: {t} years is not a positive whole number of days (Actual/365F)")
+    return EVALUATION_DATE + days
+
+
+def _timed_npv(option: ql.Instrument, n_paths: int) -> MCPrice:
+    """Price, error estimate and the wall time of ``NPV()``."""
     start = time.perf_counter()
     price = option.NPV()
-    seconds = time.perf_counter() - start
-    return HestonMCResult(price, option.errorEstimate(), seconds, n_paths)
+    return MCPrice(price, option.errorEstimate(), time.perf_counter() - start, n_paths)
 
 
 # Section: Calibration.

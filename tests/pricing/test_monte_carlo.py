@@ -363,3 +363,24 @@ def test_price_european_rows_matches_black_scholes_and_names_bad_rows() -> None:
         bad = vol.copy()
         bad[2] = -0.1
         monte_carlo.price_european_rows(**args, params={"volatility": bad})
+
+
+def test_quantlib_exotic_mc_references_agree_with_ours() -> None:
+    # the benchmark's QuantLib references (bench_exotics) are set up as ours: a continuous barrier
+    # within 4 SE of the closed form, an arithmetic Asian within 4 combined SE of our estimate
+    from pricing.analytic_barrier import barrier_price
+
+    market = {"spot": 100.0, "volatility": 0.25, "rate": 0.05, "dividend": 0.02}
+    contract = {"strike": 100.0, "barrier": 90.0, "barrier_type": "down_out", "maturity": 1.0}
+    ql_barrier = qlref.bs_barrier_mc_price(**market, **contract, n_paths=20_000, n_steps=50)
+    exact = float(barrier_price(**market, **contract))
+    assert abs(ql_barrier.price - exact) <= 4 * ql_barrier.std_error
+    fixings = [round(365 * i / 4) / 365 for i in range(1, 5)]
+    ql_asian = qlref.bs_asian_mc_price(**market, strike=100.0, fixing_times=fixings,
+                                       n_paths=20_000, control=True)  # fmt: skip
+    ours = mc_exotics.bs_asian(**market, strike=100.0, maturity=fixings[-1], fixing_times=fixings,
+                               n_paths=65_536, control=True, generator=_gen(31))  # fmt: skip
+    combined = math.hypot(ql_asian.std_error, float(ours.std_error))
+    assert abs(ql_asian.price - float(ours.price)) <= 4 * combined
+    with pytest.raises(ValueError, match="whole number of days"):
+        qlref.bs_asian_mc_price(**market, strike=100.0, fixing_times=[0.5], n_paths=10)
