@@ -140,8 +140,8 @@ def gbm_chunks(
     and ``reuse_buffers`` as in :func:`heston_chunks`.
 
     Without autograd each chunk is built in place in one buffer, a few steps of normals at a time
-    (the log increments, their running sum row by row, then ``exp``); with a graph (a ``spot`` or
-    ``volatility`` that requires grad) out of place from the chunk's normals.
+    (the log increments, their running sum row by row, then ``exp``); with a graph (an argument
+    that requires grad) out of place from the chunk's normals.
 
     Shape:
         Output: paths of each chunk (C, T+1) with C = ``path_slice.stop - path_slice.start``.
@@ -161,7 +161,9 @@ def gbm_chunks(
     _check_per_path(n_paths, spot=spot, volatility=volatility)
     dt = grid.diff()[:, None]  # (T, 1)
     source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
-    graph = any(isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, volatility))
+    graph = any(
+        isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, volatility, rate, dividend)
+    )
     buffers = _Buffers(reuse_buffers and not graph, dtype, grid.device, count=1)
 
     def chunks() -> Iterator[tuple[slice, torch.Tensor]]:

@@ -409,3 +409,11 @@ def test_gbm_in_place_and_autograd_paths_agree() -> None:
     spot = torch.full((3000,), GBM["spot"], dtype=torch.float64, requires_grad=True)
     graph = simulate.gbm(3000, 40, **{**GBM, "spot": spot}, generator=_gen(13), chunk_size=1024)
     torch.testing.assert_close(graph.detach(), plain, rtol=1e-13, atol=0.0)
+
+
+def test_gbm_rate_with_a_graph_takes_the_autograd_path() -> None:
+    rate = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    paths = simulate.gbm(64, 4, **{**GBM, "rate": rate}, generator=_gen(14))
+    (grad,) = torch.autograd.grad(paths[:, -1].sum(), rate)  # dS_T/dr = T S_T
+    torch.testing.assert_close(grad, paths[:, -1].detach().sum() * GBM["maturity"], rtol=1e-12,
+                               atol=0.0)  # fmt: skip
