@@ -80,6 +80,7 @@ def calibrate_command(
 ) -> None:
     """Calibrate a model to market quotes; write RESULT.json, a residuals CSV and optional smiles.
 
+    \f
     Examples:
         The function behind ``qfnet calibrate``, called directly on a SABR smile:
 

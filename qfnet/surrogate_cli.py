@@ -66,6 +66,7 @@ def generate_command(
 ) -> None:
     """Generate labelled training data: Sobol points of a model domain, priced, Parquet shards.
 
+    \f
     Examples:
         The function behind ``qfnet generate``, called directly:
 
@@ -134,8 +135,9 @@ def train_surrogate_command(
 ) -> None:
     """Train an implied-vol surrogate through the shared Trainer (works under torchrun).
 
+    \f
     Examples:
-        The function behind ``qfnet train-surrogate``, called directly (one epoch of a tiny net
+        The function behind ``qfnet train surrogate``, called directly (one epoch of a tiny net
         on 64 points: far from accurate):
 
         >>> import tempfile

@@ -73,6 +73,7 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+    assert ">>>" not in result.output  # the docstrings' doctests stay out of the help
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
