@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import qmc
 
 from pricing._labels import ENGINES, check_compile, label
 
@@ -293,6 +292,8 @@ def sample(
     if method == "random":
         u = np.random.default_rng(seed).random((n, len(names) + 2))
     else:
+        from scipy.stats import qmc  # here, not at the top: scipy.stats takes ~0.5 s to import
+
         sobol = qmc.Sobol(d=len(names) + 2, scramble=True, seed=np.random.default_rng(seed))
         if start:
             sobol.fast_forward(start)
