@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pricing import black_scholes
-from pricing.analytic_lookback import lookback_price
+from pricing.analytic_lookback import discrete_lookback_price, lookback_price
 from pricing.payoffs import lookback as lookback_payoff
 from pricing.simulate import gbm, time_grid
 
@@ -95,3 +95,42 @@ def test_bad_input_names_the_field(kwargs: dict, match: str) -> None:
     args = {"spot": 100.0, "running_extremum": 95.0, "maturity": 1.0, "volatility": 0.2}
     with pytest.raises(ValueError, match=match):
         lookback_price(**{**args, **kwargs})
+
+
+# Broadie-Glasserman-Kou leaves an o(sqrt(dt)) error; measured against 400k antithetic paths
+# (0.1% SE): at most 0.2% at 50 dates a year and 1.1% at 12, while the continuous price is 9-14%
+# (50 dates) and 19-29% (12 dates) too high. The bounds add the SE allowance to those.
+BGK_REL = {50: 0.004, 12: 0.015}
+
+
+@pytest.mark.parametrize("dates", [50, 12])
+@pytest.mark.parametrize(
+    ("kind", "is_call", "strike", "extremum"),
+    [("floating", True, None, 100.0), ("floating", False, None, 104.0),
+     ("fixed", True, 100.0, 100.0), ("fixed", False, 100.0, 97.0)],
+)  # fmt: skip
+def test_discretely_monitored_prices_match_monte_carlo_on_the_monitoring_dates(
+    dates: int, kind: str, is_call: bool, strike: float | None, extremum: float
+) -> None:
+    # the Monte Carlo payoff takes the extremum of the grid dates only (discrete monitoring), the
+    # running extremum included; seasoned where the extremum is not the spot
+    spot, t, vol, rate, dividend = 100.0, 1.0, 0.3, 0.05, 0.02
+    paths = gbm(200_000, dates, spot=spot, maturity=t, volatility=vol, rate=rate,
+                dividend=dividend, antithetic=True, generator=torch.Generator().manual_seed(9))  # fmt: skip
+    payoff = lookback_payoff(paths, kind=kind, is_call=is_call, strike=strike,
+                             running_extremum=extremum) * math.exp(-rate * t)  # fmt: skip
+    pairs = payoff.view(-1, 2).mean(1)
+    mc, se = pairs.mean().item(), pairs.std().item() / len(pairs) ** 0.5
+    args = {"spot": spot, "running_extremum": extremum, "maturity": t, "volatility": vol,
+            "rate": rate, "dividend": dividend, "kind": kind, "is_call": is_call,
+            "strike": strike}  # fmt: skip
+    discrete = discrete_lookback_price(**args, interval=t / dates).item()
+    continuous = lookback_price(**args).item()
+    assert abs(discrete - mc) <= 4 * se + BGK_REL[dates] * mc, (discrete, mc, se)
+    assert continuous - mc > 0.05 * mc  # the correction is what gets there
+
+
+def test_discrete_lookback_needs_a_positive_interval() -> None:
+    with pytest.raises(ValueError, match="interval must be positive"):
+        discrete_lookback_price(spot=100.0, running_extremum=100.0, maturity=1.0,
+                                volatility=0.2, interval=0.0)  # fmt: skip

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pricing import black_scholes
+from pricing.analytic_lookback import lookback_price
 from qfnet.hedging.config import DerivativeConfig, config_from_dict
 from qfnet.hedging.deltas import path_dependent_delta
 from qfnet.hedging.markets import Market
@@ -77,3 +78,24 @@ def test_shapes_and_types_are_checked() -> None:
     with pytest.raises(ValueError, match=r"vol \(2, 3\)"):
         path_dependent_delta(DerivativeConfig(type="asian"), spot, grid, torch.ones(2, 3),
                              rate=0.0, dividend=0.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
+def test_lookback_delta_prices_the_extremum_of_the_hedging_dates(is_call: bool) -> None:
+    # the payoff's extremum is taken on the 20 hedging dates: the Broadie-Glasserman-Kou delta
+    # leaves a P&L spread about 0.7x that of the continuously monitored formula's delta (3 seeds
+    # of 20k paths: 0.70-0.71 for calls, 0.65-0.66 for puts)
+    config = {"market": {**MARKET, "n_steps": 20},
+              "derivative": {"type": "lookback", "is_call": is_call}}  # fmt: skip
+    market = Market(config_from_dict(config))
+    data, _ = make_paths(market, 8192, split="test", seed=1)
+    own = run_strategy(BlackScholesDelta(), data, market).pnl
+    past, grid = data.spot[:, :-1], market.time_grid
+    extremum = torch.cummin(past, 1).values if is_call else torch.cummax(past, 1).values
+    now = past.clone().requires_grad_(True)
+    value = lookback_price(spot=now, running_extremum=extremum, maturity=grid[-1] - grid[:-1],
+                           volatility=data.vol, rate=0.02, kind="floating", is_call=is_call)  # fmt: skip
+    (continuous,) = torch.autograd.grad(value.sum(), now)
+    other = run_strategy(BlackScholesDelta(), data._replace(reference=continuous.unsqueeze(-1)),
+                         market).pnl  # fmt: skip
+    assert own.std() < 0.8 * other.std()
