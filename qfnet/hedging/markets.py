@@ -6,8 +6,9 @@ Black-Scholes reference hedge. Everything a policy does not change is computed o
 training only evaluates the policy and the P&L.
 
 The reference hedge is the Black-Scholes delta at the implied-vol proxy: of the European option, or
-of the path-dependent one given the path so far (:mod:`qfnet.hedging.deltas`). The features and the
-variance-swap hedge ratio use the European option's greeks for every derivative.
+of the path-dependent one given the path so far (:mod:`qfnet.hedging.deltas`). The band feature
+and the variance-swap hedge ratio use the same derivative's gamma and vega (:meth:`Market.greeks`),
+so a knocked-out barrier has neither; ``d1`` is the European moneyness for every derivative.
 
 Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))``, ``tau / T``,
 ``sigma_hat / sigma0 - 1`` (implied-vol proxy), ``d1`` clipped to [-6, 6] (moneyness in
@@ -26,7 +27,7 @@ import torch
 
 from pricing import black_scholes, payoffs, simulate
 from qfnet.hedging.config import HedgeConfig
-from qfnet.hedging.deltas import path_dependent_delta
+from qfnet.hedging.deltas import PathGreeks, path_dependent_greeks
 
 __all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance", "pack", "unpack"]
 
@@ -240,16 +241,8 @@ class Market:
         stock = spot * discount
         carry = stock[:, 1:] * torch.expm1(m.dividend * (grid[1:] - grid[:-1]))  # (N, T)
         prices, income = [stock], [carry]
-        g = black_scholes.greeks(
-            spot=spot[:, :-1], strike=self.config.derivative.strike, maturity=tau,
-            volatility=vol, rate=m.rate, dividend=m.dividend,
-            is_call=self.config.derivative.is_call,
-        )  # fmt: skip
-        d = self.config.derivative
-        if d.type == "european":
-            reference = [g.delta]
-        else:  # the path so far matters: running average, extremum or barrier status
-            reference = [path_dependent_delta(d, spot, grid, vol, rate=m.rate, dividend=m.dividend)]
+        g = self.greeks(spot, vol)
+        reference = [g.delta]
         if "variance_swap" in m.instruments:
             swap, ratio = self._variance_swap(raw, g.vega, vol, tau)
             prices.append(swap)
@@ -266,6 +259,22 @@ class Market:
             reference=torch.stack(reference, dim=-1),
             vol=vol,
         )
+
+    def greeks(self, spot: torch.Tensor, vol: torch.Tensor) -> PathGreeks:
+        """Delta, gamma and vega of the derivative at steps ``0..T-1`` at the implied-vol proxy
+        ``vol``: Black-Scholes for a European, else the path-dependent option's own, given the
+        path so far (:func:`qfnet.hedging.deltas.path_dependent_greeks`).
+
+        Shape:
+            - spot: (N, T + 1); vol: (N, T); each output field: (N, T)
+        """
+        m, grid, d = self.market, self.time_grid, self.config.derivative
+        if d.type != "european":  # the running average, extremum or barrier status matters
+            return path_dependent_greeks(d, spot, grid, vol, rate=m.rate, dividend=m.dividend)
+        tau = (grid[-1] - grid[:-1]).expand(spot.shape[0], -1)  # (N, T)
+        g = black_scholes.greeks(spot=spot[:, :-1], strike=d.strike, maturity=tau, volatility=vol,
+                                 rate=m.rate, dividend=m.dividend, is_call=d.is_call)  # fmt: skip
+        return PathGreeks(g.delta, g.gamma, g.vega)
 
     def _features(
         self, spot: torch.Tensor, tau: torch.Tensor, vol: torch.Tensor, gamma: torch.Tensor

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from pricing import black_scholes, heston
+from pricing import heston
 from qfnet.hedging.markets import N_FEATURES, HedgeData, Market, expected_variance
 from qfnet.nets import GRUPolicy, MLPPolicy, NoTransactionBandNet, clamp_recursion
 
@@ -129,12 +129,9 @@ class WhalleyWilmott:
         m = self.market
         tau = m.time_grid[-1] - m.time_grid[:-1]  # (T,)
         s = data.spot[:, :-1]
-        g = black_scholes.greeks(
-            spot=s, strike=m.config.derivative.strike, maturity=tau.expand_as(s),
-            volatility=data.vol, rate=m.market.rate, dividend=m.market.dividend,
-        )  # fmt: skip
+        gamma = m.greeks(data.spot, data.vol).gamma  # of the derivative sold, exotics included
         cost = float(m.cost[0])
-        scale = 1.5 * torch.exp(-m.market.rate * tau) * cost * s * g.gamma**2
+        scale = 1.5 * torch.exp(-m.market.rate * tau) * cost * s * gamma**2
         return (scale / self.risk_aversion).pow(1.0 / 3.0)
 
     def positions(self, data: HedgeData) -> torch.Tensor:

@@ -8,11 +8,12 @@ import torch
 
 from pricing import black_scholes
 from pricing.analytic_lookback import lookback_price
+from pricing.simulate import gbm
 from qfnet.hedging.config import DerivativeConfig, config_from_dict
-from qfnet.hedging.deltas import path_dependent_delta
+from qfnet.hedging.deltas import _PRICERS, path_dependent_delta, path_dependent_greeks
 from qfnet.hedging.markets import Market
 from qfnet.hedging.pnl import run_strategy
-from qfnet.hedging.strategies import BlackScholesDelta, NoHedge
+from qfnet.hedging.strategies import BlackScholesDelta, NoHedge, WhalleyWilmott
 from qfnet.hedging.train import make_paths
 
 MARKET = {"n_steps": 50, "volatility": 0.2, "maturity": 0.5, "cost": 0.0, "rate": 0.02}
@@ -99,3 +100,49 @@ def test_lookback_delta_prices_the_extremum_of_the_hedging_dates(is_call: bool) 
     other = run_strategy(BlackScholesDelta(), data._replace(reference=continuous.unsqueeze(-1)),
                          market).pnl  # fmt: skip
     assert own.std() < 0.8 * other.std()
+
+
+@pytest.mark.parametrize(
+    "derivative",
+    [
+        {"type": "asian"},
+        {"type": "lookback", "is_call": False},
+        {"type": "barrier", "barrier": 1.1, "barrier_type": "up_out"},
+    ],
+    ids=["asian", "lookback-put", "up-out"],
+)
+def test_path_dependent_gamma_and_vega_are_derivatives_of_the_delta_and_price(
+    derivative: dict,
+) -> None:
+    config = DerivativeConfig(**derivative)
+    grid = torch.linspace(0.0, 0.5, 11, dtype=torch.float64)
+    spot = gbm(64, 10, spot=1.0, volatility=0.2, maturity=0.5,
+               generator=torch.Generator().manual_seed(3))  # fmt: skip
+    vol = torch.full((64, 10), 0.2, dtype=torch.float64)
+    g = path_dependent_greeks(config, spot, grid, vol, rate=0.02, dividend=0.0)
+    torch.testing.assert_close(g.delta, path_dependent_delta(config, spot, grid, vol, rate=0.02,
+                                                             dividend=0.0), rtol=0, atol=0)  # fmt: skip
+    # second and first central differences of the closed form in today's spot and in the vol,
+    # with the path's state (fixings, extremum, barrier status) held as autograd holds it
+    price, now, h = _PRICERS[config.type], spot[:, :-1], 1e-4
+    at = lambda s, v: price(config, s, spot, grid, v, 0.02, 0.0)  # noqa: E731
+    fd_gamma = (at(now * (1 + h), vol) - 2 * at(now, vol) + at(now * (1 - h), vol)) / (h * now) ** 2
+    torch.testing.assert_close(g.gamma, fd_gamma, rtol=1e-4, atol=1e-4)
+    fd_vega = (at(now, vol + h) - at(now, vol - h)) / (2 * h)
+    torch.testing.assert_close(g.vega, fd_vega, rtol=1e-4, atol=1e-7)
+
+
+def test_a_knocked_out_barrier_has_no_band() -> None:
+    # the band feature and the Whalley-Wilmott band come from the derivative's own gamma: zero
+    # once an up-and-out barrier has been hit (the European gamma would not be)
+    config = {"market": {**MARKET, "n_steps": 20, "cost": 0.001},
+              "derivative": {"type": "barrier", "barrier": 1.05, "barrier_type": "up_out"}}  # fmt: skip
+    market = Market(config_from_dict(config))
+    data, _ = make_paths(market, 2000, split="test", seed=2)
+    past = data.spot[:, :-1]
+    hit = torch.cumsum((past >= 1.05).to(torch.int32), dim=1) > 0
+    assert bool(hit.any()) and bool((~hit).any())
+    assert bool((data.features[..., 4][hit] == 0).all())
+    assert bool((data.features[..., 4][~hit] > 0).any())
+    width = WhalleyWilmott(market, risk_aversion=1.0).half_width(data)
+    assert bool((width[hit] == 0).all()) and bool((width[~hit] > 0).any())
