@@ -21,6 +21,9 @@ from pricing._typing import DEFAULT_DTYPE
 __all__ = ["HestonPathwiseGreeks", "heston_pathwise_greeks"]
 
 MODEL_PARAMETERS = ("kappa", "theta", "sigma", "rho")
+GRAPH_PATH_STEPS = 2**20
+"""Path-steps per chunk by default (paths = this / steps, at least 4,096): measured here, 64 and
+252 steps ran fastest at 16,384 and 4,096 paths per chunk."""
 """The parameters whose pathwise derivatives need the Euler scheme."""
 
 
@@ -98,7 +101,10 @@ def heston_pathwise_greeks(
       reliable, than with the condition met.
 
     Autograd keeps each chunk's graph (about 30 float64 numbers per path and step); ``chunk_size``
-    bounds it.
+    bounds it. By default a chunk holds about :data:`GRAPH_PATH_STEPS` path-steps (at least 4,096
+    paths), a graph of about 250 MB. The simulators' own default (four times as many) took 1.7
+    times the time and 2-3 times the memory here (65,536 paths: 2.6 s and 2.0 GB against 1.5 s and
+    0.9 GB at 64 steps; 17.2 s and 3.2 GB against 10.2 s and 1.1 GB at 252).
 
     Args:
         spot: spot price, > 0.
@@ -117,7 +123,7 @@ def heston_pathwise_greeks(
         antithetic: antithetic pairs.
         scheme: ``"qe"`` or ``"euler"`` (see above).
         generator: random source.
-        chunk_size: paths per chunk; the result does not depend on it.
+        chunk_size: paths per chunk (None: see above); the result does not depend on it.
 
     Returns:
         ``HestonPathwiseGreeks``: price, delta, dv0, and with ``scheme="euler"`` dkappa, dtheta,
@@ -143,6 +149,8 @@ def heston_pathwise_greeks(
         True
     """
     check_paths(n_paths)  # before the leaves below are allocated
+    if chunk_size is None:
+        chunk_size = max(4096, GRAPH_PATH_STEPS // max(int(n_steps), 1))
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
     values = {"spot": spot, "v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
