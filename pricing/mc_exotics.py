@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from pricing import black_scholes, payoffs, simulate
-from pricing._mc_random import base_seed, derive_seed
+from pricing._mc_random import base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 from pricing.analytic_exotics import geometric_asian_price
@@ -352,7 +352,8 @@ def bs_pathwise_greeks(
         n_steps: time steps.
         antithetic: antithetic pairs.
         generator: random source.
-        chunk_size: paths per chunk.
+        chunk_size: paths per chunk (None: :func:`pricing._mc_random.graph_chunk_size`, which
+            bounds each chunk's autograd graph).
 
     Returns:
         ``PathwiseGreeks(price, delta, vega)``.
@@ -376,7 +377,8 @@ def bs_pathwise_greeks(
     df = math.exp(-rate * maturity)
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=s0, volatility=vol, rate=rate, dividend=dividend,
-        antithetic=antithetic, generator=generator, chunk_size=chunk_size,
+        antithetic=antithetic, generator=generator,
+        chunk_size=graph_chunk_size(len(grid) - 1) if chunk_size is None else chunk_size,
     )  # fmt: skip
     moments = [Moments() for _ in range(3)]
     time_avg = None if fixings is not None else grid

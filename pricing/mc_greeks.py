@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 
 from pricing import payoffs, simulate
+from pricing._mc_random import graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
 from pricing._simulate_checks import check_paths
 from pricing._typing import DEFAULT_DTYPE
@@ -21,9 +22,6 @@ from pricing._typing import DEFAULT_DTYPE
 __all__ = ["HestonPathwiseGreeks", "heston_pathwise_greeks"]
 
 MODEL_PARAMETERS = ("kappa", "theta", "sigma", "rho")
-GRAPH_PATH_STEPS = 2**20
-"""Path-steps per chunk by default (paths = this / steps, at least 4,096): measured here, 64 and
-252 steps ran fastest at 16,384 and 4,096 paths per chunk."""
 """The parameters whose pathwise derivatives need the Euler scheme."""
 
 
@@ -101,10 +99,9 @@ def heston_pathwise_greeks(
       reliable, than with the condition met.
 
     Autograd keeps each chunk's graph (about 30 float64 numbers per path and step); ``chunk_size``
-    bounds it. By default a chunk holds about :data:`GRAPH_PATH_STEPS` path-steps (at least 4,096
-    paths), a graph of about 250 MB. The simulators' own default (four times as many) took 1.7
-    times the time and 2-3 times the memory here (65,536 paths: 2.6 s and 2.0 GB against 1.5 s and
-    0.9 GB at 64 steps; 17.2 s and 3.2 GB against 10.2 s and 1.1 GB at 252).
+    bounds it; by default :func:`pricing._mc_random.graph_chunk_size` (about 2^20 path-steps, a
+    graph of about 250 MB: 65,536 paths took 1.5 s and 0.9 GB at 64 steps, 10.2 s and 1.1 GB at
+    252, against 2.6 s and 2.0 GB, 17.2 s and 3.2 GB with the simulators' default chunk).
 
     Args:
         spot: spot price, > 0.
@@ -150,7 +147,7 @@ def heston_pathwise_greeks(
     """
     check_paths(n_paths)  # before the leaves below are allocated
     if chunk_size is None:
-        chunk_size = max(4096, GRAPH_PATH_STEPS // max(int(n_steps), 1))
+        chunk_size = graph_chunk_size(n_steps)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
     values = {"spot": spot, "v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
