@@ -32,6 +32,8 @@ from qfnet.hedging.deltas import PathGreeks, path_dependent_greeks
 __all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance", "pack", "unpack"]
 
 N_FEATURES = 5
+_BAND = 4  # the column of the Whalley-Wilmott band feature, (cost S Gamma^2)^(1/3) * _BAND_SCALE
+_BAND_SCALE = 10.0
 DATA_BLOCK = 16384
 """Paths per block in :meth:`Market.data` (the result does not depend on it)."""
 
@@ -276,6 +278,16 @@ class Market:
                                  rate=m.rate, dividend=m.dividend, is_call=d.is_call)  # fmt: skip
         return PathGreeks(g.delta, g.gamma, g.vega)
 
+    def cost_gamma_term(self, data: HedgeData) -> torch.Tensor:
+        """``cost S Gamma^2`` of the derivative at steps ``0..T-1``, recovered from the band
+        feature (computed once in :meth:`data`, with the derivative's own gamma), for the
+        Whalley-Wilmott band.
+
+        Shape:
+            - output: (N, T)
+        """
+        return (data.features[..., _BAND] / _BAND_SCALE) ** 3
+
     def _features(
         self, spot: torch.Tensor, tau: torch.Tensor, vol: torch.Tensor, gamma: torch.Tensor
     ) -> torch.Tensor:
@@ -285,8 +297,8 @@ class Market:
         log_m = torch.log(s / strike)
         d1 = (log_m + (m.rate - m.dividend + 0.5 * vol**2) * tau) / (vol * tau.sqrt())
         cost = float(self.cost[0])
-        band = (cost * s * gamma**2).pow(1.0 / 3.0) * 10.0
-        cols = [
+        band = (cost * s * gamma**2).pow(1.0 / 3.0) * _BAND_SCALE
+        cols = [  # the band is column _BAND
             log_m / (sigma0 * math.sqrt(m.maturity)),
             tau / m.maturity,
             vol / sigma0 - 1.0,

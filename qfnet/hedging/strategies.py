@@ -128,10 +128,8 @@ class WhalleyWilmott:
         """Band half-width ``(N, T)``."""
         m = self.market
         tau = m.time_grid[-1] - m.time_grid[:-1]  # (T,)
-        s = data.spot[:, :-1]
-        gamma = m.greeks(data.spot, data.vol).gamma  # of the derivative sold, exotics included
-        cost = float(m.cost[0])
-        scale = 1.5 * torch.exp(-m.market.rate * tau) * cost * s * gamma**2
+        # cost S Gamma^2 with the gamma of the derivative sold (exotics included), from the data
+        scale = 1.5 * torch.exp(-m.market.rate * tau) * m.cost_gamma_term(data)
         return (scale / self.risk_aversion).pow(1.0 / 3.0)
 
     def positions(self, data: HedgeData) -> torch.Tensor:
