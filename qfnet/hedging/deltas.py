@@ -70,12 +70,8 @@ def path_dependent_greeks(
         >>> bool((g.gamma >= 0).all()), bool((g.vega >= 0).all()), float(g.delta[1, 3])
         (True, True, 0.25)
     """
-    _check(derivative, spot, time_grid, vol)
     with torch.enable_grad():
-        now = spot[:, :-1].detach().clone().requires_grad_(True)  # (N, T)
-        sigma = vol.detach().clone().requires_grad_(True)
-        value = _PRICERS[derivative.type](derivative, now, spot.detach(), time_grid, sigma,
-                                          rate, dividend)  # fmt: skip
+        value, now, sigma = _value(derivative, spot, time_grid, vol, rate, dividend, vol_grad=True)
         delta, vega = torch.autograd.grad(value.sum(), (now, sigma), create_graph=True)
         (gamma,) = torch.autograd.grad(delta.sum(), now, allow_unused=True)
     gamma = torch.zeros_like(delta) if gamma is None else gamma
@@ -114,18 +110,24 @@ def path_dependent_delta(
         >>> d.shape, bool(((d > 0) & (d < 1)).all())
         (torch.Size([3, 4]), True)
     """
-    _check(derivative, spot, time_grid, vol)
     with torch.enable_grad():
-        now = spot[:, :-1].detach().clone().requires_grad_(True)  # (N, T)
-        value = _PRICERS[derivative.type](derivative, now, spot.detach(), time_grid,
-                                          vol.detach(), rate, dividend)  # fmt: skip
+        value, now, _ = _value(derivative, spot, time_grid, vol, rate, dividend, vol_grad=False)
         (delta,) = torch.autograd.grad(value.sum(), now)
     return delta
 
 
-def _check(
-    derivative: DerivativeConfig, spot: torch.Tensor, time_grid: torch.Tensor, vol: torch.Tensor
-) -> None:
+def _value(
+    derivative: DerivativeConfig,
+    spot: torch.Tensor,
+    time_grid: torch.Tensor,
+    vol: torch.Tensor,
+    rate: float,
+    dividend: float,
+    *,
+    vol_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The derivative's value at steps ``0..T-1`` (N, T) from leaves ``now`` (today's spots,
+    the path's past held fixed) and ``vol`` (a leaf too with ``vol_grad``); call with grad on."""
     if derivative.type not in _PRICERS:
         raise ValueError(f"no path-dependent delta for derivative type {derivative.type!r}")
     n_steps = time_grid.numel() - 1
@@ -134,6 +136,11 @@ def _check(
             f"spot {tuple(spot.shape)} and vol {tuple(vol.shape)} do not match a grid of "
             f"{n_steps} steps: need (N, {n_steps + 1}) and (N, {n_steps})"
         )
+    now = spot[:, :-1].detach().clone().requires_grad_(True)  # (N, T)
+    sigma = vol.detach().clone().requires_grad_(vol_grad)
+    value = _PRICERS[derivative.type](derivative, now, spot.detach(), time_grid, sigma, rate,
+                                      dividend)  # fmt: skip
+    return value, now, sigma
 
 
 def _asian(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:
