@@ -662,7 +662,7 @@ def _whole_days(t: float, name: str) -> ql.Date:
     days = round(365.0 * t)
     if days < 1 or abs(365.0 * t - days) > 1e-6:
         raise ValueError(f"{name}: {t} years is not a positive whole number of days (Actual/365F)")
-    return EVALUATION_DATE + days
+    return maturity_date(t)
 
 
 def _timed_npv(option: ql.Instrument, n_paths: int) -> MCPrice:
