@@ -53,6 +53,7 @@ __all__ = [
     "node_counts",
     "normalized_otm",
     "normalized_otm_and_jacobian",
+    "scan_otm",
     "upper_limits",
 ]
 
@@ -178,14 +179,8 @@ def _per_node_count(
     return tuple(torch.cat(group)[inverse] for group in zip(*parts, strict=True))
 
 
-def normalized_otm(
-    grid: SurfaceGrid, params: torch.Tensor, upper: torch.Tensor | None = None
-) -> torch.Tensor:
+def normalized_otm(grid: SurfaceGrid, params: torch.Tensor) -> torch.Tensor:
     """Out-of-the-money prices over ``D sqrt(F K)``, shape (B, M*Q), for params (B, 5).
-
-    With ``upper`` (truncation per expiry, shape (1, M)) and a grid of batch 1, all B parameter
-    sets share the nodes and the ``exp(-i u k)`` factors (a cheap scan of many parameter sets;
-    accurate only where ``upper`` suits them all).
 
     Examples:
         >>> grid = SurfaceGrid(torch.tensor([[1.0]], dtype=torch.float64),
@@ -195,9 +190,37 @@ def normalized_otm(
         >>> bool(0.0 < b[0, 0] < 0.5)
         True
     """
-    if upper is not None:
-        return _prices(grid, params, *_nodes(grid, upper, grid.nodes))[0]
     return _per_node_count(_prices, grid, params)[0]
+
+
+def scan_otm(grid: SurfaceGrid, points: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """:func:`normalized_otm` of the same P parameter sets on each of S surfaces, shape
+    (S, M*Q, P), for points (P, 5): the sets of a surface share its nodes (``grid.nodes`` per
+    expiry on ``[0, upper]``, ``upper`` (S, M)) and their ``exp(-i u k)`` factors, a cheap scan
+    accurate only where ``upper`` suits the set.
+
+    Examples:
+        >>> grid = SurfaceGrid(torch.tensor([[1.0]], dtype=torch.float64),
+        ...                    torch.tensor([[[0.0]]], dtype=torch.float64), 96)
+        >>> points = torch.tensor([[0.04, 4.0, 0.25, 1.0, -0.5]], dtype=torch.float64)
+        >>> upper = upper_limits(grid, points)
+        >>> bool(torch.allclose(scan_otm(grid, points, upper)[..., 0], normalized_otm(grid, points)))
+        True
+    """
+    u, w = _nodes(grid, upper, grid.nodes)  # (S, M, J)
+    v0, kappa, theta, sigma, rho = points.unbind(-1)  # (P,) each, against (S, M, J, 1) below
+    t = grid.maturity[:, :, None, None]
+    u_p = u.unsqueeze(-1)
+    re, im = cexp(log_characteristic((u_p, torch.full_like(u_p, -0.5)), t, v0, kappa, theta,
+                                     sigma, rho))  # fmt: skip
+    variance = expected_total_variance(t, v0, kappa, theta).clamp(min=1e-12)  # (S, M, 1, P)
+    control = torch.exp(-0.5 * variance * (u_p * u_p + 0.25))
+    integral = _integrate(grid, u, w, (re - control, im))  # (S, M*Q, P)
+    x, root = -grid.k.abs().unsqueeze(-1), variance.sqrt()  # (S, M, Q, 1), (S, M, 1, P)
+    d1 = x / root + 0.5 * root
+    half = torch.exp(0.5 * x)
+    price = half * torch.special.ndtr(d1) - torch.special.ndtr(d1 - root) / half
+    return price.reshape(integral.shape) - integral / math.pi
 
 
 def _prices(grid: SurfaceGrid, params: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> tuple:

@@ -31,6 +31,7 @@ __all__ = [
     "calibrate_many",
     "model_vols",
     "proposed_starts",
+    "proposed_starts_many",
     "quote_weights",
     "register_batch_method",
     "register_method",
@@ -169,15 +170,24 @@ def register_method(model: str, method: str, function: FitFunction | None, why: 
 
 
 StartProvider = Callable[[CalibrationProblem], Mapping[str, float] | None]
-_STARTS: dict[str, dict[str, StartProvider]] = {}
+ManyStartProvider = Callable[[Sequence[CalibrationProblem]], list[Mapping[str, float] | None]]
+_STARTS: dict[str, dict[str, tuple[StartProvider, ManyStartProvider | None]]] = {}
 
 
-def register_start(model: str, name: str, provider: StartProvider | None) -> None:
+def register_start(
+    model: str,
+    name: str,
+    provider: StartProvider | None,
+    *,
+    many: ManyStartProvider | None = None,
+) -> None:
     """Register (``None``: remove) a global-start provider for ``model``.
 
     A provider maps a :class:`CalibrationProblem` to starting parameters (name -> value) or None
     (no proposal for these quotes). Fitters that use global starts (Heston ``direct`` and
     ``surrogate``) try the proposals first, with a smaller Sobol scan kept as a safety net.
+    ``many``, optional, does the same for a sequence of problems at once (one list entry per
+    problem); :func:`proposed_starts_many` uses it instead of calling ``provider`` per problem.
 
     Examples:
         >>> register_start("toy", "flat", lambda problem: {"vol": 0.2})
@@ -191,7 +201,7 @@ def register_start(model: str, name: str, provider: StartProvider | None) -> Non
     if provider is None:
         providers.pop(name, None)
     else:
-        providers[name] = provider
+        providers[name] = (provider, many)
 
 
 def proposed_starts(model: str, problem: CalibrationProblem) -> list[dict[str, float]]:
@@ -204,11 +214,33 @@ def proposed_starts(model: str, problem: CalibrationProblem) -> list[dict[str, f
         [{'vol': 0.1}]
         >>> register_start("toy", "a", None); register_start("toy", "b", None)
     """
-    out = []
-    for provider in _STARTS.get(model, {}).values():
-        start = provider(problem)
-        if start is not None:
-            out.append({name: float(value) for name, value in start.items()})
+    return proposed_starts_many(model, [problem])[0]
+
+
+def proposed_starts_many(
+    model: str, problems: Sequence[CalibrationProblem]
+) -> list[list[dict[str, float]]]:
+    """:func:`proposed_starts` of each problem, asking each provider once for all of them where
+    it was registered with ``many``.
+
+    Examples:
+        >>> one = lambda problem: {"vol": float(len(problem.quotes))}
+        >>> calls = []
+        >>> def many(problems):
+        ...     calls.append(len(problems))
+        ...     return [one(p) for p in problems]
+        >>> register_start("toy", "a", one, many=many)
+        >>> problems = [CalibrationProblem(pd.DataFrame({"x": [1.0] * n}), np.ones(n)) for n in (1, 2)]
+        >>> proposed_starts_many("toy", problems), calls
+        ([[{'vol': 1.0}], [{'vol': 2.0}]], [2])
+        >>> register_start("toy", "a", None)
+    """
+    out: list[list[dict[str, float]]] = [[] for _ in problems]
+    for provider, many in _STARTS.get(model, {}).values():
+        starts = many(problems) if many is not None else [provider(p) for p in problems]
+        for found, start in zip(out, starts, strict=True):
+            if start is not None:
+                found.append({name: float(value) for name, value in start.items()})
     return out
 
 

@@ -16,6 +16,7 @@ function theorem; undiscounted Black vega at the model vol, forward 1).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,13 +28,14 @@ from pricing._heston_lewis import (
     gaussian_limit,
     normalized_otm,
     normalized_otm_and_jacobian,
+    scan_otm,
 )
 from pricing._implied_vol import solve_total_vol
 from pricing.black_scholes import black_implied_vol, black_price
 from pricing.calibration import (
     CalibrationProblem,
     FitOutput,
-    proposed_starts,
+    proposed_starts_many,
     register_batch_method,
     register_method,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "HestonSurfaces",
     "calibrate_surfaces",
     "global_starts",
+    "global_starts_many",
     "surfaces_from_quotes",
 ]
 
@@ -65,6 +68,8 @@ _POLISH_TOLERANCE_BP = 0.01
 _RACE_ITERATIONS = 6
 _RUNNER_UP_RATIO = 1.5  # a runner-up this close (in cost) to the leader also finishes
 _SCAN_NODES = 64
+_SCAN_ELEMENTS = 2**16
+"""Grid points (surfaces x expiries x nodes x scan points) priced per call of the scan."""
 DEFAULT_NODES = 64
 """Least Gauss-Legendre nodes per expiry of the fitted surfaces; :func:`pricing._heston_lewis.node_counts`
 adds more where the integrand oscillates (128 for the benchmark's 30-day to 3-year surfaces). A
@@ -128,21 +133,32 @@ def surfaces_from_quotes(
         >>> tuple(packed.grid.k.shape), packed.positions[0].tolist()
         ((1, 2, 2), [0, 1, 2])
     """
-    keys = [t["maturity"].round(10).to_numpy() for t in tables]
-    expiries = [np.unique(k) for k in keys]
-    m = max(len(e) for e in expiries)
-    q = max(int(np.unique(k, return_counts=True)[1].max()) for k in keys)
+    # All tables in one pass (per-table pandas work cost more than the packing itself): each
+    # quote gets its surface s, expiry slot e (by rank of its rounded maturity within s) and its
+    # slot within (s, e) in table order.
+    sizes = np.array([len(t) for t in tables])
+    column = lambda name: np.concatenate([t[name].to_numpy(float) for t in tables])  # noqa: E731
+    strike, forward, market_iv = column("strike"), column("forward"), column("market_iv")
+    key = column("maturity").round(10)
+    surface = np.repeat(np.arange(len(tables)), sizes)
+    pairs, inverse = np.unique(np.stack([surface, key], axis=1), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    first = np.searchsorted(pairs[:, 0], np.arange(len(tables)))  # each surface's first pair
+    e = np.arange(len(pairs))[inverse] - first[surface]
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(len(pairs)))
+    slot = np.empty_like(e)
+    slot[order] = np.arange(len(order)) - starts[inverse[order]]
+    m, q = int(e.max()) + 1, int(slot.max()) + 1
     shape = (len(tables), m, q)
     k, iv, w = np.zeros(shape), np.full(shape, 0.2), np.zeros(shape)
-    maturities, positions = np.ones((len(tables), m)), []
-    for s, (table, key, expiry) in enumerate(zip(tables, keys, expiries, strict=True)):
-        maturities[s, : len(expiry)] = expiry
-        e = np.searchsorted(expiry, key)
-        slot = pd.Series(e).groupby(e).cumcount().to_numpy()
-        k[s, e, slot] = np.log(table["strike"] / table["forward"]).to_numpy()
-        iv[s, e, slot] = table["market_iv"].to_numpy()
-        w[s, e, slot] = np.sqrt(weights[s])
-        positions.append(e * q + slot)
+    maturities = np.ones((len(tables), m))
+    owner = pairs[:, 0].astype(int)
+    maturities[owner, np.arange(len(pairs)) - first[owner]] = pairs[:, 1]
+    k[surface, e, slot] = np.log(strike / forward)
+    iv[surface, e, slot] = market_iv
+    w[surface, e, slot] = np.sqrt(np.concatenate(weights))
+    positions = np.split(e * q + slot, np.cumsum(sizes)[:-1])
     t = torch.tensor
     grid = SurfaceGrid(t(maturities), t(k), nodes)
     flat_t = t(np.repeat(maturities, q, axis=1))
@@ -250,29 +266,33 @@ def _scan(
     The scan points of a surface share one quadrature per expiry, truncated where a Black-Scholes
     integrand of the market's lowest total variance at that expiry has decayed (points far from
     the market get rough prices, but they are far from the market all the same), so the
-    ``exp(-i u k)`` factors are computed once per surface.
+    ``exp(-i u k)`` factors are computed once per surface; surfaces are priced together, about
+    :data:`_SCAN_ELEMENTS` grid points per call.
     """
     clamp = lambda x: torch.minimum(torch.maximum(x, lower), upper)  # noqa: E731
     if extra is None:
         extra = torch.empty(n_surfaces, 0, 5, dtype=torch.float64)
     extra = clamp(extra.expand(n_surfaces, *extra.shape[-2:]))  # (S, K, 5)
     points = clamp(_scan_points(n_scan, seed))
+    if not (n_best and len(points)):
+        return extra.reshape(-1, 5)
     surf = residuals.surfaces
-    starts = []
-    for s in range(n_surfaces):
-        best = points[:0]
-        if n_best and len(points):
-            grid = SurfaceGrid(surf.grid.maturity[s : s + 1], surf.grid.k[s : s + 1], _SCAN_NODES)
-            variance = surf.market_iv[s] ** 2 * surf.maturity[s]  # (N,)
-            floor = torch.where(surf.weight[s] > 0, variance, math.inf)
-            lowest = floor.reshape(grid.k.shape[1:]).amin(-1).nan_to_num(posinf=1.0)  # (M,)
-            shared = gaussian_limit(lowest).unsqueeze(0)  # (1, M)
-            price = torch.sqrt(surf.ratio[s]) * normalized_otm(grid, points, upper=shared)
-            error = (price - residuals.market_price[s]) / residuals.market_vega[s] * surf.weight[s]
-            cost = torch.nan_to_num((error * error).sum(-1), nan=math.inf)
-            best = points[torch.argsort(cost)[:n_best]]
-        starts.append(torch.cat([extra[s], best]))
-    return torch.cat(starts)
+    grid = SurfaceGrid(surf.grid.maturity, surf.grid.k, _SCAN_NODES)
+    variance = surf.market_iv**2 * surf.maturity  # (S, N)
+    floor = torch.where(surf.weight > 0, variance, math.inf).reshape(grid.k.shape)
+    shared = gaussian_limit(floor.amin(-1).nan_to_num(posinf=1.0))  # (S, M)
+    per_surface = grid.k.shape[1] * _SCAN_NODES * len(points)
+    costs = []
+    for rows in torch.arange(n_surfaces).split(max(1, _SCAN_ELEMENTS // per_surface)):
+        b = scan_otm(grid.select(rows), points, shared[rows])  # (s, N, P)
+        price = surf.ratio[rows].sqrt().unsqueeze(-1) * b
+        market, vega = residuals.market_price[rows], residuals.market_vega[rows]
+        error = (
+            (price - market.unsqueeze(-1)) / vega.unsqueeze(-1) * surf.weight[rows].unsqueeze(-1)
+        )
+        costs.append(torch.nan_to_num((error * error).sum(1), nan=math.inf))
+    best = points[torch.argsort(torch.cat(costs), dim=-1)[:, :n_best]]  # (S, n_best, 5)
+    return torch.cat([extra, best], dim=1).reshape(-1, 5)
 
 
 def _single(surfaces: HestonSurfaces, s: int) -> HestonSurfaces:
@@ -283,22 +303,25 @@ def _single(surfaces: HestonSurfaces, s: int) -> HestonSurfaces:
                           [surfaces.positions[s]])  # fmt: skip
 
 
-def _vols(surfaces: HestonSurfaces, x: torch.Tensor, reference: bool) -> list[torch.Tensor]:
-    """Model vols of each surface's quotes (table order) at params ``x`` ``(S, 5)``, by the fast
-    pricer or the reference one, priced in one call for all surfaces."""
-    at = [torch.as_tensor(p) for p in surfaces.positions]
-    ratio = torch.cat([surfaces.ratio[s, a] for s, a in enumerate(at)])
-    t = torch.cat([surfaces.maturity[s, a] for s, a in enumerate(at)])
+def _quote_index(surfaces: HestonSurfaces) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Surface and flat position of every table row, surfaces one after another (table order),
+    shapes ``(R,)``, and the number of rows per surface."""
+    sizes = [len(p) for p in surfaces.positions]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return owner, torch.as_tensor(np.concatenate(surfaces.positions)), sizes
+
+
+def _vols(surfaces: HestonSurfaces, x: torch.Tensor, reference: bool) -> torch.Tensor:
+    """Model vols of every table row (:func:`_quote_index` order) at params ``x`` ``(S, 5)``, by
+    the fast pricer or the reference one, priced in one call for all surfaces; shape ``(R,)``."""
+    owner, at, _ = _quote_index(surfaces)
+    ratio, t = surfaces.ratio[owner, at], surfaces.maturity[owner, at]
     if reference:
-        per_quote = x.repeat_interleave(torch.tensor([len(a) for a in at]), dim=0)
-        vols = otm_implied_vol(ratio=ratio, maturity=t,
-                               **dict(zip(NAMES, per_quote.unbind(-1), strict=True)))  # fmt: skip
-    else:
-        b = normalized_otm(surfaces.grid, x)
-        price = torch.sqrt(ratio) * torch.cat([b[s, a] for s, a in enumerate(at)])
-        vols = black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
-                                 is_call=ratio >= 1)  # fmt: skip
-    return list(vols.split([len(a) for a in at]))
+        return otm_implied_vol(ratio=ratio, maturity=t,
+                               **dict(zip(NAMES, x[owner].unbind(-1), strict=True)))  # fmt: skip
+    price = torch.sqrt(ratio) * normalized_otm(surfaces.grid, x)[owner, at]
+    return black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
+                             is_call=ratio >= 1)  # fmt: skip
 
 
 def _polish(
@@ -335,10 +358,13 @@ def _finalists(cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int) -> tor
     cost = torch.nan_to_num(cost, nan=math.inf).reshape(n_surf, n_per)
     order = torch.argsort(cost, dim=-1)[:, : min(2, n_per)]  # (S, <=2)
     ranked = cost.gather(1, order)
-    close = ranked[:, -1] <= _RUNNER_UP_RATIO * ranked[:, 0]
-    always = torch.arange(n_extra)
-    return torch.cat([torch.unique(torch.cat([order[s, : 1 + int(close[s] and n_per > 1)], always]))
-                      + s * n_per for s in range(n_surf)])  # fmt: skip
+    finish = torch.zeros(n_surf, n_per, dtype=torch.bool)
+    finish[:, :n_extra] = True
+    finish.scatter_(1, order[:, :1], True)
+    if n_per > 1:
+        close = ranked[:, 1] <= _RUNNER_UP_RATIO * ranked[:, 0]
+        finish.scatter_(1, order[:, 1:], close.unsqueeze(-1) | finish.gather(1, order[:, 1:]))
+    return torch.nonzero(finish.reshape(-1)).squeeze(-1)
 
 
 def calibrate_surfaces(
@@ -419,13 +445,15 @@ def calibrate_surfaces(
     best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf) * n_per
     params = x[best]
     vols = _vols(surfaces, params, reference=True)
+    owner, _, sizes = _quote_index(surfaces)
     if polish:  # where the fast pricer's vols are off the reference's, polish with the latter
-        fast = _vols(surfaces, params, reference=False)
-        for s in range(n_surf):
-            if not bool(((vols[s] - fast[s]).abs() * 1e4 <= _POLISH_TOLERANCE_BP).all()):
-                surface = _single(surfaces, s)
-                params[s] = _polish(surface, params[s], lower, upper, 4)
-                vols[s] = _vols(surface, params[s : s + 1], reference=True)[0]
+        off = ~((vols - _vols(surfaces, params, reference=False)).abs() * 1e4
+                <= _POLISH_TOLERANCE_BP)  # fmt: skip
+        for s in torch.unique(owner[off]).tolist():
+            surface = _single(surfaces, s)
+            params[s] = _polish(surface, params[s], lower, upper, 4)
+            vols[owner == s] = _vols(surface, params[s : s + 1], reference=True)
+    vols = list(vols.split(sizes))
     return params, vols, converged[best], iterations[best]
 
 
@@ -449,18 +477,31 @@ def global_starts(
         >>> starts.tolist(), options  # the caller's start only; the option is consumed
         ([[0.04, 1.5, 0.04, 0.5, -0.7]], {})
     """
+    return global_starts_many([problem], options, scan)[0]
+
+
+def global_starts_many(
+    problems: Sequence[CalibrationProblem], options: dict, scan: int = SCAN_WITH_PROPOSALS
+) -> list[torch.Tensor | None]:
+    """:func:`global_starts` of each problem, the providers asked once for all of them
+    (:func:`pricing.calibration.proposed_starts_many`). The scan shrinks only when every
+    problem got a proposal: the scan is shared, so a table without one keeps the full scan."""
     mode = options.pop("global_start", "auto")
     if mode not in ("auto", "scan"):
         raise ValueError(f"global_start must be 'auto' or 'scan', got {mode!r}")
-    starts = [dict(problem.x0)] if problem.x0 else []
-    proposals = proposed_starts("heston", problem) if mode == "auto" else []
-    if proposals:
+    if mode == "auto":
+        proposals = proposed_starts_many("heston", problems)
+    else:
+        proposals = [[] for _ in problems]
+    if all(proposals):
         options.setdefault("n_scan", scan)
         options.setdefault("n_starts", 2)
-    starts += proposals
-    if not starts:
-        return None
-    return torch.tensor([[float(s[n]) for n in NAMES] for s in starts], dtype=torch.float64)
+    out = []
+    for problem, found in zip(problems, proposals, strict=True):
+        starts = ([dict(problem.x0)] if problem.x0 else []) + found
+        out.append(torch.tensor([[float(s[n]) for n in NAMES] for s in starts],
+                                dtype=torch.float64) if starts else None)  # fmt: skip
+    return out
 
 
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
@@ -479,17 +520,10 @@ def _fit_direct(problem: CalibrationProblem) -> FitOutput:
 
 def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
     """``direct`` on many surfaces in one :func:`calibrate_surfaces` call (per-surface starts
-    from :func:`global_starts`; the options of the first problem apply to all)."""
+    from :func:`global_starts_many`; the options of the first problem apply to all)."""
     options = dict(problems[0].options)
     nodes = options.pop("nodes", DEFAULT_NODES)
-    starts, settings = [], []
-    for problem in problems:
-        settings.append(dict(options))
-        starts.append(global_starts(problem, settings[-1]))
-    if all(o == settings[0] for o in settings):
-        options = settings[0]  # the scan settings global_starts chose, the same for every table
-    else:  # some tables got proposals and some did not: the full scan for all
-        options.pop("global_start", None)
+    starts = global_starts_many(problems, options)
     x0 = None
     if any(x is not None for x in starts):
         k = max(len(x) for x in starts if x is not None)

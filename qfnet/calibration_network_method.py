@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from qfnet.calibration_network import (
     surface_from_quotes,
 )
 
-__all__ = ["fit_many_with_network", "fit_with_network", "network_start"]
+__all__ = ["fit_many_with_network", "fit_with_network", "network_start", "network_starts"]
 
 
 def _network(path: str | Path | None) -> CalibrationNetwork:
@@ -149,16 +150,48 @@ def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
         >>> sorted(start), -0.5 <= start["rho"] <= 0.0
         (['kappa', 'rho', 'sigma', 'theta', 'v0'], True)
     """
+    return network_starts([problem])[0]
+
+
+def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, float] | None]:
+    """:func:`network_start` of each problem, with one forward pass for all of them.
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        >>> bad = quotes.assign(market_iv=-1.0)  # cannot be put on the grid
+        >>> starts = network_starts([CalibrationProblem(q, np.ones(6)) for q in (quotes, bad)])
+        >>> alone = network_start(CalibrationProblem(quotes, np.ones(6)))
+        >>> all(abs(starts[0][k] - alone[k]) < 1e-12 for k in alone), starts[1]
+        (True, None)
+    """
     try:
         net = _network(None)
-        surface = surface_from_quotes(problem.quotes)
-        values = {name: float(v[0]) for name, v in predict(net, surface.unsqueeze(0)).items()}
-    except (FileNotFoundError, ValueError):
-        return None
-    _clip(values, problem.bounds)
-    return {name: values[name] for name in NAMES}
+    except FileNotFoundError:
+        return [None] * len(problems)
+    surfaces: list[torch.Tensor | None] = []
+    for problem in problems:
+        try:
+            surfaces.append(surface_from_quotes(problem.quotes))
+        except ValueError:
+            surfaces.append(None)
+    found = [s for s in surfaces if s is not None]
+    if not found:
+        return [None] * len(problems)
+    predicted = predict(net, torch.stack(found))  # (S',) per parameter
+    out: list[dict[str, float] | None] = []
+    row = 0
+    for problem, surface in zip(problems, surfaces, strict=True):
+        if surface is None:
+            out.append(None)
+            continue
+        values = {name: float(predicted[name][row]) for name in NAMES}
+        row += 1
+        _clip(values, problem.bounds)
+        out.append(values)
+    return out
 
 
 register_method("heston", "network", fit_with_network)
 register_batch_method("heston", "network", fit_many_with_network)
-register_start("heston", "network", network_start)
+register_start("heston", "network", network_start, many=network_starts)

@@ -175,3 +175,94 @@ def test_residual_vols_are_black_implied_vols() -> None:
     torch.testing.assert_close(got, expected, rtol=1e-13, atol=0.0, equal_nan=True)
     assert bool(torch.isnan(got[0, :2]).all()) and float(got[0, 2]) == 0.0
     assert bool(torch.isnan(got[0, 3])) and bool(torch.isfinite(got[0, 4:]).all())
+
+
+def test_packing_many_tables_matches_packing_each_alone() -> None:
+    """Tables of different sizes, expiries out of order and a quote count per expiry that varies:
+    each surface of the joint packing equals the table packed on its own (up to padding)."""
+    from pricing.calibration_heston import surfaces_from_quotes
+
+    rng = np.random.default_rng(3)
+    tables, weights = [], []
+    for size in (1, 7, 23):
+        maturity = rng.choice([1.0, 0.25, 2.0, 0.5], size=size)
+        strike, iv = rng.uniform(60.0, 140.0, size), rng.uniform(0.1, 0.4, size)
+        tables.append(pd.DataFrame({"strike": strike, "forward": 101.0, "maturity": maturity,
+                                    "market_iv": iv}))  # fmt: skip
+        weights.append(rng.uniform(0.0, 2.0, size))
+    joint = surfaces_from_quotes(tables, weights)
+    for s, (table, weight) in enumerate(zip(tables, weights, strict=True)):
+        alone = surfaces_from_quotes([table], [weight])
+        m, q = alone.grid.k.shape[1:]
+        assert torch.equal(joint.grid.maturity[s, :m], alone.grid.maturity[0])
+        assert torch.equal(joint.grid.k[s, :m, :q], alone.grid.k[0])
+        row, column = np.divmod(joint.positions[s], joint.grid.k.shape[2])
+        flat = row * q + column  # the same quotes' positions in the table's own packing
+        np.testing.assert_array_equal(flat, alone.positions[0])
+        for field in ("market_iv", "weight", "maturity"):
+            assert torch.equal(getattr(joint, field)[s, joint.positions[s]],
+                               getattr(alone, field)[0, alone.positions[0]])  # fmt: skip
+        expiries = np.sort(np.unique(table["maturity"]))
+        np.testing.assert_array_equal(joint.grid.maturity[s, : len(expiries)].numpy(), expiries)
+
+
+def _packed(tables: list[pd.DataFrame]):
+    from pricing.calibration import _prepare
+    from pricing.calibration_heston import surfaces_from_quotes
+
+    prepared = [_prepare(t)[0] for t in tables]
+    return surfaces_from_quotes(prepared, [np.ones(len(t)) for t in prepared])
+
+
+def test_finalists_are_the_leader_a_close_runner_up_and_every_x0_start() -> None:
+    from pricing.calibration_heston import _RUNNER_UP_RATIO, _finalists
+
+    inf = math.inf
+    cost = torch.tensor([[5.0, 1.0, 1.2, 9.0],  # x0 start 0; leader 1; runner-up 2 is close
+                         [5.0, 9.0, 1.0, 2.0 * _RUNNER_UP_RATIO],  # runner-up 3 too far
+                         [math.nan, inf, inf, 3.0]])  # fmt: skip
+    got = _finalists(cost.reshape(-1), 3, 4, 1).tolist()
+    assert got == [0, 1, 2, 4, 6, 8, 11]
+    assert _finalists(cost[:, :1].reshape(-1), 3, 1, 0).tolist() == [0, 1, 2]
+
+
+def test_scan_of_many_surfaces_equals_each_surface_scanned_alone(monkeypatch) -> None:
+    import pricing.calibration_heston as heston
+
+    tables = [_synthetic_surface(noise_bp=50.0, seed=s) for s in range(3)]
+    tables[1] = tables[1][tables[1]["maturity"] > 0.2]  # fewer expiries: padded in the batch
+    surfaces = _packed(tables)
+    lower, upper = heston._box(None)
+    extra = torch.tensor([[0.04, 1.5, 0.04, 0.5, -0.7]], dtype=torch.float64)
+
+    def scan(packed, n_surfaces):
+        residuals = heston._Residuals(packed, torch.arange(n_surfaces))
+        return heston._scan(residuals, n_surfaces, 64, 3, 0, extra, lower, upper)
+
+    together = scan(surfaces, 3).reshape(3, 4, 5)
+    monkeypatch.setattr(heston, "_SCAN_ELEMENTS", 1)  # one surface per pricing call
+    torch.testing.assert_close(scan(surfaces, 3).reshape(3, 4, 5), together, rtol=0, atol=0)
+    for s in range(3):
+        alone = scan(heston._single(surfaces, s), 1)
+        torch.testing.assert_close(alone, together[s], rtol=0, atol=0)
+    assert torch.equal(together[:, 0], extra.expand(3, 5))  # the x0 start leads each surface
+
+
+def test_polished_surfaces_report_reference_vols_at_their_parameters(monkeypatch) -> None:
+    import pricing.calibration_heston as heston
+    from pricing.heston import otm_implied_vol
+
+    tables = [_synthetic_surface(noise_bp=50.0, seed=s) for s in range(2)]
+    tables[0] = tables[0][tables[0]["maturity"] > 0.2]
+    surfaces = _packed(tables)
+    monkeypatch.setattr(heston, "_POLISH_TOLERANCE_BP", -1.0)  # every surface gets polished
+    params, vols, _, _ = heston.calibrate_surfaces(
+        surfaces, n_scan=16, n_starts=1, max_iterations=4
+    )
+    for s in range(2):
+        at = torch.as_tensor(surfaces.positions[s])
+        fields = dict(zip(heston.NAMES, params[s], strict=True))
+        expected = otm_implied_vol(ratio=surfaces.ratio[s, at], maturity=surfaces.maturity[s, at],
+                                   **fields)  # fmt: skip
+        torch.testing.assert_close(vols[s], expected, rtol=1e-12, atol=1e-14)
+        assert len(vols[s]) == len(tables[s])
