@@ -17,7 +17,7 @@ import torch
 
 from pricing.black_scholes import black_implied_vol
 from pricing.quote_arbitrage import calendar_violations, strike_violations
-from pricing.quotes import QuoteError, read_quotes, require_columns
+from pricing.quotes import NUMERIC_COLUMNS, QuoteError, read_quotes, require_columns
 
 __all__ = ["CleaningReport", "clean_quotes", "parity_forwards", "prepare_quotes"]
 
@@ -31,8 +31,9 @@ class CleaningReport:
         n_kept: rows of the cleaned table.
         removed: reason -> number of rows removed by that filter (0 when the filter found nothing).
         forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
-            over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``) or
-            ``carry`` (spot, rate and dividend).
+            over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``),
+            ``parity_rate_discount`` (pairs whose regression was implausible, discount from
+            ``rate``) or ``carry`` (spot, rate and dividend).
 
     Examples:
         >>> print(CleaningReport(5, 3, removed={"crossed bid/ask": 2}, forward_sources={"parity": 1}))
@@ -74,7 +75,14 @@ def _expiry_key(quotes: pd.DataFrame) -> pd.Series:
     return quotes["maturity"].round(6)
 
 
-def _pair_forward(pairs: pd.DataFrame, carry_discount: float, n_pairs: int) -> tuple:
+PARITY_RATES = (-0.5, 1.0)
+"""Continuously compounded rates ``-ln(D) / T`` a parity regression's discount factor may imply;
+outside them (a noisy fit) the discount comes from ``rate`` instead."""
+
+
+def _pair_forward(
+    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
+) -> tuple | None:
     """Forward and discount from call-minus-put prices of one expiry's pairs, or None."""
     near = pairs.assign(gap=(pairs["call"] - pairs["put"]).abs()).nsmallest(n_pairs, "gap")
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
@@ -82,13 +90,17 @@ def _pair_forward(pairs: pd.DataFrame, carry_discount: float, n_pairs: int) -> t
         # C - P = D F - D K: a straight line in K with slope -D and intercept D F.
         slope, intercept = np.polyfit(strikes, diff, 1)
         discount = -slope
-        if 0.5 < discount <= 1.5 and intercept > 0:
+        low, high = PARITY_RATES
+        if discount > 0 and intercept > 0 and low <= -np.log(discount) / maturity <= high:
             return intercept / discount, discount, "parity"
     forward = float(np.mean(strikes + diff / carry_discount))
-    return (forward, carry_discount, "parity_one_pair") if forward > 0 else None
+    source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
+    return (forward, carry_discount, source) if forward > 0 else None
 
 
-def _expiry_pairs(group: pd.DataFrame, carry_discount: float, n_pairs: int) -> tuple | None:
+def _expiry_pairs(
+    group: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
+) -> tuple | None:
     """Parity forward and discount of one expiry's quotes, or None without call/put pairs."""
     if "option_type" not in group:
         return None
@@ -97,7 +109,7 @@ def _expiry_pairs(group: pd.DataFrame, carry_discount: float, n_pairs: int) -> t
     if not {"call", "put"} <= set(table.columns):
         return None
     pairs = table.dropna(subset=["call", "put"])
-    return _pair_forward(pairs, carry_discount, n_pairs) if len(pairs) else None
+    return _pair_forward(pairs, carry_discount, n_pairs, maturity) if len(pairs) else None
 
 
 def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
@@ -105,7 +117,9 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
 
     For each expiry, the ``n_pairs`` strikes quoted as both call and put with the smallest
     ``|C - P|`` (the nearest the money) are fitted by least squares to ``C - P = D (F - K)``.
-    With one pair (or an implausible fit), ``D`` comes from ``rate`` and ``F = K + (C - P) / D``.
+    With one pair (``parity_one_pair``), or a fit whose ``D`` implies a rate outside
+    :data:`PARITY_RATES` (``parity_rate_discount``), ``D`` comes from ``rate`` and ``F`` is the
+    mean of ``K + (C - P) / D`` over the pairs.
     Expiries without pairs use ``F = S exp((r - q) T)`` and ``D = exp(-r T)`` (``carry``).
 
     Args:
@@ -134,7 +148,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         if given and group[["forward", "discount"]].notna().all().all():
             result = (group["forward"].mean(), group["discount"].mean(), "given")
         else:
-            result = _expiry_pairs(group, np.exp(-rate * t), n_pairs)
+            result = _expiry_pairs(group, np.exp(-rate * t), n_pairs, t)
         if result is None:
             if "spot" not in group:
                 raise QuoteError(
@@ -147,7 +161,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         rows.append(
             {"_key": key, "maturity": t, "forward": forward, "discount": discount, "source": source}
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
 
 
 def _attach_forwards(quotes: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -178,6 +192,18 @@ def _black_iv(quotes: pd.DataFrame, prices: pd.Series) -> np.ndarray:
     return vol.numpy()
 
 
+def _is_canonical(quotes: object) -> bool:
+    """Whether a table already went through :func:`pricing.quotes.read_quotes`: canonical
+    ``strike``, float numeric columns and ``call``/``put`` option types (a raw table with ``C``/``P``
+    would otherwise price its calls as puts)."""
+    if not isinstance(quotes, pd.DataFrame) or "strike" not in quotes:
+        return False
+    numeric = [c for c in NUMERIC_COLUMNS if c in quotes]
+    if any(quotes[c].dtype != np.float64 for c in numeric):
+        return False
+    return "option_type" not in quotes or bool(quotes["option_type"].isin(["call", "put"]).all())
+
+
 def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFrame, dict]:
     """Add ``forward``, ``discount``, ``mid``, ``market_iv`` (and ``bid_iv``, ``ask_iv``) columns.
 
@@ -199,7 +225,7 @@ def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFr
         >>> prepared["option_type"].tolist(), sources
         (['put', 'call'], {'carry': 1})
     """
-    if not isinstance(quotes, pd.DataFrame) or "strike" not in quotes:
+    if not _is_canonical(quotes):
         quotes = read_quotes(quotes)
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     out, sources = _attach_forwards(quotes, n_pairs)
@@ -244,7 +270,25 @@ def _pre_price_filters(frame: pd.DataFrame, report: CleaningReport, maturity_ran
             other |= frame[column].notna()
     frame = _drop(frame, (bid.isna() ^ ask.isna()) & ~other, "one_sided", report)
     both = frame.index.isin(bid.dropna().index.intersection(ask.dropna().index))
-    return _drop(frame, ~both & ~other.loc[frame.index], "no_price", report)
+    frame = _drop(frame, ~both & ~other.loc[frame.index], "no_price", report)
+    return _drop(frame, _duplicates(frame), "duplicate", report)
+
+
+def _duplicates(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose (expiry, strike, option type) another row also quotes, except the one with the
+    narrowest bid/ask spread (the first among equals): parity forwards and smiles need one quote
+    per contract."""
+    columns = ["strike"] + (["option_type"] if "option_type" in frame else [])
+    key = frame[columns].assign(_expiry=_expiry_key(frame))
+    if not key.duplicated().any():
+        return np.zeros(len(frame), dtype=bool)
+    spread = (frame["ask"] - frame["bid"]) if {"bid", "ask"} <= set(frame) else 0.0
+    order = key.assign(_spread=spread, _row=np.arange(len(frame)))
+    order = order.sort_values(["_spread", "_row"], na_position="last", kind="stable")
+    keep = ~order.drop(columns=["_spread", "_row"]).duplicated()
+    drop = np.ones(len(frame), dtype=bool)
+    drop[order.loc[keep, "_row"].to_numpy()] = False
+    return drop
 
 
 def _otm_duplicates(frame: pd.DataFrame) -> np.ndarray:
@@ -298,7 +342,8 @@ def clean_quotes(
 
     Filters, in order, each counted in the report: maturity outside ``maturity_range``; crossed
     quotes (bid > ask); zero bids; one-sided quotes (bid or ask missing, no other price); rows
-    without any price or vol; strike/forward outside ``moneyness_range``; no implied vol (price
+    without any price or vol; repeated quotes of one contract (expiry, strike, type: the
+    narrowest bid/ask stays); strike/forward outside ``moneyness_range``; no implied vol (price
     outside the no-arbitrage bounds); in-the-money quotes whose out-of-the-money counterpart exists
     (``otm_only``); quotes breaking monotonicity or convexity of call prices in strike; quotes below
     the previous expiry's total variance (calendar). Forwards come from parity on the quotes that
@@ -327,6 +372,7 @@ def clean_quotes(
         (3, 1)
     """
     quotes = read_quotes(source, allow_crossed=True)
+    require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     quotes["source_row"] = np.arange(1, len(quotes) + 1)
     report = CleaningReport(n_input=len(quotes))
     quotes = _pre_price_filters(quotes, report, maturity_range)

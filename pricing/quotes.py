@@ -9,6 +9,7 @@ filters) lives in :mod:`pricing.quote_cleaning`.
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -170,10 +171,29 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
             f"unsupported quote file type '{suffix}' (use .csv or .parquet)", source=path
         )
     try:
-        # Keep blank lines as all-NaN rows so that row i is file line i + 2 (header is line 1).
-        frame = pd.read_csv(path, skip_blank_lines=False, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            records = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
         raise QuoteError(f"cannot parse CSV: {error}", source=path) from error
+    if not records:
+        raise QuoteError("the file is empty (no header line)", source=path)
+    header = [name.strip() for name in records[0]]
+    while header and not header[-1]:  # a trailing comma on the header line too
+        header.pop()
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:  # pandas would rename the second one 'name.1' and keep the first silently
+        raise QuoteError(f"column '{repeated[0]}' appears more than once in the header",
+                         column=_normalise_name(repeated[0]), source=path)  # fmt: skip
+    for i, record in enumerate(records[1:]):
+        if any(field.strip() for field in record[len(header) :]):
+            raise QuoteError(f"{len(record)} fields, but the header has {len(header)} columns",
+                             row=i + 1, line=i + 2, source=path)  # fmt: skip
+    # Row i is file line i + 2 (header is line 1): blank lines stay as empty rows until the
+    # line numbers are taken. Short rows are padded; empty trailing fields (a trailing comma on
+    # data lines, as spreadsheets export) are dropped.
+    width = len(header)
+    rows = [record[:width] + [""] * (width - len(record)) for record in records[1:]]
+    frame = pd.DataFrame(rows, columns=records[0][:width], dtype=str)
     lines = np.arange(len(frame)) + 2
     blank = (frame == "").all(axis=1).to_numpy()
     frame = frame.loc[~blank].replace("", np.nan)
@@ -215,6 +235,10 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
         if bad.size:
             i = int(bad[0])
             raise locate.error(i, column, f"not a number: {raw.iloc[i]!r}")
+        infinite = np.flatnonzero(np.isinf(values.to_numpy()))
+        if infinite.size:
+            i = int(infinite[0])
+            raise locate.error(i, column, f"must be finite, got {raw.iloc[i]!r}")
         frame[column] = values
 
 
@@ -242,7 +266,48 @@ def _normalise_option_type(frame: pd.DataFrame, locate: _Locator) -> None:
     frame["option_type"] = mapped
 
 
-def _year_fractions(frame: pd.DataFrame, locate: _Locator) -> None:
+_NUMERIC_DATE = re.compile(r"^(\d{1,2})[/.](\d{1,2})[/.](\d{4}|\d{2})(?:[ T].*)?$")
+"""``a/b/yyyy`` or ``a.b.yy`` (optionally followed by a time): day-first or month-first."""
+
+
+def _day_first(texts: list[str], dayfirst: bool | None, source: str | None) -> bool:
+    """Whether numeric dates ``a/b/y`` are day/month (True) or month/day, from ``dayfirst`` or,
+    when None, from the dates themselves; raises when they disagree or cannot tell."""
+    dated = [(t, [int(g) for g in m.groups()]) for t in texts if (m := _NUMERIC_DATE.match(t))]
+    if not dated or dayfirst is not None:
+        return bool(dayfirst)
+    # Evidence: a first number above 12 is a day, a second one too (both: not a date at all).
+    first = [t for t, (a, b, _) in dated if a > 12 >= b]
+    second = [t for t, (a, b, _) in dated if b > 12 >= a]
+    if first and second:
+        raise QuoteError(f"dates mix day/month/year ({first[0]!r}) and month/day/year "
+                         f"({second[0]!r})", column="expiry", source=source)  # fmt: skip
+    ambiguous = [t for t, (a, b, _) in dated if a <= 12 and b <= 12]
+    if not (first or second) and ambiguous:
+        raise QuoteError(f"dates such as {ambiguous[0]!r} read as day/month or month/day alike: "
+                         "write them as YYYY-MM-DD (or pass read_quotes(..., dayfirst=True/False))",
+                         column="expiry", source=source)  # fmt: skip
+    return bool(first)
+
+
+def _parse_date(value: object, day_first: bool) -> pd.Timestamp:
+    """One date as a time-zone-naive midnight (a time zone's wall-clock date is kept); raises
+    ValueError when it is not a date."""
+    if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
+        value = str(int(value))  # yyyymmdd stored as a number
+    match = _NUMERIC_DATE.match(value.strip()) if isinstance(value, str) else None
+    if match:
+        a, b, year = (int(g) for g in match.groups())
+        day, month = (a, b) if day_first else (b, a)
+        stamp = pd.Timestamp(year=year + 2000 if year < 100 else year, month=month, day=day)
+    else:
+        stamp = pd.Timestamp(value)
+    if pd.isna(stamp):
+        raise ValueError("not a date")
+    return (stamp.tz_localize(None) if stamp.tzinfo is not None else stamp).normalize()
+
+
+def _year_fractions(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None) -> None:
     """Fill ``maturity`` from ``expiry`` and ``quote_date`` (ACT/365F) when it is absent."""
     if "maturity" in frame or "expiry" not in frame:
         return
@@ -250,16 +315,26 @@ def _year_fractions(frame: pd.DataFrame, locate: _Locator) -> None:
         raise QuoteError(
             "'expiry' needs a 'quote_date' column to compute maturity", column="expiry"
         )
+    columns = ("expiry", "quote_date")
+    texts = [v.strip() for c in columns for v in frame[c].dropna().unique() if isinstance(v, str)]
+    day_first = _day_first(texts, dayfirst, locate.source)
     dates = {}
-    for column in ("expiry", "quote_date"):
-        parsed = pd.to_datetime(frame[column], errors="coerce", format="mixed")
-        bad = np.flatnonzero(parsed.isna().to_numpy())
-        if bad.size:
-            i = int(bad[0])
-            raise locate.error(i, column, f"not a date: {frame[column].iloc[i]!r}")
-        dates[column] = parsed.dt.normalize()
-    days = (dates["expiry"] - dates["quote_date"]).dt.days.astype("float64")
-    frame["maturity"] = days / 365.0
+    for column in columns:
+        parsed = {}
+        for i, value in enumerate(frame[column].to_numpy()):
+            if value not in parsed:
+                try:
+                    parsed[value] = _parse_date(value, day_first)
+                except (ValueError, TypeError, OverflowError):
+                    raise locate.error(i, column, f"not a date: {value!r}") from None
+            dates.setdefault(column, []).append(parsed[value])
+    days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days
+    early = np.flatnonzero(days.to_numpy() <= 0)
+    if early.size:
+        i = int(early[0])
+        raise locate.error(i, "expiry", f"expiry {dates['expiry'][i].date()} is not after "
+                                        f"quote_date {dates['quote_date'][i].date()}")  # fmt: skip
+    frame["maturity"] = days.to_numpy(dtype="float64") / 365.0
 
 
 def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
@@ -297,7 +372,9 @@ def _check_crossed(frame: pd.DataFrame, locate: _Locator) -> None:
             )
 
 
-def read_quotes(source: str | Path | pd.DataFrame, *, allow_crossed: bool = False) -> pd.DataFrame:
+def read_quotes(
+    source: str | Path | pd.DataFrame, *, allow_crossed: bool = False, dayfirst: bool | None = None
+) -> pd.DataFrame:
     """Read and validate a quote table from a CSV/Parquet file or a DataFrame.
 
     Column names are matched case-insensitively after stripping, with aliases
@@ -312,6 +389,11 @@ def read_quotes(source: str | Path | pd.DataFrame, *, allow_crossed: bool = Fals
         source: path to a ``.csv`` or ``.parquet`` file, or a DataFrame (not modified).
         allow_crossed: keep rows with bid > ask (for :func:`pricing.quote_cleaning.clean_quotes`,
             which filters and counts them) instead of raising.
+        dayfirst: read numeric dates ``a/b/yyyy`` (or ``a.b.yyyy``) of ``expiry`` and
+            ``quote_date`` as day/month (True) or month/day (False); None infers it from the
+            dates (a number above 12) and raises when they cannot tell. ISO dates
+            (``YYYY-MM-DD``), ``yyyymmdd`` and named months are never ambiguous. Time-zone-aware
+            dates keep their local calendar date.
 
     Returns:
         A new DataFrame with canonical names, float64 numeric columns and a fresh 0-based index.
@@ -333,10 +415,12 @@ def read_quotes(source: str | Path | pd.DataFrame, *, allow_crossed: bool = Fals
         path = Path(source)
         frame, lines = _read_file(path)
         name = str(path)
-    frame = _normalise_columns(frame.reset_index(drop=True), name)
+    # A named index (e.g. a Parquet file written after set_index("strike")) holds a column.
+    named = any(level is not None for level in frame.index.names)
+    frame = _normalise_columns(frame.reset_index(drop=not named), name)
     locate = _Locator(lines, name)
     _normalise_option_type(frame, locate)
-    _year_fractions(frame, locate)
+    _year_fractions(frame, locate, dayfirst)
     _coerce_numeric(frame, locate)
     _infer_other_columns(frame)
     for column in ("rate", "dividend"):

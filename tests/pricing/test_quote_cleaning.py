@@ -80,6 +80,7 @@ def test_crafted_file_filters_are_counted_by_reason() -> None:
         "zero_bid": 1,
         "one_sided": 1,
         "no_price": 0,
+        "duplicate": 0,
         "moneyness_out_of_range": 1,
         "no_implied_vol": 0,
         # 9 in-the-money rows per expiry, minus the 3 defective 6m rows removed before.
@@ -155,3 +156,60 @@ def test_calendar_violations_flag_only_quotes_below_the_earlier_smile() -> None:
     w = np.concatenate([np.full(5, 0.02), np.array([0.05, 0.03, 0.019, 0.04, 0.045])])
     drop = calendar_violations(maturity=t, log_moneyness=k, total_variance=w)
     assert np.flatnonzero(drop).tolist() == [7]
+
+
+def test_parity_recovers_long_dated_high_rate_discounts_without_a_rate_column() -> None:
+    # 15 years at 5%: D = 0.47, which a fixed (0.5, 1.5] window rejected; the file has no rate,
+    # so the fallback discount would have been 1 and the forward off by a quarter.
+    discount = float(np.exp(-0.05 * 15.0))
+    table = _chain(211.7, discount, 15.0, np.arange(150.0, 280.0, 10.0))
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], [211.7], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(implied["discount"], [discount], rtol=1e-10, atol=0)
+    assert implied["source"].tolist() == ["parity"]
+
+
+def test_implausible_parity_discount_falls_back_to_the_rate_and_says_so() -> None:
+    table = _chain(101.0, 0.99, 0.05, np.array([95.0, 100.0, 105.0]))
+    calls = table["option_type"] == "call"
+    table.loc[calls, "price"] += np.array([0.0, 0.0, 1.0])  # bends C - P: D ~ 0.89 in 18 days
+    table["rate"] = -np.log(0.99) / 0.05
+    implied = parity_forwards(read_quotes(table))
+    assert implied["source"].tolist() == ["parity_rate_discount"]
+    np.testing.assert_allclose(implied["discount"], [0.99], rtol=1e-12, atol=0)
+
+
+def test_repeated_contracts_keep_the_narrowest_quote_and_are_counted() -> None:
+    strikes = np.arange(80.0, 125.0, 5.0)
+    table = _chain(102.0, 0.98, 0.5, strikes)
+    table["bid"], table["ask"] = table["price"] - 0.05, table["price"] + 0.05
+    table = table.drop(columns="price")
+    stale = table[(table["strike"] == 100.0) & (table["option_type"] == "call")].copy()
+    stale[["bid", "ask"]] = stale[["bid", "ask"]] * 1.5 + np.array([-0.5, 0.5])  # wider, off
+    exact = table.iloc[[3]]
+    clean, report = clean_quotes(pd.concat([stale, table, exact], ignore_index=True))
+    alone, _ = clean_quotes(table)
+    assert report.removed["duplicate"] == 2
+    pd.testing.assert_frame_equal(clean.drop(columns="source_row"),
+                                  alone.drop(columns="source_row"))  # fmt: skip
+
+
+def test_prepare_reads_a_raw_table_with_call_put_letters() -> None:
+    table = _chain(102.0, 0.98, 0.5, np.arange(80.0, 125.0, 5.0))
+    raw = table.assign(option_type=table["option_type"].map({"call": "C", "put": "P"}))
+    prepared, _ = prepare_quotes(raw)  # 'strike' is canonical, the letters are not
+    expected, _ = prepare_quotes(read_quotes(table))
+    np.testing.assert_allclose(prepared["market_iv"], expected["market_iv"], rtol=1e-12, atol=0)
+    assert set(prepared["option_type"]) == {"call", "put"}
+
+
+def test_cleaning_names_missing_columns_and_survives_an_empty_result(tmp_path: Path) -> None:
+    (tmp_path / "no_maturity.csv").write_text(
+        "option_type,strike,spot,implied_vol\ncall,100,100,0.2\n"
+    )
+    with pytest.raises(QuoteError, match=r"quote cleaning needs column\(s\) maturity"):
+        clean_quotes(tmp_path / "no_maturity.csv")
+    zero_bids = pd.DataFrame({"option_type": "call", "strike": [100.0, 110.0], "maturity": 1.0,
+                              "spot": 100.0, "bid": 0.0, "ask": 1.0})  # fmt: skip
+    clean, report = clean_quotes(zero_bids)
+    assert len(clean) == 0 and report.removed["zero_bid"] == 2 and report.n_kept == 0

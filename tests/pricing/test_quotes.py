@@ -183,3 +183,87 @@ def test_require_columns_lists_every_missing_column() -> None:
     with pytest.raises(QuoteError, match=r"heston pricing needs column\(s\) spot, v0"):
         require_columns(quotes, ["strike", "spot", "v0"], "heston pricing")
     require_columns(quotes, ["strike", "maturity"], "anything")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "q.csv"
+    path.write_text(text)
+    return path
+
+
+def test_trailing_comma_on_every_data_line_keeps_the_columns_in_place(tmp_path: Path) -> None:
+    # Spreadsheet exports: pandas alone would make 'strike' the index and shift every column.
+    path = _write(tmp_path, "strike,maturity,spot,implied_vol\n90,1,100,0.22,\n110,2,100,0.2,\n")
+    quotes = read_quotes(path)
+    assert quotes["strike"].tolist() == [90.0, 110.0]
+    assert quotes["maturity"].tolist() == [1.0, 2.0]
+    assert quotes["implied_vol"].tolist() == [0.22, 0.2]
+
+
+def test_extra_fields_and_repeated_header_names_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(QuoteError, match=r"row 2 \(file line 3\): 5 fields, but the header has 4"):
+        read_quotes(_write(tmp_path, "strike,maturity,spot,iv\n90,1,100,0.2\n95,1,100,0.2,7\n"))
+    with pytest.raises(QuoteError, match=r"column 'strike' appears more than once"):
+        read_quotes(_write(tmp_path, "strike,maturity,strike\n90,1,91\n"))
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity"])
+def test_infinite_numbers_are_rejected_by_column(tmp_path: Path, cell: str) -> None:
+    with pytest.raises(QuoteError, match=r"row 1 \(file line 2\), column 'rate': must be finite"):
+        read_quotes(_write(tmp_path, f"strike,maturity,spot,rate\n90,1,100,{cell}\n"))
+
+
+@pytest.mark.parametrize(
+    ("expiry", "quote_date", "dayfirst", "days"),
+    [
+        (["21/06/2024", "01/07/2024"], "01/03/2024", None, [112, 122]),  # 21 > 12: day first
+        (["06/21/2024", "07/01/2024"], "03/01/2024", None, [112, 122]),  # 21 > 12: month first
+        (["21.06.2024"], "15.03.2024", None, [98]),
+        (["01/06/2024"], "01/03/2024", True, [92]),
+        (["01/06/2024"], "01/03/2024", False, [3]),
+        (["2024-06-01", "01/07/2024"], "15/03/2024", None, [78, 108]),  # ISO never day-first
+        (["20240621"], "20240315", None, [98]),
+    ],
+)
+def test_numeric_dates_are_day_first_or_month_first_by_evidence(
+    expiry: list[str], quote_date: str, dayfirst: bool | None, days: list[int]
+) -> None:
+    table = pd.DataFrame({"expiry": expiry, "quote_date": quote_date, "strike": 1.0, "spot": 1.0})
+    quotes = read_quotes(table, dayfirst=dayfirst)
+    np.testing.assert_allclose(quotes["maturity"] * 365, days, rtol=1e-12, atol=0)
+
+
+def test_ambiguous_or_contradictory_numeric_dates_are_errors() -> None:
+    table = pd.DataFrame({"expiry": ["01/06/2024"], "quote_date": "01/03/2024", "strike": 1.0,
+                          "spot": 1.0})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"'01/06/2024' read as day/month or month/day alike"):
+        read_quotes(table)
+    mixed = table.assign(expiry=["21/06/2024"], quote_date="03/15/2024")
+    with pytest.raises(QuoteError, match=r"mix day/month/year \('21/06/2024'\) and month/day"):
+        read_quotes(mixed)
+
+
+def test_time_zone_aware_dates_keep_their_local_calendar_date() -> None:
+    strings = pd.DataFrame({"expiry": ["2024-06-21T16:00:00Z", "2024-06-21T20:00:00-05:00"],
+                            "quote_date": "2024-03-15", "strike": 1.0, "spot": 1.0})  # fmt: skip
+    np.testing.assert_allclose(read_quotes(strings)["maturity"] * 365, [98, 98], rtol=1e-12)
+    aware = pd.to_datetime(["2024-06-21 23:00"]).tz_localize("America/New_York")
+    stamps = pd.DataFrame({"expiry": aware, "quote_date": pd.to_datetime(["2024-03-15"]),
+                           "strike": 1.0, "spot": 1.0})  # fmt: skip
+    np.testing.assert_allclose(read_quotes(stamps)["maturity"] * 365, [98], rtol=1e-12)
+
+
+def test_expiry_not_after_the_quote_date_names_both_dates() -> None:
+    table = pd.DataFrame({"expiry": ["2024-06-21", "2024-01-21"], "quote_date": "2024-03-15",
+                          "strike": 1.0, "spot": 1.0})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"row 2, column 'expiry': expiry 2024-01-21 is not after "
+                                         r"quote_date 2024-03-15"):  # fmt: skip
+        read_quotes(table)
+
+
+def test_a_named_index_is_read_as_a_column(tmp_path: Path) -> None:
+    table = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "spot": 100.0, "iv": 0.2})
+    table.set_index("strike").to_parquet(tmp_path / "q.parquet")
+    assert read_quotes(tmp_path / "q.parquet")["strike"].tolist() == [90.0, 110.0]
+    assert read_quotes(table.set_index("strike"))["strike"].tolist() == [90.0, 110.0]
+    assert "index" not in read_quotes(table.iloc[::-1])  # an unnamed index is dropped
