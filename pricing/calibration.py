@@ -336,7 +336,54 @@ def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndar
         raw = np.asarray(weights, dtype=float)
         if raw.shape != (len(quotes),) or not np.all(np.isfinite(raw) & (raw >= 0)):
             raise ValueError(f"weights must be {len(quotes)} finite values >= 0")
+    if not raw.sum() > 0:
+        raise ValueError("weights are all zero: at least one quote needs a positive weight")
     return raw / raw.mean()
+
+
+_PARAMETERS = {"heston": ("v0", "kappa", "theta", "sigma", "rho"),
+               "sabr": ("alpha", "beta", "rho", "nu")}  # fmt: skip
+
+
+def _check_inputs(
+    model: str,
+    bounds: Mapping[str, tuple[float, float]] | None,
+    x0: Mapping[str, float] | None,
+    beta: float | None,
+    options: Mapping[str, Any],
+) -> None:
+    """Reject parameter names the model does not have, malformed or inverted bounds, partial or
+    non-finite starts and contradictory SABR beta settings, naming the field."""
+    names = _PARAMETERS[model]
+    expected = f"expected {', '.join(names)}"
+    for name, pair in (bounds or {}).items():
+        if name not in names:
+            raise ValueError(f"bounds: {model} has no parameter {name!r} ({expected})")
+        try:
+            low, high = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds[{name!r}]: expected (lower, upper), got {pair!r}") from None
+        if not low <= high:  # NaN too
+            raise ValueError(f"bounds[{name!r}]: lower {low} is not <= upper {high}")
+    if x0 is not None:
+        unknown = sorted(set(x0) - set(names))
+        needed = [n for n in names if n not in x0 and not (model == "sabr" and n == "beta")]
+        if unknown or needed:
+            what = f"unknown {unknown}" if unknown else f"missing {needed}"
+            raise ValueError(f"x0: {what} ({expected}{'; beta optional' * (model == 'sabr')})")
+        bad = [n for n, v in x0.items() if not np.isfinite(float(v))]
+        if bad:
+            raise ValueError(f"x0[{bad[0]!r}]: must be a finite number, got {x0[bad[0]]!r}")
+    free = bool(options.get("free_beta", False))
+    if model == "heston" and (beta is not None or free):
+        raise ValueError("beta and free_beta are SABR options; Heston has no beta")
+    if model == "sabr":
+        if beta is not None and not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"beta: must be in [0, 1], got {beta!r}")
+        if beta is not None and free:
+            raise ValueError(f"beta={beta} fixes SABR beta and free_beta fits it: pass one")
+        if "beta" in (bounds or {}) and not free:
+            raise ValueError("bounds['beta'] needs free_beta=True (beta is fixed otherwise)")
 
 
 def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
@@ -414,6 +461,7 @@ def calibrate(
         ([0.2, -0.3, 0.6], True)
     """
     key = _method_key(model, method)
+    _check_inputs(key[0], bounds, x0, beta, options)
     table, n_dropped = _prepare(quotes)
     problem = CalibrationProblem(
         table, quote_weights(table, weights), bounds, x0, beta, seed, options
@@ -463,6 +511,7 @@ def calibrate_many(
     if not len(quotes):
         raise ValueError("quotes: no quote tables given")
     key = _method_key(model, method)
+    _check_inputs(key[0], bounds, x0, beta, options)
     problems, dropped = [], []
     for i, table in enumerate(quotes):
         try:

@@ -557,6 +557,9 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     """
     from pricing.quantlib import heston_calibrate
 
+    if problem.bounds:
+        raise ValueError("method 'quantlib' takes no bounds (QuantLib's Heston calibration keeps "
+                         "its own constraint); use method 'direct'")  # fmt: skip
     quotes = problem.quotes
     t, d, f = (quotes[c].to_numpy(float) for c in ("maturity", "discount", "forward"))
     spot = float(quotes["spot"].iloc[0]) if "spot" in quotes else float(f[0] * d[0])

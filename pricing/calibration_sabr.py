@@ -17,6 +17,7 @@ import torch
 
 from pricing.calibration import CalibrationProblem, FitOutput, register_method
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from pricing.quotes import QuoteError
 from pricing.sabr import lognormal_vol
 
 __all__ = [
@@ -85,6 +86,11 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     fields = {name: np.zeros((len(groups), width)) for name in ("strike", "iv", "w")}
     heads = np.zeros((len(groups), 3))
     for e, rows in enumerate(groups):
+        shifts = shift.iloc[rows].to_numpy()
+        if np.ptp(shifts) > 0:
+            raise QuoteError(f"expiry T={quotes['maturity'].iloc[rows[0]]:.6g}: shift varies within "
+                             f"the smile ({shifts.min():g} to {shifts.max():g}); SABR takes one "
+                             "shift per expiry (an empty shift is 0)", column="shift")  # fmt: skip
         forward = quotes["forward"].iloc[rows].mean()
         heads[e] = (quotes["maturity"].iloc[rows[0]], forward, shift.iloc[rows[0]])
         fields["strike"][e] = forward
@@ -288,9 +294,11 @@ def fit_smile_scipy(
     shift: float = 0.0,
     weight: np.ndarray | None = None,
     x0: tuple[float, ...] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Reference fit of one smile: scipy ``least_squares`` (trf, finite differences) over
-    ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start.
+    ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start, within
+    ``bounds`` (name -> (lower, upper)) over the default box.
 
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
@@ -324,8 +332,15 @@ def fit_smile_scipy(
                         nu=n, shift=shift)  # fmt: skip
         return w * (vols - market_iv)
 
-    lower = np.array([1e-8, 0.0, -0.9999, 1e-8])[names]
-    upper = np.array([np.inf, 1.0, 0.9999, 10.0])[names]
+    box = {
+        "alpha": (1e-8, np.inf),
+        "beta": (0.0, 1.0),
+        "rho": (-0.9999, 0.9999),
+        "nu": (1e-8, 10.0),
+    }
+    box |= dict(bounds or {})
+    lower = np.array([box[n][0] for n in _NAMES], dtype=float)[names]
+    upper = np.array([box[n][1] for n in _NAMES], dtype=float)[names]
     x_start = np.clip(np.asarray(start, dtype=float)[names], lower, upper)
     solution = least_squares(residual, x_start, bounds=(lower, upper), xtol=1e-12, ftol=1e-12,
                              gtol=1e-12)  # fmt: skip
@@ -344,6 +359,7 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
             forward=float(batch.forward[e, 0]), strike=batch.strike[e, :n].numpy(),
             maturity=float(batch.maturity[e, 0]), market_iv=batch.market_iv[e, :n].numpy(),
             beta=beta, shift=float(batch.shift[e, 0]), weight=problem.weights[rows],
+            bounds=problem.bounds,
         )  # fmt: skip
         model_iv[rows], ok, evaluations = vols, ok and converged, max(evaluations, nfev)
         table.append(params)

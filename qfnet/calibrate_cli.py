@@ -105,16 +105,23 @@ def calibrate_command(
         raise typer.BadParameter("must be heston or sabr", param_hint="--model")
     if not quotes.exists():
         raise _fail(f"{quotes}: no such file")
+    if model == "heston" and (beta is not None or free_beta):
+        raise typer.BadParameter("--beta and --free-beta are SABR options", param_hint="--model")
     options: dict[str, Any] = {"free_beta": True} if free_beta else {}
-    # The qfnet-side methods register themselves with pricing.calibration when imported.
+    # The qfnet-side methods register themselves with pricing.calibration when imported; the
+    # network method also registers the network as the global start of direct and surrogate.
+    if model == "heston":
+        from qfnet.calibration_network_method import register
+
+        register()
     if method == "surrogate":
-        import qfnet.calibration_surrogate
-    if method == "network":
-        import qfnet.calibration_network_method  # noqa: F401
+        import qfnet.calibration_surrogate  # noqa: F401
     try:
         report = None
         if clean:
             table, report = clean_quotes(quotes)
+            if table.empty:
+                raise QuoteError(f"no quote is left after cleaning\n{report}", source=str(quotes))
         else:
             table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True))
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
@@ -123,10 +130,13 @@ def calibrate_command(
         raise _fail(str(error)) from error
     except ValueError as error:
         raise _fail(f"{quotes}: {error}") from error
-    out.parent.mkdir(parents=True, exist_ok=True)
     residuals_file = out.with_name(f"{out.stem}_residuals.csv")
-    result.residuals.to_csv(residuals_file, index=False)
-    out.write_text(json.dumps(result_json(result, residuals_file, report), indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.residuals.to_csv(residuals_file, index=False)
+        out.write_text(json.dumps(result_json(result, residuals_file, report), indent=2) + "\n")
+    except OSError as error:
+        raise _fail(f"cannot write {out}: {error}") from error
     if report is not None:
         typer.echo(str(report))
     typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes, "

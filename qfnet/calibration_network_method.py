@@ -44,7 +44,13 @@ from qfnet.calibration_network import (
     surface_from_quotes,
 )
 
-__all__ = ["fit_many_with_network", "fit_with_network", "network_start", "network_starts"]
+__all__ = [
+    "fit_many_with_network",
+    "fit_with_network",
+    "network_start",
+    "network_starts",
+    "register",
+]
 
 
 def _network(path: str | Path | None) -> CalibrationNetwork:
@@ -192,6 +198,12 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
     return out
 
 
-register_method("heston", "network", fit_with_network)
-register_batch_method("heston", "network", fit_many_with_network)
-register_start("heston", "network", network_start, many=network_starts)
+def register() -> None:
+    """Register the ``network`` method and the network global start (done on import; idempotent,
+    so a caller may make sure of it)."""
+    register_method("heston", "network", fit_with_network)
+    register_batch_method("heston", "network", fit_many_with_network)
+    register_start("heston", "network", network_start, many=network_starts)
+
+
+register()

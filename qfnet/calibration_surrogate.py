@@ -130,8 +130,10 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
     inside = np.asarray(net.domain.contains({**centre, "maturity": quotes["maturity"].to_numpy(),
                                              "log_moneyness": k}))  # fmt: skip
     if inside.sum() < len(NAMES) or not (polish or inside.all()):
+        need = f"at least {len(NAMES)}" if polish else "every quote"
         raise NotImplementedError(
-            f"the surrogate's domain covers {int(inside.sum())} of {len(quotes)} quotes"
+            f"the surrogate's domain covers {int(inside.sum())} of {len(quotes)} quotes; the "
+            f"surrogate stage needs {need} inside it"
             + ("" if polish else "; use polish=True to fit the others with the exact pricer")
         )
     params, vols, converged, iterations = fit_with_surrogate(

@@ -131,7 +131,7 @@ def test_bounds_are_respected_and_named() -> None:
     fit = calibrate("heston", _synthetic_surface(), bounds={"kappa": (0.1, 1.0)}, n_scan=32)
     assert 0.1 <= fit.params["kappa"] <= 1.0
     assert fit.params["kappa"] == pytest.approx(1.0, abs=1e-9)  # the true 2.1 is outside
-    with pytest.raises(ValueError, match="unknown Heston parameter"):
+    with pytest.raises(ValueError, match="heston has no parameter 'lambda'"):
         calibrate("heston", _synthetic_surface(), bounds={"lambda": (0.0, 1.0)})
 
 

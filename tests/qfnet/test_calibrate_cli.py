@@ -100,3 +100,38 @@ def test_unknown_model_and_method_are_rejected(smile_file: Path, tmp_path: Path)
     assert CliRunner().invoke(_app(), [*base, "--model", "bates"]).exit_code == 2
     result = CliRunner().invoke(_app(), [*base, "--model", "sabr", "--method", "magic"])
     assert result.exit_code == 1 and "unknown method 'magic'" in result.output
+
+
+def test_conflicting_options_and_unwritable_output_end_with_an_error(
+    smile_file: Path, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "fit.json")
+    base = ["calibrate", "--quotes", str(smile_file), "--out", out]
+    result = CliRunner().invoke(_app(), [*base, "--model", "heston", "--free-beta"])
+    assert result.exit_code == 2 and "SABR options" in result.output
+    result = CliRunner().invoke(_app(), [*base, "--model", "sabr", "--beta", "0.5", "--free-beta"])
+    assert result.exit_code == 1 and "fixes SABR beta and free_beta fits it" in result.output
+    inside_a_file = str(smile_file / "fit.json")
+    blocked = ["calibrate", "--quotes", str(smile_file), "--model", "sabr", "--out", inside_a_file]
+    result = CliRunner().invoke(_app(), blocked)
+    assert result.exit_code == 1 and "error: cannot write" in result.output
+
+
+def test_a_file_that_cleaning_empties_ends_with_the_report(tmp_path: Path) -> None:
+    quotes = tmp_path / "zero_bids.csv"
+    quotes.write_text("option_type,strike,maturity,spot,bid,ask\ncall,100,1,100,0,1\n")
+    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1
+    assert "no quote is left after cleaning" in result.output and "1  zero_bid" in result.output
+
+
+def test_heston_direct_starts_from_the_calibration_network(tmp_path: Path) -> None:
+    # The README's promise: qfnet calibrate races the network's answer beside the scan.
+    import pricing.calibration as calibration
+
+    calibration.register_start("heston", "network", None)  # as in a fresh process
+    args = ["calibrate", "--model", "heston", "--quotes", str(DATA_DIR.parent.parent / "data" /
+            "dax_2002_sepp" / "implied_vols.csv"), "--out", str(tmp_path / "fit.json")]  # fmt: skip
+    assert CliRunner().invoke(_app(), args).exit_code == 0
+    assert "network" in calibration._STARTS.get("heston", {})
