@@ -79,7 +79,8 @@ class TrainerConfig:
             ``bf16`` (autocast to bfloat16).
         device: ``auto`` (CUDA, then MPS, then CPU) or a torch device name.
         seed: One seed for python, numpy, torch and the data order.
-        deterministic: Ask torch for deterministic algorithms (slower; errors on ops without one).
+        deterministic: Ask torch for deterministic algorithms during fit and evaluate (slower;
+            errors on ops without one); the previous setting is restored after each call.
         compile: Wrap the model in ``torch.compile``.
         compile_backend: Backend passed to ``torch.compile``.
         run_dir: Where ``config.json``, ``metrics.csv``, TensorBoard events,

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["move_to_device", "resolve_device", "resolve_precision", "seed_everything"]
+__all__ = [
+    "deterministic_algorithms",
+    "move_to_device",
+    "resolve_device",
+    "resolve_precision",
+    "seed_everything",
+]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -93,13 +100,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_deterministic(enabled: bool) -> None:
-    """Ask torch for deterministic algorithms (and cuDNN/cuBLAS settings that need it)."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = False
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Within the block, ask torch for deterministic algorithms (and the cuDNN/cuBLAS settings
+    they need) when ``enabled``; the process's previous settings come back on exit, so a
+    Trainer's ``deterministic=True`` does not leak into the caller's other work.
+
+    Examples:
+        >>> with deterministic_algorithms(True):
+        ...     torch.are_deterministic_algorithms_enabled()
+        True
+        >>> torch.are_deterministic_algorithms_enabled()
+        False
+    """
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -18,11 +18,11 @@ from qfnet.training.callbacks import LossCurvePlot, LRMonitor, ModelCheckpoint, 
 from qfnet.training.config import TrainerConfig
 from qfnet.training.data import DataSource, TrainLoader, eval_loader, tensor_backed
 from qfnet.training.device import (
+    deterministic_algorithms,
     move_to_device,
     resolve_device,
     resolve_precision,
     seed_everything,
-    set_deterministic,
 )
 from qfnet.training.distributed import DistInfo, all_reduce_sum, init_distributed
 from qfnet.training.loggers import CSVLogger, TensorBoardLogger
@@ -173,8 +173,6 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.dist: DistInfo = init_distributed(cfg.distributed, self.device)
         self.precision = resolve_precision(cfg.precision, self.device, self.model)
-        if cfg.deterministic:
-            set_deterministic(True)
         self.model.to(self.device)
         if isinstance(self.loss, nn.Module):
             self.loss.to(self.device)
@@ -282,6 +280,11 @@ class Trainer:
             self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
             self.should_stop = False
         self._write_config()
+        with deterministic_algorithms(self.config.deterministic):
+            return self._fit_epochs(path)
+
+    def _fit_epochs(self, path: Path | None) -> History:
+        """The epoch loop of :meth:`fit` (resuming from ``path`` when given), with its hooks."""
         try:
             if path is not None:
                 restore_trainer(self, ckpt.load_checkpoint(path, map_location=self.device), path)
@@ -522,7 +525,8 @@ class Trainer:
             ``{"loss": ..., "<metric>": ...}`` as weighted means over all samples (all ranks).
         """
         self._setup_runtime()
-        return self._evaluate(self._eval_loader(data))
+        with deterministic_algorithms(self.config.deterministic):
+            return self._evaluate(self._eval_loader(data))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds (plain types and tensors only)."""

@@ -195,13 +195,21 @@ def test_seed_everything_seeds_python_numpy_and_torch():
     assert a == (random.random(), np.random.random(), torch.rand(1).item())  # noqa: NPY002
 
 
-def test_deterministic_mode_turns_on_deterministic_algorithms(regression, mlp, sq_error):
+def test_deterministic_mode_holds_during_fit_and_evaluate_only(regression, mlp, sq_error):
+    seen: list[bool] = []
+
+    class Probe:
+        def on_train_step_end(self, trainer, *args):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
     cfg = TrainerConfig(max_epochs=1, batch_size=8, deterministic=True, progress_bar=False)
-    try:
-        Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=16))
-        assert torch.are_deterministic_algorithms_enabled()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[Probe()])
+    trainer.fit(regression(n=16))
+    assert seen and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is back
+    trainer.evaluate(regression(n=16))
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_compile_flag_wraps_the_model_and_still_trains(regression, mlp, sq_error):
