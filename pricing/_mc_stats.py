@@ -75,6 +75,10 @@ class Moments:
         var_y = (self.syy - n * mean_dy.square()) / (n - 1)
         price = self.shift_y + mean_dy
         if control_means is not None and self.shift_c is not None:
+            controls = self.sc.shape[-1]
+            if n < controls + 2:  # the regression must leave a residual to estimate the error
+                raise ValueError(f"need at least {controls + 2} independent samples with "
+                                 f"{controls} control variate(s), got {n}")  # fmt: skip
             mean_dc = self.sc / n  # (K, J)
             cov_cc = (self.scc - n * mean_dc[..., :, None] * mean_dc[..., None, :]) / (n - 1)
             cov_yc = (self.syc - n * mean_dy[..., None] * mean_dc) / (n - 1)
@@ -82,7 +86,7 @@ class Moments:
             beta = (torch.linalg.pinv(cov_cc, hermitian=True) @ cov_yc[..., None])[..., 0]  # (K, J)
             gap = self.shift_c + mean_dc - control_means
             price = price - (beta * gap).sum(-1)
-            dof = max(n - 1 - cov_cc.shape[-1], 1)
+            dof = n - 1 - controls
             var_y = ((var_y - (beta * cov_yc).sum(-1)) * (n - 1) / dof).clamp_min(0.0)
         std_error = (var_y / n).sqrt()
         z = NormalDist().inv_cdf(0.5 + 0.5 * confidence)

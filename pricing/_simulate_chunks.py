@@ -24,6 +24,7 @@ from pricing._mc_random import (
 from pricing._qe_fused import compiled_qe_step_into, step_constants
 from pricing._simulate_checks import (
     check_chunk_size,
+    check_finite,
     check_grid,
     check_heston,
     check_nonnegative,
@@ -158,6 +159,7 @@ def gbm_chunks(
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
     check_positive("spot", spot)
     check_nonnegative("volatility", volatility)
+    check_finite(rate=rate, dividend=dividend)
     _check_per_path(n_paths, spot=spot, volatility=volatility)
     dt = grid.diff()[:, None]  # (T, 1)
     source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
@@ -244,6 +246,7 @@ def heston_chunks(
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
+    check_finite(rate=rate, dividend=dividend)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
     model = {"kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}

@@ -129,14 +129,12 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, to
     carry = rate - dividend
     sd = vol * t.sqrt()
     mu = (carry - 0.5 * vol * vol) / (vol * vol)
-    lam = torch.sqrt(mu * mu + 2.0 * rate / (vol * vol))
     ratio = h / s
     drift = (1.0 + mu) * sd
     x1 = torch.log(s / x) / sd + drift
     x2 = torch.log(s / h) / sd + drift
     y1 = torch.log(h * h / (s * x)) / sd + drift
     y2 = torch.log(h / s) / sd + drift
-    z = torch.log(h / s) / sd + lam * sd
     forward = s * torch.exp((carry - rate) * t)  # discounted forward
     discount = torch.exp(-rate * t)
     n = torch.special.ndtr
@@ -151,9 +149,26 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, to
         "C": term(y1, eta, **mirrored),
         "D": term(y2, eta, **mirrored),
         "E": rebate * discount * (n(eta * (x2 - sd)) - ratio ** (2.0 * mu) * n(eta * (y2 - sd))),
-        "F": rebate * (ratio ** (mu + lam) * n(eta * z)
-                       + ratio ** (mu - lam) * n(eta * (z - 2.0 * lam * sd))),
+        "F": _rebate_at_hit(ratio, sd, mu, vol, rate, eta, rebate),
     }  # fmt: skip
+
+
+def _rebate_at_hit(ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
+    """Haug's ``F``: ``rebate`` paid when the barrier is hit, discounted from the hit. Its
+    ``lambda = sqrt(mu^2 + 2 r / sigma^2)`` is imaginary for some negative rates, where the
+    formula would need a complex normal CDF: refused there (with no rebate, ``F`` is 0)."""
+    if rebate == 0:
+        return torch.zeros_like(ratio * sd)
+    radicand = mu * mu + 2.0 * rate / (vol * vol)
+    if bool((radicand < 0).any()):
+        raise ValueError(f"a knock-out rebate paid at the hit has no closed form here for rate "
+                         f"{rate} with these volatilities and dividend ((r - q - sigma^2/2)^2 "
+                         "+ 2 r sigma^2 < 0); price it by Monte Carlo (pricing.mc_exotics)")  # fmt: skip
+    lam = torch.sqrt(radicand)
+    z = torch.log(ratio) / sd + lam * sd
+    n = torch.special.ndtr
+    return rebate * (ratio ** (mu + lam) * n(eta * z)
+                     + ratio ** (mu - lam) * n(eta * (z - 2.0 * lam * sd)))  # fmt: skip
 
 
 def _combine(expression: str, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -111,7 +111,7 @@ def heston_pathwise_greeks(
         kappa: mean-reversion speed, > 0.
         theta: long-run variance, > 0.
         sigma: volatility of variance, > 0.
-        rho: spot/variance correlation in [-1, 1].
+        rho: spot/variance correlation in [-1, 1] (``scheme="qe"``) or (-1, 1) (``euler``).
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         is_call: call (True) or put (False).
@@ -150,6 +150,9 @@ def heston_pathwise_greeks(
         chunk_size = graph_chunk_size(n_steps)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
+    if scheme == "euler" and not -1 < rho < 1:  # drho: d sqrt(1 - rho^2) / d rho is infinite
+        raise ValueError(f"rho must be in (-1, 1) for the Euler greeks (drho is infinite at "
+                         f"+-1), got {rho}")  # fmt: skip
     values = {"spot": spot, "v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
     # one leaf per path for each input differentiated (the model parameters only under Euler)
     names = ("spot", "v0", *(MODEL_PARAMETERS if scheme == "euler" else ()))

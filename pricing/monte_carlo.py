@@ -459,7 +459,8 @@ def _price_group(
 ) -> MCResult:
     common = {"strike": torch.as_tensor(strike, dtype=DEFAULT_DTYPE), "maturity": p["maturity"],
               "is_call": torch.as_tensor(is_call, dtype=torch.bool), "n_paths": n_paths,
-              "antithetic": n_paths % 2 == 0, "generator": generator}  # fmt: skip
+              "antithetic": n_paths % 2 == 0 and n_paths >= 4,  # at least two pairs
+              "generator": generator}  # fmt: skip
     fwd, df = p["forward"], p["discount"]
     if model == "sabr":
         sabr = {n: p[n] for n in ("alpha", "beta", "rho", "nu")}

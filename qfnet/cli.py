@@ -17,7 +17,7 @@ from pricing import black_scholes as bs
 from pricing.quotes import read_quotes
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
-from qfnet.price_rows import black_vols, forward_and_discount, model_parameters, price_table
+from qfnet.price_rows import add_implied_vols, forward_and_discount, model_parameters, price_table
 from qfnet.surrogate import SABR_PDE_SURROGATE
 from qfnet.surrogate_cli import generate_command, surrogate_price_rows, train_surrogate_command
 
@@ -93,7 +93,7 @@ def price(
     params: str | None = typer.Option(
         None, help="JSON object (or file) of model parameters applied to every row."
     ),
-    seed: int = typer.Option(0, help="Random seed (Monte Carlo)."),
+    seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Random seed (Monte Carlo)."),
     paths: int = typer.Option(100_000, help="Monte Carlo paths."),
     steps: int = typer.Option(100, help="Monte Carlo time steps."),
     surrogate: Path | None = typer.Option(None, help="Surrogate run or model file."),
@@ -139,6 +139,7 @@ def _price_surrogate(
 
 
 # Monte Carlo engine (--engine mc): rows priced by pricing.monte_carlo.price_european_rows.
+_MIN_MC_PATHS = 6
 
 
 def _price_mc(
@@ -148,8 +149,9 @@ def _price_mc(
     from pricing.monte_carlo import price_european_rows
     from pricing.quotes import require_columns
 
-    if paths < 2:
-        raise fail(f"--paths: need at least 2 paths, got {paths}")
+    if paths < _MIN_MC_PATHS:
+        raise fail(f"--paths: need at least {_MIN_MC_PATHS} paths (three antithetic pairs: "
+                   f"the control-variate error estimate needs three samples), got {paths}")  # fmt: skip
     if steps < 1:
         raise fail(f"--steps: need at least 1 time step, got {steps}")
     require_columns(table, ["option_type"], "pricing")
@@ -162,10 +164,7 @@ def _price_mc(
     )  # fmt: skip
     out = table.copy()
     out["price"], out["std_error"] = prices, errors
-    out["implied_vol"] = black_vols(
-        prices, forward=f, discount=d, strike=k, maturity=t, is_call=call
-    )
-    return out
+    return add_implied_vols(out, prices, forward=f, discount=d, strike=k, maturity=t, is_call=call)
 
 
 @app.command()
@@ -204,7 +203,7 @@ def iv(
 def demo(
     out: Path = typer.Option(Path("demo_report"), help="Report directory."),
     quick: bool = typer.Option(False, help="Smallest settings (used by the test suite)."),
-    seed: int = typer.Option(0, help="Random seed."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Random seed."),
 ) -> None:
     """Run the whole pipeline on the bundled DAX surface and write a report directory."""
     from qfnet.demo import run_demo

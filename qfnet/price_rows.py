@@ -18,6 +18,7 @@ from pricing.quotes import QuoteError, require_columns
 
 __all__ = [
     "MODEL_PARAMETERS",
+    "add_implied_vols",
     "black_vols",
     "forward_and_discount",
     "model_parameters",
@@ -227,10 +228,11 @@ def price_table(
         raise _row_error(error) from error
     out = quotes.copy()
     out["price"] = prices.detach().numpy()
-    out["implied_vol"] = black_vols(
-        prices, forward=f, discount=d, strike=k, maturity=t, is_call=call
-    )
-    return out
+    return add_implied_vols(out, prices.detach(), forward=f, discount=d, strike=k, maturity=t,
+                            is_call=call)  # fmt: skip
+
+
+TIME_VALUE_LOST = "time value below the price's rounding (deep in the money)"
 
 
 def black_vols(
@@ -241,24 +243,51 @@ def black_vols(
     strike: np.ndarray,
     maturity: np.ndarray,
     is_call: np.ndarray,
-) -> np.ndarray:
-    """Black implied vols of per-row prices (NaN where no vol reproduces the price).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Black implied vols of per-row prices and a status per row (``ok``, or why the vol is NaN:
+    a reason of :data:`pricing.black_scholes.IV_STATUS` or :data:`TIME_VALUE_LOST`).
+
+    In-the-money rows are turned into their out-of-the-money counterpart by put-call parity
+    before solving (``C - P = D (F - K)``): a deep in-the-money price is almost all intrinsic
+    value, and solving on it directly lost the time value to rounding (a vol of 0, or one
+    several times too high). Where the time value is below the rounding of the price itself
+    (``64 eps |price|``) no vol is resolvable.
 
     Shape:
-        all inputs (N,); output (N,).
+        all inputs (N,); outputs (N,).
 
     Examples:
-        >>> v = black_vols(np.array([7.9655674554]), forward=np.array([100.0]),
-        ...                discount=np.array([1.0]), strike=np.array([100.0]),
-        ...                maturity=np.array([1.0]), is_call=np.array([True]))
-        >>> round(float(v[0]), 9)
-        0.2
+        >>> v, status = black_vols(np.array([7.9655674554, 50.0]), forward=np.array([100.0] * 2),
+        ...                        discount=np.ones(2), strike=np.array([100.0, 50.0]),
+        ...                        maturity=np.array([1.0, 0.05]), is_call=np.array([True] * 2))
+        >>> round(float(v[0]), 9), status[1] == TIME_VALUE_LOST
+        (0.2, True)
     """
-    return bs.black_implied_vol(
-        price=torch.as_tensor(prices, dtype=torch.float64),
-        forward=torch.tensor(forward),
-        strike=torch.tensor(strike),
-        maturity=torch.tensor(maturity),
-        discount=torch.tensor(discount),
-        is_call=torch.tensor(is_call),
-    ).numpy()
+    price = torch.as_tensor(prices, dtype=torch.float64)
+    f, k, d = (torch.tensor(np.asarray(x, dtype=float)) for x in (forward, strike, discount))
+    call = torch.tensor(np.asarray(is_call, dtype=bool))
+    otm_call = k >= f
+    # C = P + D (F - K): an in-the-money call is a put plus the intrinsic, and conversely.
+    parity = d * (f - k)
+    otm_price = torch.where(
+        call == otm_call, price, torch.where(call, price - parity, price + parity)
+    )
+    vol, code = bs.implied_vol_with_status(price=otm_price, forward=f, strike=k,
+                                           maturity=torch.tensor(np.asarray(maturity, float)),
+                                           discount=d, is_call=otm_call)  # fmt: skip
+    lost = (call != otm_call) & (
+        otm_price.abs() <= 64 * torch.finfo(torch.float64).eps * price.abs()
+    )
+    status = np.array([bs.IV_STATUS[int(c)] for c in code.tolist()], dtype=object)
+    status[lost.numpy()] = TIME_VALUE_LOST
+    return torch.where(lost, torch.nan, vol).numpy(), status
+
+
+def add_implied_vols(out: pd.DataFrame, prices, **rows: np.ndarray) -> pd.DataFrame:
+    """Set ``out["implied_vol"]`` from :func:`black_vols` (``rows``: its keyword arguments), and
+    an ``iv_status`` column with the reason wherever a vol is NaN."""
+    vols, status = black_vols(prices, **rows)
+    out["implied_vol"] = vols
+    if (status != "ok").any():
+        out["iv_status"] = status
+    return out

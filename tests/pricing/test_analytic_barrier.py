@@ -108,3 +108,25 @@ def test_bad_input_names_the_field(kwargs: dict, field: str) -> None:
             "maturity": 1.0, "volatility": 0.2}  # fmt: skip
     with pytest.raises(ValueError, match=field):
         barrier_price(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("barrier_type", BARRIER_TYPES)
+def test_negative_rates_price_within_monte_carlo_error(barrier_type: str) -> None:
+    # r = q = -2%, vol 30%: mu^2 + 2 r / sigma^2 < 0, where the rebate-at-hit term's lambda is
+    # imaginary; without a rebate that term must not turn the price into NaN.
+    from pricing.mc_exotics import bs_barrier
+
+    level = 120.0 if barrier_type.startswith("up") else 80.0
+    market = {"spot": 100.0, "barrier": level, "barrier_type": barrier_type, "maturity": 1.0,
+              "volatility": 0.3, "rate": -0.02, "dividend": -0.02}  # fmt: skip
+    exact = float(barrier_price(strike=100.0, **market))
+    mc = bs_barrier(strike=100.0, n_paths=2**17, n_steps=64, antithetic=True,
+                    generator=torch.Generator().manual_seed(11), **market)  # fmt: skip
+    assert np.isfinite(exact)
+    assert abs(float(mc.price) - exact) <= 4 * float(mc.std_error) + 1e-12
+
+
+def test_a_rebate_at_the_hit_without_a_closed_form_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"rebate paid at the hit has no closed form.*rate -0.02"):
+        barrier_price(spot=100.0, strike=100.0, barrier=120.0, barrier_type="up_out", maturity=1.0,
+                      volatility=0.3, rate=-0.02, dividend=-0.02, rebate=1.0)  # fmt: skip

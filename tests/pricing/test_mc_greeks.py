@@ -120,6 +120,7 @@ def test_chunking_and_no_grad_mode_do_not_change_the_estimates(scheme: str) -> N
         ({"rho": 1.5}, "rho"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"scheme": "milstein"}, "scheme"),
+        ({"scheme": "euler", "rho": 1.0}, r"rho must be in \(-1, 1\) for the Euler greeks"),
     ],
 )
 def test_bad_input_names_the_field(kwargs: dict, field: str) -> None:

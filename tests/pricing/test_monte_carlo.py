@@ -319,6 +319,9 @@ def test_pathwise_geometric_asian_greeks_match_closed_form_autograd() -> None:
         (lambda: monte_carlo.estimate(torch.ones(4), controls=torch.ones(4)), "control_means"),
         (lambda: monte_carlo.estimate(torch.ones(4), controls=torch.ones(3), control_means=1.0),
          "controls"),
+        # two samples and a control leave no residual: a standard error of 0 would be a lie
+        (lambda: monte_carlo.estimate(torch.tensor([1.0, 2.0]), controls=torch.tensor([0.5, 1.0]),
+                                      control_means=0.7), "at least 3 independent samples"),
         (lambda: mc_exotics.bs_pathwise_greeks(spot=1.0, strike=1.0, maturity=1.0,
                                                volatility=0.2, payoff="barrier", n_paths=8),
          "payoff"),

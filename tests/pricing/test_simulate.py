@@ -277,6 +277,8 @@ def test_heston_per_path_v0_sets_the_first_column_and_is_checked_elementwise() -
         ({"n_steps": None, "time_grid": torch.tensor([0.1, 0.5])}, "start at 0"),
         ({"n_steps": 30000, "sobol": True}, "Sobol"),
         ({"n_steps": None, "time_grid": torch.tensor([0.0, 0.5]), "maturity": 2.0}, "maturity"),
+        ({"rate": float("nan")}, "rate must be finite"),
+        ({"dividend": float("inf")}, "dividend must be finite"),
     ],
 )
 def test_gbm_bad_input_names_the_field(kwargs: dict, field: str) -> None:
@@ -290,8 +292,9 @@ def test_gbm_bad_input_names_the_field(kwargs: dict, field: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("v0", -0.01), ("kappa", 0.0), ("theta", -1.0), ("sigma", 0.0), ("rho", 1.5), ("spot", 0.0)],
-)
+    [("v0", -0.01), ("kappa", 0.0), ("theta", -1.0), ("sigma", 0.0), ("rho", 1.5), ("spot", 0.0),
+     ("rate", float("nan")), ("dividend", float("-inf"))],
+)  # fmt: skip
 def test_heston_bad_parameter_names_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         simulate.heston(4, 2, **{**HESTON, field: value})

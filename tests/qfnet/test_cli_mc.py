@@ -77,7 +77,9 @@ def test_mc_same_seed_same_output_and_other_seed_differs(quotes: Path, tmp_path:
     assert not first["price"].equals(other["price"])
 
 
-@pytest.mark.parametrize(("option", "value"), [("--paths", "1"), ("--steps", "0")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--paths", "1"), ("--paths", "5"), ("--steps", "0")]
+)
 def test_mc_bad_sizes_name_the_option(
     quotes: Path, tmp_path: Path, option: str, value: str
 ) -> None:
@@ -95,3 +97,26 @@ def test_mc_bad_row_is_reported_by_row_number(quotes: Path, tmp_path: Path) -> N
     result = runner.invoke(app, [*args, "--engine", "mc", "--paths", "1024", "--steps", "1"])
     assert result.exit_code == 1
     assert "row 3" in result.output and "volatility" in result.output
+
+
+def test_deep_in_the_money_rows_get_the_out_of_the_money_vol_or_a_reason(tmp_path: Path) -> None:
+    # Solved directly, a deep in-the-money price lost its time value to rounding (vol 0, or
+    # a vol several times too high); through parity the vol is the input one, and where even
+    # that is below rounding, the row says so.
+    table = pd.DataFrame({"option_type": ["call", "put", "call"], "strike": [80.0, 120.0, 50.0],
+                          "maturity": [1.0, 1.0, 0.05], "spot": 100.0, "volatility": 0.1})  # fmt: skip
+    table.to_csv(tmp_path / "itm.csv", index=False)
+    analytic = _price(tmp_path / "itm.csv", tmp_path / "a.csv", "bs", "analytic")
+    assert analytic["implied_vol"].iloc[:2].tolist() == pytest.approx([0.1, 0.1], rel=1e-9)
+    assert pd.isna(analytic["implied_vol"].iloc[2])
+    assert analytic["iv_status"].tolist()[2].startswith("time value below the price's rounding")
+    mc = _price(tmp_path / "itm.csv", tmp_path / "m.csv", "bs", "mc", "--paths", "4096",
+                "--steps", "1")  # fmt: skip
+    assert mc["implied_vol"].iloc[:2].tolist() == pytest.approx([0.1, 0.1], abs=0.01)
+
+
+def test_seeds_outside_the_generator_range_are_usage_errors(quotes: Path, tmp_path: Path) -> None:
+    args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(tmp_path / "o.csv")]
+    for seed in ("-1", str(2**64)):
+        result = runner.invoke(app, [*args, "--engine", "mc", "--seed", seed])
+        assert result.exit_code == 2 and "--seed" in result.output
