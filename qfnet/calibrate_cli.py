@@ -76,7 +76,9 @@ def calibrate_command(
         bool, typer.Option("--clean/--no-clean", help="Filter bad and arbitrageable quotes first.")
     ] = True,
     plot: Annotated[bool, typer.Option("--plot", help="Also write smile plots (PNG).")] = False,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the global start.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the global start.")
+    ] = 0,
 ) -> None:
     """Calibrate a model to market quotes; write RESULT.json, a residuals CSV and optional smiles.
 

@@ -40,7 +40,9 @@ def generate_command(
         str | None,
         typer.Option("--scheduler", help="Dask scheduler address; overrides --workers."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the Sobol scrambling.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the Sobol scrambling.")
+    ] = 0,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1)] = 65_536,
     margin: Annotated[
         float,
@@ -121,7 +123,7 @@ def train_surrogate_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue OUT from its checkpoint.")
     ] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-3,
     hidden: Annotated[str, typer.Option("--hidden", help="Hidden widths.")] = "128,128,128,128",
@@ -150,13 +152,17 @@ def train_surrogate_command(
         True
     """
     from qfnet.surrogate_training import train_surrogate
+    from qfnet.training.checkpoint import CheckpointError
 
     try:
         widths = tuple(int(h) for h in hidden.split(","))
-    except ValueError as exc:
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
         raise typer.BadParameter(
-            "comma-separated integers, e.g. 128,128", param_hint="--hidden"
-        ) from exc
+            f"comma-separated positive integers, e.g. 128,128; got {hidden!r}",
+            param_hint="--hidden",
+        )
     if threads > 0:
         torch.set_num_threads(threads)
     try:
@@ -172,7 +178,7 @@ def train_surrogate_command(
             hidden=widths,
             device=device,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     if summary:

@@ -5,8 +5,9 @@ and, under Heston with a European option, ``heston_delta``; their names listed u
 ``strategies``) with ``mean, std, var95, es95, es99, entropic`` of the P&L (VaR/ES of the loss
 ``-pnl``), the mean ``turnover`` and ``cost`` per path, and ``ci95``: percentile bootstrap
 intervals of each risk metric. Also
-``n_paths``, ``config`` and ``es95_vs_delta``: each strategy's ES95 relative to the delta hedge
-with a paired bootstrap interval.
+``n_paths``, ``config`` and ``es95_vs_delta``: each strategy's ES95 relative to the delta hedge,
+``(ES - ES_delta) / |ES_delta|`` (below 0: a smaller tail loss, also when a premium makes delta's
+ES negative; NaN when delta's is 0), with a paired bootstrap interval.
 """
 
 from __future__ import annotations
@@ -78,8 +79,15 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
         )
     bad = ~np.isfinite(values) | (values <= 0)
     if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        raise ValueError(f"{path}: path {row} has a non-positive or missing price")
+        row, step = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: path {wide.index.tolist()[row]!r}, step {step}: price "
+                         f"{values[row, step]} is not a positive number")  # fmt: skip
+    if variance is not None:
+        bad = ~np.isfinite(variance) | (variance < 0)
+        if bad.any():
+            row, step = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{path}: path {wide.index.tolist()[row]!r}, step {step}: column 'variance' "
+                             f"is {variance[row, step]}, not a number >= 0")  # fmt: skip
     spot = torch.as_tensor(values, dtype=market.dtype)
     spot = spot * (market.market.spot / spot[:, :1])
     var_t = None if variance is None else torch.as_tensor(variance, dtype=market.dtype)
@@ -208,10 +216,23 @@ def _bootstrap(
         point = float(F.expected_shortfall(pnls["delta"], 0.95))
         for name in pnls:
             if name != "delta":
-                rel = np.asarray(draws[name]["es95"]) / base - 1.0
-                value = float(F.expected_shortfall(pnls[name], 0.95)) / point - 1.0
+                rel = _relative(np.asarray(draws[name]["es95"]), base)
+                value = float(_relative(float(F.expected_shortfall(pnls[name], 0.95)), point))
                 ratios[name] = {"relative": value, "ci95": _percentile_interval(list(rel))}
     return cis, ratios
+
+
+def _relative(value, base):
+    """``(value - base) / |base|``: below 0 means a lower (better) ES95 than delta's, whatever
+    the sign of delta's (a premium can make it negative); NaN where delta's is 0.
+
+    Examples:
+        >>> round(float(_relative(-0.011, -0.010)), 12), round(float(_relative(0.0096, 0.010)), 12)
+        (-0.1, -0.04)
+    """
+    base = np.asarray(base, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(base != 0, (np.asarray(value) - base) / np.abs(base), np.nan)
 
 
 def _percentile_interval(values: list[float], level: float = 0.95) -> list[float]:

@@ -17,14 +17,19 @@ hedge_app = typer.Typer(help="Deep hedging: train a policy, backtest it against 
 def train_command(
     config: Path = typer.Option(..., "--config", help="YAML experiment config."),
     out: Path = typer.Option(..., "--out", help="Run directory to create."),
-    seed: int | None = typer.Option(None, "--seed", help="Override the config's seed."),
+    seed: int | None = typer.Option(
+        None, "--seed", min=0, max=2**32 - 1, help="Override the config's seed."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Override training.epochs."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar."),
 ) -> None:
     """Train the configured policy on fixed train/validation paths (early stopping,
     checkpoints) and write the run to OUT."""
+    import torch
+
     from qfnet.hedging.config import ConfigError, load_config
     from qfnet.hedging.train import train
+    from qfnet.training import NonFiniteLossError
 
     try:
         cfg = load_config(config)
@@ -36,7 +41,20 @@ def train_command(
         if epochs < 1:
             raise typer.BadParameter("must be >= 1", param_hint="--epochs")
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, epochs=epochs))
-    result = train(cfg, out, progress_bar=progress)
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a run directory", param_hint="--out")
+    device = cfg.training.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise typer.BadParameter(f"training.device is {device!r} but CUDA is not available "
+                                 "here (use cpu or auto)", param_hint="--config")  # fmt: skip
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise typer.BadParameter("training.device is 'mps' but MPS is not available here",
+                                 param_hint="--config")  # fmt: skip
+    try:
+        result = train(cfg, out, progress_bar=progress)
+    except (NonFiniteLossError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
     last = result.history[-1] if len(result.history) else {}
     summary = {
         "run": str(out),
@@ -56,7 +74,9 @@ def backtest_command(
     ),
     n_paths: int | None = typer.Option(None, "--n-paths", help="Override paths.test."),
     bootstrap: int = typer.Option(100, "--bootstrap", help="Bootstrap resamples for the CIs."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the test paths."),
+    seed: int | None = typer.Option(
+        None, "--seed", min=0, max=2**32 - 1, help="Seed of the test paths."
+    ),
 ) -> None:
     """Evaluate the learned policy and the baselines on the same test paths; write
     OUT/report.json, a P&L histogram per strategy and a hedge-ratio-vs-spot plot."""

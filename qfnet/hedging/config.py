@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 __all__ = [
@@ -87,8 +89,8 @@ class MarketConfig:
             _positive(f"{prefix}.{name}", getattr(self, name))
         if self.v0 < 0:
             raise ConfigError(f"{prefix}.v0 must be >= 0, got {self.v0}")
-        if not -1 <= self.rho <= 1:
-            raise ConfigError(f"{prefix}.rho must be in [-1, 1], got {self.rho}")
+        if not -1 < self.rho < 1:
+            raise ConfigError(f"{prefix}.rho must be in (-1, 1), got {self.rho}")
         allowed = {"underlying", "variance_swap"}
         if not self.instruments or self.instruments[0] != "underlying":
             raise ConfigError(f"{prefix}.instruments must start with 'underlying'")
@@ -236,6 +238,12 @@ class TrainingConfig:
             _positive(f"{prefix}.{name}", getattr(self, name))
         if self.threads is not None:
             _positive(f"{prefix}.threads", self.threads)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(f"{prefix}.device must be auto, cpu, cuda[:N] or mps, got "
+                                  f"{self.device!r}") from None  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -280,14 +288,26 @@ class HedgeConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def validate(self, prefix: str = "") -> None:
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"{prefix}seed must be in [0, 2**32), got {self.seed}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if hasattr(value, "validate"):
                 value.validate(f"{prefix}{f.name}")
+        derivative, spot = self.derivative, self.market.spot
+        if derivative.type == "barrier" and derivative.barrier is not None:
+            up = derivative.barrier_type.startswith("up")
+            if (derivative.barrier <= spot) if up else (derivative.barrier >= spot):
+                side = "above" if up else "below"
+                raise ConfigError(f"{prefix}derivative.barrier {derivative.barrier} is hit at the "
+                                  f"start ({prefix}market.spot {spot}): an {derivative.barrier_type} "
+                                  f"barrier must lie {side} the spot")  # fmt: skip
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return ``value`` coerced to ``annotation`` (int -> float only) or raise naming ``key``."""
+    if isinstance(value, float) and not math.isfinite(value):  # YAML's .nan and .inf
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
     origin = typing.get_origin(annotation)
     if origin is Literal:
         if value not in typing.get_args(annotation):

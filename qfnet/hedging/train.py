@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from qfnet import functional as F
-from qfnet.hedging.config import HedgeConfig, config_from_dict, config_to_dict
+from qfnet.hedging.config import ConfigError, HedgeConfig, config_from_dict, config_to_dict
 from qfnet.hedging.markets import HedgeData, Market, pack, unpack
 from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
@@ -325,10 +325,16 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
     path = Path(run_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"no trained hedging model at {path} (run `qfnet hedge train`)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    config = config_from_dict(json.loads(payload["config"]))
-    model = build_model(config, Market(config))
-    model.load_state_dict(payload["model"])
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        config = config_from_dict(json.loads(payload["config"]))
+        model = build_model(config, Market(config))
+        model.load_state_dict(payload["model"])
+        meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}
+    except ConfigError:
+        raise
+    except Exception as exc:  # truncated, empty, not a hedging run, another architecture
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a readable trained hedging model ({first})") from exc
     model.eval()
-    meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}
     return config, model, meta

@@ -72,6 +72,24 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
     }
 
 
+_HORIZON_KEYS = {"cosine": "T_max", "onecycle": "total_steps"}
+"""Schedules planned over ``max_epochs`` unless the key given here is set explicitly."""
+
+
+def _check_horizon(config: Any, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a schedule planned over ``max_epochs`` with a different ``max_epochs``:
+    the restored scheduler would keep the old horizon (a cosine would restart from its floor)."""
+    key = _HORIZON_KEYS.get(config.scheduler)
+    before = saved.get("max_epochs")
+    if key is None or key in config.scheduler_kwargs or before in (None, config.max_epochs):
+        return
+    raise ValueError(
+        f"checkpoint {path}: its '{config.scheduler}' learning-rate schedule was planned over "
+        f"max_epochs={before}; resume with max_epochs={before}, or start a new run (e.g. "
+        f"fine-tune from it) to train for {config.max_epochs}"
+    )
+
+
 def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
     """Load a checkpoint's state into a trainer set up for ``fit`` (model, optimizer, ...).
 
@@ -111,6 +129,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
             f"checkpoint {path}: does not match this model or optimizer ({exc})"
         ) from exc
     if trainer.scheduler is not None and state["scheduler"] is not None:
+        _check_horizon(trainer.config, state.get("config") or {}, path)
         trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer._scaler is not None and state["scaler"] is not None:
         trainer._scaler.load_state_dict(state["scaler"])

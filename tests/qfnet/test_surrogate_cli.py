@@ -104,3 +104,24 @@ def test_price_rows_name_the_bad_column_row_or_domain_field(quotes, untrained):
     far = quotes.assign(strike=[105.0, 95.0, 400.0])
     with pytest.raises(DomainError, match=r"log_moneyness .* at row 2"):
         surrogate_price_rows(far, untrained)
+
+
+def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp_path):
+    from pricing.datasets import generate
+    from qfnet.surrogate_cli import train_surrogate_command
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("train")(train_surrogate_command)
+    data = generate(tmp_path / "ds", model="sabr", n=64, progress=False)
+    base = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1",
+            "--batch-size", "32", "--device", "cpu"]  # fmt: skip
+    for hidden in ("0", "16,0", "", "8,x"):
+        result = CliRunner().invoke(app, [*base, "--hidden", hidden])
+        assert result.exit_code == 2 and "--hidden" in result.output, hidden
+    assert CliRunner().invoke(app, [*base, "--hidden", "8"]).exit_code == 0
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = CliRunner().invoke(app, [*base, "--hidden", "8", "--resume"])
+    assert result.exit_code == 1
+    assert "error: checkpoint" in result.output and "truncated or corrupted" in result.output

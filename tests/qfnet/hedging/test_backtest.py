@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -111,3 +112,58 @@ def test_bootstrap_interval_covers_the_closed_form_es() -> None:
     exact = 2.0627128  # phi(1.6449) / 0.05 for a standard normal
     assert lo < exact < hi
     assert hi - lo < 0.1
+
+
+@pytest.mark.parametrize("size", [0, 1000])
+def test_a_damaged_model_file_is_named_not_a_traceback(
+    trained_run: Path, tmp_path: Path, size: int
+) -> None:
+    damaged = tmp_path / "run"
+    damaged.mkdir()
+    (damaged / "model.pt").write_bytes((trained_run / "run" / "model.pt").read_bytes()[:size])
+    args = ["backtest", "--run", str(damaged), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(hedge_app, args)
+    assert result.exit_code == 2, result.output  # empty files ended in click's bare 'Aborted.'
+    assert "is not a readable trained hedging model" in result.output
+
+
+def test_long_path_files_with_a_bad_variance_name_the_path_and_step(trained_run: Path) -> None:
+    from qfnet.hedging.backtest import read_paths
+    from qfnet.hedging.markets import Market
+
+    config = config_from_dict(TINY)
+    rows = [{"path": p, "step": t, "spot": 50.0 + t, "variance": 0.04} for p in (7, 9)
+            for t in range(7)]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame.loc[(frame["path"] == 9) & (frame["step"] == 3), "variance"] = -0.04
+    frame.to_parquet(trained_run / "long.parquet")
+    with pytest.raises(ValueError, match=r"path 9, step 3: column 'variance' is -0.04"):
+        read_paths(trained_run / "long.parquet", Market(config))
+
+
+def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
+    (tmp_path / "taken").write_text("")
+    base = ["train", "--config", str(tmp_path / "cfg.yaml")]
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "taken")])
+    flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and "is a file, not a run directory" in flat
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "r"), "--seed", "-1"])
+    assert result.exit_code == 2 and "--seed" in result.output
+
+
+def test_es95_relative_to_delta_keeps_its_sign_when_delta_gains_in_the_tail() -> None:
+    # A premium can make delta's ES95 negative (a gain even in the tail): a smaller ES must
+    # still read as an improvement (< 0), and a delta ES of 0 gives NaN, not a crash.
+    from qfnet.hedging.backtest import _bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4000, generator=g, dtype=torch.float64)
+    pnls = {"delta": 0.05 + 0.01 * noise, "learned": 0.06 + 0.01 * noise,
+            "no_hedge": 0.0 + 0.05 * noise}  # fmt: skip
+    _, ratios = _bootstrap(pnls, 1.0, 20, seed=0)
+    es = {k: float(F.expected_shortfall(v, 0.95)) for k, v in pnls.items()}
+    assert es["delta"] < 0 and es["learned"] < es["delta"] < es["no_hedge"]
+    assert ratios["learned"]["relative"] < 0 < ratios["no_hedge"]["relative"]
+    flat = {"delta": torch.zeros(100, dtype=torch.float64), "learned": 0.01 * noise[:100]}
+    assert math.isnan(_bootstrap(flat, 1.0, 5, seed=0)[1]["learned"]["relative"])

@@ -39,7 +39,7 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"market": {"volatility": -0.2}}, r"market.volatility must be > 0"),
         ({"market": {"n_steps": 2.5}}, r"market.n_steps must be an integer"),
         ({"market": {"model": "sabr"}}, r"market.model must be one of"),
-        ({"market": {"rho": -1.5, "model": "heston"}}, r"market.rho must be in \[-1, 1\]"),
+        ({"market": {"rho": -1.5, "model": "heston"}}, r"market.rho must be in \(-1, 1\)"),
         ({"market": {"cost": -1e-3}}, r"market.cost must be >= 0"),
         ({"market": {"instruments": ["underlying", "variance_swap"]}}, r"variance_swap needs"),
         ({"market": {"instruments": ["stock"]}}, r"market.instruments must start with"),
@@ -51,6 +51,22 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"strategy": {"type": "ntb", "reference": "none"}}, r"strategy.reference"),
         ({"paths": {"test": 0}}, r"paths.test must be > 0"),
         ([1, 2], r"config must be a mapping"),
+        ({"market": {"cost": float("nan")}}, r"market.cost must be a finite number"),
+        ({"market": {"rate": float("nan")}}, r"market.rate must be a finite number"),
+        ({"market": {"spot": float("inf")}}, r"market.spot must be a finite number"),
+        ({"derivative": {"premium": float("nan")}}, r"derivative.premium must be a finite"),
+        ({"training": {"lr": float("inf")}}, r"training.lr must be a finite number"),
+        ({"market": {"rho": 1.0, "model": "heston"}}, r"market.rho must be in \(-1, 1\)"),
+        ({"seed": -3}, r"seed must be in \[0, 2\*\*32\)"),
+        ({"training": {"device": "gpu"}}, r"training.device must be auto, cpu, cuda"),
+        (
+            {"derivative": {"type": "barrier", "barrier": 1.0, "barrier_type": "down_out"}},
+            r"derivative.barrier 1.0 is hit at the start \(market.spot 1.0\)",
+        ),
+        (
+            {"derivative": {"type": "barrier", "barrier": 0.9, "barrier_type": "up_in"}},
+            r"an up_in barrier must lie above the spot",
+        ),
     ],
 )
 def test_bad_configs_raise_naming_the_key(data: object, match: str) -> None:

@@ -136,7 +136,7 @@ def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
         read_paths(tmp_path / "short.parquet", market)
     wide.iloc[1, 3] = -1.0
     wide.to_parquet(tmp_path / "neg.parquet")
-    with pytest.raises(ValueError, match="path 1 has a non-positive"):
+    with pytest.raises(ValueError, match=r"path 1, step 3: price -1.0 is not a positive number"):
         read_paths(tmp_path / "neg.parquet", market)
 
 

@@ -275,3 +275,20 @@ def test_resume_mid_epoch_with_a_user_dataloader_and_generator_is_exact(regressi
     trainer_c.fit(loader(), resume=True)
     for key, value in model_a.state_dict().items():
         assert torch.equal(value, model_c.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_resume_with_more_epochs_is_refused_for_schedules_planned_over_them(
+    regression, mlp, tmp_path, scheduler
+):
+    train = regression(n=40)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler=scheduler)
+    trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler=scheduler, max_epochs=5)
+    with pytest.raises(ValueError, match=rf"'{scheduler}' learning-rate schedule was planned over "
+                                         r"max_epochs=3; resume with max_epochs=3"):  # fmt: skip
+        trainer.fit(train, resume=True)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path / "flat", scheduler="none")
+    trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path / "flat", scheduler="none", max_epochs=5)
+    assert len(trainer.fit(train, resume=True).records) == 5  # no horizon: training goes on
