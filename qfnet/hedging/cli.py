@@ -22,6 +22,9 @@ def train_command(
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Override training.epochs."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a trained run already in OUT."
+    ),
 ) -> None:
     """Train the configured policy on fixed train/validation paths (early stopping,
     checkpoints) and write the run to OUT."""
@@ -43,6 +46,9 @@ def train_command(
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, epochs=epochs))
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} is a file, not a run directory", param_hint="--out")
+    if (out / "model.pt").exists() and not overwrite:
+        raise typer.BadParameter(f"{out} already holds a trained run (--overwrite replaces it)",
+                                 param_hint="--out")  # fmt: skip
     device = cfg.training.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter(f"training.device is {device!r} but CUDA is not available "

@@ -150,6 +150,12 @@ def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path)
     assert result.exit_code == 2 and "is a file, not a run directory" in flat
     result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "r"), "--seed", "-1"])
     assert result.exit_code == 2 and "--seed" in result.output
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "model.pt").write_bytes(b"a trained run")
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "done")])
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "already holds a trained run" in flat
+    assert (tmp_path / "done" / "model.pt").read_bytes() == b"a trained run"
 
 
 def test_es95_relative_to_delta_keeps_its_sign_when_delta_gains_in_the_tail() -> None:
