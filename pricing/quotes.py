@@ -318,7 +318,7 @@ def _year_fractions(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None
     columns = ("expiry", "quote_date")
     texts = [v.strip() for c in columns for v in frame[c].dropna().unique() if isinstance(v, str)]
     day_first = _day_first(texts, dayfirst, locate.source)
-    dates = {}
+    dates: dict[str, list[pd.Timestamp]] = {column: [] for column in columns}
     for column in columns:
         parsed = {}
         for i, value in enumerate(frame[column].to_numpy()):
@@ -327,7 +327,7 @@ def _year_fractions(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None
                     parsed[value] = _parse_date(value, day_first)
                 except (ValueError, TypeError, OverflowError):
                     raise locate.error(i, column, f"not a date: {value!r}") from None
-            dates.setdefault(column, []).append(parsed[value])
+            dates[column].append(parsed[value])
     days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days
     early = np.flatnonzero(days.to_numpy() <= 0)
     if early.size:
