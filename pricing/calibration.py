@@ -387,12 +387,20 @@ def _check_inputs(
 
 
 def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
-    """Quotes with market implied vols; rows without one are dropped and counted."""
+    """Quotes with market implied vols; rows without one are dropped and counted.
+
+    A prepared table's ``market_iv`` is refreshed from ``implied_vol`` where that is given (the
+    canonical column: a caller who edits it after cleaning fits what they edited)."""
     table = quotes if isinstance(quotes, pd.DataFrame) else read_quotes(quotes)
     needed = {"forward", "discount", "market_iv", "option_type"}
     if not needed <= set(table.columns) or any(table[c].isna().to_numpy().any() for c in needed):
         table = read_quotes(table, allow_crossed=True)
         table, _ = prepare_quotes(table)
+    elif "implied_vol" in table:
+        given = table["implied_vol"].to_numpy(dtype=float)
+        stale = np.isfinite(given) & (given != table["market_iv"].to_numpy(dtype=float))
+        if stale.any():
+            table = table.assign(market_iv=np.where(np.isfinite(given), given, table["market_iv"]))
     usable = table["market_iv"].notna().to_numpy()
     if not usable.all() or not table.index.equals(pd.RangeIndex(len(table))):
         table = table.loc[usable].reset_index(drop=True)

@@ -29,16 +29,18 @@ class CleaningReport:
     Attributes:
         n_input: rows of the input table.
         n_kept: rows of the cleaned table.
-        removed: reason -> number of rows removed by that filter (0 when the filter found nothing).
+        removed: reason -> number of rows removed by that filter (0 when the filter found
+            nothing; printed only when it removed some).
         forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
             over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``),
             ``parity_rate_discount`` (pairs whose regression was implausible, discount from
             ``rate``) or ``carry`` (spot, rate and dividend).
 
     Examples:
-        >>> print(CleaningReport(5, 3, removed={"crossed bid/ask": 2}, forward_sources={"parity": 1}))
+        >>> print(CleaningReport(5, 3, removed={"crossed": 2, "zero_bid": 0},
+        ...                      forward_sources={"parity": 1}))
         quotes in: 5, kept: 3
-          removed      2  crossed bid/ask
+          removed      2  crossed
           forwards per expiry: parity: 1
     """
 
@@ -49,7 +51,7 @@ class CleaningReport:
 
     def __str__(self) -> str:
         lines = [f"quotes in: {self.n_input}, kept: {self.n_kept}"]
-        lines += [f"  removed {count:6d}  {reason}" for reason, count in self.removed.items()]
+        lines += [f"  removed {n:6d}  {reason}" for reason, n in self.removed.items() if n]
         sources = ", ".join(f"{k}: {v}" for k, v in self.forward_sources.items())
         return "\n".join([*lines, f"  forwards per expiry: {sources}"])
 

@@ -115,7 +115,7 @@ def price(
             )
         else:
             raise fail(f"--engine {engine} is not available yet")
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from error
     write_table(result, out)
     typer.echo(f"priced {len(result)} options ({model}, {engine}) -> {out}")

@@ -61,8 +61,8 @@ def generate_command(
         bool,
         typer.Option(
             "--compile",
-            help="Heston analytic labels through torch.compile: ~3x faster once compiled "
-            "(a one-off compile of seconds to ~20 s per worker); for large datasets.",
+            help="Heston analytic labels through torch.compile: ~2x faster once compiled "
+            "(a one-off compile of seconds to ~30 s per worker); for large datasets.",
         ),
     ] = False,
 ) -> None:
@@ -88,20 +88,24 @@ def generate_command(
     if domain is not None and (domain not in NAMED_DOMAINS or NAMED_DOMAINS[domain].model != model):
         names = sorted(k for k, v in NAMED_DOMAINS.items() if v.model == model)
         raise typer.BadParameter(f"for {model} must be one of {names}", param_hint="--domain")
-    path = generate(
-        out,
-        model=model,
-        domain=NAMED_DOMAINS[domain] if domain is not None else None,
-        n=n,
-        engine=engine,
-        seed=seed,
-        shard_size=shard_size,
-        workers=workers,
-        scheduler=scheduler,
-        margin=margin,
-        device=_checked_device(device),
-        compile=compile,
-    )
+    try:
+        path = generate(
+            out,
+            model=model,
+            domain=NAMED_DOMAINS[domain] if domain is not None else None,
+            n=n,
+            engine=engine,
+            seed=seed,
+            shard_size=shard_size,
+            workers=workers,
+            scheduler=scheduler,
+            margin=margin,
+            device=_checked_device(device),
+            compile=compile,
+        )
+    except FileExistsError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=1) from err
     meta = json.loads((path / "metadata.json").read_text())
     typer.echo(
         f"wrote {meta['n']} {model} options ({meta['engine']}) in {meta['n_shards']} "

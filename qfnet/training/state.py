@@ -77,17 +77,25 @@ _HORIZON_KEYS = {"cosine": "T_max", "onecycle": "total_steps"}
 
 
 def _check_horizon(config: Any, saved: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a schedule planned over ``max_epochs`` with a different ``max_epochs``:
-    the restored scheduler would keep the old horizon (a cosine would restart from its floor)."""
+    """Refuse to resume a schedule planned over a horizon (``max_epochs``, or the explicit
+    ``T_max``/``total_steps``) other than the checkpoint's: the restored scheduler would keep the
+    old one (a cosine would restart from its floor)."""
     key = _HORIZON_KEYS.get(config.scheduler)
-    before = saved.get("max_epochs")
-    if key is None or key in config.scheduler_kwargs or before in (None, config.max_epochs):
+    if key is None or "max_epochs" not in saved:
         return
-    raise ValueError(
-        f"checkpoint {path}: its '{config.scheduler}' learning-rate schedule was planned over "
-        f"max_epochs={before}; resume with max_epochs={before}, or start a new run (e.g. "
-        f"fine-tune from it) to train for {config.max_epochs}"
-    )
+
+    def horizon(settings: dict[str, Any]) -> tuple[str, Any]:
+        explicit = dict(settings.get("scheduler_kwargs") or {})
+        return (key, explicit[key]) if key in explicit else ("max_epochs", settings["max_epochs"])
+
+    before = horizon(saved)
+    now = horizon({"scheduler_kwargs": config.scheduler_kwargs, "max_epochs": config.max_epochs})
+    if before != now:
+        raise ValueError(
+            f"checkpoint {path}: its '{config.scheduler}' learning-rate schedule was planned over "
+            f"{before[0]}={before[1]}; resume with the same {before[0]}, or start a new run (e.g. "
+            f"fine-tune from it) to train for {now[0]}={now[1]}"
+        )
 
 
 def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None:

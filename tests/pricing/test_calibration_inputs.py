@@ -81,3 +81,14 @@ def test_sabr_shift_must_be_one_per_expiry() -> None:
         calibrate("sabr", table)
     two = pd.concat([_smile(shift=5.0), _smile(shift=0.0, maturity=2.0)], ignore_index=True)
     assert calibrate("sabr", two).params["shift"] == [5.0, 0.0]
+
+
+def test_editing_implied_vol_after_cleaning_is_what_gets_fitted() -> None:
+    from pricing.quote_cleaning import clean_quotes
+
+    clean, _ = clean_quotes(_smile())
+    shifted = clean.assign(implied_vol=clean["implied_vol"] + 0.01)  # market_iv still the old one
+    fit, moved = calibrate("sabr", clean), calibrate("sabr", shifted)
+    np.testing.assert_allclose(moved.residuals["market_iv"], shifted["implied_vol"], rtol=0,
+                               atol=1e-15)  # fmt: skip
+    assert abs(moved.params["alpha"][0] - fit.params["alpha"][0]) > 1e-3

@@ -424,3 +424,14 @@ def test_demo_into_a_file_path_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["demo", "--quick", "--out", str(target)])
     assert result.exit_code != 0
     assert "taken" in result.output
+
+
+def test_price_with_a_missing_surrogate_file_is_an_error_line(bs_quotes, tmp_path):
+    path, table = bs_quotes
+    params = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.6, "rho": -0.7}
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    args = ["price", "--model", "heston", "--quotes", str(path), "--out", str(tmp_path / "o.csv"),
+            "--engine", "surrogate", "--params", json.dumps(params),
+            "--surrogate", str(tmp_path / "nope.pt")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "error:" in result.output and "nope.pt" in result.output

@@ -120,8 +120,18 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
         result = CliRunner().invoke(app, [*base, "--hidden", hidden])
         assert result.exit_code == 2 and "--hidden" in result.output, hidden
     assert CliRunner().invoke(app, [*base, "--hidden", "8"]).exit_code == 0
+    longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
+    result = CliRunner().invoke(app, longer)
+    assert result.exit_code == 1 and "learning-rate schedule was planned over" in result.output
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     result = CliRunner().invoke(app, [*base, "--hidden", "8", "--resume"])
     assert result.exit_code == 1
     assert "error: checkpoint" in result.output and "truncated or corrupted" in result.output
+
+
+def test_generate_into_an_existing_dataset_is_an_error_line(app, tmp_path):
+    args = ["generate", "--model", "sabr", "--n", "64", "--out", str(tmp_path / "ds")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "error:" in again.output and "already holds" in again.output

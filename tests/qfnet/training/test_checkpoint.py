@@ -285,10 +285,21 @@ def test_resume_with_more_epochs_is_refused_for_schedules_planned_over_them(
     _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler=scheduler)
     trainer.fit(train)
     _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler=scheduler, max_epochs=5)
-    with pytest.raises(ValueError, match=rf"'{scheduler}' learning-rate schedule was planned over "
-                                         r"max_epochs=3; resume with max_epochs=3"):  # fmt: skip
+    message = rf"'{scheduler}' learning-rate schedule was planned over max_epochs=3; resume with"
+    with pytest.raises(ValueError, match=message):
         trainer.fit(train, resume=True)
     _, trainer, _, _ = _resumable_run(mlp, tmp_path / "flat", scheduler="none")
     trainer.fit(train)
     _, trainer, _, _ = _resumable_run(mlp, tmp_path / "flat", scheduler="none", max_epochs=5)
     assert len(trainer.fit(train, resume=True).records) == 5  # no horizon: training goes on
+
+
+def test_resume_with_another_explicit_cosine_horizon_is_refused(regression, mlp, tmp_path):
+    train = regression(n=40)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="cosine",
+                                      scheduler_kwargs={"T_max": 3})  # fmt: skip
+    trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="cosine", max_epochs=5,
+                                      scheduler_kwargs={"T_max": 5})  # fmt: skip
+    with pytest.raises(ValueError, match=r"planned over T_max=3; resume with the same T_max"):
+        trainer.fit(train, resume=True)
