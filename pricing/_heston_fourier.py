@@ -613,5 +613,7 @@ def _control_price(k: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     residue of Lewis' line plus the control variate's integral, in closed form."""
     on = variance > 0
     total_vol = torch.sqrt(torch.where(on, variance, torch.ones_like(variance)))
-    value = normalized_call(-k.abs(), total_vol) * torch.exp(0.5 * k)
+    # -|k|, with the call side's slope at k = 0 (where the caller prices the call as OTM):
+    # abs() has a zero gradient there, which made the at-the-money delta wrong by 0.5.
+    value = normalized_call(torch.where(k >= 0, -k, k), total_vol) * torch.exp(0.5 * k)
     return torch.where(on, value, torch.zeros_like(value))

@@ -45,6 +45,7 @@ from pricing._heston_fourier import (
     little_trap_terms,
     log_characteristic,
 )
+from pricing._special import ndtr
 
 __all__ = [
     "MAX_NODES",
@@ -219,7 +220,7 @@ def scan_otm(grid: SurfaceGrid, points: torch.Tensor, upper: torch.Tensor) -> to
     x, root = -grid.k.abs().unsqueeze(-1), variance.sqrt()  # (S, M, Q, 1), (S, M, 1, P)
     d1 = x / root + 0.5 * root
     half = torch.exp(0.5 * x)
-    price = half * torch.special.ndtr(d1) - torch.special.ndtr(d1 - root) / half
+    price = half * ndtr(d1) - ndtr(d1 - root) / half
     return price.reshape(integral.shape) - integral / math.pi
 
 
@@ -249,7 +250,7 @@ def _control_price(grid: SurfaceGrid, variance: torch.Tensor) -> torch.Tensor:
     x, s = -grid.k.abs(), variance.sqrt().unsqueeze(-1)
     d1 = x / s + 0.5 * s
     half = torch.exp(0.5 * x)
-    b = half * torch.special.ndtr(d1) - torch.special.ndtr(d1 - s) / half
+    b = half * ndtr(d1) - ndtr(d1 - s) / half
     return b.reshape(b.shape[0], -1)
 
 

@@ -169,7 +169,7 @@ def qe_exponential_branch(
     psi = (v * c.s2_v + c.s2_c) / (m * m)
     p = (psi - 1.0) / (psi + 1.0)
     beta = (1.0 - p) / m
-    log_one_minus_u = torch.special.ndtr(-zv).log()  # accurate: ndtr uses erfc
+    log_one_minus_u = torch.special.log_ndtr(-zv)  # log(1 - U), U = Phi(zv), to the far tail
     v_next = (torch.log1p(-p) - log_one_minus_u).clamp_min(0.0) / beta
     gap = (beta - c.a_coef).clamp_min(1e-300)
     return v_next, (p + beta * (1.0 - p) / gap).log(), beta > c.a_coef

@@ -137,38 +137,45 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, to
     y2 = torch.log(h / s) / sd + drift
     forward = s * torch.exp((carry - rate) * t)  # discounted forward
     discount = torch.exp(-rate * t)
-    n = torch.special.ndtr
+    log_ratio = torch.log(ratio)
+    # Reflection factors (H/S)^(2 mu) reach e^1000 at low volatility while their normal CDFs
+    # underflow: each product is formed as one exponential, exp(log factor + log N(d)).
+    log_n = torch.special.log_ndtr
 
-    def term(d: torch.Tensor, sign: float, scale_s: TensorLike = 1.0, scale_x: TensorLike = 1.0):
-        return phi * (forward * scale_s * n(sign * d) - x * discount * scale_x * n(sign * (d - sd)))
+    def term(d: torch.Tensor, sign: float, log_s: TensorLike = 0.0, log_x: TensorLike = 0.0):
+        return phi * (forward * torch.exp(log_s + log_n(sign * d))
+                      - x * discount * torch.exp(log_x + log_n(sign * (d - sd))))  # fmt: skip
 
-    mirrored = {"scale_s": ratio ** (2.0 * (mu + 1.0)), "scale_x": ratio ** (2.0 * mu)}
+    mirrored = {"log_s": 2.0 * (mu + 1.0) * log_ratio, "log_x": 2.0 * mu * log_ratio}
+    hit_later = torch.exp(log_n(eta * (x2 - sd))) - torch.exp(
+        2.0 * mu * log_ratio + log_n(eta * (y2 - sd))
+    )
     return {
         "A": term(x1, phi),
         "B": term(x2, phi),
         "C": term(y1, eta, **mirrored),
         "D": term(y2, eta, **mirrored),
-        "E": rebate * discount * (n(eta * (x2 - sd)) - ratio ** (2.0 * mu) * n(eta * (y2 - sd))),
-        "F": _rebate_at_hit(ratio, sd, mu, vol, rate, eta, rebate),
+        "E": rebate * discount * hit_later,
+        "F": _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate),
     }  # fmt: skip
 
 
-def _rebate_at_hit(ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
+def _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
     """Haug's ``F``: ``rebate`` paid when the barrier is hit, discounted from the hit. Its
     ``lambda = sqrt(mu^2 + 2 r / sigma^2)`` is imaginary for some negative rates, where the
     formula would need a complex normal CDF: refused there (with no rebate, ``F`` is 0)."""
     if rebate == 0:
-        return torch.zeros_like(ratio * sd)
+        return torch.zeros_like(log_ratio * sd)
     radicand = mu * mu + 2.0 * rate / (vol * vol)
     if bool((radicand < 0).any()):
         raise ValueError(f"a knock-out rebate paid at the hit has no closed form here for rate "
                          f"{rate} with these volatilities and dividend ((r - q - sigma^2/2)^2 "
                          "+ 2 r sigma^2 < 0); price it by Monte Carlo (pricing.mc_exotics)")  # fmt: skip
     lam = torch.sqrt(radicand)
-    z = torch.log(ratio) / sd + lam * sd
-    n = torch.special.ndtr
-    return rebate * (ratio ** (mu + lam) * n(eta * z)
-                     + ratio ** (mu - lam) * n(eta * (z - 2.0 * lam * sd)))  # fmt: skip
+    z = log_ratio / sd + lam * sd
+    log_n = torch.special.log_ndtr
+    return rebate * (torch.exp((mu + lam) * log_ratio + log_n(eta * z))
+                     + torch.exp((mu - lam) * log_ratio + log_n(eta * (z - 2.0 * lam * sd))))  # fmt: skip
 
 
 def _combine(expression: str, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -14,6 +14,7 @@ import math
 import torch
 
 from pricing import black_scholes
+from pricing._special import ndtr
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
 from pricing._validation import check_nonnegative, check_positive
 
@@ -168,7 +169,7 @@ def levy_asian_price(
     positive = seasoned > 0
     safe = torch.where(positive, seasoned, torch.ones_like(seasoned))
     d1 = (0.5 * log_l - torch.log(safe)) / variance.sqrt()
-    n = torch.special.ndtr
+    n = ndtr
     call = forward * n(d1) - safe * discount * n(d1 - variance.sqrt())
     forward_value = forward - seasoned * discount  # the call when the seasoned strike is <= 0
     call = torch.where(positive, call, forward_value)

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from pricing._special import ndtr
 from pricing._typing import TensorLike, as_tensors
 from pricing._validation import check_positive
 from pricing.analytic_barrier import _BGK_BETA  # the discrete-monitoring shift's constant
@@ -165,7 +166,7 @@ def _parts(s, level, t, vol, rate, carry):
 def _floating(s, extremum, t, vol, rate, carry, phi) -> torch.Tensor:
     """Goldman-Sosin-Gatto (Haug 2007, section 4.15.1)."""
     d1, d2, forward, discount, reflection, shifted, scale = _parts(s, extremum, t, vol, rate, carry)
-    n = torch.special.ndtr
+    n = ndtr
     vanilla = phi * (forward * n(phi * d1) - extremum * discount * n(phi * d2))
     exp_bt = torch.exp(carry * t)
     return vanilla + phi * scale * (reflection * n(-phi * shifted) - exp_bt * n(-phi * d1))
@@ -174,7 +175,7 @@ def _floating(s, extremum, t, vol, rate, carry, phi) -> torch.Tensor:
 def _fixed(s, level, t, vol, rate, carry, phi) -> torch.Tensor:
     """Conze-Viswanathan beyond the intrinsic value (Haug 2007, section 4.15.2)."""
     d1, d2, forward, discount, reflection, shifted, scale = _parts(s, level, t, vol, rate, carry)
-    n = torch.special.ndtr
+    n = ndtr
     vanilla = phi * (forward * n(phi * d1) - level * discount * n(phi * d2))
     exp_bt = torch.exp(carry * t)
     return vanilla + phi * scale * (exp_bt * n(phi * d1) - reflection * n(phi * shifted))

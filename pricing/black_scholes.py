@@ -10,12 +10,14 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
 from pricing._implied_vol import IV_STATUS, solve_total_vol
 from pricing._normalized_black import normalized_call
+from pricing._special import ndtr
 from pricing._typing import TensorLike, as_tensors, is_call_tensor
 from pricing._validation import check_finite, check_nonnegative, check_positive
 
@@ -170,11 +172,10 @@ def greeks(
     sqrt_t = torch.sqrt(t)
     d1 = (torch.log(s / k) + (r - q + 0.5 * vol * vol) * t) / (vol * sqrt_t)
     d2 = d1 - vol * sqrt_t
-    normal = torch.distributions.Normal(torch.zeros_like(d1), torch.ones_like(d1))
-    pdf_d1 = torch.exp(normal.log_prob(d1))
+    pdf_d1 = torch.exp(-0.5 * d1 * d1) / math.sqrt(2.0 * math.pi)
     sign = torch.where(call, 1.0, -1.0).to(s.dtype)
-    cdf1 = normal.cdf(sign * d1)
-    cdf2 = normal.cdf(sign * d2)
+    cdf1 = ndtr(sign * d1)
+    cdf2 = ndtr(sign * d2)
     df_q, df_r = torch.exp(-q * t), torch.exp(-r * t)
     theta = (
         -s * df_q * pdf_d1 * vol / (2.0 * sqrt_t)

@@ -30,6 +30,7 @@ __all__ = [
     "MCPrice",
     "bs_asian_mc_price",
     "bs_barrier_mc_price",
+    "bs_barrier_price",
     "bs_greeks",
     "bs_implied_vol",
     "bs_price",
@@ -589,18 +590,53 @@ def bs_barrier_mc_price(
         ...                                volatility=0.2)), mc.n_paths
         (True, 2000)
     """
+    process = _bs_process(spot, volatility, rate, dividend)
+    option = _barrier_option(strike, barrier, barrier_type, maturity, is_call, 0.0)
+    option.setPricingEngine(ql.MCBarrierEngine(process, "pseudorandom", timeSteps=n_steps,
+                                               requiredSamples=n_paths, isBiased=False,
+                                               seed=seed))  # fmt: skip
+    return _timed_npv(option, n_paths)
+
+
+def bs_barrier_price(
+    *,
+    spot: float,
+    strike: float,
+    barrier: float,
+    barrier_type: str,
+    maturity: float,
+    volatility: float,
+    rate: float = 0.0,
+    dividend: float = 0.0,
+    is_call: bool = True,
+    rebate: float = 0.0,
+) -> float:
+    """Continuously monitored single barrier by ``ql.AnalyticBarrierEngine`` (Reiner-Rubinstein;
+    the arguments as for :func:`bs_barrier_mc_price`, plus the ``rebate``).
+
+    Examples:
+        >>> knock_out = bs_barrier_price(spot=100.0, strike=100.0, barrier=90.0,
+        ...                              barrier_type="down_out", maturity=1.0, volatility=0.2)
+        >>> bool(0.0 < knock_out < bs_price(spot=100.0, strike=100.0, maturity=1.0,
+        ...                                 volatility=0.2))
+        True
+    """
+    process = _bs_process(spot, volatility, rate, dividend)
+    option = _barrier_option(strike, barrier, barrier_type, maturity, is_call, rebate)
+    option.setPricingEngine(ql.AnalyticBarrierEngine(process))
+    return float(option.NPV())
+
+
+def _barrier_option(
+    strike: float, barrier: float, barrier_type: str, maturity: float, is_call: bool, rebate: float
+) -> ql.BarrierOption:
     kinds = {"down_out": ql.Barrier.DownOut, "up_out": ql.Barrier.UpOut,
              "down_in": ql.Barrier.DownIn, "up_in": ql.Barrier.UpIn}  # fmt: skip
     if barrier_type not in kinds:
         raise ValueError(f"barrier_type must be one of {sorted(kinds)}, got {barrier_type!r}")
-    process = _bs_process(spot, volatility, rate, dividend)
-    engine = ql.MCBarrierEngine(process, "pseudorandom", timeSteps=n_steps,
-                                requiredSamples=n_paths, isBiased=False, seed=seed)  # fmt: skip
     payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
     exercise = ql.EuropeanExercise(_whole_days(maturity, "maturity"))
-    option = ql.BarrierOption(kinds[barrier_type], barrier, 0.0, payoff, exercise)
-    option.setPricingEngine(engine)
-    return _timed_npv(option, n_paths)
+    return ql.BarrierOption(kinds[barrier_type], barrier, rebate, payoff, exercise)
 
 
 def bs_asian_mc_price(

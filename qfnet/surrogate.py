@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pricing import black_scholes
+from pricing._special import ndtr
 from pricing.datasets import DOMAINS, Domain
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
@@ -466,9 +467,7 @@ def _smooth_price(
     iv = implied_vol(net, maturity=t, log_moneyness=torch.log(strike / forward), **params)
     total = iv * torch.sqrt(t)
     d1 = torch.log(forward / strike) / total + 0.5 * total
-    call = torch.exp(-r * t) * (
-        forward * torch.special.ndtr(d1) - strike * torch.special.ndtr(d1 - total)
-    )
+    call = torch.exp(-r * t) * (forward * ndtr(d1) - strike * ndtr(d1 - total))
     flag = torch.as_tensor(is_call, device=call.device)
     return torch.where(flag, call, call - torch.exp(-r * t) * (forward - strike))
 

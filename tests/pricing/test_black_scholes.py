@@ -339,3 +339,16 @@ def test_autograd_greeks_are_right_exactly_at_the_money(is_call):
     g = bs.greeks(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, is_call=is_call)
     torch.testing.assert_close(delta, g.delta.reshape(1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(rho, g.rho.reshape(1), rtol=1e-12, atol=1e-12)
+
+
+def test_deep_out_of_the_money_greeks_keep_their_relative_accuracy() -> None:
+    # The erf-based normal CDF returned 0 (strike 300) or lost 4e-6 relative (strike 200).
+    from pricing.quantlib import bs_greeks
+
+    strike = np.array([200.0, 300.0])
+    ours = bs.greeks(spot=100.0, strike=torch.tensor(strike), maturity=0.25, volatility=0.2,
+                     rate=0.02, dividend=0.01)  # fmt: skip
+    reference = bs_greeks(spot=100.0, strike=strike, maturity=0.25, volatility=0.2, rate=0.02,
+                          dividend=0.01)  # fmt: skip
+    np.testing.assert_allclose(ours.delta.numpy(), reference["delta"], rtol=1e-8, atol=0)
+    assert bool((ours.delta > 0).all()) and bool((ours.rho > 0).all())

@@ -272,6 +272,18 @@ def test_delta_matches_central_difference():
     torch.testing.assert_close(put_delta, expected - math.exp(-0.01 * 0.5), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("maturity", [0.5, 2.0, 30.0])
+@pytest.mark.parametrize("is_call", [True, False])
+def test_delta_exactly_at_the_forward_matches_central_difference(maturity, is_call):
+    # K = F exactly: the OTM side switches there, and abs(k)'s zero gradient made delta 0.5 off.
+    kwargs = dict(strike=100.0, maturity=maturity, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5,
+                  rho=-0.7, is_call=is_call)  # fmt: skip
+    bump = 1e-4
+    expected = (heston.price(spot=100.0 + bump, **kwargs) - heston.price(spot=100.0 - bump, **kwargs)
+                ) / (2 * bump)  # fmt: skip
+    torch.testing.assert_close(heston.delta(spot=100.0, **kwargs), expected, rtol=1e-6, atol=1e-8)
+
+
 def test_parameter_block_broadcasts_against_strikes():
     v0 = torch.tensor([[0.04], [0.09]])
     strikes = torch.tensor([[80.0, 100.0, 125.0]])
