@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_DTYPE", "TensorLike", "as_tensors", "is_call_tensor"]
+__all__ = ["DEFAULT_DTYPE", "TensorLike", "as_tensors", "call_flags", "is_call_tensor"]
 
 TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
 """Anything that :func:`torch.as_tensor` turns into a float tensor."""
@@ -38,9 +38,31 @@ def as_tensors(
     return tuple(torch.broadcast_tensors(*tensors))
 
 
+def call_flags(is_call: object, device: torch.device | str | None = None) -> torch.Tensor:
+    """``is_call`` as a boolean tensor: booleans, or numbers that are exactly 0 or 1; anything
+    else (a string such as ``"False"``, 0.7) is an error naming ``is_call``.
+
+    Examples:
+        >>> call_flags([True, 0]).tolist()
+        [True, False]
+        >>> call_flags("False")
+        Traceback (most recent call last):
+        ...
+        TypeError: is_call must be booleans (True for calls), got 'False'
+    """
+    try:
+        raw = torch.as_tensor(is_call, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"is_call must be booleans (True for calls), got {is_call!r}") from None
+    if raw.dtype != torch.bool and not bool(((raw == 0) | (raw == 1)).all()):
+        raise ValueError(f"is_call must be booleans or 0/1, got {is_call!r}")
+    return raw.to(torch.bool)
+
+
 def is_call_tensor(
     is_call: bool | torch.Tensor | np.ndarray | Sequence[bool], like: torch.Tensor
 ) -> torch.Tensor:
-    """Return a boolean tensor for ``is_call`` broadcast to the shape and device of ``like``."""
-    flags = torch.as_tensor(is_call, dtype=torch.bool, device=like.device)
-    return flags.expand_as(like) if flags.shape != like.shape else flags
+    """Return a boolean tensor for ``is_call`` (see :func:`call_flags`) on ``like``'s device,
+    broadcast with ``like``'s shape (either may be the larger)."""
+    flags = call_flags(is_call, device=like.device)
+    return flags.expand(torch.broadcast_shapes(flags.shape, like.shape))

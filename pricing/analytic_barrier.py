@@ -14,7 +14,7 @@ import math
 import torch
 
 from pricing import black_scholes
-from pricing._typing import TensorLike, as_tensors
+from pricing._typing import TensorLike, as_tensors, call_flags
 from pricing._validation import check_positive
 
 __all__ = ["BARRIER_TYPES", "barrier_price", "discrete_barrier_shift"]
@@ -83,9 +83,16 @@ def barrier_price(
     """
     if barrier_type not in BARRIER_TYPES:
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
-    if rebate < 0:
-        raise ValueError(f"rebate must be non-negative, got {rebate}")
-    is_call = bool(is_call)  # one flag for all options (numpy and one-element torch bools too)
+    if not (rebate >= 0 and math.isfinite(rebate)):
+        raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
+    if not (math.isfinite(rate) and math.isfinite(dividend)):
+        raise ValueError(f"rate and dividend must be finite, got rate={rate}, dividend={dividend}")
+    flags = call_flags(is_call)
+    if flags.numel() != 1:
+        raise ValueError(
+            f"is_call must be one flag for all options, got shape {tuple(flags.shape)}"
+        )
+    is_call = bool(flags)
     s, x, h, t, vol = as_tensors(spot, strike, barrier, maturity, volatility)
     check_positive(spot=s, strike=x, barrier=h, maturity=t, volatility=vol)
     down = barrier_type.startswith("down")

@@ -16,7 +16,7 @@ import torch
 from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
-from pricing._validation import check_nonnegative, check_positive
+from pricing._validation import check_finite, check_nonnegative, check_positive
 
 __all__ = ["geometric_asian_price", "levy_asian_price"]
 
@@ -69,6 +69,8 @@ def geometric_asian_price(
         5.342561
     """
     s, vol = (torch.as_tensor(v, dtype=DEFAULT_DTYPE) for v in (spot, volatility))
+    check_positive(spot=s, volatility=vol, maturity=torch.as_tensor(maturity, dtype=DEFAULT_DTYPE))
+    check_finite(rate=torch.tensor(rate), dividend=torch.tensor(dividend))
     if not 0.0 <= past_weight < 1.0:
         raise ValueError(f"past_weight must lie in [0, 1), got {past_weight}")
     nu = rate - dividend - 0.5 * vol * vol

@@ -40,7 +40,7 @@ import torch
 
 from pricing._complex import cexp
 from pricing._heston_fourier import choose_contour, log_characteristic, otm_integral
-from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
+from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flags
 from pricing._validation import check_finite, check_positive, check_where
 from pricing.black_scholes import black_implied_vol
 
@@ -215,7 +215,8 @@ def price(
     market = _market_inputs(spot, rate, dividend, forward, discount)
     # float64 unless asked otherwise, even for float32 inputs: float32 is too coarse for this integral
     dtype = DEFAULT_DTYPE if dtype is None else dtype
-    values = as_tensors(strike, maturity, *market, is_call, *model, dtype=dtype, device=device)
+    flags = call_flags(is_call).to(DEFAULT_DTYPE)  # a string or 0.7 is an error, not a put
+    values = as_tensors(strike, maturity, *market, flags, *model, dtype=dtype, device=device)
     strike_t, maturity_t, first, second, third, call_t = values[:6]
     check_positive(strike=strike_t, maturity=maturity_t)
     fwd, disc = _forward_and_discount(spot is None, first, second, third, maturity_t)

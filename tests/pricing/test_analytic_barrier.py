@@ -100,13 +100,18 @@ def test_shifted_barrier_prices_a_daily_monitored_barrier_within_monte_carlo_err
         ({"spot": 0.0}, "spot"),
         ({"volatility": float("nan")}, "volatility"),
         ({"rebate": -1.0}, "rebate"),
+        ({"rebate": float("nan")}, "rebate"),
+        ({"rate": float("nan")}, "rate"),
+        ({"dividend": float("inf")}, "dividend"),
         ({"maturity": -0.5}, "maturity"),
+        ({"is_call": "False"}, "is_call"),
+        ({"is_call": [True, False]}, "is_call must be one flag"),
     ],
 )
 def test_bad_input_names_the_field(kwargs: dict, field: str) -> None:
     args = {"spot": 100.0, "strike": 100.0, "barrier": 90.0, "barrier_type": "down_out",
             "maturity": 1.0, "volatility": 0.2}  # fmt: skip
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises((ValueError, TypeError), match=field):
         barrier_price(**{**args, **kwargs})
 
 

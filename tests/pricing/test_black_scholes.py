@@ -352,3 +352,19 @@ def test_deep_out_of_the_money_greeks_keep_their_relative_accuracy() -> None:
                           dividend=0.01)  # fmt: skip
     np.testing.assert_allclose(ours.delta.numpy(), reference["delta"], rtol=1e-8, atol=0)
     assert bool((ours.delta > 0).all()) and bool((ours.rho > 0).all())
+
+
+def test_call_flags_broadcast_like_the_other_inputs_and_strings_are_refused() -> None:
+    # is_call may carry the batch shape: one strike, a call and a put; or (2, 1) against (3,)
+    both = bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, rate=0.03,
+                    is_call=[True, False])  # fmt: skip
+    call = bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, rate=0.03)
+    put = bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, rate=0.03, is_call=False)
+    torch.testing.assert_close(both, torch.stack([call, put]), rtol=0, atol=0)
+    grid = bs.black_price(forward=100.0, strike=torch.tensor([90.0, 100.0, 110.0]), maturity=1.0,
+                          volatility=0.2, is_call=torch.tensor([[True], [False]]))  # fmt: skip
+    assert grid.shape == (2, 3)
+    with pytest.raises(TypeError, match="is_call must be booleans"):
+        bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, is_call="False")
+    with pytest.raises(ValueError, match=r"is_call must be booleans or 0/1, got 0\.7"):
+        bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, is_call=0.7)

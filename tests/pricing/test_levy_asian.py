@@ -79,3 +79,16 @@ def test_bad_input_names_the_field(kwargs: dict, field: str) -> None:
     args = {"spot": 100.0, "strike": 100.0, "maturity": 0.5, "volatility": 0.2}
     with pytest.raises(ValueError, match=field):
         levy_asian_price(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"volatility": -0.2}, "volatility"), ({"maturity": -1.0}, "maturity"),
+     ({"spot": 0.0}, "spot"), ({"rate": float("nan")}, "rate")],
+)  # fmt: skip
+def test_geometric_asian_bad_input_names_the_field(kwargs: dict, field: str) -> None:
+    from pricing.analytic_exotics import geometric_asian_price
+
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "volatility": 0.2} | kwargs
+    with pytest.raises(ValueError, match=rf"^{field} must be finite"):
+        geometric_asian_price(**args)
