@@ -401,7 +401,10 @@ def _nodes(
         x, w = 0.5 * (x + 1.0), 0.5 * w
     else:
         x, w = roots_laguerre(n)
-        w = w * np.exp(x)  # integrate f directly: sum w e^x f(x)
+        # integrate f directly: sum w e^x f(x). Past ~180 nodes the largest x exceed 709, where
+        # e^x overflows while w underflows to 0: such a node weighs nothing (its f ~ e^-x).
+        with np.errstate(divide="ignore"):
+            w = np.exp(np.log(w) + x)
     return torch.tensor(x, dtype=dtype, device=device), torch.tensor(w, dtype=dtype, device=device)
 
 

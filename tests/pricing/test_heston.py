@@ -223,6 +223,38 @@ def test_tiny_prices_match_high_precision_lewis_integral(strike, maturity, param
     assert float(value) == pytest.approx(expected, rel=1e-8)
 
 
+def test_outside_the_validated_box_the_default_nodes_widen():
+    # Vol of vol 3 in the far put wing: the box's 32/24 nodes gave 6.7e-4, 150% off.
+    params = (0.04, 2.0, 0.04, 3.0, -0.7)
+    call = _mp_lewis_call(1.0, math.exp(-2.0), 1.0, *params)
+    expected = float(call - (1.0 - math.exp(-2.0)))
+    value = heston.price(forward=1.0, strike=math.exp(-2.0), maturity=1.0, is_call=False,
+                         params=heston.HestonParams(*params))  # fmt: skip
+    assert float(value) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(("log_strike", "maturity"), [(0.01, 1 / 365), (-0.05, 1 / 365),
+                                                      (0.05, 7 / 365)])  # fmt: skip
+def test_zero_initial_variance_prices_converge_and_stay_positive(log_strike, maturity):
+    # v0 = 0 over a day or a week: the box's nodes gave a negative price (-3.9e-23 for 3.5e-26)
+    # or were 1e5 times (or 1%) off; the defaults must equal a run with many more nodes.
+    kwargs = dict(forward=1.0, strike=math.exp(log_strike), maturity=maturity, v0=0.0, kappa=1.5,
+                  theta=0.04, sigma=0.5, rho=-0.7, is_call=log_strike > 0)  # fmt: skip
+    value = float(heston.price(**kwargs))
+    converged = float(heston.price(**kwargs, core_nodes=256, tail_nodes=192))
+    assert value > 0 and value == pytest.approx(converged, rel=1e-7)
+
+
+def test_many_tail_nodes_stay_finite():
+    # Gauss-Laguerre weights w e^x overflowed past ~180 nodes (inf, then NaN prices).
+    kwargs = dict(forward=1.0, strike=1.0, maturity=1.0, v0=0.04, kappa=1.5, theta=0.04,
+                  sigma=0.5, rho=-0.7)  # fmt: skip
+    reference = heston.price(**kwargs)
+    for nodes in (186, 192, 300):
+        assert float(heston.price(**kwargs, tail_nodes=nodes)) == pytest.approx(float(reference),
+                                                                                rel=1e-12)  # fmt: skip
+
+
 def test_gradients_match_finite_differences():
     inputs = [
         torch.tensor([0.04, 0.2, 0.01], dtype=torch.float64, requires_grad=True),  # v0
