@@ -134,3 +134,27 @@ def test_discrete_lookback_needs_a_positive_interval() -> None:
     with pytest.raises(ValueError, match="interval must be positive"):
         discrete_lookback_price(spot=100.0, running_extremum=100.0, maturity=1.0,
                                 volatility=0.2, interval=0.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    [dict(running_extremum=100.0, maturity=1.0, volatility=0.2),
+     dict(running_extremum=100.0, maturity=10.0, volatility=0.05, rate=0.03, dividend=0.03,
+          kind="fixed", strike=120.0)],
+)  # fmt: skip
+def test_zero_carry_is_the_limit_of_symmetric_carries(case: dict) -> None:
+    # At r = q the sigma^2 / (2 b) terms are 0/0. The limit, by Richardson extrapolation of
+    # carries +-d (where the formula is accurate): averages are L + c d^2 + O(d^4).
+    base = {"spot": 100.0, "rate": 0.0, "dividend": 0.0} | case
+
+    def average(d: float) -> float:
+        up = lookback_price(
+            **(base | {"rate": base["rate"] + d / 2, "dividend": base["dividend"] - d / 2})
+        )
+        down = lookback_price(
+            **(base | {"rate": base["rate"] - d / 2, "dividend": base["dividend"] + d / 2})
+        )
+        return 0.5 * (float(up) + float(down))
+
+    limit = (4.0 * average(5e-5) - average(1e-4)) / 3.0
+    assert float(lookback_price(**base)) == pytest.approx(limit, rel=2e-8)
