@@ -48,6 +48,33 @@ class CheckpointError(RuntimeError):
     """
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+"""The process's umask (read once at import: reading it means setting it)."""
+
+
+def _loadable(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays made Python numbers and tensors, which the
+    ``weights_only`` loader accepts (a callback's ``np.float64`` made every checkpoint of a run
+    unloadable)."""
+    if isinstance(value, dict):
+        return {k: _loadable(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_loadable(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_loadable(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder + rename).
 
@@ -69,8 +96,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **state}
+    payload = {"format": FORMAT, "version": VERSION, **_loadable(state)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide checkpoints from collaborators
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

@@ -171,6 +171,8 @@ class TrainerConfig:
         if self.clip_grad_norm is not None and self.clip_grad_value is not None:
             raise ValueError("TrainerConfig: set clip_grad_norm or clip_grad_value, not both")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"TrainerConfig.betas must be two numbers in [0, 1), got {self.betas}")
         groups = tuple(ParamGroup(**g) if isinstance(g, dict) else g for g in self.param_groups)
         object.__setattr__(self, "param_groups", groups)
         object.__setattr__(self, "scheduler_kwargs", _plain(dict(self.scheduler_kwargs)))

@@ -82,6 +82,11 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(f"precision: 'fp16' needs a CUDA device, got {device}")
+    if precision in ("fp16", "bf16") and not any(
+        p.dtype == torch.float32 for p in model.parameters()
+    ):  # autocast leaves float64 (and half) models as they are: the setting would do nothing
+        raise ValueError(f"precision: {precision!r} mixes float32 with half precision; the model "
+                         "has no float32 parameters (use '32' for a float64 model)")  # fmt: skip
     return precision
 
 

@@ -108,7 +108,11 @@ class TensorBoardLogger:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        purge = trainer.global_step if trainer.global_step > 0 else None
+        # steps up to global_step were logged before the checkpoint: purge only those after it
+        purge = trainer.global_step + 1 if trainer.global_step > 0 else None
+        if purge is None and self.log_dir is None:  # a fresh run replaces the run folder's
+            for old in Path(log_dir).glob("events.out.tfevents.*"):  # metrics.csv: and events
+                old.unlink(missing_ok=True)
         self._writer = SummaryWriter(str(log_dir), purge_step=purge)
         self._every = self.log_every_n_steps or trainer.config.log_every_n_steps
 

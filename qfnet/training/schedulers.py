@@ -91,7 +91,8 @@ def build_scheduler(
     Defaults: ``onecycle`` peaks at each group's ``lr`` over ``max_epochs * steps_per_epoch``
     optimizer steps; ``cosine`` anneals over ``max_epochs``; ``step`` uses ``step_size=1``
     (torch's ``gamma=0.1``); ``exponential`` uses ``gamma=0.9``; ``plateau`` follows
-    ``config.monitor_mode``. Everything can be overridden through ``config.scheduler_kwargs``.
+    ``config.monitor_mode`` when its ``scheduler_monitor`` is ``config.monitor``, else ``min``.
+    Everything can be overridden through ``config.scheduler_kwargs``.
 
     Returns:
         ``(scheduler or None, interval)`` with interval in ``step``, ``epoch``, ``metric``.
@@ -128,7 +129,9 @@ def build_scheduler(
     if name == "cosine":
         kwargs.setdefault("T_max", config.max_epochs)
         return lr_scheduler.CosineAnnealingLR(optimizer, **kwargs), interval
-    kwargs.setdefault("mode", config.monitor_mode)
+    # monitor_mode describes config.monitor: it applies only when plateau watches that metric
+    same = config.scheduler_monitor == config.monitor
+    kwargs.setdefault("mode", config.monitor_mode if same else "min")
     return lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs), interval
 
 

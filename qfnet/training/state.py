@@ -98,6 +98,19 @@ def _check_horizon(config: Any, saved: dict[str, Any], path: Path) -> None:
         )
 
 
+_OPTIMIZER_KEYS = ("optimizer", "weight_decay", "momentum", "betas")
+
+
+def _check_optimizer(config: Any, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with another optimizer or optimizer setting than the checkpoint's: its
+    state would not fit (a torch KeyError mid-step) or would silently keep the old settings."""
+    now = config.to_dict()
+    for key in _OPTIMIZER_KEYS:
+        if key in saved and saved[key] != now[key]:
+            raise ValueError(f"checkpoint {path}: written with {key}={saved[key]!r}, this run has "
+                             f"{key}={now[key]!r}; resume with the same optimizer settings")  # fmt: skip
+
+
 def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
     """Load a checkpoint's state into a trainer set up for ``fit`` (model, optimizer, ...).
 
@@ -127,6 +140,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
                     f"checkpoint {path}: cannot resume mid-epoch with {key}={now}, "
                     f"the checkpoint was written with {key}={loop[key]}"
                 )
+    _check_optimizer(trainer.config, state.get("config") or {}, path)
     try:
         trainer.model.load_state_dict(state["model"])
         if isinstance(trainer.loss, nn.Module) and state["loss"] is not None:

@@ -121,7 +121,7 @@ def weighted_sum(
     """
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(values).__name__}")
-    if values.dtype in (torch.float16, torch.bfloat16):
+    if values.dtype in (torch.float16, torch.bfloat16, torch.bool):  # bool: e.g. an accuracy
         values = values.float()
     if values.ndim == 0:
         if weight is None:
@@ -283,6 +283,9 @@ def scaled_loss(
         >>> float(mean), float(weight), float(loss)  # (1 * 1 + 3 * 3) / 4
         (2.5, 4.0, 2.5)
     """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"loss: expected a tensor, got {type(value).__name__} (return the loss "
+                        "as a tensor, per sample or reduced, to backpropagate it)")  # fmt: skip
     if value.ndim == 0 and weight is None:
         ratio = count / nominal
         return value.detach(), count, value * ratio if ratio != 1.0 else value

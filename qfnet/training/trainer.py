@@ -6,12 +6,14 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from qfnet.training import checkpoint as ckpt
 from qfnet.training.callbacks import LossCurvePlot, LRMonitor, ModelCheckpoint, ProgressBar
@@ -99,6 +101,9 @@ class Trainer:
         self.model, self.loss = model, loss
         self.config = config or TrainerConfig()
         self.metrics = dict(metrics or {})
+        clash = sorted(set(self.metrics) & {"loss", "grad_norm", "lr", "epoch"})
+        if clash:
+            raise ValueError(f"metrics: the name(s) {clash} are the Trainer's own; rename them")
         self.forward = forward or default_forward
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir is not None else None
         self.callbacks = self._default_callbacks(list(callbacks))
@@ -221,13 +226,23 @@ class Trainer:
         )
         self._val = None if val_data is None else self._eval_loader(val_data)
         self.has_validation = self._val is not None
+        for name, data in (("train_data", train_data), ("val_data", val_data)):
+            if (isinstance(data, torch.utils.data.DataLoader) and self.dist.world_size > 1
+                    and not isinstance(data.sampler, DistributedSampler)):  # fmt: skip
+                warnings.warn(f"{name}: a DataLoader is used as given on each of the "
+                              f"{self.dist.world_size} processes, so each sees all of its data; "
+                              "pass a Dataset (sharded for you) or give it a DistributedSampler",
+                              stacklevel=3)  # fmt: skip
         try:
             n_batches = len(self._train)
         except TypeError:  # an iterable-style loader
             self.steps_per_epoch = None
         else:
             if n_batches == 0:
-                raise ValueError("train_data: no training batch (empty dataset?)")
+                size = len(train_data) if hasattr(train_data, "__len__") else "?"
+                raise ValueError(f"train_data: no training batch from {size} samples (batch_size="
+                                 f"{cfg.batch_size}, drop_last={cfg.drop_last}: a dataset smaller "
+                                 "than one batch is dropped whole)")  # fmt: skip
             self.steps_per_epoch = -(-n_batches // cfg.accumulate_grad_batches)
         named = self._module.named_parameters()
         self.optimizer = build_optimizer(
@@ -238,14 +253,14 @@ class Trainer:
         self._non_blocking = self.device.type == "cuda"
 
     def _eval_loader(self, data: DataSource) -> Any:
+        if hasattr(data, "__len__") and len(data) == 0:
+            raise ValueError("validation/test data is empty: pass None for no validation")
         size = self.config.eval_batch_size or self.config.batch_size
-        return eval_loader(
-            data,
-            batch_size=size,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            loader_kwargs=self._loader_kwargs(data),
-        )
+        # A generator of its own: DataLoader iterators seed their workers from the global RNG
+        # otherwise, and a validation would shift the next epochs' dropout masks.
+        kwargs = self._loader_kwargs(data) | {"generator": torch.Generator().manual_seed(0)}
+        return eval_loader(data, batch_size=size, rank=self.dist.rank,
+                           world_size=self.dist.world_size, loader_kwargs=kwargs)  # fmt: skip
 
     def fit(
         self,

@@ -224,3 +224,34 @@ def test_lr_finder_suggests_a_rate_below_divergence_and_plots(regression, mlp, s
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])  # the model is left as it was
     assert trainer.fit(data).records  # and the trainer still trains
+
+
+def test_tensorboard_keeps_every_step_across_a_resume_and_a_rerun_replaces_the_events(
+    regression, mlp, sq_error, tmp_path
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt:
+        def on_train_step_end(self, trainer):
+            if trainer.global_step == 6:
+                raise Crash
+
+    data = regression(n=32)  # 4 steps per epoch
+    cfg = TrainerConfig(max_epochs=3, batch_size=8, run_dir=tmp_path, progress_bar=False,
+                        checkpoint_every_n_steps=2)  # fmt: skip
+
+    def steps() -> list[int]:
+        events = EventAccumulator(str(tmp_path))
+        events.Reload()
+        return [e.step for e in events.Scalars("train/loss")]
+
+    with pytest.raises(Crash):
+        Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[CrashAt()]).fit(data)
+    Trainer(mlp(), loss=sq_error, config=cfg).fit(data, resume=True)
+    assert steps() == list(range(1, 13))  # the checkpoint's step 6 was purged and lost before
+    Trainer(mlp(), loss=sq_error, config=cfg).fit(data)  # a fresh run into the same folder
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    assert steps() == list(range(1, 13))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -303,3 +304,29 @@ def test_resume_with_another_explicit_cosine_horizon_is_refused(regression, mlp,
                                       scheduler_kwargs={"T_max": 5})  # fmt: skip
     with pytest.raises(ValueError, match=r"planned over T_max=3; resume with the same T_max"):
         trainer.fit(train, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [({"optimizer": "sgd"}, "optimizer"), ({"optimizer": "adamw", "weight_decay": 0.5}, "optimizer"),
+     ({"weight_decay": 0.1}, "weight_decay")],
+)  # fmt: skip
+def test_resume_with_other_optimizer_settings_is_refused(regression, mlp, tmp_path, changes, key):
+    train = regression(n=40)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="none")
+    trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="none", **changes)
+    with pytest.raises(ValueError, match=rf"written with {key}=.*resume with the same optimizer"):
+        trainer.fit(train, resume=True)
+
+
+def test_numpy_values_in_callback_state_are_saved_loadably_and_files_are_readable(tmp_path):
+    import stat
+
+    state = {"callbacks": {"probe": {"best": np.float64(0.5), "seen": np.arange(3)}}}
+    path = save_checkpoint(state, tmp_path / "ck.pt")
+    loaded = load_checkpoint(path)["callbacks"]["probe"]
+    assert loaded["best"] == 0.5 and torch.equal(loaded["seen"], torch.arange(3))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600

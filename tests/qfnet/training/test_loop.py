@@ -254,6 +254,8 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
         ("precision", "fp8"),
         ("accumulate_grad_batches", 0),
         ("clip_grad_norm", -1.0),
+        ("betas", (0.9,)),
+        ("betas", (0.9, 1.5)),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -392,3 +394,73 @@ def test_state_after_fit_points_at_the_next_epoch_not_beyond():
     )
     trainer.fit(TensorDataset(x, x.sum(1, keepdim=True)))
     assert trainer_state(trainer)["loop"]["epoch"] == 2
+
+
+def test_misused_names_losses_and_data_are_clear_errors(regression, mlp, sq_error):
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, progress_bar=False)
+    with pytest.raises(
+        ValueError, match=r"metrics: the name\(s\) \['loss'\] are the Trainer's own"
+    ):
+        Trainer(mlp(), loss=sq_error, config=cfg, metrics={"loss": lambda o, y: (o - y).abs()})
+    scalar = Trainer(mlp(), loss=lambda o, y: float(((o - y) ** 2).mean().detach()), config=cfg)
+    with pytest.raises(TypeError, match="loss: expected a tensor, got float"):
+        scalar.fit(regression(n=16))
+    small = Trainer(mlp(), loss=sq_error, config=TrainerConfig(batch_size=32, drop_last=True,
+                                                              progress_bar=False))  # fmt: skip
+    with pytest.raises(ValueError, match=r"from 16 samples \(batch_size=32, drop_last=True"):
+        small.fit(regression(n=16))
+    empty = TensorDataset(
+        torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 1, dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="validation/test data is empty"):
+        Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=16), empty)
+    with pytest.raises(ValueError, match="the model has no float32 parameters"):
+        Trainer(mlp(), loss=sq_error, config=TrainerConfig(precision="bf16", progress_bar=False)
+                ).fit(regression(n=16))  # fmt: skip
+
+
+def test_boolean_per_sample_metrics_average_as_fractions(regression, mlp, sq_error):
+    data = regression(n=40)
+    accuracy = {"hit": lambda o, y: (o > 0) == (y > 0)}  # bool, shape (N, 1)
+    result = Trainer(mlp(), loss=sq_error, metrics=accuracy,
+                     config=TrainerConfig(progress_bar=False)).evaluate(data)  # fmt: skip
+    model = mlp()
+    with torch.no_grad():
+        expected = ((model(data.tensors[0]) > 0) == (data.tensors[1] > 0)).double().mean()
+    assert result["hit"] == pytest.approx(float(expected), abs=1e-15)
+
+
+class _MapStyle(torch.utils.data.Dataset):
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i]
+
+
+def test_validation_leaves_the_training_randomness_alone(regression, mlp, sq_error):
+    # A map-style validation set goes through a DataLoader; its iterator used to draw from the
+    # global RNG and shift the dropout masks of every later epoch.
+    train, val = regression(n=48), regression(n=24, seed=1)
+    cfg = TrainerConfig(max_epochs=3, batch_size=8, progress_bar=False, seed=5)
+    weights = []
+    for validation in (val, _MapStyle(val)):
+        model = mlp(dropout=0.3, seed=2)
+        Trainer(model, loss=sq_error, config=cfg).fit(train, validation)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_plateau_watches_the_loss_in_min_mode_whatever_the_monitor_mode():
+    from qfnet.training.schedulers import build_scheduler
+
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    cfg = TrainerConfig(scheduler="plateau", monitor="val_acc", monitor_mode="max")
+    assert build_scheduler(opt, cfg, 10)[0].mode == "min"  # scheduler_monitor is val_loss
+    same = TrainerConfig(scheduler="plateau", monitor="val_acc", monitor_mode="max",
+                         scheduler_monitor="val_acc")  # fmt: skip
+    assert build_scheduler(opt, same, 10)[0].mode == "max"
