@@ -225,7 +225,8 @@ def label(
             after a one-off compilation of seconds to tens of seconds per process.
 
     Returns:
-        A copy of ``points`` with the labels; rows whose price has no implied vol get NaN.
+        A copy of ``points`` with the labels; rows whose price has no implied vol, or only a
+        zero one (no time value), get NaN.
     """
     engines = ENGINES.get(model)
     if engines is None:
@@ -241,7 +242,11 @@ def label(
     out["price"] = price
     if std_error is not None:
         out["std_error"] = std_error
-    out["implied_vol"] = _implied_vol(out, where)
+    vol = _implied_vol(out, where)
+    # A vol of 0 is a price with no time value left (0, or the intrinsic value): an engine's
+    # floor or underflow (QuantLib's PDE prices a few far wings at exactly 0), not a label.
+    vol[~(vol > 0)] = np.nan
+    out["implied_vol"] = vol
     return out
 
 

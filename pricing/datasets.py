@@ -22,7 +22,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -125,32 +125,42 @@ class Domain:
                 return (low, high)
         raise KeyError(f"{name!r} is not a field of the {self.model} domain")
 
-    def _outside(self, columns: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray, str]]:
-        """Yield ``(field, outside mask, bounds text)`` for each field of a query."""
+    def _outside(
+        self, columns: Mapping[str, Any], inputs: Iterable[Any] | None = None
+    ) -> Iterator[tuple[str, np.ndarray, str]]:
+        """Yield ``(field, outside mask, bounds text)`` for each field of a query. Queries in a
+        lower precision than float64 get edges as wide as their own rounding (an edge point
+        given in float32 is 6e-8 off it)."""
+        rtol = max(self.rtol, 4.0 * _coarsest_eps(columns.values() if inputs is None else inputs))
         arrays = _broadcast_columns(columns, self.input_names)
         for name in (*self.param_names, "maturity"):
             low, high = self.bounds(name)
-            yield name, ~_within(arrays[name], low, high, self.rtol), f"[{low:g}, {high:g}]"
+            yield name, ~_within(arrays[name], low, high, rtol), f"[{low:g}, {high:g}]"
         tau = np.where(arrays["maturity"] > 0.0, arrays["maturity"], np.nan)
         z = arrays["log_moneyness"] / (self.z_scale * np.sqrt(tau))
         text = f"z_scale * sqrt(T) * [{self.z[0]:g}, {self.z[1]:g}]"
-        yield "log_moneyness", ~_within(z, *self.z, self.rtol), text
+        yield "log_moneyness", ~_within(z, *self.z, rtol), text
 
-    def contains(self, columns: Mapping[str, Any]) -> np.ndarray:
+    def contains(
+        self, columns: Mapping[str, Any], inputs: Iterable[Any] | None = None
+    ) -> np.ndarray:
         """Boolean mask of the query rows inside the domain (NaN rows are outside).
 
         Args:
             columns: arrays or tensors named by :attr:`input_names` (broadcast together).
+            inputs: the caller's original values, when ``columns`` are converted copies (their
+                precision sets the edges' tolerance).
         """
         inside = None
-        for _, outside, _ in self._outside(columns):
+        for _, outside, _ in self._outside(columns, inputs):
             inside = ~outside if inside is None else inside & ~outside
         return inside
 
-    def check(self, columns: Mapping[str, Any]) -> None:
-        """Raise :class:`DomainError` naming the first field and row outside the domain."""
+    def check(self, columns: Mapping[str, Any], inputs: Iterable[Any] | None = None) -> None:
+        """Raise :class:`DomainError` naming the first field and row outside the domain
+        (``inputs`` as for :meth:`contains`)."""
         arrays = _broadcast_columns(columns, self.input_names)
-        for name, outside, text in self._outside(arrays):
+        for name, outside, text in self._outside(columns, inputs):
             if outside.any():
                 row = int(np.flatnonzero(outside)[0])
                 raise DomainError(
@@ -207,6 +217,18 @@ def _widen(name: str, low: float, high: float, margin: float) -> tuple[float, fl
     if limits is not None:
         new_low, new_high = max(new_low, limits[0]), min(new_high, limits[1])
     return new_low, new_high
+
+
+def _coarsest_eps(values: Any) -> float:
+    """Machine epsilon of the least precise floating input (float64's for plain numbers)."""
+    eps = float(np.finfo(np.float64).eps)
+    for value in values:
+        dtype = value.dtype if isinstance(value, (torch.Tensor, np.ndarray)) else None
+        if dtype is not None and (dtype.is_floating_point if isinstance(dtype, torch.dtype)
+                                  else np.issubdtype(dtype, np.floating)):  # fmt: skip
+            info = torch.finfo(dtype) if isinstance(dtype, torch.dtype) else np.finfo(dtype)
+            eps = max(eps, float(info.eps))
+    return eps
 
 
 def _within(x: np.ndarray, low: float, high: float, rtol: float) -> np.ndarray:
@@ -435,9 +457,10 @@ def generate(
         threads_per_worker: torch threads in each worker (0 leaves torch's default).
         device: where each worker labels (``cpu``, ``cuda``, ``cuda:1``...): the torch engines
             and the implied-vol solver run there; the labels are float64 either way, identical
-            for any ``shard_size``/``workers`` split on the same device.
+            for any ``workers`` split on the same device, and across ``shard_size`` to rounding
+            (the pricers' batched reductions: ~1e-16).
         compile: label with the ``torch.compile``-fused Heston pricer (``analytic`` engine only):
-            about four times the CPU throughput after a one-off compilation in each worker
+            about twice the CPU throughput after a one-off compilation in each worker
             (seconds with a warm inductor cache, about a minute cold), so for large datasets; labels
             agree with the eager ones to about 1e-15 (recorded in the metadata).
         progress: show a progress bar over shards done.
@@ -469,11 +492,11 @@ def generate(
     domain = domain or DOMAINS[model]
     if domain.model != model:
         raise ValueError(f"domain is for {domain.model!r}, not {model!r}")
+    sampling = domain.expanded(margin)  # validates margin before anything is created
     path = Path(out)
     if (path / "metadata.json").exists():
         raise FileExistsError(f"{path} already holds a dataset; choose another --out")
     path.mkdir(parents=True, exist_ok=True)
-    sampling = domain.expanded(margin)
     tasks = [
         _ShardTask(
             sampling.to_dict(),

@@ -62,6 +62,8 @@ def _outside_validated_box(v0, kappa, theta, sigma, rho) -> torch.Tensor:
     """Options whose parameters leave the box where the default nodes were validated."""
     return ((sigma > 1.5) | (v0 < 0.005) | (theta < 0.005) | (kappa < 0.2) | (kappa > 8.0)
             | (rho < -0.95) | (rho > 0.5)).detach()  # fmt: skip
+
+
 """Options priced per pass: bounds the memory of the (chunk, nodes) temporaries."""
 
 

@@ -66,7 +66,9 @@ _Z_SCALE = 0.2
 N_POINTS = len(MATURITIES) * len(Z)
 GRID_MATURITY = torch.tensor(MATURITIES, dtype=torch.float64).repeat_interleave(len(Z))
 GRID_LOG_MONEYNESS = (
-    torch.tensor(Z, dtype=torch.float64) * _Z_SCALE * torch.sqrt(torch.tensor(MATURITIES)[:, None])
+    torch.tensor(Z, dtype=torch.float64)
+    * _Z_SCALE
+    * torch.sqrt(torch.tensor(MATURITIES, dtype=torch.float64)[:, None])
 ).reshape(-1)  # (66,), maturity-major
 _FORMAT = "qfnet.heston_calibration_network/1"
 

@@ -383,10 +383,11 @@ def implied_vol(
         raise ValueError(f"out_of_domain must be 'raise' or 'nan', got {out_of_domain!r}")
     x, shape = _query(net, {**params, "maturity": maturity, "log_moneyness": log_moneyness})
     columns = dict(zip(net.domain.input_names, x.detach().T, strict=True))
+    given = [*params.values(), maturity, log_moneyness]  # their precision sets the edge tolerance
     if out_of_domain == "raise":
-        net.domain.check(columns)
+        net.domain.check(columns, given)
         return net(x).reshape(shape)
-    inside = torch.as_tensor(net.domain.contains(columns), device=x.device)
+    inside = torch.as_tensor(net.domain.contains(columns, given), device=x.device)
     safe = torch.where(inside[:, None], x, _centre(net.domain, x))
     iv = net(safe)
     return torch.where(inside, iv, torch.full_like(iv, float("nan"))).reshape(shape)

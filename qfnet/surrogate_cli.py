@@ -103,7 +103,7 @@ def generate_command(
             device=_checked_device(device),
             compile=compile,
         )
-    except FileExistsError as err:
+    except (OSError, ValueError) as err:  # an existing dataset, a bad --out, a dead scheduler
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1) from err
     meta = json.loads((path / "metadata.json").read_text())

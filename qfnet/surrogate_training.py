@@ -153,12 +153,16 @@ _ARCH_FILE = "surrogate_config.json"
 
 
 def _architecture(
-    out: Path, resume: bool, hidden: Sequence[int], activation: str
+    out: Path, resume: bool, hidden: Sequence[int], activation: str, domain: Domain
 ) -> tuple[tuple[int, ...], str]:
-    """On resume the run's own architecture wins (so ``--resume`` alone continues a run)."""
+    """On resume the run's own architecture wins (so ``--resume`` alone continues a run); its
+    domain must be the dataset's (the scalers and weights were fitted on it)."""
     path = out / _ARCH_FILE
     if resume and path.is_file():
         saved = json.loads(path.read_text())
+        if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
+            raise ValueError(f"--resume: the run in {out} was trained on another domain than "
+                             "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
         return tuple(saved["hidden"]), str(saved["activation"])
     return tuple(int(h) for h in hidden), activation
 
@@ -179,6 +183,9 @@ def _errors_bp(net: SurrogateNet, x: torch.Tensor, iv: torch.Tensor) -> torch.Te
 
 def _error_summary(errors: torch.Tensor) -> dict[str, float]:
     e = errors.double()
+    if e.numel() == 0:  # no test row inside the domain (a dataset of margin rows only)
+        return {"n": 0, "mae_bp": math.nan, "median_bp": math.nan, "p99_bp": math.nan,
+                "max_bp": math.nan}  # fmt: skip
     return {
         "n": int(e.numel()),
         "mae_bp": float(e.mean()),
@@ -264,7 +271,7 @@ def train_surrogate(
         if start.domain != domain:
             raise ValueError(f"--init surrogate domain differs from the dataset's: {init}")
         hidden, activation = start.hidden, start.activation
-    hidden, activation = _architecture(run, resume, hidden, activation)
+    hidden, activation = _architecture(run, resume, hidden, activation, domain)
     train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
     net = _build(domain, hidden, activation, seed)
     if start is not None:
@@ -321,7 +328,8 @@ def train_surrogate(
         "test": _error_summary(errors),
     }
     save_surrogate(net, run / "model.pt", training=summary)
-    _plot_error_histogram(errors, run / "error_hist.png")
+    if errors.numel():
+        _plot_error_histogram(errors, run / "error_hist.png")
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

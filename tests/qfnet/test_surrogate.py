@@ -254,3 +254,31 @@ def test_qfnet_data_relocates_the_shipped_models_and_a_missing_copy_says_how(tmp
     check = "from qfnet.surrogate import load_surrogate\nprint(load_surrogate().domain.model)"
     out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "heston", out.stderr
+
+
+def test_resuming_on_a_dataset_of_another_domain_is_refused(tmp_path):
+    from pricing.datasets import NAMED_DOMAINS
+
+    wide = generate(tmp_path / "wide", model="sabr", n=64, progress=False)
+    narrow = generate(tmp_path / "narrow", model="sabr", domain=NAMED_DOMAINS["sabr-pde"], n=64,
+                      progress=False)  # fmt: skip
+    common = {"epochs": 1, "batch_size": 32, "hidden": (8,), "device": "cpu"}
+    train_surrogate(wide, tmp_path / "run", **common)
+    with pytest.raises(ValueError, match="trained on another domain than this dataset's"):
+        train_surrogate(narrow, tmp_path / "run", resume=True, **common)
+
+
+def test_labels_with_no_time_value_get_no_implied_vol(monkeypatch):
+    import pricing._labels as labels
+
+    points = sample(SABR_DOMAIN, 4, seed=0)
+    zero = lambda points, seed, where, **options: (np.zeros(len(points)), None)  # noqa: E731
+    monkeypatch.setitem(labels.ENGINES["sabr"], "hagan", zero)
+    assert label(points, model="sabr", engine="hagan")["implied_vol"].isna().all()
+
+
+def test_error_summary_of_no_test_rows_is_nan_not_a_crash():
+    from qfnet.surrogate_training import _error_summary
+
+    summary = _error_summary(torch.empty(0))
+    assert summary["n"] == 0 and all(np.isnan(summary[k]) for k in ("mae_bp", "p99_bp", "max_bp"))

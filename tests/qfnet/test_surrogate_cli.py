@@ -135,3 +135,28 @@ def test_generate_into_an_existing_dataset_is_an_error_line(app, tmp_path):
     assert CliRunner().invoke(app, args).exit_code == 0
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "error:" in again.output and "already holds" in again.output
+
+
+def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_path):
+    (tmp_path / "afile").write_text("")
+    args = ["generate", "--model", "sabr", "--n", "4"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "afile" / "ds")])
+    assert result.exit_code == 1 and "error:" in result.output
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m"), "--margin", "inf"])
+    assert result.exit_code == 1 and "margin must be finite" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_float32_queries_at_the_domain_edge_and_the_calibration_grid_are_inside():
+    from qfnet.calibration_network import GRID_LOG_MONEYNESS, GRID_MATURITY
+    from qfnet.surrogate import implied_vol
+
+    net = load_surrogate()
+    params = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+    t = torch.tensor(30 / 365, dtype=torch.float32)  # the shortest maturity, lowest strike
+    edge = implied_vol(net, maturity=t, log_moneyness=-2.5 * 0.2 * torch.sqrt(t), **params)
+    assert torch.isfinite(edge)
+    grid = implied_vol(net, maturity=GRID_MATURITY, log_moneyness=GRID_LOG_MONEYNESS, **params)
+    assert grid.shape == (66,) and bool(torch.isfinite(grid).all())
+    with pytest.raises(DomainError, match="maturity"):  # float32 rounding, not a free margin
+        implied_vol(net, maturity=t * 0.999, log_moneyness=0.0, **params)
