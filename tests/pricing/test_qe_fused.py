@@ -35,7 +35,7 @@ def test_branch_free_step_equals_the_eager_qe_step(sigma: float) -> None:
     m = v * c.decay + c.theta * (1 - c.decay)
     psi = (v * c.s2_v + c.s2_c) / m**2
     assert bool((psi > PSI_C).any()) and bool((psi <= PSI_C).any())  # both branches
-    # The eager step takes log(1 - U) from log_ndtr, the fused one from inductor's cheaper ndtr,
+    # The eager step takes log(1 - U) from an erfc-based ndtr, the fused one from inductor's ndtr,
     # which loses ~1e-12 of (1 - U) by zv ~ 4 (and more further out): rtol 1e-11.
     torch.testing.assert_close(fused_v, eager_v, rtol=1e-11, atol=1e-300)
     torch.testing.assert_close(fused_x, eager_x, rtol=1e-11, atol=1e-12)
