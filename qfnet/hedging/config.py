@@ -188,7 +188,9 @@ class StrategyConfig:
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """Risk measure minimised: ``es`` (with ``alpha``), ``entropic`` (``risk_aversion`` per
-    unit notional), ``variance`` or ``mean_variance`` (``risk_aversion``).
+    unit of P&L, i.e. per unit notional at the default ``market.spot`` of 1, as in pfhedge: at
+    another spot S the same aversion per notional is ``risk_aversion / S``), ``variance`` or
+    ``mean_variance`` (``risk_aversion``).
 
     Examples:
         >>> ObjectiveConfig(alpha=1.0).validate("objective")

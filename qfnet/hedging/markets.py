@@ -183,7 +183,10 @@ class Market:
         if not self.is_heston:
             return self.market.volatility
         m = self.market
-        return math.sqrt(float(expected_variance(torch.tensor(m.v0), m.maturity, m)))
+        v0 = torch.tensor(
+            m.v0, dtype=torch.float64
+        )  # not the default dtype: the feature is 0 at t = 0
+        return math.sqrt(float(expected_variance(v0, m.maturity, m)))
 
     def simulate(self, n_paths: int, *, generator: torch.Generator) -> RawPaths:
         """Simulate ``n_paths`` paths (the market's ``dtype``/``device``).

@@ -99,7 +99,9 @@ class WhalleyWilmott:
 
     Args:
         market: the market (time grid, strike, rate, cost of the underlying).
-        risk_aversion: exponential-utility risk aversion (per unit notional).
+        risk_aversion: exponential-utility risk aversion, per unit of P&L (currency): per unit
+            notional with the configs' spot of 1; a market quoted at spot S needs it divided
+            by S for the same band relative to the position.
 
     References:
         Whalley, Wilmott (1997), "An asymptotic analysis of an optimal hedging model for option

@@ -165,3 +165,13 @@ def test_market_data_in_blocks_equals_one_block(
     blocked = market.data(raw)
     for a, b in zip(whole, blocked, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-15, atol=1e-15)
+
+
+def test_heston_vol_proxy_feature_starts_at_zero_in_float64() -> None:
+    # sigma_hat / sigma0 - 1 at t = 0: sigma0 was computed from a float32 v0 (2.3e-8 off)
+    config = config_from_dict({"market": {"model": "heston", "v0": 0.06, "kappa": 2.0,
+                                          "theta": 0.04, "sigma": 0.5, "rho": -0.7, "n_steps": 5},
+                               "training": {"dtype": "float64"}})  # fmt: skip
+    market = Market(config)
+    data = market.data(market.simulate(64, generator=torch.Generator().manual_seed(0)))
+    assert float(data.features[:, 0, 2].abs().max()) < 1e-15
