@@ -31,6 +31,7 @@ class CleaningReport:
         n_kept: rows of the cleaned table.
         removed: reason -> number of rows removed by that filter (0 when the filter found
             nothing; printed only when it removed some).
+        notes: warnings about what was assumed (e.g. rates taken as 0 for carry forwards).
         forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
             over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``),
             ``parity_rate_discount`` (pairs whose regression was implausible, discount from
@@ -48,12 +49,14 @@ class CleaningReport:
     n_kept: int = 0
     removed: dict[str, int] = field(default_factory=dict)
     forward_sources: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"quotes in: {self.n_input}, kept: {self.n_kept}"]
         lines += [f"  removed {n:6d}  {reason}" for reason, n in self.removed.items() if n]
         sources = ", ".join(f"{k}: {v}" for k, v in self.forward_sources.items())
-        return "\n".join([*lines, f"  forwards per expiry: {sources}"])
+        notes = [f"  note: {note}" for note in self.notes]
+        return "\n".join([*lines, f"  forwards per expiry: {sources}", *notes])
 
 
 def _tensor(column: pd.Series) -> torch.Tensor:
@@ -181,17 +184,26 @@ def _attach_forwards(quotes: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, 
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
 
 
+def _shift(quotes: pd.DataFrame) -> pd.Series:
+    """The ``shift`` column (0 where absent or empty): rates quotes are shifted-lognormal."""
+    return quotes["shift"].fillna(0.0) if "shift" in quotes else pd.Series(0.0, quotes.index)
+
+
 def _black_iv(quotes: pd.DataFrame, prices: pd.Series) -> np.ndarray:
+    """(Shifted) Black implied vols of ``prices``; NaN where none reproduces the price, and
+    where the vol is 0 (a price at its lower bound, e.g. a zero far-wing settlement price, has
+    no time value to read a vol from)."""
     is_call = torch.tensor((quotes["option_type"] == "call").to_numpy())
+    shift = _shift(quotes)
     vol = black_implied_vol(
         price=_tensor(prices),
-        forward=_tensor(quotes["forward"]),
-        strike=_tensor(quotes["strike"]),
+        forward=_tensor(quotes["forward"] + shift),
+        strike=_tensor(quotes["strike"] + shift),
         maturity=_tensor(quotes["maturity"]),
         discount=_tensor(quotes["discount"]),
         is_call=is_call,
-    )
-    return vol.numpy()
+    ).numpy()
+    return np.where(vol > 0, vol, np.nan)
 
 
 def _is_canonical(quotes: object) -> bool:
@@ -294,11 +306,17 @@ def _duplicates(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _otm_duplicates(frame: pd.DataFrame) -> np.ndarray:
-    """Rows quoted in the money whose out-of-the-money counterpart (same expiry, strike) is kept."""
+    """Rows quoted in the money whose out-of-the-money counterpart (same expiry, strike) is
+    kept, and in-the-money rows whose bid is below intrinsic (no bid vol: their mid's vol is
+    mostly spread, 15 vol points off on a 30-day wing whose OTM twin had a zero bid)."""
     otm = np.where(frame["strike"] >= frame["forward"], "call", "put")
     key = pd.Series(list(zip(_expiry_key(frame), frame["strike"], strict=True)), index=frame.index)
     has_otm = key.isin(set(key[frame["option_type"].to_numpy() == otm]))
-    return ((frame["option_type"].to_numpy() != otm) & has_otm).to_numpy()
+    itm = frame["option_type"].to_numpy() != otm
+    unread = np.zeros(len(frame), dtype=bool)
+    if "bid_iv" in frame and "bid" in frame:
+        unread = (frame["bid"].notna() & frame["bid_iv"].isna()).to_numpy()
+    return itm & (has_otm.to_numpy() | unread)
 
 
 def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
@@ -309,9 +327,10 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     if frame["mid"].isna().any():
         from pricing.black_scholes import black_price
 
+        shift = _shift(frame)
         model = black_price(
-            forward=_tensor(frame["forward"]),
-            strike=_tensor(frame["strike"]),
+            forward=_tensor(frame["forward"] + shift),
+            strike=_tensor(frame["strike"] + shift),
             maturity=_tensor(frame["maturity"]),
             volatility=_tensor(frame["market_iv"]),
         ).numpy()
@@ -320,10 +339,11 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     for _, rows in frame.groupby(_expiry_key(frame)).indices.items():
         sub = frame.iloc[rows].drop_duplicates("strike")
         unique = np.asarray([frame.index.get_loc(i) for i in sub.index])
+        shift = float(_shift(sub).iloc[0])  # call prices in K are the same, shifted or not
         bad = strike_violations(
-            strike=sub["strike"].to_numpy(float),
+            strike=sub["strike"].to_numpy(float) + shift,
             call=calls[unique],
-            forward=float(sub["forward"].iloc[0]),
+            forward=float(sub["forward"].iloc[0]) + shift,
             tolerance=tolerance,
         )
         drop[unique[bad]] = True
@@ -346,10 +366,10 @@ def clean_quotes(
     quotes (bid > ask); zero bids; one-sided quotes (bid or ask missing, no other price); rows
     without any price or vol; repeated quotes of one contract (expiry, strike, type: the
     narrowest bid/ask stays); strike/forward outside ``moneyness_range``; no implied vol (price
-    outside the no-arbitrage bounds); in-the-money quotes whose out-of-the-money counterpart exists
-    (``otm_only``); quotes breaking monotonicity or convexity of call prices in strike; quotes below
-    the previous expiry's total variance (calendar). Forwards come from parity on the quotes that
-    pass the first filters (see :func:`parity_forwards`).
+    outside the no-arbitrage bounds); in-the-money quotes whose out-of-the-money counterpart exists,
+    or whose bid is below intrinsic (``otm_only``); quotes breaking monotonicity or convexity of
+    call prices in strike; quotes below the previous expiry's total variance (calendar). Forwards
+    come from parity on the quotes that pass the first filters (see :func:`parity_forwards`).
 
     Args:
         source: a table (any column spelling :func:`pricing.quotes.read_quotes` accepts) or a path.
@@ -374,12 +394,18 @@ def clean_quotes(
         (3, 1)
     """
     quotes = read_quotes(source, allow_crossed=True)
+    defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     quotes["source_row"] = np.arange(1, len(quotes) + 1)
     report = CleaningReport(n_input=len(quotes))
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
-    ratio = frame["strike"] / frame["forward"]
+    if defaulted and report.forward_sources.get("carry"):
+        report.notes.append(f"no {' or '.join(defaulted)} column: {report.forward_sources['carry']} "
+                            "expiries without call/put pairs took their forwards from the spot "
+                            "with it at 0 (give it, or both calls and puts for parity)")  # fmt: skip
+    shift = _shift(frame)
+    ratio = (frame["strike"] + shift) / (frame["forward"] + shift)
     frame = _drop(frame, ~ratio.between(*moneyness_range), "moneyness_out_of_range", report)
     frame = _drop(frame, frame["market_iv"].isna(), "no_implied_vol", report)
     if otm_only:
@@ -388,7 +414,9 @@ def clean_quotes(
         frame = _drop(frame, _strike_arbitrage(frame, tolerance), "strike_arbitrage", report)
         bad = calendar_violations(
             maturity=frame["maturity"].to_numpy(float),
-            log_moneyness=np.log(frame["strike"] / frame["forward"]).to_numpy(),
+            log_moneyness=np.log(
+                (frame["strike"] + _shift(frame)) / (frame["forward"] + _shift(frame))
+            ).to_numpy(),
             total_variance=(frame["market_iv"] ** 2 * frame["maturity"]).to_numpy(),
             rtol=tolerance * 100,
         )

@@ -70,6 +70,12 @@ COLUMN_ALIASES: dict[str, str] = {
     "vol": "implied_vol",
     "impliedvol": "implied_vol",
     "implied_volatility": "implied_vol",
+    # conventions that must be checked, not ignored
+    "exercise_style": "exercise",
+    "exercise_type": "exercise",
+    "style": "exercise",
+    "volatility_type": "vol_type",
+    "vol_convention": "vol_type",
 }
 """Alias -> canonical column name (keys lower-cased, spaces and dashes turned into ``_``)."""
 
@@ -359,6 +365,33 @@ def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
             raise locate.error(i, column, f"must be {op}, got {_show(frame[column].iloc[i])}")
 
 
+_DECIMAL_LIMITS = {"implied_vol": 5.0, "volatility": 5.0, "rate": 1.0, "dividend": 1.0}
+"""Magnitudes beyond which a vol or rate is taken for a percentage (20 for 20%), an error."""
+
+
+def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
+    """Refuse what the library would otherwise misread: American exercise, normal vols, vols
+    and rates in percent."""
+    for column, limit in _DECIMAL_LIMITS.items():
+        if column in frame:
+            bad = np.flatnonzero((frame[column].abs() > limit).to_numpy())
+            if bad.size:
+                i = int(bad[0])
+                raise locate.error(i, column, f"{_show(frame[column].iloc[i])} looks like a "
+                                              "percentage: give decimals (0.2 for 20%)")  # fmt: skip
+    checks = {"exercise": ("american", "European exercise only (American prices carry an "
+                                       "early-exercise premium the Black and Heston formulas lack)"),
+              "vol_type": ("normal|bachelier", "lognormal (Black) vols only; normal (Bachelier) "
+                                               "vols are not supported")}  # fmt: skip
+    for column, (pattern, reason) in checks.items():
+        if column in frame:
+            text = frame[column].astype(str).str.lower()
+            bad = np.flatnonzero(text.str.contains(pattern).to_numpy())
+            if bad.size:
+                i = int(bad[0])
+                raise locate.error(i, column, f"{frame[column].iloc[i]!r}: {reason}")
+
+
 def _check_crossed(frame: pd.DataFrame, locate: _Locator) -> None:
     if "bid" in frame and "ask" in frame:
         crossed = np.flatnonzero((frame["bid"] > frame["ask"]).to_numpy())
@@ -423,14 +456,16 @@ def read_quotes(
     _year_fractions(frame, locate, dayfirst)
     _coerce_numeric(frame, locate)
     _infer_other_columns(frame)
-    for column in ("rate", "dividend"):
-        if column not in frame:
-            frame[column] = 0.0
+    defaulted = [column for column in ("rate", "dividend") if column not in frame]
+    for column in defaulted:
+        frame[column] = 0.0
     _validate(frame, locate)
+    _check_conventions(frame, locate)
     if not allow_crossed:
         _check_crossed(frame, locate)
     if lines is not None:
         frame.attrs["file_lines"] = lines.tolist()
+    frame.attrs["defaulted"] = defaulted
     return frame
 
 

@@ -10,14 +10,18 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 import typer
 
-from pricing import black_scholes as bs
 from pricing.quotes import read_quotes
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
-from qfnet.price_rows import add_implied_vols, forward_and_discount, model_parameters, price_table
+from qfnet.price_rows import (
+    add_implied_vols,
+    black_vols,
+    forward_and_discount,
+    model_parameters,
+    price_table,
+)
 from qfnet.surrogate import SABR_PDE_SURROGATE
 from qfnet.surrogate_cli import generate_command, surrogate_price_rows, train_surrogate_command
 
@@ -169,33 +173,36 @@ def _price_mc(
 
 @app.command()
 def iv(
-    quotes: Path = typer.Option(..., help="Quote table with 'price' (or 'mid') per row."),
+    quotes: Path = typer.Option(
+        ..., help="Quote table with 'mid', 'bid'/'ask' or 'price' per row."
+    ),
     out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
 ) -> None:
-    """Black implied vol of each row's price (or mid); unsolvable rows get NaN and a status reason."""
+    """Black implied vol of each row's mid (else bid/ask midpoint, else price), against forwards
+    and discounts from put-call parity where the file gives none; unsolvable rows get NaN and a
+    status reason."""
+    from pricing.quote_cleaning import prepare_quotes
+
     table = read_table(quotes)
-    column = "price" if "price" in table else "mid" if "mid" in table else None
-    if column is None:
-        raise fail(f"{quotes}: iv needs a 'price' or 'mid' column")
+    if not {"price", "mid", "bid", "ask"} & set(table.columns):
+        raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")
     if "option_type" not in table:
         raise fail(f"{quotes}: iv needs an 'option_type' column (call/put)")
     try:
-        forward, discount = forward_and_discount(table)
+        prepared, _ = prepare_quotes(table.drop(columns=["implied_vol"], errors="ignore"))
     except ValueError as error:
-        raise fail(str(error)) from error
-    vol, status = bs.implied_vol_with_status(
-        price=torch.tensor(table[column].to_numpy(float)),
-        forward=torch.tensor(forward),
-        strike=torch.tensor(table["strike"].to_numpy(float)),
-        maturity=torch.tensor(table["maturity"].to_numpy(float)),
-        discount=torch.tensor(discount),
-        is_call=torch.tensor((table["option_type"] == "call").to_numpy()),
-    )
+        raise fail(f"{quotes}: {error}") from error
+    vol, status = black_vols(
+        prepared["mid"].to_numpy(float), forward=prepared["forward"].to_numpy(float),
+        discount=prepared["discount"].to_numpy(float), strike=table["strike"].to_numpy(float),
+        maturity=table["maturity"].to_numpy(float),
+        is_call=(table["option_type"] == "call").to_numpy(),
+    )  # fmt: skip
     result = table.copy()
-    result["implied_vol"] = vol.numpy()
-    result["status"] = [bs.IV_STATUS[int(s)] for s in status]
+    result["forward"], result["discount"] = prepared["forward"], prepared["discount"]
+    result["implied_vol"], result["status"] = vol, status
     write_table(result, out)
-    n_bad = int((status != 0).sum())
+    n_bad = int((status != "ok").sum())
     typer.echo(f"implied vols for {len(result)} rows ({n_bad} unsolvable) -> {out}")
 
 

@@ -233,6 +233,7 @@ def price_table(
 
 
 TIME_VALUE_LOST = "time value below the price's rounding (deep in the money)"
+NO_TIME_VALUE = "price at its lower bound (no time value, e.g. a zero price)"
 
 
 def black_vols(
@@ -245,7 +246,8 @@ def black_vols(
     is_call: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Black implied vols of per-row prices and a status per row (``ok``, or why the vol is NaN:
-    a reason of :data:`pricing.black_scholes.IV_STATUS` or :data:`TIME_VALUE_LOST`).
+    a reason of :data:`pricing.black_scholes.IV_STATUS`, :data:`TIME_VALUE_LOST` or
+    :data:`NO_TIME_VALUE`).
 
     In-the-money rows are turned into their out-of-the-money counterpart by put-call parity
     before solving (``C - P = D (F - K)``): a deep in-the-money price is almost all intrinsic
@@ -263,7 +265,8 @@ def black_vols(
         >>> round(float(v[0]), 9), status[1] == TIME_VALUE_LOST
         (0.2, True)
     """
-    price = torch.as_tensor(prices, dtype=torch.float64)
+    price = (prices.to(torch.float64) if isinstance(prices, torch.Tensor)
+             else torch.tensor(np.asarray(prices, dtype=float)))  # fmt: skip
     f, k, d = (torch.tensor(np.asarray(x, dtype=float)) for x in (forward, strike, discount))
     call = torch.tensor(np.asarray(is_call, dtype=bool))
     otm_call = k >= f
@@ -280,7 +283,9 @@ def black_vols(
     )
     status = np.array([bs.IV_STATUS[int(c)] for c in code.tolist()], dtype=object)
     status[lost.numpy()] = TIME_VALUE_LOST
-    return torch.where(lost, torch.nan, vol).numpy(), status
+    zero = (vol == 0) & ~lost  # a price at its lower bound: no time value, no vol to read
+    status[zero.numpy()] = NO_TIME_VALUE
+    return torch.where(lost | zero, torch.nan, vol).numpy(), status
 
 
 def add_implied_vols(out: pd.DataFrame, prices, **rows: np.ndarray) -> pd.DataFrame:

@@ -213,3 +213,50 @@ def test_cleaning_names_missing_columns_and_survives_an_empty_result(tmp_path: P
                               "spot": 100.0, "bid": 0.0, "ask": 1.0})  # fmt: skip
     clean, report = clean_quotes(zero_bids)
     assert len(clean) == 0 and report.removed["zero_bid"] == 2 and report.n_kept == 0
+
+
+def test_zero_prices_and_unreadable_in_the_money_quotes_are_dropped() -> None:
+    strikes = np.array([70.0, 90.0, 100.0, 110.0])
+    table = _chain(100.0, 0.99, 30 / 365, strikes)
+    table["bid"], table["ask"] = table["price"] - 0.05, table["price"] + 0.05
+    table = table.drop(columns="price")
+    far_put = (table["strike"] == 70.0) & (table["option_type"] == "put")
+    table.loc[far_put, ["bid", "ask"]] = [0.0, 0.01]  # zero bid: dropped, leaving the ITM call
+    itm_call = (table["strike"] == 70.0) & (table["option_type"] == "call")
+    table.loc[itm_call, ["bid", "ask"]] = [29.0, 31.0]  # bid below the intrinsic 29.7, mid above
+    clean, report = clean_quotes(table)
+    assert not (clean["strike"] == 70.0).any()
+    assert report.removed["zero_bid"] == 1 and report.removed["in_the_money"] == 4  # 3 twins + 1
+    settled = _chain(100.0, 1.0, 0.5, np.array([55.0, 100.0])).query("option_type == 'put'")
+    settled.loc[settled["strike"] == 55.0, "price"] = 0.0  # a far wing settled at 0
+    clean, report = clean_quotes(settled.assign(rate=0.0))
+    assert report.removed["no_implied_vol"] == 1 and clean["market_iv"].gt(0).all()
+
+
+def test_shifted_rates_quotes_clean_and_solve_on_shifted_forwards() -> None:
+    # Forwards around 0 with a 2% shift: vols and moneyness are of F + s and K + s.
+    from pricing.sabr import lognormal_vol
+
+    forward, shift = -0.002, 0.02
+    strikes = forward + np.array([-0.006, -0.003, 0.0, 0.003, 0.006])
+    vols = lognormal_vol(forward=forward, strike=torch.tensor(strikes), maturity=1.0, alpha=0.1,
+                         beta=0.5, rho=-0.2, nu=0.4, shift=shift).numpy()  # fmt: skip
+    price = black_price(forward=forward + shift, strike=torch.tensor(strikes + shift),
+                        maturity=1.0, volatility=torch.tensor(vols),
+                        is_call=torch.tensor(strikes >= forward)).numpy()  # fmt: skip
+    table = pd.DataFrame({"strike": strikes, "maturity": 1.0, "forward": forward, "discount": 1.0,
+                          "shift": shift, "price": price,
+                          "option_type": np.where(strikes >= forward, "call", "put")})  # fmt: skip
+    clean, report = clean_quotes(table)
+    assert len(clean) == 5, report
+    np.testing.assert_allclose(clean["market_iv"], vols, rtol=1e-9, atol=0)
+
+
+def test_carry_forwards_without_rates_are_noted_in_the_report() -> None:
+    calls = _chain(101.0, 0.98, 1.0, np.array([95.0, 105.0])).query("option_type == 'call'")
+    _, report = clean_quotes(calls)  # no rate column, no pairs: forward = spot at rate 0
+    assert report.forward_sources == {"carry": 1}
+    assert report.notes and "no rate or dividend column" in report.notes[0]
+    assert "note: no rate or dividend column" in str(report)
+    _, with_rate = clean_quotes(calls.assign(rate=0.02))
+    assert len(with_rate.notes) == 1 and with_rate.notes[0].startswith("no dividend column")

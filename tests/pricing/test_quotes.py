@@ -267,3 +267,18 @@ def test_a_named_index_is_read_as_a_column(tmp_path: Path) -> None:
     assert read_quotes(tmp_path / "q.parquet")["strike"].tolist() == [90.0, 110.0]
     assert read_quotes(table.set_index("strike"))["strike"].tolist() == [90.0, 110.0]
     assert "index" not in read_quotes(table.iloc[::-1])  # an unnamed index is dropped
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [({"implied_vol": 26.5}, r"column 'implied_vol': 26.5 looks like a percentage"),
+     ({"rate": 3.0}, r"column 'rate': 3.0 looks like a percentage"),
+     ({"exercise_style": "American"}, r"column 'exercise': 'American': European exercise only"),
+     ({"vol_type": "normal"}, r"normal \(Bachelier\) vols are not supported")],
+)  # fmt: skip
+def test_conventions_the_library_would_misread_are_refused(extra: dict, match: str) -> None:
+    table = pd.DataFrame({"strike": [100.0], "maturity": [0.5], "spot": [100.0], "iv": [0.2]})
+    if "implied_vol" in extra:
+        table = table.drop(columns="iv")
+    with pytest.raises(QuoteError, match=match):
+        read_quotes(table.assign(**extra))

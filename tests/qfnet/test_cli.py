@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -247,7 +248,7 @@ def test_iv_without_prices_is_a_clear_error(bs_quotes, tmp_path):
     path, _ = bs_quotes
     result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(tmp_path / "o.csv")])
     assert result.exit_code == 1
-    assert "'price' or 'mid'" in result.output
+    assert "iv needs a 'mid', 'bid'/'ask' or 'price' column" in result.output
 
 
 def test_demo_quick_writes_a_report_with_numbers(tmp_path):
@@ -435,3 +436,27 @@ def test_price_with_a_missing_surrogate_file_is_an_error_line(bs_quotes, tmp_pat
             "--surrogate", str(tmp_path / "nope.pt")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "error:" in result.output and "nope.pt" in result.output
+
+
+def test_iv_takes_forwards_from_parity_and_flags_zero_prices(tmp_path):
+    # No rate column: the vols must come from parity forwards and discounts, not from rate 0.
+    forward, discount = 4650.0, 0.92
+    strikes = torch.tensor([4000.0, 4500.0, 5000.0], dtype=torch.float64)
+    rows = []
+    for is_call in (True, False):
+        price = bs.black_price(forward=forward, strike=strikes, maturity=2.0, volatility=0.2,
+                               discount=discount, is_call=is_call)  # fmt: skip
+        rows += [{"option_type": "call" if is_call else "put", "strike": float(k), "mid": float(p)}
+                 for k, p in zip(strikes, price, strict=True)]  # fmt: skip
+    rows.append({"option_type": "put", "strike": 2000.0, "mid": 0.0})  # a far wing at 0
+    table = pd.DataFrame(rows).assign(maturity=2.0, spot=4500.0)
+    path, out = tmp_path / "chain.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    np.testing.assert_allclose(ivs["implied_vol"][:6], 0.2, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(ivs["forward"][:6], forward, rtol=1e-10, atol=0)
+    assert pd.isna(ivs["implied_vol"][6]) and ivs["status"][6].startswith(
+        "price at its lower bound"
+    )
