@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
@@ -53,12 +54,12 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, *, allow_crossed: bool = False) -> pd.DataFrame:
     """Read a quote table, turning a missing file or malformed content into a clean CLI error."""
     if not path.exists():
         raise fail(f"{path}: no such file")
     try:
-        return read_quotes(path)
+        return read_quotes(path, allow_crossed=allow_crossed)
     except ValueError as error:
         raise fail(str(error)) from error
 
@@ -171,6 +172,9 @@ def _price_mc(
     return add_implied_vols(out, prices, forward=f, discount=d, strike=k, maturity=t, is_call=call)
 
 
+CROSSED = "crossed quote (bid > ask)"
+
+
 @app.command()
 def iv(
     quotes: Path = typer.Option(
@@ -183,7 +187,7 @@ def iv(
     status reason."""
     from pricing.quote_cleaning import prepare_quotes
 
-    table = read_table(quotes)
+    table = read_table(quotes, allow_crossed=True)  # a crossed row gets a status, not an error
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
         raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")
     if "option_type" not in table:
@@ -198,6 +202,9 @@ def iv(
         maturity=table["maturity"].to_numpy(float),
         is_call=(table["option_type"] == "call").to_numpy(),
     )  # fmt: skip
+    if {"bid", "ask"} <= set(table.columns):
+        crossed = (table["bid"] > table["ask"]).to_numpy()
+        vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
     result = table.copy()
     result["forward"], result["discount"] = prepared["forward"], prepared["discount"]
     result["implied_vol"], result["status"] = vol, status

@@ -460,3 +460,16 @@ def test_iv_takes_forwards_from_parity_and_flags_zero_prices(tmp_path):
     assert pd.isna(ivs["implied_vol"][6]) and ivs["status"][6].startswith(
         "price at its lower bound"
     )
+
+
+def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 100.0], "maturity": 1.0,
+                          "forward": 100.0, "discount": 1.0, "bid": [12.0, 9.0],
+                          "ask": [12.5, 8.0]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    assert ivs["status"].tolist() == ["ok", "crossed quote (bid > ask)"]
+    assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
