@@ -372,6 +372,8 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
     if bad.any():
         raise ValueError(f"quotes: row {quotes.index[np.argmax(bad)]} has a non-finite or "
                          "non-positive forward, strike or vol")  # fmt: skip
+    if not len(maturity):
+        raise ValueError("quotes: the table is empty")
     expiries, which = np.unique(maturity.round(10), return_inverse=True)
     x = np.log(strike / forward)
     order = np.lexsort((x, which))  # by expiry, then by log-moneyness

@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from pricing.calibration import (
 )
 from pricing.heston import otm_implied_vol
 from qfnet.calibration_network import (
+    MATURITIES,
     NAMES,
     CalibrationNetwork,
     default_path,
@@ -81,6 +83,17 @@ def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> 
     return otm_implied_vol(ratio=ratio, maturity=t, **fields).numpy()
 
 
+def _warn_if_extrapolated(quotes: pd.DataFrame) -> None:
+    """The ``network`` answer rests on the whole grid: say when the quotes' expiries leave part
+    of it to flat extrapolation (one 1-year expiry gave kappa 0.5 for a true 1.5)."""
+    covered = quotes["maturity"].min(), quotes["maturity"].max()
+    if covered[0] > MATURITIES[0] * 1.5 or covered[1] < MATURITIES[-1] / 1.5:
+        warnings.warn(f"the quotes' expiries cover {covered[0]:.3g} to {covered[1]:.3g} years; "
+                      f"the calibration network reads {MATURITIES[0]:.3g} to {MATURITIES[-1]:g} "
+                      "and sees flat extrapolation beyond them: its answer is a rough start",
+                      stacklevel=3)  # fmt: skip
+
+
 def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     """The ``network`` method: parameters from the calibration network, exact model vols.
 
@@ -100,6 +113,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     except FileNotFoundError as error:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
     surface = surface_from_quotes(problem.quotes)
+    _warn_if_extrapolated(problem.quotes)
     values = {name: float(v[0]) for name, v in predict(net, surface.unsqueeze(0)).items()}
     _clip(values, problem.bounds)
     values = {name: values[name] for name in NAMES}

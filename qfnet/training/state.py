@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
+from torch.utils.data import RandomSampler
 
 from qfnet.training.checkpoint import CheckpointError, get_rng_state, set_rng_state
 from qfnet.training.step import EpochLoss, History
@@ -168,5 +170,11 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     trainer._epoch_loss = EpochLoss()
     if loop.get("loader_generator") is not None:
         trainer._train.pending_generator_state = loop["loader_generator"].cpu()
+    elif loop["batch_in_epoch"] and isinstance(
+        getattr(getattr(trainer._train, "loader", None), "sampler", None), RandomSampler
+    ):
+        warnings.warn(f"checkpoint {path}: resuming mid-epoch with a shuffling DataLoader that "
+                      "has no generator: the rest of the epoch sees another order than the "
+                      "uninterrupted run (give the DataLoader a generator)", stacklevel=4)  # fmt: skip
     trainer.history = History(state["history"])
     set_rng_state(state["rng"])

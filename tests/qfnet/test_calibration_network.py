@@ -265,3 +265,12 @@ def test_calibrate_many_names_the_bad_table_and_refuses_a_single_table() -> None
         calibrate_many("heston", tables[0])
     with pytest.raises(ValueError, match="no quote tables"):
         calibrate_many("heston", [])
+
+
+def test_network_method_warns_when_the_quotes_leave_its_grid_to_extrapolation():
+    truth = {"v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 0.5, "rho": -0.6}
+    table = _synthetic_quotes(truth).query("maturity == 1.0")  # one expiry
+    with pytest.warns(UserWarning, match="flat extrapolation"):
+        calibrate("heston", table, method="network")
+    with pytest.raises(ValueError, match="the table is empty"):
+        surface_from_quotes(table.iloc[:0])

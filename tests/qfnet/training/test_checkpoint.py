@@ -330,3 +330,13 @@ def test_numpy_values_in_callback_state_are_saved_loadably_and_files_are_readabl
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_mid_epoch_resume_of_a_shuffling_loader_without_generator_warns(regression, mlp, tmp_path):
+    loader = torch.utils.data.DataLoader(regression(n=40), batch_size=4, shuffle=True)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, callbacks=[_CrashAtStep(3)], scheduler="none")
+    with pytest.raises(_Crash):
+        trainer.fit(loader)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="none")
+    with pytest.warns(UserWarning, match="shuffling DataLoader that has no generator"):
+        trainer.fit(loader, resume=True)
