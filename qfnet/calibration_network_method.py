@@ -102,7 +102,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
 
     Examples:
         >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
-        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> fit = fit_with_network(CalibrationProblem(quotes, np.ones(6)))
         >>> sorted(fit.params), fit.model_iv.shape, fit.iterations
         (['kappa', 'rho', 'sigma', 'theta', 'v0'], (6,), 0)
@@ -126,7 +126,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
 
     Examples:
         >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
-        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> problem = CalibrationProblem(quotes, np.ones(6))
         >>> fits = fit_many_with_network([problem, problem])
         >>> single = fit_with_network(problem).params
@@ -165,7 +165,7 @@ def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
 
     Examples:
         >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
-        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> start = network_start(CalibrationProblem(quotes, np.ones(6), bounds={"rho": (-0.5, 0.0)}))
         >>> sorted(start), -0.5 <= start["rho"] <= 0.0
         (['kappa', 'rho', 'sigma', 'theta', 'v0'], True)
@@ -178,7 +178,7 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
 
     Examples:
         >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
-        ...     "maturity": [0.5] * 3 + [1.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
+        ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> bad = quotes.assign(market_iv=-1.0)  # cannot be put on the grid
         >>> starts = network_starts([CalibrationProblem(q, np.ones(6)) for q in (quotes, bad)])
         >>> alone = network_start(CalibrationProblem(quotes, np.ones(6)))
