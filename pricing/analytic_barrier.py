@@ -14,6 +14,7 @@ import math
 import torch
 
 from pricing import black_scholes
+from pricing._special import ndtr
 from pricing._typing import TensorLike, as_tensors, call_flags
 from pricing._validation import check_positive
 
@@ -146,17 +147,23 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, to
     discount = torch.exp(-rate * t)
     log_ratio = torch.log(ratio)
     # Reflection factors (H/S)^(2 mu) reach e^1000 at low volatility while their normal CDFs
-    # underflow: each product is formed as one exponential, exp(log factor + log N(d)).
+    # underflow: each such product is formed as one exponential, exp(log factor + log N(d))
+    # (log_ndtr, whose gradient stays finite where N underflows). Terms without a factor take
+    # the CDF itself, at a third of log_ndtr's cost.
     log_n = torch.special.log_ndtr
 
-    def term(d: torch.Tensor, sign: float, log_s: TensorLike = 0.0, log_x: TensorLike = 0.0):
+    def term(d: torch.Tensor, sign: float, log_s: torch.Tensor | None = None,
+             log_x: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        if log_s is None or log_x is None:
+            return phi * (forward * ndtr(sign * d) - x * discount * ndtr(sign * (d - sd)))
         return phi * (forward * torch.exp(log_s + log_n(sign * d))
                       - x * discount * torch.exp(log_x + log_n(sign * (d - sd))))  # fmt: skip
 
     mirrored = {"log_s": 2.0 * (mu + 1.0) * log_ratio, "log_x": 2.0 * mu * log_ratio}
-    hit_later = torch.exp(log_n(eta * (x2 - sd))) - torch.exp(
-        2.0 * mu * log_ratio + log_n(eta * (y2 - sd))
-    )
+    if rebate == 0:  # E and F are rebate times a probability: nothing to compute without one
+        hit_later = torch.zeros_like(log_ratio * sd)
+    else:
+        hit_later = ndtr(eta * (x2 - sd)) - torch.exp(2.0 * mu * log_ratio + log_n(eta * (y2 - sd)))
     return {
         "A": term(x1, phi),
         "B": term(x2, phi),
