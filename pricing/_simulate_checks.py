@@ -7,7 +7,6 @@ import torch
 __all__ = [
     "check_chunk_size",
     "check_correlation",
-    "check_finite",
     "check_grid",
     "check_heston",
     "check_nonnegative",
@@ -29,14 +28,6 @@ def check_positive(name: str, value: Scalar) -> None:
     v = _values(value)
     if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
         raise ValueError(f"{name} must be positive and finite, got {_show(v)}")
-
-
-def check_finite(**named: Scalar) -> None:
-    """Require each value (scalar or tensor) finite; the error names it."""
-    for name, value in named.items():
-        v = _values(value)
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{name} must be finite, got {_show(v)}")
 
 
 def check_nonnegative(name: str, value: Scalar) -> None:

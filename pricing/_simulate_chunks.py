@@ -24,7 +24,6 @@ from pricing._mc_random import (
 from pricing._qe_fused import compiled_qe_step_into, step_constants
 from pricing._simulate_checks import (
     check_chunk_size,
-    check_finite,
     check_grid,
     check_heston,
     check_nonnegative,
@@ -41,6 +40,7 @@ from pricing._simulate_steps import (
     sabr_step,
 )
 from pricing._typing import DEFAULT_DTYPE
+from pricing._validation import check_finite
 
 __all__ = [
     "HestonPaths",

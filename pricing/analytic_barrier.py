@@ -16,7 +16,7 @@ import torch
 from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import TensorLike, as_tensors, call_flags
-from pricing._validation import check_positive
+from pricing._validation import check_finite, check_positive
 
 __all__ = ["BARRIER_TYPES", "barrier_price", "discrete_barrier_shift"]
 
@@ -86,8 +86,6 @@ def barrier_price(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     if not (rebate >= 0 and math.isfinite(rebate)):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
-    if not (math.isfinite(rate) and math.isfinite(dividend)):
-        raise ValueError(f"rate and dividend must be finite, got rate={rate}, dividend={dividend}")
     flags = call_flags(is_call)
     if flags.numel() != 1:
         raise ValueError(
@@ -96,6 +94,7 @@ def barrier_price(
     is_call = bool(flags)
     s, x, h, t, vol = as_tensors(spot, strike, barrier, maturity, volatility)
     check_positive(spot=s, strike=x, barrier=h, maturity=t, volatility=vol)
+    check_finite(rate=torch.as_tensor(rate), dividend=torch.as_tensor(dividend))
     down = barrier_type.startswith("down")
     terms = _terms(s, x, h, t, vol, rate, dividend, eta=1.0 if down else -1.0,
                    phi=1.0 if is_call else -1.0, rebate=rebate)  # fmt: skip
