@@ -217,10 +217,7 @@ def scan_otm(grid: SurfaceGrid, points: torch.Tensor, upper: torch.Tensor) -> to
     variance = expected_total_variance(t, v0, kappa, theta).clamp(min=1e-12)  # (S, M, 1, P)
     control = torch.exp(-0.5 * variance * (u_p * u_p + 0.25))
     integral = _integrate(grid, u, w, (re - control, im))  # (S, M*Q, P)
-    x, root = -grid.k.abs().unsqueeze(-1), variance.sqrt()  # (S, M, Q, 1), (S, M, 1, P)
-    d1 = x / root + 0.5 * root
-    half = torch.exp(0.5 * x)
-    price = half * ndtr(d1) - ndtr(d1 - root) / half
+    price = _black_otm(-grid.k.abs().unsqueeze(-1), variance.sqrt())  # (S, M, Q, P)
     return price.reshape(integral.shape) - integral / math.pi
 
 
@@ -247,11 +244,16 @@ def _control_price(grid: SurfaceGrid, variance: torch.Tensor) -> torch.Tensor:
     """The control's normalised OTM Black price ``exp(x/2) N(d1) - exp(-x/2) N(d2)``, ``x =
     -|k|``, ``d1,2 = x / s +- s / 2``, ``s = sqrt(w)``, shape (B, M*Q). The direct formula: the
     surface's price is the sum of this and the quadrature, both accurate to about 1e-16 absolute."""
-    x, s = -grid.k.abs(), variance.sqrt().unsqueeze(-1)
+    b = _black_otm(-grid.k.abs(), variance.sqrt().unsqueeze(-1))
+    return b.reshape(b.shape[0], -1)
+
+
+def _black_otm(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Normalised OTM Black price ``exp(x/2) N(d1) - exp(-x/2) N(d2)`` at ``x = -|k| <= 0``,
+    total vol ``s``, ``d1,2 = x / s +- s / 2`` (shapes broadcast)."""
     d1 = x / s + 0.5 * s
     half = torch.exp(0.5 * x)
-    b = half * ndtr(d1) - ndtr(d1 - s) / half
-    return b.reshape(b.shape[0], -1)
+    return half * ndtr(d1) - ndtr(d1 - s) / half
 
 
 def _phi_and_tangent(
