@@ -17,7 +17,7 @@ import torch
 
 from pricing.calibration import CalibrationProblem, FitOutput, register_method
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
-from pricing.quotes import QuoteError
+from pricing.quotes import QuoteError, shifts
 from pricing.sabr import lognormal_vol
 
 __all__ = [
@@ -82,14 +82,14 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     """
     groups = list(quotes.groupby(quotes["maturity"].round(10), sort=True).indices.values())
     width = max(len(g) for g in groups)
-    shift = quotes["shift"].fillna(0.0) if "shift" in quotes else pd.Series(0.0, quotes.index)
+    shift = shifts(quotes)
     fields = {name: np.zeros((len(groups), width)) for name in ("strike", "iv", "w")}
     heads = np.zeros((len(groups), 3))
     for e, rows in enumerate(groups):
-        shifts = shift.iloc[rows].to_numpy()
-        if np.ptp(shifts) > 0:
+        smile_shifts = shift.iloc[rows].to_numpy()
+        if np.ptp(smile_shifts) > 0:
             raise QuoteError(f"expiry T={quotes['maturity'].iloc[rows[0]]:.6g}: shift varies within "
-                             f"the smile ({shifts.min():g} to {shifts.max():g}); SABR takes one "
+                             f"the smile ({smile_shifts.min():g} to {smile_shifts.max():g}); SABR takes one "
                              "shift per expiry (an empty shift is 0)", column="shift")  # fmt: skip
         forward = quotes["forward"].iloc[rows].mean()
         heads[e] = (quotes["maturity"].iloc[rows[0]], forward, shift.iloc[rows[0]])

@@ -17,7 +17,7 @@ import torch
 
 from pricing.black_scholes import black_implied_vol
 from pricing.quote_arbitrage import calendar_violations, strike_violations
-from pricing.quotes import NUMERIC_COLUMNS, QuoteError, read_quotes, require_columns
+from pricing.quotes import NUMERIC_COLUMNS, QuoteError, read_quotes, require_columns, shifts
 
 __all__ = ["CleaningReport", "clean_quotes", "parity_forwards", "prepare_quotes"]
 
@@ -184,17 +184,12 @@ def _attach_forwards(quotes: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, 
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
 
 
-def _shift(quotes: pd.DataFrame) -> pd.Series:
-    """The ``shift`` column (0 where absent or empty): rates quotes are shifted-lognormal."""
-    return quotes["shift"].fillna(0.0) if "shift" in quotes else pd.Series(0.0, quotes.index)
-
-
 def _black_iv(quotes: pd.DataFrame, prices: pd.Series) -> np.ndarray:
     """(Shifted) Black implied vols of ``prices``; NaN where none reproduces the price, and
     where the vol is 0 (a price at its lower bound, e.g. a zero far-wing settlement price, has
     no time value to read a vol from)."""
     is_call = torch.tensor((quotes["option_type"] == "call").to_numpy())
-    shift = _shift(quotes)
+    shift = shifts(quotes)
     vol = black_implied_vol(
         price=_tensor(prices),
         forward=_tensor(quotes["forward"] + shift),
@@ -327,7 +322,7 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     if frame["mid"].isna().any():
         from pricing.black_scholes import black_price
 
-        shift = _shift(frame)
+        shift = shifts(frame)
         model = black_price(
             forward=_tensor(frame["forward"] + shift),
             strike=_tensor(frame["strike"] + shift),
@@ -339,7 +334,7 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     for _, rows in frame.groupby(_expiry_key(frame)).indices.items():
         sub = frame.iloc[rows].drop_duplicates("strike")
         unique = np.asarray([frame.index.get_loc(i) for i in sub.index])
-        shift = float(_shift(sub).iloc[0])  # call prices in K are the same, shifted or not
+        shift = float(shifts(sub).iloc[0])  # call prices in K are the same, shifted or not
         bad = strike_violations(
             strike=sub["strike"].to_numpy(float) + shift,
             call=calls[unique],
@@ -404,7 +399,7 @@ def clean_quotes(
         report.notes.append(f"no {' or '.join(defaulted)} column: {report.forward_sources['carry']} "
                             "expiries without call/put pairs took their forwards from the spot "
                             "with it at 0 (give it, or both calls and puts for parity)")  # fmt: skip
-    shift = _shift(frame)
+    shift = shifts(frame)
     ratio = (frame["strike"] + shift) / (frame["forward"] + shift)
     frame = _drop(frame, ~ratio.between(*moneyness_range), "moneyness_out_of_range", report)
     frame = _drop(frame, frame["market_iv"].isna(), "no_implied_vol", report)
@@ -415,7 +410,7 @@ def clean_quotes(
         bad = calendar_violations(
             maturity=frame["maturity"].to_numpy(float),
             log_moneyness=np.log(
-                (frame["strike"] + _shift(frame)) / (frame["forward"] + _shift(frame))
+                (frame["strike"] + shifts(frame)) / (frame["forward"] + shifts(frame))
             ).to_numpy(),
             total_variance=(frame["market_iv"] ** 2 * frame["maturity"]).to_numpy(),
             rtol=tolerance * 100,

@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["COLUMN_ALIASES", "NUMERIC_COLUMNS", "QuoteError", "read_quotes", "require_columns"]
+__all__ = [
+    "COLUMN_ALIASES",
+    "NUMERIC_COLUMNS",
+    "QuoteError",
+    "read_quotes",
+    "require_columns",
+    "shifts",
+]
 
 COLUMN_ALIASES: dict[str, str] = {
     # option type
@@ -349,7 +356,7 @@ def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
             missing = np.flatnonzero(frame[column].isna().to_numpy())
             if missing.size:
                 raise locate.error(int(missing[0]), column, "missing value")
-    shift = frame["shift"].fillna(0.0) if "shift" in frame else 0.0
+    shift = shifts(frame)
     checks = [(c, frame[c], "> 0") for c in _POSITIVE if c in frame]
     checks += [(c, frame[c], ">= 0") for c in _NON_NEGATIVE if c in frame]
     if "shift" in frame:
@@ -467,6 +474,17 @@ def read_quotes(
         frame.attrs["file_lines"] = lines.tolist()
     frame.attrs["defaulted"] = defaulted
     return frame
+
+
+def shifts(quotes: pd.DataFrame) -> pd.Series:
+    """The ``shift`` of each row (shifted-lognormal quotes, rates near zero); 0 where the
+    column is absent or empty.
+
+    Examples:
+        >>> shifts(pd.DataFrame({"shift": [0.02, None]})).tolist(), shifts(pd.DataFrame({"x": [1]})).tolist()
+        ([0.02, 0.0], [0.0])
+    """
+    return quotes["shift"].fillna(0.0) if "shift" in quotes else pd.Series(0.0, quotes.index)
 
 
 def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], what: str) -> None:
