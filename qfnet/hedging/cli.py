@@ -28,11 +28,10 @@ def train_command(
 ) -> None:
     """Train the configured policy on fixed train/validation paths (early stopping,
     checkpoints) and write the run to OUT."""
-    import torch
-
     from qfnet.hedging.config import ConfigError, load_config
     from qfnet.hedging.train import train
     from qfnet.training import NonFiniteLossError
+    from qfnet.training.device import resolve_device
 
     try:
         cfg = load_config(config)
@@ -49,13 +48,10 @@ def train_command(
     if (out / "model.pt").exists() and not overwrite:
         raise typer.BadParameter(f"{out} already holds a trained run (--overwrite replaces it)",
                                  param_hint="--out")  # fmt: skip
-    device = cfg.training.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise typer.BadParameter(f"training.device is {device!r} but CUDA is not available "
-                                 "here (use cpu or auto)", param_hint="--config")  # fmt: skip
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise typer.BadParameter("training.device is 'mps' but MPS is not available here",
-                                 param_hint="--config")  # fmt: skip
+    try:
+        resolve_device(cfg.training.device)  # the Trainer's own check, before any simulation
+    except ValueError as exc:
+        raise typer.BadParameter(f"training.{exc}", param_hint="--config") from exc
     try:
         result = train(cfg, out, progress_bar=progress)
     except (NonFiniteLossError, ValueError, OSError) as exc:
