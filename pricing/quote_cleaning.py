@@ -19,7 +19,13 @@ from pricing.black_scholes import black_implied_vol
 from pricing.quote_arbitrage import calendar_violations, strike_violations
 from pricing.quotes import NUMERIC_COLUMNS, QuoteError, read_quotes, require_columns, shifts
 
-__all__ = ["CleaningReport", "clean_quotes", "parity_forwards", "prepare_quotes"]
+__all__ = [
+    "CleaningReport",
+    "attach_forwards",
+    "clean_quotes",
+    "parity_forwards",
+    "prepare_quotes",
+]
 
 
 @dataclass
@@ -169,8 +175,21 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
 
 
-def _attach_forwards(quotes: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Fill missing ``forward``/``discount`` entries; count the forward sources per expiry."""
+def attach_forwards(
+    quotes: pd.DataFrame, *, n_pairs: int = 6
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A copy of ``quotes`` (from :func:`pricing.quotes.read_quotes`) with missing ``forward``
+    and ``discount`` entries filled from :func:`parity_forwards` and a ``mid`` column (``mid``,
+    else the bid/ask midpoint, else ``price``), and the per-expiry forward sources (source ->
+    count): the part of :func:`prepare_quotes` before any implied vol.
+
+    Examples:
+        >>> table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0,
+        ...                                   "maturity": 1.0, "price": [9.0, 4.0]}))
+        >>> out, sources = attach_forwards(table)
+        >>> round(float(out["forward"].iloc[0]), 6), out["mid"].tolist(), sources
+        (105.0, [9.0, 4.0], {'parity_one_pair': 1})
+    """
     lookup = parity_forwards(quotes, n_pairs=n_pairs).set_index("_key")
     key = _expiry_key(quotes)
     out = quotes.copy()
@@ -181,6 +200,7 @@ def _attach_forwards(quotes: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, 
     if "forward" in quotes:
         source = source.where(quotes["forward"].isna(), "given")
     per_expiry = source.groupby(key).agg(lambda s: s.mode().iloc[0])
+    out["mid"] = _mid(out)
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
 
 
@@ -237,8 +257,7 @@ def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFr
     if not _is_canonical(quotes):
         quotes = read_quotes(quotes)
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
-    out, sources = _attach_forwards(quotes, n_pairs)
-    out["mid"] = _mid(out)
+    out, sources = attach_forwards(quotes, n_pairs=n_pairs)
     given_iv = out["implied_vol"] if "implied_vol" in out else pd.Series(np.nan, index=out.index)
     needs_price = given_iv.isna()
     if "option_type" not in out:

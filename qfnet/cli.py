@@ -185,7 +185,7 @@ def iv(
     """Black implied vol of each row's mid (else bid/ask midpoint, else price), against forwards
     and discounts from put-call parity where the file gives none; unsolvable rows get NaN and a
     status reason."""
-    from pricing.quote_cleaning import prepare_quotes
+    from pricing.quote_cleaning import attach_forwards
 
     table = read_table(quotes, allow_crossed=True)  # a crossed row gets a status, not an error
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
@@ -193,7 +193,7 @@ def iv(
     if "option_type" not in table:
         raise fail(f"{quotes}: iv needs an 'option_type' column (call/put)")
     try:
-        prepared, _ = prepare_quotes(table.drop(columns=["implied_vol"], errors="ignore"))
+        prepared, _ = attach_forwards(table)  # the vols are solved once, below, with a status
     except ValueError as error:
         raise fail(f"{quotes}: {error}") from error
     vol, status = black_vols(
