@@ -23,6 +23,7 @@ from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
 
 __all__ = [
+    "MODEL_PARAMETERS",
     "CalibrationProblem",
     "CalibrationResult",
     "FitOutput",
@@ -341,8 +342,11 @@ def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndar
     return raw / raw.mean()
 
 
-_PARAMETERS = {"heston": ("v0", "kappa", "theta", "sigma", "rho"),
-               "sabr": ("alpha", "beta", "rho", "nu")}  # fmt: skip
+MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "heston": ("v0", "kappa", "theta", "sigma", "rho"),
+    "sabr": ("alpha", "beta", "rho", "nu"),
+}
+"""Each model's parameters, in the order the fitters use."""
 
 
 def _check_inputs(
@@ -354,7 +358,7 @@ def _check_inputs(
 ) -> None:
     """Reject parameter names the model does not have, malformed or inverted bounds, partial or
     non-finite starts and contradictory SABR beta settings, naming the field."""
-    names = _PARAMETERS[model]
+    names = MODEL_PARAMETERS[model]
     expected = f"expected {', '.join(names)}"
     for name, pair in (bounds or {}).items():
         if name not in names:

@@ -33,6 +33,7 @@ from pricing._heston_lewis import (
 from pricing._implied_vol import solve_total_vol
 from pricing.black_scholes import black_implied_vol, black_price
 from pricing.calibration import (
+    MODEL_PARAMETERS,
     CalibrationProblem,
     FitOutput,
     proposed_starts_many,
@@ -53,7 +54,7 @@ __all__ = [
     "surfaces_from_quotes",
 ]
 
-NAMES = ("v0", "kappa", "theta", "sigma", "rho")
+NAMES = MODEL_PARAMETERS["heston"]
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "v0": (1e-5, 4.0),
     "kappa": (1e-3, 50.0),

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.calibration import MODEL_PARAMETERS, CalibrationProblem, FitOutput, register_method
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 from pricing.quotes import QuoteError, shifts
 from pricing.sabr import lognormal_vol
@@ -35,7 +35,7 @@ _FREE_BETA_GRID = (0.5, 1.0)
 # A step lowering the cost by under 1e-10 relative ends a fit: the RMSE is then within ~1e-8
 # relative of the optimum (scipy's least_squares stops at 1e-8).
 _TOLERANCES = {"ftol": 1e-10, "xtol": 1e-10, "gtol": 1e-12}
-_NAMES = ("alpha", "beta", "rho", "nu")
+_NAMES = MODEL_PARAMETERS["sabr"]
 
 
 @dataclass(frozen=True)
