@@ -114,9 +114,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
     surface = surface_from_quotes(problem.quotes)
     _warn_if_extrapolated(problem.quotes)
-    values = {name: float(v[0]) for name, v in predict(net, surface.unsqueeze(0)).items()}
-    _clip(values, problem.bounds)
-    values = {name: values[name] for name in NAMES}
+    (values,) = _predicted(net, [problem], [surface])
     return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
 
 
@@ -144,12 +142,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
             surfaces.append(surface_from_quotes(problem.quotes))
         except ValueError as error:
             raise ValueError(f"quote table {i}: {error}") from error
-    predicted = predict(net, torch.stack(surfaces))  # (S,) per parameter
-    fields = []
-    for s, problem in enumerate(problems):
-        values = {name: float(predicted[name][s]) for name in NAMES}
-        _clip(values, problem.bounds)
-        fields.append(values)
+    fields = _predicted(net, problems, surfaces)
     sizes = [len(p.quotes) for p in problems]
     repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}
     vols = _model_vols(pd.concat([p.quotes for p in problems], ignore_index=True), repeated)
@@ -195,6 +188,16 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
             surfaces.append(surface_from_quotes(problem.quotes))
         except ValueError:
             surfaces.append(None)
+    return _predicted(net, problems, surfaces)
+
+
+def _predicted(
+    net: CalibrationNetwork,
+    problems: Sequence[CalibrationProblem],
+    surfaces: Sequence[torch.Tensor | None],
+) -> list[dict[str, float] | None]:
+    """The network's parameters for each problem's surface (66,), in one forward pass, clipped
+    to the problem's bounds; None where the surface is None."""
     found = [s for s in surfaces if s is not None]
     if not found:
         return [None] * len(problems)
