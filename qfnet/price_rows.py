@@ -249,11 +249,9 @@ def black_vols(
     a reason of :data:`pricing.black_scholes.IV_STATUS`, :data:`TIME_VALUE_LOST` or
     :data:`NO_TIME_VALUE`).
 
-    In-the-money rows are turned into their out-of-the-money counterpart by put-call parity
-    before solving (``C - P = D (F - K)``): a deep in-the-money price is almost all intrinsic
-    value, and solving on it directly lost the time value to rounding (a vol of 0, or one
-    several times too high). Where the time value is below the rounding of the price itself
-    (``64 eps |price|``) no vol is resolvable.
+    The solver reads the vol from the time value ``P - D * intrinsic`` (the out-of-the-money
+    side); deep in the money that difference is below the price's own rounding (``64 eps
+    |price|``) and no vol is resolvable: solved anyway it came out 0, or several times too high.
 
     Shape:
         all inputs (N,); outputs (N,).
@@ -269,18 +267,13 @@ def black_vols(
              else torch.tensor(np.asarray(prices, dtype=float)))  # fmt: skip
     f, k, d = (torch.tensor(np.asarray(x, dtype=float)) for x in (forward, strike, discount))
     call = torch.tensor(np.asarray(is_call, dtype=bool))
-    otm_call = k >= f
-    # C = P + D (F - K): an in-the-money call is a put plus the intrinsic, and conversely.
-    parity = d * (f - k)
-    otm_price = torch.where(
-        call == otm_call, price, torch.where(call, price - parity, price + parity)
-    )
-    vol, code = bs.implied_vol_with_status(price=otm_price, forward=f, strike=k,
+    vol, code = bs.implied_vol_with_status(price=price, forward=f, strike=k,
                                            maturity=torch.tensor(np.asarray(maturity, float)),
-                                           discount=d, is_call=otm_call)  # fmt: skip
-    lost = (call != otm_call) & (
-        otm_price.abs() <= 64 * torch.finfo(torch.float64).eps * price.abs()
-    )
+                                           discount=d, is_call=call)  # fmt: skip
+    in_the_money = call != (k >= f)
+    intrinsic = d * torch.where(call, f - k, k - f).clamp_min(0.0)
+    lost = in_the_money & ((price - intrinsic).abs() <= 64 * torch.finfo(torch.float64).eps
+                           * price.abs())  # fmt: skip
     status = np.array([bs.IV_STATUS[int(c)] for c in code.tolist()], dtype=object)
     status[lost.numpy()] = TIME_VALUE_LOST
     zero = (vol == 0) & ~lost  # a price at its lower bound: no time value, no vol to read
