@@ -423,9 +423,12 @@ def _integrand(
     phase = (z[1] * k, -z[0] * k)
     value = cexp(cadd(log_phi, phase))
     if cv_variance is not None:
-        black = cexp(cadd(cscale(zz, -0.5 * cv_variance), phase))
-        on = (cv_variance > 0).to(k.dtype)
-        value = (value[0] - on * black[0], value[1] - on * black[1])
+        exponent = cadd(cscale(zz, -0.5 * cv_variance), phase)
+        # off (cv_variance = 0): exp(-inf) = 0, not 0 * exp(phase), which far tail nodes
+        # overflow to 0 * inf = NaN when options with and without the control share a pass
+        off = torch.full_like(exponent[0], -math.inf)
+        black = cexp((torch.where(cv_variance > 0, exponent[0], off), exponent[1]))
+        value = (value[0] - black[0], value[1] - black[1])
     return cdiv(value, cmul(z, shifted))
 
 

@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields
 
 import torch
@@ -54,8 +55,9 @@ DEFAULT_NODES = (32, 24)
 WIDE_NODES = (64, 48)
 """Nodes for options outside it (vol of vol above 1.5, variances below 0.005, ...): there the
 default nodes were off by up to 150% (vol of vol 3, a far wing) or gave negative 1-day prices
-(v0 = 0); these agree with 256/192 nodes (and a 36-digit Lewis integral) to 1e-8 or better.
-(96 tail nodes overflowed to NaN at rho = -0.999 on 30-day wings: more is not safer.)"""
+(v0 = 0); these agree with 256/192 nodes (and a 36-digit Lewis integral) to 1e-8 or better."""
+MAX_TAIL_NODES = 360
+"""Most Gauss-Laguerre nodes: scipy's ``roots_laguerre`` returns NaN nodes past about 380."""
 
 
 def _outside_validated_box(v0, kappa, theta, sigma, rho) -> torch.Tensor:
@@ -204,7 +206,8 @@ def price(
             for maturities from 1 day to 10 years, strikes up to 5 standard deviations and
             parameters in ``v0, theta`` in [0.005, 0.5], ``kappa`` in [0.2, 8], ``sigma`` in
             [0.05, 1.5], ``rho`` in [-0.95, 0.5]; options outside that box get
-            :data:`WIDE_NODES` (64, 48). Given explicitly, they apply to every option.
+            :data:`WIDE_NODES` (64, 48). Given explicitly (whole numbers; tail nodes at most
+            :data:`MAX_TAIL_NODES`), they apply to every option.
         compile: fuse the integrand with ``torch.compile`` (needs a C++ compiler on CPU): several
             times faster per option, after a one-off compilation of 30-90 s per process; falls back to
             the eager kernels with a warning where compilation fails. For large or repeated batches.
@@ -239,8 +242,21 @@ def price(
     fwd, disc = _forward_and_discount(spot is None, first, second, third, maturity_t)
     shape = strike_t.shape
     flat = [v.reshape(-1) for v in (strike_t, maturity_t, fwd, disc, call_t, *values[6:])]
+    _check_nodes(core_nodes=core_nodes, tail_nodes=tail_nodes)
     out = _price_flat(*flat, core_nodes=core_nodes, tail_nodes=tail_nodes, compiled=compile)
     return out.reshape(shape)
+
+
+def _check_nodes(**counts: int | None) -> None:
+    """Node counts are None (the defaults) or whole numbers from 1 (tail: to MAX_TAIL_NODES)."""
+    for name, n in counts.items():
+        most = MAX_TAIL_NODES if name == "tail_nodes" else None
+        if n is None:
+            continue
+        whole = isinstance(n, numbers.Integral) and not isinstance(n, bool)
+        if not whole or n < 1 or (most and n > most):
+            span = f"1 to {most}" if most else "at least 1"
+            raise ValueError(f"{name} must be a whole number {span} (or None), got {n!r}")
 
 
 def _model_fields(params: HestonParams | None, values: tuple) -> tuple[TensorLike, ...]:

@@ -255,6 +255,35 @@ def test_many_tail_nodes_stay_finite():
                                                                                 rel=1e-12)  # fmt: skip
 
 
+def test_many_tail_nodes_stay_finite_beside_options_with_the_control_variate():
+    # A 3-day wing at rho = -0.999 (no control variate) priced in one pass with an option on
+    # Lewis' line (control on): the control's term was multiplied by 0 for the first, and its
+    # exp(phase) overflowed at the far tail nodes, 0 * inf = NaN, from 128 tail nodes on.
+    off = dict(strike=105.36021994887079, maturity=0.009404603146284708, v0=0.0236352100978366,
+               kappa=0.14756869259666686, theta=0.0013483476028979956, sigma=0.3109016449029692,
+               rho=-0.999)  # fmt: skip
+    on = dict(strike=94.40895772773247, maturity=0.11753985329514721, v0=0.04847720917178101,
+              kappa=0.1397467552663159, theta=0.009395692133123601, sigma=2.7483651838740597,
+              rho=-0.999)  # fmt: skip
+    both = {name: torch.tensor([off[name], on[name]], dtype=torch.float64) for name in off}
+    for nodes in (128, 192, 256, heston.MAX_TAIL_NODES):
+        together = heston.price(spot=100.0, **both, core_nodes=64, tail_nodes=nodes)
+        alone = [float(heston.price(spot=100.0, **o, core_nodes=64, tail_nodes=nodes))
+                 for o in (off, on)]  # fmt: skip
+        assert torch.isfinite(together).all(), nodes
+        np.testing.assert_allclose(together.numpy(), alone, rtol=1e-12, atol=1e-18)
+
+
+@pytest.mark.parametrize(("field", "value"), [("core_nodes", 0), ("core_nodes", 2.5),
+                                              ("tail_nodes", -3), ("tail_nodes", 400),
+                                              ("tail_nodes", True)])  # fmt: skip
+def test_bad_node_counts_name_the_argument(field, value):
+    # 0 core nodes silently became the default; 400 tail nodes gave NaN (scipy's Laguerre roots).
+    with pytest.raises(ValueError, match=field):
+        heston.price(forward=1.0, strike=1.0, maturity=1.0, v0=0.04, kappa=1.5, theta=0.04,
+                     sigma=0.5, rho=-0.7, **{field: value})  # fmt: skip
+
+
 def test_gradients_match_finite_differences():
     inputs = [
         torch.tensor([0.04, 0.2, 0.01], dtype=torch.float64, requires_grad=True),  # v0
