@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pricing.quotes import read_quotes
+from pricing.quotes import read_quotes, shifts
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
 from qfnet.price_rows import (
@@ -163,13 +163,15 @@ def _price_mc(
     f, d = forward_and_discount(table)
     k, t = table["strike"].to_numpy(float), table["maturity"].to_numpy(float)
     call = (table["option_type"] == "call").to_numpy()
+    values = model_parameters(table, model, params)
     prices, errors = price_european_rows(
         model=model, forward=f, discount=d, strike=k, maturity=t, is_call=call,
-        params=model_parameters(table, model, params), n_paths=paths, n_steps=steps, seed=seed,
+        params=values, n_paths=paths, n_steps=steps, seed=seed,
     )  # fmt: skip
     out = table.copy()
     out["price"], out["std_error"] = prices, errors
-    return add_implied_vols(out, prices, forward=f, discount=d, strike=k, maturity=t, is_call=call)
+    return add_implied_vols(out, prices, forward=f, discount=d, strike=k, maturity=t, is_call=call,
+                            shift=values.get("shift", 0.0))  # fmt: skip
 
 
 CROSSED = "crossed quote (bid > ask)"
@@ -183,8 +185,8 @@ def iv(
     out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
 ) -> None:
     """Black implied vol of each row's mid (else bid/ask midpoint, else price), against forwards
-    and discounts from put-call parity where the file gives none; unsolvable rows get NaN and a
-    status reason."""
+    and discounts from put-call parity where the file gives none; shifted-lognormal vols where
+    the file has a 'shift' column; unsolvable rows get NaN and a status reason."""
     from pricing.quote_cleaning import attach_forwards
 
     table = read_table(quotes, allow_crossed=True)  # a crossed row gets a status, not an error
@@ -200,7 +202,7 @@ def iv(
         prepared["mid"].to_numpy(float), forward=prepared["forward"].to_numpy(float),
         discount=prepared["discount"].to_numpy(float), strike=table["strike"].to_numpy(float),
         maturity=table["maturity"].to_numpy(float),
-        is_call=(table["option_type"] == "call").to_numpy(),
+        is_call=(table["option_type"] == "call").to_numpy(), shift=shifts(table).to_numpy(float),
     )  # fmt: skip
     if {"bid", "ask"} <= set(table.columns):
         crossed = (table["bid"] > table["ask"]).to_numpy()

@@ -229,7 +229,7 @@ def price_table(
     out = quotes.copy()
     out["price"] = prices.detach().numpy()
     return add_implied_vols(out, prices.detach(), forward=f, discount=d, strike=k, maturity=t,
-                            is_call=call)  # fmt: skip
+                            is_call=call, shift=p.get("shift", 0.0))  # fmt: skip
 
 
 TIME_VALUE_LOST = "time value below the price's rounding (deep in the money)"
@@ -244,10 +244,12 @@ def black_vols(
     strike: np.ndarray,
     maturity: np.ndarray,
     is_call: np.ndarray,
+    shift: np.ndarray | float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Black implied vols of per-row prices and a status per row (``ok``, or why the vol is NaN:
     a reason of :data:`pricing.black_scholes.IV_STATUS`, :data:`TIME_VALUE_LOST` or
-    :data:`NO_TIME_VALUE`).
+    :data:`NO_TIME_VALUE`); shifted-lognormal vols (Black on ``forward + shift`` and ``strike +
+    shift``) where ``shift`` is not 0.
 
     The solver reads the vol from the time value ``P - D * intrinsic`` (the out-of-the-money
     side); deep in the money that difference is below the price's own rounding (``64 eps
@@ -266,6 +268,8 @@ def black_vols(
     price = (prices.to(torch.float64) if isinstance(prices, torch.Tensor)
              else torch.tensor(np.asarray(prices, dtype=float)))  # fmt: skip
     f, k, d = (torch.tensor(np.asarray(x, dtype=float)) for x in (forward, strike, discount))
+    shifted = torch.tensor(np.asarray(shift, dtype=float))
+    f, k = f + shifted, k + shifted
     call = torch.tensor(np.asarray(is_call, dtype=bool))
     vol, code = bs.implied_vol_with_status(price=price, forward=f, strike=k,
                                            maturity=torch.tensor(np.asarray(maturity, float)),

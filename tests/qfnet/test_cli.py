@@ -473,3 +473,41 @@ def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     ivs = pd.read_csv(out)
     assert ivs["status"].tolist() == ["ok", "crossed quote (bid > ask)"]
     assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
+
+
+def test_price_shifted_sabr_reports_the_shifted_black_vol(tmp_path):
+    # Negative rates: forward -0.2%, strikes from -0.5%, shift 2%. The implied vol of a shifted
+    # SABR price is the shifted-lognormal vol, which is Hagan's (shifted) vol itself; before,
+    # it was solved unshifted, NaN for every row of a negative forward.
+    strikes = np.array([-0.005, -0.002, 0.0, 0.005, 0.01])
+    table = pd.DataFrame({"option_type": ["put", "put", "call", "call", "call"],
+                          "strike": strikes, "maturity": 2.0, "forward": -0.002,
+                          "discount": 0.99, "shift": 0.02})  # fmt: skip
+    path = tmp_path / "q.csv"
+    table.to_csv(path, index=False)
+    params = {"alpha": 0.01, "beta": 0.5, "rho": -0.2, "nu": 0.4}
+    from pricing.sabr import lognormal_vol
+
+    hagan = lognormal_vol(forward=-0.002, strike=torch.tensor(strikes), maturity=2.0, shift=0.02,
+                          **params).numpy()  # fmt: skip
+    for engine in ("analytic", "quantlib"):
+        priced = _price(path, tmp_path / f"{engine}.csv", "sabr", engine, params)
+        np.testing.assert_allclose(priced["implied_vol"], hagan, rtol=1e-9, atol=0)
+
+
+def test_iv_of_a_shifted_file_is_the_shifted_black_vol(tmp_path):
+    strikes = torch.tensor([-0.004, 0.0, 0.004, 0.01], dtype=torch.float64)
+    vols = torch.tensor([0.12, 0.1, 0.11, 0.13], dtype=torch.float64)
+    call = strikes >= -0.001
+    prices = bs.black_price(forward=-0.001 + 0.03, strike=strikes + 0.03, maturity=1.5,
+                            volatility=vols, discount=0.98, is_call=call)  # fmt: skip
+    table = pd.DataFrame({"option_type": np.where(call.numpy(), "call", "put"),
+                          "strike": strikes.numpy(), "maturity": 1.5, "forward": -0.001,
+                          "discount": 0.98, "shift": 0.03, "price": prices.numpy()})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    assert (ivs["status"] == "ok").all(), ivs["status"].tolist()
+    np.testing.assert_allclose(ivs["implied_vol"], vols.numpy(), rtol=1e-9, atol=0)
