@@ -23,7 +23,6 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -416,10 +415,11 @@ def _run_tasks(
         for task in tasks:
             yield _make_shard(task)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_make_shard, task) for task in tasks]
-            for future in as_completed(futures):
-                yield future.result()
+        # A Pool's exit terminates its workers: on an error, Ctrl-C or SIGTERM (which qfnet's
+        # entry point turns into an exception) they stop at once. ProcessPoolExecutor waited
+        # for the running shards, and a SIGTERM'd parent left its workers orphaned for good.
+        with get_context("spawn").Pool(workers) as pool:
+            yield from pool.imap_unordered(_make_shard, tasks)
 
 
 def generate(

@@ -7,6 +7,7 @@ field, and exit status 1.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,14 @@ def main() -> None:
         wrote 8 sabr options (hagan) in 1 shards to .../ds
         exit status 0
     """
+    signal.signal(signal.SIGTERM, _terminated)
     app()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM as an exception, so that ``finally`` blocks and context managers run (worker
+    pools are terminated, temporary files removed) instead of the process vanishing mid-way."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -160,3 +166,50 @@ def test_float32_queries_at_the_domain_edge_and_the_calibration_grid_are_inside(
     assert grid.shape == (66,) and bool(torch.isfinite(grid).all())
     with pytest.raises(DomainError, match="maturity"):  # float32 rounding, not a free margin
         implied_vol(net, maturity=t * 0.999, log_moneyness=0.0, **params)
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_stops_generate_and_its_worker_processes(tmp_path):
+    # SIGTERM killed the parent at once and left its spawned workers waiting forever; the entry
+    # point now turns it into an exit that terminates the pool.
+    command = [sys.executable, "-c", "from qfnet.cli import main; main()", "generate", "--n",
+               "4000000", "--workers", "2", "--shard-size", "65536", "--out",
+               str(tmp_path / "ds")]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := _children(process.pid)) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, "generate ended before its workers started"
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the worker processes never started"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "worker processes outlived generate"
+    finally:
+        process.kill()
+        for w in filter(_alive, workers):
+            os.kill(w, signal.SIGKILL)
