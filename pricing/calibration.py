@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pricing.quote_cleaning import prepare_quotes
-from pricing.quotes import QuoteError, read_quotes
+from pricing.quotes import QuoteError, read_quotes, shifts
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -292,11 +292,14 @@ def _load_models() -> None:
 
 
 def _black_vega(quotes: pd.DataFrame) -> np.ndarray:
-    """Black vega ``D F phi(d1) sqrt(T)`` at the market vol."""
+    """Black vega ``D F phi(d1) sqrt(T)`` at the market vol; of shifted Black (``F + shift``,
+    ``K + shift``) where the quotes have a ``shift``, whose vols are shifted-lognormal."""
     f, k, t, d, vol = (
         quotes[c].to_numpy(float)
         for c in ("forward", "strike", "maturity", "discount", "market_iv")
     )
+    shift = shifts(quotes).to_numpy(float)
+    f, k = f + shift, k + shift
     s = vol * np.sqrt(t)
     d1 = np.log(f / k) / s + s / 2
     return d * f * np.exp(-0.5 * d1 * d1) / np.sqrt(2 * np.pi) * np.sqrt(t)
@@ -348,6 +351,22 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 """Each model's parameters, in the order the fitters use."""
 
+_DOMAINS: dict[str, tuple[float, float, str]] = {
+    "v0": (0.0, np.inf, "[)"), "kappa": (0.0, np.inf, "()"), "theta": (0.0, np.inf, "[)"),
+    "sigma": (0.0, np.inf, "()"), "rho": (-1.0, 1.0, "()"), "alpha": (0.0, np.inf, "()"),
+    "beta": (0.0, 1.0, "[]"), "nu": (0.0, np.inf, "[)"),
+}  # fmt: skip
+"""Each parameter's domain ``(low, high, brackets)``: bounds must lie inside it (rho = 1 or a
+zero vol of vol would take the fitters' trial points out of the model)."""
+
+
+def _outside_domain(name: str, low: float, high: float) -> str | None:
+    """The domain, written out, if ``[low, high]`` leaves it; else None."""
+    lo, hi, brackets = _DOMAINS[name]
+    below = low < lo or (low == lo and brackets[0] == "(")
+    above = high > hi or (high == hi and brackets[1] == ")")
+    return f"{brackets[0]}{lo:g}, {hi:g}{brackets[1]}" if below or above else None
+
 
 def _check_inputs(
     model: str,
@@ -369,6 +388,10 @@ def _check_inputs(
             raise ValueError(f"bounds[{name!r}]: expected (lower, upper), got {pair!r}") from None
         if not low <= high:  # NaN too
             raise ValueError(f"bounds[{name!r}]: lower {low} is not <= upper {high}")
+        domain = _outside_domain(name, low, high)
+        if domain:
+            raise ValueError(f"bounds[{name!r}]: ({low:g}, {high:g}) leaves {name}'s domain "
+                             f"{domain}")  # fmt: skip
     if x0 is not None:
         unknown = sorted(set(x0) - set(names))
         needed = [n for n in names if n not in x0 and not (model == "sabr" and n == "beta")]
@@ -378,6 +401,10 @@ def _check_inputs(
         bad = [n for n, v in x0.items() if not np.isfinite(float(v))]
         if bad:
             raise ValueError(f"x0[{bad[0]!r}]: must be a finite number, got {x0[bad[0]]!r}")
+        for name, value in x0.items():
+            domain = _outside_domain(name, float(value), float(value))
+            if domain:
+                raise ValueError(f"x0[{name!r}]: {float(value):g} is outside {domain}")
     free = bool(options.get("free_beta", False))
     if model == "heston" and (beta is not None or free):
         raise ValueError("beta and free_beta are SABR options; Heston has no beta")

@@ -91,12 +91,18 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
             raise QuoteError(f"expiry T={quotes['maturity'].iloc[rows[0]]:.6g}: shift varies within "
                              f"the smile ({smile_shifts.min():g} to {smile_shifts.max():g}); SABR takes one "
                              "shift per expiry (an empty shift is 0)", column="shift")  # fmt: skip
+        if not np.any(weights[rows] > 0):
+            raise QuoteError(f"expiry T={quotes['maturity'].iloc[rows[0]]:.6g}: every quote has "
+                             "weight 0; SABR fits each expiry on its own (drop the expiry or "
+                             "weight it)", column="weight")  # fmt: skip
         forward = quotes["forward"].iloc[rows].mean()
         heads[e] = (quotes["maturity"].iloc[rows[0]], forward, shift.iloc[rows[0]])
         fields["strike"][e] = forward
         fields["strike"][e, : len(rows)] = quotes["strike"].to_numpy()[rows]
         fields["iv"][e, : len(rows)] = quotes["market_iv"].to_numpy()[rows]
-        fields["w"][e, : len(rows)] = np.sqrt(weights[rows])
+        # each expiry is its own fit, with absolute tolerances: weights of mean 1 per smile (an
+        # expiry weighted 1e-10 of the others stopped early yet reported converged)
+        fields["w"][e, : len(rows)] = np.sqrt(weights[rows] / weights[rows].mean())
     t = torch.tensor
     return SmileBatch(
         t(heads[:, :1]),
@@ -123,17 +129,22 @@ def _atm_vol(batch: SmileBatch) -> torch.Tensor:
     return torch.tensor(out, dtype=batch.forward.dtype).unsqueeze(-1)  # (E, 1)
 
 
-def _vols(batch: SmileBatch, params: torch.Tensor, expiry: torch.Tensor) -> torch.Tensor:
+def _vols(
+    batch: SmileBatch, params: torch.Tensor, expiry: torch.Tensor, level: torch.Tensor
+) -> torch.Tensor:
     """Model vols of the smiles ``expiry`` (B,) at params (B, M, 4) = (a, beta, rho, nu).
 
-    The solver works with ``a = alpha / (F + shift)^(1 - beta)``, about the ATM vol whatever beta:
-    that straightens the long curved valley of (alpha, beta) that a free beta otherwise creates.
+    The solver works with ``a = alpha / level^(1 - beta)``. With ``level = F + shift``, ``a`` is
+    about the ATM vol whatever beta: that straightens the long curved valley of (alpha, beta)
+    that a free beta otherwise creates. With ``level = 1``, ``a`` is alpha itself (for bounds on
+    alpha while beta is free: a box in alpha is no box in ``a``).
 
     Shape:
-        ``params``: ``(B, M, 4)`` with M = 1 or the padded strike count; output ``(B, M)``.
+        ``params``: ``(B, M, 4)`` with M = 1 or the padded strike count; ``level``: ``(E, 1)``;
+        output ``(B, M)``.
     """
     a, beta, rho, nu = params.unbind(-1)
-    alpha = a * (batch.forward + batch.shift)[expiry] ** (1 - beta)
+    alpha = a * level[expiry] ** (1 - beta)
     return lognormal_vol(
         forward=batch.forward[expiry],
         strike=batch.strike[expiry],
@@ -166,17 +177,21 @@ def _candidates(batch: SmileBatch, betas: tuple[float, ...]) -> tuple[torch.Tens
 
 
 def _bounds(
-    batch: SmileBatch, beta: float | None, user: Mapping[str, tuple[float, float]] | None
+    batch: SmileBatch,
+    beta: float | None,
+    user: Mapping[str, tuple[float, float]] | None,
+    level: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Box per expiry of (a, beta, rho, nu), shape ``(E, 4)`` each; a fixed beta has equal
-    bounds. User bounds on alpha become bounds on ``a`` at the fixed beta (at beta = 1 if free)."""
+    """Box per expiry of (a, beta, rho, nu) (see :func:`_vols` for ``a`` and ``level``), shape
+    ``(E, 4)`` each; a fixed beta has equal bounds. User bounds on alpha become bounds on ``a``
+    at the fixed beta (a free beta with bounded alpha has ``level = 1``: ``a`` is alpha)."""
     atm = _atm_vol(batch)[:, 0]
-    scale = (batch.forward + batch.shift)[:, 0] ** (1 - (1.0 if beta is None else beta))
+    scale = level[:, 0] ** (1 - (1.0 if beta is None else beta))
     user = dict(user or {})
     if "alpha" in user:
         user["alpha"] = tuple(torch.as_tensor(v, dtype=atm.dtype) / scale for v in user["alpha"])
     box = {
-        "alpha": (atm * 1e-3, atm * 1e3),
+        "alpha": (atm * 1e-3, atm * 1e3),  # level 1 comes with the user's alpha bounds
         "beta": (0.0, 1.0) if beta is None else (beta, beta),
         "rho": (-0.9999, 0.9999),
         "nu": (1e-8, 10.0),
@@ -220,13 +235,20 @@ def fit_smiles(
         >>> [round(v, 6) for v in params[0].tolist()], bool(converged[0])
         ([2.0, 0.5, -0.3, 0.6], True)
     """
-    lower, upper = _bounds(batch, beta, bounds)
+    level = batch.forward + batch.shift  # (E, 1)
+    if beta is None and "alpha" in (bounds or {}):
+        level = torch.ones_like(level)
+    lower, upper = _bounds(batch, beta, bounds, level)
     starts, expiry = _candidates(batch, _FREE_BETA_GRID if beta is None else (beta,))
+    # the grid's a is about the ATM vol: alpha = a (F + shift)^(1 - beta), then in level units
+    starts[:, 0] *= ((batch.forward + batch.shift)[expiry, 0] / level[expiry, 0]) ** (
+        1 - starts[:, 1]
+    )
     if x0:
         user = {"beta": DEFAULT_BETA if beta is None else beta} | dict(x0)
         extra = torch.tensor([[user[n] for n in _NAMES]], dtype=starts.dtype)
         extra = extra.expand(len(batch.rows), -1).clone()
-        extra[:, 0] /= (batch.forward + batch.shift)[:, 0] ** (1 - extra[:, 1])
+        extra[:, 0] /= level[:, 0] ** (1 - extra[:, 1])
         starts = torch.cat([starts, extra])
         expiry = torch.cat([expiry, torch.arange(len(batch.rows))])
     starts = torch.nan_to_num(starts, nan=0.0)
@@ -234,7 +256,7 @@ def fit_smiles(
 
     def residual(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         e = expiry[index]
-        return batch.weight[e] * (_vols(batch, params, e) - batch.market_iv[e])
+        return batch.weight[e] * (_vols(batch, params, e, level) - batch.market_iv[e])
 
     cost = (residual(starts.unsqueeze(1), torch.arange(len(starts))) ** 2).sum(-1)
     pick = _best_per_expiry(cost, expiry, len(batch.rows), n_starts)
@@ -248,8 +270,8 @@ def fit_smiles(
     )
     best = _best_per_expiry(solved.cost, expiry[pick], len(batch.rows), 1)
     params = solved.x[best].clone()
-    vols = _vols(batch, params.unsqueeze(1), torch.arange(len(batch.rows)))
-    params[:, 0] *= (batch.forward + batch.shift)[:, 0] ** (1 - params[:, 1])  # a -> alpha
+    vols = _vols(batch, params.unsqueeze(1), torch.arange(len(batch.rows)), level)
+    params[:, 0] *= level[:, 0] ** (1 - params[:, 1])  # a -> alpha
     return params, vols, solved.converged[best], int(solved.iterations[best].max())
 
 
@@ -295,10 +317,12 @@ def fit_smile_scipy(
     weight: np.ndarray | None = None,
     x0: tuple[float, ...] | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
+    max_iterations: int = 100,
 ) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Reference fit of one smile: scipy ``least_squares`` (trf, finite differences) over
-    ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start, within
-    ``bounds`` (name -> (lower, upper)) over the default box.
+    ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start (or
+    ``x0``: alpha, beta, rho, nu), within ``bounds`` (name -> (lower, upper)) over the default
+    box, for at most about ``max_iterations`` steps.
 
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
@@ -326,11 +350,13 @@ def fit_smile_scipy(
     def full(x: np.ndarray) -> np.ndarray:
         return np.array([x[0], beta, x[1], x[2]]) if fixed else x
 
-    def residual(x: np.ndarray) -> np.ndarray:
+    def model(x: np.ndarray) -> np.ndarray:
         a, b, r, n = full(x)
-        vols = sabr_vol(forward=forward, strike=strike, maturity=maturity, alpha=a, beta=b, rho=r,
+        return sabr_vol(forward=forward, strike=strike, maturity=maturity, alpha=a, beta=b, rho=r,
                         nu=n, shift=shift)  # fmt: skip
-        return w * (vols - market_iv)
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return w * (model(x) - market_iv)
 
     box = {
         "alpha": (1e-8, np.inf),
@@ -342,15 +368,25 @@ def fit_smile_scipy(
     lower = np.array([box[n][0] for n in _NAMES], dtype=float)[names]
     upper = np.array([box[n][1] for n in _NAMES], dtype=float)[names]
     x_start = np.clip(np.asarray(start, dtype=float)[names], lower, upper)
+    # max_nfev: about max_iterations steps of a finite-difference Jacobian (len(x) + 1 calls)
     solution = least_squares(residual, x_start, bounds=(lower, upper), xtol=1e-12, ftol=1e-12,
-                             gtol=1e-12)  # fmt: skip
+                             gtol=1e-12, max_nfev=max_iterations * (len(x_start) + 1))  # fmt: skip
     params = full(solution.x)
-    return params, residual(solution.x) / w + market_iv, solution.status > 0, solution.nfev
+    return params, model(solution.x), solution.status > 0, solution.nfev
 
 
 def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
-    free = bool(dict(problem.options).get("free_beta", False))
+    options = dict(problem.options)
+    free = bool(options.pop("free_beta", False))
+    max_iterations = int(options.pop("max_iterations", 100))
+    if options:
+        raise ValueError(f"method 'quantlib' (SABR) takes the options free_beta and "
+                         f"max_iterations, not {sorted(options)}")  # fmt: skip
     beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
+    x0 = None
+    if problem.x0:
+        start = {"beta": 0.5 if beta is None else beta} | dict(problem.x0)
+        x0 = tuple(float(start[n]) for n in _NAMES)
     batch = smile_batch(problem.quotes, problem.weights)
     model_iv, table, ok, evaluations = np.empty(len(problem.quotes)), [], True, 0
     for e, rows in enumerate(batch.rows):
@@ -358,8 +394,9 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
         params, vols, converged, nfev = fit_smile_scipy(
             forward=float(batch.forward[e, 0]), strike=batch.strike[e, :n].numpy(),
             maturity=float(batch.maturity[e, 0]), market_iv=batch.market_iv[e, :n].numpy(),
-            beta=beta, shift=float(batch.shift[e, 0]), weight=problem.weights[rows],
-            bounds=problem.bounds,
+            beta=beta, shift=float(batch.shift[e, 0]),
+            weight=problem.weights[rows] / problem.weights[rows].mean(),
+            bounds=problem.bounds, x0=x0, max_iterations=max_iterations,
         )  # fmt: skip
         model_iv[rows], ok, evaluations = vols, ok and converged, max(evaluations, nfev)
         table.append(params)

@@ -47,6 +47,12 @@ def _smile(shift: float = 0.0, maturity: float = 1.0) -> pd.DataFrame:
         ("sabr", {"beta": 0.5, "free_beta": True}, r"fixes SABR beta and free_beta fits it"),
         ("sabr", {"beta": 0.5, "bounds": {"beta": (0.0, 1.0)}}, r"needs free_beta=True"),
         ("sabr", {"weights": np.zeros(7)}, r"weights are all zero"),
+        # bounds and starts outside the model: the direct fit's trial points reached rho = -1
+        ("sabr", {"bounds": {"rho": (-1.0, 1.0)}}, r"bounds\['rho'\].*rho's domain \(-1, 1\)"),
+        ("sabr", {"bounds": {"nu": (-1.0, 5.0)}}, r"bounds\['nu'\].*nu's domain \[0, inf\)"),
+        ("sabr", {"bounds": {"alpha": (0.0, 1.0)}}, r"alpha's domain \(0, inf\)"),
+        ("heston", {"bounds": {"sigma": (0.0, 2.0)}}, r"sigma's domain \(0, inf\)"),
+        ("sabr", {"x0": {"alpha": 0.3, "rho": 1.0, "nu": 0.5}}, r"x0\['rho'\]: 1 is outside"),
     ],
 )
 def test_bad_settings_are_rejected_naming_the_field(model: str, kwargs: dict, message: str) -> None:
@@ -92,3 +98,71 @@ def test_editing_implied_vol_after_cleaning_is_what_gets_fitted() -> None:
     np.testing.assert_allclose(moved.residuals["market_iv"], shifted["implied_vol"], rtol=0,
                                atol=1e-15)  # fmt: skip
     assert abs(moved.params["alpha"][0] - fit.params["alpha"][0]) > 1e-3
+
+
+def test_an_expiry_without_weight_is_a_clear_error_for_both_sabr_methods() -> None:
+    # the direct fit died inside the solver (NaN alpha); quantlib returned its start as converged
+    table = pd.concat([_smile(), _smile(maturity=2.0)], ignore_index=True)
+    weights = np.where(table["maturity"] == 2.0, 0.0, 1.0)
+    for method in ("direct", "quantlib"):
+        with pytest.raises(QuoteError, match=r"column 'weight'.*T=2: every quote has weight 0"):
+            calibrate("sabr", table, method=method, weights=weights)
+
+
+def test_sabr_vega_weights_are_shifted_black_vegas() -> None:
+    # Shifted quotes below zero: the unshifted vega was NaN ("weights are all zero").
+    table = _smile(shift=0.03).assign(strike=lambda t: t["strike"] / 1e4 - 0.012,
+                                      forward=100.0 / 1e4 - 0.012)  # fmt: skip
+    from pricing.black_scholes import black_price
+    from pricing.calibration import quote_weights
+
+    vol = torch.tensor(table["implied_vol"].to_numpy(), requires_grad=True)
+    price = black_price(forward=torch.tensor(table["forward"].to_numpy() + 0.03),
+                        strike=torch.tensor(table["strike"].to_numpy() + 0.03), maturity=1.0,
+                        volatility=vol)  # fmt: skip
+    (vega,) = torch.autograd.grad(price.sum(), vol)
+    weights = quote_weights(table.assign(market_iv=table["implied_vol"]), "vega")
+    np.testing.assert_allclose(weights, (vega / vega.mean()).numpy(), rtol=1e-10, atol=0)
+
+
+def test_quantlib_sabr_model_vols_are_finite_at_zero_weight_and_match_direct() -> None:
+    # model vols were rebuilt as residual / sqrt(weight) + market: 0 / 0 at weight 0
+    weights = np.array([0.0, 1, 1, 1, 1, 1, 1])
+    ours = calibrate("sabr", _smile(), weights=weights)
+    reference = calibrate("sabr", _smile(), method="quantlib", weights=weights)
+    assert np.isfinite(reference.rmse_iv_bp)
+    np.testing.assert_allclose(reference.residuals["model_iv"], ours.residuals["model_iv"],
+                               rtol=0, atol=1e-8)  # fmt: skip
+
+
+def test_quantlib_sabr_takes_x0_and_max_iterations_and_refuses_other_options() -> None:
+    truth = {"alpha": 0.3, "rho": -0.3, "nu": 0.6}  # the smile's parameters (beta 1)
+    started = calibrate("sabr", _smile(), method="quantlib", x0=truth, max_iterations=1)
+    cold = calibrate("sabr", _smile(), method="quantlib", max_iterations=1)
+    assert started.rmse_iv_bp < 1e-6 and cold.rmse_iv_bp > 1e-3 and not cold.converged
+    with pytest.raises(ValueError, match=r"not \['n_starts'\]"):
+        calibrate("sabr", _smile(), method="quantlib", n_starts=3)
+
+
+def test_free_beta_fits_keep_to_alpha_bounds_like_the_reference() -> None:
+    # alpha's bounds were applied at beta = 1 to a/(F^(1 - beta)): alpha 1.26 for a box of 0.5
+    table = _smile().assign(
+        implied_vol=lognormal_vol(forward=100.0, strike=torch.tensor(_smile()["strike"]),
+                                  maturity=1.0, alpha=2.0, beta=0.5, rho=-0.3,
+                                  nu=0.6).numpy())  # fmt: skip
+    bounds = {"alpha": (0.1, 0.5), "beta": (0.4, 0.6)}
+    ours = calibrate("sabr", table, free_beta=True, bounds=bounds)
+    reference = calibrate("sabr", table, method="quantlib", free_beta=True, bounds=bounds)
+    assert 0.1 <= ours.params["alpha"][0] <= 0.5
+    assert ours.rmse_iv_bp <= reference.rmse_iv_bp * (1 + 1e-6)
+
+
+def test_sabr_expiries_fit_alike_whatever_their_share_of_the_weights() -> None:
+    # Weights are normalised over the table, tolerances are absolute: an expiry weighted 1e-12
+    # of the other stopped at 5.8 bp (reported converged); each smile's weights now have mean 1.
+    table = pd.concat([_smile(), _smile(maturity=2.0)], ignore_index=True)
+    light = np.where(table["maturity"] == 2.0, 1e-12, 1.0)
+    for method in ("direct", "quantlib"):
+        fit = calibrate("sabr", table, method=method, weights=light)
+        errors = fit.residuals.loc[table["maturity"] == 2.0, "error_bp"].abs()
+        assert fit.converged and errors.max() < 1e-6, (method, errors.max())
