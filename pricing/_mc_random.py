@@ -190,7 +190,10 @@ class NormalSource:
 
         Each whole block is drawn into its contiguous slice of ``stage`` (B, S', F, U / B) with
         S' >= S, then all blocks are moved into ``out`` by one strided copy; without ``stage``
-        (or for a last, partial block) each block is drawn into a temporary.
+        (or for a last, partial block) each block is drawn into a temporary. A partial block is
+        drawn whole and cut: torch's CPU ``normal_`` redraws the last 16 values of a call whose
+        size is not a multiple of 16, so a partial block's numbers depended on how its steps
+        were split into slabs (that is, on the chunk size).
         """
         units_per_block = BLOCK_SIZE // (2 if self.antithetic else 1)
         n_steps, n_factors, n_units = out.shape
@@ -207,11 +210,11 @@ class NormalSource:
         for j in range(whole, len(gens)):
             lo, hi = j * units_per_block, min((j + 1) * units_per_block, n_units)
             out[..., lo:hi] = torch.randn(
-                (n_steps, n_factors, hi - lo),
+                (n_steps, n_factors, units_per_block),
                 generator=gens[j],
                 dtype=self.draw_dtype,
                 device=self.device,
-            )
+            )[..., : hi - lo]
 
     def slabs(self, start: int, stop: int, *, prefetch: bool = False) -> Iterator[torch.Tensor]:
         """Normals for paths ``[start, stop)``, a few steps at a time (the slabs of :func:`drawn_slabs`).
