@@ -13,6 +13,7 @@ without the O(sqrt(dt)) discretisation bias (exactly so for geometric Brownian m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -220,6 +221,8 @@ def barrier(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     if not barrier > 0:
         raise ValueError(f"barrier must be positive, got {barrier}")
+    if not (math.isfinite(rebate) and rebate >= 0):
+        raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
     _check_paths(paths)
     parts = [
         _barrier_block(
@@ -390,6 +393,14 @@ def lookback(
         paths, maximum=use_max, time_grid=time_grid, volatility=volatility, generator=generator
     )
     if running_extremum is not None:
+        start = paths[:, 0]
+        if not math.isfinite(running_extremum) or bool(
+            ((start > running_extremum) if use_max else (start < running_extremum)).any()
+        ):
+            side = "maximum" if use_max else "minimum"
+            raise ValueError(f"running_extremum must be the {side} observed so far: "
+                             f"{'>=' if use_max else '<='} the spot at t_0, got {running_extremum} "
+                             f"against spot {float(start[0])}")  # fmt: skip
         ext = ext.clamp_min(running_extremum) if use_max else ext.clamp_max(running_extremum)
     if kind == "floating":
         if strike is not None:
@@ -439,7 +450,10 @@ def average_weights(
         weights[:-1] += 0.5 * dt
         weights[1:] += 0.5 * dt
         return weights / (time_grid[-1] - time_grid[0])
-    idx = torch.arange(1, n_cols) if fixings is None else torch.as_tensor(fixings).long().flatten()
+    idx = torch.arange(1, n_cols) if fixings is None else torch.as_tensor(fixings).flatten()
+    if idx.dtype == torch.bool or idx.is_floating_point():  # times or a mask, not indices
+        raise ValueError(f"fixings must be integer column indices in [0, {n_cols - 1}] (not "
+                         f"fixing times or a mask), got {idx.tolist()}")  # fmt: skip
     if idx.numel() == 0 or bool((idx < 0).any()) or bool((idx >= n_cols).any()):
         raise ValueError(f"fixings must be column indices in [0, {n_cols - 1}], got {idx.tolist()}")
     weights.index_add_(0, idx.to(weights.device), paths.new_ones(idx.numel()))

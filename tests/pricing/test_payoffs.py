@@ -210,3 +210,39 @@ def test_knock_out_rebate_accrues_from_the_mid_step_or_from_today() -> None:
     torch.testing.assert_close(
         out, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0.0
     )
+
+
+@pytest.mark.parametrize(
+    "fixings", [[0.25, 0.5, 0.75, 1.0], torch.tensor([False, True, True, True, True])]
+)
+def test_asian_fixings_given_as_times_or_a_mask_are_refused(fixings):
+    # they were cast to integer columns: times [0.25, ..., 1.0] became columns [0, 0, 0, 1]
+    paths = torch.ones(3, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="integer column indices"):
+        payoffs.asian(paths, strike=1.0, fixings=fixings)
+
+
+@pytest.mark.parametrize(("kind", "is_call", "extremum"), [("floating", True, 120.0),
+                                                           ("floating", False, 80.0),
+                                                           ("fixed", True, 80.0),
+                                                           ("fixed", False, math.nan)])  # fmt: skip
+def test_lookback_running_extremum_on_the_wrong_side_of_spot_is_refused(kind, is_call, extremum):
+    # a running minimum of 120 above today's spot of 100 was priced (21.79) without a word
+    paths = torch.full((4, 3), 100.0, dtype=torch.float64)
+    strike = None if kind == "floating" else 100.0
+    with pytest.raises(ValueError, match="running_extremum must be the"):
+        payoffs.lookback(paths, kind=kind, is_call=is_call, strike=strike,
+                         running_extremum=extremum)  # fmt: skip
+
+
+def test_negative_barrier_rebate_is_refused():
+    paths = torch.full((4, 3), 100.0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="rebate must be finite and >= 0"):
+        payoffs.barrier(
+            paths,
+            strike=100.0,
+            barrier=90.0,
+            barrier_type="down_out",
+            rebate=-5.0,
+            time_grid=torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
+        )
