@@ -1,10 +1,12 @@
 """Chunk-invariant normal draws for the path simulators.
 
 Paths are grouped in fixed blocks of :data:`BLOCK_SIZE`. Pseudo-random normals of block ``b`` come
-from their own ``torch.Generator`` seeded with a SplitMix64 hash of (base seed, ``b``); Sobol points
-for path ``i`` are point ``i`` of one scrambled sequence. Either way the normals of a path depend only
-on the base seed and the path index, so simulating in chunks gives exactly the numbers of simulating
-all paths at once. Antithetic pairs are adjacent paths ``(2i, 2i + 1)`` with opposite normals.
+from their own ``torch.Generator`` seeded with a SplitMix64 hash of (base seed, ``b``). Sobol
+points come from :data:`SOBOL_REPLICATES` independently scrambled sequences (randomised QMC), each
+serving a contiguous range of paths (:func:`sobol_replicate_size`); path ``i`` of replicate ``r``
+is point ``i`` of sequence ``r``. Either way the normals of a path depend only on the base seed and
+the path index, so simulating in chunks gives exactly the numbers of simulating all paths at once.
+Antithetic pairs are adjacent paths ``(2i, 2i + 1)`` with opposite normals.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 __all__ = [
     "BLOCK_SIZE",
     "GRAPH_PATH_STEPS",
+    "SOBOL_REPLICATES",
     "NormalSource",
     "base_seed",
     "brownian_bridge",
@@ -27,6 +30,7 @@ __all__ = [
     "drawn_chunks",
     "drawn_slabs",
     "graph_chunk_size",
+    "sobol_replicate_size",
     "step_normals",
 ]
 
@@ -42,8 +46,25 @@ GRAPH_PATH_STEPS = 2**20
 _SLAB_ELEMENTS = 2**20
 """Normals per slab in :func:`drawn_slabs` (4 MiB in float32): small enough to stay in cache."""
 
+SOBOL_REPLICATES = 16
+"""Independently scrambled Sobol sequences per simulation. The points of one scrambled sequence
+are not independent, so the i.i.d. standard error is meaningless for them (10 to 180 times too
+large here); the spread of the replicates' estimates gives an honest one
+(:func:`pricing.monte_carlo.price_paths`), at the cost of sequences of ``n / 16`` points."""
+
 _SOBOL_MAX_DIMENSION = 21201
 _MASK64 = (1 << 64) - 1
+
+
+def sobol_replicate_size(n_paths: int, antithetic: bool) -> int:
+    """Units (paths, or antithetic pairs) per Sobol replicate: the last replicate may be smaller.
+
+    Examples:
+        >>> sobol_replicate_size(4096, False), sobol_replicate_size(4096, True)
+        (256, 128)
+    """
+    units = -(-n_paths // (2 if antithetic else 1))
+    return max(1, -(-units // SOBOL_REPLICATES))
 
 
 def derive_seed(base: int, index: int) -> int:
@@ -271,12 +292,19 @@ class NormalSource:
                 yield expand(base)
 
     def _sobol(self, start: int, stop: int) -> torch.Tensor:
-        engine = torch.quasirandom.SobolEngine(
-            self.n_steps * self.n_factors, scramble=True, seed=self.seed % (2**31)
-        )
-        if start:
-            engine.fast_forward(start)
-        points = engine.draw(stop - start, dtype=torch.float64)  # (U, T*F)
+        """Points of units ``[start, stop)``, from the scrambled sequence of each one's replicate."""
+        size = sobol_replicate_size(self.n_paths, self.antithetic)
+        parts = []
+        for replicate in range(start // size, -(-stop // size)):
+            lo, hi = max(start, replicate * size), min(stop, (replicate + 1) * size)
+            engine = torch.quasirandom.SobolEngine(
+                self.n_steps * self.n_factors, scramble=True,
+                seed=derive_seed(self.seed, replicate) % (2**31),
+            )  # fmt: skip
+            if lo > replicate * size:
+                engine.fast_forward(lo - replicate * size)
+            parts.append(engine.draw(hi - lo, dtype=torch.float64))
+        points = torch.cat(parts)  # (U, T*F)
         eps = torch.finfo(torch.float64).eps
         normals = torch.special.ndtri(points.clamp(eps, 1.0 - eps))
         normals = normals.T.reshape(self.n_steps, self.n_factors, stop - start)  # (T, F, U)

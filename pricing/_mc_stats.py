@@ -9,7 +9,7 @@ import torch
 
 from pricing._typing import TensorLike
 
-__all__ = ["MCResult", "Moments", "finish", "shape_samples"]
+__all__ = ["MCResult", "Moments", "finish", "finish_replicates", "shape_samples"]
 
 
 class MCResult(NamedTuple):
@@ -18,7 +18,8 @@ class MCResult(NamedTuple):
     Attributes:
         price: the estimate (scalar, or one per strike).
         std_error: its standard error.
-        ci_low: lower end of the confidence interval ``price - z std_error``.
+        ci_low: lower end of the confidence interval ``price - z std_error`` (a Student t
+            quantile for randomised-QMC replicates).
         ci_high: upper end of the confidence interval.
         n_paths: number of simulated paths (antithetic pairs count as two).
     """
@@ -136,6 +137,41 @@ def finish(
     if squeeze:
         res = MCResult(*(f.squeeze(-1) for f in res[:4]), n_paths)
     return res
+
+
+def finish_replicates(
+    replicates: list[Moments],
+    squeeze: bool,
+    c: torch.Tensor | None,
+    control_means: TensorLike | None,
+    confidence: float,
+    n_paths: int,
+) -> MCResult:
+    """Combine independent randomised-QMC replicates: the price is the mean of their estimates
+    (each with its own control-variate coefficient), the standard error their standard deviation
+    over ``sqrt(R)``, the interval a Student t one with ``R - 1`` degrees of freedom.
+
+    References:
+        Owen (1997), "Monte Carlo variance of scrambled net quadrature", SIAM J. Numer. Anal. 34;
+        L'Ecuyer and Lemieux (2002), "Recent advances in randomized quasi-Monte Carlo methods".
+    """
+    from scipy.stats import t as student_t
+
+    if len(replicates) < 2:
+        raise ValueError(f"need at least 2 Sobol replicates, got {len(replicates)}")
+    least = 2 + (0 if c is None else c.shape[-1])
+    if min(m.n for m in replicates) < least:
+        raise ValueError(f"sobol=True splits the samples into {len(replicates)} independently "
+                         f"scrambled replicates, and each needs at least {least} samples: got "
+                         f"{min(m.n for m in replicates)}; simulate more paths")  # fmt: skip
+    estimates = torch.stack(
+        [finish(m, False, c, control_means, confidence, n_paths).price for m in replicates]
+    )  # (R, K)
+    price = estimates.mean(0)
+    std_error = estimates.std(0) / len(replicates) ** 0.5
+    q = float(student_t.ppf(0.5 + 0.5 * confidence, len(replicates) - 1))
+    res = MCResult(price, std_error, price - q * std_error, price + q * std_error, n_paths)
+    return MCResult(*(f.squeeze(-1) for f in res[:4]), n_paths) if squeeze else res
 
 
 def _check_finite(name: str, values: torch.Tensor, offset: int) -> None:

@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pricing import payoffs, simulate
-from pricing._mc_stats import MCResult, Moments, finish, shape_samples
+from pricing._mc_random import sobol_replicate_size
+from pricing._mc_stats import MCResult, Moments, finish, finish_replicates, shape_samples
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 
 __all__ = [
@@ -84,6 +85,7 @@ def price_paths(
     confidence: float = 0.95,
     progress: bool | None = None,
     total_chunks: int | None = None,
+    replicate_size: int | None = None,
 ) -> MCResult:
     """Price ``discount * E[payoff(paths)]`` over a stream of path chunks (bounded memory).
 
@@ -98,6 +100,11 @@ def price_paths(
         confidence: two-sided confidence level.
         progress: show a tqdm bar over chunks; None shows it only once a run passes 2 seconds.
         total_chunks: number of chunks, for the bar.
+        replicate_size: for Sobol paths (``sobol=True``): samples (antithetic pairs count once)
+            per independently scrambled replicate,
+            :func:`pricing._mc_random.sobol_replicate_size`. The standard error and interval
+            then come from the spread of the replicates' estimates (see
+            :data:`pricing._mc_random.SOBOL_REPLICATES`); None treats the samples as i.i.d.
 
     Shape:
         Output fields: () for (C,) payoffs, (K,) for (C, K) payoffs.
@@ -111,16 +118,26 @@ def price_paths(
         True
     """
     moments = Moments()
+    replicates: dict[int, Moments] = {}
     squeeze, c, n_paths = True, None, 0
     bar = tqdm(chunks, total=total_chunks, delay=2.0, disable=progress is False, leave=False)
-    for _, paths in bar:
+    for where, paths in bar:
         y = payoff(paths)
         y = y * torch.as_tensor(discount, dtype=y.dtype, device=y.device)
         extra = None if controls is None else controls(paths)
         squeeze = y.ndim == 1
         y2, c = shape_samples(y, extra, antithetic)
-        moments.add(y2, c)
         n_paths += y.shape[0]
+        if replicate_size is None:
+            moments.add(y2, c)
+            continue
+        first = where.start // (2 if antithetic else 1)  # the chunk's first sample (unit)
+        for r in range(first // replicate_size, -(-(first + len(y2)) // replicate_size)):
+            rows = slice(max(r * replicate_size - first, 0), (r + 1) * replicate_size - first)
+            replicates.setdefault(r, Moments()).add(y2[rows], None if c is None else c[rows])
+    if replicate_size is not None:
+        parts = [replicates[r] for r in sorted(replicates)]
+        return finish_replicates(parts, squeeze, c, control_means, confidence, n_paths)
     return finish(moments, squeeze, c, control_means, confidence, n_paths)
 
 
@@ -156,7 +173,8 @@ def bs_european(
         n_paths: number of paths.
         n_steps: time steps (the terminal value is exact for any number).
         antithetic: antithetic pairs.
-        sobol: scrambled Sobol normals.
+        sobol: scrambled Sobol normals (randomised QMC: the standard error is that of
+            :data:`pricing._mc_random.SOBOL_REPLICATES` independent scramblings).
         control: use the discounted terminal spot (mean ``spot e^{-qT}``) as control variate.
         generator: random source.
         chunk_size: paths per chunk.
@@ -178,7 +196,8 @@ def bs_european(
         dividend=dividend, antithetic=antithetic, sobol=sobol, dtype=dtype, device=device,
         generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
-    return _european(chunks, strike, is_call, rate, dividend, maturity, spot, control, antithetic)
+    return _european(chunks, strike, is_call, rate, dividend, maturity, spot, control, antithetic,
+                     replicate_size=_replicate_size(n_paths, antithetic, sobol))  # fmt: skip
 
 
 def heston_european(
@@ -233,7 +252,8 @@ def heston_european(
         scheme: ``"qe"`` or ``"euler"``.
         conditional: conditional Monte Carlo (QE only).
         antithetic: antithetic pairs.
-        sobol: scrambled Sobol normals.
+        sobol: scrambled Sobol normals (randomised QMC: the standard error is that of
+            :data:`pricing._mc_random.SOBOL_REPLICATES` independent scramblings).
         control: use the discounted terminal spot as control variate (exact mean under both
             schemes: they are martingale-corrected).
         generator: random source.
@@ -280,6 +300,7 @@ def heston_european(
         return price_paths(
             chunks, lambda p: p.payoff, discount=df, controls=ctrl, control_means=mean,
             antithetic=antithetic, progress=progress,
+            replicate_size=_replicate_size(n_paths, antithetic, sobol),
         )  # fmt: skip
     chunks = simulate.heston_chunks(
         n_paths, n_steps, spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
@@ -289,7 +310,17 @@ def heston_european(
     )  # fmt: skip
     spots = ((where, paths.spot) for where, paths in chunks)
     return _european(
-        spots, strike, is_call, rate, dividend, maturity, spot, control, antithetic, progress
+        spots,
+        strike,
+        is_call,
+        rate,
+        dividend,
+        maturity,
+        spot,
+        control,
+        antithetic,
+        progress,
+        _replicate_size(n_paths, antithetic, sobol),
     )
 
 
@@ -336,7 +367,8 @@ def sabr_european(
         n_paths: number of paths.
         n_steps: time steps.
         antithetic: antithetic pairs.
-        sobol: scrambled Sobol normals.
+        sobol: scrambled Sobol normals (randomised QMC: the standard error is that of
+            :data:`pricing._mc_random.SOBOL_REPLICATES` independent scramblings).
         control: terminal forward as control variate (``beta == 1`` only).
         generator: random source.
         chunk_size: paths per chunk.
@@ -369,6 +401,7 @@ def sabr_european(
         control_means=forward * discount if control else None,
         antithetic=antithetic,
         progress=progress,
+        replicate_size=_replicate_size(n_paths, antithetic, sobol),
     )
 
 
@@ -477,6 +510,11 @@ def _price_group(
                     res.n_paths)  # fmt: skip
 
 
+def _replicate_size(n_paths: int, antithetic: bool, sobol: bool) -> int | None:
+    """Samples per randomised-QMC replicate for Sobol runs (None: i.i.d. pseudo-random)."""
+    return sobol_replicate_size(n_paths, antithetic) if sobol else None
+
+
 def _european(
     chunks: Iterable[tuple[slice, torch.Tensor]],
     strike: TensorLike,
@@ -488,6 +526,7 @@ def _european(
     control: bool,
     antithetic: bool,
     progress: bool | None = None,
+    replicate_size: int | None = None,
 ) -> MCResult:
     df = math.exp(-rate * maturity)
     return price_paths(
@@ -498,4 +537,5 @@ def _european(
         control_means=spot * math.exp(-dividend * maturity) if control else None,
         antithetic=antithetic,
         progress=progress,
+        replicate_size=replicate_size,
     )
