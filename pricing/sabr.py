@@ -195,9 +195,12 @@ def _z_over_x(z: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     denominator = (s + 1) * torch.where(upper, 1 - rho, lower_denominator)
     u = numerator / denominator
     w = z * u
-    # Far left wing: exp(x) = (1 + rho) / (s - z + rho) is small, and 1 + w would lose digits.
+    # Far left wing: exp(x) is small, and 1 + w would lose digits. exp(x) is (s + z - rho) /
+    # (1 - rho), a sum of positive terms, where z >= rho (reached as rho -> -1), and (1 + rho) /
+    # (s - z + rho) below, where that sum is the positive one.
     far = w < -0.5
-    x_over_z_far = torch.log((1 + rho) / lower_denominator) / torch.where(far, z, -1.0)
+    exp_x = torch.where(upper, (s + z - rho) / (1 - rho), (1 + rho) / lower_denominator)
+    x_over_z_far = torch.log(exp_x) / torch.where(far, z, -1.0)
     return 1 / torch.where(far, x_over_z_far, u * _log1p_ratio(w))
 
 

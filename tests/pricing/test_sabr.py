@@ -119,6 +119,16 @@ def test_near_atm_and_far_wings_match_40_digit_reference(normal):
         assert ours == pytest.approx(ref, rel=1e-14, abs=0.0), case
 
 
+@pytest.mark.parametrize("rho", [-0.9999, -0.9999999, -1 + 1e-11])
+def test_far_left_wing_with_rho_near_minus_one_matches_40_digit_reference(rho):
+    # z = -0.72 between rho and 0: exp(x) was formed as (1 + rho) / (s - z + rho), whose
+    # denominator cancels as rho -> -1 (relative error 4e-6 at rho = -1 + 1e-11)
+    case = dict(forward=1.0, strike=2.2255409284924674, maturity=1.0, alpha=0.2, beta=1.0,
+                rho=rho, nu=0.18)  # fmt: skip
+    ref = _hagan_mp(*(case[x] for x in ("forward", "strike", "maturity", *PARAMS)))
+    assert float(sabr.lognormal_vol(**case)) == pytest.approx(ref, rel=2e-15, abs=0.0)
+
+
 @pytest.mark.parametrize("normal", [False, True], ids=["lognormal", "normal"])
 def test_random_cases_match_40_digit_reference_to_a_few_ulps(normal):
     cases = _random_cases(300, seed=21)
