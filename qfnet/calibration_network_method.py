@@ -83,14 +83,21 @@ def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> 
     return otm_implied_vol(ratio=ratio, maturity=t, **fields).numpy()
 
 
-def _warn_if_extrapolated(quotes: pd.DataFrame) -> None:
-    """The ``network`` answer rests on the whole grid: say when the quotes' expiries leave part
-    of it to flat extrapolation (one 1-year expiry gave kappa 0.5 for a true 1.5)."""
-    covered = quotes["maturity"].min(), quotes["maturity"].max()
-    if covered[0] > MATURITIES[0] * 1.5 or covered[1] < MATURITIES[-1] / 1.5:
-        warnings.warn(f"the quotes' expiries cover {covered[0]:.3g} to {covered[1]:.3g} years; "
-                      f"the calibration network reads {MATURITIES[0]:.3g} to {MATURITIES[-1]:g} "
-                      "and sees flat extrapolation beyond them: its answer is a rough start",
+def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
+    """The ``network`` answer rests on the whole grid: say (once) which quote tables' expiries
+    leave part of it to flat extrapolation (one 1-year expiry gave kappa 0.5 for a true 1.5).
+    Not for the network as a global start: the fit that follows reads the quotes themselves."""
+    short = []
+    for i, quotes in enumerate(tables):
+        covered = quotes["maturity"].min(), quotes["maturity"].max()
+        if covered[0] > MATURITIES[0] * 1.5 or covered[1] < MATURITIES[-1] / 1.5:
+            which = "the quotes'" if len(tables) == 1 else f"table {i}:"
+            short.append(f"{which} expiries cover {covered[0]:.3g} to {covered[1]:.3g} years")
+    if short:
+        more = f" (and {len(short) - 3} more tables)" if len(short) > 3 else ""
+        warnings.warn(f"{'; '.join(short[:3])}{more}; the calibration network reads "
+                      f"{MATURITIES[0]:.3g} to {MATURITIES[-1]:g} years and sees flat "
+                      "extrapolation beyond the quotes: its answer is a rough start",
                       stacklevel=3)  # fmt: skip
 
 
@@ -113,7 +120,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     except FileNotFoundError as error:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
     surface = surface_from_quotes(problem.quotes)
-    _warn_if_extrapolated(problem.quotes)
+    _warn_if_extrapolated([problem.quotes])
     (values,) = _predicted(net, [problem], [surface])
     return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
 
@@ -142,6 +149,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
             surfaces.append(surface_from_quotes(problem.quotes))
         except ValueError as error:
             raise ValueError(f"quote table {i}: {error}") from error
+    _warn_if_extrapolated([p.quotes for p in problems])
     fields = _predicted(net, problems, surfaces)
     sizes = [len(p.quotes) for p in problems]
     repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -272,5 +273,11 @@ def test_network_method_warns_when_the_quotes_leave_its_grid_to_extrapolation():
     table = _synthetic_quotes(truth).query("maturity == 1.0")  # one expiry
     with pytest.warns(UserWarning, match="flat extrapolation"):
         calibrate("heston", table, method="network")
+    full = _synthetic_quotes(truth)
+    with pytest.warns(UserWarning, match=r"table 1: expiries cover 1 to 1 years"):
+        calibrate_many("heston", [full, table], method="network")  # one warning, naming table 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate_many("heston", [full, full], method="network")
     with pytest.raises(ValueError, match="the table is empty"):
         surface_from_quotes(table.iloc[:0])
