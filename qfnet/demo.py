@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,6 +287,23 @@ def _hedging_stage(
     ]
 
 
+_OWN_DIRS = ("heston_data", "surrogate_run", "hedge_run", "hedge_report")
+"""The demo's folders under ``out``: a rerun replaces them (its files it overwrites)."""
+
+
+_MARKER = ".qfnet-demo"
+"""Written first into ``out``: marks the folders of :data:`_OWN_DIRS` as the demo's own."""
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Remove what an earlier (or interrupted) demo left in ``out`` (a second ``make demo``
+    failed on its dataset), and nothing else: only where the demo's marker is."""
+    if (out / _MARKER).is_file():
+        for name in _OWN_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    (out / _MARKER).write_text("written by qfnet demo: reruns replace its folders here\n")
+
+
 def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> Path:
     """Run the three jobs and write ``out/report.md`` (plus data, runs and plots); return its path.
 
@@ -301,6 +319,7 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> Path:
         (True, ['calibration', 'hedging', 'sabr'])
     """
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous_run(out)
     settings = QUICK if quick else FULL
     calibration_lines, heston = _calibration_stage(out, seed)
     sections = [

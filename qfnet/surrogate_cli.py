@@ -138,6 +138,9 @@ def train_surrogate_command(
     init: Annotated[
         Path | None, typer.Option("--init", help="Fine-tune from this surrogate (run or file).")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a run already in OUT (else refused).")
+    ] = False,
 ) -> None:
     """Train an implied-vol surrogate through the shared Trainer (works under torchrun).
 
@@ -156,6 +159,7 @@ def train_surrogate_command(
         True
     """
     from qfnet.surrogate_training import train_surrogate
+    from qfnet.training import NonFiniteLossError
     from qfnet.training.checkpoint import CheckpointError
 
     try:
@@ -181,8 +185,9 @@ def train_surrogate_command(
             init=init,
             hidden=widths,
             device=device,
+            overwrite=overwrite,
         )
-    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+    except (OSError, ValueError, CheckpointError, NonFiniteLossError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc
     if summary:

@@ -153,18 +153,34 @@ _ARCH_FILE = "surrogate_config.json"
 
 
 def _architecture(
-    out: Path, resume: bool, hidden: Sequence[int], activation: str, domain: Domain
+    out: Path, resume: bool, hidden: Sequence[int], activation: str, domain: Domain, split: dict
 ) -> tuple[tuple[int, ...], str]:
     """On resume the run's own architecture wins (so ``--resume`` alone continues a run); its
-    domain must be the dataset's (the scalers and weights were fitted on it)."""
+    domain must be the dataset's (the scalers and weights were fitted on it), and its split
+    (``seed`` and fractions) the same: another one would test on rows it trained on. Without
+    resume, a directory holding a run is refused (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
-            raise ValueError(f"--resume: the run in {out} was trained on another domain than "
-                             "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
-        return tuple(saved["hidden"]), str(saved["activation"])
-    return tuple(int(h) for h in hidden), activation
+    if not (resume and path.is_file()):
+        return tuple(int(h) for h in hidden), activation
+    saved = json.loads(path.read_text())
+    if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
+        raise ValueError(f"--resume: the run in {out} was trained on another domain than "
+                         "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
+    for name, value in split.items():
+        if name in saved.get("split", {}) and saved["split"][name] != value:
+            flag = "--seed" if name == "seed" else name
+            raise ValueError(f"--resume: the run in {out} was started with {flag} "
+                             f"{saved['split'][name]}, not {value}: its train/validation/test "
+                             "split depends on it; resume with the same value")  # fmt: skip
+    return tuple(saved["hidden"]), str(saved["activation"])
+
+
+def _check_fresh(out: Path, resume: bool, overwrite: bool) -> None:
+    """A new run may not silently replace one already in ``out`` (its checkpoints would go)."""
+    held = [n for n in ("model.pt", "checkpoints/last.pt") if (out / n).exists()]
+    if held and not resume and not overwrite:
+        raise FileExistsError(f"{out} already holds a run ({held[0]}): --resume continues it, "
+                              "--overwrite replaces it")  # fmt: skip
 
 
 def _build(domain: Domain, hidden: tuple[int, ...], activation: str, seed: int) -> SurrogateNet:
@@ -230,6 +246,7 @@ def train_surrogate(
     checkpoint_every_n_steps: int | None = None,
     callbacks: Sequence[Any] = (),
     init: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a surrogate on the dataset directory ``data``; write the run to ``out``.
 
@@ -239,7 +256,8 @@ def train_surrogate(
     dataset generated with a ``margin`` also has rows beyond it). ``resume=True`` continues
     ``out`` from its last checkpoint (with its architecture); ``callbacks`` go to the Trainer.
     ``init`` (a surrogate file or run) starts from its weights and scalers: a fine-tuning run,
-    typically with a smaller ``lr``.
+    typically with a smaller ``lr``. A new run into a directory that holds one needs
+    ``overwrite=True``; a resumed one must keep its ``seed`` and split fractions.
 
     Returns:
         The summary written to ``out/summary.json``: ``test`` holds ``n, mae_bp, median_bp,
@@ -271,7 +289,9 @@ def train_surrogate(
         if start.domain != domain:
             raise ValueError(f"--init surrogate domain differs from the dataset's: {init}")
         hidden, activation = start.hidden, start.activation
-    hidden, activation = _architecture(run, resume, hidden, activation, domain)
+    _check_fresh(run, resume, overwrite)
+    split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    hidden, activation = _architecture(run, resume, hidden, activation, domain, split)
     train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
     net = _build(domain, hidden, activation, seed)
     if start is not None:
@@ -302,7 +322,8 @@ def train_surrogate(
     val = _loader(x[val_idx], iv[val_idx], 65_536, shuffle=False, seed=seed)
     if init_distributed("auto").is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
-        arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict()}
+        arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict(),
+                "split": split}  # fmt: skip
         (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
     trainer.fit(train, val, resume=resume)
     if not init_distributed("auto").is_global_zero:

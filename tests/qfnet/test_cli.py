@@ -276,6 +276,14 @@ def test_demo_quick_writes_a_report_with_numbers(tmp_path):
         "hedge_report/hedge_ratio_vs_spot.png",
     ):
         assert (out / png).stat().st_size > 1000, png
+    # a second run into the same folder (a second `make demo`) failed on the first's dataset;
+    # it replaces the demo's folders, and leaves the user's files alone
+    (out / "mine.txt").write_text("keep")
+    again = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    second = summary(out / "report.md")["calibration"]
+    assert second["params"] == numbers["calibration"]["params"]
+    assert (out / "mine.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,20 @@ def test_resuming_on_a_dataset_of_another_domain_is_refused(tmp_path):
         train_surrogate(narrow, tmp_path / "run", resume=True, **common)
 
 
+def test_resuming_with_another_seed_or_into_a_held_run_is_refused(tmp_path):
+    # --resume --seed 5 on a seed-0 run went on silently, testing on rows it had trained on;
+    # a new run into a directory holding one replaced its checkpoints without a word
+    data = generate(tmp_path / "ds", model="sabr", n=64, progress=False)
+    common = {"epochs": 1, "batch_size": 32, "hidden": (8,), "device": "cpu", "progress": False}
+    train_surrogate(data, tmp_path / "run", **common)
+    with pytest.raises(ValueError, match=r"started with --seed 0, not 5"):
+        train_surrogate(data, tmp_path / "run", resume=True, seed=5, **common)
+    with pytest.raises(FileExistsError, match=r"already holds a run.*--overwrite replaces it"):
+        train_surrogate(data, tmp_path / "run", seed=5, **common)
+    summary = train_surrogate(data, tmp_path / "run", seed=5, overwrite=True, **common)
+    assert summary["seed"] == 5
+
+
 def test_labels_with_no_time_value_get_no_implied_vol(monkeypatch):
     import pricing._labels as labels
 

@@ -129,6 +129,14 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
     result = CliRunner().invoke(app, longer)
     assert result.exit_code == 1 and "learning-rate schedule was planned over" in result.output
+    result = CliRunner().invoke(app, [*base, "--hidden", "8"])  # the run is there: refused
+    assert (
+        result.exit_code == 1 and "--resume continues it, --overwrite replaces it" in result.output
+    )
+    result = CliRunner().invoke(app, [*base, "--hidden", "8", "--overwrite", "--lr", "1e30"])
+    assert result.exit_code == 1 and result.output.startswith("error:") and "step" in result.output
+    assert "Traceback" not in result.output
+    assert CliRunner().invoke(app, [*base, "--hidden", "8", "--overwrite"]).exit_code == 0
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     result = CliRunner().invoke(app, [*base, "--hidden", "8", "--resume"])
