@@ -513,11 +513,18 @@ def generate(
     ]
     from tqdm.auto import tqdm
 
+    unlabelled = 0
     with tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress) as bar:
         for index, frame in _run_tasks(tasks, workers, scheduler):
             _write_shard(frame, path / _shard_name(index))
+            unlabelled += int(frame["implied_vol"].isna().sum())
             bar.update(1)
-    _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks), compile)
+    _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
+                    unlabelled)  # fmt: skip
+    if unlabelled:
+        warnings.warn(f"{unlabelled} of {n} options got no implied vol (the {engine} engine "
+                      "gave no price with time value there); training drops those rows",
+                      stacklevel=2)  # fmt: skip
     return path
 
 
@@ -553,6 +560,7 @@ def _write_metadata(
     shard_size: int,
     n_shards: int,
     compiled: bool = False,
+    unlabelled: int = 0,
 ) -> None:
     meta = {
         "format": FORMAT,
@@ -565,6 +573,7 @@ def _write_metadata(
         "n": n,
         "shard_size": shard_size,
         "n_shards": n_shards,
+        "unlabelled": unlabelled,
         "shards": [_shard_name(i) for i in range(n_shards)],
         "domain": domain.to_dict(),
         "sampling_domain": sampling.to_dict(),

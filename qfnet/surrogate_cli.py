@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -89,27 +90,31 @@ def generate_command(
         names = sorted(k for k, v in NAMED_DOMAINS.items() if v.model == model)
         raise typer.BadParameter(f"for {model} must be one of {names}", param_hint="--domain")
     try:
-        path = generate(
-            out,
-            model=model,
-            domain=NAMED_DOMAINS[domain] if domain is not None else None,
-            n=n,
-            engine=engine,
-            seed=seed,
-            shard_size=shard_size,
-            workers=workers,
-            scheduler=scheduler,
-            margin=margin,
-            device=_checked_device(device),
-            compile=compile,
-        )
+        with warnings.catch_warnings():  # the count of unlabelled rows is in the line below
+            warnings.filterwarnings("ignore", message=r".* options got no implied vol")
+            path = generate(
+                out,
+                model=model,
+                domain=NAMED_DOMAINS[domain] if domain is not None else None,
+                n=n,
+                engine=engine,
+                seed=seed,
+                shard_size=shard_size,
+                workers=workers,
+                scheduler=scheduler,
+                margin=margin,
+                device=_checked_device(device),
+                compile=compile,
+            )
     except (OSError, ValueError) as err:  # an existing dataset, a bad --out, a dead scheduler
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1) from err
     meta = json.loads((path / "metadata.json").read_text())
+    unlabelled = meta.get("unlabelled", 0)
+    missing = f", {unlabelled} without a label (NaN; training drops them)" if unlabelled else ""
     typer.echo(
         f"wrote {meta['n']} {model} options ({meta['engine']}) in {meta['n_shards']} "
-        f"shards to {path}"
+        f"shards to {path}{missing}"
     )
 
 
