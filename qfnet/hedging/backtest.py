@@ -60,7 +60,14 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
         >>> raw.spot.shape, raw.spot[:, :2].tolist(), raw.variance
         (torch.Size([2, 6]), [[1.0, 1.01], [1.0, 0.98]], None)
     """
-    frame = pd.read_parquet(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"paths file {path}: no such file")
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"paths file {path}: not a readable Parquet file ({error})") from None
+    if len(frame) == 0:
+        raise ValueError(f"paths file {path}: no paths (0 rows)")
     steps = market.n_steps
     variance = None
     if {"path", "step", "spot"} <= set(frame.columns):

@@ -138,6 +138,15 @@ def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
     wide.to_parquet(tmp_path / "neg.parquet")
     with pytest.raises(ValueError, match=r"path 1, step 3: price -1.0 is not a positive number"):
         read_paths(tmp_path / "neg.parquet", market)
+    # a missing file said only its name; an empty one failed in torch.cat
+    with pytest.raises(FileNotFoundError, match=r"paths file .*nope.parquet: no such file"):
+        read_paths(tmp_path / "nope.parquet", market)
+    wide.iloc[:0].to_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(ValueError, match=r"no paths \(0 rows\)"):
+        read_paths(tmp_path / "empty.parquet", market)
+    (tmp_path / "text.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"not a readable Parquet file"):
+        read_paths(tmp_path / "text.parquet", market)
 
 
 @pytest.mark.parametrize(
