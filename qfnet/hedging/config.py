@@ -422,9 +422,11 @@ def load_config(path: str | Path) -> HedgeConfig:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if data is None:  # an empty file ran 200k-path training on the defaults without a word
+        raise ConfigError(f"config {path} is empty (write '{{}}' to take every default)")
     return config_from_dict(data, base_dir=path.parent)
 
 

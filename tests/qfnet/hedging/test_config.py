@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qfnet.hedging.config import ConfigError, config_from_dict, load_config
+from qfnet.hedging.config import ConfigError, HedgeConfig, config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "data" / "configs"
 
@@ -79,6 +79,11 @@ def test_yaml_errors_and_calibration_file(tmp_path: Path) -> None:
     bad.write_text("market: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(bad)
+    bad.write_text("\n# only a comment\n")  # empty: ran on every default before
+    with pytest.raises(ConfigError, match=r"bad.yaml is empty \(write '\{\}'"):
+        load_config(bad)
+    bad.write_text("{}\n")
+    assert load_config(bad).seed == HedgeConfig().seed
     params = {"v0": 0.05, "kappa": 2.0, "theta": 0.06, "sigma": 0.4, "rho": -0.5}
     (tmp_path / "fit.json").write_text(json.dumps({"model": "heston", "params": params}))
     cfg_file = tmp_path / "cfg.yaml"
