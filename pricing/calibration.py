@@ -580,9 +580,11 @@ def _method_key(model: str, method: str) -> tuple[str, str]:
     if key in _UNAVAILABLE:
         raise NotImplementedError(f"method {method!r} for {model}: {_UNAVAILABLE[key]}")
     if key not in _REGISTRY:
+        later = sorted(m for (name, m) in _UNAVAILABLE if name == model)
+        more = f"; after an import: {', '.join(later)}" if later else ""
         raise ValueError(
             f"unknown method {method!r} for {model}; available: "
-            f"{', '.join(available_methods(model))}"
+            f"{', '.join(available_methods(model))}{more}"
         )
     return key
 

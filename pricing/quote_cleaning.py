@@ -261,7 +261,10 @@ def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFr
     given_iv = out["implied_vol"] if "implied_vol" in out else pd.Series(np.nan, index=out.index)
     needs_price = given_iv.isna()
     if "option_type" not in out:
-        if needs_price.any():
+        # a row with neither vol nor price just has no vol (as a price outside the bounds);
+        # only prices need the option type (blaming it for a missing vol misled)
+        priced = needs_price & out["mid"].notna()
+        if priced.any():
             raise QuoteError(
                 "prices without an option_type column cannot be turned into vols",
                 column="option_type",

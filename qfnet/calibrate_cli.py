@@ -60,6 +60,22 @@ def result_json(
     return _clean(out)
 
 
+def _check_options(model: str, method: str, weights: str, beta: float | None) -> None:
+    """Misused options are usage errors naming the option (exit 2), before any file is read."""
+    from pricing.calibration import available_methods
+
+    known = set(available_methods(model)) | (
+        {"surrogate", "network"} if model == "heston" else set()
+    )
+    if method not in known:
+        raise typer.BadParameter(f"{method!r}: {model} takes {', '.join(sorted(known))}",
+                                 param_hint="--method")  # fmt: skip
+    if weights not in ("equal", "vega", "spread"):
+        raise typer.BadParameter(f"{weights!r}: use equal, vega or spread", param_hint="--weights")
+    if beta is not None and not 0.0 <= beta <= 1.0:
+        raise typer.BadParameter(f"{beta}: SABR beta lies in [0, 1]", param_hint="--beta")
+
+
 def calibrate_command(
     model: Annotated[
         str, typer.Option("--model", help="heston (whole surface) or sabr (per expiry).")
@@ -109,6 +125,7 @@ def calibrate_command(
         raise _fail(f"{quotes}: no such file")
     if model == "heston" and (beta is not None or free_beta):
         raise typer.BadParameter("--beta and --free-beta are SABR options", param_hint="--model")
+    _check_options(model, method, weights, beta)
     options: dict[str, Any] = {"free_beta": True} if free_beta else {}
     # The qfnet-side methods register themselves with pricing.calibration when imported; the
     # network method also registers the network as the global start of direct and surrogate.
@@ -141,8 +158,10 @@ def calibrate_command(
         raise _fail(f"cannot write {out}: {error}") from error
     if report is not None:
         typer.echo(str(report))
-    typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes, "
-               f"{result.seconds:.2f} s -> {out}")  # fmt: skip
+    rows = "row" if result.n_dropped == 1 else "rows"
+    unused = f" ({result.n_dropped} {rows} without a vol left out)" if result.n_dropped else ""
+    typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes"
+               f"{unused}, {result.seconds:.2f} s -> {out}")  # fmt: skip
     if plot:
         from pricing.smile_plot import plot_smiles
 

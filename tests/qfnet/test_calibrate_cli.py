@@ -98,8 +98,15 @@ def test_unknown_model_and_method_are_rejected(smile_file: Path, tmp_path: Path)
     out = str(tmp_path / "fit.json")
     base = ["calibrate", "--quotes", str(smile_file), "--out", out]
     assert CliRunner().invoke(_app(), [*base, "--model", "bates"]).exit_code == 2
-    result = CliRunner().invoke(_app(), [*base, "--model", "sabr", "--method", "magic"])
-    assert result.exit_code == 1 and "unknown method 'magic'" in result.output
+    # misused options are usage errors naming the option (the README's contract: exit 2)
+    for args, message in ((["--method", "magic"], "sabr takes direct, quantlib"),
+                          (["--weights", "heavy"], "use equal, vega or spread"),
+                          (["--beta", "1.5"], "SABR beta lies in [0, 1]")):  # fmt: skip
+        result = CliRunner().invoke(_app(), [*base, "--model", "sabr", *args])
+        assert result.exit_code == 2 and args[0] in result.output, result.output
+        assert message in " ".join(result.output.split()), result.output
+    heston = CliRunner().invoke(_app(), [*base, "--model", "heston", "--method", "magic"])
+    assert heston.exit_code == 2 and "surrogate" in heston.output  # it was left out of the list
 
 
 def test_conflicting_options_and_unwritable_output_end_with_an_error(
@@ -135,3 +142,15 @@ def test_heston_direct_starts_from_the_calibration_network(tmp_path: Path) -> No
             "dax_2002_sepp" / "implied_vols.csv"), "--out", str(tmp_path / "fit.json")]  # fmt: skip
     assert CliRunner().invoke(_app(), args).exit_code == 0
     assert "network" in calibration._STARTS.get("heston", {})
+
+
+def test_no_clean_leaves_out_a_row_without_vol_or_price_and_says_so(tmp_path: Path) -> None:
+    # one empty implied_vol in a vol-only file blamed a missing option_type column
+    dax = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    table = pd.read_csv(dax).assign(implied_vol=lambda t: t["implied_vol"].mask(t.index == 5))
+    table.to_csv(tmp_path / "q.csv", index=False)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(tmp_path / "q.csv"), "--out",
+            str(tmp_path / "fit.json"), "--no-clean"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert f"over {len(table) - 1} quotes (1 row without a vol left out)" in result.output
