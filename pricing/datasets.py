@@ -62,7 +62,7 @@ class DomainError(ValueError):
         ...     "rho": 0.5, "maturity": 1.0, "log_moneyness": 0.0})
         Traceback (most recent call last):
         ...
-        pricing.datasets.DomainError: rho = 0.5 at row 0 is outside the heston surrogate domain ...
+        pricing.datasets.DomainError: rho = 0.5 at index 0 is outside the heston surrogate domain ...
     """
 
 
@@ -163,7 +163,8 @@ class Domain:
             if outside.any():
                 row = int(np.flatnonzero(outside)[0])
                 raise DomainError(
-                    f"{name} = {float(arrays[name][row])!r} at row {row} is outside the {self.model} "
+                    f"{name} = {float(arrays[name][row])!r} at index {row} is outside the "
+                    f"{self.model} "
                     f"surrogate domain {text} ({int(outside.sum())} rows outside); the surrogate "
                     "never extrapolates"
                 )

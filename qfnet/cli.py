@@ -105,10 +105,18 @@ def price(
     surrogate: Path | None = typer.Option(None, help="Surrogate run or model file."),
 ) -> None:
     """Price every row of a quote table; writes its columns plus price and implied_vol."""
+    # misused options are usage errors naming the option (exit 2), before the file is read
     if model not in ("bs", "heston", "sabr"):
-        raise fail(f"--model: unknown model {model!r}; choose bs, heston or sabr")
+        raise typer.BadParameter(f"{model!r}: choose bs, heston or sabr", param_hint="--model")
     if engine not in ENGINES:
-        raise fail(f"--engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        raise typer.BadParameter(f"{engine!r}: choose one of {', '.join(ENGINES)}",
+                                 param_hint="--engine")  # fmt: skip
+    if engine == "mc" and paths < _MIN_MC_PATHS:
+        raise typer.BadParameter(f"{paths}: need at least {_MIN_MC_PATHS} paths (three "
+                                 "antithetic pairs: the control-variate error estimate needs "
+                                 "three samples)", param_hint="--paths")  # fmt: skip
+    if engine == "mc" and steps < 1:
+        raise typer.BadParameter(f"{steps}: need at least 1 time step", param_hint="--steps")
     table = read_table(quotes)
     try:
         if engine in ("analytic", "quantlib"):
@@ -155,11 +163,6 @@ def _price_mc(
     from pricing.monte_carlo import price_european_rows
     from pricing.quotes import require_columns
 
-    if paths < _MIN_MC_PATHS:
-        raise fail(f"--paths: need at least {_MIN_MC_PATHS} paths (three antithetic pairs: "
-                   f"the control-variate error estimate needs three samples), got {paths}")  # fmt: skip
-    if steps < 1:
-        raise fail(f"--steps: need at least 1 time step, got {steps}")
     require_columns(table, ["option_type"], "pricing")
     f, d = forward_and_discount(table)
     k, t = table["strike"].to_numpy(float), table["maturity"].to_numpy(float)

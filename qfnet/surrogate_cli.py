@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,7 @@ import torch
 import typer
 
 from pricing import black_scholes
-from pricing.datasets import ENGINES, NAMED_DOMAINS, check_device, generate
+from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
 from qfnet.surrogate import implied_vol, load_surrogate
 
 __all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
@@ -212,7 +213,7 @@ def _column(df: pd.DataFrame, name: str, default: float | None = None) -> torch.
     bad = ~np.isfinite(values)
     if bad.any():
         raise ValueError(
-            f"column {name!r} is not a finite number at row {int(np.flatnonzero(bad)[0])}"
+            f"column {name!r} is not a finite number at row {int(np.flatnonzero(bad)[0]) + 1}"
         )
     return torch.tensor(values)
 
@@ -226,7 +227,7 @@ def _is_call(df: pd.DataFrame) -> torch.Tensor:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(
-            f"option_type must be call or put, got {df['option_type'].iloc[row]!r} at row {row}"
+            f"option_type must be call or put, got {df['option_type'].iloc[row]!r} at row {row + 1}"
         )
     return torch.tensor(call.to_numpy(dtype=bool))
 
@@ -249,8 +250,9 @@ def surrogate_price_rows(
         ``(price, implied_vol)`` arrays, one entry per row.
 
     Raises:
-        ValueError: a missing or non-numeric column, a bad option type (naming the row).
-        pricing.datasets.DomainError: a row outside the surrogate's domain (naming field and row).
+        ValueError: a missing or non-numeric column, a bad option type (naming the 1-based row).
+        pricing.datasets.DomainError: a row outside the surrogate's domain (naming field and
+            1-based row).
 
     Examples:
         >>> rows = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "spot": 100.0,
@@ -278,7 +280,11 @@ def surrogate_price_rows(
     if net.domain.model == "sabr":
         params["alpha"] = params["alpha"] * forward ** (params["beta"] - 1.0)
     with torch.no_grad():
-        iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
+        try:
+            iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
+        except DomainError as error:  # its array index, as the table's 1-based row
+            raise DomainError(re.sub(r"at index (\d+)", lambda m: f"at row {int(m[1]) + 1}",
+                                     str(error), count=1)) from None  # fmt: skip
         value = black_scholes.black_price(
             forward=forward,
             strike=k,

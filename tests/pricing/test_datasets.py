@@ -65,7 +65,7 @@ def test_domain_edges_are_inclusive_within_relative_tolerance():
 
 def test_domain_check_names_field_row_and_bounds():
     query = _heston_query(maturity=np.array([1.0, 1.0, 5.0]))
-    with pytest.raises(DomainError, match=r"maturity = 5.0 at row 2 .*\[0.0821\d*, 3\]"):
+    with pytest.raises(DomainError, match=r"maturity = 5.0 at index 2 .*\[0.0821\d*, 3\]"):
         HESTON_DOMAIN.check(query)
     with pytest.raises(DomainError, match="log_moneyness"):
         HESTON_DOMAIN.check(_heston_query(log_moneyness=0.6))

@@ -85,7 +85,7 @@ def test_mc_bad_sizes_name_the_option(
 ) -> None:
     args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(tmp_path / "o.csv")]
     result = runner.invoke(app, [*args, "--engine", "mc", option, value])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error, as the README says
     assert option in result.output
 
 

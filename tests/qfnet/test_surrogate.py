@@ -94,7 +94,7 @@ def test_out_of_domain_queries_are_refused_or_flagged_never_extrapolated():
     net = build_surrogate("heston", hidden=(8,))
     k = np.array([0.0, 0.05, 0.0])
     t = np.array([1.0, 1.0, 4.0])
-    with pytest.raises(DomainError, match=r"maturity = 4\.0 at row 2"):
+    with pytest.raises(DomainError, match=r"maturity = 4\.0 at index 2"):
         implied_vol(net, maturity=t, log_moneyness=k, **HESTON)
     with pytest.raises(DomainError, match="v0"):
         implied_vol(net, maturity=1.0, log_moneyness=0.0, **{**HESTON, "v0": 0.3})

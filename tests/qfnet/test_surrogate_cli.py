@@ -101,14 +101,15 @@ def test_price_rows_use_spot_rate_dividend_or_forward_discount(quotes, untrained
 def test_price_rows_name_the_bad_column_row_or_domain_field(quotes, untrained):
     with pytest.raises(ValueError, match="'kappa'"):
         surrogate_price_rows(quotes.drop(columns=["kappa"]), untrained)
+    # rows are the table's, counted from 1 as every other quote error (they were 0-based)
     bad_type = quotes.assign(option_type=["call", "straddle", "put"])
-    with pytest.raises(ValueError, match="at row 1"):
+    with pytest.raises(ValueError, match="at row 2"):
         surrogate_price_rows(bad_type, untrained)
     bad_number = quotes.assign(strike=[105.0, "x", 100.0])
-    with pytest.raises(ValueError, match="'strike' is not a finite number at row 1"):
+    with pytest.raises(ValueError, match="'strike' is not a finite number at row 2"):
         surrogate_price_rows(bad_number, untrained)
     far = quotes.assign(strike=[105.0, 95.0, 400.0])
-    with pytest.raises(DomainError, match=r"log_moneyness .* at row 2"):
+    with pytest.raises(DomainError, match=r"log_moneyness .* at row 3 is outside"):
         surrogate_price_rows(far, untrained)
 
 
