@@ -121,6 +121,8 @@ def calibrate_command(
     """
     if model not in ("heston", "sabr"):
         raise typer.BadParameter("must be heston or sabr", param_hint="--model")
+    if out.suffix.lower() != ".json":  # a.csv got the JSON, next to a_residuals.csv
+        raise typer.BadParameter(f"{out}: the result is JSON, name it .json", param_hint="--out")
     if not quotes.exists():
         raise _fail(f"{quotes}: no such file")
     if model == "heston" and (beta is not None or free_beta):

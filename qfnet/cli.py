@@ -65,8 +65,17 @@ def read_table(path: Path, *, allow_crossed: bool = False) -> pd.DataFrame:
         raise fail(str(error)) from error
 
 
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def check_table_out(path: Path) -> None:
+    """``--out`` must name a table format (x.txt was written as CSV): a usage error if not."""
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise typer.BadParameter(f"{path}: write .csv or .parquet", param_hint="--out")
+
+
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write CSV or Parquet by the file extension (``.parquet``/``.pq`` or anything else as CSV)."""
+    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(path, index=False)
@@ -117,6 +126,7 @@ def price(
                                  "three samples)", param_hint="--paths")  # fmt: skip
     if engine == "mc" and steps < 1:
         raise typer.BadParameter(f"{steps}: need at least 1 time step", param_hint="--steps")
+    check_table_out(out)
     table = read_table(quotes)
     try:
         if engine in ("analytic", "quantlib"):
@@ -193,6 +203,7 @@ def iv(
     the file has a 'shift' column; unsolvable rows get NaN and a status reason."""
     from pricing.quote_cleaning import attach_forwards
 
+    check_table_out(out)
     table = read_table(quotes, allow_crossed=True)  # a crossed row gets a status, not an error
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
         raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")

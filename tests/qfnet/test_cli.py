@@ -520,3 +520,15 @@ def test_iv_of_a_shifted_file_is_the_shifted_black_vol(tmp_path):
     ivs = pd.read_csv(out)
     assert (ivs["status"] == "ok").all(), ivs["status"].tolist()
     np.testing.assert_allclose(ivs["implied_vol"], vols.numpy(), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize(("command", "out"), [("price", "p.txt"), ("iv", "v.xlsx"),
+                                              ("calibrate", "fit.csv")])  # fmt: skip
+def test_an_output_name_of_another_format_is_a_usage_error(bs_quotes, tmp_path, command, out):
+    # price --out x.txt wrote CSV, calibrate --out a.csv wrote JSON into it
+    path, _ = bs_quotes
+    extra = {"price": ["--model", "bs"], "iv": [], "calibrate": ["--model", "sabr"]}[command]
+    result = runner.invoke(app, [command, *extra, "--quotes", str(path), "--out",
+                                 str(tmp_path / out)])  # fmt: skip
+    assert result.exit_code == 2 and "--out" in result.output, result.output
+    assert not (tmp_path / out).exists()
