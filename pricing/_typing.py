@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_DTYPE", "TensorLike", "as_tensors", "call_flags", "is_call_tensor"]
+__all__ = ["DEFAULT_DTYPE", "TensorLike", "as_tensors", "call_flag", "call_flags", "is_call_tensor"]
 
 TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
 """Anything that :func:`torch.as_tensor` turns into a float tensor."""
@@ -57,6 +57,20 @@ def call_flags(is_call: object, device: torch.device | str | None = None) -> tor
     if raw.dtype != torch.bool and not bool(((raw == 0) | (raw == 1)).all()):
         raise ValueError(f"is_call must be booleans or 0/1, got {is_call!r}")
     return raw.to(torch.bool)
+
+
+def call_flag(is_call: object) -> bool:
+    """A single ``is_call`` flag as a bool (see :func:`call_flags`), for pricers of one option
+    type per call (a string such as ``"False"`` was truthy: it priced a call).
+
+    Examples:
+        >>> call_flag(False), call_flag(1)
+        (False, True)
+    """
+    flags = call_flags(is_call)
+    if flags.numel() != 1:
+        raise ValueError(f"is_call must be one flag here, got shape {tuple(flags.shape)}")
+    return bool(flags.reshape(()))
 
 
 def is_call_tensor(

@@ -126,7 +126,12 @@ def discrete_barrier_shift(
         >>> round(float(discrete_barrier_shift(110.0, 0.2, 1 / 252, down=False)), 4)
         110.8104
     """
+    if not interval > 0:  # a negative one was a math domain error, NaN a NaN barrier
+        raise ValueError(f"interval must be positive, got {interval}")
+    if not barrier > 0:
+        raise ValueError(f"barrier must be positive, got {barrier}")
     (vol,) = as_tensors(volatility)
+    check_positive(volatility=vol)
     sign = -1.0 if down else 1.0
     return barrier * torch.exp(sign * _BGK_BETA * vol * math.sqrt(interval))
 

@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
+from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flag
 from pricing._validation import check_finite, check_nonnegative, check_positive
 
 __all__ = ["geometric_asian_price", "levy_asian_price"]
@@ -99,7 +99,7 @@ def geometric_asian_price(
         maturity=1.0,
         volatility=var.sqrt(),
         discount=math.exp(-rate * maturity),
-        is_call=torch.as_tensor(is_call),
+        is_call=is_call,  # black_price checks the flags
     )
 
 
@@ -152,6 +152,8 @@ def levy_asian_price(
         >>> round(float(p), 4)  # Haug (1998), p. 100
         0.0944
     """
+    is_call = call_flag(is_call)  # "False" was truthy: it priced a call
+    check_finite(rate=torch.tensor(float(rate)), dividend=torch.tensor(float(dividend)))
     tensors = as_tensors(spot, strike, maturity, volatility, running_average, elapsed)
     dtype = tensors[0].dtype  # of the result; the formula runs in float64 (see the docstring)
     s, k, t2, vol, average, past = (v.to(torch.float64) for v in tensors)

@@ -13,8 +13,8 @@ import math
 import torch
 
 from pricing._special import ndtr
-from pricing._typing import TensorLike, as_tensors
-from pricing._validation import check_positive
+from pricing._typing import TensorLike, as_tensors, call_flag
+from pricing._validation import check_finite, check_positive
 from pricing.analytic_barrier import _BGK_BETA  # the discrete-monitoring shift's constant
 
 __all__ = ["discrete_lookback_price", "lookback_price"]
@@ -79,6 +79,8 @@ def lookback_price(
         raise ValueError(f"kind must be 'floating' or 'fixed', got {kind!r}")
     if (strike is None) != (kind == "floating"):
         raise ValueError("strike is required for kind='fixed' and not taken for kind='floating'")
+    is_call = call_flag(is_call)  # "False" was truthy: it priced a call
+    check_finite(rate=torch.tensor(float(rate)), dividend=torch.tensor(float(dividend)))
     values = (spot, running_extremum, maturity, volatility) + (() if strike is None else (strike,))
     tensors = as_tensors(*values)
     dtype = tensors[0].dtype  # of the result; the formulas run in float64 (see the docstring)
@@ -143,6 +145,7 @@ def discrete_lookback_price(
     """
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval}")
+    is_call = call_flag(is_call)
     spot_t, extremum_t, vol_t = as_tensors(spot, running_extremum, volatility)
     maximum = (kind == "floating") != is_call
     sign = -1.0 if maximum else 1.0

@@ -105,7 +105,10 @@ class HestonParams:
 
 
 def _validate_params(*values: TensorLike) -> None:
-    named = {n: torch.as_tensor(v).detach() for n, v in zip(PARAM_NAMES, values, strict=True)}
+    # Python numbers and lists are checked in float64 (as_tensor's float32 rounded rho =
+    # 0.99999999 to 1 and theta = 1e-50 to 0, refusing valid parameters)
+    named = {n: v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=DEFAULT_DTYPE)
+             for n, v in zip(PARAM_NAMES, values, strict=True)}  # fmt: skip
     check_finite(**named)
     check_where("v0", named["v0"], named["v0"] >= 0, ">= 0")
     for name in ("kappa", "theta", "sigma"):
@@ -155,6 +158,8 @@ def characteristic_function(
         dtype=torch.float64,
         device=u.device,
     )
+    check_finite(maturity=values[2])  # a NaN or negative maturity gave a value, not an error
+    check_where("maturity", values[2], values[2] >= 0, ">= 0")
     phi = cexp(log_characteristic((values[0], values[1]), *values[2:]))
     return torch.complex(*phi)
 

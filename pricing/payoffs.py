@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from pricing._typing import TensorLike
+from pricing._typing import TensorLike, call_flag, call_flags
 
 __all__ = [
     "BARRIER_TYPES",
@@ -156,6 +156,8 @@ def barrier_hit_probabilities(
     """
     _check_paths(paths)
     _check_grid_matches(paths, time_grid)
+    if not barrier > 0:  # NaN too: a barrier of -90 or NaN was "never hit"
+        raise ValueError(f"barrier must be positive, got {barrier}")
     distance = (paths / barrier).log()  # (N, T+1)
     if not down:
         distance = -distance
@@ -223,6 +225,8 @@ def barrier(
         raise ValueError(f"barrier must be positive, got {barrier}")
     if not (math.isfinite(rebate) and rebate >= 0):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
+    if not math.isfinite(rate):  # a NaN rate made the knock-out rebate's accrual NaN
+        raise ValueError(f"rate must be finite, got {rate}")
     _check_paths(paths)
     parts = [
         _barrier_block(
@@ -386,7 +390,8 @@ def lookback(
         >>> lookback(p, kind="floating", is_call=True).tolist()
         [20.0]
     """
-    use_max = (kind == "floating") != bool(is_call)
+    is_call = call_flag(is_call)  # "False" was truthy: it paid a call
+    use_max = (kind == "floating") != is_call
     if kind not in ("floating", "fixed"):
         raise ValueError(f"kind must be 'floating' or 'fixed', got {kind!r}")
     ext = path_extremum(
@@ -417,7 +422,7 @@ def _vanilla(underlying: torch.Tensor, strike: TensorLike, is_call: TensorLike) 
         raise ValueError(f"strike must be a scalar or 1-D, got shape {tuple(k.shape)}")
     if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
         raise ValueError("strike must be finite and non-negative")
-    call = torch.as_tensor(is_call, dtype=torch.bool, device=underlying.device)
+    call = call_flags(is_call, device=underlying.device)  # 0.5 or 2 was a call
     x = underlying[:, None] if k.ndim == 1 or call.ndim == 1 else underlying
     sign = torch.where(call, 1.0, -1.0).to(underlying.dtype)
     return (sign * (x - k)).clamp_min(0.0)
@@ -482,3 +487,8 @@ def _check_grid_matches(paths: torch.Tensor, time_grid: torch.Tensor) -> None:
         raise ValueError(
             f"time_grid has {time_grid.numel()} points but paths have {paths.shape[1]} columns"
         )
+    # a decreasing grid gave hit probabilities of 66 and -472571, an all-equal one NaN averages
+    steps = time_grid.diff()
+    if not bool(torch.isfinite(time_grid).all()) or not bool((steps > 0).all()):
+        raise ValueError(f"time_grid must be finite and strictly increasing, got "
+                         f"{time_grid.tolist() if time_grid.numel() <= 8 else 'another'}")  # fmt: skip

@@ -162,3 +162,15 @@ def test_low_volatility_matches_quantlib_where_the_reflection_factors_are_huge(
         ours = float(barrier_price(**args))
         reference = bs_barrier_price(**args)
         assert ours == pytest.approx(reference, rel=1e-7, abs=1e-12), (is_call, ours, reference)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"interval": -1 / 252}, "interval"),
+                                                 ({"volatility": float("nan")}, "volatility"),
+                                                 ({"barrier": -110.0}, "barrier")])  # fmt: skip
+def test_discrete_barrier_shift_refuses_bad_inputs(kwargs, message):
+    # a negative interval was a math domain error, a NaN vol a NaN barrier
+    from pricing.analytic_barrier import discrete_barrier_shift
+
+    args = {"barrier": 110.0, "volatility": 0.2, "interval": 1 / 252, "down": False} | kwargs
+    with pytest.raises(ValueError, match=message):
+        discrete_barrier_shift(**args)

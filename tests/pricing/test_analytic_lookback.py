@@ -158,3 +158,24 @@ def test_zero_carry_is_the_limit_of_symmetric_carries(case: dict) -> None:
 
     limit = (4.0 * average(5e-5) - average(1e-4)) / 3.0
     assert float(lookback_price(**base)) == pytest.approx(limit, rel=2e-8)
+
+
+@pytest.mark.parametrize("bad", ["False", 0.5, 2])
+def test_option_type_must_be_a_flag_not_a_truthy_value(bad):
+    # "False" was truthy: the floating lookback priced a call (and skipped the extremum check)
+    args = dict(spot=120.0, running_extremum=130.0, maturity=1.0, volatility=0.3)
+    with pytest.raises((TypeError, ValueError), match="is_call"):
+        lookback_price(**args, is_call=bad)
+    with pytest.raises((TypeError, ValueError), match="is_call"):
+        discrete_lookback_price(**args, is_call=bad, interval=1 / 12)
+    paths = torch.full((2, 3), 120.0, dtype=torch.float64)
+    with pytest.raises((TypeError, ValueError), match="is_call"):
+        lookback_payoff(paths, kind="floating", is_call=bad)
+    assert float(lookback_price(**args, is_call=0)) == float(lookback_price(**args, is_call=False))
+
+
+@pytest.mark.parametrize(("field", "value"), [("rate", math.nan), ("dividend", math.inf)])
+def test_non_finite_rate_or_dividend_is_refused(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be finite"):
+        lookback_price(spot=100.0, running_extremum=100.0, maturity=1.0, volatility=0.3,
+                       **{field: value})  # fmt: skip

@@ -478,3 +478,18 @@ def test_quantlib_adapter_forward_inputs_and_table_match_spot_inputs():
     }
     table.update({n: np.full(2, common[n]) for n in ("v0", "kappa", "theta", "sigma", "rho")})
     np.testing.assert_allclose(qlref.heston_price_table(table), from_spot, rtol=1e-12, atol=0.0)
+
+
+def test_parameters_given_as_python_numbers_are_checked_in_float64():
+    # float32 checks rounded rho = 0.99999999 to 1 and theta = 1e-50 to 0, refusing them
+    params = heston.HestonParams(v0=0.04, kappa=1.5, theta=1e-50, sigma=0.5, rho=0.99999999)
+    assert params.rho == 0.99999999
+    with pytest.raises(ValueError, match=r"v0 must be >= 0; got -0.01 at index 1"):
+        heston.HestonParams(v0=[0.04, -0.01], kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+
+
+@pytest.mark.parametrize(("maturity", "message"), [(math.nan, "finite"), (-1.0, ">= 0")])
+def test_characteristic_function_checks_the_maturity(maturity, message):
+    with pytest.raises(ValueError, match=f"maturity must be {message}"):
+        heston.characteristic_function(torch.tensor([0.5]), maturity=maturity, v0=0.04,
+                                       kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)  # fmt: skip

@@ -92,3 +92,14 @@ def test_geometric_asian_bad_input_names_the_field(kwargs: dict, field: str) -> 
     args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "volatility": 0.2} | kwargs
     with pytest.raises(ValueError, match=rf"^{field} must be finite"):
         geometric_asian_price(**args)
+
+
+def test_option_type_must_be_a_flag_and_rates_finite():
+    # is_call="False" priced the call (5.1426 for a put of 3.7157); a NaN rate gave NaN
+    args = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, rate=0.06, dividend=0.03)
+    with pytest.raises(TypeError, match="is_call"):
+        levy_asian_price(**args | {"is_call": "False"})
+    assert float(levy_asian_price(**args, is_call=0)) == float(levy_asian_price(**args,
+                                                                                is_call=False))  # fmt: skip
+    with pytest.raises(ValueError, match="rate must be finite"):
+        levy_asian_price(**args | {"rate": math.nan})

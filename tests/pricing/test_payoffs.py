@@ -246,3 +246,28 @@ def test_negative_barrier_rebate_is_refused():
             rebate=-5.0,
             time_grid=torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
         )
+
+
+@pytest.mark.parametrize("grid", [[1.0, 0.5, 0.0], [1.0, 1.0, 1.0], [0.0, math.nan, 1.0]])
+def test_time_grids_must_increase(grid):
+    # a decreasing grid gave hit probabilities of 66 and -472571; equal times NaN averages
+    paths = torch.tensor([[100.0, 95.0, 80.0]], dtype=torch.float64)
+    grid = torch.tensor(grid, dtype=torch.float64)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        payoffs.barrier_hit_probabilities(paths, barrier=90.0, down=True, time_grid=grid)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        payoffs.asian(paths, strike=90.0, time_grid=grid)
+
+
+@pytest.mark.parametrize("barrier", [-90.0, math.nan])
+def test_a_barrier_that_is_not_positive_is_refused(barrier):
+    paths = torch.tensor([[100.0, 95.0, 80.0]], dtype=torch.float64)
+    grid = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="barrier must be positive"):
+        payoffs.barrier_hit_probabilities(paths, barrier=barrier, down=True, time_grid=grid)
+
+
+@pytest.mark.parametrize("is_call", [0.5, 2, "call"])
+def test_vanilla_payoffs_take_flags_not_truthy_values(is_call):
+    with pytest.raises((TypeError, ValueError), match="is_call"):
+        payoffs.european(torch.ones(2, 3, dtype=torch.float64), strike=1.0, is_call=is_call)
