@@ -127,7 +127,15 @@ def test_conflicting_options_and_unwritable_output_end_with_an_error(
 def test_a_file_that_cleaning_empties_ends_with_the_report(tmp_path: Path) -> None:
     quotes = tmp_path / "zero_bids.csv"
     quotes.write_text("option_type,strike,maturity,spot,bid,ask\ncall,100,1,100,0,1\n")
-    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out", str(tmp_path / "o.json")]
+    args = [
+        "calibrate",
+        "--model",
+        "sabr",
+        "--quotes",
+        str(quotes),
+        "--out",
+        str(tmp_path / "o.json"),
+    ]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 1
     assert "no quote is left after cleaning" in result.output and "1  zero_bid" in result.output
