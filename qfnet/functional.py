@@ -107,6 +107,12 @@ def transaction_costs(
     """
     h, p = _check_positions_prices(positions, prices)
     rate = torch.as_tensor(cost, dtype=p.dtype, device=p.device)
+    # (2,) rates for one instrument broadcast into two charges; a negative rate paid to trade
+    if rate.shape not in ((), (p.shape[-1],)):
+        raise ValueError(f"cost must be one rate or one per instrument (H = {p.shape[-1]}), "
+                         f"got shape {tuple(rate.shape)}")  # fmt: skip
+    if not bool((torch.isfinite(rate) & (rate >= 0)).all()):
+        raise ValueError(f"cost must be finite and >= 0, got {rate.tolist()}")
     tr = trades(h, liquidate=liquidate)  # (N, T+1, H)
     return (tr.abs() * p * rate).sum(dim=(1, 2))
 
@@ -153,6 +159,8 @@ def hedge_pnl(
         - positions: (N, T) or (N, T, H)
         - prices: (N, T + 1) or (N, T + 1, H)
         - payoff: (N,)
+        - premium: () or (N,)
+        - cost: () or (H,)
         - income: like positions
         - output: (N,)
 
@@ -170,6 +178,9 @@ def hedge_pnl(
         raise ValueError(
             f"payoff must have shape (N,) = ({h.shape[0]},), got {tuple(payoff.shape)}"
         )
+    if torch.as_tensor(premium).shape not in ((), (h.shape[0],)):  # (N, 1) made (N, N)
+        raise ValueError(f"premium must be a number or have shape (N,) = ({h.shape[0]},), "
+                         f"got {tuple(torch.as_tensor(premium).shape)}")  # fmt: skip
     increments = p[:, 1:] - p[:, :-1]  # (N, T, H)
     if income is not None:
         increments = increments + _as_instruments(income, "income")
@@ -190,6 +201,7 @@ def value_at_risk(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
         tensor(40.1000)
     """
     _check_alpha(alpha)
+    _check_pnl(pnl)
     return torch.quantile(-pnl, alpha)
 
 
@@ -213,7 +225,8 @@ def expected_shortfall(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
         tensor(-2.)
     """
     _check_alpha(alpha)
-    loss = -pnl.flatten()
+    _check_pnl(pnl)
+    loss = -pnl
     n = loss.numel()
     tail = n * (1.0 - alpha)
     k = max(1, math.ceil(tail - 1e-9))
@@ -245,6 +258,7 @@ def expected_shortfall_ru(
         tensor(-2.)
     """
     _check_alpha(alpha)
+    _check_pnl(pnl)
     w = torch.as_tensor(var_level, dtype=pnl.dtype, device=pnl.device)
     return w + torch.relu(-pnl - w).mean() / (1.0 - alpha)
 
@@ -270,7 +284,8 @@ def entropic_risk(
         tensor(-2.)
     """
     g = _check_risk_aversion(risk_aversion, notional)
-    x = -g * pnl.flatten()
+    _check_pnl(pnl)
+    x = -g * pnl
     return (torch.logsumexp(x, dim=0) - math.log(x.numel())) / g
 
 
@@ -307,6 +322,7 @@ def pnl_variance(pnl: torch.Tensor) -> torch.Tensor:
         >>> pnl_variance(torch.tensor([1.0, 3.0]))
         tensor(1.)
     """
+    _check_pnl(pnl)
     return pnl.var(unbiased=False)
 
 
@@ -340,7 +356,17 @@ def iv_error_bp(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         >>> iv_error_bp(torch.tensor([0.2010]), torch.tensor([0.2000])).round()
         tensor([10.])
     """
+    if predicted.shape != target.shape:  # (N, 1) against (N,) broadcast to (N, N)
+        raise ValueError(f"predicted and target must have one shape, got "
+                         f"{tuple(predicted.shape)} and {tuple(target.shape)}")  # fmt: skip
     return (predicted - target).abs() * 1e4
+
+
+def _check_pnl(pnl: torch.Tensor) -> None:
+    """Risk measures take one P&L per path, (N,) with N >= 1: an (N, K) P&L was flattened into
+    one sample, an empty one failed inside topk."""
+    if pnl.dim() != 1 or pnl.numel() == 0:
+        raise ValueError(f"pnl must have shape (N,) with N >= 1, got {tuple(pnl.shape)}")
 
 
 def _check_alpha(alpha: float) -> None:

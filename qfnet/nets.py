@@ -116,15 +116,18 @@ class ResidualMLP(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def _check_policy_inputs(features: torch.Tensor, reference: torch.Tensor, n_features: int) -> None:
+def _check_policy_inputs(
+    features: torch.Tensor, reference: torch.Tensor, n_features: int, n_instruments: int
+) -> None:
     if features.dim() != 3 or features.shape[-1] != n_features:
         raise ValueError(
             f"features must have shape (N, T, {n_features}), got {tuple(features.shape)}"
         )
-    if reference.dim() != 3 or reference.shape[:2] != features.shape[:2]:
+    # H must be the net's: a reference of 2 instruments for a net of 1 broadcast its one band
+    expected = (*features.shape[:2], n_instruments)
+    if tuple(reference.shape) != expected:
         raise ValueError(
-            f"reference must have shape (N, T, H) with (N, T) = {tuple(features.shape[:2])}, "
-            f"got {tuple(reference.shape)}"
+            f"reference must have shape (N, T, H) = {expected}, got {tuple(reference.shape)}"
         )
 
 
@@ -182,14 +185,14 @@ class NoTransactionBandNet(nn.Module):
         self, features: torch.Tensor, reference: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper band edges ``(N, T, H)`` each."""
-        _check_policy_inputs(features, reference, self.n_features)
+        _check_policy_inputs(features, reference, self.n_features, self.n_instruments)
         widths = nn.functional.softplus(self.mlp(features))  # (N, T, 2H)
         lower, upper = widths.split(self.n_instruments, dim=-1)
         return reference - lower, reference + upper
 
     def forward(self, features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         low, high = self.bands(features, reference)
-        return clamp_recursion(low, high)
+        return _ClampRecursion.apply(low, high)  # ordered by construction: no check, no sync
 
 
 def clamp_recursion(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -213,6 +216,8 @@ def clamp_recursion(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
             f"low and high must have the same shape (N, T, H), got {tuple(low.shape)} "
             f"and {tuple(high.shape)}"
         )
+    if bool((low > high).any()):  # torch.clamp would return high, silently (a host sync)
+        raise ValueError("clamp_recursion needs low <= high everywhere")
     return _ClampRecursion.apply(low, high)
 
 
@@ -273,14 +278,14 @@ class MLPPolicy(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.n_features = n_features
+        self.n_features, self.n_instruments = n_features, n_instruments
         self.mlp = MLP(n_features + n_instruments, n_instruments, hidden, activation)
         with torch.no_grad():
             self.mlp.head.weight.mul_(0.1)
             self.mlp.head.bias.zero_()
 
     def forward(self, features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        _check_policy_inputs(features, reference, self.n_features)
+        _check_policy_inputs(features, reference, self.n_features, self.n_instruments)
         prev = torch.zeros_like(reference[:, 0])
         out = []
         for t in range(features.shape[1]):
@@ -311,7 +316,7 @@ class GRUPolicy(nn.Module):
 
     def __init__(self, n_features: int, n_instruments: int = 1, hidden_size: int = 32) -> None:
         super().__init__()
-        self.n_features = n_features
+        self.n_features, self.n_instruments = n_features, n_instruments
         self.gru = nn.GRU(n_features, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, n_instruments)
         with torch.no_grad():
@@ -319,6 +324,6 @@ class GRUPolicy(nn.Module):
             self.head.bias.zero_()
 
     def forward(self, features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        _check_policy_inputs(features, reference, self.n_features)
+        _check_policy_inputs(features, reference, self.n_features, self.n_instruments)
         hidden, _ = self.gru(features)  # (N, T, hidden)
         return reference + self.head(hidden)

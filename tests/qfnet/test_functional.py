@@ -172,3 +172,23 @@ def test_variance_and_mean_variance_match_definitions() -> None:
 def test_bad_risk_parameters_raise_naming_the_parameter(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call(torch.zeros(10, dtype=DT))
+
+
+def test_shapes_that_would_broadcast_wrongly_are_refused():
+    # each of these broadcast silently: two cost rates for one instrument were both charged, an
+    # (N, 1) premium or target made (N, N) results, an (N, K) P&L was flattened into one sample
+    positions, prices = torch.zeros(4, 3), torch.ones(4, 4)
+    payoff = torch.zeros(4)
+    with pytest.raises(ValueError, match="cost must be one rate or one per instrument"):
+        F.hedge_pnl(positions, prices, payoff, cost=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="cost must be finite and >= 0"):
+        F.hedge_pnl(positions, prices, payoff, cost=-0.01)
+    with pytest.raises(ValueError, match=r"premium must be a number or have shape \(N,\)"):
+        F.hedge_pnl(positions, prices, payoff, premium=torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="one shape"):
+        F.iv_error_bp(torch.zeros(4, 1), torch.zeros(4))
+    for measure in (F.value_at_risk, F.expected_shortfall, F.entropic_risk, F.pnl_variance):
+        with pytest.raises(ValueError, match=r"pnl must have shape \(N,\)"):
+            measure(torch.zeros(4, 2))
+        with pytest.raises(ValueError, match=r"pnl must have shape \(N,\) with N >= 1"):
+            measure(torch.zeros(0))

@@ -85,3 +85,17 @@ def test_policies_reject_wrong_feature_shapes_with_sizes_in_message() -> None:
         MLP(2, 1, activation="swish")
     with pytest.raises(ValueError, match="initial_width"):
         NoTransactionBandNet(2, 1, initial_width=0.0)
+
+
+@pytest.mark.parametrize("make", [lambda: NoTransactionBandNet(3, 1, hidden=(8,)),
+                                  lambda: MLPPolicy(3, 1, hidden=(8,)),
+                                  lambda: GRUPolicy(3, 1, hidden_size=8)])  # fmt: skip
+def test_policies_refuse_a_reference_of_another_instrument_count(make):
+    # the band net and the GRU broadcast one instrument's output over a reference of two
+    with pytest.raises(ValueError, match=r"reference must have shape \(N, T, H\) = \(4, 5, 1\)"):
+        make()(torch.zeros(4, 5, 3), torch.zeros(4, 5, 2))
+
+
+def test_clamp_recursion_refuses_inverted_bands():
+    with pytest.raises(ValueError, match="low <= high"):
+        clamp_recursion(torch.ones(1, 2, 1), torch.zeros(1, 2, 1))
