@@ -103,10 +103,27 @@ class _Batches(Dataset):
 
 
 class _BatchSampler(Sampler[torch.Tensor]):
-    """Index batches; the permutation is a function of ``(seed, epoch)``, sharded over DDP ranks."""
+    """Index batches of rank ``rank``'s share of ``n`` rows (of ``num_replicas`` DDP ranks).
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int) -> None:
+    The permutation is a function of ``(seed, epoch)``. With ``equal_shares`` every rank gets
+    ``n // num_replicas`` rows (the last ``n % num_replicas`` of the permutation are left out
+    that epoch); otherwise the shares differ by at most one row and cover every row once.
+    The ``rank`` and ``num_replicas`` attributes tell the Trainer that it shards itself.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        num_replicas: int = 1,
+        equal_shares: bool = True,
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.num_replicas, self.equal_shares = rank, num_replicas, equal_shares
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,24 +135,31 @@ class _BatchSampler(Sampler[torch.Tensor]):
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            per_rank = self.n // world  # equal shares keep DDP ranks in step
-            order = order[rank * per_rank : (rank + 1) * per_rank]
-        return order
+        if self.equal_shares:
+            order = order[: self.n - self.n % self.num_replicas]
+        return order.tensor_split(self.num_replicas)[self.rank]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self._rank_indices().split(self.batch_size))
 
     def __len__(self) -> int:
-        n = self.n
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            n //= torch.distributed.get_world_size()
-        return math.ceil(n / self.batch_size)
+        return math.ceil(len(self._rank_indices()) / self.batch_size)
 
 
-def _loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int):
-    sampler = _BatchSampler(len(y), batch_size, shuffle=shuffle, seed=seed)
+def _loader(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    rank: int,
+    num_replicas: int,
+    equal_shares: bool,
+) -> DataLoader:
+    """Batches of rank ``rank``'s share of ``(x, y)`` (see :class:`_BatchSampler`)."""
+    sampler = _BatchSampler(len(y), batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                            num_replicas=num_replicas, equal_shares=equal_shares)  # fmt: skip
     return DataLoader(_Batches(x, y), batch_size=None, sampler=sampler)
 
 
@@ -279,7 +303,7 @@ def train_surrogate(
         >>> summary["epochs"], sorted(summary["test"]), ready, last.domain.model
         (2, ['mae_bp', 'max_bp', 'median_bp', 'n', 'p99_bp'], True, 'sabr')
     """
-    from qfnet.training import Trainer, TrainerConfig
+    from qfnet.training import Trainer, TrainerConfig, resolve_device
     from qfnet.training.distributed import init_distributed
 
     run = Path(out)
@@ -318,15 +342,24 @@ def train_surrogate(
         callbacks=list(callbacks),
         metrics={"mae_bp": vol_error_bp},
     )
-    train = _loader(x[train_idx], iv[train_idx], batch_size, shuffle=True, seed=seed)
-    val = _loader(x[val_idx], iv[val_idx], 65_536, shuffle=False, seed=seed)
-    if init_distributed("auto").is_global_zero:
+    # The Trainer reuses this process group: its backend must follow the training device
+    # (nccl for CUDA), as the Trainer's own would.
+    ranks = init_distributed("auto", resolve_device(device))
+    shard = {"rank": ranks.rank, "num_replicas": ranks.world_size}
+    # Equal training shares keep the DDP ranks' steps in lockstep (a different permutation
+    # leaves other rows out each epoch); validation counts every row once, in shares that may
+    # differ by one row: the Trainer's val_loss is a mean weighted by the rows of each rank.
+    train = _loader(x[train_idx], iv[train_idx], batch_size, shuffle=True, seed=seed,
+                    equal_shares=True, **shard)  # fmt: skip
+    val = _loader(x[val_idx], iv[val_idx], 65_536, shuffle=False, seed=seed, equal_shares=False,
+                  **shard)  # fmt: skip
+    if ranks.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
         arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict(),
                 "split": split}  # fmt: skip
         (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
     trainer.fit(train, val, resume=resume)
-    if not init_distributed("auto").is_global_zero:
+    if not ranks.is_global_zero:
         return {}
     net = net.cpu()
     x_test, iv_test = x[test_idx], iv[test_idx]

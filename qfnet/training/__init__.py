@@ -79,7 +79,10 @@ Callbacks
 Distributed
     The same script runs under ``torchrun --nproc_per_node=K``: the trainer joins the process
     group (gloo on CPU, nccl on CUDA), wraps the model in DDP, shards the data with
-    ``DistributedSampler`` (``batch_size`` is per process) and all-reduces metrics.
+    ``DistributedSampler`` (``batch_size`` is per process) and all-reduces metrics. Validation
+    and test Datasets are split without padding (each sample counted once); a DataLoader with
+    a ``DistributedSampler`` would repeat samples there, so pass the Dataset itself. A stop
+    flag or a NaN/Inf loss on one process stops every process at the same step.
 
 Also: :func:`split_dataset` (train/val/test by fractions), :func:`lr_find` (LR range test),
 :func:`seed_everything`, :func:`resolve_device`, :func:`save_checkpoint` /

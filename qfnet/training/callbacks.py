@@ -4,7 +4,8 @@ Callbacks are duck-typed: the trainer calls ``callback.<hook>(trainer, ...)`` fo
 :data:`HOOKS` that the object defines, in list order (callbacks with ``runs_last = True``, the
 checkpoint writers, after the others so that the states they save are up to date). A callback
 stops training by setting ``trainer.should_stop = True``; the loop ends after the current
-optimizer step (mid-epoch) or at the end of the epoch. Stateful callbacks define
+optimizer step (mid-epoch) or at the end of the epoch; under DDP a flag set on any process
+stops all of them there. Stateful callbacks define
 ``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are saved in
 every checkpoint.
 """

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "init_distributed"]
+__all__ = ["DistInfo", "all_reduce_sum", "any_rank", "barrier", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,23 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (``flag`` itself for one process).
+
+    One all-reduce (MAX) of a single number on ``device`` (nccl needs a CUDA tensor); reading
+    it back synchronises the GPU.
+
+    Examples:
+        >>> any_rank(True, DistInfo(), torch.device("cpu"))
+        True
+    """
+    if not info.enabled:
+        return flag
+    value = torch.tensor(float(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def barrier(info: DistInfo) -> None:

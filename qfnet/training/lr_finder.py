@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from qfnet.training.checkpoint import get_rng_state, set_rng_state
 from qfnet.training.data import DataSource
+from qfnet.training.distributed import all_reduce_sum
 from qfnet.training.step import EpochLoss, NonFiniteLossError, group_batches
 
 if TYPE_CHECKING:
@@ -79,8 +81,10 @@ def lr_find(
 
     The LR of every parameter group grows geometrically from ``min_lr`` to ``max_lr`` over
     ``num_steps`` optimizer steps (relative group LRs are kept); the test stops early when the
-    smoothed loss exceeds ``divergence`` times its minimum or becomes non-finite. The model,
-    RNG states and trainer are restored afterwards; callbacks are not called.
+    smoothed loss exceeds ``divergence`` times its minimum or becomes non-finite. Under DDP
+    the loss is averaged over the processes first, so that all of them take the same steps and
+    return the same suggestion. The model, RNG states and trainer are restored afterwards;
+    callbacks are not called.
 
     Args:
         trainer: A configured trainer (``fit`` may be called afterwards as usual).
@@ -168,8 +172,7 @@ def _range_test(
                 trainer._train_step(group)
             except NonFiniteLossError:
                 return lrs, losses
-            # .item() once per step: the test needs each loss on the host
-            loss = trainer.step_metrics["loss"].item()
+            loss = _mean_loss(trainer)
             average = beta * average + (1 - beta) * loss
             smoothed = average / (1 - beta ** (len(lrs) + 1))
             lrs.append(lr)
@@ -179,6 +182,17 @@ def _range_test(
                 return lrs, losses
         epoch += 1
     return lrs, losses
+
+
+def _mean_loss(trainer: Trainer) -> float:
+    """The step's loss averaged over ranks: under DDP every rank then stops at the same step
+    and suggests the same LR (a rank stopping alone would hang the others)."""
+    loss = trainer.step_metrics["loss"].detach()
+    # .item() once per step: the test needs each loss on the host
+    if not trainer.dist.enabled:
+        return loss.item()
+    total = all_reduce_sum(loss.to(torch.float64).clone(), trainer.dist)  # no float64 on MPS
+    return total.item() / trainer.dist.world_size
 
 
 def _suggest(lrs: list[float], losses: list[float]) -> float | None:

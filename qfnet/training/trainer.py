@@ -26,7 +26,7 @@ from qfnet.training.device import (
     resolve_precision,
     seed_everything,
 )
-from qfnet.training.distributed import DistInfo, all_reduce_sum, init_distributed
+from qfnet.training.distributed import DistInfo, all_reduce_sum, any_rank, init_distributed
 from qfnet.training.loggers import CSVLogger, TensorBoardLogger
 from qfnet.training.schedulers import build_optimizer, build_scheduler, warmup_factor
 from qfnet.training.state import restore_trainer, trainer_state
@@ -226,13 +226,8 @@ class Trainer:
         )
         self._val = None if val_data is None else self._eval_loader(val_data)
         self.has_validation = self._val is not None
-        for name, data in (("train_data", train_data), ("val_data", val_data)):
-            if (isinstance(data, torch.utils.data.DataLoader) and self.dist.world_size > 1
-                    and not isinstance(data.sampler, DistributedSampler)):  # fmt: skip
-                warnings.warn(f"{name}: a DataLoader is used as given on each of the "
-                              f"{self.dist.world_size} processes, so each sees all of its data; "
-                              "pass a Dataset (sharded for you) or give it a DistributedSampler",
-                              stacklevel=3)  # fmt: skip
+        self._warn_about_loader("train_data", train_data, evaluation=False, stacklevel=4)
+        self._warn_about_loader("val_data", val_data, evaluation=True, stacklevel=4)
         try:
             n_batches = len(self._train)
         except TypeError:  # an iterable-style loader
@@ -251,6 +246,19 @@ class Trainer:
         self.scheduler, self._interval = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
         self._non_blocking = self.device.type == "cuda"
+
+    def _warn_about_loader(
+        self, name: str, data: Any, *, evaluation: bool, stacklevel: int
+    ) -> None:
+        """Under DDP, warn once (rank 0) about a DataLoader that does not split its data exactly.
+
+        ``stacklevel`` counts from here to the user's call (``fit``/``evaluate``).
+        """
+        if not self.dist.enabled or not self.is_global_zero:
+            return
+        message = _loader_warning(name, data, self.dist.world_size, evaluation=evaluation)
+        if message is not None:
+            warnings.warn(message, stacklevel=stacklevel)
 
     def _eval_loader(self, data: DataSource) -> Any:
         if hasattr(data, "__len__") and len(data) == 0:
@@ -304,7 +312,7 @@ class Trainer:
             if path is not None:
                 restore_trainer(self, ckpt.load_checkpoint(path, map_location=self.device), path)
             self.call("on_fit_start")
-            while self.epoch < self.config.max_epochs and not self.should_stop:
+            while self.epoch < self.config.max_epochs and not self._stop_requested():
                 if not self._run_epoch():
                     break
             self.call("on_fit_end")
@@ -358,7 +366,7 @@ class Trainer:
         iterator = self._train.epoch_iter(self.epoch, self.batch_in_epoch)
         for group in group_batches(iterator, self.config.accumulate_grad_batches):
             self._train_step(group)
-            if self.should_stop:
+            if self._stop_requested():
                 return False
         self.epoch_metrics = {"epoch": self.epoch, "step": self.global_step}
         self.epoch_metrics.update(self._reduce(self._folded_train_sums(), "train_", train=True))
@@ -381,6 +389,16 @@ class Trainer:
         self.batch_in_epoch = self.step_in_epoch = 0
         self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
         return True
+
+    def _stop_requested(self) -> bool:
+        """``should_stop`` of any rank, set on every rank, so that all leave the loop together.
+
+        A callback may stop one rank only (a time budget read per process): a rank leaving
+        alone would leave the others waiting in the next collective. One all-reduce of a single
+        number per check under DDP, none otherwise.
+        """
+        self.should_stop = any_rank(self.should_stop, self.dist, self.device)
+        return self.should_stop
 
     def _step_scheduler_epoch(self) -> None:
         if self._interval == "epoch":
@@ -428,8 +446,9 @@ class Trainer:
             total = sum(weights)
             step_loss = sum(m * w for m, w in zip(means, weights, strict=True)) / total
         self._epoch_loss.add(step_loss, total)
-        norm = self._finish_gradients(nominal, total)
-        self._check_finite(step_loss, norm)
+        total_all, loss_probe = self._reduce_step(total, step_loss)
+        norm = self._finish_gradients(nominal, total_all)
+        self._check_finite(step_loss, loss_probe, norm)
         self._optimizer_step()
         self.batch_in_epoch += len(group)
         self.step_in_epoch += 1
@@ -438,15 +457,33 @@ class Trainer:
         self.step_metrics.update(loss=step_loss, grad_norm=norm)
         self.call("on_train_step_end")
 
+    def _reduce_step(
+        self, total: torch.Tensor | int, loss: torch.Tensor
+    ) -> tuple[torch.Tensor | int, torch.Tensor]:
+        """The step's total weight over all ranks, and a loss probe for the NaN/Inf guard.
+
+        Under DDP both come from one all-reduce: the probe is the sum of every rank's loss, so
+        non-finite on all ranks when it is on one (the gradients may still be finite). For one
+        process: ``(total, loss)``.
+        """
+        if not self.dist.enabled:
+            return total, loss
+        both = torch.stack(
+            [
+                torch.as_tensor(total, dtype=torch.float64, device=self.device),
+                loss.detach().to(torch.float64),
+            ]
+        )
+        all_reduce_sum(both, self.dist)
+        return both[0], both[1]
+
     def _finish_gradients(self, nominal: int, total: torch.Tensor | int) -> torch.Tensor:
-        """Unscale, normalise by the total weight, clip; returns the global norm before clipping."""
+        """Unscale, normalise by the total weight over all ranks, clip; returns the global norm
+        before clipping."""
         if self._scaler is not None:
             self._scaler.unscale_(self.optimizer)
-        if self.dist.enabled:
-            total = torch.as_tensor(total, dtype=torch.float64, device=self.device).clone()
-            factor = nominal * self.dist.world_size / all_reduce_sum(total, self.dist)
-        else:
-            factor = nominal / total
+        # the gradients DDP averaged are sums over world_size ranks of sum(w * loss) / nominal
+        factor = nominal * self.dist.world_size / total
         grads = [p.grad for p in self._params if p.grad is not None]
         scale_gradients_(grads, factor)
         norm = global_norm(grads)
@@ -457,16 +494,24 @@ class Trainer:
             torch.nn.utils.clip_grad_value_(self._params, self.config.clip_grad_value)
         return norm
 
-    def _check_finite(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+    def _check_finite(
+        self, loss: torch.Tensor, loss_probe: torch.Tensor, norm: torch.Tensor
+    ) -> None:
+        """Raise :class:`NonFiniteLossError` on every rank when any rank's loss, or the gradient
+        norm, is NaN/Inf (``loss_probe`` from :meth:`_reduce_step`)."""
         if not self.config.nan_guard:
             return
         # with fp16 scaling, inf gradients only make the scaler skip the step
-        probe = loss if self._scaler is not None else loss + norm
+        probe = loss_probe if self._scaler is not None else loss_probe + norm
         # .item() synchronises the GPU once per step: the price of stopping at the bad step
         if math.isfinite(probe.item()):
             return
-        bad_loss = not math.isfinite(loss.item())
-        what = f"loss {loss.item()}" if bad_loss else f"gradient norm {norm.item()}"
+        if not math.isfinite(loss.item()):
+            what = f"loss {loss.item()}"
+        elif not math.isfinite(loss_probe.item()):
+            what = "loss on another process"
+        else:
+            what = f"gradient norm {norm.item()}"
         last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
         kept = f"; last good checkpoint: {last}" if last is not None and last.exists() else ""
         raise NonFiniteLossError(
@@ -540,6 +585,7 @@ class Trainer:
             ``{"loss": ..., "<metric>": ...}`` as weighted means over all samples (all ranks).
         """
         self._setup_runtime()
+        self._warn_about_loader("data", data, evaluation=True, stacklevel=3)
         with deterministic_algorithms(self.config.deterministic):
             return self._evaluate(self._eval_loader(data))
 
@@ -571,3 +617,38 @@ class Trainer:
 
 
 _NO_SYNC = contextlib.nullcontext()
+
+
+def _rank_aware(loader: torch.utils.data.DataLoader) -> bool:
+    """True if the loader's sampler (or batch sampler) splits the data over ranks itself."""
+    batch_sampler = loader.batch_sampler
+    samplers = (loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
+    return any(
+        isinstance(s, DistributedSampler) or (hasattr(s, "num_replicas") and hasattr(s, "rank"))
+        for s in samplers
+    )
+
+
+def _loader_warning(name: str, data: Any, world_size: int, *, evaluation: bool) -> str | None:
+    """Why a user DataLoader would not give each of ``world_size`` ranks its exact share, if so.
+
+    A loader used as given is read whole on every rank; for evaluation, a ``DistributedSampler``
+    repeats (or drops) samples to split them evenly, so the mean is not over the data.
+    """
+    if not isinstance(data, torch.utils.data.DataLoader):
+        return None
+    exact = "pass the Dataset itself (the Trainer splits it over the processes, each sample once)"
+    if not _rank_aware(data):
+        train = "pass a Dataset (sharded for you) or give it a DistributedSampler"
+        advice = exact if evaluation else train
+        return (f"{name}: a DataLoader is used as given on each of the {world_size} processes, "
+                f"so each sees all of its data; {advice}")  # fmt: skip
+    sampler = data.sampler
+    if not evaluation or not isinstance(sampler, DistributedSampler):
+        return None
+    n, size = len(sampler.dataset), sampler.total_size
+    if size == n:
+        return None
+    how = f"drops {n - size}" if size < n else f"repeats {size - n}"
+    return (f"{name}: its DistributedSampler {how} of {n} samples to split them evenly over "
+            f"{world_size} processes, which biases the mean loss and metrics; {exact}")  # fmt: skip
