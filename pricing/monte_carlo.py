@@ -464,9 +464,24 @@ def price_european_rows(
     """
     if model not in ROW_PARAMETERS:
         raise ValueError(f"model must be one of {sorted(ROW_PARAMETERS)}, got {model!r}")
+    known, optional = set(ROW_PARAMETERS[model]), {"shift"}
+    missing, unknown = sorted(known - optional - set(params)), sorted(set(params) - known)
+    if missing or unknown:  # a missing one was a KeyError, an unknown one ignored
+        raise ValueError(f"params for {model}: missing {missing}, unknown {unknown}")
     names = [n for n in ROW_PARAMETERS[model] if n in params]
-    frame = pd.DataFrame({"forward": forward, "discount": discount, "maturity": maturity,
-                          **{n: np.asarray(params[n], dtype=float) for n in names}})  # fmt: skip
+    columns = {"forward": forward, "discount": discount, "maturity": maturity, "strike": strike,
+               "is_call": is_call, **{n: params[n] for n in names}}  # fmt: skip
+    arrays = {n: np.asarray(v, dtype=bool if n == "is_call" else float).reshape(-1)
+              for n, v in columns.items()}  # fmt: skip
+    sizes = {n: len(a) for n, a in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"one value per row for every input, got lengths {sizes}")
+    strike, is_call = arrays.pop("strike"), arrays.pop("is_call")
+    bad = np.flatnonzero(~(np.isfinite(arrays["discount"]) & (arrays["discount"] > 0)))
+    if bad.size:  # a discount of 0 gave a price and standard error of 0
+        raise ValueError(f"row {bad[0] + 1}: discount must be finite and > 0, got "
+                         f"{arrays['discount'][bad[0]]}")  # fmt: skip
+    frame = pd.DataFrame(arrays)
     price, error = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
     generator = torch.Generator().manual_seed(seed)
     groups = frame.groupby(list(frame.columns), sort=False, dropna=False).indices

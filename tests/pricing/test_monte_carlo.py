@@ -420,3 +420,25 @@ def test_sobol_heston_conditional_estimate_is_within_its_error():
     result = monte_carlo.heston_european(**kwargs, n_paths=8192, n_steps=16, conditional=True,
                                          sobol=True, generator=_gen(3))  # fmt: skip
     assert abs(float(result.price) - 17.055271) < 4 * float(result.std_error)  # Lewis' value
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"discount": np.array([1.0, 0.0])}, r"row 2: discount must be finite and > 0"),
+        ({"strike": np.array([100.0])}, r"one value per row for every input"),
+        ({"params": {"v0": np.full(2, 0.04)}}, r"missing \['kappa', 'rho', 'sigma', 'theta'\]"),
+        ({"params": {**{n: np.full(2, 0.5) for n in ("v0", "kappa", "theta", "sigma")},
+                     "rho": np.full(2, -0.5), "volatility": np.full(2, 0.2)}}, r"unknown"),
+    ],
+)  # fmt: skip
+def test_price_european_rows_checks_its_rows(change, message):
+    # a zero discount priced 0 with a standard error of 0; a short strike array was an
+    # IndexError, a missing parameter a KeyError, an unknown one ignored
+    rows = dict(model="heston", forward=np.full(2, 100.0), discount=np.ones(2),
+                strike=np.array([90.0, 110.0]), maturity=np.ones(2), is_call=np.array([True, True]),
+                params={n: np.full(2, v) for n, v in zip(("v0", "kappa", "theta", "sigma", "rho"),
+                                                          (0.04, 1.5, 0.04, 0.5, -0.7), strict=True)},
+                n_paths=64, n_steps=2)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        monte_carlo.price_european_rows(**rows | change)
