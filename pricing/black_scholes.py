@@ -182,10 +182,11 @@ def greeks(
         - sign * r * k * df_r * cdf2
         + sign * q * s * df_q * cdf1
     )
+    shape = torch.broadcast_shapes(sign.shape, d1.shape)  # gamma, vega: no is_call, same shape
     return Greeks(
         delta=sign * df_q * cdf1,
-        gamma=df_q * pdf_d1 / (s * vol * sqrt_t),
-        vega=s * df_q * pdf_d1 * sqrt_t,
+        gamma=(df_q * pdf_d1 / (s * vol * sqrt_t)).expand(shape),
+        vega=(s * df_q * pdf_d1 * sqrt_t).expand(shape),
         theta=theta,
         rho=sign * k * t * df_r * cdf2,
         dividend_rho=-sign * s * t * df_q * cdf1,

@@ -368,3 +368,10 @@ def test_call_flags_broadcast_like_the_other_inputs_and_strings_are_refused() ->
         bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, is_call="False")
     with pytest.raises(ValueError, match=r"is_call must be booleans or 0/1, got 0\.7"):
         bs.price(spot=100.0, strike=95.0, maturity=1.0, volatility=0.2, is_call=0.7)
+
+
+def test_every_greek_has_the_broadcast_shape_including_the_option_flags():
+    # gamma and vega (which do not depend on is_call) came back as () beside (2,) fields
+    g = bs.greeks(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, is_call=[True, False])
+    assert {tuple(field.shape) for field in g} == {(2,)}
+    assert torch.equal(g.gamma[0], g.gamma[1]) and torch.equal(g.vega[0], g.vega[1])
