@@ -22,20 +22,35 @@ def as_tensors(
 ) -> tuple[torch.Tensor, ...]:
     """Convert values to tensors of one floating dtype and device, broadcast to a common shape.
 
-    The dtype and device are taken from the first tensor argument when not given, else float64 on CPU.
+    When not given, the dtype is the widest of the floating tensor arguments (float32 and float64
+    tensors give float64, as torch promotes them; the first one's dtype used to win, silently
+    rounding the others), else float64; the device is the first tensor argument's, else CPU.
+
+    Raises:
+        ValueError: the shapes do not broadcast (they are listed in argument order).
 
     Examples:
         >>> a, b = as_tensors(1.0, [1.0, 2.0])
         >>> a.shape, b.dtype
         (torch.Size([2]), torch.float64)
+        >>> as_tensors(torch.ones(1, dtype=torch.float32), torch.ones(1, dtype=torch.float64))[0].dtype
+        torch.float64
     """
-    first = next((v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()), None)
+    floating = [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
     if dtype is None:
-        dtype = first.dtype if first is not None else DEFAULT_DTYPE
+        dtype = DEFAULT_DTYPE
+        if floating:
+            dtype = floating[0].dtype
+            for v in floating[1:]:
+                dtype = torch.promote_types(dtype, v.dtype)
     if device is None:
-        device = first.device if first is not None else None
+        device = floating[0].device if floating else None
     tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
-    return tuple(torch.broadcast_tensors(*tensors))
+    try:
+        return tuple(torch.broadcast_tensors(*tensors))
+    except RuntimeError:  # torch's message names no input
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise ValueError(f"input shapes do not broadcast: {shapes} (in argument order)") from None
 
 
 def call_flags(is_call: object, device: torch.device | str | None = None) -> torch.Tensor:

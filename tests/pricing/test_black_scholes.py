@@ -375,3 +375,14 @@ def test_every_greek_has_the_broadcast_shape_including_the_option_flags():
     g = bs.greeks(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, is_call=[True, False])
     assert {tuple(field.shape) for field in g} == {(2,)}
     assert torch.equal(g.gamma[0], g.gamma[1]) and torch.equal(g.vega[0], g.vega[1])
+
+
+def test_mixed_precision_tensors_promote_and_mismatched_shapes_are_named():
+    # the first tensor's float32 rounded a float64 strike; mismatched shapes gave torch's
+    # "size of tensor a (3) must match" without saying which inputs
+    price = bs.price(spot=torch.tensor([100.0], dtype=torch.float32),
+                     strike=torch.tensor([100.0 + 1e-9], dtype=torch.float64), maturity=1.0,
+                     volatility=0.2)  # fmt: skip
+    assert price.dtype == torch.float64
+    with pytest.raises(ValueError, match=r"do not broadcast: \(\), \(3,\), \(2,\)"):
+        bs.price(spot=100.0, strike=[90.0, 100.0, 110.0], maturity=[1.0, 2.0], volatility=0.2)
