@@ -61,12 +61,15 @@ def path_dependent_greeks(
         spot: (N, T+1). time_grid: (T+1,). vol: (N, T). Each output field: (N, T).
 
     Examples:
+        A rising path is deep in the money at the last step, with one fixing of four left:
+        its delta is 1/4.
+
         >>> from pricing import simulate
         >>> grid = simulate.time_grid(4, 1.0)
-        >>> spot = simulate.gbm(3, 4, spot=1.0, volatility=0.2, maturity=1.0,
-        ...                     generator=torch.Generator().manual_seed(0))
+        >>> spot = torch.tensor([[1.0, 0.9, 0.95, 0.9, 0.85], [1.0, 1.2, 1.3, 1.4, 1.5]],
+        ...                     dtype=torch.float64)
         >>> g = path_dependent_greeks(DerivativeConfig(type="asian"), spot, grid,
-        ...                           torch.full((3, 4), 0.2), rate=0.0, dividend=0.0)
+        ...                           torch.full((2, 4), 0.2), rate=0.0, dividend=0.0)
         >>> bool((g.gamma >= 0).all()), bool((g.vega >= 0).all()), float(g.delta[1, 3])
         (True, True, 0.25)
     """
