@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 __all__ = [
@@ -26,37 +28,50 @@ def _values(value: Scalar) -> torch.Tensor:
 def check_positive(name: str, value: Scalar) -> None:
     """Require ``value`` (scalar or tensor) finite and > 0; the error names ``name``."""
     v = _values(value)
-    if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
-        raise ValueError(f"{name} must be positive and finite, got {_show(v)}")
+    bad = ~torch.isfinite(v) | (v <= 0)
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be positive and finite, got {_show(v, bad)}")
 
 
 def check_nonnegative(name: str, value: Scalar) -> None:
     """Require ``value`` finite and >= 0; the error names ``name``."""
     v = _values(value)
-    if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
-        raise ValueError(f"{name} must be non-negative and finite, got {_show(v)}")
+    bad = ~torch.isfinite(v) | (v < 0)
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be non-negative and finite, got {_show(v, bad)}")
 
 
 def check_correlation(value: Scalar) -> None:
     """Require ``rho`` in [-1, 1]."""
     v = _values(value)
-    if not bool(torch.isfinite(v).all()) or bool((v.abs() > 1).any()):
-        raise ValueError(f"rho must lie in [-1, 1], got {_show(v)}")
+    bad = ~torch.isfinite(v) | (v.abs() > 1)
+    if bool(bad.any()):
+        raise ValueError(f"rho must lie in [-1, 1], got {_show(v, bad)}")
 
 
-def _show(v: torch.Tensor) -> str:
-    return str(v.item()) if v.numel() == 1 else f"a tensor with min {v.min().item()}"
+def _show(v: torch.Tensor, bad: torch.Tensor) -> str:
+    """The first offending value, with its index for a tensor (the minimum was shown, which
+    for an inf among positive values was not the culprit)."""
+    if v.numel() == 1:
+        return str(v.item())
+    index = tuple(int(i) for i in torch.nonzero(bad)[0])
+    where = index[0] if len(index) == 1 else index
+    return f"{v[index].item()} at index {where}"
+
+
+def _whole(n: object) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
 
 
 def check_paths(n_paths: int) -> None:
-    """Require a positive integer ``n_paths``."""
-    if not isinstance(n_paths, int) or n_paths < 1:
+    """Require a positive integer ``n_paths`` (numpy integers too; not a bool)."""
+    if not _whole(n_paths) or n_paths < 1:
         raise ValueError(f"n_paths must be a positive integer, got {n_paths!r}")
 
 
 def check_steps(n_steps: int) -> None:
-    """Require a positive integer ``n_steps``."""
-    if not isinstance(n_steps, int) or n_steps < 1:
+    """Require a positive integer ``n_steps`` (numpy integers too; not a bool)."""
+    if not _whole(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
 
 

@@ -345,6 +345,9 @@ def _path_blocks(
     """
     n = paths.shape[0]
     rows = max(1, _BLOCK_ELEMENTS // paths.shape[1])
+    if per_path is not None and not isinstance(per_path, torch.Tensor):
+        # a list or numpy array of per-path values was passed whole to every block
+        per_path = torch.as_tensor(per_path, dtype=paths.dtype, device=paths.device)
     sliced = isinstance(per_path, torch.Tensor) and per_path.ndim >= 1 and per_path.shape[0] == n
     for start in range(0, n, rows):
         part = slice(start, start + rows)

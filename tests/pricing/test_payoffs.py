@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,3 +272,15 @@ def test_a_barrier_that_is_not_positive_is_refused(barrier):
 def test_vanilla_payoffs_take_flags_not_truthy_values(is_call):
     with pytest.raises((TypeError, ValueError), match="is_call"):
         payoffs.european(torch.ones(2, 3, dtype=torch.float64), strike=1.0, is_call=is_call)
+
+
+def test_per_path_volatility_as_numpy_matches_a_tensor_on_many_paths():
+    # a numpy array (or list) was given whole to each block of ~87k paths: a size error
+    n = 100_000
+    paths = torch.full((n, 4), 100.0, dtype=torch.float64)
+    paths[:, 2] = 90.0
+    grid = torch.tensor([0.0, 0.25, 0.5, 0.75], dtype=torch.float64)
+    vol = np.full(n, 0.2)
+    args = dict(strike=100.0, barrier=85.0, barrier_type="down_out", time_grid=grid)
+    as_numpy = payoffs.barrier(paths, **args, volatility=vol)
+    assert torch.equal(as_numpy, payoffs.barrier(paths, **args, volatility=torch.tensor(vol)))

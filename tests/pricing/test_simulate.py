@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -420,3 +421,15 @@ def test_gbm_rate_with_a_graph_takes_the_autograd_path() -> None:
     (grad,) = torch.autograd.grad(paths[:, -1].sum(), rate)  # dS_T/dr = T S_T
     torch.testing.assert_close(grad, paths[:, -1].detach().sum() * GBM["maturity"], rtol=1e-12,
                                atol=0.0)  # fmt: skip
+
+
+def test_bad_per_path_values_are_shown_with_their_index_and_numpy_sizes_work():
+    # the message showed the tensor's minimum (0.1), not the inf at index 2; np.int64 sizes
+    # were refused while True passed as one path
+    with pytest.raises(ValueError, match=r"volatility must be .* got inf at index 2"):
+        simulate.gbm(4, 2, spot=100.0, maturity=1.0,
+                     volatility=torch.tensor([0.1, 0.2, math.inf, 0.3]))  # fmt: skip
+    assert simulate.gbm(np.int64(4), np.int64(2), spot=100.0, volatility=0.2,
+                        maturity=1.0).shape == (4, 3)  # fmt: skip
+    with pytest.raises(ValueError, match="n_paths must be a positive integer"):
+        simulate.gbm(True, 2, spot=100.0, volatility=0.2, maturity=1.0)
