@@ -33,6 +33,8 @@ from torch import nn
 
 from pricing import black_scholes
 from pricing._special import ndtr
+from pricing._typing import call_flags
+from pricing._validation import check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
@@ -433,6 +435,10 @@ def price(
             for v in (spot, strike, maturity, rate, dividend)
         )
     )
+    # spot, strike and rates are checked here: a NaN spot was reported as a log_moneyness
+    # outside the domain
+    check_positive(spot=s, strike=k)
+    check_finite(rate=r, dividend=q)
     forward = s * torch.exp((r - q) * t)
     iv = implied_vol(
         net, maturity=t, log_moneyness=torch.log(k / forward), out_of_domain=out_of_domain, **params
@@ -469,7 +475,7 @@ def _smooth_price(
     total = iv * torch.sqrt(t)
     d1 = torch.log(forward / strike) / total + 0.5 * total
     call = torch.exp(-r * t) * (forward * ndtr(d1) - strike * ndtr(d1 - total))
-    flag = torch.as_tensor(is_call, device=call.device)
+    flag = call_flags(is_call, device=call.device)  # 0/1 were not booleans for torch.where
     return torch.where(flag, call, call - torch.exp(-r * t) * (forward - strike))
 
 
@@ -508,9 +514,7 @@ def greeks(
         n: torch.as_tensor(v, dtype=torch.float64, device=device)
         for n, v in {**inputs, "strike": strike, "dividend": dividend}.items()
     }
-    shape = torch.broadcast_shapes(
-        *(t.shape for t in tensors.values()), torch.as_tensor(is_call).shape
-    )
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors.values()), call_flags(is_call).shape)
     # one leaf per option, so that each gradient entry is that option's own sensitivity
     leaves = {n: tensors[n].expand(shape).clone().requires_grad_() for n in inputs}
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -296,3 +297,16 @@ def test_error_summary_of_no_test_rows_is_nan_not_a_crash():
 
     summary = _error_summary(torch.empty(0))
     assert summary["n"] == 0 and all(np.isnan(summary[k]) for k in ("mae_bp", "p99_bp", "max_bp"))
+
+
+def test_greeks_take_option_flags_as_numbers_and_price_names_bad_market_inputs():
+    # greeks(is_call=0) failed inside torch.where; a NaN spot was reported as a log-moneyness
+    # outside the domain
+    net = load_surrogate()
+    kw = dict(spot=100.0, maturity=1.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.3, rho=-0.7)
+    flags = greeks(net, strike=[90.0, 110.0], is_call=[1, 0], **kw)["delta"]
+    bools = greeks(net, strike=[90.0, 110.0], is_call=[True, False], **kw)["delta"]
+    assert torch.equal(flags, bools) and flags[0] > 0 > flags[1]
+    for field, value in (("spot", math.nan), ("strike", -1.0), ("rate", math.nan)):
+        with pytest.raises(ValueError, match=field):
+            price(net, **(kw | {"strike": 100.0, field: value}))
