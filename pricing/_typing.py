@@ -7,12 +7,37 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_DTYPE", "TensorLike", "as_tensors", "call_flag", "call_flags", "is_call_tensor"]
+__all__ = [
+    "DEFAULT_DTYPE",
+    "TensorLike",
+    "as_tensors",
+    "call_flag",
+    "call_flags",
+    "common_dtype_device",
+    "is_call_tensor",
+]
 
 TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
 """Anything that :func:`torch.as_tensor` turns into a float tensor."""
 
 DEFAULT_DTYPE = torch.float64
+
+
+def common_dtype_device(
+    values: Sequence[object], dtype: torch.dtype | None, device: torch.device | str | None
+) -> tuple[torch.dtype, torch.device | str | None]:
+    """``dtype`` and ``device`` where given, else the widest floating dtype of the tensor values
+    (float64 without any) and the first one's device (None: the CPU)."""
+    floating = [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if dtype is None:
+        dtype = DEFAULT_DTYPE
+        if floating:
+            dtype = floating[0].dtype
+            for v in floating[1:]:
+                dtype = torch.promote_types(dtype, v.dtype)
+    if device is None and floating:
+        device = floating[0].device
+    return dtype, device
 
 
 def as_tensors(
@@ -36,15 +61,7 @@ def as_tensors(
         >>> as_tensors(torch.ones(1, dtype=torch.float32), torch.ones(1, dtype=torch.float64))[0].dtype
         torch.float64
     """
-    floating = [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    if dtype is None:
-        dtype = DEFAULT_DTYPE
-        if floating:
-            dtype = floating[0].dtype
-            for v in floating[1:]:
-                dtype = torch.promote_types(dtype, v.dtype)
-    if device is None:
-        device = floating[0].device if floating else None
+    dtype, device = common_dtype_device(values, dtype, device)
     tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
     try:
         return tuple(torch.broadcast_tensors(*tensors))

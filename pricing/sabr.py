@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors
+from pricing._typing import TensorLike, as_tensors, common_dtype_device
 from pricing._validation import check_where
 from pricing.black_scholes import black_price
 
@@ -121,9 +121,7 @@ def _float_tensors(
     Scalar parameters stay 0-d, so parameter-only terms cost nothing per option; the shapes must
     still broadcast together.
     """
-    first = next((v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()), None)
-    dtype = dtype or (first.dtype if first is not None else DEFAULT_DTYPE)
-    device = device or (first.device if first is not None else None)
+    dtype, device = common_dtype_device(values, dtype, device)
     tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
     try:
         torch.broadcast_shapes(*(t.shape for t in tensors))
@@ -316,11 +314,13 @@ def lognormal_vol(
         rho: correlation in (-1, 1).
         nu: vol of vol, >= 0.
         shift: displacement of forward and strike.
-        dtype: floating dtype (default: that of the first tensor input, else float64).
+        dtype: floating dtype (default: the widest of the tensor inputs', else float64).
         device: device (default: that of the first tensor input, else CPU).
 
     Returns:
-        The (shifted) lognormal implied volatility.
+        The (shifted) lognormal implied volatility: Hagan's expansion, which breaks down (and
+        can turn negative) for large ``nu^2 T`` in the far wings; returned as computed, so a
+        caller can see where. :func:`price` refuses a negative one.
 
     Raises:
         ValueError: naming the field, the value and its index when an input is out of its domain.
@@ -378,11 +378,12 @@ def normal_vol(
         rho: correlation in (-1, 1).
         nu: vol of vol, >= 0.
         shift: displacement of forward and strike.
-        dtype: floating dtype (default: that of the first tensor input, else float64).
+        dtype: floating dtype (default: the widest of the tensor inputs', else float64).
         device: device (default: that of the first tensor input, else CPU).
 
     Returns:
-        The normal implied volatility (in units of the forward per square-root year).
+        The normal implied volatility (in units of the forward per square-root year): like
+        :func:`lognormal_vol`'s, it can turn negative where the expansion breaks down.
 
     Raises:
         ValueError: naming the field, the value and its index when an input is out of its domain.
@@ -460,7 +461,7 @@ def alpha_from_atm_vol(
         rho: correlation in (-1, 1).
         nu: vol of vol, >= 0.
         shift: displacement of the forward.
-        dtype: floating dtype (default: that of the first tensor input, else float64).
+        dtype: floating dtype (default: the widest of the tensor inputs', else float64).
         device: device (default: that of the first tensor input, else CPU).
 
     Returns:
@@ -536,7 +537,7 @@ def price(
         shift: displacement of forward and strike.
         discount: discount factor to the payment date.
         is_call: True for calls, False for puts (broadcast).
-        dtype: floating dtype (default: that of the first tensor input, else float64).
+        dtype: floating dtype (default: the widest of the tensor inputs', else float64).
         device: device (default: that of the first tensor input, else CPU).
 
     Returns:
