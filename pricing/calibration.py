@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pricing.quote_cleaning import prepare_quotes
-from pricing.quotes import QuoteError, read_quotes, shifts
+from pricing.quotes import _DECIMAL_LIMITS, QuoteError, read_quotes, shifts
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -364,7 +364,8 @@ def _outside_domain(name: str, low: float, high: float) -> str | None:
     """The domain, written out, if ``[low, high]`` leaves it; else None."""
     lo, hi, brackets = _DOMAINS[name]
     below = low < lo or (low == lo and brackets[0] == "(")
-    above = high > hi or (high == hi and brackets[1] == ")")
+    # an infinite upper bound on an unbounded parameter is no bound at all: allowed
+    above = high > hi or (high == hi and brackets[1] == ")" and hi != np.inf)
     return f"{brackets[0]}{lo:g}, {hi:g}{brackets[1]}" if below or above else None
 
 
@@ -417,6 +418,24 @@ def _check_inputs(
             raise ValueError("bounds['beta'] needs free_beta=True (beta is fixed otherwise)")
 
 
+def _check_prepared(table: pd.DataFrame) -> None:
+    """The checks a prepared table skipped with ``read_quotes``: vols finite, positive and in
+    decimals (percent vols were fitted, at 9,693 bp), option types call or put."""
+    vol = table["market_iv"].to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isnan(vol) & ~((vol > 0) & (vol <= _DECIMAL_LIMITS["implied_vol"])))
+    if bad.size:
+        i = int(bad[0])
+        raise QuoteError(f"must be a vol in decimals, > 0 and at most "
+                         f"{_DECIMAL_LIMITS['implied_vol']:g}, got {vol[i]}", row=i + 1,
+                         column="market_iv")  # fmt: skip
+    kind = table["option_type"].to_numpy()
+    wrong = np.flatnonzero(~np.isin(kind, ("call", "put")))
+    if wrong.size:
+        i = int(wrong[0])
+        raise QuoteError(f"must be 'call' or 'put', got {kind[i]!r}", row=i + 1,
+                         column="option_type")  # fmt: skip
+
+
 def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
     """Quotes with market implied vols; rows without one are dropped and counted.
 
@@ -427,11 +446,15 @@ def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
     if not needed <= set(table.columns) or any(table[c].isna().to_numpy().any() for c in needed):
         table = read_quotes(table, allow_crossed=True)
         table, _ = prepare_quotes(table)
-    elif "implied_vol" in table:
-        given = table["implied_vol"].to_numpy(dtype=float)
-        stale = np.isfinite(given) & (given != table["market_iv"].to_numpy(dtype=float))
-        if stale.any():
-            table = table.assign(market_iv=np.where(np.isfinite(given), given, table["market_iv"]))
+    else:
+        if "implied_vol" in table:
+            given = table["implied_vol"].to_numpy(dtype=float)
+            stale = np.isfinite(given) & (given != table["market_iv"].to_numpy(dtype=float))
+            if stale.any():
+                table = table.assign(
+                    market_iv=np.where(np.isfinite(given), given, table["market_iv"])
+                )
+        _check_prepared(table)
     usable = table["market_iv"].notna().to_numpy()
     if not usable.all() or not table.index.equals(pd.RangeIndex(len(table))):
         table = table.loc[usable].reset_index(drop=True)

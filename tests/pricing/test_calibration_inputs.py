@@ -166,3 +166,27 @@ def test_sabr_expiries_fit_alike_whatever_their_share_of_the_weights() -> None:
         fit = calibrate("sabr", table, method=method, weights=light)
         errors = fit.residuals.loc[table["maturity"] == 2.0, "error_bp"].abs()
         assert fit.converged and errors.max() < 1e-6, (method, errors.max())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"market_iv": lambda t: t["market_iv"] * 100}, r"row 1, column 'market_iv'.*decimals"),
+        ({"market_iv": lambda t: t["market_iv"].where(t.index != 2, np.inf)}, r"row 3.*got inf"),
+        ({"option_type": "xyz"}, r"column 'option_type': must be 'call' or 'put'"),
+    ],
+)
+def test_a_prepared_looking_table_is_still_checked(change, message) -> None:
+    # a table with forward, discount, market_iv and option_type skipped read_quotes: vols in
+    # percent were fitted (9,693 bp), an option type 'xyz' accepted
+    from pricing.quote_cleaning import clean_quotes
+
+    prepared, _ = clean_quotes(_smile())
+    with pytest.raises(QuoteError, match=message):
+        calibrate("sabr", prepared.drop(columns="implied_vol").assign(**change))
+
+
+def test_an_infinite_upper_bound_is_no_bound() -> None:
+    # (0.1, inf) was refused as leaving kappa's domain (0, inf)
+    fit = calibrate("sabr", _smile(), bounds={"nu": (0.0, math.inf)})
+    assert fit.params["nu"][0] == pytest.approx(0.6, rel=1e-6)
