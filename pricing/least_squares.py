@@ -12,6 +12,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -93,6 +94,9 @@ def value_and_jacobian(
         copies = x.detach().unsqueeze(1).expand(batch, n_outputs, n_params).clone()
         copies.requires_grad_(True)
         out = fn(copies, index)
+        if tuple(out.shape) != (batch, n_outputs):  # else the Jacobian sums over the outputs
+            raise ValueError(f"the residual function returned shape {tuple(out.shape)}, not "
+                             f"(B, n_outputs) = {(batch, n_outputs)}")  # fmt: skip
         (jacobian,) = torch.autograd.grad(out.sum(), copies)
     return out.detach(), jacobian
 
@@ -128,6 +132,21 @@ def _damped_step(hessian, gradient, damping, free) -> torch.Tensor:
     a = hessian * mask.unsqueeze(-1) * mask.unsqueeze(-2)
     a = a + torch.diag_embed(damping.unsqueeze(-1) * scale * mask + (1 - mask))
     return torch.linalg.solve(a, -(gradient * mask).unsqueeze(-1)).squeeze(-1) * mask
+
+
+def _check_problem(
+    x0: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, damping: float, iterations: int
+) -> None:
+    """Refuse what the loop would report as converged: NaN starts or bounds, inverted bounds
+    (x came out at the upper one), a damping that is not positive."""
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 must be finite")
+    if bool((torch.isnan(lower) | torch.isnan(upper) | (lower > upper)).any()):
+        raise ValueError("bounds must be numbers with lower <= upper")
+    if not (math.isfinite(damping) and damping > 0):
+        raise ValueError(f"damping must be finite and > 0, got {damping}")
+    if iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {iterations}")
 
 
 def levenberg_marquardt(
@@ -175,6 +194,7 @@ def levenberg_marquardt(
     """
     lower, upper = (torch.as_tensor(b, dtype=x0.dtype, device=x0.device) for b in (lower, upper))
     lower, upper = lower.expand_as(x0), upper.expand_as(x0)
+    _check_problem(x0, lower, upper, damping, max_iterations)
     x = torch.minimum(torch.maximum(x0, lower), upper).clone()
     batch = x.shape[0]
     every = torch.arange(batch, device=x.device)
@@ -216,6 +236,6 @@ def levenberg_marquardt(
         cost[idx] = torch.where(accept, cost_new, cost[idx])
         iterations[idx] += 1
         done = small_gradient | flat | tiny_step | (mu[idx] > 1e20)
-        converged[idx] = done
+        converged[idx] = done & torch.isfinite(cost[idx])  # a NaN cost stops, unconverged
         active[idx] = ~done
     return LeastSquaresResult(x, cost, r, iterations, converged, jac)

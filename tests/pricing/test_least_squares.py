@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +247,43 @@ def test_a_run_continued_from_known_residuals_equals_one_run() -> None:
     torch.testing.assert_close(
         continued.x, torch.tensor([[2.0, 1.5]], dtype=F64), rtol=1e-8, atol=0.0
     )
+
+
+def _line_fit() -> object:
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    return elementwise_jacobian(lambda p, i: p[..., 0] - t, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"x0": torch.tensor([[math.nan]], dtype=torch.float64)}, "x0 must be finite"),
+        ({"lower": torch.tensor(5.0), "upper": torch.tensor(1.0)}, "lower <= upper"),
+        ({"lower": torch.tensor(math.nan)}, "lower <= upper"),
+        ({"damping": -1.0}, "damping must be finite and > 0"),
+        ({"max_iterations": 0}, "max_iterations must be at least 1"),
+    ],
+)
+def test_bad_problems_are_refused_not_reported_converged(kwargs, message):
+    # each came back converged=True (at the upper bound, at x0, or with a NaN cost)
+    args = {"x0": torch.zeros(1, 1, dtype=torch.float64), "lower": torch.tensor(-1.0),
+            "upper": torch.tensor(1.0)} | kwargs  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        levenberg_marquardt(_line_fit(), args.pop("x0"), **args)
+
+
+def test_a_nan_cost_stops_the_problem_unconverged():
+    fn = elementwise_jacobian(lambda p, i: p[..., 0] * torch.tensor([math.nan, 1.0]), 2)
+    res = levenberg_marquardt(fn, torch.ones(1, 1, dtype=torch.float64),
+                              lower=torch.tensor(-2.0), upper=torch.tensor(2.0))  # fmt: skip
+    assert not bool(res.converged[0])
+
+
+def test_a_residual_function_of_another_width_is_an_error():
+    # with n_outputs 1 for 5 outputs the Jacobian summed the 5 rows silently
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"returned shape \(1, 5\), not \(B, n_outputs\) = \(1, 1\)"
+    ):
+        value_and_jacobian(lambda p, i: p[..., 0] - t, torch.zeros(1, 1, dtype=torch.float64),
+                           torch.tensor([0]), 1)  # fmt: skip
