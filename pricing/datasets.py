@@ -617,5 +617,17 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     missing = [s for s in meta["shards"] if not (root / s).is_file()]
     if missing:
         raise FileNotFoundError(f"{root} lacks shard(s) {missing[:3]} (incomplete generation?)")
+    if len(meta["shards"]) != meta.get("n_shards", len(meta["shards"])):
+        raise ValueError(f"{meta_path} lists {len(meta['shards'])} shards, not n_shards = "
+                         f"{meta['n_shards']}")  # fmt: skip
     frames = [pd.read_parquet(root / s) for s in meta["shards"]]
-    return pd.concat(frames, ignore_index=True), meta
+    # a cut shard, a missing label column or a shortened shard list loaded without a word
+    needed = {"implied_vol", "price", "maturity", "log_moneyness"}
+    for name, frame in zip(meta["shards"], frames, strict=True):
+        if not needed <= set(frame.columns):
+            raise ValueError(f"{root / name} lacks column(s) {sorted(needed - set(frame.columns))}")
+    frame = pd.concat(frames, ignore_index=True)
+    if "n" in meta and len(frame) != meta["n"]:
+        raise ValueError(f"{root} holds {len(frame)} rows, its metadata n = {meta['n']} "
+                         "(a truncated or replaced shard?)")  # fmt: skip
+    return frame, meta

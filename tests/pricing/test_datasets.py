@@ -217,3 +217,24 @@ def test_monte_carlo_labels_carry_a_standard_error_that_covers_the_analytic_pric
     # 4 standard errors plus an allowance for the QE time-discretisation bias (100 steps a year)
     bias = 5e-5
     assert (np.abs(mc["price"] - exact["price"]) < 4 * mc["std_error"] + bias).all()
+
+
+def test_loading_checks_the_shards_against_the_metadata(tmp_path):
+    # a shard cut to one row, a shard without its label column and a shortened shard list all
+    # loaded without a word
+    path = generate(tmp_path / "ds", model="sabr", n=6, shard_size=3, progress=False)
+    shard = path / "shard-00001.parquet"
+    whole = pd.read_parquet(shard)
+    whole.iloc[:1].to_parquet(shard)
+    with pytest.raises(ValueError, match=r"holds 4 rows, its metadata n = 6"):
+        load_dataset(path)
+    whole.drop(columns="implied_vol").to_parquet(shard)
+    with pytest.raises(
+        ValueError, match=r"shard-00001.parquet lacks column\(s\) \['implied_vol'\]"
+    ):
+        load_dataset(path)
+    whole.to_parquet(shard)
+    meta = json.loads((path / "metadata.json").read_text())
+    (path / "metadata.json").write_text(json.dumps(meta | {"shards": meta["shards"][:1]}))
+    with pytest.raises(ValueError, match="lists 1 shards, not n_shards = 2"):
+        load_dataset(path)
