@@ -87,7 +87,7 @@ class MarketConfig:
     def validate(self, prefix: str) -> None:
         for name in ("spot", "maturity", "n_steps", "volatility", "kappa", "theta", "sigma"):
             _positive(f"{prefix}.{name}", getattr(self, name))
-        if self.v0 < 0:
+        if not self.v0 >= 0:  # NaN too
             raise ConfigError(f"{prefix}.v0 must be >= 0, got {self.v0}")
         if not -1 < self.rho < 1:
             raise ConfigError(f"{prefix}.rho must be in (-1, 1), got {self.rho}")
@@ -404,7 +404,16 @@ def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
     missing = [k for k in keys if k not in params]
     if missing:
         raise ConfigError(f"market.calibration: {path} lacks Heston params {missing}")
-    market = dataclasses.replace(config.market, **{k: float(params[k]) for k in keys})
+    values = {}
+    for key in keys:  # "abc" was a bare ValueError; NaN passed the v0 >= 0 check
+        try:
+            values[key] = float(params[key])
+        except (TypeError, ValueError):
+            values[key] = math.nan
+        if not math.isfinite(values[key]):
+            raise ConfigError(f"market.calibration: {path}: params.{key} must be a finite "
+                              f"number, got {params[key]!r}")  # fmt: skip
+    market = dataclasses.replace(config.market, **values)
     return dataclasses.replace(config, market=market)
 
 

@@ -94,3 +94,13 @@ def test_yaml_errors_and_calibration_file(tmp_path: Path) -> None:
     cfg_file.write_text("market:\n  model: heston\n  calibration: broken.json\n")
     with pytest.raises(ConfigError, match=r"market.calibration: .* lacks Heston params"):
         load_config(cfg_file)
+
+
+@pytest.mark.parametrize("v0", [float("nan"), "abc"])
+def test_calibration_params_that_are_not_finite_numbers_name_the_file_and_key(tmp_path, v0):
+    # NaN slipped past the v0 >= 0 check; "abc" was a bare ValueError
+    params = {"v0": v0, "kappa": 2.0, "theta": 0.06, "sigma": 0.4, "rho": -0.5}
+    (tmp_path / "fit.json").write_text(json.dumps({"params": params}))
+    with pytest.raises(ConfigError, match=r"market.calibration: .*params.v0 must be a finite"):
+        config_from_dict({"market": {"model": "heston", "calibration": "fit.json"}},
+                         base_dir=tmp_path)  # fmt: skip
