@@ -157,13 +157,15 @@ class TrainerConfig:
         _check_choice(self, "precision", PRECISIONS)
         _check_choice(self, "monitor_mode", ("min", "max"))
         _check_choice(self, "distributed", ("auto", "off"))
-        if not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"TrainerConfig.lr must be finite and >= 0, got {self.lr}")
-        for name in ("weight_decay", "momentum", "warmup_steps"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"TrainerConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"TrainerConfig.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("lr", "weight_decay", "momentum"):  # a string or inf named nothing
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"TrainerConfig.{name} must be a finite number >= 0, "
+                                 f"got {value!r}")  # fmt: skip
+        # whole numbers: a warmup of 0.5 steps ran the first step at twice the learning rate
+        _check_nonnegative_int(self, "warmup_steps")
+        if self.num_workers is not None:
+            _check_nonnegative_int(self, "num_workers")
         for name in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
@@ -219,6 +221,17 @@ def _check_positive_int(config: TrainerConfig, *names: str) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_nonnegative_int(config: TrainerConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"TrainerConfig.{name} must be a whole number >= 0, got {value!r}")
 
 
 def _check_optional_positive_int(config: TrainerConfig, *names: str) -> None:

@@ -170,3 +170,15 @@ def test_param_group_matching_nothing_is_an_error(regression, mlp, sq_error):
     )
     with pytest.raises(ValueError, match="nonexistent"):
         Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=8))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("warmup_steps", 0.5), ("warmup_steps", 2.5), ("num_workers", 1.5), ("lr", "0.1"),
+     ("weight_decay", math.inf)],
+)  # fmt: skip
+def test_config_numbers_of_the_wrong_kind_name_the_field(field, value):
+    # a warmup of 0.5 steps ran the first step at twice the learning rate; lr="0.1" was a
+    # comparison error naming nothing; an infinite weight decay was accepted
+    with pytest.raises(ValueError, match=f"TrainerConfig.{field} must be"):
+        TrainerConfig(**{field: value})
