@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -342,6 +343,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads 3e-3, without a dot, as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
@@ -415,6 +418,10 @@ def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
                               f"number, got {params[key]!r}")  # fmt: skip
     market = dataclasses.replace(config.market, **values)
     return dataclasses.replace(config, market=market)
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""Exponent notation that YAML 1.1 leaves a string (``3e-3``, ``1E5``)."""
 
 
 def load_config(path: str | Path) -> HedgeConfig:

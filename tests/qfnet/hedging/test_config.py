@@ -104,3 +104,10 @@ def test_calibration_params_that_are_not_finite_numbers_name_the_file_and_key(tm
     with pytest.raises(ConfigError, match=r"market.calibration: .*params.v0 must be a finite"):
         config_from_dict({"market": {"model": "heston", "calibration": "fit.json"}},
                          base_dir=tmp_path)  # fmt: skip
+
+
+def test_exponent_notation_in_yaml_is_a_number(tmp_path):
+    # PyYAML (YAML 1.1) reads 3e-3, without a dot, as a string: "must be a number, got '3e-3'"
+    path = tmp_path / "hedge.yaml"
+    path.write_text("training:\n  lr: 3e-3\n")
+    assert load_config(path).training.lr == 3e-3
