@@ -10,6 +10,7 @@ and returns a :class:`CalibrationResult` with per-quote residuals.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -360,6 +361,23 @@ _DOMAINS: dict[str, tuple[float, float, str]] = {
 zero vol of vol would take the fitters' trial points out of the model)."""
 
 
+_COUNT_OPTIONS = {"n_starts": 1, "n_scan": 0, "max_iterations": 1, "nodes": 1}
+"""Whole-number method options and their least values."""
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """Method options of the wrong kind name themselves (n_starts=0 failed in a tensor op,
+    -1 was accepted; free_beta="no" was truthy)."""
+    for name, least in _COUNT_OPTIONS.items():
+        if name in options:
+            value = options[name]
+            whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if not whole or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if "free_beta" in options and not isinstance(options["free_beta"], bool | np.bool_):
+        raise ValueError(f"free_beta must be True or False, got {options['free_beta']!r}")
+
+
 def _outside_domain(name: str, low: float, high: float) -> str | None:
     """The domain, written out, if ``[low, high]`` leaves it; else None."""
     lo, hi, brackets = _DOMAINS[name]
@@ -399,13 +417,15 @@ def _check_inputs(
         if unknown or needed:
             what = f"unknown {unknown}" if unknown else f"missing {needed}"
             raise ValueError(f"x0: {what} ({expected}{'; beta optional' * (model == 'sabr')})")
-        bad = [n for n, v in x0.items() if not np.isfinite(float(v))]
+        bad = [n for n, v in x0.items()
+               if not isinstance(v, numbers.Real) or not np.isfinite(float(v))]  # fmt: skip
         if bad:
             raise ValueError(f"x0[{bad[0]!r}]: must be a finite number, got {x0[bad[0]]!r}")
         for name, value in x0.items():
             domain = _outside_domain(name, float(value), float(value))
             if domain:
                 raise ValueError(f"x0[{name!r}]: {float(value):g} is outside {domain}")
+    _check_options(options)
     free = bool(options.get("free_beta", False))
     if model == "heston" and (beta is not None or free):
         raise ValueError("beta and free_beta are SABR options; Heston has no beta")

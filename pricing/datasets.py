@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -485,8 +486,10 @@ def generate(
             f"engine for {model} must be one of {sorted(ENGINES[model])}, got {engine!r}"
         )
     for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
-        if not isinstance(value, int) or value < 1:
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole or value < 1:  # numpy integers are whole numbers; True is not
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    n, shard_size, workers = int(n), int(shard_size), int(workers)
     device = check_device(device)
     if compile:
         check_compile(model, engine)

@@ -238,3 +238,10 @@ def test_loading_checks_the_shards_against_the_metadata(tmp_path):
     (path / "metadata.json").write_text(json.dumps(meta | {"shards": meta["shards"][:1]}))
     with pytest.raises(ValueError, match="lists 1 shards, not n_shards = 2"):
         load_dataset(path)
+
+
+def test_sizes_may_be_numpy_integers_but_not_booleans(tmp_path):
+    path = generate(tmp_path / "ds", model="sabr", n=np.int64(4), progress=False)
+    assert len(load_dataset(path)[0]) == 4
+    with pytest.raises(ValueError, match="n must be a positive integer, got True"):
+        generate(tmp_path / "other", model="sabr", n=True, progress=False)
