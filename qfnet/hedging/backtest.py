@@ -71,6 +71,11 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     steps = market.n_steps
     variance = None
     if {"path", "step", "spot"} <= set(frame.columns):
+        repeated = frame.duplicated(["path", "step"])
+        if repeated.any():  # pandas' pivot said only "Index contains duplicate entries"
+            i = int(np.flatnonzero(repeated.to_numpy())[0])
+            raise ValueError(f"paths file {path}: row {i + 1} repeats path "
+                             f"{frame['path'].iloc[i]}, step {frame['step'].iloc[i]}")  # fmt: skip
         frame = frame.sort_values(["path", "step"])
         wide = frame.pivot(index="path", columns="step", values="spot")
         if "variance" in frame.columns:
@@ -277,6 +282,11 @@ def run_backtest(
     """
     from qfnet.hedging.report import plot_hedge_ratio, plot_histograms
 
+    # n_paths=0 fell back to the config's count, n_resamples=0 wrote NaN intervals
+    for name, value in (("n_paths", n_paths), ("n_resamples", n_resamples)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):  # fmt: skip
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     config, model, meta = load_run(run_dir)
     market = Market(config)
     seed = config.seed if seed is None else seed
@@ -284,7 +294,8 @@ def run_backtest(
         data = market.data(read_paths(paths_file, market))
         source = str(paths_file)
     else:
-        data, _ = make_paths(market, n_paths or config.paths.test, split="test", seed=seed)
+        count = config.paths.test if n_paths is None else n_paths
+        data, _ = make_paths(market, count, split="test", seed=seed)
         source = f"simulated test set, seed {seed}"
     report, results = backtest(
         config, data, market, learned=model.strategy, ww_risk_aversion=meta["ww_risk_aversion"],

@@ -163,6 +163,8 @@ def make_paths(market: Market, n_paths: int, *, split: str, seed: int) -> tuple[
         >>> torch.equal(val.spot, make_paths(market, 8, split="test", seed=0)[0].spot)
         False
     """
+    if split not in _SPLIT_OFFSET:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_OFFSET)}, got {split!r}")
     generator = torch.Generator(device=market.device or "cpu").manual_seed(
         3 * seed + _SPLIT_OFFSET[split]
     )

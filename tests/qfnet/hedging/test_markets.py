@@ -184,3 +184,14 @@ def test_heston_vol_proxy_feature_starts_at_zero_in_float64() -> None:
     market = Market(config)
     data = market.data(market.simulate(64, generator=torch.Generator().manual_seed(0)))
     assert float(data.features[:, 0, 2].abs().max()) < 1e-15
+
+
+def test_long_paths_with_a_repeated_step_name_the_row(tmp_path) -> None:
+    market = _market(spot=1.0)
+    long = pd.DataFrame({"path": [0] * 11 + [0], "step": [*range(11), 3],
+                         "spot": [100.0] * 12})  # fmt: skip
+    long.to_parquet(tmp_path / "dup.parquet")
+    with pytest.raises(ValueError, match=r"row 12 repeats path 0, step 3"):
+        read_paths(tmp_path / "dup.parquet", market)
+    with pytest.raises(ValueError, match=r"split must be one of \['test', 'train', 'val'\]"):
+        make_paths(market, 4, split="tst", seed=0)
