@@ -39,6 +39,19 @@ def _involved(pair: np.ndarray, triple: np.ndarray, n: int) -> np.ndarray:
     return hit
 
 
+def _check_columns(**columns: np.ndarray) -> None:
+    """One finite value per quote in every column (mismatched lengths were cut to the shortest
+    or failed with a bare IndexError; NaN was never flagged)."""
+    arrays = {name: np.asarray(a, dtype=float).reshape(-1) for name, a in columns.items()}
+    sizes = {name: len(a) for name, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"one value per quote in each column, got lengths {sizes}")
+    for name, a in arrays.items():
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise ValueError(f"{name}: not a finite number at index {bad[0]} ({a[bad[0]]})")
+
+
 def strike_violations(
     *, strike: np.ndarray, call: np.ndarray, forward: float, tolerance: float = 1e-6
 ) -> np.ndarray:
@@ -62,6 +75,9 @@ def strike_violations(
         >>> strike_violations(strike=k, call=c, forward=100.0).tolist()
         [False, False, False, True, False]
     """
+    _check_columns(strike=strike, call=call)
+    if len(np.unique(strike)) != len(strike):
+        raise ValueError("strike: the strikes of one expiry must be distinct")
     order = np.argsort(strike)
     k, c = np.asarray(strike, float)[order], np.asarray(call, float)[order]
     keep = np.ones(len(k), dtype=bool)
@@ -114,6 +130,7 @@ def calendar_violations(
         >>> calendar_violations(maturity=t, log_moneyness=k, total_variance=w).tolist()
         [False, False, False, True]
     """
+    _check_columns(maturity=maturity, log_moneyness=log_moneyness, total_variance=total_variance)
     maturity, k, w = (np.asarray(a, float) for a in (maturity, log_moneyness, total_variance))
     drop = np.zeros(len(maturity), dtype=bool)
     previous = None

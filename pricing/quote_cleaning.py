@@ -9,6 +9,7 @@ moneyness ranges, no implied vol, out-of-the-money selection, static arbitrage) 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -367,6 +368,20 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     return drop
 
 
+def _check_settings(maturity_range, moneyness_range, n_pairs: int, tolerance: float) -> None:
+    """Cleaning settings that filtered everything or failed deep inside (a reversed range
+    dropped every row, n_pairs=0 used carry forwards everywhere, a NaN tolerance an
+    IndexError)."""
+    for name, pair in (("maturity_range", maturity_range), ("moneyness_range", moneyness_range)):
+        low, high = (float(v) for v in pair)
+        if not 0 <= low <= high:  # NaN too
+            raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {pair}")
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 1:
+        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
+
+
 def clean_quotes(
     source: pd.DataFrame | str,
     *,
@@ -410,6 +425,7 @@ def clean_quotes(
         >>> len(clean), report.removed["moneyness_out_of_range"]
         (3, 1)
     """
+    _check_settings(maturity_range, moneyness_range, n_pairs, tolerance)
     quotes = read_quotes(source, allow_crossed=True)
     defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")

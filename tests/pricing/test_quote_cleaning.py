@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,34 @@ def test_carry_forwards_without_rates_are_noted_in_the_report() -> None:
     assert "note: no rate or dividend column" in str(report)
     _, with_rate = clean_quotes(calls.assign(rate=0.02))
     assert len(with_rate.notes) == 1 and with_rate.notes[0].startswith("no dividend column")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"maturity_range": (30.0, 0.1)}, "maturity_range"), ({"moneyness_range": (0.5, math.nan)},
+      "moneyness_range"), ({"n_pairs": 0}, "n_pairs"), ({"tolerance": math.nan}, "tolerance")],
+)  # fmt: skip
+def test_cleaning_settings_are_checked(kwargs, message):
+    # a reversed range dropped every row, n_pairs=0 fell back to carry forwards everywhere, a
+    # NaN tolerance failed with an IndexError
+    table = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "spot": 100.0,
+                          "implied_vol": 0.2})  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        clean_quotes(table, **kwargs)
+
+
+def test_arbitrage_checks_refuse_mismatched_or_missing_values():
+    # lengths 2 and 3 gave a mask of 2; a NaN variance was never flagged; a NaN call price or
+    # a repeated strike failed with a bare IndexError
+    with pytest.raises(ValueError, match="one value per quote"):
+        calendar_violations(maturity=np.array([0.5, 1.0]), log_moneyness=np.zeros(3),
+                            total_variance=np.full(3, 0.02))  # fmt: skip
+    with pytest.raises(ValueError, match="total_variance: not a finite number at index 1"):
+        calendar_violations(maturity=np.array([0.5, 1.0]), log_moneyness=np.zeros(2),
+                            total_variance=np.array([0.02, np.nan]))  # fmt: skip
+    with pytest.raises(ValueError, match="call: not a finite number"):
+        strike_violations(strike=np.array([90.0, 100.0]), call=np.array([11.0, np.nan]),
+                          forward=100.0)  # fmt: skip
+    with pytest.raises(ValueError, match="distinct"):
+        strike_violations(strike=np.array([90.0, 90.0]), call=np.array([11.0, 11.0]),
+                          forward=100.0)  # fmt: skip
