@@ -100,6 +100,8 @@ def sample_parameters(n: int, *, seed: int = 0) -> torch.Tensor:
         >>> sample_parameters(4, seed=1).shape
         torch.Size([4, 5])
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # 0 was a torch size error
+        raise ValueError(f"n must be a positive integer, got {n!r}")
     lower, upper = _box_tensors(BOX)
     engine = torch.quasirandom.SobolEngine(len(NAMES), scramble=True, seed=seed)
     return lower + (upper - lower) * engine.draw(n, dtype=torch.float64)
@@ -118,6 +120,9 @@ def surface_vols(params: torch.Tensor) -> torch.Tensor:
         >>> vols.shape, bool(abs(vols[0, 5] - 0.2) < 0.01)  # short-dated ATM vol near sqrt(v0)
         (torch.Size([1, 66]), True)
     """
+    if params.dim() != 2 or params.shape[1] != len(NAMES):  # a 6th column was ignored
+        raise ValueError(f"params must have shape (P, {len(NAMES)}) ({', '.join(NAMES)}), "
+                         f"got {tuple(params.shape)}")  # fmt: skip
     ratio = torch.exp(GRID_LOG_MONEYNESS)[None, :]  # (1, 66)
     fields = {name: params[:, i : i + 1] for i, name in enumerate(NAMES)}  # (P, 1) each
     return otm_implied_vol(ratio=ratio, maturity=GRID_MATURITY[None, :], **fields)
@@ -367,11 +372,14 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
     forward, maturity, strike, vol = (quotes[c].to_numpy(dtype=float)
                                       for c in ("forward", "maturity", "strike", column))  # fmt: skip
     with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(forward) & np.isfinite(maturity) & np.isfinite(strike)
-                & np.isfinite(vol) & (vol > 0) & (strike > 0) & (forward > 0))  # fmt: skip
-    if bad.any():
-        raise ValueError(f"quotes: row {quotes.index[np.argmax(bad)]} has a non-finite or "
-                         "non-positive forward, strike or vol")  # fmt: skip
+        checks = {"forward": forward > 0, "maturity": maturity > 0, "strike": strike > 0,
+                  column: (vol > 0) & (vol <= 5.0)}  # fmt: skip
+    for name, ok in checks.items():  # a maturity <= 0 and vols in percent were taken
+        if not ok.all():
+            i = int(np.argmax(~ok))
+            raise ValueError(f"quotes: row {quotes.index[i]}, column {name!r}: "
+                             f"{quotes[name].iloc[i]!r} is not a positive finite number"
+                             f"{' in decimals (at most 5)' if name == column else ''}")  # fmt: skip
     if not len(maturity):
         raise ValueError("quotes: the table is empty")
     expiries, which = np.unique(maturity.round(10), return_inverse=True)

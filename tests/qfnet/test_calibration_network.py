@@ -21,6 +21,7 @@ from qfnet.calibration_network import (
     load_network,
     make_dataset,
     predict,
+    sample_parameters,
     save_network,
     surface_from_quotes,
     surface_vols,
@@ -281,3 +282,18 @@ def test_network_method_warns_when_the_quotes_leave_its_grid_to_extrapolation():
         calibrate_many("heston", [full, full], method="network")
     with pytest.raises(ValueError, match="the table is empty"):
         surface_from_quotes(table.iloc[:0])
+
+
+def test_bad_inputs_name_the_column_or_shape():
+    # a maturity of 0 and vols in percent went into the interpolation; a sixth parameter column
+    # was ignored; sample_parameters(0) was a torch size error
+    quotes = pd.DataFrame({"strike": [90.0, 110.0], "forward": 100.0, "maturity": [0.5, 0.0],
+                           "market_iv": [0.2, 0.2]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"row 1, column 'maturity'"):
+        surface_from_quotes(quotes)
+    with pytest.raises(ValueError, match=r"column 'market_iv': 20.0 .* in decimals"):
+        surface_from_quotes(quotes.assign(maturity=1.0, market_iv=[20.0, 20.0]))
+    with pytest.raises(ValueError, match=r"params must have shape \(P, 5\)"):
+        surface_vols(torch.full((1, 6), 0.1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        sample_parameters(0)
