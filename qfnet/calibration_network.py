@@ -378,7 +378,7 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
         if not ok.all():
             i = int(np.argmax(~ok))
             raise ValueError(f"quotes: row {quotes.index[i]}, column {name!r}: "
-                             f"{quotes[name].iloc[i]!r} is not a positive finite number"
+                             f"{float(quotes[name].iloc[i])} is not a positive finite number"
                              f"{' in decimals (at most 5)' if name == column else ''}")  # fmt: skip
     if not len(maturity):
         raise ValueError("quotes: the table is empty")
