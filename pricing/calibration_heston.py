@@ -138,6 +138,7 @@ def surfaces_from_quotes(
     # quote gets its surface s, expiry slot e (by rank of its rounded maturity within s) and its
     # slot within (s, e) in table order.
     sizes = np.array([len(t) for t in tables])
+    _check_packing(tables, weights, sizes)
     column = lambda name: np.concatenate([t[name].to_numpy(float) for t in tables])  # noqa: E731
     strike, forward, market_iv = column("strike"), column("forward"), column("market_iv")
     key = column("maturity").round(10)
@@ -166,6 +167,22 @@ def surfaces_from_quotes(
     return HestonSurfaces(
         grid, t(iv.reshape(len(tables), -1)), t(w.reshape(len(tables), -1)), flat_t, positions
     )
+
+
+def _check_packing(
+    tables: list[pd.DataFrame], weights: list[np.ndarray], sizes: np.ndarray
+) -> None:
+    """One finite weight >= 0 per quote and positive finite vols (one weight was broadcast over
+    a table, a negative one became NaN, NaN vols were packed)."""
+    if len(weights) != len(tables):
+        raise ValueError(f"{len(weights)} weight arrays for {len(tables)} quote tables")
+    for i, (table, w) in enumerate(zip(tables, weights, strict=True)):
+        w = np.asarray(w, dtype=float)
+        if w.shape != (sizes[i],) or not bool(np.all(np.isfinite(w) & (w >= 0))):
+            raise ValueError(f"table {i}: weights must be {sizes[i]} finite values >= 0")
+        vol = table["market_iv"].to_numpy(dtype=float)
+        if not bool(np.all(np.isfinite(vol) & (vol > 0))):
+            raise ValueError(f"table {i}: market_iv must be finite and > 0")
 
 
 def _box(bounds: dict[str, tuple[float, float]] | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch
 
 from pricing.black_scholes import black_implied_vol
 from pricing.calibration import calibrate
+from pricing.calibration_heston import surfaces_from_quotes
 from pricing.heston import price as heston_price
 from pricing.quantlib import heston_calibrate
 
@@ -266,3 +267,14 @@ def test_polished_surfaces_report_reference_vols_at_their_parameters(monkeypatch
                                    **fields)  # fmt: skip
         torch.testing.assert_close(vols[s], expected, rtol=1e-12, atol=1e-14)
         assert len(vols[s]) == len(tables[s])
+
+
+def test_packing_checks_weights_and_vols():
+    # one weight was broadcast over ten quotes, a negative one became NaN, NaN vols were packed
+    table = pd.DataFrame({"strike": [90.0, 100.0, 110.0], "forward": 100.0, "maturity": 1.0,
+                          "market_iv": 0.2})  # fmt: skip
+    for weights in ([np.ones(1)], [np.array([1.0, -1.0, 1.0])]):
+        with pytest.raises(ValueError, match=r"table 0: weights must be 3 finite values >= 0"):
+            surfaces_from_quotes([table], weights)
+    with pytest.raises(ValueError, match="table 0: market_iv must be finite and > 0"):
+        surfaces_from_quotes([table.assign(market_iv=[0.2, np.nan, 0.2])], [np.ones(3)])
