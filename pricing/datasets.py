@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from pricing._labels import ENGINES, check_compile, label
+from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
     "ENGINES",
@@ -101,8 +102,21 @@ class Domain:
                 raise ValueError(f"domain bounds for {name!r} must be finite with low <= high")
         if self.maturity[0] <= 0.0:
             raise ValueError("domain maturity lower bound must be > 0")
-        if self.z_scale <= 0.0:
-            raise ValueError("domain z_scale must be > 0")
+        if not (math.isfinite(self.z_scale) and self.z_scale > 0.0):  # NaN slipped past <= 0
+            raise ValueError(f"domain z_scale must be finite and > 0, got {self.z_scale}")
+        if not (math.isfinite(self.rtol) and self.rtol >= 0.0):
+            raise ValueError(f"domain rtol must be finite and >= 0, got {self.rtol}")
+        # the labellers need exactly the model's parameters (a Heston domain of v0 alone failed
+        # with KeyError: 'kappa' when labelled; a "bs" domain had no labeller at all)
+        expected = MODEL_PARAMETERS.get(self.model)
+        if expected is None:
+            raise ValueError(
+                f"domain model must be one of {sorted(MODEL_PARAMETERS)}, got {self.model!r}"
+            )
+        if sorted(self.param_names) != sorted(expected):
+            raise ValueError(
+                f"a {self.model} domain bounds {list(expected)}, got {list(self.param_names)}"
+            )
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -245,3 +247,16 @@ def test_sizes_may_be_numpy_integers_but_not_booleans(tmp_path):
     assert len(load_dataset(path)[0]) == 4
     with pytest.raises(ValueError, match="n must be a positive integer, got True"):
         generate(tmp_path / "other", model="sabr", n=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"z_scale": math.nan}, "z_scale must be finite"), ({"rtol": -1e-9}, "rtol must be"),
+     ({"model": "bs"}, "domain model must be one of"),
+     ({"params": (("v0", 0.01, 0.1),)}, r"a heston domain bounds \['v0', 'kappa'")],
+)  # fmt: skip
+def test_domain_settings_are_checked(change, message):
+    # a NaN z_scale and a negative rtol were accepted; a Heston domain of v0 alone failed
+    # with KeyError: 'kappa' only when labelled
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(HESTON_DOMAIN, **change)
