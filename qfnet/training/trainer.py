@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import math
 import time
@@ -16,7 +17,13 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from qfnet.training import checkpoint as ckpt
-from qfnet.training.callbacks import LossCurvePlot, LRMonitor, ModelCheckpoint, ProgressBar
+from qfnet.training.callbacks import (
+    HOOKS,
+    LossCurvePlot,
+    LRMonitor,
+    ModelCheckpoint,
+    ProgressBar,
+)
 from qfnet.training.config import TrainerConfig
 from qfnet.training.data import DataSource, TrainLoader, eval_loader, tensor_backed
 from qfnet.training.device import (
@@ -106,6 +113,7 @@ class Trainer:
             raise ValueError(f"metrics: the name(s) {clash} are the Trainer's own; rename them")
         self.forward = forward or default_forward
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir is not None else None
+        _warn_unknown_hooks(callbacks)
         self.callbacks = self._default_callbacks(list(callbacks))
         self.history = History()
         self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
@@ -617,6 +625,18 @@ class Trainer:
 
 
 _NO_SYNC = contextlib.nullcontext()
+
+
+def _warn_unknown_hooks(callbacks: Any) -> None:
+    """Callbacks are duck-typed: a misspelled hook (``on_epoch_ending``) was never called, and
+    nothing said so."""
+    for callback in callbacks:
+        names = {n for n in dir(callback) if n.startswith("on_") and callable(getattr(callback, n))}
+        for name in sorted(names - set(HOOKS)):
+            close = difflib.get_close_matches(name, list(HOOKS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.warn(f"callback {type(callback).__name__}.{name} is not a Trainer hook and "
+                          f"is never called{hint}; see qfnet.training.HOOKS", stacklevel=3)  # fmt: skip
 
 
 def _rank_aware(loader: torch.utils.data.DataLoader) -> bool:

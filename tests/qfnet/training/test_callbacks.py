@@ -255,3 +255,15 @@ def test_tensorboard_keeps_every_step_across_a_resume_and_a_rerun_replaces_the_e
     Trainer(mlp(), loss=sq_error, config=cfg).fit(data)  # a fresh run into the same folder
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
     assert steps() == list(range(1, 13))
+
+
+def test_a_misspelled_hook_is_warned_about():
+    # callbacks are duck-typed: on_epoch_ending was simply never called
+    class Typo:
+        def on_epoch_ending(self, trainer):
+            pass
+
+    with pytest.warns(UserWarning, match=r"Typo.on_epoch_ending is not a Trainer hook .*"
+                                         r"did you mean on_epoch_end"):  # fmt: skip
+        Trainer(torch.nn.Linear(1, 1), loss=torch.nn.functional.mse_loss, callbacks=[Typo()],
+                config=TrainerConfig(progress_bar=False, tensorboard=False))  # fmt: skip
