@@ -448,10 +448,9 @@ def _check_prepared(table: pd.DataFrame) -> None:
         raise QuoteError(f"must be a vol in decimals, > 0 and at most "
                          f"{_DECIMAL_LIMITS['implied_vol']:g}, got {vol[i]}", row=i + 1,
                          column="market_iv")  # fmt: skip
-    kind = table["option_type"].to_numpy()
-    wrong = np.flatnonzero(~np.isin(kind, ("call", "put")))
-    if wrong.size:
-        i = int(wrong[0])
+    kind = table["option_type"].tolist()
+    if not set(kind) <= {"call", "put"}:  # a set: np.isin on objects sorted (0.2 ms a fit)
+        i = next(j for j, v in enumerate(kind) if v not in ("call", "put"))
         raise QuoteError(f"must be 'call' or 'put', got {kind[i]!r}", row=i + 1,
                          column="option_type")  # fmt: skip
 
