@@ -11,11 +11,13 @@ Antithetic pairs are adjacent paths ``(2i, 2i + 1)`` with opposite normals.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -30,7 +32,7 @@ __all__ = [
     "drawn_chunks",
     "drawn_slabs",
     "graph_chunk_size",
-    "sobol_replicate_size",
+    "sobol_replicates",
     "step_normals",
 ]
 
@@ -56,15 +58,21 @@ _SOBOL_MAX_DIMENSION = 21201
 _MASK64 = (1 << 64) - 1
 
 
-def sobol_replicate_size(n_paths: int, antithetic: bool) -> int:
-    """Units (paths, or antithetic pairs) per Sobol replicate: the last replicate may be smaller.
+def sobol_replicates(n_paths: int, antithetic: bool) -> list[int]:
+    """Where each Sobol replicate starts, in units (paths, or antithetic pairs), and where the
+    last ends: :data:`SOBOL_REPLICATES` + 1 numbers; the sizes differ by at most one.
 
     Examples:
-        >>> sobol_replicate_size(4096, False), sobol_replicate_size(4096, True)
-        (256, 128)
+        >>> sobol_replicates(4096, False)[:3], sobol_replicates(4096, True)[-1]
+        ([0, 256, 512], 2048)
+        >>> sizes = np.diff(sobol_replicates(241, False))
+        >>> int(sizes.min()), int(sizes.max())
+        (15, 16)
     """
     units = -(-n_paths // (2 if antithetic else 1))
-    return max(1, -(-units // SOBOL_REPLICATES))
+    size, extra = divmod(units, SOBOL_REPLICATES)
+    sizes = [size + 1] * extra + [size] * (SOBOL_REPLICATES - extra)
+    return [0, *np.cumsum(sizes).tolist()]
 
 
 def derive_seed(base: int, index: int) -> int:
@@ -293,16 +301,18 @@ class NormalSource:
 
     def _sobol(self, start: int, stop: int) -> torch.Tensor:
         """Points of units ``[start, stop)``, from the scrambled sequence of each one's replicate."""
-        size = sobol_replicate_size(self.n_paths, self.antithetic)
+        bounds = sobol_replicates(self.n_paths, self.antithetic)
         parts = []
-        for replicate in range(start // size, -(-stop // size)):
-            lo, hi = max(start, replicate * size), min(stop, (replicate + 1) * size)
+        for replicate, (first, end) in enumerate(itertools.pairwise(bounds)):
+            lo, hi = max(start, first), min(stop, end)
+            if lo >= hi:
+                continue
             engine = torch.quasirandom.SobolEngine(
                 self.n_steps * self.n_factors, scramble=True,
                 seed=derive_seed(self.seed, replicate) % (2**31),
             )  # fmt: skip
-            if lo > replicate * size:
-                engine.fast_forward(lo - replicate * size)
+            if lo > first:
+                engine.fast_forward(lo - first)
             parts.append(engine.draw(hi - lo, dtype=torch.float64))
         points = torch.cat(parts)  # (U, T*F)
         eps = torch.finfo(torch.float64).eps

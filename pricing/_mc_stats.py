@@ -161,9 +161,11 @@ def finish_replicates(
         raise ValueError(f"need at least 2 Sobol replicates, got {len(replicates)}")
     least = 2 + (0 if c is None else c.shape[-1])
     if min(m.n for m in replicates) < least:
-        raise ValueError(f"sobol=True splits the samples into {len(replicates)} independently "
-                         f"scrambled replicates, and each needs at least {least} samples: got "
-                         f"{min(m.n for m in replicates)}; simulate more paths")  # fmt: skip
+        r = len(replicates)
+        raise ValueError(f"sobol=True splits the samples into {r} independently scrambled "
+                         f"replicates, and each needs at least {least} (antithetic pairs count "
+                         f"once): at least {r * least} samples, got {sum(m.n for m in replicates)}"
+                         "; simulate more paths")  # fmt: skip
     estimates = torch.stack(
         [finish(m, False, c, control_means, confidence, n_paths).price for m in replicates]
     )  # (R, K)

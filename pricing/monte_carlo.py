@@ -11,7 +11,7 @@ residual standard deviation over ``sqrt(n)``. Exotic payoffs live in :mod:`prici
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pricing import payoffs, simulate
-from pricing._mc_random import sobol_replicate_size
+from pricing._mc_random import sobol_replicates
 from pricing._mc_stats import MCResult, Moments, finish, finish_replicates, shape_samples
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 
@@ -85,7 +85,7 @@ def price_paths(
     confidence: float = 0.95,
     progress: bool | None = None,
     total_chunks: int | None = None,
-    replicate_size: int | None = None,
+    replicates: Sequence[int] | None = None,
 ) -> MCResult:
     """Price ``discount * E[payoff(paths)]`` over a stream of path chunks (bounded memory).
 
@@ -100,10 +100,10 @@ def price_paths(
         confidence: two-sided confidence level.
         progress: show a tqdm bar over chunks; None shows it only once a run passes 2 seconds.
         total_chunks: number of chunks, for the bar.
-        replicate_size: for Sobol paths (``sobol=True``): samples (antithetic pairs count once)
-            per independently scrambled replicate,
-            :func:`pricing._mc_random.sobol_replicate_size`. The standard error and interval
-            then come from the spread of the replicates' estimates (see
+        replicates: for Sobol paths (``sobol=True``): where each independently scrambled
+            replicate starts, in samples (antithetic pairs count once), and where the last ends
+            (:func:`pricing._mc_random.sobol_replicates`). The standard error and interval then
+            come from the spread of the replicates' estimates (see
             :data:`pricing._mc_random.SOBOL_REPLICATES`); None treats the samples as i.i.d.
 
     Shape:
@@ -118,7 +118,7 @@ def price_paths(
         True
     """
     moments = Moments()
-    replicates: dict[int, Moments] = {}
+    parts = [Moments() for _ in range(len(replicates) - 1)] if replicates is not None else []
     squeeze, c, n_paths = True, None, 0
     bar = tqdm(chunks, total=total_chunks, delay=2.0, disable=progress is False, leave=False)
     for where, paths in bar:
@@ -128,15 +128,15 @@ def price_paths(
         squeeze = y.ndim == 1
         y2, c = shape_samples(y, extra, antithetic)
         n_paths += y.shape[0]
-        if replicate_size is None:
+        if replicates is None:
             moments.add(y2, c)
             continue
         first = where.start // (2 if antithetic else 1)  # the chunk's first sample (unit)
-        for r in range(first // replicate_size, -(-(first + len(y2)) // replicate_size)):
-            rows = slice(max(r * replicate_size - first, 0), (r + 1) * replicate_size - first)
-            replicates.setdefault(r, Moments()).add(y2[rows], None if c is None else c[rows])
-    if replicate_size is not None:
-        parts = [replicates[r] for r in sorted(replicates)]
+        for part, start, end in zip(parts, replicates, replicates[1:], strict=False):
+            rows = slice(max(start - first, 0), max(min(end - first, len(y2)), 0))
+            if rows.stop > rows.start:
+                part.add(y2[rows], None if c is None else c[rows])
+    if replicates is not None:
         return finish_replicates(parts, squeeze, c, control_means, confidence, n_paths)
     return finish(moments, squeeze, c, control_means, confidence, n_paths)
 
@@ -197,7 +197,7 @@ def bs_european(
         generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     return _european(chunks, strike, is_call, rate, dividend, maturity, spot, control, antithetic,
-                     replicate_size=_replicate_size(n_paths, antithetic, sobol))  # fmt: skip
+                     replicates=_replicates(n_paths, antithetic, sobol))  # fmt: skip
 
 
 def heston_european(
@@ -300,7 +300,7 @@ def heston_european(
         return price_paths(
             chunks, lambda p: p.payoff, discount=df, controls=ctrl, control_means=mean,
             antithetic=antithetic, progress=progress,
-            replicate_size=_replicate_size(n_paths, antithetic, sobol),
+            replicates=_replicates(n_paths, antithetic, sobol),
         )  # fmt: skip
     chunks = simulate.heston_chunks(
         n_paths, n_steps, spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
@@ -320,7 +320,7 @@ def heston_european(
         control,
         antithetic,
         progress,
-        _replicate_size(n_paths, antithetic, sobol),
+        _replicates(n_paths, antithetic, sobol),
     )
 
 
@@ -401,7 +401,7 @@ def sabr_european(
         control_means=forward * discount if control else None,
         antithetic=antithetic,
         progress=progress,
-        replicate_size=_replicate_size(n_paths, antithetic, sobol),
+        replicates=_replicates(n_paths, antithetic, sobol),
     )
 
 
@@ -525,9 +525,9 @@ def _price_group(
                     res.n_paths)  # fmt: skip
 
 
-def _replicate_size(n_paths: int, antithetic: bool, sobol: bool) -> int | None:
-    """Samples per randomised-QMC replicate for Sobol runs (None: i.i.d. pseudo-random)."""
-    return sobol_replicate_size(n_paths, antithetic) if sobol else None
+def _replicates(n_paths: int, antithetic: bool, sobol: bool) -> list[int] | None:
+    """Randomised-QMC replicate bounds for Sobol runs (None: i.i.d. pseudo-random)."""
+    return sobol_replicates(n_paths, antithetic) if sobol else None
 
 
 def _european(
@@ -541,7 +541,7 @@ def _european(
     control: bool,
     antithetic: bool,
     progress: bool | None = None,
-    replicate_size: int | None = None,
+    replicates: Sequence[int] | None = None,
 ) -> MCResult:
     df = math.exp(-rate * maturity)
     return price_paths(
@@ -552,5 +552,5 @@ def _european(
         control_means=spot * math.exp(-dividend * maturity) if control else None,
         antithetic=antithetic,
         progress=progress,
-        replicate_size=replicate_size,
+        replicates=replicates,
     )

@@ -18,6 +18,7 @@ import pandas as pd
 
 __all__ = [
     "COLUMN_ALIASES",
+    "DECIMAL_LIMITS",
     "NUMERIC_COLUMNS",
     "QuoteError",
     "read_quotes",
@@ -372,14 +373,14 @@ def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
             raise locate.error(i, column, f"must be {op}, got {_show(frame[column].iloc[i])}")
 
 
-_DECIMAL_LIMITS = {"implied_vol": 5.0, "volatility": 5.0, "rate": 1.0, "dividend": 1.0}
+DECIMAL_LIMITS = {"implied_vol": 5.0, "volatility": 5.0, "rate": 1.0, "dividend": 1.0}
 """Magnitudes beyond which a vol or rate is taken for a percentage (20 for 20%), an error."""
 
 
 def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
     """Refuse what the library would otherwise misread: American exercise, normal vols, vols
     and rates in percent."""
-    for column, limit in _DECIMAL_LIMITS.items():
+    for column, limit in DECIMAL_LIMITS.items():
         if column in frame:
             bad = np.flatnonzero((frame[column].abs() > limit).to_numpy())
             if bad.size:

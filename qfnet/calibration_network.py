@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pricing.heston import otm_implied_vol
+from pricing.quotes import DECIMAL_LIMITS
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
@@ -372,8 +373,10 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
     forward, maturity, strike, vol = (quotes[c].to_numpy(dtype=float)
                                       for c in ("forward", "maturity", "strike", column))  # fmt: skip
     with np.errstate(invalid="ignore"):
-        checks = {"forward": forward > 0, "maturity": maturity > 0, "strike": strike > 0,
-                  column: (vol > 0) & (vol <= 5.0)}  # fmt: skip
+        positive = lambda x: np.isfinite(x) & (x > 0)  # noqa: E731  (inf passed "> 0")
+        in_decimals = vol <= DECIMAL_LIMITS["implied_vol"]
+        checks = {"forward": positive(forward), "maturity": positive(maturity),
+                  "strike": positive(strike), column: positive(vol) & in_decimals}  # fmt: skip
     for name, ok in checks.items():  # a maturity <= 0 and vols in percent were taken
         if not ok.all():
             i = int(np.argmax(~ok))

@@ -409,9 +409,16 @@ def test_sobol_standard_error_matches_the_spread_over_scramblings(antithetic, co
 
 
 def test_sobol_needs_enough_paths_for_its_replicates():
-    with pytest.raises(ValueError, match="16 independently scrambled replicates"):
-        monte_carlo.bs_european(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2,
-                                n_paths=16, sobol=True, generator=_gen(0))  # fmt: skip
+    kwargs = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, generator=_gen(0))
+    with pytest.raises(ValueError, match=r"16 independently scrambled replicates.* at least 32"):
+        monte_carlo.bs_european(**kwargs, n_paths=16, sobol=True)
+    # replicate sizes differ by at most one: 241 paths (a last replicate of 1 was refused) and
+    # 100 with a control (a last one of 2) work
+    for n_paths, control in ((241, False), (100, True), (48, True)):
+        result = monte_carlo.bs_european(**kwargs, n_paths=n_paths, sobol=True, control=control)
+        assert math.isfinite(float(result.std_error)) and result.n_paths == n_paths
+    with pytest.raises(ValueError, match=r"at least 48 samples, got 47"):
+        monte_carlo.bs_european(**kwargs, n_paths=47, sobol=True, control=True)
 
 
 def test_sobol_heston_conditional_estimate_is_within_its_error():

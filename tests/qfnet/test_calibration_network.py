@@ -291,6 +291,8 @@ def test_bad_inputs_name_the_column_or_shape():
                            "market_iv": [0.2, 0.2]})  # fmt: skip
     with pytest.raises(ValueError, match=r"row 1, column 'maturity'"):
         surface_from_quotes(quotes)
+    with pytest.raises(ValueError, match=r"row 0, column 'strike': inf"):  # inf passed "> 0"
+        surface_from_quotes(quotes.assign(maturity=1.0, strike=[np.inf, 110.0]))
     with pytest.raises(ValueError, match=r"column 'market_iv': 20.0 .* in decimals"):
         surface_from_quotes(quotes.assign(maturity=1.0, market_iv=[20.0, 20.0]))
     with pytest.raises(ValueError, match=r"params must have shape \(P, 5\)"):
