@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from pricing._validation import is_whole
 
 __all__ = [
     "check_chunk_size",
@@ -59,19 +59,15 @@ def _show(v: torch.Tensor, bad: torch.Tensor) -> str:
     return f"{v[index].item()} at index {where}"
 
 
-def _whole(n: object) -> bool:
-    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
-
-
 def check_paths(n_paths: int) -> None:
     """Require a positive integer ``n_paths`` (numpy integers too; not a bool)."""
-    if not _whole(n_paths) or n_paths < 1:
+    if not is_whole(n_paths) or n_paths < 1:
         raise ValueError(f"n_paths must be a positive integer, got {n_paths!r}")
 
 
 def check_steps(n_steps: int) -> None:
     """Require a positive integer ``n_steps`` (numpy integers too; not a bool)."""
-    if not _whole(n_steps) or n_steps < 1:
+    if not is_whole(n_steps) or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
 
 

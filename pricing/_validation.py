@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_finite", "check_nonnegative", "check_positive", "check_where"]
+__all__ = ["check_finite", "check_nonnegative", "check_positive", "check_where", "is_whole"]
 
 
 def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: str) -> None:
@@ -48,3 +49,15 @@ def check_nonnegative(**named: torch.Tensor) -> None:
 def check_finite(**named: torch.Tensor) -> None:
     """Require every element of each named tensor to be finite (no NaN or inf)."""
     _check_all("finite", torch.isfinite, named)
+
+
+def is_whole(value: object) -> bool:
+    """True for Python and numpy integers, False for bools and everything else (one rule for
+    every count: n_paths, n, shard_size, n_pairs, warmup_steps...).
+
+    Examples:
+        >>> import numpy as np
+        >>> is_whole(3), is_whole(np.int64(3)), is_whole(True), is_whole(3.0)
+        (True, True, False, False)
+    """
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

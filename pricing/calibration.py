@@ -10,7 +10,6 @@ and returns a :class:`CalibrationResult` with per-quote residuals.
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pricing._validation import is_whole
 from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import DECIMAL_LIMITS, QuoteError, read_quotes, shifts
 
@@ -361,6 +361,17 @@ _DOMAINS: dict[str, tuple[float, float, str]] = {
 zero vol of vol would take the fitters' trial points out of the model)."""
 
 
+def _finite_number(value: object) -> bool:
+    """A finite real number: Python, numpy or a 0-d tensor; not a string ("0.2" passed
+    ``float()`` and then failed inside torch)."""
+    if isinstance(value, str | bytes) or np.ndim(value) != 0:
+        return False
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
 _COUNT_OPTIONS = {"n_starts": 1, "n_scan": 0, "max_iterations": 1, "nodes": 1}
 """Whole-number method options and their least values."""
 
@@ -371,8 +382,7 @@ def _check_options(options: Mapping[str, Any]) -> None:
     for name, least in _COUNT_OPTIONS.items():
         if name in options:
             value = options[name]
-            whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            if not whole or value < least:
+            if not is_whole(value) or value < least:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     if "free_beta" in options and not isinstance(options["free_beta"], bool | np.bool_):
         raise ValueError(f"free_beta must be True or False, got {options['free_beta']!r}")
@@ -417,8 +427,7 @@ def _check_inputs(
         if unknown or needed:
             what = f"unknown {unknown}" if unknown else f"missing {needed}"
             raise ValueError(f"x0: {what} ({expected}{'; beta optional' * (model == 'sabr')})")
-        bad = [n for n, v in x0.items()
-               if not isinstance(v, numbers.Real) or not np.isfinite(float(v))]  # fmt: skip
+        bad = [n for n, v in x0.items() if not _finite_number(v)]
         if bad:
             raise ValueError(f"x0[{bad[0]!r}]: must be a finite number, got {x0[bad[0]]!r}")
         for name, value in x0.items():

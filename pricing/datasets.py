@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
-import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,6 +33,7 @@ import pandas as pd
 import torch
 
 from pricing._labels import ENGINES, check_compile, label
+from pricing._validation import is_whole
 from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
@@ -500,8 +500,7 @@ def generate(
             f"engine for {model} must be one of {sorted(ENGINES[model])}, got {engine!r}"
         )
     for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
-        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        if not whole or value < 1:  # numpy integers are whole numbers; True is not
+        if not is_whole(value) or value < 1:  # numpy integers are whole numbers; True is not
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     n, shard_size, workers = int(n), int(shard_size), int(workers)
     device = check_device(device)

@@ -34,7 +34,6 @@ References:
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, fields
 
 import torch
@@ -42,7 +41,7 @@ import torch
 from pricing._complex import cexp
 from pricing._heston_fourier import choose_contour, log_characteristic, otm_integral
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flags
-from pricing._validation import check_finite, check_positive, check_where
+from pricing._validation import check_finite, check_positive, check_where, is_whole
 from pricing.black_scholes import black_implied_vol
 
 __all__ = ["HestonParams", "characteristic_function", "delta", "otm_implied_vol", "price"]
@@ -258,8 +257,7 @@ def _check_nodes(**counts: int | None) -> None:
         most = MAX_TAIL_NODES if name == "tail_nodes" else None
         if n is None:
             continue
-        whole = isinstance(n, numbers.Integral) and not isinstance(n, bool)
-        if not whole or n < 1 or (most and n > most):
+        if not is_whole(n) or n < 1 or (most and n > most):
             span = f"1 to {most}" if most else "at least 1"
             raise ValueError(f"{name} must be a whole number {span} (or None), got {n!r}")
 

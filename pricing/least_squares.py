@@ -178,7 +178,11 @@ def levenberg_marquardt(
             (``x0`` inside the box), which saves the first evaluation (e.g. to continue a run).
 
     Returns:
-        A :class:`LeastSquaresResult`.
+        A :class:`LeastSquaresResult`; a problem whose cost turns NaN stops, unconverged.
+
+    Raises:
+        ValueError: a non-finite ``x0``, NaN or inverted bounds, a damping that is not positive,
+            ``max_iterations`` below 1.
 
     Shape:
         ``x0``: ``(B, P)``; residuals ``(B, N)``.

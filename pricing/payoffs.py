@@ -459,7 +459,8 @@ def average_weights(
         weights[1:] += 0.5 * dt
         return weights / (time_grid[-1] - time_grid[0])
     idx = torch.arange(1, n_cols) if fixings is None else torch.as_tensor(fixings).flatten()
-    if idx.dtype == torch.bool or idx.is_floating_point():  # times or a mask, not indices
+    # times or a mask, not indices (an empty list is float32 too: the message below says so)
+    if idx.numel() and (idx.dtype == torch.bool or idx.is_floating_point()):
         raise ValueError(f"fixings must be integer column indices in [0, {n_cols - 1}] (not "
                          f"fixing times or a mask), got {idx.tolist()}")  # fmt: skip
     if idx.numel() == 0 or bool((idx < 0).any()) or bool((idx >= n_cols).any()):
@@ -493,5 +494,5 @@ def _check_grid_matches(paths: torch.Tensor, time_grid: torch.Tensor) -> None:
     # a decreasing grid gave hit probabilities of 66 and -472571, an all-equal one NaN averages
     steps = time_grid.diff()
     if not bool(torch.isfinite(time_grid).all()) or not bool((steps > 0).all()):
-        raise ValueError(f"time_grid must be finite and strictly increasing, got "
-                         f"{time_grid.tolist() if time_grid.numel() <= 8 else 'another'}")  # fmt: skip
+        shown = time_grid.tolist() if time_grid.numel() <= 8 else f"{time_grid.numel()} points"
+        raise ValueError(f"time_grid must be finite and strictly increasing, got {shown}")

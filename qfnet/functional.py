@@ -111,7 +111,9 @@ def transaction_costs(
     if rate.shape not in ((), (p.shape[-1],)):
         raise ValueError(f"cost must be one rate or one per instrument (H = {p.shape[-1]}), "
                          f"got shape {tuple(rate.shape)}")  # fmt: skip
-    if not bool((torch.isfinite(rate) & (rate >= 0)).all()):
+    # the values are checked on the CPU only: on a GPU the check would synchronise every
+    # training step (the hedging models validate their costs once, from the config)
+    if rate.device.type == "cpu" and not bool((torch.isfinite(rate) & (rate >= 0)).all()):
         raise ValueError(f"cost must be finite and >= 0, got {rate.tolist()}")
     tr = trades(h, liquidate=liquidate)  # (N, T+1, H)
     return (tr.abs() * p * rate).sum(dim=(1, 2))

@@ -191,7 +191,8 @@ def _mean_loss(trainer: Trainer) -> float:
     # .item() once per step: the test needs each loss on the host
     if not trainer.dist.enabled:
         return loss.item()
-    total = all_reduce_sum(loss.to(torch.float64).clone(), trainer.dist)  # no float64 on MPS
+    # summed in float64 (under DDP only: MPS, single-process only, has no float64)
+    total = all_reduce_sum(loss.to(torch.float64).clone(), trainer.dist)
     return total.item() / trainer.dist.world_size
 
 

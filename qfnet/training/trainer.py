@@ -403,7 +403,8 @@ class Trainer:
 
         A callback may stop one rank only (a time budget read per process): a rank leaving
         alone would leave the others waiting in the next collective. One all-reduce of a single
-        number per check under DDP, none otherwise.
+        number per check under DDP (its read-back synchronises the GPU, as the NaN guard's does
+        each step), none otherwise.
         """
         self.should_stop = any_rank(self.should_stop, self.dist, self.device)
         return self.should_stop

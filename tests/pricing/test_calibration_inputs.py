@@ -193,6 +193,6 @@ def test_a_prepared_looking_table_is_still_checked(change, message) -> None:
 
 
 def test_an_infinite_upper_bound_is_no_bound() -> None:
-    # (0.1, inf) was refused as leaving kappa's domain (0, inf)
+    # (0, inf) was refused as leaving nu's domain [0, inf) (as kappa's (0.1, inf) was)
     fit = calibrate("sabr", _smile(), bounds={"nu": (0.0, math.inf)})
     assert fit.params["nu"][0] == pytest.approx(0.6, rel=1e-6)
