@@ -9,7 +9,7 @@ import torch
 
 from pricing._typing import TensorLike
 
-__all__ = ["MCResult", "Moments", "finish", "finish_replicates", "shape_samples"]
+__all__ = ["MCResult", "Moments", "finish", "shape_samples"]
 
 
 class MCResult(NamedTuple):
@@ -118,13 +118,15 @@ def shape_samples(
 
 
 def finish(
-    moments: Moments,
+    moments: Moments | list[Moments],
     squeeze: bool,
     c: torch.Tensor | None,
     control_means: TensorLike | None,
     confidence: float,
     n_paths: int,
 ) -> MCResult:
+    """The estimate of one set of sums, or of independent randomised-QMC replicates (a list:
+    see :func:`_replicate_estimate`)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     if (c is None) != (control_means is None):
@@ -133,17 +135,19 @@ def finish(
     if c is not None and control_means is not None:
         means = torch.as_tensor(control_means, dtype=torch.float64, device=c.device)
         means = means[..., None] if means.ndim == 1 and c.shape[1] == means.shape[0] else means
-    res = moments.result(means, confidence, n_paths)
+    if isinstance(moments, list):
+        res = _replicate_estimate(moments, c, means, confidence, n_paths)
+    else:
+        res = moments.result(means, confidence, n_paths)
     if squeeze:
         res = MCResult(*(f.squeeze(-1) for f in res[:4]), n_paths)
     return res
 
 
-def finish_replicates(
+def _replicate_estimate(
     replicates: list[Moments],
-    squeeze: bool,
     c: torch.Tensor | None,
-    control_means: TensorLike | None,
+    means: torch.Tensor | None,
     confidence: float,
     n_paths: int,
 ) -> MCResult:
@@ -166,14 +170,11 @@ def finish_replicates(
                          f"replicates, and each needs at least {least} (antithetic pairs count "
                          f"once): at least {r * least} samples, got {sum(m.n for m in replicates)}"
                          "; simulate more paths")  # fmt: skip
-    estimates = torch.stack(
-        [finish(m, False, c, control_means, confidence, n_paths).price for m in replicates]
-    )  # (R, K)
-    price = estimates.mean(0)
+    estimates = torch.stack([m.result(means, confidence, n_paths).price for m in replicates])
+    price = estimates.mean(0)  # (K,) over (R, K)
     std_error = estimates.std(0) / len(replicates) ** 0.5
     q = float(student_t.ppf(0.5 + 0.5 * confidence, len(replicates) - 1))
-    res = MCResult(price, std_error, price - q * std_error, price + q * std_error, n_paths)
-    return MCResult(*(f.squeeze(-1) for f in res[:4]), n_paths) if squeeze else res
+    return MCResult(price, std_error, price - q * std_error, price + q * std_error, n_paths)
 
 
 def _check_finite(name: str, values: torch.Tensor, offset: int) -> None:

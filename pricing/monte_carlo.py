@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pricing import payoffs, simulate
 from pricing._mc_random import sobol_replicates
-from pricing._mc_stats import MCResult, Moments, finish, finish_replicates, shape_samples
+from pricing._mc_stats import MCResult, Moments, finish, shape_samples
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 
 __all__ = [
@@ -136,9 +136,8 @@ def price_paths(
             rows = slice(max(start - first, 0), max(min(end - first, len(y2)), 0))
             if rows.stop > rows.start:
                 part.add(y2[rows], None if c is None else c[rows])
-    if replicates is not None:
-        return finish_replicates(parts, squeeze, c, control_means, confidence, n_paths)
-    return finish(moments, squeeze, c, control_means, confidence, n_paths)
+    return finish(parts if replicates is not None else moments, squeeze, c, control_means,
+                  confidence, n_paths)  # fmt: skip
 
 
 def bs_european(
