@@ -35,8 +35,8 @@ def train_command(
 
     try:
         cfg = load_config(config)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--config") from exc
+    except ConfigError as exc:  # bad input, not a misused option: an error line (exit 1)
+        raise _error(str(exc)) from exc
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
     if epochs is not None:
@@ -51,7 +51,7 @@ def train_command(
     try:
         resolve_device(cfg.training.device)  # the Trainer's own check, before any simulation
     except ValueError as exc:
-        raise typer.BadParameter(f"training.{exc}", param_hint="--config") from exc
+        raise _error(f"{config}: training.{exc}") from exc
     try:
         result = train(cfg, out, progress_bar=progress)
     except (NonFiniteLossError, ValueError, OSError) as exc:
@@ -93,6 +93,12 @@ def backtest_command(
             run, out, paths_file=paths, n_paths=n_paths, n_resamples=bootstrap, seed=seed
         )
     except (FileNotFoundError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise _error(str(exc)) from exc
     rows = {name: round(report[name]["es95"], 6) for name in report["strategies"]}
     typer.echo(json.dumps({"report": str(out / "report.json"), "es95": rows}))
+
+
+def _error(message: str) -> typer.Exit:
+    """``error: ...`` on stderr and exit status 1, as the other commands report bad input."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)

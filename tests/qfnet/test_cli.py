@@ -397,8 +397,9 @@ def test_hedge_train_with_a_bad_config_names_the_key(tmp_path):
     result = runner.invoke(
         app, ["hedge", "train", "--config", str(config), "--out", str(tmp_path / "run")]
     )
-    assert result.exit_code != 0
-    assert "spot" in result.output
+    # a bad value in the file is bad input: an error line and exit 1 (it was a usage error)
+    assert result.exit_code == 1 and result.output.startswith("error:")
+    assert "market.spot" in result.output
 
 
 def test_generate_rejects_an_unknown_model(tmp_path):
@@ -415,7 +416,7 @@ def test_hedge_backtest_of_a_missing_run_is_a_clear_error(tmp_path):
         ["hedge", "backtest", "--run", str(tmp_path / "no_run"), "--out", str(tmp_path / "report")],
         env={"COLUMNS": "400"},  # a long tmp path must not be cut by the error box
     )
-    assert result.exit_code != 0
+    assert result.exit_code == 1 and result.output.startswith("error:")
     assert "no_run" in result.output
 
 

@@ -123,8 +123,13 @@ def test_a_damaged_model_file_is_named_not_a_traceback(
     (damaged / "model.pt").write_bytes((trained_run / "run" / "model.pt").read_bytes()[:size])
     args = ["backtest", "--run", str(damaged), "--out", str(tmp_path / "o")]
     result = CliRunner().invoke(hedge_app, args)
-    assert result.exit_code == 2, result.output  # empty files ended in click's bare 'Aborted.'
-    assert "is not a readable trained hedging model" in result.output
+    # bad input: an error line and exit 1, as the README says (empty files ended in click's
+    # bare 'Aborted.', then in a usage error)
+    assert result.exit_code == 1, result.output
+    assert (
+        result.output.startswith("error:")
+        and "is not a readable trained hedging model" in result.output
+    )
 
 
 def test_long_path_files_with_a_bad_variance_name_the_path_and_step(trained_run: Path) -> None:
