@@ -414,7 +414,11 @@ def _check_crossed(frame: pd.DataFrame, locate: _Locator) -> None:
 
 
 def read_quotes(
-    source: str | Path | pd.DataFrame, *, allow_crossed: bool = False, dayfirst: bool | None = None
+    source: str | Path | pd.DataFrame,
+    *,
+    allow_crossed: bool = False,
+    dayfirst: bool | None = None,
+    shift: float | None = None,
 ) -> pd.DataFrame:
     """Read and validate a quote table from a CSV/Parquet file or a DataFrame.
 
@@ -435,6 +439,9 @@ def read_quotes(
             dates (a number above 12) and raises when they cannot tell. ISO dates
             (``YYYY-MM-DD``), ``yyyymmdd`` and named months are never ambiguous. Time-zone-aware
             dates keep their local calendar date.
+        shift: a ``shift`` for every row, where the table has no such column (shifted SABR,
+            e.g. from ``qfnet price --params``): strikes and forwards are then checked after
+            adding it, so that negative ones can be read.
 
     Returns:
         A new DataFrame with canonical names, float64 numeric columns and a fresh 0-based index.
@@ -467,6 +474,8 @@ def read_quotes(
     defaulted = [column for column in ("rate", "dividend") if column not in frame]
     for column in defaulted:
         frame[column] = 0.0
+    if shift is not None and "shift" not in frame:
+        frame["shift"] = float(shift)
     _validate(frame, locate)
     _check_conventions(frame, locate)
     if not allow_crossed:

@@ -55,12 +55,15 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def read_table(path: Path, *, allow_crossed: bool = False) -> pd.DataFrame:
-    """Read a quote table, turning a missing file or malformed content into a clean CLI error."""
+def read_table(
+    path: Path, *, allow_crossed: bool = False, shift: float | None = None
+) -> pd.DataFrame:
+    """Read a quote table, turning a missing file or malformed content into a clean CLI error
+    (``shift``: see :func:`pricing.quotes.read_quotes`)."""
     if not path.exists():
         raise fail(f"{path}: no such file")
     try:
-        return read_quotes(path, allow_crossed=allow_crossed)
+        return read_quotes(path, allow_crossed=allow_crossed, shift=shift)
     except ValueError as error:
         raise fail(str(error)) from error
 
@@ -127,16 +130,20 @@ def price(
     if engine == "mc" and steps < 1:
         raise typer.BadParameter(f"{steps}: need at least 1 time step", param_hint="--steps")
     check_table_out(out)
-    table = read_table(quotes)
+    values = _load_params(params)
+    # a SABR shift in --params is the file's shift column where it has none: negative strikes
+    # are then read (it was refused by the file's strike > 0 check)
+    shift = values.pop("shift", None) if model == "sabr" else None
+    table = read_table(quotes, shift=shift)
+    if shift is not None and not np.allclose(table["shift"].to_numpy(float), shift):
+        raise fail("parameter 'shift' is given both as a column and in --params")
     try:
         if engine in ("analytic", "quantlib"):
-            result = price_table(table, model=model, engine=engine, params=_load_params(params))
+            result = price_table(table, model=model, engine=engine, params=values)
         elif engine == "surrogate":
-            result = _price_surrogate(table, model, _load_params(params), surrogate)
+            result = _price_surrogate(table, model, values, surrogate)
         elif engine == "mc":
-            result = _price_mc(
-                table, model, _load_params(params), paths=paths, steps=steps, seed=seed
-            )
+            result = _price_mc(table, model, values, paths=paths, steps=steps, seed=seed)
         else:
             raise fail(f"--engine {engine} is not available yet")
     except (ValueError, FileNotFoundError) as error:

@@ -503,6 +503,11 @@ def test_price_shifted_sabr_reports_the_shifted_black_vol(tmp_path):
     for engine in ("analytic", "quantlib"):
         priced = _price(path, tmp_path / f"{engine}.csv", "sabr", engine, params)
         np.testing.assert_allclose(priced["implied_vol"], hagan, rtol=1e-9, atol=0)
+    # the shift in --params instead of a column: negative strikes were refused by the file's
+    # strike > 0 check
+    table.drop(columns="shift").to_csv(path, index=False)
+    priced = _price(path, tmp_path / "params.csv", "sabr", "analytic", params | {"shift": 0.02})
+    np.testing.assert_allclose(priced["implied_vol"], hagan, rtol=1e-9, atol=0)
 
 
 def test_iv_of_a_shifted_file_is_the_shifted_black_vol(tmp_path):
