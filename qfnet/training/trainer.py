@@ -617,6 +617,9 @@ class Trainer:
         sums = None
         if self._runtime_ready and self.dist.enabled and hasattr(self, "_epoch_loss"):
             sums = all_reduce_sum(self._folded_train_sums(), self.dist)
+            # a stop set on another rank in this very hook (before the checkpoint callback,
+            # which runs last) belongs in the checkpoint: rank 0's flag alone resumed training
+            self._stop_requested()
         if not self.is_global_zero:
             return None
         state = self.state_dict()

@@ -67,11 +67,17 @@ class _StopOn:
 def stop_case(rank: int, out: Path) -> dict[str, Any]:
     """One rank stops at an epoch end, then (another run) after a step mid-epoch."""
     data = _data(64)
-    at_epoch = _trainer([_StopOn(1, epoch=0)], max_epochs=3)
+    at_epoch = _trainer([_StopOn(1, epoch=0)], max_epochs=3, run_dir=str(out / "stop_run"),
+                        tensorboard=False)  # fmt: skip
     at_epoch.fit(data)
+    saved = None
+    if rank == 0:  # the checkpoint of that epoch must carry the stop (rank 0's flag was False)
+        last = torch.load(out / "stop_run" / "checkpoints" / "last.pt", weights_only=True)
+        saved = last["loop"]["should_stop"]
     at_step = _trainer([_StopOn(0, step=3)], max_epochs=3)
     at_step.fit(data)
     return {
+        "saved_stop": saved,
         "epoch_run": [at_epoch.global_step, len(at_epoch.history)],
         "step_run": [at_step.global_step, at_step.evaluate(data)["loss"]],
     }
