@@ -170,9 +170,9 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     trainer._epoch_loss = EpochLoss()
     if loop.get("loader_generator") is not None:
         trainer._train.pending_generator_state = loop["loader_generator"].cpu()
-    elif loop["batch_in_epoch"] and isinstance(
-        getattr(getattr(trainer._train, "loader", None), "sampler", None), RandomSampler
-    ):
+    elif (loop["batch_in_epoch"] and trainer.is_global_zero  # once, not on every rank
+          and isinstance(getattr(getattr(trainer._train, "loader", None), "sampler", None),
+                         RandomSampler)):  # fmt: skip
         warnings.warn(f"checkpoint {path}: resuming mid-epoch with a shuffling DataLoader that "
                       "has no generator: the rest of the epoch sees another order than the "
                       "uninterrupted run (give the DataLoader a generator)", stacklevel=4)  # fmt: skip
