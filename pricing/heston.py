@@ -49,6 +49,7 @@ __all__ = ["HestonParams", "characteristic_function", "delta", "otm_implied_vol"
 PARAM_NAMES = ("v0", "kappa", "theta", "sigma", "rho")
 
 _CHUNK = 8192
+"""Options priced per pass: bounds the memory of the (chunk, nodes) temporaries."""
 DEFAULT_NODES = (32, 24)
 """Core (Gauss-Legendre) and tail (Gauss-Laguerre) nodes inside the validated parameter box."""
 WIDE_NODES = (64, 48)
@@ -63,9 +64,6 @@ def _outside_validated_box(v0, kappa, theta, sigma, rho) -> torch.Tensor:
     """Options whose parameters leave the box where the default nodes were validated."""
     return ((sigma > 1.5) | (v0 < 0.005) | (theta < 0.005) | (kappa < 0.2) | (kappa > 8.0)
             | (rho < -0.95) | (rho > 0.5)).detach()  # fmt: skip
-
-
-"""Options priced per pass: bounds the memory of the (chunk, nodes) temporaries."""
 
 
 @dataclass(frozen=True)
