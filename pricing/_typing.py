@@ -101,7 +101,8 @@ def call_flag(is_call: object) -> bool:
     """
     flags = call_flags(is_call)
     if flags.numel() != 1:
-        raise ValueError(f"is_call must be one flag here, got shape {tuple(flags.shape)}")
+        raise ValueError(f"is_call must be one flag for all options, got shape "
+                         f"{tuple(flags.shape)}")  # fmt: skip
     return bool(flags.reshape(()))
 
 

@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import TensorLike, as_tensors, call_flags
+from pricing._typing import TensorLike, as_tensors, call_flag
 from pricing._validation import check_finite, check_positive
 
 __all__ = ["BARRIER_TYPES", "barrier_price", "discrete_barrier_shift"]
@@ -86,12 +86,7 @@ def barrier_price(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     if not (rebate >= 0 and math.isfinite(rebate)):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
-    flags = call_flags(is_call)
-    if flags.numel() != 1:
-        raise ValueError(
-            f"is_call must be one flag for all options, got shape {tuple(flags.shape)}"
-        )
-    is_call = bool(flags)
+    is_call = call_flag(is_call)  # one flag for all options
     s, x, h, t, vol = as_tensors(spot, strike, barrier, maturity, volatility)
     check_positive(spot=s, strike=x, barrier=h, maturity=t, volatility=vol)
     check_finite(rate=torch.as_tensor(rate), dividend=torch.as_tensor(dividend))
