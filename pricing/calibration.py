@@ -25,12 +25,14 @@ from pricing.quotes import DECIMAL_LIMITS, QuoteError, read_quotes, shifts
 
 __all__ = [
     "MODEL_PARAMETERS",
+    "WEIGHTINGS",
     "CalibrationProblem",
     "CalibrationResult",
     "FitOutput",
     "available_methods",
     "calibrate",
     "calibrate_many",
+    "methods_needing_import",
     "model_vols",
     "proposed_starts",
     "proposed_starts_many",
@@ -286,6 +288,17 @@ def available_methods(model: str) -> list[str]:
     return sorted(m for (name, m) in _REGISTRY if name == model)
 
 
+def methods_needing_import(model: str) -> list[str]:
+    """Methods of ``model`` that exist once qfnet registers them (e.g. Heston ``surrogate``).
+
+    Examples:
+        >>> "surrogate" in methods_needing_import("heston") + available_methods("heston")
+        True
+    """
+    _load_models()
+    return sorted(m for (name, m) in _UNAVAILABLE if name == model)
+
+
 def _load_models() -> None:
     # The model modules register their methods on import.
     import pricing.calibration_heston
@@ -304,6 +317,10 @@ def _black_vega(quotes: pd.DataFrame) -> np.ndarray:
     s = vol * np.sqrt(t)
     d1 = np.log(f / k) / s + s / 2
     return d * f * np.exp(-0.5 * d1 * d1) / np.sqrt(2 * np.pi) * np.sqrt(t)
+
+
+WEIGHTINGS = ("equal", "vega", "spread")
+"""The named weightings of :func:`quote_weights`."""
 
 
 def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -631,7 +648,7 @@ def _method_key(model: str, method: str) -> tuple[str, str]:
     if key in _UNAVAILABLE:
         raise NotImplementedError(f"method {method!r} for {model}: {_UNAVAILABLE[key]}")
     if key not in _REGISTRY:
-        later = sorted(m for (name, m) in _UNAVAILABLE if name == model)
+        later = methods_needing_import(model)
         more = f"; after an import: {', '.join(later)}" if later else ""
         raise ValueError(
             f"unknown method {method!r} for {model}; available: "

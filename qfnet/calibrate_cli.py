@@ -62,16 +62,15 @@ def result_json(
 
 def _check_options(model: str, method: str, weights: str, beta: float | None) -> None:
     """Misused options are usage errors naming the option (exit 2), before any file is read."""
-    from pricing.calibration import available_methods
+    from pricing.calibration import WEIGHTINGS, available_methods, methods_needing_import
 
-    known = set(available_methods(model)) | (
-        {"surrogate", "network"} if model == "heston" else set()
-    )
+    known = sorted(set(available_methods(model)) | set(methods_needing_import(model)))
     if method not in known:
-        raise typer.BadParameter(f"{method!r}: {model} takes {', '.join(sorted(known))}",
+        raise typer.BadParameter(f"{method!r}: {model} takes {', '.join(known)}",
                                  param_hint="--method")  # fmt: skip
-    if weights not in ("equal", "vega", "spread"):
-        raise typer.BadParameter(f"{weights!r}: use equal, vega or spread", param_hint="--weights")
+    if weights not in WEIGHTINGS:
+        raise typer.BadParameter(f"{weights!r}: use {', '.join(WEIGHTINGS[:-1])} or "
+                                 f"{WEIGHTINGS[-1]}", param_hint="--weights")  # fmt: skip
     if beta is not None and not 0.0 <= beta <= 1.0:
         raise typer.BadParameter(f"{beta}: SABR beta lies in [0, 1]", param_hint="--beta")
 
