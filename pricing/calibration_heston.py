@@ -329,10 +329,16 @@ def _quote_index(surfaces: HestonSurfaces) -> tuple[torch.Tensor, torch.Tensor, 
     return owner, torch.as_tensor(np.concatenate(surfaces.positions)), sizes
 
 
-def _vols(surfaces: HestonSurfaces, x: torch.Tensor, reference: bool) -> torch.Tensor:
-    """Model vols of every table row (:func:`_quote_index` order) at params ``x`` ``(S, 5)``, by
-    the fast pricer or the reference one, priced in one call for all surfaces; shape ``(R,)``."""
-    owner, at, _ = _quote_index(surfaces)
+def _vols(
+    surfaces: HestonSurfaces,
+    x: torch.Tensor,
+    reference: bool,
+    index: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None,
+) -> torch.Tensor:
+    """Model vols of every table row (:func:`_quote_index` order, or ``index``, its result when
+    the caller has it) at params ``x`` ``(S, 5)``, by the fast pricer or the reference one,
+    priced in one call for all surfaces; shape ``(R,)``."""
+    owner, at, _ = index if index is not None else _quote_index(surfaces)
     ratio, t = surfaces.ratio[owner, at], surfaces.maturity[owner, at]
     if reference:
         return otm_implied_vol(ratio=ratio, maturity=t,
@@ -462,10 +468,11 @@ def calibrate_surfaces(
     keep[finalists] = cost[finalists]
     best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf) * n_per
     params = x[best]
-    vols = _vols(surfaces, params, reference=True)
-    owner, _, sizes = _quote_index(surfaces)
+    index = _quote_index(surfaces)
+    owner, _, sizes = index
+    vols = _vols(surfaces, params, reference=True, index=index)
     if polish:  # where the fast pricer's vols are off the reference's, polish with the latter
-        off = ~((vols - _vols(surfaces, params, reference=False)).abs() * 1e4
+        off = ~((vols - _vols(surfaces, params, reference=False, index=index)).abs() * 1e4
                 <= _POLISH_TOLERANCE_BP)  # fmt: skip
         for s in torch.unique(owner[off]).tolist():
             surface = _single(surfaces, s)
