@@ -36,6 +36,8 @@ _FREE_BETA_GRID = (0.5, 1.0)
 # relative of the optimum (scipy's least_squares stops at 1e-8).
 _TOLERANCES = {"ftol": 1e-10, "xtol": 1e-10, "gtol": 1e-12}
 _NAMES = MODEL_PARAMETERS["sabr"]
+_BOX = {"beta": (0.0, 1.0), "rho": (-0.9999, 0.9999), "nu": (1e-8, 10.0)}
+"""Default bounds of both fitters (alpha's are each fitter's own)."""
 
 
 @dataclass(frozen=True)
@@ -190,11 +192,9 @@ def _bounds(
     user = dict(user or {})
     if "alpha" in user:
         user["alpha"] = tuple(torch.as_tensor(v, dtype=atm.dtype) / scale for v in user["alpha"])
-    box = {
+    box = _BOX | {
         "alpha": (atm * 1e-3, atm * 1e3),  # level 1 comes with the user's alpha bounds
-        "beta": (0.0, 1.0) if beta is None else (beta, beta),
-        "rho": (-0.9999, 0.9999),
-        "nu": (1e-8, 10.0),
+        "beta": _BOX["beta"] if beta is None else (beta, beta),
     }
     box.update(user)
     lower, upper = (
@@ -358,13 +358,7 @@ def fit_smile_scipy(
     def residual(x: np.ndarray) -> np.ndarray:
         return w * (model(x) - market_iv)
 
-    box = {
-        "alpha": (1e-8, np.inf),
-        "beta": (0.0, 1.0),
-        "rho": (-0.9999, 0.9999),
-        "nu": (1e-8, 10.0),
-    }
-    box |= dict(bounds or {})
+    box = _BOX | {"alpha": (1e-8, np.inf)} | dict(bounds or {})
     lower = np.array([box[n][0] for n in _NAMES], dtype=float)[names]
     upper = np.array([box[n][1] for n in _NAMES], dtype=float)[names]
     x_start = np.clip(np.asarray(start, dtype=float)[names], lower, upper)
