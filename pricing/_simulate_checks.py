@@ -11,6 +11,7 @@ __all__ = [
     "check_correlation",
     "check_grid",
     "check_heston",
+    "check_increasing",
     "check_nonnegative",
     "check_paths",
     "check_positive",
@@ -77,11 +78,19 @@ def check_grid(grid: torch.Tensor) -> None:
         raise ValueError(
             f"time_grid must be 1-D with at least 2 points, got shape {tuple(grid.shape)}"
         )
-    if not bool(torch.isfinite(grid).all()) or float(grid[0]) != 0.0:
-        raise ValueError("time_grid must be finite and start at 0")
+    check_increasing(grid)
+    if float(grid[0]) != 0.0:
+        raise ValueError("time_grid must start at 0")
+
+
+def check_increasing(grid: torch.Tensor) -> None:
+    """Require a finite, strictly increasing grid; the error names the first bad step."""
+    if not bool(torch.isfinite(grid).all()):
+        raise ValueError("time_grid must be finite and strictly increasing (it has NaN or inf)")
     bad = (grid.diff() <= 0).nonzero()
     if bad.numel():
-        raise ValueError(f"time_grid must increase strictly; step {int(bad[0, 0])} does not")
+        raise ValueError(f"time_grid must be finite and strictly increasing; step "
+                         f"{int(bad[0, 0])} is not")  # fmt: skip
 
 
 def check_heston(v0: Scalar, kappa: Scalar, theta: Scalar, sigma: Scalar, rho: Scalar) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from pricing._simulate_checks import check_increasing
 from pricing._typing import TensorLike, call_flag, call_flags
 
 __all__ = [
@@ -492,7 +493,4 @@ def _check_grid_matches(paths: torch.Tensor, time_grid: torch.Tensor) -> None:
             f"time_grid has {time_grid.numel()} points but paths have {paths.shape[1]} columns"
         )
     # a decreasing grid gave hit probabilities of 66 and -472571, an all-equal one NaN averages
-    steps = time_grid.diff()
-    if not bool(torch.isfinite(time_grid).all()) or not bool((steps > 0).all()):
-        shown = time_grid.tolist() if time_grid.numel() <= 8 else f"{time_grid.numel()} points"
-        raise ValueError(f"time_grid must be finite and strictly increasing, got {shown}")
+    check_increasing(time_grid)
