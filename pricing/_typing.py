@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_DTYPE",
     "TensorLike",
     "as_tensors",
+    "broadcast_shape",
     "call_flag",
     "call_flags",
     "common_dtype_device",
@@ -63,9 +64,21 @@ def as_tensors(
     """
     dtype, device = common_dtype_device(values, dtype, device)
     tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
+    shape = broadcast_shape(tensors)
+    return tuple(t.expand(shape) for t in tensors)
+
+
+def broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:
+    """The shape ``tensors`` broadcast to; a ValueError listing their shapes (in argument
+    order) where they do not (torch's message names no input).
+
+    Examples:
+        >>> broadcast_shape([torch.zeros(3), torch.zeros(2, 1)])
+        torch.Size([2, 3])
+    """
     try:
-        return tuple(torch.broadcast_tensors(*tensors))
-    except RuntimeError:  # torch's message names no input
+        return torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError:
         shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
         raise ValueError(f"input shapes do not broadcast: {shapes} (in argument order)") from None
 

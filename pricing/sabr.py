@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pricing._typing import TensorLike, as_tensors, common_dtype_device
+from pricing._typing import TensorLike, as_tensors, broadcast_shape, common_dtype_device
 from pricing._validation import check_where
 from pricing.black_scholes import black_price
 
@@ -123,11 +123,7 @@ def _float_tensors(
     """
     dtype, device = common_dtype_device(values, dtype, device)
     tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
-    try:
-        torch.broadcast_shapes(*(t.shape for t in tensors))
-    except RuntimeError as error:
-        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-        raise ValueError(f"input shapes do not broadcast: {shapes}") from error
+    broadcast_shape(tensors)
     return tensors
 
 
