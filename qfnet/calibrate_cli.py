@@ -15,13 +15,9 @@ import typer
 from pricing.calibration import CalibrationResult, calibrate
 from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
+from qfnet._cli import fail
 
 __all__ = ["calibrate_command", "result_json"]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
 
 
 def _clean(value: Any) -> Any:
@@ -123,7 +119,7 @@ def calibrate_command(
     if out.suffix.lower() != ".json":  # a.csv got the JSON, next to a_residuals.csv
         raise typer.BadParameter(f"{out}: the result is JSON, name it .json", param_hint="--out")
     if not quotes.exists():
-        raise _fail(f"{quotes}: no such file")
+        raise fail(f"{quotes}: no such file")
     if model == "heston" and (beta is not None or free_beta):
         raise typer.BadParameter("--beta and --free-beta are SABR options", param_hint="--model")
     _check_options(model, method, weights, beta)
@@ -147,16 +143,16 @@ def calibrate_command(
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
                            **options)  # fmt: skip
     except (QuoteError, NotImplementedError) as error:
-        raise _fail(str(error)) from error
+        raise fail(str(error)) from error
     except ValueError as error:
-        raise _fail(f"{quotes}: {error}") from error
+        raise fail(f"{quotes}: {error}") from error
     residuals_file = out.with_name(f"{out.stem}_residuals.csv")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.residuals.to_csv(residuals_file, index=False)
         out.write_text(json.dumps(result_json(result, residuals_file, report), indent=2) + "\n")
     except OSError as error:
-        raise _fail(f"cannot write {out}: {error}") from error
+        raise fail(f"cannot write {out}: {error}") from error
     if report is not None:
         typer.echo(str(report))
     rows = "row" if result.n_dropped == 1 else "rows"

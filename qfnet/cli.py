@@ -15,6 +15,7 @@ import pandas as pd
 import typer
 
 from pricing.quotes import read_quotes, shifts
+from qfnet._cli import fail
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
 from qfnet.price_rows import (
@@ -47,12 +48,6 @@ train_app = typer.Typer(
 )
 train_app.command("surrogate")(train_surrogate_command)
 app.add_typer(train_app, name="train")
-
-
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr and return an Exit(1) to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
 
 
 def read_table(

@@ -21,6 +21,7 @@ import typer
 
 from pricing import black_scholes
 from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
+from qfnet._cli import fail
 from qfnet.surrogate import implied_vol, load_surrogate
 
 __all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
@@ -108,8 +109,7 @@ def generate_command(
                 compile=compile,
             )
     except (OSError, ValueError) as err:  # an existing dataset, a bad --out, a dead scheduler
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=1) from err
+        raise fail(str(err)) from err
     meta = json.loads((path / "metadata.json").read_text())
     unlabelled = meta.get("unlabelled", 0)
     missing = f", {unlabelled} without a label (NaN; training drops them)" if unlabelled else ""
@@ -194,8 +194,7 @@ def train_surrogate_command(
             overwrite=overwrite,
         )
     except (OSError, ValueError, CheckpointError, NonFiniteLossError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        raise fail(str(exc)) from exc
     if summary:
         t = summary["test"]
         typer.echo(

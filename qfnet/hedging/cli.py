@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from qfnet._cli import fail
+
 __all__ = ["hedge_app"]
 
 hedge_app = typer.Typer(help="Deep hedging: train a policy, backtest it against baselines.")
@@ -36,7 +38,7 @@ def train_command(
     try:
         cfg = load_config(config)
     except ConfigError as exc:  # bad input, not a misused option: an error line (exit 1)
-        raise _error(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
     if epochs is not None:
@@ -51,12 +53,11 @@ def train_command(
     try:
         resolve_device(cfg.training.device)  # the Trainer's own check, before any simulation
     except ValueError as exc:
-        raise _error(f"{config}: training.{exc}") from exc
+        raise fail(f"{config}: training.{exc}") from exc
     try:
         result = train(cfg, out, progress_bar=progress)
     except (NonFiniteLossError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+        raise fail(str(exc)) from exc
     last = result.history[-1] if len(result.history) else {}
     summary = {
         "run": str(out),
@@ -93,12 +94,6 @@ def backtest_command(
             run, out, paths_file=paths, n_paths=n_paths, n_resamples=bootstrap, seed=seed
         )
     except (FileNotFoundError, ValueError) as exc:
-        raise _error(str(exc)) from exc
+        raise fail(str(exc)) from exc
     rows = {name: round(report[name]["es95"], 6) for name in report["strategies"]}
     typer.echo(json.dumps({"report": str(out / "report.json"), "es95": rows}))
-
-
-def _error(message: str) -> typer.Exit:
-    """``error: ...`` on stderr and exit status 1, as the other commands report bad input."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
