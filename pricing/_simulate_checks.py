@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pricing._validation import is_whole
+from pricing._validation import check_positive_int
 
 __all__ = [
     "check_chunk_size",
@@ -62,14 +62,12 @@ def _show(v: torch.Tensor, bad: torch.Tensor) -> str:
 
 def check_paths(n_paths: int) -> None:
     """Require a positive integer ``n_paths`` (numpy integers too; not a bool)."""
-    if not is_whole(n_paths) or n_paths < 1:
-        raise ValueError(f"n_paths must be a positive integer, got {n_paths!r}")
+    check_positive_int("n_paths", n_paths)
 
 
 def check_steps(n_steps: int) -> None:
     """Require a positive integer ``n_steps`` (numpy integers too; not a bool)."""
-    if not is_whole(n_steps) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    check_positive_int("n_steps", n_steps)
 
 
 def check_grid(grid: torch.Tensor) -> None:

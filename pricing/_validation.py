@@ -7,7 +7,14 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["check_finite", "check_nonnegative", "check_positive", "check_where", "is_whole"]
+__all__ = [
+    "check_finite",
+    "check_nonnegative",
+    "check_positive",
+    "check_positive_int",
+    "check_where",
+    "is_whole",
+]
 
 
 def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: str) -> None:
@@ -61,3 +68,16 @@ def is_whole(value: object) -> bool:
         (True, True, False, False)
     """
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Require a count: a whole number (:func:`is_whole`) of at least 1; the error names it.
+
+    Examples:
+        >>> check_positive_int("n_paths", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: n_paths must be a positive integer, got 0
+    """
+    if not is_whole(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from pricing._labels import ENGINES, check_compile, label
-from pricing._validation import is_whole
+from pricing._validation import check_positive_int
 from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
@@ -500,8 +500,7 @@ def generate(
             f"engine for {model} must be one of {sorted(ENGINES[model])}, got {engine!r}"
         )
     for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
-        if not is_whole(value) or value < 1:  # numpy integers are whole numbers; True is not
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)  # numpy integers are whole numbers; True is not
     n, shard_size, workers = int(n), int(shard_size), int(workers)
     device = check_device(device)
     if compile:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing._validation import is_whole
+from pricing._validation import check_positive_int
 from pricing.black_scholes import black_implied_vol
 from pricing.quote_arbitrage import calendar_violations, strike_violations
 from pricing.quotes import NUMERIC_COLUMNS, QuoteError, read_quotes, require_columns, shifts
@@ -377,8 +377,7 @@ def _check_settings(maturity_range, moneyness_range, n_pairs: int, tolerance: fl
         low, high = (float(v) for v in pair)
         if not 0 <= low <= high:  # NaN too
             raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {pair}")
-    if not is_whole(n_pairs) or n_pairs < 1:
-        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    check_positive_int("n_pairs", n_pairs)
     if not (math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
 

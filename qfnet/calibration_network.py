@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pricing._validation import is_whole
+from pricing._validation import check_positive_int
 from pricing.heston import otm_implied_vol
 from pricing.quotes import DECIMAL_LIMITS
 from qfnet._paths import data_dir, missing_hint
@@ -102,8 +102,7 @@ def sample_parameters(n: int, *, seed: int = 0) -> torch.Tensor:
         >>> sample_parameters(4, seed=1).shape
         torch.Size([4, 5])
     """
-    if not is_whole(n) or n < 1:  # 0 was a torch size error
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_positive_int("n", n)  # 0 was a torch size error
     lower, upper = _box_tensors(BOX)
     engine = torch.quasirandom.SobolEngine(len(NAMES), scramble=True, seed=seed)
     return lower + (upper - lower) * engine.draw(n, dtype=torch.float64)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing._validation import is_whole
+from pricing._validation import check_positive_int
 from qfnet import functional as F
 from qfnet.hedging.config import HedgeConfig, config_to_dict
 from qfnet.hedging.markets import HedgeData, Market, RawPaths
@@ -285,8 +285,8 @@ def run_backtest(
 
     # n_paths=0 fell back to the config's count, n_resamples=0 wrote NaN intervals
     for name, value in (("n_paths", n_paths), ("n_resamples", n_resamples)):
-        if value is not None and (not is_whole(value) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if value is not None:
+            check_positive_int(name, value)
     config, model, meta = load_run(run_dir)
     market = Market(config)
     seed = config.seed if seed is None else seed
