@@ -1,7 +1,10 @@
 """Chunk-invariant normal draws for the path simulators.
 
-Paths are grouped in fixed blocks of :data:`BLOCK_SIZE`. Pseudo-random normals of block ``b`` come
-from their own ``torch.Generator`` seeded with a SplitMix64 hash of (base seed, ``b``). Sobol
+Paths are grouped in fixed blocks of :data:`BLOCK_SIZE`. On the CPU, pseudo-random normals of block
+``b`` come from their own ``torch.Generator`` seeded with a SplitMix64 hash of (base seed, ``b``).
+On accelerators they are counter-based (:mod:`pricing._philox`: Philox-4x32-10 at counter (unit,
+index), drawn by one Triton kernel on CUDA): a thousand small generators' draws, one launch each,
+had left a GPU idle (1% of its ``torch.randn`` rate). Sobol
 points come from :data:`SOBOL_REPLICATES` independently scrambled sequences (randomised QMC), each
 serving a contiguous range of paths (:func:`sobol_replicate_size`); path ``i`` of replicate ``r``
 is point ``i`` of sequence ``r``. Either way the normals of a path depend only on the base seed and
@@ -19,6 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from pricing._philox import counter_normals
+from pricing._triton_paths import available as triton_available
+from pricing._triton_paths import normals as triton_normals
 
 __all__ = [
     "BLOCK_SIZE",
@@ -41,6 +48,10 @@ BLOCK_SIZE = 1024
 
 _AUTO_CHUNK_ELEMENTS = 2**23
 """Normals per chunk when ``chunk_size`` is None (64 MiB in float64)."""
+
+_AUTO_CHUNK_ELEMENTS_ACCELERATOR = 2**26
+"""The same on accelerators (512 MiB in float64): a chunk of the CPU's size fills a GPU's
+multiprocessors for too short a time to pay for its launches."""
 
 GRAPH_PATH_STEPS = 2**20
 """Path-steps per chunk for runs that keep an autograd graph (:func:`graph_chunk_size`)."""
@@ -110,17 +121,26 @@ def graph_chunk_size(n_steps: int) -> int:
     return max(4096, GRAPH_PATH_STEPS // max(int(n_steps), 1))
 
 
-def chunk_bounds(n_paths: int, chunk_size: int | None, per_path: int) -> list[tuple[int, int]]:
+def chunk_bounds(
+    n_paths: int, chunk_size: int | None, per_path: int, *, accelerator: bool = False
+) -> list[tuple[int, int]]:
     """Split ``range(n_paths)`` into block-aligned ``(start, stop)`` chunks.
 
     Args:
         n_paths: number of paths.
         chunk_size: paths per chunk, rounded up to a multiple of :data:`BLOCK_SIZE`; None picks a
-            size that keeps about 2**23 normals per chunk.
+            size that keeps about 2**23 normals per chunk (2**26 on an ``accelerator``).
         per_path: normals per path (steps times factors), used for the automatic size.
+
+    Examples:
+        >>> chunk_bounds(5000, None, 504), chunk_bounds(5000, 1000, 504)[:2]
+        ([(0, 5000)], [(0, 1024), (1024, 2048)])
+        >>> len(chunk_bounds(10**6, None, 504)), len(chunk_bounds(10**6, None, 504, accelerator=True))
+        (58, 8)
     """
     if chunk_size is None:
-        chunk_size = max(_AUTO_CHUNK_ELEMENTS // max(per_path, 1), 1)
+        elements = _AUTO_CHUNK_ELEMENTS_ACCELERATOR if accelerator else _AUTO_CHUNK_ELEMENTS
+        chunk_size = max(elements // max(per_path, 1), 1)
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     size = -(-chunk_size // BLOCK_SIZE) * BLOCK_SIZE
@@ -165,6 +185,11 @@ class NormalSource:
                 f"{_SOBOL_MAX_DIMENSION} torch supports; use sobol=False or fewer steps"
             )
 
+    def chunk_bounds(self, chunk_size: int | None) -> list[tuple[int, int]]:
+        """:func:`chunk_bounds` of this simulation's paths on its device."""
+        return chunk_bounds(self.n_paths, chunk_size, self.n_steps * self.n_factors,
+                            accelerator=self.device.type != "cpu")  # fmt: skip
+
     @property
     def draw_dtype(self) -> torch.dtype:
         """The dtype pseudo-random normals are drawn in before they are widened to ``dtype``.
@@ -196,6 +221,10 @@ class NormalSource:
     def _draw_units(self, start: int, stop: int) -> torch.Tensor:
         if self.sobol:
             return self._sobol(start, stop)
+        if self.device.type != "cpu":
+            draw = triton_normals if triton_available(self.device) else counter_normals
+            return draw(self.seed, start, stop - start, self.n_steps, self.n_factors,
+                        dtype=self.dtype, device=self.device)  # fmt: skip
         out = torch.empty(
             (self.n_steps, self.n_factors, stop - start), dtype=self.dtype, device=self.device
         )
@@ -335,7 +364,7 @@ def drawn_chunks(
     Shape:
         normals: (T, F, stop - start).
     """
-    bounds = chunk_bounds(source.n_paths, chunk_size, source.n_steps * source.n_factors)
+    bounds = source.chunk_bounds(chunk_size)
     if len(bounds) < 2 or source.device.type != "cpu" or torch.get_num_threads() < 2:
         for start, stop in bounds:
             yield start, stop, source.draw(start, stop)
@@ -366,7 +395,7 @@ def drawn_slabs(
         each slab: (S, F, stop - start), S consecutive steps.
     """
     prefetch = prefetch and source.device.type == "cpu" and torch.get_num_threads() >= 2
-    for start, stop in chunk_bounds(source.n_paths, chunk_size, source.n_steps * source.n_factors):
+    for start, stop in source.chunk_bounds(chunk_size):
         yield start, stop, source.slabs(start, stop, prefetch=prefetch)
 
 

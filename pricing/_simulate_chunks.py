@@ -33,12 +33,15 @@ from pricing._simulate_checks import (
     check_steps,
 )
 from pricing._simulate_steps import (
+    PSI_C,
     EulerStep,
     HestonStep,
     heston_euler_step,
     heston_qe_step,
     sabr_step,
 )
+from pricing._triton_paths import available as triton_available
+from pricing._triton_paths import qe_paths as triton_qe_paths
 from pricing._typing import DEFAULT_DTYPE
 from pricing._validation import check_finite
 
@@ -275,6 +278,8 @@ def heston_chunks(
 
     graph = start_grad or params_need_grad
     buffers = _Buffers(reuse_buffers and not graph, dtype, grid.device, count=2)
+    if compile and not sobol and triton_available(grid.device):
+        return _triton_qe_chunks(source, chunk_size, spot, v0, torch.stack(constants), buffers)
 
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size, prefetch=compile):
@@ -413,6 +418,31 @@ def _fused_qe_paths(
         for z in slab:
             x = step(x, var[i], z, constants[i], s0, spot_paths[i + 1], var[i + 1])
             i += 1
+
+
+def _triton_qe_chunks(
+    source: NormalSource,
+    chunk_size: int | None,
+    spot: Scalar,
+    v0: Scalar,
+    constants: torch.Tensor,
+    buffers: _Buffers,
+) -> Iterator[tuple[slice, HestonPaths]]:
+    """QE chunks on CUDA by :func:`pricing._triton_paths.qe_paths`: one kernel per chunk, its
+    normals drawn in the kernel (the counter-based ones the eager steps get on CUDA).
+
+    Shape:
+        constants: (T, 11). Output: each chunk's spot and variance (C, T+1).
+    """
+    kind = {"dtype": source.dtype, "device": source.device}
+    for start, stop in source.chunk_bounds(chunk_size):
+        size = stop - start
+        s0 = torch.as_tensor(_per_path(spot, start, stop, source.n_paths), **kind).expand(size)
+        v0_c = torch.as_tensor(_per_path(v0, start, stop, source.n_paths), **kind).expand(size)
+        spot_paths, var = buffers.get((source.n_steps + 1, size))
+        triton_qe_paths(s0, v0_c, constants, spot_paths, var, seed=source.seed, first_path=start,
+                        antithetic=source.antithetic, psi_c=PSI_C)  # fmt: skip
+        yield slice(start, stop), HestonPaths(spot_paths.T, var.T)
 
 
 def _source(

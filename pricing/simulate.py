@@ -21,8 +21,15 @@ Speed: ``heston(..., compile=True)`` fuses the QE step with ``torch.compile`` in
 single-threaded kernel that releases the GIL; on CPU with ``torch.get_num_threads() >= 2`` the
 next normals are then drawn in a background thread while the kernel runs (so do ``gbm``'s, chunk
 by chunk). The eager step-by-step simulators use the threads inside each operation instead (a
-drawing thread beside them stalls their OpenMP barriers). None of this changes the numbers
-(beyond rounding for ``compile``).
+drawing thread beside them stalls their OpenMP barriers). On CUDA, ``compile=True`` (pseudo-random
+normals) runs each chunk's whole QE simulation in one Triton kernel that draws its normals in
+place (:mod:`pricing._triton_paths`). None of this changes the numbers (beyond rounding for
+``compile``).
+
+Random numbers: on the CPU, torch's generator per block of 1,024 paths; on accelerators,
+counter-based Philox normals (:mod:`pricing._philox`). Either way a path's normals depend on the
+seed and the path's index alone, so chunking does not change them; a CPU and a GPU run of one
+seed differ.
 """
 
 from __future__ import annotations
@@ -183,7 +190,9 @@ def heston(
         compile: QE only, without autograd: each step (both branches, the martingale
             correction and the spot) is one ``torch.compile`` kernel that writes its row of the
             paths (about twice as fast as eager on CPU; the first call compiles for 10-30 s and
-            needs a C++ compiler). Same numbers up to floating-point rounding, except that the
+            needs a C++ compiler); on CUDA, without Sobol points, one Triton kernel per chunk
+            for all steps, its normals drawn inside. Same numbers up to floating-point rounding,
+            except that the
             exponential branch resolves ``1 - U`` to half the dtype's epsilon (as a uniform
             drawn with the dtype's mantissa would).
 
