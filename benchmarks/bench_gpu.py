@@ -14,10 +14,20 @@ Parts (each one's figures and ratio; a part that fails records its error and the
    MCEuropeanHestonEngine at equal standard error (work = seconds x SE^2), |bias| in SEs of the
    analytic price (issue 3 targets: 10x, 2 SE).
 5. ``rng``: float32 Heston QE path-steps/s on the GPU as a fraction of the GPU's ``torch.randn``
-   limit (two normals per step), eager and compiled (issue 3 target: 50%).
+   limit (two normals per step), eager (counter-based normals from one Triton kernel, then the
+   steps) and compiled (one Triton kernel per chunk that draws its normals in place) (issue 3
+   target: 50%).
+
+6. ``calibration``: batched Heston ``direct`` calibration of 1,000 surfaces of
+   ``bench_calibration.py`` (6 x 11 quotes, 50 bp noise) in one ``calibrate_many(device=...)``
+   call, wall ms per surface (the whole call: quote checks and result tables included; and the
+   batch fit alone), against the CPU's batched fit of the first 20 (same call, one thread) in
+   speed and RMSE (issue 6 targets: 0.2 ms per surface, RMSE within 0.01 bp of the CPU's).
 
 Without CUDA it prints one line saying so and a JSON line with ``"cuda": false`` (``make bench``
-keeps going). Usage: ``python benchmarks/bench_gpu.py [--quick] [--no-compile]``.
+keeps going). Usage: ``python benchmarks/bench_gpu.py [--quick] [--no-compile] [--parts a,b]``;
+``--device cpu`` runs the same code on the CPU (a dry run, e.g. ``--device cpu --quick --parts
+calibration``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import bench_calibration
 import bench_heston
 import bench_mc
 import bench_surrogate
@@ -39,11 +50,19 @@ from _common import best_time, emit
 from pricing import heston, monte_carlo, simulate
 from pricing import quantlib as qlib
 from pricing.black_scholes import black_price
+from pricing.calibration import calibrate_many
 from pricing.datasets import generate
 from qfnet.surrogate import implied_vol, load_surrogate
 
 DEVICE = torch.device("cuda")  # --device cpu: a dry run of the same code on the CPU
-TARGETS = {"heston": 10.0, "surrogate": 100.0, "generation": 10.0, "mc": 10.0, "rng": 0.5}
+TARGETS = {"heston": 10.0, "surrogate": 100.0, "generation": 10.0, "mc": 10.0, "rng": 0.5,
+           "calibration": 1.0}  # fmt: skip
+CALIBRATION_MS = 0.2
+"""Issue 6's target, wall ms per surface; the part's ratio is this over the measured one."""
+CALIBRATION_RMSE_BP = 0.01
+"""Issue 6's quality target: RMSE at most this far above the CPU fit's."""
+STUCK_BP = 1.0
+"""A surface whose RMSE is this far above the CPU fit's is counted as stuck."""
 
 
 def _sync() -> None:
@@ -192,11 +211,42 @@ def part_rng(quick: bool, compile: bool) -> dict:
     return out
 
 
+def part_calibration(quick: bool) -> dict:
+    n, n_check = (50, 20) if quick else (1_000, 20)
+    rng = np.random.default_rng(2024)
+    tables = [bench_calibration._surface(bench_calibration._random_params(rng), 50.0, rng)
+              for _ in range(n)]  # fmt: skip
+    fits = calibrate_many("heston", tables, device=DEVICE, seed=0)  # warm-up: kernels, caches
+    _sync()
+    runs = []
+    for _ in range(2):
+        start = time.perf_counter()
+        fits = calibrate_many("heston", tables, device=DEVICE, seed=0)  # CPU results: synced
+        runs.append((time.perf_counter() - start, fits[0].seconds))
+    seconds, fit_share = min(runs)
+    cpu_seconds, cpu_fits = cpu_time(lambda: calibrate_many("heston", tables[:n_check], seed=0))
+    excess = np.array([f.rmse_iv_bp for f in fits[:n_check]]) - [f.rmse_iv_bp for f in cpu_fits]
+    out = {
+        "surfaces": n,
+        "ms_per_surface": 1e3 * seconds / n,
+        "fit_ms_per_surface": 1e3 * fit_share,  # the batch fit alone (calibrate_many's seconds)
+        "cpu_batched_ms_per_surface": 1e3 * cpu_seconds / n_check,
+        "checked_surfaces": n_check,
+        "max_rmse_excess_vs_cpu_bp": float(excess.max()),
+        "stuck_vs_cpu": int((excess > STUCK_BP).sum()),
+        "converged": int(sum(f.converged for f in fits)),
+    }
+    out["rmse_within_target"] = out["max_rmse_excess_vs_cpu_bp"] <= CALIBRATION_RMSE_BP
+    out["speedup"] = out["cpu_batched_ms_per_surface"] / out["ms_per_surface"]
+    out["ratio"] = CALIBRATION_MS / out["ms_per_surface"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
-    parser.add_argument("--parts", default="heston,surrogate,generation,mc,rng")
+    parser.add_argument("--parts", default="heston,surrogate,generation,mc,rng,calibration")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code paths")
     args = parser.parse_args()
     global DEVICE
@@ -213,6 +263,7 @@ def main() -> None:
         "generation": lambda: part_generation(args.quick),
         "mc": lambda: part_mc(args.quick),
         "rng": lambda: part_rng(args.quick, compile),
+        "calibration": lambda: part_calibration(args.quick),
     }
     gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "none (dry run)"
     summary: dict[str, object] = {"cuda": DEVICE.type == "cuda", "gpu": gpu, "quick": args.quick}
@@ -226,7 +277,7 @@ def main() -> None:
             result = {"error": f"{type(err).__name__}: {err}"}
         result["seconds"] = time.perf_counter() - start
         summary[name] = result
-        ratio = result.get("speedup", float("nan"))
+        ratio = result.get("ratio", result.get("speedup", float("nan")))
         rows.append({"part": name, "ratio": ratio, "target": TARGETS[name],
                      "met": bool(ratio >= TARGETS[name]), "seconds": result["seconds"]})  # fmt: skip
         print(f"{name}: {result}", flush=True)

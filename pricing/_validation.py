@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
+    "check_device",
     "check_finite",
     "check_nonnegative",
     "check_positive",
@@ -81,3 +82,32 @@ def check_positive_int(name: str, value: object) -> None:
     """
     if not is_whole(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_device(device: str | torch.device) -> str:
+    """Validate a torch device (a string such as ``"cuda:0"`` or a :class:`torch.device`); a CUDA
+    device must exist here. Returns its name.
+
+    Examples:
+        >>> check_device("cpu")
+        'cpu'
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'
+    """
+    try:
+        if not isinstance(device, str | torch.device):  # torch.device(1) is cuda:1
+            raise TypeError
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
+    return str(parsed)

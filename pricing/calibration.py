@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing._validation import is_whole
+from pricing._calibration_batch import (
+    RESIDUAL_QUOTE_COLUMNS,
+    already_prepared,
+    residual_tables,
+)
+from pricing._validation import check_device, is_whole
 from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import DECIMAL_LIMITS, QuoteError, read_quotes, shifts
 
@@ -42,17 +47,7 @@ __all__ = [
     "register_start",
 ]
 
-RESIDUAL_COLUMNS = (
-    "maturity",
-    "strike",
-    "option_type",
-    "forward",
-    "discount",
-    "market_iv",
-    "model_iv",
-    "error_bp",
-    "weight",
-)
+RESIDUAL_COLUMNS = (*RESIDUAL_QUOTE_COLUMNS, "model_iv", "error_bp", "weight")
 
 
 @dataclass(frozen=True)
@@ -151,10 +146,18 @@ class CalibrationResult:
 FitFunction = Callable[[CalibrationProblem], FitOutput]
 _REGISTRY: dict[tuple[str, str], FitFunction] = {}
 _UNAVAILABLE: dict[tuple[str, str], str] = {}
+_ON_DEVICES: set[tuple[str, str]] = set()
+"""The methods that take a ``device`` option (the others run on the CPU only)."""
 
 
-def register_method(model: str, method: str, function: FitFunction | None, why: str = "") -> None:
+def register_method(
+    model: str, method: str, function: FitFunction | None, why: str = "", *, devices: bool = False
+) -> None:
     """Register the fitter of ``(model, method)``; ``None`` marks it unavailable, saying ``why``.
+
+    ``devices``: the fitter (and its batch fitter) takes the ``device`` option, a
+    :class:`torch.device` (:func:`calibrate` checks it and drops ``device="cpu"`` for the other
+    methods, refusing any other device for them).
 
     Examples:
         >>> def flat(problem):
@@ -171,6 +174,10 @@ def register_method(model: str, method: str, function: FitFunction | None, why: 
     else:
         _REGISTRY[(model, method)] = function
         _UNAVAILABLE.pop((model, method), None)
+        if devices:
+            _ON_DEVICES.add((model, method))
+        else:
+            _ON_DEVICES.discard((model, method))
 
 
 StartProvider = Callable[[CalibrationProblem], Mapping[str, float] | None]
@@ -405,6 +412,27 @@ def _check_options(options: Mapping[str, Any]) -> None:
         raise ValueError(f"free_beta must be True or False, got {options['free_beta']!r}")
 
 
+def _device_options(key: tuple[str, str], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``device`` checked: a torch device (string or :class:`torch.device`)
+    that exists here, the CPU or CUDA (the fits run in float64), and the CPU for methods not
+    registered with ``devices=True``. Returned as a :class:`torch.device` for the methods that
+    take it, dropped for the others (so ``device="cpu"`` is accepted by every method)."""
+    out = dict(options)
+    if "device" not in out:
+        return out
+    value = out.pop("device")
+    device = torch.device(check_device(value))
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: calibration runs in float64 on 'cpu' or 'cuda', got {value!r}")
+    if key in _ON_DEVICES:
+        out["device"] = device
+    elif device.type != "cpu":
+        able = ", ".join(f"{model} {method!r}" for model, method in sorted(_ON_DEVICES))
+        raise ValueError(f"device={value!r}: method {key[1]!r} for {key[0]} runs on the CPU "
+                         f"only (other devices: {able or 'none'})")  # fmt: skip
+    return out
+
+
 def _outside_domain(name: str, low: float, high: float) -> str | None:
     """The domain, written out, if ``[low, high]`` leaves it; else None."""
     lo, hi, brackets = _DOMAINS[name]
@@ -481,14 +509,19 @@ def _check_prepared(table: pd.DataFrame) -> None:
                          column="option_type")  # fmt: skip
 
 
+_NEEDED = ("forward", "discount", "market_iv", "option_type")
+"""The columns of a prepared quote table (besides ``strike`` and ``maturity``)."""
+
+
 def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
     """Quotes with market implied vols; rows without one are dropped and counted.
 
     A prepared table's ``market_iv`` is refreshed from ``implied_vol`` where that is given (the
     canonical column: a caller who edits it after cleaning fits what they edited)."""
     table = quotes if isinstance(quotes, pd.DataFrame) else read_quotes(quotes)
-    needed = {"forward", "discount", "market_iv", "option_type"}
-    if not needed <= set(table.columns) or any(table[c].isna().to_numpy().any() for c in needed):
+    if not set(_NEEDED) <= set(table.columns) or any(
+        table[c].isna().to_numpy().any() for c in _NEEDED
+    ):
         table = read_quotes(table, allow_crossed=True)
         table, _ = prepare_quotes(table)
     else:
@@ -506,18 +539,6 @@ def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
     if len(table) == 0:
         raise QuoteError("no quote has a market implied vol", column="market_iv")
     return table, int((~usable).sum())
-
-
-def _residual_table(problem: CalibrationProblem, model_iv: np.ndarray) -> pd.DataFrame:
-    quotes = problem.quotes
-    columns = {
-        c: quotes[c].to_numpy()
-        for c in ("maturity", "strike", "option_type", "forward", "discount", "market_iv")
-    }
-    columns["model_iv"] = model_iv
-    columns["error_bp"] = (model_iv - columns["market_iv"]) * 1e4
-    columns["weight"] = problem.weights
-    return pd.DataFrame(columns)
 
 
 def calibrate(
@@ -547,7 +568,10 @@ def calibrate(
         x0: starting parameters, tried besides the global start.
         beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
         seed: seed of the global start.
-        **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...).
+        **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...);
+            ``device`` (a torch device such as ``"cuda"``, default the CPU) runs Heston
+            ``direct`` there (the results are the same Python and numpy values); the other
+            methods run on the CPU and refuse any other device.
 
     Returns:
         A :class:`CalibrationResult`.
@@ -569,6 +593,7 @@ def calibrate(
     """
     key = _method_key(model, method)
     _check_inputs(key[0], bounds, x0, beta, options)
+    options = _device_options(key, options)
     table, n_dropped = _prepare(quotes)
     problem = CalibrationProblem(
         table, quote_weights(table, weights), bounds, x0, beta, seed, options
@@ -576,7 +601,7 @@ def calibrate(
     start = time.perf_counter()
     with torch.no_grad():
         fit = _REGISTRY[key](problem)
-    return _result(key, problem, fit, n_dropped, time.perf_counter() - start)
+    return _results(key, [problem], [fit], [n_dropped], time.perf_counter() - start)[0]
 
 
 def calibrate_many(
@@ -595,8 +620,9 @@ def calibrate_many(
 
     Methods with a batched fitter (:func:`register_batch_method`: Heston ``direct`` and
     ``network``) fit all tables together; the others fit them one after another. The arguments
-    are those of :func:`calibrate`, applied to every table (``weights`` by name). Each result's
-    ``seconds`` is its share of the call's wall time (the total divided by the number of tables).
+    are those of :func:`calibrate`, applied to every table (``weights`` by name); with
+    ``device="cuda"`` Heston ``direct`` fits the batch on the GPU. Each result's ``seconds`` is
+    its share of the call's wall time (the total divided by the number of tables).
 
     Returns:
         One :class:`CalibrationResult` per table, in order.
@@ -619,10 +645,12 @@ def calibrate_many(
         raise ValueError("quotes: no quote tables given")
     key = _method_key(model, method)
     _check_inputs(key[0], bounds, x0, beta, options)
+    options = _device_options(key, options)
     problems, dropped = [], []
+    ready = already_prepared(quotes, _NEEDED, DECIMAL_LIMITS["implied_vol"])  # one pass
     for i, table in enumerate(quotes):
         try:
-            prepared, n_dropped = _prepare(table)
+            prepared, n_dropped = (table, 0) if ready[i] else _prepare(table)
             problem = CalibrationProblem(prepared, quote_weights(prepared, weights), bounds, x0,
                                          beta, seed, options)  # fmt: skip
         except QuoteError as error:
@@ -636,7 +664,7 @@ def calibrate_many(
         batch = _BATCH_REGISTRY.get(key)
         fits = batch(problems) if batch else [_REGISTRY[key](p) for p in problems]
     share = (time.perf_counter() - start) / len(problems)
-    return [_result(key, p, f, d, share) for p, f, d in zip(problems, fits, dropped, strict=True)]
+    return _results(key, problems, fits, dropped, share)
 
 
 def _method_key(model: str, method: str) -> tuple[str, str]:
@@ -657,29 +685,36 @@ def _method_key(model: str, method: str) -> tuple[str, str]:
     return key
 
 
-def _result(
+def _results(
     key: tuple[str, str],
-    problem: CalibrationProblem,
-    fit: FitOutput,
-    n_dropped: int,
+    problems: Sequence[CalibrationProblem],
+    fits: Sequence[FitOutput],
+    dropped: Sequence[int],
     seconds: float,
-) -> CalibrationResult:
-    residuals = _residual_table(problem, fit.model_iv)
-    error = residuals["error_bp"].to_numpy()
-    return CalibrationResult(
-        model=key[0],
-        method=key[1],
-        params=fit.params,
-        residuals=residuals,
-        rmse_iv_bp=float(np.sqrt(np.mean(error**2))),
-        max_abs_iv_bp=float(np.max(np.abs(error))),
-        sse=float(np.sum((error / 100) ** 2)),
-        n_quotes=len(problem.quotes),
-        n_dropped=n_dropped,
-        seconds=seconds,
-        converged=bool(fit.converged),
-        iterations=fit.iterations,
-    )
+) -> list[CalibrationResult]:
+    """The :class:`CalibrationResult` of each fit, residual tables cut from one table of all
+    rows (:func:`pricing._calibration_batch.residual_tables`)."""
+    tables, errors = residual_tables([p.quotes for p in problems], [f.model_iv for f in fits],
+                                     [p.weights for p in problems])  # fmt: skip
+    return [
+        CalibrationResult(
+            model=key[0],
+            method=key[1],
+            params=fit.params,
+            residuals=table,
+            rmse_iv_bp=float(np.sqrt(np.mean(error**2))),
+            max_abs_iv_bp=float(np.max(np.abs(error))),
+            sse=float(np.sum((error / 100) ** 2)),
+            n_quotes=len(problem.quotes),
+            n_dropped=n_dropped,
+            seconds=seconds,
+            converged=bool(fit.converged),
+            iterations=fit.iterations,
+        )
+        for problem, fit, n_dropped, table, error in zip(
+            problems, fits, dropped, tables, errors, strict=True
+        )
+    ]
 
 
 def model_vols(

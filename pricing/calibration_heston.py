@@ -6,7 +6,9 @@ with the exact Jacobian (autograd through a Lewis-formula surface pricer that sh
 characteristic function across the strikes of an expiry, :mod:`pricing._heston_lewis`); the
 result is checked, and if needed polished, with the reference pricer :func:`pricing.heston.price`,
 whose implied vols are the ones reported. Many surfaces calibrate in one batch
-(:func:`calibrate_surfaces`).
+(:func:`calibrate_surfaces`), on the device the surfaces are packed on (:func:`surfaces_from_quotes`,
+option ``device`` of :func:`pricing.calibration.calibrate`): every tensor of the fit is made there;
+the Sobol points and the global starts come from the CPU once, and the results go back to it.
 
 Implied-vol residuals: with ``b`` the model's out-of-the-money price over ``D sqrt(F K)``, the
 residual is ``IV(b) - IV_market`` and its Jacobian ``sqrt(K/F) db/dtheta / vega`` (implicit
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pricing._calibration_batch import stacked
 from pricing._heston_lewis import (
     SurfaceGrid,
     gaussian_limit,
@@ -70,7 +73,10 @@ _RACE_ITERATIONS = 6
 _RUNNER_UP_RATIO = 1.5  # a runner-up this close (in cost) to the leader also finishes
 _SCAN_NODES = 64
 _SCAN_ELEMENTS = 2**16
-"""Grid points (surfaces x expiries x nodes x scan points) priced per call of the scan."""
+"""Grid points (surfaces x expiries x nodes x scan points) priced per call of the scan (CPU)."""
+_SCAN_ELEMENTS_GPU = 2**23
+"""The same on a GPU, where each call's fixed cost (kernel launches) is what counts: 1,000
+surfaces of 6 expiries scan 64 points in 3 calls (about 3 GB of temporaries), not 500."""
 DEFAULT_NODES = 64
 """Least Gauss-Legendre nodes per expiry of the fitted surfaces; :func:`pricing._heston_lewis.node_counts`
 adds more where the integrand oscillates (128 for the benchmark's 30-day to 3-year surfaces). A
@@ -120,9 +126,14 @@ class HestonSurfaces:
 
 
 def surfaces_from_quotes(
-    tables: list[pd.DataFrame], weights: list[np.ndarray], nodes: int = DEFAULT_NODES
+    tables: list[pd.DataFrame],
+    weights: list[np.ndarray],
+    nodes: int = DEFAULT_NODES,
+    *,
+    device: torch.device | str | None = None,
 ) -> HestonSurfaces:
-    """Pack prepared quote tables (``strike, forward, maturity, market_iv``) into padded tensors.
+    """Pack prepared quote tables (``strike, forward, maturity, market_iv``) into padded tensors
+    on ``device`` (default the CPU).
 
     Shape:
         S tables, at most M expiries of at most Q quotes -> ``(S, M)``, ``(S, M, Q)``, ``(S, M*Q)``.
@@ -138,65 +149,87 @@ def surfaces_from_quotes(
     # quote gets its surface s, expiry slot e (by rank of its rounded maturity within s) and its
     # slot within (s, e) in table order.
     sizes = np.array([len(t) for t in tables])
-    _check_packing(tables, weights, sizes)
-    column = lambda name: np.concatenate([t[name].to_numpy(float) for t in tables])  # noqa: E731
-    strike, forward, market_iv = column("strike"), column("forward"), column("market_iv")
-    key = column("maturity").round(10)
+    quotes = stacked(tables)
+    strike, forward, maturity, market_iv = (
+        quotes[c].to_numpy(float) for c in ("strike", "forward", "maturity", "market_iv")
+    )
+    w = _check_packing(weights, sizes, market_iv)
     surface = np.repeat(np.arange(len(tables)), sizes)
-    pairs, inverse = np.unique(np.stack([surface, key], axis=1), axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    first = np.searchsorted(pairs[:, 0], np.arange(len(tables)))  # each surface's first pair
-    e = np.arange(len(pairs))[inverse] - first[surface]
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(len(pairs)))
-    slot = np.empty_like(e)
-    slot[order] = np.arange(len(order)) - starts[inverse[order]]
+    e, slot, pairs, first = _expiry_slots(surface, maturity.round(10), len(tables))
     m, q = int(e.max()) + 1, int(slot.max()) + 1
     shape = (len(tables), m, q)
-    k, iv, w = np.zeros(shape), np.full(shape, 0.2), np.zeros(shape)
+    k, iv, root_w = np.zeros(shape), np.full(shape, 0.2), np.zeros(shape)
     maturities = np.ones((len(tables), m))
     owner = pairs[:, 0].astype(int)
     maturities[owner, np.arange(len(pairs)) - first[owner]] = pairs[:, 1]
     k[surface, e, slot] = np.log(strike / forward)
     iv[surface, e, slot] = market_iv
-    w[surface, e, slot] = np.sqrt(np.concatenate(weights))
+    root_w[surface, e, slot] = np.sqrt(w)
     positions = np.split(e * q + slot, np.cumsum(sizes)[:-1])
-    t = torch.tensor
+    t = lambda array: torch.tensor(array, device=device)  # noqa: E731
     grid = SurfaceGrid(t(maturities), t(k), nodes)
     flat_t = t(np.repeat(maturities, q, axis=1))
-    return HestonSurfaces(
-        grid, t(iv.reshape(len(tables), -1)), t(w.reshape(len(tables), -1)), flat_t, positions
-    )
+    return HestonSurfaces(grid, t(iv.reshape(len(tables), -1)),
+                          t(root_w.reshape(len(tables), -1)), flat_t, positions)  # fmt: skip
 
 
-def _check_packing(
-    tables: list[pd.DataFrame], weights: list[np.ndarray], sizes: np.ndarray
-) -> None:
+def _expiry_slots(
+    surface: np.ndarray, key: np.ndarray, n_surfaces: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each quote's expiry slot ``e`` (rank of its maturity ``key`` within its surface) and slot
+    within (surface, expiry) in table order, ``(R,)`` each; the distinct (surface, key) pairs in
+    order ``(P, 2)`` and the first pair of each surface ``(S,)``. One stable sort by (surface,
+    key) (``np.unique`` of the pairs sorted a structured view, several times slower)."""
+    order = np.lexsort((key, surface))  # stable: a pair's quotes stay in table order
+    s_sorted, k_sorted = surface[order], key[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (s_sorted[1:] != s_sorted[:-1]) | (k_sorted[1:] != k_sorted[:-1])
+    pair_sorted = np.cumsum(new) - 1  # pair of each sorted quote
+    pairs = np.stack([s_sorted[new], k_sorted[new]], axis=1)
+    first = np.searchsorted(pairs[:, 0], np.arange(n_surfaces))  # each surface's first pair
+    e, slot = np.empty_like(order), np.empty_like(order)
+    e[order] = pair_sorted - first[s_sorted]
+    slot[order] = np.arange(len(order)) - np.flatnonzero(new)[pair_sorted]
+    return e, slot, pairs, first
+
+
+def _check_packing(weights: list[np.ndarray], sizes: np.ndarray, vol: np.ndarray) -> np.ndarray:
     """One finite weight >= 0 per quote and positive finite vols (one weight was broadcast over
-    a table, a negative one became NaN, NaN vols were packed)."""
-    if len(weights) != len(tables):
-        raise ValueError(f"{len(weights)} weight arrays for {len(tables)} quote tables")
-    for i, (table, w) in enumerate(zip(tables, weights, strict=True)):
-        w = np.asarray(w, dtype=float)
-        if w.shape != (sizes[i],) or not bool(np.all(np.isfinite(w) & (w >= 0))):
+    a table, a negative one became NaN, NaN vols were packed), the first bad table named; the
+    weights of all tables, concatenated ``(R,)``."""
+    if len(weights) != len(sizes):
+        raise ValueError(f"{len(weights)} weight arrays for {len(sizes)} quote tables")
+    arrays = [np.asarray(w, dtype=float) for w in weights]
+    for i, w in enumerate(arrays):
+        if w.shape != (sizes[i],):
             raise ValueError(f"table {i}: weights must be {sizes[i]} finite values >= 0")
-        vol = table["market_iv"].to_numpy(dtype=float)
-        if not bool(np.all(np.isfinite(vol) & (vol > 0))):
-            raise ValueError(f"table {i}: market_iv must be finite and > 0")
+    w = np.concatenate(arrays)
+    ends = np.cumsum(sizes)
+    checks = {"weights": (np.isfinite(w) & (w >= 0), "must be {n} finite values >= 0"),
+              "market_iv": (np.isfinite(vol) & (vol > 0), "must be finite and > 0")}  # fmt: skip
+    for name, (ok, what) in checks.items():
+        if not ok.all():
+            i = int(np.searchsorted(ends, np.argmin(ok), side="right"))  # the table of that row
+            raise ValueError(f"table {i}: {name} {what.format(n=sizes[i])}")
+    return w
 
 
-def _box(bounds: dict[str, tuple[float, float]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _box(
+    bounds: dict[str, tuple[float, float]] | None, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds ``(5,)`` each, on ``device``."""
     box = DEFAULT_BOUNDS | dict(bounds or {})
     unknown = set(box) - set(NAMES)
     if unknown:
         raise ValueError(f"unknown Heston parameter(s) in bounds: {sorted(unknown)}")
-    lower = torch.tensor([box[n][0] for n in NAMES], dtype=torch.float64)
-    upper = torch.tensor([box[n][1] for n in NAMES], dtype=torch.float64)
+    both = torch.tensor([[box[n][i] for n in NAMES] for i in (0, 1)], dtype=torch.float64)
+    lower, upper = both.to(device).unbind(0)
     return lower, upper
 
 
 def _scan_points(n: int, seed: int) -> torch.Tensor:
-    """Sobol points of the scan box, shape ``(n, 5)``."""
+    """Sobol points of the scan box, shape ``(n, 5)``, on the CPU (torch's Sobol engine runs
+    there only)."""
     if n == 0:
         return torch.zeros(0, 5, dtype=torch.float64)
     engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
@@ -285,13 +318,14 @@ def _scan(
     integrand of the market's lowest total variance at that expiry has decayed (points far from
     the market get rough prices, but they are far from the market all the same), so the
     ``exp(-i u k)`` factors are computed once per surface; surfaces are priced together, about
-    :data:`_SCAN_ELEMENTS` grid points per call.
+    :data:`_SCAN_ELEMENTS` grid points per call (:data:`_SCAN_ELEMENTS_GPU` off the CPU).
     """
     clamp = lambda x: torch.minimum(torch.maximum(x, lower), upper)  # noqa: E731
+    device = lower.device
     if extra is None:
-        extra = torch.empty(n_surfaces, 0, 5, dtype=torch.float64)
+        extra = torch.empty(n_surfaces, 0, 5, dtype=torch.float64, device=device)
     extra = clamp(extra.expand(n_surfaces, *extra.shape[-2:]))  # (S, K, 5)
-    points = clamp(_scan_points(n_scan, seed))
+    points = clamp(_scan_points(n_scan, seed).to(device))  # (P, 5), one copy
     if not (n_best and len(points)):
         return extra.reshape(-1, 5)
     surf = residuals.surfaces
@@ -300,8 +334,9 @@ def _scan(
     floor = torch.where(surf.weight > 0, variance, math.inf).reshape(grid.k.shape)
     shared = gaussian_limit(floor.amin(-1).nan_to_num(posinf=1.0))  # (S, M)
     per_surface = grid.k.shape[1] * _SCAN_NODES * len(points)
+    budget = _SCAN_ELEMENTS if device.type == "cpu" else _SCAN_ELEMENTS_GPU
     costs = []
-    for rows in torch.arange(n_surfaces).split(max(1, _SCAN_ELEMENTS // per_surface)):
+    for rows in torch.arange(n_surfaces, device=device).split(max(1, budget // per_surface)):
         b = scan_otm(grid.select(rows), points, shared[rows])  # (s, N, P)
         price = surf.ratio[rows].sqrt().unsqueeze(-1) * b
         market, vega = residuals.market_price[rows], residuals.market_vega[rows]
@@ -313,32 +348,35 @@ def _scan(
     return torch.cat([extra, best], dim=1).reshape(-1, 5)
 
 
-def _single(surfaces: HestonSurfaces, s: int) -> HestonSurfaces:
-    """Surface ``s`` alone (a batch of one)."""
-    g, one = surfaces.grid, slice(s, s + 1)
-    return HestonSurfaces(SurfaceGrid(g.maturity[one], g.k[one], g.nodes),
-                          surfaces.market_iv[one], surfaces.weight[one], surfaces.maturity[one],
-                          [surfaces.positions[s]])  # fmt: skip
+def _select(surfaces: HestonSurfaces, rows: torch.Tensor) -> HestonSurfaces:
+    """The surfaces ``rows`` ``(B,)`` (a batch of B)."""
+    g = surfaces.grid
+    return HestonSurfaces(SurfaceGrid(g.maturity[rows], g.k[rows], g.nodes),
+                          surfaces.market_iv[rows], surfaces.weight[rows], surfaces.maturity[rows],
+                          [surfaces.positions[s] for s in rows.tolist()])  # fmt: skip
 
 
 def _quote_index(surfaces: HestonSurfaces) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Surface and flat position of every table row, surfaces one after another (table order),
-    shapes ``(R,)``, and the number of rows per surface."""
+    shapes ``(R,)`` on the surfaces' device, and the number of rows per surface."""
     sizes = [len(p) for p in surfaces.positions]
-    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    return owner, torch.as_tensor(np.concatenate(surfaces.positions)), sizes
+    device = surfaces.market_iv.device
+    owner = torch.arange(len(sizes), device=device).repeat_interleave(
+        torch.tensor(sizes, device=device)
+    )
+    return owner, torch.as_tensor(np.concatenate(surfaces.positions), device=device), sizes
 
 
 def _vols(
     surfaces: HestonSurfaces,
     x: torch.Tensor,
     reference: bool,
-    index: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None,
+    index: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Model vols of every table row (:func:`_quote_index` order, or ``index``, its result when
-    the caller has it) at params ``x`` ``(S, 5)``, by the fast pricer or the reference one,
-    priced in one call for all surfaces; shape ``(R,)``."""
-    owner, at, _ = index if index is not None else _quote_index(surfaces)
+    """Model vols of every table row (:func:`_quote_index` order), or of the rows ``index``
+    (surface and flat position, ``(R,)`` each), at params ``x`` ``(S, 5)``, by the fast pricer
+    or the reference one, priced in one call for all surfaces; shape ``(R,)``."""
+    owner, at = index if index is not None else _quote_index(surfaces)[:2]
     ratio, t = surfaces.ratio[owner, at], surfaces.maturity[owner, at]
     if reference:
         return otm_implied_vol(ratio=ratio, maturity=t,
@@ -349,30 +387,31 @@ def _vols(
 
 
 def _polish(
-    surface: HestonSurfaces,
+    surfaces: HestonSurfaces,
     x: torch.Tensor,
     lower: torch.Tensor,
     upper: torch.Tensor,
     iterations: int,
 ) -> torch.Tensor:
-    """A few Levenberg-Marquardt steps on one surface with the reference pricer."""
-    ratio, t = surface.ratio, surface.maturity  # (1, N)
-    residuals = _Residuals(surface, torch.tensor([0]))
+    """A few Levenberg-Marquardt steps with the reference pricer, each surface of ``surfaces``
+    from its row of ``x`` ``(B, 5)``, all in one batch; returns ``(B, 5)``."""
+    ratio, t = surfaces.ratio, surfaces.maturity  # (B, N)
+    residuals = _Residuals(surfaces, torch.arange(len(x), device=x.device))
 
     def otm(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        fields = dict(zip(NAMES, params.unbind(-1), strict=True))
-        return heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1, **fields)
+        fields = dict(zip(NAMES, params.unbind(-1), strict=True))  # (B', N) each
+        r = ratio[index]
+        return heston_price(forward=1.0, strike=r, maturity=t[index], is_call=r >= 1, **fields)
 
     price_jacobian = elementwise_jacobian(otm, ratio.shape[1])
 
     def fn(params: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         price, dprice = price_jacobian(params, index)
-        dnormalized = dprice / torch.sqrt(ratio).unsqueeze(-1)
-        return residuals.from_prices(torch.zeros_like(index), price, dnormalized)
+        dnormalized = dprice / torch.sqrt(ratio[index]).unsqueeze(-1)
+        return residuals.from_prices(index, price, dnormalized)
 
-    solved = levenberg_marquardt(fn, x.unsqueeze(0), lower=lower, upper=upper,
-                                 max_iterations=iterations)  # fmt: skip
-    return solved.x[0]
+    solved = levenberg_marquardt(fn, x, lower=lower, upper=upper, max_iterations=iterations)
+    return solved.x
 
 
 def _finalists(cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int) -> torch.Tensor:
@@ -382,7 +421,7 @@ def _finalists(cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int) -> tor
     cost = torch.nan_to_num(cost, nan=math.inf).reshape(n_surf, n_per)
     order = torch.argsort(cost, dim=-1)[:, : min(2, n_per)]  # (S, <=2)
     ranked = cost.gather(1, order)
-    finish = torch.zeros(n_surf, n_per, dtype=torch.bool)
+    finish = torch.zeros(n_surf, n_per, dtype=torch.bool, device=cost.device)
     finish[:, :n_extra] = True
     finish.scatter_(1, order[:, :1], True)
     if n_per > 1:
@@ -405,10 +444,11 @@ def calibrate_surfaces(
     """Calibrate Heston to S surfaces at once (see the module docstring).
 
     Args:
-        surfaces: from :func:`surfaces_from_quotes`.
+        surfaces: from :func:`surfaces_from_quotes`; the fit runs on their device.
         bounds: parameter name -> (lower, upper), over :data:`DEFAULT_BOUNDS`.
         x0: extra starting points, shape ``(K, 5)`` (tried on every surface) or ``(S, K, 5)``
-            (per surface): they always race and always finish (besides the race's leader).
+            (per surface), on any device: they always race and always finish (besides the
+            race's leader).
         seed: Sobol scrambling seed of the scan.
         n_scan: scan points; n_starts: refined starts per surface (x0 rows included).
         max_iterations: Levenberg-Marquardt iterations.
@@ -417,7 +457,7 @@ def calibrate_surfaces(
 
     Returns:
         ``params (S, 5)``, model vols per surface (reference pricer), converged ``(S,)`` and
-        iterations ``(S,)``.
+        iterations ``(S,)``, on the CPU.
 
     Shape:
         ``params``: ``(S, 5)`` in the order ``v0, kappa, theta, sigma, rho``.
@@ -438,17 +478,43 @@ def calibrate_surfaces(
         >>> [round(p, 3) for p in params[0].tolist()], bool(converged[0])
         ([0.04, 1.5, 0.05, 0.5, -0.7], True)
     """
-    lower, upper = _box(bounds)
+    device = surfaces.market_iv.device
+    lower, upper = _box(bounds, device)
     n_surf = len(surfaces.positions)
     n_extra = 0 if x0 is None else x0.shape[-2]
     n_best = min(max(n_starts - n_extra, 0), n_scan)
     n_per = n_extra + n_best  # starts per surface: the x0 rows, then the best scan points
     if n_per == 0:
         raise ValueError("calibrate_surfaces needs n_scan > 0 and n_starts > 0, or x0 starts")
-    residuals = _Residuals(surfaces, torch.arange(n_surf).repeat_interleave(n_per))
-    starts = _scan(residuals, n_surf, n_scan, n_best, seed, x0, lower, upper)
-    # Race all starts for a few iterations; the best of each surface (and close runners-up, and
-    # every x0 start) that have not converged yet finish in a second batch.
+    residuals = _Residuals(surfaces, torch.arange(n_surf, device=device).repeat_interleave(n_per))
+    starts = _scan(residuals, n_surf, n_scan, n_best, seed, None if x0 is None else x0.to(device),
+                   lower, upper)  # fmt: skip
+    x, cost, converged, iterations, finalists = _race(
+        residuals, starts, n_extra, lower, upper, max_iterations
+    )
+    keep = torch.full_like(cost, math.inf)
+    keep[finalists] = cost[finalists]
+    best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf, device=device) * n_per
+    params, vols = _reported_vols(surfaces, x[best], lower, upper, polish)
+    sizes = [len(p) for p in surfaces.positions]
+    return (params.cpu(), list(vols.cpu().split(sizes)), converged[best].cpu(),
+            iterations[best].cpu())  # fmt: skip
+
+
+def _race(
+    residuals: _Residuals,
+    starts: torch.Tensor,
+    n_extra: int,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    max_iterations: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Race all starts ``(S * n_per, 5)`` (surface-major) for a few iterations; the finalists
+    (:func:`_finalists`) that have not converged yet finish in a second batch. Returns params
+    ``(S * n_per, 5)``, cost (NaN as inf), converged and iterations ``(S * n_per,)`` of every
+    start and the finalists' positions."""
+    n_surf = len(residuals.surfaces.positions)
+    n_per = len(starts) // n_surf
     race = levenberg_marquardt(residuals, starts, lower=lower, upper=upper,
                                max_iterations=min(_RACE_ITERATIONS, max_iterations),
                                **_TOLERANCES)  # fmt: skip
@@ -457,29 +523,39 @@ def calibrate_surfaces(
     converged, iterations = race.converged.clone(), race.iterations.clone()
     todo = finalists[~race.converged[finalists]]
     if len(todo) and max_iterations > _RACE_ITERATIONS:
-        final = levenberg_marquardt(_Residuals(surfaces, residuals.owner[todo]), race.x[todo],
-                                    lower=lower, upper=upper,
+        final = levenberg_marquardt(_Residuals(residuals.surfaces, residuals.owner[todo]),
+                                    race.x[todo], lower=lower, upper=upper,
                                     max_iterations=max_iterations - _RACE_ITERATIONS,
                                     initial=(race.residuals[todo], race.jacobian[todo]),
                                     **_TOLERANCES)  # fmt: skip
         x[todo], cost[todo] = final.x, torch.nan_to_num(final.cost, nan=math.inf)
         converged[todo], iterations[todo] = final.converged, iterations[todo] + final.iterations
-    keep = torch.full_like(cost, math.inf)
-    keep[finalists] = cost[finalists]
-    best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf) * n_per
-    params = x[best]
-    index = _quote_index(surfaces)
-    owner, _, sizes = index
-    vols = _vols(surfaces, params, reference=True, index=index)
-    if polish:  # where the fast pricer's vols are off the reference's, polish with the latter
-        off = ~((vols - _vols(surfaces, params, reference=False, index=index)).abs() * 1e4
-                <= _POLISH_TOLERANCE_BP)  # fmt: skip
-        for s in torch.unique(owner[off]).tolist():
-            surface = _single(surfaces, s)
-            params[s] = _polish(surface, params[s], lower, upper, 4)
-            vols[owner == s] = _vols(surface, params[s : s + 1], reference=True)
-    vols = list(vols.split(sizes))
-    return params, vols, converged[best], iterations[best]
+    return x, cost, converged, iterations, finalists
+
+
+def _reported_vols(
+    surfaces: HestonSurfaces,
+    params: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    polish: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Params ``(S, 5)`` and the reference pricer's vols at them of every table row
+    (:func:`_quote_index` order) ``(R,)``; with ``polish``, the surfaces where the fast pricer's
+    vols are off the reference's by more than :data:`_POLISH_TOLERANCE_BP` are first polished
+    with the latter (:func:`_polish`, all of them in one batch)."""
+    owner, at, _ = _quote_index(surfaces)
+    vols = _vols(surfaces, params, reference=True, index=(owner, at))
+    if not polish:
+        return params, vols
+    off = ~((vols - _vols(surfaces, params, reference=False, index=(owner, at))).abs() * 1e4
+            <= _POLISH_TOLERANCE_BP)  # fmt: skip
+    rows = torch.unique(owner[off])  # (B,)
+    if len(rows):
+        params[rows] = _polish(_select(surfaces, rows), params[rows], lower, upper, 4)
+        redo = torch.isin(owner, rows)
+        vols[redo] = _vols(surfaces, params, reference=True, index=(owner[redo], at[redo]))
+    return params, vols
 
 
 def global_starts(
@@ -530,11 +606,12 @@ def global_starts_many(
 
 
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
-    """Our calibration of one surface (options: ``nodes``, ``global_start`` (see
+    """Our calibration of one surface (options: ``nodes``, ``device``, ``global_start`` (see
     :func:`global_starts`) and those of :func:`calibrate_surfaces`)."""
     options = dict(problem.options)
     surfaces = surfaces_from_quotes([problem.quotes], [problem.weights],
-                                    nodes=options.pop("nodes", DEFAULT_NODES))  # fmt: skip
+                                    nodes=options.pop("nodes", DEFAULT_NODES),
+                                    device=options.pop("device", None))  # fmt: skip
     x0 = global_starts(problem, options)
     params, vols, converged, iterations = calibrate_surfaces(
         surfaces, bounds=problem.bounds, x0=x0, seed=problem.seed, **options
@@ -547,7 +624,7 @@ def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
     """``direct`` on many surfaces in one :func:`calibrate_surfaces` call (per-surface starts
     from :func:`global_starts_many`; the options of the first problem apply to all)."""
     options = dict(problems[0].options)
-    nodes = options.pop("nodes", DEFAULT_NODES)
+    nodes, device = options.pop("nodes", DEFAULT_NODES), options.pop("device", None)
     starts = global_starts_many(problems, options)
     x0 = None
     if any(x is not None for x in starts):
@@ -562,15 +639,16 @@ def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
             else centre.expand(k, 5) for x in starts
         ])  # fmt: skip
     surfaces = surfaces_from_quotes([p.quotes for p in problems], [p.weights for p in problems],
-                                    nodes=nodes)  # fmt: skip
+                                    nodes=nodes, device=device)  # fmt: skip
     params, vols, converged, iterations = calibrate_surfaces(
         surfaces, bounds=problems[0].bounds, x0=x0, seed=problems[0].seed, **options
     )
+    # Python values of all surfaces at once (per-element float() and bool() cost microseconds)
+    rows, flags, counts = params.tolist(), converged.tolist(), iterations.tolist()
     return [
-        FitOutput(dict(zip(NAMES, params[s].tolist(), strict=True)), vols[s].numpy(),
-                  bool(converged[s]), int(iterations[s]))
-        for s in range(len(problems))
-    ]  # fmt: skip
+        FitOutput(dict(zip(NAMES, row, strict=True)), v.numpy(), flag, count)
+        for row, v, flag, count in zip(rows, vols, flags, counts, strict=True)
+    ]
 
 
 def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
@@ -602,7 +680,7 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     return FitOutput(dict(zip(NAMES, fit.params, strict=True)), fit.model_vol, fit.converged, None)
 
 
-register_method("heston", "direct", _fit_direct)
+register_method("heston", "direct", _fit_direct, devices=True)
 register_batch_method("heston", "direct", _fit_direct_batch)
 register_method("heston", "quantlib", _fit_quantlib)
 # Provided by qfnet (pricing cannot import it); importing qfnet.calibration_surrogate replaces it.

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from pricing._labels import ENGINES, check_compile, label
-from pricing._validation import check_positive_int
+from pricing._validation import check_device, check_positive_int
 from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
@@ -542,28 +542,6 @@ def generate(
                       "gave no price with time value there); training drops those rows",
                       stacklevel=2)  # fmt: skip
     return path
-
-
-def check_device(device: str) -> str:
-    """Validate a torch device string; a CUDA device must exist here.
-
-    Examples:
-        >>> check_device("cpu")
-        'cpu'
-        >>> check_device("gpu")
-        Traceback (most recent call last):
-        ...
-        ValueError: device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'
-    """
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(
-            f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}"
-        ) from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
-    return str(parsed)
 
 
 def _write_metadata(

@@ -17,9 +17,7 @@ References:
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ __all__ = [
     "CalibrationNetwork",
     "accuracy",
     "default_path",
+    "grid_surfaces",
     "load_network",
     "make_dataset",
     "predict",
@@ -342,12 +341,6 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
     return net.eval()
 
 
-def _smile_at(x: np.ndarray, vol: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Vols of one expiry (quotes at log-moneyness ``x``, sorted) at ``k``: linear in k, flat
-    outside the quotes."""
-    return np.interp(k, x, vol)
-
-
 def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
     """Interpolate a quote table onto the network's grid.
 
@@ -366,42 +359,142 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
         >>> surface.shape, bool(torch.allclose(surface, torch.tensor(0.2, dtype=torch.float64)))
         (torch.Size([66]), True)
     """
-    column = "market_iv" if "market_iv" in quotes else "implied_vol"
+    surfaces, errors = grid_surfaces([quotes])
+    if errors[0] is not None:
+        raise ValueError(errors[0])
+    return surfaces[0]
+
+
+_GRID_K = (np.asarray(Z) * _Z_SCALE)[None, :] * np.sqrt(MATURITIES)[:, None]  # (6, 11)
+
+
+def grid_surfaces(tables: Sequence[pd.DataFrame]) -> tuple[torch.Tensor, list[str | None]]:
+    """:func:`surface_from_quotes` of many tables at once (per-table Python work cost more than
+    the interpolation): the surfaces, NaN where a table cannot be put on the grid, and per table
+    None or the reason it cannot (the message :func:`surface_from_quotes` raises).
+
+    Shape:
+        S tables -> surfaces ``(S, 66)``, reasons: S entries.
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0, 110.0], "forward": 100.0, "maturity": 1.0,
+        ...                       "market_iv": [0.25, 0.2]})
+        >>> surfaces, errors = grid_surfaces([table, table.drop(columns="forward")])
+        >>> tuple(surfaces.shape), bool(surfaces[1].isnan().all()), errors[1]
+        ((2, 66), True, "quotes: missing column(s) ['forward'] (need market_iv or implied_vol)")
+    """
+    columns = ["market_iv" if "market_iv" in t else "implied_vol" for t in tables]
+    errors = [_missing_columns(t, c) for t, c in zip(tables, columns, strict=True)]
+    ok = [i for i, e in enumerate(errors) if e is None]
+    out = np.full((len(tables), N_POINTS), np.nan)
+    if ok:
+        chosen = [tables[i] for i in ok]
+        quotes = chosen[0] if len(ok) == 1 else pd.concat(chosen, ignore_index=True)
+        sizes = np.array([len(tables[i]) for i in ok])
+        table = np.repeat(np.arange(len(ok)), sizes)
+        forward, maturity, strike = (quotes[c].to_numpy(dtype=float)
+                                     for c in ("forward", "maturity", "strike"))  # fmt: skip
+        vol = _vol_column(quotes, [columns[i] for i in ok], table)
+        bad = ~_positive_values(forward, maturity, strike, vol).all(axis=0)
+        for row in np.unique(table[bad]):  # tables with a bad value: name it as one table would
+            i = ok[row]
+            errors[i] = _bad_value(tables[i], columns[i])
+        good = np.array([errors[i] is None for i in ok])
+        if good.any():
+            keep = good[table]
+            rows = _grid_vols(np.log(strike[keep] / forward[keep]), maturity[keep].round(10),
+                              vol[keep], np.repeat(np.arange(good.sum()), sizes[good]))  # fmt: skip
+            out[np.asarray(ok)[good]] = rows.reshape(len(rows), -1)
+    return torch.tensor(out, dtype=torch.float64), errors
+
+
+def _missing_columns(quotes: pd.DataFrame, column: str) -> str | None:
+    """The error of a table without the needed columns or rows, else None."""
     missing = [c for c in ("forward", "maturity", "strike", column) if c not in quotes]
     if missing:
-        raise ValueError(f"quotes: missing column(s) {missing} (need market_iv or implied_vol)")
-    forward, maturity, strike, vol = (quotes[c].to_numpy(dtype=float)
-                                      for c in ("forward", "maturity", "strike", column))  # fmt: skip
+        return f"quotes: missing column(s) {missing} (need market_iv or implied_vol)"
+    return "quotes: the table is empty" if not len(quotes) else None
+
+
+def _vol_column(quotes: pd.DataFrame, columns: list[str], table: np.ndarray) -> np.ndarray:
+    """Each row's vol from its table's column (``market_iv``, else ``implied_vol``), ``(R,)``."""
+    market = np.array([c == "market_iv" for c in columns])
+    if market.all() or not market.any():
+        return quotes[columns[0]].to_numpy(dtype=float)
+    return np.where(market[table], quotes["market_iv"].to_numpy(dtype=float),
+                    quotes["implied_vol"].to_numpy(dtype=float))  # fmt: skip
+
+
+def _positive_values(*values: np.ndarray) -> np.ndarray:
+    """Forward, maturity, strike positive and finite and the vol (last) too, in decimals;
+    ``(4, R)`` (a maturity <= 0 and vols in percent were taken; inf passed "> 0")."""
     with np.errstate(invalid="ignore"):
-        positive = lambda x: np.isfinite(x) & (x > 0)  # noqa: E731  (inf passed "> 0")
-        in_decimals = vol <= DECIMAL_LIMITS["implied_vol"]
-        checks = {"forward": positive(forward), "maturity": positive(maturity),
-                  "strike": positive(strike), column: positive(vol) & in_decimals}  # fmt: skip
-    for name, ok in checks.items():  # a maturity <= 0 and vols in percent were taken
-        if not ok.all():
-            i = int(np.argmax(~ok))
-            raise ValueError(f"quotes: row {quotes.index[i]}, column {name!r}: "
-                             f"{float(quotes[name].iloc[i])} is not a positive finite number"
-                             f"{' in decimals (at most 5)' if name == column else ''}")  # fmt: skip
-    if not len(maturity):
-        raise ValueError("quotes: the table is empty")
-    expiries, which = np.unique(maturity.round(10), return_inverse=True)
-    x = np.log(strike / forward)
-    order = np.lexsort((x, which))  # by expiry, then by log-moneyness
-    bounds = np.searchsorted(which[order], np.arange(len(expiries) + 1))
-    smiles = [(x[order[a:b]], vol[order[a:b]]) for a, b in itertools.pairwise(bounds)]
-    out = np.empty((len(MATURITIES), len(Z)))
-    for j, t in enumerate(MATURITIES):
-        k = np.asarray(Z) * _Z_SCALE * math.sqrt(t)
-        above = int(np.searchsorted(expiries, t))
-        if above == 0 or above == len(expiries):
-            out[j] = _smile_at(*smiles[min(above, len(expiries) - 1)], k)
-            continue
-        t1, t2 = expiries[above - 1], expiries[above]
-        w1 = _smile_at(*smiles[above - 1], k) ** 2 * t1
-        w2 = _smile_at(*smiles[above], k) ** 2 * t2
-        out[j] = np.sqrt((w1 + (w2 - w1) * (t - t1) / (t2 - t1)) / t)
-    return torch.tensor(out.reshape(-1), dtype=torch.float64)
+        ok = np.stack([np.isfinite(v) & (v > 0) for v in values])
+        ok[-1] &= values[-1] <= DECIMAL_LIMITS["implied_vol"]
+    return ok
+
+
+def _bad_value(quotes: pd.DataFrame, column: str) -> str:
+    """The error naming the first bad value of a table that :func:`_positive_values` refuses."""
+    names = ("forward", "maturity", "strike", column)
+    ok = _positive_values(*(quotes[c].to_numpy(dtype=float) for c in names))
+    name, row = next((n, r) for n, r in zip(names, ok, strict=True) if not r.all())
+    i = int(np.argmax(~row))
+    decimals = " in decimals (at most 5)" if name == column else ""
+    return (f"quotes: row {quotes.index[i]}, column {name!r}: {float(quotes[name].iloc[i])} is "
+            f"not a positive finite number{decimals}")  # fmt: skip
+
+
+def _grid_vols(x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Grid vols ``(S, 6, 11)`` of checked quotes: log-moneyness ``x``, rounded maturity ``key``,
+    ``vol`` and table ``table`` per quote ``(R,)`` (tables 0..S-1, each with quotes)."""
+    order = np.lexsort((x, key, table))  # by table, expiry, then log-moneyness
+    table_s, key_s = table[order], key[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (table_s[1:] != table_s[:-1]) | (key_s[1:] != key_s[:-1])
+    group = np.cumsum(new) - 1  # each sorted quote's smile (table, expiry)
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.append(starts, len(order)))
+    xs = np.full((len(starts), lengths.max()), np.inf)  # (G, L), sorted, padded with inf
+    vs = np.zeros_like(xs)
+    slot = np.arange(len(order)) - starts[group]
+    xs[group, slot], vs[group, slot] = x[order], vol[order]
+    expiry, owner = key_s[new], table_s[new]  # (G,)
+    n_tables = int(table.max()) + 1
+    first = np.searchsorted(owner, np.arange(n_tables))  # each table's first smile
+    count = np.bincount(owner, minlength=n_tables)
+    times = np.asarray(MATURITIES)
+    # expiries below each grid maturity (np.searchsorted of one table's expiries), (S, 6)
+    padded = np.full((n_tables, count.max()), np.inf)
+    padded[owner, np.arange(len(owner)) - first[owner]] = expiry
+    above = (padded[:, None, :] < times[None, :, None]).sum(-1)
+    last = count[:, None] - 1
+    g1 = first[:, None] + np.clip(above - 1, 0, last)  # the smile below (or the only one used)
+    g2 = first[:, None] + np.minimum(above, last)  # the smile above
+    v1, v2 = _smiles_at(xs, vs, lengths, g1), _smiles_at(xs, vs, lengths, g2)  # (S, 6, 11)
+    t1, t2, t = expiry[g1][..., None], expiry[g2][..., None], times[None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # flat rows divide by t2 - t1 = 0
+        w1, w2 = v1**2 * t1, v2**2 * t2
+        between = np.sqrt((w1 + (w2 - w1) * (t - t1) / (t2 - t1)) / t)
+    flat = ((above == 0) | (above == count[:, None]))[..., None]
+    return np.where(flat, v1, between)
+
+
+def _smiles_at(xs: np.ndarray, vs: np.ndarray, lengths: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Smile ``g`` ``(S, 6)`` at the grid's log-moneyness of each grid maturity, ``(S, 6, 11)``:
+    ``np.interp`` (linear, flat beyond the quotes, the last of equal strikes) of each smile's
+    sorted, padded quotes ``xs, vs`` ``(G, L)`` with ``lengths`` ``(G,)``."""
+    x, v, n = xs[g], vs[g], lengths[g][..., None]  # (S, 6, L), (S, 6, 1)
+    k = np.broadcast_to(_GRID_K, g.shape + _GRID_K.shape[-1:])  # (S, 6, 11)
+    below = (x[..., None, :] <= k[..., None]).sum(-1)  # quotes at or left of k
+    j = np.minimum(np.maximum(below - 1, 0), np.maximum(n - 2, 0))
+    x0, x1 = np.take_along_axis(x, j, -1), np.take_along_axis(x, j + 1, -1)
+    y0, y1 = np.take_along_axis(v, j, -1), np.take_along_axis(v, j + 1, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # x1 = inf or x0, where not used
+        inside = (y1 - y0) / (x1 - x0) * (k - x0) + y0
+    inside = np.where(k == x0, y0, inside)  # np.interp's value at a quote
+    first, final = v[..., :1], np.take_along_axis(v, n - 1, -1)
+    return np.where(below == 0, first, np.where(below >= n, final, inside))
 
 
 def accuracy(net: CalibrationNetwork, params: torch.Tensor, vols: torch.Tensor) -> dict[str, Any]:

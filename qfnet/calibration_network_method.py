@@ -1,11 +1,11 @@
 """Registers ``calibrate("heston", quotes, method="network")``: the calibration network's answer.
 
 The quotes are interpolated onto the network's grid (:func:`qfnet.calibration_network.
-surface_from_quotes`), the network returns the parameters in one forward pass, and the model vols
-at the quotes are computed with the exact pricer so that :func:`pricing.calibration.calibrate`
-reports residuals as for the other methods. No optimisation: ``iterations`` is 0. Option
-``network=PATH`` selects another network file. ``pricing`` cannot import ``qfnet``, so importing
-this module is what registers the method.
+grid_surfaces`, all tables at once), the network returns the parameters in one forward pass, and
+the model vols at the quotes are computed with the exact pricer so that
+:func:`pricing.calibration.calibrate` reports residuals as for the other methods. No
+optimisation: ``iterations`` is 0. Option ``network=PATH`` selects another network file.
+``pricing`` cannot import ``qfnet``, so importing this module is what registers the method.
 
 Importing it also registers the shipped network as the global start of ``direct`` and
 ``surrogate`` (:func:`network_start`, via :func:`pricing.calibration.register_start`): its answer
@@ -41,9 +41,9 @@ from qfnet.calibration_network import (
     NAMES,
     CalibrationNetwork,
     default_path,
+    grid_surfaces,
     load_network,
     predict,
-    surface_from_quotes,
 )
 
 __all__ = [
@@ -119,9 +119,11 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
         net = _network(options.pop("network", None))
     except FileNotFoundError as error:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
-    surface = surface_from_quotes(problem.quotes)
+    surfaces, errors = grid_surfaces([problem.quotes])
+    if errors[0] is not None:
+        raise ValueError(errors[0])
     _warn_if_extrapolated([problem.quotes])
-    (values,) = _predicted(net, [problem], [surface])
+    (values,) = _predicted(net, [problem], surfaces, errors)
     return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
 
 
@@ -143,14 +145,12 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
         net = _network(options.pop("network", None))
     except FileNotFoundError as error:
         raise NotImplementedError(f"method 'network' needs a trained network: {error}") from error
-    surfaces = []
-    for i, problem in enumerate(problems):
-        try:
-            surfaces.append(surface_from_quotes(problem.quotes))
-        except ValueError as error:
-            raise ValueError(f"quote table {i}: {error}") from error
+    surfaces, errors = grid_surfaces([p.quotes for p in problems])
+    for i, error in enumerate(errors):
+        if error is not None:
+            raise ValueError(f"quote table {i}: {error}")
     _warn_if_extrapolated([p.quotes for p in problems])
-    fields = _predicted(net, problems, surfaces)
+    fields = _predicted(net, problems, surfaces, errors)
     sizes = [len(p.quotes) for p in problems]
     repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}
     vols = _model_vols(pd.concat([p.quotes for p in problems], ignore_index=True), repeated)
@@ -190,36 +190,29 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
         net = _network(None)
     except FileNotFoundError:
         return [None] * len(problems)
-    surfaces: list[torch.Tensor | None] = []
-    for problem in problems:
-        try:
-            surfaces.append(surface_from_quotes(problem.quotes))
-        except ValueError:
-            surfaces.append(None)
-    return _predicted(net, problems, surfaces)
+    surfaces, errors = grid_surfaces([p.quotes for p in problems])
+    return _predicted(net, problems, surfaces, errors)
 
 
 def _predicted(
     net: CalibrationNetwork,
     problems: Sequence[CalibrationProblem],
-    surfaces: Sequence[torch.Tensor | None],
+    surfaces: torch.Tensor,
+    errors: Sequence[str | None],
 ) -> list[dict[str, float] | None]:
-    """The network's parameters for each problem's surface (66,), in one forward pass, clipped
-    to the problem's bounds; None where the surface is None."""
-    found = [s for s in surfaces if s is not None]
-    if not found:
-        return [None] * len(problems)
-    predicted = predict(net, torch.stack(found))  # (S',) per parameter
-    out: list[dict[str, float] | None] = []
-    row = 0
-    for problem, surface in zip(problems, surfaces, strict=True):
-        if surface is None:
-            out.append(None)
-            continue
-        values = {name: float(predicted[name][row]) for name in NAMES}
-        row += 1
-        _clip(values, problem.bounds)
-        out.append(values)
+    """The network's parameters for each problem's surface (a row of ``surfaces`` ``(S, 66)``),
+    in one forward pass, clipped to the problem's bounds; None where the surface has an error
+    (:func:`qfnet.calibration_network.grid_surfaces`)."""
+    usable = [i for i, error in enumerate(errors) if error is None]
+    out: list[dict[str, float] | None] = [None] * len(problems)
+    if not usable:
+        return out
+    predicted = predict(net, surfaces[usable])  # (S',) per parameter
+    rows = torch.stack([predicted[name] for name in NAMES], dim=1).tolist()  # one conversion
+    for i, row in zip(usable, rows, strict=True):
+        values = dict(zip(NAMES, row, strict=True))
+        _clip(values, problems[i].bounds)
+        out[i] = values
     return out
 
 

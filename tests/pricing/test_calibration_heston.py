@@ -244,7 +244,7 @@ def test_scan_of_many_surfaces_equals_each_surface_scanned_alone(monkeypatch) ->
     monkeypatch.setattr(heston, "_SCAN_ELEMENTS", 1)  # one surface per pricing call
     torch.testing.assert_close(scan(surfaces, 3).reshape(3, 4, 5), together, rtol=0, atol=0)
     for s in range(3):
-        alone = scan(heston._single(surfaces, s), 1)
+        alone = scan(heston._select(surfaces, torch.tensor([s])), 1)
         torch.testing.assert_close(alone, together[s], rtol=0, atol=0)
     assert torch.equal(together[:, 0], extra.expand(3, 5))  # the x0 start leads each surface
 

@@ -59,6 +59,11 @@ def _smile(shift: float = 0.0, maturity: float = 1.0) -> pd.DataFrame:
         ("heston", {"n_scan": -3}, r"n_scan must be a whole number >= 0"),
         ("sabr", {"free_beta": "no"}, r"free_beta must be True or False"),
         ("sabr", {"x0": {"alpha": "0.2", "rho": 0.0, "nu": 0.5}}, r"x0\['alpha'\]: must be a"),
+        # a device that is no device (torch's own error came from deep inside the fit)
+        ("heston", {"device": "nonsense"}, r"device must be a torch device .* got 'nonsense'"),
+        ("heston", {"device": 0}, r"device must be a torch device .* got 0"),
+        ("heston", {"device": "meta"}, r"device: calibration runs in float64 on 'cpu' or 'cuda'"),
+        ("sabr", {"device": "cuda:x"}, r"device must be a torch device .* got 'cuda:x'"),
     ],
 )
 def test_bad_settings_are_rejected_naming_the_field(model: str, kwargs: dict, message: str) -> None:

@@ -15,9 +15,11 @@ import torch
 from pricing.calibration import CalibrationProblem, calibrate, calibrate_many, proposed_starts
 from qfnet.calibration_network import (
     BOX,
+    MATURITIES,
     NAMES,
     accuracy,
     default_path,
+    grid_surfaces,
     load_network,
     make_dataset,
     predict,
@@ -143,6 +145,56 @@ def test_surface_from_quotes_reproduces_grid_vols_of_a_quote_table() -> None:
     # inside the quoted strikes (the outer grid columns z = +-2.5 are flat-extrapolated).
     inner = torch.tensor([abs(z) <= 2.0 for z in np.linspace(-2.5, 2.5, 11)] * 6)
     torch.testing.assert_close(interpolated[inner], exact[inner], rtol=0.0, atol=0.01)
+
+
+def _grid_surface_one_loop(quotes: pd.DataFrame, column: str) -> np.ndarray:
+    """The grid interpolation written out per expiry with np.interp (slow, plainly right)."""
+    x = np.log(quotes["strike"].to_numpy() / quotes["forward"].to_numpy())
+    key, vol = quotes["maturity"].to_numpy().round(10), quotes[column].to_numpy()
+    expiries = np.unique(key)
+    smiles = []
+    for t in expiries:
+        order = np.lexsort((x[key == t],))  # stable: equal strikes keep their order
+        smiles.append((x[key == t][order], vol[key == t][order]))
+    out = []
+    for t in MATURITIES:
+        k = np.linspace(-2.5, 2.5, 11) * 0.2 * math.sqrt(t)
+        above = int(np.searchsorted(expiries, t))
+        if above in (0, len(expiries)):
+            out.append(np.interp(k, *smiles[min(above, len(expiries) - 1)]))
+            continue
+        t1, t2 = expiries[above - 1], expiries[above]
+        w1, w2 = np.interp(k, *smiles[above - 1]) ** 2 * t1, np.interp(k, *smiles[above]) ** 2 * t2
+        out.append(np.sqrt((w1 + (w2 - w1) * (t - t1) / (t2 - t1)) / t))
+    return np.concatenate(out)
+
+
+GRID_ATOL = 1e-14
+"""Vectorised against per-expiry interpolation: the same arithmetic (0 measured), a few ulps of
+slack for a compiler that fuses it differently."""
+
+
+def test_grid_surfaces_of_many_tables_equal_the_interpolation_of_each() -> None:
+    # odd tables: equal strikes, one-quote expiries, expiries beyond the grid, implied_vol
+    rng = np.random.default_rng(5)
+    tables = []
+    for i in range(40):
+        size = int(rng.integers(1, 16))
+        maturity = rng.choice(rng.uniform(0.01, 5.0, int(rng.integers(1, 5))), size)
+        strike = rng.choice([80.0, 90.0, 95.0, 100.0, 110.0, 120.0], size)
+        column = "market_iv" if i % 3 else "implied_vol"
+        tables.append(pd.DataFrame({"strike": strike, "forward": 100.0, "maturity": maturity,
+                                    column: rng.uniform(0.1, 0.5, size)}))  # fmt: skip
+    bad = tables[7].assign(maturity=-1.0)
+    surfaces, errors = grid_surfaces([*tables, bad, tables[0].iloc[:0]])
+    assert errors[:-2] == [None] * len(tables)
+    assert errors[-2].startswith("quotes: row 0, column 'maturity': -1.0")
+    assert errors[-1] == "quotes: the table is empty"
+    assert bool(surfaces[-2:].isnan().all())
+    for table, surface in zip(tables, surfaces, strict=False):
+        column = "market_iv" if "market_iv" in table else "implied_vol"
+        expected = torch.tensor(_grid_surface_one_loop(table, column))
+        torch.testing.assert_close(surface, expected, rtol=0.0, atol=GRID_ATOL)
 
 
 def test_predict_rejects_wrong_width() -> None:

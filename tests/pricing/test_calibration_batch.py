@@ -1,0 +1,74 @@
+"""calibrate_many's one-pass table work: the prepared-table check agrees with preparing each table,
+and the residual tables cut from one table equal those of single fits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pricing._calibration_batch import already_prepared
+from pricing.calibration import _NEEDED, _prepare, calibrate, calibrate_many
+from pricing.quotes import DECIMAL_LIMITS
+from pricing.sabr import lognormal_vol
+
+
+def _smile(nu: float = 0.6, maturity: float = 1.0) -> pd.DataFrame:
+    strike = 100.0 * np.exp(np.linspace(-0.3, 0.3, 7))
+    vol = lognormal_vol(forward=100.0, strike=torch.tensor(strike), maturity=maturity, alpha=0.3,
+                        beta=1.0, rho=-0.3, nu=nu).numpy()  # fmt: skip
+    return pd.DataFrame({"strike": strike, "maturity": maturity, "forward": 100.0,
+                         "discount": 1.0, "implied_vol": vol})  # fmt: skip
+
+
+def _variants() -> dict[str, object]:
+    """Prepared tables, and tables that _prepare changes or refuses."""
+    good, _ = _prepare(_smile())
+    other, _ = _prepare(_smile(0.4, maturity=2.0))
+    edited = good.copy()
+    edited.loc[2, "implied_vol"] = 0.5  # market_iv is refreshed from it
+    missing = good.copy()
+    missing.loc[1, ["market_iv", "implied_vol"]] = math.nan  # the row is dropped
+    return {
+        "prepared": good,
+        "prepared, other expiry": other,
+        "no implied_vol column": good.drop(columns="implied_vol"),
+        "raw quotes": _smile(),
+        "stale implied_vol": edited,
+        "NaN market_iv": missing,
+        "NaN forward": good.assign(forward=[math.nan] + [100.0] * 6),
+        "vols in percent": good.assign(
+            market_iv=good["market_iv"] * 100, implied_vol=good["implied_vol"] * 100
+        ),
+        "bad option type": good.assign(option_type=["call"] * 6 + ["straddle"]),
+        "shuffled index": good.iloc[::-1],
+        "empty": good.iloc[:0],
+        "a file name": "quotes.csv",
+    }
+
+
+def test_already_prepared_flags_exactly_the_tables_prepare_leaves_unchanged() -> None:
+    variants = _variants()
+    flags = already_prepared(list(variants.values()), _NEEDED, DECIMAL_LIMITS["implied_vol"])
+    for (name, table), flag in zip(variants.items(), flags, strict=True):
+        try:
+            unchanged = _prepare(table)[0] is table
+        except (ValueError, OSError):  # refused (QuoteError is a ValueError) or no such file
+            unchanged = False
+        assert flag == unchanged, name
+    assert flags[:3] == [True, True, True]  # the check is no trivial "False"
+
+
+def test_batched_results_equal_single_fits_row_for_row() -> None:
+    variants = _variants()
+    tables = [variants[k] for k in ("prepared", "raw quotes", "stale implied_vol", "NaN market_iv",
+                                    "shuffled index", "prepared, other expiry")]  # fmt: skip
+    many = calibrate_many("sabr", tables)
+    for table, fit in zip(tables, many, strict=True):
+        single = calibrate("sabr", table)
+        pd.testing.assert_frame_equal(fit.residuals, single.residuals, check_exact=True)
+        for field in ("rmse_iv_bp", "max_abs_iv_bp", "sse", "n_quotes", "n_dropped"):
+            assert getattr(fit, field) == getattr(single, field), field
+    assert many[3].n_dropped == 1 and len(many[3].residuals) == 6
