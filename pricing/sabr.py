@@ -426,7 +426,11 @@ def _smallest_positive_root(
         slope = (3 * c3 * root + 2 * c2) * root + c1
         root = torch.where(slope != 0, root - value / slope, root)
     residual = ((c3 * root + c2) * root + c1) * root - c0
-    return torch.where(residual.abs() <= 1e-10 * c0, root, torch.full_like(root, math.nan))
+    # relative to the terms' size: a large root's terms cancel to c0 with their rounding error
+    # (a = 960 at beta = 0.89, nu = 2.5, T = 24: terms ~1e7 against c0 ~ 1)
+    a = root.abs()
+    scale = ((c3.abs() * a + c2.abs()) * a + c1.abs()) * a + c0
+    return torch.where(residual.abs() <= 1e-10 * scale, root, torch.full_like(root, math.nan))
 
 
 def alpha_from_atm_vol(

@@ -253,6 +253,22 @@ def test_alpha_from_atm_vol_takes_the_smallest_of_three_positive_roots():
     assert scaled == pytest.approx(positive.min(), rel=1e-12)
 
 
+def test_alpha_from_atm_vol_finds_a_large_only_positive_root():
+    # beta near 1, strongly negative rho, large nu^2 T: the only positive root is a ~ 960, whose
+    # cubic's terms (~1e7) cancel to atm_vol ~ 1 with their rounding error; a residual test
+    # against atm_vol alone called it unreachable (60 of 3,000 random cases in this corner)
+    forward, maturity, beta, rho, nu, atm_vol = 0.03, 24.46, 0.89, -0.876, 2.48, 1.039
+    coefficients = [(1 - beta) ** 2 * maturity / 24, rho * beta * nu * maturity / 4,
+                    1 + (2 - 3 * rho**2) * nu**2 * maturity / 24, -atm_vol]  # fmt: skip
+    roots = np.roots(coefficients)
+    positive = roots[(abs(roots.imag) < 1e-9 * abs(roots)) & (roots.real > 0)].real
+    assert len(positive) == 1 and positive[0] > 100
+    alpha = sabr.alpha_from_atm_vol(
+        forward=forward, maturity=maturity, atm_vol=atm_vol, beta=beta, rho=rho, nu=nu
+    )
+    assert float(alpha) / forward ** (1 - beta) == pytest.approx(positive[0], rel=1e-10)
+
+
 def test_alpha_from_atm_vol_names_atm_vol_when_unreachable():
     with pytest.raises(ValueError, match="atm_vol"):
         sabr.alpha_from_atm_vol(
