@@ -19,7 +19,7 @@ from pricing._implied_vol import IV_STATUS, solve_total_vol
 from pricing._normalized_black import normalized_call
 from pricing._special import ndtr
 from pricing._typing import TensorLike, as_tensors, is_call_tensor
-from pricing._validation import check_finite, check_nonnegative, check_positive
+from pricing._validation import check_finite, check_nonnegative, check_positive, check_where
 
 __all__ = [
     "IV_STATUS",
@@ -129,13 +129,15 @@ def price(
     check_positive(spot=s, maturity=t)
     check_finite(rate=r, dividend=q)
     forward = s * torch.exp((r - q) * t)
+    # an overflowing carry surfaced as a bad 'forward', an input the caller never gave
+    fine = torch.isfinite(forward) & (forward > 0)
+    check_where("rate - dividend", r - q, fine, "small enough in size for a finite, positive "
+                "forward spot * exp((rate - dividend) * maturity)")  # fmt: skip
+    discount = torch.exp(-r * t)
+    check_where("rate", r, torch.isfinite(discount), "above -700 / maturity (the discount "
+                "factor exp(-rate * maturity) overflows)")  # fmt: skip
     return black_price(
-        forward=forward,
-        strike=k,
-        maturity=t,
-        volatility=vol,
-        discount=torch.exp(-r * t),
-        is_call=is_call,
+        forward=forward, strike=k, maturity=t, volatility=vol, discount=discount, is_call=is_call
     )
 
 

@@ -307,6 +307,10 @@ def test_implied_vol_inverts_price_property(log_moneyness, maturity, vol, is_cal
         ("maturity", dict(maturity=0.0)),
         ("strike", dict(strike=-1.0)),
         ("spot", dict(spot=float("nan"))),
+        # an overflowing carry or discount named 'forward', which the caller never gave
+        (r"rate - dividend.*got 800", dict(rate=800.0)),
+        (r"rate - dividend.*got 800", dict(dividend=-800.0)),
+        (r"^rate must be above.*got -800", dict(rate=-800.0, dividend=-800.0)),
     ],
 )
 def test_bad_input_raises_naming_the_field(field, kwargs):
