@@ -16,7 +16,7 @@ import torch
 from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flag
-from pricing._validation import check_finite, check_nonnegative, check_positive
+from pricing._validation import check_finite, check_nonnegative, check_positive, check_where
 
 __all__ = ["geometric_asian_price", "levy_asian_price"]
 
@@ -78,8 +78,11 @@ def geometric_asian_price(
         mean_time, var_time = 0.5 * maturity, maturity / 3.0
     else:
         t = torch.as_tensor(fixing_times, dtype=DEFAULT_DTYPE).flatten()
-        if t.numel() == 0 or bool((t < 0).any()) or bool((t > maturity * (1 + 1e-12)).any()):
-            raise ValueError("fixing_times must lie in [0, maturity]")
+        if t.numel() == 0:
+            raise ValueError("fixing_times must lie in [0, maturity]; got none")
+        # NaN passed "not < 0 and not > maturity" and surfaced as a NaN 'forward'
+        check_where("fixing_times", t, (t >= 0) & (t <= maturity * (1 + 1e-12)),
+                    f"in [0, maturity = {maturity}]")  # fmt: skip
         w = torch.full_like(t, 1.0 / t.numel()) if weights is None else torch.as_tensor(weights)
         w = w.to(DEFAULT_DTYPE)
         if w.shape != t.shape or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):

@@ -94,6 +94,16 @@ def test_geometric_asian_bad_input_names_the_field(kwargs: dict, field: str) -> 
         geometric_asian_price(**args)
 
 
+@pytest.mark.parametrize("times", [[0.5, float("nan")], [0.5, 1.5], [-0.1, 0.5]])
+def test_geometric_asian_fixing_times_outside_the_life_name_the_field(times: list) -> None:
+    # a NaN fixing time passed the range test and came out as a NaN 'forward'
+    from pricing.analytic_exotics import geometric_asian_price
+
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "volatility": 0.2}
+    with pytest.raises(ValueError, match=r"^fixing_times must be in \[0, maturity = 1.0\]"):
+        geometric_asian_price(**args, fixing_times=times)
+
+
 def test_option_type_must_be_a_flag_and_rates_finite():
     # is_call="False" priced the call (5.1426 for a put of 3.7157); a NaN rate gave NaN
     args = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, rate=0.06, dividend=0.03)
