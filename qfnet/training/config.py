@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,13 @@ class ParamGroup:
     weight_decay: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.pattern:
+        if not isinstance(self.pattern, str) or not self.pattern:
             raise ValueError("ParamGroup.pattern must be a non-empty regular expression")
+        try:  # a bad pattern surfaced only when fit built the optimizer
+            re.compile(self.pattern)
+        except re.error as error:
+            raise ValueError(f"ParamGroup.pattern {self.pattern!r} is not a regular expression: "
+                             f"{error}") from None  # fmt: skip
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"ParamGroup.lr must be finite and >= 0, got {self.lr}")
         if self.weight_decay is not None and not self.weight_decay >= 0:

@@ -172,6 +172,13 @@ def test_param_group_matching_nothing_is_an_error(regression, mlp, sq_error):
         Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=8))
 
 
+@pytest.mark.parametrize("pattern", ["bias(", "[", ""])
+def test_param_group_pattern_is_checked_when_the_group_is_made(pattern):
+    # a bad regular expression surfaced only when fit built the optimizer
+    with pytest.raises(ValueError, match=r"ParamGroup\.pattern"):
+        ParamGroup(pattern=pattern, lr=0.1)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("warmup_steps", 0.5), ("warmup_steps", 2.5), ("num_workers", 1.5), ("lr", "0.1"),
