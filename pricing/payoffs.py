@@ -159,6 +159,18 @@ def barrier_hit_probabilities(
     _check_grid_matches(paths, time_grid)
     if not barrier > 0:  # NaN too: a barrier of -90 or NaN was "never hit"
         raise ValueError(f"barrier must be positive, got {barrier}")
+    vol = None if volatility is None else _checked_volatility(volatility, paths)
+    return _hit_probabilities(paths, barrier, down, time_grid, vol)
+
+
+def _hit_probabilities(
+    paths: torch.Tensor,
+    barrier: float,
+    down: bool,
+    time_grid: torch.Tensor,
+    volatility: torch.Tensor | None,
+) -> torch.Tensor:
+    """:func:`barrier_hit_probabilities` of checked inputs (``volatility`` a tensor or None)."""
     distance = (paths / barrier).log()  # (N, T+1)
     if not down:
         distance = -distance
@@ -229,6 +241,8 @@ def barrier(
     if not math.isfinite(rate):  # a NaN rate made the knock-out rebate's accrual NaN
         raise ValueError(f"rate must be finite, got {rate}")
     _check_paths(paths)
+    _check_grid_matches(paths, time_grid)  # once, not per block
+    vol = None if volatility is None else _checked_volatility(volatility, paths)
     parts = [
         _barrier_block(
             block,
@@ -241,7 +255,7 @@ def barrier(
             rate=rate,
             volatility=vol,
         )
-        for block, vol in _path_blocks(paths, volatility)
+        for block, vol in _path_blocks(paths, vol)
     ]
     return torch.cat(parts)
 
@@ -256,16 +270,11 @@ def _barrier_block(
     is_call: TensorLike,
     rebate: float,
     rate: float,
-    volatility: TensorLike | None,
+    volatility: torch.Tensor | None,
 ) -> torch.Tensor:
-    """:func:`barrier` of one block of paths (arguments as there)."""
-    hit = barrier_hit_probabilities(
-        paths,
-        barrier=barrier,
-        down=barrier_type.startswith("down"),
-        time_grid=time_grid,
-        volatility=volatility,
-    )  # (N, T)
+    """:func:`barrier` of one block of checked paths (arguments as there)."""
+    down = barrier_type.startswith("down")
+    hit = _hit_probabilities(paths, barrier, down, time_grid, volatility)  # (N, T)
     survive = 1.0 - hit.sum(1)  # (N,)
     vanilla = _vanilla(paths[:, -1], strike, is_call)
     extra = (slice(None),) + (None,) * (vanilla.ndim - 1)
@@ -311,15 +320,16 @@ def path_extremum(
     if time_grid is None:
         raise ValueError("time_grid is required with volatility (continuous monitoring)")
     _check_grid_matches(paths, time_grid)
+    vol = _checked_volatility(volatility, paths)
     # the uniforms of consecutive blocks of rows continue one stream: the numbers of one (N, T) draw
-    parts = [_bridge_extremum(block, vol, time_grid, maximum, generator)
-             for block, vol in _path_blocks(paths, volatility)]  # fmt: skip
+    parts = [_bridge_extremum(block, block_vol, time_grid, maximum, generator)
+             for block, block_vol in _path_blocks(paths, vol)]  # fmt: skip
     return torch.cat(parts)
 
 
 def _bridge_extremum(
     paths: torch.Tensor,
-    volatility: TensorLike,
+    volatility: torch.Tensor,
     time_grid: torch.Tensor,
     maximum: bool,
     generator: torch.Generator | None,
@@ -470,14 +480,19 @@ def average_weights(
     return weights / idx.numel()
 
 
-def _step_variance(
-    volatility: TensorLike, time_grid: torch.Tensor, paths: torch.Tensor
-) -> torch.Tensor:
+def _checked_volatility(volatility: TensorLike, paths: torch.Tensor) -> torch.Tensor:
+    """``volatility`` as a tensor of the paths' dtype and device, positive and finite."""
     vol = torch.as_tensor(volatility, dtype=paths.dtype, device=paths.device)
-    if vol.ndim == 1:
-        vol = vol[:, None]  # (N, 1)
     if bool((vol <= 0).any()) or not bool(torch.isfinite(vol).all()):
         raise ValueError("volatility must be positive and finite for continuous monitoring")
+    return vol
+
+
+def _step_variance(
+    volatility: torch.Tensor, time_grid: torch.Tensor, paths: torch.Tensor
+) -> torch.Tensor:
+    """``sigma^2 dt`` per step from a checked volatility: scalar, (N,) or (N, T)."""
+    vol = volatility[:, None] if volatility.ndim == 1 else volatility  # (N, 1)
     return vol.square() * time_grid.diff().to(paths.dtype)  # (N, T) or (T,)
 
 
