@@ -23,15 +23,38 @@ RESIDUAL_QUOTE_COLUMNS = ("maturity", "strike", "option_type", "forward", "disco
 ``error_bp`` and ``weight``)."""
 
 
-def stacked(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """The rows of all ``tables``, in order, as one table (a single table as it is).
+def stacked(tables: Sequence[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of all ``tables``, in order, as one table holding at least ``columns`` (a single
+    table as it is).
+
+    Whole tables are concatenated (selecting the columns first costs ten times more); a table
+    with a repeated column name, which ``pd.concat`` cannot align, has its ``columns`` gathered
+    one by one instead.
+
+    Raises:
+        KeyError: a table lacks one of ``columns`` (naming the table and the column).
 
     Examples:
         >>> a = pd.DataFrame({"x": [1.0, 2.0]})
-        >>> stacked([a, a])["x"].tolist()
+        >>> stacked([a, a], ["x"])["x"].tolist()
         [1.0, 2.0, 1.0, 2.0]
     """
-    return tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+    for i, table in enumerate(tables):
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise KeyError(f"quote table {i}: missing column(s) {missing}")
+    if len(tables) == 1:
+        return tables[0]
+    if all(t.columns.is_unique for t in tables):
+        return pd.concat(tables, ignore_index=True)
+    return pd.DataFrame({c: np.concatenate([_column(t, c) for t in tables]) for c in columns})
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    values = table[name]
+    if isinstance(values, pd.DataFrame):  # the name is repeated: which one is meant is unknown
+        raise ValueError(f"quote table has {values.shape[1]} columns named {name!r}")
+    return values.to_numpy()
 
 
 def _plain(table: object, needed: Sequence[str]) -> bool:
@@ -40,7 +63,7 @@ def _plain(table: object, needed: Sequence[str]) -> bool:
         return False
     index = table.index
     plain = isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
-    return plain and all(c in table for c in needed)
+    return plain and table.columns.is_unique and all(c in table for c in needed)
 
 
 def already_prepared(
@@ -64,7 +87,7 @@ def already_prepared(
     chosen = [t for t, r in zip(tables, ready, strict=True) if r]
     if not chosen:
         return ready
-    rows = stacked(chosen)
+    rows = stacked(chosen, needed)
     try:
         forward, discount, vol = (rows[c].to_numpy(dtype=float)
                                   for c in ("forward", "discount", "market_iv"))  # fmt: skip
@@ -106,8 +129,11 @@ def residual_tables(
         >>> list(tables[1].index), [round(e, 6) for e in errors[1].tolist()]
         ([0, 1], [-200.0, 200.0])
     """
-    rows = stacked(quotes)
-    columns = {c: rows[c].to_numpy() for c in RESIDUAL_QUOTE_COLUMNS}
+    rows = stacked(quotes, RESIDUAL_QUOTE_COLUMNS)
+    # floats whatever the table's dtypes, so that a batch (whose stacked columns take the widest
+    # dtype of its tables) and a single fit give the same table
+    columns = {c: rows[c].to_numpy(dtype=object if c == "option_type" else float)
+               for c in RESIDUAL_QUOTE_COLUMNS}  # fmt: skip
     columns["model_iv"] = np.concatenate(model_iv)
     columns["error_bp"] = (columns["model_iv"] - columns["market_iv"]) * 1e4
     columns["weight"] = np.concatenate(weights)

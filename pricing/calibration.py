@@ -509,8 +509,9 @@ def _check_prepared(table: pd.DataFrame) -> None:
                          column="option_type")  # fmt: skip
 
 
-_NEEDED = ("forward", "discount", "market_iv", "option_type")
-"""The columns of a prepared quote table (besides ``strike`` and ``maturity``)."""
+_NEEDED = ("strike", "maturity", "forward", "discount", "market_iv", "option_type")
+"""The columns of a prepared quote table (one without all of them goes through ``read_quotes``,
+which names what is missing)."""
 
 
 def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:

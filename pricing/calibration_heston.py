@@ -149,7 +149,7 @@ def surfaces_from_quotes(
     # quote gets its surface s, expiry slot e (by rank of its rounded maturity within s) and its
     # slot within (s, e) in table order.
     sizes = np.array([len(t) for t in tables])
-    quotes = stacked(tables)
+    quotes = stacked(tables, ("strike", "forward", "maturity", "market_iv"))
     strike, forward, maturity, market_iv = (
         quotes[c].to_numpy(float) for c in ("strike", "forward", "maturity", "market_iv")
     )

@@ -387,25 +387,57 @@ def grid_surfaces(tables: Sequence[pd.DataFrame]) -> tuple[torch.Tensor, list[st
     errors = [_missing_columns(t, c) for t, c in zip(tables, columns, strict=True)]
     ok = [i for i, e in enumerate(errors) if e is None]
     out = np.full((len(tables), N_POINTS), np.nan)
-    if ok:
-        chosen = [tables[i] for i in ok]
-        quotes = chosen[0] if len(ok) == 1 else pd.concat(chosen, ignore_index=True)
-        sizes = np.array([len(tables[i]) for i in ok])
-        table = np.repeat(np.arange(len(ok)), sizes)
-        forward, maturity, strike = (quotes[c].to_numpy(dtype=float)
-                                     for c in ("forward", "maturity", "strike"))  # fmt: skip
-        vol = _vol_column(quotes, [columns[i] for i in ok], table)
-        bad = ~_positive_values(forward, maturity, strike, vol).all(axis=0)
-        for row in np.unique(table[bad]):  # tables with a bad value: name it as one table would
-            i = ok[row]
-            errors[i] = _bad_value(tables[i], columns[i])
-        good = np.array([errors[i] is None for i in ok])
-        if good.any():
-            keep = good[table]
-            rows = _grid_vols(np.log(strike[keep] / forward[keep]), maturity[keep].round(10),
-                              vol[keep], np.repeat(np.arange(good.sum()), sizes[good]))  # fmt: skip
-            out[np.asarray(ok)[good]] = rows.reshape(len(rows), -1)
+    if not ok:
+        return torch.tensor(out, dtype=torch.float64), errors
+    try:
+        if len(ok) > 1 and not all(tables[i].columns.is_unique for i in ok):
+            raise ValueError("a repeated column name (pd.concat cannot align the tables)")
+        values = _stacked_values([tables[i] for i in ok], [columns[i] for i in ok])
+    except (TypeError, ValueError) as error:  # a column that is not numbers, say
+        if len(ok) == 1:
+            errors[ok[0]] = f"quotes: {error}"
+        else:  # one table at a time, so that each message belongs to its table
+            for i in ok:
+                one, (errors[i],) = grid_surfaces([tables[i]])
+                out[i] = one[0].numpy()
+    else:
+        _grid_checked(values, ok, tables, columns, out, errors)
     return torch.tensor(out, dtype=torch.float64), errors
+
+
+def _stacked_values(
+    chosen: list[pd.DataFrame], columns: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Forward, maturity, strike and vol of all rows of ``chosen`` (vol from each table's
+    ``columns`` entry) and each row's table, ``(R,)`` each."""
+    quotes = chosen[0] if len(chosen) == 1 else pd.concat(chosen, ignore_index=True)
+    table = np.repeat(np.arange(len(chosen)), [len(t) for t in chosen])
+    forward, maturity, strike = (quotes[c].to_numpy(dtype=float)
+                                 for c in ("forward", "maturity", "strike"))  # fmt: skip
+    return forward, maturity, strike, _vol_column(quotes, columns, table), table
+
+
+def _grid_checked(
+    values: tuple[np.ndarray, ...],
+    ok: list[int],
+    tables: Sequence[pd.DataFrame],
+    columns: list[str],
+    out: np.ndarray,
+    errors: list[str | None],
+) -> None:
+    """Grid vols of the tables ``ok`` from their stacked ``values`` into ``out`` ``(S, 66)``,
+    the reason in ``errors`` for those with a bad value."""
+    forward, maturity, strike, vol, table = values
+    bad = ~_positive_values(forward, maturity, strike, vol).all(axis=0)
+    for row in np.unique(table[bad]):  # tables with a bad value: name it as one table would
+        errors[ok[row]] = _bad_value(tables[ok[row]], columns[ok[row]])
+    good = np.array([errors[i] is None for i in ok])
+    if good.any():
+        keep = good[table]
+        sizes = np.bincount(table, minlength=len(ok))
+        rows = _grid_vols(np.log(strike[keep] / forward[keep]), maturity[keep].round(10),
+                          vol[keep], np.repeat(np.arange(good.sum()), sizes[good]))  # fmt: skip
+        out[np.asarray(ok)[good]] = rows.reshape(len(rows), -1)
 
 
 def _missing_columns(quotes: pd.DataFrame, column: str) -> str | None:
@@ -455,7 +487,7 @@ def _grid_vols(x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarra
     group = np.cumsum(new) - 1  # each sorted quote's smile (table, expiry)
     starts = np.flatnonzero(new)
     lengths = np.diff(np.append(starts, len(order)))
-    xs = np.full((len(starts), lengths.max()), np.inf)  # (G, L), sorted, padded with inf
+    xs = np.full((len(starts), max(lengths.max(), 2)), np.inf)  # (G, L >= 2), sorted, inf-padded
     vs = np.zeros_like(xs)
     slot = np.arange(len(order)) - starts[group]
     xs[group, slot], vs[group, slot] = x[order], vol[order]

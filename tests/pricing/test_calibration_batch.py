@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from pricing._calibration_batch import already_prepared
@@ -44,6 +45,12 @@ def _variants() -> dict[str, object]:
         ),
         "bad option type": good.assign(option_type=["call"] * 6 + ["straddle"]),
         "shuffled index": good.iloc[::-1],
+        # pd.concat cannot align a repeated column name: calibrate_many failed on it
+        "a repeated unrelated column": pd.concat(
+            [good.assign(note="x"), good[[]].assign(note="y")], axis=1
+        ),
+        "integer strikes": good.assign(strike=np.arange(90, 97)),
+        "no strike column": good.drop(columns="strike"),
         "empty": good.iloc[:0],
         "a file name": "quotes.csv",
     }
@@ -57,6 +64,9 @@ def test_already_prepared_flags_exactly_the_tables_prepare_leaves_unchanged() ->
             unchanged = _prepare(table)[0] is table
         except (ValueError, OSError):  # refused (QuoteError is a ValueError) or no such file
             unchanged = False
+        if name == "a repeated unrelated column":  # stacking cannot align it: _prepare's path
+            assert not flag and unchanged
+            continue
         assert flag == unchanged, name
     assert flags[:3] == [True, True, True]  # the check is no trivial "False"
 
@@ -64,7 +74,8 @@ def test_already_prepared_flags_exactly_the_tables_prepare_leaves_unchanged() ->
 def test_batched_results_equal_single_fits_row_for_row() -> None:
     variants = _variants()
     tables = [variants[k] for k in ("prepared", "raw quotes", "stale implied_vol", "NaN market_iv",
-                                    "shuffled index", "prepared, other expiry")]  # fmt: skip
+                                    "shuffled index", "prepared, other expiry",
+                                    "a repeated unrelated column", "integer strikes")]  # fmt: skip
     many = calibrate_many("sabr", tables)
     for table, fit in zip(tables, many, strict=True):
         single = calibrate("sabr", table)
@@ -72,3 +83,12 @@ def test_batched_results_equal_single_fits_row_for_row() -> None:
         for field in ("rmse_iv_bp", "max_abs_iv_bp", "sse", "n_quotes", "n_dropped"):
             assert getattr(fit, field) == getattr(single, field), field
     assert many[3].n_dropped == 1 and len(many[3].residuals) == 6
+    # a batch stacks the strikes of all its tables as floats: a single fit gives floats too
+    assert many[7].residuals["strike"].dtype == np.float64
+
+
+def test_a_table_without_a_strike_column_is_named() -> None:
+    # it passed as prepared and failed in the pricer with "strike must be finite; got nan"
+    good = _prepare(_smile())[0]
+    with pytest.raises(ValueError, match=r"quote table 1: .*strike"):
+        calibrate_many("sabr", [good, good.drop(columns="strike")])

@@ -197,6 +197,34 @@ def test_grid_surfaces_of_many_tables_equal_the_interpolation_of_each() -> None:
         torch.testing.assert_close(surface, expected, rtol=0.0, atol=GRID_ATOL)
 
 
+def test_grid_surfaces_of_tables_with_one_quote_per_expiry() -> None:
+    # every smile a single quote (an ATM term structure): the padded smiles were one wide and
+    # the interpolation indexed past them
+    term = pd.DataFrame({"strike": 100.0, "forward": 100.0, "maturity": [0.25, 0.5, 1.0, 2.0],
+                         "market_iv": [0.2, 0.21, 0.22, 0.23]})  # fmt: skip
+    single = term.iloc[2:3].reset_index(drop=True)
+    surfaces, errors = grid_surfaces([term, single])
+    assert errors == [None, None]
+    for table, surface in zip((term, single), surfaces, strict=True):
+        expected = torch.tensor(_grid_surface_one_loop(table, "market_iv"))
+        torch.testing.assert_close(surface, expected, rtol=0.0, atol=GRID_ATOL)
+
+
+def test_grid_surfaces_name_the_table_of_a_value_that_is_not_a_number() -> None:
+    # all tables were read in one conversion, whose error named no table; a repeated column
+    # name made pd.concat fail for every table
+    good = pd.DataFrame({"strike": [90.0, 110.0], "forward": 100.0, "maturity": 1.0,
+                         "market_iv": [0.25, 0.2]})  # fmt: skip
+    text = good.assign(strike=["n/a", 110.0])
+    repeated = pd.concat([good, good[["forward"]].rename(columns={"forward": "note"}),
+                          good[["forward"]].rename(columns={"forward": "note"})], axis=1)  # fmt: skip
+    surfaces, errors = grid_surfaces([good, text, repeated])
+    assert errors[0] is None and errors[2] is None
+    assert "could not convert string to float: 'n/a'" in errors[1]
+    torch.testing.assert_close(surfaces[2], surfaces[0], rtol=0.0, atol=0.0)
+    assert bool(surfaces[1].isnan().all())
+
+
 def test_predict_rejects_wrong_width() -> None:
     net = load_network()
     with pytest.raises(ValueError, match=r"\(B, 66\).*\(2, 65\)"):
