@@ -106,6 +106,9 @@ def counter_normals(
     """
     per_unit = n_steps * n_factors
     calls = -(-per_unit // 4)
+    if dtype.itemsize < 4:  # float16 / bfloat16: 2^24 overflows float16; widen, then round
+        return counter_normals(seed, unit_start, n_units, n_steps, n_factors,
+                               dtype=torch.float32, device=device).to(dtype)  # fmt: skip
     unit = torch.arange(unit_start, unit_start + n_units, dtype=torch.int64, device=device)
     index = torch.arange(calls, dtype=torch.int64, device=device).unsqueeze(-1)  # (J, 1)
     counter = (unit & _MASK, unit >> 32, index, torch.zeros_like(index))

@@ -278,7 +278,7 @@ def heston_chunks(
 
     graph = start_grad or params_need_grad
     buffers = _Buffers(reuse_buffers and not graph, dtype, grid.device, count=2)
-    if compile and not sobol and triton_available(grid.device):
+    if compile and not sobol and triton_available(grid.device, dtype):
         return _triton_qe_chunks(source, chunk_size, spot, v0, torch.stack(constants), buffers)
 
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:

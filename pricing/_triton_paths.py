@@ -34,9 +34,11 @@ _BLOCK_PATHS = 128
 fill the GPU at the default chunk size."""
 
 
-def available(device: torch.device) -> bool:
-    """Whether the kernels can run on ``device`` (CUDA with Triton installed)."""
-    return triton is not None and device.type == "cuda"
+def available(device: torch.device, dtype: torch.dtype | None = None) -> bool:
+    """Whether the kernels can run on ``device`` (CUDA with Triton installed), for ``dtype``
+    where given (:func:`qe_paths` computes in float32 or float64 only)."""
+    wide = dtype is None or dtype in (torch.float32, torch.float64)
+    return triton is not None and device.type == "cuda" and wide
 
 
 if triton is not None:
@@ -174,6 +176,9 @@ def normals(
         Output: (T, F, U).
     """
     per_unit = n_steps * n_factors
+    if dtype.itemsize < 4:  # float16 / bfloat16: drawn in float32, then rounded
+        return normals(seed, unit_start, n_units, n_steps, n_factors, dtype=torch.float32,
+                       device=device).to(dtype)  # fmt: skip
     out = torch.empty((n_steps, n_factors, n_units), dtype=dtype, device=device)
     blocks = triton.cdiv(n_units, _BLOCK_UNITS)
     if n_units and per_unit:
@@ -205,6 +210,8 @@ def qe_paths(
         :func:`pricing._qe_fused.step_constants`. spot_out, var_out: (T+1, C), overwritten.
     """
     n_steps, n_cols = constants.shape[0], s0.shape[0]
+    if not (spot_out.is_contiguous() and var_out.is_contiguous()):
+        raise ValueError("qe_paths writes rows of contiguous (T+1, C) outputs")
     if n_cols == 0:
         return
     eps_half = torch.finfo(s0.dtype).eps / 2

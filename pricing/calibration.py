@@ -174,10 +174,10 @@ def register_method(
     else:
         _REGISTRY[(model, method)] = function
         _UNAVAILABLE.pop((model, method), None)
-        if devices:
-            _ON_DEVICES.add((model, method))
-        else:
-            _ON_DEVICES.discard((model, method))
+    if function is not None and devices:
+        _ON_DEVICES.add((model, method))
+    elif (model, method) not in _REGISTRY or function is not None:
+        _ON_DEVICES.discard((model, method))  # an unavailable method runs nowhere
 
 
 StartProvider = Callable[[CalibrationProblem], Mapping[str, float] | None]
@@ -418,6 +418,8 @@ def _device_options(key: tuple[str, str], options: Mapping[str, Any]) -> dict[st
     registered with ``devices=True``. Returned as a :class:`torch.device` for the methods that
     take it, dropped for the others (so ``device="cpu"`` is accepted by every method)."""
     out = dict(options)
+    if out.get("device", "cpu") is None:  # None means the default, as in the simulators
+        del out["device"]
     if "device" not in out:
         return out
     value = out.pop("device")
@@ -427,7 +429,8 @@ def _device_options(key: tuple[str, str], options: Mapping[str, Any]) -> dict[st
     if key in _ON_DEVICES:
         out["device"] = device
     elif device.type != "cpu":
-        able = ", ".join(f"{model} {method!r}" for model, method in sorted(_ON_DEVICES))
+        able = ", ".join(f"{model} {method!r}" for model, method in sorted(_ON_DEVICES)
+                         if (model, method) in _REGISTRY)  # fmt: skip
         raise ValueError(f"device={value!r}: method {key[1]!r} for {key[0]} runs on the CPU "
                          f"only (other devices: {able or 'none'})")  # fmt: skip
     return out
@@ -570,9 +573,10 @@ def calibrate(
         beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
         seed: seed of the global start.
         **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...);
-            ``device`` (a torch device such as ``"cuda"``, default the CPU) runs Heston
-            ``direct`` there (the results are the same Python and numpy values); the other
-            methods run on the CPU and refuse any other device.
+            ``device`` (a torch device such as ``"cuda"``; None or absent: the CPU) runs
+            Heston ``direct`` there (the results come back as the same Python and numpy types,
+            equal to the CPU's up to rounding); the other methods run on the CPU and refuse any
+            other device.
 
     Returns:
         A :class:`CalibrationResult`.

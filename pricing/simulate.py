@@ -190,11 +190,11 @@ def heston(
         compile: QE only, without autograd: each step (both branches, the martingale
             correction and the spot) is one ``torch.compile`` kernel that writes its row of the
             paths (about twice as fast as eager on CPU; the first call compiles for 10-30 s and
-            needs a C++ compiler); on CUDA, without Sobol points, one Triton kernel per chunk
-            for all steps, its normals drawn inside. Same numbers up to floating-point rounding,
-            except that the
-            exponential branch resolves ``1 - U`` to half the dtype's epsilon (as a uniform
-            drawn with the dtype's mantissa would).
+            needs a C++ compiler); on CUDA with Triton (float32 or float64, without Sobol
+            points), one Triton kernel per chunk for all steps, its normals drawn inside.
+            Same numbers up to floating-point rounding, except that the exponential branch
+            resolves ``1 - U`` to half the dtype's epsilon (as a uniform drawn with the dtype's
+            mantissa would).
 
     Returns:
         ``HestonPaths(spot, variance)``.

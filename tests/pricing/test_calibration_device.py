@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+import pricing.calibration as calibration
 import pricing.calibration_heston as heston
 from pricing.black_scholes import black_implied_vol
 from pricing.calibration import calibrate, calibrate_many
@@ -112,6 +113,21 @@ def test_an_explicit_cpu_device_changes_nothing(tables) -> None:
             pd.testing.assert_frame_equal(a.residuals, b.residuals, check_exact=True)
     single = calibrate("heston", tables[2], seed=4, device="cpu")
     assert single.params == calibrate("heston", tables[2], seed=4).params
+    # None is the default, as in the simulators (it was refused as "not a torch device")
+    assert calibrate("heston", tables[2], seed=4, device=None).params == single.params
+
+
+def test_an_unavailable_method_is_not_listed_as_running_on_devices(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(calibration, "_ON_DEVICES", set(calibration._ON_DEVICES))
+    calibration.register_method("sabr", "gpu_toy", lambda p: None, devices=True)
+    del calibration._REGISTRY[("sabr", "gpu_toy")]  # gone, as a doctest's toy method is
+    calibration.register_method("sabr", "gpu_toy", None, "its package is missing")
+    try:
+        with pytest.raises(ValueError, match=r"other devices: heston 'direct'\)$"):
+            calibrate("sabr", _smile(), method="direct", device="cuda")
+    finally:
+        calibration._UNAVAILABLE.pop(("sabr", "gpu_toy"), None)
 
 
 def _smile() -> pd.DataFrame:

@@ -59,6 +59,23 @@ def test_float32_and_float64_normals_agree_to_rounding() -> None:
     torch.testing.assert_close(narrow.double(), wide, rtol=0, atol=5e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_normals_are_the_float32_ones_rounded(dtype: torch.dtype) -> None:
+    # 2^24 overflowed float16 in the uniforms: every normal was NaN
+    half = _normals(3, 0, 512, dtype=dtype)
+    assert half.dtype == dtype
+    assert torch.equal(half, _normals(3, 0, 512, dtype=torch.float32).to(dtype))
+
+
+def test_the_qe_kernel_is_used_for_float32_and_float64_only() -> None:
+    cuda = torch.device("cuda")
+    installed = _triton_paths.triton is not None
+    assert _triton_paths.available(cuda, torch.float32) == installed
+    assert _triton_paths.available(cuda, torch.float64) == installed
+    assert not _triton_paths.available(cuda, torch.float16)
+    assert not _triton_paths.available(CPU, torch.float32)
+
+
 def test_counter_normals_are_standard_normal_and_uncorrelated() -> None:
     z = _normals(2024, 0, 200_000, steps=3, factors=2)  # (3, 2, U): lanes of 6 = 4 + 2 normals
     n = z.shape[-1]
@@ -98,6 +115,18 @@ def test_triton_normals_are_the_counter_normals(dtype: torch.dtype, shape: tuple
     expected = _philox.counter_normals(seed, 1024, 300, steps, factors, dtype=dtype, device=CPU)
     atol = 1e-5 if dtype == torch.float32 else 1e-12  # the GPU's log/sin/cos round differently
     torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=atol)
+
+
+def test_triton_qe_paths_refuse_outputs_they_cannot_write_by_rows() -> None:
+    device = _triton_device()
+    kind = {"dtype": torch.float64, "device": device}
+    steps = HestonStep.build(0.1, kappa=1.5, theta=0.04, sigma=0.9, rho=-0.7, drift=0.0)
+    constants = step_constants(steps, **kind).expand(3, 11)
+    s0, v0 = torch.full((8,), 100.0, **kind), torch.full((8,), 0.04, **kind)
+    transposed = torch.empty(8, 4, **kind).T  # (4, 8), not contiguous
+    with pytest.raises(ValueError, match="contiguous"):
+        _triton_paths.qe_paths(s0, v0, constants, transposed, torch.empty(4, 8, **kind), seed=1,
+                               first_path=0, antithetic=False, psi_c=PSI_C)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
