@@ -37,6 +37,7 @@ __all__ = [
     "available_methods",
     "calibrate",
     "calibrate_many",
+    "check_method_device",
     "methods_needing_import",
     "model_vols",
     "proposed_starts",
@@ -410,6 +411,21 @@ def _check_options(options: Mapping[str, Any]) -> None:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
     if "free_beta" in options and not isinstance(options["free_beta"], bool | np.bool_):
         raise ValueError(f"free_beta must be True or False, got {options['free_beta']!r}")
+
+
+def check_method_device(model: str, method: str, device: str | torch.device | None) -> None:
+    """Raise ``ValueError`` unless ``method`` for ``model`` can run on ``device`` here (the check
+    :func:`calibrate` makes of its ``device`` option, for callers that must fail before reading
+    any quotes).
+
+    Examples:
+        >>> check_method_device("sabr", "direct", "cpu")
+        >>> check_method_device("heston", "direct", "gpu")
+        Traceback (most recent call last):
+        ...
+        ValueError: device must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'
+    """
+    _device_options(_method_key(model, method), {"device": device})
 
 
 def _device_options(key: tuple[str, str], options: Mapping[str, Any]) -> dict[str, Any]:

@@ -71,6 +71,35 @@ def _check_options(model: str, method: str, weights: str, beta: float | None) ->
         raise typer.BadParameter(f"{beta}: SABR beta lies in [0, 1]", param_hint="--beta")
 
 
+def _check_device(model: str, method: str, device: str) -> None:
+    """``--device``: one this machine has, and the CPU for the methods that run only there (a
+    usage error naming the option, exit 2), before any file is read. Call it once the qfnet
+    methods are registered: the registry says which methods take a device."""
+    from pricing.calibration import check_method_device
+
+    try:
+        check_method_device(model, method, device)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--device") from None
+
+
+def _output_files(out: Path, quotes: Path, plot: bool) -> tuple[Path, Path]:
+    """The residuals CSV and smiles PNG written beside ``out``, checked before the fit: one that
+    would overwrite the quotes (``--quotes fit_residuals.csv --out fit.json``) is a usage error
+    naming ``--out``; a folder in the place of one is an error (it failed after the fit, leaving
+    the other files written)."""
+    residuals, png = out.with_name(f"{out.stem}_residuals.csv"), out.with_suffix(".png")
+    written = (out, residuals, png) if plot else (out, residuals)
+    for path in written:
+        if path.exists() and quotes.exists() and path.samefile(quotes):
+            raise typer.BadParameter(f"{out} would write {path} over the quotes",
+                                     param_hint="--out")  # fmt: skip
+    for path in written:
+        if path.is_dir():
+            raise fail(f"cannot write {path}: it is a directory")
+    return residuals, png
+
+
 def calibrate_command(
     model: Annotated[
         str, typer.Option("--model", help="heston (whole surface) or sabr (per expiry).")
@@ -90,6 +119,9 @@ def calibrate_command(
     seed: Annotated[
         int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the global start.")
     ] = 0,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu, or cuda, cuda:1... for heston direct.")
+    ] = "cpu",
 ) -> None:
     """Calibrate a model to market quotes; write RESULT.json, a residuals CSV and optional smiles.
 
@@ -118,8 +150,6 @@ def calibrate_command(
         raise typer.BadParameter("must be heston or sabr", param_hint="--model")
     if out.suffix.lower() != ".json":  # a.csv got the JSON, next to a_residuals.csv
         raise typer.BadParameter(f"{out}: the result is JSON, name it .json", param_hint="--out")
-    if not quotes.exists():
-        raise fail(f"{quotes}: no such file")
     if model == "heston" and (beta is not None or free_beta):
         raise typer.BadParameter("--beta and --free-beta are SABR options", param_hint="--model")
     _check_options(model, method, weights, beta)
@@ -132,6 +162,10 @@ def calibrate_command(
         register()
     if method == "surrogate":
         import qfnet.calibration_surrogate  # noqa: F401
+    _check_device(model, method, device)
+    residuals_file, png = _output_files(out, quotes, plot)
+    if not quotes.exists():
+        raise fail(f"{quotes}: no such file")
     try:
         report = None
         if clean:
@@ -141,12 +175,11 @@ def calibrate_command(
         else:
             table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True))
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
-                           **options)  # fmt: skip
+                           device=device, **options)  # fmt: skip
     except (QuoteError, NotImplementedError) as error:
         raise fail(str(error)) from error
     except ValueError as error:
         raise fail(f"{quotes}: {error}") from error
-    residuals_file = out.with_name(f"{out.stem}_residuals.csv")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.residuals.to_csv(residuals_file, index=False)
@@ -162,5 +195,7 @@ def calibrate_command(
     if plot:
         from pricing.smile_plot import plot_smiles
 
-        png = plot_smiles(result, out.with_suffix(".png"), quotes=table)
-        typer.echo(f"smiles -> {png}")
+        try:
+            typer.echo(f"smiles -> {plot_smiles(result, png, quotes=table)}")
+        except OSError as error:
+            raise fail(f"cannot write {png}: {error}") from error

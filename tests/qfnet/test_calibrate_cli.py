@@ -12,6 +12,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from pricing.calibration import calibrate
 from pricing.sabr import lognormal_vol
 from qfnet.calibrate_cli import calibrate_command
 
@@ -162,3 +163,150 @@ def test_no_clean_leaves_out_a_row_without_vol_or_price_and_says_so(tmp_path: Pa
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert f"over {len(table) - 1} quotes (1 row without a vol left out)" in result.output
+
+
+DAX = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+DEVICE_MATCH_RTOL = 1e-7
+"""Heston direct on a GPU against the CPU fit of the same file: the same optimum, reached through
+float64 kernels that round differently (as in tests/pricing/test_calibration_device.py)."""
+DEVICE_MATCH_RMSE_BP = 1e-4
+
+
+def _words(output: str) -> str:
+    """The output as one line of words, without the frame that rich draws around errors."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def _fit(tmp_path: Path, name: str, *options: str) -> tuple[dict, pd.DataFrame]:
+    out = tmp_path / f"{name}.json"
+    args = ["calibrate", "--model", "heston", "--quotes", str(DAX), "--out", str(out), *options]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    return summary, pd.read_csv(summary.pop("residuals_file"))
+
+
+def test_device_cpu_gives_the_result_of_the_default(tmp_path: Path) -> None:
+    default, default_residuals = _fit(tmp_path, "default")
+    explicit, explicit_residuals = _fit(tmp_path, "cpu", "--device", "cpu")
+    del default["seconds"], explicit["seconds"]
+    assert explicit == default
+    pd.testing.assert_frame_equal(explicit_residuals, default_residuals, check_exact=True)
+
+
+def test_the_device_reaches_calibrate(monkeypatch, smile_file: Path, tmp_path: Path) -> None:
+    import qfnet.calibrate_cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "calibrate", lambda *a, **kw: seen.append(kw["device"]) or
+                        calibrate(*a, **kw))  # fmt: skip
+    args = ["calibrate", "--model", "sabr", "--quotes", str(smile_file), "--out",
+            str(tmp_path / "fit.json"), "--device", "cpu:0"]  # fmt: skip
+    assert CliRunner().invoke(_app(), args).exit_code == 0
+    assert seen == ["cpu:0"]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_a_missing_cuda_device_is_a_usage_error_before_the_file_is_read(
+    monkeypatch, tmp_path: Path, device: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a CUDA machine
+    out = tmp_path / "fit.json"
+    args = ["calibrate", "--model", "heston", "--quotes", str(tmp_path / "absent.csv"),
+            "--out", str(out), "--device", device]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2, result.output  # not exit 1 for the absent file
+    assert f"--device: device '{device}' was asked for but CUDA is not available" in _words(
+        result.output
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("nonsense", "device must be a torch device such as 'cpu' or 'cuda:0', got 'nonsense'"),
+     ("meta", "calibration runs in float64 on 'cpu' or 'cuda', got 'meta'")],
+)  # fmt: skip
+def test_an_unusable_device_is_a_usage_error(tmp_path: Path, device: str, message: str) -> None:
+    args = ["calibrate", "--model", "sabr", "--quotes", str(tmp_path / "absent.csv"), "--out",
+            str(tmp_path / "fit.json"), "--device", device]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2 and "--device" in result.output, result.output
+    assert message in _words(result.output)
+
+
+@pytest.mark.parametrize(("model", "method"), [("heston", "quantlib"), ("heston", "network"),
+                                               ("sabr", "direct")])  # fmt: skip
+def test_a_gpu_with_a_cpu_only_method_is_a_usage_error(
+    monkeypatch, tmp_path: Path, model: str, method: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the refusal is the method's
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    args = ["calibrate", "--model", model, "--method", method, "--quotes",
+            str(tmp_path / "absent.csv"), "--out", str(tmp_path / "fit.json"),
+            "--device", "cuda"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2, result.output
+    assert (f"--device: device='cuda': method '{method}' for {model} runs on the CPU only"
+            in _words(result.output))  # fmt: skip
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_heston_direct_on_cuda_matches_the_cpu_fit_of_the_dax_file(tmp_path: Path) -> None:
+    on_cpu, _ = _fit(tmp_path, "cpu")
+    torch.cuda.reset_peak_memory_stats()
+    on_gpu, residuals = _fit(tmp_path, "cuda", "--device", "cuda")
+    assert torch.cuda.max_memory_allocated() > 0  # the fit ran there
+    assert on_gpu["params"].keys() == on_cpu["params"].keys()
+    for name, value in on_cpu["params"].items():
+        assert on_gpu["params"][name] == pytest.approx(value, rel=DEVICE_MATCH_RTOL), name
+    assert on_gpu["rmse_iv_bp"] == pytest.approx(on_cpu["rmse_iv_bp"], abs=DEVICE_MATCH_RMSE_BP)
+    assert on_gpu["n_quotes"] == on_cpu["n_quotes"] == len(residuals)
+
+
+def test_an_output_that_would_overwrite_the_quotes_is_a_usage_error(
+    smile_file: Path, tmp_path: Path
+) -> None:
+    # the residuals of a fit are a quote file: calibrating them again rewrote the input
+    quotes = tmp_path / "fit_residuals.csv"
+    quotes.write_bytes(smile_file.read_bytes())
+    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out",
+            str(tmp_path / "fit.json")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 2 and "--out" in result.output, result.output
+    assert "over the quotes" in _words(result.output)
+    assert quotes.read_bytes() == smile_file.read_bytes()
+    assert not (tmp_path / "fit.json").exists()
+
+
+@pytest.mark.parametrize("folder", ["fit.json", "fit_residuals.csv", "fit.png"])
+def test_a_folder_in_place_of_an_output_is_refused_before_the_fit(
+    smile_file: Path, tmp_path: Path, folder: str
+) -> None:
+    (tmp_path / folder).mkdir()
+    args = ["calibrate", "--model", "sabr", "--quotes", str(smile_file), "--out",
+            str(tmp_path / "fit.json"), "--plot"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1, result.output
+    assert f"error: cannot write {tmp_path / folder}: it is a directory" in _words(result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({folder, smile_file.name})
+
+
+def test_a_smile_plot_that_cannot_be_written_ends_with_an_error(
+    monkeypatch, smile_file: Path, tmp_path: Path
+) -> None:
+    import pricing.smile_plot
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pricing.smile_plot, "plot_smiles", full_disk)
+    out = tmp_path / "fit.json"
+    args = ["calibrate", "--model", "sabr", "--quotes", str(smile_file), "--out", str(out),
+            "--plot"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # the error line, not a traceback
+    assert f"error: cannot write {out.with_suffix('.png')}" in _words(result.output)
+    assert out.exists()  # the fit is kept
