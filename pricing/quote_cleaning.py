@@ -63,8 +63,8 @@ class CleaningReport:
         lines = [f"quotes in: {self.n_input}, kept: {self.n_kept}"]
         lines += [f"  removed {n:6d}  {reason}" for reason, n in self.removed.items() if n]
         sources = ", ".join(f"{k}: {v}" for k, v in self.forward_sources.items())
-        notes = [f"  note: {note}" for note in self.notes]
-        return "\n".join([*lines, f"  forwards per expiry: {sources}", *notes])
+        lines += [f"  forwards per expiry: {sources}"] if sources else []
+        return "\n".join([*lines, *(f"  note: {note}" for note in self.notes)])
 
 
 def _tensor(column: pd.Series) -> torch.Tensor:
@@ -304,6 +304,8 @@ def _pre_price_filters(frame: pd.DataFrame, report: CleaningReport, maturity_ran
     frame = _drop(frame, (bid.isna() ^ ask.isna()) & ~other, "one_sided", report)
     both = frame.index.isin(bid.dropna().index.intersection(ask.dropna().index))
     frame = _drop(frame, ~both & ~other.loc[frame.index], "no_price", report)
+    if report.removed.get("no_price"):
+        report.notes.append("no_price: a quote needs bid and ask, or mid, price or implied_vol")
     return _drop(frame, _duplicates(frame), "duplicate", report)
 
 

@@ -74,17 +74,20 @@ def plot_smiles(
     cols = min(4, len(expiries))
     rows = math.ceil(len(expiries) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for axis, expiry in zip(axes.flat, expiries, strict=False):
-        _panel(axis, table[table["maturity"].round(10) == expiry], result, quotes)
-    for axis in list(axes.flat)[len(expiries) :]:
-        axis.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    fig.supxlabel("strike", fontsize=9)
-    fig.supylabel("implied vol (%)", fontsize=9)
-    fig.suptitle(f"{result.model} {result.method}: RMSE {result.rmse_iv_bp:.1f} bp", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # closed even when drawing or saving fails (pyplot keeps open figures alive)
+        for axis, expiry in zip(axes.flat, expiries, strict=False):
+            _panel(axis, table[table["maturity"].round(10) == expiry], result, quotes)
+        for axis in list(axes.flat)[len(expiries) :]:
+            axis.set_visible(False)
+        axes.flat[0].legend(fontsize=7)
+        fig.supxlabel("strike", fontsize=9)
+        fig.supylabel("implied vol (%)", fontsize=9)
+        fig.suptitle(f"{result.model} {result.method}: RMSE {result.rmse_iv_bp:.1f} bp",
+                     fontsize=10)  # fmt: skip
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
     return path

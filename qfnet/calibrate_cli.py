@@ -176,10 +176,13 @@ def calibrate_command(
             table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True))
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
                            device=device, **options)  # fmt: skip
-    except (QuoteError, NotImplementedError) as error:
+    except NotImplementedError as error:
         raise fail(str(error)) from error
-    except ValueError as error:
-        raise fail(f"{quotes}: {error}") from error
+    except ValueError as error:  # QuoteError too: name the file unless the message does
+        message = str(error)
+        raise fail(
+            message if message.startswith(str(quotes)) else f"{quotes}: {message}"
+        ) from error
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.residuals.to_csv(residuals_file, index=False)

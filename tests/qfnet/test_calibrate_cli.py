@@ -142,6 +142,28 @@ def test_a_file_that_cleaning_empties_ends_with_the_report(tmp_path: Path) -> No
     assert "no quote is left after cleaning" in result.output and "1  zero_bid" in result.output
 
 
+def test_a_file_without_prices_says_what_a_quote_needs(tmp_path: Path) -> None:
+    # the report listed "no_price" and an empty "forwards per expiry:" line, and nothing more
+    quotes = tmp_path / "no_prices.csv"
+    quotes.write_text("option_type,strike,maturity,spot\ncall,100,1,100\ncall,110,1,100\n")
+    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out",
+            str(tmp_path / "o.json")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1
+    assert "a quote needs bid and ask, or mid, price or implied_vol" in result.output
+    assert "forwards per expiry" not in result.output
+
+
+def test_a_missing_column_names_the_file(tmp_path: Path) -> None:
+    quotes = tmp_path / "no_strike.csv"
+    quotes.write_text("option_type,maturity,bid,ask\ncall,1,1,2\n")
+    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out",
+            str(tmp_path / "o.json")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1
+    assert f"error: {quotes}: quote cleaning needs column(s) strike" in result.output
+
+
 def test_heston_direct_starts_from_the_calibration_network(tmp_path: Path) -> None:
     # The README's promise: qfnet calibrate races the network's answer beside the scan.
     import pricing.calibration as calibration
@@ -291,6 +313,27 @@ def test_a_folder_in_place_of_an_output_is_refused_before_the_fit(
     assert result.exit_code == 1, result.output
     assert f"error: cannot write {tmp_path / folder}: it is a directory" in _words(result.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({folder, smile_file.name})
+
+
+def test_a_smile_plot_that_fails_to_save_closes_its_figure(
+    smile_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # pyplot kept the failed figure open: a long-lived process leaked one per failure
+    import matplotlib.figure
+    import matplotlib.pyplot as plt
+
+    from pricing.quotes import read_quotes
+    from pricing.smile_plot import plot_smiles
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    result = calibrate("sabr", read_quotes(smile_file))
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    before = len(plt.get_fignums())
+    with pytest.raises(OSError, match="No space"):
+        plot_smiles(result, tmp_path / "smiles.png")
+    assert len(plt.get_fignums()) == before
 
 
 def test_a_smile_plot_that_cannot_be_written_ends_with_an_error(
