@@ -69,7 +69,7 @@ def test_half_precision_normals_are_the_float32_ones_rounded(dtype: torch.dtype)
 
 def test_the_qe_kernel_is_used_for_float32_and_float64_only() -> None:
     cuda = torch.device("cuda")
-    installed = _triton_paths.triton is not None
+    installed = _triton_paths.INSTALLED
     assert _triton_paths.available(cuda, torch.float32) == installed
     assert _triton_paths.available(cuda, torch.float64) == installed
     assert not _triton_paths.available(cuda, torch.float16)
@@ -96,7 +96,7 @@ def test_counter_normals_are_standard_normal_and_uncorrelated() -> None:
 
 def _triton_device() -> torch.device:
     """CUDA where present; the CPU under Triton's interpreter; else the test is skipped."""
-    if _triton_paths.triton is None:
+    if not _triton_paths.INSTALLED:
         pytest.skip("Triton is not installed")
     if torch.cuda.is_available():
         return torch.device("cuda")
