@@ -591,7 +591,8 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
 
     Raises:
         FileNotFoundError: the directory, its metadata or one of its shards is missing.
-        ValueError: the metadata is not a qfnet dataset.
+        ValueError: the metadata is not a qfnet dataset (or is cut or edited: the message names
+            its field), or a shard does not match it (cut, replaced, without its labels).
 
     Examples:
         >>> import tempfile
@@ -604,9 +605,7 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     meta_path = root / "metadata.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{root} is not a dataset directory (no metadata.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not a {FORMAT} metadata file")
+    meta = _read_metadata(meta_path)
     missing = [s for s in meta["shards"] if not (root / s).is_file()]
     if missing:
         raise FileNotFoundError(f"{root} lacks shard(s) {missing[:3]} (incomplete generation?)")
@@ -623,4 +622,40 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     if "n" in meta and len(frame) != meta["n"]:
         raise ValueError(f"{root} holds {len(frame)} rows, its metadata n = {meta['n']} "
                          "(a truncated or replaced shard?)")  # fmt: skip
+    _check_sample_order(root, meta["shards"], frames)
     return frame, meta
+
+
+def _read_metadata(meta_path: Path) -> dict[str, Any]:
+    """The metadata of a dataset; a cut or edited file is a ValueError naming it and the field
+    (it was a bare JSON error, or a KeyError traceback for a file without its shard list)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON ({err.msg} at line {err.lineno}, "
+                         f"column {err.colno}): a cut or edited metadata file?") from err  # fmt: skip
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path} is not a {FORMAT} metadata file")
+    shards = meta.get("shards")
+    if not (isinstance(shards, list) and all(isinstance(s, str) for s in shards)):
+        raise ValueError(f"{meta_path}: field 'shards' must be a list of shard file names")
+    try:
+        Domain.from_dict(meta["domain"])
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"{meta_path}: field 'domain' is not a valid domain ({err!r})") from err
+    return meta
+
+
+def _check_sample_order(root: Path, names: list[str], frames: list[pd.DataFrame]) -> None:
+    """Shard ``i`` holds the Sobol points that follow shard ``i - 1``'s: a shard replaced by a
+    copy of another (same length) loaded without a word, its rows trained on twice."""
+    offset = 0
+    for name, frame in zip(names, frames, strict=True):
+        if "sample_index" in frame.columns:
+            index = frame["sample_index"].to_numpy()
+            expected = np.arange(offset, offset + len(frame))
+            if not np.array_equal(index, expected):
+                raise ValueError(f"{root / name} holds sample_index {index[0]} .. {index[-1]}, "
+                                 f"not {offset} .. {offset + len(frame) - 1} (a replaced or "
+                                 "reordered shard?)")  # fmt: skip
+        offset += len(frame)

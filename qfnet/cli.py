@@ -6,7 +6,9 @@ field, and exit status 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -73,12 +75,22 @@ def check_table_out(path: Path) -> None:
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
+    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV), through a
+    temporary file renamed over ``path``: a failed write leaves no half-written table, and an
+    unwritable ``path`` (a folder, a file in place of a folder) is an error line, not a
+    traceback."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except (OSError, ValueError, TypeError) as error:  # pyarrow's errors are Value/TypeErrors
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise fail(f"{path}: cannot write the output ({error})") from error
 
 
 def _load_params(params: str | None) -> dict[str, float]:
@@ -118,6 +130,11 @@ def price(
     if engine not in ENGINES:
         raise typer.BadParameter(f"{engine!r}: choose one of {', '.join(ENGINES)}",
                                  param_hint="--engine")  # fmt: skip
+    if engine == "surrogate" and model == "bs":
+        raise typer.BadParameter("surrogate prices --model heston or sabr", param_hint="--engine")
+    if surrogate is not None and engine != "surrogate":  # it was ignored: priced analytically
+        raise typer.BadParameter(f"needs --engine surrogate, not {engine}",
+                                 param_hint="--surrogate")  # fmt: skip
     if engine == "mc" and paths < _MIN_MC_PATHS:
         raise typer.BadParameter(f"{paths}: need at least {_MIN_MC_PATHS} paths (three "
                                  "antithetic pairs: the control-variate error estimate needs "

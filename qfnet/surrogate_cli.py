@@ -177,6 +177,8 @@ def train_surrogate_command(
             f"comma-separated positive integers, e.g. 128,128; got {hidden!r}",
             param_hint="--hidden",
         )
+    if device != "auto":  # as in generate: a usage error naming --device (it was exit 1)
+        _checked_device(device)
     if threads > 0:
         torch.set_num_threads(threads)
     try:

@@ -177,12 +177,19 @@ _ARCH_FILE = "surrogate_config.json"
 
 
 def _architecture(
-    out: Path, resume: bool, hidden: Sequence[int], activation: str, domain: Domain, split: dict
+    out: Path,
+    resume: bool,
+    hidden: Sequence[int],
+    activation: str,
+    domain: Domain,
+    split: dict,
+    dataset: dict,
 ) -> tuple[tuple[int, ...], str]:
     """On resume the run's own architecture wins (so ``--resume`` alone continues a run); its
-    domain must be the dataset's (the scalers and weights were fitted on it), and its split
-    (``seed`` and fractions) the same: another one would test on rows it trained on. Without
-    resume, a directory holding a run is refused (``overwrite`` replaces it)."""
+    domain must be the dataset's (the scalers and weights were fitted on it), its dataset the
+    same (``dataset``: size, seed, engine) and its split (``seed`` and fractions) the same:
+    another one would test on rows it trained on. Without resume, a directory holding a run is
+    refused (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
         return tuple(int(h) for h in hidden), activation
@@ -190,6 +197,12 @@ def _architecture(
     if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
         raise ValueError(f"--resume: the run in {out} was trained on another domain than "
                          "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
+    # A larger dataset of the same seed starts with the same Sobol points, but splits them
+    # otherwise: the resumed run tested on rows it had trained on, and reported the new sizes.
+    if "dataset" in saved and saved["dataset"] != dataset:
+        raise ValueError(f"--resume: the run in {out} was trained on another dataset "
+                         f"({_describe(saved['dataset'])}) than this one ({_describe(dataset)}); "
+                         "resume with its own dataset, or --init from it")  # fmt: skip
     for name, value in split.items():
         if name in saved.get("split", {}) and saved["split"][name] != value:
             flag = "--seed" if name == "seed" else name
@@ -197,6 +210,16 @@ def _architecture(
                              f"{saved['split'][name]}, not {value}: its train/validation/test "
                              "split depends on it; resume with the same value")  # fmt: skip
     return tuple(saved["hidden"]), str(saved["activation"])
+
+
+def _dataset_identity(meta: dict[str, Any], rows: int) -> dict[str, Any]:
+    """What fixes a dataset's rows and so a run's split: size, seed, engine, usable rows."""
+    return {"n": meta.get("n"), "seed": meta.get("seed"), "engine": meta.get("engine"),
+            "rows": rows}  # fmt: skip
+
+
+def _describe(dataset: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in dataset.items())
 
 
 def _check_fresh(out: Path, resume: bool, overwrite: bool) -> None:
@@ -315,7 +338,8 @@ def train_surrogate(
         hidden, activation = start.hidden, start.activation
     _check_fresh(run, resume, overwrite)
     split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
-    hidden, activation = _architecture(run, resume, hidden, activation, domain, split)
+    dataset = _dataset_identity(meta, len(iv))
+    hidden, activation = _architecture(run, resume, hidden, activation, domain, split, dataset)
     train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
     net = _build(domain, hidden, activation, seed)
     if start is not None:
@@ -356,7 +380,7 @@ def train_surrogate(
     if ranks.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
         arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict(),
-                "split": split}  # fmt: skip
+                "split": split, "dataset": dataset}  # fmt: skip
         (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
     trainer.fit(train, val, resume=resume)
     if not ranks.is_global_zero:

@@ -242,6 +242,34 @@ def test_loading_checks_the_shards_against_the_metadata(tmp_path):
         load_dataset(path)
 
 
+def test_a_shard_replaced_by_a_copy_of_another_is_refused(tmp_path):
+    # same length, same columns: its points were loaded (and trained on) twice without a word
+    path = generate(tmp_path / "ds", model="sabr", n=6, shard_size=3, progress=False)
+    (path / "shard-00001.parquet").write_bytes((path / "shard-00000.parquet").read_bytes())
+    with pytest.raises(
+        ValueError, match=r"shard-00001.parquet holds sample_index 0 .. 2, not 3 .. 5"
+    ):
+        load_dataset(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [(lambda text, meta: text[: len(text) // 2], r"metadata.json is not valid JSON"),
+     (lambda text, meta: json.dumps({k: v for k, v in meta.items() if k != "shards"}),
+      r"metadata.json: field 'shards' must be a list"),
+     (lambda text, meta: json.dumps(meta | {"domain": meta["domain"] | {"z": "wide"}}),
+      r"metadata.json: field 'domain' is not a valid domain")],
+    ids=["cut", "no_shard_list", "bad_domain"],
+)  # fmt: skip
+def test_a_cut_or_edited_metadata_file_is_named_with_its_field(tmp_path, edit, message):
+    # a bare JSON error without the file, and a KeyError traceback for a missing shard list
+    path = generate(tmp_path / "ds", model="sabr", n=4, progress=False)
+    text = (path / "metadata.json").read_text()
+    (path / "metadata.json").write_text(edit(text, json.loads(text)))
+    with pytest.raises(ValueError, match=message):
+        load_dataset(path)
+
+
 def test_sizes_may_be_numpy_integers_but_not_booleans(tmp_path):
     path = generate(tmp_path / "ds", model="sabr", n=np.int64(4), progress=False)
     assert len(load_dataset(path)[0]) == 4

@@ -528,6 +528,44 @@ def test_iv_of_a_shifted_file_is_the_shifted_black_vol(tmp_path):
     np.testing.assert_allclose(ivs["implied_vol"], vols.numpy(), rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("extra", "option"),
+    [(["--model", "bs", "--engine", "surrogate"], "--engine"),
+     (["--model", "heston", "--surrogate", "run"], "--surrogate")],
+)  # fmt: skip
+def test_price_surrogate_options_that_cannot_apply_are_usage_errors(bs_quotes, tmp_path, extra,
+                                                                   option):  # fmt: skip
+    # --surrogate without --engine surrogate was ignored (the rows priced analytically, exit 0);
+    # --model bs --engine surrogate was an error line (exit 1), not a usage error
+    path, _ = bs_quotes
+    out = tmp_path / "o.csv"
+    result = runner.invoke(app, ["price", *extra, "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 2 and option in result.output, result.output
+    assert not out.exists()
+
+
+def test_price_output_is_written_whole_or_not_at_all(bs_quotes, tmp_path, monkeypatch):
+    # a failed write left a half-written table (and a folder as --out was a traceback)
+    path, _ = bs_quotes
+    args = ["price", "--model", "bs", "--quotes", str(path), "--out"]
+    (tmp_path / "folder.csv").mkdir()
+    result = runner.invoke(app, [*args, str(tmp_path / "folder.csv")])
+    assert result.exit_code == 1 and "cannot write the output" in result.output, result.output
+    out = tmp_path / "p.csv"
+    out.write_text("previous,table\n")
+
+    def full_disk(self, target, **kwargs):
+        with open(target, "w") as handle:
+            handle.write("option_type,str")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    result = runner.invoke(app, [*args, str(out)])
+    assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+    assert out.read_text() == "previous,table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "p.csv", "quotes.csv"]
+
+
 @pytest.mark.parametrize(("command", "out"), [("price", "p.txt"), ("iv", "v.xlsx"),
                                               ("calibrate", "fit.csv")])  # fmt: skip
 def test_an_output_name_of_another_format_is_a_usage_error(bs_quotes, tmp_path, command, out):

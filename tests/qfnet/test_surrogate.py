@@ -269,6 +269,19 @@ def test_resuming_on_a_dataset_of_another_domain_is_refused(tmp_path):
         train_surrogate(narrow, tmp_path / "run", resume=True, **common)
 
 
+def test_resuming_on_another_dataset_of_the_same_domain_is_refused(tmp_path):
+    # a larger dataset of the same seed (the same first Sobol points, split otherwise) was
+    # accepted: the resumed run tested on rows it had trained on and reported the new sizes
+    small = generate(tmp_path / "small", model="sabr", n=64, progress=False)
+    larger = generate(tmp_path / "larger", model="sabr", n=96, progress=False)
+    common = {"epochs": 1, "batch_size": 32, "hidden": (8,), "device": "cpu", "progress": False}
+    train_surrogate(small, tmp_path / "run", **common)
+    with pytest.raises(
+        ValueError, match=r"trained on another dataset \(n 64, .*\) than this one \(n 96"
+    ):
+        train_surrogate(larger, tmp_path / "run", resume=True, **common)
+
+
 def test_resuming_with_another_seed_or_into_a_held_run_is_refused(tmp_path):
     # --resume --seed 5 on a seed-0 run went on silently, testing on rows it had trained on;
     # a new run into a directory holding one replaced its checkpoints without a word

@@ -126,6 +126,10 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     for hidden in ("0", "16,0", "", "8,x"):
         result = CliRunner().invoke(app, [*base, "--hidden", hidden])
         assert result.exit_code == 2 and "--hidden" in result.output, hidden
+    for device in ("gpu", "cuda:99"):  # an error line (exit 1) before, as the Trainer's
+        result = CliRunner().invoke(app, [*base, "--hidden", "8", "--device", device])
+        assert result.exit_code == 2 and "--device" in result.output, result.output
+    assert not (tmp_path / "run").exists()
     assert CliRunner().invoke(app, [*base, "--hidden", "8"]).exit_code == 0
     longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
     result = CliRunner().invoke(app, longer)
