@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -179,6 +180,9 @@ def train_surrogate_command(
         )
     if device != "auto":  # as in generate: a usage error naming --device (it was exit 1)
         _checked_device(device)
+    if not (math.isfinite(lr) and lr > 0):  # inf ended as a NaN-loss error; 0 trained nothing
+        raise typer.BadParameter(f"{lr}: the learning rate must be finite and > 0",
+                                 param_hint="--lr")  # fmt: skip
     if threads > 0:
         torch.set_num_threads(threads)
     try:

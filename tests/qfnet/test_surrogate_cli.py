@@ -129,6 +129,9 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     for device in ("gpu", "cuda:99"):  # an error line (exit 1) before, as the Trainer's
         result = CliRunner().invoke(app, [*base, "--hidden", "8", "--device", device])
         assert result.exit_code == 2 and "--device" in result.output, result.output
+    for lr in ("inf", "0"):  # inf ended as a NaN-loss error line; 0 trained nothing
+        result = CliRunner().invoke(app, [*base, "--hidden", "8", "--lr", lr])
+        assert result.exit_code == 2 and "--lr" in result.output, result.output
     assert not (tmp_path / "run").exists()
     assert CliRunner().invoke(app, [*base, "--hidden", "8"]).exit_code == 0
     longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
