@@ -275,6 +275,7 @@ def _normalise_option_type(frame: pd.DataFrame, locate: _Locator) -> None:
     if bad.size:
         i = int(bad[0])
         value = raw.iloc[i]
+        value = value.item() if isinstance(value, np.generic) else value  # 1, not np.int64(1)
         reason = "missing option type" if pd.isna(value) else f"unknown option type {value!r}"
         raise locate.error(i, "option_type", f"{reason} (expected call/put or C/P)")
     frame["option_type"] = mapped

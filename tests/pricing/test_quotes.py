@@ -63,6 +63,13 @@ def test_option_type_spellings_map_to_call_or_put(raw: str, expected: str) -> No
     assert read_quotes(table)["option_type"].tolist() == [expected]
 
 
+def test_an_integer_option_type_is_named_as_the_file_has_it() -> None:
+    # a Parquet column of integers was reported as "unknown option type np.int64(1)"
+    table = pd.DataFrame({"option_type": [1], "strike": [1.0], "maturity": [1.0], "spot": [1.0]})
+    with pytest.raises(QuoteError, match=r"unknown option type 1 \(expected call/put"):
+        read_quotes(table)
+
+
 def test_maturity_from_expiry_and_quote_date_is_act_365f() -> None:
     table = pd.DataFrame(
         {
