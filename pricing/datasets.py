@@ -512,6 +512,7 @@ def generate(
     path = Path(out)
     if (path / "metadata.json").exists():
         raise FileExistsError(f"{path} already holds a dataset; choose another --out")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     tasks = [
         _ShardTask(
@@ -530,11 +531,16 @@ def generate(
     from tqdm.auto import tqdm
 
     unlabelled = 0
-    with tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress) as bar:
-        for index, frame in _run_tasks(tasks, workers, scheduler):
-            _write_shard(frame, path / _shard_name(index))
-            unlabelled += int(frame["implied_vol"].isna().sum())
-            bar.update(1)
+    try:
+        with tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress) as bar:
+            for index, frame in _run_tasks(tasks, workers, scheduler):
+                _write_shard(frame, path / _shard_name(index))
+                unlabelled += int(frame["implied_vol"].isna().sum())
+                bar.update(1)
+    except BaseException:  # a dead scheduler, a failed label, Ctrl-C: no empty folder left behind
+        if created and not any(path.iterdir()):
+            path.rmdir()
+        raise
     _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
                     unlabelled)  # fmt: skip
     if unlabelled:

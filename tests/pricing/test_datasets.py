@@ -130,6 +130,24 @@ def test_dask_scheduler_writes_the_same_shards_as_one_process(tmp_path):
         assert filecmp.cmp(one / shard, dask / shard, shallow=False)
 
 
+def test_a_run_that_fails_before_its_first_shard_leaves_no_empty_folder(tmp_path, monkeypatch):
+    # a dead --scheduler left an empty --out folder behind; a folder the caller made stays
+    import pricing.datasets as datasets
+
+    def dead_scheduler(*args, **kwargs):
+        raise OSError("Timed out trying to connect to tcp://127.0.0.1:1")
+        yield  # a generator, as _run_tasks is
+
+    monkeypatch.setattr(datasets, "_run_tasks", dead_scheduler)
+    with pytest.raises(OSError, match="Timed out"):
+        generate(tmp_path / "new" / "ds", model="sabr", n=8, progress=False)
+    assert not (tmp_path / "new" / "ds").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(OSError, match="Timed out"):
+        generate(tmp_path / "mine", model="sabr", n=8, progress=False)
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_generate_rejects_bad_arguments_by_name(tmp_path):
     with pytest.raises(ValueError, match="n must be a positive integer"):
         generate(tmp_path / "x", model="heston", n=0)
