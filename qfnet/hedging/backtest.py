@@ -288,6 +288,8 @@ def run_backtest(
         if value is not None:
             check_positive_int(name, value)
     config, model, meta = load_run(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)  # before the backtest: a bad OUT fails at once
     market = Market(config)
     seed = config.seed if seed is None else seed
     if paths_file is not None:
@@ -303,8 +305,6 @@ def run_backtest(
     )  # fmt: skip
     report["paths"] = source
     report["train_seconds"] = meta["train_seconds"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     report["plots"] = [*plot_histograms(results, out), plot_hedge_ratio(results, data, market, out)]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

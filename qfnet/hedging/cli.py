@@ -89,11 +89,13 @@ def backtest_command(
         raise typer.BadParameter("must be >= 1", param_hint="--n-paths")
     if bootstrap < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--bootstrap")
+    if out.exists() and not out.is_dir():  # was a FileExistsError traceback after the backtest
+        raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
     try:
         report = run_backtest(
             run, out, paths_file=paths, n_paths=n_paths, n_resamples=bootstrap, seed=seed
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: e.g. an --out below a file
         raise fail(str(exc)) from exc
     rows = {name: round(report[name]["es95"], 6) for name in report["strategies"]}
     typer.echo(json.dumps({"report": str(out / "report.json"), "es95": rows}))

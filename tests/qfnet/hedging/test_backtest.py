@@ -163,6 +163,18 @@ def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path)
     assert (tmp_path / "done" / "model.pt").read_bytes() == b"a trained run"
 
 
+def test_backtest_cli_refuses_a_file_as_out_directory(trained_run: Path, tmp_path: Path) -> None:
+    # was a FileExistsError traceback (exit 1) after the whole backtest had run
+    (tmp_path / "taken").write_text("")
+    base = ["backtest", "--run", str(trained_run / "run"), "--n-paths", "10", "--bootstrap", "1"]
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "taken")])
+    flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and "--out" in flat and "is a file, not a directory" in flat
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "taken" / "sub")])
+    assert result.exit_code == 1 and result.output.startswith("error:"), result.output
+    assert "Not a directory" in result.output
+
+
 def test_es95_relative_to_delta_keeps_its_sign_when_delta_gains_in_the_tail() -> None:
     # A premium can make delta's ES95 negative (a gain even in the tail): a smaller ES must
     # still read as an improvement (< 0), and a delta ES of 0 gives NaN, not a crash.

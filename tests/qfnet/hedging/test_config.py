@@ -111,3 +111,24 @@ def test_exponent_notation_in_yaml_is_a_number(tmp_path):
     path = tmp_path / "hedge.yaml"
     path.write_text("training:\n  lr: 3e-3\n")
     assert load_config(path).training.lr == 3e-3
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [("seed: 1\nseed: 2\n", "seed"),
+     ("market:\n  n_steps: 3\n  cost: 0.0\n  n_steps: 4\n", "n_steps"),
+     ('{"training": {"lr": 0.1, "lr": 0.2}}', "lr")],
+)  # fmt: skip
+def test_a_key_given_twice_is_an_error_not_the_last_value(tmp_path, text, key):
+    # PyYAML kept the last value: `seed: 1 ... seed: 2` trained seed 2 without a word
+    path = tmp_path / "hedge.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"(?s)cannot read config .*duplicate key '{key}'"):
+        load_config(path)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "hedge.yaml"
+    path.write_text("market:\n  <<: {n_steps: 3, cost: 0.0}\n  n_steps: 4\n")
+    config = load_config(path)
+    assert (config.market.n_steps, config.market.cost) == (4, 0.0)
