@@ -392,10 +392,19 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> H
     """
     config = _build(HedgeConfig, data, "")
     calibration = config.market.calibration
-    if calibration is not None:
+    if calibration is not None:  # the file's params silently replaced the config's own
+        if config.market.model != "heston":
+            raise ConfigError("market.calibration holds Heston params: it needs model: heston")
+        given = sorted(set(data.get("market") or {}) & set(_HESTON_KEYS))
+        if given:
+            raise ConfigError(f"market.calibration and market.{given[0]} both set the Heston "
+                              "params: give one of them")  # fmt: skip
         config = _apply_calibration(config, Path(base_dir or ".") / calibration)
     config.validate()
     return config
+
+
+_HESTON_KEYS = ("v0", "kappa", "theta", "sigma", "rho")
 
 
 def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
@@ -403,7 +412,7 @@ def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
         params = json.loads(path.read_text())["params"]
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         raise ConfigError(f"market.calibration: cannot read params from {path}: {exc}") from exc
-    keys = ("v0", "kappa", "theta", "sigma", "rho")
+    keys = _HESTON_KEYS
     missing = [k for k in keys if k not in params]
     if missing:
         raise ConfigError(f"market.calibration: {path} lacks Heston params {missing}")

@@ -106,6 +106,19 @@ def test_calibration_params_that_are_not_finite_numbers_name_the_file_and_key(tm
                          base_dir=tmp_path)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("market", "message"),
+    [({"model": "heston", "v0": 0.09}, r"market.calibration and market.v0 both set"),
+     ({"model": "black_scholes"}, r"market.calibration holds Heston params: it needs model")],
+)  # fmt: skip
+def test_a_calibration_file_is_not_silently_mixed_with_other_settings(tmp_path, market, message):
+    # the file's params replaced an explicit v0 without a word; with black_scholes it was ignored
+    params = {"v0": 0.05, "kappa": 2.0, "theta": 0.06, "sigma": 0.4, "rho": -0.5}
+    (tmp_path / "fit.json").write_text(json.dumps({"params": params}))
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"market": {**market, "calibration": "fit.json"}}, base_dir=tmp_path)
+
+
 def test_exponent_notation_in_yaml_is_a_number(tmp_path):
     # PyYAML (YAML 1.1) reads 3e-3, without a dot, as a string: "must be a number, got '3e-3'"
     path = tmp_path / "hedge.yaml"
