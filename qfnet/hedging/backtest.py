@@ -180,9 +180,13 @@ def backtest(
         >>> sorted(report["es95_vs_delta"]), len(report["delta"]["ci95"]["es95"])
         (['no_hedge', 'whalley_wilmott'], 2)
     """
+    n_paths = int(data.payoff.shape[0])
+    if n_paths < 2:  # one path's std came out NaN (torch warned of zero degrees of freedom)
+        raise ValueError(f"a backtest needs at least 2 paths (a std and bootstrap intervals), "
+                         f"got {n_paths}")  # fmt: skip
     risk_aversion = config.objective.risk_aversion
     results: dict[str, HedgeResult] = {}
-    report: dict[str, Any] = {"n_paths": int(data.payoff.shape[0])}
+    report: dict[str, Any] = {"n_paths": n_paths}
     for name, strategy in _strategies(market, learned, ww_risk_aversion).items():
         start = time.perf_counter()
         res = run_strategy(strategy, data, market)

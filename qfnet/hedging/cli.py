@@ -85,8 +85,8 @@ def backtest_command(
     OUT/report.json, a P&L histogram per strategy and a hedge-ratio-vs-spot plot."""
     from qfnet.hedging.backtest import run_backtest
 
-    if n_paths is not None and n_paths < 1:
-        raise typer.BadParameter("must be >= 1", param_hint="--n-paths")
+    if n_paths is not None and n_paths < 2:  # one path has no std or bootstrap interval
+        raise typer.BadParameter("must be >= 2", param_hint="--n-paths")
     if bootstrap < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--bootstrap")
     if out.exists() and not out.is_dir():  # was a FileExistsError traceback after the backtest

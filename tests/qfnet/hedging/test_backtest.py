@@ -13,10 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from qfnet import functional as F
-from qfnet.hedging.backtest import bootstrap_ci, run_backtest
+from qfnet.hedging.backtest import backtest, bootstrap_ci, run_backtest
 from qfnet.hedging.cli import hedge_app
 from qfnet.hedging.config import config_from_dict
-from qfnet.hedging.train import train
+from qfnet.hedging.markets import Market
+from qfnet.hedging.train import make_paths, train
 
 TINY = {
     "seed": 2,
@@ -173,6 +174,18 @@ def test_backtest_cli_refuses_a_file_as_out_directory(trained_run: Path, tmp_pat
     result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "taken" / "sub")])
     assert result.exit_code == 1 and result.output.startswith("error:"), result.output
     assert "Not a directory" in result.output
+
+
+def test_a_backtest_of_one_path_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    # one path gave a NaN std in report.json and a degrees-of-freedom warning from torch
+    base = ["backtest", "--run", str(trained_run / "run"), "--bootstrap", "1"]
+    result = CliRunner().invoke(hedge_app, [*base, "--n-paths", "1", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--n-paths" in result.output, result.output
+    config = config_from_dict({"market": {"n_steps": 5}})
+    market = Market(config)
+    data, _ = make_paths(market, 1, split="test", seed=0)
+    with pytest.raises(ValueError, match="at least 2 paths"):
+        backtest(config, data, market, n_resamples=10)
 
 
 def test_es95_relative_to_delta_keeps_its_sign_when_delta_gains_in_the_tail() -> None:
