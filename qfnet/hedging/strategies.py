@@ -150,8 +150,9 @@ class HestonDelta:
     standardised moneyness ``log(S/K) / sqrt(w)`` (141 nodes on [-7, 7]; ``w`` the expected
     total variance to expiry given ``v``) and volatility ``sqrt(v)`` (13 nodes over the observed
     range), interpolated bilinearly: the table costs ``T * 1833`` pricer calls whatever the
-    number of paths, and the interpolation error is about 1e-3 at most (measured on 180,000
-    path points, paths near zero variance included).
+    number of paths, and the interpolation error is about 1e-4 on average and up to 1e-3 to 2e-3
+    (measured on 180,000 path points, paths near zero variance included; 1.8e-3 for v0 0.05,
+    kappa 1.5, theta 0.04, sigma 0.4, rho -0.6, strike 1.05 over 3 months).
 
     Shape:
         - output: (N, T, H); :meth:`variance`: (N, T).
