@@ -125,41 +125,34 @@ def test_conflicting_options_and_unwritable_output_end_with_an_error(
     assert result.exit_code == 1 and "error: cannot write" in result.output
 
 
+def _sabr_fit_of(tmp_path: Path, name: str, text: str) -> tuple[Path, object]:
+    """``qfnet calibrate --model sabr`` of a quote file written from ``text``."""
+    quotes = tmp_path / name
+    quotes.write_text(text)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out",
+            str(tmp_path / "o.json")]  # fmt: skip
+    return quotes, CliRunner().invoke(_app(), args)
+
+
 def test_a_file_that_cleaning_empties_ends_with_the_report(tmp_path: Path) -> None:
-    quotes = tmp_path / "zero_bids.csv"
-    quotes.write_text("option_type,strike,maturity,spot,bid,ask\ncall,100,1,100,0,1\n")
-    args = [
-        "calibrate",
-        "--model",
-        "sabr",
-        "--quotes",
-        str(quotes),
-        "--out",
-        str(tmp_path / "o.json"),
-    ]
-    result = CliRunner().invoke(_app(), args)
+    text = "option_type,strike,maturity,spot,bid,ask\ncall,100,1,100,0,1\n"
+    _, result = _sabr_fit_of(tmp_path, "zero_bids.csv", text)
     assert result.exit_code == 1
     assert "no quote is left after cleaning" in result.output and "1  zero_bid" in result.output
 
 
 def test_a_file_without_prices_says_what_a_quote_needs(tmp_path: Path) -> None:
     # the report listed "no_price" and an empty "forwards per expiry:" line, and nothing more
-    quotes = tmp_path / "no_prices.csv"
-    quotes.write_text("option_type,strike,maturity,spot\ncall,100,1,100\ncall,110,1,100\n")
-    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out",
-            str(tmp_path / "o.json")]  # fmt: skip
-    result = CliRunner().invoke(_app(), args)
+    text = "option_type,strike,maturity,spot\ncall,100,1,100\ncall,110,1,100\n"
+    _, result = _sabr_fit_of(tmp_path, "no_prices.csv", text)
     assert result.exit_code == 1
     assert "a quote needs bid and ask, or mid, price or implied_vol" in result.output
     assert "forwards per expiry" not in result.output
 
 
 def test_a_missing_column_names_the_file(tmp_path: Path) -> None:
-    quotes = tmp_path / "no_strike.csv"
-    quotes.write_text("option_type,maturity,bid,ask\ncall,1,1,2\n")
-    args = ["calibrate", "--model", "sabr", "--quotes", str(quotes), "--out",
-            str(tmp_path / "o.json")]  # fmt: skip
-    result = CliRunner().invoke(_app(), args)
+    text = "option_type,maturity,bid,ask\ncall,1,1,2\n"
+    quotes, result = _sabr_fit_of(tmp_path, "no_strike.csv", text)
     assert result.exit_code == 1
     assert f"error: {quotes}: quote cleaning needs column(s) strike" in result.output
 
