@@ -27,6 +27,11 @@ def train_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a trained run already in OUT."
     ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue OUT from its last checkpoint (same config; --epochs may grow).",
+    ),
 ) -> None:
     """Train the configured policy on fixed train/validation paths (early stopping,
     checkpoints) and write the run to OUT."""
@@ -47,15 +52,20 @@ def train_command(
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, epochs=epochs))
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"{out} is a file, not a run directory", param_hint="--out")
-    if (out / "model.pt").exists() and not overwrite:
-        raise typer.BadParameter(f"{out} already holds a trained run (--overwrite replaces it)",
-                                 param_hint="--out")  # fmt: skip
+    if resume and overwrite:
+        raise typer.BadParameter("--resume continues OUT, --overwrite replaces it: pass one",
+                                 param_hint="--resume")  # fmt: skip
+    if not (overwrite or resume):  # a new run would replace these without a word
+        held = "a trained run" if (out / "model.pt").exists() else "an unfinished run"
+        if (out / "model.pt").exists() or (out / "checkpoints" / "last.pt").exists():
+            raise typer.BadParameter(f"{out} already holds {held} (--overwrite replaces it, "
+                                     "--resume continues it)", param_hint="--out")  # fmt: skip
     try:
         resolve_device(cfg.training.device)  # the Trainer's own check, before any simulation
     except ValueError as exc:
         raise fail(f"{config}: training.{exc}") from exc
     try:
-        result = train(cfg, out, progress_bar=progress)
+        result = train(cfg, out, progress_bar=progress, resume=resume)
     except (NonFiniteLossError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
     last = result.history[-1] if len(result.history) else {}

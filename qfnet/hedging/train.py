@@ -217,13 +217,25 @@ class TrainResult(NamedTuple):
 
 
 def train(
-    config: HedgeConfig, run_dir: str | Path | None = None, *, progress_bar: bool = False
+    config: HedgeConfig,
+    run_dir: str | Path | None = None,
+    *,
+    progress_bar: bool = False,
+    resume: bool = False,
 ) -> TrainResult:
     """Simulate the fixed path sets, train the policy with early stopping and checkpoints, and
-    write ``hedge_config.json`` and ``model.pt`` (weights plus metadata) to ``run_dir``.
+    write ``hedge_config.json`` (at the start) and ``model.pt`` (weights plus metadata, at the
+    end) to ``run_dir``.
+
+    With ``resume``, training continues from ``run_dir``'s last checkpoint: the path sets are
+    simulated again from the seed (the same paths), and the config must be the run's, but for
+    ``training.epochs`` (a run may be extended).
 
     ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
     ``cpu_seconds`` its process CPU time (all threads).
+
+    Raises:
+        ValueError: ``resume`` without a checkpoint in ``run_dir``, or with another config.
 
     Examples:
         >>> import tempfile
@@ -236,6 +248,10 @@ def train(
         >>> "model.pt" in written and "hedge_config.json" in written
         True
     """
+    if resume:
+        _check_resume(config, run_dir)
+    elif run_dir is not None:
+        _write_config(Path(run_dir), config)
     t = config.training
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -260,7 +276,7 @@ def train(
     )  # fmt: skip
     train_set, val_set = PathSet(pack(train_data).to(dtype)), PathSet(pack(val_data).to(dtype))
     start, cpu = time.perf_counter(), time.process_time()
-    history = trainer.fit(train_set, val_set)
+    history = trainer.fit(train_set, val_set, resume=resume)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     model.cpu()
     if run_dir is not None:
@@ -294,11 +310,51 @@ def _objective_value(name: str, pnl: torch.Tensor, alpha: float, risk_aversion: 
     return float(F.mean_variance(pnl, risk_aversion))
 
 
-def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec: float) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _plain_config(config: HedgeConfig) -> dict[str, Any]:
     plain = config_to_dict(config)
     plain["market"]["calibration"] = None  # its parameters are already in the market section
-    (run_dir / "hedge_config.json").write_text(json.dumps(plain, indent=2) + "\n")
+    return plain
+
+
+def _write_config(run_dir: Path, config: HedgeConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_plain_config(config), indent=2) + "\n"
+    (run_dir / "hedge_config.json").write_text(text)
+
+
+def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
+    """A run to resume: its last checkpoint and its config, equal to ``config`` but for the
+    number of epochs (another seed or market would train on other paths)."""
+    run = Path(run_dir) if run_dir is not None else None
+    if run is None or not (run / "checkpoints" / "last.pt").is_file():
+        raise ValueError(f"{run_dir}: no checkpoint to resume (checkpoints/last.pt)")
+    try:
+        saved = json.loads((run / "hedge_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"{run}: cannot read the run's hedge_config.json to resume: {exc}"
+        ) from exc
+    given = _plain_config(config)
+    for plain in (saved, given):
+        plain.get("training", {}).pop("epochs", None)
+    if saved != given:
+        key = _first_difference(saved, given)
+        raise ValueError(f"{run} was trained with another {key} than this config's: resume it "
+                         "with its own config (only training.epochs may change)")  # fmt: skip
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    """The dotted key of the first difference between two nested mappings."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".") or "value"
+
+
+def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec: float) -> None:
+    _write_config(run_dir, config)
+    plain = _plain_config(config)
     payload = {
         "model": model.state_dict(),
         "config": json.dumps(plain),

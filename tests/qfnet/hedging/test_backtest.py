@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ from qfnet.hedging.backtest import backtest, bootstrap_ci, run_backtest
 from qfnet.hedging.cli import hedge_app
 from qfnet.hedging.config import config_from_dict
 from qfnet.hedging.markets import Market
-from qfnet.hedging.train import make_paths, train
+from qfnet.hedging.train import load_run, make_paths, train
 
 TINY = {
     "seed": 2,
@@ -162,6 +163,28 @@ def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path)
     flat = " ".join(result.output.replace("│", " ").split())
     assert result.exit_code == 2 and "already holds a trained run" in flat
     assert (tmp_path / "done" / "model.pt").read_bytes() == b"a trained run"
+
+
+def test_train_cli_resumes_an_unfinished_run_and_refuses_to_replace_it_silently(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    base = ["train", "--config", str(trained_run / "cfg.yaml")]
+    (tmp_path / "cut" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "cut" / "checkpoints" / "last.pt").write_bytes(b"an unfinished run")
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "cut")])
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "already holds an unfinished run" in flat, flat
+    run = tmp_path / "run"  # a copy: the module's other tests use the trained run as it is
+    shutil.copytree(trained_run / "run", run)
+    assert CliRunner().invoke(hedge_app, [*base, "--out", str(run), "--resume", "--overwrite"]
+                              ).exit_code == 2  # fmt: skip
+    before = load_run(run)[1].state_dict()
+    result = CliRunner().invoke(hedge_app, [*base, "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output  # the finished run, resumed: nothing left to do
+    assert json.loads(result.output.strip().splitlines()[-1])["epochs"] >= 1
+    after = load_run(run)[1].state_dict()
+    for name, weights in before.items():
+        torch.testing.assert_close(after[name], weights, rtol=0, atol=0, msg=name)
 
 
 def test_backtest_cli_refuses_a_file_as_out_directory(trained_run: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from qfnet.hedging.config import config_from_dict
@@ -69,6 +70,23 @@ def test_training_is_reproducible_by_seed_and_writes_a_loadable_run(tmp_path) ->
     torch.testing.assert_close(
         model.strategy.positions(data), first.model.strategy.positions(data), rtol=0, atol=0
     )
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path) -> None:
+    # there was no resume: a killed run restarted from scratch
+    small = {"paths": {"train": 400, "val": 200, "test": 200}, "baselines": {"ww_risk_aversion": 1}}
+    straight = train(config_from_dict(_tiny(**small)), tmp_path / "straight")
+    train(config_from_dict(_tiny(**small, training={"epochs": 1})), tmp_path / "cut")
+    resumed = train(config_from_dict(_tiny(**small)), tmp_path / "cut", resume=True)
+    assert len(resumed.history) == len(straight.history) == 2
+    for (name, a), (_, b) in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
+    with pytest.raises(ValueError, match=r"another seed than this config's"):
+        train(config_from_dict(_tiny(**small, seed=9)), tmp_path / "cut", resume=True)
+    with pytest.raises(ValueError, match="no checkpoint to resume"):
+        train(config_from_dict(_tiny(**small)), tmp_path / "empty", resume=True)
 
 
 def test_tail_only_forward_gives_the_full_expected_shortfall_gradient() -> None:
