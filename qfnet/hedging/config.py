@@ -473,7 +473,10 @@ def load_config(path: str | Path) -> HedgeConfig:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if data is None:  # an empty file ran 200k-path training on the defaults without a word
         raise ConfigError(f"config {path} is empty (write '{{}}' to take every default)")
-    return config_from_dict(data, base_dir=path.parent)
+    try:
+        return config_from_dict(data, base_dir=path.parent)
+    except ConfigError as exc:  # name the file beside the key (the key alone did not say where)
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def config_to_dict(config: HedgeConfig) -> dict[str, Any]:

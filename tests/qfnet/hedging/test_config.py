@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,9 @@ def test_yaml_errors_and_calibration_file(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text(json.dumps({"params": {"v0": 0.05}}))
     cfg_file.write_text("market:\n  model: heston\n  calibration: broken.json\n")
     with pytest.raises(ConfigError, match=r"market.calibration: .* lacks Heston params"):
+        load_config(cfg_file)
+    cfg_file.write_text("market:\n  volatility: -0.2\n")  # the file is named beside the key
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(cfg_file))}: market.volatility"):
         load_config(cfg_file)
 
 
