@@ -13,6 +13,9 @@ References:
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from pricing.black_scholes import black_price
 
 __all__ = ["calendar_violations", "strike_violations"]
 
@@ -37,6 +40,35 @@ def _involved(pair: np.ndarray, triple: np.ndarray, n: int) -> np.ndarray:
     for offset in range(3):
         hit[offset : n - 2 + offset] |= triple > 0
     return hit
+
+
+def _otm_prices(k: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Undiscounted out-of-the-money Black prices on a unit forward (puts below ``k = 0``)."""
+    volatility = torch.tensor(np.sqrt(np.maximum(w, 0)))
+    price = black_price(forward=1.0, strike=torch.tensor(np.exp(k)), maturity=1.0,
+                        volatility=volatility, is_call=torch.tensor(k >= 0))  # fmt: skip
+    return price.numpy()
+
+
+def _price_floor(x: np.ndarray, y: np.ndarray, at: np.ndarray, calls: bool) -> np.ndarray:
+    """The least price at ``at`` of any smile through the nodes ``(x, y)`` (strikes sorted,
+    prices of one side) that is convex and monotone in strike: the nearest node on the cheap side
+    and the chords beside the one holding ``at``, extended; capped by that chord, above a convex
+    smile."""
+    n = len(x)
+    last = np.searchsorted(x, at, side="right") - 1  # the last node at or left of `at`
+    first = np.searchsorted(x, at, side="left")  # the first node at or right of `at`
+    if calls:  # calls fall in strike, puts rise
+        floor = np.where(first < n, y[np.minimum(first, n - 1)], 0.0)
+    else:
+        floor = np.where(last >= 0, y[np.maximum(last, 0)], 0.0)
+    i = np.clip(last, 0, max(n - 2, 0))
+    for a in (i - 1, i + 1):  # chords (a, a + 1)
+        ok = (a >= 0) & (a + 1 < n)
+        a0, a1 = np.clip(a, 0, n - 1), np.clip(a + 1, 0, n - 1)
+        slope = (y[a1] - y[a0]) / np.where(ok, x[a1] - x[a0], 1.0)
+        floor = np.maximum(floor, np.where(ok, y[a0] + slope * (at - x[a0]), -np.inf))
+    return np.minimum(floor, np.interp(at, x, y))
 
 
 def _check_columns(**columns: np.ndarray) -> None:
@@ -139,8 +171,22 @@ def calendar_violations(
         if previous is not None:
             pk, pw = previous
             inside = (k[rows] >= pk[0]) & (k[rows] <= pk[-1])
-            floor = np.interp(k[rows], pk, pw)
-            drop[rows] = inside & (w[rows] < floor * (1 - rtol))
+            # Compare out-of-the-money prices (monotone in w at fixed k) with the least price of
+            # any arbitrage-free smile through the earlier quotes: between strikes, linear
+            # interpolation of w overstates a convex smile and flagged clean surfaces.
+            below = np.zeros(len(rows), dtype=bool)
+            for calls in (False, True):
+                side = (pk >= 0) == calls
+                mine = (k[rows] >= 0) == calls
+                if side.sum() and mine.any():
+                    floor = _price_floor(
+                        np.exp(pk[side]),
+                        _otm_prices(pk[side], pw[side]),
+                        np.exp(k[rows][mine]),
+                        calls,
+                    )
+                    below[mine] = _otm_prices(k[rows][mine], w[rows][mine] / (1 - rtol)) < floor
+            drop[rows] = inside & below
         kept = rows[~drop[rows]]
         if len(kept):
             order = np.argsort(k[kept])

@@ -358,16 +358,20 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
         calls = np.where(frame["mid"].isna(), model, calls)
     drop = np.zeros(len(frame), dtype=bool)
     for _, rows in frame.groupby(_expiry_key(frame)).indices.items():
-        sub = frame.iloc[rows].drop_duplicates("strike")
-        unique = np.asarray([frame.index.get_loc(i) for i in sub.index])
-        shift = float(shifts(sub).iloc[0])  # call prices in K are the same, shifted or not
-        bad = strike_violations(
-            strike=sub["strike"].to_numpy(float) + shift,
-            call=calls[unique],
-            forward=float(sub["forward"].iloc[0]) + shift,
-            tolerance=tolerance,
-        )
-        drop[unique[bad]] = True
+        # A strike quoted as call and put: check one curve preferring calls and one preferring
+        # puts, so that every quote is checked (one curve alone skipped the other side's).
+        by_type = frame.iloc[rows].sort_values("option_type", kind="stable")
+        for keep in ("first", "last"):
+            sub = by_type.drop_duplicates("strike", keep=keep)
+            unique = np.asarray([frame.index.get_loc(i) for i in sub.index])
+            shift = float(shifts(sub).iloc[0])  # call prices in K are the same, shifted or not
+            bad = strike_violations(
+                strike=sub["strike"].to_numpy(float) + shift,
+                call=calls[unique],
+                forward=float(sub["forward"].iloc[0]) + shift,
+                tolerance=tolerance,
+            )
+            drop[unique[bad]] = True
     return drop
 
 

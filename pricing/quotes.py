@@ -275,8 +275,7 @@ def _normalise_option_type(frame: pd.DataFrame, locate: _Locator) -> None:
     if bad.size:
         i = int(bad[0])
         value = raw.iloc[i]
-        value = value.item() if isinstance(value, np.generic) else value  # 1, not np.int64(1)
-        reason = "missing option type" if pd.isna(value) else f"unknown option type {value!r}"
+        reason = "missing option type" if pd.isna(value) else f"unknown option type {_show(value)}"
         raise locate.error(i, "option_type", f"{reason} (expected call/put or C/P)")
     frame["option_type"] = mapped
 
@@ -341,7 +340,8 @@ def _year_fractions(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None
                 try:
                     parsed[value] = _parse_date(value, day_first)
                 except (ValueError, TypeError, OverflowError):
-                    raise locate.error(i, column, f"not a date: {value!r}") from None
+                    reason = "missing value" if pd.isna(value) else f"not a date: {_show(value)}"
+                    raise locate.error(i, column, reason) from None
             dates[column].append(parsed[value])
     days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days
     early = np.flatnonzero(days.to_numpy() <= 0)

@@ -292,3 +292,15 @@ def test_arbitrage_checks_refuse_mismatched_or_missing_values():
     with pytest.raises(ValueError, match="distinct"):
         strike_violations(strike=np.array([90.0, 90.0]), call=np.array([11.0, 11.0]),
                           forward=100.0)  # fmt: skip
+
+
+def test_strike_arbitrage_in_puts_is_found_when_both_sides_are_kept() -> None:
+    # Calls and puts at every strike: the check read one quote per strike (the call), so a put
+    # breaking convexity passed whenever otm_only=False.
+    strikes = np.linspace(80.0, 120.0, 9)
+    table = _chain(forward=101.0, discount=0.97, maturity=1.0, strikes=strikes)
+    bad_put = int(np.flatnonzero((table["option_type"] == "put") & (table["strike"] == 90.0))[0])
+    table.loc[bad_put, "price"] += 0.5
+    clean, report = clean_quotes(table, otm_only=False)
+    assert report.removed["strike_arbitrage"] == 1
+    assert bad_put + 1 not in set(clean["source_row"])

@@ -289,3 +289,11 @@ def test_conventions_the_library_would_misread_are_refused(extra: dict, match: s
         table = table.drop(columns="iv")
     with pytest.raises(QuoteError, match=match):
         read_quotes(table.assign(**extra))
+
+
+def test_a_missing_expiry_in_a_dataframe_is_named_as_missing() -> None:
+    # A NaN expiry read from a DataFrame was reported as "not a date: np.float64(nan)".
+    table = pd.DataFrame({"strike": [100.0, 100.0], "expiry": [20240621.0, np.nan],
+                          "quote_date": 20240614, "spot": 100.0})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"^row 2, column 'expiry': missing value$"):
+        read_quotes(table)
