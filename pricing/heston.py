@@ -59,7 +59,16 @@ DEFAULT_NODES = (32, 24)
 WIDE_NODES = (64, 48)
 """Nodes for options outside it (vol of vol above 1.5, variances below 0.005, ...): there the
 default nodes were off by up to 150% (vol of vol 3, a far wing) or gave negative 1-day prices
-(v0 = 0); these agree with 256/192 nodes (and a 36-digit Lewis integral) to 1e-8 or better."""
+(v0 = 0); these agree with 256/192 nodes (and a 36-digit Lewis integral) to 1e-8 or better on
+those cases, but not everywhere outside the box: see :data:`REFINED_NODES`."""
+REFINED_NODES = ((128, 96), (256, 192), (512, 360))
+"""Node counts tried in turn, outside the box, for options whose price still moves when the nodes
+double: vol of vol 2-5 with kappa near 0 and long maturities, or strong correlation, were off by
+up to 113 bp of vol at :data:`WIDE_NODES` (QuantLib's adaptive engine and a 30-digit Lewis integral
+agree with 256/192 nodes there)."""
+REFINE_RTOL, REFINE_ATOL = 1e-10, 1e-15
+"""An OTM price (over ``D F``) is settled when doubling the nodes moves it by less than
+``REFINE_RTOL * |price| + REFINE_ATOL``."""
 MAX_TAIL_NODES = 360
 """Most Gauss-Laguerre nodes: scipy's ``roots_laguerre`` returns NaN nodes past about 380."""
 
@@ -212,8 +221,9 @@ def price(
             for maturities from 1 day to 10 years, strikes up to 5 standard deviations and
             parameters in ``v0, theta`` in [0.005, 0.5], ``kappa`` in [0.2, 8], ``sigma`` in
             [0.05, 1.5], ``rho`` in [-0.95, 0.5]; options outside that box get
-            :data:`WIDE_NODES` (64, 48). Given explicitly (whole numbers; tail nodes at most
-            :data:`MAX_TAIL_NODES`), they apply to every option.
+            :data:`WIDE_NODES` (64, 48), then :data:`REFINED_NODES` in turn while doubling
+            them still moves the price (:data:`REFINE_RTOL`). Given explicitly (whole numbers;
+            tail nodes at most :data:`MAX_TAIL_NODES`), they apply to every option.
         compile: fuse the integrand with ``torch.compile`` (needs a C++ compiler on CPU): several
             times faster per option, after a one-off compilation of 30-90 s per process; falls back to
             the eager kernels with a warning where compilation fails. For large or repeated batches.
@@ -311,7 +321,17 @@ def _forward_and_discount(
         return first, second
     check_positive(spot=first)
     check_finite(rate=second, dividend=third)
-    return first * torch.exp((second - third) * maturity), torch.exp(-second * maturity)
+    forward, discount = (
+        first * torch.exp((second - third) * maturity),
+        torch.exp(-second * maturity),
+    )
+    # an overflowing carry gave a silent NaN price (as in black_scholes.price)
+    check_where("rate - dividend", second - third, torch.isfinite(forward) & (forward > 0),
+                "small enough in size for a finite, positive forward spot * exp((rate - "
+                "dividend) * maturity)")  # fmt: skip
+    check_where("rate", second, torch.isfinite(discount), "above -700 / maturity (the discount "
+                "factor exp(-rate * maturity) overflows)")  # fmt: skip
+    return forward, discount
 
 
 def _price_flat(
@@ -336,23 +356,54 @@ def _price_flat(
     otm = torch.empty_like(k)
     for wide in (False, True):
         rows = torch.nonzero(outside == wide).squeeze(-1)
-        if not len(rows):
-            continue
-        core, tail = nodes[int(wide)]
-        pieces = []
-        chunk = _CHUNK if k.device.type == "cpu" else _GPU_CHUNK
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            k_part, params_part = k[part], tuple(p[part] for p in params)
-            contour = choose_contour(k_part.detach(), *params_part, compiled=compiled)
-            pieces.append(otm_integral(k_part, params_part, contour, core, tail, compiled))
-        otm = otm.index_put((rows,), torch.cat(pieces))
+        if len(rows):
+            otm = otm.index_put((rows,), _otm_rows(k, params, rows, *nodes[int(wide)], compiled))
+    if core_nodes is None and tail_nodes is None:
+        otm = _refine(otm, k, params, torch.nonzero(outside).squeeze(-1), compiled)
     otm = discount * forward * otm
     call = is_call > 0.5
     otm_is_call = k >= 0
     intrinsic = discount * (forward - strike)
     itm = otm + torch.where(call, intrinsic, -intrinsic)
     return torch.where(call == otm_is_call, otm, itm)
+
+
+def _otm_rows(
+    k: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    rows: torch.Tensor,
+    core: int,
+    tail: int,
+    compiled: bool,
+) -> torch.Tensor:
+    """OTM prices over ``D F`` of the options ``rows`` (R,) of the flat inputs, in chunks."""
+    pieces = []
+    chunk = _CHUNK if k.device.type == "cpu" else _GPU_CHUNK
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        k_part, params_part = k[part], tuple(p[part] for p in params)
+        contour = choose_contour(k_part.detach(), *params_part, compiled=compiled)
+        pieces.append(otm_integral(k_part, params_part, contour, core, tail, compiled))
+    return torch.cat(pieces)
+
+
+def _refine(
+    otm: torch.Tensor,
+    k: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    rows: torch.Tensor,
+    compiled: bool,
+) -> torch.Tensor:
+    """``otm`` (B,) with the options ``rows`` (priced at :data:`WIDE_NODES`) repriced at each of
+    :data:`REFINED_NODES` in turn while the price still moves (see :data:`REFINE_RTOL`)."""
+    for core, tail in REFINED_NODES:
+        if not len(rows):
+            break
+        coarse, fine = otm[rows], _otm_rows(k, params, rows, core, tail, compiled)
+        otm = otm.index_put((rows,), fine)
+        moved = (fine - coarse).detach().abs() > REFINE_RTOL * fine.detach().abs() + REFINE_ATOL
+        rows = rows[moved | ~torch.isfinite(fine.detach())]
+    return otm
 
 
 def otm_implied_vol(

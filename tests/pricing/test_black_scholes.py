@@ -279,6 +279,18 @@ def test_prices_outside_no_arbitrage_bounds_give_nan_with_a_reason():
     assert reasons[4].startswith("invalid input")
 
 
+def test_discounted_intrinsic_prices_give_zero_vol_not_below_intrinsic():
+    # black_price at vol 0 is D * (F - K); dividing by D rounded 5% of them below F - K, which
+    # reported "price below intrinsic value" for a price equal to it (here F, K, D of such a case).
+    forward, strike, discount = 135.26328384806567, 78.81909163688601, 0.5685192308229681
+    price = bs.black_price(forward=forward, strike=strike, maturity=1.0, volatility=0.0,
+                           discount=discount)  # fmt: skip
+    assert float(price) / discount < forward - strike  # the rounding this test is about
+    iv, status = bs.implied_vol_with_status(price=price, forward=forward, strike=strike,
+                                            maturity=1.0, discount=discount)  # fmt: skip
+    assert bs.IV_STATUS[int(status)] == "ok" and float(iv) == 0.0
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     log_moneyness=st.floats(-2.0, 2.0),
