@@ -432,11 +432,13 @@ def clean_quotes(
         (3, 1)
     """
     _check_settings(maturity_range, moneyness_range, n_pairs, tolerance)
-    quotes = read_quotes(source, allow_crossed=True)
+    quotes = read_quotes(source, allow_crossed=True, allow_expired=True)
     defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     quotes["source_row"] = np.arange(1, len(quotes) + 1)
     report = CleaningReport(n_input=len(quotes))
+    # an expiry on the quote date (0DTE options) made the whole file unreadable
+    quotes = _drop(quotes, ~(quotes["maturity"] > 0).to_numpy(), "expired", report)
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
     if defaulted and report.forward_sources.get("carry"):

@@ -321,8 +321,11 @@ def _parse_date(value: object, day_first: bool) -> pd.Timestamp:
     return (stamp.tz_localize(None) if stamp.tzinfo is not None else stamp).normalize()
 
 
-def _year_fractions(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None) -> None:
-    """Fill ``maturity`` from ``expiry`` and ``quote_date`` (ACT/365F) when it is absent."""
+def _year_fractions(
+    frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None, allow_expired: bool = False
+) -> None:
+    """Fill ``maturity`` from ``expiry`` and ``quote_date`` (ACT/365F) when it is absent; an
+    expiry not after the quote date is an error, or with ``allow_expired`` a maturity <= 0."""
     if "maturity" in frame or "expiry" not in frame:
         return
     if "quote_date" not in frame:
@@ -345,14 +348,14 @@ def _year_fractions(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None
             dates[column].append(parsed[value])
     days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days
     early = np.flatnonzero(days.to_numpy() <= 0)
-    if early.size:
+    if early.size and not allow_expired:
         i = int(early[0])
         raise locate.error(i, "expiry", f"expiry {dates['expiry'][i].date()} is not after "
                                         f"quote_date {dates['quote_date'][i].date()}")  # fmt: skip
     frame["maturity"] = days.to_numpy(dtype="float64") / 365.0
 
 
-def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
+def _validate(frame: pd.DataFrame, locate: _Locator, allow_expired: bool = False) -> None:
     for column in _REQUIRED_VALUES:
         if column in frame:
             missing = np.flatnonzero(frame[column].isna().to_numpy())
@@ -361,6 +364,8 @@ def _validate(frame: pd.DataFrame, locate: _Locator) -> None:
     shift = shifts(frame)
     checks = [(c, frame[c], "> 0") for c in _POSITIVE if c in frame]
     checks += [(c, frame[c], ">= 0") for c in _NON_NEGATIVE if c in frame]
+    if allow_expired:  # expired rows (maturity <= 0) are kept for the caller to drop and count
+        checks = [(c, v, op) for c, v, op in checks if c != "maturity"]
     if "shift" in frame:
         shifted = [c for c in ("strike", "forward") if c in frame]
         checks = [(c, v, op) for c, v, op in checks if c not in shifted]
@@ -418,6 +423,7 @@ def read_quotes(
     source: str | Path | pd.DataFrame,
     *,
     allow_crossed: bool = False,
+    allow_expired: bool = False,
     dayfirst: bool | None = None,
     shift: float | None = None,
 ) -> pd.DataFrame:
@@ -435,6 +441,9 @@ def read_quotes(
         source: path to a ``.csv`` or ``.parquet`` file, or a DataFrame (not modified).
         allow_crossed: keep rows with bid > ask (for :func:`pricing.quote_cleaning.clean_quotes`,
             which filters and counts them) instead of raising.
+        allow_expired: keep rows whose maturity is not positive (an expiry on the quote date, as
+            in many exchange downloads) instead of raising (for
+            :func:`pricing.quote_cleaning.clean_quotes`, which drops and counts them).
         dayfirst: read numeric dates ``a/b/yyyy`` (or ``a.b.yyyy``) of ``expiry`` and
             ``quote_date`` as day/month (True) or month/day (False); None infers it from the
             dates (a number above 12) and raises when they cannot tell. ISO dates
@@ -469,7 +478,7 @@ def read_quotes(
     frame = _normalise_columns(frame.reset_index(drop=not named), name)
     locate = _Locator(lines, name)
     _normalise_option_type(frame, locate)
-    _year_fractions(frame, locate, dayfirst)
+    _year_fractions(frame, locate, dayfirst, allow_expired)
     _coerce_numeric(frame, locate)
     _infer_other_columns(frame)
     defaulted = [column for column in ("rate", "dividend") if column not in frame]
@@ -477,7 +486,7 @@ def read_quotes(
         frame[column] = 0.0
     if shift is not None and "shift" not in frame:
         frame["shift"] = float(shift)
-    _validate(frame, locate)
+    _validate(frame, locate, allow_expired)
     _check_conventions(frame, locate)
     if not allow_crossed:
         _check_crossed(frame, locate)

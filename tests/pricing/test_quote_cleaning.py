@@ -59,6 +59,21 @@ def test_parity_with_one_pair_uses_the_rate_for_discounting() -> None:
     assert implied["source"].tolist() == ["parity_one_pair"]
 
 
+def test_quotes_expiring_on_the_quote_date_are_dropped_and_counted() -> None:
+    # an expiry on the quote date (0DTE options, common in exchange downloads) made the whole
+    # file unreadable, though cleaning exists to drop such rows; read_quotes still refuses it
+    table = pd.DataFrame({"quote_date": "2024-06-21",
+                          "expiry": ["2024-06-21"] * 2 + ["2024-12-20"] * 4,
+                          "option_type": ["call", "put"] * 3, "strike": [100, 100, 95, 95, 105, 105],
+                          "spot": 100.0, "bid": [1.0, 1.0, 8.0, 3.0, 4.0, 8.5],
+                          "ask": [1.2, 1.2, 8.4, 3.3, 4.3, 8.9]})  # fmt: skip
+    clean, report = clean_quotes(table)
+    assert report.removed["expired"] == 2
+    assert (clean["maturity"] > 0.4).all() and len(clean) == 2
+    with pytest.raises(QuoteError, match="is not after quote_date"):
+        read_quotes(table)
+
+
 def test_expiry_without_pairs_or_spot_is_an_error_naming_spot() -> None:
     table = _chain(101.0, 1.0, 1.0, np.array([90.0, 110.0])).query("option_type == 'call'")
     with pytest.raises(QuoteError, match=r"column 'spot'.*no call/put pairs"):
@@ -76,6 +91,7 @@ def test_prepare_recovers_the_smile_from_prices() -> None:
 def test_crafted_file_filters_are_counted_by_reason() -> None:
     clean, report = clean_quotes(CLEANING_FILE)
     expected = {
+        "expired": 0,
         "maturity_out_of_range": 0,
         "crossed": 1,
         "zero_bid": 1,
