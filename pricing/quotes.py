@@ -194,6 +194,10 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     header = [name.strip() for name in records[0]]
     while header and not header[-1]:  # a trailing comma on the header line too
         header.pop()
+    if len(header) == 1 and ";" in header[0]:  # a European export: "n fields, but 1 column"
+        raise QuoteError(f"the header {header[0]!r} is one column: separated by semicolons? "
+                         "quote files use commas between fields and points in numbers",
+                         line=1, source=path)  # fmt: skip
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:  # pandas would rename the second one 'name.1' and keep the first silently
         raise QuoteError(f"column '{repeated[0]}' appears more than once in the header",

@@ -70,6 +70,14 @@ def test_an_integer_option_type_is_named_as_the_file_has_it() -> None:
         read_quotes(table)
 
 
+def test_a_semicolon_separated_file_is_named_as_such(tmp_path) -> None:
+    # the message was "3 fields, but the header has 1 columns", with no hint of the separator
+    path = tmp_path / "eu.csv"
+    path.write_text("strike;maturity;implied_vol\n100;1,0;0,2\n")
+    with pytest.raises(QuoteError, match="separated by semicolons"):
+        read_quotes(path)
+
+
 def test_maturity_from_expiry_and_quote_date_is_act_365f() -> None:
     table = pd.DataFrame(
         {
