@@ -66,6 +66,8 @@ REFINED_NODES = ((128, 96), (256, 192), (512, 360))
 double: vol of vol 2-5 with kappa near 0 and long maturities, or strong correlation, were off by
 up to 113 bp of vol at :data:`WIDE_NODES` (QuantLib's adaptive engine and a 30-digit Lewis integral
 agree with 256/192 nodes there)."""
+_ROUNDING_FLOOR = 1e-15
+"""OTM prices over ``D F`` in ``(-_ROUNDING_FLOOR, 0)`` are quadrature rounding: taken as 0."""
 REFINE_RTOL, REFINE_ATOL = 1e-10, 1e-15
 """An OTM price (over ``D F``) is settled when doubling the nodes moves it by less than
 ``REFINE_RTOL * |price| + REFINE_ATOL``."""
@@ -360,6 +362,9 @@ def _price_flat(
             otm = otm.index_put((rows,), _otm_rows(k, params, rows, *nodes[int(wide)], compiled))
     if core_nodes is None and tail_nodes is None:
         otm = _refine(otm, k, params, torch.nonzero(outside).squeeze(-1), compiled)
+    # far-wing prices below the quadrature's rounding came out as -5e-151: a price table with
+    # them was refused by read_quotes ("price must be >= 0"); larger negatives stay visible
+    otm = torch.where((otm < 0) & (otm > -_ROUNDING_FLOOR), torch.zeros_like(otm), otm)
     otm = discount * forward * otm
     call = is_call > 0.5
     otm_is_call = k >= 0

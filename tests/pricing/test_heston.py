@@ -456,6 +456,16 @@ def test_bad_input_raises_error_naming_the_field(field, value):
         heston.price(**kwargs)
 
 
+def test_far_wing_short_dated_prices_are_never_negative() -> None:
+    # 3 days, strikes 1.6 to 2 times the spot: quadrature rounding gave -5e-151, which a quote
+    # table of these prices then failed ("price must be >= 0")
+    strike = torch.linspace(160.0, 200.0, 5, dtype=torch.float64)
+    kw = dict(spot=100.0, strike=strike, maturity=3 / 365, v0=0.04, kappa=1.5, theta=0.05,
+              sigma=0.6, rho=-0.7)  # fmt: skip
+    assert bool((heston.price(**kw) >= 0).all())
+    assert bool((heston.price(**kw, is_call=False) >= strike - 100.0).all())
+
+
 @pytest.mark.parametrize(("rate", "dividend", "field"), [(50.0, 0.0, "rate - dividend"),
                                                          (-30.0, -30.0, "rate")])  # fmt: skip
 def test_an_overflowing_carry_or_discount_is_named_not_a_nan_price(rate, dividend, field):
