@@ -400,7 +400,8 @@ def clean_quotes(
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Filter a quote table and add forwards, discount factors and market implied vols.
 
-    Filters, in order, each counted in the report: maturity outside ``maturity_range``; crossed
+    Filters, in order, each counted in the report: expired quotes (maturity <= 0: an expiry on
+    the quote date); maturity outside ``maturity_range``; crossed
     quotes (bid > ask); zero bids; one-sided quotes (bid or ask missing, no other price); rows
     without any price or vol; repeated quotes of one contract (expiry, strike, type: the
     narrowest bid/ask stays); strike/forward outside ``moneyness_range``; no implied vol (price
