@@ -184,12 +184,14 @@ def _architecture(
     domain: Domain,
     split: dict,
     dataset: dict,
+    training: dict,
 ) -> tuple[tuple[int, ...], str]:
     """On resume the run's own architecture wins (so ``--resume`` alone continues a run); its
     domain must be the dataset's (the scalers and weights were fitted on it), its dataset the
     same (``dataset``: size, seed, engine) and its split (``seed`` and fractions) the same:
-    another one would test on rows it trained on. Without resume, a directory holding a run is
-    refused (``overwrite`` replaces it)."""
+    another one would test on rows it trained on; so must its ``training`` settings (batch size,
+    learning rate). Without resume, a directory holding a run is refused (``overwrite`` replaces
+    it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
         return tuple(int(h) for h in hidden), activation
@@ -209,6 +211,13 @@ def _architecture(
             raise ValueError(f"--resume: the run in {out} was started with {flag} "
                              f"{saved['split'][name]}, not {value}: its train/validation/test "
                              "split depends on it; resume with the same value")  # fmt: skip
+    # another batch size or learning rate was taken silently (and recorded as the run's)
+    for name, value in training.items():
+        if name in saved.get("training", {}) and saved["training"][name] != value:
+            flag = {"batch_size": "--batch-size", "lr": "--lr"}.get(name, name)
+            raise ValueError(f"--resume: the run in {out} was started with {flag} "
+                             f"{saved['training'][name]}, not {value}; resume with the same "
+                             "value (or train a new run, --init from this one)")  # fmt: skip
     return tuple(saved["hidden"]), str(saved["activation"])
 
 
@@ -339,7 +348,9 @@ def train_surrogate(
     _check_fresh(run, resume, overwrite)
     split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     dataset = _dataset_identity(meta, len(iv))
-    hidden, activation = _architecture(run, resume, hidden, activation, domain, split, dataset)
+    training = {"batch_size": batch_size, "lr": lr, "min_lr_ratio": min_lr_ratio}
+    hidden, activation = _architecture(run, resume, hidden, activation, domain, split, dataset,
+                                       training)  # fmt: skip
     train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
     net = _build(domain, hidden, activation, seed)
     if start is not None:
@@ -380,7 +391,7 @@ def train_surrogate(
     if ranks.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
         arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict(),
-                "split": split, "dataset": dataset}  # fmt: skip
+                "split": split, "dataset": dataset, "training": training}  # fmt: skip
         (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
     trainer.fit(train, val, resume=resume)
     if not ranks.is_global_zero:

@@ -296,6 +296,20 @@ def test_resuming_with_another_seed_or_into_a_held_run_is_refused(tmp_path):
     assert summary["seed"] == 5
 
 
+def test_resuming_with_another_batch_size_or_learning_rate_is_refused(tmp_path):
+    # --resume --lr 0.01 (and the default batch size) trained on with them, recorded them as the
+    # run's, and ended elsewhere than the uninterrupted run
+    data = generate(tmp_path / "ds", model="sabr", n=64, progress=False)
+    common = {"epochs": 1, "hidden": (8,), "device": "cpu", "progress": False}
+    train_surrogate(data, tmp_path / "run", batch_size=32, **common)
+    with pytest.raises(ValueError, match=r"started with --batch-size 32, not 16"):
+        train_surrogate(data, tmp_path / "run", resume=True, batch_size=16, **common)
+    with pytest.raises(ValueError, match=r"started with --lr 0.002, not 0.01"):
+        train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, lr=0.01, **common)
+    summary = train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, **common)
+    assert summary["seed"] == 0
+
+
 def test_labels_with_no_time_value_get_no_implied_vol(monkeypatch):
     import pricing._labels as labels
 
