@@ -180,6 +180,9 @@ def train_surrogate_command(
         )
     if device != "auto":  # as in generate: a usage error naming --device (it was exit 1)
         _checked_device(device)
+    if resume and overwrite:  # one continues OUT, the other replaces it
+        raise typer.BadParameter("--resume continues OUT, --overwrite replaces it: pass one",
+                                 param_hint="--resume")  # fmt: skip
     if not (math.isfinite(lr) and lr > 0):  # inf ended as a NaN-loss error; 0 trained nothing
         raise typer.BadParameter(f"{lr}: the learning rate must be finite and > 0",
                                  param_hint="--lr")  # fmt: skip

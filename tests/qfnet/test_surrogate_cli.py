@@ -132,6 +132,8 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     for lr in ("inf", "0"):  # inf ended as a NaN-loss error line; 0 trained nothing
         result = CliRunner().invoke(app, [*base, "--hidden", "8", "--lr", lr])
         assert result.exit_code == 2 and "--lr" in result.output, result.output
+    result = CliRunner().invoke(app, [*base, "--hidden", "8", "--resume", "--overwrite"])
+    assert result.exit_code == 2 and "--resume" in result.output, result.output  # as hedge train
     assert not (tmp_path / "run").exists()
     assert CliRunner().invoke(app, [*base, "--hidden", "8"]).exit_code == 0
     longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
