@@ -395,8 +395,9 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
             bad = np.flatnonzero((frame[column].abs() > limit).to_numpy())
             if bad.size:
                 i = int(bad[0])
+                example = "0.02 for 2%" if column in ("rate", "dividend") else "0.2 for 20%"
                 raise locate.error(i, column, f"{_show(frame[column].iloc[i])} looks like a "
-                                              "percentage: give decimals (0.2 for 20%)")  # fmt: skip
+                                              f"percentage: give decimals ({example})")  # fmt: skip
     checks = {"exercise": ("american", "European exercise only (American prices carry an "
                                        "early-exercise premium the Black and Heston formulas lack)"),
               "vol_type": ("normal|bachelier", "lognormal (Black) vols only; normal (Bachelier) "

@@ -161,7 +161,8 @@ def price(
     except (ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from error
     write_table(result, out)
-    typer.echo(f"priced {len(result)} options ({model}, {engine}) -> {out}")
+    options = "option" if len(result) == 1 else "options"
+    typer.echo(f"priced {len(result)} {options} ({model}, {engine}) -> {out}")
 
 
 def _price_surrogate(
