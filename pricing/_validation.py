@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
+    "carry_and_discount",
     "check_device",
     "check_finite",
     "check_nonnegative",
@@ -111,3 +112,29 @@ def check_device(device: str | torch.device) -> str:
             raise ValueError(f"device {device!r}: this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")  # fmt: skip
     return str(parsed)
+
+
+def carry_and_discount(
+    spot: torch.Tensor, rate: torch.Tensor, dividend: torch.Tensor, maturity: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward ``spot exp((rate - dividend) maturity)`` and discount ``exp(-rate maturity)``,
+    naming ``rate - dividend`` or ``rate`` where either overflows (an overflowing carry surfaced
+    as a bad ``forward``, an input the caller never gave, or as a NaN price).
+
+    Examples:
+        >>> forward, discount = carry_and_discount(*map(torch.tensor, (100.0, 0.05, 0.0, 1.0)))
+        >>> round(float(forward), 4), round(float(discount), 4)
+        (105.1271, 0.9512)
+        >>> carry_and_discount(*map(torch.tensor, (100.0, 800.0, 0.0, 1.0)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: rate - dividend must be small enough in size for a finite, positive ...
+    """
+    forward = spot * torch.exp((rate - dividend) * maturity)
+    check_where("rate - dividend", rate - dividend, torch.isfinite(forward) & (forward > 0),
+                "small enough in size for a finite, positive forward spot * exp((rate - "
+                "dividend) * maturity)")  # fmt: skip
+    discount = torch.exp(-rate * maturity)
+    check_where("rate", rate, torch.isfinite(discount), "above -700 / maturity (the discount "
+                "factor exp(-rate * maturity) overflows)")  # fmt: skip
+    return forward, discount

@@ -19,7 +19,12 @@ from pricing._implied_vol import IV_STATUS, solve_total_vol
 from pricing._normalized_black import normalized_call
 from pricing._special import ndtr
 from pricing._typing import TensorLike, as_tensors, is_call_tensor
-from pricing._validation import check_finite, check_nonnegative, check_positive, check_where
+from pricing._validation import (
+    carry_and_discount,
+    check_finite,
+    check_nonnegative,
+    check_positive,
+)
 
 __all__ = [
     "IV_STATUS",
@@ -128,14 +133,7 @@ def price(
     s, k, t, vol, r, q = as_tensors(spot, strike, maturity, volatility, rate, dividend)
     check_positive(spot=s, maturity=t)
     check_finite(rate=r, dividend=q)
-    forward = s * torch.exp((r - q) * t)
-    # an overflowing carry surfaced as a bad 'forward', an input the caller never gave
-    fine = torch.isfinite(forward) & (forward > 0)
-    check_where("rate - dividend", r - q, fine, "small enough in size for a finite, positive "
-                "forward spot * exp((rate - dividend) * maturity)")  # fmt: skip
-    discount = torch.exp(-r * t)
-    check_where("rate", r, torch.isfinite(discount), "above -700 / maturity (the discount "
-                "factor exp(-rate * maturity) overflows)")  # fmt: skip
+    forward, discount = carry_and_discount(s, r, q, t)
     return black_price(
         forward=forward, strike=k, maturity=t, volatility=vol, discount=discount, is_call=is_call
     )

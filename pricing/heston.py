@@ -41,7 +41,13 @@ import torch
 from pricing._complex import cexp
 from pricing._heston_fourier import choose_contour, log_characteristic, otm_integral
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flags
-from pricing._validation import check_finite, check_positive, check_where, is_whole
+from pricing._validation import (
+    carry_and_discount,
+    check_finite,
+    check_positive,
+    check_where,
+    is_whole,
+)
 from pricing.black_scholes import black_implied_vol
 
 __all__ = ["HestonParams", "characteristic_function", "delta", "otm_implied_vol", "price"]
@@ -323,17 +329,7 @@ def _forward_and_discount(
         return first, second
     check_positive(spot=first)
     check_finite(rate=second, dividend=third)
-    forward, discount = (
-        first * torch.exp((second - third) * maturity),
-        torch.exp(-second * maturity),
-    )
-    # an overflowing carry gave a silent NaN price (as in black_scholes.price)
-    check_where("rate - dividend", second - third, torch.isfinite(forward) & (forward > 0),
-                "small enough in size for a finite, positive forward spot * exp((rate - "
-                "dividend) * maturity)")  # fmt: skip
-    check_where("rate", second, torch.isfinite(discount), "above -700 / maturity (the discount "
-                "factor exp(-rate * maturity) overflows)")  # fmt: skip
-    return forward, discount
+    return carry_and_discount(first, second, third, maturity)  # an overflow was a NaN price
 
 
 def _price_flat(
