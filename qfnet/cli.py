@@ -160,7 +160,11 @@ def price(
             raise fail(f"--engine {engine} is not available yet")
     except (ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from error
-    write_table(result, out)
+    # a rate (dividend) the file lacked was written as 0 beside the discount (forward) it gave,
+    # which the prices used: leave out the defaults those columns make meaningless
+    given = {"rate": "discount", "dividend": "forward"}
+    unused = [c for c in table.attrs.get("defaulted", []) if given[c] in table]
+    write_table(result.drop(columns=[c for c in unused if c in result]), out)
     options = "option" if len(result) == 1 else "options"
     typer.echo(f"priced {len(result)} {options} ({model}, {engine}) -> {out}")
 

@@ -145,6 +145,21 @@ def test_price_params_json_applies_to_every_row(bs_quotes, tmp_path):
     )
 
 
+def test_price_leaves_out_a_default_rate_the_given_discount_overrides(tmp_path):
+    # rate=0.0 was written beside discount=0.95, which the price used
+    quotes = tmp_path / "q.csv"
+    quotes.write_text("option_type,strike,maturity,forward,discount\ncall,100,1.0,100,0.95\n")
+    out = tmp_path / "out.csv"
+    args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(out), "--params",
+            json.dumps({"volatility": 0.2})]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out)
+    assert "rate" not in written and "dividend" not in written
+    assert written["discount"].tolist() == [0.95]
+    assert "priced 1 option " in result.output
+
+
 def test_price_missing_parameter_is_a_clear_error(bs_quotes, tmp_path):
     path, table = bs_quotes
     table.drop(columns=["volatility"]).to_csv(path, index=False)
