@@ -346,6 +346,9 @@ def train_surrogate(
             raise ValueError(f"--init surrogate domain differs from the dataset's: {init}")
         hidden, activation = start.hidden, start.activation
     _check_fresh(run, resume, overwrite)
+    if resume and not (run / "checkpoints" / "last.pt").is_file():  # a new run started quietly
+        raise ValueError(f"{run}: no checkpoint to resume (checkpoints/last.pt); train without "
+                         "--resume to start a run there")  # fmt: skip
     split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     dataset = _dataset_identity(meta, len(iv))
     training = {"batch_size": batch_size, "lr": lr, "min_lr_ratio": min_lr_ratio}

@@ -308,6 +308,9 @@ def test_resuming_with_another_batch_size_or_learning_rate_is_refused(tmp_path):
         train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, lr=0.01, **common)
     summary = train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, **common)
     assert summary["seed"] == 0
+    with pytest.raises(ValueError, match="no checkpoint to resume"):  # it started a new run
+        train_surrogate(data, tmp_path / "elsewhere", resume=True, batch_size=32, **common)
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_labels_with_no_time_value_get_no_implied_vol(monkeypatch):
