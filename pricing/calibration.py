@@ -175,10 +175,10 @@ def register_method(
     else:
         _REGISTRY[(model, method)] = function
         _UNAVAILABLE.pop((model, method), None)
-    if function is not None and devices:
+    if function is not None and devices:  # _device_options lists registered methods only
         _ON_DEVICES.add((model, method))
-    elif (model, method) not in _REGISTRY or function is not None:
-        _ON_DEVICES.discard((model, method))  # an unavailable method runs nowhere
+    elif function is not None:
+        _ON_DEVICES.discard((model, method))
 
 
 StartProvider = Callable[[CalibrationProblem], Mapping[str, float] | None]
