@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["already_prepared", "residual_tables", "stacked"]
+__all__ = ["already_prepared", "residual_tables", "sorted_groups", "stacked"]
 
 RESIDUAL_QUOTE_COLUMNS = ("maturity", "strike", "option_type", "forward", "discount", "market_iv")
 """The columns of a residual table taken from the quotes (the fit adds ``model_iv``,
@@ -144,3 +144,26 @@ def residual_tables(
     if len(quotes) == 1:
         return [frame], errors
     return [frame.iloc[a:b].reset_index(drop=True) for a, b in spans], errors
+
+
+def sorted_groups(
+    table: np.ndarray, key: np.ndarray, n_tables: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of equal ``(table, key)`` (a surface's expiry) in rows sorted by ``(table, key)``:
+    each row's group and slot within it, each group's first row, and each table's first group.
+
+    Shape:
+        table, key: (R,), sorted. Output: group, slot (R,); starts (G,); first (n_tables,).
+
+    Examples:
+        >>> group, slot, starts, first = sorted_groups(np.array([0, 0, 0, 1]),
+        ...                                            np.array([0.5, 0.5, 1.0, 0.5]), 2)
+        >>> group.tolist(), slot.tolist(), starts.tolist(), first.tolist()
+        ([0, 0, 1, 2], [0, 1, 0, 0], [0, 2, 3], [0, 2])
+    """
+    new = np.ones(len(table), dtype=bool)
+    new[1:] = (table[1:] != table[:-1]) | (key[1:] != key[:-1])
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    first = np.searchsorted(table[starts], np.arange(n_tables))
+    return group, np.arange(len(table)) - starts[group], starts, first

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing._calibration_batch import stacked
+from pricing._calibration_batch import sorted_groups, stacked
 from pricing._heston_lewis import (
     SurfaceGrid,
     gaussian_limit,
@@ -182,14 +182,11 @@ def _expiry_slots(
     key) (``np.unique`` of the pairs sorted a structured view, several times slower)."""
     order = np.lexsort((key, surface))  # stable: a pair's quotes stay in table order
     s_sorted, k_sorted = surface[order], key[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (s_sorted[1:] != s_sorted[:-1]) | (k_sorted[1:] != k_sorted[:-1])
-    pair_sorted = np.cumsum(new) - 1  # pair of each sorted quote
-    pairs = np.stack([s_sorted[new], k_sorted[new]], axis=1)
-    first = np.searchsorted(pairs[:, 0], np.arange(n_surfaces))  # each surface's first pair
+    pair_sorted, slot_sorted, starts, first = sorted_groups(s_sorted, k_sorted, n_surfaces)
+    pairs = np.stack([s_sorted[starts], k_sorted[starts]], axis=1)
     e, slot = np.empty_like(order), np.empty_like(order)
     e[order] = pair_sorted - first[s_sorted]
-    slot[order] = np.arange(len(order)) - np.flatnonzero(new)[pair_sorted]
+    slot[order] = slot_sorted
     return e, slot, pairs, first
 
 

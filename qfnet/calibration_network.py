@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pricing._calibration_batch import sorted_groups
 from pricing._validation import check_positive_int
 from pricing.heston import otm_implied_vol
 from pricing.quotes import DECIMAL_LIMITS
@@ -482,18 +483,14 @@ def _grid_vols(x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarra
     ``vol`` and table ``table`` per quote ``(R,)`` (tables 0..S-1, each with quotes)."""
     order = np.lexsort((x, key, table))  # by table, expiry, then log-moneyness
     table_s, key_s = table[order], key[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (table_s[1:] != table_s[:-1]) | (key_s[1:] != key_s[:-1])
-    group = np.cumsum(new) - 1  # each sorted quote's smile (table, expiry)
-    starts = np.flatnonzero(new)
+    n_tables = int(table.max()) + 1
+    # each sorted quote's smile (table, expiry) and place in it; each table's first smile
+    group, slot, starts, first = sorted_groups(table_s, key_s, n_tables)
     lengths = np.diff(np.append(starts, len(order)))
     xs = np.full((len(starts), max(lengths.max(), 2)), np.inf)  # (G, L >= 2), sorted, inf-padded
     vs = np.zeros_like(xs)
-    slot = np.arange(len(order)) - starts[group]
     xs[group, slot], vs[group, slot] = x[order], vol[order]
-    expiry, owner = key_s[new], table_s[new]  # (G,)
-    n_tables = int(table.max()) + 1
-    first = np.searchsorted(owner, np.arange(n_tables))  # each table's first smile
+    expiry, owner = key_s[starts], table_s[starts]  # (G,)
     count = np.bincount(owner, minlength=n_tables)
     times = np.asarray(MATURITIES)
     # expiries below each grid maturity (np.searchsorted of one table's expiries), (S, 6)
