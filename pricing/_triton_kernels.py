@@ -12,6 +12,20 @@ __all__ = ["normals_kernel", "qe_paths_kernel", "tl_dtype"]
 
 
 @triton.jit
+def _uniform(bits, DTYPE: tl.constexpr):
+    """:func:`pricing._philox.uniform_from_bits`: ``(2 (bits >> 9) + 1) 2^-24``."""
+    return ((bits >> 9) * 2 + 1).to(DTYPE) * 5.9604644775390625e-08
+
+
+@triton.jit
+def _box_muller(u1, u2):
+    """Two normals from two uniforms, as :func:`pricing._philox.counter_normals` pairs them."""
+    radius = tl.sqrt(-2.0 * tl.log(u1))
+    angle = 6.283185307179586 * u2
+    return radius * tl.cos(angle), radius * tl.sin(angle)
+
+
+@triton.jit
 def _normals4(seed_lo, seed_hi, unit, call, DTYPE: tl.constexpr):
     """The four normals of Philox call ``call`` of each ``unit`` (int64 block)."""
     c0 = (unit & 0xFFFFFFFF).to(tl.uint32)
@@ -21,16 +35,9 @@ def _normals4(seed_lo, seed_hi, unit, call, DTYPE: tl.constexpr):
     k0 = seed_lo.to(tl.uint32)
     k1 = seed_hi.to(tl.uint32)
     r0, r1, r2, r3 = philox_impl(c0, c1, c2, c3, k0, k1, 10)
-    u0 = ((r0 >> 9) * 2 + 1).to(DTYPE) * 5.9604644775390625e-08  # 2^-24
-    u1 = ((r1 >> 9) * 2 + 1).to(DTYPE) * 5.9604644775390625e-08
-    u2 = ((r2 >> 9) * 2 + 1).to(DTYPE) * 5.9604644775390625e-08
-    u3 = ((r3 >> 9) * 2 + 1).to(DTYPE) * 5.9604644775390625e-08
-    radius_a = tl.sqrt(-2.0 * tl.log(u0))
-    radius_b = tl.sqrt(-2.0 * tl.log(u2))
-    angle_a = 6.283185307179586 * u1
-    angle_b = 6.283185307179586 * u3
-    return (radius_a * tl.cos(angle_a), radius_a * tl.sin(angle_a),
-            radius_b * tl.cos(angle_b), radius_b * tl.sin(angle_b))  # fmt: skip
+    z0, z1 = _box_muller(_uniform(r0, DTYPE), _uniform(r1, DTYPE))
+    z2, z3 = _box_muller(_uniform(r2, DTYPE), _uniform(r3, DTYPE))
+    return z0, z1, z2, z3
 
 
 @triton.jit
