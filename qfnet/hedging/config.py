@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from pricing.heston import PARAM_NAMES as HESTON_PARAMS
+
 __all__ = [
     "BaselineConfig",
     "ConfigError",
@@ -395,7 +397,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> H
     if calibration is not None:  # the file's params silently replaced the config's own
         if config.market.model != "heston":
             raise ConfigError("market.calibration holds Heston params: it needs model: heston")
-        given = sorted(set(data.get("market") or {}) & set(_HESTON_KEYS))
+        given = sorted(set(data.get("market") or {}) & set(HESTON_PARAMS))
         if given:
             raise ConfigError(f"market.calibration and market.{given[0]} both set the Heston "
                               "params: give one of them")  # fmt: skip
@@ -404,15 +406,12 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> H
     return config
 
 
-_HESTON_KEYS = ("v0", "kappa", "theta", "sigma", "rho")
-
-
 def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
     try:
         params = json.loads(path.read_text())["params"]
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         raise ConfigError(f"market.calibration: cannot read params from {path}: {exc}") from exc
-    keys = _HESTON_KEYS
+    keys = HESTON_PARAMS
     missing = [k for k in keys if k not in params]
     if missing:
         raise ConfigError(f"market.calibration: {path} lacks Heston params {missing}")
