@@ -89,6 +89,9 @@ def generate_command(
         )
     if compile and (model, engine or "analytic") != ("heston", "analytic"):
         raise typer.BadParameter("needs --model heston --engine analytic", param_hint="--compile")
+    if not (math.isfinite(margin) and margin >= 0):  # a misused option, as --lr in training
+        raise typer.BadParameter(f"{margin}: the margin must be finite and >= 0",
+                                 param_hint="--margin")  # fmt: skip
     if domain is not None and (domain not in NAMED_DOMAINS or NAMED_DOMAINS[domain].model != model):
         names = sorted(k for k, v in NAMED_DOMAINS.items() if v.model == model)
         raise typer.BadParameter(f"for {model} must be one of {names}", param_hint="--domain")

@@ -58,8 +58,9 @@ def train_command(
     if not (overwrite or resume):  # a new run would replace these without a word
         held = "a trained run" if (out / "model.pt").exists() else "an unfinished run"
         if (out / "model.pt").exists() or (out / "checkpoints" / "last.pt").exists():
-            raise typer.BadParameter(f"{out} already holds {held} (--overwrite replaces it, "
-                                     "--resume continues it)", param_hint="--out")  # fmt: skip
+            # an error line (exit 1), as `train surrogate` and `generate` report a held OUT
+            raise fail(f"{out} already holds {held} (--overwrite replaces it, --resume "
+                       "continues it)")  # fmt: skip
     try:
         resolve_device(cfg.training.device)  # the Trainer's own check, before any simulation
     except ValueError as exc:

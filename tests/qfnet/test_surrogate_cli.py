@@ -166,8 +166,10 @@ def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_
     args = ["generate", "--model", "sabr", "--n", "4"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "afile" / "ds")])
     assert result.exit_code == 1 and "error:" in result.output
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m"), "--margin", "inf"])
-    assert result.exit_code == 1 and "margin must be finite" in result.output
+    for margin, says in (("inf", "must be finite"), ("nan", "greater than or equal to 0")):
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m"), "--margin", margin])
+        flat = " ".join(result.output.replace("│", " ").split())  # a misused option: exit 2
+        assert result.exit_code == 2 and "--margin" in flat and says in flat, flat
     assert not (tmp_path / "m").exists()
 
 

@@ -161,7 +161,8 @@ def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path)
     (tmp_path / "done" / "model.pt").write_bytes(b"a trained run")
     result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "done")])
     flat = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2 and "already holds a trained run" in flat
+    # a held OUT is an error line (exit 1), as in `train surrogate` and `generate`
+    assert result.exit_code == 1 and "error:" in flat and "already holds a trained run" in flat
     assert (tmp_path / "done" / "model.pt").read_bytes() == b"a trained run"
 
 
@@ -173,7 +174,7 @@ def test_train_cli_resumes_an_unfinished_run_and_refuses_to_replace_it_silently(
     (tmp_path / "cut" / "checkpoints" / "last.pt").write_bytes(b"an unfinished run")
     result = CliRunner().invoke(hedge_app, [*base, "--out", str(tmp_path / "cut")])
     flat = " ".join(result.output.replace("│", " ").split())
-    assert result.exit_code == 2 and "already holds an unfinished run" in flat, flat
+    assert result.exit_code == 1 and "already holds an unfinished run" in flat, flat
     run = tmp_path / "run"  # a copy: the module's other tests use the trained run as it is
     shutil.copytree(trained_run / "run", run)
     assert CliRunner().invoke(hedge_app, [*base, "--out", str(run), "--resume", "--overwrite"]
