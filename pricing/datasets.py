@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pricing import _generation
 from pricing._labels import ENGINES, check_compile, label
 from pricing._validation import check_device, check_positive_int
 from pricing.calibration import MODEL_PARAMETERS
@@ -454,11 +455,12 @@ def generate(
     device: str = "cpu",
     compile: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> Path:
     """Sample, label and write a dataset of ``n`` points as Parquet shards plus ``metadata.json``.
 
     Args:
-        out: target directory (created; must not already hold a dataset).
+        out: target directory (created; must not already hold a dataset, finished or not).
         model: ``"heston"`` or ``"sabr"``.
         n: number of points (> 0).
         engine: label engine (default ``analytic`` for Heston, ``hagan`` for SABR).
@@ -480,6 +482,9 @@ def generate(
             (seconds with a warm inductor cache, about a minute cold), so for large datasets; labels
             agree with the eager ones to about 1e-15 (recorded in the metadata).
         progress: show a progress bar over shards done.
+        resume: continue the interrupted generation in ``out``, with the same arguments (the
+            device and worker count may differ): its whole shards are kept, the others made, and
+            the dataset is the one an uninterrupted run writes (see :mod:`pricing._generation`).
 
     Returns:
         The dataset directory.
@@ -513,7 +518,13 @@ def generate(
     if (path / "metadata.json").exists():
         raise FileExistsError(f"{path} already holds a dataset; choose another --out")
     created = not path.exists()
+    if resume and created:
+        raise FileNotFoundError(f"{path} holds no unfinished generation to resume")
     path.mkdir(parents=True, exist_ok=True)
+    plan = {"model": model, "engine": engine, "seed": seed, "n": n, "shard_size": shard_size,
+            "compiled": compile, "domain": domain.to_dict(),
+            "sampling_domain": sampling.to_dict()}  # fmt: skip
+    _generation.start(path, plan, resume)
     tasks = [
         _ShardTask(
             sampling.to_dict(),
@@ -530,19 +541,28 @@ def generate(
     ]
     from tqdm.auto import tqdm
 
-    unlabelled = 0
+    kept = {}
+    if resume:
+        kept = _generation.kept_shards(path, [_shard_name(t.index) for t in tasks],
+                                       [range(t.start, t.start + t.count) for t in tasks])  # fmt: skip
+    unlabelled = sum(kept.values())
+    todo = [task for task in tasks if task.index not in kept]
     try:
-        with tqdm(total=len(tasks), desc="shards", unit="shard", disable=not progress) as bar:
-            for index, frame in _run_tasks(tasks, workers, scheduler):
+        with tqdm(total=len(tasks), initial=len(kept), desc="shards", unit="shard",
+                  disable=not progress) as bar:  # fmt: skip
+            for index, frame in _run_tasks(todo, workers, scheduler):
                 _write_shard(frame, path / _shard_name(index))
                 unlabelled += int(frame["implied_vol"].isna().sum())
                 bar.update(1)
     except BaseException:  # a dead scheduler, a failed label, Ctrl-C: no empty folder left behind
-        if created and not any(path.iterdir()):
-            path.rmdir()
+        if all(p.name == _generation.PLAN_FILE for p in path.iterdir()):  # nor a plan alone
+            _generation.finish(path)
+            if created:
+                path.rmdir()
         raise
     _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
                     unlabelled)  # fmt: skip
+    _generation.finish(path)
     if unlabelled:
         warnings.warn(f"{unlabelled} of {n} options got no implied vol (the {engine} engine "
                       "gave no price with time value there); training drops those rows",

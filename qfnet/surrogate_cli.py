@@ -69,6 +69,13 @@ def generate_command(
             "(a one-off compile of seconds to ~30 s per worker); for large datasets.",
         ),
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted generation in OUT (same options; its shards are kept).",
+        ),
+    ] = False,
 ) -> None:
     """Generate labelled training data: Sobol points of a model domain, priced, Parquet shards.
 
@@ -111,6 +118,7 @@ def generate_command(
                 margin=margin,
                 device=_checked_device(device),
                 compile=compile,
+                resume=resume,
             )
     except (OSError, ValueError) as err:  # an existing dataset, a bad --out, a dead scheduler
         raise fail(str(err)) from err

@@ -306,3 +306,58 @@ def test_domain_settings_are_checked(change, message):
     # with KeyError: 'kappa' only when labelled
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(HESTON_DOMAIN, **change)
+
+
+def _interrupted(path, monkeypatch, at: int, **kwargs):
+    """A generation killed while making shard ``at`` (the shards before it are written)."""
+    import pricing.datasets as datasets
+
+    real = datasets._make_shard
+
+    def dies(task):
+        if task.index == at:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(datasets, "_make_shard", dies)
+    with pytest.raises(KeyboardInterrupt):
+        generate(path, progress=False, **kwargs)
+    monkeypatch.setattr(datasets, "_make_shard", real)
+
+
+def test_an_interrupted_generation_resumes_to_the_uninterrupted_dataset(tmp_path, monkeypatch):
+    import pricing.datasets as datasets
+
+    kwargs = {"model": "sabr", "n": 40, "shard_size": 8, "seed": 5}
+    expected, expected_meta = load_dataset(generate(tmp_path / "whole", progress=False, **kwargs))
+    _interrupted(tmp_path / "cut", monkeypatch, 2, **kwargs)
+    left = sorted(p.name for p in (tmp_path / "cut").iterdir())
+    assert left == ["generation.json", "shard-00000.parquet", "shard-00001.parquet"]
+    (tmp_path / "cut" / "shard-00001.parquet").write_bytes(b"cut short by a full disk")
+    with pytest.raises(FileExistsError, match="unfinished generation: --resume continues it"):
+        generate(tmp_path / "cut", progress=False, **kwargs)
+    with pytest.raises(ValueError, match="started with seed 5, not 6"):
+        generate(tmp_path / "cut", progress=False, resume=True, **{**kwargs, "seed": 6})
+    made = []
+    real = datasets._make_shard
+    monkeypatch.setattr(datasets, "_make_shard", lambda task: made.append(task.index) or real(task))
+    frame, meta = load_dataset(generate(tmp_path / "cut", progress=False, resume=True, **kwargs))
+    assert sorted(made) == [1, 2, 3, 4]  # shard 0 kept; the damaged shard 1 made again
+    pd.testing.assert_frame_equal(frame, expected)
+    assert {k: v for k, v in meta.items() if k != "versions"} == {
+        k: v for k, v in expected_meta.items() if k != "versions"
+    }
+    left = sorted(p.name for p in (tmp_path / "cut").iterdir())  # the plan is gone
+    assert left == ["metadata.json", *_shards(tmp_path / "whole")]
+
+
+def test_resume_needs_an_unfinished_generation(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no unfinished generation"):
+        generate(tmp_path / "none", model="sabr", n=8, resume=True, progress=False)
+    assert not (tmp_path / "none").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no unfinished generation.*generation\.json"):
+        generate(tmp_path / "empty", model="sabr", n=8, resume=True, progress=False)
+    generate(tmp_path / "done", model="sabr", n=8, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a dataset"):
+        generate(tmp_path / "done", model="sabr", n=8, resume=True, progress=False)

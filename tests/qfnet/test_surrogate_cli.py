@@ -161,6 +161,28 @@ def test_generate_into_an_existing_dataset_is_an_error_line(app, tmp_path):
     assert again.exit_code == 1 and "error:" in again.output and "already holds" in again.output
 
 
+def test_generate_resume_continues_an_interrupted_generation(app, tmp_path, monkeypatch):
+    import pricing.datasets as datasets
+
+    args = ["generate", "--model", "sabr", "--n", "24", "--shard-size", "8", "--out",
+            str(tmp_path / "ds")]  # fmt: skip
+    real = datasets._make_shard
+
+    def dies(task):  # killed while making the last shard
+        if task.index == 2:
+            raise OSError("worker lost")
+        return real(task)
+
+    monkeypatch.setattr(datasets, "_make_shard", dies)
+    assert CliRunner().invoke(app, args).exit_code == 1
+    monkeypatch.setattr(datasets, "_make_shard", real)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "unfinished generation: --resume continues it" in result.output
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0 and "wrote 24 sabr options (hagan) in 3 shards" in result.output
+    assert not (tmp_path / "ds" / "generation.json").exists()
+
+
 def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_path):
     (tmp_path / "afile").write_text("")
     args = ["generate", "--model", "sabr", "--n", "4"]

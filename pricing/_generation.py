@@ -1,0 +1,85 @@
+"""An interrupted ``generate`` resumes: its plan is recorded before the first shard is written.
+
+A dataset in the making is a directory of shards and ``generation.json``, the plan (model, engine,
+seed, size, shard layout, domains, compilation) that fixes every shard: shard ``i`` is a pure
+function of it. ``metadata.json`` replaces the plan once every shard is written. A resumed
+generation must have the same plan; the shards already there are kept when they hold what the plan
+says (shards are written atomically, so a killed run leaves whole shards or none), the others are
+made again, and the dataset is the one an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["PLAN_FILE", "finish", "kept_shards", "start"]
+
+PLAN_FILE = "generation.json"
+_LABELS = ("implied_vol", "price", "maturity", "log_moneyness")
+
+
+def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
+    """Record ``plan`` in ``path`` (an existing directory), or with ``resume`` check it against
+    the recorded one.
+
+    Raises:
+        FileExistsError: without ``resume``, ``path`` holds an unfinished generation.
+        FileNotFoundError: with ``resume``, ``path`` holds no unfinished generation.
+        ValueError: with ``resume``, the plan differs from the recorded one (names the fields).
+    """
+    recorded = path / PLAN_FILE
+    plan = json.loads(json.dumps(plan))  # as read back: tuples become lists
+    if not resume:
+        if recorded.exists():
+            raise FileExistsError(f"{path} holds an unfinished generation: --resume continues it "
+                                  "(with the same options), or choose another --out")  # fmt: skip
+        tmp = path / f"{PLAN_FILE}.tmp"
+        tmp.write_text(json.dumps(plan, indent=2))
+        os.replace(tmp, recorded)
+        return
+    if not recorded.is_file():
+        raise FileNotFoundError(f"{path} holds no unfinished generation to resume "
+                                f"(no {PLAN_FILE})")  # fmt: skip
+    try:
+        before = json.loads(recorded.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{recorded} is not valid JSON ({err.msg}): remove {path} and start "
+                         "again") from err  # fmt: skip
+    changed = [key for key in plan if before.get(key) != plan[key]]
+    if changed:
+        was = "; ".join(f"{key} {before.get(key)!r}, not {plan[key]!r}" for key in changed)
+        raise ValueError(f"{path} was started with {was}: resume with the options it was "
+                         "started with")  # fmt: skip
+
+
+def kept_shards(path: Path, names: Sequence[str], ranges: Sequence[range]) -> dict[int, int]:
+    """The shards already in ``path`` that hold what the plan says, as ``{index: unlabelled
+    rows}``: shard ``i`` (file ``names[i]``) must read as Parquet with the label columns and
+    ``sample_index`` exactly ``ranges[i]``. Others (absent, unreadable, cut) are to be made."""
+    kept = {}
+    for index, (name, rows) in enumerate(zip(names, ranges, strict=True)):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            frame = pd.read_parquet(file)
+        except Exception:  # any unreadable file is made again
+            continue
+        columns = set(frame.columns)
+        if not ({*_LABELS, "sample_index"} <= columns):
+            continue
+        if np.array_equal(frame["sample_index"].to_numpy(), np.asarray(rows)):
+            kept[index] = int(frame["implied_vol"].isna().sum())
+    return kept
+
+
+def finish(path: Path) -> None:
+    """The generation is complete (its metadata written): the plan goes."""
+    (path / PLAN_FILE).unlink(missing_ok=True)
