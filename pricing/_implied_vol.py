@@ -86,6 +86,8 @@ _STEP_TOL = 1e-9  # a 4th-order step this small leaves an error far below eps
 _FAST_TOL = 1e-4  # after a 4th-order step of relative size <= 1e-4, the error is ~1e-16
 _REGION_BOUNDS = ((-math.inf, -1.0), (-1.0, 1.0), (1.0, math.inf))
 _BRACKET_TOL = 4.0 * torch.finfo(torch.float64).eps
+_EPS = torch.finfo(torch.float64).eps
+_AT_BOUND_ULPS = 16.0  # the normalised price's own rounding, a few ulps of the bound
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT3 = math.sqrt(3.0)
 
@@ -422,7 +424,9 @@ def _solve_chunks(x, beta, s0=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():  # grad mode is per thread
             s, solved = _solve_positive(x[part], beta[part], None if s0 is None else s0[part])
         s_all[part] = torch.where(solved, s, math.nan)
-        status[part] = torch.where(solved, 0, 4)
+        # unsolved within rounding of the upper bound: every large s gives that price
+        at_bound = beta[part] >= torch.exp(0.5 * x[part]) * (1.0 - _AT_BOUND_ULPS * _EPS)
+        status[part] = torch.where(solved, 0, torch.where(at_bound, 2, 4))
 
     firsts = range(0, x.numel(), size)
     if workers == 1 or len(firsts) == 1:

@@ -207,7 +207,8 @@ def implied_vol_with_status(
 
     Prices outside the no-arbitrage bounds ``D max(F-K, 0) <= C < D F`` (calls; puts:
     ``D max(K-F, 0) <= P < D K``) give NaN with status 1 (below intrinsic) or 2 (at or above the upper
-    bound); a price equal to the intrinsic value gives 0. The solver works on the normalised
+    bound, or within rounding below it where no vol reproduces the price: total vols above ~16 all
+    round to the bound); a price equal to the intrinsic value gives 0. The solver works on the normalised
     out-of-the-money price with Householder steps of order 4 on a log-transformed objective, safeguarded
     by bisection, to about machine precision. ``initial_vol`` (optional, broadcast like the
     inputs) starts the iteration where it is positive and finite instead of the closed-form guess:

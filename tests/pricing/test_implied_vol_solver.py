@@ -234,3 +234,20 @@ def test_a_far_start_is_not_marked_done_by_the_near_start_steps():
     assert not bool(done.all())  # the grouped and safeguarded paths take these
     rel = ((s_hat - s).abs() / s)[done]
     assert bool((rel <= 1e-13).all())  # whatever is marked done is solved
+
+
+def test_a_price_within_rounding_of_the_upper_bound_is_status_2_when_unsolved():
+    # Black prices of total vols 30-60 (forward 1): a call at F - 1 ulp, a put 1 ulp below K,
+    # which the normalisation leaves a rounding error below the normalised bound; no root was
+    # found there and the status said "no convergence" (4)
+    from pricing.black_scholes import implied_vol_with_status
+
+    strike = torch.tensor([1.1531673298816538, 2.97925751693273, 0.1438185500903038], dtype=F64)
+    price = torch.tensor([0.9999999999999999, 0.9999999999999999, 0.14381855009030378], dtype=F64)
+    is_call = torch.tensor([True, True, False])
+    vol, status = implied_vol_with_status(price=price, forward=1.0, strike=strike, maturity=1.0,
+                                          is_call=is_call)  # fmt: skip
+    assert status.tolist() == [2, 2, 2] and bool(torch.isnan(vol).all())
+    far = implied_vol_with_status(price=price * 0.999, forward=1.0, strike=strike, maturity=1.0,
+                                  is_call=is_call)[1]  # fmt: skip
+    assert far.tolist() == [0, 0, 0]  # 0.1% below the bound: solved
