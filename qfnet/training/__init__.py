@@ -61,9 +61,11 @@ Resume
     tampered file raises :class:`CheckpointError` naming it, and a pickled object is refused.
     The training order depends only on ``(seed, epoch)`` (``DistributedSampler``'s order, also
     for one process), so a run interrupted mid-epoch and resumed ends with bit-identical
-    weights on CPU. A user-built DataLoader is positioned by restoring its generator's state
-    at the start of the epoch and skipping the batches already done: exact when its sampler
-    has ``set_epoch`` or draws only from the loader's ``generator``.
+    weights on CPU (random draws made inside DataLoader worker processes, as by a Dataset that
+    simulates its samples with ``num_workers > 0``, are not part of the saved state). A
+    user-built DataLoader is positioned by restoring its generator's state at the start of the
+    epoch and skipping the batches already done: exact when its sampler has ``set_epoch`` or
+    draws only from the loader's ``generator``.
 
 Callbacks
     Duck-typed objects: the trainer calls ``cb.on_<hook>(trainer, ...)`` when present, in list

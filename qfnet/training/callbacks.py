@@ -7,7 +7,8 @@ stops training by setting ``trainer.should_stop = True``; the loop ends after th
 optimizer step (mid-epoch) or at the end of the epoch; under DDP a flag set on any process
 stops all of them there. Stateful callbacks define
 ``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are saved in
-every checkpoint.
+every checkpoint. :class:`EarlyStopping` and :class:`ModelCheckpoint` start afresh when ``fit``
+starts a new run (not resumed), also when the same objects served an earlier ``fit``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def _improved(value: float, best: float | None, mode: str, min_delta: float) -> 
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
+def _new_run(trainer: Trainer) -> bool:
+    """True when ``fit`` starts a new run (no checkpoint restored, ``global_step`` 0).
+
+    A state left by an earlier ``fit`` of the same callback must go then: its best value
+    stopped the new run at once, and ``restore_best_weights`` loaded the earlier run's weights.
+    """
+    return trainer.global_step == 0
+
+
 def _monitored(trainer: Trainer, monitor: str) -> float | None:
     """The monitored value, ``None`` on an epoch without it (e.g. no validation that epoch)."""
     metrics = trainer.epoch_metrics
@@ -95,15 +105,26 @@ class EarlyStopping:
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"EarlyStopping.mode must be 'min' or 'max', got {mode!r}")
-        if patience < 0 or min_delta < 0:
-            raise ValueError("EarlyStopping.patience and min_delta must be >= 0")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(
+                f"EarlyStopping.patience must be a whole number >= 0, got {patience!r}"
+            )
+        if not (math.isfinite(min_delta) and min_delta >= 0):  # NaN: no epoch ever improved
+            raise ValueError(f"EarlyStopping.min_delta must be finite and >= 0, got {min_delta}")
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.restore_best_weights = min_delta, restore_best_weights
+        self._reset()
+
+    def _reset(self) -> None:
         self.best: float | None = None
         self.best_epoch = -1
         self.wait = 0
         self.stopped_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if _new_run(trainer):
+            self._reset()
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = _monitored(trainer, self.monitor)
@@ -176,6 +197,10 @@ class ModelCheckpoint:
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.best: float | None = None
         self.best_epoch = -1
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if _new_run(trainer):
+            self.best, self.best_epoch = None, -1
 
     def _dir(self, trainer: Trainer) -> Path:
         if self.dirpath is not None:

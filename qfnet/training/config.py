@@ -169,7 +169,9 @@ class TrainerConfig:
                 raise ValueError(f"TrainerConfig.{name} must be a finite number >= 0, "
                                  f"got {value!r}")  # fmt: skip
         # whole numbers: a warmup of 0.5 steps ran the first step at twice the learning rate
-        _check_nonnegative_int(self, "warmup_steps")
+        _check_nonnegative_int(self, "warmup_steps", "seed")
+        if self.seed >= 2**32:  # numpy's global seed is 32 bits; a float failed deep in fit
+            raise ValueError(f"TrainerConfig.seed must be below 2**32, got {self.seed}")
         if self.num_workers is not None:
             _check_nonnegative_int(self, "num_workers")
         for name in ("clip_grad_norm", "clip_grad_value"):
@@ -198,11 +200,17 @@ class TrainerConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them.
 
+        Also reads a run's ``config.json``: the ``runtime`` section the Trainer adds there
+        (device, precision, world size, torch version) is left out.
+
         Examples:
             >>> c = TrainerConfig(max_epochs=2)
             >>> TrainerConfig.from_dict(c.to_dict()) == c
             True
+            >>> TrainerConfig.from_dict(c.to_dict() | {"runtime": {"device": "cpu"}}) == c
+            True
         """
+        data = {k: v for k, v in data.items() if k != "runtime"}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -11,12 +11,21 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
+    IterableDataset,
     Sampler,
     Subset,
     TensorDataset,
 )
 
-__all__ = ["DataSource", "TrainLoader", "eval_loader", "split_dataset", "tensor_backed"]
+__all__ = [
+    "DataSource",
+    "TrainLoader",
+    "check_indexable",
+    "eval_loader",
+    "known_length",
+    "split_dataset",
+    "tensor_backed",
+]
 
 DataSource = Dataset | DataLoader | torch.Tensor
 
@@ -141,6 +150,43 @@ def tensor_backed(data: Any) -> bool:
     if isinstance(data, (torch.Tensor, TensorDataset)):
         return True
     return isinstance(data, Subset) and tensor_backed(data.dataset)
+
+
+def known_length(data: Any) -> int | None:
+    """``len(data)``, or ``None`` for data without a length (a DataLoader over an
+    ``IterableDataset`` has ``__len__`` but raises ``TypeError``).
+
+    Examples:
+        >>> class Stream(IterableDataset):
+        ...     def __iter__(self):
+        ...         return iter(range(3))
+        >>> known_length(torch.zeros(4, 2)), known_length(DataLoader(Stream()))
+        (4, None)
+    """
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def check_indexable(data: Any, name: str) -> None:
+    """Refuse an ``IterableDataset`` passed as such: it has no indices to batch and shard by.
+
+    Examples:
+        >>> class Stream(IterableDataset):
+        ...     def __iter__(self):
+        ...         return iter(range(3))
+        >>> check_indexable(Stream(), "train_data")
+        Traceback (most recent call last):
+        ...
+        TypeError: train_data: an IterableDataset (Stream) has no indices to batch ...
+    """
+    if isinstance(data, IterableDataset):
+        raise TypeError(
+            f"{name}: an IterableDataset ({type(data).__name__}) has no indices to batch and "
+            "shard; pass DataLoader(dataset, batch_size=...), which is used as given (under "
+            "DDP each process must then yield its own part of the stream)"
+        )
 
 
 class _BatchFetch(Dataset):

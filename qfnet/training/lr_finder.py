@@ -113,8 +113,7 @@ def lr_find(
         >>> result.suggestion is not None and 1e-4 <= result.suggestion <= 10.0
         True
     """
-    if not (0 < min_lr < max_lr) or num_steps < 5:
-        raise ValueError("lr_find: need 0 < min_lr < max_lr and num_steps >= 5")
+    _check_arguments(min_lr, max_lr, num_steps, smoothing, divergence)
     trainer._setup_runtime()
     trainer._setup_fit(train_data, None)
     saved_model = {k: v.detach().clone() for k, v in trainer._module.state_dict().items()}
@@ -134,6 +133,23 @@ def lr_find(
     if plot_path is not None and trainer.is_global_zero:
         result.plot(plot_path)
     return result
+
+
+def _check_arguments(
+    min_lr: float, max_lr: float, num_steps: int, smoothing: float, divergence: float
+) -> None:
+    """Name a bad argument (``smoothing=1`` divided by zero, ``divergence <= 1`` stopped the
+    test at its first step, an infinite ``max_lr`` tried infinite rates)."""
+    if not (0 < min_lr < max_lr < math.inf):
+        raise ValueError(f"lr_find: need 0 < min_lr < max_lr, both finite; got min_lr={min_lr}, "
+                         f"max_lr={max_lr}")  # fmt: skip
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 5:
+        raise ValueError(f"lr_find: num_steps must be an integer >= 5, got {num_steps!r}")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"lr_find: smoothing must be in [0, 1), got {smoothing}")
+    if not divergence > 1:
+        raise ValueError(f"lr_find: divergence must be > 1 (a multiple of the least loss), "
+                         f"got {divergence}")  # fmt: skip
 
 
 _TRAINER_ATTRS = (
@@ -173,6 +189,8 @@ def _range_test(
             except NonFiniteLossError:
                 return lrs, losses
             loss = _mean_loss(trainer)
+            if not math.isfinite(loss):  # as the NaN guard would stop (nan_guard=False): a NaN
+                return lrs, losses  # kept in the curve hid its minimum from _suggest
             average = beta * average + (1 - beta) * loss
             smoothed = average / (1 - beta ** (len(lrs) + 1))
             lrs.append(lr)

@@ -25,7 +25,14 @@ from qfnet.training.callbacks import (
     ProgressBar,
 )
 from qfnet.training.config import TrainerConfig
-from qfnet.training.data import DataSource, TrainLoader, eval_loader, tensor_backed
+from qfnet.training.data import (
+    DataSource,
+    TrainLoader,
+    check_indexable,
+    eval_loader,
+    known_length,
+    tensor_backed,
+)
 from qfnet.training.device import (
     deterministic_algorithms,
     move_to_device,
@@ -222,6 +229,7 @@ class Trainer:
 
     def _setup_fit(self, train_data: DataSource, val_data: DataSource | None) -> None:
         cfg = self.config
+        check_indexable(train_data, "train_data")
         self._train = TrainLoader(
             train_data,
             batch_size=cfg.batch_size,
@@ -232,7 +240,7 @@ class Trainer:
             world_size=self.dist.world_size,
             loader_kwargs=self._loader_kwargs(train_data),
         )
-        self._val = None if val_data is None else self._eval_loader(val_data)
+        self._val = None if val_data is None else self._eval_loader(val_data, "val_data")
         self.has_validation = self._val is not None
         self._warn_about_loader("train_data", train_data, evaluation=False, stacklevel=4)
         self._warn_about_loader("val_data", val_data, evaluation=True, stacklevel=4)
@@ -268,9 +276,10 @@ class Trainer:
         if message is not None:
             warnings.warn(message, stacklevel=stacklevel)
 
-    def _eval_loader(self, data: DataSource) -> Any:
-        if hasattr(data, "__len__") and len(data) == 0:
-            raise ValueError("validation/test data is empty: pass None for no validation")
+    def _eval_loader(self, data: DataSource, name: str) -> Any:
+        check_indexable(data, name)
+        if known_length(data) == 0:
+            raise ValueError(f"{name}: validation/test data is empty: pass None for no validation")
         size = self.config.eval_batch_size or self.config.batch_size
         # A generator of its own: DataLoader iterators seed their workers from the global RNG
         # otherwise, and a validation would shift the next epochs' dropout masks.
@@ -574,6 +583,7 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, loader: Any, prefix: str = "") -> dict[str, float]:
+        modes = [(module, module.training) for module in self._module.modules()]
         self._module.eval()
         sums = self._zero_sums()
         for raw in loader:
@@ -584,7 +594,8 @@ class Trainer:
             sums[0] += s
             sums[1] += w
             self._accumulate_metrics(sums, output, target, weight)
-        self._module.train()
+        for module, training in modes:  # as they were: evaluate() left an eval model training
+            module.train(training)
         return self._reduce(sums, prefix)
 
     def evaluate(self, data: DataSource) -> dict[str, float]:
@@ -596,7 +607,7 @@ class Trainer:
         self._setup_runtime()
         self._warn_about_loader("data", data, evaluation=True, stacklevel=3)
         with deterministic_algorithms(self.config.deterministic):
-            return self._evaluate(self._eval_loader(data))
+            return self._evaluate(self._eval_loader(data, "data"))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds (plain types and tensors only)."""

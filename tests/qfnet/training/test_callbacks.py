@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -99,6 +100,14 @@ def test_early_stopping_unknown_metric_names_the_available_ones(regression, mlp,
             callbacks=[EarlyStopping(monitor="val_nope")],
             metric_values=[1.0],
         )
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"), [("patience", -1), ("patience", 1.5), ("min_delta", math.nan)]
+)
+def test_early_stopping_names_a_bad_argument(argument, value):
+    with pytest.raises(ValueError, match=f"EarlyStopping.{argument}"):
+        EarlyStopping(**{argument: value})
 
 
 def test_model_checkpoint_writes_last_best_and_every_n_epochs(regression, mlp, sq_error, tmp_path):
@@ -226,6 +235,37 @@ def test_lr_finder_suggests_a_rate_below_divergence_and_plots(regression, mlp, s
     assert trainer.fit(data).records  # and the trainer still trains
 
 
+def _breaks_down(output, target):
+    """Mean squared error that turns NaN once it is large (as a log-likelihood can)."""
+    mse = ((output - target) ** 2).mean()
+    return mse if mse < 1e3 else mse * math.nan
+
+
+def test_lr_finder_ends_at_a_nan_loss_the_same_with_or_without_the_nan_guard(regression, mlp):
+    data = regression(n=256)
+    results = []
+    for guard in (True, False):
+        cfg = TrainerConfig(batch_size=16, optimizer="sgd", lr=0.1, progress_bar=False,
+                            nan_guard=guard)  # fmt: skip
+        trainer = Trainer(mlp(), loss=_breaks_down, config=cfg)
+        results.append(lr_find(trainer, data, min_lr=1e-4, max_lr=1e3, num_steps=60,
+                               divergence=1e9))  # fmt: skip
+    guarded, unguarded = results
+    assert len(guarded.lrs) < 60  # the NaN ended the test
+    assert guarded.suggestion is not None
+    assert unguarded == guarded
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("smoothing", 1.0), ("divergence", 1.0), ("max_lr", math.inf), ("num_steps", 4)],
+)
+def test_lr_finder_names_a_bad_argument(regression, mlp, sq_error, argument, value):
+    trainer = Trainer(mlp(), loss=sq_error, config=TrainerConfig(progress_bar=False))
+    with pytest.raises(ValueError, match=f"lr_find: .*{argument}"):
+        lr_find(trainer, regression(n=32), **{argument: value})
+
+
 def test_tensorboard_keeps_every_step_across_a_resume_and_a_rerun_replaces_the_events(
     regression, mlp, sq_error, tmp_path
 ):
@@ -267,3 +307,32 @@ def test_a_misspelled_hook_is_warned_about():
                                          r"did you mean on_epoch_end"):  # fmt: skip
         Trainer(torch.nn.Linear(1, 1), loss=torch.nn.functional.mse_loss, callbacks=[Typo()],
                 config=TrainerConfig(progress_bar=False, tensorboard=False))  # fmt: skip
+
+
+def test_a_new_fit_starts_early_stopping_and_best_checkpoint_afresh(
+    regression, mlp, sq_error, tmp_path
+):
+    train, val = regression(n=40, seed=1), regression(n=12, seed=2)
+
+    def trainer_for(model, run_dir):
+        cfg = TrainerConfig(max_epochs=30, batch_size=8, optimizer="sgd", lr=0.05,
+                            progress_bar=False, tensorboard=False, run_dir=run_dir)  # fmt: skip
+        stopper = EarlyStopping(patience=2, restore_best_weights=True)
+        return Trainer(model, loss=sq_error, config=cfg, callbacks=[stopper])
+
+    model = mlp(seed=3)
+    trainer = trainer_for(model, tmp_path / "again")
+    first = trainer.fit(train, val)
+    assert len(first) < 30  # stopped early, with a best the next run does not reach at once
+    model.load_state_dict(mlp(seed=4).state_dict())  # start over from other weights
+    again = trainer.fit(train, val)
+
+    fresh_model = mlp(seed=4)
+    fresh = trainer_for(fresh_model, tmp_path / "fresh").fit(train, val)
+    assert [r["val_loss"] for r in again] == [r["val_loss"] for r in fresh]
+    for key, value in fresh_model.state_dict().items():  # the new run's best, not the old one's
+        assert torch.equal(model.state_dict()[key], value), key
+    best = [
+        load_checkpoint(tmp_path / run / "checkpoints" / "best.pt") for run in ("again", "fresh")
+    ]
+    assert best[0]["loop"]["epoch"] == best[1]["loop"]["epoch"]

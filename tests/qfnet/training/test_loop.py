@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from qfnet.training import (
     Trainer,
@@ -36,6 +38,21 @@ def test_train_mode_with_gradients_and_eval_mode_without_during_validation(regre
     Trainer(probe, loss=sq_error, config=cfg).fit(data, data)
     # per epoch: 2 training batches, then 1 validation batch
     assert probe.calls == [(True, True), (True, True), (False, False)] * 2
+
+
+def test_evaluate_leaves_each_module_in_the_mode_it_found_it(regression, mlp, sq_error):
+    model = mlp(dropout=0.5)
+    trainer = Trainer(model, loss=sq_error, config=TrainerConfig(progress_bar=False))
+    x = regression(n=16).tensors[0]
+    model.eval()
+    before = model(x)
+    trainer.evaluate(regression(n=16))
+    assert not any(m.training for m in model.modules())
+    assert torch.equal(model(x), before)  # no dropout at inference after an evaluation
+    model.train()
+    model[2].eval()  # a frozen dropout layer stays frozen
+    trainer.evaluate(regression(n=16))
+    assert [m.training for m in model.modules()] == [True, True, True, False, True]
 
 
 def test_fit_learns_a_linear_map_on_any_device(regression, sq_error, device):
@@ -135,6 +152,39 @@ def test_user_dataloader_is_used_as_given(regression, mlp, sq_error):
     trainer = Trainer(mlp(), loss=sq_error, config=cfg)
     trainer.fit(loader, loader)
     assert trainer.global_step == 8
+
+
+class _Stream(IterableDataset):
+    """The samples of ``data`` one by one, without a length (a streaming source)."""
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+
+    def __iter__(self):
+        return (self.data[i] for i in range(len(self.data)))
+
+
+def test_a_dataloader_over_an_iterable_dataset_validates_and_evaluates(regression, mlp, sq_error):
+    data = regression(n=24)
+    stream = DataLoader(_Stream(data), batch_size=6)  # len(stream) raises TypeError
+    cfg = TrainerConfig(max_epochs=2, batch_size=6, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    history = trainer.fit(stream, stream)
+    expected = trainer.evaluate(data)["loss"]
+    assert trainer.global_step == 8
+    assert trainer.evaluate(stream)["loss"] == pytest.approx(expected, rel=1e-12)
+    assert history["val_loss"][-1] == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_iterable_dataset_passed_itself_is_refused_naming_the_argument(
+    regression, mlp, sq_error
+):
+    trainer = Trainer(mlp(), loss=sq_error, config=TrainerConfig(progress_bar=False))
+    stream = _Stream(regression(n=8))
+    with pytest.raises(TypeError, match=r"train_data: an IterableDataset \(_Stream\).*DataLoader"):
+        trainer.fit(stream)
+    with pytest.raises(TypeError, match=r"val_data: an IterableDataset"):
+        trainer.fit(regression(n=8), stream)
 
 
 def test_bad_batch_layout_names_the_fix(mlp, sq_error):
@@ -256,6 +306,9 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
         ("clip_grad_norm", -1.0),
         ("betas", (0.9,)),
         ("betas", (0.9, 1.5)),
+        ("seed", 1.5),
+        ("seed", -1),
+        ("seed", 2**32),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -268,6 +321,16 @@ def test_config_round_trips_through_a_dict():
     assert TrainerConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     with pytest.raises(ValueError, match="unknown field"):
         TrainerConfig.from_dict({"epochs": 3})
+
+
+def test_config_is_read_back_from_a_run_config_json(regression, mlp, sq_error, tmp_path):
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, scheduler="multistep", run_dir=tmp_path,
+                        scheduler_kwargs={"milestones": (1, 2)}, param_groups=({"pattern": "bias",
+                        "lr": 0.1},), progress_bar=False, tensorboard=False)  # fmt: skip
+    Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=16))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["runtime"]["world_size"] == 1
+    assert TrainerConfig.from_dict(saved).to_dict() == cfg.to_dict()
 
 
 class _Rows(torch.utils.data.Dataset):
