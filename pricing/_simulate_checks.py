@@ -23,7 +23,11 @@ Scalar = float | torch.Tensor
 
 
 def _values(value: Scalar) -> torch.Tensor:
-    return torch.as_tensor(value).detach().to(torch.float64)
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(torch.float64)
+    # a float went through float32 first: v0=-0.04 was shown as -0.03999999910593033, and a
+    # spot of 1e-50 (or 1e39) was refused as 0.0 (inf)
+    return torch.as_tensor(value, dtype=torch.float64)
 
 
 def check_positive(name: str, value: Scalar) -> None:

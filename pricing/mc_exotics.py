@@ -162,8 +162,9 @@ def bs_barrier(
 
     ``continuous=True`` applies the Brownian-bridge crossing probability between grid points
     (exact for GBM; only the knock-out rebate's payment time is taken at mid-step), else the
-    barrier is monitored on the ``n_steps`` grid dates only. ``control=True`` uses the European
-    option on the same paths (Black-Scholes mean) as control variate.
+    barrier is monitored on the ``n_steps`` grid dates only (a knock-out rebate is then paid on
+    the date of the hit). ``control=True`` uses the European option on the same paths
+    (Black-Scholes mean) as control variate.
 
     Args:
         spot: spot price.
@@ -405,6 +406,10 @@ def _asian_grid(
     times = torch.as_tensor(list(fixing_times), dtype=DEFAULT_DTYPE)
     if times.numel() == 0 or not math.isclose(float(times[-1]), maturity, rel_tol=1e-9):
         raise ValueError("fixing_times must end at maturity (the payment date)")
+    if not bool((times > 0).all()) or not bool((times.diff() > 0).all()):  # NaN too
+        # the error named the simulation's time_grid, which the caller never gave
+        raise ValueError(f"fixing_times must increase strictly within (0, maturity], got "
+                         f"{times.tolist()}")  # fmt: skip
     return simulate.time_grid(grid=torch.cat((times.new_zeros(1), times)))
 
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from pricing import payoffs, simulate
 from pricing._mc_random import sobol_replicates
 from pricing._mc_stats import MCResult, Moments, finish, shape_samples
+from pricing._simulate_checks import check_positive
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 
 __all__ = [
@@ -361,7 +362,7 @@ def sabr_european(
         rho: correlation.
         nu: volatility of volatility.
         shift: shift of the shifted SABR model.
-        discount: discount factor to expiry.
+        discount: discount factor to expiry, > 0.
         is_call: call flag(s).
         n_paths: number of paths.
         n_steps: time steps.
@@ -387,6 +388,7 @@ def sabr_european(
     """
     if control and beta != 1.0:
         raise ValueError("control=True needs beta == 1 (exact martingale forward)")
+    check_positive("discount", discount)  # NaN was "payoff samples contain NaN", 0 a price of 0
     chunks = simulate.sabr_chunks(
         n_paths, n_steps, forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu,
         maturity=maturity, shift=shift, antithetic=antithetic, sobol=sobol, dtype=dtype,

@@ -180,7 +180,10 @@ def _hit_probabilities(
         step_prob = crossed.to(paths.dtype)
     else:
         variance = _step_variance(volatility, time_grid, paths)  # (N, T) or broadcastable
-        bridge = torch.exp(-2.0 * start.clamp_min(0) * end.clamp_min(0) / variance)
+        # a step without variance moves straight between its points: no crossing in between
+        moving = variance > 0
+        exponent = start.clamp_min(0) * end.clamp_min(0) / torch.where(moving, variance, 1.0)
+        bridge = torch.where(moving, torch.exp(-2.0 * exponent), 0.0)
         step_prob = torch.where(crossed, torch.ones_like(bridge), bridge)
     survive_before = torch.cumprod(1.0 - step_prob, dim=1)
     survive_before = torch.cat((torch.ones_like(survive_before[:, :1]), survive_before[:, :-1]), 1)
@@ -202,10 +205,11 @@ def barrier(
     """Single-barrier option value at expiry, conditional on the grid values.
 
     Knock-outs pay the vanilla payoff if the barrier is never reached, else ``rebate`` at the hit
-    (accrued to expiry at ``rate``; the hit time is taken at the middle of the step, or at
-    ``t_0`` for a path that starts beyond the barrier). Knock-ins pay the vanilla payoff once the
-    barrier has been reached, else ``rebate`` at expiry. The conditional expectation over the
-    bridge replaces the hit indicator, which also lowers the variance.
+    (accrued to expiry at ``rate``; the hit time is the monitoring date that saw it, or with the
+    bridge correction the middle of the step; ``t_0`` for a path that starts beyond the
+    barrier). Knock-ins pay the vanilla payoff once the barrier has been reached, else
+    ``rebate`` at expiry. The conditional expectation over the bridge replaces the hit
+    indicator, which also lowers the variance.
 
     Args:
         paths: price paths.
@@ -281,7 +285,10 @@ def _barrier_block(
     if barrier_type.endswith("_in"):
         return vanilla * (1.0 - survive)[extra] + rebate * survive[extra]
     grid = time_grid.to(paths.dtype)
-    accrual = torch.exp(rate * (grid[-1] - 0.5 * (grid[:-1] + grid[1:])))  # (T,): mid-step hits
+    # a bridge-corrected hit falls inside its step (taken at the middle); a discretely monitored
+    # one on the step's monitoring date (accruing it from mid-step overpaid by exp(rate dt / 2))
+    hit_times = grid[1:] if volatility is None else 0.5 * (grid[:-1] + grid[1:])  # (T,)
+    accrual = torch.exp(rate * (grid[-1] - hit_times))
     start = paths[:, 0]
     starts_beyond = start <= barrier if barrier_type == "down_out" else start >= barrier
     early = torch.exp(rate * (grid[-1] - grid[0])) - accrual[0]  # hit at t_0 instead
@@ -481,10 +488,11 @@ def average_weights(
 
 
 def _checked_volatility(volatility: TensorLike, paths: torch.Tensor) -> torch.Tensor:
-    """``volatility`` as a tensor of the paths' dtype and device, positive and finite."""
+    """``volatility`` as a tensor of the paths' dtype and device, non-negative and finite (a
+    Heston step's ``sqrt(v)`` is often exactly 0: such a step was refused)."""
     vol = torch.as_tensor(volatility, dtype=paths.dtype, device=paths.device)
-    if bool((vol <= 0).any()) or not bool(torch.isfinite(vol).all()):
-        raise ValueError("volatility must be positive and finite for continuous monitoring")
+    if bool((vol < 0).any()) or not bool(torch.isfinite(vol).all()):
+        raise ValueError("volatility must be non-negative and finite for continuous monitoring")
     return vol
 
 

@@ -164,6 +164,27 @@ def test_barrier_reference_prices(reference_table: Callable[[str], pd.DataFrame]
         _assert_within(r, group.expected_price, group.tolerance_abs, group.case_id.tolist())
 
 
+def test_discrete_knock_out_rebate_is_paid_on_the_monitoring_date() -> None:
+    # monitored at T/2 and T only: the rebate is paid on the date that sees the barrier, so its
+    # value is R (P(S_{T/2} <= H) e^{-rT/2} + P(S_{T/2} > H, S_T <= H) e^{-rT}); the strike is
+    # far enough out that only the rebate counts (it was accrued from mid-step: 17 se too high)
+    from scipy.stats import multivariate_normal, norm
+
+    spot, level, rebate, rate, vol, maturity = 100.0, 95.0, 10.0, 0.1, 0.3, 1.0
+    drift = rate - 0.5 * vol**2
+    half = (math.log(level / spot) - drift * maturity / 2) / (vol * math.sqrt(maturity / 2))
+    end = (math.log(level / spot) - drift * maturity) / (vol * math.sqrt(maturity))
+    both = multivariate_normal(cov=[[1.0, math.sqrt(0.5)], [math.sqrt(0.5), 1.0]]).cdf([half, end])
+    exact = rebate * (norm.cdf(half) * math.exp(-rate * maturity / 2)
+                      + (norm.cdf(end) - both) * math.exp(-rate * maturity))  # fmt: skip
+    r = mc_exotics.bs_barrier(
+        spot=spot, strike=1e5, barrier=level, barrier_type="down_out", maturity=maturity,
+        volatility=vol, rate=rate, rebate=rebate, continuous=False, n_paths=65536, n_steps=2,
+        antithetic=True, generator=_gen(5),
+    )  # fmt: skip
+    _assert_within(r, exact, 1e-6, "discrete rebate")  # 1e-6: the bivariate CDF's accuracy
+
+
 def test_lookback_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
     table = reference_table("lookback_prices.csv")
     for i, row in enumerate(table.itertuples()):
@@ -306,6 +327,12 @@ def test_pathwise_geometric_asian_greeks_match_closed_form_autograd() -> None:
         (lambda: monte_carlo.sabr_european(forward=1.0, strike=1.0, maturity=1.0, alpha=0.2,
                                            beta=0.5, rho=0.0, nu=0.3, n_paths=8, n_steps=2,
                                            control=True), "beta"),
+        (lambda: monte_carlo.sabr_european(forward=1.0, strike=1.0, maturity=1.0, alpha=0.2,
+                                           beta=1.0, rho=0.0, nu=0.3, discount=float("nan"),
+                                           n_paths=8, n_steps=2), "discount"),
+        (lambda: monte_carlo.sabr_european(forward=1.0, strike=1.0, maturity=1.0, alpha=0.2,
+                                           beta=1.0, rho=0.0, nu=0.3, discount=0.0, n_paths=8,
+                                           n_steps=2), "discount"),
         (lambda: monte_carlo.heston_european(spot=1.0, strike=1.0, maturity=1.0, v0=0.04,
                                              kappa=1.0, theta=0.04, sigma=0.3, rho=0.0,
                                              n_paths=8, n_steps=2, scheme="euler",
@@ -327,6 +354,12 @@ def test_pathwise_geometric_asian_greeks_match_closed_form_autograd() -> None:
          "payoff"),
         (lambda: mc_exotics.bs_asian(spot=1.0, strike=1.0, maturity=1.0, volatility=0.2,
                                      fixing_times=[0.5], n_paths=8), "fixing_times"),
+        (lambda: mc_exotics.bs_asian(spot=1.0, strike=1.0, maturity=1.0, volatility=0.2,
+                                     fixing_times=[0.0, 0.5, 1.0], n_paths=8), "fixing_times"),
+        (lambda: mc_exotics.bs_pathwise_greeks(spot=1.0, strike=1.0, maturity=1.0,
+                                               volatility=0.2, payoff="asian",
+                                               fixing_times=[0.5, 0.25, 1.0], n_paths=8),
+         "fixing_times"),
     ],
 )  # fmt: skip
 def test_bad_input_names_the_field(call: Callable[[], object], match: str) -> None:

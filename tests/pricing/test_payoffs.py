@@ -70,12 +70,29 @@ def test_knock_out_rebate_accrues_from_hit_and_knock_in_rebate_is_paid_at_expiry
     p = _paths([100.0, 80.0, 120.0], [80.0, 80.0, 80.0], [100.0, 100.0, 100.0])
     out = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=GRID2,
                           rebate=3.0, rate=rate)  # fmt: skip
-    # hit in the first step (taken at its middle, t = 0.25), and at t = 0 for the second path
-    expected = [3.0 * math.exp(rate * 0.75), 3.0 * math.exp(rate * 1.0), 0.0]
+    # hit on the first monitoring date, t = 0.5, and at t = 0 for the second path
+    expected = [3.0 * math.exp(rate * 0.5), 3.0 * math.exp(rate * 1.0), 0.0]
     torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0)
     knock_in = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_in", time_grid=GRID2,
                                rebate=3.0, rate=rate)  # fmt: skip
     assert knock_in.tolist() == [20.0, 0.0, 3.0]
+
+
+def test_steps_without_variance_cannot_cross_between_their_points() -> None:
+    # Heston's sqrt(v) is often exactly 0 in a step (QE's exponential branch): such a step was
+    # refused ("volatility must be positive"); its log price moves straight, so the bridge
+    # crossing probability is 0 and the bridge extremum is the larger (smaller) end point
+    p = _paths([100.0, 95.0, 92.0], [100.0, 95.0, 92.0])
+    vol = torch.tensor([[0.0, 0.3], [0.3, 0.3]], dtype=torch.float64)  # (N, T)
+    hit = payoffs.barrier_hit_probabilities(p, barrier=90.0, down=True, time_grid=GRID2,
+                                            volatility=vol)  # fmt: skip
+    a, b, c = (math.log(x / 90) for x in (100.0, 95.0, 92.0))
+    first, second = math.exp(-2 * a * b / (0.09 * 0.5)), math.exp(-2 * b * c / (0.09 * 0.5))
+    expected = [[0.0, second], [first, (1 - first) * second]]
+    torch.testing.assert_close(hit, torch.tensor(expected, dtype=torch.float64), rtol=1e-13,
+                               atol=0.0)  # fmt: skip
+    low = payoffs.path_extremum(p, maximum=False, time_grid=GRID2, volatility=torch.zeros(2, 2))
+    torch.testing.assert_close(low, p[:, -1], rtol=1e-14, atol=0.0)  # exp(log(92)) rounds
 
 
 def test_bridge_crossing_probability_matches_the_closed_form() -> None:
@@ -149,7 +166,7 @@ def test_bridge_maximum_has_the_brownian_bridge_distribution() -> None:
         (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="up_in",
                                    time_grid=GRID2[:2]), "time_grid"),
         (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="up_in",
-                                   time_grid=GRID2, volatility=0.0), "volatility"),
+                                   time_grid=GRID2, volatility=-0.1), "volatility"),
         (lambda p: payoffs.lookback(p, kind="floating", is_call=True, strike=1.0), "strike"),
         (lambda p: payoffs.lookback(p, kind="fixed", is_call=True), "strike"),
         (lambda p: payoffs.lookback(p, kind="partial", is_call=True), "kind"),
@@ -201,12 +218,12 @@ def test_blocked_barrier_and_bridge_extremum_equal_the_whole_chunk(
 
 
 def test_knock_out_rebate_accrues_from_the_mid_step_or_from_today() -> None:
-    # a rebate paid at the hit accrues to expiry: from mid-step, or from t_0 for a path that
-    # starts on the barrier side (hit at once)
+    # a rebate paid at the hit accrues to expiry: under continuous monitoring from mid-step, or
+    # from t_0 for a path that starts on the barrier side (hit at once)
     grid = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     p = _paths([100.0, 80.0, 120.0], [85.0, 95.0, 120.0])
     out = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=grid,
-                          rebate=1.0, rate=0.1)  # fmt: skip
+                          rebate=1.0, rate=0.1, volatility=0.3)  # fmt: skip
     expected = [math.exp(0.1 * 0.75), math.exp(0.1 * 1.0)]
     torch.testing.assert_close(
         out, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0.0

@@ -433,3 +433,13 @@ def test_bad_per_path_values_are_shown_with_their_index_and_numpy_sizes_work():
                         maturity=1.0).shape == (4, 3)  # fmt: skip
     with pytest.raises(ValueError, match="n_paths must be a positive integer"):
         simulate.gbm(True, 2, spot=100.0, volatility=0.2, maturity=1.0)
+
+
+def test_bad_scalar_values_are_shown_as_given_and_tiny_ones_pass():
+    # floats were converted through float32: -0.04 showed as -0.03999999910593033, and a spot of
+    # 1e-50 underflowed to 0 and was refused
+    with pytest.raises(ValueError, match=r"v0 must be non-negative and finite, got -0\.04$"):
+        simulate.heston(4, 2, spot=100.0, v0=-0.04, kappa=1.0, theta=0.04, sigma=0.3, rho=0.0,
+                        maturity=1.0)  # fmt: skip
+    paths = simulate.gbm(4, 2, spot=1e-50, volatility=0.2, maturity=1.0, generator=_gen(15))
+    assert bool((paths > 0).all())
