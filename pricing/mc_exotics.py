@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from pricing import black_scholes, payoffs, simulate
-from pricing._mc_random import base_seed, derive_seed, graph_chunk_size
+from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 from pricing.analytic_exotics import geometric_asian_price
@@ -251,9 +251,10 @@ def bs_lookback(
     """Monte Carlo price of a floating- or fixed-strike lookback under Black-Scholes.
 
     ``continuous=True`` samples the exact extremum of the log-price bridge over every step (so
-    the estimate is unbiased for continuous monitoring with any ``n_steps``; the bridge draws of a
-    chunk come from a generator seeded by the run's seed and the chunk's start, so results depend
-    on ``chunk_size``). ``control=True`` uses the discounted terminal spot as control variate.
+    the estimate is unbiased for continuous monitoring with any ``n_steps``; the bridge draws of
+    each block of :data:`pricing._mc_random.BLOCK_SIZE` paths come from a generator seeded by the
+    run's seed and the block, so, like the paths, they do not depend on ``chunk_size``).
+    ``control=True`` uses the discounted terminal spot as control variate.
 
     Args:
         spot: spot price.
@@ -295,13 +296,19 @@ def bs_lookback(
     bridge_seed = base_seed(generator)
     df = math.exp(-rate * maturity)
 
-    def payoff(item: tuple[slice, torch.Tensor]) -> torch.Tensor:
-        where, p = item
-        gen = torch.Generator(device=p.device).manual_seed(derive_seed(bridge_seed, where.start))
+    def block_payoff(p: torch.Tensor, block: int) -> torch.Tensor:
+        gen = torch.Generator(device=p.device).manual_seed(derive_seed(bridge_seed, block))
         return payoffs.lookback(
             p, kind=kind, is_call=is_call, strike=strike, running_extremum=running_extremum,
             time_grid=grid, volatility=volatility if continuous else None, generator=gen,
         )  # fmt: skip
+
+    def payoff(item: tuple[slice, torch.Tensor]) -> torch.Tensor:
+        # one generator per block of paths, as the paths' normals: a generator per chunk made
+        # the estimate depend on chunk_size (chunks start on block boundaries)
+        where, p = item
+        return torch.cat([block_payoff(p[lo : lo + BLOCK_SIZE], (where.start + lo) // BLOCK_SIZE)
+                          for lo in range(0, p.shape[0], BLOCK_SIZE)])  # fmt: skip
 
     return price_paths(
         ((where, (where, p)) for where, p in chunks),

