@@ -161,9 +161,9 @@ def bs_barrier(
     """Monte Carlo price of a single-barrier option with rebate under Black-Scholes.
 
     ``continuous=True`` applies the Brownian-bridge crossing probability between grid points
-    (exact for GBM; only the knock-out rebate's payment time is taken at mid-step), else the
-    barrier is monitored on the ``n_steps`` grid dates only (a knock-out rebate is then paid on
-    the date of the hit). ``control=True`` uses the European option on the same paths
+    (exact for GBM, the knock-out rebate's expected discount at the first passage included),
+    else the barrier is monitored on the ``n_steps`` grid dates only (a knock-out rebate is then
+    paid on the date of the hit). ``control=True`` uses the European option on the same paths
     (Black-Scholes mean) as control variate.
 
     Args:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
+from pricing._bridge_hit import discounted_first_passage
 from pricing._simulate_checks import check_increasing
 from pricing._typing import TensorLike, call_flag, call_flags
 
@@ -171,23 +173,46 @@ def _hit_probabilities(
     volatility: torch.Tensor | None,
 ) -> torch.Tensor:
     """:func:`barrier_hit_probabilities` of checked inputs (``volatility`` a tensor or None)."""
+    crossings = _crossings(paths, barrier, down, time_grid, volatility)
+    return _survival_before(crossings.probability) * crossings.probability
+
+
+class _Crossings(NamedTuple):
+    """Per step (N, T): log distances to the barrier at its ends (positive on the near side),
+    the crossing probability within it, and ``sigma^2 dt`` (None: grid points only)."""
+
+    start: torch.Tensor
+    end: torch.Tensor
+    probability: torch.Tensor
+    variance: torch.Tensor | None
+
+
+def _crossings(
+    paths: torch.Tensor,
+    barrier: float,
+    down: bool,
+    time_grid: torch.Tensor,
+    volatility: torch.Tensor | None,
+) -> _Crossings:
     distance = (paths / barrier).log()  # (N, T+1)
     if not down:
         distance = -distance
     start, end = distance[:, :-1], distance[:, 1:]  # (N, T)
     crossed = (end <= 0) | (start <= 0)
     if volatility is None:
-        step_prob = crossed.to(paths.dtype)
-    else:
-        variance = _step_variance(volatility, time_grid, paths)  # (N, T) or broadcastable
-        # a step without variance moves straight between its points: no crossing in between
-        moving = variance > 0
-        exponent = start.clamp_min(0) * end.clamp_min(0) / torch.where(moving, variance, 1.0)
-        bridge = torch.where(moving, torch.exp(-2.0 * exponent), 0.0)
-        step_prob = torch.where(crossed, torch.ones_like(bridge), bridge)
-    survive_before = torch.cumprod(1.0 - step_prob, dim=1)
-    survive_before = torch.cat((torch.ones_like(survive_before[:, :1]), survive_before[:, :-1]), 1)
-    return survive_before * step_prob
+        return _Crossings(start, end, crossed.to(paths.dtype), None)
+    variance = _step_variance(volatility, time_grid, paths)  # (N, T) or broadcastable
+    # a step without variance moves straight between its points: no crossing in between
+    moving = variance > 0
+    exponent = start.clamp_min(0) * end.clamp_min(0) / torch.where(moving, variance, 1.0)
+    bridge = torch.where(moving, torch.exp(-2.0 * exponent), 0.0)
+    return _Crossings(start, end, torch.where(crossed, torch.ones_like(bridge), bridge), variance)
+
+
+def _survival_before(step_prob: torch.Tensor) -> torch.Tensor:
+    """Probability of no hit before each step, (N, T), from the steps' (N, T)."""
+    survive = torch.cumprod(1.0 - step_prob, dim=1)
+    return torch.cat((torch.ones_like(survive[:, :1]), survive[:, :-1]), 1)
 
 
 def barrier(
@@ -206,8 +231,9 @@ def barrier(
 
     Knock-outs pay the vanilla payoff if the barrier is never reached, else ``rebate`` at the hit
     (accrued to expiry at ``rate``; the hit time is the monitoring date that saw it, or with the
-    bridge correction the middle of the step; ``t_0`` for a path that starts beyond the
-    barrier). Knock-ins pay the vanilla payoff once the barrier has been reached, else
+    bridge correction the bridge's first passage within the step, its expected accrual in closed
+    form up to a quadrature (:mod:`pricing._bridge_hit`); ``t_0`` for a path that starts beyond
+    the barrier). Knock-ins pay the vanilla payoff once the barrier has been reached, else
     ``rebate`` at expiry. The conditional expectation over the bridge replaces the hit
     indicator, which also lowers the variance.
 
@@ -278,21 +304,25 @@ def _barrier_block(
 ) -> torch.Tensor:
     """:func:`barrier` of one block of checked paths (arguments as there)."""
     down = barrier_type.startswith("down")
-    hit = _hit_probabilities(paths, barrier, down, time_grid, volatility)  # (N, T)
-    survive = 1.0 - hit.sum(1)  # (N,)
+    crossings = _crossings(paths, barrier, down, time_grid, volatility)
+    survive_before = _survival_before(crossings.probability)  # (N, T)
+    survive = 1.0 - (survive_before * crossings.probability).sum(1)  # (N,)
     vanilla = _vanilla(paths[:, -1], strike, is_call)
     extra = (slice(None),) + (None,) * (vanilla.ndim - 1)
     if barrier_type.endswith("_in"):
         return vanilla * (1.0 - survive)[extra] + rebate * survive[extra]
+    if rebate == 0.0:
+        return vanilla * survive[extra]
     grid = time_grid.to(paths.dtype)
-    # a bridge-corrected hit falls inside its step (taken at the middle); a discretely monitored
-    # one on the step's monitoring date (accruing it from mid-step overpaid by exp(rate dt / 2))
-    hit_times = grid[1:] if volatility is None else 0.5 * (grid[:-1] + grid[1:])  # (T,)
-    accrual = torch.exp(rate * (grid[-1] - hit_times))
-    start = paths[:, 0]
-    starts_beyond = start <= barrier if barrier_type == "down_out" else start >= barrier
-    early = torch.exp(rate * (grid[-1] - grid[0])) - accrual[0]  # hit at t_0 instead
-    accrued = hit @ accrual + torch.where(starts_beyond, hit[:, 0] * early, 0.0)  # (N,)
+    rate_dt = rate * grid.diff()  # (T,)
+    if crossings.variance is None:  # a hit on the monitoring date at the step's end (t_0 at once)
+        discount = torch.where(
+            crossings.start <= 0, 1.0, crossings.probability * torch.exp(-rate_dt)
+        )
+    else:  # at the bridge's first passage within the step (see pricing._bridge_hit)
+        discount = discounted_first_passage(crossings.start, crossings.end, crossings.variance,
+                                            crossings.probability, rate_dt)  # fmt: skip
+    accrued = (survive_before * discount) @ torch.exp(rate * (grid[-1] - grid[:-1]))  # (N,)
     return vanilla * survive[extra] + (rebate * accrued)[extra]
 
 

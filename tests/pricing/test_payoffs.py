@@ -217,17 +217,28 @@ def test_blocked_barrier_and_bridge_extremum_equal_the_whole_chunk(
         torch.testing.assert_close(b, a, rtol=1e-14, atol=1e-13)
 
 
-def test_knock_out_rebate_accrues_from_the_mid_step_or_from_today() -> None:
-    # a rebate paid at the hit accrues to expiry: under continuous monitoring from mid-step, or
-    # from t_0 for a path that starts on the barrier side (hit at once)
+def test_knock_out_rebate_accrues_from_the_hit_or_from_today() -> None:
+    # a rebate paid at the hit accrues to expiry: from t_0 for a path that starts on the barrier
+    # side (hit at once); a step without variance moves on a straight line in log price, so its
+    # hit is where the line crosses the barrier; without a rate the accrual is 1 at any time
     grid = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     p = _paths([100.0, 80.0, 120.0], [85.0, 95.0, 120.0])
+    vol = torch.tensor([[0.0, 0.3], [0.3, 0.3]], dtype=torch.float64)
     out = payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=grid,
-                          rebate=1.0, rate=0.1, volatility=0.3)  # fmt: skip
-    expected = [math.exp(0.1 * 0.75), math.exp(0.1 * 1.0)]
+                          rebate=1.0, rate=0.1, volatility=vol)  # fmt: skip
+    line = math.log(100 / 90) / math.log(100 / 80)  # fraction of the first step
+    expected = [math.exp(0.1 * (1.0 - 0.5 * line)), math.exp(0.1 * 1.0)]
     torch.testing.assert_close(
         out, torch.tensor(expected, dtype=torch.float64), rtol=1e-14, atol=0.0
     )
+    q = _paths([100.0, 92.0, 120.0], [100.0, 80.0, 120.0])
+    no_rate = payoffs.barrier(q, strike=100.0, barrier=90.0, barrier_type="down_out",
+                              time_grid=grid, rebate=1.0, volatility=0.3)  # fmt: skip
+    hit = payoffs.barrier_hit_probabilities(q, barrier=90.0, down=True, time_grid=grid,
+                                            volatility=0.3).sum(1)  # fmt: skip
+    survive = 1.0 - hit
+    torch.testing.assert_close(no_rate, hit + survive * torch.tensor([20.0, 20.0],
+                               dtype=torch.float64), rtol=1e-14, atol=0.0)  # fmt: skip
 
 
 @pytest.mark.parametrize(
