@@ -131,9 +131,10 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     For each expiry, the ``n_pairs`` strikes quoted as both call and put with the smallest
     ``|C - P|`` (the nearest the money) are fitted by least squares to ``C - P = D (F - K)``.
     With one pair (``parity_one_pair``), or a fit whose ``D`` implies a rate outside
-    :data:`PARITY_RATES` (``parity_rate_discount``), ``D`` comes from ``rate`` and ``F`` is the
-    mean of ``K + (C - P) / D`` over the pairs.
-    Expiries without pairs use ``F = S exp((r - q) T)`` and ``D = exp(-r T)`` (``carry``).
+    :data:`PARITY_RATES` (``parity_rate_discount``), ``D`` is the expiry's given ``discount``,
+    else ``exp(-r T)``, and ``F`` is the mean of ``K + (C - P) / D`` over the pairs.
+    Expiries without pairs use that ``D`` with their given ``forward`` (``given``), else with
+    ``F = S exp(-q T) / D`` (``carry``).
 
     Args:
         quotes: a table from :func:`pricing.quotes.read_quotes` (needs ``strike``, ``maturity``,
@@ -157,11 +158,16 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     for key, group in quotes.groupby("_key", sort=True):
         t = float(group["maturity"].iloc[0])
         rate, dividend = float(group["rate"].iloc[0]), float(group["dividend"].iloc[0])
+        discount = np.exp(-rate * t)
+        if "discount" in group and group["discount"].notna().all():
+            discount = group["discount"].mean()  # a given discount is the expiry's rate
         given = {"forward", "discount"} <= set(group.columns)
         if given and group[["forward", "discount"]].notna().all().all():
-            result = (group["forward"].mean(), group["discount"].mean(), "given")
+            result = (group["forward"].mean(), discount, "given")
         else:
-            result = _expiry_pairs(group, np.exp(-rate * t), n_pairs, t)
+            result = _expiry_pairs(group, discount, n_pairs, t)
+        if result is None and "forward" in group and group["forward"].notna().all():
+            result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate
         if result is None:
             if "spot" not in group:
                 raise QuoteError(
@@ -169,7 +175,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
                     column="spot",
                 )
             spot = float(group["spot"].iloc[0])
-            result = (spot * np.exp((rate - dividend) * t), np.exp(-rate * t), "carry")
+            result = (spot * np.exp(-dividend * t) / discount, discount, "carry")
         forward, discount, source = result
         rows.append(
             {"_key": key, "maturity": t, "forward": forward, "discount": discount, "source": source}

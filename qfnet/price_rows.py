@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from pricing import black_scholes as bs
+from pricing._validation import check_nonnegative
 from pricing.quotes import QuoteError, require_columns
 
 __all__ = [
@@ -35,7 +36,8 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 
 def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Forward and discount factor per row: the ``forward``/``discount`` columns where present,
-    else ``spot * exp((rate - dividend) T)`` and ``exp(-rate T)``.
+    else ``spot * exp((rate - dividend) T)`` and ``exp(-rate T)``; a row with a ``discount`` but
+    no ``forward`` carries its spot at the discount's rate, ``spot * exp(-dividend T) / discount``.
 
     Shape:
         quotes: N rows; outputs: (N,) each.
@@ -57,6 +59,9 @@ def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if "discount" in quotes:
         given = quotes["discount"].to_numpy(float)
         discount = np.where(np.isfinite(given), given, discount)
+        if "spot" in quotes:  # a given discount is the row's rate, in its carry too
+            carried = quotes["spot"].to_numpy(float) * np.exp(-dividend * t) / given
+            forward = np.where(np.isfinite(given), carried, forward)
     if "forward" in quotes:
         given = quotes["forward"].to_numpy(float)
         forward = np.where(np.isfinite(given), given, forward)
@@ -121,8 +126,15 @@ def model_parameters(
 
 
 def _is_call(quotes: pd.DataFrame) -> np.ndarray:
+    """Calls per row; a type other than ``call``/``put`` (a raw ``C``, a gap) is an error, not a
+    put (:func:`pricing.quotes.read_quotes` turns ``C``/``P`` into ``call``/``put``)."""
     require_columns(quotes, ["option_type"], "pricing")
-    return (quotes["option_type"] == "call").to_numpy()
+    kind = quotes["option_type"]
+    bad = np.flatnonzero(~kind.isin(["call", "put"]).to_numpy())
+    if bad.size:
+        raise QuoteError(f"{kind.iloc[bad[0]]!r} is not 'call' or 'put' (read_quotes "
+                         "normalises C/P)", row=int(bad[0]) + 1, column="option_type")  # fmt: skip
+    return (kind == "call").to_numpy()
 
 
 def _row_error(error: ValueError) -> ValueError:
@@ -172,9 +184,25 @@ def _analytic(model: str, f, d, k, t, call, p: dict[str, np.ndarray]) -> torch.T
     )
 
 
+def _check_parameters(model: str, f, k, t, p: dict[str, np.ndarray]) -> None:
+    """The analytic engine's parameter checks (naming field and index) for QuantLib, which
+    priced Heston with rho = -1.5 (a negative price) and raised bare RuntimeErrors."""
+    from pricing import heston, sabr
+
+    tensor = {name: torch.tensor(v, dtype=torch.float64) for name, v in p.items()}
+    if model == "bs":
+        check_nonnegative(volatility=tensor["volatility"])
+    elif model == "heston":
+        heston._validate_params(*(tensor[name] for name in heston.PARAM_NAMES))
+    else:  # Hagan's vol turns negative where the expansion breaks down
+        f, k, t = (torch.tensor(a, dtype=torch.float64) for a in (f, k, t))
+        check_nonnegative(volatility=sabr.lognormal_vol(forward=f, strike=k, maturity=t, **tensor))
+
+
 def _quantlib(model: str, f, d, k, t, call, p: dict[str, np.ndarray]) -> np.ndarray:
     from pricing import quantlib as qlref
 
+    _check_parameters(model, f, k, t, p)
     rate = -np.log(d) / t
     if model == "bs":
         return qlref.bs_price(

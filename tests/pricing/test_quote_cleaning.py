@@ -320,3 +320,24 @@ def test_strike_arbitrage_in_puts_is_found_when_both_sides_are_kept() -> None:
     clean, report = clean_quotes(table, otm_only=False)
     assert report.removed["strike_arbitrage"] == 1
     assert bad_put + 1 not in set(clean["source_row"])
+
+
+def test_carry_forwards_use_a_given_discount_as_the_rate() -> None:
+    # spot 100, dividend 2%, discount exp(-0.05), no pairs: F = 100 exp(0.03) (it was 100 exp(-0.02))
+    table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],
+                                      "maturity": 1.0, "spot": 100.0, "dividend": 0.02,
+                                      "discount": math.exp(-0.05), "price": [9.0, 10.0]}))  # fmt: skip
+    implied = parity_forwards(table)
+    np.testing.assert_allclose(implied["forward"], [100.0 * math.exp(0.03)], rtol=1e-14, atol=0)
+    np.testing.assert_allclose(implied["discount"], [math.exp(-0.05)], rtol=0, atol=0)
+    assert implied["source"].tolist() == ["carry"]
+
+
+def test_a_given_forward_without_pairs_or_spot_is_used_with_the_rate() -> None:
+    table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],
+                                      "maturity": 1.0, "forward": 100.0, "rate": 0.05,
+                                      "price": [7.6, 13.0]}))  # fmt: skip
+    implied = parity_forwards(table)  # it raised: "no call/put pairs ..., and no spot"
+    np.testing.assert_allclose(implied["forward"], [100.0], rtol=0, atol=0)
+    np.testing.assert_allclose(implied["discount"], [math.exp(-0.05)], rtol=1e-15, atol=0)
+    assert implied["source"].tolist() == ["given"]

@@ -1,0 +1,54 @@
+"""Pricing quote-table rows: forwards and discounts per row, option types, against QuantLib."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pricing import quantlib as qlref
+from pricing.quotes import QuoteError, read_quotes
+from qfnet.price_rows import forward_and_discount, price_table
+
+
+def test_a_given_discount_without_a_forward_sets_the_carry_rate():
+    # spot 100, dividend yield 2%, discount exp(-0.05): the forward is 100 exp(0.03), as
+    # QuantLib's Black-Scholes-Merton process on that discount curve has it (it was 100 exp(-0.02))
+    rate, dividend, t = 0.05, 0.02, 1.5
+    table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0,
+                                      "maturity": t, "spot": 100.0, "dividend": dividend,
+                                      "discount": np.exp(-rate * t), "volatility": 0.2}))  # fmt: skip
+    forward, _ = forward_and_discount(table)
+    np.testing.assert_allclose(forward, 100.0 * np.exp((rate - dividend) * t), rtol=1e-14, atol=0)
+    priced = price_table(table, model="bs")["price"].to_numpy()
+    reference = qlref.bs_price(spot=100.0, strike=100.0, maturity=t, volatility=0.2, rate=rate,
+                               dividend=dividend, is_call=np.array([True, False]))  # fmt: skip
+    np.testing.assert_allclose(priced, reference, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("option_type", ["C", "Call", None])
+def test_an_option_type_read_quotes_did_not_normalise_is_an_error_not_a_put(option_type):
+    table = pd.DataFrame({"option_type": ["put", option_type], "strike": 110.0, "maturity": 1.0,
+                          "spot": 100.0, "volatility": 0.2})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"row 2, column 'option_type'"):
+        price_table(table, model="bs")
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "message"),
+    [
+        ("heston", {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.3, "rho": -1.5}, "rho"),
+        ("heston", {"v0": -0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.3, "rho": -0.5}, "v0"),
+        ("sabr", {"alpha": 0.3, "beta": 1.5, "rho": -0.5, "nu": 0.5}, "beta"),
+        ("sabr", {"alpha": 0.3, "beta": 1.0, "rho": -0.95, "nu": 2.0}, "volatility"),
+        ("bs", {"volatility": -0.2}, "volatility"),
+    ],
+)
+def test_quantlib_engine_refuses_the_parameters_the_analytic_one_does(model, params, message):
+    # QuantLib priced rho = -1.5 (negative prices written) and raised bare RuntimeErrors for the
+    # others; Hagan's vol is negative at (K = 5, T = 30) for rho = -0.95, nu = 2
+    table = pd.DataFrame({"option_type": "call", "strike": [1.0, 5.0], "maturity": [1.0, 30.0],
+                          "forward": 1.0})  # fmt: skip
+    for engine in ("analytic", "quantlib"):
+        with pytest.raises(QuoteError, match=rf"row \d: {message} must be"):
+            price_table(table, model=model, engine=engine, params=params)
