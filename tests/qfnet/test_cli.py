@@ -77,6 +77,16 @@ def test_every_command_has_help(command):
     assert ">>>" not in result.output  # the docstrings' doctests stay out of the help
 
 
+def test_python_dash_m_qfnet_runs_the_command():
+    # there was no qfnet/__main__.py: `python -m qfnet` failed where the console script is absent
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "qfnet", "price", "--help"], capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0 and "Usage" in done.stdout, done.stderr
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_price_bs_writes_prices_and_implied_vols(bs_quotes, tmp_path, suffix):
     path, table = bs_quotes
