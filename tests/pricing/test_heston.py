@@ -223,6 +223,33 @@ def test_tiny_prices_match_high_precision_lewis_integral(strike, maturity, param
     assert float(value) == pytest.approx(expected, rel=1e-8)
 
 
+WIDE_BOX_PRICE_ATOL = 1e-12
+"""Price agreement (forward 1) with the wide-box mpmath values: ours is within 1e-15 of them."""
+
+
+def test_wide_box_prices_match_mpmath_where_quantlib_engines_disagree(reference_table):
+    # Random wide-box options where QuantLib 1.44's AnalyticHestonEngine missed by 0.6-65 bp of
+    # vol: adaptive Gauss-Lobatto (engine="reference" and "reference_cv"; kappa 11-20, sigma
+    # 0.056-0.19, v0 0.036-0.93, 1.9-15 years), Gauss-Laguerre of order 144, QuantLib's default
+    # (sigma 2.1, rho -0.996, 9.4 years; 2-3 day options) or 192 on the angled contour (1-2 days).
+    # A 40-digit Lewis integral settles each for our price (the CSV's notes give QuantLib's vols).
+    table = reference_table("heston_wide_box_mpmath.csv")
+    is_call = torch.tensor((table["option_type"] == "call").to_numpy())
+    columns = ("forward", "discount", "strike", "maturity_years", "v0", "kappa", "theta", "sigma",
+               "rho")  # fmt: skip
+    forward, discount, strike, maturity, *model = (
+        torch.tensor(table[c].to_numpy()) for c in columns
+    )
+    market = dict(forward=forward, discount=discount, strike=strike, maturity=maturity,
+                  is_call=is_call)  # fmt: skip
+    value = heston.price(**market, params=heston.HestonParams(*model))
+    np.testing.assert_allclose(value.numpy(), table["expected_price"], rtol=0,
+                               atol=WIDE_BOX_PRICE_ATOL)  # fmt: skip
+    vol = bs.black_implied_vol(price=value, **market)
+    np.testing.assert_allclose(vol.numpy(), table["expected_implied_vol"], rtol=0,
+                               atol=IV_TOL_BP * 1e-4)  # fmt: skip
+
+
 def test_outside_the_validated_box_the_default_nodes_widen():
     # Vol of vol 3 in the far put wing: the box's 32/24 nodes gave 6.7e-4, 150% off.
     params = (0.04, 2.0, 0.04, 3.0, -0.7)
