@@ -176,8 +176,10 @@ class TrainerConfig:
             _check_nonnegative_int(self, "num_workers")
         for name in ("clip_grad_norm", "clip_grad_value"):
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"TrainerConfig.{name} must be finite and > 0, got {value}")
+            # True was taken as a norm of 1.0, a string failed inside math.isfinite
+            if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"TrainerConfig.{name} must be a finite number > 0, "
+                                 f"got {value!r}")  # fmt: skip
         if self.clip_grad_norm is not None and self.clip_grad_value is not None:
             raise ValueError("TrainerConfig: set clip_grad_norm or clip_grad_value, not both")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))

@@ -304,6 +304,8 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
         ("precision", "fp8"),
         ("accumulate_grad_batches", 0),
         ("clip_grad_norm", -1.0),
+        ("clip_grad_norm", True),  # was a norm of 1.0
+        ("clip_grad_value", "1.0"),  # was a TypeError from math.isfinite
         ("betas", (0.9,)),
         ("betas", (0.9, 1.5)),
         ("seed", 1.5),
