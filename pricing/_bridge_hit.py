@@ -13,7 +13,7 @@ with ``F(1) = p`` for ``b > 0`` and 1 for ``b <= 0``. By parts, the expected dis
 step is ``E[exp(-r tau); tau <= dt] = exp(-r dt) F(1) + r dt int_0^1 exp(-r dt w) F(w) dw``,
 integrated by Gauss-Legendre in ``t`` with ``w = sin^2(pi t / 2)`` (nodes gathered at both ends,
 where ``F`` moves fastest for paths near the barrier). Taking the hit at mid-step instead
-priced a one-step continuously monitored rebate 100 standard errors off.
+priced one-step continuously monitored rebates 15 to 100 standard errors off.
 
 References:
     A. N. Borodin and P. Salminen (2002), "Handbook of Brownian Motion", the bridge crossing
