@@ -337,7 +337,8 @@ def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndar
     Args:
         quotes: prepared quotes (``market_iv``, ``forward``, ``discount``; ``bid_iv``/``ask_iv``
             for ``spread``).
-        weights: ``"equal"``; ``"vega"`` (Black vega, so errors count like price errors);
+        weights: ``"equal"``; ``"vega"`` (Black vega: errors near the money count more; vega
+            squared would make them count like price errors, ``price error ~ vega * vol error``);
             ``"spread"`` (inverse bid-ask spread in vol); or one non-negative weight per quote.
 
     Examples:

@@ -8,6 +8,7 @@ smile at a time).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -287,11 +288,26 @@ def _best_per_expiry(
     return torch.cat(picks)
 
 
+def _warn_if_underdetermined(batch: SmileBatch, free_beta: bool) -> None:
+    """Say (once) which expiries have fewer weighted quotes than free parameters: their fit is
+    one of many exact ones (two strikes gave rho -0.9999 here and -0.25 in scipy, both with a
+    zero error, for a true -0.3), reported as converged."""
+    names = "alpha, beta, rho, nu" if free_beta else "alpha, rho, nu"
+    n_free = len(names.split(", "))
+    few = [f"{count} at T={float(batch.maturity[e, 0]):.6g}"
+           for e, count in enumerate((batch.weight > 0).sum(-1).tolist()) if count < n_free]  # fmt: skip
+    if few:
+        warnings.warn(f"SABR expiries with fewer weighted quotes than the {n_free} free parameters "
+                      f"({names}): {', '.join(few)}; their parameters are not identified (any of "
+                      "many exact fits)", stacklevel=4)  # fmt: skip
+
+
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
     free = bool(options.pop("free_beta", False))
     beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
     batch = smile_batch(problem.quotes, problem.weights)
+    _warn_if_underdetermined(batch, free)
     params, vols, converged, iterations = fit_smiles(
         batch, beta=beta, bounds=problem.bounds, x0=problem.x0, **options
     )
@@ -382,6 +398,7 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
         start = {"beta": 0.5 if beta is None else beta} | dict(problem.x0)
         x0 = tuple(float(start[n]) for n in _NAMES)
     batch = smile_batch(problem.quotes, problem.weights)
+    _warn_if_underdetermined(batch, free)
     model_iv, table, ok, evaluations = np.empty(len(problem.quotes)), [], True, 0
     for e, rows in enumerate(batch.rows):
         n = len(rows)

@@ -37,6 +37,8 @@ from pricing.calibration import (
 )
 from pricing.heston import otm_implied_vol
 from qfnet.calibration_network import (
+    GRID_LOG_MONEYNESS,
+    GRID_MATURITY,
     MATURITIES,
     NAMES,
     CalibrationNetwork,
@@ -83,22 +85,30 @@ def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> 
     return otm_implied_vol(ratio=ratio, maturity=t, **fields).numpy()
 
 
+_REACH = float((GRID_LOG_MONEYNESS / GRID_MATURITY.sqrt()).max())
+"""The grid's widest ``ln(K/F) / sqrt(T)`` on either side (0.5)."""
+
+
 def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
     """The ``network`` answer rests on the whole grid: say (once) which quote tables' expiries
-    leave part of it to flat extrapolation (one 1-year expiry gave kappa 0.5 for a true 1.5).
+    or strikes leave part of it to flat extrapolation (one 1-year expiry gave kappa 0.5 for a
+    true 1.5; strikes within 5% of the forward gave kappa 5.0 and sigma 0.14 for 1.5 and 0.5).
     Not for the network as a global start: the fit that follows reads the quotes themselves."""
     short = []
     for i, quotes in enumerate(tables):
+        which = "the quotes'" if len(tables) == 1 else f"table {i}:"
         covered = quotes["maturity"].min(), quotes["maturity"].max()
         if covered[0] > MATURITIES[0] * 1.5 or covered[1] < MATURITIES[-1] / 1.5:
-            which = "the quotes'" if len(tables) == 1 else f"table {i}:"
             short.append(f"{which} expiries cover {covered[0]:.3g} to {covered[1]:.3g} years")
+        x = np.log(quotes["strike"] / quotes["forward"]) / np.sqrt(quotes["maturity"])
+        if x.min() > -_REACH / 1.5 or x.max() < _REACH / 1.5:
+            short.append(f"{which} strikes cover ln(K/F)/sqrt(T) {x.min():.3g} to {x.max():.3g}")
     if short:
-        more = f" (and {len(short) - 3} more tables)" if len(short) > 3 else ""
+        more = f" (and {len(short) - 3} more)" if len(short) > 3 else ""
         warnings.warn(f"{'; '.join(short[:3])}{more}; the calibration network reads "
-                      f"{MATURITIES[0]:.3g} to {MATURITIES[-1]:g} years and sees flat "
-                      "extrapolation beyond the quotes: its answer is a rough start",
-                      stacklevel=3)  # fmt: skip
+                      f"{MATURITIES[0]:.3g} to {MATURITIES[-1]:g} years and ln(K/F)/sqrt(T) "
+                      f"{-_REACH:g} to {_REACH:g}, and sees flat extrapolation beyond the "
+                      "quotes: its answer is a rough start", stacklevel=3)  # fmt: skip
 
 
 def fit_with_network(problem: CalibrationProblem) -> FitOutput:
@@ -108,7 +118,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
         NotImplementedError: no network file (the message names the path).
 
     Examples:
-        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
         ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> fit = fit_with_network(CalibrationProblem(quotes, np.ones(6)))
         >>> sorted(fit.params), fit.model_iv.shape, fit.iterations
@@ -132,7 +142,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
     one exact-pricer call for all the quotes (the options of the first problem apply to all).
 
     Examples:
-        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
         ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> problem = CalibrationProblem(quotes, np.ones(6))
         >>> fits = fit_many_with_network([problem, problem])
@@ -165,7 +175,7 @@ def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
     when there is no network file or the quotes cannot be put on its grid.
 
     Examples:
-        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
         ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> start = network_start(CalibrationProblem(quotes, np.ones(6), bounds={"rho": (-0.5, 0.0)}))
         >>> sorted(start), -0.5 <= start["rho"] <= 0.0
@@ -178,7 +188,7 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
     """:func:`network_start` of each problem, with one forward pass for all of them.
 
     Examples:
-        >>> quotes = pd.DataFrame({"strike": [90.0, 100.0, 110.0] * 2, "forward": 100.0,
+        >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
         ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
         >>> bad = quotes.assign(market_iv=-1.0)  # cannot be put on the grid
         >>> starts = network_starts([CalibrationProblem(q, np.ones(6)) for q in (quotes, bad)])

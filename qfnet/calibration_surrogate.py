@@ -26,6 +26,7 @@ from pricing.calibration_heston import (
     global_starts,
     surfaces_from_quotes,
 )
+from pricing.heston import otm_implied_vol
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 from qfnet.surrogate import implied_vol, load_surrogate
 
@@ -44,7 +45,11 @@ def _box(net: Any, bounds: dict[str, tuple[float, float]] | None) -> tuple[torch
     for name, (low, high) in (bounds or {}).items():
         if name not in domain:
             raise ValueError(f"unknown Heston parameter in bounds: {name!r}")
-        domain[name] = (max(low, domain[name][0]), min(high, domain[name][1]))
+        inside = (max(low, domain[name][0]), min(high, domain[name][1]))
+        if inside[0] > inside[1]:  # was "bounds must be numbers with lower <= upper"
+            raise ValueError(f"bounds[{name!r}]: ({low:g}, {high:g}) lies outside the surrogate's "
+                             f"domain {name} [{domain[name][0]:g}, {domain[name][1]:g}]")  # fmt: skip
+        domain[name] = inside
     lower = torch.tensor([domain[n][0] for n in NAMES], dtype=torch.float64)
     upper = torch.tensor([domain[n][1] for n in NAMES], dtype=torch.float64)
     return lower, upper
@@ -108,8 +113,10 @@ def fit_with_surrogate(
                                  **_TOLERANCES)  # fmt: skip
     best = int(torch.nan_to_num(solved.cost, nan=math.inf).argmin())
     x = solved.x[best]
+    # not from the residual: a weight-0 quote's vol came back as its market vol
     with torch.no_grad():
-        vols = residual(x.reshape(1, 1, 5), None)[0] / weight.clamp(min=1e-300) + market_iv
+        vols = implied_vol(net, maturity=maturity, log_moneyness=log_moneyness,
+                           out_of_domain="nan", **dict(zip(NAMES, x, strict=True)))  # fmt: skip
     return x, vols, bool(solved.converged[best]), int(solved.iterations[best])
 
 
@@ -156,6 +163,9 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
         params, vols = polished[0], reference_vols[0]
         converged, iterations = bool(converged_t[0]), iterations + int(more[0])
     values = dict(zip(NAMES, params.tolist(), strict=True))
+    if not polish:  # the Heston model's vols at the surrogate's optimum, as other methods report
+        vols = otm_implied_vol(ratio=tensor(quotes["strike"] / quotes["forward"]),
+                               maturity=tensor(quotes["maturity"]), **values)  # fmt: skip
     return FitOutput(values, vols.numpy(), converged, iterations)
 
 

@@ -89,3 +89,20 @@ def test_spread_weights_need_bid_and_ask() -> None:
 
     with pytest.raises(QuoteError, match="weights='spread' needs bid and ask"):
         calibrate("sabr", _smiles(), weights="spread")
+
+
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_smiles_with_fewer_quotes_than_free_parameters_are_reported(method: str) -> None:
+    # Two strikes for (alpha, rho, nu): one of many exact fits came back converged without a word
+    # (rho -0.07 from direct, +0.04 from scipy, for a true -0.25).
+    table = _smiles()
+    two = table[(table["maturity"] != 1.0) | table["strike"].isin(table["strike"].iloc[[12, 14]])]
+    with pytest.warns(UserWarning, match=r"3 free parameters \(alpha, rho, nu\): 2 at T=1;"):
+        calibrate("sabr", two, method=method, beta=0.5)
+    with pytest.warns(UserWarning, match=r"4 free parameters \(alpha, beta, rho, nu\): 3 at T=2;"):
+        calibrate("sabr", table.drop(index=[22, 23, 24, 25, 26, 27, 28, 29]), method=method,
+                  free_beta=True)  # fmt: skip
+    weights = np.ones(len(table))
+    weights[:9] = 0.0  # 2 of the 11 strikes of T = 0.25 left
+    with pytest.warns(UserWarning, match=r"2 at T=0.25;"):  # weight 0 says nothing
+        calibrate("sabr", table, method=method, beta=0.5, weights=weights)

@@ -364,6 +364,18 @@ def test_network_method_warns_when_the_quotes_leave_its_grid_to_extrapolation():
         surface_from_quotes(table.iloc[:0])
 
 
+def test_network_method_warns_when_the_strikes_leave_its_grid_to_extrapolation():
+    # Every expiry, but strikes within 5% of the forward: the grid's wings (ln(K/F) up to
+    # 0.5 sqrt(T)) were flat-extrapolated without a word (kappa 5.0, sigma 0.14 for 1.5, 0.5).
+    truth = {"v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 0.5, "rho": -0.6}
+    full = _synthetic_quotes(truth)
+    narrow = full[np.abs(np.log(full["strike"] / full["forward"])) <= 0.05]
+    with pytest.warns(UserWarning, match=r"strikes cover ln\(K/F\)/sqrt\(T\) -0.1\d* to 0.1"):
+        calibrate("heston", narrow, method="network")
+    with pytest.warns(UserWarning, match="table 1: strikes cover"):
+        calibrate_many("heston", [full, narrow], method="network")
+
+
 def test_bad_inputs_name_the_column_or_shape():
     # a maturity of 0 and vols in percent went into the interpolation; a sixth parameter column
     # was ignored; sample_parameters(0) was a torch size error

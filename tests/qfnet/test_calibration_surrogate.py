@@ -12,9 +12,11 @@ import torch
 from pricing.black_scholes import black_implied_vol
 from pricing.calibration import calibrate
 from pricing.datasets import HESTON_DOMAIN
+from pricing.heston import otm_implied_vol
 from pricing.heston import price as heston_price
 from qfnet import calibration_surrogate  # noqa: F401  (registers the method)
-from qfnet.surrogate import build_surrogate, save_surrogate
+from qfnet.calibration_surrogate import fit_with_surrogate
+from qfnet.surrogate import build_surrogate, implied_vol, load_surrogate, save_surrogate
 
 TRUE = {"v0": 0.045, "kappa": 2.1, "theta": 0.06, "sigma": 0.65, "rho": -0.6}
 
@@ -74,3 +76,43 @@ def test_shipped_surrogate_with_the_network_start_reaches_the_direct_optimum() -
     # issue 6: after the polish, within 0.01 bp of the optimum
     assert surrogate.rmse_iv_bp == pytest.approx(direct.rmse_iv_bp, abs=0.01)
     assert 40.0 < surrogate.rmse_iv_bp < 55.0  # the noise level: no local minimum
+
+
+def test_unpolished_fit_reports_heston_vols_at_its_parameters(tiny_surrogate: Path) -> None:
+    # A weight-0 quote's model vol came back as its market vol (error 0 bp: the vols were
+    # backed out of the weighted residual), and the others were the surrogate's vols, not
+    # Heston's at the reported parameters (up to 14 bp apart with the shipped surrogate).
+    quotes = _synthetic_surface(noise_bp=20.0)
+    z = np.log(quotes["strike"] / quotes["forward"]) / (0.2 * np.sqrt(quotes["maturity"]))
+    quotes = quotes[np.abs(z) <= 2.5].reset_index(drop=True)  # inside the surrogate's domain
+    weights = np.ones(len(quotes))
+    weights[[3, 20]] = 0.0
+    fit = calibrate("heston", quotes, method="surrogate", surrogate=tiny_surrogate, polish=False,
+                    weights=weights, n_scan=64, max_iterations=5, global_start="scan")  # fmt: skip
+    ratio = torch.tensor(quotes["strike"].to_numpy() / 100.0)
+    heston = otm_implied_vol(ratio=ratio, maturity=torch.tensor(quotes["maturity"].to_numpy()),
+                             **fit.params).numpy()  # fmt: skip
+    np.testing.assert_allclose(fit.residuals["model_iv"], heston, rtol=1e-12, atol=0)
+    assert (fit.residuals["error_bp"].abs().iloc[[3, 20]] > 1.0).all()
+
+
+def test_bounds_outside_the_surrogate_domain_name_the_parameter(tiny_surrogate: Path) -> None:
+    # was "bounds must be numbers with lower <= upper", about valid bounds (6, 10)
+    with pytest.raises(ValueError, match=r"bounds\['kappa'\]: \(6, 10\) lies outside the "
+                                         r"surrogate's domain kappa \[0.5, 5\]"):  # fmt: skip
+        calibrate("heston", _synthetic_surface(), method="surrogate", surrogate=tiny_surrogate,
+                  bounds={"kappa": (6.0, 10.0)}, global_start="scan")  # fmt: skip
+
+
+def test_fit_with_surrogate_returns_its_vols_at_weight_0_quotes(tiny_surrogate: Path) -> None:
+    # the vols were backed out of the weighted residual: a weight-0 quote got its market vol
+    net = load_surrogate(tiny_surrogate)
+    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
+    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
+    market = torch.full((6,), 0.3, dtype=torch.float64)
+    weight = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    params, vols, _, _ = fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=market,
+                                            weight=weight, n_scan=16, max_iterations=3)  # fmt: skip
+    fields = dict(zip(TRUE, params, strict=True))  # v0, kappa, theta, sigma, rho
+    expected = implied_vol(net, maturity=t, log_moneyness=k, **fields)
+    torch.testing.assert_close(vols, expected, rtol=1e-12, atol=0.0)
