@@ -111,6 +111,30 @@ def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
                       "quotes: its answer is a rough start", stacklevel=3)  # fmt: skip
 
 
+_EDGE = 0.01
+"""An answer within this fraction of the box's width from its edge saturated the network's output
+(a sigmoid): the surface lies beyond what the network was trained on."""
+
+
+def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | None]) -> None:
+    """Say (once) which answers sit on the edge of the network's box (the DAX surface gave kappa
+    5.0 and sigma 1.0, both edges, reported as converged with nothing said)."""
+    lower, upper = net.lower.tolist(), net.upper.tolist()
+    found = []
+    for i, values in enumerate(fields):
+        edges = [f"{name} {values[name]:.4g} in [{lo:g}, {hi:g}]"
+                 for name, lo, hi in zip(NAMES, lower, upper, strict=True)
+                 if values is not None and min(values[name] - lo, hi - values[name])
+                 <= _EDGE * (hi - lo)]  # fmt: skip
+        if edges:
+            found.append(("" if len(fields) == 1 else f"table {i}: ") + ", ".join(edges))
+    if found:
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        warnings.warn(f"the calibration network's answer is at the edge of its training box: "
+                      f"{'; '.join(found[:3])}{more}; the surface lies beyond what it was trained "
+                      "on (method 'direct' fits it)", stacklevel=3)  # fmt: skip
+
+
 def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     """The ``network`` method: parameters from the calibration network, exact model vols.
 
@@ -134,6 +158,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
         raise ValueError(errors[0])
     _warn_if_extrapolated([problem.quotes])
     (values,) = _predicted(net, [problem], surfaces, errors)
+    _warn_at_edge(net, [values])
     return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
 
 
@@ -161,6 +186,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
             raise ValueError(f"quote table {i}: {error}")
     _warn_if_extrapolated([p.quotes for p in problems])
     fields = _predicted(net, problems, surfaces, errors)
+    _warn_at_edge(net, fields)
     sizes = [len(p.quotes) for p in problems]
     repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}
     vols = _model_vols(pd.concat([p.quotes for p in problems], ignore_index=True), repeated)

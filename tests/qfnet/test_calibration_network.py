@@ -391,3 +391,12 @@ def test_bad_inputs_name_the_column_or_shape():
         surface_vols(torch.full((1, 6), 0.1, dtype=torch.float64))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         sample_parameters(0)
+
+
+def test_network_method_warns_when_its_answer_sits_on_the_edge_of_its_box():
+    # the DAX surface (short expiries, steep skew) saturates the network's sigmoid: kappa 5.0 and
+    # sigma 1.0, the box's edges, came back as converged with nothing said
+    dax = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    with pytest.warns(UserWarning, match=r"edge of its training box: kappa 5 in \[0.5, 5\]"):
+        fit = calibrate("heston", str(dax), method="network")
+    assert fit.params["kappa"] == pytest.approx(5.0, abs=0.05)
