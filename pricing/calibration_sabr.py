@@ -9,7 +9,7 @@ smile at a time).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,6 +302,18 @@ def _warn_if_underdetermined(batch: SmileBatch, free_beta: bool) -> None:
                       "many exact fits)", stacklevel=4)  # fmt: skip
 
 
+def _warn_if_beta_at_an_end(maturity: Sequence[float], beta: Sequence[float]) -> None:
+    """With a free beta, say (once) which expiries' beta ended at 0 or 1: a smile barely
+    identifies beta apart from rho and nu (the DAX surface gave 0 or 1 on six of eight expiries,
+    reported as converged), so those fits are one of many near-equal ones."""
+    ends = [f"T={t:.6g} (beta {b:g})" for t, b in zip(maturity, beta, strict=True)
+            if min(b, 1.0 - b) <= 1e-6]  # fmt: skip
+    if ends:
+        warnings.warn(f"SABR beta ended on a bound of [0, 1] at {', '.join(ends)}: the smile "
+                      "does not pin beta down apart from rho and nu; fix it (e.g. --beta 0.5) for "
+                      "comparable parameters", stacklevel=4)  # fmt: skip
+
+
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
     free = bool(options.pop("free_beta", False))
@@ -317,6 +329,8 @@ def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     table = {"maturity": batch.maturity[:, 0], "forward": batch.forward[:, 0]}
     table |= dict(zip(("alpha", "beta", "rho", "nu"), params.unbind(-1), strict=True))
     table["shift"] = batch.shift[:, 0]
+    if free:
+        _warn_if_beta_at_an_end(table["maturity"].tolist(), table["beta"].tolist())
     return FitOutput(
         {k: v.tolist() for k, v in table.items()}, model_iv, bool(converged.all()), iterations
     )
@@ -415,6 +429,8 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     params = {"maturity": batch.maturity[:, 0].tolist(), "forward": batch.forward[:, 0].tolist()}
     params |= {name: values[:, i].tolist() for i, name in enumerate(_NAMES)}
     params["shift"] = batch.shift[:, 0].tolist()
+    if free:
+        _warn_if_beta_at_an_end(params["maturity"], params["beta"])
     return FitOutput(params, model_iv, ok, evaluations)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,3 +109,17 @@ def test_smiles_with_fewer_quotes_than_free_parameters_are_reported(method: str)
     weights[:9] = 0.0  # 2 of the 11 strikes of T = 0.25 left
     with pytest.warns(UserWarning, match=r"2 at T=0.25;"):  # weight 0 says nothing
         calibrate("sabr", table, method=method, beta=0.5, weights=weights)
+
+
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_a_free_beta_on_a_bound_is_reported(method: str) -> None:
+    # the DAX smiles leave beta nearly free: it ended at 0 or 1 on most expiries, all reported
+    # as converged without a word
+    dax = str(Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv")
+    with pytest.warns(UserWarning, match=r"SABR beta ended on a bound of \[0, 1\] at T=0.0356"):
+        fit = calibrate("sabr", dax, method=method, free_beta=True)
+    ends = [b for b in fit.params["beta"] if min(b, 1.0 - b) <= 1e-6]
+    assert len(ends) >= 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        calibrate("sabr", dax, method=method)  # beta fixed: nothing to say
