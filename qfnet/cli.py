@@ -164,9 +164,26 @@ def price(
     # which the prices used: leave out the defaults those columns make meaningless
     given = {"rate": "discount", "dividend": "forward"}
     unused = [c for c in table.attrs.get("defaulted", []) if given[c] in table]
-    write_table(result.drop(columns=[c for c in unused if c in result]), out)
+    result, kept = _keep_market_columns(
+        table, result.drop(columns=[c for c in unused if c in result])
+    )
+    write_table(result, out)
     options = "option" if len(result) == 1 else "options"
-    typer.echo(f"priced {len(result)} {options} ({model}, {engine}) -> {out}")
+    typer.echo(f"priced {len(result)} {options} ({model}, {engine}) -> {out}{kept}")
+
+
+def _keep_market_columns(table: pd.DataFrame, result: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The input's own ``price`` and ``implied_vol`` (market values, where a quote file has them)
+    beside the model's, as ``market_price`` and ``market_implied_vol``: the model's columns
+    replaced them, and OUT lost them. Returns the table and a note for the summary line."""
+    renamed = {}
+    for name in ("price", "implied_vol"):
+        keep = f"market_{name}"
+        if name in table and keep not in table and table[name].notna().any():
+            result.insert(result.columns.get_loc(name), keep, table[name].to_numpy())
+            renamed[name] = keep
+    note = "; the file's " + ", ".join(f"{a} kept as {b}" for a, b in renamed.items())
+    return result, note if renamed else ""
 
 
 def _price_surrogate(

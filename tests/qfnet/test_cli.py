@@ -77,6 +77,23 @@ def test_every_command_has_help(command):
     assert ">>>" not in result.output  # the docstrings' doctests stay out of the help
 
 
+def test_price_keeps_the_files_own_prices_and_vols_as_market_columns(bs_quotes, tmp_path):
+    # a quote file's price and implied_vol (market values) were replaced by the model's in OUT
+    path, table = bs_quotes
+    market = table.assign(price=[11.0, 9.0, 15.0, 21.0], implied_vol=[0.21, 0.26, 0.31, 0.36])
+    market.to_csv(path, index=False)
+    out = tmp_path / "out.csv"
+    result = runner.invoke(
+        app, ["price", "--model", "bs", "--quotes", str(path), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "price kept as market_price, implied_vol kept as market_implied_vol" in result.output
+    written = pd.read_csv(out)
+    np.testing.assert_array_equal(written["market_price"], market["price"])
+    np.testing.assert_array_equal(written["market_implied_vol"], market["implied_vol"])
+    np.testing.assert_allclose(written["implied_vol"], market["volatility"], rtol=1e-9, atol=0)
+
+
 def test_python_dash_m_qfnet_runs_the_command():
     # there was no qfnet/__main__.py: `python -m qfnet` failed where the console script is absent
     import subprocess
