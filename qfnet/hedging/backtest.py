@@ -131,6 +131,13 @@ def bootstrap_ci(
         >>> lo < 0.0 < hi
         True
     """
+    # n_resamples 0 was an IndexError from numpy, level 95 numpy's "Quantiles must be in the
+    # range [0, 1]", an empty sample torch's "random_ expects 'from' to be less than 'to'"
+    check_positive_int("n_resamples", n_resamples)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if pnl.dim() != 1 or pnl.shape[0] == 0:
+        raise ValueError(f"pnl must have shape (N,) with N >= 1, got {tuple(pnl.shape)}")
     n = pnl.shape[0]
     stats = []
     for _ in range(n_resamples):
@@ -180,6 +187,7 @@ def backtest(
         >>> sorted(report["es95_vs_delta"]), len(report["delta"]["ci95"]["es95"])
         (['no_hedge', 'whalley_wilmott'], 2)
     """
+    check_positive_int("n_resamples", n_resamples)  # 0 wrote NaN intervals without a word
     n_paths = int(data.payoff.shape[0])
     if n_paths < 2:  # one path's std came out NaN (torch warned of zero degrees of freedom)
         raise ValueError(f"a backtest needs at least 2 paths (a std and bootstrap intervals), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -69,11 +70,15 @@ def train_command(
         result = train(cfg, out, progress_bar=progress, resume=resume)
     except (NonFiniteLossError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
-    last = result.history[-1] if len(result.history) else {}
+    # the saved weights are the best epoch's (early stopping restores them), so is its loss: the
+    # last epoch's was reported, after early stopping up to `patience` epochs worse than the model
+    losses = [
+        v for r in result.history if (v := r.get("val_loss")) is not None and math.isfinite(v)
+    ]
     summary = {
         "run": str(out),
         "epochs": len(result.history),
-        "val_loss": last.get("val_loss"),
+        "val_loss": min(losses, default=None),
         "seconds": round(result.seconds, 3),
     }
     typer.echo(json.dumps(summary))

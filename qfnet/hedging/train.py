@@ -49,6 +49,12 @@ class HedgeModel(nn.Module):
     without a graph, and re-evaluates only the tail paths (about ``1 - alpha`` of them) with
     one. Values and gradients equal those of the full evaluation, at about half the cost.
 
+    With expected shortfall the loss (``val_loss`` too, as ``qfnet hedge train`` prints it) is
+    the Rockafellar-Uryasev value at the learned level ``w``: an upper bound of the sample's ES,
+    equal where ``w`` is its VaR. Where the level is off it differs: with a P&L of 0 on every
+    path it is ``w`` (``w > 0``) or ``-w alpha / (1 - alpha)``, where the ES (what
+    :func:`~qfnet.hedging.backtest.backtest` reports) is 0.
+
     Shape:
         - packed: (N, L) (or (1, N, L) as collated by a loader)
         - output: (N,)

@@ -227,3 +227,43 @@ def test_es95_relative_to_delta_keeps_its_sign_when_delta_gains_in_the_tail() ->
     assert ratios["learned"]["relative"] < 0 < ratios["no_hedge"]["relative"]
     flat = {"delta": torch.zeros(100, dtype=torch.float64), "learned": 0.01 * noise[:100]}
     assert math.isnan(_bootstrap(flat, 1.0, 5, seed=0)[1]["learned"]["relative"])
+
+
+def test_bootstrap_sizes_and_levels_are_checked_and_named() -> None:
+    # backtest(n_resamples=0) wrote [nan, nan] intervals without a word; bootstrap_ci raised
+    # numpy's IndexError (0 resamples) or "Quantiles must be in the range [0, 1]" (level 95)
+    pnl = torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"n_resamples must be a positive integer, got 0"):
+        bootstrap_ci(pnl, torch.mean, n_resamples=0)
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\), got 95"):
+        bootstrap_ci(pnl, torch.mean, level=95)
+    with pytest.raises(ValueError, match=r"pnl must have shape \(N,\) with N >= 1, got \(0,\)"):
+        bootstrap_ci(pnl[:0], torch.mean)
+    config = config_from_dict({"market": {"n_steps": 5}})
+    market = Market(config)
+    data, _ = make_paths(market, 16, split="test", seed=0)
+    with pytest.raises(ValueError, match=r"n_resamples must be a positive integer, got 0"):
+        backtest(config, data, market, n_resamples=0)
+
+
+def test_train_cli_reports_the_validation_loss_of_the_saved_model(tmp_path: Path) -> None:
+    # the run keeps the best epoch's weights (early stopping restores them), but the summary
+    # printed the last epoch's val_loss: here, where the P&L is 0 on every path (a call struck
+    # at 5 times the spot, no costs) and the ES loss is that of the VaR level alone, 0.011
+    # for a saved model whose validation loss is 0.0036
+    config = {"seed": 0, "market": {"n_steps": 5, "cost": 0.0}, "derivative": {"strike": 5.0},
+              "paths": {"train": 2000, "val": 1000, "test": 100},
+              "training": {"epochs": 3, "batch_size": 500, "threads": 1},
+              "baselines": {"ww_risk_aversion": 1.0}}  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    args = ["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(hedge_app, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output.strip().splitlines()[-1])["val_loss"]
+    from qfnet.hedging.markets import pack
+
+    loaded, model, _ = load_run(tmp_path / "run")
+    val, _ = make_paths(Market(loaded), loaded.paths.val, split="val", seed=loaded.seed)
+    with torch.no_grad():
+        saved = float(model.risk_loss(model(pack(val).float())))
+    assert printed == pytest.approx(saved, rel=1e-5, abs=1e-9)
