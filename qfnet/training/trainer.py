@@ -466,7 +466,7 @@ class Trainer:
         self._epoch_loss.add(step_loss, total)
         total_all, loss_probe = self._reduce_step(total, step_loss)
         norm = self._finish_gradients(nominal, total_all)
-        self._check_finite(step_loss, loss_probe, norm)
+        self._check_finite(step_loss, loss_probe, norm, total_all)
         self._optimizer_step()
         self.batch_in_epoch += len(group)
         self.step_in_epoch += 1
@@ -513,10 +513,15 @@ class Trainer:
         return norm
 
     def _check_finite(
-        self, loss: torch.Tensor, loss_probe: torch.Tensor, norm: torch.Tensor
+        self,
+        loss: torch.Tensor,
+        loss_probe: torch.Tensor,
+        norm: torch.Tensor,
+        total: torch.Tensor | int = 1,
     ) -> None:
         """Raise :class:`NonFiniteLossError` on every rank when any rank's loss, or the gradient
-        norm, is NaN/Inf (``loss_probe`` from :meth:`_reduce_step`)."""
+        norm, is NaN/Inf (``loss_probe`` from :meth:`_reduce_step`); ``total`` is the step's
+        weight over all ranks (0: its mean loss is 0/0, which the message says)."""
         if not self.config.nan_guard:
             return
         # with fp16 scaling, inf gradients only make the scaler skip the step
@@ -524,7 +529,10 @@ class Trainer:
         # .item() synchronises the GPU once per step: the price of stopping at the bad step
         if math.isfinite(probe.item()):
             return
-        if not math.isfinite(loss.item()):
+        if float(total) == 0.0:  # not a diverging model: a step of zero-weight samples only
+            what = ("loss: the step's sample weights sum to 0, so its weighted mean is 0/0 "
+                    "(drop zero-weight samples or use larger batches)")  # fmt: skip
+        elif not math.isfinite(loss.item()):
             what = f"loss {loss.item()}"
         elif not math.isfinite(loss_probe.item()):
             what = "loss on another process"

@@ -529,3 +529,19 @@ def test_plateau_watches_the_loss_in_min_mode_whatever_the_monitor_mode():
     same = TrainerConfig(scheduler="plateau", monitor="val_acc", monitor_mode="max",
                          scheduler_monitor="val_acc")  # fmt: skip
     assert build_scheduler(opt, same, 10)[0].mode == "max"
+
+
+def test_a_step_of_zero_weight_samples_is_named_as_such(mlp):
+    # its weighted mean loss is 0/0: the error said "non-finite loss nan", as for a diverging
+    # model, without the cause
+    from qfnet.training import NonFiniteLossError
+
+    x = torch.linspace(-1.0, 1.0, 16, dtype=torch.float64).unsqueeze(1).expand(16, 3)
+    weight = torch.ones(16, dtype=torch.float64)
+    weight[8:] = 0.0  # the second batch has no weight
+    data = TensorDataset(x, x[:, :1], weight)
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, shuffle=False, progress_bar=False)
+    per_sample = lambda output, target: ((output - target) ** 2).squeeze(-1)  # noqa: E731
+    trainer = Trainer(mlp(), loss=per_sample, config=cfg)
+    with pytest.raises(NonFiniteLossError, match=r"sample weights sum to 0.*step 1 of the epoch"):
+        trainer.fit(data)
