@@ -264,7 +264,9 @@ def iv(
     if {"bid", "ask"} <= set(table.columns):
         crossed = (table["bid"] > table["ask"]).to_numpy()
         vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
-    result = table.copy()
+    # the forward and discount used are written: a rate or dividend the file lacked, defaulted to
+    # 0 by reading, would stand beside them as if it had made them (price leaves them out too)
+    result = table.drop(columns=[c for c in table.attrs.get("defaulted", []) if c in table])
     result["forward"], result["discount"] = prepared["forward"], prepared["discount"]
     result["implied_vol"], result["status"] = vol, status
     write_table(result, out)

@@ -512,6 +512,9 @@ def test_iv_takes_forwards_from_parity_and_flags_zero_prices(tmp_path):
     assert pd.isna(ivs["implied_vol"][6]) and ivs["status"][6].startswith(
         "price at its lower bound"
     )
+    # the file had no rate or dividend: no column of zeros beside the parity forward and
+    # discount the vols used (it read as a rate of 0)
+    assert "rate" not in ivs and "dividend" not in ivs
 
 
 def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
