@@ -398,8 +398,9 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
                 example = "0.02 for 2%" if column in ("rate", "dividend") else "0.2 for 20%"
                 raise locate.error(i, column, f"{_show(frame[column].iloc[i])} looks like a "
                                               f"percentage: give decimals ({example})")  # fmt: skip
-    checks = {"exercise": ("american", "European exercise only (American prices carry an "
-                                       "early-exercise premium the Black and Heston formulas lack)"),
+    checks = {"exercise": (r"american|^\s*a\s*$", "European exercise only (American prices carry an "
+                                                     "early-exercise premium the Black and Heston "
+                                                     "formulas lack)"),
               "vol_type": ("normal|bachelier", "lognormal (Black) vols only; normal (Bachelier) "
                                                "vols are not supported")}  # fmt: skip
     for column, (pattern, reason) in checks.items():

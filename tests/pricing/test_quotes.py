@@ -289,6 +289,7 @@ def test_a_named_index_is_read_as_a_column(tmp_path: Path) -> None:
     [({"implied_vol": 26.5}, r"column 'implied_vol': 26.5 looks like a percentage.*0.2 for 20%"),
      ({"rate": 3.0}, r"column 'rate': 3.0 looks like a percentage.*\(0.02 for 2%\)"),
      ({"exercise_style": "American"}, r"column 'exercise': 'American': European exercise only"),
+     ({"style": "A"}, r"column 'exercise': 'A': European exercise only"),  # OptionMetrics' code
      ({"vol_type": "normal"}, r"normal \(Bachelier\) vols are not supported")],
 )  # fmt: skip
 def test_conventions_the_library_would_misread_are_refused(extra: dict, match: str) -> None:
