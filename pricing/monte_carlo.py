@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from pricing import payoffs, simulate
 from pricing._mc_random import sobol_replicates
 from pricing._mc_stats import MCResult, Moments, finish, shape_samples
-from pricing._simulate_checks import check_positive
+from pricing._simulate_checks import check_nonnegative, check_positive
 from pricing._typing import DEFAULT_DTYPE, TensorLike
 
 __all__ = [
@@ -389,6 +389,9 @@ def sabr_european(
     if control and beta != 1.0:
         raise ValueError("control=True needs beta == 1 (exact martingale forward)")
     check_positive("discount", discount)  # NaN was "payoff samples contain NaN", 0 a price of 0
+    # the payoff of F + shift at K + shift: a shifted model's strikes may be negative (> -shift)
+    shifted_strike = torch.as_tensor(strike, dtype=dtype) + shift
+    check_nonnegative("strike + shift", shifted_strike)
     chunks = simulate.sabr_chunks(
         n_paths, n_steps, forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu,
         maturity=maturity, shift=shift, antithetic=antithetic, sobol=sobol, dtype=dtype,
@@ -396,7 +399,9 @@ def sabr_european(
     )  # fmt: skip
     return price_paths(
         ((where, paths.forward) for where, paths in chunks),
-        lambda f: payoffs.european(f, strike=strike, is_call=is_call),
+        lambda f: payoffs.european(
+            f + shift if shift else f, strike=shifted_strike, is_call=is_call
+        ),
         discount=discount,
         controls=(lambda f: f[:, -1] * discount) if control else None,
         control_means=forward * discount if control else None,

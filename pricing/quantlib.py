@@ -443,6 +443,16 @@ def sabr_fd_price(
         >>> round(float(p[0]), 6)  # Hagan's formula in Black's gives 0.0011990 here
         0.001199
     """
+    # QuantLib checks alpha, rho and nu by name, but prices a beta < 0, calls a maturity of 0
+    # "alpha must be positive" and a forward + shift <= 0 a Boost gamma_p argument
+    checks = (
+        ("maturity", maturity, maturity > 0, "> 0"),
+        ("beta", beta, 0 <= beta <= 1, "in [0, 1]"),
+        ("forward + shift", forward + shift, forward + shift > 0, "> 0"),
+    )
+    for name, value, ok, requirement in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {requirement}, got {value!r}")
     _set_evaluation_date()
     days = max(1, round(365.0 * maturity))
     time_scale = np.sqrt(maturity / (days / 365.0))

@@ -427,10 +427,12 @@ def _smallest_positive_root(
         root = torch.where(slope != 0, root - value / slope, root)
     residual = ((c3 * root + c2) * root + c1) * root - c0
     # relative to the terms' size: a large root's terms cancel to c0 with their rounding error
-    # (a = 960 at beta = 0.89, nu = 2.5, T = 24: terms ~1e7 against c0 ~ 1)
+    # (a = 960 at beta = 0.89, nu = 2.5, T = 24: terms ~1e7 against c0 ~ 1); and no tighter than
+    # the dtype's rounding (float32 residuals of true roots reach ~1e-7 of the terms)
     a = root.abs()
     scale = ((c3.abs() * a + c2.abs()) * a + c1.abs()) * a + c0
-    return torch.where(residual.abs() <= 1e-10 * scale, root, torch.full_like(root, math.nan))
+    tol = max(1e-10, 64 * torch.finfo(root.dtype).eps)
+    return torch.where(residual.abs() <= tol * scale, root, torch.full_like(root, math.nan))
 
 
 def alpha_from_atm_vol(

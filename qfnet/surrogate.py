@@ -95,12 +95,14 @@ def _sabr_base(x: torch.Tensor) -> torch.Tensor:
 def _sabr_hagan_base(x: torch.Tensor) -> torch.Tensor:
     """Hagan's lognormal SABR vol at ``F = 1``, floored at ``alpha / 4`` (the expansion can turn
     negative in long-dated low-strike wings). The network then learns the correction of Hagan's
-    formula towards the labelling engine (exact for Hagan labels, small for PDE labels)."""
+    formula towards the labelling engine (exact for Hagan labels, small for PDE labels).
+    ``beta`` is clipped to [0, 1]: a query within the domain's edge tolerance of beta = 1 (say
+    1 + 2e-16, or a float32 value rounded up) is inside the domain but not a valid SABR beta."""
     from pricing.sabr import lognormal_vol
 
     alpha = x[:, 0]
     vol = lognormal_vol(forward=1.0, strike=torch.exp(x[:, 5]), maturity=x[:, 4], alpha=alpha,
-                        beta=x[:, 1], rho=x[:, 2], nu=x[:, 3])  # fmt: skip
+                        beta=x[:, 1].clamp(0.0, 1.0), rho=x[:, 2], nu=x[:, 3])  # fmt: skip
     return torch.maximum(torch.nan_to_num(vol, nan=0.0), 0.25 * alpha)
 
 

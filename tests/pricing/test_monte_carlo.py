@@ -132,6 +132,24 @@ def test_sabr_without_vol_of_vol_is_black() -> None:
     _assert_within(r, expected, 0.0, "sabr nu=0")
 
 
+def test_shifted_sabr_prices_negative_strikes_as_shifted_black() -> None:
+    # beta = 1, nu = 0: shifted Black at vol alpha on F + shift, K + shift; the negative strikes
+    # (above -shift) were refused by the payoff as "strike must be finite and non-negative"
+    forward, shift = -0.002, 0.02
+    k = torch.tensor([-0.012, -0.002, 0.006], dtype=torch.float64)
+    calls = k >= forward
+    r = monte_carlo.sabr_european(forward=forward, strike=k, maturity=2.0, alpha=0.3, beta=1.0,
+                                  rho=-0.3, nu=0.0, shift=shift, discount=0.9, is_call=calls,
+                                  n_paths=16384, n_steps=2, antithetic=True, control=True,
+                                  generator=_gen(15))  # fmt: skip
+    expected = black_scholes.black_price(forward=forward + shift, strike=k + shift, maturity=2.0,
+                                         volatility=0.3, discount=0.9, is_call=calls)  # fmt: skip
+    _assert_within(r, expected, 0.0, "shifted sabr nu=0")
+    with pytest.raises(ValueError, match="strike \\+ shift"):
+        monte_carlo.sabr_european(forward=forward, strike=-0.03, maturity=2.0, alpha=0.3, beta=1.0,
+                                  rho=0.0, nu=0.0, shift=shift, n_paths=8, n_steps=1)  # fmt: skip
+
+
 @pytest.mark.parametrize(("beta", "nu", "rho"), [(0.5, 0.4, -0.3), (0.0, 0.5, 0.0)])
 def test_sabr_with_absorbing_forward_matches_quantlib_finite_differences(
     beta: float, nu: float, rho: float

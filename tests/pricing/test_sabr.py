@@ -269,6 +269,18 @@ def test_alpha_from_atm_vol_finds_a_large_only_positive_root():
     assert float(alpha) / forward ** (1 - beta) == pytest.approx(positive[0], rel=1e-10)
 
 
+def test_alpha_from_atm_vol_in_float32_matches_float64():
+    # the root's residual test at 1e-10 of the cubic's terms is below float32 rounding: one
+    # case in ten was refused as "atm_vol must be reachable by a positive alpha"
+    cases = _random_cases(500, seed=5)
+    names = ("forward", "maturity", "beta", "rho", "nu", "shift")
+    kw = {k: torch.as_tensor(cases[k]) for k in names} | {"atm_vol": torch.full((500,), 0.3)}
+    alpha64 = sabr.alpha_from_atm_vol(**kw, dtype=torch.float64)
+    alpha32 = sabr.alpha_from_atm_vol(**{k: v.float() for k, v in kw.items()})
+    assert alpha32.dtype == torch.float32
+    torch.testing.assert_close(alpha32.double(), alpha64, rtol=1e-5, atol=0.0)
+
+
 def test_alpha_from_atm_vol_names_atm_vol_when_unreachable():
     with pytest.raises(ValueError, match="atm_vol"):
         sabr.alpha_from_atm_vol(
@@ -464,6 +476,22 @@ def test_quantlib_finite_difference_prices_match_hagan_when_short_dated(shift):
     d1 = (-log_moneyness + 0.5 * vol**2 * maturity) / (vol * math.sqrt(maturity))
     vega = shifted_forward * math.sqrt(maturity) * np.exp(-0.5 * d1**2) / math.sqrt(2 * math.pi)
     assert np.all(np.abs(fd - hagan) <= 3e-4 * vega)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("beta", -0.2, "beta"),
+        ("maturity", 0.0, "maturity"),
+        ("forward", -0.05, "forward \\+ shift"),
+    ],
+)
+def test_quantlib_finite_difference_pricer_names_a_bad_field(field, value, message):
+    # QuantLib priced beta = -0.2, and blamed alpha (maturity 0) or Boost's gamma_p (F + s <= 0)
+    kw = dict(forward=0.03, strike=[0.03], maturity=1.0, alpha=0.02, beta=0.5, rho=-0.3, nu=0.4)
+    kw[field] = value
+    with pytest.raises(ValueError, match=message):
+        qlref.sabr_fd_price(**kw, shift=0.01, t_grid=10, f_grid=50, x_grid=10)
 
 
 def test_price_refuses_a_negative_hagan_vol_instead_of_returning_nan():

@@ -74,3 +74,15 @@ def test_generate_takes_the_pde_domain_by_name(tmp_path) -> None:
     assert ok.exit_code == 0, ok.output
     frame = pd.read_parquet(tmp_path / "d" / "shard-00000.parquet")
     assert frame["maturity"].max() <= 10.0
+
+
+@pytest.mark.parametrize("beta", [1.0 + 2.0**-52, -1e-12], ids=["above_one", "below_zero"])
+def test_shipped_surrogate_answers_a_beta_within_the_edge_tolerance(beta: float) -> None:
+    # inside the domain by its rtol (a beta computed in floating point at an edge), so priced
+    # like the edge itself; Hagan's base vol refused it with a ValueError, even with "nan"
+    net = load_surrogate(SABR_PDE_SURROGATE)
+    query = dict(alpha=0.2, rho=-0.3, nu=0.4, maturity=2.0, log_moneyness=[-0.2, 0.0, 0.3])
+    edge = implied_vol(net, beta=round(beta), **query)
+    for mode in ("raise", "nan"):
+        iv = implied_vol(net, beta=beta, out_of_domain=mode, **query)
+        torch.testing.assert_close(iv, edge, rtol=1e-9, atol=0.0)
