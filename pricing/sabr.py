@@ -19,6 +19,7 @@ where the expansion breaks down (long maturities with strongly negative ``rho * 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,8 +70,15 @@ class SabrParams:
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "rho", "nu", "shift"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            # numpy scalars (np.float32, np.int64) were refused as "not a finite number", and
+            # True taken as alpha = 1: real numbers only, stored as floats
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"{name} must be a finite real number, got {value!r}")
+            if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         checks = (
             ("alpha", self.alpha > 0, "> 0"),
             ("beta", 0 <= self.beta <= 1, "in [0, 1]"),

@@ -449,6 +449,17 @@ def test_sabr_params_validate_and_name_the_field(field, value):
     assert asdict(params)["shift"] == 0.01
 
 
+def test_sabr_params_take_numpy_and_tensor_scalars_and_refuse_a_bool():
+    # np.float32 and np.int64 were refused as "not a finite number"; True was taken as alpha = 1
+    rho = torch.tensor(-0.2, dtype=torch.float64)
+    params = sabr.SabrParams(alpha=np.float32(0.25), beta=np.int64(1), rho=rho, nu=np.float64(0.4))
+    assert asdict(params) == {"alpha": 0.25, "beta": 1.0, "rho": pytest.approx(-0.2, rel=1e-15),
+                              "nu": 0.4, "shift": 0.0}  # fmt: skip
+    assert all(type(v) is float for v in asdict(params).values())
+    with pytest.raises(ValueError, match="alpha must be a finite real number, got True"):
+        sabr.SabrParams(alpha=True, beta=0.5, rho=0.0, nu=0.3)
+
+
 @pytest.mark.parametrize("shift", [0.0, 0.02], ids=["plain", "shifted"])
 def test_quantlib_finite_difference_prices_match_hagan_when_short_dated(shift):
     """Three months, moderate vol of vol: Hagan's expansion is accurate here to well under 1 bp.
