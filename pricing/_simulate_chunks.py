@@ -29,6 +29,7 @@ from pricing._simulate_checks import (
     check_nonnegative,
     check_paths,
     check_positive,
+    check_qe_sigma,
     check_sabr,
     check_steps,
 )
@@ -111,11 +112,15 @@ def time_grid(
         check_steps(n_steps)
         check_positive("maturity", maturity)
         return torch.linspace(0.0, float(maturity), n_steps + 1, dtype=dtype, device=device)
+    given = grid.dtype if isinstance(grid, torch.Tensor) else dtype
     grid = torch.as_tensor(grid, dtype=dtype, device=device)
     check_grid(grid)
     if n_steps is not None and n_steps != grid.numel() - 1:
         raise ValueError(f"n_steps={n_steps} disagrees with time_grid of {grid.numel() - 1} steps")
-    if maturity is not None and not math.isclose(float(grid[-1]), float(maturity), rel_tol=1e-9):
+    # a float32 grid (given so, or cast to dtype) ends within its rounding of maturity: a float64
+    # grid [0, 0.1] in float32 ended at 0.10000000149 and was refused with maturity=0.1
+    tol = max([1e-9] + [torch.finfo(d).eps for d in (given, dtype) if d.is_floating_point])
+    if maturity is not None and not math.isclose(float(grid[-1]), float(maturity), rel_tol=tol):
         raise ValueError(
             f"maturity={float(maturity)} disagrees with time_grid[-1]={float(grid[-1])}"
         )
@@ -163,7 +168,7 @@ def gbm_chunks(
     check_positive("spot", spot)
     check_nonnegative("volatility", volatility)
     check_finite(rate=rate, dividend=dividend)
-    _check_per_path(n_paths, spot=spot, volatility=volatility)
+    _check_per_path(n_paths, spot=spot, volatility=volatility, rate=rate, dividend=dividend)
     dt = grid.diff()[:, None]  # (T, 1)
     source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
     graph = any(
@@ -175,8 +180,9 @@ def gbm_chunks(
         for start, stop, normals in drawn_chunks(source, chunk_size):
             s0 = _per_path(spot, start, stop, n_paths)
             vol = _per_path(volatility, start, stop, n_paths)
+            mu = _per_path(rate, start, stop, n_paths) - _per_path(dividend, start, stop, n_paths)
             z = normals[:, 0, :]  # (T, C)
-            increments = (rate - dividend - 0.5 * vol**2) * dt + vol * dt.sqrt() * z  # (T, C)
+            increments = (mu - 0.5 * vol**2) * dt + vol * dt.sqrt() * z  # (T, C)
             log_growth = torch.cat((torch.zeros_like(increments[:1]), increments.cumsum(0)))
             yield slice(start, stop), (s0 * log_growth.exp()).T  # (C, T+1)
 
@@ -184,7 +190,8 @@ def gbm_chunks(
         for start, stop, slabs in drawn_slabs(source, chunk_size):
             s0 = _per_path(spot, start, stop, n_paths)
             vol = _per_path(volatility, start, stop, n_paths)
-            scale, drift = vol * dt.sqrt(), (rate - dividend - 0.5 * vol**2) * dt  # (T, 1 or C)
+            mu = _per_path(rate, start, stop, n_paths) - _per_path(dividend, start, stop, n_paths)
+            scale, drift = vol * dt.sqrt(), (mu - 0.5 * vol**2) * dt  # (T, 1 or C)
             out = buffers.get((len(dt) + 1, stop - start))[0]  # (T+1, C)
             out[0] = 0.0
             t = 0
@@ -250,11 +257,13 @@ def heston_chunks(
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
     check_finite(rate=rate, dividend=dividend)
+    _check_one_value("heston", rate=rate, dividend=dividend)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
     model = {"kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
     if scheme == "qe":
         _check_float_params(model)
+        check_qe_sigma(sigma, dtype)
     elif compile:
         raise ValueError("compile=True is only available for scheme='qe'")
     _check_per_path(n_paths, spot=spot, v0=v0, **model)
@@ -358,6 +367,7 @@ def sabr_chunks(
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
     check_sabr(forward, alpha, beta, rho, nu, shift)
+    _check_one_value("sabr", forward=forward, alpha=alpha, rho=rho, nu=nu)
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
     dts = grid.diff().tolist()
 
@@ -487,6 +497,16 @@ def _check_float_params(model: dict[str, Scalar]) -> None:
                 f"{name}: scheme='qe' takes one float value without autograd (its step constants "
                 "are precomputed, and its branch switch biases pathwise parameter derivatives); "
                 "use scheme='euler' for per-path or differentiable model parameters"
+            )
+
+
+def _check_one_value(simulator: str, **values: Scalar) -> None:
+    """Refuse by name a tensor of several values for a parameter that ``simulator`` takes as one
+    number (``float()`` said only "only one element tensors can be converted to Python scalars")."""
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor) and value.numel() > 1:
+            raise ValueError(
+                f"{name}: {simulator} takes one value, got a tensor of shape {tuple(value.shape)}"
             )
 
 

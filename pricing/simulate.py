@@ -83,9 +83,9 @@ def gbm(
 ) -> torch.Tensor:
     """Simulate geometric Brownian motion exactly on the grid (log-Euler is exact for GBM).
 
-    ``dS = (rate - dividend) S dt + volatility S dW``. ``spot`` and ``volatility`` may be scalars or
-    tensors of shape (N,) (one value per path, e.g. to get per-path pathwise derivatives by
-    autograd); gradients flow to them.
+    ``dS = (rate - dividend) S dt + volatility S dW``. ``spot``, ``volatility``, ``rate`` and
+    ``dividend`` may be scalars or tensors of shape (N,) (one value per path, e.g. to get per-path
+    pathwise derivatives by autograd); gradients flow to them.
 
     Args:
         n_paths: number of paths N.
@@ -174,7 +174,8 @@ def heston(
         v0: initial variance, >= 0, scalar or (N,).
         kappa: mean-reversion speed, > 0 (Euler: scalar or (N,)).
         theta: long-run variance, > 0 (Euler: scalar or (N,)).
-        sigma: volatility of variance, > 0 (Euler: scalar or (N,)).
+        sigma: volatility of variance, > 0 (Euler: scalar or (N,); QE: at least the square root
+            of ``dtype``'s eps, 1.5e-8 in float64 and 3.5e-4 in float32).
         rho: spot/variance correlation in [-1, 1] (Euler: scalar or (N,)).
         maturity: horizon in years (or give ``time_grid``).
         rate: continuously compounded risk-free rate.

@@ -443,3 +443,66 @@ def test_bad_scalar_values_are_shown_as_given_and_tiny_ones_pass():
                         maturity=1.0)  # fmt: skip
     paths = simulate.gbm(4, 2, spot=1e-50, volatility=0.2, maturity=1.0, generator=_gen(15))
     assert bool((paths > 0).all())
+
+
+def test_qe_refuses_a_sigma_too_small_for_its_dtype_by_name() -> None:
+    # K1 v, K2 v' and the log-MGF are each of order rho v / sigma and cancel: in float32 sigma =
+    # 1e-6 lifted the mean spot by 1.7% and 1e-10 made every path NaN
+    with pytest.raises(ValueError, match=r"sigma=1e-06 is too small for scheme='qe'.*euler"):
+        simulate.heston(4, 2, **{**HESTON, "sigma": 1e-6}, dtype=torch.float32)
+    with pytest.raises(ValueError, match="sigma=1e-20 is too small"):
+        simulate.heston(4, 2, **{**HESTON, "sigma": 1e-20})
+    # above the floor (float64: sqrt(eps) = 1.5e-8) the variance is nearly deterministic and the
+    # log spot normal with variance v0 T (v0 = theta), mean S0 exp((r - q) T)
+    n, args = 20_000, {**HESTON, "v0": 0.04, "theta": 0.04, "sigma": 1e-6}
+    terminal = simulate.heston(n, 8, **args, generator=_gen(16)).spot[:, -1]
+    assert bool(torch.isfinite(terminal).all())
+    growth = math.exp((HESTON["rate"] - HESTON["dividend"]) * HESTON["maturity"])
+    se = terminal.std() / math.sqrt(n)
+    assert abs(terminal.mean() - HESTON["spot"] * growth) <= K_SE * se
+    torch.testing.assert_close(terminal.log().var(), torch.tensor(0.04, dtype=torch.float64),
+                               rtol=K_SE * math.sqrt(2.0 / n), atol=0.0)  # fmt: skip
+
+
+def test_time_grid_rounded_to_float32_still_matches_its_maturity() -> None:
+    # the grid was cast to the dtype before the comparison with maturity (rel_tol 1e-9): a float64
+    # grid ending at 0.9 ended at 0.89999998 in float32 and was refused
+    grid = torch.tensor([0.0, 0.01, 0.5, 0.51, 0.9], dtype=torch.float64)
+    paths = simulate.gbm(4, spot=100.0, volatility=0.2, maturity=0.9, time_grid=grid,
+                         dtype=torch.float32, generator=_gen())  # fmt: skip
+    assert paths.shape == (4, 5) and paths.dtype == torch.float32
+    assert simulate.time_grid(maturity=0.9, grid=grid.float()).dtype == torch.float64
+    with pytest.raises(ValueError, match="maturity"):
+        simulate.time_grid(maturity=0.9001, grid=grid, dtype=torch.float32)
+
+
+def test_gbm_per_path_rate_and_dividend_are_sliced_chunk_by_chunk() -> None:
+    # a rate of shape (N,) worked in one chunk and broke in several (a 1024 against 2048 mismatch)
+    n = 2048
+    rate = torch.tensor([0.01, 0.08], dtype=torch.float64).repeat_interleave(1024)
+    dividend = torch.tensor([0.0, 0.03], dtype=torch.float64).repeat_interleave(1024)
+    kw = {"spot": 100.0, "volatility": 0.2, "maturity": 1.0}
+    mixed = simulate.gbm(n, 4, **kw, rate=rate, dividend=dividend, chunk_size=1024,
+                         generator=_gen(17))  # fmt: skip
+    for half, r, q in ((slice(0, 1024), 0.01, 0.0), (slice(1024, n), 0.08, 0.03)):
+        alone = simulate.gbm(n, 4, **kw, rate=r, dividend=q, generator=_gen(17))
+        torch.testing.assert_close(mixed[half], alone[half], rtol=1e-14, atol=0.0)
+    with pytest.raises(ValueError, match="rate has 3 values for 2048 paths"):
+        simulate.gbm(n, 4, **kw, rate=torch.full((3,), 0.01))
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [("sabr", "forward"), ("sabr", "alpha"), ("sabr", "nu"), ("heston", "rate"),
+     ("heston", "dividend")],
+)  # fmt: skip
+def test_parameter_taken_as_one_value_names_itself_when_given_per_path(
+    model: str, field: str
+) -> None:
+    # float() of the tensor said only "only one element tensors can be converted to Python scalars"
+    per_path = torch.full((4,), 0.3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"{field}: {model} takes one value"):
+        if model == "sabr":
+            simulate.sabr(4, 2, **{**SABR, field: per_path})
+        else:
+            simulate.heston(4, 2, **{**HESTON, field: per_path})
