@@ -318,21 +318,37 @@ def load_surrogate(
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{target} is not a readable surrogate file: {exc}") from exc
+        raise ValueError(
+            f"{target} is not a readable surrogate file: {exc or type(exc).__name__}"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{target} is not a {FORMAT} file")
+    if payload.get("format_version") != FORMAT_VERSION:  # a newer file was read as this one
+        raise ValueError(f"{target} is {FORMAT} version {payload.get('format_version')!r}; "
+                         f"this qfnet reads version {FORMAT_VERSION}")  # fmt: skip
+    try:
+        net = _from_payload(payload)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a field missing or damaged
+        raise ValueError(f"{target} is a corrupt {FORMAT} file: {exc!r}") from exc
+    net.requires_grad_(False)  # an inference model: gradients flow to the inputs only (greeks)
+    return net.eval().to(device) if device is not None else net.eval()
+
+
+def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
     arch = payload["architecture"]
+    dtype = getattr(torch, arch["dtype"])
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"architecture dtype {arch['dtype']!r} is not a torch dtype")
     net = SurrogateNet(
         Domain.from_dict(payload["domain"]),
         hidden=arch["hidden"],
         activation=arch["activation"],
-        dtype=getattr(torch, arch["dtype"]),
+        dtype=dtype,
         base=arch.get("base", _LEGACY_BASE[payload["model"]]),
     )
     net.load_state_dict(payload["state_dict"])
     net.training_summary = payload.get("training", {})
-    net.requires_grad_(False)  # an inference model: gradients flow to the inputs only (greeks)
-    return net.eval().to(device) if device is not None else net.eval()
+    return net
 
 
 def _tensor(value: Any, device: torch.device) -> torch.Tensor:
@@ -404,6 +420,18 @@ def _centre(domain: Domain, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).expand_as(like)
 
 
+def _at_unit_forward(
+    net: SurrogateNet, params: dict[str, Any], forward: torch.Tensor
+) -> dict[str, Any]:
+    """Model parameters at the forward ``F`` as the surrogate's ``F = 1`` quotes them: SABR's
+    ``alpha`` becomes ``alpha F^(beta - 1)`` (the same dynamics for ``F_t / F``, as
+    :func:`qfnet.surrogate_cli.surrogate_price_rows` rescales rows); Heston's do not move."""
+    if net.domain.model != "sabr" or not {"alpha", "beta"} <= params.keys():
+        return params  # a missing field is named by implied_vol
+    alpha, beta = (_tensor(params[n], forward.device) for n in ("alpha", "beta"))
+    return {**params, "alpha": alpha * forward ** (beta - 1.0)}
+
+
 def price(
     net: SurrogateNet,
     *,
@@ -420,7 +448,8 @@ def price(
 
     The forward is ``spot * exp((rate - dividend) * maturity)`` and the discount
     ``exp(-rate * maturity)``; ``out_of_domain`` is as in :func:`implied_vol` (``"nan"`` gives NaN
-    prices for those rows).
+    prices for those rows). SABR parameters are those at this forward: a SABR surrogate quotes
+    ``F = 1``, so ``alpha`` is rescaled to ``alpha F^(beta - 1)`` (as ``qfnet price`` does).
 
     Shape:
         All inputs broadcast; the output (float64) has the broadcast shape.
@@ -442,9 +471,9 @@ def price(
     check_positive(spot=s, strike=k)
     check_finite(rate=r, dividend=q)
     forward = s * torch.exp((r - q) * t)
-    iv = implied_vol(
-        net, maturity=t, log_moneyness=torch.log(k / forward), out_of_domain=out_of_domain, **params
-    )
+    params = _at_unit_forward(net, params, forward)
+    log_k = torch.log(k / forward)
+    iv = implied_vol(net, maturity=t, log_moneyness=log_k, out_of_domain=out_of_domain, **params)
     ok = torch.isfinite(iv)
     value = black_scholes.black_price(
         forward=forward,
@@ -471,8 +500,8 @@ def _smooth_price(
     a formula that is smooth there.
     """
     spot, t, r = leaves["spot"], leaves["maturity"], leaves["rate"]
-    params = {n: leaves[n] for n in net.domain.param_names}
     forward = spot * torch.exp((r - dividend) * t)
+    params = _at_unit_forward(net, {n: leaves[n] for n in net.domain.param_names}, forward)
     iv = implied_vol(net, maturity=t, log_moneyness=torch.log(strike / forward), **params)
     total = iv * torch.sqrt(t)
     d1 = torch.log(forward / strike) / total + 0.5 * total

@@ -185,16 +185,17 @@ def _architecture(
     split: dict,
     dataset: dict,
     training: dict,
-) -> tuple[tuple[int, ...], str]:
-    """On resume the run's own architecture wins (so ``--resume`` alone continues a run); its
-    domain must be the dataset's (the scalers and weights were fitted on it), its dataset the
-    same (``dataset``: size, seed, engine) and its split (``seed`` and fractions) the same:
-    another one would test on rows it trained on; so must its ``training`` settings (batch size,
-    learning rate). Without resume, a directory holding a run is refused (``overwrite`` replaces
-    it)."""
+    base: str | None = None,
+) -> tuple[tuple[int, ...], str, str | None]:
+    """On resume the run's own architecture (widths, activation, base vol) wins (so
+    ``--resume`` alone continues a run); its domain must be the dataset's (the scalers and
+    weights were fitted on it), its dataset the same (``dataset``: size, seed, engine) and its
+    split (``seed`` and fractions) the same: another one would test on rows it trained on; so
+    must its ``training`` settings (batch size, learning rate). Without resume, a directory
+    holding a run is refused (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
-        return tuple(int(h) for h in hidden), activation
+        return tuple(int(h) for h in hidden), activation, base
     saved = json.loads(path.read_text())
     if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
         raise ValueError(f"--resume: the run in {out} was trained on another domain than "
@@ -218,7 +219,7 @@ def _architecture(
             raise ValueError(f"--resume: the run in {out} was started with {flag} "
                              f"{saved['training'][name]}, not {value}; resume with the same "
                              "value (or train a new run, --init from this one)")  # fmt: skip
-    return tuple(saved["hidden"]), str(saved["activation"])
+    return tuple(saved["hidden"]), str(saved["activation"]), saved.get("base", base)
 
 
 def _dataset_identity(meta: dict[str, Any], rows: int) -> dict[str, Any]:
@@ -239,10 +240,12 @@ def _check_fresh(out: Path, resume: bool, overwrite: bool) -> None:
                               "--overwrite replaces it")  # fmt: skip
 
 
-def _build(domain: Domain, hidden: tuple[int, ...], activation: str, seed: int) -> SurrogateNet:
+def _build(
+    domain: Domain, hidden: tuple[int, ...], activation: str, seed: int, base: str | None
+) -> SurrogateNet:
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
         torch.manual_seed(seed)
-        return build_surrogate(domain, hidden=hidden, activation=activation)
+        return build_surrogate(domain, hidden=hidden, activation=activation, base=base)
 
 
 @torch.no_grad()
@@ -341,10 +344,12 @@ def train_surrogate(
     run = Path(out)
     x, iv, domain, meta = load_training_tensors(data)
     start = load_surrogate(init) if init is not None else None
+    base = None  # the model's default base vol
     if start is not None:  # fine-tuning: architecture, scalers and weights of the given surrogate
         if start.domain != domain:
             raise ValueError(f"--init surrogate domain differs from the dataset's: {init}")
-        hidden, activation = start.hidden, start.activation
+        # its base vol too: its weights correct that base (another one was taken silently)
+        hidden, activation, base = start.hidden, start.activation, start.base
     _check_fresh(run, resume, overwrite)
     if resume and not (run / "checkpoints" / "last.pt").is_file():  # a new run started quietly
         raise ValueError(f"{run}: no checkpoint to resume (checkpoints/last.pt); train without "
@@ -352,10 +357,10 @@ def train_surrogate(
     split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     dataset = _dataset_identity(meta, len(iv))
     training = {"batch_size": batch_size, "lr": lr, "min_lr_ratio": min_lr_ratio}
-    hidden, activation = _architecture(run, resume, hidden, activation, domain, split, dataset,
-                                       training)  # fmt: skip
+    hidden, activation, base = _architecture(run, resume, hidden, activation, domain, split,
+                                             dataset, training, base)  # fmt: skip
     train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
-    net = _build(domain, hidden, activation, seed)
+    net = _build(domain, hidden, activation, seed, base)
     if start is not None:
         net.load_state_dict(start.state_dict())
     else:
@@ -393,8 +398,9 @@ def train_surrogate(
                   **shard)  # fmt: skip
     if ranks.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
-        arch = {"hidden": list(hidden), "activation": activation, "domain": domain.to_dict(),
-                "split": split, "dataset": dataset, "training": training}  # fmt: skip
+        arch = {"hidden": list(hidden), "activation": activation, "base": net.base,
+                "domain": domain.to_dict(), "split": split, "dataset": dataset,
+                "training": training}  # fmt: skip
         (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
     trainer.fit(train, val, resume=resume)
     if not ranks.is_global_zero:
@@ -454,7 +460,8 @@ def export_checkpoint(
         raise FileNotFoundError(f"{root} is not a surrogate run (no {_ARCH_FILE})")
     arch = json.loads(arch_path.read_text())
     domain = Domain.from_dict(arch["domain"]) if "domain" in arch else HESTON_DOMAIN
-    net = build_surrogate(domain, hidden=arch["hidden"], activation=arch["activation"])
+    net = build_surrogate(domain, hidden=arch["hidden"], activation=arch["activation"],
+                          base=arch.get("base"))  # fmt: skip
     state = load_checkpoint(root / "checkpoints" / f"{which}.pt")
     net.load_state_dict(state["model"])
     info = {

@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from pricing import sabr
+from pricing.black_scholes import black_price
 from pricing.datasets import HESTON_DOMAIN, SABR_DOMAIN, DomainError, generate, label, sample
 from qfnet.surrogate import (
     build_surrogate,
@@ -340,3 +341,69 @@ def test_greeks_take_option_flags_as_numbers_and_price_names_bad_market_inputs()
     for field, value in (("spot", math.nan), ("strike", -1.0), ("rate", math.nan)):
         with pytest.raises(ValueError, match=field):
             price(net, **(kw | {"strike": 100.0, field: value}))
+
+
+def test_sabr_price_and_greeks_take_alpha_at_the_forward_as_the_cli_does():
+    # price and greeks passed alpha to the F = 1 surrogate unscaled: alpha = 2 at F = 100
+    # (beta = 0.5, a lognormal level of 0.2) was refused, and alpha = 0.2 priced a 10x vol
+    from qfnet.surrogate import SABR_PDE_SURROGATE
+    from qfnet.surrogate_cli import surrogate_price_rows
+
+    net = load_surrogate(SABR_PDE_SURROGATE)
+    params = {"alpha": 2.0, "beta": 0.5, "rho": -0.3, "nu": 0.4}
+    strike = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float64)
+    value = price(net, spot=100.0, strike=strike, maturity=0.5, **params)
+    rows = pd.DataFrame({"strike": strike.numpy(), "maturity": 0.5, "spot": 100.0,
+                         "option_type": "call", **params})  # fmt: skip
+    np.testing.assert_allclose(value.numpy(), surrogate_price_rows(rows, SABR_PDE_SURROGATE)[0],
+                               rtol=1e-12, atol=0)  # fmt: skip
+    at_one = price(net, spot=1.0, strike=strike / 100.0, maturity=0.5, **{**params, "alpha": 0.2})
+    torch.testing.assert_close(value, 100.0 * at_one, rtol=1e-12, atol=0)
+    g = greeks(net, spot=100.0, strike=strike, maturity=0.5, **params)
+
+    def hagan(forward: float, alpha: float) -> torch.Tensor:  # Hagan is PDE-close at 6 months
+        vol = sabr.lognormal_vol(forward=forward, strike=strike, maturity=0.5,
+                                 **{**params, "alpha": alpha})  # fmt: skip
+        return black_price(forward=forward, strike=strike, maturity=0.5, volatility=vol)
+
+    torch.testing.assert_close(g["delta"], (hagan(100.01, 2.0) - hagan(99.99, 2.0)) / 0.02,
+                               rtol=0, atol=2e-3)  # fmt: skip
+    torch.testing.assert_close(g["d_alpha"], (hagan(100.0, 2.0001) - hagan(100.0, 1.9999)) / 2e-4,
+                               rtol=2e-3, atol=0)  # fmt: skip
+
+
+def test_load_names_a_damaged_or_newer_surrogate_file_as_such(tmp_path):
+    # a file with the format tag but a missing field, another architecture or a newer format
+    # version raised KeyError / RuntimeError, or loaded as if it were this version
+    payload = torch.load(default_surrogate_path(), weights_only=True)
+    damaged = {
+        "no_state": {k: v for k, v in payload.items() if k != "state_dict"},
+        "other_widths": {**payload, "architecture": {**payload["architecture"], "hidden": [8]}},
+        "bad_dtype": {**payload, "architecture": {**payload["architecture"], "dtype": "os"}},
+    }
+    for name, broken in damaged.items():
+        torch.save(broken, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match="is a corrupt qfnet-surrogate file"):
+            load_surrogate(tmp_path / f"{name}.pt")
+    torch.save({**payload, "format_version": 2}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="qfnet-surrogate version 2; this qfnet reads version 1"):
+        load_surrogate(tmp_path / "newer.pt")
+
+
+def test_fine_tuning_keeps_the_base_vol_of_the_given_surrogate(tmp_path):
+    # --init from a surrogate with another base vol (a legacy sabr-alpha file) swapped in the
+    # default base under its weights: the fine-tuned net started from other vols
+    from qfnet.surrogate_training import export_checkpoint
+
+    data = generate(tmp_path / "ds", model="sabr", n=64, progress=False)
+    torch.manual_seed(0)
+    legacy = build_surrogate("sabr", hidden=(8,), base="sabr-alpha")
+    path = save_surrogate(legacy, tmp_path / "legacy.pt")
+    common = {"epochs": 1, "batch_size": 32, "device": "cpu", "progress": False}
+    train_surrogate(data, tmp_path / "tuned", lr=1e-12, init=path, **common)
+    tuned = load_surrogate(tmp_path / "tuned")
+    assert tuned.base == "sabr-alpha"
+    x = torch.tensor([[0.2, 0.5, -0.3, 0.6, 5.0, -0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(x), legacy(x), rtol=1e-6, atol=0)
+    assert load_surrogate(export_checkpoint(tmp_path / "tuned", which="last")).base == "sabr-alpha"
