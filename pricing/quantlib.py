@@ -78,6 +78,8 @@ def _arrays(*values: float | Sequence[float] | np.ndarray) -> list[np.ndarray]:
 
 
 def _option_type(is_call: bool) -> int:
+    if not isinstance(is_call, bool | np.bool_):  # "put" is truthy: it would price a call
+        raise TypeError(f"is_call must be a bool, got {is_call!r}")
     return ql.Option.Call if is_call else ql.Option.Put
 
 
@@ -311,6 +313,8 @@ def heston_price(
         rate = dividend = -np.log(np.asarray(1.0 if discount is None else discount, float)) / t
     elif spot is None:
         raise ValueError("give spot (with rate, dividend) or forward (with discount)")
+    elif discount is not None:  # it would be ignored: the rate discounts a spot's price
+        raise ValueError("discount goes with forward; with spot, give rate (and dividend)")
     values = _arrays(strike, maturity, is_call, spot, rate, dividend, v0, kappa, theta, sigma, rho)
     pricer = _HestonPricer(engine, integration_order)
     out = np.empty(values[0].shape)
@@ -327,8 +331,10 @@ def heston_price(
 def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast") -> np.ndarray:
     """:func:`heston_price` of a quote table's rows (columns as in ARCHITECTURE.md section 2).
 
-    Uses ``forward`` (and ``discount``) when present, else ``spot``, ``rate``, ``dividend``;
-    ``option_type`` is ``call``/``put`` (or ``C``/``P``), calls when absent.
+    Uses ``forward`` (and ``discount``) when present, else ``spot``, ``rate``, ``dividend``, where a
+    ``discount`` gives the rate ``-ln(discount) / maturity`` (as in
+    ``qfnet.price_rows.forward_and_discount``); ``option_type`` is ``call``/``put`` (or ``C``/``P``),
+    calls when absent; any other value is refused.
 
     Shape:
         Each column (N,); output (N,).
@@ -342,7 +348,14 @@ def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast
     """
     columns = {name: np.asarray(table[name]) for name in table}
     kinds = columns.get("option_type", np.array(["call"] * len(columns["strike"])))
-    is_call = np.array([str(x).strip().lower() in ("call", "c") for x in kinds])
+    kinds = np.array([str(x).strip().lower() for x in kinds])
+    bad = np.flatnonzero(~np.isin(kinds, ("call", "c", "put", "p")))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(
+            f"option_type must be call or put, got {str(columns['option_type'][row])!r} at row {row + 1}"
+        )
+    is_call = np.isin(kinds, ("call", "c"))
     market = {
         name: columns[name].astype(float)
         for name in ("forward", "discount", "spot", "rate", "dividend")
@@ -350,6 +363,8 @@ def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast
     }
     if "forward" in market:
         market = {k: v for k, v in market.items() if k in ("forward", "discount")}
+    elif "discount" in market:
+        market["rate"] = -np.log(market.pop("discount")) / columns["maturity"].astype(float)
     model = {name: columns[name].astype(float) for name in ("v0", "kappa", "theta", "sigma", "rho")}
     return heston_price(
         strike=columns["strike"].astype(float),
@@ -759,8 +774,9 @@ def _zero_curve(days: np.ndarray, rates: np.ndarray) -> ql.YieldTermStructureHan
     days, rates = np.asarray(days, dtype=int)[order], np.asarray(rates, dtype=float)[order]
     dates = [EVALUATION_DATE] + [EVALUATION_DATE + int(d) for d in days if d > 0]
     values = [float(rates[0])] + [float(r) for d, r in zip(days, rates, strict=True) if d > 0]
-    if len(dates) == 1:
-        dates, values = [EVALUATION_DATE, EVALUATION_DATE + 365], values * 2
+    # past its last pillar QuantLib carries the last segment's slope on (a flat instantaneous
+    # forward); a far pillar at the last rate keeps the zero rate flat
+    dates, values = [*dates, dates[-1] + 100 * 365], [*values, values[-1]]
     curve = ql.ZeroCurve(dates, values, DAY_COUNTER)
     curve.enableExtrapolation()
     return ql.YieldTermStructureHandle(curve)
@@ -831,6 +847,11 @@ def heston_calibrate(
         >>> bool(np.abs(fit.model_vol - 0.2).max() < 2e-3), len(fit.params)
         (True, 5)
     """
+    if period_unit not in ("days", "weeks") or calendar not in ("null", "target"):
+        raise ValueError(
+            "period_unit must be 'days' or 'weeks' and calendar 'null' or 'target'; "
+            f"got {period_unit!r}, {calendar!r}"
+        )
     _set_evaluation_date()
     rates = _zero_curve(curve_days, zero_rate)
     no_dividends = np.zeros(len(curve_days))
