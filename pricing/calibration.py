@@ -410,8 +410,9 @@ def _check_options(options: Mapping[str, Any]) -> None:
             value = options[name]
             if not is_whole(value) or value < least:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
-    if "free_beta" in options and not isinstance(options["free_beta"], bool | np.bool_):
-        raise ValueError(f"free_beta must be True or False, got {options['free_beta']!r}")
+    for name in ("free_beta", "polish"):  # polish="no" was truthy: it polished
+        if name in options and not isinstance(options[name], bool | np.bool_):
+            raise ValueError(f"{name} must be True or False, got {options[name]!r}")
 
 
 def check_method_device(model: str, method: str, device: str | torch.device | None) -> None:
@@ -499,6 +500,10 @@ def _check_inputs(
             domain = _outside_domain(name, float(value), float(value))
             if domain:
                 raise ValueError(f"x0[{name!r}]: {float(value):g} is outside {domain}")
+            low, high = (bounds or {}).get(name, (-np.inf, np.inf))
+            if not float(low) <= float(value) <= float(high):  # was clipped into the box unsaid
+                raise ValueError(f"x0[{name!r}]: {float(value):g} is outside bounds "
+                                 f"[{float(low):g}, {float(high):g}]")  # fmt: skip
     _check_options(options)
     free = bool(options.get("free_beta", False))
     if model == "heston" and (beta is not None or free):
@@ -535,7 +540,13 @@ which names what is missing)."""
 
 
 def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
-    """Quotes with market implied vols; rows without one are dropped and counted.
+    """Quotes with market implied vols; rows without one are dropped and counted."""
+    table, usable = _prepare_rows(quotes)
+    return table, int((~usable).sum())
+
+
+def _prepare_rows(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`_prepare`, with which input rows were kept ``(R,)`` in place of their count.
 
     A prepared table's ``market_iv`` is refreshed from ``implied_vol`` where that is given (the
     canonical column: a caller who edits it after cleaning fits what they edited)."""
@@ -559,7 +570,7 @@ def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
         table = table.loc[usable].reset_index(drop=True)
     if len(table) == 0:
         raise QuoteError("no quote has a market implied vol", column="market_iv")
-    return table, int((~usable).sum())
+    return table, usable
 
 
 def calibrate(
@@ -584,7 +595,8 @@ def calibrate(
             prepare_quotes`). Clean it first with :func:`pricing.quote_cleaning.clean_quotes`.
         method: see :func:`available_methods`: ``direct`` (our differentiable pricer, exact
             Jacobian, Levenberg-Marquardt, global start) or ``quantlib`` (the reference).
-        weights: ``"equal"``, ``"vega"``, ``"spread"`` or one weight per quote.
+        weights: ``"equal"``, ``"vega"``, ``"spread"`` or one weight per quote (per row of
+            ``quotes``, or per row kept where rows without a market vol are left out).
         bounds: parameter name -> (lower, upper), replacing the model's default box.
         x0: starting parameters, tried besides the global start.
         beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
@@ -616,7 +628,12 @@ def calibrate(
     key = _method_key(model, method)
     _check_inputs(key[0], bounds, x0, beta, options)
     options = _device_options(key, options)
-    table, n_dropped = _prepare(quotes)
+    table, usable = _prepare_rows(quotes)
+    n_dropped = int((~usable).sum())
+    if not isinstance(weights, str) and n_dropped and np.shape(weights) == usable.shape:
+        # one weight per input row: the rows left out take theirs with them (the kept rows got
+        # the weights of the rows before them, or a count error)
+        weights = np.asarray(weights, dtype=float)[usable]
     problem = CalibrationProblem(
         table, quote_weights(table, weights), bounds, x0, beta, seed, options
     )

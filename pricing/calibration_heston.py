@@ -286,7 +286,12 @@ class _Residuals:
         ratio, t, weight = surf.ratio[s], surf.maturity[s], surf.weight[s]
         vol = self.implied_vols(s, price)
         solved = torch.isfinite(vol) & (vol > 1e-8)
-        fallback = (price - self.market_price[s]) / self.market_vega[s]
+        # No vol for the price: linear in it, through the true error -IV_market at price 0 when
+        # below the market's (through the market's price, a wing's error was capped at its
+        # price / vega, far below IV_market, and fits sank wings to price 0 at 5,000 bp).
+        market_price, market_vega = self.market_price[s], self.market_vega[s]
+        fallback = torch.where(price < market_price, price / market_vega - surf.market_iv[s],
+                               (price - market_price) / market_vega)  # fmt: skip
         residual = weight * torch.where(solved, vol - surf.market_iv[s], fallback)
         residual = torch.where(weight > 0, residual, torch.zeros_like(residual))
         if dnormalized is None:
@@ -671,7 +676,7 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     fit = heston_calibrate(
         spot=spot, strike=quotes["strike"].to_numpy(float), period=days,
         market_vol=quotes["market_iv"].to_numpy(float), curve_days=pillars,
-        zero_rate=rate[first], dividend_yield=dividend[first], x0=x0,
+        zero_rate=rate[first], dividend_yield=dividend[first], x0=x0, weights=problem.weights,
         **dict(problem.options),
     )  # fmt: skip
     return FitOutput(dict(zip(NAMES, fit.params, strict=True)), fit.model_vol, fit.converged, None)

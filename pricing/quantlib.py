@@ -812,6 +812,7 @@ def heston_calibrate(
     integration_order: int = 64,
     max_iterations: int = 400,
     tolerance: float = 1e-8,
+    weights: np.ndarray | None = None,
 ) -> HestonCalibrationFit:
     """Fit Heston to Black vols with HestonModelHelper (ImpliedVolError) and Levenberg-Marquardt.
 
@@ -834,6 +835,7 @@ def heston_calibrate(
         integration_order: Gauss-Laguerre order of ``AnalyticHestonEngine``.
         max_iterations: Levenberg-Marquardt iteration limit.
         tolerance: function, parameter and gradient tolerances.
+        weights: weight of each quote's squared vol error (default 1), shape ``(N,)``.
 
     Returns:
         A :class:`HestonCalibrationFit`.
@@ -852,6 +854,8 @@ def heston_calibrate(
             "period_unit must be 'days' or 'weeks' and calendar 'null' or 'target'; "
             f"got {period_unit!r}, {calendar!r}"
         )
+    if max_iterations < 3:  # EndCriteria: 1 < stationary iterations < max_iterations
+        raise ValueError(f"max_iterations must be at least 3 for QuantLib, got {max_iterations}")
     _set_evaluation_date()
     rates = _zero_curve(curve_days, zero_rate)
     no_dividends = np.zeros(len(curve_days))
@@ -880,7 +884,9 @@ def heston_calibrate(
         helper.setPricingEngine(engine)
         helpers.append(helper)
     optimiser = ql.LevenbergMarquardt(tolerance, tolerance, tolerance)
-    model.calibrate(helpers, optimiser, ql.EndCriteria(max_iterations, 40, *[tolerance] * 3))
+    end = ql.EndCriteria(max_iterations, min(40, max_iterations - 1), *[tolerance] * 3)
+    weight = [] if weights is None else [float(w) for w in weights]
+    model.calibrate(helpers, optimiser, end, ql.NoConstraint(), weight)
     errors = np.array([h.calibrationError() for h in helpers])
     name = _end_criteria_name(model.endCriteria())
     params = (model.v0(), model.kappa(), model.theta(), model.sigma(), model.rho())

@@ -278,3 +278,68 @@ def test_packing_checks_weights_and_vols():
             surfaces_from_quotes([table], weights)
     with pytest.raises(ValueError, match="table 0: market_iv must be finite and > 0"):
         surfaces_from_quotes([table.assign(market_iv=[0.2, np.nan, 0.2])], [np.ones(3)])
+
+
+def _whole_day_surface() -> pd.DataFrame:
+    """TRUE's vols on expiries of whole days (QuantLib's helpers count days)."""
+    t = np.repeat(np.array([91.0, 365.0]) / 365.0, 5)
+    strike = np.tile(np.linspace(80.0, 120.0, 5), 2)
+    premium = heston_price(spot=100.0, strike=torch.tensor(strike), maturity=torch.tensor(t),
+                           **TRUE)  # fmt: skip
+    iv = black_implied_vol(price=premium, forward=100.0, strike=torch.tensor(strike),
+                           maturity=torch.tensor(t))  # fmt: skip
+    return pd.DataFrame({"strike": strike, "maturity": t, "forward": 100.0, "discount": 1.0,
+                         "implied_vol": iv.numpy()})  # fmt: skip
+
+
+def test_quantlib_method_honours_quote_weights() -> None:
+    # The weights never reached QuantLib: a bad quote at weight 0 still pulled the fit, and the
+    # residual table reported weights the fit had not used.
+    table = _whole_day_surface()
+    table.loc[2, "implied_vol"] += 0.05  # a 500 bp outlier
+    weights = np.where(table.index == 2, 0.0, 1.0)
+    fit = calibrate("heston", table, method="quantlib", weights=weights, x0=TRUE)
+    np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-3)
+    error = fit.residuals["error_bp"].to_numpy()
+    np.testing.assert_allclose(np.delete(error, 2), 0.0, atol=0.1)
+
+
+def test_quantlib_method_takes_a_small_iteration_limit() -> None:
+    # max_iterations <= 40 raised QuantLib's RuntimeError (40 stationary-state iterations).
+    fit = calibrate("heston", _whole_day_surface(), method="quantlib", max_iterations=5)
+    assert math.isfinite(fit.rmse_iv_bp)
+    with pytest.raises(ValueError, match=r"max_iterations must be at least 3 for QuantLib"):
+        calibrate("heston", _whole_day_surface(), method="quantlib", max_iterations=2)
+
+
+def test_weights_per_input_row_follow_their_rows_when_rows_are_left_out() -> None:
+    # A row without a vol is left out; weights given per input row were refused (10 for 9
+    # quotes), so the zero weight meant for the outlier could not reach it.
+    table = _whole_day_surface()
+    table.loc[3, "implied_vol"] = np.nan
+    table.loc[7, "implied_vol"] += 0.05  # a 500 bp outlier
+    weights = np.where(table.index == 7, 0.0, 1.0)
+    fit = calibrate("heston", table, weights=weights, n_scan=32)
+    assert fit.n_quotes == 9 and fit.n_dropped == 1
+    outlier = fit.residuals[fit.residuals["weight"] == 0.0]
+    assert outlier[["strike", "maturity"]].values.tolist() == [[table.strike[7], table.maturity[7]]]
+    np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-6)
+
+
+def test_a_wing_priced_below_any_vol_counts_its_whole_vol_error() -> None:
+    # Where the model price had no vol (a 7-day wing at price ~0), the residual went through the
+    # market's price: capped at price / vega (~480 bp for a 5,600 bp miss), so the fit sank both
+    # 7-day wings and reported converged at 2,619 bp RMSE beside a start at 883 bp.
+    from pricing import calibration_heston as heston
+
+    strike = [60.0, 80.0, 100.0, 120.0, 160.0] * 2
+    table = pd.DataFrame({"strike": strike, "maturity": [0.02] * 5 + [1.0] * 5, "forward": 100.0,
+                          "market_iv": [0.9, 0.4, 0.2, 0.25, 0.8, 0.35, 0.27, 0.2, 0.18, 0.19]})  # fmt: skip
+    surfaces = surfaces_from_quotes([table], [np.ones(10)])
+    residuals = heston._Residuals(surfaces, torch.tensor([0]))
+    sunk = torch.tensor([[0.0645, 0.311, 0.00746, 0.297, -0.66]], dtype=torch.float64)
+    error, _ = residuals(sunk, torch.tensor([0]))
+    reference = heston._vols(surfaces, sunk, reference=True) - torch.tensor(table["market_iv"])
+    assert float(error[0, 0]) <= float(reference[0]) + 0.02  # the 60 wing: at least -5,600 bp
+    fit = calibrate("heston", table.rename(columns={"market_iv": "implied_vol"}))
+    assert fit.rmse_iv_bp < 1000.0

@@ -53,11 +53,18 @@ def _smile(shift: float = 0.0, maturity: float = 1.0) -> pd.DataFrame:
         ("sabr", {"bounds": {"alpha": (0.0, 1.0)}}, r"alpha's domain \(0, inf\)"),
         ("heston", {"bounds": {"sigma": (0.0, 2.0)}}, r"sigma's domain \(0, inf\)"),
         ("sabr", {"x0": {"alpha": 0.3, "rho": 1.0, "nu": 0.5}}, r"x0\['rho'\]: 1 is outside"),
+        # a start outside the caller's bounds was clipped into them without a word
+        (
+            "heston",
+            {"x0": HESTON_X0 | {"rho": 0.9}, "bounds": {"rho": (-0.8, 0.5)}},
+            r"x0\['rho'\]: 0.9 is outside bounds \[-0.8, 0.5\]",
+        ),
         # method options of the wrong kind (n_starts=0 failed in a tensor op, -1 was taken,
         # "no" was a true free_beta, a string start failed inside torch)
         ("sabr", {"n_starts": 0}, r"n_starts must be a whole number >= 1, got 0"),
         ("heston", {"n_scan": -3}, r"n_scan must be a whole number >= 0"),
         ("sabr", {"free_beta": "no"}, r"free_beta must be True or False"),
+        ("heston", {"polish": "no"}, r"polish must be True or False, got 'no'"),
         ("sabr", {"x0": {"alpha": "0.2", "rho": 0.0, "nu": 0.5}}, r"x0\['alpha'\]: must be a"),
         # a device that is no device (torch's own error came from deep inside the fit)
         ("heston", {"device": "nonsense"}, r"device must be a torch device .* got 'nonsense'"),
