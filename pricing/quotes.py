@@ -20,6 +20,7 @@ __all__ = [
     "COLUMN_ALIASES",
     "DECIMAL_LIMITS",
     "NUMERIC_COLUMNS",
+    "STRIKE_RATIO_LIMIT",
     "QuoteError",
     "read_quotes",
     "require_columns",
@@ -213,8 +214,9 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     rows = [record[:width] + [""] * (width - len(record)) for record in records[1:]]
     frame = pd.DataFrame(rows, columns=records[0][:width], dtype=str)
     lines = np.arange(len(frame)) + 2
-    blank = (frame == "").all(axis=1).to_numpy()
-    frame = frame.loc[~blank].replace("", np.nan)
+    frame = frame.replace(r"^\s*$", np.nan, regex=True)  # a cell of spaces is empty too
+    blank = frame.isna().all(axis=1).to_numpy()
+    frame = frame.loc[~blank]
     return frame, lines[~blank]
 
 
@@ -386,10 +388,34 @@ def _validate(frame: pd.DataFrame, locate: _Locator, allow_expired: bool = False
 DECIMAL_LIMITS = {"implied_vol": 5.0, "volatility": 5.0, "rate": 1.0, "dividend": 1.0}
 """Magnitudes beyond which a vol or rate is taken for a percentage (20 for 20%), an error."""
 
+STRIKE_RATIO_LIMIT = 100.0
+"""Strike / forward (else spot) beyond which strikes are taken for thousandths (OptionMetrics'
+``strike_price`` is the strike times 1000), an error, for underlyings quoted at 1 or more (a
+rate's forward of 1 bp may have a strike 200 times larger)."""
+
+
+def _check_strike_scale(frame: pd.DataFrame, locate: _Locator) -> None:
+    reference = frame["forward"] if "forward" in frame else pd.Series(np.nan, index=frame.index)
+    if "spot" in frame:
+        reference = reference.fillna(frame["spot"])
+    if "strike" not in frame or reference.isna().all():
+        return
+    shift = shifts(frame)
+    ratio = ((frame["strike"] + shift) / (reference + shift)).to_numpy()
+    # underlyings quoted at 1 or more only: a rate forward of 1 bp may have strikes of 2%
+    bad = np.flatnonzero((ratio > STRIKE_RATIO_LIMIT) & (reference >= 1.0).to_numpy())
+    if bad.size:
+        i = int(bad[0])
+        raise locate.error(i, "strike", f"{_show(frame['strike'].iloc[i])} is {ratio[i]:.0f} times "
+                                        f"the forward or spot {_show(reference.iloc[i])}: strikes "
+                                        "times 1000 (OptionMetrics strike_price)? give the "
+                                        "strike itself")  # fmt: skip
+
 
 def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
     """Refuse what the library would otherwise misread: American exercise, normal vols, vols
-    and rates in percent."""
+    and rates in percent, strikes in thousandths."""
+    _check_strike_scale(frame, locate)
     for column, limit in DECIMAL_LIMITS.items():
         if column in frame:
             bad = np.flatnonzero((frame[column].abs() > limit).to_numpy())

@@ -306,3 +306,22 @@ def test_a_missing_expiry_in_a_dataframe_is_named_as_missing() -> None:
                           "quote_date": 20240614, "spot": 100.0})  # fmt: skip
     with pytest.raises(QuoteError, match=r"^row 2, column 'expiry': missing value$"):
         read_quotes(table)
+
+
+def test_strikes_times_1000_are_refused_naming_row_and_column(tmp_path: Path) -> None:
+    # OptionMetrics exports strike_price as the strike x 1000: read as-is, 4500 became 4,500,000.
+    text = "strike_price,maturity,spot,cp_flag,mid\n4000000,0.25,4600,P,12.5\n4500000,0.25,4600,C,121\n"
+    with pytest.raises(QuoteError, match=r"row 1 \(file line 2\), column 'strike': .*times 1000"):
+        read_quotes(_write(tmp_path, text))
+    shifted = pd.DataFrame({"K": [-0.004, 0.05], "T": 1.0, "forward": 0.001, "shift": 0.03})
+    assert read_quotes(shifted)["strike"].tolist() == [-0.004, 0.05]  # ratio of shifted values
+    rates = pd.DataFrame({"strike": [0.02, 0.03], "forward": 0.0001, "maturity": 1.0,
+                          "implied_vol": 0.5})  # fmt: skip
+    assert len(read_quotes(rates)) == 2  # a 1 bp rate forward: strikes 200x it are real quotes
+
+
+def test_lines_and_cells_of_spaces_are_empty(tmp_path: Path) -> None:
+    path = _write(tmp_path, "strike,maturity,spot,bid,ask\n90,1,100, ,2.5\n110,1,100,1,1.5\n   \n")
+    quotes = read_quotes(path)
+    assert quotes["strike"].tolist() == [90.0, 110.0]
+    assert quotes["bid"].isna().tolist() == [True, False]
