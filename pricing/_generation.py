@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,9 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
     except json.JSONDecodeError as err:
         raise ValueError(f"{recorded} is not valid JSON ({err.msg}): remove {path} and start "
                          "again") from err  # fmt: skip
+    if not isinstance(before, dict):  # an edited plan: an AttributeError before
+        raise ValueError(f"{recorded} is not a generation plan (a JSON object): remove {path} "
+                         "and start again")  # fmt: skip
     changed = [key for key in plan if before.get(key) != plan[key]]
     if changed:
         was = "; ".join(f"{key} {before.get(key)!r}, not {plan[key]!r}" for key in changed)
@@ -59,10 +62,17 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
                          "started with")  # fmt: skip
 
 
-def kept_shards(path: Path, names: Sequence[str], ranges: Sequence[range]) -> dict[int, int]:
+def kept_shards(
+    path: Path,
+    names: Sequence[str],
+    ranges: Sequence[range],
+    points: Callable[[range], pd.DataFrame],
+) -> dict[int, int]:
     """The shards already in ``path`` that hold what the plan says, as ``{index: unlabelled
-    rows}``: shard ``i`` (file ``names[i]``) must read as Parquet with the label columns and
-    ``sample_index`` exactly ``ranges[i]``. Others (absent, unreadable, cut) are to be made."""
+    rows}``: shard ``i`` (file ``names[i]``) must read as Parquet with the label columns,
+    ``sample_index`` exactly ``ranges[i]`` and the plan's points ``points(ranges[i])`` (a shard
+    of another seed or domain was kept, and mixed into the dataset). Others (absent, unreadable,
+    cut, foreign) are to be made."""
     kept = {}
     for index, (name, rows) in enumerate(zip(names, ranges, strict=True)):
         file = path / name
@@ -72,12 +82,18 @@ def kept_shards(path: Path, names: Sequence[str], ranges: Sequence[range]) -> di
             frame = pd.read_parquet(file)
         except Exception:  # any unreadable file is made again
             continue
-        columns = set(frame.columns)
-        if not ({*_LABELS, "sample_index"} <= columns):
-            continue
-        if np.array_equal(frame["sample_index"].to_numpy(), np.asarray(rows)):
+        if _holds(frame, rows, points(rows)):
             kept[index] = int(frame["implied_vol"].isna().sum())
     return kept
+
+
+def _holds(frame: pd.DataFrame, rows: range, points: pd.DataFrame) -> bool:
+    """Whether a shard read back has the labels and exactly the given rows and points."""
+    if not ({*_LABELS, "sample_index", *points.columns} <= set(frame.columns)):
+        return False
+    if not np.array_equal(frame["sample_index"].to_numpy(), np.asarray(rows)):
+        return False
+    return all(np.array_equal(frame[c].to_numpy(), points[c].to_numpy()) for c in points.columns)
 
 
 def finish(path: Path) -> None:

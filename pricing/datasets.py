@@ -34,7 +34,7 @@ import torch
 
 from pricing import _generation
 from pricing._labels import ENGINES, check_compile, label
-from pricing._validation import check_device, check_positive_int
+from pricing._validation import check_device, check_positive_int, is_whole
 from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
@@ -507,6 +507,9 @@ def generate(
     for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
         check_positive_int(name, value)  # numpy integers are whole numbers; True is not
     n, shard_size, workers = int(n), int(shard_size), int(workers)
+    if not is_whole(seed) or seed < 0:  # a numpy seed failed in json.dumps, leaving --out behind
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
     device = check_device(device)
     if compile:
         check_compile(model, engine)
@@ -543,8 +546,12 @@ def generate(
 
     kept = {}
     if resume:
-        kept = _generation.kept_shards(path, [_shard_name(t.index) for t in tasks],
-                                       [range(t.start, t.start + t.count) for t in tasks])  # fmt: skip
+        kept = _generation.kept_shards(
+            path,
+            [_shard_name(t.index) for t in tasks],
+            [range(t.start, t.start + t.count) for t in tasks],
+            lambda rows: sample(sampling, len(rows), seed=seed, start=rows.start),
+        )
     unlabelled = sum(kept.values())
     todo = [task for task in tasks if task.index not in kept]
     try:

@@ -380,3 +380,32 @@ def test_sabr_pde_label_is_nan_where_the_half_grid_price_has_no_implied_vol():
     vol = label(points, model="sabr", engine="quantlib")["implied_vol"].iloc[0]
     hagan = float(lognormal_vol(forward=1.0, strike=points["strike"].iloc[0], **row))
     assert math.isnan(vol) or abs(vol - hagan) < 5e-4, (vol, hagan)
+
+
+def test_resume_makes_again_a_shard_of_another_seed_left_in_the_folder(tmp_path, monkeypatch):
+    # shards of an earlier run (seed 9) under the same names and sample_index were kept and mixed
+    kwargs = {"model": "sabr", "n": 32, "shard_size": 8, "seed": 5}
+    expected, _ = load_dataset(generate(tmp_path / "whole", progress=False, **kwargs))
+    _interrupted(tmp_path / "cut", monkeypatch, 3, **{**kwargs, "seed": 9})
+    (tmp_path / "cut" / "generation.json").unlink()
+    _interrupted(tmp_path / "cut", monkeypatch, 1, **kwargs)
+    frame, _ = load_dataset(generate(tmp_path / "cut", progress=False, resume=True, **kwargs))
+    pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_resume_names_a_plan_edited_into_another_json_value(tmp_path, monkeypatch):
+    kwargs = {"model": "sabr", "n": 16, "shard_size": 8}
+    _interrupted(tmp_path / "cut", monkeypatch, 1, **kwargs)
+    (tmp_path / "cut" / "generation.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"generation\.json is not a generation plan"):
+        generate(tmp_path / "cut", progress=False, resume=True, **kwargs)
+
+
+def test_seed_may_be_a_numpy_integer_but_not_negative_or_fractional(tmp_path):
+    # a numpy seed failed in json.dumps with a TypeError and left an empty --out behind
+    path = generate(tmp_path / "np", model="sabr", n=4, seed=np.int64(3), progress=False)
+    assert json.loads((path / "metadata.json").read_text())["seed"] == 3
+    for seed in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            generate(tmp_path / "bad", model="sabr", n=4, seed=seed, progress=False)
+    assert not (tmp_path / "bad").exists()
