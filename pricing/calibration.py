@@ -26,7 +26,7 @@ from pricing._calibration_batch import (
 )
 from pricing._validation import check_device, is_whole
 from pricing.quote_cleaning import prepare_quotes
-from pricing.quotes import DECIMAL_LIMITS, QuoteError, read_quotes, shifts
+from pricing.quotes import DECIMAL_LIMITS, QuoteError, call_flags, read_quotes, shifts
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -527,11 +527,7 @@ def _check_prepared(table: pd.DataFrame) -> None:
         raise QuoteError(f"must be a vol in decimals, > 0 and at most "
                          f"{DECIMAL_LIMITS['implied_vol']:g}, got {vol[i]}", row=i + 1,
                          column="market_iv")  # fmt: skip
-    kind = table["option_type"].tolist()
-    if not set(kind) <= {"call", "put"}:  # a set: np.isin on objects sorted (0.2 ms a fit)
-        i = next(j for j, v in enumerate(kind) if v not in ("call", "put"))
-        raise QuoteError(f"must be 'call' or 'put', got {kind[i]!r}", row=i + 1,
-                         column="option_type")  # fmt: skip
+    call_flags(table["option_type"])
 
 
 _NEEDED = ("strike", "maturity", "forward", "discount", "market_iv", "option_type")

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 import QuantLib as ql
 
+from pricing.quotes import short_call_flags
+
 __all__ = [
     "EVALUATION_DATE",
     "HESTON_ENGINES",
@@ -348,14 +350,7 @@ def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast
     """
     columns = {name: np.asarray(table[name]) for name in table}
     kinds = columns.get("option_type", np.array(["call"] * len(columns["strike"])))
-    kinds = np.array([str(x).strip().lower() for x in kinds])
-    bad = np.flatnonzero(~np.isin(kinds, ("call", "c", "put", "p")))
-    if bad.size:
-        row = int(bad[0])
-        raise ValueError(
-            f"option_type must be call or put, got {str(columns['option_type'][row])!r} at row {row + 1}"
-        )
-    is_call = np.isin(kinds, ("call", "c"))
+    is_call = short_call_flags(kinds)
     market = {
         name: columns[name].astype(float)
         for name in ("forward", "discount", "spot", "rate", "dividend")

@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes as bs
 from pricing._validation import check_nonnegative
-from pricing.quotes import QuoteError, require_columns
+from pricing.quotes import QuoteError, call_flags, require_columns
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -129,12 +129,7 @@ def _is_call(quotes: pd.DataFrame) -> np.ndarray:
     """Calls per row; a type other than ``call``/``put`` (a raw ``C``, a gap) is an error, not a
     put (:func:`pricing.quotes.read_quotes` turns ``C``/``P`` into ``call``/``put``)."""
     require_columns(quotes, ["option_type"], "pricing")
-    kind = quotes["option_type"]
-    bad = np.flatnonzero(~kind.isin(["call", "put"]).to_numpy())
-    if bad.size:
-        raise QuoteError(f"{kind.iloc[bad[0]]!r} is not 'call' or 'put' (read_quotes "
-                         "normalises C/P)", row=int(bad[0]) + 1, column="option_type")  # fmt: skip
-    return (kind == "call").to_numpy()
+    return call_flags(quotes["option_type"])
 
 
 def _row_error(error: ValueError) -> ValueError:

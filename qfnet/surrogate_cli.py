@@ -22,6 +22,7 @@ import typer
 
 from pricing import black_scholes
 from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
+from pricing.quotes import short_call_flags
 from qfnet._cli import fail
 from qfnet.surrogate import implied_vol, load_surrogate
 
@@ -240,15 +241,7 @@ def _column(df: pd.DataFrame, name: str, default: float | None = None) -> torch.
 def _is_call(df: pd.DataFrame) -> torch.Tensor:
     if "option_type" not in df.columns:
         raise ValueError("surrogate pricing needs an 'option_type' column (call/put)")
-    kind = df["option_type"].astype(str).str.strip().str.lower()
-    call, put = kind.isin(["call", "c"]), kind.isin(["put", "p"])
-    bad = ~(call | put)
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(
-            f"option_type must be call or put, got {df['option_type'].iloc[row]!r} at row {row + 1}"
-        )
-    return torch.tensor(call.to_numpy(dtype=bool))
+    return torch.tensor(short_call_flags(df["option_type"]))
 
 
 def surrogate_price_rows(
