@@ -402,19 +402,34 @@ def _otm_rows(
         part = rows[start : start + chunk]
         k_part, params_part = k[part], tuple(p[part] for p in params)
         contour = choose_contour(k_part.detach(), *params_part, compiled=compiled)
-        slow, slowest = _slow_decay(contour, *params_part)
-        if not widen:
-            slow = slowest = torch.zeros_like(slow)
-        price = torch.empty_like(k_part)
-        for subset, (c, t) in ((~slow, (core, tail)), (slow, WIDE_NODES)):
-            at = torch.nonzero(subset).squeeze(-1)
-            if len(at):
-                value = otm_integral(k_part[at], tuple(p[at] for p in params_part),
-                                     Contour(*(f[at] for f in contour)), c, t, compiled)  # fmt: skip
-                price = price.index_put((at,), value)
-        pieces.append(price)
+        slow = slowest = torch.zeros_like(k_part, dtype=torch.bool)
+        if widen:
+            slow, slowest = _slow_decay(contour, *params_part)
+        pieces.append(_otm_split(k_part, params_part, contour, slow, (core, tail), compiled))
         refine.append(slowest)
     return torch.cat(pieces), torch.cat(refine)
+
+
+def _otm_split(
+    k: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    contour: Contour,
+    slow: torch.Tensor,
+    nodes: tuple[int, int],
+    compiled: bool,
+) -> torch.Tensor:
+    """:func:`otm_integral` of one chunk (B,): the options ``slow`` at :data:`WIDE_NODES`, the
+    others at ``nodes`` (in one call when none is slow)."""
+    if not bool(slow.any()):
+        return otm_integral(k, params, contour, *nodes, compiled)
+    price = torch.empty_like(k)
+    for subset, (core, tail) in ((~slow, nodes), (slow, WIDE_NODES)):
+        at = torch.nonzero(subset).squeeze(-1)
+        if len(at):
+            value = otm_integral(k[at], tuple(p[at] for p in params),
+                                 Contour(*(f[at] for f in contour)), core, tail, compiled)  # fmt: skip
+            price = price.index_put((at,), value)
+    return price
 
 
 def _slow_decay(contour: Contour, t, v0, kappa, theta, sigma, rho) -> tuple[torch.Tensor, ...]:
