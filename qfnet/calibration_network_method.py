@@ -104,8 +104,7 @@ def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
         if x.min() > -_REACH / 1.5 or x.max() < _REACH / 1.5:
             short.append(f"{which} strikes cover ln(K/F)/sqrt(T) {x.min():.3g} to {x.max():.3g}")
     if short:
-        more = f" (and {len(short) - 3} more)" if len(short) > 3 else ""
-        warnings.warn(f"{'; '.join(short[:3])}{more}; the calibration network reads "
+        warnings.warn(f"{_listed(short)}; the calibration network reads "
                       f"{MATURITIES[0]:.3g} to {MATURITIES[-1]:g} years and ln(K/F)/sqrt(T) "
                       f"{-_REACH:g} to {_REACH:g}, and sees flat extrapolation beyond the "
                       "quotes: its answer is a rough start", stacklevel=3)  # fmt: skip
@@ -129,10 +128,15 @@ def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | N
         if edges:
             found.append(("" if len(fields) == 1 else f"table {i}: ") + ", ".join(edges))
     if found:
-        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
         warnings.warn(f"the calibration network's answer is at the edge of its training box: "
-                      f"{'; '.join(found[:3])}{more}; the surface lies beyond what it was trained "
-                      "on (method 'direct' fits it)", stacklevel=3)  # fmt: skip
+                      f"{_listed(found)}; the surface lies beyond what it was trained on (method "
+                      "'direct' fits it)", stacklevel=3)  # fmt: skip
+
+
+def _listed(items: Sequence[str]) -> str:
+    """The first three of a warning's findings, and how many more."""
+    more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+    return "; ".join(items[:3]) + more
 
 
 def fit_with_network(problem: CalibrationProblem) -> FitOutput:
