@@ -2,7 +2,8 @@
 
 A dataset in the making is a directory of shards and ``generation.json``, the plan (model, engine,
 seed, size, shard layout, domains, compilation) that fixes every shard: shard ``i`` is a pure
-function of it. ``metadata.json`` replaces the plan once every shard is written. A resumed
+function of it. ``metadata.json`` replaces the plan once every shard is written, in one rename:
+a folder holds the plan (unfinished) or the metadata (finished), never both. A resumed
 generation must have the same plan; the shards already there are kept when they hold what the plan
 says (shards are written atomically, so a killed run leaves whole shards or none), the others are
 made again, and the dataset is the one an uninterrupted run would have written.
@@ -19,9 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["PLAN_FILE", "finish", "kept_shards", "start"]
+__all__ = ["METADATA_FILE", "PLAN_FILE", "discard", "finish", "kept_shards", "start"]
 
 PLAN_FILE = "generation.json"
+METADATA_FILE = "metadata.json"
 _LABELS = ("implied_vol", "price", "maturity", "log_moneyness")
 
 
@@ -96,6 +98,22 @@ def _holds(frame: pd.DataFrame, rows: range, points: pd.DataFrame) -> bool:
     return all(np.array_equal(frame[c].to_numpy(), points[c].to_numpy()) for c in points.columns)
 
 
-def finish(path: Path) -> None:
-    """The generation is complete (its metadata written): the plan goes."""
+def finish(path: Path, meta: dict[str, Any]) -> None:
+    """The generation is complete: ``meta`` becomes ``metadata.json`` and the plan goes, at once.
+
+    ``meta`` first replaces the plan's content, then the plan file is renamed to
+    ``metadata.json`` (an atomic rename). Written as two files (the metadata, then the plan
+    removed), a run killed in between left a finished dataset beside its plan, a folder both
+    unfinished (to a reader of the plan) and finished (to ``load_dataset``). ``meta`` holds the
+    plan's fields with the same values, so that a run killed between the two steps resumes.
+    """
+    plan = path / PLAN_FILE
+    tmp = path / f"{PLAN_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, plan)
+    os.replace(plan, path / METADATA_FILE)
+
+
+def discard(path: Path) -> None:
+    """The generation is abandoned before any shard was written: the plan goes."""
     (path / PLAN_FILE).unlink(missing_ok=True)

@@ -563,13 +563,13 @@ def generate(
                 bar.update(1)
     except BaseException:  # a dead scheduler, a failed label, Ctrl-C: no empty folder left behind
         if all(p.name == _generation.PLAN_FILE for p in path.iterdir()):  # nor a plan alone
-            _generation.finish(path)
+            _generation.discard(path)
             if created:
                 path.rmdir()
         raise
-    _write_metadata(path, domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
-                    unlabelled)  # fmt: skip
-    _generation.finish(path)
+    meta = _metadata(domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
+                     unlabelled)  # fmt: skip
+    _generation.finish(path, meta)  # the plan becomes metadata.json in one rename
     if unlabelled:
         warnings.warn(f"{unlabelled} of {n} options got no implied vol (the {engine} engine "
                       "gave no price with time value there); training drops those rows",
@@ -577,8 +577,7 @@ def generate(
     return path
 
 
-def _write_metadata(
-    path: Path,
+def _metadata(
     domain: Domain,
     sampling: Domain,
     engine: str,
@@ -588,8 +587,9 @@ def _write_metadata(
     n_shards: int,
     compiled: bool = False,
     unlabelled: int = 0,
-) -> None:
-    meta = {
+) -> dict[str, Any]:
+    """The dataset's ``metadata.json`` (it holds the generation plan's fields, same values)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "generator": "pricing.datasets.generate",
@@ -614,9 +614,6 @@ def _write_metadata(
         },
         "versions": _versions(),
     }
-    tmp = path / "metadata.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / "metadata.json")
 
 
 def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:

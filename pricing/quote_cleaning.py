@@ -106,6 +106,14 @@ def _pair_forward(
         low, high = PARITY_RATES
         if discount > 0 and intercept > 0 and low <= -np.log(discount) / maturity <= high:
             return intercept / discount, discount, "parity"
+        if discount > 0 and intercept > 0 and low <= -np.log(1000 * discount) / maturity <= high:
+            # Strikes x 1000 with no spot or forward for read_quotes to compare them with: C - P
+            # falls by D / 1000 a unit of strike (the rate's discount gave a forward of about
+            # 1000 K and vols of a few percent, without a word).
+            raise QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {discount:.3g} "
+                             "per unit of strike, 1/1000 of a discount factor: strikes times "
+                             "1000 (OptionMetrics strike_price)? give the strike itself",
+                             column="strike")  # fmt: skip
     forward = float(np.mean(strikes + diff / carry_discount))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
     return (forward, carry_discount, source) if forward > 0 else None
@@ -170,10 +178,9 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate
         if result is None:
             if "spot" not in group:
-                raise QuoteError(
-                    f"expiry T={t:.6g}: no call/put pairs to imply the forward, and no spot",
-                    column="spot",
-                )
+                raise QuoteError(f"expiry T={t:.6g}: no call/put pairs to imply the forward, "
+                                 "and no spot: give a spot (or forward) column, or calls and "
+                                 "puts of the same strikes", column="spot")  # fmt: skip
             spot = float(group["spot"].iloc[0])
             result = (spot * np.exp(-dividend * t) / discount, discount, "carry")
         forward, discount, source = result

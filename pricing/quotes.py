@@ -19,6 +19,7 @@ import pandas as pd
 __all__ = [
     "COLUMN_ALIASES",
     "DECIMAL_LIMITS",
+    "MISSING_VALUES",
     "NUMERIC_COLUMNS",
     "STRIKE_RATIO_LIMIT",
     "QuoteError",
@@ -52,6 +53,7 @@ COLUMN_ALIASES: dict[str, str] = {
     "expiry_date": "expiry",
     "expiration_date": "expiry",
     "maturity_date": "expiry",
+    "exdate": "expiry",
     "date": "quote_date",
     "trade_date": "quote_date",
     "valuation_date": "quote_date",
@@ -76,6 +78,8 @@ COLUMN_ALIASES: dict[str, str] = {
     "bid_price": "bid",
     "ask_price": "ask",
     "offer": "ask",
+    "best_bid": "bid",
+    "best_offer": "ask",
     "mid_price": "mid",
     "iv": "implied_vol",
     "vol": "implied_vol",
@@ -114,7 +118,17 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "nu",
     "shift",
 )
-"""Canonical columns coerced to float64 (a non-numeric entry is a :class:`QuoteError`)."""
+"""Canonical columns coerced to float64 (a non-numeric entry, other than a spelling of
+:data:`MISSING_VALUES`, is a :class:`QuoteError`)."""
+
+MISSING_VALUES: frozenset[str] = frozenset(
+    # pandas' default na_values, lower-cased, and the dash of vendor screens and exports
+    ["", "#n/a", "#n/a n/a", "#na", "-1.#ind", "-1.#qnan", "-nan", "1.#ind", "1.#qnan", "<na>",
+     "n/a", "na", "null", "nan", "none", "-"]
+)  # fmt: skip
+"""Texts of a numeric cell read as a missing value (NaN), in any case and with spaces around:
+vendor exports write a missing bid, ask or vol as ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``
+or ``-``."""
 
 _OPTION_TYPES = {
     "c": "call",
@@ -252,6 +266,8 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
         if column not in frame:
             continue
         raw = frame[column]
+        if raw.dtype.kind not in "biufc":  # 'N/A' is a gap ('not a number' named it an error)
+            raw = raw.mask(raw.astype(str).str.strip().str.lower().isin(MISSING_VALUES))
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
         bad = np.flatnonzero(values.isna().to_numpy() & raw.notna().to_numpy())
         if bad.size:
@@ -510,7 +526,11 @@ def read_quotes(
     Option types ``C``/``P``/``call``/``put`` become ``call``/``put``. ``maturity`` is computed
     from ``expiry`` and ``quote_date`` (ACT/365F) when absent; ``rate`` and ``dividend`` default
     to 0. Unrecognised columns are kept unchanged. ``option_type`` may be absent (the consumer
-    decides).
+    decides). In numeric columns, an empty cell and the usual spellings of a missing value
+    (:data:`MISSING_VALUES`: ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``, ``None``, ``-``, in
+    any case) are missing: an error in ``strike``, ``maturity``, ``spot``, ``rate`` and
+    ``dividend``, a gap elsewhere (a missing bid or ask makes a one-sided quote, which
+    :func:`pricing.quote_cleaning.clean_quotes` drops and counts); any other text is an error.
 
     Args:
         source: path to a ``.csv`` or ``.parquet`` file, or a DataFrame (not modified).

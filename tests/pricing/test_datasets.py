@@ -351,6 +351,51 @@ def test_an_interrupted_generation_resumes_to_the_uninterrupted_dataset(tmp_path
     assert left == ["metadata.json", *_shards(tmp_path / "whole")]
 
 
+@pytest.mark.parametrize("step", [0, 1])
+def test_a_generation_killed_while_finishing_leaves_the_plan_or_the_metadata_not_both(
+    tmp_path, monkeypatch, step
+):
+    # killed after metadata.json was written but before generation.json was removed, the folder
+    # was a finished dataset to load_dataset and an unfinished generation to its plan, and
+    # --resume refused it ("already holds a dataset")
+    import os
+    from pathlib import Path
+
+    import pricing.datasets as datasets
+
+    kwargs = {"model": "sabr", "n": 16, "shard_size": 8, "seed": 3}
+    expected, _ = load_dataset(generate(tmp_path / "whole", progress=False, **kwargs))
+    shards, operations = [], []  # file operations after the last shard: the finishing steps
+    real_shard, real_replace, real_unlink = datasets._write_shard, os.replace, Path.unlink
+
+    def counted(real):
+        def operation(*args, **kw):
+            if len(shards) == 2:
+                if len(operations) == step:
+                    raise KeyboardInterrupt  # killed before this operation
+                operations.append(args)
+            return real(*args, **kw)
+
+        return operation
+
+    monkeypatch.setattr(datasets, "_write_shard", lambda *a: real_shard(*a) or shards.append(a))
+    monkeypatch.setattr(os, "replace", counted(real_replace))
+    monkeypatch.setattr(Path, "unlink", counted(real_unlink))
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "cut", progress=False, **kwargs)
+    monkeypatch.undo()
+    left = {p.name for p in (tmp_path / "cut").iterdir()}
+    assert not {"generation.json", "metadata.json"} <= left, left
+    if "metadata.json" not in left:
+        with pytest.raises(FileNotFoundError, match=r"no metadata\.json"):
+            load_dataset(tmp_path / "cut")
+        generate(tmp_path / "cut", progress=False, resume=True, **kwargs)
+    frame, _ = load_dataset(tmp_path / "cut")
+    pd.testing.assert_frame_equal(frame, expected)
+    left = sorted(p.name for p in (tmp_path / "cut").iterdir())
+    assert left == ["metadata.json", *_shards(tmp_path / "whole")]
+
+
 def test_resume_needs_an_unfinished_generation(tmp_path):
     with pytest.raises(FileNotFoundError, match="no unfinished generation"):
         generate(tmp_path / "none", model="sabr", n=8, resume=True, progress=False)

@@ -341,3 +341,59 @@ def test_a_given_forward_without_pairs_or_spot_is_used_with_the_rate() -> None:
     np.testing.assert_allclose(implied["forward"], [100.0], rtol=0, atol=0)
     np.testing.assert_allclose(implied["discount"], [math.exp(-0.05)], rtol=1e-15, atol=0)
     assert implied["source"].tolist() == ["given"]
+
+
+def test_bids_and_asks_missing_as_vendor_exports_spell_them_are_one_sided(tmp_path: Path) -> None:
+    # 'N/A' and '#N/A' cells made the whole file unreadable ("not a number") instead of two
+    # one-sided quotes for the filter to drop
+    table = _chain(102.0, 0.98, 0.5, np.arange(80.0, 125.0, 5.0))
+    price = table.pop("price")
+    table["bid"], table["ask"] = (price - 0.01).astype(object), (price + 0.01).astype(object)
+    table.loc[3, "ask"], table.loc[12, "bid"] = "N/A", "#N/A"
+    path = tmp_path / "q.csv"
+    table.to_csv(path, index=False)
+    clean, report = clean_quotes(path)
+    assert report.removed["one_sided"] == 2 and report.n_input == 18
+    assert not clean["source_row"].isin([4, 13]).any()
+
+
+def _option_metrics(strike_scale: float, types: tuple[str, ...] = ("call", "put")) -> pd.DataFrame:
+    """An OptionMetrics-style export of one expiry: no spot, forward or maturity columns."""
+    maturity = 182 / 365  # 2024-01-02 to 2024-07-02
+    table = _chain(4500.0, 0.975, maturity, np.arange(4000.0, 5001.0, 100.0))
+    table = table[table["option_type"].isin(types)]
+    return pd.DataFrame({"date": "2024-01-02", "exdate": "2024-07-02",
+                         "cp_flag": table["option_type"].str[0].str.upper(),
+                         "strike_price": table["strike"] * strike_scale,
+                         "best_bid": table["price"] - 0.05, "best_offer": table["price"] + 0.05})  # fmt: skip
+
+
+def test_option_metrics_columns_give_parity_forwards(tmp_path: Path) -> None:
+    # exdate, best_bid and best_offer were unknown columns: "needs column(s) maturity", and with
+    # an expiry the prices were dropped as no_price
+    path = tmp_path / "om.csv"
+    _option_metrics(1.0).to_csv(path, index=False)
+    implied = parity_forwards(read_quotes(path))
+    np.testing.assert_allclose(implied["forward"], [4500.0], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(implied["discount"], [0.975], rtol=1e-10, atol=0)
+    assert implied["source"].tolist() == ["parity"]
+    clean, report = clean_quotes(path)
+    k = np.log(clean["strike"] / 4500.0)
+    np.testing.assert_allclose(clean["market_iv"], 0.2 - 0.1 * k, rtol=0, atol=1e-8)
+    assert report.n_kept == 11
+
+
+def test_option_metrics_strikes_times_1000_without_spot_are_refused(tmp_path: Path) -> None:
+    # with no spot or forward to compare them with, strikes x 1000 gave a forward of 4.55e6
+    # (parity with the rate's discount) and vols of a few percent, without a word
+    path = tmp_path / "om.csv"
+    _option_metrics(1000.0).to_csv(path, index=False)
+    with pytest.raises(QuoteError, match=r"column 'strike': expiry T=0\.49863.*strikes times 1000"):
+        clean_quotes(path)
+
+
+def test_option_metrics_calls_alone_without_spot_name_what_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "om.csv"
+    _option_metrics(1.0, ("call",)).to_csv(path, index=False)
+    with pytest.raises(QuoteError, match=r"column 'spot'.*no call/put pairs.*give a spot"):
+        clean_quotes(path)

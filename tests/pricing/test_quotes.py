@@ -45,6 +45,8 @@ def test_bundled_dax_surface_loads_with_canonical_columns() -> None:
         ("IV", "implied_vol"),
         ("vol", "implied_vol"),
         ("K", "strike"),
+        ("best_bid", "bid"),  # OptionMetrics' names: its prices were dropped as unknown columns
+        ("best_offer", "ask"),
     ],
 )
 def test_column_aliases_are_case_insensitive(name: str, canonical: str) -> None:
@@ -318,6 +320,26 @@ def test_strikes_times_1000_are_refused_naming_row_and_column(tmp_path: Path) ->
     rates = pd.DataFrame({"strike": [0.02, 0.03], "forward": 0.0001, "maturity": 1.0,
                           "implied_vol": 0.5})  # fmt: skip
     assert len(read_quotes(rates)) == 2  # a 1 bp rate forward: strikes 200x it are real quotes
+
+
+@pytest.mark.parametrize("cell", ["", "NA", "N/A", "n/a", "#N/A", "NaN", "null", "NULL", "None",
+                                  "-", " NA "])  # fmt: skip
+def test_missing_value_spellings_of_vendor_exports_are_gaps(tmp_path: Path, cell: str) -> None:
+    # every spelling but the empty cell was refused as "not a number: 'N/A'"
+    text = f"strike,maturity,spot,bid,ask,iv\n90,1,100,{cell},2.5,{cell}\n110,1,100,1,1.5,0.2\n"
+    quotes = read_quotes(_write(tmp_path, text))
+    assert quotes["bid"].isna().tolist() == [True, False]
+    assert quotes["implied_vol"].isna().tolist() == [True, False]
+    with pytest.raises(QuoteError, match=r"row 1 \(file line 2\), column 'spot': missing value$"):
+        read_quotes(_write(tmp_path, f"strike,maturity,spot\n90,1,{cell}\n"))
+    table = pd.DataFrame({"strike": [90.0], "maturity": 1.0, "spot": 100.0, "ask": [cell]})
+    assert read_quotes(table)["ask"].isna().all()  # a DataFrame or Parquet file alike
+
+
+def test_other_text_in_a_numeric_column_is_still_not_a_number(tmp_path: Path) -> None:
+    # only the spellings of pricing.quotes.MISSING_VALUES are gaps
+    with pytest.raises(QuoteError, match=r"line 2\), column 'ask': not a number: 'n\.a\.'"):
+        read_quotes(_write(tmp_path, "strike,maturity,spot,ask\n90,1,100,n.a.\n"))
 
 
 def test_lines_and_cells_of_spaces_are_empty(tmp_path: Path) -> None:
