@@ -237,6 +237,10 @@ def train(
     simulated again from the seed (the same paths), and the config must be the run's, but for
     ``training.epochs`` (a run may be extended).
 
+    ``val_loss`` is the risk measure of the whole validation set: it is evaluated as one batch
+    (without a graph), as the entropic risk and the variance of a set are not the mean of
+    those of its batches.
+
     ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
     ``cpu_seconds`` its process CPU time (all threads).
 
@@ -275,6 +279,10 @@ def train(
         config=TrainerConfig(
             max_epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
             scheduler=t.scheduler,
+            # the validation set in one batch (no graph): the Trainer averages the losses of
+            # its batches, and the entropic risk or the variance of a set is not the mean of
+            # those of its parts (the ES objective at a fixed level is, being a mean)
+            eval_batch_size=config.paths.val,
             seed=config.seed, run_dir=run_dir, progress_bar=progress_bar, device=t.device,
             tensorboard=run_dir is not None, precision="32",
         ),

@@ -7,8 +7,9 @@ stops training by setting ``trainer.should_stop = True``; the loop ends after th
 optimizer step (mid-epoch) or at the end of the epoch; under DDP a flag set on any process
 stops all of them there. Stateful callbacks define
 ``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are saved in
-every checkpoint. :class:`EarlyStopping` and :class:`ModelCheckpoint` start afresh when ``fit``
-starts a new run (not resumed), also when the same objects served an earlier ``fit``.
+every checkpoint. :class:`EarlyStopping`, :class:`ModelCheckpoint` and :class:`LRMonitor` start
+afresh when ``fit`` starts a new run (not resumed), also when the same objects served an earlier
+``fit``.
 """
 
 from __future__ import annotations
@@ -253,7 +254,9 @@ class LRMonitor:
     """Record the learning rate of every parameter group at every optimizer step.
 
     Puts ``lr`` (group 0) and ``lr/group{i}`` into ``trainer.step_metrics`` and the epoch's
-    last ``lr`` into ``trainer.epoch_metrics``; keeps ``history`` as ``(step, [lr, ...])``.
+    last ``lr`` into ``trainer.epoch_metrics``; keeps ``history`` as ``(step, [lr, ...])`` for
+    the current run: a new run (``fit`` without resume) starts a new list, a resumed one keeps
+    the steps before the checkpoint's (those of this process; the list is not checkpointed).
 
     Examples:
         >>> LRMonitor().history
@@ -262,6 +265,14 @@ class LRMonitor:
 
     def __init__(self) -> None:
         self.history: list[tuple[int, list[float]]] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        # A second fit restarts the steps at 0: appending gave two runs' rates under the same
+        # step numbers. A new list, not clear(): a caller may hold the last run's.
+        if _new_run(trainer):
+            self.history = []
+        else:  # the steps after the checkpoint are trained again
+            self.history = [(s, lrs) for s, lrs in self.history if s < trainer.global_step]
 
     def on_before_optimizer_step(self, trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:
         lrs = [float(g["lr"]) for g in optimizer.param_groups]

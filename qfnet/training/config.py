@@ -71,11 +71,13 @@ class TrainerConfig:
         param_groups: Extra parameter groups, see :class:`ParamGroup`.
         scheduler: One of ``none``, ``onecycle`` (per optimizer step), ``step``, ``multistep``,
             ``exponential``, ``cosine`` (per epoch), ``plateau`` (on ``scheduler_monitor``).
-        scheduler_kwargs: Extra keyword arguments of the torch scheduler (e.g. ``step_size``).
+        scheduler_kwargs: Extra keyword arguments of the torch scheduler (e.g. ``step_size``);
+            values torch takes silently (``gamma <= 0``, ``T_max=0``...) are refused, naming
+            the key, when ``fit`` builds the scheduler.
         scheduler_monitor: Metric that drives ``plateau`` (e.g. ``val_loss``).
         warmup_steps: Linear LR warmup over this many optimizer steps (0: off); it scales the
             learning rate of every group by ``(step + 1) / warmup_steps`` and composes with
-            any scheduler.
+            any scheduler. A warmup longer than the training is warned about.
         accumulate_grad_batches: Micro-batches per optimizer step; the update equals that of one
             batch this many times larger (also for the last, partial group).
         clip_grad_norm: Clip the global gradient 2-norm to this value.

@@ -83,8 +83,11 @@ def lr_find(
     ``num_steps`` optimizer steps (relative group LRs are kept); the test stops early when the
     smoothed loss exceeds ``divergence`` times its minimum or becomes non-finite. Under DDP
     the loss is averaged over the processes first, so that all of them take the same steps and
-    return the same suggestion. The model, RNG states and trainer are restored afterwards;
-    callbacks are not called.
+    return the same suggestion. Afterwards everything is as before: the model (weights and
+    train/eval modes), the trainer's optimizer, scheduler and loop position, its GradScaler
+    (fp16), the global RNG states and the generators of a DataLoader given as ``train_data``
+    (a ``fit`` after the test sees the same batches as one without it); callbacks are not
+    called.
 
     Args:
         trainer: A configured trainer (``fit`` may be called afterwards as usual).
@@ -115,18 +118,30 @@ def lr_find(
     """
     _check_arguments(min_lr, max_lr, num_steps, smoothing, divergence)
     trainer._setup_runtime()
+    # before _setup_fit, which replaces the optimizer, scheduler and loaders of an earlier fit
+    saved_attrs = {k: getattr(trainer, k) for k in _TRAINER_ATTRS if hasattr(trainer, k)}
     trainer._setup_fit(train_data, None)
     saved_model = {k: v.detach().clone() for k, v in trainer._module.state_dict().items()}
-    saved_attrs = {k: getattr(trainer, k) for k in _TRAINER_ATTRS}
+    modes = [(module, module.training) for module in trainer._module.modules()]
+    # the sweep's steps grow the loss scale and its overflows shrink it: the next fit started
+    # from that scale
+    scaler = trainer._scaler.state_dict() if trainer._scaler is not None else None
+    generators = [(g, g.get_state()) for g in _loader_generators(train_data)]
     rng = get_rng_state()
     try:
         lrs, losses = _range_test(trainer, min_lr, max_lr, num_steps, smoothing, divergence)
     finally:
+        trainer.optimizer.zero_grad(set_to_none=True)  # the sweep's optimizer
         trainer._module.load_state_dict(saved_model)
+        for module, training in modes:
+            module.train(training)
         for key, value in saved_attrs.items():
             setattr(trainer, key, value)
+        if scaler is not None:
+            trainer._scaler.load_state_dict(scaler)
+        for generator, state in generators:
+            generator.set_state(state)
         set_rng_state(rng)
-        trainer.optimizer.zero_grad(set_to_none=True)
     result = LRFinderResult(lrs=lrs, losses=losses, suggestion=_suggest(lrs, losses))
     if plot_path is None and trainer.run_dir is not None:
         plot_path = trainer.run_dir / "lr_find.png"
@@ -154,7 +169,14 @@ def _check_arguments(
 
 _TRAINER_ATTRS = (
     "callbacks",
+    "optimizer",
+    "scheduler",
     "_interval",
+    "_train",
+    "_val",
+    "has_validation",
+    "steps_per_epoch",
+    "_non_blocking",
     "epoch",
     "global_step",
     "batch_in_epoch",
@@ -164,6 +186,21 @@ _TRAINER_ATTRS = (
     "_epoch_loss",
     "at_epoch_end",
 )
+
+
+def _loader_generators(data: DataSource) -> list[torch.Generator]:
+    """The generators a user DataLoader draws its order from (its own, its sampler's): the
+    sweep advanced them, and a ``fit`` after it shuffled otherwise than one without it."""
+    if not isinstance(data, torch.utils.data.DataLoader):
+        return []  # the Trainer's own loaders are seeded by (seed, epoch)
+    batch_sampler = getattr(data, "batch_sampler", None)
+    owners = (data, data.sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
+    found: dict[int, torch.Generator] = {}
+    for owner in owners:
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
 
 
 def _range_test(

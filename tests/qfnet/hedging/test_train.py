@@ -112,3 +112,23 @@ def test_tail_only_forward_gives_the_full_expected_shortfall_gradient() -> None:
     for a, b in zip(g_tail, g_full, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
     assert any(g.abs().sum() > 0 for g in g_full)
+
+
+@pytest.mark.parametrize(
+    "objective", [{"name": "entropic", "risk_aversion": 10.0}, {"name": "variance"}]
+)
+def test_val_loss_is_the_risk_of_the_whole_validation_set(objective) -> None:
+    # 1000 validation paths, training batches of 300: the mean of the risks of 4 batches was
+    # below the set's (Jensen: by 1.7e-5 relative for the entropic risk, 1.5e-3 for the variance)
+    config = config_from_dict(
+        _tiny(
+            objective=objective,
+            training={"epochs": 1, "batch_size": 300, "dtype": "float64"},
+            baselines={"ww_risk_aversion": 1.0},
+        )
+    )
+    result = train(config)  # one epoch: the model holds the weights that were validated
+    val, _ = make_paths(Market(config), config.paths.val, split="val", seed=config.seed)
+    with torch.no_grad():
+        whole = result.model.eval().risk_loss(result.model(pack(val).double())).item()
+    assert result.history.records[-1]["val_loss"] == pytest.approx(whole, rel=1e-12, abs=0)

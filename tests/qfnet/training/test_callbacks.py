@@ -12,6 +12,7 @@ import torch
 from qfnet.training import (
     HOOKS,
     EarlyStopping,
+    LRMonitor,
     ModelCheckpoint,
     ProgressBar,
     Trainer,
@@ -235,6 +236,59 @@ def test_lr_finder_suggests_a_rate_below_divergence_and_plots(regression, mlp, s
     assert trainer.fit(data).records  # and the trainer still trains
 
 
+def test_a_fit_after_lr_find_on_a_shuffling_dataloader_trains_as_one_without_it(
+    regression, mlp, sq_error
+):
+    data = regression(n=64)
+    cfg = TrainerConfig(max_epochs=2, batch_size=16, optimizer="sgd", lr=0.05,
+                        progress_bar=False)  # fmt: skip
+    weights = []
+    for find_first in (True, False):
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(5)
+        )
+        model = mlp()
+        trainer = Trainer(model, loss=sq_error, config=cfg)
+        if find_first:  # the sweep drew 3 epochs of orders from the loader's generator
+            lr_find(trainer, loader, num_steps=10)
+        trainer.fit(loader)
+        weights.append(model.state_dict())
+    for key, value in weights[0].items():
+        torch.testing.assert_close(value, weights[1][key], rtol=0, atol=0, msg=key)
+
+
+def test_lr_find_after_a_fit_leaves_its_optimizer_scheduler_and_model_modes(
+    regression, mlp, sq_error
+):
+    data = regression(n=64)
+    cfg = TrainerConfig(max_epochs=2, batch_size=16, optimizer="adam", lr=0.01,
+                        scheduler="cosine", progress_bar=False)  # fmt: skip
+    model = mlp(dropout=0.1)
+    trainer = Trainer(model, loss=sq_error, config=cfg)
+    trainer.fit(data)
+    optimizer, scheduler = trainer.optimizer, trainer.scheduler
+    state = {k: v.clone() for k, v in optimizer.state[next(model.parameters())].items()}
+    model.eval()
+    lr_find(trainer, data, num_steps=10, max_lr=1.0)
+    # the sweep's optimizer (its LR at the sweep's last rate) was left as trainer.optimizer
+    assert trainer.optimizer is optimizer and trainer.scheduler is scheduler
+    assert [g["lr"] for g in optimizer.param_groups] == [scheduler.get_last_lr()[0]]
+    for key, value in optimizer.state[next(model.parameters())].items():
+        assert torch.equal(value, state[key]), key
+    assert not any(module.training for module in model.modules())  # left training before
+
+
+def test_lr_find_restores_the_grad_scaler(regression, mlp, sq_error):
+    # fp16 training holds a CUDA GradScaler; a CPU one keeps the same books (scale, growth)
+    cfg = TrainerConfig(batch_size=16, optimizer="sgd", lr=0.01, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    trainer._setup_runtime()
+    trainer._scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    before = trainer._scaler.state_dict()
+    lr_find(trainer, regression(n=64), min_lr=1e-5, max_lr=1e-2, num_steps=20)
+    assert trainer._scaler.state_dict() == before  # the sweep grew the scale to 2**16
+
+
 def _breaks_down(output, target):
     """Mean squared error that turns NaN once it is large (as a log-likelihood can)."""
     mse = ((output - target) ** 2).mean()
@@ -295,6 +349,51 @@ def test_tensorboard_keeps_every_step_across_a_resume_and_a_rerun_replaces_the_e
     Trainer(mlp(), loss=sq_error, config=cfg).fit(data)  # a fresh run into the same folder
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
     assert steps() == list(range(1, 13))
+
+
+def _lr_config(**overrides):
+    settings = {"max_epochs": 3, "batch_size": 8, "optimizer": "sgd", "lr": 0.1,
+                "scheduler": "cosine", "progress_bar": False, "tensorboard": False}  # fmt: skip
+    return TrainerConfig(**settings | overrides)
+
+
+def test_lr_monitor_history_restarts_with_a_new_fit(regression, mlp, sq_error):
+    data = regression(n=32)  # 4 steps per epoch
+    monitor = LRMonitor()
+    trainer = Trainer(mlp(), loss=sq_error, config=_lr_config(), callbacks=[monitor])
+    trainer.fit(data)
+    first = monitor.history
+    trainer.fit(data)
+    fresh = LRMonitor()
+    Trainer(mlp(), loss=sq_error, config=_lr_config(), callbacks=[fresh]).fit(data)
+    # the second run's 12 steps only, not 24 entries with steps 0..11 twice
+    assert monitor.history == fresh.history
+    assert [step for step, _ in monitor.history] == list(range(12))
+    assert len(first) == 12  # the first run's list is left to whoever kept it
+
+
+def test_lr_monitor_history_of_a_resumed_run_has_each_step_once(
+    regression, mlp, sq_error, tmp_path
+):
+    class Crash(Exception):
+        pass
+
+    class CrashAt:
+        def on_train_step_end(self, trainer):
+            if trainer.global_step == 7:  # after the epoch-end checkpoint at step 4
+                raise Crash
+
+    data = regression(n=32)
+    monitor = LRMonitor()
+    config = _lr_config(run_dir=tmp_path)
+    with pytest.raises(Crash):
+        Trainer(mlp(), loss=sq_error, config=config, callbacks=[monitor, CrashAt()]).fit(data)
+    Trainer(mlp(), loss=sq_error, config=config, callbacks=[monitor]).fit(data, resume=True)
+    straight = LRMonitor()
+    Trainer(mlp(), loss=sq_error, config=_lr_config(), callbacks=[straight]).fit(data)
+    # steps 4..6 were trained again after the resume: recorded once, at their resumed rates
+    assert [step for step, _ in monitor.history] == list(range(12))
+    assert monitor.history == straight.history
 
 
 def test_a_misspelled_hook_is_warned_about():

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
 from qfnet.training import LRMonitor, ParamGroup, Trainer, TrainerConfig
+from qfnet.training.schedulers import build_scheduler
 
 
 def _lrs(regression, mlp, sq_error, *, epochs=3, steps=4, val=False, metrics=None, **overrides):
@@ -189,3 +191,55 @@ def test_config_numbers_of_the_wrong_kind_name_the_field(field, value):
     # comparison error naming nothing; an infinite weight decay was accepted
     with pytest.raises(ValueError, match=f"TrainerConfig.{field} must be"):
         TrainerConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "key"),
+    [
+        ("cosine", {"T_max": 0}, "T_max"),  # integer modulo by zero inside torch
+        ("cosine", {"T_max": -3}, "T_max"),  # a cosine running backwards
+        ("cosine", {"eta_min": -0.5}, "eta_min"),  # negative LRs: gradient ascent
+        ("step", {"step_size": 0}, "step_size"),  # modulo by zero
+        ("step", {"step_size": -1}, "step_size"),  # decayed every epoch
+        ("step", {"gamma": 0.0}, "gamma"),  # LR 0 after the first epoch
+        ("step", {"gamma": math.nan}, "gamma"),  # NaN LRs
+        ("exponential", {"gamma": -0.5}, "gamma"),  # LRs of alternating sign
+        ("exponential", {"gamma": math.inf}, "gamma"),  # infinite LRs
+        ("multistep", {"milestones": [0, 2]}, "milestones"),  # milestone 0 never reached
+        ("multistep", {"milestones": [1.5]}, "milestones"),  # a float milestone never reached
+        ("multistep", {"milestones": [1], "gamma": -1.0}, "gamma"),
+        ("onecycle", {"div_factor": 0.0}, "div_factor"),  # ZeroDivisionError
+        ("onecycle", {"total_steps": 5}, "total_steps"),  # ran out at step 6 of 12
+        ("plateau", {"factor": 0.0}, "factor"),  # set the LR to 0
+        ("plateau", {"patience": -1}, "patience"),  # reduced every epoch
+    ],
+)
+def test_bad_scheduler_kwargs_are_refused_before_training_naming_the_key(
+    regression, mlp, sq_error, recorder, name, kwargs, key
+):
+    cfg = TrainerConfig(max_epochs=3, batch_size=8, scheduler=name, scheduler_kwargs=kwargs,
+                        progress_bar=False)  # fmt: skip
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[recorder])
+    match = rf"TrainerConfig\.scheduler_kwargs\['{key}'\] .*'{name}'"
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(regression(n=32))  # 4 steps per epoch, 12 in all
+    assert recorder.steps == []  # refused before the first step
+
+
+def test_a_warmup_longer_than_the_training_is_warned_about(regression, mlp, sq_error):
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, warmup_steps=9, progress_bar=False)
+    with pytest.warns(UserWarning, match="warmup_steps=9 exceeds the 8 optimizer steps") as caught:
+        Trainer(mlp(), loss=sq_error, config=cfg).fit(regression(n=32))
+    assert caught[0].filename == __file__  # points at the fit call
+
+
+def test_milestones_as_a_tuple_of_numpy_integers_are_taken():
+    # torch takes any iterable of epochs: the check refuses bad values, not other containers
+    opt = torch.optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    config = TrainerConfig(scheduler="multistep",
+                           scheduler_kwargs={"milestones": (np.int64(2),), "gamma": 0.5})  # fmt: skip
+    scheduler, _ = build_scheduler(opt, config, 10)
+    for _ in range(2):
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05, rel=1e-12)
