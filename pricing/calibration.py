@@ -35,6 +35,7 @@ __all__ = [
     "CalibrationResult",
     "FitOutput",
     "available_methods",
+    "bounds_reached",
     "calibrate",
     "calibrate_many",
     "check_method_device",
@@ -85,16 +86,66 @@ class CalibrationProblem:
 class FitOutput:
     """What a fitting function returns (the driver adds timing and residual statistics).
 
+    ``at_bounds``: the parameters that ended on a bound of the fitter's box
+    (:func:`bounds_reached`); None where the fitter does not say.
+
     Examples:
         >>> out = FitOutput({"v0": 0.04}, np.array([0.2, 0.21]), converged=True, iterations=12)
-        >>> out.model_iv.shape, out.converged
-        ((2,), True)
+        >>> out.model_iv.shape, out.converged, out.at_bounds
+        ((2,), True, None)
     """
 
     params: dict[str, Any]
     model_iv: np.ndarray
     converged: bool
     iterations: int | None
+    at_bounds: dict[str, Any] | None = None
+
+
+BOUND_TOLERANCE = 1e-6
+"""A parameter this close to a bound, relative to its box's width (to the bound's size, at
+least 1, where the box is unbounded on the other side), ended on that bound."""
+
+
+def _reach(width: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """How close to ``bound`` is on it (:data:`BOUND_TOLERANCE`)."""
+    return BOUND_TOLERANCE * np.where(np.isfinite(width), width, np.maximum(1.0, np.abs(bound)))
+
+
+def bounds_reached(
+    names: Sequence[str], values: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> dict[str, Any]:
+    """The parameters that ended on a bound of their box (a sign of a poor fit or of a box too
+    narrow for the quotes: a kappa pinned at its upper bound), for :attr:`FitOutput.at_bounds`.
+
+    Args:
+        names: the parameter names, in the order of the last axis.
+        values: fitted parameters, ``(P,)`` (one set) or ``(E, P)`` (one per SABR expiry).
+        lower: lower bounds, broadcastable to ``values``.
+        upper: upper bounds, broadcastable to ``values``; a parameter with ``lower == upper``
+            is fixed, not fitted, and never listed.
+
+    Returns:
+        name -> ``"lower"`` or ``"upper"`` for ``(P,)`` values; for ``(E, P)`` values name -> one
+        entry per expiry, ``"lower"``, ``"upper"`` or None. Parameters on no bound are left out.
+
+    Examples:
+        >>> bounds_reached(["kappa", "rho"], np.array([50.0, -0.5]), np.array([1e-3, -0.999]),
+        ...                np.array([50.0, 0.999]))
+        {'kappa': 'upper'}
+        >>> bounds_reached(["nu"], np.array([[0.4], [1e-8]]), np.array([1e-8]), np.array([10.0]))
+        {'nu': [None, 'lower']}
+    """
+    v, lo, hi = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (values, lower, upper)))
+    width = hi - lo
+    at_lower = np.isfinite(lo) & (v - lo <= _reach(width, lo))
+    at_upper = np.isfinite(hi) & (hi - v <= _reach(width, hi)) & ~at_lower
+    fitted = width > 0
+    flags = np.where(fitted & at_lower, "lower", np.where(fitted & at_upper, "upper", ""))
+    if flags.ndim == 1:
+        return {name: str(flag) for name, flag in zip(names, flags, strict=True) if flag}
+    return {name: [str(f) or None for f in column]
+            for name, column in zip(names, flags.T, strict=True) if column.any()}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,6 +166,14 @@ class CalibrationResult:
         seconds: wall time of the fit.
         converged: the optimiser stopped on a tolerance, not on its iteration limit.
         iterations: optimiser iterations (None where the method does not report them).
+        at_bounds: the parameters that ended on a bound of the method's box (a kappa pinned at
+            its upper bound is a sign of a poor fit): Heston name -> ``"lower"`` or ``"upper"``;
+            SABR name -> one entry per expiry (as in ``params``), ``"lower"``, ``"upper"`` or
+            None. Empty when none did; None where the method does not say (``network``, whose
+            edge warning says it). Boxes: ``direct`` and ``surrogate``, the model's default box
+            or ``bounds``; Heston ``quantlib``, QuantLib's own constraint (v0, kappa, theta,
+            sigma > 0, rho in [-1, 1]); a fixed SABR beta is not listed. See
+            :func:`bounds_reached`.
 
     Examples:
         >>> result = CalibrationResult("heston", "direct", {"v0": 0.04}, pd.DataFrame(), 12.5,
@@ -136,11 +195,12 @@ class CalibrationResult:
     seconds: float
     converged: bool
     iterations: int | None
+    at_bounds: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (everything except the residual table)."""
         keys = ("model", "method", "params", "rmse_iv_bp", "max_abs_iv_bp", "sse", "n_quotes")
-        keys += ("n_dropped", "seconds", "converged", "iterations")
+        keys += ("n_dropped", "seconds", "converged", "iterations", "at_bounds")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -569,12 +629,40 @@ def _prepare_rows(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, np.ndarray]
     return table, usable
 
 
+Weights = str | Sequence[float] | np.ndarray
+"""The weights of one quote table: a name of :data:`WEIGHTINGS` or one weight per quote."""
+
+
+def _kept_weights(weights: Weights, usable: np.ndarray) -> Weights:
+    """``weights`` of the rows kept ``usable`` ``(R,)``, where they are one weight per input row:
+    the rows left out take theirs with them (the kept rows got the weights of the rows before
+    them, or a count error)."""
+    if isinstance(weights, str) or usable.all() or np.shape(weights) != usable.shape:
+        return weights
+    return np.asarray(weights, dtype=float)[usable]
+
+
+def _weights_per_table(weights: Weights | Sequence[Weights], n_tables: int) -> list[Weights]:
+    """The weights of each of ``n_tables`` tables: one name, or one array of numbers, for all of
+    them; or a sequence of ``n_tables`` entries, each a name or an array (surfaces with different
+    numbers of quotes need their own arrays)."""
+    if isinstance(weights, str):
+        return [weights] * n_tables
+    entries = list(weights)
+    if all(not isinstance(w, str | bytes) and np.ndim(w) == 0 for w in entries):
+        return [weights] * n_tables  # one array of numbers for every table
+    if len(entries) != n_tables:
+        raise ValueError(f"weights: {len(entries)} entries for {n_tables} quote tables (give one "
+                         "weighting for all tables, or one per table)")  # fmt: skip
+    return entries
+
+
 def calibrate(
     model: str,
     quotes: pd.DataFrame | str,
     *,
     method: str = "direct",
-    weights: str | Sequence[float] | np.ndarray = "equal",
+    weights: Weights = "equal",
     bounds: Mapping[str, tuple[float, float]] | None = None,
     x0: Mapping[str, float] | None = None,
     beta: float | None = None,
@@ -626,12 +714,8 @@ def calibrate(
     options = _device_options(key, options)
     table, usable = _prepare_rows(quotes)
     n_dropped = int((~usable).sum())
-    if not isinstance(weights, str) and n_dropped and np.shape(weights) == usable.shape:
-        # one weight per input row: the rows left out take theirs with them (the kept rows got
-        # the weights of the rows before them, or a count error)
-        weights = np.asarray(weights, dtype=float)[usable]
     problem = CalibrationProblem(
-        table, quote_weights(table, weights), bounds, x0, beta, seed, options
+        table, quote_weights(table, _kept_weights(weights, usable)), bounds, x0, beta, seed, options
     )
     start = time.perf_counter()
     with torch.no_grad():
@@ -644,7 +728,7 @@ def calibrate_many(
     quotes: Sequence[pd.DataFrame | str],
     *,
     method: str = "direct",
-    weights: str = "equal",
+    weights: Weights | Sequence[Weights] = "equal",
     bounds: Mapping[str, tuple[float, float]] | None = None,
     x0: Mapping[str, float] | None = None,
     beta: float | None = None,
@@ -655,9 +739,11 @@ def calibrate_many(
 
     Methods with a batched fitter (:func:`register_batch_method`: Heston ``direct`` and
     ``network``) fit all tables together; the others fit them one after another. The arguments
-    are those of :func:`calibrate`, applied to every table (``weights`` by name); with
-    ``device="cuda"`` Heston ``direct`` fits the batch on the GPU. Each result's ``seconds`` is
-    its share of the call's wall time (the total divided by the number of tables).
+    are those of :func:`calibrate`, applied to every table; ``weights`` may also be a sequence
+    with one entry per table (a name or one weight per quote of that table), for tables with
+    different numbers of quotes. With ``device="cuda"`` Heston ``direct`` fits the batch on the
+    GPU. Each result's ``seconds`` is its share of the call's wall time (the total divided by the
+    number of tables).
 
     Returns:
         One :class:`CalibrationResult` per table, in order.
@@ -673,6 +759,10 @@ def calibrate_many(
         >>> fits = calibrate_many("sabr", [smile(0.4), smile(0.6)])
         >>> [round(fit.params["nu"][0], 6) for fit in fits]
         [0.4, 0.6]
+        >>> fits = calibrate_many("sabr", [smile(0.4), smile(0.6).iloc[:4]],
+        ...                       weights=["vega", [1.0, 2.0, 2.0, 1.0]])  # one entry per table
+        >>> fits[1].residuals["weight"].round(4).tolist()
+        [0.6667, 1.3333, 1.3333, 0.6667]
     """
     if isinstance(quotes, (pd.DataFrame, str)):
         raise TypeError("quotes: expected a sequence of quote tables or files, got a single one")
@@ -681,13 +771,19 @@ def calibrate_many(
     key = _method_key(model, method)
     _check_inputs(key[0], bounds, x0, beta, options)
     options = _device_options(key, options)
+    per_table = _weights_per_table(weights, len(quotes))
     problems, dropped = [], []
     ready = already_prepared(quotes, _NEEDED, DECIMAL_LIMITS["implied_vol"])  # one pass
     for i, table in enumerate(quotes):
         try:
-            prepared, n_dropped = (table, 0) if ready[i] else _prepare(table)
-            problem = CalibrationProblem(prepared, quote_weights(prepared, weights), bounds, x0,
-                                         beta, seed, options)  # fmt: skip
+            if ready[i]:
+                prepared, usable = table, np.ones(len(table), dtype=bool)
+            else:
+                prepared, usable = _prepare_rows(table)
+            n_dropped = int((~usable).sum())
+            table_weights = quote_weights(prepared, _kept_weights(per_table[i], usable))
+            problem = CalibrationProblem(prepared, table_weights, bounds, x0, beta, seed,
+                                         options)  # fmt: skip
         except QuoteError as error:
             raise QuoteError(f"quote table {i}: {error}") from error
         except ValueError as error:
@@ -745,6 +841,7 @@ def _results(
             seconds=seconds,
             converged=bool(fit.converged),
             iterations=fit.iterations,
+            at_bounds=fit.at_bounds,
         )
         for problem, fit, n_dropped, table, error in zip(
             problems, fits, dropped, tables, errors, strict=True

@@ -39,6 +39,7 @@ from pricing.calibration import (
     MODEL_PARAMETERS,
     CalibrationProblem,
     FitOutput,
+    bounds_reached,
     proposed_starts_many,
     register_batch_method,
     register_method,
@@ -619,7 +620,8 @@ def _fit_direct(problem: CalibrationProblem) -> FitOutput:
         surfaces, bounds=problem.bounds, x0=x0, seed=problem.seed, **options
     )
     values = dict(zip(NAMES, params[0].tolist(), strict=True))
-    return FitOutput(values, vols[0].numpy(), bool(converged[0]), int(iterations[0]))
+    return FitOutput(values, vols[0].numpy(), bool(converged[0]), int(iterations[0]),
+                     bounds_reached(NAMES, params[0].numpy(), *_box(problem.bounds)))  # fmt: skip
 
 
 def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
@@ -647,9 +649,10 @@ def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
     )
     # Python values of all surfaces at once (per-element float() and bool() cost microseconds)
     rows, flags, counts = params.tolist(), converged.tolist(), iterations.tolist()
+    edges = [bounds_reached(NAMES, row, *_box(problems[0].bounds)) for row in params.numpy()]
     return [
-        FitOutput(dict(zip(NAMES, row, strict=True)), v.numpy(), flag, count)
-        for row, v, flag, count in zip(rows, vols, flags, counts, strict=True)
+        FitOutput(dict(zip(NAMES, row, strict=True)), v.numpy(), flag, count, edge)
+        for row, v, flag, count, edge in zip(rows, vols, flags, counts, edges, strict=True)
     ]
 
 
@@ -679,7 +682,14 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
         zero_rate=rate[first], dividend_yield=dividend[first], x0=x0, weights=problem.weights,
         **dict(problem.options),
     )  # fmt: skip
-    return FitOutput(dict(zip(NAMES, fit.params, strict=True)), fit.model_vol, fit.converged, None)
+    edges = bounds_reached(NAMES, np.array(fit.params), *_QUANTLIB_CONSTRAINT)
+    return FitOutput(dict(zip(NAMES, fit.params, strict=True)), fit.model_vol, fit.converged, None,
+                     edges)  # fmt: skip
+
+
+_QUANTLIB_CONSTRAINT = (np.array([0.0, 0.0, 0.0, 0.0, -1.0]), np.array([np.inf] * 4 + [1.0]))
+"""QuantLib's own constraint on the Heston parameters (``HestonModel``: v0, kappa, theta, sigma
+positive; rho in [-1, 1]), the box of method ``quantlib``'s :attr:`FitOutput.at_bounds`."""
 
 
 register_method("heston", "direct", _fit_direct, devices=True)

@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing.calibration import MODEL_PARAMETERS, CalibrationProblem, FitOutput, register_method
+from pricing.calibration import (
+    MODEL_PARAMETERS,
+    CalibrationProblem,
+    FitOutput,
+    bounds_reached,
+    register_method,
+)
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 from pricing.quotes import QuoteError, shifts
 from pricing.sabr import lognormal_vol
@@ -207,6 +213,31 @@ def _bounds(
     return lower, upper
 
 
+def _solver_box(
+    batch: SmileBatch, beta: float | None, bounds: Mapping[str, tuple[float, float]] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The solver's ``level`` ``(E, 1)`` and box ``(E, 4)`` each of (a, beta, rho, nu) (see
+    :func:`_vols` and :func:`_bounds`)."""
+    level = batch.forward + batch.shift  # (E, 1)
+    if beta is None and "alpha" in (bounds or {}):
+        level = torch.ones_like(level)
+    return level, *_bounds(batch, beta, bounds, level)
+
+
+def _direct_at_bounds(
+    batch: SmileBatch,
+    beta: float | None,
+    bounds: Mapping[str, tuple[float, float]] | None,
+    params: torch.Tensor,
+) -> dict[str, list[str | None]]:
+    """:func:`pricing.calibration.bounds_reached` of :func:`fit_smiles`'s ``params`` ``(E, 4)``
+    in its box, alpha's bounds taken from ``a`` to alpha as alpha was."""
+    level, lower, upper = _solver_box(batch, beta, bounds)
+    scale = level[:, 0] ** (1 - params[:, 1])
+    lower[:, 0], upper[:, 0] = lower[:, 0] * scale, upper[:, 0] * scale
+    return bounds_reached(_NAMES, params.numpy(), lower.numpy(), upper.numpy())
+
+
 def fit_smiles(
     batch: SmileBatch,
     *,
@@ -236,10 +267,7 @@ def fit_smiles(
         >>> [round(v, 6) for v in params[0].tolist()], bool(converged[0])
         ([2.0, 0.5, -0.3, 0.6], True)
     """
-    level = batch.forward + batch.shift  # (E, 1)
-    if beta is None and "alpha" in (bounds or {}):
-        level = torch.ones_like(level)
-    lower, upper = _bounds(batch, beta, bounds, level)
+    level, lower, upper = _solver_box(batch, beta, bounds)
     starts, expiry = _candidates(batch, _FREE_BETA_GRID if beta is None else (beta,))
     # the grid's a is about the ATM vol: alpha = a (F + shift)^(1 - beta), then in level units
     starts[:, 0] *= ((batch.forward + batch.shift)[expiry, 0] / level[expiry, 0]) ** (
@@ -331,9 +359,19 @@ def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     table["shift"] = batch.shift[:, 0]
     if free:
         _warn_if_beta_at_an_end(table["maturity"].tolist(), table["beta"].tolist())
+    edges = _direct_at_bounds(batch, beta, problem.bounds, params)
     return FitOutput(
-        {k: v.tolist() for k, v in table.items()}, model_iv, bool(converged.all()), iterations
+        {k: v.tolist() for k, v in table.items()},
+        model_iv,
+        bool(converged.all()),
+        iterations,
+        edges,
     )
+
+
+def _scipy_box(bounds: Mapping[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+    """The box of :func:`fit_smile_scipy`: the defaults, alpha's own, the caller's bounds."""
+    return _BOX | {"alpha": (1e-8, np.inf)} | dict(bounds or {})
 
 
 def fit_smile_scipy(
@@ -388,7 +426,7 @@ def fit_smile_scipy(
     def residual(x: np.ndarray) -> np.ndarray:
         return w * (model(x) - market_iv)
 
-    box = _BOX | {"alpha": (1e-8, np.inf)} | dict(bounds or {})
+    box = _scipy_box(bounds)
     lower = np.array([box[n][0] for n in _NAMES], dtype=float)[names]
     upper = np.array([box[n][1] for n in _NAMES], dtype=float)[names]
     x_start = np.clip(np.asarray(start, dtype=float)[names], lower, upper)
@@ -431,7 +469,11 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     params["shift"] = batch.shift[:, 0].tolist()
     if free:
         _warn_if_beta_at_an_end(params["maturity"], params["beta"])
-    return FitOutput(params, model_iv, ok, evaluations)
+    box = _scipy_box(problem.bounds) | ({} if beta is None else {"beta": (beta, beta)})
+    lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
+    return FitOutput(
+        params, model_iv, ok, evaluations, bounds_reached(_NAMES, values, lower, upper)
+    )
 
 
 register_method("sabr", "direct", _fit_direct)

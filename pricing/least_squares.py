@@ -25,6 +25,9 @@ __all__ = [
     "value_and_jacobian",
 ]
 
+_DAMPING_LIMIT = 1e20
+"""A problem whose damping grows past this stops, unconverged: no step lowered its cost."""
+
 ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(params, index) -> residuals``: params ``(B, M, P)`` (M = 1 or N) for problems ``index`` (B,).
 
@@ -42,7 +45,8 @@ class LeastSquaresResult(NamedTuple):
         cost: ``0.5 * sum(residuals**2)`` per problem, shape ``(B,)``.
         residuals: shape ``(B, N)``.
         iterations: Jacobian evaluations per problem, shape ``(B,)``.
-        converged: whether a tolerance (not the iteration limit) stopped the problem, ``(B,)``.
+        converged: whether a tolerance stopped the problem (not the iteration limit, nor the
+            damping limit reached when no step lowers the cost), ``(B,)``.
         jacobian: of the residuals at ``x``, shape ``(B, N, P)``.
 
     Shape:
@@ -178,7 +182,8 @@ def levenberg_marquardt(
             (``x0`` inside the box), which saves the first evaluation (e.g. to continue a run).
 
     Returns:
-        A :class:`LeastSquaresResult`; a problem whose cost turns NaN stops, unconverged.
+        A :class:`LeastSquaresResult`; a problem whose cost turns NaN stops, unconverged, and
+        so does one whose damping grows past ``1e20`` (no step lowered its cost).
 
     Raises:
         ValueError: a non-finite ``x0``, NaN or inverted bounds, a damping that is not positive,
@@ -239,7 +244,10 @@ def levenberg_marquardt(
         jac[idx] = torch.where(accept.unsqueeze(-1).unsqueeze(-1), j_new, ja)
         cost[idx] = torch.where(accept, cost_new, cost[idx])
         iterations[idx] += 1
-        done = small_gradient | flat | tiny_step | (mu[idx] > 1e20)
-        converged[idx] = done & torch.isfinite(cost[idx])  # a NaN cost stops, unconverged
-        active[idx] = ~done
+        met = small_gradient | flat | tiny_step
+        # a damping past the limit means no step lowered the cost (a wrong Jacobian, a residual
+        # that is NaN around x): it stops the problem, but no tolerance was met
+        stalled = mu[idx] > _DAMPING_LIMIT
+        converged[idx] = met & torch.isfinite(cost[idx])  # a NaN cost stops, unconverged
+        active[idx] = ~(met | stalled)
     return LeastSquaresResult(x, cost, r, iterations, converged, jac)

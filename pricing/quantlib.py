@@ -7,6 +7,8 @@ a millisecond, far more than the pricing itself.
 Dates: QuantLib works with calendar dates. Adapters here use a fixed evaluation date and the
 Actual/365 Fixed day counter, and convert a year fraction ``T`` to the nearest whole day; callers that
 need exact agreement should use maturities that are whole days over 365 (``days_to_year_fraction``).
+QuantLib's evaluation date is global (``ql.Settings.instance().evaluationDate``): each adapter sets
+:data:`EVALUATION_DATE` while it runs and restores the caller's date when it returns or raises.
 
 Sections, each opened by a ``# Section: NAME.`` comment: Black-Scholes, Heston, SABR, Monte Carlo,
 Calibration.
@@ -14,11 +16,12 @@ Calibration.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 import QuantLib as ql
@@ -71,8 +74,42 @@ def maturity_date(maturity: float) -> ql.Date:
     return EVALUATION_DATE + round(maturity * 365.0)
 
 
-def _set_evaluation_date() -> None:
-    ql.Settings.instance().evaluationDate = EVALUATION_DATE
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _at_evaluation_date(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``function`` with QuantLib's global evaluation date at :data:`EVALUATION_DATE`, and
+    give the caller's date back afterwards, also on an error (it was left at 2002-07-05: a
+    user's own QuantLib code in the same process priced from that date)."""
+
+    @functools.wraps(function)
+    def at_date(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        settings = ql.Settings.instance()
+        saved = settings.evaluationDate
+        settings.evaluationDate = EVALUATION_DATE
+        try:
+            return function(*args, **kwargs)
+        finally:
+            # an unset date reads as today's: leave it unset (following the clock) in that case
+            settings.evaluationDate = ql.Date() if saved == ql.Date.todaysDate() else saved
+
+    return at_date
+
+
+def _check_maturity(maturity: float | np.ndarray, where: str = "index") -> np.ndarray:
+    """``maturity`` as floats, refused unless finite and > 0, naming the first bad element by its
+    ``where`` (``index``: 0-based; ``row``: 1-based table row). A maturity of 0 divided by zero
+    in the time scaling (ZeroDivisionError); a negative one reached QuantLib as a NaN stdDev."""
+    t = np.asarray(maturity, dtype=float)
+    bad = np.flatnonzero(~(np.isfinite(t) & (t > 0)))
+    if bad.size:
+        first = np.unravel_index(bad[0], t.shape)  # () for a scalar
+        position = int(first[0]) + (where == "row") if t.ndim == 1 else tuple(map(int, first))
+        at = "" if t.ndim == 0 else f" at {where} {position}"
+        raise ValueError(f"maturity must be a finite number of years > 0, got "
+                         f"{t.reshape(-1)[bad[0]]}{at}")  # fmt: skip
+    return t
 
 
 def _arrays(*values: float | Sequence[float] | np.ndarray) -> list[np.ndarray]:
@@ -214,12 +251,12 @@ Andersen-Piterbarg control-variate integrand (relative accuracy also for tiny pr
 
 
 class _HestonPricer:
-    """One QuantLib Heston model, engine and set of quotes, reused for every option."""
+    """One QuantLib Heston model, engine and set of quotes, reused for every option (build and
+    use it inside :func:`_at_evaluation_date`)."""
 
     def __init__(self, engine: str, integration_order: int) -> None:
         if engine not in HESTON_ENGINES:
             raise ValueError(f"engine must be one of {HESTON_ENGINES}; got {engine!r}")
-        _set_evaluation_date()
         self.spot, self.rate, self.dividend = (ql.SimpleQuote(x) for x in (1.0, 0.0, 0.0))
         curves = [
             ql.YieldTermStructureHandle(
@@ -272,6 +309,7 @@ class _HestonPricer:
             return math.nan
 
 
+@_at_evaluation_date
 def heston_price(
     *,
     strike: float | np.ndarray,
@@ -298,6 +336,10 @@ def heston_price(
     does, the price is NaN, with a warning.
     About 20,000 options/s with ``fast``, a few thousand with the adaptive references.
 
+    Raises:
+        ValueError: a maturity that is not finite and > 0 (naming its index), spot and forward
+            both or neither given, a discount given with spot.
+
     Shape:
         Inputs broadcast to any shape; the output has that shape.
 
@@ -308,10 +350,11 @@ def heston_price(
         >>> round(float(p), 8)  # Lewis' 50-digit value 17.05527096127...
         17.05527096
     """
+    maturity = _check_maturity(maturity)
     if forward is not None:
         if spot is not None:
             raise ValueError("give either spot (with rate, dividend) or forward (with discount)")
-        spot, t = np.asarray(forward, dtype=float), np.asarray(maturity, dtype=float)
+        spot, t = np.asarray(forward, dtype=float), maturity
         rate = dividend = -np.log(np.asarray(1.0 if discount is None else discount, float)) / t
     elif spot is None:
         raise ValueError("give spot (with rate, dividend) or forward (with discount)")
@@ -336,7 +379,8 @@ def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast
     Uses ``forward`` (and ``discount``) when present, else ``spot``, ``rate``, ``dividend``, where a
     ``discount`` gives the rate ``-ln(discount) / maturity`` (as in
     ``qfnet.price_rows.forward_and_discount``); ``option_type`` is ``call``/``put`` (or ``C``/``P``),
-    calls when absent; any other value is refused.
+    calls when absent; any other value is refused, and so is a maturity that is not finite and > 0
+    (naming its row, 1-based).
 
     Shape:
         Each column (N,); output (N,).
@@ -349,6 +393,7 @@ def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast
         array([3.7132, 2.6047])
     """
     columns = {name: np.asarray(table[name]) for name in table}
+    columns["maturity"] = _check_maturity(columns["maturity"], where="row")
     kinds = columns.get("option_type", np.array(["call"] * len(columns["strike"])))
     is_call = short_call_flags(kinds)
     market = {
@@ -415,6 +460,7 @@ def sabr_vol(
     return out
 
 
+@_at_evaluation_date
 def sabr_fd_price(
     *,
     forward: float,
@@ -463,7 +509,6 @@ def sabr_fd_price(
     for name, value, ok, requirement in checks:
         if not ok:
             raise ValueError(f"{name} must be {requirement}, got {value!r}")
-    _set_evaluation_date()
     days = max(1, round(365.0 * maturity))
     time_scale = np.sqrt(maturity / (days / 365.0))
     curve = ql.YieldTermStructureHandle(ql.FlatForward(EVALUATION_DATE, 0.0, DAY_COUNTER))
@@ -512,6 +557,7 @@ class MCPrice(NamedTuple):
     n_paths: int
 
 
+@_at_evaluation_date
 def heston_mc_price(
     *,
     spot: float,
@@ -555,7 +601,7 @@ def heston_mc_price(
     """
     if n_paths < 2 or (antithetic and n_paths % 2):
         raise ValueError(f"n_paths must be >= 2 (and even with antithetic), got {n_paths}")
-    _set_evaluation_date()
+    maturity = float(_check_maturity(maturity))
     days = max(1, round(365.0 * maturity))
     scale = days / (365.0 * maturity)
     curves = [
@@ -576,6 +622,7 @@ def heston_mc_price(
     return _timed_npv(option, n_paths)
 
 
+@_at_evaluation_date
 def bs_barrier_mc_price(
     *,
     spot: float,
@@ -618,6 +665,7 @@ def bs_barrier_mc_price(
     return _timed_npv(option, n_paths)
 
 
+@_at_evaluation_date
 def bs_barrier_price(
     *,
     spot: float,
@@ -659,6 +707,7 @@ def _barrier_option(
     return ql.BarrierOption(kinds[barrier_type], barrier, rebate, payoff, exercise)
 
 
+@_at_evaluation_date
 def bs_asian_mc_price(
     *,
     spot: float,
@@ -703,7 +752,6 @@ def bs_asian_mc_price(
 def _bs_process(
     spot: float, volatility: float, rate: float, dividend: float
 ) -> ql.BlackScholesMertonProcess:
-    _set_evaluation_date()
     curve = lambda x: ql.YieldTermStructureHandle(ql.FlatForward(EVALUATION_DATE, x, DAY_COUNTER))  # noqa: E731
     vol = ql.BlackVolTermStructureHandle(
         ql.BlackConstantVol(EVALUATION_DATE, CALENDAR, volatility, DAY_COUNTER)
@@ -792,6 +840,7 @@ def _end_criteria_name(value: int) -> str:
     return lookup.get(value, str(value))
 
 
+@_at_evaluation_date
 def heston_calibrate(
     *,
     spot: float,
@@ -819,7 +868,7 @@ def heston_calibrate(
     Args:
         spot: spot price.
         strike: strikes, shape ``(N,)``.
-        period: whole days (or weeks) to each expiry, shape ``(N,)``.
+        period: whole days (or weeks) to each expiry, at least 1, shape ``(N,)``.
         market_vol: Black vols, shape ``(N,)``.
         curve_days: pillar days of the zero curves, shape ``(M,)``.
         zero_rate: continuously compounded zero rates at ``curve_days``, shape ``(M,)``.
@@ -851,7 +900,11 @@ def heston_calibrate(
         )
     if max_iterations < 3:  # EndCriteria: 1 < stationary iterations < max_iterations
         raise ValueError(f"max_iterations must be at least 3 for QuantLib, got {max_iterations}")
-    _set_evaluation_date()
+    # a period of 0 expired on the evaluation date: the fit went on with model vols of 0.001
+    short = np.flatnonzero(~(np.asarray(period) >= 1))
+    if short.size:
+        raise ValueError(f"period must be at least 1 {period_unit[:-1]}, got "
+                         f"{np.asarray(period)[short[0]]} at index {int(short[0])}")  # fmt: skip
     rates = _zero_curve(curve_days, zero_rate)
     no_dividends = np.zeros(len(curve_days))
     dividends = _zero_curve(curve_days, no_dividends if dividend_yield is None else dividend_yield)

@@ -17,7 +17,7 @@ from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
 from qfnet._cli import fail
 
-__all__ = ["calibrate_command", "result_json"]
+__all__ = ["bounds_line", "calibrate_command", "result_json"]
 
 
 def _clean(value: Any) -> Any:
@@ -54,6 +54,29 @@ def result_json(
         out["cleaning"] = {"n_input": report.n_input, "removed": report.removed,
                            "forward_sources": report.forward_sources}  # fmt: skip
     return _clean(out)
+
+
+def bounds_line(result: CalibrationResult) -> str:
+    """The parameters at a bound of the box (``result.at_bounds``), for the fit report.
+
+    Examples:
+        >>> import pandas as pd
+        >>> result = CalibrationResult("sabr", "direct", {"maturity": [0.25, 1.0]}, pd.DataFrame(),
+        ...     1.0, 2.0, 0.1, 10, 0, 0.01, True, 7, {"nu": ["upper", None]})
+        >>> bounds_line(result)
+        'nu upper at T=0.25'
+    """
+    parts = []
+    for name, where in (result.at_bounds or {}).items():
+        if isinstance(where, str):  # one parameter set (Heston)
+            parts.append(f"{name} {where}")
+            continue
+        for side in ("lower", "upper"):
+            t = [f"{m:.4g}" for m, w in zip(result.params["maturity"], where, strict=True)
+                 if w == side]  # fmt: skip
+            if t:
+                parts.append(f"{name} {side} at T={', '.join(t)}")
+    return "; ".join(parts)
 
 
 def _check_options(model: str, method: str, weights: str, beta: float | None) -> None:
@@ -195,6 +218,9 @@ def calibrate_command(
     unused = f" ({result.n_dropped} {rows} without a vol left out)" if result.n_dropped else ""
     typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes"
                f"{unused}, {result.seconds:.2f} s -> {out}")  # fmt: skip
+    if result.at_bounds:
+        typer.echo(f"at a bound of the parameter box (a sign of a poor fit, or of bounds too "
+                   f"narrow): {bounds_line(result)}")  # fmt: skip
     if plot:
         from pricing.smile_plot import plot_smiles
 

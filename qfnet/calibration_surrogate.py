@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pricing.calibration import CalibrationProblem, FitOutput, register_method
+from pricing.calibration import CalibrationProblem, FitOutput, bounds_reached, register_method
 from pricing.calibration_heston import (
+    DEFAULT_BOUNDS,
     NAMES,
     calibrate_surfaces,
     global_starts,
@@ -163,10 +164,17 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
         params, vols = polished[0], reference_vols[0]
         converged, iterations = bool(converged_t[0]), iterations + int(more[0])
     values = dict(zip(NAMES, params.tolist(), strict=True))
+    # the box of the last fit: direct's (polish) or the surrogate's domain within the bounds
+    if polish:
+        box = DEFAULT_BOUNDS | dict(problem.bounds or {})
+        lower, upper = (np.array([box[n][i] for n in NAMES]) for i in (0, 1))
+    else:
+        lower, upper = (b.numpy() for b in _box(net, problem.bounds))
+    edges = bounds_reached(NAMES, params.numpy(), lower, upper)
     if not polish:  # the Heston model's vols at the surrogate's optimum, as other methods report
         vols = otm_implied_vol(ratio=tensor(quotes["strike"] / quotes["forward"]),
                                maturity=tensor(quotes["maturity"]), **values)  # fmt: skip
-    return FitOutput(values, vols.numpy(), converged, iterations)
+    return FitOutput(values, vols.numpy(), converged, iterations, edges)
 
 
 register_method("heston", "surrogate", _fit_surrogate)

@@ -92,3 +92,53 @@ def test_a_table_without_a_strike_column_is_named() -> None:
     good = _prepare(_smile())[0]
     with pytest.raises(ValueError, match=r"quote table 1: .*strike"):
         calibrate_many("sabr", [good, good.drop(columns="strike")])
+
+
+def _noisy(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A smile off the SABR family (a few bp of noise): its weights move the fit."""
+    noise = np.random.default_rng(seed).normal(0.0, 0.003, len(table))
+    return table.assign(implied_vol=table["implied_vol"] + noise)
+
+
+def test_calibrate_many_takes_one_weight_array_per_table_of_any_size() -> None:
+    # one weight array served every table: tables of 7 and 5 quotes could not be weighted
+    tables = [_noisy(_smile(), 1), _noisy(_smile(0.4).iloc[1:6].reset_index(drop=True), 2)]
+    weights = [np.linspace(1.0, 3.0, 7), np.array([4.0, 1.0, 1.0, 1.0, 0.5])]
+    many = calibrate_many("sabr", tables, weights=weights)
+    for table, w, fit in zip(tables, weights, many, strict=True):
+        single = calibrate("sabr", table, weights=w)
+        pd.testing.assert_frame_equal(fit.residuals, single.residuals, check_exact=True)
+        assert fit.params == single.params
+        equal = calibrate("sabr", table)  # the weights did change the fit
+        assert abs(fit.params["nu"][0] - equal.params["nu"][0]) > 1e-4
+    mixed = calibrate_many("sabr", tables, weights=["vega", weights[1]])  # a name per table too
+    vega = calibrate("sabr", tables[0], weights="vega")
+    pd.testing.assert_frame_equal(mixed[0].residuals, vega.residuals, check_exact=True)
+
+
+def test_calibrate_many_keeps_one_weighting_or_one_array_for_all_tables() -> None:
+    tables = [_noisy(_smile(), 1), _noisy(_smile(0.4), 2)]
+    w = np.linspace(1.0, 3.0, 7)
+    for weights in ("vega", w, list(w)):
+        for table, fit in zip(tables, calibrate_many("sabr", tables, weights=weights), strict=True):
+            single = calibrate("sabr", table, weights=weights)
+            pd.testing.assert_frame_equal(fit.residuals, single.residuals, check_exact=True)
+
+
+def test_calibrate_many_per_row_weights_leave_with_their_dropped_row() -> None:
+    # as in calibrate: one weight per input row, the row without a vol takes its weight along
+    table = _smile()
+    table.loc[2, "implied_vol"] = math.nan
+    w = np.arange(1.0, 8.0)
+    (fit,) = calibrate_many("sabr", [table], weights=[w])
+    kept = np.delete(w, 2)
+    np.testing.assert_allclose(fit.residuals["weight"], kept / kept.mean(), rtol=1e-15, atol=0.0)
+    assert fit.n_dropped == 1
+
+
+def test_calibrate_many_refuses_a_weight_list_of_another_length() -> None:
+    tables = [_smile(), _smile(0.4)]
+    with pytest.raises(ValueError, match=r"weights: 3 entries for 2 quote tables"):
+        calibrate_many("sabr", tables, weights=["vega", "equal", "vega"])
+    with pytest.raises(ValueError, match=r"quote table 1: weights must be 7 finite values"):
+        calibrate_many("sabr", tables, weights=[np.ones(7), np.ones(5)])

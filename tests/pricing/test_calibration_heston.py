@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pricing.black_scholes import black_implied_vol
-from pricing.calibration import calibrate
+from pricing.calibration import calibrate, calibrate_many
 from pricing.calibration_heston import surfaces_from_quotes
 from pricing.heston import price as heston_price
 from pricing.quantlib import heston_calibrate
@@ -134,6 +134,19 @@ def test_bounds_are_respected_and_named() -> None:
     assert fit.params["kappa"] == pytest.approx(1.0, abs=1e-9)  # the true 2.1 is outside
     with pytest.raises(ValueError, match="heston has no parameter 'lambda'"):
         calibrate("heston", _synthetic_surface(), bounds={"lambda": (0.0, 1.0)})
+
+
+def test_a_parameter_pinned_at_its_bound_is_reported() -> None:
+    # kappa ended at its upper bound 1.0 (the true 2.1 is outside) and nothing said so
+    surface = _synthetic_surface()
+    free = calibrate("heston", surface, n_scan=32)
+    assert free.at_bounds == {} and free.to_dict()["at_bounds"] == {}
+    pinned = calibrate("heston", surface, bounds={"kappa": (0.1, 1.0)}, n_scan=32)
+    assert pinned.at_bounds == {"kappa": "upper"}
+    assert pinned.to_dict()["at_bounds"] == {"kappa": "upper"}
+    many = calibrate_many("heston", [surface, surface], bounds={"kappa": (0.1, 1.0)}, n_scan=32)
+    assert [fit.at_bounds for fit in many] == [{"kappa": "upper"}] * 2  # the batched fitter
+    assert calibrate("heston", surface, method="quantlib").at_bounds == {}
 
 
 def test_short_dated_low_vol_surface_is_fit_by_the_fast_pricer_alone() -> None:

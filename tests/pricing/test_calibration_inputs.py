@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pricing.calibration import calibrate, calibrate_many
+from pricing.calibration import BOUND_TOLERANCE, bounds_reached, calibrate, calibrate_many
 from pricing.quotes import QuoteError
 from pricing.sabr import lognormal_vol
 
@@ -208,3 +208,23 @@ def test_an_infinite_upper_bound_is_no_bound() -> None:
     # (0, inf) was refused as leaving nu's domain [0, inf) (as kappa's (0.1, inf) was)
     fit = calibrate("sabr", _smile(), bounds={"nu": (0.0, math.inf)})
     assert fit.params["nu"][0] == pytest.approx(0.6, rel=1e-6)
+
+
+def test_bounds_reached_names_the_side_within_its_tolerance_and_skips_fixed_parameters() -> None:
+    names = ["v0", "kappa", "theta", "sigma", "rho"]
+    lower = np.array([1e-5, 1e-3, 1e-5, 1e-3, -0.999])
+    upper = np.array([4.0, 50.0, 4.0, 10.0, 0.999])
+    width = upper - lower
+    inside = np.array([0.04, 1.5, 0.05, 0.5, -0.7])
+    assert bounds_reached(names, inside, lower, upper) == {}
+    near = inside.copy()
+    near[1] = upper[1] - 0.5 * BOUND_TOLERANCE * width[1]  # within the tolerance: on it
+    near[4] = lower[4] + 2.0 * BOUND_TOLERANCE * width[4]  # beyond it: inside
+    near[0] = lower[0]
+    assert bounds_reached(names, near, lower, upper) == {"kappa": "upper", "v0": "lower"}
+    # a fixed parameter (SABR's beta) is not fitted; an unbounded side is no bound
+    assert bounds_reached(["beta", "nu"], np.array([0.5, 1e6]), np.array([0.5, 1e-8]),
+                          np.array([0.5, np.inf])) == {}  # fmt: skip
+    per_expiry = bounds_reached(["alpha", "nu"], np.array([[1e-8, 0.4], [0.2, 10.0]]),
+                                np.array([1e-8, 1e-8]), np.array([np.inf, 10.0]))  # fmt: skip
+    assert per_expiry == {"alpha": ["lower", None], "nu": [None, "upper"]}

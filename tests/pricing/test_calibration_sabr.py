@@ -123,3 +123,13 @@ def test_a_free_beta_on_a_bound_is_reported(method: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         calibrate("sabr", dax, method=method)  # beta fixed: nothing to say
+
+
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_parameters_at_a_bound_are_listed_per_expiry(method: str) -> None:
+    # nu capped at 0.45 (truth 0.8, 0.5, 0.4 by expiry): the first two smiles end on the cap,
+    # and the fit said nothing of it; the fixed beta = 0.5 is no bound
+    fit = calibrate("sabr", _smiles(), method=method, beta=0.5, bounds={"nu": (0.01, 0.45)})
+    assert fit.at_bounds == {"nu": ["upper", "upper", None]}
+    np.testing.assert_allclose(fit.params["nu"][:2], [0.45, 0.45], rtol=1e-6, atol=0.0)
+    assert calibrate("sabr", _smiles(), method=method, beta=0.5).at_bounds == {}

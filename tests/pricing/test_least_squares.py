@@ -287,3 +287,20 @@ def test_a_residual_function_of_another_width_is_an_error():
     ):
         value_and_jacobian(lambda p, i: p[..., 0] - t, torch.zeros(1, 1, dtype=torch.float64),
                            torch.tensor([0]), 1)  # fmt: skip
+
+
+def test_a_stop_at_the_damping_limit_is_not_reported_converged():
+    # r(x) = 1 + 1e-11 x, undefined (NaN) below x = 1 for problem 1, which starts there: every
+    # step downhill is refused, the damping doubles its growth until it passes its limit (13
+    # iterations), and that stop came back converged=True at the untouched start
+    def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        x = p[..., 0]
+        defined = (x >= 1.0) | (index == 0).unsqueeze(-1)
+        return torch.where(defined, 1 + 1e-11 * x, math.nan)
+
+    res = levenberg_marquardt(elementwise_jacobian(residual, 1), torch.ones(2, 1, dtype=F64),
+                              lower=torch.tensor(-1e15), upper=torch.tensor(1e15))  # fmt: skip
+    assert res.converged.tolist() == [True, False]
+    assert int(res.iterations[1]) < 100  # stopped by the damping limit, not the iteration limit
+    assert float(res.x[1, 0]) == 1.0  # no step was accepted
+    assert float(res.cost[0]) < 1e-10  # the problem defined everywhere is solved (from 0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import QuantLib as ql
 import torch
 
 from pricing import heston
@@ -79,3 +80,65 @@ def test_calibration_zero_curve_is_flat_past_its_last_pillar():
     rates = -np.log(discounts) / (days / 365.0)
     expected = [0.01, 0.01 + 0.02 * 170 / 335, 0.03, 0.03]
     np.testing.assert_allclose(rates, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: qlref.heston_price(spot=100.0, strike=100.0, maturity=[1.0, 0.0], **MODEL),
+         r"maturity must be a finite number of years > 0, got 0.0 at index 1"),
+        (lambda: qlref.heston_price(forward=100.0, strike=100.0, maturity=-0.5, **MODEL),
+         r"maturity must be .* > 0, got -0.5"),
+        (lambda: qlref.heston_price_table(_table(maturity=[1.0, 0.0], discount=[0.99, 1.0])),
+         r"maturity must be .* > 0, got 0.0 at row 2"),
+        (lambda: qlref.heston_mc_price(spot=100.0, strike=100.0, maturity=0.0, n_paths=2,
+                                       n_steps=1, **MODEL),
+         r"maturity must be .* > 0, got 0.0"),
+        # a period of 0 was fitted as an option expiring today, at a model vol of 0.001
+        (lambda: qlref.heston_calibrate(spot=100.0, strike=np.array([90.0, 100.0, 110.0] * 2),
+                                        period=np.array([0] * 3 + [365] * 3),
+                                        market_vol=np.full(6, 0.2), curve_days=np.array([1, 365]),
+                                        zero_rate=np.zeros(2)),
+         r"period must be at least 1 day, got 0 at index 0"),
+    ],
+    ids=["heston_price", "heston_price-forward", "heston_price_table", "heston_mc_price",
+         "heston_calibrate"],
+)  # fmt: skip
+def test_a_maturity_of_zero_is_a_value_error_naming_where(call, message):
+    # a maturity of 0 raised ZeroDivisionError in the time scaling, a negative one a QuantLib
+    # RuntimeError about a NaN stdDev
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.fixture
+def user_evaluation_date():
+    """A user's own evaluation date, set before the test and unset (today) after it."""
+    settings = ql.Settings.instance()
+    settings.evaluationDate = ql.Date(15, ql.March, 2024)
+    yield ql.Date(15, ql.March, 2024)
+    settings.evaluationDate = ql.Date()
+
+
+def test_adapters_give_the_callers_evaluation_date_back(user_evaluation_date):
+    # every adapter left QuantLib's global evaluation date at 2002-07-05: a user's own curves and
+    # options in the same process were then valued from that date
+    settings = ql.Settings.instance()
+    qlref.heston_price(spot=100.0, strike=100.0, maturity=1.0, **MODEL)
+    assert settings.evaluationDate == user_evaluation_date
+    qlref.bs_barrier_price(spot=100.0, strike=100.0, barrier=90.0, barrier_type="down_out",
+                           maturity=1.0, volatility=0.2)  # fmt: skip
+    assert settings.evaluationDate == user_evaluation_date
+    qlref.sabr_fd_price(forward=0.03, strike=[0.03], maturity=0.25, alpha=0.03, beta=0.5,
+                        rho=-0.3, nu=0.4, t_grid=5, f_grid=20, x_grid=5)  # fmt: skip
+    assert settings.evaluationDate == user_evaluation_date
+    with pytest.raises(ValueError, match="engine must be one of"):  # raised with the date set
+        qlref.heston_price(spot=100.0, strike=100.0, maturity=1.0, engine="nope", **MODEL)
+    assert settings.evaluationDate == user_evaluation_date
+
+
+def test_adapters_leave_an_unset_evaluation_date_following_today():
+    settings = ql.Settings.instance()
+    settings.evaluationDate = ql.Date()
+    qlref.heston_price(spot=100.0, strike=100.0, maturity=1.0, **MODEL)
+    assert settings.evaluationDate == ql.Date.todaysDate()

@@ -62,6 +62,7 @@ def test_sabr_calibration_writes_json_residuals_and_plot(smile_file: Path, tmp_p
     assert summary["n_quotes"] == 18 and summary["n_dropped"] == 0
     assert summary["rmse_iv_bp"] < 1e-3
     np.testing.assert_allclose(summary["params"]["nu"], [0.7, 0.7], rtol=1e-6)
+    assert summary["at_bounds"] == {}
     residuals = pd.read_csv(summary["residuals_file"])
     assert list(residuals.columns) == RESIDUAL_COLUMNS
     assert len(residuals) == 18
@@ -346,3 +347,21 @@ def test_a_smile_plot_that_cannot_be_written_ends_with_an_error(
     assert isinstance(result.exception, SystemExit)  # the error line, not a traceback
     assert f"error: cannot write {out.with_suffix('.png')}" in _words(result.output)
     assert out.exists()  # the fit is kept
+
+
+def test_parameters_at_a_bound_are_in_the_json_and_the_report(tmp_path: Path) -> None:
+    # a free SABR beta ends at 0 or 1 on most DAX expiries: RESULT.json and the printed report
+    # said nothing of it (only a Python warning did)
+    out = tmp_path / "fit.json"
+    args = ["calibrate", "--model", "sabr", "--quotes", str(DAX), "--out", str(out),
+            "--free-beta"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    beta = summary["at_bounds"]["beta"]
+    assert len(beta) == len(summary["params"]["maturity"])
+    assert {"lower", "upper"} & set(beta) and set(beta) <= {"lower", "upper", None}
+    ends = [side for b, side in zip(summary["params"]["beta"], beta, strict=True)
+            if min(b, 1.0 - b) <= 1e-6]  # fmt: skip
+    assert None not in ends and len(ends) >= 2
+    assert "at a bound of the parameter box" in result.output and "beta " in result.output
