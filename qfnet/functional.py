@@ -1,8 +1,9 @@
 """Losses, risk measures and metrics as plain functions of tensors.
 
 Conventions: a *P&L* is a gain (positive is good); a *risk measure* maps a P&L sample to a loss
-(smaller is better) and is evaluated on the empirical distribution of the sample. Thin
-:class:`torch.nn.Module` wrappers live in :mod:`qfnet.losses`.
+(smaller is better) and is evaluated on the empirical distribution of the sample. Risk measures
+raise on a NaN/inf P&L, naming the measure and the path (``check_finite=False`` skips that host
+sync). Thin :class:`torch.nn.Module` wrappers live in :mod:`qfnet.losses`.
 """
 
 from __future__ import annotations
@@ -191,8 +192,17 @@ def hedge_pnl(
     return premium + gains - costs - payoff
 
 
-def value_at_risk(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
-    """Empirical value at risk: the ``alpha``-quantile of the loss ``-pnl``.
+def value_at_risk(
+    pnl: torch.Tensor, alpha: float = 0.95, *, check_finite: bool = True
+) -> torch.Tensor:
+    """Empirical value at risk: the ``alpha``-quantile of the loss ``-pnl``, linearly
+    interpolated between order statistics (as :func:`torch.quantile`, without its limit of
+    ``2**24`` paths).
+
+    Args:
+        pnl: P&L per path.
+        alpha: confidence level in (0, 1).
+        check_finite: raise on a NaN/inf P&L (one host sync on a GPU).
 
     Shape:
         - pnl: (N,)
@@ -203,16 +213,33 @@ def value_at_risk(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
         tensor(40.1000)
     """
     _check_alpha(alpha)
-    _check_pnl(pnl)
-    return torch.quantile(-pnl, alpha)
+    _check_pnl(pnl, "value_at_risk", check_finite)
+    return _quantile(-pnl, alpha)
 
 
-def expected_shortfall(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
+def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(x, q)`` (linear interpolation) of a 1-D tensor of any length: the two
+    order statistics around rank ``q (n - 1)`` by ``kthvalue``."""
+    rank = q * (x.numel() - 1)
+    below = math.floor(rank)
+    low = torch.kthvalue(x, below + 1).values
+    high = torch.kthvalue(x, min(below + 2, x.numel())).values
+    return torch.lerp(low, high, rank - below)
+
+
+def expected_shortfall(
+    pnl: torch.Tensor, alpha: float = 0.95, *, check_finite: bool = True
+) -> torch.Tensor:
     """Empirical expected shortfall: the mean loss over the worst ``1 - alpha`` fraction of paths.
 
     Uses the exact sample formula ``min_w w + E[(-pnl - w)^+] / (1 - alpha)`` evaluated at its
     minimiser (the ``alpha``-quantile), which averages the ``ceil(N (1 - alpha))`` worst losses
     with a fractional weight on the boundary one.
+
+    Args:
+        pnl: P&L per path.
+        alpha: confidence level in (0, 1).
+        check_finite: raise on a NaN/inf P&L (one host sync on a GPU).
 
     Shape:
         - pnl: (N,)
@@ -227,7 +254,7 @@ def expected_shortfall(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
         tensor(-2.)
     """
     _check_alpha(alpha)
-    _check_pnl(pnl)
+    _check_pnl(pnl, "expected_shortfall", check_finite)
     loss = -pnl
     n = loss.numel()
     tail = n * (1.0 - alpha)
@@ -239,12 +266,22 @@ def expected_shortfall(pnl: torch.Tensor, alpha: float = 0.95) -> torch.Tensor:
 
 
 def expected_shortfall_ru(
-    pnl: torch.Tensor, var_level: torch.Tensor | float, alpha: float = 0.95
+    pnl: torch.Tensor,
+    var_level: torch.Tensor | float,
+    alpha: float = 0.95,
+    *,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Rockafellar-Uryasev objective ``w + E[(-pnl - w)^+] / (1 - alpha)``.
 
     Minimised over ``w`` it equals the expected shortfall, and the minimiser is the VaR; jointly
     minimising over ``w`` and a hedge gives the ES-optimal hedge.
+
+    Args:
+        pnl: P&L per path.
+        var_level: the level ``w``.
+        alpha: confidence level in (0, 1).
+        check_finite: raise on a NaN/inf P&L (one host sync on a GPU).
 
     Shape:
         - pnl: (N,)
@@ -260,19 +297,31 @@ def expected_shortfall_ru(
         tensor(-2.)
     """
     _check_alpha(alpha)
-    _check_pnl(pnl)
+    _check_pnl(pnl, "expected_shortfall_ru", check_finite)
     w = torch.as_tensor(var_level, dtype=pnl.dtype, device=pnl.device)
     return w + torch.relu(-pnl - w).mean() / (1.0 - alpha)
 
 
 def entropic_risk(
-    pnl: torch.Tensor, risk_aversion: float = 1.0, *, notional: float = 1.0
+    pnl: torch.Tensor,
+    risk_aversion: float = 1.0,
+    *,
+    notional: float = 1.0,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Entropic risk ``(1/g) log E[exp(-g pnl)]`` with ``g = risk_aversion / notional``.
 
     Stating the risk aversion per unit of notional keeps the measure positively homogeneous in the
-    position size: doubling notional and P&L doubles the risk. Computed with log-sum-exp (no
-    overflow for large ``g |pnl|``).
+    position size: doubling notional and P&L doubles the risk. Computed as ``m + log E[exp(x - m)]``
+    with ``x = -g pnl`` and ``m = max x`` (log-sum-exp: no overflow for large ``g |pnl|``), and the
+    logarithm as ``log1p(E[expm1(x - m)])`` when that mean is near 0, so a small ``g |pnl|`` keeps
+    its digits in float32.
+
+    Args:
+        pnl: P&L per path.
+        risk_aversion: risk aversion per unit of notional, finite and > 0.
+        notional: notional of the position, finite and > 0.
+        check_finite: raise on a NaN/inf P&L (one host sync on a GPU).
 
     Shape:
         - pnl: (N,)
@@ -286,13 +335,25 @@ def entropic_risk(
         tensor(-2.)
     """
     g = _check_risk_aversion(risk_aversion, notional)
-    _check_pnl(pnl)
+    _check_pnl(pnl, "entropic_risk", check_finite)
     x = -g * pnl
-    return (torch.logsumexp(x, dim=0) - math.log(x.numel())) / g
+    top = x.max().detach()  # the shift only: the gradient is the softmax of x either way
+    shifted = x - top  # <= 0: no overflow
+    excess = torch.expm1(shifted).mean()  # E[exp(x - m)] - 1, in (-1, 0]
+    # logsumexp(x) - log(N) lost ~eps log(N) / g: 0.0 for a float32 risk of 8e-6 at g = 0.1;
+    # log1p keeps a small excess exactly, log(E[exp]) a large one (its clamp: no inf gradient)
+    log_mean = torch.where(
+        excess > -0.5, torch.log1p(excess.clamp(min=-0.5)), torch.exp(shifted).mean().log()
+    )
+    return (top + log_mean) / g
 
 
 def indifference_price(
-    pnl: torch.Tensor, risk_aversion: float = 1.0, *, notional: float = 1.0
+    pnl: torch.Tensor,
+    risk_aversion: float = 1.0,
+    *,
+    notional: float = 1.0,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Seller's exponential-utility indifference price given the hedged P&L without premium.
 
@@ -310,11 +371,15 @@ def indifference_price(
         >>> float(indifference_price(torch.tensor([-1.0, 1.0]), 1e-8))  # risk-neutral limit: -mean
         0.0
     """
-    return entropic_risk(pnl, risk_aversion, notional=notional)
+    return entropic_risk(pnl, risk_aversion, notional=notional, check_finite=check_finite)
 
 
-def pnl_variance(pnl: torch.Tensor) -> torch.Tensor:
+def pnl_variance(pnl: torch.Tensor, *, check_finite: bool = True) -> torch.Tensor:
     """Sample variance of the P&L (population normalisation).
+
+    Args:
+        pnl: P&L per path.
+        check_finite: raise on a NaN/inf P&L (one host sync on a GPU).
 
     Shape:
         - pnl: (N,)
@@ -324,12 +389,19 @@ def pnl_variance(pnl: torch.Tensor) -> torch.Tensor:
         >>> pnl_variance(torch.tensor([1.0, 3.0]))
         tensor(1.)
     """
-    _check_pnl(pnl)
+    _check_pnl(pnl, "pnl_variance", check_finite)
     return pnl.var(unbiased=False)
 
 
-def mean_variance(pnl: torch.Tensor, risk_aversion: float = 1.0) -> torch.Tensor:
+def mean_variance(
+    pnl: torch.Tensor, risk_aversion: float = 1.0, *, check_finite: bool = True
+) -> torch.Tensor:
     """Mean-variance loss ``-E[pnl] + (risk_aversion / 2) Var[pnl]``.
+
+    Args:
+        pnl: P&L per path.
+        risk_aversion: weight of the variance, finite and >= 0.
+        check_finite: raise on a NaN/inf P&L (one host sync on a GPU).
 
     Shape:
         - pnl: (N,)
@@ -342,9 +414,10 @@ def mean_variance(pnl: torch.Tensor, risk_aversion: float = 1.0) -> torch.Tensor
         >>> mean_variance(torch.tensor([1.0, 3.0]), 2.0)
         tensor(-1.)
     """
-    if not risk_aversion >= 0.0:
-        raise ValueError(f"risk_aversion must be >= 0, got {risk_aversion}")
-    return -pnl.mean() + 0.5 * risk_aversion * pnl_variance(pnl)
+    if not (math.isfinite(risk_aversion) and risk_aversion >= 0.0):  # inf made an inf loss
+        raise ValueError(f"risk_aversion must be finite and >= 0, got {risk_aversion}")
+    variance = pnl_variance(pnl, check_finite=check_finite)
+    return -pnl.mean() + 0.5 * risk_aversion * variance
 
 
 def iv_error_bp(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -364,11 +437,19 @@ def iv_error_bp(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (predicted - target).abs() * 1e4
 
 
-def _check_pnl(pnl: torch.Tensor) -> None:
+def _check_pnl(pnl: torch.Tensor, measure: str, check_finite: bool) -> None:
     """Risk measures take one P&L per path, (N,) with N >= 1: an (N, K) P&L was flattened into
-    one sample, an empty one failed inside topk."""
+    one sample, an empty one failed inside topk. A NaN P&L made a NaN risk and an inf one a
+    silently finite one (an entropic risk or ES that dropped the path)."""
     if pnl.dim() != 1 or pnl.numel() == 0:
         raise ValueError(f"pnl must have shape (N,) with N >= 1, got {tuple(pnl.shape)}")
+    if check_finite and not bool(torch.isfinite(pnl).all()):  # a host sync on a GPU
+        bad = torch.nonzero(~torch.isfinite(pnl)).flatten()
+        first = int(bad[0])
+        raise ValueError(
+            f"{measure}: pnl has {bad.numel()} non-finite value(s), the first on path "
+            f"{first} ({pnl[first].item()})"
+        )
 
 
 def _check_alpha(alpha: float) -> None:
@@ -377,8 +458,14 @@ def _check_alpha(alpha: float) -> None:
 
 
 def _check_risk_aversion(risk_aversion: float, notional: float) -> float:
-    if not risk_aversion > 0.0:
-        raise ValueError(f"risk_aversion must be > 0, got {risk_aversion}")
-    if not notional > 0.0:
-        raise ValueError(f"notional must be > 0, got {notional}")
-    return risk_aversion / notional
+    """``g = risk_aversion / notional``; an infinite or zero ``g`` made a NaN risk."""
+    if not (math.isfinite(risk_aversion) and risk_aversion > 0.0):
+        raise ValueError(f"risk_aversion must be finite and > 0, got {risk_aversion}")
+    if not (math.isfinite(notional) and notional > 0.0):
+        raise ValueError(f"notional must be finite and > 0, got {notional}")
+    g = risk_aversion / notional
+    if not (math.isfinite(g) and g > 0.0):
+        raise ValueError(
+            f"risk_aversion / notional must be finite and > 0, got {risk_aversion} / {notional}"
+        )
+    return g

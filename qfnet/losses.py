@@ -2,9 +2,13 @@
 
 Each module stores and validates its hyperparameters and calls the function. They take
 ``(pnl, target=None)`` so that they plug into the shared Trainer as losses; ``target`` is ignored.
+They call the functions with ``check_finite=False``: the Trainer's NaN guard stops at the step of
+a NaN/inf loss (and the learning-rate finder treats one as divergence), without a host sync.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -49,7 +53,7 @@ class PnLVariance(RiskMeasure):
     """
 
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        return F.pnl_variance(pnl)
+        return F.pnl_variance(pnl, check_finite=False)
 
 
 class MeanVariance(RiskMeasure):
@@ -62,12 +66,12 @@ class MeanVariance(RiskMeasure):
 
     def __init__(self, risk_aversion: float = 1.0) -> None:
         super().__init__()
-        if not risk_aversion >= 0.0:
-            raise ValueError(f"risk_aversion must be >= 0, got {risk_aversion}")
+        if not (math.isfinite(risk_aversion) and risk_aversion >= 0.0):
+            raise ValueError(f"risk_aversion must be finite and >= 0, got {risk_aversion}")
         self.risk_aversion = float(risk_aversion)
 
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        return F.mean_variance(pnl, self.risk_aversion)
+        return F.mean_variance(pnl, self.risk_aversion, check_finite=False)
 
 
 class EntropicRisk(RiskMeasure):
@@ -80,15 +84,15 @@ class EntropicRisk(RiskMeasure):
 
     def __init__(self, risk_aversion: float = 1.0, notional: float = 1.0) -> None:
         super().__init__()
-        if not risk_aversion > 0.0:
-            raise ValueError(f"risk_aversion must be > 0, got {risk_aversion}")
-        if not notional > 0.0:
-            raise ValueError(f"notional must be > 0, got {notional}")
+        if not (math.isfinite(risk_aversion) and risk_aversion > 0.0):  # inf: a NaN loss
+            raise ValueError(f"risk_aversion must be finite and > 0, got {risk_aversion}")
+        if not (math.isfinite(notional) and notional > 0.0):
+            raise ValueError(f"notional must be finite and > 0, got {notional}")
         self.risk_aversion = float(risk_aversion)
         self.notional = float(notional)
 
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        return F.entropic_risk(pnl, self.risk_aversion, notional=self.notional)
+        return F.entropic_risk(pnl, self.risk_aversion, notional=self.notional, check_finite=False)
 
 
 class ExpectedShortfall(RiskMeasure):
@@ -117,10 +121,11 @@ class ExpectedShortfall(RiskMeasure):
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         if not self.ready:  # host sync, only until the level is set
             with torch.no_grad():
-                self.var_level.copy_(F.value_at_risk(pnl.detach(), self.alpha))
+                self.var_level.copy_(F.value_at_risk(pnl.detach(), self.alpha, check_finite=False))
                 self.initialised.fill_(True)
             self._ready = True
-        return F.expected_shortfall_ru(pnl, self.var_level.to(pnl.dtype), self.alpha)
+        level = self.var_level.to(pnl.dtype)
+        return F.expected_shortfall_ru(pnl, level, self.alpha, check_finite=False)
 
     def exact(self, pnl: torch.Tensor) -> torch.Tensor:
         return F.expected_shortfall(pnl, self.alpha)

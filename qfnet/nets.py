@@ -119,9 +119,11 @@ class ResidualMLP(nn.Module):
 def _check_policy_inputs(
     features: torch.Tensor, reference: torch.Tensor, n_features: int, n_instruments: int
 ) -> None:
-    if features.dim() != 3 or features.shape[-1] != n_features:
+    # T = 0 failed with an IndexError (band net, MLP policy) or inside the GRU
+    if features.dim() != 3 or features.shape[-1] != n_features or features.shape[1] == 0:
         raise ValueError(
-            f"features must have shape (N, T, {n_features}), got {tuple(features.shape)}"
+            f"features must have shape (N, T, {n_features}) with T >= 1, "
+            f"got {tuple(features.shape)}"
         )
     # H must be the net's: a reference of 2 instruments for a net of 1 broadcast its one band
     expected = (*features.shape[:2], n_instruments)
@@ -172,14 +174,14 @@ class NoTransactionBandNet(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if not initial_width > 0.0:
-            raise ValueError(f"initial_width must be > 0, got {initial_width}")
+        if not (math.isfinite(initial_width) and initial_width > 0.0):  # inf: an inf bias
+            raise ValueError(f"initial_width must be finite and > 0, got {initial_width}")
         self.n_features = n_features
         self.n_instruments = n_instruments
         self.mlp = MLP(n_features, 2 * n_instruments, hidden, activation)
         with torch.no_grad():
             self.mlp.head.weight.mul_(0.1)
-            self.mlp.head.bias.fill_(math.log(math.expm1(initial_width)))
+            self.mlp.head.bias.fill_(_inverse_softplus(initial_width))
 
     def bands(
         self, features: torch.Tensor, reference: torch.Tensor
@@ -193,6 +195,11 @@ class NoTransactionBandNet(nn.Module):
     def forward(self, features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         low, high = self.bands(features, reference)
         return _ClampRecursion.apply(low, high)  # ordered by construction: no check, no sync
+
+
+def _inverse_softplus(y: float) -> float:
+    """``log(expm1(y))`` as ``y + log(-expm1(-y))``: expm1 overflowed for ``y > 709``."""
+    return y + math.log(-math.expm1(-y))
 
 
 def clamp_recursion(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:

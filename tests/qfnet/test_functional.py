@@ -192,3 +192,113 @@ def test_shapes_that_would_broadcast_wrongly_are_refused():
             measure(torch.zeros(4, 2))
         with pytest.raises(ValueError, match=r"pnl must have shape \(N,\) with N >= 1"):
             measure(torch.zeros(0))
+
+
+_MEASURES = {
+    "value_at_risk": lambda p: F.value_at_risk(p, 0.9),
+    "expected_shortfall": lambda p: F.expected_shortfall(p, 0.9),
+    "expected_shortfall_ru": lambda p: F.expected_shortfall_ru(p, 0.0, 0.9),
+    "entropic_risk": lambda p: F.entropic_risk(p, 2.0),
+    "pnl_variance": F.pnl_variance,
+    "mean_variance": lambda p: F.mean_variance(p, 2.0),
+}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", sorted(_MEASURES))
+def test_risk_measures_refuse_non_finite_pnl_naming_measure_and_path(name: str, bad: float):
+    # NaN came back as a NaN risk, +inf as a finite one (ES and entropic dropped the path)
+    pnl = torch.tensor([0.1, -0.2, bad, 0.3], dtype=DT)
+    measure = "pnl_variance" if name == "mean_variance" else name
+    with pytest.raises(ValueError, match=rf"{measure}: pnl has 1 non-finite value\(s\), the "
+                                         rf"first on path 2 \({bad}\)"):  # fmt: skip
+        _MEASURES[name](pnl)
+
+
+def test_training_losses_leave_non_finite_pnl_to_the_trainer_nan_guard():
+    # the modules skip the check (no host sync per step): the NaN loss stops the Trainer at
+    # its step, and the learning-rate finder reads it as divergence
+    pnl = torch.tensor([0.1, float("nan"), 0.3], dtype=DT)
+    for module in (losses.ExpectedShortfall(0.9), losses.EntropicRisk(2.0),
+                   losses.PnLVariance(), losses.MeanVariance(2.0)):  # fmt: skip
+        assert torch.isnan(module(pnl))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda p: F.entropic_risk(p, math.inf), "risk_aversion must be finite and > 0"),
+        (lambda p: F.entropic_risk(p, 1.0, notional=math.inf), "notional must be finite"),
+        (lambda p: F.entropic_risk(p, 1e-300, notional=1e300), r"risk_aversion / notional"),
+        (lambda p: F.mean_variance(p, math.inf), "risk_aversion must be finite and >= 0"),
+        (lambda p: losses.EntropicRisk(math.inf), "risk_aversion must be finite and > 0"),
+        (lambda p: losses.EntropicRisk(1.0, math.inf), "notional must be finite"),
+        (lambda p: losses.MeanVariance(math.inf), "risk_aversion must be finite and >= 0"),
+    ],
+)
+def test_infinite_or_vanishing_risk_aversion_is_refused(call, match: str) -> None:
+    # each gave a NaN (entropic: g = inf or g = 0) or an inf (mean-variance) risk
+    with pytest.raises(ValueError, match=match):
+        call(torch.ones(4, dtype=DT))
+
+
+@pytest.mark.parametrize("gamma", [1e-3, 0.1, 10.0])
+def test_entropic_risk_in_float32_keeps_the_digits_of_a_small_risk_aversion(gamma: float):
+    g = torch.Generator().manual_seed(6)
+    pnl32 = (0.001 + 0.02 * torch.randn(10_000, generator=g, dtype=DT)).float()
+    exact = F.entropic_risk(pnl32.double(), gamma)  # the same sample, in float64
+    # logsumexp(x) - log(N) rounds at eps32 log(N) / g: 0.0 for a risk of 2.5e-4 at g = 1e-3;
+    # shifted by max(x) the rounding is a few eps32 max|pnl|
+    atol = 8 * torch.finfo(torch.float32).eps * pnl32.abs().max().item()
+    torch.testing.assert_close(F.entropic_risk(pnl32, gamma).double(), exact, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DT])
+def test_entropic_risk_of_a_large_loss_is_finite_in_every_dtype(dtype: torch.dtype) -> None:
+    pnl = torch.tensor([-1000.0, 0.0], dtype=dtype, requires_grad=True)
+    value = F.entropic_risk(pnl, 10.0)
+    assert value.item() == pytest.approx(1000.0 - math.log(2) / 10.0, rel=1e-6)
+    value.backward()
+    torch.testing.assert_close(pnl.grad, torch.tensor([-1.0, 0.0], dtype=dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        lambda p: F.entropic_risk(p, 3.0),  # small g |pnl|: the log1p branch
+        lambda p: F.entropic_risk(p, 1e3),  # large g |pnl|: the log branch
+        lambda p: F.expected_shortfall(p, 0.93),  # fractional boundary weight
+        lambda p: F.expected_shortfall_ru(p, torch.tensor(0.01, dtype=DT), 0.9),
+        lambda p: F.value_at_risk(p, 0.93),
+        lambda p: F.mean_variance(p, 2.0),
+    ],
+)
+def test_risk_measure_gradients_match_finite_differences(measure) -> None:
+    g = torch.Generator().manual_seed(7)
+    pnl = (0.01 * torch.randn(50, generator=g, dtype=DT)).requires_grad_()
+    assert torch.autograd.gradcheck(measure, (pnl,), eps=1e-7, atol=1e-6)
+
+
+def test_one_path_or_a_tail_under_one_path_gives_the_worst_loss() -> None:
+    one = torch.tensor([0.3], dtype=DT)
+    for value in (F.value_at_risk(one, 0.95), F.expected_shortfall(one, 0.95),
+                  F.entropic_risk(one, 5.0)):  # fmt: skip
+        assert value.item() == pytest.approx(-0.3, abs=1e-15)
+    assert F.pnl_variance(one).item() == 0.0
+    # (1 - alpha) N = 0.5 < 1: the ES is the worst loss, not a mean with a neighbour
+    assert F.expected_shortfall(torch.arange(50, dtype=DT), 0.99).item() == 0.0
+
+
+def test_value_at_risk_beyond_the_torch_quantile_limit_of_2_pow_24_paths() -> None:
+    n = 2**24 + 3  # torch.quantile raised "input tensor is too large"
+    loss = torch.arange(n, dtype=DT)  # the alpha-quantile is alpha (n - 1), interpolated
+    assert F.value_at_risk(-loss, 0.5).item() == pytest.approx(0.5 * (n - 1), rel=1e-15)
+
+
+def test_value_at_risk_interpolates_as_torch_quantile() -> None:
+    g = torch.Generator().manual_seed(8)
+    for n, alpha in itertools.product((1, 2, 7, 1001), (0.01, 0.5, 0.95, 0.999)):
+        pnl = torch.randn(n, generator=g, dtype=DT)
+        torch.testing.assert_close(
+            F.value_at_risk(pnl, alpha), torch.quantile(-pnl, alpha), rtol=1e-15, atol=1e-15
+        )

@@ -99,3 +99,24 @@ def test_policies_refuse_a_reference_of_another_instrument_count(make):
 def test_clamp_recursion_refuses_inverted_bands():
     with pytest.raises(ValueError, match="low <= high"):
         clamp_recursion(torch.ones(1, 2, 1), torch.zeros(1, 2, 1))
+
+
+@pytest.mark.parametrize("make", [lambda: NoTransactionBandNet(3, 1, hidden=(8,)),
+                                  lambda: MLPPolicy(3, 1, hidden=(8,)),
+                                  lambda: GRUPolicy(3, 1, hidden_size=8)])  # fmt: skip
+def test_policies_refuse_zero_steps_naming_the_shape(make):
+    # an IndexError (band net, MLP policy) or an error from inside the GRU before
+    with pytest.raises(ValueError, match=r"with T >= 1, got \(4, 0, 3\)"):
+        make()(torch.zeros(4, 0, 3), torch.zeros(4, 0, 1))
+
+
+def test_band_net_initial_width_is_exact_when_large_and_refused_when_infinite():
+    # log(expm1(w)) overflowed ("math range error") for w > 709; inf gave an inf bias
+    net = NoTransactionBandNet(3, 1, hidden=(8,), initial_width=1000.0).double()
+    with torch.no_grad():
+        net.mlp.head.weight.zero_()  # the widths are then softplus(bias) alone
+    low, high = net.bands(torch.randn(2, 4, 3, dtype=torch.float64), torch.zeros(2, 4, 1).double())
+    torch.testing.assert_close(high, torch.full_like(high, 1000.0), rtol=1e-15, atol=0)
+    torch.testing.assert_close(low, torch.full_like(low, -1000.0), rtol=1e-15, atol=0)
+    with pytest.raises(ValueError, match="initial_width must be finite and > 0"):
+        NoTransactionBandNet(3, 1, initial_width=float("inf"))

@@ -65,6 +65,13 @@ def test_risk_metrics_of_a_known_sample() -> None:
     assert m["entropic"] == pytest.approx(0.5, abs=1e-3)  # tends to -mean as aversion -> 0
 
 
+def test_risk_metrics_refuse_a_nan_pnl_instead_of_reporting_nan() -> None:
+    pnl = torch.tensor([0.1, float("nan"), -0.2], dtype=DT)  # var95 and es95 came out NaN
+    with pytest.raises(ValueError, match=r"value_at_risk: pnl has 1 non-finite value\(s\), the "
+                                         r"first on path 1"):  # fmt: skip
+        risk_metrics(pnl)
+
+
 @pytest.mark.parametrize("n_steps", [10, 40])
 def test_delta_hedging_error_of_a_sold_put_matches_the_discrete_hedging_theory(
     n_steps: int,
