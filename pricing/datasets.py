@@ -542,7 +542,10 @@ def generate(
         )
         for i, start in enumerate(range(0, n, shard_size))
     ]
-    from tqdm.auto import tqdm
+    if progress:
+        from tqdm.auto import tqdm
+    else:  # tqdm.auto warns on import in a notebook without ipywidgets, shown bar or not
+        from tqdm import tqdm
 
     kept = {}
     if resume:

@@ -31,7 +31,8 @@ def train_command(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue OUT from its last checkpoint (same config; --epochs may grow).",
+        help="Continue OUT from its last checkpoint (same config; --epochs may grow "
+        "with scheduler none).",
     ),
 ) -> None:
     """Train the configured policy on fixed train/validation paths (early stopping,

@@ -235,7 +235,8 @@ def train(
 
     With ``resume``, training continues from ``run_dir``'s last checkpoint: the path sets are
     simulated again from the seed (the same paths), and the config must be the run's, but for
-    ``training.epochs`` (a run may be extended).
+    ``training.epochs`` (a run may be extended, except under a ``cosine`` or ``onecycle``
+    scheduler, planned over the epochs it was started with).
 
     ``val_loss`` is the risk measure of the whole validation set: it is evaluated as one batch
     (without a graph), as the entropic risk and the variance of a set are not the mean of

@@ -64,8 +64,9 @@ Resume
     weights on CPU (random draws made inside DataLoader worker processes, as by a Dataset that
     simulates its samples with ``num_workers > 0``, are not part of the saved state). A
     user-built DataLoader is positioned by restoring its generator's state at the start of the
-    epoch and skipping the batches already done: exact when its sampler has ``set_epoch`` or
-    draws only from the loader's ``generator``.
+    epoch and skipping the batches already done: exact when its sampler (or batch sampler, or
+    the batch sampler's sampler) has ``set_epoch``, which is called every epoch, or draws only
+    from the loader's ``generator``.
 
 Callbacks
     Duck-typed objects: the trainer calls ``cb.on_<hook>(trainer, ...)`` when present, in list

@@ -253,9 +253,9 @@ class TrainLoader:
 
     Built from a Dataset (or tensor), the order is ``DistributedSampler``'s: ``randperm(n)``
     from a generator seeded with ``seed + epoch``, sharded under DDP, so any position is
-    reached without replaying the data. A user DataLoader gets ``set_epoch`` (when its sampler
-    has it), its generator's state at the epoch start restored on resume, and its first
-    batches skipped.
+    reached without replaying the data. A user DataLoader gets ``set_epoch`` (on its sampler,
+    batch sampler and the batch sampler's sampler, where they have it), its generator's state
+    at the epoch start restored on resume, and its first batches skipped.
 
     Examples:
         >>> x = torch.arange(10.0).unsqueeze(1)
@@ -301,8 +301,7 @@ class TrainLoader:
     def epoch_iter(self, epoch: int, start_batch: int = 0) -> Iterator[Any]:
         """Iterate over the batches of ``epoch`` from batch ``start_batch`` on."""
         self.generator.manual_seed(self.seed + epoch)
-        sampler = self._sampler if self._sampler is not None else self.loader.sampler
-        if hasattr(sampler, "set_epoch"):
+        for sampler in self._epoch_samplers():
             sampler.set_epoch(epoch)
         if self._sampler is not None:
             self._sampler.skip = start_batch
@@ -317,6 +316,17 @@ class TrainLoader:
         for _ in range(start_batch):
             next(iterator)
         return iterator
+
+    def _epoch_samplers(self) -> list[Any]:
+        """The samplers with ``set_epoch``: a user DataLoader's sampler, its batch sampler and
+        the batch sampler's sampler (``batch_sampler=BatchSampler(DistributedSampler(...))``
+        repeated its first epoch's order in every epoch when only ``loader.sampler`` was set)."""
+        if self._sampler is not None:
+            return [self._sampler]
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        found = (self.loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
+        unique = {id(s): s for s in found if hasattr(s, "set_epoch")}
+        return list(unique.values())
 
     def generator_state(self, at_epoch_end: bool) -> torch.Tensor | None:
         """State of a user DataLoader's generator to restore on resume (``None`` if unused).

@@ -100,6 +100,28 @@ def _check_horizon(config: Any, saved: dict[str, Any], path: Path) -> None:
         )
 
 
+def _check_total_steps(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a schedule planned over a number of optimizer steps (``onecycle``:
+    ``max_epochs`` times the steps of an epoch) other than this run's: with a smaller batch
+    size the restored schedule ran out of steps in a later epoch (torch's "Tried to step"
+    ValueError), with a larger one it never reached its floor."""
+    before = (state.get("scheduler") or {}).get("total_steps")
+    now = getattr(trainer.scheduler, "total_steps", None)
+    if before is None or now is None or before == now:
+        return
+    loop = state["loop"]
+    current = {"batch_size": trainer.config.batch_size, "world_size": trainer.dist.world_size,
+               "accumulate_grad_batches": trainer.config.accumulate_grad_batches}  # fmt: skip
+    changed = [f"{key}={loop[key]} (now {value})" for key, value in current.items()
+               if key in loop and loop[key] != value]  # fmt: skip
+    why = ", ".join(changed) if changed else "the training data's size"
+    raise ValueError(
+        f"checkpoint {path}: its '{trainer.config.scheduler}' learning-rate schedule was "
+        f"planned over {before} optimizer steps, this run has {now} ({why}); resume with the "
+        "settings it was written with, or start a new run (e.g. fine-tune from it)"
+    )
+
+
 _OPTIMIZER_KEYS = ("optimizer", "weight_decay", "momentum", "betas")
 
 
@@ -154,6 +176,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
         ) from exc
     if trainer.scheduler is not None and state["scheduler"] is not None:
         _check_horizon(trainer.config, state.get("config") or {}, path)
+        _check_total_steps(trainer, state, path)
         trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer._scaler is not None and state["scaler"] is not None:
         trainer._scaler.load_state_dict(state["scaler"])

@@ -40,3 +40,12 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     )
     client.execute()
     assert os.listdir(tmp_path), "the notebook should write its figures to QFNET_NOTEBOOK_OUT"
+    # a reader sees stderr as noise or alarm (the dataset cell printed a TqdmWarning and a
+    # text progress bar where ipywidgets is not installed)
+    stderr = [
+        (i, output["text"][:200])
+        for i, cell in enumerate(notebook.cells)
+        for output in cell.get("outputs", [])
+        if output.get("name") == "stderr"
+    ]
+    assert not stderr, f"{path.name} writes to stderr (cell index, text): {stderr}"

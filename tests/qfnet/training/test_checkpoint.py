@@ -188,6 +188,28 @@ def test_resume_mid_epoch_with_a_different_batch_size_is_refused(regression, mlp
         trainer.fit(train, resume=True)
 
 
+@pytest.mark.parametrize(("batch_size", "steps"), [(2, 30), (8, 9)])
+def test_resume_at_an_epoch_end_is_refused_when_a_onecycle_schedule_would_get_other_steps(
+    regression, mlp, tmp_path, batch_size, steps
+):
+    # 40 rows, batch 4, 2 micro-batches a step: 5 steps an epoch, 15 planned. Another batch size
+    # ran out of steps mid-training (torch's "Tried to step 16 times") or never ended the cycle.
+    train = regression(n=40)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, callbacks=[_CrashAtStep(6)])
+    with pytest.raises(_Crash):
+        trainer.fit(train)  # last.pt: the end of epoch 0
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, batch_size=batch_size)
+    message = rf"planned over 15 optimizer steps, this run has {steps} \(batch_size=4 \(now "
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(train, resume=True)
+    flat = tmp_path / "flat"
+    _, trainer, _, _ = _resumable_run(mlp, flat, callbacks=[_CrashAtStep(6)], scheduler="none")
+    with pytest.raises(_Crash):
+        trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, flat, batch_size=batch_size, scheduler="none")
+    assert len(trainer.fit(train, resume=True).records) == 3  # no step horizon: it goes on
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
     regression, mlp, tmp_path
 ):

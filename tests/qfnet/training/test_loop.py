@@ -406,6 +406,26 @@ def test_epoch_order_is_exactly_the_distributed_sampler_order():
                         assert _epoch_order(sampler).tolist() == list(sampler)
 
 
+def test_a_user_loader_with_a_distributed_batch_sampler_is_reshuffled_every_epoch(regression):
+    # DataLoader(batch_sampler=BatchSampler(DistributedSampler(...))): only loader.sampler (a
+    # default SequentialSampler here) got set_epoch, so every epoch repeated epoch 0's order.
+    from torch.utils.data import BatchSampler, DistributedSampler
+
+    from qfnet.training.data import TrainLoader
+
+    data = regression(n=32)
+    sampler = DistributedSampler(data, num_replicas=2, rank=1, shuffle=True, seed=4)
+    user = DataLoader(data, batch_sampler=BatchSampler(sampler, 4, drop_last=False))
+    loader = TrainLoader(user, batch_size=4, shuffle=True, drop_last=False, seed=0, rank=1,
+                         world_size=2, loader_kwargs={})  # fmt: skip
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        expected = [i for batch in BatchSampler(sampler, 4, drop_last=False) for i in batch]
+        sampler.set_epoch(0)  # the loader, not this test, must set the epoch
+        got = torch.cat([x for x, _ in loader.epoch_iter(epoch)])
+        assert torch.equal(got, data.tensors[0][expected]), f"epoch {epoch}"
+
+
 def test_empty_training_data_is_reported(mlp, sq_error):
     empty = TensorDataset(
         torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 1, dtype=torch.float64)
