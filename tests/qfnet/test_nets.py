@@ -87,9 +87,11 @@ def test_policies_reject_wrong_feature_shapes_with_sizes_in_message() -> None:
         NoTransactionBandNet(2, 1, initial_width=0.0)
 
 
-@pytest.mark.parametrize("make", [lambda: NoTransactionBandNet(3, 1, hidden=(8,)),
-                                  lambda: MLPPolicy(3, 1, hidden=(8,)),
-                                  lambda: GRUPolicy(3, 1, hidden_size=8)])  # fmt: skip
+_POLICIES = [lambda: NoTransactionBandNet(3, 1, hidden=(8,)), lambda: MLPPolicy(3, 1, hidden=(8,)),
+             lambda: GRUPolicy(3, 1, hidden_size=8)]  # fmt: skip
+
+
+@pytest.mark.parametrize("make", _POLICIES)
 def test_policies_refuse_a_reference_of_another_instrument_count(make):
     # the band net and the GRU broadcast one instrument's output over a reference of two
     with pytest.raises(ValueError, match=r"reference must have shape \(N, T, H\) = \(4, 5, 1\)"):
@@ -101,9 +103,7 @@ def test_clamp_recursion_refuses_inverted_bands():
         clamp_recursion(torch.ones(1, 2, 1), torch.zeros(1, 2, 1))
 
 
-@pytest.mark.parametrize("make", [lambda: NoTransactionBandNet(3, 1, hidden=(8,)),
-                                  lambda: MLPPolicy(3, 1, hidden=(8,)),
-                                  lambda: GRUPolicy(3, 1, hidden_size=8)])  # fmt: skip
+@pytest.mark.parametrize("make", _POLICIES)
 def test_policies_refuse_zero_steps_naming_the_shape(make):
     # an IndexError (band net, MLP policy) or an error from inside the GRU before
     with pytest.raises(ValueError, match=r"with T >= 1, got \(4, 0, 3\)"):
