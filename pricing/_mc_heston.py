@@ -9,7 +9,13 @@ import torch
 
 from pricing import black_scholes
 from pricing._mc_random import NormalSource, base_seed, drawn_slabs, step_normals
-from pricing._simulate_checks import check_heston, check_paths, check_positive
+from pricing._simulate_checks import (
+    check_heston,
+    check_not_bool,
+    check_paths,
+    check_positive,
+    check_qe_sigma,
+)
 from pricing._simulate_steps import HestonStep, qe_variance_step
 from pricing._typing import TensorLike
 from pricing.simulate import time_grid
@@ -42,8 +48,8 @@ def conditional_log_moments(
     for step, z_i in zip(steps, z, strict=True):
         if v is None:
             v, mean, var = torch.full_like(z_i, v0), torch.zeros_like(z_i), torch.zeros_like(z_i)
-        v_next, drift = qe_variance_step(v, z_i, step)
-        mean += drift + step.k2 * v_next
+        v_next, step_mean = qe_variance_step(v, z_i, step)
+        mean += step_mean
         var += step.k3 * v + step.k4 * v_next
         v = v_next
     return mean, var.clamp_min(0.0)
@@ -77,8 +83,11 @@ def conditional_chunks(
         Output: payoff (C,) or (C, K); forward (C,).
     """
     check_paths(n_paths)
+    check_not_bool(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
+                   dividend=dividend)  # fmt: skip
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
+    check_qe_sigma(sigma, dtype)  # the simulators' floor: below it the QE step is NaN
     grid = time_grid(n_steps, maturity, dtype=dtype, device=device)
     steps = [
         HestonStep.build(dt, kappa=kappa, theta=theta, sigma=sigma, rho=rho, drift=rate - dividend)

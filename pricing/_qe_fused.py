@@ -3,7 +3,7 @@
 Both variance branches, the martingale correction, the log-spot update and the spot itself are
 evaluated elementwise without data-dependent indexing, which inductor fuses into one loop over the
 paths that writes the step's spot and variance straight into the rows of the output paths. Every
-path pays for both branches: one ``erf``, two logarithms and three square roots.
+path pays for both branches: one ``erf``, two logarithms and four square roots.
 
 Same numbers as :func:`pricing._simulate_steps.heston_qe_step` up to floating-point rounding, with
 one difference in the far tail. The exponential branch's ``1 - U = Phi(-zv)`` is computed as
@@ -52,11 +52,12 @@ def fused_qe_step(
     m = v * decay + theta_term  # conditional mean of v(t + dt)
     tp = 2.0 * m * m / (v * s2_v + s2_c)  # 2 / psi
     quadratic = tp >= 2.0 / PSI_C
-    # quadratic branch: v' = a (b + zv)^2
-    b2 = (tp - 1.0) + (tp * (tp - 1.0)).clamp_min(0.0).sqrt()
+    # quadratic branch: v' = a (b + zv)^2; sqrt(tp) sqrt(tp - 1), as their product overflows
+    b2 = (tp - 1.0) + tp.sqrt() * (tp - 1.0).clamp_min(0.0).sqrt()
+    b = b2.sqrt()
     a = m / (1.0 + b2)
-    w = 1.0 - 2.0 * big_a * a
-    v_quadratic = a * (b2.sqrt() + zv).square()
+    y = 2.0 * big_a * a  # 1 - w of the martingale correction
+    v_quadratic = a * (b + zv).square()
     # exponential branch, p clamped to [0, 0.999]: v' = log((1 - p) / (1 - U)) / beta past p, with
     # beta = (1 - p) / m, so that beta (1 - p) / (beta - A) = (1 - p)^2 / (1 - p - A m)
     one_minus_p = (2.0 * tp / (2.0 + tp)).clamp(0.001, 1.0)
@@ -64,13 +65,21 @@ def fused_qe_step(
     v_exponential = (one_minus_p / one_minus_u).log().clamp_min(0.0) * (m / one_minus_p)
     gap = one_minus_p - big_a * m  # m (beta - A)
     v_next = torch.where(quadratic, v_quadratic, v_exponential)
-    # one logarithm for both branches: log(w) (quadratic) or log(p + beta (1 - p) / (beta - A))
-    log_term = torch.where(quadratic, w, (1.0 - one_minus_p) + one_minus_p.square() / gap).log()
-    log_mgf = torch.where(quadratic, big_a * b2 * a / w - 0.5 * log_term, log_term)
-    valid = torch.where(quadratic, w > 0, gap > 0)
-    corrected = torch.where(valid, drift - log_mgf - 0.5 * k3 * v, drift + k0 + k1 * v)
+    # one logarithm for both branches: log(1 - y) (quadratic) or log(p + beta (1 - p) / (beta - A))
+    log_term = torch.where(quadratic, -y, one_minus_p.square() / gap - one_minus_p).log1p()
+    # K2 v' - log E[exp(A v')]; quadratic without its terms of order rho m / sigma, which cancel
+    # (see pricing._simulate_steps._qe_quadratic_martingale)
+    excess = (y * b).square() / (2.0 * (1.0 - y)) - 0.5 * (log_term + y)
+    deviation = a * (zv * (2.0 * b + zv) - 1.0)  # v' - m
+    martingale = torch.where(
+        quadratic, k2 * deviation - 0.5 * k4 * m - excess, k2 * v_next - log_term
+    )
+    valid = torch.where(quadratic, y < 1.0, gap > 0)
+    corrected = torch.where(
+        valid, drift - 0.5 * k3 * v + martingale, drift + k0 + k1 * v + k2 * v_next
+    )
     diffusion = (k3 * v + k4 * v_next).clamp_min(0.0).sqrt()
-    return x + corrected + k2 * v_next + diffusion * zx, v_next
+    return x + corrected + diffusion * zx, v_next
 
 
 def qe_step_into(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pricing._validation import check_positive_int
@@ -13,6 +14,7 @@ __all__ = [
     "check_heston",
     "check_increasing",
     "check_nonnegative",
+    "check_not_bool",
     "check_paths",
     "check_positive",
     "check_qe_sigma",
@@ -45,6 +47,18 @@ def check_nonnegative(name: str, value: Scalar) -> None:
     bad = ~torch.isfinite(v) | (v < 0)
     if bool(bad.any()):
         raise ValueError(f"{name} must be non-negative and finite, got {_show(v, bad)}")
+
+
+def check_not_bool(**values: object) -> None:
+    """Refuse a bool (Python, numpy, or a boolean tensor) given for a number; the error names it.
+
+    Python's ``True`` is the integer 1: ``sabr(beta=True)`` simulated beta = 1 and ``rho=True``
+    a correlation of 1, where :class:`pricing.sabr.SabrParams` refuses a bool by name.
+    """
+    for name, value in values.items():
+        flag = isinstance(value, torch.Tensor) and value.dtype == torch.bool
+        if flag or isinstance(value, bool | np.bool_):
+            raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
 
 
 def check_correlation(value: Scalar) -> None:
@@ -105,18 +119,22 @@ def check_heston(v0: Scalar, kappa: Scalar, theta: Scalar, sigma: Scalar, rho: S
 
 
 def check_qe_sigma(sigma: float, dtype: torch.dtype) -> None:
-    """Require ``sigma >= sqrt(eps)`` of ``dtype`` for the QE scheme.
+    """Require ``sigma >= tiny ** (1/4)`` of ``dtype`` for the QE scheme (3.3e-10 in float32,
+    1.2e-77 in float64).
 
-    QE's log-spot step adds ``K1 v``, ``K2 v'`` and ``log E[exp(A v')]``, each of order
-    ``rho v / sigma``, that cancel to order 1: below ``sqrt(eps)`` their rounding biased the
-    spot (float32, sigma 1e-6: the mean by 1.7%) or made it NaN (float32 from 1e-10, float64
-    near 1e-200). Full-truncation Euler has no such terms.
+    The QE step writes its terms of order ``rho v / sigma`` so that they do not cancel (it tends
+    to the deterministic-variance limit as sigma falls), but the conditional variance of the
+    variance, of order ``sigma^2 v dt``, underflows to 0 and makes the step NaN (float32 from
+    sigma ~ 1e-20, float64 from ~ 1e-160). At the floor ``sigma^2 = sqrt(tiny)``, which keeps it
+    normal unless ``v dt`` is below ``sqrt(tiny)`` too (1e-19 in float32). Full-truncation Euler
+    has no such term.
     """
-    floor = torch.finfo(dtype).eps ** 0.5
+    floor = torch.finfo(dtype).tiny ** 0.25
     if float(sigma) < floor:
         raise ValueError(
-            f"sigma={float(sigma)} is too small for scheme='qe' in {dtype} (its log-spot step "
-            f"divides by sigma): use sigma >= {floor:.2g}, float64 or scheme='euler'"
+            f"sigma={float(sigma)} is too small for scheme='qe' in {dtype} (the conditional "
+            f"variance of its variance step, of order sigma^2, underflows): use sigma >= "
+            f"{floor:.2g}, float64 or scheme='euler'"
         )
 
 

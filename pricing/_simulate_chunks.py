@@ -27,6 +27,7 @@ from pricing._simulate_checks import (
     check_grid,
     check_heston,
     check_nonnegative,
+    check_not_bool,
     check_paths,
     check_positive,
     check_qe_sigma,
@@ -106,6 +107,7 @@ def time_grid(
         >>> time_grid(4, 1.0).tolist()
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
+    check_not_bool(maturity=maturity)
     if grid is None:
         if n_steps is None or maturity is None:
             raise ValueError("give n_steps and maturity, or time_grid")
@@ -165,6 +167,7 @@ def gbm_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
+    check_not_bool(spot=spot, volatility=volatility, rate=rate, dividend=dividend)
     check_positive("spot", spot)
     check_nonnegative("volatility", volatility)
     check_finite(rate=rate, dividend=dividend)
@@ -254,6 +257,8 @@ def heston_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
+    check_not_bool(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
+                   dividend=dividend)  # fmt: skip
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
     check_finite(rate=rate, dividend=dividend)
@@ -366,6 +371,7 @@ def sabr_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
+    check_not_bool(forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu, shift=shift)
     check_sabr(forward, alpha, beta, rho, nu, shift)
     _check_one_value("sabr", forward=forward, alpha=alpha, rho=rho, nu=nu)
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)

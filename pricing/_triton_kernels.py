@@ -73,22 +73,28 @@ def _qe_step(x, v, zv, zx, k_ptr, PSI_C: tl.constexpr, EPS_HALF: tl.constexpr):
     m = v * decay + theta_term
     tp = 2.0 * m * m / (v * s2_v + s2_c)  # 2 / psi
     quadratic = tp >= 2.0 / PSI_C
-    b2 = (tp - 1.0) + tl.sqrt(tl.maximum(tp * (tp - 1.0), 0.0))
+    b2 = (tp - 1.0) + tl.sqrt(tp) * tl.sqrt(tl.maximum(tp - 1.0, 0.0))
+    b = tl.sqrt(b2)
     a = m / (1.0 + b2)
-    w = 1.0 - 2.0 * big_a * a
-    root = tl.sqrt(b2) + zv
+    y = 2.0 * big_a * a
+    root = b + zv
     v_quadratic = a * root * root
     one_minus_p = tl.minimum(tl.maximum(2.0 * tp / (2.0 + tp), 0.001), 1.0)
     one_minus_u = tl.maximum(0.5 * (1.0 - tl.math.erf(zv * 0.7071067811865476)), EPS_HALF)
     v_exponential = tl.maximum(tl.log(one_minus_p / one_minus_u), 0.0) * (m / one_minus_p)
     gap = one_minus_p - big_a * m
     v_next = tl.where(quadratic, v_quadratic, v_exponential)
-    log_term = tl.log(tl.where(quadratic, w, (1.0 - one_minus_p) + one_minus_p * one_minus_p / gap))
-    log_mgf = tl.where(quadratic, big_a * b2 * a / w - 0.5 * log_term, log_term)
-    valid = tl.where(quadratic, w > 0, gap > 0)
-    corrected = tl.where(valid, drift - log_mgf - 0.5 * k3 * v, drift + k0 + k1 * v)
+    # log(1 + u) for the fused step's log1p(u) (no log1p in Triton's core language)
+    log_term = tl.log(1.0 + tl.where(quadratic, -y, one_minus_p * one_minus_p / gap - one_minus_p))
+    excess = (y * b) * (y * b) / (2.0 * (1.0 - y)) - 0.5 * (log_term + y)
+    deviation = a * (zv * (2.0 * b + zv) - 1.0)
+    martingale = tl.where(quadratic, k2 * deviation - 0.5 * k4 * m - excess, k2 * v_next - log_term)
+    valid = tl.where(quadratic, y < 1.0, gap > 0)
+    corrected = tl.where(
+        valid, drift - 0.5 * k3 * v + martingale, drift + k0 + k1 * v + k2 * v_next
+    )
     diffusion = tl.sqrt(tl.maximum(k3 * v + k4 * v_next, 0.0))
-    return x + corrected + k2 * v_next + diffusion * zx, v_next
+    return x + corrected + diffusion * zx, v_next
 
 
 @triton.jit

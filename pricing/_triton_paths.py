@@ -9,7 +9,9 @@ and the per-step launches of the eager simulation cost more than the arithmetic;
 the Philox rounds, the step's transcendentals and the two output rows.
 
 The QE step is :func:`pricing._qe_fused.fused_qe_step`, term for term (both branches, branch-free,
-the exponential branch's ``1 - U = Phi(-zv)`` by ``erf`` and floored at half the dtype's epsilon).
+the exponential branch's ``1 - U = Phi(-zv)`` by ``erf`` and floored at half the dtype's epsilon),
+except that its ``log1p(u)`` is ``log(1 + u)`` (Triton's core language has no ``log1p``): the log
+spot moves by at most half an epsilon per step.
 
 Importing this module does not import Triton (:mod:`pricing._triton_kernels` is imported when a
 kernel is first launched); without Triton :func:`available` is False and nothing here is called.

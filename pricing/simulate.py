@@ -174,8 +174,9 @@ def heston(
         v0: initial variance, >= 0, scalar or (N,).
         kappa: mean-reversion speed, > 0 (Euler: scalar or (N,)).
         theta: long-run variance, > 0 (Euler: scalar or (N,)).
-        sigma: volatility of variance, > 0 (Euler: scalar or (N,); QE: at least the square root
-            of ``dtype``'s eps, 1.5e-8 in float64 and 3.5e-4 in float32).
+        sigma: volatility of variance, > 0 (Euler: scalar or (N,); QE: at least the fourth root
+            of ``dtype``'s smallest normal number, 3.3e-10 in float32 and 1.2e-77 in float64;
+            as sigma falls, QE tends to the deterministic-variance limit).
         rho: spot/variance correlation in [-1, 1] (Euler: scalar or (N,)).
         maturity: horizon in years (or give ``time_grid``).
         rate: continuously compounded risk-free rate.

@@ -70,3 +70,37 @@ def test_step_into_writes_the_spot_and_variance_rows_in_place() -> None:
     torch.testing.assert_close(x_next, expected_x, rtol=0.0, atol=0.0)
     torch.testing.assert_close(rows[0], s0 * expected_x.exp(), rtol=0.0, atol=0.0)
     torch.testing.assert_close(rows[1], expected_v, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "sigma", "atol"),
+    [(torch.float32, 1e-8, 1e-5), (torch.float64, 1e-12, 1e-11)],
+)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
+def test_step_with_a_tiny_sigma_reaches_the_deterministic_variance_limit(
+    dtype: torch.dtype, sigma: float, atol: float, fused: bool
+) -> None:
+    # K2 v' and log E[exp(A v')] are each of order rho v / sigma and were rounded apart before
+    # they cancelled: in float32 at sigma 1e-8 the log spot of one step moved by up to 0.5. As
+    # sigma -> 0, v' -> m and the increment tends to drift - (K3 v + K4 m) / 2 + c2 q zv -
+    # (cA q)^2 / 2 + sqrt(K3 v + K4 m) zx, with c2 = sigma K2, cA = sigma A and q^2 the
+    # conditional variance of v' over sigma^2 (the rest, about 0.2 sigma here, is below atol).
+    c = _step(sigma)
+    v = torch.cat((torch.zeros(1), torch.logspace(-4, math.log10(0.3), 30))).to(dtype)
+    z = torch.linspace(-5.0, 5.0, 21, dtype=dtype)
+    v, zv = torch.cartesian_prod(v, z).unbind(-1)
+    zx = zv.flip(0)
+    x = torch.full_like(v, 0.1)
+    if fused:
+        x_next, v_next = fused_qe_step(
+            x, v, zv, zx, step_constants(c, dtype=dtype, device=v.device)
+        )
+    else:
+        x_next, v_next = heston_qe_step(x, v, zv, zx, c)
+    v64, zv64, zx64 = (t.double() for t in (v, zv, zx))
+    m = v64 * c.decay + c.theta * (1 - c.decay)
+    q = ((v64 * c.s2_v + c.s2_c) / sigma**2).sqrt()
+    expected = (0.1 + c.drift - 0.5 * (c.k3 * v64 + c.k4 * m) + sigma * c.k2 * q * zv64
+                - 0.5 * (sigma * c.a_coef * q) ** 2 + (c.k3 * v64 + c.k4 * m).sqrt() * zx64)  # fmt: skip
+    torch.testing.assert_close(v_next.double(), m, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(x_next.double(), expected, rtol=0.0, atol=atol)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pricing import monte_carlo, payoffs, simulate
+from pricing import black_scholes, monte_carlo, payoffs, simulate
 from pricing._mc_random import brownian_bridge
 from pricing.analytic_exotics import geometric_asian_price
 
@@ -445,23 +445,62 @@ def test_bad_scalar_values_are_shown_as_given_and_tiny_ones_pass():
     assert bool((paths > 0).all())
 
 
-def test_qe_refuses_a_sigma_too_small_for_its_dtype_by_name() -> None:
-    # K1 v, K2 v' and the log-MGF are each of order rho v / sigma and cancel: in float32 sigma =
-    # 1e-6 lifted the mean spot by 1.7% and 1e-10 made every path NaN
-    with pytest.raises(ValueError, match=r"sigma=1e-06 is too small for scheme='qe'.*euler"):
-        simulate.heston(4, 2, **{**HESTON, "sigma": 1e-6}, dtype=torch.float32)
-    with pytest.raises(ValueError, match="sigma=1e-20 is too small"):
-        simulate.heston(4, 2, **{**HESTON, "sigma": 1e-20})
-    # above the floor (float64: sqrt(eps) = 1.5e-8) the variance is nearly deterministic and the
-    # log spot normal with variance v0 T (v0 = theta), mean S0 exp((r - q) T)
-    n, args = 20_000, {**HESTON, "v0": 0.04, "theta": 0.04, "sigma": 1e-6}
-    terminal = simulate.heston(n, 8, **args, generator=_gen(16)).spot[:, -1]
-    assert bool(torch.isfinite(terminal).all())
-    growth = math.exp((HESTON["rate"] - HESTON["dividend"]) * HESTON["maturity"])
-    se = terminal.std() / math.sqrt(n)
-    assert abs(terminal.mean() - HESTON["spot"] * growth) <= K_SE * se
-    torch.testing.assert_close(terminal.log().var(), torch.tensor(0.04, dtype=torch.float64),
-                               rtol=K_SE * math.sqrt(2.0 / n), atol=0.0)  # fmt: skip
+def test_qe_refuses_a_sigma_below_its_dtype_floor_by_name() -> None:
+    # the conditional variance of the variance, of order sigma^2, underflows: the step was NaN
+    # from sigma ~ 1e-20 in float32 and ~ 1e-160 in float64
+    with pytest.raises(ValueError, match=r"sigma=1e-12 is too small for scheme='qe'.*euler"):
+        simulate.heston(4, 2, **{**HESTON, "sigma": 1e-12}, dtype=torch.float32)
+    with pytest.raises(ValueError, match="sigma=1e-100 is too small"):
+        simulate.heston(4, 2, **{**HESTON, "sigma": 1e-100})
+
+
+@pytest.mark.parametrize(
+    "compile",
+    [False, pytest.param(True, marks=pytest.mark.skipif(
+        shutil.which("c++") is None and shutil.which("g++") is None,
+        reason="torch.compile on CPU needs a C++ compiler"))],
+    ids=["eager", "compiled"],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_qe_with_a_tiny_sigma_prices_like_black_scholes_on_the_deterministic_variance(
+    dtype: torch.dtype, compile: bool
+) -> None:
+    # K2 v' and log E[exp(A v')], each of order rho v / sigma, were rounded apart before they
+    # cancelled: in float32 sigma = 1e-6 lifted the mean spot by 1.7% (26 SE), 1e-8 by 26% and
+    # 1e-10 gave NaN, so sigma below sqrt(eps) was refused. As sigma -> 0 the variance follows
+    # v(t) = theta + (v0 - theta) exp(-kappa t) and the spot is lognormal with its integral.
+    n, args = 20_000, {**HESTON, "v0": 0.02}
+    kappa, theta, t = args["kappa"], args["theta"], args["maturity"]
+    variance = theta * t + (args["v0"] - theta) * (1.0 - math.exp(-kappa * t)) / kappa
+    forward = args["spot"] * math.exp((args["rate"] - args["dividend"]) * t)
+    strike = args["spot"]
+    call = black_scholes.black_price(forward=forward, strike=strike, maturity=t,
+                                     volatility=math.sqrt(variance / t), is_call=True)  # fmt: skip
+    for i, sigma in enumerate([1e-8, 1e-6, 1e-4]):
+        terminal = simulate.heston(n, 16, **{**args, "sigma": sigma}, dtype=dtype,
+                                   generator=_gen(16 + i), compile=compile)  # fmt: skip
+        terminal = terminal.spot[:, -1].double()
+        assert bool(torch.isfinite(terminal).all()), sigma
+        se = terminal.std() / math.sqrt(n)
+        assert abs(terminal.mean() - forward) <= K_SE * se, sigma
+        payoff = (terminal - strike).clamp_min(0.0)
+        assert abs(payoff.mean() - call) <= K_SE * payoff.std() / math.sqrt(n), sigma
+
+
+@pytest.mark.parametrize(
+    ("simulator", "field", "value"),
+    [("sabr", "beta", True), ("sabr", "rho", True), ("sabr", "shift", False),
+     ("heston", "kappa", True), ("heston", "rho", np.True_), ("heston", "spot", torch.tensor(True)),
+     ("gbm", "volatility", True), ("gbm", "rate", False), ("gbm", "maturity", True)],
+)  # fmt: skip
+def test_bool_model_parameters_are_refused_by_name(
+    simulator: str, field: str, value: object
+) -> None:
+    # True is the integer 1 to Python: sabr(beta=True) simulated beta = 1 and rho=True a
+    # correlation of 1 (SabrParams refuses a bool by name)
+    base = {"gbm": GBM, "heston": HESTON, "sabr": SABR}[simulator]
+    with pytest.raises(ValueError, match=rf"^{field} must be a real number, not a bool"):
+        getattr(simulate, simulator)(4, 2, **{**base, field: value})
 
 
 def test_time_grid_rounded_to_float32_still_matches_its_maturity() -> None:
