@@ -74,7 +74,7 @@ IV_STATUS: dict[int, str] = {
     0: "ok",
     1: "price below intrinsic value",
     2: "price at or above the upper bound",
-    3: "invalid input (non-finite price or non-positive forward, strike, maturity or discount)",
+    3: "invalid input (a non-finite value, or a non-positive forward, strike, maturity or discount)",
     4: "no convergence",
 }
 

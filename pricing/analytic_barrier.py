@@ -91,11 +91,13 @@ def barrier_price(
     check_positive(spot=s, strike=x, barrier=h, maturity=t, volatility=vol)
     check_finite(rate=torch.as_tensor(rate), dividend=torch.as_tensor(dividend))
     down = barrier_type.startswith("down")
-    terms = _terms(s, x, h, t, vol, rate, dividend, eta=1.0 if down else -1.0,
-                   phi=1.0 if is_call else -1.0, rebate=rebate)  # fmt: skip
-    above, below = _CASES[(barrier_type, is_call)]
-    alive = torch.where(x >= h, _combine(above, terms), _combine(below, terms))
     hit = (s <= h) if down else (s >= h)
+    # The spot is moved onto the barrier where it has been hit (the price there is ``dead``):
+    # beyond it the reflection factors overflow, and their NaN, though not selected by
+    # torch.where, made the autograd greeks NaN.
+    alive = _alive(_CASES[(barrier_type, is_call)], torch.where(hit, h, s), x, h, t, vol, rate,
+                   dividend, eta=1.0 if down else -1.0, phi=1.0 if is_call else -1.0,
+                   rebate=rebate)  # fmt: skip
     if barrier_type.endswith("out"):
         dead = torch.full_like(alive, rebate)
     else:
@@ -131,6 +133,25 @@ def discrete_barrier_shift(
     return barrier * torch.exp(sign * _BGK_BETA * vol * math.sqrt(interval))
 
 
+def _alive(cases, s, x, h, t, vol, rate, dividend, **signs) -> torch.Tensor:
+    """The price before a hit: ``cases[0]`` where the strike is at or above the barrier, else
+    ``cases[1]``. Each case is evaluated only if some strike lies on its side, with the strikes
+    moved onto that side: on the other, its reflection terms are inf - inf at low volatility (a
+    NaN that torch.where hides in the price but not in the gradient)."""
+    high = x >= h
+
+    def case(expression: str, strike: torch.Tensor) -> torch.Tensor:
+        return _combine(expression, _terms(s, strike, h, t, vol, rate, dividend, **signs))
+
+    if bool(high.all()):
+        return case(cases[0], x)
+    if not bool(high.any()):
+        return case(cases[1], x)
+    return torch.where(
+        high, case(cases[0], torch.maximum(x, h)), case(cases[1], torch.minimum(x, h))
+    )
+
+
 def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, torch.Tensor]:
     """Haug's terms ``A .. F``; shapes broadcast."""
     carry = rate - dividend
@@ -160,7 +181,7 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, to
 
     mirrored = {"log_s": 2.0 * (mu + 1.0) * log_ratio, "log_x": 2.0 * mu * log_ratio}
     if rebate == 0:  # E and F are rebate times a probability: nothing to compute without one
-        hit_later = torch.zeros_like(log_ratio * sd)
+        hit_later = _zero(log_ratio * sd)
     else:
         hit_later = ndtr(eta * (x2 - sd)) - torch.exp(2.0 * mu * log_ratio + log_n(eta * (y2 - sd)))
     return {
@@ -178,7 +199,7 @@ def _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
     ``lambda = sqrt(mu^2 + 2 r / sigma^2)`` is imaginary for some negative rates, where the
     formula would need a complex normal CDF: refused there (with no rebate, ``F`` is 0)."""
     if rebate == 0:
-        return torch.zeros_like(log_ratio * sd)
+        return _zero(log_ratio * sd)
     radicand = mu * mu + 2.0 * rate / (vol * vol)
     if bool((radicand < 0).any()):
         raise ValueError(f"a knock-out rebate paid at the hit has no closed form here for rate "
@@ -189,6 +210,12 @@ def _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
     log_n = torch.special.log_ndtr
     return rebate * (torch.exp((mu + lam) * log_ratio + log_n(eta * z))
                      + torch.exp((mu - lam) * log_ratio + log_n(eta * (z - 2.0 * lam * sd))))  # fmt: skip
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    """Zeros on ``like``'s graph: a price that is ``F`` alone (a knock-out put below a down
+    barrier, without rebate) still has a gradient, as autograd greeks expect."""
+    return like * 0.0
 
 
 def _combine(expression: str, terms: dict[str, torch.Tensor]) -> torch.Tensor:

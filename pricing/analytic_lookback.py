@@ -163,30 +163,37 @@ def discrete_lookback_price(
 
 
 def _parts(s, level, t, vol, rate, carry):
-    """``d1, d2``, the discounted forward, the discount, the reflection ``(S/E)^(-2b/sigma^2)``,
-    the shifted ``d1 - 2 b sqrt(T) / sigma`` and the ``sigma^2 / (2 b)`` factor's term."""
+    """``d1, d2``, the discounted forward, the discount, the log of the reflection
+    ``(S/E)^(-2b/sigma^2)``, the shifted ``d1 - 2 b sqrt(T) / sigma`` and the ``sigma^2 / (2 b)``
+    factor's term."""
     sd = vol * t.sqrt()
     d1 = (torch.log(s / level) + carry * t) / sd + 0.5 * sd
     discount = torch.exp(-rate * t)
-    reflection = (s / level) ** (-2.0 * carry / (vol * vol))
+    log_reflection = torch.log(s / level) * (-2.0 * carry / (vol * vol))
     shifted = d1 - 2.0 * carry * t.sqrt() / vol
     scale = s * discount * vol * vol / (2.0 * carry)
-    return d1, d1 - sd, s * torch.exp((carry - rate) * t), discount, reflection, shifted, scale
+    return d1, d1 - sd, s * torch.exp((carry - rate) * t), discount, log_reflection, shifted, scale
+
+
+def _reflected(log_reflection: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``(S/E)^(-2b/sigma^2) N(d)`` as one exponential: at low volatility the factor overflows
+    (e^2000 at 1% vol and 10% carry) where ``N`` underflows, and the product was NaN."""
+    return torch.exp(log_reflection + torch.special.log_ndtr(d))
 
 
 def _floating(s, extremum, t, vol, rate, carry, phi) -> torch.Tensor:
     """Goldman-Sosin-Gatto (Haug 2007, section 4.15.1)."""
-    d1, d2, forward, discount, reflection, shifted, scale = _parts(s, extremum, t, vol, rate, carry)
+    d1, d2, forward, discount, log_refl, shifted, scale = _parts(s, extremum, t, vol, rate, carry)
     n = ndtr
     vanilla = phi * (forward * n(phi * d1) - extremum * discount * n(phi * d2))
     exp_bt = torch.exp(carry * t)
-    return vanilla + phi * scale * (reflection * n(-phi * shifted) - exp_bt * n(-phi * d1))
+    return vanilla + phi * scale * (_reflected(log_refl, -phi * shifted) - exp_bt * n(-phi * d1))
 
 
 def _fixed(s, level, t, vol, rate, carry, phi) -> torch.Tensor:
     """Conze-Viswanathan beyond the intrinsic value (Haug 2007, section 4.15.2)."""
-    d1, d2, forward, discount, reflection, shifted, scale = _parts(s, level, t, vol, rate, carry)
+    d1, d2, forward, discount, log_refl, shifted, scale = _parts(s, level, t, vol, rate, carry)
     n = ndtr
     vanilla = phi * (forward * n(phi * d1) - level * discount * n(phi * d2))
     exp_bt = torch.exp(carry * t)
-    return vanilla + phi * scale * (exp_bt * n(phi * d1) - reflection * n(phi * shifted))
+    return vanilla + phi * scale * (exp_bt * n(phi * d1) - _reflected(log_refl, phi * shifted))

@@ -106,7 +106,7 @@ def black_price(
     itm = torch.where(call, x > 0, x < 0)
     intrinsic = torch.where(itm, sign * (f - k), torch.zeros_like(f))
     x_otm = torch.where(itm, -sign * x, sign * x)
-    otm = torch.sqrt(f * k) * normalized_call(x_otm, s_safe)
+    otm = torch.sqrt(f) * torch.sqrt(k) * normalized_call(x_otm, s_safe)  # f * k over/underflowed
     return d * (intrinsic + torch.where(positive, otm, torch.zeros_like(otm)))
 
 
@@ -213,6 +213,9 @@ def implied_vol_with_status(
     by bisection, to about machine precision. ``initial_vol`` (optional, broadcast like the
     inputs) starts the iteration where it is positive and finite instead of the closed-form guess:
     the same root, for fewer steps when it is close (a model price near a market quote).
+    The solve runs in float64 whatever the inputs' dtype (the result has their common dtype,
+    as :func:`pricing._typing.as_tensors` picks it): in float32 the normalised price of a deep out-of-the-money option
+    underflowed to 0 and gave a volatility of 0 with status 0.
 
     Shape:
         All inputs broadcast; both outputs have the broadcast shape (status is int64).
@@ -223,18 +226,24 @@ def implied_vol_with_status(
         >>> round(float(vol[0]), 9), IV_STATUS[int(status[1])]
         (0.2, 'price at or above the upper bound')
     """
-    p, f, k, t, d = as_tensors(price, forward, strike, maturity, discount)
-    call = is_call_tensor(is_call, f)
+    values = as_tensors(price, forward, strike, maturity, discount)
+    dtype = values[0].dtype  # of the result; the solve runs in float64 (see the docstring)
+    call = is_call_tensor(is_call, values[1])
+    # the flags may have more elements than the prices: each input takes the flags' shape
+    p, f, k, t, d = (v.to(torch.float64).expand(call.shape) if v.shape != call.shape
+                     or v.dtype != torch.float64 else v for v in values)  # fmt: skip
     sign = torch.where(call, 1.0, -1.0).to(f.dtype)
     undiscounted = p / d
     intrinsic = torch.clamp(sign * (f - k), min=0.0)
-    root_fk = torch.sqrt(f * k)
+    root_fk = torch.sqrt(f) * torch.sqrt(k)  # f * k overflowed (F = K = 1e155 gave vol 0)
     beta = (undiscounted - intrinsic) / root_fk
     bound = torch.where(call, f, k)
     x = -torch.abs(torch.log(f / k))
-    invalid = ~(torch.isfinite(p) & (f > 0) & (k > 0) & (t > 0) & (d > 0))
+    # an infinite forward, strike, maturity or discount passed as status 0 with a NaN or 0 vol
+    positive = (f > 0) & (k > 0) & (t > 0) & (d > 0)
+    invalid = ~(positive & torch.isfinite(p) & torch.isfinite(f + k + t + d))  # all > 0 here
     # p / d rounds: 5% of prices equal to d * intrinsic (black_price at vol 0) fell below it
-    slack = 4.0 * torch.finfo(p.dtype).eps * intrinsic
+    slack = 4.0 * torch.finfo(dtype).eps * intrinsic  # the rounding of the inputs as given
     below = ~invalid & (undiscounted < intrinsic - slack)
     above = ~invalid & ~below & (undiscounted >= bound)
     start = None
@@ -249,7 +258,7 @@ def implied_vol_with_status(
                              f"options' shape {tuple(x.shape)}")  # fmt: skip
         start = (vol0 * torch.sqrt(t.clamp(min=0.0))).expand_as(x)
     s, status = solve_total_vol(x, beta, invalid=invalid, below=below, above=above, start=start)
-    return s / torch.sqrt(torch.where(t > 0, t, torch.ones_like(t))), status
+    return (s / torch.sqrt(torch.where(t > 0, t, torch.ones_like(t)))).to(dtype), status
 
 
 def black_implied_vol(

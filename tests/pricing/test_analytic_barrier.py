@@ -174,3 +174,37 @@ def test_discrete_barrier_shift_refuses_bad_inputs(kwargs, message):
     args = {"barrier": 110.0, "volatility": 0.2, "interval": 1 / 252, "down": False} | kwargs
     with pytest.raises(ValueError, match=message):
         discrete_barrier_shift(**args)
+
+
+@pytest.mark.parametrize("barrier_type", BARRIER_TYPES)
+@pytest.mark.parametrize(("rate", "dividend"), [(0.1, 0.0), (0.0, 0.1)])
+def test_autograd_delta_is_finite_at_low_volatility_on_both_sides_of_barrier_and_strike(
+    barrier_type: str, rate: float, dividend: float
+) -> None:
+    # sigma 1%, carry +-10%: the reflection factors (H/S)^(2 mu) reach e^1000 for spots beyond
+    # the barrier and, in the case for strikes on the other side of it, form inf - inf. The
+    # price hid that NaN behind torch.where; its gradient did not (delta was NaN).
+    level = 110.0 if barrier_type.startswith("up") else 90.0
+    spot = torch.tensor([50.0, 95.0, 100.0, 100.0, 125.0, 200.0], dtype=torch.float64,
+                        requires_grad=True)  # fmt: skip
+    args = {"strike": torch.tensor([80.0, 100.0, 85.0, 120.0, 95.0, 80.0], dtype=torch.float64),
+            "barrier": level, "barrier_type": barrier_type, "maturity": 1.0, "volatility": 0.01,
+            "rate": rate, "dividend": dividend}  # fmt: skip
+    for is_call in (True, False):
+        price = barrier_price(spot=spot, **args, is_call=is_call)
+        (delta,) = torch.autograd.grad(price.sum(), spot)
+        h = 1e-5
+        with torch.no_grad():
+            up = barrier_price(spot=spot + h, **args, is_call=is_call)
+            central = (up - barrier_price(spot=spot - h, **args, is_call=is_call)) / (2 * h)
+        assert bool(torch.isfinite(delta).all()), (is_call, delta)
+        torch.testing.assert_close(delta, central, rtol=1e-6, atol=1e-7)
+
+
+def test_a_price_that_is_the_rebate_term_alone_still_has_a_gradient() -> None:
+    # down-and-out put struck below the barrier: worth F (the rebate term), 0 without a rebate
+    spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
+    price = barrier_price(spot=spot, strike=80.0, barrier=90.0, barrier_type="down_out",
+                          maturity=1.0, volatility=0.2, is_call=False)  # fmt: skip
+    (delta,) = torch.autograd.grad(price, spot)
+    assert price.item() == 0.0 and delta.item() == 0.0

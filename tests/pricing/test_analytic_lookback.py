@@ -179,3 +179,52 @@ def test_non_finite_rate_or_dividend_is_refused(field, value):
     with pytest.raises(ValueError, match=f"{field} must be finite"):
         lookback_price(spot=100.0, running_extremum=100.0, maturity=1.0, volatility=0.3,
                        **{field: value})  # fmt: skip
+
+
+@pytest.mark.parametrize(("rate", "dividend"), [(0.1, 0.0), (0.0, 0.1)])
+@pytest.mark.parametrize(
+    ("kind", "is_call", "strike"),
+    [("floating", True, None), ("floating", False, None), ("fixed", True, 50.0),
+     ("fixed", True, 200.0), ("fixed", False, 50.0), ("fixed", False, 200.0)],
+)  # fmt: skip
+def test_low_volatility_matches_the_formula_in_high_precision(
+    kind: str, is_call: bool, strike: float | None, rate: float, dividend: float
+) -> None:
+    # sigma 1%, carry +-10%: (S/E)^(-2b/sigma^2) = (S/E)^(-+2000) overflowed while its normal CDF
+    # underflowed, and the price was NaN (the fixed put struck at 50 even at inception).
+    import mpmath
+
+    mpmath.mp.dps = 50
+    spot, t, vol = 100.0, 1.0, 0.01
+    below = (kind == "floating") == is_call
+    for ratio in (1.0, 1.5, 3.0):
+        extremum = spot / ratio if below else spot * ratio
+        ours = lookback_price(spot=spot, running_extremum=extremum, maturity=t, volatility=vol,
+                              rate=rate, dividend=dividend, kind=kind, is_call=is_call,
+                              strike=strike)  # fmt: skip
+        expected = _lookback_mpmath(spot, extremum, t, vol, rate, dividend, kind, is_call, strike)
+        assert ours.item() == pytest.approx(float(expected), rel=1e-9, abs=1e-12), ratio
+
+
+def _lookback_mpmath(spot, extremum, t, vol, rate, dividend, kind, is_call, strike):
+    """Haug (2007), sections 4.15.1-4.15.2, term by term in mpmath (no overflow at 50 digits)."""
+    import mpmath
+
+    s, e, t, vol, r = (mpmath.mpf(v) for v in (spot, extremum, t, vol, rate))
+    b, phi, n = r - mpmath.mpf(dividend), 1 if is_call else -1, mpmath.ncdf
+    level, intrinsic = e, 0
+    if kind == "fixed":
+        level = max(mpmath.mpf(strike), e) if is_call else min(mpmath.mpf(strike), e)
+        intrinsic = mpmath.exp(-r * t) * max(phi * (e - strike), 0)
+    sd = vol * mpmath.sqrt(t)
+    d1 = (mpmath.log(s / level) + b * t) / sd + sd / 2
+    reflection = (s / level) ** (-2 * b / vol**2)
+    shifted = d1 - 2 * b * mpmath.sqrt(t) / vol
+    scale = s * mpmath.exp(-r * t) * vol**2 / (2 * b)
+    vanilla = phi * (s * mpmath.exp((b - r) * t) * n(phi * d1)
+                     - level * mpmath.exp(-r * t) * n(phi * (d1 - sd)))  # fmt: skip
+    if kind == "floating":
+        return vanilla + phi * scale * (reflection * n(-phi * shifted)
+                                        - mpmath.exp(b * t) * n(-phi * d1))  # fmt: skip
+    return intrinsic + vanilla + phi * scale * (mpmath.exp(b * t) * n(phi * d1)
+                                                - reflection * n(phi * shifted))  # fmt: skip

@@ -402,3 +402,65 @@ def test_mixed_precision_tensors_promote_and_mismatched_shapes_are_named():
     assert price.dtype == torch.float64
     with pytest.raises(ValueError, match=r"do not broadcast: \(\), \(3,\), \(2,\)"):
         bs.price(spot=100.0, strike=[90.0, 100.0, 110.0], maturity=[1.0, 2.0], volatility=0.2)
+
+
+@pytest.mark.parametrize("field", ["forward", "strike", "maturity", "discount"])
+def test_implied_vol_of_an_infinite_input_is_invalid(field):
+    # an infinite forward gave NaN with status 0 ("ok"), an infinite strike a vol of 0 with
+    # status 0, an infinite maturity or discount "price below intrinsic value"
+    args = {"price": 5.0, "forward": 100.0, "strike": 80.0, "maturity": 1.0, "discount": 1.0}
+    vol, status = bs.implied_vol_with_status(**{**args, field: math.inf})
+    assert math.isnan(float(vol)) and bs.IV_STATUS[int(status)].startswith("invalid input")
+
+
+def test_implied_vol_broadcasts_flags_with_more_elements_than_the_prices():
+    # a scalar price with a call and a put flag raised torch's "output with shape [1] doesn't
+    # match the broadcast shape [2]" from inside the solver
+    price = bs.black_price(forward=100.0, strike=100.0, maturity=1.0, volatility=0.2)
+    vol, status = bs.implied_vol_with_status(price=price, forward=100.0, strike=100.0,
+                                             maturity=1.0, is_call=[True, False])  # fmt: skip
+    assert status.tolist() == [0, 0]
+    torch.testing.assert_close(vol, torch.full((2,), 0.2, dtype=torch.float64), rtol=1e-12,
+                               atol=0.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e302])
+def test_price_and_implied_vol_do_not_overflow_forward_times_strike(scale):
+    # sqrt(F K) was formed as sqrt(F * K): 0 or inf at these scales (price 0 or inf, vol 0 or
+    # status 2); at the money the price is F (2 N(sigma sqrt(T) / 2) - 1)
+    price = bs.black_price(forward=scale, strike=scale, maturity=1.0, volatility=0.3)
+    assert float(price) == pytest.approx(scale * math.erf(0.15 / math.sqrt(2.0)), rel=1e-14)
+    vol, status = bs.implied_vol_with_status(price=price, forward=scale, strike=scale,
+                                             maturity=1.0)  # fmt: skip
+    assert int(status) == 0 and float(vol) == pytest.approx(0.3, rel=1e-12)
+
+
+def test_implied_vol_of_float32_inputs_is_solved_in_float64():
+    # float32: the normalised price of this deep out-of-the-money call (7.6e-44, a float32
+    # subnormal, over sqrt(F K) = 200) underflowed to 0, and the vol came out 0 with status 0
+    f32 = torch.float32
+    forward, strike = torch.tensor(100.0, dtype=f32), torch.tensor([400.0, 110.0], dtype=f32)
+    price = bs.black_price(forward=forward.double(), strike=strike.double(), maturity=1.0,
+                           volatility=0.1).to(f32)  # fmt: skip
+    vol, status = bs.implied_vol_with_status(price=price, forward=forward, strike=strike,
+                                             maturity=torch.tensor(1.0, dtype=f32))  # fmt: skip
+    assert vol.dtype == f32 and status.tolist() == [0, 0]
+    # the vol of the float32-rounded price, to float32's rounding; 0.1 within the price's rounding
+    exact = bs.black_implied_vol(price=price.double(), forward=100.0, strike=strike.double(),
+                                 maturity=1.0)  # fmt: skip
+    torch.testing.assert_close(vol.double(), exact, rtol=1e-7, atol=0.0)
+    torch.testing.assert_close(vol, torch.full((2,), 0.1, dtype=f32), rtol=1e-5, atol=0.0)
+
+
+def test_float32_discounted_intrinsic_prices_are_not_below_intrinsic():
+    # the float64 solve must still allow the float32 rounding of D * (F - K): with float64's
+    # slack a quarter of these were "price below intrinsic value" (the others, rounded up, have
+    # a small vol)
+    gen = torch.Generator().manual_seed(0)
+    forward, strike = (50.0 + 100.0 * torch.rand(2, 500, generator=gen)).float()
+    discount = (0.5 + 0.5 * torch.rand(500, generator=gen)).float()
+    price = bs.black_price(forward=forward, strike=strike, maturity=1.0, volatility=0.0,
+                           discount=discount)  # fmt: skip
+    iv, status = bs.implied_vol_with_status(price=price, forward=forward, strike=strike,
+                                            maturity=1.0, discount=discount)  # fmt: skip
+    assert price.dtype == torch.float32 and bool((status == 0).all()) and bool((iv >= 0).all())
