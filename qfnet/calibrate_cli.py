@@ -175,6 +175,9 @@ def calibrate_command(
         raise typer.BadParameter(f"{out}: the result is JSON, name it .json", param_hint="--out")
     if model == "heston" and (beta is not None or free_beta):
         raise typer.BadParameter("--beta and --free-beta are SABR options", param_hint="--model")
+    if beta is not None and free_beta:  # was exit 1 after reading the file, blamed on the quotes
+        raise typer.BadParameter("--beta fixes SABR beta, --free-beta fits it: pass one",
+                                 param_hint="--free-beta")  # fmt: skip
     _check_options(model, method, weights, beta)
     options: dict[str, Any] = {"free_beta": True} if free_beta else {}
     # The qfnet-side methods register themselves with pricing.calibration when imported; the

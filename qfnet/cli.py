@@ -285,6 +285,10 @@ def demo(
 
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out}: exists and is not a directory")
+    try:  # below a file or without permission: an error line before any work, not a traceback
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise fail(f"--out {out}: cannot create the report directory ({error})") from error
     report = run_demo(out, quick=quick, seed=seed)
     typer.echo(report.read_text())
     typer.echo(f"report: {report.resolve()}")

@@ -40,6 +40,7 @@ def train_command(
     from qfnet.hedging.config import ConfigError, load_config
     from qfnet.hedging.train import train
     from qfnet.training import NonFiniteLossError
+    from qfnet.training.checkpoint import CheckpointError
     from qfnet.training.device import resolve_device
 
     try:
@@ -69,7 +70,8 @@ def train_command(
         raise fail(f"{config}: training.{exc}") from exc
     try:
         result = train(cfg, out, progress_bar=progress, resume=resume)
-    except (NonFiniteLossError, ValueError, OSError) as exc:
+    # CheckpointError: a --resume from a truncated or corrupted checkpoint (it was a traceback)
+    except (NonFiniteLossError, CheckpointError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
     # the saved weights are the best epoch's (early stopping restores them), so is its loss: the
     # last epoch's was reported, after early stopping up to `patience` epochs worse than the model

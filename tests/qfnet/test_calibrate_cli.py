@@ -118,8 +118,12 @@ def test_conflicting_options_and_unwritable_output_end_with_an_error(
     base = ["calibrate", "--quotes", str(smile_file), "--out", out]
     result = CliRunner().invoke(_app(), [*base, "--model", "heston", "--free-beta"])
     assert result.exit_code == 2 and "SABR options" in result.output
-    result = CliRunner().invoke(_app(), [*base, "--model", "sabr", "--beta", "0.5", "--free-beta"])
-    assert result.exit_code == 1 and "fixes SABR beta and free_beta fits it" in result.output
+    # a usage error naming the option, before the file is read (it was exit 1, "error: QUOTES:")
+    absent = ["calibrate", "--quotes", str(tmp_path / "absent.csv"), "--out", out]
+    both = [*absent, "--model", "sabr", "--beta", "0.5", "--free-beta"]
+    result = CliRunner().invoke(_app(), both)
+    assert result.exit_code == 2 and "--free-beta" in result.output, result.output
+    assert "pass one" in _words(result.output)
     inside_a_file = str(smile_file / "fit.json")
     blocked = ["calibrate", "--quotes", str(smile_file), "--model", "sabr", "--out", inside_a_file]
     result = CliRunner().invoke(_app(), blocked)

@@ -444,6 +444,23 @@ def test_hedge_train_with_a_bad_config_names_the_key(tmp_path):
     assert "market.spot" in result.output
 
 
+def test_hedge_train_resume_from_a_corrupted_checkpoint_is_an_error_line(tmp_path):
+    # a run killed while writing its checkpoint: --resume printed a CheckpointError traceback
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "seed: 1\nmarket: {n_steps: 4}\npaths: {train: 500, val: 200, test: 200}\n"
+        "strategy: {type: ntb, hidden: [4]}\ntraining: {epochs: 1, batch_size: 250}\n"
+    )
+    run = tmp_path / "run"
+    args = ["hedge", "train", "--config", str(config), "--out", str(run)]
+    assert runner.invoke(app, args).exit_code == 0
+    checkpoint = run / "checkpoints" / "last.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # truncated mid-write
+    result = runner.invoke(app, [*args, "--resume", "--epochs", "2"])
+    assert result.exit_code == 1 and result.output.startswith("error:"), result.output
+    assert "last.pt" in result.output and "Traceback" not in result.output
+
+
 def test_generate_rejects_an_unknown_model(tmp_path):
     result = runner.invoke(
         app, ["generate", "--model", "garch", "--n", "16", "--out", str(tmp_path / "d")]
@@ -476,6 +493,14 @@ def test_demo_into_a_file_path_is_a_clear_error(tmp_path):
     target.write_text("not a directory")
     result = runner.invoke(app, ["demo", "--quick", "--out", str(target)])
     assert result.exit_code != 0
+    assert "taken" in result.output
+
+
+def test_demo_into_a_folder_below_a_file_is_an_error_line(tmp_path):
+    # mkdir of taken/report raised NotADirectoryError: a traceback instead of an error line
+    (tmp_path / "taken").write_text("not a directory")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "taken" / "report")])
+    assert result.exit_code == 1 and result.output.startswith("error:"), result.output
     assert "taken" in result.output
 
 
