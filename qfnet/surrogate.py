@@ -38,6 +38,7 @@ from pricing._validation import check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
+from qfnet.training.checkpoint import load_error_summary
 
 __all__ = [
     "BASES",
@@ -319,7 +320,7 @@ def load_surrogate(
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise ValueError(
-            f"{target} is not a readable surrogate file: {exc or type(exc).__name__}"
+            f"{target} is not a readable surrogate file: {load_error_summary(exc)}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{target} is not a {FORMAT} file")

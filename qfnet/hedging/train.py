@@ -24,6 +24,7 @@ from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
+from qfnet.training.checkpoint import load_error_summary
 
 __all__ = [
     "HedgeModel",
@@ -407,7 +408,7 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
     except ConfigError:
         raise
     except Exception as exc:  # truncated, empty, not a hedging run, another architecture
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path} is not a readable trained hedging model ({first})") from exc
+        reason = load_error_summary(exc)
+        raise ValueError(f"{path} is not a readable trained hedging model ({reason})") from exc
     model.eval()
     return config, model, meta

@@ -26,6 +26,7 @@ __all__ = [
     "get_rng_state",
     "link_checkpoint",
     "load_checkpoint",
+    "load_error_summary",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -169,10 +170,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"checkpoint {path}: refused, it carries a pickled object that is not plain data "
-            f"or tensors (weights_only load): {_first_line(exc)}"
+            f"or tensors (weights_only load): {load_error_summary(exc)}"
         ) from exc
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path}: unreadable ({_first_line(exc)})") from exc
+        raise CheckpointError(f"checkpoint {path}: unreadable ({load_error_summary(exc)})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a qfnet training checkpoint")
     if state.get("version") != VERSION:
@@ -199,9 +200,26 @@ def _verify_archive(path: Path) -> None:
         )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def load_error_summary(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed, for an error message.
+
+    For a ``weights_only`` refusal, the unpickler's reason (``Unsupported global: GLOBAL
+    datetime.datetime was not an allowed global by default``): torch's first lines advise
+    loading with ``weights_only=False``, which would run the file's code. Otherwise the first line.
+
+    Examples:
+        >>> import pickle
+        >>> load_error_summary(pickle.UnpicklingError("Weights only load failed. Re-run..."
+        ...     "\\n\\tWeightsUnpickler error: Unsupported global: GLOBAL os.system. Please use..."))
+        'Unsupported global: GLOBAL os.system'
+        >>> load_error_summary(EOFError())
+        'EOFError'
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").split(". ")[0].strip()
+    return lines[0] if lines else type(exc).__name__
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -157,6 +157,19 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
         load_surrogate(tmp_path / "garbage.pt")
 
 
+def test_a_file_with_a_pickled_object_is_refused_with_the_reason_not_torchs_advice(tmp_path):
+    # torch's message advised re-loading with weights_only=False, which runs the file's code
+    import datetime
+
+    torch.save({"format": "qfnet-surrogate", "made": datetime.datetime(2026, 1, 1)},
+               tmp_path / "pickled.pt")  # fmt: skip
+    with pytest.raises(ValueError) as caught:
+        load_surrogate(tmp_path / "pickled.pt")
+    message = str(caught.value)
+    assert "Unsupported global: GLOBAL datetime.datetime" in message, message
+    assert "weights_only" not in message and "\n" not in message
+
+
 def test_autograd_greeks_match_finite_differences_of_the_surrogate_price(small_run):
     net = load_surrogate(small_run[0])
     net.mlp.double()  # float64 weights: finite differences are then free of float32 rounding
