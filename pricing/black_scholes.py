@@ -214,8 +214,8 @@ def implied_vol_with_status(
     inputs) starts the iteration where it is positive and finite instead of the closed-form guess:
     the same root, for fewer steps when it is close (a model price near a market quote).
     The solve runs in float64 whatever the inputs' dtype (the result has their common dtype,
-    as :func:`pricing._typing.as_tensors` picks it): in float32 the normalised price of a deep out-of-the-money option
-    underflowed to 0 and gave a volatility of 0 with status 0.
+    as :func:`pricing._typing.as_tensors` picks it): in float32 the normalised price of a deep
+    out-of-the-money option underflowed to 0 and gave a volatility of 0 with status 0.
 
     Shape:
         All inputs broadcast; both outputs have the broadcast shape (status is int64).

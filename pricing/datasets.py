@@ -423,7 +423,11 @@ def _run_tasks(
         from distributed import Client
         from distributed import as_completed as dask_completed
 
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError, TypeError) as error:  # bad address, no scheduler there
+            raise ValueError(f"Dask scheduler {scheduler!r}: cannot connect ({error})") from error
+        with client:
             futures = client.map(_make_shard, tasks, pure=False)
             for future in dask_completed(futures):
                 yield future.result()

@@ -130,6 +130,14 @@ def test_dask_scheduler_writes_the_same_shards_as_one_process(tmp_path):
         assert filecmp.cmp(one / shard, dask / shard, shallow=False)
 
 
+def test_a_bad_scheduler_address_is_named(tmp_path):
+    # distributed's own "missing port number in address 'notanaddress'" named no option
+    pytest.importorskip("distributed")
+    with pytest.raises(ValueError, match=r"Dask scheduler 'notanaddress': cannot connect"):
+        generate(tmp_path / "x", model="sabr", n=8, scheduler="notanaddress", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_run_that_fails_before_its_first_shard_leaves_no_empty_folder(tmp_path, monkeypatch):
     # a dead --scheduler left an empty --out folder behind; a folder the caller made stays
     import pricing.datasets as datasets
