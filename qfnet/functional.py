@@ -219,12 +219,14 @@ def value_at_risk(
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     """``torch.quantile(x, q)`` (linear interpolation) of a 1-D tensor of any length: the two
-    order statistics around rank ``q (n - 1)`` by ``kthvalue``."""
+    order statistics around rank ``q (n - 1)`` of the sorted values."""
     rank = q * (x.numel() - 1)
     below = math.floor(rank)
-    low = torch.kthvalue(x, below + 1).values
-    high = torch.kthvalue(x, min(below + 2, x.numel())).values
-    return torch.lerp(low, high, rank - below)
+    # sorted (as torch.quantile does), not by kthvalue: its CPU quickselect is quadratic on a
+    # descending input, the loss of a P&L sorted ascending (VaR of 400,000 such paths: 4.3 s
+    # for 0.03 s, and 8.4 million never ended)
+    ordered = torch.sort(x).values
+    return torch.lerp(ordered[below], ordered[min(below + 1, x.numel() - 1)], rank - below)
 
 
 def expected_shortfall(

@@ -46,6 +46,9 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order) or *long*
     (columns ``path``, ``step``, ``spot`` and optionally ``variance``). Each path is multiplied by
     ``spot / S_0`` so the option (struck relative to ``spot``) is hedged on every window alike.
+    Without ``variance`` a Heston market's implied-vol proxy stays at its time-0 level on every
+    path and step (:meth:`Market.vol_proxy`; the deltas, the band and the learned policy's
+    features see no change of volatility).
 
     Shape:
         - output spot (and variance, when given): (N, T + 1)

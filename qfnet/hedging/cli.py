@@ -92,7 +92,11 @@ def backtest_command(
     run: Path = typer.Option(..., "--run", help="Run directory written by `hedge train`."),
     out: Path = typer.Option(..., "--out", help="Directory for report.json and plots."),
     paths: Path | None = typer.Option(
-        None, "--paths", help="Parquet of price paths (wide: one row per path; or long)."
+        None,
+        "--paths",
+        help="Parquet of price paths (wide: one row per path; or long: path, step, spot and "
+        "optionally variance). Without variance a Heston run's vol proxy stays at its time-0 "
+        "level.",
     ),
     n_paths: int | None = typer.Option(None, "--n-paths", help="Override paths.test."),
     bootstrap: int = typer.Option(100, "--bootstrap", help="Bootstrap resamples for the CIs."),

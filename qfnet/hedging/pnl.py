@@ -46,6 +46,7 @@ def run_strategy(strategy: object, data: HedgeData, market: Market) -> HedgeResu
         >>> bool((run_strategy(NoHedge(), d, m).pnl == -d.payoff).all())
         True
     """
+    _check_data(data, market)
     positions = strategy.positions(data)
     cost_rate = market.cost.to(data.prices.dtype)
     liquidate = market.market.liquidate
@@ -55,6 +56,18 @@ def run_strategy(strategy: object, data: HedgeData, market: Market) -> HedgeResu
     )  # fmt: skip
     cost = F.transaction_costs(positions, data.prices, cost=cost_rate, liquidate=liquidate)
     return HedgeResult(positions, pnl, cost, F.turnover(positions, liquidate=liquidate))
+
+
+def _check_data(data: HedgeData, market: Market) -> None:
+    """Refuse paths made for another market: the baselines' per-step grids (tau, band width)
+    failed on them with torch's "The size of tensor a (10) must match the size of tensor b (5)"."""
+    steps, instruments = data.prices.shape[1] - 1, data.prices.shape[-1]
+    if data.prices.dim() != 3 or (steps, instruments) != (market.n_steps, market.n_instruments):
+        raise ValueError(
+            f"data has {steps} steps and {instruments} instrument(s) (prices "
+            f"{tuple(data.prices.shape)}), the market {market.n_steps} steps (market.n_steps) "
+            f"and {market.n_instruments} (market.instruments): paths made for another config?"
+        )
 
 
 def risk_metrics(

@@ -295,6 +295,15 @@ def test_value_at_risk_beyond_the_torch_quantile_limit_of_2_pow_24_paths() -> No
     assert F.value_at_risk(-loss, 0.5).item() == pytest.approx(0.5 * (n - 1), rel=1e-15)
 
 
+def test_value_at_risk_of_a_sorted_pnl_is_that_of_the_shuffled_pnl() -> None:
+    # kthvalue's CPU quickselect was quadratic on a descending loss (a P&L sorted ascending):
+    # (sorting instead): the order of the paths changes nothing
+    pnl = torch.randn(50_000, generator=torch.Generator().manual_seed(3), dtype=DT)
+    ordered = pnl.sort().values
+    assert F.value_at_risk(ordered, 0.95).item() == F.value_at_risk(pnl, 0.95).item()
+    assert F.value_at_risk(ordered.flip(0), 0.95).item() == F.value_at_risk(pnl, 0.95).item()
+
+
 def test_value_at_risk_interpolates_as_torch_quantile() -> None:
     g = torch.Generator().manual_seed(8)
     for n, alpha in itertools.product((1, 2, 7, 1001), (0.01, 0.5, 0.95, 0.999)):

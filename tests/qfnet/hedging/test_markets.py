@@ -118,6 +118,20 @@ def test_baselines_behave_as_expected() -> None:
     assert bool((delta.cost >= 1e-3 * (first + last) - 1e-15).all())
 
 
+def test_whalley_wilmott_half_width_is_the_papers_with_its_discount_factor() -> None:
+    # Whalley, Wilmott (1997): (3/2 e^{-r(T-t)} lambda S Gamma^2 / gamma)^(1/3), with a rate
+    rate, cost, gamma = 0.08, 2e-3, 3.0
+    market = _market(rate=rate, cost=cost, maturity=2.0, volatility=0.25)
+    data, raw = make_paths(market, 50, split="test", seed=6)
+    tau = market.time_grid[-1] - market.time_grid[:-1]
+    s = raw.spot[:, :-1]
+    bs_gamma = black_scholes.greeks(spot=s, strike=1.0, maturity=tau, volatility=0.25,
+                                    rate=rate).gamma  # fmt: skip
+    paper = (1.5 * torch.exp(-rate * tau) * cost * s * bs_gamma**2 / gamma) ** (1.0 / 3.0)
+    torch.testing.assert_close(WhalleyWilmott(market, gamma).half_width(data), paper,
+                               rtol=1e-10, atol=0)  # fmt: skip
+
+
 def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
     market = _market(spot=1.0)
     wide = pd.DataFrame([[100.0 + i + j for j in range(11)] for i in range(3)])

@@ -100,3 +100,18 @@ def test_delta_hedging_error_of_a_sold_put_matches_the_discrete_hedging_theory(
     dt = mat / n_steps
     integral = ((gamma * vol**2 * s**2) ** 2 * torch.exp(-2.0 * rate * grid[:-1])).sum(1) * dt
     assert pnl.std().item() == pytest.approx((0.5 * dt * integral.mean().item()) ** 0.5, rel=0.1)
+
+
+def test_run_strategy_refuses_paths_made_for_another_market() -> None:
+    # a backtest of such paths got as far as the Whalley-Wilmott band, whose per-step grid
+    # failed with torch's "The size of tensor a (10) must match the size of tensor b (5)"
+    from qfnet.hedging.strategies import WhalleyWilmott
+    from qfnet.hedging.train import make_paths
+
+    ten = Market(config_from_dict({"market": {"n_steps": 10}}))
+    five = Market(config_from_dict({"market": {"n_steps": 5}}))
+    data, _ = make_paths(five, 8, split="test", seed=0)
+    with pytest.raises(
+        ValueError, match=r"data has 5 steps .* the market 10 steps \(market\.n_steps\)"
+    ):
+        run_strategy(WhalleyWilmott(ten, 1.0), data, ten)
