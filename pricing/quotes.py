@@ -21,6 +21,7 @@ __all__ = [
     "DECIMAL_LIMITS",
     "MISSING_VALUES",
     "NUMERIC_COLUMNS",
+    "PATH_DEPENDENT_COLUMNS",
     "STRIKE_RATIO_LIMIT",
     "QuoteError",
     "call_flags",
@@ -483,9 +484,10 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
                 example = "0.02 for 2%" if column in ("rate", "dividend") else "0.2 for 20%"
                 raise locate.error(i, column, f"{_show(frame[column].iloc[i])} looks like a "
                                               f"percentage: give decimals ({example})")  # fmt: skip
-    checks = {"exercise": (r"american|^\s*a\s*$", "European exercise only (American prices carry an "
-                                                     "early-exercise premium the Black and Heston "
-                                                     "formulas lack)"),
+    checks = {"exercise": (r"american|bermudan|^\s*a\s*$", "European exercise only (American and "
+                                                              "Bermudan prices carry an early-exercise "
+                                                              "premium the Black and Heston formulas "
+                                                              "lack)"),
               "vol_type": ("normal|bachelier", "lognormal (Black) vols only; normal (Bachelier) "
                                                "vols are not supported")}  # fmt: skip
     for column, (pattern, reason) in checks.items():
@@ -495,6 +497,34 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
             if bad.size:
                 i = int(bad[0])
                 raise locate.error(i, column, f"{frame[column].iloc[i]!r}: {reason}")
+
+
+PATH_DEPENDENT_COLUMNS: dict[str, str] = {
+    "barrier": "a barrier option",
+    "barrier_type": "a barrier option",
+    "average": "an average-rate (Asian) option",
+    "average_type": "an average-rate (Asian) option",
+    "averaging": "an average-rate (Asian) option",
+    "lookback": "a lookback option",
+    "lookback_type": "a lookback option",
+}
+"""Columns whose entry makes a row a path-dependent contract: such a row is refused (it was priced,
+calibrated to and inverted as the European vanilla of its strike)."""
+
+
+def _check_path_dependent(frame: pd.DataFrame, locate: _Locator) -> None:
+    """Refuse rows that name a barrier, an average or a lookback: the tables hold European
+    vanillas (:mod:`pricing.analytic_barrier`, :mod:`pricing.mc_exotics` price those)."""
+    for column, product in PATH_DEPENDENT_COLUMNS.items():
+        if column in frame:
+            text = frame[column].astype(str).str.strip().str.lower()
+            given = frame[column].notna() & ~text.isin(MISSING_VALUES)
+            bad = np.flatnonzero(given.to_numpy())
+            if bad.size:
+                i = int(bad[0])
+                raise locate.error(i, column, f"{_show(frame[column].iloc[i])} names {product}: "
+                                              "European vanillas only (it was read as the "
+                                              "vanilla of its strike)")  # fmt: skip
 
 
 def _check_crossed(frame: pd.DataFrame, locate: _Locator) -> None:
@@ -572,6 +602,7 @@ def read_quotes(
     named = any(level is not None for level in frame.index.names)
     frame = _normalise_columns(frame.reset_index(drop=not named), name)
     locate = _Locator(lines, name)
+    _check_path_dependent(frame, locate)
     _normalise_option_type(frame, locate)
     _year_fractions(frame, locate, dayfirst, allow_expired)
     _coerce_numeric(frame, locate)

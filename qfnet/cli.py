@@ -94,9 +94,18 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 
 def _load_params(params: str | None) -> dict[str, float]:
+    """``--params``: a JSON object, or a file holding one. Text that is no object is a file name,
+    and a missing file is named (it was "not valid JSON"); an object is never looked up as a file
+    (one over 255 characters was a traceback: file name too long)."""
     if params is None:
         return {}
-    text = Path(params).read_text() if Path(params).is_file() else params
+    text = params
+    if not params.lstrip().startswith("{"):
+        path = Path(params)
+        if not path.is_file():
+            raise fail(f"--params: {params}: no such file, and not a JSON object such as "
+                       "'{\"volatility\": 0.2}'")  # fmt: skip
+        text = path.read_text()
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as error:
@@ -289,7 +298,10 @@ def demo(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise fail(f"--out {out}: cannot create the report directory ({error})") from error
-    report = run_demo(out, quick=quick, seed=seed)
+    try:
+        report = run_demo(out, quick=quick, seed=seed)
+    except FileExistsError as error:  # a folder of the demo's names it did not write
+        raise fail(str(error)) from error
     typer.echo(report.read_text())
     typer.echo(f"report: {report.resolve()}")
 

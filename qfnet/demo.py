@@ -133,12 +133,19 @@ def _surrogate_stage(out: Path, settings: DemoSettings, seed: int) -> list[str]:
         "surrogate trained through the shared Trainer (a short run: the shipped default surrogate "
         "in `data/surrogates/heston_default` is the accurate one).",
         "",
-        rows.to_markdown(index=False, floatfmt=".3g"),
+        _markdown(rows, floatfmt=".3g"),
         "",
         "![loss](surrogate_run/loss.png) ![errors](surrogate_run/error_hist.png)",
         "",
         *_sabr_lines(out, settings, seed),
     ]
+
+
+def _markdown(frame: pd.DataFrame, *, floatfmt: str) -> str:
+    """``frame`` as a Markdown table whose integer columns stay integers: a table of numbers
+    alone reached tabulate as one float array, so ``floatfmt`` rounded its counts (131,072 points
+    were printed as 1.31e+05)."""
+    return frame.astype(object).to_markdown(index=False, floatfmt=floatfmt)
 
 
 def sabr_beyond_hagan(n: int, seed: int) -> dict[str, float]:
@@ -172,7 +179,7 @@ def _sabr_lines(out: Path, settings: DemoSettings, seed: int) -> list[str]:
         "and Hagan's formula against the PDE on fresh random points of its domain (maturities "
         "up to 10 years; `benchmarks/bench_sabr_pde.py` uses 600 points):",
         "",
-        pd.DataFrame([errors]).to_markdown(index=False, floatfmt=".3g"),
+        _markdown(pd.DataFrame([errors]), floatfmt=".3g"),
     ]
 
 
@@ -297,10 +304,23 @@ _MARKER = ".qfnet-demo"
 
 def _clear_previous_run(out: Path) -> None:
     """Remove what an earlier (or interrupted) demo left in ``out`` (a second ``make demo``
-    failed on its dataset), and nothing else: only where the demo's marker is."""
+    failed on its dataset), and nothing else: only where the demo's marker is.
+
+    Raises:
+        FileExistsError: ``out`` has no marker but holds one of the demo's folders (another
+            program's, or a demo's from before the marker): the run wrote into it (or failed on
+            a dataset there, after the calibration) and marked it for the next run to delete.
+    """
     if (out / _MARKER).is_file():
         for name in _OWN_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
+    else:
+        taken = [name for name in _OWN_DIRS if (out / name).exists()]
+        if taken:
+            raise FileExistsError(
+                f"--out {out}: holds {', '.join(taken)} without the {_MARKER} marker of a "
+                "qfnet demo run; remove it or choose another --out"
+            )
     (out / _MARKER).write_text("written by qfnet demo: reruns replace its folders here\n")
 
 

@@ -292,6 +292,7 @@ def test_a_named_index_is_read_as_a_column(tmp_path: Path) -> None:
      ({"rate": 3.0}, r"column 'rate': 3.0 looks like a percentage.*\(0.02 for 2%\)"),
      ({"exercise_style": "American"}, r"column 'exercise': 'American': European exercise only"),
      ({"style": "A"}, r"column 'exercise': 'A': European exercise only"),  # OptionMetrics' code
+     ({"exercise": "Bermudan"}, r"column 'exercise': 'Bermudan': European exercise only"),
      ({"vol_type": "normal"}, r"normal \(Bachelier\) vols are not supported")],
 )  # fmt: skip
 def test_conventions_the_library_would_misread_are_refused(extra: dict, match: str) -> None:
@@ -300,6 +301,26 @@ def test_conventions_the_library_would_misread_are_refused(extra: dict, match: s
         table = table.drop(columns="iv")
     with pytest.raises(QuoteError, match=match):
         read_quotes(table.assign(**extra))
+
+
+@pytest.mark.parametrize(
+    ("reference", "column"),
+    [("barrier_prices.csv", "barrier"), ("asian_prices.csv", "average"),
+     ("lookback_prices.csv", "lookback")],
+)  # fmt: skip
+def test_path_dependent_rows_are_refused_naming_row_and_column(reference: str, column: str) -> None:
+    # tests/data's barrier and Asian reference tables were read, priced and inverted as the
+    # vanillas of their strikes (a down-and-out worth its 3.0 rebate came out 13.83)
+    with pytest.raises(QuoteError, match=rf"row 1 \(file line 2\), column '{column}': .* names a"):
+        read_quotes(DATA_DIR / reference)
+
+
+def test_an_empty_path_dependent_column_leaves_the_vanillas_read() -> None:
+    table = pd.DataFrame({"strike": [100.0, 110.0], "maturity": 0.5, "spot": 100.0,
+                          "barrier": [np.nan, np.nan], "average": ["", "none"]})  # fmt: skip
+    assert read_quotes(table)["strike"].tolist() == [100.0, 110.0]
+    with pytest.raises(QuoteError, match=r"^row 2, column 'barrier': 80.0 names a barrier option"):
+        read_quotes(table.assign(barrier=[np.nan, 80.0]))
 
 
 def test_a_missing_expiry_in_a_dataframe_is_named_as_missing() -> None:

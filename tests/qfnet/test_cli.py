@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -172,6 +173,24 @@ def test_price_params_json_applies_to_every_row(bs_quotes, tmp_path):
     )
 
 
+@pytest.mark.parametrize("source", ["pretty JSON", "file"])
+def test_price_params_pretty_json_inline_or_in_a_file(bs_quotes, tmp_path, source):
+    # an object over 255 characters was looked up as a file name: OSError "File name too long"
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    text = json.dumps({"volatility": 0.2}, indent=300)
+    assert len(text) > 255
+    if source == "file":
+        (tmp_path / "params.json").write_text(text)
+        text = str(tmp_path / "params.json")
+    out = tmp_path / "out.csv"
+    args = ["price", "--model", "bs", "--quotes", str(path), "--out", str(out), "--params", text]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    vols = pd.read_csv(out)["implied_vol"].to_numpy()
+    np.testing.assert_allclose(vols, 0.2, rtol=1e-10, atol=0)
+
+
 def test_price_leaves_out_a_default_rate_the_given_discount_overrides(tmp_path):
     # rate=0.0 was written beside discount=0.95, which the price used
     quotes = tmp_path / "q.csv"
@@ -226,6 +245,8 @@ def test_price_unknown_option_type_names_row_and_value(bs_quotes, tmp_path):
         (["--model", "garch"], "choose bs, heston or sabr"),
         (["--engine", "fft"], "choose one of"),
         (["--params", "{not json"], "not valid JSON"),
+        # a mistyped file name was "not valid JSON (Expecting value at character 0)"
+        (["--params", "parms.json"], "parms.json: no such file"),
     ],
 )
 def test_price_bad_options_are_clear_errors(bs_quotes, tmp_path, args, message):
@@ -302,6 +323,8 @@ def test_demo_quick_writes_a_report_with_numbers(tmp_path):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "DAX" in report and "report:" in result.output
+    # counts are printed whole: the surrogate table's 4,096 points read 4.1e+03
+    assert re.search(r"^\|\s+4096\s+\|", report, flags=re.MULTILINE), report
     prices = pd.read_csv(out / "dax_surface_prices.csv")
     assert len(prices) == 104 and (prices["price"] > 0).all()
     numbers = summary(out / "report.md")
@@ -486,6 +509,33 @@ def test_train_surrogate_without_a_dataset_is_a_clear_error(tmp_path):
     )
     assert result.exit_code != 0
     assert "no_data" in result.output
+
+
+def test_price_refuses_a_barrier_row_instead_of_pricing_its_vanilla(tmp_path):
+    # the row's barrier was ignored: the down-and-out call got the vanilla's 7.97
+    quotes = tmp_path / "q.csv"
+    quotes.write_text("option_type,strike,maturity,spot,volatility,barrier,barrier_type\n"
+                      "call,100,1,100,0.2,,\ncall,100,1,100,0.2,80,down-and-out\n")  # fmt: skip
+    out = tmp_path / "out.csv"
+    result = runner.invoke(
+        app, ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(out)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "row 2 (file line 3), column 'barrier'" in result.output and not out.exists()
+
+
+def test_demo_refuses_a_folder_holding_its_folder_names_without_its_marker(tmp_path):
+    # a demo_report from before the marker (or another program's folder): the run wrote into it
+    # (or, where it held a dataset, ended in a traceback after the calibration) and left the
+    # marker, so the next run deleted the folder with the user's files
+    out = tmp_path / "demo_report"
+    (out / "heston_data").mkdir(parents=True)
+    (out / "heston_data" / "mine.parquet").write_text("keep")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and "heston_data" in result.output
+    assert not (out / ".qfnet-demo").exists()
+    assert (out / "heston_data" / "mine.parquet").read_text() == "keep"
 
 
 def test_demo_into_a_file_path_is_a_clear_error(tmp_path):
