@@ -629,7 +629,8 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     Raises:
         FileNotFoundError: the directory, its metadata or one of its shards is missing.
         ValueError: the metadata is not a qfnet dataset (or is cut or edited: the message names
-            its field), or a shard does not match it (cut, replaced, without its labels).
+            its field), or a shard does not match it (cut, replaced, without its labels or one
+            of the domain's input columns).
 
     Examples:
         >>> import tempfile
@@ -651,7 +652,8 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
                          f"{meta['n_shards']}")  # fmt: skip
     frames = [pd.read_parquet(root / s) for s in meta["shards"]]
     # a cut shard, a missing label column or a shortened shard list loaded without a word
-    needed = {"implied_vol", "price", "maturity", "log_moneyness"}
+    # (a shard without a parameter column failed later as pandas' "['kappa'] not in index")
+    needed = {"implied_vol", "price", *Domain.from_dict(meta["domain"]).input_names}
     for name, frame in zip(meta["shards"], frames, strict=True):
         if not needed <= set(frame.columns):
             raise ValueError(f"{root / name} lacks column(s) {sorted(needed - set(frame.columns))}")

@@ -201,13 +201,26 @@ class SurrogateNet(nn.Module):
         """Set the input and output standardisation from training inputs and implied vols.
 
         Shape:
-            - x: (N, P + 2)
+            - x: (N, P + 2), N >= 2
             - iv: (N,)
+
+        Raises:
+            ValueError: fewer than two rows (no standard deviation), or a row whose features or
+                ``log(iv / base)`` are not finite (the scalers would be NaN, and every
+                prediction with them).
         """
+        if len(x) < 2 or len(iv) != len(x):
+            raise ValueError(f"fit_scalers needs at least 2 rows of inputs and as many implied "
+                             f"vols, got {len(x)} and {len(iv)}")  # fmt: skip
         feats, base = self.features(x.to(torch.float64))
+        log_ratio = torch.log(iv.to(torch.float64) / base)
+        bad = ~(torch.isfinite(feats).all(dim=1) & torch.isfinite(log_ratio))
+        if bad.any():  # checked before any scaler is set: a refused call leaves them as they were
+            row = int(torch.nonzero(bad)[0])
+            raise ValueError(f"fit_scalers: row {row} has a non-finite input or a non-positive "
+                             f"implied vol ({int(bad.sum())} such rows)")  # fmt: skip
         self.in_mean.copy_(feats.mean(0))
         self.in_std.copy_(feats.std(0).clamp_min(1e-12))
-        log_ratio = torch.log(iv.to(torch.float64) / base)
         self.out_mean.copy_(log_ratio.mean())
         self.out_std.copy_(log_ratio.std().clamp_min(1e-12))
 

@@ -155,7 +155,11 @@ def train_surrogate_command(
         int, typer.Option("--threads", min=0, help="torch threads (0: default).")
     ] = 0,
     init: Annotated[
-        Path | None, typer.Option("--init", help="Fine-tune from this surrogate (run or file).")
+        Path | None,
+        typer.Option(
+            "--init",
+            help="Fine-tune from this surrogate (run or file); on its own dataset, with its --seed.",
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a run already in OUT (else refused).")

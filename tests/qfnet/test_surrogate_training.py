@@ -1,0 +1,149 @@
+"""Surrogate training: reported metrics against a recomputation, exported checkpoints, splits of
+fine-tuning runs, and damaged or too small datasets refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pricing.datasets import generate, load_dataset
+from qfnet.surrogate import build_surrogate, load_surrogate, save_surrogate
+from qfnet.surrogate_training import (
+    _error_summary,
+    _split,
+    export_checkpoint,
+    load_training_tensors,
+    train_surrogate,
+)
+
+COMMON = {"batch_size": 64, "hidden": (8,), "device": "cpu", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def sabr_data(tmp_path_factory):
+    # 400 rows: 8 test rows, an even count (the median is then between two of them)
+    return generate(tmp_path_factory.mktemp("data") / "sabr", model="sabr", n=400, progress=False)
+
+
+def _edit_shards(data, out, edit) -> None:
+    """Copy the dataset ``data`` to ``out`` with ``edit(frame)`` applied to each shard."""
+    out.mkdir()
+    (out / "metadata.json").write_text((data / "metadata.json").read_text())
+    for shard in sorted(data.glob("shard-*.parquet")):
+        edit(pd.read_parquet(shard)).to_parquet(out / shard.name, index=False)
+
+
+def test_error_summary_median_is_the_middle_of_an_even_count():
+    # torch.median gave the lower middle value: 2.0 here, 111.8 bp for a median of 114.5
+    summary = _error_summary(torch.tensor([1.0, 2.0, 3.0, 10.0], dtype=torch.float64))
+    assert summary["median_bp"] == pytest.approx(2.5, rel=1e-15)
+    assert summary["p99_bp"] == pytest.approx(np.quantile([1.0, 2.0, 3.0, 10.0], 0.99), rel=1e-15)
+
+
+def test_reported_test_errors_match_a_recomputation_from_the_saved_model(sabr_data, tmp_path):
+    summary = train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)
+    frame, _ = load_dataset(sabr_data)
+    test_idx = _split(len(frame), 0.02, 0.02, seed=0)[2].numpy()
+    rows = frame.iloc[test_idx]
+    net = load_surrogate(tmp_path / "run")
+    x = torch.tensor(rows[list(net.domain.input_names)].to_numpy())
+    with torch.no_grad():
+        errors = (net(x).numpy() - rows["implied_vol"].to_numpy()).__abs__() * 1e4
+    assert summary["test"]["n"] == len(errors) == 8
+    for key, value in (("mae_bp", errors.mean()), ("median_bp", np.median(errors)),
+                       ("p99_bp", np.quantile(errors, 0.99)), ("max_bp", errors.max())):  # fmt: skip
+        assert summary["test"][key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_exported_best_checkpoint_is_the_best_validation_epoch_and_says_which(sabr_data, tmp_path):
+    # its file said epoch 6 for metrics.csv's epoch 5 (the loop position after that epoch)
+    train_surrogate(sabr_data, tmp_path / "run", epochs=3, lr=0.05, **COMMON)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    best = int(metrics["val_loss"].idxmin())
+    net = load_surrogate(export_checkpoint(tmp_path / "run", which="best"))
+    assert net.training_summary["epoch"] == metrics["epoch"][best]
+    assert net.training_summary["epoch_complete"] is True
+    x, iv, _, _ = load_training_tensors(sabr_data)
+    val_idx = _split(len(iv), 0.02, 0.02, seed=0)[1]
+    with torch.no_grad():
+        val_loss = float(((net(x[val_idx]) - iv[val_idx]) * 1e4).pow(2).mean())
+    assert val_loss == pytest.approx(metrics["val_loss"][best], rel=1e-9)
+    last = load_surrogate(export_checkpoint(tmp_path / "run", which="last")).training_summary
+    assert (last["epoch"], last["global_step"]) == (2, int(metrics["step"].iloc[-1]))
+
+
+def test_fine_tuning_on_the_init_runs_dataset_with_another_split_is_refused(sabr_data, tmp_path):
+    # --init from a seed-0 run with --seed 1 tested on rows the first run had trained on
+    train_surrogate(sabr_data, tmp_path / "first", epochs=1, **COMMON)
+    tune = {"epochs": 1, "lr": 1e-4, "init": tmp_path / "first", **COMMON}
+    with pytest.raises(ValueError, match=r"with --seed 0, not 1: another split"):
+        train_surrogate(sabr_data, tmp_path / "tuned", seed=1, **tune)
+    with pytest.raises(ValueError, match=r"with test_fraction 0.02, not 0.05"):
+        train_surrogate(sabr_data, tmp_path / "tuned", test_fraction=0.05, **tune)
+    assert train_surrogate(sabr_data, tmp_path / "tuned", **tune)["seed"] == 0
+    # a file written before the split was recorded: its data path, seed and row counts
+    first = load_surrogate(tmp_path / "first")
+    old = {k: v for k, v in first.training_summary.items() if k not in ("dataset", "split")}
+    legacy = save_surrogate(first, tmp_path / "legacy.pt", training=old)
+    with pytest.raises(ValueError, match=r"split into \{'train': 384, 'val': 8, 'test': 8\}"):
+        train_surrogate(sabr_data, tmp_path / "again", **{**tune, "init": legacy},
+                        test_fraction=0.05)  # fmt: skip
+
+
+def test_a_dataset_without_two_training_rows_is_refused_naming_the_counts(tmp_path):
+    # 3 rows left one training row: NaN scalers, then a "non-finite loss" at step 0
+    data = generate(tmp_path / "ds", model="sabr", n=3, progress=False)
+    with pytest.raises(ValueError, match=r"leave 1 training rows, at least 2 are needed"):
+        train_surrogate(data, tmp_path / "run", epochs=1, **COMMON)
+
+
+def test_fit_scalers_refuses_one_row_or_a_bad_label_and_keeps_its_scalers():
+    net = build_surrogate("sabr", hidden=(4,))
+    x = torch.tensor([[0.2, 0.5, -0.3, 0.6, 1.0, 0.0], [0.3, 0.5, 0.1, 0.4, 2.0, 0.1]],
+                     dtype=torch.float64)  # fmt: skip
+    with pytest.raises(ValueError, match=r"at least 2 rows"):
+        net.fit_scalers(x[:1], torch.tensor([0.2], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"row 1 has a non-finite input or a non-positive"):
+        net.fit_scalers(x, torch.tensor([0.2, -0.1], dtype=torch.float64))
+    assert torch.equal(net.in_mean, torch.zeros_like(net.in_mean))
+    assert float(net.out_std) == 1.0
+
+
+def test_a_shard_without_a_parameter_column_is_refused_naming_it(sabr_data, tmp_path):
+    # it failed in training as pandas' KeyError "['nu'] not in index"
+    _edit_shards(sabr_data, tmp_path / "ds", lambda f: f.drop(columns=["nu"]))
+    with pytest.raises(ValueError, match=r"shard-00000.parquet lacks column\(s\) \['nu'\]"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_a_non_finite_input_is_refused_naming_column_and_row(sabr_data, tmp_path):
+    # the row was dropped without a word, as if its price had no implied vol
+    def nan_rho(frame):
+        frame.loc[5, "rho"] = np.nan
+        return frame
+
+    _edit_shards(sabr_data, tmp_path / "ds", nan_rho)
+    with pytest.raises(ValueError, match=r"column 'rho' is not finite at row 5 \(1 rows"):
+        load_training_tensors(tmp_path / "ds")
+
+
+def test_more_missing_labels_than_generation_recorded_are_refused(sabr_data, tmp_path):
+    # a third of the labels NaN'd trained on the rest without a word
+    def nan_labels(frame):
+        frame.loc[frame.index % 3 == 1, "implied_vol"] = np.nan
+        return frame
+
+    _edit_shards(sabr_data, tmp_path / "ds", nan_labels)
+    with pytest.raises(
+        ValueError, match=r"133 rows .*\(the first at row 1\), its metadata records 0"
+    ):
+        load_training_tensors(tmp_path / "ds")
+    # the rows generation could not label (recorded in the metadata) are dropped, as documented
+    meta = json.loads((tmp_path / "ds" / "metadata.json").read_text())
+    (tmp_path / "ds" / "metadata.json").write_text(json.dumps({**meta, "unlabelled": 133}))
+    _, iv, _, meta = load_training_tensors(tmp_path / "ds")
+    assert (len(iv), meta["dropped_rows"]) == (400 - 133, 133)
