@@ -1,7 +1,8 @@
 """Static-arbitrage checks on quoted smiles: call prices in strike, total variance in maturity.
 
 Both checks return a boolean mask of the quotes to remove so that the rest is free of the
-violations they test; removal is greedy (the quote whose removal leaves the least violation).
+violations they test, beyond what bid/ask spreads (where given) can absorb; removal in strike is
+greedy (the quote whose removal leaves the least violation, among equals the smoothest smile).
 
 References:
     P. Carr, D. Madan (2005), "A note on sufficient conditions for no arbitrage", Finance Research
@@ -15,21 +16,32 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pricing.black_scholes import black_price
+from pricing.black_scholes import black_implied_vol, black_price
 
 __all__ = ["calendar_violations", "strike_violations"]
 
 
-def _violations(strikes: np.ndarray, calls: np.ndarray, tolerance: float) -> tuple:
-    """Violation amounts beyond ``tolerance`` (strikes sorted, distinct): per neighbour pair of
-    ``0 >= dC/dK >= -1``, and per inner point of the strike-weighted butterfly ``>= 0``."""
+def _chord_weights(dk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of the left and right strikes of each inner point's chord (they sum to 1)."""
+    return dk[1:] / (dk[:-1] + dk[1:]), dk[:-1] / (dk[:-1] + dk[1:])
+
+
+def _violations(
+    strikes: np.ndarray, calls: np.ndarray, tolerance: float, half_spread: np.ndarray
+) -> tuple:
+    """Violation amounts beyond ``tolerance`` and what moving each price within its half spread
+    can absorb (strikes sorted, distinct): per neighbour pair of ``0 >= dC/dK >= -1``, and per
+    inner point of the strike-weighted butterfly ``>= 0``."""
     if len(strikes) < 2:
         return np.zeros(0), np.zeros(0)
     dk = np.diff(strikes)
     slope = np.diff(calls) / dk
-    pair = np.maximum(slope * dk - tolerance, 0) + np.maximum((-1 - slope) * dk - tolerance, 0)
+    slack = tolerance + half_spread[:-1] + half_spread[1:]
+    pair = np.maximum(slope * dk - slack, 0) + np.maximum((-1 - slope) * dk - slack, 0)
+    left, right = _chord_weights(dk)
     butterfly = (slope[1:] - slope[:-1]) * dk[:-1] * dk[1:] / (dk[:-1] + dk[1:])
-    return pair, np.maximum(-butterfly - tolerance, 0)
+    slack = tolerance + left * half_spread[:-2] + half_spread[1:-1] + right * half_spread[2:]
+    return pair, np.maximum(-butterfly - slack, 0)
 
 
 def _involved(pair: np.ndarray, triple: np.ndarray, n: int) -> np.ndarray:
@@ -42,26 +54,41 @@ def _involved(pair: np.ndarray, triple: np.ndarray, n: int) -> np.ndarray:
     return hit
 
 
-def _otm_prices(k: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Undiscounted out-of-the-money Black prices on a unit forward (puts below ``k = 0``)."""
+def _roughness(k: np.ndarray, vol: np.ndarray) -> float:
+    """Sum of squared steps between neighbouring second divided differences of the smile in
+    strike: near 0 on a smooth smile, large around a quote that is off it."""
+    if len(k) < 4:
+        return 0.0
+    dk = np.diff(k)
+    second = 2 * np.diff(np.diff(vol) / dk) / (dk[:-1] + dk[1:])
+    return float(np.sum(np.diff(second) ** 2))
+
+
+def _total_vols(k: np.ndarray, c: np.ndarray, forward: float) -> np.ndarray:
+    """Black total vols ``sigma sqrt(T)`` of undiscounted calls (NaN outside the price bounds)."""
+    vol = black_implied_vol(
+        price=torch.tensor(c), forward=forward, strike=torch.tensor(k), maturity=1.0
+    )
+    return vol.numpy()
+
+
+def _call_prices(k: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Undiscounted Black call prices on a unit forward (intrinsic part exact, so deep
+    in-the-money calls keep their time value)."""
     volatility = torch.tensor(np.sqrt(np.maximum(w, 0)))
     price = black_price(forward=1.0, strike=torch.tensor(np.exp(k)), maturity=1.0,
-                        volatility=volatility, is_call=torch.tensor(k >= 0))  # fmt: skip
+                        volatility=volatility)  # fmt: skip
     return price.numpy()
 
 
-def _price_floor(x: np.ndarray, y: np.ndarray, at: np.ndarray, calls: bool) -> np.ndarray:
-    """The least price at ``at`` of any smile through the nodes ``(x, y)`` (strikes sorted,
-    prices of one side) that is convex and monotone in strike: the nearest node on the cheap side
-    and the chords beside the one holding ``at``, extended; capped by that chord, above a convex
-    smile."""
+def _price_floor(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The least price at ``at`` of any smile through the nodes ``(x, y)`` (strikes sorted, call
+    prices) that is convex and decreasing in strike: the nearest node to the right and the chords
+    beside the one holding ``at``, extended; capped by that chord, above a convex smile."""
     n = len(x)
     last = np.searchsorted(x, at, side="right") - 1  # the last node at or left of `at`
     first = np.searchsorted(x, at, side="left")  # the first node at or right of `at`
-    if calls:  # calls fall in strike, puts rise
-        floor = np.where(first < n, y[np.minimum(first, n - 1)], 0.0)
-    else:
-        floor = np.where(last >= 0, y[np.maximum(last, 0)], 0.0)
+    floor = np.where(first < n, y[np.minimum(first, n - 1)], 0.0)
     i = np.clip(last, 0, max(n - 2, 0))
     for a in (i - 1, i + 1):  # chords (a, a + 1)
         ok = (a >= 0) & (a + 1 < n)
@@ -84,19 +111,58 @@ def _check_columns(**columns: np.ndarray) -> None:
             raise ValueError(f"{name}: not a finite number at index {bad[0]} ({a[bad[0]]})")
 
 
+def _worst(
+    k: np.ndarray,
+    c: np.ndarray,
+    h: np.ndarray,
+    keep: np.ndarray,
+    tol: float,
+    distance: np.ndarray,
+    vol: np.ndarray,
+) -> int | None:
+    """Index of the quote to remove next, or None when the kept quotes are free of violations."""
+    pair, triple = _violations(k[keep], c[keep], tol, h[keep])
+    if not (pair.any() or triple.any()):
+        return None
+    candidates = np.flatnonzero(keep)[_involved(pair, triple, int(keep.sum()))]
+    remaining, roughness = [], []
+    for i in candidates:
+        keep[i] = False
+        remaining.append(sum(v.sum() for v in _violations(k[keep], c[keep], tol, h[keep])))
+        roughness.append(_roughness(k[keep], vol[keep]))
+        keep[i] = True
+    # The least violation left; among equals (often several leave none) the smoothest smile left
+    # in implied vol (in price, the density's own curvature drowns a bad quote): farthest out was
+    # a coin flip between a bad quote in the middle of a smile and its neighbour.
+    order = np.lexsort((-distance[candidates], np.asarray(roughness), np.asarray(remaining)))
+    return candidates[order[0]]
+
+
 def strike_violations(
-    *, strike: np.ndarray, call: np.ndarray, forward: float, tolerance: float = 1e-6
+    *,
+    strike: np.ndarray,
+    call: np.ndarray,
+    forward: float,
+    tolerance: float = 1e-6,
+    half_spread: np.ndarray | None = None,
 ) -> np.ndarray:
     """Quotes of one expiry to drop so that undiscounted call prices are decreasing and convex.
 
-    The conditions are ``0 >= dC/dK >= -1`` between neighbours and non-negative butterflies,
-    each up to ``tolerance * forward`` in price.
+    The conditions are ``0 >= dC/dK >= -1`` between neighbours and non-negative butterflies
+    (unequal strike spacing weighted), each up to ``tolerance * forward`` in price plus what moving
+    each price within its half spread can absorb (a mid-price violation that bid and ask allow is
+    not one). Quotes are removed one at a time: the one whose removal leaves the least total
+    violation; among equals the one that leaves the smoothest implied-vol smile (least change in
+    its second differences in strike: a single bad quote, not its neighbours), then the farthest
+    from the money.
 
     Args:
         strike: strikes, shape ``(K,)``, distinct.
         call: undiscounted call prices (puts converted by parity), shape ``(K,)``.
         forward: the expiry's forward (scale of the tolerance).
         tolerance: allowed violation relative to the forward.
+        half_spread: half the undiscounted bid/ask spread of each price, shape ``(K,)``, >= 0;
+            None for none (prices taken as exact).
 
     Returns:
         Boolean mask of shape ``(K,)``, True for quotes to remove.
@@ -106,31 +172,56 @@ def strike_violations(
         >>> c = np.array([21.0, 12.5, 6.0, 7.0, 1.0])  # 110 is above 100: not decreasing
         >>> strike_violations(strike=k, call=c, forward=100.0).tolist()
         [False, False, False, True, False]
+        >>> c = np.array([21.0, 12.5, 6.0, 2.0, 2.05])  # 120 above 110 by 0.05 at mid
+        >>> strike_violations(strike=k, call=c, forward=100.0).tolist()
+        [False, False, False, False, True]
+        >>> half = np.full(5, 0.05)  # but bid/ask 0.1 wide: 110 may be 2.05, 120 2.0
+        >>> strike_violations(strike=k, call=c, forward=100.0, half_spread=half).tolist()
+        [False, False, False, False, False]
     """
-    _check_columns(strike=strike, call=call)
+    if half_spread is None:
+        half_spread = np.zeros(np.shape(strike))
+    _check_columns(strike=strike, call=call, half_spread=half_spread)
     if len(np.unique(strike)) != len(strike):
         raise ValueError("strike: the strikes of one expiry must be distinct")
+    negative = np.flatnonzero(np.asarray(half_spread, float).reshape(-1) < 0)
+    if negative.size:
+        raise ValueError(f"half_spread: negative at index {negative[0]} (ask below bid?)")
     order = np.argsort(strike)
     k, c = np.asarray(strike, float)[order], np.asarray(call, float)[order]
+    h = np.asarray(half_spread, float).reshape(-1)[order]
     keep = np.ones(len(k), dtype=bool)
     distance = np.abs(np.log(k / forward))
-    tol = tolerance * forward
-    while True:
-        pair, triple = _violations(k[keep], c[keep], tol)
-        if not (pair.any() or triple.any()):
-            break
-        # Remove the quote whose removal leaves the least total violation; ties: farthest out.
-        candidates = np.flatnonzero(keep)[_involved(pair, triple, int(keep.sum()))]
-        remaining = []
-        for i in candidates:
-            keep[i] = False
-            remaining.append(sum(v.sum() for v in _violations(k[keep], c[keep], tol)))
-            keep[i] = True
-        worst = candidates[np.lexsort((-distance[candidates], np.asarray(remaining)))[0]]
+    vol = _total_vols(k, c, forward)
+    while (worst := _worst(k, c, h, keep, tolerance * forward, distance, vol)) is not None:
         keep[worst] = False
     drop = np.empty(len(k), dtype=bool)
     drop[order] = ~keep
     return drop
+
+
+def _below_smile(
+    smile: tuple[np.ndarray, np.ndarray], k: np.ndarray, w: np.ndarray, rtol: float, atol: float
+) -> np.ndarray:
+    """Which quotes ``(k, w)`` inside the strike range of an earlier ``smile`` (sorted ``k`` and
+    its ``w``) lie below every arbitrage-free smile through it, by more than ``rtol`` in total
+    variance and ``atol`` in price on a unit forward."""
+    pk, pw = smile
+    # Compare call prices (increasing in w at fixed k) with the least price of any arbitrage-free
+    # smile through the earlier quotes: between strikes, linear interpolation of w overstates a
+    # convex smile and flagged clean surfaces. Calls on both sides of the money (puts by parity):
+    # floors from out-of-the-money prices of one side missed the quotes between the last put and
+    # the first call strike.
+    floor = _price_floor(np.exp(pk), _call_prices(pk, pw), np.exp(k))
+    below = _call_prices(k, w / (1 - rtol)) < floor - atol
+    return below & (k >= pk[0]) & (k <= pk[-1])
+
+
+def _variance_bounds(w: np.ndarray, bid: np.ndarray | None, ask: np.ndarray | None) -> tuple:
+    """Each quote's least and greatest total variance: its bid's and ask's, widened to hold ``w``."""
+    low = w if bid is None else np.minimum(np.asarray(bid, float).reshape(-1), w)
+    high = w if ask is None else np.maximum(np.asarray(ask, float).reshape(-1), w)
+    return low, high
 
 
 def calendar_violations(
@@ -139,18 +230,29 @@ def calendar_violations(
     log_moneyness: np.ndarray,
     total_variance: np.ndarray,
     rtol: float = 1e-4,
+    atol: float = 0.0,
+    total_variance_bid: np.ndarray | None = None,
+    total_variance_ask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Quotes to drop so that total implied variance is non-decreasing in maturity.
 
-    Expiries are visited in increasing order; a quote whose total variance ``sigma^2 T`` lies below
-    the previous expiry's smile (linearly interpolated in ``k = ln(K/F)``, only inside its strike
-    range) by more than ``rtol`` relative is removed.
+    Expiries are visited in increasing order; a quote is removed when, inside the ``k = ln(K/F)``
+    range of the kept quotes of some earlier expiry (every one, not just the previous: an expiry
+    quoted over a narrow range hid the wings of the one before it), its undiscounted Black call
+    price on a unit forward is below that of every arbitrage-free smile through those quotes by
+    more than ``atol``, with total variance relaxed by ``rtol``. With bid and ask variances, the
+    earlier quotes are taken at their bid and the later one at its ask: only a calendar spread
+    the bid/ask cannot explain is a violation.
 
     Args:
         maturity: year fractions, shape ``(N,)``.
         log_moneyness: ``ln(K / F)``, shape ``(N,)``.
         total_variance: ``implied_vol**2 * maturity``, shape ``(N,)``.
         rtol: relative tolerance on total variance.
+        atol: tolerance on out-of-the-money prices on a unit forward (price over forward: a
+            tick over the forward covers prices rounded to that tick).
+        total_variance_bid: total variance of each bid, shape ``(N,)``; None for ``total_variance``.
+        total_variance_ask: total variance of each ask, shape ``(N,)``; None for ``total_variance``.
 
     Returns:
         Boolean mask of shape ``(N,)``, True for quotes to remove.
@@ -161,34 +263,28 @@ def calendar_violations(
         >>> w = np.array([0.02, 0.02, 0.05, 0.015])  # the 1y quote at k = 0.1 is below the 6m smile
         >>> calendar_violations(maturity=t, log_moneyness=k, total_variance=w).tolist()
         [False, False, False, True]
+        >>> ask = np.array([0.021, 0.021, 0.052, 0.021])  # but its ask is above the 6m bids
+        >>> calendar_violations(maturity=t, log_moneyness=k, total_variance=w,
+        ...                     total_variance_bid=w, total_variance_ask=ask).tolist()
+        [False, False, False, False]
     """
-    _check_columns(maturity=maturity, log_moneyness=log_moneyness, total_variance=total_variance)
+    bounds = {"total_variance_bid": total_variance_bid, "total_variance_ask": total_variance_ask}
+    _check_columns(
+        maturity=maturity,
+        log_moneyness=log_moneyness,
+        total_variance=total_variance,
+        **{name: bound for name, bound in bounds.items() if bound is not None},
+    )
     maturity, k, w = (np.asarray(a, float) for a in (maturity, log_moneyness, total_variance))
+    low, high = _variance_bounds(w, total_variance_bid, total_variance_ask)
     drop = np.zeros(len(maturity), dtype=bool)
-    previous = None
+    earlier = []
     for t in np.unique(maturity.round(10)):
         rows = np.flatnonzero(np.isclose(maturity, t, rtol=0, atol=1e-10))
-        if previous is not None:
-            pk, pw = previous
-            inside = (k[rows] >= pk[0]) & (k[rows] <= pk[-1])
-            # Compare out-of-the-money prices (monotone in w at fixed k) with the least price of
-            # any arbitrage-free smile through the earlier quotes: between strikes, linear
-            # interpolation of w overstates a convex smile and flagged clean surfaces.
-            below = np.zeros(len(rows), dtype=bool)
-            for calls in (False, True):
-                side = (pk >= 0) == calls
-                mine = (k[rows] >= 0) == calls
-                if side.sum() and mine.any():
-                    floor = _price_floor(
-                        np.exp(pk[side]),
-                        _otm_prices(pk[side], pw[side]),
-                        np.exp(k[rows][mine]),
-                        calls,
-                    )
-                    below[mine] = _otm_prices(k[rows][mine], w[rows][mine] / (1 - rtol)) < floor
-            drop[rows] = inside & below
+        for smile in earlier:
+            drop[rows] |= _below_smile(smile, k[rows], high[rows], rtol, atol)
         kept = rows[~drop[rows]]
         if len(kept):
             order = np.argsort(k[kept])
-            previous = (k[kept][order], w[kept][order])
+            earlier.append((k[kept][order], low[kept][order]))
     return drop

@@ -353,6 +353,15 @@ def _otm_duplicates(frame: pd.DataFrame) -> np.ndarray:
     return itm & (has_otm.to_numpy() | unread)
 
 
+def _half_spread(frame: pd.DataFrame) -> np.ndarray:
+    """Half the undiscounted bid/ask spread per row (the same for a put turned into a call by
+    parity); 0 where bid or ask is missing."""
+    if not {"bid", "ask"} <= set(frame):
+        return np.zeros(len(frame))
+    spread = (frame["ask"] - frame["bid"]) / (2 * frame["discount"])
+    return spread.fillna(0.0).to_numpy(float)
+
+
 def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     is_call = (frame["option_type"] == "call").to_numpy()
     undiscounted = frame["mid"].to_numpy(float) / frame["discount"].to_numpy(float)
@@ -369,6 +378,7 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
             volatility=_tensor(frame["market_iv"]),
         ).numpy()
         calls = np.where(frame["mid"].isna(), model, calls)
+    half_spread = _half_spread(frame)
     drop = np.zeros(len(frame), dtype=bool)
     for _, rows in frame.groupby(_expiry_key(frame)).indices.items():
         # A strike quoted as call and put: check one curve preferring calls and one preferring
@@ -383,9 +393,30 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
                 call=calls[unique],
                 forward=float(sub["forward"].iloc[0]) + shift,
                 tolerance=tolerance,
+                half_spread=half_spread[unique],
             )
             drop[unique[bad]] = True
     return drop
+
+
+def _calendar_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
+    """Calendar violations of the quotes' total variances, their bid and ask vols as bounds (a
+    missing or unreadable bid or ask vol: the market vol)."""
+    shift = shifts(frame)
+    variance = {
+        name: (frame[column].fillna(frame["market_iv"]) ** 2 * frame["maturity"]).to_numpy(float)
+        for name, column in (("bid", "bid_iv"), ("ask", "ask_iv"), ("mid", "market_iv"))
+        if column in frame
+    }
+    return calendar_violations(
+        maturity=frame["maturity"].to_numpy(float),
+        log_moneyness=np.log((frame["strike"] + shift) / (frame["forward"] + shift)).to_numpy(),
+        total_variance=variance["mid"],
+        rtol=tolerance * 100,
+        atol=tolerance,
+        total_variance_bid=variance.get("bid"),
+        total_variance_ask=variance.get("ask"),
+    )
 
 
 def _check_settings(maturity_range, moneyness_range, n_pairs: int, tolerance: float) -> None:
@@ -420,8 +451,11 @@ def clean_quotes(
     narrowest bid/ask stays); strike/forward outside ``moneyness_range``; no implied vol (price
     outside the no-arbitrage bounds); in-the-money quotes whose out-of-the-money counterpart exists,
     or whose bid is below intrinsic (``otm_only``); quotes breaking monotonicity or convexity of
-    call prices in strike; quotes below the previous expiry's total variance (calendar). Forwards
-    come from parity on the quotes that pass the first filters (see :func:`parity_forwards`).
+    call prices in strike; quotes below an earlier expiry's total variance (calendar). The
+    arbitrage checks read mid prices and vols but count a violation only beyond what moving the
+    prices within their bid/ask can absorb (see :func:`pricing.quote_arbitrage.strike_violations`
+    for which quote of a violation goes). Forwards come from parity on the quotes that pass the
+    first filters (see :func:`parity_forwards`).
 
     Args:
         source: a table (any column spelling :func:`pricing.quotes.read_quotes` accepts) or a path.
@@ -430,7 +464,8 @@ def clean_quotes(
         otm_only: keep only the out-of-the-money side where both sides are quoted.
         arbitrage: apply the static-arbitrage filters.
         n_pairs: near-the-money pairs in the parity regression.
-        tolerance: arbitrage tolerance, relative to the forward (prices) and to total variance.
+        tolerance: arbitrage tolerance, relative to the forward (prices) and, times 100, to total
+            variance; for prices rounded to a tick without bid and ask, about tick / forward.
 
     Returns:
         The cleaned table, sorted by maturity and strike (columns of the input plus
@@ -467,15 +502,7 @@ def clean_quotes(
         frame = _drop(frame, _otm_duplicates(frame), "in_the_money", report)
     if arbitrage:
         frame = _drop(frame, _strike_arbitrage(frame, tolerance), "strike_arbitrage", report)
-        bad = calendar_violations(
-            maturity=frame["maturity"].to_numpy(float),
-            log_moneyness=np.log(
-                (frame["strike"] + shifts(frame)) / (frame["forward"] + shifts(frame))
-            ).to_numpy(),
-            total_variance=(frame["market_iv"] ** 2 * frame["maturity"]).to_numpy(),
-            rtol=tolerance * 100,
-        )
-        frame = _drop(frame, bad, "calendar_arbitrage", report)
+        frame = _drop(frame, _calendar_arbitrage(frame, tolerance), "calendar_arbitrage", report)
     report.n_kept = len(frame)
     frame = frame.sort_values(["maturity", "strike"], kind="stable")
     return frame.reset_index(drop=True), report

@@ -1,10 +1,14 @@
-"""Static-arbitrage checks: calendar spreads in total variance, on smiles quoted on different grids."""
+"""Static-arbitrage checks: calendar spreads in total variance, on smiles quoted on different grids;
+which quote of a call-price violation goes; bid/ask spreads."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
-from pricing.quote_arbitrage import calendar_violations
+from pricing.black_scholes import black_price
+from pricing.quote_arbitrage import calendar_violations, strike_violations
 
 
 def _smile_variance(k: np.ndarray, maturity: float) -> np.ndarray:
@@ -25,3 +29,96 @@ def test_calendar_check_flags_only_planted_quotes_between_coarse_earlier_strikes
         w[row] = factor * _smile_variance(k[row : row + 1], 1.0)[0]
     drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
     assert np.flatnonzero(drop).tolist() == sorted(planted)
+
+
+def _strike_smile() -> tuple[np.ndarray, np.ndarray]:
+    """Strikes on an uneven grid and exact Black calls of a skewed smile (F = 100, T = 0.5)."""
+    strikes = np.sort(np.concatenate([np.linspace(60.0, 140.0, 17), [99.0, 101.5, 103.0, 121.0]]))
+    k = np.log(strikes / 100.0)
+    calls = black_price(forward=100.0, strike=torch.tensor(strikes), maturity=0.5,
+                        volatility=torch.tensor(0.2 - 0.1 * k + 0.3 * k**2))  # fmt: skip
+    return strikes, calls.numpy()
+
+
+@pytest.mark.parametrize(
+    ("strike", "bump"),
+    [(75.0, 0.1), (95.0, 0.5), (100.0, 0.1), (103.0, 0.1), (120.0, 0.1), (70.0, -0.1),
+     (90.0, -0.5), (130.0, -0.1)],
+)  # fmt: skip
+def test_a_single_bad_quote_in_the_middle_of_a_smile_is_the_one_removed(
+    strike: float, bump: float
+) -> None:
+    # Removing the bad quote or a neighbour clears the violation alike; the tie went to the
+    # farther from the money, so the neighbour went and the bad quote stayed.
+    strikes, calls = _strike_smile()
+    assert not strike_violations(strike=strikes, call=calls, forward=100.0).any()
+    bad = int(np.flatnonzero(strikes == strike)[0])
+    calls[bad] += bump
+    drop = strike_violations(strike=strikes, call=calls, forward=100.0)
+    assert np.flatnonzero(drop).tolist() == [bad]
+
+
+def test_a_mid_violation_that_the_bid_ask_spread_explains_removes_nothing() -> None:
+    strikes, calls = _strike_smile()
+    bad = int(np.flatnonzero(strikes == 103.0)[0])
+    calls[bad] += 0.1  # concave by 0.057 at mid
+    assert strike_violations(strike=strikes, call=calls, forward=100.0)[bad]
+    # Bids and asks 0.06 apart: the middle's bid and the outer asks leave the butterfly at
+    # 0.03 (middle) + 0.03 (outer, weights summing to 1) above its mid, which clears it.
+    half_spread = np.full(len(strikes), 0.03)
+    drop = strike_violations(strike=strikes, call=calls, forward=100.0, half_spread=half_spread)
+    assert not drop.any()
+    drop = strike_violations(strike=strikes, call=calls, forward=100.0, half_spread=half_spread / 5)
+    assert np.flatnonzero(drop).tolist() == [bad]
+
+
+def test_calendar_check_compares_with_every_earlier_expiry_not_only_the_previous() -> None:
+    # A 1y expiry quoted only near the money hid the 6m wings from the 18m expiry: an 18m quote
+    # with half the 6m total variance at k = 0.4 passed.
+    wide, narrow = np.linspace(-0.4, 0.4, 9), np.linspace(-0.1, 0.1, 3)
+    maturity = np.concatenate([np.full(9, 0.5), np.full(3, 1.0), np.full(9, 1.5)])
+    k = np.concatenate([wide, narrow, wide])
+    w = np.concatenate(
+        [_smile_variance(wide, 0.5), _smile_variance(narrow, 1.0), _smile_variance(wide, 1.5)]
+    )
+    bad = 12 + 8
+    w[bad] = 0.5 * _smile_variance(wide[8:], 0.5)[0]
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
+    assert np.flatnonzero(drop).tolist() == [bad]
+
+
+def test_calendar_check_reads_quotes_between_the_last_put_and_first_call_strike() -> None:
+    # The floor came from one side's out-of-the-money prices: a later quote at k = 0, right of
+    # the last earlier put (k = -0.05) and left of the first earlier call (k = 0.05), was held
+    # only against the 0.05 call and passed at 3/4 of the earlier total variance.
+    earlier = np.array([-0.1, -0.05, 0.05, 0.1])
+    k = np.concatenate([earlier, [0.0]])
+    maturity = np.array([1.0, 1.0, 1.0, 1.0, 1.5])
+    w = np.array([0.04, 0.04, 0.04, 0.04, 0.03])
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
+    assert drop.tolist() == [False, False, False, False, True]
+    w[-1] = 0.0405  # above the earlier smile: kept
+    assert not calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w).any()
+
+
+def test_calendar_check_with_bid_ask_variances_keeps_what_the_spread_explains() -> None:
+    t = np.array([0.5, 0.5, 0.5, 1.0])
+    k = np.array([-0.1, 0.0, 0.1, 0.0])
+    w = np.array([0.021, 0.02, 0.021, 0.0195])  # the 1y mid is below the 6m smile
+    assert calendar_violations(maturity=t, log_moneyness=k, total_variance=w)[3]
+    bid, ask = w - 0.0004, w + 0.0004
+    drop = calendar_violations(maturity=t, log_moneyness=k, total_variance=w,
+                               total_variance_bid=bid, total_variance_ask=ask)  # fmt: skip
+    assert not drop.any()
+
+
+def test_bid_ask_inputs_are_checked_and_named() -> None:
+    strikes, calls = _strike_smile()
+    half_spread = np.full(len(strikes), 0.01)
+    half_spread[3] = -0.01
+    with pytest.raises(ValueError, match="half_spread: negative at index 3"):
+        strike_violations(strike=strikes, call=calls, forward=100.0, half_spread=half_spread)
+    with pytest.raises(ValueError, match="total_variance_ask: not a finite number at index 1"):
+        calendar_violations(maturity=np.array([0.5, 1.0]), log_moneyness=np.zeros(2),
+                            total_variance=np.full(2, 0.02),
+                            total_variance_ask=np.array([0.02, np.nan]))  # fmt: skip

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from pricing import heston
 from pricing.black_scholes import black_price
 from pricing.quote_arbitrage import calendar_violations, strike_violations
 from pricing.quote_cleaning import clean_quotes, parity_forwards, prepare_quotes
@@ -397,3 +398,59 @@ def test_option_metrics_calls_alone_without_spot_name_what_is_missing(tmp_path: 
     _option_metrics(1.0, ("call",)).to_csv(path, index=False)
     with pytest.raises(QuoteError, match=r"column 'spot'.*no call/put pairs.*give a spot"):
         clean_quotes(path)
+
+
+HESTON = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.6, "rho": -0.7}
+
+
+def _heston_surface(tick: float, both_sides: bool = False) -> pd.DataFrame:
+    """Out-of-the-money Heston quotes (calls and puts at every strike with ``both_sides``;
+    arbitrage-free; S = 100, r = 3%, q = 1%) at bid/ask one tick either side of the price rounded
+    to the tick, with exact forwards and discount factors; zero bids left out."""
+    strikes = np.arange(60.0, 162.5, 2.5)
+    rows = []
+    for maturity in (0.25, 0.5, 1.0, 2.0):
+        forward, discount = 100.0 * math.exp(0.02 * maturity), math.exp(-0.03 * maturity)
+        for is_call in (True, False) if both_sides else (strikes >= forward,):
+            is_call = np.broadcast_to(is_call, strikes.shape)
+            price = heston.price(strike=torch.tensor(strikes), maturity=maturity, spot=100.0,
+                                 rate=0.03, dividend=0.01, is_call=torch.tensor(is_call),
+                                 dtype=torch.float64, **HESTON).numpy()  # fmt: skip
+            mid = np.round(price / tick) * tick
+            rows.append(pd.DataFrame({"option_type": np.where(is_call, "call", "put"),
+                                      "strike": strikes, "maturity": maturity, "spot": 100.0,
+                                      "forward": forward, "discount": discount,
+                                      "bid": (mid - tick).round(10),
+                                      "ask": (mid + tick).round(10)}))  # fmt: skip
+    table = pd.concat(rows, ignore_index=True)
+    return table[table["bid"] > 0].reset_index(drop=True)
+
+
+def test_tick_rounded_arbitrage_free_surface_loses_no_quote_to_the_arbitrage_filters() -> None:
+    # Mids rounded to 0.05 broke convexity by up to a tick; the mid-only check removed 4 quotes
+    # that the bid/ask (one tick either side) explains.
+    table = _heston_surface(tick=0.05)
+    clean, report = clean_quotes(table)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
+    assert len(clean) == len(table)
+
+
+def test_injected_violations_on_a_tick_rounded_surface_are_exactly_the_ones_removed() -> None:
+    table = _heston_surface(tick=0.05)
+    dear = int(np.flatnonzero((table["maturity"] == 0.5) & (table["strike"] == 110.0))[0])
+    cheap = int(np.flatnonzero((table["maturity"] == 1.0) & (table["strike"] == 85.0))[0])
+    table.loc[dear, ["bid", "ask"]] += 0.5  # concave at 110
+    table.loc[cheap, ["bid", "ask"]] *= 0.6  # far below its neighbours and the 6m smile
+    clean, report = clean_quotes(table)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (2, 0)
+    assert set(range(1, len(table) + 1)) - set(clean["source_row"]) == {dear + 1, cheap + 1}
+
+
+def test_prices_rounded_to_a_tick_pass_with_a_tolerance_of_a_tick_over_the_forward() -> None:
+    # Without bid/ask, the tolerance must cover the rounding: it did for call prices in strike,
+    # but the calendar check compared total variances only, and a rounded wing price is many
+    # variance percent off (1 clean quote removed).
+    table = _heston_surface(tick=0.05, both_sides=True)
+    table = table.assign(price=(table["bid"] + table["ask"]) / 2).drop(columns=["bid", "ask"])
+    _, report = clean_quotes(table, tolerance=0.05 / 100.0)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
