@@ -142,9 +142,11 @@ def bootstrap_ci(
     if pnl.dim() != 1 or pnl.shape[0] == 0:
         raise ValueError(f"pnl must have shape (N,) with N >= 1, got {tuple(pnl.shape)}")
     n = pnl.shape[0]
+    where = generator.device if generator is not None else pnl.device
     stats = []
     for _ in range(n_resamples):
-        idx = torch.randint(n, (n,), generator=generator, device=pnl.device)
+        # drawn where the generator lives (a CPU generator cannot draw on a GPU)
+        idx = torch.randint(n, (n,), generator=generator, device=where).to(pnl.device)
         stats.append(float(metric(pnl[idx])))
     q = np.quantile(np.asarray(stats), [(1 - level) / 2, (1 + level) / 2])
     return float(q[0]), float(q[1])

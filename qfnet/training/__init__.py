@@ -44,7 +44,8 @@ Runs (``config.run_dir``)
 Data
     Tensor-backed data (a tensor, a ``TensorDataset``, ``Subset`` of them) are batched by one
     tensor index per batch, not sample by sample; other Datasets go through a DataLoader
-    (with ``pin_memory`` and 2 workers on CUDA). Batches are moved to the device by the trainer.
+    (with ``pin_memory`` and 2 workers on CUDA; tensor data already on the GPU is not pinned).
+    Batches are moved to the device by the trainer.
 
 Steps
     Each optimizer step: zero the gradients; forward and loss on each micro-batch (under

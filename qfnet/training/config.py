@@ -85,7 +85,8 @@ class TrainerConfig:
         precision: ``auto`` (mixed precision on CUDA for float32 models: bf16 where supported,
             else fp16; off on CPU/MPS), ``32`` (off), ``fp16`` (CUDA autocast + GradScaler) or
             ``bf16`` (autocast to bfloat16).
-        device: ``auto`` (CUDA, then MPS, then CPU) or a torch device name.
+        device: ``auto`` (CUDA, then MPS, then CPU; not MPS for a model holding float64
+            tensors, which MPS cannot) or a torch device name.
         seed: One seed for python, numpy, torch and the data order.
         deterministic: Ask torch for deterministic algorithms during fit and evaluate (slower;
             errors on ops without one); the previous setting is restored after each call.

@@ -23,6 +23,7 @@ __all__ = [
     "check_indexable",
     "eval_loader",
     "known_length",
+    "off_cpu",
     "split_dataset",
     "tensor_backed",
 ]
@@ -150,6 +151,22 @@ def tensor_backed(data: Any) -> bool:
     if isinstance(data, (torch.Tensor, TensorDataset)):
         return True
     return isinstance(data, Subset) and tensor_backed(data.dataset)
+
+
+def off_cpu(data: Any) -> bool:
+    """True for tensor-backed data (see :func:`tensor_backed`) held on another device than the
+    CPU: its batches cannot be pinned (``pin_memory`` raises on a CUDA tensor).
+
+    Examples:
+        >>> off_cpu(TensorDataset(torch.zeros(4, 2, device="meta"))), off_cpu(torch.zeros(4))
+        (True, False)
+    """
+    while isinstance(data, Subset):
+        data = data.dataset
+    tensors = (data,) if isinstance(data, torch.Tensor) else getattr(data, "tensors", ())
+    return isinstance(data, (torch.Tensor, TensorDataset)) and any(
+        t.device.type != "cpu" for t in tensors
+    )
 
 
 def known_length(data: Any) -> int | None:

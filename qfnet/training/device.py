@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "accumulation_dtype",
+    "check_float64_device",
     "deterministic_algorithms",
     "move_to_device",
     "resolve_device",
@@ -21,7 +23,8 @@ __all__ = [
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """The torch device for a name; ``auto`` picks CUDA, then MPS, then CPU.
+    """The torch device for a name; ``auto`` picks CUDA, then MPS, then CPU (the Trainer then
+    trades MPS for the CPU if the model holds float64 tensors: see :func:`check_float64_device`).
 
     Under ``torchrun`` on CUDA, ``auto`` and ``cuda`` mean ``cuda:$LOCAL_RANK``.
 
@@ -63,6 +66,44 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "mps" and not _mps_available():
         raise ValueError(f"device: {name!r} requested but MPS is not available")
     return device
+
+
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the trainer sums losses and metrics in: float64, except float32 on MPS, which
+    has no float64 (creating or converting to a float64 MPS tensor raises a TypeError).
+
+    Examples:
+        >>> accumulation_dtype(torch.device("cpu")), accumulation_dtype(torch.device("mps"))
+        (torch.float64, torch.float32)
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def check_float64_device(
+    device: torch.device, requested: str | torch.device, *modules: object
+) -> torch.device:
+    """``device``, unless it is MPS (which has no float64) and a module holds a float64 tensor:
+    then the CPU if ``requested`` was ``auto``, else a ValueError naming the tensor.
+
+    Examples:
+        >>> check_float64_device(torch.device("mps"), "auto", torch.nn.Linear(1, 1).double())
+        device(type='cpu')
+        >>> check_float64_device(torch.device("mps"), "mps", torch.nn.Linear(1, 1).double())
+        Traceback (most recent call last):
+        ...
+        ValueError: device: 'mps' has no float64, and the model's tensor 'weight' is float64; ...
+    """
+    if device.type != "mps":
+        return device
+    wide = next((name for m in modules if isinstance(m, torch.nn.Module)
+                 for name, t in [*m.named_parameters(), *m.named_buffers()]
+                 if t.dtype == torch.float64), None)  # fmt: skip
+    if wide is None:
+        return device
+    if str(requested) == "auto":
+        return torch.device("cpu")
+    raise ValueError(f"device: {str(requested)!r} has no float64, and the model's tensor "
+                     f"{wide!r} is float64; train on device='cpu' (or in float32)")  # fmt: skip
 
 
 def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module) -> str:

@@ -160,6 +160,7 @@ def _floats(values: list[Any]) -> list[float]:
     if not isinstance(values[0], torch.Tensor):
         return [float(v) for v in values]
     try:
-        return torch.stack(values).detach().double().cpu().tolist()
+        # to the CPU first: MPS has no float64 (its .double() raises a TypeError)
+        return torch.stack(values).detach().cpu().double().tolist()
     except RuntimeError:  # mixed dtypes or devices
         return [float(v) for v in values]

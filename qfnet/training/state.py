@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import RandomSampler
 
 from qfnet.training.checkpoint import CheckpointError, get_rng_state, set_rng_state
+from qfnet.training.device import accumulation_dtype
 from qfnet.training.step import EpochLoss, History
 
 if TYPE_CHECKING:
@@ -187,7 +188,9 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     trainer.epoch, trainer.global_step = loop["epoch"], loop["global_step"]
     trainer.batch_in_epoch, trainer.step_in_epoch = loop["batch_in_epoch"], loop["step_in_epoch"]
     trainer.should_stop = loop["should_stop"]
-    trainer._train_sums = loop["train_sums"].to(trainer.device)
+    # cast where they are (the CPU for MPS, which holds no float64), then moved
+    sums = loop["train_sums"].to(accumulation_dtype(trainer.device))
+    trainer._train_sums = sums.to(trainer.device)
     if not trainer.dist.is_global_zero:  # the saved sums are already reduced over ranks
         trainer._train_sums.zero_()
     trainer._epoch_loss = EpochLoss()

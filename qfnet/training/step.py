@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qfnet.training.device import accumulation_dtype
+
 __all__ = [
     "EpochLoss",
     "ForwardFn",
@@ -223,7 +225,8 @@ def global_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     try:
         return torch.linalg.vector_norm(torch.stack(norms))
     except RuntimeError:  # mixed dtypes or devices
-        norms = [n.to(dtype=torch.float64, device=norms[0].device) for n in norms]
+        dtype = accumulation_dtype(norms[0].device)
+        norms = [n.to(dtype=dtype, device=norms[0].device) for n in norms]
         return torch.linalg.vector_norm(torch.stack(norms))
 
 
@@ -248,16 +251,18 @@ class EpochLoss:
         self.weights.append(weight)
 
     def sums(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sum of loss * weight, sum of weights)`` in float64 on ``device``."""
-        zero = torch.zeros((), dtype=torch.float64, device=device)
+        """``(sum of loss * weight, sum of weights)`` on ``device``, in float64 (float32 on MPS,
+        which has no float64)."""
+        dtype = accumulation_dtype(device)
+        zero = torch.zeros((), dtype=dtype, device=device)
         if not self.losses:
             return zero, zero
-        losses = torch.stack([x.to(torch.float64) for x in self.losses])  # (S,)
+        losses = torch.stack([x.to(dtype) for x in self.losses])  # (S,)
         if all(isinstance(w, int) for w in self.weights):
-            weights = torch.tensor(self.weights, dtype=torch.float64, device=device)
+            weights = torch.tensor(self.weights, dtype=dtype, device=device)
         else:
             weights = torch.stack([torch.as_tensor(w, device=device) for w in self.weights])
-            weights = weights.to(torch.float64)
+            weights = weights.to(dtype)
         return (losses * weights).sum(), weights.sum()
 
 

@@ -31,9 +31,12 @@ from qfnet.training.data import (
     check_indexable,
     eval_loader,
     known_length,
+    off_cpu,
     tensor_backed,
 )
 from qfnet.training.device import (
+    accumulation_dtype,
+    check_float64_device,
     deterministic_algorithms,
     move_to_device,
     resolve_device,
@@ -190,7 +193,9 @@ class Trainer:
         if self._runtime_ready:
             return
         cfg = self.config
-        self.device = resolve_device(cfg.device)
+        self.device = check_float64_device(
+            resolve_device(cfg.device), cfg.device, self.model, self.loss
+        )
         self.dist: DistInfo = init_distributed(cfg.distributed, self.device)
         self.precision = resolve_precision(cfg.precision, self.device, self.model)
         self.model.to(self.device)
@@ -220,12 +225,14 @@ class Trainer:
 
     def _loader_kwargs(self, data: DataSource) -> dict[str, Any]:
         """Pinned memory on CUDA; 2 workers there by default, except for tensor-backed data
-        (fetched by one tensor index per batch, where workers only add start-up time)."""
+        (fetched by one tensor index per batch, where workers only add start-up time). Tensor
+        data already on a GPU is not pinned: ``pin_memory`` raises on a CUDA tensor."""
         cuda = self.device.type == "cuda"
         workers = self.config.num_workers
         if workers is None:
             workers = 2 if cuda and not tensor_backed(data) else 0
-        return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
+        pin = cuda and not off_cpu(data)
+        return {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0}
 
     def _setup_fit(self, train_data: DataSource, val_data: DataSource | None) -> None:
         cfg = self.config
@@ -327,7 +334,9 @@ class Trainer:
         """The epoch loop of :meth:`fit` (resuming from ``path`` when given), with its hooks."""
         try:
             if path is not None:
-                restore_trainer(self, ckpt.load_checkpoint(path, map_location=self.device), path)
+                # MPS cannot hold the checkpoint's float64 tensors: read it to the CPU there
+                where = "cpu" if self.device.type == "mps" else self.device
+                restore_trainer(self, ckpt.load_checkpoint(path, map_location=where), path)
             self.call("on_fit_start")
             while self.epoch < self.config.max_epochs and not self._stop_requested():
                 if not self._run_epoch():
@@ -372,7 +381,8 @@ class Trainer:
         return sums
 
     def _zero_sums(self) -> torch.Tensor:
-        return torch.zeros(2 + 2 * len(self.metrics), dtype=torch.float64, device=self.device)
+        dtype = accumulation_dtype(self.device)
+        return torch.zeros(2 + 2 * len(self.metrics), dtype=dtype, device=self.device)
 
     def _run_epoch(self) -> bool:
         """One epoch: train, validate, schedule, hooks. False if stopped mid-epoch."""

@@ -107,9 +107,10 @@ def test_train_with_bad_config_names_the_key(tmp_path: Path) -> None:
     assert "no trained hedging model" in missing.output
 
 
-def test_bootstrap_interval_covers_the_closed_form_es() -> None:
+def test_bootstrap_interval_covers_the_closed_form_es(device) -> None:
+    # a CPU generator with P&Ls on a GPU: torch.randint(device="cuda", generator=<cpu>) raised
     g = torch.Generator().manual_seed(1)
-    pnl = torch.randn(20_000, generator=g, dtype=torch.float64)
+    pnl = torch.randn(20_000, generator=g, dtype=torch.float64).to(device)
     lo, hi = bootstrap_ci(pnl, lambda p: F.expected_shortfall(p, 0.95), generator=g)
     exact = 2.0627128  # phi(1.6449) / 0.05 for a standard normal
     assert lo < exact < hi

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from qfnet.training import Trainer, TrainerConfig, load_checkpoint
 
@@ -118,6 +118,32 @@ def test_loaders_pin_memory_and_use_workers_on_cuda():
     trainer.fit(_data())  # tensor-backed: pinned, fetched in the main process
     loader = trainer._train.loader
     assert loader.pin_memory and loader.num_workers == 0
+
+
+@pytest.mark.cuda
+@cuda
+def test_tensor_data_already_on_the_gpu_trains_unpinned():
+    # DataLoader(pin_memory=True) raised "cannot pin 'torch.cuda.FloatTensor'" on such batches
+    cfg = TrainerConfig(
+        max_epochs=3, batch_size=32, device="cuda", precision="32", progress_bar=False
+    )
+    train, val = (TensorDataset(*(t.cuda() for t in d.tensors)) for d in (_data(), _data(64)))
+    trainer = Trainer(_model(), loss=nn.MSELoss(), config=cfg)
+    history = trainer.fit(train, Subset(val, range(48)))
+    assert not trainer._train.loader.pin_memory
+    assert history["val_loss"][-1] < history["val_loss"][0]
+
+
+def test_loader_pins_cpu_tensor_data_for_cuda_but_not_data_held_on_a_device():
+    # A CUDA trainer is emulated by its device attribute, a GPU-resident dataset by meta
+    # tensors: pin_memory=True raises on a CUDA tensor.
+    trainer = Trainer(_model(), loss=nn.MSELoss(), config=TrainerConfig(device="cpu"))
+    trainer.device = torch.device("cuda")
+    on_device = TensorDataset(torch.zeros(8, 3, device="meta"), torch.zeros(8, 1, device="meta"))
+    assert trainer._loader_kwargs(_data(8))["pin_memory"]
+    assert not trainer._loader_kwargs(on_device)["pin_memory"]
+    assert not trainer._loader_kwargs(Subset(on_device, [0, 2]))["pin_memory"]
+    assert not trainer._loader_kwargs(torch.zeros(8, 3, device="meta"))["pin_memory"]
 
 
 def test_fp16_is_refused_off_cuda():

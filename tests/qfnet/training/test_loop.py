@@ -283,6 +283,30 @@ def test_resolve_device_by_name_and_auto():
             resolve_device("cuda")
 
 
+def test_auto_device_trains_a_float64_model_on_the_cpu_rather_than_mps(
+    monkeypatch, regression, mlp, sq_error
+):
+    # MPS has no float64: on a Mac "auto" moved a float64 model there, and model.to raised
+    import qfnet.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_device", lambda name="auto": torch.device("mps"))
+    cfg = TrainerConfig(max_epochs=2, batch_size=16, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    history = trainer.fit(regression(n=32))
+    assert trainer.device == torch.device("cpu") and len(history) == 2
+    explicit = Trainer(mlp(), loss=sq_error, config=TrainerConfig(device="mps"))
+    with pytest.raises(ValueError, match=r"'mps' has no float64.*tensor '0\.weight' is float64"):
+        explicit.evaluate(regression(n=8))
+
+
+def test_losses_and_metrics_are_summed_in_float64_except_on_mps():
+    from qfnet.training.device import accumulation_dtype
+
+    assert accumulation_dtype(torch.device("cpu")) == torch.float64
+    assert accumulation_dtype(torch.device("cuda", 0)) == torch.float64
+    assert accumulation_dtype(torch.device("mps")) == torch.float32  # MPS has no float64
+
+
 def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
     # torchrun --nproc-per-node 2 on a one-GPU machine: rank 1 must not get "invalid ordinal"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
