@@ -6,8 +6,10 @@ Levenberg-Marquardt from QuantLib's test start) vs ``direct`` (with the calibrat
 global start, and with the Sobol scan only) and ``surrogate`` (polished) per surface, and
 ``direct`` and ``network`` on all surfaces in one :func:`pricing.calibration.calibrate_many`
 call. (The unpolished surrogate cannot fit these surfaces: its domain excludes the 30-day wings.)
-SABR: 11-strike smiles, ``direct`` (one smile; and many in one batch) vs scipy ``least_squares``
-over ``ql.sabrVolatility``.
+SABR: 11-strike smiles, ``direct`` (one smile; and many in one batch, packing the quote table
+included) vs scipy ``least_squares`` over ``ql.sabrVolatility`` (through
+:func:`pricing.quantlib.sabr_vol`, whose per-element numpy indexing makes the reference slower
+than a loop over plain floats would be: about 1.7x on a 2-core EPYC).
 
 Times are CPU (process) times, best of a few repeats: on a shared machine wall times mostly
 measure the other tenants; with ``--threads 1`` both sides are single-threaded.
@@ -134,8 +136,13 @@ def _smiles(n: int, rng: np.random.Generator) -> pd.DataFrame:
 
 
 def bench_sabr(n_smiles: int, n_reference: int, seed: int) -> dict:
+    """Per smile, both sides from the quote table: the reference's share of splitting it into
+    smiles is added to each of its fits, and the batched fit's time includes packing the table
+    into padded tensors (:func:`smile_batch`, as ``calibrate`` does; about as long as the fit)."""
     table = _smiles(n_smiles, np.random.default_rng(seed))
+    start = time.process_time()
     groups = [g for _, g in table.groupby("maturity", sort=True)]
+    split_s = (time.process_time() - start) / len(groups)
     # warm-up (lazy imports such as scipy.optimize, caches) outside the timings, on both sides
     fit_smile_scipy(forward=0.03, strike=groups[0]["strike"].to_numpy(),
                     maturity=float(groups[0]["maturity"].iloc[0]),
@@ -147,7 +154,7 @@ def bench_sabr(n_smiles: int, n_reference: int, seed: int) -> dict:
         _, vols, _, _ = fit_smile_scipy(forward=0.03, strike=g["strike"].to_numpy(),
                                         maturity=float(g["maturity"].iloc[0]),
                                         market_iv=g["market_iv"].to_numpy(), beta=0.5)  # fmt: skip
-        reference_s.append(time.process_time() - start)
+        reference_s.append(time.process_time() - start + split_s)
         reference_rmse.append(np.sqrt(np.mean((vols - g["market_iv"].to_numpy()) ** 2)) * 1e4)
     single_s, single_rmse = [], []
     for g in groups[:n_reference]:
@@ -155,8 +162,9 @@ def bench_sabr(n_smiles: int, n_reference: int, seed: int) -> dict:
         fit = calibrate("sabr", g.reset_index(drop=True), beta=0.5)
         single_s.append(time.process_time() - start)
         single_rmse.append(fit.rmse_iv_bp)
-    batch = smile_batch(table, np.ones(len(table)))
     start = time.process_time()
+    batch = smile_batch(table, np.ones(len(table)))
+    pack_s = (time.process_time() - start) / len(groups)
     _, vols, _, _ = fit_smiles(batch, beta=0.5)
     batch_s = (time.process_time() - start) / len(groups)
     batch_rmse = torch.sqrt(((vols - batch.market_iv) ** 2).mean(-1)).numpy() * 1e4
@@ -166,6 +174,7 @@ def bench_sabr(n_smiles: int, n_reference: int, seed: int) -> dict:
         "scipy_quantlib_ms_per_smile": 1e3 * ref,
         "direct_single_ms_per_smile": 1e3 * float(np.mean(single_s)),
         "direct_batched_ms_per_smile": 1e3 * batch_s,
+        "direct_batched_packing_ms_per_smile": 1e3 * pack_s,
         "speedup_single": ref / float(np.mean(single_s)),
         "speedup_batched": ref / batch_s,
         "max_rmse_excess_single_bp": float(np.max(np.subtract(single_rmse, reference_rmse))),
@@ -213,6 +222,7 @@ def main() -> None:
             <= 0.01,
             "heston_batched_0.2ms": heston["batched"]["direct"]["ms_per_surface"] <= 0.2,
             "sabr_speedup_10x_batched": sabr["speedup_batched"] >= 10,
+            "sabr_batched_rmse_within_0.01bp": sabr["max_rmse_excess_batched_bp"] <= 0.01,
             "sabr_speedup_10x_single": sabr["speedup_single"] >= 10,
         },
         "threads": args.threads,

@@ -4,9 +4,10 @@ path-steps per second against the machine's normal-random-number limit.
 1. Heston European call, 252 steps, float64. Work to reach a given standard error is
    ``seconds * std_error^2`` (variance times time); the speed-up at equal standard error is
    QuantLib's work over ours. QuantLib runs plain and antithetic (QE-martingale scheme, pseudo-random);
-   the headline compares our best configuration with QuantLib's best. Ours run eager and with
-   the compiled QE step (``compile=True``, compiled before the timing). Bias is checked against
-   the semi-analytic price (:func:`pricing.heston.price`): |bias| within 2 standard errors.
+   the headline compares our best configuration (of those within 2 standard errors of the
+   semi-analytic price, :func:`pricing.heston.price`) with QuantLib's best. Ours run eager and
+   with the compiled QE step (``compile=True``, compiled before the timing). Both
+   sides: the fastest of the same number of runs (QuantLib's times cover ``NPV()`` only).
 2. float32 Heston QE path simulation (two normals per step) in path-steps per second, as a fraction
    of ``torch.randn`` throughput / 2 measured in the same run (interleaved repeats); eager and
    ``compile=True``, streaming the chunks as the pricer does (``reuse_buffers``: each chunk
@@ -53,11 +54,13 @@ def _best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
     return best, out
 
 
-def _quantlib_rows(n_paths: int) -> list[dict]:
+def _quantlib_rows(n_paths: int, repeats: int) -> list[dict]:
+    """QuantLib's runs, each the fastest of ``repeats`` (same seed: same price), as ours are."""
     rows = []
     for antithetic in (False, True):
-        res = qlib.heston_mc_price(strike=STRIKE, **PARAMS, n_paths=n_paths, n_steps=STEPS,
-                                   antithetic=antithetic)  # fmt: skip
+        runs = [qlib.heston_mc_price(strike=STRIKE, **PARAMS, n_paths=n_paths, n_steps=STEPS,
+                                     antithetic=antithetic) for _ in range(repeats)]  # fmt: skip
+        res = min(runs, key=lambda run: run.seconds)
         rows.append({"engine": "quantlib" + (" antithetic" if antithetic else ""),
                      "seconds": res.seconds, "price": res.price, "std_error": res.std_error,
                      "n_paths": n_paths})  # fmt: skip
@@ -92,8 +95,9 @@ def _our_rows(n_paths: int, repeats: int) -> list[dict]:
 
 def heston_vs_quantlib(quick: bool) -> dict:
     analytic = heston.price(strike=STRIKE, **PARAMS).item()
-    rows = _quantlib_rows(4_000 if quick else 20_000) + _our_rows(
-        8_192 if quick else 65_536, 1 if quick else 2
+    repeats = 1 if quick else 2
+    rows = _quantlib_rows(4_000 if quick else 20_000, repeats) + _our_rows(
+        8_192 if quick else 65_536, repeats
     )
     for row in rows:
         row["path_steps_per_s"] = row["n_paths"] * STEPS / row["seconds"]
@@ -112,7 +116,9 @@ def heston_vs_quantlib(quick: bool) -> dict:
               f"{r['path_steps_per_s'] / 1e6:13.2f} {r['price']:9.4f} {r['std_error']:8.5f} "
               f"{r['bias_z']:5.1f} {speedups}")  # fmt: skip
     ours = [r for r in rows if r["engine"].startswith("qfnet")]
-    best = max(ours, key=lambda r: r["speedup_vs_ql_best"])
+    # a speed-up with a biased price does not count (as in bench_gpu): the best within 2 SE
+    unbiased = [r for r in ours if abs(r["bias_z"]) <= 2.0] or ours
+    best = max(unbiased, key=lambda r: r["speedup_vs_ql_best"])
     return {"analytic": analytic, "rows": rows, "best": best["engine"],
             "speedup": best["speedup_vs_ql_best"], "bias_z": best["bias_z"],
             "plain_speedup": ours[0]["speedup_vs_ql_plain"]}  # fmt: skip

@@ -7,7 +7,8 @@ kernel; compile time reported separately), QuantLib's loop on a 200k subset, and
 / relative difference to QuantLib (QuantLib's own error dominates it: it evaluates z / x(z) directly
 and loses up to ~1e-9 relative for small |z|, e.g. small nu; ours matches a 40-digit evaluation).
 Default one torch thread, like QuantLib's loop; on a busy shared machine more intra-op threads
-than free cores make torch many times slower.
+than free cores make torch many times slower. ``meets_target``: the better ratio, the compiled one
+only where its vols match the eager ones to 1e-12 relative.
 
 Usage: python benchmarks/bench_sabr.py [--quick] [--threads N] [--no-compile]
 """
@@ -29,6 +30,7 @@ from _common import best_time, emit
 from pricing import sabr
 
 TARGET_RATIO = 10.0
+COMPILED_REL_TOL = 1e-12
 
 
 def make_cases(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -125,7 +127,9 @@ def main() -> None:
             "compile_seconds": compile_s,
             "compiled_max_rel_diff_vs_eager": float(np.abs(fused / ours - 1).max()),
         }
-    best = max(summary.get("ratio_compiled", 0.0), summary["ratio_eager"])
+    # the compiled kernel counts only where it gives the eager vols (a fused kernel may reorder)
+    same = summary.get("compiled_max_rel_diff_vs_eager", np.inf) <= COMPILED_REL_TOL
+    best = max(summary["ratio_compiled"] if same else 0.0, summary["ratio_eager"])
     summary["meets_target"] = best >= TARGET_RATIO
     emit("sabr", rows, summary)
 
