@@ -119,9 +119,7 @@ def call_flag(is_call: object) -> bool:
     return bool(flags.reshape(()))
 
 
-def is_call_tensor(
-    is_call: bool | torch.Tensor | np.ndarray | Sequence[bool], like: torch.Tensor
-) -> torch.Tensor:
+def is_call_tensor(is_call: bool | TensorLike, like: torch.Tensor) -> torch.Tensor:
     """Return a boolean tensor for ``is_call`` (see :func:`call_flags`) on ``like``'s device,
     broadcast with ``like``'s shape (either may be the larger)."""
     flags = call_flags(is_call, device=like.device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -38,7 +38,9 @@ def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: 
 
 
 def _check_all(
-    requirement: str, test: Callable[[torch.Tensor], torch.Tensor], named: dict[str, torch.Tensor]
+    requirement: str,
+    test: Callable[[torch.Tensor], torch.Tensor],
+    named: Mapping[str, torch.Tensor | float],
 ) -> None:
     for name, values in named.items():
         values = torch.as_tensor(values)
@@ -55,8 +57,8 @@ def check_nonnegative(**named: torch.Tensor) -> None:
     _check_all("finite and >= 0", lambda v: torch.isfinite(v) & (v >= 0), named)
 
 
-def check_finite(**named: torch.Tensor) -> None:
-    """Require every element of each named tensor to be finite (no NaN or inf)."""
+def check_finite(**named: torch.Tensor | float) -> None:
+    """Require every element of each named tensor (or float) to be finite (no NaN or inf)."""
     _check_all("finite", torch.isfinite, named)
 
 

@@ -67,7 +67,7 @@ def black_price(
     maturity: TensorLike,
     volatility: TensorLike,
     discount: TensorLike = 1.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Black-76 price ``D * (F N(d1) - K N(d2))`` (calls) of options on a forward.
 
@@ -81,7 +81,8 @@ def black_price(
         maturity: time to expiry in years, > 0.
         volatility: Black volatility, >= 0.
         discount: discount factor to expiry, > 0.
-        is_call: True for calls, False for puts (bool or boolean tensor).
+        is_call: True for calls, False for puts: a bool, or flags (booleans or 0/1) broadcast
+            with the other inputs, as a tensor, array or list.
 
     Shape:
         All inputs broadcast; the output has the broadcast shape.
@@ -118,7 +119,7 @@ def price(
     volatility: TensorLike,
     rate: TensorLike = 0.0,
     dividend: TensorLike = 0.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Black-Scholes-Merton price of European options on a spot with continuous dividend yield.
 
@@ -147,7 +148,7 @@ def greeks(
     volatility: TensorLike,
     rate: TensorLike = 0.0,
     dividend: TensorLike = 0.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
 ) -> Greeks:
     """Closed-form Black-Scholes-Merton greeks.
 
@@ -200,7 +201,7 @@ def implied_vol_with_status(
     strike: TensorLike,
     maturity: TensorLike,
     discount: TensorLike = 1.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
     initial_vol: TensorLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Black implied volatility and a status code per option (see ``IV_STATUS`` for the reasons).
@@ -268,7 +269,7 @@ def black_implied_vol(
     strike: TensorLike,
     maturity: TensorLike,
     discount: TensorLike = 1.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
     initial_vol: TensorLike | None = None,
 ) -> torch.Tensor:
     """Black implied volatility of options on a forward; NaN where no volatility reproduces the price.
@@ -303,7 +304,7 @@ def implied_vol(
     maturity: TensorLike,
     rate: TensorLike = 0.0,
     dividend: TensorLike = 0.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
 ) -> torch.Tensor:
     """Black-Scholes-Merton implied volatility from spot, rate and dividend yield; NaN if unsolvable.
 

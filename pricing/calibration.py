@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +114,10 @@ def _reach(width: np.ndarray, bound: np.ndarray) -> np.ndarray:
 
 
 def bounds_reached(
-    names: Sequence[str], values: np.ndarray, lower: np.ndarray, upper: np.ndarray
+    names: Sequence[str],
+    values: np.ndarray,
+    lower: np.ndarray | torch.Tensor,
+    upper: np.ndarray | torch.Tensor,
 ) -> dict[str, Any]:
     """The parameters that ended on a bound of their box (a sign of a poor fit or of a box too
     narrow for the quotes: a kappa pinned at its upper bound), for :attr:`FitOutput.at_bounds`.
@@ -242,7 +246,7 @@ def register_method(
 
 
 StartProvider = Callable[[CalibrationProblem], Mapping[str, float] | None]
-ManyStartProvider = Callable[[Sequence[CalibrationProblem]], list[Mapping[str, float] | None]]
+ManyStartProvider = Callable[[Sequence[CalibrationProblem]], Sequence[Mapping[str, float] | None]]
 _STARTS: dict[str, dict[str, tuple[StartProvider, ManyStartProvider | None]]] = {}
 
 
@@ -316,7 +320,7 @@ def proposed_starts_many(
     return out
 
 
-BatchFitFunction = Callable[[Sequence[CalibrationProblem]], list[FitOutput]]
+BatchFitFunction = Callable[[list[CalibrationProblem]], list[FitOutput]]
 _BATCH_REGISTRY: dict[tuple[str, str], BatchFitFunction] = {}
 
 
@@ -595,13 +599,13 @@ _NEEDED = ("strike", "maturity", "forward", "discount", "market_iv", "option_typ
 which names what is missing)."""
 
 
-def _prepare(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, int]:
+def _prepare(quotes: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, int]:
     """Quotes with market implied vols; rows without one are dropped and counted."""
     table, usable = _prepare_rows(quotes)
     return table, int((~usable).sum())
 
 
-def _prepare_rows(quotes: pd.DataFrame | str) -> tuple[pd.DataFrame, np.ndarray]:
+def _prepare_rows(quotes: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`_prepare`, with which input rows were kept ``(R,)`` in place of their count.
 
     A prepared table's ``market_iv`` is refreshed from ``implied_vol`` where that is given (the
@@ -659,7 +663,7 @@ def _weights_per_table(weights: Weights | Sequence[Weights], n_tables: int) -> l
 
 def calibrate(
     model: str,
-    quotes: pd.DataFrame | str,
+    quotes: pd.DataFrame | str | Path,
     *,
     method: str = "direct",
     weights: Weights = "equal",
@@ -725,7 +729,7 @@ def calibrate(
 
 def calibrate_many(
     model: str,
-    quotes: Sequence[pd.DataFrame | str],
+    quotes: Sequence[pd.DataFrame | str | Path],
     *,
     method: str = "direct",
     weights: Weights | Sequence[Weights] = "equal",

@@ -18,7 +18,7 @@ function theorem; undiscounted Black vega at the model vol, forward 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -213,7 +213,7 @@ def _check_packing(weights: list[np.ndarray], sizes: np.ndarray, vol: np.ndarray
 
 
 def _box(
-    bounds: dict[str, tuple[float, float]] | None, device: torch.device | None = None
+    bounds: Mapping[str, tuple[float, float]] | None, device: torch.device | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds ``(5,)`` each, on ``device``."""
     box = DEFAULT_BOUNDS | dict(bounds or {})
@@ -436,7 +436,7 @@ def _finalists(cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int) -> tor
 def calibrate_surfaces(
     surfaces: HestonSurfaces,
     *,
-    bounds: dict[str, tuple[float, float]] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
     x0: torch.Tensor | None = None,
     seed: int = 0,
     n_scan: int = 256,

@@ -384,7 +384,7 @@ def _bridge_extremum(
 
 def _path_blocks(
     paths: torch.Tensor, per_path: TensorLike | None
-) -> Iterator[tuple[torch.Tensor, TensorLike | None]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Blocks of about :data:`_BLOCK_ELEMENTS` path values, row-major, each with its rows of
     ``per_path`` (a tensor whose first dimension is N; anything else is passed whole).
 

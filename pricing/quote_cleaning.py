@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -433,7 +434,7 @@ def _check_settings(maturity_range, moneyness_range, n_pairs: int, tolerance: fl
 
 
 def clean_quotes(
-    source: pd.DataFrame | str,
+    source: pd.DataFrame | str | Path,
     *,
     maturity_range: tuple[float, float] = (1 / 365, 30.0),
     moneyness_range: tuple[float, float] = (0.5, 2.0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ class QuoteError(ValueError):
         row: int | None = None,
         line: int | None = None,
         column: str | None = None,
-        source: str | None = None,
+        source: str | Path | None = None,
     ) -> None:
         self.row, self.line, self.column, self.reason = row, line, column, reason
         where = []
@@ -305,7 +306,7 @@ def _normalise_option_type(frame: pd.DataFrame, locate: _Locator) -> None:
     frame["option_type"] = mapped
 
 
-def call_flags(option_type: pd.Series | list[object]) -> np.ndarray:
+def call_flags(option_type: pd.Series | np.ndarray | Sequence[object]) -> np.ndarray:
     """Calls (True) per row of an ``option_type`` column as :func:`read_quotes` leaves it,
     ``'call'`` or ``'put'``, shape (N,); anything else (a raw ``C``, a gap) is a
     :class:`QuoteError` naming the row, not a put.
@@ -322,12 +323,12 @@ def call_flags(option_type: pd.Series | list[object]) -> np.ndarray:
     return np.asarray(kind, dtype=object) == "call"
 
 
-def _plain_list(values: pd.Series | np.ndarray | list[object]) -> list[object]:
+def _plain_list(values: pd.Series | np.ndarray | Sequence[object]) -> list[object]:
     """Python values (not numpy scalars, whose repr in messages is ``np.str_('C')``)."""
     return values.tolist() if isinstance(values, pd.Series | np.ndarray) else list(values)
 
 
-def short_call_flags(option_type: pd.Series | list[object]) -> np.ndarray:
+def short_call_flags(option_type: pd.Series | np.ndarray | Sequence[object]) -> np.ndarray:
     """Calls (True) per row of an ``option_type`` column not read by :func:`read_quotes`:
     ``call``/``put`` or ``C``/``P`` in any case and spacing, shape (N,); anything else is a
     ``ValueError`` naming the value and the row.

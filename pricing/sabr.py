@@ -530,7 +530,7 @@ def price(
     nu: TensorLike,
     shift: TensorLike = 0.0,
     discount: TensorLike = 1.0,
-    is_call: bool | torch.Tensor = True,
+    is_call: bool | TensorLike = True,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,7 @@ def _cached_network(path: Path, stamp: int | None) -> CalibrationNetwork:
     return load_network(path)
 
 
-def _clip(params: dict[str, float], bounds: dict[str, tuple[float, float]] | None) -> None:
+def _clip(params: dict[str, float], bounds: Mapping[str, tuple[float, float]] | None) -> None:
     for name, (low, high) in (bounds or {}).items():
         if name not in params:
             raise ValueError(f"unknown Heston parameter in bounds: {name!r}")

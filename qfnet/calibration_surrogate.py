@@ -14,6 +14,7 @@ import ``qfnet``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ SURROGATE_SCAN_WITH_PROPOSALS = 64
 """Scan points of the surrogate's domain kept beside a start provider's proposal (1024 without)."""
 
 
-def _box(net: Any, bounds: dict[str, tuple[float, float]] | None) -> tuple[torch.Tensor, ...]:
+def _box(net: Any, bounds: Mapping[str, tuple[float, float]] | None) -> tuple[torch.Tensor, ...]:
     domain = {name: (low, high) for name, low, high in net.domain.params}
     for name, (low, high) in (bounds or {}).items():
         if name not in domain:
@@ -63,7 +64,7 @@ def fit_with_surrogate(
     log_moneyness: torch.Tensor,
     market_iv: torch.Tensor,
     weight: torch.Tensor,
-    bounds: dict[str, tuple[float, float]] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
     seed: int = 0,
     n_scan: int = 1024,
     n_starts: int = 3,
@@ -96,7 +97,7 @@ def fit_with_surrogate(
     """
     lower, upper = _box(net, bounds)
 
-    def residual(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def residual(params: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         fields = {name: params[..., i] for i, name in enumerate(NAMES)}
         vols = implied_vol(net, maturity=maturity, log_moneyness=log_moneyness,
                            out_of_domain="nan", **fields)  # fmt: skip

@@ -308,7 +308,9 @@ def black_vols(
     return torch.where(lost | zero, torch.nan, vol).numpy(), status
 
 
-def add_implied_vols(out: pd.DataFrame, prices, **rows: np.ndarray) -> pd.DataFrame:
+def add_implied_vols(
+    out: pd.DataFrame, prices: torch.Tensor | np.ndarray, **rows: np.ndarray | float
+) -> pd.DataFrame:
     """Set ``out["implied_vol"]`` from :func:`black_vols` (``rows``: its keyword arguments), and
     an ``iv_status`` column with the reason wherever a vol is NaN."""
     vols, status = black_vols(prices, **rows)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from pricing import black_scholes, payoffs, simulate
-from qfnet.hedging.config import HedgeConfig
+from qfnet.hedging.config import HedgeConfig, MarketConfig
 from qfnet.hedging.deltas import PathGreeks, path_dependent_greeks
 
 __all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance", "pack", "unpack"]
@@ -347,7 +347,7 @@ class Market:
         return payoffs.lookback(spot, kind="floating", is_call=d.is_call)
 
 
-def expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: object) -> torch.Tensor:
+def expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: MarketConfig) -> torch.Tensor:
     """Heston ``E[(1/tau) int_t^{t+tau} v ds | v_t = v] = theta + (v - theta)(1 - e^{-k tau})/(k tau)``
     (the limit ``v`` at ``tau = 0``), for market parameters ``m`` (``kappa``, ``theta``).
 

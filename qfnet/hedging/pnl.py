@@ -8,6 +8,7 @@ import torch
 
 from qfnet import functional as F
 from qfnet.hedging.markets import HedgeData, Market
+from qfnet.hedging.strategies import Strategy
 
 __all__ = ["HedgeResult", "risk_metrics", "run_strategy"]
 
@@ -35,7 +36,7 @@ class HedgeResult(NamedTuple):
     turnover: torch.Tensor
 
 
-def run_strategy(strategy: object, data: HedgeData, market: Market) -> HedgeResult:
+def run_strategy(strategy: Strategy, data: HedgeData, market: Market) -> HedgeResult:
     """Positions of ``strategy`` on ``data`` and the resulting P&L (premium from the config).
 
     Examples:
