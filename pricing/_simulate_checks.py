@@ -19,6 +19,7 @@ __all__ = [
     "check_positive",
     "check_qe_sigma",
     "check_sabr",
+    "check_single",
     "check_steps",
 ]
 
@@ -59,6 +60,14 @@ def check_not_bool(**values: object) -> None:
         flag = isinstance(value, torch.Tensor) and value.dtype == torch.bool
         if flag or isinstance(value, bool | np.bool_):
             raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
+
+
+def check_single(name: str, value: object, why: str) -> None:
+    """Require ``value`` to hold one number (a scalar or one element); the error names ``name``
+    and says ``why``."""
+    shape = tuple(torch.as_tensor(value).shape)
+    if int(np.prod(shape)) != 1:
+        raise ValueError(f"{name} must be a single value {why}, got shape {shape}")
 
 
 def check_correlation(value: Scalar) -> None:

@@ -17,7 +17,8 @@ import torch
 from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
-from pricing._typing import DEFAULT_DTYPE, TensorLike
+from pricing._simulate_checks import check_paths, check_single
+from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flag
 from pricing.analytic_exotics import geometric_asian_price
 from pricing.monte_carlo import price_paths
 
@@ -163,8 +164,10 @@ def bs_barrier(
     ``continuous=True`` applies the Brownian-bridge crossing probability between grid points
     (exact for GBM, the knock-out rebate's expected discount at the first passage included),
     else the barrier is monitored on the ``n_steps`` grid dates only (a knock-out rebate is then
-    paid on the date of the hit). ``control=True`` uses the European option on the same paths
-    (Black-Scholes mean) as control variate.
+    paid on the date of the hit). A spot on or beyond the barrier has been hit: a knock-out is
+    worth its rebate, a knock-in the vanilla option (as in
+    :func:`pricing.analytic_barrier.barrier_price`). ``control=True`` uses the European option
+    on the same paths (Black-Scholes mean) as control variate.
 
     Args:
         spot: spot price.
@@ -347,7 +350,7 @@ def bs_pathwise_greeks(
 
     Args:
         spot: spot price.
-        strike: strike.
+        strike: one strike (one backward pass per run: a call per strike).
         maturity: years.
         volatility: lognormal volatility.
         rate: continuously compounded rate.
@@ -378,6 +381,10 @@ def bs_pathwise_greeks(
     """
     if payoff not in ("european", "asian"):
         raise ValueError(f"payoff must be 'european' or 'asian', got {payoff!r}")
+    check_paths(n_paths)  # before the leaves below are allocated
+    # one backward pass per run: with several strikes or flags it summed their greeks
+    check_single("strike", strike, "for pathwise greeks (one call per strike)")
+    is_call = call_flag(is_call)
     grid = _asian_grid(fixing_times, maturity, n_steps)
     fixings = None if fixing_times is None else list(range(1, grid.numel()))
     s0 = torch.full((n_paths,), float(spot), dtype=DEFAULT_DTYPE, requires_grad=True)

@@ -16,8 +16,8 @@ import torch
 from pricing import payoffs, simulate
 from pricing._mc_random import graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
-from pricing._simulate_checks import check_paths
-from pricing._typing import DEFAULT_DTYPE
+from pricing._simulate_checks import check_paths, check_single
+from pricing._typing import DEFAULT_DTYPE, call_flag
 
 __all__ = ["HestonPathwiseGreeks", "heston_pathwise_greeks"]
 
@@ -105,7 +105,7 @@ def heston_pathwise_greeks(
 
     Args:
         spot: spot price, > 0.
-        strike: strike.
+        strike: one strike (one backward pass per run: a call per strike).
         maturity: years.
         v0: initial variance, >= 0.
         kappa: mean-reversion speed, > 0.
@@ -146,6 +146,9 @@ def heston_pathwise_greeks(
         True
     """
     check_paths(n_paths)  # before the leaves below are allocated
+    # one backward pass per run: with several strikes or flags it summed their greeks
+    check_single("strike", strike, "for pathwise greeks (one call per strike)")
+    is_call = call_flag(is_call)
     if chunk_size is None:
         chunk_size = graph_chunk_size(n_steps)
     if scheme not in ("qe", "euler"):

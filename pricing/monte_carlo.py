@@ -50,8 +50,11 @@ def estimate(
 
     Args:
         samples: discounted payoffs Y, one row per path.
-        controls: control variates C with known means, per path (and per column of Y).
-        control_means: ``E[C]``, shape broadcastable to (K, J).
+        controls: control variates C with known means, per path (and per column of Y). A 2-D
+            (N, K) array with as many columns as Y is one control per column; J controls shared
+            by all columns are (N, J), or (N, 1, J) when J == K.
+        control_means: ``E[C]``, shape broadcastable to (K, J), or (K,) for one control per
+            column.
         antithetic: rows ``2i, 2i + 1`` are antithetic pairs; they are averaged before the
             standard error is computed.
         confidence: two-sided confidence level of the interval.
@@ -121,7 +124,7 @@ def price_paths(
     moments = Moments()
     parts = [Moments() for _ in range(len(replicates) - 1)] if replicates is not None else []
     squeeze, c, n_paths = True, None, 0
-    bar = tqdm(chunks, total=total_chunks, delay=2.0, disable=progress is False, leave=False)
+    bar = tqdm(chunks, total=total_chunks, leave=False, **_bar_options(progress))
     for where, paths in bar:
         y = payoff(paths)
         y = y * torch.as_tensor(discount, dtype=y.dtype, device=y.device)
@@ -437,8 +440,8 @@ def price_european_rows(
     Rows with the same forward, discount, maturity and parameters share one simulation (all
     their strikes are priced on the same paths). Each row is simulated under its forward measure
     (spot = forward, zero rates) and discounted by its ``discount``. Antithetic pairs (when
-    ``n_paths`` is even) and the terminal forward as control variate (exact mean for GBM, Heston
-    QE and SABR with beta = 1) reduce the error.
+    ``n_paths`` is even and at least 6) and the terminal forward as control variate (exact mean
+    for GBM, Heston QE and SABR with beta = 1) reduce the error.
 
     Args:
         model: ``"bs"``, ``"heston"`` or ``"sabr"``.
@@ -491,7 +494,7 @@ def price_european_rows(
     price, error = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
     generator = torch.Generator().manual_seed(seed)
     groups = frame.groupby(list(frame.columns), sort=False, dropna=False).indices
-    for key, rows in tqdm(groups.items(), delay=2.0, disable=progress is False, leave=False):
+    for key, rows in tqdm(groups.items(), leave=False, **_bar_options(progress)):
         first = int(rows[0])
         try:
             res = _price_group(model, dict(zip(frame.columns, key, strict=True)), strike[rows],
@@ -513,7 +516,9 @@ def _price_group(
 ) -> MCResult:
     common = {"strike": torch.as_tensor(strike, dtype=DEFAULT_DTYPE), "maturity": p["maturity"],
               "is_call": torch.as_tensor(is_call, dtype=torch.bool), "n_paths": n_paths,
-              "antithetic": n_paths % 2 == 0 and n_paths >= 4,  # at least two pairs
+              # three pairs at least: the control's regression needs three samples (4 paths,
+              # 2 pairs, were refused where 3 and 6 paths priced)
+              "antithetic": n_paths % 2 == 0 and n_paths >= 6,
               "generator": generator}  # fmt: skip
     fwd, df = p["forward"], p["discount"]
     if model == "sabr":
@@ -529,6 +534,12 @@ def _price_group(
                               progress=False, **common)  # fmt: skip
     return MCResult(res.price * df, res.std_error * df, res.ci_low * df, res.ci_high * df,
                     res.n_paths)  # fmt: skip
+
+
+def _bar_options(progress: bool | None) -> dict[str, Any]:
+    """tqdm options: True shows the bar at once (a delay of 2 s hid it from short runs), None
+    after 2 seconds, False never."""
+    return {"delay": 0.0 if progress else 2.0, "disable": progress is False}
 
 
 def _replicates(n_paths: int, antithetic: bool, sobol: bool) -> list[int] | None:

@@ -90,7 +90,8 @@ def asian(
         average: ``"arithmetic"`` or ``"geometric"``.
         fixings: column indices of the future fixings.
         time_grid: grid of the paths, for continuous averaging.
-        past_average: average of the past fixings (required when ``past_weight > 0``).
+        past_average: average of the past fixings (required when ``past_weight > 0``, refused
+            when it is 0).
         past_weight: weight of the past in the final average, in [0, 1).
 
     Shape:
@@ -109,17 +110,27 @@ def asian(
         future = (paths.log() @ weights).exp()
     else:
         raise ValueError(f"average must be 'arithmetic' or 'geometric', got {average!r}")
-    if not 0.0 <= past_weight < 1.0:
-        raise ValueError(f"past_weight must lie in [0, 1), got {past_weight}")
+    _check_seasoning(past_average, past_weight)
     if past_weight > 0.0:
-        if past_average is None or not past_average > 0.0:
-            raise ValueError(f"past_average must be positive when seasoned, got {past_average}")
         past = torch.as_tensor(past_average, dtype=paths.dtype, device=paths.device)
         if average == "arithmetic":
             future = past_weight * past + (1.0 - past_weight) * future
         else:
             future = (past_weight * past.log() + (1.0 - past_weight) * future.log()).exp()
     return _vanilla(future, strike, is_call)
+
+
+def _check_seasoning(past_average: float | None, past_weight: float) -> None:
+    """Refuse a past weight outside [0, 1), a seasoned option without a finite positive past
+    average, and a past average without its weight (it was ignored: an unseasoned price)."""
+    if not 0.0 <= past_weight < 1.0:
+        raise ValueError(f"past_weight must lie in [0, 1), got {past_weight}")
+    if past_weight == 0.0 and past_average is not None:
+        raise ValueError(f"past_average={past_average} needs past_weight > 0, the weight of the "
+                         "past fixings in the average (with 0 it would be ignored)")  # fmt: skip
+    if past_weight > 0.0 and not (past_average is not None and 0.0 < past_average < math.inf):
+        raise ValueError(f"past_average must be positive and finite when seasoned, got "
+                         f"{past_average}")  # fmt: skip
 
 
 def barrier_hit_probabilities(

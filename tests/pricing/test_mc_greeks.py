@@ -121,6 +121,9 @@ def test_chunking_and_no_grad_mode_do_not_change_the_estimates(scheme: str) -> N
         ({"chunk_size": 0}, "chunk_size"),
         ({"scheme": "milstein"}, "scheme"),
         ({"scheme": "euler", "rho": 1.0}, r"rho must be in \(-1, 1\) for the Euler greeks"),
+        # one backward pass per run: two strikes or flags gave one delta, the sum of theirs
+        ({"strike": torch.tensor([90.0, 110.0])}, r"strike must be a single value"),
+        ({"is_call": [True, False]}, r"is_call must be one flag"),
     ],
 )
 def test_bad_input_names_the_field(kwargs: dict, field: str) -> None:

@@ -159,6 +159,12 @@ def test_bridge_maximum_has_the_brownian_bridge_distribution() -> None:
         (lambda p: payoffs.asian(p, strike=1.0, fixings=[5]), "fixings"),
         (lambda p: payoffs.asian(p, strike=1.0, past_weight=1.5), "past_weight"),
         (lambda p: payoffs.asian(p, strike=1.0, past_weight=0.5), "past_average"),
+        # a past average without its weight was ignored (an unseasoned price); inf was reported
+        # as "payoff samples contain NaN or inf" by the Monte Carlo pricer
+        (lambda p: payoffs.asian(p, strike=1.0, past_average=1.5), r"past_average=1.5 needs "
+         r"past_weight > 0"),
+        (lambda p: payoffs.asian(p, strike=1.0, past_average=math.inf, past_weight=0.5),
+         "past_average must be positive and finite"),
         (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="knock", time_grid=GRID2),
          "barrier_type"),
         (lambda p: payoffs.barrier(p, strike=1.0, barrier=-1.0, barrier_type="up_in", time_grid=GRID2),
