@@ -34,7 +34,8 @@ def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: 
     bad = torch.nonzero(~ok)[0]
     index = tuple(int(i) for i in bad)
     where = "" if values.dim() == 0 else f" at index {index[0] if len(index) == 1 else index}"
-    raise ValueError(f"{name} must be {requirement}; got {float(values[index])}{where}")
+    value = float(values[index].detach())  # without detach, a requires_grad input also warned
+    raise ValueError(f"{name} must be {requirement}; got {value}{where}")
 
 
 def _check_all(

@@ -36,11 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from pricing._complex import cexp
 from pricing._heston_fourier import Contour, choose_contour, log_characteristic, otm_integral
-from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flags
+from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, broadcast_shape, call_flags
 from pricing._validation import (
     carry_and_discount,
     check_finite,
@@ -104,7 +105,8 @@ class HestonParams:
 
     Raises:
         ValueError: naming the field (and index) when a value is not finite, ``v0 < 0``,
-            ``kappa, theta, sigma <= 0`` or ``|rho| >= 1``.
+            ``kappa, theta, sigma <= 0`` or ``|rho| >= 1``, is a bool or not a real number; naming
+            the fields' shapes where they do not broadcast together.
 
     Examples:
         >>> HestonParams(v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7).kappa
@@ -132,15 +134,54 @@ class HestonParams:
 
 
 def _validate_params(*values: TensorLike) -> None:
-    # Python numbers and lists are checked in float64 (as_tensor's float32 rounded rho =
-    # 0.99999999 to 1 and theta = 1e-50 to 0, refusing valid parameters)
-    named = {n: v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=DEFAULT_DTYPE)
-             for n, v in zip(PARAM_NAMES, values, strict=True)}  # fmt: skip
+    named = {n: _real_values(n, v) for n, v in zip(PARAM_NAMES, values, strict=True)}
+    _check_shapes(named)
     check_finite(**named)
     check_where("v0", named["v0"], named["v0"] >= 0, ">= 0")
     for name in ("kappa", "theta", "sigma"):
         check_where(name, named[name], named[name] > 0, "> 0")
     check_where("rho", named["rho"], named["rho"].abs() < 1, "in (-1, 1)")
+
+
+def _check_shapes(named: dict[str, torch.Tensor]) -> None:
+    """Parameters must broadcast together (a (2,) v0 beside a (3,) kappa was accepted, and
+    pricing then failed naming no field)."""
+    try:
+        torch.broadcast_shapes(*(v.shape for v in named.values()))
+    except RuntimeError:
+        shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in named.items())
+        raise ValueError(f"Heston parameter shapes do not broadcast: {shapes}") from None
+
+
+def _real_values(name: str, value: TensorLike) -> torch.Tensor:
+    """``value`` as a detached real tensor, refusing bools and non-numbers by ``name``.
+
+    Python numbers and lists are taken in float64 (as_tensor's float32 rounded rho = 0.99999999
+    to 1 and theta = 1e-50 to 0, refusing valid parameters); ``True`` was taken as 1 (kappa=True
+    priced kappa = 1), a string or None failed in torch naming no field.
+    """
+    if _is_bool(value):
+        raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise ValueError(f"{name} must be real, got a {value.dtype} tensor")
+        return value.detach()
+    try:
+        return torch.as_tensor(value, dtype=DEFAULT_DTYPE)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a real number or array, got {value!r}") from None
+
+
+def _is_bool(value: object) -> bool:
+    """True for a Python or numpy bool and for boolean arrays, lists and tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bool
+    if not isinstance(value, bool | np.bool_ | np.ndarray | list | tuple):
+        return False
+    try:
+        return np.asarray(value).dtype == np.bool_
+    except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list: refused later by name
+        return False
 
 
 def characteristic_function(
@@ -230,8 +271,10 @@ def price(
         params: the parameters as one :class:`HestonParams` instead of the five fields.
         forward, discount: forward price and discount factor to maturity instead of spot, rate and
             dividend.
-        dtype, device: of the result (default float64, whatever the inputs' dtypes; the device of
-            the first tensor input, else CPU).
+        dtype, device: of the result: ``torch.float64`` (the default, whatever the inputs'
+            dtypes) or ``torch.float32``, the float64 prices rounded (the integral always runs in
+            float64: float32 arithmetic gave NaN prices); the device of the first tensor input,
+            else CPU.
         core_nodes, tail_nodes: Gauss-Legendre nodes on the core panel and Gauss-Laguerre nodes on
             the tail ray. By default :data:`DEFAULT_NODES` (32, 24), with which implied vols agree
             with QuantLib's adaptive reference (relative tolerance 1e-12), 256/192 nodes and
@@ -251,7 +294,9 @@ def price(
         Prices, shape of the broadcast inputs.
 
     Raises:
-        ValueError: naming the field and index of a non-finite or out-of-domain input.
+        ValueError: naming the field and index of a non-finite or out-of-domain input, or the field
+            given a bool for a number; a ``dtype`` other than float32 or float64; a ``compile``
+            that is not a bool.
 
     Shape:
         All inputs broadcast together; output: the broadcast shape.
@@ -267,19 +312,41 @@ def price(
     """
     model = _model_fields(params, (v0, kappa, theta, sigma, rho))
     _validate_params(*model)
+    _check_options(dtype, compile)
     market = _market_inputs(spot, rate, dividend, forward, discount)
-    # float64 unless asked otherwise, even for float32 inputs: float32 is too coarse for this integral
-    dtype = DEFAULT_DTYPE if dtype is None else dtype
+    _refuse_bools(strike=strike, maturity=maturity, spot=spot, rate=rate, dividend=dividend,
+                  forward=forward, discount=discount)  # fmt: skip
     flags = call_flags(is_call).to(DEFAULT_DTYPE)  # a string or 0.7 is an error, not a put
-    values = as_tensors(strike, maturity, *market, flags, *model, dtype=dtype, device=device)
-    strike_t, maturity_t, first, second, third, call_t = values[:6]
+    # always float64 inside: float32's rounding broke the contour choice (NaN prices for 1 in 45
+    # in-box options); ``dtype`` only rounds the result. The flags go last so that the device
+    # is that of the first tensor the caller gave (the CPU flags took a GPU v0 to the CPU).
+    values = as_tensors(
+        strike, maturity, *market, *model, flags, dtype=DEFAULT_DTYPE, device=device
+    )
+    strike_t, maturity_t, first, second, third = values[:5]
     check_positive(strike=strike_t, maturity=maturity_t)
     fwd, disc = _forward_and_discount(spot is None, first, second, third, maturity_t)
     shape = strike_t.shape
-    flat = [v.reshape(-1) for v in (strike_t, maturity_t, fwd, disc, call_t, *values[6:])]
+    flat = [v.reshape(-1) for v in (strike_t, maturity_t, fwd, disc, values[-1], *values[5:-1])]
     _check_nodes(core_nodes=core_nodes, tail_nodes=tail_nodes)
     out = _price_flat(*flat, core_nodes=core_nodes, tail_nodes=tail_nodes, compiled=compile)
-    return out.reshape(shape)
+    return out.reshape(shape).to(DEFAULT_DTYPE if dtype is None else dtype)
+
+
+def _check_options(dtype: torch.dtype | None, compile: object) -> None:
+    """``dtype`` None, float32 or float64 (int64 truncated the inputs to whole numbers and gave
+    NaN prices; float16 failed inside torch); ``compile`` a bool (``"no"`` was truthy)."""
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64 (or None), got {dtype!r}")
+    if not isinstance(compile, bool | np.bool_):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
+
+
+def _refuse_bools(**named: TensorLike | None) -> None:
+    """A bool given for a number is an error naming it (``strike=True`` priced a strike of 1)."""
+    for name, value in named.items():
+        if _is_bool(value):
+            raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
 
 
 def _check_nodes(**counts: int | None) -> None:
@@ -465,7 +532,7 @@ def _refine(
 
 def otm_implied_vol(
     *,
-    ratio: torch.Tensor,
+    ratio: TensorLike,
     maturity: TensorLike,
     v0: TensorLike,
     kappa: TensorLike,
@@ -486,6 +553,8 @@ def otm_implied_vol(
         >>> bool(vols[0] > vols[1])  # negative rho: a downward skew
         True
     """
+    if not isinstance(ratio, torch.Tensor):  # a list failed in ``ratio >= 1.0``
+        ratio = torch.as_tensor(ratio, dtype=DEFAULT_DTYPE)
     is_call = ratio >= 1.0
     otm = price(forward=1.0, strike=ratio, maturity=maturity, is_call=is_call, v0=v0, kappa=kappa,
                 theta=theta, sigma=sigma, rho=rho)  # fmt: skip
@@ -523,12 +592,12 @@ def delta(
         >>> 0.5 < float(d) < 0.7
         True
     """
+    _check_options(dtype, False)
+    _refuse_bools(spot=spot)  # as_tensors below would take True as a spot of 1
     inputs = (strike, maturity, spot, v0, kappa, theta, sigma, rho, rate, dividend, is_call)
-    shape = torch.broadcast_shapes(*(torch.as_tensor(v).shape for v in inputs if v is not None))
-    shape = torch.broadcast_shapes(
-        shape,
-        *(torch.as_tensor(getattr(params, n)).shape for n in PARAM_NAMES if params is not None),
-    )
+    given = [*inputs, *(getattr(params, n) for n in PARAM_NAMES if params is not None)]
+    # a ValueError listing the shapes, as price gives (torch's RuntimeError named no input)
+    shape = broadcast_shape([torch.as_tensor(v) for v in given if v is not None])
     (spot_t,) = as_tensors(spot, dtype=DEFAULT_DTYPE if dtype is None else dtype, device=device)
     spot_t = spot_t.detach().expand(shape).clone().requires_grad_(True)
     with torch.enable_grad():

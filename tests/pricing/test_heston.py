@@ -563,3 +563,86 @@ def test_characteristic_function_checks_the_maturity(maturity, message):
     with pytest.raises(ValueError, match=f"maturity must be {message}"):
         heston.characteristic_function(torch.tensor([0.5]), maturity=maturity, v0=0.04,
                                        kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)  # fmt: skip
+
+
+_MARKET = dict(spot=100.0, strike=100.0, maturity=1.0)
+_MODEL = dict(v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+
+
+def test_float32_results_are_the_float64_prices_rounded():
+    # ordinary in-box parameters, at the money: float32 arithmetic made the saddle's
+    # finite-difference curvature garbage, an infinite core panel and a silent NaN price
+    # (1 in 45 sampled in-box options)
+    kw = dict(forward=100.0, strike=[80.0, 100.0, 115.0], maturity=3.4875914676751374,
+              v0=0.00858779840346996, kappa=4.772550671814076, theta=0.024605343655036045,
+              sigma=0.26863589099678536, rho=0.10115421694024307)  # fmt: skip
+    single = heston.price(**kw, dtype=torch.float32)
+    assert single.dtype == torch.float32
+    expected = heston.price(**kw).to(torch.float32)
+    torch.testing.assert_close(single, expected, rtol=0.0, atol=0.0)
+
+
+def test_float32_inputs_keep_float32_gradients():
+    strike = torch.tensor([90.0, 110.0], requires_grad=True)
+    value = heston.price(spot=100.0, strike=strike, maturity=1.0, dtype=torch.float32, **_MODEL)
+    (grad,) = torch.autograd.grad(value.sum(), strike)
+    assert grad.dtype == torch.float32 and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.complex128])
+def test_a_dtype_other_than_float32_or_float64_is_refused(dtype):
+    # int64 truncated v0 = 0.04 to 0 and returned NaN; float16 failed inside torch's erfcx
+    with pytest.raises(ValueError, match=r"dtype must be torch\.float32 or torch\.float64"):
+        heston.price(**_MARKET, **_MODEL, dtype=dtype)
+
+
+@pytest.mark.parametrize("field", ["strike", "maturity", "spot", "v0", "kappa", "rho"])
+@pytest.mark.parametrize("flag", [True, np.bool_(True), torch.tensor([True, True])])
+def test_a_bool_given_for_a_number_is_refused_by_name(field, flag):
+    # kappa=True priced kappa = 1 and strike=True a strike of 1 (rho=True a refusal of "1.0")
+    kwargs = {**_MARKET, **_MODEL, field: flag}
+    with pytest.raises(ValueError, match=f"{field} must be a real number, not a bool"):
+        heston.price(**kwargs)
+
+
+def test_heston_params_refuse_bools_and_non_numbers_by_name():
+    with pytest.raises(ValueError, match="kappa must be a real number, not a bool"):
+        heston.HestonParams(v0=0.04, kappa=True, theta=0.04, sigma=0.5, rho=-0.7)
+    with pytest.raises(ValueError, match=r"v0 must be a real number or array, got '0\.04'"):
+        heston.HestonParams(v0="0.04", kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    with pytest.raises(ValueError, match="sigma must be a real number or array, got None"):
+        heston.HestonParams(v0=0.04, kappa=1.5, theta=0.04, sigma=None, rho=-0.7)
+
+
+def test_heston_params_that_do_not_broadcast_are_refused_naming_the_fields():
+    # accepted before, and pricing then failed naming no field
+    with pytest.raises(ValueError, match=r"do not broadcast: v0 \(2,\), kappa \(3,\)"):
+        heston.HestonParams(v0=[0.04, 0.05], kappa=[1.0, 2.0, 3.0], theta=0.04, sigma=0.5,
+                            rho=-0.7)  # fmt: skip
+
+
+def test_compile_must_be_a_bool():
+    # compile="no" was truthy: it compiled
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        heston.price(**_MARKET, **_MODEL, compile="no")
+
+
+def test_otm_implied_vol_takes_a_list_of_ratios():
+    from_list = heston.otm_implied_vol(ratio=[0.9, 1.1], maturity=1.0, **_MODEL)
+    from_tensor = heston.otm_implied_vol(
+        ratio=torch.tensor([0.9, 1.1], dtype=torch.float64), maturity=1.0, **_MODEL
+    )
+    torch.testing.assert_close(from_list, from_tensor, rtol=0.0, atol=0.0)
+
+
+def test_delta_inputs_that_do_not_broadcast_raise_a_value_error_listing_shapes():
+    with pytest.raises(ValueError, match=r"do not broadcast: \(3,\), \(\), \(2,\)"):
+        heston.delta(spot=torch.tensor([100.0, 110.0]), strike=torch.tensor([90.0, 100.0, 110.0]),
+                     maturity=1.0, **_MODEL)  # fmt: skip
+
+
+def test_result_is_on_the_device_of_the_parameters_when_only_they_are_tensors(device):
+    # the CPU is_call flags came first among the tensors and took a CUDA v0 to the CPU
+    v0 = torch.tensor([0.04, 0.09], dtype=torch.float64, device=device)
+    value = heston.price(**_MARKET, v0=v0, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    assert value.device.type == device.type
