@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping
 
@@ -14,6 +15,7 @@ __all__ = [
     "check_nonnegative",
     "check_positive",
     "check_positive_int",
+    "check_seasoning",
     "check_where",
     "is_whole",
 ]
@@ -141,3 +143,25 @@ def carry_and_discount(
     check_where("rate", rate, torch.isfinite(discount), "above -700 / maturity (the discount "
                 "factor exp(-rate * maturity) overflows)")  # fmt: skip
     return forward, discount
+
+
+def check_seasoning(past_average: float | None, past_weight: float) -> None:
+    """Refuse a past weight outside [0, 1), a seasoned Asian without a finite positive past
+    average, and a past average without its weight (it was ignored: an unseasoned price).
+
+    Examples:
+        >>> check_seasoning(None, 0.0), check_seasoning(101.5, 0.25)
+        (None, None)
+        >>> check_seasoning(101.5, 0.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: past_average=101.5 needs past_weight > 0, ...
+    """
+    if not 0.0 <= past_weight < 1.0:
+        raise ValueError(f"past_weight must lie in [0, 1), got {past_weight}")
+    if past_weight == 0.0 and past_average is not None:
+        raise ValueError(f"past_average={past_average} needs past_weight > 0, the weight of the "
+                         "past fixings in the average (with 0 it would be ignored)")  # fmt: skip
+    if past_weight > 0.0 and not (past_average is not None and 0.0 < past_average < math.inf):
+        raise ValueError(f"past_average must be positive and finite when seasoned, got "
+                         f"{past_average}")  # fmt: skip

@@ -16,7 +16,13 @@ import torch
 from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flag
-from pricing._validation import check_finite, check_nonnegative, check_positive, check_where
+from pricing._validation import (
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_seasoning,
+    check_where,
+)
 
 __all__ = ["geometric_asian_price", "levy_asian_price"]
 
@@ -71,8 +77,7 @@ def geometric_asian_price(
     s, vol = (torch.as_tensor(v, dtype=DEFAULT_DTYPE) for v in (spot, volatility))
     check_positive(spot=s, volatility=vol, maturity=torch.as_tensor(maturity, dtype=DEFAULT_DTYPE))
     check_finite(rate=torch.tensor(rate), dividend=torch.tensor(dividend))
-    if not 0.0 <= past_weight < 1.0:
-        raise ValueError(f"past_weight must lie in [0, 1), got {past_weight}")
+    check_seasoning(past_average, past_weight)  # a past average without weight was ignored
     nu = rate - dividend - 0.5 * vol * vol
     if fixing_times is None:
         mean_time, var_time = 0.5 * maturity, maturity / 3.0
@@ -92,8 +97,6 @@ def geometric_asian_price(
     live = 1.0 - past_weight
     mean = live * (s.log() + nu * mean_time)
     if past_weight > 0.0:
-        if past_average is None or not past_average > 0.0:
-            raise ValueError(f"past_average must be positive when seasoned, got {past_average}")
         mean = mean + past_weight * math.log(past_average)
     var = live * live * vol * vol * var_time
     return black_scholes.black_price(

@@ -10,6 +10,7 @@ and returns a :class:`CalibrationResult` with per-quote residuals.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -768,7 +769,7 @@ def calibrate_many(
         >>> fits[1].residuals["weight"].round(4).tolist()
         [0.6667, 1.3333, 1.3333, 0.6667]
     """
-    if isinstance(quotes, (pd.DataFrame, str)):
+    if isinstance(quotes, pd.DataFrame | str | os.PathLike):  # a Path has no len(): a TypeError
         raise TypeError("quotes: expected a sequence of quote tables or files, got a single one")
     if not len(quotes):
         raise ValueError("quotes: no quote tables given")

@@ -22,6 +22,7 @@ import torch
 from pricing._bridge_hit import discounted_first_passage
 from pricing._simulate_checks import check_increasing
 from pricing._typing import TensorLike, call_flag, call_flags
+from pricing._validation import check_seasoning
 
 __all__ = [
     "BARRIER_TYPES",
@@ -110,7 +111,7 @@ def asian(
         future = (paths.log() @ weights).exp()
     else:
         raise ValueError(f"average must be 'arithmetic' or 'geometric', got {average!r}")
-    _check_seasoning(past_average, past_weight)
+    check_seasoning(past_average, past_weight)
     if past_weight > 0.0:
         past = torch.as_tensor(past_average, dtype=paths.dtype, device=paths.device)
         if average == "arithmetic":
@@ -118,19 +119,6 @@ def asian(
         else:
             future = (past_weight * past.log() + (1.0 - past_weight) * future.log()).exp()
     return _vanilla(future, strike, is_call)
-
-
-def _check_seasoning(past_average: float | None, past_weight: float) -> None:
-    """Refuse a past weight outside [0, 1), a seasoned option without a finite positive past
-    average, and a past average without its weight (it was ignored: an unseasoned price)."""
-    if not 0.0 <= past_weight < 1.0:
-        raise ValueError(f"past_weight must lie in [0, 1), got {past_weight}")
-    if past_weight == 0.0 and past_average is not None:
-        raise ValueError(f"past_average={past_average} needs past_weight > 0, the weight of the "
-                         "past fixings in the average (with 0 it would be ignored)")  # fmt: skip
-    if past_weight > 0.0 and not (past_average is not None and 0.0 < past_average < math.inf):
-        raise ValueError(f"past_average must be positive and finite when seasoned, got "
-                         f"{past_average}")  # fmt: skip
 
 
 def barrier_hit_probabilities(

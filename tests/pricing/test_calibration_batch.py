@@ -4,6 +4,7 @@ and the residual tables cut from one table equal those of single fits."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -142,3 +143,10 @@ def test_calibrate_many_refuses_a_weight_list_of_another_length() -> None:
         calibrate_many("sabr", tables, weights=["vega", "equal", "vega"])
     with pytest.raises(ValueError, match=r"quote table 1: weights must be 7 finite values"):
         calibrate_many("sabr", tables, weights=[np.ones(7), np.ones(5)])
+
+
+@pytest.mark.parametrize("single", ["quotes.csv", Path("quotes.csv")])
+def test_calibrate_many_names_a_single_file_given_for_a_sequence(single) -> None:
+    # a Path raised "object of type 'PosixPath' has no len()"
+    with pytest.raises(TypeError, match="expected a sequence of quote tables or files"):
+        calibrate_many("sabr", single)

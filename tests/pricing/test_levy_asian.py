@@ -154,3 +154,13 @@ def _levy_call_mpmath(*, spot, strike, maturity, volatility, rate, dividend):
     sd = mpmath.sqrt(log_l - 2 * (r * t + mpmath.log(s_e)))
     d1 = (log_l / 2 - mpmath.log(k)) / sd
     return s_e * mpmath.ncdf(d1) - k * mpmath.exp(-r * t) * mpmath.ncdf(d1 - sd)
+
+
+def test_geometric_asian_refuses_a_past_average_without_its_weight() -> None:
+    # past_average=150 with past_weight 0 priced the unseasoned option, as the Monte Carlo
+    # payoff did before it refused the same input
+    from pricing.analytic_exotics import geometric_asian_price
+
+    with pytest.raises(ValueError, match=r"past_average=150\.0 needs past_weight > 0"):
+        geometric_asian_price(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2,
+                              past_average=150.0)  # fmt: skip
