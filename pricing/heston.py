@@ -555,6 +555,8 @@ def otm_implied_vol(
     """
     if not isinstance(ratio, torch.Tensor):  # a list failed in ``ratio >= 1.0``
         ratio = torch.as_tensor(ratio, dtype=DEFAULT_DTYPE)
+    # named here: the pricer below would name it "strike"
+    check_where("ratio", ratio.detach(), torch.isfinite(ratio) & (ratio > 0), "finite and > 0")
     is_call = ratio >= 1.0
     otm = price(forward=1.0, strike=ratio, maturity=maturity, is_call=is_call, v0=v0, kappa=kappa,
                 theta=theta, sigma=sigma, rho=rho)  # fmt: skip

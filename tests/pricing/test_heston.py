@@ -646,3 +646,10 @@ def test_result_is_on_the_device_of_the_parameters_when_only_they_are_tensors(de
     v0 = torch.tensor([0.04, 0.09], dtype=torch.float64, device=device)
     value = heston.price(**_MARKET, v0=v0, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
     assert value.device.type == device.type
+
+
+@pytest.mark.parametrize("bad", [math.nan, -0.9, 0.0])
+def test_otm_implied_vol_names_a_bad_ratio(bad):
+    # the error named 'strike', which the caller never gave
+    with pytest.raises(ValueError, match=r"^ratio must be finite and > 0"):
+        heston.otm_implied_vol(ratio=[1.1, bad], maturity=1.0, **_MODEL)
