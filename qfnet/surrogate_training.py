@@ -207,7 +207,7 @@ def _architecture(
     ``--resume`` alone continues a run); its domain must be the dataset's (the scalers and
     weights were fitted on it), its dataset the same (``dataset``: size, seed, engine) and its
     split (``seed`` and fractions) the same: another one would test on rows it trained on; so
-    must its ``training`` settings (batch size, learning rate). Without resume, a directory
+    must its ``training`` settings (batch size, learning rate, epochs). Without resume, a directory
     holding a run is refused (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
@@ -231,7 +231,9 @@ def _architecture(
     # another batch size or learning rate was taken silently (and recorded as the run's)
     for name, value in training.items():
         if name in saved.get("training", {}) and saved["training"][name] != value:
-            flag = {"batch_size": "--batch-size", "lr": "--lr"}.get(name, name)
+            flag = {"batch_size": "--batch-size", "lr": "--lr", "epochs": "--epochs"}.get(
+                name, name
+            )
             raise ValueError(f"--resume: the run in {out} was started with {flag} "
                              f"{saved['training'][name]}, not {value}; resume with the same "
                              "value (or train a new run, --init from this one)")  # fmt: skip
@@ -412,7 +414,8 @@ def train_surrogate(
                          "--resume to start a run there")  # fmt: skip
     split = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     dataset = _dataset_identity(meta, len(iv))
-    training = {"batch_size": batch_size, "lr": lr, "min_lr_ratio": min_lr_ratio}
+    # epochs: the cosine schedule is planned over them (the Trainer's refusal named T_max)
+    training = {"batch_size": batch_size, "lr": lr, "min_lr_ratio": min_lr_ratio, "epochs": epochs}
     train_idx, val_idx, test_idx = _split(len(iv), val_fraction, test_fraction, seed)
     rows = {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}
     if start is not None:

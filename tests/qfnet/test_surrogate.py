@@ -320,6 +320,10 @@ def test_resuming_with_another_batch_size_or_learning_rate_is_refused(tmp_path):
         train_surrogate(data, tmp_path / "run", resume=True, batch_size=16, **common)
     with pytest.raises(ValueError, match=r"started with --lr 0.002, not 0.01"):
         train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, lr=0.01, **common)
+    # the Trainer's refusal named its cosine's T_max, which no option of the command sets
+    longer = {**common, "epochs": 2}
+    with pytest.raises(ValueError, match=r"started with --epochs 1, not 2"):
+        train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, **longer)
     summary = train_surrogate(data, tmp_path / "run", resume=True, batch_size=32, **common)
     assert summary["seed"] == 0
     with pytest.raises(ValueError, match="no checkpoint to resume"):  # it started a new run

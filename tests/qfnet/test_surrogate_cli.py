@@ -138,7 +138,7 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     assert CliRunner().invoke(app, [*base, "--hidden", "8"]).exit_code == 0
     longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
     result = CliRunner().invoke(app, longer)
-    assert result.exit_code == 1 and "learning-rate schedule was planned over" in result.output
+    assert result.exit_code == 1 and "started with --epochs 1, not 2" in result.output
     result = CliRunner().invoke(app, [*base, "--hidden", "8"])  # the run is there: refused
     assert (
         result.exit_code == 1 and "--resume continues it, --overwrite replaces it" in result.output
