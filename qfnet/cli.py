@@ -240,6 +240,7 @@ def _price_mc(
 
 
 CROSSED = "crossed quote (bid > ask)"
+NO_PRICE = "no price: mid and price missing, and bid or ask missing (a one-sided quote)"
 
 
 @app.command()
@@ -273,6 +274,8 @@ def iv(
     if {"bid", "ask"} <= set(table.columns):
         crossed = (table["bid"] > table["ask"]).to_numpy()
         vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
+    # a row with nothing to solve was "invalid input (a non-finite value, ...)": name the gap
+    status = np.where(prepared["mid"].isna().to_numpy(), NO_PRICE, status)
     # the forward and discount used are written: a rate or dividend the file lacked, defaulted to
     # 0 by reading, would stand beside them as if it had made them (price leaves them out too)
     result = table.drop(columns=[c for c in table.attrs.get("defaulted", []) if c in table])

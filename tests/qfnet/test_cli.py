@@ -605,6 +605,19 @@ def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
 
 
+def test_iv_names_a_one_sided_row_without_a_price(tmp_path):
+    # a missing ask read as a gap, whose status said "invalid input (a non-finite value, ...)"
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    path.write_text("option_type,strike,maturity,forward,discount,bid,ask\n"
+                    "call,90,1,100,1,12.0,12.5\ncall,100,1,100,1,7.5,N/A\n")  # fmt: skip
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    assert ivs["status"].tolist() == ["ok", "no price: mid and price missing, and bid or ask "
+                                      "missing (a one-sided quote)"]  # fmt: skip
+    assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
+
+
 def test_price_shifted_sabr_reports_the_shifted_black_vol(tmp_path):
     # Negative rates: forward -0.2%, strikes from -0.5%, shift 2%. The implied vol of a shifted
     # SABR price is the shifted-lognormal vol, which is Hagan's (shifted) vol itself; before,
