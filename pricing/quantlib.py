@@ -485,7 +485,9 @@ def sabr_fd_price(
     through ``alpha^2 T`` and ``nu^2 T``), so any maturity is priced exactly. Prices are the
     undiscounted PDE values times ``discount``. ``eps`` is the tail probability the meshers cut
     (QuantLib's default 1e-4; some parameter sets make its CEV mesher fail, and a smaller one
-    such as 1e-5 then works).
+    such as 1e-5 then works). A strike at or below ``-shift`` lies below every value the shifted
+    forward can take: its call is worth ``discount (forward - strike)``, its put 0 (QuantLib's
+    engine fails there).
 
     Shape:
         ``strike`` and ``is_call`` broadcast to ``(K,)`` or any shape; the output has that shape.
@@ -527,8 +529,11 @@ def sabr_fd_price(
     k, c = _arrays(strike, is_call)
     out = np.empty(k.shape)
     for i in np.ndindex(k.shape):
-        payoff = ql.PlainVanillaPayoff(_option_type(bool(c[i])), float(k[i] + shift))
-        option = ql.VanillaOption(payoff, exercise)
+        call = _option_type(bool(c[i]))
+        if k[i] + shift <= 0.0:  # below the shifted forward's support (QuantLib: a Boost error)
+            out[i] = discount * (forward - k[i]) if call == ql.Option.Call else 0.0
+            continue
+        option = ql.VanillaOption(ql.PlainVanillaPayoff(call, float(k[i] + shift)), exercise)
         option.setPricingEngine(engine)
         out[i] = discount * option.NPV()
     return out

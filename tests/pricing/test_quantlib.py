@@ -173,3 +173,11 @@ def test_exotic_mc_adapters_refuse_an_odd_antithetic_path_count(adapter):
     with pytest.raises(ValueError, match=r"even with antithetic\), got 101"):
         getattr(qlref, adapter)(**BS_MARKET, strike=100.0, **contract, n_paths=101,
                                 antithetic=True)  # fmt: skip
+
+
+def test_sabr_fd_strikes_below_minus_the_shift_are_worth_their_forward_payoff():
+    # QuantLib's engine raised a Boost "non centrality parameter" error for K + shift <= 0
+    price = qlref.sabr_fd_price(forward=0.01, strike=[-0.03, -0.03, -0.02], maturity=1.0,
+                                alpha=0.05, beta=0.5, rho=-0.2, nu=0.4, shift=0.02,
+                                discount=0.98, is_call=[True, False, True])  # fmt: skip
+    np.testing.assert_allclose(price, [0.98 * 0.04, 0.0, 0.98 * 0.03], rtol=1e-15, atol=0)
