@@ -454,3 +454,47 @@ def test_prices_rounded_to_a_tick_pass_with_a_tolerance_of_a_tick_over_the_forwa
     table = table.assign(price=(table["bid"] + table["ask"]) / 2).drop(columns=["bid", "ask"])
     _, report = clean_quotes(table, tolerance=0.05 / 100.0)
     assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
+
+
+def _slope_sd(strikes: np.ndarray, tick: float) -> float:
+    """Standard deviation of a least-squares slope through ``C - P`` at ``strikes`` when each
+    price is rounded to ``tick`` (two independent uniform errors: variance tick^2 / 6)."""
+    return tick / math.sqrt(6.0) / math.sqrt(float(np.sum((strikes - strikes.mean()) ** 2)))
+
+
+def test_parity_discounts_from_tick_rounded_quotes_are_as_good_as_the_rounding_allows() -> None:
+    # Six adjacent pairs 2.5 apart span 12.5: the 1y discount came out 0.9657 against 0.9704, and
+    # deep in-the-money puts turned into calls by parity were 0.2 too dear (5 clean quotes removed
+    # as strike or calendar arbitrage).
+    tick, band, n_sd = 0.05, 0.2, 4.0
+    table = _heston_surface(tick=tick, both_sides=True)
+    exact = table.groupby("maturity")[["forward", "discount"]].first()
+    quotes = table.drop(columns=["forward", "discount"])
+    implied = parity_forwards(read_quotes(quotes)).set_index("maturity")
+    assert (implied["source"] == "parity").all()
+    for maturity, row in implied.iterrows():
+        pairs = quotes[quotes["maturity"] == maturity].groupby("strike")["option_type"].nunique()
+        strikes = pairs.index[pairs == 2].to_numpy(float)
+        forward, discount = exact.loc[maturity]
+        strikes = strikes[np.abs(strikes / forward - 1) <= band]  # the pairs near the money
+        discount_atol = n_sd * _slope_sd(strikes, tick)
+        # the intercept at the strikes' mean: a mean of len(strikes) rounded differences
+        forward_atol = n_sd * tick / math.sqrt(6.0 * len(strikes)) / discount
+        np.testing.assert_allclose(row["discount"], discount, rtol=0, atol=discount_atol)
+        np.testing.assert_allclose(row["forward"], forward, rtol=0, atol=forward_atol)
+    _, report = clean_quotes(quotes)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
+
+
+def test_parity_weights_pairs_by_their_bid_ask_spreads() -> None:
+    # A wide quote whose mid sits well inside its spread (but off the price) pulled the
+    # unweighted fit as hard as the tight quotes: D off by 0.01.
+    table = _chain(102.0, 0.98, 0.5, np.arange(90.0, 120.0, 5.0))
+    table["bid"], table["ask"] = table["price"] - 0.05, table["price"] + 0.05
+    wide = (table["option_type"] == "call") & (table["strike"] == 110.0)
+    table.loc[wide, "bid"] = table.loc[wide, "price"] - 0.5
+    table.loc[wide, "ask"] = table.loc[wide, "price"] + 1.5  # mid 0.5 above the price
+    implied = parity_forwards(read_quotes(table.drop(columns="price")))
+    # weights 1 / spread: the wide pair counts 1/200 of a tight one, its 0.5 pulls D by < 1e-4
+    np.testing.assert_allclose(implied["discount"], [0.98], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(implied["forward"], [102.0], rtol=0, atol=1e-2)
