@@ -40,6 +40,13 @@ safeguarded iteration (formula re-chosen every step, bracket with bisection in `
 elements (``_GPU_CHUNK`` off the CPU), which keeps the temporaries small; with several torch
 threads on the CPU, chunks of ``_SERIAL_CHUNK`` go to worker threads instead of every operation
 being split between threads.
+
+**Compiled path** (``compile=True``, opt-in): the start and the first two steps of every element
+run as one ``torch.compile``-fused loop (:func:`_guess_and_steps`), branch-free: each step
+evaluates the shared special functions of all formulas and picks per element, the first step in
+single precision (the second, in float64, makes up for it, and its size check is what marks an
+element done). The others continue as above. On a million quotes, one thread: ~100 ms for the
+fused part against ~170 ms for the eager guess and grouped steps.
 The solve runs without autograd; where ``x`` or ``beta`` require gradients, the result carries the
 implicit-function gradient.
 
@@ -52,7 +59,9 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -144,6 +153,10 @@ def _erfcx(y: torch.Tensor) -> torch.Tensor:
     small = y.clamp(max=5.0)
     out = torch.special.erfc(small).mul_(torch.exp(small * small))
     big = y > 5.0
+    if torch.compiler.is_compiling():  # no data-dependent branch inside a fused kernel
+        inv = 0.5 / (y * y)
+        asym = (1.0 - inv * (1.0 - 3.0 * inv * (1.0 - 5.0 * inv))) / (math.sqrt(math.pi) * y)
+        return torch.where(big, asym, out)
     if bool(big.any()):  # asymptotic series (Abramowitz & Stegun 7.1.23), rare: |x| > 25
         inv = 0.5 / y[big] ** 2
         out[big] = (1.0 - inv * (1.0 - 3.0 * inv * (1.0 - 5.0 * inv))) / (
@@ -266,6 +279,96 @@ def _near_start(x, s, target, upper, n: int) -> tuple[torch.Tensor, torch.Tensor
     return s, (_size(step, nu) <= _FAST_TOL * s) & ~upper
 
 
+def _guess_and_steps(
+    x: torch.Tensor, beta: torch.Tensor, start: torch.Tensor | None, n: int = 2
+) -> tuple[torch.Tensor, ...]:
+    """Objective, start and ``n`` fixed steps of every element in one pass, for ``torch.compile``.
+
+    What :func:`_solve_positive` does before its fallback, written branch-free so that inductor
+    fuses it into one loop: each step evaluates every formula of :func:`_step` and picks one per
+    element by ``torch.where`` (the formula re-chosen from ``s`` every step, as in
+    :func:`_near_start`). The formulas share their special functions: ``erfc(-t1)`` and
+    ``erfc(-t2)`` serve the deep region (times ``exp(t^2)``, as in ``_fast_erfcx`` with the
+    Dekker correction) and the regions above it, ``erfc(t1)`` replaces ``erfc(-t1)`` for the
+    upper objective. Deep elements with ``-t2 > 26`` (where ``erfc`` underflows) are not done.
+
+    Returns:
+        ``s``, the converged mask, the start ``s0``, the objective's ``target`` and ``upper``.
+
+    Shape:
+        x, beta, start: (N,); outputs: (N,).
+    """
+    b_max = torch.exp(0.5 * x)
+    upper = beta > 0.5 * b_max
+    target = torch.log(torch.where(upper, b_max - beta, beta))
+    s0 = _guess(x, beta, b_max)
+    if start is not None:
+        s0 = torch.where(torch.isfinite(start) & (start > 0), start, s0)
+    w1, w2 = 0.5 * b_max, 0.5 * torch.exp(-0.5 * x)
+    s, step, nu, region, ok = s0, s0, s0, upper.int(), torch.ones_like(upper)
+    for i in range(n):
+        # Only the last step needs the objective to the last digit: the others take erf and erfc
+        # in single precision (~4x cheaper; an underflow there ends in a failed check).
+        erf, erfc = (
+            (_single(torch.special.erf), _single(torch.special.erfc))
+            if i < n - 1
+            else (torch.special.erf, torch.special.erfc)
+        )
+        inv_s, k2, d1, g = gauss_terms(x, s)
+        region = torch.where(upper, REGION_UPPER, region_of(d1).int())
+        deep = region == 0
+        t1 = d1 * (1.0 / math.sqrt(2.0))
+        t2 = t1 - s * (1.0 / math.sqrt(2.0))
+        e1 = erfc(torch.where(upper, t1, -t1))
+        e2 = erfc(-t2)
+        p1 = t1 * t1
+        exp1 = torch.exp(torch.where(deep, p1, -p1))  # off the deep region, exp(g) = b_max exp1
+        diff = _dekker(e1 * exp1, -t1, p1) - _dekker(e2 * torch.exp(t2 * t2), -t2, t2 * t2)
+        ok = ~deep | (t2 >= -26.0)
+        value = torch.where(
+            region == 1,
+            (erf(t1) - erf(t2)) * w1 + (w1 - w2) * e2,
+            e1 * w1 + torch.where(region == 2, -w2, w2) * e2,
+        )
+        ln_value = torch.log(torch.where(deep, diff, value))
+        ln_value = torch.where(deep, ln_value + g + math.log(0.5), ln_value)
+        u = torch.where(deep, math.sqrt(2.0 / math.pi) / diff, b_max * exp1 * _INV_SQRT_2PI / value)
+        nu = torch.where(upper, ln_value - target, target - ln_value) / u
+        u = torch.where(upper, -u, u)  # the ratios below take u = -b'/c, as in _step
+        t = k2 * inv_s
+        q = t - 0.25 * s
+        r = q * q - 3.0 * t * inv_s - 0.25
+        step = _householder(nu, q - u, r + 2.0 * u * (u - 1.5 * q))
+        s = s + step
+    d1 = x / s + 0.5 * s
+    inside = torch.where(
+        region == 0, d1 <= -1.0, torch.where(region == 1, (d1 > -1.0) & (d1 <= 1.0), d1 > 1.0)
+    )
+    done = (_size(step, nu) <= _FAST_TOL * s) & (upper | inside) & ok
+    return s, done, s0, target, upper
+
+
+def _single(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` evaluated in float32, result in float64."""
+    return lambda y: fn(y.float()).double()
+
+
+def _dekker(out: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``out = f exp(p)`` with ``p = y^2`` rounded, corrected to ``f exp(y^2)`` (see ``_fast_erfcx``)."""
+    split = y * 134217729.0  # 2^27 + 1
+    hi = split - (split - y)
+    lo = y - hi
+    return out + (((hi * hi - p) + 2.0 * hi * lo) + lo * lo) * out
+
+
+@functools.cache
+def _compiled_guess_and_steps(device_type: str) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """:func:`_guess_and_steps` through ``torch.compile``, one per device type (compiled on first
+    call, once per process and per ``start`` given or not; dynamic shapes, so any number of
+    options above one reuses it)."""
+    return torch.compile(_guess_and_steps, dynamic=True)
+
+
 def _mixed_step(x, s, target, upper) -> tuple[torch.Tensor, torch.Tensor]:
     """Householder and Newton steps with the formula re-chosen from ``s`` (used on few elements)."""
     return _by_group(
@@ -313,21 +416,26 @@ def _bisect(s, lo, hi) -> torch.Tensor:
     return torch.where(torch.isinf(hi), 4.0 * s, torch.where(lo == 0, 0.25 * hi, mid))
 
 
-def _solve_positive(x, beta, start=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve_positive(x, beta, start=None, compiled=False) -> tuple[torch.Tensor, torch.Tensor]:
     """Root ``s`` and a converged mask for ``0 < beta < exp(x/2)`` (flat tensors), from ``start``
-    where it is positive and finite, else from the closed-form guess."""
-    b_max = torch.exp(0.5 * x)
-    upper = beta > 0.5 * b_max
-    target = torch.log(torch.where(upper, b_max - beta, beta))
-    if start is None:
-        s0 = _guess(x, beta, b_max)
+    where it is positive and finite, else from the closed-form guess; ``compiled``: the guess and
+    the first two steps by the fused :func:`_guess_and_steps`."""
+    if compiled:
+        fused = _compiled_guess_and_steps(x.device.type)
+        s, done, s0, target, upper = fused(x, beta, start)
     else:
-        usable = torch.isfinite(start) & (start > 0)
-        s0 = start if bool(usable.all()) else torch.where(usable, start, _guess(x, beta, b_max))
-    if start is None:
-        s, done = _fast_phase(x, s0, target, upper, 2)
-    else:
-        s, done = _near_start(x, s0, target, upper, 2)
+        b_max = torch.exp(0.5 * x)
+        upper = beta > 0.5 * b_max
+        target = torch.log(torch.where(upper, b_max - beta, beta))
+        if start is None:
+            s0 = _guess(x, beta, b_max)
+        else:
+            usable = torch.isfinite(start) & (start > 0)
+            s0 = start if bool(usable.all()) else torch.where(usable, start, _guess(x, beta, b_max))
+        if start is None:
+            s, done = _fast_phase(x, s0, target, upper, 2)
+        else:
+            s, done = _near_start(x, s0, target, upper, 2)
     if bool(done.all()):
         return s, done
     # The few others: two more fixed steps from there, then the safeguarded iteration from s0.
@@ -351,12 +459,16 @@ def solve_total_vol(
     below: torch.Tensor,
     above: torch.Tensor,
     start: torch.Tensor | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve ``b(x, s) = beta`` for ``s`` where the inputs are valid; NaN and a status elsewhere.
 
     ``start``: a starting ``s`` per element (e.g. the market's when ``beta`` is a model price near
     it), used where positive and finite instead of the closed-form guess; the result is the same
-    root, usually for fewer steps.
+    root, usually for fewer steps. ``compile``: the start and the first two steps of every element
+    in one ``torch.compile``-fused kernel (:func:`_guess_and_steps`; the first call per process
+    compiles it, ~15 s on the CPU, and needs a C++ compiler there; a size-1 input compiles again);
+    the same root to ~1e-15.
 
     Shape:
         x, beta, masks, start: the same shape (any, including 0-d); outputs: that shape.
@@ -369,6 +481,7 @@ def solve_total_vol(
             below.reshape(-1),
             above.reshape(-1),
             None if start is None else start.detach().reshape(-1),
+            compile,
         )
     s, status = s.reshape(x.shape), status.reshape(x.shape)
     if torch.is_grad_enabled() and (x.requires_grad or beta.requires_grad):
@@ -390,24 +503,30 @@ def _with_implicit_gradient(x, beta, s, status) -> torch.Tensor:
     return s + torch.where(ok, correction - correction.detach(), 0.0)
 
 
-def _solve_flat(x, beta, invalid, below, above, start) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve_flat(
+    x, beta, invalid, below, above, start, compiled=False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`solve_total_vol` on flat tensors."""
     todo = ~(invalid | below | above) & (beta > 0)
     if bool(todo.all()):  # the usual case: no masks, gathers or scatters
-        return _solve_chunks(x, beta, start)
+        return _solve_chunks(x, beta, start, compiled)
     status = torch.where(invalid, 3, torch.where(above, 2, below.long()))
     s_out = torch.where((status == 0) & (beta <= 0), 0.0, math.nan).to(x.dtype)
     todo = torch.nonzero(todo, as_tuple=True)[0]
     start = None if start is None else start.index_select(0, todo)
-    s, status_todo = _solve_chunks(x.index_select(0, todo), beta.index_select(0, todo), start)
+    x, beta = x.index_select(0, todo), beta.index_select(0, todo)
+    s, status_todo = _solve_chunks(x, beta, start, compiled)
     s_out.index_copy_(0, todo, s)
     status.index_copy_(0, todo, status_todo)
     return s_out, status
 
 
-def _solve_chunks(x, beta, s0=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve_chunks(x, beta, s0=None, compiled=False) -> tuple[torch.Tensor, torch.Tensor]:
     """Roots (NaN where not converged) and statuses (0 or 4) of valid inputs, chunk by chunk
     (from the starting points ``s0``, if given).
+
+    ``compiled``: chunks of ``_GPU_CHUNK`` in turn (the fused kernel has no temporaries to keep
+    small, and runs on all of torch's threads itself).
 
     With several torch threads on the CPU, chunks small enough to run each operation on one thread
     are handed to as many worker threads (torch releases the GIL inside operations). One parallel
@@ -416,13 +535,16 @@ def _solve_chunks(x, beta, s0=None) -> tuple[torch.Tensor, torch.Tensor]:
     """
     s_all = torch.empty_like(x)
     status = torch.empty(x.shape, dtype=torch.int64, device=x.device)
-    workers = torch.get_num_threads() if x.device.type == "cpu" else 1
-    size = _GPU_CHUNK if x.device.type != "cpu" else _CHUNK if workers == 1 else _SERIAL_CHUNK
+    workers = torch.get_num_threads() if x.device.type == "cpu" and not compiled else 1
+    size = _CHUNK if workers == 1 else _SERIAL_CHUNK
+    if x.device.type != "cpu" or compiled:
+        size = _GPU_CHUNK
 
     def solve(first: int) -> None:
         part = slice(first, first + size)
         with torch.no_grad():  # grad mode is per thread
-            s, solved = _solve_positive(x[part], beta[part], None if s0 is None else s0[part])
+            start = None if s0 is None else s0[part]
+            s, solved = _solve_positive(x[part], beta[part], start, compiled)
         s_all[part] = torch.where(solved, s, math.nan)
         # unsolved within rounding of the upper bound: every large s gives that price
         at_bound = beta[part] >= torch.exp(0.5 * x[part]) * (1.0 - _AT_BOUND_ULPS * _EPS)

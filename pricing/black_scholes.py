@@ -10,7 +10,9 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -203,6 +205,7 @@ def implied_vol_with_status(
     discount: TensorLike = 1.0,
     is_call: bool | TensorLike = True,
     initial_vol: TensorLike | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Black implied volatility and a status code per option (see ``IV_STATUS`` for the reasons).
 
@@ -217,6 +220,11 @@ def implied_vol_with_status(
     The solve runs in float64 whatever the inputs' dtype (the result has their common dtype,
     as :func:`pricing._typing.as_tensors` picks it): in float32 the normalised price of a deep
     out-of-the-money option underflowed to 0 and gave a volatility of 0 with status 0.
+    ``compile=True`` fuses the normalisation, the start and the first two steps of every option
+    with ``torch.compile`` (needs a C++ compiler on the CPU): the same vols to ~1e-15 relative,
+    about 1.6x faster on a million options on one thread (2x on two), after a compilation of
+    ~20 s on the first call in a process (less from inductor's disk cache); worth it for
+    repeated large solves only. Below 4,096 options it is ignored (the eager solve is fast).
 
     Shape:
         All inputs broadcast; both outputs have the broadcast shape (status is int64).
@@ -233,20 +241,18 @@ def implied_vol_with_status(
     # the flags may have more elements than the prices: each input takes the flags' shape
     p, f, k, t, d = (v.to(torch.float64).expand(call.shape) if v.shape != call.shape
                      or v.dtype != torch.float64 else v for v in values)  # fmt: skip
-    sign = torch.where(call, 1.0, -1.0).to(f.dtype)
-    undiscounted = p / d
-    intrinsic = torch.clamp(sign * (f - k), min=0.0)
-    root_fk = torch.sqrt(f) * torch.sqrt(k)  # f * k overflowed (F = K = 1e155 gave vol 0)
-    beta = (undiscounted - intrinsic) / root_fk
-    bound = torch.where(call, f, k)
-    x = -torch.abs(torch.log(f / k))
-    # an infinite forward, strike, maturity or discount passed as status 0 with a NaN or 0 vol
-    positive = (f > 0) & (k > 0) & (t > 0) & (d > 0)
-    invalid = ~(positive & torch.isfinite(p) & torch.isfinite(f + k + t + d))  # all > 0 here
-    # p / d rounds: 5% of prices equal to d * intrinsic (black_price at vol 0) fell below it
-    slack = 4.0 * torch.finfo(dtype).eps * intrinsic  # the rounding of the inputs as given
-    below = ~invalid & (undiscounted < intrinsic - slack)
-    above = ~invalid & ~below & (undiscounted >= bound)
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
+    eps = torch.finfo(dtype).eps
+    # small solves stay eager: a few ms at most, and torch.compile specialises sizes 0 and 1
+    compile = compile and call.numel() >= _COMPILE_MIN_OPTIONS
+    if compile and not any(v.requires_grad for v in (p, f, k, t, d)):
+        # one fused kernel instead of ~40 passes; flat and contiguous: one graph for all shapes
+        flat = (v.contiguous().reshape(-1) for v in (p, f, k, t, d, call))
+        parts = _compiled_normalisation()(*flat, eps)
+        x, beta, invalid, below, above = (v.reshape(call.shape) for v in parts)
+    else:
+        x, beta, invalid, below, above = _normalisation(p, f, k, t, d, call, eps)
     start = None
     if initial_vol is not None:
         vol0 = torch.as_tensor(initial_vol, dtype=t.dtype, device=t.device)
@@ -258,8 +264,51 @@ def implied_vol_with_status(
             raise ValueError(f"initial_vol of shape {tuple(vol0.shape)} does not broadcast to the "
                              f"options' shape {tuple(x.shape)}")  # fmt: skip
         start = (vol0 * torch.sqrt(t.clamp(min=0.0))).expand_as(x)
-    s, status = solve_total_vol(x, beta, invalid=invalid, below=below, above=above, start=start)
+    s, status = solve_total_vol(
+        x, beta, invalid=invalid, below=below, above=above, start=start, compile=compile
+    )
     return (s / torch.sqrt(torch.where(t > 0, t, torch.ones_like(t)))).to(dtype), status
+
+
+_COMPILE_MIN_OPTIONS = 4096
+
+
+def _normalisation(
+    p: torch.Tensor,
+    f: torch.Tensor,
+    k: torch.Tensor,
+    t: torch.Tensor,
+    d: torch.Tensor,
+    call: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, ...]:
+    """``x = -|ln(F/K)|``, the normalised OTM price ``beta`` and the masks ``invalid``, ``below``
+    (intrinsic value, less ``4 eps`` of it) and ``above`` (the upper bound) of the solver.
+
+    Shape:
+        All inputs the same shape; outputs: that shape.
+    """
+    sign = torch.where(call, 1.0, -1.0).to(f.dtype)
+    undiscounted = p / d
+    intrinsic = torch.clamp(sign * (f - k), min=0.0)
+    root_fk = torch.sqrt(f) * torch.sqrt(k)  # f * k overflowed (F = K = 1e155 gave vol 0)
+    beta = (undiscounted - intrinsic) / root_fk
+    bound = torch.where(call, f, k)
+    x = -torch.abs(torch.log(f / k))
+    # an infinite forward, strike, maturity or discount passed as status 0 with a NaN or 0 vol
+    positive = (f > 0) & (k > 0) & (t > 0) & (d > 0)
+    invalid = ~(positive & torch.isfinite(p) & torch.isfinite(f + k + t + d))  # all > 0 here
+    # p / d rounds: 5% of prices equal to d * intrinsic (black_price at vol 0) fell below it
+    slack = 4.0 * eps * intrinsic  # the rounding of the inputs as given
+    below = ~invalid & (undiscounted < intrinsic - slack)
+    above = ~invalid & ~below & (undiscounted >= bound)
+    return x, beta, invalid, below, above
+
+
+@functools.cache
+def _compiled_normalisation() -> Callable[..., tuple[torch.Tensor, ...]]:
+    """:func:`_normalisation` through ``torch.compile`` (compiled on first use; dynamic shapes)."""
+    return torch.compile(_normalisation, dynamic=True)
 
 
 def black_implied_vol(
@@ -271,10 +320,12 @@ def black_implied_vol(
     discount: TensorLike = 1.0,
     is_call: bool | TensorLike = True,
     initial_vol: TensorLike | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Black implied volatility of options on a forward; NaN where no volatility reproduces the price.
 
-    Use :func:`implied_vol_with_status` to learn why a value is NaN (and for ``initial_vol``).
+    Use :func:`implied_vol_with_status` to learn why a value is NaN (and for ``initial_vol`` and
+    ``compile``).
 
     Shape:
         All inputs broadcast; the output has the broadcast shape.
@@ -292,6 +343,7 @@ def black_implied_vol(
         discount=discount,
         is_call=is_call,
         initial_vol=initial_vol,
+        compile=compile,
     )
     return vol
 

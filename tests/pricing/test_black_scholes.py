@@ -464,3 +464,9 @@ def test_float32_discounted_intrinsic_prices_are_not_below_intrinsic():
     iv, status = bs.implied_vol_with_status(price=price, forward=forward, strike=strike,
                                             maturity=1.0, discount=discount)  # fmt: skip
     assert price.dtype == torch.float32 and bool((status == 0).all()) and bool((iv >= 0).all())
+
+
+def test_implied_vol_compile_must_be_a_bool():
+    # compile="no" would be truthy and compile
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        bs.black_implied_vol(price=8.0, forward=100.0, strike=100.0, maturity=1.0, compile="no")

@@ -251,3 +251,25 @@ def test_a_price_within_rounding_of_the_upper_bound_is_status_2_when_unsolved():
     far = implied_vol_with_status(price=price * 0.999, forward=1.0, strike=strike, maturity=1.0,
                                   is_call=is_call)[1]  # fmt: skip
     assert far.tolist() == [0, 0, 0]  # 0.1% below the bound: solved
+
+
+def test_fused_guess_and_steps_converge_for_nearly_all_realistic_quotes():
+    # The branch-free kernel of compile=True (run eagerly here): the grouped steps' convergence.
+    x, s = _realistic(50_000, seed=16)
+    s2, done, *_ = iv._guess_and_steps(x, nb.normalized_call(x, s), None)
+    assert float(done.double().mean()) > 0.98
+    torch.testing.assert_close(s2[done], s[done], rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("start_factor", [None, 1.05])
+def test_fused_guess_and_steps_mark_only_true_roots_done_on_a_wide_grid(start_factor):
+    # Single-precision first step, underflowing erfc, far wings: none may end in a false "done".
+    x, s, beta = _wide_grid()
+    start = None if start_factor is None else s * start_factor
+    s2, done, *_ = iv._guess_and_steps(x, beta, start)
+    assert float(done.double().mean()) > 0.5
+    ln_b = nb.log_normalized_call(x, s)
+    elasticity = torch.exp(nb.log_vega(x, s) - ln_b) * s
+    allowed = (1e-13 + 16.0 * torch.finfo(F64).eps / s) / torch.clamp(elasticity, max=1.0)
+    rel = ((s2 - s) / s).abs()
+    assert bool((rel <= allowed)[done].all()), float((rel / allowed)[done].max())

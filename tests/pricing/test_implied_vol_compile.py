@@ -1,0 +1,37 @@
+"""The opt-in compiled implied-vol solver (``compile=True``, the fast path of the benchmark) equals eager."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pricing import black_scholes as bs
+
+
+def _options(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """The benchmark's quotes, and a few rows that are invalid, below intrinsic or above the bound."""
+    rng = np.random.default_rng(seed)
+    maturity = torch.as_tensor(np.exp(rng.uniform(math.log(7 / 365), math.log(3.0), n)))
+    vol = torch.as_tensor(rng.uniform(0.05, 1.0, n))
+    strike = 100.0 * torch.exp(torch.as_tensor(rng.uniform(-3.0, 3.0, n)) * vol * maturity.sqrt())
+    is_call = torch.as_tensor(rng.random(n) < 0.5)
+    price = bs.black_price(forward=100.0, strike=strike, maturity=maturity, volatility=vol,
+                           is_call=is_call)  # fmt: skip
+    price[:4] = torch.tensor([math.nan, -1.0, 1e6, 0.0])
+    return dict(price=price, forward=100.0, strike=strike, maturity=maturity, is_call=is_call)
+
+
+@pytest.mark.slow
+def test_compiled_implied_vols_and_statuses_equal_the_eager_ones():
+    options = _options(20_000, seed=3)
+    vol, status = bs.implied_vol_with_status(**options)
+    vol_c, status_c = bs.implied_vol_with_status(**options, compile=True)
+    assert torch.equal(status_c, status) and int((status == 0).sum()) >= 20_000 - 4
+    torch.testing.assert_close(vol_c, vol, rtol=1e-13, atol=0.0, equal_nan=True)
+    start = bs.black_implied_vol(**options) * 1.02  # NaN where unsolved: the guess there
+    vol_s, status_s = bs.implied_vol_with_status(**options, initial_vol=start, compile=True)
+    assert torch.equal(status_s, status)
+    torch.testing.assert_close(vol_s, vol, rtol=1e-13, atol=0.0, equal_nan=True)
