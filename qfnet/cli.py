@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -328,7 +329,17 @@ def main() -> None:
         exit status 0
     """
     signal.signal(signal.SIGTERM, _terminated)
-    app()
+    previous, warnings.formatwarning = warnings.formatwarning, _warning_line
+    try:
+        app()
+    finally:  # the process's own format again (main() may be called in-process, as above)
+        warnings.formatwarning = previous
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *args: object) -> str:
+    """A warning as the command's other messages read (``warning: ...``), not Python's
+    ``file:line: UserWarning: ...`` followed by the line of library source that raised it."""
+    return f"warning: {message}\n"
 
 
 def _terminated(signum: int, frame: object) -> None:

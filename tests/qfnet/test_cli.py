@@ -105,6 +105,21 @@ def test_python_dash_m_qfnet_runs_the_command():
     assert done.returncode == 0 and "Usage" in done.stdout, done.stderr
 
 
+def test_warnings_read_as_one_warning_line(tmp_path):
+    # Python's format: "/path/pricing/calibration.py:727: UserWarning: ..." and the source line
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dax = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    args = ["calibrate", "--model", "heston", "--method", "network", "--quotes", str(dax)]
+    done = subprocess.run([sys.executable, "-m", "qfnet", *args, "--out", str(tmp_path / "n.json")],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warning: the calibration network's answer is at the edge" in done.stderr, done.stderr
+    assert "UserWarning" not in done.stderr and ".py:" not in done.stderr
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_price_bs_writes_prices_and_implied_vols(bs_quotes, tmp_path, suffix):
     path, table = bs_quotes
