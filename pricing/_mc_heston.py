@@ -11,13 +11,13 @@ from pricing import black_scholes
 from pricing._mc_random import NormalSource, base_seed, drawn_slabs, step_normals
 from pricing._simulate_checks import (
     check_heston,
-    check_not_bool,
     check_paths,
     check_positive,
     check_qe_sigma,
 )
 from pricing._simulate_steps import HestonStep, qe_variance_step
 from pricing._typing import TensorLike
+from pricing._validation import check_not_bool
 from pricing.simulate import time_grid
 
 __all__ = ["ConditionalChunk", "conditional_chunks", "conditional_log_moments"]

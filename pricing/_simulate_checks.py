@@ -14,7 +14,6 @@ __all__ = [
     "check_heston",
     "check_increasing",
     "check_nonnegative",
-    "check_not_bool",
     "check_paths",
     "check_positive",
     "check_qe_sigma",
@@ -48,18 +47,6 @@ def check_nonnegative(name: str, value: Scalar) -> None:
     bad = ~torch.isfinite(v) | (v < 0)
     if bool(bad.any()):
         raise ValueError(f"{name} must be non-negative and finite, got {_show(v, bad)}")
-
-
-def check_not_bool(**values: object) -> None:
-    """Refuse a bool (Python, numpy, or a boolean tensor) given for a number; the error names it.
-
-    Python's ``True`` is the integer 1: ``sabr(beta=True)`` simulated beta = 1 and ``rho=True``
-    a correlation of 1, where :class:`pricing.sabr.SabrParams` refuses a bool by name.
-    """
-    for name, value in values.items():
-        flag = isinstance(value, torch.Tensor) and value.dtype == torch.bool
-        if flag or isinstance(value, bool | np.bool_):
-            raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
 
 
 def check_single(name: str, value: object, why: str) -> None:

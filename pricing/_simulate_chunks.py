@@ -27,7 +27,6 @@ from pricing._simulate_checks import (
     check_grid,
     check_heston,
     check_nonnegative,
-    check_not_bool,
     check_paths,
     check_positive,
     check_qe_sigma,
@@ -45,7 +44,7 @@ from pricing._simulate_steps import (
 from pricing._triton_paths import available as triton_available
 from pricing._triton_paths import qe_paths as triton_qe_paths
 from pricing._typing import DEFAULT_DTYPE
-from pricing._validation import check_finite
+from pricing._validation import check_finite, check_not_bool
 
 __all__ = [
     "HestonPaths",

@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "check_device",
     "check_finite",
     "check_nonnegative",
+    "check_not_bool",
     "check_positive",
     "check_positive_int",
     "check_seasoning",
@@ -165,3 +167,32 @@ def check_seasoning(past_average: float | None, past_weight: float) -> None:
     if past_weight > 0.0 and not (past_average is not None and 0.0 < past_average < math.inf):
         raise ValueError(f"past_average must be positive and finite when seasoned, got "
                          f"{past_average}")  # fmt: skip
+
+
+def check_not_bool(**values: object) -> None:
+    """Refuse a bool given for a number, naming it: a Python or numpy bool, or a boolean tensor,
+    array or list (Python's ``True`` is the integer 1: ``kappa=True`` priced kappa = 1,
+    ``sabr(beta=True)`` simulated beta = 1).
+
+    Examples:
+        >>> check_not_bool(v0=0.04, rho=[-0.5, 0.2])
+        >>> check_not_bool(kappa=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: kappa must be a real number, not a bool, got True
+    """
+    for name, value in values.items():
+        if _is_bool(value):
+            raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
+
+
+def _is_bool(value: object) -> bool:
+    """True for a Python or numpy bool and for boolean arrays, lists and tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype == torch.bool
+    if not isinstance(value, bool | np.bool_ | np.ndarray | list | tuple):
+        return False
+    try:
+        return np.asarray(value).dtype == np.bool_
+    except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list: refused later by name
+        return False

@@ -45,6 +45,7 @@ from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, broadcast_sha
 from pricing._validation import (
     carry_and_discount,
     check_finite,
+    check_not_bool,
     check_positive,
     check_where,
     is_whole,
@@ -160,8 +161,7 @@ def _real_values(name: str, value: TensorLike) -> torch.Tensor:
     to 1 and theta = 1e-50 to 0, refusing valid parameters); ``True`` was taken as 1 (kappa=True
     priced kappa = 1), a string or None failed in torch naming no field.
     """
-    if _is_bool(value):
-        raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
+    check_not_bool(**{name: value})
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise ValueError(f"{name} must be real, got a {value.dtype} tensor")
@@ -170,18 +170,6 @@ def _real_values(name: str, value: TensorLike) -> torch.Tensor:
         return torch.as_tensor(value, dtype=DEFAULT_DTYPE)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"{name} must be a real number or array, got {value!r}") from None
-
-
-def _is_bool(value: object) -> bool:
-    """True for a Python or numpy bool and for boolean arrays, lists and tensors."""
-    if isinstance(value, torch.Tensor):
-        return value.dtype == torch.bool
-    if not isinstance(value, bool | np.bool_ | np.ndarray | list | tuple):
-        return False
-    try:
-        return np.asarray(value).dtype == np.bool_
-    except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list: refused later by name
-        return False
 
 
 def characteristic_function(
@@ -314,7 +302,7 @@ def price(
     _validate_params(*model)
     _check_options(dtype, compile)
     market = _market_inputs(spot, rate, dividend, forward, discount)
-    _refuse_bools(strike=strike, maturity=maturity, spot=spot, rate=rate, dividend=dividend,
+    check_not_bool(strike=strike, maturity=maturity, spot=spot, rate=rate, dividend=dividend,
                   forward=forward, discount=discount)  # fmt: skip
     flags = call_flags(is_call).to(DEFAULT_DTYPE)  # a string or 0.7 is an error, not a put
     # always float64 inside: float32's rounding broke the contour choice (NaN prices for 1 in 45
@@ -340,13 +328,6 @@ def _check_options(dtype: torch.dtype | None, compile: object) -> None:
         raise ValueError(f"dtype must be torch.float32 or torch.float64 (or None), got {dtype!r}")
     if not isinstance(compile, bool | np.bool_):
         raise ValueError(f"compile must be True or False, got {compile!r}")
-
-
-def _refuse_bools(**named: TensorLike | None) -> None:
-    """A bool given for a number is an error naming it (``strike=True`` priced a strike of 1)."""
-    for name, value in named.items():
-        if _is_bool(value):
-            raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
 
 
 def _check_nodes(**counts: int | None) -> None:
@@ -595,7 +576,7 @@ def delta(
         True
     """
     _check_options(dtype, False)
-    _refuse_bools(spot=spot)  # as_tensors below would take True as a spot of 1
+    check_not_bool(spot=spot)  # as_tensors below would take True as a spot of 1
     inputs = (strike, maturity, spot, v0, kappa, theta, sigma, rho, rate, dividend, is_call)
     given = [*inputs, *(getattr(params, n) for n in PARAM_NAMES if params is not None)]
     # a ValueError listing the shapes, as price gives (torch's RuntimeError named no input)
