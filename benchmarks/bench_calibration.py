@@ -8,8 +8,8 @@ global start, and with the Sobol scan only) and ``surrogate`` (polished) per sur
 call. (The unpolished surrogate cannot fit these surfaces: its domain excludes the 30-day wings.)
 SABR: 11-strike smiles, ``direct`` (one smile; and many in one batch, packing the quote table
 included) vs scipy ``least_squares`` over ``ql.sabrVolatility`` (through
-:func:`pricing.quantlib.sabr_vol`, whose per-element numpy indexing makes the reference slower
-than a loop over plain floats would be: about 1.7x on a 2-core EPYC).
+:func:`pricing.quantlib.sabr_vol`, a loop over plain floats: its earlier per-element numpy
+indexing made the reference about 1.7x slower).
 
 Times are CPU (process) times, best of a few repeats: on a shared machine wall times mostly
 measure the other tenants; with ``--threads 1`` both sides are single-threaded.
