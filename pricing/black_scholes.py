@@ -20,7 +20,7 @@ import torch
 from pricing._implied_vol import IV_STATUS, solve_total_vol
 from pricing._normalized_black import normalized_call
 from pricing._special import ndtr
-from pricing._typing import TensorLike, as_tensors, is_call_tensor
+from pricing._typing import TensorLike, as_tensors, broadcast_shapes, is_call_tensor
 from pricing._validation import (
     carry_and_discount,
     check_finite,
@@ -185,7 +185,7 @@ def greeks(
         - sign * r * k * df_r * cdf2
         + sign * q * s * df_q * cdf1
     )
-    shape = torch.broadcast_shapes(sign.shape, d1.shape)  # gamma, vega: no is_call, same shape
+    shape = broadcast_shapes(sign.shape, d1.shape)  # gamma, vega: no is_call, same shape
     return Greeks(
         delta=sign * df_q * cdf1,
         gamma=(df_q * pdf_d1 / (s * vol * sqrt_t)).expand(shape),
@@ -257,8 +257,8 @@ def implied_vol_with_status(
     if initial_vol is not None:
         vol0 = torch.as_tensor(initial_vol, dtype=t.dtype, device=t.device)
         try:
-            fits = torch.broadcast_shapes(vol0.shape, x.shape) == x.shape
-        except RuntimeError:
+            fits = broadcast_shapes(vol0.shape, x.shape) == x.shape
+        except ValueError:
             fits = False
         if not fits:
             raise ValueError(f"initial_vol of shape {tuple(vol0.shape)} does not broadcast to the "

@@ -41,7 +41,14 @@ import torch
 
 from pricing._complex import cexp
 from pricing._heston_fourier import Contour, choose_contour, log_characteristic, otm_integral
-from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, broadcast_shape, call_flags
+from pricing._typing import (
+    DEFAULT_DTYPE,
+    TensorLike,
+    as_tensors,
+    broadcast_shape,
+    broadcast_shapes,
+    call_flags,
+)
 from pricing._validation import (
     carry_and_discount,
     check_finite,
@@ -148,8 +155,8 @@ def _check_shapes(named: dict[str, torch.Tensor]) -> None:
     """Parameters must broadcast together (a (2,) v0 beside a (3,) kappa was accepted, and
     pricing then failed naming no field)."""
     try:
-        torch.broadcast_shapes(*(v.shape for v in named.values()))
-    except RuntimeError:
+        broadcast_shapes(*(v.shape for v in named.values()))
+    except ValueError:
         shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in named.items())
         raise ValueError(f"Heston parameter shapes do not broadcast: {shapes}") from None
 

@@ -25,7 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from pricing._typing import TensorLike, as_tensors, broadcast_shape, common_dtype_device
+from pricing._typing import (
+    TensorLike,
+    as_tensors,
+    broadcast_shape,
+    broadcast_shapes,
+    common_dtype_device,
+)
 from pricing._validation import check_where
 from pricing.black_scholes import black_price
 
@@ -279,7 +285,7 @@ def _chunked(core: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> t
     Shape:
         inputs broadcast to ``(*)``; output ``(*)``.
     """
-    shape = torch.broadcast_shapes(*(x.shape for x in inputs))
+    shape = broadcast_shapes(*(x.shape for x in inputs))
     numel = math.prod(shape)
     fused = torch.compiler.is_compiling()  # one fused kernel has no temporaries to chunk
     if fused or inputs[0].device.type != "cpu" or numel <= 2 * _CPU_CHUNK:

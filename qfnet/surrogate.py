@@ -33,7 +33,7 @@ from torch import nn
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import call_flags
+from pricing._typing import broadcast_shapes, call_flags
 from pricing._validation import check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain
 from qfnet._paths import data_dir, missing_hint
@@ -559,7 +559,7 @@ def greeks(
         n: torch.as_tensor(v, dtype=torch.float64, device=device)
         for n, v in {**inputs, "strike": strike, "dividend": dividend}.items()
     }
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors.values()), call_flags(is_call).shape)
+    shape = broadcast_shapes(*(t.shape for t in tensors.values()), call_flags(is_call).shape)
     # one leaf per option, so that each gradient entry is that option's own sensitivity
     leaves = {n: tensors[n].expand(shape).clone().requires_grad_() for n in inputs}
     with torch.no_grad():
