@@ -574,6 +574,9 @@ def _check_inputs(
     if model == "heston" and (beta is not None or free):
         raise ValueError("beta and free_beta are SABR options; Heston has no beta")
     if model == "sabr":
+        if isinstance(beta, bool | np.bool_):  # True fixed beta = 1 for a caller who meant "fit it"
+            raise ValueError(f"beta: must be a number in [0, 1], not a bool (free_beta=True fits "
+                             f"beta), got {beta!r}")  # fmt: skip
         if beta is not None and not 0.0 <= float(beta) <= 1.0:
             raise ValueError(f"beta: must be in [0, 1], got {beta!r}")
         if beta is not None and free:

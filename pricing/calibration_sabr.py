@@ -43,6 +43,8 @@ _FREE_BETA_GRID = (0.5, 1.0)
 # relative of the optimum (scipy's least_squares stops at 1e-8).
 _TOLERANCES = {"ftol": 1e-10, "xtol": 1e-10, "gtol": 1e-12}
 _NAMES = MODEL_PARAMETERS["sabr"]
+_FORWARD_RTOL = 1e-9
+"""Forwards of one expiry further apart than this (relative) are two smiles, not one."""
 _BOX = {"beta": (0.0, 1.0), "rho": (-0.9999, 0.9999), "nu": (1e-8, 10.0)}
 """Default bounds of both fitters (alpha's are each fitter's own)."""
 
@@ -99,17 +101,25 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     slot = np.arange(len(order)) - np.repeat(first, counts)
     shift = shifts(quotes).to_numpy(float)[order]
     w = np.asarray(weights, dtype=float)[order]
+    f_row = quotes["forward"].to_numpy(float)[order]
     varies = np.maximum.reduceat(shift, first) > np.minimum.reduceat(shift, first)
+    # forwards from one curve agree to rounding; two smiles under one maturity were averaged
+    f_spread = np.maximum.reduceat(f_row, first) - np.minimum.reduceat(f_row, first)
+    forward_varies = f_spread > _FORWARD_RTOL * np.maximum.reduceat(np.abs(f_row), first)
     unweighted = ~np.maximum.reduceat(w > 0, first)
-    for e in np.flatnonzero(varies | unweighted)[:1]:
+    for e in np.flatnonzero(varies | forward_varies | unweighted)[:1]:
         t0, rows = maturity[groups[e][0]], slice(first[e], first[e] + counts[e])
         if varies[e]:
             raise QuoteError(f"expiry T={t0:.6g}: shift varies within the smile "
                              f"({shift[rows].min():g} to {shift[rows].max():g}); SABR takes one "
                              "shift per expiry (an empty shift is 0)", column="shift")  # fmt: skip
+        if forward_varies[e]:
+            raise QuoteError(f"expiry T={t0:.6g}: forward varies within the smile "
+                             f"({f_row[rows].min():.10g} to {f_row[rows].max():.10g}); SABR "
+                             "fits one forward per expiry", column="forward")  # fmt: skip
         raise QuoteError(f"expiry T={t0:.6g}: every quote has weight 0; SABR fits each expiry on "
                          "its own (drop the expiry or weight it)", column="weight")  # fmt: skip
-    forward = np.add.reduceat(quotes["forward"].to_numpy(float)[order], first) / counts
+    forward = np.add.reduceat(f_row, first) / counts
     heads = np.stack([maturity[order][first], forward, shift[first]], axis=1)  # (E, 3)
     fields = {name: np.zeros((len(groups), counts.max())) for name in ("strike", "iv", "w")}
     fields["strike"][:] = forward[:, None]  # padding: at the forward
@@ -395,8 +405,8 @@ def fit_smile_scipy(
 ) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Reference fit of one smile: scipy ``least_squares`` (trf, finite differences) over
     ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start (or
-    ``x0``: alpha, beta, rho, nu), within ``bounds`` (name -> (lower, upper)) over the default
-    box, for at most about ``max_iterations`` steps.
+    ``x0``: alpha, beta, rho, nu), within ``bounds`` (name -> (lower, upper); equal ends fix a
+    parameter) over the default box, for at most about ``max_iterations`` steps.
 
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
@@ -416,13 +426,18 @@ def fit_smile_scipy(
 
     w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
     atm = float(np.interp(0.0, np.log((strike + shift) / (forward + shift)), market_iv))
-    fixed = beta is not None
-    b0 = beta if fixed else 0.5
+    b0 = 0.5 if beta is None else beta
+    box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
+    lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
     start = x0 or (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5)
-    names = [0, 2, 3] if fixed else [0, 1, 2, 3]
+    start = np.clip(np.asarray(start, dtype=float), lower, upper)
+    # equal bounds fix a parameter, as in fit_smiles (scipy refuses lower == upper)
+    free = lower < upper
 
     def full(x: np.ndarray) -> np.ndarray:
-        return np.array([x[0], beta, x[1], x[2]]) if fixed else x
+        params = start.copy()
+        params[free] = x
+        return params
 
     def model(x: np.ndarray) -> np.ndarray:
         a, b, r, n = full(x)
@@ -432,13 +447,12 @@ def fit_smile_scipy(
     def residual(x: np.ndarray) -> np.ndarray:
         return w * (model(x) - market_iv)
 
-    box = _scipy_box(bounds)
-    lower = np.array([box[n][0] for n in _NAMES], dtype=float)[names]
-    upper = np.array([box[n][1] for n in _NAMES], dtype=float)[names]
-    x_start = np.clip(np.asarray(start, dtype=float)[names], lower, upper)
+    if not free.any():  # nothing left to fit
+        return start, model(start[free]), True, 1
     # max_nfev: about max_iterations steps of a finite-difference Jacobian (len(x) + 1 calls)
-    solution = least_squares(residual, x_start, bounds=(lower, upper), xtol=1e-12, ftol=1e-12,
-                             gtol=1e-12, max_nfev=max_iterations * (len(x_start) + 1))  # fmt: skip
+    solution = least_squares(residual, start[free], bounds=(lower[free], upper[free]), xtol=1e-12,
+                             ftol=1e-12, gtol=1e-12,
+                             max_nfev=max_iterations * (int(free.sum()) + 1))  # fmt: skip
     params = full(solution.x)
     return params, model(solution.x), solution.status > 0, solution.nfev
 

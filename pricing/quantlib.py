@@ -487,7 +487,7 @@ def sabr_fd_price(
     (QuantLib's default 1e-4; some parameter sets make its CEV mesher fail, and a smaller one
     such as 1e-5 then works). A strike at or below ``-shift`` lies below every value the shifted
     forward can take: its call is worth ``discount (forward - strike)``, its put 0 (QuantLib's
-    engine fails there).
+    engine fails there). The engine needs ``beta < 1`` and ``nu > 0`` (``ValueError`` otherwise).
 
     Shape:
         ``strike`` and ``is_call`` broadcast to ``(K,)`` or any shape; the output has that shape.
@@ -498,12 +498,15 @@ def sabr_fd_price(
         >>> round(float(p[0]), 6)  # Hagan's formula in Black's gives 0.0011990 here
         0.001199
     """
-    # QuantLib checks alpha, rho and nu by name, but prices a beta < 0, calls a maturity of 0
-    # "alpha must be positive" and a forward + shift <= 0 a Boost gamma_p argument
+    # QuantLib checks alpha and rho by name, but prices a beta < 0 and a negative discount, calls
+    # a maturity of 0 "alpha must be positive", a forward + shift <= 0 a Boost gamma_p argument
+    # and a nu of 0 "end must be larger than start"; its CEV mesher needs beta < 1
     checks = (
         ("maturity", maturity, maturity > 0, "> 0"),
-        ("beta", beta, 0 <= beta <= 1, "in [0, 1]"),
+        ("beta", beta, 0 <= beta < 1, "in [0, 1) (the PDE engine's CEV mesher needs beta < 1)"),
+        ("nu", nu, nu > 0, "> 0 (the PDE engine meshes the volatility)"),
         ("forward + shift", forward + shift, forward + shift > 0, "> 0"),
+        ("discount", discount, discount > 0 and math.isfinite(discount), "finite and > 0"),
     )
     for name, value, ok, requirement in checks:
         if not ok:

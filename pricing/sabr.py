@@ -32,7 +32,7 @@ from pricing._typing import (
     broadcast_shapes,
     common_dtype_device,
 )
-from pricing._validation import check_where
+from pricing._validation import check_not_bool, check_where
 from pricing.black_scholes import black_price
 
 __all__ = ["SabrParams", "alpha_from_atm_vol", "lognormal_vol", "normal_vol", "price"]
@@ -154,6 +154,9 @@ def _inputs(
     device: torch.device | str | None,
 ) -> list[torch.Tensor]:
     """Validate; return shifted forward and strike, maturity and the parameters (unbroadcast)."""
+    # as_tensor takes True for 1: beta=True priced beta = 1 (SabrParams refuses it)
+    check_not_bool(forward=forward, strike=strike, maturity=maturity, alpha=alpha, beta=beta,
+                   rho=rho, nu=nu, shift=shift)  # fmt: skip
     f, k, t, a, b, r, n, s = _float_tensors(
         (forward, strike, maturity, alpha, beta, rho, nu, shift), dtype, device
     )
@@ -502,6 +505,8 @@ def alpha_from_atm_vol(
         >>> abs(float(v) - 0.2) < 1e-14
         True
     """
+    check_not_bool(forward=forward, maturity=maturity, atm_vol=atm_vol, beta=beta, rho=rho,
+                   nu=nu, shift=shift)  # fmt: skip
     f, t, v, b, r, n, s = as_tensors(
         forward, maturity, atm_vol, beta, rho, nu, shift, dtype=dtype, device=device
     )

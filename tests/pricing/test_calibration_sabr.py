@@ -133,3 +133,17 @@ def test_parameters_at_a_bound_are_listed_per_expiry(method: str) -> None:
     assert fit.at_bounds == {"nu": ["upper", "upper", None]}
     np.testing.assert_allclose(fit.params["nu"][:2], [0.45, 0.45], rtol=1e-6, atol=0.0)
     assert calibrate("sabr", _smiles(), method=method, beta=0.5).at_bounds == {}
+
+
+def test_equal_bounds_hold_a_parameter_in_both_methods() -> None:
+    # equal ends fix a parameter (bounds_reached never lists it): the direct fit held rho there,
+    # the quantlib reference failed in scipy ("Each lower bound must be strictly less than each
+    # upper bound"), naming no parameter
+    bounds = {"rho": (0.1, 0.1)}
+    direct = calibrate("sabr", _smiles(noise_bp=30.0), beta=0.5, bounds=bounds)
+    reference = calibrate("sabr", _smiles(noise_bp=30.0), method="quantlib", beta=0.5,
+                          bounds=bounds)  # fmt: skip
+    assert direct.params["rho"] == reference.params["rho"] == [0.1, 0.1, 0.1]
+    assert reference.converged
+    assert reference.rmse_iv_bp == pytest.approx(direct.rmse_iv_bp, rel=1e-5)
+    np.testing.assert_allclose(_params(reference), _params(direct), rtol=1e-4, atol=1e-6)

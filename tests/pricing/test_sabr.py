@@ -436,6 +436,15 @@ def test_bad_inputs_raise_naming_the_field_and_index(field, value, message):
             sabr.lognormal_vol(**kw)
 
 
+@pytest.mark.parametrize("target", ["lognormal_vol", "normal_vol", "alpha_from_atm_vol", "price"])
+def test_a_bool_for_a_number_is_refused_naming_the_field(target):
+    # as_tensor took beta=True for beta = 1 (SabrParams and the SABR simulator refuse it)
+    kw = dict(forward=0.03, maturity=1.0, beta=True, rho=-0.2, nu=0.5)
+    kw |= dict(atm_vol=0.2) if target == "alpha_from_atm_vol" else dict(strike=0.03, alpha=0.02)
+    with pytest.raises(ValueError, match="beta must be a real number, not a bool, got True"):
+        getattr(sabr, target)(**kw)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("alpha", 0.0), ("beta", -0.1), ("rho", -1.0), ("nu", -1e-3), ("alpha", math.inf)],
@@ -495,10 +504,15 @@ def test_quantlib_finite_difference_prices_match_hagan_when_short_dated(shift):
         ("beta", -0.2, "beta"),
         ("maturity", 0.0, "maturity"),
         ("forward", -0.05, "forward \\+ shift"),
+        ("beta", 1.0, r"beta must be in \[0, 1\)"),
+        ("nu", 0.0, "nu must be > 0"),
+        ("discount", -0.9, "discount"),
     ],
 )
 def test_quantlib_finite_difference_pricer_names_a_bad_field(field, value, message):
-    # QuantLib priced beta = -0.2, and blamed alpha (maturity 0) or Boost's gamma_p (F + s <= 0)
+    # QuantLib priced beta = -0.2 and a negative discount, blamed alpha (maturity 0), Boost's
+    # gamma_p (F + s <= 0) or "end must be larger than start" (nu = 0), and refused the beta = 1
+    # our check let through with a RuntimeError
     kw = dict(forward=0.03, strike=[0.03], maturity=1.0, alpha=0.02, beta=0.5, rho=-0.3, nu=0.4)
     kw[field] = value
     with pytest.raises(ValueError, match=message):
@@ -510,3 +524,25 @@ def test_price_refuses_a_negative_hagan_vol_instead_of_returning_nan():
     assert float(sabr.lognormal_vol(strike=0.03, **kw)) < 0  # the expansion's breakdown
     with pytest.raises(ValueError, match="volatility"):
         sabr.price(strike=[0.03, 0.1], **kw)
+
+
+def test_quantlib_finite_difference_prices_are_arbitrage_free_and_converge_in_the_grid():
+    """Put-call parity, monotone convex calls (a non-negative density) and second-order
+    convergence of the PDE prices as every grid direction doubles."""
+    kw = dict(forward=0.03, maturity=2.0, alpha=0.2 * 0.03**0.5, beta=0.5, rho=-0.3, nu=0.6)
+    strikes = 0.03 * np.exp(np.linspace(-1.0, 1.0, 9))
+    grids = [(12, 100, 12), (25, 200, 25)]
+
+    def solve(grid: tuple[int, int, int], is_call: bool) -> np.ndarray:
+        return qlref.sabr_fd_price(strike=strikes, is_call=is_call, t_grid=grid[0],
+                                   f_grid=grid[1], x_grid=grid[2], **kw)  # fmt: skip
+
+    calls = {g: solve(g, True) for g in grids}
+    parity_gap = [np.abs(calls[g] - solve(g, False) - (0.03 - strikes)).max() for g in grids]
+    assert parity_gap[1] <= 1e-3 * 0.03 and parity_gap[1] <= parity_gap[0] / 3  # O(h^2)
+    slopes = np.diff(calls[grids[1]]) / np.diff(strikes)
+    assert np.all(slopes >= -1.0) and np.all(slopes <= 0.0) and np.all(np.diff(slopes) >= 0.0)
+    at_the_money = [0.03]
+    fine = [qlref.sabr_fd_price(strike=at_the_money, t_grid=t, f_grid=f, x_grid=x, **kw)[0]
+            for t, f, x in (*grids, (50, 400, 50))]  # fmt: skip
+    assert abs(fine[2] - fine[1]) <= abs(fine[1] - fine[0]) / 2
