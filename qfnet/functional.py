@@ -186,7 +186,11 @@ def hedge_pnl(
                          f"got {tuple(torch.as_tensor(premium).shape)}")  # fmt: skip
     increments = p[:, 1:] - p[:, :-1]  # (N, T, H)
     if income is not None:
-        increments = increments + _as_instruments(income, "income")
+        carry = _as_instruments(income, "income")
+        if carry.shape != h.shape:  # (N, T) broadcast to every instrument, (K, T, H) to K paths
+            raise ValueError(f"income must have the shape of positions {tuple(positions.shape)}, "
+                             f"got {tuple(income.shape)}")  # fmt: skip
+        increments = increments + carry
     gains = (h * increments).sum(dim=(1, 2))
     costs = transaction_costs(h, p, cost=cost, liquidate=liquidate)
     return premium + gains - costs - payoff
@@ -445,6 +449,8 @@ def _check_pnl(pnl: torch.Tensor, measure: str, check_finite: bool) -> None:
     silently finite one (an entropic risk or ES that dropped the path)."""
     if pnl.dim() != 1 or pnl.numel() == 0:
         raise ValueError(f"pnl must have shape (N,) with N >= 1, got {tuple(pnl.shape)}")
+    if not pnl.is_floating_point():  # an integer ES truncated its fractional weights (0 for -1)
+        raise ValueError(f"{measure}: pnl must be a floating-point tensor, got {pnl.dtype}")
     if check_finite and not bool(torch.isfinite(pnl).all()):  # a host sync on a GPU
         bad = torch.nonzero(~torch.isfinite(pnl)).flatten()
         first = int(bad[0])

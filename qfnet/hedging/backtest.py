@@ -304,6 +304,9 @@ def run_backtest(
     for name, value in (("n_paths", n_paths), ("n_resamples", n_resamples)):
         if value is not None:
             check_positive_int(name, value)
+    if paths_file is not None and n_paths is not None:  # n_paths was ignored without a word
+        raise ValueError(f"n_paths ({n_paths}) sets the number of simulated test paths: a paths "
+                         f"file ({paths_file}) is backtested on all of its paths")  # fmt: skip
     config, model, meta = load_run(run_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)  # before the backtest: a bad OUT fails at once

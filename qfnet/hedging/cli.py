@@ -110,6 +110,9 @@ def backtest_command(
 
     if n_paths is not None and n_paths < 2:  # one path has no std or bootstrap interval
         raise typer.BadParameter("must be >= 2", param_hint="--n-paths")
+    if n_paths is not None and paths is not None:  # it was ignored: every file path was used
+        raise typer.BadParameter("draws simulated test paths; --paths backtests the whole file",
+                                 param_hint="--n-paths")  # fmt: skip
     if bootstrap < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--bootstrap")
     if out.exists() and not out.is_dir():  # was a FileExistsError traceback after the backtest

@@ -100,6 +100,9 @@ class MarketConfig:
         for i, name in enumerate(self.instruments):
             if name not in allowed:
                 raise ConfigError(f"{prefix}.instruments[{i}] must be one of {sorted(allowed)}")
+            if name in self.instruments[:i]:  # a second column was never built: training failed
+                # on "packed paths must have shape (N, 43) for T=3, H=2, got (32, 33)"
+                raise ConfigError(f"{prefix}.instruments[{i}] repeats {name!r}: list each once")
         if "variance_swap" in self.instruments and self.model != "heston":
             raise ConfigError(f"{prefix}.instruments: variance_swap needs model: heston")
         costs = self.cost if isinstance(self.cost, list) else [self.cost]

@@ -179,7 +179,7 @@ def _barrier(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:
     interval = float(grid[1] - grid[0])  # the hedging grid is uniform
     shifted = discrete_barrier_shift(d.barrier, vol, interval, down=down)
     tau = grid[-1] - grid[:-1]
-    # a path that has been hit is priced at a spot 1% inside the shifted barrier instead (its
+    # a path that has been hit is priced at a spot 2% inside the shifted barrier instead (its
     # value is replaced below, but the formula must stay finite for autograd)
     safe = torch.where(hit, shifted * (1.02 if down else 0.98), now)
     alive = barrier_price(spot=safe, strike=d.strike, barrier=shifted, barrier_type=d.barrier_type,

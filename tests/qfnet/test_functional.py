@@ -194,6 +194,30 @@ def test_shapes_that_would_broadcast_wrongly_are_refused():
             measure(torch.zeros(0))
 
 
+def test_hedge_pnl_refuses_an_income_of_another_shape_than_the_positions():
+    # an (N, T) income broadcast to every instrument (the underlying's dividends paid on the
+    # variance swap too: 0.6 for 0.3 here), a (5, T, H) one made five P&Ls from one path
+    positions, prices, payoff = torch.ones(1, 2, 2), torch.ones(1, 3, 2), torch.zeros(1)
+    pnl = F.hedge_pnl(positions, prices, payoff, income=torch.tensor([[[0.1, 0.0], [0.2, 0.0]]]))
+    assert pnl.item() == pytest.approx(0.3, abs=1e-7)
+    with pytest.raises(ValueError, match=r"income must have the shape of positions \(1, 2, 2\), "
+                                         r"got \(1, 2\)"):  # fmt: skip
+        F.hedge_pnl(positions, prices, payoff, income=torch.tensor([[0.1, 0.2]]))
+    with pytest.raises(ValueError, match=r"got \(5, 2, 2\)"):
+        F.hedge_pnl(positions, prices, payoff, income=torch.ones(5, 2, 2))
+
+
+@pytest.mark.parametrize("measure", [F.value_at_risk, F.expected_shortfall, F.entropic_risk,
+                                     F.pnl_variance])  # fmt: skip
+def test_risk_measures_refuse_an_integer_pnl(measure) -> None:
+    # the expected shortfall of an integer P&L truncated its fractional tail weight: 0 for the
+    # worst loss -1 of 1..10 at alpha 0.9 (VaR and the variance failed inside torch): one rule
+    pnl = torch.tensor([5, 1, 2, 3, 4, 6, 7, 8, 9, 10])
+    assert F.expected_shortfall(pnl.double(), 0.9).item() == pytest.approx(-1.0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"pnl must be a floating-point tensor, got torch.int64"):
+        measure(pnl)
+
+
 _MEASURES = {
     "value_at_risk": lambda p: F.value_at_risk(p, 0.9),
     "expected_shortfall": lambda p: F.expected_shortfall(p, 0.9),

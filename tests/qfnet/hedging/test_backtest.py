@@ -92,6 +92,19 @@ def test_backtest_on_a_user_path_file(trained_run: Path) -> None:
     assert report["learned"]["turnover"] > 0
 
 
+def test_a_path_count_with_a_paths_file_is_refused_not_ignored(trained_run: Path) -> None:
+    # --n-paths 10 with --paths backtested every path of the file without a word
+    frame = pd.DataFrame({f"d{i}": [1.0 + 0.01 * i, 1.0 - 0.01 * i] for i in range(7)})
+    frame.to_parquet(trained_run / "two.parquet")
+    args = ["backtest", "--run", str(trained_run / "run"), "--out", str(trained_run / "n"),
+            "--paths", str(trained_run / "two.parquet"), "--n-paths", "10"]  # fmt: skip
+    result = CliRunner().invoke(hedge_app, args)
+    assert result.exit_code == 2 and "--n-paths" in result.output, result.output
+    with pytest.raises(ValueError, match=r"n_paths \(10\) sets the number of simulated test"):
+        run_backtest(trained_run / "run", trained_run / "n",
+                     paths_file=trained_run / "two.parquet", n_paths=10)  # fmt: skip
+
+
 def test_train_with_bad_config_names_the_key(tmp_path: Path) -> None:
     bad = {**TINY, "training": {"epochs": 2, "batchsize": 10}}
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))

@@ -44,6 +44,10 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"market": {"cost": -1e-3}}, r"market.cost must be >= 0"),
         ({"market": {"instruments": ["underlying", "variance_swap"]}}, r"variance_swap needs"),
         ({"market": {"instruments": ["stock"]}}, r"market.instruments must start with"),
+        (
+            {"market": {"model": "heston", "instruments": ["underlying", "variance_swap"] * 2}},
+            r"market.instruments\[2\] repeats 'underlying': list each once",
+        ),
         ({"market": {"liquidate": "yes"}}, r"market.liquidate must be true or false"),
         ({"derivative": {"type": "barrier"}}, r"derivative.barrier is required"),
         ({"objective": {"alpha": 1.5}}, r"objective.alpha must be in \(0, 1\)"),
