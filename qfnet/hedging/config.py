@@ -160,6 +160,9 @@ class PathsConfig:
     def validate(self, prefix: str) -> None:
         for name in ("train", "val", "test"):
             _positive(f"{prefix}.{name}", getattr(self, name))
+        if self.test < 2:  # the backtest failed later, naming no key
+            raise ConfigError(f"{prefix}.test must be >= 2 (a std and bootstrap intervals), "
+                              f"got {self.test}")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"strategy": {"hidden": [16, -1]}}, r"strategy.hidden"),
         ({"strategy": {"type": "ntb", "reference": "none"}}, r"strategy.reference"),
         ({"paths": {"test": 0}}, r"paths.test must be > 0"),
+        # one test path passed, and the backtest failed on it naming no key
+        ({"paths": {"test": 1}}, r"paths.test must be >= 2"),
         ([1, 2], r"config must be a mapping"),
         ({"market": {"cost": float("nan")}}, r"market.cost must be a finite number"),
         ({"market": {"rate": float("nan")}}, r"market.rate must be a finite number"),
