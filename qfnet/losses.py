@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from qfnet import functional as F
@@ -103,6 +104,10 @@ class ExpectedShortfall(RiskMeasure):
     VaR of the first P&L batch it sees (so the objective starts at the ES, not far above it).
     ``exact`` returns the empirical ES of a sample.
 
+    In training mode under ``torch.distributed`` (DDP) that first batch is every rank's batch
+    together, gathered, as ``SyncBatchNorm`` gathers its statistics (every rank must make the
+    call): set from each rank's own, the ranks' levels differed for the whole run.
+
     Examples:
         >>> es = ExpectedShortfall(0.95)
         >>> es(torch.arange(100.0))
@@ -121,7 +126,8 @@ class ExpectedShortfall(RiskMeasure):
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         if not self.ready:  # host sync, only until the level is set
             with torch.no_grad():
-                self.var_level.copy_(F.value_at_risk(pnl.detach(), self.alpha, check_finite=False))
+                first = _all_ranks(pnl.detach()) if self.training else pnl.detach()
+                self.var_level.copy_(F.value_at_risk(first, self.alpha, check_finite=False))
                 self.initialised.fill_(True)
             self._ready = True
         level = self.var_level.to(pnl.dtype)
@@ -136,6 +142,27 @@ class ExpectedShortfall(RiskMeasure):
         if not self._ready and bool(self.initialised):
             self._ready = True
         return self._ready
+
+
+def _all_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` of every rank of the default process group, concatenated in rank order (the
+    tensor itself without one). Ranks may hold different numbers of values.
+
+    Shape:
+        - values: (N_rank,); output: (sum of N_rank,)
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    world = dist.get_world_size()
+    count = torch.tensor([values.numel()], device=values.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = values.new_zeros(max(sizes))  # all_gather needs equal sizes
+    padded[: values.numel()] = values.reshape(-1)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
 
 def make_risk_measure(name: str, **params: float) -> RiskMeasure:

@@ -23,8 +23,9 @@ from qfnet.hedging.markets import HedgeData, Market, pack, unpack
 from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
-from qfnet.training import EarlyStopping, Trainer, TrainerConfig
+from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
 from qfnet.training.checkpoint import load_error_summary
+from qfnet.training.distributed import init_distributed
 
 __all__ = [
     "HedgeModel",
@@ -241,7 +242,8 @@ def train(
 
     ``val_loss`` is the risk measure of the whole validation set: it is evaluated as one batch
     (without a graph), as the entropic risk and the variance of a set are not the mean of
-    those of its batches.
+    those of its batches; under ``torchrun`` every process evaluates all of it (the Trainer's
+    ``shard_eval=False``), and only rank 0 writes files.
 
     ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
     ``cpu_seconds`` its process CPU time (all threads).
@@ -260,11 +262,14 @@ def train(
         >>> "model.pt" in written and "hedge_config.json" in written
         True
     """
+    t = config.training
+    # under torchrun: join the group now (the Trainer reuses it), so that only rank 0 writes
+    # (ranks writing model.pt.tmp at once could lose its rename: FileNotFoundError)
+    writer = init_distributed("auto", resolve_device(t.device)).is_global_zero
     if resume:
         _check_resume(config, run_dir)
-    elif run_dir is not None:
+    elif run_dir is not None and writer:
         _write_config(Path(run_dir), config)
-    t = config.training
     if t.threads is not None:
         torch.set_num_threads(t.threads)
     dtype = _DTYPES[t.dtype]
@@ -281,10 +286,11 @@ def train(
         config=TrainerConfig(
             max_epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
             scheduler=t.scheduler,
-            # the validation set in one batch (no graph): the Trainer averages the losses of
-            # its batches, and the entropic risk or the variance of a set is not the mean of
-            # those of its parts (the ES objective at a fixed level is, being a mean)
-            eval_batch_size=config.paths.val,
+            # the validation set in one batch (no graph) and whole on every DDP rank: the
+            # Trainer averages the losses of batches and ranks, and the entropic risk or the
+            # variance of a set is not the mean of those of its parts (the ES objective at a
+            # fixed level is, being a mean)
+            eval_batch_size=config.paths.val, shard_eval=False,
             seed=config.seed, run_dir=run_dir, progress_bar=progress_bar, device=t.device,
             tensorboard=run_dir is not None, precision="32",
         ),
@@ -295,7 +301,7 @@ def train(
     history = trainer.fit(train_set, val_set, resume=resume)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     model.cpu()
-    if run_dir is not None:
+    if run_dir is not None and writer:
         _save(Path(run_dir), config, model, ww, seconds)
     return TrainResult(model, history, seconds, ww, cpu)
 

@@ -60,6 +60,11 @@ class TrainerConfig:
         max_epochs: Number of passes over the training data.
         batch_size: Samples per micro-batch (per process under DDP).
         eval_batch_size: Samples per validation/test batch (``None``: ``batch_size``).
+        shard_eval: Under DDP, split validation/test Datasets over the processes, each sample
+            once (the loss and metrics are weighted means over all of them). ``False``: every
+            process evaluates all of the data and rank 0's values are reported on every rank,
+            for a loss that is not a mean over samples (the risk measure of a whole set, in one
+            batch), of which the mean over the processes' parts is another number.
         shuffle: Shuffle the training data; the order is a function of ``(seed, epoch)``.
         drop_last: Drop the last incomplete training batch.
         num_workers: DataLoader workers (``None``: 2 on CUDA, 0 otherwise).
@@ -117,6 +122,7 @@ class TrainerConfig:
     max_epochs: int = 10
     batch_size: int = 64
     eval_batch_size: int | None = None
+    shard_eval: bool = True
     shuffle: bool = True
     drop_last: bool = False
     num_workers: int | None = None

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "any_rank", "barrier", "init_distributed"]
+__all__ = [
+    "DistInfo",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "any_rank",
+    "barrier",
+    "broadcast_from_zero",
+    "init_distributed",
+]
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,37 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_gather_objects(obj: Any, info: DistInfo, device: torch.device) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` for one process).
+
+    nccl carries the pickled bytes on the current CUDA device: ``device``'s here, also in a
+    group created without ``torch.cuda.set_device`` (every rank would have used device 0).
+
+    Examples:
+        >>> all_gather_objects({"step": 3}, DistInfo(), torch.device("cpu"))
+        [{'step': 3}]
+    """
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size
+    cuda = device.type == "cuda"
+    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
+        dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_from_zero(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Overwrite ``tensor`` in place with rank 0's (no-op for a single process); returns it.
+
+    Examples:
+        >>> broadcast_from_zero(torch.tensor([1.0, 2.0]), DistInfo())  # one process: unchanged
+        tensor([1., 2.])
+    """
+    if info.enabled:
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any rank (``flag`` itself for one process).
 
@@ -101,12 +142,19 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def barrier(info: DistInfo) -> None:
+def barrier(info: DistInfo, device: torch.device | None = None) -> None:
     """Wait for every rank (no-op for a single process).
+
+    With ``device``, by an all-reduce of one number there: nccl's own barrier picks a CUDA
+    device by rank when none was set current, another device than the training one.
 
     Examples:
         >>> barrier(DistInfo(rank=0, world_size=1)) is None
         True
     """
-    if info.enabled:
+    if not info.enabled:
+        return
+    if device is None:
         dist.barrier()
+    else:
+        dist.all_reduce(torch.zeros((), device=device))

@@ -203,4 +203,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
                       "has no generator: the rest of the epoch sees another order than the "
                       "uninterrupted run (give the DataLoader a generator)", stacklevel=4)  # fmt: skip
     trainer.history = History(state["history"])
-    set_rng_state(state["rng"])
+    # every rank's own states when written under DDP with as many ranks (rank 0's otherwise)
+    ranks = state.get("rng_ranks")
+    own = ranks is not None and len(ranks) == trainer.dist.world_size
+    set_rng_state(ranks[trainer.dist.rank] if own else state["rng"])

@@ -43,7 +43,15 @@ from qfnet.training.device import (
     resolve_precision,
     seed_everything,
 )
-from qfnet.training.distributed import DistInfo, all_reduce_sum, any_rank, init_distributed
+from qfnet.training.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    broadcast_from_zero,
+    init_distributed,
+)
 from qfnet.training.loggers import CSVLogger, TensorBoardLogger
 from qfnet.training.schedulers import build_optimizer, build_scheduler, warmup_factor
 from qfnet.training.state import restore_trainer, trainer_state
@@ -279,7 +287,9 @@ class Trainer:
         """
         if not self.dist.enabled or not self.is_global_zero:
             return
-        message = _loader_warning(name, data, self.dist.world_size, evaluation=evaluation)
+        whole = evaluation and not self.config.shard_eval
+        message = _loader_warning(name, data, self.dist.world_size, evaluation=evaluation,
+                                  whole=whole)  # fmt: skip
         if message is not None:
             warnings.warn(message, stacklevel=stacklevel)
 
@@ -291,8 +301,10 @@ class Trainer:
         # A generator of its own: DataLoader iterators seed their workers from the global RNG
         # otherwise, and a validation would shift the next epochs' dropout masks.
         kwargs = self._loader_kwargs(data) | {"generator": torch.Generator().manual_seed(0)}
-        return eval_loader(data, batch_size=size, rank=self.dist.rank,
-                           world_size=self.dist.world_size, loader_kwargs=kwargs)  # fmt: skip
+        split = self.config.shard_eval  # else every rank reads all of it
+        return eval_loader(data, batch_size=size, rank=self.dist.rank if split else 0,
+                           world_size=self.dist.world_size if split else 1,
+                           loader_kwargs=kwargs)  # fmt: skip
 
     def fit(
         self,
@@ -347,6 +359,9 @@ class Trainer:
             raise
         finally:
             self.call("on_teardown")
+        # rank 0 may still be writing (checkpoints, loss.png): the other ranks returned before
+        # it, and a resume or a load of best.pt right after fit found no file or an older one
+        barrier(self.dist, self.device)
         return self.history
 
     def _resume_path(self, resume: bool, ckpt_path: str | Path | None) -> Path | None:
@@ -589,8 +604,15 @@ class Trainer:
                 sums[3 + 2 * j] += w
 
     def _reduce(self, sums: torch.Tensor, prefix: str, train: bool = False) -> dict[str, float]:
-        """Weighted means from ``[loss_sum, loss_w, m1_sum, m1_w, ...]`` over all ranks."""
-        values = all_reduce_sum(sums.clone(), self.dist).tolist()  # one synchronisation
+        """Weighted means from ``[loss_sum, loss_w, m1_sum, m1_w, ...]`` over all ranks.
+
+        Evaluation with ``shard_eval=False`` (every rank saw all of the data): rank 0's, on every
+        rank (values computed on each could differ in their last bits on different GPUs, and
+        with them an early-stopping decision).
+        """
+        whole = not train and not self.config.shard_eval
+        reduce = broadcast_from_zero if whole else all_reduce_sum
+        values = reduce(sums.clone(), self.dist).tolist()  # one synchronisation
         out = {f"{prefix}loss": values[0] / values[1] if values[1] else float("nan")}
         if train and not self.config.train_metrics:
             return out
@@ -620,7 +642,8 @@ class Trainer:
         """Loss and metrics over ``data`` (model in eval mode, no gradients).
 
         Returns:
-            ``{"loss": ..., "<metric>": ...}`` as weighted means over all samples (all ranks).
+            ``{"loss": ..., "<metric>": ...}`` as weighted means over all samples (all ranks;
+            with ``shard_eval=False`` over all samples on every rank).
         """
         self._setup_runtime()
         self._warn_about_loader("data", data, evaluation=True, stacklevel=3)
@@ -643,7 +666,12 @@ class Trainer:
             # the uninterrupted run then adds the epoch's losses in the same order (bit-equal
             # train_loss, whatever order a vectorised sum would choose on this CPU).
             self._train_sums, self._epoch_loss = self._folded_train_sums(), EpochLoss()
-        sums = None
+        sums = rngs = None
+        if self._runtime_ready and self.dist.enabled:
+            # each rank's own RNG states: where the ranks drew different numbers of random
+            # values (dropout on batches of unequal sizes; CUDA, where rank 0 sees its own
+            # device's), rank 0's restored on every rank gave the others other draws
+            rngs = all_gather_objects(ckpt.get_rng_state(), self.dist, self.device)
         if self._runtime_ready and self.dist.enabled and hasattr(self, "_epoch_loss"):
             sums = all_reduce_sum(self._folded_train_sums(), self.dist)
             # a stop set on another rank in this very hook (before the checkpoint callback,
@@ -652,6 +680,8 @@ class Trainer:
         if not self.is_global_zero:
             return None
         state = self.state_dict()
+        if rngs is not None:
+            state["rng_ranks"] = rngs
         if sums is not None and not self._epoch_done:
             state["loop"]["train_sums"] = sums
         return ckpt.save_checkpoint(state, path)
@@ -682,14 +712,24 @@ def _rank_aware(loader: torch.utils.data.DataLoader) -> bool:
     )
 
 
-def _loader_warning(name: str, data: Any, world_size: int, *, evaluation: bool) -> str | None:
+def _loader_warning(
+    name: str, data: Any, world_size: int, *, evaluation: bool, whole: bool = False
+) -> str | None:
     """Why a user DataLoader would not give each of ``world_size`` ranks its exact share, if so.
 
     A loader used as given is read whole on every rank; for evaluation, a ``DistributedSampler``
-    repeats (or drops) samples to split them evenly, so the mean is not over the data.
+    repeats (or drops) samples to split them evenly, so the mean is not over the data. With
+    ``whole`` (``shard_eval=False``) every rank must read all of it: only a loader that splits
+    the data is wrong.
     """
     if not isinstance(data, torch.utils.data.DataLoader):
         return None
+    if whole:
+        if not _rank_aware(data):
+            return None
+        return (f"{name}: its sampler splits the data over the {world_size} processes, but "
+                "shard_eval=False reports rank 0's value as that of all of it; pass the Dataset "
+                "itself or a DataLoader that reads all of it")  # fmt: skip
     exact = "pass the Dataset itself (the Trainer splits it over the processes, each sample once)"
     if not _rank_aware(data):
         train = "pass a Dataset (sharded for you) or give it a DistributedSampler"

@@ -1,4 +1,6 @@
-"""DDP: ranks stay in step (stop flags, NaN guard, lr_find) and validation counts each row once.
+"""DDP: ranks stay in step (stop flags, NaN guard, lr_find, RNG states on resume), validation
+counts each row once (or, unsharded, is the whole set's on every rank), and rank 0's files are
+written when ``fit`` returns.
 
 The two-process cases run under ``torchrun`` on gloo (``scripts/ddp_cases.py``); ranks that fall
 out of step there fail within the group's 15 s timeout.
@@ -60,6 +62,21 @@ def test_a_non_finite_loss_on_one_rank_raises_on_every_rank_at_the_same_step(tmp
 
 
 @needs_dist
+def test_a_resumed_run_restores_each_ranks_own_rng_state(tmp_path):
+    first, second = _torchrun("resume_rng", tmp_path)
+    # each rank's dropout masks go on as in the uninterrupted run (rank 0's state on rank 1
+    # gave it other masks, hence other averaged gradients on both)
+    for rank in (first, second):
+        assert rank["resumed"] == rank["full"]
+
+
+@needs_dist
+def test_every_rank_finds_the_checkpoints_of_rank_zero_when_fit_returns(tmp_path):
+    first, second = _torchrun("written", tmp_path)
+    assert first == second == {"found": ["best.pt", "last.pt"]}
+
+
+@needs_dist
 def test_loader_warnings_come_from_rank_zero_and_name_a_padding_sampler(tmp_path):
     first, second = _torchrun("loader_warnings", tmp_path)
     assert second == {"fit": [], "evaluate": [], "quiet": []}
@@ -69,6 +86,17 @@ def test_loader_warnings_come_from_rank_zero_and_name_a_padding_sampler(tmp_path
     assert "pass the Dataset itself" in val
     assert first["evaluate"] == [val.replace("val_data", "data", 1)]
     assert first["quiet"] == []
+
+
+@needs_dist
+def test_unsharded_evaluation_gives_every_rank_the_whole_sets_value_and_warns_on_a_split(tmp_path):
+    first, second = _torchrun("whole_eval", tmp_path)
+    # every rank evaluates all 11 samples: a loader read whole by each is what is asked for
+    assert first["warnings"] == first["loader_warnings"] == []
+    assert second == {**first, "split_warnings": []}
+    assert first["value"] == pytest.approx(first["expected"], rel=1e-12, abs=0.0)
+    (split,) = first["split_warnings"]
+    assert split.startswith("data: its sampler splits the data over the 2 processes")
 
 
 @needs_dist
@@ -88,6 +116,25 @@ def test_surrogate_under_torchrun_validates_every_row_once_without_loader_warnin
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     header, last = rows[0].split(","), rows[-1].split(",")
     assert float(last[header.index("val_loss")]) == pytest.approx(expected, rel=1e-6, abs=0.0)
+
+
+@needs_dist
+def test_hedging_under_torchrun_reports_the_whole_validation_sets_risk_and_ranks_agree(tmp_path):
+    from qfnet.hedging.markets import Market, pack
+    from qfnet.hedging.train import load_run, make_paths
+
+    first, second = _torchrun("hedge", tmp_path)
+    assert first["saved"] == ["variance", "es"] and second["saved"] == []  # only rank 0 writes
+    for objective in ("variance", "es"):
+        # the ES level is set from the first batch: from each rank's own, it differed
+        assert first[objective] == second[objective]
+        config, model, _ = load_run(tmp_path / objective)
+        val, _ = make_paths(Market(config), 33, split="val", seed=config.seed)
+        with torch.no_grad():
+            whole = model.risk_loss(model(pack(val).to(torch.float64))).item()
+        # restore_best_weights: model.pt holds the best epoch's weights, so its val_loss
+        best = min(first[objective]["val_loss"])
+        assert best == pytest.approx(whole, rel=1e-12, abs=0.0)
 
 
 @pytest.mark.parametrize("n", [7, 8, 41])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 
 from qfnet.training import NonFiniteLossError, Trainer, TrainerConfig, lr_find
 
@@ -121,6 +122,24 @@ def loader_warnings_case(rank: int, out: Path) -> dict[str, Any]:
     return {"fit": fit, "evaluate": evaluate, "quiet": quiet}
 
 
+def whole_eval_case(rank: int, out: Path) -> dict[str, Any]:
+    """``shard_eval=False`` with a loss that is not a mean over samples (a batch's variance)."""
+    val = _data(11, seed=2)
+    padded = DataLoader(val, batch_size=4, sampler=DistributedSampler(val, shuffle=False))
+
+    def spread(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (output - target).var()
+
+    trainer = _trainer(loss=spread, shard_eval=False, eval_batch_size=len(val))
+    whole: dict[str, Any] = {}
+    whole["warnings"] = _caught(lambda: whole.update(value=trainer.evaluate(val)["loss"]))
+    whole["loader_warnings"] = _caught(lambda: trainer.evaluate(DataLoader(val, batch_size=11)))
+    whole["split_warnings"] = _caught(lambda: trainer.evaluate(padded))
+    with torch.no_grad():
+        whole["expected"] = spread(trainer.model(val.tensors[0]), val.tensors[1]).item()
+    return whole
+
+
 def surrogate_case(rank: int, out: Path) -> dict[str, Any]:
     """A surrogate run whose validation split has an odd number of rows (3 of 64)."""
     from pricing.datasets import generate
@@ -136,12 +155,82 @@ def surrogate_case(rank: int, out: Path) -> dict[str, Any]:
     return {"warnings": caught, "backend": dist.get_backend()}
 
 
+def hedge_case(rank: int, out: Path) -> dict[str, Any]:
+    """Hedging runs with a variance and an ES objective, 33 validation paths (odd: unequal
+    shares); what each rank holds after training, and whether it wrote ``model.pt``."""
+    import qfnet.hedging.train as hedging
+    from qfnet.hedging.config import config_from_dict
+
+    saved = []
+    real_save = hedging._save
+    hedging._save = lambda *args: saved.append(args[0].name) or real_save(*args)
+    result = {}
+    for objective in ("variance", "es"):
+        config = config_from_dict({"market": {"n_steps": 5}, "objective": {"name": objective},
+            "paths": {"train": 64, "val": 33, "test": 8}, "baselines": {"ww_risk_aversion": 1.0},
+            "training": {"epochs": 2, "batch_size": 8, "dtype": "float64"}})  # fmt: skip
+        trained = hedging.train(config, out / objective)
+        result[objective] = {
+            "val_loss": trained.history["val_loss"],
+            "weights": {k: v.tolist() for k, v in trained.model.state_dict().items()},
+        }
+    return result | {"saved": saved}
+
+
+def resume_rng_case(rank: int, out: Path) -> dict[str, Any]:
+    """Dropout on uneven shares (36 and 28 rows in 4 batches): the ranks' RNGs drift apart.
+    Weights after 2 epochs, uninterrupted and resumed after the first."""
+    data = _data(64)
+    share = range(36) if rank == 0 else range(36, 64)
+    loader = DataLoader(Subset(data, list(share)), batch_size=9 if rank == 0 else 7)
+
+    def trainer(run: str, epochs: int) -> Trainer:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 1))
+        config = TrainerConfig(max_epochs=epochs, batch_size=8, progress_bar=False, device="cpu",
+                               run_dir=str(out / run), tensorboard=False)  # fmt: skip
+        return Trainer(model.double(), loss=nn.MSELoss(), config=config)
+
+    weights = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the loaders are used as given, on purpose
+        full = trainer("full", 2)
+        full.fit(loader)
+        trainer("resumed", 1).fit(loader)
+        resumed = trainer("resumed", 2)
+        resumed.fit(loader, resume=True)
+    for name, run in (("full", full), ("resumed", resumed)):
+        weights[name] = [p.detach().flatten().tolist() for p in run.model.parameters()]
+    return weights
+
+
+def written_case(rank: int, out: Path) -> dict[str, Any]:
+    """Rank 0 writes its checkpoints slowly (a network file system): which of them each rank
+    finds when ``fit`` returns."""
+    from qfnet.training import checkpoint
+
+    real_save = checkpoint.save_checkpoint
+
+    def slow_save(state: dict[str, Any], path: Path) -> Path:
+        time.sleep(0.5)
+        return real_save(state, path)
+
+    checkpoint.save_checkpoint = slow_save
+    run = out / "run"
+    _trainer(max_epochs=1, run_dir=str(run), tensorboard=False).fit(_data(32), _data(8, seed=1))
+    return {"found": sorted(p.name for p in (run / "checkpoints").glob("*.pt"))}
+
+
 CASES = {
     "lr_find": lr_find_case,
     "stop": stop_case,
     "nan": nan_case,
     "loader_warnings": loader_warnings_case,
     "surrogate": surrogate_case,
+    "hedge": hedge_case,
+    "whole_eval": whole_eval_case,
+    "resume_rng": resume_rng_case,
+    "written": written_case,
 }
 
 
