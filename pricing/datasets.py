@@ -75,7 +75,8 @@ class Domain:
 
     Attributes:
         model: ``"heston"`` or ``"sabr"``.
-        params: ``(name, low, high)`` for each model parameter, in the model's canonical order.
+        params: ``(name, low, high)`` for each model parameter, in the model's canonical order,
+            inside the range where the model's pricer takes it (``|rho| < 1``, ``kappa > 0``...).
         maturity: ``(low, high)`` in years.
         z: ``(low, high)`` of the standardised strike ``z = ln(K / F) / (z_scale * sqrt(T))``.
         z_scale: the reference volatility that standardises log-moneyness.
@@ -118,6 +119,14 @@ class Domain:
             raise ValueError(
                 f"a {self.model} domain bounds {list(expected)}, got {list(self.param_names)}"
             )
+        for name, low, high in self.params:  # rho in [-1.5, 0] was recorded as the domain (and
+            # served by its surrogate) while only [-0.99, 0] was sampled; v0 < 0 failed mid-run
+            lo, hi, brackets = _PARAMETER_RANGES[name]
+            if low < lo or high > hi or (low == lo and brackets[0] == "(") or (
+                    high == hi and brackets[1] == ")"):  # fmt: skip
+                raise ValueError(f"domain bounds for {name!r} must lie in {brackets[0]}{lo:g}, "
+                                 f"{hi:g}{brackets[1]} (the {self.model} pricer's range), got "
+                                 f"[{low:g}, {high:g}]")  # fmt: skip
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -190,8 +199,9 @@ class Domain:
 
         Training on a slightly wider box keeps a surrogate accurate up to the edges of the
         domain it serves. Positive lower bounds shrink at most to half their value, correlations
-        stay within ``[-0.99, 0.99]`` (``beta`` within ``[0, 1]``), and the maturity interval is
-        widened in ``sqrt(T)``, the variable it is sampled in.
+        stay within ``[-0.99, 0.99]`` (``beta`` within ``[0, 1]``, ``v0`` and ``nu`` at least 0)
+        unless the domain's own bounds reach further (it is never narrowed), and the maturity
+        interval is widened in ``sqrt(T)``, the variable it is sampled in.
 
         Examples:
             >>> HESTON_DOMAIN.expanded(0.1).bounds("z")
@@ -224,14 +234,29 @@ class Domain:
         )
 
 
+_PARAMETER_RANGES: dict[str, tuple[float, float, str]] = {
+    "v0": (0.0, math.inf, "[)"), "kappa": (0.0, math.inf, "()"), "theta": (0.0, math.inf, "()"),
+    "sigma": (0.0, math.inf, "()"), "rho": (-1.0, 1.0, "()"), "alpha": (0.0, math.inf, "()"),
+    "beta": (0.0, 1.0, "[]"), "nu": (0.0, math.inf, "[)"),
+}  # fmt: skip
+"""Where the pricers take each parameter, ``(low, high, brackets)``
+(:func:`pricing.heston.price`, :func:`pricing.sabr.lognormal_vol`): a domain's bounds lie inside."""
+
+_WIDEN_LIMITS = {"rho": (-0.99, 0.99), "beta": (0.0, 1.0), "v0": (0.0, math.inf),
+                 "nu": (0.0, math.inf)}  # fmt: skip
+"""How far :meth:`Domain.expanded` may widen a parameter (never narrower than the domain)."""
+
+
 def _widen(name: str, low: float, high: float, margin: float) -> tuple[float, float]:
     width = high - low
     new_low, new_high = low - margin * width, high + margin * width
     if low > 0.0:
         new_low = max(new_low, 0.5 * low)
-    limits = {"rho": (-0.99, 0.99), "beta": (0.0, 1.0)}.get(name)
-    if limits is not None:
-        new_low, new_high = max(new_low, limits[0]), min(new_high, limits[1])
+    limits = _WIDEN_LIMITS.get(name)
+    if limits is not None:  # a domain past a limit (rho from -0.995) was narrowed to it, margin
+        # 0 too, so its surrogate served rows it never saw; one wholly past it was refused
+        new_low = max(new_low, min(limits[0], low))
+        new_high = min(new_high, max(limits[1], high))
     return new_low, new_high
 
 
@@ -393,8 +418,12 @@ def _shard_name(index: int) -> str:
 
 def _write_shard(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
-    os.replace(tmp, path)
+    try:
+        frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C mid-write left the half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _versions() -> dict[str, str]:
@@ -468,7 +497,9 @@ def generate(
         model: ``"heston"`` or ``"sabr"``.
         n: number of points (> 0).
         engine: label engine (default ``analytic`` for Heston, ``hagan`` for SABR).
-        seed: fixes the Sobol scrambling (and the Monte Carlo noise).
+        seed: fixes the Sobol scrambling (and the Monte Carlo noise). Datasets of one seed and
+            domain share their points (the smaller one is the first rows of the larger, whatever
+            the engine): held-out data needs another seed.
         shard_size: points per shard (a power of two keeps each shard a balanced Sobol block).
         workers: local processes (1: in this process).
         scheduler: address of a Dask scheduler (``tcp://host:8786``); overrides ``workers``.
@@ -476,7 +507,8 @@ def generate(
             the domain of the dataset (and of surrogates trained on it).
         margin: sample from ``domain.expanded(margin)`` (see :meth:`Domain.expanded`), so that
             a surrogate is trained beyond the edges of the domain it will serve.
-        threads_per_worker: torch threads in each worker (0 leaves torch's default).
+        threads_per_worker: torch threads in each worker (0 leaves torch's default); with
+            ``workers=1`` the shards are made in this process, whose setting is restored after.
         device: where each worker labels (``cpu``, ``cuda``, ``cuda:1``...): the torch engines
             and the implied-vol solver run there; the labels are float64 either way, identical
             for any ``workers`` split on the same device, and across ``shard_size`` to rounding
@@ -561,6 +593,7 @@ def generate(
         )
     unlabelled = sum(kept.values())
     todo = [task for task in tasks if task.index not in kept]
+    threads = torch.get_num_threads()  # shards made in this process set it: it stayed at 1
     try:
         with tqdm(total=len(tasks), initial=len(kept), desc="shards", unit="shard",
                   disable=not progress) as bar:  # fmt: skip
@@ -574,6 +607,8 @@ def generate(
             if created:
                 path.rmdir()
         raise
+    finally:
+        torch.set_num_threads(threads)
     meta = _metadata(domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
                      unlabelled)  # fmt: skip
     _generation.finish(path, meta)  # the plan becomes metadata.json in one rename

@@ -46,7 +46,14 @@ def generate_command(
         typer.Option("--scheduler", help="Dask scheduler address; overrides --workers."),
     ] = None,
     seed: Annotated[
-        int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the Sobol scrambling.")
+        int,
+        typer.Option(
+            "--seed",
+            min=0,
+            max=2**32 - 1,
+            help="Seed of the Sobol scrambling: datasets of one seed share their first points "
+            "(held-out data needs another seed).",
+        ),
     ] = 0,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1)] = 65_536,
     margin: Annotated[

@@ -264,7 +264,8 @@ def _check_init_split(
     file's training summary (files written before ``split`` was recorded: its ``data`` path,
     ``seed`` and row counts)."""
     if "dataset" in previous:
-        same_data = previous["dataset"] == dataset
+        # a dataset of the same seed holds the same points: it must be split the same way too
+        same_data = _shares_points(previous["dataset"], dataset, init)
         before = previous.get("split", {})
     else:
         same_data = previous.get("data") == str(Path(data).resolve())
@@ -274,14 +275,37 @@ def _check_init_split(
     for name, value in before.items():
         if value != split.get(name):
             flag = "--seed" if name == "seed" else name
-            raise ValueError(f"--init {init} was trained on this dataset with {flag} {value}, "
-                             f"not {split.get(name)}: another split would test on rows it trained "
-                             "on; fine-tune with the same value, or on another dataset")  # fmt: skip
+            raise ValueError(f"--init {init} was trained on this dataset's points with {flag} "
+                             f"{value}, not {split.get(name)}: another split would test on rows it "
+                             "trained on; fine-tune with the same value, or on a dataset of "
+                             "another generation seed")  # fmt: skip
     previous_rows = {k: v for k, v in previous.get("rows", {}).items() if k in rows}
     if previous_rows and previous_rows != rows:  # files without the fractions: their counts
-        raise ValueError(f"--init {init} was trained on this dataset split into {previous_rows} "
-                         f"rows, not {rows}: another split would test on rows it trained on; "
-                         "fine-tune with its split fractions, or on another dataset")  # fmt: skip
+        raise ValueError(f"--init {init} was trained on this dataset's points split into "
+                         f"{previous_rows} rows, not {rows}: another split would test on rows it "
+                         "trained on; fine-tune with its split fractions, or on a dataset of "
+                         "another generation seed")  # fmt: skip
+
+
+def _shares_points(
+    before: dict[str, Any], dataset: dict[str, Any], init: str | os.PathLike[str]
+) -> bool:
+    """Whether ``init`` was trained on this dataset or on one of its generation seed (of one
+    domain, ``init``'s), which holds the same Sobol points: of another size, that one is refused,
+    its points split otherwise (a fine-tuning run from a 100k-point run on a 400k-point dataset of
+    its seed tested on 1,879 of 8,000 rows the ``init`` run had trained on)."""
+    if before == dataset:
+        return True
+    seed = dataset.get("seed")
+    if seed is None or before.get("seed") != seed:
+        return False
+    if before.get("n") != dataset.get("n"):
+        raise ValueError(f"--init {init} was trained on a dataset of the same generation seed "
+                         f"{seed} (n {before.get('n')}): it holds the first points of this one "
+                         f"(n {dataset.get('n')}) or they of it, and another split would test on "
+                         "rows it trained on; fine-tune on a dataset generated with another "
+                         "--seed")  # fmt: skip
+    return True
 
 
 def _check_fresh(out: Path, resume: bool, overwrite: bool) -> None:
@@ -371,10 +395,11 @@ def train_surrogate(
     dataset generated with a ``margin`` also has rows beyond it). ``resume=True`` continues
     ``out`` from its last checkpoint (with its architecture); ``callbacks`` go to the Trainer.
     ``init`` (a surrogate file or run) starts from its weights and scalers: a fine-tuning run,
-    typically with a smaller ``lr``; on the dataset the ``init`` surrogate was trained on, it
-    must keep that run's ``seed`` and split fractions (another split tests on rows it trained
-    on). A new run into a directory that holds one needs ``overwrite=True``; a resumed one must
-    keep its ``seed`` and split fractions.
+    typically with a smaller ``lr``; on the dataset the ``init`` surrogate was trained on (or
+    on one of its generation seed and size: the same points), it must keep that run's ``seed``
+    and split fractions (another split tests on rows it trained on); one of its generation seed
+    and another size is refused. A new run into a directory that holds one needs
+    ``overwrite=True``; a resumed one must keep its ``seed`` and split fractions.
 
     Returns:
         The summary written to ``out/summary.json``: ``test`` holds ``n, mae_bp, median_bp,

@@ -156,6 +156,44 @@ def test_a_run_that_fails_before_its_first_shard_leaves_no_empty_folder(tmp_path
     assert (tmp_path / "mine").is_dir()
 
 
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_shard_write_that_fails_leaves_no_half_written_file(tmp_path, monkeypatch, failing):
+    # a full disk mid-write left shard-0000i.parquet.tmp behind; on the first shard, the folder
+    # then held the plan beside it and was neither removed nor a plain re-run's to take
+    from pathlib import Path
+
+    real = pd.DataFrame.to_parquet
+    writes = []
+
+    def disk_full(frame, path, *args, **kwargs):
+        writes.append(path)
+        if len(writes) == failing + 1:
+            Path(path).write_bytes(b"PAR1 cut short")
+            raise OSError(28, "No space left on device")
+        return real(frame, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        generate(tmp_path / "ds", model="sabr", n=8, shard_size=4, progress=False)
+    if failing == 0:
+        assert not (tmp_path / "ds").exists()
+    else:
+        left = sorted(p.name for p in (tmp_path / "ds").iterdir())
+        assert left == ["generation.json", "shard-00000.parquet"]
+
+
+def test_generating_in_this_process_leaves_its_torch_threads_as_they_were(tmp_path):
+    # a workers=1 generation (the default, made in the caller's process) left torch on one
+    # thread: the training that followed it in the demo or a notebook ran on one core
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 2)
+    try:
+        generate(tmp_path / "ds", model="sabr", n=8, progress=False)
+        assert torch.get_num_threads() == before + 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_generate_rejects_bad_arguments_by_name(tmp_path):
     with pytest.raises(ValueError, match="n must be a positive integer"):
         generate(tmp_path / "x", model="heston", n=0)
@@ -314,6 +352,44 @@ def test_domain_settings_are_checked(change, message):
     # with KeyError: 'kappa' only when labelled
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(HESTON_DOMAIN, **change)
+
+
+def _with_bounds(domain: Domain, name: str, low: float, high: float) -> Domain:
+    params = tuple((n, low, high) if n == name else (n, lo, hi) for n, lo, hi in domain.params)
+    return dataclasses.replace(domain, params=params)
+
+
+@pytest.mark.parametrize(
+    ("domain", "name", "low", "high", "message"),
+    [(HESTON_DOMAIN, "rho", -1.5, 0.0, r"'rho' must lie in \(-1, 1\) .* got \[-1.5, 0\]"),
+     (HESTON_DOMAIN, "rho", -1.0, 0.0, r"'rho' must lie in \(-1, 1\)"),
+     (HESTON_DOMAIN, "kappa", 0.0, 2.0, r"'kappa' must lie in \(0, inf\)"),
+     (HESTON_DOMAIN, "v0", -0.1, 0.2, r"'v0' must lie in \[0, inf\)"),
+     (SABR_DOMAIN, "beta", 0.0, 2.0, r"'beta' must lie in \[0, 1\] \(the sabr pricer's range\)")],
+)  # fmt: skip
+def test_domain_bounds_outside_the_pricers_range_are_refused_by_name(
+    domain, name, low, high, message
+):
+    # rho in [-1.5, 0] (or beta in [0, 2]) was recorded as the dataset's domain, and served by
+    # its surrogate, while only [-0.99, 0] was sampled; v0 < 0 failed in the middle of a run
+    with pytest.raises(ValueError, match=message):
+        _with_bounds(domain, name, low, high)
+
+
+def test_expanding_a_domain_never_narrows_it_nor_leaves_the_pricers_range(tmp_path):
+    # rho in [-0.995, 0] was sampled in [-0.99, 0] (margin 0 too); rho in [0.995, 0.998] was
+    # refused as "low <= high"; v0 or nu from 0 with a margin were sampled below 0
+    wide_rho = _with_bounds(HESTON_DOMAIN, "rho", -0.995, 0.0)
+    assert wide_rho.expanded(0.0).params == wide_rho.params
+    assert wide_rho.expanded(0.1).bounds("rho")[0] == -0.995
+    high_rho = _with_bounds(SABR_DOMAIN, "rho", 0.995, 0.998)
+    assert high_rho.expanded(0.0).params == high_rho.params
+    assert _with_bounds(SABR_DOMAIN, "nu", 0.0, 0.5).expanded(0.1).bounds("nu")[0] == 0.0
+    from_zero = _with_bounds(HESTON_DOMAIN, "v0", 0.0, 0.2)
+    assert from_zero.expanded(0.1).bounds("v0") == pytest.approx((0.0, 0.22), rel=1e-12)
+    frame, _ = load_dataset(generate(tmp_path / "ds", model="heston", domain=from_zero, n=32,
+                                     margin=0.1, progress=False))  # fmt: skip
+    assert (frame["v0"] >= 0.0).all()
 
 
 def _interrupted(path, monkeypatch, at: int, **kwargs):

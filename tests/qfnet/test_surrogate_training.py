@@ -94,6 +94,21 @@ def test_fine_tuning_on_the_init_runs_dataset_with_another_split_is_refused(sabr
                         test_fraction=0.05)  # fmt: skip
 
 
+def test_fine_tuning_on_a_dataset_of_the_init_runs_seed_and_another_size_is_refused(
+    sabr_data, tmp_path
+):
+    # a dataset of the same generation seed holds the same points (the smaller one is the
+    # first rows of the larger) but was split otherwise: 9 of the 16 test rows of a 800-point
+    # fine-tuning run had been training rows of the 400-point init run
+    train_surrogate(sabr_data, tmp_path / "first", epochs=1, **COMMON)
+    tune = {"epochs": 1, "lr": 1e-4, "init": tmp_path / "first", **COMMON}
+    larger = generate(tmp_path / "larger", model="sabr", n=800, seed=0, progress=False)
+    with pytest.raises(ValueError, match=r"same generation seed 0 \(n 400\).*\(n 800\)"):
+        train_surrogate(larger, tmp_path / "tuned", **tune)
+    other = generate(tmp_path / "other", model="sabr", n=800, seed=1, progress=False)
+    assert train_surrogate(other, tmp_path / "tuned", **tune)["rows"]["test"] == 16
+
+
 def test_a_dataset_without_two_training_rows_is_refused_naming_the_counts(tmp_path):
     # 3 rows left one training row: NaN scalers, then a "non-finite loss" at step 0
     data = generate(tmp_path / "ds", model="sabr", n=3, progress=False)
