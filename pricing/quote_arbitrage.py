@@ -120,16 +120,18 @@ def _worst(
     distance: np.ndarray,
     vol: np.ndarray,
 ) -> int | None:
-    """Index of the quote to remove next, or None when the kept quotes are free of violations."""
+    """Index of the quote to remove next, or None when the kept quotes are free of violations
+    (index 0 is the anchor ``C(0) = F``: checked with the quotes, never removed)."""
     pair, triple = _violations(k[keep], c[keep], tol, h[keep])
     if not (pair.any() or triple.any()):
         return None
     candidates = np.flatnonzero(keep)[_involved(pair, triple, int(keep.sum()))]
+    candidates = candidates[candidates > 0]
     remaining, roughness = [], []
     for i in candidates:
         keep[i] = False
         remaining.append(sum(v.sum() for v in _violations(k[keep], c[keep], tol, h[keep])))
-        roughness.append(_roughness(k[keep], vol[keep]))
+        roughness.append(_roughness(k[1:][keep[1:]], vol[keep[1:]]))
         keep[i] = True
     # The least violation left; among equals (often several leave none) the smoothest smile left
     # in implied vol (in price, the density's own curvature drowns a bad quote): farthest out was
@@ -149,15 +151,18 @@ def strike_violations(
     """Quotes of one expiry to drop so that undiscounted call prices are decreasing and convex.
 
     The conditions are ``0 >= dC/dK >= -1`` between neighbours and non-negative butterflies
-    (unequal strike spacing weighted), each up to ``tolerance * forward`` in price plus what moving
-    each price within its half spread can absorb (a mid-price violation that bid and ask allow is
-    not one). Quotes are removed one at a time: the one whose removal leaves the least total
-    violation; among equals the one that leaves the smoothest implied-vol smile (least change in
-    its second differences in strike: a single bad quote, not its neighbours), then the farthest
-    from the money.
+    (unequal strike spacing weighted), the anchor ``C(0) = F`` (a put's ``P(0) = 0``) among the
+    neighbours: the first quote obeys them with it too, so a put smile concave through the
+    origin is a violation (``P(50) = 10, P(100) = 15``: two puts at 50 less one at 100 pay
+    nothing positive and cost 5), as is a price below intrinsic. Each holds up to ``tolerance *
+    forward`` in price plus what moving each price within its half spread can absorb (a
+    mid-price violation that bid and ask allow is not one). Quotes are removed one at a time:
+    the one whose removal leaves the least total violation; among equals the one that leaves
+    the smoothest implied-vol smile (least change in its second differences in strike: a single
+    bad quote, not its neighbours), then the farthest from the money.
 
     Args:
-        strike: strikes, shape ``(K,)``, distinct.
+        strike: strikes, shape ``(K,)``, distinct and > 0.
         call: undiscounted call prices (puts converted by parity), shape ``(K,)``.
         forward: the expiry's forward (scale of the tolerance).
         tolerance: allowed violation relative to the forward.
@@ -184,19 +189,26 @@ def strike_violations(
     _check_columns(strike=strike, call=call, half_spread=half_spread)
     if len(np.unique(strike)) != len(strike):
         raise ValueError("strike: the strikes of one expiry must be distinct")
+    nonpositive = np.flatnonzero(np.asarray(strike, float).reshape(-1) <= 0)
+    if nonpositive.size:  # the anchor C(0) = F sits at 0 (shifted strikes: at -shift)
+        raise ValueError(f"strike: must be > 0, got {np.ravel(strike)[nonpositive[0]]} at index "
+                         f"{nonpositive[0]}")  # fmt: skip
     negative = np.flatnonzero(np.asarray(half_spread, float).reshape(-1) < 0)
     if negative.size:
         raise ValueError(f"half_spread: negative at index {negative[0]} (ask below bid?)")
     order = np.argsort(strike)
     k, c = np.asarray(strike, float)[order], np.asarray(call, float)[order]
     h = np.asarray(half_spread, float).reshape(-1)[order]
-    keep = np.ones(len(k), dtype=bool)
     distance = np.abs(np.log(k / forward))
     vol = _total_vols(k, c, forward)
+    # the anchor (0, F) goes first, exact: a concave put wing through P(0) = 0 passed
+    k, c, h = np.r_[0.0, k], np.r_[forward, c], np.r_[0.0, h]
+    keep = np.ones(len(k), dtype=bool)
+    distance = np.r_[np.inf, distance]
     while (worst := _worst(k, c, h, keep, tolerance * forward, distance, vol)) is not None:
         keep[worst] = False
-    drop = np.empty(len(k), dtype=bool)
-    drop[order] = ~keep
+    drop = np.empty(len(order), dtype=bool)
+    drop[order] = ~keep[1:]
     return drop
 
 

@@ -37,6 +37,9 @@ def result_json(
     """The machine-readable summary of a calibration (ARCHITECTURE.md, section 3).
 
     Non-finite numbers become ``null`` (``None``), so the summary is strict JSON.
+    ``residuals_file`` is written as given: ``qfnet calibrate`` passes it relative to the JSON's
+    folder (its file name), so that the JSON reads from any working directory and moves with
+    its folder.
 
     Examples:
         >>> import pandas as pd
@@ -212,7 +215,10 @@ def calibrate_command(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         result.residuals.to_csv(residuals_file, index=False)
-        out.write_text(json.dumps(result_json(result, residuals_file, report), indent=2) + "\n")
+        # relative to the JSON's folder: relative to the working directory (--out sub/fit.json
+        # wrote "sub/fit_residuals.csv") it broke when the JSON was read from anywhere else
+        summary = result_json(result, Path(residuals_file.name), report)
+        out.write_text(json.dumps(summary, indent=2) + "\n")
     except OSError as error:
         raise fail(f"cannot write {out}: {error}") from error
     if report is not None:

@@ -113,6 +113,9 @@ def _load_params(params: str | None) -> dict[str, float]:
         raise fail(f"--params: not valid JSON ({error.msg} at character {error.pos})") from error
     if not isinstance(loaded, dict):
         raise fail("--params: expected a JSON object such as '{\"volatility\": 0.2}'")
+    flags = [k for k, v in loaded.items() if isinstance(v, bool)]
+    if flags:  # float(true) priced a volatility of 1
+        raise fail(f"--params: {flags[0]!r} must be a number, got {str(loaded[flags[0]]).lower()}")
     try:
         return {str(k): float(v) for k, v in loaded.items()}
     except (TypeError, ValueError) as error:
@@ -121,6 +124,7 @@ def _load_params(params: str | None) -> dict[str, float]:
 
 @app.command()
 def price(
+    ctx: typer.Context,
     model: str = typer.Option(..., help="bs, heston or sabr."),
     quotes: Path = typer.Option(..., help="Quote table, CSV or Parquet."),
     out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
@@ -129,8 +133,8 @@ def price(
         None, help="JSON object (or file) of model parameters applied to every row."
     ),
     seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Random seed (Monte Carlo)."),
-    paths: int = typer.Option(100_000, help="Monte Carlo paths."),
-    steps: int = typer.Option(100, help="Monte Carlo time steps."),
+    paths: int = typer.Option(100_000, help="Monte Carlo paths (--engine mc only)."),
+    steps: int = typer.Option(100, help="Monte Carlo time steps (--engine mc only)."),
     surrogate: Path | None = typer.Option(None, help="Surrogate run or model file."),
 ) -> None:
     """Price every row of a quote table; writes its columns plus price and implied_vol."""
@@ -145,6 +149,7 @@ def price(
     if surrogate is not None and engine != "surrogate":  # it was ignored: priced analytically
         raise typer.BadParameter(f"needs --engine surrogate, not {engine}",
                                  param_hint="--surrogate")  # fmt: skip
+    _refuse_mc_options(ctx, engine)
     if engine == "mc" and paths < _MIN_MC_PATHS:
         raise typer.BadParameter(f"{paths}: need at least {_MIN_MC_PATHS} paths (three "
                                  "antithetic pairs: the control-variate error estimate needs "
@@ -180,6 +185,18 @@ def price(
     write_table(result, out)
     options = "option" if len(result) == 1 else "options"
     typer.echo(f"priced {len(result)} {options} ({model}, {engine}) -> {out}{kept}")
+
+
+def _refuse_mc_options(ctx: typer.Context, engine: str) -> None:
+    """``--paths`` and ``--steps`` given without ``--engine mc`` are usage errors naming the
+    option: they were ignored, and the row priced analytically read as a Monte Carlo price."""
+    if engine == "mc":
+        return
+    for name in ("paths", "steps"):
+        source = ctx.get_parameter_source(name)  # typer's own click: compare by name
+        if source is not None and source.name != "DEFAULT":
+            raise typer.BadParameter(f"applies to --engine mc only, not {engine}",
+                                     param_hint=f"--{name}")  # fmt: skip
 
 
 def _keep_market_columns(table: pd.DataFrame, result: pd.DataFrame) -> tuple[pd.DataFrame, str]:

@@ -354,5 +354,8 @@ def test_a_wing_priced_below_any_vol_counts_its_whole_vol_error() -> None:
     error, _ = residuals(sunk, torch.tensor([0]))
     reference = heston._vols(surfaces, sunk, reference=True) - torch.tensor(table["market_iv"])
     assert float(error[0, 0]) <= float(reference[0]) + 0.02  # the 60 wing: at least -5,600 bp
-    fit = calibrate("heston", table.rename(columns={"market_iv": "implied_vol"}))
+    # the scan alone, wide (the default 256 points end at 1,285 bp on this pathological surface,
+    # and the result depended on whether another test module had registered the network start)
+    fit = calibrate("heston", table.rename(columns={"market_iv": "implied_vol"}),
+                    global_start="scan", n_scan=1024, n_starts=8)  # fmt: skip
     assert fit.rmse_iv_bp < 1000.0

@@ -496,6 +496,29 @@ def test_far_wing_short_dated_prices_are_never_negative() -> None:
     assert bool((heston.price(**kw, is_call=False) >= strike - 100.0).all())
 
 
+def test_far_call_wing_prices_below_the_default_nodes_accuracy_are_repriced_not_negative() -> None:
+    # 12 standard deviations into the call wing of negatively correlated in-box parameters,
+    # the box's 32/24 nodes gave -2.0e-9, -3.3e-12 and -1.4e-11 (F = 100) for prices of
+    # 1.4e-11, 2.9e-16 and 1.7e-16: puts below their intrinsic value by as much
+    case = {
+        "strike": [3450.7631699881254, 389.64319008316284, 1011.9232535205434],
+        "maturity": [5.5848572518518855, 0.1788597545573377, 2.2632772266214993],
+        "v0": [0.015659805974533106, 0.005674155850485843, 0.026811599959350133],
+        "kappa": [0.25913227729910404, 0.5631346538386863, 2.4857730560350624],
+        "theta": [0.005318413148030087, 0.0823154423521725, 0.0064964215110401595],
+        "sigma": [0.8344311152545779, 0.9851107114941025, 1.4196352396008727],
+        "rho": [-0.8664631035901423, -0.4488522190082602, -0.8415839941532638],
+    }
+    case = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.items()}
+    case.update(forward=100.0, discount=0.97)
+    call = heston.price(**case)
+    converged = heston.price(**case, core_nodes=256, tail_nodes=192)
+    assert bool((call > 0).all()), call
+    torch.testing.assert_close(call, converged, rtol=1e-6, atol=0.0)
+    put = heston.price(**case, is_call=False)
+    assert bool((put >= 0.97 * (case["strike"] - 100.0)).all())
+
+
 @pytest.mark.parametrize(("rate", "dividend", "field"), [(50.0, 0.0, "rate - dividend"),
                                                          (-30.0, -30.0, "rate")])  # fmt: skip
 def test_an_overflowing_carry_or_discount_is_named_not_a_nan_price(rate, dividend, field):
@@ -619,6 +642,18 @@ def test_heston_params_that_do_not_broadcast_are_refused_naming_the_fields():
     with pytest.raises(ValueError, match=r"do not broadcast: v0 \(2,\), kappa \(3,\)"):
         heston.HestonParams(v0=[0.04, 0.05], kappa=[1.0, 2.0, 3.0], theta=0.04, sigma=0.5,
                             rho=-0.7)  # fmt: skip
+
+
+def test_heston_params_compare_by_value_with_tensor_fields():
+    # the generated == compared the batch elementwise and raised ("Boolean value of Tensor with
+    # more than one value is ambiguous")
+    v0 = torch.tensor([0.04, 0.05], dtype=torch.float64)
+    params = heston.HestonParams(v0=v0, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    same = heston.HestonParams(v0=v0.clone(), kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    other = heston.HestonParams(v0=v0 + 0.01, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    assert params == same and hash(params) == hash(same)
+    assert params != other and params != heston.HestonParams(0.04, 1.5, 0.04, 0.5, -0.7)
+    assert len({params, same, other}) == 2
 
 
 def test_compile_must_be_a_bool():

@@ -72,6 +72,28 @@ def test_a_mid_violation_that_the_bid_ask_spread_explains_removes_nothing() -> N
     assert np.flatnonzero(drop).tolist() == [bad]
 
 
+def test_the_first_quote_is_checked_against_the_anchor_call_at_zero_strike() -> None:
+    # Puts 10 at 50 and 15 at 100 (F = 100): two puts at 50 less one at 100 pay nothing
+    # positive and cost 5, but only neighbour quotes were compared, so none was removed
+    # (P(0) = 0, C(0) = F: the smile is concave through the origin).
+    strikes, puts = np.array([50.0, 100.0, 110.0]), np.array([10.0, 15.0, 20.0])
+    drop = strike_violations(strike=strikes, call=puts + 100.0 - strikes, forward=100.0)
+    assert drop.tolist() == [True, False, False]
+    # a call below its intrinsic value (slope from C(0) = F steeper than -1), alone in its expiry
+    assert strike_violations(strike=np.array([80.0]), call=np.array([15.0]), forward=100.0)[0]
+    # a bid/ask that allows a convex smile through the origin is no violation
+    half = np.full(3, 2.0)
+    drop = strike_violations(strike=strikes, call=puts + 100.0 - strikes, forward=100.0,
+                             half_spread=half)  # fmt: skip
+    assert not drop.any()
+
+
+def test_strikes_at_or_below_zero_are_refused_by_index() -> None:
+    with pytest.raises(ValueError, match=r"strike: must be > 0, got 0\.0 at index 1"):
+        strike_violations(strike=np.array([50.0, 0.0]), call=np.array([55.0, 100.0]),
+                          forward=100.0)  # fmt: skip
+
+
 def test_calendar_check_compares_with_every_earlier_expiry_not_only_the_previous() -> None:
     # A 1y expiry quoted only near the money hid the 6m wings from the 18m expiry: an 18m quote
     # with half the 6m total variance at k = 0.4 passed.

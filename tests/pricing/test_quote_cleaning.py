@@ -498,3 +498,15 @@ def test_parity_weights_pairs_by_their_bid_ask_spreads() -> None:
     # weights 1 / spread: the wide pair counts 1/200 of a tight one, its 0.5 pulls D by < 1e-4
     np.testing.assert_allclose(implied["discount"], [0.98], rtol=0, atol=1e-4)
     np.testing.assert_allclose(implied["forward"], [102.0], rtol=0, atol=1e-2)
+
+
+def test_a_put_file_concave_through_the_origin_loses_its_far_put(tmp_path: Path) -> None:
+    # each put has a vol, and neighbours alone are monotone (no butterfly of quotes): 2 P(50) -
+    # P(100) pays nothing positive yet costs 5, and the file was kept whole
+    path = tmp_path / "puts.csv"
+    pd.DataFrame({"option_type": "P", "strike": [50.0, 100.0, 110.0], "maturity": 1.0,
+                  "price": [10.0, 15.0, 20.0], "forward": 100.0, "discount": 1.0}).to_csv(
+        path, index=False)  # fmt: skip
+    clean, report = clean_quotes(path, moneyness_range=(0.1, 10.0))
+    assert report.removed["strike_arbitrage"] == 1
+    assert clean["strike"].tolist() == [100.0, 110.0]

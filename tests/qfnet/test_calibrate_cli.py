@@ -63,11 +63,27 @@ def test_sabr_calibration_writes_json_residuals_and_plot(smile_file: Path, tmp_p
     assert summary["rmse_iv_bp"] < 1e-3
     np.testing.assert_allclose(summary["params"]["nu"], [0.7, 0.7], rtol=1e-6)
     assert summary["at_bounds"] == {}
-    residuals = pd.read_csv(summary["residuals_file"])
+    residuals = pd.read_csv(out.parent / summary["residuals_file"])
     assert list(residuals.columns) == RESIDUAL_COLUMNS
     assert len(residuals) == 18
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_residuals_file_is_found_from_the_json_wherever_it_is_read(
+    smile_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --out sub/fit.json wrote "sub/fit_residuals.csv" (relative to the working directory): read
+    # from anywhere else, or after the folder moved, the reference led nowhere
+    monkeypatch.chdir(tmp_path)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(smile_file), "--out", "sub/fit.json"]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    moved = tmp_path / "moved"
+    (tmp_path / "sub").rename(moved)
+    summary = json.loads((moved / "fit.json").read_text())
+    residuals = pd.read_csv(moved / summary["residuals_file"])
+    assert list(residuals.columns) == RESIDUAL_COLUMNS and len(residuals) == 18
 
 
 def test_heston_quantlib_calibration_of_the_dax_file(tmp_path: Path) -> None:
@@ -203,7 +219,7 @@ def _fit(tmp_path: Path, name: str, *options: str) -> tuple[dict, pd.DataFrame]:
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
-    return summary, pd.read_csv(summary.pop("residuals_file"))
+    return summary, pd.read_csv(out.parent / summary.pop("residuals_file"))
 
 
 def test_device_cpu_gives_the_result_of_the_default(tmp_path: Path) -> None:

@@ -262,6 +262,8 @@ def test_price_unknown_option_type_names_row_and_value(bs_quotes, tmp_path):
         (["--params", "{not json"], "not valid JSON"),
         # a mistyped file name was "not valid JSON (Expecting value at character 0)"
         (["--params", "parms.json"], "parms.json: no such file"),
+        # JSON true was taken as 1.0: priced a volatility of 100%
+        (["--params", '{"volatility": true}'], "'volatility' must be a number, got true"),
     ],
 )
 def test_price_bad_options_are_clear_errors(bs_quotes, tmp_path, args, message):

@@ -120,3 +120,16 @@ def test_seeds_outside_the_generator_range_are_usage_errors(quotes: Path, tmp_pa
     for seed in ("-1", str(2**64)):
         result = runner.invoke(app, [*args, "--engine", "mc", "--seed", seed])
         assert result.exit_code == 2 and "--seed" in result.output
+
+
+@pytest.mark.parametrize("engine", ["analytic", "quantlib"])
+@pytest.mark.parametrize("option", ["--paths", "--steps"])
+def test_simulation_sizes_without_the_mc_engine_are_usage_errors(
+    quotes: Path, tmp_path: Path, engine: str, option: str
+) -> None:
+    # they were ignored: the analytic price was written, exit 0, read as a Monte Carlo price
+    out = tmp_path / "o.csv"
+    args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--engine", engine, option, "5000"])
+    assert result.exit_code == 2 and option in result.output and "mc" in result.output
+    assert not out.exists()
