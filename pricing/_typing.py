@@ -138,6 +138,19 @@ def call_flag(is_call: object) -> bool:
 
 def is_call_tensor(is_call: bool | TensorLike, like: torch.Tensor) -> torch.Tensor:
     """Return a boolean tensor for ``is_call`` (see :func:`call_flags`) on ``like``'s device,
-    broadcast with ``like``'s shape (either may be the larger)."""
+    broadcast with ``like``'s shape (either may be the larger); a ValueError naming ``is_call``
+    where they do not broadcast (numpy's message named neither).
+
+    Examples:
+        >>> is_call_tensor([True, False], torch.zeros(3))
+        Traceback (most recent call last):
+        ...
+        ValueError: is_call: shape (2,) does not broadcast with the other inputs' shape (3,)
+    """
     flags = call_flags(is_call, device=like.device)
-    return flags.expand(broadcast_shapes(flags.shape, like.shape))
+    try:
+        shape = broadcast_shapes(flags.shape, like.shape)
+    except ValueError:
+        raise ValueError(f"is_call: shape {tuple(flags.shape)} does not broadcast with the other "
+                         f"inputs' shape {tuple(like.shape)}") from None  # fmt: skip
+    return flags.expand(shape)

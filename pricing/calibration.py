@@ -10,6 +10,7 @@ and returns a :class:`CalibrationResult` with per-quote residuals.
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -214,16 +215,29 @@ _REGISTRY: dict[tuple[str, str], FitFunction] = {}
 _UNAVAILABLE: dict[tuple[str, str], str] = {}
 _ON_DEVICES: set[tuple[str, str]] = set()
 """The methods that take a ``device`` option (the others run on the CPU only)."""
+_OPTIONS: dict[tuple[str, str], tuple[str, ...]] = {}
+"""The options each method takes besides ``device`` (a method registered without them is not
+checked)."""
 
 
 def register_method(
-    model: str, method: str, function: FitFunction | None, why: str = "", *, devices: bool = False
+    model: str,
+    method: str,
+    function: FitFunction | None,
+    why: str = "",
+    *,
+    devices: bool = False,
+    options: Sequence[str] | None = None,
 ) -> None:
     """Register the fitter of ``(model, method)``; ``None`` marks it unavailable, saying ``why``.
 
     ``devices``: the fitter (and its batch fitter) takes the ``device`` option, a
     :class:`torch.device` (:func:`calibrate` checks it and drops ``device="cpu"`` for the other
     methods, refusing any other device for them).
+
+    ``options``: the names of the method options the fitter takes besides ``device``;
+    :func:`calibrate` refuses any other by name before fitting (a misspelt option reached the
+    fitter as a ``TypeError``). None: the fitter checks its own.
 
     Examples:
         >>> def flat(problem):
@@ -240,6 +254,10 @@ def register_method(
     else:
         _REGISTRY[(model, method)] = function
         _UNAVAILABLE.pop((model, method), None)
+        if options is None:
+            _OPTIONS.pop((model, method), None)
+        else:
+            _OPTIONS[(model, method)] = tuple(sorted(options))
     if function is not None and devices:  # _device_options lists registered methods only
         _ON_DEVICES.add((model, method))
     elif function is not None:
@@ -429,7 +447,10 @@ def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndar
         else:
             raise ValueError(f"weights must be 'equal', 'vega' or 'spread', got {weights!r}")
     else:
-        raw = np.asarray(weights, dtype=float)
+        try:
+            raw = np.asarray(weights, dtype=float)
+        except (TypeError, ValueError):  # a dict: float()'s TypeError named no argument
+            raw = np.array(np.nan)
         if raw.shape != (len(quotes),) or not np.all(np.isfinite(raw) & (raw >= 0)):
             raise ValueError(f"weights must be {len(quotes)} finite values >= 0")
     if not raw.sum() > 0:
@@ -454,8 +475,8 @@ zero vol of vol would take the fitters' trial points out of the model)."""
 
 def _finite_number(value: object) -> bool:
     """A finite real number: Python, numpy or a 0-d tensor; not a string ("0.2" passed
-    ``float()`` and then failed inside torch)."""
-    if isinstance(value, str | bytes) or np.ndim(value) != 0:
+    ``float()`` and then failed inside torch) nor a bool (``v0=True`` started at 1)."""
+    if isinstance(value, str | bytes | bool | np.bool_) or np.ndim(value) != 0:
         return False
     try:
         return bool(np.isfinite(float(value)))
@@ -463,8 +484,25 @@ def _finite_number(value: object) -> bool:
         return False
 
 
-_COUNT_OPTIONS = {"n_starts": 1, "n_scan": 0, "max_iterations": 1, "nodes": 1}
+_COUNT_OPTIONS = {"n_starts": 1, "n_scan": 0, "max_iterations": 1, "nodes": 1,
+                  "polish_iterations": 1, "integration_order": 1}  # fmt: skip
 """Whole-number method options and their least values."""
+
+
+def _check_option_names(key: tuple[str, str], options: Mapping[str, Any]) -> None:
+    """Options the method does not take (:func:`register_method`'s ``options``), named with the
+    ones it does (``foo=1`` reached the fitter as a ``TypeError``; ``polish`` to Heston
+    ``quantlib`` too, and Heston ``surrogate`` ignored ``nodes``)."""
+    accepted = _OPTIONS.get(key)
+    unknown = sorted(set(options) - set(accepted or ()) - {"device"})
+    if accepted is None or not unknown:
+        return
+    hints = [f"{close[0]!r} for {name!r}" for name in unknown
+             for close in [difflib.get_close_matches(name, accepted, n=1)] if close]  # fmt: skip
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    raise ValueError(f"method {key[1]!r} for {key[0]} takes no option "
+                     f"{', '.join(map(repr, unknown))}{hint}; its options: "
+                     f"{', '.join(accepted) or 'none'} (and device)")  # fmt: skip
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
@@ -475,6 +513,9 @@ def _check_options(options: Mapping[str, Any]) -> None:
             value = options[name]
             if not is_whole(value) or value < least:
                 raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    tolerance = options.get("tolerance", 1.0)
+    if not (_finite_number(tolerance) and tolerance > 0):
+        raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
     for name in ("free_beta", "polish"):  # polish="no" was truthy: it polished
         if name in options and not isinstance(options[name], bool | np.bool_):
             raise ValueError(f"{name} must be True or False, got {options[name]!r}")
@@ -529,14 +570,27 @@ def _outside_domain(name: str, low: float, high: float) -> str | None:
 
 
 def _check_inputs(
-    model: str,
+    key: tuple[str, str],
     bounds: Mapping[str, tuple[float, float]] | None,
     x0: Mapping[str, float] | None,
     beta: float | None,
+    seed: int,
     options: Mapping[str, Any],
 ) -> None:
-    """Reject parameter names the model does not have, malformed or inverted bounds, partial or
-    non-finite starts and contradictory SABR beta settings, naming the field."""
+    """Reject options the method ``key`` does not take, parameter names the model does not have,
+    malformed or inverted bounds, partial or non-finite starts and contradictory SABR beta
+    settings, naming the field."""
+    model = key[0]
+    if model == "heston" and (beta is not None or "free_beta" in options):
+        raise ValueError("beta and free_beta are SABR options; Heston has no beta")
+    _check_option_names(key, options)
+    _check_options(options)
+    if not is_whole(seed):  # "1" and 1.5 failed in torch's manual_seed
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
+    for name, value in (("bounds", bounds), ("x0", x0)):
+        if value is not None and not isinstance(value, Mapping):  # a list: AttributeError
+            raise TypeError(f"{name}: expected a mapping of parameter names, got "
+                            f"{type(value).__name__}")  # fmt: skip
     names = MODEL_PARAMETERS[model]
     expected = f"expected {', '.join(names)}"
     for name, pair in (bounds or {}).items():
@@ -569,20 +623,36 @@ def _check_inputs(
             if not float(low) <= float(value) <= float(high):  # was clipped into the box unsaid
                 raise ValueError(f"x0[{name!r}]: {float(value):g} is outside bounds "
                                  f"[{float(low):g}, {float(high):g}]")  # fmt: skip
-    _check_options(options)
-    free = bool(options.get("free_beta", False))
-    if model == "heston" and (beta is not None or free):
-        raise ValueError("beta and free_beta are SABR options; Heston has no beta")
     if model == "sabr":
-        if isinstance(beta, bool | np.bool_):  # True fixed beta = 1 for a caller who meant "fit it"
-            raise ValueError(f"beta: must be a number in [0, 1], not a bool (free_beta=True fits "
-                             f"beta), got {beta!r}")  # fmt: skip
-        if beta is not None and not 0.0 <= float(beta) <= 1.0:
-            raise ValueError(f"beta: must be in [0, 1], got {beta!r}")
-        if beta is not None and free:
-            raise ValueError(f"beta={beta} fixes SABR beta and free_beta fits it: pass one")
-        if "beta" in (bounds or {}) and not free:
-            raise ValueError("bounds['beta'] needs free_beta=True (beta is fixed otherwise)")
+        _check_sabr_beta(beta, bounds, x0, bool(options.get("free_beta", False)))
+
+
+def _check_sabr_beta(
+    beta: float | None,
+    bounds: Mapping[str, tuple[float, float]] | None,
+    x0: Mapping[str, float] | None,
+    free: bool,
+) -> None:
+    """SABR's beta settings agree: a fixed beta (``beta``, default 1) or a fitted one
+    (``free``), bounds on beta only when fitted, a start's beta only at the fixed value (it was
+    clipped to the fixed beta without a word)."""
+    if isinstance(beta, bool | np.bool_):  # True fixed beta = 1 for a caller who meant "fit it"
+        raise ValueError(f"beta: must be a number in [0, 1], not a bool (free_beta=True fits "
+                         f"beta), got {beta!r}")  # fmt: skip
+    if beta is not None and not 0.0 <= float(beta) <= 1.0:
+        raise ValueError(f"beta: must be in [0, 1], got {beta!r}")
+    if beta is not None and free:
+        raise ValueError(f"beta={beta} fixes SABR beta and free_beta fits it: pass one")
+    if "beta" in (bounds or {}) and not free:
+        raise ValueError("bounds['beta'] needs free_beta=True (beta is fixed otherwise)")
+    from pricing.calibration_sabr import DEFAULT_BETA  # imports this module
+
+    fixed = DEFAULT_BETA if beta is None else float(beta)
+    if x0 is not None and "beta" in x0 and not free and float(x0["beta"]) != fixed:
+        raise ValueError(
+            f"x0['beta']: {float(x0['beta']):g} differs from the fixed beta "
+            f"{fixed:g} (pass beta= to fix it there, or free_beta=True to fit it)"
+        )
 
 
 def _check_prepared(table: pd.DataFrame) -> None:
@@ -654,8 +724,8 @@ def _weights_per_table(weights: Weights | Sequence[Weights], n_tables: int) -> l
     """The weights of each of ``n_tables`` tables: one name, or one array of numbers, for all of
     them; or a sequence of ``n_tables`` entries, each a name or an array (surfaces with different
     numbers of quotes need their own arrays)."""
-    if isinstance(weights, str):
-        return [weights] * n_tables
+    if isinstance(weights, str) or not isinstance(weights, Sequence | np.ndarray):
+        return [weights] * n_tables  # a name, or a number (list() raised a TypeError) for each
     entries = list(weights)
     if all(not isinstance(w, str | bytes) and np.ndim(w) == 0 for w in entries):
         return [weights] * n_tables  # one array of numbers for every table
@@ -693,18 +763,19 @@ def calibrate(
         x0: starting parameters, tried besides the global start.
         beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
         seed: seed of the global start.
-        **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...);
-            ``device`` (a torch device such as ``"cuda"``; None or absent: the CPU) runs
-            Heston ``direct`` there (the results come back as the same Python and numpy types,
-            equal to the CPU's up to rounding); the other methods run on the CPU and refuse any
-            other device.
+        **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...; each
+            method takes those it registered, :func:`register_method`, and refuses any other
+            by name, listing its own); ``device`` (a torch device such as ``"cuda"``; None or
+            absent: the CPU) runs Heston ``direct`` there (the results come back as the same
+            Python and numpy types, equal to the CPU's up to rounding); the other methods run on
+            the CPU and refuse any other device.
 
     Returns:
         A :class:`CalibrationResult`.
 
     Raises:
-        ValueError: unknown model, method or weights; NotImplementedError for a method whose
-            dependency is missing (the message names it).
+        ValueError: unknown model, method, weights or option, or an option of the wrong kind;
+            NotImplementedError for a method whose dependency is missing (the message names it).
 
     Examples:
         >>> from pricing.sabr import lognormal_vol
@@ -718,7 +789,7 @@ def calibrate(
         ([0.2, -0.3, 0.6], True)
     """
     key = _method_key(model, method)
-    _check_inputs(key[0], bounds, x0, beta, options)
+    _check_inputs(key, bounds, x0, beta, seed, options)
     options = _device_options(key, options)
     table, usable = _prepare_rows(quotes)
     n_dropped = int((~usable).sum())
@@ -777,7 +848,7 @@ def calibrate_many(
     if not len(quotes):
         raise ValueError("quotes: no quote tables given")
     key = _method_key(model, method)
-    _check_inputs(key[0], bounds, x0, beta, options)
+    _check_inputs(key, bounds, x0, beta, seed, options)
     options = _device_options(key, options)
     per_table = _weights_per_table(weights, len(quotes))
     problems, dropped = [], []
@@ -792,18 +863,32 @@ def calibrate_many(
             table_weights = quote_weights(prepared, _kept_weights(per_table[i], usable))
             problem = CalibrationProblem(prepared, table_weights, bounds, x0, beta, seed,
                                          options)  # fmt: skip
-        except QuoteError as error:
-            raise QuoteError(f"quote table {i}: {error}") from error
         except ValueError as error:
-            raise ValueError(f"quote table {i}: {error}") from error
+            raise _in_table(i, error) from error
         problems.append(problem)
         dropped.append(n_dropped)
     start = time.perf_counter()
     with torch.no_grad():
         batch = _BATCH_REGISTRY.get(key)
-        fits = batch(problems) if batch else [_REGISTRY[key](p) for p in problems]
+        fits = batch(problems) if batch else [_fit_table(key, i, p) for i, p in enumerate(problems)]
     share = (time.perf_counter() - start) / len(problems)
     return _results(key, problems, fits, dropped, share)
+
+
+def _in_table(i: int, error: ValueError) -> ValueError:
+    """``error`` saying which quote table it came from (a :class:`QuoteError` stays one)."""
+    return (QuoteError if isinstance(error, QuoteError) else ValueError)(
+        f"quote table {i}: {error}"
+    )
+
+
+def _fit_table(key: tuple[str, str], i: int, problem: CalibrationProblem) -> FitOutput:
+    """The fit of quote table ``i`` by a fitter of one table at a time; its errors name the
+    table (a smile whose forward varied, in a list of 20 tables, was not said to be the 7th)."""
+    try:
+        return _REGISTRY[key](problem)
+    except ValueError as error:
+        raise _in_table(i, error) from error
 
 
 def _method_key(model: str, method: str) -> tuple[str, str]:

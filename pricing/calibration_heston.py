@@ -692,9 +692,13 @@ _QUANTLIB_CONSTRAINT = (np.array([0.0, 0.0, 0.0, 0.0, -1.0]), np.array([np.inf] 
 positive; rho in [-1, 1]), the box of method ``quantlib``'s :attr:`FitOutput.at_bounds`."""
 
 
-register_method("heston", "direct", _fit_direct, devices=True)
+register_method("heston", "direct", _fit_direct, devices=True,
+                options=("global_start", "max_iterations", "n_scan", "n_starts", "nodes",
+                         "polish"))  # fmt: skip
 register_batch_method("heston", "direct", _fit_direct_batch)
-register_method("heston", "quantlib", _fit_quantlib)
+# not period_unit or calendar: the fit counts whole days, without holidays
+register_method("heston", "quantlib", _fit_quantlib,
+                options=("integration_order", "max_iterations", "tolerance"))  # fmt: skip
 # Provided by qfnet (pricing cannot import it); importing qfnet.calibration_surrogate replaces it.
 register_method(
     "heston",

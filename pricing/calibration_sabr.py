@@ -461,9 +461,6 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
     free = bool(options.pop("free_beta", False))
     max_iterations = int(options.pop("max_iterations", 100))
-    if options:
-        raise ValueError(f"method 'quantlib' (SABR) takes the options free_beta and "
-                         f"max_iterations, not {sorted(options)}")  # fmt: skip
     beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
     x0 = None
     if problem.x0:
@@ -496,5 +493,5 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     )
 
 
-register_method("sabr", "direct", _fit_direct)
-register_method("sabr", "quantlib", _fit_quantlib)
+register_method("sabr", "direct", _fit_direct, options=("free_beta", "max_iterations", "n_starts"))
+register_method("sabr", "quantlib", _fit_quantlib, options=("free_beta", "max_iterations"))

@@ -139,11 +139,19 @@ def _listed(items: Sequence[str]) -> str:
     return "; ".join(items[:3]) + more
 
 
+def _refuse_starts(problems: Sequence[CalibrationProblem]) -> None:
+    """The network does not optimise: a caller's ``x0`` would be ignored without a word."""
+    if any(problem.x0 for problem in problems):
+        raise ValueError("x0: method 'network' takes no start (it does not optimise); methods "
+                         "'direct', 'surrogate' and 'quantlib' start from x0")  # fmt: skip
+
+
 def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     """The ``network`` method: parameters from the calibration network, exact model vols.
 
     Raises:
         NotImplementedError: no network file (the message names the path).
+        ValueError: the quotes cannot be put on the network's grid, or the problem has ``x0``.
 
     Examples:
         >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
@@ -152,6 +160,7 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
         >>> sorted(fit.params), fit.model_iv.shape, fit.iterations
         (['kappa', 'rho', 'sigma', 'theta', 'v0'], (6,), 0)
     """
+    _refuse_starts([problem])
     options = dict(problem.options)
     try:
         net = _network(options.pop("network", None))
@@ -179,6 +188,7 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
         >>> len(fits), all(abs(fits[1].params[k] - single[k]) < 1e-12 for k in single)
         (2, True)
     """
+    _refuse_starts(problems)
     options = dict(problems[0].options)
     try:
         net = _network(options.pop("network", None))
@@ -259,7 +269,7 @@ def _predicted(
 def register() -> None:
     """Register the ``network`` method and the network global start (done on import; idempotent,
     so a caller may make sure of it)."""
-    register_method("heston", "network", fit_with_network)
+    register_method("heston", "network", fit_with_network, options=("network",))
     register_batch_method("heston", "network", fit_many_with_network)
     register_start("heston", "network", network_start, many=network_starts)
 

@@ -96,6 +96,8 @@ def fit_with_surrogate(
         ([0.04, 1.5, 0.05, 0.5, -0.7], True)
     """
     lower, upper = _box(net, bounds)
+    if n_scan == 0 and x0 is None:  # no start at all (a negative-dimension RuntimeError)
+        raise ValueError("fit_with_surrogate needs n_scan > 0 or x0 starts")
 
     def residual(params: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         fields = {name: params[..., i] for i, name in enumerate(NAMES)}
@@ -104,7 +106,13 @@ def fit_with_surrogate(
         return weight * (vols - market_iv)
 
     engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
-    points = lower + (upper - lower) * engine.draw(n_scan, dtype=torch.float64)
+    # draw(0) raises: no scan beside the x0 starts is an empty one
+    unit = (
+        engine.draw(n_scan, dtype=torch.float64)
+        if n_scan
+        else torch.zeros(0, 5, dtype=torch.float64)
+    )
+    points = lower + (upper - lower) * unit
     if x0 is not None:
         points = torch.cat([torch.minimum(torch.maximum(x0, lower), upper), points])
     with torch.no_grad():
@@ -178,4 +186,6 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
     return FitOutput(values, vols.numpy(), converged, iterations, edges)
 
 
-register_method("heston", "surrogate", _fit_surrogate)
+register_method("heston", "surrogate", _fit_surrogate,
+                options=("global_start", "max_iterations", "n_scan", "n_starts", "polish",
+                         "polish_iterations", "surrogate"))  # fmt: skip

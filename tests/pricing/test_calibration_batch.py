@@ -145,6 +145,15 @@ def test_calibrate_many_refuses_a_weight_list_of_another_length() -> None:
         calibrate_many("sabr", tables, weights=[np.ones(7), np.ones(5)])
 
 
+@pytest.mark.parametrize("weights", [2.0, {"a": 1.0}])
+def test_weights_that_are_no_weighting_are_a_named_error(weights) -> None:
+    # a number raised "'float' object is not iterable"; a dict float()'s TypeError
+    with pytest.raises(ValueError, match=r"quote table 0: weights must be 7 finite values >= 0"):
+        calibrate_many("sabr", [_smile(), _smile(0.4)], weights=weights)
+    with pytest.raises(ValueError, match=r"^weights must be 7 finite values >= 0"):
+        calibrate("sabr", _smile(), weights=weights)
+
+
 @pytest.mark.parametrize("single", ["quotes.csv", Path("quotes.csv")])
 def test_calibrate_many_names_a_single_file_given_for_a_sequence(single) -> None:
     # a Path raised "object of type 'PosixPath' has no len()"

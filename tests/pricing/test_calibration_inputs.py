@@ -68,6 +68,30 @@ def _smile(shift: float = 0.0, maturity: float = 1.0) -> pd.DataFrame:
         ("sabr", {"free_beta": "no"}, r"free_beta must be True or False"),
         ("heston", {"polish": "no"}, r"polish must be True or False, got 'no'"),
         ("sabr", {"x0": {"alpha": "0.2", "rho": 0.0, "nu": 0.5}}, r"x0\['alpha'\]: must be a"),
+        # options a method does not take reached its fitter as a TypeError (unexpected keyword)
+        (
+            "sabr",
+            {"foo": 1},
+            r"method 'direct' for sabr takes no option 'foo'; its options: free_beta, "
+            r"max_iterations, n_starts \(and device\)",
+        ),
+        ("sabr", {"polish": True}, r"method 'direct' for sabr takes no option 'polish'"),
+        ("heston", {"n_scan": 16, "nodes": 32, "polishh": True}, r"did you mean 'polish' for"),
+        ("heston", {"free_beta": False}, r"SABR options; Heston has no beta"),
+        # torch's manual_seed refused them deep inside the fit; True started at v0 = 1
+        ("heston", {"seed": "1"}, r"seed must be a whole number, got '1'"),
+        ("heston", {"seed": 1.5}, r"seed must be a whole number, got 1.5"),
+        (
+            "heston",
+            {"x0": HESTON_X0 | {"v0": True}},
+            r"x0\['v0'\]: must be a finite number, got True",
+        ),
+        # a start's beta was clipped to the fixed beta without a word
+        (
+            "sabr",
+            {"x0": {"alpha": 0.3, "beta": 0.5, "rho": 0.0, "nu": 0.5}},
+            r"x0\['beta'\]: 0.5 differs from the fixed beta 1",
+        ),
         # a device that is no device (torch's own error came from deep inside the fit)
         ("heston", {"device": "nonsense"}, r"device must be a torch device .* got 'nonsense'"),
         ("heston", {"device": 0}, r"device must be a torch device .* got 0"),
@@ -81,6 +105,57 @@ def test_bad_settings_are_rejected_naming_the_field(model: str, kwargs: dict, me
     if "weights" not in kwargs:  # calibrate_many checks them once for every table
         with pytest.raises(ValueError, match=message):
             calibrate_many(model, [_smile(), _smile()], **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("model", "method", "options", "message"),
+    [
+        (
+            "heston",
+            "quantlib",
+            {"n_scan": 64},
+            r"takes no option 'n_scan'; its options: "
+            r"integration_order, max_iterations, tolerance",
+        ),
+        # passed on to QuantLib, which read the whole days to each expiry as weeks: v0 = 1,186
+        ("heston", "quantlib", {"period_unit": "weeks"}, r"takes no option 'period_unit'"),
+        ("heston", "quantlib", {"tolerance": "1e-8"}, r"tolerance must be a finite number > 0"),
+        ("heston", "quantlib", {"integration_order": 0}, r"integration_order must be a whole"),
+        ("sabr", "quantlib", {"max_iteration": 5}, r"did you mean 'max_iterations' for"),
+    ],
+)
+def test_other_methods_check_their_options_by_name(
+    model: str, method: str, options: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        calibrate(model, _smile(), method=method, **options)
+    with pytest.raises(ValueError, match=message):
+        calibrate_many(model, [_smile(), _smile()], method=method, **options)
+
+
+@pytest.mark.parametrize("field", ["bounds", "x0"])
+def test_bounds_and_x0_must_be_mappings(field: str) -> None:
+    # a list of bounds raised AttributeError; a list of starts was read as unknown names
+    with pytest.raises(
+        TypeError, match=rf"{field}: expected a mapping of parameter names, got list"
+    ):
+        calibrate("sabr", _smile(), **{field: [(0.1, 0.5), 0.0, 0.5]})
+
+
+def test_x0_may_give_the_fixed_beta_or_a_free_one() -> None:
+    start = {"alpha": 0.3, "rho": -0.3, "nu": 0.6}
+    assert calibrate("sabr", _smile(), x0=start | {"beta": 1.0}).rmse_iv_bp < 1e-6
+    fit = calibrate("sabr", _smile(), x0=start | {"beta": 0.5}, free_beta=True,
+                    bounds={"beta": (0.4, 1.0)})  # fmt: skip
+    assert fit.rmse_iv_bp < 1.0
+
+
+def test_calibrate_many_names_the_table_whose_fit_fails() -> None:
+    # the SABR fitters take one table at a time: the error of the second did not say which
+    split = pd.concat([_smile(), _smile().assign(forward=110.0)], ignore_index=True)
+    for method in ("direct", "quantlib"):
+        with pytest.raises(QuoteError, match=r"quote table 1: column 'forward'.*forward varies"):
+            calibrate_many("sabr", [_smile(), split], method=method)
 
 
 def test_sabr_accepts_x0_without_beta_and_beta_bounds_with_free_beta() -> None:
@@ -172,7 +247,7 @@ def test_quantlib_sabr_takes_x0_and_max_iterations_and_refuses_other_options() -
     started = calibrate("sabr", _smile(), method="quantlib", x0=truth, max_iterations=1)
     cold = calibrate("sabr", _smile(), method="quantlib", max_iterations=1)
     assert started.rmse_iv_bp < 1e-6 and cold.rmse_iv_bp > 1e-3 and not cold.converged
-    with pytest.raises(ValueError, match=r"not \['n_starts'\]"):
+    with pytest.raises(ValueError, match=r"takes no option 'n_starts'"):
         calibrate("sabr", _smile(), method="quantlib", n_starts=3)
 
 

@@ -402,6 +402,16 @@ def test_put_call_parity_of_prices_on_shifted_forward():
     torch.testing.assert_close(calls - puts, 0.95 * (0.002 - strikes), rtol=0.0, atol=1e-16)
 
 
+def test_price_names_is_call_whose_shape_does_not_broadcast():
+    # numpy's "shape mismatch: objects cannot be broadcast" named neither input
+    kw = dict(forward=100.0, maturity=1.0, alpha=0.2, beta=1.0, rho=0.0, nu=0.3)
+    with pytest.raises(ValueError, match=r"is_call: shape \(2,\) does not broadcast .* \(3,\)"):
+        sabr.price(strike=[90.0, 100.0, 110.0], is_call=[True, False], **kw)
+    both = sabr.price(strike=[[90.0, 110.0]], is_call=[[True], [False]], **kw)  # (2, 2)
+    parity = 100.0 - torch.tensor([90.0, 110.0], dtype=torch.float64)  # call - put = F - K
+    torch.testing.assert_close(both[0] - both[1], parity, rtol=0.0, atol=1e-12)
+
+
 BAD_INPUTS = [
     ("strike", -0.03, "strike \\+ shift"),
     ("forward", 0.0, "forward \\+ shift"),

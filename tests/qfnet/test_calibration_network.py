@@ -298,6 +298,19 @@ def test_scan_keeps_surfaces_outside_the_network_box_from_getting_stuck() -> Non
 TRUTH = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
 
 
+def test_network_method_refuses_a_start_it_would_ignore() -> None:
+    # no optimisation: x0 was accepted and had no effect on the answer
+    import qfnet.calibration_network_method  # noqa: F401
+
+    quotes = _synthetic_quotes(TRUTH)
+    with pytest.raises(ValueError, match=r"x0: method 'network' takes no start"):
+        calibrate("heston", quotes, method="network", x0=TRUTH)
+    with pytest.raises(ValueError, match=r"x0: method 'network' takes no start"):
+        calibrate_many("heston", [quotes, quotes], method="network", x0=TRUTH)
+    with pytest.raises(ValueError, match=r"method 'network' for heston takes no option 'n_scan'"):
+        calibrate("heston", quotes, method="network", n_scan=64)
+
+
 def test_unknown_global_start_is_refused() -> None:
     with pytest.raises(ValueError, match="global_start must be 'auto' or 'scan'"):
         calibrate("heston", _synthetic_quotes(TRUTH), global_start="network")

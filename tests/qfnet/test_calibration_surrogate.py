@@ -104,6 +104,32 @@ def test_bounds_outside_the_surrogate_domain_name_the_parameter(tiny_surrogate: 
                   bounds={"kappa": (6.0, 10.0)}, global_start="scan")  # fmt: skip
 
 
+def test_surrogate_options_are_checked_by_name(tiny_surrogate: Path) -> None:
+    # polish_iterations=0 was refused as "max_iterations must be at least 1", "5" failed on
+    # str < int; nodes was ignored without a word
+    for options, message in [
+        ({"polish_iterations": 0}, r"polish_iterations must be a whole number >= 1, got 0"),
+        ({"polish_iterations": "5"}, r"polish_iterations must be a whole number >= 1, got '5'"),
+        ({"nodes": 32}, r"method 'surrogate' for heston takes no option 'nodes'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            calibrate("heston", _synthetic_surface(), method="surrogate",
+                      surrogate=tiny_surrogate, **options)  # fmt: skip
+
+
+def test_a_surrogate_fit_without_a_scan_starts_from_x0_or_says_it_has_no_start(
+    tiny_surrogate: Path,
+) -> None:
+    # n_scan=0 raised torch's "negative dimension -1" whether or not x0 gave a start
+    quotes = _synthetic_surface()
+    with pytest.raises(ValueError, match=r"needs n_scan > 0 or x0 starts"):
+        calibrate("heston", quotes, method="surrogate", surrogate=tiny_surrogate, n_scan=0,
+                  global_start="scan")  # fmt: skip
+    fit = calibrate("heston", quotes, method="surrogate", surrogate=tiny_surrogate, n_scan=0,
+                    n_starts=1, max_iterations=3, global_start="scan", x0=TRUE)  # fmt: skip
+    np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-4)
+
+
 def test_fit_with_surrogate_returns_its_vols_at_weight_0_quotes(tiny_surrogate: Path) -> None:
     # the vols were backed out of the weighted residual: a weight-0 quote got its market vol
     net = load_surrogate(tiny_surrogate)
