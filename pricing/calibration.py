@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -796,10 +797,33 @@ def calibrate(
     problem = CalibrationProblem(
         table, quote_weights(table, _kept_weights(weights, usable)), bounds, x0, beta, seed, options
     )
+    _warn_if_underdetermined(key[0], [problem], many=False)
     start = time.perf_counter()
     with torch.no_grad():
         fit = _REGISTRY[key](problem)
     return _results(key, [problem], [fit], [n_dropped], time.perf_counter() - start)[0]
+
+
+def _warn_if_underdetermined(
+    model: str, problems: Sequence[CalibrationProblem], *, many: bool
+) -> None:
+    """Say which Heston surfaces have fewer weighted quotes than free parameters (equal bounds
+    fix one): their fit is one of many exact ones, reported as converged (SABR says so per
+    expiry in its fitter)."""
+    if model != "heston":
+        return
+    few = []
+    for i, problem in enumerate(problems):
+        fixed = sum(1 for lo, hi in (problem.bounds or {}).values() if float(lo) == float(hi))
+        n_free = len(MODEL_PARAMETERS["heston"]) - fixed
+        n_weighted = int(np.count_nonzero(problem.weights))
+        if n_weighted < n_free:
+            where = f"quote table {i}: " if many else ""
+            few.append(f"{where}{n_weighted} weighted quotes for {n_free} free parameters")
+    if few:
+        warnings.warn(f"Heston parameters not identified ({'; '.join(few[:3])}"
+                      f"{'; ...' if len(few) > 3 else ''}): any of many exact fits is "
+                      "returned", stacklevel=3)  # fmt: skip
 
 
 def calibrate_many(
@@ -867,6 +891,7 @@ def calibrate_many(
             raise _in_table(i, error) from error
         problems.append(problem)
         dropped.append(n_dropped)
+    _warn_if_underdetermined(key[0], problems, many=True)
     start = time.perf_counter()
     with torch.no_grad():
         batch = _BATCH_REGISTRY.get(key)

@@ -4,6 +4,7 @@ checked before any fitting, and every error names the field."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -317,3 +318,19 @@ def test_bounds_reached_names_the_side_within_its_tolerance_and_skips_fixed_para
     per_expiry = bounds_reached(["alpha", "nu"], np.array([[1e-8, 0.4], [0.2, 10.0]]),
                                 np.array([1e-8, 1e-8]), np.array([np.inf, 10.0]))  # fmt: skip
     assert per_expiry == {"alpha": ["lower", None], "nu": [None, "upper"]}
+
+
+def test_heston_warns_where_fewer_weighted_quotes_than_free_parameters() -> None:
+    # four quotes for five parameters: one of many exact fits came back "converged", unsaid
+    four = pd.DataFrame({"strike": [80.0, 95.0, 105.0, 120.0], "maturity": 0.5, "forward": 100.0,
+                         "discount": 1.0,
+                         "implied_vol": [0.28, 0.22, 0.2, 0.21]})  # fmt: skip
+    options = {"global_start": "scan", "n_scan": 16, "n_starts": 1}
+    with pytest.warns(UserWarning, match="4 weighted quotes for 5 free parameters"):
+        calibrate("heston", four, **options)
+    with pytest.warns(UserWarning, match="quote table 1: 4 weighted quotes for 5 free"):
+        calibrate_many("heston", [pd.concat([four, four.assign(maturity=1.0)]), four], **options)
+    # one parameter held by equal bounds leaves four free: identified
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        calibrate("heston", four, bounds={"rho": (-0.5, -0.5)}, **options)
