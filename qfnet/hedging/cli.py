@@ -84,7 +84,15 @@ def train_command(
         "val_loss": min(losses, default=None),
         "seconds": round(result.seconds, 3),
     }
-    typer.echo(json.dumps(summary))
+    if _is_global_zero():  # under torchrun: one summary line, as `train surrogate` prints
+        typer.echo(json.dumps(summary))
+
+
+def _is_global_zero() -> bool:
+    """Rank 0 of an initialised process group, or no group (one process)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @hedge_app.command("backtest")

@@ -174,7 +174,23 @@ def hedge_case(rank: int, out: Path) -> dict[str, Any]:
             "val_loss": trained.history["val_loss"],
             "weights": {k: v.tolist() for k, v in trained.model.state_dict().items()},
         }
-    return result | {"saved": saved}
+    return result | {"saved": saved, "cli_lines": _hedge_cli_lines(out)}
+
+
+def _hedge_cli_lines(out: Path) -> list[str]:
+    """What ``qfnet hedge train`` prints on this rank (a one-epoch run)."""
+    from typer.testing import CliRunner
+
+    from qfnet.cli import app
+
+    config = out / "cli.json"
+    config.write_text(json.dumps({"market": {"n_steps": 3}, "paths": {"train": 32, "val": 8,
+        "test": 8}, "baselines": {"ww_risk_aversion": 1.0}, "training": {"epochs": 1,
+        "batch_size": 8}}))  # fmt: skip
+    done = CliRunner().invoke(app, ["hedge", "train", "--config", str(config), "--out",
+                                    str(out / "cli_run"), "--no-progress"])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    return done.stdout.splitlines()
 
 
 def resume_rng_case(rank: int, out: Path) -> dict[str, Any]:
