@@ -124,9 +124,8 @@ def test_hedging_under_torchrun_reports_the_whole_validation_sets_risk_and_ranks
     from qfnet.hedging.train import load_run, make_paths
 
     first, second = _torchrun("hedge", tmp_path)
-    assert (
-        first["saved"] == ["variance", "es", "cli_run"] and second["saved"] == []
-    )  # rank 0 writes
+    # only rank 0 writes
+    assert first["saved"] == ["variance", "es", "cli_run"] and second["saved"] == []
     # and only rank 0 prints the CLI's summary line (each rank printed one)
     assert len(first["cli_lines"]) == 1 and second["cli_lines"] == []
     for objective in ("variance", "es"):
