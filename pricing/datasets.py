@@ -1,12 +1,12 @@
 """Training data for surrogate pricers: domains, Sobol sampling, labelling, Parquet shards.
 
 A dataset is a directory of Parquet shards ``shard-00000.parquet, ...`` plus ``metadata.json``
-(generator, domain, engine, seed, sampling, shard layout, library versions). Shard ``i`` holds the
-points ``[i * shard_size, (i + 1) * shard_size)`` of one scrambled Sobol sequence fixed by the seed,
-so every shard is a pure function of ``(seed, shard index, shard size)``: the files are identical
-whether they were made by one process, ``K`` local processes or a Dask cluster, and the concatenated
-dataset is the first ``n`` Sobol points whatever the shard size (Monte Carlo labels excepted: their
-noise is seeded per shard).
+(generator, domain, engine, seed, sampling, shard layout, each shard's SHA-256, library versions).
+Shard ``i`` holds the points ``[i * shard_size, (i + 1) * shard_size)`` of one scrambled Sobol
+sequence fixed by the seed, so every shard is a pure function of ``(seed, shard index, shard
+size)``: the files are identical whether they were made by one process, ``K`` local processes or a
+Dask cluster, and the concatenated dataset is the first ``n`` Sobol points whatever the shard size
+(Monte Carlo labels excepted: their noise is seeded per shard).
 
 Every point is forward-normalised (``forward = 1``, ``discount = 1``): the Black implied vol of a
 Heston or SABR smile depends only on the log-moneyness ``k = ln(K / F)`` and the maturity (for SABR,
@@ -17,6 +17,7 @@ out-of-the-money option (call for ``k >= 0``) and their Black implied vols.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -54,7 +55,11 @@ __all__ = [
 
 FORMAT = "qfnet-dataset"
 FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+"""The ``format_version`` values of ``metadata.json`` that :func:`load_dataset` reads."""
 DOMAIN_RTOL = 1e-9
+SOBOL_MAX_POINTS = 2**30
+"""Points of one scrambled Sobol sequence (scipy's engine, 30 bits): the most a dataset holds."""
 
 
 class DomainError(ValueError):
@@ -351,6 +356,9 @@ def sample(
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     if method not in ("sobol", "random") or (method == "random" and start):
         raise ValueError(f"method must be 'sobol', or 'random' with start=0, got {method!r}")
+    if method == "sobol" and start + n > SOBOL_MAX_POINTS:
+        raise ValueError(f"points {start} .. {start + n - 1} (n={n}, start={start}) reach past "
+                         f"the {SOBOL_MAX_POINTS} (2**30) points of a Sobol sequence")  # fmt: skip
     names = domain.param_names
     if method == "random":
         u = np.random.default_rng(seed).random((n, len(names) + 2))
@@ -414,6 +422,10 @@ def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
 
 def _shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_shard(frame: pd.DataFrame, path: Path) -> None:
@@ -495,7 +507,7 @@ def generate(
     Args:
         out: target directory (created; must not already hold a dataset, finished or not).
         model: ``"heston"`` or ``"sabr"``.
-        n: number of points (> 0).
+        n: number of points (> 0, at most 2**30: one Sobol sequence).
         engine: label engine (default ``analytic`` for Heston, ``hagan`` for SABR).
         seed: fixes the Sobol scrambling (and the Monte Carlo noise). Datasets of one seed and
             domain share their points (the smaller one is the first rows of the larger, whatever
@@ -543,6 +555,9 @@ def generate(
     for name, value in (("n", n), ("shard_size", shard_size), ("workers", workers)):
         check_positive_int(name, value)  # numpy integers are whole numbers; True is not
     n, shard_size, workers = int(n), int(shard_size), int(workers)
+    if n > SOBOL_MAX_POINTS:  # scipy refused it in the worker of the last shard, hours later
+        raise ValueError(f"n = {n} is more than the {SOBOL_MAX_POINTS} (2**30) points of one "
+                         "Sobol sequence: generate several datasets of other seeds")  # fmt: skip
     if not is_whole(seed) or seed < 0:  # a numpy seed failed in json.dumps, leaving --out behind
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
@@ -609,8 +624,9 @@ def generate(
         raise
     finally:
         torch.set_num_threads(threads)
+    digests = [_file_digest(path / _shard_name(task.index)) for task in tasks]
     meta = _metadata(domain, sampling, engine, seed, n, shard_size, len(tasks), compile,
-                     unlabelled)  # fmt: skip
+                     unlabelled, digests)  # fmt: skip
     _generation.finish(path, meta)  # the plan becomes metadata.json in one rename
     if unlabelled:
         warnings.warn(f"{unlabelled} of {n} options got no implied vol (the {engine} engine "
@@ -629,9 +645,11 @@ def _metadata(
     n_shards: int,
     compiled: bool = False,
     unlabelled: int = 0,
+    digests: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The dataset's ``metadata.json`` (it holds the generation plan's fields, same values)."""
-    return {
+    """The dataset's ``metadata.json`` (it holds the generation plan's fields, same values);
+    ``digests``: the SHA-256 of each shard file, which :func:`load_dataset` checks."""
+    meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "generator": "pricing.datasets.generate",
@@ -656,6 +674,9 @@ def _metadata(
         },
         "versions": _versions(),
     }
+    if digests is not None:
+        meta["shard_sha256"] = list(digests)
+    return meta
 
 
 def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -663,9 +684,10 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
 
     Raises:
         FileNotFoundError: the directory, its metadata or one of its shards is missing.
-        ValueError: the metadata is not a qfnet dataset (or is cut or edited: the message names
-            its field), or a shard does not match it (cut, replaced, without its labels or one
-            of the domain's input columns).
+        ValueError: the metadata is not a qfnet dataset of a version this code reads (or is cut
+            or edited: the message names its field), or a shard does not match it (unreadable,
+            cut, replaced, copied from another dataset, without its labels or one of the
+            domain's input columns).
 
     Examples:
         >>> import tempfile
@@ -682,27 +704,50 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     missing = [s for s in meta["shards"] if not (root / s).is_file()]
     if missing:
         raise FileNotFoundError(f"{root} lacks shard(s) {missing[:3]} (incomplete generation?)")
-    if len(meta["shards"]) != meta.get("n_shards", len(meta["shards"])):
-        raise ValueError(f"{meta_path} lists {len(meta['shards'])} shards, not n_shards = "
-                         f"{meta['n_shards']}")  # fmt: skip
-    frames = [pd.read_parquet(root / s) for s in meta["shards"]]
+    shards = [_read_shard(root / s) for s in meta["shards"]]
+    frames = [frame for frame, _ in shards]
     # a cut shard, a missing label column or a shortened shard list loaded without a word
     # (a shard without a parameter column failed later as pandas' "['kappa'] not in index")
     needed = {"implied_vol", "price", *Domain.from_dict(meta["domain"]).input_names}
     for name, frame in zip(meta["shards"], frames, strict=True):
         if not needed <= set(frame.columns):
             raise ValueError(f"{root / name} lacks column(s) {sorted(needed - set(frame.columns))}")
+        text = [c for c in sorted(needed) if not pd.api.types.is_float_dtype(frame[c])]
+        if text:  # implied vols stored as text loaded as an object column
+            raise ValueError(f"{root / name}: column(s) {text} are not floating-point numbers")
     frame = pd.concat(frames, ignore_index=True)
     if "n" in meta and len(frame) != meta["n"]:
         raise ValueError(f"{root} holds {len(frame)} rows, its metadata n = {meta['n']} "
                          "(a truncated or replaced shard?)")  # fmt: skip
     _check_sample_order(root, meta["shards"], frames)
+    for i, name in enumerate(meta["shards"]):
+        if "shard_sha256" in meta and shards[i][1] != meta["shard_sha256"][i]:
+            # a shard of another seed whose sample_index matched loaded without a word
+            raise ValueError(f"{root / name} is not the shard {meta_path} records (its SHA-256 "
+                             "differs): a shard of another dataset, or an edited one")  # fmt: skip
     return frame, meta
+
+
+def _read_shard(path: Path) -> tuple[pd.DataFrame, str]:
+    """A shard and the SHA-256 of its file (read once); an unreadable one is named."""
+    import pyarrow
+
+    data = path.read_bytes()
+    try:  # pyarrow's own reader of the bytes: a Python BytesIO read slower than the file
+        frame = pd.read_parquet(pyarrow.BufferReader(data))
+    except Exception as err:  # pyarrow raises several types for cut or foreign files
+        raise ValueError(f"{path} is not a readable Parquet shard ({err})") from err
+    return frame, hashlib.sha256(data).hexdigest()
+
+
+_COUNT_FIELDS = ("n", "n_shards", "shard_size", "seed", "unlabelled")
+"""Integer fields of the metadata (a string n was reported as "holds 6 rows, its n = 6")."""
 
 
 def _read_metadata(meta_path: Path) -> dict[str, Any]:
     """The metadata of a dataset; a cut or edited file is a ValueError naming it and the field
-    (it was a bare JSON error, or a KeyError traceback for a file without its shard list)."""
+    (it was a bare JSON error, or a KeyError traceback for a file without its shard list), and
+    a file of a format version this code does not read is refused (it was read as version 1)."""
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
@@ -710,13 +755,35 @@ def _read_metadata(meta_path: Path) -> dict[str, Any]:
                          f"column {err.colno}): a cut or edited metadata file?") from err  # fmt: skip
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a {FORMAT} metadata file")
+    version = meta.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise ValueError(f"{meta_path}: field 'format_version' is {version!r}; this code reads "
+                         f"{FORMAT} version(s) {list(READABLE_VERSIONS)} (a newer qfnet's "
+                         "dataset?)")  # fmt: skip
     shards = meta.get("shards")
-    if not (isinstance(shards, list) and all(isinstance(s, str) for s in shards)):
-        raise ValueError(f"{meta_path}: field 'shards' must be a list of shard file names")
+    if not (isinstance(shards, list) and shards
+            and all(isinstance(s, str) and s == Path(s).name for s in shards)):  # fmt: skip
+        # a path in the list (/elsewhere/shard.parquet) loaded a file of another folder
+        raise ValueError(f"{meta_path}: field 'shards' must be a list of shard file names "
+                         "(at least one, in the dataset's directory)")  # fmt: skip
+    for name in _COUNT_FIELDS:
+        if name in meta and (type(meta[name]) is not int or meta[name] < 0):
+            raise ValueError(f"{meta_path}: field {name!r} must be a non-negative integer, got "
+                             f"{meta[name]!r}")  # fmt: skip
+    if len(shards) != meta.get("n_shards", len(shards)):
+        raise ValueError(f"{meta_path} lists {len(shards)} shards, not n_shards = "
+                         f"{meta['n_shards']}")  # fmt: skip
+    digests = meta.get("shard_sha256", shards)  # absent from datasets written before it
+    if not (isinstance(digests, list) and len(digests) == len(shards)
+            and all(isinstance(d, str) for d in digests)):  # fmt: skip
+        raise ValueError(f"{meta_path}: field 'shard_sha256' must list one digest per shard")
     try:
-        Domain.from_dict(meta["domain"])
+        domain = Domain.from_dict(meta["domain"])
     except (KeyError, TypeError, ValueError, IndexError) as err:
         raise ValueError(f"{meta_path}: field 'domain' is not a valid domain ({err!r})") from err
+    if meta.get("model", domain.model) != domain.model:
+        raise ValueError(f"{meta_path}: field 'model' is {meta['model']!r}, its domain's model "
+                         f"{domain.model!r}")  # fmt: skip
     return meta
 
 

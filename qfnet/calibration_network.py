@@ -34,6 +34,7 @@ from pricing.quotes import DECIMAL_LIMITS
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
+from qfnet.training.checkpoint import archive_problem, load_error_summary
 
 __all__ = [
     "BOX",
@@ -319,27 +320,66 @@ def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None
 def load_network(path: str | Path | None = None) -> CalibrationNetwork:
     """Load a network written by :func:`save_network` (default: the shipped one).
 
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a Heston calibration network, or is damaged (cut, a damaged
+            byte, a missing or malformed field, another grid): the message names the file and
+            the field.
+
     Examples:
         >>> net = load_network()
         >>> net.hidden
         (128, 128, 128, 128)
     """
     path = Path(path) if path is not None else default_path()
-    if not path.exists():
+    if not path.is_file():  # a directory was an IsADirectoryError from torch
         hint = f" ({missing_hint()})" if path == default_path() else ""
         raise FileNotFoundError(f"no calibration network at {path}{hint}")
-    payload = torch.load(path, weights_only=True, map_location="cpu")
-    metadata = json.loads(payload["metadata"])
-    if metadata.get("format") != _FORMAT:
+    # a cut or foreign file raised torch's RuntimeError, KeyError or JSONDecodeError, naming no
+    # file; a damaged byte in a weight loaded without a word
+    problem = archive_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a readable calibration network: {problem}")
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # torch raises several types for damaged or unsafe files
         raise ValueError(
-            f"{path}: not a Heston calibration network (format {metadata.get('format')!r})"
-        )
-    arch = metadata["architecture"]
-    net = CalibrationNetwork(hidden=arch["hidden"], activation=arch["activation"],
-                             box=metadata["box"])  # fmt: skip
-    net.load_state_dict(payload["state_dict"])
+            f"{path} is not a readable calibration network: {load_error_summary(exc)}"
+        ) from exc
+    metadata = _network_metadata(payload, path)
+    try:
+        arch = metadata["architecture"]
+        net = CalibrationNetwork(hidden=arch["hidden"], activation=arch["activation"],
+                                 box=metadata["box"])  # fmt: skip
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path} is a damaged Heston calibration network: {exc!r}") from exc
     net.metadata = metadata
     return net.eval()
+
+
+def _network_metadata(payload: Any, path: Path) -> dict[str, Any]:
+    """The metadata of a loaded network file, checked against this module's input grid."""
+    if not (isinstance(payload, dict) and isinstance(payload.get("metadata"), str)):
+        raise ValueError(f"{path}: not a Heston calibration network (no 'metadata' field)")
+    try:
+        metadata = json.loads(payload["metadata"])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: field 'metadata' is not valid JSON ({exc.msg})") from exc
+    if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT:
+        found = metadata.get("format") if isinstance(metadata, dict) else None
+        raise ValueError(f"{path}: not a Heston calibration network (format {found!r}, this "
+                         f"qfnet reads {_FORMAT!r})")  # fmt: skip
+    # a network of another grid or parameter order would read this grid's vols as its own
+    if metadata.get("names") != list(NAMES):
+        raise ValueError(f"{path}: field 'names' is {metadata.get('names')!r}, not {list(NAMES)}")
+    grid = metadata.get("grid")
+    expected = {"maturities": list(MATURITIES), "z": list(Z), "order": "maturity-major"}
+    if not (isinstance(grid, dict) and all(grid.get(k) == v for k, v in expected.items())):
+        raise ValueError(f"{path}: field 'grid' is not this qfnet's grid (maturities "
+                         f"{[round(t, 4) for t in MATURITIES]}, z {Z[0]} .. {Z[-1]} by "
+                         f"{Z[1] - Z[0]}, maturity-major)")  # fmt: skip
+    return metadata
 
 
 def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:

@@ -38,7 +38,7 @@ from pricing._validation import check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
-from qfnet.training.checkpoint import load_error_summary
+from qfnet.training.checkpoint import archive_problem, load_error_summary
 
 __all__ = [
     "BASES",
@@ -315,7 +315,8 @@ def load_surrogate(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a qfnet surrogate (or is corrupt).
+        ValueError: the file is not a qfnet surrogate of this format version, or is corrupt (cut,
+            a damaged byte: the archive's checksums are verified, or a missing field).
 
     Examples:
         >>> net = load_surrogate()
@@ -329,6 +330,9 @@ def load_surrogate(
         shipped = DEFAULT_SURROGATE.parent in target.parents
         hint = f" ({missing_hint()})" if shipped else ""
         raise FileNotFoundError(f"surrogate file {target} does not exist{hint}")
+    problem = archive_problem(target)  # a flipped bit in a weight loaded without a word
+    if problem is not None:
+        raise ValueError(f"{target} is not a readable surrogate file: {problem}")
     try:
         payload = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
@@ -361,7 +365,10 @@ def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
         base=arch.get("base", _LEGACY_BASE[payload["model"]]),
     )
     net.load_state_dict(payload["state_dict"])
-    net.training_summary = payload.get("training", {})
+    training = payload.get("training", {})
+    if not isinstance(training, dict):  # fine-tuning from it failed on a list's .get
+        raise TypeError(f"field 'training' must be a mapping, got {type(training).__name__}")
+    net.training_summary = training
     return net
 
 

@@ -212,7 +212,7 @@ def _architecture(
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
         return tuple(int(h) for h in hidden), activation, base
-    saved = json.loads(path.read_text())
+    saved = _read_architecture(path)
     if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
         raise ValueError(f"--resume: the run in {out} was trained on another domain than "
                          "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
@@ -238,6 +238,31 @@ def _architecture(
                              f"{saved['training'][name]}, not {value}; resume with the same "
                              "value (or train a new run, --init from this one)")  # fmt: skip
     return tuple(saved["hidden"]), str(saved["activation"]), saved.get("base", base)
+
+
+def _read_architecture(path: Path) -> dict[str, Any]:
+    """A run's ``surrogate_config.json``; a cut or edited one is named with its field (it was a
+    bare JSONDecodeError, or a KeyError / AttributeError)."""
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): a cut or "
+                         "edited run configuration?") from err  # fmt: skip
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is not a surrogate run configuration (a JSON object)")
+    hidden = saved.get("hidden")
+    if not (isinstance(hidden, list) and all(type(h) is int and h > 0 for h in hidden)):
+        raise ValueError(f"{path}: field 'hidden' must be a list of positive layer widths, got "
+                         f"{hidden!r}")  # fmt: skip
+    if not isinstance(saved.get("activation"), str):
+        raise ValueError(f"{path}: field 'activation' must be a name, got "
+                         f"{saved.get('activation')!r}")  # fmt: skip
+    if "domain" in saved:
+        try:
+            Domain.from_dict(saved["domain"])
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"{path}: field 'domain' is not a valid domain ({err!r})") from err
+    return saved
 
 
 def _dataset_identity(meta: dict[str, Any], rows: int) -> dict[str, Any]:
@@ -544,7 +569,7 @@ def export_checkpoint(
     arch_path = root / _ARCH_FILE
     if not arch_path.is_file():
         raise FileNotFoundError(f"{root} is not a surrogate run (no {_ARCH_FILE})")
-    arch = json.loads(arch_path.read_text())
+    arch = _read_architecture(arch_path)
     domain = Domain.from_dict(arch["domain"]) if "domain" in arch else HESTON_DOMAIN
     net = build_surrogate(domain, hidden=arch["hidden"], activation=arch["activation"],
                           base=arch.get("base"))  # fmt: skip

@@ -415,7 +415,7 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> H
 def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
     try:
         params = json.loads(path.read_text())["params"]
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:  # TypeError: a JSON list
         raise ConfigError(f"market.calibration: cannot read params from {path}: {exc}") from exc
     keys = HESTON_PARAMS
     missing = [k for k in keys if k not in params]

@@ -24,7 +24,7 @@ from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
-from qfnet.training.checkpoint import load_error_summary
+from qfnet.training.checkpoint import archive_problem, load_error_summary
 from qfnet.training.distributed import init_distributed
 
 __all__ = [
@@ -356,6 +356,8 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
         raise ValueError(
             f"{run}: cannot read the run's hedge_config.json to resume: {exc}"
         ) from exc
+    if not isinstance(saved, dict):  # a JSON list failed on its .get
+        raise ValueError(f"{run}: the run's hedge_config.json is not a config (a JSON object)")
     given = _plain_config(config)
     for plain in (saved, given):
         plain.get("training", {}).pop("epochs", None)
@@ -405,16 +407,26 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
     path = Path(run_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"no trained hedging model at {path} (run `qfnet hedge train`)")
+    problem = archive_problem(path)  # a damaged byte in a weight loaded without a word
+    if problem is not None:
+        raise ValueError(f"{path} is not a readable trained hedging model ({problem})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         config = config_from_dict(json.loads(payload["config"]))
         model = build_model(config, Market(config))
         model.load_state_dict(payload["model"])
         meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}
-    except ConfigError:
-        raise
+    except ConfigError as exc:  # it named a config key, not the file that held it
+        raise ConfigError(f"{path}: the saved config: {exc}") from exc
+    except KeyError as exc:  # a file of another writer, or of an older qfnet
+        raise ValueError(
+            f"{path} is not a readable trained hedging model (no field {exc})"
+        ) from exc
     except Exception as exc:  # truncated, empty, not a hedging run, another architecture
         reason = load_error_summary(exc)
         raise ValueError(f"{path} is not a readable trained hedging model ({reason})") from exc
+    for key, value in meta.items():  # a text value failed later, in the backtest's baselines
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: field {key!r} must be a number, got {value!r}")
     model.eval()
     return config, model, meta

@@ -136,6 +136,26 @@ def _check_optimizer(config: Any, saved: dict[str, Any], path: Path) -> None:
                              f"{key}={now[key]!r}; resume with the same optimizer settings")  # fmt: skip
 
 
+_STATE_FIELDS = ("model", "loss", "optimizer", "scheduler", "scaler", "callbacks", "loop",
+                 "history", "rng")  # fmt: skip
+_LOOP_FIELDS = ("epoch", "global_step", "batch_in_epoch", "step_in_epoch", "should_stop",
+                "train_sums")  # fmt: skip
+
+
+def _check_fields(state: dict[str, Any], path: Path) -> None:
+    """A checkpoint of another writer (``save_checkpoint({...})`` of a script) failed with a
+    bare ``KeyError: 'loop'``, naming neither the file nor what it lacked."""
+    loop = state.get("loop")
+    missing = [k for k in _STATE_FIELDS if k not in state]
+    if isinstance(loop, dict):
+        missing += [f"loop.{k}" for k in _LOOP_FIELDS if k not in loop]
+    elif "loop" in state:
+        missing.append("loop (not a mapping)")
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: not a Trainer checkpoint, it lacks the "
+                              f"field(s) {missing}")  # fmt: skip
+
+
 def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
     """Load a checkpoint's state into a trainer set up for ``fit`` (model, optimizer, ...).
 
@@ -156,6 +176,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
         >>> torch.equal(again.weight, first.weight), trainer.global_step, len(history.records)
         (True, 2, 1)
     """
+    _check_fields(state, path)
     loop = state["loop"]
     if loop["batch_in_epoch"]:
         for key in ("batch_size", "accumulate_grad_batches", "world_size"):

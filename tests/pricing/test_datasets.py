@@ -322,8 +322,19 @@ def test_a_shard_replaced_by_a_copy_of_another_is_refused(tmp_path):
      (lambda text, meta: json.dumps({k: v for k, v in meta.items() if k != "shards"}),
       r"metadata.json: field 'shards' must be a list"),
      (lambda text, meta: json.dumps(meta | {"domain": meta["domain"] | {"z": "wide"}}),
-      r"metadata.json: field 'domain' is not a valid domain")],
-    ids=["cut", "no_shard_list", "bad_domain"],
+      r"metadata.json: field 'domain' is not a valid domain"),
+     (lambda text, meta: json.dumps(meta | {"n": "4"}),
+      r"metadata.json: field 'n' must be a non-negative integer, got '4'"),
+     (lambda text, meta: json.dumps(meta | {"model": "heston"}),
+      r"metadata.json: field 'model' is 'heston', its domain's model 'sabr'"),
+     (lambda text, meta: json.dumps(meta | {"shards": ["/elsewhere/shard-00000.parquet"]}),
+      r"metadata.json: field 'shards' must be a list of shard file names"),
+     (lambda text, meta: json.dumps(meta | {"shards": [], "n_shards": 0, "n": 0}),
+      r"metadata.json: field 'shards' must be a list .*at least one"),
+     (lambda text, meta: json.dumps(meta | {"shard_sha256": []}),
+      r"metadata.json: field 'shard_sha256' must list one digest per shard")],
+    ids=["cut", "no_shard_list", "bad_domain", "text_n", "other_model", "shard_path",
+         "no_shards", "digests_short"],
 )  # fmt: skip
 def test_a_cut_or_edited_metadata_file_is_named_with_its_field(tmp_path, edit, message):
     # a bare JSON error without the file, and a KeyError traceback for a missing shard list
@@ -332,6 +343,65 @@ def test_a_cut_or_edited_metadata_file_is_named_with_its_field(tmp_path, edit, m
     (path / "metadata.json").write_text(edit(text, json.loads(text)))
     with pytest.raises(ValueError, match=message):
         load_dataset(path)
+
+
+@pytest.mark.parametrize("version", [99, None, "1", True])
+def test_a_dataset_of_another_format_version_is_refused_naming_the_versions_read(tmp_path, version):
+    # format_version was never read: a version-99 dataset loaded as version 1
+    path = generate(tmp_path / "ds", model="sabr", n=4, progress=False)
+    meta = json.loads((path / "metadata.json").read_text())
+    (path / "metadata.json").write_text(json.dumps(meta | {"format_version": version}))
+    with pytest.raises(
+        ValueError,
+        match=r"metadata.json: field 'format_version' is .*reads qfnet-dataset "
+        r"version\(s\) \[1\]",
+    ):
+        load_dataset(path)
+
+
+def test_a_shard_copied_from_a_dataset_of_another_seed_is_refused_by_name(tmp_path):
+    # its sample_index matched (same n and shard size): it loaded, and was trained on, silently
+    kwargs = {"model": "sabr", "n": 6, "shard_size": 3}
+    path = generate(tmp_path / "ds", seed=0, progress=False, **kwargs)
+    other = generate(tmp_path / "other", seed=1, progress=False, **kwargs)
+    own = (path / "shard-00001.parquet").read_bytes()
+    (path / "shard-00001.parquet").write_bytes((other / "shard-00001.parquet").read_bytes())
+    with pytest.raises(ValueError, match=r"shard-00001.parquet is not the shard .* records"):
+        load_dataset(path)
+    (path / "shard-00001.parquet").write_bytes(own)
+    expected, meta = load_dataset(path)
+    # datasets written before the digests were recorded still load
+    legacy = {k: v for k, v in meta.items() if k != "shard_sha256"}
+    (path / "metadata.json").write_text(json.dumps(legacy))
+    pd.testing.assert_frame_equal(load_dataset(path)[0], expected)
+
+
+def test_an_unreadable_or_text_shard_is_named(tmp_path):
+    path = generate(tmp_path / "ds", model="sabr", n=6, shard_size=3, progress=False)
+    shard = path / "shard-00001.parquet"
+    whole = pd.read_parquet(shard)
+    whole.astype({"implied_vol": str}).to_parquet(shard)
+    with pytest.raises(ValueError, match=r"shard-00001.parquet: column\(s\) \['implied_vol'\] are "
+                       "not floating-point"):  # fmt: skip
+        load_dataset(path)
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"shard-00001.parquet is not a readable Parquet shard"):
+        load_dataset(path)
+
+
+def test_more_points_than_one_sobol_sequence_are_refused_up_front(tmp_path, monkeypatch):
+    # scipy's Sobol engine stops at 2**30 points: the worker of the last shard failed, hours in
+    import pricing.datasets as datasets
+
+    def no_shards(*args):
+        raise AssertionError("no shard may be made")
+
+    monkeypatch.setattr(datasets, "_run_tasks", no_shards)
+    with pytest.raises(ValueError, match=r"n = 1073741825 is more than the 1073741824"):
+        generate(tmp_path / "big", model="sabr", n=2**30 + 1, progress=False)
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(ValueError, match=r"n=2, start=1073741823\) reach past"):
+        sample(SABR_DOMAIN, 2, seed=0, start=2**30 - 1)
 
 
 def test_sizes_may_be_numpy_integers_but_not_booleans(tmp_path):

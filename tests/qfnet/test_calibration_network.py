@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -17,6 +18,7 @@ from qfnet.calibration_network import (
     BOX,
     MATURITIES,
     NAMES,
+    CalibrationNetwork,
     accuracy,
     default_path,
     grid_surfaces,
@@ -92,6 +94,55 @@ def test_load_refuses_a_file_that_is_not_a_network(tmp_path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"state_dict": {}, "metadata": '{"format": "something else"}'}, path)
     with pytest.raises(ValueError, match="not a Heston calibration network"):
+        load_network(path)
+
+
+def _edited(metadata: dict, **changes) -> dict:
+    return {**metadata, **changes}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(lambda data, payload: data[:300], r"is not a readable calibration network: truncated"),
+     (lambda data, payload: {"weights": torch.zeros(2)}, r"not a Heston calibration network "
+      r"\(no 'metadata' field\)"),
+     (lambda data, payload: {**payload, "metadata": payload["metadata"][:40]},
+      r"field 'metadata' is not valid JSON"),
+     (lambda data, payload: {**payload, "metadata": json.dumps(
+         {k: v for k, v in json.loads(payload["metadata"]).items() if k != "architecture"})},
+      r"is a damaged Heston calibration network: KeyError\('architecture'\)"),
+     (lambda data, payload: {**payload, "metadata": json.dumps(_edited(
+         json.loads(payload["metadata"]), grid={"maturities": [1.0], "z": [0.0]}))},
+      r"field 'grid' is not this qfnet's grid"),
+     (lambda data, payload: {**payload, "metadata": json.dumps(_edited(
+         json.loads(payload["metadata"]), names=["rho", "v0", "kappa", "theta", "sigma"]))},
+      r"field 'names' is \['rho', 'v0'")],
+    ids=["cut", "foreign", "cut_metadata", "no_architecture", "other_grid", "other_order"],
+)  # fmt: skip
+def test_load_names_a_damaged_or_foreign_file_and_its_field(tmp_path, damage, message) -> None:
+    # torch's RuntimeError, KeyError 'metadata' or a JSONDecodeError named no file; a network of
+    # another grid or parameter order loaded and read this grid's vols as its own
+    path = tmp_path / "net.pt"
+    save_network(CalibrationNetwork(hidden=(8,)), path)
+    damaged = damage(path.read_bytes(), torch.load(path, weights_only=True))
+    if isinstance(damaged, bytes):
+        path.write_bytes(damaged)
+    else:
+        torch.save(damaged, path)
+    with pytest.raises(ValueError, match=message):
+        load_network(path)
+
+
+def test_load_refuses_a_network_file_with_a_damaged_byte(tmp_path) -> None:
+    # torch.load checks no CRC: a flipped bit in a weight loaded as another weight, silently
+    net = CalibrationNetwork(hidden=(8,))
+    net.input_mean.fill_(1234.5678)
+    path = tmp_path / "net.pt"
+    save_network(net, path)
+    data = bytearray(path.read_bytes())
+    data[bytes(data).index(net.input_mean.numpy().tobytes()) + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"net\.pt is not a readable calibration network: .*CRC"):
         load_network(path)
 
 

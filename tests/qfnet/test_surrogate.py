@@ -407,6 +407,28 @@ def test_load_names_a_damaged_or_newer_surrogate_file_as_such(tmp_path):
         load_surrogate(tmp_path / "newer.pt")
 
 
+def test_load_refuses_a_surrogate_file_with_a_damaged_byte(tmp_path):
+    # torch.load checks no CRC: a flipped bit in a weight loaded as another weight, silently
+    net = build_surrogate("sabr", hidden=(8,))
+    net.in_mean.fill_(1234.5678)
+    path = save_surrogate(net, tmp_path / "model.pt")
+    data = bytearray(path.read_bytes())
+    offset = bytes(data).index(net.in_mean.numpy().tobytes())
+    data[offset + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model\.pt is not a readable surrogate file: .*CRC"):
+        load_surrogate(path)
+
+
+def test_load_names_a_training_summary_that_is_not_a_mapping(tmp_path):
+    # fine-tuning from such a file failed later, on the list's .get
+    path = save_surrogate(build_surrogate("sabr", hidden=(8,)), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "training": [1]}, path)
+    with pytest.raises(ValueError, match=r"is a corrupt qfnet-surrogate file: .*'training'"):
+        load_surrogate(path)
+
+
 def test_fine_tuning_keeps_the_base_vol_of_the_given_surrogate(tmp_path):
     # --init from a surrogate with another base vol (a legacy sabr-alpha file) swapped in the
     # default base under its weights: the fine-tuned net started from other vols

@@ -30,9 +30,13 @@ def sabr_data(tmp_path_factory):
 
 
 def _edit_shards(data, out, edit) -> None:
-    """Copy the dataset ``data`` to ``out`` with ``edit(frame)`` applied to each shard."""
+    """Copy the dataset ``data`` to ``out`` with ``edit(frame)`` applied to each shard, as one
+    written before the shards' SHA-256s were recorded (with them, load_dataset refuses an edited
+    shard first)."""
     out.mkdir()
-    (out / "metadata.json").write_text((data / "metadata.json").read_text())
+    meta = json.loads((data / "metadata.json").read_text())
+    del meta["shard_sha256"]
+    (out / "metadata.json").write_text(json.dumps(meta))
     for shard in sorted(data.glob("shard-*.parquet")):
         edit(pd.read_parquet(shard)).to_parquet(out / shard.name, index=False)
 
@@ -162,3 +166,22 @@ def test_more_missing_labels_than_generation_recorded_are_refused(sabr_data, tmp
     (tmp_path / "ds" / "metadata.json").write_text(json.dumps({**meta, "unlabelled": 133}))
     _, iv, _, meta = load_training_tensors(tmp_path / "ds")
     assert (len(iv), meta["dropped_rows"]) == (400 - 133, 133)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(lambda saved: json.dumps(saved)[:30], r"surrogate_config\.json is not valid JSON"),
+     (lambda saved: "[]", r"surrogate_config\.json is not a surrogate run configuration"),
+     (lambda saved: json.dumps({k: v for k, v in saved.items() if k != "hidden"}),
+      r"surrogate_config\.json: field 'hidden' must be a list of positive layer widths")],
+    ids=["cut", "list", "no_hidden"],
+)  # fmt: skip
+def test_a_damaged_run_configuration_is_named_with_its_field(sabr_data, tmp_path, text, message):
+    # a bare JSONDecodeError, TypeError, AttributeError or KeyError named no file
+    train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)
+    config = tmp_path / "run" / "surrogate_config.json"
+    config.write_text(text(json.loads(config.read_text())))
+    with pytest.raises(ValueError, match=message):
+        export_checkpoint(tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        train_surrogate(sabr_data, tmp_path / "run", epochs=1, resume=True, **COMMON)

@@ -106,6 +106,15 @@ def test_yaml_errors_and_calibration_file(tmp_path: Path) -> None:
         load_config(cfg_file)
 
 
+@pytest.mark.parametrize("text", ["[1]", '"fit"'])
+def test_a_calibration_file_that_is_no_object_of_params_names_the_file(tmp_path, text):
+    # a JSON list or string was a bare TypeError ("list indices must be integers")
+    (tmp_path / "fit.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"market.calibration: .*fit\.json"):
+        config_from_dict({"market": {"model": "heston", "calibration": "fit.json"}},
+                         base_dir=tmp_path)  # fmt: skip
+
+
 @pytest.mark.parametrize("v0", [float("nan"), "abc"])
 def test_calibration_params_that_are_not_finite_numbers_name_the_file_and_key(tmp_path, v0):
     # NaN slipped past the v0 >= 0 check; "abc" was a bare ValueError

@@ -263,6 +263,24 @@ def test_resuming_into_a_different_model_names_the_checkpoint(regression, mlp, t
         other.fit(regression(n=16), resume=True)
 
 
+def test_resuming_from_a_checkpoint_of_another_writer_names_the_file_and_fields(
+    regression, mlp, tmp_path
+):
+    # a save_checkpoint({...}) of a script in the run's place failed with a bare KeyError: 'loop'
+    cfg = TrainerConfig(
+        max_epochs=1, batch_size=8, run_dir=tmp_path, progress_bar=False, tensorboard=False
+    )
+    Trainer(mlp(hidden=8), loss=torch.nn.MSELoss(), config=cfg).fit(regression(n=16))
+    _valid_checkpoint(tmp_path / "checkpoints" / "last.pt")  # model and loop.epoch only
+    trainer = Trainer(mlp(hidden=8), loss=torch.nn.MSELoss(), config=cfg)
+    with pytest.raises(
+        CheckpointError,
+        match=r"last\.pt: not a Trainer checkpoint, it lacks .*'optimizer'.*"
+        r"'loop\.global_step'",
+    ):
+        trainer.fit(regression(n=16), resume=True)
+
+
 def test_numpy_scalars_in_the_config_still_give_a_loadable_checkpoint(regression, mlp, tmp_path):
     cfg = TrainerConfig(
         max_epochs=1,
