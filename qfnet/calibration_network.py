@@ -34,7 +34,7 @@ from pricing.quotes import DECIMAL_LIMITS
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
-from qfnet.training.checkpoint import archive_problem, load_error_summary
+from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
 
 __all__ = [
     "BOX",
@@ -312,9 +312,8 @@ def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None
         "scaler": {"mean": net.input_mean.tolist(), "std": net.input_std.tolist()},
         **info,
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": net.state_dict(), "metadata": json.dumps(metadata)}
-    torch.save(payload, path)
+    # a killed plain torch.save left half a file where the shipped network was
+    save_atomically({"state_dict": net.state_dict(), "metadata": json.dumps(metadata)}, path)
 
 
 def load_network(path: str | Path | None = None) -> CalibrationNetwork:

@@ -38,7 +38,7 @@ from pricing._validation import check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
-from qfnet.training.checkpoint import archive_problem, load_error_summary
+from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
 
 __all__ = [
     "BASES",
@@ -299,10 +299,7 @@ def save_surrogate(
         "versions": _versions(),
         "training": dict(training or {}),
     }
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
-    return target
+    return save_atomically(payload, target)
 
 
 def load_surrogate(

@@ -24,7 +24,7 @@ from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
-from qfnet.training.checkpoint import archive_problem, load_error_summary
+from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
 from qfnet.training.distributed import init_distributed
 
 __all__ = [
@@ -385,9 +385,7 @@ def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec:
         "ww_risk_aversion": ww,
         "train_seconds": sec,
     }
-    tmp = run_dir / "model.pt.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(run_dir / "model.pt")
+    save_atomically(payload, run_dir / "model.pt")
 
 
 def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, Any]]:

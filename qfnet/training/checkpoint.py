@@ -28,6 +28,7 @@ __all__ = [
     "link_checkpoint",
     "load_checkpoint",
     "load_error_summary",
+    "save_atomically",
     "save_checkpoint",
     "set_rng_state",
 ]
@@ -96,11 +97,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         >>> load_checkpoint(p)["w"]
         tensor([1., 1.])
     """
+    return save_atomically({"format": FORMAT, "version": VERSION, **_loadable(state)}, path)
+
+
+def save_atomically(payload: Any, path: str | Path) -> Path:
+    """``torch.save(payload)`` to ``path`` through a temporary file in the same folder, flushed
+    to disk and renamed: a reader sees the old file or the new one, never half of one, and a
+    failed write leaves no temporary behind. Parent folders are created.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "net.pt"
+        >>> save_atomically({"w": torch.zeros(1)}, p) == p, sorted(x.name for x in p.parent.iterdir())
+        (True, ['net.pt'])
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **_loadable(state)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide checkpoints from collaborators
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from collaborators
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

@@ -464,3 +464,22 @@ def test_network_method_warns_when_its_answer_sits_on_the_edge_of_its_box():
     with pytest.warns(UserWarning, match=r"edge of its training box: kappa 5 in \[0.5, 5\]"):
         fit = calibrate("heston", str(dax), method="network")
     assert fit.params["kappa"] == pytest.approx(5.0, abs=0.05)
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_network_whole(tmp_path, monkeypatch):
+    # save_network wrote with a plain torch.save: a killed write left half a file in its place
+    import qfnet.training.checkpoint as checkpoint
+
+    path = tmp_path / "net.pt"
+    save_network(load_network(), path)
+    before = path.read_bytes()
+
+    def cut_short(payload, f):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        save_network(load_network(), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["net.pt"]
