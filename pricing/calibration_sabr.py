@@ -401,12 +401,13 @@ def fit_smile_scipy(
     weight: np.ndarray | None = None,
     x0: tuple[float, ...] | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
-    max_iterations: int = 100,
+    max_iterations: int = 500,
 ) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Reference fit of one smile: scipy ``least_squares`` (trf, finite differences) over
     ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start (or
     ``x0``: alpha, beta, rho, nu), within ``bounds`` (name -> (lower, upper); equal ends fix a
-    parameter) over the default box, for at most about ``max_iterations`` steps.
+    parameter) over the default box, for at most ``max_iterations`` steps (scipy's ``max_nfev``: trf
+    evaluates the smile once per step, and counts none of its finite-difference Jacobian's calls).
 
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
@@ -449,10 +450,11 @@ def fit_smile_scipy(
 
     if not free.any():  # nothing left to fit
         return start, model(start[free]), True, 1
-    # max_nfev: about max_iterations steps of a finite-difference Jacobian (len(x) + 1 calls)
+    # max_nfev counts trf's steps (one call each), not the Jacobian's: max_iterations * (p + 1)
+    # let max_iterations=1 take 4 steps
     solution = least_squares(residual, start[free], bounds=(lower[free], upper[free]), xtol=1e-12,
                              ftol=1e-12, gtol=1e-12,
-                             max_nfev=max_iterations * (int(free.sum()) + 1))  # fmt: skip
+                             max_nfev=max_iterations)  # fmt: skip
     params = full(solution.x)
     return params, model(solution.x), solution.status > 0, solution.nfev
 
@@ -460,7 +462,7 @@ def fit_smile_scipy(
 def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
     free = bool(options.pop("free_beta", False))
-    max_iterations = int(options.pop("max_iterations", 100))
+    max_iterations = int(options.pop("max_iterations", 500))
     beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
     x0 = None
     if problem.x0:

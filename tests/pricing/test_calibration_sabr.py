@@ -147,3 +147,19 @@ def test_equal_bounds_hold_a_parameter_in_both_methods() -> None:
     assert reference.converged
     assert reference.rmse_iv_bp == pytest.approx(direct.rmse_iv_bp, rel=1e-5)
     np.testing.assert_allclose(_params(reference), _params(direct), rtol=1e-4, atol=1e-6)
+
+
+def test_the_reference_fit_takes_at_most_max_iterations_steps() -> None:
+    # scipy's trf counts one call per step and none of the finite-difference Jacobian's: a
+    # budget of max_iterations * (p + 1) calls let max_iterations=1 take 4 steps
+    from pricing.calibration_sabr import fit_smile_scipy
+
+    smile = _smiles(noise_bp=30.0)
+    first = smile[smile["maturity"] == smile["maturity"].min()]
+    kw = dict(forward=float(first["forward"].iloc[0]), strike=first["strike"].to_numpy(),
+              maturity=float(first["maturity"].iloc[0]), market_iv=first["implied_vol"].to_numpy(),
+              beta=0.5)  # fmt: skip
+    for budget in (1, 3):
+        _, _, converged, steps = fit_smile_scipy(max_iterations=budget, **kw)
+        assert steps <= budget and not converged
+    assert fit_smile_scipy(**kw)[2]  # the default budget converges
