@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "PARAMETER_DOMAINS",
     "carry_and_discount",
     "check_device",
     "check_finite",
@@ -20,7 +21,31 @@ __all__ = [
     "check_seasoning",
     "check_where",
     "is_whole",
+    "outside_domain",
 ]
+
+PARAMETER_DOMAINS: dict[str, tuple[float, float, str]] = {
+    "v0": (0.0, math.inf, "[)"), "kappa": (0.0, math.inf, "()"), "theta": (0.0, math.inf, "()"),
+    "sigma": (0.0, math.inf, "()"), "rho": (-1.0, 1.0, "()"), "alpha": (0.0, math.inf, "()"),
+    "beta": (0.0, 1.0, "[]"), "nu": (0.0, math.inf, "[)"),
+}  # fmt: skip
+"""Where the pricers take each Heston and SABR parameter, ``(low, high, brackets)``
+(:func:`pricing.heston.price`, :func:`pricing.sabr.lognormal_vol`): a dataset domain's bounds
+and a calibration's bounds lie inside."""
+
+
+def outside_domain(name: str, low: float, high: float) -> str | None:
+    """:data:`PARAMETER_DOMAINS`' interval of ``name``, written out, if ``[low, high]`` leaves
+    it; else None. An infinite upper bound of an unbounded parameter is no bound: inside.
+
+    Examples:
+        >>> outside_domain("rho", -1.5, 0.0), outside_domain("theta", 0.01, math.inf)
+        ('(-1, 1)', None)
+    """
+    lo, hi, brackets = PARAMETER_DOMAINS[name]
+    below = low < lo or (low == lo and brackets[0] == "(")
+    above = high > hi or (high == hi and brackets[1] == ")" and hi != math.inf)
+    return f"{brackets[0]}{lo:g}, {hi:g}{brackets[1]}" if below or above else None
 
 
 def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: str) -> None:

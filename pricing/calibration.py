@@ -28,7 +28,7 @@ from pricing._calibration_batch import (
     already_prepared,
     residual_tables,
 )
-from pricing._validation import check_device, is_whole
+from pricing._validation import check_device, is_whole, outside_domain
 from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import DECIMAL_LIMITS, QuoteError, call_flags, read_quotes, shifts
 
@@ -465,14 +465,6 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 """Each model's parameters, in the order the fitters use."""
 
-_DOMAINS: dict[str, tuple[float, float, str]] = {
-    "v0": (0.0, np.inf, "[)"), "kappa": (0.0, np.inf, "()"), "theta": (0.0, np.inf, "[)"),
-    "sigma": (0.0, np.inf, "()"), "rho": (-1.0, 1.0, "()"), "alpha": (0.0, np.inf, "()"),
-    "beta": (0.0, 1.0, "[]"), "nu": (0.0, np.inf, "[)"),
-}  # fmt: skip
-"""Each parameter's domain ``(low, high, brackets)``: bounds must lie inside it (rho = 1 or a
-zero vol of vol would take the fitters' trial points out of the model)."""
-
 
 def _finite_number(value: object) -> bool:
     """A finite real number: Python, numpy or a 0-d tensor; not a string ("0.2" passed
@@ -561,15 +553,6 @@ def _device_options(key: tuple[str, str], options: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _outside_domain(name: str, low: float, high: float) -> str | None:
-    """The domain, written out, if ``[low, high]`` leaves it; else None."""
-    lo, hi, brackets = _DOMAINS[name]
-    below = low < lo or (low == lo and brackets[0] == "(")
-    # an infinite upper bound on an unbounded parameter is no bound at all: allowed
-    above = high > hi or (high == hi and brackets[1] == ")" and hi != np.inf)
-    return f"{brackets[0]}{lo:g}, {hi:g}{brackets[1]}" if below or above else None
-
-
 def _check_inputs(
     key: tuple[str, str],
     bounds: Mapping[str, tuple[float, float]] | None,
@@ -603,7 +586,7 @@ def _check_inputs(
             raise ValueError(f"bounds[{name!r}]: expected (lower, upper), got {pair!r}") from None
         if not low <= high:  # NaN too
             raise ValueError(f"bounds[{name!r}]: lower {low} is not <= upper {high}")
-        domain = _outside_domain(name, low, high)
+        domain = outside_domain(name, low, high)
         if domain:
             raise ValueError(f"bounds[{name!r}]: ({low:g}, {high:g}) leaves {name}'s domain "
                              f"{domain}")  # fmt: skip
@@ -617,7 +600,7 @@ def _check_inputs(
         if bad:
             raise ValueError(f"x0[{bad[0]!r}]: must be a finite number, got {x0[bad[0]]!r}")
         for name, value in x0.items():
-            domain = _outside_domain(name, float(value), float(value))
+            domain = outside_domain(name, float(value), float(value))
             if domain:
                 raise ValueError(f"x0[{name!r}]: {float(value):g} is outside {domain}")
             low, high = (bounds or {}).get(name, (-np.inf, np.inf))

@@ -35,7 +35,7 @@ import torch
 
 from pricing import _generation
 from pricing._labels import ENGINES, check_compile, label
-from pricing._validation import check_device, check_positive_int, is_whole
+from pricing._validation import check_device, check_positive_int, is_whole, outside_domain
 from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
@@ -126,12 +126,10 @@ class Domain:
             )
         for name, low, high in self.params:  # rho in [-1.5, 0] was recorded as the domain (and
             # served by its surrogate) while only [-0.99, 0] was sampled; v0 < 0 failed mid-run
-            lo, hi, brackets = _PARAMETER_RANGES[name]
-            if low < lo or high > hi or (low == lo and brackets[0] == "(") or (
-                    high == hi and brackets[1] == ")"):  # fmt: skip
-                raise ValueError(f"domain bounds for {name!r} must lie in {brackets[0]}{lo:g}, "
-                                 f"{hi:g}{brackets[1]} (the {self.model} pricer's range), got "
-                                 f"[{low:g}, {high:g}]")  # fmt: skip
+            interval = outside_domain(name, low, high)
+            if interval is not None:
+                raise ValueError(f"domain bounds for {name!r} must lie in {interval} (the "
+                                 f"{self.model} pricer's range), got [{low:g}, {high:g}]")  # fmt: skip
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -238,14 +236,6 @@ class Domain:
             rtol=float(data.get("rtol", DOMAIN_RTOL)),
         )
 
-
-_PARAMETER_RANGES: dict[str, tuple[float, float, str]] = {
-    "v0": (0.0, math.inf, "[)"), "kappa": (0.0, math.inf, "()"), "theta": (0.0, math.inf, "()"),
-    "sigma": (0.0, math.inf, "()"), "rho": (-1.0, 1.0, "()"), "alpha": (0.0, math.inf, "()"),
-    "beta": (0.0, 1.0, "[]"), "nu": (0.0, math.inf, "[)"),
-}  # fmt: skip
-"""Where the pricers take each parameter, ``(low, high, brackets)``
-(:func:`pricing.heston.price`, :func:`pricing.sabr.lognormal_vol`): a domain's bounds lie inside."""
 
 _WIDEN_LIMITS = {"rho": (-0.99, 0.99), "beta": (0.0, 1.0), "v0": (0.0, math.inf),
                  "nu": (0.0, math.inf)}  # fmt: skip

@@ -36,6 +36,8 @@ def _smile(shift: float = 0.0, maturity: float = 1.0) -> pd.DataFrame:
             r"bounds\['v0'\]: lower 0.2 is not <= upper 0.1",
         ),
         ("sabr", {"bounds": {"rho": (math.nan, 0.0)}}, r"bounds\['rho'\]: lower nan"),
+        # the Heston pricer (the reported vols) refuses theta = 0, where a fit may end
+        ("heston", {"bounds": {"theta": (0.0, 1.0)}}, r"leaves theta.s domain \(0, inf\)"),
         ("sabr", {"bounds": {"rho": 0.5}}, r"bounds\['rho'\]: expected \(lower, upper\)"),
         ("heston", {"x0": {"v0": 0.04}}, r"x0: missing \['kappa', 'theta', 'sigma', 'rho'\]"),
         ("heston", {"x0": HESTON_X0 | {"lambda": 1.0}}, r"x0: unknown \['lambda'\]"),
