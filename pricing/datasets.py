@@ -190,12 +190,22 @@ class Domain:
         for name, outside, text in self._outside(columns, inputs):
             if outside.any():
                 row = int(np.flatnonzero(outside)[0])
+                if name == "log_moneyness":  # the bounds at this row's maturity, not only z's
+                    text = self._moneyness_bounds(float(arrays["maturity"][row]))
+                count = int(outside.sum())
                 raise DomainError(
                     f"{name} = {float(arrays[name][row])!r} at index {row} is outside the "
-                    f"{self.model} "
-                    f"surrogate domain {text} ({int(outside.sum())} rows outside); the surrogate "
-                    "never extrapolates"
+                    f"{self.model} surrogate domain {text} ({count} "
+                    f"{'row' if count == 1 else 'rows'} outside); the surrogate never extrapolates"
                 )
+
+    def _moneyness_bounds(self, maturity: float) -> str:
+        """The log-moneyness interval at one maturity, and the rule that makes it (the rule
+        alone, ``z_scale * sqrt(T) * [-2.5, 2.5]``, named neither ``z_scale`` nor the bounds)."""
+        half = self.z_scale * math.sqrt(maturity) if maturity > 0 else math.nan
+        low, high = self.z[0] * half, self.z[1] * half
+        return (f"[{low:.4g}, {high:.4g}] at T = {maturity:g}, from {self.z_scale:g} * sqrt(T) * "
+                f"[{self.z[0]:g}, {self.z[1]:g}]")  # fmt: skip
 
     def expanded(self, margin: float) -> Domain:
         """This domain widened by ``margin`` times each interval's width on both sides.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import warnings
 from pathlib import Path
@@ -174,7 +175,7 @@ def price(
         else:
             raise fail(f"--engine {engine} is not available yet")
     except (ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from error
+        raise fail(_name_params(str(error), values)) from error
     # a rate (dividend) the file lacked was written as 0 beside the discount (forward) it gave,
     # which the prices used: leave out the defaults those columns make meaningless
     given = {"rate": "discount", "dividend": "forward"}
@@ -197,6 +198,19 @@ def _refuse_mc_options(ctx: typer.Context, engine: str) -> None:
         if source is not None and source.name != "DEFAULT":
             raise typer.BadParameter(f"applies to --engine mc only, not {engine}",
                                      param_hint=f"--{name}")  # fmt: skip
+
+
+def _name_params(message: str, params: dict[str, float]) -> str:
+    """A check that failed on a ``--params`` value named row 1 (every row holds it), which sent
+    the reader to the file: name ``--params`` instead. Messages about a value derived per row
+    (a SABR surrogate's rescaled alpha) keep their row."""
+    if (found := re.match(r"row \d+: (\w+) ", message)) and found[1] in params:
+        return "--params: " + message.split(": ", 1)[1]
+    found = re.match(r"(\w+) = ([-+.\deE]+|nan|inf) at row \d+ ", message)  # a DomainError
+    if found and found[1] in params and float(found[2]) == params[found[1]]:
+        rest = re.sub(r" \(\d+ rows? outside\)", "", message[found.end() :])  # every row
+        return f"--params: {found[1]} = {found[2]} {rest}"
+    return message
 
 
 def _keep_market_columns(table: pd.DataFrame, result: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -268,9 +282,11 @@ def iv(
     ),
     out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
 ) -> None:
-    """Black implied vol of each row's mid (else bid/ask midpoint, else price), against forwards
-    and discounts from put-call parity where the file gives none; shifted-lognormal vols where
-    the file has a 'shift' column; unsolvable rows get NaN and a status reason."""
+    """Black implied vol of each row's mid (else bid/ask midpoint, else price).
+
+    Forwards and discounts come from put-call parity where the file gives
+    none; shifted-lognormal vols where the file has a 'shift' column;
+    unsolvable rows get NaN and a status reason."""
     from pricing.quote_cleaning import attach_forwards
 
     check_table_out(out)
@@ -297,11 +313,19 @@ def iv(
     # the forward and discount used are written: a rate or dividend the file lacked, defaulted to
     # 0 by reading, would stand beside them as if it had made them (price leaves them out too)
     result = table.drop(columns=[c for c in table.attrs.get("defaulted", []) if c in table])
+    # the file's own vols (a vendor's `implied_vol` or `iv`) were overwritten by the
+    # solved ones: kept beside them, as `price` keeps them
+    kept = ""
+    file_vols = "implied_vol" in table and table["implied_vol"].notna().any()
+    if file_vols and "market_implied_vol" not in table:
+        result = result.rename(columns={"implied_vol": "market_implied_vol"})
+        kept = "; the file's implied_vol kept as market_implied_vol"
     result["forward"], result["discount"] = prepared["forward"], prepared["discount"]
     result["implied_vol"], result["status"] = vol, status
     write_table(result, out)
     n_bad = int((status != "ok").sum())
-    typer.echo(f"implied vols for {len(result)} rows ({n_bad} unsolvable) -> {out}")
+    rows = "row" if len(result) == 1 else "rows"
+    typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable) -> {out}{kept}")
 
 
 @app.command()
@@ -342,7 +366,7 @@ def main() -> None:
         ...             main()
         ...         except SystemExit as done:
         ...             print("exit status", done.code)
-        wrote 8 sabr options (hagan) in 1 shards to .../ds
+        wrote 8 sabr options (hagan) in 1 shard to .../ds
         exit status 0
     """
     signal.signal(signal.SIGTERM, _terminated)

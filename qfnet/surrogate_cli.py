@@ -133,9 +133,10 @@ def generate_command(
     meta = json.loads((path / "metadata.json").read_text())
     unlabelled = meta.get("unlabelled", 0)
     missing = f", {unlabelled} without a label (NaN; training drops them)" if unlabelled else ""
+    shards = "shard" if meta["n_shards"] == 1 else "shards"
     typer.echo(
         f"wrote {meta['n']} {model} options ({meta['engine']}) in {meta['n_shards']} "
-        f"shards to {path}{missing}"
+        f"{shards} to {path}{missing}"
     )
 
 
@@ -255,6 +256,17 @@ def _is_call(df: pd.DataFrame) -> torch.Tensor:
     return torch.tensor(short_call_flags(df["option_type"]))
 
 
+def _rescaled_alpha_note(
+    alpha: torch.Tensor, forward: torch.Tensor, beta: torch.Tensor, index: int
+) -> str:
+    """Where a SABR row's alpha is outside the surrogate's box, the value named is the alpha
+    rescaled to ``F = 1``, not the one the row gave (0.0045 for alpha 0.3 at F = 4500, beta 0.5):
+    name the given alpha, the forward and the rescaling."""
+    a, f, b = (float(x[index]) for x in (alpha, forward, beta))  # (N,) columns
+    return (f"; it reads alpha at F = 1: alpha F^(beta - 1) = {a:g} * {f:g}^({b:g} - 1) on "
+            "this row")  # fmt: skip
+
+
 def surrogate_price_rows(
     df: pd.DataFrame,
     surrogate_path: str | os.PathLike[str] | None = None,
@@ -300,14 +312,21 @@ def surrogate_price_rows(
     else:
         discount = torch.exp(-_column(df, "rate", 0.0) * t)
     params = {name: _column(df, name) for name in net.domain.param_names}
+    given_alpha = params.get("alpha")
     if net.domain.model == "sabr":
         params["alpha"] = params["alpha"] * forward ** (params["beta"] - 1.0)
     with torch.no_grad():
         try:
             iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
         except DomainError as error:  # its array index, as the table's 1-based row
-            raise DomainError(re.sub(r"at index (\d+)", lambda m: f"at row {int(m[1]) + 1}",
-                                     str(error), count=1)) from None  # fmt: skip
+            message = str(error)
+            row = re.search(r"at index (\d+)", message)
+            if row is not None:
+                message = message.replace(row[0], f"at row {int(row[1]) + 1}", 1)
+                if net.domain.model == "sabr" and message.startswith("alpha = "):
+                    message += _rescaled_alpha_note(given_alpha, forward, params["beta"],
+                                                    int(row[1]))  # fmt: skip
+            raise DomainError(message) from None
         value = black_scholes.black_price(
             forward=forward,
             strike=k,

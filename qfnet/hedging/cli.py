@@ -35,8 +35,9 @@ def train_command(
         "with scheduler none).",
     ),
 ) -> None:
-    """Train the configured policy on fixed train/validation paths (early stopping,
-    checkpoints) and write the run to OUT."""
+    """Train the configured hedging policy and write the run to OUT.
+
+    Fixed train/validation paths, early stopping on the validation risk, checkpoints."""
     from qfnet.hedging.config import ConfigError, load_config
     from qfnet.hedging.train import train
     from qfnet.training import NonFiniteLossError
@@ -112,8 +113,10 @@ def backtest_command(
         None, "--seed", min=0, max=2**32 - 1, help="Seed of the test paths."
     ),
 ) -> None:
-    """Evaluate the learned policy and the baselines on the same test paths; write
-    OUT/report.json, a P&L histogram per strategy and a hedge-ratio-vs-spot plot."""
+    """Backtest the learned policy and the baselines on the same test paths.
+
+    Writes OUT/report.json, a P&L histogram per strategy and a
+    hedge-ratio-vs-spot plot."""
     from qfnet.hedging.backtest import run_backtest
 
     if n_paths is not None and n_paths < 2:  # one path has no std or bootstrap interval

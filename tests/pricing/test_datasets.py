@@ -77,6 +77,18 @@ def test_domain_check_names_field_row_and_bounds():
         HESTON_DOMAIN.check({k: v for k, v in _heston_query().items() if k != "theta"})
 
 
+def test_domain_check_gives_the_log_moneyness_bounds_at_the_rows_maturity():
+    # the bounds read "z_scale * sqrt(T) * [-2.5, 2.5]", naming neither z_scale nor the interval
+    query = _heston_query(maturity=np.array([1.0, 4.0 / 3.0, 0.25]),
+                          log_moneyness=np.array([0.0, 0.0, 0.3]))  # fmt: skip
+    half = 2.5 * 0.2 * np.sqrt(0.25)  # 0.25
+    with pytest.raises(DomainError) as raised:
+        HESTON_DOMAIN.check(query)
+    message = str(raised.value)
+    assert f"[{-half:g}, {half:g}] at T = 0.25, from 0.2 * sqrt(T) * [-2.5, 2.5]" in message
+    assert "(1 row outside)" in message
+
+
 def test_domain_round_trips_through_dict_and_validates():
     assert Domain.from_dict(json.loads(json.dumps(HESTON_DOMAIN.to_dict()))) == HESTON_DOMAIN
     with pytest.raises(ValueError, match="'kappa'"):

@@ -739,3 +739,47 @@ def test_price_surrogate_reads_forward_and_discount_per_row_as_the_other_engines
             for e in ("analytic", "surrogate")}  # fmt: skip
     # The shipped surrogate's stated accuracy: mean 0.25 bp, max ~15 bp inside its domain.
     np.testing.assert_allclose(vols["surrogate"], vols["analytic"], rtol=0, atol=15e-4)
+
+
+def test_iv_keeps_the_files_own_implied_vols_as_market_implied_vol(tmp_path):
+    # a quote file's vols (a vendor's) were overwritten in OUT by the solved ones
+    price = bs.black_price(forward=100.0, strike=torch.tensor([90.0, 110.0], dtype=torch.float64),
+                           maturity=1.0, volatility=0.2)  # fmt: skip
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 110.0], "maturity": 1.0,
+                          "forward": 100.0, "discount": 1.0, "mid": price.numpy(),
+                          "implied_vol": [0.21, 0.19]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "the file's implied_vol kept as market_implied_vol" in result.output
+    written = pd.read_csv(out)
+    np.testing.assert_array_equal(written["market_implied_vol"], [0.21, 0.19])
+    np.testing.assert_allclose(written["implied_vol"], 0.2, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("engine", ["analytic", "quantlib", "surrogate"])
+def test_price_a_bad_params_value_names_params_not_a_row(bs_quotes, tmp_path, engine):
+    # rho -1.7 given in --params was reported at "row 1", which sent the reader to the file
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    params = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.6, "rho": -1.7}
+    result = runner.invoke(app, ["price", "--model", "heston", "--quotes", str(path), "--out",
+                                 str(tmp_path / "o.csv"), "--engine", engine, "--params",
+                                 json.dumps(params)])  # fmt: skip
+    assert result.exit_code == 1
+    assert "error: --params: rho" in result.output and "row" not in result.output
+
+
+@pytest.mark.parametrize("group", [[], ["train"], ["hedge"]])
+def test_command_lists_show_one_line_summaries(group):
+    # the command list prints a docstring's first paragraph with its line breaks (rich mode):
+    # iv and the hedge commands showed ragged multi-line entries in `qfnet --help`
+    import typer.main
+
+    command = typer.main.get_command(app)
+    for name in group:
+        command = command.commands[name]
+    for name, sub in command.commands.items():
+        summary = (sub.help or "").split("\n\n")[0].strip()
+        assert summary and "\n" not in summary, name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,20 @@ def test_price_rows_name_the_bad_column_row_or_domain_field(quotes, untrained):
     far = quotes.assign(strike=[105.0, 95.0, 400.0])
     with pytest.raises(DomainError, match=r"log_moneyness .* at row 3 is outside"):
         surrogate_price_rows(far, untrained)
+
+
+def test_price_rows_out_of_box_sabr_alpha_names_the_given_alpha_and_its_rescaling():
+    # the error named alpha = 0.0045 for a row that gave 0.3 (rescaled to F = 1 at F = 4500)
+    from qfnet.surrogate import SABR_PDE_SURROGATE
+
+    rows = pd.DataFrame({"option_type": ["call"], "strike": [4500.0], "maturity": [1.0],
+                         "forward": [4500.0], "discount": [1.0], "alpha": [0.3], "beta": [0.5],
+                         "rho": [-0.3], "nu": [0.5]})  # fmt: skip
+    with pytest.raises(DomainError) as raised:
+        surrogate_price_rows(rows, SABR_PDE_SURROGATE)
+    message = str(raised.value)
+    assert re.search(r"alpha = 0\.00447\d* at row 1 is outside", message)
+    assert "alpha F^(beta - 1) = 0.3 * 4500^(0.5 - 1) on this row" in message
 
 
 def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp_path):
