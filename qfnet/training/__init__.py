@@ -36,8 +36,9 @@ Custom forward
 Runs (``config.run_dir``)
     ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, val_loss,
     val_<metric>..., lr, seconds``); TensorBoard events (per step: ``train/loss``,
-    ``train/grad_norm``, ``lr``; per epoch: every column of ``metrics.csv``);
-    ``checkpoints/last.pt`` (every epoch and every ``checkpoint_every_n_steps``),
+    ``train/grad_norm``, ``lr``; per epoch, at its last global step: every column of
+    ``metrics.csv``); ``checkpoints/last.pt`` (every epoch and every
+    ``checkpoint_every_n_steps``),
     ``checkpoints/best.pt`` (best ``monitor``, a hard link to the ``last.pt`` of that epoch);
     ``loss.png`` at the end. Only rank 0 writes.
 

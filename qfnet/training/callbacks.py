@@ -87,9 +87,9 @@ class EarlyStopping:
         mode: ``min`` or ``max``.
         patience: Epochs without improvement before stopping.
         min_delta: Smallest change that counts as an improvement.
-        restore_best_weights: At the end of training, load the weights of the best epoch (a
-            copy is kept in memory and in every checkpoint, so that a resumed run restores
-            them too).
+        restore_best_weights: At the end of training, load the weights of the best epoch, and
+            the parameters of a loss ``nn.Module`` trained with them (a copy is kept in memory
+            and in every checkpoint, so that a resumed run restores them too).
 
     Examples:
         >>> EarlyStopping(monitor="val_loss", patience=3).patience
@@ -122,6 +122,7 @@ class EarlyStopping:
         self.wait = 0
         self.stopped_epoch: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_loss_state: dict[str, torch.Tensor] | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if _new_run(trainer):
@@ -134,9 +135,11 @@ class EarlyStopping:
         if _improved(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = value, trainer.epoch, 0
             if self.restore_best_weights:
-                self.best_state = {
-                    k: v.detach().clone() for k, v in trainer.model.state_dict().items()
-                }
+                self.best_state = _copy_state(trainer.model)
+                # a loss with trained parameters (a learned ES level, a noise scale) belongs
+                # to the best epoch too: the model alone gave another val_loss than the best
+                if isinstance(trainer.loss, torch.nn.Module):
+                    self.best_loss_state = _copy_state(trainer.loss)
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -146,6 +149,8 @@ class EarlyStopping:
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.restore_best_weights and self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
+            if self.best_loss_state is not None and isinstance(trainer.loss, torch.nn.Module):
+                trainer.loss.load_state_dict(self.best_loss_state)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -154,11 +159,17 @@ class EarlyStopping:
             "wait": self.wait,
             "stopped_epoch": self.stopped_epoch,
             "best_state": self.best_state,
+            "best_loss_state": self.best_loss_state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
         self.stopped_epoch, self.best_state = state["stopped_epoch"], state["best_state"]
+        self.best_loss_state = state.get("best_loss_state")  # absent in older checkpoints
+
+
+def _copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class ModelCheckpoint:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +49,11 @@ class ParamGroup:
         except re.error as error:
             raise ValueError(f"ParamGroup.pattern {self.pattern!r} is not a regular expression: "
                              f"{error}") from None  # fmt: skip
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"ParamGroup.lr must be finite and >= 0, got {self.lr}")
-        if self.weight_decay is not None and not self.weight_decay >= 0:
-            raise ValueError(f"ParamGroup.weight_decay must be >= 0, got {self.weight_decay}")
+        # lr="0.1" was a TypeError naming nothing; an infinite weight decay was taken
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"ParamGroup.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -159,11 +163,11 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         # numpy/torch scalars would end up in optimizer and scheduler states, which the
-        # weights_only checkpoint loader refuses: keep plain Python numbers only
+        # weights_only checkpoint loader refuses: keep plain Python numbers (and lists) only
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if hasattr(value, "item") and hasattr(value, "dtype"):
-                object.__setattr__(self, f.name, value.item())
+            if hasattr(value, "tolist") and hasattr(value, "dtype"):  # .item() failed on arrays
+                object.__setattr__(self, f.name, value.tolist())
         _check_positive_int(self, "max_epochs", "batch_size", "accumulate_grad_batches")
         _check_positive_int(self, "log_every_n_steps", "val_every_n_epochs")
         _check_optional_positive_int(self, "eval_batch_size", "checkpoint_every_n_steps")
@@ -172,6 +176,10 @@ class TrainerConfig:
         _check_choice(self, "precision", PRECISIONS)
         _check_choice(self, "monitor_mode", ("min", "max"))
         _check_choice(self, "distributed", ("auto", "off"))
+        _check_flags(self)
+        _check_names(self, "monitor", "scheduler_monitor")
+        if self.run_dir is not None and not isinstance(self.run_dir, str | PathLike):
+            raise ValueError(f"TrainerConfig.run_dir must be a path or None, got {self.run_dir!r}")
         for name in ("lr", "weight_decay", "momentum"):  # a string or inf named nothing
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
@@ -191,11 +199,16 @@ class TrainerConfig:
                                  f"got {value!r}")  # fmt: skip
         if self.clip_grad_norm is not None and self.clip_grad_value is not None:
             raise ValueError("TrainerConfig: set clip_grad_norm or clip_grad_value, not both")
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"TrainerConfig.betas must be two numbers in [0, 1), got {self.betas}")
-        groups = tuple(ParamGroup(**g) if isinstance(g, dict) else g for g in self.param_groups)
-        object.__setattr__(self, "param_groups", groups)
+        betas = tuple(self.betas) if isinstance(self.betas, Iterable) else ()
+        if len(betas) != 2 or not all(_is_real(b) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(
+                f"TrainerConfig.betas must be two numbers in [0, 1), got {self.betas!r}"
+            )
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+        object.__setattr__(self, "param_groups", _param_groups(self.param_groups))
+        if not isinstance(self.scheduler_kwargs, Mapping):
+            raise ValueError("TrainerConfig.scheduler_kwargs must be a mapping of keyword "
+                             f"arguments, got {self.scheduler_kwargs!r}")  # fmt: skip
         object.__setattr__(self, "scheduler_kwargs", _plain(dict(self.scheduler_kwargs)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,9 +249,48 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy or torch scalars
-        return value.item()
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy or torch scalars, arrays
+        return value.tolist()
     return value
+
+
+_FLAGS = ("shard_eval", "shuffle", "drop_last", "deterministic", "compile", "train_metrics",
+          "progress_bar", "tensorboard", "nan_guard")  # fmt: skip
+
+
+def _check_flags(config: TrainerConfig) -> None:
+    """Switches are bools: ``shuffle="false"`` (a string from a config file) was true."""
+    for name in _FLAGS:
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise ValueError(f"TrainerConfig.{name} must be True or False, got {value!r}")
+
+
+def _check_names(config: TrainerConfig, *names: str) -> None:
+    for name in names:  # None failed inside fit (scheduler_monitor.startswith) naming nothing
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"TrainerConfig.{name} must be a non-empty string, got {value!r}")
+
+
+def _param_groups(groups: Any) -> tuple[ParamGroup, ...]:
+    """``ParamGroup``s from groups or mappings (a string was split into one group per letter)."""
+    if isinstance(groups, str | Mapping) or not isinstance(groups, Iterable):
+        raise ValueError("TrainerConfig.param_groups must be a sequence of ParamGroup (or of "
+                         f"mappings of their fields), got {groups!r}")  # fmt: skip
+    out = []
+    for group in groups:
+        if isinstance(group, Mapping):
+            unknown = sorted(set(group) - {f.name for f in dataclasses.fields(ParamGroup)})
+            if unknown:
+                raise ValueError(f"TrainerConfig.param_groups: unknown ParamGroup field(s) "
+                                 f"{unknown}")  # fmt: skip
+            group = ParamGroup(**group)
+        if not isinstance(group, ParamGroup):
+            raise ValueError("TrainerConfig.param_groups: expected a ParamGroup or a mapping, "
+                             f"got {group!r}")  # fmt: skip
+        out.append(group)
+    return tuple(out)
 
 
 def _check_positive_int(config: TrainerConfig, *names: str) -> None:
@@ -250,6 +302,11 @@ def _check_positive_int(config: TrainerConfig, *names: str) -> None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    """A real number of any kind (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_nonnegative_int(config: TrainerConfig, *names: str) -> None:

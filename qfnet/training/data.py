@@ -17,6 +17,8 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from qfnet.training.checkpoint import get_rng_state, set_rng_state
+
 __all__ = [
     "DataSource",
     "TrainLoader",
@@ -329,9 +331,16 @@ class TrainLoader:
                 generator.set_state(self.pending_generator_state)
                 self.pending_generator_state = None
             self._epoch_start_state = generator.get_state()
+        # Mid-epoch, the global RNGs hold the checkpoint's states, which already count the
+        # draws of the batches done: iter() drawing its base seed from torch's (a loader
+        # without a generator) and a Dataset drawing as the skipped batches are fetched again
+        # shifted every later dropout mask of the resumed run.
+        resumed = get_rng_state() if start_batch else None
         iterator = iter(self.loader)
         for _ in range(start_batch):
             next(iterator)
+        if resumed is not None:
+            set_rng_state(resumed)
         return iterator
 
     def _epoch_samplers(self) -> list[Any]:

@@ -70,7 +70,7 @@ class CSVLogger:
 
 class TensorBoardLogger:
     """TensorBoard events: ``train/loss``, ``train/grad_norm`` and ``lr`` at every step, and every
-    epoch metric under ``epoch/<name>``.
+    epoch metric under ``epoch/<name>`` at the global step that ends the epoch.
 
     Step values stay on the device in a buffer and are written every ``log_every_n_steps``
     steps (``None``: ``config.log_every_n_steps``) and at the end of each epoch, with one
@@ -144,8 +144,10 @@ class TensorBoardLogger:
             return
         self._flush()
         for key, value in trainer.epoch_metrics.items():
+            # at the global step, not the epoch number: a resume purges the events past the
+            # checkpoint's step, and epoch-numbered events past it stayed, duplicated
             if key not in ("epoch", "step") and math.isfinite(value):
-                self._writer.add_scalar(f"epoch/{key}", value, trainer.epoch)
+                self._writer.add_scalar(f"epoch/{key}", value, trainer.global_step)
         self._writer.flush()
 
     def on_teardown(self, trainer: Trainer) -> None:

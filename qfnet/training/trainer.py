@@ -491,7 +491,7 @@ class Trainer:
         self._epoch_loss.add(step_loss, total)
         total_all, loss_probe = self._reduce_step(total, step_loss)
         norm = self._finish_gradients(nominal, total_all)
-        self._check_finite(step_loss, loss_probe, norm, total_all)
+        self._check_finite(step_loss, loss_probe, norm, total_all, batch_losses=means)
         self._optimizer_step()
         self.batch_in_epoch += len(group)
         self.step_in_epoch += 1
@@ -543,10 +543,13 @@ class Trainer:
         loss_probe: torch.Tensor,
         norm: torch.Tensor,
         total: torch.Tensor | int = 1,
+        *,
+        batch_losses: list[torch.Tensor] | None = None,
     ) -> None:
         """Raise :class:`NonFiniteLossError` on every rank when any rank's loss, or the gradient
         norm, is NaN/Inf (``loss_probe`` from :meth:`_reduce_step`); ``total`` is the step's
-        weight over all ranks (0: its mean loss is 0/0, which the message says)."""
+        weight over all ranks (0: its mean loss is 0/0, which the message says);
+        ``batch_losses`` the step's micro-batch losses, to name the batch at fault."""
         if not self.config.nan_guard:
             return
         # with fp16 scaling, inf gradients only make the scaler skip the step
@@ -565,10 +568,11 @@ class Trainer:
             what = f"gradient norm {norm.item()}"
         last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
         kept = f"; last good checkpoint: {last}" if last is not None and last.exists() else ""
+        where = _step_batches(self.batch_in_epoch, batch_losses or [loss])
         raise NonFiniteLossError(
             f"non-finite {what} at epoch {self.epoch}, step {self.step_in_epoch} of the epoch "
-            f"(global step {self.global_step}, 0-based); training stopped before the update"
-            f"{kept}",
+            f"({where}; global step {self.global_step}, 0-based); training stopped before the "
+            f"update{kept}",
             epoch=self.epoch,
             step=self.step_in_epoch,
             global_step=self.global_step,
@@ -688,6 +692,19 @@ class Trainer:
 
 
 _NO_SYNC = contextlib.nullcontext()
+
+
+def _step_batches(first: int, losses: list[torch.Tensor]) -> str:
+    """The batch of the epoch (0-based) whose loss is non-finite, else the step's batches: with
+    gradient accumulation a step spans several, and the step number alone did not say which
+    data to look at."""
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss.item()):  # only on the way to an error: no per-step sync
+            return f"batch {first + i} of the epoch"
+    last = first + len(losses) - 1
+    return (
+        f"batch {first} of the epoch" if last == first else f"batches {first}-{last} of the epoch"
+    )
 
 
 def _warn_unknown_hooks(callbacks: Any) -> None:

@@ -83,6 +83,34 @@ def test_early_stopping_stops_after_patience_and_restores_best_weights(regressio
     assert not torch.equal(snapshots.weights[2]["0.weight"], snapshots.weights[4]["0.weight"])
 
 
+class _LearnedNoiseNLL(torch.nn.Module):
+    """Gaussian negative log-likelihood per sample with a trained log-variance."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_var = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, output, target):
+        return 0.5 * (self.log_var + (output - target) ** 2 / self.log_var.exp())
+
+
+def test_restore_best_weights_restores_the_loss_parameters_of_the_best_epoch(regression, mlp):
+    snapshots = _Snapshots()
+    stopper = EarlyStopping(monitor="val_score", patience=2, restore_best_weights=True)
+    loss = _LearnedNoiseNLL()
+    cfg = TrainerConfig(max_epochs=10, batch_size=8, eval_batch_size=32, optimizer="sgd",
+                        lr=0.05, progress_bar=False)  # fmt: skip
+    trainer = Trainer(mlp(), loss=loss, config=cfg, callbacks=[stopper, snapshots],
+                      metrics={"score": _Scripted([5.0, 4.0, 3.0, 3.5, 3.6])})  # fmt: skip
+    log_vars = []
+    snapshots.on_epoch_end = lambda t: log_vars.append(loss.log_var.detach().clone())
+    trainer.fit(regression(n=32), regression(n=32, seed=1))
+    assert stopper.best_epoch == 2 and len(log_vars) == 5
+    assert not torch.equal(log_vars[2], log_vars[4])
+    # the best epoch's loss parameter, not the last one's beside the best epoch's model
+    assert torch.equal(loss.log_var.detach(), log_vars[2])
+
+
 def test_early_stopping_min_delta_and_max_mode(regression, mlp, sq_error):
     stopper = EarlyStopping(monitor="val_score", mode="max", patience=1, min_delta=0.5)
     _, _, history = _fit(
@@ -349,6 +377,27 @@ def test_tensorboard_keeps_every_step_across_a_resume_and_a_rerun_replaces_the_e
     Trainer(mlp(), loss=sq_error, config=cfg).fit(data)  # a fresh run into the same folder
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
     assert steps() == list(range(1, 13))
+
+
+def test_tensorboard_epoch_metrics_appear_once_after_resuming_from_an_earlier_checkpoint(
+    regression, mlp, sq_error, tmp_path
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = regression(n=32)  # 4 steps per epoch
+    cfg = TrainerConfig(max_epochs=4, batch_size=8, run_dir=tmp_path, progress_bar=False)
+
+    def fit(**kwargs):
+        checkpoints = ModelCheckpoint(every_n_epochs=1)
+        Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[checkpoints]).fit(data, data, **kwargs)
+
+    fit()
+    fit(ckpt_path=tmp_path / "checkpoints" / "epoch_0001.pt")  # epochs 2 and 3 trained again
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 17))
+    # each epoch once, at its last step: epochs 2 and 3 were listed twice before
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [4, 8, 12, 16]
 
 
 def _lr_config(**overrides):

@@ -243,6 +243,17 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(
         assert torch.isfinite(value).all()  # stopped before the update
 
 
+def test_nan_loss_with_accumulation_names_the_batch_of_the_bad_sample(regression, mlp, sq_error):
+    x, y = regression(n=40).tensors
+    y = y.clone()
+    y[25] = math.nan  # batch 6 of 4 samples, in the step of batches 6 and 7
+    cfg = TrainerConfig(max_epochs=1, batch_size=4, accumulate_grad_batches=2, shuffle=False,
+                        progress_bar=False)  # fmt: skip
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    with pytest.raises(NonFiniteLossError, match=r"step 3 of the epoch \(batch 6 of the epoch;"):
+        trainer.fit(torch.utils.data.TensorDataset(x, y))
+
+
 def test_nan_guard_catches_a_non_finite_gradient(regression, mlp):
     def loss(output, target):
         # a finite loss with a NaN gradient whatever the initial weights: sqrt'(0) * 0
@@ -306,6 +317,42 @@ def test_resume_mid_epoch_with_a_user_dataloader_and_generator_is_exact(regressi
         return DataLoader(
             data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(5)
         )
+
+    model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
+    trainer_a.fit(loader())
+    _, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_CrashAtStep(7)])
+    with pytest.raises(_Crash):
+        trainer_b.fit(loader())
+    model_c, trainer_c, _, _ = _resumable_run(mlp, tmp_path / "b")
+    trainer_c.fit(loader(), resume=True)
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key
+
+
+class _NoisyInputs(torch.utils.data.Dataset):
+    """Inputs with noise drawn from the global torch RNG at each fetch (an augmentation)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        return x + 0.1 * torch.randn(x.shape, dtype=x.dtype), y
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_resume_mid_epoch_with_a_sequential_user_dataloader_without_generator_is_exact(
+    regression, mlp, tmp_path, noisy
+):
+    # iter() of a loader without a generator draws its base seed from the global RNG, and the
+    # skipped batches' fetches drew again: the resumed run's dropout masks were shifted
+    data = _NoisyInputs(regression(n=40, seed=1)) if noisy else regression(n=40, seed=1)
+
+    def loader():
+        return torch.utils.data.DataLoader(data, batch_size=4)
 
     model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
     trainer_a.fit(loader())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -335,11 +337,35 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
         ("seed", 1.5),
         ("seed", -1),
         ("seed", 2**32),
+        ("shuffle", "false"),  # was true: any string shuffled
+        ("nan_guard", "off"),  # was on
+        ("progress_bar", None),
+        ("betas", "ab"),  # was a float() error naming no field
+        ("scheduler_kwargs", "step_size=2"),  # was dict()'s "dictionary update sequence"
+        ("param_groups", "bias"),  # was one group per letter, an AttributeError in fit
+        ("param_groups", ({"pattern": "bias", "rate": 0.1},)),
+        ("scheduler_monitor", None),  # was an AttributeError inside fit
+        ("run_dir", 5),  # was a TypeError from Path in Trainer()
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainerConfig.{field}"):
         TrainerConfig(**{field: value})
+
+
+def test_config_takes_numpy_arrays_as_plain_lists():
+    # .item() of a two-element array raised "can only convert an array of size 1"
+    cfg = TrainerConfig(betas=np.array([0.9, 0.99]), scheduler="multistep",
+                        scheduler_kwargs={"milestones": np.array([2, 4])})  # fmt: skip
+    assert cfg.betas == (0.9, 0.99)
+    assert cfg.scheduler_kwargs == {"milestones": [2, 4]}
+
+
+@pytest.mark.parametrize(("field", "value"), [("lr", "0.1"), ("weight_decay", math.inf)])
+def test_param_group_numbers_are_checked_naming_the_field(field, value):
+    # lr="0.1" was a TypeError from math.isfinite naming nothing; an infinite decay was taken
+    with pytest.raises(ValueError, match=f"ParamGroup.{field} must be"):
+        TrainerConfig(param_groups=({"pattern": "bias", field: value},))
 
 
 def test_config_round_trips_through_a_dict():
