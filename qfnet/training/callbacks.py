@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,10 @@ class EarlyStopping:
         restore_best_weights: At the end of training, load the weights of the best epoch, and
             the parameters of a loss ``nn.Module`` trained with them (a copy is kept in memory
             and in every checkpoint, so that a resumed run restores them too).
+        check_finite: Stop, with a warning naming the metric and the epoch, when it is NaN or
+            infinite (as Lightning's ``check_finite``): it counted as one more epoch without
+            improvement, and a run whose validation had gone NaN waited out its patience
+            without a word. ``False``: wait, as before.
 
     Examples:
         >>> EarlyStopping(monitor="val_loss", patience=3).patience
@@ -103,6 +108,7 @@ class EarlyStopping:
         patience: int = 5,
         min_delta: float = 0.0,
         restore_best_weights: bool = False,
+        check_finite: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"EarlyStopping.mode must be 'min' or 'max', got {mode!r}")
@@ -110,10 +116,14 @@ class EarlyStopping:
             raise ValueError(
                 f"EarlyStopping.patience must be a whole number >= 0, got {patience!r}"
             )
+        if not isinstance(check_finite, bool):  # "no" would be truthy
+            raise ValueError(f"EarlyStopping.check_finite must be True or False, got "
+                             f"{check_finite!r}")  # fmt: skip
         if not (math.isfinite(min_delta) and min_delta >= 0):  # NaN: no epoch ever improved
             raise ValueError(f"EarlyStopping.min_delta must be finite and >= 0, got {min_delta}")
         self.monitor, self.mode, self.patience = monitor, mode, patience
         self.min_delta, self.restore_best_weights = min_delta, restore_best_weights
+        self.check_finite = check_finite
         self._reset()
 
     def _reset(self) -> None:
@@ -131,6 +141,13 @@ class EarlyStopping:
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = _monitored(trainer, self.monitor)
         if value is None:
+            return
+        if self.check_finite and not math.isfinite(value):
+            self.stopped_epoch = trainer.epoch
+            trainer.should_stop = True
+            warnings.warn(f"EarlyStopping: {self.monitor} is {value} at epoch {trainer.epoch}: "
+                          "training stopped (check_finite=False waits out the patience)",
+                          stacklevel=2)  # fmt: skip
             return
         if _improved(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.wait = value, trainer.epoch, 0

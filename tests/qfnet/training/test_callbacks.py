@@ -120,6 +120,22 @@ def test_early_stopping_min_delta_and_max_mode(regression, mlp, sq_error):
     assert stopper.best == 2.0
 
 
+def test_a_non_finite_monitored_metric_stops_early_stopping_at_once_and_says_so(
+    regression, mlp, sq_error
+):
+    # a NaN counted as one more epoch without improvement: the run waited out its patience
+    # (5 epochs here) without a word
+    stopper = EarlyStopping(monitor="val_score", patience=5)
+    with pytest.warns(UserWarning, match="val_score is nan at epoch 2: training stopped"):
+        _, _, history = _fit(regression, mlp, sq_error, callbacks=[stopper],
+                             metric_values=[3.0, 2.0, math.nan, 1.0])  # fmt: skip
+    assert len(history) == 3 and stopper.stopped_epoch == 2 and stopper.best == 2.0
+    waiting = EarlyStopping(monitor="val_score", patience=2, check_finite=False)
+    _, _, history = _fit(regression, mlp, sq_error, callbacks=[waiting],
+                         metric_values=[3.0, math.nan, math.nan, math.nan])  # fmt: skip
+    assert len(history) == 3 and waiting.stopped_epoch == 2
+
+
 def test_early_stopping_unknown_metric_names_the_available_ones(regression, mlp, sq_error):
     with pytest.raises(KeyError, match=r"val_nope.*available"):
         _fit(
@@ -132,7 +148,8 @@ def test_early_stopping_unknown_metric_names_the_available_ones(regression, mlp,
 
 
 @pytest.mark.parametrize(
-    ("argument", "value"), [("patience", -1), ("patience", 1.5), ("min_delta", math.nan)]
+    ("argument", "value"),
+    [("patience", -1), ("patience", 1.5), ("min_delta", math.nan), ("check_finite", "no")],
 )
 def test_early_stopping_names_a_bad_argument(argument, value):
     with pytest.raises(ValueError, match=f"EarlyStopping.{argument}"):
