@@ -16,8 +16,8 @@ from pricing._simulate_checks import (
     check_qe_sigma,
 )
 from pricing._simulate_steps import HestonStep, qe_variance_step
-from pricing._typing import TensorLike
-from pricing._validation import check_not_bool
+from pricing._typing import TensorLike, call_flags
+from pricing._validation import check_finite, check_not_bool
 from pricing.simulate import time_grid
 
 __all__ = ["ConditionalChunk", "conditional_chunks", "conditional_log_moments"]
@@ -87,6 +87,8 @@ def conditional_chunks(
                    dividend=dividend)  # fmt: skip
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
+    # a NaN rate or dividend was refused as "forward must be finite" (by the Black price)
+    check_finite(rate=rate, dividend=dividend)
     check_qe_sigma(sigma, dtype)  # the simulators' floor: below it the QE step is NaN
     grid = time_grid(n_steps, maturity, dtype=dtype, device=device)
     steps = [
@@ -99,7 +101,7 @@ def conditional_chunks(
         times=tuple(grid.tolist()) if sobol else None,
     )  # fmt: skip
     k = torch.as_tensor(strike, dtype=dtype, device=grid.device)
-    call = torch.as_tensor(is_call, dtype=torch.bool, device=grid.device)
+    call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call
     vector = k.ndim == 1 or call.ndim == 1
     for start, stop, slabs in drawn_slabs(source, chunk_size):
         rows = (z[0] for z in step_normals(slabs))  # (C,) per step, a slab of steps at a time

@@ -473,6 +473,12 @@ def _vanilla(underlying: torch.Tensor, strike: TensorLike, is_call: TensorLike) 
     if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
         raise ValueError("strike must be finite and non-negative")
     call = call_flags(is_call, device=underlying.device)  # 0.5 or 2 was a call
+    if call.ndim > 1 or (
+        k.ndim == call.ndim == 1 and len(k) != len(call) and 1 not in (len(k), len(call))
+    ):
+        # torch's "size of tensor a (2) must match the size of tensor b (3)" named neither
+        raise ValueError(f"is_call of shape {tuple(call.shape)} does not broadcast with strike "
+                         f"of shape {tuple(k.shape)}")  # fmt: skip
     x = underlying[:, None] if k.ndim == 1 or call.ndim == 1 else underlying
     sign = torch.where(call, 1.0, -1.0).to(underlying.dtype)
     return (sign * (x - k)).clamp_min(0.0)
@@ -520,6 +526,13 @@ def _checked_volatility(volatility: TensorLike, paths: torch.Tensor) -> torch.Te
     """``volatility`` as a tensor of the paths' dtype and device, non-negative and finite (a
     Heston step's ``sqrt(v)`` is often exactly 0: such a step was refused)."""
     vol = torch.as_tensor(volatility, dtype=paths.dtype, device=paths.device)
+    n, steps = paths.shape[0], paths.shape[1] - 1
+    if vol.ndim > 2 or any(
+        size not in (1, full) for size, full in zip(vol.shape, (n, steps), strict=False)
+    ):
+        # torch's "size of tensor a (2) must match the size of tensor b (3)" named neither
+        raise ValueError(f"volatility must be a scalar, ({n},) or ({n}, {steps}) for paths of "
+                         f"shape {tuple(paths.shape)}, got shape {tuple(vol.shape)}")  # fmt: skip
     if bool((vol < 0).any()) or not bool(torch.isfinite(vol).all()):
         raise ValueError("volatility must be non-negative and finite for continuous monitoring")
     return vol

@@ -349,6 +349,24 @@ def test_conditional_heston_refuses_a_sigma_below_the_qe_floor_or_a_bool_by_name
         monte_carlo.heston_european(**{**args, "rho": True})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # refused by the Black price as "forward must be finite and > 0", a field not given
+        ({"rate": float("nan")}, "rate must be finite"),
+        ({"dividend": float("inf")}, "dividend must be finite"),
+        # priced as a call (the other pricers refuse it, as payoffs.european does)
+        ({"is_call": 2}, "is_call must be booleans or 0/1"),
+    ],
+)
+def test_conditional_heston_names_a_bad_rate_dividend_or_flag(kwargs: dict, match: str) -> None:
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "v0": 0.04, "kappa": 1.5,
+            "theta": 0.04, "sigma": 0.5, "rho": -0.7, "n_paths": 8, "n_steps": 2,
+            "conditional": True}  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        monte_carlo.heston_european(**args, **kwargs)
+
+
 @pytest.mark.parametrize("conditional", [False, True])
 def test_same_seed_same_estimate_and_chunking_only_changes_rounding(conditional: bool) -> None:
     # (steps drawn a slab at a time: the slabs of one chunk, or of four, give the same normals)

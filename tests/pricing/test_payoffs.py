@@ -177,6 +177,16 @@ def test_bridge_maximum_has_the_brownian_bridge_distribution() -> None:
         (lambda p: payoffs.lookback(p, kind="fixed", is_call=True), "strike"),
         (lambda p: payoffs.lookback(p, kind="partial", is_call=True), "kind"),
         (lambda p: payoffs.path_extremum(p, maximum=True, volatility=0.2), "time_grid"),
+        # shapes that do not broadcast were torch's "size of tensor a (2) must match the size of
+        # tensor b (3)", which named neither input
+        (lambda p: payoffs.european(p, strike=[0.9, 1.0, 1.1], is_call=[True, False]),
+         r"is_call of shape \(2,\) does not broadcast with strike of shape \(3,\)"),
+        (lambda p: payoffs.barrier(p, strike=1.0, barrier=1.0, barrier_type="up_in",
+                                   time_grid=GRID2, volatility=[0.1, 0.2, 0.3]),
+         r"volatility must be a scalar, \(1,\) or \(1, 2\) .* got shape \(3,\)"),
+        (lambda p: payoffs.path_extremum(p, maximum=True, time_grid=GRID2,
+                                         volatility=torch.full((1, 3), 0.2)),
+         r"volatility must be a scalar, \(1,\) or \(1, 2\) .* got shape \(1, 3\)"),
     ],
 )  # fmt: skip
 def test_bad_input_names_the_field(
