@@ -14,8 +14,8 @@ Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))``, ``tau / T
 ``sigma_hat / sigma0 - 1`` (implied-vol proxy), ``d1`` clipped to [-6, 6] (moneyness in
 standard deviations), and the Whalley-Wilmott band scale ``(cost S Gamma^2)^(1/3)`` scaled by 10.
 ``sigma_hat`` is the model's implied-vol proxy: the constant volatility under Black-Scholes, and
-the square root of the expected average variance to maturity (the variance-swap rate, a market
-quote) under Heston. The hidden Heston variance itself is not a feature.
+the square root of the expected average variance to maturity (the rate of a continuously sampled
+variance swap, a market quote) under Heston. The hidden Heston variance itself is not a feature.
 """
 
 from __future__ import annotations
@@ -313,16 +313,18 @@ class Market:
     def _variance_swap(
         self, raw: RawPaths, vega: torch.Tensor, vol: torch.Tensor, tau: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Discounted variance-swap price ``e^{-rT} E_t[(1/T) int_0^T v ds]`` and the BS vega
-        hedge ratio ``vega * T / (2 sigma_hat tau) * e^{r tau}`` (sensitivities to ``v`` matched,
-        both in time-0 money)."""
+        """Discounted variance-swap price ``e^{-rT} E_t[(1/T) sum_j (v_j + v_{j+1}) dt_j / 2]``
+        (the payoff: the variance sampled on the grid, trapezoid rule) and the BS vega hedge
+        ratio ``vega * T / (2 sigma_hat tau) * e^{r tau}`` (sensitivities to ``v`` matched in
+        continuous time, both in time-0 money)."""
         m, grid = self.market, self.time_grid
         v = raw.variance
         dt = grid[1:] - grid[:-1]
         realised = torch.cumsum(0.5 * (v[:, 1:] + v[:, :-1]) * dt, dim=1)  # (N, T)
         realised = torch.cat([torch.zeros_like(v[:, :1]), realised], dim=1)  # (N, T+1)
-        remaining = grid[-1] - grid  # (T+1,)
-        future = expected_variance(v, remaining, m) * remaining
+        # E_t of the payoff, not of the integral: a price that is a martingale on any grid
+        weight = _sampled_variance_weights(grid, m.kappa)  # (T+1,)
+        future = m.theta * (grid[-1] - grid) + (v - m.theta) * weight
         price = (realised + future) / m.maturity * math.exp(-m.rate * m.maturity)
         ratio = vega * m.maturity / (2.0 * vol * tau) * torch.exp(m.rate * tau)
         return price, ratio
@@ -345,6 +347,23 @@ class Market:
                 time_grid=grid, is_call=d.is_call, rate=self.market.rate,
             )  # fmt: skip
         return payoffs.lookback(spot, kind="floating", is_call=d.is_call)
+
+
+def _sampled_variance_weights(grid: torch.Tensor, kappa: float) -> torch.Tensor:
+    """``W_i`` with ``E[sum_{j >= i} (v_j + v_{j+1}) dt_j / 2 | v_i] = theta (T - t_i) +
+    (v_i - theta) W_i`` under Heston (``E[v_j | v_i] = theta + (v_i - theta) e^{-kappa (t_j -
+    t_i)}``), by the recursion ``W_i = dt_i (1 + e^{-kappa dt_i}) / 2 + e^{-kappa dt_i} W_{i+1}``.
+
+    Shape:
+        grid: (T+1,); output: (T+1,), ``W_T = 0``.
+    """
+    dt = grid[1:] - grid[:-1]
+    decay = torch.exp(-kappa * dt)
+    own = 0.5 * dt * (1.0 + decay)
+    weights = [torch.zeros_like(grid[-1])]
+    for i in range(dt.numel() - 1, -1, -1):
+        weights.append(own[i] + decay[i] * weights[-1])
+    return torch.stack(weights[::-1])
 
 
 def expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: MarketConfig) -> torch.Tensor:
