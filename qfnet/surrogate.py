@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ from torch import nn
 from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import broadcast_shapes, call_flags
-from pricing._validation import check_finite, check_positive
-from pricing.datasets import DOMAINS, Domain
+from pricing._validation import check_device, check_finite, check_not_bool, check_positive
+from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
@@ -313,13 +314,16 @@ def load_surrogate(
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file is not a qfnet surrogate of this format version, or is corrupt (cut,
-            a damaged byte: the archive's checksums are verified, or a missing field).
+            a damaged byte: the archive's checksums are verified, or a missing field); or
+            ``device`` is not a torch device here (``"cuda"`` without CUDA).
 
     Examples:
         >>> net = load_surrogate()
         >>> net.domain.model
         'heston'
     """
+    if device is not None:  # "cuda" without CUDA was torch's bare AssertionError, after the load
+        device = check_device(device)
     target = Path(path) if path is not None else default_surrogate_path()
     if target.is_dir():
         target = target / "model.pt"
@@ -375,6 +379,29 @@ def _tensor(value: Any, device: torch.device) -> torch.Tensor:
     return torch.tensor(np.asarray(value, dtype=np.float64), device=device)
 
 
+def _tensors(values: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """Named inputs as float64 tensors on ``device``; a bool (``rho=False`` priced rho = 0) or a
+    value that is not numbers is refused naming its field."""
+    check_not_bool(**values)
+    out = {}
+    for name, value in values.items():
+        try:
+            out[name] = _tensor(value, device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be real numbers, got {value!r}") from None
+    return out
+
+
+def _broadcast_shape(named: Mapping[str, torch.Tensor]) -> torch.Size:
+    """The shape named inputs broadcast to; a ValueError listing each one's shape where they do
+    not (torch's RuntimeError named no input)."""
+    try:
+        return broadcast_shapes(*(t.shape for t in named.values()))
+    except ValueError:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in named.items())
+        raise ValueError(f"surrogate input shapes do not broadcast: {shapes}") from None
+
+
 def _query(net: SurrogateNet, columns: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Size]:
     names = net.domain.input_names
     missing = [n for n in names if n not in columns]
@@ -383,10 +410,9 @@ def _query(net: SurrogateNet, columns: Mapping[str, Any]) -> tuple[torch.Tensor,
     extra = sorted(set(columns) - set(names))
     if extra:
         raise TypeError(f"unexpected {net.domain.model} surrogate argument(s) {extra}")
-    device = net.in_mean.device
-    tensors = torch.broadcast_tensors(*(_tensor(columns[n], device) for n in names))
-    shape = tensors[0].shape
-    return torch.stack([t.reshape(-1) for t in tensors], dim=-1), shape  # (N, P + 2)
+    tensors = _tensors({n: columns[n] for n in names}, net.in_mean.device)
+    shape = _broadcast_shape(tensors)
+    return torch.stack([t.expand(shape).reshape(-1) for t in tensors.values()], dim=-1), shape
 
 
 def implied_vol(
@@ -443,11 +469,29 @@ def _at_unit_forward(
 ) -> dict[str, Any]:
     """Model parameters at the forward ``F`` as the surrogate's ``F = 1`` quotes them: SABR's
     ``alpha`` becomes ``alpha F^(beta - 1)`` (the same dynamics for ``F_t / F``, as
-    :func:`qfnet.surrogate_cli.surrogate_price_rows` rescales rows); Heston's do not move."""
+    :func:`qfnet.surrogate_cli.surrogate_price_rows` does with it); Heston's do not move."""
     if net.domain.model != "sabr" or not {"alpha", "beta"} <= params.keys():
         return params  # a missing field is named by implied_vol
     alpha, beta = (_tensor(params[n], forward.device) for n in ("alpha", "beta"))
     return {**params, "alpha": alpha * forward ** (beta - 1.0)}
+
+
+def _given_alpha(
+    error: DomainError, net: SurrogateNet, params: Mapping[str, Any], forward: torch.Tensor
+) -> DomainError:
+    """A SABR alpha outside the box is named as rescaled to ``F = 1`` (0.6 for alpha = 6 at
+    F = 100, beta = 0.5), a value the caller never gave: add the given alpha and the rescaling."""
+    found = re.match(r"alpha = \S+ at index (\d+)", str(error))
+    if net.domain.model != "sabr" or found is None:
+        return error
+    tensors = [_tensor(v, forward.device) for v in params.values()]
+    shape = broadcast_shapes(forward.shape, *(t.shape for t in tensors))  # implied_vol's rows
+    row = int(found[1])
+    alpha, beta, f = (float(x.expand(shape).reshape(-1)[row])
+                      for x in (_tensor(params["alpha"], forward.device),
+                                _tensor(params["beta"], forward.device), forward))  # fmt: skip
+    return DomainError(f"{error}; it reads alpha at F = 1: alpha F^(beta - 1) = {alpha:g} * "
+                       f"{f:g}^({beta:g} - 1) there")  # fmt: skip
 
 
 def price(
@@ -478,21 +522,26 @@ def price(
         >>> 7.0 < float(p) < 8.0
         True
     """
-    s, k, t, r, q = torch.broadcast_tensors(
-        *(
-            torch.as_tensor(v, dtype=torch.float64, device=net.in_mean.device)
-            for v in (spot, strike, maturity, rate, dividend)
-        )
-    )
+    market = _tensors(dict(spot=spot, strike=strike, maturity=maturity, rate=rate,
+                           dividend=dividend), net.in_mean.device)  # fmt: skip
+    shape = _broadcast_shape(market)
+    s, k, t, r, q = (v.expand(shape) for v in market.values())
     # spot, strike and rates are checked here: a NaN spot was reported as a log_moneyness
     # outside the domain
     check_positive(spot=s, strike=k)
     check_finite(rate=r, dividend=q)
     forward = s * torch.exp((r - q) * t)
-    params = _at_unit_forward(net, params, forward)
     log_k = torch.log(k / forward)
-    iv = implied_vol(net, maturity=t, log_moneyness=log_k, out_of_domain=out_of_domain, **params)
+    try:
+        iv = implied_vol(net, maturity=t, log_moneyness=log_k, out_of_domain=out_of_domain,
+                         **_at_unit_forward(net, params, forward))  # fmt: skip
+    except DomainError as error:
+        raise _given_alpha(error, net, params, forward) from None
     ok = torch.isfinite(iv)
+    # a flagged row's maturity may be NaN or <= 0 (out_of_domain="nan"): Black's formula refused
+    # the whole batch for it ("forward must be finite")
+    t = torch.where(ok, t, 1.0)
+    forward = s * torch.exp((r - q) * t)
     value = black_scholes.black_price(
         forward=forward,
         strike=k,
@@ -557,13 +606,9 @@ def greeks(
         >>> 0.5 < float(g["delta"]) < 0.7 and float(g["gamma"]) > 0
         True
     """
-    device = net.in_mean.device
     inputs = {"spot": spot, "maturity": maturity, "rate": rate, **params}
-    tensors = {
-        n: torch.as_tensor(v, dtype=torch.float64, device=device)
-        for n, v in {**inputs, "strike": strike, "dividend": dividend}.items()
-    }
-    shape = broadcast_shapes(*(t.shape for t in tensors.values()), call_flags(is_call).shape)
+    tensors = _tensors({**inputs, "strike": strike, "dividend": dividend}, net.in_mean.device)
+    shape = _broadcast_shape({**tensors, "is_call": call_flags(is_call)})
     # one leaf per option, so that each gradient entry is that option's own sensitivity
     leaves = {n: tensors[n].expand(shape).clone().requires_grad_() for n in inputs}
     with torch.no_grad():

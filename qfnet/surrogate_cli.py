@@ -24,7 +24,7 @@ from pricing import black_scholes
 from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
 from pricing.quotes import short_call_flags
 from qfnet._cli import fail
-from qfnet.surrogate import implied_vol, load_surrogate
+from qfnet.surrogate import _at_unit_forward, _given_alpha, implied_vol, load_surrogate
 
 __all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
 
@@ -256,17 +256,6 @@ def _is_call(df: pd.DataFrame) -> torch.Tensor:
     return torch.tensor(short_call_flags(df["option_type"]))
 
 
-def _rescaled_alpha_note(
-    alpha: torch.Tensor, forward: torch.Tensor, beta: torch.Tensor, index: int
-) -> str:
-    """Where a SABR row's alpha is outside the surrogate's box, the value named is the alpha
-    rescaled to ``F = 1``, not the one the row gave (0.0045 for alpha 0.3 at F = 4500, beta 0.5):
-    name the given alpha, the forward and the rescaling."""
-    a, f, b = (float(x[index]) for x in (alpha, forward, beta))  # (N,) columns
-    return (f"; it reads alpha at F = 1: alpha F^(beta - 1) = {a:g} * {f:g}^({b:g} - 1) on "
-            "this row")  # fmt: skip
-
-
 def surrogate_price_rows(
     df: pd.DataFrame,
     surrogate_path: str | os.PathLike[str] | None = None,
@@ -311,21 +300,15 @@ def surrogate_price_rows(
         discount = _column(df, "discount")
     else:
         discount = torch.exp(-_column(df, "rate", 0.0) * t)
-    params = {name: _column(df, name) for name in net.domain.param_names}
-    given_alpha = params.get("alpha")
-    if net.domain.model == "sabr":
-        params["alpha"] = params["alpha"] * forward ** (params["beta"] - 1.0)
+    given = {name: _column(df, name) for name in net.domain.param_names}
+    params = _at_unit_forward(net, given, forward)  # SABR's alpha read at F = 1
     with torch.no_grad():
         try:
             iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
         except DomainError as error:  # its array index, as the table's 1-based row
-            message = str(error)
-            row = re.search(r"at index (\d+)", message)
-            if row is not None:
-                message = message.replace(row[0], f"at row {int(row[1]) + 1}", 1)
-                if net.domain.model == "sabr" and message.startswith("alpha = "):
-                    message += _rescaled_alpha_note(given_alpha, forward, params["beta"],
-                                                    int(row[1]))  # fmt: skip
+            message = str(_given_alpha(error, net, given, forward))
+            message = re.sub(r"at index (\d+)", lambda m: f"at row {int(m[1]) + 1}", message,
+                             count=1)  # fmt: skip
             raise DomainError(message) from None
         value = black_scholes.black_price(
             forward=forward,

@@ -446,3 +446,59 @@ def test_fine_tuning_keeps_the_base_vol_of_the_given_surrogate(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(tuned(x), legacy(x), rtol=1e-6, atol=0)
     assert load_surrogate(export_checkpoint(tmp_path / "tuned", which="last")).base == "sabr-alpha"
+
+
+def test_price_flags_rows_with_an_unusable_maturity_as_nan_with_the_others_priced():
+    # out_of_domain="nan" promised NaN for rows outside the domain, but a NaN, zero or negative
+    # maturity failed the whole batch in Black's formula ("forward must be finite and > 0")
+    net = load_surrogate()
+    maturity = torch.tensor([math.nan, -1.0, 0.0, 1.0, 5.0, math.inf], dtype=torch.float64)
+    kw = dict(spot=100.0, strike=100.0, rate=0.02, **HESTON)
+    flagged = price(net, maturity=maturity, out_of_domain="nan", **kw)
+    expected = torch.full_like(maturity, math.nan)
+    expected[3] = price(net, maturity=1.0, **kw)
+    # float32 weights: a batch of 6 may round apart from one row by ~1e-8 in vol
+    torch.testing.assert_close(flagged, expected, rtol=1e-6, atol=0, equal_nan=True)
+
+
+def test_sabr_price_out_of_the_box_names_the_alpha_given_and_its_rescaling():
+    # alpha = 6 at F = 100 (beta 0.5) was refused as "alpha = 0.6 ... outside [0.05, 0.5]",
+    # a value the caller never gave (the CLI already named the rescaling)
+    from qfnet.surrogate import SABR_PDE_SURROGATE
+
+    net = load_surrogate(SABR_PDE_SURROGATE)
+    params = {"alpha": torch.tensor([[2.0], [6.0]]), "beta": 0.5, "rho": -0.3, "nu": 0.4}
+    strike = torch.tensor([90.0, 110.0], dtype=torch.float64)
+    message = r"alpha = 0\.6.* at index 2 .*alpha F\^\(beta - 1\) = 6 \* 100\^\(0\.5 - 1\)"
+    for pricer in (price, greeks):
+        with pytest.raises(DomainError, match=message):
+            pricer(net, spot=100.0, strike=strike, maturity=0.5, **params)
+
+
+def test_inputs_that_do_not_broadcast_or_are_bools_are_refused_naming_the_fields():
+    # shapes that do not broadcast raised torch's RuntimeError naming no input; rho=False was
+    # priced as rho = 0
+    net = load_surrogate()
+    kw = dict(spot=100.0, strike=100.0, maturity=1.0, **HESTON)
+    iv_kw = dict(maturity=1.0, log_moneyness=0.0, **HESTON)
+    with pytest.raises(ValueError, match=r"maturity \(2,\), log_moneyness \(3,\)"):
+        implied_vol(net, **(iv_kw | {"maturity": [0.5, 1.0], "log_moneyness": [0.0, 0.1, 0.2]}))
+    with pytest.raises(ValueError, match=r"spot \(2,\), strike \(3,\)"):
+        price(net, **(kw | {"spot": [100.0, 101.0], "strike": [90.0, 100.0, 110.0]}))
+    with pytest.raises(ValueError, match=r"strike \(2,\).*is_call \(3,\)"):
+        greeks(net, **(kw | {"strike": [90.0, 110.0]}), is_call=[True, False, True])
+    with pytest.raises(ValueError, match="rho must be a real number, not a bool"):
+        implied_vol(net, **(iv_kw | {"rho": False}))
+    with pytest.raises(ValueError, match="maturity must be a real number, not a bool"):
+        price(net, **(kw | {"maturity": True}))
+    with pytest.raises(TypeError, match="log_moneyness must be real numbers"):
+        implied_vol(net, **(iv_kw | {"log_moneyness": "atm"}))
+
+
+def test_load_names_a_device_that_is_not_there():
+    # device="gpu" was torch's RuntimeError and "cuda" without CUDA a bare AssertionError
+    with pytest.raises(ValueError, match=r"device must be a torch device .* got 'gpu'"):
+        load_surrogate(device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_surrogate(device="cuda")

@@ -125,7 +125,7 @@ def test_price_rows_out_of_box_sabr_alpha_names_the_given_alpha_and_its_rescalin
         surrogate_price_rows(rows, SABR_PDE_SURROGATE)
     message = str(raised.value)
     assert re.search(r"alpha = 0\.00447\d* at row 1 is outside", message)
-    assert "alpha F^(beta - 1) = 0.3 * 4500^(0.5 - 1) on this row" in message
+    assert "alpha F^(beta - 1) = 0.3 * 4500^(0.5 - 1) there" in message
 
 
 def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp_path):
