@@ -56,7 +56,8 @@ Steps
 
 Resume
     ``trainer.fit(train, val, resume=True)`` continues from ``run_dir/checkpoints/last.pt``
-    (starting fresh when it does not exist); ``fit(..., ckpt_path=path)`` from a given file.
+    (or from ``last.pt`` in the ``dirpath`` of a given ``ModelCheckpoint``; starting fresh when
+    it does not exist); ``fit(..., ckpt_path=path)`` from a given file.
     Checkpoints hold the model, optimizer, scheduler, GradScaler, callback states, loop position
     (epoch, batch within the epoch, global step), history and every RNG state. They are written
     atomically and read with ``torch.load(weights_only=True)``; a truncated, corrupted or
@@ -78,8 +79,11 @@ Callbacks
     :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LRMonitor`, :class:`ProgressBar`,
     :class:`CSVLogger`, :class:`TensorBoardLogger`, :class:`LossCurvePlot`. With a ``run_dir``,
     the trainer adds ``ModelCheckpoint``, ``CSVLogger``, ``TensorBoardLogger`` and
-    ``LossCurvePlot`` unless one of that type is given; ``ProgressBar`` and ``LRMonitor`` are
-    always added unless given. The NaN/Inf guard is built in (``config.nan_guard``).
+    ``LossCurvePlot`` unless one of that type is given (the config's ``monitor``,
+    ``monitor_mode`` and ``checkpoint_every_n_steps`` configure that default checkpoint only:
+    a given ``ModelCheckpoint`` keeps its own, with a warning where they differ);
+    ``ProgressBar`` and ``LRMonitor`` are always added unless given. The NaN/Inf guard is built
+    in (``config.nan_guard``).
 
 Distributed
     The same script runs under ``torchrun --nproc_per_node=K``: the trainer joins the process

@@ -81,18 +81,24 @@ def _monitored(trainer: Trainer, monitor: str) -> float | None:
 
 
 class EarlyStopping:
-    """Stop when a monitored metric has not improved for ``patience`` epochs.
+    """Stop when a monitored metric has not improved for ``patience`` checks in a row.
+
+    A check is an epoch that has the metric: every epoch for ``train_*`` metrics (and for
+    ``val_*`` ones without validation data, which fall back to ``train_*``), only the epochs
+    that validate for ``val_*`` metrics. With ``TrainerConfig.val_every_n_epochs = k``,
+    ``patience`` counts validations, as Lightning's does: ``k * patience`` epochs.
 
     Args:
         monitor: Epoch metric name (``val_loss``, ``val_<metric>``, ``train_loss``).
         mode: ``min`` or ``max``.
-        patience: Epochs without improvement before stopping.
+        patience: Checks (epochs with the metric; validations for ``val_*``) without
+            improvement before stopping.
         min_delta: Smallest change that counts as an improvement.
         restore_best_weights: At the end of training, load the weights of the best epoch, and
             the parameters of a loss ``nn.Module`` trained with them (a copy is kept in memory
             and in every checkpoint, so that a resumed run restores them too).
         check_finite: Stop, with a warning naming the metric and the epoch, when it is NaN or
-            infinite (as Lightning's ``check_finite``): it counted as one more epoch without
+            infinite (as Lightning's ``check_finite``): it counted as one more check without
             improvement, and a run whose validation had gone NaN waited out its patience
             without a word. ``False``: wait, as before.
 

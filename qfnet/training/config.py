@@ -107,10 +107,13 @@ class TrainerConfig:
             ``train_loss`` without validation data).
         monitor_mode: ``min`` or ``max``.
         checkpoint_every_n_steps: Also write ``last.pt`` every N optimizer steps (mid-epoch
-            resume points).
+            resume points). This and the two above configure the ``ModelCheckpoint`` the
+            Trainer adds with a ``run_dir``; a given ``ModelCheckpoint`` keeps its own
+            arguments, and the Trainer warns about values of these that do not apply to it.
         log_every_n_steps: Write buffered step metrics to TensorBoard every N steps (every step
             is recorded; this only sets the flush period).
-        val_every_n_epochs: Validate every N epochs.
+        val_every_n_epochs: Validate every N epochs (the patience of ``EarlyStopping`` and of
+            ``plateau`` on a ``val_*`` metric then counts validations, not epochs).
         train_metrics: Also compute ``metrics`` on the training batches.
         progress_bar: Show a tqdm bar (auto-disabled when stderr is not a terminal).
         tensorboard: Write TensorBoard events in ``run_dir``.

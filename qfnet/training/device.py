@@ -149,7 +149,8 @@ def seed_everything(seed: int) -> None:
 @contextlib.contextmanager
 def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     """Within the block, ask torch for deterministic algorithms (and the cuDNN/cuBLAS settings
-    they need) when ``enabled``; the process's previous settings come back on exit, so a
+    they need, ``CUBLAS_WORKSPACE_CONFIG`` among them) when ``enabled``; the process's previous
+    settings, and that environment variable's value (or absence), come back on exit, so a
     Trainer's ``deterministic=True`` does not leak into the caller's other work.
 
     Examples:
@@ -165,6 +166,7 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)  # fmt: skip
+    saved_cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -173,6 +175,11 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+        # the environment too: it stayed set after fit, and the caller's subprocesses got it
+        if saved_cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved_cublas
 
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:

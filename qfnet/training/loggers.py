@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,7 +75,10 @@ class TensorBoardLogger:
 
     Step values stay on the device in a buffer and are written every ``log_every_n_steps``
     steps (``None``: ``config.log_every_n_steps``) and at the end of each epoch, with one
-    synchronisation per flush. A resumed run purges events past the resume step.
+    synchronisation per flush. A resumed run purges events past the resume step; a new run
+    (``fit`` without resume) replaces the event files of ``run_dir``, and warns where a given
+    ``log_dir`` already holds some (a folder of the caller's, which may hold other runs, is
+    not emptied): give each run its own folder.
 
     Args:
         log_dir: Event folder (``None``: ``run_dir``).
@@ -110,9 +114,14 @@ class TensorBoardLogger:
 
         # steps up to global_step were logged before the checkpoint: purge only those after it
         purge = trainer.global_step + 1 if trainer.global_step > 0 else None
-        if purge is None and self.log_dir is None:  # a fresh run replaces the run folder's
-            for old in Path(log_dir).glob("events.out.tfevents.*"):  # metrics.csv: and events
-                old.unlink(missing_ok=True)
+        old = sorted(Path(log_dir).glob("events.out.tfevents.*")) if purge is None else []
+        if old and self.log_dir is None:  # a fresh run replaces the run folder's events, as
+            for path in old:  # it does metrics.csv
+                path.unlink(missing_ok=True)
+        elif old:  # a folder of the caller's may hold other runs: kept, but said
+            warnings.warn(f"TensorBoardLogger: {log_dir} already holds {len(old)} event file(s) "
+                          "of an earlier run; TensorBoard will show their steps mixed with this "
+                          "run's (give each run its own log_dir)", stacklevel=2)  # fmt: skip
         self._writer = SummaryWriter(str(log_dir), purge_step=purge)
         self._every = self.log_every_n_steps or trainer.config.log_every_n_steps
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import math
@@ -131,8 +132,10 @@ class Trainer:
             raise ValueError(f"metrics: the name(s) {clash} are the Trainer's own; rename them")
         self.forward = forward or default_forward
         self.run_dir = Path(self.config.run_dir) if self.config.run_dir is not None else None
+        callbacks = list(callbacks)
         _warn_unknown_hooks(callbacks)
-        self.callbacks = self._default_callbacks(list(callbacks))
+        _warn_unused_checkpoint_settings(self.config, callbacks)
+        self.callbacks = self._default_callbacks(callbacks)
         self.history = History()
         self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
         self.should_stop = False
@@ -319,7 +322,8 @@ class Trainer:
         Args:
             train_data: A Dataset, a tensor (one sample per row) or a DataLoader.
             val_data: Validation data, evaluated every ``val_every_n_epochs`` epochs.
-            resume: Continue from ``run_dir/checkpoints/last.pt`` if it exists.
+            resume: Continue from ``last.pt`` in the ModelCheckpoint's folder
+                (``run_dir/checkpoints`` by default) if it exists.
             ckpt_path: Continue from this checkpoint (must exist).
 
         Returns:
@@ -369,10 +373,20 @@ class Trainer:
             return Path(ckpt_path)
         if not resume:
             return None
-        if self.run_dir is None:
-            raise ValueError("fit(resume=True) needs TrainerConfig.run_dir (or pass ckpt_path)")
-        last = self.run_dir / "checkpoints" / "last.pt"
+        last = self._last_checkpoint()
+        if last is None:
+            raise ValueError("fit(resume=True) needs TrainerConfig.run_dir or a ModelCheckpoint "
+                             "with a dirpath (or pass ckpt_path)")  # fmt: skip
         return last if last.exists() else None
+
+    def _last_checkpoint(self) -> Path | None:
+        """The ``last.pt`` of the ModelCheckpoint callbacks (the first that exists, else the
+        first's): a given ``ModelCheckpoint(dirpath=...)`` writes it there, not in
+        ``run_dir/checkpoints``, where ``resume=True`` looked and started afresh."""
+        paths = [(c.dirpath if c.dirpath is not None else self.run_dir / "checkpoints") / "last.pt"
+                 for c in self.callbacks if isinstance(c, ModelCheckpoint)
+                 and (c.dirpath is not None or self.run_dir is not None)]  # fmt: skip
+        return next((p for p in paths if p.exists()), paths[0] if paths else None)
 
     def _write_config(self) -> None:
         if self.run_dir is None or not self.is_global_zero:
@@ -566,7 +580,7 @@ class Trainer:
             what = "loss on another process"
         else:
             what = f"gradient norm {norm.item()}"
-        last = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+        last = self._last_checkpoint()
         kept = f"; last good checkpoint: {last}" if last is not None and last.exists() else ""
         where = _step_batches(self.batch_in_epoch, batch_losses or [loss])
         raise NonFiniteLossError(
@@ -717,6 +731,44 @@ def _warn_unknown_hooks(callbacks: Any) -> None:
             hint = f" (did you mean {close[0]}?)" if close else ""
             warnings.warn(f"callback {type(callback).__name__}.{name} is not a Trainer hook and "
                           f"is never called{hint}; see qfnet.training.HOOKS", stacklevel=3)  # fmt: skip
+
+
+_CHECKPOINT_SETTINGS = {"checkpoint_every_n_steps": "every_n_steps", "monitor": "monitor",
+                        "monitor_mode": "mode"}  # fmt: skip
+"""TrainerConfig fields that configure the default ModelCheckpoint -> its argument."""
+
+
+def _warn_unused_checkpoint_settings(config: TrainerConfig, callbacks: list[Any]) -> None:
+    """Warn about config checkpoint settings that configure nothing.
+
+    They shape only the ModelCheckpoint the Trainer adds; a given one keeps its own arguments
+    (as in Lightning). Set to other values than every given one's (``monitor`` and
+    ``monitor_mode`` unless a ``plateau`` schedule watches that metric), or
+    ``checkpoint_every_n_steps`` without a ``run_dir`` and no ModelCheckpoint, they were ignored
+    without a word.
+    """
+    given = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    names = list(_CHECKPOINT_SETTINGS)
+    if config.scheduler == "plateau" and config.scheduler_monitor == config.monitor:
+        names = ["checkpoint_every_n_steps"]  # the schedule uses the other two
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainerConfig)}
+    unused = []
+    for name in names:
+        value = getattr(config, name)
+        if value != defaults[name] and all(getattr(c, _CHECKPOINT_SETTINGS[name]) != value
+                                           for c in given):  # fmt: skip
+            unused.append(f"{name}={value!r}")
+    if unused and given:
+        own = ", ".join(f"{a}={getattr(given[0], a)!r}" for a in _CHECKPOINT_SETTINGS.values())
+        warnings.warn(f"TrainerConfig {', '.join(unused)}: these configure only the "
+                      f"ModelCheckpoint the Trainer adds, and the given ModelCheckpoint ({own}) "
+                      "keeps its own; pass them to ModelCheckpoint instead",
+                      stacklevel=3)  # fmt: skip
+    elif config.checkpoint_every_n_steps is not None and not given and config.run_dir is None:
+        warnings.warn(f"TrainerConfig checkpoint_every_n_steps={config.checkpoint_every_n_steps}"
+                      " writes nothing without run_dir (no ModelCheckpoint is added); set run_dir"
+                      " or give ModelCheckpoint(dirpath=..., every_n_steps=...)",
+                      stacklevel=3)  # fmt: skip
 
 
 def _rank_aware(loader: torch.utils.data.DataLoader) -> bool:

@@ -359,6 +359,7 @@ def test_demo_quick_writes_a_report_with_numbers(tmp_path):
         "hedge_report/hedge_ratio_vs_spot.png",
     ):
         assert (out / png).stat().st_size > 1000, png
+    _check_report_text(report, out, numbers)
     # a second run into the same folder (a second `make demo`) failed on the first's dataset;
     # it replaces the demo's folders, and leaves the user's files alone
     (out / "mine.txt").write_text("keep")
@@ -367,6 +368,26 @@ def test_demo_quick_writes_a_report_with_numbers(tmp_path):
     second = summary(out / "report.md")["calibration"]
     assert second["params"] == numbers["calibration"]["params"]
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def _check_report_text(report, out, numbers):
+    """The report's text is what the run computed, and says why the rows differ."""
+    import QuantLib as ql
+
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(figures) >= 6 and all((out / f).is_file() for f in figures), figures
+    assert "Settings: quick (n_data 4096," in report
+    # the QuantLib reference is computed with the installed QuantLib (its version was fixed text)
+    assert re.search(rf"QuantLib {re.escape(ql.__version__)}'s own calibration .* reaches "
+                     r"177\.2\d here", report)  # fmt: skip
+    # the network row (~320 bp on the DAX data, "converged") is explained by its training box
+    assert "`network` answers in one forward pass" in report
+    assert "The `direct` optimum lies outside it (kappa" in report
+    assert "- `network`: the calibration network's answer is at the edge" in report
+    # the hedging setup is the one run (the quick run's sizes, not fixed text)
+    n_paths = numbers["hedging"]["n_paths"]
+    assert "(4000 training paths, at most 1 epoch)" in report
+    assert f"on the same {n_paths} fresh test paths" in report
 
 
 @pytest.mark.parametrize(

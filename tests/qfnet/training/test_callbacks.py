@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 
@@ -145,6 +146,21 @@ def test_early_stopping_unknown_metric_names_the_available_ones(regression, mlp,
             callbacks=[EarlyStopping(monitor="val_nope")],
             metric_values=[1.0],
         )
+
+
+def test_early_stopping_patience_counts_validations_not_epochs(regression, mlp, sq_error):
+    stopper = EarlyStopping(monitor="val_score", patience=2)
+    _, _, history = _fit(
+        regression,
+        mlp,
+        sq_error,
+        callbacks=[stopper],
+        metric_values=[3.0, 2.0, 2.5, 2.6, 1.0],  # one value per validation: epochs 1, 3, 5, 7
+        val_every_n_epochs=2,
+    )
+    # best at epoch 3, then two validations without improvement (epochs 5 and 7): four epochs
+    assert stopper.best_epoch == 3 and stopper.stopped_epoch == 7
+    assert len(history) == 8
 
 
 @pytest.mark.parametrize(
@@ -396,6 +412,23 @@ def test_tensorboard_keeps_every_step_across_a_resume_and_a_rerun_replaces_the_e
     assert steps() == list(range(1, 13))
 
 
+def test_a_fresh_run_into_a_given_tensorboard_log_dir_with_events_warns_and_keeps_them(
+    regression, mlp, sq_error, tmp_path
+):
+    from qfnet.training import TensorBoardLogger
+
+    data = regression(n=32)  # 4 steps per epoch
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, progress_bar=False)
+    # the same folder twice, without resume: the second run's steps mixed with the first's
+    # without a word (a folder of the caller's may hold other runs: not emptied)
+    first = TensorBoardLogger(tmp_path / "tb", log_every_n_steps=1)
+    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[first]).fit(data)
+    second = TensorBoardLogger(tmp_path / "tb", log_every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"already holds 1 event file\(s\) of an earlier run"):
+        Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[second]).fit(data)
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2
+
+
 def test_tensorboard_epoch_metrics_appear_once_after_resuming_from_an_earlier_checkpoint(
     regression, mlp, sq_error, tmp_path
 ):
@@ -472,6 +505,39 @@ def test_a_misspelled_hook_is_warned_about():
                                          r"did you mean on_epoch_end"):  # fmt: skip
         Trainer(torch.nn.Linear(1, 1), loss=torch.nn.functional.mse_loss, callbacks=[Typo()],
                 config=TrainerConfig(progress_bar=False, tensorboard=False))  # fmt: skip
+
+
+def _trainer_with(config, callbacks=()):
+    return Trainer(torch.nn.Linear(1, 1), loss=torch.nn.functional.mse_loss,
+                   config=config, callbacks=callbacks)  # fmt: skip
+
+
+def test_config_checkpoint_settings_a_given_model_checkpoint_ignores_are_warned_about(tmp_path):
+    config = TrainerConfig(run_dir=tmp_path, progress_bar=False, tensorboard=False,
+                           checkpoint_every_n_steps=5, monitor="val_mae", monitor_mode="max")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"checkpoint_every_n_steps=5, monitor='val_mae', "
+                      r"monitor_mode='max': these configure only .* the given ModelCheckpoint "
+                      r"\(every_n_steps=None, monitor='val_loss', mode='min'\)"):  # fmt: skip
+        _trainer_with(config, [ModelCheckpoint(dirpath=tmp_path / "ck")])
+    with pytest.warns(UserWarning, match=r"TrainerConfig monitor_mode='max': these"):
+        _trainer_with(config, [ModelCheckpoint(monitor="val_mae", every_n_steps=5)])
+    # checkpoint_every_n_steps did nothing without run_dir either
+    no_dir = TrainerConfig(progress_bar=False, checkpoint_every_n_steps=5)
+    with pytest.warns(UserWarning, match=r"checkpoint_every_n_steps=5 writes nothing without"):
+        _trainer_with(no_dir)
+
+
+def test_config_checkpoint_settings_that_apply_are_not_warned_about(tmp_path, recwarn):
+    config = TrainerConfig(run_dir=tmp_path, progress_bar=False, tensorboard=False,
+                           checkpoint_every_n_steps=5, monitor="val_mae", monitor_mode="max")  # fmt: skip
+    _trainer_with(config)  # the Trainer's own checkpoint takes them
+    same = ModelCheckpoint(monitor="val_mae", mode="max", every_n_steps=5)
+    _trainer_with(config, [same])
+    _trainer_with(TrainerConfig(progress_bar=False), [ModelCheckpoint(dirpath=tmp_path)])
+    plateau = dataclasses.replace(config, checkpoint_every_n_steps=None, scheduler="plateau",
+                                  scheduler_monitor="val_mae")  # fmt: skip
+    _trainer_with(plateau, [ModelCheckpoint(dirpath=tmp_path)])  # the schedule uses the monitor
+    assert not [w for w in recwarn if "ModelCheckpoint" in str(w.message)]
 
 
 def test_a_new_fit_starts_early_stopping_and_best_checkpoint_afresh(

@@ -14,6 +14,7 @@ import torch
 from qfnet.training import (
     CheckpointError,
     EarlyStopping,
+    ModelCheckpoint,
     NonFiniteLossError,
     Trainer,
     TrainerConfig,
@@ -176,6 +177,39 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run_exactly(
     assert stopper_c.best == stopper_a.best
     rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # header + one row per epoch, no duplicate after resume
+
+
+@pytest.mark.parametrize("with_run_dir", [True, False])
+def test_resume_continues_from_the_folder_of_a_given_model_checkpoint(
+    regression, mlp, tmp_path, with_run_dir
+):
+    train, val = regression(n=40, seed=1), regression(n=12, seed=2)  # 5 steps per epoch
+    run_dir = tmp_path / "run" if with_run_dir else None
+    folder = tmp_path / "elsewhere"
+
+    def run(*callbacks):
+        checkpoints = ModelCheckpoint(dirpath=folder, every_n_steps=2)
+        return _resumable_run(mlp, run_dir, callbacks=[checkpoints, *callbacks],
+                              checkpoint_every_n_steps=None)  # fmt: skip
+
+    model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
+    trainer_a.fit(train, val)
+    _, crashing, _, _ = run(_CrashAtStep(7))
+    with pytest.raises(_Crash):
+        crashing.fit(train, val)
+    starts = []
+
+    class Start:
+        def on_fit_start(self, trainer):
+            starts.append(trainer.global_step)
+
+    model_c, resumed, _, _ = run(Start())
+    # the checkpoint of step 6 was not looked for there: a fresh run (with run_dir), or a
+    # ValueError asking for a run_dir (without)
+    resumed.fit(train, val, resume=True)
+    assert starts == [6]
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key
 
 
 def test_resume_mid_epoch_with_a_different_batch_size_is_refused(regression, mlp, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -262,6 +263,29 @@ def test_deterministic_mode_holds_during_fit_and_evaluate_only(regression, mlp, 
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is back
     trainer.evaluate(regression(n=16))
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("before", [None, ":16:8"])
+def test_deterministic_mode_restores_the_cublas_environment_variable(
+    regression, mlp, sq_error, monkeypatch, before
+):
+    if before is None:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", before)
+    seen: list[str | None] = []
+
+    class Probe:
+        def on_train_step_end(self, trainer, *args):
+            seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, deterministic=True, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[Probe()])
+    trainer.fit(regression(n=16))
+    assert set(seen) == {before or ":4096:8"}  # set for cuBLAS during fit
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == before  # it stayed set after fit
+    trainer.evaluate(regression(n=16))
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == before
 
 
 def test_compile_flag_wraps_the_model_and_still_trains(regression, mlp, sq_error):
