@@ -20,7 +20,14 @@ import torch
 from pricing._validation import check_positive_int
 from pricing.black_scholes import black_implied_vol
 from pricing.quote_arbitrage import calendar_violations, strike_violations
-from pricing.quotes import NUMERIC_COLUMNS, QuoteError, read_quotes, require_columns, shifts
+from pricing.quotes import (
+    NUMERIC_COLUMNS,
+    QuoteError,
+    check_one_quote_date,
+    read_quotes,
+    require_columns,
+    shifts,
+)
 
 __all__ = [
     "CleaningReport",
@@ -204,6 +211,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         [[100.0, 0.95]]
     """
     require_columns(quotes, ["strike", "maturity", "rate", "dividend"], "parity forwards")
+    check_one_quote_date(quotes)  # a key per maturity pools two days' quotes
     quotes = quotes.assign(_mid=_mid(quotes), _key=_expiry_key(quotes))
     rows = []
     for key, group in quotes.groupby("_key", sort=True):
@@ -498,7 +506,8 @@ def clean_quotes(
     arbitrage checks read mid prices and vols but count a violation only beyond what moving the
     prices within their bid/ask can absorb (see :func:`pricing.quote_arbitrage.strike_violations`
     for which quote of a violation goes). Forwards come from parity on the quotes that pass the
-    first filters (see :func:`parity_forwards`).
+    first filters (see :func:`parity_forwards`). A table is one day's quotes: a ``quote_date``
+    column with two dates is an error (:func:`pricing.quotes.check_one_quote_date`).
 
     Args:
         source: a table (any column spelling :func:`pricing.quotes.read_quotes` accepts) or a path.
@@ -527,6 +536,7 @@ def clean_quotes(
     quotes = read_quotes(source, allow_crossed=True, allow_expired=True)
     defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
+    check_one_quote_date(quotes)  # before repeated contracts: two days' quotes are not repeats
     quotes["source_row"] = np.arange(1, len(quotes) + 1)
     report = CleaningReport(n_input=len(quotes))
     # an expiry on the quote date (0DTE options) made the whole file unreadable

@@ -26,6 +26,7 @@ __all__ = [
     "STRIKE_RATIO_LIMIT",
     "QuoteError",
     "call_flags",
+    "check_one_quote_date",
     "read_quotes",
     "require_columns",
     "shifts",
@@ -347,38 +348,55 @@ def short_call_flags(option_type: pd.Series | np.ndarray | Sequence[object]) -> 
     return np.isin(kind, ("call", "c"))
 
 
-_NUMERIC_DATE = re.compile(r"^(\d{1,2})[/.](\d{1,2})[/.](\d{4}|\d{2})(?:[ T].*)?$")
-"""``a/b/yyyy`` or ``a.b.yy`` (optionally followed by a time): day-first or month-first."""
+_NUMERIC_DATE = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4}|\d{2})(?:[ T].*)?$")
+"""``a/b/yyyy``, ``a-b-yyyy`` or ``a.b.yy`` (optionally followed by a time): day-first or
+month-first (``05-01-2024`` was read as May 1 and ``13-01-2024`` as January 13 in one file)."""
 
 
-def _day_first(texts: list[str], dayfirst: bool | None, source: str | None) -> bool:
+def _date_texts(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, str, int]]:
+    """Each distinct text date of ``columns`` with its column and first row (0-based)."""
+    seen: dict[tuple[str, str], int] = {}
+    for column in columns:
+        for i, value in enumerate(frame[column].to_numpy()):
+            if isinstance(value, str):
+                seen.setdefault((value.strip(), column), i)
+    return [(text, column, i) for (text, column), i in seen.items()]
+
+
+def _day_first(texts: list[tuple[str, str, int]], dayfirst: bool | None, locate: _Locator) -> bool:
     """Whether numeric dates ``a/b/y`` are day/month (True) or month/day, from ``dayfirst`` or,
-    when None, from the dates themselves; raises when they disagree or cannot tell."""
-    dated = [(t, [int(g) for g in m.groups()]) for t in texts if (m := _NUMERIC_DATE.match(t))]
+    when None, from the dates themselves (``texts``: text, column, row); raises naming the row
+    and column of a date when they disagree or cannot tell."""
+    dated = [(t, c, i, int(m[1]), int(m[3])) for t, c, i in texts if (m := _NUMERIC_DATE.match(t))]
     if not dated or dayfirst is not None:
         return bool(dayfirst)
     # Evidence: a first number above 12 is a day, a second one too (both: not a date at all).
-    first = [t for t, (a, b, _) in dated if a > 12 >= b]
-    second = [t for t, (a, b, _) in dated if b > 12 >= a]
+    first = [d for d in dated if d[3] > 12 >= d[4]]
+    second = [d for d in dated if d[4] > 12 >= d[3]]
     if first and second:
-        raise QuoteError(f"dates mix day/month/year ({first[0]!r}) and month/day/year "
-                         f"({second[0]!r})", column="expiry", source=source)  # fmt: skip
-    ambiguous = [t for t, (a, b, _) in dated if a <= 12 and b <= 12]
+        text, column, i = second[0][:3]
+        raise locate.error(i, column, f"dates mix day/month/year ({first[0][0]!r}) and "
+                                      f"month/day/year ({text!r})")  # fmt: skip
+    ambiguous = [d for d in dated if d[3] <= 12 and d[4] <= 12]
     if not (first or second) and ambiguous:
-        raise QuoteError(f"dates such as {ambiguous[0]!r} read as day/month or month/day alike: "
-                         "write them as YYYY-MM-DD (or pass read_quotes(..., dayfirst=True/False))",
-                         column="expiry", source=source)  # fmt: skip
+        text, column, i = ambiguous[0][:3]
+        raise locate.error(i, column, f"dates such as {text!r} read as day/month or month/day "
+                                      "alike: write them as YYYY-MM-DD (or pass "
+                                      "read_quotes(..., dayfirst=True/False))")  # fmt: skip
     return bool(first)
 
 
 def _parse_date(value: object, day_first: bool) -> pd.Timestamp:
-    """One date as a time-zone-naive midnight (a time zone's wall-clock date is kept); raises
-    ValueError when it is not a date."""
+    """One date as a time-zone-naive midnight (a time zone's wall-clock date is kept, a time of
+    day dropped); raises ValueError when it is not a date."""
     if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
         value = str(int(value))  # yyyymmdd stored as a number
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) != 8:
+        # only yyyymmdd: '240119' (yymmdd) was read as 24 January 2019, '2024' as 1 January
+        raise ValueError("a date in digits is yyyymmdd")
     match = _NUMERIC_DATE.match(value.strip()) if isinstance(value, str) else None
     if match:
-        a, b, year = (int(g) for g in match.groups())
+        a, b, year = int(match[1]), int(match[3]), int(match[4])
         day, month = (a, b) if day_first else (b, a)
         stamp = pd.Timestamp(year=year + 2000 if year < 100 else year, month=month, day=day)
     else:
@@ -400,8 +418,7 @@ def _year_fractions(
             "'expiry' needs a 'quote_date' column to compute maturity", column="expiry"
         )
     columns = ("expiry", "quote_date")
-    texts = [v.strip() for c in columns for v in frame[c].dropna().unique() if isinstance(v, str)]
-    day_first = _day_first(texts, dayfirst, locate.source)
+    day_first = _day_first(_date_texts(frame, columns), dayfirst, locate)
     dates: dict[str, list[pd.Timestamp]] = {column: [] for column in columns}
     for column in columns:
         parsed = {}
@@ -411,6 +428,8 @@ def _year_fractions(
                     parsed[value] = _parse_date(value, day_first)
                 except (ValueError, TypeError, OverflowError):
                     reason = "missing value" if pd.isna(value) else f"not a date: {_show(value)}"
+                    if str(value).strip().isdigit():
+                        reason += " (a date in digits is yyyymmdd)"
                     raise locate.error(i, column, reason) from None
             dates[column].append(parsed[value])
     days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days
@@ -420,6 +439,52 @@ def _year_fractions(
         raise locate.error(i, "expiry", f"expiry {dates['expiry'][i].date()} is not after "
                                         f"quote_date {dates['quote_date'][i].date()}")  # fmt: skip
     frame["maturity"] = days.to_numpy(dtype="float64") / 365.0
+
+
+def check_one_quote_date(quotes: pd.DataFrame) -> None:
+    """Raise :class:`QuoteError` when the ``quote_date`` column holds more than one date (times
+    of day aside), naming the first row of the second one: wherever quotes are grouped by
+    expiry (parity forwards, repeated contracts, smiles, calendar arbitrage), a table is one
+    day's surface, and two days' quotes of the same maturity were pooled into one expiry (one
+    forward between the two days' spots, one day's quotes dropped as repeats of the other's).
+    Entries that are not dates are left to :func:`read_quotes`.
+
+    Args:
+        quotes: a table from :func:`read_quotes` (its rows, and file lines where it has them,
+            are the ones named).
+
+    Examples:
+        >>> table = pd.DataFrame({"quote_date": ["2024-01-05", "2024-01-05 15:30", "2024-01-08"]})
+        >>> try:
+        ...     check_one_quote_date(table)
+        ... except QuoteError as error:
+        ...     print(error)  # doctest: +ELLIPSIS
+        row 3, column 'quote_date': a second quote date, 2024-01-08 (2024-01-05 in row 1): ...
+    """
+    if "quote_date" not in quotes or quotes.empty:
+        return
+    column = quotes["quote_date"]
+    uniques = column.dropna().unique()  # in the order of their first rows
+    # any a/b/y whose a is above 12 makes them day-first; the other way, dates stay distinct
+    numeric = [_NUMERIC_DATE.match(v.strip()) for v in uniques if isinstance(v, str)]
+    day_first = any(int(m[1]) > 12 for m in numeric if m)
+    dates = []
+    for value in uniques:
+        try:
+            dates.append((_parse_date(value, day_first), value))
+        except (ValueError, TypeError, OverflowError):
+            continue
+    other = [(date, value) for date, value in dates if date != dates[0][0]] if dates else []
+    if other:
+        (first, first_value), (date, value) = dates[0], other[0]
+        rows = [int(np.argmax((column == v).to_numpy())) for v in (first_value, value)]
+        lines = quotes.attrs.get("file_lines")
+        lines = np.asarray(lines) if lines is not None and len(lines) == len(quotes) else None
+        raise _Locator(lines, None).error(
+            rows[1], "quote_date", f"a second quote date, {date.date()} ({first.date()} in row "
+            f"{rows[0] + 1}): forwards, repeated contracts and smiles are per day; give one "
+            "quote date's quotes at a time"
+        )  # fmt: skip
 
 
 def _validate(frame: pd.DataFrame, locate: _Locator, allow_expired: bool = False) -> None:
@@ -555,13 +620,15 @@ def read_quotes(
     (``type``/``cp`` -> ``option_type``, ``T``/``tau`` -> ``maturity``, ``zero_rate`` -> ``rate``,
     ``div`` -> ``dividend``, ``iv``/``vol`` -> ``implied_vol``, ...; see :data:`COLUMN_ALIASES`).
     Option types ``C``/``P``/``call``/``put`` become ``call``/``put``. ``maturity`` is computed
-    from ``expiry`` and ``quote_date`` (ACT/365F) when absent; ``rate`` and ``dividend`` default
-    to 0. Unrecognised columns are kept unchanged. ``option_type`` may be absent (the consumer
-    decides). In numeric columns, an empty cell and the usual spellings of a missing value
-    (:data:`MISSING_VALUES`: ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``, ``None``, ``-``, in
-    any case) are missing: an error in ``strike``, ``maturity``, ``spot``, ``rate`` and
-    ``dividend``, a gap elsewhere (a missing bid or ask makes a one-sided quote, which
-    :func:`pricing.quote_cleaning.clean_quotes` drops and counts); any other text is an error.
+    from ``expiry`` and ``quote_date`` when absent, row by row, as calendar days / 365 (ACT/365F;
+    a time of day is dropped, so an expiry on the quote date is a maturity of 0); ``rate`` and
+    ``dividend`` default to 0. Unrecognised columns are kept unchanged. ``option_type`` may be
+    absent (the consumer decides). In numeric columns, an empty cell and the usual spellings of
+    a missing value (:data:`MISSING_VALUES`: ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``,
+    ``None``, ``-``, in any case) are missing: an error in ``strike``, ``maturity``, ``spot``,
+    ``rate`` and ``dividend``, a gap elsewhere (a missing bid or ask makes a one-sided quote,
+    which :func:`pricing.quote_cleaning.clean_quotes` drops and counts); any other text is an
+    error.
 
     Args:
         source: path to a ``.csv`` or ``.parquet`` file, or a DataFrame (not modified).
@@ -570,11 +637,12 @@ def read_quotes(
         allow_expired: keep rows whose maturity is not positive (an expiry on the quote date, as
             in many exchange downloads) instead of raising (for
             :func:`pricing.quote_cleaning.clean_quotes`, which drops and counts them).
-        dayfirst: read numeric dates ``a/b/yyyy`` (or ``a.b.yyyy``) of ``expiry`` and
-            ``quote_date`` as day/month (True) or month/day (False); None infers it from the
-            dates (a number above 12) and raises when they cannot tell. ISO dates
-            (``YYYY-MM-DD``), ``yyyymmdd`` and named months are never ambiguous. Time-zone-aware
-            dates keep their local calendar date.
+        dayfirst: read numeric dates ``a/b/yyyy`` (or ``a-b-yyyy``, ``a.b.yyyy``, ``a/b/yy``)
+            of ``expiry`` and ``quote_date`` as day/month (True) or month/day (False); None
+            infers it from the dates (a number above 12) and raises when they cannot tell. ISO
+            dates (``YYYY-MM-DD``), ``yyyymmdd`` and named months are never ambiguous; other
+            dates in digits (``yymmdd``, a year alone, spreadsheet serials) are errors.
+            Time-zone-aware dates keep their local calendar date.
         shift: a ``shift`` for every row, where the table has no such column (shifted SABR,
             e.g. from ``qfnet price --params``): strikes and forwards are then checked after
             adding it, so that negative ones can be read.

@@ -13,7 +13,12 @@ import torch
 from pricing import heston
 from pricing.black_scholes import black_price
 from pricing.quote_arbitrage import calendar_violations, strike_violations
-from pricing.quote_cleaning import clean_quotes, parity_forwards, prepare_quotes
+from pricing.quote_cleaning import (
+    attach_forwards,
+    clean_quotes,
+    parity_forwards,
+    prepare_quotes,
+)
 from pricing.quotes import QuoteError, read_quotes
 
 BUNDLED_DAX = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
@@ -510,3 +515,25 @@ def test_a_put_file_concave_through_the_origin_loses_its_far_put(tmp_path: Path)
     clean, report = clean_quotes(path, moneyness_range=(0.1, 10.0))
     assert report.removed["strike_arbitrage"] == 1
     assert clean["strike"].tolist() == [100.0, 110.0]
+
+
+def test_quotes_of_two_quote_dates_are_refused_naming_the_row(tmp_path: Path) -> None:
+    # two days' 30-day expiries (spots 100 and 120) were one expiry: one parity forward between
+    # the two spots for both days, and the second day's strike 110 call dropped as a repeat
+    days = []
+    for quote_date, expiry, forward in (("2024-01-05", "2024-02-04", 100.0),
+                                        ("2024-01-08", "2024-02-07", 120.0)):  # fmt: skip
+        chain = _chain(forward, 1.0, 30 / 365, np.array([90.0, 110.0, 130.0]))
+        days.append(chain.drop(columns="maturity").assign(date=quote_date, exdate=expiry))
+    path = tmp_path / "two_days.csv"
+    pd.concat(days, ignore_index=True).to_csv(path, index=False)
+    message = (r"row 7 \(file line 8\), column 'quote_date': a second quote date, 2024-01-08 "
+               r"\(2024-01-05 in row 1\)")  # fmt: skip
+    with pytest.raises(QuoteError, match=message):
+        clean_quotes(path)
+    with pytest.raises(QuoteError, match=message):
+        attach_forwards(read_quotes(path))  # qfnet iv
+    with pytest.raises(QuoteError, match=message):
+        prepare_quotes(read_quotes(path))  # qfnet calibrate --no-clean
+    one_day = read_quotes(path).iloc[:6].assign(quote_date=["2024-01-05", "2024-01-05 15:30"] * 3)
+    assert attach_forwards(one_day)[0]["forward"].to_numpy() == pytest.approx(100.0, rel=1e-9)

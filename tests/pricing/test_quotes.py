@@ -240,6 +240,9 @@ def test_infinite_numbers_are_rejected_by_column(tmp_path: Path, cell: str) -> N
         (["01/06/2024"], "01/03/2024", False, [3]),
         (["2024-06-01", "01/07/2024"], "15/03/2024", None, [78, 108]),  # ISO never day-first
         (["20240621"], "20240315", None, [98]),
+        # dashes too: 05-02-2024 was read as May 2 (month first) beside 13-01-2024 as January 13
+        (["13-01-2024", "05-02-2024"], "01-01-2024", None, [12, 35]),
+        (["21-6-24"], "15-3-24", None, [98]),
     ],
 )
 def test_numeric_dates_are_day_first_or_month_first_by_evidence(
@@ -258,6 +261,33 @@ def test_ambiguous_or_contradictory_numeric_dates_are_errors() -> None:
     mixed = table.assign(expiry=["21/06/2024"], quote_date="03/15/2024")
     with pytest.raises(QuoteError, match=r"mix day/month/year \('21/06/2024'\) and month/day"):
         read_quotes(mixed)
+
+
+def test_ambiguous_dates_name_their_row_and_column_and_dashes_are_numeric_dates() -> None:
+    # '05-01-2024' was read as May 1 without a word; the error named column 'expiry' (no row)
+    # for an ambiguous quote_date
+    table = pd.DataFrame({"expiry": ["2024-06-21", "2024-07-19"], "quote_date": "05-01-2024",
+                          "strike": 1.0, "spot": 1.0})  # fmt: skip
+    with pytest.raises(
+        QuoteError,
+        match=r"row 1, column 'quote_date': dates such as "
+        r"'05-01-2024' read as day/month or month/day alike",
+    ):
+        read_quotes(table)
+    days = read_quotes(table, dayfirst=True)["maturity"] * 365  # from 5 January 2024
+    np.testing.assert_allclose(days, [168, 196], rtol=1e-12, atol=0)
+    mixed = table.assign(expiry=["21/06/2024", "06/21/2024"], quote_date="2024-01-05")
+    with pytest.raises(QuoteError, match=r"row 2, column 'expiry': dates mix day/month/year"):
+        read_quotes(mixed)
+
+
+@pytest.mark.parametrize("expiry", ["240621", 240621, "2024"])
+def test_dates_in_digits_other_than_yyyymmdd_are_refused(expiry: object) -> None:
+    # '240621' (yymmdd, as in OCC option symbols) was read as 24 June 2021, '2024' as January 1
+    table = pd.DataFrame({"expiry": [expiry], "quote_date": "20240315", "strike": 1.0, "spot": 1.0})
+    with pytest.raises(QuoteError, match=r"row 1, column 'expiry': not a date: .* \(a date in "
+                                         r"digits is yyyymmdd\)"):  # fmt: skip
+        read_quotes(table)
 
 
 def test_time_zone_aware_dates_keep_their_local_calendar_date() -> None:
