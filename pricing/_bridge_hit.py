@@ -40,12 +40,13 @@ def _rule(dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor, 
     """Fractions ``w`` of the step, their weights (Jacobian included) and ``sqrt(w (1 - w))``,
     each (_NODES,)."""
     x, weight = roots_legendre(_NODES)
-    t = torch.as_tensor((x + 1.0) / 2.0, dtype=torch.float64)
-    frac = torch.sin(0.5 * math.pi * t) ** 2
-    jacobian = 0.25 * math.pi * torch.sin(math.pi * t)  # dw/dt times the half-width of [0, 1]
-    spread = torch.sqrt(frac * (1.0 - frac))
-    return tuple(v.to(dtype=dtype, device=device)
-                 for v in (frac, jacobian * torch.as_tensor(weight), spread))  # fmt: skip
+    with torch.inference_mode(False):  # ordinary tensors: the cache outlives an inference mode
+        t = torch.as_tensor((x + 1.0) / 2.0, dtype=torch.float64)
+        frac = torch.sin(0.5 * math.pi * t) ** 2
+        jacobian = 0.25 * math.pi * torch.sin(math.pi * t)  # dw/dt times the half-width of [0, 1]
+        spread = torch.sqrt(frac * (1.0 - frac))
+        return tuple(v.to(dtype=dtype, device=device)
+                     for v in (frac, jacobian * torch.as_tensor(weight), spread))  # fmt: skip
 
 
 def discounted_first_passage(

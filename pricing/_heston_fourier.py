@@ -405,7 +405,11 @@ def _nodes(
         # e^x overflows while w underflows to 0: such a node weighs nothing (its f ~ e^-x).
         with np.errstate(divide="ignore"):
             w = np.exp(np.log(w) + x)
-    return torch.tensor(x, dtype=dtype, device=device), torch.tensor(w, dtype=dtype, device=device)
+    # ordinary tensors even when first asked for in inference mode: the cache outlives it, and
+    # autograd (greeks) refuses inference tensors
+    with torch.inference_mode(False):
+        return (torch.tensor(x, dtype=dtype, device=device),
+                torch.tensor(w, dtype=dtype, device=device))  # fmt: skip
 
 
 def _integrand(

@@ -69,9 +69,9 @@ count; below, one evaluation with the largest count costs less than several smal
 @functools.lru_cache(maxsize=8)
 def _legendre(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, w = roots_legendre(n)
-    return torch.tensor(0.5 * (x + 1.0), dtype=dtype, device=device), torch.tensor(
-        0.5 * w, dtype=dtype, device=device
-    )
+    with torch.inference_mode(False):  # ordinary tensors: the cache outlives an inference mode
+        return (torch.tensor(0.5 * (x + 1.0), dtype=dtype, device=device),
+                torch.tensor(0.5 * w, dtype=dtype, device=device))  # fmt: skip
 
 
 class SurfaceGrid:

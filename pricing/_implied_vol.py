@@ -252,22 +252,17 @@ def _fast_phase(x, s, target, upper, n: int) -> tuple[torch.Tensor, torch.Tensor
 def _near_start(x, s, target, upper, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` fixed steps on the lower objective from a start near the root, every element at once.
 
-    The formula of each element is picked by ``torch.where`` from all three regions' values
-    instead of sorting the elements into groups: more arithmetic, far fewer operations, which is
-    what counts on small inputs (a calibration's few dozen quotes, solved at every iteration from
-    the market's vols). Upper-half elements are never done here; the grouped path takes them.
+    The formula of each element is picked by ``torch.where`` from the values of every region
+    some element is in (:func:`_region_values`) instead of sorting the elements into groups: more
+    arithmetic, far fewer operations, which is what counts on small inputs (a calibration's few
+    dozen quotes, solved at every iteration from its last vols). Upper-half elements are never
+    done here; the grouped path takes them.
     """
-    weights = [x_constants(x, region) for region in range(3)]
+    weights: dict[int, XConstants | None] = {}
     step = nu = s
     for i in range(n):
         inv_s, k2, d1, g = gauss_terms(x, s)
-        region = region_of(d1)
-        parts = [log_value_and_ratio(s, d1, g, weights[code], code, precise=i == n - 1)
-                 for code in range(3)]  # fmt: skip
-        ln_value, u = (
-            torch.where(region == 0, p0, torch.where(region == 1, p1, p2))
-            for p0, p1, p2 in zip(*parts, strict=True)
-        )
+        ln_value, u = _region_values(x, s, d1, g, weights, precise=i == n - 1)
         nu = (target - ln_value) / u
         t = k2.mul_(inv_s)  # x^2 / s^3, as in _step
         q = torch.add(t, s, alpha=-0.25)
@@ -277,6 +272,38 @@ def _near_start(x, s, target, upper, n: int) -> tuple[torch.Tensor, torch.Tensor
         step = _householder(nu, h2, h3)
         s = s + step
     return s, (_size(step, nu) <= _FAST_TOL * s) & ~upper
+
+
+def _region_values(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    d1: torch.Tensor,
+    g: torch.Tensor,
+    weights: dict[int, XConstants | None],
+    *,
+    precise: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~pricing._normalized_black.log_value_and_ratio` of each element with the formula of
+    its region (:func:`~pricing._normalized_black.region_of`), evaluated for the regions some
+    element is in only (above the money, ``d1 > 1``, takes a total vol above 2: rare in a
+    calibration); ``weights`` caches their :func:`~pricing._normalized_black.x_constants`.
+
+    Shape:
+        all tensors the same shape; outputs: that shape.
+    """
+    region = region_of(d1)
+    counts = torch.bincount(region, minlength=3).tolist()
+    present = [code for code in range(3) if counts[code]] or [1]  # [1]: no element at all
+    for code in present:
+        if code not in weights:
+            weights[code] = x_constants(x, code)
+    parts = [log_value_and_ratio(s, d1, g, weights[code], code, precise=precise)
+             for code in present]  # fmt: skip
+    ln_value, u = parts[-1]  # every element, then the other regions' where they are
+    for code, (ln_code, u_code) in zip(present[-2::-1], parts[-2::-1], strict=True):
+        at_code = region == code
+        ln_value, u = torch.where(at_code, ln_code, ln_value), torch.where(at_code, u_code, u)
+    return ln_value, u
 
 
 def _guess_and_steps(

@@ -17,6 +17,7 @@ function theorem; undiscounted Black vega at the model vol, forward 1).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pricing._heston_lewis import (
     scan_otm,
 )
 from pricing._implied_vol import solve_total_vol
-from pricing.black_scholes import black_implied_vol, black_price
+from pricing.black_scholes import black_price
 from pricing.calibration import (
     MODEL_PARAMETERS,
     CalibrationProblem,
@@ -44,7 +45,6 @@ from pricing.calibration import (
     register_batch_method,
     register_method,
 )
-from pricing.heston import otm_implied_vol
 from pricing.heston import price as heston_price
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
 
@@ -225,81 +225,122 @@ def _box(
     return lower, upper
 
 
+@functools.lru_cache(maxsize=16)
 def _scan_points(n: int, seed: int) -> torch.Tensor:
     """Sobol points of the scan box, shape ``(n, 5)``, on the CPU (torch's Sobol engine runs
-    there only)."""
-    if n == 0:
-        return torch.zeros(0, 5, dtype=torch.float64)
-    engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
-    unit = engine.draw(n, dtype=torch.float64)
-    low, high = torch.tensor(_SCAN_LOW), torch.tensor(_SCAN_HIGH)
-    x = low + (high - low) * unit
-    return torch.cat([torch.exp(x[:, :4]), x[:, 4:]], dim=-1)
+    there only). Cached (scrambling and drawing cost ~0.15 ms a fit): not to be modified."""
+    with torch.inference_mode(False):  # an ordinary tensor: the cache outlives an inference mode
+        if n == 0:
+            return torch.zeros(0, 5, dtype=torch.float64)
+        engine = torch.quasirandom.SobolEngine(5, scramble=True, seed=seed)
+        unit = engine.draw(n, dtype=torch.float64)
+        low, high = torch.tensor(_SCAN_LOW), torch.tensor(_SCAN_HIGH)
+        x = low + (high - low) * unit
+        return torch.cat([torch.exp(x[:, :4]), x[:, 4:]], dim=-1)
 
 
 def _market_otm(surfaces: HestonSurfaces) -> tuple[torch.Tensor, torch.Tensor]:
     """Market out-of-the-money price over ``F`` and its undiscounted Black vega, ``(S, N)``."""
     ratio, t, vol = surfaces.ratio, surfaces.maturity, surfaces.market_iv
     price = black_price(forward=1.0, strike=ratio, maturity=t, volatility=vol, is_call=ratio >= 1)
-    return price, _vega(ratio, t, vol)
+    return price, _vega(torch.log(ratio), torch.sqrt(t), vol)
 
 
-def _vega(ratio: torch.Tensor, t: torch.Tensor, vol: torch.Tensor) -> torch.Tensor:
-    """Undiscounted Black vega ``phi(d1) sqrt(T)`` with forward 1, strike ``ratio``."""
-    s = vol * torch.sqrt(t)
-    d1 = -torch.log(ratio) / s + 0.5 * s
-    return torch.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi) * torch.sqrt(t)
+def _vega(log_ratio: torch.Tensor, root_t: torch.Tensor, vol: torch.Tensor) -> torch.Tensor:
+    """Undiscounted Black vega ``phi(d1) sqrt(T)`` with forward 1, strike ``K/F`` of log
+    ``log_ratio``, ``root_t = sqrt(T)``."""
+    s = vol * root_t
+    d1 = -log_ratio / s + 0.5 * s
+    return torch.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi) * root_t
+
+
+def _total_vols(x: torch.Tensor, beta: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Total Black vols ``sigma sqrt(T)`` of OTM prices over ``sqrt(F K)`` ``beta`` at OTM
+    log-moneyness ``x = -|ln(K/F)|``, from ``start`` (where positive and finite): the solve of
+    :func:`pricing.black_scholes.black_implied_vol` without its input checks and conversions.
+    NaN where no vol reproduces the price.
+
+    Shape:
+        all the same shape; output: that shape.
+    """
+    total, _ = solve_total_vol(x, beta, invalid=~torch.isfinite(beta), below=beta < 0,
+                               above=beta >= torch.exp(0.5 * x), start=start)  # fmt: skip
+    return total
 
 
 class _Residuals:
-    """Implied-vol residuals of surfaces and their Jacobian (one problem = surface ``owner[i]``)."""
+    """Implied-vol residuals of problems and their Jacobian (problem ``i`` fits surface
+    ``owner[i]``).
+
+    Each problem's model vols of its last evaluation are kept, as total vols ``total`` ``(B, N)``
+    (NaN where no vol reproduced the price) with the params ``at`` ``(B, 5)`` they were priced at:
+    the next solve starts from them (near the root once the fit settles, where the market's vols
+    often needed more than the two fixed steps), and the fit's vols are read back there
+    (:meth:`model_vols`) instead of being solved again.
+    """
 
     def __init__(self, surfaces: HestonSurfaces, owner: torch.Tensor) -> None:
         self.surfaces, self.owner = surfaces, owner
         self.market_price, self.market_vega = _market_otm(surfaces)
-        # the pieces of the implied-vol solve that depend on the quotes alone, (S, N)
-        self.x = -torch.abs(torch.log(surfaces.ratio))  # OTM log-moneyness
+        # the pieces of the residuals that depend on the quotes alone, (S, N)
+        self.log_ratio = torch.log(surfaces.ratio)
+        self.x = -torch.abs(self.log_ratio)  # OTM log-moneyness
         self.root_ratio, self.root_t = torch.sqrt(surfaces.ratio), torch.sqrt(surfaces.maturity)
-        self.start = surfaces.market_iv * self.root_t
+        self.total = (surfaces.market_iv * self.root_t)[owner]  # (B, N), from the market's vols
+        self.at = torch.full((len(owner), 5), math.nan, dtype=self.total.dtype,
+                             device=self.total.device)  # fmt: skip
 
-    def implied_vols(self, s: torch.Tensor, price: torch.Tensor) -> torch.Tensor:
-        """Black vols of OTM prices over F ``(B, N)`` of surfaces ``s``, from the market's: what
-        :func:`pricing.black_scholes.black_implied_vol` returns, without its input checks and
-        conversions (the quotes were checked once), which are most of its cost on a surface's few
-        dozen quotes. NaN where no vol reproduces the price."""
-        x, beta = self.x[s], price / self.root_ratio[s]
-        total, _ = solve_total_vol(x, beta, invalid=~torch.isfinite(beta), below=beta < 0,
-                                   above=beta >= torch.exp(0.5 * x), start=self.start[s])  # fmt: skip
+    def implied_vols(self, index: torch.Tensor, price: torch.Tensor) -> torch.Tensor:
+        """Black vols of OTM prices over F ``(B', N)`` of problems ``index`` ``(B',)``, from
+        their last ones: what :func:`pricing.black_scholes.black_implied_vol` returns, without
+        its input checks and conversions (the quotes were checked once), which are most of its
+        cost on a surface's few dozen quotes (:func:`_total_vols`). NaN where no vol reproduces
+        the price."""
+        s = self.owner[index]
+        total = _total_vols(self.x[s], price / self.root_ratio[s], self.total[index])
+        self.total[index] = total  # where NaN, the next solve starts from the closed-form guess
         return total / self.root_t[s]
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.owner[index]
         b, db = normalized_otm_and_jacobian(self.surfaces.grid.select(s), x)
-        residual, jacobian = self.from_prices(s, self.root_ratio[s] * b, db)
+        residual, jacobian = self.from_prices(index, self.root_ratio[s] * b, db)
+        self.at[index] = x
         return residual, jacobian
 
+    def model_vols(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The fast pricer's vols ``(B', N)`` of problems ``index`` ``(B',)`` at params ``x``
+        ``(B', 5)``: those of their last evaluation where it was at ``x``, else solved anew."""
+        stale = ~(self.at[index] == x).all(-1)
+        if bool(stale.any()):
+            rows, s = index[stale], self.owner[index[stale]]
+            price = self.root_ratio[s] * normalized_otm(self.surfaces.grid.select(s), x[stale])
+            self.implied_vols(rows, price)
+            self.at[rows] = x[stale]
+        return self.total[index] / self.root_t[self.owner[index]]
+
     def from_prices(
-        self, s: torch.Tensor, price: torch.Tensor, dnormalized: torch.Tensor | None
+        self, index: torch.Tensor, price: torch.Tensor, dnormalized: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Residuals of surfaces ``s`` from OTM prices over F, ``(B, N)``, and their Jacobian from
-        ``dnormalized``, the Jacobian of ``price / sqrt(K/F)`` ``(B, N, 5)`` (None: no Jacobian)."""
-        surf = self.surfaces
-        ratio, t, weight = surf.ratio[s], surf.maturity[s], surf.weight[s]
-        vol = self.implied_vols(s, price)
+        """Residuals of problems ``index`` ``(B,)`` from OTM prices over F, ``(B, N)``, and their
+        Jacobian from ``dnormalized``, the Jacobian of ``price / sqrt(K/F)`` ``(B, N, 5)`` (None:
+        no Jacobian)."""
+        s = self.owner[index]
+        weight, market_iv = self.surfaces.weight[s], self.surfaces.market_iv[s]
+        market_price, market_vega = self.market_price[s], self.market_vega[s]
+        vol = self.implied_vols(index, price)
         solved = torch.isfinite(vol) & (vol > 1e-8)
         # No vol for the price: linear in it, through the true error -IV_market at price 0 when
         # below the market's (through the market's price, a wing's error was capped at its
         # price / vega, far below IV_market, and fits sank wings to price 0 at 5,000 bp).
-        market_price, market_vega = self.market_price[s], self.market_vega[s]
-        fallback = torch.where(price < market_price, price / market_vega - surf.market_iv[s],
+        fallback = torch.where(price < market_price, price / market_vega - market_iv,
                                (price - market_price) / market_vega)  # fmt: skip
-        residual = weight * torch.where(solved, vol - surf.market_iv[s], fallback)
-        residual = torch.where(weight > 0, residual, torch.zeros_like(residual))
+        residual = weight * torch.where(solved, vol - market_iv, fallback)
+        residual = torch.where(weight > 0, residual, 0.0)
         if dnormalized is None:
             return residual, None
-        vega = torch.where(solved, _vega(ratio, t, torch.where(solved, vol, surf.market_iv[s])),
-                           self.market_vega[s])  # fmt: skip
-        scale = weight * torch.sqrt(ratio) / vega
+        model_vega = _vega(self.log_ratio[s], self.root_t[s], torch.where(solved, vol, market_iv))
+        scale = weight * self.root_ratio[s] / torch.where(solved, model_vega, market_vega)
         return residual, torch.nan_to_num(dnormalized * scale.unsqueeze(-1))
 
 
@@ -370,23 +411,24 @@ def _quote_index(surfaces: HestonSurfaces) -> tuple[torch.Tensor, torch.Tensor, 
     return owner, torch.as_tensor(np.concatenate(surfaces.positions), device=device), sizes
 
 
-def _vols(
+def _reference_vols(
     surfaces: HestonSurfaces,
     x: torch.Tensor,
-    reference: bool,
     index: tuple[torch.Tensor, torch.Tensor] | None = None,
+    near: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Model vols of every table row (:func:`_quote_index` order), or of the rows ``index``
-    (surface and flat position, ``(R,)`` each), at params ``x`` ``(S, 5)``, by the fast pricer
-    or the reference one, priced in one call for all surfaces; shape ``(R,)``."""
+    """The reference pricer's vols (:func:`pricing.heston.otm_implied_vol`) of every table row
+    (:func:`_quote_index` order), or of the rows ``index`` (surface and flat position, ``(R,)``
+    each), at params ``x`` ``(S, 5)``, priced in one call for all surfaces; shape ``(R,)``. The
+    vol solve starts from ``near`` ``(S, N)`` (e.g. the fast pricer's vols; default the
+    market's)."""
     owner, at = index if index is not None else _quote_index(surfaces)[:2]
     ratio, t = surfaces.ratio[owner, at], surfaces.maturity[owner, at]
-    if reference:
-        return otm_implied_vol(ratio=ratio, maturity=t,
-                               **dict(zip(NAMES, x[owner].unbind(-1), strict=True)))  # fmt: skip
-    price = torch.sqrt(ratio) * normalized_otm(surfaces.grid, x)[owner, at]
-    return black_implied_vol(price=price, forward=1.0, strike=ratio, maturity=t,
-                             is_call=ratio >= 1)  # fmt: skip
+    price = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1,
+                         **dict(zip(NAMES, x[owner].unbind(-1), strict=True)))  # fmt: skip
+    root_t = torch.sqrt(t)
+    start = (surfaces.market_iv if near is None else near)[owner, at] * root_t
+    return _total_vols(-torch.abs(torch.log(ratio)), price / torch.sqrt(ratio), start) / root_t
 
 
 def _polish(
@@ -489,19 +531,30 @@ def calibrate_surfaces(
     n_per = n_extra + n_best  # starts per surface: the x0 rows, then the best scan points
     if n_per == 0:
         raise ValueError("calibrate_surfaces needs n_scan > 0 and n_starts > 0, or x0 starts")
-    residuals = _Residuals(surfaces, torch.arange(n_surf, device=device).repeat_interleave(n_per))
-    starts = _scan(residuals, n_surf, n_scan, n_best, seed, None if x0 is None else x0.to(device),
-                   lower, upper)  # fmt: skip
-    x, cost, converged, iterations, finalists = _race(
-        residuals, starts, n_extra, lower, upper, max_iterations
+    owner, at, sizes = _quote_index(surfaces)
+    # Nothing here needs autograd (the Jacobians are exact): in inference mode each of the fit's
+    # many small operations costs less (~15% of the fit).
+    with torch.inference_mode():
+        problems = torch.arange(n_surf, device=device).repeat_interleave(n_per)  # their surfaces
+        residuals = _Residuals(surfaces, problems)
+        extra = None if x0 is None else x0.to(device)
+        starts = _scan(residuals, n_surf, n_scan, n_best, seed, extra, lower, upper)
+        x, cost, converged, iterations, finalists = _race(
+            residuals, starts, n_extra, lower, upper, max_iterations
+        )
+        keep = torch.full_like(cost, math.inf)
+        keep[finalists] = cost[finalists]
+        best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf, device=device) * n_per
+        params = x[best]
+        fast = residuals.model_vols(best, params) if polish else None
+        vols = _reference_vols(surfaces, params, (owner, at), fast)
+    # ordinary tensors out of inference mode (the polish's autograd and the caller may need them)
+    params, vols, converged, iterations = (
+        t.clone() for t in (params, vols, converged[best], iterations[best])
     )
-    keep = torch.full_like(cost, math.inf)
-    keep[finalists] = cost[finalists]
-    best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf, device=device) * n_per
-    params, vols = _reported_vols(surfaces, x[best], lower, upper, polish)
-    sizes = [len(p) for p in surfaces.positions]
-    return (params.cpu(), list(vols.cpu().split(sizes)), converged[best].cpu(),
-            iterations[best].cpu())  # fmt: skip
+    if fast is not None:
+        params, vols = _polished(surfaces, params, vols, fast, (owner, at), lower, upper)
+    return params.cpu(), list(vols.cpu().split(sizes)), converged.cpu(), iterations.cpu()
 
 
 def _race(
@@ -526,8 +579,9 @@ def _race(
     converged, iterations = race.converged.clone(), race.iterations.clone()
     todo = finalists[~race.converged[finalists]]
     if len(todo) and max_iterations > _RACE_ITERATIONS:
-        final = levenberg_marquardt(_Residuals(residuals.surfaces, residuals.owner[todo]),
-                                    race.x[todo], lower=lower, upper=upper,
+        # the same residuals (and remembered vols), for problems todo[i]
+        final = levenberg_marquardt(lambda p, i: residuals(p, todo[i]), race.x[todo],
+                                    lower=lower, upper=upper,
                                     max_iterations=max_iterations - _RACE_ITERATIONS,
                                     initial=(race.residuals[todo], race.jacobian[todo]),
                                     **_TOLERANCES)  # fmt: skip
@@ -536,28 +590,27 @@ def _race(
     return x, cost, converged, iterations, finalists
 
 
-def _reported_vols(
+def _polished(
     surfaces: HestonSurfaces,
     params: torch.Tensor,
+    vols: torch.Tensor,
+    fast: torch.Tensor,
+    index: tuple[torch.Tensor, torch.Tensor],
     lower: torch.Tensor,
     upper: torch.Tensor,
-    polish: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Params ``(S, 5)`` and the reference pricer's vols at them of every table row
-    (:func:`_quote_index` order) ``(R,)``; with ``polish``, the surfaces where the fast pricer's
-    vols are off the reference's by more than :data:`_POLISH_TOLERANCE_BP` are first polished
-    with the latter (:func:`_polish`, all of them in one batch)."""
-    owner, at, _ = _quote_index(surfaces)
-    vols = _vols(surfaces, params, reference=True, index=(owner, at))
-    if not polish:
-        return params, vols
-    off = ~((vols - _vols(surfaces, params, reference=False, index=(owner, at))).abs() * 1e4
-            <= _POLISH_TOLERANCE_BP)  # fmt: skip
+    """Params ``(S, 5)`` and the reference pricer's vols ``vols`` at them of the table rows
+    ``index`` (surface and flat position of each, :func:`_quote_index`) ``(R,)``, after
+    polishing the surfaces where the fast pricer's vols at ``params`` ``fast`` ``(S, N)`` are off
+    the reference's by more than :data:`_POLISH_TOLERANCE_BP` (:func:`_polish`, all of them in
+    one batch; in place)."""
+    owner, at = index
+    off = ~((vols - fast[owner, at]).abs() * 1e4 <= _POLISH_TOLERANCE_BP)
     rows = torch.unique(owner[off])  # (B,)
     if len(rows):
         params[rows] = _polish(_select(surfaces, rows), params[rows], lower, upper, 4)
         redo = torch.isin(owner, rows)
-        vols[redo] = _vols(surfaces, params, reference=True, index=(owner[redo], at[redo]))
+        vols[redo] = _reference_vols(surfaces, params, (owner[redo], at[redo]))
     return params, vols
 
 

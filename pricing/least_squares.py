@@ -208,9 +208,8 @@ def levenberg_marquardt(
     batch = x.shape[0]
     every = torch.arange(batch, device=x.device)
     r, jac = fn(x, every) if initial is None else (t.clone() for t in initial)
-    cost = 0.5 * (r * r).sum(-1)
     mu = torch.full((batch,), damping, dtype=x.dtype, device=x.device)
-    nu = torch.full_like(mu, 2.0)
+    state = _State(x, r, jac, 0.5 * (r * r).sum(-1), mu, torch.full_like(mu, 2.0))
     iterations = torch.full((batch,), int(initial is None), dtype=torch.long, device=x.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=x.device)
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
@@ -218,36 +217,81 @@ def levenberg_marquardt(
         idx = every[active]
         if idx.numel() == 0:
             break
-        xa, ra, ja = x[idx], r[idx], jac[idx]
-        hessian = ja.transpose(-1, -2) @ ja  # (B, P, P)
-        gradient = (ja.transpose(-1, -2) @ ra.unsqueeze(-1)).squeeze(-1)  # (B, P)
-        free = _free_mask(xa, gradient, lower[idx], upper[idx])
-        small_gradient = (gradient.abs() * free).amax(-1) <= gtol * (1 + cost[idx])
-        step = _damped_step(hessian, gradient, mu[idx], free)
-        trial = torch.minimum(torch.maximum(xa + step, lower[idx]), upper[idx])
-        step = trial - xa
-        r_new, j_new = fn(trial, idx)
-        cost_new = 0.5 * (r_new * r_new).sum(-1)
-        predicted = -(gradient * step).sum(-1) - 0.5 * (
-            step * (hessian @ step.unsqueeze(-1)).squeeze(-1)
-        ).sum(-1)
-        ratio = (cost[idx] - cost_new) / predicted.clamp(min=1e-300)
-        accept = torch.isfinite(cost_new) & (cost_new <= cost[idx]) & (predicted > 0)
-        tiny_step = step.norm(dim=-1) <= xtol * (xa.norm(dim=-1) + xtol)
-        flat = accept & (cost[idx] - cost_new <= ftol * cost[idx])
-        # Nielsen's damping update: shrink smoothly on good steps, double the growth on failures.
-        shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
-        mu[idx] = torch.where(accept, mu[idx] * shrink, mu[idx] * nu[idx])
-        nu[idx] = torch.where(accept, torch.full_like(ratio, 2.0), nu[idx] * 2)
-        x[idx] = torch.where(accept.unsqueeze(-1), trial, xa)
-        r[idx] = torch.where(accept.unsqueeze(-1), r_new, ra)
-        jac[idx] = torch.where(accept.unsqueeze(-1).unsqueeze(-1), j_new, ja)
-        cost[idx] = torch.where(accept, cost_new, cost[idx])
+        if idx.numel() == batch:  # every problem still active: no gathers and scatters
+            state, met, stalled = _iterate(fn, state, idx, lower, upper, ftol, xtol, gtol)
+            iterations = iterations + 1
+            converged = met & torch.isfinite(state.cost)  # a NaN cost stops, unconverged
+            active = ~(met | stalled)
+            continue
+        new, met, stalled = _iterate(fn, state.take(idx), idx, lower[idx], upper[idx], ftol,
+                                     xtol, gtol)  # fmt: skip
+        state.put(idx, new)
         iterations[idx] += 1
-        met = small_gradient | flat | tiny_step
-        # a damping past the limit means no step lowered the cost (a wrong Jacobian, a residual
-        # that is NaN around x): it stops the problem, but no tolerance was met
-        stalled = mu[idx] > _DAMPING_LIMIT
-        converged[idx] = met & torch.isfinite(cost[idx])  # a NaN cost stops, unconverged
+        converged[idx] = met & torch.isfinite(new.cost)
         active[idx] = ~(met | stalled)
-    return LeastSquaresResult(x, cost, r, iterations, converged, jac)
+    return LeastSquaresResult(state.x, state.cost, state.r, iterations, converged, state.jac)
+
+
+class _State(NamedTuple):
+    """What :func:`levenberg_marquardt` carries per problem: params ``(B, P)``, residuals
+    ``(B, N)``, their Jacobian ``(B, N, P)``, the cost, the damping ``mu`` and its growth factor
+    ``nu`` ``(B,)``."""
+
+    x: torch.Tensor
+    r: torch.Tensor
+    jac: torch.Tensor
+    cost: torch.Tensor
+    mu: torch.Tensor
+    nu: torch.Tensor
+
+    def take(self, idx: torch.Tensor) -> _State:
+        """The problems ``idx`` ``(B',)``."""
+        return _State(*(t[idx] for t in self))
+
+    def put(self, idx: torch.Tensor, new: _State) -> None:
+        """Overwrite the problems ``idx`` ``(B',)`` with ``new`` (in place)."""
+        for t, value in zip(self, new, strict=True):
+            t[idx] = value
+
+
+def _iterate(
+    fn: JacobianFn,
+    s: _State,
+    idx: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    ftol: float,
+    xtol: float,
+    gtol: float,
+) -> tuple[_State, torch.Tensor, torch.Tensor]:
+    """One damped Gauss-Newton trial of the problems ``idx`` ``(B,)`` in state ``s``, bounds
+    ``(B, P)``: the state after it (the trial kept where it lowered the cost), whether a
+    tolerance was met and whether the damping passed :data:`_DAMPING_LIMIT` ``(B,)``."""
+    jt = s.jac.transpose(-1, -2)
+    hessian = jt @ s.jac  # (B, P, P)
+    gradient = (jt @ s.r.unsqueeze(-1)).squeeze(-1)  # (B, P)
+    free = _free_mask(s.x, gradient, lower, upper)
+    small_gradient = (gradient.abs() * free).amax(-1) <= gtol * (1 + s.cost)
+    step = _damped_step(hessian, gradient, s.mu, free)
+    trial = torch.minimum(torch.maximum(s.x + step, lower), upper)
+    step = trial - s.x
+    r_new, j_new = fn(trial, idx)
+    cost_new = 0.5 * (r_new * r_new).sum(-1)
+    predicted = -(gradient * step).sum(-1) - 0.5 * (
+        step * (hessian @ step.unsqueeze(-1)).squeeze(-1)
+    ).sum(-1)
+    ratio = (s.cost - cost_new) / predicted.clamp(min=1e-300)
+    accept = torch.isfinite(cost_new) & (cost_new <= s.cost) & (predicted > 0)
+    tiny_step = step.norm(dim=-1) <= xtol * (s.x.norm(dim=-1) + xtol)
+    flat = accept & (s.cost - cost_new <= ftol * s.cost)
+    # Nielsen's damping update: shrink smoothly on good steps, double the growth on failures.
+    shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
+    mu = torch.where(accept, s.mu * shrink, s.mu * s.nu)
+    keep = accept.unsqueeze(-1)
+    new = _State(torch.where(keep, trial, s.x), torch.where(keep, r_new, s.r),
+                 torch.where(keep.unsqueeze(-1), j_new, s.jac),
+                 torch.where(accept, cost_new, s.cost), mu,
+                 torch.where(accept, 2.0, s.nu * 2))  # fmt: skip
+    # a damping past the limit means no step lowered the cost (a wrong Jacobian, a residual that
+    # is NaN around x): it stops the problem, but no tolerance was met
+    return new, small_gradient | flat | tiny_step, mu > _DAMPING_LIMIT

@@ -53,3 +53,18 @@ def test_without_a_rate_it_is_the_crossing_probability_and_a_start_beyond_pays_a
     torch.testing.assert_close(discounted_first_passage(a, b, s2, p, torch.tensor(0.0)),
                                torch.where(a <= 0, 1.0, p), rtol=1e-14, atol=0.0)  # fmt: skip
     assert float(discounted_first_passage(a, b, s2, p, torch.tensor(0.3))[0, 1]) == 1.0
+
+
+def test_gradients_flow_after_a_first_call_in_inference_mode():
+    # the node rule is cached: made first under inference_mode, its tensors were inference
+    # tensors, and every later autograd through the rule failed ("Inference tensors cannot be
+    # saved for backward")
+    from pricing._bridge_hit import _rule
+
+    _rule.cache_clear()
+    args = [torch.tensor([[v]], dtype=F64) for v in (0.1, 0.05, 0.04, math.exp(-0.25))]
+    with torch.inference_mode():
+        discounted_first_passage(*args, torch.tensor(0.5, dtype=F64))
+    rate = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    discounted_first_passage(*args, rate).sum().backward()
+    assert rate.grad is not None and float(rate.grad) < 0  # a later passage discounts more

@@ -187,6 +187,8 @@ def test_residual_vols_are_black_implied_vols() -> None:
     expected = black_implied_vol(price=price, forward=1.0, strike=k, maturity=mt, is_call=k >= 1)
     got = residuals.implied_vols(torch.tensor([0]), price)
     torch.testing.assert_close(got, expected, rtol=1e-13, atol=0.0, equal_nan=True)
+    again = residuals.implied_vols(torch.tensor([0]), price)  # from its last vols, NaN included
+    torch.testing.assert_close(again, expected, rtol=1e-13, atol=0.0, equal_nan=True)
     assert bool(torch.isnan(got[0, :2]).all()) and float(got[0, 2]) == 0.0
     assert bool(torch.isnan(got[0, 3])) and bool(torch.isfinite(got[0, 4:]).all())
 
@@ -282,6 +284,51 @@ def test_polished_surfaces_report_reference_vols_at_their_parameters(monkeypatch
         assert len(vols[s]) == len(tables[s])
 
 
+def test_fits_hand_back_ordinary_tensors_and_reference_vols_and_leave_autograd_working() -> None:
+    # The fit runs in inference mode: what it returns, and the pricers' caches it fills, must stay
+    # usable by in-place updates and by autograd (an inference tensor refuses both).
+    import pricing._heston_fourier as fourier
+    import pricing._heston_lewis as lewis
+    import pricing.calibration_heston as heston
+    from pricing.heston import otm_implied_vol
+
+    surfaces = _packed([_synthetic_surface(noise_bp=50.0)])
+    for cache in (fourier._nodes, lewis._legendre, heston._scan_points):
+        cache.cache_clear()  # filled inside the fit below
+    params, vols, converged, iterations = heston.calibrate_surfaces(surfaces, n_scan=16,
+                                                                    n_starts=1)  # fmt: skip
+    assert not any(t.is_inference() for t in (params, vols[0], converged, iterations))
+    params[0, 0] += 0.0
+    at = torch.as_tensor(surfaces.positions[0])
+    ratio, t = surfaces.ratio[0, at], surfaces.maturity[0, at]
+    leaf = params[0].clone().requires_grad_(True)
+    expected = otm_implied_vol(ratio=ratio, maturity=t,
+                               **dict(zip(heston.NAMES, leaf.unbind(), strict=True)))  # fmt: skip
+    torch.testing.assert_close(vols[0], expected.detach(), rtol=1e-12, atol=1e-14)
+    expected.sum().backward()  # through the reference pricer's cached nodes
+    assert bool(torch.isfinite(leaf.grad).all())
+
+
+def test_fit_vols_are_read_back_or_solved_as_black_implied_vols() -> None:
+    # The fast pricer's vols at the fit (which decide on the polish) are its last evaluation's
+    # where that was at the fitted params, else solved anew; both are black_implied_vol's.
+    from pricing._heston_lewis import normalized_otm
+    from pricing.calibration_heston import _Residuals
+
+    surfaces = _packed([_synthetic_surface(noise_bp=50.0)])
+    residuals = _Residuals(surfaces, torch.tensor([0, 0]))
+    x = torch.tensor([[0.04, 1.5, 0.05, 0.5, -0.7], [0.06, 2.0, 0.04, 0.8, -0.5]],
+                     dtype=torch.float64)  # fmt: skip
+    residuals(x, torch.tensor([0, 1]))
+    moved = x.clone()
+    moved[1, 0] = 0.05  # problem 1 was last evaluated elsewhere
+    got = residuals.model_vols(torch.tensor([0, 1]), moved)
+    k, t = surfaces.ratio, surfaces.maturity
+    price = torch.sqrt(k) * normalized_otm(surfaces.grid.select(torch.tensor([0, 0])), moved)
+    expected = black_implied_vol(price=price, forward=1.0, strike=k, maturity=t, is_call=k >= 1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
+
+
 def test_packing_checks_weights_and_vols():
     # one weight was broadcast over ten quotes, a negative one became NaN, NaN vols were packed
     table = pd.DataFrame({"strike": [90.0, 100.0, 110.0], "forward": 100.0, "maturity": 1.0,
@@ -352,7 +399,7 @@ def test_a_wing_priced_below_any_vol_counts_its_whole_vol_error() -> None:
     residuals = heston._Residuals(surfaces, torch.tensor([0]))
     sunk = torch.tensor([[0.0645, 0.311, 0.00746, 0.297, -0.66]], dtype=torch.float64)
     error, _ = residuals(sunk, torch.tensor([0]))
-    reference = heston._vols(surfaces, sunk, reference=True) - torch.tensor(table["market_iv"])
+    reference = heston._reference_vols(surfaces, sunk) - torch.tensor(table["market_iv"])
     assert float(error[0, 0]) <= float(reference[0]) + 0.02  # the 60 wing: at least -5,600 bp
     # the scan alone, wide (the default 256 points end at 1,285 bp on this pathological surface,
     # and the result depended on whether another test module had registered the network start)

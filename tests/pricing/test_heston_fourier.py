@@ -114,3 +114,19 @@ def test_a_contour_without_tail_ignores_the_tail_integrand():
         fourier.otm_integral(k, params, far, 32, 24), reference, rtol=0, atol=0
     )
     assert torch.isfinite(reference).all()
+
+
+def test_greeks_work_after_pricing_in_inference_mode():
+    # The quadrature nodes are cached: first made inside inference mode they were inference
+    # tensors, and every later autograd greek raised "Inference tensors cannot be saved for
+    # backward".
+    from pricing import heston
+
+    fields = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "v0": 0.04, "kappa": 1.5,
+              "theta": 0.04, "sigma": 0.5, "rho": -0.7}  # fmt: skip
+    fourier._nodes.cache_clear()
+    with torch.inference_mode():
+        inside = heston.price(**fields)
+    delta = heston.delta(**fields)
+    torch.testing.assert_close(heston.price(**fields), inside.clone(), rtol=0.0, atol=0.0)
+    assert 0.5 < float(delta) < 0.7

@@ -227,6 +227,23 @@ def test_steps_from_a_near_start_converge_on_every_lower_half_element(factor):
     torch.testing.assert_close(s_hat[done], s[done], rtol=1e-13, atol=0.0)
 
 
+def test_near_start_steps_of_each_element_alone_equal_those_of_the_batch():
+    # Only the regions some element is in are evaluated: an element alone (its region only)
+    # steps exactly as in a batch where every region is present.
+    x, s = _realistic(60, seed=23)
+    x = torch.cat([x, torch.tensor([-0.1, -3.0], dtype=F64)])  # and two with d1 > 1
+    s = torch.cat([s, torch.tensor([2.5, 4.0], dtype=F64)])
+    upper, target = _objective(x, s)
+    start = s * 1.05
+    d1 = x / start + 0.5 * start
+    assert bool((d1 <= -1).any() and ((d1 > -1) & (d1 <= 1)).any() and (d1 > 1).any())
+    s_all, done_all = iv._near_start(x, start, target, upper, 2)
+    for i in range(len(x)):
+        s_one, done_one = iv._near_start(x[i : i + 1], start[i : i + 1], target[i : i + 1],
+                                         upper[i : i + 1], 2)  # fmt: skip
+        assert torch.equal(s_one, s_all[i : i + 1]) and torch.equal(done_one, done_all[i : i + 1])
+
+
 def test_a_far_start_is_not_marked_done_by_the_near_start_steps():
     x, s = _realistic(2000, seed=22)
     upper, target = _objective(x, s)

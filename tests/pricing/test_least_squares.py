@@ -41,6 +41,31 @@ def test_batched_problems_are_solved_independently() -> None:
     assert float(result.cost.max()) < 1e-20
 
 
+def test_problems_that_stop_early_leave_the_others_as_if_alone() -> None:
+    # Problems stopping at 2, 4 and 7 iterations: the loop carries the still active ones on (the
+    # full batch while every problem is active, gathered subsets after); each comes out as solved
+    # alone, state included.
+    t = torch.linspace(0.0, 2.0, 30, dtype=F64)
+    truth = torch.tensor([[2.0, 1.5], [0.5, 0.2], [3.0, 4.0], [1.0, 0.5]], dtype=F64)
+    data = truth[:, :1] * torch.exp(-truth[:, 1:] * t)  # (4, 30)
+
+    def solve(x0: torch.Tensor, first: int):
+        def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return p[..., 0] * torch.exp(-p[..., 1] * t) - data[index + first]
+
+        return levenberg_marquardt(elementwise_jacobian(residual, 30), x0,
+                                   lower=torch.tensor(0.0), upper=torch.tensor(10.0))  # fmt: skip
+
+    x0 = torch.tensor([[1.0, 1.0], [0.5, 0.2], [6.0, 9.0], [1.0, 0.5 + 1e-6]], dtype=F64)
+    together = solve(x0, 0)
+    assert len(set(together.iterations.tolist())) == 3
+    for i in range(len(x0)):
+        alone = solve(x0[i : i + 1], i)
+        for field in alone._fields:
+            torch.testing.assert_close(getattr(together, field)[i], getattr(alone, field)[0],
+                                       rtol=1e-14, atol=0.0)  # fmt: skip
+
+
 def _copy(p: torch.Tensor, n: int) -> torch.Tensor:
     """The parameter copy of output n: params are (B, M, P) with M = 1 or one copy per output."""
     return p[:, n if p.shape[1] > 1 else 0]
