@@ -925,6 +925,10 @@ def heston_calibrate(
             "period_unit must be 'days' or 'weeks' and calendar 'null' or 'target'; "
             f"got {period_unit!r}, {calendar!r}"
         )
+    # QuantLib's SWIG takes Python numbers only: np.int64(100) iterations (which calibrate's
+    # option checks accept) was a TypeError naming a QuantLib constructor
+    integration_order, max_iterations = int(integration_order), int(max_iterations)
+    tolerance = float(tolerance)
     if max_iterations < 3:  # EndCriteria: 1 < stationary iterations < max_iterations
         raise ValueError(f"max_iterations must be at least 3 for QuantLib, got {max_iterations}")
     # a period of 0 expired on the evaluation date: the fit went on with model vols of 0.001

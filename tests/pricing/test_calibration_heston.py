@@ -372,6 +372,15 @@ def test_quantlib_method_takes_a_small_iteration_limit() -> None:
         calibrate("heston", _whole_day_surface(), method="quantlib", max_iterations=2)
 
 
+def test_quantlib_method_takes_numpy_option_values() -> None:
+    # calibrate's checks accept numpy numbers (np.int64 is a whole number); QuantLib's SWIG
+    # refused them with a TypeError naming its EndCriteria / AnalyticHestonEngine constructors
+    fit = calibrate("heston", _whole_day_surface(), method="quantlib", x0=TRUE,
+                    max_iterations=np.int64(50), integration_order=np.int64(64),
+                    tolerance=np.float32(1e-8))  # fmt: skip
+    np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-3)
+
+
 def test_weights_per_input_row_follow_their_rows_when_rows_are_left_out() -> None:
     # A row without a vol is left out; weights given per input row were refused (10 for 9
     # quotes), so the zero weight meant for the outlier could not reach it.
