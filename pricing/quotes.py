@@ -348,9 +348,15 @@ def short_call_flags(option_type: pd.Series | np.ndarray | Sequence[object]) -> 
     return np.isin(kind, ("call", "c"))
 
 
-_NUMERIC_DATE = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4}|\d{2})(?:[ T].*)?$")
+_NUMERIC_DATE = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4}|(?<![-])\d{2})(?:[ T].*)?$")
 """``a/b/yyyy``, ``a-b-yyyy`` or ``a.b.yy`` (optionally followed by a time): day-first or
-month-first (``05-01-2024`` was read as May 1 and ``13-01-2024`` as January 13 in one file)."""
+month-first (``05-01-2024`` was read as May 1 and ``13-01-2024`` as January 13 in one file).
+Dashed dates take a four-digit year: ``24-01-05`` reads as yy-mm-dd as well as dd-mm-yy."""
+_DASHED_SHORT_YEAR = re.compile(r"^\d{1,2}-\d{1,2}-\d{2}(?:[ T].*)?$")
+
+
+class _DateFormError(ValueError):
+    """A text that reads as a date in more than one way, or in none: the message says which."""
 
 
 def _date_texts(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, str, int]]:
@@ -393,7 +399,10 @@ def _parse_date(value: object, day_first: bool) -> pd.Timestamp:
         value = str(int(value))  # yyyymmdd stored as a number
     if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) != 8:
         # only yyyymmdd: '240119' (yymmdd) was read as 24 January 2019, '2024' as 1 January
-        raise ValueError("a date in digits is yyyymmdd")
+        raise _DateFormError("a date in digits is yyyymmdd")
+    if isinstance(value, str) and _DASHED_SHORT_YEAR.match(value.strip()):
+        # '24-01-05' read as 24 January 2005: it is 2024-01-05 in yy-mm-dd as well
+        raise _DateFormError("a-b-yy reads as dd-mm-yy and as yy-mm-dd: write YYYY-MM-DD")
     match = _NUMERIC_DATE.match(value.strip()) if isinstance(value, str) else None
     if match:
         a, b, year = int(match[1]), int(match[3]), int(match[4])
@@ -426,10 +435,10 @@ def _year_fractions(
             if value not in parsed:
                 try:
                     parsed[value] = _parse_date(value, day_first)
-                except (ValueError, TypeError, OverflowError):
+                except (ValueError, TypeError, OverflowError) as error:
                     reason = "missing value" if pd.isna(value) else f"not a date: {_show(value)}"
-                    if str(value).strip().isdigit():
-                        reason += " (a date in digits is yyyymmdd)"
+                    if isinstance(error, _DateFormError):
+                        reason += f" ({error})"
                     raise locate.error(i, column, reason) from None
             dates[column].append(parsed[value])
     days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days

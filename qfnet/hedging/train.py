@@ -25,7 +25,7 @@ from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_poli
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
 from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
-from qfnet.training.distributed import init_distributed
+from qfnet.training.distributed import barrier, init_distributed
 
 __all__ = [
     "HedgeModel",
@@ -265,7 +265,9 @@ def train(
     t = config.training
     # under torchrun: join the group now (the Trainer reuses it), so that only rank 0 writes
     # (ranks writing model.pt.tmp at once could lose its rename: FileNotFoundError)
-    writer = init_distributed("auto", resolve_device(t.device)).is_global_zero
+    device = resolve_device(t.device)
+    group = init_distributed("auto", device)
+    writer = group.is_global_zero
     if resume:
         _check_resume(config, run_dir)
     elif run_dir is not None and writer:
@@ -303,6 +305,7 @@ def train(
     model.cpu()
     if run_dir is not None and writer:
         _save(Path(run_dir), config, model, ww, seconds)
+    barrier(group, device)  # the other ranks returned before rank 0 had written model.pt
     return TrainResult(model, history, seconds, ww, cpu)
 
 

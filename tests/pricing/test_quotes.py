@@ -242,7 +242,7 @@ def test_infinite_numbers_are_rejected_by_column(tmp_path: Path, cell: str) -> N
         (["20240621"], "20240315", None, [98]),
         # dashes too: 05-02-2024 was read as May 2 (month first) beside 13-01-2024 as January 13
         (["13-01-2024", "05-02-2024"], "01-01-2024", None, [12, 35]),
-        (["21-6-24"], "15-3-24", None, [98]),
+        (["21-6-2024"], "15-3-2024", None, [98]),
     ],
 )
 def test_numeric_dates_are_day_first_or_month_first_by_evidence(
@@ -288,6 +288,17 @@ def test_dates_in_digits_other_than_yyyymmdd_are_refused(expiry: object) -> None
     with pytest.raises(QuoteError, match=r"row 1, column 'expiry': not a date: .* \(a date in "
                                          r"digits is yyyymmdd\)"):  # fmt: skip
         read_quotes(table)
+
+
+def test_dashed_dates_with_a_two_digit_year_are_refused() -> None:
+    # '24-06-21' was read as 24 June 2021 (day-first by its 24): it is 2024-06-21 as yy-mm-dd
+    table = pd.DataFrame({"expiry": ["24-06-21"], "quote_date": "20240315", "strike": 1.0,
+                          "spot": 1.0})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"row 1, column 'expiry': not a date: .*reads as "
+                                         r"dd-mm-yy and as yy-mm-dd"):  # fmt: skip
+        read_quotes(table)
+    slashed = table.assign(expiry="21/06/24", quote_date="15/03/24")  # d/m/yy stays readable
+    np.testing.assert_allclose(read_quotes(slashed)["maturity"] * 365, [98], rtol=1e-12)
 
 
 def test_time_zone_aware_dates_keep_their_local_calendar_date() -> None:

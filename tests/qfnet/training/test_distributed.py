@@ -129,6 +129,8 @@ def test_hedging_under_torchrun_reports_the_whole_validation_sets_risk_and_ranks
     # and only rank 0 prints the CLI's summary line (each rank printed one)
     assert len(first["cli_lines"]) == 1 and second["cli_lines"] == []
     for objective in ("variance", "es"):
+        # every rank returns after rank 0 has written model.pt (rank 1 returned before it)
+        assert first[objective]["model_written"] and second[objective]["model_written"]
         # the ES level is set from the first batch: from each rank's own, it differed
         assert first[objective] == second[objective]
         config, model, _ = load_run(tmp_path / objective)

@@ -163,7 +163,8 @@ def hedge_case(rank: int, out: Path) -> dict[str, Any]:
 
     saved = []
     real_save = hedging._save
-    hedging._save = lambda *args: saved.append(args[0].name) or real_save(*args)
+    # rank 0 writes slowly (a network file system): the others must not return before it has
+    hedging._save = lambda *args: saved.append(args[0].name) or time.sleep(0.3) or real_save(*args)
     result = {}
     for objective in ("variance", "es"):
         config = config_from_dict({"market": {"n_steps": 5}, "objective": {"name": objective},
@@ -171,6 +172,7 @@ def hedge_case(rank: int, out: Path) -> dict[str, Any]:
             "training": {"epochs": 2, "batch_size": 8, "dtype": "float64"}})  # fmt: skip
         trained = hedging.train(config, out / objective)
         result[objective] = {
+            "model_written": (out / objective / "model.pt").is_file(),
             "val_loss": trained.history["val_loss"],
             "weights": {k: v.tolist() for k, v in trained.model.state_dict().items()},
         }
