@@ -474,15 +474,10 @@ def check_one_quote_date(quotes: pd.DataFrame) -> None:
         return
     column = quotes["quote_date"]
     uniques = column.dropna().unique()  # in the order of their first rows
-    # any a/b/y whose a is above 12 makes them day-first; the other way, dates stay distinct
-    numeric = [_NUMERIC_DATE.match(v.strip()) for v in uniques if isinstance(v, str)]
-    day_first = any(int(m[1]) > 12 for m in numeric if m)
-    dates = []
-    for value in uniques:
-        try:
-            dates.append((_parse_date(value, day_first), value))
-        except (ValueError, TypeError, OverflowError):
-            continue
+    # read a/b/y both ways (read_quotes may have been told which, or the expiries decided):
+    # the dates are one when either reading makes them one
+    readings = [_readable_dates(uniques, day_first) for day_first in (True, False)]
+    dates = min(readings, key=lambda found: len({date for date, _ in found}))
     other = [(date, value) for date, value in dates if date != dates[0][0]] if dates else []
     if other:
         (first, first_value), (date, value) = dates[0], other[0]
@@ -494,6 +489,17 @@ def check_one_quote_date(quotes: pd.DataFrame) -> None:
             f"{rows[0] + 1}): forwards, repeated contracts and smiles are per day; give one "
             "quote date's quotes at a time"
         )  # fmt: skip
+
+
+def _readable_dates(values: Sequence[object], day_first: bool) -> list[tuple[pd.Timestamp, object]]:
+    """``(date, value)`` of each of ``values`` that reads as a date (day-first or not)."""
+    dates = []
+    for value in values:
+        try:
+            dates.append((_parse_date(value, day_first), value))
+        except (ValueError, TypeError, OverflowError):
+            continue
+    return dates
 
 
 def _validate(frame: pd.DataFrame, locate: _Locator, allow_expired: bool = False) -> None:

@@ -537,3 +537,7 @@ def test_quotes_of_two_quote_dates_are_refused_naming_the_row(tmp_path: Path) ->
         prepare_quotes(read_quotes(path))  # qfnet calibrate --no-clean
     one_day = read_quotes(path).iloc[:6].assign(quote_date=["2024-01-05", "2024-01-05 15:30"] * 3)
     assert attach_forwards(one_day)[0]["forward"].to_numpy() == pytest.approx(100.0, rel=1e-9)
+    # one day written two ways (day-first as read_quotes(dayfirst=True) read it, and ISO) is one
+    # date: it was read month-first here alone, May 1 beside January 5
+    mixed = one_day.assign(quote_date=["05/01/2024", "2024-01-05"] * 3)
+    assert attach_forwards(mixed)[0]["forward"].to_numpy() == pytest.approx(100.0, rel=1e-9)
