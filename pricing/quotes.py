@@ -363,9 +363,12 @@ def _date_texts(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, 
     """Each distinct text date of ``columns`` with its column and first row (0-based)."""
     seen: dict[tuple[str, str], int] = {}
     for column in columns:
-        for i, value in enumerate(frame[column].to_numpy()):
+        # first rows of the distinct values by pandas' hashing (a Python loop over the rows
+        # cost seconds on vendor files of millions of rows), then the few texts among them
+        firsts = frame[column].reset_index(drop=True).drop_duplicates()
+        for i, value in firsts.items():
             if isinstance(value, str):
-                seen.setdefault((value.strip(), column), i)
+                seen.setdefault((value.strip(), column), int(i))
     return [(text, column, i) for (text, column), i in seen.items()]
 
 
