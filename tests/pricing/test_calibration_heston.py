@@ -415,3 +415,14 @@ def test_a_wing_priced_below_any_vol_counts_its_whole_vol_error() -> None:
     fit = calibrate("heston", table.rename(columns={"market_iv": "implied_vol"}),
                     global_start="scan", n_scan=1024, n_starts=8)  # fmt: skip
     assert fit.rmse_iv_bp < 1000.0
+
+
+@pytest.mark.parametrize("bounds", [{"rho": (-1.5, 0.0)}, {"sigma": (-0.1, 1.0)}])
+def test_calibrate_surfaces_refuses_a_box_outside_the_models_domain(bounds) -> None:
+    # calibrate checks its bounds; a direct calibrate_surfaces call took these, and its fit
+    # wandered outside the model (rho below -1, a negative vol of vol) before any error
+    import pricing.calibration_heston as heston
+
+    surfaces = _packed([_synthetic_surface(noise_bp=50.0)])
+    with pytest.raises(ValueError, match=rf"bounds\['{next(iter(bounds))}'\].*domain"):
+        heston.calibrate_surfaces(surfaces, bounds=bounds, n_scan=16, n_starts=1)

@@ -336,3 +336,16 @@ def test_heston_warns_where_fewer_weighted_quotes_than_free_parameters() -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         calibrate("heston", four, bounds={"rho": (-0.5, -0.5)}, **options)
+
+
+@pytest.mark.parametrize("column", ["strike", "market_iv"])
+def test_a_repeated_needed_column_is_named(column: str) -> None:
+    # a prepared table with two strike (or market_iv) columns failed in numpy ("operands could
+    # not be broadcast together with shapes (7,2) (7,)"), naming no column
+    from pricing.quote_cleaning import clean_quotes
+
+    prepared, _ = clean_quotes(_smile())
+    table = pd.concat([prepared, prepared[[column]] * 1.1], axis=1)
+    for model in ("sabr", "heston"):
+        with pytest.raises(QuoteError, match=rf"columns '{column}' and '{column}'"):
+            calibrate(model, table)
