@@ -82,7 +82,8 @@ def bs_asian(
         dividend: continuously compounded dividend yield.
         is_call: call flag(s).
         average: ``"arithmetic"`` or ``"geometric"``.
-        fixing_times: future fixing times in (0, maturity]; None for continuous averaging.
+        fixing_times: future fixing times in (0, maturity], the last at maturity (the payment
+            date); None for continuous averaging.
         past_average: average so far (seasoned options).
         past_weight: weight of the past in the final average (see :func:`pricing.payoffs.asian`).
         n_paths: number of paths.

@@ -243,7 +243,10 @@ def train(
     ``val_loss`` is the risk measure of the whole validation set: it is evaluated as one batch
     (without a graph), as the entropic risk and the variance of a set are not the mean of
     those of its batches; under ``torchrun`` every process evaluates all of it (the Trainer's
-    ``shard_eval=False``), and only rank 0 writes files.
+    ``shard_eval=False``), and only rank 0 writes files. Training under ``torchrun`` minimises
+    the mean over processes of each one's batch risk: for the entropic, variance and
+    mean-variance objectives that is not the risk of the processes' batches together (the ES
+    objective at its level is a mean, and the same either way).
 
     ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
     ``cpu_seconds`` its process CPU time (all threads).
