@@ -492,6 +492,7 @@ def clean_quotes(
     arbitrage: bool = True,
     n_pairs: int = 6,
     tolerance: float = 1e-6,
+    dayfirst: bool | None = None,
 ) -> tuple[pd.DataFrame, CleaningReport]:
     """Filter a quote table and add forwards, discount factors and market implied vols.
 
@@ -518,6 +519,9 @@ def clean_quotes(
         n_pairs: least number of near-the-money pairs in the parity regression.
         tolerance: arbitrage tolerance, relative to the forward (prices) and, times 100, to total
             variance; for prices rounded to a tick without bid and ask, about tick / forward.
+        dayfirst: numeric dates ``a/b/yyyy`` of ``expiry`` and ``quote_date`` are day/month
+            (True) or month/day (False); None infers it from the dates and raises when they
+            read either way (see :func:`pricing.quotes.read_quotes`).
 
     Returns:
         The cleaned table, sorted by maturity and strike (columns of the input plus
@@ -533,7 +537,7 @@ def clean_quotes(
         (3, 1)
     """
     _check_settings(maturity_range, moneyness_range, n_pairs, tolerance)
-    quotes = read_quotes(source, allow_crossed=True, allow_expired=True)
+    quotes = read_quotes(source, allow_crossed=True, allow_expired=True, dayfirst=dayfirst)
     defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     check_one_quote_date(quotes)  # before repeated contracts: two days' quotes are not repeats

@@ -372,6 +372,11 @@ def _date_texts(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, 
     return [(text, column, i) for (text, column), i in seen.items()]
 
 
+# The way to settle ambiguous numeric dates that the error names; the qfnet commands put their
+# --dayfirst/--monthfirst options in its place (qfnet._cli.quote_message).
+DAYFIRST_HINT = "read_quotes(..., dayfirst=True/False)"
+
+
 def _day_first(texts: list[tuple[str, str, int]], dayfirst: bool | None, locate: _Locator) -> bool:
     """Whether numeric dates ``a/b/y`` are day/month (True) or month/day, from ``dayfirst`` or,
     when None, from the dates themselves (``texts``: text, column, row); raises naming the row
@@ -391,7 +396,7 @@ def _day_first(texts: list[tuple[str, str, int]], dayfirst: bool | None, locate:
         text, column, i = ambiguous[0][:3]
         raise locate.error(i, column, f"dates such as {text!r} read as day/month or month/day "
                                       "alike: write them as YYYY-MM-DD (or pass "
-                                      "read_quotes(..., dayfirst=True/False))")  # fmt: skip
+                                      f"{DAYFIRST_HINT})")  # fmt: skip
     return bool(first)
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import typer
 
-__all__ = ["fail"]
+from pricing.quotes import DAYFIRST_HINT
+
+__all__ = ["DAYFIRST_FLAGS", "DAYFIRST_HELP", "fail", "quote_message"]
+
+# ``--dayfirst/--monthfirst`` of the commands that read a quote file (price, iv, calibrate): the
+# ``dayfirst`` of pricing.quotes.read_quotes, None (neither flag) inferring it from the dates.
+DAYFIRST_FLAGS = "--dayfirst/--monthfirst"
+DAYFIRST_HELP = (
+    "Numeric dates such as 05/01/2024 are day/month (--dayfirst) or month/day (--monthfirst). "
+    "Default: the file's dates decide (a day above 12), and a file they cannot is refused."
+)
 
 
 def fail(message: str) -> typer.Exit:
@@ -17,3 +27,14 @@ def fail(message: str) -> typer.Exit:
     """
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code=1)
+
+
+def quote_message(message: str) -> str:
+    """A quote-reading error as a command-line user reads it: the ``read_quotes(...,
+    dayfirst=...)`` argument that settles ambiguous dates becomes the command's options.
+
+    Examples:
+        >>> quote_message("write them as YYYY-MM-DD (or pass read_quotes(..., dayfirst=True/False))")
+        'write them as YYYY-MM-DD (or pass --dayfirst or --monthfirst)'
+    """
+    return message.replace(DAYFIRST_HINT, "--dayfirst or --monthfirst")

@@ -15,7 +15,7 @@ import typer
 from pricing.calibration import CalibrationResult, calibrate
 from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
-from qfnet._cli import fail
+from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message
 
 __all__ = ["bounds_line", "calibrate_command", "result_json"]
 
@@ -148,6 +148,7 @@ def calibrate_command(
     device: Annotated[
         str, typer.Option("--device", help="cpu, or cuda, cuda:1... for heston direct.")
     ] = "cpu",
+    dayfirst: Annotated[bool | None, typer.Option(DAYFIRST_FLAGS, help=DAYFIRST_HELP)] = None,
 ) -> None:
     """Calibrate a model to market quotes; write RESULT.json, a residuals CSV and optional smiles.
 
@@ -198,17 +199,17 @@ def calibrate_command(
     try:
         report = None
         if clean:
-            table, report = clean_quotes(quotes)
+            table, report = clean_quotes(quotes, dayfirst=dayfirst)
             if table.empty:
                 raise QuoteError(f"no quote is left after cleaning\n{report}", source=str(quotes))
         else:
-            table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True))
+            table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True, dayfirst=dayfirst))
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
                            device=device, **options)  # fmt: skip
     except NotImplementedError as error:
         raise fail(str(error)) from error
     except ValueError as error:  # QuoteError too: name the file unless the message does
-        message = str(error)
+        message = quote_message(str(error))
         raise fail(
             message if message.startswith(str(quotes)) else f"{quotes}: {message}"
         ) from error

@@ -19,7 +19,7 @@ import pandas as pd
 import typer
 
 from pricing.quotes import read_quotes, shifts
-from qfnet._cli import fail
+from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
 from qfnet.price_rows import (
@@ -55,16 +55,20 @@ app.add_typer(train_app, name="train")
 
 
 def read_table(
-    path: Path, *, allow_crossed: bool = False, shift: float | None = None
+    path: Path,
+    *,
+    allow_crossed: bool = False,
+    shift: float | None = None,
+    dayfirst: bool | None = None,
 ) -> pd.DataFrame:
     """Read a quote table, turning a missing file or malformed content into a clean CLI error
-    (``shift``: see :func:`pricing.quotes.read_quotes`)."""
+    (``shift``, ``dayfirst``: see :func:`pricing.quotes.read_quotes`)."""
     if not path.exists():
         raise fail(f"{path}: no such file")
     try:
-        return read_quotes(path, allow_crossed=allow_crossed, shift=shift)
+        return read_quotes(path, allow_crossed=allow_crossed, shift=shift, dayfirst=dayfirst)
     except ValueError as error:
-        raise fail(str(error)) from error
+        raise fail(quote_message(str(error))) from error
 
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -137,6 +141,7 @@ def price(
     paths: int = typer.Option(100_000, help="Monte Carlo paths (--engine mc only)."),
     steps: int = typer.Option(100, help="Monte Carlo time steps (--engine mc only)."),
     surrogate: Path | None = typer.Option(None, help="Surrogate run or model file."),
+    dayfirst: bool | None = typer.Option(None, DAYFIRST_FLAGS, help=DAYFIRST_HELP),
 ) -> None:
     """Price every row of a quote table; writes its columns plus price and implied_vol."""
     # misused options are usage errors naming the option (exit 2), before the file is read
@@ -162,7 +167,7 @@ def price(
     # a SABR shift in --params is the file's shift column where it has none: negative strikes
     # are then read (it was refused by the file's strike > 0 check)
     shift = values.pop("shift", None) if model == "sabr" else None
-    table = read_table(quotes, shift=shift)
+    table = read_table(quotes, shift=shift, dayfirst=dayfirst)
     if shift is not None and not np.allclose(table["shift"].to_numpy(float), shift):
         raise fail("parameter 'shift' is given both as a column and in --params")
     try:
@@ -281,6 +286,7 @@ def iv(
         ..., help="Quote table with 'mid', 'bid'/'ask' or 'price' per row."
     ),
     out: Path = typer.Option(..., help="Output table (.csv or .parquet)."),
+    dayfirst: bool | None = typer.Option(None, DAYFIRST_FLAGS, help=DAYFIRST_HELP),
 ) -> None:
     """Black implied vol of each row's mid (else bid/ask midpoint, else price).
 
@@ -290,7 +296,8 @@ def iv(
     from pricing.quote_cleaning import attach_forwards
 
     check_table_out(out)
-    table = read_table(quotes, allow_crossed=True)  # a crossed row gets a status, not an error
+    # a crossed row gets a status, not an error
+    table = read_table(quotes, allow_crossed=True, dayfirst=dayfirst)
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
         raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")
     if "option_type" not in table:

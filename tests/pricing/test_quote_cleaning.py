@@ -541,3 +541,16 @@ def test_quotes_of_two_quote_dates_are_refused_naming_the_row(tmp_path: Path) ->
     # date: it was read month-first here alone, May 1 beside January 5
     mixed = one_day.assign(quote_date=["05/01/2024", "2024-01-05"] * 3)
     assert attach_forwards(mixed)[0]["forward"].to_numpy() == pytest.approx(100.0, rel=1e-9)
+
+
+def test_clean_quotes_of_a_path_reads_ambiguous_dates_as_dayfirst_says(tmp_path: Path) -> None:
+    # clean_quotes(path) read the file itself with no way to settle dates that read either way
+    # (03/01/2024 to 05/06/2024: 154 days day-first, 66 month-first)
+    table = _chain(100.0, 0.99, 0.5, np.linspace(80.0, 120.0, 9)).drop(columns="maturity")
+    path = tmp_path / "q.csv"
+    table.assign(quote_date="03/01/2024", expiry="05/06/2024").to_csv(path, index=False)
+    with pytest.raises(QuoteError, match=r"or pass read_quotes\(\.\.\., dayfirst=True/False\)"):
+        clean_quotes(path)
+    for dayfirst, days in ((True, 154), (False, 66)):
+        clean, _ = clean_quotes(path, dayfirst=dayfirst)
+        np.testing.assert_allclose(clean["maturity"], days / 365, rtol=1e-12)

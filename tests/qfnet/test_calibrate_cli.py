@@ -385,3 +385,28 @@ def test_parameters_at_a_bound_are_in_the_json_and_the_report(tmp_path: Path) ->
             if min(b, 1.0 - b) <= 1e-6]  # fmt: skip
     assert None not in ends and len(ends) >= 2
     assert "at a bound of the parameter box" in result.output and "beta " in result.output
+
+
+@pytest.mark.parametrize("clean", ["--clean", "--no-clean"])
+def test_ambiguous_dates_are_refused_and_read_with_dayfirst_or_monthfirst(
+    tmp_path: Path, clean: str
+) -> None:
+    # 03/01/2024 to 05/06/2024 reads either way (154 days day-first, 66 month-first): the file was
+    # refused with a pointer to read_quotes(..., dayfirst=...), which the command could not pass
+    strike = 100.0 * np.exp(np.linspace(-0.2, 0.2, 5))
+    vol = lognormal_vol(forward=100.0, strike=torch.tensor(strike), maturity=0.3, alpha=0.25,
+                        beta=1.0, rho=-0.4, nu=0.7).numpy()  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "fit.json"
+    table = pd.DataFrame({"strike": strike, "quote_date": "03/01/2024", "expiry": "05/06/2024",
+                          "forward": 100.0, "discount": 1.0, "implied_vol": vol})  # fmt: skip
+    table.to_csv(path, index=False)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(path), "--out", str(out), clean]
+    refused = CliRunner().invoke(_app(), args)
+    assert refused.exit_code == 1 and not out.exists()
+    assert "'05/06/2024' read as day/month or month/day alike" in refused.output
+    assert "--dayfirst or --monthfirst" in refused.output and "read_quotes" not in refused.output
+    for flag, days in (("--dayfirst", 154), ("--monthfirst", 66)):
+        result = CliRunner().invoke(_app(), [*args, flag])
+        assert result.exit_code == 0, result.output
+        maturity = json.loads(out.read_text())["params"]["maturity"]
+        np.testing.assert_allclose(maturity, [days / 365], rtol=1e-12)

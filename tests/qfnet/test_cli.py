@@ -804,3 +804,31 @@ def test_command_lists_show_one_line_summaries(group):
     for name, sub in command.commands.items():
         summary = (sub.help or "").split("\n\n")[0].strip()
         assert summary and "\n" not in summary, name
+
+
+# 03/01/2024 to 05/06/2024: 154 days day-first (3 January to 5 June), 66 month-first (1 March to
+# 6 May); neither date has a number above 12, so the file alone cannot tell
+AMBIGUOUS_DATES = {"quote_date": "03/01/2024", "expiry": "05/06/2024"}
+DAYS = {"--dayfirst": 154, "--monthfirst": 66}
+
+
+@pytest.mark.parametrize("command", ["price", "iv"])
+def test_ambiguous_dates_are_refused_and_read_with_dayfirst_or_monthfirst(tmp_path, command):
+    # read_quotes(dayfirst=...) settled such a file, but the commands had no way to pass it: the
+    # error sent the user to a Python argument
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 110.0], **AMBIGUOUS_DATES,
+                          "spot": 100.0, "forward": 100.0, "discount": 1.0, "volatility": 0.2,
+                          "price": [12.0, 3.0]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "o.csv"
+    table.to_csv(path, index=False)
+    args = [command, "--quotes", str(path), "--out", str(out)]
+    args += ["--model", "bs"] if command == "price" else []
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and not out.exists()
+    assert "'05/06/2024' read as day/month or month/day alike" in refused.output
+    assert "--dayfirst or --monthfirst" in refused.output and "read_quotes" not in refused.output
+    for flag, days in DAYS.items():
+        result = runner.invoke(app, [*args, flag])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(pd.read_csv(out)["maturity"], days / 365, rtol=1e-12)
+    assert "--monthfirst" in runner.invoke(app, [command, "--help"]).output
