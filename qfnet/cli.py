@@ -58,15 +58,17 @@ def read_table(
     path: Path,
     *,
     allow_crossed: bool = False,
+    allow_expired: bool = False,
     shift: float | None = None,
     dayfirst: bool | None = None,
 ) -> pd.DataFrame:
     """Read a quote table, turning a missing file or malformed content into a clean CLI error
-    (``shift``, ``dayfirst``: see :func:`pricing.quotes.read_quotes`)."""
+    (``allow_expired``, ``shift``, ``dayfirst``: see :func:`pricing.quotes.read_quotes`)."""
     if not path.exists():
         raise fail(f"{path}: no such file")
     try:
-        return read_quotes(path, allow_crossed=allow_crossed, shift=shift, dayfirst=dayfirst)
+        return read_quotes(path, allow_crossed=allow_crossed, allow_expired=allow_expired,
+                           shift=shift, dayfirst=dayfirst)  # fmt: skip
     except ValueError as error:
         raise fail(quote_message(str(error))) from error
 
@@ -278,6 +280,7 @@ def _price_mc(
 
 CROSSED = "crossed quote (bid > ask)"
 NO_PRICE = "no price: mid and price missing, and bid or ask missing (a one-sided quote)"
+EXPIRED = "expired: the expiry is on or before the quote date (maturity <= 0)"
 
 
 @app.command()
@@ -296,27 +299,34 @@ def iv(
     from pricing.quote_cleaning import attach_forwards
 
     check_table_out(out)
-    # a crossed row gets a status, not an error
-    table = read_table(quotes, allow_crossed=True, dayfirst=dayfirst)
+    # a crossed row gets a status, not an error; so does an expired one (an exchange download's
+    # options expiring on the quote date refused the whole file)
+    table = read_table(quotes, allow_crossed=True, allow_expired=True, dayfirst=dayfirst)
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
         raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")
     if "option_type" not in table:
         raise fail(f"{quotes}: iv needs an 'option_type' column (call/put)")
+    expired = (table["maturity"] <= 0).to_numpy()
+    if expired.all():
+        raise fail(f"{quotes}: every row has expired (expiry on or before the quote date)")
+    live = _rows(table, ~expired)
     try:
-        prepared, _ = attach_forwards(table)  # the vols are solved once, below, with a status
+        prepared, _ = attach_forwards(live)  # the vols are solved once, below, with a status
     except ValueError as error:
         raise fail(f"{quotes}: {error}") from error
-    vol, status = black_vols(
+    live_vol, live_status = black_vols(
         prepared["mid"].to_numpy(float), forward=prepared["forward"].to_numpy(float),
-        discount=prepared["discount"].to_numpy(float), strike=table["strike"].to_numpy(float),
-        maturity=table["maturity"].to_numpy(float),
-        is_call=(table["option_type"] == "call").to_numpy(), shift=shifts(table).to_numpy(float),
+        discount=prepared["discount"].to_numpy(float), strike=live["strike"].to_numpy(float),
+        maturity=live["maturity"].to_numpy(float),
+        is_call=(live["option_type"] == "call").to_numpy(), shift=shifts(live).to_numpy(float),
     )  # fmt: skip
-    if {"bid", "ask"} <= set(table.columns):
-        crossed = (table["bid"] > table["ask"]).to_numpy()
-        vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
     # a row with nothing to solve was "invalid input (a non-finite value, ...)": name the gap
-    status = np.where(prepared["mid"].isna().to_numpy(), NO_PRICE, status)
+    live_status = np.where(prepared["mid"].isna().to_numpy(), NO_PRICE, live_status)
+    vol, status = np.full(len(table), np.nan), np.full(len(table), EXPIRED, dtype=object)
+    vol[~expired], status[~expired] = live_vol, live_status
+    if {"bid", "ask"} <= set(table.columns):
+        crossed = (table["bid"] > table["ask"]).to_numpy() & ~expired
+        vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
     # the forward and discount used are written: a rate or dividend the file lacked, defaulted to
     # 0 by reading, would stand beside them as if it had made them (price leaves them out too)
     result = table.drop(columns=[c for c in table.attrs.get("defaulted", []) if c in table])
@@ -327,12 +337,27 @@ def iv(
     if file_vols and "market_implied_vol" not in table:
         result = result.rename(columns={"implied_vol": "market_implied_vol"})
         kept = "; the file's implied_vol kept as market_implied_vol"
-    result["forward"], result["discount"] = prepared["forward"], prepared["discount"]
+    for column in ("forward", "discount"):  # NaN on expired rows
+        values = np.full(len(table), np.nan)
+        values[~expired] = prepared[column].to_numpy(float)
+        result[column] = values
     result["implied_vol"], result["status"] = vol, status
     write_table(result, out)
     n_bad = int((status != "ok").sum())
     rows = "row" if len(result) == 1 else "rows"
     typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable) -> {out}{kept}")
+
+
+def _rows(table: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The rows ``keep`` ``(R,)`` of a table from ``read_quotes``, its file lines with them
+    (errors name the file's lines)."""
+    if keep.all():
+        return table
+    part = table[keep]
+    part.attrs = dict(table.attrs)
+    if "file_lines" in table.attrs:
+        part.attrs["file_lines"] = np.asarray(table.attrs["file_lines"])[keep].tolist()
+    return part
 
 
 @app.command()

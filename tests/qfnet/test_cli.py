@@ -643,6 +643,36 @@ def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
 
 
+def test_iv_gives_options_expiring_on_the_quote_date_a_status_and_solves_the_others(tmp_path):
+    # an exchange download's 0DTE rows refused the whole file ("expiry ... is not after
+    # quote_date"); the other expiries' vols must be those of the file without them
+    strikes = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float64)
+    rows = []
+    for expiry, t in (("2024-01-05", 0.0), ("2024-03-05", 60 / 365)):
+        for is_call in (True, False):
+            price = bs.black_price(forward=100.0, strike=strikes, maturity=max(t, 1e-9),
+                                   volatility=0.25, is_call=is_call)  # fmt: skip
+            rows += [{"quote_date": "2024-01-05", "expiry": expiry, "strike": float(k),
+                      "option_type": "call" if is_call else "put", "mid": float(p)}
+                     for k, p in zip(strikes, price, strict=True)]  # fmt: skip
+    table = pd.DataFrame(rows).assign(spot=100.0)
+    path, out, alone = tmp_path / "q.csv", tmp_path / "iv.csv", tmp_path / "alone.csv"
+    table.to_csv(path, index=False)
+    table[table["expiry"] != "2024-01-05"].to_csv(alone, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    assert (ivs["status"][:6] == "expired: the expiry is on or before the quote date "
+                                 "(maturity <= 0)").all()  # fmt: skip
+    assert ivs["implied_vol"][:6].isna().all() and ivs["forward"][:6].isna().all()
+    assert runner.invoke(app, ["iv", "--quotes", str(alone), "--out", str(out.with_stem("a"))]
+                         ).exit_code == 0  # fmt: skip
+    expected = pd.read_csv(out.with_stem("a"))
+    np.testing.assert_allclose(ivs["implied_vol"][6:], expected["implied_vol"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ivs["implied_vol"][6:], 0.25, rtol=1e-9, atol=0)
+    assert (ivs["status"][6:] == "ok").all()
+
+
 def test_iv_names_a_one_sided_row_without_a_price(tmp_path):
     # a missing ask read as a gap, whose status said "invalid input (a non-finite value, ...)"
     path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
