@@ -197,11 +197,23 @@ def _sabr_lines(out: Path, settings: DemoSettings, seed: int) -> list[str]:
         "",
         "The shipped SABR surrogate (`data/surrogates/sabr_pde`, trained on QuantLib's SABR PDE) "
         f"and Hagan's formula against the PDE on {errors['points']} fresh random points of its "
-        f"domain (maturities {low:g} to {high:g} years; absolute implied-vol errors; "
+        f"domain ({_without_pde_vol(settings.sabr_points, errors['points'])}maturities {low:g} "
+        f"to {high:g} years; absolute implied-vol errors; "
         "`benchmarks/bench_sabr_pde.py` runs the comparison on more points):",
         "",
         _markdown(pd.DataFrame([errors]), floatfmt=".3g"),
     ]
+
+
+def _without_pde_vol(drawn: int, used: int) -> str:
+    """The points drawn that the comparison left out, in words (empty when none).
+
+    Examples:
+        >>> _without_pde_vol(64, 61), _without_pde_vol(8, 8)
+        ('3 of the 64 drawn have no PDE implied vol; ', '')
+    """
+    missing = drawn - used
+    return f"{missing} of the {drawn} drawn have no PDE implied vol; " if missing else ""
 
 
 def _calibration_stage(out: Path, seed: int) -> tuple[list[str], dict[str, float]]:
