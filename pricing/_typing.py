@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_DTYPE",
     "TensorLike",
     "as_tensors",
+    "broadcast_named",
     "broadcast_shape",
     "broadcast_shapes",
     "call_flag",
@@ -82,6 +83,23 @@ def broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:
     except ValueError:
         shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
         raise ValueError(f"input shapes do not broadcast: {shapes} (in argument order)") from None
+
+
+def broadcast_named(named: Mapping[str, torch.Tensor], what: str) -> torch.Size:
+    """The shape the named tensors broadcast to; a ValueError listing each one's name and shape
+    where they do not (``what`` says whose shapes: "Heston parameter", "surrogate input").
+
+    Examples:
+        >>> broadcast_named({"v0": torch.zeros(2), "kappa": torch.zeros(3)}, "Heston parameter")
+        Traceback (most recent call last):
+        ...
+        ValueError: Heston parameter shapes do not broadcast: v0 (2,), kappa (3,)
+    """
+    try:
+        return broadcast_shapes(*(t.shape for t in named.values()))
+    except ValueError:
+        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in named.items())
+        raise ValueError(f"{what} shapes do not broadcast: {shapes}") from None
 
 
 def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:

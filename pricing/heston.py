@@ -45,8 +45,8 @@ from pricing._typing import (
     DEFAULT_DTYPE,
     TensorLike,
     as_tensors,
+    broadcast_named,
     broadcast_shape,
-    broadcast_shapes,
     call_flags,
 )
 from pricing._validation import (
@@ -156,7 +156,8 @@ class HestonParams:
 
 def _validate_params(*values: TensorLike) -> None:
     named = {n: _real_values(n, v) for n, v in zip(PARAM_NAMES, values, strict=True)}
-    _check_shapes(named)
+    # a (2,) v0 beside a (3,) kappa was accepted, and pricing then failed naming no field
+    broadcast_named(named, "Heston parameter")
     check_finite(**named)
     check_where("v0", named["v0"], named["v0"] >= 0, ">= 0")
     for name in ("kappa", "theta", "sigma"):
@@ -177,16 +178,6 @@ def _hash_key(value: torch.Tensor) -> tuple:
     if value.numel() == 1:
         return (tuple(value.shape), float(value.to(torch.float64)))
     return (tuple(value.shape),)
-
-
-def _check_shapes(named: dict[str, torch.Tensor]) -> None:
-    """Parameters must broadcast together (a (2,) v0 beside a (3,) kappa was accepted, and
-    pricing then failed naming no field)."""
-    try:
-        broadcast_shapes(*(v.shape for v in named.values()))
-    except ValueError:
-        shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in named.items())
-        raise ValueError(f"Heston parameter shapes do not broadcast: {shapes}") from None
 
 
 def _real_values(name: str, value: TensorLike) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 
 from pricing._bridge_hit import discounted_first_passage
 from pricing._simulate_checks import check_increasing
-from pricing._typing import TensorLike, call_flag, call_flags
+from pricing._typing import TensorLike, broadcast_shapes, call_flag, call_flags
 from pricing._validation import check_seasoning
 
 __all__ = [
@@ -473,10 +473,12 @@ def _vanilla(underlying: torch.Tensor, strike: TensorLike, is_call: TensorLike) 
     if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
         raise ValueError("strike must be finite and non-negative")
     call = call_flags(is_call, device=underlying.device)  # 0.5 or 2 was a call
-    if call.ndim > 1 or (
-        k.ndim == call.ndim == 1 and len(k) != len(call) and 1 not in (len(k), len(call))
-    ):
-        # torch's "size of tensor a (2) must match the size of tensor b (3)" named neither
+    try:
+        broadcast_shapes(k.shape, call.shape)
+        fits = call.ndim <= 1
+    except ValueError:
+        fits = False
+    if not fits:  # torch's "size of tensor a (2) must match the size of tensor b (3)" named neither
         raise ValueError(f"is_call of shape {tuple(call.shape)} does not broadcast with strike "
                          f"of shape {tuple(k.shape)}")  # fmt: skip
     x = underlying[:, None] if k.ndim == 1 or call.ndim == 1 else underlying

@@ -34,7 +34,7 @@ from torch import nn
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import broadcast_shapes, call_flags
+from pricing._typing import broadcast_named, broadcast_shapes, call_flags
 from pricing._validation import check_device, check_finite, check_not_bool, check_positive
 from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
@@ -392,16 +392,6 @@ def _tensors(values: Mapping[str, Any], device: torch.device) -> dict[str, torch
     return out
 
 
-def _broadcast_shape(named: Mapping[str, torch.Tensor]) -> torch.Size:
-    """The shape named inputs broadcast to; a ValueError listing each one's shape where they do
-    not (torch's RuntimeError named no input)."""
-    try:
-        return broadcast_shapes(*(t.shape for t in named.values()))
-    except ValueError:
-        shapes = ", ".join(f"{n} {tuple(t.shape)}" for n, t in named.items())
-        raise ValueError(f"surrogate input shapes do not broadcast: {shapes}") from None
-
-
 def _query(net: SurrogateNet, columns: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Size]:
     names = net.domain.input_names
     missing = [n for n in names if n not in columns]
@@ -411,7 +401,7 @@ def _query(net: SurrogateNet, columns: Mapping[str, Any]) -> tuple[torch.Tensor,
     if extra:
         raise TypeError(f"unexpected {net.domain.model} surrogate argument(s) {extra}")
     tensors = _tensors({n: columns[n] for n in names}, net.in_mean.device)
-    shape = _broadcast_shape(tensors)
+    shape = broadcast_named(tensors, "surrogate input")
     return torch.stack([t.expand(shape).reshape(-1) for t in tensors.values()], dim=-1), shape
 
 
@@ -484,12 +474,11 @@ def _given_alpha(
     found = re.match(r"alpha = \S+ at index (\d+)", str(error))
     if net.domain.model != "sabr" or found is None:
         return error
-    tensors = [_tensor(v, forward.device) for v in params.values()]
-    shape = broadcast_shapes(forward.shape, *(t.shape for t in tensors))  # implied_vol's rows
+    values = {n: _tensor(v, forward.device) for n, v in params.items()}
+    shape = broadcast_shapes(forward.shape, *(t.shape for t in values.values()))  # its rows
     row = int(found[1])
     alpha, beta, f = (float(x.expand(shape).reshape(-1)[row])
-                      for x in (_tensor(params["alpha"], forward.device),
-                                _tensor(params["beta"], forward.device), forward))  # fmt: skip
+                      for x in (values["alpha"], values["beta"], forward))  # fmt: skip
     return DomainError(f"{error}; it reads alpha at F = 1: alpha F^(beta - 1) = {alpha:g} * "
                        f"{f:g}^({beta:g} - 1) there")  # fmt: skip
 
@@ -524,7 +513,7 @@ def price(
     """
     market = _tensors(dict(spot=spot, strike=strike, maturity=maturity, rate=rate,
                            dividend=dividend), net.in_mean.device)  # fmt: skip
-    shape = _broadcast_shape(market)
+    shape = broadcast_named(market, "surrogate input")
     s, k, t, r, q = (v.expand(shape) for v in market.values())
     # spot, strike and rates are checked here: a NaN spot was reported as a log_moneyness
     # outside the domain
@@ -608,7 +597,7 @@ def greeks(
     """
     inputs = {"spot": spot, "maturity": maturity, "rate": rate, **params}
     tensors = _tensors({**inputs, "strike": strike, "dividend": dividend}, net.in_mean.device)
-    shape = _broadcast_shape({**tensors, "is_call": call_flags(is_call)})
+    shape = broadcast_named({**tensors, "is_call": call_flags(is_call)}, "surrogate input")
     # one leaf per option, so that each gradient entry is that option's own sensitivity
     leaves = {n: tensors[n].expand(shape).clone().requires_grad_() for n in inputs}
     with torch.no_grad():
