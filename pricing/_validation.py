@@ -12,6 +12,7 @@ import torch
 __all__ = [
     "PARAMETER_DOMAINS",
     "carry_and_discount",
+    "check_bounds_in_domain",
     "check_device",
     "check_finite",
     "check_nonnegative",
@@ -46,6 +47,21 @@ def outside_domain(name: str, low: float, high: float) -> str | None:
     below = low < lo or (low == lo and brackets[0] == "(")
     above = high > hi or (high == hi and brackets[1] == ")" and hi != math.inf)
     return f"{brackets[0]}{lo:g}, {hi:g}{brackets[1]}" if below or above else None
+
+
+def check_bounds_in_domain(name: str, low: float, high: float) -> None:
+    """Refuse fitting bounds ``(low, high)`` of ``name`` that leave its domain
+    (:func:`outside_domain`), naming both.
+
+    Examples:
+        >>> check_bounds_in_domain("rho", -1.5, 0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: bounds['rho']: (-1.5, 0) leaves rho's domain (-1, 1)
+    """
+    domain = outside_domain(name, low, high)
+    if domain:
+        raise ValueError(f"bounds[{name!r}]: ({low:g}, {high:g}) leaves {name}'s domain {domain}")
 
 
 def check_where(name: str, values: torch.Tensor, ok: torch.Tensor, requirement: str) -> None:

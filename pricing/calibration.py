@@ -28,7 +28,7 @@ from pricing._calibration_batch import (
     already_prepared,
     residual_tables,
 )
-from pricing._validation import check_device, is_whole, outside_domain
+from pricing._validation import check_bounds_in_domain, check_device, is_whole, outside_domain
 from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import DECIMAL_LIMITS, QuoteError, call_flags, read_quotes, shifts
 
@@ -586,10 +586,7 @@ def _check_inputs(
             raise ValueError(f"bounds[{name!r}]: expected (lower, upper), got {pair!r}") from None
         if not low <= high:  # NaN too
             raise ValueError(f"bounds[{name!r}]: lower {low} is not <= upper {high}")
-        domain = outside_domain(name, low, high)
-        if domain:
-            raise ValueError(f"bounds[{name!r}]: ({low:g}, {high:g}) leaves {name}'s domain "
-                             f"{domain}")  # fmt: skip
+        check_bounds_in_domain(name, low, high)
     if x0 is not None:
         unknown = sorted(set(x0) - set(names))
         needed = [n for n in names if n not in x0 and not (model == "sabr" and n == "beta")]

@@ -35,7 +35,7 @@ from pricing._heston_lewis import (
     scan_otm,
 )
 from pricing._implied_vol import solve_total_vol
-from pricing._validation import outside_domain
+from pricing._validation import check_bounds_in_domain
 from pricing.black_scholes import black_price
 from pricing.calibration import (
     MODEL_PARAMETERS,
@@ -222,11 +222,7 @@ def _box(
     if unknown:
         raise ValueError(f"unknown Heston parameter(s) in bounds: {sorted(unknown)}")
     for name in bounds or {}:  # a direct calibrate_surfaces call fitted rho in (-1.5, 0)
-        low, high = (float(b) for b in box[name])
-        domain = outside_domain(name, low, high)
-        if domain:
-            raise ValueError(f"bounds[{name!r}]: ({low:g}, {high:g}) leaves {name}'s domain "
-                             f"{domain}")  # fmt: skip
+        check_bounds_in_domain(name, *(float(b) for b in box[name]))
     both = torch.tensor([[box[n][i] for n in NAMES] for i in (0, 1)], dtype=torch.float64)
     lower, upper = both.to(device).unbind(0)
     return lower, upper
