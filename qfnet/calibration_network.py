@@ -34,7 +34,7 @@ from pricing.quotes import DECIMAL_LIMITS
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
-from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
+from qfnet.training.checkpoint import load_verified, save_atomically
 
 __all__ = [
     "BOX",
@@ -336,15 +336,7 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
         raise FileNotFoundError(f"no calibration network at {path}{hint}")
     # a cut or foreign file raised torch's RuntimeError, KeyError or JSONDecodeError, naming no
     # file; a damaged byte in a weight loaded without a word
-    problem = archive_problem(path)
-    if problem is not None:
-        raise ValueError(f"{path} is not a readable calibration network: {problem}")
-    try:
-        payload = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises several types for damaged or unsafe files
-        raise ValueError(
-            f"{path} is not a readable calibration network: {load_error_summary(exc)}"
-        ) from exc
+    payload = load_verified(path, "calibration network")
     metadata = _network_metadata(payload, path)
     try:
         arch = metadata["architecture"]

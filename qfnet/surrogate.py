@@ -39,7 +39,7 @@ from pricing._validation import check_device, check_finite, check_not_bool, chec
 from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
-from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
+from qfnet.training.checkpoint import load_verified, save_atomically
 
 __all__ = [
     "BASES",
@@ -331,15 +331,8 @@ def load_surrogate(
         shipped = DEFAULT_SURROGATE.parent in target.parents
         hint = f" ({missing_hint()})" if shipped else ""
         raise FileNotFoundError(f"surrogate file {target} does not exist{hint}")
-    problem = archive_problem(target)  # a flipped bit in a weight loaded without a word
-    if problem is not None:
-        raise ValueError(f"{target} is not a readable surrogate file: {problem}")
-    try:
-        payload = torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(
-            f"{target} is not a readable surrogate file: {load_error_summary(exc)}"
-        ) from exc
+    # its CRCs checked: a flipped bit in a weight loaded without a word
+    payload = load_verified(target, "surrogate file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{target} is not a {FORMAT} file")
     if payload.get("format_version") != FORMAT_VERSION:  # a newer file was read as this one

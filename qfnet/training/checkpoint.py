@@ -28,6 +28,7 @@ __all__ = [
     "link_checkpoint",
     "load_checkpoint",
     "load_error_summary",
+    "load_verified",
     "save_atomically",
     "save_checkpoint",
     "set_rng_state",
@@ -229,6 +230,29 @@ def archive_problem(path: str | Path) -> str | None:
     if bad is not None:
         return f"corrupted or tampered with, CRC mismatch in member {bad!r}"
     return None
+
+
+def load_verified(path: str | Path, what: str) -> Any:
+    """``torch.load`` of a ``.pt`` file to the CPU with ``weights_only=True``, its CRCs checked
+    first (:func:`archive_problem`); a ValueError ``"{path} is not a readable {what}: why"``
+    where it is damaged, cut or refused by the unpickler.
+
+    Examples:
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "net.pt"
+        ...     _ = path.write_bytes(b"PK")
+        ...     load_verified(path, "network")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../net.pt is not a readable network: truncated or corrupted, ...
+    """
+    problem = archive_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a readable {what}: {problem}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or unsafe files
+        raise ValueError(f"{path} is not a readable {what}: {load_error_summary(exc)}") from exc
 
 
 def load_error_summary(exc: BaseException) -> str:
