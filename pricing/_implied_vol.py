@@ -456,12 +456,10 @@ def _solve_positive(x, beta, start=None, compiled=False) -> tuple[torch.Tensor, 
         target = torch.log(torch.where(upper, b_max - beta, beta))
         if start is None:
             s0 = _guess(x, beta, b_max)
+            s, done = _fast_phase(x, s0, target, upper, 2)
         else:
             usable = torch.isfinite(start) & (start > 0)
             s0 = start if bool(usable.all()) else torch.where(usable, start, _guess(x, beta, b_max))
-        if start is None:
-            s, done = _fast_phase(x, s0, target, upper, 2)
-        else:
             s, done = _near_start(x, s0, target, upper, 2)
     if bool(done.all()):
         return s, done
