@@ -322,8 +322,7 @@ def iv(
     )  # fmt: skip
     # a row with nothing to solve was "invalid input (a non-finite value, ...)": name the gap
     live_status = np.where(prepared["mid"].isna().to_numpy(), NO_PRICE, live_status)
-    vol, status = np.full(len(table), np.nan), np.full(len(table), EXPIRED, dtype=object)
-    vol[~expired], status[~expired] = live_vol, live_status
+    vol, status = _on_rows(~expired, live_vol, np.nan), _on_rows(~expired, live_status, EXPIRED)
     if {"bid", "ask"} <= set(table.columns):
         crossed = (table["bid"] > table["ask"]).to_numpy() & ~expired
         vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
@@ -338,14 +337,19 @@ def iv(
         result = result.rename(columns={"implied_vol": "market_implied_vol"})
         kept = "; the file's implied_vol kept as market_implied_vol"
     for column in ("forward", "discount"):  # NaN on expired rows
-        values = np.full(len(table), np.nan)
-        values[~expired] = prepared[column].to_numpy(float)
-        result[column] = values
+        result[column] = _on_rows(~expired, prepared[column].to_numpy(float), np.nan)
     result["implied_vol"], result["status"] = vol, status
     write_table(result, out)
     n_bad = int((status != "ok").sum())
     rows = "row" if len(result) == 1 else "rows"
     typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable) -> {out}{kept}")
+
+
+def _on_rows(keep: np.ndarray, values: np.ndarray, fill: object) -> np.ndarray:
+    """``values`` of the rows ``keep`` ``(R,)`` (as many as it has True), ``fill`` elsewhere."""
+    out = np.full(len(keep), fill, dtype=np.result_type(values, np.asarray(fill)))
+    out[keep] = values
+    return out
 
 
 def _rows(table: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
