@@ -13,8 +13,11 @@ import ``qfnet``.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +33,7 @@ from pricing.calibration_heston import (
 )
 from pricing.heston import otm_implied_vol
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
-from qfnet.surrogate import implied_vol, load_surrogate
+from qfnet.surrogate import SurrogateNet, default_surrogate_path, implied_vol, load_surrogate
 
 __all__ = ["fit_with_surrogate"]
 
@@ -40,6 +43,26 @@ __all__ = ["fit_with_surrogate"]
 _TOLERANCES = {"ftol": 1e-6, "xtol": 1e-8, "gtol": 1e-10}
 SURROGATE_SCAN_WITH_PROPOSALS = 64
 """Scan points of the surrogate's domain kept beside a start provider's proposal (1024 without)."""
+
+
+def _surrogate(path: str | os.PathLike[str] | None) -> SurrogateNet:
+    """:func:`qfnet.surrogate.load_surrogate`, cached per file, inode, modification time and size
+    (a retrained file, written atomically to a new inode, is reloaded): a history of surfaces
+    calibrated one call each loads and verifies the file once (~6 ms a call). The cached network
+    stays inside this module, which never trains it."""
+    target = Path(path) if path is not None else default_surrogate_path()
+    if target.is_dir():
+        target = target / "model.pt"
+    try:
+        stat = target.stat()
+    except OSError:  # load_surrogate's own message (no such file, and the shipped file's hint)
+        return load_surrogate(target)
+    return _cached_surrogate(target.resolve(), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_surrogate(path: Path, stamp: tuple[int, int, int]) -> SurrogateNet:
+    return load_surrogate(path)
 
 
 def _box(net: Any, bounds: Mapping[str, tuple[float, float]] | None) -> tuple[torch.Tensor, ...]:
@@ -133,7 +156,7 @@ def fit_with_surrogate(
 def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
     try:
-        net = load_surrogate(options.pop("surrogate", None))
+        net = _surrogate(options.pop("surrogate", None))
     except FileNotFoundError as error:
         raise NotImplementedError(
             f"method 'surrogate' needs a trained surrogate: {error}"

@@ -14,7 +14,7 @@ from pricing.calibration import calibrate
 from pricing.datasets import HESTON_DOMAIN
 from pricing.heston import otm_implied_vol
 from pricing.heston import price as heston_price
-from qfnet import calibration_surrogate  # noqa: F401  (registers the method)
+from qfnet import calibration_surrogate  # registers the method
 from qfnet.calibration_surrogate import fit_with_surrogate
 from qfnet.surrogate import build_surrogate, implied_vol, load_surrogate, save_surrogate
 
@@ -142,3 +142,15 @@ def test_fit_with_surrogate_returns_its_vols_at_weight_0_quotes(tiny_surrogate: 
     fields = dict(zip(TRUE, params, strict=True))  # v0, kappa, theta, sigma, rho
     expected = implied_vol(net, maturity=t, log_moneyness=k, **fields)
     torch.testing.assert_close(vols, expected, rtol=1e-12, atol=0.0)
+
+
+def test_the_surrogate_file_is_loaded_once_and_reloaded_when_rewritten(tmp_path: Path) -> None:
+    path = save_surrogate(build_surrogate(HESTON_DOMAIN, hidden=(8,)), tmp_path / "model.pt")
+    first = calibration_surrogate._surrogate(tmp_path)  # a run directory names its model.pt
+    assert calibration_surrogate._surrogate(path) is first
+    retrained = build_surrogate(HESTON_DOMAIN, hidden=(8,))
+    torch.nn.init.constant_(retrained.mlp.head.weight, 0.25)
+    save_surrogate(retrained, path)  # same path and size, a new file
+    again = calibration_surrogate._surrogate(path)
+    assert again is not first
+    torch.testing.assert_close(again.mlp.head.weight, retrained.mlp.head.weight, rtol=0, atol=0)
