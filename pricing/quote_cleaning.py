@@ -23,6 +23,7 @@ from pricing.quote_arbitrage import calendar_violations, strike_violations
 from pricing.quotes import (
     NUMERIC_COLUMNS,
     QuoteError,
+    carry_yields,
     check_one_quote_date,
     read_quotes,
     require_columns,
@@ -191,7 +192,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     :data:`PARITY_RATES` (``parity_rate_discount``), ``D`` is the expiry's given ``discount``,
     else ``exp(-r T)``, and ``F`` is the mean of ``K + (C - P) / D`` over the pairs.
     Expiries without pairs use that ``D`` with their given ``forward`` (``given``), else with
-    ``F = S exp(-q T) / D`` (``carry``).
+    ``F = S exp(-(q + b) T) / D`` (``carry``; ``b`` a ``borrow`` cost, 0 without one).
 
     Args:
         quotes: a table from :func:`pricing.quotes.read_quotes` (needs ``strike``, ``maturity``,
@@ -216,7 +217,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     rows = []
     for key, group in quotes.groupby("_key", sort=True):
         t = float(group["maturity"].iloc[0])
-        rate, dividend = float(group["rate"].iloc[0]), float(group["dividend"].iloc[0])
+        rate, dividend = float(group["rate"].iloc[0]), float(carry_yields(group)[0])
         discount = np.exp(-rate * t)
         if "discount" in group and group["discount"].notna().all():
             discount = group["discount"].mean()  # a given discount is the expiry's rate

@@ -20,12 +20,15 @@ import pandas as pd
 __all__ = [
     "COLUMN_ALIASES",
     "DECIMAL_LIMITS",
+    "MATURITY_DATE_TOLERANCE",
+    "MATURITY_LIMIT",
     "MISSING_VALUES",
     "NUMERIC_COLUMNS",
     "PATH_DEPENDENT_COLUMNS",
     "STRIKE_RATIO_LIMIT",
     "QuoteError",
     "call_flags",
+    "carry_yields",
     "check_one_quote_date",
     "read_quotes",
     "require_columns",
@@ -70,6 +73,9 @@ COLUMN_ALIASES: dict[str, str] = {
     "zero_rate": "rate",
     "risk_free_rate": "rate",
     "interest_rate": "rate",
+    "borrow_rate": "borrow",
+    "borrow_cost": "borrow",
+    "borrow_fee": "borrow",
     "q": "dividend",
     "div": "dividend",
     "dividend_yield": "dividend",
@@ -94,6 +100,8 @@ COLUMN_ALIASES: dict[str, str] = {
     "style": "exercise",
     "volatility_type": "vol_type",
     "vol_convention": "vol_type",
+    "repo_rate": "repo",
+    "repo_spread": "repo",
 }
 """Alias -> canonical column name (keys lower-cased, spaces and dashes turned into ``_``)."""
 
@@ -103,6 +111,7 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "spot",
     "rate",
     "dividend",
+    "borrow",
     "forward",
     "discount",
     "bid",
@@ -142,7 +151,7 @@ _OPTION_TYPES = {
     "puts": "put",
 }
 # Columns whose entries must all be present once the column exists (others may have gaps).
-_REQUIRED_VALUES = ("strike", "maturity", "spot", "rate", "dividend")
+_REQUIRED_VALUES = ("strike", "maturity", "spot", "rate", "dividend", "borrow")
 _POSITIVE = ("strike", "maturity", "spot", "forward", "discount", "implied_vol", "volatility")
 _NON_NEGATIVE = ("bid", "ask", "mid", "price")
 
@@ -375,6 +384,10 @@ def _date_texts(frame: pd.DataFrame, columns: Sequence[str]) -> list[tuple[str, 
 # The way to settle ambiguous numeric dates that the error names; the qfnet commands put their
 # --dayfirst/--monthfirst options in its place (qfnet._cli.quote_message).
 DAYFIRST_HINT = "read_quotes(..., dayfirst=True/False)"
+DAYFIRST_OPTIONS = {
+    True: "read_quotes(..., dayfirst=True)",
+    False: "read_quotes(..., dayfirst=False)",
+}
 
 
 def _day_first(texts: list[tuple[str, str, int]], dayfirst: bool | None, locate: _Locator) -> bool:
@@ -423,6 +436,41 @@ def _parse_date(value: object, day_first: bool) -> pd.Timestamp:
     return (stamp.tz_localize(None) if stamp.tzinfo is not None else stamp).normalize()
 
 
+def _date_reason(value: object, day_first: bool, error: Exception) -> str:
+    """Why ``value`` is no date as ``day_first`` reads numeric dates, for an error message."""
+    if pd.isna(value):
+        return "missing value"
+    if isinstance(error, _DateFormError):
+        return f"not a date: {_show(value)} ({error})"
+    try:  # a date of the other reading: the day-first option contradicts the file
+        _parse_date(value, not day_first)
+    except (ValueError, TypeError, OverflowError):
+        return f"not a date: {_show(value)}"
+    said, other = ("day/month", "month/day") if day_first else ("month/day", "day/month")
+    return (f"not a date: {_show(value)} (it does not read {said}/year, as "
+            f"{DAYFIRST_OPTIONS[day_first]} says: {other}/year? pass "
+            f"{DAYFIRST_OPTIONS[not day_first]})")  # fmt: skip
+
+
+def _column_dates(
+    frame: pd.DataFrame, column: str, day_first: bool, locate: _Locator | None
+) -> pd.DatetimeIndex:
+    """The dates of ``column``; an entry that is no date raises naming its row, or is NaT
+    where ``locate`` is None."""
+    parsed: dict[object, pd.Timestamp] = {}
+    dates = []
+    for i, value in enumerate(frame[column].to_numpy()):
+        if value not in parsed:
+            try:
+                parsed[value] = _parse_date(value, day_first)
+            except (ValueError, TypeError, OverflowError) as error:
+                if locate is not None:
+                    raise locate.error(i, column, _date_reason(value, day_first, error)) from None
+                parsed[value] = pd.NaT
+        dates.append(parsed[value])
+    return pd.DatetimeIndex(dates)
+
+
 def _year_fractions(
     frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None, allow_expired: bool = False
 ) -> None:
@@ -434,28 +482,54 @@ def _year_fractions(
         raise QuoteError(
             "'expiry' needs a 'quote_date' column to compute maturity", column="expiry"
         )
-    columns = ("expiry", "quote_date")
-    day_first = _day_first(_date_texts(frame, columns), dayfirst, locate)
-    dates: dict[str, list[pd.Timestamp]] = {column: [] for column in columns}
-    for column in columns:
-        parsed = {}
-        for i, value in enumerate(frame[column].to_numpy()):
-            if value not in parsed:
-                try:
-                    parsed[value] = _parse_date(value, day_first)
-                except (ValueError, TypeError, OverflowError) as error:
-                    reason = "missing value" if pd.isna(value) else f"not a date: {_show(value)}"
-                    if isinstance(error, _DateFormError):
-                        reason += f" ({error})"
-                    raise locate.error(i, column, reason) from None
-            dates[column].append(parsed[value])
-    days = (pd.DatetimeIndex(dates["expiry"]) - pd.DatetimeIndex(dates["quote_date"])).days
+    day_first = _day_first(_date_texts(frame, ("expiry", "quote_date")), dayfirst, locate)
+    expiry, quote_date = (
+        _column_dates(frame, c, day_first, locate) for c in ("expiry", "quote_date")
+    )
+    days = (expiry - quote_date).days
     early = np.flatnonzero(days.to_numpy() <= 0)
     if early.size and not allow_expired:
         i = int(early[0])
-        raise locate.error(i, "expiry", f"expiry {dates['expiry'][i].date()} is not after "
-                                        f"quote_date {dates['quote_date'][i].date()}")  # fmt: skip
+        raise locate.error(i, "expiry", f"expiry {expiry[i].date()} is not after "
+                                        f"quote_date {quote_date[i].date()}")  # fmt: skip
     frame["maturity"] = days.to_numpy(dtype="float64") / 365.0
+
+
+MATURITY_DATE_TOLERANCE = (2.0, 0.02)
+"""Days, and fraction of the term, by which a given ``maturity`` may differ from its ``expiry``
+and ``quote_date`` (calendar days / 365): a time of day, a weekend in trading-day time, ACT/360
+or ACT/365.25 year fractions; beyond it the two disagree, an error."""
+
+
+def _check_maturity_dates(frame: pd.DataFrame, locate: _Locator, dayfirst: bool | None) -> None:
+    """A ``maturity`` column beside ``expiry`` and ``quote_date`` must agree with them (it was
+    used unchecked): the first row off by more than :data:`MATURITY_DATE_TOLERANCE` is an error
+    naming both. Entries that are not dates are not checked (the maturity is what is read)."""
+    if not {"maturity", "expiry", "quote_date"} <= set(frame):
+        return
+    try:
+        readings = [_day_first(_date_texts(frame, ("expiry", "quote_date")), dayfirst, locate)]
+    except QuoteError:  # dates that read either way: the maturity may agree with one reading
+        readings = [True, False]
+    maturity = frame["maturity"].to_numpy(float)
+    found = []
+    for day_first in readings:
+        expiry, quote_date = (
+            _column_dates(frame, c, day_first, None) for c in ("expiry", "quote_date")
+        )
+        days = (expiry - quote_date).days.to_numpy(dtype="float64")  # NaN where one is no date
+        absolute, relative = MATURITY_DATE_TOLERANCE
+        bad = np.flatnonzero(np.abs(maturity * 365 - days) > absolute + relative * np.abs(days))
+        if not bad.size:
+            return
+        found.append((bad, expiry, quote_date, days))
+    bad, expiry, quote_date, days = min(found, key=lambda f: len(f[0]))
+    i = int(bad[0])
+    raise locate.error(i, "maturity", f"{_show(frame['maturity'].iloc[i])} years disagrees with "
+                                      f"expiry {expiry[i].date()} and quote_date "
+                                      f"{quote_date[i].date()}, {days[i]:.0f} days "
+                                      f"({_years(days[i] / 365)}): give the maturity or the "
+                                      "dates, or correct one")  # fmt: skip
 
 
 def check_one_quote_date(quotes: pd.DataFrame) -> None:
@@ -534,7 +608,13 @@ def _validate(frame: pd.DataFrame, locate: _Locator, allow_expired: bool = False
             raise locate.error(i, column, f"must be {op}, got {_show(frame[column].iloc[i])}")
 
 
-DECIMAL_LIMITS = {"implied_vol": 5.0, "volatility": 5.0, "rate": 1.0, "dividend": 1.0}
+DECIMAL_LIMITS = {
+    "implied_vol": 5.0,
+    "volatility": 5.0,
+    "rate": 1.0,
+    "dividend": 1.0,
+    "borrow": 1.0,
+}
 """Magnitudes beyond which a vol or rate is taken for a percentage (20 for 20%), an error."""
 
 STRIKE_RATIO_LIMIT = 100.0
@@ -561,6 +641,43 @@ def _check_strike_scale(frame: pd.DataFrame, locate: _Locator) -> None:
                                         "strike itself")  # fmt: skip
 
 
+def _years(value: float) -> str:
+    """``value`` years in words: ``'1 year'``, ``'0.5014 years'``."""
+    return f"{value:.4g} year" + ("" if f"{value:.4g}" == "1" else "s")
+
+
+MATURITY_LIMIT = 100.0
+"""Years beyond which a given ``maturity`` is taken for days (a ``ttm`` of 365), an error."""
+
+
+def _check_maturity_scale(frame: pd.DataFrame, locate: _Locator) -> None:
+    """Refuse a given ``maturity`` beyond :data:`MATURITY_LIMIT` years: days read as years."""
+    bad = np.flatnonzero((frame["maturity"] > MATURITY_LIMIT).to_numpy())
+    if bad.size:
+        i = int(bad[0])
+        value = frame["maturity"].iloc[i]
+        raise locate.error(i, "maturity", f"{_show(value)} years looks like days ({value:g} "
+                                          f"days is {_years(value / 365)}): give year "
+                                          "fractions")  # fmt: skip
+
+
+def _check_repo(frame: pd.DataFrame, locate: _Locator) -> None:
+    """Refuse a ``repo`` column where a forward is to be made from the spot: a repo rate replaces
+    ``rate`` in the forward by one convention and is a spread subtracted from the carry by
+    another (it was ignored). Where every row gives its ``forward``, the repo is in it."""
+    if "repo" not in frame or ("forward" in frame and frame["forward"].notna().all()):
+        return
+    text = frame["repo"].astype(str).str.strip().str.lower()
+    given = np.flatnonzero((frame["repo"].notna() & ~text.isin(MISSING_VALUES)).to_numpy())
+    if given.size:
+        raise locate.error(int(given[0]), "repo", f"{_show(frame['repo'].iloc[int(given[0])])}: a "
+                                                  "repo rate is ambiguous (the forward's rate, or "
+                                                  "a borrow spread); name a borrow spread "
+                                                  "'borrow' (forward = spot exp((rate - dividend "
+                                                  "- borrow) T)), or give a 'forward' "
+                                                  "column")  # fmt: skip
+
+
 def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
     """Refuse what the library would otherwise misread: American exercise, normal vols, vols
     and rates in percent, strikes in thousandths."""
@@ -570,7 +687,9 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
             bad = np.flatnonzero((frame[column].abs() > limit).to_numpy())
             if bad.size:
                 i = int(bad[0])
-                example = "0.02 for 2%" if column in ("rate", "dividend") else "0.2 for 20%"
+                example = (
+                    "0.2 for 20%" if column in ("implied_vol", "volatility") else "0.02 for 2%"
+                )
                 raise locate.error(i, column, f"{_show(frame[column].iloc[i])} looks like a "
                                               f"percentage: give decimals ({example})")  # fmt: skip
     checks = {"exercise": (r"american|bermudan|^\s*a\s*$", "European exercise only (American and "
@@ -644,8 +763,12 @@ def read_quotes(
     ``div`` -> ``dividend``, ``iv``/``vol`` -> ``implied_vol``, ...; see :data:`COLUMN_ALIASES`).
     Option types ``C``/``P``/``call``/``put`` become ``call``/``put``. ``maturity`` is computed
     from ``expiry`` and ``quote_date`` when absent, row by row, as calendar days / 365 (ACT/365F;
-    a time of day is dropped, so an expiry on the quote date is a maturity of 0); ``rate`` and
-    ``dividend`` default to 0. Unrecognised columns are kept unchanged. ``option_type`` may be
+    a time of day is dropped, so an expiry on the quote date is a maturity of 0); a ``maturity``
+    given beside them must agree within :data:`MATURITY_DATE_TOLERANCE`, and one above
+    :data:`MATURITY_LIMIT` years is refused as days. ``rate`` and ``dividend`` default to 0; a
+    ``borrow`` cost (``borrow_rate``, ``borrow_cost``) carries the spot like a dividend
+    (:func:`carry_yields`), and a ``repo`` column, ambiguous, is refused unless every row gives
+    its ``forward``. Unrecognised columns are kept unchanged. ``option_type`` may be
     absent (the consumer decides). In numeric columns, an empty cell and the usual spellings of
     a missing value (:data:`MISSING_VALUES`: ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``,
     ``None``, ``-``, in any case) are missing: an error in ``strike``, ``maturity``, ``spot``,
@@ -696,8 +819,12 @@ def read_quotes(
     locate = _Locator(lines, name)
     _check_path_dependent(frame, locate)
     _normalise_option_type(frame, locate)
+    given_maturity = "maturity" in frame
     _year_fractions(frame, locate, dayfirst, allow_expired)
     _coerce_numeric(frame, locate)
+    if given_maturity:
+        _check_maturity_scale(frame, locate)
+        _check_maturity_dates(frame, locate, dayfirst)
     _infer_other_columns(frame)
     defaulted = [column for column in ("rate", "dividend") if column not in frame]
     for column in defaulted:
@@ -706,12 +833,26 @@ def read_quotes(
         frame["shift"] = float(shift)
     _validate(frame, locate, allow_expired)
     _check_conventions(frame, locate)
+    _check_repo(frame, locate)
     if not allow_crossed:
         _check_crossed(frame, locate)
     if lines is not None:
         frame.attrs["file_lines"] = lines.tolist()
     frame.attrs["defaulted"] = defaulted
     return frame
+
+
+def carry_yields(quotes: pd.DataFrame) -> np.ndarray:
+    """The yield a spot is carried at besides the rate, per row, shape (N,): ``dividend`` plus
+    ``borrow`` (a stock-borrow cost; 0 where a column is absent), so that the forward made from
+    a spot is ``spot * exp((rate - dividend - borrow) T)``.
+
+    Examples:
+        >>> carry_yields(pd.DataFrame({"dividend": [0.01, 0.02], "borrow": [0.005, 0.0]})).tolist()
+        [0.015, 0.02]
+    """
+    zero = pd.Series(0.0, quotes.index)
+    return (quotes.get("dividend", zero) + quotes.get("borrow", zero)).to_numpy(float)
 
 
 def shifts(quotes: pd.DataFrame) -> pd.Series:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from pricing.quotes import DAYFIRST_HINT
+from pricing.quotes import DAYFIRST_HINT, DAYFIRST_OPTIONS
 
 __all__ = ["DAYFIRST_FLAGS", "DAYFIRST_HELP", "fail", "quote_message"]
 
@@ -31,10 +31,15 @@ def fail(message: str) -> typer.Exit:
 
 def quote_message(message: str) -> str:
     """A quote-reading error as a command-line user reads it: the ``read_quotes(...,
-    dayfirst=...)`` argument that settles ambiguous dates becomes the command's options.
+    dayfirst=...)`` arguments that settle numeric dates become the command's options.
 
     Examples:
         >>> quote_message("write them as YYYY-MM-DD (or pass read_quotes(..., dayfirst=True/False))")
         'write them as YYYY-MM-DD (or pass --dayfirst or --monthfirst)'
+        >>> quote_message("as read_quotes(..., dayfirst=False) says: pass read_quotes(..., dayfirst=True)")
+        'as --monthfirst says: pass --dayfirst'
     """
-    return message.replace(DAYFIRST_HINT, "--dayfirst or --monthfirst")
+    message = message.replace(DAYFIRST_HINT, "--dayfirst or --monthfirst")
+    for day_first, flag in ((True, "--dayfirst"), (False, "--monthfirst")):
+        message = message.replace(DAYFIRST_OPTIONS[day_first], flag)
+    return message

@@ -27,6 +27,7 @@ import pandas as pd
 
 from pricing.quotes import read_quotes
 from qfnet._paths import data_dir
+from qfnet.calibration_notes import calibration_notes
 from qfnet.price_rows import price_table
 
 __all__ = ["DAX_SURFACE", "DemoSettings", "otm_surface", "run_demo", "sabr_beyond_hagan"]
@@ -255,7 +256,7 @@ def _calibration_stage(out: Path, seed: int) -> tuple[list[str], dict[str, float
         "",
         f"Heston (direct): {params}",
         "",
-        *_calibration_notes(results, warned),
+        *calibration_notes(results, warned),
         "![heston smiles](smiles_heston.png) ![sabr smiles](smiles_sabr.png)",
     ]
     return lines, dict(best.params)
@@ -323,69 +324,6 @@ def _quantlib_reference_sse() -> tuple[str, float]:
     return ql.__version__, sse
 
 
-def _network_box() -> dict[str, tuple[float, float]]:
-    """The parameter box the shipped calibration network was trained on."""
-    from qfnet.calibration_network import NAMES, load_network
-
-    net = load_network()
-    return dict(zip(NAMES, zip(net.lower.tolist(), net.upper.tolist(), strict=True), strict=True))
-
-
-def _surrogate_box() -> dict[str, tuple[float, float]]:
-    """The parameter domain of the shipped Heston surrogate."""
-    from qfnet.surrogate import load_surrogate
-
-    return {name: (low, high) for name, low, high in load_surrogate().domain.params}
-
-
-def _outside(params: dict[str, float], box: dict[str, tuple[float, float]]) -> list[str]:
-    """The names of the parameters outside ``box``.
-
-    Examples:
-        >>> _outside({"kappa": 15.56, "rho": -0.5}, {"kappa": (0.5, 5.0), "rho": (-0.95, 0.0)})
-        ['kappa']
-    """
-    return [n for n, v in params.items() if n in box and not box[n][0] <= v <= box[n][1]]
-
-
-def _values(params: dict[str, float], names: list[str]) -> str:
-    return ", ".join(f"{n} {params[n]:.3g}" for n in names)
-
-
-def _calibration_notes(results: dict[str, Any], warned: list[str]) -> list[str]:
-    """Why rows differ: the ``direct`` optimum against the boxes of the ``network`` (which cannot
-    answer beyond its own) and ``surrogate`` methods, and the warnings the methods raised."""
-    direct, lines = results["direct"], []
-    if "network" in results:
-        box, network = _network_box(), results["network"]
-        outside = _outside(direct.params, box)
-        ranges = ", ".join(f"{n} {lo:g} to {hi:g}" for n, (lo, hi) in box.items())
-        where = "The `direct` optimum lies inside that box."
-        if outside:
-            where = (f"The `direct` optimum lies outside it ({_values(direct.params, outside)}): "
-                     f"the network's answer stays inside ({_values(network.params, outside)}), "
-                     f"hence its RMSE of {network.rmse_iv_bp:.1f} bp against "
-                     f"{direct.rmse_iv_bp:.1f} bp.")  # fmt: skip
-        lines += [
-            "`network` answers in one forward pass (0 iterations, no optimisation: `converged` "
-            f"only says it answered), with parameters of the box it was trained on ({ranges}). "
-            + where,
-            "",
-        ]
-    surrogate = results.get("surrogate")
-    outside = _outside(surrogate.params, _surrogate_box()) if surrogate is not None else []
-    if outside:
-        lines += [
-            "`surrogate` fits within the surrogate's domain, then polishes the fit with the "
-            "exact pricer (its default), which takes it beyond that domain "
-            f"({_values(surrogate.params, outside)}).",
-            "",
-        ]
-    if warned:
-        lines += ["Warnings of the methods:", "", *(f"- {w}" for w in warned), ""]
-    return lines
-
-
 def _hedging_stage(
     out: Path, settings: DemoSettings, heston: dict[str, float], seed: int
 ) -> list[str]:
@@ -426,8 +364,47 @@ def _hedging_stage(
         "",
         table.to_markdown(index=False, floatfmt=".4g"),
         "",
+        *_hedge_columns(config, report),
+        "",
         plots,
     ]
+
+
+def _hedge_columns(config: Any, report: dict[str, Any]) -> list[str]:
+    """What the ``turnover`` and ``cost`` columns of the hedging table measure, one line each,
+    with the ``learned`` and ``delta`` rows of ``report`` as examples.
+
+    Examples:
+        >>> from qfnet.hedging.config import load_config
+        >>> rows = {"learned": {"turnover": 1.2, "cost": 0.0011},
+        ...         "delta": {"turnover": 2.5, "cost": 0.0024}}
+        >>> turnover, cost = _hedge_columns(load_config(HEDGE_CONFIG), rows)
+        >>> turnover  # doctest: +NORMALIZE_WHITESPACE
+        '- `turnover`: units traded per path (mean over the test paths), every trade counted:
+        the first from a flat book and the liquidation at expiry included; `learned` 1.2,
+        `delta` 2.5.'
+        >>> cost  # doctest: +NORMALIZE_WHITESPACE
+        "- `cost`: transaction costs paid per path (mean), 10 bp of each trade's value, in time-0
+        money and already deducted from `mean`; `learned` 0.0011, `delta` 0.0024."
+    """
+    market = config.market
+    close = "and the liquidation at expiry " if market.liquidate else "(no liquidation at expiry) "
+    summed = " summed over the instruments," if len(market.instruments) > 1 else ""
+    learned, delta = report["learned"], report["delta"]
+    return [
+        f"- `turnover`: units traded per path (mean over the test paths),{summed} every trade "
+        f"counted: the first from a flat book {close}included; `learned` "
+        f"{learned['turnover']:.3g}, `delta` {delta['turnover']:.3g}.",
+        f"- `cost`: transaction costs paid per path (mean), {_cost_bp(market)} bp of each "
+        "trade's value, in time-0 money and already deducted from `mean`; `learned` "
+        f"{learned['cost']:.3g}, `delta` {delta['cost']:.3g}.",
+    ]
+
+
+def _cost_bp(market: Any) -> str:
+    """The proportional cost rate(s) of a market config in basis points (``10`` or ``10/5``)."""
+    costs = market.cost if isinstance(market.cost, list) else [market.cost]
+    return "/".join(f"{c * 1e4:g}" for c in costs)
 
 
 def _hedge_setup(config: Any) -> str:
@@ -443,8 +420,7 @@ def _hedge_setup(config: Any) -> str:
     market, option = config.market, config.derivative
     moneyness = "at-the-money " if option.strike == market.spot else ""
     kind = "call" if option.is_call else "put"
-    costs = market.cost if isinstance(market.cost, list) else [market.cost]
-    bp = "/".join(f"{c * 1e4:g}" for c in costs)
+    bp = _cost_bp(market)
     objective = config.objective
     goal = f"ES{objective.alpha * 100:g}" if objective.name == "es" else objective.name
     epochs = config.training.epochs

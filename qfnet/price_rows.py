@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes as bs
 from pricing._validation import check_nonnegative
-from pricing.quotes import QuoteError, call_flags, require_columns
+from pricing.quotes import QuoteError, call_flags, carry_yields, require_columns
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -36,7 +36,8 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 
 def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Forward and discount factor per row: the ``forward``/``discount`` columns where present,
-    else ``spot * exp((rate - dividend) T)`` and ``exp(-rate T)``; a row with a ``discount`` but
+    else ``spot * exp((rate - dividend - borrow) T)`` and ``exp(-rate T)`` (a ``borrow`` cost
+    carries like a dividend, :func:`pricing.quotes.carry_yields`); a row with a ``discount`` but
     no ``forward`` carries its spot at the discount's rate, ``spot * exp(-dividend T) / discount``.
 
     Shape:
@@ -51,7 +52,7 @@ def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     require_columns(quotes, ["strike", "maturity"], "pricing")
     t = quotes["maturity"].to_numpy(float)
     rate = quotes["rate"].to_numpy(float) if "rate" in quotes else np.zeros_like(t)
-    dividend = quotes["dividend"].to_numpy(float) if "dividend" in quotes else np.zeros_like(t)
+    dividend = carry_yields(quotes)  # with a borrow cost (it was ignored)
     discount = np.exp(-rate * t)
     forward = np.full_like(t, np.nan)
     if "spot" in quotes:

@@ -335,8 +335,10 @@ def load_surrogate(
     payload = load_verified(target, "surrogate file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{target} is not a {FORMAT} file")
-    if payload.get("format_version") != FORMAT_VERSION:  # a newer file was read as this one
-        raise ValueError(f"{target} is {FORMAT} version {payload.get('format_version')!r}; "
+    version = payload.get("format_version")
+    # a newer file was read as this one; True (== 1) and 1.0 passed the != test
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ValueError(f"{target} is {FORMAT} version {version!r}; "
                          f"this qfnet reads version {FORMAT_VERSION}")  # fmt: skip
     try:
         net = _from_payload(payload)

@@ -264,7 +264,7 @@ def surrogate_price_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Price quote-table rows with a surrogate (default: the shipped Heston one).
 
-    Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend) T)`` and
+    Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend - borrow) T)`` and
     ``exp(-rate T)``; model parameters come from the columns named by the surrogate's domain.
     SABR surrogates are forward-normalised (``F = 1``): each row's ``alpha`` is rescaled to
     ``alpha F^(beta - 1)``, the same dynamics for ``F_t / F``. ``model``, when given, must be the
@@ -294,7 +294,8 @@ def surrogate_price_rows(
     if "forward" in df.columns:
         forward = _column(df, "forward")
     else:
-        carry = _column(df, "rate", 0.0) - _column(df, "dividend", 0.0)
+        # a borrow cost carries like a dividend (pricing.quotes.carry_yields; it was ignored)
+        carry = _column(df, "rate", 0.0) - _column(df, "dividend", 0.0) - _column(df, "borrow", 0.0)
         forward = _column(df, "spot") * torch.exp(carry * t)
     if "discount" in df.columns:
         discount = _column(df, "discount")

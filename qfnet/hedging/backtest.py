@@ -44,11 +44,11 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     """Read user price paths from Parquet and rescale each to start at ``market.spot``.
 
     Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order) or *long*
-    (columns ``path``, ``step``, ``spot`` and optionally ``variance``). Each path is multiplied by
-    ``spot / S_0`` so the option (struck relative to ``spot``) is hedged on every window alike.
-    Without ``variance`` a Heston market's implied-vol proxy stays at its time-0 level on every
-    path and step (:meth:`Market.vol_proxy`; the deltas, the band and the learned policy's
-    features see no change of volatility).
+    (columns ``path``, ``step`` (numbers or dates), ``spot`` and optionally ``variance``). Each
+    path is multiplied by ``spot / S_0`` so the option (struck relative to ``spot``) is hedged
+    on every window alike. Without ``variance`` a Heston market's implied-vol proxy stays at its
+    time-0 level on every path and step (:meth:`Market.vol_proxy`; the deltas, the band and the
+    learned policy's features see no change of volatility).
 
     Shape:
         - output spot (and variance, when given): (N, T + 1)
@@ -80,6 +80,12 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
             i = int(np.flatnonzero(repeated.to_numpy())[0])
             raise ValueError(f"paths file {path}: row {i + 1} repeats path "
                              f"{frame['path'].iloc[i]}, step {frame['step'].iloc[i]}")  # fmt: skip
+        step = frame["step"]
+        if not (pd.api.types.is_numeric_dtype(step) or pd.api.types.is_datetime64_any_dtype(step)):
+            # text steps sorted as text: "10" came before "2", and the prices out of time order
+            raise ValueError(f"paths file {path}: column 'step' must hold numbers or dates (in "
+                             f"time order), got {step.dtype} values such as "
+                             f"{step.iloc[0]!r}")  # fmt: skip
         frame = frame.sort_values(["path", "step"])
         wide = frame.pivot(index="path", columns="step", values="spot")
         if "variance" in frame.columns:

@@ -172,12 +172,23 @@ class StrategyConfig:
     ``reference: delta`` builds the policy around the Black-Scholes hedge (the band's centre;
     the offset origin of ``mlp``/``gru``); ``none`` learns positions from the features alone.
 
+    ``hidden`` is the MLP's hidden widths for ``ntb`` and ``mlp``; ``gru`` has one GRU layer of
+    width ``max(hidden)``. ``activation`` is the MLP's (``ntb``, ``mlp``): ``gru`` has none to
+    choose (``torch.nn.GRU``'s gates are fixed sigmoid and tanh, and its head is linear).
+    ``initial_width`` is the ``ntb`` band's initial half-width (``mlp`` and ``gru`` start at the
+    reference hedge). A value set for a policy that has no use for it is refused (it was
+    silently ignored).
+
     Examples:
         >>> StrategyConfig(type="mlp", reference="none").validate("strategy")
         >>> StrategyConfig(reference="none").validate("strategy")
         Traceback (most recent call last):
         ...
         qfnet.hedging.config.ConfigError: strategy.reference must be delta for the ntb policy
+        >>> StrategyConfig(type="gru", activation="tanh").validate("strategy")
+        Traceback (most recent call last):
+        ...
+        qfnet.hedging.config.ConfigError: strategy.activation is the MLP's: the gru policy has none ...
     """
 
     type: Literal["ntb", "mlp", "gru"] = "ntb"
@@ -192,6 +203,16 @@ class StrategyConfig:
             raise ConfigError(f"{prefix}.reference must be delta for the ntb policy")
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ConfigError(f"{prefix}.hidden must be a non-empty list of positive widths")
+        # a setting that the chosen policy does not use trained the same network, silently
+        # (the class attributes are the fields' defaults)
+        if self.type == "gru" and self.activation != StrategyConfig.activation:
+            raise ConfigError(f"{prefix}.activation is the MLP's: the gru policy has none to "
+                              "choose (torch.nn.GRU's gates are fixed sigmoid and tanh, its head "
+                              f"linear): remove it, got {self.activation!r}")  # fmt: skip
+        if self.type != "ntb" and self.initial_width != StrategyConfig.initial_width:
+            raise ConfigError(f"{prefix}.initial_width is the ntb band's initial half-width; the "
+                              f"{self.type} policy starts at the reference hedge: remove it, "
+                              f"got {self.initial_width}")  # fmt: skip
 
 
 @dataclass(frozen=True)

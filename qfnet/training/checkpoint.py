@@ -192,10 +192,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint {path}: unreadable ({load_error_summary(exc)})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a qfnet training checkpoint")
-    if state.get("version") != VERSION:
-        raise CheckpointError(
-            f"checkpoint {path}: format version {state.get('version')} is not {VERSION}"
-        )
+    version = state.get("version")
+    if type(version) is not int or version != VERSION:  # True (== 1) passed the != test
+        raise CheckpointError(f"checkpoint {path}: format version {version!r} is not {VERSION}")
     del state["format"], state["version"]
     return state
 

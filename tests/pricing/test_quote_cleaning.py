@@ -339,6 +339,16 @@ def test_carry_forwards_use_a_given_discount_as_the_rate() -> None:
     assert implied["source"].tolist() == ["carry"]
 
 
+def test_carry_forwards_subtract_a_borrow_cost() -> None:
+    # spot 100, rate 5%, dividend 1%, borrow 3%, no pairs: F = 100 exp(0.01) (borrow was ignored)
+    table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],
+                                      "maturity": 1.0, "spot": 100.0, "rate": 0.05,
+                                      "dividend": 0.01, "borrow": 0.03, "price": [9.0, 10.0]}))  # fmt: skip
+    implied = parity_forwards(table)
+    np.testing.assert_allclose(implied["forward"], [100.0 * math.exp(0.01)], rtol=1e-14, atol=0)
+    assert implied["source"].tolist() == ["carry"]
+
+
 def test_a_given_forward_without_pairs_or_spot_is_used_with_the_rate() -> None:
     table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],
                                       "maturity": 1.0, "forward": 100.0, "rate": 0.05,

@@ -409,3 +409,64 @@ def test_lines_and_cells_of_spaces_are_empty(tmp_path: Path) -> None:
     quotes = read_quotes(path)
     assert quotes["strike"].tolist() == [90.0, 110.0]
     assert quotes["bid"].isna().tolist() == [True, False]
+
+
+DATED = {"expiry": ["2024-12-20", "2025-06-20"], "quote_date": "2024-06-20", "strike": 100.0,
+         "spot": 100.0}  # fmt: skip
+"""183 and 365 days."""
+
+
+@pytest.mark.parametrize(
+    "maturity",
+    [
+        [183 / 365, 365 / 365],  # the dates' own ACT/365F
+        [183 / 360, 365 / 360],  # ACT/360
+        [183.6 / 365, 364.5 / 365],  # a time of day
+    ],
+)
+def test_a_maturity_agreeing_with_expiry_and_quote_date_is_kept(maturity: list[float]) -> None:
+    quotes = read_quotes(pd.DataFrame({**DATED, "maturity": maturity}))
+    np.testing.assert_allclose(quotes["maturity"], maturity, rtol=0, atol=0)
+
+
+def test_a_maturity_disagreeing_with_expiry_and_quote_date_names_the_row_and_both() -> None:
+    # a maturity column beside the dates was used unchecked: 0.25 for a 365-day expiry priced it
+    table = pd.DataFrame({**DATED, "maturity": [183 / 365, 0.25]})
+    with pytest.raises(QuoteError, match=r"row 2, column 'maturity': 0.25 years disagrees with "
+                                         r"expiry 2025-06-20 and quote_date 2024-06-20, 365 days "
+                                         r"\(1 year\)"):  # fmt: skip
+        read_quotes(table)
+
+
+@pytest.mark.parametrize("name", ["maturity", "ttm", "T"])
+def test_a_maturity_in_days_is_refused_naming_the_row(name: str) -> None:
+    # 365 was read as 365 years (a ttm column in days)
+    table = pd.DataFrame({name: [30.0, 365.0], "strike": 100.0, "spot": 100.0})
+    with pytest.raises(QuoteError, match=r"row 2, column 'maturity': 365.0 years looks like "
+                                         r"days \(365 days is 1 year\)"):  # fmt: skip
+        read_quotes(table)
+    long_dated = read_quotes(pd.DataFrame({name: [30.0, 50.0], "strike": 100.0, "spot": 100.0}))
+    assert long_dated["maturity"].tolist() == [30.0, 50.0]
+
+
+@pytest.mark.parametrize(("dayfirst", "date", "said", "other"), [
+    (False, "13/06/2024", "month/day", "dayfirst=True"),
+    (True, "06/13/2024", "day/month", "dayfirst=False"),
+])  # fmt: skip
+def test_a_date_the_dayfirst_option_contradicts_says_so(
+    dayfirst: bool, date: str, said: str, other: str
+) -> None:
+    # it said only "not a date: '13/06/2024'"
+    table = pd.DataFrame({"expiry": [date], "quote_date": "2024-06-03", "strike": 1.0, "spot": 1.0})
+    with pytest.raises(QuoteError, match=rf"not a date: '{date}' \(it does not read {said}/year, "
+                                         rf"as .* says: .*pass read_quotes\(\.\.\., {other}\)"):  # fmt: skip
+        read_quotes(table, dayfirst=dayfirst)
+
+
+@pytest.mark.parametrize("name", ["repo", "repo_rate"])
+def test_a_repo_column_is_refused_unless_every_row_gives_its_forward(name: str) -> None:
+    # it was ignored: the forward came from spot, rate and dividend alone
+    table = pd.DataFrame({"strike": [100.0], "maturity": 1.0, "spot": 100.0, name: 0.01})
+    with pytest.raises(QuoteError, match=r"column 'repo': 0.01: a repo rate is ambiguous"):
+        read_quotes(table)
+    assert "repo" in read_quotes(table.assign(forward=101.0))

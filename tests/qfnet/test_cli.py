@@ -862,3 +862,17 @@ def test_ambiguous_dates_are_refused_and_read_with_dayfirst_or_monthfirst(tmp_pa
         assert result.exit_code == 0, result.output
         np.testing.assert_allclose(pd.read_csv(out)["maturity"], days / 365, rtol=1e-12)
     assert "--monthfirst" in runner.invoke(app, [command, "--help"]).output
+
+
+def test_a_date_the_flag_contradicts_suggests_the_other_flag(tmp_path):
+    # --monthfirst on 13/06/2024 said only "not a date"
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0], "quote_date": "03/06/2024",
+                          "expiry": "13/06/2024", "spot": 100.0, "volatility": 0.2})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "o.csv"
+    table.to_csv(path, index=False)
+    args = ["price", "--model", "bs", "--quotes", str(path), "--out", str(out)]
+    refused = runner.invoke(app, [*args, "--monthfirst"])
+    assert refused.exit_code == 1 and not out.exists()
+    assert ("'13/06/2024' (it does not read month/day/year, as --monthfirst says: day/month/year? "
+            "pass --dayfirst)") in refused.output  # fmt: skip
+    assert runner.invoke(app, [*args, "--dayfirst"]).exit_code == 0

@@ -52,3 +52,18 @@ def test_quantlib_engine_refuses_the_parameters_the_analytic_one_does(model, par
     for engine in ("analytic", "quantlib"):
         with pytest.raises(QuoteError, match=rf"row \d: {message} must be"):
             price_table(table, model=model, engine=engine, params=params)
+
+
+def test_a_borrow_cost_enters_the_carry_as_quantlib_prices_it():
+    # a borrow column was ignored: the forward was spot exp((rate - dividend) T)
+    rate, dividend, borrow, t = 0.05, 0.01, 0.03, 2.0
+    table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0,
+                                      "maturity": t, "spot": 100.0, "rate": rate,
+                                      "dividend": dividend, "borrow_cost": borrow,
+                                      "volatility": 0.2}))  # fmt: skip
+    forward, _ = forward_and_discount(table)
+    np.testing.assert_allclose(forward, 100.0 * np.exp((rate - dividend - borrow) * t), rtol=1e-14)
+    priced = price_table(table, model="bs")["price"].to_numpy()
+    reference = qlref.bs_price(spot=100.0, strike=100.0, maturity=t, volatility=0.2, rate=rate,
+                               dividend=dividend + borrow, is_call=np.array([True, False]))  # fmt: skip
+    np.testing.assert_allclose(priced, reference, rtol=1e-12, atol=0)

@@ -407,6 +407,15 @@ def test_load_names_a_damaged_or_newer_surrogate_file_as_such(tmp_path):
         load_surrogate(tmp_path / "newer.pt")
 
 
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_load_refuses_a_format_version_that_is_not_an_integer(tmp_path, version):
+    # True == 1 and 1.0 == 1: the != check let a bool or float format_version load as version 1
+    payload = torch.load(default_surrogate_path(), weights_only=True)
+    torch.save({**payload, "format_version": version}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=rf"qfnet-surrogate version {version!r}; this qfnet"):
+        load_surrogate(tmp_path / "odd.pt")
+
+
 def test_load_refuses_a_surrogate_file_with_a_damaged_byte(tmp_path):
     # torch.load checks no CRC: a flipped bit in a weight loaded as another weight, silently
     net = build_surrogate("sabr", hidden=(8,))

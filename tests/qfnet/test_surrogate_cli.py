@@ -99,6 +99,14 @@ def test_price_rows_use_spot_rate_dividend_or_forward_discount(quotes, untrained
     np.testing.assert_allclose(iv_f, iv, rtol=1e-12, atol=0)
 
 
+def test_price_rows_carry_a_borrow_cost_like_a_dividend(quotes, untrained):
+    # a borrow column was ignored in the forward spot exp((rate - dividend) T)
+    borrowed = quotes.assign(borrow=0.02)
+    moved = quotes.assign(dividend=quotes["dividend"] + 0.02)
+    np.testing.assert_allclose(surrogate_price_rows(borrowed, untrained)[0],
+                               surrogate_price_rows(moved, untrained)[0], rtol=1e-13, atol=0)  # fmt: skip
+
+
 def test_price_rows_name_the_bad_column_row_or_domain_field(quotes, untrained):
     with pytest.raises(ValueError, match="'kappa'"):
         surrogate_price_rows(quotes.drop(columns=["kappa"]), untrained)

@@ -162,6 +162,24 @@ def test_long_path_files_with_a_bad_variance_name_the_path_and_step(trained_run:
         read_paths(trained_run / "long.parquet", Market(config))
 
 
+def test_long_path_files_with_text_steps_are_refused_and_dates_kept_in_order(
+    tmp_path: Path,
+) -> None:
+    # text steps were sorted as text ("0", "1", "10", "2", ...): prices out of time order,
+    # silently
+    from qfnet.hedging.backtest import read_paths
+
+    market = Market(config_from_dict({"market": {"n_steps": 10}}))
+    steps = {"text": [str(t) for t in range(11)], "dates": pd.date_range("2024-01-01", periods=11)}
+    for name, labels in steps.items():
+        frame = pd.DataFrame({"path": 0, "step": labels, "spot": [100.0 + t for t in range(11)]})
+        frame.iloc[::-1].to_parquet(tmp_path / f"{name}.parquet")  # rows in any order
+    with pytest.raises(ValueError, match=r"column 'step' must hold numbers or dates.*'10'"):
+        read_paths(tmp_path / "text.parquet", market)
+    spot = read_paths(tmp_path / "dates.parquet", market).spot
+    torch.testing.assert_close(spot[0], torch.arange(100.0, 111.0, dtype=spot.dtype) / 100.0)
+
+
 def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
     (tmp_path / "taken").write_text("")

@@ -54,6 +54,10 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"training": {"batch_size": 0}}, r"training.batch_size must be > 0"),
         ({"strategy": {"hidden": [16, -1]}}, r"strategy.hidden"),
         ({"strategy": {"type": "ntb", "reference": "none"}}, r"strategy.reference"),
+        # settings the chosen policy does not use trained the same network, silently
+        ({"strategy": {"type": "gru", "activation": "tanh"}}, r"strategy.activation is the MLP's"),
+        ({"strategy": {"type": "gru", "initial_width": 0.1}}, r"strategy.initial_width is the ntb"),
+        ({"strategy": {"type": "mlp", "initial_width": 0.1}}, r"the mlp policy starts at the"),
         ({"paths": {"test": 0}}, r"paths.test must be > 0"),
         # one test path passed, and the backtest failed on it naming no key
         ({"paths": {"test": 1}}, r"paths.test must be >= 2"),

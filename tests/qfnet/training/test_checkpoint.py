@@ -82,6 +82,14 @@ def test_checkpoint_carrying_a_pickled_object_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("version", [True, 1.0, 2])
+def test_checkpoint_of_another_format_version_is_refused(tmp_path, version):
+    # True == 1 and 1.0 == 1: a bool or float version passed the != check and loaded
+    torch.save({"format": FORMAT, "version": version, "loop": {"epoch": 1}}, tmp_path / "v.pt")
+    with pytest.raises(CheckpointError, match=rf"v\.pt: format version {version!r} is not 1"):
+        load_checkpoint(tmp_path / "v.pt")
+
+
 def test_foreign_torch_file_is_not_taken_for_a_checkpoint(tmp_path):
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a qfnet training checkpoint"):
