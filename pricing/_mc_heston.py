@@ -103,6 +103,10 @@ def conditional_chunks(
     k = torch.as_tensor(strike, dtype=dtype, device=grid.device)
     call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call
     vector = k.ndim == 1 or call.ndim == 1
+    # a zero strike is legal, as in every other Monte Carlo pricer (Black's formula refused it):
+    # its call pays S_T, whose conditional expectation is the forward, and its put pays 0
+    zero = k == 0
+    k_black = torch.where(zero, 1.0, k) if bool(zero.any()) else k
     for start, stop, slabs in drawn_slabs(source, chunk_size):
         rows = (z[0] for z in step_normals(slabs))  # (C,) per step, a slab of steps at a time
         mean, var = conditional_log_moments(rows, steps, float(v0))
@@ -113,6 +117,8 @@ def conditional_chunks(
         else:
             fwd_k, sd_k = fwd, sd
         payoff = black_scholes.black_price(
-            forward=fwd_k, strike=k, maturity=1.0, volatility=sd_k, is_call=call
+            forward=fwd_k, strike=k_black, maturity=1.0, volatility=sd_k, is_call=call
         )
+        if k_black is not k:
+            payoff = torch.where(zero, torch.where(call, fwd_k, 0.0), payoff)
         yield slice(start, stop), ConditionalChunk(payoff, fwd)

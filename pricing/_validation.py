@@ -19,6 +19,7 @@ __all__ = [
     "check_not_bool",
     "check_positive",
     "check_positive_int",
+    "check_real",
     "check_seasoning",
     "check_where",
     "is_whole",
@@ -225,6 +226,45 @@ def check_not_bool(**values: object) -> None:
     for name, value in values.items():
         if _is_bool(value):
             raise ValueError(f"{name} must be a real number, not a bool, got {value!r}")
+
+
+def check_real(**values: object) -> None:
+    """Refuse a complex number given for a real one, naming it: a Python or numpy complex, or a
+    complex tensor, array or list (torch and numpy cast them to real with a warning, dropping
+    the imaginary part: ``forward=torch.tensor(0.03 + 0.01j)`` priced a forward of 0.03).
+
+    Examples:
+        >>> check_real(alpha=0.2, rho=[-0.5, 0.2])
+        >>> check_real(alpha=0.2 + 0.1j)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be real, not complex, got (0.2+0.1j)
+    """
+    for name, value in values.items():
+        if _is_complex(value):
+            shown = repr(value)
+            if isinstance(value, torch.Tensor):
+                shown = f"a {value.dtype} tensor"
+            elif np.ndim(value) > 0 and hasattr(value, "dtype"):
+                shown = f"a {value.dtype} array"
+            raise ValueError(f"{name} must be real, not complex, got {shown}")
+
+
+def _is_complex(value: object) -> bool:
+    """True for a Python or numpy complex and for complex arrays, Series, lists and tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.is_complex()
+    if isinstance(value, complex | np.complexfloating):
+        return True
+    kind = getattr(getattr(value, "dtype", None), "kind", None)  # arrays, pandas Series
+    if kind is not None:
+        return kind == "c"
+    if not isinstance(value, list | tuple):
+        return False
+    try:
+        return np.asarray(value).dtype.kind == "c"
+    except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list: refused later by name
+        return False
 
 
 def _is_bool(value: object) -> bool:

@@ -28,7 +28,13 @@ from pricing._calibration_batch import (
     already_prepared,
     residual_tables,
 )
-from pricing._validation import check_bounds_in_domain, check_device, is_whole, outside_domain
+from pricing._validation import (
+    check_bounds_in_domain,
+    check_device,
+    check_real,
+    is_whole,
+    outside_domain,
+)
 from pricing.quote_cleaning import prepare_quotes
 from pricing.quotes import DECIMAL_LIMITS, QuoteError, call_flags, read_quotes, shifts
 
@@ -468,8 +474,12 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
 
 def _finite_number(value: object) -> bool:
     """A finite real number: Python, numpy or a 0-d tensor; not a string ("0.2" passed
-    ``float()`` and then failed inside torch) nor a bool (``v0=True`` started at 1)."""
+    ``float()`` and then failed inside torch), a bool (``v0=True`` started at 1) nor a complex."""
     if isinstance(value, str | bytes | bool | np.bool_) or np.ndim(value) != 0:
+        return False
+    if isinstance(value, complex | np.complexfloating) or (
+        isinstance(value, torch.Tensor) and value.is_complex()
+    ):  # float() took a numpy or torch complex's real part, with only a warning
         return False
     try:
         return bool(np.isfinite(float(value)))
@@ -580,6 +590,7 @@ def _check_inputs(
     for name, pair in (bounds or {}).items():
         if name not in names:
             raise ValueError(f"bounds: {model} has no parameter {name!r} ({expected})")
+        check_real(**{f"bounds[{name!r}]": pair})  # float() dropped a numpy imaginary part
         try:
             low, high = (float(v) for v in pair)
         except (TypeError, ValueError):
@@ -617,6 +628,7 @@ def _check_sabr_beta(
     """SABR's beta settings agree: a fixed beta (``beta``, default 1) or a fitted one
     (``free``), bounds on beta only when fitted, a start's beta only at the fixed value (it was
     clipped to the fixed beta without a word)."""
+    check_real(beta=beta)  # float() dropped a numpy complex's imaginary part
     if isinstance(beta, bool | np.bool_):  # True fixed beta = 1 for a caller who meant "fit it"
         raise ValueError(f"beta: must be a number in [0, 1], not a bool (free_beta=True fits "
                          f"beta), got {beta!r}")  # fmt: skip
@@ -661,10 +673,13 @@ def _prepare(quotes: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, int]:
 
 
 def _unusable(column: pd.Series | pd.DataFrame) -> bool:
-    """A needed column with a gap, or repeated (a DataFrame): ``read_quotes`` names the problem
-    (a repeated ``strike`` or ``market_iv`` failed in numpy, naming neither). The array's
+    """A needed column with a gap, repeated (a DataFrame) or complex: ``read_quotes`` names the
+    problem (a repeated ``strike`` or ``market_iv`` failed in numpy, naming neither; a complex
+    one was cast to real). The array's
     ``isna`` costs half the Series' (which builds a Series), on every fit."""
-    return isinstance(column, pd.DataFrame) or bool(column.array.isna().any())
+    if isinstance(column, pd.DataFrame) or column.dtype.kind == "c":  # read_quotes refuses it
+        return True
+    return bool(column.array.isna().any())
 
 
 def _prepare_rows(quotes: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -746,7 +761,8 @@ def calibrate(
         weights: ``"equal"``, ``"vega"``, ``"spread"`` or one weight per quote (per row of
             ``quotes``, or per row kept where rows without a market vol are left out).
         bounds: parameter name -> (lower, upper), replacing the model's default box.
-        x0: starting parameters, tried besides the global start.
+        x0: starting parameters, tried besides the global start (a SABR start without beta
+            starts a free beta at :data:`pricing.calibration_sabr.FREE_BETA_START`, 0.5).
         beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
         seed: seed of the global start.
         **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...; each

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pricing._validation import check_real
 from pricing.calibration import (
     MODEL_PARAMETERS,
     CalibrationProblem,
@@ -29,6 +30,7 @@ from pricing.sabr import lognormal_vol
 
 __all__ = [
     "DEFAULT_BETA",
+    "FREE_BETA_START",
     "SmileBatch",
     "fit_smile_scipy",
     "fit_smiles",
@@ -36,6 +38,11 @@ __all__ = [
 ]
 
 DEFAULT_BETA = 1.0
+FREE_BETA_START = 0.5
+"""Where both fitters start a free beta when the caller's ``x0`` gives none (and the scipy
+reference starts it without ``x0``): the middle of [0, 1]. A start on the bound beta = 1 (the
+``direct`` method's, while ``quantlib`` started at 0.5) sits where a projected step cannot move
+beta past the edge and the two methods began from different points."""
 _RHO_GRID = (-0.75, -0.4, 0.0, 0.4)
 _NU_GRID = (0.1, 0.4, 1.0, 2.5)
 _FREE_BETA_GRID = (0.5, 1.0)
@@ -290,7 +297,7 @@ def fit_smiles(
         1 - starts[:, 1]
     )
     if x0:
-        user = {"beta": DEFAULT_BETA if beta is None else beta} | dict(x0)
+        user = {"beta": FREE_BETA_START if beta is None else beta} | dict(x0)
         extra = torch.tensor([[user[n] for n in _NAMES]], dtype=starts.dtype)
         extra = extra.expand(len(batch.rows), -1).clone()
         extra[:, 0] /= level[:, 0] ** (1 - extra[:, 1])
@@ -332,12 +339,17 @@ def _best_per_expiry(
     return torch.cat(picks)
 
 
-def _warn_if_underdetermined(batch: SmileBatch, free_beta: bool) -> None:
+def _warn_if_underdetermined(
+    batch: SmileBatch, free_beta: bool, bounds: Mapping[str, tuple[float, float]] | None
+) -> None:
     """Say (once) which expiries have fewer weighted quotes than free parameters: their fit is
     one of many exact ones (two strikes gave rho -0.9999 here and -0.25 in scipy, both with a
-    zero error, for a true -0.3), reported as converged."""
-    names = "alpha, beta, rho, nu" if free_beta else "alpha, rho, nu"
-    n_free = len(names.split(", "))
+    zero error, for a true -0.3), reported as converged. Beta is free only with ``free_beta``,
+    and equal bounds fix a parameter (they were counted as free: a smile of three quotes with
+    rho fixed was said to be under-determined)."""
+    fixed = {n for n, (low, high) in (bounds or {}).items() if float(low) == float(high)}
+    free = [n for n in _NAMES if (free_beta or n != "beta") and n not in fixed]
+    names, n_free = ", ".join(free), len(free)
     few = [f"{count} at T={float(batch.maturity[e, 0]):.6g}"
            for e, count in enumerate((batch.weight > 0).sum(-1).tolist()) if count < n_free]  # fmt: skip
     if few:
@@ -363,7 +375,7 @@ def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     free = bool(options.pop("free_beta", False))
     beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
     batch = smile_batch(problem.quotes, problem.weights)
-    _warn_if_underdetermined(batch, free)
+    _warn_if_underdetermined(batch, free, problem.bounds)
     params, vols, converged, iterations = fit_smiles(
         batch, beta=beta, bounds=problem.bounds, x0=problem.x0, **options
     )
@@ -425,9 +437,11 @@ def fit_smile_scipy(
 
     from pricing.quantlib import sabr_vol
 
+    check_real(forward=forward, strike=strike, maturity=maturity, market_iv=market_iv,
+               shift=shift, weight=weight)  # fmt: skip
     w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
     atm = float(np.interp(0.0, np.log((strike + shift) / (forward + shift)), market_iv))
-    b0 = 0.5 if beta is None else beta
+    b0 = FREE_BETA_START if beta is None else beta
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
     start = x0 or (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5)
@@ -466,10 +480,10 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     beta = None if free else (DEFAULT_BETA if problem.beta is None else float(problem.beta))
     x0 = None
     if problem.x0:
-        start = {"beta": 0.5 if beta is None else beta} | dict(problem.x0)
+        start = {"beta": FREE_BETA_START if beta is None else beta} | dict(problem.x0)
         x0 = tuple(float(start[n]) for n in _NAMES)
     batch = smile_batch(problem.quotes, problem.weights)
-    _warn_if_underdetermined(batch, free)
+    _warn_if_underdetermined(batch, free, problem.bounds)
     model_iv, table, ok, evaluations = np.empty(len(problem.quotes)), [], True, 0
     for e, rows in enumerate(batch.rows):
         n = len(rows)

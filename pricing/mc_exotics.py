@@ -9,7 +9,7 @@ pathwise delta and vega of Europeans and Asians.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -18,7 +18,7 @@ from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
 from pricing._simulate_checks import check_paths, check_single
-from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flag
+from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flag, call_flags
 from pricing.analytic_exotics import geometric_asian_price
 from pricing.monte_carlo import price_paths
 
@@ -75,7 +75,7 @@ def bs_asian(
 
     Args:
         spot: spot price.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         maturity: years.
         volatility: lognormal volatility.
         rate: continuously compounded rate.
@@ -126,9 +126,12 @@ def bs_asian(
     mean = None
     if control:
         weights = payoffs.average_weights(grid[None, :], fixings=fixings, time_grid=grid)
-        mean = geometric_asian_price(
-            spot=spot, strike=strike, maturity=grid[-1].item(), volatility=volatility, rate=rate,
-            dividend=dividend, is_call=is_call, fixing_times=grid, weights=weights, **kwargs,
+        mean = _mean_with_zero_strikes(
+            lambda k, call: geometric_asian_price(
+                spot=spot, strike=k, maturity=grid[-1].item(), volatility=volatility, rate=rate,
+                dividend=dividend, is_call=call, fixing_times=grid, weights=weights, **kwargs,
+            ),
+            strike, is_call, reference=spot, discount=df,
         )  # fmt: skip
     return price_paths(
         chunks,
@@ -172,7 +175,7 @@ def bs_barrier(
 
     Args:
         spot: spot price.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         barrier: barrier level.
         barrier_type: ``down_out, up_out, down_in, up_in``.
         maturity: years.
@@ -220,9 +223,12 @@ def bs_barrier(
     def european(p: torch.Tensor) -> torch.Tensor:
         return payoffs.european(p, strike=strike, is_call=is_call) * df
 
-    mean = (
-        _bs_mean(spot, strike, maturity, volatility, rate, dividend, is_call) if control else None
-    )
+    mean = None
+    if control:
+        mean = _mean_with_zero_strikes(
+            lambda k, call: _bs_mean(spot, k, maturity, volatility, rate, dividend, call),
+            strike, is_call, reference=spot, discount=df,
+        )  # fmt: skip
     return price_paths(
         chunks,
         payoff,
@@ -268,7 +274,7 @@ def bs_lookback(
         volatility: lognormal volatility.
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
-        strike: strike(s) of a fixed lookback, scalar or (K,).
+        strike: strike(s) >= 0 of a fixed lookback, scalar or (K,).
         running_extremum: extremum so far (min for floating calls and fixed puts, else max).
         continuous: continuous (exact bridge extremum) or discrete monitoring on the grid.
         n_paths: number of paths.
@@ -426,6 +432,31 @@ def _asian_grid(
         raise ValueError(f"fixing_times must increase strictly within (0, maturity], got "
                          f"{times.tolist()}")  # fmt: skip
     return simulate.time_grid(grid=torch.cat((times.new_zeros(1), times)))
+
+
+def _mean_with_zero_strikes(
+    mean: Callable[[TensorLike, TensorLike], torch.Tensor],
+    strike: TensorLike,
+    is_call: TensorLike,
+    *,
+    reference: float,
+    discount: float,
+) -> torch.Tensor:
+    """A control's closed-form mean ``mean(strike, is_call)``, zero strikes included.
+
+    The payoffs take a strike of 0 (a call on the underlying, a put worth 0) where the closed
+    forms refuse it, so ``control=True`` refused what ``control=False`` priced. At ``K = 0`` the
+    call is the discounted mean of the underlying, by parity ``C(K') - P(K') + discount K'`` at
+    any ``K' > 0`` (here ``reference``, about the spot, so that nothing cancels).
+    """
+    k = torch.as_tensor(strike, dtype=DEFAULT_DTYPE)
+    zero = k == 0
+    if not bool(zero.any()):
+        return mean(strike, is_call)
+    call = call_flags(is_call)
+    forward = mean(reference, True) - mean(reference, False) + discount * reference
+    value = mean(torch.where(zero, 1.0, k), call)
+    return torch.where(zero, torch.where(call, forward, 0.0), value)
 
 
 def _bs_mean(

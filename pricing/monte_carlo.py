@@ -167,7 +167,7 @@ def bs_european(
 
     Args:
         spot: spot price.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         maturity: years.
         volatility: lognormal volatility.
         rate: continuously compounded rate.
@@ -240,7 +240,7 @@ def heston_european(
 
     Args:
         spot: spot price.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         maturity: years.
         v0: initial variance.
         kappa: mean-reversion speed.
@@ -358,7 +358,7 @@ def sabr_european(
 
     Args:
         forward: initial forward.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) with ``strike + shift >= 0``, scalar or (K,).
         maturity: years.
         alpha: initial volatility.
         beta: CEV exponent in [0, 1].

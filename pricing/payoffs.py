@@ -49,7 +49,7 @@ def european(
 
     Args:
         paths: price paths; only the last column is used.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         is_call: call flag(s), broadcast against ``strike``.
 
     Shape:
@@ -86,7 +86,7 @@ def asian(
 
     Args:
         paths: price paths.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         is_call: call flag(s).
         average: ``"arithmetic"`` or ``"geometric"``.
         fixings: column indices of the future fixings.
@@ -141,8 +141,9 @@ def barrier_hit_probabilities(
         barrier: barrier level.
         down: True for a down barrier (hit from above), False for an up barrier.
         time_grid: grid of the paths.
-        volatility: lognormal volatility over each step: scalar, (N,) or (N, T); None for
-            discrete monitoring.
+        volatility: lognormal volatility over each step: scalar, (N,) (per path), (1, T) (per
+            step) or (N, T); None for discrete monitoring. A 1-D volatility is per path, and
+            refused as ambiguous when N == T.
 
     Shape:
         paths: (N, T+1). time_grid: (T+1,). Output: (N, T), rows sum to at most 1.
@@ -238,14 +239,15 @@ def barrier(
 
     Args:
         paths: price paths.
-        strike: strike(s), scalar or (K,).
+        strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         barrier: barrier level, > 0.
         barrier_type: one of ``down_out, up_out, down_in, up_in``.
         time_grid: grid of the paths.
         is_call: call flag(s).
         rebate: cash rebate.
         rate: continuously compounded rate, to accrue a knock-out rebate from the hit to expiry.
-        volatility: lognormal volatility per step (scalar, (N,) or (N, T)) for the
+        volatility: lognormal volatility per step (scalar, (N,) per path, (1, T) per step or
+            (N, T); 1-D refused when N == T, see :func:`barrier_hit_probabilities`) for the
             Brownian-bridge correction (continuous monitoring); None monitors grid points only.
 
     Shape:
@@ -426,7 +428,8 @@ def lookback(
         strike: strike(s) for fixed lookbacks, scalar or (K,).
         running_extremum: extremum so far.
         time_grid: grid of the paths (continuous monitoring).
-        volatility: lognormal volatility per step for continuous monitoring.
+        volatility: lognormal volatility per step for continuous monitoring (shapes as in
+            :func:`barrier`).
         generator: random source for the bridge extremum.
 
     Shape:
@@ -529,12 +532,19 @@ def _checked_volatility(volatility: TensorLike, paths: torch.Tensor) -> torch.Te
     Heston step's ``sqrt(v)`` is often exactly 0: such a step was refused)."""
     vol = torch.as_tensor(volatility, dtype=paths.dtype, device=paths.device)
     n, steps = paths.shape[0], paths.shape[1] - 1
+    if vol.ndim == 1 and n == steps > 1:
+        # a (T,) volatility per step was read as one per path whenever N == T (and refused by
+        # shape otherwise): with as many paths as steps a 1-D volatility could be either
+        raise ValueError(f"volatility of shape ({n},) is ambiguous for paths of shape "
+                         f"{tuple(paths.shape)} (as many paths as steps): pass ({n}, 1) for one "
+                         f"value per path or (1, {steps}) for one per step")  # fmt: skip
     if vol.ndim > 2 or any(
         size not in (1, full) for size, full in zip(vol.shape, (n, steps), strict=False)
     ):
         # torch's "size of tensor a (2) must match the size of tensor b (3)" named neither
-        raise ValueError(f"volatility must be a scalar, ({n},) or ({n}, {steps}) for paths of "
-                         f"shape {tuple(paths.shape)}, got shape {tuple(vol.shape)}")  # fmt: skip
+        raise ValueError(f"volatility must be a scalar, ({n},) or ({n}, {steps}) (or (1, {steps}) "
+                         f"per step) for paths of shape {tuple(paths.shape)}, got shape "
+                         f"{tuple(vol.shape)}")  # fmt: skip
     if bool((vol < 0).any()) or not bool(torch.isfinite(vol).all()):
         raise ValueError("volatility must be non-negative and finite for continuous monitoring")
     return vol
@@ -543,7 +553,7 @@ def _checked_volatility(volatility: TensorLike, paths: torch.Tensor) -> torch.Te
 def _step_variance(
     volatility: torch.Tensor, time_grid: torch.Tensor, paths: torch.Tensor
 ) -> torch.Tensor:
-    """``sigma^2 dt`` per step from a checked volatility: scalar, (N,) or (N, T)."""
+    """``sigma^2 dt`` per step from a checked volatility: scalar, (N,), (1, T) or (N, T)."""
     vol = volatility[:, None] if volatility.ndim == 1 else volatility  # (N, 1)
     return vol.square() * time_grid.diff().to(paths.dtype)  # (N, T) or (T,)
 

@@ -278,6 +278,8 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
         if column not in frame:
             continue
         raw = frame[column]
+        if raw.dtype.kind == "c":  # astype below dropped the imaginary parts, with a warning
+            raise locate.error(0, column, f"must be real, not complex, got {raw.iloc[0]!r}")
         if raw.dtype.kind not in "biufc":  # 'N/A' is a gap ('not a number' named it an error)
             raw = raw.mask(raw.astype(str).str.strip().str.lower().isin(MISSING_VALUES))
         values = pd.to_numeric(raw, errors="coerce").astype("float64")

@@ -32,7 +32,7 @@ from pricing._typing import (
     broadcast_shapes,
     common_dtype_device,
 )
-from pricing._validation import check_not_bool, check_where
+from pricing._validation import check_not_bool, check_real, check_where
 from pricing.black_scholes import black_price
 
 __all__ = ["SabrParams", "alpha_from_atm_vol", "lognormal_vol", "normal_vol", "price"]
@@ -155,8 +155,10 @@ def _inputs(
 ) -> list[torch.Tensor]:
     """Validate; return shifted forward and strike, maturity and the parameters (unbroadcast)."""
     # as_tensor takes True for 1: beta=True priced beta = 1 (SabrParams refuses it)
-    check_not_bool(forward=forward, strike=strike, maturity=maturity, alpha=alpha, beta=beta,
-                   rho=rho, nu=nu, shift=shift)  # fmt: skip
+    named = dict(forward=forward, strike=strike, maturity=maturity, alpha=alpha, beta=beta,
+                 rho=rho, nu=nu, shift=shift)  # fmt: skip
+    check_not_bool(**named)
+    check_real(**named)  # a complex tensor was cast to real, with only torch's warning
     f, k, t, a, b, r, n, s = _float_tensors(
         (forward, strike, maturity, alpha, beta, rho, nu, shift), dtype, device
     )
@@ -336,7 +338,8 @@ def lognormal_vol(
         caller can see where. :func:`price` refuses a negative one.
 
     Raises:
-        ValueError: naming the field, the value and its index when an input is out of its domain.
+        ValueError: naming the field, the value and its index when an input is out of its domain,
+            and the field of a complex input.
 
     Shape:
         All inputs broadcast to a common shape ``(*)``; the output has that shape.
@@ -399,7 +402,8 @@ def normal_vol(
         :func:`lognormal_vol`'s, it can turn negative where the expansion breaks down.
 
     Raises:
-        ValueError: naming the field, the value and its index when an input is out of its domain.
+        ValueError: naming the field, the value and its index when an input is out of its domain,
+            and the field of a complex input.
 
     Shape:
         All inputs broadcast to a common shape ``(*)``; the output has that shape.
@@ -487,8 +491,9 @@ def alpha_from_atm_vol(
         alpha, > 0.
 
     Raises:
-        ValueError: when an input is out of its domain, or when no positive alpha reproduces
-            ``atm_vol`` (possible only for beta = 1 with rho < 0), naming the field and index.
+        ValueError: when an input is out of its domain or complex, or when no positive alpha
+            reproduces ``atm_vol`` (possible only for beta = 1 with rho < 0), naming the field
+            and index.
 
     Shape:
         All inputs broadcast to a common shape ``(*)``; the output has that shape.
@@ -505,8 +510,10 @@ def alpha_from_atm_vol(
         >>> abs(float(v) - 0.2) < 1e-14
         True
     """
-    check_not_bool(forward=forward, maturity=maturity, atm_vol=atm_vol, beta=beta, rho=rho,
-                   nu=nu, shift=shift)  # fmt: skip
+    named = dict(forward=forward, maturity=maturity, atm_vol=atm_vol, beta=beta, rho=rho, nu=nu,
+                 shift=shift)  # fmt: skip
+    check_not_bool(**named)
+    check_real(**named)
     f, t, v, b, r, n, s = as_tensors(
         forward, maturity, atm_vol, beta, rho, nu, shift, dtype=dtype, device=device
     )
@@ -566,8 +573,9 @@ def price(
         ``discount * E[(F_T - K)^+]`` (or ``discount * E[(K - F_T)^+]``).
 
     Raises:
-        ValueError: naming the field and index for inputs out of their domain, and naming
-            ``volatility`` where Hagan's expansion breaks down and gives a negative vol.
+        ValueError: naming the field and index for inputs out of their domain, the field of a
+            complex input, and ``volatility`` where Hagan's expansion breaks down and gives a
+            negative vol.
 
     Shape:
         All inputs broadcast to a common shape ``(*)``; the output has that shape.
@@ -580,6 +588,7 @@ def price(
         >>> round(float(p), 8)  # beta = 1, nu = 0 is Black's model with vol alpha
         0.00238967
     """
+    check_real(discount=discount)  # the others are checked by lognormal_vol
     vol = lognormal_vol(
         forward=forward,
         strike=strike,

@@ -368,23 +368,34 @@ def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
     return net
 
 
-def _tensor(value: Any, device: torch.device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
+def _tensor(value: Any, device: torch.device, name: str = "value") -> torch.Tensor:
+    """``value`` as a float64 tensor on ``device``; text, complex numbers and anything else that
+    is not real numbers raise ``TypeError`` naming ``name`` (numpy parsed ``"0.2"`` as 0.2, and
+    a complex tensor lost its imaginary part with only torch's warning)."""
+    if isinstance(value, torch.Tensor) and not value.is_complex():
         return value.to(dtype=torch.float64, device=device)
-    return torch.tensor(np.asarray(value, dtype=np.float64), device=device)
+    array = None if isinstance(value, torch.Tensor) else np.asarray(value)
+    if array is None or array.dtype.kind in "USc" or _holds_text(array):
+        raise TypeError(f"{name} must be real numbers, got {value!r}")
+    try:
+        return torch.tensor(array.astype(np.float64), device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be real numbers, got {value!r}") from None
+
+
+def _holds_text(array: np.ndarray) -> bool:
+    """An object array with a string, bytes or complex element (``astype`` parses the text)."""
+    return array.dtype.kind == "O" and any(
+        isinstance(v, str | bytes | complex) for v in array.reshape(-1)
+    )
 
 
 def _tensors(values: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """Named inputs as float64 tensors on ``device``; a bool (``rho=False`` priced rho = 0) or a
-    value that is not numbers is refused naming its field."""
+    value that is not real numbers (a string such as ``"0.2"``, a complex) is refused naming its
+    field, as the pricers refuse them."""
     check_not_bool(**values)
-    out = {}
-    for name, value in values.items():
-        try:
-            out[name] = _tensor(value, device)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{name} must be real numbers, got {value!r}") from None
-    return out
+    return {name: _tensor(value, device, name) for name, value in values.items()}
 
 
 def _query(net: SurrogateNet, columns: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Size]:
@@ -428,11 +439,25 @@ def implied_vol(
         >>> abs(float(iv) - 0.1893) < 0.001  # Heston ATM vol 0.18930 (Fourier pricer)
         True
     """
+    given = [*params.values(), maturity, log_moneyness]
+    return _implied_vol(net, maturity, log_moneyness, out_of_domain, params, given)
+
+
+def _implied_vol(
+    net: SurrogateNet,
+    maturity: Any,
+    log_moneyness: Any,
+    out_of_domain: str,
+    params: Mapping[str, Any],
+    given: Sequence[Any],
+) -> torch.Tensor:
+    """:func:`implied_vol`, the domain's edges as tolerant as the least precise of ``given``,
+    the caller's own inputs (a price's float32 spot and strike make a float64 log-moneyness as
+    rounded as they are)."""
     if out_of_domain not in ("raise", "nan"):
         raise ValueError(f"out_of_domain must be 'raise' or 'nan', got {out_of_domain!r}")
     x, shape = _query(net, {**params, "maturity": maturity, "log_moneyness": log_moneyness})
     columns = dict(zip(net.domain.input_names, x.detach().T, strict=True))
-    given = [*params.values(), maturity, log_moneyness]  # their precision sets the edge tolerance
     if out_of_domain == "raise":
         net.domain.check(columns, given)
         return net(x).reshape(shape)
@@ -457,7 +482,7 @@ def _at_unit_forward(
     :func:`qfnet.surrogate_cli.surrogate_price_rows` does with it); Heston's do not move."""
     if net.domain.model != "sabr" or not {"alpha", "beta"} <= params.keys():
         return params  # a missing field is named by implied_vol
-    alpha, beta = (_tensor(params[n], forward.device) for n in ("alpha", "beta"))
+    alpha, beta = _tensors({n: params[n] for n in ("alpha", "beta")}, forward.device).values()
     return {**params, "alpha": alpha * forward ** (beta - 1.0)}
 
 
@@ -506,10 +531,25 @@ def price(
         >>> 7.0 < float(p) < 8.0
         True
     """
-    market = _tensors(dict(spot=spot, strike=strike, maturity=maturity, rate=rate,
-                           dividend=dividend), net.in_mean.device)  # fmt: skip
+    market = dict(spot=spot, strike=strike, maturity=maturity, rate=rate, dividend=dividend)
+    return _price(net, market, is_call, out_of_domain, params, [*market.values(), *params.values()])
+
+
+def _price(
+    net: SurrogateNet,
+    market: Mapping[str, Any],
+    is_call: bool | torch.Tensor,
+    out_of_domain: str,
+    params: Mapping[str, Any],
+    given: Sequence[Any],
+) -> torch.Tensor:
+    """:func:`price` of ``market`` (spot, strike, maturity, rate, dividend), the domain's edges
+    as tolerant as the least precise of ``given``, the caller's own inputs (float32 ones are as
+    rounded in the float64 log-moneyness made of them: see :func:`_implied_vol`)."""
+    market = _tensors(market, net.in_mean.device)
     shape = broadcast_named(market, "surrogate input")
-    s, k, t, r, q = (v.expand(shape) for v in market.values())
+    s, k, t, r, q = (market[n].expand(shape) for n in ("spot", "strike", "maturity", "rate",
+                                                        "dividend"))  # fmt: skip
     # spot, strike and rates are checked here: a NaN spot was reported as a log_moneyness
     # outside the domain
     check_positive(spot=s, strike=k)
@@ -517,8 +557,8 @@ def price(
     forward = s * torch.exp((r - q) * t)
     log_k = torch.log(k / forward)
     try:
-        iv = implied_vol(net, maturity=t, log_moneyness=log_k, out_of_domain=out_of_domain,
-                         **_at_unit_forward(net, params, forward))  # fmt: skip
+        iv = _implied_vol(net, t, log_k, out_of_domain, _at_unit_forward(net, params, forward),
+                          given)  # fmt: skip
     except DomainError as error:
         raise _given_alpha(error, net, params, forward) from None
     ok = torch.isfinite(iv)
@@ -543,8 +583,10 @@ def _smooth_price(
     dividend: torch.Tensor,
     is_call: bool | torch.Tensor,
     leaves: dict[str, torch.Tensor],
+    given: Sequence[Any],
 ) -> torch.Tensor:
-    """Black-76 in its textbook form ``D (F N(d1) - K N(d2))``: differentiable at ``K = F`` too.
+    """Black-76 in its textbook form ``D (F N(d1) - K N(d2))``: differentiable at ``K = F`` too
+    (``given``: the caller's inputs, whose precision sets the domain's edge tolerance).
 
     The accurate :func:`pricing.black_scholes.black_price` splits the price into intrinsic and
     time value, whose autograd derivatives do not add up at exactly ``K = F``; greeks only need
@@ -553,7 +595,7 @@ def _smooth_price(
     spot, t, r = leaves["spot"], leaves["maturity"], leaves["rate"]
     forward = spot * torch.exp((r - dividend) * t)
     params = _at_unit_forward(net, {n: leaves[n] for n in net.domain.param_names}, forward)
-    iv = implied_vol(net, maturity=t, log_moneyness=torch.log(strike / forward), **params)
+    iv = _implied_vol(net, t, torch.log(strike / forward), "raise", params, given)
     total = iv * torch.sqrt(t)
     d1 = torch.log(forward / strike) / total + 0.5 * total
     call = torch.exp(-r * t) * (forward * ndtr(d1) - strike * ndtr(d1 - total))
@@ -595,10 +637,14 @@ def greeks(
     shape = broadcast_named({**tensors, "is_call": call_flags(is_call)}, "surrogate input")
     # one leaf per option, so that each gradient entry is that option's own sensitivity
     leaves = {n: tensors[n].expand(shape).clone().requires_grad_() for n in inputs}
+    given = [*inputs.values(), strike, dividend]  # leaves are float64 copies of these
+    market = dict(spot=leaves["spot"], strike=strike, maturity=leaves["maturity"],
+                  rate=leaves["rate"], dividend=dividend)  # fmt: skip
     with torch.no_grad():
-        value = price(net, strike=strike, dividend=dividend, is_call=is_call, **leaves)
+        value = _price(net, market, is_call, "raise", {n: leaves[n] for n in params}, given)
     with torch.enable_grad():
-        smooth = _smooth_price(net, tensors["strike"], tensors["dividend"], is_call, leaves)
+        smooth = _smooth_price(net, tensors["strike"], tensors["dividend"], is_call, leaves,
+                               given)  # fmt: skip
         names = list(leaves)
         grads = torch.autograd.grad(smooth.sum(), [leaves[n] for n in names], create_graph=True)
         first = dict(zip(names, grads, strict=True))

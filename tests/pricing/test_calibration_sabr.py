@@ -163,3 +163,84 @@ def test_the_reference_fit_takes_at_most_max_iterations_steps() -> None:
         _, _, converged, steps = fit_smile_scipy(max_iterations=budget, **kw)
         assert steps <= budget and not converged
     assert fit_smile_scipy(**kw)[2]  # the default budget converges
+
+
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_parameters_fixed_by_equal_bounds_are_not_counted_as_free(method: str) -> None:
+    # rho held at -0.25 leaves (alpha, nu) to two quotes: the warning said "fewer weighted
+    # quotes than the 3 free parameters (alpha, rho, nu)" for an identified fit
+    table = _smiles()
+    two = table[(table["maturity"] != 1.0) | table["strike"].isin(table["strike"].iloc[[12, 14]])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        calibrate("sabr", two, method=method, beta=0.5, bounds={"rho": (-0.25, -0.25)})
+    one = two.drop(index=14)
+    with pytest.warns(UserWarning, match=r"the 2 free parameters \(alpha, nu\): 1 at T=1;"):
+        calibrate("sabr", one, method=method, free_beta=True,
+                  bounds={"beta": (0.5, 0.5), "rho": (-0.25, -0.25)})  # fmt: skip
+
+
+def test_both_methods_start_a_free_beta_at_the_same_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with a free beta and a start x0 without beta, direct started beta at 1.0 (on its bound)
+    # and quantlib at 0.5: the two methods began from different points
+    import scipy.optimize
+
+    from pricing import calibration_sabr
+
+    table = _smiles()
+    table = table[table["maturity"] == 1.0]
+    x0 = {"alpha": 1.8, "rho": -0.123, "nu": 0.777}  # a start no grid point shares
+    seen: dict[str, float] = {}
+    lm, least_squares = calibration_sabr.levenberg_marquardt, scipy.optimize.least_squares
+
+    def spy_lm(fn, starts, **kw):
+        mine = (starts[:, 2] == x0["rho"]) & (starts[:, 3] == x0["nu"])
+        seen.update(direct=float(starts[mine][0, 1]))
+        return lm(fn, starts, **kw)
+
+    def spy_scipy(fn, start, **kw):
+        seen.setdefault("quantlib", float(start[1]))  # (alpha, beta, rho, nu), all free
+        return least_squares(fn, start, **kw)
+
+    monkeypatch.setattr(calibration_sabr, "levenberg_marquardt", spy_lm)
+    monkeypatch.setattr(scipy.optimize, "least_squares", spy_scipy)
+    n_grid = (
+        len(calibration_sabr._FREE_BETA_GRID)
+        * len(calibration_sabr._RHO_GRID)
+        * len(calibration_sabr._NU_GRID)
+    )
+    calibrate("sabr", table, method="direct", free_beta=True, x0=x0, n_starts=n_grid + 1)
+    calibrate("sabr", table, method="quantlib", free_beta=True, x0=x0)
+    assert seen == {"direct": calibration_sabr.FREE_BETA_START,
+                    "quantlib": calibration_sabr.FREE_BETA_START}  # fmt: skip
+    assert calibration_sabr.FREE_BETA_START == 0.5
+
+
+@pytest.mark.parametrize("column", ["strike", "forward", "maturity", "implied_vol"])
+def test_a_complex_quote_column_is_refused_naming_it(column: str) -> None:
+    # numpy cast a complex column to real (dropping the imaginary part) with only a warning
+    from pricing.quotes import QuoteError
+
+    table = _smiles()
+    table[column] = table[column].astype(complex)
+    with pytest.raises(QuoteError, match=f"column '{column}': must be real, not complex"):
+        calibrate("sabr", table, beta=0.5)
+
+
+def test_complex_settings_are_refused_naming_them() -> None:
+    from pricing.calibration_sabr import fit_smile_scipy
+
+    table = _smiles()
+    with pytest.raises(ValueError, match="beta must be real, not complex"):
+        calibrate("sabr", table, beta=np.complex128(0.5))
+    with pytest.raises(ValueError, match=r"bounds\['rho'\] must be real, not complex"):
+        calibrate("sabr", table, beta=0.5, bounds={"rho": (np.complex128(-0.9), 0.9)})
+    with pytest.raises(ValueError, match=r"x0\['alpha'\]: must be a finite number"):
+        calibrate("sabr", table, beta=0.5, x0={"alpha": np.complex128(2.0), "rho": 0.0, "nu": 0.5})
+    smile = table[table["maturity"] == 1.0]
+    args = {"forward": 102.0, "strike": smile["strike"].to_numpy(), "maturity": 1.0,
+            "market_iv": smile["implied_vol"].to_numpy(), "beta": 0.5}  # fmt: skip
+    for name in ("forward", "strike", "market_iv"):
+        bad = args | {name: np.asarray(args[name], dtype=complex)}
+        with pytest.raises(ValueError, match=f"^{name} must be real, not complex"):
+            fit_smile_scipy(**bad)

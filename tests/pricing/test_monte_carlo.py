@@ -642,3 +642,49 @@ def test_price_european_rows_checks_its_rows(change, message):
                 n_paths=64, n_steps=2)  # fmt: skip
     with pytest.raises(ValueError, match=message):
         monte_carlo.price_european_rows(**rows | change)
+
+
+def _assert_first_within(result: monte_carlo.MCResult, expected: float, tol: float) -> None:
+    """The first strike's price within K_SE standard errors (plus ``tol``) of ``expected``."""
+    price, se = result.price.reshape(-1)[0].item(), result.std_error.reshape(-1)[0].item()
+    assert abs(price - expected) <= K_SE * se + tol, (price, se, expected)
+
+
+def test_zero_strikes_price_with_every_estimator() -> None:
+    # a call struck at 0 pays the underlying and a put 0: the payoffs take it, but the control
+    # means (Black-Scholes, geometric Asian) and the conditional Heston payoff (Black's formula)
+    # refused it ("strike must be finite and > 0"), so control=True or conditional=True refused
+    # what the plain estimator priced
+    s, t, r, q = 100.0, 1.0, 0.03, 0.01
+    bs = {"spot": s, "maturity": t, "volatility": 0.25, "rate": r, "dividend": q}
+    calls = torch.tensor([True, True])
+    strikes = torch.tensor([0.0, 100.0], dtype=torch.float64)
+    for control in (False, True):
+        euro = monte_carlo.bs_european(**bs, strike=strikes, is_call=calls, n_paths=4096,
+                                       control=control, generator=_gen(11))  # fmt: skip
+        _assert_first_within(euro, s * math.exp(-q * t), 1e-9)  # the discounted mean of S_T
+    h = HESTON_LEWIS
+    heston_args = {**h, "n_paths": 4096, "n_steps": 8, "conditional": True}
+    for control in (False, True):
+        cond = monte_carlo.heston_european(**heston_args, strike=strikes, is_call=calls,
+                                           control=control, generator=_gen(12))  # fmt: skip
+        _assert_first_within(cond, h["spot"] * math.exp(-h["dividend"] * h["maturity"]), 1e-9)
+    cond_put = monte_carlo.heston_european(**heston_args, strike=0.0, is_call=False,
+                                           generator=_gen(12))  # fmt: skip
+    assert cond_put.price.item() == 0.0
+    # the closed forms at a vanishing strike are the zero-strike values to within the strike
+    tiny = 1e-12
+    asian = {**bs, "n_paths": 4096, "n_steps": 8, "control": True, "average": "geometric"}
+    geo = mc_exotics.bs_asian(**asian, strike=strikes, is_call=calls, generator=_gen(13))
+    weights = torch.full((9,), 1.0 / 8, dtype=torch.float64)  # the trapezoidal rule on 8 steps
+    weights[0] = weights[-1] = 1.0 / 16
+    exact = geometric_asian_price(**bs, strike=tiny, fixing_times=simulate.time_grid(8, t),
+                                  weights=weights)  # fmt: skip
+    _assert_first_within(geo, exact.item(), 1e-8)
+    put = mc_exotics.bs_asian(**asian, strike=0.0, is_call=False, generator=_gen(13))
+    assert put.price.item() == 0.0
+    barrier = {**bs, "barrier": 80.0, "barrier_type": "down_out"}
+    knock = mc_exotics.bs_barrier(**barrier, strike=strikes, is_call=calls, n_paths=4096,
+                                  n_steps=8, control=True, generator=_gen(14))  # fmt: skip
+    exact = analytic_barrier.barrier_price(**barrier, strike=tiny)
+    _assert_first_within(knock, exact.item(), 1e-8)

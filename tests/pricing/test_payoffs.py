@@ -95,6 +95,26 @@ def test_steps_without_variance_cannot_cross_between_their_points() -> None:
     torch.testing.assert_close(low, p[:, -1], rtol=1e-14, atol=0.0)  # exp(log(92)) rounds
 
 
+def test_one_dimensional_volatility_is_refused_when_paths_equal_steps() -> None:
+    # a (T,) volatility per step was read as one per path when N == T (silently: the first
+    # path got the first step's volatility on every step); (1, T) and (N, 1) say which
+    p = _paths([100.0, 95.0, 92.0], [100.0, 95.0, 92.0])
+    per_step = torch.tensor([0.0, 0.3], dtype=torch.float64)
+    kw = {"barrier": 90.0, "down": True, "time_grid": GRID2}
+    with pytest.raises(ValueError, match=r"shape \(2,\) is ambiguous.*\(2, 1\).*\(1, 2\)"):
+        payoffs.barrier_hit_probabilities(p, **kw, volatility=per_step)
+    with pytest.raises(ValueError, match="ambiguous"):
+        payoffs.path_extremum(p, maximum=False, time_grid=GRID2, volatility=per_step)
+    by_step = payoffs.barrier_hit_probabilities(p, **kw, volatility=per_step[None, :])
+    full = payoffs.barrier_hit_probabilities(p, **kw, volatility=per_step.expand(2, 2))
+    torch.testing.assert_close(by_step, full, rtol=0.0, atol=0.0)
+    assert by_step[:, 0].tolist() == [0.0, 0.0]  # no variance in the first step: no crossing
+    by_path = payoffs.barrier_hit_probabilities(p, **kw, volatility=per_step[:, None])
+    flat = payoffs.barrier_hit_probabilities(p, **kw, volatility=0.3)
+    torch.testing.assert_close(by_path[1], flat[1], rtol=0.0, atol=0.0)
+    assert by_path[0].tolist() == [0.0, 0.0]  # the first path has no variance at all
+
+
 def test_bridge_crossing_probability_matches_the_closed_form() -> None:
     p = _paths([100.0, 95.0])
     grid = torch.tensor([0.0, 0.25], dtype=torch.float64)

@@ -455,6 +455,23 @@ def test_a_bool_for_a_number_is_refused_naming_the_field(target):
         getattr(sabr, target)(**kw)
 
 
+@pytest.mark.parametrize("target", ["lognormal_vol", "normal_vol", "alpha_from_atm_vol", "price"])
+@pytest.mark.parametrize(
+    "as_complex",
+    [lambda v: torch.tensor(v, dtype=torch.complex128), np.complex128, lambda v: complex(v, 1e-3)],
+)
+def test_a_complex_input_is_refused_naming_the_field(target, as_complex):
+    # a complex tensor or numpy scalar was cast to real (its imaginary part dropped) with only
+    # torch's warning, and a Python complex failed in torch naming no field
+    kw = dict(forward=0.03, maturity=1.0, beta=0.5, rho=-0.2, nu=0.5)
+    kw |= dict(atm_vol=0.2) if target == "alpha_from_atm_vol" else dict(strike=0.03, alpha=0.02)
+    fields = [*kw, "shift"] + (["discount"] if target == "price" else [])
+    for field in fields:
+        bad = kw | {field: as_complex(kw.get(field, 0.0 if field == "shift" else 1.0))}
+        with pytest.raises(ValueError, match=f"^{field} must be real, not complex"):
+            getattr(sabr, target)(**bad)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("alpha", 0.0), ("beta", -0.1), ("rho", -1.0), ("nu", -1e-3), ("alpha", math.inf)],

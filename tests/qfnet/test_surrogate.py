@@ -504,6 +504,44 @@ def test_inputs_that_do_not_broadcast_or_are_bools_are_refused_naming_the_fields
         implied_vol(net, **(iv_kw | {"log_moneyness": "atm"}))
 
 
+def test_numeric_strings_and_complex_numbers_are_refused_naming_the_field():
+    # numpy parsed "0.2" as 0.2 (the pricers refuse text), and a complex tensor lost its
+    # imaginary part with only torch's warning
+    net = load_surrogate()
+    kw = dict(spot=100.0, strike=100.0, maturity=1.0, **HESTON)
+    iv_kw = dict(maturity=1.0, log_moneyness=0.0, **HESTON)
+    cases = [
+        (implied_vol, iv_kw | {"v0": "0.04"}, "v0"),
+        (implied_vol, iv_kw | {"maturity": ["1.0", "2.0"]}, "maturity"),
+        (implied_vol, iv_kw | {"rho": np.array([b"-0.6"])}, "rho"),
+        (implied_vol, iv_kw | {"kappa": np.array(["1.5", 2.0], dtype=object)}, "kappa"),
+        (price, kw | {"spot": "100"}, "spot"),
+        (price, kw | {"theta": torch.tensor(0.05 + 0.01j)}, "theta"),
+        (greeks, kw | {"strike": np.str_("100")}, "strike"),
+    ]
+    for fn, args, field in cases:
+        with pytest.raises(TypeError, match=f"^{field} must be real numbers"):
+            fn(net, **args)
+
+
+@pytest.mark.parametrize("maturity", [HESTON_DOMAIN.maturity[0], 0.5, 3.0])
+def test_float32_spot_and_strike_at_the_moneyness_edge_are_inside(maturity):
+    # the domain check ran in float64 on the float32-rounded spot and strike with float64's
+    # tolerance, so an edge strike was refused about half the time (its log-moneyness is off
+    # by the rounding, about 6e-8)
+    net = load_surrogate()
+    spot = torch.linspace(50.0, 150.0, 40, dtype=torch.float64)
+    half = HESTON_DOMAIN.z_scale * math.sqrt(maturity)
+    for z in HESTON_DOMAIN.z:
+        strike = spot * math.exp(z * half)
+        kw = dict(spot=spot.float(), strike=strike.float(), maturity=maturity, **HESTON)
+        assert bool(torch.isfinite(price(net, **kw)).all())
+        assert bool(torch.isfinite(greeks(net, **kw)["delta"]).all())
+        beyond = spot * math.exp(z * half + math.copysign(1e-5, z))  # past the edge: refused
+        with pytest.raises(DomainError, match="log_moneyness"):
+            price(net, **(kw | {"strike": beyond.float()}))
+
+
 def test_load_names_a_device_that_is_not_there():
     # device="gpu" was torch's RuntimeError and "cuda" without CUDA a bare AssertionError
     with pytest.raises(ValueError, match=r"device must be a torch device .* got 'gpu'"):
