@@ -24,12 +24,17 @@ from pricing.monte_carlo import price_paths
 
 __all__ = ["PathwiseGreeks", "bs_asian", "bs_barrier", "bs_lookback", "bs_pathwise_greeks"]
 
+ASIAN_STEPS = 64
+"""Default steps of a continuous Asian average (trapezoidal rule): over a year at 30%
+volatility, the price, delta and vega of the 64-step average are within 1e-4 of the continuous
+average's, relative."""
+
 
 class PathwiseGreeks(NamedTuple):
     """Price, delta and vega estimates from the same paths (vega per 1.00 of volatility).
 
     Shape:
-        Each field is an ``MCResult`` whose tensors are scalars (or one per strike).
+        Each field is an ``MCResult`` whose tensors are scalars (one strike per run).
 
     Examples:
         >>> g = torch.Generator().manual_seed(0)
@@ -60,7 +65,7 @@ def bs_asian(
     past_average: float | None = None,
     past_weight: float = 0.0,
     n_paths: int,
-    n_steps: int = 64,
+    n_steps: int = ASIAN_STEPS,
     antithetic: bool = False,
     control: bool = False,
     generator: torch.Generator | None = None,
@@ -343,7 +348,7 @@ def bs_pathwise_greeks(
     average: str = "arithmetic",
     fixing_times: Sequence[float] | None = None,
     n_paths: int,
-    n_steps: int = 1,
+    n_steps: int | None = None,
     antithetic: bool = False,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
@@ -367,7 +372,9 @@ def bs_pathwise_greeks(
         average: Asian average, ``"arithmetic"`` or ``"geometric"``.
         fixing_times: Asian fixing times; None averages continuously over ``n_steps`` steps.
         n_paths: number of paths.
-        n_steps: time steps.
+        n_steps: time steps (ignored with ``fixing_times``); None: one for a European (its
+            terminal value is exact), :data:`ASIAN_STEPS` for a continuous Asian average (as
+            :func:`bs_asian`).
         antithetic: antithetic pairs.
         generator: random source.
         chunk_size: paths per chunk (None: :func:`pricing._mc_random.graph_chunk_size`, which
@@ -392,6 +399,8 @@ def bs_pathwise_greeks(
     # one backward pass per run: with several strikes or flags it summed their greeks
     check_single("strike", strike, "for pathwise greeks (one call per strike)")
     is_call = call_flag(is_call)
+    if n_steps is None:  # one step averaged S_0 and S_T alone: a continuous Asian's vega 22% low
+        n_steps = ASIAN_STEPS if payoff == "asian" and fixing_times is None else 1
     grid = _asian_grid(fixing_times, maturity, n_steps)
     fixings = None if fixing_times is None else list(range(1, grid.numel()))
     s0 = torch.full((n_paths,), float(spot), dtype=DEFAULT_DTYPE, requires_grad=True)
