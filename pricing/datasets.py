@@ -152,6 +152,17 @@ class Domain:
                 return (low, high)
         raise KeyError(f"{name!r} is not a field of the {self.model} domain")
 
+    def holds(self, name: str, values: Any) -> np.ndarray:
+        """Which of ``values`` (of one field, :meth:`bounds`' names) lie inside its bounds, to
+        the domain's ``rtol`` (NaN: outside).
+
+        Examples:
+            >>> HESTON_DOMAIN.holds("rho", [-0.5, -1.5]).tolist()
+            [True, False]
+        """
+        low, high = self.bounds(name)
+        return _within(np.atleast_1d(np.asarray(values, dtype=np.float64)), low, high, self.rtol)
+
     def _outside(
         self, columns: Mapping[str, Any], inputs: Iterable[Any] | None = None
     ) -> Iterator[tuple[str, np.ndarray, str]]:

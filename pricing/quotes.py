@@ -32,6 +32,7 @@ __all__ = [
     "check_one_quote_date",
     "read_quotes",
     "require_columns",
+    "row_error",
     "shifts",
     "short_call_flags",
 ]
@@ -566,13 +567,28 @@ def check_one_quote_date(quotes: pd.DataFrame) -> None:
     if other:
         (first, first_value), (date, value) = dates[0], other[0]
         rows = [int(np.argmax((column == v).to_numpy())) for v in (first_value, value)]
-        lines = quotes.attrs.get("file_lines")
-        lines = np.asarray(lines) if lines is not None and len(lines) == len(quotes) else None
-        raise _Locator(lines, None).error(
-            rows[1], "quote_date", f"a second quote date, {date.date()} ({first.date()} in row "
-            f"{rows[0] + 1}): forwards, repeated contracts and smiles are per day; give one "
-            "quote date's quotes at a time"
+        raise row_error(
+            quotes, rows[1], "quote_date", f"a second quote date, {date.date()} ({first.date()} "
+            f"in row {rows[0] + 1}): forwards, repeated contracts and smiles are per day; give "
+            "one quote date's quotes at a time"
         )  # fmt: skip
+
+
+def row_error(quotes: pd.DataFrame, position: int, column: str | None, reason: str) -> QuoteError:
+    """A :class:`QuoteError` naming the row at ``position`` (0-based) of ``quotes``, its file
+    line where :func:`read_quotes` recorded them (``attrs["file_lines"]``; a table of other rows
+    than the file's names none), and ``column``: the errors found after reading, as those found
+    while reading.
+
+    Examples:
+        >>> table = pd.DataFrame({"rho": [0.1, -1.5]})
+        >>> table.attrs["file_lines"] = [2, 4]  # a blank line 3
+        >>> print(row_error(table, 1, "rho", "must be in (-1, 1), got -1.5"))
+        row 2 (file line 4), column 'rho': must be in (-1, 1), got -1.5
+    """
+    lines = quotes.attrs.get("file_lines")
+    lines = np.asarray(lines) if lines is not None and len(lines) == len(quotes) else None
+    return _Locator(lines, None).error(position, column, reason)
 
 
 def _readable_dates(values: Sequence[object], day_first: bool) -> list[tuple[pd.Timestamp, object]]:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from pricing.quotes import DAYFIRST_HINT, DAYFIRST_OPTIONS
 
-__all__ = ["DAYFIRST_FLAGS", "DAYFIRST_HELP", "fail", "quote_message"]
+__all__ = ["DAYFIRST_FLAGS", "DAYFIRST_HELP", "SEED_MAX", "fail", "quote_message", "seed_option"]
 
 # ``--dayfirst/--monthfirst`` of the commands that read a quote file (price, iv, calibrate): the
 # ``dayfirst`` of pricing.quotes.read_quotes, None (neither flag) inferring it from the dates.
@@ -16,6 +18,21 @@ DAYFIRST_HELP = (
     "Numeric dates such as 05/01/2024 are day/month (--dayfirst) or month/day (--monthfirst). "
     "Default: the file's dates decide (a day above 12), and a file they cannot is refused."
 )
+
+SEED_MAX = 2**32 - 1
+"""The largest ``--seed`` of every command: numpy's global seed (the trainers seed it) is 32
+bits, and ``price --seed`` took up to 2**63 - 1 where the other commands refused 2**32."""
+
+
+def seed_option(*args: Any, **kwargs: Any) -> Any:
+    """``typer.Option(*args, **kwargs)`` of a ``--seed``, in ``[0, SEED_MAX]`` (one range for
+    every command; outside it is a usage error naming ``--seed``).
+
+    Examples:
+        >>> seed_option(0, help="Random seed.").max == SEED_MAX
+        True
+    """
+    return typer.Option(*args, min=0, max=SEED_MAX, **kwargs)
 
 
 def fail(message: str) -> typer.Exit:

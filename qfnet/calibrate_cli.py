@@ -15,7 +15,7 @@ import typer
 from pricing.calibration import CalibrationResult, calibrate
 from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
-from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message
+from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message, seed_option
 
 __all__ = ["bounds_line", "calibrate_command", "result_json"]
 
@@ -142,9 +142,7 @@ def calibrate_command(
         bool, typer.Option("--clean/--no-clean", help="Filter bad and arbitrageable quotes first.")
     ] = True,
     plot: Annotated[bool, typer.Option("--plot", help="Also write smile plots (PNG).")] = False,
-    seed: Annotated[
-        int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the global start.")
-    ] = 0,
+    seed: Annotated[int, seed_option("--seed", help="Seed of the global start.")] = 0,
     device: Annotated[
         str, typer.Option("--device", help="cpu, or cuda, cuda:1... for heston direct.")
     ] = "cpu",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import warnings
 from pathlib import Path
@@ -18,18 +17,20 @@ import numpy as np
 import pandas as pd
 import typer
 
+from pricing.datasets import Domain
 from pricing.quotes import read_quotes, shifts
-from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message
+from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message, seed_option
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
 from qfnet.price_rows import (
+    MC_ROW_DOMAINS,
     add_implied_vols,
     black_vols,
     forward_and_discount,
     model_parameters,
     price_table,
 )
-from qfnet.surrogate import SABR_PDE_SURROGATE
+from qfnet.surrogate import SABR_PDE_SURROGATE, load_surrogate
 from qfnet.surrogate_cli import generate_command, surrogate_price_rows, train_surrogate_command
 
 __all__ = ["app", "main"]
@@ -139,7 +140,7 @@ def price(
     params: str | None = typer.Option(
         None, help="JSON object (or file) of model parameters applied to every row."
     ),
-    seed: int = typer.Option(0, min=0, max=2**63 - 1, help="Random seed (Monte Carlo)."),
+    seed: int = seed_option(0, help="Random seed (Monte Carlo)."),
     paths: int = typer.Option(100_000, help="Monte Carlo paths (--engine mc only)."),
     steps: int = typer.Option(100, help="Monte Carlo time steps (--engine mc only)."),
     surrogate: Path | None = typer.Option(None, help="Surrogate run or model file."),
@@ -169,6 +170,8 @@ def price(
     # a SABR shift in --params is the file's shift column where it has none: negative strikes
     # are then read (it was refused by the file's strike > 0 check)
     shift = values.pop("shift", None) if model == "sabr" else None
+    if shift is not None and not np.isfinite(shift):  # NaN read as a second, different shift
+        raise fail(f"--params: shift must be finite; got {shift}")
     table = read_table(quotes, shift=shift, dayfirst=dayfirst)
     if shift is not None and not np.allclose(table["shift"].to_numpy(float), shift):
         raise fail("parameter 'shift' is given both as a column and in --params")
@@ -182,7 +185,7 @@ def price(
         else:
             raise fail(f"--engine {engine} is not available yet")
     except (ValueError, FileNotFoundError) as error:
-        raise fail(_name_params(str(error), values)) from error
+        raise fail(str(error)) from error
     # a rate (dividend) the file lacked was written as 0 beside the discount (forward) it gave,
     # which the prices used: leave out the defaults those columns make meaningless
     given = {"rate": "discount", "dividend": "forward"}
@@ -207,19 +210,6 @@ def _refuse_mc_options(ctx: typer.Context, engine: str) -> None:
                                      param_hint=f"--{name}")  # fmt: skip
 
 
-def _name_params(message: str, params: dict[str, float]) -> str:
-    """A check that failed on a ``--params`` value named row 1 (every row holds it), which sent
-    the reader to the file: name ``--params`` instead. Messages about a value derived per row
-    (a SABR surrogate's rescaled alpha) keep their row."""
-    if (found := re.match(r"row \d+: (\w+) ", message)) and found[1] in params:
-        return "--params: " + message.split(": ", 1)[1]
-    found = re.match(r"(\w+) = ([-+.\deE]+|nan|inf) at row \d+ ", message)  # a DomainError
-    if found and found[1] in params and float(found[2]) == params[found[1]]:
-        rest = re.sub(r" \(\d+ rows? outside\)", "", message[found.end() :])  # every row
-        return f"--params: {found[1]} = {found[2]} {rest}"
-    return message
-
-
 def _keep_market_columns(table: pd.DataFrame, result: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The input's own ``price`` and ``implied_vol`` (market values, where a quote file has them)
     beside the model's, as ``market_price`` and ``market_implied_vol``: the model's columns
@@ -242,14 +232,30 @@ def _price_surrogate(
     if surrogate is None and model == "sabr":
         surrogate = SABR_PDE_SURROGATE  # the shipped PDE-labelled SABR surrogate
     columns = model_parameters(table, model, params)
+    net = load_surrogate(surrogate)
+    if net.domain.model == model:  # else surrogate_price_rows names the mismatch
+        _check_surrogate_params(net.domain, params)
     shift = columns.pop("shift", None)  # (N,) for SABR
     if shift is not None and (shift != 0.0).any():
         raise fail("--engine surrogate: the SABR surrogate prices unshifted SABR (shift 0) only")
     forward, discount = forward_and_discount(table)  # per row, as the other engines read them
     rows = table.assign(**columns, forward=forward, discount=discount)
     result = table.copy()
-    result["price"], result["implied_vol"] = surrogate_price_rows(rows, surrogate, model=model)
+    result["price"], result["implied_vol"] = surrogate_price_rows(rows, net, model=model)
     return result
+
+
+def _check_surrogate_params(domain: Domain, params: dict[str, float]) -> None:
+    """Refuse a ``--params`` value outside the surrogate's box, naming ``--params``: every row
+    holds it, and the surrogate's own check named row 1. SABR's ``alpha`` is read per row, at
+    ``F = 1`` (:func:`qfnet.surrogate_cli.surrogate_price_rows`): left to that check."""
+    for name, value in params.items():
+        if name in domain.param_names and not (domain.model == "sabr" and name == "alpha"):
+            if not domain.holds(name, value).all():
+                low, high = domain.bounds(name)
+                raise fail(f"--params: {name} = {value!r} is outside the {domain.model} "
+                           f"surrogate domain [{low:g}, {high:g}]; the surrogate never "
+                           "extrapolates")  # fmt: skip
 
 
 # Monte Carlo engine (--engine mc): rows priced by pricing.monte_carlo.price_european_rows.
@@ -267,7 +273,7 @@ def _price_mc(
     f, d = forward_and_discount(table)
     k, t = table["strike"].to_numpy(float), table["maturity"].to_numpy(float)
     call = (table["option_type"] == "call").to_numpy()
-    values = model_parameters(table, model, params)
+    values = model_parameters(table, model, params, domains=MC_ROW_DOMAINS)
     prices, errors = price_european_rows(
         model=model, forward=f, discount=d, strike=k, maturity=t, is_call=call,
         params=values, n_paths=paths, n_steps=steps, seed=seed,
@@ -368,7 +374,7 @@ def _rows(table: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
 def demo(
     out: Path = typer.Option(Path("demo_report"), help="Report directory."),
     quick: bool = typer.Option(False, help="Smallest settings (used by the test suite)."),
-    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Random seed."),
+    seed: int = seed_option(0, help="Random seed."),
 ) -> None:
     """Run the whole pipeline on the bundled DAX surface and write a report directory."""
     from qfnet.demo import run_demo

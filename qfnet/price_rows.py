@@ -7,6 +7,7 @@ of that price), plus ``std_error`` for Monte Carlo.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,11 +15,13 @@ import pandas as pd
 import torch
 
 from pricing import black_scholes as bs
-from pricing._validation import check_nonnegative
-from pricing.quotes import QuoteError, call_flags, carry_yields, require_columns
+from pricing._validation import PARAMETER_DOMAINS, check_nonnegative
+from pricing.quotes import QuoteError, call_flags, carry_yields, require_columns, row_error, shifts
 
 __all__ = [
+    "MC_ROW_DOMAINS",
     "MODEL_PARAMETERS",
+    "ROW_DOMAINS",
     "add_implied_vols",
     "black_vols",
     "forward_and_discount",
@@ -32,6 +35,19 @@ MODEL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "sabr": ("alpha", "beta", "rho", "nu"),
 }
 """Parameter names per model (SABR also takes an optional ``shift``, default 0)."""
+
+Domains = Mapping[str, tuple[float, float, str]]
+
+ROW_DOMAINS: Domains = {
+    **PARAMETER_DOMAINS,
+    "volatility": (0.0, math.inf, "[)"),
+    "shift": (-math.inf, math.inf, "()"),
+}
+"""Where the analytic, QuantLib and surrogate engines take each parameter, ``(low, high,
+brackets)`` (:data:`pricing._validation.PARAMETER_DOMAINS`; finite values only)."""
+
+MC_ROW_DOMAINS: Domains = {**ROW_DOMAINS, "rho": (-1.0, 1.0, "[]")}
+"""Where the Monte Carlo engine takes them: its simulations take a correlation of -1 or 1 too."""
 
 
 def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -68,17 +84,23 @@ def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         forward = np.where(np.isfinite(given), given, forward)
     missing = np.flatnonzero(~np.isfinite(forward))
     if missing.size:
-        raise QuoteError(
-            f"row {missing[0] + 1}: no forward: give a 'forward' column or 'spot' (with 'rate', "
-            "'dividend')"
-        )
+        raise row_error(quotes, int(missing[0]), "forward", "no forward: give a 'forward' "
+                        "value or a 'spot' column (with 'rate', 'dividend')")  # fmt: skip
     return forward, discount
 
 
 def model_parameters(
-    quotes: pd.DataFrame, model: str, params: Mapping[str, float] | None = None
+    quotes: pd.DataFrame,
+    model: str,
+    params: Mapping[str, float] | None = None,
+    *,
+    domains: Domains = ROW_DOMAINS,
 ) -> dict[str, np.ndarray]:
-    """Model parameters per row from the table's columns or from ``params`` (one set for all rows).
+    """Model parameters per row from the table's columns or from ``params`` (one set for all rows),
+    each checked against its interval in ``domains`` (:data:`ROW_DOMAINS`, or
+    :data:`MC_ROW_DOMAINS` for Monte Carlo): a bad column value is a :class:`QuoteError` naming
+    its row, file line and column, a bad ``params`` value a ``ValueError`` naming ``--params``
+    (every row holds it: "row 1" sent the reader to the file).
 
     A parameter given both ways is an error, so that a stale column never silently wins.
 
@@ -95,6 +117,10 @@ def model_parameters(
         Traceback (most recent call last):
         ...
         ValueError: parameter 'v0' is given both as a column and in --params
+        >>> model_parameters(quotes, "heston", {"kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -1.7})
+        Traceback (most recent call last):
+        ...
+        ValueError: --params: rho must be in (-1, 1); got -1.7
     """
     if model not in MODEL_PARAMETERS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_PARAMETERS)}")
@@ -110,13 +136,13 @@ def model_parameters(
         if in_table and name in params:
             raise ValueError(f"parameter {name!r} is given both as a column and in --params")
         if in_table:
-            values = quotes[name].to_numpy(float)
-            bad = np.flatnonzero(~np.isfinite(values))
-            if bad.size:
-                raise QuoteError(f"row {bad[0] + 1}, column '{name}': missing or non-numeric value")
-            out[name] = values
+            out[name] = _parameter_column(quotes, name, domains[name])
         elif name in params:
-            out[name] = np.full(n, float(params[name]))
+            value = float(params[name])
+            if not _inside(np.array(value), *domains[name]):
+                raise ValueError(f"--params: {name} must be {_requirement(*domains[name])}; "
+                                 f"got {value}")  # fmt: skip
+            out[name] = np.full(n, value)
         elif name == "shift":
             out[name] = np.zeros(n)
         else:
@@ -126,22 +152,60 @@ def model_parameters(
     return out
 
 
+def _parameter_column(
+    quotes: pd.DataFrame, name: str, domain: tuple[float, float, str]
+) -> np.ndarray:
+    """The column ``name`` as floats ``(N,)``, each in ``domain``; the first value that is not
+    is named by row, file line and column (it was "row 2: rho must be in (-1, 1)", no line)."""
+    raw = shifts(quotes) if name == "shift" else quotes[name]  # an empty shift is 0, as read
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+    bad = np.flatnonzero(~_inside(values, *domain))
+    if bad.size:
+        i = int(bad[0])
+        if pd.isna(raw.iloc[i]):
+            raise row_error(quotes, i, name, "missing value")
+        if np.isnan(values[i]):
+            raise row_error(quotes, i, name, f"not a number: {raw.iloc[i]!r}")
+        raise row_error(quotes, i, name, f"must be {_requirement(*domain)}, got {values[i]}")
+    return values
+
+
+def _inside(values: np.ndarray, low: float, high: float, brackets: str) -> np.ndarray:
+    """Which of ``values`` are finite and inside the interval ``brackets[0] low, high brackets[1]``."""
+    with np.errstate(invalid="ignore"):
+        above = values >= low if brackets[0] == "[" else values > low
+        below = values <= high if brackets[1] == "]" else values < high
+    return np.isfinite(values) & above & below
+
+
+def _requirement(low: float, high: float, brackets: str) -> str:
+    """An interval as the pricers' messages write it: ``finite``, ``finite and > 0``, ``in (-1, 1)``."""
+    if math.isinf(low) and math.isinf(high):
+        return "finite"
+    if math.isinf(high):
+        return f"finite and {'>=' if brackets[0] == '[' else '>'} {low:g}"
+    return f"in {brackets[0]}{low:g}, {high:g}{brackets[1]}"
+
+
 def _is_call(quotes: pd.DataFrame) -> np.ndarray:
     """Calls per row; a type other than ``call``/``put`` (a raw ``C``, a gap) is an error, not a
     put (:func:`pricing.quotes.read_quotes` turns ``C``/``P`` into ``call``/``put``)."""
     require_columns(quotes, ["option_type"], "pricing")
-    return call_flags(quotes["option_type"])
+    try:
+        return call_flags(quotes["option_type"])
+    except QuoteError as error:  # its row, with the file's line
+        raise row_error(quotes, error.row - 1, error.column, error.reason) from None
 
 
-def _row_error(error: ValueError) -> ValueError:
-    """Turn 'index i' in a pricer's message into the table's 1-based row number."""
+def _row_error(quotes: pd.DataFrame, error: ValueError) -> ValueError:
+    """Turn 'index i' in a pricer's message into the table's 1-based row and its file line."""
     text = str(error)
     marker = " at index "
     if marker in text:
         head, tail = text.split(marker, 1)
         index = tail.split()[0].strip("(),")
         if index.isdigit():
-            return QuoteError(f"row {int(index) + 1}: {head}")
+            return row_error(quotes, int(index), None, head)
     return QuoteError(text)
 
 
@@ -249,7 +313,7 @@ def price_table(
         else:
             prices = torch.as_tensor(_quantlib(model, f, d, k, t, call, p), dtype=torch.float64)
     except ValueError as error:
-        raise _row_error(error) from error
+        raise _row_error(quotes, error) from error
     out = quotes.copy()
     out["price"] = prices.detach().numpy()
     return add_implied_vols(out, prices.detach(), forward=f, discount=d, strike=k, maturity=t,

@@ -23,8 +23,14 @@ import typer
 from pricing import black_scholes
 from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
 from pricing.quotes import short_call_flags
-from qfnet._cli import fail
-from qfnet.surrogate import _at_unit_forward, _given_alpha, implied_vol, load_surrogate
+from qfnet._cli import fail, seed_option
+from qfnet.surrogate import (
+    SurrogateNet,
+    _at_unit_forward,
+    _given_alpha,
+    implied_vol,
+    load_surrogate,
+)
 
 __all__ = ["generate_command", "surrogate_price_rows", "train_surrogate_command"]
 
@@ -47,10 +53,8 @@ def generate_command(
     ] = None,
     seed: Annotated[
         int,
-        typer.Option(
+        seed_option(
             "--seed",
-            min=0,
-            max=2**32 - 1,
             help="Seed of the Sobol scrambling: datasets of one seed share their first points "
             "(held-out data needs another seed).",
         ),
@@ -154,7 +158,7 @@ def train_surrogate_command(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue OUT from its checkpoint.")
     ] = False,
-    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
+    seed: Annotated[int, seed_option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-3,
     hidden: Annotated[str, typer.Option("--hidden", help="Hidden widths.")] = "128,128,128,128",
@@ -256,13 +260,22 @@ def _is_call(df: pd.DataFrame) -> torch.Tensor:
     return torch.tensor(short_call_flags(df["option_type"]))
 
 
+def _row(df: pd.DataFrame, index: int) -> str:
+    """``row i`` (1-based) of ``df``, with its file line where :func:`pricing.quotes.read_quotes`
+    recorded them."""
+    lines = df.attrs.get("file_lines")
+    line = f" (file line {lines[index]})" if lines is not None and len(lines) == len(df) else ""
+    return f"row {index + 1}{line}"
+
+
 def surrogate_price_rows(
     df: pd.DataFrame,
-    surrogate_path: str | os.PathLike[str] | None = None,
+    surrogate_path: str | os.PathLike[str] | SurrogateNet | None = None,
     *,
     model: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Price quote-table rows with a surrogate (default: the shipped Heston one).
+    """Price quote-table rows with a surrogate (a file or run, default the shipped Heston one; or
+    one already loaded).
 
     Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend - borrow) T)`` and
     ``exp(-rate T)``; model parameters come from the columns named by the surrogate's domain.
@@ -276,7 +289,7 @@ def surrogate_price_rows(
     Raises:
         ValueError: a missing or non-numeric column, a bad option type (naming the 1-based row).
         pricing.datasets.DomainError: a row outside the surrogate's domain (naming field and
-            1-based row).
+            1-based row, and its file line where ``df`` is read from one).
 
     Examples:
         >>> rows = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "spot": 100.0,
@@ -287,7 +300,8 @@ def surrogate_price_rows(
         >>> price.shape, bool(np.abs(price - fourier).max() < 0.01)
         ((2,), True)
     """
-    net = load_surrogate(surrogate_path)
+    net = (surrogate_path if isinstance(surrogate_path, SurrogateNet)
+           else load_surrogate(surrogate_path))  # fmt: skip
     if model is not None and net.domain.model != model:
         raise ValueError(f"the surrogate is a {net.domain.model} surrogate, not {model}")
     t, k = _column(df, "maturity"), _column(df, "strike")
@@ -308,7 +322,7 @@ def surrogate_price_rows(
             iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
         except DomainError as error:  # its array index, as the table's 1-based row
             message = str(_given_alpha(error, net, given, forward))
-            message = re.sub(r"at index (\d+)", lambda m: f"at row {int(m[1]) + 1}", message,
+            message = re.sub(r"at index (\d+)", lambda m: f"at {_row(df, int(m[1]))}", message,
                              count=1)  # fmt: skip
             raise DomainError(message) from None
         value = black_scholes.black_price(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from qfnet._cli import fail
+from qfnet._cli import fail, seed_option
 
 __all__ = ["hedge_app"]
 
@@ -20,9 +20,7 @@ hedge_app = typer.Typer(help="Deep hedging: train a policy, backtest it against 
 def train_command(
     config: Path = typer.Option(..., "--config", help="YAML experiment config."),
     out: Path = typer.Option(..., "--out", help="Run directory to create."),
-    seed: int | None = typer.Option(
-        None, "--seed", min=0, max=2**32 - 1, help="Override the config's seed."
-    ),
+    seed: int | None = seed_option(None, "--seed", help="Override the config's seed."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override training.epochs."),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar."),
     overwrite: bool = typer.Option(
@@ -109,9 +107,7 @@ def backtest_command(
     ),
     n_paths: int | None = typer.Option(None, "--n-paths", help="Override paths.test."),
     bootstrap: int = typer.Option(100, "--bootstrap", help="Bootstrap resamples for the CIs."),
-    seed: int | None = typer.Option(
-        None, "--seed", min=0, max=2**32 - 1, help="Seed of the test paths."
-    ),
+    seed: int | None = seed_option(None, "--seed", help="Seed of the test paths."),
 ) -> None:
     """Backtest the learned policy and the baselines on the same test paths.
 

@@ -876,3 +876,71 @@ def test_a_date_the_flag_contradicts_suggests_the_other_flag(tmp_path):
     assert ("'13/06/2024' (it does not read month/day/year, as --monthfirst says: day/month/year? "
             "pass --dayfirst)") in refused.output  # fmt: skip
     assert runner.invoke(app, [*args, "--dayfirst"]).exit_code == 0
+
+
+# a blank line 3: data row 2 is file line 4
+HESTON_ROWS = ("option_type,strike,maturity,spot,v0,kappa,theta,sigma,rho\n"
+               "call,100,1,100,0.04,1.5,0.04,0.5,-0.5\n\n"
+               "put,100,1,100,0.04,1.5,0.04,0.5,{rho}\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["analytic", "quantlib", "mc"])
+@pytest.mark.parametrize(
+    ("rho", "message"),
+    [("-1.5", "column 'rho': must be in "), ("", "column 'rho': missing value")],
+)
+def test_price_row_errors_name_the_file_line_and_column(tmp_path, engine, rho, message):
+    # "row 2: rho must be in (-1, 1)" named neither the file's line nor (for a gap) the problem
+    path = tmp_path / "q.csv"
+    path.write_text(HESTON_ROWS.format(rho=rho))
+    result = runner.invoke(app, ["price", "--model", "heston", "--quotes", str(path), "--out",
+                                 str(tmp_path / "o.csv"), "--engine", engine])  # fmt: skip
+    assert result.exit_code == 1
+    assert f"error: row 2 (file line 4), {message}" in result.output, result.output
+
+
+def test_price_surrogate_row_errors_name_the_file_line(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text(HESTON_ROWS.format(rho="-0.99"))  # outside the surrogate's [-0.95, 0]
+    result = runner.invoke(app, ["price", "--model", "heston", "--quotes", str(path), "--out",
+                                 str(tmp_path / "o.csv"), "--engine", "surrogate"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "rho = -0.99 at row 2 (file line 4) is outside" in result.output, result.output
+
+
+def test_price_a_row_without_a_forward_names_its_file_line(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("option_type,strike,maturity,forward,volatility\ncall,100,1,100,0.2\n\n"
+                    "call,100,1,,0.2\n")  # fmt: skip
+    result = runner.invoke(app, ["price", "--model", "bs", "--quotes", str(path), "--out",
+                                 str(tmp_path / "o.csv")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "row 2 (file line 4), column 'forward': no forward" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "message"),
+    [
+        # a SABR surrogate named the rescaled alpha (in range on its own) for a negative nu
+        ("sabr", {"alpha": 0.2, "beta": 0.5, "rho": 0.0, "nu": -0.3},
+         "--params: nu must be finite and >= 0; got -0.3"),
+        ("heston", {"v0": 0.04, "kappa": 0.0, "theta": 0.04, "sigma": 0.5, "rho": -0.5},
+         "--params: kappa must be finite and > 0; got 0.0"),
+        # NaN was "given both as a column and in --params", inf "row 1, column 'shift'"
+        ("sabr", {"alpha": 0.2, "beta": 0.5, "rho": 0.0, "nu": 0.3, "shift": float("nan")},
+         "--params: shift must be finite; got nan"),
+        ("sabr", {"alpha": 0.2, "beta": 0.5, "rho": 0.0, "nu": 0.3, "shift": float("inf")},
+         "--params: shift must be finite; got inf"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("engine", ["analytic", "surrogate"])
+def test_price_bad_params_are_checked_against_the_model_domain(
+    bs_quotes, tmp_path, model, params, message, engine
+):
+    path, table = bs_quotes
+    table.drop(columns=["volatility"]).to_csv(path, index=False)
+    result = runner.invoke(app, ["price", "--model", model, "--quotes", str(path), "--out",
+                                 str(tmp_path / "o.csv"), "--engine", engine, "--params",
+                                 json.dumps(params)])  # fmt: skip
+    assert result.exit_code == 1
+    assert f"error: {message}" in result.output, result.output

@@ -117,9 +117,35 @@ def test_deep_in_the_money_rows_get_the_out_of_the_money_vol_or_a_reason(tmp_pat
 
 def test_seeds_outside_the_generator_range_are_usage_errors(quotes: Path, tmp_path: Path) -> None:
     args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(tmp_path / "o.csv")]
-    for seed in ("-1", str(2**64)):
+    # 2**32 too, as every other command: price took up to 2**63 - 1
+    for seed in ("-1", str(2**32), str(2**64)):
         result = runner.invoke(app, [*args, "--engine", "mc", "--seed", seed])
         assert result.exit_code == 2 and "--seed" in result.output
+
+
+def test_every_seed_option_takes_the_same_range() -> None:
+    import typer.main
+
+    from qfnet._cli import SEED_MAX
+
+    def seeds(command):
+        for sub in getattr(command, "commands", {}).values():
+            yield from seeds(sub)
+        yield from (p for p in getattr(command, "params", []) if "--seed" in p.opts)
+
+    found = list(seeds(typer.main.get_command(app)))
+    assert len(found) >= 6  # price, demo, calibrate, generate, train surrogate, hedge x2
+    assert {(p.min, p.max) for p in found} == {(0, SEED_MAX)}
+
+
+def test_mc_takes_a_correlation_of_minus_one_in_params(quotes: Path, tmp_path: Path) -> None:
+    # its simulations take |rho| = 1 (the analytic engines refuse it): checking --params against
+    # the model's domain must not refuse it for Monte Carlo
+    pd.read_csv(quotes).drop(columns="volatility").to_csv(quotes, index=False)
+    params = json.dumps({**HESTON, "rho": -1.0})
+    out = _price(quotes, tmp_path / "m.csv", "heston", "mc", "--paths", "512", "--steps", "4",
+                 "--params", params)  # fmt: skip
+    assert out["price"].notna().all()
 
 
 @pytest.mark.parametrize("engine", ["analytic", "quantlib"])

@@ -49,8 +49,9 @@ def test_quantlib_engine_refuses_the_parameters_the_analytic_one_does(model, par
     # others; Hagan's vol is negative at (K = 5, T = 30) for rho = -0.95, nu = 2
     table = pd.DataFrame({"option_type": "call", "strike": [1.0, 5.0], "maturity": [1.0, 30.0],
                           "forward": 1.0})  # fmt: skip
+    # a --params value is named as such (every row holds it); Hagan's vol by its row
     for engine in ("analytic", "quantlib"):
-        with pytest.raises(QuoteError, match=rf"row \d: {message} must be"):
+        with pytest.raises(ValueError, match=rf"(row \d|--params): {message} must be"):
             price_table(table, model=model, engine=engine, params=params)
 
 
@@ -67,3 +68,14 @@ def test_a_borrow_cost_enters_the_carry_as_quantlib_prices_it():
     reference = qlref.bs_price(spot=100.0, strike=100.0, maturity=t, volatility=0.2, rate=rate,
                                dividend=dividend + borrow, is_call=np.array([True, False]))  # fmt: skip
     np.testing.assert_allclose(priced, reference, rtol=1e-12, atol=0)
+
+
+def test_an_empty_shift_prices_as_zero_as_read_quotes_reads_it():
+    # read_quotes (and iv) take an empty shift cell as 0; price refused it as "missing or
+    # non-numeric value"
+    sabr = {"alpha": 0.05, "beta": 0.5, "rho": 0.0, "nu": 0.3}
+    table = read_quotes(pd.DataFrame({"option_type": "call", "strike": [0.01, 0.02],
+                                      "maturity": 1.0, "forward": 0.02, "shift": [0.01, None]}))  # fmt: skip
+    priced = price_table(table, model="sabr", params=sabr)["price"].to_numpy()
+    unshifted = price_table(table.drop(columns="shift"), model="sabr", params=sabr)
+    np.testing.assert_allclose(priced[1], unshifted["price"].to_numpy()[1], rtol=1e-14, atol=0)
