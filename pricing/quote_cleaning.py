@@ -33,6 +33,7 @@ from pricing.quotes import (
 __all__ = [
     "CleaningReport",
     "attach_forwards",
+    "carry_note",
     "clean_quotes",
     "parity_forwards",
     "prepare_quotes",
@@ -347,6 +348,25 @@ def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFr
     return out, sources
 
 
+def carry_note(defaulted: list[str], forward_sources: dict[str, int]) -> str | None:
+    """The warning owed when expiries took ``carry`` forwards from a spot whose ``rate`` or
+    ``dividend`` column was absent and read as 0 (``defaulted``, from ``read_quotes``'
+    ``attrs``), else None: their vols are those of the spot's forward, a year's carry off.
+
+    Examples:
+        >>> print(carry_note(["rate"], {"carry": 2, "parity": 3}))  # doctest: +ELLIPSIS
+        no rate column: 2 expiries without call/put pairs took their forwards from the spot ...
+        >>> carry_note([], {"carry": 2}) is None
+        True
+    """
+    n_carry = forward_sources.get("carry", 0)
+    if not (defaulted and n_carry):
+        return None
+    return (f"no {' or '.join(defaulted)} column: {n_carry} expiries without call/put pairs "
+            "took their forwards from the spot with it at 0 (give it, or both calls and puts "
+            "for parity)")  # fmt: skip
+
+
 def _drop(frame: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str, report: CleaningReport):
     mask = np.asarray(mask, dtype=bool)
     report.removed[reason] = report.removed.get(reason, 0) + int(mask.sum())
@@ -548,10 +568,8 @@ def clean_quotes(
     quotes = _drop(quotes, ~(quotes["maturity"] > 0).to_numpy(), "expired", report)
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
-    if defaulted and report.forward_sources.get("carry"):
-        report.notes.append(f"no {' or '.join(defaulted)} column: {report.forward_sources['carry']} "
-                            "expiries without call/put pairs took their forwards from the spot "
-                            "with it at 0 (give it, or both calls and puts for parity)")  # fmt: skip
+    note = carry_note(defaulted, report.forward_sources)
+    report.notes += [note] if note else []
     shift = shifts(frame)
     ratio = (frame["strike"] + shift) / (frame["forward"] + shift)
     frame = _drop(frame, ~ratio.between(*moneyness_range), "moneyness_out_of_range", report)

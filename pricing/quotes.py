@@ -23,6 +23,7 @@ __all__ = [
     "MATURITY_DATE_TOLERANCE",
     "MATURITY_LIMIT",
     "MISSING_VALUES",
+    "NEGATIVE_RATE_LIMIT",
     "NUMERIC_COLUMNS",
     "PATH_DEPENDENT_COLUMNS",
     "STRIKE_RATIO_LIMIT",
@@ -44,6 +45,8 @@ COLUMN_ALIASES: dict[str, str] = {
     "call_put": "option_type",
     "callput": "option_type",
     "put_call": "option_type",
+    "c_p": "option_type",  # 'C/P', 'Call/Put', 'Put/Call': a slash separates like a space
+    "p_c": "option_type",
     "cp_flag": "option_type",
     "right": "option_type",
     "optiontype": "option_type",
@@ -99,12 +102,15 @@ COLUMN_ALIASES: dict[str, str] = {
     "exercise_style": "exercise",
     "exercise_type": "exercise",
     "style": "exercise",
+    "option_style": "exercise",
+    "exercisestyle": "exercise",
     "volatility_type": "vol_type",
     "vol_convention": "vol_type",
     "repo_rate": "repo",
     "repo_spread": "repo",
 }
-"""Alias -> canonical column name (keys lower-cased, spaces and dashes turned into ``_``)."""
+"""Alias -> canonical column name (keys lower-cased, spaces, dashes and slashes turned into
+``_``)."""
 
 NUMERIC_COLUMNS: tuple[str, ...] = (
     "strike",
@@ -199,7 +205,7 @@ def _show(value: object) -> str:
 
 
 def _normalise_name(name: object) -> str:
-    key = re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+    key = re.sub(r"[\s\-/]+", "_", str(name).strip().lower())
     return COLUMN_ALIASES.get(key, key)
 
 
@@ -224,13 +230,18 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     header = [name.strip() for name in records[0]]
     while header and not header[-1]:  # a trailing comma on the header line too
         header.pop()
-    if len(header) == 1 and ";" in header[0]:  # a European export: "n fields, but 1 column"
-        raise QuoteError(f"the header {header[0]!r} is one column: separated by semicolons? "
+    separator = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
+    if separator:  # a European or tab-separated export: "n fields, but 1 column"
+        name = {";": "semicolons", "\t": "tabs", "|": "pipes"}[separator]
+        raise QuoteError(f"the header {header[0]!r} is one column: separated by {name}? "
                          "quote files use commas between fields and points in numbers",
                          line=1, source=path)  # fmt: skip
     repeated = sorted({name for name in header if name and header.count(name) > 1})
     if repeated:  # pandas would rename the second one 'name.1' and keep the first silently
-        raise QuoteError(f"column '{repeated[0]}' appears more than once in the header",
+        side_by_side = {"calls", "puts"} <= {name.lower() for name in header}  # an exchange's chain
+        hint = (": calls and puts side by side? give one row per option, with an option_type "
+                "column") if side_by_side else ""  # fmt: skip
+        raise QuoteError(f"column '{repeated[0]}' appears more than once in the header{hint}",
                          column=_normalise_name(repeated[0]), source=path)  # fmt: skip
     for i, record in enumerate(records[1:]):
         if any(field.strip() for field in record[len(header) :]):
@@ -635,6 +646,11 @@ DECIMAL_LIMITS = {
 }
 """Magnitudes beyond which a vol or rate is taken for a percentage (20 for 20%), an error."""
 
+NEGATIVE_RATE_LIMIT = -0.02
+"""A ``rate`` below which it is taken for a percentage (-0.5 for -0.5%), an error: no market's
+rate has gone much below -1%, and a percentage read as a decimal carried forwards by -50% a
+year."""
+
 STRIKE_RATIO_LIMIT = 100.0
 """Strike / forward (else spot) beyond which strikes are taken for thousandths (OptionMetrics'
 ``strike_price`` is the strike times 1000), an error, for underlyings quoted at 1 or more (a
@@ -710,6 +726,13 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
                 )
                 raise locate.error(i, column, f"{_show(frame[column].iloc[i])} looks like a "
                                               f"percentage: give decimals ({example})")  # fmt: skip
+    if "rate" in frame:
+        bad = np.flatnonzero((frame["rate"] < NEGATIVE_RATE_LIMIT).to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise locate.error(i, "rate", f"{_show(frame['rate'].iloc[i])} looks like a "
+                                          "percentage: give decimals (-0.005 for -0.5%; no "
+                                          f"rate below {NEGATIVE_RATE_LIMIT:g} is read)")  # fmt: skip
     checks = {"exercise": (r"american|bermudan|^\s*a\s*$", "European exercise only (American and "
                                                               "Bermudan prices carry an early-exercise "
                                                               "premium the Black and Heston formulas "

@@ -302,7 +302,7 @@ def iv(
     Forwards and discounts come from put-call parity where the file gives
     none; shifted-lognormal vols where the file has a 'shift' column;
     unsolvable rows get NaN and a status reason."""
-    from pricing.quote_cleaning import attach_forwards
+    from pricing.quote_cleaning import attach_forwards, carry_note
 
     check_table_out(out)
     # a crossed row gets a status, not an error; so does an expired one (an exchange download's
@@ -317,7 +317,7 @@ def iv(
         raise fail(f"{quotes}: every row has expired (expiry on or before the quote date)")
     live = _rows(table, ~expired)
     try:
-        prepared, _ = attach_forwards(live)  # the vols are solved once, below, with a status
+        prepared, sources = attach_forwards(live)  # the vols are solved once, below
     except ValueError as error:
         raise fail(f"{quotes}: {error}") from error
     live_vol, live_status = black_vols(
@@ -349,6 +349,10 @@ def iv(
     n_bad = int((status != "ok").sum())
     rows = "row" if len(result) == 1 else "rows"
     typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable) -> {out}{kept}")
+    # forwards of a spot carried at a rate read as 0 gave vols off by points, without a word
+    note = carry_note(table.attrs.get("defaulted", []), sources)
+    if note:
+        typer.echo(f"  note: {note}")
 
 
 def _on_rows(keep: np.ndarray, values: np.ndarray, fill: object) -> np.ndarray:

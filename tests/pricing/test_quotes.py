@@ -47,6 +47,10 @@ def test_bundled_dax_surface_loads_with_canonical_columns() -> None:
         ("K", "strike"),
         ("best_bid", "bid"),  # OptionMetrics' names: its prices were dropped as unknown columns
         ("best_offer", "ask"),
+        ("Call/Put", "option_type"),  # a slash read as part of the name: the column was ignored
+        ("Put/Call", "option_type"),
+        ("C/P", "option_type"),
+        ("Option Style", "exercise"),  # its 'American' was ignored
     ],
 )
 def test_column_aliases_are_case_insensitive(name: str, canonical: str) -> None:
@@ -77,6 +81,28 @@ def test_a_semicolon_separated_file_is_named_as_such(tmp_path) -> None:
     path = tmp_path / "eu.csv"
     path.write_text("strike;maturity;implied_vol\n100;1,0;0,2\n")
     with pytest.raises(QuoteError, match="separated by semicolons"):
+        read_quotes(path)
+
+
+@pytest.mark.parametrize(("separator", "name"), [("\t", "tabs"), ("|", "pipes")])
+def test_a_tab_or_pipe_separated_file_is_named_as_such(tmp_path, separator, name) -> None:
+    # one column named after the whole header: "needs column(s) strike, maturity; the table
+    # has strike_maturity_implied_vol"
+    path = tmp_path / "export.csv"
+    path.write_text(separator.join(["strike", "maturity", "implied_vol"]) + "\n100" + separator
+                    + "1.0" + separator + "0.2\n")  # fmt: skip
+    with pytest.raises(QuoteError, match=f"separated by {name}"):
+        read_quotes(path)
+
+
+def test_calls_and_puts_side_by_side_are_named_as_such(tmp_path) -> None:
+    # an exchange's chain (calls left of the strike, puts right) was refused as "column 'Ask'
+    # appears more than once", with no word of the layout it needs
+    path = tmp_path / "chain.csv"
+    path.write_text("Expiration Date,Calls,Bid,Ask,Strike,Puts,Bid,Ask\n"
+                    "2024-06-21,SPXC5000,449.5,451.2,5000,SPXP5000,20,20.4\n")  # fmt: skip
+    with pytest.raises(QuoteError, match=r"'Ask' appears more than once.*calls and puts side by "
+                                         r"side.*one row per option"):  # fmt: skip
         read_quotes(path)
 
 
@@ -331,6 +357,8 @@ def test_a_named_index_is_read_as_a_column(tmp_path: Path) -> None:
     ("extra", "match"),
     [({"implied_vol": 26.5}, r"column 'implied_vol': 26.5 looks like a percentage.*0.2 for 20%"),
      ({"rate": 3.0}, r"column 'rate': 3.0 looks like a percentage.*\(0.02 for 2%\)"),
+     # a euro rate of -0.5% in percent carried forwards by -50% a year (75 vol points off)
+     ({"rate": -0.5}, r"column 'rate': -0.5 looks like a percentage.*\(-0.005 for -0.5%"),
      ({"exercise_style": "American"}, r"column 'exercise': 'American': European exercise only"),
      ({"style": "A"}, r"column 'exercise': 'A': European exercise only"),  # OptionMetrics' code
      ({"exercise": "Bermudan"}, r"column 'exercise': 'Bermudan': European exercise only"),
@@ -342,6 +370,11 @@ def test_conventions_the_library_would_misread_are_refused(extra: dict, match: s
         table = table.drop(columns="iv")
     with pytest.raises(QuoteError, match=match):
         read_quotes(table.assign(**extra))
+
+
+def test_negative_rates_in_decimals_are_read() -> None:
+    table = pd.DataFrame({"strike": [100.0], "maturity": [0.5], "spot": [100.0], "iv": [0.2]})
+    assert read_quotes(table.assign(rate=-0.0075))["rate"].tolist() == [-0.0075]
 
 
 @pytest.mark.parametrize(

@@ -630,6 +630,21 @@ def test_iv_takes_forwards_from_parity_and_flags_zero_prices(tmp_path):
     assert "rate" not in ivs and "dividend" not in ivs
 
 
+def test_iv_notes_carry_forwards_made_with_a_missing_rate(tmp_path):
+    # calls only and no rate column: the forward was the spot, a 2.6-year ATM vol 26.2% for
+    # 20.6%, with the status ok and no word (calibrate's report said so; iv did not)
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 100.0], "maturity": 1.0,
+                          "spot": 100.0, "mid": [14.0, 8.0]})  # fmt: skip
+    path, out = tmp_path / "calls.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: no rate or dividend column: 1 expiries without call/put pairs" in result.output
+    table.assign(rate=0.03, dividend=0.01).to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+
+
 def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     table = pd.DataFrame({"option_type": "call", "strike": [90.0, 100.0], "maturity": 1.0,
                           "forward": 100.0, "discount": 1.0, "bid": [12.0, 9.0],
