@@ -9,6 +9,7 @@ a NaN/inf loss (and the learning-rate finder treats one as divergence), without 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -142,6 +143,12 @@ class ExpectedShortfall(RiskMeasure):
         if not self._ready and bool(self.initialised):
             self._ready = True
         return self._ready
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        # read ``initialised`` again: a state saved before the first batch (as ``lr_find``
+        # restores after its sweep) left the level at 0, never set, and every checkpoint unset
+        self._ready = False
 
 
 def _all_ranks(values: torch.Tensor) -> torch.Tensor:

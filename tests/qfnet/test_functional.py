@@ -117,6 +117,26 @@ def test_expected_shortfall_module_learns_var_level_by_gradient_descent() -> Non
     assert module(pnl).item() == pytest.approx(module.exact(pnl).item(), rel=1e-3)
 
 
+def test_expected_shortfall_level_is_set_again_after_loading_a_state_saved_unset() -> None:
+    # lr_find restores the state from before its sweep: the level came back unset (w = 0) but
+    # was never set from a batch again, and every later checkpoint recorded it unset
+    module = losses.ExpectedShortfall(0.9)
+    unset = {k: v.clone() for k, v in module.state_dict().items()}
+    first, _, _ = _normal_sample(1_000, seed=3)
+    module(first)
+    module.load_state_dict(unset)
+    assert not module.ready
+    second = first + 5.0
+    module(second)
+    torch.testing.assert_close(module.var_level.detach(), F.value_at_risk(second, 0.9),
+                               rtol=0, atol=0)  # fmt: skip
+    assert bool(module.initialised)
+    restored = losses.ExpectedShortfall(0.9)
+    restored.load_state_dict(module.state_dict())  # a set level is kept, not set again
+    restored(first)
+    torch.testing.assert_close(restored.var_level, module.var_level, rtol=0, atol=0)
+
+
 def test_entropic_risk_of_normal_matches_closed_form() -> None:
     pnl, mean, std = _normal_sample(400_000, seed=3)
     gamma = 0.5
