@@ -22,6 +22,8 @@ __all__ = [
     "check_real",
     "check_seasoning",
     "check_where",
+    "domain_requirement",
+    "inside_domain",
     "is_whole",
     "outside_domain",
 ]
@@ -48,6 +50,34 @@ def outside_domain(name: str, low: float, high: float) -> str | None:
     below = low < lo or (low == lo and brackets[0] == "(")
     above = high > hi or (high == hi and brackets[1] == ")" and hi != math.inf)
     return f"{brackets[0]}{lo:g}, {hi:g}{brackets[1]}" if below or above else None
+
+
+def inside_domain(values: np.ndarray, low: float, high: float, brackets: str) -> np.ndarray:
+    """Which of ``values`` are finite and inside the interval ``brackets[0] low, high brackets[1]``
+    (a :data:`PARAMETER_DOMAINS` entry).
+
+    Examples:
+        >>> inside_domain(np.array([-1.0, 0.5, np.nan]), *PARAMETER_DOMAINS["rho"]).tolist()
+        [False, True, False]
+    """
+    with np.errstate(invalid="ignore"):
+        above = values >= low if brackets[0] == "[" else values > low
+        below = values <= high if brackets[1] == "]" else values < high
+    return np.isfinite(values) & above & below
+
+
+def domain_requirement(low: float, high: float, brackets: str) -> str:
+    """An interval as the pricers' messages write it: ``finite``, ``finite and > 0``, ``in (-1, 1)``.
+
+    Examples:
+        >>> domain_requirement(*PARAMETER_DOMAINS["v0"]), domain_requirement(*PARAMETER_DOMAINS["rho"])
+        ('finite and >= 0', 'in (-1, 1)')
+    """
+    if math.isinf(low) and math.isinf(high):
+        return "finite"
+    if math.isinf(high):
+        return f"finite and {'>=' if brackets[0] == '[' else '>'} {low:g}"
+    return f"in {brackets[0]}{low:g}, {high:g}{brackets[1]}"
 
 
 def check_bounds_in_domain(name: str, low: float, high: float) -> None:

@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -76,11 +77,14 @@ WIDE_NODES = (64, 48)
 default nodes were off by up to 150% (vol of vol 3, a far wing) or gave negative 1-day prices
 (v0 = 0); these agree with 256/192 nodes (and a 36-digit Lewis integral) to 1e-8 or better on
 those cases, but not everywhere outside the box: see :data:`REFINED_NODES`."""
-REFINED_NODES = ((128, 96), (256, 192), (512, 360))
+REFINED_NODES = ((128, 96), (256, 192), (512, 360), (1024, 360), (2048, 360), (4096, 360))
 """Node counts tried in turn, outside the box, for options whose price still moves when the nodes
 double: vol of vol 2-5 with kappa near 0 and long maturities, or strong correlation, were off by
 up to 113 bp of vol at :data:`WIDE_NODES` (QuantLib's adaptive engine and a 30-digit Lewis integral
-agree with 256/192 nodes there)."""
+agree with 256/192 nodes there). The core panel of Lewis' line runs to thousands of saddle-point
+widths where ``v0`` and ``kappa`` are near 0 and the vol of vol is large: 512 core nodes were then
+100 times off or negative (-5.2e-5 for 5.3e-7); 2048 settle it, and 4096 show that they have.
+Options that still move at the last count get a warning."""
 SLOW_DECAY, SLOW_DECAY_ANY = 8.0, 0.05
 """Inside the box, options whose integrand's asymptotic envelope falls by less than
 ``exp(-SLOW_DECAY)`` across the core panel on Lewis' line, or by less than
@@ -298,7 +302,8 @@ def price(
             [0.05, 1.5], ``rho`` in [-0.95, 0.5] (the 5% whose integrand decays slowly take
             :data:`WIDE_NODES`, see :data:`SLOW_DECAY`); options outside that box get
             :data:`WIDE_NODES` (64, 48), then :data:`REFINED_NODES` in turn while doubling them
-            still moves the price (:data:`REFINE_RTOL`). Given explicitly (whole numbers;
+            still moves the price (:data:`REFINE_RTOL`), with a warning for those that still
+            move at the last. Given explicitly (whole numbers;
             tail nodes at most :data:`MAX_TAIL_NODES`), they apply to every option.
         compile: fuse the integrand with ``torch.compile`` (needs a C++ compiler on CPU): several
             times faster per option, after a one-off compilation of 30-90 s per process; falls back to
@@ -311,6 +316,10 @@ def price(
         ValueError: naming the field and index of a non-finite or out-of-domain input, or the field
             given a bool for a number; a ``dtype`` other than float32 or float64; a ``compile``
             that is not a bool.
+
+    Warns:
+        RuntimeWarning: counting the options (and naming the first's flat index) whose price
+            still moved at the last of :data:`REFINED_NODES`, and so may be inaccurate.
 
     Shape:
         All inputs broadcast together; output: the broadcast shape.
@@ -537,6 +546,13 @@ def _refine(
         otm = otm.index_put((rows,), fine)
         moved = (fine - coarse).detach().abs() > REFINE_RTOL * fine.detach().abs() + REFINE_ATOL
         rows = rows[moved | ~torch.isfinite(fine.detach())]
+    if len(rows):  # their prices were returned as if converged, up to 100 times off or negative
+        warnings.warn(
+            f"{len(rows)} Heston price(s) still moved at {REFINED_NODES[-1]} nodes (flat index "
+            f"{rows[0].item()} first): they may be inaccurate",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     return otm
 
 

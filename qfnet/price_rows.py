@@ -15,7 +15,12 @@ import pandas as pd
 import torch
 
 from pricing import black_scholes as bs
-from pricing._validation import PARAMETER_DOMAINS, check_nonnegative
+from pricing._validation import (
+    PARAMETER_DOMAINS,
+    check_nonnegative,
+    domain_requirement,
+    inside_domain,
+)
 from pricing.quotes import QuoteError, call_flags, carry_yields, require_columns, row_error, shifts
 
 __all__ = [
@@ -139,8 +144,8 @@ def model_parameters(
             out[name] = _parameter_column(quotes, name, domains[name])
         elif name in params:
             value = float(params[name])
-            if not _inside(np.array(value), *domains[name]):
-                raise ValueError(f"--params: {name} must be {_requirement(*domains[name])}; "
+            if not inside_domain(np.array(value), *domains[name]):
+                raise ValueError(f"--params: {name} must be {domain_requirement(*domains[name])}; "
                                  f"got {value}")  # fmt: skip
             out[name] = np.full(n, value)
         elif name == "shift":
@@ -159,32 +164,15 @@ def _parameter_column(
     is named by row, file line and column (it was "row 2: rho must be in (-1, 1)", no line)."""
     raw = shifts(quotes) if name == "shift" else quotes[name]  # an empty shift is 0, as read
     values = pd.to_numeric(raw, errors="coerce").to_numpy(float)
-    bad = np.flatnonzero(~_inside(values, *domain))
+    bad = np.flatnonzero(~inside_domain(values, *domain))
     if bad.size:
         i = int(bad[0])
         if pd.isna(raw.iloc[i]):
             raise row_error(quotes, i, name, "missing value")
         if np.isnan(values[i]):
             raise row_error(quotes, i, name, f"not a number: {raw.iloc[i]!r}")
-        raise row_error(quotes, i, name, f"must be {_requirement(*domain)}, got {values[i]}")
+        raise row_error(quotes, i, name, f"must be {domain_requirement(*domain)}, got {values[i]}")
     return values
-
-
-def _inside(values: np.ndarray, low: float, high: float, brackets: str) -> np.ndarray:
-    """Which of ``values`` are finite and inside the interval ``brackets[0] low, high brackets[1]``."""
-    with np.errstate(invalid="ignore"):
-        above = values >= low if brackets[0] == "[" else values > low
-        below = values <= high if brackets[1] == "]" else values < high
-    return np.isfinite(values) & above & below
-
-
-def _requirement(low: float, high: float, brackets: str) -> str:
-    """An interval as the pricers' messages write it: ``finite``, ``finite and > 0``, ``in (-1, 1)``."""
-    if math.isinf(low) and math.isinf(high):
-        return "finite"
-    if math.isinf(high):
-        return f"finite and {'>=' if brackets[0] == '[' else '>'} {low:g}"
-    return f"in {brackets[0]}{low:g}, {high:g}{brackets[1]}"
 
 
 def _is_call(quotes: pd.DataFrame) -> np.ndarray:

@@ -284,6 +284,26 @@ def test_far_outside_the_box_the_nodes_refine_until_the_price_settles():
     assert error_bp.max() <= IV_TOL_BP, error_bp
 
 
+NEAR_ZERO_VARIANCE_PUT = dict(forward=1.0, strike=0.41, maturity=0.69, is_call=False, v0=3e-6,
+                              kappa=2.5e-4, theta=0.16, sigma=3.6, rho=-0.2)  # fmt: skip
+"""v0 and kappa near 0, vol of vol 3.6: Lewis' line with a core panel of thousands of widths."""
+
+
+def test_near_zero_variance_prices_refine_past_512_core_nodes():
+    # 512 core nodes, the last refinement, gave -4.3e-5 for 5.375e-7 (QuantLib's adaptive and
+    # angled-contour engines: 5.3753433538e-7); 8192 core nodes agree with the default to 2e-10.
+    value = float(heston.price(**NEAR_ZERO_VARIANCE_PUT))
+    converged = float(heston.price(**NEAR_ZERO_VARIANCE_PUT, core_nodes=8192, tail_nodes=360))
+    assert value > 0 and value == pytest.approx(converged, rel=1e-8)
+
+
+def test_prices_still_moving_at_the_last_refinement_are_warned_of(monkeypatch):
+    # those prices were returned as if settled, up to 100 times off or negative
+    monkeypatch.setattr(heston, "REFINED_NODES", ((128, 96),))
+    with pytest.warns(RuntimeWarning, match=r"1 Heston price\(s\) still moved"):
+        heston.price(**NEAR_ZERO_VARIANCE_PUT)
+
+
 @pytest.mark.parametrize(("log_strike", "maturity"), [(0.01, 1 / 365), (-0.05, 1 / 365),
                                                       (0.05, 7 / 365)])  # fmt: skip
 def test_zero_initial_variance_prices_converge_and_stay_positive(log_strike, maturity):

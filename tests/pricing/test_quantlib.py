@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import QuantLib as ql
@@ -39,6 +41,20 @@ def test_heston_price_table_discounts_at_its_discount_column():
 def test_heston_price_refuses_a_discount_given_with_spot():
     with pytest.raises(ValueError, match="discount goes with forward"):
         qlref.heston_price(spot=100.0, strike=100.0, maturity=MATURITY, discount=DISCOUNT, **MODEL)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("v0", -0.01, r"v0 must be finite and >= 0, got -0.01"),
+     ("theta", -0.04, r"theta must be finite and > 0, got -0.04"),
+     ("sigma", np.array([0.5, 0.0]), r"sigma must be finite and > 0, got 0.0 at index 1"),
+     ("rho", 1.5, r"rho must be in \(-1, 1\), got 1.5"),
+     ("kappa", math.nan, r"kappa must be finite and > 0, got nan")],
+)  # fmt: skip
+def test_heston_price_refuses_parameters_outside_their_domain_by_name(field, value, message):
+    # QuantLib priced them: v0 = -0.01 at 4.10 and theta = -0.04 at 88.5 (spot 100, ATM call)
+    with pytest.raises(ValueError, match=message):
+        qlref.heston_price(spot=100.0, strike=100.0, maturity=MATURITY, **{**MODEL, field: value})
 
 
 def test_heston_price_table_refuses_an_unknown_option_type():
