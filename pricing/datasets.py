@@ -804,7 +804,35 @@ def _read_metadata(meta_path: Path) -> dict[str, Any]:
     if meta.get("model", domain.model) != domain.model:
         raise ValueError(f"{meta_path}: field 'model' is {meta['model']!r}, its domain's model "
                          f"{domain.model!r}")  # fmt: skip
+    if "sampling_domain" in meta:
+        _check_sampled(meta_path, domain, meta["sampling_domain"])
     return meta
+
+
+def _check_sampled(meta_path: Path, domain: Domain, sampling: Any) -> None:
+    """The domain lies inside the box its points were drawn from (``domain.expanded(margin)``
+    holds it): a domain widened by hand (rho from -0.95 to -0.99) loaded, and the surrogate
+    trained on it served rho = -0.98, which no row had, without a word."""
+    try:
+        box = Domain.from_dict(sampling)
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"{meta_path}: field 'sampling_domain' is not a valid domain "
+                         f"({err!r})") from err  # fmt: skip
+    if box.model != domain.model or domain.rtol > box.rtol:
+        raise ValueError(f"{meta_path}: fields 'domain' and 'sampling_domain' disagree on the "
+                         "model or the edges' tolerance (rtol): an edited domain?")  # fmt: skip
+    pairs = [(n, domain.bounds(n), box.bounds(n)) for n in (*domain.param_names, "maturity")]
+    # log-moneyness edges per unit sqrt(T): z * z_scale (the maturities are checked above)
+    pairs.append(("log_moneyness / sqrt(T)", tuple(z * domain.z_scale for z in domain.z),
+                  tuple(z * box.z_scale for z in box.z)))  # fmt: skip
+    for name, (low, high), (box_low, box_high) in pairs:
+        # maturity edges go through sqrt(T)**2 when expanded: a few ulps, not a widening
+        tol_low, tol_high = DOMAIN_RTOL * max(abs(low), 1.0), DOMAIN_RTOL * max(abs(high), 1.0)
+        if not (box_low - tol_low <= low and high <= box_high + tol_high):
+            raise ValueError(f"{meta_path}: field 'domain' bounds {name} to [{low:g}, {high:g}], "
+                             f"beyond the [{box_low:g}, {box_high:g}] its points were sampled "
+                             "from ('sampling_domain'): an edited domain? A surrogate trained "
+                             "on it would serve points no row holds")  # fmt: skip
 
 
 def _check_sample_order(root: Path, names: list[str], frames: list[pd.DataFrame]) -> None:

@@ -341,6 +341,17 @@ def _check_fresh(out: Path, resume: bool, overwrite: bool) -> None:
                               "--overwrite replaces it")  # fmt: skip
 
 
+def _clear_replaced_run(run: Path) -> None:
+    """``overwrite``: the replaced run's model, summary and checkpoints go before training. A new
+    run stopped before its first checkpoint left them beside its own configuration: ``--resume``
+    then continued the old run's weights (or failed on their shapes), and ``model.pt``, which
+    ``qfnet price`` loads, stayed the old run's until the new one ended."""
+    for name in ("model.pt", "summary.json", "error_hist.png"):
+        (run / name).unlink(missing_ok=True)
+    for path in (run / "checkpoints").glob("*.pt"):  # last, best and epoch_XXXX files
+        path.unlink()
+
+
 def _build(
     domain: Domain, hidden: tuple[int, ...], activation: str, seed: int, base: str | None
 ) -> SurrogateNet:
@@ -424,7 +435,8 @@ def train_surrogate(
     on one of its generation seed and size: the same points), it must keep that run's ``seed``
     and split fractions (another split tests on rows it trained on); one of its generation seed
     and another size is refused. A new run into a directory that holds one needs
-    ``overwrite=True``; a resumed one must keep its ``seed`` and split fractions.
+    ``overwrite=True`` (that run's model, summary and checkpoints are removed before training);
+    a resumed one must keep its ``seed`` and split fractions.
 
     Returns:
         The summary written to ``out/summary.json``: ``test`` holds ``n, mae_bp, median_bp,
@@ -510,6 +522,8 @@ def train_surrogate(
                   **shard)  # fmt: skip
     if ranks.is_global_zero:
         run.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume:
+            _clear_replaced_run(run)
         arch = {"hidden": list(hidden), "activation": activation, "base": net.base,
                 "domain": domain.to_dict(), "split": split, "dataset": dataset,
                 "training": training}  # fmt: skip
@@ -549,8 +563,10 @@ def export_checkpoint(
     Serves runs stopped before the end (``model.pt`` is written when training completes) and
     picking the best-validation weights instead of the final ones (a complete example is in
     :func:`train_surrogate`). The file's training summary names the checkpoint's ``epoch``,
-    0-based as in ``metrics.csv``, and whether it was written at that epoch's end
-    (``epoch_complete``; a mid-epoch ``last.pt`` is partway through it).
+    0-based as in ``metrics.csv``, whether it was written at that epoch's end
+    (``epoch_complete``; a mid-epoch ``last.pt`` is partway through it), and the run's ``dataset``
+    and ``split`` (a fine-tuning run from the file on that dataset must keep the split, as from
+    the run itself).
 
     Examples:
         >>> import tempfile
@@ -584,5 +600,8 @@ def export_checkpoint(
         "epoch": loop["epoch"] - 1 if complete else loop["epoch"],
         "epoch_complete": complete,
         "global_step": loop["global_step"],
+        # the run's dataset and split: fine-tuning from this file on that dataset with another
+        # --seed tested on rows it had trained on (the check had nothing to compare)
+        **{key: arch[key] for key in ("dataset", "split") if key in arch},
     }
     return save_surrogate(net, out or root / f"model_{which}.pt", training=info)

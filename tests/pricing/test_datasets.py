@@ -357,6 +357,25 @@ def test_a_cut_or_edited_metadata_file_is_named_with_its_field(tmp_path, edit, m
         load_dataset(path)
 
 
+def test_a_domain_edited_beyond_its_sampled_points_is_refused(tmp_path):
+    # rho widened by hand in metadata.json loaded, and the surrogate trained on it served rho
+    # values no row held; a dataset sampled with a margin (domain inside its box) still loads
+    path = generate(tmp_path / "ds", model="sabr", n=4, margin=0.1, progress=False)
+    meta = json.loads((path / "metadata.json").read_text())
+    load_dataset(path)
+    wide = meta["domain"] | {"params": [["rho", -0.95, 0.75] if p[0] == "rho" else p
+                                        for p in meta["domain"]["params"]]}  # fmt: skip
+    edits = [({"domain": wide}, r"bounds rho to \[-0.95, 0.75\], beyond the \[-0.9, 0.9\]"),
+             ({"domain": meta["domain"] | {"z_scale": 0.3}},
+              r"bounds log_moneyness / sqrt\(T\) to \[-0.6, 0.6\], beyond the \[-0.48, 0.48\]"),
+             ({"domain": meta["domain"] | {"rtol": 0.5}}, r"disagree on .* \(rtol\)"),
+             ({"sampling_domain": {"model": "sabr"}}, r"field 'sampling_domain' is not a valid")]  # fmt: skip
+    for edit, message in edits:
+        (path / "metadata.json").write_text(json.dumps(meta | edit))
+        with pytest.raises(ValueError, match=message):
+            load_dataset(path)
+
+
 @pytest.mark.parametrize("version", [99, None, "1", True])
 def test_a_dataset_of_another_format_version_is_refused_naming_the_versions_read(tmp_path, version):
     # format_version was never read: a version-99 dataset loaded as version 1

@@ -98,6 +98,17 @@ def test_fine_tuning_on_the_init_runs_dataset_with_another_split_is_refused(sabr
                         test_fraction=0.05)  # fmt: skip
 
 
+def test_fine_tuning_from_an_exported_checkpoint_keeps_its_runs_split(sabr_data, tmp_path):
+    # the exported file recorded no dataset nor split: --init model_best.pt with --seed 1 was
+    # accepted, and tested on rows the seed-0 run had trained on
+    train_surrogate(sabr_data, tmp_path / "first", epochs=1, **COMMON)
+    best = export_checkpoint(tmp_path / "first", which="best")
+    tune = {"epochs": 1, "lr": 1e-4, "init": best, **COMMON}
+    with pytest.raises(ValueError, match=r"with --seed 0, not 1: another split"):
+        train_surrogate(sabr_data, tmp_path / "tuned", seed=1, **tune)
+    assert train_surrogate(sabr_data, tmp_path / "tuned", **tune)["seed"] == 0
+
+
 def test_fine_tuning_on_a_dataset_of_the_init_runs_seed_and_another_size_is_refused(
     sabr_data, tmp_path
 ):
@@ -111,6 +122,31 @@ def test_fine_tuning_on_a_dataset_of_the_init_runs_seed_and_another_size_is_refu
         train_surrogate(larger, tmp_path / "tuned", **tune)
     other = generate(tmp_path / "other", model="sabr", n=800, seed=1, progress=False)
     assert train_surrogate(other, tmp_path / "tuned", **tune)["rows"]["test"] == 16
+
+
+class _StopAtStep:
+    """Interrupts training (as Ctrl-C does) after ``step`` optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_step_end(self, trainer) -> None:
+        if trainer.global_step >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_an_overwriting_run_stopped_early_leaves_nothing_of_the_replaced_run(sabr_data, tmp_path):
+    # the old run's model.pt and checkpoints stayed beside the new run's configuration:
+    # --resume continued the old run's weights, and model.pt was the old run's
+    run = tmp_path / "run"
+    train_surrogate(sabr_data, run, epochs=2, **COMMON)
+    with pytest.raises(KeyboardInterrupt):
+        train_surrogate(sabr_data, run, epochs=3, overwrite=True, callbacks=[_StopAtStep(2)],
+                        **COMMON)  # fmt: skip
+    assert not (run / "model.pt").exists()
+    assert not list((run / "checkpoints").glob("*.pt"))
+    with pytest.raises(ValueError, match=r"no checkpoint to resume"):
+        train_surrogate(sabr_data, run, epochs=3, resume=True, **COMMON)
 
 
 def test_a_dataset_without_two_training_rows_is_refused_naming_the_counts(tmp_path):
