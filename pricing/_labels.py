@@ -229,6 +229,12 @@ def label(
     Returns:
         A copy of ``points`` with the labels; rows whose price has no implied vol, or only a
         zero one (no time value), get NaN.
+
+    Examples:
+        >>> from pricing.datasets import HESTON_DOMAIN, sample
+        >>> labelled = label(sample(HESTON_DOMAIN, 4, seed=0), model="heston", engine="analytic")
+        >>> list(labelled.columns[-2:]), bool(labelled["implied_vol"].between(0.05, 1.0).all())
+        (['price', 'implied_vol'], True)
     """
     engines = ENGINES.get(model)
     if engines is None:

@@ -22,6 +22,14 @@ class MCResult(NamedTuple):
             quantile for randomised-QMC replicates).
         ci_high: upper end of the confidence interval.
         n_paths: number of simulated paths (antithetic pairs count as two).
+
+    Examples:
+        >>> from pricing.monte_carlo import estimate
+        >>> r = estimate(torch.tensor([1.0, 3.0, 2.0, 2.0], dtype=torch.float64))
+        >>> r.price.item(), round(r.std_error.item(), 6), r.n_paths
+        (2.0, 0.408248, 4)
+        >>> round(r.ci_low.item(), 4), round(r.ci_high.item(), 4)  # price -/+ 1.96 std_error
+        (1.1998, 2.8002)
     """
 
     price: torch.Tensor

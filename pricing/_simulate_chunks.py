@@ -64,6 +64,13 @@ class HestonPaths(NamedTuple):
     Attributes:
         spot: spot price paths, shape (N, T+1).
         variance: instantaneous variance paths, shape (N, T+1) (non-negative).
+
+    Examples:
+        >>> from pricing import simulate
+        >>> paths = simulate.heston(8, 4, spot=100.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5,
+        ...                         rho=-0.7, maturity=1.0, generator=torch.Generator().manual_seed(0))
+        >>> paths.spot.shape, paths.variance[:, 0].unique().tolist(), bool((paths.variance >= 0).all())
+        (torch.Size([8, 5]), [0.04], True)
     """
 
     spot: torch.Tensor
@@ -76,6 +83,13 @@ class SabrPaths(NamedTuple):
     Attributes:
         forward: forward price paths, shape (N, T+1).
         vol: stochastic volatility (alpha_t) paths, shape (N, T+1).
+
+    Examples:
+        >>> from pricing import simulate
+        >>> paths = simulate.sabr(8, 4, forward=0.03, alpha=0.2, beta=0.5, rho=-0.3, nu=0.4,
+        ...                       maturity=1.0, generator=torch.Generator().manual_seed(0))
+        >>> paths.forward.shape, paths.vol[:, 0].unique().tolist(), bool((paths.forward >= 0).all())
+        (torch.Size([8, 5]), [0.2], True)
     """
 
     forward: torch.Tensor

@@ -645,7 +645,17 @@ def global_starts_many(
 ) -> list[torch.Tensor | None]:
     """:func:`global_starts` of each problem, the providers asked once for all of them
     (:func:`pricing.calibration.proposed_starts_many`). The scan shrinks only when every
-    problem got a proposal: the scan is shared, so a table without one keeps the full scan."""
+    problem got a proposal: the scan is shared, so a table without one keeps the full scan.
+
+    Examples:
+        >>> quotes = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "market_iv": 0.2})
+        >>> x0 = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
+        >>> problems = [CalibrationProblem(quotes, np.ones(2), x0=x0),
+        ...             CalibrationProblem(quotes, np.ones(2))]
+        >>> starts = global_starts_many(problems, {"global_start": "scan"})
+        >>> starts[0].tolist(), starts[1]  # the second table has no start of its own
+        ([[0.04, 1.5, 0.04, 0.5, -0.7]], None)
+    """
     mode = options.pop("global_start", "auto")
     if mode not in ("auto", "scan"):
         raise ValueError(f"global_start must be 'auto' or 'scan', got {mode!r}")

@@ -268,7 +268,14 @@ def _predicted(
 
 def register() -> None:
     """Register the ``network`` method and the network global start (done on import; idempotent,
-    so a caller may make sure of it)."""
+    so a caller may make sure of it).
+
+    Examples:
+        >>> from pricing.calibration import available_methods
+        >>> register()
+        >>> available_methods("heston").count("network")
+        1
+    """
     register_method("heston", "network", fit_with_network, options=("network",))
     register_batch_method("heston", "network", fit_many_with_network)
     register_start("heston", "network", network_start, many=network_starts)

@@ -365,7 +365,18 @@ def add_implied_vols(
     out: pd.DataFrame, prices: torch.Tensor | np.ndarray, **rows: np.ndarray | float
 ) -> pd.DataFrame:
     """Set ``out["implied_vol"]`` from :func:`black_vols` (``rows``: its keyword arguments), and
-    an ``iv_status`` column with the reason wherever a vol is NaN."""
+    an ``iv_status`` column with the reason wherever a vol is NaN.
+
+    Examples:
+        >>> out = add_implied_vols(pd.DataFrame({"strike": [100.0, 50.0]}),
+        ...                        np.array([7.9655674554, 50.0]), forward=np.array([100.0] * 2),
+        ...                        discount=np.ones(2), strike=np.array([100.0, 50.0]),
+        ...                        maturity=np.array([1.0, 0.05]), is_call=np.array([True] * 2))
+        >>> round(float(out["implied_vol"][0]), 9), out["iv_status"].tolist()[0]
+        (0.2, 'ok')
+        >>> out["iv_status"][1] == TIME_VALUE_LOST  # deep in the money: no vol resolvable
+        True
+    """
     vols, status = black_vols(prices, **rows)
     out["implied_vol"] = vols
     if (status != "ok").any():

@@ -60,6 +60,16 @@ class PdeComparison(NamedTuple):
             (the PDE price has an implied vol: not NaN, not 0 for a strike beyond its mesh),
             ``hagan_bp`` and ``surrogate_bp`` (NaN where not valid).
         pde_seconds: wall time of the PDE labels.
+
+    Examples:
+        A point whose PDE price has no implied vol has no errors (:func:`compare_with_pde` makes
+        these):
+
+        >>> points = pd.DataFrame({"valid": [True, False], "hagan_bp": [40.0, np.nan],
+        ...                        "surrogate_bp": [2.0, np.nan]})
+        >>> comparison = PdeComparison(points, pde_seconds=0.2)
+        >>> comparison.points.loc[comparison.points["valid"], "surrogate_bp"].tolist()
+        [2.0]
     """
 
     points: pd.DataFrame

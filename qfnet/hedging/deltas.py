@@ -38,6 +38,14 @@ class PathGreeks(NamedTuple):
 
     Shape:
         each field: (N, T).
+
+    Examples:
+        >>> from pricing import simulate
+        >>> g = path_dependent_greeks(DerivativeConfig(type="asian"),
+        ...                           torch.ones(3, 5, dtype=torch.float64), simulate.time_grid(4, 1.0),
+        ...                           torch.full((3, 4), 0.2), rate=0.0, dividend=0.0)
+        >>> g._fields, g.delta.shape
+        (('delta', 'gamma', 'vega'), torch.Size([3, 4]))
     """
 
     delta: torch.Tensor

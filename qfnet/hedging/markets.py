@@ -372,6 +372,13 @@ def expected_variance(v: torch.Tensor, tau: torch.Tensor | float, m: MarketConfi
 
     Shape:
         v and tau broadcast; output: their broadcast shape.
+
+    Examples:
+        >>> m = MarketConfig(model="heston", v0=0.09, kappa=1.0, theta=0.04)
+        >>> v = torch.tensor([0.09, 0.09, 0.09], dtype=torch.float64)
+        >>> tau = torch.tensor([0.0, 1.0, 1e6], dtype=torch.float64)  # v, then towards theta
+        >>> [round(x, 6) for x in expected_variance(v, tau, m).tolist()]
+        [0.09, 0.071606, 0.04]
     """
     tau = torch.as_tensor(tau, dtype=v.dtype, device=v.device)
     kt = m.kappa * tau

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -23,6 +25,20 @@ def test_notebook_is_committed_without_outputs(path):
     for cell in notebook.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
+
+
+def test_default_output_folder_is_git_ignored():
+    """Run in Jupyter, the notebooks write datasets, runs and figures to notebook_output/; they
+    showed in ``git status`` as files to commit."""
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "notebooks/notebook_output/heston_data/metadata.json"],
+        cwd=root,
+        check=False,
+    )
+    assert ignored.returncode == 0
 
 
 @pytest.mark.slow
