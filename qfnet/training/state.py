@@ -123,6 +123,22 @@ def _check_total_steps(trainer: Trainer, state: dict[str, Any], path: Path) -> N
     )
 
 
+def _check_order(trainer: Trainer, saved: dict[str, Any], path: Path) -> None:
+    """Refuse a mid-epoch resume with another ``shuffle`` or ``seed`` (when shuffling) than the
+    checkpoint's: the Trainer's order is a function of ``(seed, epoch)`` and the batches done
+    are skipped by position, so the rest of the epoch saw another permutation's samples (some
+    a second time, others not at all), without a word. A user DataLoader keeps its own order."""
+    if getattr(trainer._train, "_sampler", None) is None:
+        return
+    keys = ("shuffle", "seed") if trainer.config.shuffle else ("shuffle",)
+    for key in keys:
+        now = getattr(trainer.config, key)
+        if key in saved and saved[key] != now:
+            raise ValueError(f"checkpoint {path}: cannot resume mid-epoch with {key}={now!r}, "
+                             f"the checkpoint was written with {key}={saved[key]!r} (the rest "
+                             "of the epoch would see another order)")  # fmt: skip
+
+
 _OPTIMIZER_KEYS = ("optimizer", "weight_decay", "momentum", "betas")
 
 
@@ -186,6 +202,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
                     f"checkpoint {path}: cannot resume mid-epoch with {key}={now}, "
                     f"the checkpoint was written with {key}={loop[key]}"
                 )
+        _check_order(trainer, state.get("config") or {}, path)
     _check_optimizer(trainer.config, state.get("config") or {}, path)
     try:
         trainer.model.load_state_dict(state["model"])

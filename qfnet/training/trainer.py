@@ -173,16 +173,25 @@ class Trainer:
                         every_n_steps=cfg.checkpoint_every_n_steps,
                     )
                 )
-        return sorted(callbacks, key=lambda c: bool(getattr(c, "runs_last", False)))
+        return callbacks
 
     @property
     def callbacks(self) -> list[Any]:
-        """The callbacks, in call order (assigning a new list re-reads their hooks)."""
+        """The callbacks, in call order (assigning a new list re-reads their hooks; those with
+        ``runs_last``, the checkpoint writers, are put last, as ``fit`` does again for a list
+        changed in place)."""
         return self._callbacks
 
     @callbacks.setter
     def callbacks(self, callbacks: list[Any]) -> None:
         self._callbacks = list(callbacks)
+        self._reorder_callbacks()
+
+    def _reorder_callbacks(self) -> None:
+        """Checkpoint writers last (a stable sort), and the hooks read again: an EarlyStopping
+        appended after the ModelCheckpoint ran after it, so the checkpoint of the epoch that
+        stopped held the flag unset and the patience a check behind (a resume trained on)."""
+        self._callbacks.sort(key=lambda c: bool(getattr(c, "runs_last", False)))
         self._hooks: dict[str, list[Callable[..., Any]]] = {}
 
     def call(self, hook: str, *args: Any) -> None:
@@ -335,7 +344,7 @@ class Trainer:
         """
         self._setup_runtime()
         self._setup_fit(train_data, val_data)
-        self._hooks = {}  # re-read the hooks, the list may have been changed in place
+        self._reorder_callbacks()  # the list may have been changed in place
         path = self._resume_path(resume, ckpt_path)
         if path is None:
             seed_everything(self.config.seed)

@@ -263,6 +263,27 @@ def test_callback_stops_training_with_the_flag(regression, mlp, sq_error):
     assert trainer.global_step == 3
 
 
+def test_an_early_stopping_appended_to_the_callbacks_runs_before_the_checkpoint(
+    regression, mlp, sq_error, tmp_path
+):
+    cfg = TrainerConfig(max_epochs=10, batch_size=8, eval_batch_size=32, optimizer="sgd",
+                        lr=0.05, progress_bar=False, tensorboard=False, run_dir=tmp_path)  # fmt: skip
+    metrics = {"score": _Scripted([5.0, 4.0, 3.0, 3.5, 3.6])}
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, metrics=metrics)
+    stopper = EarlyStopping(monitor="val_score", patience=2)
+    trainer.callbacks.append(stopper)  # after the ModelCheckpoint the Trainer added
+    data = regression(n=32)
+    trainer.fit(data, data)
+    assert stopper.stopped_epoch == 4 and trainer.callbacks[-1] is not stopper
+    # the checkpoint of the epoch that stopped holds the stop and the used-up patience
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["loop"]["should_stop"] and state["callbacks"]["EarlyStopping"]["wait"] == 2
+    resumed = Trainer(mlp(), loss=sq_error, config=cfg, metrics=metrics,
+                      callbacks=[EarlyStopping(monitor="val_score", patience=2)])  # fmt: skip
+    resumed.fit(data, data, resume=True)
+    assert resumed.global_step == trainer.global_step  # not one epoch more
+
+
 def test_progress_bar_shows_the_running_loss(regression, mlp, sq_error, monkeypatch, capsys):
     import re
 

@@ -230,6 +230,22 @@ def test_resume_mid_epoch_with_a_different_batch_size_is_refused(regression, mlp
         trainer.fit(train, resume=True)
 
 
+@pytest.mark.parametrize(("changes", "message"), [({"seed": 1}, r"seed=1.*seed=3"),
+                                                  ({"shuffle": False}, r"shuffle=False")])  # fmt: skip
+def test_resume_mid_epoch_with_another_data_order_is_refused(
+    regression, mlp, tmp_path, changes, message
+):
+    # the batches done are skipped by position: another permutation gave the rest of the epoch
+    # some samples twice and others never
+    train = regression(n=40)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, callbacks=[_CrashAtStep(3)])
+    with pytest.raises(_Crash):
+        trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(train, resume=True)
+
+
 @pytest.mark.parametrize(("batch_size", "steps"), [(2, 30), (8, 9)])
 def test_resume_at_an_epoch_end_is_refused_when_a_onecycle_schedule_would_get_other_steps(
     regression, mlp, tmp_path, batch_size, steps
