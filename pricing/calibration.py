@@ -896,7 +896,7 @@ def calibrate_many(
     start = time.perf_counter()
     with torch.no_grad():
         batch = _BATCH_REGISTRY.get(key)
-        fits = batch(problems) if batch else [_fit_table(key, i, p) for i, p in enumerate(problems)]
+        fits = batch(problems) if batch else _fit_tables(key, problems)
     share = (time.perf_counter() - start) / len(problems)
     return _results(key, problems, fits, dropped, share)
 
@@ -908,13 +908,21 @@ def _in_table(i: int, error: ValueError) -> ValueError:
     )
 
 
-def _fit_table(key: tuple[str, str], i: int, problem: CalibrationProblem) -> FitOutput:
-    """The fit of quote table ``i`` by a fitter of one table at a time; its errors name the
-    table (a smile whose forward varied, in a list of 20 tables, was not said to be the 7th)."""
-    try:
-        return _REGISTRY[key](problem)
-    except ValueError as error:
-        raise _in_table(i, error) from error
+def _fit_tables(key: tuple[str, str], problems: Sequence[CalibrationProblem]) -> list[FitOutput]:
+    """The fits of the quote tables by a fitter of one table at a time; its errors and warnings
+    name the table (a smile whose forward varied, in a list of 20 tables, was not said to be the
+    7th; SABR's warnings of an unidentified expiry or a beta at 0 or 1 named no table)."""
+    fits = []
+    for i, problem in enumerate(problems):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # each once here; the caller's filters apply below
+            try:
+                fits.append(_REGISTRY[key](problem))
+            except ValueError as error:
+                raise _in_table(i, error) from error
+        for found in caught:
+            warnings.warn(f"quote table {i}: {found.message}", found.category, stacklevel=3)
+    return fits
 
 
 def _method_key(model: str, method: str) -> tuple[str, str]:

@@ -440,7 +440,9 @@ def fit_smile_scipy(
     check_real(forward=forward, strike=strike, maturity=maturity, market_iv=market_iv,
                shift=shift, weight=weight)  # fmt: skip
     w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
-    atm = float(np.interp(0.0, np.log((strike + shift) / (forward + shift)), market_iv))
+    log_moneyness = np.log((strike + shift) / (forward + shift))
+    order = np.argsort(log_moneyness)  # np.interp needs them increasing; quotes come in any order
+    atm = float(np.interp(0.0, log_moneyness[order], np.asarray(market_iv)[order]))
     b0 = FREE_BETA_START if beta is None else beta
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))

@@ -13,7 +13,9 @@ form. This is smooth at ``K = F`` (values and gradients) and matches a 40-digit 
 same formula to a few ulps (QuantLib's direct ``z / x`` loses up to ~1e-9 relative for |z| near
 1e-7). Like any implementation of the expansion, it is ill-conditioned where the maturity
 correction ``1 + T(...)`` nearly cancels, and it returns the formula's value, negative included,
-where the expansion breaks down (long maturities with strongly negative ``rho * nu``).
+where the expansion breaks down (long maturities with strongly negative ``rho * nu``). Well before
+that, Hagan's prices stop being arbitrage-free at low strikes and long maturities: concave in the
+strike, a negative density (see :func:`price`); nothing here checks or corrects it.
 """
 
 from __future__ import annotations
@@ -570,7 +572,12 @@ def price(
 
     Returns:
         Black's price of the call (or put) at Hagan's vol, i.e. Hagan's approximation of
-        ``discount * E[(F_T - K)^+]`` (or ``discount * E[(K - F_T)^+]``).
+        ``discount * E[(F_T - K)^+]`` (or ``discount * E[(K - F_T)^+]``). It is not arbitrage-free
+        at low strikes and long maturities: there the prices are concave in the strike (the
+        density they imply is negative) while the vol is still positive, e.g. below ``K = 0.0073``
+        for ``F = 0.03``, ``T = 10``, ``alpha = 0.035``, ``beta = 0.5``, ``rho = -0.3``,
+        ``nu = 0.4`` (an ATM vol of 22%; below ``K = 0.002`` at ``T = 5``). Neither checked nor
+        corrected; QuantLib's PDE (:func:`pricing.quantlib.sabr_fd_price`) prices the model itself.
 
     Raises:
         ValueError: naming the field and index for inputs out of their domain, the field of a

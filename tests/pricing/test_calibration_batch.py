@@ -159,3 +159,13 @@ def test_calibrate_many_names_a_single_file_given_for_a_sequence(single) -> None
     # a Path raised "object of type 'PosixPath' has no len()"
     with pytest.raises(TypeError, match="expected a sequence of quote tables or files"):
         calibrate_many("sabr", single)
+
+
+def test_calibrate_many_warnings_of_a_table_fitted_alone_name_the_table() -> None:
+    # SABR's per-table warnings (an expiry of too few weighted quotes) named no table: in a
+    # history of 250 surfaces the day was unknown
+    few = _smile().iloc[:2]  # two quotes for alpha, rho and nu
+    with pytest.warns(UserWarning, match=r"^quote table 1: SABR expiries with fewer") as caught:
+        calibrate_many("sabr", [_smile(), few, _smile(0.4)])
+    assert [str(w.message).split(":")[0] for w in caught] == ["quote table 1"]
+    assert caught[0].filename == __file__  # the caller's line, not the library's

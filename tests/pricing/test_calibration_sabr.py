@@ -165,6 +165,20 @@ def test_the_reference_fit_takes_at_most_max_iterations_steps() -> None:
     assert fit_smile_scipy(**kw)[2]  # the default budget converges
 
 
+def test_the_reference_fit_starts_at_the_atm_vol_whatever_the_strike_order() -> None:
+    # the start's ATM vol was np.interp over the strikes in table order, which needs them
+    # increasing: strikes listed high to low started alpha at a vol of 0.246 for an ATM vol of 0.202
+    from pricing.calibration_sabr import fit_smile_scipy
+
+    first = _smiles(noise_bp=30.0).iloc[:11]
+    kw = dict(forward=float(first["forward"].iloc[0]), maturity=float(first["maturity"].iloc[0]),
+              beta=0.5, max_iterations=1)  # fmt: skip
+    strike, vol = first["strike"].to_numpy(), first["implied_vol"].to_numpy()
+    ascending, _, _, _ = fit_smile_scipy(strike=strike, market_iv=vol, **kw)
+    descending, _, _, _ = fit_smile_scipy(strike=strike[::-1], market_iv=vol[::-1], **kw)
+    np.testing.assert_allclose(descending, ascending, rtol=1e-8, atol=0.0)
+
+
 @pytest.mark.parametrize("method", ["direct", "quantlib"])
 def test_parameters_fixed_by_equal_bounds_are_not_counted_as_free(method: str) -> None:
     # rho held at -0.25 leaves (alpha, nu) to two quotes: the warning said "fewer weighted

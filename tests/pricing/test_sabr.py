@@ -553,6 +553,16 @@ def test_price_refuses_a_negative_hagan_vol_instead_of_returning_nan():
         sabr.price(strike=[0.03, 0.1], **kw)
 
 
+def test_hagan_prices_imply_a_negative_density_at_low_strikes_where_documented():
+    # sabr.price's docstring: concave in the strike below K = 0.0073 at T = 10, convex above
+    kw = dict(forward=0.03, maturity=10.0, alpha=0.035, beta=0.5, rho=-0.3, nu=0.4)
+    strike = torch.tensor([0.005, 0.007, 0.0076, 0.01, 0.02, 0.03, 0.05], requires_grad=True)
+    (slope,) = torch.autograd.grad(sabr.price(strike=strike, **kw).sum(), strike, create_graph=True)
+    (density,) = torch.autograd.grad(slope.sum(), strike)
+    assert (sabr.lognormal_vol(strike=strike.detach(), **kw) > 0).all()
+    assert density[:2].lt(0).all() and density[2:].gt(0).all(), density
+
+
 def test_quantlib_finite_difference_prices_are_arbitrage_free_and_converge_in_the_grid():
     """Put-call parity, monotone convex calls (a non-negative density) and second-order
     convergence of the PDE prices as every grid direction doubles."""
