@@ -47,7 +47,7 @@ from pricing.calibration import (
     register_method,
 )
 from pricing.heston import price as heston_price
-from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from pricing.least_squares import LeastSquaresResult, elementwise_jacobian, levenberg_marquardt
 
 __all__ = [
     "DEFAULT_BOUNDS",
@@ -71,6 +71,7 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
 _SCAN_LOW = (math.log(1e-3), math.log(0.1), math.log(1e-3), math.log(0.05), -0.95)
 _SCAN_HIGH = (math.log(1.0), math.log(20.0), math.log(1.0), math.log(4.0), 0.5)
 _POLISH_TOLERANCE_BP = 0.01
+_POLISH_ITERATIONS = 4  # reference-pricer steps from the fast fit's optimum
 _RACE_ITERATIONS = 6
 _RUNNER_UP_RATIO = 1.5  # a runner-up this close (in cost) to the leader also finishes
 _SCAN_NODES = 64
@@ -440,9 +441,9 @@ def _polish(
     lower: torch.Tensor,
     upper: torch.Tensor,
     iterations: int,
-) -> torch.Tensor:
+) -> LeastSquaresResult:
     """A few Levenberg-Marquardt steps with the reference pricer, each surface of ``surfaces``
-    from its row of ``x`` ``(B, 5)``, all in one batch; returns ``(B, 5)``."""
+    from its row of ``x`` ``(B, 5)``, all in one batch; the result's ``x`` is ``(B, 5)``."""
     ratio, t = surfaces.ratio, surfaces.maturity  # (B, N)
     residuals = _Residuals(surfaces, torch.arange(len(x), device=x.device))
 
@@ -458,8 +459,7 @@ def _polish(
         dnormalized = dprice / torch.sqrt(ratio[index]).unsqueeze(-1)
         return residuals.from_prices(index, price, dnormalized)
 
-    solved = levenberg_marquardt(fn, x, lower=lower, upper=upper, max_iterations=iterations)
-    return solved.x
+    return levenberg_marquardt(fn, x, lower=lower, upper=upper, max_iterations=iterations)
 
 
 def _finalists(cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int) -> torch.Tensor:
@@ -556,7 +556,9 @@ def calibrate_surfaces(
         t.clone() for t in (params, vols, converged[best], iterations[best])
     )
     if fast is not None:
-        params, vols = _polished(surfaces, params, vols, fast, (owner, at), lower, upper)
+        fit = (params, vols, converged, iterations)
+        params, vols, converged, iterations = _polished(surfaces, fit, fast, (owner, at), lower,
+                                                        upper)  # fmt: skip
     return params.cpu(), list(vols.cpu().split(sizes)), converged.cpu(), iterations.cpu()
 
 
@@ -595,26 +597,31 @@ def _race(
 
 def _polished(
     surfaces: HestonSurfaces,
-    params: torch.Tensor,
-    vols: torch.Tensor,
+    fit: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     fast: torch.Tensor,
     index: tuple[torch.Tensor, torch.Tensor],
     lower: torch.Tensor,
     upper: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Params ``(S, 5)`` and the reference pricer's vols ``vols`` at them of the table rows
-    ``index`` (surface and flat position of each, :func:`_quote_index`) ``(R,)``, after
-    polishing the surfaces where the fast pricer's vols at ``params`` ``fast`` ``(S, N)`` are off
-    the reference's by more than :data:`_POLISH_TOLERANCE_BP` (:func:`_polish`, all of them in
-    one batch; in place)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fit ``(params (S, 5), vols (R,), converged (S,), iterations (S,))``, ``vols`` the
+    reference pricer's at ``params`` of the table rows ``index`` (surface and flat position of
+    each, :func:`_quote_index`) ``(R,)``, after polishing the surfaces where the fast pricer's
+    vols at ``params`` ``fast`` ``(S, N)`` are off the reference's by more than
+    :data:`_POLISH_TOLERANCE_BP` (:func:`_polish`, all of them in one batch; in place). A
+    polished surface reports the polish's convergence and counts its iterations too (they were
+    the fast fit's alone)."""
+    params, vols, converged, iterations = fit
     owner, at = index
     off = ~((vols - fast[owner, at]).abs() * 1e4 <= _POLISH_TOLERANCE_BP)
     rows = torch.unique(owner[off])  # (B,)
     if len(rows):
-        params[rows] = _polish(_select(surfaces, rows), params[rows], lower, upper, 4)
+        polish = _polish(_select(surfaces, rows), params[rows], lower, upper, _POLISH_ITERATIONS)
+        params[rows] = polish.x
+        converged[rows] = polish.converged.to(converged.device)
+        iterations[rows] += polish.iterations.to(iterations.device)
         redo = torch.isin(owner, rows)
         vols[redo] = _reference_vols(surfaces, params, (owner[redo], at[redo]))
-    return params, vols
+    return params, vols, converged, iterations
 
 
 def global_starts(

@@ -284,6 +284,30 @@ def test_polished_surfaces_report_reference_vols_at_their_parameters(monkeypatch
         assert len(vols[s]) == len(tables[s])
 
 
+def test_polished_surfaces_count_the_polish_iterations(monkeypatch) -> None:
+    # the reference-pricer polish's steps were left out of iterations (and its convergence out
+    # of converged): the fast fit's figures were reported for the polished parameters
+    import pricing.calibration_heston as heston
+
+    surfaces = _packed([_synthetic_surface(noise_bp=50.0, seed=s) for s in range(2)])
+    options = {"n_scan": 16, "n_starts": 1, "max_iterations": 30}
+    _, _, _, fast = heston.calibrate_surfaces(surfaces, polish=False, **options)
+    calls = []
+    polish = heston._polish
+
+    def counted(*args, **kwargs):
+        calls.append(polish(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(heston, "_POLISH_TOLERANCE_BP", -1.0)  # every surface gets polished
+    monkeypatch.setattr(heston, "_polish", counted)
+    _, _, converged, iterations = heston.calibrate_surfaces(surfaces, **options)
+    (result,) = calls
+    assert bool((result.iterations >= 1).all())
+    torch.testing.assert_close(iterations, fast + result.iterations, rtol=0, atol=0)
+    torch.testing.assert_close(converged, result.converged, rtol=0, atol=0)
+
+
 def test_fits_hand_back_ordinary_tensors_and_reference_vols_and_leave_autograd_working() -> None:
     # The fit runs in inference mode: what it returns, and the pricers' caches it fills, must stay
     # usable by in-place updates and by autograd (an inference tensor refuses both).
