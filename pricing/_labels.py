@@ -141,7 +141,8 @@ def sabr_pde_prices(
 
     Every grid of a row uses the same mesher tail cut: the first of :data:`SABR_PDE_EPS` at
     which QuantLib solves them all (its CEV mesher fails on ~10% of parameter sets at its
-    default); rows that fail at every cut get NaN.
+    default); rows that fail at every cut get NaN. A row the engine refuses (``beta = 1``, inside
+    the SABR domain but not the engine's) raises ``ValueError`` naming its position.
 
     Shape:
         Output: ``(len(grids), N)``.
@@ -168,6 +169,8 @@ def sabr_pde_prices(
                 prices[:, i] = [solve(row, grid, eps) for grid in grids]
             except RuntimeError:
                 continue
+            except ValueError as error:  # outside the engine's domain (beta = 1): which row
+                raise ValueError(f"row {i}: {error}") from error
             break
     return prices
 

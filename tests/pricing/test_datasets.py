@@ -612,6 +612,16 @@ def test_sabr_pde_label_is_nan_where_the_half_grid_price_has_no_implied_vol():
     assert math.isnan(vol) or abs(vol - hagan) < 5e-4, (vol, hagan)
 
 
+def test_sabr_pde_labels_name_the_row_the_engine_refuses():
+    # beta = 1 is inside the SABR domain but not the PDE engine's: the whole table was refused
+    # with "beta must be in [0, 1)", naming no row
+    base = dict(alpha=0.2, rho=0.0, nu=0.3, maturity=1.0, forward=1.0, discount=1.0,
+                option_type="call", strike=1.0, log_moneyness=0.0)  # fmt: skip
+    points = pd.DataFrame([base | {"beta": 0.5}, base | {"beta": 1.0}])
+    with pytest.raises(ValueError, match=r"^row 1: beta must be in \[0, 1\)"):
+        label(points, model="sabr", engine="quantlib")
+
+
 def test_resume_makes_again_a_shard_of_another_seed_left_in_the_folder(tmp_path, monkeypatch):
     # shards of an earlier run (seed 9) under the same names and sample_index were kept and mixed
     kwargs = {"model": "sabr", "n": 32, "shard_size": 8, "seed": 5}
