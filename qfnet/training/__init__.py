@@ -37,8 +37,8 @@ Runs (``config.run_dir``)
     ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, val_loss,
     val_<metric>..., lr, seconds``); TensorBoard events (per step: ``train/loss``,
     ``train/grad_norm``, ``lr``; per epoch, at its last global step: every column of
-    ``metrics.csv``); ``checkpoints/last.pt`` (every epoch and every
-    ``checkpoint_every_n_steps``),
+    ``metrics.csv``); ``checkpoints/last.pt`` (every epoch, every
+    ``checkpoint_every_n_steps`` and where a callback's stop ends training mid-epoch),
     ``checkpoints/best.pt`` (best ``monitor``, a hard link to the ``last.pt`` of that epoch);
     ``loss.png`` at the end. Only rank 0 writes.
 
@@ -74,8 +74,14 @@ Resume
 Callbacks
     Duck-typed objects: the trainer calls ``cb.on_<hook>(trainer, ...)`` when present, in list
     order, for the hooks in :data:`HOOKS` (checkpointing callbacks always run last). A callback
-    stops training by setting ``trainer.should_stop = True``; stateful callbacks implement
-    ``state_dict()`` / ``load_state_dict(state)`` and are restored on resume. Built-in:
+    stops training by setting ``trainer.should_stop = True``: after the current step, or, set
+    at an epoch's last step, after that epoch's end (validation, row, ``last.pt``), as in
+    Lightning; a mid-epoch stop writes ``last.pt`` at that step, so no step is lost. The flag
+    is not checkpointed: ``fit(resume=True)`` continues exactly where a stop for a passing
+    reason (a time budget) left off, while a callback whose reason lasts re-asserts its stop
+    from its own state (a run :class:`EarlyStopping` stopped stays stopped). Stateful
+    callbacks implement ``state_dict()`` / ``load_state_dict(state)`` and are restored on
+    resume. Built-in:
     :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LRMonitor`, :class:`ProgressBar`,
     :class:`CSVLogger`, :class:`TensorBoardLogger`, :class:`LossCurvePlot`. With a ``run_dir``,
     the trainer adds ``ModelCheckpoint``, ``CSVLogger``, ``TensorBoardLogger`` and

@@ -4,12 +4,16 @@ Callbacks are duck-typed: the trainer calls ``callback.<hook>(trainer, ...)`` fo
 :data:`HOOKS` that the object defines, in list order (callbacks with ``runs_last = True``, the
 checkpoint writers, after the others so that the states they save are up to date). A callback
 stops training by setting ``trainer.should_stop = True``; the loop ends after the current
-optimizer step (mid-epoch) or at the end of the epoch; under DDP a flag set on any process
-stops all of them there. Stateful callbacks define
-``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are saved in
-every checkpoint. :class:`EarlyStopping`, :class:`ModelCheckpoint` and :class:`LRMonitor` start
-afresh when ``fit`` starts a new run (not resumed), also when the same objects served an earlier
-``fit``.
+optimizer step (mid-epoch) or at the end of the epoch (also when set at its last step: its
+validation, row and checkpoint are not skipped); under DDP a flag set on any process stops all
+of them there. :class:`ModelCheckpoint` writes ``last.pt`` where a stop leaves an epoch
+unfinished, so no step is lost. The flag is not checkpointed: ``fit(resume=True)`` trains on
+from where the run stopped, unless a callback re-asserts its stop from its own state (as
+:class:`EarlyStopping` does: a resumed early-stopped run stays stopped). Stateful callbacks
+define ``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are
+saved in every checkpoint. :class:`EarlyStopping`, :class:`ModelCheckpoint` and
+:class:`LRMonitor` start afresh when ``fit`` starts a new run (not resumed), also when the same
+objects served an earlier ``fit``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ HOOKS: dict[str, str] = {
     "on_validation_end": "(metrics): after validation, with the val_ metrics",
     "on_epoch_end": "after validation and the epoch schedule step; trainer.epoch_metrics is "
     "the complete row (also appended to trainer.history)",
+    "on_train_stop": "once, when trainer.should_stop ended training (after the step or epoch "
+    "end that set it, before on_fit_end); the loop position may be mid-epoch",
     "on_fit_end": "once, after the last epoch (not after an exception)",
     "on_exception": "(exception): training raised; the exception propagates afterwards",
     "on_teardown": "always, last: close files",
@@ -86,7 +92,8 @@ class EarlyStopping:
     A check is an epoch that has the metric: every epoch for ``train_*`` metrics (and for
     ``val_*`` ones without validation data, which fall back to ``train_*``), only the epochs
     that validate for ``val_*`` metrics. With ``TrainerConfig.val_every_n_epochs = k``,
-    ``patience`` counts validations, as Lightning's does: ``k * patience`` epochs.
+    ``patience`` counts validations, as Lightning's does: ``k * patience`` epochs. Its state
+    (``stopped_epoch`` included) is checkpointed: a run it stopped, resumed, stays stopped.
 
     Args:
         monitor: Epoch metric name (``val_loss``, ``val_<metric>``, ``train_loss``).
@@ -143,6 +150,8 @@ class EarlyStopping:
     def on_fit_start(self, trainer: Trainer) -> None:
         if _new_run(trainer):
             self._reset()
+        elif self.stopped_epoch is not None:  # resumed from the checkpoint of the stop
+            trainer.should_stop = True
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = _monitored(trainer, self.monitor)
@@ -198,11 +207,15 @@ def _copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 class ModelCheckpoint:
     """Write ``last.pt`` (each epoch, and every N steps), ``best.pt`` and every-N-epochs files.
 
+    A stop (``trainer.should_stop``) in the middle of an epoch writes ``last.pt`` at the step
+    where training stopped (with ``save_last`` or ``every_n_steps``), so that
+    ``fit(resume=True)`` continues from exactly there.
+
     Args:
         dirpath: Folder (``None``: ``run_dir/checkpoints``).
         monitor: Metric for ``best.pt`` (``None``: no best checkpoint).
         mode: ``min`` or ``max``.
-        save_last: Write ``last.pt`` at the end of every epoch.
+        save_last: Write ``last.pt`` at the end of every epoch (and at a mid-epoch stop).
         every_n_epochs: Also keep ``epoch_XXXX.pt`` every N epochs.
         every_n_steps: Also write ``last.pt`` every N optimizer steps (mid-epoch resume point).
 
@@ -232,8 +245,10 @@ class ModelCheckpoint:
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.best: float | None = None
         self.best_epoch = -1
+        self._step_written: int | None = None  # global step of the last mid-epoch last.pt
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self._step_written = None
         if _new_run(trainer):
             self.best, self.best_epoch = None, -1
 
@@ -248,6 +263,16 @@ class ModelCheckpoint:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             if not trainer.at_epoch_end:
                 trainer.save_checkpoint(self._dir(trainer) / "last.pt")
+                self._step_written = trainer.global_step
+
+    def on_train_stop(self, trainer: Trainer) -> None:
+        # At an epoch boundary on_epoch_end has written it; mid-epoch nothing had: the steps
+        # since the last checkpoint were lost, and a resume trained them again
+        mid_epoch = trainer.batch_in_epoch > 0
+        wanted = self.save_last or self.every_n_steps
+        if mid_epoch and wanted and self._step_written != trainer.global_step:
+            trainer.save_checkpoint(self._dir(trainer) / "last.pt")
+            self._step_written = trainer.global_step
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         folder = self._dir(trainer)

@@ -33,7 +33,8 @@ def _callback_keys(trainer: Trainer) -> list[tuple[str, Any]]:
 def trainer_state(trainer: Trainer) -> dict[str, Any]:
     """Everything a checkpoint holds (plain types and tensors only).
 
-    At the end of an epoch the loop position is the start of the next one.
+    At the end of an epoch the loop position is the start of the next one. The stop flag is
+    not saved (see ``Trainer.should_stop``).
 
     Examples:
         >>> import torch
@@ -52,7 +53,6 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "batch_in_epoch": 0 if done else trainer.batch_in_epoch,
         "step_in_epoch": 0 if done else trainer.step_in_epoch,
         "global_step": trainer.global_step,
-        "should_stop": trainer.should_stop,
         "train_sums": trainer._zero_sums() if done else trainer._folded_train_sums(),
         "batch_size": trainer.config.batch_size,
         "accumulate_grad_batches": trainer.config.accumulate_grad_batches,
@@ -154,8 +154,7 @@ def _check_optimizer(config: Any, saved: dict[str, Any], path: Path) -> None:
 
 _STATE_FIELDS = ("model", "loss", "optimizer", "scheduler", "scaler", "callbacks", "loop",
                  "history", "rng")  # fmt: skip
-_LOOP_FIELDS = ("epoch", "global_step", "batch_in_epoch", "step_in_epoch", "should_stop",
-                "train_sums")  # fmt: skip
+_LOOP_FIELDS = ("epoch", "global_step", "batch_in_epoch", "step_in_epoch", "train_sums")
 
 
 def _check_fields(state: dict[str, Any], path: Path) -> None:
@@ -225,7 +224,9 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
             cb.load_state_dict(saved[key])
     trainer.epoch, trainer.global_step = loop["epoch"], loop["global_step"]
     trainer.batch_in_epoch, trainer.step_in_epoch = loop["batch_in_epoch"], loop["step_in_epoch"]
-    trainer.should_stop = loop["should_stop"]
+    # An older checkpoint's loop.should_stop is ignored: restored, it made every resume of a run
+    # stopped at a checkpoint (a time budget) a no-op, while others trained on from the previous
+    # checkpoint. EarlyStopping re-asserts its own stop from its state.
     # cast where they are (the CPU for MPS, which holds no float64), then moved
     sums = loop["train_sums"].to(accumulation_dtype(trainer.device))
     trainer._train_sums = sums.to(trainer.device)

@@ -96,7 +96,10 @@ class Trainer:
         step_metrics: Last step's ``loss`` and ``grad_norm`` (tensors) and ``lr``.
         epoch_metrics: The current epoch's row.
         history: :class:`History` of all epoch rows.
-        should_stop: Set by a callback to stop training.
+        should_stop: Set by a callback to stop training: after the current optimizer step
+            (at the epoch's last step, after its end), checkpointed there by ModelCheckpoint
+            (``on_train_stop``). Not saved in checkpoints: ``fit`` clears it, and a callback
+            that stops for a lasting reason sets it again from its state (EarlyStopping).
         device: The device in use; precision: the resolved mixed-precision mode.
 
     Examples:
@@ -346,11 +349,13 @@ class Trainer:
         self._setup_fit(train_data, val_data)
         self._reorder_callbacks()  # the list may have been changed in place
         path = self._resume_path(resume, ckpt_path)
+        # Not restored either: a stop whose reason lasts is re-asserted by its callback from
+        # its own state (EarlyStopping); one that does not (a time budget) lets a resume train on.
+        self.should_stop = False
         if path is None:
             seed_everything(self.config.seed)
             self.history = History()
             self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
-            self.should_stop = False
         self._write_config()
         with deterministic_algorithms(self.config.deterministic):
             return self._fit_epochs(path)
@@ -366,6 +371,8 @@ class Trainer:
             while self.epoch < self.config.max_epochs and not self._stop_requested():
                 if not self._run_epoch():
                     break
+            if self._stop_requested():  # the checkpoint writers save a mid-epoch stop here
+                self.call("on_train_stop")
             self.call("on_fit_end")
         except BaseException as exc:
             self.call("on_exception", exc)
@@ -423,7 +430,11 @@ class Trainer:
         return torch.zeros(2 + 2 * len(self.metrics), dtype=dtype, device=self.device)
 
     def _run_epoch(self) -> bool:
-        """One epoch: train, validate, schedule, hooks. False if stopped mid-epoch."""
+        """One epoch: train, validate, schedule, hooks. False if stopped mid-epoch.
+
+        A stop set at the epoch's last step (of a known number) ends the epoch first, as in
+        Lightning: that epoch's validation, history row and ``last.pt`` are not skipped.
+        """
         start = time.perf_counter()
         self._epoch_done = self.validated_this_epoch = False
         self._train_module.train()
@@ -431,7 +442,7 @@ class Trainer:
         iterator = self._train.epoch_iter(self.epoch, self.batch_in_epoch)
         for group in group_batches(iterator, self.config.accumulate_grad_batches):
             self._train_step(group)
-            if self._stop_requested():
+            if not self.at_epoch_end and self._stop_requested():
                 return False
         self.epoch_metrics = {"epoch": self.epoch, "step": self.global_step}
         self.epoch_metrics.update(self._reduce(self._folded_train_sums(), "train_", train=True))
@@ -701,9 +712,6 @@ class Trainer:
             rngs = all_gather_objects(ckpt.get_rng_state(), self.dist, self.device)
         if self._runtime_ready and self.dist.enabled and hasattr(self, "_epoch_loss"):
             sums = all_reduce_sum(self._folded_train_sums(), self.dist)
-            # a stop set on another rank in this very hook (before the checkpoint callback,
-            # which runs last) belongs in the checkpoint: rank 0's flag alone resumed training
-            self._stop_requested()
         if not self.is_global_zero:
             return None
         state = self.state_dict()

@@ -263,6 +263,40 @@ def test_callback_stops_training_with_the_flag(regression, mlp, sq_error):
     assert trainer.global_step == 3
 
 
+@pytest.mark.parametrize("stop_step", [3, 4])  # mid-epoch, the epoch's last of 4 steps
+def test_a_stop_at_an_epochs_last_step_still_runs_that_epochs_end(
+    regression, mlp, sq_error, stop_step
+):
+    calls = []
+
+    class SpyStoppingAt:
+        def __getattr__(self, name):
+            if name in HOOKS:
+                return lambda trainer, *args: calls.append(name)
+            raise AttributeError(name)
+
+        def on_train_step_end(self, trainer):
+            calls.append("on_train_step_end")
+            trainer.should_stop = trainer.global_step == stop_step
+
+    data = regression(n=32)
+    cfg = TrainerConfig(max_epochs=3, batch_size=8, progress_bar=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[SpyStoppingAt()])
+    history = trainer.fit(data, data)
+    epoch_end = ["on_train_epoch_end", "on_validation_start", "on_validation_end", "on_epoch_end"]
+    ended = epoch_end if stop_step == 4 else []
+    assert calls[-4 - len(ended) :] == [
+        "on_train_step_end",
+        *ended,
+        "on_train_stop",
+        "on_fit_end",
+        "on_teardown",
+    ]
+    assert trainer.global_step == stop_step
+    assert [r["epoch"] for r in history.records] == ([0] if stop_step == 4 else [])
+    assert all("val_loss" in r for r in history.records)
+
+
 def test_an_early_stopping_appended_to_the_callbacks_runs_before_the_checkpoint(
     regression, mlp, sq_error, tmp_path
 ):
@@ -276,8 +310,8 @@ def test_an_early_stopping_appended_to_the_callbacks_runs_before_the_checkpoint(
     trainer.fit(data, data)
     assert stopper.stopped_epoch == 4 and trainer.callbacks[-1] is not stopper
     # the checkpoint of the epoch that stopped holds the stop and the used-up patience
-    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert state["loop"]["should_stop"] and state["callbacks"]["EarlyStopping"]["wait"] == 2
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["callbacks"]["EarlyStopping"]
+    assert saved["stopped_epoch"] == 4 and saved["wait"] == 2
     resumed = Trainer(mlp(), loss=sq_error, config=cfg, metrics=metrics,
                       callbacks=[EarlyStopping(monitor="val_score", patience=2)])  # fmt: skip
     resumed.fit(data, data, resume=True)

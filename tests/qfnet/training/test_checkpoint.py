@@ -134,6 +134,17 @@ class _CrashAtStep:
             raise _Crash
 
 
+class _StopAtStep:
+    """Stops training at ``step`` for a reason that does not last (a time budget, say)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_step_end(self, trainer) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
 def _resumable_run(mlp, run_dir, callbacks=(), resume=False, **overrides):
     settings = {
         "max_epochs": 3,
@@ -185,6 +196,64 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run_exactly(
     assert stopper_c.best == stopper_a.best
     rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # header + one row per epoch, no duplicate after resume
+
+
+# 5 steps per epoch, last.pt every 2 steps: a stop with a step checkpoint, at an epoch's last
+# step, between two checkpoints
+@pytest.mark.parametrize("stop_step", [4, 5, 7])
+def test_a_run_stopped_by_a_callback_is_checkpointed_there_and_resumes_exactly(
+    regression, mlp, tmp_path, stop_step
+):
+    train, val = regression(n=40, seed=1), regression(n=12, seed=2)
+    model_a, trainer_a, stopper_a, _ = _resumable_run(mlp, tmp_path / "a")
+    history_a = trainer_a.fit(train, val)
+
+    _, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_StopAtStep(stop_step)])
+    history_b = trainer_b.fit(train, val)
+    last = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert last["loop"]["global_step"] == stop_step  # no trained step lost
+    assert len(history_b.records) == stop_step // 5  # an epoch stopped at its last step ended
+    assert all("val_loss" in r for r in history_b.records)
+    model_c, trainer_c, stopper_c, _ = _resumable_run(mlp, tmp_path / "b")
+    history_c = trainer_c.fit(train, val, resume=True)
+
+    assert trainer_c.global_step == trainer_a.global_step == 15
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in history_c.records] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in history_a.records
+    ]
+    assert stopper_c.best == stopper_a.best
+
+
+def test_the_same_trainer_resumes_after_a_stop(regression, mlp, tmp_path):
+    train, val = regression(n=40, seed=1), regression(n=12, seed=2)
+    model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
+    trainer_a.fit(train, val)
+    model_b, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_StopAtStep(7)])
+    trainer_b.fit(train, val)
+    trainer_b.fit(train, val, resume=True)  # its flag from the first fit does not stop it
+    assert trainer_b.global_step == 15
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_b.state_dict()[key]), key
+
+
+def test_an_older_checkpoints_saved_stop_flag_is_ignored_on_resume(regression, mlp, tmp_path):
+    train, val = regression(n=40, seed=1), regression(n=12, seed=2)
+    model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
+    trainer_a.fit(train, val)
+    _, trainer_b, _, _ = _resumable_run(mlp, tmp_path / "b", callbacks=[_CrashAtStep(7)])
+    with pytest.raises(_Crash):
+        trainer_b.fit(train, val)
+    path = tmp_path / "b" / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    state["loop"]["should_stop"] = True  # as written before the flag left the checkpoint
+    save_checkpoint(state, path)
+    model_c, trainer_c, _, _ = _resumable_run(mlp, tmp_path / "b")
+    trainer_c.fit(train, val, resume=True)
+    assert trainer_c.global_step == 15  # it trained on (a time budget's stop does not last)
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key
 
 
 @pytest.mark.parametrize("with_run_dir", [True, False])

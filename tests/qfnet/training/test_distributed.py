@@ -48,7 +48,7 @@ def test_lr_find_takes_the_same_steps_and_suggests_the_same_lr_on_every_rank(tmp
 def test_a_stop_set_on_one_rank_stops_every_rank_at_the_same_point(tmp_path):
     first, second = _torchrun("stop", tmp_path)
     assert first["epoch_run"] == second["epoch_run"] == [4, 1]  # 64 / 2 ranks / batch 8: 4 steps
-    assert first["saved_stop"] is True  # else a resumed run would train on
+    assert first["saved_steps"] == [4, 3]  # last.pt where each run stopped (mid-epoch at 3)
     assert first["step_run"] == second["step_run"]
     assert first["step_run"][0] == 3
 

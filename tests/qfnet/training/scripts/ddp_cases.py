@@ -65,20 +65,25 @@ class _StopOn:
             trainer.should_stop = True
 
 
+def _saved_step(run: Path) -> int | None:
+    """The global step of the run's ``last.pt`` (rank 0, which writes it)."""
+    if dist.get_rank() != 0:
+        return None
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["loop"]["global_step"]
+
+
 def stop_case(rank: int, out: Path) -> dict[str, Any]:
-    """One rank stops at an epoch end, then (another run) after a step mid-epoch."""
+    """One rank stops at an epoch end, then (another run) after a step mid-epoch, where every
+    rank joins the writing of ``last.pt`` at that step (its collectives)."""
     data = _data(64)
     at_epoch = _trainer([_StopOn(1, epoch=0)], max_epochs=3, run_dir=str(out / "stop_run"),
                         tensorboard=False)  # fmt: skip
     at_epoch.fit(data)
-    saved = None
-    if rank == 0:  # the checkpoint of that epoch must carry the stop (rank 0's flag was False)
-        last = torch.load(out / "stop_run" / "checkpoints" / "last.pt", weights_only=True)
-        saved = last["loop"]["should_stop"]
-    at_step = _trainer([_StopOn(0, step=3)], max_epochs=3)
+    at_step = _trainer([_StopOn(0, step=3)], max_epochs=3, run_dir=str(out / "step_run"),
+                       tensorboard=False)  # fmt: skip
     at_step.fit(data)
     return {
-        "saved_stop": saved,
+        "saved_steps": [_saved_step(out / "stop_run"), _saved_step(out / "step_run")],
         "epoch_run": [at_epoch.global_step, len(at_epoch.history)],
         "step_run": [at_step.global_step, at_step.evaluate(data)["loss"]],
     }
