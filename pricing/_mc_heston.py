@@ -16,8 +16,8 @@ from pricing._simulate_checks import (
     check_qe_sigma,
 )
 from pricing._simulate_steps import HestonStep, qe_variance_step
-from pricing._typing import TensorLike, call_flags
-from pricing._validation import check_finite, check_not_bool
+from pricing._typing import TensorLike, call_flags, check_numbers
+from pricing._validation import check_finite
 from pricing.simulate import time_grid
 
 __all__ = ["ConditionalChunk", "conditional_chunks", "conditional_log_moments"]
@@ -83,7 +83,7 @@ def conditional_chunks(
         Output: payoff (C,) or (C, K); forward (C,).
     """
     check_paths(n_paths)
-    check_not_bool(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
+    check_numbers(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
                    dividend=dividend)  # fmt: skip
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)

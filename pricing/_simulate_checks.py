@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pricing._typing import real_tensor
 from pricing._validation import check_positive_int
 
 __all__ = [
@@ -25,17 +26,16 @@ __all__ = [
 Scalar = float | torch.Tensor
 
 
-def _values(value: Scalar) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(torch.float64)
-    # a float went through float32 first: v0=-0.04 was shown as -0.03999999910593033, and a
-    # spot of 1e-50 (or 1e39) was refused as 0.0 (inf)
-    return torch.as_tensor(value, dtype=torch.float64)
+def _values(name: str, value: Scalar) -> torch.Tensor:
+    """``value`` in float64 (a float went through float32 first: v0=-0.04 was shown as
+    -0.03999999910593033, and a spot of 1e-50 (or 1e39) was refused as 0.0 (inf)); a string,
+    None or complex is refused by ``name`` (torch's message named no input)."""
+    return real_tensor(name, value, dtype=torch.float64).detach()
 
 
 def check_positive(name: str, value: Scalar) -> None:
     """Require ``value`` (scalar or tensor) finite and > 0; the error names ``name``."""
-    v = _values(value)
+    v = _values(name, value)
     bad = ~torch.isfinite(v) | (v <= 0)
     if bool(bad.any()):
         raise ValueError(f"{name} must be positive and finite, got {_show(v, bad)}")
@@ -43,7 +43,7 @@ def check_positive(name: str, value: Scalar) -> None:
 
 def check_nonnegative(name: str, value: Scalar) -> None:
     """Require ``value`` finite and >= 0; the error names ``name``."""
-    v = _values(value)
+    v = _values(name, value)
     bad = ~torch.isfinite(v) | (v < 0)
     if bool(bad.any()):
         raise ValueError(f"{name} must be non-negative and finite, got {_show(v, bad)}")
@@ -59,7 +59,7 @@ def check_single(name: str, value: object, why: str) -> None:
 
 def check_correlation(value: Scalar) -> None:
     """Require ``rho`` in [-1, 1]."""
-    v = _values(value)
+    v = _values("rho", value)
     bad = ~torch.isfinite(v) | (v.abs() > 1)
     if bool(bad.any()):
         raise ValueError(f"rho must lie in [-1, 1], got {_show(v, bad)}")
@@ -140,7 +140,7 @@ def check_sabr(
     """Check the SABR parameters: beta in [0, 1], forward + shift > 0, alpha > 0, nu >= 0, rho."""
     if not 0.0 <= float(beta) <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
-    check_positive("forward + shift", _values(forward) + shift)
+    check_positive("forward + shift", _values("forward", forward) + shift)
     check_positive("alpha", alpha)
     check_nonnegative("nu", nu)
     check_correlation(rho)

@@ -43,8 +43,8 @@ from pricing._simulate_steps import (
 )
 from pricing._triton_paths import available as triton_available
 from pricing._triton_paths import qe_paths as triton_qe_paths
-from pricing._typing import DEFAULT_DTYPE
-from pricing._validation import check_finite, check_not_bool
+from pricing._typing import DEFAULT_DTYPE, check_numbers
+from pricing._validation import check_finite
 
 __all__ = [
     "HestonPaths",
@@ -120,7 +120,8 @@ def time_grid(
         >>> time_grid(4, 1.0).tolist()
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
-    check_not_bool(maturity=maturity)
+    if maturity is not None:  # None with a grid
+        check_numbers(maturity=maturity)
     if grid is None:
         if n_steps is None or maturity is None:
             raise ValueError("give n_steps and maturity, or time_grid")
@@ -180,7 +181,7 @@ def gbm_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
-    check_not_bool(spot=spot, volatility=volatility, rate=rate, dividend=dividend)
+    check_numbers(spot=spot, volatility=volatility, rate=rate, dividend=dividend)
     check_positive("spot", spot)
     check_nonnegative("volatility", volatility)
     check_finite(rate=rate, dividend=dividend)
@@ -270,7 +271,7 @@ def heston_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
-    check_not_bool(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
+    check_numbers(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
                    dividend=dividend)  # fmt: skip
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
@@ -384,7 +385,7 @@ def sabr_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
-    check_not_bool(forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu, shift=shift)
+    check_numbers(forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu, shift=shift)
     check_sabr(forward, alpha, beta, rho, nu, shift)
     _check_one_value("sabr", forward=forward, alpha=alpha, rho=rho, nu=nu)
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)

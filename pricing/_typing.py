@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from pricing._validation import check_not_bool, check_real
 
 __all__ = [
     "DEFAULT_DTYPE",
@@ -16,8 +19,12 @@ __all__ = [
     "broadcast_shapes",
     "call_flag",
     "call_flags",
+    "check_numbers",
     "common_dtype_device",
     "is_call_tensor",
+    "named_tensors",
+    "real_number",
+    "real_tensor",
 ]
 
 TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
@@ -29,14 +36,19 @@ DEFAULT_DTYPE = torch.float64
 def common_dtype_device(
     values: Sequence[object], dtype: torch.dtype | None, device: torch.device | str | None
 ) -> tuple[torch.dtype, torch.device | str | None]:
-    """``dtype`` and ``device`` where given, else the widest floating dtype of the tensor values
-    (float64 without any) and the first one's device (None: the CPU)."""
+    """``dtype`` and ``device`` where given, else the widest floating dtype of the tensor values,
+    at least float32 (float64 without any), and the first one's device (None: the CPU).
+
+    A float16 or bfloat16 input is computed in float32: the CPU has no half-precision kernels
+    for the normal distribution (a float16 spot failed inside torch with ``"erfcx_cpu" not
+    implemented for 'Half'``), and a price rounded to 3 digits is no price.
+    """
     floating = [v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
     if dtype is None:
         dtype = DEFAULT_DTYPE
         if floating:
-            dtype = floating[0].dtype
-            for v in floating[1:]:
+            dtype = torch.float32
+            for v in floating:
                 dtype = torch.promote_types(dtype, v.dtype)
     if device is None and floating:
         device = floating[0].device
@@ -68,6 +80,106 @@ def as_tensors(
     tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
     shape = broadcast_shape(tensors)
     return tuple(t.expand(shape) for t in tensors)
+
+
+def named_tensors(
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    **named: object,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`as_tensors` of keyword arguments, in their order: each is converted by
+    :func:`real_tensor` (so that a bad one is refused by its name) and a ValueError where the
+    shapes do not broadcast names each input with its shape.
+
+    Examples:
+        >>> spot, strike = named_tensors(spot=100.0, strike=[90.0, 110.0])
+        >>> spot.shape, strike.dtype
+        (torch.Size([2]), torch.float64)
+        >>> named_tensors(spot="100", strike=90.0)
+        Traceback (most recent call last):
+        ...
+        TypeError: spot must be real numbers, got '100'
+    """
+    dtype, device = common_dtype_device(list(named.values()), dtype, device)
+    tensors = {n: real_tensor(n, v, dtype=dtype, device=device) for n, v in named.items()}
+    shape = broadcast_named(tensors, "input")
+    return tuple(t.expand(shape) for t in tensors.values())
+
+
+def real_tensor(
+    name: str,
+    value: object,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``value`` as a tensor (``torch.as_tensor(value, dtype=dtype, device=device)``), refusing by
+    ``name`` what is not real numbers: a bool or a complex (ValueError, see
+    :func:`pricing._validation.check_not_bool` and :func:`~pricing._validation.check_real`), and
+    None, text or objects (TypeError; torch's message, such as ``new(): invalid data type
+    'str'``, named no input). A non-tensor is converted through numpy once, so the checks cost
+    no pass of their own over a list.
+
+    Shape:
+        ``value``'s shape.
+
+    Examples:
+        >>> real_tensor("strike", [90, 110], dtype=torch.float64).tolist()
+        [90.0, 110.0]
+        >>> real_tensor("strike", None)
+        Traceback (most recent call last):
+        ...
+        TypeError: strike must be real numbers, got None
+    """
+    if isinstance(value, torch.Tensor):
+        check_not_bool(**{name: value})
+        check_real(**{name: value})
+        return torch.as_tensor(value, dtype=dtype, device=device)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list
+        array = None
+    if array is not None and array.dtype.kind in "bc":
+        check_not_bool(**{name: value if array.ndim == 0 else array})
+        check_real(**{name: value})
+    if array is None or array.dtype.kind not in "iuf":  # text, None, objects, dates
+        raise TypeError(f"{name} must be real numbers, got {reprlib.repr(value)}")
+    return torch.as_tensor(array, dtype=dtype, device=device)
+
+
+def check_numbers(**named: object) -> None:
+    """Refuse by name each value that is not real numbers, as :func:`real_tensor` refuses it (for
+    parameters that are used as given, a float or a tensor, rather than converted here).
+
+    Examples:
+        >>> check_numbers(rate=0.01, dividend=None)
+        Traceback (most recent call last):
+        ...
+        TypeError: dividend must be real numbers, got None
+    """
+    for name, value in named.items():
+        real_tensor(name, value)
+
+
+def real_number(name: str, value: object) -> float:
+    """One real number (a Python or numpy number, or a one-element tensor or array) as a float;
+    anything else is refused by ``name`` as :func:`real_tensor` refuses it, and several values
+    or none (``float()`` said only "only one element tensors can be converted to Python
+    scalars") with a ValueError.
+
+    Examples:
+        >>> real_number("rate", np.float32(0.5)), real_number("rate", torch.tensor([2]))
+        (0.5, 2.0)
+        >>> real_number("rate", torch.zeros(0))
+        Traceback (most recent call last):
+        ...
+        ValueError: rate must be a single number, got shape (0,)
+    """
+    values = real_tensor(name, value)
+    if values.numel() != 1:
+        raise ValueError(f"{name} must be a single number, got shape {tuple(values.shape)}")
+    return float(values.detach().reshape(()))
 
 
 def broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:

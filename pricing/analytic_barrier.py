@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import TensorLike, as_tensors, call_flag
+from pricing._typing import TensorLike, call_flag, named_tensors, real_number
 from pricing._validation import check_finite, check_positive
 
 __all__ = ["BARRIER_TYPES", "barrier_price", "discrete_barrier_shift"]
@@ -84,10 +84,13 @@ def barrier_price(
     """
     if barrier_type not in BARRIER_TYPES:
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
+    rate, dividend, rebate = (real_number(n, v) for n, v in
+                              (("rate", rate), ("dividend", dividend), ("rebate", rebate)))  # fmt: skip
     if not (rebate >= 0 and math.isfinite(rebate)):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
     is_call = call_flag(is_call)  # one flag for all options
-    s, x, h, t, vol = as_tensors(spot, strike, barrier, maturity, volatility)
+    s, x, h, t, vol = named_tensors(spot=spot, strike=strike, barrier=barrier, maturity=maturity,
+                                    volatility=volatility)  # fmt: skip
     check_positive(spot=s, strike=x, barrier=h, maturity=t, volatility=vol)
     check_finite(rate=torch.as_tensor(rate), dividend=torch.as_tensor(dividend))
     down = barrier_type.startswith("down")
@@ -123,11 +126,12 @@ def discrete_barrier_shift(
         >>> round(float(discrete_barrier_shift(110.0, 0.2, 1 / 252, down=False)), 4)
         110.8104
     """
+    barrier, interval = real_number("barrier", barrier), real_number("interval", interval)
     if not interval > 0:  # a negative one was a math domain error, NaN a NaN barrier
         raise ValueError(f"interval must be positive, got {interval}")
     if not barrier > 0:
         raise ValueError(f"barrier must be positive, got {barrier}")
-    (vol,) = as_tensors(volatility)
+    (vol,) = named_tensors(volatility=volatility)
     check_positive(volatility=vol)
     sign = -1.0 if down else 1.0
     return barrier * torch.exp(sign * _BGK_BETA * vol * math.sqrt(interval))

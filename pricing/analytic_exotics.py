@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import DEFAULT_DTYPE, TensorLike, as_tensors, call_flag
+from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flag, named_tensors, real_number
 from pricing._validation import (
     check_finite,
     check_nonnegative,
@@ -74,9 +74,12 @@ def geometric_asian_price(
         >>> round(float(p), 6)  # Clewlow & Strickland
         5.342561
     """
-    s, vol = (torch.as_tensor(v, dtype=DEFAULT_DTYPE) for v in (spot, volatility))
-    check_positive(spot=s, volatility=vol, maturity=torch.as_tensor(maturity, dtype=DEFAULT_DTYPE))
-    check_finite(rate=torch.tensor(rate), dividend=torch.tensor(dividend))
+    s, vol = named_tensors(spot=spot, volatility=volatility, dtype=DEFAULT_DTYPE)
+    numbers = dict(maturity=maturity, rate=rate, dividend=dividend, past_weight=past_weight)
+    maturity, rate, dividend, past_weight = (real_number(n, v) for n, v in numbers.items())
+    past_average = None if past_average is None else real_number("past_average", past_average)
+    check_positive(spot=s, volatility=vol, maturity=maturity)
+    check_finite(rate=rate, dividend=dividend)
     check_seasoning(past_average, past_weight)  # a past average without weight was ignored
     nu = rate - dividend - 0.5 * vol * vol
     if fixing_times is None:
@@ -101,7 +104,7 @@ def geometric_asian_price(
     var = live * live * vol * vol * var_time
     return black_scholes.black_price(
         forward=torch.exp(mean + 0.5 * var),
-        strike=strike,
+        strike=named_tensors(strike=strike, dtype=DEFAULT_DTYPE)[0],
         maturity=1.0,
         volatility=var.sqrt(),
         discount=math.exp(-rate * maturity),
@@ -159,8 +162,10 @@ def levy_asian_price(
         0.0944
     """
     is_call = call_flag(is_call)  # "False" was truthy: it priced a call
-    check_finite(rate=torch.tensor(float(rate)), dividend=torch.tensor(float(dividend)))
-    tensors = as_tensors(spot, strike, maturity, volatility, running_average, elapsed)
+    rate, dividend = real_number("rate", rate), real_number("dividend", dividend)
+    check_finite(rate=rate, dividend=dividend)
+    tensors = named_tensors(spot=spot, strike=strike, maturity=maturity, volatility=volatility,
+                            running_average=running_average, elapsed=elapsed)  # fmt: skip
     dtype = tensors[0].dtype  # of the result; the formula runs in float64 (see the docstring)
     s, k, t2, vol, average, past = (v.to(torch.float64) for v in tensors)
     check_positive(spot=s, strike=k, maturity=t2, volatility=vol)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from pricing._special import ndtr
-from pricing._typing import TensorLike, as_tensors, call_flag
+from pricing._typing import TensorLike, call_flag, named_tensors, real_number
 from pricing._validation import check_finite, check_positive
 from pricing.analytic_barrier import _BGK_BETA  # the discrete-monitoring shift's constant
 
@@ -80,9 +80,11 @@ def lookback_price(
     if (strike is None) != (kind == "floating"):
         raise ValueError("strike is required for kind='fixed' and not taken for kind='floating'")
     is_call = call_flag(is_call)  # "False" was truthy: it priced a call
-    check_finite(rate=torch.tensor(float(rate)), dividend=torch.tensor(float(dividend)))
-    values = (spot, running_extremum, maturity, volatility) + (() if strike is None else (strike,))
-    tensors = as_tensors(*values)
+    rate, dividend = real_number("rate", rate), real_number("dividend", dividend)
+    check_finite(rate=rate, dividend=dividend)
+    optional = {} if strike is None else {"strike": strike}
+    tensors = named_tensors(spot=spot, running_extremum=running_extremum, maturity=maturity,
+                            volatility=volatility, **optional)  # fmt: skip
     dtype = tensors[0].dtype  # of the result; the formulas run in float64 (see the docstring)
     s, extremum, t, vol, *k = (v.to(torch.float64) for v in tensors)
     check_positive(spot=s, running_extremum=extremum, maturity=t, volatility=vol,
@@ -143,20 +145,24 @@ def discrete_lookback_price(
         >>> bool(discrete_lookback_price(**args, interval=1 / 12) < lookback_price(**args))
         True
     """
+    interval = real_number("interval", interval)
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval}")
     is_call = call_flag(is_call)
-    spot_t, extremum_t, vol_t = as_tensors(spot, running_extremum, volatility)
+    spot_t, extremum_t, vol_t = named_tensors(spot=spot, running_extremum=running_extremum,
+                                              volatility=volatility)  # fmt: skip
+    # checked before the shift: a NaN volatility was reported as a NaN running_extremum
+    check_positive(volatility=vol_t)
     maximum = (kind == "floating") != is_call
     sign = -1.0 if maximum else 1.0
     e = torch.exp(sign * _BGK_BETA * vol_t.to(torch.float64) * math.sqrt(interval))
     common = {"spot": spot_t, "maturity": maturity, "volatility": volatility, "rate": rate,
               "dividend": dividend, "kind": kind, "is_call": is_call}  # fmt: skip
-    moved_strike = None if strike is None else as_tensors(strike)[0] / e
+    moved_strike = None if strike is None else named_tensors(strike=strike)[0] / e
     moved = lookback_price(**common, running_extremum=extremum_t / e, strike=moved_strike)
     if kind == "fixed":
         return (e * moved).to(moved.dtype)
-    t = as_tensors(maturity)[0].to(torch.float64)
+    t = named_tensors(maturity=maturity)[0].to(torch.float64)
     forward_value = spot_t.to(torch.float64) * torch.exp(-dividend * t)
     out = e * moved - (1.0 if is_call else -1.0) * (e - 1.0) * forward_value
     return out.to(moved.dtype)

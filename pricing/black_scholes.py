@@ -20,7 +20,13 @@ import torch
 from pricing._implied_vol import IV_STATUS, solve_total_vol
 from pricing._normalized_black import normalized_call
 from pricing._special import ndtr
-from pricing._typing import TensorLike, as_tensors, broadcast_shapes, is_call_tensor
+from pricing._typing import (
+    TensorLike,
+    broadcast_shapes,
+    is_call_tensor,
+    named_tensors,
+    real_tensor,
+)
 from pricing._validation import (
     carry_and_discount,
     check_finite,
@@ -94,7 +100,9 @@ def black_price(
         >>> round(float(p), 10)
         7.9655674554
     """
-    f, k, t, vol, d = as_tensors(forward, strike, maturity, volatility, discount)
+    f, k, t, vol, d = named_tensors(
+        forward=forward, strike=strike, maturity=maturity, volatility=volatility, discount=discount
+    )
     check_positive(forward=f, strike=k, maturity=t, discount=d)
     check_nonnegative(volatility=vol)
     call = is_call_tensor(is_call, f)
@@ -133,13 +141,27 @@ def price(
         >>> round(float(p), 4)  # Haug (2007), p. 3
         2.1334
     """
-    s, k, t, vol, r, q = as_tensors(spot, strike, maturity, volatility, rate, dividend)
+    s, k, t, vol, r, q = _spot_inputs(spot, strike, maturity, volatility, rate, dividend)
     check_positive(spot=s, maturity=t)
     check_finite(rate=r, dividend=q)
     forward, discount = carry_and_discount(s, r, q, t)
     return black_price(
         forward=forward, strike=k, maturity=t, volatility=vol, discount=discount, is_call=is_call
     )
+
+
+def _spot_inputs(
+    spot: TensorLike,
+    strike: TensorLike,
+    maturity: TensorLike,
+    volatility: TensorLike,
+    rate: TensorLike,
+    dividend: TensorLike,
+) -> tuple[torch.Tensor, ...]:
+    """The inputs of :func:`price` and :func:`greeks` as tensors, each refused by name where it
+    is not real numbers."""
+    return named_tensors(spot=spot, strike=strike, maturity=maturity, volatility=volatility,
+                         rate=rate, dividend=dividend)  # fmt: skip
 
 
 def greeks(
@@ -168,7 +190,7 @@ def greeks(
         >>> round(float(g.delta), 4)  # Haug (2007), p. 12
         0.5946
     """
-    s, k, t, vol, r, q = as_tensors(spot, strike, maturity, volatility, rate, dividend)
+    s, k, t, vol, r, q = _spot_inputs(spot, strike, maturity, volatility, rate, dividend)
     check_positive(spot=s, strike=k, maturity=t, volatility=vol)
     check_finite(rate=r, dividend=q)
     call = is_call_tensor(is_call, s)
@@ -235,7 +257,9 @@ def implied_vol_with_status(
         >>> round(float(vol[0]), 9), IV_STATUS[int(status[1])]
         (0.2, 'price at or above the upper bound')
     """
-    values = as_tensors(price, forward, strike, maturity, discount)
+    values = named_tensors(
+        price=price, forward=forward, strike=strike, maturity=maturity, discount=discount
+    )
     dtype = values[0].dtype  # of the result; the solve runs in float64 (see the docstring)
     call = is_call_tensor(is_call, values[1])
     # the flags may have more elements than the prices: each input takes the flags' shape
@@ -255,7 +279,7 @@ def implied_vol_with_status(
         x, beta, invalid, below, above = _normalisation(p, f, k, t, d, call, eps)
     start = None
     if initial_vol is not None:
-        vol0 = torch.as_tensor(initial_vol, dtype=t.dtype, device=t.device)
+        vol0 = real_tensor("initial_vol", initial_vol, dtype=t.dtype, device=t.device)
         try:
             fits = broadcast_shapes(vol0.shape, x.shape) == x.shape
         except ValueError:
@@ -368,7 +392,9 @@ def implied_vol(
         >>> round(float(v), 3)
         0.3
     """
-    p, s, k, t, r, q = as_tensors(price, spot, strike, maturity, rate, dividend)
+    p, s, k, t, r, q = named_tensors(
+        price=price, spot=spot, strike=strike, maturity=maturity, rate=rate, dividend=dividend
+    )
     return black_implied_vol(
         price=p,
         forward=s * torch.exp((r - q) * t),

@@ -47,8 +47,9 @@ from pricing._typing import (
     TensorLike,
     as_tensors,
     broadcast_named,
-    broadcast_shape,
     call_flags,
+    named_tensors,
+    real_tensor,
 )
 from pricing._validation import (
     carry_and_discount,
@@ -337,15 +338,15 @@ def price(
     _validate_params(*model)
     _check_options(dtype, compile)
     market = _market_inputs(spot, rate, dividend, forward, discount)
-    check_not_bool(strike=strike, maturity=maturity, spot=spot, rate=rate, dividend=dividend,
-                  forward=forward, discount=discount)  # fmt: skip
     flags = call_flags(is_call).to(DEFAULT_DTYPE)  # a string or 0.7 is an error, not a put
     # always float64 inside: float32's rounding broke the contour choice (NaN prices for 1 in 45
     # in-box options); ``dtype`` only rounds the result. The flags go last so that the device
     # is that of the first tensor the caller gave (the CPU flags took a GPU v0 to the CPU).
-    values = as_tensors(
-        strike, maturity, *market, *model, flags, dtype=DEFAULT_DTYPE, device=device
-    )
+    market_names = ("spot", "rate") if forward is None else ("forward", "discount")
+    named = dict(zip((*market_names, "dividend"), market, strict=True))
+    named.update(zip(PARAM_NAMES, model, strict=True))
+    values = named_tensors(strike=strike, maturity=maturity, **named, is_call=flags,
+                           dtype=DEFAULT_DTYPE, device=device)  # fmt: skip
     strike_t, maturity_t, first, second, third = values[:5]
     check_positive(strike=strike_t, maturity=maturity_t)
     fwd, disc = _forward_and_discount(spot is None, first, second, third, maturity_t)
@@ -621,12 +622,16 @@ def delta(
         True
     """
     _check_options(dtype, False)
-    check_not_bool(spot=spot)  # as_tensors below would take True as a spot of 1
-    inputs = (strike, maturity, spot, v0, kappa, theta, sigma, rho, rate, dividend, is_call)
-    given = [*inputs, *(getattr(params, n) for n in PARAM_NAMES if params is not None)]
-    # a ValueError listing the shapes, as price gives (torch's RuntimeError named no input)
-    shape = broadcast_shape([torch.as_tensor(v) for v in given if v is not None])
-    (spot_t,) = as_tensors(spot, dtype=DEFAULT_DTYPE if dtype is None else dtype, device=device)
+    named = dict(strike=strike, maturity=maturity, spot=spot, v0=v0, kappa=kappa, theta=theta,
+                 sigma=sigma, rho=rho, rate=rate, dividend=dividend)  # fmt: skip
+    if params is not None:
+        named.update({n: getattr(params, n) for n in PARAM_NAMES})
+    # each input refused by name where it is not real numbers, and a ValueError naming the
+    # shapes, as price gives (torch's RuntimeError named no input)
+    given = {n: real_tensor(n, v) for n, v in named.items() if v is not None}
+    shape = broadcast_named({**given, "is_call": call_flags(is_call)}, "input")
+    (spot_t,) = named_tensors(spot=spot, dtype=DEFAULT_DTYPE if dtype is None else dtype,
+                              device=device)  # fmt: skip
     spot_t = spot_t.detach().expand(shape).clone().requires_grad_(True)
     with torch.enable_grad():
         value = price(

@@ -30,11 +30,13 @@ import torch
 from pricing._typing import (
     TensorLike,
     as_tensors,
-    broadcast_shape,
+    broadcast_named,
     broadcast_shapes,
     common_dtype_device,
+    named_tensors,
+    real_tensor,
 )
-from pricing._validation import check_not_bool, check_real, check_where
+from pricing._validation import check_real, check_where
 from pricing.black_scholes import black_price
 
 __all__ = ["SabrParams", "alpha_from_atm_vol", "lognormal_vol", "normal_vol", "price"]
@@ -130,17 +132,18 @@ def _check_range(
 
 
 def _float_tensors(
-    values: tuple[TensorLike, ...], dtype: torch.dtype | None, device: torch.device | str | None
+    named: dict[str, TensorLike], dtype: torch.dtype | None, device: torch.device | str | None
 ) -> list[torch.Tensor]:
-    """Convert to tensors of one dtype and device *without* broadcasting them.
+    """Convert to tensors of one dtype and device *without* broadcasting them, refusing a bool,
+    complex, string or None by name (:func:`pricing._typing.real_tensor`).
 
     Scalar parameters stay 0-d, so parameter-only terms cost nothing per option; the shapes must
-    still broadcast together.
+    still broadcast together (a ValueError names each input's shape where they do not).
     """
-    dtype, device = common_dtype_device(values, dtype, device)
-    tensors = [torch.as_tensor(v, dtype=dtype, device=device) for v in values]
-    broadcast_shape(tensors)
-    return tensors
+    dtype, device = common_dtype_device(list(named.values()), dtype, device)
+    tensors = {n: real_tensor(n, v, dtype=dtype, device=device) for n, v in named.items()}
+    broadcast_named(tensors, "input")
+    return list(tensors.values())
 
 
 def _inputs(
@@ -156,14 +159,11 @@ def _inputs(
     device: torch.device | str | None,
 ) -> list[torch.Tensor]:
     """Validate; return shifted forward and strike, maturity and the parameters (unbroadcast)."""
-    # as_tensor takes True for 1: beta=True priced beta = 1 (SabrParams refuses it)
+    # as_tensor took True for 1 (beta=True priced beta = 1) and cast a complex tensor to real
+    # with only a warning: _float_tensors refuses both by name
     named = dict(forward=forward, strike=strike, maturity=maturity, alpha=alpha, beta=beta,
                  rho=rho, nu=nu, shift=shift)  # fmt: skip
-    check_not_bool(**named)
-    check_real(**named)  # a complex tensor was cast to real, with only torch's warning
-    f, k, t, a, b, r, n, s = _float_tensors(
-        (forward, strike, maturity, alpha, beta, rho, nu, shift), dtype, device
-    )
+    f, k, t, a, b, r, n, s = _float_tensors(named, dtype, device)
     _check_range("shift", s)
     f, k = _shifted(f, s, shift), _shifted(k, s, shift)
     _check_range("forward + shift", f, 0.0)
@@ -512,13 +512,9 @@ def alpha_from_atm_vol(
         >>> abs(float(v) - 0.2) < 1e-14
         True
     """
-    named = dict(forward=forward, maturity=maturity, atm_vol=atm_vol, beta=beta, rho=rho, nu=nu,
-                 shift=shift)  # fmt: skip
-    check_not_bool(**named)
-    check_real(**named)
-    f, t, v, b, r, n, s = as_tensors(
-        forward, maturity, atm_vol, beta, rho, nu, shift, dtype=dtype, device=device
-    )
+    f, t, v, b, r, n, s = named_tensors(forward=forward, maturity=maturity, atm_vol=atm_vol,
+                                        beta=beta, rho=rho, nu=nu, shift=shift, dtype=dtype,
+                                        device=device)  # fmt: skip
     _check_range("shift", s)
     f = _shifted(f, s, shift)
     _check_range("forward + shift", f, 0.0)

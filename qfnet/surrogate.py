@@ -34,7 +34,7 @@ from torch import nn
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import broadcast_named, broadcast_shapes, call_flags
+from pricing._typing import broadcast_named, broadcast_shapes, call_flags, real_tensor
 from pricing._validation import check_device, check_finite, check_not_bool, check_positive
 from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
@@ -369,25 +369,11 @@ def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
 
 
 def _tensor(value: Any, device: torch.device, name: str = "value") -> torch.Tensor:
-    """``value`` as a float64 tensor on ``device``; text, complex numbers and anything else that
-    is not real numbers raise ``TypeError`` naming ``name`` (numpy parsed ``"0.2"`` as 0.2, and
-    a complex tensor lost its imaginary part with only torch's warning)."""
-    if isinstance(value, torch.Tensor) and not value.is_complex():
-        return value.to(dtype=torch.float64, device=device)
-    array = None if isinstance(value, torch.Tensor) else np.asarray(value)
-    if array is None or array.dtype.kind in "USc" or _holds_text(array):
-        raise TypeError(f"{name} must be real numbers, got {value!r}")
-    try:
-        return torch.tensor(array.astype(np.float64), device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be real numbers, got {value!r}") from None
-
-
-def _holds_text(array: np.ndarray) -> bool:
-    """An object array with a string, bytes or complex element (``astype`` parses the text)."""
-    return array.dtype.kind == "O" and any(
-        isinstance(v, str | bytes | complex) for v in array.reshape(-1)
-    )
+    """``value`` as a float64 tensor on ``device``, refused by ``name`` where it is not real
+    numbers, as the pricers refuse it (:func:`pricing._typing.real_tensor`): numpy parsed
+    ``"0.2"`` as 0.2 and None as NaN, and a complex tensor lost its imaginary part with only
+    torch's warning."""
+    return real_tensor(name, value, dtype=torch.float64, device=device)
 
 
 def _tensors(values: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

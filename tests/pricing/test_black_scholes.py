@@ -400,7 +400,9 @@ def test_mixed_precision_tensors_promote_and_mismatched_shapes_are_named():
                      strike=torch.tensor([100.0 + 1e-9], dtype=torch.float64), maturity=1.0,
                      volatility=0.2)  # fmt: skip
     assert price.dtype == torch.float64
-    with pytest.raises(ValueError, match=r"do not broadcast: \(\), \(3,\), \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"do not broadcast: spot \(\), strike \(3,\), maturity \(2,\)"
+    ):
         bs.price(spot=100.0, strike=[90.0, 100.0, 110.0], maturity=[1.0, 2.0], volatility=0.2)
 
 

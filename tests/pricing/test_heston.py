@@ -691,7 +691,9 @@ def test_otm_implied_vol_takes_a_list_of_ratios():
 
 
 def test_delta_inputs_that_do_not_broadcast_raise_a_value_error_listing_shapes():
-    with pytest.raises(ValueError, match=r"do not broadcast: \(3,\), \(\), \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"do not broadcast: strike \(3,\), maturity \(\), spot \(2,\)"
+    ):
         heston.delta(spot=torch.tensor([100.0, 110.0]), strike=torch.tensor([90.0, 100.0, 110.0]),
                      maturity=1.0, **_MODEL)  # fmt: skip
 
