@@ -60,7 +60,8 @@ class MarketConfig:
 
     ``model`` is ``black_scholes`` (uses ``volatility``) or ``heston`` (uses ``v0, kappa, theta,
     sigma, rho``, or a calibration result JSON named by ``calibration`` whose ``params`` hold
-    them). ``cost`` is the proportional cost rate, one float or one per instrument.
+    them); a parameter of the other model, set to another value than its default, is refused
+    (it was ignored). ``cost`` is the proportional cost rate, one float or one per instrument.
 
     Examples:
         >>> MarketConfig(model="heston", instruments=["underlying", "variance_swap"]).validate("market")
@@ -94,6 +95,13 @@ class MarketConfig:
             raise ConfigError(f"{prefix}.v0 must be >= 0, got {self.v0}")
         if not -1 < self.rho < 1:
             raise ConfigError(f"{prefix}.rho must be in (-1, 1), got {self.rho}")
+        # the other model's parameters were ignored without a word: Heston's v0 under the default
+        # black_scholes trained a constant-vol market (the class attributes are the defaults)
+        for name in ("volatility",) if self.model == "heston" else HESTON_PARAMS:
+            if getattr(self, name) != getattr(MarketConfig, name):
+                raise ConfigError(f"{prefix}.{name} is not a parameter of model {self.model}: "
+                                  f"remove it or set {prefix}.model, got "
+                                  f"{getattr(self, name)}")  # fmt: skip
         allowed = {"underlying", "variance_swap"}
         if not self.instruments or self.instruments[0] != "underlying":
             raise ConfigError(f"{prefix}.instruments must start with 'underlying'")
@@ -110,15 +118,18 @@ class MarketConfig:
             raise ConfigError(
                 f"{prefix}.cost needs one rate per instrument ({len(self.instruments)})"
             )
-        if any(c < 0 for c in costs):
-            raise ConfigError(f"{prefix}.cost must be >= 0, got {self.cost}")
+        for i, c in enumerate(costs):
+            if c < 0:
+                where = f"[{i}]" if isinstance(self.cost, list) else ""
+                raise ConfigError(f"{prefix}.cost{where} must be >= 0, got {c}")
 
 
 @dataclass(frozen=True)
 class DerivativeConfig:
     """The derivative sold. ``type`` in european, asian (arithmetic, fixings every step),
     barrier (``barrier``, ``barrier_type`` in up_out, down_out, up_in, down_in) or lookback
-    (floating strike). ``premium`` is received at time 0 (0: report the P&L before premium).
+    (floating strike); ``barrier`` and ``barrier_type`` are refused for another type (they were
+    ignored). ``premium`` is received at time 0 (0: report the P&L before premium).
 
     Examples:
         >>> DerivativeConfig(type="barrier").validate("derivative")
@@ -136,6 +147,11 @@ class DerivativeConfig:
 
     def validate(self, prefix: str) -> None:
         _positive(f"{prefix}.strike", self.strike)
+        for name in ("barrier", "barrier_type") if self.type != "barrier" else ():
+            value = getattr(self, name)  # ignored: a barrier without type barrier sold a european
+            if value != getattr(DerivativeConfig, name):
+                raise ConfigError(f"{prefix}.{name} is for type barrier; the {self.type} option has "
+                                  f"none: remove it or set {prefix}.type, got {value!r}")  # fmt: skip
         if self.type == "barrier":
             if self.barrier is None:
                 raise ConfigError(f"{prefix}.barrier is required when {prefix}.type is barrier")
@@ -220,7 +236,8 @@ class ObjectiveConfig:
     """Risk measure minimised: ``es`` (with ``alpha``), ``entropic`` (``risk_aversion`` per
     unit of P&L, i.e. per unit notional at the default ``market.spot`` of 1, as in pfhedge: at
     another spot S the same aversion per notional is ``risk_aversion / S``), ``variance`` or
-    ``mean_variance`` (``risk_aversion``).
+    ``mean_variance`` (``risk_aversion``). ``alpha`` is refused for another objective (it was
+    ignored); ``risk_aversion`` is also the backtest's entropic risk aversion, for every objective.
 
     Examples:
         >>> ObjectiveConfig(alpha=1.0).validate("objective")
@@ -237,6 +254,9 @@ class ObjectiveConfig:
         if not 0 < self.alpha < 1:
             raise ConfigError(f"{prefix}.alpha must be in (0, 1), got {self.alpha}")
         _positive(f"{prefix}.risk_aversion", self.risk_aversion)
+        if self.name != "es" and self.alpha != ObjectiveConfig.alpha:  # it was ignored
+            raise ConfigError(f"{prefix}.alpha is the es objective's level; {self.name} has none: "
+                              f"remove it, got {self.alpha}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -348,12 +368,13 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             )
         return value
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for arm in typing.get_args(annotation):
             try:
                 return _check_type(key, value, arm)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} has the wrong type: {value!r}")
+            except ConfigError as exc:
+                errors.append((arm, exc))
+        raise _union_error(value, errors)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -372,11 +393,18 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key} must be an integer, got {value!r}")
         return value
     if annotation is float:
+        number = value
         if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # PyYAML (YAML 1.1) reads 3e-3, without a dot, as a string
-        if isinstance(value, bool) or not isinstance(value, int | float):
+            number = float(value)  # PyYAML (YAML 1.1) reads 3e-3, without a dot, as a string
+        if isinstance(number, bool) or not isinstance(number, int | float):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(number)
+        except OverflowError:  # an int past 1e308 was a traceback
+            number = math.inf
+        if not math.isfinite(number):  # '1e400' became inf after the finite check above
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -384,6 +412,16 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key)
     raise ConfigError(f"{key}: unsupported type {annotation!r}")  # pragma: no cover
+
+
+def _union_error(value: Any, errors: list[tuple[Any, ConfigError]]) -> ConfigError:
+    """The error of the union arm of ``value``'s kind (a list's for a list, which names the bad
+    element, e.g. ``market.cost[1]``; a scalar's otherwise): not the null arm's."""
+    arms = [(arm, exc) for arm, exc in errors if arm is not type(None)] or errors
+    for arm, exc in arms:
+        if (typing.get_origin(arm) is list) == isinstance(value, list):
+            return exc
+    return arms[0][1]
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -421,7 +421,8 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
         model.load_state_dict(payload["model"])
         meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}
     except ConfigError as exc:  # it named a config key, not the file that held it
-        raise ConfigError(f"{path}: the saved config: {exc}") from exc
+        raise ConfigError(f"{path}: the saved config: {exc} (a run of another qfnet version, or "
+                          "an edited file: train it again)") from exc  # fmt: skip
     except KeyError as exc:  # a file of another writer, or of an older qfnet
         raise ValueError(
             f"{path} is not a readable trained hedging model (no field {exc})"

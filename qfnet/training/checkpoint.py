@@ -259,7 +259,8 @@ def load_error_summary(exc: BaseException) -> str:
 
     For a ``weights_only`` refusal, the unpickler's reason (``Unsupported global: GLOBAL
     datetime.datetime was not an allowed global by default``): torch's first lines advise
-    loading with ``weights_only=False``, which would run the file's code. Otherwise the first line.
+    loading with ``weights_only=False``, which would run the file's code. Otherwise the first line,
+    with the next where it ends in a colon (``load_state_dict``'s names the mismatch below it).
 
     Examples:
         >>> import pickle
@@ -268,11 +269,16 @@ def load_error_summary(exc: BaseException) -> str:
         'Unsupported global: GLOBAL os.system'
         >>> load_error_summary(EOFError())
         'EOFError'
+        >>> load_error_summary(RuntimeError("Error(s) in loading state_dict for Net:\\n\\t"
+        ...     'Unexpected key(s) in state_dict: "head.bias". '))
+        'Error(s) in loading state_dict for Net: Unexpected key(s) in state_dict: "head.bias".'
     """
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     for line in lines:
         if line.startswith("WeightsUnpickler error:"):
             return line.removeprefix("WeightsUnpickler error:").split(". ")[0].strip()
+    if len(lines) > 1 and lines[0].endswith(":"):  # the header alone named no key
+        return f"{lines[0]} {lines[1]}"
     return lines[0] if lines else type(exc).__name__
 
 

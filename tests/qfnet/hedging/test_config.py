@@ -168,3 +168,66 @@ def test_merge_keys_may_still_be_overridden(tmp_path):
     path.write_text("market:\n  <<: {n_steps: 3, cost: 0.0}\n  n_steps: 4\n")
     config = load_config(path)
     assert (config.market.n_steps, config.market.cost) == (4, 0.0)
+
+
+TWO_INSTRUMENTS = {"model": "heston", "instruments": ["underlying", "variance_swap"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [({"market": {**TWO_INSTRUMENTS, "cost": [1e-3, float("nan")]}},
+      r"^market\.cost\[1\] must be a finite number, got nan$"),
+     ({"market": {**TWO_INSTRUMENTS, "cost": [1e-3, float("inf")]}},
+      r"^market\.cost\[1\] must be a finite number, got inf$"),
+     ({"market": {**TWO_INSTRUMENTS, "cost": [1e-3, True]}},
+      r"^market\.cost\[1\] must be a number, got True$"),
+     ({"market": {**TWO_INSTRUMENTS, "cost": [1e-3, -1e-3]}},
+      r"^market\.cost\[1\] must be >= 0, got -0\.001$"),
+     ({"market": {"cost": "10bp"}}, r"^market\.cost must be a number, got '10bp'$"),
+     ({"training": {"threads": True}}, r"^training\.threads must be an integer, got True$"),
+     ({"baselines": {"ww_risk_aversion": "high"}},
+      r"^baselines\.ww_risk_aversion must be a number, got 'high'$")],
+)  # fmt: skip
+def test_a_bad_value_of_a_union_field_names_the_element_and_the_reason(data, match):
+    # every union field said only "market.cost has the wrong type: [0.001, nan]"
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(data)
+
+
+def test_numbers_past_the_float_range_are_refused_naming_the_key(tmp_path):
+    # YAML's 1e400 (a string to PyYAML) became inf after the finite check and trained with an
+    # infinite learning rate; an integer of 400 digits was an OverflowError traceback
+    path = tmp_path / "hedge.yaml"
+    path.write_text("training:\n  lr: 1e400\n")
+    with pytest.raises(ConfigError, match=r"training\.lr must be a finite number, got '1e400'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^market\.spot must be a finite number"):
+        config_from_dict({"market": {"spot": 10**400}})
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [({"market": {"v0": 0.09, "kappa": 2.0}},
+      r"market\.v0 is not a parameter of model black_scholes: remove it or set market\.model"),
+     ({"market": {"model": "heston", "volatility": 0.3}},
+      r"market\.volatility is not a parameter of model heston"),
+     ({"derivative": {"barrier": 1.2}},
+      r"derivative\.barrier is for type barrier; the european option has none"),
+     ({"derivative": {"type": "asian", "barrier_type": "down_in"}},
+      r"derivative\.barrier_type is for type barrier; the asian option has none"),
+     ({"objective": {"name": "entropic", "alpha": 0.99}},
+      r"objective\.alpha is the es objective's level; entropic has none")],
+)  # fmt: skip
+def test_settings_the_chosen_model_derivative_or_objective_ignores_are_refused(data, match):
+    # each trained without a word on what the config did not say: Heston parameters without
+    # model: heston simulated Black-Scholes at vol 0.2, a barrier without type barrier sold a
+    # european, an alpha for the entropic objective was never read
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(data)
+
+
+def test_settings_equal_to_the_defaults_or_used_by_the_choice_are_accepted():
+    config_from_dict({"market": {"model": "heston", "volatility": 0.2, "v0": 0.09}})
+    config_from_dict({"derivative": {"type": "barrier", "barrier": 1.2, "barrier_type": "up_in"}})
+    config_from_dict({"objective": {"name": "entropic", "risk_aversion": 2.0}})
+    config_from_dict({"objective": {"name": "es", "alpha": 0.99}})

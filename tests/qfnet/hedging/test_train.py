@@ -196,3 +196,25 @@ def test_resuming_a_run_whose_saved_config_is_no_object_names_the_file(small_run
     (run / "hedge_config.json").write_text("[]")
     with pytest.raises(ValueError, match=r"hedge_config\.json is not a config"):
         train(config, run, resume=True)
+
+
+def test_load_run_of_weights_another_network_names_the_mismatch(small_run, tmp_path) -> None:
+    # the message stopped at torch's header, "Error(s) in loading state_dict for HedgeModel:"
+    def edit(payload):
+        config = json.loads(payload["config"])
+        config["strategy"]["hidden"] = [8]
+        payload["config"] = json.dumps(config)
+
+    with pytest.raises(ValueError, match=r"HedgeModel: Unexpected key\(s\) in state_dict"):
+        load_run(_damaged_run(small_run, tmp_path, edit))
+
+
+def test_load_run_of_a_config_of_another_version_says_so(small_run, tmp_path) -> None:
+    def edit(payload):
+        config = json.loads(payload["config"])
+        config["market"]["jump_intensity"] = 0.1
+        payload["config"] = json.dumps(config)
+
+    with pytest.raises(ConfigError, match=r"model\.pt: the saved config: unknown key "
+                       r"'market\.jump_intensity'.*another qfnet version"):  # fmt: skip
+        load_run(_damaged_run(small_run, tmp_path, edit))
