@@ -382,10 +382,38 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return prefix.rstrip(".") or "value"
 
 
+RUN_FORMAT = "qfnet-hedge-run"
+RUN_FORMAT_VERSION = 1
+"""Version of ``model.pt``'s layout and of the policy's features: a later qfnet that changes
+either bumps it, so its runs are refused here instead of loading weights for other inputs."""
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    """``model.pt``'s contents, its archive checked and its format version this qfnet's (a file
+    without the fields, from before they were written, is version 1)."""
+    problem = archive_problem(path)  # a damaged byte in a weight loaded without a word
+    if problem is None:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, empty, pickled objects
+            problem = load_error_summary(exc)
+    if problem is None and not isinstance(payload, dict):
+        problem = "not a mapping"
+    if problem is not None:
+        raise ValueError(f"{path} is not a readable trained hedging model ({problem})")
+    fmt, version = payload.get("format", RUN_FORMAT), payload.get("format_version", 1)
+    if fmt != RUN_FORMAT or type(version) is not int or version != RUN_FORMAT_VERSION:
+        raise ValueError(f"{path} is {fmt!r} version {version!r}; this qfnet reads "
+                         f"{RUN_FORMAT!r} version {RUN_FORMAT_VERSION} (train it again)")  # fmt: skip
+    return payload
+
+
 def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec: float) -> None:
     _write_config(run_dir, config)
     plain = _plain_config(config)
     payload = {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
         "model": model.state_dict(),
         "config": json.dumps(plain),
         "ww_risk_aversion": ww,
@@ -411,11 +439,8 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
     path = Path(run_dir) / "model.pt"
     if not path.exists():
         raise FileNotFoundError(f"no trained hedging model at {path} (run `qfnet hedge train`)")
-    problem = archive_problem(path)  # a damaged byte in a weight loaded without a word
-    if problem is not None:
-        raise ValueError(f"{path} is not a readable trained hedging model ({problem})")
+    payload = _read_payload(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
         config = config_from_dict(json.loads(payload["config"]))
         model = build_model(config, Market(config))
         model.load_state_dict(payload["model"])

@@ -218,3 +218,24 @@ def test_load_run_of_a_config_of_another_version_says_so(small_run, tmp_path) ->
     with pytest.raises(ConfigError, match=r"model\.pt: the saved config: unknown key "
                        r"'market\.jump_intensity'.*another qfnet version"):  # fmt: skip
         load_run(_damaged_run(small_run, tmp_path, edit))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [(lambda p: p.update(format_version=2), r"'qfnet-hedge-run' version 2; this qfnet reads"),
+     (lambda p: p.update(format_version=True), r"version True; this qfnet reads"),
+     (lambda p: p.update(format="other-tool"), r"'other-tool' version 1; this qfnet reads")],
+    ids=["newer", "bool", "other_writer"],
+)  # fmt: skip
+def test_load_run_refuses_another_format_version(small_run, tmp_path, edit, message) -> None:
+    # model.pt had no format version: a later qfnet's run (other features) loaded as this one's
+    with pytest.raises(ValueError, match=message):
+        load_run(_damaged_run(small_run, tmp_path, edit))
+
+
+def test_load_run_reads_a_run_saved_before_the_format_fields(small_run, tmp_path) -> None:
+    def edit(payload):
+        del payload["format"], payload["format_version"]
+
+    config, _, _ = load_run(_damaged_run(small_run, tmp_path, edit))
+    assert config == load_run(small_run)[0]
