@@ -16,7 +16,7 @@ from pricing._simulate_checks import (
     check_qe_sigma,
 )
 from pricing._simulate_steps import HestonStep, qe_variance_step
-from pricing._typing import TensorLike, call_flags, check_numbers
+from pricing._typing import TensorLike, call_flags, check_numbers, real_number, real_tensor
 from pricing._validation import check_finite
 from pricing.simulate import time_grid
 
@@ -83,8 +83,12 @@ def conditional_chunks(
         Output: payoff (C,) or (C, K); forward (C,).
     """
     check_paths(n_paths)
-    check_numbers(spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho, rate=rate,
-                   dividend=dividend)  # fmt: skip
+    check_numbers(spot=spot)
+    # one number each, by name (the steps are built from floats: a tensor of several values or
+    # none failed in float(), naming nothing)
+    scalars = {"v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho, "rate": rate,
+               "dividend": dividend}  # fmt: skip
+    v0, kappa, theta, sigma, rho, rate, dividend = (real_number(n, v) for n, v in scalars.items())
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
     # a NaN rate or dividend was refused as "forward must be finite" (by the Black price)
@@ -100,7 +104,7 @@ def conditional_chunks(
         antithetic=antithetic, sobol=sobol, dtype=dtype, device=grid.device,
         times=tuple(grid.tolist()) if sobol else None,
     )  # fmt: skip
-    k = torch.as_tensor(strike, dtype=dtype, device=grid.device)
+    k = real_tensor("strike", strike, dtype=dtype, device=grid.device)
     call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call
     vector = k.ndim == 1 or call.ndim == 1
     # a zero strike is legal, as in every other Monte Carlo pricer (Black's formula refused it):

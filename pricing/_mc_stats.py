@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from pricing._typing import TensorLike
+from pricing._typing import TensorLike, real_number
 
 __all__ = ["MCResult", "Moments", "finish", "shape_samples"]
 
@@ -158,6 +158,7 @@ def finish(
 ) -> MCResult:
     """The estimate of one set of sums, or of independent randomised-QMC replicates (a list:
     see :func:`_replicate_estimate`)."""
+    confidence = real_number("confidence", confidence)  # a str failed in '<', naming nothing
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     if (c is None) != (control_means is None):

@@ -52,7 +52,7 @@ def check_nonnegative(name: str, value: Scalar) -> None:
 def check_single(name: str, value: object, why: str) -> None:
     """Require ``value`` to hold one number (a scalar or one element); the error names ``name``
     and says ``why``."""
-    shape = tuple(torch.as_tensor(value).shape)
+    shape = tuple(real_tensor(name, value).shape)  # text, None, bools refused by name
     if int(np.prod(shape)) != 1:
         raise ValueError(f"{name} must be a single value {why}, got shape {shape}")
 

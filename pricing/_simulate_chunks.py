@@ -43,7 +43,7 @@ from pricing._simulate_steps import (
 )
 from pricing._triton_paths import available as triton_available
 from pricing._triton_paths import qe_paths as triton_qe_paths
-from pricing._typing import DEFAULT_DTYPE, check_numbers
+from pricing._typing import DEFAULT_DTYPE, check_numbers, real_number
 from pricing._validation import check_finite
 
 __all__ = [
@@ -120,8 +120,8 @@ def time_grid(
         >>> time_grid(4, 1.0).tolist()
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
-    if maturity is not None:  # None with a grid
-        check_numbers(maturity=maturity)
+    if maturity is not None:  # None with a grid; one number, by name (float() named nothing)
+        maturity = real_number("maturity", maturity)
     if grid is None:
         if n_steps is None or maturity is None:
             raise ValueError("give n_steps and maturity, or time_grid")
@@ -385,7 +385,10 @@ def sabr_chunks(
     check_paths(n_paths)
     check_chunk_size(chunk_size)
     grid = _grid(n_steps, maturity, time_grid, dtype, device)
-    check_numbers(forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu, shift=shift)
+    check_numbers(forward=forward, alpha=alpha, rho=rho, nu=nu)
+    # one number each: a 1-element tensor shift failed in torch.full_like, a beta of several
+    # values in float(), naming nothing
+    beta, shift = real_number("beta", beta), real_number("shift", shift)
     check_sabr(forward, alpha, beta, rho, nu, shift)
     _check_one_value("sabr", forward=forward, alpha=alpha, rho=rho, nu=nu)
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
@@ -512,7 +515,7 @@ def _grid(
 def _check_float_params(model: dict[str, Scalar]) -> None:
     """QE precomputes its step constants as floats: refuse per-path or differentiable parameters."""
     for name, value in model.items():
-        if isinstance(value, torch.Tensor) and (value.numel() > 1 or value.requires_grad):
+        if isinstance(value, torch.Tensor) and (value.numel() != 1 or value.requires_grad):
             raise ValueError(
                 f"{name}: scheme='qe' takes one float value without autograd (its step constants "
                 "are precomputed, and its branch switch biases pathwise parameter derivatives); "
@@ -522,9 +525,10 @@ def _check_float_params(model: dict[str, Scalar]) -> None:
 
 def _check_one_value(simulator: str, **values: Scalar) -> None:
     """Refuse by name a tensor of several values for a parameter that ``simulator`` takes as one
-    number (``float()`` said only "only one element tensors can be converted to Python scalars")."""
+    number, or none (``float()`` said only "only one element tensors can be converted to Python
+    scalars")."""
     for name, value in values.items():
-        if isinstance(value, torch.Tensor) and value.numel() > 1:
+        if isinstance(value, torch.Tensor) and value.numel() != 1:
             raise ValueError(
                 f"{name}: {simulator} takes one value, got a tensor of shape {tuple(value.shape)}"
             )

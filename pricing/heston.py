@@ -203,6 +203,21 @@ def _real_values(name: str, value: TensorLike) -> torch.Tensor:
         raise ValueError(f"{name} must be a real number or array, got {value!r}") from None
 
 
+def _frequency(u: object) -> torch.Tensor:
+    """``u`` as a tensor of real or complex numbers (a tensor as given); text, None and bools
+    are refused by name, as :func:`pricing._typing.real_tensor` refuses them."""
+    if isinstance(u, torch.Tensor):
+        check_not_bool(u=u)
+        return u
+    try:
+        array = np.asarray(u)
+    except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list: refused below by name
+        array = None
+    if array is not None and array.dtype.kind == "c":
+        return torch.as_tensor(array)
+    return real_tensor("u", u)
+
+
 def characteristic_function(
     u: TensorLike,
     *,
@@ -232,19 +247,13 @@ def characteristic_function(
         True
     """
     _validate_params(v0, kappa, theta, sigma, rho)
-    u = torch.as_tensor(u)
-    values = as_tensors(
-        u.real,
-        u.imag if u.is_complex() else 0.0,
-        maturity,
-        v0,
-        kappa,
-        theta,
-        sigma,
-        rho,
-        dtype=torch.float64,
-        device=u.device,
-    )
+    u = _frequency(u)
+    # by name: text or None failed in torch ("new(): invalid data type 'str'"), naming nothing
+    values = named_tensors(u=u.real, maturity=maturity, v0=v0, kappa=kappa, theta=theta,
+                           sigma=sigma, rho=rho, dtype=torch.float64, device=u.device)  # fmt: skip
+    imag = u.imag if u.is_complex() else torch.zeros((), device=u.device)
+    values = (values[0], imag.to(device=u.device, dtype=torch.float64).expand(values[0].shape),
+              *values[1:])  # fmt: skip
     check_finite(maturity=values[2])  # a NaN or negative maturity gave a value, not an error
     check_where("maturity", values[2], values[2] >= 0, ">= 0")
     phi = cexp(log_characteristic((values[0], values[1]), *values[2:]))
@@ -580,8 +589,10 @@ def otm_implied_vol(
         >>> bool(vols[0] > vols[1])  # negative rho: a downward skew
         True
     """
-    if not isinstance(ratio, torch.Tensor):  # a list failed in ``ratio >= 1.0``
-        ratio = torch.as_tensor(ratio, dtype=DEFAULT_DTYPE)
+    # a list failed in ``ratio >= 1.0``, text in torch naming nothing; a tensor is used as given
+    ratio = real_tensor(
+        "ratio", ratio, dtype=None if isinstance(ratio, torch.Tensor) else DEFAULT_DTYPE
+    )
     # named here: the pricer below would name it "strike"
     check_where("ratio", ratio.detach(), torch.isfinite(ratio) & (ratio > 0), "finite and > 0")
     is_call = ratio >= 1.0

@@ -18,7 +18,14 @@ from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
 from pricing._simulate_checks import check_paths, check_single
-from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flag, call_flags
+from pricing._typing import (
+    DEFAULT_DTYPE,
+    TensorLike,
+    call_flag,
+    call_flags,
+    real_number,
+    real_tensor,
+)
 from pricing.analytic_exotics import geometric_asian_price
 from pricing.monte_carlo import price_paths
 
@@ -119,7 +126,7 @@ def bs_asian(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
-    df = math.exp(-rate * grid[-1].item())
+    df = math.exp(-real_number("rate", rate) * grid[-1].item())
 
     def payoff(p: torch.Tensor, kind: str = average) -> torch.Tensor:
         average_grid = None if fixings is not None else grid
@@ -216,7 +223,7 @@ def bs_barrier(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
-    df = math.exp(-rate * maturity)
+    df = math.exp(-real_number("rate", rate) * maturity)
     vol = volatility if continuous else None
 
     def payoff(p: torch.Tensor) -> torch.Tensor:
@@ -309,7 +316,7 @@ def bs_lookback(
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     bridge_seed = base_seed(generator)
-    df = math.exp(-rate * maturity)
+    df = math.exp(-real_number("rate", rate) * maturity)
 
     def block_payoff(p: torch.Tensor, block: int) -> torch.Tensor:
         gen = torch.Generator(device=p.device).manual_seed(derive_seed(bridge_seed, block))
@@ -403,9 +410,11 @@ def bs_pathwise_greeks(
         n_steps = ASIAN_STEPS if payoff == "asian" and fixing_times is None else 1
     grid = _asian_grid(fixing_times, maturity, n_steps)
     fixings = None if fixing_times is None else list(range(1, grid.numel()))
-    s0 = torch.full((n_paths,), float(spot), dtype=DEFAULT_DTYPE, requires_grad=True)
-    vol = torch.full((n_paths,), float(volatility), dtype=DEFAULT_DTYPE, requires_grad=True)
-    df = math.exp(-rate * maturity)
+    # by name: float() took spot="100" as 100, and a tensor of several values named nothing
+    s0 = torch.full((n_paths,), real_number("spot", spot), dtype=DEFAULT_DTYPE, requires_grad=True)
+    vol = torch.full((n_paths,), real_number("volatility", volatility), dtype=DEFAULT_DTYPE,
+                     requires_grad=True)  # fmt: skip
+    df = math.exp(-real_number("rate", rate) * maturity)
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=s0, volatility=vol, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator,
@@ -458,7 +467,7 @@ def _mean_with_zero_strikes(
     call is the discounted mean of the underlying, by parity ``C(K') - P(K') + discount K'`` at
     any ``K' > 0`` (here ``reference``, about the spot, so that nothing cancels).
     """
-    k = torch.as_tensor(strike, dtype=DEFAULT_DTYPE)
+    k = real_tensor("strike", strike, dtype=DEFAULT_DTYPE)
     zero = k == 0
     if not bool(zero.any()):
         return mean(strike, is_call)

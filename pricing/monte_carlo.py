@@ -23,7 +23,7 @@ from pricing import payoffs, simulate
 from pricing._mc_random import sobol_replicates
 from pricing._mc_stats import MCResult, Moments, finish, shape_samples
 from pricing._simulate_checks import check_nonnegative, check_positive
-from pricing._typing import DEFAULT_DTYPE, TensorLike
+from pricing._typing import DEFAULT_DTYPE, TensorLike, real_number, real_tensor
 
 __all__ = [
     "MCResult",
@@ -297,7 +297,7 @@ def heston_european(
             antithetic=antithetic, sobol=sobol, dtype=dtype, device=device, generator=generator,
             chunk_size=chunk_size,
         )  # fmt: skip
-        df = math.exp(-rate * maturity)
+        df = math.exp(-real_number("rate", rate) * maturity)
         ctrl = (lambda p: p.forward * df) if control else None
         mean = spot * math.exp(-dividend * maturity) if control else None
         return price_paths(
@@ -389,11 +389,14 @@ def sabr_european(
         >>> abs(r.price.item() - 7.9656) < 4 * r.std_error.item()  # nu = 0: Black's price
         True
     """
+    # one number each, by name (a 1-element tensor shift failed in torch.full_like, a tensor
+    # beta of several values in ``beta != 1.0``)
+    beta, shift = real_number("beta", beta), real_number("shift", shift)
     if control and beta != 1.0:
         raise ValueError("control=True needs beta == 1 (exact martingale forward)")
     check_positive("discount", discount)  # NaN was "payoff samples contain NaN", 0 a price of 0
     # the payoff of F + shift at K + shift: a shifted model's strikes may be negative (> -shift)
-    shifted_strike = torch.as_tensor(strike, dtype=dtype) + shift
+    shifted_strike = real_tensor("strike", strike, dtype=dtype) + shift
     check_nonnegative("strike + shift", shifted_strike)
     chunks = simulate.sabr_chunks(
         n_paths, n_steps, forward=forward, alpha=alpha, beta=beta, rho=rho, nu=nu,
@@ -560,7 +563,7 @@ def _european(
     progress: bool | None = None,
     replicates: Sequence[int] | None = None,
 ) -> MCResult:
-    df = math.exp(-rate * maturity)
+    df = math.exp(-real_number("rate", rate) * maturity)
     return price_paths(
         chunks,
         lambda s: payoffs.european(s, strike=strike, is_call=is_call),

@@ -21,7 +21,14 @@ import torch
 
 from pricing._bridge_hit import discounted_first_passage
 from pricing._simulate_checks import check_increasing
-from pricing._typing import TensorLike, broadcast_shapes, call_flag, call_flags
+from pricing._typing import (
+    TensorLike,
+    broadcast_shapes,
+    call_flag,
+    call_flags,
+    real_number,
+    real_tensor,
+)
 from pricing._validation import check_seasoning
 
 __all__ = [
@@ -111,6 +118,10 @@ def asian(
         future = (paths.log() @ weights).exp()
     else:
         raise ValueError(f"average must be 'arithmetic' or 'geometric', got {average!r}")
+    # named, and one number each: a tensor of several was "Boolean value of Tensor ... ambiguous"
+    past_weight = real_number("past_weight", past_weight)
+    if past_average is not None:
+        past_average = real_number("past_average", past_average)
     check_seasoning(past_average, past_weight)
     if past_weight > 0.0:
         past = torch.as_tensor(past_average, dtype=paths.dtype, device=paths.device)
@@ -159,6 +170,7 @@ def barrier_hit_probabilities(
     """
     _check_paths(paths)
     _check_grid_matches(paths, time_grid)
+    barrier = real_number("barrier", barrier)  # "'>' not supported between 'str' and 'int'"
     if not barrier > 0:  # NaN too: a barrier of -90 or NaN was "never hit"
         raise ValueError(f"barrier must be positive, got {barrier}")
     vol = None if volatility is None else _checked_volatility(volatility, paths)
@@ -265,6 +277,10 @@ def barrier(
     """
     if barrier_type not in BARRIER_TYPES:
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
+    # by name, one number each (a str or None failed in torch or in '>', a tensor of several
+    # values was "Boolean value of Tensor ... is ambiguous")
+    barrier, rebate, rate = (real_number(n, v) for n, v in
+                             (("barrier", barrier), ("rebate", rebate), ("rate", rate)))  # fmt: skip
     if not barrier > 0:
         raise ValueError(f"barrier must be positive, got {barrier}")
     if not (math.isfinite(rebate) and rebate >= 0):
@@ -451,6 +467,7 @@ def lookback(
         paths, maximum=use_max, time_grid=time_grid, volatility=volatility, generator=generator
     )
     if running_extremum is not None:
+        running_extremum = real_number("running_extremum", running_extremum)
         start = paths[:, 0]
         if not math.isfinite(running_extremum) or bool(
             ((start > running_extremum) if use_max else (start < running_extremum)).any()
@@ -470,7 +487,7 @@ def lookback(
 
 
 def _vanilla(underlying: torch.Tensor, strike: TensorLike, is_call: TensorLike) -> torch.Tensor:
-    k = torch.as_tensor(strike, dtype=underlying.dtype, device=underlying.device)
+    k = real_tensor("strike", strike, dtype=underlying.dtype, device=underlying.device)
     if k.ndim > 1:
         raise ValueError(f"strike must be a scalar or 1-D, got shape {tuple(k.shape)}")
     if not bool(torch.isfinite(k).all()) or bool((k < 0).any()):
@@ -530,7 +547,7 @@ def average_weights(
 def _checked_volatility(volatility: TensorLike, paths: torch.Tensor) -> torch.Tensor:
     """``volatility`` as a tensor of the paths' dtype and device, non-negative and finite (a
     Heston step's ``sqrt(v)`` is often exactly 0: such a step was refused)."""
-    vol = torch.as_tensor(volatility, dtype=paths.dtype, device=paths.device)
+    vol = real_tensor("volatility", volatility, dtype=paths.dtype, device=paths.device)
     n, steps = paths.shape[0], paths.shape[1] - 1
     if vol.ndim == 1 and n == steps > 1:
         # a (T,) volatility per step was read as one per path whenever N == T (and refused by

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from functools import partial
 
 import numpy as np
 import pytest
@@ -187,3 +188,161 @@ def test_a_nan_volatility_of_a_discrete_lookback_is_named():
         analytic_lookback.discrete_lookback_price(
             spot=100.0, running_extremum=100.0, maturity=1.0, volatility=float("nan"), interval=0.01
         )
+
+
+def _more_entry_points():
+    """Arguments of the payoffs, Monte Carlo pricers and simulators converted by the shared
+    helpers (each call with valid keyword arguments; the payoffs' paths bound first)."""
+    from pricing import heston, mc_exotics, monte_carlo, payoffs
+
+    paths = torch.tensor([[100.0, 95.0, 110.0], [100.0, 105.0, 120.0]], dtype=torch.float64)
+    grid = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    barrier = dict(strike=100.0, barrier=90.0, barrier_type="down_out", rebate=1.0, rate=0.01)
+    mc = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, n_paths=64)
+    hp = dict(v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    sabr = dict(forward=100.0, alpha=0.2, beta=1.0, rho=0.0, nu=0.3, maturity=1.0, shift=1.0)
+    sabr_mc = dict(sabr, strike=100.0, n_paths=64, n_steps=2)
+    return [
+        (partial(payoffs.european, paths), "strike", dict(strike=100.0)),
+        (
+            partial(payoffs.asian, paths),
+            "past_weight",
+            dict(strike=100.0, past_average=100.0, past_weight=0.5),
+        ),
+        (partial(payoffs.barrier, paths, time_grid=grid), "barrier", barrier),
+        (partial(payoffs.barrier, paths, time_grid=grid), "rebate", barrier),
+        (partial(payoffs.barrier, paths, time_grid=grid), "rate", barrier),
+        (
+            partial(payoffs.barrier, paths, time_grid=grid),
+            "volatility",
+            barrier | {"volatility": 0.2},
+        ),
+        (
+            partial(payoffs.lookback, paths, kind="floating", is_call=True),
+            "running_extremum",
+            dict(running_extremum=100.0),
+        ),
+        (mc_exotics.bs_barrier, "rebate", mc | barrier),
+        (mc_exotics.bs_pathwise_greeks, "spot", mc),
+        (mc_exotics.bs_pathwise_greeks, "strike", mc),
+        (mc_exotics.bs_pathwise_greeks, "volatility", mc),
+        (
+            monte_carlo.heston_european,
+            "strike",
+            dict(mc, volatility=None, **hp, n_steps=2, conditional=True),
+        ),
+        (monte_carlo.sabr_european, "strike", sabr_mc),
+        (monte_carlo.sabr_european, "shift", sabr_mc),
+        (mc_exotics.bs_asian, "past_weight", mc | {"past_average": 100.0, "past_weight": 0.5}),
+        (heston.characteristic_function, "maturity", dict(u=1.0, maturity=1.0, **hp)),
+        (heston.otm_implied_vol, "ratio", dict(ratio=1.1, maturity=1.0, **hp)),
+        (partial(monte_carlo.estimate, torch.arange(8.0)), "confidence", dict(confidence=0.9)),
+    ]
+
+
+_MORE = range(18)
+
+
+@pytest.mark.parametrize(
+    ("case", "bad"),
+    # None is a volatility's or running extremum's default (cases 5 and 6)
+    [(case, bad) for case in _MORE for bad in ("100", None) if bad or case not in (5, 6)],
+)
+def test_text_and_none_are_refused_by_the_payoffs_and_simulators(case, bad):
+    # torch said "new(): invalid data type 'str'", "must be real number, not NoneType", or
+    # float() took spot="100" as 100 (bs_pathwise_greeks)
+    fn, name, args = _more_entry_points()[case]
+    with pytest.raises(TypeError, match=f"^{name} must be real numbers, got"):
+        fn(**{k: v for k, v in args.items() if v is not None} | {name: bad})
+
+
+@pytest.mark.parametrize("case", _MORE)
+def test_a_complex_or_bool_is_refused_by_the_payoffs_and_simulators(case):
+    # payoffs.european(strike=True) paid a strike of 1
+    fn, name, args = _more_entry_points()[case]
+    with pytest.raises(ValueError, match=f"^{name} must be real, not complex"):
+        _call(fn, args, **{name: args[name] + 0.01j})
+    with pytest.raises(ValueError, match=f"^{name} must be a real number, not a bool"):
+        _call(fn, args, **{name: True})
+
+
+@pytest.mark.parametrize("size", [3, 0])
+@pytest.mark.parametrize("case", [1, 2, 3, 4, 6, 7, 8, 10, 13, 14, 17])
+def test_a_scalar_argument_given_several_values_or_none_is_named(case, size):
+    # "Boolean value of Tensor with more than one value is ambiguous", "only one element
+    # tensors can be converted to Python scalars", "full_like(): fill_value must be Number"
+    fn, name, args = _more_entry_points()[case]
+    with pytest.raises(
+        ValueError, match=rf"^{name} must be a single number, got shape \({size},\)"
+    ):
+        _call(fn, args, **{name: torch.full((size,), args[name])})
+
+
+@pytest.mark.parametrize(
+    ("simulator", "name", "scheme"),
+    [("gbm", "maturity", None), ("heston", "rate", "qe"), ("heston", "sigma", "qe"),
+     ("heston", "maturity", "euler"), ("sabr", "alpha", None), ("sabr", "beta", None),
+     ("sabr", "shift", None)],
+)  # fmt: skip
+def test_a_simulator_scalar_given_no_value_is_named(simulator, name, scheme):
+    # an empty tensor passed the "one value" checks and failed in float(), naming nothing
+    from pricing import simulate
+
+    args = {
+        "gbm": dict(spot=100.0, volatility=0.2, maturity=1.0),
+        "heston": dict(spot=100.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7,
+                       maturity=1.0, rate=0.01, scheme=scheme),
+        "sabr": dict(forward=100.0, alpha=0.2, beta=0.5, rho=0.0, nu=0.3, maturity=1.0,
+                     shift=0.0),
+    }[simulator]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"^{name}\b.*(single number|one value|one float value)"):
+        getattr(simulate, simulator)(4, 2, **args | {name: torch.zeros(0)})
+
+
+@pytest.mark.parametrize("pricer", ["bs_european", "bs_asian", "bs_pathwise_greeks"])
+def test_a_per_path_rate_of_a_pricer_that_discounts_by_one_rate_is_named(pricer):
+    # the simulator takes a rate per path, the discount factor one: math.exp said "only one
+    # element tensors can be converted to Python scalars"
+    from pricing import mc_exotics, monte_carlo
+
+    fn = getattr(monte_carlo, pricer, None) or getattr(mc_exotics, pricer)
+    with pytest.raises(ValueError, match=r"^rate must be a single number, got shape \(64,\)"):
+        fn(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, n_paths=64,
+           rate=torch.full((64,), 0.01))  # fmt: skip
+
+
+def test_a_conditional_heston_parameter_given_several_values_is_named():
+    from pricing import monte_carlo
+
+    with pytest.raises(ValueError, match=r"^v0 must be a single number, got shape \(3,\)"):
+        monte_carlo.heston_european(spot=100.0, strike=100.0, maturity=1.0, v0=torch.full((3,), 0.04),
+                                    kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7, n_paths=64,
+                                    n_steps=2, conditional=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("pricer", ["simulate", "monte_carlo"])
+def test_a_one_element_tensor_shift_is_the_float_shift(pricer):
+    # torch.full_like(): "fill_value must be Number, not Tensor"
+    from pricing import monte_carlo, simulate
+
+    def run(shift):
+        g = torch.Generator().manual_seed(0)
+        args = dict(forward=100.0, alpha=0.2, beta=0.5, rho=-0.3, nu=0.4, maturity=1.0,
+                    shift=shift, generator=g)  # fmt: skip
+        if pricer == "simulate":
+            return simulate.sabr(16, 2, **args).forward
+        return monte_carlo.sabr_european(strike=100.0, n_paths=16, n_steps=2, **args).price
+
+    torch.testing.assert_close(run(torch.tensor([5.0])), run(5.0), rtol=0.0, atol=0.0)
+
+
+def test_the_characteristic_function_takes_complex_u_and_refuses_text():
+    from pricing import heston
+
+    hp = dict(maturity=1.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7)
+    torch.testing.assert_close(heston.characteristic_function([0.0, -1j], **hp),
+                               torch.ones(2, dtype=torch.complex128), rtol=1e-12, atol=1e-12)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^u must be a real number, not a bool"):
+        heston.characteristic_function(True, **hp)
+    with pytest.raises(TypeError, match=r"^u must be real numbers, got '1.0'"):
+        heston.characteristic_function("1.0", **hp)
