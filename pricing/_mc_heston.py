@@ -15,6 +15,7 @@ from pricing._simulate_checks import (
     check_positive,
     check_qe_sigma,
 )
+from pricing._simulate_chunks import check_per_path, per_path
 from pricing._simulate_steps import HestonStep, qe_variance_step
 from pricing._typing import TensorLike, call_flags, check_numbers, real_number, real_tensor
 from pricing._validation import check_finite
@@ -104,6 +105,9 @@ def conditional_chunks(
         antithetic=antithetic, sobol=sobol, dtype=dtype, device=grid.device,
         times=tuple(grid.tolist()) if sobol else None,
     )  # fmt: skip
+    # a numpy spot failed in ``spot * torch.exp(...)``, and one per path in a second chunk
+    s0 = real_tensor("spot", spot, dtype=dtype, device=grid.device)
+    check_per_path(n_paths, spot=s0)
     k = real_tensor("strike", strike, dtype=dtype, device=grid.device)
     call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call
     vector = k.ndim == 1 or call.ndim == 1
@@ -114,7 +118,7 @@ def conditional_chunks(
     for start, stop, slabs in drawn_slabs(source, chunk_size):
         rows = (z[0] for z in step_normals(slabs))  # (C,) per step, a slab of steps at a time
         mean, var = conditional_log_moments(rows, steps, float(v0))
-        fwd = spot * torch.exp(mean + 0.5 * var)  # (C,)
+        fwd = per_path(s0, start, stop, n_paths) * torch.exp(mean + 0.5 * var)  # (C,)
         sd = var.sqrt()
         if vector:
             fwd_k, sd_k = fwd[:, None], sd[:, None]

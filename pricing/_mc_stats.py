@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -9,7 +10,7 @@ import torch
 
 from pricing._typing import TensorLike, real_number
 
-__all__ = ["MCResult", "Moments", "finish", "shape_samples"]
+__all__ = ["MCResult", "Moments", "finish", "forward_mean", "shape_samples"]
 
 
 class MCResult(NamedTuple):
@@ -117,6 +118,20 @@ class _Centred(NamedTuple):
     mean_c: torch.Tensor | None
     cc: torch.Tensor | None
     yc: torch.Tensor | None
+
+
+def forward_mean(spot: object, dividend: object, maturity: object) -> float:
+    """``spot e^{-dividend maturity}``, the mean of the discounted terminal spot used as control
+    variate: one number, so a per-path spot or dividend (which the simulators take) is refused
+    by name (a per-path spot gave a mean per path, and a price of -147 for 7.97; a dividend,
+    "only one element tensors can be converted to Python scalars").
+
+    Examples:
+        >>> round(forward_mean(100.0, 0.02, 1.0), 6)
+        98.019867
+    """
+    q, t = real_number("dividend", dividend), real_number("maturity", maturity)
+    return real_number("spot", spot) * math.exp(-q * t)
 
 
 def _control_coefficient(cc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:

@@ -43,14 +43,16 @@ from pricing._simulate_steps import (
 )
 from pricing._triton_paths import available as triton_available
 from pricing._triton_paths import qe_paths as triton_qe_paths
-from pricing._typing import DEFAULT_DTYPE, check_numbers, real_number
+from pricing._typing import DEFAULT_DTYPE, check_numbers, real_number, real_tensor
 from pricing._validation import check_finite
 
 __all__ = [
     "HestonPaths",
     "SabrPaths",
+    "check_per_path",
     "gbm_chunks",
     "heston_chunks",
+    "per_path",
     "sabr_chunks",
     "time_grid",
 ]
@@ -185,7 +187,10 @@ def gbm_chunks(
     check_positive("spot", spot)
     check_nonnegative("volatility", volatility)
     check_finite(rate=rate, dividend=dividend)
-    _check_per_path(n_paths, spot=spot, volatility=volatility, rate=rate, dividend=dividend)
+    spot, volatility, rate, dividend = _from_numpy(
+        dtype, grid.device, spot=spot, volatility=volatility, rate=rate, dividend=dividend
+    ).values()
+    check_per_path(n_paths, spot=spot, volatility=volatility, rate=rate, dividend=dividend)
     dt = grid.diff()[:, None]  # (T, 1)
     source = _source(n_paths, grid, 1, antithetic, sobol, generator, dtype)
     graph = any(
@@ -195,9 +200,9 @@ def gbm_chunks(
 
     def chunks() -> Iterator[tuple[slice, torch.Tensor]]:
         for start, stop, normals in drawn_chunks(source, chunk_size):
-            s0 = _per_path(spot, start, stop, n_paths)
-            vol = _per_path(volatility, start, stop, n_paths)
-            mu = _per_path(rate, start, stop, n_paths) - _per_path(dividend, start, stop, n_paths)
+            s0 = per_path(spot, start, stop, n_paths)
+            vol = per_path(volatility, start, stop, n_paths)
+            mu = per_path(rate, start, stop, n_paths) - per_path(dividend, start, stop, n_paths)
             z = normals[:, 0, :]  # (T, C)
             increments = (mu - 0.5 * vol**2) * dt + vol * dt.sqrt() * z  # (T, C)
             log_growth = torch.cat((torch.zeros_like(increments[:1]), increments.cumsum(0)))
@@ -205,9 +210,9 @@ def gbm_chunks(
 
     def chunks_in_place() -> Iterator[tuple[slice, torch.Tensor]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size):
-            s0 = _per_path(spot, start, stop, n_paths)
-            vol = _per_path(volatility, start, stop, n_paths)
-            mu = _per_path(rate, start, stop, n_paths) - _per_path(dividend, start, stop, n_paths)
+            s0 = per_path(spot, start, stop, n_paths)
+            vol = per_path(volatility, start, stop, n_paths)
+            mu = per_path(rate, start, stop, n_paths) - per_path(dividend, start, stop, n_paths)
             scale, drift = vol * dt.sqrt(), (mu - 0.5 * vol**2) * dt  # (T, 1 or C)
             out = buffers.get((len(dt) + 1, stop - start))[0]  # (T+1, C)
             out[0] = 0.0
@@ -276,6 +281,10 @@ def heston_chunks(
     check_positive("spot", spot)
     check_heston(v0, kappa, theta, sigma, rho)
     check_finite(rate=rate, dividend=dividend)
+    spot, v0, kappa, theta, sigma, rho, rate, dividend = _from_numpy(
+        dtype, grid.device, spot=spot, v0=v0, kappa=kappa, theta=theta, sigma=sigma, rho=rho,
+        rate=rate, dividend=dividend,
+    ).values()  # fmt: skip
     _check_one_value("heston", rate=rate, dividend=dividend)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
@@ -285,7 +294,7 @@ def heston_chunks(
         check_qe_sigma(sigma, dtype)
     elif compile:
         raise ValueError("compile=True is only available for scheme='qe'")
-    _check_per_path(n_paths, spot=spot, v0=v0, **model)
+    check_per_path(n_paths, spot=spot, v0=v0, **model)
     start_grad = any(isinstance(p, torch.Tensor) and p.requires_grad for p in (spot, v0))
     if compile and start_grad:
         raise ValueError("compile=True has no autograd: spot and v0 must not require grad")
@@ -312,10 +321,10 @@ def heston_chunks(
     def chunks() -> Iterator[tuple[slice, HestonPaths]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size, prefetch=compile):
             v0_c = torch.as_tensor(
-                _per_path(v0, start, stop, n_paths), dtype=dtype, device=grid.device
+                per_path(v0, start, stop, n_paths), dtype=dtype, device=grid.device
             )
             s0 = torch.as_tensor(
-                _per_path(spot, start, stop, n_paths), dtype=dtype, device=grid.device
+                per_path(spot, start, stop, n_paths), dtype=dtype, device=grid.device
             )
             # (T+1, C) each: the spot (the log spot until the end, on the eager path) and variance
             log_s, var = buffers.get((len(steps) + 1, stop - start))
@@ -328,7 +337,7 @@ def heston_chunks(
             log_s[0], var[0] = x, v
             chunk_steps = steps
             if tensor_params:  # the chunk's slice of per-path parameters
-                sliced = {name: torch.as_tensor(_per_path(p, start, stop, n_paths), dtype=dtype,
+                sliced = {name: torch.as_tensor(per_path(p, start, stop, n_paths), dtype=dtype,
                                                 device=grid.device)
                           for name, p in tensor_params.items()}  # fmt: skip
                 chunk_steps = [replace(step, **sliced) for step in steps]
@@ -390,6 +399,9 @@ def sabr_chunks(
     # values in float(), naming nothing
     beta, shift = real_number("beta", beta), real_number("shift", shift)
     check_sabr(forward, alpha, beta, rho, nu, shift)
+    forward, alpha, rho, nu = _from_numpy(
+        dtype, grid.device, forward=forward, alpha=alpha, rho=rho, nu=nu
+    ).values()
     _check_one_value("sabr", forward=forward, alpha=alpha, rho=rho, nu=nu)
     source = _source(n_paths, grid, 2, antithetic, sobol, generator, dtype)
     dts = grid.diff().tolist()
@@ -470,8 +482,8 @@ def _triton_qe_chunks(
     kind = {"dtype": source.dtype, "device": source.device}
     for start, stop in source.chunk_bounds(chunk_size):
         size = stop - start
-        s0 = torch.as_tensor(_per_path(spot, start, stop, source.n_paths), **kind).expand(size)
-        v0_c = torch.as_tensor(_per_path(v0, start, stop, source.n_paths), **kind).expand(size)
+        s0 = torch.as_tensor(per_path(spot, start, stop, source.n_paths), **kind).expand(size)
+        v0_c = torch.as_tensor(per_path(v0, start, stop, source.n_paths), **kind).expand(size)
         spot_paths, var = buffers.get((source.n_steps + 1, size))
         triton_qe_paths(s0, v0_c, constants, spot_paths, var, seed=source.seed, first_path=start,
                         antithetic=source.antithetic, psi_c=PSI_C)  # fmt: skip
@@ -523,6 +535,23 @@ def _check_float_params(model: dict[str, Scalar]) -> None:
             )
 
 
+def _from_numpy(dtype: torch.dtype, device: torch.device, **values: object) -> dict[str, Scalar]:
+    """Numpy arrays and scalars, and lists, as the simulators take numbers: one value as a
+    float (as :func:`pricing._typing.real_number` reads it), several as a tensor of ``dtype`` on
+    ``device``, to be checked and sliced as a per-path tensor is; tensors and Python numbers as
+    given. The steps mix these with tensors, which a numpy array does not (``mul_(): argument
+    'other' must be Tensor, not numpy.ndarray``, or float()'s "only 0-dimensional arrays can be
+    converted to Python scalars", naming nothing)."""
+    out: dict[str, Scalar] = {}
+    for name, value in values.items():
+        if isinstance(value, torch.Tensor | int | float):
+            out[name] = value
+            continue
+        array = real_tensor(name, value)  # one conversion (numpy's float64 kept for one value)
+        out[name] = float(array) if array.numel() == 1 else array.to(dtype=dtype, device=device)
+    return out
+
+
 def _check_one_value(simulator: str, **values: Scalar) -> None:
     """Refuse by name a tensor of several values for a parameter that ``simulator`` takes as one
     number, or none (``float()`` said only "only one element tensors can be converted to Python
@@ -544,7 +573,7 @@ def _as_floats(model: dict[str, Scalar]) -> dict[str, Scalar]:
     }
 
 
-def _check_per_path(n_paths: int, **values: Scalar) -> None:
+def check_per_path(n_paths: int, **values: Scalar) -> None:
     """A (N,) tensor parameter must have one value per path; checked before any chunk is drawn."""
     for name, value in values.items():
         if (
@@ -557,8 +586,8 @@ def _check_per_path(n_paths: int, **values: Scalar) -> None:
             )
 
 
-def _per_path(value: Scalar, start: int, stop: int, n_paths: int) -> Scalar:
-    """The chunk's slice of a per-path (N,) parameter (checked by :func:`_check_per_path`)."""
+def per_path(value: Scalar, start: int, stop: int, n_paths: int) -> Scalar:
+    """The chunk's slice of a per-path (N,) parameter (checked by :func:`check_per_path`)."""
     if isinstance(value, torch.Tensor) and value.ndim == 1 and value.numel() > 1:
         return value[start:stop]
     return value

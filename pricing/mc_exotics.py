@@ -16,7 +16,7 @@ import torch
 
 from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
-from pricing._mc_stats import MCResult, Moments, shape_samples
+from pricing._mc_stats import MCResult, Moments, forward_mean, shape_samples
 from pricing._simulate_checks import check_paths, check_single
 from pricing._typing import (
     DEFAULT_DTYPE,
@@ -137,6 +137,7 @@ def bs_asian(
 
     mean = None
     if control:
+        spot, volatility, dividend = _one_each(spot=spot, volatility=volatility, dividend=dividend)
         weights = payoffs.average_weights(grid[None, :], fixings=fixings, time_grid=grid)
         mean = _mean_with_zero_strikes(
             lambda k, call: geometric_asian_price(
@@ -223,7 +224,7 @@ def bs_barrier(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
-    df = math.exp(-real_number("rate", rate) * maturity)
+    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
     vol = volatility if continuous else None
 
     def payoff(p: torch.Tensor) -> torch.Tensor:
@@ -237,6 +238,7 @@ def bs_barrier(
 
     mean = None
     if control:
+        spot, volatility, dividend = _one_each(spot=spot, volatility=volatility, dividend=dividend)
         mean = _mean_with_zero_strikes(
             lambda k, call: _bs_mean(spot, k, maturity, volatility, rate, dividend, call),
             strike, is_call, reference=spot, discount=df,
@@ -316,7 +318,7 @@ def bs_lookback(
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     bridge_seed = base_seed(generator)
-    df = math.exp(-real_number("rate", rate) * maturity)
+    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
 
     def block_payoff(p: torch.Tensor, block: int) -> torch.Tensor:
         gen = torch.Generator(device=p.device).manual_seed(derive_seed(bridge_seed, block))
@@ -337,7 +339,7 @@ def bs_lookback(
         payoff,
         discount=df,
         controls=(lambda item: item[1][:, -1] * df) if control else None,
-        control_means=spot * math.exp(-dividend * maturity) if control else None,
+        control_means=forward_mean(spot, dividend, maturity) if control else None,
         antithetic=antithetic,
     )
 
@@ -414,7 +416,7 @@ def bs_pathwise_greeks(
     s0 = torch.full((n_paths,), real_number("spot", spot), dtype=DEFAULT_DTYPE, requires_grad=True)
     vol = torch.full((n_paths,), real_number("volatility", volatility), dtype=DEFAULT_DTYPE,
                      requires_grad=True)  # fmt: skip
-    df = math.exp(-real_number("rate", rate) * maturity)
+    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=s0, volatility=vol, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator,
@@ -435,6 +437,13 @@ def bs_pathwise_greeks(
     res = [MCResult(*(f.squeeze(-1) for f in m.result(None, 0.95, n_paths)[:4]), n_paths)
            for m in moments]  # fmt: skip
     return PathwiseGreeks(*res)
+
+
+def _one_each(**named: object) -> list[float]:
+    """The arguments of a control variate's closed-form mean, one number each, by name: the
+    simulators take a spot, volatility or dividend per path, whose mean per path was taken for
+    one per strike (bs_asian with a per-path spot of 100 priced 69.2 for about 8)."""
+    return [real_number(name, value) for name, value in named.items()]
 
 
 def _asian_grid(

@@ -17,7 +17,7 @@ from pricing import payoffs, simulate
 from pricing._mc_random import graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, shape_samples
 from pricing._simulate_checks import check_paths, check_single
-from pricing._typing import DEFAULT_DTYPE, call_flag
+from pricing._typing import DEFAULT_DTYPE, call_flag, real_number
 
 __all__ = ["HestonPathwiseGreeks", "heston_pathwise_greeks"]
 
@@ -153,26 +153,31 @@ def heston_pathwise_greeks(
         chunk_size = graph_chunk_size(n_steps)
     if scheme not in ("qe", "euler"):
         raise ValueError(f"scheme must be 'qe' or 'euler', got {scheme!r}")
+    # one number each, by name, before they are compared or copied into the leaves: float()
+    # took spot="100" as 100 and named no input for None or several values, and text, None or
+    # several values of rho failed in the comparison below ("'<' not supported ...")
+    values = {"spot": spot, "v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
+    values = {name: real_number(name, value) for name, value in values.items()}
+    rho, v0 = values["rho"], values["v0"]
     if scheme == "euler" and not -1 < rho < 1:  # drho: d sqrt(1 - rho^2) / d rho is infinite
         raise ValueError(f"rho must be in (-1, 1) for the Euler greeks (drho is infinite at "
                          f"+-1), got {rho}")  # fmt: skip
-    if scheme == "euler" and not isinstance(v0, bool) and float(v0) == 0.0:
+    if scheme == "euler" and v0 == 0.0:
         # the step's sqrt(v0 dt) has an infinite slope at 0, so its pathwise dv0 loses the
         # diffusion's part: 47 +- 1.6 against the discretised price's 64 (QE: 64.1 +- 1.7)
         raise ValueError(
             "v0 must be > 0 for the Euler greeks (sqrt(v0) has an infinite slope "
             "at 0, which biases dv0); use scheme='qe', whose step is smooth there"
         )
-    values = {"spot": spot, "v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
     # one leaf per path for each input differentiated (the model parameters only under Euler)
     names = ("spot", "v0", *(MODEL_PARAMETERS if scheme == "euler" else ()))
-    leaves = {name: torch.full((n_paths,), float(values[name]), dtype=DEFAULT_DTYPE,
+    leaves = {name: torch.full((n_paths,), values[name], dtype=DEFAULT_DTYPE,
                                requires_grad=True) for name in names}  # fmt: skip
     chunks = simulate.heston_chunks(
         n_paths, n_steps, **(values | leaves), maturity=maturity, rate=rate, dividend=dividend,
         scheme=scheme, antithetic=antithetic, generator=generator, chunk_size=chunk_size,
     )  # fmt: skip
-    df = math.exp(-rate * maturity)
+    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
     moments = [Moments() for _ in range(1 + len(names))]
     with torch.enable_grad():  # the greeks need the graph even when called under no_grad
         for where, paths in chunks:

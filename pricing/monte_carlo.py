@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from pricing import payoffs, simulate
 from pricing._mc_random import sobol_replicates
-from pricing._mc_stats import MCResult, Moments, finish, shape_samples
+from pricing._mc_stats import MCResult, Moments, finish, forward_mean, shape_samples
 from pricing._simulate_checks import check_nonnegative, check_positive
 from pricing._typing import DEFAULT_DTYPE, TensorLike, real_number, real_tensor
 
@@ -297,9 +297,9 @@ def heston_european(
             antithetic=antithetic, sobol=sobol, dtype=dtype, device=device, generator=generator,
             chunk_size=chunk_size,
         )  # fmt: skip
-        df = math.exp(-real_number("rate", rate) * maturity)
+        df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
         ctrl = (lambda p: p.forward * df) if control else None
-        mean = spot * math.exp(-dividend * maturity) if control else None
+        mean = forward_mean(spot, dividend, maturity) if control else None
         return price_paths(
             chunks, lambda p: p.payoff, discount=df, controls=ctrl, control_means=mean,
             antithetic=antithetic, progress=progress,
@@ -394,7 +394,10 @@ def sabr_european(
     beta, shift = real_number("beta", beta), real_number("shift", shift)
     if control and beta != 1.0:
         raise ValueError("control=True needs beta == 1 (exact martingale forward)")
-    check_positive("discount", discount)  # NaN was "payoff samples contain NaN", 0 a price of 0
+    # one number: a tensor of several failed in torch ("The size of tensor a (4096) must match
+    # the size of tensor b (3)"), NaN was "payoff samples contain NaN", 0 a price of 0
+    discount = real_number("discount", discount)
+    check_positive("discount", discount)
     # the payoff of F + shift at K + shift: a shifted model's strikes may be negative (> -shift)
     shifted_strike = real_tensor("strike", strike, dtype=dtype) + shift
     check_nonnegative("strike + shift", shifted_strike)
@@ -410,7 +413,7 @@ def sabr_european(
         ),
         discount=discount,
         controls=(lambda f: f[:, -1] * discount) if control else None,
-        control_means=forward * discount if control else None,
+        control_means=real_number("forward", forward) * discount if control else None,
         antithetic=antithetic,
         progress=progress,
         replicates=_replicates(n_paths, antithetic, sobol),
@@ -563,13 +566,13 @@ def _european(
     progress: bool | None = None,
     replicates: Sequence[int] | None = None,
 ) -> MCResult:
-    df = math.exp(-real_number("rate", rate) * maturity)
+    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
     return price_paths(
         chunks,
         lambda s: payoffs.european(s, strike=strike, is_call=is_call),
         discount=df,
         controls=(lambda s: s[:, -1] * df) if control else None,
-        control_means=spot * math.exp(-dividend * maturity) if control else None,
+        control_means=forward_mean(spot, dividend, maturity) if control else None,
         antithetic=antithetic,
         progress=progress,
         replicates=replicates,

@@ -1,7 +1,9 @@
 """Pure path simulators: geometric Brownian motion, Heston (QE or Euler) and SABR.
 
 Every simulator takes sizes, model parameters, ``dtype``, ``device`` and a ``torch.Generator`` and
-returns tensors shaped (N, T+1) whose column 0 is the initial state. Options shared by all of them:
+returns tensors shaped (N, T+1) whose column 0 is the initial state. A model parameter may be a
+numpy number, 0-d or one-element array (read as that number), and where a tensor of one value per
+path is taken, a numpy array of N values is too. Options shared by all of them:
 
 * ``time_grid``: a 1-D tensor ``0 = t_0 < ... < t_T`` that replaces ``n_steps``/``maturity``.
 * ``antithetic``: adjacent paths ``(2i, 2i + 1)`` use opposite normals (``n_paths`` must be even).

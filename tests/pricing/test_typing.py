@@ -346,3 +346,169 @@ def test_the_characteristic_function_takes_complex_u_and_refuses_text():
         heston.characteristic_function(True, **hp)
     with pytest.raises(TypeError, match=r"^u must be real numbers, got '1.0'"):
         heston.characteristic_function("1.0", **hp)
+
+
+_SIMULATOR_ARGS = {
+    "gbm": dict(spot=100.0, volatility=0.2, maturity=1.0, rate=0.03, dividend=0.01),
+    "heston": dict(spot=100.0, v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7,
+                   maturity=1.0, rate=0.03, dividend=0.01),
+    "sabr": dict(forward=100.0, alpha=0.2, beta=0.5, rho=-0.3, nu=0.4, maturity=1.0, shift=1.0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+@pytest.mark.parametrize(
+    ("simulator", "name", "scheme"),
+    [(s, n, "euler" if s == "heston" and n in ("kappa", "rho") else None)
+     for s, a in _SIMULATOR_ARGS.items() for n in a]
+    + [("heston", "kappa", "qe"), ("heston", "sigma", "qe")],
+)  # fmt: skip
+def test_a_numpy_number_is_the_float_in_the_simulators(simulator, name, scheme, shape):
+    # a 0-d or one-element array failed in torch ("mul_(): argument 'other' (position 1) must be
+    # Tensor, not numpy.ndarray") or float() ("only 0-dimensional arrays can be converted")
+    from pricing import simulate
+
+    args = _SIMULATOR_ARGS[simulator] | ({"scheme": scheme} if scheme else {})
+
+    def run(value):
+        g = torch.Generator().manual_seed(0)
+        out = getattr(simulate, simulator)(8, 2, **args | {name: value}, generator=g)
+        return out if isinstance(out, torch.Tensor) else torch.stack(tuple(out))
+
+    expected = run(args[name])
+    torch.testing.assert_close(run(np.full(shape, args[name])), expected, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize(("simulator", "name"), [("gbm", "spot"), ("gbm", "volatility"),
+                                                 ("heston", "spot"), ("heston", "v0")])  # fmt: skip
+def test_a_numpy_array_per_path_is_the_tensor_per_path(simulator, name):
+    # it was not sliced per chunk like a tensor (or failed in torch), and one of the wrong
+    # length was not named
+    from pricing import simulate
+
+    args = _SIMULATOR_ARGS[simulator]
+
+    def run(value):
+        g = torch.Generator().manual_seed(0)
+        out = getattr(simulate, simulator)(2500, 2, **args | {name: value}, generator=g,
+                                           chunk_size=1024)  # fmt: skip
+        return out if isinstance(out, torch.Tensor) else out.spot
+
+    per_path = np.linspace(0.5, 1.5, 2500) * args[name]
+    torch.testing.assert_close(run(per_path), run(torch.from_numpy(per_path)), rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match=rf"^{name} has 3 values for 2500 paths"):
+        run(np.full(3, args[name]))
+
+
+@pytest.mark.parametrize(("simulator", "name"), [("heston", "rate"), ("heston", "dividend"),
+                                                 ("sabr", "forward"), ("sabr", "nu")])  # fmt: skip
+def test_a_numpy_array_for_a_one_value_simulator_argument_is_named(simulator, name):
+    from pricing import simulate
+
+    with pytest.raises(ValueError, match=rf"^{name}: {simulator} takes one value, got .* \(3,\)"):
+        getattr(simulate, simulator)(8, 2, **_SIMULATOR_ARGS[simulator] | {name: np.full(3, 0.01)})
+
+
+def _heston_greeks_args():
+    return dict(spot=100.0, strike=100.0, maturity=1.0, v0=0.04, kappa=1.5, theta=0.04,
+                sigma=0.5, rho=-0.7, rate=0.03, n_paths=64, n_steps=2, scheme="euler")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["spot", "v0", "kappa", "rho", "rate", "maturity"])
+def test_heston_pathwise_greeks_refuse_text_and_several_values_by_name(name):
+    # float() took spot="100" as 100 (and v0, kappa under Euler); rho failed in "-1 < rho < 1"
+    # ("'<' not supported between instances of 'int' and 'str'", "Boolean value of Tensor with
+    # more than one value is ambiguous"); the discount's rate in math.exp
+    from pricing import mc_greeks
+
+    args = _heston_greeks_args()
+    with pytest.raises(TypeError, match=rf"^{name} must be real numbers, got '0.5'"):
+        mc_greeks.heston_pathwise_greeks(**args | {name: "0.5"})
+    with pytest.raises(ValueError, match=rf"^{name}\b.*(single number|one value)"):
+        mc_greeks.heston_pathwise_greeks(**args | {name: torch.full((3,), 0.5)})
+
+
+@pytest.mark.parametrize("name", ["spot", "v0", "rho", "rate", "maturity"])
+def test_heston_pathwise_greeks_take_a_numpy_number(name):
+    from pricing import mc_greeks
+
+    def run(value):
+        g = torch.Generator().manual_seed(0)
+        r = mc_greeks.heston_pathwise_greeks(**_heston_greeks_args() | {name: value}, generator=g)
+        return torch.stack([r.price.price, r.delta.price, r.drho.price])
+
+    value = _heston_greeks_args()[name]
+    torch.testing.assert_close(run(np.array([value])), run(value), rtol=0.0, atol=0.0)
+
+
+def _control_pricers():
+    from pricing import mc_exotics, monte_carlo
+
+    mc = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, n_paths=64, control=True)
+    hp = dict(v0=0.04, kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7, n_steps=2)
+    return {
+        "bs_european": (monte_carlo.bs_european, mc),
+        "heston_conditional": (
+            monte_carlo.heston_european,
+            {k: v for k, v in mc.items() if k != "volatility"} | hp | {"conditional": True},
+        ),
+        "bs_asian": (mc_exotics.bs_asian, mc | {"n_steps": 4}),
+        "bs_barrier": (mc_exotics.bs_barrier, mc | {"barrier": 80.0, "barrier_type": "down_out"}),
+        "bs_lookback": (mc_exotics.bs_lookback, mc | {"kind": "fixed", "is_call": True}),
+    }
+
+
+@pytest.mark.parametrize("name", ["spot", "dividend"])
+@pytest.mark.parametrize(
+    "pricer", ["bs_european", "heston_conditional", "bs_asian", "bs_barrier", "bs_lookback"]
+)
+def test_a_per_path_argument_of_a_control_mean_is_named(pricer, name):
+    # the control's mean spot e^{-qT} (or its closed form) took a per-path spot as one mean per
+    # strike: bs_european priced -147 for 7.97, bs_asian 69 for 4.6; a per-path dividend failed
+    # in math.exp ("only one element tensors can be converted to Python scalars")
+    fn, args = _control_pricers()[pricer]
+    value = torch.full((64,), 100.0 if name == "spot" else 0.01, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"^{name} must be a single number, got shape \(64,\)"):
+        fn(**args | {name: value})
+
+
+@pytest.mark.parametrize(
+    "pricer", ["bs_european", "heston_conditional", "bs_asian", "bs_barrier", "bs_lookback"]
+)
+def test_a_numpy_number_is_the_float_in_the_control_pricers(pricer):
+    fn, args = _control_pricers()[pricer]
+
+    def run(**changed):
+        return fn(**args | changed, generator=torch.Generator().manual_seed(0)).price
+
+    expected = run(dividend=0.01)
+    got = run(spot=np.array([100.0]), dividend=np.array([0.01]), maturity=np.array([1.0]))
+    torch.testing.assert_close(got, expected, rtol=0.0, atol=0.0)
+
+
+def test_a_sabr_discount_given_several_values_is_named():
+    # torch: "The size of tensor a (64) must match the size of tensor b (3)"
+    from pricing import monte_carlo
+
+    with pytest.raises(ValueError, match=r"^discount must be a single number, got shape \(3,\)"):
+        monte_carlo.sabr_european(forward=100.0, strike=100.0, maturity=1.0, alpha=0.2, beta=1.0,
+                                  rho=0.0, nu=0.3, discount=torch.full((3,), 0.9), n_paths=64,
+                                  n_steps=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy"])
+def test_a_per_path_spot_of_conditional_heston_is_sliced_per_chunk(kind):
+    # the second chunk failed: "The size of tensor a (2500) must match the size of tensor b
+    # (1024)"; a numpy spot failed in ``spot * torch.exp(...)``
+    from pricing import monte_carlo
+
+    def run(spot):
+        return monte_carlo.heston_european(spot=spot, strike=100.0, maturity=1.0, v0=0.04,
+                                           kappa=1.5, theta=0.04, sigma=0.5, rho=-0.7,
+                                           n_paths=2500, n_steps=2, conditional=True,
+                                           chunk_size=1024,
+                                           generator=torch.Generator().manual_seed(0)).price  # fmt: skip
+
+    spot = np.full(2500, 100.0)
+    got = run(torch.from_numpy(spot) if kind == "tensor" else spot)
+    torch.testing.assert_close(got, run(100.0), rtol=1e-12, atol=0.0)
