@@ -24,6 +24,7 @@ __all__ = [
     "is_call_tensor",
     "named_tensors",
     "real_number",
+    "real_scalar",
     "real_tensor",
 ]
 
@@ -180,6 +181,22 @@ def real_number(name: str, value: object) -> float:
     if values.numel() != 1:
         raise ValueError(f"{name} must be a single number, got shape {tuple(values.shape)}")
     return float(values.detach().reshape(()))
+
+
+def real_scalar(name: str, value: object) -> float | torch.Tensor:
+    """One real number, checked and refused by ``name`` as :func:`real_number` does; a tensor
+    that requires grad comes back as a 0-d view of itself, its autograd graph kept (a pricer's
+    ``rate`` given so gives its rho by autograd: :func:`real_number`'s float lost it, silently
+    where another input required grad too), anything else as a float.
+
+    Examples:
+        >>> rate = torch.tensor([0.05], requires_grad=True)
+        >>> real_scalar("rate", rate).requires_grad, real_scalar("rate", 0.05)
+        (True, 0.05)
+    """
+    number = real_number(name, value)
+    graph = isinstance(value, torch.Tensor) and value.requires_grad
+    return value.reshape(()) if graph else number
 
 
 def broadcast_shape(tensors: Sequence[torch.Tensor]) -> torch.Size:

@@ -15,7 +15,7 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import TensorLike, call_flag, named_tensors, real_number
+from pricing._typing import TensorLike, call_flag, named_tensors, real_number, real_scalar
 from pricing._validation import check_finite, check_positive
 
 __all__ = ["BARRIER_TYPES", "barrier_price", "discrete_barrier_shift"]
@@ -84,8 +84,9 @@ def barrier_price(
     """
     if barrier_type not in BARRIER_TYPES:
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
-    rate, dividend, rebate = (real_number(n, v) for n, v in
-                              (("rate", rate), ("dividend", dividend), ("rebate", rebate)))  # fmt: skip
+    # one number each, by name; a rate or dividend that requires grad keeps its graph (rho)
+    rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
+    rebate = real_number("rebate", rebate)
     if not (rebate >= 0 and math.isfinite(rebate)):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
     is_call = call_flag(is_call)  # one flag for all options

@@ -15,7 +15,14 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flag, named_tensors, real_number
+from pricing._typing import (
+    DEFAULT_DTYPE,
+    TensorLike,
+    call_flag,
+    named_tensors,
+    real_number,
+    real_scalar,
+)
 from pricing._validation import (
     check_finite,
     check_nonnegative,
@@ -75,8 +82,10 @@ def geometric_asian_price(
         5.342561
     """
     s, vol = named_tensors(spot=spot, volatility=volatility, dtype=DEFAULT_DTYPE)
-    numbers = dict(maturity=maturity, rate=rate, dividend=dividend, past_weight=past_weight)
-    maturity, rate, dividend, past_weight = (real_number(n, v) for n, v in numbers.items())
+    numbers = dict(maturity=maturity, past_weight=past_weight)
+    maturity, past_weight = (real_number(n, v) for n, v in numbers.items())
+    # one number each, by name; one that requires grad keeps its graph (rho by autograd)
+    rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
     past_average = None if past_average is None else real_number("past_average", past_average)
     check_positive(spot=s, volatility=vol, maturity=maturity)
     check_finite(rate=rate, dividend=dividend)
@@ -102,12 +111,14 @@ def geometric_asian_price(
     if past_weight > 0.0:
         mean = mean + past_weight * math.log(past_average)
     var = live * live * vol * vol * var_time
+    # through torch where the rate has a graph: math.exp dropped the discount's share of rho
+    discount = torch.exp(-rate * maturity) if torch.is_tensor(rate) else math.exp(-rate * maturity)
     return black_scholes.black_price(
         forward=torch.exp(mean + 0.5 * var),
         strike=named_tensors(strike=strike, dtype=DEFAULT_DTYPE)[0],
         maturity=1.0,
         volatility=var.sqrt(),
-        discount=math.exp(-rate * maturity),
+        discount=discount,
         is_call=is_call,  # black_price checks the flags
     )
 
@@ -162,7 +173,8 @@ def levy_asian_price(
         0.0944
     """
     is_call = call_flag(is_call)  # "False" was truthy: it priced a call
-    rate, dividend = real_number("rate", rate), real_number("dividend", dividend)
+    # one number each, by name; one that requires grad keeps its graph (rho by autograd)
+    rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
     check_finite(rate=rate, dividend=dividend)
     tensors = named_tensors(spot=spot, strike=strike, maturity=maturity, volatility=volatility,
                             running_average=running_average, elapsed=elapsed)  # fmt: skip

@@ -13,7 +13,7 @@ import math
 import torch
 
 from pricing._special import ndtr
-from pricing._typing import TensorLike, call_flag, named_tensors, real_number
+from pricing._typing import TensorLike, call_flag, named_tensors, real_number, real_scalar
 from pricing._validation import check_finite, check_positive
 from pricing.analytic_barrier import _BGK_BETA  # the discrete-monitoring shift's constant
 
@@ -80,7 +80,8 @@ def lookback_price(
     if (strike is None) != (kind == "floating"):
         raise ValueError("strike is required for kind='fixed' and not taken for kind='floating'")
     is_call = call_flag(is_call)  # "False" was truthy: it priced a call
-    rate, dividend = real_number("rate", rate), real_number("dividend", dividend)
+    # one number each, by name; one that requires grad keeps its graph (rho by autograd)
+    rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
     check_finite(rate=rate, dividend=dividend)
     optional = {} if strike is None else {"strike": strike}
     tensors = named_tensors(spot=spot, running_extremum=running_extremum, maturity=maturity,

@@ -512,3 +512,18 @@ def test_a_per_path_spot_of_conditional_heston_is_sliced_per_chunk(kind):
     spot = np.full(2500, 100.0)
     got = run(torch.from_numpy(spot) if kind == "tensor" else spot)
     torch.testing.assert_close(got, run(100.0), rtol=1e-12, atol=0.0)
+
+
+def test_real_scalar_keeps_the_graph_of_a_tensor_that_requires_grad_only():
+    from pricing._typing import real_scalar
+
+    rate = torch.tensor([0.05], dtype=torch.float64, requires_grad=True)
+    kept = real_scalar("rate", rate)
+    assert kept.shape == () and kept.requires_grad
+    (2.0 * kept).backward()
+    assert rate.grad.tolist() == [2.0]
+    assert real_scalar("rate", torch.tensor([0.25])) == 0.25  # no graph: a float, as real_number
+    with pytest.raises(ValueError, match=r"rate must be a single number, got shape \(2,\)"):
+        real_scalar("rate", torch.zeros(2, requires_grad=True))
+    with pytest.raises(TypeError, match="rate must be real numbers"):
+        real_scalar("rate", "0.05")
