@@ -86,7 +86,7 @@ def barrier_price(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     # one number each, by name; a rate or dividend that requires grad keeps its graph (rho)
     rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
-    rebate = real_number("rebate", rebate)
+    rebate = real_scalar("rebate", rebate)
     if not (rebate >= 0 and math.isfinite(rebate)):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
     is_call = call_flag(is_call)  # one flag for all options
@@ -103,7 +103,7 @@ def barrier_price(
                    dividend, eta=1.0 if down else -1.0, phi=1.0 if is_call else -1.0,
                    rebate=rebate)  # fmt: skip
     if barrier_type.endswith("out"):
-        dead = torch.full_like(alive, rebate)
+        dead = torch.zeros_like(alive) + rebate  # a tensor rebate keeps its graph
     else:
         dead = black_scholes.price(spot=s, strike=x, maturity=t, volatility=vol, rate=rate,
                                    dividend=dividend, is_call=is_call)  # fmt: skip

@@ -27,6 +27,7 @@ from pricing._typing import (
     call_flag,
     call_flags,
     real_number,
+    real_scalar,
     real_tensor,
 )
 from pricing._validation import check_seasoning
@@ -121,7 +122,7 @@ def asian(
     # named, and one number each: a tensor of several was "Boolean value of Tensor ... ambiguous"
     past_weight = real_number("past_weight", past_weight)
     if past_average is not None:
-        past_average = real_number("past_average", past_average)
+        past_average = real_scalar("past_average", past_average)
     check_seasoning(past_average, past_weight)
     if past_weight > 0.0:
         past = torch.as_tensor(past_average, dtype=paths.dtype, device=paths.device)
@@ -170,7 +171,7 @@ def barrier_hit_probabilities(
     """
     _check_paths(paths)
     _check_grid_matches(paths, time_grid)
-    barrier = real_number("barrier", barrier)  # "'>' not supported between 'str' and 'int'"
+    barrier = real_scalar("barrier", barrier)  # "'>' not supported between 'str' and 'int'"
     if not barrier > 0:  # NaN too: a barrier of -90 or NaN was "never hit"
         raise ValueError(f"barrier must be positive, got {barrier}")
     vol = None if volatility is None else _checked_volatility(volatility, paths)
@@ -279,7 +280,7 @@ def barrier(
         raise ValueError(f"barrier_type must be one of {BARRIER_TYPES}, got {barrier_type!r}")
     # by name, one number each (a str or None failed in torch or in '>', a tensor of several
     # values was "Boolean value of Tensor ... is ambiguous")
-    barrier, rebate, rate = (real_number(n, v) for n, v in
+    barrier, rebate, rate = (real_scalar(n, v) for n, v in
                              (("barrier", barrier), ("rebate", rebate), ("rate", rate)))  # fmt: skip
     if not barrier > 0:
         raise ValueError(f"barrier must be positive, got {barrier}")
@@ -467,7 +468,7 @@ def lookback(
         paths, maximum=use_max, time_grid=time_grid, volatility=volatility, generator=generator
     )
     if running_extremum is not None:
-        running_extremum = real_number("running_extremum", running_extremum)
+        running_extremum = real_scalar("running_extremum", running_extremum)
         start = paths[:, 0]
         if not math.isfinite(running_extremum) or bool(
             ((start > running_extremum) if use_max else (start < running_extremum)).any()

@@ -224,3 +224,14 @@ def test_rate_and_dividend_given_as_tensors_that_require_grad_keep_their_graph(n
     assert value.grad is not None
     torch.testing.assert_close(value.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
                                atol=1e-7)  # fmt: skip
+
+
+def test_a_rebate_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None:
+    # the price is linear in the rebate: its sensitivity by autograd was lost when the rebate was
+    # checked into a float
+    kw = dict(spot=100.0, strike=90.0, barrier=95.0, barrier_type="down_out", maturity=0.5,
+              volatility=0.25, rate=0.08, dividend=0.04)  # fmt: skip
+    rebate = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(barrier_price(**kw, rebate=rebate), rebate)
+    expected = barrier_price(**kw, rebate=1.0) - barrier_price(**kw, rebate=0.0)
+    torch.testing.assert_close(slope, expected, rtol=1e-12, atol=0.0)

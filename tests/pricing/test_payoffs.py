@@ -348,3 +348,19 @@ def test_per_path_volatility_as_numpy_matches_a_tensor_on_many_paths():
     args = dict(strike=100.0, barrier=85.0, barrier_type="down_out", time_grid=grid)
     as_numpy = payoffs.barrier(paths, **args, volatility=vol)
     assert torch.equal(as_numpy, payoffs.barrier(paths, **args, volatility=torch.tensor(vol)))
+
+
+def test_a_barrier_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None:
+    # the bridge crossing probability is smooth in the barrier: its sensitivity by autograd was
+    # lost when the barrier was checked into a float
+    p = _paths([100.0, 95.0, 97.0], [100.0, 93.0, 91.0])
+    kw = {"down": True, "time_grid": GRID2, "volatility": 0.2}
+
+    def hit(level: torch.Tensor | float) -> torch.Tensor:
+        return payoffs.barrier_hit_probabilities(p, barrier=level, **kw).sum()
+
+    level = torch.tensor(90.0, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(hit(level), level)
+    h = 1e-5
+    central = (hit(90.0 + h) - hit(90.0 - h)) / (2 * h)
+    torch.testing.assert_close(slope, central, rtol=1e-6, atol=0.0)
