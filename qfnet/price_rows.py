@@ -59,7 +59,8 @@ def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Forward and discount factor per row: the ``forward``/``discount`` columns where present,
     else ``spot * exp((rate - dividend - borrow) T)`` and ``exp(-rate T)`` (a ``borrow`` cost
     carries like a dividend, :func:`pricing.quotes.carry_yields`); a row with a ``discount`` but
-    no ``forward`` carries its spot at the discount's rate, ``spot * exp(-dividend T) / discount``.
+    no ``forward`` carries its spot at the discount's rate,
+    ``spot * exp(-(dividend + borrow) T) / discount``.
 
     Shape:
         quotes: N rows; outputs: (N,) each.
