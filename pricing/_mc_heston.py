@@ -107,6 +107,8 @@ def conditional_chunks(
     )  # fmt: skip
     # a numpy spot failed in ``spot * torch.exp(...)``, and one per path in a second chunk
     s0 = real_tensor("spot", spot, dtype=dtype, device=grid.device)
+    # one value of any shape as the number: (1, 1) made each chunk's payoffs (1, C)
+    s0 = s0.reshape(()) if s0.numel() == 1 else s0
     check_per_path(n_paths, spot=s0)
     k = real_tensor("strike", strike, dtype=dtype, device=grid.device)
     call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call

@@ -544,6 +544,9 @@ def _from_numpy(dtype: torch.dtype, device: torch.device, **values: object) -> d
     converted to Python scalars", naming nothing)."""
     out: dict[str, Scalar] = {}
     for name, value in values.items():
+        if isinstance(value, torch.Tensor) and value.ndim > 1 and value.numel() == 1:
+            out[name] = value.reshape(())  # as the number (a QE v0 of shape (1, 1) was an
+            continue  # IndexError: the (C,) variance broadcast to (1, C))
         if isinstance(value, torch.Tensor | int | float):
             out[name] = value
             continue
@@ -574,8 +577,16 @@ def _as_floats(model: dict[str, Scalar]) -> dict[str, Scalar]:
 
 
 def check_per_path(n_paths: int, **values: Scalar) -> None:
-    """A (N,) tensor parameter must have one value per path; checked before any chunk is drawn."""
+    """A (N,) tensor parameter must have one value per path; checked before any chunk is drawn.
+    A tensor of several values and more dimensions is refused by name: it was not sliced per
+    chunk, so it crashed in torch ("The size of tensor a (8) must match the size of tensor b
+    (7)"), or a spot of shape (N, 1) was read as one per step when N was the steps plus one."""
     for name, value in values.items():
+        if isinstance(value, torch.Tensor) and value.ndim > 1 and value.numel() > 1:
+            raise ValueError(
+                f"{name} must be a scalar or one value per path ({n_paths},), got a tensor of "
+                f"shape {tuple(value.shape)}"
+            )
         if (
             isinstance(value, torch.Tensor)
             and value.ndim == 1

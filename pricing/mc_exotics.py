@@ -18,6 +18,7 @@ from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, forward_mean, shape_samples
 from pricing._simulate_checks import check_paths, check_single
+from pricing._simulate_chunks import per_path
 from pricing._typing import (
     DEFAULT_DTYPE,
     TensorLike,
@@ -192,7 +193,8 @@ def bs_barrier(
         barrier: barrier level.
         barrier_type: ``down_out, up_out, down_in, up_in``.
         maturity: years.
-        volatility: lognormal volatility.
+        volatility: lognormal volatility: a number, or (N,) one per path (not with
+            ``control``, whose closed-form mean takes one).
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         is_call: call flag(s).
@@ -225,16 +227,18 @@ def bs_barrier(
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
-    vol = volatility if continuous else None
+    vol = _bridge_volatility(volatility) if continuous else None
 
-    def payoff(p: torch.Tensor) -> torch.Tensor:
+    def payoff(item: tuple[slice, torch.Tensor]) -> torch.Tensor:
+        where, p = item
         return payoffs.barrier(
             p, strike=strike, barrier=barrier, barrier_type=barrier_type, time_grid=grid,
-            is_call=is_call, rebate=rebate, rate=rate, volatility=vol,
+            is_call=is_call, rebate=rebate, rate=rate,
+            volatility=per_path(vol, where.start, where.stop, n_paths),
         )  # fmt: skip
 
-    def european(p: torch.Tensor) -> torch.Tensor:
-        return payoffs.european(p, strike=strike, is_call=is_call) * df
+    def european(item: tuple[slice, torch.Tensor]) -> torch.Tensor:
+        return payoffs.european(item[1], strike=strike, is_call=is_call) * df
 
     mean = None
     if control:
@@ -244,7 +248,7 @@ def bs_barrier(
             strike, is_call, reference=spot, discount=df,
         )  # fmt: skip
     return price_paths(
-        chunks,
+        ((where, (where, p)) for where, p in chunks),  # the chunk's rows of a per-path vol
         payoff,
         discount=df,
         controls=european if control else None,
@@ -285,7 +289,7 @@ def bs_lookback(
         kind: ``"floating"`` or ``"fixed"``.
         is_call: call (True) or put (False).
         maturity: years.
-        volatility: lognormal volatility.
+        volatility: lognormal volatility: a number, or (N,) one per path.
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         strike: strike(s) >= 0 of a fixed lookback, scalar or (K,).
@@ -319,19 +323,22 @@ def bs_lookback(
     )  # fmt: skip
     bridge_seed = base_seed(generator)
     df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+    vol = _bridge_volatility(volatility) if continuous else None
 
-    def block_payoff(p: torch.Tensor, block: int) -> torch.Tensor:
+    def block_payoff(p: torch.Tensor, first: int) -> torch.Tensor:
+        block = first // BLOCK_SIZE
         gen = torch.Generator(device=p.device).manual_seed(derive_seed(bridge_seed, block))
         return payoffs.lookback(
             p, kind=kind, is_call=is_call, strike=strike, running_extremum=running_extremum,
-            time_grid=grid, volatility=volatility if continuous else None, generator=gen,
+            time_grid=grid, volatility=per_path(vol, first, first + len(p), n_paths),
+            generator=gen,
         )  # fmt: skip
 
     def payoff(item: tuple[slice, torch.Tensor]) -> torch.Tensor:
         # one generator per block of paths, as the paths' normals: a generator per chunk made
         # the estimate depend on chunk_size (chunks start on block boundaries)
         where, p = item
-        return torch.cat([block_payoff(p[lo : lo + BLOCK_SIZE], (where.start + lo) // BLOCK_SIZE)
+        return torch.cat([block_payoff(p[lo : lo + BLOCK_SIZE], where.start + lo)
                           for lo in range(0, p.shape[0], BLOCK_SIZE)])  # fmt: skip
 
     return price_paths(
@@ -444,6 +451,14 @@ def _one_each(**named: object) -> list[float]:
     simulators take a spot, volatility or dividend per path, whose mean per path was taken for
     one per strike (bs_asian with a per-path spot of 100 priced 69.2 for about 8)."""
     return [real_number(name, value) for name, value in named.items()]
+
+
+def _bridge_volatility(volatility: object) -> torch.Tensor:
+    """The simulation's volatility as the bridge corrections of :mod:`pricing.payoffs` take it,
+    to be sliced per chunk with :func:`pricing._simulate_chunks.per_path`: a per-path one was
+    passed whole to each chunk's payoff, refused with any chunk but the whole run's ("volatility
+    must be a scalar, (1024,) ... got shape (5000,)")."""
+    return real_tensor("volatility", volatility, dtype=DEFAULT_DTYPE)
 
 
 def _asian_grid(

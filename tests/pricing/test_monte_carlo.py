@@ -14,6 +14,7 @@ import torch
 from pricing import analytic_barrier, black_scholes, heston, mc_exotics, monte_carlo, simulate
 from pricing import quantlib as qlref
 from pricing.analytic_exotics import geometric_asian_price
+from pricing.analytic_lookback import lookback_price
 
 K_SE = 3.0  # |MC - reference| <= K_SE * std_error + tolerance_abs
 # Levy (1992) is an approximation: published figures differ from the exact continuous-average
@@ -249,6 +250,33 @@ def test_lookback_estimate_does_not_depend_on_the_chunk_size(antithetic: bool) -
     )  # fmt: skip
     for price in chunked:
         torch.testing.assert_close(price, whole, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("control", [False, True])
+@pytest.mark.parametrize("pricer", ["barrier", "lookback"])
+def test_a_per_path_volatility_prices_the_mean_of_the_paths_closed_forms(pricer, control):
+    # the bridge corrections took the whole (N,) volatility with each chunk's paths: refused
+    # whenever there was more than one chunk (every run for lookbacks, whose payoff goes block
+    # by block), naming a size the caller never gave. A path's price is its own closed form
+    n = 6144
+    vol = torch.tensor([0.15, 0.25, 0.35], dtype=torch.float64)[torch.arange(n) // 2 % 3]
+    common = {"spot": 100.0, "maturity": 1.0, "rate": 0.03, "dividend": 0.01}
+    if pricer == "barrier":
+        spec = {**common, "strike": 100.0, "barrier": 85.0, "barrier_type": "down_out",
+                "rebate": 2.0}  # fmt: skip
+        exact = analytic_barrier.barrier_price(**spec, volatility=vol).mean()
+        run = mc_exotics.bs_barrier
+    else:
+        spec = {**common, "kind": "floating", "is_call": True}
+        exact = lookback_price(**spec, running_extremum=100.0, volatility=vol).mean()
+        run = mc_exotics.bs_lookback
+    if control and pricer == "barrier":  # the European control's mean takes one volatility
+        with pytest.raises(ValueError, match="volatility must be a single number"):
+            run(**spec, volatility=vol, n_paths=n, control=True)
+        return
+    r = run(**spec, volatility=vol, n_paths=n, n_steps=4, antithetic=True, control=control,
+            chunk_size=1024, generator=_gen(23))  # fmt: skip
+    _assert_within(r, exact, 0.0, f"{pricer} per-path volatility")
 
 
 def _asian(row: Any, **kw: Any) -> monte_carlo.MCResult:

@@ -530,6 +530,29 @@ def test_gbm_per_path_rate_and_dividend_are_sliced_chunk_by_chunk() -> None:
         simulate.gbm(n, 4, **kw, rate=torch.full((3,), 0.01))
 
 
+@pytest.mark.parametrize("name", ["spot", "volatility", "rate", "dividend"])
+def test_a_gbm_parameter_of_several_values_in_two_dimensions_is_named(name: str) -> None:
+    # not sliced per chunk: torch's "The size of tensor a (8) must match the size of tensor b
+    # (7)", or, for a spot of shape (N, 1) with N = T + 1 paths, one spot per step, silently
+    value = torch.full((8, 1), GBM[name], dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"{name} must be a scalar or one value per path \(8,\)"):
+        simulate.gbm(8, 7, **{**GBM, name: value})
+
+
+@pytest.mark.parametrize("scheme", ["qe", "euler"])
+def test_one_value_of_shape_1_1_is_the_number(scheme: str) -> None:
+    # a QE v0 of shape (1, 1) failed with an IndexError (the variance broadcast to (1, C))
+    def run(**one: object) -> simulate.HestonPaths:
+        return simulate.heston(8, 3, **{**HESTON, **one}, scheme=scheme, generator=_gen(3))
+
+    one = {"v0": torch.full((1, 1), 0.04, dtype=torch.float64),
+           "spot": torch.full((1, 1), 100.0, dtype=torch.float64)}  # fmt: skip
+    for got, want in zip(run(**one), run(v0=0.04, spot=100.0), strict=True):
+        torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match=r"v0 must be a scalar or one value per path"):
+        simulate.heston(8, 3, **{**HESTON, "v0": torch.full((1, 8), 0.04)}, scheme=scheme)
+
+
 @pytest.mark.parametrize(
     ("model", "field"),
     [("sabr", "forward"), ("sabr", "alpha"), ("sabr", "nu"), ("heston", "rate"),

@@ -512,6 +512,11 @@ def test_a_per_path_spot_of_conditional_heston_is_sliced_per_chunk(kind):
     spot = np.full(2500, 100.0)
     got = run(torch.from_numpy(spot) if kind == "tensor" else spot)
     torch.testing.assert_close(got, run(100.0), rtol=1e-12, atol=0.0)
+    # one value of shape (1, 1) is the number: each chunk's payoffs were (1, C), and the second
+    # chunk failed ("The size of tensor a (452) must match the size of tensor b (1024)")
+    one = np.full((1, 1), 100.0)
+    got = run(torch.from_numpy(one) if kind == "tensor" else one)
+    torch.testing.assert_close(got, run(100.0), rtol=1e-12, atol=0.0)
 
 
 def test_real_scalar_keeps_the_graph_of_a_tensor_that_requires_grad_only():
