@@ -287,6 +287,9 @@ def _price_mc(
 CROSSED = "crossed quote (bid > ask)"
 NO_PRICE = "no price: mid and price missing, and bid or ask missing (a one-sided quote)"
 EXPIRED = "expired: the expiry is on or before the quote date (maturity <= 0)"
+ZERO_BID = (
+    "zero bid: the vol is the mid's (ask / 2), an upper bound's guess (calibrate drops these)"
+)
 
 
 @app.command()
@@ -332,6 +335,12 @@ def iv(
     if {"bid", "ask"} <= set(table.columns):
         crossed = (table["bid"] > table["ask"]).to_numpy() & ~expired
         vol, status = np.where(crossed, np.nan, vol), np.where(crossed, CROSSED, status)
+        # the mid of (0, ask) was solved and called ok: its vol says little about the option
+        # (a file's own mid is solved as given; else the bid/ask midpoint is, before any price)
+        from_quote = table["mid"].isna() if "mid" in table else True
+        zero_bid = ((table["bid"] == 0) & table["ask"].notna() & from_quote).to_numpy()
+        zero_bid = zero_bid & (status == "ok")
+        status = np.where(zero_bid, ZERO_BID, status)
     # the forward and discount used are written: a rate or dividend the file lacked, defaulted to
     # 0 by reading, would stand beside them as if it had made them (price leaves them out too)
     result = table.drop(columns=[c for c in table.attrs.get("defaulted", []) if c in table])
@@ -346,9 +355,11 @@ def iv(
         result[column] = _on_rows(~expired, prepared[column].to_numpy(float), np.nan)
     result["implied_vol"], result["status"] = vol, status
     write_table(result, out)
-    n_bad = int((status != "ok").sum())
+    n_bad, n_flagged = int(np.isnan(vol).sum()), int(((status != "ok") & ~np.isnan(vol)).sum())
     rows = "row" if len(result) == 1 else "rows"
-    typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable) -> {out}{kept}")
+    flagged = f", {n_flagged} solved with a caveat in their status" if n_flagged else ""
+    typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable{flagged}) -> "
+               f"{out}{kept}")  # fmt: skip
     # forwards of a spot carried at a rate read as 0 gave vols off by points, without a word
     note = carry_note(table.attrs.get("defaulted", []), sources)
     if note:

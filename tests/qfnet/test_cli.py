@@ -658,6 +658,22 @@ def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
 
 
+def test_iv_flags_a_zero_bid_whose_vol_is_the_mid_of_zero_and_the_ask(tmp_path):
+    # the mid of (0, ask) was solved with the status ok: a far wing's vol from half its ask
+    table = pd.DataFrame({"option_type": "call", "strike": [100.0, 150.0, 160.0], "maturity": 1.0,
+                          "forward": 100.0, "discount": 1.0, "bid": [7.9, 0.0, 0.0],
+                          "ask": [8.1, 0.2, 0.1], "mid": [None, None, 0.08]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    assert ivs["status"][0] == "ok" and ivs["status"][1].startswith("zero bid: the vol is the mid")
+    assert ivs["status"][2] == "ok"  # the file's own mid is what was solved
+    assert (ivs["implied_vol"] > 0).all()
+    assert "(0 unsolvable, 1 solved with a caveat in their status)" in result.output
+
+
 def test_iv_gives_options_expiring_on_the_quote_date_a_status_and_solves_the_others(tmp_path):
     # an exchange download's 0DTE rows refused the whole file ("expiry ... is not after
     # quote_date"); the other expiries' vols must be those of the file without them
