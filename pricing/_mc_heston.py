@@ -111,6 +111,9 @@ def conditional_chunks(
     s0 = s0.reshape(()) if s0.numel() == 1 else s0
     check_per_path(n_paths, spot=s0)
     k = real_tensor("strike", strike, dtype=dtype, device=grid.device)
+    if k.ndim > 1:  # as the other pricers: (1, 1) made each chunk's payoffs (1, C), refused as
+        # "need at least 2 independent samples, got 1", and (1, K) named the forward's shape
+        raise ValueError(f"strike must be a scalar or 1-D, got shape {tuple(k.shape)}")
     call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call
     vector = k.ndim == 1 or call.ndim == 1
     # a zero strike is legal, as in every other Monte Carlo pricer (Black's formula refused it):

@@ -127,7 +127,8 @@ def discrete_barrier_shift(
         >>> round(float(discrete_barrier_shift(110.0, 0.2, 1 / 252, down=False)), 4)
         110.8104
     """
-    barrier, interval = real_number("barrier", barrier), real_number("interval", interval)
+    # a barrier that requires grad keeps its graph (real_number's float lost its sensitivity)
+    barrier, interval = real_scalar("barrier", barrier), real_number("interval", interval)
     if not interval > 0:  # a negative one was a math domain error, NaN a NaN barrier
         raise ValueError(f"interval must be positive, got {interval}")
     if not barrier > 0:

@@ -82,10 +82,10 @@ def geometric_asian_price(
         5.342561
     """
     s, vol = named_tensors(spot=spot, volatility=volatility, dtype=DEFAULT_DTYPE)
-    numbers = dict(maturity=maturity, past_weight=past_weight)
-    maturity, past_weight = (real_number(n, v) for n, v in numbers.items())
-    # one number each, by name; one that requires grad keeps its graph (rho by autograd)
-    rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
+    # one number each, by name; one that requires grad keeps its graph (rho, theta and the
+    # past weight's sensitivity by autograd: real_number's float lost them)
+    numbers = dict(maturity=maturity, rate=rate, dividend=dividend, past_weight=past_weight)
+    maturity, rate, dividend, past_weight = (real_scalar(n, v) for n, v in numbers.items())
     past_average = None if past_average is None else real_number("past_average", past_average)
     check_positive(spot=s, volatility=vol, maturity=maturity)
     check_finite(rate=rate, dividend=dividend)
@@ -111,8 +111,10 @@ def geometric_asian_price(
     if past_weight > 0.0:
         mean = mean + past_weight * math.log(past_average)
     var = live * live * vol * vol * var_time
-    # through torch where the rate has a graph: math.exp dropped the discount's share of rho
-    discount = torch.exp(-rate * maturity) if torch.is_tensor(rate) else math.exp(-rate * maturity)
+    # through torch where the rate or maturity has a graph: math.exp dropped the discount's share
+    # of rho and theta
+    discount = -rate * maturity
+    discount = torch.exp(discount) if torch.is_tensor(discount) else math.exp(discount)
     return black_scholes.black_price(
         forward=torch.exp(mean + 0.5 * var),
         strike=named_tensors(strike=strike, dtype=DEFAULT_DTYPE)[0],

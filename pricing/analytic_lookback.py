@@ -164,7 +164,9 @@ def discrete_lookback_price(
     if kind == "fixed":
         return (e * moved).to(moved.dtype)
     t = named_tensors(maturity=maturity)[0].to(torch.float64)
-    forward_value = spot_t.to(torch.float64) * torch.exp(-dividend * t)
+    # one number (a graph kept): a dividend of [0.01] or np.array([0.01]) failed in '-' or '*'
+    q = real_scalar("dividend", dividend)
+    forward_value = spot_t.to(torch.float64) * torch.exp(-q * t)
     out = e * moved - (1.0 if is_call else -1.0) * (e - 1.0) * forward_value
     return out.to(moved.dtype)
 

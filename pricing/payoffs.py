@@ -26,7 +26,6 @@ from pricing._typing import (
     broadcast_shapes,
     call_flag,
     call_flags,
-    real_number,
     real_scalar,
     real_tensor,
 )
@@ -120,7 +119,7 @@ def asian(
     else:
         raise ValueError(f"average must be 'arithmetic' or 'geometric', got {average!r}")
     # named, and one number each: a tensor of several was "Boolean value of Tensor ... ambiguous"
-    past_weight = real_number("past_weight", past_weight)
+    past_weight = real_scalar("past_weight", past_weight)  # a graph kept, as the past average's
     if past_average is not None:
         past_average = real_scalar("past_average", past_average)
     check_seasoning(past_average, past_weight)

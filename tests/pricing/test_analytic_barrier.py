@@ -235,3 +235,13 @@ def test_a_rebate_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None
     (slope,) = torch.autograd.grad(barrier_price(**kw, rebate=rebate), rebate)
     expected = barrier_price(**kw, rebate=1.0) - barrier_price(**kw, rebate=0.0)
     torch.testing.assert_close(slope, expected, rtol=1e-12, atol=0.0)
+
+
+def test_a_discrete_shift_barrier_that_requires_grad_keeps_its_graph() -> None:
+    # the scalar check turned the barrier into a float: d(shifted)/d(barrier) came back None
+    barrier = torch.tensor(110.0, dtype=torch.float64, requires_grad=True)
+    vol = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    shifted = discrete_barrier_shift(barrier, vol, 1 / 252, down=False)
+    slope, _ = torch.autograd.grad(shifted, (barrier, vol))
+    expected = float(discrete_barrier_shift(110.0, 0.2, 1 / 252, down=False)) / 110.0
+    torch.testing.assert_close(slope.item(), expected, rtol=1e-12, atol=0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -244,3 +245,16 @@ def test_a_rate_given_as_a_tensor_that_requires_grad_keeps_its_graph(kind):
     assert rate.grad is not None
     torch.testing.assert_close(rate.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
                                atol=1e-7)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "dividend", [[0.01], np.array([0.01]), torch.tensor([0.01], dtype=torch.float64)]
+)
+def test_discrete_floating_lookback_takes_a_one_element_dividend(dividend):
+    # the forward's correction used the dividend as given: a list or array of one value failed
+    # with "bad operand type for unary -: 'list'" or numpy's '*' on a tensor
+    args = dict(spot=100.0, running_extremum=100.0, maturity=1.0, volatility=0.2, rate=0.03,
+                interval=1 / 52)  # fmt: skip
+    expected = discrete_lookback_price(**args, dividend=0.01)
+    torch.testing.assert_close(discrete_lookback_price(**args, dividend=dividend), expected,
+                               rtol=1e-12, atol=0.0)  # fmt: skip

@@ -201,3 +201,23 @@ def test_geometric_asian_rho_by_autograd_matches_a_finite_difference(name):
     assert value.grad is not None
     torch.testing.assert_close(value.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
                                atol=1e-7)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["maturity", "past_weight"])
+def test_geometric_asian_maturity_and_past_weight_that_require_grad_keep_their_graph(name):
+    # the scalar check turned them into floats: theta and the past weight's sensitivity came
+    # back None (silently, beside a spot requiring grad); the discount's math.exp also left the
+    # maturity's share of theta out (2.086 for 1.970)
+    from pricing.analytic_exotics import geometric_asian_price
+
+    args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.03, is_call=True,
+                past_average=101.0, past_weight=0.25)  # fmt: skip
+    spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
+    value = torch.tensor(args[name], dtype=torch.float64, requires_grad=True)
+    geometric_asian_price(**{**args, name: value}, spot=spot).backward()
+    h = 1e-6
+    bumped = [float(geometric_asian_price(**{**args, name: args[name] + d}, spot=100.0))
+              for d in (h, -h)]  # fmt: skip
+    assert value.grad is not None
+    torch.testing.assert_close(value.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
+                               atol=1e-7)  # fmt: skip

@@ -385,6 +385,11 @@ def test_conditional_heston_refuses_a_sigma_below_the_qe_floor_or_a_bool_by_name
         ({"dividend": float("inf")}, "dividend must be finite"),
         # priced as a call (the other pricers refuse it, as payoffs.european does)
         ({"is_call": 2}, "is_call must be booleans or 0/1"),
+        # (1, 1) was "need at least 2 independent samples, got 1" (payoffs of shape (1, C))
+        (
+            {"strike": torch.tensor([[100.0]])},
+            r"strike must be a scalar or 1-D, got shape \(1, 1\)",
+        ),
     ],
 )
 def test_conditional_heston_names_a_bad_rate_dividend_or_flag(kwargs: dict, match: str) -> None:
@@ -392,7 +397,7 @@ def test_conditional_heston_names_a_bad_rate_dividend_or_flag(kwargs: dict, matc
             "theta": 0.04, "sigma": 0.5, "rho": -0.7, "n_paths": 8, "n_steps": 2,
             "conditional": True}  # fmt: skip
     with pytest.raises(ValueError, match=match):
-        monte_carlo.heston_european(**args, **kwargs)
+        monte_carlo.heston_european(**{**args, **kwargs})
 
 
 @pytest.mark.parametrize("conditional", [False, True])

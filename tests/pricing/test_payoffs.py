@@ -364,3 +364,17 @@ def test_a_barrier_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> Non
     h = 1e-5
     central = (hit(90.0 + h) - hit(90.0 - h)) / (2 * h)
     torch.testing.assert_close(slope, central, rtol=1e-6, atol=0.0)
+
+
+def test_a_past_weight_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None:
+    # the scalar check turned it into a float: its sensitivity by autograd came back None
+    p = _paths([100.0, 95.0, 97.0], [100.0, 103.0, 108.0])
+
+    def seasoned(weight: torch.Tensor | float) -> torch.Tensor:
+        return payoffs.asian(p, strike=100.0, past_average=104.0, past_weight=weight).sum()
+
+    weight = torch.tensor(0.25, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(seasoned(weight), weight)
+    h = 1e-6
+    central = (seasoned(0.25 + h) - seasoned(0.25 - h)) / (2 * h)
+    torch.testing.assert_close(slope, central, rtol=1e-7, atol=1e-9)
