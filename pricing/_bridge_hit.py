@@ -84,8 +84,12 @@ def discounted_first_passage(
     like = {"dtype": start.dtype, "device": start.device}
     s2 = torch.as_tensor(variance, **like).expand(start.shape)
     r_dt = torch.as_tensor(rate_dt, **like).expand(start.shape)
-    # a step without variance crosses on its straight line, at w = a / (a - b), if b <= 0
-    line = torch.exp(-r_dt * start / (start - end).clamp_min(1e-300))
+    # a step without variance crosses on its straight line, at w = a / (a - b), if b <= 0; the
+    # other steps' a / (a - b) (up to 1e300, of slope 1e600) are kept out: their inf times the 0
+    # of a branch not selected below made the barrier's, the rate's and the paths' gradients NaN
+    straight = (start > 0) & (end <= 0)
+    drop = torch.where(straight, start - end, 1.0).clamp_min(1e-300)
+    line = torch.exp(-r_dt * torch.where(straight, start, 0.0) / drop)
     # the quadrature's part is at most p r dt: below _NEGLIGIBLE, the hit is taken at mid-step
     out = torch.where(s2 > 0, crossing * torch.exp(-0.5 * r_dt), torch.where(end <= 0, line, 0.0))
     out = torch.where(start <= 0, torch.ones_like(out), out)
@@ -105,7 +109,9 @@ def _quadrature(a, b, s2, crossing, r_dt) -> torch.Tensor:
     log_p = -2.0 * a * b / s2  # > 0 where b < 0, where p Phi(.) <= 1 all the same
     z = (-a + (a + b) * frac) * scale  # Phi(x) = erfc(-x / sqrt 2) / 2, the cheaper kernel
     beyond = b < 0  # p > 1 and Phi tiny: in logs (log_ndtr is the costlier kernel)
-    second = torch.exp(log_p) * torch.special.erfc(z)
+    # exp(log_p) of those rows is not taken (it overflows: the inf times the gradient's 0 at the
+    # rows replaced below was NaN, in every input's gradient)
+    second = torch.exp(torch.where(beyond, 0.0, log_p)) * torch.special.erfc(z)
     if bool(beyond.any()):
         rows = torch.nonzero(beyond[:, 0])[:, 0]
         second[rows] = 2.0 * torch.exp(log_p[rows] + torch.special.log_ndtr(-z[rows] / _SQRT_HALF))

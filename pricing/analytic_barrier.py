@@ -87,7 +87,9 @@ def barrier_price(
     # one number each, by name; a rate or dividend that requires grad keeps its graph (rho)
     rate, dividend = real_scalar("rate", rate), real_scalar("dividend", dividend)
     rebate = real_scalar("rebate", rebate)
-    if not (rebate >= 0 and math.isfinite(rebate)):
+    # torch.isfinite: math.isfinite of a tensor that requires grad warned "Converting a tensor
+    # with requires_grad=True to a scalar"
+    if not (rebate >= 0 and bool(torch.isfinite(torch.as_tensor(rebate)))):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
     is_call = call_flag(is_call)  # one flag for all options
     s, x, h, t, vol = named_tensors(spot=spot, strike=strike, barrier=barrier, maturity=maturity,

@@ -20,7 +20,6 @@ from pricing._typing import (
     TensorLike,
     call_flag,
     named_tensors,
-    real_number,
     real_scalar,
 )
 from pricing._validation import (
@@ -86,7 +85,8 @@ def geometric_asian_price(
     # past weight's sensitivity by autograd: real_number's float lost them)
     numbers = dict(maturity=maturity, rate=rate, dividend=dividend, past_weight=past_weight)
     maturity, rate, dividend, past_weight = (real_scalar(n, v) for n, v in numbers.items())
-    past_average = None if past_average is None else real_number("past_average", past_average)
+    # a past average that requires grad keeps its graph too (real_number's float lost it: None)
+    past_average = None if past_average is None else real_scalar("past_average", past_average)
     check_positive(spot=s, volatility=vol, maturity=maturity)
     check_finite(rate=rate, dividend=dividend)
     check_seasoning(past_average, past_weight)  # a past average without weight was ignored
@@ -109,7 +109,8 @@ def geometric_asian_price(
     live = 1.0 - past_weight
     mean = live * (s.log() + nu * mean_time)
     if past_weight > 0.0:
-        mean = mean + past_weight * math.log(past_average)
+        log_past = torch.log if torch.is_tensor(past_average) else math.log
+        mean = mean + past_weight * log_past(past_average)
     var = live * live * vol * vol * var_time
     # through torch where the rate or maturity has a graph: math.exp dropped the discount's share
     # of rho and theta

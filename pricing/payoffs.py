@@ -13,7 +13,6 @@ without the O(sqrt(dt)) discretisation bias (exactly so for geometric Brownian m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -283,9 +282,11 @@ def barrier(
                              (("barrier", barrier), ("rebate", rebate), ("rate", rate)))  # fmt: skip
     if not barrier > 0:
         raise ValueError(f"barrier must be positive, got {barrier}")
-    if not (math.isfinite(rebate) and rebate >= 0):
+    # torch.isfinite: math.isfinite of a tensor that requires grad warned "Converting a tensor
+    # with requires_grad=True to a scalar"
+    if not (bool(torch.isfinite(torch.as_tensor(rebate))) and rebate >= 0):
         raise ValueError(f"rebate must be finite and >= 0, got {rebate}")
-    if not math.isfinite(rate):  # a NaN rate made the knock-out rebate's accrual NaN
+    if not bool(torch.isfinite(torch.as_tensor(rate))):  # a NaN rate: a NaN rebate accrual
         raise ValueError(f"rate must be finite, got {rate}")
     _check_paths(paths)
     _check_grid_matches(paths, time_grid)  # once, not per block
@@ -393,7 +394,10 @@ def _bridge_extremum(
     a, b = logs[:, :-1], logs[:, 1:]  # (N, T)
     variance = _step_variance(volatility, time_grid, paths)
     uniform = 1.0 - torch.rand(a.shape, generator=generator, dtype=paths.dtype, device=paths.device)
-    spread = ((b - a).square() - 2.0 * variance * uniform.log()).sqrt()
+    spread = (b - a).square() - 2.0 * variance * uniform.log()
+    # sqrt's infinite slope at 0 (a flat step without variance) times the 0 of a step that is not
+    # the extremum was NaN in every gradient; such a step's spread is 0 either way
+    spread = torch.where(spread > 0, torch.where(spread > 0, spread, 1.0).sqrt(), 0.0)
     if maximum:
         return (0.5 * (a + b + spread)).amax(1).exp()
     return (0.5 * (a + b - spread)).amin(1).exp()
@@ -469,13 +473,13 @@ def lookback(
     if running_extremum is not None:
         running_extremum = real_scalar("running_extremum", running_extremum)
         start = paths[:, 0]
-        if not math.isfinite(running_extremum) or bool(
+        if not bool(torch.isfinite(torch.as_tensor(running_extremum))) or bool(
             ((start > running_extremum) if use_max else (start < running_extremum)).any()
         ):
             side = "maximum" if use_max else "minimum"
             raise ValueError(f"running_extremum must be the {side} observed so far: "
                              f"{'>=' if use_max else '<='} the spot at t_0, got {running_extremum} "
-                             f"against spot {float(start[0])}")  # fmt: skip
+                             f"against spot {float(start[0].detach())}")  # fmt: skip
         ext = ext.clamp_min(running_extremum) if use_max else ext.clamp_max(running_extremum)
     if kind == "floating":
         if strike is not None:

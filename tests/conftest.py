@@ -1,5 +1,5 @@
 """Shared fixtures: reference-data loading, the device fixture (CUDA skipped when absent) and one
-torch thread for small simulations."""
+torch thread for small simulations; torch warnings every time, for tests that expect none."""
 
 from __future__ import annotations
 
@@ -43,3 +43,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def torch_warns_always() -> Iterator[None]:
+    """Torch's warnings each time, not once per process (a test that expects none would pass
+    where an earlier test had already triggered it)."""
+    previous = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    yield
+    torch.set_warn_always(previous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -235,6 +236,17 @@ def test_a_rebate_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None
     (slope,) = torch.autograd.grad(barrier_price(**kw, rebate=rebate), rebate)
     expected = barrier_price(**kw, rebate=1.0) - barrier_price(**kw, rebate=0.0)
     torch.testing.assert_close(slope, expected, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.usefixtures("torch_warns_always")
+def test_a_rebate_that_requires_grad_is_checked_without_a_scalar_conversion_warning() -> None:
+    # math.isfinite of the rebate converted it to a float: torch's "Converting a tensor with
+    # requires_grad=True to a scalar" UserWarning
+    rebate = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        barrier_price(spot=100.0, strike=90.0, barrier=95.0, barrier_type="down_out",
+                      maturity=0.5, volatility=0.25, rate=0.08, rebate=rebate)  # fmt: skip
 
 
 def test_a_discrete_shift_barrier_that_requires_grad_keeps_its_graph() -> None:

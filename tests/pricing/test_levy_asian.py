@@ -199,11 +199,12 @@ def test_geometric_asian_rho_by_autograd_matches_a_finite_difference(name):
     _assert_autograd_matches_central_difference(geometric_asian_price, args, name)
 
 
-@pytest.mark.parametrize("name", ["maturity", "past_weight"])
-def test_geometric_asian_maturity_and_past_weight_that_require_grad_keep_their_graph(name):
-    # the scalar check turned them into floats: theta and the past weight's sensitivity came
-    # back None (silently, beside a spot requiring grad); the discount's math.exp also left the
-    # maturity's share of theta out (2.086 for 1.970)
+@pytest.mark.parametrize("name", ["maturity", "past_weight", "past_average"])
+def test_geometric_asian_maturity_and_seasoning_that_require_grad_keep_their_graph(name):
+    # the scalar check turned them into floats: theta and the past weight's and past average's
+    # sensitivities came back None (silently, beside a spot requiring grad; the past average
+    # went through math.log); the discount's math.exp also left the maturity's share of theta
+    # out (2.086 for 1.970)
     from pricing.analytic_exotics import geometric_asian_price
 
     args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.03, is_call=True,

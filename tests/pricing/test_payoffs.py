@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -378,3 +379,111 @@ def test_a_past_weight_given_as_a_tensor_that_requires_grad_keeps_its_graph() ->
     h = 1e-6
     central = (seasoned(0.25 + h) - seasoned(0.25 - h)) / (2 * h)
     torch.testing.assert_close(slope, central, rtol=1e-7, atol=1e-9)
+
+
+def _gradients_match_central_differences(
+    payoff: Callable[..., torch.Tensor],
+    paths: torch.Tensor,
+    scalars: dict[str, float],
+    *,
+    h: float,
+    rtol: float,
+    atol: float,
+) -> None:
+    """Autograd gradients of ``payoff(paths, **scalars).sum()`` are finite and equal central
+    differences: each scalar bumped alone, each path column bumped in every row at once (a
+    path's payoff depends on its own row only)."""
+    leaves = {
+        n: torch.tensor(v, dtype=torch.float64, requires_grad=True) for n, v in scalars.items()
+    }
+    p = paths.clone().requires_grad_(True)
+    grads = torch.autograd.grad(payoff(p, **leaves).sum(), [p, *leaves.values()])
+    for name, grad in zip(["paths", *scalars], grads, strict=True):
+        assert bool(torch.isfinite(grad).all()), f"{name}: {int((~grad.isfinite()).sum())} NaN"
+    with torch.no_grad():
+        for name, grad in zip(scalars, grads[1:], strict=True):
+            up, down = (
+                payoff(paths, **{**scalars, name: scalars[name] + d}).sum() for d in (h, -h)
+            )
+            torch.testing.assert_close(grad, (up - down) / (2 * h), rtol=rtol, atol=atol)
+        columns = []
+        for j in range(paths.shape[1]):
+            bump = torch.zeros_like(paths)
+            bump[:, j] = h
+            columns.append(
+                (payoff(paths + bump, **scalars) - payoff(paths - bump, **scalars)) / (2 * h)
+            )
+        torch.testing.assert_close(grads[0], torch.stack(columns, 1), rtol=rtol, atol=atol)
+
+
+_MASKED = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+"""Per-step volatility factors of 8 steps: 0 leaves a step without variance."""
+
+
+@pytest.mark.parametrize(
+    ("barrier_type", "level", "spot", "volatility"),
+    [
+        ("down_out", 90.0, 100.0, 1.0),  # the review's case: 53 of the 64 x 9 path gradients NaN
+        ("down_out", 90.0, 85.0, 1.0),  # paths that start beyond the barrier
+        ("up_out", 110.0, 100.0, 1.0),
+        ("up_out", 110.0, 115.0, 1.0),
+        ("down_out", 90.0, 100.0, _MASKED),  # steps without variance: a straight-line hit
+        ("up_out", 110.0, 100.0, _MASKED),
+        ("down_out", 90.0, 100.0, 1.0 / 30.0),  # a bridge far tighter than the paths' moves
+    ],
+)
+def test_knock_out_rebate_gradients_are_finite_and_match_central_differences(
+    barrier_type: str, level: float, spot: float, volatility: float | torch.Tensor
+) -> None:
+    # the straight-line hit time a / (a - b) of the steps it is not used in (a - b clamped to
+    # 1e-300) and the bridge's exp(-2 a b / s2) of steps that end beyond the barrier (it
+    # overflows) were inf in a torch.where branch not selected: finite values, NaN gradients for
+    # the paths, the barrier and the rate
+    g = torch.Generator().manual_seed(1)
+    paths = simulate.gbm(64, 8, spot=spot, volatility=0.3, maturity=1.0, rate=0.03, generator=g)
+    grid = simulate.time_grid(8, 1.0).to(torch.float64)
+
+    def payoff(p, barrier, rate, rebate, sigma):
+        return payoffs.barrier(p, strike=100.0, barrier=barrier, barrier_type=barrier_type,
+                               time_grid=grid, rebate=rebate, rate=rate,
+                               volatility=sigma * volatility)  # fmt: skip
+
+    scalars = {"barrier": level, "rate": 0.03, "rebate": 2.0, "sigma": 0.3}
+    _gradients_match_central_differences(payoff, paths, scalars, h=1e-6, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("kind", "is_call"), [("floating", True), ("fixed", False)])
+def test_bridge_lookback_gradients_are_finite_where_a_flat_step_has_no_variance(
+    kind: str, is_call: bool
+) -> None:
+    # sqrt((b - a)^2 - 2 s2 ln U) of a step without variance and without a move is sqrt(0): its
+    # infinite slope times the 0 of a step that is not the extremum made every gradient NaN
+    g = torch.Generator().manual_seed(2)
+    paths = simulate.gbm(64, 8, spot=100.0, volatility=0.3, maturity=1.0, generator=g)
+    paths[:, 2] = paths[:, 1]  # flat over the steps the volatility leaves without variance
+    paths[:, 6] = paths[:, 5] = paths[:, 4]
+    grid = simulate.time_grid(8, 1.0).to(torch.float64)
+
+    def payoff(p, sigma):
+        return payoffs.lookback(p, kind=kind, is_call=is_call,
+                                strike=100.0 if kind == "fixed" else None, time_grid=grid,
+                                volatility=sigma * _MASKED,
+                                generator=torch.Generator().manual_seed(3))  # fmt: skip
+
+    _gradients_match_central_differences(
+        payoff, paths, {"sigma": 0.3}, h=1e-6, rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.usefixtures("torch_warns_always")
+def test_scalars_that_require_grad_are_checked_without_a_scalar_conversion_warning() -> None:
+    # math.isfinite of the rebate, rate and running extremum converted them to floats: torch's
+    # "Converting a tensor with requires_grad=True to a scalar" UserWarning
+    p = _paths([100.0, 95.0, 97.0], [100.0, 93.0, 91.0])
+    rebate, rate, extremum = (torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                              for v in (2.0, 0.03, 101.0))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        payoffs.barrier(p, strike=100.0, barrier=90.0, barrier_type="down_out", time_grid=GRID2,
+                        rebate=rebate, rate=rate, volatility=0.2)  # fmt: skip
+        payoffs.lookback(p, kind="floating", is_call=False, running_extremum=extremum)
