@@ -577,7 +577,10 @@ def otm_implied_vol(
     rho: TensorLike,
 ) -> torch.Tensor:
     """Black implied vols of Heston's out-of-the-money prices (calls where ``ratio = K/F >= 1``, puts
-    below), forward 1, undiscounted: the model vols that calibration reports. NaN where unsolvable.
+    below), forward 1, undiscounted: the model vols that calibration reports. NaN where unsolvable,
+    including where the OTM price underflows to 0 (e.g. 1 day, ``ratio`` 0.2, ``v0`` 1e-6): Heston's
+    OTM prices are positive, so its vol there is too, but not determined by a price of 0, which
+    :func:`pricing.black_scholes.black_implied_vol` (a price at intrinsic value) reads as vol 0.
 
     Shape:
         All inputs broadcast together; output: the broadcast shape.
@@ -598,8 +601,9 @@ def otm_implied_vol(
     is_call = ratio >= 1.0
     otm = price(forward=1.0, strike=ratio, maturity=maturity, is_call=is_call, v0=v0, kappa=kappa,
                 theta=theta, sigma=sigma, rho=rho)  # fmt: skip
-    return black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=maturity,
-                             is_call=is_call)  # fmt: skip
+    vol = black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=maturity,
+                            is_call=is_call)  # fmt: skip
+    return torch.where(otm == 0, torch.nan, vol)  # a vol of 0 was reported there
 
 
 def delta(

@@ -214,9 +214,13 @@ def _z_over_x(z: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     # (1 - rho), a sum of positive terms, where z >= rho (reached as rho -> -1), and (1 + rho) /
     # (s - z + rho) below, where that sum is the positive one.
     far = w < -0.5
-    exp_x = torch.where(upper, (s + z - rho) / (1 - rho), (1 + rho) / lower_denominator)
+    # Each branch's unused side gets a harmless stand-in, else its 0 * inf gradient is NaN: s - z
+    # + rho rounds to 0 for z >~ 1e8 (upper), and w to -1 for z <~ -1e16 (far).
+    lower_safe = torch.where(upper, 1.0, lower_denominator)
+    exp_x = torch.where(upper, (s + z - rho) / (1 - rho), (1 + rho) / lower_safe)
     x_over_z_far = torch.log(exp_x) / torch.where(far, z, -1.0)
-    return 1 / torch.where(far, x_over_z_far, u * _log1p_ratio(w))
+    near = u * _log1p_ratio(torch.where(far, 0.0, w))
+    return 1 / torch.where(far, x_over_z_far, near)
 
 
 def _common_terms(

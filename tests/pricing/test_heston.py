@@ -690,6 +690,18 @@ def test_otm_implied_vol_takes_a_list_of_ratios():
     torch.testing.assert_close(from_list, from_tensor, rtol=0.0, atol=0.0)
 
 
+def test_otm_implied_vol_is_nan_where_the_otm_price_underflows_to_zero():
+    # 1 day, v0 = 1e-6: the wings' prices are 0 in float64, and their vol was reported as 0
+    ratio = torch.tensor([0.2, 1.0, 5.0], dtype=torch.float64)
+    model = dict(_MODEL, v0=1e-6)
+    otm = heston.price(forward=1.0, strike=ratio, maturity=1 / 365, is_call=ratio >= 1, **model)
+    assert otm[0] == 0.0 and otm[2] == 0.0 and otm[1] > 0.0
+    vols = heston.otm_implied_vol(ratio=ratio, maturity=1 / 365, **model)
+    assert torch.isnan(vols[[0, 2]]).all()
+    expected = bs.black_implied_vol(price=otm[1], forward=1.0, strike=1.0, maturity=1 / 365)
+    torch.testing.assert_close(vols[1], expected, rtol=0.0, atol=0.0)
+
+
 def test_delta_inputs_that_do_not_broadcast_raise_a_value_error_listing_shapes():
     with pytest.raises(
         ValueError, match=r"do not broadcast: strike \(3,\), maturity \(\), spot \(2,\)"

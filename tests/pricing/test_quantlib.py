@@ -57,6 +57,18 @@ def test_heston_price_refuses_parameters_outside_their_domain_by_name(field, val
         qlref.heston_price(spot=100.0, strike=100.0, maturity=MATURITY, **{**MODEL, field: value})
 
 
+@pytest.mark.parametrize("engine", ["reference", "reference_cv"])
+def test_heston_price_adaptive_engines_give_nan_naming_an_option_that_does_not_converge(engine):
+    # Gauss-Lobatto at 1e-12 hits its iteration limit for this 1-day, v0 = 1e-6 surface at K/S 0.2
+    # and 5: "reference_cv" raised QuantLib's bare "max number of iterations reached"
+    case = {"v0": 1e-6, "kappa": 0.01, "theta": 0.04, "sigma": 0.01, "rho": -0.7}
+    with pytest.warns(UserWarning, match=rf"2 option\(s\).*'{engine}'.*first at index 1"):
+        prices = qlref.heston_price(spot=100.0, strike=np.array([100.0, 20.0, 500.0]),
+                                    maturity=1 / 365, engine=engine, **case)  # fmt: skip
+    assert np.isnan(prices[1:]).all()
+    assert 0.0 < prices[0] < 0.01
+
+
 def test_heston_price_table_refuses_an_unknown_option_type():
     # anything but call/C was priced as a put
     with pytest.raises(ValueError, match=r"option_type must be call or put, got 'cal' at row 2"):

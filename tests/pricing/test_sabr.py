@@ -311,6 +311,26 @@ def test_gradients_match_finite_differences(fn):
     assert torch.autograd.gradcheck(call, _gradcheck_inputs(points), eps=1e-7, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fn", [sabr.lognormal_vol, sabr.normal_vol], ids=["lognormal", "normal"])
+@pytest.mark.parametrize(
+    ("strike", "alpha", "rho"), [(0.01, 1e-9, 0.5), (0.09, 1e-16, 0.5), (0.09, 1e-50, 0.0)]
+)
+def test_gradients_stay_finite_for_huge_z(fn, strike, alpha, rho):
+    # z = nu/alpha log(F/K) = 1.1e9, -1.1e16, -1.1e50: finite vols had NaN gradients, as s - z + rho
+    # rounds to 0 (z > 0) and w = z u to -1 (z < 0) in z/x(z)'s unused torch.where branches
+    names = ("strike", "alpha", "rho", "nu")
+    point = torch.tensor([strike, alpha, rho, 1.0], dtype=torch.float64)
+
+    def call(values: torch.Tensor) -> torch.Tensor:
+        kw = dict(zip(names, values, strict=True))
+        return fn(forward=0.03, maturity=1.0, beta=1.0, **kw)
+
+    grad = torch.autograd.functional.jacobian(call, point)  # (4,)
+    steps = torch.diag(1e-6 * torch.where(point == 0, 1.0, point.abs()))  # (4, 4), relative
+    central = torch.stack([(call(point + h) - call(point - h)) / (2 * h.sum()) for h in steps])
+    torch.testing.assert_close(grad, central, rtol=1e-6, atol=0.0)
+
+
 def test_alpha_from_atm_vol_gradients_match_finite_differences():
     points = [(0.03, 2.0, 0.2, 0.5, -0.3, 0.4, 0.0), (0.01, 20.0, 0.5, 0.2, 0.6, 0.9, 0.02)]
     names = ("forward", "maturity", "atm_vol", "beta", "rho", "nu", "shift")
