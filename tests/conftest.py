@@ -1,9 +1,10 @@
-"""Shared fixtures: reference-data loading, the device fixture (CUDA skipped when absent) and one
-torch thread for small simulations; torch warnings every time, for tests that expect none."""
+"""Shared fixtures: reference-data loading, the device fixture (CUDA skipped when absent), one
+torch thread for small simulations, torch warnings every time (for tests that expect none) and
+the autograd-against-central-difference check of a pricer's scalar argument."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -53,3 +54,22 @@ def torch_warns_always() -> Iterator[None]:
     torch.set_warn_always(True)
     yield
     torch.set_warn_always(previous)
+
+
+@pytest.fixture(scope="session")
+def gradient_matches_central_difference() -> Callable[..., None]:
+    """``check(pricer, args, name)``: the gradient of ``pricer(**args, spot=...)`` in ``args[name]``
+    given as a tensor that requires grad, beside a spot requiring grad too, is not lost (None)
+    and equals a central difference (``rtol=atol=1e-7``)."""
+
+    def check(pricer: Callable[..., torch.Tensor], args: dict, name: str) -> None:
+        spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
+        value = torch.tensor(args[name], dtype=torch.float64, requires_grad=True)
+        pricer(**{**args, name: value}, spot=spot).backward()
+        h = 1e-6
+        bumped = [float(pricer(**{**args, name: args[name] + d}, spot=100.0)) for d in (h, -h)]
+        assert value.grad is not None
+        torch.testing.assert_close(value.grad.item(), (bumped[0] - bumped[1]) / (2 * h),
+                                   rtol=1e-7, atol=1e-7)  # fmt: skip
+
+    return check

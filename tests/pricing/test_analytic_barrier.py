@@ -212,19 +212,14 @@ def test_a_price_that_is_the_rebate_term_alone_still_has_a_gradient() -> None:
 
 
 @pytest.mark.parametrize("name", ["rate", "dividend"])
-def test_rate_and_dividend_given_as_tensors_that_require_grad_keep_their_graph(name):
+def test_rate_and_dividend_given_as_tensors_that_require_grad_keep_their_graph(
+    name, gradient_matches_central_difference
+):
     # the scalar check turned them into floats: with the spot requiring grad too, rho came back
     # None without a word (alone, backward refused the graph-less price)
     args = dict(strike=100.0, barrier=90.0, barrier_type="down_out", maturity=1.0,
                 volatility=0.2, rate=0.05, dividend=0.02, is_call=True, rebate=2.0)  # fmt: skip
-    spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
-    value = torch.tensor(args[name], dtype=torch.float64, requires_grad=True)
-    barrier_price(**{**args, name: value}, spot=spot).backward()
-    h = 1e-6
-    bumped = [float(barrier_price(**{**args, name: args[name] + d}, spot=100.0)) for d in (h, -h)]
-    assert value.grad is not None
-    torch.testing.assert_close(value.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
-                               atol=1e-7)  # fmt: skip
+    gradient_matches_central_difference(barrier_price, args, name)
 
 
 def test_a_rebate_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None:

@@ -232,19 +232,14 @@ def _lookback_mpmath(spot, extremum, t, vol, rate, dividend, kind, is_call, stri
 
 
 @pytest.mark.parametrize("kind", ["floating", "fixed"])
-def test_a_rate_given_as_a_tensor_that_requires_grad_keeps_its_graph(kind):
+def test_a_rate_given_as_a_tensor_that_requires_grad_keeps_its_graph(
+    kind, gradient_matches_central_difference
+):
     # the scalar check turned it into a float: with the spot requiring grad too, rho came back
     # None without a word
-    args = dict(running_extremum=100.0, maturity=1.0, volatility=0.2, dividend=0.02,
+    args = dict(running_extremum=100.0, maturity=1.0, volatility=0.2, rate=0.05, dividend=0.02,
                 is_call=True, kind=kind, strike=None if kind == "floating" else 95.0)  # fmt: skip
-    spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
-    rate = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
-    lookback_price(**args, spot=spot, rate=rate).backward()
-    h = 1e-6
-    bumped = [float(lookback_price(**args, spot=100.0, rate=0.05 + d)) for d in (h, -h)]
-    assert rate.grad is not None
-    torch.testing.assert_close(rate.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
-                               atol=1e-7)  # fmt: skip
+    gradient_matches_central_difference(lookback_price, args, "rate")
 
 
 @pytest.mark.parametrize(

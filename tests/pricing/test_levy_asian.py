@@ -166,41 +166,34 @@ def test_geometric_asian_refuses_a_past_average_without_its_weight() -> None:
                               past_average=150.0)  # fmt: skip
 
 
-def _assert_autograd_matches_central_difference(pricer, args: dict, name: str) -> None:
-    """The gradient of ``pricer`` in ``args[name]`` given as a tensor that requires grad, beside a
-    spot requiring grad too, equals a central difference."""
-    spot = torch.tensor(100.0, dtype=torch.float64, requires_grad=True)
-    value = torch.tensor(args[name], dtype=torch.float64, requires_grad=True)
-    pricer(**{**args, name: value}, spot=spot).backward()
-    h = 1e-6
-    bumped = [float(pricer(**{**args, name: args[name] + d}, spot=100.0)) for d in (h, -h)]
-    assert value.grad is not None
-    torch.testing.assert_close(value.grad.item(), (bumped[0] - bumped[1]) / (2 * h), rtol=1e-7,
-                               atol=1e-7)  # fmt: skip
-
-
 @pytest.mark.parametrize("name", ["rate", "dividend"])
-def test_rate_and_dividend_given_as_tensors_that_require_grad_keep_their_graph(name):
+def test_rate_and_dividend_given_as_tensors_that_require_grad_keep_their_graph(
+    name, gradient_matches_central_difference
+):
     # the scalar check turned them into floats: with the spot requiring grad too, rho came back
     # None without a word
     args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.05, dividend=0.02,
                 is_call=True)  # fmt: skip
-    _assert_autograd_matches_central_difference(levy_asian_price, args, name)
+    gradient_matches_central_difference(levy_asian_price, args, name)
 
 
 @pytest.mark.parametrize("name", ["rate", "dividend"])
-def test_geometric_asian_rho_by_autograd_matches_a_finite_difference(name):
+def test_geometric_asian_rho_by_autograd_matches_a_finite_difference(
+    name, gradient_matches_central_difference
+):
     # the scalar check turned a rate tensor into a float (no rho at all, silently None beside a
     # spot requiring grad); before that, the discount's math.exp left its share out (29.0 for 23.5)
     from pricing.analytic_exotics import geometric_asian_price
 
     args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.05, dividend=0.02,
                 is_call=True)  # fmt: skip
-    _assert_autograd_matches_central_difference(geometric_asian_price, args, name)
+    gradient_matches_central_difference(geometric_asian_price, args, name)
 
 
 @pytest.mark.parametrize("name", ["maturity", "past_weight", "past_average"])
-def test_geometric_asian_maturity_and_seasoning_that_require_grad_keep_their_graph(name):
+def test_geometric_asian_maturity_and_seasoning_that_require_grad_keep_their_graph(
+    name, gradient_matches_central_difference
+):
     # the scalar check turned them into floats: theta and the past weight's and past average's
     # sensitivities came back None (silently, beside a spot requiring grad; the past average
     # went through math.log); the discount's math.exp also left the maturity's share of theta
@@ -209,4 +202,4 @@ def test_geometric_asian_maturity_and_seasoning_that_require_grad_keep_their_gra
 
     args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.03, is_call=True,
                 past_average=101.0, past_weight=0.25)  # fmt: skip
-    _assert_autograd_matches_central_difference(geometric_asian_price, args, name)
+    gradient_matches_central_difference(geometric_asian_price, args, name)
