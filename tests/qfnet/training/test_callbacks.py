@@ -221,19 +221,24 @@ def test_run_dir_gets_config_metrics_csv_tensorboard_checkpoints_and_plot(
     assert {"lr", "epoch/val_loss", "epoch/train_loss"} <= set(scalars)
 
 
+class _HookSpy:
+    """A callback that records the name of every hook called on it, in order (``calls``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        if name in HOOKS:
+            return lambda trainer, *args: self.calls.append(name)
+        raise AttributeError(name)
+
+
 def test_hooks_are_called_in_the_documented_order(regression, mlp, sq_error):
-    calls = []
-
-    class Spy:
-        def __getattr__(self, name):
-            if name in HOOKS:
-                return lambda trainer, *args: calls.append(name)
-            raise AttributeError(name)
-
     data = regression(n=16)
     cfg = TrainerConfig(max_epochs=1, batch_size=8, accumulate_grad_batches=2, progress_bar=False)
-    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[Spy()]).fit(data, data)
-    assert calls == [
+    spy = _HookSpy()
+    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[spy]).fit(data, data)
+    assert spy.calls == [
         "on_fit_start",
         "on_train_epoch_start",
         "on_train_batch_start",
@@ -267,25 +272,19 @@ def test_callback_stops_training_with_the_flag(regression, mlp, sq_error):
 def test_a_stop_at_an_epochs_last_step_still_runs_that_epochs_end(
     regression, mlp, sq_error, stop_step
 ):
-    calls = []
-
-    class SpyStoppingAt:
-        def __getattr__(self, name):
-            if name in HOOKS:
-                return lambda trainer, *args: calls.append(name)
-            raise AttributeError(name)
-
+    class SpyStoppingAt(_HookSpy):
         def on_train_step_end(self, trainer):
-            calls.append("on_train_step_end")
+            self.calls.append("on_train_step_end")
             trainer.should_stop = trainer.global_step == stop_step
 
     data = regression(n=32)
     cfg = TrainerConfig(max_epochs=3, batch_size=8, progress_bar=False)
-    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[SpyStoppingAt()])
+    spy = SpyStoppingAt()
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[spy])
     history = trainer.fit(data, data)
     epoch_end = ["on_train_epoch_end", "on_validation_start", "on_validation_end", "on_epoch_end"]
     ended = epoch_end if stop_step == 4 else []
-    assert calls[-4 - len(ended) :] == [
+    assert spy.calls[-4 - len(ended) :] == [
         "on_train_step_end",
         *ended,
         "on_train_stop",
