@@ -10,7 +10,7 @@ import torch
 
 from pricing._typing import TensorLike, real_number
 
-__all__ = ["MCResult", "Moments", "finish", "forward_mean", "shape_samples"]
+__all__ = ["MCResult", "Moments", "discount_factor", "finish", "forward_mean", "shape_samples"]
 
 
 class MCResult(NamedTuple):
@@ -118,6 +118,17 @@ class _Centred(NamedTuple):
     mean_c: torch.Tensor | None
     cc: torch.Tensor | None
     yc: torch.Tensor | None
+
+
+def discount_factor(rate: object, maturity: object) -> float:
+    """``e^{-rate maturity}``, the one discount of a Monte Carlo price: one number each, by name
+    (a per-path rate, which the simulators take, cannot discount one price).
+
+    Examples:
+        >>> round(discount_factor(0.05, 2.0), 6)
+        0.904837
+    """
+    return math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
 
 
 def forward_mean(spot: object, dividend: object, maturity: object) -> float:

@@ -16,7 +16,7 @@ import torch
 
 from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
-from pricing._mc_stats import MCResult, Moments, forward_mean, shape_samples
+from pricing._mc_stats import MCResult, Moments, discount_factor, forward_mean, shape_samples
 from pricing._simulate_checks import check_paths, check_single
 from pricing._simulate_chunks import per_path
 from pricing._typing import (
@@ -127,7 +127,7 @@ def bs_asian(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
-    df = math.exp(-real_number("rate", rate) * grid[-1].item())
+    df = discount_factor(rate, grid[-1].item())
 
     def payoff(p: torch.Tensor, kind: str = average) -> torch.Tensor:
         average_grid = None if fixings is not None else grid
@@ -226,7 +226,7 @@ def bs_barrier(
         n_paths, time_grid=grid, spot=spot, volatility=volatility, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
-    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+    df = discount_factor(rate, maturity)
     vol = _bridge_volatility(volatility) if continuous else None
 
     def payoff(item: tuple[slice, torch.Tensor]) -> torch.Tensor:
@@ -322,7 +322,7 @@ def bs_lookback(
         antithetic=antithetic, generator=generator, chunk_size=chunk_size, reuse_buffers=True,
     )  # fmt: skip
     bridge_seed = base_seed(generator)
-    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+    df = discount_factor(rate, maturity)
     vol = _bridge_volatility(volatility) if continuous else None
 
     def block_payoff(p: torch.Tensor, first: int) -> torch.Tensor:
@@ -423,7 +423,7 @@ def bs_pathwise_greeks(
     s0 = torch.full((n_paths,), real_number("spot", spot), dtype=DEFAULT_DTYPE, requires_grad=True)
     vol = torch.full((n_paths,), real_number("volatility", volatility), dtype=DEFAULT_DTYPE,
                      requires_grad=True)  # fmt: skip
-    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+    df = discount_factor(rate, maturity)
     chunks = simulate.gbm_chunks(
         n_paths, time_grid=grid, spot=s0, volatility=vol, rate=rate, dividend=dividend,
         antithetic=antithetic, generator=generator,

@@ -8,14 +8,13 @@ standard error.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
 from pricing import payoffs, simulate
 from pricing._mc_random import graph_chunk_size
-from pricing._mc_stats import MCResult, Moments, shape_samples
+from pricing._mc_stats import MCResult, Moments, discount_factor, shape_samples
 from pricing._simulate_checks import check_paths, check_single
 from pricing._typing import DEFAULT_DTYPE, call_flag, real_number
 
@@ -177,7 +176,7 @@ def heston_pathwise_greeks(
         n_paths, n_steps, **(values | leaves), maturity=maturity, rate=rate, dividend=dividend,
         scheme=scheme, antithetic=antithetic, generator=generator, chunk_size=chunk_size,
     )  # fmt: skip
-    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+    df = discount_factor(rate, maturity)
     moments = [Moments() for _ in range(1 + len(names))]
     with torch.enable_grad():  # the greeks need the graph even when called under no_grad
         for where, paths in chunks:

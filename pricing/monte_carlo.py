@@ -10,7 +10,6 @@ residual standard deviation over ``sqrt(n)``. Exotic payoffs live in :mod:`prici
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,14 @@ from tqdm.auto import tqdm
 
 from pricing import payoffs, simulate
 from pricing._mc_random import sobol_replicates
-from pricing._mc_stats import MCResult, Moments, finish, forward_mean, shape_samples
+from pricing._mc_stats import (
+    MCResult,
+    Moments,
+    discount_factor,
+    finish,
+    forward_mean,
+    shape_samples,
+)
 from pricing._simulate_checks import check_nonnegative, check_positive
 from pricing._typing import DEFAULT_DTYPE, TensorLike, real_number, real_tensor
 
@@ -297,7 +303,7 @@ def heston_european(
             antithetic=antithetic, sobol=sobol, dtype=dtype, device=device, generator=generator,
             chunk_size=chunk_size,
         )  # fmt: skip
-        df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+        df = discount_factor(rate, maturity)
         ctrl = (lambda p: p.forward * df) if control else None
         mean = forward_mean(spot, dividend, maturity) if control else None
         return price_paths(
@@ -566,7 +572,7 @@ def _european(
     progress: bool | None = None,
     replicates: Sequence[int] | None = None,
 ) -> MCResult:
-    df = math.exp(-real_number("rate", rate) * real_number("maturity", maturity))
+    df = discount_factor(rate, maturity)
     return price_paths(
         chunks,
         lambda s: payoffs.european(s, strike=strike, is_call=is_call),
