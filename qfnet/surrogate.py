@@ -35,7 +35,7 @@ from torch import nn
 from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import broadcast_named, broadcast_shapes, call_flags, real_tensor
-from pricing._validation import check_device, check_finite, check_not_bool, check_positive
+from pricing._validation import check_device, check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
@@ -368,20 +368,11 @@ def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
     return net
 
 
-def _tensor(value: Any, device: torch.device, name: str = "value") -> torch.Tensor:
-    """``value`` as a float64 tensor on ``device``, refused by ``name`` where it is not real
-    numbers, as the pricers refuse it (:func:`pricing._typing.real_tensor`): numpy parsed
-    ``"0.2"`` as 0.2 and None as NaN, and a complex tensor lost its imaginary part with only
-    torch's warning."""
-    return real_tensor(name, value, dtype=torch.float64, device=device)
-
-
 def _tensors(values: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """Named inputs as float64 tensors on ``device``; a bool (``rho=False`` priced rho = 0) or a
-    value that is not real numbers (a string such as ``"0.2"``, a complex) is refused naming its
-    field, as the pricers refuse them."""
-    check_not_bool(**values)
-    return {name: _tensor(value, device, name) for name, value in values.items()}
+    value that is not real numbers (a string such as ``"0.2"``, None, a complex) is refused
+    naming its field, as the pricers refuse them (:func:`pricing._typing.real_tensor`)."""
+    return {n: real_tensor(n, v, dtype=torch.float64, device=device) for n, v in values.items()}
 
 
 def _query(net: SurrogateNet, columns: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Size]:
@@ -480,7 +471,7 @@ def _given_alpha(
     found = re.match(r"alpha = \S+ at index (\d+)", str(error))
     if net.domain.model != "sabr" or found is None:
         return error
-    values = {n: _tensor(v, forward.device) for n, v in params.items()}
+    values = _tensors(params, forward.device)
     shape = broadcast_shapes(forward.shape, *(t.shape for t in values.values()))  # its rows
     row = int(found[1])
     alpha, beta, f = (float(x.expand(shape).reshape(-1)[row])
