@@ -54,6 +54,16 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be > 0, got {value}")
 
 
+def _unused(config: Any, prefix: str, names: tuple[str, ...], why: str, fix: str) -> None:
+    """Refuse each of ``names`` that ``config`` sets to another value than its default (the
+    class attribute) where its choice of model, type or policy has no use for it: it was
+    ignored, silently. The message: ``{prefix}.{name} {why}: {fix}, got {value}``."""
+    for name in names:
+        value = getattr(config, name)
+        if value != getattr(type(config), name):
+            raise ConfigError(f"{prefix}.{name} {why}: {fix}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class MarketConfig:
     """Market model, hedging instruments and trading frictions.
@@ -95,13 +105,10 @@ class MarketConfig:
             raise ConfigError(f"{prefix}.v0 must be >= 0, got {self.v0}")
         if not -1 < self.rho < 1:
             raise ConfigError(f"{prefix}.rho must be in (-1, 1), got {self.rho}")
-        # the other model's parameters were ignored without a word: Heston's v0 under the default
-        # black_scholes trained a constant-vol market (the class attributes are the defaults)
-        for name in ("volatility",) if self.model == "heston" else HESTON_PARAMS:
-            if getattr(self, name) != getattr(MarketConfig, name):
-                raise ConfigError(f"{prefix}.{name} is not a parameter of model {self.model}: "
-                                  f"remove it or set {prefix}.model, got "
-                                  f"{getattr(self, name)}")  # fmt: skip
+        # Heston's v0 under the default black_scholes trained a constant-vol market
+        other = ("volatility",) if self.model == "heston" else tuple(HESTON_PARAMS)
+        _unused(self, prefix, other, f"is not a parameter of model {self.model}",
+                f"remove it or set {prefix}.model")  # fmt: skip
         allowed = {"underlying", "variance_swap"}
         if not self.instruments or self.instruments[0] != "underlying":
             raise ConfigError(f"{prefix}.instruments must start with 'underlying'")
@@ -147,11 +154,10 @@ class DerivativeConfig:
 
     def validate(self, prefix: str) -> None:
         _positive(f"{prefix}.strike", self.strike)
-        for name in ("barrier", "barrier_type") if self.type != "barrier" else ():
-            value = getattr(self, name)  # ignored: a barrier without type barrier sold a european
-            if value != getattr(DerivativeConfig, name):
-                raise ConfigError(f"{prefix}.{name} is for type barrier; the {self.type} option has "
-                                  f"none: remove it or set {prefix}.type, got {value!r}")  # fmt: skip
+        if self.type != "barrier":  # a barrier without type barrier sold a european
+            _unused(self, prefix, ("barrier", "barrier_type"),
+                    f"is for type barrier; the {self.type} option has none",
+                    f"remove it or set {prefix}.type")  # fmt: skip
         if self.type == "barrier":
             if self.barrier is None:
                 raise ConfigError(f"{prefix}.barrier is required when {prefix}.type is barrier")
@@ -219,16 +225,14 @@ class StrategyConfig:
             raise ConfigError(f"{prefix}.reference must be delta for the ntb policy")
         if not self.hidden or any(h <= 0 for h in self.hidden):
             raise ConfigError(f"{prefix}.hidden must be a non-empty list of positive widths")
-        # a setting that the chosen policy does not use trained the same network, silently
-        # (the class attributes are the fields' defaults)
-        if self.type == "gru" and self.activation != StrategyConfig.activation:
-            raise ConfigError(f"{prefix}.activation is the MLP's: the gru policy has none to "
-                              "choose (torch.nn.GRU's gates are fixed sigmoid and tanh, its head "
-                              f"linear): remove it, got {self.activation!r}")  # fmt: skip
-        if self.type != "ntb" and self.initial_width != StrategyConfig.initial_width:
-            raise ConfigError(f"{prefix}.initial_width is the ntb band's initial half-width; the "
-                              f"{self.type} policy starts at the reference hedge: remove it, "
-                              f"got {self.initial_width}")  # fmt: skip
+        # a setting that the chosen policy does not use trained the same network
+        if self.type == "gru":
+            _unused(self, prefix, ("activation",), "is the MLP's: the gru policy has none to "
+                    "choose (torch.nn.GRU's gates are fixed sigmoid and tanh, its head linear)",
+                    "remove it")  # fmt: skip
+        if self.type != "ntb":
+            _unused(self, prefix, ("initial_width",), "is the ntb band's initial half-width; "
+                    f"the {self.type} policy starts at the reference hedge", "remove it")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -254,9 +258,9 @@ class ObjectiveConfig:
         if not 0 < self.alpha < 1:
             raise ConfigError(f"{prefix}.alpha must be in (0, 1), got {self.alpha}")
         _positive(f"{prefix}.risk_aversion", self.risk_aversion)
-        if self.name != "es" and self.alpha != ObjectiveConfig.alpha:  # it was ignored
-            raise ConfigError(f"{prefix}.alpha is the es objective's level; {self.name} has none: "
-                              f"remove it, got {self.alpha}")  # fmt: skip
+        if self.name != "es":
+            _unused(self, prefix, ("alpha",), f"is the es objective's level; {self.name} has none",
+                    "remove it")  # fmt: skip
 
 
 @dataclass(frozen=True)
