@@ -24,6 +24,7 @@ __all__ = [
     "check_where",
     "domain_requirement",
     "inside_domain",
+    "is_complex",
     "is_whole",
     "outside_domain",
 ]
@@ -271,7 +272,7 @@ def check_real(**values: object) -> None:
         ValueError: alpha must be real, not complex, got (0.2+0.1j)
     """
     for name, value in values.items():
-        if _is_complex(value):
+        if is_complex(value):
             shown = repr(value)
             if isinstance(value, torch.Tensor):
                 shown = f"a {value.dtype} tensor"
@@ -280,8 +281,13 @@ def check_real(**values: object) -> None:
             raise ValueError(f"{name} must be real, not complex, got {shown}")
 
 
-def _is_complex(value: object) -> bool:
-    """True for a Python or numpy complex and for complex arrays, Series, lists and tensors."""
+def is_complex(value: object) -> bool:
+    """True for a Python or numpy complex and for complex arrays, Series, lists and tensors.
+
+    Examples:
+        >>> is_complex(1 + 2j), is_complex(np.array([1.0])), is_complex(torch.zeros(1, dtype=torch.cfloat))
+        (True, False, True)
+    """
     if isinstance(value, torch.Tensor):
         return value.is_complex()
     if isinstance(value, complex | np.complexfloating):

@@ -32,6 +32,7 @@ from pricing._validation import (
     check_bounds_in_domain,
     check_device,
     check_real,
+    is_complex,
     is_whole,
     outside_domain,
 )
@@ -477,9 +478,7 @@ def _finite_number(value: object) -> bool:
     ``float()`` and then failed inside torch), a bool (``v0=True`` started at 1) nor a complex."""
     if isinstance(value, str | bytes | bool | np.bool_) or np.ndim(value) != 0:
         return False
-    if isinstance(value, complex | np.complexfloating) or (
-        isinstance(value, torch.Tensor) and value.is_complex()
-    ):  # float() took a numpy or torch complex's real part, with only a warning
+    if is_complex(value):  # float() took a numpy or torch complex's real part, with a warning
         return False
     try:
         return bool(np.isfinite(float(value)))
