@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DATA_ENV", "data_dir", "missing_hint"]
+__all__ = ["DATA_ENV", "data_dir", "file_version", "missing_hint"]
 
 DATA_ENV = "QFNET_DATA"
 
@@ -37,3 +37,19 @@ def missing_hint() -> str:
         f"the shipped models come with the qfnet wheel (qfnet/_shipped) or the checkout's data/ "
         f"folder; reinstall qfnet, or set {DATA_ENV} to a copy of that folder"
     )
+
+
+def file_version(path: Path) -> tuple[int, int, int] | None:
+    """``(inode, modification time in ns, size)`` of a file, None where it cannot be read: the
+    key of a per-file cache of loaded models (a retrained file, written atomically to a new
+    inode, is another version).
+
+    Examples:
+        >>> file_version(Path("no such file")) is None
+        True
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size

@@ -37,6 +37,7 @@ from pricing.calibration import (
     register_start,
 )
 from pricing.heston import otm_implied_vol
+from qfnet._paths import file_version
 from qfnet.calibration_network import (
     GRID_LOG_MONEYNESS,
     GRID_MATURITY,
@@ -59,15 +60,14 @@ __all__ = [
 
 
 def _network(path: str | Path | None) -> CalibrationNetwork:
-    """:func:`qfnet.calibration_network.load_network`, cached per file and modification time (a
-    retrained file is reloaded)."""
+    """:func:`qfnet.calibration_network.load_network`, cached per file version
+    (:func:`qfnet._paths.file_version`: a retrained file is reloaded)."""
     resolved = Path(path) if path is not None else default_path()
-    stamp = resolved.stat().st_mtime_ns if resolved.exists() else None
-    return _cached_network(resolved, stamp)
+    return _cached_network(resolved, file_version(resolved))
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_network(path: Path, stamp: int | None) -> CalibrationNetwork:
+def _cached_network(path: Path, stamp: tuple[int, int, int] | None) -> CalibrationNetwork:
     return load_network(path)
 
 

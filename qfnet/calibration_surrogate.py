@@ -33,6 +33,7 @@ from pricing.calibration_heston import (
 )
 from pricing.heston import otm_implied_vol
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from qfnet._paths import file_version
 from qfnet.surrogate import SurrogateNet, default_surrogate_path, implied_vol, load_surrogate
 
 __all__ = ["fit_with_surrogate"]
@@ -46,22 +47,21 @@ SURROGATE_SCAN_WITH_PROPOSALS = 64
 
 
 def _surrogate(path: str | os.PathLike[str] | None) -> SurrogateNet:
-    """:func:`qfnet.surrogate.load_surrogate`, cached per file, inode, modification time and size
-    (a retrained file, written atomically to a new inode, is reloaded): a history of surfaces
+    """:func:`qfnet.surrogate.load_surrogate`, cached per file version
+    (:func:`qfnet._paths.file_version`: a retrained file is reloaded): a history of surfaces
     calibrated one call each loads and verifies the file once (~6 ms a call). The cached network
     stays inside this module, which never trains it."""
     target = Path(path) if path is not None else default_surrogate_path()
     if target.is_dir():
         target = target / "model.pt"
-    try:
-        stat = target.stat()
-    except OSError:  # load_surrogate's own message (no such file, and the shipped file's hint)
+    version = file_version(target)
+    if version is None:  # load_surrogate's own message (no such file, the shipped file's hint)
         return load_surrogate(target)
-    return _cached_surrogate(target.resolve(), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return _cached_surrogate(target.resolve(), version)
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_surrogate(path: Path, stamp: tuple[int, int, int]) -> SurrogateNet:
+def _cached_surrogate(path: Path, version: tuple[int, int, int]) -> SurrogateNet:
     return load_surrogate(path)
 
 
