@@ -167,27 +167,19 @@ def test_geometric_asian_refuses_a_past_average_without_its_weight() -> None:
 
 
 @pytest.mark.parametrize("name", ["rate", "dividend"])
+@pytest.mark.parametrize("average", ["levy", "geometric"])
 def test_rate_and_dividend_given_as_tensors_that_require_grad_keep_their_graph(
-    name, gradient_matches_central_difference
+    average, name, gradient_matches_central_difference
 ):
     # the scalar check turned them into floats: with the spot requiring grad too, rho came back
-    # None without a word
-    args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.05, dividend=0.02,
-                is_call=True)  # fmt: skip
-    gradient_matches_central_difference(levy_asian_price, args, name)
-
-
-@pytest.mark.parametrize("name", ["rate", "dividend"])
-def test_geometric_asian_rho_by_autograd_matches_a_finite_difference(
-    name, gradient_matches_central_difference
-):
-    # the scalar check turned a rate tensor into a float (no rho at all, silently None beside a
-    # spot requiring grad); before that, the discount's math.exp left its share out (29.0 for 23.5)
+    # None without a word; before that, the geometric price's discount went through math.exp
+    # and left its share of rho out (29.0 for 23.5)
     from pricing.analytic_exotics import geometric_asian_price
 
+    pricer = levy_asian_price if average == "levy" else geometric_asian_price
     args = dict(strike=100.0, maturity=1.0, volatility=0.2, rate=0.05, dividend=0.02,
                 is_call=True)  # fmt: skip
-    gradient_matches_central_difference(geometric_asian_price, args, name)
+    gradient_matches_central_difference(pricer, args, name)
 
 
 @pytest.mark.parametrize("name", ["maturity", "past_weight", "past_average"])
