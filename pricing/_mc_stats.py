@@ -41,24 +41,43 @@ class MCResult(NamedTuple):
 
 
 class Moments:
-    """Shifted running sums of samples Y (n, K) and controls C (n, K, J) for the CV estimator."""
+    """Shifted running sums of samples Y (n, K) and controls C (n, K, J) for the CV estimator.
 
-    def __init__(self) -> None:
+    With controls and ``cross_fit`` (the default), the sums of Y and C are kept per half of the
+    samples (even and odd sample numbers), for the cross-fitted estimator of :meth:`result`, and
+    those of all the samples for Y alone; the randomised-QMC replicates, whose coefficients are
+    fitted across replicates, keep their own sums whole (``cross_fit=False``).
+    """
+
+    def __init__(self, cross_fit: bool = True) -> None:
         self.n = 0
         self.shift_y: torch.Tensor | None = None
         self.shift_c: torch.Tensor | None = None
+        self.halves: tuple[Moments, Moments] | None = None
+        self.cross_fit = cross_fit
 
     def add(self, y: torch.Tensor, c: torch.Tensor | None) -> None:
         y = y.detach().to(torch.float64)
         _check_finite("payoff samples", y, self.n)
         if c is not None:
-            _check_finite("control samples", c.detach(), self.n)
+            c = c.detach().to(torch.float64)
+            _check_finite("control samples", c, self.n)
+            if self.cross_fit:  # the estimate needs the control sums of the halves alone
+                if self.halves is None:
+                    self.halves = (Moments(cross_fit=False), Moments(cross_fit=False))
+                for half, first in zip(self.halves, (self.n % 2, (self.n + 1) % 2), strict=True):
+                    if y.shape[0] > first:  # the rows of even (odd) sample number
+                        half.accumulate(y[first::2], c[first::2])
+                c = None
+        self.accumulate(y, c)
+
+    def accumulate(self, y: torch.Tensor, c: torch.Tensor | None) -> None:
+        """Add float64 samples (n, K) and controls (n, K, J) to the sums, unchecked."""
         if self.shift_y is None:
             self.shift_y = y.mean(0)
             self.sy = torch.zeros_like(self.shift_y)
             self.syy = torch.zeros_like(self.shift_y)
             if c is not None:
-                c = c.detach().to(torch.float64)
                 self.shift_c = c.mean(0)  # (K, J)
                 self.sc = torch.zeros_like(self.shift_c)
                 self.scc = torch.zeros(
@@ -70,7 +89,7 @@ class Moments:
         self.sy += dy.sum(0)
         self.syy += dy.square().sum(0)
         if c is not None and self.shift_c is not None:
-            dc = c.detach().to(torch.float64) - self.shift_c
+            dc = c - self.shift_c
             self.sc += dc.sum(0)
             self.scc += torch.einsum("nki,nkj->kij", dc, dc)
             self.syc += torch.einsum("nk,nkj->kj", dy, dc)
@@ -91,19 +110,19 @@ class Moments:
     def result(
         self, control_means: torch.Tensor | None, confidence: float, n_paths: int
     ) -> MCResult:
+        """The estimate; with control means, cross-fitted (see :func:`_cross_fitted`)."""
         if self.n < 2 or self.shift_y is None:
             raise ValueError(f"need at least 2 independent samples, got {self.n}")
         n, sums = self.n, self.centred()
         price, var_y = sums.mean_y, sums.yy / (n - 1)
-        if control_means is not None and sums.mean_c is not None:
-            controls = sums.mean_c.shape[-1]
+        if control_means is not None:
+            if self.halves is None or self.halves[0].shift_c is None:
+                raise ValueError("control means need the control sums of Moments(cross_fit=True)")
+            controls = self.halves[0].shift_c.shape[-1]
             if n < controls + 2:  # the regression must leave a residual to estimate the error
                 raise ValueError(f"need at least {controls + 2} independent samples with "
                                  f"{controls} control variate(s), got {n}")  # fmt: skip
-            beta = _control_coefficient(sums.cc, sums.yc)  # (K, J)
-            price = price - (beta * (sums.mean_c - control_means)).sum(-1)
-            dof = n - 1 - controls
-            var_y = ((sums.yy - (beta * sums.yc).sum(-1)) / dof).clamp_min(0.0)
+            price, var_y = _cross_fitted(self.halves, control_means)
         std_error = (var_y / n).sqrt()
         z = NormalDist().inv_cdf(0.5 + 0.5 * confidence)
         return MCResult(price, std_error, price - z * std_error, price + z * std_error, n_paths)
@@ -250,11 +269,56 @@ def _controlled_replicates(sums: list[_Centred], means: torch.Tensor) -> torch.T
     which averaging over replicates does not remove and which exceeded the randomised-QMC error
     (1.6 and 1.2 times the spread of the price over seeds at 512 and 1,024 antithetic paths).
     """
-    cc, yc = sum(s.cc for s in sums), sum(s.yc for s in sums)  # (K, J, J), (K, J)
+    betas = _coefficients_from_the_others(sums)
     return torch.stack([
-        s.mean_y - (_control_coefficient(cc - s.cc, yc - s.yc) * (s.mean_c - means)).sum(-1)
-        for s in sums
+        s.mean_y - (beta * (s.mean_c - means)).sum(-1) for s, beta in zip(sums, betas, strict=True)
     ])  # fmt: skip
+
+
+def _coefficients_from_the_others(sums: list[_Centred]) -> list[torch.Tensor]:
+    """Each group's control coefficient (K, J), fitted on the pooled within-group cross products
+    of the other groups."""
+    cc, yc = sum(s.cc for s in sums), sum(s.yc for s in sums)  # (K, J, J), (K, J)
+    return [_control_coefficient(cc - s.cc, yc - s.yc) for s in sums]
+
+
+def _cross_fitted(
+    halves: tuple[Moments, Moments], means: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-fitted control-variate estimate of i.i.d. samples split in two halves, (K,), and
+    the variance of one sample of it, (K,).
+
+    Each half's samples ``Z = Y - beta (C - E[C])`` take the coefficient fitted on the other
+    half, so the estimate (the mean of all Z) is unbiased, and given the other half a half's Z
+    are i.i.d.: their pooled within-half variance (``n - 2`` degrees of freedom) estimates the
+    error without the optimism of residuals from a coefficient fitted on themselves.
+
+    The regression estimator, with ``beta`` fitted on all the samples and the residual variance
+    with ``n - 1 - J`` degrees of freedom, understated the error of an at-the-money call with the
+    terminal spot as control: the spread of the price over 20,000 runs was 1.23, 1.07 and 1.02
+    times the root-mean-square reported error at 32, 128 and 512 antithetic pairs (the payoff's
+    residual is largest where the control is far from its mean, and a fit on the same samples
+    absorbs part of it: a heteroscedasticity that no degrees-of-freedom correction covers), and
+    the price was biased by 0.35, 0.17 and 0.08 times that spread (95% intervals held the price
+    83%, 91% and 94% of the time). Cross-fitted: 1.09, 1.03 and 1.00, no bias (87%, 93%, 94%).
+    What the error still misses is the covariance of the two halves' errors, each coefficient
+    being fitted on the other half, O(1 / n^2). The price of fitting on half the samples is a
+    larger error at small n: 1.6, 1.14 and 1.03 times the mean squared error of the biased
+    estimator at 32, 128 and 512 pairs, the same at 4,096.
+
+    References:
+        Avramidis and Wilson (1993), "A splitting scheme for control variates", Oper. Res.
+        Letters 14(4); Glasserman (2004), section 4.1.3 (small-sample issues).
+    """
+    sums = [h.centred() for h in halves]
+    total, squares = 0.0, 0.0
+    for half, s, beta in zip(halves, sums, _coefficients_from_the_others(sums), strict=True):
+        total = total + half.n * (s.mean_y - (beta * (s.mean_c - means)).sum(-1))
+        # within-half sum of squares of Z: yy - 2 beta yc + beta cc beta
+        quadratic = (beta[..., None, :] @ s.cc @ beta[..., :, None])[..., 0, 0]
+        squares = squares + s.yy - 2.0 * (beta * s.yc).sum(-1) + quadratic
+    n = sum(h.n for h in halves)
+    return total / n, (squares / (n - len(halves))).clamp_min(0.0)
 
 
 def _check_finite(name: str, values: torch.Tensor, offset: int) -> None:

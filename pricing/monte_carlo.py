@@ -3,9 +3,11 @@ control variates, and European pricers for the Black-Scholes, Heston and SABR si
 
 :func:`price_paths` reduces each chunk of paths to a few sums, so memory stays bounded for any
 number of paths; :func:`estimate` does the same for samples already in memory. With control
-variates the estimator is the regression estimator ``mean(Y) - beta (mean(C) - E[C])`` with
-``beta`` fitted on the same samples (Glasserman 2004, section 4.1), whose standard error is the
-residual standard deviation over ``sqrt(n)``. Exotic payoffs live in :mod:`pricing.mc_exotics`.
+variates the estimator is ``mean(Y - beta (C - E[C]))``, cross-fitted: each half of the samples
+takes the ``beta`` fitted on the other half (unbiased; a ``beta`` fitted on the same samples biased
+the price and understated its error at small n), and the standard error is the pooled within-half
+standard deviation over ``sqrt(n)`` (Avramidis and Wilson 1993; Glasserman 2004, section 4.1).
+Exotic payoffs live in :mod:`pricing.mc_exotics`.
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def price_paths(
         True
     """
     moments = Moments()
-    parts = [Moments() for _ in range(len(replicates) - 1)] if replicates is not None else []
+    # the replicates' coefficients are fitted on the other replicates: no halves needed
+    parts = [Moments(cross_fit=False) for _ in range(len(replicates) - 1)] if replicates else []
     squeeze, c, n_paths = True, None, 0
     bar = tqdm(chunks, total=total_chunks, leave=False, **_bar_options(progress))
     for where, paths in bar:
