@@ -3,7 +3,9 @@
 Each module stores and validates its hyperparameters and calls the function. They take
 ``(pnl, target=None)`` so that they plug into the shared Trainer as losses; ``target`` is ignored.
 They call the functions with ``check_finite=False``: the Trainer's NaN guard stops at the step of
-a NaN/inf loss (and the learning-rate finder treats one as divergence), without a host sync.
+a NaN/inf loss (and the learning-rate finder treats one as divergence), without a host sync. Each
+returns a non-finite loss for a P&L holding a NaN or an infinity of either sign (under the
+expected shortfall and the entropic risk a +inf path added 0, so the loss was finite).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class EntropicRisk(RiskMeasure):
         self.notional = float(notional)
 
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        return F.entropic_risk(pnl, self.risk_aversion, notional=self.notional, check_finite=False)
+        risk = F.entropic_risk(pnl, self.risk_aversion, notional=self.notional, check_finite=False)
+        return _nan_unless_finite(risk, pnl)
 
 
 class ExpectedShortfall(RiskMeasure):
@@ -112,7 +115,7 @@ class ExpectedShortfall(RiskMeasure):
     Examples:
         >>> es = ExpectedShortfall(0.95)
         >>> es(torch.arange(100.0))
-        tensor(-2., grad_fn=<AddBackward0>)
+        tensor(-2., grad_fn=<WhereBackward0>)
     """
 
     def __init__(self, alpha: float = 0.95) -> None:
@@ -132,7 +135,9 @@ class ExpectedShortfall(RiskMeasure):
                 self.initialised.fill_(True)
             self._ready = True
         level = self.var_level.to(pnl.dtype)
-        return F.expected_shortfall_ru(pnl, level, self.alpha, check_finite=False)
+        return _nan_unless_finite(
+            F.expected_shortfall_ru(pnl, level, self.alpha, check_finite=False), pnl
+        )
 
     def exact(self, pnl: torch.Tensor) -> torch.Tensor:
         return F.expected_shortfall(pnl, self.alpha)
@@ -149,6 +154,18 @@ class ExpectedShortfall(RiskMeasure):
         # read ``initialised`` again: a state saved before the first batch (as ``lr_find``
         # restores after its sweep) left the level at 0, never set, and every checkpoint unset
         self._ready = False
+
+
+def _nan_unless_finite(loss: torch.Tensor, pnl: torch.Tensor) -> torch.Tensor:
+    """``loss``, or NaN where it is finite although ``pnl`` holds a NaN or an infinity, without
+    a host sync: a +inf path is 0 in the ES tail term and in the entropic risk's exponential, so
+    that loss stayed finite and the Trainer's NaN guard (it checks the loss) trained on.
+
+    Shape:
+        - loss: scalar; pnl: (N,); output: scalar
+    """
+    keep = torch.isfinite(pnl).all() | ~torch.isfinite(loss)  # -inf P&L: an inf loss, kept
+    return torch.where(keep, loss, torch.full_like(loss, math.nan))
 
 
 def _all_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -64,14 +64,18 @@ def _unused(config: Any, prefix: str, names: tuple[str, ...], why: str, fix: str
             raise ConfigError(f"{prefix}.{name} {why}: {fix}, got {value!r}")
 
 
+_MAX_MATURITY = 100.0  # years: longer than any traded option's
+
+
 @dataclass(frozen=True)
 class MarketConfig:
     """Market model, hedging instruments and trading frictions.
 
-    ``model`` is ``black_scholes`` (uses ``volatility``) or ``heston`` (uses ``v0, kappa, theta,
-    sigma, rho``, or a calibration result JSON named by ``calibration`` whose ``params`` hold
-    them); a parameter of the other model, set to another value than its default, is refused
-    (it was ignored). ``cost`` is the proportional cost rate, one float or one per instrument.
+    ``maturity`` is in years, at most 100. ``model`` is ``black_scholes`` (uses ``volatility``)
+    or ``heston`` (uses ``v0, kappa, theta, sigma, rho``, or a calibration result JSON named by
+    ``calibration`` whose ``params`` hold them); a parameter of the other model, set to another
+    value than its default, is refused (it was ignored). ``cost`` is the proportional cost rate,
+    one float or one per instrument.
 
     Examples:
         >>> MarketConfig(model="heston", instruments=["underlying", "variance_swap"]).validate("market")
@@ -101,6 +105,9 @@ class MarketConfig:
     def validate(self, prefix: str) -> None:
         for name in ("spot", "maturity", "n_steps", "volatility", "kappa", "theta", "sigma"):
             _positive(f"{prefix}.{name}", getattr(self, name))
+        if self.maturity > _MAX_MATURITY:  # 1e6 failed in the delta on a spot of 0, naming no key
+            raise ConfigError(f"{prefix}.maturity must be in (0, {_MAX_MATURITY:g}] (years), got "
+                              f"{self.maturity}")  # fmt: skip
         if not self.v0 >= 0:  # NaN too
             raise ConfigError(f"{prefix}.v0 must be >= 0, got {self.v0}")
         if not -1 < self.rho < 1:
@@ -136,7 +143,8 @@ class DerivativeConfig:
     """The derivative sold. ``type`` in european, asian (arithmetic, fixings every step),
     barrier (``barrier``, ``barrier_type`` in up_out, down_out, up_in, down_in) or lookback
     (floating strike); ``barrier`` and ``barrier_type`` are refused for another type (they were
-    ignored). ``premium`` is received at time 0 (0: report the P&L before premium).
+    ignored). ``premium`` (>= 0) is received at time 0 for the option sold (0: report the P&L
+    before premium); the hedger is always short the derivative.
 
     Examples:
         >>> DerivativeConfig(type="barrier").validate("derivative")
@@ -154,6 +162,9 @@ class DerivativeConfig:
 
     def validate(self, prefix: str) -> None:
         _positive(f"{prefix}.strike", self.strike)
+        if self.premium < 0:  # the seller paid to sell: a bought option is not what it meant
+            raise ConfigError(f"{prefix}.premium must be >= 0 (received for the option sold), "
+                              f"got {self.premium}")  # fmt: skip
         if self.type != "barrier":  # a barrier without type barrier sold a european
             _unused(self, prefix, ("barrier", "barrier_type"),
                     f"is for type barrier; the {self.type} option has none",
@@ -501,9 +512,36 @@ _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 """Exponent notation that YAML 1.1 leaves a string (``3e-3``, ``1E5``)."""
 
 
+_YAML11_OCTAL = re.compile(r"[-+]?0[0-9_]+")
+"""An integer with a leading zero, which YAML 1.1 reads as octal (``010`` is 8)."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error (YAML
-    forbids it; PyYAML kept the last value, so ``seed: 1 ... seed: 2`` silently ran seed 2)."""
+    forbids it; PyYAML kept the last value, so ``seed: 1 ... seed: 2`` silently ran seed 2),
+    and so is a number that YAML 1.1 reads other than as decimal: octal, with a leading zero
+    (``n_steps: 010`` ran 8 steps), or base 60 (``epochs: 1:30`` ran 90)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value, text = super().construct_yaml_int(node), self.construct_scalar(node)
+        decimal = text.replace("_", "")
+        if _YAML11_OCTAL.fullmatch(text) and value != int(decimal):  # 00 and 07 read alike
+            self._refuse(node, f"{text} has a leading zero, which YAML 1.1 reads as octal "
+                         f"({value}): write {int(decimal)} for the decimal number")  # fmt: skip
+        return self._refuse_base_60(node, value)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        return self._refuse_base_60(node, super().construct_yaml_float(node))
+
+    def _refuse_base_60(self, node: yaml.ScalarNode, value: Any) -> Any:
+        text = self.construct_scalar(node)
+        if ":" in text:
+            self._refuse(node, f"{text} is a base-60 number in YAML 1.1 ({value}): write "
+                         f"{value} if that is meant")  # fmt: skip
+        return value
+
+    def _refuse(self, node: yaml.ScalarNode, problem: str) -> None:
+        raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -520,6 +558,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )  # fmt: skip
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+for _tag in ("int", "float"):
+    _UniqueKeyLoader.add_constructor(
+        f"tag:yaml.org,2002:{_tag}", getattr(_UniqueKeyLoader, f"construct_yaml_{_tag}")
+    )
 
 
 def load_config(path: str | Path) -> HedgeConfig:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from pricing import black_scholes, payoffs, simulate
-from qfnet.hedging.config import HedgeConfig, MarketConfig
+from qfnet.hedging.config import ConfigError, HedgeConfig, MarketConfig
 from qfnet.hedging.deltas import PathGreeks, path_dependent_greeks
 
 __all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance", "pack", "unpack"]
@@ -139,6 +139,28 @@ def unpack(packed: torch.Tensor, n_steps: int, n_instruments: int) -> HedgeData:
     )
 
 
+def _representable(spot: torch.Tensor, m: MarketConfig) -> torch.Tensor:
+    """``spot``, or a :class:`ConfigError` naming the market's keys where a path left the
+    floating-point range (0 or inf): the delta failed on it with "spot must be finite and > 0",
+    naming no key (one host sync per simulation).
+
+    Shape:
+        - spot: (N, T + 1)
+    """
+    bad = ~(torch.isfinite(spot) & (spot > 0))
+    if bool(bad.any()):
+        path, step = (int(i) for i in torch.nonzero(bad)[0])
+        names = ("volatility",) if m.model == "black_scholes" else ("v0", "theta", "sigma")
+        vol = ", ".join(f"market.{k} {getattr(m, k)}" for k in names)
+        raise ConfigError(
+            f"market: a simulated spot is {float(spot[path, step])} (path {path}, step {step}), "
+            f"out of {spot.dtype}'s range: market.maturity {m.maturity} is too long for the "
+            f"volatility ({vol}) and drift (market.rate {m.rate}, market.dividend "
+            f"{m.dividend}); shorten it or lower them"
+        )
+    return spot
+
+
 class Market:
     """Black-Scholes or Heston market with the derivative and instruments of a config.
 
@@ -201,12 +223,12 @@ class Market:
         )  # fmt: skip
         if not self.is_heston:
             spot = simulate.gbm(n_paths, self.n_steps, volatility=m.volatility, **common)
-            return RawPaths(spot, None)
+            return RawPaths(_representable(spot, m), None)
         paths = simulate.heston(
             n_paths, self.n_steps, v0=m.v0, kappa=m.kappa, theta=m.theta, sigma=m.sigma,
             rho=m.rho, **common,
         )  # fmt: skip
-        return RawPaths(paths.spot, paths.variance)
+        return RawPaths(_representable(paths.spot, m), paths.variance)
 
     def vol_proxy(self, raw: RawPaths) -> torch.Tensor:
         """Implied-vol proxy at steps ``0..T-1`` (see the module docstring); for Heston paths

@@ -259,13 +259,15 @@ def test_risk_measures_refuse_non_finite_pnl_naming_measure_and_path(name: str, 
         _MEASURES[name](pnl)
 
 
-def test_training_losses_leave_non_finite_pnl_to_the_trainer_nan_guard():
-    # the modules skip the check (no host sync per step): the NaN loss stops the Trainer at
-    # its step, and the learning-rate finder reads it as divergence
-    pnl = torch.tensor([0.1, float("nan"), 0.3], dtype=DT)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_training_losses_leave_non_finite_pnl_to_the_trainer_nan_guard(bad: float):
+    # the modules skip the check (no host sync per step): the non-finite loss stops the Trainer
+    # at its step, and the learning-rate finder reads it as divergence; a +inf path was 0 in the
+    # ES tail and the entropic exponential, and their loss finite: training went on
+    pnl = torch.tensor([0.1, bad, 0.3], dtype=DT)
     for module in (losses.ExpectedShortfall(0.9), losses.EntropicRisk(2.0),
                    losses.PnLVariance(), losses.MeanVariance(2.0)):  # fmt: skip
-        assert torch.isnan(module(pnl))
+        assert not torch.isfinite(module(pnl)), type(module).__name__
 
 
 @pytest.mark.parametrize(

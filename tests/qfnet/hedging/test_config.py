@@ -66,6 +66,10 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"market": {"rate": float("nan")}}, r"market.rate must be a finite number"),
         ({"market": {"spot": float("inf")}}, r"market.spot must be a finite number"),
         ({"derivative": {"premium": float("nan")}}, r"derivative.premium must be a finite"),
+        # a negative premium trained and reported as if the seller had paid to sell
+        ({"derivative": {"premium": -0.01}}, r"derivative.premium must be >= 0 \(received"),
+        # 1e6 failed in the delta on an underflowed spot: "spot must be finite and > 0"
+        ({"market": {"maturity": 1e6}}, r"market.maturity must be in \(0, 100\] \(years\)"),
         ({"training": {"lr": float("inf")}}, r"training.lr must be a finite number"),
         ({"market": {"rho": 1.0, "model": "heston"}}, r"market.rho must be in \(-1, 1\)"),
         ({"seed": -3}, r"seed must be in \[0, 2\*\*32\)"),
@@ -161,6 +165,30 @@ def test_a_key_given_twice_is_an_error_not_the_last_value(tmp_path, text, key):
     path.write_text(text)
     with pytest.raises(ConfigError, match=rf"(?s)cannot read config .*duplicate key '{key}'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("market:\n  n_steps: 010\n", r"010 has a leading zero, which YAML 1.1 reads as octal "
+                                    r"\(8\): write 10 for the decimal number"),
+     ("strategy:\n  hidden: [16, 016]\n", r"016 .* octal \(14\): write 16"),
+     ("seed: -0_10\n", r"octal \(-8\): write -10"),
+     ("training:\n  epochs: 1:30\n", r"1:30 is a base-60 number in YAML 1.1 \(90\)"),
+     ("market:\n  maturity: 1:30.5\n", r"1:30.5 is a base-60 number in YAML 1.1 \(90.5\)")],
+)  # fmt: skip
+def test_numbers_that_yaml_1_1_reads_as_octal_or_base_60_are_refused(tmp_path, text, match):
+    # PyYAML ran `n_steps: 010` with 8 steps and `epochs: 1:30` with 90, without a word
+    path = tmp_path / "hedge.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"(?s)cannot read config .*{match}"):
+        load_config(path)
+
+
+def test_leading_zeros_that_read_alike_in_octal_and_decimal_are_accepted(tmp_path):
+    path = tmp_path / "hedge.yaml"
+    path.write_text("seed: 007\nmarket:\n  n_steps: 0_5\n  volatility: 00.25\n")
+    config = load_config(path)
+    assert (config.seed, config.market.n_steps, config.market.volatility) == (7, 5, 0.25)
 
 
 def test_merge_keys_may_still_be_overridden(tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from pricing import black_scholes, heston
 from qfnet.hedging.backtest import read_paths
-from qfnet.hedging.config import config_from_dict
+from qfnet.hedging.config import ConfigError, config_from_dict
 from qfnet.hedging.markets import N_FEATURES, Market, pack, unpack
 from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import BlackScholesDelta, HestonDelta, NoHedge, WhalleyWilmott
@@ -227,3 +227,18 @@ def test_long_paths_with_a_repeated_step_name_the_row(tmp_path) -> None:
         read_paths(tmp_path / "dup.parquet", market)
     with pytest.raises(ValueError, match=r"split must be one of \['test', 'train', 'val'\]"):
         make_paths(market, 4, split="tst", seed=0)
+
+
+@pytest.mark.parametrize(
+    ("market", "match"),
+    [({"maturity": 100.0, "volatility": 5.0}, r"a simulated spot is 0.0 .*market.maturity "
+      r"100.0 is too long for the volatility \(market.volatility 5.0\)"),
+     ({"maturity": 30.0, "rate": 30.0}, r"a simulated spot is inf .*\(market.rate 30.0, "),
+     ({"model": "heston", "maturity": 100.0, "theta": 30.0}, r"market.theta 30.0")],
+)  # fmt: skip
+def test_spot_paths_out_of_the_float_range_name_the_market_keys(market, match) -> None:
+    # the spot underflowed to 0 (or overflowed) and the delta failed on it naming no key:
+    # "spot must be finite and > 0; got 0.0 at index (0, 4)"
+    market = Market(config_from_dict({"market": {"n_steps": 5, **market}}))
+    with pytest.raises(ConfigError, match=match):
+        market.simulate(16, generator=torch.Generator().manual_seed(0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -12,7 +13,15 @@ from qfnet.hedging.config import ConfigError, config_from_dict
 from qfnet.hedging.markets import Market, pack
 from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import BlackScholesDelta
-from qfnet.hedging.train import build_model, load_run, make_paths, train
+from qfnet.hedging.train import (
+    PathSet,
+    build_model,
+    hedge_forward,
+    load_run,
+    make_paths,
+    train,
+)
+from qfnet.training import NonFiniteLossError, Trainer, TrainerConfig
 
 
 def _tiny(**overrides: dict) -> dict:
@@ -135,6 +144,21 @@ def test_val_loss_is_the_risk_of_the_whole_validation_set(objective) -> None:
     with torch.no_grad():
         whole = result.model.eval().risk_loss(result.model(pack(val).double())).item()
     assert result.history.records[-1]["val_loss"] == pytest.approx(whole, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("objective", ["es", "entropic"])
+def test_a_path_of_infinite_pnl_stops_training_at_its_step(objective: str) -> None:
+    # one +inf P&L added 0 to the ES tail term and to the entropic exponential: the loss stayed
+    # finite and the NaN guard let training run on (a NaN or -inf path stopped it)
+    config = config_from_dict(_tiny(objective={"name": objective}))
+    market = Market(config)
+    data, _ = make_paths(market, 64, split="train", seed=0)
+    data = data._replace(payoff=data.payoff.clone().index_fill_(0, torch.tensor([5]), -math.inf))
+    model = build_model(config, market)
+    trainer = Trainer(model, loss=model.risk_loss, forward=hedge_forward, config=TrainerConfig(
+        max_epochs=1, batch_size=64, tensorboard=False, progress_bar=False))  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match="non-finite loss nan at epoch 0, step 0 "):
+        trainer.fit(PathSet(pack(data).float()))
 
 
 @pytest.fixture(scope="module")
