@@ -79,9 +79,9 @@ Callbacks
     Lightning; a mid-epoch stop writes ``last.pt`` at that step, so no step is lost. The flag
     is not checkpointed: ``fit(resume=True)`` continues exactly where a stop for a passing
     reason (a time budget) left off, while a callback whose reason lasts re-asserts its stop
-    from its own state (a run :class:`EarlyStopping` stopped stays stopped). Stateful
-    callbacks implement ``state_dict()`` / ``load_state_dict(state)`` and are restored on
-    resume. Built-in:
+    from its own state (a run :class:`EarlyStopping` stopped stays stopped, with a warning,
+    unless resumed with a larger ``patience``). Stateful callbacks implement ``state_dict()`` /
+    ``load_state_dict(state)`` and are restored on resume. Built-in:
     :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LRMonitor`, :class:`ProgressBar`,
     :class:`CSVLogger`, :class:`TensorBoardLogger`, :class:`LossCurvePlot`. With a ``run_dir``,
     the trainer adds ``ModelCheckpoint``, ``CSVLogger``, ``TensorBoardLogger`` and

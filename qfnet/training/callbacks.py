@@ -9,11 +9,11 @@ validation, row and checkpoint are not skipped); under DDP a flag set on any pro
 of them there. :class:`ModelCheckpoint` writes ``last.pt`` where a stop leaves an epoch
 unfinished, so no step is lost. The flag is not checkpointed: ``fit(resume=True)`` trains on
 from where the run stopped, unless a callback re-asserts its stop from its own state (as
-:class:`EarlyStopping` does: a resumed early-stopped run stays stopped). Stateful callbacks
-define ``state_dict()`` and ``load_state_dict(state)`` (plain types and tensors only) and are
-saved in every checkpoint. :class:`EarlyStopping`, :class:`ModelCheckpoint` and
-:class:`LRMonitor` start afresh when ``fit`` starts a new run (not resumed), also when the same
-objects served an earlier ``fit``.
+:class:`EarlyStopping` does: a resumed early-stopped run stays stopped unless its patience
+was raised). Stateful callbacks define ``state_dict()`` and ``load_state_dict(state)`` (plain
+types and tensors only) and are saved in every checkpoint. :class:`EarlyStopping`,
+:class:`ModelCheckpoint` and :class:`LRMonitor` start afresh when ``fit`` starts a new run (not
+resumed), also when the same objects served an earlier ``fit``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ HOOKS: dict[str, str] = {
     "on_train_stop": "once, when trainer.should_stop ended training (after the step or epoch "
     "end that set it, before on_fit_end); the loop position may be mid-epoch",
     "on_fit_end": "once, after the last epoch (not after an exception)",
-    "on_exception": "(exception): training raised; the exception propagates afterwards",
+    "on_exception": "(exception): training raised; the exception propagates afterwards (a "
+    "checkpoint written here holds the last completed optimizer step)",
     "on_teardown": "always, last: close files",
 }
 
@@ -93,7 +94,10 @@ class EarlyStopping:
     ``val_*`` ones without validation data, which fall back to ``train_*``), only the epochs
     that validate for ``val_*`` metrics. With ``TrainerConfig.val_every_n_epochs = k``,
     ``patience`` counts validations, as Lightning's does: ``k * patience`` epochs. Its state
-    (``stopped_epoch`` included) is checkpointed: a run it stopped, resumed, stays stopped.
+    (``stopped_epoch`` included) is checkpointed: a run it stopped, resumed with the same
+    settings, stays stopped (with a warning saying so); resumed with a larger ``patience`` (or
+    ``check_finite=False`` after a non-finite stop) it trains on as a run with those settings
+    from the start would have.
 
     Args:
         monitor: Epoch metric name (``val_loss``, ``val_<metric>``, ``train_loss``).
@@ -144,6 +148,7 @@ class EarlyStopping:
         self.best_epoch = -1
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self.stop_reason: str | None = None  # "patience" or "non-finite"
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_loss_state: dict[str, torch.Tensor] | None = None
 
@@ -151,14 +156,33 @@ class EarlyStopping:
         if _new_run(trainer):
             self._reset()
         elif self.stopped_epoch is not None:  # resumed from the checkpoint of the stop
-            trainer.should_stop = True
+            self._recheck_stop(trainer)
+
+    def _recheck_stop(self, trainer: Trainer) -> None:
+        """Decide a restored stop again with this callback's settings: it was re-asserted
+        whatever they were, so a run resumed with a larger patience stopped at once, without a
+        word. The decision is the one the stop epoch's check would have made with them."""
+        if self.stop_reason == "non-finite" and not self.check_finite:
+            self.wait += 1  # a check without improvement, as _improved counts a NaN
+            self.stop_reason = "patience"
+        if self.stop_reason == "patience" and self.wait < self.patience:
+            self.stopped_epoch = self.stop_reason = None
+            return
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            why = ("was not finite" if self.stop_reason == "non-finite" else
+                   f"did not improve in {self.wait} checks, patience {self.patience}")  # fmt: skip
+            warnings.warn(f"EarlyStopping: the resumed run stopped at epoch {self.stopped_epoch}"
+                          f" ({self.monitor} {why}) and stays stopped; resume with a larger "
+                          "patience (check_finite=False after a non-finite value) to train on",
+                          stacklevel=6)  # fmt: skip
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = _monitored(trainer, self.monitor)
         if value is None:
             return
         if self.check_finite and not math.isfinite(value):
-            self.stopped_epoch = trainer.epoch
+            self.stopped_epoch, self.stop_reason = trainer.epoch, "non-finite"
             trainer.should_stop = True
             warnings.warn(f"EarlyStopping: {self.monitor} is {value} at epoch {trainer.epoch}: "
                           "training stopped (check_finite=False waits out the patience)",
@@ -175,7 +199,7 @@ class EarlyStopping:
             return
         self.wait += 1
         if self.wait >= self.patience:
-            self.stopped_epoch = trainer.epoch
+            self.stopped_epoch, self.stop_reason = trainer.epoch, "patience"
             trainer.should_stop = True
 
     def on_fit_end(self, trainer: Trainer) -> None:
@@ -190,6 +214,7 @@ class EarlyStopping:
             "best_epoch": self.best_epoch,
             "wait": self.wait,
             "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason,
             "best_state": self.best_state,
             "best_loss_state": self.best_loss_state,
         }
@@ -198,6 +223,10 @@ class EarlyStopping:
         self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
         self.stopped_epoch, self.best_state = state["stopped_epoch"], state["best_state"]
         self.best_loss_state = state.get("best_loss_state")  # absent in older checkpoints
+        # an older checkpoint's stop has no reason: kept, whatever the settings now
+        self.stop_reason = state.get(
+            "stop_reason", "unknown" if self.stopped_epoch is not None else None
+        )
 
 
 def _copy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -314,8 +343,9 @@ class LRMonitor:
 
     Puts ``lr`` (group 0) and ``lr/group{i}`` into ``trainer.step_metrics`` and the epoch's
     last ``lr`` into ``trainer.epoch_metrics``; keeps ``history`` as ``(step, [lr, ...])`` for
-    the current run: a new run (``fit`` without resume) starts a new list, a resumed one keeps
-    the steps before the checkpoint's (those of this process; the list is not checkpointed).
+    the current run: a new run (``fit`` without resume) starts a new list, a resumed one the
+    checkpoint's (saved with it: a resume in a new process lost the steps before it, and an
+    epoch resumed at its end, with no step left, had no ``lr`` in its row).
 
     Examples:
         >>> LRMonitor().history
@@ -344,6 +374,20 @@ class LRMonitor:
     def on_train_epoch_end(self, trainer: Trainer) -> None:
         if self.history:
             trainer.epoch_metrics["lr"] = self.history[-1][1][0]
+
+    def state_dict(self) -> dict[str, Any]:
+        # tensors, not a list of tuples: one per step, in every checkpoint
+        groups = len(self.history[0][1]) if self.history else 0
+        return {
+            "steps": torch.tensor([s for s, _ in self.history], dtype=torch.int64),  # (N,)
+            "lrs": torch.tensor([lrs for _, lrs in self.history], dtype=torch.float64).reshape(
+                len(self.history), groups
+            ),  # (N, G)
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        steps, lrs = state["steps"].tolist(), state["lrs"].tolist()
+        self.history = list(zip(steps, lrs, strict=True))
 
 
 class ProgressBar:

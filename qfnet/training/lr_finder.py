@@ -185,6 +185,8 @@ _TRAINER_ATTRS = (
     "_train_sums",
     "_epoch_loss",
     "at_epoch_end",
+    "_rng_at_position",
+    "_past_position",
 )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 from torch.utils.data import RandomSampler
 
-from qfnet.training.checkpoint import CheckpointError, get_rng_state, set_rng_state
+from qfnet.training.checkpoint import CheckpointError, set_rng_state
 from qfnet.training.device import accumulation_dtype
 from qfnet.training.step import EpochLoss, History
 
@@ -70,7 +70,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "callbacks": {key: cb.state_dict() for key, cb in _callback_keys(trainer)},
         "loop": loop,
         "history": [dict(r) for r in trainer.history.records],
-        "rng": get_rng_state(),
+        "rng": trainer._rng_state(),
         "config": trainer.config.to_dict(),
     }
 

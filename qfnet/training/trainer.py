@@ -150,6 +150,10 @@ class Trainer:
         self.scheduler: Any = None
         self._epoch_done = False
         self._runtime_ready = False
+        # torch's RNG states at the loop position (the last completed optimizer step), and
+        # whether the current ones have moved past it (draws of a step not yet completed)
+        self._rng_at_position: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._past_position = False
 
     def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
         cfg = self.config
@@ -352,6 +356,7 @@ class Trainer:
         # Not restored either: a stop whose reason lasts is re-asserted by its callback from
         # its own state (EarlyStopping); one that does not (a time budget) lets a resume train on.
         self.should_stop = False
+        self._past_position = False
         if path is None:
             seed_everything(self.config.seed)
             self.history = History()
@@ -438,12 +443,14 @@ class Trainer:
         start = time.perf_counter()
         self._epoch_done = self.validated_this_epoch = False
         self._train_module.train()
+        self._mark_position()
         self.call("on_train_epoch_start")
         iterator = self._train.epoch_iter(self.epoch, self.batch_in_epoch)
         for group in group_batches(iterator, self.config.accumulate_grad_batches):
             self._train_step(group)
             if not self.at_epoch_end and self._stop_requested():
                 return False
+        self._past_position = False
         self.epoch_metrics = {"epoch": self.epoch, "step": self.global_step}
         self.epoch_metrics.update(self._reduce(self._folded_train_sums(), "train_", train=True))
         self.call("on_train_epoch_end")
@@ -497,6 +504,10 @@ class Trainer:
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
         self.step_metrics = {}
+        # the step's metric sums and loss join the epoch's once it is done: a checkpoint written
+        # on an exception inside it (at the last completed step) counted them, and the resumed
+        # run counted them again
+        step_sums = self._zero_sums() if cfg.train_metrics else None
         # Gradients of sum(w * loss) / nominal, rescaled by nominal / total weight below: the
         # exact weighted mean over the whole group (and over all ranks), partial groups too.
         nominal = cfg.batch_size * cfg.accumulate_grad_batches
@@ -514,25 +525,51 @@ class Trainer:
                 (self._scaler.scale(scaled) if self._scaler else scaled).backward()
             means.append(mean)
             weights.append(w)
-            if cfg.train_metrics:
-                self._accumulate_metrics(self._train_sums, output, target, weight)
+            if step_sums is not None:
+                self._accumulate_metrics(step_sums, output, target, weight)
             self.call("on_after_backward")
         if len(means) == 1:
             step_loss, total = means[0], weights[0]
         else:
             total = sum(weights)
             step_loss = sum(m * w for m, w in zip(means, weights, strict=True)) / total
-        self._epoch_loss.add(step_loss, total)
         total_all, loss_probe = self._reduce_step(total, step_loss)
         norm = self._finish_gradients(nominal, total_all)
         self._check_finite(step_loss, loss_probe, norm, total_all, batch_losses=means)
         self._optimizer_step()
+        self._epoch_loss.add(step_loss, total)
+        if step_sums is not None:
+            self._train_sums += step_sums
         self.batch_in_epoch += len(group)
         self.step_in_epoch += 1
         self.global_step += 1
+        self._past_position = False
         self.at_epoch_end = self.step_in_epoch == self.steps_per_epoch
         self.step_metrics.update(loss=step_loss, grad_norm=norm)
         self.call("on_train_step_end")
+        self._mark_position()
+
+    def _mark_position(self) -> None:
+        """Keep torch's RNG states here, where a resume from this loop position starts drawing
+        (the next batches' fetch, dropout): a checkpoint written before the next step completes
+        (from ``on_exception``) saves them, not states that count the interrupted step's draws
+        (the resumed run replayed its micro-batches with other dropout masks). Python's and
+        NumPy's states are not kept (costlier than a small step)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        self._rng_at_position = (torch.get_rng_state(), cuda)
+        self._past_position = True
+
+    def _rng_state(self) -> dict[str, Any]:
+        """The global RNG states a checkpoint saves: the current ones, or torch's at the loop
+        position if a step has started since (see :meth:`save_checkpoint`)."""
+        state = ckpt.get_rng_state()
+        if self._past_position and self._rng_at_position is not None:
+            cpu, cuda = self._rng_at_position
+            state["torch"] = cpu
+            if cuda is not None:
+                index = self.device.index
+                state["cuda"][torch.cuda.current_device() if index is None else index] = cuda
+        return state
 
     def _reduce_step(
         self, total: torch.Tensor | int, loss: torch.Tensor
@@ -619,15 +656,17 @@ class Trainer:
         if factor != 1.0:
             for g in opt.param_groups:
                 g["lr"] = g["lr"] * factor
-        self.call("on_before_optimizer_step", opt)
-        if self._scaler is not None:
-            self._scaler.step(opt)
-            self._scaler.update()
-        else:
-            opt.step()
-        if factor != 1.0:
-            for g, lr in zip(opt.param_groups, saved, strict=True):
-                g["lr"] = lr
+        try:
+            self.call("on_before_optimizer_step", opt)
+            if self._scaler is not None:
+                self._scaler.step(opt)
+                self._scaler.update()
+            else:
+                opt.step()
+        finally:  # also on an exception: a checkpoint written then saved the warmed-up rate
+            if saved:  # as the base one, for the rest of the run
+                for g, lr in zip(opt.param_groups, saved, strict=True):
+                    g["lr"] = lr
         if self._interval == "step":
             self.scheduler.step()
 
@@ -697,7 +736,13 @@ class Trainer:
 
         Under DDP every rank must call it (callbacks run on every rank): the epoch's partial
         training sums are reduced across ranks first, so a resumed run reports the same
-        ``train_loss``.
+        ``train_loss``. Written while a step is under way (from ``on_exception``), it holds the
+        last completed optimizer step: the interrupted step's loss and metric sums are left
+        out, its warmed-up rate is not saved as the base one, and torch's RNG states are those
+        at that step's end, so a resume replays it with the same dropout masks. Not undone:
+        Python's and NumPy's draws made in the interrupted step, and an update the optimizer
+        had begun (an exception inside ``optimizer.step()``, or after it before the step was
+        counted).
         """
         if self._runtime_ready and hasattr(self, "_epoch_loss") and not self._epoch_done:
             # Fold the step losses into the running sums here, as a resumed run will have them:
@@ -709,7 +754,7 @@ class Trainer:
             # each rank's own RNG states: where the ranks drew different numbers of random
             # values (dropout on batches of unequal sizes; CUDA, where rank 0 sees its own
             # device's), rank 0's restored on every rank gave the others other draws
-            rngs = all_gather_objects(ckpt.get_rng_state(), self.dist, self.device)
+            rngs = all_gather_objects(self._rng_state(), self.dist, self.device)
         if self._runtime_ready and self.dist.enabled and hasattr(self, "_epoch_loss"):
             sums = all_reduce_sum(self._folded_train_sums(), self.dist)
         if not self.is_global_zero:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -313,7 +314,8 @@ def test_an_early_stopping_appended_to_the_callbacks_runs_before_the_checkpoint(
     assert saved["stopped_epoch"] == 4 and saved["wait"] == 2
     resumed = Trainer(mlp(), loss=sq_error, config=cfg, metrics=metrics,
                       callbacks=[EarlyStopping(monitor="val_score", patience=2)])  # fmt: skip
-    resumed.fit(data, data, resume=True)
+    with pytest.warns(UserWarning, match="stopped at epoch 4 .* and stays stopped"):
+        resumed.fit(data, data, resume=True)
     assert resumed.global_step == trainer.global_step  # not one epoch more
 
 
@@ -547,6 +549,90 @@ def test_lr_monitor_history_of_a_resumed_run_has_each_step_once(
     # steps 4..6 were trained again after the resume: recorded once, at their resumed rates
     assert [step for step, _ in monitor.history] == list(range(12))
     assert monitor.history == straight.history
+
+
+class _StreamOf(torch.utils.data.IterableDataset):
+    """The samples of ``data`` one by one, without a length (a streaming source)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __iter__(self):
+        return (self.data[i] for i in range(len(self.data)))
+
+
+def test_lr_monitor_history_is_restored_from_the_checkpoint(regression, mlp, sq_error, tmp_path):
+    class StopAtStep8:  # the last step of epoch 1, unknown as such with a stream: mid-epoch
+        def on_train_step_end(self, trainer):
+            trainer.should_stop = trainer.global_step == 8
+
+    data = regression(n=32)
+
+    def fit(callbacks, run_dir, resume=False):
+        stream = torch.utils.data.DataLoader(_StreamOf(data), batch_size=8)
+        config = _lr_config(run_dir=run_dir)
+        return Trainer(mlp(), loss=sq_error, config=config, callbacks=callbacks).fit(
+            stream, resume=resume
+        )
+
+    fit([StopAtStep8()], tmp_path / "stopped")
+    resumed = LRMonitor()  # a new process: its own monitor knew nothing of steps 0..7
+    history = fit([resumed], tmp_path / "stopped", resume=True)
+    straight = LRMonitor()
+    expected = fit([straight], tmp_path / "straight")
+    assert resumed.history == straight.history
+    # epoch 1 was resumed at its end, with no step left: its row had no lr
+    assert history["lr"] == expected["lr"]
+
+
+def test_a_run_early_stopping_stopped_trains_on_when_resumed_with_a_larger_patience(
+    regression, mlp, sq_error, tmp_path
+):
+    data = regression(n=32)
+
+    def fit(patience, run_dir, resume=False):
+        # train_loss falls every epoch: in "max" mode only epoch 0 improves
+        stopper = EarlyStopping(monitor="train_loss", mode="max", patience=patience)
+        config = TrainerConfig(max_epochs=10, batch_size=8, optimizer="sgd", lr=0.05,
+                               progress_bar=False, tensorboard=False, run_dir=run_dir)  # fmt: skip
+        model = mlp()
+        trainer = Trainer(model, loss=sq_error, config=config, callbacks=[stopper])
+        return model, trainer.fit(data, resume=resume)
+
+    assert len(fit(1, tmp_path / "b")[1]) == 2
+    model, history = fit(3, tmp_path / "b", resume=True)  # it stopped at once, without a word
+    straight_model, straight = fit(3, tmp_path / "a")
+    assert len(straight) == 4
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in straight]
+    for key, value in straight_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # the same settings again: stopped, and said so
+    with pytest.warns(UserWarning, match=r"stopped at epoch 3 \(train_loss did not improve in "
+                                         r"3 checks, patience 3\) and stays stopped"):  # fmt: skip
+        assert len(fit(3, tmp_path / "b", resume=True)[1]) == 4
+
+
+@pytest.mark.parametrize(("patience", "epochs"), [(1, 3), (5, 4)])
+def test_a_non_finite_stop_resumed_with_check_finite_false_decides_with_the_patience(
+    regression, mlp, sq_error, tmp_path, patience, epochs
+):
+    data = regression(n=32)
+
+    def fit(stopper, values, resume=False):
+        cfg = TrainerConfig(max_epochs=4, batch_size=8, eval_batch_size=32, optimizer="sgd",
+                            lr=0.05, progress_bar=False, tensorboard=False, run_dir=tmp_path)  # fmt: skip
+        trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[stopper],
+                          metrics={"score": _Scripted(values)})  # fmt: skip
+        return trainer.fit(data, data, resume=resume)
+
+    with pytest.warns(UserWarning, match="val_score is nan at epoch 2"):
+        fit(EarlyStopping(monitor="val_score", patience=5), [3.0, 2.0, math.nan])
+    # the NaN counts as a check without improvement, as in a run with check_finite=False
+    waiting = EarlyStopping(monitor="val_score", patience=patience, check_finite=False)
+    stays = epochs == 3  # patience 1 used up by the NaN: stopped, as the straight run is
+    with pytest.warns(UserWarning, match="stays stopped") if stays else contextlib.nullcontext():
+        history = fit(waiting, [1.0], resume=True)
+    assert len(history) == epochs and waiting.stop_reason == ("patience" if stays else None)
 
 
 def test_a_misspelled_hook_is_warned_about():

@@ -226,6 +226,52 @@ def test_a_run_stopped_by_a_callback_is_checkpointed_there_and_resumes_exactly(
     assert stopper_c.best == stopper_a.best
 
 
+class _CrashInStep:
+    """Raises in ``hook`` of step ``step`` (the first call there); on the exception, writes a
+    checkpoint, as a user's crash handler would."""
+
+    def __init__(self, hook: str, step: int, path) -> None:
+        self.step, self.path = step, path
+        setattr(self, hook, self._crash)
+
+    def _crash(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise _Crash
+
+    def on_exception(self, trainer, exception) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+# the first micro-batch of step 3's window of 2 done; the whole window done, before the update
+@pytest.mark.parametrize("hook", ["on_after_backward", "on_before_optimizer_step"])
+def test_a_checkpoint_written_on_an_exception_inside_a_step_resumes_exactly(
+    regression, mlp, sq_error, tmp_path, hook
+):
+    train = regression(n=40, seed=1)  # 10 micro-batches, 5 steps per epoch
+
+    def run(callbacks=(), ckpt_path=None):
+        # dropout: the interrupted step's masks were drawn; warmup: its rate scaled in place
+        config = TrainerConfig(max_epochs=2, batch_size=4, accumulate_grad_batches=2, lr=0.05,
+                               optimizer="sgd", warmup_steps=6, train_metrics=True, seed=3,
+                               progress_bar=False)  # fmt: skip
+        model = mlp(dropout=0.2, seed=11)
+        trainer = Trainer(model, loss=sq_error, config=config, callbacks=callbacks,
+                          metrics={"mae": lambda output, target: (output - target).abs()})  # fmt: skip
+        return model, trainer.fit(train, ckpt_path=ckpt_path)
+
+    model_a, history_a = run()
+    path = tmp_path / "crash.pt"
+    with pytest.raises(_Crash):
+        run([_CrashInStep(hook, 3, path)])
+    assert load_checkpoint(path)["loop"]["global_step"] == 3  # the last completed step
+    model_c, history_c = run(ckpt_path=path)
+
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[key]), key
+    for key in ("train_loss", "train_mae", "lr"):  # the step's loss and sums counted once
+        assert history_c[key] == pytest.approx(history_a[key], rel=1e-12, abs=0.0), key
+
+
 def test_the_same_trainer_resumes_after_a_stop(regression, mlp, tmp_path):
     train, val = regression(n=40, seed=1), regression(n=12, seed=2)
     model_a, trainer_a, _, _ = _resumable_run(mlp, tmp_path / "a")
