@@ -352,7 +352,8 @@ def _write_config(run_dir: Path, config: HedgeConfig) -> None:
 
 def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
     """A run to resume: its last checkpoint and its config, equal to ``config`` but for the
-    number of epochs (another seed or market would train on other paths)."""
+    number of epochs (another seed or market would train on other paths), and that only where
+    no ``cosine`` or ``onecycle`` schedule was planned over it."""
     run = Path(run_dir) if run_dir is not None else None
     if run is None or not (run / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"{run_dir}: no checkpoint to resume (checkpoints/last.pt)")
@@ -365,12 +366,19 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
     if not isinstance(saved, dict):  # a JSON list failed on its .get
         raise ValueError(f"{run}: the run's hedge_config.json is not a config (a JSON object)")
     given = _plain_config(config)
+    epochs = saved.get("training", {}).get("epochs")
     for plain in (saved, given):
         plain.get("training", {}).pop("epochs", None)
     if saved != given:
         key = _first_difference(saved, given)
         raise ValueError(f"{run} was trained with another {key} than this config's: resume it "
                          "with its own config (only training.epochs may change)")  # fmt: skip
+    # the Trainer's own refusal named its max_epochs, which neither the config nor the CLI has
+    scheduler, now = config.training.scheduler, config.training.epochs
+    if scheduler in ("cosine", "onecycle") and epochs is not None and epochs != now:
+        raise ValueError(f"{run} was started with training.epochs {epochs}, over which its "
+                         f"'{scheduler}' learning-rate schedule is planned, not {now}: resume it "
+                         f"with the same (--epochs {epochs}), or train a new run")  # fmt: skip
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

@@ -101,6 +101,17 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path) -
         train(config_from_dict(_tiny(**small)), tmp_path / "empty", resume=True)
 
 
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_resuming_a_planned_schedule_with_other_epochs_names_the_epochs(tmp_path, scheduler):
+    # the Trainer's refusal named its max_epochs, which neither the config nor the CLI has
+    small = {"paths": {"train": 400, "val": 200, "test": 200}, "baselines": {"ww_risk_aversion": 1}}
+    train(config_from_dict(_tiny(**small, training={"epochs": 1, "scheduler": scheduler})),
+          tmp_path / "run")  # fmt: skip
+    longer = config_from_dict(_tiny(**small, training={"epochs": 2, "scheduler": scheduler}))
+    with pytest.raises(ValueError, match=r"training\.epochs 1, .* \(--epochs 1\)"):
+        train(longer, tmp_path / "run", resume=True)
+
+
 def test_tail_only_forward_gives_the_full_expected_shortfall_gradient() -> None:
     config = config_from_dict(_tiny(training={"dtype": "float64"}))
     market = Market(config)
