@@ -35,6 +35,7 @@ __all__ = [
     "attach_forwards",
     "carry_note",
     "clean_quotes",
+    "day_maturity_note",
     "parity_forwards",
     "prepare_quotes",
 ]
@@ -133,6 +134,56 @@ def _pair_weights(near: pd.DataFrame) -> np.ndarray:
     return 1 / np.sqrt(variance)
 
 
+UNIT_SCALES: dict[float, tuple[str | None, str, str]] = {
+    1000.0: ("strike", "1/1000 of", "strikes times 1000 (OptionMetrics strike_price)? give the "
+                                 "strike itself"),
+    100.0: ("strike", "1/100 of", "strikes times 100 (an index in points, its prices in hundredths "
+                               "of it; strikes in cents)? give strikes and prices in the same "
+                               "units"),
+    0.01: (None, "100 times", "prices times 100 (per contract of 100 units)? give prices per "
+                                 "unit of the underlying"),
+}  # fmt: skip
+"""Factors ``s`` whose ``s D`` explains a parity slope ``D`` outside :data:`PARITY_RATES`: strikes
+(or prices) in other units than the prices (strikes), with the column to blame (None: the
+prices, in whichever of their columns), the slope in words and the hint of the error."""
+
+
+def _slope_error(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray, fit: tuple) -> float:
+    """Standard error of a weighted least-squares slope from its residuals; NaN for two pairs."""
+    if len(strikes) < 3:
+        return math.nan
+    slope, intercept = fit
+    residual = weights * (diff - slope * strikes - intercept)
+    spread = weights * (strikes - np.average(strikes, weights=weights**2))
+    return float(np.sqrt(residual @ residual / (len(strikes) - 2) / (spread @ spread)))
+
+
+def _check_units(
+    slope: float, intercept: float, maturity: float, carry_discount: float, error: float
+) -> None:
+    """Refuse a parity slope ``D`` (already outside :data:`PARITY_RATES`) that a factor of
+    :data:`UNIT_SCALES` makes a plausible discount factor: strikes x 100 or x 1000, or prices x
+    100, with no spot or forward for :func:`pricing.quotes.read_quotes` to compare the strikes
+    with. C - P then falls by ``D / 100`` a unit of strike (or ``100 D``), and the rate's discount
+    gave a forward of about the strikes and vols of a few percent (or none), without a word.
+    A slope within 4 standard errors (``error``, from three pairs or more) of a plausible
+    discount is noise (stale or wide quotes a strike apart), not units."""
+    if not (slope > 0 and intercept > 0):
+        return
+    low, high = PARITY_RATES
+    nearest = np.clip(slope, np.exp(-high * maturity), np.exp(-low * maturity))
+    if abs(slope - nearest) <= 4 * error:
+        return
+    rate = -np.log(carry_discount) / maturity
+    plausible = [s for s in UNIT_SCALES if low <= -np.log(s * slope) / maturity <= high]
+    if plausible:  # the factor whose rate is nearest the file's (both fit after 1.5 years)
+        scale = min(plausible, key=lambda s: abs(-np.log(s * slope) / maturity - rate))
+        column, words, hint = UNIT_SCALES[scale]
+        raise QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit "
+                         f"of strike, {words} a discount factor: {hint}",
+                         column=column)  # fmt: skip
+
+
 def _pair_forward(
     pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
 ) -> tuple | None:
@@ -148,14 +199,8 @@ def _pair_forward(
         low, high = PARITY_RATES
         if discount > 0 and intercept > 0 and low <= -np.log(discount) / maturity <= high:
             return intercept / discount, discount, "parity"
-        if discount > 0 and intercept > 0 and low <= -np.log(1000 * discount) / maturity <= high:
-            # Strikes x 1000 with no spot or forward for read_quotes to compare them with: C - P
-            # falls by D / 1000 a unit of strike (the rate's discount gave a forward of about
-            # 1000 K and vols of a few percent, without a word).
-            raise QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {discount:.3g} "
-                             "per unit of strike, 1/1000 of a discount factor: strikes times "
-                             "1000 (OptionMetrics strike_price)? give the strike itself",
-                             column="strike")  # fmt: skip
+        error = _slope_error(strikes, diff, weights, (slope, intercept))
+        _check_units(discount, intercept, maturity, carry_discount, error)
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
     return (forward, carry_discount, source) if forward > 0 else None
@@ -362,9 +407,47 @@ def carry_note(defaulted: list[str], forward_sources: dict[str, int]) -> str | N
     n_carry = forward_sources.get("carry", 0)
     if not (defaulted and n_carry):
         return None
-    return (f"no {' or '.join(defaulted)} column: {n_carry} expiries without call/put pairs "
+    expiries = "expiry" if n_carry == 1 else "expiries"
+    return (f"no {' or '.join(defaulted)} column: {n_carry} {expiries} without call/put pairs "
             "took their forwards from the spot with it at 0 (give it, or both calls and puts "
             "for parity)")  # fmt: skip
+
+
+DAY_MATURITY_VOL = 0.05
+"""Median implied vol of the prices below which maturities that are all whole numbers are taken
+for days read as years (:func:`day_maturity_note`): such a vol is the days' vol over
+``sqrt(365)`` (19 times too small; the total variance is the prices'), and a vol of 5% is one
+of 96% in days."""
+
+
+def day_maturity_note(quotes: pd.DataFrame, vols: np.ndarray) -> str | None:
+    """The warning owed when a table's given maturities (no ``expiry`` to check them by) are
+    all whole numbers and the median implied vol solved from its prices, ``vols`` ``(N,)`` (NaN
+    where unsolved, or where the vol was given), is below :data:`DAY_MATURITY_VOL`: a maturity
+    of 7, 30 or 91 days read as years (beyond 100 years :func:`pricing.quotes.read_quotes`
+    refuses it) gave vols 19 times too small, else None. Whole years of real vols (10, 20, 30
+    at 20%) pass.
+
+    Examples:
+        >>> table = pd.DataFrame({"maturity": [7.0, 30.0, 91.0]})
+        >>> print(day_maturity_note(table, np.array([0.0105, 0.0104, 0.0106])))  # doctest: +ELLIPSIS
+        maturities are whole numbers (7 to 91) and the median implied vol of the prices is 1.05%...
+        >>> day_maturity_note(table.assign(maturity=[10.0, 20.0, 30.0]), np.full(3, 0.2)) is None
+        True
+    """
+    maturity = quotes["maturity"].to_numpy(float)
+    solved = vols[np.isfinite(vols)]
+    if "expiry" in quotes or not solved.size or not (maturity == np.round(maturity)).all():
+        return None
+    median = float(np.median(solved))
+    if median >= DAY_MATURITY_VOL:
+        return None
+    low, high = f"{maturity.min():g}", f"{maturity.max():g}"
+    span = low if low == high else f"{low} to {high}"
+    return (f"maturities are whole numbers ({span}) and the "
+            f"median implied vol of the prices is {median:.2%}: days read as years (vols 19 "
+            "times too small)? give maturities in years (days / 365), or expiry and quote_date "
+            "columns")  # fmt: skip
 
 
 def _drop(frame: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str, report: CleaningReport):
@@ -566,6 +649,7 @@ def clean_quotes(
     report = CleaningReport(n_input=len(quotes))
     # an expiry on the quote date (0DTE options) made the whole file unreadable
     quotes = _drop(quotes, ~(quotes["maturity"] > 0).to_numpy(), "expired", report)
+    live = quotes
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
     note = carry_note(defaulted, report.forward_sources)
@@ -574,6 +658,10 @@ def clean_quotes(
     ratio = (frame["strike"] + shift) / (frame["forward"] + shift)
     frame = _drop(frame, ~ratio.between(*moneyness_range), "moneyness_out_of_range", report)
     frame = _drop(frame, frame["market_iv"].isna(), "no_implied_vol", report)
+    given = frame["implied_vol"].notna().to_numpy() if "implied_vol" in frame else False
+    solved = np.where(given, np.nan, frame["market_iv"].to_numpy(float))  # vols of prices
+    note = day_maturity_note(live, solved)
+    report.notes += [note] if note else []
     if otm_only:
         frame = _drop(frame, _otm_duplicates(frame), "in_the_money", report)
     if arbitrage:

@@ -179,6 +179,21 @@ def _normalise_name(name: object) -> str:
     return COLUMN_ALIASES.get(key, key)
 
 
+def _column_name(name: object) -> str:
+    """The canonical name of a column the library reads, else ``name`` as given (stripped): a
+    user's own column (``Open Interest``) comes back under its own name, not ``open_interest``."""
+    key = _normalise_name(name)
+    return key if key in _recognised_names() else str(name).strip()
+
+
+def _recognised_names() -> frozenset[str]:
+    """Every canonical column name something reads from a quote table."""
+    return frozenset(
+        [*COLUMN_ALIASES.values(), *NUMERIC_COLUMNS, *PATH_DEPENDENT_COLUMNS, "option_type",
+         "expiry", "quote_date", "market_iv", "bid_iv", "ask_iv"]
+    )  # fmt: skip
+
+
 def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Read a CSV (returning file line numbers of data rows) or Parquet file."""
     suffix = path.suffix.lower()
@@ -212,7 +227,7 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
         hint = (": calls and puts side by side? give one row per option, with an option_type "
                 "column") if side_by_side else ""  # fmt: skip
         raise QuoteError(f"column '{repeated[0]}' appears more than once in the header{hint}",
-                         column=_normalise_name(repeated[0]), source=path)  # fmt: skip
+                         column=_column_name(repeated[0]), source=path)  # fmt: skip
     for i, record in enumerate(records[1:]):
         if any(field.strip() for field in record[len(header) :]):
             raise QuoteError(f"{len(record)} fields, but the header has {len(header)} columns",
@@ -231,7 +246,10 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
 
 
 def _normalise_columns(frame: pd.DataFrame, source: str | None) -> pd.DataFrame:
-    names = [_normalise_name(c) for c in frame.columns]
+    # a header without a name (an index written by to_csv) is named as pandas names it: two
+    # such (a MultiIndex) were refused as "columns '' and '' both mean ''"
+    names = [_column_name(c) if str(c).strip() else f"Unnamed: {i}"
+             for i, c in enumerate(frame.columns)]  # fmt: skip
     seen: dict[str, object] = {}
     for original, name in zip(frame.columns, names, strict=True):
         if name in seen:
@@ -521,7 +539,8 @@ def read_quotes(
     :data:`MATURITY_LIMIT` years is refused as days. ``rate`` and ``dividend`` default to 0; a
     ``borrow`` cost (``borrow_rate``, ``borrow_cost``) carries the spot like a dividend
     (:func:`carry_yields`), and a ``repo`` column, ambiguous, is refused unless every row gives
-    its ``forward``. Unrecognised columns are kept unchanged. ``option_type`` may be
+    its ``forward``. Unrecognised columns are kept, under their names as given (stripped of
+    spaces around them). ``option_type`` may be
     absent (the consumer decides). In numeric columns, an empty cell and the usual spellings of
     a missing value (:data:`MISSING_VALUES`: ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``,
     ``None``, ``-``, in any case) are missing: an error in ``strike``, ``maturity``, ``spot``,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -406,6 +407,58 @@ def test_option_metrics_strikes_times_1000_without_spot_are_refused(tmp_path: Pa
     _option_metrics(1000.0).to_csv(path, index=False)
     with pytest.raises(QuoteError, match=r"column 'strike': expiry T=0\.49863.*strikes times 1000"):
         clean_quotes(path)
+
+
+def _whole_maturities(days: tuple[int, ...], per_year: float) -> pd.DataFrame:
+    """Chains priced at ``days / per_year`` years whose ``maturity`` column says ``days``."""
+    strikes = np.arange(80.0, 121.0, 5.0)
+    chains = [_chain(100.0, 0.99, d / per_year, strikes).assign(maturity=float(d)) for d in days]
+    return pd.concat(chains, ignore_index=True)
+
+
+def test_maturities_in_days_read_as_years_are_noted() -> None:
+    # 7, 30 and 91 days were read as years without a word (only above 100 is one refused), and
+    # the prices' vols came out 19 times too small: 1.05% for 20%
+    _, report = clean_quotes(_whole_maturities((7, 30, 91), 365.0))
+    assert any(re.match(r"maturities are whole numbers \(7 to 91\) and the median implied vol "
+                        r"of the prices is 1\.0\d%: days read as years", note)
+               for note in report.notes), report.notes  # fmt: skip
+    # whole years of real vols are years; so are days given with their expiry and quote date
+    _, report = clean_quotes(_whole_maturities((10, 20, 30), 1.0))
+    assert not any("whole numbers" in note for note in report.notes), report.notes
+
+
+@pytest.mark.parametrize(
+    ("strike_scale", "price_scale", "match"),
+    [
+        (100.0, 1.0, r"column 'strike': .*1/100 of a discount factor: strikes times 100"),
+        (1.0, 100.0, r"97\.5 per unit of strike, 100 times a discount factor: prices times 100"),
+    ],
+)
+def test_strikes_or_prices_times_100_without_spot_are_refused(
+    tmp_path: Path, strike_scale: float, price_scale: float, match: str
+) -> None:
+    # strikes x 100 (an index in points, prices in hundredths of it) or prices per contract of
+    # 100: parity's slope was rejected and the rate's discount gave forwards of about the
+    # strikes, with vols of a few percent or none, without a word
+    table = _option_metrics(strike_scale)
+    table[["best_bid", "best_offer"]] *= price_scale
+    path = tmp_path / "om.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(QuoteError, match=match):
+        clean_quotes(path)
+
+
+def test_a_noisy_parity_slope_is_not_taken_for_strike_units() -> None:
+    # three pairs a strike apart whose C - P scatter by 0.5 fit a slope of -0.005, about 1/100
+    # of a discount factor: noise (4 standard errors cover it), not strikes times 100
+    diff = np.array([0.5, 0.0, 0.49])
+    table = pd.DataFrame({"option_type": ["call"] * 3 + ["put"] * 3,
+                          "strike": [100.0, 101.0, 102.0] * 2, "maturity": 1.0,
+                          "price": np.concatenate([5.0 + diff, [5.0] * 3])})  # fmt: skip
+    implied = parity_forwards(read_quotes(table))
+    assert implied["source"].tolist() == ["parity_rate_discount"]
+    np.testing.assert_allclose(implied["forward"], [101.0 + diff.mean()], rtol=1e-12, atol=0)
 
 
 def test_option_metrics_calls_alone_without_spot_name_what_is_missing(tmp_path: Path) -> None:

@@ -60,6 +60,21 @@ def test_column_aliases_are_case_insensitive(name: str, canonical: str) -> None:
     assert canonical in read_quotes(table).columns
 
 
+def test_unrecognised_columns_keep_their_names_as_given(tmp_path: Path) -> None:
+    # they came back lower-cased and underscored ('Open Interest' as 'open_interest'), though
+    # documented as kept unchanged; two differing only in case were refused as one meaning
+    path = tmp_path / "q.csv"
+    path.write_text("Strike,T,Spot,Open Interest, Vendor ID ,vendor id,Exercise\n"
+                    "100,1,100,5,x,y,European\n")  # fmt: skip
+    quotes = read_quotes(path)
+    assert list(quotes.columns)[:7] == ["strike", "maturity", "spot", "Open Interest",
+                                        "Vendor ID", "vendor id", "exercise"]  # fmt: skip
+    assert quotes["Open Interest"].tolist() == [5]
+    # two unnamed columns (a MultiIndex written by to_csv) were "columns '' and '' both mean ''"
+    path.write_text(",,strike,T,spot\n0,1,100,1,100\n")
+    assert list(read_quotes(path).columns)[:2] == ["Unnamed: 0", "Unnamed: 1"]
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [("C", "call"), ("p", "put"), ("Call", "call"), ("PUT", "put"), (" c ", "call")],

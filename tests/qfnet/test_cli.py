@@ -639,10 +639,28 @@ def test_iv_notes_carry_forwards_made_with_a_missing_rate(tmp_path):
     table.to_csv(path, index=False)
     result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "note: no rate or dividend column: 1 expiries without call/put pairs" in result.output
+    assert "note: no rate or dividend column: 1 expiry without call/put pairs" in result.output
     table.assign(rate=0.03, dividend=0.01).to_csv(path, index=False)
     result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
     assert result.exit_code == 0 and "note:" not in result.output, result.output
+
+
+def test_iv_notes_maturities_in_days_read_as_years(tmp_path):
+    # a 30-day chain whose maturity column says 30: vols of 1.05% for 20%, status ok, no word
+    strikes = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float64)
+    rows = [{"option_type": "call" if is_call else "put", "strike": float(k), "mid": float(p)}
+            for is_call in (True, False)
+            for k, p in zip(strikes, bs.black_price(forward=100.0, strike=strikes,
+                                                    maturity=30 / 365, volatility=0.2,
+                                                    is_call=is_call), strict=True)]  # fmt: skip
+    path, out = tmp_path / "days.csv", tmp_path / "iv.csv"
+    for maturity, noted in ((30.0, True), (30 / 365, False)):
+        pd.DataFrame(rows).assign(maturity=maturity).to_csv(path, index=False)
+        result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert ("note: maturities are whole numbers (30) and the median" in result.output) == noted
+        expected = 0.2 / np.sqrt(365) if noted else 0.2
+        np.testing.assert_allclose(pd.read_csv(out)["implied_vol"], expected, rtol=1e-6, atol=0)
 
 
 def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
