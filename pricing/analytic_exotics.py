@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from scipy.special import roots_legendre
 
 from pricing import black_scholes
 from pricing._special import ndtr
@@ -190,14 +191,11 @@ def levy_asian_price(
     discount = torch.exp(-rate * t2)
     growth = _expm1_ratio(carry, t2)  # (e^{bT2} - 1) / b
     forward = s * discount * growth / total  # S_E: the discounted expected remaining average
-    # M: the second moment of the remaining integral
-    second = 2.0 * s * s * _divided_difference(carry, vol * vol + carry, t2)
-    log_l = torch.log(second) - 2.0 * torch.log(total)
-    variance = log_l - 2.0 * (rate * t2 + torch.log(forward))
+    variance = _log_moment_ratio(carry, vol, t2)
     seasoned = k - average * past / total
     positive = seasoned > 0
     safe = torch.where(positive, seasoned, torch.ones_like(seasoned))
-    d1 = (0.5 * log_l - torch.log(safe)) / variance.sqrt()
+    d1 = (torch.log(forward / (discount * safe)) + 0.5 * variance) / variance.sqrt()
     n = ndtr
     call = forward * n(d1) - safe * discount * n(d1 - variance.sqrt())
     forward_value = forward - seasoned * discount  # the call when the seasoned strike is <= 0
@@ -205,6 +203,55 @@ def levy_asian_price(
     if is_call:
         return call.to(dtype)
     return torch.where(positive, call - forward_value, torch.zeros_like(call)).to(dtype)
+
+
+_QUADRATURE_NODES = 32
+_QUADRATURE_MAX_GAMMA, _QUADRATURE_MAX_BETA = 1.0, 10.0
+"""Where ``sigma^2 T <= 1`` and ``|b T| <= 10``, :func:`_log_moment_ratio` integrates the
+relative variance of the average by Gauss-Legendre (to ~1e-16 there; the integrand is entire,
+of exponential rate at most 21); elsewhere the closed form loses at most ~1e-14."""
+
+
+def _log_moment_ratio(b: float, vol: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Levy's variance ``ln(E[A^2] / E[A]^2)`` of the lognormal that replaces the average ``A`` of
+    the spot over ``[0, t]``.
+
+    The closed form ``ln M - 2 ln E[A]`` is a difference of two logarithms of order ``ln S``
+    whose result is about ``sigma^2 t / 3``: at a total vol of 1e-3 it kept 3e-4 of the price's
+    digits, at 1e-4 5% (a 1-day option at 1.5% vol, 1 hour at 10%), and below about 1e-5 it
+    rounded to a negative variance (NaN prices). Where :data:`_QUADRATURE_MAX_GAMMA` allows,
+    ``log1p`` of the relative variance, a sum of positive terms, replaces it.
+    """
+    closed = torch.log(2.0 * _divided_difference(b, vol * vol + b, t)) - 2.0 * torch.log(
+        _expm1_ratio(b, t)
+    )
+    beta, gamma = b * t, vol * vol * t
+    inside = (gamma <= _QUADRATURE_MAX_GAMMA) & (
+        torch.as_tensor(beta).abs() <= _QUADRATURE_MAX_BETA
+    )
+    if not bool(inside.any()):
+        return closed
+    beta = torch.as_tensor(beta, dtype=t.dtype).clamp(-_QUADRATURE_MAX_BETA, _QUADRATURE_MAX_BETA)
+    relative = _relative_variance(beta, gamma.clamp(max=_QUADRATURE_MAX_GAMMA))
+    return torch.where(inside, torch.log1p(relative), closed)
+
+
+def _relative_variance(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``Var(A) / E[A]^2`` for the average ``A`` of a geometric Brownian motion over ``[0, t]``,
+    in ``beta = b t`` and ``gamma = sigma^2 t``: with ``G(a) = (e^a - 1) / a``, ``2 / G(beta)^2``
+    times ``int_0^1 e^(beta x) (e^(gamma x) - 1) int_x^1 e^(beta y) dy dx``, the covariance
+    ``E[S_x] E[S_y] (e^(gamma x) - 1)`` integrated over ``x < y``.
+
+    Shape:
+        beta, gamma: broadcastable; output: their broadcast shape.
+    """
+    nodes, weights = roots_legendre(_QUADRATURE_NODES)
+    x = torch.as_tensor(0.5 * (nodes + 1.0), dtype=gamma.dtype, device=gamma.device)
+    w = torch.as_tensor(0.5 * weights, dtype=gamma.dtype, device=gamma.device)
+    b, g = beta.unsqueeze(-1), gamma.unsqueeze(-1)  # (*, 1) against the nodes (n,)
+    # int_x^1 e^(beta y) dy = e^(beta x) (e^(beta (1 - x)) - 1) / beta
+    integrand = torch.exp(2.0 * b * x) * torch.expm1(g * x) * _expm1_ratio(b, 1.0 - x)
+    return 2.0 * (integrand * w).sum(-1) / _expm1_ratio(beta, torch.ones_like(beta)) ** 2
 
 
 _MIN_STEP = 1e-5

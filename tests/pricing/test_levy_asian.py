@@ -136,6 +136,29 @@ def test_carry_equal_to_minus_the_variance_matches_the_formula_in_high_precision
         assert levy_asian_price(**args).item() == pytest.approx(float(expected), rel=1e-8)
 
 
+@pytest.mark.parametrize(
+    ("maturity", "volatility"), [(1 / 252, 0.015), (1e-4, 0.1), (2.6e-4, 7.8e-4), (1e-8, 0.2)]
+)
+def test_small_total_volatility_matches_the_formula_in_high_precision(
+    maturity: float, volatility: float
+) -> None:
+    # total vols 1e-3 to 2e-5: the variance ln M - 2 ln E[A], about sigma^2 T / 3, was a
+    # difference of two logarithms of order ln S, which kept 3e-4 of the price at 1e-3, 5% at
+    # 1e-4 and rounded to a negative variance below ~1e-5 (a NaN price)
+    import mpmath
+
+    mpmath.mp.dps = 50
+    rtol = 1e-8
+    spot = 1734.0
+    width = volatility * math.sqrt(maturity)
+    for z in (-1.0, 0.0, 1.0):
+        strike = spot * math.exp(0.5 * 0.03 * maturity + z * width)
+        args = {"spot": spot, "strike": strike, "maturity": maturity, "volatility": volatility,
+                "rate": 0.05, "dividend": 0.02}  # fmt: skip
+        expected = float(_levy_call_mpmath(**args))
+        assert levy_asian_price(**args).item() == pytest.approx(expected, rel=rtol), z
+
+
 def _levy_call_mpmath(*, spot, strike, maturity, volatility, rate, dividend):
     """Haug (2007), section 4.20.2, in mpmath; the second moment at b + sigma^2 = 0 is its limit
     ``2 S^2 dE/db`` with ``E(x) = (exp(x T) - 1) / x``."""
