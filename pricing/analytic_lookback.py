@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from pricing import black_scholes
 from pricing._special import ndtr
 from pricing._typing import TensorLike, call_flag, named_tensors, real_number, real_scalar
 from pricing._validation import check_finite, check_positive
@@ -131,8 +132,10 @@ def discrete_lookback_price(
     exp(-+0.5826 sigma sqrt(interval))`` (``e < 1`` for a maximum, ``> 1`` for a minimum), so with
     ``V`` the continuous price: a fixed-strike price is ``e V(K / e, extremum / e)``; a floating
     one ``e V(extremum / e) + s (e - 1) S exp(-q T)``, ``s = -1`` for calls and ``+1`` for puts
-    (the payoff's ``S_T`` is not moved). ``running_extremum`` is over the dates monitored so far.
-    The error is ``o(sqrt(interval))``.
+    (the payoff's ``S_T`` is not moved), bounded below by the European option struck at the
+    extremum (which the correction can undercut, even below 0, where the drift outweighs a tiny
+    volatility). ``running_extremum`` is over the dates monitored so far. The error is
+    ``o(sqrt(interval))``.
 
     Shape:
         Output: the broadcast shape of the tensor arguments.
@@ -168,7 +171,13 @@ def discrete_lookback_price(
     q = real_scalar("dividend", dividend)
     forward_value = spot_t.to(torch.float64) * torch.exp(-q * t)
     out = e * moved - (1.0 if is_call else -1.0) * (e - 1.0) * forward_value
-    return out.to(moved.dtype)
+    # The correction is an approximation: where the drift outweighs a tiny volatility it went
+    # below 0 (-0.0014 for a put at 0.33% vol and 4% drift). The payoff is at least the
+    # European one struck at the running extremum, path by path, so that price bounds it.
+    european = black_scholes.price(spot=spot_t, strike=extremum_t, maturity=t,
+                                   volatility=vol_t, rate=real_scalar("rate", rate), dividend=q,
+                                   is_call=is_call)  # fmt: skip
+    return torch.maximum(out, european.to(out.dtype)).to(moved.dtype)
 
 
 def _parts(s, level, t, vol, rate, carry):
