@@ -105,12 +105,14 @@ class ExpectedShortfall(RiskMeasure):
 
     ``forward`` returns ``w + E[(-pnl - w)^+] / (1 - alpha)``, whose minimum over ``w`` is the
     ES; train ``w`` jointly with the hedge. ``w`` starts unset and is initialised to the empirical
-    VaR of the first P&L batch it sees (so the objective starts at the ES, not far above it).
-    ``exact`` returns the empirical ES of a sample.
+    VaR of the first P&L batch it sees in training mode (so the objective starts at the ES, not
+    far above it); evaluated before that (eval mode), the loss is the sample's ES at its own VaR,
+    and ``w`` stays unset. ``exact`` returns the empirical ES of a sample.
 
-    In training mode under ``torch.distributed`` (DDP) that first batch is every rank's batch
-    together, gathered, as ``SyncBatchNorm`` gathers its statistics (every rank must make the
-    call): set from each rank's own, the ranks' levels differed for the whole run.
+    Under ``torch.distributed`` (DDP) that first batch is every rank's batch together,
+    gathered, as ``SyncBatchNorm`` gathers its statistics (every rank must make the call): set
+    from each rank's own (also by an evaluation before training, on each rank's share of the
+    data), the ranks' levels differed for the whole run.
 
     Examples:
         >>> es = ExpectedShortfall(0.95)
@@ -128,13 +130,17 @@ class ExpectedShortfall(RiskMeasure):
         self._ready = False
 
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.ready:  # host sync, only until the level is set
+        if self.ready:
+            level = self.var_level.to(pnl.dtype)
+        elif not self.training:  # before training: the sample's own VaR (its ES), not kept
+            level = F.value_at_risk(pnl.detach(), self.alpha, check_finite=False).to(pnl.dtype)
+        else:  # host sync, only until the level is set
             with torch.no_grad():
-                first = _all_ranks(pnl.detach()) if self.training else pnl.detach()
+                first = _all_ranks(pnl.detach())
                 self.var_level.copy_(F.value_at_risk(first, self.alpha, check_finite=False))
                 self.initialised.fill_(True)
             self._ready = True
-        level = self.var_level.to(pnl.dtype)
+            level = self.var_level.to(pnl.dtype)
         return _nan_unless_finite(
             F.expected_shortfall_ru(pnl, level, self.alpha, check_finite=False), pnl
         )

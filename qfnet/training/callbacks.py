@@ -51,7 +51,8 @@ HOOKS: dict[str, str] = {
     "end that set it, before on_fit_end); the loop position may be mid-epoch",
     "on_fit_end": "once, after the last epoch (not after an exception)",
     "on_exception": "(exception): training raised; the exception propagates afterwards (a "
-    "checkpoint written here holds the last completed optimizer step)",
+    "checkpoint written here holds the last completed optimizer step; under DDP it is written "
+    "only after the NaN guard's error, raised on every rank at once)",
     "on_teardown": "always, last: close files",
 }
 

@@ -154,6 +154,10 @@ class Trainer:
         # whether the current ones have moved past it (draws of a step not yet completed)
         self._rng_at_position: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._past_position = False
+        # the NaN guard's error (raised on every rank at once), and an exception being handled
+        # under DDP that may not have been raised on the other ranks (see save_checkpoint)
+        self._lockstep_error: BaseException | None = None
+        self._unsynced_error: BaseException | None = None
 
     def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
         cfg = self.config
@@ -380,7 +384,18 @@ class Trainer:
                 self.call("on_train_stop")
             self.call("on_fit_end")
         except BaseException as exc:
-            self.call("on_exception", exc)
+            # Under DDP, the NaN guard's error is the only one known to be raised on every rank
+            # at the same step: after another, the other ranks may be waiting in a collective
+            # (or gone), and a checkpoint written here (its collectives) waited for them until
+            # the process group's timeout (30 minutes by default on gloo), then raised that.
+            lockstep = exc is self._lockstep_error
+            self._unsynced_error = exc if self.dist.enabled and not lockstep else None
+            try:
+                self.call("on_exception", exc)
+            finally:
+                self._unsynced_error = self._lockstep_error = None
+            if self.dist.enabled and lockstep:  # rank 0 may still be writing a checkpoint
+                barrier(self.dist, self.device)
             raise
         finally:
             self.call("on_teardown")
@@ -640,7 +655,7 @@ class Trainer:
         last = self._last_checkpoint()
         kept = f"; last good checkpoint: {last}" if last is not None and last.exists() else ""
         where = _step_batches(self.batch_in_epoch, batch_losses or [loss])
-        raise NonFiniteLossError(
+        self._lockstep_error = NonFiniteLossError(
             f"non-finite {what} at epoch {self.epoch}, step {self.step_in_epoch} of the epoch "
             f"({where}; global step {self.global_step}, 0-based); training stopped before the "
             f"update{kept}",
@@ -648,6 +663,7 @@ class Trainer:
             step=self.step_in_epoch,
             global_step=self.global_step,
         )
+        raise self._lockstep_error
 
     def _optimizer_step(self) -> None:
         opt = self.optimizer
@@ -743,7 +759,20 @@ class Trainer:
         Python's and NumPy's draws made in the interrupted step, and an update the optimizer
         had begun (an exception inside ``optimizer.step()``, or after it before the step was
         counted).
+
+        Under DDP, from ``on_exception`` it is written after the NaN guard's error only (raised
+        on every rank at the same step); after another exception it warns and writes nothing:
+        the other ranks may not have raised it, and its collectives waited for them until the
+        process group's timeout. The last checkpoint written before stays the resume point.
         """
+        if self._unsynced_error is not None:
+            last = self._last_checkpoint()
+            kept = f"; the last one written is {last}" if last is not None and last.exists() else ""
+            warnings.warn(f"save_checkpoint({str(path)!r}): not written: under DDP an exception "
+                          f"({type(self._unsynced_error).__name__}) raised on this process may "
+                          "not have been raised on the others, which would not join the writing"
+                          f"{kept}", stacklevel=2)  # fmt: skip
+            return None
         if self._runtime_ready and hasattr(self, "_epoch_loss") and not self._epoch_done:
             # Fold the step losses into the running sums here, as a resumed run will have them:
             # the uninterrupted run then adds the epoch's losses in the same order (bit-equal

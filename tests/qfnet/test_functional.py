@@ -137,6 +137,20 @@ def test_expected_shortfall_level_is_set_again_after_loading_a_state_saved_unset
     torch.testing.assert_close(restored.var_level, module.var_level, rtol=0, atol=0)
 
 
+def test_expected_shortfall_evaluated_before_training_leaves_the_level_unset() -> None:
+    # under DDP an evaluation before fit set each rank's level from its own share of the data,
+    # and the ranks trained with different levels for the whole run
+    module = losses.ExpectedShortfall(0.9).eval()
+    sample, _, _ = _normal_sample(1_000, seed=4)
+    value = module(sample)
+    assert not module.ready
+    assert value.item() == pytest.approx(F.expected_shortfall(sample, 0.9).item(), rel=1e-12)
+    first = sample + 5.0
+    module.train()(first)  # the first training batch sets it
+    torch.testing.assert_close(module.var_level.detach(), F.value_at_risk(first, 0.9),
+                               rtol=0, atol=0)  # fmt: skip
+
+
 def test_entropic_risk_of_normal_matches_closed_form() -> None:
     pnl, mean, std = _normal_sample(400_000, seed=3)
     gamma = 0.5

@@ -59,6 +59,28 @@ def test_a_non_finite_loss_on_one_rank_raises_on_every_rank_at_the_same_step(tmp
     assert first["raised_at"] == second["raised_at"] == 2
     assert "loss on another process" in first["message"]
     assert "loss nan" in second["message"]
+    # written from on_exception at the last completed step, found by every rank once fit raised
+    assert first["saved_step"] == second["saved_step"] == 2
+
+
+@needs_dist
+def test_an_exception_on_one_rank_propagates_without_waiting_for_a_checkpoint(tmp_path):
+    first, second = _torchrun("one_rank_crash", tmp_path)
+    # the crash handler's checkpoint waited in its collectives for rank 0, which was waiting in
+    # the step's gradient all-reduce: the group's timeout was raised instead of the crash
+    assert second["raised"] == "_Crash"
+    (warning,) = second["warnings"]
+    assert warning.startswith("save_checkpoint(") and "not written" in warning
+    assert first["raised"] == "RuntimeError"  # gloo: the connection to rank 1 closed
+    assert not (tmp_path / "crash.pt").exists()
+
+
+@needs_dist
+def test_an_expected_shortfall_evaluated_before_training_gets_one_level_on_every_rank(tmp_path):
+    first, second = _torchrun("es_evaluate_first", tmp_path)
+    # set by the evaluation from each rank's own half of the data, the levels differed for the
+    # whole run (a learned parameter: DDP syncs its gradients, not its value)
+    assert first["level"] == second["level"]
 
 
 @needs_dist

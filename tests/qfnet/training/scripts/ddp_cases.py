@@ -100,12 +100,67 @@ def nan_case(rank: int, out: Path) -> dict[str, Any]:
             value = value + torch.tensor(float("nan"), dtype=value.dtype)
         return value
 
-    trainer = _trainer(loss=loss)
+    path = out / "nan.pt"
+    trainer = _trainer([_CheckpointOnException(path, rank=1, step=None)], loss=loss)
     try:
         trainer.fit(_data(64))
     except NonFiniteLossError as error:
-        return {"raised_at": error.global_step, "message": str(error)}
+        # rank 0 writes it slowly: every rank finds it once fit has raised
+        step = torch.load(path, weights_only=True)["loop"]["global_step"]
+        return {"raised_at": error.global_step, "message": str(error), "saved_step": step}
     return {"raised_at": None}
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CheckpointOnException:
+    """Raises in rank ``rank``'s backward of step ``step`` (``None``: never); on any exception,
+    writes a checkpoint, as a user's crash handler would (rank 0 writes it slowly)."""
+
+    def __init__(self, path: Path, *, rank: int, step: int | None) -> None:
+        self.path, self.rank, self.step = path, rank, step
+
+    def on_after_backward(self, trainer: Trainer) -> None:
+        if dist.get_rank() == self.rank and trainer.global_step == self.step:
+            raise _Crash
+
+    def on_exception(self, trainer: Trainer, exception: BaseException) -> None:
+        if dist.get_rank() == 0:
+            time.sleep(0.5)
+        trainer.save_checkpoint(self.path)
+
+
+def one_rank_crash_case(rank: int, out: Path) -> dict[str, Any]:
+    """Rank 1 raises in step 3 (rank 0 waits in that step's gradient all-reduce), then rank 1's
+    loss is NaN at step 2 of another run; both write a checkpoint from ``on_exception``."""
+    crash = _CheckpointOnException(out / "crash.pt", rank=1, step=3)
+    result: dict[str, Any] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _trainer([crash]).fit(_data(64))
+        except Exception as error:  # rank 0: the lost peer's error
+            result["raised"] = type(error).__name__
+    if rank == 1:  # rank 0's group is broken: it leaves here
+        result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return result
+
+
+def es_evaluate_first_case(rank: int, out: Path) -> dict[str, Any]:
+    """An expected-shortfall loss evaluated (each rank on its share) before training; the
+    learned VaR level of each rank after one epoch."""
+    from qfnet.losses import ExpectedShortfall
+
+    def pnl(model: nn.Module, batch: Any) -> tuple[torch.Tensor, None, None]:
+        return model(batch[0]).squeeze(1) - batch[1].squeeze(1), None, None  # (N,)
+
+    trainer = _trainer(loss=ExpectedShortfall(0.9), max_epochs=1)
+    trainer.forward = pnl
+    trainer.evaluate(_data(64, seed=1))
+    trainer.fit(_data(64))
+    return {"level": trainer.loss.var_level.item()}
 
 
 def _caught(action: Any) -> list[str]:
@@ -248,6 +303,8 @@ CASES = {
     "lr_find": lr_find_case,
     "stop": stop_case,
     "nan": nan_case,
+    "es_evaluate_first": es_evaluate_first_case,
+    "one_rank_crash": one_rank_crash_case,
     "loader_warnings": loader_warnings_case,
     "surrogate": surrogate_case,
     "hedge": hedge_case,
