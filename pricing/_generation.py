@@ -54,6 +54,9 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
     except json.JSONDecodeError as err:
         raise ValueError(f"{recorded} is not valid JSON ({err.msg}): remove {path} and start "
                          "again") from err  # fmt: skip
+    except UnicodeDecodeError as err:  # a bare "'utf-8' codec can't decode", naming no file
+        raise ValueError(f"{recorded} is not a JSON text file ({err.reason} at byte "
+                         f"{err.start}): remove {path} and start again") from err  # fmt: skip
     if not isinstance(before, dict):  # an edited plan: an AttributeError before
         raise ValueError(f"{recorded} is not a generation plan (a JSON object): remove {path} "
                          "and start again")  # fmt: skip

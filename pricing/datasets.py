@@ -773,6 +773,9 @@ def _read_metadata(meta_path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{meta_path} is not valid JSON ({err.msg} at line {err.lineno}, "
                          f"column {err.colno}): a cut or edited metadata file?") from err  # fmt: skip
+    except UnicodeDecodeError as err:  # a bare "'utf-8' codec can't decode", naming no file
+        raise ValueError(f"{meta_path} is not a JSON text file ({err.reason} at byte "
+                         f"{err.start}): a damaged or foreign metadata file?") from err  # fmt: skip
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a {FORMAT} metadata file")
     version = meta.get("format_version")

@@ -200,16 +200,23 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     if not path.exists():
         raise FileNotFoundError(f"quote file not found: {path}")
     if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path), None
+        try:  # pyarrow's errors on a cut or foreign file are ValueErrors naming it
+            return pd.read_parquet(path), None
+        except OSError as error:  # e.g. no permission to read it: a traceback
+            raise QuoteError(f"cannot read the file: {error}", source=path) from error
     if suffix not in (".csv", ".txt"):
         raise QuoteError(
             f"unsupported quote file type '{suffix}' (use .csv or .parquet)", source=path
         )
+    if path.is_dir():  # IsADirectoryError's traceback on the command line
+        raise QuoteError("a folder, not a quote file", source=path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             records = list(csv.reader(handle))
     except (UnicodeDecodeError, csv.Error) as error:
         raise QuoteError(f"cannot parse CSV: {error}", source=path) from error
+    except OSError as error:  # e.g. no permission to read it: a traceback
+        raise QuoteError(f"cannot read the file: {error.strerror or error}", source=path) from error
     if not records:
         raise QuoteError("the file is empty (no header line)", source=path)
     header = [name.strip() for name in records[0]]

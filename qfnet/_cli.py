@@ -3,13 +3,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import typer
 
 from pricing.quotes import DAYFIRST_HINT, DAYFIRST_OPTIONS
 
-__all__ = ["DAYFIRST_FLAGS", "DAYFIRST_HELP", "SEED_MAX", "fail", "quote_message", "seed_option"]
+__all__ = [
+    "DAYFIRST_FLAGS",
+    "DAYFIRST_HELP",
+    "SEED_MAX",
+    "fail",
+    "quote_message",
+    "seed_option",
+    "write_atomically",
+    "write_table",
+]
 
 # ``--dayfirst/--monthfirst`` of the commands that read a quote file (price, iv, calibrate): the
 # ``dayfirst`` of pricing.quotes.read_quotes, None (neither flag) inferring it from the dates.
@@ -60,3 +74,37 @@ def quote_message(message: str) -> str:
     for day_first, flag in ((True, "--dayfirst"), (False, "--monthfirst")):
         message = message.replace(DAYFIRST_OPTIONS[day_first], flag)
     return message
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV), through a
+    temporary file renamed over ``path``: a failed write leaves no half-written table, and an
+    unwritable ``path`` (a folder, a file in place of a folder) is an error line, not a
+    traceback."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then renamed over it: a failed or
+    interrupted write leaves ``path`` as it was (no half-written file, the previous one kept),
+    and an unwritable ``path`` is an error line naming it, not a traceback.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     write_atomically(Path(tmp) / "fit.json", lambda f: f.write_text("{}"))
+        ...     sorted(p.name for p in Path(tmp).iterdir())
+        ['fit.json']
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, ValueError, TypeError) as error:  # pyarrow's errors are Value/TypeErrors
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise fail(f"{path}: cannot write the output ({error})") from error

@@ -15,7 +15,15 @@ import typer
 from pricing.calibration import CalibrationResult, calibrate
 from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
-from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message, seed_option
+from qfnet._cli import (
+    DAYFIRST_FLAGS,
+    DAYFIRST_HELP,
+    fail,
+    quote_message,
+    seed_option,
+    write_atomically,
+    write_table,
+)
 
 __all__ = ["bounds_line", "calibrate_command", "result_json"]
 
@@ -211,15 +219,12 @@ def calibrate_command(
         raise fail(
             message if message.startswith(str(quotes)) else f"{quotes}: {message}"
         ) from error
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.residuals.to_csv(residuals_file, index=False)
-        # relative to the JSON's folder: relative to the working directory (--out sub/fit.json
-        # wrote "sub/fit_residuals.csv") it broke when the JSON was read from anywhere else
-        summary = result_json(result, Path(residuals_file.name), report)
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-    except OSError as error:
-        raise fail(f"cannot write {out}: {error}") from error
+    # each through a temporary file: an interrupted write cut the previous fit's file short
+    write_table(result.residuals, residuals_file)
+    # relative to the JSON's folder: relative to the working directory (--out sub/fit.json
+    # wrote "sub/fit_residuals.csv") it broke when the JSON was read from anywhere else
+    text = json.dumps(result_json(result, Path(residuals_file.name), report), indent=2) + "\n"
+    write_atomically(out, lambda tmp: tmp.write_text(text))
     if report is not None:
         typer.echo(str(report))
     rows = "row" if result.n_dropped == 1 else "rows"

@@ -6,9 +6,7 @@ field, and exit status 1.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import warnings
 from pathlib import Path
@@ -19,7 +17,14 @@ import typer
 
 from pricing.datasets import Domain
 from pricing.quotes import read_quotes, shifts
-from qfnet._cli import DAYFIRST_FLAGS, DAYFIRST_HELP, fail, quote_message, seed_option
+from qfnet._cli import (
+    DAYFIRST_FLAGS,
+    DAYFIRST_HELP,
+    fail,
+    quote_message,
+    seed_option,
+    write_table,
+)
 from qfnet.calibrate_cli import calibrate_command
 from qfnet.hedging.cli import hedge_app
 from qfnet.price_rows import (
@@ -83,25 +88,6 @@ def check_table_out(path: Path) -> None:
         raise typer.BadParameter(f"{path}: write .csv or .parquet", param_hint="--out")
 
 
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV), through a
-    temporary file renamed over ``path``: a failed write leaves no half-written table, and an
-    unwritable ``path`` (a folder, a file in place of a folder) is an error line, not a
-    traceback."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except (OSError, ValueError, TypeError) as error:  # pyarrow's errors are Value/TypeErrors
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise fail(f"{path}: cannot write the output ({error})") from error
-
-
 def _load_params(params: str | None) -> dict[str, float]:
     """``--params``: a JSON object, or a file holding one. Text that is no object is a file name,
     and a missing file is named (it was "not valid JSON"); an object is never looked up as a file
@@ -114,7 +100,12 @@ def _load_params(params: str | None) -> dict[str, float]:
         if not path.is_file():
             raise fail(f"--params: {params}: no such file, and not a JSON object such as "
                        "'{\"volatility\": 0.2}'")  # fmt: skip
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:  # a binary file was a traceback
+            raise fail(
+                f"--params: {params}: cannot read it as a JSON text file ({error})"
+            ) from error
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as error:

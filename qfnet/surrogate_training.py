@@ -248,6 +248,9 @@ def _read_architecture(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): a cut or "
                          "edited run configuration?") from err  # fmt: skip
+    except UnicodeDecodeError as err:  # a bare "'utf-8' codec can't decode", naming no file
+        raise ValueError(f"{path} is not a JSON text file ({err.reason} at byte {err.start}): "
+                         "a damaged run configuration?") from err  # fmt: skip
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not a surrogate run configuration (a JSON object)")
     hidden = saved.get("hidden")

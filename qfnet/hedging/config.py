@@ -489,7 +489,8 @@ def config_from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> H
 def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
     try:
         params = json.loads(path.read_text())["params"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:  # TypeError: a JSON list
+    # TypeError: a JSON list; UnicodeDecodeError: not a text file (it was a traceback)
+    except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"market.calibration: cannot read params from {path}: {exc}") from exc
     keys = HESTON_PARAMS
     missing = [k for k in keys if k not in params]
@@ -497,8 +498,8 @@ def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
         raise ConfigError(f"market.calibration: {path} lacks Heston params {missing}")
     values = {}
     for key in keys:  # "abc" was a bare ValueError; NaN passed the v0 >= 0 check
-        try:
-            values[key] = float(params[key])
+        try:  # a bool too: true read as v0 = 1.0
+            values[key] = math.nan if isinstance(params[key], bool) else float(params[key])
         except (TypeError, ValueError):
             values[key] = math.nan
         if not math.isfinite(values[key]):
@@ -581,7 +582,7 @@ def load_config(path: str | Path) -> HedgeConfig:
     path = Path(path)
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # bytes: a traceback
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
     if data is None:  # an empty file ran 200k-path training on the defaults without a word
         raise ConfigError(f"config {path} is empty (write '{{}}' to take every default)")

@@ -359,7 +359,7 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
         raise ValueError(f"{run_dir}: no checkpoint to resume (checkpoints/last.pt)")
     try:
         saved = json.loads((run / "hedge_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(
             f"{run}: cannot read the run's hedge_config.json to resume: {exc}"
         ) from exc

@@ -357,6 +357,14 @@ def test_a_cut_or_edited_metadata_file_is_named_with_its_field(tmp_path, edit, m
         load_dataset(path)
 
 
+def test_a_metadata_file_that_is_not_text_is_named(tmp_path):
+    # bytes that are no UTF-8 were a bare "'utf-8' codec can't decode", naming no file
+    path = generate(tmp_path / "ds", model="sabr", n=4, progress=False)
+    (path / "metadata.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"metadata\.json is not a JSON text file"):
+        load_dataset(path)
+
+
 def test_a_domain_edited_beyond_its_sampled_points_is_refused(tmp_path):
     # rho widened by hand in metadata.json loaded, and the surrogate trained on it served rho
     # values no row held; a dataset sampled with a margin (domain inside its box) still loads
@@ -638,6 +646,15 @@ def test_resume_names_a_plan_edited_into_another_json_value(tmp_path, monkeypatc
     _interrupted(tmp_path / "cut", monkeypatch, 1, **kwargs)
     (tmp_path / "cut" / "generation.json").write_text("[]")
     with pytest.raises(ValueError, match=r"generation\.json is not a generation plan"):
+        generate(tmp_path / "cut", progress=False, resume=True, **kwargs)
+
+
+def test_resume_names_a_plan_that_is_not_text(tmp_path, monkeypatch):
+    # bytes that are no UTF-8 were a bare "'utf-8' codec can't decode", naming no file
+    kwargs = {"model": "sabr", "n": 16, "shard_size": 8}
+    _interrupted(tmp_path / "cut", monkeypatch, 1, **kwargs)
+    (tmp_path / "cut" / "generation.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"generation\.json is not a JSON text file"):
         generate(tmp_path / "cut", progress=False, resume=True, **kwargs)
 
 

@@ -143,7 +143,7 @@ def test_conflicting_options_and_unwritable_output_end_with_an_error(
     inside_a_file = str(smile_file / "fit.json")
     blocked = ["calibrate", "--quotes", str(smile_file), "--model", "sabr", "--out", inside_a_file]
     result = CliRunner().invoke(_app(), blocked)
-    assert result.exit_code == 1 and "error: cannot write" in result.output
+    assert result.exit_code == 1 and "cannot write" in result.output, result.output
 
 
 def _sabr_fit_of(tmp_path: Path, name: str, text: str) -> tuple[Path, object]:
@@ -367,6 +367,33 @@ def test_a_smile_plot_that_cannot_be_written_ends_with_an_error(
     assert isinstance(result.exception, SystemExit)  # the error line, not a traceback
     assert f"error: cannot write {out.with_suffix('.png')}" in _words(result.output)
     assert out.exists()  # the fit is kept
+
+
+def test_an_interrupted_write_keeps_the_previous_fit_whole(
+    monkeypatch, smile_file: Path, tmp_path: Path
+) -> None:
+    # the JSON and residuals were written in place: a full disk cut the previous fit short
+    out = tmp_path / "fit.json"
+    args = ["calibrate", "--model", "sabr", "--quotes", str(smile_file), "--out", str(out)]
+    assert CliRunner().invoke(_app(), args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def cut_json(self: Path, text: str, *args: object, **kwargs: object) -> None:
+        with open(self, "w") as handle:
+            handle.write(text[:10])
+        raise OSError(28, "No space left on device")
+
+    def cut_csv(self: pd.DataFrame, target: Path, *args: object, **kwargs: object) -> None:
+        with open(target, "w") as handle:
+            handle.write("maturity,str")
+        raise OSError(28, "No space left on device")
+
+    for target, name, writer in ((Path, "write_text", cut_json), (pd.DataFrame, "to_csv", cut_csv)):
+        with monkeypatch.context() as patch:
+            patch.setattr(target, name, writer)
+            result = CliRunner().invoke(_app(), args)
+        assert result.exit_code == 1 and "No space left on device" in result.output, name
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_parameters_at_a_bound_are_in_the_json_and_the_report(tmp_path: Path) -> None:

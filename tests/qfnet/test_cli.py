@@ -294,6 +294,29 @@ def test_price_missing_file_is_a_clear_error(tmp_path):
     assert "no such file" in result.output
 
 
+@pytest.mark.parametrize("command", ["price", "iv", "calibrate"])
+def test_a_folder_given_as_the_quote_file_is_a_clear_error(tmp_path, command):
+    # IsADirectoryError's traceback
+    (tmp_path / "quotes.csv").mkdir()
+    extra = {"price": ["--model", "bs"], "iv": [], "calibrate": ["--model", "sabr"]}[command]
+    out = tmp_path / ("fit.json" if command == "calibrate" else "o.csv")
+    args = [command, *extra, "--quotes", str(tmp_path / "quotes.csv"), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"error: {tmp_path / 'quotes.csv'}: a folder, not a quote file" in result.output
+
+
+def test_a_params_file_that_is_not_text_is_a_clear_error(bs_quotes, tmp_path):
+    # bytes that are no UTF-8 were a UnicodeDecodeError traceback
+    path, _ = bs_quotes
+    (tmp_path / "params.json").write_bytes(b"\xff\xfe\x00binary")
+    args = ["price", "--model", "bs", "--quotes", str(path), "--out", str(tmp_path / "o.csv"),
+            "--params", str(tmp_path / "params.json")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "--params" in result.output and "params.json: cannot read it" in result.output
+
+
 def test_iv_recovers_vols_and_explains_unsolvable_rows(tmp_path):
     prices = bs.black_price(
         forward=100.0,

@@ -221,3 +221,11 @@ def test_a_damaged_run_configuration_is_named_with_its_field(sabr_data, tmp_path
         export_checkpoint(tmp_path / "run")
     with pytest.raises(ValueError, match=message):
         train_surrogate(sabr_data, tmp_path / "run", epochs=1, resume=True, **COMMON)
+
+
+def test_a_run_configuration_that_is_not_text_is_named(sabr_data, tmp_path):
+    # bytes that are no UTF-8 were a bare "'utf-8' codec can't decode", naming no file
+    train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)
+    (tmp_path / "run" / "surrogate_config.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"surrogate_config\.json is not a JSON text file"):
+        train_surrogate(sabr_data, tmp_path / "run", epochs=1, resume=True, **COMMON)

@@ -133,6 +133,26 @@ def test_calibration_params_that_are_not_finite_numbers_name_the_file_and_key(tm
                          base_dir=tmp_path)  # fmt: skip
 
 
+def test_a_boolean_calibration_param_is_refused(tmp_path):
+    # true was read as v0 = 1.0 and trained on without a word
+    params = {"v0": True, "kappa": 2.0, "theta": 0.06, "sigma": 0.4, "rho": -0.5}
+    (tmp_path / "fit.json").write_text(json.dumps({"params": params}))
+    with pytest.raises(ConfigError, match=r"market.calibration: .*params.v0 must be a finite"):
+        config_from_dict({"market": {"model": "heston", "calibration": "fit.json"}},
+                         base_dir=tmp_path)  # fmt: skip
+
+
+def test_a_config_or_calibration_file_that_is_not_text_names_the_file(tmp_path):
+    # bytes that are no UTF-8 were a UnicodeDecodeError traceback on the command line
+    (tmp_path / "cfg.yaml").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"cannot read config .*cfg\.yaml"):
+        load_config(tmp_path / "cfg.yaml")
+    (tmp_path / "fit.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match=r"market.calibration: cannot read params from .*fit"):
+        config_from_dict({"market": {"model": "heston", "calibration": "fit.json"}},
+                         base_dir=tmp_path)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("market", "message"),
     [({"model": "heston", "v0": 0.09}, r"market.calibration and market.v0 both set"),

@@ -233,6 +233,16 @@ def test_resuming_a_run_whose_saved_config_is_no_object_names_the_file(small_run
         train(config, run, resume=True)
 
 
+def test_resuming_a_run_whose_saved_config_is_not_text_names_the_file(small_run, tmp_path):
+    # bytes that are no UTF-8 were a bare "'utf-8' codec can't decode", naming no file
+    config, _, _ = load_run(small_run)
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    (run / "hedge_config.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"cannot read the run's hedge_config\.json"):
+        train(config, run, resume=True)
+
+
 def test_load_run_of_weights_another_network_names_the_mismatch(small_run, tmp_path) -> None:
     # the message stopped at torch's header, "Error(s) in loading state_dict for HedgeModel:"
     def edit(payload):
