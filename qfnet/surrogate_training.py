@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pricing.datasets import Domain, load_dataset
 from qfnet.surrogate import SurrogateNet, build_surrogate, load_surrogate, save_surrogate
+from qfnet.training.checkpoint import write_text_atomically
 
 __all__ = [
     "export_checkpoint",
@@ -530,7 +531,7 @@ def train_surrogate(
         arch = {"hidden": list(hidden), "activation": activation, "base": net.base,
                 "domain": domain.to_dict(), "split": split, "dataset": dataset,
                 "training": training}  # fmt: skip
-        (run / _ARCH_FILE).write_text(json.dumps(arch, indent=2))
+        write_text_atomically(json.dumps(arch, indent=2), run / _ARCH_FILE)
     trainer.fit(train, val, resume=resume)
     if not ranks.is_global_zero:
         return {}
@@ -554,7 +555,7 @@ def train_surrogate(
     save_surrogate(net, run / "model.pt", training=summary)
     if errors.numel():
         _plot_error_histogram(errors, run / "error_hist.png")
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomically(json.dumps(summary, indent=2), run / "summary.json")
     return summary
 
 

@@ -34,6 +34,7 @@ from qfnet.hedging.strategies import (
     WhalleyWilmott,
 )
 from qfnet.hedging.train import load_run, make_paths
+from qfnet.training.checkpoint import write_text_atomically
 
 __all__ = ["backtest", "bootstrap_ci", "read_paths", "run_backtest"]
 
@@ -332,5 +333,5 @@ def run_backtest(
     report["paths"] = source
     report["train_seconds"] = meta["train_seconds"]
     report["plots"] = [*plot_histograms(results, out), plot_hedge_ratio(results, data, market, out)]
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomically(json.dumps(report, indent=2) + "\n", out / "report.json")
     return report

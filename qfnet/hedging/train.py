@@ -24,7 +24,12 @@ from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
-from qfnet.training.checkpoint import archive_problem, load_error_summary, save_atomically
+from qfnet.training.checkpoint import (
+    archive_problem,
+    load_error_summary,
+    save_atomically,
+    write_text_atomically,
+)
 from qfnet.training.distributed import barrier, init_distributed
 
 __all__ = [
@@ -347,7 +352,7 @@ def _plain_config(config: HedgeConfig) -> dict[str, Any]:
 def _write_config(run_dir: Path, config: HedgeConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_plain_config(config), indent=2) + "\n"
-    (run_dir / "hedge_config.json").write_text(text)
+    write_text_atomically(text, run_dir / "hedge_config.json")
 
 
 def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:

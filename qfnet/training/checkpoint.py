@@ -32,6 +32,7 @@ __all__ = [
     "save_atomically",
     "save_checkpoint",
     "set_rng_state",
+    "write_text_atomically",
 ]
 
 FORMAT = "qfnet.training.checkpoint"
@@ -112,13 +113,33 @@ def save_atomically(payload: Any, path: str | Path) -> Path:
         >>> save_atomically({"w": torch.zeros(1)}, p) == p, sorted(x.name for x in p.parent.iterdir())
         (True, ['net.pt'])
     """
+    return _replace_atomically(path, lambda f: torch.save(payload, f))
+
+
+def write_text_atomically(text: str, path: str | Path) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` as :func:`save_atomically` writes a payload: an
+    interrupted write leaves the previous file whole (a run's JSON files and CSV rows were
+    written in place, and a failure cut them short).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "report.json"
+        >>> write_text_atomically("{}\\n", p).read_text()
+        '{}\\n'
+    """
+    return _replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _replace_atomically(path: str | Path, write: Any) -> Path:
+    """``write(f)`` to a temporary binary file beside ``path``, flushed to disk, renamed over
+    ``path``; the temporary is removed on any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from collaborators
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from qfnet.training.checkpoint import write_text_atomically
 
 if TYPE_CHECKING:
     from qfnet.training.trainer import Trainer
@@ -62,11 +65,12 @@ class CSVLogger:
         for record in records:
             columns += [k for k in record if k not in columns]
         self._columns = columns
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(records)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+        # through a temporary file: a failed rewrite left the earlier rows cut short
+        write_text_atomically(text.getvalue(), path)
 
 
 class TensorBoardLogger:

@@ -435,7 +435,7 @@ class Trainer:
             "torch": torch.__version__,
         }
         text = json.dumps({**self.config.to_dict(), "runtime": runtime}, indent=2, default=str)
-        (self.run_dir / "config.json").write_text(text + "\n")
+        ckpt.write_text_atomically(text + "\n", self.run_dir / "config.json")
 
     def _folded_train_sums(self) -> torch.Tensor:
         """The epoch's ``[loss_sum, weight_sum, metric sums...]`` including the step losses."""

@@ -21,7 +21,13 @@ from qfnet.training import (
     load_checkpoint,
     save_checkpoint,
 )
-from qfnet.training.checkpoint import FORMAT, get_rng_state, set_rng_state
+from qfnet.training.checkpoint import (
+    FORMAT,
+    get_rng_state,
+    set_rng_state,
+    write_text_atomically,
+)
+from qfnet.training.loggers import CSVLogger
 
 
 def _valid_checkpoint(path: Path) -> Path:
@@ -597,3 +603,35 @@ def test_mid_epoch_resume_of_a_shuffling_loader_without_generator_warns(regressi
     _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="none")
     with pytest.warns(UserWarning, match="shuffling DataLoader that has no generator"):
         trainer.fit(loader, resume=True)
+
+
+def test_an_interrupted_text_write_keeps_the_previous_file(tmp_path, monkeypatch) -> None:
+    path = write_text_atomically("old\n", tmp_path / "report.json")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomically("new\n" * 1000, path)
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary left
+
+
+def test_a_failed_metrics_rewrite_keeps_the_earlier_rows(tmp_path, monkeypatch) -> None:
+    # the rewrite opened metrics.csv for writing first: a failure after the header left it
+    # without the earlier epochs' rows
+    import csv
+
+    path = tmp_path / "metrics.csv"
+    logger, rows = CSVLogger(path), [{"epoch": 0, "step": 4, "train_loss": 1.5}]
+    logger._rewrite(path, rows)
+    before = path.read_text()
+
+    def fail(self, records) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", fail)
+    with pytest.raises(OSError):
+        logger._rewrite(path, [*rows, {"epoch": 1, "step": 8, "train_loss": 1.2}])
+    assert path.read_text() == before
