@@ -14,7 +14,14 @@ import torch
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import TensorLike, call_flag, named_tensors, real_number, real_scalar
+from pricing._typing import (
+    TensorLike,
+    call_flag,
+    common_dtype_device,
+    named_tensors,
+    real_number,
+    real_scalar,
+)
 from pricing._validation import check_finite, check_positive
 from pricing.analytic_barrier import _BGK_BETA  # the discrete-monitoring shift's constant
 
@@ -164,8 +171,12 @@ def discrete_lookback_price(
               "dividend": dividend, "kind": kind, "is_call": is_call}  # fmt: skip
     moved_strike = None if strike is None else named_tensors(strike=strike)[0] / e
     moved = lookback_price(**common, running_extremum=extremum_t / e, strike=moved_strike)
+    # of the result, as lookback_price's: the moved extremum, float64, made float32 inputs price
+    # in float64
+    dtype = common_dtype_device([spot, running_extremum, maturity, volatility, strike], None,
+                                None)[0]  # fmt: skip
     if kind == "fixed":
-        return (e * moved).to(moved.dtype)
+        return (e * moved).to(dtype)
     t = named_tensors(maturity=maturity)[0].to(torch.float64)
     # one number (a graph kept): a dividend of [0.01] or np.array([0.01]) failed in '-' or '*'
     q = real_scalar("dividend", dividend)
@@ -177,7 +188,7 @@ def discrete_lookback_price(
     european = black_scholes.price(spot=spot_t, strike=extremum_t, maturity=t,
                                    volatility=vol_t, rate=real_scalar("rate", rate), dividend=q,
                                    is_call=is_call)  # fmt: skip
-    return torch.maximum(out, european.to(out.dtype)).to(moved.dtype)
+    return torch.maximum(out, european.to(out.dtype)).to(dtype)
 
 
 def _parts(s, level, t, vol, rate, carry):

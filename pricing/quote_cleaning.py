@@ -158,6 +158,10 @@ def _slope_error(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray, fit
     return float(np.sqrt(residual @ residual / (len(strikes) - 2) / (spread @ spread)))
 
 
+class _UnitsError(QuoteError):
+    """A parity slope that strikes or prices in other units explain (:func:`_check_units`)."""
+
+
 def _check_units(
     slope: float, intercept: float, maturity: float, carry_discount: float, error: float
 ) -> None:
@@ -167,7 +171,8 @@ def _check_units(
     with. C - P then falls by ``D / 100`` a unit of strike (or ``100 D``), and the rate's discount
     gave a forward of about the strikes and vols of a few percent (or none), without a word.
     A slope within 4 standard errors (``error``, from three pairs or more) of a plausible
-    discount is noise (stale or wide quotes a strike apart), not units."""
+    discount is noise (stale or wide quotes a strike apart), not units. The units are the file's:
+    :func:`parity_forwards` refuses only where no expiry's slope is a plausible discount."""
     if not (slope > 0 and intercept > 0):
         return
     low, high = PARITY_RATES
@@ -179,13 +184,13 @@ def _check_units(
     if plausible:  # the factor whose rate is nearest the file's (both fit after 1.5 years)
         scale = min(plausible, key=lambda s: abs(-np.log(s * slope) / maturity - rate))
         column, words, hint = UNIT_SCALES[scale]
-        raise QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit "
-                         f"of strike, {words} a discount factor: {hint}",
-                         column=column)  # fmt: skip
+        raise _UnitsError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit "
+                          f"of strike, {words} a discount factor: {hint}",
+                          column=column)  # fmt: skip
 
 
 def _pair_forward(
-    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
+    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float, check_units: bool
 ) -> tuple | None:
     """Forward and discount from call-minus-put prices of one expiry's pairs, or None."""
     near = _near_pairs(pairs, n_pairs)
@@ -199,15 +204,20 @@ def _pair_forward(
         low, high = PARITY_RATES
         if discount > 0 and intercept > 0 and low <= -np.log(discount) / maturity <= high:
             return intercept / discount, discount, "parity"
-        error = _slope_error(strikes, diff, weights, (slope, intercept))
-        _check_units(discount, intercept, maturity, carry_discount, error)
+        if check_units:
+            error = _slope_error(strikes, diff, weights, (slope, intercept))
+            _check_units(discount, intercept, maturity, carry_discount, error)
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
     return (forward, carry_discount, source) if forward > 0 else None
 
 
 def _expiry_pairs(
-    group: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
+    group: pd.DataFrame,
+    carry_discount: float,
+    n_pairs: int,
+    maturity: float,
+    check_units: bool = True,
 ) -> tuple | None:
     """Parity forward and discount of one expiry's quotes, or None without call/put pairs."""
     if "option_type" not in group:
@@ -224,7 +234,9 @@ def _expiry_pairs(
         spread = spread.reindex(index=pairs.index, columns=["call", "put"])
         pairs = pairs.assign(call_spread=spread["call"], put_spread=spread["put"])
     pairs = pairs.assign(_shift=float(shifts(group).iloc[0]))
-    return _pair_forward(pairs, carry_discount, n_pairs, maturity) if len(pairs) else None
+    if not len(pairs):
+        return None
+    return _pair_forward(pairs, carry_discount, n_pairs, maturity, check_units)
 
 
 def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
@@ -260,7 +272,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     require_columns(quotes, ["strike", "maturity", "rate", "dividend"], "parity forwards")
     check_one_quote_date(quotes)  # a key per maturity pools two days' quotes
     quotes = quotes.assign(_mid=_mid(quotes), _key=_expiry_key(quotes))
-    rows = []
+    rows, units = [], None
     for key, group in quotes.groupby("_key", sort=True):
         t = float(group["maturity"].iloc[0])
         rate, dividend = float(group["rate"].iloc[0]), float(carry_yields(group)[0])
@@ -271,7 +283,11 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         if given and group[["forward", "discount"]].notna().all().all():
             result = (group["forward"].mean(), discount, "given")
         else:
-            result = _expiry_pairs(group, discount, n_pairs, t)
+            try:
+                result = _expiry_pairs(group, discount, n_pairs, t)
+            except _UnitsError as error:  # decided over the file's expiries, below
+                units = units or error
+                result = _expiry_pairs(group, discount, n_pairs, t, check_units=False)
         if result is None and "forward" in group and group["forward"].notna().all():
             result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate
         if result is None:
@@ -285,6 +301,10 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         rows.append(
             {"_key": key, "maturity": t, "forward": forward, "discount": discount, "source": source}
         )
+    # an expiry of stale pairs whose flat C - P looked like strikes x 100 refused a file whose
+    # other expiries fit plausible discounts in its units
+    if units is not None and not any(row["source"] == "parity" for row in rows):
+        raise units
     return pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
 
 

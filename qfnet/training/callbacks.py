@@ -171,6 +171,13 @@ class EarlyStopping:
             return
         trainer.should_stop = True
         if trainer.is_global_zero:
+            if self.stop_reason == "unknown":  # a larger patience does not move it: say so
+                warnings.warn(f"EarlyStopping: the resumed run stopped at epoch "
+                              f"{self.stopped_epoch} and stays stopped: its checkpoint, written "
+                              "before stop reasons were saved, cannot be decided again with "
+                              "other settings (start a new run, e.g. from its weights)",
+                              stacklevel=6)  # fmt: skip
+                return
             why = ("was not finite" if self.stop_reason == "non-finite" else
                    f"did not improve in {self.wait} checks, patience {self.patience}")  # fmt: skip
             warnings.warn(f"EarlyStopping: the resumed run stopped at epoch {self.stopped_epoch}"

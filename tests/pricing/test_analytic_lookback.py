@@ -151,6 +151,22 @@ def test_discrete_floating_lookback_is_at_least_the_european_at_its_extremum(is_
     assert price.item() >= european.item() >= 0.0
 
 
+@pytest.mark.parametrize(
+    ("kind", "strike", "extremum"), [("floating", None, 0.97), ("fixed", 105.0, 1.03)]
+)
+def test_discrete_lookback_of_float32_inputs_is_float32(
+    kind: str, strike: float | None, extremum: float
+) -> None:
+    # as lookback_price: the moved extremum, float64, made the price float64
+    spot = torch.tensor([100.0, 110.0], dtype=torch.float32)
+    args = dict(running_extremum=spot * extremum, maturity=1.0, volatility=0.2, interval=1 / 52,
+                rate=0.03, kind=kind, strike=strike)  # fmt: skip
+    single = discrete_lookback_price(spot=spot, **args)
+    assert single.dtype == torch.float32
+    double = discrete_lookback_price(spot=spot.double(), **args)
+    np.testing.assert_allclose(single.numpy(), double.numpy(), rtol=1e-6, atol=0)
+
+
 def test_discrete_lookback_needs_a_positive_interval() -> None:
     with pytest.raises(ValueError, match="interval must be positive"):
         discrete_lookback_price(spot=100.0, running_extremum=100.0, maturity=1.0,

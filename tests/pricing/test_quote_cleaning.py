@@ -461,6 +461,22 @@ def test_a_noisy_parity_slope_is_not_taken_for_strike_units() -> None:
     np.testing.assert_allclose(implied["forward"], [101.0 + diff.mean()], rtol=1e-12, atol=0)
 
 
+def test_stale_pairs_of_one_expiry_do_not_refuse_a_file_whose_strikes_fit_parity() -> None:
+    # the 2.5y pairs' C - P falls by 0.17 over 5 strikes (stale quotes): a slope of 1/100 of a
+    # discount factor, which refused the whole file as strikes times 100, though the 3-month
+    # expiry's pairs fit a discount of 1 in its units
+    near = [("call", k, 0.25, 5.1 + max(100.0 - k, 0.0)) for k in (90.0, 95.0, 100.0, 105.0)]
+    near += [("put", k, 0.25, 5.1 + max(k - 100.0, 0.0)) for k in (90.0, 95.0, 100.0, 105.0)]
+    stale = [("call", 100.0, 2.5, 20.0), ("put", 100.0, 2.5, 10.0), ("call", 105.0, 2.5, 19.0),
+             ("put", 105.0, 2.5, 9.17)]  # fmt: skip
+    table = pd.DataFrame(near + stale, columns=["option_type", "strike", "maturity", "price"])
+    implied = parity_forwards(read_quotes(table))
+    assert implied["source"].tolist() == ["parity", "parity_rate_discount"]
+    # alone, the stale expiry is what strikes times 100 look like: refused
+    with pytest.raises(QuoteError, match=r"T=2\.5: .*1/100 of a discount factor"):
+        parity_forwards(read_quotes(table.iloc[len(near) :]))
+
+
 def test_option_metrics_calls_alone_without_spot_name_what_is_missing(tmp_path: Path) -> None:
     path = tmp_path / "om.csv"
     _option_metrics(1.0, ("call",)).to_csv(path, index=False)

@@ -21,6 +21,7 @@ from qfnet.training import (
     TrainerConfig,
     load_checkpoint,
     lr_find,
+    save_checkpoint,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -610,6 +611,33 @@ def test_a_run_early_stopping_stopped_trains_on_when_resumed_with_a_larger_patie
     with pytest.warns(UserWarning, match=r"stopped at epoch 3 \(train_loss did not improve in "
                                          r"3 checks, patience 3\) and stays stopped"):  # fmt: skip
         assert len(fit(3, tmp_path / "b", resume=True)[1]) == 4
+
+
+def test_an_older_checkpoints_early_stop_is_kept_without_asking_for_a_larger_patience(
+    regression, mlp, sq_error, tmp_path
+):
+    # a stop saved without its reason stays stopped whatever the patience: the warning asked
+    # for a larger one ("did not improve in 1 checks, patience 3 ... resume with a larger
+    # patience"), which changed nothing
+    data = regression(n=32)
+
+    def fit(patience, resume=False):
+        stopper = EarlyStopping(monitor="train_loss", mode="max", patience=patience)
+        config = TrainerConfig(max_epochs=10, batch_size=8, optimizer="sgd", lr=0.05,
+                               progress_bar=False, tensorboard=False, run_dir=tmp_path)  # fmt: skip
+        return Trainer(mlp(), loss=sq_error, config=config, callbacks=[stopper]).fit(
+            data, resume=resume
+        )
+
+    assert len(fit(1)) == 2
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    del state["callbacks"]["EarlyStopping"]["stop_reason"]  # as written before it was saved
+    save_checkpoint(state, path)
+    with pytest.warns(UserWarning, match="stopped at epoch 1 and stays stopped: its checkpoint, "
+                                         "written before stop reasons were saved") as caught:  # fmt: skip
+        assert len(fit(3, resume=True)) == 2
+    assert not any("larger patience" in str(w.message) for w in caught)
 
 
 @pytest.mark.parametrize(("patience", "epochs"), [(1, 3), (5, 4)])
