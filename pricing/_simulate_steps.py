@@ -197,14 +197,17 @@ def qe_exponential_branch(
     """
     m = v * c.decay + c.theta * (1.0 - c.decay)
     psi = (v * c.s2_v + c.s2_c) / (m * m)
-    p = (psi - 1.0) / (psi + 1.0)
-    beta = (1.0 - p) / m
+    # 1 - p = 2 / (psi + 1), not 1 - (psi - 1) / (psi + 1): p rounded to 1 where psi exceeds
+    # 1 / eps (about 2e7 in float32: sigma^2 / (2 kappa theta) at v = 0), and beta = 0 made v'
+    # 0 / 0, NaN on every path from the second step (theta 1e-8, kappa 10, sigma 2)
+    one_minus_p = 2.0 / (psi + 1.0)
+    beta = one_minus_p / m
     # log(1 - U), U = Phi(zv): erfc keeps its accuracy to zv ~ 37 (torch's ndtr is 0 past 8.3,
     # and log_ndtr is 3.7 times slower)
     log_one_minus_u = ndtr(-zv).log()
-    v_next = (torch.log1p(-p) - log_one_minus_u).clamp_min(0.0) / beta
+    v_next = (one_minus_p.log() - log_one_minus_u).clamp_min(0.0) / beta
     gap = (beta - c.a_coef).clamp_min(1e-300)
-    return v_next, (p + beta * (1.0 - p) / gap).log(), beta > c.a_coef
+    return v_next, (1.0 - one_minus_p + beta * one_minus_p / gap).log(), beta > c.a_coef
 
 
 def qe_mean(

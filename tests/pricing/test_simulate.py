@@ -568,3 +568,18 @@ def test_parameter_taken_as_one_value_names_itself_when_given_per_path(
             simulate.sabr(4, 2, **{**SABR, field: per_path})
         else:
             simulate.heston(4, 2, **{**HESTON, field: per_path})
+
+
+def test_heston_qe_float32_finite_where_one_minus_p_is_below_epsilon() -> None:
+    # sigma^2 / (2 kappa theta) = 2e7 at v = 0: p = (psi - 1) / (psi + 1) rounded to 1 in
+    # float32, beta to 0, and every path's variance was NaN from the second step
+    params = dict(spot=100.0, v0=1e-8, kappa=10.0, theta=1e-8, sigma=2.0, rho=-0.95,
+                  maturity=0.01)  # fmt: skip
+    paths = simulate.heston(20000, 8, **params, dtype=torch.float32,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert bool(torch.isfinite(paths.spot).all() and torch.isfinite(paths.variance).all())
+    wide = simulate.heston(20000, 8, **params, generator=torch.Generator().manual_seed(1))
+    k = 5.0  # standard errors
+    mean32, mean64 = paths.variance[:, -1].double().mean(), wide.variance[:, -1].mean()
+    se = (paths.variance[:, -1].double().var() / 20000 + wide.variance[:, -1].var() / 20000).sqrt()
+    assert abs(mean32 - mean64) < k * se + 1e-12
