@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -764,3 +765,24 @@ def test_zero_strikes_price_with_every_estimator() -> None:
                                   n_steps=8, control=True, generator=_gen(14))  # fmt: skip
     exact = analytic_barrier.barrier_price(**barrier, strike=tiny)
     _assert_first_within(knock, exact.item(), 1e-8)
+
+
+@pytest.mark.parametrize(
+    ("maturity", "is_call", "control", "warns"),
+    [(4.28, True, False, True), (4.28, False, True, True), (4.28, False, False, False),
+     (0.5, True, True, False)],
+)  # fmt: skip
+def test_heston_calls_past_the_second_moments_explosion_warn(maturity, is_call, control, warns):
+    # kappa 1, sigma 1.92, rho 0.45: E[S_T^2] is infinite from T = 0.99 (Andersen-Piterbarg), the
+    # call payoff's variance too, and its price sat 4 to 7 reported errors from the Fourier
+    # value without a word; puts are bounded (their control, S_T, is not)
+    args = dict(spot=100.0, strike=100.0, maturity=maturity, v0=0.04, kappa=1.0, theta=0.04,
+                sigma=1.92, rho=0.45, is_call=is_call, control=control, n_paths=256, n_steps=4,
+                generator=_gen(0))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monte_carlo.heston_european(**args)
+    messages = [str(w.message) for w in caught if "E[S_T^2] is infinite" in str(w.message)]
+    assert bool(messages) == warns, messages
+    if warns:
+        assert "from T = 0.9934 years" in messages[0]
