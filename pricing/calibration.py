@@ -449,9 +449,10 @@ def quote_weights(quotes: pd.DataFrame, weights: str | Sequence[float] | np.ndar
             spread = (quotes["ask_iv"] - quotes["bid_iv"]).to_numpy(float)
             floor = np.nanmedian(spread[spread > 0]) * 1e-2 if np.any(spread > 0) else 1e-4
             raw = 1 / np.where(np.isfinite(spread) & (spread > floor), spread, np.nan)
-            raw = np.where(
-                np.isfinite(raw), raw, np.nanmedian(raw) if np.isfinite(raw).any() else 1
-            )
+            if not np.isfinite(raw).any():  # equal weights were fitted without a word
+                raise QuoteError("weights='spread' needs bid and ask quotes: no quote has a "
+                                 "bid_iv below its ask_iv", column="bid")  # fmt: skip
+            raw = np.where(np.isfinite(raw), raw, np.nanmedian(raw))
         else:
             raise ValueError(f"weights must be 'equal', 'vega' or 'spread', got {weights!r}")
     else:

@@ -459,7 +459,10 @@ def _polish(
         dnormalized = dprice / torch.sqrt(ratio[index]).unsqueeze(-1)
         return residuals.from_prices(index, price, dnormalized)
 
-    return levenberg_marquardt(fn, x, lower=lower, upper=upper, max_iterations=iterations)
+    # the fit's own tolerances: the defaults (ftol 1e-12) are out of reach in a few steps, so an
+    # exact fit (cost 1e-24 at the 4th step) was reported unconverged
+    return levenberg_marquardt(fn, x, lower=lower, upper=upper, max_iterations=iterations,
+                               **_TOLERANCES)  # fmt: skip
 
 
 def _finalists(cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int) -> torch.Tensor:

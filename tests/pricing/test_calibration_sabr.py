@@ -94,6 +94,19 @@ def test_spread_weights_need_bid_and_ask() -> None:
         calibrate("sabr", _smiles(), weights="spread")
 
 
+@pytest.mark.parametrize(
+    ("bid", "ask"), [(np.nan, np.nan), (0.21, 0.19), (0.2, 0.2)], ids=["empty", "crossed", "locked"]
+)
+def test_spread_weights_need_a_spread_somewhere(bid: float, ask: float) -> None:
+    # bid/ask columns without one usable spread (empty, crossed or locked) fitted equal weights
+    # without a word, as if weights="equal" had been asked for
+    from pricing.quotes import QuoteError
+
+    quotes = _smiles().assign(bid_iv=bid, ask_iv=ask)
+    with pytest.raises(QuoteError, match="no quote has a bid_iv below its ask_iv"):
+        calibrate("sabr", quotes, weights="spread")
+
+
 @pytest.mark.parametrize("method", ["direct", "quantlib"])
 def test_smiles_with_fewer_quotes_than_free_parameters_are_reported(method: str) -> None:
     # Two strikes for (alpha, rho, nu): one of many exact fits came back converged without a word
