@@ -544,7 +544,9 @@ def generate(
         device: where each worker labels (``cpu``, ``cuda``, ``cuda:1``...): the torch engines
             and the implied-vol solver run there; the labels are float64 either way, identical
             for any ``workers`` split on the same device, and across ``shard_size`` to rounding
-            (the pricers' batched reductions: ~1e-16).
+            (the pricers' batched reductions: ~1e-16), but for the ``mc`` engine, whose noise
+            is drawn per shard (from the seed and the shard's index): another ``shard_size``
+            gives other Monte Carlo noise, within the labels' ``std_error``.
         compile: label with the ``torch.compile``-fused Heston pricer (``analytic`` engine only):
             about twice the CPU throughput after a one-off compilation in each worker
             (seconds with a warm inductor cache, about a minute cold), so for large datasets; labels

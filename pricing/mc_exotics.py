@@ -103,7 +103,8 @@ def bs_asian(
         n_steps: steps for continuous averaging.
         antithetic: antithetic pairs.
         control: geometric-Asian control variate.
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk.
 
     Shape:
@@ -204,7 +205,8 @@ def bs_barrier(
         n_steps: time steps (monitoring dates when discrete).
         antithetic: antithetic pairs.
         control: European control variate.
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk.
 
     Shape:
@@ -299,7 +301,8 @@ def bs_lookback(
         n_steps: time steps.
         antithetic: antithetic pairs.
         control: terminal-spot control variate.
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk.
 
     Shape:
@@ -392,7 +395,8 @@ def bs_pathwise_greeks(
             terminal value is exact), :data:`ASIAN_STEPS` for a continuous Asian average (as
             :func:`bs_asian`).
         antithetic: antithetic pairs.
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk (None: :func:`pricing._mc_random.graph_chunk_size`, which
             bounds each chunk's autograd graph).
 

@@ -190,7 +190,8 @@ def bs_european(
         sobol: scrambled Sobol normals (randomised QMC: the standard error is that of
             :data:`pricing._mc_random.SOBOL_REPLICATES` independent scramblings).
         control: use the discounted terminal spot (mean ``spot e^{-qT}``) as control variate.
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk.
         dtype: simulation dtype.
         device: simulation device.
@@ -270,7 +271,8 @@ def heston_european(
             :data:`pricing._mc_random.SOBOL_REPLICATES` independent scramblings).
         control: use the discounted terminal spot as control variate (exact mean under both
             schemes: they are martingale-corrected).
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk.
         dtype: simulation dtype.
         device: simulation device.
@@ -415,7 +417,8 @@ def sabr_european(
         sobol: scrambled Sobol normals (randomised QMC: the standard error is that of
             :data:`pricing._mc_random.SOBOL_REPLICATES` independent scramblings).
         control: terminal forward as control variate (``beta == 1`` only).
-        generator: random source.
+        generator: source of the seed; None draws fresh entropy (``torch.manual_seed`` does
+            not fix it: pass a seeded generator to repeat a run).
         chunk_size: paths per chunk.
         dtype: simulation dtype.
         device: simulation device.

@@ -212,6 +212,7 @@ def train_network(
 
     The loss is the MSE on box-normalised parameters; a ``val_fraction`` of the data (the last
     rows) drives early stopping and a one-cycle learning-rate schedule sets the step size.
+    ``seed`` fixes the initial weights and the batch order: the same seed, the same network.
 
     Shape:
         params: ``(N, 5)``, vols ``(N, 66)``.
@@ -223,7 +224,9 @@ def train_network(
         torch.Size([2])
     """
     _check_surfaces(vols)
-    net = CalibrationNetwork(hidden=hidden, activation=activation)
+    with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
+        torch.manual_seed(seed)
+        net = CalibrationNetwork(hidden=hidden, activation=activation)
     n_val = max(1, int(len(params) * val_fraction))
     net.fit_scaler(vols[:-n_val])
     target = net.to_unit(params)

@@ -107,7 +107,9 @@ def backtest_command(
     ),
     n_paths: int | None = typer.Option(None, "--n-paths", help="Override paths.test."),
     bootstrap: int = typer.Option(100, "--bootstrap", help="Bootstrap resamples for the CIs."),
-    seed: int | None = seed_option(None, "--seed", help="Seed of the test paths."),
+    seed: int | None = seed_option(
+        None, "--seed", help="Seed of the test paths and the bootstrap (default: the run's seed)."
+    ),
 ) -> None:
     """Backtest the learned policy and the baselines on the same test paths.
 

@@ -521,3 +521,18 @@ def test_a_save_that_fails_midway_leaves_the_previous_network_whole(tmp_path, mo
         save_network(load_network(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["net.pt"]
+
+
+def test_train_network_same_seed_same_weights_whatever_the_global_rng() -> None:
+    # The initial weights came from torch's global generator, not from ``seed``: two calls with
+    # seed=0 in one process trained different networks.
+    params, vols = make_dataset(32, seed=1)
+
+    def weights(seed: int, global_seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)
+        net = train_network(params, vols, hidden=(8,), max_epochs=1, batch_size=8, seed=seed)
+        return list(net.state_dict().values())
+
+    first, again, other = weights(0, 1), weights(0, 2), weights(1, 1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
