@@ -12,7 +12,10 @@ The price of the out-of-the-money option is one Fourier integral along a contour
   origin), whose price is added in closed form;
 * a Gauss-Legendre panel covers the core ``[0, 10 s]``, ``s`` the saddle-point width, and a
   Gauss-Laguerre ray leaves its end at the asymptotic steepest-descent angle, on which the Heston
-  integrand ``~ exp(-W z)`` decays without oscillating (long maturities, large vol of vol).
+  integrand ``~ exp(-W z)`` decays without oscillating (long maturities, large vol of vol); where
+  ``W`` is so small that the integrand decays like ``1 / z^2`` for decades past the core (at the
+  money with a tiny variance and a large vol of vol), Gauss-Legendre panels geometric in ``|z|``
+  take the ray instead.
 
 The other option of the pair follows from put-call parity, added to (never subtracted from) the OTM
 price. The contour is chosen without gradient tracking: the exact integral does not depend on it, so
