@@ -146,6 +146,8 @@ def real_tensor(
         check_real(**{name: value})
     if array is None or array.dtype.kind not in "iuf":  # text, None, objects, dates
         raise TypeError(f"{name} must be real numbers, got {reprlib.repr(value)}")
+    if not array.flags.writeable:  # a read-only array (a pandas column of a parquet table):
+        array = array.copy()  # shared with the tensor, torch warned of undefined behaviour
     return torch.as_tensor(array, dtype=dtype, device=device)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
+from pricing import black_scholes
 from pricing._typing import broadcast_shape, broadcast_shapes
 
 
@@ -532,3 +534,14 @@ def test_real_scalar_keeps_the_graph_of_a_tensor_that_requires_grad_only():
         real_scalar("rate", torch.zeros(2, requires_grad=True))
     with pytest.raises(TypeError, match="rate must be real numbers"):
         real_scalar("rate", "0.05")
+
+
+def test_a_read_only_array_is_copied_not_shared(torch_warns_always) -> None:
+    # a read-only array (a pandas column of a parquet table) was shared with the tensor: torch
+    # warned "The given NumPy array is not writable ... undefined behavior" from inside a pricer
+    strike = np.array([90.0, 100.0, 110.0])
+    strike.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        price = black_scholes.price(spot=100.0, strike=strike, maturity=1.0, volatility=0.2)
+    assert price.shape == (3,)
