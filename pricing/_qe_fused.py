@@ -58,9 +58,11 @@ def fused_qe_step(
     a = m / (1.0 + b2)
     y = 2.0 * big_a * a  # 1 - w of the martingale correction
     v_quadratic = a * (b + zv).square()
-    # exponential branch, p clamped to [0, 0.999]: v' = log((1 - p) / (1 - U)) / beta past p, with
-    # beta = (1 - p) / m, so that beta (1 - p) / (beta - A) = (1 - p)^2 / (1 - p - A m)
-    one_minus_p = (2.0 * tp / (2.0 + tp)).clamp(0.001, 1.0)
+    # exponential branch: v' = log((1 - p) / (1 - U)) / beta past p, with beta = (1 - p) / m, so
+    # that beta (1 - p) / (beta - A) = (1 - p)^2 / (1 - p - A m); 1 - p = 2 tp / (2 + tp) stays
+    # exact as p nears 1 (clamped to 0.001 it drew other variances than the eager step's
+    # past psi ~ 2000); capped at 1 (unused: the quadratic branch)
+    one_minus_p = (2.0 * tp / (2.0 + tp)).clamp_max(1.0)
     one_minus_u = torch.special.ndtr(-zv).clamp_min(torch.finfo(zv.dtype).eps / 2)
     v_exponential = (one_minus_p / one_minus_u).log().clamp_min(0.0) * (m / one_minus_p)
     gap = one_minus_p - big_a * m  # m (beta - A)

@@ -79,7 +79,7 @@ def _qe_step(x, v, zv, zx, k_ptr, PSI_C: tl.constexpr, EPS_HALF: tl.constexpr):
     y = 2.0 * big_a * a
     root = b + zv
     v_quadratic = a * root * root
-    one_minus_p = tl.minimum(tl.maximum(2.0 * tp / (2.0 + tp), 0.001), 1.0)
+    one_minus_p = tl.minimum(2.0 * tp / (2.0 + tp), 1.0)
     one_minus_u = tl.maximum(0.5 * (1.0 - tl.math.erf(zv * 0.7071067811865476)), EPS_HALF)
     v_exponential = tl.maximum(tl.log(one_minus_p / one_minus_u), 0.0) * (m / one_minus_p)
     gap = one_minus_p - big_a * m

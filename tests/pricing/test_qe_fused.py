@@ -41,6 +41,25 @@ def test_branch_free_step_equals_the_eager_qe_step(sigma: float) -> None:
     torch.testing.assert_close(fused_x, eager_x, rtol=1e-11, atol=1e-12)
 
 
+def test_branch_free_step_equals_the_eager_qe_step_where_p_is_near_one() -> None:
+    # psi = sigma^2 / (2 kappa theta) = 2e5 at v = 0, 1 - p = 1e-5: the fused step clamped p to
+    # 0.999, so that 1 - p = 1e-3 drew 100 times more, and smaller, jumps of the variance than
+    # the eager step (another variance of v', whose mean alone the clamp kept)
+    c = HestonStep.build(1 / 52, kappa=10.0, theta=1e-6, sigma=2.0, rho=-0.7, drift=0.02)
+    v, zv, zx = _grid(torch.float64)
+    x = torch.full_like(v, 0.1)
+    fused_x, fused_v = fused_qe_step(
+        x, v, zv, zx, step_constants(c, dtype=v.dtype, device=v.device)
+    )
+    eager_x, eager_v = heston_qe_step(x, v, zv, zx, c)
+    psi = (v * c.s2_v + c.s2_c) / (v * c.decay + c.theta * (1 - c.decay)) ** 2
+    assert float(psi.max()) > 1999.0  # 1 - p = 2 / (psi + 1) below 0.001
+    # the ndtr difference of the test above (~1e-12 of 1 - U by zv ~ 4) is magnified where 1 - U
+    # is near 1 - p ~ 1e-5 (v' the log of a ratio near 1): rtol 1e-9 (the clamp moved v' by 0.17)
+    torch.testing.assert_close(fused_v, eager_v, rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(fused_x, eager_x, rtol=1e-11, atol=1e-11)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_exponential_branch_beyond_the_dtype_floors_one_minus_u_at_half_eps(
     dtype: torch.dtype,
