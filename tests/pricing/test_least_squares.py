@@ -19,6 +19,7 @@ from pricing._heston_lewis import (
 )
 from pricing.black_scholes import black_implied_vol
 from pricing.calibration_heston import DEFAULT_NODES
+from pricing.heston import price as heston_price
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt, value_and_jacobian
 from pricing.quantlib import heston_price as ql_heston_price
 
@@ -329,3 +330,49 @@ def test_a_stop_at_the_damping_limit_is_not_reported_converged():
     assert int(res.iterations[1]) < 100  # stopped by the damping limit, not the iteration limit
     assert float(res.x[1, 0]) == 1.0  # no step was accepted
     assert float(res.cost[0]) < 1e-10  # the problem defined everywhere is solved (from 0.5)
+
+
+TINY_VARIANCE = [
+    (1e-5, 10.0, 1e-5, 2.0, 0.0),
+    (1e-4, 10.0, 1e-4, 2.0, -0.7),
+    (1e-6, 10.0, 1e-6, 2.0, -0.95),
+    (1e-5, 1.0, 1e-5, 10.0, -0.9),
+    (1e-5, 50.0, 1e-5, 10.0, 0.999),
+]
+TINY_MATURITIES = torch.tensor([[7 / 365, 0.05, 0.25, 1.0]], dtype=F64)
+NARROW_RATIOS = torch.tensor([0.9, 0.98, 0.995, 1.0, 1.005, 1.02, 1.1], dtype=F64)
+
+
+@pytest.mark.parametrize("params", TINY_VARIANCE)
+def test_tiny_variance_large_vol_of_vol_matches_the_reference_pricer(
+    params: tuple[float, ...],
+) -> None:
+    # The integrand lasts past the core's largest U (1e4) like 1 / u^2: with U capped there and no
+    # tail, the at-the-money price was 38% off (v0 = theta = 1e-5, sigma 2, 3 months), 10x off
+    # (v0 = theta = 1e-6, rho -0.95), and the wings by 1e-7 of the forward.
+    m, q = TINY_MATURITIES.shape[-1], len(NARROW_RATIOS)
+    grid = SurfaceGrid(TINY_MATURITIES, torch.log(NARROW_RATIOS).expand(1, m, q).clone(), 64)
+    b = normalized_otm(grid, torch.tensor([params], dtype=F64)).reshape(m, q)
+    ratio, t = NARROW_RATIOS.expand(m, q), TINY_MATURITIES[0].unsqueeze(-1).expand(m, q)
+    named = dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params, strict=True))
+    reference = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1,
+                             discount=1.0, dtype=F64, **named)  # fmt: skip
+    torch.testing.assert_close(torch.sqrt(ratio) * b, reference, rtol=1e-8, atol=1e-14)
+
+
+def test_tiny_variance_jacobian_matches_autograd_and_finite_differences() -> None:
+    # the tail panels' Filon weights depend only on the detached limits: the chain rule stays exact
+    x = torch.tensor(TINY_VARIANCE[1:4], dtype=F64)
+    m, q = TINY_MATURITIES.shape[-1], len(NARROW_RATIOS)
+    k = torch.log(NARROW_RATIOS).expand(len(x), m, q).clone()
+    grid = SurfaceGrid(TINY_MATURITIES.expand(len(x), -1), k, 64)
+    b, jacobian = normalized_otm_and_jacobian(grid, x)
+    torch.testing.assert_close(b, normalized_otm(grid, x), rtol=1e-13, atol=1e-18)
+    full = torch.autograd.functional.jacobian(lambda p: normalized_otm(grid, p).sum(0), x)
+    torch.testing.assert_close(jacobian, full.permute(1, 0, 2), rtol=1e-10, atol=1e-13)
+    for j in range(5):
+        h = 1e-4 * float(x[0, j].abs())
+        step = torch.zeros_like(x)
+        step[0, j] = h
+        numeric = (normalized_otm(grid, x + step) - normalized_otm(grid, x - step)) / (2 * h)
+        np.testing.assert_allclose(jacobian[0, :, j], numeric[0], rtol=1e-5, atol=1e-7)
