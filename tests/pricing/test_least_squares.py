@@ -376,3 +376,21 @@ def test_tiny_variance_jacobian_matches_autograd_and_finite_differences() -> Non
         step[0, j] = h
         numeric = (normalized_otm(grid, x + step) - normalized_otm(grid, x - step)) / (2 * h)
         np.testing.assert_allclose(jacobian[0, :, j], numeric[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_negligible_remainder_past_the_core_takes_no_tail() -> None:
+    # rho at -0.999 (a start racing to the box's edge) pushed U past the cap with a remainder of
+    # 1e-12 of the forward there: the tail's per-strike weights made such fits 20% slower, for
+    # prices that were already right
+    params = torch.tensor([[0.0798, 0.001, 0.0771, 2.5077, -0.999]], dtype=F64)
+    ratios = torch.linspace(0.8, 1.2, 11, dtype=F64)
+    maturity = torch.tensor([[30 / 365, 91 / 365, 1.0, 3.0]], dtype=F64)
+    m, q = maturity.shape[-1], len(ratios)
+    grid = SurfaceGrid(maturity, torch.log(ratios).expand(1, m, q).clone(), 64)
+    assert bool((_heston_lewis._decay_limits(grid, params) <= _heston_lewis.CORE_LIMIT).all())
+    b = normalized_otm(grid, params).reshape(m, q)
+    ratio, t = ratios.expand(m, q), maturity[0].unsqueeze(-1).expand(m, q)
+    named = dict(zip(("v0", "kappa", "theta", "sigma", "rho"), params[0].tolist(), strict=True))
+    reference = heston_price(forward=1.0, strike=ratio, maturity=t, is_call=ratio >= 1,
+                             discount=1.0, dtype=F64, **named)  # fmt: skip
+    torch.testing.assert_close(torch.sqrt(ratio) * b, reference, rtol=0.0, atol=1e-10)
