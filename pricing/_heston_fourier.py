@@ -587,25 +587,9 @@ def otm_integral(
     Shape:
         k, params, contour fields: (B,); output: (B,).
     """
-    if bool(contour.log_tail.any()):  # a host sync, as the other per-pass masks
-        return _otm_integral_split(k, params, contour, core_nodes, tail_nodes, compiled)
-    return _otm_integral(k, params, contour, core_nodes, tail_nodes, compiled, "laguerre")
-
-
-def _otm_integral_split(
-    k: torch.Tensor,
-    params: tuple[torch.Tensor, ...],
-    contour: Contour,
-    core_nodes: int,
-    tail_nodes: int,
-    compiled: bool,
-) -> torch.Tensor:
-    """:func:`otm_integral` of options with Gauss-Laguerre and geometric tails, a pass for each.
-
-    Shape:
-        k, params, contour fields: (B,); output: (B,).
-    """
-    price = torch.empty_like(k)
+    if not bool(contour.log_tail.any()):  # a host sync, as the other per-pass masks
+        return _otm_integral(k, params, contour, core_nodes, tail_nodes, compiled, "laguerre")
+    price = torch.empty_like(k)  # Gauss-Laguerre and geometric tails, a pass for each
     for subset, kind in ((~contour.log_tail, "laguerre"), (contour.log_tail, "geometric")):
         at = torch.nonzero(subset).squeeze(-1)
         if len(at):
