@@ -272,10 +272,11 @@ Tail = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 def _tail(
     grid: SurfaceGrid, params: torch.Tensor, upper: torch.Tensor, limit: torch.Tensor
-) -> Tail | None:
+) -> Tail:
     """Nodes and per-quote weights of the integral past ``upper`` (B, M) (:func:`upper_limits`)
-    where ``limit`` (:func:`_decay_limits`) lies beyond it, to the tail's own decay limit; None
-    where no expiry has a tail.
+    where ``limit`` (:func:`_decay_limits`) lies beyond it, to the tail's own decay limit
+    (surfaces with at least one such expiry: :func:`_per_node_count` groups them; zero-length
+    panels elsewhere).
 
     Past the core, the integrand of a tiny variance and a large vol of vol is still ``~ 1 /
     u^2`` (its integral, ``~ 1 / CORE_LIMIT``, exceeds the at-the-money price) and ``exp(-i u k)``
@@ -290,8 +291,6 @@ def _tail(
         L. N. G. Filon (1928), "On a quadrature formula for trigonometric integrals", Proc. R.
         Soc. Edinburgh 49. DLMF 10.60.7 (``exp(i z x) = sum (2n + 1) i^n j_n(z) P_n(x)``).
     """
-    if not bool((limit > upper).any()):  # a host sync, as the node counts'
-        return None
     v0, kappa, theta, sigma, _ = (p.unsqueeze(-1) for p in params.detach().unbind(-1))
     rate = (v0 + kappa * theta * grid.maturity) / sigma  # |W| of phi ~ exp(-W u)
     variance = _control_variance(grid, params)
