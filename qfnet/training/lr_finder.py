@@ -186,7 +186,6 @@ _TRAINER_ATTRS = (
     "_epoch_loss",
     "at_epoch_end",
     "_rng_at_position",
-    "_past_position",
 )
 
 

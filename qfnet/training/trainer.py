@@ -150,10 +150,9 @@ class Trainer:
         self.scheduler: Any = None
         self._epoch_done = False
         self._runtime_ready = False
-        # torch's RNG states at the loop position (the last completed optimizer step), and
-        # whether the current ones have moved past it (draws of a step not yet completed)
+        # torch's RNG states at the loop position (the last completed optimizer step) while a
+        # step under way may have drawn past it; None where the current states are the ones
         self._rng_at_position: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._past_position = False
         # the NaN guard's error (raised on every rank at once), and an exception being handled
         # under DDP that may not have been raised on the other ranks (see save_checkpoint)
         self._lockstep_error: BaseException | None = None
@@ -360,7 +359,7 @@ class Trainer:
         # Not restored either: a stop whose reason lasts is re-asserted by its callback from
         # its own state (EarlyStopping); one that does not (a time budget) lets a resume train on.
         self.should_stop = False
-        self._past_position = False
+        self._rng_at_position = None
         if path is None:
             seed_everything(self.config.seed)
             self.history = History()
@@ -465,7 +464,7 @@ class Trainer:
             self._train_step(group)
             if not self.at_epoch_end and self._stop_requested():
                 return False
-        self._past_position = False
+        self._rng_at_position = None
         self.epoch_metrics = {"epoch": self.epoch, "step": self.global_step}
         self.epoch_metrics.update(self._reduce(self._folded_train_sums(), "train_", train=True))
         self.call("on_train_epoch_end")
@@ -558,7 +557,7 @@ class Trainer:
         self.batch_in_epoch += len(group)
         self.step_in_epoch += 1
         self.global_step += 1
-        self._past_position = False
+        self._rng_at_position = None
         self.at_epoch_end = self.step_in_epoch == self.steps_per_epoch
         self.step_metrics.update(loss=step_loss, grad_norm=norm)
         self.call("on_train_step_end")
@@ -572,13 +571,12 @@ class Trainer:
         NumPy's states are not kept (costlier than a small step)."""
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         self._rng_at_position = (torch.get_rng_state(), cuda)
-        self._past_position = True
 
     def _rng_state(self) -> dict[str, Any]:
         """The global RNG states a checkpoint saves: the current ones, or torch's at the loop
         position if a step has started since (see :meth:`save_checkpoint`)."""
         state = ckpt.get_rng_state()
-        if self._past_position and self._rng_at_position is not None:
+        if self._rng_at_position is not None:
             cpu, cuda = self._rng_at_position
             state["torch"] = cpu
             if cuda is not None:
