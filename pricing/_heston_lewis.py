@@ -223,10 +223,11 @@ def _per_node_count(
     if not bool(tailed.any()):  # a host sync, as the node counts'
         return _per_count(fn, grid, params, upper, counts, None)
     parts = []
-    for flag in (~tailed, tailed):
+    for flag, with_tail in ((~tailed, False), (tailed, True)):
         rows = torch.nonzero(flag).squeeze(-1)
         if len(rows):
-            sub, limits = grid.select(rows), (upper[rows], counts[rows], limit[rows])
+            tails = limit[rows] if with_tail else None  # the others take no tail at all
+            sub, limits = grid.select(rows), (upper[rows], counts[rows], tails)
             parts.append((rows, _per_count(fn, sub, params[rows], *limits)))
     return _in_order(parts)
 
