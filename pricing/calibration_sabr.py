@@ -154,11 +154,15 @@ def _atm_vol(batch: SmileBatch) -> torch.Tensor:
         k = torch.log(
             (batch.strike[e, : len(rows)] + batch.shift[e]) / (batch.forward[e] + batch.shift[e])
         )
-        order = torch.argsort(k)
-        out.append(
-            float(np.interp(0.0, k[order].numpy(), batch.market_iv[e, : len(rows)][order].numpy()))
-        )
+        out.append(_vol_at_the_money(k.numpy(), batch.market_iv[e, : len(rows)].numpy()))
     return torch.tensor(out, dtype=batch.forward.dtype).unsqueeze(-1)  # (E, 1)
+
+
+def _vol_at_the_money(log_moneyness: np.ndarray, vol: np.ndarray) -> float:
+    """The vol at log-moneyness 0, linear between the quotes (flat beyond them), which may come
+    in any order (np.interp needs them increasing)."""
+    order = np.argsort(log_moneyness)
+    return float(np.interp(0.0, log_moneyness[order], np.asarray(vol)[order]))
 
 
 def _vols(
@@ -441,8 +445,7 @@ def fit_smile_scipy(
                shift=shift, weight=weight)  # fmt: skip
     w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
     log_moneyness = np.log((strike + shift) / (forward + shift))
-    order = np.argsort(log_moneyness)  # np.interp needs them increasing; quotes come in any order
-    atm = float(np.interp(0.0, log_moneyness[order], np.asarray(market_iv)[order]))
+    atm = _vol_at_the_money(log_moneyness, market_iv)
     b0 = FREE_BETA_START if beta is None else beta
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
