@@ -587,15 +587,35 @@ def otm_integral(
     Shape:
         k, params, contour fields: (B,); output: (B,).
     """
-    if not bool(contour.log_tail.any()):  # a host sync, as the other per-pass masks
-        return _otm_integral(k, params, contour, core_nodes, tail_nodes, compiled, "laguerre")
-    price = torch.empty_like(k)  # Gauss-Laguerre and geometric tails, a pass for each
-    for subset, kind in ((~contour.log_tail, "laguerre"), (contour.log_tail, "geometric")):
+    return in_two_passes(
+        contour.log_tail, k, params, contour,
+        lambda k, p, c, geometric: _otm_integral(k, p, c, core_nodes, tail_nodes, compiled,
+                                                 "geometric" if geometric else "laguerre"),
+    )  # fmt: skip
+
+
+def in_two_passes(
+    flagged: torch.Tensor,
+    k: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    contour: Contour,
+    integral: Callable[[torch.Tensor, tuple[torch.Tensor, ...], Contour, bool], torch.Tensor],
+) -> torch.Tensor:
+    """``integral(k, params, contour, flag)`` of the options not ``flagged`` (``flag`` False)
+    and of the flagged ones (True), a pass each, put back in order; one call where none is
+    flagged (a host sync, as the other per-pass masks).
+
+    Shape:
+        flagged, k, params, contour fields: (B,); output: (B,).
+    """
+    if not bool(flagged.any()):
+        return integral(k, params, contour, False)
+    price = torch.empty_like(k)
+    for subset, flag in ((~flagged, False), (flagged, True)):
         at = torch.nonzero(subset).squeeze(-1)
         if len(at):
-            value = _otm_integral(k[at], tuple(p[at] for p in params),
-                                  Contour(*(f[at] for f in contour)), core_nodes, tail_nodes,
-                                  compiled, kind)  # fmt: skip
+            value = integral(k[at], tuple(p[at] for p in params),
+                             Contour(*(f[at] for f in contour)), flag)  # fmt: skip
             price = price.index_put((at,), value)
     return price
 

@@ -44,7 +44,13 @@ import numpy as np
 import torch
 
 from pricing._complex import cexp
-from pricing._heston_fourier import Contour, choose_contour, log_characteristic, otm_integral
+from pricing._heston_fourier import (
+    Contour,
+    choose_contour,
+    in_two_passes,
+    log_characteristic,
+    otm_integral,
+)
 from pricing._typing import (
     DEFAULT_DTYPE,
     TensorLike,
@@ -519,16 +525,10 @@ def _otm_split(
 ) -> torch.Tensor:
     """:func:`otm_integral` of one chunk (B,): the options ``slow`` at :data:`WIDE_NODES`, the
     others at ``nodes`` (in one call when none is slow)."""
-    if not bool(slow.any()):
-        return otm_integral(k, params, contour, *nodes, compiled)
-    price = torch.empty_like(k)
-    for subset, (core, tail) in ((~slow, nodes), (slow, WIDE_NODES)):
-        at = torch.nonzero(subset).squeeze(-1)
-        if len(at):
-            value = otm_integral(k[at], tuple(p[at] for p in params),
-                                 Contour(*(f[at] for f in contour)), core, tail, compiled)  # fmt: skip
-            price = price.index_put((at,), value)
-    return price
+    return in_two_passes(
+        slow, k, params, contour,
+        lambda k, p, c, wide: otm_integral(k, p, c, *(WIDE_NODES if wide else nodes), compiled),
+    )  # fmt: skip
 
 
 def _slow_decay(contour: Contour, t, v0, kappa, theta, sigma, rho) -> tuple[torch.Tensor, ...]:
