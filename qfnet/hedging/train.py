@@ -350,7 +350,6 @@ def _plain_config(config: HedgeConfig) -> dict[str, Any]:
 
 
 def _write_config(run_dir: Path, config: HedgeConfig) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_plain_config(config), indent=2) + "\n"
     write_text_atomically(text, run_dir / "hedge_config.json")
 

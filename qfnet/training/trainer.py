@@ -426,7 +426,6 @@ class Trainer:
     def _write_config(self) -> None:
         if self.run_dir is None or not self.is_global_zero:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         runtime = {
             "device": str(self.device),
             "precision": self.precision,
