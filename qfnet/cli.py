@@ -6,6 +6,7 @@ field, and exit status 1.
 
 from __future__ import annotations
 
+import inspect
 import json
 import signal
 import warnings
@@ -50,13 +51,20 @@ app = typer.Typer(
 
 ENGINES = ("analytic", "quantlib", "mc", "surrogate")
 
-app.command("calibrate")(calibrate_command)
-app.command("generate")(generate_command)
+
+def _help(command: object) -> str:
+    """A command's ``--help`` text: its docstring up to the ``\\f`` that keeps the examples out
+    (typer printed the blank lines before the ``\\f`` under the summary, three of them)."""
+    return inspect.cleandoc(command.__doc__ or "").partition("\f")[0].strip()
+
+
+app.command("calibrate", help=_help(calibrate_command))(calibrate_command)
+app.command("generate", help=_help(generate_command))(generate_command)
 app.add_typer(hedge_app, name="hedge")
 train_app = typer.Typer(
     help="Train networks through the shared training loop.", no_args_is_help=True
 )
-train_app.command("surrogate")(train_surrogate_command)
+train_app.command("surrogate", help=_help(train_surrogate_command))(train_surrogate_command)
 app.add_typer(train_app, name="train")
 
 

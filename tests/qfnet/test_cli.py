@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -76,6 +77,10 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
     assert ">>>" not in result.output  # the docstrings' doctests stay out of the help
+    # calibrate, generate and train surrogate printed three blank lines under their summary (the
+    # blank lines before their docstring's \\f)
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert not any(a == b == "" for a, b in itertools.pairwise(lines)), result.output
 
 
 def test_price_keeps_the_files_own_prices_and_vols_as_market_columns(bs_quotes, tmp_path):
