@@ -25,12 +25,13 @@ from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_poli
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
 from qfnet.training.checkpoint import (
-    archive_problem,
     load_error_summary,
+    load_verified,
     save_atomically,
     write_text_atomically,
 )
 from qfnet.training.distributed import barrier, init_distributed
+from qfnet.training.state import _HORIZON_KEYS  # the schedules the Trainer plans over max_epochs
 
 __all__ = [
     "HedgeModel",
@@ -238,7 +239,8 @@ def train(
 ) -> TrainResult:
     """Simulate the fixed path sets, train the policy with early stopping and checkpoints, and
     write ``hedge_config.json`` (at the start) and ``model.pt`` (weights plus metadata, at the
-    end) to ``run_dir``.
+    end) to ``run_dir``. A new run (not ``resume``) replaces the one in ``run_dir``: its
+    ``model.pt`` and checkpoints are removed at the start.
 
     With ``resume``, training continues from ``run_dir``'s last checkpoint: the path sets are
     simulated again from the seed (the same paths), and the config must be the run's, but for
@@ -279,6 +281,9 @@ def train(
     if resume:
         _check_resume(config, run_dir)
     elif run_dir is not None and writer:
+        # the replaced run's model goes now (its checkpoints when the Trainer starts): a new
+        # run stopped before its end left it beside the new config, as the run's model
+        (Path(run_dir) / "model.pt").unlink(missing_ok=True)
         _write_config(Path(run_dir), config)
     if t.threads is not None:
         torch.set_num_threads(t.threads)
@@ -379,7 +384,7 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
                          "with its own config (only training.epochs may change)")  # fmt: skip
     # the Trainer's own refusal named its max_epochs, which neither the config nor the CLI has
     scheduler, now = config.training.scheduler, config.training.epochs
-    if scheduler in ("cosine", "onecycle") and epochs is not None and epochs != now:
+    if scheduler in _HORIZON_KEYS and epochs is not None and epochs != now:
         raise ValueError(f"{run} was started with training.epochs {epochs}, over which its "
                          f"'{scheduler}' learning-rate schedule is planned, not {now}: resume it "
                          f"with the same (--epochs {epochs}), or train a new run")  # fmt: skip
@@ -403,16 +408,10 @@ either bumps it, so its runs are refused here instead of loading weights for oth
 def _read_payload(path: Path) -> dict[str, Any]:
     """``model.pt``'s contents, its archive checked and its format version this qfnet's (a file
     without the fields, from before they were written, is version 1)."""
-    problem = archive_problem(path)  # a damaged byte in a weight loaded without a word
-    if problem is None:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, empty, pickled objects
-            problem = load_error_summary(exc)
-    if problem is None and not isinstance(payload, dict):
-        problem = "not a mapping"
-    if problem is not None:
-        raise ValueError(f"{path} is not a readable trained hedging model ({problem})")
+    # its CRCs checked: a damaged byte in a weight loaded without a word
+    payload = load_verified(path, "trained hedging model")
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not a readable trained hedging model: not a mapping")
     fmt, version = payload.get("format", RUN_FORMAT), payload.get("format_version", 1)
     if fmt != RUN_FORMAT or type(version) is not int or version != RUN_FORMAT_VERSION:
         raise ValueError(f"{path} is {fmt!r} version {version!r}; this qfnet reads "
@@ -461,12 +460,11 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
         raise ConfigError(f"{path}: the saved config: {exc} (a run of another qfnet version, or "
                           "an edited file: train it again)") from exc  # fmt: skip
     except KeyError as exc:  # a file of another writer, or of an older qfnet
-        raise ValueError(
-            f"{path} is not a readable trained hedging model (no field {exc})"
-        ) from exc
-    except Exception as exc:  # truncated, empty, not a hedging run, another architecture
+        reason = f"no field {exc}"
+        raise ValueError(f"{path} is not a readable trained hedging model: {reason}") from exc
+    except Exception as exc:  # not a hedging run, another architecture
         reason = load_error_summary(exc)
-        raise ValueError(f"{path} is not a readable trained hedging model ({reason})") from exc
+        raise ValueError(f"{path} is not a readable trained hedging model: {reason}") from exc
     for key, value in meta.items():  # a text value failed later, in the backtest's baselines
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{path}: field {key!r} must be a number, got {value!r}")

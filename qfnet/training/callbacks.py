@@ -248,6 +248,10 @@ class ModelCheckpoint:
     where training stopped (with ``save_last`` or ``every_n_steps``), so that
     ``fit(resume=True)`` continues from exactly there.
 
+    A new run (``fit`` without a checkpoint to resume) removes the ``last.pt``, ``best.pt`` and
+    ``epoch_XXXX.pt`` files of an earlier run in its folder when it starts, so that a resume
+    never continues the run it replaced.
+
     Args:
         dirpath: Folder (``None``: ``run_dir/checkpoints``).
         monitor: Metric for ``best.pt`` (``None``: no best checkpoint).
@@ -288,6 +292,19 @@ class ModelCheckpoint:
         self._step_written = None
         if _new_run(trainer):
             self.best, self.best_epoch = None, -1
+            self._remove_replaced(trainer)
+
+    def _remove_replaced(self, trainer: Trainer) -> None:
+        """A new run's folder loses the ``last``, ``best`` and epoch files of the run it replaces:
+        a new run stopped before its first checkpoint left them, and ``fit(resume=True)`` then
+        continued the replaced run (its weights and history, under the new run's metrics.csv)."""
+        folder = self.dirpath
+        if folder is None and trainer.run_dir is not None:
+            folder = trainer.run_dir / "checkpoints"
+        if folder is None or not trainer.is_global_zero:
+            return
+        for path in (folder / "last.pt", folder / "best.pt", *folder.glob("epoch_[0-9]*.pt")):
+            path.unlink(missing_ok=True)
 
     def _dir(self, trainer: Trainer) -> Path:
         if self.dirpath is not None:

@@ -550,6 +550,33 @@ def test_hedge_train_resume_from_a_corrupted_checkpoint_is_an_error_line(tmp_pat
     assert "last.pt" in result.output and "Traceback" not in result.output
 
 
+def test_hedge_train_overwrite_stopped_early_leaves_no_old_run_to_resume(tmp_path, monkeypatch):
+    # the replaced run's model.pt and checkpoints/last.pt stayed beside the new config: --resume
+    # then "continued" the old run (its weights and history) and saved it under the new config
+    from qfnet.hedging.train import HedgeModel
+
+    tiny = ("market: {n_steps: 4}\npaths: {train: 500, val: 200, test: 200}\n"
+            "strategy: {type: ntb, hidden: [4]}\ntraining: {epochs: 1, batch_size: 250}\n")  # fmt: skip
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("seed: 1\n" + tiny)
+    new.write_text("seed: 2\n" + tiny)
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["hedge", "train", "--config", str(old), "--out", str(run)])
+    assert first.exit_code == 0, first.output
+    args = ["hedge", "train", "--config", str(new), "--out", str(run)]
+
+    def interrupted(self, pnl, target=None):
+        raise KeyboardInterrupt  # Ctrl-C in the new run's first step
+
+    with monkeypatch.context() as patch:
+        patch.setattr(HedgeModel, "risk_loss", interrupted)
+        assert runner.invoke(app, [*args, "--overwrite"]).exit_code != 0
+    assert not (run / "model.pt").exists()
+    assert list((run / "checkpoints").glob("*.pt")) == []
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 1 and "no checkpoint to resume" in result.output, result.output
+
+
 def test_generate_rejects_an_unknown_model(tmp_path):
     result = runner.invoke(
         app, ["generate", "--model", "garch", "--n", "16", "--out", str(tmp_path / "d")]

@@ -199,8 +199,8 @@ def test_load_run_refuses_a_model_file_with_a_damaged_byte(small_run, tmp_path) 
     data = bytearray((run / "model.pt").read_bytes())
     data[bytes(data).index(marker.numpy().tobytes()) + 3] ^= 0x01
     (run / "model.pt").write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"model\.pt is not a readable trained hedging model "
-                       r"\(corrupted or tampered with, CRC mismatch"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"model\.pt is not a readable trained hedging model: "
+                       r"corrupted or tampered with, CRC mismatch"):  # fmt: skip
         load_run(run)
 
 
@@ -211,7 +211,7 @@ def test_load_run_refuses_a_model_file_with_a_damaged_byte(small_run, tmp_path) 
      (lambda p: p.update(ww_risk_aversion="high"), ValueError,
       r"model\.pt: field 'ww_risk_aversion' must be a number, got 'high'"),
      (lambda p: p.pop("train_seconds"), ValueError, r"model\.pt is not a readable trained "
-      r"hedging model \(no field 'train_seconds'\)")],
+      r"hedging model: no field 'train_seconds'")],
     ids=["bad_config", "text_risk_aversion", "no_train_seconds"],
 )  # fmt: skip
 def test_load_run_names_the_file_and_field_of_a_damaged_payload(

@@ -190,6 +190,39 @@ def test_model_checkpoint_writes_last_best_and_every_n_epochs(regression, mlp, s
     assert load_checkpoint(tmp_path / "last.pt")["loop"]["epoch"] == 5
 
 
+def test_a_new_run_stopped_before_its_first_checkpoint_leaves_none_of_the_replaced_run(
+    regression, mlp, sq_error, tmp_path
+):
+    # the replaced run's last.pt stayed: fit(resume=True) continued it (its weights, its
+    # history) in the folder whose metrics.csv and events the new run had already replaced
+    class Crash(Exception):
+        pass
+
+    class CrashAtFirstStep:
+        def on_train_step_end(self, trainer):
+            raise Crash
+
+    data = regression(n=32)
+
+    def trainer(seed, *extra):
+        config = _lr_config(run_dir=tmp_path / "run", seed=seed)
+        checkpoints = ModelCheckpoint(dirpath=tmp_path / "run" / "checkpoints", every_n_epochs=1)
+        return Trainer(mlp(seed=seed), loss=sq_error, config=config,
+                       callbacks=[checkpoints, *extra])  # fmt: skip
+
+    trainer(0).fit(data, data)
+    assert (tmp_path / "run" / "checkpoints" / "epoch_0002.pt").is_file()
+    with pytest.raises(Crash):
+        trainer(1, CrashAtFirstStep()).fit(data, data)
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
+    resumed = trainer(1)
+    history = resumed.fit(data, data, resume=True)  # nothing to resume: the new run afresh
+    straight = trainer(1)
+    expected = straight.fit(data, data)
+    assert history.records[-1]["train_loss"] == expected.records[-1]["train_loss"]
+    assert resumed.global_step == straight.global_step == 12
+
+
 def test_run_dir_gets_config_metrics_csv_tensorboard_checkpoints_and_plot(
     regression, mlp, sq_error, tmp_path
 ):
