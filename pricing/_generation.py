@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pricing._validation import read_json
+
 __all__ = ["METADATA_FILE", "PLAN_FILE", "discard", "finish", "kept_shards", "start"]
 
 PLAN_FILE = "generation.json"
@@ -49,14 +51,7 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
     if not recorded.is_file():
         raise FileNotFoundError(f"{path} holds no unfinished generation to resume "
                                 f"(no {PLAN_FILE})")  # fmt: skip
-    try:
-        before = json.loads(recorded.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{recorded} is not valid JSON ({err.msg}): remove {path} and start "
-                         "again") from err  # fmt: skip
-    except UnicodeDecodeError as err:  # a bare "'utf-8' codec can't decode", naming no file
-        raise ValueError(f"{recorded} is not a JSON text file ({err.reason} at byte "
-                         f"{err.start}): remove {path} and start again") from err  # fmt: skip
+    before = read_json(recorded, f"remove {path} and start again")
     if not isinstance(before, dict):  # an edited plan: an AttributeError before
         raise ValueError(f"{recorded} is not a generation plan (a JSON object): remove {path} "
                          "and start again")  # fmt: skip

@@ -1,10 +1,13 @@
-"""Input checks that name the offending field, element index and value."""
+"""Input checks that name the offending field, element index and value (or file)."""
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ __all__ = [
     "is_complex",
     "is_whole",
     "outside_domain",
+    "read_json",
 ]
 
 PARAMETER_DOMAINS: dict[str, tuple[float, float, str]] = {
@@ -313,3 +317,27 @@ def _is_bool(value: object) -> bool:
         return np.asarray(value).dtype == np.bool_
     except (TypeError, ValueError, RuntimeError):  # e.g. a ragged list: refused later by name
         return False
+
+
+def read_json(path: Path, hint: str) -> Any:
+    """The JSON value in the UTF-8 file ``path``; a cut or edited file, or one that is not text,
+    is a ValueError naming it, where in it the reading stopped, and ``hint`` (what to do about
+    it): ``json`` named no file, and a bare ``'utf-8' codec can't decode`` neither.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "plan.json"
+        >>> _ = path.write_text('{"n": 4')
+        >>> read_json(path, "a cut file?")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: .../plan.json is not valid JSON (Expecting ',' delimiter at line 1, column 8): a cut file?
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column "
+                         f"{err.colno}): {hint}") from err  # fmt: skip
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a JSON text file ({err.reason} at byte {err.start}): "
+                         f"{hint}") from err  # fmt: skip

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import math
 import os
 import warnings
@@ -35,7 +34,13 @@ import torch
 
 from pricing import _generation
 from pricing._labels import ENGINES, check_compile, label
-from pricing._validation import check_device, check_positive_int, is_whole, outside_domain
+from pricing._validation import (
+    check_device,
+    check_positive_int,
+    is_whole,
+    outside_domain,
+    read_json,
+)
 from pricing.calibration import MODEL_PARAMETERS
 
 __all__ = [
@@ -770,14 +775,7 @@ def _read_metadata(meta_path: Path) -> dict[str, Any]:
     """The metadata of a dataset; a cut or edited file is a ValueError naming it and the field
     (it was a bare JSON error, or a KeyError traceback for a file without its shard list), and
     a file of a format version this code does not read is refused (it was read as version 1)."""
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON ({err.msg} at line {err.lineno}, "
-                         f"column {err.colno}): a cut or edited metadata file?") from err  # fmt: skip
-    except UnicodeDecodeError as err:  # a bare "'utf-8' codec can't decode", naming no file
-        raise ValueError(f"{meta_path} is not a JSON text file ({err.reason} at byte "
-                         f"{err.start}): a damaged or foreign metadata file?") from err  # fmt: skip
+    meta = read_json(meta_path, "a cut, edited or foreign metadata file?")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a {FORMAT} metadata file")
     version = meta.get("format_version")

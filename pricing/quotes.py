@@ -11,6 +11,8 @@ filters) lives in :mod:`pricing.quote_cleaning`, the dates (``maturity`` from ``
 from __future__ import annotations
 
 import csv
+import math
+import numbers
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -201,9 +203,12 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
         raise FileNotFoundError(f"quote file not found: {path}")
     if suffix in (".parquet", ".pq"):
         try:  # pyarrow's errors on a cut or foreign file are ValueErrors naming it
-            return pd.read_parquet(path), None
+            frame = pd.read_parquet(path)
         except OSError as error:  # e.g. no permission to read it: a traceback
             raise QuoteError(f"cannot read the file: {error}", source=path) from error
+        if path.is_dir() and frame.columns.empty:  # a folder is read as a dataset of its files
+            raise QuoteError("a folder holding no Parquet file, not a quote file", source=path)
+        return frame, None
     if suffix not in (".csv", ".txt"):
         raise QuoteError(
             f"unsupported quote file type '{suffix}' (use .csv or .parquet)", source=path
@@ -276,6 +281,10 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
         raw = frame[column]
         if raw.dtype.kind == "c":  # astype below dropped the imaginary parts, with a warning
             raise locate.error(0, column, f"must be real, not complex, got {raw.iloc[0]!r}")
+        flags = np.flatnonzero(_bools_and_dates(raw))
+        if flags.size:
+            i = int(flags[0])
+            raise locate.error(i, column, f"not a number: {_show(raw.iloc[i])}")
         if raw.dtype.kind not in "biufc":  # 'N/A' is a gap ('not a number' named it an error)
             raw = raw.mask(raw.astype(str).str.strip().str.lower().isin(MISSING_VALUES))
         values = pd.to_numeric(raw, errors="coerce").astype("float64")
@@ -288,6 +297,17 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
             i = int(infinite[0])
             raise locate.error(i, column, f"must be finite, got {raw.iloc[i]!r}")
         frame[column] = values
+
+
+def _bools_and_dates(raw: pd.Series) -> np.ndarray:
+    """Where a column of a DataFrame or Parquet file holds a bool, a date or a duration, shape
+    (N,): ``pd.to_numeric`` read True as 1.0 (a boolean ``strike`` column priced strikes of 1)
+    and dates and durations as nanoseconds."""
+    if raw.dtype.kind in "bmM":
+        return raw.notna().to_numpy()
+    if raw.dtype.kind == "O":  # to_numeric refuses dates among other objects, not bools
+        return raw.map(lambda value: isinstance(value, bool | np.bool_)).to_numpy(bool)
+    return np.zeros(len(raw), dtype=bool)
 
 
 def _infer_other_columns(frame: pd.DataFrame) -> None:
@@ -585,6 +605,8 @@ def read_quotes(
         >>> list(quotes.columns), quotes["option_type"].tolist()
         (['strike', 'maturity', 'spot', 'option_type', 'rate', 'dividend'], ['put', 'call'])
     """
+    if shift is not None:
+        shift = _checked_shift(shift)
     lines, name = None, None
     if isinstance(source, pd.DataFrame):
         frame = source.copy()
@@ -609,7 +631,7 @@ def read_quotes(
     for column in defaulted:
         frame[column] = 0.0
     if shift is not None and "shift" not in frame:
-        frame["shift"] = float(shift)
+        frame["shift"] = shift
     _validate(frame, locate, allow_expired)
     _check_conventions(frame, locate)
     _check_repo(frame, locate)
@@ -619,6 +641,17 @@ def read_quotes(
         frame.attrs["file_lines"] = lines.tolist()
     frame.attrs["defaulted"] = defaulted
     return frame
+
+
+def _checked_shift(shift: object) -> float:
+    """``read_quotes``'s ``shift`` as a float; anything but a finite real number is a ValueError
+    naming it (NaN was read as no shift, :func:`shifts` filling gaps with 0, and an infinite
+    one passed every strike check)."""
+    if isinstance(shift, bool | np.bool_) or not isinstance(shift, numbers.Real):
+        raise ValueError(f"shift must be a finite real number, got {_show(shift)}")
+    if not math.isfinite(shift):
+        raise ValueError(f"shift must be finite, got {_show(shift)}")
+    return float(shift)
 
 
 def carry_yields(quotes: pd.DataFrame) -> np.ndarray:

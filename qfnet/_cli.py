@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import typer
 
 from pricing.quotes import DAYFIRST_HINT, DAYFIRST_OPTIONS
+from qfnet.training.checkpoint import replace_atomically
 
 __all__ = [
     "DAYFIRST_FLAGS",
@@ -77,34 +76,29 @@ def quote_message(message: str) -> str:
 
 
 def write_table(frame: pd.DataFrame, path: Path) -> None:
-    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV), through a
-    temporary file renamed over ``path``: a failed write leaves no half-written table, and an
+    """Write CSV or Parquet by the file extension (``.parquet``/``.pq``, else CSV), as
+    :func:`write_atomically` writes: a failed write leaves no half-written table, and an
     unwritable ``path`` (a folder, a file in place of a folder) is an error line, not a
     traceback."""
     if path.suffix.lower() in (".parquet", ".pq"):
-        write_atomically(path, lambda tmp: frame.to_parquet(tmp, index=False))
+        write_atomically(path, lambda f: frame.to_parquet(f, index=False))
     else:
-        write_atomically(path, lambda tmp: frame.to_csv(tmp, index=False))
+        write_atomically(path, lambda f: frame.to_csv(f, index=False))
 
 
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then renamed over it: a failed or
-    interrupted write leaves ``path`` as it was (no half-written file, the previous one kept),
-    and an unwritable ``path`` is an error line naming it, not a traceback.
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` to a temporary binary file beside ``path``, renamed over it
+    (:func:`qfnet.training.checkpoint.replace_atomically`): a failed or interrupted write leaves
+    ``path`` as it was, and an unwritable ``path`` is an error line naming it, not a traceback.
 
     Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     write_atomically(Path(tmp) / "fit.json", lambda f: f.write_text("{}"))
+        ...     write_atomically(Path(tmp) / "fit.json", lambda f: f.write(b"{}"))
         ...     sorted(p.name for p in Path(tmp).iterdir())
         ['fit.json']
     """
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        replace_atomically(path, write)
     except (OSError, ValueError, TypeError) as error:  # pyarrow's errors are Value/TypeErrors
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise fail(f"{path}: cannot write the output ({error})") from error

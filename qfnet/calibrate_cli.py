@@ -224,7 +224,7 @@ def calibrate_command(
     # relative to the JSON's folder: relative to the working directory (--out sub/fit.json
     # wrote "sub/fit_residuals.csv") it broke when the JSON was read from anywhere else
     text = json.dumps(result_json(result, Path(residuals_file.name), report), indent=2) + "\n"
-    write_atomically(out, lambda tmp: tmp.write_text(text))
+    write_atomically(out, lambda f: f.write(text.encode("utf-8")))
     if report is not None:
         typer.echo(str(report))
     rows = "row" if result.n_dropped == 1 else "rows"

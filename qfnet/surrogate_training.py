@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pricing._validation import read_json
 from pricing.datasets import Domain, load_dataset
 from qfnet.surrogate import SurrogateNet, build_surrogate, load_surrogate, save_surrogate
 from qfnet.training.checkpoint import write_text_atomically
@@ -244,14 +245,7 @@ def _architecture(
 def _read_architecture(path: Path) -> dict[str, Any]:
     """A run's ``surrogate_config.json``; a cut or edited one is named with its field (it was a
     bare JSONDecodeError, or a KeyError / AttributeError)."""
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): a cut or "
-                         "edited run configuration?") from err  # fmt: skip
-    except UnicodeDecodeError as err:  # a bare "'utf-8' codec can't decode", naming no file
-        raise ValueError(f"{path} is not a JSON text file ({err.reason} at byte {err.start}): "
-                         "a damaged run configuration?") from err  # fmt: skip
+    saved = read_json(path, "a cut, edited or damaged run configuration?")
     if not isinstance(saved, dict):
         raise ValueError(f"{path} is not a surrogate run configuration (a JSON object)")
     hidden = saved.get("hidden")

@@ -14,8 +14,9 @@ import random
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "load_error_summary",
     "load_verified",
+    "replace_atomically",
     "save_atomically",
     "save_checkpoint",
     "set_rng_state",
@@ -113,7 +115,7 @@ def save_atomically(payload: Any, path: str | Path) -> Path:
         >>> save_atomically({"w": torch.zeros(1)}, p) == p, sorted(x.name for x in p.parent.iterdir())
         (True, ['net.pt'])
     """
-    return _replace_atomically(path, lambda f: torch.save(payload, f))
+    return replace_atomically(path, lambda f: torch.save(payload, f))
 
 
 def write_text_atomically(text: str, path: str | Path) -> Path:
@@ -127,12 +129,21 @@ def write_text_atomically(text: str, path: str | Path) -> Path:
         >>> write_text_atomically("{}\\n", p).read_text()
         '{}\\n'
     """
-    return _replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    return replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def _replace_atomically(path: str | Path, write: Any) -> Path:
+def replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """``write(f)`` to a temporary binary file beside ``path``, flushed to disk, renamed over
-    ``path``; the temporary is removed on any failure."""
+    ``path``; the temporary is removed on any failure, and parent folders are created. The
+    temporary's name is unique (``mkstemp``), so two writers of one ``path`` never write into
+    one file.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+        >>> replace_atomically(p, lambda f: f.write(b"a,b\\n")).read_bytes()
+        b'a,b\\n'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

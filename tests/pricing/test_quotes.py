@@ -518,3 +518,46 @@ def test_a_repo_column_is_refused_unless_every_row_gives_its_forward(name: str) 
     with pytest.raises(QuoteError, match=r"column 'repo': 0.01: a repo rate is ambiguous"):
         read_quotes(table)
     assert "repo" in read_quotes(table.assign(forward=101.0))
+
+
+@pytest.mark.parametrize("shift", [np.nan, np.inf, True, "0.01"])
+def test_a_shift_argument_that_is_no_finite_number_is_refused_by_name(shift: object) -> None:
+    # shift=nan made a column of NaN, which shifts() reads as no shift: a strike of -0.001 was
+    # refused as "must be > 0 after adding the shift", and positive strikes read unshifted
+    table = pd.DataFrame({"strike": [0.01], "maturity": [1.0], "forward": [0.005]})
+    with pytest.raises(ValueError, match=r"^shift must be (a )?finite"):
+        read_quotes(table, shift=shift)
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [("strike", [True, True]), ("bid", [False, True]), ("strike", [1.0, True]),
+     ("maturity", pd.to_timedelta(["365D", "365D"])),
+     ("ask", pd.to_datetime(["2024-01-01", "2024-01-02"]))],
+)  # fmt: skip
+def test_bools_and_dates_in_a_numeric_column_are_refused(
+    tmp_path: Path, column: str, values: object
+) -> None:
+    # pd.to_numeric read True as 1.0 (a boolean strike column priced strikes of 1) and dates
+    # and durations as nanoseconds
+    table = pd.DataFrame({"strike": [1.0, 1.1], "maturity": [1.0, 1.0], "spot": [1.0, 1.0],
+                          "bid": [0.1, 0.1], "ask": [0.2, 0.2]})  # fmt: skip
+    table[column] = values
+    with pytest.raises(QuoteError, match=rf"row \d, column '{column}': not a number"):
+        read_quotes(table)
+    if table[column].dtype == object:  # pyarrow writes [1.0, True] as doubles
+        return
+    table.to_parquet(tmp_path / "q.parquet")
+    with pytest.raises(QuoteError, match=rf"q\.parquet, row \d, column '{column}': not a number"):
+        read_quotes(tmp_path / "q.parquet")
+
+
+def test_a_parquet_folder_without_files_is_refused(tmp_path: Path) -> None:
+    # pyarrow reads a folder as a dataset of its files: an empty one was a table without columns
+    (tmp_path / "q.parquet" / "_temporary").mkdir(parents=True)
+    (tmp_path / "q.parquet" / "_SUCCESS").touch()
+    with pytest.raises(QuoteError, match=r"q\.parquet: a folder holding no Parquet file"):
+        read_quotes(tmp_path / "q.parquet")
+    table = pd.DataFrame({"strike": [1.0], "maturity": [1.0], "spot": [1.0]})
+    table.to_parquet(tmp_path / "q.parquet" / "part-0.parquet")  # a folder of parts is read
+    assert read_quotes(tmp_path / "q.parquet")["strike"].tolist() == [1.0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -378,17 +380,18 @@ def test_an_interrupted_write_keeps_the_previous_fit_whole(
     assert CliRunner().invoke(_app(), args).exit_code == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def cut_json(self: Path, text: str, *args: object, **kwargs: object) -> None:
-        with open(self, "w") as handle:
-            handle.write(text[:10])
+    real_replace = os.replace
+
+    def full_at_json(source: str, target: str | Path) -> None:  # the residuals went through
+        if Path(target) == out:
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    def cut_csv(self: pd.DataFrame, target: BinaryIO, *args: object, **kwargs: object) -> None:
+        target.write(b"maturity,str")
         raise OSError(28, "No space left on device")
 
-    def cut_csv(self: pd.DataFrame, target: Path, *args: object, **kwargs: object) -> None:
-        with open(target, "w") as handle:
-            handle.write("maturity,str")
-        raise OSError(28, "No space left on device")
-
-    for target, name, writer in ((Path, "write_text", cut_json), (pd.DataFrame, "to_csv", cut_csv)):
+    for target, name, writer in ((os, "replace", full_at_json), (pd.DataFrame, "to_csv", cut_csv)):
         with monkeypatch.context() as patch:
             patch.setattr(target, name, writer)
             result = CliRunner().invoke(_app(), args)

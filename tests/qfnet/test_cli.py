@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from pricing import black_scholes as bs
+from qfnet._cli import write_atomically
 from qfnet.cli import app
 
 runner = CliRunner()
@@ -860,8 +861,7 @@ def test_price_output_is_written_whole_or_not_at_all(bs_quotes, tmp_path, monkey
     out.write_text("previous,table\n")
 
     def full_disk(self, target, **kwargs):
-        with open(target, "w") as handle:
-            handle.write("option_type,str")
+        target.write(b"option_type,str")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
@@ -869,6 +869,23 @@ def test_price_output_is_written_whole_or_not_at_all(bs_quotes, tmp_path, monkey
     assert result.exit_code == 1 and "No space left on device" in result.output, result.output
     assert out.read_text() == "previous,table\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "p.csv", "quotes.csv"]
+
+
+def test_two_writers_of_one_output_never_share_a_temporary_file(tmp_path):
+    # both wrote .fit.json.tmp: one that finished while the other was writing renamed the
+    # other's file into place, which the slower one went on writing into (NUL bytes, its tail)
+    out = tmp_path / "fit.json"
+
+    def slow(handle):
+        handle.write(b'{"writer": "slow", "rows": [1, 2, 3')
+        handle.flush()
+        write_atomically(out, lambda other: other.write(b'{"writer": "fast"}\n'))
+        assert json.loads(out.read_text()) == {"writer": "fast"}
+        handle.write(b"]}\n")
+
+    write_atomically(out, slow)
+    assert json.loads(out.read_text()) == {"writer": "slow", "rows": [1, 2, 3]}
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.json"]
 
 
 @pytest.mark.parametrize(("command", "out"), [("price", "p.txt"), ("iv", "v.xlsx"),
