@@ -125,10 +125,11 @@ class Domain:
             raise ValueError(
                 f"domain model must be one of {sorted(MODEL_PARAMETERS)}, got {self.model!r}"
             )
-        if sorted(self.param_names) != sorted(expected):
-            raise ValueError(
-                f"a {self.model} domain bounds {list(expected)}, got {list(self.param_names)}"
-            )
+        # in that order: the surrogates read their base vol's parameters by position (a Heston
+        # domain listing kappa first took kappa for v0: base vol 1.21 instead of 0.2)
+        if self.param_names != tuple(expected):
+            raise ValueError(f"a {self.model} domain bounds {list(expected)}, in that order, got "
+                             f"{list(self.param_names)}")  # fmt: skip
         for name, low, high in self.params:  # rho in [-1.5, 0] was recorded as the domain (and
             # served by its surrogate) while only [-0.99, 0] was sampled; v0 < 0 failed mid-run
             interval = outside_domain(name, low, high)
@@ -467,18 +468,23 @@ def _versions() -> dict[str, str]:
     import platform
 
     import pyarrow
+    import scipy
 
     versions = {
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "scipy": scipy.__version__,  # its Sobol engine draws the points
         "pandas": pd.__version__,
         "pyarrow": pyarrow.__version__,
         "torch": str(torch.__version__),
     }
-    try:  # the distribution's metadata: only pricing.quantlib imports QuantLib itself
-        versions["QuantLib"] = importlib.metadata.version("QuantLib")
-    except importlib.metadata.PackageNotFoundError:
-        pass
+    # the distributions' metadata: qfnet's pricers label the points (pricing does not import
+    # qfnet), and only pricing.quantlib imports QuantLib itself
+    for name in ("qfnet", "QuantLib"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return versions
 
 
@@ -636,15 +642,18 @@ def generate(
     unlabelled = sum(kept.values())
     todo = [task for task in tasks if task.index not in kept]
     threads = torch.get_num_threads()  # shards made in this process set it: it stayed at 1
+    written = len(kept)
     try:
         with tqdm(total=len(tasks), initial=len(kept), desc="shards", unit="shard",
                   disable=not progress) as bar:  # fmt: skip
             for index, frame in _run_tasks(todo, workers, scheduler):
                 _write_shard(frame, path / _shard_name(index))
+                written += 1
                 unlabelled += int(frame["implied_vol"].isna().sum())
                 bar.update(1)
     except BaseException:  # a dead scheduler, a failed label, Ctrl-C: no empty folder left behind
-        if all(p.name == _generation.PLAN_FILE for p in path.iterdir()):  # nor a plan alone
+        if not written:  # nor a plan without a shard: in a folder that held other files, the
+            # plan stayed, and the same command was refused ("holds an unfinished generation")
             _generation.discard(path)
             if created:
                 path.rmdir()

@@ -77,7 +77,11 @@ def default_surrogate_path() -> Path:
 
 
 def _unit(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """Map ``[low, high]`` affinely onto ``[-1, 1]``."""
+    """Map ``[low, high]`` affinely onto ``[-1, 1]``; a fixed value (``low == high``, a SABR
+    domain of ``beta = 0.5`` alone) onto 0: it was 0/0, and training refused every row as
+    "non-finite"."""
+    if high == low:
+        return torch.zeros_like(x)
     return (2.0 * x - (low + high)) / (high - low)
 
 

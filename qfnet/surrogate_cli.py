@@ -278,7 +278,9 @@ def surrogate_price_rows(
     one already loaded).
 
     Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend - borrow) T)`` and
-    ``exp(-rate T)``; model parameters come from the columns named by the surrogate's domain.
+    ``exp(-rate T)`` (a ``discount`` without a ``forward`` sets the rate of the carry:
+    ``spot * exp(-(dividend + borrow) T) / discount``); model parameters come from the columns
+    named by the surrogate's domain.
     SABR surrogates are forward-normalised (``F = 1``): each row's ``alpha`` is rescaled to
     ``alpha F^(beta - 1)``, the same dynamics for ``F_t / F``. ``model``, when given, must be the
     surrogate's model.
@@ -305,16 +307,18 @@ def surrogate_price_rows(
     if model is not None and net.domain.model != model:
         raise ValueError(f"the surrogate is a {net.domain.model} surrogate, not {model}")
     t, k = _column(df, "maturity"), _column(df, "strike")
-    if "forward" in df.columns:
-        forward = _column(df, "forward")
-    else:
-        # a borrow cost carries like a dividend (pricing.quotes.carry_yields; it was ignored)
-        carry = _column(df, "rate", 0.0) - _column(df, "dividend", 0.0) - _column(df, "borrow", 0.0)
-        forward = _column(df, "spot") * torch.exp(carry * t)
     if "discount" in df.columns:
         discount = _column(df, "discount")
     else:
         discount = torch.exp(-_column(df, "rate", 0.0) * t)
+    if "forward" in df.columns:
+        forward = _column(df, "forward")
+    else:
+        # a borrow cost carries like a dividend (pricing.quotes.carry_yields; it was ignored);
+        # a given discount is the row's rate, in its carry too, as qfnet.price_rows reads it (a
+        # spot with a 5% discount and no rate was carried at 0%: 7.17 for the 10.36 at the money)
+        carry = -_column(df, "dividend", 0.0) - _column(df, "borrow", 0.0)
+        forward = _column(df, "spot") * torch.exp(carry * t) / discount
     given = {name: _column(df, name) for name in net.domain.param_names}
     params = _at_unit_forward(net, given, forward)  # SABR's alpha read at F = 1
     with torch.no_grad():

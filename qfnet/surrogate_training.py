@@ -510,6 +510,12 @@ def train_surrogate(
     # The Trainer reuses this process group: its backend must follow the training device
     # (nccl for CUDA), as the Trainer's own would.
     ranks = init_distributed("auto", resolve_device(device))
+    if len(val_idx) < ranks.world_size:  # refused on every rank: the ranks left without a row
+        # failed alone ("validation/test data is empty") and the others hung in a collective
+        held = f"{len(val_idx)} {'row' if len(val_idx) == 1 else 'rows'}"
+        raise ValueError(f"the validation split holds {held}, fewer than the "
+                         f"{ranks.world_size} processes that each validate a share: generate "
+                         "more data or raise val_fraction")  # fmt: skip
     shard = {"rank": ranks.rank, "num_replicas": ranks.world_size}
     # Equal training shares keep the DDP ranks' steps in lockstep (a different permutation
     # leaves other rows out each epoch); validation counts every row once, in shares that may

@@ -110,7 +110,8 @@ def test_generated_dataset_is_reproducible_and_independent_of_shard_size(tmp_pat
     assert len(frame_a) == 1000 and (frame_a["sample_index"] == np.arange(1000)).all()
     assert meta["engine"] == "hagan" and meta["seed"] == 3 and meta["n_shards"] == 4
     assert Domain.from_dict(meta["domain"]) == SABR_DOMAIN
-    assert {"numpy", "torch", "pyarrow"} <= set(meta["versions"])
+    # scipy's Sobol engine draws the points: its version was not recorded
+    assert {"numpy", "scipy", "torch", "pyarrow"} <= set(meta["versions"])
 
 
 @pytest.mark.slow
@@ -166,6 +167,27 @@ def test_a_run_that_fails_before_its_first_shard_leaves_no_empty_folder(tmp_path
     with pytest.raises(OSError, match="Timed out"):
         generate(tmp_path / "mine", model="sabr", n=8, progress=False)
     assert (tmp_path / "mine").is_dir()
+
+
+def test_a_run_that_fails_before_its_first_shard_leaves_no_plan_among_other_files(
+    tmp_path, monkeypatch
+):
+    # in a folder that held other files the plan stayed, and the same command was then refused
+    # ("holds an unfinished generation"); with --resume, another n was refused too
+    import pricing.datasets as datasets
+
+    def dead_scheduler(*args, **kwargs):
+        raise OSError("Timed out trying to connect to tcp://127.0.0.1:1")
+        yield  # a generator, as _run_tasks is
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with monkeypatch.context() as patch:
+        patch.setattr(datasets, "_run_tasks", dead_scheduler)
+        with pytest.raises(OSError, match="Timed out"):
+            generate(tmp_path, model="sabr", n=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    frame, _ = load_dataset(generate(tmp_path, model="sabr", n=8, progress=False))
+    assert len(frame) == 8
 
 
 @pytest.mark.parametrize("failing", [0, 1])
@@ -461,6 +483,17 @@ def test_domain_settings_are_checked(change, message):
     # with KeyError: 'kappa' only when labelled
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(HESTON_DOMAIN, **change)
+
+
+def test_a_domain_lists_its_parameters_in_the_models_order():
+    # kappa listed first was accepted, and a surrogate of that domain read kappa as v0 in its
+    # base vol (1.21 instead of 0.2 at v0 = theta = 0.04); a metadata file so edited too
+    p = HESTON_DOMAIN.params
+    with pytest.raises(ValueError, match=r"\['v0', 'kappa', .*\], in that order, got \['kappa'"):
+        dataclasses.replace(HESTON_DOMAIN, params=(p[1], p[0], *p[2:]))
+    swapped = {**SABR_DOMAIN.to_dict(), "params": SABR_DOMAIN.to_dict()["params"][::-1]}
+    with pytest.raises(ValueError, match="in that order"):
+        Domain.from_dict(swapped)
 
 
 def _with_bounds(domain: Domain, name: str, low: float, high: float) -> Domain:

@@ -135,6 +135,25 @@ def test_sabr_surrogate_builds_on_its_domain_and_scales_its_inputs():
         assert torch.isfinite(net(x)).all()
 
 
+def test_a_sabr_surrogate_of_a_fixed_beta_trains_and_refuses_other_betas():
+    # beta = 0.5 alone (low == high) mapped to 0/0: fit_scalers refused every row as having "a
+    # non-finite input or a non-positive implied vol", and no such surrogate could be trained
+    import dataclasses
+
+    alpha, _, rho, nu = SABR_DOMAIN.params
+    fixed = dataclasses.replace(SABR_DOMAIN, params=(alpha, ("beta", 0.5, 0.5), rho, nu))
+    points = label(sample(fixed, 256, seed=0), model="sabr", engine="hagan").dropna()
+    x = torch.tensor(points[list(fixed.input_names)].to_numpy())
+    net = build_surrogate(fixed, hidden=(8,))
+    net.fit_scalers(x, torch.tensor(points["implied_vol"].to_numpy()))
+    with torch.no_grad():
+        assert torch.isfinite(net(x)).all()
+        assert torch.isfinite(implied_vol(net, maturity=1.0, log_moneyness=0.0, alpha=0.2,
+                                          beta=0.5, rho=0.0, nu=0.3))  # fmt: skip
+    with pytest.raises(DomainError, match=r"beta = 0\.6 at index 0 is outside .* \[0\.5, 0\.5\]"):
+        implied_vol(net, maturity=1.0, log_moneyness=0.0, alpha=0.2, beta=0.6, rho=0.0, nu=0.3)
+
+
 def test_files_without_a_base_field_load_with_the_legacy_base(tmp_path):
     path = save_surrogate(
         build_surrogate("sabr", hidden=(8,), base="sabr-alpha"), tmp_path / "m.pt"

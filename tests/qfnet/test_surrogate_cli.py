@@ -99,6 +99,23 @@ def test_price_rows_use_spot_rate_dividend_or_forward_discount(quotes, untrained
     np.testing.assert_allclose(iv_f, iv, rtol=1e-12, atol=0)
 
 
+def test_price_rows_carry_the_spot_at_a_given_discounts_rate(quotes, untrained):
+    # a spot with a discount column and no rate was carried at 0% while discounted at 5%: the
+    # shipped surrogate priced the 1-year at-the-money call 7.17 for Heston's 10.36
+    from qfnet.price_rows import forward_and_discount
+
+    by_discount = quotes.drop(columns=["rate"]).assign(
+        discount=np.exp(-quotes["rate"] * quotes["maturity"])
+    )
+    forward, discount = forward_and_discount(by_discount)
+    by_forward = by_discount.assign(forward=forward, discount=discount)
+    value_d, iv_d = surrogate_price_rows(by_discount, untrained)
+    np.testing.assert_allclose(value_d, surrogate_price_rows(quotes, untrained)[0], rtol=1e-12,
+                               atol=0)  # fmt: skip
+    np.testing.assert_allclose(iv_d, surrogate_price_rows(by_forward, untrained)[1], rtol=1e-12,
+                               atol=0)  # fmt: skip
+
+
 def test_price_rows_carry_a_borrow_cost_like_a_dividend(quotes, untrained):
     # a borrow column was ignored in the forward spot exp((rate - dividend) T)
     borrowed = quotes.assign(borrow=0.02)

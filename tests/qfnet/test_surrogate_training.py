@@ -149,6 +149,18 @@ def test_an_overwriting_run_stopped_early_leaves_nothing_of_the_replaced_run(sab
         train_surrogate(sabr_data, run, epochs=3, resume=True, **COMMON)
 
 
+def test_fewer_validation_rows_than_processes_are_refused_on_every_rank(sabr_data, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    # under torchrun the rank without a validation row failed alone with "validation/test data
+    # is empty" (its split held 1 row), and the other rank hung in the next all-reduce
+    import qfnet.training.distributed as distributed
+
+    second_of_two = distributed.DistInfo(rank=1, world_size=2)
+    monkeypatch.setattr(distributed, "init_distributed", lambda *args: second_of_two)
+    with pytest.raises(ValueError, match="validation split holds 1 row, fewer than the 2"):
+        train_surrogate(sabr_data, tmp_path / "run", epochs=1, val_fraction=0.002, **COMMON)
+
+
 def test_a_dataset_without_two_training_rows_is_refused_naming_the_counts(tmp_path):
     # 3 rows left one training row: NaN scalers, then a "non-finite loss" at step 0
     data = generate(tmp_path / "ds", model="sabr", n=3, progress=False)
