@@ -50,6 +50,7 @@ __all__ = [
     "calibrate",
     "calibrate_many",
     "check_method_device",
+    "check_start_in_box",
     "methods_needing_import",
     "model_vols",
     "proposed_starts",
@@ -160,6 +161,49 @@ def bounds_reached(
         return {name: str(flag) for name, flag in zip(names, flags, strict=True) if flag}
     return {name: [str(f) or None for f in column]
             for name, column in zip(names, flags.T, strict=True) if column.any()}  # fmt: skip
+
+
+def check_start_in_box(
+    x0: Mapping[str, float] | None,
+    box: Mapping[str, tuple[float, float]],
+    *,
+    method: str,
+    widen: str | None = None,
+) -> None:
+    """Refuse a start outside the box a fitter searches, naming the parameter, its value, the box
+    and how to widen it: such a start was clipped into the box without a word (a kappa of 80
+    started at the default box's 50), where scipy's ``least_squares`` refuses it.
+
+    Args:
+        x0: starting parameters, name -> value (None: nothing to check).
+        box: name -> (lower, upper) of the fitter's box; a name left out is not bounded.
+        method: the fitter, as the message names it (``"heston 'direct'"``).
+        widen: how to reach a start outside the box, for the message; None: pass ``bounds``
+            (the default box gives way to the caller's bounds).
+
+    Raises:
+        ValueError: a start outside the box.
+
+    Examples:
+        >>> check_start_in_box({"kappa": 1.5}, {"kappa": (1e-3, 50.0)}, method="heston 'direct'")
+        >>> try:
+        ...     check_start_in_box({"kappa": 80.0}, {"kappa": (1e-3, 50.0)}, method="heston 'direct'")
+        ... except ValueError as error:
+        ...     for part in str(error).split("; "):
+        ...         print(part)
+        x0['kappa']: 80 is outside the box [0.001, 50] of heston 'direct'
+        pass bounds={'kappa': (0.001, 80.0)} to widen it
+    """
+    for name, value in (x0 or {}).items():
+        low, high = (float(b) for b in box.get(name, (-np.inf, np.inf)))
+        start = float(value)
+        if low <= start <= high:
+            continue
+        ends = [repr(start) if start < low else f"{low:.12g}",
+                repr(start) if start > high else f"{high:.12g}"]  # fmt: skip
+        hint = widen or f"pass bounds={{{name!r}: ({ends[0]}, {ends[1]})}} to widen it"
+        raise ValueError(f"x0[{name!r}]: {start:g} is outside the box [{low:g}, {high:g}] of "
+                         f"{method}; {hint}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -762,7 +806,10 @@ def calibrate(
             ``quotes``, or per row kept where rows without a market vol are left out).
         bounds: parameter name -> (lower, upper), replacing the model's default box.
         x0: starting parameters, tried besides the global start (a SABR start without beta
-            starts a free beta at :data:`pricing.calibration_sabr.FREE_BETA_START`, 0.5).
+            starts a free beta at :data:`pricing.calibration_sabr.FREE_BETA_START`, 0.5); one
+            outside the box the method searches (its default box, or ``bounds`` where given;
+            Heston ``surrogate``: the surrogate's domain) is refused
+            (:func:`check_start_in_box`).
         beta: SABR beta; ``None`` keeps the default 1.0 unless ``free_beta=True`` is passed.
         seed: seed of the global start.
         **options: method options (``max_iterations``, ``n_starts``, ``free_beta``, ...; each

@@ -42,6 +42,7 @@ from pricing.calibration import (
     CalibrationProblem,
     FitOutput,
     bounds_reached,
+    check_start_in_box,
     proposed_starts_many,
     register_batch_method,
     register_method,
@@ -498,8 +499,9 @@ def calibrate_surfaces(
         surfaces: from :func:`surfaces_from_quotes`; the fit runs on their device.
         bounds: parameter name -> (lower, upper), over :data:`DEFAULT_BOUNDS`.
         x0: extra starting points, shape ``(K, 5)`` (tried on every surface) or ``(S, K, 5)``
-            (per surface), on any device: they always race and always finish (besides the
-            race's leader).
+            (per surface), on any device, clipped into the box (a start provider's proposal
+            knows no bounds; :func:`pricing.calibration.calibrate` refuses a caller's start
+            outside them): they always race and always finish (besides the race's leader).
         seed: Sobol scrambling seed of the scan.
         n_scan: scan points; n_starts: refined starts per surface (x0 rows included).
         max_iterations: Levenberg-Marquardt iterations.
@@ -687,6 +689,8 @@ def global_starts_many(
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     """Our calibration of one surface (options: ``nodes``, ``device``, ``global_start`` (see
     :func:`global_starts`) and those of :func:`calibrate_surfaces`)."""
+    check_start_in_box(problem.x0, DEFAULT_BOUNDS | dict(problem.bounds or {}),
+                       method="heston 'direct'")  # fmt: skip
     options = dict(problem.options)
     surfaces = surfaces_from_quotes([problem.quotes], [problem.weights],
                                     nodes=options.pop("nodes", DEFAULT_NODES),
@@ -703,6 +707,9 @@ def _fit_direct(problem: CalibrationProblem) -> FitOutput:
 def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
     """``direct`` on many surfaces in one :func:`calibrate_surfaces` call (per-surface starts
     from :func:`global_starts_many`; the options of the first problem apply to all)."""
+    for problem in problems:
+        check_start_in_box(problem.x0, DEFAULT_BOUNDS | dict(problem.bounds or {}),
+                           method="heston 'direct'")  # fmt: skip
     options = dict(problems[0].options)
     nodes, device = options.pop("nodes", DEFAULT_NODES), options.pop("device", None)
     starts = global_starts_many(problems, options)

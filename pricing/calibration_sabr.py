@@ -22,6 +22,7 @@ from pricing.calibration import (
     CalibrationProblem,
     FitOutput,
     bounds_reached,
+    check_start_in_box,
     register_method,
 )
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
@@ -302,6 +303,7 @@ def fit_smiles(
     )
     if x0:
         user = {"beta": FREE_BETA_START if beta is None else beta} | dict(x0)
+        _check_start(user, bounds, level, lower, upper)
         extra = torch.tensor([[user[n] for n in _NAMES]], dtype=starts.dtype)
         extra = extra.expand(len(batch.rows), -1).clone()
         extra[:, 0] /= level[:, 0] ** (1 - extra[:, 1])
@@ -329,6 +331,27 @@ def fit_smiles(
     vols = _vols(batch, params.unsqueeze(1), torch.arange(len(batch.rows)), level)
     params[:, 0] *= level[:, 0] ** (1 - params[:, 1])  # a -> alpha
     return params, vols, solved.converged[best], int(solved.iterations[best].max())
+
+
+def _check_start(
+    start: Mapping[str, float],
+    bounds: Mapping[str, tuple[float, float]] | None,
+    level: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+) -> None:
+    """:func:`pricing.calibration.check_start_in_box` of :func:`fit_smiles`' start (alpha, beta,
+    rho, nu), one for every expiry, in the box of (a, beta, rho, nu) of each ``(E, 4)``: alpha
+    within the caller's bounds, else within a thousandth to a thousand times each expiry's ATM
+    vol (``a``'s default box at the start's beta)."""
+    box = {name: (float(lower[:, i].max()), float(upper[:, i].min()))
+           for i, name in enumerate(_NAMES)}  # fmt: skip
+    if "alpha" in (bounds or {}):  # the caller's, exactly (a's are theirs over a power, rounded)
+        box["alpha"] = tuple(float(b) for b in bounds["alpha"])
+    else:
+        scale = level[:, 0] ** (1 - float(start["beta"]))  # a -> alpha
+        box["alpha"] = (float((lower[:, 0] * scale).max()), float((upper[:, 0] * scale).min()))
+    check_start_in_box(start, box, method="sabr 'direct'")
 
 
 def _best_per_expiry(
@@ -421,9 +444,10 @@ def fit_smile_scipy(
 ) -> tuple[np.ndarray, np.ndarray, bool, int]:
     """Reference fit of one smile: scipy ``least_squares`` (trf, finite differences) over
     ``ql.sabrVolatility`` (via :func:`pricing.quantlib.sabr_vol`), from a fixed start (or
-    ``x0``: alpha, beta, rho, nu), within ``bounds`` (name -> (lower, upper); equal ends fix a
-    parameter) over the default box, for at most ``max_iterations`` steps (scipy's ``max_nfev``: trf
-    evaluates the smile once per step, and counts none of its finite-difference Jacobian's calls).
+    ``x0``: alpha, beta, rho, nu, refused outside the box), within ``bounds`` (name -> (lower,
+    upper); equal ends fix a parameter) over the default box, for at most ``max_iterations``
+    steps (scipy's ``max_nfev``: trf evaluates the smile once per step, and counts none of its
+    finite-difference Jacobian's calls).
 
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
@@ -449,6 +473,8 @@ def fit_smile_scipy(
     b0 = FREE_BETA_START if beta is None else beta
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
+    if x0 is not None:  # it was clipped into the box without a word
+        check_start_in_box(dict(zip(_NAMES, x0, strict=True)), box, method="sabr 'quantlib'")
     start = x0 or (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5)
     start = np.clip(np.asarray(start, dtype=float), lower, upper)
     # equal bounds fix a parameter, as in fit_smiles (scipy refuses lower == upper)

@@ -148,54 +148,53 @@ UNIT_SCALES: dict[float, tuple[str | None, str, str]] = {
 prices, in whichever of their columns), the slope in words and the hint of the error."""
 
 
-def _slope_error(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray, fit: tuple) -> float:
-    """Standard error of a weighted least-squares slope from its residuals; NaN for two pairs."""
+def _slope_error(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray) -> float:
+    """Standard error of the weighted least-squares slope of ``diff`` on ``strikes`` (from the
+    residuals, ``np.polyfit``'s covariance); NaN for two pairs."""
     if len(strikes) < 3:
         return math.nan
-    slope, intercept = fit
-    residual = weights * (diff - slope * strikes - intercept)
-    spread = weights * (strikes - np.average(strikes, weights=weights**2))
-    return float(np.sqrt(residual @ residual / (len(strikes) - 2) / (spread @ spread)))
+    _, cov = np.polyfit(strikes, diff, 1, w=weights, cov=True)
+    return float(np.sqrt(cov[0, 0]))
 
 
-class _UnitsError(QuoteError):
-    """A parity slope that strikes or prices in other units explain (:func:`_check_units`)."""
-
-
-def _check_units(
+def _units_error(
     slope: float, intercept: float, maturity: float, carry_discount: float, error: float
-) -> None:
-    """Refuse a parity slope ``D`` (already outside :data:`PARITY_RATES`) that a factor of
-    :data:`UNIT_SCALES` makes a plausible discount factor: strikes x 100 or x 1000, or prices x
-    100, with no spot or forward for :func:`pricing.quotes.read_quotes` to compare the strikes
-    with. C - P then falls by ``D / 100`` a unit of strike (or ``100 D``), and the rate's discount
-    gave a forward of about the strikes and vols of a few percent (or none), without a word.
-    A slope within 4 standard errors (``error``, from three pairs or more) of a plausible
-    discount is noise (stale or wide quotes a strike apart), not units. The units are the file's:
-    :func:`parity_forwards` refuses only where no expiry's slope is a plausible discount."""
+) -> QuoteError | None:
+    """The error that refuses a parity slope ``D`` (already outside :data:`PARITY_RATES`) that a
+    factor of :data:`UNIT_SCALES` makes a plausible discount factor, or None: strikes x 100 or
+    x 1000, or prices x 100, with no spot or forward for :func:`pricing.quotes.read_quotes` to
+    compare the strikes with. C - P then falls by ``D / 100`` a unit of strike (or ``100 D``), and
+    the rate's discount gave a forward of about the strikes and vols of a few percent (or none),
+    without a word. A slope within 4 standard errors (``error``, from three pairs or more) of a
+    plausible discount is noise (stale or wide quotes a strike apart), not units. The units are
+    the file's: :func:`parity_forwards` refuses only where no expiry's slope is a plausible
+    discount."""
     if not (slope > 0 and intercept > 0):
-        return
+        return None
     low, high = PARITY_RATES
     nearest = np.clip(slope, np.exp(-high * maturity), np.exp(-low * maturity))
     if abs(slope - nearest) <= 4 * error:
-        return
+        return None
     rate = -np.log(carry_discount) / maturity
     plausible = [s for s in UNIT_SCALES if low <= -np.log(s * slope) / maturity <= high]
-    if plausible:  # the factor whose rate is nearest the file's (both fit after 1.5 years)
-        scale = min(plausible, key=lambda s: abs(-np.log(s * slope) / maturity - rate))
-        column, words, hint = UNIT_SCALES[scale]
-        raise _UnitsError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit "
-                          f"of strike, {words} a discount factor: {hint}",
-                          column=column)  # fmt: skip
+    if not plausible:
+        return None
+    # the factor whose rate is nearest the file's (both fit after 1.5 years)
+    scale = min(plausible, key=lambda s: abs(-np.log(s * slope) / maturity - rate))
+    column, words, hint = UNIT_SCALES[scale]
+    return QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit of "
+                      f"strike, {words} a discount factor: {hint}", column=column)  # fmt: skip
 
 
 def _pair_forward(
-    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float, check_units: bool
-) -> tuple | None:
-    """Forward and discount from call-minus-put prices of one expiry's pairs, or None."""
+    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
+) -> tuple[tuple | None, QuoteError | None]:
+    """Forward and discount from call-minus-put prices of one expiry's pairs, or None; and the
+    error of a slope that strikes or prices in other units explain (:func:`_units_error`), or
+    None."""
     near = _near_pairs(pairs, n_pairs)
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
-    weights = _pair_weights(near)
+    weights, units = _pair_weights(near), None
     if len(near) >= 2 and np.ptp(strikes) > 0:
         # C - P = D F - D K: a straight line in K with slope -D and intercept D F; weighted least
         # squares (polyfit's w multiplies the residuals: 1 / standard deviation).
@@ -203,13 +202,12 @@ def _pair_forward(
         discount = -slope
         low, high = PARITY_RATES
         if discount > 0 and intercept > 0 and low <= -np.log(discount) / maturity <= high:
-            return intercept / discount, discount, "parity"
-        if check_units:
-            error = _slope_error(strikes, diff, weights, (slope, intercept))
-            _check_units(discount, intercept, maturity, carry_discount, error)
+            return (intercept / discount, discount, "parity"), None
+        error = _slope_error(strikes, diff, weights)
+        units = _units_error(discount, intercept, maturity, carry_discount, error)
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
-    return (forward, carry_discount, source) if forward > 0 else None
+    return ((forward, carry_discount, source) if forward > 0 else None), units
 
 
 def _expiry_pairs(
@@ -217,15 +215,15 @@ def _expiry_pairs(
     carry_discount: float,
     n_pairs: int,
     maturity: float,
-    check_units: bool = True,
-) -> tuple | None:
-    """Parity forward and discount of one expiry's quotes, or None without call/put pairs."""
+) -> tuple[tuple | None, QuoteError | None]:
+    """Parity forward and discount of one expiry's quotes, or None without call/put pairs; and
+    the units error of :func:`_pair_forward`, or None."""
     if "option_type" not in group:
-        return None
+        return None, None
     valid = group.dropna(subset=["_mid"])
     table = valid.pivot_table(index="strike", columns="option_type", values="_mid")
     if not {"call", "put"} <= set(table.columns):
-        return None
+        return None, None
     pairs = table.dropna(subset=["call", "put"])[["call", "put"]]
     if {"bid", "ask"} <= set(valid.columns):
         spread = valid.assign(_spread=valid["ask"] - valid["bid"]).pivot_table(
@@ -235,8 +233,8 @@ def _expiry_pairs(
         pairs = pairs.assign(call_spread=spread["call"], put_spread=spread["put"])
     pairs = pairs.assign(_shift=float(shifts(group).iloc[0]))
     if not len(pairs):
-        return None
-    return _pair_forward(pairs, carry_discount, n_pairs, maturity, check_units)
+        return None, None
+    return _pair_forward(pairs, carry_discount, n_pairs, maturity)
 
 
 def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
@@ -283,11 +281,8 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         if given and group[["forward", "discount"]].notna().all().all():
             result = (group["forward"].mean(), discount, "given")
         else:
-            try:
-                result = _expiry_pairs(group, discount, n_pairs, t)
-            except _UnitsError as error:  # decided over the file's expiries, below
-                units = units or error
-                result = _expiry_pairs(group, discount, n_pairs, t, check_units=False)
+            result, suspect = _expiry_pairs(group, discount, n_pairs, t)
+            units = units or suspect  # decided over the file's expiries, below
         if result is None and "forward" in group and group["forward"].notna().all():
             result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate
         if result is None:

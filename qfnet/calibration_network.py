@@ -526,21 +526,26 @@ def _grid_vols(x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarra
     xs[group, slot], vs[group, slot] = x[order], vol[order]
     expiry, owner = key_s[starts], table_s[starts]  # (G,)
     count = np.bincount(owner, minlength=n_tables)
-    times = np.asarray(MATURITIES)
-    # expiries below each grid maturity (np.searchsorted of one table's expiries), (S, 6)
     padded = np.full((n_tables, count.max()), np.inf)
     padded[owner, np.arange(len(owner)) - first[owner]] = expiry
-    above = (padded[:, None, :] < times[None, :, None]).sum(-1)
-    last = count[:, None] - 1
-    g1 = first[:, None] + np.clip(above - 1, 0, last)  # the smile below (or the only one used)
-    g2 = first[:, None] + np.minimum(above, last)  # the smile above
+    below, above = _grid_neighbours(padded, count)
+    g1, g2 = first[:, None] + below, first[:, None] + above  # (S, 6) smiles
     v1, v2 = _smiles_at(xs, vs, lengths, g1), _smiles_at(xs, vs, lengths, g2)  # (S, 6, 11)
-    t1, t2, t = expiry[g1][..., None], expiry[g2][..., None], times[None, :, None]
+    t1, t2, t = expiry[g1][..., None], expiry[g2][..., None], np.asarray(MATURITIES)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):  # flat rows divide by t2 - t1 = 0
         w1, w2 = v1**2 * t1, v2**2 * t2
         between = np.sqrt((w1 + (w2 - w1) * (t - t1) / (t2 - t1)) / t)
-    flat = ((above == 0) | (above == count[:, None]))[..., None]
-    return np.where(flat, v1, between)
+    return np.where((g1 == g2)[..., None], v1, between)
+
+
+def _grid_neighbours(expiries: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The expiries the grid reads at each of its maturities, for tables of ``count`` ``(S,)``
+    increasing ``expiries`` each ``(S, E)`` (inf past ``count``): positions ``(S, 6)`` of the
+    expiry before and of the one at or after (total variance is interpolated between them),
+    both the nearest beyond the first or last expiry (the vol is flat there)."""
+    before = (expiries[:, None, :] < np.asarray(MATURITIES)[:, None]).sum(-1)  # (S, 6)
+    last = count[:, None] - 1
+    return np.clip(before - 1, 0, last), np.minimum(before, last)
 
 
 def _smiles_at(xs: np.ndarray, vs: np.ndarray, lengths: np.ndarray, g: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from qfnet.calibration_network import (
     MATURITIES,
     NAMES,
     CalibrationNetwork,
+    _grid_neighbours,
     default_path,
     grid_surfaces,
     load_network,
@@ -117,8 +118,8 @@ def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
 
 
 def _narrow_expiries(quotes: pd.DataFrame) -> list[tuple[float, float, float]]:
-    """The expiries the grid reads (those on either side of each grid maturity, as
-    :func:`qfnet.calibration_network.grid_surfaces` picks them) whose strikes reach less than
+    """The expiries the grid reads (those on either side of each grid maturity, by the helper
+    :func:`qfnet.calibration_network.grid_surfaces` picks them with) whose strikes reach less than
     2/3 of the grid's ``ln(K/F)/sqrt(T)`` on a side: ``(T, lowest, highest)`` each, by expiry."""
     t = quotes["maturity"].to_numpy(dtype=float)
     strike, forward = (quotes[c].to_numpy(dtype=float) for c in ("strike", "forward"))
@@ -127,9 +128,7 @@ def _narrow_expiries(quotes: pd.DataFrame) -> list[tuple[float, float, float]]:
     low, high = np.full(len(expiries), np.inf), np.full(len(expiries), -np.inf)
     np.minimum.at(low, expiry, x)
     np.maximum.at(high, expiry, x)
-    below = np.searchsorted(expiries, MATURITIES)  # expiries before each grid maturity
-    last = len(expiries) - 1
-    read = np.unique(np.concatenate([np.clip(below - 1, 0, last), np.minimum(below, last)]))
+    read = np.unique(_grid_neighbours(expiries[None], np.array([len(expiries)])))
     narrow = read[(low[read] > -_REACH / 1.5) | (high[read] < _REACH / 1.5)]
     return [(float(expiries[e]), float(low[e]), float(high[e])) for e in narrow]
 

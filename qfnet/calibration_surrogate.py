@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pricing.calibration import CalibrationProblem, FitOutput, bounds_reached, register_method
+from pricing.calibration import (
+    CalibrationProblem,
+    FitOutput,
+    bounds_reached,
+    check_start_in_box,
+    register_method,
+)
 from pricing.calibration_heston import (
     DEFAULT_BOUNDS,
     NAMES,
@@ -153,6 +159,16 @@ def fit_with_surrogate(
     return x, vols, bool(solved.converged[best]), int(solved.iterations[best])
 
 
+def _check_start(net: Any, problem: CalibrationProblem) -> None:
+    """The caller's start, a start of the surrogate stage, lies in its box (the surrogate's
+    domain within the bounds): it was clipped into it without a word."""
+    lower, upper = (b.tolist() for b in _box(net, problem.bounds))
+    box = {name: (lo, hi) for name, lo, hi in zip(NAMES, lower, upper, strict=True)}
+    check_start_in_box(problem.x0, box, method="heston 'surrogate'",
+                       widen="the surrogate was trained inside it only (method 'direct' starts "
+                             "anywhere in its own box)")  # fmt: skip
+
+
 def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
     try:
@@ -162,6 +178,7 @@ def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
             f"method 'surrogate' needs a trained surrogate: {error}"
         ) from error
     polish = bool(options.pop("polish", True))
+    _check_start(net, problem)
     x0 = global_starts(problem, options, scan=SURROGATE_SCAN_WITH_PROPOSALS)
     quotes = problem.quotes
     tensor = lambda values: torch.tensor(np.asarray(values, dtype=float))  # noqa: E731

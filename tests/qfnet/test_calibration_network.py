@@ -31,7 +31,7 @@ from qfnet.calibration_network import (
     surface_vols,
     train_network,
 )
-from qfnet.calibration_network_method import _network
+from qfnet.calibration_network_method import _narrow_expiries, _network
 
 # Shipped network: all five parameters within 5% of the truth on 92% of the 300 fresh surfaces of
 # the test below (90.9% on the benchmark's 1,000); asserted with some slack.
@@ -458,6 +458,24 @@ def test_network_method_warns_when_the_long_expiries_strikes_leave_its_grid_to_e
     with pytest.warns(UserWarning, match=f"table 1: {where}") as caught:
         calibrate_many("heston", [wide, table], method="network")
     assert not any("table 0" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize(
+    "expiries",
+    [[1.0], [0.01, 5.0], [2.5, 0.1, 0.7, 0.05], [0.25, 0.5, 1.0], [0.3, 0.15, 0.1, 0.2, 0.35, 1.5]],
+)
+def test_the_strike_warning_checks_the_expiries_the_grid_reads(expiries: list[float]) -> None:
+    # the warning and grid_surfaces pick the expiries beside each grid maturity with one helper
+    # (two copies could drift apart): with strikes too narrow everywhere, the warning names
+    # exactly the expiries whose vols move the grid
+    ratio = np.array([0.99, 1.0, 1.01])
+    table = pd.DataFrame({"strike": 100.0 * np.tile(ratio, len(expiries)), "forward": 100.0,
+                          "maturity": np.repeat(expiries, 3), "market_iv": 0.2})  # fmt: skip
+    base = grid_surfaces([table])[0]
+    moved = {t for t in expiries
+             if not torch.equal(grid_surfaces([table.assign(market_iv=np.where(
+                 table["maturity"] == t, 0.3, 0.2))])[0], base)}  # fmt: skip
+    assert {t for t, _, _ in _narrow_expiries(table)} == moved
 
 
 def test_network_method_leaves_out_the_quotes_weighted_zero():

@@ -130,6 +130,17 @@ def test_a_surrogate_fit_without_a_scan_starts_from_x0_or_says_it_has_no_start(
     np.testing.assert_allclose([fit.params[n] for n in TRUE], list(TRUE.values()), rtol=1e-4)
 
 
+def test_a_start_outside_the_surrogates_domain_is_refused(tiny_surrogate: Path) -> None:
+    # it was clipped into the surrogate's domain (kappa 0.5 to 5) without a word
+    with pytest.raises(
+        ValueError,
+        match=r"x0\['kappa'\]: 8 is outside the box \[0.5, 5\] of "
+        r"heston 'surrogate'; the surrogate was trained",
+    ):
+        calibrate("heston", _synthetic_surface(), method="surrogate", surrogate=tiny_surrogate,
+                  x0=TRUE | {"kappa": 8.0})  # fmt: skip
+
+
 def test_fit_with_surrogate_returns_its_vols_at_weight_0_quotes(tiny_surrogate: Path) -> None:
     # the vols were backed out of the weighted residual: a weight-0 quote got its market vol
     net = load_surrogate(tiny_surrogate)
