@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pricing._atomic import replace_atomically
 from pricing._validation import read_json
 
 __all__ = ["METADATA_FILE", "PLAN_FILE", "discard", "finish", "kept_shards", "start"]
@@ -44,9 +45,7 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
         if recorded.exists():
             raise FileExistsError(f"{path} holds an unfinished generation: --resume continues it "
                                   "(with the same options), or choose another --out")  # fmt: skip
-        tmp = path / f"{PLAN_FILE}.tmp"
-        tmp.write_text(json.dumps(plan, indent=2))
-        os.replace(tmp, recorded)
+        replace_atomically(recorded, lambda f: f.write(json.dumps(plan, indent=2).encode()))
         return
     if not recorded.is_file():
         raise FileNotFoundError(f"{path} holds no unfinished generation to resume "
@@ -106,9 +105,7 @@ def finish(path: Path, meta: dict[str, Any]) -> None:
     plan's fields with the same values, so that a run killed between the two steps resumes.
     """
     plan = path / PLAN_FILE
-    tmp = path / f"{PLAN_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, plan)
+    replace_atomically(plan, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     os.replace(plan, path / METADATA_FILE)
 
 

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from pricing import _generation
+from pricing._atomic import replace_atomically
 from pricing._labels import ENGINES, check_compile, label
 from pricing._validation import (
     check_device,
@@ -455,13 +456,10 @@ def _file_digest(path: Path) -> str:
 
 
 def _write_shard(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(".parquet.tmp")
-    try:
-        frame.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C mid-write left the half-written file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    # a full disk or Ctrl-C mid-write leaves no half-written file behind
+    replace_atomically(
+        path, lambda f: frame.to_parquet(f, index=False, engine="pyarrow", compression="zstd")
+    )
 
 
 def _versions() -> dict[str, str]:

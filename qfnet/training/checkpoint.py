@@ -12,14 +12,15 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
+import tempfile  # noqa: F401  (the doctests below use it)
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
+
+from pricing._atomic import replace_atomically
 
 __all__ = [
     "FORMAT",
@@ -53,16 +54,6 @@ class CheckpointError(RuntimeError):
         ...
         qfnet.training.checkpoint.CheckpointError: checkpoint ...ck.pt: ...
     """
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-"""The process's umask (read once at import: reading it means setting it)."""
 
 
 def _loadable(value: Any) -> Any:
@@ -130,34 +121,6 @@ def write_text_atomically(text: str, path: str | Path) -> Path:
         '{}\\n'
     """
     return replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
-    """``write(f)`` to a temporary binary file beside ``path``, flushed to disk, renamed over
-    ``path``; the temporary is removed on any failure, and parent folders are created. The
-    temporary's name is unique (``mkstemp``), so two writers of one ``path`` never write into
-    one file.
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
-        >>> replace_atomically(p, lambda f: f.write(b"a,b\\n")).read_bytes()
-        b'a,b\\n'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the file from collaborators
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def link_checkpoint(source: str | Path, path: str | Path) -> Path:
