@@ -196,6 +196,18 @@ def _recognised_names() -> frozenset[str]:
     )  # fmt: skip
 
 
+def _parquet_error(error: ValueError, path: Path) -> ValueError:
+    """pyarrow's error on a Parquet file, naming it: a repeated column was a multi-line schema
+    dump naming neither the file nor, plainly, the column."""
+    repeated = re.match(r"Multiple matches for FieldRef\.Name\((.+?)\)", str(error))
+    if repeated:
+        name = repeated.group(1)
+        return QuoteError("appears more than once", column=_column_name(name), source=path)
+    if str(path) in str(error):  # a cut or foreign file: pyarrow names it
+        return error
+    return QuoteError(f"cannot read the file: {str(error).splitlines()[0]}", source=path)
+
+
 def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Read a CSV (returning file line numbers of data rows) or Parquet file."""
     suffix = path.suffix.lower()
@@ -206,6 +218,8 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
             frame = pd.read_parquet(path)
         except OSError as error:  # e.g. no permission to read it: a traceback
             raise QuoteError(f"cannot read the file: {error}", source=path) from error
+        except ValueError as error:
+            raise _parquet_error(error, path) from error
         if path.is_dir() and frame.columns.empty:  # a folder is read as a dataset of its files
             raise QuoteError("a folder holding no Parquet file, not a quote file", source=path)
         return frame, None

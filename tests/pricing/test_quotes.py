@@ -265,6 +265,19 @@ def test_extra_fields_and_repeated_header_names_are_errors(tmp_path: Path) -> No
         read_quotes(_write(tmp_path, "strike,maturity,strike\n90,1,91\n"))
 
 
+def test_a_parquet_file_with_a_repeated_column_is_named(tmp_path: Path) -> None:
+    # pyarrow's "Multiple matches for FieldRef.Name(strike) in strike: double ..." named neither
+    # the file nor, plainly, the column (a multi-line schema dump as the CLI's error line)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "q.parquet"
+    columns = [pa.array([90.0]), pa.array([1.0]), pa.array([91.0])]
+    pq.write_table(pa.table(columns, names=["strike", "maturity", "strike"]), path)
+    with pytest.raises(QuoteError, match=r"q\.parquet, column 'strike': appears more than once$"):
+        read_quotes(path)
+
+
 @pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity"])
 def test_infinite_numbers_are_rejected_by_column(tmp_path: Path, cell: str) -> None:
     with pytest.raises(QuoteError, match=r"row 1 \(file line 2\), column 'rate': must be finite"):
