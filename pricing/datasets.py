@@ -733,6 +733,9 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     root = Path(path)
     meta_path = root / "metadata.json"
     if not meta_path.is_file():
+        if (root / _generation.PLAN_FILE).is_file():  # the message had no word of --resume
+            raise FileNotFoundError(f"{root} holds an unfinished generation (no metadata.json): "
+                                    "finish it with qfnet generate --resume, same options")  # fmt: skip
         raise FileNotFoundError(f"{root} is not a dataset directory (no metadata.json)")
     meta = _read_metadata(meta_path)
     missing = [s for s in meta["shards"] if not (root / s).is_file()]
