@@ -149,7 +149,8 @@ def _alive(cases, s, x, h, t, vol, rate, dividend, **signs) -> torch.Tensor:
     high = x >= h
 
     def case(expression: str, strike: torch.Tensor) -> torch.Tensor:
-        return _combine(expression, _terms(s, strike, h, t, vol, rate, dividend, **signs))
+        terms = _terms(s, strike, h, t, vol, rate, dividend, at_hit="F" in expression, **signs)
+        return _combine(expression, terms)
 
     if bool(high.all()):
         return case(cases[0], x)
@@ -160,8 +161,10 @@ def _alive(cases, s, x, h, t, vol, rate, dividend, **signs) -> torch.Tensor:
     )
 
 
-def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, torch.Tensor]:
-    """Haug's terms ``A .. F``; shapes broadcast."""
+def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate, at_hit) -> dict[str, torch.Tensor]:
+    """Haug's terms ``A .. E``, and ``F`` where ``at_hit`` (a knock-out: a knock-in's rebate,
+    paid at expiry, is ``E``, and was refused with ``F``'s closed form at some negative rates);
+    shapes broadcast."""
     carry = rate - dividend
     sd = vol * t.sqrt()
     mu = (carry - 0.5 * vol * vol) / (vol * vol)
@@ -188,25 +191,27 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate) -> dict[str, to
                       - x * discount * torch.exp(log_x + log_n(sign * (d - sd))))  # fmt: skip
 
     mirrored = {"log_s": 2.0 * (mu + 1.0) * log_ratio, "log_x": 2.0 * mu * log_ratio}
-    if rebate == 0:  # E and F are rebate times a probability: nothing to compute without one
+    if _no_rebate(rebate):  # E and F are rebate times a probability: nothing to compute
         hit_later = _zero(log_ratio * sd)
     else:
         hit_later = ndtr(eta * (x2 - sd)) - torch.exp(2.0 * mu * log_ratio + log_n(eta * (y2 - sd)))
-    return {
+    terms = {
         "A": term(x1, phi),
         "B": term(x2, phi),
         "C": term(y1, eta, **mirrored),
         "D": term(y2, eta, **mirrored),
         "E": rebate * discount * hit_later,
-        "F": _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate),
     }  # fmt: skip
+    if at_hit:
+        terms["F"] = _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate)
+    return terms
 
 
 def _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
     """Haug's ``F``: ``rebate`` paid when the barrier is hit, discounted from the hit. Its
     ``lambda = sqrt(mu^2 + 2 r / sigma^2)`` is imaginary for some negative rates, where the
     formula would need a complex normal CDF: refused there (with no rebate, ``F`` is 0)."""
-    if rebate == 0:
+    if _no_rebate(rebate):
         return _zero(log_ratio * sd)
     radicand = mu * mu + 2.0 * rate / (vol * vol)
     if bool((radicand < 0).any()):
@@ -218,6 +223,13 @@ def _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
     log_n = torch.special.log_ndtr
     return rebate * (torch.exp((mu + lam) * log_ratio + log_n(eta * z))
                      + torch.exp((mu - lam) * log_ratio + log_n(eta * (z - 2.0 * lam * sd))))  # fmt: skip
+
+
+def _no_rebate(rebate: float | torch.Tensor) -> bool:
+    """Whether the rebate terms can be skipped: a rebate of 0 that is a number (from
+    :func:`pricing._typing.real_scalar`). One that requires grad keeps them, 0 or not: its
+    sensitivity is their probability (skipped, autograd gave 0 for the down-and-out's 0.54)."""
+    return not isinstance(rebate, torch.Tensor) and rebate == 0
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:

@@ -329,7 +329,7 @@ def _barrier_block(
     extra = (slice(None),) + (None,) * (vanilla.ndim - 1)
     if barrier_type.endswith("_in"):
         return vanilla * (1.0 - survive)[extra] + rebate * survive[extra]
-    if rebate == 0.0:
+    if not isinstance(rebate, torch.Tensor) and rebate == 0.0:  # one that requires grad: kept
         return vanilla * survive[extra]
     grid = time_grid.to(paths.dtype)
     rate_dt = rate * grid.diff()  # (T,)

@@ -367,6 +367,20 @@ def test_a_barrier_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> Non
     torch.testing.assert_close(slope, central, rtol=1e-6, atol=0.0)
 
 
+@pytest.mark.parametrize("volatility", [None, 0.2], ids=["discrete", "bridge"])
+def test_a_zero_knock_out_rebate_that_requires_grad_has_its_sensitivity(volatility) -> None:
+    # at 0 the knock-out's rebate term was skipped: its payoff did not require grad at all
+    # ("element 0 of tensors does not require grad")
+    p = _paths([100.0, 85.0, 120.0], [100.0, 92.0, 120.0])
+    kw = {"strike": 100.0, "barrier": 90.0, "barrier_type": "down_out", "time_grid": GRID2,
+          "rate": 0.05, "volatility": volatility}  # fmt: skip
+    rebate = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    (slope,) = torch.autograd.grad(payoffs.barrier(p, **kw, rebate=rebate).sum(), rebate)
+    expected = (payoffs.barrier(p, **kw, rebate=1.0) - payoffs.barrier(p, **kw)).sum()
+    assert float(expected) > 1.0
+    torch.testing.assert_close(slope, expected, rtol=1e-12, atol=0.0)
+
+
 def test_a_past_weight_given_as_a_tensor_that_requires_grad_keeps_its_graph() -> None:
     # the scalar check turned it into a float: its sensitivity by autograd came back None
     p = _paths([100.0, 95.0, 97.0], [100.0, 103.0, 108.0])
