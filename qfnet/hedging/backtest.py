@@ -8,6 +8,11 @@ intervals of each risk metric. Also
 ``n_paths``, ``config`` and ``es95_vs_delta``: each strategy's ES95 relative to the delta hedge,
 ``(ES - ES_delta) / |ES_delta|`` (below 0: a smaller tail loss, also when a premium makes delta's
 ES negative; NaN when delta's is 0), with a paired bootstrap interval.
+
+Units: the P&L metrics and ``cost`` are time-0 (discounted) money per option sold on one unit
+of the underlying, which starts at ``market.spot`` (they scale with it); ``turnover`` counts
+units of the instruments traded; ``entropic`` uses ``objective.risk_aversion`` per unit of that
+money.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     """Read user price paths from Parquet and rescale each to start at ``market.spot``.
 
     Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order) or *long*
-    (columns ``path``, ``step`` (numbers or dates), ``spot`` and optionally ``variance``). Each
-    path is multiplied by ``spot / S_0`` so the option (struck relative to ``spot``) is hedged
-    on every window alike. Without ``variance`` a Heston market's implied-vol proxy stays at its
-    time-0 level on every path and step (:meth:`Market.vol_proxy`; the deltas, the band and the
-    learned policy's features see no change of volatility).
+    (columns ``path``, ``step`` (numbers or dates), ``spot`` and optionally ``variance``; each
+    path its ``T + 1`` rows, in the order of its own steps: windows of one history may keep
+    their dates). Each path is multiplied by ``spot / S_0`` so the option (struck relative to
+    ``spot``) is hedged on every window alike. Without ``variance`` a Heston market's
+    implied-vol proxy stays at its time-0 level on every path and step
+    (:meth:`Market.vol_proxy`; the deltas, the band and the learned policy's features see no
+    change of volatility).
 
     Shape:
         - output spot (and variance, when given): (N, T + 1)
@@ -76,22 +83,7 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     steps = market.n_steps
     variance = None
     if {"path", "step", "spot"} <= set(frame.columns):
-        repeated = frame.duplicated(["path", "step"])
-        if repeated.any():  # pandas' pivot said only "Index contains duplicate entries"
-            i = int(np.flatnonzero(repeated.to_numpy())[0])
-            raise ValueError(f"paths file {path}: row {i + 1} repeats path "
-                             f"{frame['path'].iloc[i]}, step {frame['step'].iloc[i]}")  # fmt: skip
-        step = frame["step"]
-        if not (pd.api.types.is_numeric_dtype(step) or pd.api.types.is_datetime64_any_dtype(step)):
-            # text steps sorted as text: "10" came before "2", and the prices out of time order
-            raise ValueError(f"paths file {path}: column 'step' must hold numbers or dates (in "
-                             f"time order), got {step.dtype} values such as "
-                             f"{step.iloc[0]!r}")  # fmt: skip
-        frame = frame.sort_values(["path", "step"])
-        wide = frame.pivot(index="path", columns="step", values="spot")
-        if "variance" in frame.columns:
-            variance = frame.pivot(index="path", columns="step", values="variance")
-            variance = variance.to_numpy(dtype=np.float64, copy=True)
+        wide, variance = _long_to_wide(frame, path, steps)
     else:
         wide = frame.select_dtypes("number")
     values = wide.to_numpy(dtype=np.float64, copy=True)
@@ -117,6 +109,42 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     if var_t is None and "variance_swap" in market.market.instruments:
         raise ValueError(f"{path}: the variance_swap instrument needs a 'variance' column")
     return RawPaths(spot, var_t)
+
+
+def _long_to_wide(
+    frame: pd.DataFrame, path: str | Path, steps: int
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The long layout's spots (and variances) one row per path, each path's own ``steps + 1``
+    rows in time order: paths over other dates (rolling windows of one history, dated) were
+    put on the union of every path's dates, and refused as "expected 4 prices per path, got 7".
+
+    Shape:
+        - output: (N, T + 1) each
+    """
+    repeated = frame.duplicated(["path", "step"])
+    if repeated.any():  # pandas' pivot said only "Index contains duplicate entries"
+        i = int(np.flatnonzero(repeated.to_numpy())[0])
+        raise ValueError(f"paths file {path}: row {i + 1} repeats path "
+                         f"{frame['path'].iloc[i]}, step {frame['step'].iloc[i]}")  # fmt: skip
+    step = frame["step"]
+    if not (pd.api.types.is_numeric_dtype(step) or pd.api.types.is_datetime64_any_dtype(step)):
+        # text steps sorted as text: "10" came before "2", and the prices out of time order
+        raise ValueError(f"paths file {path}: column 'step' must hold numbers or dates (in "
+                         f"time order), got {step.dtype} values such as "
+                         f"{step.iloc[0]!r}")  # fmt: skip
+    frame = frame.sort_values(["path", "step"])
+    counts = frame.groupby("path", sort=False).size()
+    wrong = counts[counts != steps + 1]
+    if len(wrong):  # a path with a missing step was read as a NaN price
+        name, count = wrong.index.tolist()[0], int(wrong.iloc[0])
+        raise ValueError(f"paths file {path}: path {name!r} has {count} prices, expected "
+                         f"{steps + 1} (market.n_steps + 1)")  # fmt: skip
+    frame = frame.assign(step=frame.groupby("path", sort=False).cumcount())  # 0..T per path
+    wide = frame.pivot(index="path", columns="step", values="spot")
+    if "variance" not in frame.columns:
+        return wide, None
+    variance = frame.pivot(index="path", columns="step", values="variance")
+    return wide, variance.to_numpy(dtype=np.float64, copy=True)
 
 
 def bootstrap_ci(

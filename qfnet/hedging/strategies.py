@@ -191,6 +191,11 @@ class HestonDelta:
                 "HestonDelta hedges European options only; derivative.type is "
                 f"{market.config.derivative.type!r} (its Black-Scholes delta is the 'delta' baseline)"
             )
+        for name, count in (("n_moneyness", n_moneyness), ("n_variance", n_variance)):
+            # one node was an IndexError from the interpolation, at the first positions()
+            if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+                raise ValueError(f"{name} must be an integer >= 2 (nodes of the delta table), "
+                                 f"got {count!r}")  # fmt: skip
         self.market, self.nx, self.nv = market, n_moneyness, n_variance
 
     def variance(self, data: HedgeData) -> torch.Tensor:

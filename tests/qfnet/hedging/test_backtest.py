@@ -180,6 +180,26 @@ def test_long_path_files_with_text_steps_are_refused_and_dates_kept_in_order(
     torch.testing.assert_close(spot[0], torch.arange(100.0, 111.0, dtype=spot.dtype) / 100.0)
 
 
+def test_long_path_files_of_dated_rolling_windows_read_each_path_by_its_own_dates(
+    tmp_path: Path,
+) -> None:
+    # windows of one history that kept their dates were put on the union of all the dates and
+    # refused: "expected 4 prices per path (market.n_steps + 1), got 7"
+    from qfnet.hedging.backtest import read_paths
+
+    market = Market(config_from_dict({"market": {"n_steps": 3}}))
+    dates, history = pd.bdate_range("2024-01-01", periods=7), [100, 101, 99, 102, 104, 103, 105]
+    frame = pd.DataFrame([{"path": p, "step": dates[p + j], "spot": float(history[p + j])}
+                          for p in range(4) for j in range(4)])  # fmt: skip
+    frame.iloc[::-1].to_parquet(tmp_path / "windows.parquet")  # rows in any order
+    spot = read_paths(tmp_path / "windows.parquet", market).spot
+    expected = [[history[p + j] / history[p] for j in range(4)] for p in range(4)]
+    torch.testing.assert_close(spot, torch.tensor(expected, dtype=spot.dtype), rtol=1e-15, atol=0)
+    frame.iloc[:-1].to_parquet(tmp_path / "short.parquet")  # path 3 lacks its last date
+    with pytest.raises(ValueError, match=r"path 3 has 3 prices, expected 4 \(market\.n_steps"):
+        read_paths(tmp_path / "short.parquet", market)
+
+
 def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
     (tmp_path / "taken").write_text("")

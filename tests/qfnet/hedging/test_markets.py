@@ -119,6 +119,15 @@ def test_heston_delta_table_matches_the_pricer() -> None:
         HestonDelta(asian)
 
 
+@pytest.mark.parametrize("sizes", [{"n_moneyness": 1}, {"n_variance": 1}, {"n_variance": 2.5}])
+def test_heston_delta_tables_of_fewer_than_two_nodes_are_refused_naming_the_size(sizes) -> None:
+    # one node failed at the first positions() with "IndexError: index 1 is out of bounds"
+    market = _market(model="heston", n_steps=2)
+    (name,) = sizes
+    with pytest.raises(ValueError, match=rf"{name} must be an integer >= 2"):
+        HestonDelta(market, **sizes)
+
+
 def test_baselines_behave_as_expected() -> None:
     market = _market(cost=1e-3)
     data, _ = make_paths(market, 4000, split="test", seed=5)
