@@ -29,6 +29,7 @@ __all__ = [
     "inside_domain",
     "is_complex",
     "is_whole",
+    "json_safe",
     "outside_domain",
     "read_json",
 ]
@@ -341,3 +342,20 @@ def read_json(path: Path, hint: str) -> Any:
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not a JSON text file ({err.reason} at byte {err.start}): "
                          f"{hint}") from err  # fmt: skip
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of ``value`` (dicts, lists, tuples, numbers, text) with NaN and infinities as None:
+    ``json.dumps`` writes them as bare ``NaN`` / ``Infinity``, which strict JSON readers refuse.
+
+    Examples:
+        >>> json_safe({"es95": float("nan"), "rows": [1.0, float("inf")], "name": "delta"})
+        {'es95': None, 'rows': [1.0, None], 'name': 'delta'}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value

@@ -6,12 +6,12 @@ Mounted by :mod:`qfnet.cli` as ``app.command("calibrate")(calibrate_command)``.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from pricing._validation import json_safe
 from pricing.calibration import CalibrationResult, calibrate
 from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
 from pricing.quotes import QuoteError, read_quotes
@@ -26,17 +26,6 @@ from qfnet._cli import (
 )
 
 __all__ = ["bounds_line", "calibrate_command", "result_json"]
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def result_json(
@@ -64,7 +53,7 @@ def result_json(
         out["n_dropped"] = report.n_input - result.n_quotes
         out["cleaning"] = {"n_input": report.n_input, "removed": report.removed,
                            "forward_sources": report.forward_sources}  # fmt: skip
-    return _clean(out)
+    return json_safe(out)
 
 
 def bounds_line(result: CalibrationResult) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pricing._validation import read_json
+from pricing._validation import json_safe, read_json
 from pricing.datasets import Domain, load_dataset
 from qfnet.surrogate import SurrogateNet, build_surrogate, load_surrogate, save_surrogate
 from qfnet.training.checkpoint import write_text_atomically
@@ -555,7 +555,8 @@ def train_surrogate(
     save_surrogate(net, run / "model.pt", training=summary)
     if errors.numel():
         _plot_error_histogram(errors, run / "error_hist.png")
-    write_text_atomically(json.dumps(summary, indent=2), run / "summary.json")
+    write_text_atomically(json.dumps(json_safe(summary), indent=2, allow_nan=False),
+                          run / "summary.json")  # fmt: skip
     return summary
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing._validation import check_positive_int
+from pricing._validation import check_positive_int, json_safe
 from qfnet import functional as F
 from qfnet.hedging.config import HedgeConfig, config_to_dict
 from qfnet.hedging.markets import HedgeData, Market, RawPaths
@@ -361,5 +361,7 @@ def run_backtest(
     report["paths"] = source
     report["train_seconds"] = meta["train_seconds"]
     report["plots"] = [*plot_histograms(results, out), plot_hedge_ratio(results, data, market, out)]
-    write_text_atomically(json.dumps(report, indent=2) + "\n", out / "report.json")
+    # strict JSON: delta's ES95 of 0 made es95_vs_delta a bare NaN, which JSON readers refuse
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False)
+    write_text_atomically(text + "\n", out / "report.json")
     return report

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from pricing._validation import json_safe
 from qfnet._cli import fail, seed_option
 
 __all__ = ["hedge_app"]
@@ -84,7 +85,7 @@ def train_command(
         "seconds": round(result.seconds, 3),
     }
     if _is_global_zero():  # under torchrun: one summary line, as `train surrogate` prints
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(json_safe(summary), allow_nan=False))
 
 
 def _is_global_zero() -> bool:
@@ -133,4 +134,5 @@ def backtest_command(
     except (OSError, ValueError) as exc:  # OSError: e.g. an --out below a file
         raise fail(str(exc)) from exc
     rows = {name: round(report[name]["es95"], 6) for name in report["strategies"]}
-    typer.echo(json.dumps({"report": str(out / "report.json"), "es95": rows}))
+    typer.echo(json.dumps(json_safe({"report": str(out / "report.json"), "es95": rows}),
+                          allow_nan=False))  # fmt: skip

@@ -69,6 +69,38 @@ def test_backtest_writes_report_with_every_strategy_and_plots(trained_run: Path)
     assert rel["ci95"][0] <= rel["relative"] <= rel["ci95"][1]
 
 
+def test_report_json_is_strict_json_where_a_metric_is_nan(trained_run, monkeypatch) -> None:
+    # delta's ES95 of 0 makes es95_vs_delta NaN (as documented): report.json held a bare NaN,
+    # which strict JSON readers (JavaScript, jq, Go) refuse
+    import importlib
+
+    module = importlib.import_module("qfnet.hedging.backtest")  # the package's name is a function
+    real = module.backtest
+
+    def with_nan(*args, **kwargs):
+        report, results = real(*args, **kwargs)
+        report["es95_vs_delta"]["learned"]["relative"] = float("nan")
+        report["learned"]["es95"] = float("nan")
+        return report, results
+
+    def strict(text: str) -> dict:
+        def refuse(constant: str) -> None:
+            raise ValueError(f"not strict JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    monkeypatch.setattr(module, "backtest", with_nan)
+    out = trained_run / "nan_report"
+    result = CliRunner().invoke(
+        hedge_app,
+        ["backtest", "--run", str(trained_run / "run"), "--out", str(out), "--bootstrap", "5"],
+    )
+    assert result.exit_code == 0, result.output
+    report = strict((out / "report.json").read_text())
+    assert report["es95_vs_delta"]["learned"]["relative"] is None
+    assert strict(result.output.strip().splitlines()[-1])["es95"]["learned"] is None
+
+
 def test_backtest_on_a_user_path_file(trained_run: Path) -> None:
     g = torch.Generator().manual_seed(0)
     steps = torch.exp(0.01 * torch.randn(300, 6, generator=g, dtype=torch.float64).cumsum(1))
