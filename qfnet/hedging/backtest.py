@@ -7,7 +7,7 @@ and, under Heston with a European option, ``heston_delta``; their names listed u
 intervals of each risk metric. Also
 ``n_paths``, ``config`` and ``es95_vs_delta``: each strategy's ES95 relative to the delta hedge,
 ``(ES - ES_delta) / |ES_delta|`` (below 0: a smaller tail loss, also when a premium makes delta's
-ES negative; NaN when delta's is 0), with a paired bootstrap interval.
+ES negative; NaN, null in report.json, when delta's is 0), with a paired bootstrap interval.
 
 Units: the P&L metrics and ``cost`` are time-0 (discounted) money per option sold on one unit
 of the underlying, which starts at ``market.spot`` (they scale with it); ``turnover`` counts
