@@ -75,7 +75,9 @@ class MarketConfig:
     or ``heston`` (uses ``v0, kappa, theta, sigma, rho``, or a calibration result JSON named by
     ``calibration`` whose ``params`` hold them); a parameter of the other model, set to another
     value than its default, is refused (it was ignored). ``cost`` is the proportional cost rate,
-    one float or one per instrument.
+    one float or one per instrument. ``liquidate`` sells the final hedge at maturity (a last
+    trade that pays its cost, :func:`qfnet.functional.trades`); false keeps the position, its
+    value at maturity counted at the final price without a closing cost.
 
     Examples:
         >>> MarketConfig(model="heston", instruments=["underlying", "variance_swap"]).validate("market")
