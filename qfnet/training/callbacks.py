@@ -338,7 +338,10 @@ class ModelCheckpoint:
         # the state is written once; the other names are atomic hard links (or copies) of it.
         # Every rank takes the same branches: saving involves a collective under DDP.
         written = None
-        if self.save_last:
+        # a step checkpoint due at the epoch's last step is written here, with the epoch's end
+        # (on_train_step_end leaves it to this): without save_last it was never written
+        due = bool(self.every_n_steps) and trainer.global_step % self.every_n_steps == 0
+        if self.save_last or due:
             trainer.save_checkpoint(folder / "last.pt")
             written = folder / "last.pt"
         if improved:

@@ -88,7 +88,10 @@ class TrainerConfig:
             learning rate of every group by ``(step + 1) / warmup_steps`` and composes with
             any scheduler. A warmup longer than the training is warned about.
         accumulate_grad_batches: Micro-batches per optimizer step; the update equals that of one
-            batch this many times larger (also for the last, partial group).
+            batch this many times larger (also for the last, partial group) for a loss that is
+            a mean over samples (per-sample values, or a scalar mean such as ``MSELoss``). A
+            loss of the batch as a whole (a P&L variance, an entropic risk) is averaged over
+            the micro-batches instead: the risk of smaller batches, not of the large one.
         clip_grad_norm: Clip the global gradient 2-norm to this value.
         clip_grad_value: Clip every gradient element to ``[-v, v]``.
         precision: ``auto`` (mixed precision on CUDA for float32 models: bf16 where supported,

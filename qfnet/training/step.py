@@ -22,6 +22,7 @@ __all__ = [
     "group_batches",
     "scale_gradients_",
     "scaled_loss",
+    "step_mean",
     "weighted_sum",
 ]
 
@@ -260,10 +261,36 @@ class EpochLoss:
         losses = torch.stack([x.to(dtype) for x in self.losses])  # (S,)
         if all(isinstance(w, int) for w in self.weights):
             weights = torch.tensor(self.weights, dtype=dtype, device=device)
-        else:
-            weights = torch.stack([torch.as_tensor(w, device=device) for w in self.weights])
-            weights = weights.to(dtype)
-        return (losses * weights).sum(), weights.sum()
+            return (losses * weights).sum(), weights.sum()
+        weights = torch.stack([torch.as_tensor(w, device=device) for w in self.weights])
+        weights = weights.to(dtype)
+        # a step of weight 0 (a process whose samples all weigh 0, under DDP) has the mean
+        # 0/0: it adds nothing, where NaN * 0 made the epoch's loss NaN
+        return torch.where(weights != 0, losses * weights, 0.0).sum(), weights.sum()
+
+
+def step_mean(
+    means: list[torch.Tensor], weights: list[torch.Tensor | int]
+) -> tuple[torch.Tensor, torch.Tensor | int]:
+    """The weighted mean of a step's micro-batch mean losses, and the step's total weight.
+
+    A micro-batch whose weights sum to 0 adds nothing: its own mean is 0/0, and ``NaN * 0``
+    made the step's loss NaN (the NaN guard stopped a run whose single large batch had a
+    finite loss). A step whose weights all sum to 0 still has the mean 0/0.
+
+    Examples:
+        >>> means = [torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(4.0)]
+        >>> weights = [torch.tensor(3.0), torch.tensor(0.0), torch.tensor(1.0)]
+        >>> mean, total = step_mean(means, weights)
+        >>> float(mean), float(total)  # (1 * 3 + 4 * 1) / 4
+        (1.75, 4.0)
+    """
+    if len(means) == 1:
+        return means[0], weights[0]
+    total = sum(weights)
+    parts = (m * w if isinstance(w, int) else torch.where(w != 0, m * w, 0.0)
+             for m, w in zip(means, weights, strict=True))  # fmt: skip
+    return sum(parts) / total, total
 
 
 def scaled_loss(

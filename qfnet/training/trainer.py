@@ -69,6 +69,7 @@ from qfnet.training.step import (
     sample_count,
     scale_gradients_,
     scaled_loss,
+    step_mean,
     weighted_sum,
 )
 
@@ -541,14 +542,11 @@ class Trainer:
             if step_sums is not None:
                 self._accumulate_metrics(step_sums, output, target, weight)
             self.call("on_after_backward")
-        if len(means) == 1:
-            step_loss, total = means[0], weights[0]
-        else:
-            total = sum(weights)
-            step_loss = sum(m * w for m, w in zip(means, weights, strict=True)) / total
+        step_loss, total = step_mean(means, weights)
         total_all, loss_probe = self._reduce_step(total, step_loss)
         norm = self._finish_gradients(nominal, total_all)
-        self._check_finite(step_loss, loss_probe, norm, total_all, batch_losses=means)
+        self._check_finite(step_loss, loss_probe, norm, total_all, batch_losses=means,
+                           batch_weights=weights)  # fmt: skip
         self._optimizer_step()
         self._epoch_loss.add(step_loss, total)
         if step_sums is not None:
@@ -594,14 +592,13 @@ class Trainer:
         """
         if not self.dist.enabled:
             return total, loss
-        both = torch.stack(
-            [
-                torch.as_tensor(total, dtype=torch.float64, device=self.device),
-                loss.detach().to(torch.float64),
-            ]
-        )
+        local = torch.as_tensor(total, dtype=torch.float64, device=self.device)
+        # a rank whose samples all weigh 0 has the mean 0/0: not a divergence while the
+        # step has weight on other ranks (NaN once it has none, as for one process)
+        probe = torch.where(local != 0, loss.detach().to(torch.float64), 0.0)
+        both = torch.stack([local, probe])
         all_reduce_sum(both, self.dist)
-        return both[0], both[1]
+        return both[0], torch.where(both[0] != 0, both[1], math.nan)
 
     def _finish_gradients(self, nominal: int, total: torch.Tensor | int) -> torch.Tensor:
         """Unscale, normalise by the total weight over all ranks, clip; returns the global norm
@@ -628,11 +625,13 @@ class Trainer:
         total: torch.Tensor | int = 1,
         *,
         batch_losses: list[torch.Tensor] | None = None,
+        batch_weights: list[torch.Tensor | int] | None = None,
     ) -> None:
         """Raise :class:`NonFiniteLossError` on every rank when any rank's loss, or the gradient
         norm, is NaN/Inf (``loss_probe`` from :meth:`_reduce_step`); ``total`` is the step's
         weight over all ranks (0: its mean loss is 0/0, which the message says);
-        ``batch_losses`` the step's micro-batch losses, to name the batch at fault."""
+        ``batch_losses`` and ``batch_weights`` the step's micro-batch mean losses and weights,
+        to name the batch at fault."""
         if not self.config.nan_guard:
             return
         # with fp16 scaling, inf gradients only make the scaler skip the step
@@ -640,10 +639,13 @@ class Trainer:
         # .item() synchronises the GPU once per step: the price of stopping at the bad step
         if math.isfinite(probe.item()):
             return
+        losses = batch_losses or [loss]
+        # this rank's weight: where it is 0 (DDP), its mean loss is 0/0, not the one at fault
+        local = sum(float(w) for w in batch_weights) if batch_weights else 1.0
         if float(total) == 0.0:  # not a diverging model: a step of zero-weight samples only
             what = ("loss: the step's sample weights sum to 0, so its weighted mean is 0/0 "
                     "(drop zero-weight samples or use larger batches)")  # fmt: skip
-        elif not math.isfinite(loss.item()):
+        elif local != 0.0 and not math.isfinite(loss.item()):
             what = f"loss {loss.item()}"
         elif not math.isfinite(loss_probe.item()):
             what = "loss on another process"
@@ -651,7 +653,7 @@ class Trainer:
             what = f"gradient norm {norm.item()}"
         last = self._last_checkpoint()
         kept = f"; last good checkpoint: {last}" if last is not None and last.exists() else ""
-        where = _step_batches(self.batch_in_epoch, batch_losses or [loss])
+        where = _step_batches(self.batch_in_epoch, losses, batch_weights)
         self._lockstep_error = NonFiniteLossError(
             f"non-finite {what} at epoch {self.epoch}, step {self.step_in_epoch} of the epoch "
             f"({where}; global step {self.global_step}, 0-based); training stopped before the "
@@ -796,13 +798,23 @@ class Trainer:
 _NO_SYNC = contextlib.nullcontext()
 
 
-def _step_batches(first: int, losses: list[torch.Tensor]) -> str:
+def _first_bad(losses: list[torch.Tensor], weights: list[Any] | None) -> int | None:
+    """Index of the first micro-batch whose mean loss is non-finite, leaving out those of
+    weight 0 (their mean is 0/0 and adds nothing to the step's); ``None`` if none."""
+    for i, loss in enumerate(losses):
+        # only on the way to an error: no per-step sync
+        if (weights is None or float(weights[i]) != 0.0) and not math.isfinite(loss.item()):
+            return i
+    return None
+
+
+def _step_batches(first: int, losses: list[torch.Tensor], weights: list[Any] | None) -> str:
     """The batch of the epoch (0-based) whose loss is non-finite, else the step's batches: with
     gradient accumulation a step spans several, and the step number alone did not say which
     data to look at."""
-    for i, loss in enumerate(losses):
-        if not math.isfinite(loss.item()):  # only on the way to an error: no per-step sync
-            return f"batch {first + i} of the epoch"
+    bad = _first_bad(losses, weights)
+    if bad is not None:
+        return f"batch {first + bad} of the epoch"
     last = first + len(losses) - 1
     return (
         f"batch {first} of the epoch" if last == first else f"batches {first}-{last} of the epoch"

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from qfnet.training import Trainer, TrainerConfig
 
@@ -100,6 +101,30 @@ def test_weighted_loss_is_the_weighted_mean_of_per_sample_losses(regression, mlp
             p -= 0.1 * p.grad
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0.0, atol=1e-14)
+
+
+def test_a_micro_batch_of_zero_weight_adds_nothing_to_the_accumulated_step(regression, mlp):
+    # 12 samples in micro-batches of 4, one step of 3 per epoch; the second micro-batch weighs 0:
+    # its own mean is 0/0, which made the step's loss NaN (the NaN guard stopped the run) where
+    # the batch of 12 has a finite loss
+    x, y, weight = regression(n=12, weighted=True).tensors
+    weight = weight.clone()
+    weight[4:8] = 0.0
+    data = TensorDataset(x, y, weight)
+
+    def run(**settings):
+        model = mlp()
+        config = TrainerConfig(max_epochs=2, optimizer="sgd", lr=0.05, shuffle=False,
+                               progress_bar=False, **settings)  # fmt: skip
+        history = Trainer(model, loss=_sq, config=config).fit(data)
+        return model, history
+
+    small, small_history = run(batch_size=4, accumulate_grad_batches=3)
+    large, large_history = run(batch_size=12)
+    assert small_history["train_loss"] == pytest.approx(large_history["train_loss"], rel=1e-12,
+                                                        abs=0.0)  # fmt: skip
+    for a, b in zip(small.parameters(), large.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=1e-12)
 
 
 def test_clip_grad_norm_bounds_every_update(regression, mlp, sq_error, recorder):

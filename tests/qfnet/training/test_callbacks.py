@@ -190,6 +190,20 @@ def test_model_checkpoint_writes_last_best_and_every_n_epochs(regression, mlp, s
     assert load_checkpoint(tmp_path / "last.pt")["loop"]["epoch"] == 5
 
 
+@pytest.mark.parametrize("every", [2, 4])  # a step checkpoint due at an epoch's end: 4 and 8
+def test_every_n_steps_without_save_last_writes_the_steps_that_end_an_epoch(
+    regression, mlp, sq_error, tmp_path, every
+):
+    # 32 samples in batches of 8: 4 steps per epoch. Left to on_epoch_end, which writes last.pt
+    # only with save_last, the step checkpoints due at an epoch's last step were never written
+    # (every_n_steps=4: no checkpoint at all, and a resume started the run afresh)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor=None, save_last=False,
+                                 every_n_steps=every)  # fmt: skip
+    _fit(regression, mlp, sq_error, callbacks=[checkpoint], epochs=2, metric_values=[1.0])
+    state = load_checkpoint(tmp_path / "last.pt")  # every=2 ended at step 6, every=4 had none
+    assert (state["loop"]["global_step"], state["loop"]["epoch"]) == (8, 2)
+
+
 def test_a_new_run_stopped_before_its_first_checkpoint_leaves_none_of_the_replaced_run(
     regression, mlp, sq_error, tmp_path
 ):

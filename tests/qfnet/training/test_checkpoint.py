@@ -433,6 +433,20 @@ def test_nan_loss_with_accumulation_names_the_batch_of_the_bad_sample(regression
         trainer.fit(torch.utils.data.TensorDataset(x, y))
 
 
+def test_nan_loss_with_accumulation_names_the_bad_batch_after_one_of_zero_weight(
+    regression, mlp, sq_error
+):
+    x, y, weight = regression(n=12, weighted=True).tensors
+    y, weight = y.clone(), weight.clone()
+    weight[4:8] = 0.0  # batch 1 weighs 0: its mean is 0/0, taken for the batch at fault
+    y[9] = math.nan  # batch 2, in the one step of batches 0-2
+    cfg = TrainerConfig(max_epochs=1, batch_size=4, accumulate_grad_batches=3, shuffle=False,
+                        progress_bar=False)  # fmt: skip
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    with pytest.raises(NonFiniteLossError, match=r"loss nan .* \(batch 2 of the epoch;"):
+        trainer.fit(torch.utils.data.TensorDataset(x, y, weight))
+
+
 def test_nan_guard_catches_a_non_finite_gradient(regression, mlp):
     def loss(output, target):
         # a finite loss with a NaN gradient whatever the initial weights: sqrt'(0) * 0

@@ -99,6 +99,18 @@ def test_every_rank_finds_the_checkpoints_of_rank_zero_when_fit_returns(tmp_path
 
 
 @needs_dist
+def test_a_rank_whose_samples_all_weigh_zero_trains_as_one_process_on_the_whole_batch(tmp_path):
+    first, second = _torchrun("zero_weight_rank", tmp_path)
+    # rank 1's mean loss is 0/0: it stopped both ranks as a NaN loss (and made train_loss NaN
+    # with nan_guard=False), where one process on the ranks' batches together trains on
+    assert first["ddp"] == second["ddp"]
+    ddp, single = first["ddp"], first["single"]
+    assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-12, abs=0.0)
+    for got, want in zip(ddp["weights"], single["weights"], strict=True):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+@needs_dist
 def test_loader_warnings_come_from_rank_zero_and_name_a_padding_sampler(tmp_path):
     first, second = _torchrun("loader_warnings", tmp_path)
     assert second == {"fit": [], "evaluate": [], "quiet": []}

@@ -282,6 +282,27 @@ def resume_rng_case(rank: int, out: Path) -> dict[str, Any]:
     return weights
 
 
+def _zero_weight_data(n: int) -> TensorDataset:
+    """``_data(n)`` with sample weights: 1 on the even rows, 0 on the odd ones."""
+    x, y = _data(n).tensors
+    weight = torch.ones(n, dtype=torch.float64)  # (N,)
+    weight[1::2] = 0.0
+    return TensorDataset(x, y, weight)
+
+
+def zero_weight_rank_case(rank: int, out: Path) -> dict[str, Any]:
+    """Unshuffled, rank 1 takes the odd rows: all of its samples weigh 0 (rank 0's do not).
+    Also one process (``distributed="off"``) on the ranks' batches together."""
+    data, runs = _zero_weight_data(32), {}
+    for name, settings in (("ddp", {}), ("single", {"batch_size": 16, "distributed": "off"})):
+        trainer = _trainer(loss=lambda output, target: (output - target) ** 2, shuffle=False,
+                           optimizer="sgd", lr=0.1, **settings)  # fmt: skip
+        history = trainer.fit(data)
+        weights = [p.detach().flatten().tolist() for p in trainer.model.parameters()]
+        runs[name] = {"train_loss": history["train_loss"], "weights": weights}
+    return runs
+
+
 def written_case(rank: int, out: Path) -> dict[str, Any]:
     """Rank 0 writes its checkpoints slowly (a network file system): which of them each rank
     finds when ``fit`` returns."""
@@ -311,6 +332,7 @@ CASES = {
     "whole_eval": whole_eval_case,
     "resume_rng": resume_rng_case,
     "written": written_case,
+    "zero_weight_rank": zero_weight_rank_case,
 }
 
 
