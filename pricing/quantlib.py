@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
+import pandas as pd
 import QuantLib as ql
 
 from pricing._validation import PARAMETER_DOMAINS, domain_requirement, inside_domain
-from pricing.quotes import short_call_flags
+from pricing.quotes import forward_and_discount, short_call_flags
 
 __all__ = [
     "EVALUATION_DATE",
@@ -397,11 +398,11 @@ def heston_price(
 def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast") -> np.ndarray:
     """:func:`heston_price` of a quote table's rows (columns as in ARCHITECTURE.md section 2).
 
-    Uses ``forward`` (and ``discount``) when present, else ``spot``, ``rate``, ``dividend``, where a
-    ``discount`` gives the rate ``-ln(discount) / maturity`` (as in
-    ``qfnet.price_rows.forward_and_discount``); ``option_type`` is ``call``/``put`` (or ``C``/``P``),
-    calls when absent; any other value is refused, and so is a maturity that is not finite and > 0
-    (naming its row, 1-based).
+    Reads each row's market by :func:`pricing.quotes.forward_and_discount`: its ``forward``
+    and ``discount`` where given, else ``spot * exp((rate - dividend - borrow) T)`` and
+    ``exp(-rate T)``, a given ``discount`` setting the rate of the spot's carry. ``option_type``
+    is ``call``/``put`` (or ``C``/``P``), calls when absent; any other value is refused, and so is
+    a maturity that is not finite and > 0 (naming its row, 1-based).
 
     Shape:
         Each column (N,); output (N,).
@@ -417,22 +418,17 @@ def heston_price_table(table: Mapping[str, Sequence[float]], engine: str = "fast
     columns["maturity"] = _check_maturity(columns["maturity"], where="row")
     kinds = columns.get("option_type", np.array(["call"] * len(columns["strike"])))
     is_call = short_call_flags(kinds)
-    market = {
-        name: columns[name].astype(float)
-        for name in ("forward", "discount", "spot", "rate", "dividend")
-        if name in columns
-    }
-    if "forward" in market:
-        market = {k: v for k, v in market.items() if k in ("forward", "discount")}
-    elif "discount" in market:
-        market["rate"] = -np.log(market.pop("discount")) / columns["maturity"].astype(float)
+    # a borrow column was ignored (the 110 call at 3.81 for 3.00 with a 2% borrow), and a forward
+    # with a rate but no discount was discounted at 1 (4.08 for 3.88 at 5%)
+    forward, discount = forward_and_discount(pd.DataFrame(columns))
     model = {name: columns[name].astype(float) for name in ("v0", "kappa", "theta", "sigma", "rho")}
     return heston_price(
         strike=columns["strike"].astype(float),
-        maturity=columns["maturity"].astype(float),
+        maturity=columns["maturity"],
+        forward=forward,
+        discount=discount,
         is_call=is_call,
         engine=engine,
-        **market,
         **model,
     )
 

@@ -408,17 +408,26 @@ def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFr
     return out, sources
 
 
-def carry_note(defaulted: list[str], forward_sources: dict[str, int]) -> str | None:
+def carry_note(
+    defaulted: list[str], forward_sources: dict[str, int], quotes: pd.DataFrame | None = None
+) -> str | None:
     """The warning owed when expiries took ``carry`` forwards from a spot whose ``rate`` or
     ``dividend`` column was absent and read as 0 (``defaulted``, from ``read_quotes``'
-    ``attrs``), else None: their vols are those of the spot's forward, a year's carry off.
+    ``attrs``), else None: their vols are those of the spot's forward, a year's carry off. A
+    missing rate is no gap where ``quotes`` gives a ``discount`` on every row: the carry is at
+    its rate (:func:`parity_forwards`).
 
     Examples:
         >>> print(carry_note(["rate"], {"carry": 2, "parity": 3}))  # doctest: +ELLIPSIS
         no rate column: 2 expiries without call/put pairs took their forwards from the spot ...
         >>> carry_note([], {"carry": 2}) is None
         True
+        >>> carry_note(["rate"], {"carry": 2}, pd.DataFrame({"discount": [0.95]})) is None
+        True
     """
+    if quotes is not None and "discount" in quotes and quotes["discount"].notna().all():
+        # the spot was carried at the discount's rate: "with it at 0" was false
+        defaulted = [column for column in defaulted if column != "rate"]
     n_carry = forward_sources.get("carry", 0)
     if not (defaulted and n_carry):
         return None
@@ -667,7 +676,7 @@ def clean_quotes(
     live = quotes
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
-    note = carry_note(defaulted, report.forward_sources)
+    note = carry_note(defaulted, report.forward_sources, quotes)
     report.notes += [note] if note else []
     shift = shifts(frame)
     ratio = (frame["strike"] + shift) / (frame["forward"] + shift)

@@ -44,6 +44,7 @@ __all__ = [
     "call_flags",
     "carry_yields",
     "check_one_quote_date",
+    "forward_and_discount",
     "read_quotes",
     "require_columns",
     "row_error",
@@ -504,10 +505,10 @@ def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:
             raise locate.error(i, "rate", f"{_show(frame['rate'].iloc[i])} looks like a "
                                           "percentage: give decimals (-0.005 for -0.5%; no "
                                           f"rate below {NEGATIVE_RATE_LIMIT:g} is read)")  # fmt: skip
-    checks = {"exercise": (r"american|bermudan|^\s*a\s*$", "European exercise only (American and "
-                                                              "Bermudan prices carry an early-exercise "
-                                                              "premium the Black and Heston formulas "
-                                                              "lack)"),
+    # abbreviations too: "AMER" and "Bermuda" were priced as European (not "AM": a settlement)
+    checks = {"exercise": (r"americ|bermud|^\s*(?:a|amer|berm)\.?\s*$",
+                           "European exercise only (American and Bermudan prices carry an "
+                           "early-exercise premium the Black and Heston formulas lack)"),
               "vol_type": ("normal|bachelier", "lognormal (Black) vols only; normal (Bachelier) "
                                                "vols are not supported")}  # fmt: skip
     for column, (pattern, reason) in checks.items():
@@ -711,3 +712,43 @@ def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], what
     if missing:
         have = ", ".join(map(str, df.columns)) or "no columns"
         raise QuoteError(f"{what} needs column(s) {', '.join(missing)}; the table has {have}")
+
+
+def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and discount factor per row: the ``forward``/``discount`` columns where present,
+    else ``spot * exp((rate - dividend - borrow) T)`` and ``exp(-rate T)`` (a ``borrow`` cost
+    carries like a dividend, :func:`carry_yields`); a row with a ``discount`` but
+    no ``forward`` carries its spot at the discount's rate,
+    ``spot * exp(-(dividend + borrow) T) / discount``.
+
+    Shape:
+        quotes: N rows; outputs: (N,) each.
+
+    Examples:
+        >>> table = pd.DataFrame({"strike": [90.0], "spot": [100.0], "maturity": [1.0], "rate": [0.05]})
+        >>> f, d = forward_and_discount(table)
+        >>> round(float(f[0]), 4), round(float(d[0]), 4)
+        (105.1271, 0.9512)
+    """
+    require_columns(quotes, ["strike", "maturity"], "pricing")
+    t = quotes["maturity"].to_numpy(float)
+    rate = quotes["rate"].to_numpy(float) if "rate" in quotes else np.zeros_like(t)
+    dividend = carry_yields(quotes)  # with a borrow cost (it was ignored)
+    discount = np.exp(-rate * t)
+    forward = np.full_like(t, np.nan)
+    if "spot" in quotes:
+        forward = quotes["spot"].to_numpy(float) * np.exp((rate - dividend) * t)
+    if "discount" in quotes:
+        given = quotes["discount"].to_numpy(float)
+        discount = np.where(np.isfinite(given), given, discount)
+        if "spot" in quotes:  # a given discount is the row's rate, in its carry too
+            carried = quotes["spot"].to_numpy(float) * np.exp(-dividend * t) / given
+            forward = np.where(np.isfinite(given), carried, forward)
+    if "forward" in quotes:
+        given = quotes["forward"].to_numpy(float)
+        forward = np.where(np.isfinite(given), given, forward)
+    missing = np.flatnonzero(~np.isfinite(forward))
+    if missing.size:
+        raise row_error(quotes, int(missing[0]), "forward", "no forward: give a 'forward' "
+                        "value or a 'spot' column (with 'rate', 'dividend')")  # fmt: skip
+    return forward, discount

@@ -21,7 +21,14 @@ from pricing._validation import (
     domain_requirement,
     inside_domain,
 )
-from pricing.quotes import QuoteError, call_flags, carry_yields, require_columns, row_error, shifts
+from pricing.quotes import (
+    QuoteError,
+    call_flags,
+    forward_and_discount,
+    require_columns,
+    row_error,
+    shifts,
+)
 
 __all__ = [
     "MC_ROW_DOMAINS",
@@ -53,46 +60,6 @@ brackets)`` (:data:`pricing._validation.PARAMETER_DOMAINS`; finite values only).
 
 MC_ROW_DOMAINS: Domains = {**ROW_DOMAINS, "rho": (-1.0, 1.0, "[]")}
 """Where the Monte Carlo engine takes them: its simulations take a correlation of -1 or 1 too."""
-
-
-def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Forward and discount factor per row: the ``forward``/``discount`` columns where present,
-    else ``spot * exp((rate - dividend - borrow) T)`` and ``exp(-rate T)`` (a ``borrow`` cost
-    carries like a dividend, :func:`pricing.quotes.carry_yields`); a row with a ``discount`` but
-    no ``forward`` carries its spot at the discount's rate,
-    ``spot * exp(-(dividend + borrow) T) / discount``.
-
-    Shape:
-        quotes: N rows; outputs: (N,) each.
-
-    Examples:
-        >>> table = pd.DataFrame({"strike": [90.0], "spot": [100.0], "maturity": [1.0], "rate": [0.05]})
-        >>> f, d = forward_and_discount(table)
-        >>> round(float(f[0]), 4), round(float(d[0]), 4)
-        (105.1271, 0.9512)
-    """
-    require_columns(quotes, ["strike", "maturity"], "pricing")
-    t = quotes["maturity"].to_numpy(float)
-    rate = quotes["rate"].to_numpy(float) if "rate" in quotes else np.zeros_like(t)
-    dividend = carry_yields(quotes)  # with a borrow cost (it was ignored)
-    discount = np.exp(-rate * t)
-    forward = np.full_like(t, np.nan)
-    if "spot" in quotes:
-        forward = quotes["spot"].to_numpy(float) * np.exp((rate - dividend) * t)
-    if "discount" in quotes:
-        given = quotes["discount"].to_numpy(float)
-        discount = np.where(np.isfinite(given), given, discount)
-        if "spot" in quotes:  # a given discount is the row's rate, in its carry too
-            carried = quotes["spot"].to_numpy(float) * np.exp(-dividend * t) / given
-            forward = np.where(np.isfinite(given), carried, forward)
-    if "forward" in quotes:
-        given = quotes["forward"].to_numpy(float)
-        forward = np.where(np.isfinite(given), given, forward)
-    missing = np.flatnonzero(~np.isfinite(forward))
-    if missing.size:
-        raise row_error(quotes, int(missing[0]), "forward", "no forward: give a 'forward' "
-                        "value or a 'spot' column (with 'rate', 'dividend')")  # fmt: skip
-    return forward, discount
 
 
 def model_parameters(

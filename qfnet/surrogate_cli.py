@@ -22,7 +22,7 @@ import typer
 
 from pricing import black_scholes
 from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
-from pricing.quotes import short_call_flags
+from pricing.quotes import forward_and_discount, short_call_flags
 from qfnet._cli import fail, seed_option
 from qfnet.surrogate import (
     SurrogateNet,
@@ -277,10 +277,10 @@ def surrogate_price_rows(
     """Price quote-table rows with a surrogate (a file or run, default the shipped Heston one; or
     one already loaded).
 
-    Uses ``forward``/``discount`` where present, else ``spot * exp((rate - dividend - borrow) T)`` and
-    ``exp(-rate T)`` (a ``discount`` without a ``forward`` sets the rate of the carry:
-    ``spot * exp(-(dividend + borrow) T) / discount``); model parameters come from the columns
-    named by the surrogate's domain.
+    Forward and discount per row by :func:`pricing.quotes.forward_and_discount` (``forward`` /
+    ``discount`` where given, else from ``spot``, ``rate``, ``dividend`` and ``borrow``), as the
+    other engines read them; model parameters come from the columns named by the surrogate's
+    domain.
     SABR surrogates are forward-normalised (``F = 1``): each row's ``alpha`` is rescaled to
     ``alpha F^(beta - 1)``, the same dynamics for ``F_t / F``. ``model``, when given, must be the
     surrogate's model.
@@ -307,18 +307,9 @@ def surrogate_price_rows(
     if model is not None and net.domain.model != model:
         raise ValueError(f"the surrogate is a {net.domain.model} surrogate, not {model}")
     t, k = _column(df, "maturity"), _column(df, "strike")
-    if "discount" in df.columns:
-        discount = _column(df, "discount")
-    else:
-        discount = torch.exp(-_column(df, "rate", 0.0) * t)
-    if "forward" in df.columns:
-        forward = _column(df, "forward")
-    else:
-        # a borrow cost carries like a dividend (pricing.quotes.carry_yields; it was ignored);
-        # a given discount is the row's rate, in its carry too, as qfnet.price_rows reads it (a
-        # spot with a 5% discount and no rate was carried at 0%: 7.17 for the 10.36 at the money)
-        carry = -_column(df, "dividend", 0.0) - _column(df, "borrow", 0.0)
-        forward = _column(df, "spot") * torch.exp(carry * t) / discount
+    # per row as the other engines read them (a spot with a 5% discount and no rate was carried
+    # at 0%: 7.17 for the 10.36 at the money; a gap in a forward column was an error)
+    forward, discount = (torch.as_tensor(x) for x in forward_and_discount(df))
     given = {name: _column(df, name) for name in net.domain.param_names}
     params = _at_unit_forward(net, given, forward)  # SABR's alpha read at F = 1
     with torch.no_grad():

@@ -38,6 +38,37 @@ def test_heston_price_table_discounts_at_its_discount_column():
     np.testing.assert_allclose(prices, expected.numpy(), rtol=1e-9, atol=0.0)
 
 
+@pytest.mark.parametrize(
+    ("columns", "forward", "discount"),
+    [({"rate": [0.03] * 2, "dividend": [0.01] * 2, "borrow": [0.02] * 2},
+      100.0 * np.exp((0.03 - 0.01 - 0.02) * MATURITY), np.exp(-0.03 * MATURITY)),
+     ({"spot": [np.nan] * 2, "forward": [100.0, 100.0], "rate": [0.05, 0.05]},
+      np.full(2, 100.0), DISCOUNT),
+     ({"forward": [np.nan, 101.0], "rate": [0.05, 0.05]},
+      np.array([100.0 * np.exp(0.05), 101.0]), DISCOUNT)],
+    ids=["borrow", "forward-with-rate", "forward-gap-from-spot"],
+)  # fmt: skip
+def test_heston_price_table_reads_each_row_as_the_cli_does(columns, forward, discount):
+    # a borrow cost was ignored (the 110 call at 3.81 for 3.00 with a 2% borrow), a forward
+    # with a rate but no discount was discounted at 1 (4.08 for 3.88 at 5%), and a row whose
+    # forward was missing raised QuantLib's "negative or null underlying given"
+    prices = qlref.heston_price_table(_table(**columns))
+    expected = heston.price(
+        forward=torch.tensor(forward),
+        discount=torch.tensor(discount),
+        strike=torch.tensor([90.0, 110.0]),
+        maturity=torch.tensor(MATURITY),
+        **MODEL,
+    )
+    np.testing.assert_allclose(prices, expected.numpy(), rtol=1e-9, atol=0.0)
+
+
+def test_heston_price_table_names_a_row_without_a_forward():
+    table = _table(spot=[np.nan, 100.0], forward=[np.nan, 100.0])
+    with pytest.raises(ValueError, match=r"row 1.*no forward"):
+        qlref.heston_price_table(table)
+
+
 def test_heston_price_refuses_a_discount_given_with_spot():
     with pytest.raises(ValueError, match="discount goes with forward"):
         qlref.heston_price(spot=100.0, strike=100.0, maturity=MATURITY, discount=DISCOUNT, **MODEL)

@@ -284,6 +284,10 @@ def test_carry_forwards_without_rates_are_noted_in_the_report() -> None:
     assert "note: no rate or dividend column" in str(report)
     _, with_rate = clean_quotes(calls.assign(rate=0.02))
     assert len(with_rate.notes) == 1 and with_rate.notes[0].startswith("no dividend column")
+    # a discount column sets the carry's rate: "no rate ... with it at 0" was said of it too
+    discounted, with_discount = clean_quotes(calls.assign(discount=0.98))
+    assert len(with_discount.notes) == 1 and with_discount.notes[0].startswith("no dividend column")
+    np.testing.assert_allclose(discounted["forward"], 100.0 / 0.98, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -390,6 +390,10 @@ def test_a_named_index_is_read_as_a_column(tmp_path: Path) -> None:
      ({"exercise_style": "American"}, r"column 'exercise': 'American': European exercise only"),
      ({"style": "A"}, r"column 'exercise': 'A': European exercise only"),  # OptionMetrics' code
      ({"exercise": "Bermudan"}, r"column 'exercise': 'Bermudan': European exercise only"),
+     # abbreviations were priced as European
+     ({"exercise": "AMER"}, r"column 'exercise': 'AMER': European exercise only"),
+     ({"exercise": "Amer."}, r"column 'exercise': 'Amer.': European exercise only"),
+     ({"exercise": "Bermuda"}, r"column 'exercise': 'Bermuda': European exercise only"),
      ({"vol_type": "normal"}, r"normal \(Bachelier\) vols are not supported")],
 )  # fmt: skip
 def test_conventions_the_library_would_misread_are_refused(extra: dict, match: str) -> None:
@@ -398,6 +402,12 @@ def test_conventions_the_library_would_misread_are_refused(extra: dict, match: s
         table = table.drop(columns="iv")
     with pytest.raises(QuoteError, match=match):
         read_quotes(table.assign(**extra))
+
+
+@pytest.mark.parametrize("style", ["European", "EURO", "E", " e ", "AM"])  # AM: its settlement
+def test_european_exercise_spellings_are_read(style: str) -> None:
+    table = pd.DataFrame({"strike": [100.0], "maturity": [0.5], "spot": [100.0], "iv": [0.2]})
+    assert read_quotes(table.assign(exercise=style))["exercise"].tolist() == [style]
 
 
 def test_negative_rates_in_decimals_are_read() -> None:

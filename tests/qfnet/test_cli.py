@@ -699,6 +699,12 @@ def test_iv_notes_carry_forwards_made_with_a_missing_rate(tmp_path):
     table.assign(rate=0.03, dividend=0.01).to_csv(path, index=False)
     result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
     assert result.exit_code == 0 and "note:" not in result.output, result.output
+    # a discount column sets the carry's rate: "no rate column ... with it at 0" was false
+    table.assign(discount=0.97, dividend=0.01).to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+    forward = pd.read_csv(out)["forward"]
+    np.testing.assert_allclose(forward, 100.0 * np.exp(-0.01) / 0.97, rtol=1e-12, atol=0)
 
 
 def test_iv_notes_maturities_in_days_read_as_years(tmp_path):
