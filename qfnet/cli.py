@@ -343,13 +343,14 @@ def iv(
     # the forward and discount used are written: a rate or dividend the file lacked, defaulted to
     # 0 by reading, would stand beside them as if it had made them (price leaves them out too)
     result = table.drop(columns=[c for c in table.attrs.get("defaulted", []) if c in table])
-    # the file's own vols (a vendor's `implied_vol` or `iv`) were overwritten by the
-    # solved ones: kept beside them, as `price` keeps them
-    kept = ""
-    file_vols = "implied_vol" in table and table["implied_vol"].notna().any()
-    if file_vols and "market_implied_vol" not in table:
-        result = result.rename(columns={"implied_vol": "market_implied_vol"})
-        kept = "; the file's implied_vol kept as market_implied_vol"
+    # the file's own vols (a vendor's `implied_vol` or `iv`) and `status` (e.g. open/halted)
+    # were overwritten by the solved ones: kept beside them, as `price` keeps them
+    renamed = {column: f"market_{column}" for column in ("implied_vol", "status")
+               if column in table and table[column].notna().any()
+               and f"market_{column}" not in table}  # fmt: skip
+    result = result.rename(columns=renamed)
+    kept = ", ".join(f"{old} kept as {new}" for old, new in renamed.items())
+    kept = f"; the file's {kept}" if kept else ""
     for column in ("forward", "discount"):  # NaN on expired rows
         result[column] = _on_rows(~expired, prepared[column].to_numpy(float), np.nan)
     result["implied_vol"], result["status"] = vol, status

@@ -934,6 +934,14 @@ def test_iv_keeps_the_files_own_implied_vols_as_market_implied_vol(tmp_path):
     written = pd.read_csv(out)
     np.testing.assert_array_equal(written["market_implied_vol"], [0.21, 0.19])
     np.testing.assert_allclose(written["implied_vol"], 0.2, rtol=1e-9, atol=0)
+    # a vendor's own status column (open, halted) was overwritten by the solver's
+    table.assign(status=["open", "halted"]).to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "implied_vol kept as market_implied_vol, status kept as market_status" in result.output
+    written = pd.read_csv(out)
+    assert written["market_status"].tolist() == ["open", "halted"]
+    assert written["status"].tolist() == ["ok", "ok"]
 
 
 @pytest.mark.parametrize("engine", ["analytic", "quantlib", "surrogate"])
