@@ -186,15 +186,22 @@ def price(
     except (ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from error
     # a rate (dividend) the file lacked was written as 0 beside the discount (forward) it gave,
-    # which the prices used: leave out the defaults those columns make meaningless
+    # which the prices used: leave out the defaults those columns make meaningless, where they
+    # give every row (rows of a gap were priced with the 0, and the column is what says so)
     given = {"rate": "discount", "dividend": "forward"}
-    unused = [c for c in table.attrs.get("defaulted", []) if given[c] in table]
+    defaulted = [c for c in table.attrs.get("defaulted", []) if given[c] in table]
+    unused = [c for c in defaulted if table[given[c]].notna().all()]
     result, kept = _keep_market_columns(
         table, result.drop(columns=[c for c in unused if c in result])
     )
     write_table(result, out)
     options = "option" if len(result) == 1 else "options"
     typer.echo(f"priced {len(result)} {options} ({model}, {engine}) -> {out}{kept}")
+    for column in sorted(set(defaulted) - set(unused)):
+        gaps = int(table[given[column]].isna().sum())
+        rows = "row" if gaps == 1 else "rows"
+        typer.echo(f"  note: {gaps} {rows} without a {given[column]} took {column} 0 (the file "
+                   f"has no {column} column)")  # fmt: skip
 
 
 def _refuse_mc_options(ctx: typer.Context, engine: str) -> None:

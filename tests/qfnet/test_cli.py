@@ -227,6 +227,23 @@ def test_price_leaves_out_a_default_rate_the_given_discount_overrides(tmp_path):
     assert "priced 1 option " in result.output
 
 
+def test_price_keeps_a_default_rate_that_rows_without_a_discount_used(tmp_path):
+    # the rate 0 a row without a discount was priced with was left out of OUT, without a word
+    quotes = tmp_path / "q.csv"
+    quotes.write_text("option_type,strike,maturity,spot,discount\n"
+                      "call,100,1.0,100,0.95\ncall,100,1.0,100,\n")  # fmt: skip
+    out = tmp_path / "out.csv"
+    args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(out), "--params",
+            json.dumps({"volatility": 0.2})]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out)
+    assert written["rate"].tolist() == [0.0, 0.0]
+    assert "note: 1 row without a discount took rate 0 (the file has no rate column)" in (
+        result.output
+    )
+
+
 def test_price_missing_parameter_is_a_clear_error(bs_quotes, tmp_path):
     path, table = bs_quotes
     table.drop(columns=["volatility"]).to_csv(path, index=False)
