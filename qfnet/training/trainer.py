@@ -157,6 +157,7 @@ class Trainer:
         # the NaN guard's error (raised on every rank at once), and an exception being handled
         # under DDP that may not have been raised on the other ranks (see save_checkpoint)
         self._lockstep_error: BaseException | None = None
+        self._skipped = 0  # steps in a row whose non-finite gradients the fp16 scaler skipped
         self._unsynced_error: BaseException | None = None
 
     def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
@@ -634,11 +635,20 @@ class Trainer:
         to name the batch at fault."""
         if not self.config.nan_guard:
             return
-        # with fp16 scaling, inf gradients only make the scaler skip the step
-        probe = loss_probe if self._scaler is not None else loss_probe + norm
-        # .item() synchronises the GPU once per step: the price of stopping at the bad step
-        if math.isfinite(probe.item()):
-            return
+        skipping = False
+        if self._scaler is None:
+            # .item() synchronises the GPU once per step: the price of stopping at the bad step
+            if math.isfinite((loss_probe + norm).item()):
+                return
+        else:
+            # with fp16 scaling, inf gradients only make the scaler skip the step; gradients that
+            # stay non-finite at every scale (a NaN of the model's, not an overflow) made it skip
+            # every step, without a word, while the scale fell to 0
+            probe, grad_norm = torch.stack([loss_probe.double(), norm.double()]).tolist()
+            self._skipped = 0 if math.isfinite(grad_norm) else self._skipped + 1
+            skipping = self._skipped >= _MAX_SKIPPED_STEPS
+            if math.isfinite(probe) and not skipping:
+                return
         losses = batch_losses or [loss]
         # this rank's weight: where it is 0 (DDP), its mean loss is 0/0, not the one at fault
         local = sum(float(w) for w in batch_weights) if batch_weights else 1.0
@@ -649,6 +659,9 @@ class Trainer:
             what = f"loss {loss.item()}"
         elif not math.isfinite(loss_probe.item()):
             what = "loss on another process"
+        elif skipping:
+            what = (f"gradient norm {norm.item()} at {self._skipped} steps in a row (fp16 loss "
+                    "scaling skipped them all: not an overflow)")  # fmt: skip
         else:
             what = f"gradient norm {norm.item()}"
         last = self._last_checkpoint()
@@ -796,6 +809,10 @@ class Trainer:
 
 
 _NO_SYNC = contextlib.nullcontext()
+_MAX_SKIPPED_STEPS = 32
+"""Steps in a row that fp16 loss scaling may skip for non-finite gradients before the NaN guard
+stops training: each skip halves the scale, and from 2**16 a real overflow is gone within ~20
+(past that the gradients are NaN or inf at any scale)."""
 
 
 def _first_bad(losses: list[torch.Tensor], weights: list[Any] | None) -> int | None:

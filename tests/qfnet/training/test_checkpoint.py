@@ -457,6 +457,25 @@ def test_nan_guard_catches_a_non_finite_gradient(regression, mlp):
         Trainer(mlp(), loss=loss, config=cfg).fit(regression(n=16))
 
 
+def test_fp16_scaling_that_skips_every_step_for_nan_gradients_stops(regression, mlp):
+    # fp16 training skipped each step whose gradients were non-finite (an overflow, expected) and
+    # never stopped when they were NaN at every scale: no update, no word, the scale falling to 0.
+    # A CPU GradScaler keeps the CUDA one's books (fp16 itself needs CUDA).
+    def loss(output, target):
+        return (output - target).pow(2).mean() + (0.0 * output).sqrt().sum()  # NaN gradients
+
+    cfg = TrainerConfig(max_epochs=50, batch_size=8, progress_bar=False)
+    trainer = Trainer(mlp(), loss=loss, config=cfg)
+    trainer._setup_runtime()
+    trainer._scaler = torch.amp.GradScaler("cpu")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm nan at 32 steps in a row \(fp16 "
+                       r"loss scaling skipped them all"):  # fmt: skip
+        trainer.fit(regression(n=16))
+    assert trainer.global_step == 31  # the 32nd skip is refused before its update
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
 def test_resuming_into_a_different_model_names_the_checkpoint(regression, mlp, tmp_path):
     cfg = TrainerConfig(
         max_epochs=1, batch_size=8, run_dir=tmp_path, progress_bar=False, tensorboard=False
