@@ -121,7 +121,8 @@ class TrainerConfig:
         progress_bar: Show a tqdm bar (auto-disabled when stderr is not a terminal).
         tensorboard: Write TensorBoard events in ``run_dir``.
         nan_guard: Stop with :class:`~qfnet.training.NonFiniteLossError` on a NaN/Inf loss or
-            gradient norm.
+            gradient norm (under fp16 loss scaling, whose skipped steps are overflows: a
+            gradient norm non-finite at 32 steps in a row).
         distributed: ``auto`` (join the process group when launched by ``torchrun``) or ``off``.
 
     Examples:
