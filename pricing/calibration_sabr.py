@@ -303,6 +303,7 @@ def fit_smiles(
     )
     if x0:
         user = {"beta": FREE_BETA_START if beta is None else beta} | dict(x0)
+        _check_start_beta(user["beta"], beta)
         _check_start(user, bounds, level, lower, upper)
         extra = torch.tensor([[user[n] for n in _NAMES]], dtype=starts.dtype)
         extra = extra.expand(len(batch.rows), -1).clone()
@@ -352,6 +353,14 @@ def _check_start(
         scale = level[:, 0] ** (1 - float(start["beta"]))  # a -> alpha
         box["alpha"] = (float((lower[:, 0] * scale).max()), float((upper[:, 0] * scale).min()))
     check_start_in_box(start, box, method="sabr 'direct'")
+
+
+def _check_start_beta(start: float, beta: float | None) -> None:
+    """A start's beta is the fixed ``beta`` (``None``: beta is fitted, any start in its box): the
+    box check's advice, to widen ``bounds``, cannot move a beta that ``beta`` fixes."""
+    if beta is not None and float(start) != float(beta):
+        raise ValueError(f"x0's beta {float(start):g} differs from the fixed beta {float(beta):g} "
+                         "(start at it, or pass beta=None to fit beta)")  # fmt: skip
 
 
 def _best_per_expiry(
@@ -474,6 +483,7 @@ def fit_smile_scipy(
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
     if x0 is not None:  # it was clipped into the box without a word
+        _check_start_beta(x0[1], beta)
         check_start_in_box(dict(zip(_NAMES, x0, strict=True)), box, method="sabr 'quantlib'")
     start = x0 or (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5)
     start = np.clip(np.asarray(start, dtype=float), lower, upper)

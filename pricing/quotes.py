@@ -739,16 +739,30 @@ def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if "spot" in quotes:
         forward = quotes["spot"].to_numpy(float) * np.exp((rate - dividend) * t)
     if "discount" in quotes:
-        given = quotes["discount"].to_numpy(float)
-        discount = np.where(np.isfinite(given), given, discount)
+        given = _given(quotes, "discount", positive=True)
+        discount = np.where(np.isnan(given), discount, given)
         if "spot" in quotes:  # a given discount is the row's rate, in its carry too
             carried = quotes["spot"].to_numpy(float) * np.exp(-dividend * t) / given
-            forward = np.where(np.isfinite(given), carried, forward)
+            forward = np.where(np.isnan(given), forward, carried)
     if "forward" in quotes:
-        given = quotes["forward"].to_numpy(float)
-        forward = np.where(np.isfinite(given), given, forward)
+        given = _given(quotes, "forward", positive=False)
+        forward = np.where(np.isnan(given), forward, given)
     missing = np.flatnonzero(~np.isfinite(forward))
     if missing.size:
         raise row_error(quotes, int(missing[0]), "forward", "no forward: give a 'forward' "
                         "value or a 'spot' column (with 'rate', 'dividend')")  # fmt: skip
     return forward, discount
+
+
+def _given(quotes: pd.DataFrame, column: str, *, positive: bool) -> np.ndarray:
+    """A ``forward`` or ``discount`` column as floats, NaN where it has a gap; an infinite entry
+    (or, with ``positive``, one <= 0) is a QuoteError naming its row: it was read as a gap and
+    the row priced from its spot without a word (a discount of 0 was "no forward")."""
+    values = quotes[column].to_numpy(float)
+    ok = np.isfinite(values) & ((values > 0) if positive else True)
+    bad = np.flatnonzero(~np.isnan(values) & ~ok)
+    if bad.size:
+        i = int(bad[0])
+        need = "finite and > 0" if positive else "finite"
+        raise row_error(quotes, i, column, f"must be {need}, got {values[i]}")
+    return values

@@ -121,6 +121,10 @@ def _long_to_wide(
     Shape:
         - output: (N, T + 1) each
     """
+    gaps = frame[["path", "step"]].isna().to_numpy()  # (R, 2)
+    if gaps.any():  # a row without its step was sorted last, and its price read as the last one
+        i, j = (int(x[0]) for x in np.nonzero(gaps))
+        raise ValueError(f"paths file {path}: row {i + 1} has no {('path', 'step')[j]}")
     repeated = frame.duplicated(["path", "step"])
     if repeated.any():  # pandas' pivot said only "Index contains duplicate entries"
         i = int(np.flatnonzero(repeated.to_numpy())[0])

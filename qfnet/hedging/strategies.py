@@ -5,6 +5,7 @@ positions ``(N, T, H)`` held over each step.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -193,10 +194,10 @@ class HestonDelta:
             )
         for name, count in (("n_moneyness", n_moneyness), ("n_variance", n_variance)):
             # one node was an IndexError from the interpolation, at the first positions()
-            if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+            if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 2:
                 raise ValueError(f"{name} must be an integer >= 2 (nodes of the delta table), "
                                  f"got {count!r}")  # fmt: skip
-        self.market, self.nx, self.nv = market, n_moneyness, n_variance
+        self.market, self.nx, self.nv = market, int(n_moneyness), int(n_variance)
 
     def variance(self, data: HedgeData) -> torch.Tensor:
         """Model variance ``(N, T)`` from the implied-vol proxy."""

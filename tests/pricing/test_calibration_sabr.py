@@ -192,6 +192,29 @@ def test_the_reference_fit_starts_at_the_atm_vol_whatever_the_strike_order() -> 
     np.testing.assert_allclose(descending, ascending, rtol=1e-8, atol=0.0)
 
 
+@pytest.mark.parametrize("fitter", ["fit_smiles", "fit_smile_scipy"])
+def test_a_start_beta_off_the_fixed_beta_is_refused_without_advice_to_widen_bounds(
+    fitter: str,
+) -> None:
+    # the box check said "pass bounds={'beta': (0.5, 0.7)} to widen it", which a beta fixed by
+    # beta= ignores: the same error again
+    from pricing.calibration_sabr import fit_smile_scipy, fit_smiles, smile_batch
+
+    first = _smiles().iloc[:11]
+    start = {"alpha": 0.3, "beta": 0.7, "rho": -0.3, "nu": 0.6}
+    message = r"^x0's beta 0.7 differs from the fixed beta 0.5 \(start at it, or pass beta=None"
+    batch = smile_batch(first.rename(columns={"implied_vol": "market_iv"}), np.ones(len(first)))
+    scipy_kw = dict(forward=float(first["forward"].iloc[0]), strike=first["strike"].to_numpy(),
+                    maturity=float(first["maturity"].iloc[0]),
+                    market_iv=first["implied_vol"].to_numpy())  # fmt: skip
+    for bounds in (None, {"beta": (0.5, 0.7)}):
+        with pytest.raises(ValueError, match=message):
+            if fitter == "fit_smiles":
+                fit_smiles(batch, beta=0.5, bounds=bounds, x0=start)
+            else:
+                fit_smile_scipy(**scipy_kw, beta=0.5, bounds=bounds, x0=tuple(start.values()))
+
+
 @pytest.mark.parametrize("method", ["direct", "quantlib"])
 def test_parameters_fixed_by_equal_bounds_are_not_counted_as_free(method: str) -> None:
     # rho held at -0.25 leaves (alpha, nu) to two quotes: the warning said "fewer weighted

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pricing.quotes import QuoteError, read_quotes, require_columns
+from pricing.quotes import QuoteError, forward_and_discount, read_quotes, require_columns
 
 DATA_DIR = Path(__file__).parents[1] / "data"
 DAX_FILE = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
@@ -584,3 +584,25 @@ def test_a_parquet_folder_without_files_is_refused(tmp_path: Path) -> None:
     table = pd.DataFrame({"strike": [1.0], "maturity": [1.0], "spot": [1.0]})
     table.to_parquet(tmp_path / "q.parquet" / "part-0.parquet")  # a folder of parts is read
     assert read_quotes(tmp_path / "q.parquet")["strike"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [("forward", np.inf, r"column 'forward': must be finite, got inf"),
+     ("discount", np.inf, r"column 'discount': must be finite and > 0, got inf"),
+     ("discount", 0.0, r"column 'discount': must be finite and > 0, got 0.0"),
+     ("discount", -0.5, r"column 'discount': must be finite and > 0, got -0.5")],
+)  # fmt: skip
+def test_forward_and_discount_refuse_a_given_value_that_is_no_gap_nor_usable(
+    column: str, value: float, message: str
+) -> None:
+    # an infinite forward or discount was read as a gap: the row was priced from its spot
+    # without a word (surrogate_price_rows had refused it as "not a finite number"), and a
+    # discount of 0 was "no forward: give a 'forward' value or a 'spot' column"
+    table = pd.DataFrame({"strike": [100.0, 100.0], "maturity": [1.0, 1.0],
+                          "spot": [100.0, 100.0], "rate": [0.05, 0.05]})  # fmt: skip
+    table[column] = [np.nan, value]
+    with pytest.raises(QuoteError, match=rf"^row 2, {message}$"):
+        forward_and_discount(table)
+    gaps = forward_and_discount(table.assign(**{column: np.nan}))  # a gap is still one
+    np.testing.assert_allclose(gaps[0], 100.0 * np.exp(0.05), rtol=1e-15, atol=0.0)

@@ -232,6 +232,22 @@ def test_long_path_files_of_dated_rolling_windows_read_each_path_by_its_own_date
         read_paths(tmp_path / "short.parquet", market)
 
 
+@pytest.mark.parametrize("column", ["step", "path"])
+def test_long_path_files_refuse_a_row_without_its_step_or_path(tmp_path: Path, column: str) -> None:
+    # numbered per path after sorting, a row whose step was missing (NaN, NaT) came last: path 0
+    # was read as 1.0, 1.2, 1.3, 1.1 (its step 1 taken for its last), without a word
+    from qfnet.hedging.backtest import read_paths
+
+    market = Market(config_from_dict({"market": {"n_steps": 3}}))
+    dates = pd.bdate_range("2024-01-01", periods=4)
+    frame = pd.DataFrame([{"path": float(p), "step": dates[j], "spot": 100.0 + 10.0 * j}
+                          for p in range(2) for j in range(4)])  # fmt: skip
+    frame[column] = frame[column].where(frame.index != 1)  # row 2: path 0, step 1
+    frame.to_parquet(tmp_path / "gap.parquet")
+    with pytest.raises(ValueError, match=rf"gap\.parquet: row 2 has no {column}$"):
+        read_paths(tmp_path / "gap.parquet", market)
+
+
 def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
     (tmp_path / "taken").write_text("")

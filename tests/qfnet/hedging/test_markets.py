@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -126,6 +127,8 @@ def test_heston_delta_tables_of_fewer_than_two_nodes_are_refused_naming_the_size
     (name,) = sizes
     with pytest.raises(ValueError, match=rf"{name} must be an integer >= 2"):
         HestonDelta(market, **sizes)
+    # a numpy integer is an integer (the check refused np.int64(5))
+    assert HestonDelta(market, **{name: np.int64(5)}).nx * HestonDelta(market).nv > 0
 
 
 def test_baselines_behave_as_expected() -> None:
