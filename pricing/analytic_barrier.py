@@ -14,7 +14,7 @@ import math
 import torch
 
 from pricing import black_scholes
-from pricing._special import ndtr
+from pricing._special import log_ndtr, ndtr
 from pricing._typing import TensorLike, call_flag, named_tensors, real_number, real_scalar
 from pricing._validation import check_finite, check_positive
 
@@ -179,22 +179,23 @@ def _terms(s, x, h, t, vol, rate, dividend, *, eta, phi, rebate, at_hit) -> dict
     log_ratio = torch.log(ratio)
     # Reflection factors (H/S)^(2 mu) reach e^1000 at low volatility while their normal CDFs
     # underflow: each such product is formed as one exponential, exp(log factor + log N(d))
-    # (log_ndtr, whose gradient stays finite where N underflows). Terms without a factor take
-    # the CDF itself, at a third of log_ndtr's cost.
-    log_n = torch.special.log_ndtr
+    # (log_ndtr, whose gradient stays finite where N underflows: torch's own went wrong, then
+    # NaN, in the far tail). Terms without a factor take the CDF itself, at a third of the cost.
 
     def term(d: torch.Tensor, sign: float, log_s: torch.Tensor | None = None,
              log_x: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         if log_s is None or log_x is None:
             return phi * (forward * ndtr(sign * d) - x * discount * ndtr(sign * (d - sd)))
-        return phi * (forward * torch.exp(log_s + log_n(sign * d))
-                      - x * discount * torch.exp(log_x + log_n(sign * (d - sd))))  # fmt: skip
+        return phi * (forward * torch.exp(log_s + log_ndtr(sign * d))
+                      - x * discount * torch.exp(log_x + log_ndtr(sign * (d - sd))))  # fmt: skip
 
     mirrored = {"log_s": 2.0 * (mu + 1.0) * log_ratio, "log_x": 2.0 * mu * log_ratio}
     if _no_rebate(rebate):  # E and F are rebate times a probability: nothing to compute
         hit_later = _zero(log_ratio * sd)
     else:
-        hit_later = ndtr(eta * (x2 - sd)) - torch.exp(2.0 * mu * log_ratio + log_n(eta * (y2 - sd)))
+        hit_later = ndtr(eta * (x2 - sd)) - torch.exp(
+            2.0 * mu * log_ratio + log_ndtr(eta * (y2 - sd))
+        )
     terms = {
         "A": term(x1, phi),
         "B": term(x2, phi),
@@ -220,9 +221,8 @@ def _rebate_at_hit(log_ratio, sd, mu, vol, rate, eta, rebate) -> torch.Tensor:
                          "+ 2 r sigma^2 < 0); price it by Monte Carlo (pricing.mc_exotics)")  # fmt: skip
     lam = torch.sqrt(radicand)
     z = log_ratio / sd + lam * sd
-    log_n = torch.special.log_ndtr
-    return rebate * (torch.exp((mu + lam) * log_ratio + log_n(eta * z))
-                     + torch.exp((mu - lam) * log_ratio + log_n(eta * (z - 2.0 * lam * sd))))  # fmt: skip
+    return rebate * (torch.exp((mu + lam) * log_ratio + log_ndtr(eta * z))
+                     + torch.exp((mu - lam) * log_ratio + log_ndtr(eta * (z - 2.0 * lam * sd))))  # fmt: skip
 
 
 def _no_rebate(rebate: float | torch.Tensor) -> bool:

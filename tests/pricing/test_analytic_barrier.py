@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 
@@ -283,3 +284,50 @@ def test_a_discrete_shift_barrier_that_requires_grad_keeps_its_graph() -> None:
     slope, _ = torch.autograd.grad(shifted, (barrier, vol))
     expected = float(discrete_barrier_shift(110.0, 0.2, 1 / 252, down=False)) / 110.0
     torch.testing.assert_close(slope.item(), expected, rtol=1e-12, atol=0.0)
+
+
+def _price_and_greeks(dtype: torch.dtype, spot, volatility, **kwargs) -> tuple[torch.Tensor, ...]:
+    """Price, delta, vega and gamma by autograd, each as float64."""
+    spot = torch.as_tensor(spot, dtype=dtype).clone().requires_grad_(True)
+    vol = torch.full_like(spot, volatility).requires_grad_(True)
+    price = barrier_price(spot=spot, volatility=vol, **kwargs)
+    delta, vega = torch.autograd.grad(price.sum(), (spot, vol), create_graph=True)
+    (gamma,) = torch.autograd.grad(delta.sum(), spot)
+    return tuple(v.detach().double() for v in (price, delta, vega, gamma))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("barrier_type", BARRIER_TYPES)
+def test_greeks_are_finite_at_tiny_volatility_and_short_maturity(
+    barrier_type: str, dtype: torch.dtype
+) -> None:
+    # Regression: float32 knock-ins far from the barrier (S = 50, K = H = 100 at 0.1% for a day)
+    # priced 0 with NaN greeks: the vanilla price they fall back to once hit, computed on every
+    # path and not selected, had NaN gradients where its normalised price underflowed, and
+    # torch.where passed them on. At 1e-6 vol, torch.special.log_ndtr's gradient in the
+    # reflection terms also went inf, so knock-outs too.
+    up = barrier_type.startswith("up")
+    spot = [30.0, 50.0, 90.0, 99.0] if up else [101.0, 110.0, 200.0, 300.0]
+    for volatility, maturity, strike, is_call in itertools.product(
+        [1e-6, 1e-3], [1 / (365 * 24), 1 / 365], [50.0, 100.0, 200.0], [True, False]
+    ):
+        values = _price_and_greeks(dtype, spot, volatility, strike=strike, barrier=100.0,
+                                   barrier_type=barrier_type, maturity=maturity,
+                                   is_call=is_call)  # fmt: skip
+        for value in values:
+            assert bool(torch.isfinite(value).all()), (volatility, maturity, strike, is_call)
+
+
+def test_float32_greeks_agree_with_float64_where_reflection_terms_lie_far_in_the_tail() -> None:
+    # At 0.2% vol and 5% carry, float32 vega was -945.7 against -1067.06: the gradient of
+    # torch.special.log_ndtr differences exp(-x^2/2) and Phi(x) (4.5% off at x = -1000).
+    kw = dict(strike=90.0, barrier=100.0, barrier_type="up_out", maturity=1.0, rate=0.05)
+    single = _price_and_greeks(torch.float32, [95.0], 0.002, **kw)
+    double = _price_and_greeks(torch.float64, [95.0], 0.002, **kw)
+    for ours, reference in zip(single, double, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+    h = 1e-7  # float64 vega against central differences
+    with torch.no_grad():
+        bumped = [barrier_price(spot=95.0, volatility=0.002 + d, **kw) for d in (h, -h)]
+    torch.testing.assert_close(double[2], ((bumped[0] - bumped[1]) / (2 * h)).reshape(1),
+                               rtol=1e-7, atol=0.0)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import mpmath
@@ -368,6 +369,36 @@ def test_deep_out_of_the_money_greeks_keep_their_relative_accuracy() -> None:
                           dividend=0.01)  # fmt: skip
     np.testing.assert_allclose(ours.delta.numpy(), reference["delta"], rtol=1e-8, atol=0)
     assert bool((ours.delta > 0).all()) and bool((ours.rho > 0).all())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol"),
+    [(torch.float64, 1e-8, 1e-12), (torch.float32, 1e-2, 1e-6)],
+    ids=["float64", "float32"],
+)
+@pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
+def test_autograd_greeks_at_tiny_total_vol_are_finite_and_match_the_closed_forms(
+    is_call: bool, dtype: torch.dtype, rtol: float, atol: float
+) -> None:
+    # Regression: far from the strike at a tiny vol * sqrt(T) (1e-8 in float64; in float32 from
+    # 3e-4, e.g. S/K = 0.1 at 0.5% for a day), the price underflowed through ln 0 = -inf and
+    # delta, vega and gamma by autograd were 0 * inf = NaN. In float32 near the money the inputs
+    # themselves resolve d1 to ~eps / s only, hence the looser tolerance.
+    vols, maturities = [1e-12, 1e-9, 1e-6, 1e-3, 5e-3], [1 / (365 * 24), 1 / 365, 1.0]
+    strikes = [1.0, 10.0, 50.0, 90.0, 99.0, 100.0, 101.0, 110.0, 200.0, 1e4]
+    vol, maturity, strike = (torch.tensor(c, dtype=dtype) for c in
+                             zip(*itertools.product(vols, maturities, strikes), strict=True))  # fmt: skip
+    spot = torch.full_like(strike, 100.0, requires_grad=True)
+    sigma = vol.clone().requires_grad_(True)
+    price = bs.price(spot=spot, strike=strike, maturity=maturity, volatility=sigma, rate=0.01,
+                     is_call=is_call)  # fmt: skip
+    delta, vega = torch.autograd.grad(price.sum(), (spot, sigma), create_graph=True)
+    (gamma,) = torch.autograd.grad(delta.sum(), spot)
+    closed = bs.greeks(spot=100.0, strike=strike, maturity=maturity, volatility=vol, rate=0.01,
+                       is_call=is_call)  # fmt: skip
+    for ours, reference in ((delta, closed.delta), (vega, closed.vega), (gamma, closed.gamma)):
+        assert bool(torch.isfinite(ours).all())
+        torch.testing.assert_close(ours.detach(), reference, rtol=rtol, atol=atol)
 
 
 def test_call_flags_broadcast_like_the_other_inputs_and_strings_are_refused() -> None:

@@ -50,6 +50,26 @@ def test_the_path_dependent_delta_hedges_its_derivative(derivative: dict, ratio:
     assert own.std() < 0.5 * unhedged.std()
 
 
+@pytest.mark.parametrize("barrier_type", ["up_in", "down_in"])
+def test_float32_knock_in_greeks_are_finite_far_from_the_strike_at_low_volatility(
+    barrier_type: str,
+) -> None:
+    # Regression: the vanilla price a knock-in holds once hit is computed on every path; on the
+    # paths not hit, far from the strike at 0.2% vol over days, its normalised price underflowed
+    # with NaN gradients, which torch.where passed on to delta, gamma and vega (10 of 40 NaN).
+    grid = torch.linspace(0.0, 20 / 365, 21)  # daily steps, float32
+    spot = torch.tensor([[1.0] + [0.3] * 20, [1.0] + [1.3] * 20])  # one path each side
+    vol = torch.full((2, 20), 0.002)
+    level = 1.2 if barrier_type == "up_in" else 0.4
+    derivative = DerivativeConfig(type="barrier", barrier=level, barrier_type=barrier_type)
+    single = path_dependent_greeks(derivative, spot, grid, vol, rate=0.0, dividend=0.0)
+    double = path_dependent_greeks(derivative, spot.double(), grid.double(), vol.double(),
+                                   rate=0.0, dividend=0.0)  # fmt: skip
+    for ours, reference in zip(single, double, strict=True):
+        assert bool(torch.isfinite(ours).all())
+        torch.testing.assert_close(ours.double(), reference, rtol=1e-5, atol=1e-6)
+
+
 def test_knocked_paths_hold_nothing_or_the_vanilla_delta() -> None:
     grid = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
     spot = torch.tensor([[1.0, 1.2, 1.0, 1.0, 1.0], [1.0, 1.05, 1.0, 1.0, 1.0]],
