@@ -28,6 +28,8 @@ import math
 import torch
 from scipy.special import roots_legendre
 
+from pricing._special import log_ndtr
+
 __all__ = ["discounted_first_passage"]
 
 _NODES = 16  # up to 3e-5 of the rebate off on a step that starts at the barrier (24: 7e-6)
@@ -114,7 +116,7 @@ def _quadrature(a, b, s2, crossing, r_dt) -> torch.Tensor:
     second = torch.exp(torch.where(beyond, 0.0, log_p)) * torch.special.erfc(z)
     if bool(beyond.any()):
         rows = torch.nonzero(beyond[:, 0])[:, 0]
-        second[rows] = 2.0 * torch.exp(log_p[rows] + torch.special.log_ndtr(-z[rows] / _SQRT_HALF))
+        second[rows] = 2.0 * torch.exp(log_p[rows] + log_ndtr(-z[rows] / _SQRT_HALF))
     cdf = 0.5 * (torch.special.erfc((a + (b - a) * frac) * -scale) + second)
     inside = (weight * torch.exp(-r_dt * frac) * cdf).sum(-1, keepdim=True)
     return (torch.exp(-r_dt) * crossing.unsqueeze(-1) + r_dt * inside).squeeze(-1)

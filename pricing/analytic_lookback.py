@@ -13,7 +13,7 @@ import math
 import torch
 
 from pricing import black_scholes
-from pricing._special import ndtr
+from pricing._special import log_ndtr, ndtr
 from pricing._typing import (
     TensorLike,
     call_flag,
@@ -207,7 +207,7 @@ def _parts(s, level, t, vol, rate, carry):
 def _reflected(log_reflection: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``(S/E)^(-2b/sigma^2) N(d)`` as one exponential: at low volatility the factor overflows
     (e^2000 at 1% vol and 10% carry) where ``N`` underflows, and the product was NaN."""
-    return torch.exp(log_reflection + torch.special.log_ndtr(d))
+    return torch.exp(log_reflection + log_ndtr(d))  # exact gradients in the far tail
 
 
 def _floating(s, extremum, t, vol, rate, carry, phi) -> torch.Tensor:
