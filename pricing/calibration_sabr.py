@@ -149,21 +149,26 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
 
 
 def _atm_vol(batch: SmileBatch) -> torch.Tensor:
-    """Market vol at the forward, linear in log-moneyness (flat beyond the quoted strikes)."""
+    """Market vol at the forward, linear in log-moneyness (flat beyond the weighted strikes)."""
     out = []
     for e, rows in enumerate(batch.rows):
-        k = torch.log(
-            (batch.strike[e, : len(rows)] + batch.shift[e]) / (batch.forward[e] + batch.shift[e])
-        )
-        out.append(_vol_at_the_money(k.numpy(), batch.market_iv[e, : len(rows)].numpy()))
+        n = len(rows)
+        k = torch.log((batch.strike[e, :n] + batch.shift[e]) / (batch.forward[e] + batch.shift[e]))
+        vol, weight = batch.market_iv[e, :n].numpy(), batch.weight[e, :n].numpy()
+        out.append(_vol_at_the_money(k.numpy(), vol, weight))
     return torch.tensor(out, dtype=batch.forward.dtype).unsqueeze(-1)  # (E, 1)
 
 
-def _vol_at_the_money(log_moneyness: np.ndarray, vol: np.ndarray) -> float:
-    """The vol at log-moneyness 0, linear between the quotes (flat beyond them), which may come
-    in any order (np.interp needs them increasing)."""
-    order = np.argsort(log_moneyness)
-    return float(np.interp(0.0, log_moneyness[order], np.asarray(vol)[order]))
+def _vol_at_the_money(log_moneyness: np.ndarray, vol: np.ndarray, weight: np.ndarray) -> float:
+    """The vol at log-moneyness 0, linear between the quotes of positive weight (all of them if
+    none has one; flat beyond them), which may come in any order (np.interp needs them
+    increasing). A quote of weight 0 says nothing: an ATM vol of 1e-5 weighted 0 capped the direct
+    fit's alpha at 0.101 for a true 1.8 (its box is a thousandth to a thousand times this vol)."""
+    keep = np.asarray(weight) > 0
+    keep = keep if keep.any() else np.ones_like(keep)
+    k, v = np.asarray(log_moneyness)[keep], np.asarray(vol)[keep]
+    order = np.argsort(k)
+    return float(np.interp(0.0, k[order], v[order]))
 
 
 def _vols(
@@ -378,20 +383,23 @@ def _best_per_expiry(
 def _warn_if_underdetermined(
     batch: SmileBatch, free_beta: bool, bounds: Mapping[str, tuple[float, float]] | None
 ) -> None:
-    """Say (once) which expiries have fewer weighted quotes than free parameters: their fit is
-    one of many exact ones (two strikes gave rho -0.9999 here and -0.25 in scipy, both with a
-    zero error, for a true -0.3), reported as converged. Beta is free only with ``free_beta``,
+    """Say (once) which expiries have fewer distinct weighted strikes than free parameters: their
+    fit is one of many exact ones (two strikes gave rho -0.9999 here and -0.25 in scipy, both with
+    a zero error, for a true -0.3), reported as converged. Beta is free only with ``free_beta``,
     and equal bounds fix a parameter (they were counted as free: a smile of three quotes with
-    rho fixed was said to be under-determined)."""
+    rho fixed was said to be under-determined). Strikes, not quotes: a call and a put at one
+    strike are one point of the smile (four quotes at the forward gave nu 1.0 here and 0.49 in
+    scipy, without a word)."""
     fixed = {n for n, (low, high) in (bounds or {}).items() if float(low) == float(high)}
     free = [n for n in _NAMES if (free_beta or n != "beta") and n not in fixed]
     names, n_free = ", ".join(free), len(free)
+    counts = [len(torch.unique(k[w > 0])) for k, w in zip(batch.strike, batch.weight, strict=True)]
     few = [f"{count} at T={float(batch.maturity[e, 0]):.6g}"
-           for e, count in enumerate((batch.weight > 0).sum(-1).tolist()) if count < n_free]  # fmt: skip
+           for e, count in enumerate(counts) if count < n_free]  # fmt: skip
     if few:
-        warnings.warn(f"SABR expiries with fewer weighted quotes than the {n_free} free parameters "
-                      f"({names}): {', '.join(few)}; their parameters are not identified (any of "
-                      "many exact fits)", stacklevel=4)  # fmt: skip
+        warnings.warn(f"SABR expiries with fewer distinct weighted strikes than the {n_free} free "
+                      f"parameters ({names}): {', '.join(few)}; their parameters are not "
+                      "identified (any of many exact fits)", stacklevel=4)  # fmt: skip
 
 
 def _warn_if_beta_at_an_end(maturity: Sequence[float], beta: Sequence[float]) -> None:
@@ -447,7 +455,7 @@ def fit_smile_scipy(
     beta: float | None,
     shift: float = 0.0,
     weight: np.ndarray | None = None,
-    x0: tuple[float, ...] | None = None,
+    x0: Sequence[float] | np.ndarray | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     max_iterations: int = 500,
 ) -> tuple[np.ndarray, np.ndarray, bool, int]:
@@ -478,14 +486,14 @@ def fit_smile_scipy(
                shift=shift, weight=weight)  # fmt: skip
     w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
     log_moneyness = np.log((strike + shift) / (forward + shift))
-    atm = _vol_at_the_money(log_moneyness, market_iv)
+    atm = _vol_at_the_money(log_moneyness, market_iv, w)
     b0 = FREE_BETA_START if beta is None else beta
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
     if x0 is not None:  # it was clipped into the box without a word
         _check_start_beta(x0[1], beta)
         check_start_in_box(dict(zip(_NAMES, x0, strict=True)), box, method="sabr 'quantlib'")
-    start = x0 or (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5)
+    start = (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5) if x0 is None else x0
     start = np.clip(np.asarray(start, dtype=float), lower, upper)
     # equal bounds fix a parameter, as in fit_smiles (scipy refuses lower == upper)
     free = lower < upper

@@ -41,9 +41,6 @@ from pricing.black_scholes import black_price
 
 __all__ = ["SabrParams", "alpha_from_atm_vol", "lognormal_vol", "normal_vol", "price"]
 
-# Below this |w| the series of log1p(w)/w (to w^3) is used: its truncation error |w|^4 / 5 is
-# < 3e-17, and above it the closed form loses at most ~1e-11 relative in its gradient.
-_SERIES_THRESHOLD = 1e-4
 # Elements per chunk for large CPU batches (see _chunked).
 _CPU_CHUNK = 1 << 16
 
@@ -184,8 +181,14 @@ def _shifted(x: torch.Tensor, shift: torch.Tensor, raw_shift: TensorLike) -> tor
 
 
 def _log1p_ratio(w: torch.Tensor) -> torch.Tensor:
-    """``log1p(w) / w`` for ``w > -1``, 1 at ``w = 0``, with finite gradients everywhere."""
-    small = w.abs() < _SERIES_THRESHOLD
+    """``log1p(w) / w`` for ``w > -1``, 1 at ``w = 0``, with finite gradients everywhere.
+
+    Below ``|w| = u^(1/4)`` (``u`` the unit roundoff: 1.03e-4 in float64, 0.016 in float32) the
+    series to ``w^3`` is used: its truncation error ``|w|^4 / 5`` is under ``u / 5``. Above it the
+    closed form's gradient, a difference of two terms of size ``1 / |w|``, loses about ``u / |w|``
+    (1e-12 in float64); a fixed threshold of 1e-4 lost ~1e-3 in float32, 1% in ``d vol / dF``.
+    """
+    small = w.abs() < (torch.finfo(w.dtype).eps / 2) ** 0.25
     w_small = torch.where(small, w, 0.0)
     w_large = torch.where(small, 1.0, w)  # keeps the unused branch free of 0/0
     series = ((w_small * (-1 / 4) + 1 / 3) * w_small - 1 / 2) * w_small + 1

@@ -125,6 +125,36 @@ def test_smiles_with_fewer_quotes_than_free_parameters_are_reported(method: str)
 
 
 @pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_smiles_with_fewer_distinct_strikes_than_free_parameters_are_reported(method: str) -> None:
+    # quotes were counted, not strikes: two strikes each quoted as call and put (four quotes)
+    # for (alpha, rho, nu), or four quotes at the forward, gave one of many exact fits
+    # (nu 1.0 from direct, 0.49 from scipy at the forward) without a word
+    table = _smiles()
+    t1 = table[table["maturity"] == 1.0]
+    pairs = pd.concat([table[table["maturity"] != 1.0], t1.iloc[[2, 8]], t1.iloc[[2, 8]]])
+    pairs = pairs.assign(option_type=["call"] * (len(pairs) - 2) + ["put"] * 2)
+    with pytest.warns(UserWarning, match=r"3 free parameters \(alpha, rho, nu\): 2 at T=1;"):
+        calibrate("sabr", pairs.reset_index(drop=True), method=method, beta=0.5)
+    atm = t1.iloc[[5] * 4].assign(strike=t1["forward"].iloc[0])
+    with pytest.warns(UserWarning, match=r"3 free parameters \(alpha, rho, nu\): 1 at T=1;"):
+        calibrate("sabr", atm.reset_index(drop=True), method=method, beta=0.5)
+
+
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_a_quote_of_weight_zero_at_the_money_does_not_move_the_fit(method: str) -> None:
+    # the ATM vol behind the starts and alpha's default box read quotes of weight 0 too: a stale
+    # 1e-5 at the forward capped direct's alpha at 0.101 (true 1.8), on its bound, with rho
+    # -0.47 and nu 2.6 (true -0.25 and 0.5), reported as converged
+    table = _smiles()
+    atm = (table["maturity"] == 1.0) & np.isclose(table["strike"], table["forward"])
+    weights = np.where(atm, 0.0, 1.0)
+    table.loc[atm, "implied_vol"] = 1e-5
+    fit = calibrate("sabr", table, method=method, beta=0.5, weights=weights)
+    np.testing.assert_allclose(_params(fit), np.array(SMILES)[:, 2:], rtol=1e-6, atol=1e-8)
+    assert fit.at_bounds == {}
+
+
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
 def test_a_free_beta_on_a_bound_is_reported(method: str) -> None:
     # the DAX smiles leave beta nearly free: it ended at 0 or 1 on most expiries, all reported
     # as converged without a word
@@ -190,6 +220,23 @@ def test_the_reference_fit_starts_at_the_atm_vol_whatever_the_strike_order() -> 
     ascending, _, _, _ = fit_smile_scipy(strike=strike, market_iv=vol, **kw)
     descending, _, _, _ = fit_smile_scipy(strike=strike[::-1], market_iv=vol[::-1], **kw)
     np.testing.assert_allclose(descending, ascending, rtol=1e-8, atol=0.0)
+
+
+def test_the_reference_fit_takes_a_numpy_start() -> None:
+    # ``x0 or default`` asked a numpy start for its truth value: "The truth value of an array
+    # with more than one element is ambiguous"
+    from pricing.calibration_sabr import fit_smile_scipy
+
+    first = _smiles().iloc[:11]
+    kw = dict(forward=float(first["forward"].iloc[0]), strike=first["strike"].to_numpy(),
+              maturity=float(first["maturity"].iloc[0]), market_iv=first["implied_vol"].to_numpy(),
+              beta=0.5)  # fmt: skip
+    start = np.array([2.1, 0.5, 0.0, 0.5])
+    from_array = fit_smile_scipy(x0=start, **kw)[0]
+    np.testing.assert_allclose(
+        from_array, fit_smile_scipy(x0=tuple(start), **kw)[0], rtol=0, atol=0
+    )
+    np.testing.assert_allclose(from_array, [*SMILES[0][2:3], 0.5, *SMILES[0][3:]], rtol=1e-7)
 
 
 @pytest.mark.parametrize("fitter", ["fit_smiles", "fit_smile_scipy"])
