@@ -3,11 +3,17 @@
 Many independent least-squares problems (several starting points, or many surfaces) are solved in
 one loop: every iteration evaluates the residuals and Jacobians of all still-active problems in one
 batched call. Bounds are handled by projection with an active set: a parameter at its bound whose
-gradient points outward is held fixed for that step.
+gradient points outward is held fixed for that step. Each parameter is damped in proportion to its
+diagonal of ``J^T J`` (Marquardt), but never below a fraction of the largest that diagonal has been
+in the run (after MINPACK's scaling by the largest column norms so far), so that a parameter whose
+column has all but vanished (Heston's theta once kappa sits at its bound) does not leap across the
+box.
 
 References:
     K. Madsen, H. B. Nielsen, O. Tingleff (2004), "Methods for non-linear least squares problems",
     2nd ed., DTU, Algorithm 3.16 (damping update of Nielsen, 1999).
+    J. J. More (1978), "The Levenberg-Marquardt algorithm: implementation and theory", Lecture
+    Notes in Mathematics 630, Springer (scaling by the largest column norms so far).
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ __all__ = [
 
 _DAMPING_LIMIT = 1e20
 """A problem whose damping grows past this stops, unconverged: no step lowered its cost."""
+_SCALE_MEMORY = 1e-2
+"""A parameter's damping scale is at least this fraction of the largest ``diag(J^T J)`` it has had.
+
+With Marquardt's scale alone, exact one-expiry Heston smiles fitted from QuantLib's start (v0 0.1,
+kappa 1, theta 0.1, sigma 0.5, rho -0.5) could take a first step that clipped kappa to its bound,
+where theta's diagonal fell (5e5-fold in one) and the next step threw theta to 0.8-2.5: 8 of 100
+fits never came within 0.1 bp in 300 iterations (stuck 0.1 to 3.3 bp above, most with v0 at its
+bound). With this floor all 8 came within 0.01 bp (in 29 to 196 iterations), and 86 of the other
+92 needed the same counts. On 80 of the benchmark's noisy 6 x 11 surfaces the mean iterations per
+surface moved by 0.3 at most (either way), and 4,000 SABR fits took the same iterations."""
 
 ResidualFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(params, index) -> residuals``: params ``(B, M, P)`` (M = 1 or N) for problems ``index`` (B,).
@@ -128,9 +144,11 @@ def _free_mask(x, gradient, lower, upper) -> torch.Tensor:
     return ~(at_lower | at_upper)
 
 
-def _damped_step(hessian, gradient, damping, free) -> torch.Tensor:
-    """Solve ``(A + mu diag(A)) h = -g`` on the free parameters (pinned ones get h = 0)."""
-    diag = torch.diagonal(hessian, dim1=-2, dim2=-1)
+def _damped_step(hessian, gradient, damping, free, peak) -> torch.Tensor:
+    """Solve ``(A + mu D) h = -g`` on the free parameters (pinned ones get h = 0), ``D`` diagonal
+    with ``D = max(diag(A), c peak)``: ``peak`` ``(B, P)`` is the largest ``diag(A)`` each parameter
+    has had, ``c`` :data:`_SCALE_MEMORY`."""
+    diag = torch.maximum(torch.diagonal(hessian, dim1=-2, dim2=-1), _SCALE_MEMORY * peak)
     scale = torch.clamp(diag, min=1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-300))
     mask = free.to(hessian.dtype)
     a = hessian * mask.unsqueeze(-1) * mask.unsqueeze(-2)
@@ -209,7 +227,9 @@ def levenberg_marquardt(
     every = torch.arange(batch, device=x.device)
     r, jac = fn(x, every) if initial is None else (t.clone() for t in initial)
     mu = torch.full((batch,), damping, dtype=x.dtype, device=x.device)
-    state = _State(x, r, jac, 0.5 * (r * r).sum(-1), mu, torch.full_like(mu, 2.0))
+    state = _State(
+        x, r, jac, 0.5 * (r * r).sum(-1), mu, torch.full_like(mu, 2.0), torch.zeros_like(x)
+    )
     iterations = torch.full((batch,), int(initial is None), dtype=torch.long, device=x.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=x.device)
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
@@ -235,7 +255,7 @@ def levenberg_marquardt(
 class _State(NamedTuple):
     """What :func:`levenberg_marquardt` carries per problem: params ``(B, P)``, residuals
     ``(B, N)``, their Jacobian ``(B, N, P)``, the cost, the damping ``mu`` and its growth factor
-    ``nu`` ``(B,)``."""
+    ``nu`` ``(B,)``, and ``peak``, the largest diagonal of ``J^T J`` so far ``(B, P)``."""
 
     x: torch.Tensor
     r: torch.Tensor
@@ -243,6 +263,7 @@ class _State(NamedTuple):
     cost: torch.Tensor
     mu: torch.Tensor
     nu: torch.Tensor
+    peak: torch.Tensor
 
     def take(self, idx: torch.Tensor) -> _State:
         """The problems ``idx`` ``(B',)``."""
@@ -272,7 +293,8 @@ def _iterate(
     gradient = (jt @ s.r.unsqueeze(-1)).squeeze(-1)  # (B, P)
     free = _free_mask(s.x, gradient, lower, upper)
     small_gradient = (gradient.abs() * free).amax(-1) <= gtol * (1 + s.cost)
-    step = _damped_step(hessian, gradient, s.mu, free)
+    peak = torch.maximum(s.peak, torch.diagonal(hessian, dim1=-2, dim2=-1))
+    step = _damped_step(hessian, gradient, s.mu, free, peak)
     trial = torch.minimum(torch.maximum(s.x + step, lower), upper)
     step = trial - s.x
     r_new, j_new = fn(trial, idx)
@@ -291,7 +313,7 @@ def _iterate(
     new = _State(torch.where(keep, trial, s.x), torch.where(keep, r_new, s.r),
                  torch.where(keep.unsqueeze(-1), j_new, s.jac),
                  torch.where(accept, cost_new, s.cost), mu,
-                 torch.where(accept, 2.0, s.nu * 2))  # fmt: skip
+                 torch.where(accept, 2.0, s.nu * 2), peak)  # fmt: skip
     # a damping past the limit means no step lowered the cost (a wrong Jacobian, a residual that
     # is NaN around x): it stops the problem, but no tolerance was met
     return new, small_gradient | flat | tiny_step, mu > _DAMPING_LIMIT
