@@ -217,17 +217,24 @@ def train_network(
     Shape:
         params: ``(N, 5)``, vols ``(N, 66)``.
 
+    Raises:
+        ValueError: mismatched shapes, a parameter outside :data:`BOX`, a bad vol, or fewer
+            than 2 surfaces left for training.
+
     Examples:
         >>> p, v = make_dataset(64, seed=0)
         >>> net = train_network(p, v, hidden=(8,), max_epochs=1)
         >>> predict(net, v[:2])["rho"].shape
         torch.Size([2])
     """
-    _check_surfaces(vols)
+    params, vols = _check_training_data(params, vols)
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
         torch.manual_seed(seed)
         net = CalibrationNetwork(hidden=hidden, activation=activation)
     n_val = max(1, int(len(params) * val_fraction))
+    if len(params) - n_val < 2:  # the scaler's std of one surface is NaN: a NaN loss
+        raise ValueError(f"params, vols: {len(params)} surfaces leave {len(params) - n_val} for "
+                         f"training after val_fraction={val_fraction} (at least 2)")  # fmt: skip
     net.fit_scaler(vols[:-n_val])
     target = net.to_unit(params)
     train = torch.utils.data.TensorDataset(vols[:-n_val], target[:-n_val])
@@ -239,6 +246,26 @@ def train_network(
                           restore_best_weights=True)  # fmt: skip
     Trainer(net, loss=nn.functional.mse_loss, config=config, callbacks=[early]).fit(train, val)
     return net.eval()
+
+
+def _check_training_data(
+    params: torch.Tensor, vols: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training data as float64 tensors ``(N, 5)``, ``(N, 66)``, parameters inside :data:`BOX`
+    (the sigmoid cannot reach a target outside it: such data trained without a word; a
+    mismatched count was torch's "Size mismatch between tensors", numpy a TypeError)."""
+    vols = _check_surfaces(vols)
+    params = torch.as_tensor(params, dtype=torch.float64)
+    if tuple(params.shape) != (len(vols), len(NAMES)):
+        raise ValueError(f"params: expected shape ({len(vols)}, {len(NAMES)}) ({', '.join(NAMES)}) "
+                         f"for {len(vols)} surfaces, got {tuple(params.shape)}")  # fmt: skip
+    lower, upper = _box_tensors(BOX)
+    outside = ~((params >= lower) & (params <= upper))  # NaN too
+    if outside.any():
+        row, col = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(f"params: row {row}, {NAMES[col]} {float(params[row, col])} is outside "
+                         f"the network's box {list(BOX[NAMES[col]])}")  # fmt: skip
+    return params, vols
 
 
 def _check_surfaces(vols: torch.Tensor) -> torch.Tensor:
@@ -284,6 +311,9 @@ def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None
     """Write the network as ``{"state_dict", "metadata"}`` (metadata is plain JSON), readable
     with ``torch.load(weights_only=True)``; ``info`` (e.g. accuracy) is stored in the metadata.
 
+    Raises:
+        ValueError: an ``info`` key is one of the fields written here (``grid``, ``box``, ...).
+
     Examples:
         >>> import tempfile
         >>> net = CalibrationNetwork(hidden=(8,))
@@ -313,8 +343,11 @@ def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None
             "output": "sigmoid to box",
         },
         "scaler": {"mean": net.input_mean.tolist(), "std": net.input_std.tolist()},
-        **info,
     }
+    taken = sorted(set(info) & set(metadata))
+    if taken:  # it replaced the field: a file load_network calls damaged, or whose box lies
+        raise ValueError(f"info: {taken} are fields save_network writes; name them otherwise")
+    metadata.update(info)
     # a killed plain torch.save left half a file where the shipped network was
     save_atomically({"state_dict": net.state_dict(), "metadata": json.dumps(metadata)}, path)
 
@@ -381,8 +414,9 @@ def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:
 
     Columns ``forward, maturity, strike`` and ``market_iv`` (as in a prepared table) or
     ``implied_vol``. Per expiry the smile is linear in log-moneyness ``ln(K/F)`` and flat beyond
-    the quotes; across expiries total variance is linear in maturity at fixed log-moneyness, and
-    the vol is flat before the first and after the last expiry.
+    the quotes (quotes at one strike, such as a call and a put, count as their mean vol); across
+    expiries total variance is linear in maturity at fixed log-moneyness, and the vol is flat
+    before the first and after the last expiry.
 
     Shape:
         output: ``(66,)``, maturity-major.
@@ -515,15 +549,14 @@ def _bad_value(quotes: pd.DataFrame, column: str) -> str:
 def _grid_vols(x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Grid vols ``(S, 6, 11)`` of checked quotes: log-moneyness ``x``, rounded maturity ``key``,
     ``vol`` and table ``table`` per quote ``(R,)`` (tables 0..S-1, each with quotes)."""
-    order = np.lexsort((x, key, table))  # by table, expiry, then log-moneyness
-    table_s, key_s = table[order], key[order]
+    x_s, key_s, vol_s, table_s = _merged_strikes(x, key, vol, table)
     n_tables = int(table.max()) + 1
     # each sorted quote's smile (table, expiry) and place in it; each table's first smile
     group, slot, starts, first = sorted_groups(table_s, key_s, n_tables)
-    lengths = np.diff(np.append(starts, len(order)))
+    lengths = np.diff(np.append(starts, len(x_s)))
     xs = np.full((len(starts), max(lengths.max(), 2)), np.inf)  # (G, L >= 2), sorted, inf-padded
     vs = np.zeros_like(xs)
-    xs[group, slot], vs[group, slot] = x[order], vol[order]
+    xs[group, slot], vs[group, slot] = x_s, vol_s
     expiry, owner = key_s[starts], table_s[starts]  # (G,)
     count = np.bincount(owner, minlength=n_tables)
     padded = np.full((n_tables, count.max()), np.inf)
@@ -538,6 +571,22 @@ def _grid_vols(x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarra
     return np.where((g1 == g2)[..., None], v1, between)
 
 
+def _merged_strikes(
+    x: np.ndarray, key: np.ndarray, vol: np.ndarray, table: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Quotes ``(R,)`` sorted by table, expiry and log-moneyness, those at one ``x`` of a smile
+    (a call and a put at one strike) merged into their mean vol, ``(R',)`` each. The smile took
+    the first of them left of the strike and the last right of it: with calls 50 bp above puts,
+    grid vols 100 bp apart and kappa 1.34 or 1.66 (true 1.5) by row order."""
+    order = np.lexsort((x, key, table))  # by table, expiry, then log-moneyness
+    x, key, vol, table = x[order], key[order], vol[order], table[order]
+    new = np.ones(len(x), dtype=bool)
+    new[1:] = (x[1:] != x[:-1]) | (key[1:] != key[:-1]) | (table[1:] != table[:-1])
+    point = np.cumsum(new) - 1
+    mean = np.bincount(point, weights=vol) / np.bincount(point)
+    return x[new], key[new], mean, table[new]
+
+
 def _grid_neighbours(expiries: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The expiries the grid reads at each of its maturities, for tables of ``count`` ``(S,)``
     increasing ``expiries`` each ``(S, E)`` (inf past ``count``): positions ``(S, 6)`` of the
@@ -550,8 +599,8 @@ def _grid_neighbours(expiries: np.ndarray, count: np.ndarray) -> tuple[np.ndarra
 
 def _smiles_at(xs: np.ndarray, vs: np.ndarray, lengths: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Smile ``g`` ``(S, 6)`` at the grid's log-moneyness of each grid maturity, ``(S, 6, 11)``:
-    ``np.interp`` (linear, flat beyond the quotes, the last of equal strikes) of each smile's
-    sorted, padded quotes ``xs, vs`` ``(G, L)`` with ``lengths`` ``(G,)``."""
+    ``np.interp`` (linear, flat beyond the quotes) of each smile's sorted, padded quotes
+    ``xs, vs`` ``(G, L)`` of distinct strikes, with ``lengths`` ``(G,)``."""
     x, v, n = xs[g], vs[g], lengths[g][..., None]  # (S, 6, L), (S, 6, 1)
     k = np.broadcast_to(_GRID_K, g.shape + _GRID_K.shape[-1:])  # (S, 6, 11)
     below = (x[..., None, :] <= k[..., None]).sum(-1)  # quotes at or left of k

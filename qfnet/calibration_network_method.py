@@ -2,10 +2,11 @@
 
 The quotes are interpolated onto the network's grid (:func:`qfnet.calibration_network.
 grid_surfaces`, all tables at once; quotes of weight 0 are left out, the others count alike
-whatever their weights), the network returns the parameters in one forward pass, and the model
-vols at the quotes are computed with the exact pricer so that
-:func:`pricing.calibration.calibrate` reports residuals as for the other methods. No
-optimisation: ``iterations`` is 0. Option ``network=PATH`` selects another network file.
+whatever their weights), the network returns the parameters in one forward pass (clipped to
+the caller's bounds, with a warning where that moves them), and the model vols at the quotes
+are computed with the exact pricer so that :func:`pricing.calibration.calibrate` reports
+residuals as for the other methods. No optimisation: ``iterations`` is 0. Option
+``network=PATH`` selects another network file.
 ``pricing`` cannot import ``qfnet``, so importing this module is what registers the method.
 
 Importing it also registers the shipped network as the global start of ``direct`` and
@@ -72,11 +73,18 @@ def _cached_network(path: Path, stamp: tuple[int, int, int] | None) -> Calibrati
     return load_network(path)
 
 
-def _clip(params: dict[str, float], bounds: Mapping[str, tuple[float, float]] | None) -> None:
+def _clip(params: dict[str, float], bounds: Mapping[str, tuple[float, float]] | None) -> list[str]:
+    """Clip ``params`` into ``bounds`` in place; the values it moved, as ``"rho -0.698 to
+    -0.5"``."""
+    moved = []
     for name, (low, high) in (bounds or {}).items():
         if name not in params:
             raise ValueError(f"unknown Heston parameter in bounds: {name!r}")
-        params[name] = min(max(params[name], low), high)
+        value = min(max(params[name], low), high)
+        if value != params[name]:
+            moved.append(f"{name} {params[name]:.4g} to {value:.4g}")
+        params[name] = value
+    return moved
 
 
 def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> np.ndarray:
@@ -156,6 +164,23 @@ def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | N
                       "'direct' fits it)", stacklevel=3)  # fmt: skip
 
 
+def _clip_and_warn(
+    problems: Sequence[CalibrationProblem], fields: Sequence[dict[str, float] | None]
+) -> None:
+    """Clip each answer into its problem's bounds, saying (once) which values moved: a start is
+    clipped without a word, an answer was too (rho -0.7 returned as -0.5 for bounds (-0.5, 0),
+    172 bp for 5 bp, "converged"), and the edge warning read a clipped kappa 6 as the surface's."""
+    found = []
+    for i, (problem, values) in enumerate(zip(problems, fields, strict=True)):
+        moved = _clip(values, problem.bounds) if values is not None else []
+        if moved:
+            found.append(("" if len(fields) == 1 else f"table {i}: ") + ", ".join(moved))
+    if found:
+        warnings.warn(f"the calibration network's answer lies outside the bounds and was clipped "
+                      f"to them: {_listed(found)} (method 'direct' fits within the bounds)",
+                      stacklevel=3)  # fmt: skip
+
+
 def _listed(items: Sequence[str]) -> str:
     """The first three of a warning's findings, and how many more."""
     more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
@@ -202,8 +227,9 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     if errors[0] is not None:
         raise ValueError(errors[0])
     _warn_if_extrapolated([read])
-    (values,) = _predicted(net, [problem], surfaces, errors)
+    (values,) = _predicted(net, surfaces, errors)
     _warn_at_edge(net, [values])
+    _clip_and_warn([problem], [values])
     return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
 
 
@@ -232,8 +258,9 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
         if error is not None:
             raise ValueError(f"quote table {i}: {error}")
     _warn_if_extrapolated(read)
-    fields = _predicted(net, problems, surfaces, errors)
+    fields = _predicted(net, surfaces, errors)
     _warn_at_edge(net, fields)
+    _clip_and_warn(problems, fields)
     sizes = [len(p.quotes) for p in problems]
     repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}
     vols = _model_vols(pd.concat([p.quotes for p in problems], ignore_index=True), repeated)
@@ -274,28 +301,27 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
     except FileNotFoundError:
         return [None] * len(problems)
     surfaces, errors = grid_surfaces([_read_quotes(p) for p in problems])
-    return _predicted(net, problems, surfaces, errors)
+    starts = _predicted(net, surfaces, errors)
+    for problem, values in zip(problems, starts, strict=True):
+        if values is not None:
+            _clip(values, problem.bounds)
+    return starts
 
 
 def _predicted(
-    net: CalibrationNetwork,
-    problems: Sequence[CalibrationProblem],
-    surfaces: torch.Tensor,
-    errors: Sequence[str | None],
+    net: CalibrationNetwork, surfaces: torch.Tensor, errors: Sequence[str | None]
 ) -> list[dict[str, float] | None]:
-    """The network's parameters for each problem's surface (a row of ``surfaces`` ``(S, 66)``),
-    in one forward pass, clipped to the problem's bounds; None where the surface has an error
+    """The network's parameters for each surface (a row of ``surfaces`` ``(S, 66)``), in one
+    forward pass; None where the surface has an error
     (:func:`qfnet.calibration_network.grid_surfaces`)."""
     usable = [i for i, error in enumerate(errors) if error is None]
-    out: list[dict[str, float] | None] = [None] * len(problems)
+    out: list[dict[str, float] | None] = [None] * len(errors)
     if not usable:
         return out
     predicted = predict(net, surfaces[usable])  # (S',) per parameter
     rows = torch.stack([predicted[name] for name in NAMES], dim=1).tolist()  # one conversion
     for i, row in zip(usable, rows, strict=True):
-        values = dict(zip(NAMES, row, strict=True))
-        _clip(values, problems[i].bounds)
-        out[i] = values
+        out[i] = dict(zip(NAMES, row, strict=True))
     return out
 
 

@@ -205,8 +205,8 @@ def _grid_surface_one_loop(quotes: pd.DataFrame, column: str) -> np.ndarray:
     expiries = np.unique(key)
     smiles = []
     for t in expiries:
-        order = np.lexsort((x[key == t],))  # stable: equal strikes keep their order
-        smiles.append((x[key == t][order], vol[key == t][order]))
+        strikes, which = np.unique(x[key == t], return_inverse=True)  # equal strikes: mean vol
+        smiles.append((strikes, np.bincount(which, vol[key == t]) / np.bincount(which)))
     out = []
     for t in MATURITIES:
         k = np.linspace(-2.5, 2.5, 11) * 0.2 * math.sqrt(t)
@@ -259,6 +259,22 @@ def test_grid_surfaces_of_tables_with_one_quote_per_expiry() -> None:
     for table, surface in zip((term, single), surfaces, strict=True):
         expected = torch.tensor(_grid_surface_one_loop(table, "market_iv"))
         torch.testing.assert_close(surface, expected, rtol=0.0, atol=GRID_ATOL)
+
+
+def test_grid_surfaces_read_a_call_and_a_put_at_one_strike_as_their_mean_whatever_the_order():
+    # the smile took the first of equal strikes left of the strike and the last right of it:
+    # calls 50 bp above puts gave grid vols 100 bp apart, and kappa 1.34 or 1.66 (true 1.5),
+    # by row order
+    truth = {"v0": 0.04, "kappa": 1.5, "theta": 0.05, "sigma": 0.5, "rho": -0.6}
+    mid = _synthetic_quotes(truth).rename(columns={"implied_vol": "market_iv"})
+    calls = mid.assign(market_iv=mid["market_iv"] + 0.005, option_type="call")
+    puts = mid.assign(market_iv=mid["market_iv"] - 0.005, option_type="put")
+    both = pd.concat([calls, puts], ignore_index=True)
+    tables = [mid, both, pd.concat([puts, calls]), both.sample(frac=1.0, random_state=3)]
+    surfaces, errors = grid_surfaces(tables)
+    assert errors == [None] * 4
+    for surface in surfaces[1:]:
+        torch.testing.assert_close(surface, surfaces[0], rtol=0.0, atol=GRID_ATOL)
 
 
 def test_grid_surfaces_name_the_table_of_a_value_that_is_not_a_number() -> None:
@@ -522,6 +538,31 @@ def test_network_method_warns_when_its_answer_sits_on_the_edge_of_its_box():
     assert fit.params["kappa"] == pytest.approx(5.0, abs=0.05)
 
 
+def test_network_method_says_when_the_callers_bounds_clip_its_answer():
+    # rho -0.7 came back as -0.5 for bounds (-0.5, 0) (172 bp for 5 bp) without a word; bounds
+    # kappa (6, 10) clipped kappa 1.5 to 6 and the edge warning blamed the surface
+    import qfnet.calibration_network_method  # noqa: F401
+
+    table = _synthetic_quotes(TRUTH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        free = calibrate("heston", table, method="network").params
+    with pytest.warns(UserWarning, match=r"outside the bounds and was clipped to them: rho -0\.\d+ "
+                      r"to -0\.5 \(method 'direct'") as caught:  # fmt: skip
+        fit = calibrate("heston", table, method="network", bounds={"rho": (-0.5, 0.0)})
+    assert fit.params["rho"] == -0.5 and len(caught) == 1
+    assert fit.params["kappa"] == pytest.approx(free["kappa"], rel=1e-12)
+    with pytest.warns(UserWarning, match=r"table 1: kappa 1\.\d+ to 6") as caught:
+        calibrate_many("heston", [table, table], method="network",
+                       bounds={"kappa": (6.0, 10.0)})  # fmt: skip
+    assert not any("edge of its training box" in str(w.message) for w in caught)
+    bounded = CalibrationProblem(table, np.ones(len(table)), bounds={"rho": (-0.5, 0.0)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (start,) = proposed_starts("heston", bounded)
+    assert start["rho"] == -0.5  # a start is clipped without a word (the fit is within bounds)
+
+
 def test_a_save_that_fails_midway_leaves_the_previous_network_whole(tmp_path, monkeypatch):
     # save_network wrote with a plain torch.save: a killed write left half a file in its place
     import qfnet.training.checkpoint as checkpoint
@@ -554,3 +595,38 @@ def test_train_network_same_seed_same_weights_whatever_the_global_rng() -> None:
     first, again, other = weights(0, 1), weights(0, 2), weights(1, 1)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_train_network_refuses_data_it_cannot_learn_naming_the_problem() -> None:
+    # parameters outside the box trained without a word (the sigmoid cannot reach them); a
+    # count mismatch was torch's "Size mismatch between tensors"; numpy arrays a TypeError in the
+    # scaler; two surfaces a NaN loss (the std of the one training surface)
+    params, vols = make_dataset(32, seed=1)
+
+    def train(p, v) -> CalibrationNetwork:
+        return train_network(p, v, hidden=(8,), max_epochs=1, batch_size=8, seed=0)
+
+    wide = params.clone()
+    wide[3, NAMES.index("kappa")] = 8.0
+    with pytest.raises(ValueError, match=r"params: row 3, kappa 8.0 is outside the network's box"):
+        train(wide, vols)
+    with pytest.raises(ValueError, match=r"params: expected shape \(32, 5\) .* got \(31, 5\)"):
+        train(params[:-1], vols)
+    with pytest.raises(ValueError, match=r"2 surfaces leave 1 for training"):
+        train(params[:2], vols[:2])
+    from_numpy = train(params.numpy(), vols.numpy())
+    from_torch = train(params, vols)
+    for a, b in zip(
+        from_numpy.state_dict().values(), from_torch.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize("field", ["box", "architecture", "grid", "format", "scaler"])
+def test_save_network_refuses_info_that_would_replace_its_own_fields(tmp_path, field) -> None:
+    # save_network(net, path, box=...) replaced the written field: the file loaded as "damaged"
+    # (box, architecture), "not this qfnet's grid", or with a scaler entry that lied
+    path = tmp_path / "net.pt"
+    with pytest.raises(ValueError, match=rf"info: \['{field}'\] are fields save_network writes"):
+        save_network(CalibrationNetwork(hidden=(8,)), path, **{field: {"v0": [0.0, 1.0]}})
+    assert not path.exists()
