@@ -32,7 +32,7 @@ def step_constants(c: HestonStep, *, dtype: torch.dtype, device: torch.device) -
     Shape:
         Output: (11,).
     """
-    values = [c.decay, c.theta * (1.0 - c.decay), c.s2_v, c.s2_c, c.a_coef, c.drift,
+    values = [c.decay, c.theta_term, c.s2_v, c.s2_c, c.a_coef, c.drift,
               c.k0, c.k1, c.k2, c.k3, c.k4]  # fmt: skip
     return torch.tensor(values, dtype=dtype, device=device)
 

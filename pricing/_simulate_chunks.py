@@ -206,7 +206,9 @@ def gbm_chunks(
             z = normals[:, 0, :]  # (T, C)
             increments = (mu - 0.5 * vol**2) * dt + vol * dt.sqrt() * z  # (T, C)
             log_growth = torch.cat((torch.zeros_like(increments[:1]), increments.cumsum(0)))
-            yield slice(start, stop), (s0 * log_growth.exp()).T  # (C, T+1)
+            # in dtype: a float64 parameter promoted float32 paths to float64 (as in place it
+            # does not)
+            yield slice(start, stop), (s0 * log_growth.exp()).to(dtype).T  # (C, T+1)
 
     def chunks_in_place() -> Iterator[tuple[slice, torch.Tensor]]:
         for start, stop, slabs in drawn_slabs(source, chunk_size):

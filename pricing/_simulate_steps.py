@@ -43,6 +43,9 @@ class HestonStep:
         drift: ``(rate - dividend) * dt``.
         decay: ``exp(-kappa dt)``.
         theta: long-run variance.
+        theta_term: ``theta (1 - exp(-kappa dt))``, the constant term of the conditional mean of
+            ``v(t + dt)`` (from ``expm1``: ``1 - decay`` rounded to 0 for ``kappa dt`` below
+            1e-16, and the step was NaN).
         s2_v: coefficient of ``v`` in the conditional variance of ``v(t + dt)``.
         s2_c: constant term of that conditional variance.
         k0, k1, k2, k3, k4: log-spot coefficients for gamma1 = gamma2 = 0.5.
@@ -54,6 +57,7 @@ class HestonStep:
     drift: float
     decay: float
     theta: float
+    theta_term: float
     s2_v: float
     s2_c: float
     k0: float
@@ -73,6 +77,9 @@ class HestonStep:
         """Precompute the constants of a step of length ``dt``."""
         kappa, theta, sigma, rho = float(kappa), float(theta), float(sigma), float(rho)
         decay = math.exp(-kappa * dt)
+        # 1 - decay by expm1: the difference lost its digits as kappa dt fell (2% of the variance
+        # of v' at kappa dt = 2.5e-15) and was 0 below 1.1e-16, which made every path NaN
+        growth = -math.expm1(-kappa * dt)
         k1 = _GAMMA1 * dt * (kappa * rho / sigma - 0.5) - rho / sigma
         k2 = _GAMMA2 * dt * (kappa * rho / sigma - 0.5) + rho / sigma
         k3 = _GAMMA1 * dt * (1.0 - rho * rho)
@@ -82,8 +89,9 @@ class HestonStep:
             drift=float(drift) * dt,
             decay=decay,
             theta=theta,
-            s2_v=sigma * sigma * decay * (1.0 - decay) / kappa,
-            s2_c=theta * sigma * sigma * (1.0 - decay) ** 2 / (2.0 * kappa),
+            theta_term=theta * growth,
+            s2_v=sigma * sigma * decay * growth / kappa,
+            s2_c=theta * sigma * sigma * growth * (growth / (2.0 * kappa)),
             k0=-rho * kappa * theta * dt / sigma,
             k1=k1,
             k2=k2,
@@ -115,9 +123,10 @@ def heston_qe_step(
         Andersen (2008), J. Comput. Finance 11(3): eqs. (23), (26)-(27), (33) and section 4.2.
     """
     v_next, mean = qe_variance_step(v, zv, c)
-    # floor 1e-300, not 0: sqrt has an infinite slope at 0, which would turn the zero gradient of
-    # paths with v = v' = 0 into NaN; the forward value moves by at most 1e-150 * zx
-    diffusion = (c.k3 * v + c.k4 * v_next).clamp_min(1e-300).sqrt()
+    # floor at the dtype's smallest normal number, not 0: sqrt has an infinite slope at 0, which
+    # would turn the zero gradient of paths with v = v' = 0 into NaN (a floor of 1e-300 was 0 in
+    # float32: most dS_T/dv0 were NaN); the value moves by at most sqrt(tiny) * zx (1e-19 in float32)
+    diffusion = (c.k3 * v + c.k4 * v_next).clamp_min(torch.finfo(v_next.dtype).tiny).sqrt()
     return x + mean + diffusion * zx, v_next
 
 
@@ -133,7 +142,7 @@ def qe_variance_step(
     Shape:
         All tensors (C,).
     """
-    m = v * c.decay + c.theta * (1.0 - c.decay)  # conditional mean of v(t + dt)
+    m = v * c.decay + c.theta_term  # conditional mean of v(t + dt)
     psi = (v * c.s2_v + c.s2_c) / (m * m)
     # quadratic branch, v' = a (b + Z)^2, evaluated everywhere (the common case); psi capped at
     # psi_c (a no-op where the branch is kept) so that the overwritten paths stay finite and
@@ -195,7 +204,7 @@ def qe_exponential_branch(
     References:
         Andersen (2008), eqs. (26)-(27) and (34).
     """
-    m = v * c.decay + c.theta * (1.0 - c.decay)
+    m = v * c.decay + c.theta_term
     psi = (v * c.s2_v + c.s2_c) / (m * m)
     # 1 - p = 2 / (psi + 1), not 1 - (psi - 1) / (psi + 1): p rounded to 1 where psi exceeds
     # 1 / eps (about 2e7 in float32: sigma^2 / (2 kappa theta) at v = 0), and beta = 0 made v'
@@ -206,7 +215,9 @@ def qe_exponential_branch(
     # and log_ndtr is 3.7 times slower)
     log_one_minus_u = ndtr(-zv).log()
     v_next = (one_minus_p.log() - log_one_minus_u).clamp_min(0.0) / beta
-    gap = (beta - c.a_coef).clamp_min(1e-300)
+    # floored at the dtype's smallest normal number (1e-300 was 0 in float32: where A >= beta the
+    # unused 0 / 0 of the gradient made dS/dv0 NaN on every path)
+    gap = (beta - c.a_coef).clamp_min(torch.finfo(beta.dtype).tiny)
     return v_next, (1.0 - one_minus_p + beta * one_minus_p / gap).log(), beta > c.a_coef
 
 

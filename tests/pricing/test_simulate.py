@@ -11,6 +11,7 @@ import torch
 
 from pricing import black_scholes, monte_carlo, payoffs, simulate
 from pricing._mc_random import brownian_bridge
+from pricing._simulate_steps import HestonStep
 from pricing.analytic_exotics import geometric_asian_price
 
 K_SE = 4.0  # moment checks: |estimate - exact| <= K_SE standard errors
@@ -583,3 +584,69 @@ def test_heston_qe_float32_finite_where_one_minus_p_is_below_epsilon() -> None:
     mean32, mean64 = paths.variance[:, -1].double().mean(), wide.variance[:, -1].mean()
     se = (paths.variance[:, -1].double().var() / 20000 + wide.variance[:, -1].var() / 20000).sqrt()
     assert abs(mean32 - mean64) < k * se + 1e-12
+
+
+def test_qe_step_constants_keep_their_digits_as_kappa_dt_vanishes() -> None:
+    # 1 - exp(-kappa dt) lost its digits as kappa dt fell (the variance of v' 2% off at 2.5e-15)
+    # and was 0 from 1.1e-16; expm1 keeps the limits theta kappa dt and sigma^2 dt of the
+    # conditional mean's constant term and of the variance coefficient
+    for kappa in (1e-14, 1e-17):
+        c = HestonStep.build(0.25, kappa=kappa, theta=0.06, sigma=0.5, rho=-0.7, drift=0.0)
+        torch.testing.assert_close(c.s2_v, 0.25 * 0.25, rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(c.s2_c, 0.06 * 0.25 * 0.25**2 * kappa / 2, rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(c.theta_term, 0.06 * kappa * 0.25, rtol=1e-12, atol=0.0)
+
+
+def test_heston_qe_with_a_vanishing_kappa_keeps_the_driftless_cir_moments() -> None:
+    # kappa dt = 2.5e-18: 1 - exp(-kappa dt) was 0, the conditional variance of v' too, and
+    # every path NaN. As kappa -> 0 the variance is a martingale with Var v_t = v0 sigma^2 t.
+    n, v0, sigma = 100_000, 0.04, 0.3
+    params = {**HESTON, "v0": v0, "kappa": 1e-17, "sigma": sigma}
+    h = simulate.heston(n, 4, **params, generator=_gen(15))
+    assert bool(torch.isfinite(h.spot).all() and torch.isfinite(h.variance).all())
+    times = simulate.time_grid(4, HESTON["maturity"])[1:]
+    v = h.variance[:, 1:]  # (N, T)
+    se_mean = v.std(dim=0) / math.sqrt(n)
+    assert bool(((v.mean(dim=0) - v0).abs() <= K_SE * se_mean).all())
+    centred = v - v.mean(dim=0)
+    se_var = ((centred**4).mean(dim=0) - v.var(dim=0) ** 2).sqrt() / math.sqrt(n)
+    assert bool(((v.var(dim=0) - v0 * sigma**2 * times).abs() <= K_SE * se_var).all())
+    growth = math.exp((HESTON["rate"] - HESTON["dividend"]) * HESTON["maturity"])
+    terminal = h.spot[:, -1]
+    assert abs(terminal.mean() - HESTON["spot"] * growth) <= K_SE * terminal.std() / math.sqrt(n)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"kappa": 1.5, "theta": 0.04, "sigma": 1.0, "rho": -0.7, "maturity": 1.0},  # v = v' = 0
+        {"kappa": 5.0, "theta": 0.04, "sigma": 2.0, "rho": 0.9, "maturity": 10.0},  # A >= beta
+    ],
+    ids=["zero_variance", "no_martingale_correction"],
+)
+def test_heston_qe_float32_pathwise_v0_derivative_is_finite_and_matches_float64(
+    params: dict,
+) -> None:
+    # floors of 1e-300 (under sqrt, and under the exponential branch's beta - A) were 0 in
+    # float32: 3,745 of 4,096 dS_T/dv0 were NaN in the first case, all of them in the second
+    def derivative(dtype: torch.dtype) -> torch.Tensor:
+        v0 = torch.full((4096,), 0.04, dtype=dtype, requires_grad=True)
+        h = simulate.heston(4096, 20 if params["maturity"] == 1.0 else 2, spot=100.0, v0=v0,
+                            **params, dtype=dtype, generator=_gen(16))  # fmt: skip
+        return torch.autograd.grad(h.spot[:, -1].sum(), v0)[0]
+
+    narrow, wide = derivative(torch.float32), derivative(torch.float64)
+    assert bool(torch.isfinite(narrow).all())
+    # the same normals; float32 rounding flips a few QE branches, so compare the means
+    torch.testing.assert_close(narrow.double().mean(), wide.mean(), rtol=1e-2, atol=0.0)
+
+
+def test_gbm_with_a_graph_returns_the_requested_dtype() -> None:
+    # a float64 spot that requires grad promoted the float32 paths of the autograd path to float64
+    spot = torch.full((8,), 100.0, dtype=torch.float64, requires_grad=True)
+    paths = simulate.gbm(8, 3, **{**GBM, "spot": spot}, dtype=torch.float32, generator=_gen())
+    plain = simulate.gbm(8, 3, **GBM, dtype=torch.float32, generator=_gen())
+    assert paths.dtype == torch.float32
+    torch.testing.assert_close(paths.detach(), plain, rtol=1e-6, atol=0.0)
+    (grad,) = torch.autograd.grad(paths[:, -1].sum(), spot)
+    torch.testing.assert_close(grad, plain[:, -1].double() / 100.0, rtol=1e-6, atol=0.0)
