@@ -34,8 +34,8 @@ Custom forward
     ``nn.Module`` with parameters, they are moved with the model and trained too.
 
 Runs (``config.run_dir``)
-    ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, val_loss,
-    val_<metric>..., lr, seconds``); TensorBoard events (per step: ``train/loss``,
+    ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, lr, val_loss,
+    val_<metric>..., seconds``); TensorBoard events (per step: ``train/loss``,
     ``train/grad_norm``, ``lr``; per epoch, at its last global step: every column of
     ``metrics.csv``); ``checkpoints/last.pt`` (every epoch, every
     ``checkpoint_every_n_steps`` and where a callback's stop ends training mid-epoch),
@@ -57,7 +57,9 @@ Steps
 Resume
     ``trainer.fit(train, val, resume=True)`` continues from ``run_dir/checkpoints/last.pt``
     (or from ``last.pt`` in the ``dirpath`` of a given ``ModelCheckpoint``; starting fresh when
-    it does not exist); ``fit(..., ckpt_path=path)`` from a given file.
+    it does not exist); ``fit(..., ckpt_path=path)`` from a given file. A new run (``fit``
+    without a checkpoint to resume) removes the ``last.pt``, ``best.pt`` and ``epoch_XXXX.pt``
+    of the run it replaces in that folder when it starts, so a resume never continues that run.
     Checkpoints hold the model, optimizer, scheduler, GradScaler, callback states, loop position
     (epoch, batch within the epoch, global step), history and every RNG state. They are written
     atomically and read with ``torch.load(weights_only=True)``; a truncated, corrupted or
