@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pricing._validation import json_safe
 from pricing.quotes import read_quotes
 from qfnet._paths import data_dir
 from qfnet.calibration_notes import calibration_notes
 from qfnet.price_rows import price_table
+from qfnet.training.checkpoint import write_text_atomically
 
 __all__ = ["DAX_SURFACE", "DemoSettings", "otm_surface", "run_demo", "sabr_beyond_hagan"]
 
@@ -191,7 +193,8 @@ def _sabr_lines(out: Path, settings: DemoSettings, seed: int) -> list[str]:
     from pricing.datasets import SABR_PDE_DOMAIN
 
     errors = sabr_beyond_hagan(settings.sabr_points, seed)
-    (out / "sabr_beyond_hagan.json").write_text(json.dumps(errors, indent=2) + "\n")
+    write_text_atomically(json.dumps(json_safe(errors), indent=2, allow_nan=False) + "\n",
+                          out / "sabr_beyond_hagan.json")  # fmt: skip
     low, high = SABR_PDE_DOMAIN.maturity
     return [
         "### SABR beyond Hagan",
@@ -239,7 +242,8 @@ def _calibration_stage(out: Path, seed: int) -> tuple[list[str], dict[str, float
     model = f"sabr (beta={', '.join(f'{b:g}' for b in betas)}, per expiry)"
     rows.append(_calibration_row(model, "direct", sabr, sabr.converged))
     best = results["direct"]  # the direct Heston method is always registered
-    (out / "calibration_heston.json").write_text(json.dumps(best.to_dict(), indent=2))
+    write_text_atomically(json.dumps(json_safe(best.to_dict()), indent=2, allow_nan=False) + "\n",
+                          out / "calibration_heston.json")  # fmt: skip
     plot_smiles(best, out / "smiles_heston.png")
     plot_smiles(sabr, out / "smiles_sabr.png")
     params = ", ".join(f"{k}={v:.4f}" for k, v in best.params.items())
