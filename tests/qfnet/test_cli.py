@@ -212,16 +212,21 @@ def test_price_params_pretty_json_inline_or_in_a_file(bs_quotes, tmp_path, sourc
     np.testing.assert_allclose(vols, 0.2, rtol=1e-10, atol=0)
 
 
-def test_price_leaves_out_a_default_rate_the_given_discount_overrides(tmp_path):
-    # rate=0.0 was written beside discount=0.95, which the price used
-    quotes = tmp_path / "q.csv"
-    quotes.write_text("option_type,strike,maturity,forward,discount\ncall,100,1.0,100,0.95\n")
-    out = tmp_path / "out.csv"
+def _price_bs_file(tmp_path, text: str) -> tuple:
+    """``qfnet price --model bs`` (vol 0.2) of a CSV ``text``: the result and the table written."""
+    quotes, out = tmp_path / "q.csv", tmp_path / "out.csv"
+    quotes.write_text(text)
     args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(out), "--params",
             json.dumps({"volatility": 0.2})]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    written = pd.read_csv(out)
+    return result, pd.read_csv(out)
+
+
+def test_price_leaves_out_a_default_rate_the_given_discount_overrides(tmp_path):
+    # rate=0.0 was written beside discount=0.95, which the price used
+    text = "option_type,strike,maturity,forward,discount\ncall,100,1.0,100,0.95\n"
+    result, written = _price_bs_file(tmp_path, text)
     assert "rate" not in written and "dividend" not in written
     assert written["discount"].tolist() == [0.95]
     assert "priced 1 option " in result.output
@@ -229,15 +234,8 @@ def test_price_leaves_out_a_default_rate_the_given_discount_overrides(tmp_path):
 
 def test_price_keeps_a_default_rate_that_rows_without_a_discount_used(tmp_path):
     # the rate 0 a row without a discount was priced with was left out of OUT, without a word
-    quotes = tmp_path / "q.csv"
-    quotes.write_text("option_type,strike,maturity,spot,discount\n"
-                      "call,100,1.0,100,0.95\ncall,100,1.0,100,\n")  # fmt: skip
-    out = tmp_path / "out.csv"
-    args = ["price", "--model", "bs", "--quotes", str(quotes), "--out", str(out), "--params",
-            json.dumps({"volatility": 0.2})]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    written = pd.read_csv(out)
+    text = "option_type,strike,maturity,spot,discount\ncall,100,1.0,100,0.95\ncall,100,1.0,100,\n"
+    result, written = _price_bs_file(tmp_path, text)
     assert written["rate"].tolist() == [0.0, 0.0]
     assert "note: 1 row without a discount took rate 0 (the file has no rate column)" in (
         result.output
