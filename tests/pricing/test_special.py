@@ -73,3 +73,10 @@ def test_piecewise_keeps_the_shape(shape: tuple[int, ...]) -> None:
     x = torch.linspace(-1.0, 1.0, math.prod(shape)).reshape(shape)
     y = piecewise((x > 0).long(), (torch.neg, torch.exp), x)
     torch.testing.assert_close(y, torch.where(x > 0, torch.exp(x), -x), rtol=0.0, atol=0.0)
+
+
+def test_piecewise_refuses_a_code_without_a_formula() -> None:
+    # the elements of such a code were left as uninitialised memory in the output
+    x = torch.tensor([1.0, 4.0])
+    with pytest.raises(ValueError, match="code 2 has no formula"):
+        piecewise(torch.tensor([0, 2]), (torch.neg, torch.sqrt), x)
