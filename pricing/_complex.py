@@ -43,10 +43,12 @@ def cinv(a: Cx) -> Cx:
 
 
 def csqrt(a: Cx) -> Cx:
-    """Principal square root (real part >= 0) without cancellation; ``a`` must be nonzero."""
+    """Principal square root (real part >= 0) without cancellation; 0 at ``a = 0`` (whose
+    gradient is not finite)."""
     modulus = torch.hypot(a[0], a[1])
     root = torch.sqrt(0.5 * (modulus + a[0].abs()))
-    other = 0.5 * a[1] / root
+    # root is 0 only at a = 0 (else at least ~1e-162 in float64), where 0 / 0 made the part NaN
+    other = 0.5 * a[1] / root.clamp_min(torch.finfo(root.dtype).tiny)
     sign = torch.where(a[1] < 0, -1.0, 1.0).to(root.dtype)
     nonneg = a[0] >= 0
     return torch.where(nonneg, root, other * sign), torch.where(nonneg, other, root * sign)

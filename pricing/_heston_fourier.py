@@ -139,8 +139,10 @@ def _beta_minus_d(beta: Cx, d: Cx, zz: Cx, sigma2: torch.Tensor) -> Cx:
 
 
 def _half_expm1_ratio(d: Cx, maturity: torch.Tensor) -> Cx:
-    """``(exp(-d T) - 1) / (2 d)``; a 1e-300 nudge of ``Re d`` gives the limit ``-T / 2`` at ``d = 0``."""
-    safe = (d[0] + 1e-300, d[1])
+    """``(exp(-d T) - 1) / (2 d)``; a nudge of ``Re d`` by the fourth root of the dtype's smallest
+    normal number gives the limit ``-T / 2`` at ``d = 0`` (1e-300 did not: :func:`cdiv` squares
+    the divisor's modulus, 4e-600 was 0 and the ratio NaN)."""
+    safe = (d[0] + torch.finfo(d[0].dtype).tiny ** 0.25, d[1])
     return cdiv(cexpm1(cscale(safe, -maturity)), cscale(safe, 2.0))
 
 
@@ -155,7 +157,11 @@ def moment_explosion_time(
     beta = kappa - rho * sigma * p
     d2 = beta * beta - sigma * sigma * p * (p - 1.0)
     root = torch.sqrt(d2.abs()).clamp_min(1e-300)
-    real_case = torch.log((-beta + root) / (-beta - root).clamp_min(1e-300)) / root
+    # ln((-beta + root) / (-beta - root)) / root as 2 atanh(x) / root, x = root / -beta, with the
+    # limit 2 / -beta at d^2 = 0: there the ratio rounded to 1 and the time to 0 (a spurious
+    # "explodes from T = 0" warning of the Monte Carlo pricers)
+    x = root / -beta
+    real_case = 2.0 / -beta * torch.where(x > 0, torch.atanh(x) / x, 1.0)
     real_case = torch.where(beta < 0, real_case, torch.full_like(beta, math.inf))
     complex_case = 2.0 / root * (0.5 * math.pi + torch.atan(beta / root))
     finite_always = p * (p - 1.0) <= 0

@@ -149,7 +149,10 @@ def _damped_step(hessian, gradient, damping, free, peak) -> torch.Tensor:
     with ``D = max(diag(A), c peak)``: ``peak`` ``(B, P)`` is the largest ``diag(A)`` each parameter
     has had, ``c`` :data:`_SCALE_MEMORY`."""
     diag = torch.maximum(torch.diagonal(hessian, dim1=-2, dim2=-1), _SCALE_MEMORY * peak)
-    scale = torch.clamp(diag, min=1e-12 * diag.amax(-1, keepdim=True).clamp(min=1e-300))
+    # floored after the product, at the dtype's smallest normal number: 1e-12 * max(amax, 1e-300)
+    # was 0 in float32 where amax was below ~1e-33 (J all 0, at a flat start): a singular solve
+    floor = (1e-12 * diag.amax(-1, keepdim=True)).clamp(min=torch.finfo(diag.dtype).tiny)
+    scale = torch.maximum(diag, floor)
     mask = free.to(hessian.dtype)
     a = hessian * mask.unsqueeze(-1) * mask.unsqueeze(-2)
     a = a + torch.diag_embed(damping.unsqueeze(-1) * scale * mask + (1 - mask))

@@ -510,6 +510,20 @@ def test_characteristic_function_is_a_martingale_cf_and_matches_original_heston_
     np.testing.assert_allclose(phi[2:].numpy(), expected, rtol=1e-12, atol=1e-14)
 
 
+def test_characteristic_function_is_finite_where_d_vanishes():
+    # At u = -2i, d^2 = (kappa - 2 rho sigma)^2 - 2 sigma^2 is exactly 0 for these parameters: the
+    # 1e-300 nudge of d in (exp(-d T) - 1) / (2 d) was squared to 0 in the complex division, and
+    # csqrt(0) was 0 / 0, so E[(S_T / F)^2] came out NaN instead of its limit (continuous in kappa)
+    sigma, rho = 0.6, 0.9
+    kappa = 2.0 * rho * sigma - sigma * math.sqrt(2.0)
+    assert (kappa - 2.0 * rho * sigma) ** 2 - 2.0 * sigma**2 == 0.0
+    kwargs = dict(maturity=1.0, v0=0.04, theta=0.04, sigma=sigma, rho=rho)
+    u = torch.tensor([-2j], dtype=torch.complex128)
+    at_zero = heston.characteristic_function(u, kappa=kappa, **kwargs)
+    nearby = heston.characteristic_function(u, kappa=kappa * (1.0 + 1e-12), **kwargs)
+    torch.testing.assert_close(at_zero, nearby, rtol=1e-9, atol=0.0)
+
+
 @pytest.mark.parametrize(
     "field, value",
     [

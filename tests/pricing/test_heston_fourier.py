@@ -84,6 +84,22 @@ def test_log_moment_is_infinite_just_past_the_explosion_margin(branch, box):
         assert bool((torch.isfinite(value)[explodes] == finite).all()), factor
 
 
+def test_moment_explosion_time_where_d_vanishes_is_its_limit():
+    # d^2 = beta^2 - 2 sigma^2 is exactly 0 at p = 2 here (beta < 0): the time is the limit
+    # 2 / -beta of both branches; ln((-beta + 1e-300) / (-beta - 1e-300)) / 1e-300 rounded to 0
+    sigma = torch.tensor([0.6, 0.3, 0.65], dtype=torch.float64)
+    rho = torch.tensor([0.9, 0.9, 0.85], dtype=torch.float64)
+    p = torch.tensor(2.0, dtype=torch.float64)
+    kappa = 2.0 * rho * sigma - sigma * math.sqrt(2.0)
+    beta = kappa - rho * sigma * p
+    assert bool((beta * beta - sigma * sigma * p * (p - 1.0) == 0.0).all())
+    got = fourier.moment_explosion_time(p, kappa, sigma, rho)
+    torch.testing.assert_close(got, 2.0 / -beta, rtol=1e-12, atol=0.0)
+    for nudge in (1.0 - 1e-9, 1.0 + 1e-9):  # either side: d^2 > 0, then d^2 < 0
+        near = fourier.moment_explosion_time(p, kappa, sigma * nudge, rho)
+        torch.testing.assert_close(near, got, rtol=1e-6, atol=0.0)
+
+
 def _priced_inputs(
     n: int, seed: int
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], fourier.Contour]:

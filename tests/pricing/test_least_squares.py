@@ -106,6 +106,24 @@ def test_a_minimum_outside_the_box_stops_on_the_bound() -> None:
     assert bool(result.converged[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_a_start_on_a_flat_stretch_stays_put_in_either_dtype(dtype: torch.dtype) -> None:
+    # Problem 0 starts where the hinge is flat (a zero Jacobian): its damping scale, floored at
+    # 1e-12 * max(amax, 1e-300), was 0 in float32 and the batch's solve failed on a singular
+    # matrix; float64 converged at once. Problem 1 finds the hinge's minimum, p = 1 + mean(t).
+    t = torch.linspace(0.0, 1.0, 5, dtype=dtype)
+
+    def residual(p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.relu(p[..., 0] - 1.0) - t
+
+    x0 = torch.tensor([[0.0], [3.0]], dtype=dtype)
+    result = levenberg_marquardt(elementwise_jacobian(residual, 5), x0, lower=torch.tensor(-5.0),
+                                 upper=torch.tensor(5.0))  # fmt: skip
+    expected = torch.tensor([[0.0], [1.5]], dtype=dtype)
+    torch.testing.assert_close(result.x, expected, rtol=0, atol=1e-6)
+    assert result.converged.tolist() == [True, True]
+
+
 def test_a_vanished_column_does_not_throw_its_parameter_across_the_box() -> None:
     # One exact Heston smile (T = 0.5, K/F 0.8..1.2) fitted as calibration does, from QuantLib's
     # start: the first step clips kappa to its bound 1e-3, where theta's diagonal of J^T J falls

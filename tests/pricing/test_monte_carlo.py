@@ -789,6 +789,23 @@ def test_heston_calls_past_the_second_moments_explosion_warn(maturity, is_call, 
         assert "from T = 0.9934 years" in messages[0]
 
 
+def test_heston_call_warns_of_no_explosion_where_the_moments_d_vanishes():
+    # kappa = 2 rho sigma - sqrt(2) sigma makes d^2 of E[S_T^2] exactly 0: its explosion time,
+    # 2.357 years, came out 0 and a half-year call warned "infinite from T = 0 years"
+    sigma, rho = 0.6, 0.9
+    kappa = 2.0 * rho * sigma - sigma * math.sqrt(2.0)
+    args = dict(spot=100.0, strike=100.0, v0=0.04, kappa=kappa, theta=0.04, sigma=sigma, rho=rho,
+                n_paths=256, n_steps=4, generator=_gen(0))  # fmt: skip
+    for maturity, warns in ((0.5, False), (2.5, True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            monte_carlo.heston_european(maturity=maturity, **args)
+        messages = [str(w.message) for w in caught if "E[S_T^2] is infinite" in str(w.message)]
+        assert bool(messages) == warns, messages
+        if warns:
+            assert "from T = 2.357 years" in messages[0]
+
+
 @pytest.mark.parametrize(
     ("kappa", "sigma", "rho"),
     [(1.0, 1.92, 0.45), (0.5, 1.5, 0.7), (1.0, 2.0, 0.9), (1.0, 1.0, 0.5), (1.0, 2.0, -0.3),
