@@ -81,21 +81,24 @@ def _call_prices(k: np.ndarray, w: np.ndarray) -> np.ndarray:
     return price.numpy()
 
 
-def _price_floor(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """The least price at ``at`` of any smile through the nodes ``(x, y)`` (strikes sorted, call
-    prices) that is convex and decreasing in strike: the nearest node to the right and the chords
-    beside the one holding ``at``, extended; capped by that chord, above a convex smile."""
+def _price_floor(x: np.ndarray, low: np.ndarray, high: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The least price at ``at`` of any smile that is convex and decreasing in strike and passes
+    between ``low`` and ``high`` at the nodes ``x`` (strikes sorted and distinct, call prices):
+    the nearest node's ``low`` to the right, and the chords beside the one holding ``at``
+    extended, from their near node's ``low`` through their far node's ``high`` (a far node
+    dearer than its bid makes the chord steeper, and its extension lower); capped by the chord
+    of ``low``, above a convex smile."""
     n = len(x)
     last = np.searchsorted(x, at, side="right") - 1  # the last node at or left of `at`
     first = np.searchsorted(x, at, side="left")  # the first node at or right of `at`
-    floor = np.where(first < n, y[np.minimum(first, n - 1)], 0.0)
+    floor = np.where(first < n, low[np.minimum(first, n - 1)], 0.0)
     i = np.clip(last, 0, max(n - 2, 0))
-    for a in (i - 1, i + 1):  # chords (a, a + 1)
-        ok = (a >= 0) & (a + 1 < n)
-        a0, a1 = np.clip(a, 0, n - 1), np.clip(a + 1, 0, n - 1)
-        slope = (y[a1] - y[a0]) / np.where(ok, x[a1] - x[a0], 1.0)
-        floor = np.maximum(floor, np.where(ok, y[a0] + slope * (at - x[a0]), -np.inf))
-    return np.minimum(floor, np.interp(at, x, y))
+    for far, near in ((i - 1, i), (i + 2, i + 1)):  # chords (i - 1, i) and (i + 1, i + 2)
+        ok = (np.minimum(far, near) >= 0) & (np.maximum(far, near) < n)
+        f, m = np.clip(far, 0, n - 1), np.clip(near, 0, n - 1)
+        slope = (low[m] - high[f]) / np.where(ok, x[m] - x[f], 1.0)
+        floor = np.maximum(floor, np.where(ok, low[m] + slope * (at - x[m]), -np.inf))
+    return np.minimum(floor, np.interp(at, x, low))
 
 
 def _check_columns(**columns: np.ndarray) -> None:
@@ -212,19 +215,36 @@ def strike_violations(
     return drop
 
 
+def _smile_nodes(k: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple:
+    """One node per distinct ``k`` (sorted) with the total variance bounds of its quotes: the
+    greatest ``low`` and least ``high`` of a call and a put at one strike (both bound the one
+    smile; two nodes at one ``k`` divided by zero in the chords, and the smile between them
+    flagged clean later quotes)."""
+    nodes, index = np.unique(k, return_inverse=True)
+    least, greatest = np.full(len(nodes), -np.inf), np.full(len(nodes), np.inf)
+    np.maximum.at(least, index, low)
+    np.minimum.at(greatest, index, high)
+    return nodes, least, np.maximum(greatest, least)
+
+
 def _below_smile(
-    smile: tuple[np.ndarray, np.ndarray], k: np.ndarray, w: np.ndarray, rtol: float, atol: float
+    smile: tuple[np.ndarray, np.ndarray, np.ndarray],
+    k: np.ndarray,
+    w: np.ndarray,
+    rtol: float,
+    atol: float,
 ) -> np.ndarray:
-    """Which quotes ``(k, w)`` inside the strike range of an earlier ``smile`` (sorted ``k`` and
-    its ``w``) lie below every arbitrage-free smile through it, by more than ``rtol`` in total
-    variance and ``atol`` in price on a unit forward."""
-    pk, pw = smile
+    """Which quotes ``(k, w)`` inside the strike range of an earlier ``smile`` (from
+    :func:`_smile_nodes`: distinct sorted ``k`` and the least and greatest ``w`` there) lie below
+    every arbitrage-free smile within its bounds, by more than ``rtol`` in total variance and
+    ``atol`` in price on a unit forward."""
+    pk, low, high = smile
     # Compare call prices (increasing in w at fixed k) with the least price of any arbitrage-free
     # smile through the earlier quotes: between strikes, linear interpolation of w overstates a
     # convex smile and flagged clean surfaces. Calls on both sides of the money (puts by parity):
     # floors from out-of-the-money prices of one side missed the quotes between the last put and
     # the first call strike.
-    floor = _price_floor(np.exp(pk), _call_prices(pk, pw), np.exp(k))
+    floor = _price_floor(np.exp(pk), _call_prices(pk, low), _call_prices(pk, high), np.exp(k))
     below = _call_prices(k, w / (1 - rtol)) < floor - atol
     return below & (k >= pk[0]) & (k <= pk[-1])
 
@@ -253,8 +273,9 @@ def calendar_violations(
     quoted over a narrow range hid the wings of the one before it), its undiscounted Black call
     price on a unit forward is below that of every arbitrage-free smile through those quotes by
     more than ``atol``, with total variance relaxed by ``rtol``. With bid and ask variances, the
-    earlier quotes are taken at their bid and the later one at its ask: only a calendar spread
-    the bid/ask cannot explain is a violation.
+    earlier smile may pass anywhere between its quotes' bids and asks (a call and a put at one
+    ``k``: between the greater bid and the lesser ask) and the later quote is taken at its ask:
+    only a calendar spread the bid/ask cannot explain is a violation.
 
     Args:
         maturity: year fractions, shape ``(N,)``.
@@ -297,6 +318,5 @@ def calendar_violations(
             drop[rows] |= _below_smile(smile, k[rows], high[rows], rtol, atol)
         kept = rows[~drop[rows]]
         if len(kept):
-            order = np.argsort(k[kept])
-            earlier.append((k[kept][order], low[kept][order]))
+            earlier.append(_smile_nodes(k[kept], low[kept], high[kept]))
     return drop

@@ -580,12 +580,19 @@ def _strike_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
 
 def _calendar_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
     """Calendar violations of the quotes' total variances, their bid and ask vols as bounds (a
-    missing or unreadable bid or ask vol: the market vol)."""
+    missing bid or ask, or an unreadable ask: the market vol; a bid at or below its price's
+    lower bound, with no vol: 0)."""
     shift = shifts(frame)
+    columns = {"bid": "bid_iv", "ask": "ask_iv", "mid": "market_iv"}
+    vols = {name: frame[column] for name, column in columns.items() if column in frame}
+    if "bid" in vols and "bid" in frame:
+        # an in-the-money bid below intrinsic bounds the smile by nothing; the mid's vol in its
+        # place (mostly spread on a wide quote) raised the earlier smile: 13 clean later quotes
+        # of a Heston surface with both sides kept were removed
+        vols["bid"] = vols["bid"].mask(frame["bid"].notna() & vols["bid"].isna(), 0.0)
     variance = {
-        name: (frame[column].fillna(frame["market_iv"]) ** 2 * frame["maturity"]).to_numpy(float)
-        for name, column in (("bid", "bid_iv"), ("ask", "ask_iv"), ("mid", "market_iv"))
-        if column in frame
+        name: (vol.fillna(frame["market_iv"]) ** 2 * frame["maturity"]).to_numpy(float)
+        for name, vol in vols.items()
     }
     return calendar_violations(
         maturity=frame["maturity"].to_numpy(float),
@@ -596,6 +603,23 @@ def _calendar_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
         total_variance_bid=variance.get("bid"),
         total_variance_ask=variance.get("ask"),
     )
+
+
+def _arbitrage_filters(frame: pd.DataFrame, tolerance: float, report: CleaningReport):
+    """The strike then the calendar check, and the strike check again after every calendar
+    removal until neither removes a quote: a quote the calendar check removed could be what kept
+    its neighbours' call spread within their bid/asks (95 ask 6.05, 105 bid 6.07 beside a 100
+    below the earlier smile), and the cleaned table failed its own strike check."""
+    frame = _drop(frame, _strike_arbitrage(frame, tolerance), "strike_arbitrage", report)
+    while True:
+        calendar = _calendar_arbitrage(frame, tolerance)
+        frame = _drop(frame, calendar, "calendar_arbitrage", report)
+        if not calendar.any():
+            return frame
+        strike = _strike_arbitrage(frame, tolerance)
+        if not strike.any():
+            return frame
+        frame = _drop(frame, strike, "strike_arbitrage", report)
 
 
 def _check_settings(maturity_range, moneyness_range, n_pairs: int, tolerance: float) -> None:
@@ -631,9 +655,10 @@ def clean_quotes(
     narrowest bid/ask stays); strike/forward outside ``moneyness_range``; no implied vol (price
     outside the no-arbitrage bounds); in-the-money quotes whose out-of-the-money counterpart exists,
     or whose bid is below intrinsic (``otm_only``); quotes breaking monotonicity or convexity of
-    call prices in strike; quotes below an earlier expiry's total variance (calendar). The
-    arbitrage checks read mid prices and vols but count a violation only beyond what moving the
-    prices within their bid/ask can absorb (see :func:`pricing.quote_arbitrage.strike_violations`
+    call prices in strike; quotes below an earlier expiry's total variance (calendar; then the
+    strike check again, until neither removes a quote). The arbitrage checks read mid prices
+    and vols but count a violation only beyond what moving the prices within their bid/ask can
+    absorb (see :func:`pricing.quote_arbitrage.strike_violations`
     for which quote of a violation goes). Forwards come from parity on the quotes that pass the
     first filters (see :func:`parity_forwards`). A table is one day's quotes: a ``quote_date``
     column with two dates is an error (:func:`pricing.quotes.check_one_quote_date`).
@@ -689,8 +714,7 @@ def clean_quotes(
     if otm_only:
         frame = _drop(frame, _otm_duplicates(frame), "in_the_money", report)
     if arbitrage:
-        frame = _drop(frame, _strike_arbitrage(frame, tolerance), "strike_arbitrage", report)
-        frame = _drop(frame, _calendar_arbitrage(frame, tolerance), "calendar_arbitrage", report)
+        frame = _arbitrage_filters(frame, tolerance, report)
     report.n_kept = len(frame)
     frame = frame.sort_values(["maturity", "strike"], kind="stable")
     return frame.reset_index(drop=True), report

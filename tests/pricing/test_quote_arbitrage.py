@@ -144,3 +144,38 @@ def test_bid_ask_inputs_are_checked_and_named() -> None:
         calendar_violations(maturity=np.array([0.5, 1.0]), log_moneyness=np.zeros(2),
                             total_variance=np.full(2, 0.02),
                             total_variance_ask=np.array([0.02, np.nan]))  # fmt: skip
+
+
+def test_calendar_check_of_a_call_and_a_put_at_each_earlier_strike_flags_no_clean_quote() -> None:
+    # Both sides kept: the earlier smile had two nodes at each k, the chord between them divided
+    # by zero and the smile fell back to linear interpolation, which overstates a coarse convex
+    # smile: 27 of 41 later quotes with 2% more total variance everywhere were removed.
+    coarse, fine = np.linspace(-0.4, 0.4, 5), np.linspace(-0.4, 0.4, 41)
+    maturity = np.concatenate([np.full(10, 1.0), np.full(41, 1.02)])
+    k = np.concatenate([coarse, coarse, fine])
+    earlier = _smile_variance(coarse, 1.0)
+    for call, put in ((1.0, 1.0001), (1.0001, 1.0)):  # vols a hair apart, either way round
+        w = np.concatenate([call * earlier, put * earlier, _smile_variance(fine, 1.02)])
+        assert not calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w).any()
+    w[10 + 25] = 0.5 * _smile_variance(fine[25:26], 1.0)[0]  # a planted one still goes
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
+    assert np.flatnonzero(drop).tolist() == [10 + 25]
+
+
+def test_calendar_floor_between_earlier_strikes_reads_a_wide_quote_at_its_ask() -> None:
+    # The chords beside a later quote were extended from two earlier bids: a wide earlier quote
+    # (ATM bid vol 15.5%, ask 23.7%) made the chord from it too flat, its extension 6% above the
+    # earlier smile itself, and a quote a day later on the same smile (more total variance) went.
+    t1, t2 = 0.25, 0.25 + 1 / 365
+    k = np.concatenate([np.linspace(-0.15, 0.1, 6), [0.07]])
+    maturity = np.concatenate([np.full(6, t1), [t2]])
+    w = _smile_variance(k, maturity)
+    bid, ask = w.copy(), w.copy()
+    bid[3], ask[3] = 0.6 * w[3], 1.4 * w[3]  # k = 0
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w,
+                               total_variance_bid=bid, total_variance_ask=ask)  # fmt: skip
+    assert not drop.any()
+    w[-1] *= 0.8  # 20% below the earlier smile: still removed
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w,
+                               total_variance_bid=np.minimum(bid, w), total_variance_ask=w)  # fmt: skip
+    assert drop.tolist() == [False] * 6 + [True]

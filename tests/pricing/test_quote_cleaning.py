@@ -637,3 +637,61 @@ def test_clean_quotes_of_a_path_reads_ambiguous_dates_as_dayfirst_says(tmp_path:
     for dayfirst, days in ((True, 154), (False, 66)):
         clean, _ = clean_quotes(path, dayfirst=dayfirst)
         np.testing.assert_allclose(clean["maturity"], days / 365, rtol=1e-12)
+
+
+def _both_sides_chain(maturity: float, strikes: np.ndarray, forward: float) -> pd.DataFrame:
+    """Calls (bid/ask 0.02 wide) and puts (0.04 wide) around exact Black prices of a curved
+    smile (0.2 - 0.1 k + 0.5 k^2), discount 0.97."""
+    k = np.log(strikes / forward)
+    vol = torch.tensor(0.2 - 0.1 * k + 0.5 * k**2)
+    rows = []
+    for option_type, half in (("call", 0.01), ("put", 0.02)):
+        price = black_price(forward=forward, strike=torch.tensor(strikes), maturity=maturity,
+                            volatility=vol, discount=0.97,
+                            is_call=option_type == "call").numpy()  # fmt: skip
+        rows.append(pd.DataFrame({"option_type": option_type, "strike": strikes,
+                                  "bid": price - half, "ask": price + half}))  # fmt: skip
+    return pd.concat(rows).assign(maturity=maturity, forward=forward, discount=0.97)
+
+
+def test_calendar_check_with_both_sides_kept_removes_no_clean_quote() -> None:
+    # A call and a put at each coarse 1y strike (their bid vols a little apart) made two smile
+    # nodes at one k: 30 of 50 clean quotes 1.02y out were removed as calendar arbitrage.
+    table = pd.concat([_both_sides_chain(1.0, np.arange(70.0, 131.0, 15.0), 100.0),
+                       _both_sides_chain(1.02, np.arange(70.0, 131.0, 2.5), 100.5)])  # fmt: skip
+    _, report = clean_quotes(table, otm_only=False)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
+
+
+def test_in_the_money_bids_below_intrinsic_leave_the_calendar_check_alone() -> None:
+    # Wide in-the-money quotes (bid below intrinsic, mid 0.3 above the price): the unreadable
+    # bid's vol was taken as the mid's, which held later expiries to a smile 0.3 too dear and
+    # removed 13 clean quotes.
+    table = _heston_surface(tick=0.05, both_sides=True)
+    is_call = table["option_type"] == "call"
+    itm = (is_call & (table["strike"] < table["forward"])) | (
+        ~is_call & (table["strike"] > table["forward"])
+    )
+    intrinsic = table["discount"] * (table["forward"] - table["strike"]).abs()
+    mid = (table["bid"] + table["ask"]) / 2
+    bid = (intrinsic - 0.05).where(itm, table["bid"])
+    table["ask"] = (2 * (mid + 0.3) - bid).where(itm, table["ask"]).round(10)
+    table["bid"] = bid.round(10)
+    _, report = clean_quotes(table, otm_only=False)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
+
+
+def test_cleaning_a_cleaned_table_removes_nothing_more() -> None:
+    # The 1y calls 95, 100, 105 rise by 0.06 a strike at mid, within bid/asks 0.1 wide; the
+    # calendar check removed 100 (below the 6m quote) after the strike check, which left 95 (ask
+    # 6.05) beside 105 (bid 6.07): a call spread paid to hold, which cleaning the output removed.
+    table = pd.DataFrame({"strike": [100.0, 90.0, 95.0, 100.0, 105.0],
+                          "maturity": [0.5, 1.0, 1.0, 1.0, 1.0],
+                          "mid": [6.5, 10.5, 6.0, 6.06, 6.12]})  # fmt: skip
+    table = table.assign(bid=table["mid"] - 0.05, ask=table["mid"] + 0.05, option_type="call",
+                         forward=100.0, discount=1.0).drop(columns="mid")  # fmt: skip
+    clean, report = clean_quotes(table)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (1, 1)
+    again, report = clean_quotes(clean.drop(columns="source_row"))
+    assert sum(report.removed.values()) == 0
+    assert len(again) == len(clean) == 3
