@@ -53,8 +53,9 @@ class CleaningReport:
         notes: warnings about what was assumed (e.g. rates taken as 0 for carry forwards).
         forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
             over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``),
-            ``parity_rate_discount`` (pairs whose regression was implausible, discount from
-            ``rate``) or ``carry`` (spot, rate and dividend).
+            ``parity_rate_discount`` (pairs whose regression was implausible, or within noise
+            of the given rate's discount: discount from ``rate``) or ``carry`` (spot, rate and
+            dividend).
 
     Examples:
         >>> print(CleaningReport(5, 3, removed={"crossed": 2, "zero_bid": 0},
@@ -110,6 +111,16 @@ leaves in the slope ``D`` falls like ``tick / (strike range * sqrt(pairs))``, an
 strikes 2.5 apart (a range of 12.5) left a 1y discount 0.005 off on 0.05 ticks, which made deep
 in-the-money puts turned into calls 0.2 too dear; deep in-the-money quotes beyond the band, often
 stale or wide, stay out."""
+
+
+PARITY_RATE_ERRORS = 3.0
+"""Standard errors (:func:`_slope_error`) within which a parity slope ``D`` agrees with the
+discount of a given ``rate`` (or ``discount``): the slope then says nothing beyond noise, and the
+rate's discount is taken (``parity_rate_discount``). 7-day slopes from quotes noisy inside their
+spreads gave D = 0.9938 and 0.983 against 0.9994 (rates of 33% and 91%, inside
+:data:`PARITY_RATES`), and in-the-money quotes turned by parity with them came out up to 0.06 too
+dear (clean quotes removed as arbitrage); a slope further off keeps its own discount (the rate may
+be stale, or miss a repo)."""
 
 
 def _near_pairs(pairs: pd.DataFrame, n_pairs: int) -> pd.DataFrame:
@@ -187,11 +198,12 @@ def _units_error(
 
 
 def _pair_forward(
-    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float
+    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float, rate_given: bool
 ) -> tuple[tuple | None, QuoteError | None]:
     """Forward and discount from call-minus-put prices of one expiry's pairs, or None; and the
     error of a slope that strikes or prices in other units explain (:func:`_units_error`), or
-    None."""
+    None. With ``rate_given`` (``carry_discount`` from a ``rate`` or ``discount`` column, not a
+    defaulted rate of 0), a slope within :data:`PARITY_RATE_ERRORS` of it takes that discount."""
     near = _near_pairs(pairs, n_pairs)
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
     weights, units = _pair_weights(near), None
@@ -199,12 +211,14 @@ def _pair_forward(
         # C - P = D F - D K: a straight line in K with slope -D and intercept D F; weighted least
         # squares (polyfit's w multiplies the residuals: 1 / standard deviation).
         slope, intercept = np.polyfit(strikes, diff, 1, w=weights)
-        discount = -slope
+        discount, error = -slope, _slope_error(strikes, diff, weights)
         low, high = PARITY_RATES
-        if discount > 0 and intercept > 0 and low <= -np.log(discount) / maturity <= high:
-            return (intercept / discount, discount, "parity"), None
-        error = _slope_error(strikes, diff, weights)
+        noise = rate_given and abs(discount - carry_discount) <= PARITY_RATE_ERRORS * error
+        if not noise and discount > 0 and intercept > 0:
+            if low <= -np.log(discount) / maturity <= high:
+                return (intercept / discount, discount, "parity"), None
         units = _units_error(discount, intercept, maturity, carry_discount, error)
+    # the intercept with the slope fixed at -D: weighted least squares of D F = C - P + D K
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
     return ((forward, carry_discount, source) if forward > 0 else None), units
@@ -215,6 +229,7 @@ def _expiry_pairs(
     carry_discount: float,
     n_pairs: int,
     maturity: float,
+    rate_given: bool,
 ) -> tuple[tuple | None, QuoteError | None]:
     """Parity forward and discount of one expiry's quotes, or None without call/put pairs; and
     the units error of :func:`_pair_forward`, or None."""
@@ -234,7 +249,7 @@ def _expiry_pairs(
     pairs = pairs.assign(_shift=float(shifts(group).iloc[0]))
     if not len(pairs):
         return None, None
-    return _pair_forward(pairs, carry_discount, n_pairs, maturity)
+    return _pair_forward(pairs, carry_discount, n_pairs, maturity, rate_given)
 
 
 def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
@@ -245,8 +260,10 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     are fitted by least squares to ``C - P = D (F - K)``, each pair weighted by ``1 / spread``
     (its call's and put's bid/ask spreads in quadrature) where every pair has bid and ask.
     With one pair (``parity_one_pair``), or a fit whose ``D`` implies a rate outside
-    :data:`PARITY_RATES` (``parity_rate_discount``), ``D`` is the expiry's given ``discount``,
-    else ``exp(-r T)``, and ``F`` is the mean of ``K + (C - P) / D`` over the pairs.
+    :data:`PARITY_RATES` or, with a ``rate`` (or ``discount``) column, lies within
+    :data:`PARITY_RATE_ERRORS` standard errors of its discount (``parity_rate_discount``: a short
+    expiry's slope is mostly noise), ``D`` is the expiry's given ``discount``, else ``exp(-r T)``,
+    and ``F`` is the weighted mean of ``K + (C - P) / D`` over the pairs.
     Expiries without pairs use that ``D`` with their given ``forward`` (``given``), else with
     ``F = S exp(-(q + b) T) / D`` (``carry``; ``b`` a ``borrow`` cost, 0 without one).
 
@@ -269,19 +286,21 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     """
     require_columns(quotes, ["strike", "maturity", "rate", "dividend"], "parity forwards")
     check_one_quote_date(quotes)  # a key per maturity pools two days' quotes
+    rate_given = "rate" not in quotes.attrs.get("defaulted", [])  # not read as 0
     quotes = quotes.assign(_mid=_mid(quotes), _key=_expiry_key(quotes))
     rows, units = [], None
     for key, group in quotes.groupby("_key", sort=True):
         t = float(group["maturity"].iloc[0])
         rate, dividend = float(group["rate"].iloc[0]), float(carry_yields(group)[0])
-        discount = np.exp(-rate * t)
+        discount, known = np.exp(-rate * t), rate_given
         if "discount" in group and group["discount"].notna().all():
-            discount = group["discount"].mean()  # a given discount is the expiry's rate
+            # a given discount is the expiry's rate
+            discount, known = group["discount"].mean(), True
         given = {"forward", "discount"} <= set(group.columns)
         if given and group[["forward", "discount"]].notna().all().all():
             result = (group["forward"].mean(), discount, "given")
         else:
-            result, suspect = _expiry_pairs(group, discount, n_pairs, t)
+            result, suspect = _expiry_pairs(group, discount, n_pairs, t, known)
             units = units or suspect  # decided over the file's expiries, below
         if result is None and "forward" in group and group["forward"].notna().all():
             result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate

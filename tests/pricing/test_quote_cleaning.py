@@ -695,3 +695,61 @@ def test_cleaning_a_cleaned_table_removes_nothing_more() -> None:
     again, report = clean_quotes(clean.drop(columns="source_row"))
     assert sum(report.removed.values()) == 0
     assert len(again) == len(clean) == 3
+
+
+def _noisy_heston_pairs(maturities: tuple[float, ...], spread: float, seed: int) -> pd.DataFrame:
+    """Calls and puts at every strike of a Heston surface (S = 100, r = 3%, q = 1%, a ``rate``
+    column) quoted ``spread`` wide with the price uniformly inside: mids off by up to half of
+    it; zero bids left out."""
+    rng = np.random.default_rng(seed)
+    strikes, rows = np.arange(70.0, 132.5, 2.5), []
+    for maturity in maturities:
+        for is_call in (True, False):
+            price = heston.price(strike=torch.tensor(strikes), maturity=maturity, spot=100.0,
+                                 rate=0.03, dividend=0.01, is_call=is_call, dtype=torch.float64,
+                                 **HESTON).numpy()  # fmt: skip
+            below = rng.uniform(size=len(strikes)) * spread
+            rows.append(pd.DataFrame({"option_type": "call" if is_call else "put",
+                                      "strike": strikes, "maturity": maturity,
+                                      "bid": price - below, "ask": price - below + spread}))  # fmt: skip
+    table = pd.concat(rows, ignore_index=True).assign(spot=100.0, rate=0.03, dividend=0.01)
+    return table[table["bid"] > 0].reset_index(drop=True)
+
+
+def test_a_short_expiry_parity_slope_within_noise_of_the_rate_takes_the_rate_discount() -> None:
+    # 7 days of quotes noisy inside a 0.2 spread fit D = 0.983 against 0.9994 (a rate inside
+    # PARITY_RATES): in-the-money quotes turned into out-of-the-money ones by parity with it came
+    # out up to 0.06 off, and 6 clean quotes were removed as strike or calendar arbitrage
+    spread, n_sd = 0.2, 4.0
+    table = _noisy_heston_pairs((7 / 365, 14 / 365, 0.25), spread, seed=0)
+    implied = parity_forwards(read_quotes(table)).set_index("maturity")
+    assert (implied["source"] == "parity_rate_discount").all()
+    maturity = implied.index.to_numpy()
+    np.testing.assert_allclose(implied["discount"], np.exp(-0.03 * maturity), rtol=1e-12, atol=0)
+    for t, forward in implied["forward"].items():
+        near = table[(table["maturity"] == t) & ((table["strike"] / 100.0 - 1).abs() <= 0.2)]
+        n_pairs = int((near.groupby("strike")["option_type"].nunique() == 2).sum())
+        # C - P of two mids uniform within the spread: variance spread^2 / 6
+        atol = n_sd * spread / math.sqrt(6.0 * n_pairs) / math.exp(-0.03 * t)
+        np.testing.assert_allclose(forward, 100.0 * math.exp(0.02 * t), rtol=0, atol=atol)
+    _, report = clean_quotes(table)
+    assert (report.removed["strike_arbitrage"], report.removed["calendar_arbitrage"]) == (0, 0)
+
+
+def test_a_parity_slope_beyond_noise_of_a_stale_rate_keeps_its_own_discount() -> None:
+    # a rate column of 0 where the pairs say 3% over 2 years: the rate is what is wrong
+    table = _chain(104.0, math.exp(-0.06), 2.0, np.arange(70.0, 135.0, 5.0)).assign(rate=0.0)
+    table["bid"], table["ask"] = table["price"] - 0.05, table["price"] + 0.05
+    implied = parity_forwards(read_quotes(table.drop(columns="price")))
+    assert implied["source"].tolist() == ["parity"]
+    np.testing.assert_allclose(implied["discount"], [math.exp(-0.06)], rtol=1e-10, atol=0)
+
+
+def test_a_defaulted_rate_does_not_replace_a_noisy_parity_discount() -> None:
+    # without a rate column the rate of 0 is no information: the slope keeps its discount
+    table = _noisy_heston_pairs((7 / 365,), 0.2, seed=0).drop(columns=["rate", "dividend"])
+    implied = parity_forwards(read_quotes(table))
+    assert implied["source"].tolist() == ["parity"]
+    # through the cleaning too (its filters copy the table: the record of the defaulted rate stays)
+    _, report = clean_quotes(table)
+    assert report.forward_sources == {"parity": 1}
