@@ -151,11 +151,13 @@ def _damped_step(hessian, gradient, damping, free, peak) -> torch.Tensor:
     diag = torch.maximum(torch.diagonal(hessian, dim1=-2, dim2=-1), _SCALE_MEMORY * peak)
     # floored after the product, at the dtype's smallest normal number: 1e-12 * max(amax, 1e-300)
     # was 0 in float32 where amax was below ~1e-33 (J all 0, at a flat start): a singular solve
-    floor = (1e-12 * diag.amax(-1, keepdim=True)).clamp(min=torch.finfo(diag.dtype).tiny)
-    scale = torch.maximum(diag, floor)
+    # (and the damped term too: a damping below 1e-8 took float32's smallest normal to 0)
+    tiny = torch.finfo(diag.dtype).tiny
+    floor = (1e-12 * diag.amax(-1, keepdim=True)).clamp(min=tiny)
+    damped = (damping.unsqueeze(-1) * torch.maximum(diag, floor)).clamp(min=tiny)
     mask = free.to(hessian.dtype)
     a = hessian * mask.unsqueeze(-1) * mask.unsqueeze(-2)
-    a = a + torch.diag_embed(damping.unsqueeze(-1) * scale * mask + (1 - mask))
+    a = a + torch.diag_embed(damped * mask + (1 - mask))
     return torch.linalg.solve(a, -(gradient * mask).unsqueeze(-1)).squeeze(-1) * mask
 
 

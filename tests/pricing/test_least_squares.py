@@ -122,6 +122,10 @@ def test_a_start_on_a_flat_stretch_stays_put_in_either_dtype(dtype: torch.dtype)
     expected = torch.tensor([[0.0], [1.5]], dtype=dtype)
     torch.testing.assert_close(result.x, expected, rtol=0, atol=1e-6)
     assert result.converged.tolist() == [True, True]
+    # a small initial damping times float32's smallest normal underflowed to 0: singular again
+    result = levenberg_marquardt(elementwise_jacobian(residual, 5), x0, lower=torch.tensor(-5.0),
+                                 upper=torch.tensor(5.0), damping=1e-30)  # fmt: skip
+    torch.testing.assert_close(result.x, expected, rtol=0, atol=1e-6)
 
 
 def test_a_vanished_column_does_not_throw_its_parameter_across_the_box() -> None:
