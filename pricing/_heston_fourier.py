@@ -30,6 +30,7 @@ from scipy.special import roots_laguerre, roots_legendre
 
 from pricing._complex import Cx, cadd, cdiv, cexp, cexpm1, clog1p, cmul, cscale, csqrt
 from pricing._normalized_black import normalized_call
+from pricing._special import piecewise
 
 __all__ = [
     "Contour",
@@ -608,22 +609,18 @@ def in_two_passes(
     integral: Callable[[torch.Tensor, tuple[torch.Tensor, ...], Contour, bool], torch.Tensor],
 ) -> torch.Tensor:
     """``integral(k, params, contour, flag)`` of the options not ``flagged`` (``flag`` False)
-    and of the flagged ones (True), a pass each, put back in order; one call where none is
-    flagged (a host sync, as the other per-pass masks).
+    and of the flagged ones (True), a pass each, put back in order
+    (:func:`pricing._special.piecewise`; one call where all are alike).
 
     Shape:
         flagged, k, params, contour fields: (B,); output: (B,).
     """
-    if not bool(flagged.any()):
-        return integral(k, params, contour, False)
-    price = torch.empty_like(k)
-    for subset, flag in ((~flagged, False), (flagged, True)):
-        at = torch.nonzero(subset).squeeze(-1)
-        if len(at):
-            value = integral(k[at], tuple(p[at] for p in params),
-                             Contour(*(f[at] for f in contour)), flag)  # fmt: skip
-            price = price.index_put((at,), value)
-    return price
+    n = len(params)
+
+    def one_pass(flag: bool) -> Callable[..., torch.Tensor]:
+        return lambda k, *fields: integral(k, fields[:n], Contour(*fields[n:]), flag)
+
+    return piecewise(flagged.long(), (one_pass(False), one_pass(True)), k, *params, *contour)
 
 
 def _otm_integral(
