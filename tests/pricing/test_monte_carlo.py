@@ -768,6 +768,14 @@ def test_zero_strikes_price_with_every_estimator() -> None:
     _assert_first_within(knock, exact.item(), 1e-8)
 
 
+def _warnings_saying(text: str, pricer, **args) -> list[str]:
+    """The messages of the warnings ``pricer(**args)`` raises that contain ``text``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pricer(**args)
+    return [str(w.message) for w in caught if text in str(w.message)]
+
+
 @pytest.mark.parametrize(
     ("maturity", "is_call", "control", "warns"),
     [(4.28, True, False, True), (4.28, False, True, True), (4.28, False, False, False),
@@ -780,10 +788,7 @@ def test_heston_calls_past_the_second_moments_explosion_warn(maturity, is_call, 
     args = dict(spot=100.0, strike=100.0, maturity=maturity, v0=0.04, kappa=1.0, theta=0.04,
                 sigma=1.92, rho=0.45, is_call=is_call, control=control, n_paths=256, n_steps=4,
                 generator=_gen(0))  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        monte_carlo.heston_european(**args)
-    messages = [str(w.message) for w in caught if "E[S_T^2] is infinite" in str(w.message)]
+    messages = _warnings_saying("E[S_T^2] is infinite", monte_carlo.heston_european, **args)
     assert bool(messages) == warns, messages
     if warns:
         assert "from T = 0.9934 years" in messages[0]
@@ -797,10 +802,8 @@ def test_heston_call_warns_of_no_explosion_where_the_moments_d_vanishes():
     args = dict(spot=100.0, strike=100.0, v0=0.04, kappa=kappa, theta=0.04, sigma=sigma, rho=rho,
                 n_paths=256, n_steps=4, generator=_gen(0))  # fmt: skip
     for maturity, warns in ((0.5, False), (2.5, True)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            monte_carlo.heston_european(maturity=maturity, **args)
-        messages = [str(w.message) for w in caught if "E[S_T^2] is infinite" in str(w.message)]
+        messages = _warnings_saying("E[S_T^2] is infinite", monte_carlo.heston_european,
+                                    maturity=maturity, **args)  # fmt: skip
         assert bool(messages) == warns, messages
         if warns:
             assert "from T = 2.357 years" in messages[0]
@@ -856,10 +859,7 @@ def test_conditional_heston_warns_past_its_forwards_second_moment_explosion(
     args = dict(spot=100.0, strike=100.0, maturity=maturity, v0=0.04, kappa=1.0, theta=0.04,
                 sigma=1.92, rho=rho, is_call=is_call, control=control, n_paths=256, n_steps=4,
                 conditional=True, generator=_gen(0))  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        monte_carlo.heston_european(**args)
-    messages = [str(w.message) for w in caught if "is infinite from T" in str(w.message)]
+    messages = _warnings_saying("is infinite from T", monte_carlo.heston_european, **args)
     assert bool(messages) == warns, messages
     if warns:
         assert messages[0].startswith("E[F^2] of the conditional forward")
@@ -895,10 +895,7 @@ def test_price_european_rows_warns_once_for_its_calls_past_the_explosion() -> No
             "strike": np.full(n, 100.0), "maturity": maturity, "is_call": calls,
             "params": {k: np.full(n, v) for k, v in HESTON_EXPLODING.items()}, "n_paths": 64,
             "n_steps": 2}  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        monte_carlo.price_european_rows(**args)
-    messages = [str(w.message) for w in caught if "is infinite" in str(w.message)]
+    messages = _warnings_saying("is infinite", monte_carlo.price_european_rows, **args)
     assert len(messages) == 1, messages
     assert "3 call rows" in messages[0]
     assert "first row 1: maturity 4.28, infinite from T = 0.9934 years" in messages[0]

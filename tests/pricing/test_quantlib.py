@@ -23,33 +23,21 @@ def _table(**columns: object) -> dict[str, object]:
     return {**table, **columns}
 
 
-def test_heston_price_table_discounts_at_its_discount_column():
-    # a spot row with a discount but no rate was priced at rate 0 (10.06 read as 7.02)
-    prices = qlref.heston_price_table(_table(discount=DISCOUNT, dividend=[0.01, 0.01]))
-    spot, dividend = 100.0, 0.01
-    forward = spot * np.exp(-dividend * MATURITY) / DISCOUNT
-    expected = heston.price(
-        forward=torch.tensor(forward),
-        discount=torch.tensor(DISCOUNT),
-        strike=torch.tensor([90.0, 110.0]),
-        maturity=torch.tensor(MATURITY),
-        **MODEL,
-    )
-    np.testing.assert_allclose(prices, expected.numpy(), rtol=1e-9, atol=0.0)
-
-
 @pytest.mark.parametrize(
     ("columns", "forward", "discount"),
-    [({"rate": [0.03] * 2, "dividend": [0.01] * 2, "borrow": [0.02] * 2},
+    [({"discount": DISCOUNT, "dividend": [0.01] * 2},
+      100.0 * np.exp(-0.01 * MATURITY) / DISCOUNT, DISCOUNT),
+     ({"rate": [0.03] * 2, "dividend": [0.01] * 2, "borrow": [0.02] * 2},
       100.0 * np.exp((0.03 - 0.01 - 0.02) * MATURITY), np.exp(-0.03 * MATURITY)),
      ({"spot": [np.nan] * 2, "forward": [100.0, 100.0], "rate": [0.05, 0.05]},
       np.full(2, 100.0), DISCOUNT),
      ({"forward": [np.nan, 101.0], "rate": [0.05, 0.05]},
       np.array([100.0 * np.exp(0.05), 101.0]), DISCOUNT)],
-    ids=["borrow", "forward-with-rate", "forward-gap-from-spot"],
+    ids=["discount-without-rate", "borrow", "forward-with-rate", "forward-gap-from-spot"],
 )  # fmt: skip
 def test_heston_price_table_reads_each_row_as_the_cli_does(columns, forward, discount):
-    # a borrow cost was ignored (the 110 call at 3.81 for 3.00 with a 2% borrow), a forward
+    # a spot row with a discount but no rate was priced at rate 0 (10.06 read as 7.02), a borrow
+    # cost was ignored (the 110 call at 3.81 for 3.00 with a 2% borrow), a forward
     # with a rate but no discount was discounted at 1 (4.08 for 3.88 at 5%), and a row whose
     # forward was missing raised QuantLib's "negative or null underlying given"
     prices = qlref.heston_price_table(_table(**columns))
