@@ -382,7 +382,7 @@ def _warn_if_second_moment_explodes(
         head = "E[F^2] of the conditional forward F = E[S_T | variance path] is infinite"
         what = "the calls' conditional payoffs have" if calls else "the forward control has"
     else:
-        explodes = moment_explosion_time(torch.tensor(2.0, dtype=torch.float64), *values).min()
+        explodes = _second_moment_time(*values).min()
         head = _SECOND_MOMENT_INFINITE
         what = "the calls' payoffs have" if calls else "the terminal-spot control has"
     t = real_number("maturity", maturity)
@@ -599,7 +599,15 @@ def _second_moment_explosion_times(model: str, rows: Mapping[str, np.ndarray]) -
         return np.full(len(rows["maturity"]), np.inf)
     kappa, sigma, rho = (torch.as_tensor(rows[n], dtype=torch.float64)
                          for n in ("kappa", "sigma", "rho"))  # fmt: skip
-    return moment_explosion_time(torch.tensor(2.0, dtype=torch.float64), kappa, sigma, rho).numpy()
+    return _second_moment_time(kappa, sigma, rho).numpy()
+
+
+def _second_moment_time(
+    kappa: torch.Tensor, sigma: torch.Tensor, rho: torch.Tensor
+) -> torch.Tensor:
+    """Andersen and Piterbarg's time from which ``E[S_T^2]`` is infinite, float64 inputs
+    broadcast together."""
+    return moment_explosion_time(torch.tensor(2.0, dtype=torch.float64), kappa, sigma, rho)
 
 
 def _warn_of_calls_past_the_explosion(
