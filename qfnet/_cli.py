@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 import pandas as pd
 import typer
 
+from pricing._atomic import replace_atomically
 from pricing.quotes import DAYFIRST_HINT, DAYFIRST_OPTIONS
-from qfnet.training.checkpoint import replace_atomically
 
 __all__ = [
     "DAYFIRST_FLAGS",
@@ -88,7 +88,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(f)`` to a temporary binary file beside ``path``, renamed over it
-    (:func:`qfnet.training.checkpoint.replace_atomically`): a failed or interrupted write leaves
+    (:func:`pricing._atomic.replace_atomically`): a failed or interrupted write leaves
     ``path`` as it was, and an unwritable ``path`` is an error line naming it, not a traceback.
 
     Examples:

@@ -244,8 +244,7 @@ def _price_surrogate(
     shift = columns.pop("shift", None)  # (N,) for SABR
     if shift is not None and (shift != 0.0).any():
         raise fail("--engine surrogate: the SABR surrogate prices unshifted SABR (shift 0) only")
-    forward, discount = forward_and_discount(table)  # per row, as the other engines read them
-    rows = table.assign(**columns, forward=forward, discount=discount)
+    rows = table.assign(**columns)  # forwards and discounts read per row, as the other engines
     result = table.copy()
     result["price"], result["implied_vol"] = surrogate_price_rows(rows, net, model=model)
     return result
