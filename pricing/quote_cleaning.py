@@ -114,7 +114,7 @@ stale or wide, stay out."""
 
 
 PARITY_RATE_ERRORS = 3.0
-"""Standard errors (:func:`_slope_error`) within which a parity slope ``D`` agrees with the
+"""Standard errors (:func:`_line_fit`) within which a parity slope ``D`` agrees with the
 discount of a given ``rate`` (or ``discount``): the slope then says nothing beyond noise, and the
 rate's discount is taken (``parity_rate_discount``). 7-day slopes from quotes noisy inside their
 spreads gave D = 0.9938 and 0.983 against 0.9994 (rates of 33% and 91%, inside
@@ -159,13 +159,15 @@ UNIT_SCALES: dict[float, tuple[str | None, str, str]] = {
 prices, in whichever of their columns), the slope in words and the hint of the error."""
 
 
-def _slope_error(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray) -> float:
-    """Standard error of the weighted least-squares slope of ``diff`` on ``strikes`` (from the
-    residuals, ``np.polyfit``'s covariance); NaN for two pairs."""
+def _line_fit(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray) -> tuple:
+    """The weighted least-squares line of ``diff`` on ``strikes`` (``w`` multiplies the residuals:
+    1 / standard deviation): slope, intercept and the slope's standard error (from the residuals,
+    ``np.polyfit``'s covariance; NaN for two pairs), in one fit."""
     if len(strikes) < 3:
-        return math.nan
-    _, cov = np.polyfit(strikes, diff, 1, w=weights, cov=True)
-    return float(np.sqrt(cov[0, 0]))
+        slope, intercept = np.polyfit(strikes, diff, 1, w=weights)
+        return slope, intercept, math.nan
+    (slope, intercept), cov = np.polyfit(strikes, diff, 1, w=weights, cov=True)
+    return slope, intercept, float(np.sqrt(cov[0, 0]))
 
 
 def _units_error(
@@ -208,10 +210,9 @@ def _pair_forward(
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
     weights, units = _pair_weights(near), None
     if len(near) >= 2 and np.ptp(strikes) > 0:
-        # C - P = D F - D K: a straight line in K with slope -D and intercept D F; weighted least
-        # squares (polyfit's w multiplies the residuals: 1 / standard deviation).
-        slope, intercept = np.polyfit(strikes, diff, 1, w=weights)
-        discount, error = -slope, _slope_error(strikes, diff, weights)
+        # C - P = D F - D K: a straight line in K with slope -D and intercept D F
+        slope, intercept, error = _line_fit(strikes, diff, weights)
+        discount = -slope
         low, high = PARITY_RATES
         noise = rate_given and abs(discount - carry_discount) <= PARITY_RATE_ERRORS * error
         if not noise and discount > 0 and intercept > 0:
