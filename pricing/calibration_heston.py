@@ -705,11 +705,17 @@ def global_starts_many(
     return out
 
 
+def _check_start(problem: CalibrationProblem) -> None:
+    """The caller's start lies in ``direct``'s box: :data:`DEFAULT_BOUNDS` over which the
+    problem's bounds apply (:func:`pricing.calibration.check_start_in_box`)."""
+    box = DEFAULT_BOUNDS | dict(problem.bounds or {})
+    check_start_in_box(problem.x0, box, method="heston 'direct'")
+
+
 def _fit_direct(problem: CalibrationProblem) -> FitOutput:
     """Our calibration of one surface (options: ``nodes``, ``device``, ``global_start`` (see
     :func:`global_starts`) and those of :func:`calibrate_surfaces`)."""
-    check_start_in_box(problem.x0, DEFAULT_BOUNDS | dict(problem.bounds or {}),
-                       method="heston 'direct'")  # fmt: skip
+    _check_start(problem)
     options = dict(problem.options)
     surfaces = surfaces_from_quotes([problem.quotes], [problem.weights],
                                     nodes=options.pop("nodes", DEFAULT_NODES),
@@ -727,8 +733,7 @@ def _fit_direct_batch(problems: list[CalibrationProblem]) -> list[FitOutput]:
     """``direct`` on many surfaces in one :func:`calibrate_surfaces` call (per-surface starts
     from :func:`global_starts_many`; the options of the first problem apply to all)."""
     for problem in problems:
-        check_start_in_box(problem.x0, DEFAULT_BOUNDS | dict(problem.bounds or {}),
-                           method="heston 'direct'")  # fmt: skip
+        _check_start(problem)
     options = dict(problems[0].options)
     nodes, device = options.pop("nodes", DEFAULT_NODES), options.pop("device", None)
     starts = global_starts_many(problems, options)
