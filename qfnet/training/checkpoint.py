@@ -12,7 +12,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile  # noqa: F401  (the doctests below use it)
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read: missing, truncated, corrupted, tampered with or unsafe.
 
     Examples:
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     bad = Path(tmp) / "ck.pt"
         ...     _ = bad.write_bytes(b"not a checkpoint")
@@ -129,6 +129,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> Path:
     Later atomic replacements of ``source`` leave ``path`` unchanged.
 
     Examples:
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     last = save_checkpoint({"step": 1}, Path(tmp) / "last.pt")
         ...     best = link_checkpoint(last, Path(tmp) / "best.pt")
@@ -162,6 +163,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             not a qfnet checkpoint, or carries a pickled object that ``weights_only`` refuses.
 
     Examples:
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = save_checkpoint({"w": torch.zeros(3), "epoch": 4}, Path(tmp) / "ck.pt")
         ...     state = load_checkpoint(path)
@@ -208,6 +210,7 @@ def archive_problem(path: str | Path) -> str | None:
     them first.
 
     Examples:
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = Path(tmp) / "cut.pt"
         ...     _ = path.write_bytes(b"PK")
@@ -232,6 +235,7 @@ def load_verified(path: str | Path, what: str) -> Any:
     where it is damaged, cut or refused by the unpickler.
 
     Examples:
+        >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = Path(tmp) / "net.pt"
         ...     _ = path.write_bytes(b"PK")
