@@ -175,6 +175,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         qfnet.training.checkpoint.CheckpointError: checkpoint missing.pt: file not found
     """
     path = Path(path)
+    if path.is_dir():  # "file not found" for a folder that is there sent users looking for it
+        raise CheckpointError(f"checkpoint {path}: a folder, not a checkpoint file (give the "
+                              "file itself, e.g. last.pt in it)")  # fmt: skip
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
     _verify_archive(path)

@@ -17,7 +17,6 @@ import torch
 
 from qfnet.training.checkpoint import get_rng_state, set_rng_state
 from qfnet.training.data import DataSource
-from qfnet.training.distributed import all_reduce_sum
 from qfnet.training.step import EpochLoss, NonFiniteLossError, group_batches
 
 if TYPE_CHECKING:
@@ -82,12 +81,12 @@ def lr_find(
     The LR of every parameter group grows geometrically from ``min_lr`` to ``max_lr`` over
     ``num_steps`` optimizer steps (relative group LRs are kept); the test stops early when the
     smoothed loss exceeds ``divergence`` times its minimum or becomes non-finite. Under DDP
-    the loss is averaged over the processes first, so that all of them take the same steps and
-    return the same suggestion. Afterwards everything is as before: the model (weights and
-    train/eval modes), the trainer's optimizer, scheduler and loop position, its GradScaler
-    (fp16), the global RNG states and the generators of a DataLoader given as ``train_data``
-    (a ``fit`` after the test sees the same batches as one without it); callbacks are not
-    called.
+    the loss is the step's weighted mean over the processes, so that all of them take the same
+    steps and return the same suggestion. Afterwards everything is as before: the model
+    (weights and train/eval modes), the trainer's optimizer, scheduler and loop position, its
+    GradScaler (fp16), the global RNG states and the generators of a DataLoader given as
+    ``train_data`` (a ``fit`` after the test sees the same batches as one without it);
+    callbacks are not called.
 
     Args:
         trainer: A configured trainer (``fit`` may be called afterwards as usual).
@@ -101,6 +100,9 @@ def lr_find(
 
     Returns:
         The :class:`LRFinderResult`.
+
+    Raises:
+        NonFiniteLossError: If the loss of the first step (before any update) is NaN/Inf.
 
     Examples:
         >>> import torch
@@ -215,7 +217,7 @@ def _range_test(
     lrs: list[float] = []
     losses: list[float] = []
     average, best, epoch = 0.0, math.inf, 0
-    trainer._train_module.train()
+    trainer._enter_train_mode()
     while len(lrs) < num_steps:
         iterator = trainer._train.epoch_iter(epoch, 0)
         for group in group_batches(iterator, trainer.config.accumulate_grad_batches):
@@ -224,11 +226,15 @@ def _range_test(
                 g["lr"] = lr * b / ref
             try:
                 trainer._train_step(group)
-            except NonFiniteLossError:
+            except NonFiniteLossError as exc:
+                if not lrs:
+                    raise _first_step_error(str(exc)) from exc
                 return lrs, losses
             loss = _mean_loss(trainer)
             if not math.isfinite(loss):  # as the NaN guard would stop (nan_guard=False): a NaN
-                return lrs, losses  # kept in the curve hid its minimum from _suggest
+                if not lrs:  # kept in the curve hid its minimum from _suggest
+                    raise _first_step_error(f"loss {loss}")
+                return lrs, losses
             average = beta * average + (1 - beta) * loss
             smoothed = average / (1 - beta ** (len(lrs) + 1))
             lrs.append(lr)
@@ -240,16 +246,22 @@ def _range_test(
     return lrs, losses
 
 
+def _first_step_error(what: str) -> NonFiniteLossError:
+    """A non-finite loss at the first step, taken before any update: no learning rate is at
+    fault (the test ended there with no point, and ``_suggest`` failed on the empty curve with
+    numpy's "attempt to get argmin of an empty sequence")."""
+    return NonFiniteLossError(f"lr_find: non-finite loss at the first step, before any update, "
+                              f"so not the learning rate's doing: check the data and the model "
+                              f"({what})", epoch=0, step=0, global_step=0)  # fmt: skip
+
+
 def _mean_loss(trainer: Trainer) -> float:
-    """The step's loss averaged over ranks: under DDP every rank then stops at the same step
-    and suggests the same LR (a rank stopping alone would hang the others)."""
-    loss = trainer.step_metrics["loss"].detach()
+    """The step's loss: under DDP its weighted mean over all ranks, the same on every rank, so
+    that every rank stops at the same step and suggests the same LR (a rank stopping alone
+    would hang the others). The plain mean of the ranks' losses was NaN where one rank's
+    samples all weigh 0, which ended the test at its first step."""
     # .item() once per step: the test needs each loss on the host
-    if not trainer.dist.enabled:
-        return loss.item()
-    # summed in float64 (under DDP only: MPS, single-process only, has no float64)
-    total = all_reduce_sum(loss.to(torch.float64).clone(), trainer.dist)
-    return total.item() / trainer.dist.world_size
+    return trainer.step_metrics["loss"].item()
 
 
 def _suggest(lrs: list[float], losses: list[float]) -> float | None:

@@ -94,7 +94,8 @@ class Trainer:
     Attributes:
         epoch: Current 0-based epoch.
         global_step: Optimizer steps done since the start of training.
-        step_metrics: Last step's ``loss`` and ``grad_norm`` (tensors) and ``lr``.
+        step_metrics: Last step's ``loss`` and ``grad_norm`` (tensors) and ``lr``; the loss is
+            the step's weighted mean over all processes under DDP.
         epoch_metrics: The current epoch's row.
         history: :class:`History` of all epoch rows.
         should_stop: Set by a callback to stop training: after the current optimizer step
@@ -457,7 +458,7 @@ class Trainer:
         """
         start = time.perf_counter()
         self._epoch_done = self.validated_this_epoch = False
-        self._train_module.train()
+        self._enter_train_mode()
         self._mark_position()
         self.call("on_train_epoch_start")
         iterator = self._train.epoch_iter(self.epoch, self.batch_in_epoch)
@@ -487,6 +488,15 @@ class Trainer:
         self.batch_in_epoch = self.step_in_epoch = 0
         self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
         return True
+
+    def _enter_train_mode(self) -> None:
+        """Train mode for a model wholly in eval mode (after ``model.eval()``, as loaded for
+        inference, or left so by a callback); otherwise each module keeps its mode, so that a
+        submodule put in eval mode (a frozen BatchNorm or dropout) stays there: a blanket
+        ``.train()`` at every epoch's start undid it. Validation leaves the modes as it found
+        them."""
+        if not any(m.training for m in self.model.modules()):
+            self._train_module.train()
 
     def _stop_requested(self) -> bool:
         """``should_stop`` of any rank, set on every rank, so that all leave the loop together.
@@ -544,9 +554,9 @@ class Trainer:
                 self._accumulate_metrics(step_sums, output, target, weight)
             self.call("on_after_backward")
         step_loss, total = step_mean(means, weights)
-        total_all, loss_probe = self._reduce_step(total, step_loss)
+        total_all, loss_all = self._reduce_step(total, step_loss)
         norm = self._finish_gradients(nominal, total_all)
-        self._check_finite(step_loss, loss_probe, norm, total_all, batch_losses=means,
+        self._check_finite(step_loss, loss_all, norm, total_all, batch_losses=means,
                            batch_weights=weights)  # fmt: skip
         self._optimizer_step()
         self._epoch_loss.add(step_loss, total)
@@ -557,7 +567,7 @@ class Trainer:
         self.global_step += 1
         self._rng_at_position = None
         self.at_epoch_end = self.step_in_epoch == self.steps_per_epoch
-        self.step_metrics.update(loss=step_loss, grad_norm=norm)
+        self.step_metrics.update(loss=loss_all, grad_norm=norm)
         self.call("on_train_step_end")
         self._mark_position()
 
@@ -585,21 +595,24 @@ class Trainer:
     def _reduce_step(
         self, total: torch.Tensor | int, loss: torch.Tensor
     ) -> tuple[torch.Tensor | int, torch.Tensor]:
-        """The step's total weight over all ranks, and a loss probe for the NaN/Inf guard.
+        """The step's total weight and weighted mean loss over all ranks.
 
-        Under DDP both come from one all-reduce: the probe is the sum of every rank's loss, so
-        non-finite on all ranks when it is on one (the gradients may still be finite). For one
-        process: ``(total, loss)``.
+        Under DDP both come from one all-reduce; the mean, the same on every rank, is the
+        step's loss that is logged and the NaN/Inf guard's probe: non-finite on all ranks when
+        the loss is on one (the gradients may still be finite). For one process:
+        ``(total, loss)``.
         """
         if not self.dist.enabled:
             return total, loss
         local = torch.as_tensor(total, dtype=torch.float64, device=self.device)
         # a rank whose samples all weigh 0 has the mean 0/0: not a divergence while the
-        # step has weight on other ranks (NaN once it has none, as for one process)
-        probe = torch.where(local != 0, loss.detach().to(torch.float64), 0.0)
-        both = torch.stack([local, probe])
+        # step has weight on other ranks (NaN once it has none, as for one process), nor the
+        # step's loss (it was logged as NaN, and the progress bar's running loss with it)
+        part = torch.where(local != 0, loss.detach().to(torch.float64) * local, 0.0)
+        both = torch.stack([local, part])
         all_reduce_sum(both, self.dist)
-        return both[0], torch.where(both[0] != 0, both[1], math.nan)
+        mean = torch.where(both[0] != 0, both[1] / both[0], math.nan)
+        return both[0], mean.to(loss.dtype)
 
     def _finish_gradients(self, nominal: int, total: torch.Tensor | int) -> torch.Tensor:
         """Unscale, normalise by the total weight over all ranks, clip; returns the global norm

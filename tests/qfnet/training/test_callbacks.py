@@ -10,12 +10,14 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from qfnet.training import (
     HOOKS,
     EarlyStopping,
     LRMonitor,
     ModelCheckpoint,
+    NonFiniteLossError,
     ProgressBar,
     Trainer,
     TrainerConfig,
@@ -473,6 +475,18 @@ def test_lr_finder_ends_at_a_nan_loss_the_same_with_or_without_the_nan_guard(reg
     assert len(guarded.lrs) < 60  # the NaN ended the test
     assert guarded.suggestion is not None
     assert unguarded == guarded
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_lr_finder_names_a_non_finite_loss_before_any_update(regression, mlp, sq_error, guard):
+    x, y = regression(n=64).tensors
+    y = y.clone()
+    y[0] = math.nan  # in the first batch: no learning rate is at fault
+    cfg = TrainerConfig(batch_size=16, shuffle=False, progress_bar=False, nan_guard=guard)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg)
+    # the test ended with no point, and the suggestion failed on numpy's empty argmin
+    with pytest.raises(NonFiniteLossError, match="lr_find: non-finite loss at the first step"):
+        lr_find(trainer, TensorDataset(x, y), num_steps=10)
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,9 @@ def test_empty_and_missing_files_are_reported(tmp_path):
         load_checkpoint(tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match=r"missing\.pt.*not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "checkpoints").mkdir()  # a run's checkpoint folder, there: not "not found"
+    with pytest.raises(CheckpointError, match=r"checkpoints: a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path / "checkpoints")
 
 
 class _Payload:

@@ -108,6 +108,11 @@ def test_a_rank_whose_samples_all_weigh_zero_trains_as_one_process_on_the_whole_
     assert ddp["train_loss"] == pytest.approx(single["train_loss"], rel=1e-12, abs=0.0)
     for got, want in zip(ddp["weights"], single["weights"], strict=True):
         assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    # the logged step loss is the step's over both ranks: rank 1's own is 0/0, which was
+    # logged as NaN there and ended its LR range test at the first step
+    assert ddp["step_losses"] == pytest.approx(single["step_losses"], rel=1e-12, abs=0.0)
+    assert len(ddp["lr_find"]) == len(single["lr_find"]) == 6
+    assert ddp["lr_find"] == pytest.approx(single["lr_find"], rel=1e-12, abs=0.0)
 
 
 @needs_dist

@@ -43,6 +43,30 @@ def test_train_mode_with_gradients_and_eval_mode_without_during_validation(regre
     assert probe.calls == [(True, True), (True, True), (False, False)] * 2
 
 
+def test_a_submodule_put_in_eval_mode_stays_in_it_through_the_epochs(regression, sq_error):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.5),
+                          nn.Linear(8, 1)).double()  # fmt: skip
+    model[1].eval()  # fine-tuning: the BatchNorm keeps its running statistics
+    stats, weight = model[1].running_mean.clone(), model[0].weight.detach().clone()
+    modes = [m.training for m in model.modules()]
+    data = regression(n=32)
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, progress_bar=False)
+    Trainer(model, loss=sq_error, config=cfg).fit(data, data)
+    # a blanket .train() at every epoch's start put it back in train mode: its statistics moved
+    assert torch.equal(model[1].running_mean, stats)
+    assert [m.training for m in model.modules()] == modes
+    assert not torch.equal(model[0].weight, weight)
+
+
+def test_a_model_wholly_in_eval_mode_trains_in_train_mode(regression, sq_error):
+    data = regression(n=16)
+    probe = _Probe().eval()  # as loaded for inference
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, eval_batch_size=16, progress_bar=False)
+    Trainer(probe, loss=sq_error, config=cfg).fit(data, data)
+    assert probe.calls == [(True, True), (True, True), (False, False)]
+
+
 def test_evaluate_leaves_each_module_in_the_mode_it_found_it(regression, mlp, sq_error):
     model = mlp(dropout=0.5)
     trainer = Trainer(model, loss=sq_error, config=TrainerConfig(progress_bar=False))

@@ -290,16 +290,29 @@ def _zero_weight_data(n: int) -> TensorDataset:
     return TensorDataset(x, y, weight)
 
 
+class _StepLosses:
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        self.losses.append(trainer.step_metrics["loss"].item())
+
+
 def zero_weight_rank_case(rank: int, out: Path) -> dict[str, Any]:
     """Unshuffled, rank 1 takes the odd rows: all of its samples weigh 0 (rank 0's do not).
-    Also one process (``distributed="off"``) on the ranks' batches together."""
+    Also one process (``distributed="off"``) on the ranks' batches together; and the LR range
+    test of each."""
     data, runs = _zero_weight_data(32), {}
     for name, settings in (("ddp", {}), ("single", {"batch_size": 16, "distributed": "off"})):
-        trainer = _trainer(loss=lambda output, target: (output - target) ** 2, shuffle=False,
-                           optimizer="sgd", lr=0.1, **settings)  # fmt: skip
+        steps = _StepLosses()
+        settings |= {"loss": lambda output, target: (output - target) ** 2, "shuffle": False,
+                     "optimizer": "sgd", "lr": 0.1}  # fmt: skip
+        trainer = _trainer([steps], **settings)
         history = trainer.fit(data)
         weights = [p.detach().flatten().tolist() for p in trainer.model.parameters()]
-        runs[name] = {"train_loss": history["train_loss"], "weights": weights}
+        found = lr_find(_trainer(**settings), data, min_lr=1e-3, max_lr=1.0, num_steps=6)
+        runs[name] = {"train_loss": history["train_loss"], "weights": weights,
+                      "step_losses": steps.losses, "lr_find": found.losses}  # fmt: skip
     return runs
 
 
