@@ -18,7 +18,7 @@ import torch
 
 from pricing.black_scholes import black_implied_vol, black_price
 
-__all__ = ["calendar_violations", "strike_violations"]
+__all__ = ["SAME_STRIKE", "calendar_violations", "strike_violations"]
 
 
 def _chord_weights(dk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,12 +215,21 @@ def strike_violations(
     return drop
 
 
+SAME_STRIKE = 1e-9
+"""Log-moneyness gap within which quotes of one expiry are at one strike: a call and a put whose
+per-row forwards differ by float noise (1e-12) had two nodes, and the chord between them, a
+thousand billion times steeper than the smile, flagged clean later quotes."""
+
+
 def _smile_nodes(k: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple:
-    """One node per distinct ``k`` (sorted) with the total variance bounds of its quotes: the
-    greatest ``low`` and least ``high`` of a call and a put at one strike (both bound the one
-    smile; two nodes at one ``k`` divided by zero in the chords, and the smile between them
-    flagged clean later quotes)."""
-    nodes, index = np.unique(k, return_inverse=True)
+    """One node per distinct ``k`` (sorted; within :data:`SAME_STRIKE`, the first) with the
+    total variance bounds of its quotes: the greatest ``low`` and least ``high`` of a call and a
+    put at one strike (both bound the one smile; two nodes at one ``k`` divided by zero in the
+    chords, and the smile between them flagged clean later quotes)."""
+    order = np.argsort(k, kind="stable")
+    first = np.r_[True, np.diff(k[order]) > SAME_STRIKE]
+    nodes, index = k[order][first], np.empty(len(k), dtype=int)
+    index[order] = np.cumsum(first) - 1
     least, greatest = np.full(len(nodes), -np.inf), np.full(len(nodes), np.inf)
     np.maximum.at(least, index, low)
     np.minimum.at(greatest, index, high)

@@ -154,9 +154,10 @@ UNIT_SCALES: dict[float, tuple[str | None, str, str]] = {
     0.01: (None, "100 times", "prices times 100 (per contract of 100 units)? give prices per "
                                  "unit of the underlying"),
 }  # fmt: skip
-"""Factors ``s`` whose ``s D`` explains a parity slope ``D`` outside :data:`PARITY_RATES`: strikes
-(or prices) in other units than the prices (strikes), with the column to blame (None: the
-prices, in whichever of their columns), the slope in words and the hint of the error."""
+"""Factors ``s`` whose ``s D`` explains a parity slope ``D`` outside :data:`PARITY_RATES`, or, with
+a given ``rate`` or ``discount``, one nearer its discount than ``D`` (:func:`_units_error`):
+strikes (or prices) in other units than the prices (strikes), with the column to blame (None:
+the prices, in whichever of their columns), the slope in words and the hint of the error."""
 
 
 def _line_fit(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray) -> tuple:
@@ -171,29 +172,43 @@ def _line_fit(strikes: np.ndarray, diff: np.ndarray, weights: np.ndarray) -> tup
 
 
 def _units_error(
-    slope: float, intercept: float, maturity: float, carry_discount: float, error: float
+    slope: float,
+    intercept: float,
+    maturity: float,
+    carry_discount: float,
+    error: float,
+    rate_given: bool,
 ) -> QuoteError | None:
-    """The error that refuses a parity slope ``D`` (already outside :data:`PARITY_RATES`) that a
-    factor of :data:`UNIT_SCALES` makes a plausible discount factor, or None: strikes x 100 or
-    x 1000, or prices x 100, with no spot or forward for :func:`pricing.quotes.read_quotes` to
-    compare the strikes with. C - P then falls by ``D / 100`` a unit of strike (or ``100 D``), and
-    the rate's discount gave a forward of about the strikes and vols of a few percent (or none),
-    without a word. A slope within 4 standard errors (``error``, from three pairs or more) of a
-    plausible discount is noise (stale or wide quotes a strike apart), not units. The units are
-    the file's: :func:`parity_forwards` refuses only where no expiry's slope is a plausible
+    """The error that refuses a parity slope ``D`` that a factor of :data:`UNIT_SCALES` makes a
+    plausible discount factor, or None: strikes x 100 or x 1000, or prices x 100, with no spot
+    or forward for :func:`pricing.quotes.read_quotes` to compare the strikes with. C - P then
+    falls by ``D / 100`` a unit of strike (or ``100 D``), and the rate's discount gave a forward
+    of about the strikes and vols of a few percent (or none), without a word. A slope outside
+    :data:`PARITY_RATES` is refused where a factor brings it inside (the factor whose rate is
+    nearest the file's). A factor of 100 moves the rate by ``ln(100) / T``, which stays inside
+    them beyond about 4.6 years (strikes x 100) or 9 (prices x 100): such a slope is refused
+    only with ``rate_given`` (``carry_discount`` from a ``rate`` or ``discount`` column), where
+    a factor brings it nearer that discount; without, it is taken for the discount. A slope
+    within 4 standard errors (``error``, from three pairs or more) of a plausible discount (the
+    given one, inside them) is noise (stale or wide quotes a strike apart), not units. The units
+    are the file's: :func:`parity_forwards` refuses only where no expiry's slope is taken for a
     discount."""
     if not (slope > 0 and intercept > 0):
         return None
     low, high = PARITY_RATES
-    nearest = np.clip(slope, np.exp(-high * maturity), np.exp(-low * maturity))
-    if abs(slope - nearest) <= 4 * error:
-        return None
+    rates = {scale: -np.log(scale * slope) / maturity for scale in (1.0, *UNIT_SCALES)}
+    plausible = [scale for scale, rate in rates.items() if low <= rate <= high]
+    if 1.0 in plausible:  # a factor 100 away in discount is ln(100) / T away in rate
+        if not rate_given or abs(slope - carry_discount) <= 4 * error:
+            return None
+    else:  # outside them, by noise or by units
+        edge = np.clip(slope, np.exp(-high * maturity), np.exp(-low * maturity))
+        if abs(slope - edge) <= 4 * error:
+            return None
     rate = -np.log(carry_discount) / maturity
-    plausible = [s for s in UNIT_SCALES if low <= -np.log(s * slope) / maturity <= high]
-    if not plausible:
+    scale = min(plausible, key=lambda s: abs(rates[s] - rate), default=1.0)
+    if scale == 1.0:
         return None
-    # the factor whose rate is nearest the file's (both fit after 1.5 years)
-    scale = min(plausible, key=lambda s: abs(-np.log(s * slope) / maturity - rate))
     column, words, hint = UNIT_SCALES[scale]
     return QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit of "
                       f"strike, {words} a discount factor: {hint}", column=column)  # fmt: skip
@@ -215,10 +230,10 @@ def _pair_forward(
         discount = -slope
         low, high = PARITY_RATES
         noise = rate_given and abs(discount - carry_discount) <= PARITY_RATE_ERRORS * error
-        if not noise and discount > 0 and intercept > 0:
+        units = _units_error(discount, intercept, maturity, carry_discount, error, rate_given)
+        if not noise and units is None and discount > 0 and intercept > 0:
             if low <= -np.log(discount) / maturity <= high:
                 return (intercept / discount, discount, "parity"), None
-        units = _units_error(discount, intercept, maturity, carry_discount, error)
     # the intercept with the slope fixed at -D: weighted least squares of D F = C - P + D K
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
@@ -373,8 +388,8 @@ def _is_canonical(quotes: object) -> bool:
     """Whether a table already went through :func:`pricing.quotes.read_quotes`: canonical
     ``strike``, float numeric columns and ``call``/``put`` option types (a raw table with ``C``/``P``
     would otherwise price its calls as puts)."""
-    if not isinstance(quotes, pd.DataFrame) or "strike" not in quotes:
-        return False
+    if not isinstance(quotes, pd.DataFrame) or not {"strike", "rate", "dividend"} <= set(quotes):
+        return False  # read_quotes adds a rate and a dividend: parity forwards need them
     numeric = [c for c in NUMERIC_COLUMNS if c in quotes]
     if any(quotes[c].dtype != np.float64 for c in numeric):
         return False
@@ -615,7 +630,10 @@ def _calendar_arbitrage(frame: pd.DataFrame, tolerance: float) -> np.ndarray:
         for name, vol in vols.items()
     }
     return calendar_violations(
-        maturity=frame["maturity"].to_numpy(float),
+        # the expiries of the strike check and the forwards: rows of one expiry whose maturities
+        # differ by 1e-7 (0.249315 and 91/365) were two here, and a later quote between the
+        # last put and the first call strike of it was compared with neither side
+        maturity=_expiry_key(frame).to_numpy(float),
         log_moneyness=np.log((frame["strike"] + shift) / (frame["forward"] + shift)).to_numpy(),
         total_variance=variance["mid"],
         rtol=tolerance * 100,

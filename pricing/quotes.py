@@ -11,6 +11,7 @@ filters) lives in :mod:`pricing.quote_cleaning`, the dates (``maturity`` from ``
 from __future__ import annotations
 
 import csv
+import io
 import math
 import numbers
 import re
@@ -177,8 +178,14 @@ _POSITIVE = ("strike", "maturity", "spot", "forward", "discount", "implied_vol",
 _NON_NEGATIVE = ("bid", "ask", "mid", "price")
 
 
+def _stripped(name: object) -> str:
+    """A header name without spaces and byte-order marks around it: a file saved twice with a BOM
+    (or with a space before it) kept one after the first, and its column was unknown."""
+    return str(name).replace("\ufeff", "").strip()
+
+
 def _normalise_name(name: object) -> str:
-    key = re.sub(r"[\s\-/]+", "_", str(name).strip().lower())
+    key = re.sub(r"[\s\-/]+", "_", _stripped(name).lower())
     return COLUMN_ALIASES.get(key, key)
 
 
@@ -186,7 +193,7 @@ def _column_name(name: object) -> str:
     """The canonical name of a column the library reads, else ``name`` as given (stripped): a
     user's own column (``Open Interest``) comes back under its own name, not ``open_interest``."""
     key = _normalise_name(name)
-    return key if key in _recognised_names() else str(name).strip()
+    return key if key in _recognised_names() else _stripped(name)
 
 
 def _recognised_names() -> frozenset[str]:
@@ -230,16 +237,10 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
         )
     if path.is_dir():  # IsADirectoryError's traceback on the command line
         raise QuoteError("a folder, not a quote file", source=path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            records = list(csv.reader(handle))
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise QuoteError(f"cannot parse CSV: {error}", source=path) from error
-    except OSError as error:  # e.g. no permission to read it: a traceback
-        raise QuoteError(f"cannot read the file: {error.strerror or error}", source=path) from error
+    records, starts = _csv_records(path)
     if not records:
         raise QuoteError("the file is empty (no header line)", source=path)
-    header = [name.strip() for name in records[0]]
+    header = [_stripped(name) for name in records[0]]
     while header and not header[-1]:  # a trailing comma on the header line too
         header.pop()
     separator = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
@@ -255,27 +256,57 @@ def _read_file(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
                 "column") if side_by_side else ""  # fmt: skip
         raise QuoteError(f"column '{repeated[0]}' appears more than once in the header{hint}",
                          column=_column_name(repeated[0]), source=path)  # fmt: skip
-    for i, record in enumerate(records[1:]):
+    row = 0  # data rows so far: blank lines are none
+    for record, line in zip(records[1:], starts[1:], strict=True):
+        row += any(field.strip() for field in record)
         if any(field.strip() for field in record[len(header) :]):
             raise QuoteError(f"{len(record)} fields, but the header has {len(header)} columns",
-                             row=i + 1, line=i + 2, source=path)  # fmt: skip
-    # Row i is file line i + 2 (header is line 1): blank lines stay as empty rows until the
-    # line numbers are taken. Short rows are padded; empty trailing fields (a trailing comma on
-    # data lines, as spreadsheets export) are dropped.
+                             row=row, line=line, source=path)  # fmt: skip
+    # Blank lines stay as empty rows until the line numbers are taken. Short rows are padded;
+    # empty trailing fields (a trailing comma on data lines, as spreadsheets export) are dropped.
     width = len(header)
     rows = [record[:width] + [""] * (width - len(record)) for record in records[1:]]
     frame = pd.DataFrame(rows, columns=records[0][:width], dtype=str)
-    lines = np.arange(len(frame)) + 2
+    lines = np.asarray(starts[1:], dtype=int)
     frame = frame.replace(r"^\s*$", np.nan, regex=True)  # a cell of spaces is empty too
     blank = frame.isna().all(axis=1).to_numpy()
     frame = frame.loc[~blank]
     return frame, lines[~blank]
 
 
+def _csv_records(path: Path) -> tuple[list[list[str]], list[int]]:
+    """The records of a CSV file and the file line each starts on: a quoted field holding a
+    line break shifted every later row's line by one, and a byte that is no UTF-8 (a
+    spreadsheet's Latin-1 export) or a field past the csv module's limit (a quote left open)
+    named no line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:  # e.g. no permission to read it: a traceback
+        raise QuoteError(f"cannot read the file: {error.strerror or error}", source=path) from error
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:  # error.object: the bytes after a BOM
+        line = error.object.count(b"\n", 0, error.start) + 1
+        raise QuoteError(f"cannot parse CSV: file line {line} is not UTF-8 text (byte "
+                         f"{error.object[error.start]:#04x}): save the file as UTF-8",
+                         source=path) from error  # fmt: skip
+    reader = csv.reader(io.StringIO(text, newline=""))
+    records, starts, start = [], [], 1
+    try:
+        for record in reader:
+            records.append(record)
+            starts.append(start)
+            start = reader.line_num + 1  # lines read so far, the quoted line breaks among them
+    except csv.Error as error:
+        raise QuoteError(f"cannot parse CSV: file line {reader.line_num}: {error}",
+                         source=path) from error  # fmt: skip
+    return records, starts
+
+
 def _normalise_columns(frame: pd.DataFrame, source: str | None) -> pd.DataFrame:
     # a header without a name (an index written by to_csv) is named as pandas names it: two
     # such (a MultiIndex) were refused as "columns '' and '' both mean ''"
-    names = [_column_name(c) if str(c).strip() else f"Unnamed: {i}"
+    names = [_column_name(c) if _stripped(c) else f"Unnamed: {i}"
              for i, c in enumerate(frame.columns)]  # fmt: skip
     seen: dict[str, object] = {}
     for original, name in zip(frame.columns, names, strict=True):
@@ -294,8 +325,10 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
         if column not in frame:
             continue
         raw = frame[column]
-        if raw.dtype.kind == "c":  # astype below dropped the imaginary parts, with a warning
-            raise locate.error(0, column, f"must be real, not complex, got {raw.iloc[0]!r}")
+        imaginary = np.flatnonzero(_complex_entries(raw))
+        if imaginary.size:
+            i = int(imaginary[0])
+            raise locate.error(i, column, f"must be real, not complex, got {raw.iloc[i]!r}")
         flags = np.flatnonzero(_bools_and_dates(raw))
         if flags.size:
             i = int(flags[0])
@@ -312,6 +345,17 @@ def _coerce_numeric(frame: pd.DataFrame, locate: _Locator) -> None:
             i = int(infinite[0])
             raise locate.error(i, column, f"must be finite, got {raw.iloc[i]!r}")
         frame[column] = values
+
+
+def _complex_entries(raw: pd.Series) -> np.ndarray:
+    """Where a column holds a complex number, shape (N,): casting to float dropped the
+    imaginary part with a warning, a complex dtype's and a DataFrame's object column's alike
+    (``100 + 1j`` was read as a strike of 100)."""
+    if raw.dtype.kind == "c":
+        return np.ones(len(raw), dtype=bool)
+    if raw.dtype.kind == "O":
+        return raw.map(lambda value: isinstance(value, complex | np.complexfloating)).to_numpy(bool)
+    return np.zeros(len(raw), dtype=bool)
 
 
 def _bools_and_dates(raw: pd.Series) -> np.ndarray:
@@ -578,7 +622,8 @@ def read_quotes(
     from ``expiry`` and ``quote_date`` when absent, row by row, as calendar days / 365 (ACT/365F;
     a time of day is dropped, so an expiry on the quote date is a maturity of 0); a ``maturity``
     given beside them must agree within :data:`MATURITY_DATE_TOLERANCE`, and one above
-    :data:`MATURITY_LIMIT` years is refused as days. ``rate`` and ``dividend`` default to 0; a
+    :data:`MATURITY_LIMIT` years is refused as days. ``rate`` and ``dividend`` default to 0 (and
+    stay defaults, ``attrs["defaulted"]``, when a table read before is read again); a
     ``borrow`` cost (``borrow_rate``, ``borrow_cost``) carries the spot like a dividend
     (:func:`carry_yields`), and a ``repo`` column, ambiguous, is refused unless every row gives
     its ``forward``. Unrecognised columns are kept, under their names as given (stripped of
@@ -642,7 +687,11 @@ def read_quotes(
         _check_maturity_scale(frame, locate)
         _check_maturity_dates(frame, locate, dayfirst)
     _infer_other_columns(frame)
-    defaulted = [column for column in ("rate", "dividend") if column not in frame]
+    # a table read before keeps its defaulted columns' zeros as defaults: clean_quotes on it took
+    # them for given rates (parity's discount became the rate-0 one, the carry note was lost)
+    earlier = source.attrs.get("defaulted", []) if isinstance(source, pd.DataFrame) else []
+    defaulted = [column for column in ("rate", "dividend") if column not in frame
+                 or (column in earlier and bool((frame[column] == 0).all()))]  # fmt: skip
     for column in defaulted:
         frame[column] = 0.0
     if shift is not None and "shift" not in frame:

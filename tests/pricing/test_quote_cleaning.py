@@ -753,3 +753,92 @@ def test_a_defaulted_rate_does_not_replace_a_noisy_parity_discount() -> None:
     # through the cleaning too (its filters copy the table: the record of the defaulted rate stays)
     _, report = clean_quotes(table)
     assert report.forward_sources == {"parity": 1}
+
+
+def test_cleaning_a_table_read_before_keeps_its_defaulted_rate() -> None:
+    # read_quotes' zero rate was taken for a given one on the second reading: three pairs whose
+    # slope is within noise of 1 took the rate-0 discount, 1.0 for parity's 0.985
+    diff = np.array([1.0, 0.03, -0.97])
+    table = pd.DataFrame({"option_type": ["call"] * 3 + ["put"] * 3,
+                          "strike": [100.0, 101.0, 102.0] * 2, "maturity": 0.5, "spot": 101.0,
+                          "price": np.concatenate([5.0 + diff, [5.0] * 3])})  # fmt: skip
+    clean, report = clean_quotes(table)
+    again, again_report = clean_quotes(read_quotes(table))
+    np.testing.assert_allclose(again["discount"], clean["discount"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(clean["discount"], 0.985, rtol=1e-9, atol=0)
+    assert again_report.forward_sources == report.forward_sources == {"parity": 1}
+    # the note on spot forwards at a rate of 0 stays too
+    calls = read_quotes(table[table["option_type"] == "call"])
+    assert any(
+        note.startswith("no rate or dividend column") for note in clean_quotes(calls)[1].notes
+    )
+
+
+def test_prepare_quotes_reads_a_table_of_canonical_names_without_a_rate() -> None:
+    # taken for a read table (canonical names, floats), it failed in parity forwards with
+    # "needs column(s) rate, dividend"
+    table = pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0, "maturity": 1.0,
+                          "price": [9.0, 4.0]})  # fmt: skip
+    prepared, sources = prepare_quotes(table)
+    assert sources == {"parity_one_pair": 1}
+    np.testing.assert_allclose(prepared["forward"], 105.0, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("strike_scale", "price_scale", "match"),
+    [
+        (
+            100.0,
+            1.0,
+            r"column 'strike': expiry T=10: .*1/100 of a discount factor: strikes times 100",
+        ),
+        (1.0, 100.0, r"expiry T=10: .*100 times a discount factor: prices times 100"),
+    ],
+)
+def test_strikes_or_prices_times_100_of_a_long_expiry_are_refused_by_its_rate(
+    strike_scale: float, price_scale: float, match: str
+) -> None:
+    # beyond ln(100) / (1 - r) = 4.7 years, 1/100 of a discount factor is one of a rate inside
+    # PARITY_RATES (100 times one beyond ln(100) / (0.5 + r) = 8.7 years): parity took a discount
+    # of 0.0074 (forward 6.1e5) or 74, beside a rate of 3% whose discount is 0.74
+    maturity, rate = 10.0, 0.03
+    forward, discount = 4500.0 * math.exp(rate * maturity), math.exp(-rate * maturity)
+    table = _chain(forward, discount, maturity, np.arange(4000.0, 5001.0, 100.0))
+    table = table.drop(columns="spot").assign(rate=rate)
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], forward, rtol=1e-9, atol=0)
+    table["strike"] *= strike_scale
+    table["price"] *= price_scale
+    with pytest.raises(QuoteError, match=match):
+        parity_forwards(read_quotes(table))
+
+
+def _otm_expiry(days: int, variance_days: int) -> pd.DataFrame:
+    """Out-of-the-money quotes of ``days`` (S = 100, r = 3%, q = 1%; smile 0.2 - 0.1 k) priced
+    with the total variance of ``variance_days``, bid/ask 0.01 either side of a cent-rounded
+    mid."""
+    maturity, strikes = days / 365, np.arange(80.0, 121.0, 2.5)
+    forward, discount = 100.0 * math.exp(0.02 * maturity), math.exp(-0.03 * maturity)
+    is_call = strikes >= forward
+    k = np.log(strikes / forward)
+    price = black_price(forward=forward, strike=torch.tensor(strikes), maturity=variance_days / 365,
+                        volatility=torch.tensor(0.2 - 0.1 * k), discount=discount,
+                        is_call=torch.tensor(is_call)).numpy()  # fmt: skip
+    mid = np.round(price, 2)
+    return pd.DataFrame({"option_type": np.where(is_call, "call", "put"), "strike": strikes,
+                         "maturity": maturity, "forward": forward, "discount": discount,
+                         "bid": (mid - 0.01).round(10), "ask": (mid + 0.01).round(10)})  # fmt: skip
+
+
+def test_the_calendar_check_takes_an_expiry_as_the_strike_check_does() -> None:
+    # the 91-day puts' maturity written as 0.249315 (1e-7 off 91/365): one expiry for the strike
+    # check and the forwards, two for the calendar check, and the 120-day quote between the last
+    # put and the first call strike of 91 days, compared with neither side's range, was kept
+    early, late = _otm_expiry(91, 91), _otm_expiry(120, 80)  # 120 days below 91 days' smile
+    early.loc[early["option_type"] == "put", "maturity"] = 0.249315
+    table = pd.concat([early, late], ignore_index=True)
+    exact = pd.concat([early.assign(maturity=91 / 365), late], ignore_index=True)
+    clean, report = clean_quotes(table)
+    expected, expected_report = clean_quotes(exact)
+    assert report.removed["calendar_arbitrage"] == expected_report.removed["calendar_arbitrage"]
+    assert clean["source_row"].tolist() == expected["source_row"].tolist()

@@ -606,3 +606,56 @@ def test_forward_and_discount_refuse_a_given_value_that_is_no_gap_nor_usable(
         forward_and_discount(table)
     gaps = forward_and_discount(table.assign(**{column: np.nan}))  # a gap is still one
     np.testing.assert_allclose(gaps[0], 100.0 * np.exp(0.05), rtol=1e-15, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    "start", [b"\xef\xbb\xbf\xef\xbb\xbf", b" \xef\xbb\xbf", b"\xef\xbb\xbf \xef\xbb\xbf"]
+)
+def test_a_header_with_a_second_byte_order_mark_is_read(tmp_path: Path, start: bytes) -> None:
+    # a file saved twice with a BOM (or a space before one) kept '\ufeffstrike': an unknown
+    # column, then "needs column(s) strike; the table has strike, ..."
+    path = tmp_path / "bom.csv"
+    path.write_bytes(start + b"strike,maturity,spot\n100,1,100\n")
+    assert read_quotes(path).columns.tolist() == ["strike", "maturity", "spot", "rate", "dividend"]
+
+
+def test_a_table_read_twice_keeps_its_defaulted_rate_and_dividend() -> None:
+    # the zeros read_quotes fills in became given columns on a second reading (clean_quotes on a
+    # read table): parity took the rate-0 discount, and the note on missing rates was lost
+    once = read_quotes(pd.DataFrame({"strike": [100.0], "maturity": 1.0, "spot": 100.0}))
+    assert read_quotes(once).attrs["defaulted"] == ["rate", "dividend"]
+    assert read_quotes(once.assign(rate=0.02)).attrs["defaulted"] == ["dividend"]
+
+
+def test_rows_after_a_quoted_line_break_name_their_own_file_line(tmp_path: Path) -> None:
+    # a note field holding a line break made every later row's line one too small
+    text = 'strike,maturity,spot,note\n90,1,100,"two\nlines"\n95,x,100,ok\n'
+    with pytest.raises(QuoteError, match=r"row 2 \(file line 4\), column 'maturity'"):
+        read_quotes(_write(tmp_path, text))
+    text = 'strike,maturity,spot,note\n90,1,100,"two\nlines"\n95,1,100,ok\n'
+    assert read_quotes(_write(tmp_path, text)).attrs["file_lines"] == [2, 4]
+
+
+def test_extra_fields_after_a_blank_line_name_the_data_row(tmp_path: Path) -> None:
+    # blank lines counted as rows here, not in every other error: 'row 2' for the first row
+    with pytest.raises(QuoteError, match=r"row 1 \(file line 3\): 4 fields, but the header has 3"):
+        read_quotes(_write(tmp_path, "strike,maturity,spot\n\n90,1,100,7\n"))
+
+
+def test_a_byte_that_is_no_utf_8_names_its_file_line(tmp_path: Path) -> None:
+    # a spreadsheet's Latin-1 export: "'utf-8' codec can't decode byte 0xe9 in position 3849",
+    # a position within the block read, not the file
+    path = tmp_path / "latin.csv"
+    lines = b"90,1,100,ok\n" * 1000 + b"95,1,100,caf\xe9\n"
+    path.write_bytes(b"\xef\xbb\xbfstrike,maturity,spot,note\n" + lines)  # after a BOM too
+    with pytest.raises(QuoteError, match=r"latin\.csv: .*file line 1002 is not UTF-8 .*0xe9"):
+        read_quotes(path)
+
+
+def test_a_complex_entry_of_an_object_column_is_refused_naming_its_row() -> None:
+    # only a complex dtype was refused: a complex among other objects lost its imaginary part
+    # (with a warning) and 110 + 1j was read as a strike of 110
+    table = pd.DataFrame({"strike": pd.Series([100.0, 110 + 1j], dtype=object), "maturity": 1.0,
+                          "spot": 100.0})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"row 2, column 'strike': must be real, not complex"):
+        read_quotes(table)
