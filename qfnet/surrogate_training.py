@@ -200,6 +200,7 @@ def _architecture(
     hidden: Sequence[int],
     activation: str,
     domain: Domain,
+    sampling: dict | None,
     split: dict,
     dataset: dict,
     training: dict,
@@ -207,16 +208,23 @@ def _architecture(
 ) -> tuple[tuple[int, ...], str, str | None]:
     """On resume the run's own architecture (widths, activation, base vol) wins (so
     ``--resume`` alone continues a run); its domain must be the dataset's (the scalers and
-    weights were fitted on it), its dataset the same (``dataset``: size, seed, engine) and its
-    split (``seed`` and fractions) the same: another one would test on rows it trained on; so
-    must its ``training`` settings (batch size, learning rate, epochs). Without resume, a directory
-    holding a run is refused (``overwrite`` replaces it)."""
+    weights were fitted on it), and so must the box its points were drawn from (``sampling``,
+    the domain widened by the generation's ``margin``); its dataset the same (``dataset``: size,
+    seed, engine) and its split (``seed`` and fractions) the same: another one would test on rows
+    it trained on; so must its ``training`` settings (batch size, learning rate, epochs). Without
+    resume, a directory holding a run is refused (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
         return tuple(int(h) for h in hidden), activation, base
     saved = _read_architecture(path)
     if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
         raise ValueError(f"--resume: the run in {out} was trained on another domain than "
+                         "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
+    # a dataset of another --margin has the same domain, size and seed (and often as many rows):
+    # the run continued on points drawn from another box without a word
+    if "sampling_domain" in saved and saved["sampling_domain"] != sampling:
+        raise ValueError(f"--resume: the run in {out} was trained on points drawn from another "
+                         "box (the dataset's sampling_domain: another generation --margin) than "
                          "this dataset's; resume with its own dataset, or --init from it")  # fmt: skip
     # A larger dataset of the same seed starts with the same Sobol points, but splits them
     # otherwise: the resumed run tested on rows it had trained on, and reported the new sizes.
@@ -438,8 +446,9 @@ def train_surrogate(
 
     Returns:
         The summary written to ``out/summary.json``: ``test`` holds ``n, mae_bp, median_bp,
-        p99_bp, max_bp`` (absolute implied-vol errors in bp), plus row counts and settings.
-        Empty on ranks other than 0 under torchrun.
+        p99_bp, max_bp`` (absolute implied-vol errors in bp), ``epochs`` the epochs trained
+        (fewer than ``max_epochs``, the ``epochs`` asked for, where a callback stopped the run),
+        plus row counts and settings. Empty on ranks other than 0 under torchrun.
 
     Examples:
         A two-epoch run on 64 points (far too small to be accurate), then the surrogate file
@@ -480,8 +489,9 @@ def train_surrogate(
     rows = {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}
     if start is not None:
         _check_init_split(start.training_summary, init, data, dataset, split, rows)
-    hidden, activation, base = _architecture(run, resume, hidden, activation, domain, split,
-                                             dataset, training, base)  # fmt: skip
+    sampling = meta.get("sampling_domain")  # the box the points were drawn from (--margin)
+    hidden, activation, base = _architecture(run, resume, hidden, activation, domain, sampling,
+                                             split, dataset, training, base)  # fmt: skip
     net = _build(domain, hidden, activation, seed, base)
     if start is not None:
         net.load_state_dict(start.state_dict())
@@ -529,10 +539,10 @@ def train_surrogate(
         if overwrite and not resume:
             _clear_replaced_run(run)
         arch = {"hidden": list(hidden), "activation": activation, "base": net.base,
-                "domain": domain.to_dict(), "split": split, "dataset": dataset,
-                "training": training}  # fmt: skip
+                "domain": domain.to_dict(), "sampling_domain": sampling, "split": split,
+                "dataset": dataset, "training": training}  # fmt: skip
         write_text_atomically(json.dumps(arch, indent=2), run / _ARCH_FILE)
-    trainer.fit(train, val, resume=resume)
+    history = trainer.fit(train, val, resume=resume)
     if not ranks.is_global_zero:
         return {}
     net = net.cpu()
@@ -546,7 +556,9 @@ def train_surrogate(
         "split": split,
         "rows": {**rows, "dropped": meta["dropped_rows"]},
         "architecture": {"hidden": list(hidden), "activation": activation},
-        "epochs": epochs,
+        # those trained (a callback may stop early): the requested count was recorded
+        "epochs": len(history),
+        "max_epochs": epochs,
         "lr": lr,
         "init": None if init is None else str(init),
         "seed": seed,

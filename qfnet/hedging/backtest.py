@@ -53,7 +53,8 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     (columns ``path``, ``step`` (numbers or dates), ``spot`` and optionally ``variance``; each
     path its ``T + 1`` rows, in the order of its own steps: windows of one history may keep
     their dates). Each path is multiplied by ``spot / S_0`` so the option (struck relative to
-    ``spot``) is hedged on every window alike. Without ``variance`` a Heston market's
+    ``spot``) is hedged on every window alike. ``variance`` is refused for a Black-Scholes
+    market (its hedges use the constant ``market.volatility``). Without it a Heston market's
     implied-vol proxy stays at its time-0 level on every path and step
     (:meth:`Market.vol_proxy`; the deltas, the band and the learned policy's features see no
     change of volatility).
@@ -84,6 +85,11 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     variance = None
     if {"path", "step", "spot"} <= set(frame.columns):
         wide, variance = _long_to_wide(frame, path, steps)
+        if variance is not None and not market.is_heston:  # it was ignored without a word
+            raise ValueError(f"{path}: column 'variance' is read under market.model heston only; "
+                             f"this {market.market.model} run hedges at its constant "
+                             f"market.volatility {market.market.volatility}: drop the "
+                             "column")  # fmt: skip
     else:
         wide = frame.select_dtypes("number")
     values = wide.to_numpy(dtype=np.float64, copy=True)

@@ -103,8 +103,8 @@ def backtest_command(
         None,
         "--paths",
         help="Parquet of price paths (wide: one row per path; or long: path, step, spot and "
-        "optionally variance). Without variance a Heston run's vol proxy stays at its time-0 "
-        "level.",
+        "optionally variance, for a Heston run). Without variance a Heston run's vol proxy "
+        "stays at its time-0 level.",
     ),
     n_paths: int | None = typer.Option(None, "--n-paths", help="Override paths.test."),
     bootstrap: int = typer.Option(100, "--bootstrap", help="Bootstrap resamples for the CIs."),

@@ -52,6 +52,8 @@ class ConfigError(ValueError):
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"{key} must be > 0, got {value}")
+    if value == math.inf:  # set in Python (YAML's .inf is refused when read): it passed
+        raise ConfigError(f"{key} must be a finite number, got {value}")
 
 
 def _unused(config: Any, prefix: str, names: tuple[str, ...], why: str, fix: str) -> None:

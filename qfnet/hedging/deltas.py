@@ -8,8 +8,10 @@ by autograd, with the path's past held fixed. The derivatives of :mod:`qfnet.hed
 monitored on the hedging grid, so:
 
 - barriers are shifted away from the spot by Broadie, Glasserman and Kou's correction for a
-  barrier monitored once a step, and a path that has reached the barrier on a grid date holds the
-  vanilla delta (knock-in) or nothing (knock-out);
+  barrier monitored once a step, but at the last step, whose only date left is the expiry (the
+  one step of a one-step grid), where the option is a European claim priced exactly; a path that
+  has reached the barrier on a grid date holds the vanilla delta (knock-in) or nothing
+  (knock-out);
 - the Asian's average of the fixings ``t_1 .. t_T`` is approximated by Levy's continuous average
   over ``[0, T]``, seasoned with the fixings so far;
 - the lookback's extremum over the grid dates is priced by the same authors' correction of the
@@ -193,11 +195,39 @@ def _barrier(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:
     alive = barrier_price(spot=safe, strike=d.strike, barrier=shifted, barrier_type=d.barrier_type,
                           maturity=tau, volatility=vol, rate=rate, dividend=dividend,
                           is_call=d.is_call)  # fmt: skip
+    # the last step has one date left, the expiry: there BGK's shift (an expansion in the number
+    # of dates) was off by up to 0.1 in the delta, and the option is a European claim
+    knock_out = _expiry_only_knock_out(d, now[:, -1], tau[-1], vol[:, -1], rate, dividend)  # (N,)
     if d.barrier_type.endswith("out"):
+        alive = torch.cat([alive[:, :-1], knock_out.unsqueeze(1)], dim=1)
         return torch.where(hit, torch.zeros_like(alive), alive)
     vanilla = black_scholes.price(spot=now, strike=d.strike, maturity=tau, volatility=vol,
                                   rate=rate, dividend=dividend, is_call=d.is_call)  # fmt: skip
+    alive = torch.cat([alive[:, :-1], (vanilla[:, -1] - knock_out).unsqueeze(1)], dim=1)
     return torch.where(hit, vanilla, alive)
+
+
+def _expiry_only_knock_out(d, now, tau, vol, rate, dividend) -> torch.Tensor:
+    """The knock-out not hit so far whose only monitoring date left is the expiry, ``tau``
+    away: the vanilla payoff where ``S_T`` ends on the barrier's near side. With ``L`` the
+    larger (call) or smaller (put) of strike and barrier, the payoff beyond ``L`` (above it for
+    a call, below for a put) is the vanilla option struck at ``L`` plus ``|L - K|`` cash-or-nothing
+    digitals at ``L``; the knock-out is that (down call, up put) or the vanilla option minus it.
+
+    Shape:
+        now, vol: (N,); tau: (); output: (N,).
+    """
+    up, call = d.barrier_type.startswith("up"), d.is_call
+    level = max(d.strike, d.barrier) if call else min(d.strike, d.barrier)
+
+    def vanilla(strike: float) -> torch.Tensor:
+        return black_scholes.price(spot=now, strike=strike, maturity=tau, volatility=vol,
+                                   rate=rate, dividend=dividend, is_call=call)  # fmt: skip
+
+    d2 = (torch.log(now / level) + (rate - dividend - 0.5 * vol**2) * tau) / (vol * tau.sqrt())
+    digital = torch.exp(-rate * tau) * torch.special.ndtr(d2 if call else -d2)
+    beyond = vanilla(level) + abs(level - d.strike) * digital
+    return vanilla(d.strike) - beyond if up == call else beyond
 
 
 _PRICERS = {"asian": _asian, "barrier": _barrier, "lookback": _lookback}

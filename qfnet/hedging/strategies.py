@@ -5,6 +5,7 @@ positions ``(N, T, H)`` held over each step.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Protocol
@@ -129,8 +130,9 @@ class WhalleyWilmott:
     """
 
     def __init__(self, market: Market, risk_aversion: float) -> None:
-        if not risk_aversion > 0:
-            raise ValueError(f"risk_aversion must be > 0, got {risk_aversion}")
+        # inf was taken: a band of width 0, the delta hedge reported as Whalley-Wilmott's
+        if not (risk_aversion > 0 and math.isfinite(risk_aversion)):
+            raise ValueError(f"risk_aversion must be finite and > 0, got {risk_aversion}")
         self.market, self.risk_aversion = market, float(risk_aversion)
 
     def half_width(self, data: HedgeData) -> torch.Tensor:

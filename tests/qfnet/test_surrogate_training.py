@@ -241,3 +241,34 @@ def test_a_run_configuration_that_is_not_text_is_named(sabr_data, tmp_path):
     (tmp_path / "run" / "surrogate_config.json").write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ValueError, match=r"surrogate_config\.json is not a JSON text file"):
         train_surrogate(sabr_data, tmp_path / "run", epochs=1, resume=True, **COMMON)
+
+
+def test_resuming_on_a_dataset_drawn_from_another_box_is_refused(tmp_path):
+    # a dataset of another generation --margin has the run's domain, size, seed, engine and here
+    # as many rows: the resumed run trained on its points without a word
+    data = generate(tmp_path / "ds", model="sabr", n=64, progress=False)
+    wider = generate(tmp_path / "wide", model="sabr", n=64, progress=False, margin=0.01)
+    assert load_training_tensors(wider)[1].numel() == load_training_tensors(data)[1].numel()
+    train_surrogate(data, tmp_path / "run", epochs=1, **COMMON)
+    with pytest.raises(ValueError, match=r"trained on points drawn from another box \(the "
+                       r"dataset's sampling_domain: another generation --margin\)"):  # fmt: skip
+        train_surrogate(wider, tmp_path / "run", epochs=1, resume=True, **COMMON)
+    train_surrogate(data, tmp_path / "run", epochs=1, resume=True, **COMMON)  # its own: resumed
+
+
+class _StopAfterEpoch:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer) -> None:
+        if trainer.epoch >= self.epoch:
+            trainer.should_stop = True
+
+
+def test_the_summary_counts_the_epochs_trained_when_a_callback_stops_early(sabr_data, tmp_path):
+    # it recorded the epochs asked for: 5 for a run stopped after its second
+    summary = train_surrogate(sabr_data, tmp_path / "run", epochs=5,
+                              callbacks=[_StopAfterEpoch(1)], **COMMON)  # fmt: skip
+    assert (summary["epochs"], summary["max_epochs"]) == (2, 5)
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 2

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
 
-from qfnet.hedging.config import ConfigError, HedgeConfig, config_from_dict, load_config
+from qfnet.hedging.config import (
+    BaselineConfig,
+    ConfigError,
+    HedgeConfig,
+    MarketConfig,
+    ObjectiveConfig,
+    config_from_dict,
+    load_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[3] / "data" / "configs"
 
@@ -87,6 +96,24 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
 def test_bad_configs_raise_naming_the_key(data: object, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("config", "key"),
+    [
+        (
+            HedgeConfig(baselines=BaselineConfig(ww_risk_aversion=math.inf)),
+            "baselines.ww_risk_aversion",
+        ),
+        (HedgeConfig(objective=ObjectiveConfig(risk_aversion=math.inf)), "objective.risk_aversion"),
+        (HedgeConfig(market=MarketConfig(volatility=math.inf)), "market.volatility"),
+    ],
+)
+def test_configs_built_in_python_refuse_an_infinite_positive_value(config, key) -> None:
+    # YAML's .inf is refused when read; set in Python it passed `> 0` (an infinite
+    # ww_risk_aversion backtested the delta hedge as Whalley-Wilmott's)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} must be a finite number, got inf$"):
+        config.validate()
 
 
 def test_yaml_errors_and_calibration_file(tmp_path: Path) -> None:

@@ -3,8 +3,12 @@ does not; knocked paths hold the right position; bad input is named."""
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
+from scipy.integrate import quad
 
 from pricing import black_scholes
 from pricing.analytic_lookback import lookback_price
@@ -88,6 +92,61 @@ def test_knocked_paths_hold_nothing_or_the_vanilla_delta() -> None:
     torch.testing.assert_close(knock_in[1] + out[1], black_scholes.greeks(
         spot=spot[1, :-1], strike=1.0, maturity=1.0 - grid[:-1], volatility=0.2).delta,
         rtol=1e-9, atol=1e-12)  # in + out = vanilla while alive (same shifted barrier)  # fmt: skip
+
+
+def _expiry_only_value(spot, *, strike, barrier, barrier_type, is_call, tau, vol, rate, dividend):
+    """The barrier option not hit so far whose only date left is the expiry, by quadrature of
+    its payoff against the lognormal density (the slow, obviously correct reference)."""
+    drift, scale = (rate - dividend - 0.5 * vol**2) * tau, vol * math.sqrt(tau)
+
+    def integrand(z: float) -> float:
+        end = spot * math.exp(drift + scale * z)
+        hit = end >= barrier if barrier_type.startswith("up") else end <= barrier
+        paid = hit if barrier_type.endswith("in") else not hit
+        payoff = max(end - strike, 0.0) if is_call else max(strike - end, 0.0)
+        return paid * payoff * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+    kinks = sorted((math.log(x / spot) - drift) / scale for x in (strike, barrier))
+    value = sum(quad(integrand, lo, hi, epsabs=1e-14, epsrel=1e-12, limit=200)[0]
+                for lo, hi in itertools.pairwise([-12.0, *kinks, 12.0]))  # fmt: skip
+    return math.exp(-rate * tau) * value
+
+
+@pytest.mark.parametrize("n_steps", [1, 4])
+@pytest.mark.parametrize(
+    ("barrier_type", "barrier", "strike", "is_call"),
+    [
+        ("up_out", 1.1, 1.0, True),
+        ("up_out", 1.05, 1.1, False),
+        ("down_out", 0.9, 1.0, False),
+        ("down_out", 0.97, 0.95, True),
+        ("up_in", 1.1, 1.0, True),
+        ("down_in", 0.9, 1.0, False),
+    ],
+)
+def test_barrier_delta_at_the_last_step_is_that_of_its_one_date_left(
+    n_steps: int, barrier_type: str, barrier: float, strike: float, is_call: bool
+) -> None:
+    # with the expiry its only monitoring date left (the one step of a one-step grid), Broadie,
+    # Glasserman and Kou's shift, an expansion in the number of dates, set a delta 0.132 for
+    # 0.0955 (up-and-out call, 3 months at 20% vol, no rates), and one 0.1 off for the put struck beyond
+    # its barrier
+    rate, dividend, vol = 0.03, 0.01, 0.2
+    grid = torch.linspace(0.0, 0.25, n_steps + 1, dtype=torch.float64)
+    last = [0.98, 1.0, 1.03]
+    spot = torch.tensor([[1.0] * n_steps + [1.0]] * 3, dtype=torch.float64)
+    spot[:, n_steps - 1] = torch.tensor(last, dtype=torch.float64)  # alive, near the barrier
+    derivative = DerivativeConfig(type="barrier", strike=strike, barrier=barrier,
+                                  barrier_type=barrier_type, is_call=is_call)  # fmt: skip
+    ours = path_dependent_delta(derivative, spot, grid, torch.full((3, n_steps), vol,
+                                dtype=torch.float64), rate=rate, dividend=dividend)[:, -1]  # fmt: skip
+    tau, h = float(grid[-1] - grid[-2]), 1e-5
+    args = dict(strike=strike, barrier=barrier, barrier_type=barrier_type, is_call=is_call,
+                tau=tau, vol=vol, rate=rate, dividend=dividend)  # fmt: skip
+    reference = [(_expiry_only_value(s + h, **args) - _expiry_only_value(s - h, **args)) / (2 * h)
+                 for s in last]  # fmt: skip
+    torch.testing.assert_close(ours, torch.tensor(reference, dtype=torch.float64),
+                               rtol=0, atol=1e-6)  # fmt: skip
 
 
 def test_shapes_and_types_are_checked() -> None:

@@ -162,6 +162,30 @@ def test_whalley_wilmott_half_width_is_the_papers_with_its_discount_factor() -> 
                                rtol=1e-10, atol=0)  # fmt: skip
 
 
+@pytest.mark.parametrize("risk_aversion", [math.inf, math.nan, 0.0])
+def test_whalley_wilmott_refuses_a_risk_aversion_that_is_not_finite_and_positive(
+    risk_aversion: float,
+) -> None:
+    # inf was taken: a band of width 0, the delta hedge reported as the Whalley-Wilmott one
+    with pytest.raises(ValueError, match=r"risk_aversion must be finite and > 0"):
+        WhalleyWilmott(_market(), risk_aversion)
+
+
+def test_read_paths_refuses_a_variance_column_for_a_black_scholes_market(tmp_path) -> None:
+    # a Black-Scholes run hedged at its constant volatility: the column was read, checked, ignored
+    rows = [{"path": p, "step": t, "spot": 1.0 + 0.01 * t, "variance": 0.09} for p in (0, 1)
+            for t in range(11)]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(tmp_path / "long.parquet")
+    with pytest.raises(
+        ValueError,
+        match=r"column 'variance' is read under market.model heston "
+        r"only; this black_scholes run hedges at its constant market.volatility",
+    ):
+        read_paths(tmp_path / "long.parquet", _market())
+    raw = read_paths(tmp_path / "long.parquet", _market(**HESTON))  # a Heston run reads it
+    torch.testing.assert_close(raw.variance, torch.full((2, 11), 0.09, dtype=torch.float64))
+
+
 def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
     market = _market(spot=1.0)
     wide = pd.DataFrame([[100.0 + i + j for j in range(11)] for i in range(3)])
@@ -206,8 +230,8 @@ def test_market_data_in_blocks_equals_one_block(
     monkeypatch: pytest.MonkeyPatch, extra: dict
 ) -> None:
     # Market.data works DATA_BLOCK paths at a time (bounded temporaries); the blocks add up to
-    # the data of all paths at once, a shorter last block included (to the last bit but for the
-    # odd rounding of a vectorised loop split elsewhere: 1 of 30,000 barrier band values)
+    # the data of all paths at once, a shorter last block included (to the last bits but for the
+    # odd rounding of a vectorised loop split elsewhere: 2 of 30,000 barrier values, 4e-15 off)
     market = Market(
         config_from_dict({**extra, "market": {"n_steps": 6, **extra.get("market", {})}})
     )
@@ -217,7 +241,7 @@ def test_market_data_in_blocks_equals_one_block(
     monkeypatch.setattr("qfnet.hedging.markets.DATA_BLOCK", 300)
     blocked = market.data(raw)
     for a, b in zip(whole, blocked, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(b, a, rtol=1e-14, atol=1e-15)
 
 
 def test_heston_vol_proxy_feature_starts_at_zero_in_float64() -> None:
