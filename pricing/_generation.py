@@ -11,9 +11,10 @@ made again, and the dataset is the one an uninterrupted run would have written.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,9 @@ def kept_shards(
     rows}``: shard ``i`` (file ``names[i]``) must read as Parquet with the label columns,
     ``sample_index`` exactly ``ranges[i]`` and the plan's points ``points(ranges[i])`` (a shard
     of another seed or domain was kept, and mixed into the dataset). Others (absent, unreadable,
-    cut, foreign) are to be made."""
+    cut, foreign) are to be made. The temporary files of writes cut short by a kill (of a shard
+    or of the plan) are removed."""
+    _remove_temporaries(path, [PLAN_FILE, *names])
     kept = {}
     for index, (name, rows) in enumerate(zip(names, ranges, strict=True)):
         file = path / name
@@ -84,6 +87,15 @@ def kept_shards(
         if _holds(frame, rows, points(rows)):
             kept[index] = int(frame["implied_vol"].isna().sum())
     return kept
+
+
+def _remove_temporaries(path: Path, names: Iterable[str]) -> None:
+    """Remove the temporaries ``.NAME.XXXXXXXX.tmp`` of :func:`replace_atomically`'s writes of
+    ``names`` in ``path``: a run killed (SIGKILL) mid-write left a shard-sized hidden file, which
+    stayed in the finished dataset after ``--resume``."""
+    for name in names:
+        for leftover in path.glob(f".{glob.escape(name)}.*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 def _holds(frame: pd.DataFrame, rows: range, points: pd.DataFrame) -> bool:

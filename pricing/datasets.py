@@ -563,7 +563,9 @@ def generate(
         progress: show a progress bar over shards done.
         resume: continue the interrupted generation in ``out``, with the same arguments (the
             device and worker count may differ): its whole shards are kept, the others made, and
-            the dataset is the one an uninterrupted run writes (see :mod:`pricing._generation`).
+            the dataset is the one an uninterrupted run writes (see :mod:`pricing._generation`);
+            on another device than the first run's, to rounding, but for the ``mc`` engine,
+            whose noise comes from another random stream on an accelerator.
 
     Returns:
         The dataset directory.

@@ -6,6 +6,8 @@ import dataclasses
 import filecmp
 import json
 import math
+import os
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -573,6 +575,21 @@ def test_an_interrupted_generation_resumes_to_the_uninterrupted_dataset(tmp_path
     }
     left = sorted(p.name for p in (tmp_path / "cut").iterdir())  # the plan is gone
     assert left == ["metadata.json", *_shards(tmp_path / "whole")]
+
+
+def test_resume_removes_the_temporary_files_of_writes_cut_short_by_a_kill(tmp_path, monkeypatch):
+    # SIGKILL while a shard (or the plan) was written left its hidden temporary, shard-sized,
+    # in the folder; --resume then finished the dataset around it
+    kwargs = {"model": "sabr", "n": 24, "shard_size": 8, "seed": 2}
+    _interrupted(tmp_path / "cut", monkeypatch, 2, **kwargs)
+    for name in ("shard-00002.parquet", "generation.json"):  # as replace_atomically names them
+        fd, _ = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=tmp_path / "cut")
+        os.write(fd, b"half a file")
+        os.close(fd)
+    (tmp_path / "cut" / ".notes.tmp").write_text("not the generator's")
+    generate(tmp_path / "cut", progress=False, resume=True, **kwargs)
+    left = sorted(p.name for p in (tmp_path / "cut").iterdir())
+    assert left == [".notes.tmp", "metadata.json", *_shards(tmp_path / "cut")]
 
 
 @pytest.mark.parametrize("step", [0, 1])
