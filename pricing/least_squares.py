@@ -144,6 +144,20 @@ def _free_mask(x, gradient, lower, upper) -> torch.Tensor:
     return ~(at_lower | at_upper)
 
 
+def _gradient_cosine(jac, r, gradient, free) -> torch.Tensor:
+    """MINPACK's gradient test ``(B,)``: the largest ``|J_j^T r| / (|J_j| |r|)`` over the free
+    parameters ``j`` (0 where ``J_j`` or ``r`` is 0), the cosine of the angle between the
+    residuals and a column of the Jacobian. Free of the residuals' and parameters' scales: an
+    absolute test of ``|J^T r|`` stopped exact one-expiry Heston fits as converged at 0.002-0.04 bp
+    (``J^T r`` ~3e-11 with the residuals ~4e-7 in vol), far from the smile's parameters."""
+    scale = torch.linalg.vector_norm(jac, dim=-2) * torch.linalg.vector_norm(
+        r, dim=-1, keepdim=True
+    )
+    zero = scale == 0  # not NaN: a NaN residual meets no tolerance
+    cosine = gradient.abs() / torch.where(zero, 1.0, scale)
+    return torch.where(free & ~zero, cosine, 0.0).amax(-1)
+
+
 def _damped_step(hessian, gradient, damping, free, peak) -> torch.Tensor:
     """Solve ``(A + mu D) h = -g`` on the free parameters (pinned ones get h = 0), ``D`` diagonal
     with ``D = max(diag(A), c peak)``: ``peak`` ``(B, P)`` is the largest ``diag(A)`` each parameter
@@ -199,7 +213,9 @@ def levenberg_marquardt(
         max_iterations: Jacobian evaluations per problem at most.
         ftol: stop when an accepted step lowers the cost by less than ``ftol`` relative.
         xtol: stop when the step is below ``xtol`` relative to ``|x|``.
-        gtol: stop when the projected gradient's max-norm is below ``gtol``.
+        gtol: stop when the cosine of the angle between the residuals and each free
+            parameter's Jacobian column, ``|J_j^T r| / (|J_j| |r|)``, is at most ``gtol``
+            (MINPACK's test, free of the residuals' and parameters' units; ``r = 0`` meets it).
         damping: initial damping relative to the Gauss-Newton matrix diagonal.
         initial: residuals ``(B, N)`` and Jacobian ``(B, N, P)`` at ``x0`` when already known
             (``x0`` inside the box), which saves the first evaluation (e.g. to continue a run).
@@ -297,7 +313,7 @@ def _iterate(
     hessian = jt @ s.jac  # (B, P, P)
     gradient = (jt @ s.r.unsqueeze(-1)).squeeze(-1)  # (B, P)
     free = _free_mask(s.x, gradient, lower, upper)
-    small_gradient = (gradient.abs() * free).amax(-1) <= gtol * (1 + s.cost)
+    small_gradient = _gradient_cosine(s.jac, s.r, gradient, free) <= gtol
     peak = torch.maximum(s.peak, torch.diagonal(hessian, dim1=-2, dim2=-1))
     step = _damped_step(hessian, gradient, s.mu, free, peak)
     trial = torch.minimum(torch.maximum(s.x + step, lower), upper)

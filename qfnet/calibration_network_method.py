@@ -97,6 +97,14 @@ def _model_vols(quotes: pd.DataFrame, params: dict[str, float | np.ndarray]) -> 
 
 _REACH = float((GRID_LOG_MONEYNESS / GRID_MATURITY.sqrt()).max())
 """The grid's widest ``ln(K/F) / sqrt(T)`` on either side (0.5)."""
+_MATURITY_SLACK = (1.25, 1.1)
+"""How far the quotes' first and last expiries may lie inside the grid's first and last
+maturities (factors): the grid's rows beyond the quotes are flat vols.
+
+On 100 exact surfaces of the network's box the answer's median RMSE on the whole grid was
+3.3 bp with expiries at the grid's six maturities; with the first at 30 days * 1.25, or the last
+at 3 years / 1.1, about 10 bp. The factor 1.5 allowed before let a last expiry of 2 years pass
+without a word: 43 bp (and a first at 45 days, 18 bp)."""
 
 
 def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
@@ -111,7 +119,8 @@ def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
     for i, quotes in enumerate(tables):
         which = "the quotes'" if len(tables) == 1 else f"table {i}:"
         covered = quotes["maturity"].min(), quotes["maturity"].max()
-        if covered[0] > MATURITIES[0] * 1.5 or covered[1] < MATURITIES[-1] / 1.5:
+        first, last = _MATURITY_SLACK
+        if covered[0] > MATURITIES[0] * first or covered[1] < MATURITIES[-1] / last:
             short.append(f"{which} expiries cover {covered[0]:.3g} to {covered[1]:.3g} years")
         narrow = _narrow_expiries(quotes)
         if narrow:
@@ -274,6 +283,10 @@ def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
     """The shipped network's parameters for the problem's quotes, clipped to its bounds; None
     when there is no network file or the quotes cannot be put on its grid.
 
+    Raises:
+        ValueError: the network file is damaged (the message names it, and
+            ``global_start="scan"``, which fits without it).
+
     Examples:
         >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
         ...     "maturity": [0.1] * 3 + [3.0] * 3, "market_iv": [0.24, 0.2, 0.18] * 2})
@@ -300,6 +313,10 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
         net = _network(None)
     except FileNotFoundError:
         return [None] * len(problems)
+    except ValueError as error:  # a damaged file: say whose start it is and how to do without
+        raise ValueError(f"the global start of Heston 'direct' and 'surrogate' fits, the "
+                         f"calibration network, cannot be loaded: {error}; restore the file, or "
+                         "pass global_start='scan' to fit without it") from error  # fmt: skip
     surfaces, errors = grid_surfaces([_read_quotes(p) for p in problems])
     starts = _predicted(net, surfaces, errors)
     for problem, values in zip(problems, starts, strict=True):

@@ -151,6 +151,29 @@ def test_a_vanished_column_does_not_throw_its_parameter_across_the_box() -> None
                                rtol=1e-6, atol=0.0)  # fmt: skip
 
 
+@pytest.mark.parametrize("scale", [1e-4, 1e-7, 1e5])
+def test_the_fit_and_its_verdict_are_free_of_the_residuals_units(scale: float) -> None:
+    # The same decay fit with residuals in units `scale` times smaller or larger takes the same
+    # steps. The gradient test was absolute, |J^T r| <= gtol: at scale 1e-7 it stopped after 2
+    # iterations at (1.82, 1.57), reported converged (1e-4: 5 iterations, 2e-9 off).
+    t = torch.linspace(0.0, 1.0, 20, dtype=F64)
+
+    def solve(units: float):
+        y = units * 2.0 * torch.exp(-1.5 * t)
+        fn = elementwise_jacobian(
+            lambda p, i: units * p[..., 0] * torch.exp(-p[..., 1] * t) - y, 20
+        )
+        return levenberg_marquardt(fn, torch.tensor([[1.0, 0.1]], dtype=F64),
+                                   lower=torch.tensor(0.0), upper=torch.tensor(10.0))  # fmt: skip
+
+    scaled, unit = solve(scale), solve(1.0)
+    torch.testing.assert_close(
+        scaled.x, torch.tensor([[2.0, 1.5]], dtype=F64), rtol=1e-12, atol=0.0
+    )
+    assert scaled.iterations.tolist() == unit.iterations.tolist()
+    assert scaled.converged.tolist() == [True]
+
+
 def test_value_and_jacobian_match_finite_differences() -> None:
     k = torch.tensor([0.8, 1.0, 1.3], dtype=F64)
 
