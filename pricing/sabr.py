@@ -29,7 +29,6 @@ import torch
 
 from pricing._typing import (
     TensorLike,
-    as_tensors,
     broadcast_named,
     broadcast_shapes,
     common_dtype_device,
@@ -599,6 +598,11 @@ def price(
         0.00238967
     """
     check_real(discount=discount)  # the others are checked by lognormal_vol
+    # the discount counts among the inputs that set the dtype, and takes a given one: a float64
+    # discount made a float64 price of dtype=torch.float32
+    dtype, device = common_dtype_device(
+        [forward, strike, maturity, alpha, beta, rho, nu, shift, discount], dtype, device
+    )
     vol = lognormal_vol(
         forward=forward,
         strike=strike,
@@ -611,7 +615,8 @@ def price(
         dtype=dtype,
         device=device,
     )
-    f, k, s, t = as_tensors(forward, strike, shift, maturity, dtype=vol.dtype, device=vol.device)
+    f, k, s, t, d = named_tensors(forward=forward, strike=strike, shift=shift, maturity=maturity,
+                                  discount=discount, dtype=vol.dtype, device=vol.device)  # fmt: skip
     return black_price(
-        forward=f + s, strike=k + s, maturity=t, volatility=vol, discount=discount, is_call=is_call
+        forward=f + s, strike=k + s, maturity=t, volatility=vol, discount=d, is_call=is_call
     )

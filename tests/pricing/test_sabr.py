@@ -438,6 +438,28 @@ def test_put_call_parity_of_prices_on_shifted_forward():
     torch.testing.assert_close(calls - puts, 0.95 * (0.002 - strikes), rtol=0.0, atol=1e-16)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "discount", "expected"),
+    [
+        (torch.float32, torch.tensor(0.9, dtype=torch.float64), torch.float32),
+        (None, torch.tensor(0.9, dtype=torch.float32), torch.float32),
+        (None, torch.tensor(0.9, dtype=torch.float64), torch.float64),
+    ],
+)
+def test_price_dtype_is_the_given_one_or_the_widest_input_discount_included(
+    dtype, discount, expected
+):
+    # a float64 discount made a float64 price of dtype=torch.float32, and a float32 one of
+    # Python-float inputs a float64 price
+    kw = dict(forward=0.03, strike=[0.02, 0.03], maturity=1.0, alpha=0.2, beta=1.0, rho=0.0,
+              nu=0.0)  # fmt: skip
+    prices = sabr.price(discount=discount, dtype=dtype, **kw)
+    assert prices.dtype == expected
+    black = bs.black_price(forward=0.03, strike=torch.tensor([0.02, 0.03]), maturity=1.0,
+                           volatility=0.2, discount=0.9)  # fmt: skip
+    torch.testing.assert_close(prices.double(), black.double(), rtol=1e-6, atol=0.0)
+
+
 def test_price_names_is_call_whose_shape_does_not_broadcast():
     # numpy's "shape mismatch: objects cannot be broadcast" named neither input
     kw = dict(forward=100.0, maturity=1.0, alpha=0.2, beta=1.0, rho=0.0, nu=0.3)
