@@ -275,9 +275,27 @@ def _divided_difference(b: float, c: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return torch.where(near, interpolated, direct(torch.where(near, delta, c)))
 
 
+_SERIES_BELOW = 1e-2
+"""Where ``|x t|`` is below this, :func:`_expm1_ratio` sums its Taylor series to ``(x t)^6``
+(truncation 3e-19 relative, 2e-16 in the derivative); the closed form's derivative in ``x``
+loses about ``eps / (x t)^2``, 2e-12 at this bound."""
+
+
 def _expm1_ratio(x: torch.Tensor | float, t: torch.Tensor) -> torch.Tensor:
     """``(exp(x t) - 1) / x``, and its limit ``t`` at ``x = 0`` (``expm1`` keeps small ``x``
-    accurate: moving ``x`` off 0 instead would break the cancellation in Levy's second moment)."""
+    accurate: moving ``x`` off 0 instead would break the cancellation in Levy's second moment).
+
+    Near ``x = 0`` by its series (:data:`_SERIES_BELOW`), whose derivative in ``x`` is right at 0
+    too: the limit ``t`` selected there had none, and at ``r = q`` Levy's rho and dividend
+    sensitivity lost the carry's share (-18.4 and -1.28 for 24.1 and -43.8, a one-year call
+    struck at 80).
+    """
     x = torch.as_tensor(x, dtype=t.dtype)
-    zero = x == 0
-    return torch.where(zero, t, torch.expm1(x * t) / torch.where(zero, torch.ones_like(x), x))
+    y = x * t
+    small = y.abs() < _SERIES_BELOW
+    ys = torch.where(small, y, 0.0)
+    series = 1 + ys * (
+        1 / 2 + ys * (1 / 6 + ys * (1 / 24 + ys * (1 / 120 + ys * (1 / 720 + ys / 5040))))
+    )
+    yl = torch.where(small, 1.0, y)  # the unused branch stays finite (no 0/0 in the gradient)
+    return t * torch.where(small, series, torch.expm1(yl) / yl)

@@ -76,6 +76,32 @@ def test_autograd_delta_matches_central_differences() -> None:
     torch.testing.assert_close(delta, central / (2 * h), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
+@pytest.mark.parametrize("barrier_type", BARRIER_TYPES)
+def test_strike_and_barrier_greeks_at_a_strike_on_the_barrier_among_strikes_on_both_sides(
+    barrier_type: str, is_call: bool
+) -> None:
+    # the price is smooth in the strike and the barrier where they meet; torch.maximum(K, H)
+    # split the tie's gradient between them (a down-and-in call's dV/dK: -0.188 for -0.376)
+    level = 95.0 if barrier_type.startswith("down") else 105.0
+    strike = torch.tensor([80.0, level, 120.0], dtype=torch.float64, requires_grad=True)
+    barrier = torch.tensor(level, dtype=torch.float64, requires_grad=True)
+    args = {"spot": 100.0, "barrier_type": barrier_type, "maturity": 0.5, "volatility": 0.25,
+            "rate": 0.05, "dividend": 0.02, "is_call": is_call}  # fmt: skip
+    price = barrier_price(strike=strike, barrier=barrier, **args)[1]
+    d_strike, d_barrier = torch.autograd.grad(price, (strike, barrier))
+    h = 1e-4
+    with torch.no_grad():
+
+        def at(k: float, b: float) -> float:
+            return barrier_price(strike=k, barrier=b, **args).item()
+
+        central_k = (at(level + h, level) - at(level - h, level)) / (2 * h)
+        central_b = (at(level, level + h) - at(level, level - h)) / (2 * h)
+    assert d_strike[1].item() == pytest.approx(central_k, rel=1e-6, abs=1e-8)
+    assert d_barrier.item() == pytest.approx(central_b, rel=1e-6, abs=1e-8)
+
+
 def test_shifted_barrier_prices_a_daily_monitored_barrier_within_monte_carlo_error() -> None:
     # up-and-out call monitored at 50 dates: the shifted continuous formula against Monte Carlo of
     # exactly that discrete monitoring. On 2M paths the discrete price is 1.7865 +- 0.0028: the
