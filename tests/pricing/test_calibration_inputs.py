@@ -295,6 +295,26 @@ def test_quantlib_sabr_model_vols_are_finite_at_zero_weight_and_match_direct() -
                                rtol=0, atol=1e-8)  # fmt: skip
 
 
+@pytest.mark.parametrize("many", [False, True])
+def test_fit_statistics_leave_out_quotes_of_weight_0(many: bool) -> None:
+    # A 500 bp outlier weighted 0 (left out of the fit) counted in the summary: an exact fit of
+    # the other 6 quotes reported an RMSE of 189 bp, a largest error of 500 bp, and 7 quotes used
+    table = _smile()
+    table.loc[3, "implied_vol"] += 0.05
+    weights = np.where(table.index == 3, 0.0, 1.0)
+    fit = (
+        calibrate_many("sabr", [table], weights=weights)[0]
+        if many
+        else calibrate("sabr", table, weights=weights)
+    )
+    assert fit.n_quotes == 6 and fit.n_dropped == 0
+    assert fit.rmse_iv_bp < 1e-4 and fit.max_abs_iv_bp < 1e-4 and fit.sse < 1e-12
+    # the residual table still lists every quote, the outlier with its weight and its error
+    assert len(fit.residuals) == 7
+    assert fit.residuals["weight"].tolist()[3] == 0.0
+    np.testing.assert_allclose(fit.residuals["error_bp"][3], -500.0, rtol=1e-6)
+
+
 def test_quantlib_sabr_takes_x0_and_max_iterations_and_refuses_other_options() -> None:
     truth = {"alpha": 0.3, "rho": -0.3, "nu": 0.6}  # the smile's parameters (beta 1)
     started = calibrate("sabr", _smile(), method="quantlib", x0=truth, max_iterations=1)
