@@ -34,7 +34,7 @@ import torch
 
 from pricing import _generation
 from pricing._atomic import replace_atomically
-from pricing._labels import ENGINES, check_compile, label
+from pricing._labels import ENGINES, check_compile, label, unlabelled_reason
 from pricing._validation import (
     check_device,
     check_positive_int,
@@ -434,6 +434,8 @@ def _make_shard(task: _ShardTask) -> tuple[int, pd.DataFrame]:
         torch.set_num_threads(task.threads)
     domain = Domain.from_dict(task.domain)
     points = sample(domain, task.count, seed=task.seed, start=task.start)
+    # indexed by dataset row, which a label error names (it named the row within the shard)
+    points.index = pd.RangeIndex(task.start, task.start + task.count)
     mc_seed = int(np.random.SeedSequence([task.seed, task.index]).generate_state(1)[0])
     labelled = label(
         points,
@@ -666,7 +668,7 @@ def generate(
     _generation.finish(path, meta)  # the plan becomes metadata.json in one rename
     if unlabelled:
         warnings.warn(f"{unlabelled} of {n} options got no implied vol (the {engine} engine "
-                      "gave no price with time value there); training drops those rows",
+                      f"gave {unlabelled_reason(model, engine)}); training drops those rows",
                       stacklevel=2)  # fmt: skip
     return path
 
@@ -706,7 +708,10 @@ def _metadata(
             "dimensions": [*domain.param_names, "maturity", "z"],
             "maturity": "uniform in sqrt(maturity)",
             "strike": "log_moneyness = z * z_scale * sqrt(maturity), forward = 1, discount = 1",
-            "labels": "price of the out-of-the-money option, Black implied vol of that price",
+            "labels": "Hagan's vol and its Black price of the out-of-the-money option"
+            if engine == "hagan"
+            else "price of the out-of-the-money option, Black implied vol of that price",
+            "unlabelled": f"NaN where the engine gave {unlabelled_reason(domain.model, engine)}",
         },
         "versions": _versions(),
     }

@@ -256,14 +256,20 @@ def bs_greeks(
 # substitution t' = a t gives dv' = (kappa/a)(theta/a - v') dt' + (sigma/a) sqrt(v') dW', so
 # (v0, kappa, theta, sigma)/a with rate and dividend /a over n/365 years has exactly T's price.
 
-HESTON_ENGINES = ("fast", "reference", "reference_cv")
+HESTON_ENGINES = ("fast", "reference", "reference_cv", "exp_sinh_cv")
 """``fast``: Gauss-Laguerre, 144 nodes (QuantLib's default); ``reference``: adaptive Gauss-Lobatto with
 relative tolerance 1e-12 (Heston's P1/P2 form); ``reference_cv``: the same integration applied to the
-Andersen-Piterbarg control-variate integrand (relative accuracy also for tiny prices). Far out of
-the money on a tiny variance with ``v0 << sigma^2 T`` (the P1/P2 integrands decay like ``1 / u^2`` to
-``u ~ 1e6``) ``reference`` stops early without an error: 1e-215 for a price of 3.3e-8 (v0 1e-7,
-theta 1e-8, sigma 0.1, kappa 10, 4 days, K/F 1.001), which ``reference_cv``, Monte Carlo and a
-40-digit Carr-Madan integral agree on."""
+Andersen-Piterbarg control-variate integrand (relative accuracy also for tiny prices); ``exp_sinh_cv``:
+that integrand by exp-sinh quadrature (relative tolerance 1e-10), about 3 times faster than
+``reference``, with which it shares neither integrand nor quadrature (the dataset labels use the
+two together: each is off by up to 1e-8 where the other is not, ``reference`` at sigma 0.05, this
+one at sigma 0.94, rho -0.98, 2.3 years); no reference alone: it gives 5.7e-6, without an error,
+for a 1-day call at K/F 5 on v0 = 1e-6, worth ~0, where ``reference`` does not converge.
+
+Far out of the money on a tiny variance with ``v0 << sigma^2 T`` (the P1/P2 integrands decay like
+``1 / u^2`` to ``u ~ 1e6``) ``reference`` stops early without an error: 1e-215 for a price of
+3.3e-8 (v0 1e-7, theta 1e-8, sigma 0.1, kappa 10, 4 days, K/F 1.001), which ``reference_cv``,
+Monte Carlo and a 40-digit Carr-Madan integral agree on."""
 
 
 class _HestonPricer:
@@ -295,8 +301,12 @@ class _HestonPricer:
             return ql.AnalyticHestonEngine(self.model, integration_order)
         if engine == "reference":
             return ql.AnalyticHestonEngine(self.model, 1e-12, 1_000_000)
-        lobatto = ql.FourierIntegration.gaussLobatto(1e-12, 1e-15, 1_000_000)
         cv = ql.AnalyticHestonEngine.AndersenPiterbarg
+        if engine == "exp_sinh_cv":
+            return ql.AnalyticHestonEngine(
+                self.model, cv, ql.FourierIntegration.expSinh(1e-10), 1e-40
+            )
+        lobatto = ql.FourierIntegration.gaussLobatto(1e-12, 1e-15, 1_000_000)
         return ql.AnalyticHestonEngine(self.model, cv, lobatto, 1e-40)
 
     def price(
@@ -347,8 +357,8 @@ def heston_price(
     Give ``spot`` (with ``rate``, ``dividend``) or ``forward`` (with ``discount``, default 1).
     ``engine`` is one of :data:`HESTON_ENGINES`; ``integration_order`` applies to ``fast``. Where the
     ``reference`` integration does not converge, ``reference_cv`` prices the option; where neither
-    does (or, with ``engine="reference_cv"``, where it does not), the price is NaN, with a warning
-    naming the first such index.
+    does (or, with ``engine="reference_cv"`` or ``"exp_sinh_cv"``, where it does not), the price is
+    NaN, with a warning naming the first such index.
     About 20,000 options/s with ``fast``, a few thousand with the adaptive references.
 
     Raises:

@@ -88,6 +88,14 @@ def test_heston_price_adaptive_engines_give_nan_naming_an_option_that_does_not_c
     assert 0.0 < prices[0] < 0.01
 
 
+def test_heston_price_exp_sinh_cv_engine_matches_lewis_reference_value():
+    # Lewis' 50-digit value, as in heston_price's example (the "reference" engine)
+    price = qlref.heston_price(spot=100.0, strike=100.0, maturity=1.0, rate=0.01, dividend=0.02,
+                               v0=0.04, kappa=4.0, theta=0.25, sigma=1.0, rho=-0.5, is_call=False,
+                               engine="exp_sinh_cv")  # fmt: skip
+    assert float(price) == pytest.approx(17.05527096127, rel=0.0, abs=1e-9)
+
+
 def test_heston_price_table_refuses_an_unknown_option_type():
     # anything but call/C was priced as a put
     with pytest.raises(ValueError, match=r"option_type must be call or put, got 'cal' at row 2"):
