@@ -226,7 +226,10 @@ def calibrate_command(
     if plot:
         from pricing.smile_plot import plot_smiles
 
+        # the quotes fitted, row-aligned with the residuals (rows without a vol left out, as
+        # calibrate does): with --no-clean such a row moved every later bid/ask bar by one row
+        fitted = table[table["market_iv"].notna()].reset_index(drop=True)
         try:
-            typer.echo(f"smiles -> {plot_smiles(result, png, quotes=table)}")
+            typer.echo(f"smiles -> {plot_smiles(result, png, quotes=fitted)}")
         except OSError as error:
             raise fail(f"cannot write {png}: {error}") from error

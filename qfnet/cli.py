@@ -245,7 +245,8 @@ def _price_surrogate(
     if shift is not None and (shift != 0.0).any():
         raise fail("--engine surrogate: the SABR surrogate prices unshifted SABR (shift 0) only")
     rows = table.assign(**columns)  # forwards and discounts read per row, as the other engines
-    result = table.copy()
+    # every row gets a vol: an iv_status of an earlier pricing would stand beside them
+    result = table.drop(columns="iv_status", errors="ignore")
     result["price"], result["implied_vol"] = surrogate_price_rows(rows, net, model=model)
     return result
 
@@ -316,6 +317,8 @@ def iv(
     # a crossed row gets a status, not an error; so does an expired one (an exchange download's
     # options expiring on the quote date refused the whole file)
     table = read_table(quotes, allow_crossed=True, allow_expired=True, dayfirst=dayfirst)
+    if table.empty:  # was "every row has expired", of a file with a header and no rows
+        raise fail(f"{quotes}: no quotes (the file names its columns but has no rows)")
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
         raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")
     if "option_type" not in table:

@@ -333,7 +333,8 @@ def add_implied_vols(
     out: pd.DataFrame, prices: torch.Tensor | np.ndarray, **rows: np.ndarray | float
 ) -> pd.DataFrame:
     """Set ``out["implied_vol"]`` from :func:`black_vols` (``rows``: its keyword arguments), and
-    an ``iv_status`` column with the reason wherever a vol is NaN.
+    an ``iv_status`` column with the reason wherever a vol is NaN (``out``'s own ``iv_status``,
+    of an earlier pricing, is replaced or, where every vol is solved, removed).
 
     Examples:
         >>> out = add_implied_vols(pd.DataFrame({"strike": [100.0, 50.0]}),
@@ -349,4 +350,6 @@ def add_implied_vols(
     out["implied_vol"] = vols
     if (status != "ok").any():
         out["iv_status"] = status
+    elif "iv_status" in out:  # a priced file priced again: its reasons stood beside solved vols
+        del out["iv_status"]
     return out

@@ -114,6 +114,7 @@ def generate_command(
     if domain is not None and (domain not in NAMED_DOMAINS or NAMED_DOMAINS[domain].model != model):
         names = sorted(k for k, v in NAMED_DOMAINS.items() if v.model == model)
         raise typer.BadParameter(f"for {model} must be one of {names}", param_hint="--domain")
+    _check_out_folder(out)
     try:
         with warnings.catch_warnings():  # the count of unlabelled rows is in the line below
             warnings.filterwarnings("ignore", message=r".* options got no implied vol")
@@ -142,6 +143,13 @@ def generate_command(
         f"wrote {meta['n']} {model} options ({meta['engine']}) in {meta['n_shards']} "
         f"{shards} to {path}{missing}"
     )
+
+
+def _check_out_folder(out: Path) -> None:
+    """``--out`` names a folder to write: a file there is a usage error naming the option, as in
+    ``hedge train`` (it was a bare "[Errno 17] File exists: ...")."""
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
 
 
 def _checked_device(device: str) -> str:
@@ -211,6 +219,7 @@ def train_surrogate_command(
     if resume and overwrite:  # one continues OUT, the other replaces it
         raise typer.BadParameter("--resume continues OUT, --overwrite replaces it: pass one",
                                  param_hint="--resume")  # fmt: skip
+    _check_out_folder(out)
     if not (math.isfinite(lr) and lr > 0):  # inf ended as a NaN-loss error; 0 trained nothing
         raise typer.BadParameter(f"{lr}: the learning rate must be finite and > 0",
                                  param_hint="--lr")  # fmt: skip

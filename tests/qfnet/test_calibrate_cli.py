@@ -14,6 +14,7 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from pricing.black_scholes import black_price
 from pricing.calibration import calibrate
 from pricing.sabr import lognormal_vol
 from qfnet.calibrate_cli import calibrate_command
@@ -440,3 +441,38 @@ def test_ambiguous_dates_are_refused_and_read_with_dayfirst_or_monthfirst(
         assert result.exit_code == 0, result.output
         maturity = json.loads(out.read_text())["params"]["maturity"]
         np.testing.assert_allclose(maturity, [days / 365], rtol=1e-12)
+
+
+def test_the_smile_plot_gets_the_bid_ask_of_the_quotes_fitted(monkeypatch, tmp_path: Path) -> None:
+    # with --no-clean a quote without a vol (here a zero bid and ask) is left out of the fit:
+    # the plot was given the table with it, and drew each bid/ask bar with the row above's vols
+    import pricing.smile_plot
+
+    strike = 100.0 * np.exp(np.linspace(-0.3, 0.3, 9))
+    vol = lognormal_vol(forward=100.0, strike=torch.tensor(strike), maturity=0.5, alpha=0.25,
+                        beta=1.0, rho=-0.4, nu=0.7)  # fmt: skip
+    call = strike >= 100.0
+    price = black_price(forward=100.0, strike=torch.tensor(strike), maturity=0.5,
+                        volatility=vol, is_call=torch.tensor(call)).numpy()  # fmt: skip
+    table = pd.DataFrame({"option_type": np.where(call, "call", "put"), "strike": strike,
+                          "maturity": 0.5, "forward": 100.0, "discount": 1.0,
+                          "bid": 0.98 * price, "ask": 1.02 * price})  # fmt: skip
+    no_vol = pd.DataFrame({"option_type": ["put"], "strike": [40.0], "maturity": 0.5,
+                           "forward": 100.0, "discount": 1.0, "bid": 0.0, "ask": 0.0})  # fmt: skip
+    path = tmp_path / "q.csv"
+    pd.concat([no_vol, table]).to_csv(path, index=False)
+    plotted = {}
+
+    def capture(result, png, *, quotes):
+        plotted.update(result=result, quotes=quotes)
+        return png
+
+    monkeypatch.setattr(pricing.smile_plot, "plot_smiles", capture)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(path), "--out",
+            str(tmp_path / "fit.json"), "--no-clean", "--plot"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    residuals, quotes = plotted["result"].residuals, plotted["quotes"]
+    np.testing.assert_array_equal(quotes.loc[residuals.index, "strike"], residuals["strike"])
+    assert (quotes.loc[residuals.index, "bid_iv"] < residuals["market_iv"]).all()
+    assert (quotes.loc[residuals.index, "ask_iv"] > residuals["market_iv"]).all()

@@ -376,6 +376,36 @@ def test_iv_without_prices_is_a_clear_error(bs_quotes, tmp_path):
     assert "iv needs a 'mid', 'bid'/'ask' or 'price' column" in result.output
 
 
+def test_iv_of_a_file_without_rows_says_so(tmp_path):
+    # a header line alone was "every row has expired (expiry on or before the quote date)"
+    path = tmp_path / "q.csv"
+    path.write_text("option_type,strike,maturity,spot,price\n")
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "no quotes (the file names its columns but has no rows)" in result.output
+    assert "expired" not in result.output
+
+
+@pytest.mark.parametrize("engine", ["analytic", "quantlib", "mc", "surrogate"])
+def test_price_of_a_priced_file_gives_its_own_iv_status(tmp_path, engine):
+    # pricing an earlier output again kept its iv_status where every vol was now solved: a
+    # "deep in the money" reason stood beside a solved vol
+    path = tmp_path / "q.csv"
+    path.write_text("option_type,strike,maturity,spot,iv_status\n"
+                    "call,100,0.5,100,time value below the price's rounding (deep in the money)\n"
+                    "put,95,0.5,100,ok\n")  # fmt: skip
+    params = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.3, "rho": -0.7}
+    args = ["price", "--model", "heston", "--quotes", str(path), "--out",
+            str(tmp_path / "o.csv"), "--engine", engine, "--params", json.dumps(params)]  # fmt: skip
+    if engine == "mc":
+        args += ["--paths", "2000", "--steps", "4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    priced = pd.read_csv(tmp_path / "o.csv")
+    assert priced["implied_vol"].notna().all()
+    assert "iv_status" not in priced
+
+
 def test_demo_quick_writes_a_report_with_numbers(tmp_path):
     from qfnet.demo import summary
 

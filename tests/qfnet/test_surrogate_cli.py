@@ -235,6 +235,23 @@ def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_
     assert not (tmp_path / "m").exists()
 
 
+def test_generate_and_train_name_out_when_it_is_a_file(app, tmp_path):
+    # a file as --out was "error: [Errno 17] File exists: ..." (hedge train and demo name --out)
+    from qfnet.surrogate_cli import train_surrogate_command
+
+    afile = tmp_path / "quotes.csv"
+    afile.write_text("strike\n100\n")
+    train = typer.Typer()
+    train.callback()(lambda: None)
+    train.command("train")(train_surrogate_command)
+    for command, args in ((app, ["generate", "--model", "sabr", "--n", "4"]),
+                          (train, ["train", "--data", str(tmp_path), "--hidden", "8"])):  # fmt: skip
+        result = CliRunner().invoke(command, [*args, "--out", str(afile)])
+        flat = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and "--out" in flat and "is a file" in flat, flat
+    assert afile.read_text() == "strike\n100\n"
+
+
 def test_float32_queries_at_the_domain_edge_and_the_calibration_grid_are_inside():
     from qfnet.calibration_network import GRID_LOG_MONEYNESS, GRID_MATURITY
     from qfnet.surrogate import implied_vol
