@@ -17,7 +17,7 @@ import pandas as pd
 import typer
 
 from pricing.datasets import Domain
-from pricing.quotes import read_quotes, shifts
+from pricing.quotes import QuoteError, read_quotes, shifts
 from qfnet._cli import (
     DAYFIRST_FLAGS,
     DAYFIRST_HELP,
@@ -172,6 +172,8 @@ def price(
     if shift is not None and not np.isfinite(shift):  # NaN read as a second, different shift
         raise fail(f"--params: shift must be finite; got {shift}")
     table = read_table(quotes, shift=shift, dayfirst=dayfirst)
+    if table.empty:  # was "priced 0 options", exit 0, where iv and calibrate refuse the file
+        raise fail(f"{quotes}: no quotes (the file names its columns but has no rows)")
     if shift is not None and not np.allclose(table["shift"].to_numpy(float), shift):
         raise fail("parameter 'shift' is given both as a column and in --params")
     try:
@@ -184,7 +186,7 @@ def price(
         else:
             raise fail(f"--engine {engine} is not available yet")
     except (ValueError, FileNotFoundError) as error:
-        raise fail(str(error)) from error
+        raise fail(_in_file(quotes, error)) from error
     # a rate (dividend) the file lacked was written as 0 beside the discount (forward) it gave,
     # which the prices used: leave out the defaults those columns make meaningless, where they
     # give every row (rows of a gap were priced with the 0, and the column is what says so)
@@ -202,6 +204,16 @@ def price(
         rows = "row" if gaps == 1 else "rows"
         typer.echo(f"  note: {gaps} {rows} without a {given[column]} took {column} 0 (the file "
                    f"has no {column} column)")  # fmt: skip
+
+
+def _in_file(quotes: Path, error: Exception) -> str:
+    """The message of a pricing error, naming the file where it names one of its rows, as the
+    errors found while reading do (a gap in a parameter column was "row 1 (file line 2), column
+    'volatility': missing value", an inf in it "quotes.csv, row 1 (file line 2), ...")."""
+    message = str(error)
+    if isinstance(error, QuoteError) and error.row and not message.startswith(str(quotes)):
+        return f"{quotes}, {message}"
+    return message
 
 
 def _refuse_mc_options(ctx: typer.Context, engine: str) -> None:

@@ -62,7 +62,9 @@ def generate_command(
     shard_size: Annotated[int, typer.Option("--shard-size", min=1)] = 65_536,
     margin: Annotated[
         float,
-        typer.Option("--margin", min=0.0, help="Sample this fraction beyond each domain edge."),
+        # checked below, not by min=0.0: click's range check let NaN by as "Input should be
+        # greater than or equal to 0"
+        typer.Option("--margin", help="Sample this fraction (>= 0) beyond each domain edge."),
     ] = 0.0,
     device: Annotated[
         str, typer.Option("--device", help="Where workers label: cpu, cuda, cuda:1...")
@@ -168,7 +170,8 @@ def train_surrogate_command(
     ] = False,
     seed: Annotated[int, seed_option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-3,
+    # checked below, as --margin is (click's range check took NaN for a number below 0)
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (> 0).")] = 2e-3,
     hidden: Annotated[str, typer.Option("--hidden", help="Hidden widths.")] = "128,128,128,128",
     device: Annotated[str, typer.Option("--device")] = "auto",
     threads: Annotated[

@@ -206,13 +206,14 @@ def _architecture(
     training: dict,
     base: str | None = None,
 ) -> tuple[tuple[int, ...], str, str | None]:
-    """On resume the run's own architecture (widths, activation, base vol) wins (so
-    ``--resume`` alone continues a run); its domain must be the dataset's (the scalers and
-    weights were fitted on it), and so must the box its points were drawn from (``sampling``,
-    the domain widened by the generation's ``margin``); its dataset the same (``dataset``: size,
-    seed, engine) and its split (``seed`` and fractions) the same: another one would test on rows
-    it trained on; so must its ``training`` settings (batch size, learning rate, epochs). Without
-    resume, a directory holding a run is refused (``overwrite`` replaces it)."""
+    """On resume the run's widths and activation must be the ones given (other ones were
+    dropped silently for the run's own), and its own base vol wins; its domain must be the
+    dataset's (the scalers and weights were fitted on it), and so must the box its points were
+    drawn from (``sampling``, the domain widened by the generation's ``margin``); its dataset the
+    same (``dataset``: size, seed, engine) and its split (``seed`` and fractions) the same:
+    another one would test on rows it trained on; so must its ``training`` settings (batch
+    size, learning rate, epochs). Without resume, a directory holding a run is refused
+    (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
         return tuple(int(h) for h in hidden), activation, base
@@ -238,6 +239,16 @@ def _architecture(
             raise ValueError(f"--resume: the run in {out} was started with {flag} "
                              f"{saved['split'][name]}, not {value}: its train/validation/test "
                              "split depends on it; resume with the same value")  # fmt: skip
+    # other layer widths were dropped silently for the run's own, while another --lr was named
+    asked = {"hidden": [int(h) for h in hidden], "activation": activation}
+    for name, value in asked.items():
+        if saved[name] != value:
+            was, now = (",".join(map(str, v)) if name == "hidden" else repr(v)
+                        for v in (saved[name], value))  # fmt: skip
+            flag = "--hidden" if name == "hidden" else name  # activation: no command option
+            raise ValueError(f"--resume: the run in {out} was started with {flag} {was}, not "
+                             f"{now}; resume with the same value (or train a new run, --init "
+                             "from this one)")  # fmt: skip
     # another batch size or learning rate was taken silently (and recorded as the run's)
     for name, value in training.items():
         if name in saved.get("training", {}) and saved["training"][name] != value:

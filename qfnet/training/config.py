@@ -122,7 +122,8 @@ class TrainerConfig:
         tensorboard: Write TensorBoard events in ``run_dir``.
         nan_guard: Stop with :class:`~qfnet.training.NonFiniteLossError` on a NaN/Inf loss or
             gradient norm (under fp16 loss scaling, whose skipped steps are overflows: a
-            gradient norm non-finite at 32 steps in a row).
+            gradient norm non-finite at 32 steps in a row). Off, a step whose sample weights
+            sum to 0 (its mean loss 0/0, which the guard stops on) makes no update.
         distributed: ``auto`` (join the process group when launched by ``torchrun``) or ``off``.
 
     Examples:

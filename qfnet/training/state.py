@@ -57,6 +57,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "batch_size": trainer.config.batch_size,
         "accumulate_grad_batches": trainer.config.accumulate_grad_batches,
         "world_size": trainer.dist.world_size,
+        "skipped_steps": trainer._skipped,
         "loader_generator": trainer._train.generator_state(done)
         if hasattr(trainer, "_train")
         else None,
@@ -224,6 +225,9 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
             cb.load_state_dict(saved[key])
     trainer.epoch, trainer.global_step = loop["epoch"], loop["global_step"]
     trainer.batch_in_epoch, trainer.step_in_epoch = loop["batch_in_epoch"], loop["step_in_epoch"]
+    # the fp16 scaler's skipped steps in a row (the NaN guard stops at 32): a resume restarted
+    # the count; checkpoints written before it was saved have none
+    trainer._skipped = loop.get("skipped_steps", 0)
     # An older checkpoint's loop.should_stop is ignored: restored, it made every resume of a run
     # stopped at a checkpoint (a time budget) a no-op, while others trained on from the previous
     # checkpoint. EarlyStopping re-asserts its own stop from its state.

@@ -158,7 +158,9 @@ class Trainer:
         # the NaN guard's error (raised on every rank at once), and an exception being handled
         # under DDP that may not have been raised on the other ranks (see save_checkpoint)
         self._lockstep_error: BaseException | None = None
-        self._skipped = 0  # steps in a row whose non-finite gradients the fp16 scaler skipped
+        # steps in a row, up to the last completed one, whose non-finite gradients the fp16
+        # scaler skipped (saved in checkpoints: a resume restarted the count)
+        self._skipped = 0
         self._unsynced_error: BaseException | None = None
 
     def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
@@ -367,6 +369,7 @@ class Trainer:
             seed_everything(self.config.seed)
             self.history = History()
             self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
+            self._skipped = 0
         self._write_config()
         with deterministic_algorithms(self.config.deterministic):
             return self._fit_epochs(path)
@@ -556,9 +559,14 @@ class Trainer:
         step_loss, total = step_mean(means, weights)
         total_all, loss_all = self._reduce_step(total, step_loss)
         norm = self._finish_gradients(nominal, total_all)
-        self._check_finite(step_loss, loss_all, norm, total_all, batch_losses=means,
-                           batch_weights=weights)  # fmt: skip
-        self._optimizer_step()
+        skipped = self._check_finite(step_loss, loss_all, norm, total_all, batch_losses=means,
+                                     batch_weights=weights)  # fmt: skip
+        # with the guard off (it stops on such a step), a step whose samples all weigh 0 adds
+        # nothing, as a micro-batch or a process of weight 0 does: its gradients, divided by
+        # the weight 0, were NaN and went into the weights. float() of a tensor weight
+        # synchronises the GPU, only with the guard off (the guard's own check does otherwise)
+        self._optimizer_step(update=cfg.nan_guard or float(total_all) != 0.0)
+        self._skipped = skipped
         self._epoch_loss.add(step_loss, total)
         if step_sums is not None:
             self._train_sums += step_sums
@@ -640,28 +648,33 @@ class Trainer:
         *,
         batch_losses: list[torch.Tensor] | None = None,
         batch_weights: list[torch.Tensor | int] | None = None,
-    ) -> None:
+    ) -> int:
         """Raise :class:`NonFiniteLossError` on every rank when any rank's loss, or the gradient
         norm, is NaN/Inf (``loss_probe`` from :meth:`_reduce_step`); ``total`` is the step's
         weight over all ranks (0: its mean loss is 0/0, which the message says);
         ``batch_losses`` and ``batch_weights`` the step's micro-batch mean losses and weights,
-        to name the batch at fault."""
+        to name the batch at fault.
+
+        Returns:
+            The fp16 scaler's skipped steps in a row, this one included (0 without scaling),
+            which the step keeps once it completes.
+        """
         if not self.config.nan_guard:
-            return
-        skipping = False
+            return 0
+        skipped, skipping = 0, False
         if self._scaler is None:
             # .item() synchronises the GPU once per step: the price of stopping at the bad step
             if math.isfinite((loss_probe + norm).item()):
-                return
+                return 0
         else:
             # with fp16 scaling, inf gradients only make the scaler skip the step; gradients that
             # stay non-finite at every scale (a NaN of the model's, not an overflow) made it skip
             # every step, without a word, while the scale fell to 0
             probe, grad_norm = torch.stack([loss_probe.double(), norm.double()]).tolist()
-            self._skipped = 0 if math.isfinite(grad_norm) else self._skipped + 1
-            skipping = self._skipped >= _MAX_SKIPPED_STEPS
+            skipped = 0 if math.isfinite(grad_norm) else self._skipped + 1
+            skipping = skipped >= _MAX_SKIPPED_STEPS
             if math.isfinite(probe) and not skipping:
-                return
+                return skipped
         losses = batch_losses or [loss]
         # this rank's weight: where it is 0 (DDP), its mean loss is 0/0, not the one at fault
         local = sum(float(w) for w in batch_weights) if batch_weights else 1.0
@@ -673,7 +686,7 @@ class Trainer:
         elif not math.isfinite(loss_probe.item()):
             what = "loss on another process"
         elif skipping:
-            what = (f"gradient norm {norm.item()} at {self._skipped} steps in a row (fp16 loss "
+            what = (f"gradient norm {norm.item()} at {skipped} steps in a row (fp16 loss "
                     "scaling skipped them all: not an overflow)")  # fmt: skip
         else:
             what = f"gradient norm {norm.item()}"
@@ -690,7 +703,9 @@ class Trainer:
         )
         raise self._lockstep_error
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, update: bool = True) -> None:
+        """Step the optimizer (not if ``update`` is false: the scaler and the schedule go on)
+        and, per step, the schedule."""
         opt = self.optimizer
         factor = warmup_factor(self.global_step, self.config.warmup_steps)
         saved = [g["lr"] for g in opt.param_groups] if factor != 1.0 else []
@@ -700,9 +715,10 @@ class Trainer:
         try:
             self.call("on_before_optimizer_step", opt)
             if self._scaler is not None:
-                self._scaler.step(opt)
-                self._scaler.update()
-            else:
+                if update:
+                    self._scaler.step(opt)
+                self._scaler.update()  # also after no step: it clears the step's unscale_
+            elif update:
                 opt.step()
         finally:  # also on an exception: a checkpoint written then saved the warmed-up rate
             if saved:  # as the base one, for the rest of the run

@@ -386,6 +386,19 @@ def test_iv_of_a_file_without_rows_says_so(tmp_path):
     assert "expired" not in result.output
 
 
+def test_price_of_a_file_without_rows_says_so(tmp_path):
+    # "priced 0 options", exit status 0, where iv and calibrate refuse the file
+    path, out = tmp_path / "q.csv", tmp_path / "o.csv"
+    path.write_text("option_type,strike,maturity,spot,volatility\n")
+    result = runner.invoke(app, ["price", "--model", "bs", "--quotes", str(path), "--out",
+                                 str(out)])  # fmt: skip
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"error: {path}: no quotes (the file names its columns but has no rows)" in (
+        result.output
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("engine", ["analytic", "quantlib", "mc", "surrogate"])
 def test_price_of_a_priced_file_gives_its_own_iv_status(tmp_path, engine):
     # pricing an earlier output again kept its iv_status where every vol was now solved: a
@@ -1076,7 +1089,21 @@ def test_price_row_errors_name_the_file_line_and_column(tmp_path, engine, rho, m
     result = runner.invoke(app, ["price", "--model", "heston", "--quotes", str(path), "--out",
                                  str(tmp_path / "o.csv"), "--engine", engine])  # fmt: skip
     assert result.exit_code == 1
-    assert f"error: row 2 (file line 4), {message}" in result.output, result.output
+    assert f"error: {path}, row 2 (file line 4), {message}" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("volatility", "message"), [("nan", "missing value"), ("inf", "must be finite, got 'inf'")]
+)
+def test_price_a_non_finite_volatility_names_the_file(tmp_path, volatility, message):
+    # an inf, refused while reading, named the file; a NaN, refused while pricing, did not
+    path = tmp_path / "q.csv"
+    path.write_text(f"option_type,strike,maturity,spot,volatility\ncall,100,1,100,{volatility}\n")
+    result = runner.invoke(app, ["price", "--model", "bs", "--quotes", str(path), "--out",
+                                 str(tmp_path / "o.csv")])  # fmt: skip
+    assert result.exit_code == 1
+    expected = f"error: {path}, row 1 (file line 2), column 'volatility': {message}"
+    assert expected in result.output, result.output
 
 
 def test_price_surrogate_row_errors_name_the_file_line(tmp_path):

@@ -169,9 +169,14 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     for device in ("gpu", "cuda:99"):  # an error line (exit 1) before, as the Trainer's
         result = CliRunner().invoke(app, [*base, "--hidden", "8", "--device", device])
         assert result.exit_code == 2 and "--device" in result.output, result.output
-    for lr in ("inf", "0"):  # inf ended as a NaN-loss error line; 0 trained nothing
+    # inf ended as a NaN-loss error line; 0 trained nothing; nan was "Input should be greater
+    # than or equal to 0"
+    for lr in ("inf", "0.0", "nan"):
         result = CliRunner().invoke(app, [*base, "--hidden", "8", "--lr", lr])
-        assert result.exit_code == 2 and "--lr" in result.output, result.output
+        flat = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and f"--lr: {lr}: the learning rate must be finite" in flat, (
+            flat
+        )
     result = CliRunner().invoke(app, [*base, "--hidden", "8", "--resume", "--overwrite"])
     assert result.exit_code == 2 and "--resume" in result.output, result.output  # as hedge train
     assert not (tmp_path / "run").exists()
@@ -179,6 +184,9 @@ def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp
     longer = [*base, "--hidden", "8", "--resume", "--epochs", "2"]  # the last --epochs counts
     result = CliRunner().invoke(app, longer)
     assert result.exit_code == 1 and "started with --epochs 1, not 2" in result.output
+    wider = [*base, "--hidden", "16", "--resume"]  # was resumed with the run's own widths
+    result = CliRunner().invoke(app, wider)
+    assert result.exit_code == 1 and "started with --hidden 8, not 16" in result.output
     result = CliRunner().invoke(app, [*base, "--hidden", "8"])  # the run is there: refused
     assert (
         result.exit_code == 1 and "--resume continues it, --overwrite replaces it" in result.output
@@ -228,10 +236,12 @@ def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_
     args = ["generate", "--model", "sabr", "--n", "4"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "afile" / "ds")])
     assert result.exit_code == 1 and "error:" in result.output
-    for margin, says in (("inf", "must be finite"), ("nan", "greater than or equal to 0")):
+    # nan was "Input should be greater than or equal to 0" (click's range check)
+    for margin in ("inf", "nan", "-1.0"):
         result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m"), "--margin", margin])
         flat = " ".join(result.output.replace("│", " ").split())  # a misused option: exit 2
-        assert result.exit_code == 2 and "--margin" in flat and says in flat, flat
+        says = f"--margin: {margin}: the margin must be finite and >= 0"
+        assert result.exit_code == 2 and says in flat, flat
     assert not (tmp_path / "m").exists()
 
 

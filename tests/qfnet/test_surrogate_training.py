@@ -256,6 +256,20 @@ def test_resuming_on_a_dataset_drawn_from_another_box_is_refused(tmp_path):
     train_surrogate(data, tmp_path / "run", epochs=1, resume=True, **COMMON)  # its own: resumed
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden": (16, 8)}, "--hidden 8, not 16,8"),
+        ({"activation": "tanh"}, "activation 'silu', not 'tanh'"),
+    ],
+)
+def test_resuming_with_another_architecture_is_refused(sabr_data, tmp_path, change, message):
+    # other layer widths were dropped silently for the run's own (another --lr was named)
+    train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)
+    with pytest.raises(ValueError, match=rf"started with {message}; resume with the same value"):
+        train_surrogate(sabr_data, tmp_path / "run", epochs=1, resume=True, **(COMMON | change))
+
+
 class _StopAfterEpoch:
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch

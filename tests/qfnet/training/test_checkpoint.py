@@ -479,6 +479,58 @@ def test_fp16_scaling_that_skips_every_step_for_nan_gradients_stops(regression, 
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
 
+class _SaveOnException:
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_exception(self, trainer, exception) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+def test_fp16_skipped_steps_in_a_row_are_counted_across_a_resume(regression, mlp, tmp_path):
+    # the count was not in the checkpoint: a run resumed after 20 skipped steps skipped 31 more
+    # before the guard stopped it (51 in a row), one resumed from the guard's own stop 31 more
+    def loss(output, target):
+        return (output - target).pow(2).mean() + (0.0 * output).sqrt().sum()  # NaN gradients
+
+    def trainer(max_epochs, callbacks=()):
+        cfg = TrainerConfig(max_epochs=max_epochs, batch_size=8, progress_bar=False)
+        trainer = Trainer(mlp(), loss=loss, config=cfg, callbacks=callbacks)
+        trainer._setup_runtime()
+        trainer._scaler = torch.amp.GradScaler("cpu")  # as above: a CUDA one's books
+        return trainer
+
+    data, interrupted, stopped = regression(n=16), tmp_path / "ck.pt", tmp_path / "stopped.pt"
+    first = trainer(max_epochs=10)  # 2 steps per epoch, all skipped
+    first.fit(data)
+    first.save_checkpoint(interrupted)
+    assert load_checkpoint(interrupted)["loop"]["skipped_steps"] == 20
+    resumed = trainer(max_epochs=50, callbacks=[_SaveOnException(stopped)])
+    with pytest.raises(NonFiniteLossError, match="at 32 steps in a row"):
+        resumed.fit(data, ckpt_path=interrupted)
+    assert resumed.global_step == 31  # as the uninterrupted run
+    # written at the guard's stop, the checkpoint counts the completed steps only: its resume
+    # stops at the same step, with the same count
+    assert load_checkpoint(stopped)["loop"]["skipped_steps"] == 31
+    again = trainer(max_epochs=50)
+    with pytest.raises(NonFiniteLossError, match="at 32 steps in a row"):
+        again.fit(data, ckpt_path=stopped)
+    assert again.global_step == 31
+
+
+def test_a_checkpoint_without_the_skipped_step_count_resumes(regression, mlp, tmp_path):
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, progress_bar=False)
+    first = Trainer(mlp(), loss=torch.nn.MSELoss(), config=cfg)
+    first.fit(regression(n=16))
+    state = load_checkpoint(first.save_checkpoint(tmp_path / "ck.pt"))
+    del state["loop"]["skipped_steps"]  # as written before the count was saved
+    save_checkpoint(state, tmp_path / "ck.pt")
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, progress_bar=False)
+    trainer = Trainer(mlp(), loss=torch.nn.MSELoss(), config=cfg)
+    trainer.fit(regression(n=16), ckpt_path=tmp_path / "ck.pt")
+    assert trainer.global_step == 4 and trainer._skipped == 0
+
+
 def test_resuming_into_a_different_model_names_the_checkpoint(regression, mlp, tmp_path):
     cfg = TrainerConfig(
         max_epochs=1, batch_size=8, run_dir=tmp_path, progress_bar=False, tensorboard=False

@@ -663,3 +663,30 @@ def test_a_step_of_zero_weight_samples_is_named_as_such(mlp):
     trainer = Trainer(mlp(), loss=per_sample, config=cfg)
     with pytest.raises(NonFiniteLossError, match=r"sample weights sum to 0.*step 1 of the epoch"):
         trainer.fit(data)
+
+
+@pytest.mark.parametrize("loss_scaling", [False, True])
+def test_a_step_of_zero_weight_samples_makes_no_update_without_the_nan_guard(
+    regression, mlp, sq_error, loss_scaling
+):
+    # with nan_guard=False its gradients, divided by its weight 0, were NaN and went into the
+    # weights (all NaN after it), where a micro-batch or a process of weight 0 adds nothing
+    x, y, weight = regression(n=16, weighted=True).tensors
+    weight = weight.clone()
+    weight[:8] = 0.0  # the first of the two steps of each epoch has no weight
+
+    def fit(data, nan_guard):
+        cfg = TrainerConfig(max_epochs=3, batch_size=8, shuffle=False, nan_guard=nan_guard,
+                            progress_bar=False)  # fmt: skip
+        model = mlp()
+        trainer = Trainer(model, loss=sq_error, config=cfg)
+        if loss_scaling:  # a CPU GradScaler keeps the CUDA one's books (fp16 needs CUDA)
+            trainer._setup_runtime()
+            trainer._scaler = torch.amp.GradScaler("cpu")
+        return model, trainer.fit(data)
+
+    model, history = fit(TensorDataset(x, y, weight), nan_guard=False)
+    alone, history_alone = fit(TensorDataset(x[8:], y[8:], weight[8:]), nan_guard=True)
+    for got, want in zip(model.parameters(), alone.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
+    assert history["train_loss"] == pytest.approx(history_alone["train_loss"], rel=1e-15, abs=0.0)
