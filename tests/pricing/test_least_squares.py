@@ -446,6 +446,26 @@ def test_a_stall_is_not_reported_converged():
     assert bool(solved.converged[0]) and float(solved.cost[0]) < 1e-20
 
 
+def test_a_fit_at_a_minimum_that_rounding_hides_is_reported_converged():
+    # Data 1e-8 off an exact decay (quotes rounded to 8 digits): at the least-squares minimum
+    # (cost ~1e-15) the model promises 1e-9 of the cost, which the rounded cost cannot resolve.
+    # The first step refused there is below xtol on its own, not shrunk by refusals: 4 of these
+    # 60 fits stopped there, at their minimum, reported unconverged as stalls (SABR's tolerances)
+    t = torch.linspace(0.0, 3.0, 40, dtype=F64)
+    truth = torch.stack(torch.meshgrid(torch.linspace(1.0, 3.0, 6, dtype=F64),
+                                       torch.linspace(0.5, 1.5, 10, dtype=F64),
+                                       indexing="ij"), -1).reshape(-1, 2)  # fmt: skip
+    wiggle = 1e-8 * torch.sin(7.0 * t + 13.0 * torch.arange(60, dtype=F64).unsqueeze(-1))
+    data = truth[:, :1] * torch.exp(-truth[:, 1:] * t) + wiggle  # (60, 40)
+    fn = elementwise_jacobian(lambda p, i: p[..., 0] * torch.exp(-p[..., 1] * t) - data[i], 40)
+    x0 = torch.tensor([[1.0, 0.1]], dtype=F64).expand(60, 2)
+    res = levenberg_marquardt(fn, x0, lower=torch.tensor(0.0), upper=torch.tensor(10.0),
+                              ftol=1e-10, xtol=1e-10, gtol=1e-12)  # fmt: skip
+    torch.testing.assert_close(res.x, truth, rtol=0.0, atol=1e-7)
+    assert res.converged.all(), (~res.converged).nonzero().flatten().tolist()
+    assert int(res.iterations.max()) < 20
+
+
 TINY_VARIANCE = [
     (1e-5, 10.0, 1e-5, 2.0, 0.0),
     (1e-4, 10.0, 1e-4, 2.0, -0.7),
