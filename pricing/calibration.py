@@ -223,7 +223,9 @@ class CalibrationResult:
         sse: sum of ``(100 * IV error)^2`` over them (QuantLib's convention, vols in decimals).
         n_quotes: quotes used in the fit: those of positive weight (a quote weighted 0 is left
             out of the fit and of these statistics).
-        n_dropped: input rows not used (no market implied vol).
+        n_dropped: input rows left out for want of a market implied vol (rows of weight 0 stay
+            in ``residuals``, outside ``n_quotes``; the CLI's JSON counts every input row the
+            fit did not use, cleaning's removals and weights of 0 included).
         seconds: wall time of the fit.
         converged: the optimiser stopped on a tolerance, not on its iteration limit nor
             because no step lowered the cost any more.
