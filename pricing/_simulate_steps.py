@@ -21,6 +21,7 @@ __all__ = [
     "heston_euler_step",
     "heston_qe_step",
     "qe_exponential_branch",
+    "qe_is_martingale",
     "qe_mean",
     "qe_variance_step",
     "sabr_step",
@@ -241,6 +242,65 @@ def qe_mean(
     if c.a_coef <= 0.0:  # E[exp(A v')] always exists
         return corrected
     return torch.where(valid, corrected, c.drift + c.k0 + c.k1 * v + c.k2 * v_next)
+
+
+def qe_is_martingale(steps: list[HestonStep], v0: float | None) -> bool:
+    """Whether every QE step of ``steps`` keeps its martingale correction on every path, so that
+    ``E[S_{t+1} | S_t, v_t] = S_t exp((r - q) dt)`` step by step and the simulated spot is an
+    exact martingale: the first step at ``v0`` (None: at every variance, for per-path starts),
+    the later ones at every ``v >= 0`` (the first step's variance reaches all of them). Where a
+    step falls back to the uncorrected drift, ``E[exp(A v')]`` is infinite, and so is ``E[S_T]``.
+
+    References:
+        Andersen (2008), section 4.2 (the corrections' conditions ``A < 1/(2a)`` and ``A <
+        beta``).
+    """
+    first, *later = steps
+    starts = _corrects_everywhere(first) if v0 is None else _corrects_at(first, v0)
+    return starts and all(_corrects_everywhere(c) for c in later)
+
+
+def _corrects_at(c: HestonStep, v: float) -> bool:
+    """Whether the martingale correction of step ``c`` holds at the variance ``v``."""
+    if c.a_coef <= 0.0:
+        return True
+    m = v * c.decay + c.theta_term
+    s2 = v * c.s2_v + c.s2_c
+    if s2 > PSI_C * m * m:  # exponential branch: A < beta = (1 - p) / m = 2 m / (s^2 + m^2)
+        return c.a_coef < 2.0 * m / (s2 + m * m)
+    return 2.0 * c.a_coef * _quadratic_a(m, s2) < 1.0  # quadratic branch: 2 A a < 1
+
+
+def _corrects_everywhere(c: HestonStep) -> bool:
+    """Whether the martingale correction of step ``c`` holds at every variance ``v >= 0``.
+
+    In terms of ``m = E[v' | v]``, the conditional variance of ``v'`` is ``s^2 = alpha m - g``
+    with ``alpha = sigma^2 (1 - e^{-kappa dt}) / kappa`` and ``g = theta sigma^2 (1 - e^{-kappa
+    dt})^2 / (2 kappa)``, so ``psi = s^2 / m^2`` falls as ``v`` grows: the exponential branch
+    (``psi > psi_c``) holds the ``m`` below ``m_c``, the root of ``psi_c m^2 = alpha m - g``, where
+    ``beta = 2 / (m + alpha - g / m)`` falls to ``2 / ((1 + psi_c) m_c)``; the quadratic branch the
+    ``m`` above, where ``a = m - sqrt(m^2 - s^2 / 2)`` is monotonic in ``m``, from its value at
+    ``max(m_c, theta (1 - e^{-kappa dt}))`` to its limit ``alpha / 4``.
+    """
+    if c.a_coef <= 0.0:
+        return True
+    growth = c.theta_term / c.theta
+    alpha = c.sigma * c.sigma * growth / c.kappa
+    g = c.theta * c.sigma * c.sigma * growth * growth / (2.0 * c.kappa)
+    m_low = c.theta_term  # m at v = 0
+    if c.s2_c > PSI_C * m_low * m_low:  # exponential branch at v = 0, up to m_c
+        m_c = (alpha + math.sqrt(alpha * alpha - 4.0 * PSI_C * g)) / (2.0 * PSI_C)
+        if c.a_coef * (1.0 + PSI_C) * m_c >= 2.0:
+            return False
+        m_low = m_c
+    a_low = _quadratic_a(m_low, alpha * m_low - g)
+    return 2.0 * c.a_coef * max(a_low, 0.25 * alpha) < 1.0
+
+
+def _quadratic_a(m: float, s2: float) -> float:
+    """The quadratic branch's ``a = m / (1 + b^2) = m - sqrt(m^2 - s^2 / 2)`` at ``psi = s^2 / m^2
+    <= psi_c``, written without the difference's cancellation."""
+    return 0.5 * s2 / (m + math.sqrt(max(m * m - 0.5 * s2, 0.0)))
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,10 @@ def heston(
     psi_c = 1.5, central discretisation of the integrated variance (gamma1 = gamma2 = 0.5) and the
     martingale correction of the log-spot drift, so that ``E[S_t] = S_0 exp((r - q) t)`` exactly
     (where the correction's condition ``A < 1/(2a)`` resp. ``A < beta`` fails, typically for rho > 0
-    and long steps, the uncorrected drift is used). ``scheme="euler"``: full-truncation Euler in log
-    spot (Lord, Koekkoek and van Dijk). Two normals per step; the exponential branch of QE uses
+    and long steps, the uncorrected drift is used, and ``E[S_t]`` is infinite:
+    :func:`pricing._simulate_steps.qe_is_martingale` tells; more steps restore it).
+    ``scheme="euler"``: full-truncation Euler in log spot (Lord, Koekkoek and van Dijk), an
+    exact martingale too. Two normals per step; the exponential branch of QE uses
     ``U = Phi(Z_v)``. The returned variance is non-negative (``max(v, 0)`` for Euler). ``spot`` and
     ``v0`` may be scalars or tensors of shape (N,) (one value per path, e.g. to get per-path
     pathwise derivatives by autograd, as :func:`pricing.mc_greeks.heston_pathwise_greeks` does);

@@ -777,21 +777,28 @@ def _warnings_saying(text: str, pricer, **args) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    ("maturity", "is_call", "control", "warns"),
-    [(4.28, True, False, True), (4.28, False, True, True), (4.28, False, False, False),
-     (0.5, True, True, False)],
+    ("maturity", "is_call", "control", "n_steps", "warns"),
+    [(4.28, True, False, 2, "the calls' payoffs"), (4.28, True, False, 4, None),
+     (4.28, True, True, 4, "the terminal-spot control"),
+     (4.28, False, True, 4, "the terminal-spot control"), (4.28, False, False, 2, None),
+     (0.5, True, True, 4, None)],
 )  # fmt: skip
-def test_heston_calls_past_the_second_moments_explosion_warn(maturity, is_call, control, warns):
+def test_heston_calls_past_the_second_moments_explosion_warn(
+    maturity, is_call, control, n_steps, warns
+):
     # kappa 1, sigma 1.92, rho 0.45: E[S_T^2] is infinite from T = 0.99 (Andersen-Piterbarg), the
     # call payoff's variance too, and its price sat 4 to 7 reported errors from the Fourier
-    # value without a word; puts are bounded (their control, S_T, is not)
+    # value without a word; puts are bounded (their control, S_T, is not), and so are calls
+    # priced as puts and put-call parity, exact where every QE step keeps its martingale
+    # correction (4 steps here; 2 steps of 2.14 years lose it at variances near 17.5)
     args = dict(spot=100.0, strike=100.0, maturity=maturity, v0=0.04, kappa=1.0, theta=0.04,
-                sigma=1.92, rho=0.45, is_call=is_call, control=control, n_paths=256, n_steps=4,
-                generator=_gen(0))  # fmt: skip
+                sigma=1.92, rho=0.45, is_call=is_call, control=control, n_paths=256,
+                n_steps=n_steps, generator=_gen(0))  # fmt: skip
     messages = _warnings_saying("E[S_T^2] is infinite", monte_carlo.heston_european, **args)
-    assert bool(messages) == warns, messages
+    assert len(messages) == (warns is not None), messages
     if warns:
         assert "from T = 0.9934 years" in messages[0]
+        assert warns in messages[0]
 
 
 def test_heston_call_warns_of_no_explosion_where_the_moments_d_vanishes():
@@ -800,7 +807,7 @@ def test_heston_call_warns_of_no_explosion_where_the_moments_d_vanishes():
     sigma, rho = 0.6, 0.9
     kappa = 2.0 * rho * sigma - sigma * math.sqrt(2.0)
     args = dict(spot=100.0, strike=100.0, v0=0.04, kappa=kappa, theta=0.04, sigma=sigma, rho=rho,
-                n_paths=256, n_steps=4, generator=_gen(0))  # fmt: skip
+                control=True, n_paths=256, n_steps=4, generator=_gen(0))  # fmt: skip
     for maturity, warns in ((0.5, False), (2.5, True)):
         messages = _warnings_saying("E[S_T^2] is infinite", monte_carlo.heston_european,
                                     maturity=maturity, **args)  # fmt: skip
@@ -843,22 +850,23 @@ def test_conditional_forward_explosion_time_is_where_its_riccati_solution_blows_
 
 
 @pytest.mark.parametrize(
-    ("maturity", "rho", "is_call", "control", "warns"),
-    [(4.28, 0.45, True, False, True), (4.28, 0.45, False, True, True),
-     (4.28, 0.45, False, False, False), (1.5, 0.45, True, True, False),
-     (4.28, -0.3, True, True, False)],
+    ("maturity", "rho", "is_call", "control", "n_steps", "warns"),
+    [(4.28, 0.45, True, False, 2, True), (4.28, 0.45, True, False, 4, False),
+     (4.28, 0.45, False, True, 4, True), (4.28, 0.45, False, False, 4, False),
+     (1.5, 0.45, True, True, 4, False), (4.28, -0.3, True, True, 4, False)],
 )  # fmt: skip
 def test_conditional_heston_warns_past_its_forwards_second_moment_explosion(
-    maturity, rho, is_call, control, warns
+    maturity, rho, is_call, control, n_steps, warns
 ):
     # kappa 1, sigma 1.92: E[F^2] of the conditional forward is infinite from T = 1.90 at rho
     # 0.45 (E[S_T^2] from 0.99), and never at rho = -0.3 (E[S_T^2] from 3.0). At 4.28 years
     # (256 steps, 4,096 paths, 200 seeds) the 95% intervals held the Fourier call price 82% of
     # the time (mean z -0.8, sd 1.3, up to 4.5 errors away), the put's 94%, without a word; at
-    # 1.5 years, past E[S_T^2]'s explosion only, the call's 95%.
+    # 1.5 years, past E[S_T^2]'s explosion only, the call's 95%. Calls are now puts and put-call
+    # parity there, but for steps that lose QE's martingale correction (2 here).
     args = dict(spot=100.0, strike=100.0, maturity=maturity, v0=0.04, kappa=1.0, theta=0.04,
-                sigma=1.92, rho=rho, is_call=is_call, control=control, n_paths=256, n_steps=4,
-                conditional=True, generator=_gen(0))  # fmt: skip
+                sigma=1.92, rho=rho, is_call=is_call, control=control, n_paths=256,
+                n_steps=n_steps, conditional=True, generator=_gen(0))  # fmt: skip
     messages = _warnings_saying("is infinite from T", monte_carlo.heston_european, **args)
     assert bool(messages) == warns, messages
     if warns:
@@ -886,10 +894,51 @@ HESTON_EXPLODING = {"v0": 0.04, "kappa": 1.0, "theta": 0.04, "sigma": 1.92, "rho
 """E[S_T^2] is infinite from T = 0.9934 years (Andersen-Piterbarg)."""
 
 
+@pytest.mark.parametrize(
+    ("scheme", "conditional", "control"),
+    [("qe", False, False), ("euler", False, False), ("qe", True, False), ("qe", False, True)],
+)  # fmt: skip
+def test_heston_calls_past_the_explosion_are_puts_and_put_call_parity(scheme, conditional, control):
+    # the calls' payoffs have infinite variance there: at 4.28 years, 64 QE steps and 4,096
+    # antithetic paths (200 seeds) a call's 95% interval held the Fourier price 59-62% of the
+    # time. The simulated spot is an exact martingale (full-truncation Euler always, QE where
+    # every step keeps its martingale correction), so C = P + D (S_0 e^{(r-q) T} - K) exactly,
+    # and the puts' intervals held it 94-96%.
+    strike = torch.tensor([80.0, 100.0, 130.0], dtype=torch.float64)
+    args = dict(spot=100.0, strike=strike, maturity=4.28, **HESTON_EXPLODING, rate=0.03,
+                dividend=0.01, n_paths=512, n_steps=8, scheme=scheme, conditional=conditional,
+                control=control, antithetic=True)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calls = monte_carlo.heston_european(is_call=[True, False, True], generator=_gen(5), **args)
+        puts = monte_carlo.heston_european(is_call=False, generator=_gen(5), **args)
+    messages = [str(w.message) for w in caught]
+    # no word of the calls; the control's warning stays, once per run
+    assert all("price without it (the calls are priced as puts" in m for m in messages[:1])
+    assert len(messages) == (2 if control else 0), messages
+    parity = 100.0 * math.exp(-0.01 * 4.28) - strike * math.exp(-0.03 * 4.28)
+    parity = parity * torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(calls.price, puts.price + parity, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(calls.std_error, puts.std_error, rtol=0.0, atol=0.0)
+    torch.testing.assert_close(calls.ci_low, puts.ci_low + parity, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(calls.ci_high, puts.ci_high + parity, rtol=1e-12, atol=1e-12)
+
+
+def test_heston_calls_by_parity_with_one_strike_keep_one_error_per_option() -> None:
+    # puts priced in their place under a scalar False gave one price for one strike: a standard
+    # error of shape () beside prices (2,)
+    args = dict(spot=100.0, strike=100.0, maturity=4.28, **HESTON_EXPLODING, n_paths=256,
+                n_steps=4, is_call=[True, False], generator=_gen(0))  # fmt: skip
+    result = monte_carlo.heston_european(**args)
+    assert all(field.shape == (2,) for field in result[:4]), result
+
+
 def test_price_european_rows_warns_once_for_its_calls_past_the_explosion() -> None:
-    # one warning per group of rows (per maturity) came out, four for a four-row table
-    maturity = np.array([4.28, 4.5, 5.0, 6.0, 0.5])
-    calls = np.array([True, True, False, True, True])
+    # one warning per group of rows (per maturity) came out, four for a four-row table; the
+    # call at 3 years goes by put-call parity, exact there (2 QE steps keep their martingale
+    # correction at 3 years, not at 4.28 to 6)
+    maturity = np.array([4.28, 4.5, 5.0, 6.0, 0.5, 3.0])
+    calls = np.array([True, True, False, True, True, True])
     n = len(maturity)
     args = {"model": "heston", "forward": np.full(n, 100.0), "discount": np.ones(n),
             "strike": np.full(n, 100.0), "maturity": maturity, "is_call": calls,
@@ -954,6 +1003,15 @@ def test_sabr_calls_with_infinite_variance_are_puts_and_put_call_parity(shift):
     torch.testing.assert_close(calls.std_error, puts.std_error, rtol=0.0, atol=0.0)
     torch.testing.assert_close(calls.ci_low, puts.ci_low + parity, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(calls.ci_high, puts.ci_high + parity, rtol=1e-12, atol=1e-15)
+
+
+def test_sabr_calls_by_parity_with_one_strike_keep_one_error_per_option() -> None:
+    # the puts priced in the calls' place under a scalar False: a standard error of shape ()
+    # beside prices (2,)
+    result = monte_carlo.sabr_european(forward=1.0, strike=1.0, maturity=1.0, alpha=0.2,
+                                       beta=1.0, rho=0.0, nu=0.5, is_call=[True, False],
+                                       n_paths=256, n_steps=4, generator=_gen(0))  # fmt: skip
+    assert all(field.shape == (2,) for field in result[:4]), result
 
 
 def test_price_european_rows_prices_sabr_with_random_volatility_without_control():
