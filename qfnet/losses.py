@@ -106,8 +106,8 @@ class ExpectedShortfall(RiskMeasure):
     ``forward`` returns ``w + E[(-pnl - w)^+] / (1 - alpha)``, whose minimum over ``w`` is the
     ES; train ``w`` jointly with the hedge. ``w`` starts unset and is initialised to the empirical
     VaR of the first P&L batch it sees in training mode (so the objective starts at the ES, not
-    far above it); evaluated before that (eval mode), the loss is the sample's ES at its own VaR,
-    and ``w`` stays unset. ``exact`` returns the empirical ES of a sample.
+    far above it); evaluated before that (eval mode), the loss is the sample's ES, and ``w``
+    stays unset. ``exact`` returns the empirical ES of a sample.
 
     Under ``torch.distributed`` (DDP) that first batch is every rank's batch together,
     gathered, as ``SyncBatchNorm`` gathers its statistics (every rank must make the call): set
@@ -132,8 +132,11 @@ class ExpectedShortfall(RiskMeasure):
     def forward(self, pnl: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         if self.ready:
             level = self.var_level.to(pnl.dtype)
-        elif not self.training:  # before training: the sample's own VaR (its ES), not kept
-            level = F.value_at_risk(pnl.detach(), self.alpha, check_finite=False).to(pnl.dtype)
+        elif not self.training:  # before training: the sample's ES, no level kept
+            # not the objective at the interpolated VaR: with N (1 - alpha) fractional that
+            # is above the minimum (2.78 for an ES of 2.27 on 10 normal paths at 0.95)
+            es = F.expected_shortfall(pnl, self.alpha, check_finite=False)
+            return _nan_unless_finite(es, pnl)
         else:  # host sync, only until the level is set
             with torch.no_grad():
                 first = _all_ranks(pnl.detach())

@@ -34,6 +34,13 @@ def _activation(name: str, inplace: bool = False) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+def _check_widths(name: str, widths: Sequence[int]) -> None:
+    """A width of 0 made a network whose output was its last bias (0 at initialisation), with
+    no gradient to the layers before it; a negative one failed inside torch."""
+    if any(w < 1 for w in widths):
+        raise ValueError(f"{name} must be positive layer widths, got {list(widths)}")
+
+
 class MLP(nn.Sequential):
     """Fully connected network ``in -> hidden... -> out`` with one activation between layers.
 
@@ -59,6 +66,7 @@ class MLP(nn.Sequential):
         hidden: Sequence[int] = (32, 32),
         activation: str = "relu",
     ) -> None:
+        _check_widths("hidden", hidden)
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):
@@ -108,6 +116,10 @@ class ResidualMLP(nn.Module):
         activation: str = "silu",
     ) -> None:
         super().__init__()
+        if width < 1:  # 0: a constant output, the head's bias (see _check_widths)
+            raise ValueError(f"width must be >= 1, got {width}")
+        if blocks < 0:  # range(-1) built no block, silently
+            raise ValueError(f"blocks must be >= 0, got {blocks}")
         self.stem = nn.Sequential(nn.Linear(in_features, width), _activation(activation))
         self.blocks = nn.Sequential(*[_ResidualBlock(width, activation) for _ in range(blocks)])
         self.head = nn.Linear(width, out_features)

@@ -151,6 +151,19 @@ def test_expected_shortfall_evaluated_before_training_leaves_the_level_unset() -
                                rtol=0, atol=0)  # fmt: skip
 
 
+@pytest.mark.parametrize(("n", "alpha"), [(10, 0.95), (30, 0.95), (64, 0.99), (7, 0.6)])
+def test_expected_shortfall_evaluated_before_training_is_the_es_of_a_fractional_tail(
+    n: int, alpha: float
+) -> None:
+    # the objective at the interpolated VaR lies above its minimum where N (1 - alpha) is not
+    # an integer: 2.78 for an ES of 2.27 on 10 normal paths at 0.95 (0.45 for 0 on 0..9)
+    sample, _, _ = _normal_sample(n, seed=9)
+    module = losses.ExpectedShortfall(alpha).eval()
+    expected = F.expected_shortfall(sample, alpha)
+    torch.testing.assert_close(module(sample), expected, rtol=1e-12, atol=1e-12)
+    assert not module.ready
+
+
 def test_entropic_risk_of_normal_matches_closed_form() -> None:
     pnl, mean, std = _normal_sample(400_000, seed=3)
     gamma = 0.5
@@ -279,8 +292,9 @@ def test_training_losses_leave_non_finite_pnl_to_the_trainer_nan_guard(bad: floa
     # at its step, and the learning-rate finder reads it as divergence; a +inf path was 0 in the
     # ES tail and the entropic exponential, and their loss finite: training went on
     pnl = torch.tensor([0.1, bad, 0.3], dtype=DT)
-    for module in (losses.ExpectedShortfall(0.9), losses.EntropicRisk(2.0),
-                   losses.PnLVariance(), losses.MeanVariance(2.0)):  # fmt: skip
+    for module in (losses.ExpectedShortfall(0.9), losses.ExpectedShortfall(0.9).eval(),
+                   losses.EntropicRisk(2.0), losses.PnLVariance(),
+                   losses.MeanVariance(2.0)):  # fmt: skip
         assert not torch.isfinite(module(pnl)), type(module).__name__
 
 

@@ -120,3 +120,20 @@ def test_band_net_initial_width_is_exact_when_large_and_refused_when_infinite():
     torch.testing.assert_close(low, torch.full_like(low, -1000.0), rtol=1e-15, atol=0)
     with pytest.raises(ValueError, match="initial_width must be finite and > 0"):
         NoTransactionBandNet(3, 1, initial_width=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: MLP(3, 2, hidden=(8, 0)), r"hidden must be positive layer widths, got \[8, 0\]"),
+        (lambda: MLP(3, 2, hidden=(-4,)), r"hidden must be positive layer widths, got \[-4\]"),
+        (lambda: NoTransactionBandNet(3, 1, hidden=(0,)), r"hidden must be positive"),
+        (lambda: ResidualMLP(3, 1, width=0), r"width must be >= 1, got 0"),
+        (lambda: ResidualMLP(3, 1, blocks=-1), r"blocks must be >= 0, got -1"),
+    ],
+)
+def test_networks_refuse_empty_or_negative_layers_naming_the_argument(make, match: str) -> None:
+    # a hidden width of 0 built a network whose output was its last bias (0), constant in the
+    # input and without a gradient to the layers before; -1 blocks built none, silently
+    with pytest.raises(ValueError, match=match):
+        make()
