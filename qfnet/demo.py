@@ -474,7 +474,8 @@ def run_demo(out: Path, *, quick: bool = False, seed: int = 0) -> Path:
     """Run the three jobs and write ``out/report.md`` (plus data, runs and plots); return its path.
 
     Examples:
-        The reduced run (about 10 s on 2 cores; ``qfnet demo --quick``):
+        The reduced run (12-15 s on 2 idle cores; ``qfnet demo --quick``; on busy ones set
+        ``OMP_WAIT_POLICY=passive``, see the README):
 
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
