@@ -305,6 +305,9 @@ def expected_shortfall_ru(
     _check_alpha(alpha)
     _check_pnl(pnl, "expected_shortfall_ru", check_finite)
     w = torch.as_tensor(var_level, dtype=pnl.dtype, device=pnl.device)
+    if w.dim():  # a (1,) or (N,) level broadcast into a loss per path, not one number
+        raise ValueError(f"expected_shortfall_ru: var_level must be one number (shape ()), got "
+                         f"shape {tuple(w.shape)}")  # fmt: skip
     return w + torch.relu(-pnl - w).mean() / (1.0 - alpha)
 
 

@@ -59,7 +59,9 @@ class HedgeModel(nn.Module):
 
     With expected shortfall the loss (``val_loss`` too, as ``qfnet hedge train`` prints it) is
     the Rockafellar-Uryasev value at the learned level ``w``: an upper bound of the sample's ES,
-    equal where ``w`` is its VaR. Where the level is off it differs: with a P&L of 0 on every
+    equal where ``w`` minimises it (a VaR of the sample: with ``N (1 - alpha)`` whole, any level
+    between the two order statistics around it; otherwise the order statistic itself, not an
+    interpolated quantile). Where the level is off it differs: with a P&L of 0 on every
     path it is ``w`` (``w > 0``) or ``-w alpha / (1 - alpha)``, where the ES (what
     :func:`~qfnet.hedging.backtest.backtest` reports) is 0.
 

@@ -385,3 +385,11 @@ def test_value_at_risk_interpolates_as_torch_quantile() -> None:
         torch.testing.assert_close(
             F.value_at_risk(pnl, alpha), torch.quantile(-pnl, alpha), rtol=1e-15, atol=1e-15
         )
+
+
+@pytest.mark.parametrize("shape", [(1,), (4,)])
+def test_expected_shortfall_ru_refuses_a_level_that_is_not_one_number(shape):
+    # a (1,) or (N,) level broadcast into a loss of that shape, not the objective's one number
+    pnl = torch.arange(4.0, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"var_level must be one number \(shape \(\)\)"):
+        F.expected_shortfall_ru(pnl, torch.zeros(shape, dtype=torch.float64), 0.9)
