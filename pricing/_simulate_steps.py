@@ -289,7 +289,11 @@ def _corrects_everywhere(c: HestonStep) -> bool:
     g = c.theta * c.sigma * c.sigma * growth * growth / (2.0 * c.kappa)
     m_low = c.theta_term  # m at v = 0
     if c.s2_c > PSI_C * m_low * m_low:  # exponential branch at v = 0, up to m_c
-        m_c = (alpha + math.sqrt(alpha * alpha - 4.0 * PSI_C * g)) / (2.0 * PSI_C)
+        # the discriminant is >= 0 where psi > psi_c at v = 0, but rounds below it where psi
+        # is psi_c there (sigma^2 = 3 kappa theta, e.g. 0.3^2 = 3 * 0.5 * 0.06): math.sqrt's
+        # "math domain error" stopped heston_european, past the explosion, at such parameters
+        root = math.sqrt(max(alpha * alpha - 4.0 * PSI_C * g, 0.0))
+        m_c = (alpha + root) / (2.0 * PSI_C)
         if c.a_coef * (1.0 + PSI_C) * m_c >= 2.0:
             return False
         m_low = m_c

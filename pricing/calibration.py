@@ -227,8 +227,9 @@ class CalibrationResult:
             in ``residuals``, outside ``n_quotes``; the CLI's JSON counts every input row the
             fit did not use, cleaning's removals and weights of 0 included).
         seconds: wall time of the fit.
-        converged: the optimiser stopped on a tolerance, not on its iteration limit nor
-            because no step lowered the cost any more.
+        converged: the optimiser stopped on a tolerance (MINPACK's: the step shrank below
+            ``xtol`` counts), not on its iteration limit nor at its damping limit (no step
+            lowered the cost).
         iterations: optimiser iterations (None where the method does not report them).
         at_bounds: the parameters that ended on a bound of the method's box (a kappa pinned at
             its upper bound is a sign of a poor fit): Heston name -> ``"lower"`` or ``"upper"``;

@@ -61,8 +61,8 @@ class LeastSquaresResult(NamedTuple):
         cost: ``0.5 * sum(residuals**2)`` per problem, shape ``(B,)``.
         residuals: shape ``(B, N)``.
         iterations: Jacobian evaluations per problem, shape ``(B,)``.
-        converged: whether a tolerance stopped the problem (not the iteration limit, nor a
-            stall: no step lowers the cost though the model says one should), ``(B,)``.
+        converged: whether a tolerance stopped the problem (not the iteration limit, nor the
+            damping limit reached when no step lowers the cost), ``(B,)``.
         jacobian: of the residuals at ``x``, shape ``(B, N, P)``.
 
     Shape:
@@ -212,9 +212,11 @@ def levenberg_marquardt(
         upper: upper bounds, broadcastable to ``(B, P)``.
         max_iterations: Jacobian evaluations per problem at most.
         ftol: stop when an accepted step lowers the cost by less than ``ftol`` relative.
-        xtol: stop when the step is below ``xtol`` relative to ``|x|`` (a refused step only
-            where its predicted reduction is at most ``ftol`` of the cost, or where it was that
-            small before any refusal shrank it; else a stall).
+        xtol: stop when the step is below ``xtol`` relative to ``|x|``, accepted or not (as
+            MINPACK's test: a fit that no step can improve, at a minimum whose cost rounding
+            hides, or, rarely, where the Jacobian is wrong or the residual NaN beside ``x``,
+            both of which shrink every step to nothing; telling them apart by the predicted
+            reduction reported exact float32 surrogate fits unconverged).
         gtol: stop when the cosine of the angle between the residuals and each free
             parameter's Jacobian column, ``|J_j^T r| / (|J_j| |r|)``, is at most ``gtol``
             (MINPACK's test, free of the residuals' and parameters' units; ``r = 0`` meets it).
@@ -224,9 +226,7 @@ def levenberg_marquardt(
 
     Returns:
         A :class:`LeastSquaresResult`; a problem whose cost turns NaN stops, unconverged, and
-        so does one that stalls: its damping grows past ``1e20``, or refusals shrink its steps
-        below ``xtol`` while their predicted reduction stays above ``ftol`` of the cost (no step
-        lowered its cost: a wrong Jacobian, a residual that is NaN beside ``x``).
+        so does one whose damping grows past ``1e20`` (no step lowered its cost).
 
     Raises:
         ValueError: a non-finite ``x0``, NaN or inverted bounds, a damping that is not positive,
@@ -312,9 +312,7 @@ def _iterate(
 ) -> tuple[_State, torch.Tensor, torch.Tensor]:
     """One damped Gauss-Newton trial of the problems ``idx`` ``(B,)`` in state ``s``, bounds
     ``(B, P)``: the state after it (the trial kept where it lowered the cost), whether a
-    tolerance was met and whether it stalled ``(B,)`` (the damping passed
-    :data:`_DAMPING_LIMIT`, or refusals shrank the step below ``xtol`` against a cost that
-    would not fall)."""
+    tolerance was met and whether the damping passed :data:`_DAMPING_LIMIT` ``(B,)``."""
     jt = s.jac.transpose(-1, -2)
     hessian = jt @ s.jac  # (B, P, P)
     gradient = (jt @ s.r.unsqueeze(-1)).squeeze(-1)  # (B, P)
@@ -332,14 +330,6 @@ def _iterate(
     ratio = (s.cost - cost_new) / predicted.clamp(min=1e-300)
     accept = torch.isfinite(cost_new) & (cost_new <= s.cost) & (predicted > 0)
     tiny_step = step.norm(dim=-1) <= xtol * (s.x.norm(dim=-1) + xtol)
-    # a refused step meets xtol only where the model too expects less than ftol of the cost
-    # (MINPACK's ftol test on the predicted reduction), or where it was that small before any
-    # refusal shrank it (s.nu == 2: the first trial since the last accepted one): at a minimum
-    # that rounding hides, the cost (1e-15, data rounded to 1e-8) cannot resolve a promise of
-    # 1e-9 of itself, and 5-18% of near-exact SABR fits stopped there, reported unconverged;
-    # a wrong Jacobian or a NaN region beside x reaches xtol only by refusals, reported
-    # converged before
-    resolved = accept | (predicted <= ftol * s.cost) | (s.nu <= 2.0)
     flat = accept & (s.cost - cost_new <= ftol * s.cost)
     # Nielsen's damping update: shrink smoothly on good steps, double the growth on failures.
     shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
@@ -349,8 +339,6 @@ def _iterate(
                  torch.where(keep.unsqueeze(-1), j_new, s.jac),
                  torch.where(accept, cost_new, s.cost), mu,
                  torch.where(accept, 2.0, s.nu * 2), peak)  # fmt: skip
-    # a damping past the limit, or a stall (the step shrank below xtol, the cost did not fall
-    # though the model said it would: a wrong Jacobian, a residual that is NaN beside x), stops
-    # the problem, but no tolerance was met
-    stalled = (mu > _DAMPING_LIMIT) | (tiny_step & ~resolved)
-    return new, small_gradient | flat | (tiny_step & resolved), stalled
+    # a damping past the limit means no step lowered the cost (a wrong Jacobian, a residual that
+    # is NaN around x): it stops the problem, but no tolerance was met
+    return new, small_gradient | flat | tiny_step, mu > _DAMPING_LIMIT

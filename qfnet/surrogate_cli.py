@@ -172,7 +172,12 @@ def train_surrogate_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
     # checked below, as --margin is (click's range check took NaN for a number below 0)
     lr: Annotated[float, typer.Option("--lr", help="Learning rate (> 0).")] = 2e-3,
-    hidden: Annotated[str, typer.Option("--hidden", help="Hidden widths.")] = "128,128,128,128",
+    hidden: Annotated[
+        str | None,
+        typer.Option(
+            "--hidden", help="Hidden widths (default 128,128,128,128; --resume: the run's)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     threads: Annotated[
         int, typer.Option("--threads", min=0, help="torch threads (0: default).")
@@ -209,10 +214,10 @@ def train_surrogate_command(
     from qfnet.training.checkpoint import CheckpointError
 
     try:
-        widths = tuple(int(h) for h in hidden.split(","))
+        widths = None if hidden is None else tuple(int(h) for h in hidden.split(","))
     except ValueError:
         widths = ()
-    if not widths or min(widths) < 1:
+    if widths is not None and (not widths or min(widths) < 1):
         raise typer.BadParameter(
             f"comma-separated positive integers, e.g. 128,128; got {hidden!r}",
             param_hint="--hidden",

@@ -194,11 +194,17 @@ def _split(n: int, val_fraction: float, test_fraction: float, seed: int) -> list
 _ARCH_FILE = "surrogate_config.json"
 
 
+DEFAULT_HIDDEN = (128, 128, 128, 128)
+"""Hidden widths of a new run's network (``hidden=None``)."""
+DEFAULT_ACTIVATION = "silu"
+"""Activation of a new run's network (``activation=None``)."""
+
+
 def _architecture(
     out: Path,
     resume: bool,
-    hidden: Sequence[int],
-    activation: str,
+    hidden: Sequence[int] | None,
+    activation: str | None,
     domain: Domain,
     sampling: dict | None,
     split: dict,
@@ -206,17 +212,18 @@ def _architecture(
     training: dict,
     base: str | None = None,
 ) -> tuple[tuple[int, ...], str, str | None]:
-    """On resume the run's widths and activation must be the ones given (other ones were
-    dropped silently for the run's own), and its own base vol wins; its domain must be the
-    dataset's (the scalers and weights were fitted on it), and so must the box its points were
-    drawn from (``sampling``, the domain widened by the generation's ``margin``); its dataset the
-    same (``dataset``: size, seed, engine) and its split (``seed`` and fractions) the same:
-    another one would test on rows it trained on; so must its ``training`` settings (batch
-    size, learning rate, epochs). Without resume, a directory holding a run is refused
-    (``overwrite`` replaces it)."""
+    """On resume the run's widths and activation must be the ones given, if given (other ones
+    were dropped silently for the run's own; None takes the run's), and its own base vol wins;
+    its domain must be the dataset's (the scalers and weights were fitted on it), and so must
+    the box its points were drawn from (``sampling``, the domain widened by the generation's
+    ``margin``); its dataset the same (``dataset``: size, seed, engine) and its split (``seed``
+    and fractions) the same: another one would test on rows it trained on; so must its
+    ``training`` settings (batch size, learning rate, epochs). Without resume, a directory
+    holding a run is refused (``overwrite`` replaces it)."""
     path = out / _ARCH_FILE
     if not (resume and path.is_file()):
-        return tuple(int(h) for h in hidden), activation, base
+        hidden = DEFAULT_HIDDEN if hidden is None else hidden
+        return tuple(int(h) for h in hidden), activation or DEFAULT_ACTIVATION, base
     saved = _read_architecture(path)
     if "domain" in saved and saved["domain"] != json.loads(json.dumps(domain.to_dict())):
         raise ValueError(f"--resume: the run in {out} was trained on another domain than "
@@ -240,9 +247,10 @@ def _architecture(
                              f"{saved['split'][name]}, not {value}: its train/validation/test "
                              "split depends on it; resume with the same value")  # fmt: skip
     # other layer widths were dropped silently for the run's own, while another --lr was named
-    asked = {"hidden": [int(h) for h in hidden], "activation": activation}
+    asked = {"hidden": None if hidden is None else [int(h) for h in hidden],
+             "activation": activation}  # fmt: skip
     for name, value in asked.items():
-        if saved[name] != value:
+        if value is not None and saved[name] != value:
             was, now = (",".join(map(str, v)) if name == "hidden" else repr(v)
                         for v in (saved[name], value))  # fmt: skip
             flag = "--hidden" if name == "hidden" else name  # activation: no command option
@@ -429,8 +437,8 @@ def train_surrogate(
     min_lr_ratio: float = 1e-3,
     seed: int = 0,
     resume: bool = False,
-    hidden: Sequence[int] = (128, 128, 128, 128),
-    activation: str = "silu",
+    hidden: Sequence[int] | None = None,
+    activation: str | None = None,
     val_fraction: float = 0.02,
     test_fraction: float = 0.02,
     device: str = "auto",
@@ -446,7 +454,9 @@ def train_surrogate(
     on the squared implied-vol error; the data are split into train/val/test at random
     (``seed``). The test errors reported are those of the test rows inside the domain (a
     dataset generated with a ``margin`` also has rows beyond it). ``resume=True`` continues
-    ``out`` from its last checkpoint (with its architecture); ``callbacks`` go to the Trainer.
+    ``out`` from its last checkpoint (with its architecture: ``hidden`` and ``activation``, if
+    given, must be the run's; a new run takes :data:`DEFAULT_HIDDEN` and
+    :data:`DEFAULT_ACTIVATION` for None); ``callbacks`` go to the Trainer.
     ``init`` (a surrogate file or run) starts from its weights and scalers: a fine-tuning run,
     typically with a smaller ``lr``; on the dataset the ``init`` surrogate was trained on (or
     on one of its generation seed and size: the same points), it must keep that run's ``seed``

@@ -933,6 +933,22 @@ def test_heston_calls_by_parity_with_one_strike_keep_one_error_per_option() -> N
     assert all(field.shape == (2,) for field in result[:4]), result
 
 
+def test_heston_calls_by_parity_where_the_exponential_branch_ends_at_zero_variance() -> None:
+    # sigma^2 = 3 kappa theta (0.3^2 = 3 * 0.5 * 0.06): the QE step's psi is psi_c at v = 0,
+    # and the martingale check's discriminant rounded below 0: "math domain error" from
+    # heston_european (and price_european_rows, "row 1: math domain error") past the explosion
+    model = {"v0": 0.06, "kappa": 0.5, "theta": 0.06, "sigma": 0.3, "rho": 0.5}
+    args = dict(spot=100.0, strike=100.0, maturity=13.0, **model, n_paths=256, n_steps=64,
+                progress=False)  # fmt: skip
+    assert 13.0 > monte_carlo._heston_explosion_time(0.5, 0.3, 0.5, conditional=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # priced by parity: no word of the calls
+        calls = monte_carlo.heston_european(is_call=True, generator=_gen(0), **args)
+    puts = monte_carlo.heston_european(is_call=False, generator=_gen(0), **args)
+    torch.testing.assert_close(calls.price, puts.price, rtol=0.0, atol=1e-12)  # F = K, no rates
+    torch.testing.assert_close(calls.std_error, puts.std_error, rtol=0.0, atol=0.0)
+
+
 def test_price_european_rows_warns_once_for_its_calls_past_the_explosion() -> None:
     # one warning per group of rows (per maturity) came out, four for a four-row table; the
     # call at 3 years goes by put-call parity, exact there (2 QE steps keep their martingale

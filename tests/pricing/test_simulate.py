@@ -706,3 +706,14 @@ def test_qe_step_keeps_the_spots_conditional_mean_exactly(dt: float) -> None:
         density = torch.exp(mean + 0.5 * (c.k3 * v + c.k4 * v_next) - 0.5 * z * z)
         growth = torch.trapezoid(density, z).item() / math.sqrt(2.0 * math.pi)
         assert growth == pytest.approx(math.exp(c.drift), rel=1e-9), v0
+
+
+def test_qe_is_martingale_where_the_exponential_branch_ends_at_zero_variance() -> None:
+    # sigma^2 = 3 kappa theta puts psi at v = 0 on psi_c (the branches' switch): the bound of
+    # the exponential branch's variances, a root of a quadratic whose discriminant is 0 there,
+    # took the square root of a rounded -5e-20 ("math domain error")
+    c = HestonStep.build(13.0 / 64, kappa=0.5, theta=0.06, sigma=0.3, rho=0.5, drift=0.0)
+    v = torch.cat([torch.zeros(1, dtype=torch.float64),
+                   torch.logspace(-8, 12, 200_001, dtype=torch.float64)])  # fmt: skip
+    assert bool(_qe_corrects_on(c, v).all())
+    assert qe_is_martingale([c, c], v0=0.06)
