@@ -533,15 +533,20 @@ def sabr_fd_price(
     # a maturity of 0 "alpha must be positive", a forward + shift <= 0 a Boost gamma_p argument
     # and a nu of 0 "end must be larger than start"; its CEV mesher needs beta < 1
     checks = (
-        ("maturity", maturity, maturity > 0, "> 0"),
+        # an infinite maturity or forward failed unnamed (OverflowError in the day count, Boost)
+        ("maturity", maturity, maturity > 0 and math.isfinite(maturity), "finite and > 0"),
         ("beta", beta, 0 <= beta < 1, "in [0, 1) (the PDE engine's CEV mesher needs beta < 1)"),
         ("nu", nu, nu > 0, "> 0 (the PDE engine meshes the volatility)"),
-        ("forward + shift", forward + shift, forward + shift > 0, "> 0"),
+        ("forward + shift", forward + shift, 0 < forward + shift < math.inf, "finite and > 0"),
         ("discount", discount, discount > 0 and math.isfinite(discount), "finite and > 0"),
     )
     for name, value, ok, requirement in checks:
         if not ok:
             raise ValueError(f"{name} must be {requirement}, got {value!r}")
+    k, c = _arrays(strike, is_call)
+    bad = np.flatnonzero(~np.isfinite(k))
+    if bad.size:  # a NaN strike priced NaN silently (the other adapters raise)
+        raise ValueError(f"strike must be finite, got {k.reshape(-1)[bad[0]]} at index {bad[0]}")
     days = max(1, round(365.0 * maturity))
     time_scale = np.sqrt(maturity / (days / 365.0))
     curve = ql.YieldTermStructureHandle(ql.FlatForward(EVALUATION_DATE, 0.0, DAY_COUNTER))
@@ -560,7 +565,6 @@ def sabr_fd_price(
         float(eps),  # tail probability cut by the meshers
     )
     exercise = ql.EuropeanExercise(EVALUATION_DATE + days)
-    k, c = _arrays(strike, is_call)
     out = np.empty(k.shape)
     for i in np.ndindex(k.shape):
         call = _option_type(bool(c[i]))

@@ -592,12 +592,16 @@ def test_quantlib_finite_difference_prices_match_hagan_when_short_dated(shift):
         ("beta", 1.0, r"beta must be in \[0, 1\)"),
         ("nu", 0.0, "nu must be > 0"),
         ("discount", -0.9, "discount"),
+        ("maturity", math.inf, "maturity must be finite"),
+        ("forward", math.inf, r"forward \+ shift must be finite"),
+        ("strike", [0.03, math.nan], "strike must be finite, got nan at index 1"),
     ],
 )
 def test_quantlib_finite_difference_pricer_names_a_bad_field(field, value, message):
     # QuantLib priced beta = -0.2 and a negative discount, blamed alpha (maturity 0), Boost's
     # gamma_p (F + s <= 0) or "end must be larger than start" (nu = 0), and refused the beta = 1
-    # our check let through with a RuntimeError
+    # our check let through with a RuntimeError; an infinite maturity raised an unnamed
+    # OverflowError, an infinite forward a Boost error, and a NaN strike priced NaN silently
     kw = dict(forward=0.03, strike=[0.03], maturity=1.0, alpha=0.02, beta=0.5, rho=-0.3, nu=0.4)
     kw[field] = value
     with pytest.raises(ValueError, match=message):
