@@ -329,11 +329,10 @@ def heston_european(
                 "compile=True simulates spot paths: it does not apply to conditional=True"
             )
         model = {"v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
-        parity = _heston_calls_by_parity(spot, maturity, model, n_steps, scheme, is_call,
-                                         conditional=True)  # fmt: skip
-        _warn_if_second_moment_explodes(
-            maturity, kappa, sigma, rho, is_call, control, conditional=True, parity=parity
-        )
+        explodes = _heston_explosion_time(kappa, sigma, rho, conditional=True)
+        parity = _heston_calls_by_parity(spot, maturity, model, n_steps, scheme, is_call, explodes)
+        _warn_if_second_moment_explodes(maturity, explodes, is_call, control, conditional=True,
+                                        parity=parity)  # fmt: skip
         chunks = conditional_chunks(
             n_paths, n_steps, spot=spot, strike=strike, is_call=_puts(is_call) if parity else is_call,
             v0=v0, kappa=kappa,
@@ -358,9 +357,9 @@ def heston_european(
         )  # fmt: skip
         # after heston_chunks, which checks the parameters
         model = {"v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
-        parity = _heston_calls_by_parity(spot, maturity, model, n_steps, scheme, is_call)
-        _warn_if_second_moment_explodes(maturity, kappa, sigma, rho, is_call, control,
-                                        parity=parity)  # fmt: skip
+        explodes = _heston_explosion_time(kappa, sigma, rho, conditional=False)
+        parity = _heston_calls_by_parity(spot, maturity, model, n_steps, scheme, is_call, explodes)
+        _warn_if_second_moment_explodes(maturity, explodes, is_call, control, parity=parity)
         spots = ((where, paths.spot) for where, paths in chunks)
         result = _european(spots, strike, _puts(is_call) if parity else is_call, rate, dividend, maturity,
                            spot, control, antithetic, progress,
@@ -384,15 +383,14 @@ def _heston_calls_by_parity(
     n_steps: int,
     scheme: str,
     is_call: TensorLike,
-    *,
-    conditional: bool = False,
+    explodes: float,
 ) -> bool:
     """Whether :func:`heston_european` prices its calls as puts and put-call parity: past the
-    explosion time of their payoffs' second moment (:func:`_heston_explosion_time`), from one
-    spot (the parity term's mean), where the simulated spot is an exact martingale."""
+    explosion time ``explodes`` of their payoffs' second moment
+    (:func:`_heston_explosion_time`), from one spot (the parity term's mean), where the
+    simulated spot is an exact martingale."""
     if not bool(call_flags(is_call).any()):
         return False
-    explodes = _heston_explosion_time(model["kappa"], model["sigma"], model["rho"], conditional)
     if real_number("maturity", maturity) < explodes or real_tensor("spot", spot).numel() != 1:
         return False
     return _heston_spot_is_martingale(scheme, maturity, n_steps, model)
@@ -461,9 +459,7 @@ def _calls_from_puts(result: MCResult, is_call: TensorLike, gap: torch.Tensor) -
 
 def _warn_if_second_moment_explodes(
     maturity: float,
-    kappa: TensorLike,
-    sigma: TensorLike,
-    rho: TensorLike,
+    explodes: float,
     is_call: TensorLike,
     control: bool,
     *,
@@ -471,11 +467,12 @@ def _warn_if_second_moment_explodes(
     parity: bool = False,
 ) -> None:
     """Warn where ``E[S_T^2]`` is infinite (past Andersen and Piterbarg's explosion time of the
-    second moment) and a payoff of the paths grows like ``S_T``: a call's (or the terminal-spot
-    control's) variance is then infinite, and the standard error, an estimate of it, means
-    nothing (at kappa 1, sigma 1.92, rho 0.45 and 4.28 years the price sat 4 to 7 reported
-    errors from the Fourier value, without a word). Puts are bounded by their strike, and so
-    are calls priced by ``parity`` as puts (:func:`_heston_calls_by_parity`): those go without.
+    second moment, ``explodes``: :func:`_heston_explosion_time`) and a payoff of the paths grows
+    like ``S_T``: a call's (or the terminal-spot control's) variance is then infinite, and the
+    standard error, an estimate of it, means nothing (at kappa 1, sigma 1.92, rho 0.45 and 4.28
+    years the price sat 4 to 7 reported errors from the Fourier value, without a word). Puts are
+    bounded by their strike, and so are calls priced by ``parity`` as puts
+    (:func:`_heston_calls_by_parity`): those go without.
 
     Conditional Monte Carlo averages functions of the conditional forward ``F``, whose second
     moment explodes later, and never for ``rho <= 0``
@@ -486,7 +483,6 @@ def _warn_if_second_moment_explodes(
     calls = bool(call_flags(is_call).any()) and not parity
     if not (calls or control):
         return
-    explodes = _heston_explosion_time(kappa, sigma, rho, conditional)
     t = real_number("maturity", maturity)
     if t < explodes:
         return
@@ -678,7 +674,8 @@ def price_european_rows(
     their strikes are priced on the same paths). Each row is simulated under its forward measure
     (spot = forward, zero rates) and discounted by its ``discount``. Antithetic pairs (when
     ``n_paths`` is even and at least 6) and the terminal forward as control variate (exact mean
-    for GBM, Heston QE and SABR with beta = 1) reduce the error. Heston rows at or past the time
+    for GBM, SABR with beta = 1 and Heston QE where every step keeps its martingale correction,
+    :func:`pricing._simulate_steps.qe_is_martingale`) reduce the error. Heston rows at or past the time
     from which ``E[S_T^2]`` is infinite go without the control, whose variance is infinite there
     (a put's error then means nothing: at kappa 1, sigma 1.92, rho 0.45 and 4.28 years, 95%
     intervals held the at-the-money put's price 88% of the time with it, 95% without), and their

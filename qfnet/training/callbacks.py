@@ -39,7 +39,8 @@ HOOKS: dict[str, str] = {
     "on_train_epoch_start": "at the start of each training epoch (also a resumed one)",
     "on_train_batch_start": "(batch, batch_idx): before the forward of each micro-batch",
     "on_after_backward": "after each micro-batch backward (gradients still accumulating)",
-    "on_before_optimizer_step": "(optimizer): gradients final (unscaled, clipped), LR set",
+    "on_before_optimizer_step": "(optimizer): gradients final (unscaled, clipped), LR set; "
+    "None on a step of zero total weight, which makes no update (nan_guard=False)",
     "on_train_step_end": "after each optimizer step; trainer.step_metrics holds loss, "
     "grad_norm (tensors) and lr",
     "on_train_epoch_end": "after the last step of an epoch; epoch_metrics has train_loss",

@@ -704,8 +704,8 @@ class Trainer:
         raise self._lockstep_error
 
     def _optimizer_step(self, update: bool = True) -> None:
-        """Step the optimizer (not if ``update`` is false: the scaler and the schedule go on)
-        and, per step, the schedule."""
+        """Step the optimizer (not if ``update`` is false: the gradients are cleared, the hook,
+        the scaler and the schedule go on) and, per step, the schedule."""
         opt = self.optimizer
         factor = warmup_factor(self.global_step, self.config.warmup_steps)
         saved = [g["lr"] for g in opt.param_groups] if factor != 1.0 else []
@@ -713,6 +713,8 @@ class Trainer:
             for g in opt.param_groups:
                 g["lr"] = g["lr"] * factor
         try:
+            if not update:  # its gradients are 0/0: a hook reads none, as after no backward
+                opt.zero_grad(set_to_none=True)  # (a skipped step in Lightning)
             self.call("on_before_optimizer_step", opt)
             if self._scaler is not None:
                 if update:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from qfnet.training import (
+    LRMonitor,
     Trainer,
     TrainerConfig,
     resolve_device,
@@ -690,3 +691,31 @@ def test_a_step_of_zero_weight_samples_makes_no_update_without_the_nan_guard(
     for got, want in zip(model.parameters(), alone.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
     assert history["train_loss"] == pytest.approx(history_alone["train_loss"], rel=1e-15, abs=0.0)
+
+
+def test_a_step_without_update_shows_no_nan_gradients_to_the_hook(regression, mlp, sq_error):
+    # with nan_guard=False a step of zero-weight samples makes no update, but its NaN
+    # gradients (divided by the weight 0) went to on_before_optimizer_step: now none, as for
+    # a skipped step; the hook is still called (the learning rate is logged every step)
+    x, y, weight = regression(n=16, weighted=True).tensors
+    weight = weight.clone()
+    weight[:8] = 0.0  # the first of the two steps of each epoch has no weight
+    seen: list[list[torch.Tensor | None]] = []
+
+    class Probe:
+        def on_before_optimizer_step(self, trainer, optimizer) -> None:
+            seen.append([p.grad for g in optimizer.param_groups for p in g["params"]])
+
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, shuffle=False, nan_guard=False,
+                        progress_bar=False)  # fmt: skip
+    monitor = LRMonitor()
+    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[Probe(), monitor]).fit(
+        TensorDataset(x, y, weight)
+    )
+    assert len(seen) == 4
+    for step, grads in enumerate(seen):
+        if step % 2 == 0:
+            assert all(g is None for g in grads)
+        else:
+            assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert [step for step, _ in monitor.history] == [0, 1, 2, 3]
