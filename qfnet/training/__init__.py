@@ -22,8 +22,9 @@ Batches and losses
     ``fn(output, target)``) returns a scalar or per-sample values of shape ``(N, ...)``;
     per-sample values are averaged over trailing dimensions and then reduced as a weighted mean
     with the sample weights ``(N,)`` (plain mean without weights). Scalars count as the mean over
-    the batch. Over an epoch, losses and metrics are averaged with the same weights (batch size
-    for scalar values), and reduced across processes under DDP.
+    the batch. Over an epoch, losses and metrics are averaged with the same weights (a scalar
+    value with its batch's total sample weight, or its size without weights), and reduced across
+    processes under DDP.
 
 Custom forward
     ``Trainer(..., forward=fn)`` with ``fn(model, batch) -> (output, target, weight_or_None)``

@@ -108,7 +108,9 @@ class TensorBoardLogger:
         self.log_every_n_steps = log_every_n_steps
         self._writer: Any = None
         self._steps: list[int] = []
-        self._values: dict[str, list[Any]] = {}
+        # key -> (buffer rows that have it, values): a metric set on some steps only (by a
+        # callback) was dropped from every flush window that had a step without it
+        self._values: dict[str, tuple[list[int], list[Any]]] = {}
 
     def on_fit_start(self, trainer: Trainer) -> None:
         log_dir = self.log_dir or trainer.run_dir
@@ -132,9 +134,12 @@ class TensorBoardLogger:
     def on_train_step_end(self, trainer: Trainer) -> None:
         if self._writer is None:
             return
+        row = len(self._steps)
         self._steps.append(trainer.global_step)
         for key, value in trainer.step_metrics.items():
-            self._values.setdefault(key, []).append(value)
+            rows, values = self._values.setdefault(key, ([], []))
+            rows.append(row)
+            values.append(value)
         if len(self._steps) >= self._every:
             self._flush()
 
@@ -143,13 +148,14 @@ class TensorBoardLogger:
             return
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        columns = {k: v for k, v in self._values.items() if len(v) == len(self._steps)}
-        tags = [k if k.startswith("lr") else f"train/{k}" for k in columns]
-        rows = zip(*(_floats(v) for v in columns.values()), strict=True)
+        per_step: list[list[Any]] = [[] for _ in self._steps]
+        for key, (rows, values) in self._values.items():
+            tag = key if key.startswith("lr") else f"train/{key}"
+            for row, value in zip(rows, _floats(values), strict=True):
+                per_step[row].append(Summary.Value(tag=tag, simple_value=value))
         writer = self._writer._get_file_writer()
-        for step, row in zip(self._steps, rows, strict=True):
-            values = [Summary.Value(tag=t, simple_value=v) for t, v in zip(tags, row, strict=True)]
-            writer.add_summary(Summary(value=values), step)  # one event per step, all tags
+        for step, values in zip(self._steps, per_step, strict=True):
+            writer.add_summary(Summary(value=values), step)  # one event per step, all its tags
         self._steps, self._values = [], {}
 
     def on_epoch_end(self, trainer: Trainer) -> None:

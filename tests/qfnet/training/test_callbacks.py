@@ -568,6 +568,31 @@ def test_tensorboard_epoch_metrics_appear_once_after_resuming_from_an_earlier_ch
     assert [e.step for e in events.Scalars("epoch/val_loss")] == [4, 8, 12, 16]
 
 
+def test_tensorboard_writes_a_step_metric_that_only_some_steps_have(
+    regression, mlp, sq_error, tmp_path
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from qfnet.training import TensorBoardLogger
+
+    class EverySecondStep:
+        def on_train_step_end(self, trainer):
+            if trainer.global_step % 2 == 0:
+                trainer.step_metrics["probe"] = float(trainer.global_step)
+
+    data = regression(n=32)  # 4 steps per epoch
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, progress_bar=False)
+    logger = TensorBoardLogger(tmp_path, log_every_n_steps=4)
+    Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[EverySecondStep(), logger]).fit(data)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    # a flush window with a step without it dropped the metric from the whole window
+    assert [(e.step, e.value) for e in events.Scalars("train/probe")] == [
+        (s, float(s)) for s in (2, 4, 6, 8)
+    ]
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
+
+
 def _lr_config(**overrides):
     settings = {"max_epochs": 3, "batch_size": 8, "optimizer": "sgd", "lr": 0.1,
                 "scheduler": "cosine", "progress_bar": False, "tensorboard": False}  # fmt: skip
