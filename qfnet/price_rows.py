@@ -297,7 +297,8 @@ def black_vols(
 
     The solver reads the vol from the time value ``P - D * intrinsic`` (the out-of-the-money
     side); deep in the money that difference is below the price's own rounding (``64 eps
-    |price|``) and no vol is resolvable: solved anyway it came out 0, or several times too high.
+    |price|``, ``eps`` of the coarsest input: float32 prices round at 1.2e-7) and no vol is
+    resolvable: solved anyway it came out 0, or several times too high.
 
     Shape:
         all inputs (N,); outputs (N,).
@@ -309,7 +310,8 @@ def black_vols(
         >>> round(float(v[0]), 9), status[1] == TIME_VALUE_LOST
         (0.2, True)
     """
-    price = (prices.to(torch.float64) if isinstance(prices, torch.Tensor)
+    # a model price that carries autograd (its vol needs none) made .numpy() raise below
+    price = (prices.detach().to(torch.float64) if isinstance(prices, torch.Tensor)
              else torch.tensor(np.asarray(prices, dtype=float)))  # fmt: skip
     f, k, d = (torch.tensor(np.asarray(x, dtype=float)) for x in (forward, strike, discount))
     shifted = torch.tensor(np.asarray(shift, dtype=float))
@@ -320,13 +322,27 @@ def black_vols(
                                            discount=d, is_call=call)  # fmt: skip
     in_the_money = call != (k >= f)
     intrinsic = d * torch.where(call, f - k, k - f).clamp_min(0.0)
-    lost = in_the_money & ((price - intrinsic).abs() <= 64 * torch.finfo(torch.float64).eps
-                           * price.abs())  # fmt: skip
+    eps = _input_eps(prices, forward, strike, discount, shift)
+    lost = in_the_money & ((price - intrinsic).abs() <= 64 * eps * price.abs())
     status = np.array([bs.IV_STATUS[int(c)] for c in code.tolist()], dtype=object)
     status[lost.numpy()] = TIME_VALUE_LOST
     zero = (vol == 0) & ~lost  # a price at its lower bound: no time value, no vol to read
     status[zero.numpy()] = NO_TIME_VALUE
     return torch.where(lost | zero, torch.nan, vol).numpy(), status
+
+
+def _input_eps(*values: torch.Tensor | np.ndarray | float) -> float:
+    """Machine epsilon of the coarsest floating-point input: a float32 price rounds 5e8 times
+    coarser than the float64 the vols are solved in (its deep in-the-money puts, whose time value
+    was that rounding, came out "ok" with vols 20 times too high)."""
+    eps = torch.finfo(torch.float64).eps
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point():
+                eps = max(eps, torch.finfo(value.dtype).eps)
+        elif np.issubdtype(np.asarray(value).dtype, np.floating):
+            eps = max(eps, float(np.finfo(np.asarray(value).dtype).eps))
+    return eps
 
 
 def add_implied_vols(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from pricing import black_scholes as bs
 from pricing import quantlib as qlref
 from pricing.quotes import QuoteError, read_quotes
-from qfnet.price_rows import forward_and_discount, price_table
+from qfnet.price_rows import TIME_VALUE_LOST, black_vols, forward_and_discount, price_table
 
 
 def test_a_given_discount_without_a_forward_sets_the_carry_rate():
@@ -79,3 +81,29 @@ def test_an_empty_shift_prices_as_zero_as_read_quotes_reads_it():
     priced = price_table(table, model="sabr", params=sabr)["price"].to_numpy()
     unshifted = price_table(table.drop(columns="shift"), model="sabr", params=sabr)
     np.testing.assert_allclose(priced[1], unshifted["price"].to_numpy()[1], rtol=1e-14, atol=0)
+
+
+def test_float32_prices_deep_in_the_money_have_no_resolvable_vol():
+    # a 4-day put struck at twice the forward: its float32 price is its intrinsic value to float32
+    # rounding, which black_vols solved in float64 as an "ok" vol of 1.37 (the true one: 0.064)
+    forward, strike, maturity, vol = 102.3065, 198.8281, 0.0102, 0.0637
+    discount = np.exp(-0.03 * maturity)
+    rows = {"forward": np.array([forward, forward]), "strike": np.array([strike, forward]),
+            "discount": np.full(2, discount), "maturity": np.full(2, maturity)}  # fmt: skip
+    prices = bs.black_price(
+        volatility=vol, is_call=False, **{name: torch.tensor(value) for name, value in rows.items()}
+    )
+    rows32 = {name: value.astype(np.float32) for name, value in rows.items()}
+    vols, status = black_vols(prices.to(torch.float32), is_call=np.array([False, False]), **rows32)
+    assert status[0] == TIME_VALUE_LOST and np.isnan(vols[0])
+    assert status[1] == "ok"
+    np.testing.assert_allclose(vols[1], vol, rtol=1e-5, atol=0)
+
+
+def test_a_price_tensor_that_requires_grad_gets_its_vol():
+    price = torch.tensor([7.9655674554], dtype=torch.float64, requires_grad=True)
+    vols, status = black_vols(price, forward=np.array([100.0]), discount=np.ones(1),
+                              strike=np.array([100.0]), maturity=np.ones(1),
+                              is_call=np.array([True]))  # fmt: skip
+    assert status.tolist() == ["ok"]
+    np.testing.assert_allclose(vols, [0.2], rtol=1e-9, atol=0)
