@@ -76,15 +76,21 @@ def read_table(
     shift: float | None = None,
     dayfirst: bool | None = None,
 ) -> pd.DataFrame:
-    """Read a quote table, turning a missing file or malformed content into a clean CLI error
-    (``allow_expired``, ``shift``, ``dayfirst``: see :func:`pricing.quotes.read_quotes`)."""
+    """Read a quote table, turning a missing file, a file without rows or malformed content into
+    a clean CLI error (``allow_expired``, ``shift``, ``dayfirst``: see
+    :func:`pricing.quotes.read_quotes`)."""
     if not path.exists():
         raise fail(f"{path}: no such file")
     try:
-        return read_quotes(path, allow_crossed=allow_crossed, allow_expired=allow_expired,
-                           shift=shift, dayfirst=dayfirst)  # fmt: skip
+        table = read_quotes(path, allow_crossed=allow_crossed, allow_expired=allow_expired,
+                            shift=shift, dayfirst=dayfirst)  # fmt: skip
     except ValueError as error:
         raise fail(quote_message(str(error))) from error
+    # price said "priced 0 options" (exit 0) and iv "every row has expired", where calibrate
+    # refuses such a file
+    if table.empty:
+        raise fail(f"{path}: no quotes (the file names its columns but has no rows)")
+    return table
 
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -172,8 +178,6 @@ def price(
     if shift is not None and not np.isfinite(shift):  # NaN read as a second, different shift
         raise fail(f"--params: shift must be finite; got {shift}")
     table = read_table(quotes, shift=shift, dayfirst=dayfirst)
-    if table.empty:  # was "priced 0 options", exit 0, where iv and calibrate refuse the file
-        raise fail(f"{quotes}: no quotes (the file names its columns but has no rows)")
     if shift is not None and not np.allclose(table["shift"].to_numpy(float), shift):
         raise fail("parameter 'shift' is given both as a column and in --params")
     try:
@@ -329,8 +333,6 @@ def iv(
     # a crossed row gets a status, not an error; so does an expired one (an exchange download's
     # options expiring on the quote date refused the whole file)
     table = read_table(quotes, allow_crossed=True, allow_expired=True, dayfirst=dayfirst)
-    if table.empty:  # was "every row has expired", of a file with a header and no rows
-        raise fail(f"{quotes}: no quotes (the file names its columns but has no rows)")
     if not {"price", "mid", "bid", "ask"} & set(table.columns):
         raise fail(f"{quotes}: iv needs a 'mid', 'bid'/'ask' or 'price' column")
     if "option_type" not in table:
