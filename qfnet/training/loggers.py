@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from qfnet.training.callbacks import _check_period
 from qfnet.training.checkpoint import write_text_atomically
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ class TensorBoardLogger:
 
     def __init__(self, log_dir: str | Path | None = None, log_every_n_steps: int | None = None):
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        if log_every_n_steps is not None:
+            _check_period("TensorBoardLogger.log_every_n_steps", log_every_n_steps)
         self.log_every_n_steps = log_every_n_steps
         self._writer: Any = None
         self._steps: list[int] = []

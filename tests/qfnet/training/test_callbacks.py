@@ -19,6 +19,7 @@ from qfnet.training import (
     ModelCheckpoint,
     NonFiniteLossError,
     ProgressBar,
+    TensorBoardLogger,
     Trainer,
     TrainerConfig,
     load_checkpoint,
@@ -821,3 +822,20 @@ def test_a_new_fit_starts_early_stopping_and_best_checkpoint_afresh(
         load_checkpoint(tmp_path / run / "checkpoints" / "best.pt") for run in ("again", "fresh")
     ]
     assert best[0]["loop"]["epoch"] == best[1]["loop"]["epoch"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "5"])
+@pytest.mark.parametrize(
+    ("name", "build"),
+    [
+        ("ProgressBar.refresh_every", lambda v: ProgressBar(refresh_every=v)),
+        ("TensorBoardLogger.log_every_n_steps", lambda v: TensorBoardLogger(log_every_n_steps=v)),
+        ("ModelCheckpoint.every_n_steps", lambda v: ModelCheckpoint(every_n_steps=v)),
+        ("ModelCheckpoint.every_n_epochs", lambda v: ModelCheckpoint(every_n_epochs=v)),
+    ],
+)
+def test_callback_periods_must_be_positive_integers(name, build, value):
+    # refresh_every=0 divided by zero at the first step on a terminal; log_every_n_steps=0
+    # fell back silently to the config's period; 2.5 never matched a step
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        build(value)
