@@ -192,7 +192,7 @@ def _units_error(
     within 4 standard errors (``error``, from three pairs or more) of a plausible discount (the
     given one, inside them) is noise (stale or wide quotes a strike apart), not units. The units
     are the file's: :func:`parity_forwards` refuses only where no expiry's slope is taken for a
-    discount."""
+    discount that no factor would make one too."""
     if not (slope > 0 and intercept > 0):
         return None
     low, high = PARITY_RATES
@@ -212,6 +212,14 @@ def _units_error(
     column, words, hint = UNIT_SCALES[scale]
     return QuoteError(f"expiry T={maturity:.6g}: call minus put falls by {slope:.3g} per unit of "
                       f"strike, {words} a discount factor: {hint}", column=column)  # fmt: skip
+
+
+def _either_units(discount: float, maturity: float) -> bool:
+    """Whether a factor of :data:`UNIT_SCALES` also makes a parity slope ``discount`` one of a
+    rate inside :data:`PARITY_RATES`: beyond about 4.6 years, a true discount and 1/100 of one
+    both are, and the slope tells nothing of the file's units."""
+    low, high = PARITY_RATES
+    return any(low <= -np.log(scale * discount) / maturity <= high for scale in UNIT_SCALES)
 
 
 def _pair_forward(
@@ -332,8 +340,12 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             {"_key": key, "maturity": t, "forward": forward, "discount": discount, "source": source}
         )
     # an expiry of stale pairs whose flat C - P looked like strikes x 100 refused a file whose
-    # other expiries fit plausible discounts in its units
-    if units is not None and not any(row["source"] == "parity" for row in rows):
+    # other expiries fit plausible discounts in its units; a long expiry's slope, plausible in
+    # either unit, is no evidence (strikes x 100 of a 1y and a 10y expiry passed)
+    if units is not None and not any(
+        row["source"] == "parity" and not _either_units(row["discount"], row["maturity"])
+        for row in rows
+    ):
         raise units
     return pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
 

@@ -633,7 +633,11 @@ def read_quotes(
     ``None``, ``-``, in any case) are missing: an error in ``strike``, ``maturity``, ``spot``,
     ``rate`` and ``dividend``, a gap elsewhere (a missing bid or ask makes a one-sided quote,
     which :func:`pricing.quote_cleaning.clean_quotes` drops and counts); any other text is an
-    error.
+    error. An ``exercise`` column (``exercise_style``, ``style``, ``option_style``) naming American
+    or Bermudan exercise is refused; without one, American quotes (most single-stock and ETF
+    options) pass undetected, their early-exercise premium read as implied vol: no price bound
+    tells them apart (an American put exceeds a European one's bound ``D K`` only with the spot
+    near ``(1 - D) K`` or below).
 
     Args:
         source: path to a ``.csv`` or ``.parquet`` file, or a DataFrame (not modified).

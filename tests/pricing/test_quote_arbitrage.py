@@ -88,6 +88,25 @@ def test_the_first_quote_is_checked_against_the_anchor_call_at_zero_strike() -> 
     assert not drop.any()
 
 
+def test_a_violation_between_quotes_that_are_not_neighbours_is_found() -> None:
+    # Each neighbour check let the wide quote between move its own way: the 150 call's bid
+    # 0.69 is above the 130's ask 0.51 (buy the 130, sell the 150: 0.18 now, nothing to pay
+    # later), with a 140 of 0.30/0.90 between them.
+    strikes = np.array([120.0, 130.0, 140.0, 150.0])
+    calls, half = np.array([1.0, 0.5, 0.6, 0.7]), np.array([0.01, 0.01, 0.3, 0.01])
+    drop = strike_violations(strike=strikes, call=calls, forward=100.0, half_spread=half)
+    assert drop.sum() == 1 and drop[[1, 3]].any()
+    # The 110's bid 3.9 is above the chord of the asks at 100 and 130 (3.677): sell it, buy
+    # 2/3 of a 100 and 1/3 of a 130; its neighbours' wide quotes cleared both butterflies.
+    strikes = np.array([100.0, 110.0, 120.0, 130.0])
+    calls, half = np.array([5.0, 4.2, 2.9, 1.0]), np.array([0.01, 0.3, 0.5, 0.01])
+    drop = strike_violations(strike=strikes, call=calls, forward=100.0, half_spread=half)
+    assert drop.sum() == 1 and drop[[0, 1, 3]].any()
+    # within the spreads: a smile through 5, 3.7, 2.35, 1.0 passes
+    calls = np.array([5.0, 3.9, 2.5, 1.0])
+    assert not strike_violations(strike=strikes, call=calls, forward=100.0, half_spread=half).any()
+
+
 def test_strikes_at_or_below_zero_are_refused_by_index() -> None:
     with pytest.raises(ValueError, match=r"strike: must be > 0, got 0\.0 at index 1"):
         strike_violations(strike=np.array([50.0, 0.0]), call=np.array([55.0, 100.0]),

@@ -333,6 +333,24 @@ def test_strike_arbitrage_in_puts_is_found_when_both_sides_are_kept() -> None:
     assert bad_put + 1 not in set(clean["source_row"])
 
 
+def test_a_call_spread_between_strikes_that_are_not_neighbours_is_arbitrage(
+    tmp_path: Path,
+) -> None:
+    # The 150 call's bid 0.69 is above the 130's ask 0.51: buying the 130 and selling the 150
+    # earns 0.18 now and can only pay more later. The 140 between them is quoted 0.30/0.90, so
+    # each neighbour pair's call spread fitted within its bid/asks, and the file came out clean.
+    path = tmp_path / "chain.csv"
+    path.write_text("type,strike,T,spot,rate,bid,ask\n"
+                    "C,100,0.5,100,0,5.60,5.62\n"
+                    "C,120,0.5,100,0,0.99,1.01\n"
+                    "C,130,0.5,100,0,0.49,0.51\n"
+                    "C,140,0.5,100,0,0.30,0.90\n"
+                    "C,150,0.5,100,0,0.69,0.71\n")  # fmt: skip
+    clean, report = clean_quotes(path)
+    assert report.removed["strike_arbitrage"] == 1
+    assert not {3, 5} <= set(clean["source_row"])
+
+
 def test_carry_forwards_use_a_given_discount_as_the_rate() -> None:
     # spot 100, dividend 2%, discount exp(-0.05), no pairs: F = 100 exp(0.03) (it was 100 exp(-0.02))
     table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],
@@ -807,6 +825,31 @@ def test_strikes_or_prices_times_100_of_a_long_expiry_are_refused_by_its_rate(
     table = table.drop(columns="spot").assign(rate=rate)
     implied = parity_forwards(read_quotes(table))
     np.testing.assert_allclose(implied["forward"], forward, rtol=1e-9, atol=0)
+    table["strike"] *= strike_scale
+    table["price"] *= price_scale
+    with pytest.raises(QuoteError, match=match):
+        parity_forwards(read_quotes(table))
+
+
+@pytest.mark.parametrize(
+    ("strike_scale", "price_scale", "match"),
+    [
+        (100.0, 1.0, r"column 'strike': expiry T=1: .*1/100 of a discount factor"),
+        (1.0, 100.0, r"expiry T=1: .*100 times a discount factor: prices times 100"),
+    ],
+)
+def test_strikes_or_prices_times_100_beside_a_long_expiry_without_a_rate_are_refused(
+    strike_scale: float, price_scale: float, match: str
+) -> None:
+    # the 1y slope is 1/100 (100 times) a discount factor, but the 10y one, a discount of a
+    # rate of 49% (-43%) in these units, counted as an expiry fitting parity: the file passed, its
+    # 1y forward taken with a discount of 1 (450,133, where 463,705 fits its parity)
+    rate, chains = 0.03, []
+    for maturity in (1.0, 10.0):
+        forward, discount = 4500.0 * math.exp(rate * maturity), math.exp(-rate * maturity)
+        chains.append(_chain(forward, discount, maturity, np.arange(4000.0, 5001.0, 100.0)))
+    table = pd.concat(chains, ignore_index=True).drop(columns="spot")
+    assert parity_forwards(read_quotes(table))["source"].tolist() == ["parity", "parity"]
     table["strike"] *= strike_scale
     table["price"] *= price_scale
     with pytest.raises(QuoteError, match=match):
