@@ -361,10 +361,10 @@ def normalized_otm(grid: SurfaceGrid, params: torch.Tensor) -> torch.Tensor:
 
 
 def scan_otm(grid: SurfaceGrid, points: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """:func:`normalized_otm` of the same P parameter sets on each of S surfaces, shape
-    (S, M*Q, P), for points (P, 5): the sets of a surface share its nodes (``grid.nodes`` per
-    expiry on ``[0, upper]``, ``upper`` (S, M)) and their ``exp(-i u k)`` factors, a cheap scan
-    accurate only where ``upper`` suits the set.
+    """:func:`normalized_otm` of P parameter sets on each of S surfaces, shape (S, M*Q, P), for
+    points (P, 5) (the same on every surface) or (S, P, 5): the sets of a surface share its nodes
+    (``grid.nodes`` per expiry on ``[0, upper]``, ``upper`` (S, M)) and their ``exp(-i u k)``
+    factors, a cheap scan accurate only where ``upper`` suits the set.
 
     Examples:
         >>> grid = SurfaceGrid(torch.tensor([[1.0]], dtype=torch.float64),
@@ -375,6 +375,8 @@ def scan_otm(grid: SurfaceGrid, points: torch.Tensor, upper: torch.Tensor) -> to
         True
     """
     u, w = _nodes(grid, upper, grid.nodes)  # (S, M, J)
+    if points.dim() == 3:  # per surface: (S, 1, 1, P) each
+        points = points[:, None, None]
     v0, kappa, theta, sigma, rho = points.unbind(-1)  # (P,) each, against (S, M, J, 1) below
     t = grid.maturity[:, :, None, None]
     u_p = u.unsqueeze(-1)

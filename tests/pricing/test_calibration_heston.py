@@ -325,6 +325,47 @@ def test_scan_of_many_surfaces_equals_each_surface_scanned_alone(monkeypatch) ->
     assert torch.equal(together[:, 0], extra.expand(3, 5))  # the x0 start leads each surface
 
 
+@pytest.mark.parametrize(
+    ("start", "one_expiry", "n_per"),
+    [
+        (TRUE, False, 1),  # the start beats every scan point: it races alone
+        ({"v0": 0.2, "kappa": 0.5, "theta": 0.2, "sigma": 1.0, "rho": -0.1}, False, 4),  # far off
+        (TRUE, True, 4),  # one expiry: which end of its valley a start reaches is not told early
+    ],
+)
+def test_scan_points_race_only_where_one_beats_the_extra_starts(
+    start: dict, one_expiry: bool, n_per: int
+) -> None:
+    import pricing.calibration_heston as heston
+
+    table = _synthetic_surface()
+    if one_expiry:
+        table = table[table["maturity"] == table["maturity"].iloc[0]]
+    surfaces = _packed([table])
+    lower, upper = heston._box(None)
+    extra = torch.tensor([[start[n] for n in heston.NAMES]], dtype=torch.float64)
+    residuals = heston._Residuals(surfaces, torch.arange(1))
+    starts = heston._scan(residuals, 1, 64, 3, 0, extra, lower, upper)
+    assert starts.shape == (n_per, 5)
+    torch.testing.assert_close(starts[0], extra[0], rtol=0, atol=0)
+
+
+def test_scan_of_points_per_surface_equals_each_surface_scanned_with_its_own() -> None:
+    from pricing._heston_lewis import scan_otm, upper_limits
+
+    surfaces = _packed([_synthetic_surface(), _synthetic_surface(noise_bp=50.0)])
+    grid = surfaces.grid
+    points = torch.tensor([[[0.04, 1.5, 0.04, 0.5, -0.7], [0.09, 3.0, 0.02, 0.9, -0.3]],
+                           [[0.02, 0.8, 0.10, 0.3, -0.8], [0.05, 2.0, 0.05, 0.6, -0.5]]],
+                          dtype=torch.float64)  # fmt: skip
+    upper = upper_limits(grid, points[:, 0])
+    together = scan_otm(grid, points, upper)  # (S, N, P)
+    for s in range(2):
+        rows = torch.tensor([s])
+        alone = scan_otm(grid.select(rows), points[s], upper[rows])
+        torch.testing.assert_close(together[s], alone[0], rtol=1e-14, atol=1e-16)
+
+
 def test_polished_surfaces_report_reference_vols_at_their_parameters(monkeypatch) -> None:
     import pricing.calibration_heston as heston
 
