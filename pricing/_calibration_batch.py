@@ -16,7 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["already_prepared", "residual_tables", "sorted_groups", "stacked"]
+__all__ = ["POSITIVE_COLUMNS", "already_prepared", "in_domain", "residual_tables", "sorted_groups",
+           "stacked"]  # fmt: skip
+
+POSITIVE_COLUMNS = ("strike", "forward", "maturity", "discount")
+"""The columns of a prepared table that are finite and > 0 in every row (``strike`` and
+``forward`` after adding the ``shift``, where there is one), as ``read_quotes`` requires."""
 
 RESIDUAL_QUOTE_COLUMNS = ("maturity", "strike", "option_type", "forward", "discount", "market_iv")
 """The columns of a residual table taken from the quotes (the fit adds ``model_iv``,
@@ -66,13 +71,39 @@ def _plain(table: object, needed: Sequence[str]) -> bool:
     return plain and table.columns.is_unique and all(c in table for c in needed)
 
 
+def in_domain(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Which rows hold a finite ``shift`` (an empty one is 0), where there is that column, and
+    for each column of :data:`POSITIVE_COLUMNS` in ``rows``, which hold a finite value > 0
+    there (strike and forward plus the row's shift).
+
+    Shape:
+        ``rows``: N rows; each flag array ``(N,)``.
+
+    Examples:
+        >>> rows = pd.DataFrame({"strike": [-0.01, -0.01], "maturity": [1.0, 0.0],
+        ...                      "shift": [0.02, None]})
+        >>> {c: ok.tolist() for c, ok in in_domain(rows).items()}
+        {'shift': [True, True], 'strike': [True, False], 'maturity': [True, False]}
+    """
+    flags, shift = {}, 0.0
+    if "shift" in rows:
+        shift = rows["shift"].fillna(0.0).to_numpy(dtype=float)
+        flags["shift"] = np.isfinite(shift)
+    for column in (c for c in POSITIVE_COLUMNS if c in rows):
+        values = rows[column].to_numpy(dtype=float)
+        values = values + shift if column in ("strike", "forward") else values
+        flags[column] = np.isfinite(values) & (values > 0)
+    return flags
+
+
 def already_prepared(
     tables: Sequence[object], needed: Sequence[str], vol_limit: float
 ) -> list[bool]:
     """Which ``tables`` :func:`pricing.calibration._prepare` would return unchanged, one flag per
     table: DataFrames with rows, an index 0..N-1 and the ``needed`` columns (``forward,
     discount, market_iv, option_type``) without a NaN, vols in ``(0, vol_limit]``, option types
-    ``call`` or ``put`` and an ``implied_vol`` (where given) equal to ``market_iv``. The others
+    ``call`` or ``put``, strikes, forwards, maturities and discounts finite and > 0
+    (:func:`in_domain`) and an ``implied_vol`` (where given) equal to ``market_iv``. The others
     (files, raw quotes, bad rows) go through ``_prepare`` one by one, which prepares them or
     names the bad row.
 
@@ -95,6 +126,11 @@ def already_prepared(
         return [False] * len(tables)
     kinds = rows["option_type"].isin(("call", "put")).to_numpy()  # a hash lookup, not a sort
     ok = ~np.isnan(forward) & ~np.isnan(discount) & (vol > 0) & (vol <= vol_limit) & kinds
+    try:
+        for flags in in_domain(rows).values():  # a zero maturity was fitted, a -1 discount kept
+            ok &= flags
+    except (TypeError, ValueError):
+        return [False] * len(tables)
     if "implied_vol" in rows:
         try:
             given = rows["implied_vol"].to_numpy(dtype=float)

@@ -26,6 +26,7 @@ import torch
 from pricing._calibration_batch import (
     RESIDUAL_QUOTE_COLUMNS,
     already_prepared,
+    in_domain,
     residual_tables,
 )
 from pricing._validation import (
@@ -701,7 +702,19 @@ def _check_sabr_beta(
 
 def _check_prepared(table: pd.DataFrame) -> None:
     """The checks a prepared table skipped with ``read_quotes``: vols finite, positive and in
-    decimals (percent vols were fitted, at 9,693 bp), option types call or put."""
+    decimals (percent vols were fitted, at 9,693 bp), option types call or put, strikes,
+    forwards, maturities and discounts finite and > 0 (strike and forward after the shift: a
+    maturity of 0 was fitted as a smile of its own by SABR ``quantlib``, a discount of -1 kept,
+    and a negative strike failed in the pricer at the index of a padded batch)."""
+    for column, ok in in_domain(table).items():
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            i = int(bad[0])
+            need = "finite" if column == "shift" else "finite and > 0"
+            if column in ("strike", "forward") and "shift" in table:
+                need += " after adding the shift"
+            raise QuoteError(f"must be {need}, got {float(table[column].iloc[i]):g}", row=i + 1,
+                             column=column)  # fmt: skip
     vol = table["market_iv"].to_numpy(dtype=float)
     bad = np.flatnonzero(~np.isnan(vol) & ~((vol > 0) & (vol <= DECIMAL_LIMITS["implied_vol"])))
     if bad.size:

@@ -41,6 +41,11 @@ def _variants() -> dict[str, object]:
         "stale implied_vol": edited,
         "NaN market_iv": missing,
         "NaN forward": good.assign(forward=[math.nan] + [100.0] * 6),
+        # values out of their domain, which read_quotes refuses
+        "zero maturity": good.assign(maturity=[0.0] + [1.0] * 6),
+        "negative discount": good.assign(discount=[1.0] * 6 + [-1.0]),
+        "negative strike": good.assign(strike=[-5.0, *good["strike"].tolist()[1:]]),
+        "infinite forward": good.assign(forward=[100.0] * 6 + [math.inf]),
         "vols in percent": good.assign(
             market_iv=good["market_iv"] * 100, implied_vol=good["implied_vol"] * 100
         ),

@@ -366,6 +366,37 @@ def test_a_prepared_looking_table_is_still_checked(change, message) -> None:
         calibrate("sabr", prepared.drop(columns="implied_vol").assign(**change))
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("maturity", 0.0),
+        ("discount", -1.0),
+        ("strike", -5.0),
+        ("forward", math.inf),
+        ("shift", math.inf),
+    ],
+)
+def test_a_prepared_looking_table_names_the_row_of_a_value_out_of_its_domain(
+    column: str, value: float
+) -> None:
+    # such tables skipped read_quotes' checks: SABR 'quantlib' fitted a maturity of 0 as a smile
+    # of its own, a discount of -1 was kept, and the pricer named a negative strike by its
+    # place in the padded batch of smiles ("at index (0, 1)"), scipy an infinite forward by
+    # "Residuals are not finite in the initial point"; an infinite shift "varied within the smile"
+    from pricing.quote_cleaning import clean_quotes
+
+    prepared, _ = clean_quotes(_smile())
+    prepared = prepared.drop(columns="implied_vol").astype({column: float})
+    good = prepared.copy()
+    prepared.loc[2, column] = value
+    message = rf"row 3, column '{column}': must be finite"
+    for method in ("direct", "quantlib"):
+        with pytest.raises(QuoteError, match=message):
+            calibrate("sabr", prepared, method=method)
+    with pytest.raises(QuoteError, match=rf"quote table 1: {message}"):
+        calibrate_many("sabr", [good, prepared])
+
+
 def test_an_infinite_upper_bound_is_no_bound() -> None:
     # (0, inf) was refused as leaving nu's domain [0, inf) (as kappa's (0.1, inf) was)
     fit = calibrate("sabr", _smile(), bounds={"nu": (0.0, math.inf)})
