@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
+from _common import machine_info
 
 import qfnet.calibration_network_method  # network method and global start
 import qfnet.calibration_surrogate  # noqa: F401  (surrogate method)
@@ -227,11 +226,7 @@ def main() -> None:
         },
         "threads": args.threads,
         "timing": "CPU (process) time, best of repeats",
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "quick": args.quick,
     }
     print(json.dumps(summary))

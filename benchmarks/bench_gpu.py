@@ -260,6 +260,9 @@ def main() -> None:
     parser.add_argument("--parts", default="heston,surrogate,generation,mc,rng,calibration")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code paths")
     args = parser.parse_args()
+    unknown = sorted(set(args.parts.split(",")) - set(TARGETS))
+    if unknown:  # before any work: an unknown part would end the run without its JSON line
+        parser.error(f"unknown parts {unknown}; choose from {','.join(TARGETS)}")
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.set_num_threads(1)  # QuantLib is single-threaded; our CPU-side work gets one core too

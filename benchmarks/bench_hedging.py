@@ -60,6 +60,7 @@ def _train_timing(quick: bool) -> dict[int, tuple[float, float]]:
     config = load_config(CONFIGS / "hedge_bs_cost10bp.yaml")
     if quick:
         config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, train=20_000))
+    previous = torch.get_num_threads()  # train() sets the config's threads and leaves them
     out = {}
     for threads in (1, 2):
         best = (float("inf"), float("inf"))
@@ -71,7 +72,7 @@ def _train_timing(quick: bool) -> dict[int, tuple[float, float]]:
             scale = 2_000_000 / (len(result.history) * cfg.paths.train)
             best = min(best, (result.seconds * scale, result.cpu_seconds * scale))
         out[threads] = best
-    torch.set_num_threads(2)
+    torch.set_num_threads(previous)
     return out
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from _common import machine_info
 
 from pricing import black_scholes as bs
 from pricing import heston
@@ -110,7 +109,8 @@ def iv_errors_bp(prices: np.ndarray, reference: np.ndarray, batch: dict) -> tupl
     t = batch["maturity"]
     total = iv_ref * np.sqrt(t)
     forward = 100.0 * np.exp((batch["rate"] - batch["dividend"]) * t)
-    d1 = np.log(forward / batch["strike"]) / total + 0.5 * total
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero reference vol: vega 0, left out
+        d1 = np.log(forward / batch["strike"]) / total + 0.5 * total
     vega = np.exp(-batch["dividend"] * t - 0.5 * d1 * d1) / math.sqrt(2 * math.pi) * np.sqrt(t)
     ok = np.isfinite(iv_ref) & (vega > MIN_VEGA_REL_SPOT)  # vega per unit spot (spot = 100)
     return float(np.max(np.abs(iv - iv_ref)[ok]) * 1e4), int(ok.sum())
@@ -135,6 +135,7 @@ def main() -> None:
             key = (compile, threads)
             times[key], cpu_times[key], prices[key] = time_ours(batch, threads, repeats, compile)
     t_ql, cpu_ql, ql_fast = time_quantlib(batch, "fast", 2 if args.quick else 3)
+    torch.set_num_threads(args.threads)  # the loop above ended on 1; the JSON records these
     errors = {key: iv_errors_bp(p, reference, batch) for key, p in prices.items()}
     err_ql, n_ok = iv_errors_bp(ql_fast, reference, batch)
     t_ours, err_ours = times[(True, args.threads)], errors[(True, args.threads)][0]
@@ -179,7 +180,7 @@ def main() -> None:
         "quantlib_fast_max_iv_error_bp": err_ql,
         "n_vega_not_negligible": n_ok,
         "torch": torch.__version__,
-        "machine": {"processor": platform.processor(), "cpu_count": os.cpu_count()},
+        "machine": machine_info(),
     }
     print(json.dumps(result))
 

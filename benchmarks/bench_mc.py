@@ -30,11 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 
 import torch
+from _common import machine_info
 
 from pricing import heston, monte_carlo, simulate
 from pricing import quantlib as qlib
@@ -205,6 +205,7 @@ def main() -> None:
     for n in sorted({min(int(t), os.cpu_count() or 1) for t in args.rng_threads.split(",")}):
         torch.set_num_threads(n)
         rng_parts[n] = float32_rng_fraction(args.quick, 2 if args.quick else 3)
+    torch.set_num_threads(args.threads)  # the recorded machine's threads: those of part 1
     best_threads = max(rng_parts, key=lambda n: rng_parts[n]["compiled_fraction"])
     rng_part = rng_parts[best_threads]
     fraction = max(rng_part["eager_fraction"], rng_part["compiled_fraction"])
@@ -231,9 +232,7 @@ def main() -> None:
         "threads": args.threads,
         "rng_threads": sorted(rng_parts),
         "transparent_hugepage": _thp_setting(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "machine": machine_info(),
     }
     print(json.dumps(summary))
 

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine_info
 
 from pricing import quantlib
 from pricing.black_scholes import black_implied_vol, black_price
@@ -175,11 +174,7 @@ def main() -> None:
         for k in TARGETS
     }
     result["targets"] = TARGETS
-    result.update(
-        threads=THREADS,
-        processor=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(),
-    )
+    result.update(threads=THREADS, machine=machine_info())
     print(f"{'measure':<32}{'value':>14}{'target':>12}")
     for key, fmt in (
         ("mean_bp", ".3f"),

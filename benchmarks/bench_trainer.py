@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
+from _common import machine_info
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -193,10 +193,8 @@ def main() -> None:
         "meets_target": main_case["overhead"] <= TARGET_OVERHEAD,
         "repeats": repeats,
         "threads": args.threads,
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
-        "torch": torch.__version__,
+        "machine": machine_info(),
     }
     print(json.dumps(summary))
 
