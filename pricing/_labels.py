@@ -309,6 +309,10 @@ def label(
         zero one (no time value), get NaN, and so do those where the engine cannot vouch for
         its label (see :data:`UNLABELLED_REASONS`).
 
+    Raises:
+        ValueError: a ``discount`` other than 1 (naming the row): every engine prices at the
+            forward without discounting, as :func:`sample`'s points are.
+
     Examples:
         >>> from pricing.datasets import HESTON_DOMAIN, sample
         >>> labelled = label(sample(HESTON_DOMAIN, 4, seed=0), model="heston", engine="analytic")
@@ -322,6 +326,7 @@ def label(
         raise ValueError(f"engine for {model} must be one of {sorted(engines)}, got {engine!r}")
     if compile:
         check_compile(model, engine)
+    _check_undiscounted(points)
     where = torch.device(device) if device is not None else _CPU
     options = {"compile": True} if compile else {}
     price, std_error, *engine_vol = engines[engine](points, seed, where, **options)
@@ -335,6 +340,23 @@ def label(
     vol[~(vol > 0)] = np.nan
     out["implied_vol"] = vol
     return out
+
+
+def _check_undiscounted(points: pd.DataFrame) -> None:
+    """Refuse a ``discount`` other than 1, naming the first such row: the engines price each row
+    undiscounted at its forward (zero rates, as :func:`pricing.datasets.sample`'s points are),
+    while the implied vol reads the price as discounted: a discount of 0.9 left the prices as
+    they were and raised the vols by 0.1 to 3.7 points (0.353 to 0.389)."""
+    if "discount" not in points:  # Hagan's labels never read it
+        return
+    discount = points["discount"].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~(discount == 1.0))
+    if bad.size:
+        raise ValueError(
+            f"row {points.index[bad[0]]}: discount must be 1, got {discount[bad[0]]}: the label "
+            "engines price at the forward undiscounted, and the Black implied vol does not "
+            "depend on the discount (label with discount 1, then multiply the prices by it)"
+        )
 
 
 def check_compile(model: str, engine: str) -> None:

@@ -12,6 +12,7 @@ Exotic payoffs live in :mod:`pricing.mc_exotics`.
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,10 +55,14 @@ _SECOND_MOMENT_INFINITE = "E[S_T^2] is infinite"
 gathers its groups' into one)."""
 
 _PARITY_NOT_EXACT = (
-    "calls go by put-call parity only where it is exact (one spot, and scheme='euler' or QE "
-    "steps short enough for their martingale correction to hold at every variance: more steps)"
+    "calls go by put-call parity only where it is exact (scheme='euler', or QE steps short "
+    "enough for their martingale correction to hold at every variance: more steps)"
 )
 """Why a Heston call past the explosion was not priced as a put (the warnings' advice)."""
+
+_NOT_A_MARTINGALE = "the simulated E[S_T] is infinite"
+"""How the warnings of QE steps that lose their martingale correction before the explosion
+begin (:func:`_warn_if_steps_lose_the_martingale`)."""
 
 _SABR_SECOND_MOMENT_INFINITE = "E[F_T^2] is infinite for the simulated SABR forward"
 """How the warnings of a SABR payoff with infinite variance begin (see
@@ -269,13 +274,18 @@ def heston_european(
     Past the time from which the calls' payoffs have infinite variance (that of ``E[S_T^2]``,
     Andersen and Piterbarg's; with ``conditional``, the later one of ``E[F^2]``), their standard
     errors mean nothing: the calls are then priced as puts plus ``D (S_0 e^{(r - q) T} - K)``,
-    with the put's standard error, where put-call parity is exact in the scheme, the simulated
-    spot an exact martingale (:func:`_heston_spot_is_martingale`: always with ``scheme="euler"``;
-    with QE, where every step's martingale correction holds, which it does for steps short enough),
-    and get a warning elsewhere. The terminal spot as control gets a warning there too.
+    with the put's standard error (per-path spots: each path's own ``S_0``, in its samples),
+    where put-call parity is exact in the scheme, the simulated spot an exact martingale
+    (:func:`_heston_spot_is_martingale`: always with ``scheme="euler"``; with QE, where every
+    step's martingale correction holds, which it does for steps short enough), and get a warning
+    elsewhere. The terminal spot as control gets a warning there too. QE steps too coarse to keep
+    their martingale correction at every variance make the simulated ``E[S_T]`` infinite even
+    before the explosion: calls and the control get a warning there
+    (:func:`_warn_if_steps_lose_the_martingale`).
 
     Args:
-        spot: spot price.
+        spot: spot price, one number or one per path (N,) (the price is then the mean of the
+            paths' prices; not with ``control``).
         strike: strike(s) >= 0, scalar or (K,) (a call struck at 0 pays the underlying).
         maturity: years.
         v0: initial variance.
@@ -330,9 +340,11 @@ def heston_european(
             )
         model = {"v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
         explodes = _heston_explosion_time(kappa, sigma, rho, conditional=True)
-        parity = _heston_calls_by_parity(spot, maturity, model, n_steps, scheme, is_call, explodes)
+        parity = _heston_calls_by_parity(maturity, model, n_steps, scheme, is_call, explodes)
         _warn_if_second_moment_explodes(maturity, explodes, is_call, control, conditional=True,
                                         parity=parity)  # fmt: skip
+        _warn_if_steps_lose_the_martingale(maturity, explodes, model, n_steps, scheme, is_call,
+                                           control, conditional=True)  # fmt: skip
         chunks = conditional_chunks(
             n_paths, n_steps, spot=spot, strike=strike, is_call=_puts(is_call) if parity else is_call,
             v0=v0, kappa=kappa,
@@ -340,6 +352,10 @@ def heston_european(
             antithetic=antithetic, sobol=sobol, dtype=dtype, device=device, generator=generator,
             chunk_size=chunk_size,
         )  # fmt: skip
+        if parity and _per_path(spot):
+            gaps = _parity_gaps(strike, is_call, rate, dividend, maturity, dtype)
+            chunks = ((where, p._replace(payoff=p.payoff + gaps(_spots(spot, where, p.payoff))))
+                      for where, p in chunks)  # fmt: skip
         df = discount_factor(rate, maturity)
         ctrl = (lambda p: p.forward * df) if control else None
         mean = forward_mean(spot, dividend, maturity) if control else None
@@ -358,13 +374,18 @@ def heston_european(
         # after heston_chunks, which checks the parameters
         model = {"v0": v0, "kappa": kappa, "theta": theta, "sigma": sigma, "rho": rho}
         explodes = _heston_explosion_time(kappa, sigma, rho, conditional=False)
-        parity = _heston_calls_by_parity(spot, maturity, model, n_steps, scheme, is_call, explodes)
+        parity = _heston_calls_by_parity(maturity, model, n_steps, scheme, is_call, explodes)
         _warn_if_second_moment_explodes(maturity, explodes, is_call, control, parity=parity)
+        _warn_if_steps_lose_the_martingale(maturity, explodes, model, n_steps, scheme, is_call,
+                                           control)  # fmt: skip
         spots = ((where, paths.spot) for where, paths in chunks)
+        gaps = None
+        if parity and _per_path(spot):
+            gaps = _parity_gaps(strike, is_call, rate, dividend, maturity, dtype)
         result = _european(spots, strike, _puts(is_call) if parity else is_call, rate, dividend, maturity,
                            spot, control, antithetic, progress,
-                           _replicates(n_paths, antithetic, sobol))  # fmt: skip
-    if not parity:
+                           _replicates(n_paths, antithetic, sobol), gaps=gaps)  # fmt: skip
+    if not parity or _per_path(spot):  # per-path spots: the gaps are in the samples
         return result
     # C = P + D (F - K), F = S_0 e^{(r - q) T}: at kappa 1, sigma 1.92, rho 0.45 and 4.28 years
     # (E[S_T^2] infinite from 0.99), 64 QE steps, 4,096 antithetic paths and 200 seeds, the 95%
@@ -377,7 +398,6 @@ def heston_european(
 
 
 def _heston_calls_by_parity(
-    spot: TensorLike,
     maturity: float,
     model: Mapping[str, TensorLike],
     n_steps: int,
@@ -387,11 +407,11 @@ def _heston_calls_by_parity(
 ) -> bool:
     """Whether :func:`heston_european` prices its calls as puts and put-call parity: past the
     explosion time ``explodes`` of their payoffs' second moment
-    (:func:`_heston_explosion_time`), from one spot (the parity term's mean), where the
-    simulated spot is an exact martingale."""
+    (:func:`_heston_explosion_time`), where the simulated spot is an exact martingale (from one
+    spot or one per path: :func:`_parity_gaps`)."""
     if not bool(call_flags(is_call).any()):
         return False
-    if real_number("maturity", maturity) < explodes or real_tensor("spot", spot).numel() != 1:
+    if real_number("maturity", maturity) < explodes:
         return False
     return _heston_spot_is_martingale(scheme, maturity, n_steps, model)
 
@@ -435,6 +455,48 @@ def _heston_explosion_time(
     from pricing._mc_heston import conditional_forward_explosion_time
 
     return float(conditional_forward_explosion_time(*values).min())
+
+
+def _per_path(spot: TensorLike) -> bool:
+    """Whether ``spot`` holds one value per path rather than one number."""
+    return real_tensor("spot", spot).numel() != 1
+
+
+def _spots(spot: TensorLike, where: slice, like: torch.Tensor) -> torch.Tensor:
+    """The per-path spots of the chunk ``where``, of ``like``'s dtype and device. Shape: (C,)."""
+    return real_tensor("spot", spot)[where].to(like)
+
+
+def _parity_gaps(
+    strike: TensorLike,
+    is_call: TensorLike,
+    rate: float,
+    dividend: float,
+    maturity: float,
+    dtype: torch.dtype,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per path, what a call's payoff adds to its put's in expectation, ``S_0 e^{(r - q) T} - K``
+    (undiscounted) on the call columns, 0 on the put columns, from the paths' start spots.
+
+    Calls from per-path spots go by parity path by path: each path's put payoff plus its own
+    gap, so that the estimator weighs each gap as it weighs its path (a mean gap added afterwards
+    would not, where Sobol replicates differ in size by one), and the samples spread across spots
+    as the calls' own do.
+
+    Shape:
+        start spots: (C,); output: (C,) or (C, K), as the payoffs.
+    """
+    carry = real_number("rate", rate) - real_number("dividend", dividend)
+    growth = math.exp(carry * real_number("maturity", maturity))
+    k, calls = real_tensor("strike", strike, dtype=dtype), call_flags(is_call)
+    vector = k.ndim == 1 or calls.ndim == 1
+
+    def gaps(start: torch.Tensor) -> torch.Tensor:
+        forward = start * growth
+        gap = (forward[:, None] if vector else forward) - k.to(forward)
+        return torch.where(calls.to(forward.device), gap, 0.0)
+
+    return gaps
 
 
 def _puts(is_call: TensorLike) -> torch.Tensor:
@@ -500,6 +562,38 @@ def _warn_if_second_moment_explodes(
     warnings.warn(
         f"{head} from T = {explodes:.4g} years (Andersen-Piterbarg; maturity {t:g}): {what} "
         f"infinite variance, so the standard error means nothing; {advice}",
+        stacklevel=3,
+    )
+
+
+def _warn_if_steps_lose_the_martingale(
+    maturity: float,
+    explodes: float,
+    model: Mapping[str, TensorLike],
+    n_steps: int,
+    scheme: str,
+    is_call: TensorLike,
+    control: bool,
+    *,
+    conditional: bool = False,
+) -> None:
+    """Warn where QE steps lose their martingale correction at some variance before the
+    explosion time ``explodes`` (past it :func:`_warn_if_second_moment_explodes` speaks): the
+    simulated ``E[S_T]`` is then infinite (:func:`_heston_spot_is_martingale`), and so are the
+    calls' means and the terminal-spot control's. At kappa 5, sigma 1.5, rho 0.8, 10 years (the
+    model's ``E[S_T^2]`` finite for ever) and 2 steps, at-the-money calls priced 119 +- 76 for
+    25.2, and 73.5 +- 0.13 with the control, without a word. Puts are bounded by their strike."""
+    calls = bool(call_flags(is_call).any())
+    if scheme == "euler" or not (calls or control) or real_number("maturity", maturity) >= explodes:
+        return
+    if _heston_spot_is_martingale(scheme, maturity, n_steps, model):
+        return
+    controls = ["the forward control" if conditional else "the terminal-spot control"] * control
+    what = " and ".join(["the calls' prices"] * calls + controls)
+    warnings.warn(
+        f"{_NOT_A_MARTINGALE}: QE steps of {maturity / n_steps:.4g} years lose their martingale "
+        f"correction at some variances, so {what} mean nothing; use more steps (or "
+        "scheme='euler')",
         stacklevel=3,
     )
 
@@ -682,10 +776,12 @@ def price_european_rows(
     calls, whose own variance is infinite, are priced as puts and put-call parity
     (:func:`heston_european`), except where the QE steps of ``maturity / n_steps`` lose their
     martingale correction at some variance, which makes parity inexact: those get one warning
-    for the whole table. SABR rows with beta = 1 and nu > 0, whose simulated ``E[F_T^2]`` is
-    infinite at any maturity (from two steps on, :func:`_sabr_second_moment_explodes`), go
-    without the control too, their calls priced as puts and put-call parity
-    (:func:`sabr_european`).
+    for the whole table. Steps that lose it before the explosion (coarse ones: 2 steps of 5 years
+    at kappa 5, sigma 1.5, rho 0.8) make the simulated ``E[S_T]`` infinite: those rows go without
+    the control, and their calls get one warning. SABR rows with beta = 1 and nu > 0, whose
+    simulated ``E[F_T^2]`` is infinite at any maturity (from two steps on,
+    :func:`_sabr_second_moment_explodes`), go without the control too, their calls priced as
+    puts and put-call parity (:func:`sabr_european`).
 
     Args:
         model: ``"bs"``, ``"heston"`` or ``"sabr"``.
@@ -734,34 +830,47 @@ def price_european_rows(
     if bad.size:  # a discount of 0 gave a price and standard error of 0
         raise ValueError(f"row {bad[0] + 1}: discount must be finite and > 0, got "
                          f"{arrays['discount'][bad[0]]}")  # fmt: skip
+    # here, by row: a group's pricer named the group's first row (and its own index within the
+    # group), not the row of the bad strike. SABR's shifted strikes may be negative, to -shift
+    shift = arrays.get("shift", np.zeros(len(strike)))
+    shifted = strike + np.where(np.isfinite(shift), shift, 0.0)  # a bad shift: its own error
+    bad = np.flatnonzero(~(np.isfinite(shifted) & (shifted >= 0.0)))
+    if bad.size:
+        name = "strike + shift" if "shift" in arrays else "strike"
+        raise ValueError(f"row {bad[0] + 1}: {name} must be finite and non-negative, got "
+                         f"{shifted[bad[0]]}")  # fmt: skip
     frame = pd.DataFrame(arrays)
     price, error = np.full(len(frame), np.nan), np.full(len(frame), np.nan)
     generator = torch.Generator().manual_seed(seed)
     groups = frame.groupby(list(frame.columns), sort=False, dropna=False).indices
     explodes = _second_moment_explosion_times(model, arrays, n_steps)
     past = arrays["maturity"] >= explodes
-    inexact = np.zeros(len(frame), dtype=bool)  # Heston calls past it not priced by parity
+    inexact = np.zeros(len(frame), dtype=bool)  # Heston rows whose QE spot is no martingale
     with warnings.catch_warnings():
         # one warning for the table, after the loop: heston_european's came once per group of
         # rows, so once per maturity of a table (each message names its maturity)
-        warnings.filterwarnings("ignore", message=re.escape(_SECOND_MOMENT_INFINITE))
+        for message in (_SECOND_MOMENT_INFINITE, _NOT_A_MARTINGALE):
+            warnings.filterwarnings("ignore", message=re.escape(message))
         for key, rows in tqdm(groups.items(), leave=False, **_bar_options(progress)):
             first = int(rows[0])
             try:
+                if model == "heston":  # as _price_group's heston_european does
+                    model_params = {n: arrays[n][first] for n in ROW_PARAMETERS["heston"]}
+                    inexact[rows] = not _heston_spot_is_martingale(
+                        "qe", arrays["maturity"][first], n_steps, model_params
+                    )
+                # the control's mean is exact only where the spot is a martingale
                 res = _price_group(model, dict(zip(frame.columns, key, strict=True)),
                                    strike[rows], is_call[rows], n_paths, n_steps, generator,
-                                   control=not past[first])  # fmt: skip
+                                   control=not (past[first] or inexact[first]))  # fmt: skip
             except ValueError as err:
                 raise ValueError(f"row {first + 1}: {err}") from err
             price[rows], error[rows] = res.price.numpy(), res.std_error.numpy()
-            if model == "heston" and past[first]:  # as _price_group's heston_european did
-                model_params = {n: arrays[n][first] for n in ROW_PARAMETERS["heston"]}
-                inexact[rows] = not _heston_spot_is_martingale(
-                    "qe", arrays["maturity"][first], n_steps, model_params
-                )
     # SABR's calls past it were priced by parity, Heston's where it is exact
-    _warn_of_calls_past_the_explosion(np.flatnonzero(inexact & is_call), arrays["maturity"],
-                                      explodes)  # fmt: skip
+    _warn_of_calls_past_the_explosion(np.flatnonzero(inexact & past & is_call),
+                                      arrays["maturity"], explodes)  # fmt: skip
+    _warn_of_calls_without_a_martingale(np.flatnonzero(inexact & ~past & is_call),
+                                        arrays["maturity"], n_steps)  # fmt: skip
     return price, error
 
 
@@ -806,6 +915,23 @@ def _warn_of_calls_past_the_explosion(
         "price them analytically (pricing.heston.price, qfnet price --engine analytic) or with "
         "more steps: put-call parity, by which calls past it are priced, is not exact for "
         "these steps, whose QE martingale correction fails at some variance",
+        stacklevel=3,
+    )
+
+
+def _warn_of_calls_without_a_martingale(
+    rows: np.ndarray, maturity: np.ndarray, n_steps: int
+) -> None:
+    """One warning for the call rows (0-based indices) whose QE steps lose their martingale
+    correction before the explosion (:func:`_warn_if_steps_lose_the_martingale`)."""
+    if not rows.size:
+        return
+    first = int(rows[0])
+    count = f"{rows.size} call row" + ("s" if rows.size > 1 else "")
+    warnings.warn(
+        f"{_NOT_A_MARTINGALE} at the maturity of {count} (first row {first + 1}: maturity "
+        f"{maturity[first]:g} in {n_steps} QE steps, which lose their martingale correction at "
+        "some variances): their prices mean nothing; price with more steps",
         stacklevel=3,
     )
 
@@ -868,11 +994,20 @@ def _european(
     antithetic: bool,
     progress: bool | None = None,
     replicates: Sequence[int] | None = None,
+    *,
+    gaps: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> MCResult:
+    """European prices from spot paths; ``gaps`` adds to each path's payoffs a function of its
+    start spot (:func:`_parity_gaps`)."""
     df = discount_factor(rate, maturity)
+
+    def payoff(s: torch.Tensor) -> torch.Tensor:
+        values = payoffs.european(s, strike=strike, is_call=is_call)
+        return values if gaps is None else values + gaps(s[:, 0])
+
     return price_paths(
         chunks,
-        lambda s: payoffs.european(s, strike=strike, is_call=is_call),
+        payoff,
         discount=df,
         controls=(lambda s: s[:, -1] * df) if control else None,
         control_means=forward_mean(spot, dividend, maturity) if control else None,

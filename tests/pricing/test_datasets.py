@@ -306,6 +306,20 @@ def test_analytic_heston_labels_match_quantlib_labels():
     assert ours["implied_vol"].notna().all()
 
 
+@pytest.mark.parametrize(
+    ("model", "engine"),
+    [("heston", "analytic"), ("heston", "quantlib"), ("heston", "mc"), ("sabr", "hagan"),
+     ("sabr", "quantlib")],
+)  # fmt: skip
+def test_labels_refuse_a_discount_other_than_one(model, engine):
+    # the engines price at the forward undiscounted, the implied vol read the price as
+    # discounted: a discount of 0.9 kept the prices and raised the vols by up to 3.7 points
+    points = sample(HESTON_DOMAIN if model == "heston" else SABR_DOMAIN, 3, seed=0)
+    points.index = [10, 11, 12]
+    with pytest.raises(ValueError, match=r"row 11: discount must be 1, got 0\.9"):
+        label(points.assign(discount=[1.0, 0.9, 0.9]), model=model, engine=engine)
+
+
 def _points(*rows: dict[str, float]) -> pd.DataFrame:
     """Forward-normalised points of given parameters, maturity and log-moneyness (OTM side)."""
     points = pd.DataFrame(list(rows)).assign(forward=1.0, discount=1.0)

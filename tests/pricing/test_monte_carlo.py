@@ -705,6 +705,9 @@ def test_sobol_heston_conditional_estimate_is_within_its_error():
     [
         ({"discount": np.array([1.0, 0.0])}, r"row 2: discount must be finite and > 0"),
         ({"strike": np.array([100.0])}, r"one value per row for every input"),
+        # rows 1 and 2 are one group, whose error named its first row
+        ({"strike": np.array([90.0, np.nan])}, r"row 2: strike must be finite"),
+        ({"strike": np.array([90.0, -1.0])}, r"row 2: strike must be .* non-negative, got -1"),
         ({"params": {"v0": np.full(2, 0.04)}}, r"missing \['kappa', 'rho', 'sigma', 'theta'\]"),
         ({"params": {**{n: np.full(2, 0.5) for n in ("v0", "kappa", "theta", "sigma")},
                      "rho": np.full(2, -0.5), "volatility": np.full(2, 0.2)}}, r"unknown"),
@@ -924,6 +927,52 @@ def test_heston_calls_past_the_explosion_are_puts_and_put_call_parity(scheme, co
     torch.testing.assert_close(calls.ci_high, puts.ci_high + parity, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("scheme", "conditional", "sobol"),
+    [("qe", False, False), ("euler", False, False), ("qe", True, False), ("qe", False, True)],
+)  # fmt: skip
+def test_heston_calls_past_the_explosion_from_per_path_spots_go_by_parity(
+    scheme, conditional, sobol
+):
+    # parity is exact path by path (E[S_T] = S_0 e^{(r-q) T} from each path's start), but calls
+    # from per-path spots kept their infinite-variance payoffs and a warning: at 4.28 years
+    # (theta 0.09), spots 80 and 120, 20,000 antithetic paths and 64 steps they sat 2.3 to 2.6
+    # errors below the Fourier prices. One spot per path, all equal, is the one spot's run
+    strike = torch.tensor([80.0, 100.0, 130.0], dtype=torch.float64)
+    args = dict(strike=strike, maturity=4.28, **HESTON_EXPLODING, rate=0.03, dividend=0.01,
+                n_paths=512, n_steps=8, scheme=scheme, conditional=conditional, sobol=sobol,
+                antithetic=True, is_call=[True, False, True], progress=False)  # fmt: skip
+    one = monte_carlo.heston_european(spot=100.0, generator=_gen(5), **args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # priced by parity: no word of the calls
+        each = monte_carlo.heston_european(spot=torch.full((512,), 100.0, dtype=torch.float64),
+                                           generator=_gen(5), **args)  # fmt: skip
+    torch.testing.assert_close(each.price, one.price, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(each.std_error, one.std_error, rtol=1e-9, atol=1e-12)
+
+
+def test_heston_calls_from_per_path_spots_past_the_explosion_hold_the_fourier_prices() -> None:
+    # a spot of 80 or 120 per antithetic pair: the price is the mean of the two spots' prices
+    # (64 steps: at 16 the QE bias of the call struck at 130 was 1.3 errors, conditional)
+    n, maturity = 8192, 4.28
+    spots = torch.tensor([80.0, 120.0], dtype=torch.float64)
+    strike = torch.tensor([80.0, 100.0, 130.0], dtype=torch.float64)
+    model = {k: torch.tensor(v, dtype=torch.float64) for k, v in HESTON_EXPLODING.items()}
+    rates = {"rate": 0.03, "dividend": 0.01}
+    years = torch.tensor(maturity, dtype=torch.float64)
+    exact = torch.stack([heston.price(spot=s, strike=strike, maturity=years, is_call=True, **model,
+                                      **rates) for s in spots]).mean(0)  # fmt: skip
+    for conditional in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = monte_carlo.heston_european(
+                spot=spots[torch.arange(n) // 2 % 2], strike=strike, maturity=maturity,
+                **HESTON_EXPLODING, **rates, is_call=True, n_paths=n, n_steps=64,
+                conditional=conditional, antithetic=True, generator=_gen(7), progress=False,
+            )  # fmt: skip
+        _assert_within(r, exact, 0.0, f"per-path spots, conditional={conditional}")
+
+
 def test_heston_calls_by_parity_with_one_strike_keep_one_error_per_option() -> None:
     # puts priced in their place under a scalar False gave one price for one strike: a standard
     # error of shape () beside prices (2,)
@@ -981,6 +1030,56 @@ def test_price_european_rows_prices_puts_past_the_explosion_without_the_control(
                                         antithetic=True, generator=_gen(3))  # fmt: skip
     np.testing.assert_allclose(price, alone.price.numpy(), rtol=1e-12)
     np.testing.assert_allclose(error, alone.std_error.numpy(), rtol=1e-12)
+
+
+HESTON_COARSE = {"v0": 0.04, "kappa": 5.0, "theta": 0.04, "sigma": 1.5, "rho": 0.8}
+"""E[S_T^2] finite for ever; QE steps of 5 years lose their martingale correction at some
+variances (2 steps over 10 years), which makes the simulated E[S_T] infinite."""
+
+
+@pytest.mark.parametrize(
+    ("is_call", "control", "n_steps", "warns"),
+    [(True, False, 2, "the calls' prices mean"), (False, True, 2, "the {} control"),
+     (True, True, 2, "the calls' prices and the {} control"),
+     (False, False, 2, None), (True, True, 64, None)],
+)  # fmt: skip
+@pytest.mark.parametrize("conditional", [False, True])
+def test_heston_steps_that_lose_the_martingale_before_the_explosion_warn(
+    is_call, control, n_steps, warns, conditional
+):
+    # at-the-money calls priced 119 +- 76 for 25.2 (Fourier), and 73.5 +- 0.13 with the control,
+    # without a word: no explosion to warn of, but the scheme's E[S_T] is infinite
+    args = dict(spot=100.0, strike=100.0, maturity=10.0, **HESTON_COARSE, is_call=is_call,
+                control=control, n_paths=256, n_steps=n_steps, conditional=conditional,
+                generator=_gen(0))  # fmt: skip
+    messages = _warnings_saying("is infinite", monte_carlo.heston_european, **args)
+    assert len(messages) == (warns is not None), messages
+    if warns:
+        assert messages[0].startswith("the simulated E[S_T] is infinite: QE steps of 5 years")
+        assert warns.format("forward" if conditional else "terminal-spot") in messages[0]
+
+
+def test_price_european_rows_without_a_martingale_go_without_the_control_and_warn_once() -> None:
+    n = 3
+    args = {"model": "heston", "forward": np.full(n, 100.0), "discount": np.ones(n),
+            "strike": np.full(n, 100.0), "maturity": np.array([10.0, 10.0, 12.0]),
+            "is_call": np.array([False, True, True]),
+            "params": {k: np.full(n, v) for k, v in HESTON_COARSE.items()}, "n_paths": 64,
+            "n_steps": 2, "seed": 3}  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        price, error = monte_carlo.price_european_rows(**args)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("the simulated E[S_T] is infinite at the maturity of 2 call rows")
+    assert "first row 2: maturity 10 in 2 QE steps" in messages[0]
+    with pytest.warns(UserWarning, match=r"the simulated E\[S_T\] is infinite"):
+        alone = monte_carlo.heston_european(spot=100.0, strike=100.0, maturity=10.0,
+                                            **HESTON_COARSE, is_call=np.array([False, True]),
+                                            n_paths=64, n_steps=2, antithetic=True,
+                                            generator=_gen(3))  # fmt: skip
+    np.testing.assert_allclose(price[:2], alone.price.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(error[:2], alone.std_error.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize(
