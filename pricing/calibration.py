@@ -230,8 +230,11 @@ class CalibrationResult:
         seconds: wall time of the fit.
         converged: the optimiser stopped on a tolerance (MINPACK's: the step shrank below
             ``xtol`` counts), not on its iteration limit nor at its damping limit (no step
-            lowered the cost).
-        iterations: optimiser iterations (None where the method does not report them).
+            lowered the cost). ``network``, which does not optimise: its answer drew none of
+            its warnings (quotes that leave part of its grid to extrapolation, an answer at the
+            edge of its training box or clipped to ``bounds``).
+        iterations: optimiser iterations (0 for ``network``, one forward pass; None where the
+            method does not report them).
         at_bounds: the parameters that ended on a bound of the method's box (a kappa pinned at
             its upper bound is a sign of a poor fit): Heston name -> ``"lower"`` or ``"upper"``;
             SABR name -> one entry per expiry (as in ``params``), ``"lower"``, ``"upper"`` or

@@ -49,6 +49,10 @@ def result_json(
     """
     out = result.to_dict()
     out["residuals_file"] = str(residuals_file)
+    # every input row the fit did not use, so that n_quotes + n_dropped counts the file's rows:
+    # with --no-clean, rows of weight 0 too (CalibrationResult.n_dropped leaves them out; a vega
+    # weight that underflows is 0), and with cleaning its removals
+    out["n_dropped"] = result.n_dropped + len(result.residuals) - result.n_quotes
     if report is not None:
         out["n_dropped"] = report.n_input - result.n_quotes
         out["cleaning"] = {"n_input": report.n_input, "removed": report.removed,

@@ -5,8 +5,11 @@ grid_surfaces`, all tables at once; quotes of weight 0 are left out, the others 
 whatever their weights), the network returns the parameters in one forward pass (clipped to
 the caller's bounds, with a warning where that moves them), and the model vols at the quotes
 are computed with the exact pricer so that :func:`pricing.calibration.calibrate` reports
-residuals as for the other methods. No optimisation: ``iterations`` is 0. Option
-``network=PATH`` selects another network file.
+residuals as for the other methods. No optimisation: ``iterations`` is 0, and ``converged`` says
+that the answer drew none of the method's warnings (the quotes cover the network's grid, the
+answer lies off the edges of its training box and within the caller's bounds): false where a
+warning names the table, whose answer is a rough start. Option ``network=PATH`` selects another
+network file.
 ``pricing`` cannot import ``qfnet``, so importing this module is what registers the method.
 
 Importing it also registers the shipped network as the global start of ``direct`` and
@@ -105,48 +108,75 @@ On 100 exact surfaces of the network's box the answer's median RMSE on the whole
 3.3 bp with expiries at the grid's six maturities; with the first at 30 days * 1.25, or the last
 at 3 years / 1.1, about 10 bp. The factor 1.5 allowed before let a last expiry of 2 years pass
 without a word: 43 bp (and a first at 45 days, 18 bp)."""
-_FIRST_GAP = 4.0
-"""The largest ratio of the expiries the grid's 30-day row is interpolated between (in total
-variance): an early first expiry is fine with a quote near 30 days, not with the next one far.
+_GAPS = (4.0, 2.0, 2.0, 3.0, 3.0, 3.0)
+"""The largest ratio of the expiries each of the grid's rows (:data:`MATURITIES`) is interpolated
+between (in total variance): an early first expiry is fine with a quote near 30 days, a
+quarterly chain's 0.2 and 0.45 years not around the 3-month row.
 
 On 50 exact surfaces of the network's box (median RMSE on the whole grid, 3.8 bp with the grid's
 six maturities, the same with 7 days added): a first expiry at 7, 14, 20 or 25 days and the next
 at 3 months, 42, 30, 20 and 12 bp (ratios 13, 6.5, 4.6 and 3.7); 14 then 60 days, 18 bp (4.3);
-21 then 45 days, 7.9 bp (2.1). A first expiry at 37.5 days (passes) gave 10 bp, at 45 (warns) 17."""
+21 then 45 days, 7.9 bp (2.1). A first expiry at 37.5 days (passes) gave 10 bp, at 45 (warns) 17.
+On 150 surfaces (3.5 bp with the grid's maturities), one later row between two expiries instead
+of quoted: the 3- and 6-month rows at ratio 1.56, 2, 2.25, 3 and 4: 5.8 and 7.1, 7.3 to 11.8, 11.8
+and 15.1, 17 to 24, 28 and 35 bp; the 1- and 2-year rows at ratio 2.25, 3 and 4: 7.6 and 6.8, 9.7
+to 10.8, 14.5 (1 year). The expiries 30 days, 0.2, 0.45, 0.7, 0.95, 1.45, 1.95 and 2.95 years
+(the 3-month row at 2.25, the others at 1.5 or less): 14.3 bp; with 0.25 added, 6.7. Gaps add
+up: 0.16, 0.4, 0.9, 1.9 years (ratios 2.5, 2.25, 2.1, 1.6), 25 bp. An early first expiry does not
+worsen the answer against the same quotes without it (first at 45 days, 17 bp; with 7, 14 or 20
+days before it, 15, 11 and 7.9), and with a quote at 30 days changes nothing."""
 
 
-def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> None:
+def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> set[int]:
     """The ``network`` answer rests on the whole grid: say (once) which quote tables' expiries
     or strikes leave part of it to flat extrapolation (one 1-year expiry gave kappa 0.5 for a
     true 1.5; strikes within 5% of the forward gave kappa 5.0 and sigma 0.14 for 1.5 and 0.5).
     Strikes are checked per expiry that the grid reads: K/F 0.8 to 1.2 at every expiry from 30
     days to 3 years reached the grid's wings at 30 days, passed, and gave kappa 4.7 and theta
     0.031 for a true 0.8 and 0.06 (220 bp RMSE) without a word, the long expiries' wings flat.
-    An early first expiry far from the next (:data:`_FIRST_GAP`: 7 days, then 3 months, 42 bp)
-    is said too.
-    Not for the network as a global start: the fit that follows reads the quotes themselves."""
-    short = []
+    Expiries far apart around a grid maturity (:data:`_GAPS`: 7 days, then 3 months, 42 bp;
+    0.1 and 1 year, 106 bp) are said too.
+    Not for the network as a global start: the fit that follows reads the quotes themselves.
+
+    Returns:
+        The positions of the tables it names.
+    """
+    short, named = [], set()
     for i, quotes in enumerate(tables):
+        found = len(short)
         which = "the quotes'" if len(tables) == 1 else f"table {i}:"
         covered = quotes["maturity"].min(), quotes["maturity"].max()
         first, last = _MATURITY_SLACK
         if covered[0] > MATURITIES[0] * first or covered[1] < MATURITIES[-1] / last:
             short.append(f"{which} expiries cover {covered[0]:.3g} to {covered[1]:.3g} years")
-        expiries = quotes["maturity"].to_numpy(dtype=float)
-        before, after = expiries[expiries <= MATURITIES[0]], expiries[expiries >= MATURITIES[0]]
-        if before.size and after.size and after.min() > before.max() * _FIRST_GAP:
-            short.append(f"{which} expiries jump from {before.max():.3g} to {after.min():.3g} "
-                         f"years across the grid's first maturity")  # fmt: skip
+        short += [f"{which} expiries jump from {t1:.3g} to {t2:.3g} years across the grid's "
+                  f"{t:.3g}-year maturity" for t1, t2, t in _expiry_gaps(quotes)]  # fmt: skip
         narrow = _narrow_expiries(quotes)
         if narrow:
             (t, low, high), more = narrow[0], len(narrow) - 1
             short.append(f"{which} strikes cover ln(K/F)/sqrt(T) {low:.3g} to {high:.3g} at "
                          f"T={t:.3g}{f' and {more} later expiries' if more else ''}")  # fmt: skip
+        if len(short) > found:
+            named.add(i)
     if short:
         warnings.warn(f"{_listed(short)}; the calibration network reads "
                       f"{MATURITIES[0]:.3g} to {MATURITIES[-1]:g} years and ln(K/F)/sqrt(T) "
-                      f"{-_REACH:g} to {_REACH:g}, and sees flat extrapolation beyond the "
-                      "quotes: its answer is a rough start", stacklevel=3)  # fmt: skip
+                      f"{-_REACH:g} to {_REACH:g}, filled from the quotes by flat "
+                      "extrapolation beyond them and interpolation between expiries: its answer "
+                      "is a rough start", stacklevel=3)  # fmt: skip
+    return named
+
+
+def _expiry_gaps(quotes: pd.DataFrame) -> list[tuple[float, float, float]]:
+    """The grid maturities interpolated between expiries further apart than :data:`_GAPS` allows:
+    ``(expiry before, expiry after, grid maturity)`` each, by maturity."""
+    expiries = quotes["maturity"].to_numpy(dtype=float)
+    gaps = []
+    for t, limit in zip(MATURITIES, _GAPS, strict=True):
+        before, after = expiries[expiries <= t], expiries[expiries >= t]
+        if before.size and after.size and after.min() > before.max() * limit:
+            gaps.append((float(before.max()), float(after.min()), t))
+    return gaps
 
 
 def _narrow_expiries(quotes: pd.DataFrame) -> list[tuple[float, float, float]]:
@@ -170,11 +200,11 @@ _EDGE = 0.01
 (a sigmoid): the surface lies beyond what the network was trained on."""
 
 
-def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | None]) -> None:
+def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | None]) -> set[int]:
     """Say (once) which answers sit on the edge of the network's box (the DAX surface gave kappa
-    5.0 and sigma 1.0, both edges, reported as converged with nothing said)."""
+    5.0 and sigma 1.0, both edges, reported as converged with nothing said); their positions."""
     lower, upper = net.lower.tolist(), net.upper.tolist()
-    found = []
+    found, named = [], set()
     for i, values in enumerate(fields):
         edges = [f"{name} {values[name]:.4g} in [{lo:g}, {hi:g}]"
                  for name, lo, hi in zip(NAMES, lower, upper, strict=True)
@@ -182,27 +212,32 @@ def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | N
                  <= _EDGE * (hi - lo)]  # fmt: skip
         if edges:
             found.append(("" if len(fields) == 1 else f"table {i}: ") + ", ".join(edges))
+            named.add(i)
     if found:
         warnings.warn(f"the calibration network's answer is at the edge of its training box: "
                       f"{_listed(found)}; the surface lies beyond what it was trained on (method "
                       "'direct' fits it)", stacklevel=3)  # fmt: skip
+    return named
 
 
 def _clip_and_warn(
     problems: Sequence[CalibrationProblem], fields: Sequence[dict[str, float] | None]
-) -> None:
+) -> set[int]:
     """Clip each answer into its problem's bounds, saying (once) which values moved: a start is
     clipped without a word, an answer was too (rho -0.7 returned as -0.5 for bounds (-0.5, 0),
-    172 bp for 5 bp, "converged"), and the edge warning read a clipped kappa 6 as the surface's."""
-    found = []
+    172 bp for 5 bp, "converged"), and the edge warning read a clipped kappa 6 as the surface's.
+    Returns the positions of the answers it moved."""
+    found, named = [], set()
     for i, (problem, values) in enumerate(zip(problems, fields, strict=True)):
         moved = _clip(values, problem.bounds) if values is not None else []
         if moved:
             found.append(("" if len(fields) == 1 else f"table {i}: ") + ", ".join(moved))
+            named.add(i)
     if found:
         warnings.warn(f"the calibration network's answer lies outside the bounds and was clipped "
                       f"to them: {_listed(found)} (method 'direct' fits within the bounds)",
                       stacklevel=3)  # fmt: skip
+    return named
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -250,11 +285,11 @@ def fit_with_network(problem: CalibrationProblem) -> FitOutput:
     surfaces, errors = grid_surfaces([read])
     if errors[0] is not None:
         raise ValueError(errors[0])
-    _warn_if_extrapolated([read])
+    warned = _warn_if_extrapolated([read])
     (values,) = _predicted(net, surfaces, errors)
-    _warn_at_edge(net, [values])
-    _clip_and_warn([problem], [values])
-    return FitOutput(values, _model_vols(problem.quotes, values), converged=True, iterations=0)
+    warned |= _warn_at_edge(net, [values]) | _clip_and_warn([problem], [values])
+    vols = _model_vols(problem.quotes, values)
+    return FitOutput(values, vols, converged=not warned, iterations=0)
 
 
 def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]:
@@ -281,16 +316,16 @@ def fit_many_with_network(problems: list[CalibrationProblem]) -> list[FitOutput]
     for i, error in enumerate(errors):
         if error is not None:
             raise ValueError(f"quote table {i}: {error}")
-    _warn_if_extrapolated(read)
+    warned = _warn_if_extrapolated(read)
     fields = _predicted(net, surfaces, errors)
-    _warn_at_edge(net, fields)
-    _clip_and_warn(problems, fields)
+    warned |= _warn_at_edge(net, fields) | _clip_and_warn(problems, fields)
     sizes = [len(p.quotes) for p in problems]
     repeated = {n: np.repeat([f[n] for f in fields], sizes) for n in NAMES}
     vols = _model_vols(pd.concat([p.quotes for p in problems], ignore_index=True), repeated)
     chunks = np.split(vols, np.cumsum(sizes)[:-1])
     return [
-        FitOutput(f, v, converged=True, iterations=0) for f, v in zip(fields, chunks, strict=True)
+        FitOutput(f, v, converged=i not in warned, iterations=0)
+        for i, (f, v) in enumerate(zip(fields, chunks, strict=True))
     ]
 
 

@@ -66,8 +66,8 @@ def calibration_notes(results: dict[str, Any], warned: list[str]) -> list[str]:
                      f"{direct.rmse_iv_bp:.1f} bp.")  # fmt: skip
         lines += [
             "`network` answers in one forward pass (0 iterations, no optimisation: `converged` "
-            f"only says it answered), with parameters of the box it was trained on ({ranges}). "
-            + where,
+            "says its answer drew none of its warnings), with parameters of the box it was "
+            f"trained on ({ranges}). " + where,
             "",
         ]
     surrogate = results.get("surrogate")

@@ -204,6 +204,26 @@ def test_no_clean_leaves_out_a_row_without_vol_or_price_and_says_so(tmp_path: Pa
     assert f"over {len(table) - 1} quotes (1 row without a vol left out)" in result.output
 
 
+def test_no_clean_counts_a_row_of_weight_0_as_dropped(tmp_path: Path) -> None:
+    # with --no-clean the JSON's n_dropped counted only rows without a vol: a strike 30 times the
+    # forward at a 20% vol, whose vega weight underflows to 0, was in neither n_quotes (5) nor
+    # n_dropped (1, the row without a vol)
+    strikes = [80.0, 90.0, 100.0, 110.0, 120.0, 3000.0, 130.0]
+    vols = lognormal_vol(forward=100.0, strike=strikes, maturity=0.05, alpha=0.2, beta=1.0,
+                         rho=-0.3, nu=0.6).numpy()  # fmt: skip
+    vols[5], vols[6] = 0.2, np.nan  # and a row without a vol
+    pd.DataFrame({"strike": strikes, "maturity": 0.05, "forward": 100.0, "discount": 1.0,
+                  "implied_vol": vols}).to_csv(tmp_path / "q.csv", index=False)  # fmt: skip
+    args = ["calibrate", "--model", "sabr", "--quotes", str(tmp_path / "q.csv"), "--out",
+            str(tmp_path / "fit.json"), "--no-clean", "--weights", "vega"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "fit.json").read_text())
+    residuals = pd.read_csv(tmp_path / summary["residuals_file"])
+    assert residuals["weight"].tolist()[5] == 0.0
+    assert summary["n_quotes"] == 5 and summary["n_dropped"] == 2
+
+
 DAX = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
 DEVICE_MATCH_RTOL = 1e-7
 """Heston direct on a GPU against the CPU fit of the same file: the same optimum, reached through
