@@ -284,9 +284,17 @@ class _Residuals:
     (:meth:`model_vols`) instead of being solved again.
     """
 
-    def __init__(self, surfaces: HestonSurfaces, owner: torch.Tensor) -> None:
+    def __init__(
+        self,
+        surfaces: HestonSurfaces,
+        owner: torch.Tensor,
+        market: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.surfaces, self.owner = surfaces, owner
-        self.market_price, self.market_vega = _market_otm(surfaces)
+        # the market's OTM prices and vegas (S, N): given, they are not priced again
+        self.market_price, self.market_vega = (
+            market if market is not None else _market_otm(surfaces)
+        )
         # the pieces of the residuals that depend on the quotes alone, (S, N)
         self.log_ratio = torch.log(surfaces.ratio)
         self.x = -torch.abs(self.log_ratio)  # OTM log-moneyness
@@ -567,7 +575,8 @@ def calibrate_surfaces(
         if len(starts) < len(problems):  # the extra starts alone race (see _scan)
             n_per = n_extra
             problems = torch.arange(n_surf, device=device).repeat_interleave(n_per)
-            residuals = _Residuals(surfaces, problems)
+            residuals = _Residuals(surfaces, problems,
+                                   (residuals.market_price, residuals.market_vega))  # fmt: skip
         x, cost, converged, iterations, finalists = _race(
             residuals, starts, n_extra, lower, upper, max_iterations
         )
