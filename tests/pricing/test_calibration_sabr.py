@@ -343,17 +343,51 @@ def test_complex_settings_are_refused_naming_them() -> None:
             fit_smile_scipy(**bad)
 
 
+def _wing_smile(strike: list[float]) -> pd.DataFrame:
+    """An exact 30-year smile (forward 100, alpha 1, beta 0.7, rho -0.1, nu 0.55) at ``strike``."""
+    vol = lognormal_vol(forward=100.0, strike=torch.tensor(strike, dtype=torch.float64),
+                        maturity=30.0, alpha=1.0, beta=0.7, rho=-0.1, nu=0.55).numpy()  # fmt: skip
+    return pd.DataFrame({"strike": strike, "maturity": 30.0, "forward": 100.0, "discount": 1.0,
+                         "implied_vol": vol})  # fmt: skip
+
+
 def test_a_start_x0_is_refined_whatever_its_early_cost() -> None:
     # direct scored x0 with its grid and refined only the two best early costs: on this exact
     # 30-year smile of wing strikes both end in a local minimum (152 bp, reported converged),
     # and the x0 from which scipy reaches the smile was dropped
-    strike = np.array([4.0, 4.5, 6.0, 800.0, 1000.0])
-    vol = lognormal_vol(forward=100.0, strike=torch.tensor(strike), maturity=30.0, alpha=1.0,
-                        beta=0.7, rho=-0.1, nu=0.55).numpy()  # fmt: skip
-    table = pd.DataFrame({"strike": strike, "maturity": 30.0, "forward": 100.0, "discount": 1.0,
-                          "implied_vol": vol})  # fmt: skip
+    table = _wing_smile([4.0, 4.5, 6.0, 800.0, 1000.0])
     for method in ("direct", "quantlib"):
         fit = calibrate("sabr", table, beta=0.7, x0={"alpha": 2.0, "rho": 0.0, "nu": 0.5},
                         method=method)  # fmt: skip
         np.testing.assert_allclose(_params(fit), [[1.0, -0.1, 0.55]], rtol=1e-7, atol=1e-9)
         assert fit.converged, method
+
+
+@pytest.mark.parametrize("n_starts", [1, 2, 3])
+def test_a_smile_without_strikes_near_the_money_reaches_its_exact_fit(n_starts: int) -> None:
+    # the grid's alpha follows an ATM vol interpolated across the gap (0.94 for a true 0.42):
+    # the best one to three grid starts all ended in local minima (152 or 101 bp), reported
+    # converged, where scipy from its own start fits the smile exactly
+    fit = calibrate("sabr", _wing_smile([4.0, 4.5, 6.0, 800.0, 1000.0]), beta=0.7,
+                    n_starts=n_starts)  # fmt: skip
+    np.testing.assert_allclose(_params(fit), [[1.0, -0.1, 0.55]], rtol=1e-7, atol=1e-9)
+    assert fit.converged and fit.rmse_iv_bp < 1e-6
+
+
+def test_only_smiles_without_strikes_near_the_money_refine_extra_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the extra starts cost only the smiles whose quotes leave the money uncovered
+    from pricing import calibration_sabr
+
+    refined, solve = [], calibration_sabr.levenberg_marquardt
+
+    def counting(fn, x0, **kwargs):
+        refined.append(len(x0))
+        return solve(fn, x0, **kwargs)
+
+    monkeypatch.setattr(calibration_sabr, "levenberg_marquardt", counting)
+    calibrate("sabr", _wing_smile([4.0, 4.5, 6.0, 100.0, 800.0, 1000.0]), beta=0.7)
+    calibrate("sabr", _wing_smile([4.0, 4.5, 6.0, 800.0, 1000.0]), beta=0.7)
+    calibrate("sabr", _smiles(), beta=0.5, n_starts=5)  # more than the gapped smiles' floor
+    assert refined == [2, 4, 3 * 5]
