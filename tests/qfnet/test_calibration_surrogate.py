@@ -165,3 +165,64 @@ def test_the_surrogate_file_is_loaded_once_and_reloaded_when_rewritten(tmp_path:
     again = calibration_surrogate._surrogate(path)
     assert again is not first
     torch.testing.assert_close(again.mlp.head.weight, retrained.mlp.head.weight, rtol=0, atol=0)
+
+
+def _recorded_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The starts and options of each Levenberg-Marquardt run of the surrogate stage."""
+    runs: list[dict] = []
+    solve = calibration_surrogate.levenberg_marquardt
+
+    def recorded(fn, x0, **options):
+        runs.append({"x0": x0.clone(), **options})
+        return solve(fn, x0, **options)
+
+    monkeypatch.setattr(calibration_surrogate, "levenberg_marquardt", recorded)
+    return runs
+
+
+def test_x0_always_races_and_the_scan_only_where_it_beats_it(
+    tiny_surrogate: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The best n_starts of x0 and the scan raced: two scan points beside the network's proposal
+    # that beat them, or none; the proposal was dropped where two scan points beat it.
+    net = load_surrogate(tiny_surrogate)
+    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
+    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
+    iv = implied_vol(net, maturity=t, log_moneyness=k, **TRUE)
+    runs = _recorded_starts(monkeypatch)
+    exact = torch.tensor([list(TRUE.values())], dtype=torch.float64)  # cost 0: beats the scan
+    corner = torch.tensor([[0.25, 5.0, 0.25, 1.0, 0.0]])  # far from the surface: the scan wins
+    for x0 in (exact, corner):
+        fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=iv,
+                           weight=torch.ones(6, dtype=torch.float64), x0=x0, n_scan=64,
+                           n_starts=3, max_iterations=2)  # fmt: skip
+    assert [len(run["x0"]) for run in runs] == [1, 3]
+    torch.testing.assert_close(runs[1]["x0"][0], corner[0].double(), rtol=0, atol=0)
+
+
+def test_the_surrogate_stage_stops_sooner_where_a_polish_follows(
+    tiny_surrogate: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = _recorded_starts(monkeypatch)
+    options = {"surrogate": tiny_surrogate, "n_scan": 64, "max_iterations": 3,
+               "global_start": "scan"}  # fmt: skip
+    calibrate("heston", _synthetic_surface(), method="surrogate", **options)
+    quotes = _synthetic_surface()
+    z = np.log(quotes["strike"] / quotes["forward"]) / (0.2 * np.sqrt(quotes["maturity"]))
+    inside = quotes[np.abs(z) <= 2.5].reset_index(drop=True)
+    calibrate("heston", inside, method="surrogate", polish=False, **options)
+    assert [run["ftol"] for run in runs] == [calibration_surrogate.POLISHED_FTOL, 1e-6]
+
+
+def test_surrogate_vols_in_the_box_are_implied_vol_with_nan_outside_the_domain(
+    tiny_surrogate: Path,
+) -> None:
+    net = load_surrogate(tiny_surrogate)
+    t = torch.tensor([0.1, 0.5, 1.0, 2.0], dtype=torch.float64)
+    k = torch.tensor([0.3, 0.0, -0.2, 0.1], dtype=torch.float64)  # the first is outside
+    params = torch.tensor([list(TRUE.values()), [0.02, 0.8, 0.1, 0.3, -0.2]], dtype=torch.float64)
+    vols = calibration_surrogate._vols_in_box(net, t, k)(params.unsqueeze(1))  # (2, 4)
+    expected = implied_vol(net, maturity=t, log_moneyness=k, out_of_domain="nan",
+                           **dict(zip(TRUE, params.unsqueeze(1).unbind(-1), strict=True)))  # fmt: skip
+    assert bool(torch.isnan(vols[:, 0]).all())
+    torch.testing.assert_close(vols, expected, rtol=1e-15, atol=0.0, equal_nan=True)
