@@ -36,6 +36,7 @@ __all__ = [
     "HestonCalibrationFit",
     "MCPrice",
     "bs_asian_mc_price",
+    "bs_asian_tw_price",
     "bs_barrier_mc_price",
     "bs_barrier_price",
     "bs_greeks",
@@ -802,6 +803,47 @@ def bs_asian_mc_price(
                                              ql.EuropeanExercise(dates[-1]))  # fmt: skip
     option.setPricingEngine(engine)
     return _timed_npv(option, n_paths)
+
+
+@_at_evaluation_date
+def bs_asian_tw_price(
+    *,
+    spot: float,
+    strike: float,
+    fixing_times: Sequence[float],
+    volatility: float,
+    rate: float = 0.0,
+    dividend: float = 0.0,
+    is_call: bool = True,
+    running_sum: float = 0.0,
+    past_fixings: int = 0,
+) -> float:
+    """Arithmetic-average-price Asian by ``ql.TurnbullWakemanAsianEngine`` (a lognormal fit of
+    the exact first two moments of the discrete average), expiring at the last fixing.
+
+    Args:
+        spot, strike: contract and market.
+        fixing_times: the fixings to come, in years, each a whole number of days (Actual/365F).
+        volatility, rate, dividend: flat Black-Scholes market.
+        is_call: call or put.
+        running_sum: sum of the ``past_fixings`` fixings already known.
+        past_fixings: how many fixings are known; the average is over these and the ones to come.
+
+    Raises:
+        ValueError: a fixing time that is not a whole number of days.
+
+    Examples:
+        >>> round(bs_asian_tw_price(spot=100.0, strike=100.0, fixing_times=[182 / 365, 1.0],
+        ...                         volatility=0.2), 4)
+        6.3009
+    """
+    process = _bs_process(spot, volatility, rate, dividend)
+    dates = [_whole_days(t, "fixing_times") for t in fixing_times]
+    payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
+    option = ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, running_sum, past_fixings,
+                                             dates, payoff, ql.EuropeanExercise(dates[-1]))  # fmt: skip
+    option.setPricingEngine(ql.TurnbullWakemanAsianEngine(process))
+    return option.NPV()
 
 
 def _mc_samples(n_paths: int, antithetic: bool) -> int:

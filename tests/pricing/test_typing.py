@@ -113,6 +113,11 @@ def _entry_points():
         (analytic_exotics.levy_asian_price, "elapsed", dict(bs, elapsed=0.25)),
         (analytic_exotics.geometric_asian_price, "spot", bs),
         (
+            analytic_exotics.discrete_asian_price,
+            "running_sum",
+            dict(bs, maturity=None, fixing_times=[0.5, 1.0], time=0.5, running_sum=100.0),
+        ),
+        (
             simulate.gbm,
             "rate",
             dict(n_paths=8, n_steps=2, spot=100.0, volatility=0.2, maturity=1.0, rate=0.01),
@@ -126,7 +131,7 @@ def _call(fn, args, **changed):
 
 
 @pytest.mark.parametrize("bad", ["100", "abc", np.array(["1.0"]), None])
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_text_and_none_are_refused_naming_the_argument(case, bad):
     # torch said "new(): invalid data type 'str'" or "must be real number, not NoneType"
     fn, name, args = _entry_points()[case]
@@ -134,7 +139,7 @@ def test_text_and_none_are_refused_naming_the_argument(case, bad):
         fn(**{k: v for k, v in args.items() if v is not None} | {name: bad})
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_a_complex_is_refused_naming_the_argument(case):
     # it was cast to real with only torch's warning, or failed in torch naming nothing
     fn, name, args = _entry_points()[case]
@@ -142,7 +147,7 @@ def test_a_complex_is_refused_naming_the_argument(case):
         _call(fn, args, **{name: args[name] + 0.01j})
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_a_bool_is_refused_naming_the_argument(case):
     # black_scholes.price(spot=True) priced a spot of 1
     fn, name, args = _entry_points()[case]
