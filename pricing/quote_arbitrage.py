@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.optimize import isotonic_regression
 
 from pricing.black_scholes import black_implied_vol, black_price
 
@@ -71,30 +72,53 @@ def _lower_hull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(hull)
 
 
-def _box_deficits(k: np.ndarray, c: np.ndarray, tol: float, h: np.ndarray) -> tuple:
+def _convex_minorant(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Values at ``x`` of the greatest convex function below the points ``(x, y)``, ``x`` sorted
+    and distinct, as :func:`_lower_hull`'s chords give them: the hull's slopes are the
+    non-decreasing regression of the chords' slopes weighted by their widths (the greatest
+    convex minorant of a cumulative sum diagram), its vertices where they change. Compiled:
+    the hull's Python loop, once per candidate of every removal, took :func:`strike_violations`
+    on a noisy 500-strike expiry from 0.8 s (neighbour checks only) to 14 s; 4.2 s with this.
+
+    Shape:
+        ``x``, ``y``: (n,); output: (n,).
+    """
+    if len(x) < 3:  # the chord through both points, or the one point
+        return y.copy()
+    width = np.diff(x)
+    slope = isotonic_regression(np.diff(y) / width, weights=width).x
+    vertex = np.r_[0, np.flatnonzero(np.diff(slope)) + 1, len(x) - 1]
+    return np.interp(x, x[vertex], y[vertex])
+
+
+def _box_deficits(
+    k: np.ndarray, c: np.ndarray, tol: float, h: np.ndarray, *, bounds: bool = True
+) -> tuple:
     """How far each quote's least price lies above the greatest smile that is convex and
     decreasing and passes below every quote's greatest price (index 0 the anchor ``C(0) = F``),
-    and the quotes that bound that smile there: a violation between quotes that are not
-    neighbours, which the neighbour checks miss where the quotes between them have wide
-    bid/asks (each check moved the middle quote its own way: a 150 call bid above a 130 call
-    ask passed beside a wide 140). Prices may move by ``h + tol / 2`` (the neighbour checks'
-    slack), the least price is at least intrinsic ``F - K - tol / 2``. Exact: the quotes admit
-    such a smile iff no deficit is positive."""
+    and the quotes that bound that smile there (all False without ``bounds``): a violation
+    between quotes that are not neighbours, which the neighbour checks miss where the quotes
+    between them have wide bid/asks (each check moved the middle quote its own way: a 150 call
+    bid above a 130 call ask passed beside a wide 140). Prices may move by ``h + tol / 2`` (the
+    neighbour checks' slack), the least price is at least intrinsic ``F - K - tol / 2``. Exact:
+    the quotes admit such a smile iff no deficit is positive."""
     high = c + h + tol / 2
     high[0] = c[0] + tol / 2
     least = np.minimum.accumulate(high)  # decreasing: a quote is at most any earlier one's price
-    # the quote that sets `least` at each node: the last one below every quote before it
-    new_low = high < np.r_[np.inf, least[:-1]]
-    source = np.maximum.accumulate(np.where(new_low, np.arange(len(k)), 0))
-    vertex = _lower_hull(k, least)  # the greatest convex function below `least` at the nodes
-    ceiling = np.interp(k, k[vertex], least[vertex])
+    ceiling = _convex_minorant(k, least)  # the greatest convex function below `least` there
     floor = np.maximum(c - h, c[0] - k) - tol / 2
-    # 1e-12 of the forward: the interpolation's rounding on quotes on one straight line
+    # 1e-12 of the forward: the rounding of quotes on one straight line
     deficit = np.maximum(floor - ceiling - 1e-12 * abs(c[0]), 0)
     deficit[0] = 0.0
     bad = np.flatnonzero(deficit > 0)
     hit = np.zeros(len(k), dtype=bool)
+    if not (bounds and bad.size):
+        return deficit, hit
     hit[bad] = True
+    # the quote that sets `least` at each node: the last one below every quote before it
+    new_low = high < np.r_[np.inf, least[:-1]]
+    source = np.maximum.accumulate(np.where(new_low, np.arange(len(k)), 0))
+    vertex = _lower_hull(k, least)
     right = np.minimum(np.searchsorted(k[vertex], k[bad]), len(vertex) - 1)
     hit[source[vertex[right]]] = True
     hit[source[vertex[np.maximum(right - 1, 0)]]] = True
@@ -181,8 +205,9 @@ def _worst(
     remaining, roughness = [], []
     for i in candidates:
         keep[i] = False
-        left = (*_violations(k[keep], c[keep], tol, h[keep]),
-                _box_deficits(k[keep], c[keep], tol, h[keep])[0])  # fmt: skip
+        left = _violations(k[keep], c[keep], tol, h[keep])
+        if box.any():  # a removal lifts the ceiling and drops a floor: it makes no deficit
+            left += (_box_deficits(k[keep], c[keep], tol, h[keep], bounds=False)[0],)
         remaining.append(sum(v.sum() for v in left))
         roughness.append(_roughness(k[1:][keep[1:]], vol[keep[1:]]))
         keep[i] = True
