@@ -19,6 +19,7 @@ resumed), also when the same objects served an earlier ``fit``.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import warnings
 from pathlib import Path
@@ -540,7 +541,7 @@ def plot_loss_curves(records: list[dict[str, float]], path: Path) -> Path:
 
 
 def _check_period(name: str, value: object) -> None:
-    """A period in steps or epochs is a positive integer (a 0 divided by zero mid-run, a float
-    such as 2.5 never matched a step, and a bool passed for a number)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A period in steps or epochs is a positive integer, numpy's too (a 0 divided by zero
+    mid-run, a float such as 2.5 never matched a step, and a bool passed for a number)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

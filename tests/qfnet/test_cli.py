@@ -467,7 +467,7 @@ def _check_report_text(report, out, numbers):
     # the QuantLib reference is computed with the installed QuantLib (its version was fixed text)
     assert re.search(rf"QuantLib {re.escape(ql.__version__)}'s own calibration .* reaches "
                      r"177\.2\d here", report)  # fmt: skip
-    # the network row (~320 bp on the DAX data, "converged") is explained by its training box
+    # the network row (~320 bp on the DAX data, not converged: at its box's edge) is explained
     assert "`network` answers in one forward pass" in report
     assert "The `direct` optimum lies outside it (kappa" in report
     assert "- `network`: the calibration network's answer is at the edge" in report

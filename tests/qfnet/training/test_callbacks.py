@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -839,3 +840,4 @@ def test_callback_periods_must_be_positive_integers(name, build, value):
     # fell back silently to the config's period; 2.5 never matched a step
     with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
         build(value)
+    build(np.int64(3))  # numpy's integers are integers
