@@ -76,6 +76,12 @@ _POLISH_ITERATIONS = 4  # reference-pricer steps from the fast fit's optimum
 _RACE_ITERATIONS = 6
 _RUNNER_UP_RATIO = 1.5  # a runner-up this close (in cost) to the leader also finishes
 _SCAN_NODES = 64
+_FAST_FLOOR = 1e-14
+"""OTM price over F below which the fast pricer's vols are rounding: its prices are accurate to
+~1e-16 absolute (:mod:`pricing._heston_lewis`), so in a deep wing of a short expiry (a 3-day
+quote 50% out of the money is worth 1e-96) it priced 1e-17 or -1e-17 and solved vols of 1.0
+for 0.4 (see :class:`_Residuals`)."""
+_SMALL_VEGA = 1e-200  # a vega below this divides in logs (:func:`_over_vega`)
 _SCAN_ELEMENTS = 2**16
 """Grid points (surfaces x expiries x nodes x scan points) priced per call of the scan (CPU)."""
 _SCAN_ELEMENTS_GPU = 2**23
@@ -259,6 +265,35 @@ def _vega(log_ratio: torch.Tensor, root_t: torch.Tensor, vol: torch.Tensor) -> t
     return torch.exp(-0.5 * d1 * d1) / math.sqrt(2 * math.pi) * root_t
 
 
+def _over_vega(
+    derivative: torch.Tensor,
+    factor: torch.Tensor,
+    log_ratio: torch.Tensor,
+    root_t: torch.Tensor,
+    vol: torch.Tensor,
+) -> torch.Tensor:
+    """``derivative * factor / vega`` (``vega`` of :func:`_vega` at ``vol``), taken in logs where
+    the vega is below :data:`_SMALL_VEGA`: in a deep wing of a short expiry the price's
+    derivatives and the vega both underflow (a 3-day quote 80% out of the money: derivatives
+    ~1e-312, vega 0), and their quotient, an implied vol's derivative of order 1, came out
+    infinite (then 1.8e308, and the step NaN).
+
+    Shape:
+        ``derivative``: ``(..., N, P)``; the others: ``(..., N)``; output: ``(..., N, P)``.
+    """
+    vega = _vega(log_ratio, root_t, vol)
+    out = derivative * (factor / vega).unsqueeze(-1)
+    small = vega < _SMALL_VEGA
+    if bool(small.any()):  # rare: deep wings of short expiries (synchronises a GPU)
+        s = vol * root_t
+        d1 = -log_ratio / s + 0.5 * s
+        log_vega = torch.log(root_t) - 0.5 * d1 * d1 - 0.5 * math.log(2 * math.pi)
+        log_scale = (torch.log(factor) - log_vega).unsqueeze(-1)
+        logs = torch.sign(derivative) * torch.exp(torch.log(derivative.abs()) + log_scale)
+        out = torch.where(small.unsqueeze(-1), logs, out)
+    return out
+
+
 def _total_vols(x: torch.Tensor, beta: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """Total Black vols ``sigma sqrt(T)`` of OTM prices over ``sqrt(F K)`` ``beta`` at OTM
     log-moneyness ``x = -|ln(K/F)|``, from ``start`` (where positive and finite): the solve of
@@ -282,6 +317,14 @@ class _Residuals:
     the next solve starts from them (near the root once the fit settles, where the market's vols
     often needed more than the two fixed steps), and the fit's vols are read back there
     (:meth:`model_vols`) instead of being solved again.
+
+    A pricer accurate to ``floor`` (absolute, in OTM price over F) cannot tell prices below it
+    apart: where the market's price is below it (``deep`` ``(S, N)``), prices are raised to the
+    floor and the target is the floor's vol, so the residual is 0 (Jacobian 0) for any price
+    below the floor and the vol error against the floor's vol above it. (With the fast pricer's
+    rounding as prices, the deep wings of a 3-day expiry had vols of 1.0 for 0.4, and a price of
+    -1e-17 an error of -1e41 through a vega of 1e-58; the fit then stopped at a cost of 3e49,
+    called converged.) The reference pricer's residuals (``floor`` 0) are the true ones.
     """
 
     def __init__(
@@ -289,12 +332,18 @@ class _Residuals:
         surfaces: HestonSurfaces,
         owner: torch.Tensor,
         market: tuple[torch.Tensor, torch.Tensor] | None = None,
+        floor: float = 0.0,
     ) -> None:
         self.surfaces, self.owner = surfaces, owner
         # the market's OTM prices and vegas (S, N): given, they are not priced again
         self.market_price, self.market_vega = (
             market if market is not None else _market_otm(surfaces)
         )
+        # the targets (S, N): the market's, or the floor's where the market's price is below it
+        self.floor, self.deep = floor, self.market_price < floor
+        self.target = (self.market_price, surfaces.market_iv, self.market_vega)
+        if not bool(self.deep.any()):
+            self.deep = None
         # the pieces of the residuals that depend on the quotes alone, (S, N)
         self.log_ratio = torch.log(surfaces.ratio)
         self.x = -torch.abs(self.log_ratio)  # OTM log-moneyness
@@ -302,6 +351,19 @@ class _Residuals:
         self.total = (surfaces.market_iv * self.root_t)[owner]  # (B, N), from the market's vols
         self.at = torch.full((len(owner), 5), math.nan, dtype=self.total.dtype,
                              device=self.total.device)  # fmt: skip
+        if self.deep is not None:
+            self.target = self._floored_targets()
+
+    def _floored_targets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The targets' price, vol and vega ``(S, N)`` each: the floor's where ``deep``."""
+        root_t = self.root_t
+        floor_vol = _total_vols(self.x, self.floor / self.root_ratio,
+                                self.surfaces.market_iv * root_t) / root_t  # fmt: skip
+        floored = (torch.full_like(floor_vol, self.floor), floor_vol,
+                   _vega(self.log_ratio, root_t, floor_vol))  # fmt: skip
+        return tuple(
+            torch.where(self.deep, f, t) for f, t in zip(floored, self.target, strict=True)
+        )
 
     def implied_vols(self, index: torch.Tensor, price: torch.Tensor) -> torch.Tensor:
         """Black vols of OTM prices over F ``(B', N)`` of problems ``index`` ``(B',)``, from
@@ -339,8 +401,12 @@ class _Residuals:
         Jacobian from ``dnormalized``, the Jacobian of ``price / sqrt(K/F)`` ``(B, N, 5)`` (None:
         no Jacobian)."""
         s = self.owner[index]
-        weight, market_iv = self.surfaces.weight[s], self.surfaces.market_iv[s]
-        market_price, market_vega = self.market_price[s], self.market_vega[s]
+        weight = self.surfaces.weight[s]
+        market_price, market_iv, market_vega = (t[s] for t in self.target)
+        flat = None  # below the floor where the market is (see the class docstring)
+        if self.deep is not None:
+            flat = self.deep[s] & ~(price >= self.floor)
+            price = torch.where(flat, self.floor, price)
         vol = self.implied_vols(index, price)
         solved = torch.isfinite(vol) & (vol > 1e-8)
         # No vol for the price: linear in it, through the true error -IV_market at price 0 when
@@ -350,11 +416,17 @@ class _Residuals:
                                (price - market_price) / market_vega)  # fmt: skip
         residual = weight * torch.where(solved, vol - market_iv, fallback)
         residual = torch.where(weight > 0, residual, 0.0)
+        if flat is not None:
+            residual = torch.where(flat, 0.0, residual)
         if dnormalized is None:
             return residual, None
-        model_vega = _vega(self.log_ratio[s], self.root_t[s], torch.where(solved, vol, market_iv))
-        scale = weight * self.root_ratio[s] / torch.where(solved, model_vega, market_vega)
-        return residual, torch.nan_to_num(dnormalized * scale.unsqueeze(-1))
+        vol_at = torch.where(solved, vol, market_iv)
+        # 1 / the vega at the model's vol; the fallback's slope 1 / market_vega (vega of market_iv)
+        jacobian = _over_vega(dnormalized, weight * self.root_ratio[s], self.log_ratio[s],
+                              self.root_t[s], vol_at)  # fmt: skip
+        if flat is not None:
+            jacobian = torch.where(flat.unsqueeze(-1), 0.0, jacobian)
+        return residual, torch.nan_to_num(jacobian)
 
 
 def _scan(
@@ -399,7 +471,10 @@ def _scan(
         mine = torch.cat([extra[rows], points.expand(len(rows), -1, -1)], dim=1)
         b = scan_otm(grid.select(rows), mine, shared[rows])  # (s, N, K + P)
         price = surf.ratio[rows].sqrt().unsqueeze(-1) * b
-        market, vega = residuals.market_price[rows], residuals.market_vega[rows]
+        market, _, vega = (t[rows] for t in residuals.target)
+        if residuals.deep is not None:  # prices below the floor are all alike (see _Residuals)
+            floored = price.clamp(min=residuals.floor)
+            price = torch.where(residuals.deep[rows].unsqueeze(-1), floored, price)
         error = (
             (price - market.unsqueeze(-1)) / vega.unsqueeze(-1) * surf.weight[rows].unsqueeze(-1)
         )
@@ -569,14 +644,15 @@ def calibrate_surfaces(
     # many small operations costs less (~15% of the fit).
     with torch.inference_mode():
         problems = torch.arange(n_surf, device=device).repeat_interleave(n_per)  # their surfaces
-        residuals = _Residuals(surfaces, problems)
+        residuals = _Residuals(surfaces, problems, floor=_FAST_FLOOR)
         extra = None if x0 is None else x0.to(device)
         starts = _scan(residuals, n_surf, n_scan, n_best, seed, extra, lower, upper)
         if len(starts) < len(problems):  # the extra starts alone race (see _scan)
             n_per = n_extra
             problems = torch.arange(n_surf, device=device).repeat_interleave(n_per)
             residuals = _Residuals(surfaces, problems,
-                                   (residuals.market_price, residuals.market_vega))  # fmt: skip
+                                   (residuals.market_price, residuals.market_vega),
+                                   _FAST_FLOOR)  # fmt: skip
         x, cost, converged, iterations, finalists = _race(
             residuals, starts, n_extra, lower, upper, max_iterations
         )
