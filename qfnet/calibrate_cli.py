@@ -221,7 +221,10 @@ def calibrate_command(
     if report is not None:
         typer.echo(str(report))
     rows = "row" if result.n_dropped == 1 else "rows"
-    unused = f" ({result.n_dropped} {rows} without a vol left out)" if result.n_dropped else ""
+    notes = [f"{result.n_dropped} {rows} without a vol left out"] if result.n_dropped else []
+    zero = len(result.residuals) - result.n_quotes  # fitted rows of weight 0 (e.g. a vega's)
+    notes += [f"{zero} of weight 0, not in the RMSE"] if zero > 0 else []
+    unused = f" ({'; '.join(notes)})" if notes else ""
     typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes"
                f"{unused}, {result.seconds:.2f} s -> {out}")  # fmt: skip
     if result.at_bounds:

@@ -222,6 +222,9 @@ def test_no_clean_counts_a_row_of_weight_0_as_dropped(tmp_path: Path) -> None:
     residuals = pd.read_csv(tmp_path / summary["residuals_file"])
     assert residuals["weight"].tolist()[5] == 0.0
     assert summary["n_quotes"] == 5 and summary["n_dropped"] == 2
+    assert "over 5 quotes (1 row without a vol left out; 1 of weight 0, not in the RMSE)" in (
+        result.output
+    )
 
 
 DAX = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"
