@@ -26,6 +26,7 @@ import torch
 from pricing._philox import counter_normals
 from pricing._triton_paths import available as triton_available
 from pricing._triton_paths import normals as triton_normals
+from pricing._validation import check_positive_int
 
 __all__ = [
     "BLOCK_SIZE",
@@ -141,8 +142,8 @@ def chunk_bounds(
     if chunk_size is None:
         elements = _AUTO_CHUNK_ELEMENTS_ACCELERATOR if accelerator else _AUTO_CHUNK_ELEMENTS
         chunk_size = max(elements // max(per_path, 1), 1)
-    elif chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    else:  # by name: 2.5 or "1024" failed in range() or '<', naming nothing
+        check_positive_int("chunk_size", chunk_size)
     size = -(-chunk_size // BLOCK_SIZE) * BLOCK_SIZE
     return [(start, min(start + size, n_paths)) for start in range(0, n_paths, size)]
 

@@ -147,6 +147,7 @@ def check_sabr(
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
-    """Require None or a positive integer ``chunk_size``."""
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    """Require None or a positive integer ``chunk_size`` (numpy integers too, as every count;
+    not a bool: ``np.int64(2048)`` was refused as not "a positive integer", and True taken as 1)."""
+    if chunk_size is not None:
+        check_positive_int("chunk_size", chunk_size)

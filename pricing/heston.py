@@ -609,6 +609,9 @@ def otm_implied_vol(
     return torch.where(otm == 0, torch.nan, vol)  # a vol of 0 was reported there
 
 
+# ordinary tensors inside an inference_mode block too, whose tensors autograd refuses (and which
+# enable_grad does not lift): "element 0 of tensors does not require grad"
+@torch.inference_mode(False)
 def delta(
     *,
     spot: TensorLike,

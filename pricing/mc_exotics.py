@@ -354,6 +354,8 @@ def bs_lookback(
     )
 
 
+# ordinary tensors inside an inference_mode block too (see mc_greeks.heston_pathwise_greeks)
+@torch.inference_mode(False)
 def bs_pathwise_greeks(
     *,
     spot: float,

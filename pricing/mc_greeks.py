@@ -59,6 +59,10 @@ class HestonPathwiseGreeks(NamedTuple):
     drho: MCResult | None = None
 
 
+# ordinary tensors inside an inference_mode block too, whose tensors autograd refuses (and which
+# enable_grad does not lift): "element 0 of tensors does not require grad and does not have a
+# grad_fn"
+@torch.inference_mode(False)
 def heston_pathwise_greeks(
     *,
     spot: float,

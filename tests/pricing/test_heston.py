@@ -430,6 +430,16 @@ def test_delta_matches_central_difference():
     torch.testing.assert_close(put_delta, expected - math.exp(-0.01 * 0.5), rtol=1e-6, atol=1e-8)
 
 
+def test_delta_is_the_same_under_inference_mode():
+    # its spot leaf was an inference tensor there: "element 0 of tensors does not require grad"
+    kwargs = dict(strike=torch.tensor([70.0, 100.0, 130.0]), maturity=0.5, v0=0.05, kappa=2.0,
+                  theta=0.06, sigma=0.7, rho=-0.6)  # fmt: skip
+    expected = heston.delta(spot=100.0, **kwargs)
+    with torch.inference_mode():
+        got = heston.delta(spot=100.0, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("maturity", [0.5, 2.0, 30.0])
 @pytest.mark.parametrize("is_call", [True, False])
 def test_delta_exactly_at_the_forward_matches_central_difference(maturity, is_call):

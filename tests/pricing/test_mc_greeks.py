@@ -120,6 +120,18 @@ def test_chunking_and_no_grad_mode_do_not_change_the_estimates(scheme: str) -> N
         torch.testing.assert_close(b.std_error, a.std_error, rtol=1e-9, atol=0.0)
 
 
+@pytest.mark.parametrize("scheme", ["qe", "euler"])
+def test_inference_mode_does_not_change_the_estimates(scheme: str) -> None:
+    # its leaves were inference tensors: "element 0 of tensors does not require grad"
+    args = {**FELLER_FAILS, "n_paths": 2048, "n_steps": 4, "antithetic": True, "scheme": scheme}
+    expected = heston_pathwise_greeks(**args, generator=_gen(4))
+    with torch.inference_mode():
+        got = heston_pathwise_greeks(**args, generator=_gen(4))
+    for a, b in zip(expected, got, strict=True):
+        if a is not None:
+            assert torch.equal(b.price, a.price) and torch.equal(b.std_error, a.std_error)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [

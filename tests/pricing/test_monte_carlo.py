@@ -419,6 +419,9 @@ def test_conditional_heston_refuses_a_sigma_below_the_qe_floor_or_a_bool_by_name
             {"strike": torch.tensor([[100.0]])},
             r"strike must be a scalar or 1-D, got shape \(1, 1\)",
         ),
+        # TypeErrors naming nothing: "'float' object cannot be interpreted as an integer"
+        ({"chunk_size": 2.5}, "chunk_size must be a positive integer, got 2.5"),
+        ({"chunk_size": "1024"}, "chunk_size must be a positive integer, got '1024'"),
     ],
 )
 def test_conditional_heston_names_a_bad_rate_dividend_or_flag(kwargs: dict, match: str) -> None:
@@ -456,10 +459,13 @@ def test_pathwise_european_delta_and_vega_match_black_scholes(is_call: bool) -> 
     _assert_within(r.vega, exact.vega, 0.0, "vega")
 
 
-def test_pathwise_greeks_are_the_same_under_no_grad() -> None:
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_pathwise_greeks_are_the_same_under_no_grad_and_inference_mode(mode: type) -> None:
+    # under inference_mode the leaves were inference tensors: "element 0 of tensors does not
+    # require grad and does not have a grad_fn"
     args = {"spot": 100.0, "strike": 95.0, "maturity": 0.5, "volatility": 0.2, "n_paths": 2048}
     expected = mc_exotics.bs_pathwise_greeks(**args, generator=_gen(3))
-    with torch.no_grad():
+    with mode():
         got = mc_exotics.bs_pathwise_greeks(**args, generator=_gen(3))
     for field in ("price", "delta", "vega"):
         assert torch.equal(getattr(got, field).price, getattr(expected, field).price), field

@@ -323,6 +323,17 @@ def test_sabr_bad_parameter_names_the_field(field: str, value: float) -> None:
         simulate.sabr(4, 2, **{**SABR, field: value})
 
 
+@pytest.mark.parametrize("model", ["gbm", "heston_qe", "sabr"])
+def test_numpy_integer_chunk_size_is_a_count(model: str) -> None:
+    # np.int64(1024) was refused as not "a positive integer" (n_paths takes it), and True as 1
+    whole = _run(model, 3000, 2, generator=_gen(3))
+    chunked = _run(model, 3000, 2, generator=_gen(3), chunk_size=np.int64(1024))
+    for a, b in zip(whole, chunked, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer, got True"):
+        _run(model, 8, 2, chunk_size=True)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")  # fmt: skip
