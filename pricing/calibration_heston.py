@@ -320,8 +320,11 @@ class _Residuals:
 
     A pricer accurate to ``floor`` (absolute, in OTM price over F) cannot tell prices below it
     apart: where the market's price is below it (``deep`` ``(S, N)``), prices are raised to the
-    floor and the target is the floor's vol, so the residual is 0 (Jacobian 0) for any price
-    below the floor and the vol error against the floor's vol above it. (With the fast pricer's
+    floor, so the residual is the floor's vol error (Jacobian 0) for any price below the floor
+    and the true vol error above it; the targets' price and vega (the fallback's and the scan's)
+    are the floor's. (Measured against the floor's vol, a quote the model priced above the floor
+    steered the fit by its floor's error: 159.21 bp reported converged for the reference
+    pricer's 158.06, the polish not run since both pricers agreed there.) (With the fast pricer's
     rounding as prices, the deep wings of a 3-day expiry had vols of 1.0 for 0.4, and a price of
     -1e-17 an error of -1e41 through a vega of 1e-58; the fit then stopped at a cost of 3e49,
     called converged.) The reference pricer's residuals (``floor`` 0) are the true ones.
@@ -402,7 +405,8 @@ class _Residuals:
         no Jacobian)."""
         s = self.owner[index]
         weight = self.surfaces.weight[s]
-        market_price, market_iv, market_vega = (t[s] for t in self.target)
+        market_price, target_iv, market_vega = (t[s] for t in self.target)
+        market_iv = self.surfaces.market_iv[s]
         flat = None  # below the floor where the market is (see the class docstring)
         if self.deep is not None:
             flat = self.deep[s] & ~(price >= self.floor)
@@ -412,16 +416,16 @@ class _Residuals:
         # No vol for the price: linear in it, through the true error -IV_market at price 0 when
         # below the market's (through the market's price, a wing's error was capped at its
         # price / vega, far below IV_market, and fits sank wings to price 0 at 5,000 bp).
-        fallback = torch.where(price < market_price, price / market_vega - market_iv,
-                               (price - market_price) / market_vega)  # fmt: skip
+        # Above a floored target, through the floor's vol error (target_iv - market_iv, 0 where
+        # the target is the market's).
+        above = (price - market_price) / market_vega + (target_iv - market_iv)
+        fallback = torch.where(price < market_price, price / market_vega - market_iv, above)
         residual = weight * torch.where(solved, vol - market_iv, fallback)
         residual = torch.where(weight > 0, residual, 0.0)
-        if flat is not None:
-            residual = torch.where(flat, 0.0, residual)
         if dnormalized is None:
             return residual, None
-        vol_at = torch.where(solved, vol, market_iv)
-        # 1 / the vega at the model's vol; the fallback's slope 1 / market_vega (vega of market_iv)
+        vol_at = torch.where(solved, vol, target_iv)
+        # 1 / the vega at the model's vol; the fallback's slope 1 / market_vega (vega of target_iv)
         jacobian = _over_vega(dnormalized, weight * self.root_ratio[s], self.log_ratio[s],
                               self.root_t[s], vol_at)  # fmt: skip
         if flat is not None:

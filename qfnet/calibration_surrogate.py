@@ -112,8 +112,8 @@ def fit_with_surrogate(
     """Least-squares fit of the surrogate's vols to one surface.
 
     The starts are every row of ``x0`` (extra starts, ``(K, 5)``, clipped to the box) and the
-    best ``n_starts - K`` points of a Sobol scan of ``n_scan`` points of the surrogate's domain,
-    ranked by their cost; beside ``x0`` the scan's points race only where one of them has a
+    best ``max(n_starts - K, 1)`` points of a Sobol scan of ``n_scan`` points of the surrogate's
+    domain, ranked by their cost; beside ``x0`` the scan's points race only where one of them has a
     lower cost than every ``x0`` row (as ``direct``'s do, :func:`pricing.calibration_heston.
     calibrate_surfaces`). ``ftol``: a step lowering the cost by less than this, relative, ends
     the fit (:data:`POLISHED_FTOL` where a polish follows).
@@ -172,20 +172,23 @@ def fit_with_surrogate(
 
 def _start_rows(cost: torch.Tensor, n_extra: int, n_starts: int) -> torch.Tensor:
     """Rows of the starts that race: the ``n_extra`` first (the x0 rows) always, then the
-    ``n_starts - n_extra`` scan points of lowest ``cost`` ``(n_extra + n_scan,)``, beside x0 rows
-    only where one of them beats every x0 row, as ``direct``'s do. (Ranked together with the
-    network's proposal, two starts raced on each of the benchmark's 20 surfaces and ended at
-    the same surrogate optimum on all 20, the batch running on for the slower one, up to 25
-    steps: a tenth of each fit's time.)
+    ``max(n_starts - n_extra, 1)`` scan points of lowest ``cost`` ``(n_extra + n_scan,)``, beside
+    x0 rows only where one of them beats every x0 row, as ``direct``'s do (at least one: with a
+    caller's x0 beside the network's proposal, ``n_starts`` 2, no scan point raced, however far
+    both were). (Ranked together with the network's proposal, two starts raced on each of the
+    benchmark's 20 surfaces and ended at the same surrogate optimum on all 20, the batch running
+    on for the slower one, up to 25 steps: a tenth of each fit's time.)
 
     Examples:
         >>> _start_rows(torch.tensor([1.0, 3.0, 2.0]), 1, 2).tolist()  # the x0 row beats both
         [0]
         >>> _start_rows(torch.tensor([2.5, 3.0, 2.0]), 1, 2).tolist()
         [0, 2]
+        >>> _start_rows(torch.tensor([2.5, 3.0, 2.0, 1.0]), 2, 2).tolist()  # two x0 rows beaten
+        [0, 1, 3]
     """
     scan = cost[n_extra:]
-    best = torch.argsort(scan)[: max(n_starts - n_extra, 0)] + n_extra
+    best = torch.argsort(scan)[: max(n_starts - n_extra, 1)] + n_extra
     if n_extra and not (len(scan) and bool(scan.min() < cost[:n_extra].min())):
         best = best[:0]
     return torch.cat([torch.arange(n_extra), best])

@@ -629,3 +629,22 @@ def test_polish_jacobian_survives_a_vega_that_underflows() -> None:
     polish = heston._polish(surfaces, x, lower, upper, 1)
     assert float(polish.jacobian.abs().max()) < 100.0
     assert bool(torch.isfinite(polish.x).all())
+
+
+def test_a_quote_below_the_floor_priced_above_it_counts_its_own_vol_error() -> None:
+    # A 3-day put at K/F 0.9 quoted at 12% vol is worth 1.8e-25 of F, below the fast pricer's
+    # floor, where the model prices it near 1e-8. Its residual was measured against the floor's
+    # vol instead of 12%: the fit stopped at 159.21 bp, reported converged, with no polish (both
+    # pricers agree on a price of 1e-8) where the reference pricer's optimum is 158.06 bp.
+    from pricing import calibration_heston as heston
+
+    t = 3 / 365.0
+    wing = pd.DataFrame({"strike": [90.0 * math.exp(0.02 * t)], "maturity": [t], "spot": 100.0,
+                         "rate": 0.02, "implied_vol": [0.12]})  # fmt: skip
+    table = pd.concat([_synthetic_surface(), wing], ignore_index=True)
+    fit = calibrate("heston", table, global_start="scan")
+    x = torch.tensor([[fit.params[n] for n in heston.NAMES]], dtype=torch.float64)
+    reference = heston._polish(_packed([table]), x, *heston._box(None), 60)
+    optimum_bp = math.sqrt(2 * float(reference.cost) / len(table)) * 1e4
+    assert reference.converged and fit.converged
+    assert fit.rmse_iv_bp == pytest.approx(optimum_bp, rel=0, abs=1e-3)

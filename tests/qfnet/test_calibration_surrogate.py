@@ -226,3 +226,22 @@ def test_surrogate_vols_in_the_box_are_implied_vol_with_nan_outside_the_domain(
                            **dict(zip(TRUE, params.unsqueeze(1).unbind(-1), strict=True)))  # fmt: skip
     assert bool(torch.isnan(vols[:, 0]).all())
     torch.testing.assert_close(vols, expected, rtol=1e-15, atol=0.0, equal_nan=True)
+
+
+def test_the_best_scan_point_races_beside_x0_rows_as_many_as_the_starts(
+    tiny_surrogate: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A caller's x0 beside the network's proposal (two rows, n_starts 2 with a proposal) left no
+    # room for the scan: its best point never raced, however far both rows were from the surface.
+    net = load_surrogate(tiny_surrogate)
+    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
+    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
+    iv = implied_vol(net, maturity=t, log_moneyness=k, **TRUE)
+    runs = _recorded_starts(monkeypatch)
+    corners = torch.tensor([[0.25, 5.0, 0.25, 1.0, 0.0], [0.25, 0.5, 0.25, 0.1, 0.0]],
+                           dtype=torch.float64)  # fmt: skip
+    fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=iv,
+                       weight=torch.ones(6, dtype=torch.float64), x0=corners, n_scan=64,
+                       n_starts=2, max_iterations=2)  # fmt: skip
+    assert len(runs[0]["x0"]) == 3
+    torch.testing.assert_close(runs[0]["x0"][:2], corners, rtol=0, atol=0)
