@@ -440,6 +440,26 @@ def test_delta_is_the_same_under_inference_mode():
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+def test_delta_takes_tensors_made_under_inference_mode():
+    # a strike (or spot, or params' field) made inside the block is an inference tensor, which
+    # autograd refused to save: "Inference tensors cannot be saved for backward"
+    # (float64: a float32 tensor was converted, and the copy was an ordinary tensor)
+    fields = dict(kappa=2.0, theta=0.06, sigma=0.7, rho=-0.6)
+    expected = heston.delta(spot=[100.0, 105.0, 110.0], strike=[70.0, 100.0, 130.0],
+                            maturity=0.5, v0=0.05, **fields)  # fmt: skip
+    with torch.inference_mode():
+        spot = torch.tensor([100.0, 105.0, 110.0], dtype=torch.float64)
+        strike = torch.tensor([70.0, 100.0, 130.0], dtype=torch.float64)
+        v0 = torch.tensor(0.05, dtype=torch.float64)
+        params = heston.HestonParams(v0=v0, **fields)
+        inside = heston.delta(spot=spot, strike=strike, maturity=spot * 0 + 0.5, v0=v0,
+                              **fields)  # fmt: skip
+        with_params = heston.delta(spot=spot, strike=strike, maturity=0.5, params=params)
+    outside = heston.delta(spot=spot, strike=strike, maturity=0.5, v0=0.05, **fields)
+    for got in (inside, with_params, outside):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("maturity", [0.5, 2.0, 30.0])
 @pytest.mark.parametrize("is_call", [True, False])
 def test_delta_exactly_at_the_forward_matches_central_difference(maturity, is_call):
