@@ -454,12 +454,12 @@ def _scan(
     extra: torch.Tensor | None,
     lower: torch.Tensor,
     upper: torch.Tensor,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Starts per surface: the ``extra`` points ((K, 5) shared or (S, K, 5) per surface), then the
-    best ``n_best`` scan points (by approximate vol errors); shape ``(S * (K + n_best), 5)``,
-    surface-major. The extra points alone, ``(S * K, 5)``, where on every surface one of them
-    has a lower approximate error than every scan point, unless a surface has one expiry (see
-    :func:`_one_expiry`): the scan point would only slow their race.
+    best ``n_best`` scan points (by approximate vol errors); the extra points alone on a surface
+    where one of them has a lower approximate error than every scan point, unless it has one
+    expiry (see :func:`_one_expiry`): the scan points would only slow its race. Returns the
+    starts ``(R, 5)``, surface-major, and their number per surface ``(S,)`` (K or K + n_best).
 
     The scan points of a surface share one quadrature per expiry, truncated where a Black-Scholes
     integrand of the market's lowest total variance at that expiry has decayed (points far from
@@ -474,7 +474,7 @@ def _scan(
     extra = clamp(extra.expand(n_surfaces, *extra.shape[-2:]))  # (S, K, 5)
     points = clamp(_scan_points(n_scan, seed).to(device))  # (P, 5), one copy
     if not (n_best and len(points)):
-        return extra.reshape(-1, 5)
+        return extra.reshape(-1, 5), torch.full((n_surfaces,), extra.shape[1], device=device)
     surf = residuals.surfaces
     grid = SurfaceGrid(surf.grid.maturity, surf.grid.k, _SCAN_NODES)
     variance = surf.market_iv**2 * surf.maturity  # (S, N)
@@ -497,15 +497,17 @@ def _scan(
         costs.append(torch.nan_to_num((error * error).sum(1), nan=math.inf))
     cost = torch.cat(costs)  # (S, K + P)
     k = extra.shape[1]
-    if k and not bool(_one_expiry(surf).any()):
+    best = points[torch.argsort(cost[:, k:], dim=-1)[:, :n_best]]  # (S, n_best, 5)
+    starts = torch.cat([extra, best], dim=1)  # (S, K + n_best, 5)
+    race = torch.ones(starts.shape[:2], dtype=torch.bool, device=device)
+    if k:
         # the scan's points race only where one of them beats every extra start on the scan's
         # cost (on 100 surfaces of the benchmark's box, half of them noisy, no fit moved by
         # 1e-7 bp against racing the best scan point beside the network's start always, and a
         # fit took 13% less time: 34.0 -> 29.6 ms on the benchmark's 20 surfaces)
-        if not bool((cost[:, k:].amin(-1) < cost[:, :k].amin(-1)).any()):
-            return extra.reshape(-1, 5)
-    best = points[torch.argsort(cost[:, k:], dim=-1)[:, :n_best]]  # (S, n_best, 5)
-    return torch.cat([extra, best], dim=1).reshape(-1, 5)
+        scan = _one_expiry(surf) | (cost[:, k:].amin(-1) < cost[:, :k].amin(-1))  # (S,)
+        race[:, k:] = scan.unsqueeze(-1)
+    return starts[race], race.sum(-1)
 
 
 def _select(surfaces: HestonSurfaces, rows: torch.Tensor) -> HestonSurfaces:
@@ -577,14 +579,32 @@ def _polish(
                                **_TOLERANCES)  # fmt: skip
 
 
+def _padded(
+    values: torch.Tensor, counts: torch.Tensor, width: int, fill: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-racer ``values`` ``(R,)`` (surface-major, ``counts`` ``(S,)`` racers per surface, at
+    most ``width``) as rows ``(S, width)``, padded with ``fill``, and where the racers are
+    ``(S, width)``."""
+    valid = torch.arange(width, device=values.device) < counts.unsqueeze(-1)
+    padded = torch.full(valid.shape, fill, dtype=values.dtype, device=values.device)
+    padded[valid] = values
+    return padded, valid
+
+
 def _finalists(
-    cost: torch.Tensor, n_surf: int, n_per: int, n_extra: int, everyone: torch.Tensor | None = None
+    cost: torch.Tensor,
+    counts: torch.Tensor,
+    n_per: int,
+    n_extra: int,
+    everyone: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Positions (in the surface-major starts) of the racers that finish: per surface the best,
-    the runner-up when its cost is within ``_RUNNER_UP_RATIO`` of the best, and every x0 start
-    (a proposal is never dropped on its early cost); all of them on the surfaces where
-    ``everyone`` ``(S,)`` is True (see :func:`_one_expiry`)."""
-    cost = torch.nan_to_num(cost, nan=math.inf).reshape(n_surf, n_per)
+    """Positions (in the surface-major starts, ``counts`` ``(S,)`` per surface, at most
+    ``n_per``) of the racers that finish: per surface the best, the runner-up when its cost is
+    within ``_RUNNER_UP_RATIO`` of the best, and every x0 start (a proposal is never dropped on
+    its early cost); all of them on the surfaces where ``everyone`` ``(S,)`` is True (see
+    :func:`_one_expiry`)."""
+    cost, valid = _padded(torch.nan_to_num(cost, nan=math.inf), counts, n_per, math.inf)
+    n_surf = len(counts)
     order = torch.argsort(cost, dim=-1)[:, : min(2, n_per)]  # (S, <=2)
     ranked = cost.gather(1, order)
     finish = torch.zeros(n_surf, n_per, dtype=torch.bool, device=cost.device)
@@ -595,7 +615,8 @@ def _finalists(
     if n_per > 1:
         close = ranked[:, 1] <= _RUNNER_UP_RATIO * ranked[:, 0]
         finish.scatter_(1, order[:, 1:], close.unsqueeze(-1) | finish.gather(1, order[:, 1:]))
-    return torch.nonzero(finish.reshape(-1)).squeeze(-1)
+    # a surface racing its x0 starts alone finishes them all (padding never ranks above them)
+    return torch.nonzero(finish[valid]).squeeze(-1)
 
 
 def calibrate_surfaces(
@@ -620,7 +641,7 @@ def calibrate_surfaces(
             outside them): they always race and always finish (besides the race's leader).
         seed: Sobol scrambling seed of the scan.
         n_scan: scan points; n_starts: refined starts per surface (x0 rows included; the x0
-            rows alone where they beat every scan point, see :func:`_scan`).
+            rows alone on a surface where they beat every scan point, see :func:`_scan`).
         max_iterations: Levenberg-Marquardt iterations.
         polish: check each fit with :func:`pricing.heston.price` and refine with it when the fast
             pricer's vols differ by more than 0.01 bp.
@@ -653,7 +674,7 @@ def calibrate_surfaces(
     n_surf = len(surfaces.positions)
     n_extra = 0 if x0 is None else x0.shape[-2]
     n_best = min(max(n_starts - n_extra, 0), n_scan)
-    n_per = n_extra + n_best  # starts per surface: the x0 rows, then the best scan points
+    n_per = n_extra + n_best  # most starts per surface: the x0 rows, then the best scan points
     if n_per == 0:
         raise ValueError("calibrate_surfaces needs n_scan > 0 and n_starts > 0, or x0 starts")
     owner, at, sizes = _quote_index(surfaces)
@@ -663,19 +684,20 @@ def calibrate_surfaces(
         problems = torch.arange(n_surf, device=device).repeat_interleave(n_per)  # their surfaces
         residuals = _Residuals(surfaces, problems, floor=_FAST_FLOOR)
         extra = None if x0 is None else x0.to(device)
-        starts = _scan(residuals, n_surf, n_scan, n_best, seed, extra, lower, upper)
-        if len(starts) < len(problems):  # the extra starts alone race (see _scan)
-            n_per = n_extra
-            problems = torch.arange(n_surf, device=device).repeat_interleave(n_per)
+        starts, counts = _scan(residuals, n_surf, n_scan, n_best, seed, extra, lower, upper)
+        if len(starts) < len(problems):  # the extra starts alone race on some surfaces (_scan)
+            problems = torch.arange(n_surf, device=device).repeat_interleave(
+                counts, output_size=len(starts)
+            )
             residuals = _Residuals(surfaces, problems,
                                    (residuals.market_price, residuals.market_vega),
                                    _FAST_FLOOR)  # fmt: skip
         x, cost, converged, iterations, finalists = _race(
-            residuals, starts, n_extra, lower, upper, max_iterations
+            residuals, starts, counts, n_per, n_extra, lower, upper, max_iterations
         )
         keep = torch.full_like(cost, math.inf)
         keep[finalists] = cost[finalists]
-        best = keep.reshape(n_surf, n_per).argmin(-1) + torch.arange(n_surf, device=device) * n_per
+        best = _padded(keep, counts, n_per, math.inf)[0].argmin(-1) + (counts.cumsum(0) - counts)
         params = x[best]
         fast = residuals.model_vols(best, params) if polish else None
         vols = _reference_vols(surfaces, params, (owner, at), fast)
@@ -694,21 +716,21 @@ def calibrate_surfaces(
 def _race(
     residuals: _Residuals,
     starts: torch.Tensor,
+    counts: torch.Tensor,
+    n_per: int,
     n_extra: int,
     lower: torch.Tensor,
     upper: torch.Tensor,
     max_iterations: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Race all starts ``(S * n_per, 5)`` (surface-major) for a few iterations; the finalists
-    (:func:`_finalists`) that have not converged yet finish in a second batch. Returns params
-    ``(S * n_per, 5)``, cost (NaN as inf), converged and iterations ``(S * n_per,)`` of every
-    start and the finalists' positions."""
-    n_surf = len(residuals.surfaces.positions)
-    n_per = len(starts) // n_surf
+    """Race all starts ``(R, 5)`` (surface-major, ``counts`` ``(S,)`` per surface, at most
+    ``n_per``) for a few iterations; the finalists (:func:`_finalists`) that have not converged
+    yet finish in a second batch. Returns params ``(R, 5)``, cost (NaN as inf), converged and
+    iterations ``(R,)`` of every start and the finalists' positions."""
     race = levenberg_marquardt(residuals, starts, lower=lower, upper=upper,
                                max_iterations=min(_RACE_ITERATIONS, max_iterations),
                                **_TOLERANCES)  # fmt: skip
-    finalists = _finalists(race.cost, n_surf, n_per, n_extra, _one_expiry(residuals.surfaces))
+    finalists = _finalists(race.cost, counts, n_per, n_extra, _one_expiry(residuals.surfaces))
     x, cost = race.x.clone(), torch.nan_to_num(race.cost, nan=math.inf)
     converged, iterations = race.converged.clone(), race.iterations.clone()
     todo = finalists[~race.converged[finalists]]

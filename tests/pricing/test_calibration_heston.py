@@ -238,12 +238,17 @@ def test_finalists_are_the_leader_a_close_runner_up_and_every_x0_start() -> None
     cost = torch.tensor([[5.0, 1.0, 1.2, 9.0],  # x0 start 0; leader 1; runner-up 2 is close
                          [5.0, 9.0, 1.0, 2.0 * _RUNNER_UP_RATIO],  # runner-up 3 too far
                          [math.nan, inf, inf, 3.0]])  # fmt: skip
-    got = _finalists(cost.reshape(-1), 3, 4, 1).tolist()
+    four, one = torch.full((3,), 4), torch.ones(3, dtype=torch.long)
+    got = _finalists(cost.reshape(-1), four, 4, 1).tolist()
     assert got == [0, 1, 2, 4, 6, 8, 11]
-    assert _finalists(cost[:, :1].reshape(-1), 3, 1, 0).tolist() == [0, 1, 2]
+    assert _finalists(cost[:, :1].reshape(-1), one, 1, 0).tolist() == [0, 1, 2]
     everyone = torch.tensor([False, True, False])  # surface 1 has one expiry: all finish
-    got = _finalists(cost.reshape(-1), 3, 4, 1, everyone).tolist()
+    got = _finalists(cost.reshape(-1), four, 4, 1, everyone).tolist()
     assert got == [0, 1, 2, 4, 5, 6, 7, 8, 11]
+    # surface 1 races its x0 start alone (a NaN cost): it still finishes
+    ragged = torch.cat([cost[0], cost[2, :1], cost[1]])
+    got = _finalists(ragged, torch.tensor([4, 1, 4]), 4, 1).tolist()
+    assert got == [0, 1, 2, 4, 5, 7]
 
 
 def test_one_expiry_surfaces_are_those_with_one_weighted_expiry() -> None:
@@ -316,13 +321,16 @@ def test_scan_of_many_surfaces_equals_each_surface_scanned_alone(monkeypatch) ->
         residuals = heston._Residuals(packed, torch.arange(n_surfaces))
         return heston._scan(residuals, n_surfaces, 64, 3, 0, extra, lower, upper)
 
-    together = scan(surfaces, 3).reshape(3, 4, 5)
+    together, counts = scan(surfaces, 3)
     monkeypatch.setattr(heston, "_SCAN_ELEMENTS", 1)  # one surface per pricing call
-    torch.testing.assert_close(scan(surfaces, 3).reshape(3, 4, 5), together, rtol=0, atol=0)
-    for s in range(3):
-        alone = scan(heston._select(surfaces, torch.tensor([s])), 1)
-        torch.testing.assert_close(alone, together[s], rtol=0, atol=0)
-    assert torch.equal(together[:, 0], extra.expand(3, 5))  # the x0 start leads each surface
+    again, counts_again = scan(surfaces, 3)
+    torch.testing.assert_close(again, together, rtol=0, atol=0)
+    assert torch.equal(counts_again, counts)
+    for s, mine in enumerate(together.split(counts.tolist())):
+        alone, count = scan(heston._select(surfaces, torch.tensor([s])), 1)
+        torch.testing.assert_close(alone, mine, rtol=0, atol=0)
+        assert count.tolist() == [len(mine)]
+        torch.testing.assert_close(mine[0], extra[0], rtol=0, atol=0)  # the x0 start leads
 
 
 @pytest.mark.parametrize(
@@ -345,9 +353,41 @@ def test_scan_points_race_only_where_one_beats_the_extra_starts(
     lower, upper = heston._box(None)
     extra = torch.tensor([[start[n] for n in heston.NAMES]], dtype=torch.float64)
     residuals = heston._Residuals(surfaces, torch.arange(1))
-    starts = heston._scan(residuals, 1, 64, 3, 0, extra, lower, upper)
+    starts, counts = heston._scan(residuals, 1, 64, 3, 0, extra, lower, upper)
     assert starts.shape == (n_per, 5)
+    assert counts.tolist() == [n_per]
     torch.testing.assert_close(starts[0], extra[0], rtol=0, atol=0)
+
+
+def test_scan_points_race_per_surface_in_a_batch(monkeypatch) -> None:
+    # one surface needing its scan point made every surface of the batch race it: a batch of 20
+    # fitted 2 starts per surface where each surface alone raced its proposal alone
+    import pricing.calibration_heston as heston
+
+    far = {"v0": 0.2, "kappa": 0.5, "theta": 0.2, "sigma": 1.0, "rho": -0.1}
+    x0 = torch.tensor([[[TRUE[n] for n in heston.NAMES]], [[far[n] for n in heston.NAMES]]],
+                      dtype=torch.float64)  # fmt: skip
+    surfaces = _packed([_synthetic_surface(noise_bp=20.0, seed=s) for s in range(2)])
+    owners = []
+    solve = heston.levenberg_marquardt
+
+    def spy(fn, x, **kwargs):
+        if isinstance(fn, heston._Residuals):  # the race
+            owners.append(fn.owner.tolist())
+        return solve(fn, x, **kwargs)
+
+    monkeypatch.setattr(heston, "levenberg_marquardt", spy)
+    options = {"n_scan": 64, "n_starts": 2}
+    params, vols, converged, iterations = heston.calibrate_surfaces(surfaces, x0=x0, **options)
+    assert owners == [[0, 1, 1]]  # the proposal alone, then the far start and the scan point
+    for s in range(2):
+        rows = torch.tensor([s])
+        alone = heston.calibrate_surfaces(heston._select(surfaces, rows), x0=x0[rows], **options)
+        # the batch's vol solves round apart from a lone surface's (~1e-13 in vol, as before)
+        torch.testing.assert_close(params[s], alone[0][0], rtol=1e-10, atol=0)
+        torch.testing.assert_close(vols[s], alone[1][0], rtol=0, atol=1e-12)
+        assert (converged[s], iterations[s]) == (alone[2][0], alone[3][0])
+    assert owners[1:] == [[0], [0, 0]]
 
 
 def test_scan_of_points_per_surface_equals_each_surface_scanned_with_its_own() -> None:
