@@ -180,22 +180,27 @@ def _recorded_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     return runs
 
 
+def _fit_six_quotes(surrogate: Path, x0: torch.Tensor, n_starts: int) -> None:
+    """Two iterations of :func:`fit_with_surrogate` from ``x0`` on six exact quotes at TRUE."""
+    net = load_surrogate(surrogate)
+    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
+    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
+    iv = implied_vol(net, maturity=t, log_moneyness=k, **TRUE)
+    fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=iv,
+                       weight=torch.ones(6, dtype=torch.float64), x0=x0, n_scan=64,
+                       n_starts=n_starts, max_iterations=2)  # fmt: skip
+
+
 def test_x0_always_races_and_the_scan_only_where_it_beats_it(
     tiny_surrogate: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The best n_starts of x0 and the scan raced: two scan points beside the network's proposal
     # that beat them, or none; the proposal was dropped where two scan points beat it.
-    net = load_surrogate(tiny_surrogate)
-    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
-    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
-    iv = implied_vol(net, maturity=t, log_moneyness=k, **TRUE)
     runs = _recorded_starts(monkeypatch)
     exact = torch.tensor([list(TRUE.values())], dtype=torch.float64)  # cost 0: beats the scan
     corner = torch.tensor([[0.25, 5.0, 0.25, 1.0, 0.0]])  # far from the surface: the scan wins
     for x0 in (exact, corner):
-        fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=iv,
-                           weight=torch.ones(6, dtype=torch.float64), x0=x0, n_scan=64,
-                           n_starts=3, max_iterations=2)  # fmt: skip
+        _fit_six_quotes(tiny_surrogate, x0, n_starts=3)
     assert [len(run["x0"]) for run in runs] == [1, 3]
     torch.testing.assert_close(runs[1]["x0"][0], corner[0].double(), rtol=0, atol=0)
 
@@ -233,15 +238,9 @@ def test_the_best_scan_point_races_beside_x0_rows_as_many_as_the_starts(
 ) -> None:
     # A caller's x0 beside the network's proposal (two rows, n_starts 2 with a proposal) left no
     # room for the scan: its best point never raced, however far both rows were from the surface.
-    net = load_surrogate(tiny_surrogate)
-    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0], dtype=torch.float64)
-    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1], dtype=torch.float64)
-    iv = implied_vol(net, maturity=t, log_moneyness=k, **TRUE)
     runs = _recorded_starts(monkeypatch)
     corners = torch.tensor([[0.25, 5.0, 0.25, 1.0, 0.0], [0.25, 0.5, 0.25, 0.1, 0.0]],
                            dtype=torch.float64)  # fmt: skip
-    fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=iv,
-                       weight=torch.ones(6, dtype=torch.float64), x0=corners, n_scan=64,
-                       n_starts=2, max_iterations=2)  # fmt: skip
+    _fit_six_quotes(tiny_surrogate, corners, n_starts=2)
     assert len(runs[0]["x0"]) == 3
     torch.testing.assert_close(runs[0]["x0"][:2], corners, rtol=0, atol=0)

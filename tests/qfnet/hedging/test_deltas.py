@@ -16,7 +16,12 @@ from pricing.analytic_lookback import lookback_price
 from pricing.quantlib import bs_asian_tw_price
 from pricing.simulate import gbm
 from qfnet.hedging.config import DerivativeConfig, config_from_dict
-from qfnet.hedging.deltas import _PRICERS, path_dependent_delta, path_dependent_greeks
+from qfnet.hedging.deltas import (
+    _PRICERS,
+    PathGreeks,
+    path_dependent_delta,
+    path_dependent_greeks,
+)
 from qfnet.hedging.markets import Market
 from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import BlackScholesDelta, NoHedge, WhalleyWilmott
@@ -151,6 +156,33 @@ def test_barrier_delta_at_the_last_step_is_that_of_its_one_date_left(
                                rtol=0, atol=1e-6)  # fmt: skip
 
 
+def _last_step_greeks(kind, is_call, last, n_steps, vol, rate, dividend):
+    """Greeks of ``kind`` on paths at 1 until step T-1, where they are at ``last`` (P,), on a
+    grid of 0.5 years, and the closed-form Black-Scholes delta and gamma of a European claim
+    over the last step: ``european(spot, strike)`` -> ``(delta, gamma)``, strike > 0."""
+    grid = torch.linspace(0.0, 0.5, n_steps + 1, dtype=torch.float64)
+    spot = torch.ones(len(last), n_steps + 1, dtype=torch.float64)
+    spot[:, n_steps - 1] = torch.tensor(last, dtype=torch.float64)
+    derivative = DerivativeConfig(type=kind, is_call=is_call)
+    g = path_dependent_greeks(derivative, spot, grid, torch.full((len(last), n_steps), vol,
+                              dtype=torch.float64), rate=rate, dividend=dividend)  # fmt: skip
+    tau = float(grid[-1] - grid[-2])
+    carry, scale = math.exp(-dividend * tau), vol * math.sqrt(tau)
+
+    def european(s: float, strike: float) -> tuple[float, float]:
+        d1 = (math.log(s / strike) + (rate - dividend + 0.5 * vol**2) * tau) / scale
+        return carry * (norm.cdf(d1) - (not is_call)), carry * norm.pdf(d1) / (s * scale)
+
+    return spot, g, carry, european
+
+
+def _assert_last_step(g: PathGreeks, delta: list[float], gamma: list[float]) -> None:
+    torch.testing.assert_close(g.delta[:, -1], torch.tensor(delta, dtype=torch.float64),
+                               rtol=0, atol=1e-12)  # fmt: skip
+    torch.testing.assert_close(g.gamma[:, -1], torch.tensor(gamma, dtype=torch.float64),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+
+
 @pytest.mark.parametrize("n_steps", [1, 4])
 @pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
 def test_asian_greeks_at_the_last_step_are_those_of_its_european_claim(
@@ -159,16 +191,9 @@ def test_asian_greeks_at_the_last_step_are_those_of_its_european_claim(
     # with S_T its only fixing left, (past + S_T) / n - K is (S_T - K') / n, K' = n K - past: 1/n
     # of the European struck at K', or of a forward where K' <= 0 (the put worthless). Levy's
     # continuous average over the last step set a delta up to 0.035 off on 4 steps (0.15 on one)
-    rate, dividend, vol, n = 0.03, 0.01, 0.2, n_steps
-    grid = torch.linspace(0.0, 0.5, n + 1, dtype=torch.float64)
+    n = n_steps
     last = [0.9, 0.97, 1.0, 1.03, 1.1] + ([2.5] if n > 1 else [])  # 2.5: K' <= 0
-    spot = torch.ones(len(last), n + 1, dtype=torch.float64)
-    spot[:, n - 1] = torch.tensor(last, dtype=torch.float64)
-    derivative = DerivativeConfig(type="asian", is_call=is_call)
-    g = path_dependent_greeks(derivative, spot, grid, torch.full((len(last), n), vol,
-                              dtype=torch.float64), rate=rate, dividend=dividend)  # fmt: skip
-    tau = float(grid[-1] - grid[-2])
-    carry, scale = math.exp(-dividend * tau), vol * math.sqrt(tau)
+    spot, g, carry, european = _last_step_greeks("asian", is_call, last, n, 0.2, 0.03, 0.01)
     delta, gamma = [], []
     for s, past in zip(last, spot[:, 1:n].sum(dim=1).tolist(), strict=True):
         strike = n * 1.0 - past
@@ -176,14 +201,11 @@ def test_asian_greeks_at_the_last_step_are_those_of_its_european_claim(
             delta.append(carry / n if is_call else 0.0)
             gamma.append(0.0)
             continue
-        d1 = (math.log(s / strike) + (rate - dividend + 0.5 * vol**2) * tau) / scale
-        delta.append(carry * (norm.cdf(d1) - (not is_call)) / n)
-        gamma.append(carry * norm.pdf(d1) / (s * scale) / n)
+        d, gm = european(s, strike)
+        delta.append(d / n)
+        gamma.append(gm / n)
     assert n == 1 or n - float(spot[-1, 1:n].sum()) < 0  # the last path's K' is below 0
-    torch.testing.assert_close(g.delta[:, -1], torch.tensor(delta, dtype=torch.float64),
-                               rtol=0, atol=1e-12)  # fmt: skip
-    torch.testing.assert_close(g.gamma[:, -1], torch.tensor(gamma, dtype=torch.float64),
-                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    _assert_last_step(g, delta, gamma)
 
 
 @pytest.mark.parametrize(
@@ -197,25 +219,13 @@ def test_lookback_greeks_at_the_last_step_are_those_of_the_european_struck_at_th
     # with the expiry its only date left, S_T - min(m, S_T) is (S_T - m)^+ (the put's likewise):
     # Broadie, Glasserman and Kou's shift went above it where the carry outweighs the
     # volatility, a call's delta 0.684 for 0.786 at 2% vol and a 10% rate on 20 steps
-    grid = torch.linspace(0.0, 0.5, n_steps + 1, dtype=torch.float64)
     last = [0.9, 0.97, 1.0, 1.03, 1.1]
-    spot = torch.ones(len(last), n_steps + 1, dtype=torch.float64)
-    spot[:, n_steps - 1] = torch.tensor(last, dtype=torch.float64)
-    derivative = DerivativeConfig(type="lookback", is_call=is_call)
-    g = path_dependent_greeks(derivative, spot, grid, torch.full((len(last), n_steps), vol,
-                              dtype=torch.float64), rate=rate, dividend=dividend)  # fmt: skip
-    tau = float(grid[-1] - grid[-2])
-    carry, scale = math.exp(-dividend * tau), vol * math.sqrt(tau)
+    spot, g, _, european = _last_step_greeks("lookback", is_call, last, n_steps, vol, rate,
+                                             dividend)  # fmt: skip
     past = spot[:, :-1]
     extremum = (past.amin(1) if is_call else past.amax(1)).tolist()
-    d1 = [(math.log(s / m) + (rate - dividend + 0.5 * vol**2) * tau) / scale
-          for s, m in zip(last, extremum, strict=True)]  # fmt: skip
-    delta = [carry * (norm.cdf(x) - (not is_call)) for x in d1]
-    gamma = [carry * norm.pdf(x) / (s * scale) for x, s in zip(d1, last, strict=True)]
-    torch.testing.assert_close(g.delta[:, -1], torch.tensor(delta, dtype=torch.float64),
-                               rtol=0, atol=1e-12)  # fmt: skip
-    torch.testing.assert_close(g.gamma[:, -1], torch.tensor(gamma, dtype=torch.float64),
-                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    delta, gamma = zip(*(european(s, m) for s, m in zip(last, extremum, strict=True)), strict=True)
+    _assert_last_step(g, list(delta), list(gamma))
 
 
 def test_shapes_and_types_are_checked() -> None:
