@@ -197,21 +197,25 @@ def _start_rows(cost: torch.Tensor, n_extra: int, n_starts: int) -> torch.Tensor
 def _vols_in_box(
     net: Any, maturity: torch.Tensor, log_moneyness: torch.Tensor
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The surrogate's vols at the quotes ``(N,)`` for params ``(..., M, 5)`` (``M`` 1 or N)
-    inside its domain, NaN at the quotes outside it: :func:`qfnet.surrogate.implied_vol` with
-    ``out_of_domain="nan"``, the quotes checked once. (It converts and checks every input and
-    the domain on each call: 1.38 ms for the vols and Jacobian of a 62-quote surface, 1.05 ms
-    here. The fit's params stay in its box, itself inside the domain.)"""
+    """The surrogate's vols at the quotes ``(N,)`` for params ``(..., M, 5)`` in :data:`NAMES`'
+    order (``M`` 1 or N) inside its domain, NaN at the quotes outside it:
+    :func:`qfnet.surrogate.implied_vol` with ``out_of_domain="nan"``, the quotes checked once.
+    (It converts and checks every input and the domain on each call: 1.38 ms for the vols and
+    Jacobian of a 62-quote surface, 1.05 ms here. The fit's params stay in its box, itself
+    inside the domain.) The net's input columns are ``net.domain.input_names``: its parameters
+    by name, then maturity and log-moneyness."""
     centre = {name: 0.5 * (low + high) for name, low, high in net.domain.params}
     inside = torch.as_tensor(net.domain.contains({**centre, "maturity": maturity,
                                                   "log_moneyness": log_moneyness}),
                              device=maturity.device)  # fmt: skip
     quotes = torch.stack([maturity, log_moneyness], dim=-1)  # (N, 2)
+    order = [NAMES.index(name) for name in centre]  # the net's parameter columns, by name
 
     def vols(params: torch.Tensor) -> torch.Tensor:
         shape = torch.broadcast_shapes(params.shape[:-1], maturity.shape)  # (..., N)
-        x = torch.cat([params.expand(*shape, 5), quotes.expand(*shape, 2)], dim=-1)
-        return torch.where(inside, net(x.reshape(-1, 7)).reshape(shape), math.nan)
+        columns = params[..., order]
+        x = torch.cat([columns.expand(*shape, len(order)), quotes.expand(*shape, 2)], dim=-1)
+        return torch.where(inside, net(x.reshape(-1, x.shape[-1])).reshape(shape), math.nan)
 
     return vols
 
