@@ -196,8 +196,7 @@ def _units_error(
     if not (slope > 0 and intercept > 0):
         return None
     low, high = PARITY_RATES
-    rates = {scale: -np.log(scale * slope) / maturity for scale in (1.0, *UNIT_SCALES)}
-    plausible = [scale for scale, rate in rates.items() if low <= rate <= high]
+    plausible = _plausible_rates(slope, maturity)
     if 1.0 in plausible:  # a factor 100 away in discount is ln(100) / T away in rate
         if not rate_given or abs(slope - carry_discount) <= 4 * error:
             return None
@@ -206,7 +205,7 @@ def _units_error(
         if abs(slope - edge) <= 4 * error:
             return None
     rate = -np.log(carry_discount) / maturity
-    scale = min(plausible, key=lambda s: abs(rates[s] - rate), default=1.0)
+    scale = min(plausible, key=lambda s: abs(plausible[s] - rate), default=1.0)
     if scale == 1.0:
         return None
     column, words, hint = UNIT_SCALES[scale]
@@ -214,12 +213,19 @@ def _units_error(
                       f"strike, {words} a discount factor: {hint}", column=column)  # fmt: skip
 
 
+def _plausible_rates(slope: float, maturity: float) -> dict[float, float]:
+    """The rates ``-ln(scale * slope) / T`` inside :data:`PARITY_RATES`, by scale (1 and those of
+    :data:`UNIT_SCALES`), of a positive parity slope."""
+    low, high = PARITY_RATES
+    rates = {scale: -np.log(scale * slope) / maturity for scale in (1.0, *UNIT_SCALES)}
+    return {scale: rate for scale, rate in rates.items() if low <= rate <= high}
+
+
 def _either_units(discount: float, maturity: float) -> bool:
     """Whether a factor of :data:`UNIT_SCALES` also makes a parity slope ``discount`` one of a
     rate inside :data:`PARITY_RATES`: beyond about 4.6 years, a true discount and 1/100 of one
     both are, and the slope tells nothing of the file's units."""
-    low, high = PARITY_RATES
-    return any(low <= -np.log(scale * discount) / maturity <= high for scale in UNIT_SCALES)
+    return any(scale != 1.0 for scale in _plausible_rates(discount, maturity))
 
 
 def _pair_forward(
