@@ -19,7 +19,6 @@ resumed), also when the same objects served an earlier ``fit``.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pricing._validation import check_positive_int
 from qfnet.training.checkpoint import link_checkpoint
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ class ModelCheckpoint:
             raise ValueError(f"ModelCheckpoint.mode must be 'min' or 'max', got {mode!r}")
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None:
-                _check_period(f"ModelCheckpoint.{name}", value)
+                check_positive_int(f"ModelCheckpoint.{name}", value)
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.monitor, self.mode, self.save_last = monitor, mode, save_last
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
@@ -439,7 +439,7 @@ class ProgressBar:
     """
 
     def __init__(self, refresh_every: int = 20, leave: bool = True) -> None:
-        _check_period("ProgressBar.refresh_every", refresh_every)
+        check_positive_int("ProgressBar.refresh_every", refresh_every)
         self.refresh_every, self.leave = refresh_every, leave
         self._bar: Any = None
         self._total: torch.Tensor | None = None
@@ -538,10 +538,3 @@ def plot_loss_curves(records: list[dict[str, float]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
-
-
-def _check_period(name: str, value: object) -> None:
-    """A period in steps or epochs is a positive integer, numpy's too (a 0 divided by zero
-    mid-run, a float such as 2.5 never matched a step, and a bool passed for a number)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from qfnet.training.callbacks import _check_period
+from pricing._validation import check_positive_int
 from qfnet.training.checkpoint import write_text_atomically
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class TensorBoardLogger:
     def __init__(self, log_dir: str | Path | None = None, log_every_n_steps: int | None = None):
         self.log_dir = Path(log_dir) if log_dir is not None else None
         if log_every_n_steps is not None:
-            _check_period("TensorBoardLogger.log_every_n_steps", log_every_n_steps)
+            check_positive_int("TensorBoardLogger.log_every_n_steps", log_every_n_steps)
         self.log_every_n_steps = log_every_n_steps
         self._writer: Any = None
         self._steps: list[int] = []
