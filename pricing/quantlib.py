@@ -797,10 +797,7 @@ def bs_asian_mc_price(
     engine = ql.MCDiscreteArithmeticAPEngine(process, "pseudorandom", controlVariate=control,
                                              antitheticVariate=antithetic,
                                              requiredSamples=samples, seed=seed)  # fmt: skip
-    dates = [_whole_days(t, "fixing_times") for t in fixing_times]
-    payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
-    option = ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, 0.0, 0, dates, payoff,
-                                             ql.EuropeanExercise(dates[-1]))  # fmt: skip
+    option = _arithmetic_asian(fixing_times, strike, is_call)
     option.setPricingEngine(engine)
     return _timed_npv(option, n_paths)
 
@@ -838,12 +835,24 @@ def bs_asian_tw_price(
         6.3009
     """
     process = _bs_process(spot, volatility, rate, dividend)
-    dates = [_whole_days(t, "fixing_times") for t in fixing_times]
-    payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
-    option = ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, running_sum, past_fixings,
-                                             dates, payoff, ql.EuropeanExercise(dates[-1]))  # fmt: skip
+    option = _arithmetic_asian(fixing_times, strike, is_call, running_sum, past_fixings)
     option.setPricingEngine(ql.TurnbullWakemanAsianEngine(process))
     return option.NPV()
+
+
+def _arithmetic_asian(
+    fixing_times: Sequence[float],
+    strike: float,
+    is_call: bool,
+    running_sum: float = 0.0,
+    past_fixings: int = 0,
+) -> ql.DiscreteAveragingAsianOption:
+    """The arithmetic-average-price Asian on ``fixing_times`` (whole days), expiring at the last
+    fixing, seasoned with ``past_fixings`` known fixings summing to ``running_sum``."""
+    dates = [_whole_days(t, "fixing_times") for t in fixing_times]
+    payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
+    return ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, running_sum, past_fixings,
+                                           dates, payoff, ql.EuropeanExercise(dates[-1]))  # fmt: skip
 
 
 def _mc_samples(n_paths: int, antithetic: bool) -> int:
