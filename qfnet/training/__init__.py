@@ -53,7 +53,8 @@ Steps
     Each optimizer step: zero the gradients; forward and loss on each micro-batch (under
     autocast when mixed precision is on) and backward; unscale (fp16), normalise by the
     group's total weight, record the global gradient norm, clip; NaN/Inf check; optimizer
-    step (with linear warmup); per-step schedule. Epoch schedules step after validation.
+    step (with linear warmup); per-step schedule (neither advances on a step the fp16 scaler
+    skips for non-finite gradients). Epoch schedules step after validation.
     Training runs in the train/eval mode each module has (a submodule put in eval mode, e.g.
     a frozen BatchNorm, stays in it; a model wholly in eval mode at an epoch's start is put in
     train mode); validation runs in eval mode and leaves every module's mode as it found it.

@@ -12,6 +12,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from pricing._validation import check_positive_int, is_whole
+
 __all__ = ["OPTIMIZERS", "PRECISIONS", "SCHEDULERS", "ParamGroup", "TrainerConfig"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -86,7 +88,8 @@ class TrainerConfig:
         scheduler_monitor: Metric that drives ``plateau`` (e.g. ``val_loss``).
         warmup_steps: Linear LR warmup over this many optimizer steps (0: off); it scales the
             learning rate of every group by ``(step + 1) / warmup_steps`` and composes with
-            any scheduler. A warmup longer than the training is warned about.
+            any scheduler. A warmup longer than the training is warned about. Steps the fp16
+            scaler skips (non-finite gradients) advance neither the warmup nor ``onecycle``.
         accumulate_grad_batches: Micro-batches per optimizer step; the update equals that of one
             batch this many times larger (also for the last, partial group) for a loss that is
             a mean over samples (per-sample values, or a scalar mean such as ``MSELoss``). A
@@ -302,10 +305,9 @@ def _param_groups(groups: Any) -> tuple[ParamGroup, ...]:
 
 
 def _check_positive_int(config: TrainerConfig, *names: str) -> None:
+    """The project's one rule for counts (Python and numpy integers, not bools)."""
     for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"TrainerConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_int(f"TrainerConfig.{name}", getattr(config, name))
 
 
 def _is_number(value: object) -> bool:
@@ -320,7 +322,7 @@ def _is_real(value: object) -> bool:
 def _check_nonnegative_int(config: TrainerConfig, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_whole(value) or value < 0:
             raise ValueError(f"TrainerConfig.{name} must be a whole number >= 0, got {value!r}")
 
 

@@ -181,6 +181,7 @@ _TRAINER_ATTRS = (
     "_non_blocking",
     "epoch",
     "global_step",
+    "_schedule_steps",
     "batch_in_epoch",
     "step_in_epoch",
     "step_metrics",
@@ -211,7 +212,8 @@ def _range_test(
 ) -> tuple[list[float], list[float]]:
     trainer.callbacks, trainer._interval = [], None
     trainer._train_sums, trainer._epoch_loss = trainer._zero_sums(), EpochLoss()
-    trainer.global_step = trainer.config.warmup_steps  # no warmup during the test
+    # no warmup during the test
+    trainer.global_step = trainer._schedule_steps = trainer.config.warmup_steps
     base = [g["lr"] for g in trainer.optimizer.param_groups]
     ref = base[0] if base[0] > 0 else 1.0
     lrs: list[float] = []

@@ -58,6 +58,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "accumulate_grad_batches": trainer.config.accumulate_grad_batches,
         "world_size": trainer.dist.world_size,
         "skipped_steps": trainer._skipped,
+        "schedule_steps": trainer._schedule_steps,
         "loader_generator": trainer._train.generator_state(done)
         if hasattr(trainer, "_train")
         else None,
@@ -228,6 +229,8 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     # the fp16 scaler's skipped steps in a row (the NaN guard stops at 32): a resume restarted
     # the count; checkpoints written before it was saved have none
     trainer._skipped = loop.get("skipped_steps", 0)
+    # the steps the warmup has counted (all but the fp16 skipped ones); older checkpoints: all
+    trainer._schedule_steps = loop.get("schedule_steps", loop["global_step"])
     # An older checkpoint's loop.should_stop is ignored: restored, it made every resume of a run
     # stopped at a checkpoint (a time budget) a no-op, while others trained on from the previous
     # checkpoint. EarlyStopping re-asserts its own stop from its state.

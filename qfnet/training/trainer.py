@@ -161,6 +161,9 @@ class Trainer:
         # steps in a row, up to the last completed one, whose non-finite gradients the fp16
         # scaler skipped (saved in checkpoints: a resume restarted the count)
         self._skipped = 0
+        # optimizer steps the LR schedule (warmup and a per-step scheduler) has followed: all
+        # but those the fp16 scaler skipped, whose overflows spent the warmup without an update
+        self._schedule_steps = 0
         self._unsynced_error: BaseException | None = None
 
     def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
@@ -369,7 +372,7 @@ class Trainer:
             seed_everything(self.config.seed)
             self.history = History()
             self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
-            self._skipped = 0
+            self._skipped = self._schedule_steps = 0
         self._write_config()
         with deterministic_algorithms(self.config.deterministic):
             return self._fit_epochs(path)
@@ -705,20 +708,27 @@ class Trainer:
 
     def _optimizer_step(self, update: bool = True) -> None:
         """Step the optimizer (not if ``update`` is false: the gradients are cleared, the hook,
-        the scaler and the schedule go on) and, per step, the schedule."""
+        the scaler and the schedule go on) and, per step, the schedule.
+
+        A step the fp16 scaler skips (non-finite gradients) leaves the schedule where it was,
+        warmup included, as ``transformers`` and ``accelerate`` do: its overflows (common in the
+        first steps, from the initial scale of 2**16) spent the warmup without an update, and
+        torch warned of a scheduler stepped before the optimizer.
+        """
         opt = self.optimizer
-        factor = warmup_factor(self.global_step, self.config.warmup_steps)
+        factor = warmup_factor(self._schedule_steps, self.config.warmup_steps)
         saved = [g["lr"] for g in opt.param_groups] if factor != 1.0 else []
         if factor != 1.0:
             for g in opt.param_groups:
                 g["lr"] = g["lr"] * factor
+        overflow = False
         try:
             if not update:  # its gradients are 0/0: a hook reads none, as after no backward
                 opt.zero_grad(set_to_none=True)  # (a skipped step in Lightning)
             self.call("on_before_optimizer_step", opt)
             if self._scaler is not None:
                 if update:
-                    self._scaler.step(opt)
+                    overflow = not _scaler_step(self._scaler, opt)
                 self._scaler.update()  # also after no step: it clears the step's unscale_
             elif update:
                 opt.step()
@@ -726,8 +736,11 @@ class Trainer:
             if saved:  # as the base one, for the rest of the run
                 for g, lr in zip(opt.param_groups, saved, strict=True):
                     g["lr"] = lr
+        if overflow:
+            return
         if self._interval == "step":
             self.scheduler.step()
+        self._schedule_steps += 1
 
     def _accumulate_metrics(
         self, sums: torch.Tensor, output: Any, target: Any, weight: Any
@@ -844,6 +857,19 @@ _MAX_SKIPPED_STEPS = 32
 """Steps in a row that fp16 loss scaling may skip for non-finite gradients before the NaN guard
 stops training: each skip halves the scale, and from 2**16 a real overflow is gone within ~20
 (past that the gradients are NaN or inf at any scale)."""
+
+
+def _scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """``scaler.step(optimizer)``; False if the scaler skipped the update for non-finite
+    gradients. Read from whether ``optimizer.step`` ran (a step post-hook), which the scaler
+    decides on the host: no extra GPU synchronisation, unlike comparing scales."""
+    taken: list[bool] = []
+    handle = optimizer.register_step_post_hook(lambda *_: taken.append(True))
+    try:
+        scaler.step(optimizer)
+    finally:
+        handle.remove()
+    return bool(taken)
 
 
 def _first_bad(losses: list[torch.Tensor], weights: list[Any] | None) -> int | None:

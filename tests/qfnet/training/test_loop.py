@@ -410,6 +410,22 @@ def test_config_takes_numpy_arrays_as_plain_lists():
     assert cfg.scheduler_kwargs == {"milestones": [2, 4]}
 
 
+_COUNTS = ("max_epochs", "batch_size", "accumulate_grad_batches", "log_every_n_steps",
+           "val_every_n_epochs", "eval_batch_size", "checkpoint_every_n_steps", "warmup_steps",
+           "seed", "num_workers")  # fmt: skip
+
+
+@pytest.mark.parametrize("field", _COUNTS)
+def test_config_counts_take_numpy_integers_as_python_ints(field):
+    # pricing._validation.check_positive_int's rule: numpy integers are counts, bools and
+    # floats are not (json.dumps of config.json fails on a numpy integer)
+    cfg = TrainerConfig(**{field: np.int64(3)})
+    assert getattr(cfg, field) == 3 and type(getattr(cfg, field)) is int
+    for bad in (np.True_, np.float64(3.0), 3.0):
+        with pytest.raises(ValueError, match=f"TrainerConfig.{field} must be"):
+            TrainerConfig(**{field: bad})
+
+
 @pytest.mark.parametrize(("field", "value"), [("lr", "0.1"), ("weight_decay", math.inf)])
 def test_param_group_numbers_are_checked_naming_the_field(field, value):
     # lr="0.1" was a TypeError from math.isfinite naming nothing; an infinite decay was taken

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -243,3 +244,96 @@ def test_milestones_as_a_tuple_of_numpy_integers_are_taken():
         opt.step()
         scheduler.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05, rel=1e-12)
+
+
+class _InfGradient(torch.autograd.Function):
+    """The identity, whose gradient is infinite: an fp16 overflow in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+class _OverflowingLoss:
+    """Squared error whose gradients overflow in the first ``overflows`` calls (steps)."""
+
+    def __init__(self, overflows: int) -> None:
+        self.calls, self.overflows = 0, overflows
+
+    def __call__(self, output, target):
+        self.calls += 1
+        if self.calls <= self.overflows:
+            output = _InfGradient.apply(output)
+        return (output - target) ** 2
+
+
+def _fp16_lrs(regression, mlp, *, overflows, epochs=2, callbacks=(), **overrides):
+    """Per-step LRs (group 0) of a run whose first ``overflows`` steps the scaler skips.
+
+    A CPU GradScaler keeps the CUDA one's books (fp16 itself needs CUDA)."""
+    monitor = LRMonitor()
+    cfg = TrainerConfig(max_epochs=epochs, batch_size=8, optimizer="sgd", lr=0.1,
+                        progress_bar=False, **overrides)  # fmt: skip
+    trainer = Trainer(mlp(), loss=_OverflowingLoss(overflows), config=cfg,
+                      callbacks=[monitor, *callbacks])  # fmt: skip
+    trainer._setup_runtime()
+    trainer._scaler = torch.amp.GradScaler("cpu")
+    trainer.fit(regression(n=32))  # 4 steps per epoch
+    return [lrs[0] for _, lrs in monitor.history], trainer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [({"warmup_steps": 4}, [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]),
+     ({"scheduler": "onecycle"}, None)],
+)  # fmt: skip
+def test_fp16_steps_the_scaler_skips_leave_the_schedule_where_it_was(
+    regression, mlp, overrides, expected
+):
+    # the scaler's skipped steps (overflows, common at the start) advanced the schedule: the
+    # first update was made at the warmup's third rate, or at the peak of a one-cycle schedule
+    if expected is None:  # the one-cycle rates of torch over the 8 planned steps
+        opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+        reference = lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
+        expected = []
+        for _ in range(6):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            reference.step()
+    with warnings.catch_warnings():
+        # torch's "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
+        warnings.simplefilter("error")
+        lrs, trainer = _fp16_lrs(regression, mlp, overflows=2, **overrides)
+    assert trainer.global_step == 8 and trainer._scaler.get_scale() == 2.0**14  # 2 skipped
+    assert lrs[:3] == pytest.approx([expected[0]] * 3, rel=1e-12)  # held over the 2 skips
+    assert lrs[2:] == pytest.approx(expected, rel=1e-12)
+
+
+class _SaveAtEpochEnd:
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_epoch_end(self, trainer) -> None:
+        if trainer.epoch == 0:
+            trainer.save_checkpoint(self.path)
+
+
+def test_fp16_skipped_steps_keep_the_warmup_where_it_was_across_a_resume(regression, mlp, tmp_path):
+    # the steps the warmup counted were not in the checkpoint: a resume counted the skips too
+    path = tmp_path / "ck.pt"
+    lrs, _ = _fp16_lrs(regression, mlp, overflows=2, warmup_steps=8,
+                       callbacks=[_SaveAtEpochEnd(path)])  # fmt: skip
+    monitor = LRMonitor()
+    cfg = TrainerConfig(max_epochs=2, batch_size=8, optimizer="sgd", lr=0.1, warmup_steps=8,
+                        progress_bar=False)  # fmt: skip
+    resumed = Trainer(mlp(), loss=_OverflowingLoss(0), config=cfg, callbacks=[monitor])
+    resumed._setup_runtime()
+    resumed._scaler = torch.amp.GradScaler("cpu")
+    resumed.fit(regression(n=32), ckpt_path=path)
+    assert [lr[0] for step, lr in monitor.history if step >= 4] == pytest.approx(lrs[4:],
+                                                                                rel=1e-12)  # fmt: skip
+    assert lrs[4:] == pytest.approx([0.3 / 8, 0.4 / 8, 0.5 / 8, 0.6 / 8], rel=1e-12)
