@@ -82,7 +82,7 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     if len(frame) == 0:
         raise ValueError(f"paths file {path}: no paths (0 rows)")
     steps = market.n_steps
-    variance = None
+    variance, skipped = None, []
     if {"path", "step", "spot"} <= set(frame.columns):
         wide, variance = _long_to_wide(frame, path, steps)
         if variance is not None and not market.is_heston:  # it was ignored without a word
@@ -91,12 +91,15 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
                              f"market.volatility {market.market.volatility}: drop the "
                              "column")  # fmt: skip
     else:
-        wide = frame.select_dtypes("number")
+        wide = frame.select_dtypes("number")  # text columns (labels) are not read
+        skipped = [str(c) for c in frame.columns if c not in wide.columns]
     values = wide.to_numpy(dtype=np.float64, copy=True)
     if values.ndim != 2 or values.shape[1] != steps + 1:
+        # prices stored as text were "got 0" (or one price short), without a why
+        note = f" (not numeric, not read: columns {skipped})" if skipped else ""
         raise ValueError(
             f"{path}: expected {steps + 1} prices per path (market.n_steps + 1), "
-            f"got {values.shape[1] if values.ndim == 2 else values.shape}"
+            f"got {values.shape[1] if values.ndim == 2 else values.shape}{note}"
         )
     bad = ~np.isfinite(values) | (values <= 0)
     if bad.any():
@@ -142,6 +145,16 @@ def _long_to_wide(
         raise ValueError(f"paths file {path}: column 'step' must hold numbers or dates (in "
                          f"time order), got {step.dtype} values such as "
                          f"{step.iloc[0]!r}")  # fmt: skip
+    for column in ("spot", "variance"):
+        if column in frame.columns:  # a text price was numpy's "could not convert string to
+            # float: 'x'", naming neither the file, the column nor the row
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            text = numbers.isna().to_numpy() & frame[column].notna().to_numpy()
+            if text.any():
+                i = int(np.flatnonzero(text)[0])
+                raise ValueError(f"paths file {path}: row {i + 1}: column {column!r} holds "
+                                 f"{frame[column].iloc[i]!r}, not a number")  # fmt: skip
+            frame = frame.assign(**{column: numbers})
     frame = frame.sort_values(["path", "step"])
     counts = frame.groupby("path", sort=False).size()
     wrong = counts[counts != steps + 1]

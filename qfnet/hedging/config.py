@@ -278,6 +278,10 @@ class ObjectiveConfig:
                     "remove it")  # fmt: skip
 
 
+_TRAINING_DEVICES = ("cpu", "cuda", "mps")
+"""Device types the shared Trainer trains on (:func:`qfnet.training.resolve_device`)."""
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation settings passed to the shared Trainer (``threads``: sets torch's CPU
@@ -311,10 +315,14 @@ class TrainingConfig:
             _positive(f"{prefix}.threads", self.threads)
         if self.device != "auto":
             try:
-                torch.device(self.device)
+                kind = torch.device(self.device).type
             except RuntimeError:
+                kind = None
+            # torch names more device types than the Trainer runs on: meta or xpu passed here
+            # and failed in training with a traceback ("Torch not compiled with XPU enabled")
+            if kind not in _TRAINING_DEVICES:
                 raise ConfigError(f"{prefix}.device must be auto, cpu, cuda[:N] or mps, got "
-                                  f"{self.device!r}") from None  # fmt: skip
+                                  f"{self.device!r}")  # fmt: skip
 
 
 @dataclass(frozen=True)

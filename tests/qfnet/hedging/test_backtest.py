@@ -248,6 +248,27 @@ def test_long_path_files_refuse_a_row_without_its_step_or_path(tmp_path: Path, c
         read_paths(tmp_path / "gap.parquet", market)
 
 
+def test_path_files_with_prices_as_text_name_the_file_and_column(tmp_path: Path) -> None:
+    # long: numpy's "could not convert string to float: 'x'" named no file, column or row;
+    # wide: the text columns were dropped and the error said "got 0" prices, without a why
+    from qfnet.hedging.backtest import read_paths
+
+    market = Market(config_from_dict({"market": {"n_steps": 2}}))
+    long = pd.DataFrame({"path": 0, "step": [0, 1, 2], "spot": ["100", "x", "102"]})
+    long.to_parquet(tmp_path / "long.parquet")
+    with pytest.raises(ValueError, match=r"long\.parquet: row 2: column 'spot' holds 'x', not a"):
+        read_paths(tmp_path / "long.parquet", market)
+    pd.DataFrame({"0": ["100"], "1": ["101"], "2": ["102"]}).to_parquet(tmp_path / "wide.parquet")
+    with pytest.raises(
+        ValueError, match=r"got 0 \(not numeric, not read: columns \['0', '1', '2'\]"
+    ):
+        read_paths(tmp_path / "wide.parquet", market)
+    long["spot"] = ["100", "101", "102"]  # numbers stored as text are read
+    long.to_parquet(tmp_path / "numbers.parquet")
+    spot = read_paths(tmp_path / "numbers.parquet", market).spot
+    torch.testing.assert_close(spot[0], torch.tensor([1.0, 1.01, 1.02], dtype=spot.dtype))
+
+
 def test_train_cli_refuses_a_file_as_run_directory_and_bad_seeds(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(TINY))
     (tmp_path / "taken").write_text("")

@@ -83,6 +83,9 @@ def test_shipped_configs_match_the_issue(name: str) -> None:
         ({"market": {"rho": 1.0, "model": "heston"}}, r"market.rho must be in \(-1, 1\)"),
         ({"seed": -3}, r"seed must be in \[0, 2\*\*32\)"),
         ({"training": {"device": "gpu"}}, r"training.device must be auto, cpu, cuda"),
+        # device types torch knows but the Trainer does not train on: tracebacks in training
+        ({"training": {"device": "meta"}}, r"training.device must be auto, cpu, cuda"),
+        ({"training": {"device": "xpu"}}, r"training.device must be auto, cpu, cuda"),
         (
             {"derivative": {"type": "barrier", "barrier": 1.0, "barrier_type": "down_out"}},
             r"derivative.barrier 1.0 is hit at the start \(market.spot 1.0\)",
