@@ -32,7 +32,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         name: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a ``torch.device``.
 
     Raises:
-        ValueError: If the named device is not available here.
+        ValueError: If the named device is not available here, or is not a CPU, CUDA or MPS
+            device.
 
     Examples:
         >>> resolve_device("cpu")
@@ -51,6 +52,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ValueError(f"device: unknown device name {name!r}") from exc
+    if device.type not in ("cpu", "cuda", "mps"):  # torch names meta, xpu, hpu, ... too: the
+        # Trainer then failed mid-training ("Tensor.item() cannot be called on meta tensors")
+        raise ValueError(f"device: {name!r} is not one the Trainer runs on (cpu, cuda, mps)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device: {name!r} requested but CUDA is not available")

@@ -334,6 +334,12 @@ def test_resolve_device_by_name_and_auto():
             resolve_device("cuda")
 
 
+@pytest.mark.parametrize("name", ["meta", "xpu"])
+def test_resolve_device_refuses_device_types_the_trainer_does_not_run_on(name):
+    with pytest.raises(ValueError, match=f"'{name}' is not one the Trainer runs on"):
+        resolve_device(name)
+
+
 def test_auto_device_trains_a_float64_model_on_the_cpu_rather_than_mps(
     monkeypatch, regression, mlp, sq_error
 ):
