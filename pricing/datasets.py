@@ -491,6 +491,9 @@ def _versions() -> dict[str, str]:
 def _run_tasks(
     tasks: list[_ShardTask], workers: int, scheduler: str | None
 ) -> Iterator[tuple[int, pd.DataFrame]]:
+    if not tasks:  # a resumed generation whose shards were all kept: its scheduler (gone with
+        # the run that wrote them) was refused as "cannot connect", and nothing was left to do
+        return
     if scheduler is not None:
         from distributed import Client
         from distributed import as_completed as dask_completed
@@ -511,7 +514,8 @@ def _run_tasks(
         # A Pool's exit terminates its workers: on an error, Ctrl-C or SIGTERM (which qfnet's
         # entry point turns into an exception) they stop at once. ProcessPoolExecutor waited
         # for the running shards, and a SIGTERM'd parent left its workers orphaned for good.
-        with get_context("spawn").Pool(workers) as pool:
+        # no more processes than shards: each idle one started a Python and imported torch
+        with get_context("spawn").Pool(min(workers, len(tasks))) as pool:
             yield from pool.imap_unordered(_make_shard, tasks)
 
 

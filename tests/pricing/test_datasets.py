@@ -679,6 +679,61 @@ def test_an_interrupted_generation_resumes_to_the_uninterrupted_dataset(tmp_path
     assert left == ["metadata.json", *_shards(tmp_path / "whole")]
 
 
+def test_resume_with_every_shard_kept_starts_no_scheduler_nor_processes(tmp_path, monkeypatch):
+    # killed after its last shard, before metadata.json: the resumed run had nothing to make,
+    # yet connected to its --scheduler (gone with that run: "cannot connect") or started a pool
+    from pricing import _generation
+
+    kwargs = {"model": "sabr", "n": 16, "shard_size": 8, "seed": 3}
+    expected, _ = load_dataset(generate(tmp_path / "whole", progress=False, **kwargs))
+    real = _generation.finish
+    monkeypatch.setattr(_generation, "finish", _raise(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "cut", progress=False, **kwargs)
+    monkeypatch.setattr(_generation, "finish", real)
+    for options in ({"scheduler": "notanaddress"}, {"workers": 4}):
+        monkeypatch.setattr("pricing.datasets.get_context", _raise(AssertionError("a pool")))
+        frame, _ = load_dataset(
+            generate(tmp_path / "cut", progress=False, resume=True, **kwargs, **options)
+        )
+        pd.testing.assert_frame_equal(frame, expected)
+        os.replace(tmp_path / "cut" / "metadata.json", tmp_path / "cut" / "generation.json")
+
+
+def test_a_pool_starts_no_more_processes_than_shards(tmp_path, monkeypatch):
+    # n = 16 in 2 shards with --workers 8: six processes started Python and torch for nothing
+    import pricing.datasets as datasets
+
+    sizes = []
+
+    class InProcessPool:
+        def __init__(self, processes):
+            sizes.append(processes)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def imap_unordered(self, fn, tasks):
+            return map(fn, tasks)
+
+    class Context:
+        Pool = InProcessPool
+
+    monkeypatch.setattr(datasets, "get_context", lambda method: Context)
+    generate(tmp_path / "ds", model="sabr", n=16, shard_size=8, workers=8, progress=False)
+    assert sizes == [2]
+
+
+def _raise(error):
+    def raises(*args, **kwargs):
+        raise error
+
+    return raises
+
+
 def test_resume_removes_the_temporary_files_of_writes_cut_short_by_a_kill(tmp_path, monkeypatch):
     # SIGKILL while a shard (or the plan) was written left its hidden temporary, shard-sized,
     # in the folder; --resume then finished the dataset around it
