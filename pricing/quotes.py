@@ -627,7 +627,9 @@ def read_quotes(
     ``borrow`` cost (``borrow_rate``, ``borrow_cost``) carries the spot like a dividend
     (:func:`carry_yields`), and a ``repo`` column, ambiguous, is refused unless every row gives
     its ``forward``. Unrecognised columns are kept, under their names as given (stripped of
-    spaces around them). ``option_type`` may be
+    spaces around them), with their values (a CSV file's all-numeric ones read as numbers, as
+    ``pd.read_csv`` reads them; a Parquet file's or DataFrame's as typed: a text ``0700`` stays
+    text). ``option_type`` may be
     absent (the consumer decides). In numeric columns, an empty cell and the usual spellings of
     a missing value (:data:`MISSING_VALUES`: ``NA``, ``N/A``, ``#N/A``, ``NaN``, ``null``,
     ``None``, ``-``, in any case) are missing: an error in ``strike``, ``maturity``, ``spot``,
@@ -690,7 +692,8 @@ def read_quotes(
     if given_maturity:
         _check_maturity_scale(frame, locate)
         _check_maturity_dates(frame, locate, dayfirst)
-    _infer_other_columns(frame)
+    if lines is not None:  # a CSV file's; a Parquet file's or DataFrame's have their dtypes
+        _infer_other_columns(frame)
     # a table read before keeps its defaulted columns' zeros as defaults: clean_quotes on it took
     # them for given rates (parity's discount became the rate-0 one, the carry note was lost)
     earlier = source.attrs.get("defaulted", []) if isinstance(source, pd.DataFrame) else []

@@ -341,8 +341,8 @@ def iv(
     if expired.all():
         raise fail(f"{quotes}: every row has expired (expiry on or before the quote date)")
     live = _rows(table, ~expired)
-    try:
-        prepared, sources = attach_forwards(live)  # the vols are solved once, below
+    try:  # the vols are solved once, below
+        prepared, sources = attach_forwards(_without_crossed_prices(live))
     except ValueError as error:
         raise fail(f"{quotes}: {error}") from error
     live_vol, live_status = black_vols(
@@ -388,6 +388,21 @@ def iv(
              day_maturity_note(live, live_vol)]  # fmt: skip
     for note in filter(None, notes):
         typer.echo(f"  note: {note}")
+
+
+def _without_crossed_prices(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the prices (``bid``, ``ask``, ``mid``, ``price``) of its crossed rows (bid >
+    ask) blank, for the parity forwards: such a row gets no vol, yet its mid made the forward of
+    its expiry (clean_quotes drops it first), and one stale put (bid 8.15 > ask 8.05, its mid 3
+    above its value) moved every other vol of its expiry by up to 2.4 points, each "ok"."""
+    if not {"bid", "ask"} <= set(table.columns):
+        return table
+    crossed = (table["bid"] > table["ask"]).to_numpy()
+    if not crossed.any():
+        return table
+    out = table.copy()  # with its attrs: the defaulted rate and the file lines
+    out.loc[crossed, [c for c in ("bid", "ask", "mid", "price") if c in out]] = np.nan
+    return out
 
 
 def _on_rows(keep: np.ndarray, values: np.ndarray, fill: object) -> np.ndarray:

@@ -22,6 +22,7 @@ from pricing._validation import (
     inside_domain,
 )
 from pricing.quotes import (
+    DECIMAL_LIMITS,
     QuoteError,
     call_flags,
     forward_and_discount,
@@ -73,7 +74,8 @@ def model_parameters(
     each checked against its interval in ``domains`` (:data:`ROW_DOMAINS`, or
     :data:`MC_ROW_DOMAINS` for Monte Carlo): a bad column value is a :class:`QuoteError` naming
     its row, file line and column, a bad ``params`` value a ``ValueError`` naming ``--params``
-    (every row holds it: "row 1" sent the reader to the file).
+    (every row holds it: "row 1" sent the reader to the file), as is a ``volatility`` beyond
+    :data:`pricing.quotes.DECIMAL_LIMITS`, a percentage, as a file's column of it is.
 
     A parameter given both ways is an error, so that a stale column never silently wins.
 
@@ -115,6 +117,9 @@ def model_parameters(
             if not inside_domain(np.array(value), *domains[name]):
                 raise ValueError(f"--params: {name} must be {domain_requirement(*domains[name])}; "
                                  f"got {value}")  # fmt: skip
+            if abs(value) > DECIMAL_LIMITS.get(name, math.inf):  # as a file's column is refused
+                raise ValueError(f"--params: {name} {value:g} looks like a percentage: give "
+                                 "decimals (0.2 for 20%)")  # fmt: skip
             out[name] = np.full(n, value)
         elif name == "shift":
             out[name] = np.zeros(n)

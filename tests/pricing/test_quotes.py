@@ -142,6 +142,18 @@ def test_rate_and_dividend_default_to_zero_and_input_is_not_modified() -> None:
     assert list(table.columns) == ["K", "T", "S"]
 
 
+def test_a_parquet_files_or_dataframes_own_columns_keep_their_values(tmp_path: Path) -> None:
+    # text columns of numerals came back as numbers ('0700', a Hong Kong ticker, as 700; '001'
+    # as 1) and durations as nanoseconds: pd.read_csv's inference, meant for CSV text only
+    table = pd.DataFrame({"strike": [100.0, 95.0], "T": 0.5, "spot": 100.0,
+                          "ticker": ["0700", "0005"], "settle": pd.to_timedelta([1, 2], "D")})  # fmt: skip
+    table.to_parquet(tmp_path / "q.parquet", index=False)
+    for source in (table, tmp_path / "q.parquet"):
+        quotes = read_quotes(source)
+        assert quotes["ticker"].tolist() == ["0700", "0005"]
+        pd.testing.assert_series_equal(quotes["settle"], table["settle"])
+
+
 def test_parquet_and_csv_give_the_same_table(tmp_path: Path) -> None:
     table = pd.DataFrame(
         {"cp": ["C", "P"], "strike": [90.0, 110.0], "T": [0.5, 1.0], "spot": [100.0, 100.0]}

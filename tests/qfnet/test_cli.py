@@ -796,6 +796,35 @@ def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
 
 
+def test_iv_leaves_a_crossed_quote_out_of_the_parity_forward(tmp_path):
+    # one stale put (bid 8.15 > ask 8.05, its mid 3 above its value) made the parity forward:
+    # every other vol of the expiry moved by up to 2.4 points, each with the status ok
+    strikes = torch.tensor([90.0, 95.0, 100.0, 105.0, 110.0], dtype=torch.float64)
+    rows = []
+    for is_call in (True, False):
+        price = bs.black_price(forward=100.0 * np.exp(0.01), strike=strikes, maturity=0.5,
+                               volatility=0.2, discount=np.exp(-0.015), is_call=is_call)  # fmt: skip
+        rows += [{"option_type": "call" if is_call else "put", "strike": float(k),
+                  "bid": round(float(p) - 0.05, 2), "ask": round(float(p) + 0.05, 2)}
+                 for k, p in zip(strikes, price, strict=True)]  # fmt: skip
+    table = pd.DataFrame(rows).assign(maturity=0.5, spot=100.0, rate=0.03, dividend=0.01)
+    crossed = (table["option_type"] == "put") & (table["strike"] == 100.0)
+    ask = float(table.loc[crossed, "ask"].iloc[0])
+    table.loc[crossed, ["bid", "ask"]] = [ask + 3.0, ask + 2.9]
+    path, out, alone = tmp_path / "q.csv", tmp_path / "iv.csv", tmp_path / "alone.csv"
+    table.to_csv(path, index=False)
+    table[~crossed].to_csv(alone, index=False)
+    for quotes, written in ((path, out), (alone, tmp_path / "iv_alone.csv")):
+        result = runner.invoke(app, ["iv", "--quotes", str(quotes), "--out", str(written)])
+        assert result.exit_code == 0, result.output
+    ivs, expected = pd.read_csv(out), pd.read_csv(tmp_path / "iv_alone.csv")
+    assert ivs.loc[crossed.to_numpy(), "status"].tolist() == ["crossed quote (bid > ask)"]
+    for column in ("forward", "implied_vol"):
+        np.testing.assert_allclose(ivs.loc[~crossed.to_numpy(), column], expected[column],
+                                   rtol=1e-12, atol=0)  # fmt: skip
+    np.testing.assert_allclose(expected["implied_vol"], 0.2, rtol=0, atol=2e-3)
+
+
 def test_iv_flags_a_zero_bid_whose_vol_is_the_mid_of_zero_and_the_ask(tmp_path):
     # the mid of (0, ask) was solved with the status ok: a far wing's vol from half its ask
     table = pd.DataFrame({"option_type": "call", "strike": [100.0, 150.0, 160.0], "maturity": 1.0,

@@ -107,3 +107,15 @@ def test_a_price_tensor_that_requires_grad_gets_its_vol():
                               is_call=np.array([True]))  # fmt: skip
     assert status.tolist() == ["ok"]
     np.testing.assert_allclose(vols, [0.2], rtol=1e-9, atol=0)
+
+
+def test_a_volatility_in_percent_in_params_is_refused_as_a_files_column_is():
+    # a file's volatility of 20 was "looks like a percentage", --params' priced a 2000% vol
+    table = read_quotes(pd.DataFrame({"option_type": ["call"], "strike": [100.0],
+                                      "maturity": [0.5], "spot": [100.0]}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"--params: volatility 20 looks like a percentage"):
+        price_table(table, model="bs", params={"volatility": 20.0})
+    with pytest.raises(QuoteError, match="looks like a percentage"):
+        read_quotes(table.assign(volatility=20.0))
+    priced = price_table(table, model="bs", params={"volatility": 5.0})  # 500%: decimals still
+    np.testing.assert_allclose(priced["implied_vol"], 5.0, rtol=1e-9, atol=0)
