@@ -33,6 +33,7 @@ from pricing.quotes import forward_and_discount, short_call_flags
 __all__ = [
     "EVALUATION_DATE",
     "HESTON_ENGINES",
+    "QUANTLIB_VERSION",
     "HestonCalibrationFit",
     "MCPrice",
     "bs_asian_mc_price",
@@ -52,6 +53,8 @@ __all__ = [
     "sabr_vol",
 ]
 
+QUANTLIB_VERSION: str = ql.__version__
+"""The version of the QuantLib this module runs (for reports: the rest of qfnet does not import it)."""
 EVALUATION_DATE = ql.Date(5, ql.July, 2002)
 DAY_COUNTER = ql.Actual365Fixed()
 CALENDAR = ql.NullCalendar()
