@@ -385,7 +385,8 @@ def bs_pathwise_greeks(
         spot: spot price.
         strike: one strike (one backward pass per run: a call per strike).
         maturity: years.
-        volatility: lognormal volatility.
+        volatility: lognormal volatility, >= 0 (refused where no path moves off a strike at
+            the forward, or at the average: every path is then on the payoff's kink).
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         is_call: call (True) or put (False).
@@ -437,19 +438,41 @@ def bs_pathwise_greeks(
     )  # fmt: skip
     moments = [Moments() for _ in range(3)]
     time_avg = None if fixings is not None else grid
+
+    def pay(paths: torch.Tensor, k: object, call: bool) -> torch.Tensor:
+        if payoff == "european":
+            return payoffs.european(paths, strike=k, is_call=call)
+        return payoffs.asian(paths, strike=k, is_call=call, average=average, fixings=fixings,
+                             time_grid=time_avg)  # fmt: skip
+
     with torch.enable_grad():  # the greeks need the graph even when called under no_grad
-        for where, paths in chunks:
-            if payoff == "european":
-                y = payoffs.european(paths, strike=strike, is_call=is_call) * df
-            else:
-                y = payoffs.asian(paths, strike=strike, is_call=is_call, average=average,
-                                  fixings=fixings, time_grid=time_avg) * df  # fmt: skip
+        for i, (where, paths) in enumerate(chunks):
+            if i == 0:  # a call struck at 0 pays the underlying (S_T, or the average)
+                _check_off_the_kink(pay(paths.detach(), 0.0, True), strike, payoff)
+            y = pay(paths, strike, is_call) * df
             d_spot, d_vol = torch.autograd.grad(y.sum(), (s0, vol))
             for m, sample in zip(moments, (y, d_spot[where], d_vol[where]), strict=True):
                 m.add(shape_samples(sample, None, antithetic)[0], None)
     res = [MCResult(*(f.squeeze(-1) for f in m.result(None, 0.95, n_paths)[:4]), n_paths)
            for m in moments]  # fmt: skip
     return PathwiseGreeks(*res)
+
+
+def _check_off_the_kink(underlying: torch.Tensor, strike: object, payoff: str) -> None:
+    """Refuse a run whose paths all end on the payoff's kink, the underlying (``(N,)``, a chunk's
+    ``S_T`` or average) exactly at the strike: a volatility of 0 (or one too small to move a path)
+    with the strike at the forward gave a call delta of 1 and a vega of noise around 0, where the
+    closed form's limits as the volatility falls to 0 are ``e^(-qT) / 2`` and
+    ``sqrt(T) phi(0) F e^(-rT)`` (39.9 at F = 100, T = 1): the sign of each path's move decides
+    its side of the kink, and no path moves."""
+    k = real_tensor("strike", strike, dtype=underlying.dtype).item()
+    if bool((underlying == k).all()):
+        what = "S_T" if payoff == "european" else "average"
+        raise ValueError(f"every path's {what} is exactly the strike {k:g} (volatility 0, or too "
+                         "small to move a path): on the payoff's kink pathwise greeks are "
+                         "undefined (they came out as delta +-1 and vega noise around 0, where "
+                         "the Black-Scholes vega tends to sqrt(T) phi(0) F e^(-rT) > 0 as "
+                         "volatility falls to 0); use a volatility > 0")  # fmt: skip
 
 
 def _one_each(**named: object) -> list[float]:

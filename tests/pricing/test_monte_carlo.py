@@ -459,6 +459,25 @@ def test_pathwise_european_delta_and_vega_match_black_scholes(is_call: bool) -> 
     _assert_within(r.vega, exact.vega, 0.0, "vega")
 
 
+@pytest.mark.parametrize(("payoff", "is_call"), [("european", True), ("european", False),
+                                                 ("asian", True)])  # fmt: skip
+def test_pathwise_greeks_refuse_zero_volatility_at_the_money(payoff: str, is_call: bool) -> None:
+    # every path ended on the kink: delta +-1 and a vega of noise around 0 (2.15 +- 3.07 at
+    # F = 100, T = 1), where the Black-Scholes vega tends to sqrt(T) phi(0) F = 39.9
+    args = {"spot": 100.0, "maturity": 1.0, "volatility": 0.0, "rate": 0.05, "is_call": is_call,
+            "payoff": payoff, "n_paths": 64}  # fmt: skip
+    with pytest.raises(ValueError, match=r"exactly the strike .* volatility > 0"):
+        mc_exotics.bs_pathwise_greeks(**args | {"rate": 0.0, "strike": 100.0})
+    if payoff == "european":  # at the forward, not the spot
+        with pytest.raises(ValueError, match="kink"):
+            mc_exotics.bs_pathwise_greeks(**args, strike=100.0 * math.exp(0.05))
+    # off the money the zero-volatility greeks are exact (delta) or unbiased (vega, mean 0)
+    r = mc_exotics.bs_pathwise_greeks(**args | {"rate": 0.0, "strike": 90.0 if is_call else 110.0},
+                                      generator=_gen(4))  # fmt: skip
+    assert r.delta.price.item() == pytest.approx(1.0 if is_call else -1.0, rel=1e-12)
+    _assert_within(r.vega, torch.tensor(0.0, dtype=torch.float64), 0.0, "vega")
+
+
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
 def test_pathwise_greeks_are_the_same_under_no_grad_and_inference_mode(mode: type) -> None:
     # under inference_mode the leaves were inference tensors: "element 0 of tensors does not
