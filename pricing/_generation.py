@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,7 +25,15 @@ import pandas as pd
 from pricing._atomic import replace_atomically
 from pricing._validation import read_json
 
-__all__ = ["METADATA_FILE", "PLAN_FILE", "discard", "finish", "kept_shards", "start"]
+__all__ = [
+    "METADATA_FILE",
+    "PLAN_FILE",
+    "ResumeMismatch",
+    "discard",
+    "finish",
+    "kept_shards",
+    "start",
+]
 
 PLAN_FILE = "generation.json"
 METADATA_FILE = "metadata.json"
@@ -38,7 +47,8 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
     Raises:
         FileExistsError: without ``resume``, ``path`` holds an unfinished generation.
         FileNotFoundError: with ``resume``, ``path`` holds no unfinished generation.
-        ValueError: with ``resume``, the plan differs from the recorded one (names the fields).
+        ResumeMismatch: with ``resume``, the plan differs from the recorded one (names the
+            arguments of :func:`pricing.datasets.generate` that set the differing fields).
     """
     recorded = path / PLAN_FILE
     plan = json.loads(json.dumps(plan))  # as read back: tuples become lists
@@ -55,11 +65,101 @@ def start(path: Path, plan: dict[str, Any], resume: bool) -> None:
     if not isinstance(before, dict):  # an edited plan: an AttributeError before
         raise ValueError(f"{recorded} is not a generation plan (a JSON object): remove {path} "
                          "and start again")  # fmt: skip
-    changed = [key for key in plan if before.get(key) != plan[key]]
+    changed = {key: (before.get(key), plan[key]) for key in plan if before.get(key) != plan[key]}
     if changed:
-        was = "; ".join(f"{key} {before.get(key)!r}, not {plan[key]!r}" for key in changed)
-        raise ValueError(f"{path} was started with {was}: resume with the options it was "
-                         "started with")  # fmt: skip
+        raise ResumeMismatch(path, _as_arguments(changed, plan))
+
+
+class ResumeMismatch(ValueError):
+    """A resumed generation was given other arguments than it was started with.
+
+    Attributes:
+        path: the generation's folder.
+        changed: the recorded and the given value of each differing argument, by its keyword in
+            :func:`pricing.datasets.generate` (a domain as the text of its differing fields).
+
+    Examples:
+        >>> error = ResumeMismatch(Path("ds"), {"shard_size": (8, 4)})
+        >>> print(error)
+        ds was started with shard_size 8, not 4: resume with the values it was started with
+        >>> print(error.describe(lambda keyword: "--" + keyword.replace("_", "-")))
+        ds was started with --shard-size 8, not 4: resume with the values it was started with
+    """
+
+    def __init__(self, path: Path, changed: dict[str, tuple[Any, Any]]) -> None:
+        self.path, self.changed = path, changed
+        super().__init__(self.describe(lambda keyword: keyword))
+
+    def describe(self, name: Callable[[str], str]) -> str:
+        """The message, naming each argument as ``name(keyword)`` (``qfnet generate``: its
+        option, ``--shard-size``): a domain printed whole, twice, hid the field that differs."""
+        was = "; ".join(f"{name(key)} {_shown(before)}, not {_shown(now)}"
+                        for key, (before, now) in self.changed.items())  # fmt: skip
+        return f"{self.path} was started with {was}: resume with the values it was started with"
+
+
+def _as_arguments(
+    changed: dict[str, tuple[Any, Any]], plan: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """The differing plan fields ``changed`` (field -> (recorded, given)) as the arguments that
+    set them: ``compiled`` is ``compile``; a domain is the text of the fields that differ; the
+    sampling domain is the ``margin`` that widened the domain into it (read back from their
+    ``z`` intervals), left out where the margin is the same and the domain differs."""
+    out = {}
+    for field, (before, now) in changed.items():
+        if field == "domain":
+            out["domain"] = _domain_difference(before, now)
+        elif field != "sampling_domain":
+            out["compile" if field == "compiled" else field] = (before, now)
+    if "sampling_domain" in changed:
+        recorded = changed.get("domain", (plan["domain"],))[0]
+        was = _margin(changed["sampling_domain"][0], recorded)
+        now = _margin(plan["sampling_domain"], plan["domain"])
+        if was is not None and not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
+            out["margin"] = (was, now)
+        elif was is None or "domain" not in changed:  # an edited plan, or the box itself
+            out["margin"] = _domain_difference(*changed["sampling_domain"])
+    return out
+
+
+def _margin(sampling: Any, domain: Any) -> float | None:
+    """The margin that widened ``domain`` into ``sampling`` (plan dicts), from their ``z``
+    intervals (:meth:`pricing.datasets.Domain.expanded`); None if they hold none (an edited
+    plan)."""
+    try:
+        (low, high), (d_low, d_high) = sampling["z"], domain["z"]
+        return ((high - low) / (d_high - d_low) - 1) / 2
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _domain_difference(before: Any, now: Any) -> tuple[str, str]:
+    """The fields of two domains (plan dicts) that differ, as text for each: ``maturity [0.25,
+    30]`` (a parameter's bounds by its name)."""
+
+    def fields(domain: Any) -> dict[str, Any]:
+        if not isinstance(domain, dict):
+            return {"domain": domain}
+        flat = {}
+        for key, value in domain.items():  # a parameter's bounds in the place of params
+            if key == "params" and isinstance(value, list):
+                flat.update({str(p[0]): p[1:] for p in value if isinstance(p, list) and p})
+            else:
+                flat[key] = value
+        return flat
+
+    was, now = fields(before), fields(now)
+    keys = [k for k in {**was, **now} if was.get(k) != now.get(k)]
+    return tuple(", ".join(f"{k} {_shown(side.get(k))}" for k in keys) for side in (was, now))
+
+
+def _shown(value: Any) -> str:
+    """A plan value as text: floats to 6 significant digits, lists in brackets, text as is."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    return str(value)
 
 
 def kept_shards(

@@ -34,6 +34,7 @@ import torch
 
 from pricing import _generation
 from pricing._atomic import replace_atomically
+from pricing._generation import ResumeMismatch
 from pricing._labels import ENGINES, check_compile, label, unlabelled_reason
 from pricing._validation import (
     check_device,
@@ -52,6 +53,7 @@ __all__ = [
     "SABR_PDE_DOMAIN",
     "Domain",
     "DomainError",
+    "ResumeMismatch",
     "check_device",
     "generate",
     "label",
@@ -571,7 +573,8 @@ def generate(
             device and worker count may differ): its whole shards are kept, the others made, and
             the dataset is the one an uninterrupted run writes (see :mod:`pricing._generation`);
             on another device than the first run's, to rounding, but for the ``mc`` engine,
-            whose noise comes from another random stream on an accelerator.
+            whose noise comes from another random stream on an accelerator. Other arguments
+            than the first run's raise :class:`ResumeMismatch`, naming them.
 
     Returns:
         The dataset directory.

@@ -292,8 +292,9 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     With one pair (``parity_one_pair``), or a fit whose ``D`` implies a rate outside
     :data:`PARITY_RATES` or, with a ``rate`` (or ``discount``) column, lies within
     :data:`PARITY_RATE_ERRORS` standard errors of its discount (``parity_rate_discount``: a short
-    expiry's slope is mostly noise), ``D`` is the expiry's given ``discount``, else ``exp(-r T)``,
-    and ``F`` is the weighted mean of ``K + (C - P) / D`` over the pairs.
+    expiry's slope is mostly noise), ``D`` is the expiry's given ``discount`` (the mean of its rows
+    that give one: a discount on some rows is the expiry's), else ``exp(-r T)``, and ``F`` is the
+    weighted mean of ``K + (C - P) / D`` over the pairs.
     Expiries without pairs use that ``D`` with their given ``forward`` (``given``), else with
     ``F = S exp(-(q + b) T) / D`` (``carry``; ``b`` a ``borrow`` cost, 0 without one).
 
@@ -323,11 +324,12 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         t = float(group["maturity"].iloc[0])
         rate, dividend = float(group["rate"].iloc[0]), float(carry_yields(group)[0])
         discount, known = np.exp(-rate * t), rate_given
-        if "discount" in group and group["discount"].notna().all():
-            # a given discount is the expiry's rate
+        has_discount = "discount" in group and bool(group["discount"].notna().any())
+        if has_discount:
+            # a given discount is the expiry's rate, on its rows without one too: a call's 0.97
+            # beside a put's gap made a parity forward at the defaulted rate's 1, used with 0.97
             discount, known = group["discount"].mean(), True
-        given = {"forward", "discount"} <= set(group.columns)
-        if given and group[["forward", "discount"]].notna().all().all():
+        if has_discount and "forward" in group and group["forward"].notna().all():
             result = (group["forward"].mean(), discount, "given")
         else:
             result, suspect = _expiry_pairs(group, discount, n_pairs, t, known)
@@ -467,18 +469,19 @@ def carry_note(
     """The warning owed when expiries took ``carry`` forwards from a spot whose ``rate`` or
     ``dividend`` column was absent and read as 0 (``defaulted``, from ``read_quotes``'
     ``attrs``), else None: their vols are those of the spot's forward, a year's carry off. A
-    missing rate is no gap where ``quotes`` gives a ``discount`` on every row: the carry is at
-    its rate (:func:`parity_forwards`).
+    missing rate is no gap where ``quotes`` gives a ``discount`` in every expiry (on one of its
+    rows at least): the carry is at its rate (:func:`parity_forwards`).
 
     Examples:
         >>> print(carry_note(["rate"], {"carry": 2, "parity": 3}))  # doctest: +ELLIPSIS
         no rate column: 2 expiries without call/put pairs took their forwards from the spot ...
         >>> carry_note([], {"carry": 2}) is None
         True
-        >>> carry_note(["rate"], {"carry": 2}, pd.DataFrame({"discount": [0.95]})) is None
+        >>> carry_note(["rate"], {"carry": 2}, pd.DataFrame({"maturity": [1.0, 1.0, 2.0],
+        ...                                                  "discount": [0.97, None, 0.95]})) is None
         True
     """
-    if quotes is not None and "discount" in quotes and quotes["discount"].notna().all():
+    if quotes is not None and "discount" in quotes and _every_expiry_has(quotes, "discount"):
         # the spot was carried at the discount's rate: "with it at 0" was false
         defaulted = [column for column in defaulted if column != "rate"]
     n_carry = forward_sources.get("carry", 0)
@@ -488,6 +491,11 @@ def carry_note(
     return (f"no {' or '.join(defaulted)} column: {n_carry} {expiries} without call/put pairs "
             "took their forwards from the spot with it at 0 (give it, or both calls and puts "
             "for parity)")  # fmt: skip
+
+
+def _every_expiry_has(quotes: pd.DataFrame, column: str) -> bool:
+    """Whether every expiry of ``quotes`` gives ``column`` on one of its rows at least."""
+    return bool(quotes[column].notna().groupby(_expiry_key(quotes)).any().all())
 
 
 DAY_MATURITY_VOL = 0.05

@@ -198,7 +198,7 @@ def price(
     defaulted = [c for c in table.attrs.get("defaulted", []) if given[c] in table]
     unused = [c for c in defaulted if table[given[c]].notna().all()]
     result, kept = _keep_market_columns(
-        table, result.drop(columns=[c for c in unused if c in result])
+        table, result.drop(columns=[c for c in unused if c in result]), engine=engine
     )
     write_table(result, out)
     options = "option" if len(result) == 1 else "options"
@@ -232,16 +232,26 @@ def _refuse_mc_options(ctx: typer.Context, engine: str) -> None:
                                      param_hint=f"--{name}")  # fmt: skip
 
 
-def _keep_market_columns(table: pd.DataFrame, result: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The input's own ``price`` and ``implied_vol`` (market values, where a quote file has them)
-    beside the model's, as ``market_price`` and ``market_implied_vol``: the model's columns
-    replaced them, and OUT lost them. Returns the table and a note for the summary line."""
+def _keep_market_columns(
+    table: pd.DataFrame, result: pd.DataFrame, *, engine: str
+) -> tuple[pd.DataFrame, str]:
+    """The input's own ``price``, ``implied_vol`` and ``std_error`` (market values, or those of
+    an earlier pricing, where a quote file has them) beside the model's, as ``market_price``,
+    ``market_implied_vol`` and ``market_std_error``: the model's columns replaced them, and OUT
+    lost them. A ``std_error`` no ``engine`` but ``mc`` writes: the file's stood beside another
+    engine's price, as if its error. Returns the table and a note for the summary line."""
     renamed = {}
-    for name in ("price", "implied_vol"):
+    for name in ("price", "implied_vol", "std_error"):
         keep = f"market_{name}"
+        stale = name == "std_error" and engine != "mc" and name in result  # the file's own
         if name in table and keep not in table and table[name].notna().any():
-            result.insert(result.columns.get_loc(name), keep, table[name].to_numpy())
+            if stale:
+                result = result.rename(columns={name: keep})
+            else:
+                result.insert(result.columns.get_loc(name), keep, table[name].to_numpy())
             renamed[name] = keep
+        elif stale:  # kept before (or empty): not beside this price
+            result = result.drop(columns=name)
     note = "; the file's " + ", ".join(f"{a} kept as {b}" for a, b in renamed.items())
     return result, note if renamed else ""
 

@@ -21,7 +21,14 @@ import torch
 import typer
 
 from pricing import black_scholes
-from pricing.datasets import ENGINES, NAMED_DOMAINS, DomainError, check_device, generate
+from pricing.datasets import (
+    ENGINES,
+    NAMED_DOMAINS,
+    DomainError,
+    ResumeMismatch,
+    check_device,
+    generate,
+)
 from pricing.quotes import forward_and_discount, short_call_flags
 from qfnet._cli import fail, seed_option
 from qfnet.surrogate import (
@@ -135,6 +142,8 @@ def generate_command(
                 compile=compile,
                 resume=resume,
             )
+    except ResumeMismatch as err:  # named by option, --shard-size (shard_size, a keyword)
+        raise fail(err.describe(lambda keyword: "--" + keyword.replace("_", "-"))) from err
     except (OSError, ValueError) as err:  # an existing dataset, a bad --out, a dead scheduler
         raise fail(str(err)) from err
     meta = json.loads((path / "metadata.json").read_text())

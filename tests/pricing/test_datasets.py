@@ -7,6 +7,7 @@ import filecmp
 import json
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -677,6 +678,26 @@ def test_an_interrupted_generation_resumes_to_the_uninterrupted_dataset(tmp_path
     }
     left = sorted(p.name for p in (tmp_path / "cut").iterdir())  # the plan is gone
     assert left == ["metadata.json", *_shards(tmp_path / "whole")]
+
+
+def test_resume_with_other_arguments_names_their_keywords(tmp_path, monkeypatch):
+    # another margin printed the recorded and the given sampling domain whole (the field that
+    # differs lost among them), under the plan's name sampling_domain; compile was "compiled"
+    kwargs = {"model": "heston", "n": 16, "shard_size": 8}
+    _interrupted(tmp_path / "cut", monkeypatch, 1, **kwargs)
+    wider = HESTON_DOMAIN.expanded(0.5)  # the same z interval as the domain's with margin 0.5
+    cases = {
+        "margin 0, not 0.1": {"margin": 0.1},
+        "compile False, not True; margin 0, not 0.1": {"margin": 0.1, "compile": True},
+        "domain v0 [0.01, 0.25], kappa [0.5, 5], ": {"domain": wider},
+        "domain v0 [0.01, 0.25], ": {"domain": wider, "margin": 0.5},
+    }
+    for message, changes in cases.items():
+        with pytest.raises(ValueError, match=re.escape(f"started with {message}")) as raised:
+            generate(tmp_path / "cut", progress=False, resume=True, **kwargs, **changes)
+        assert "sampling_domain" not in str(raised.value) and "{" not in str(raised.value)
+    assert list(raised.value.changed) == ["domain", "margin"]  # both set the sampling box
+    assert raised.value.changed["margin"] == pytest.approx((0.0, 0.5), rel=0, abs=1e-12)
 
 
 def test_resume_with_every_shard_kept_starts_no_scheduler_nor_processes(tmp_path, monkeypatch):

@@ -362,6 +362,20 @@ def test_carry_forwards_use_a_given_discount_as_the_rate() -> None:
     assert implied["source"].tolist() == ["carry"]
 
 
+def test_a_discount_given_on_some_rows_of_an_expiry_is_the_expirys() -> None:
+    # one pair, discount 0.97 on its call only, no rate column: the parity forward was made with
+    # the defaulted rate's discount 1 (C - P = 0.97 (103 - 95), F = 95 + 7.76 = 102.76) and the
+    # call kept 0.97 beside it, its put written with discount 1 (calibrate's path, as iv's)
+    table = _chain(103.0, 0.97, 1.0, np.array([95.0]))
+    table["discount"] = [0.97, np.nan]
+    prepared, sources = prepare_quotes(read_quotes(table))
+    assert sources == {"parity_one_pair": 1}
+    np.testing.assert_allclose(prepared["discount"], 0.97, rtol=0, atol=0)
+    np.testing.assert_allclose(prepared["forward"], 103.0, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(prepared["market_iv"], 0.2 - 0.1 * np.log(95.0 / 103.0),
+                               rtol=1e-9, atol=0)  # fmt: skip
+
+
 def test_carry_forwards_subtract_a_borrow_cost() -> None:
     # spot 100, rate 5%, dividend 1%, borrow 3%, no pairs: F = 100 exp(0.01) (borrow was ignored)
     table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],

@@ -765,6 +765,32 @@ def test_iv_notes_carry_forwards_made_with_a_missing_rate(tmp_path):
     np.testing.assert_allclose(forward, 100.0 * np.exp(-0.01) / 0.97, rtol=1e-12, atol=0)
 
 
+def test_iv_takes_a_discount_given_on_some_rows_of_an_expiry_for_the_whole_expiry(tmp_path):
+    # a call's discount 0.97 beside its put's gap: the put was written with discount 1 and both
+    # with the parity forward of discount 1 (102.9), the call's vol solved with it and 0.97
+    strike = torch.tensor([100.0], dtype=torch.float64)
+    prices = [float(bs.black_price(forward=103.0, strike=strike, maturity=1.0, volatility=0.2,
+                                   discount=0.97, is_call=is_call)[0])
+              for is_call in (True, False)]  # fmt: skip
+    table = pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0, "maturity": 1.0,
+                          "spot": 100.0, "dividend": 0.0, "price": prices,
+                          "discount": [0.97, np.nan]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+    ivs = pd.read_csv(out)
+    np.testing.assert_allclose(ivs["discount"], 0.97, rtol=0, atol=0)
+    np.testing.assert_allclose(ivs["forward"], 103.0, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ivs["implied_vol"], 0.2, rtol=1e-9, atol=0)
+    # calls only (no pairs): the spot is carried at that discount on both rows, and no note
+    # says the rate was taken as 0 (it was, on the row without one)
+    table.assign(option_type="call", strike=[100.0, 110.0]).to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+    np.testing.assert_allclose(pd.read_csv(out)["forward"], 100.0 / 0.97, rtol=1e-12, atol=0)
+
+
 def test_iv_notes_maturities_in_days_read_as_years(tmp_path):
     # a 30-day chain whose maturity column says 30: vols of 1.05% for 20%, status ok, no word
     strikes = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float64)

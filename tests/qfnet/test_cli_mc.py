@@ -77,6 +77,31 @@ def test_mc_same_seed_same_output_and_other_seed_differs(quotes: Path, tmp_path:
     assert not first["price"].equals(other["price"])
 
 
+@pytest.mark.parametrize("engine", ["analytic", "quantlib", "mc"])
+def test_a_priced_files_std_error_is_kept_as_market_std_error(
+    quotes: Path, tmp_path: Path, engine: str
+) -> None:
+    # an mc file priced again analytically kept its std_error beside the new price, which read
+    # as that price's error; priced by mc again, the file's errors were lost
+    run = ("--paths", "1024", "--steps", "1")
+    first = _price(quotes, tmp_path / "m.csv", "bs", "mc", *run)
+    extra = (*run, "--seed", "1") if engine == "mc" else ()
+    args = ["price", "--model", "bs", "--quotes", str(tmp_path / "m.csv")]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "again.csv"), "--engine", engine,
+                                 *extra])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "std_error kept as market_std_error" in result.output
+    again = pd.read_csv(tmp_path / "again.csv")
+    pd.testing.assert_series_equal(again["market_std_error"], first["std_error"],
+                                   check_names=False)  # fmt: skip
+    assert ("std_error" in again) == (engine == "mc")
+    # priced once more analytically: the market column stays, no std_error comes back
+    twice = _price(tmp_path / "again.csv", tmp_path / "twice.csv", "bs", "analytic")
+    assert "std_error" not in twice
+    pd.testing.assert_series_equal(twice["market_std_error"], first["std_error"],
+                                   check_names=False)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("option", "value"), [("--paths", "1"), ("--paths", "5"), ("--steps", "0")]
 )

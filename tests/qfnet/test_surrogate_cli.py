@@ -231,6 +231,33 @@ def test_generate_resume_continues_an_interrupted_generation(app, tmp_path, monk
     assert not (tmp_path / "ds" / "generation.json").exists()
 
 
+def test_generate_resume_with_other_options_names_them_as_options(app, tmp_path, monkeypatch):
+    # another --margin printed both sampling domains whole, naming neither the option nor the
+    # field; another --shard-size was named shard_size
+    import pricing.datasets as datasets
+
+    args = ["generate", "--model", "sabr", "--n", "16", "--shard-size", "8", "--out",
+            str(tmp_path / "ds")]  # fmt: skip
+    real = datasets._make_shard
+
+    def dies(task):  # killed while making the last shard: the plan and shard 0 stay
+        if task.index == 1:
+            raise OSError("worker lost")
+        return real(task)
+
+    monkeypatch.setattr(datasets, "_make_shard", dies)
+    assert CliRunner().invoke(app, args).exit_code == 1
+    cases = {
+        ("--margin", "0.1"): "started with --margin 0, not 0.1: ",
+        ("--shard-size", "4", "--seed", "1"): "started with --seed 0, not 1; --shard-size 8, not 4: ",
+        ("--domain", "sabr-pde"): "started with --domain maturity [0.25, 30], not maturity [0.25, 10]: ",
+    }  # fmt: skip
+    for options, message in cases.items():
+        result = CliRunner().invoke(app, [*args, "--resume", *options])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "{" not in result.output and "sampling_domain" not in result.output
+
+
 def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_path):
     (tmp_path / "afile").write_text("")
     args = ["generate", "--model", "sabr", "--n", "4"]
