@@ -28,17 +28,22 @@ def _lrs(regression, mlp, sq_error, *, epochs=3, steps=4, val=False, metrics=Non
     return [values[e * steps : (e + 1) * steps] for e in range(epochs)], trainer
 
 
+def _torch_onecycle(*, total: int, n: int) -> list[float]:
+    """The first ``n`` rates of torch's ``OneCycleLR`` (max_lr 0.1) over ``total`` steps."""
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    reference = lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total)
+    rates = []
+    for _ in range(n):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        reference.step()
+    return rates
+
+
 def test_onecycle_steps_every_optimizer_step_like_torch(regression, mlp, sq_error):
     lrs, _ = _lrs(regression, mlp, sq_error, scheduler="onecycle")
     flat = [lr for epoch in lrs for lr in epoch]
-    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
-    reference = lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=12)
-    expected = []
-    for _ in range(12):
-        expected.append(opt.param_groups[0]["lr"])
-        opt.step()
-        reference.step()
-    assert flat == pytest.approx(expected, rel=1e-12)
+    assert flat == pytest.approx(_torch_onecycle(total=12, n=12), rel=1e-12)
     assert len(set(flat)) == len(flat)  # a new value at every step
 
 
@@ -297,13 +302,7 @@ def test_fp16_steps_the_scaler_skips_leave_the_schedule_where_it_was(
     # the scaler's skipped steps (overflows, common at the start) advanced the schedule: the
     # first update was made at the warmup's third rate, or at the peak of a one-cycle schedule
     if expected is None:  # the one-cycle rates of torch over the 8 planned steps
-        opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
-        reference = lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
-        expected = []
-        for _ in range(6):
-            expected.append(opt.param_groups[0]["lr"])
-            opt.step()
-            reference.step()
+        expected = _torch_onecycle(total=8, n=6)
     with warnings.catch_warnings():
         # torch's "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
         warnings.simplefilter("error")
