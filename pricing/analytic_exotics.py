@@ -95,6 +95,8 @@ def geometric_asian_price(
     check_seasoning(past_average, past_weight)  # a past average without weight was ignored
     nu = rate - dividend - 0.5 * vol * vol
     if fixing_times is None:
+        if weights is not None:  # ignored: the equally weighted continuous average was priced
+            raise ValueError("weights are those of fixing_times, which were not given")
         mean_time, var_time = 0.5 * maturity, maturity / 3.0
     else:
         t = torch.as_tensor(fixing_times, dtype=DEFAULT_DTYPE).flatten()
@@ -240,7 +242,7 @@ def discrete_asian_price(
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         is_call: call (True) or put (False).
-        running_sum: sum of the fixings at or before ``time``, >= 0.
+        running_sum: sum of the fixings at or before ``time``, >= 0 (0 where there are none).
 
     Evaluated in float64 (the result has the first tensor argument's dtype); its memory is the
     broadcast shape times ``M``.
@@ -276,6 +278,10 @@ def discrete_asian_price(
     check_nonnegative(running_sum=past)
     # the schedule's terms on time's own shape (a grid's (T,) stays (T, M), not (N, T, M))
     own = real_tensor("time", time, dtype=torch.float64, device=s.device)
+    # a sum where no fixing is known yet was added to the average all the same
+    known = (t <= own.unsqueeze(-1)).any(-1)  # (*,) of time's own shape
+    sums, ok = torch.broadcast_tensors(past, (past == 0) | known)
+    check_where("running_sum", sums, ok, "0 where no fixing is at or before time")
     u, mean, weight = _discrete_moments(t, own, rate - dividend)
     relative = (torch.expm1(vol.unsqueeze(-1) ** 2 * u) * weight).sum(-1) / mean**2
     n = t.numel()

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import QuantLib as ql
 
-from pricing._validation import PARAMETER_DOMAINS, domain_requirement, inside_domain
+from pricing._validation import PARAMETER_DOMAINS, domain_requirement, inside_domain, is_whole
 from pricing.quotes import forward_and_discount, short_call_flags
 
 __all__ = [
@@ -696,7 +696,8 @@ def bs_barrier_mc_price(
         seed: QuantLib's random seed.
 
     Raises:
-        ValueError: ``n_paths`` below 2, or odd with ``antithetic``.
+        ValueError: ``n_paths`` below 2, or odd with ``antithetic``; a spot already beyond the
+            barrier (QuantLib refuses it), or an input out of its domain (named).
 
     Examples:
         >>> mc = bs_barrier_mc_price(spot=100.0, strike=100.0, barrier=90.0,
@@ -708,7 +709,7 @@ def bs_barrier_mc_price(
     """
     samples = _mc_samples(n_paths, antithetic)
     process = _bs_process(spot, volatility, rate, dividend)
-    option = _barrier_option(strike, barrier, barrier_type, maturity, is_call, 0.0)
+    option = _barrier_option(spot, strike, barrier, barrier_type, maturity, is_call, 0.0)
     option.setPricingEngine(ql.MCBarrierEngine(process, "pseudorandom", timeSteps=n_steps,
                                                antitheticVariate=antithetic,
                                                requiredSamples=samples, isBiased=False,
@@ -741,18 +742,33 @@ def bs_barrier_price(
         True
     """
     process = _bs_process(spot, volatility, rate, dividend)
-    option = _barrier_option(strike, barrier, barrier_type, maturity, is_call, rebate)
+    option = _barrier_option(spot, strike, barrier, barrier_type, maturity, is_call, rebate)
     option.setPricingEngine(ql.AnalyticBarrierEngine(process))
     return float(option.NPV())
 
 
 def _barrier_option(
-    strike: float, barrier: float, barrier_type: str, maturity: float, is_call: bool, rebate: float
+    spot: float,
+    strike: float,
+    barrier: float,
+    barrier_type: str,
+    maturity: float,
+    is_call: bool,
+    rebate: float,
 ) -> ql.BarrierOption:
+    """The barrier option, its terms checked by name: QuantLib priced a barrier of -90 as never
+    hit and a rebate of -1 as none, and refused a spot beyond the barrier with a bare "barrier
+    touched" (a RuntimeError naming neither)."""
     kinds = {"down_out": ql.Barrier.DownOut, "up_out": ql.Barrier.UpOut,
              "down_in": ql.Barrier.DownIn, "up_in": ql.Barrier.UpIn}  # fmt: skip
     if barrier_type not in kinds:
         raise ValueError(f"barrier_type must be one of {sorted(kinds)}, got {barrier_type!r}")
+    _check_numbers(_POSITIVE, strike=strike, barrier=barrier)
+    _check_numbers(_NONNEGATIVE, rebate=rebate)
+    if spot < barrier if barrier_type.startswith("down") else spot > barrier:
+        raise ValueError(f"spot {spot} is beyond the barrier {barrier} of a {barrier_type} option "
+                         "(already hit), which QuantLib's engines refuse; "
+                         "pricing.analytic_barrier.barrier_price prices it")  # fmt: skip
     payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
     exercise = ql.EuropeanExercise(_whole_days(maturity, "maturity"))
     return ql.BarrierOption(kinds[barrier_type], barrier, rebate, payoff, exercise)
@@ -830,7 +846,8 @@ def bs_asian_tw_price(
         past_fixings: how many fixings are known; the average is over these and the ones to come.
 
     Raises:
-        ValueError: a fixing time that is not a whole number of days.
+        ValueError: a fixing time that is not a whole number of days; no fixing; a
+            ``running_sum`` without ``past_fixings`` or the reverse.
 
     Examples:
         >>> round(bs_asian_tw_price(spot=100.0, strike=100.0, fixing_times=[182 / 365, 1.0],
@@ -852,6 +869,14 @@ def _arithmetic_asian(
 ) -> ql.DiscreteAveragingAsianOption:
     """The arithmetic-average-price Asian on ``fixing_times`` (whole days), expiring at the last
     fixing, seasoned with ``past_fixings`` known fixings summing to ``running_sum``."""
+    if len(fixing_times) == 0:  # an IndexError at dates[-1]
+        raise ValueError("fixing_times must hold at least one fixing; got none")
+    if not is_whole(past_fixings) or past_fixings < 0:  # SWIG's "Wrong number or type of arguments"
+        raise ValueError(f"past_fixings must be a whole number >= 0, got {past_fixings!r}")
+    _check_numbers(_NONNEGATIVE, running_sum=running_sum)
+    if (running_sum > 0) != (past_fixings > 0):  # a running sum without its count was ignored
+        raise ValueError(f"running_sum ({running_sum}) and past_fixings ({past_fixings}) must be "
+                         "both 0 (no fixing known) or both > 0")  # fmt: skip
     dates = [_whole_days(t, "fixing_times") for t in fixing_times]
     payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
     return ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, running_sum, past_fixings,
@@ -865,9 +890,29 @@ def _mc_samples(n_paths: int, antithetic: bool) -> int:
     return n_paths // 2 if antithetic else n_paths
 
 
+_POSITIVE, _NONNEGATIVE, _REAL = (
+    (0.0, math.inf, "()"),
+    (0.0, math.inf, "[)"),
+    (-math.inf, math.inf, "()"),
+)
+
+
+def _check_numbers(domain: tuple[float, float, str], **named: float) -> None:
+    """Refuse any of ``named`` that is not finite and inside ``domain`` (``(low, high,
+    brackets)``), naming it."""
+    for name, value in named.items():
+        if not bool(inside_domain(np.asarray(value, dtype=float), *domain).all()):
+            raise ValueError(f"{name} must be {domain_requirement(*domain)}, got {value}")
+
+
 def _bs_process(
     spot: float, volatility: float, rate: float, dividend: float
 ) -> ql.BlackScholesMertonProcess:
+    """The flat Black-Scholes process, its inputs checked by name: QuantLib's barrier engines
+    priced a volatility of -0.2 as 0.2 and one of 0 as NaN, and a NaN rate failed as "positive
+    compound factor required"."""
+    _check_numbers(_POSITIVE, spot=spot, volatility=volatility)
+    _check_numbers(_REAL, rate=rate, dividend=dividend)
     curve = lambda x: ql.YieldTermStructureHandle(ql.FlatForward(EVALUATION_DATE, x, DAY_COUNTER))  # noqa: E731
     vol = ql.BlackVolTermStructureHandle(
         ql.BlackConstantVol(EVALUATION_DATE, CALENDAR, volatility, DAY_COUNTER)

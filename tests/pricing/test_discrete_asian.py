@@ -98,6 +98,9 @@ def test_broadcasts_valuation_times_against_paths() -> None:
      ({"fixing_times": []}, "fixing_times must hold at least one"),
      ({"time": 1.0}, r"time must be in \[0, last fixing = 1.0\)"),
      ({"running_sum": -1.0}, "running_sum must be finite and >= 0"),
+     # before the first fixing it was added to the average all the same (50.0 for 5.2036)
+     ({"time": 0.2, "running_sum": 100.0},
+      "running_sum must be 0 where no fixing is at or before time; got 100.0"),
      ({"volatility": 0.0}, "volatility must be finite and > 0")],
 )  # fmt: skip
 def test_bad_input_names_the_field(kwargs: dict, message: str) -> None:

@@ -104,6 +104,16 @@ def test_geometric_asian_fixing_times_outside_the_life_name_the_field(times: lis
         geometric_asian_price(**args, fixing_times=times)
 
 
+def test_geometric_asian_weights_without_fixing_times_are_refused() -> None:
+    # they were ignored: weights [0.9, 0.1] priced the continuous average (4.4319 at spot and
+    # strike 100, 20% vol, 1 year)
+    from pricing.analytic_exotics import geometric_asian_price
+
+    args = {"spot": 100.0, "strike": 100.0, "maturity": 1.0, "volatility": 0.2}
+    with pytest.raises(ValueError, match=r"^weights are those of fixing_times"):
+        geometric_asian_price(**args, weights=[0.9, 0.1])
+
+
 def test_option_type_must_be_a_flag_and_rates_finite():
     # is_call="False" priced the call (5.1426 for a put of 3.7157); a NaN rate gave NaN
     args = dict(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2, rate=0.06, dividend=0.03)

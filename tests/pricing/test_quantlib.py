@@ -236,3 +236,59 @@ def test_sabr_fd_strikes_below_minus_the_shift_are_worth_their_forward_payoff():
                                 alpha=0.05, beta=0.5, rho=-0.2, nu=0.4, shift=0.02,
                                 discount=0.98, is_call=[True, False, True])  # fmt: skip
     np.testing.assert_allclose(price, [0.98 * 0.04, 0.0, 0.98 * 0.03], rtol=1e-15, atol=0)
+
+
+BARRIER = {"spot": 100.0, "strike": 100.0, "barrier": 90.0, "barrier_type": "down_out",
+           "maturity": 1.0, "volatility": 0.2}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"volatility": -0.2}, r"volatility must be finite and > 0, got -0.2"),
+     ({"volatility": 0.0}, r"volatility must be finite and > 0, got 0.0"),
+     ({"barrier": -90.0}, r"barrier must be finite and > 0, got -90.0"),
+     ({"rebate": -1.0}, r"rebate must be finite and >= 0, got -1.0"),
+     ({"rate": math.nan}, r"rate must be finite, got nan"),
+     ({"barrier": 110.0}, r"spot 100.0 is beyond the barrier 110.0 of a down_out option"),
+     ({"barrier": 90.0, "barrier_type": "up_in"},
+      r"spot 100.0 is beyond the barrier 90.0 of a up_in option")],
+    ids=["negative-vol", "zero-vol", "negative-barrier", "negative-rebate", "nan-rate",
+         "down-beyond", "up-beyond"],
+)  # fmt: skip
+def test_barrier_adapter_refuses_inputs_out_of_domain_by_name(change, message):
+    # QuantLib priced a volatility of -0.2 as 0.2 (6.4674) and one of 0 as NaN, a barrier of -90
+    # as never hit (the vanilla 7.9656), a rebate of -1 as none, and refused a spot beyond the
+    # barrier with a RuntimeError "barrier touched" that named neither
+    with pytest.raises(ValueError, match=message):
+        qlref.bs_barrier_price(**{**BARRIER, **change})
+
+
+def test_barrier_mc_adapter_refuses_a_spot_beyond_the_barrier_by_name():
+    with pytest.raises(ValueError, match=r"spot 100.0 is beyond the barrier 110.0"):
+        qlref.bs_barrier_mc_price(**{**BARRIER, "barrier": 110.0}, n_paths=2, n_steps=1)
+
+
+def test_barrier_adapter_prices_a_spot_on_the_barrier_as_hit():
+    # on the barrier is hit but not beyond it: QuantLib prices it, as barrier_price does
+    out = qlref.bs_barrier_price(**{**BARRIER, "barrier": 100.0}, rebate=2.5)
+    assert out == pytest.approx(2.5, rel=1e-12, abs=0.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"fixing_times": []}, r"fixing_times must hold at least one fixing; got none"),
+     ({"volatility": -0.2}, r"volatility must be finite and > 0, got -0.2"),
+     ({"running_sum": 100.0}, r"running_sum \(100.0\) and past_fixings \(0\) must be both 0"),
+     ({"past_fixings": 1}, r"running_sum \(0.0\) and past_fixings \(1\) must be both 0"),
+     ({"past_fixings": -1, "running_sum": 1.0}, r"past_fixings must be a whole number >= 0"),
+     ({"running_sum": math.nan, "past_fixings": 1}, r"running_sum must be finite and >= 0")],
+    ids=["no-fixing", "negative-vol", "sum-without-count", "count-without-sum",
+         "negative-count", "nan-sum"],
+)  # fmt: skip
+def test_asian_tw_adapter_refuses_inconsistent_seasoning_by_name(change, message):
+    # a running sum of 100 without past_fixings was ignored (the unseasoned 7.9656), a volatility
+    # of -0.2 priced as 0.2, no fixing was an IndexError and a negative count SWIG's "Wrong number
+    # or type of arguments"
+    asian = {"spot": 100.0, "strike": 100.0, "fixing_times": [1.0], "volatility": 0.2}
+    with pytest.raises(ValueError, match=message):
+        qlref.bs_asian_tw_price(**{**asian, **change})
