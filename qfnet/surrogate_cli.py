@@ -29,7 +29,7 @@ from pricing.datasets import (
     check_device,
     generate,
 )
-from pricing.quotes import forward_and_discount, short_call_flags
+from pricing.quotes import forward_and_discount, shifts, short_call_flags
 from qfnet._cli import fail, seed_option
 from qfnet.surrogate import (
     SurrogateNet,
@@ -294,6 +294,18 @@ def _row(df: pd.DataFrame, index: int) -> str:
     return f"row {index + 1}{line}"
 
 
+def _check_unshifted(df: pd.DataFrame) -> None:
+    """Refuse a SABR ``shift`` other than 0 (empty is 0), naming its row: the SABR surrogates
+    price unshifted SABR, and a shift of 0.02 was ignored (a call at K = 0.025, F = 0.03 priced
+    0.00778, the unshifted model's price, for the shifted model's 0.00923)."""
+    shift = pd.to_numeric(shifts(df), errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~(shift == 0.0))
+    if bad.size:
+        row = int(bad[0])
+        raise ValueError(f"column 'shift' is {float(shift[row])!r} at {_row(df, row)}: the SABR "
+                         "surrogate prices unshifted SABR (shift 0) only")  # fmt: skip
+
+
 def surrogate_price_rows(
     df: pd.DataFrame,
     surrogate_path: str | os.PathLike[str] | SurrogateNet | None = None,
@@ -315,7 +327,8 @@ def surrogate_price_rows(
         ``(price, implied_vol)`` arrays, one entry per row.
 
     Raises:
-        ValueError: a missing or non-numeric column, a bad option type (naming the 1-based row).
+        ValueError: a missing or non-numeric column, a bad option type, a SABR ``shift`` other
+            than 0 (naming the 1-based row).
         pricing.datasets.DomainError: a row outside the surrogate's domain (naming field and
             1-based row, and its file line where ``df`` is read from one).
 
@@ -332,6 +345,8 @@ def surrogate_price_rows(
            else load_surrogate(surrogate_path))  # fmt: skip
     if model is not None and net.domain.model != model:
         raise ValueError(f"the surrogate is a {net.domain.model} surrogate, not {model}")
+    if net.domain.model == "sabr":
+        _check_unshifted(df)
     t, k = _column(df, "maturity"), _column(df, "strike")
     # per row as the other engines read them (a spot with a 5% discount and no rate was carried
     # at 0%: 7.17 for the 10.36 at the money; a gap in a forward column was an error)

@@ -153,6 +153,20 @@ def test_price_rows_out_of_box_sabr_alpha_names_the_given_alpha_and_its_rescalin
     assert "alpha F^(beta - 1) = 0.3 * 4500^(0.5 - 1) there" in message
 
 
+def test_price_rows_refuse_a_shifted_sabr_row():
+    # a shift column was ignored: a call at K = 0.025 priced 0.00778, the unshifted model's price,
+    # where the shifted model's (Hagan) is 0.00923; an empty shift is 0, as the quote reader's
+    from qfnet.surrogate import SABR_PDE_SURROGATE
+
+    rows = pd.DataFrame({"option_type": "call", "strike": [0.03, 0.025], "maturity": 2.0,
+                         "forward": 0.03, "discount": 1.0, "alpha": 0.05, "beta": 0.5,
+                         "rho": -0.3, "nu": 0.4, "shift": [None, 0.02]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"'shift' is 0\.02 at row 2: .* unshifted SABR"):
+        surrogate_price_rows(rows, SABR_PDE_SURROGATE)
+    price, _ = surrogate_price_rows(rows.assign(shift=[None, 0.0]), SABR_PDE_SURROGATE)
+    assert np.isfinite(price).all()
+
+
 def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp_path):
     from pricing.datasets import generate
     from qfnet.surrogate_cli import train_surrogate_command
