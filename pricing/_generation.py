@@ -90,6 +90,10 @@ class ResumeMismatch(ValueError):
         self.path, self.changed = path, changed
         super().__init__(self.describe(lambda keyword: keyword))
 
+    def __reduce__(self) -> tuple[type, tuple[Path, dict[str, tuple[Any, Any]]]]:
+        """Pickled with its fields (its message alone did not rebuild it: across processes)."""
+        return (type(self), (self.path, self.changed))
+
     def describe(self, name: Callable[[str], str]) -> str:
         """The message, naming each argument as ``name(keyword)`` (``qfnet generate``: its
         option, ``--shard-size``): a domain printed whole, twice, hid the field that differs."""
@@ -115,9 +119,12 @@ def _as_arguments(
         recorded = changed.get("domain", (plan["domain"],))[0]
         was = _margin(changed["sampling_domain"][0], recorded)
         now = _margin(plan["sampling_domain"], plan["domain"])
-        if was is not None and not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
+        # a margin is unreadable from an edited plan, or from a domain of zero z width (either
+        # side: math.isclose of the other's margin and None was a TypeError)
+        readable = was is not None and now is not None
+        if readable and not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
             out["margin"] = (was, now)
-        elif was is None or "domain" not in changed:  # an edited plan, or the box itself
+        elif not readable or "domain" not in changed:  # an edited plan, or the box itself
             out["margin"] = _domain_difference(*changed["sampling_domain"])
     return out
 
@@ -154,9 +161,10 @@ def _domain_difference(before: Any, now: Any) -> tuple[str, str]:
 
 
 def _shown(value: Any) -> str:
-    """A plan value as text: floats to 6 significant digits, lists in brackets, text as is."""
+    """A plan value as text: floats to 12 significant digits (6 showed maturities 30 and 31 days
+    over 365 alike), lists in brackets, text as is."""
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.12g}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(map(_shown, value)) + "]"
     return str(value)

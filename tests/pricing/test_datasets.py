@@ -7,6 +7,7 @@ import filecmp
 import json
 import math
 import os
+import pickle
 import re
 import tempfile
 
@@ -20,6 +21,7 @@ from pricing.datasets import (
     SABR_DOMAIN,
     Domain,
     DomainError,
+    ResumeMismatch,
     generate,
     label,
     load_dataset,
@@ -698,6 +700,20 @@ def test_resume_with_other_arguments_names_their_keywords(tmp_path, monkeypatch)
         assert "sampling_domain" not in str(raised.value) and "{" not in str(raised.value)
     assert list(raised.value.changed) == ["domain", "margin"]  # both set the sampling box
     assert raised.value.changed["margin"] == pytest.approx((0.0, 0.5), rel=0, abs=1e-12)
+    again = pickle.loads(pickle.dumps(raised.value))  # across processes: its message alone failed
+    assert str(again) == str(raised.value) and again.changed == raised.value.changed
+
+
+def test_resume_with_a_domain_of_zero_z_width_names_the_domain(tmp_path, monkeypatch):
+    # the margin of a z interval of width 0 cannot be read back: math.isclose of the recorded
+    # run's margin and None was a TypeError, not the ResumeMismatch naming the domain
+    kwargs = {"model": "heston", "n": 16, "shard_size": 8, "margin": 0.1}
+    _interrupted(tmp_path / "cut", monkeypatch, 1, **kwargs)
+    at_the_money = dataclasses.replace(HESTON_DOMAIN, z=(0.0, 0.0))
+    with pytest.raises(
+        ResumeMismatch, match=re.escape("started with domain z [-2.5, 2.5], not z [0, 0]")
+    ):
+        generate(tmp_path / "cut", progress=False, resume=True, domain=at_the_money, **kwargs)
 
 
 def test_resume_with_every_shard_kept_starts_no_scheduler_nor_processes(tmp_path, monkeypatch):
