@@ -460,15 +460,18 @@ def bs_pathwise_greeks(
 
 def _check_off_the_kink(underlying: torch.Tensor, strike: object, payoff: str) -> None:
     """Refuse a run whose paths all end on the payoff's kink, the underlying (``(N,)``, a chunk's
-    ``S_T`` or average) exactly at the strike: a volatility of 0 (or one too small to move a path)
-    with the strike at the forward gave a call delta of 1 and a vega of noise around 0, where the
-    closed form's limits as the volatility falls to 0 are ``e^(-qT) / 2`` and
+    ``S_T`` or average) at the strike to rounding: a volatility of 0 (or one too small to move a
+    path) with the strike at the forward gave a call delta of 1 and a vega of noise around 0,
+    where the closed form's limits as the volatility falls to 0 are ``e^(-qT) / 2`` and
     ``sqrt(T) phi(0) F e^(-rT)`` (39.9 at F = 100, T = 1): the sign of each path's move decides
-    its side of the kink, and no path moves."""
+    its side of the kink, and no path moves. An average of equal fixings is a few ulps off the
+    strike, all on one side (99.99999999999999 for three fixings of 100): exact equality let
+    its delta of 0 or +-1 through."""
     k = real_tensor("strike", strike, dtype=underlying.dtype).item()
-    if bool((underlying == k).all()):
+    rounding = 1e3 * torch.finfo(underlying.dtype).eps * abs(k)
+    if bool(((underlying - k).abs() <= rounding).all()):
         what = "S_T" if payoff == "european" else "average"
-        raise ValueError(f"every path's {what} is exactly the strike {k:g} (volatility 0, or too "
+        raise ValueError(f"every path's {what} is the strike {k:g} (volatility 0, or too "
                          "small to move a path): on the payoff's kink pathwise greeks are "
                          "undefined (they came out as delta +-1 and vega noise around 0, where "
                          "the Black-Scholes vega tends to sqrt(T) phi(0) F e^(-rT) > 0 as "

@@ -879,8 +879,10 @@ def _arithmetic_asian(
                          "both 0 (no fixing known) or both > 0")  # fmt: skip
     dates = [_whole_days(t, "fixing_times") for t in fixing_times]
     payoff = ql.PlainVanillaPayoff(_option_type(is_call), strike)
-    return ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, running_sum, past_fixings,
-                                           dates, payoff, ql.EuropeanExercise(dates[-1]))  # fmt: skip
+    # as Python numbers: SWIG refused numpy's ("Wrong number or type of arguments")
+    return ql.DiscreteAveragingAsianOption(ql.Average.Arithmetic, float(running_sum),
+                                           int(past_fixings), dates, payoff,
+                                           ql.EuropeanExercise(dates[-1]))  # fmt: skip
 
 
 def _mc_samples(n_paths: int, antithetic: bool) -> int:

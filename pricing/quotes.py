@@ -369,9 +369,14 @@ def _bools_and_dates(raw: pd.Series) -> np.ndarray:
     return np.zeros(len(raw), dtype=bool)
 
 
-def _infer_other_columns(frame: pd.DataFrame) -> None:
-    """Give unrecognised all-numeric CSV columns a numeric dtype, as ``pd.read_csv`` would."""
-    for column in frame.columns:
+_VOL_COLUMNS = ("market_iv", "bid_iv", "ask_iv")
+"""Columns of a prepared table, outside :data:`NUMERIC_COLUMNS`, that are read as numbers."""
+
+
+def _infer_other_columns(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> None:
+    """Give all-numeric columns outside :data:`NUMERIC_COLUMNS` (those of ``columns``; None:
+    every one, as a CSV file's) a numeric dtype, as ``pd.read_csv`` would."""
+    for column in frame.columns if columns is None else [c for c in columns if c in frame]:
         if column in NUMERIC_COLUMNS or frame[column].dtype.kind in "biufcM":
             continue
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -692,8 +697,9 @@ def read_quotes(
     if given_maturity:
         _check_maturity_scale(frame, locate)
         _check_maturity_dates(frame, locate, dayfirst)
-    if lines is not None:  # a CSV file's; a Parquet file's or DataFrame's have their dtypes
-        _infer_other_columns(frame)
+    # a CSV file's; a Parquet file's or DataFrame's have their dtypes, but for the vols that
+    # prepare_quotes and calibrate read (text "0.24" in bid_iv failed there as 'sub' on 'str')
+    _infer_other_columns(frame, None if lines is not None else _VOL_COLUMNS)
     # a table read before keeps its defaulted columns' zeros as defaults: clean_quotes on it took
     # them for given rates (parity's discount became the rate-0 one, the carry note was lost)
     earlier = source.attrs.get("defaulted", []) if isinstance(source, pd.DataFrame) else []

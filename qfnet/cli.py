@@ -404,15 +404,38 @@ def _without_crossed_prices(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with the prices (``bid``, ``ask``, ``mid``, ``price``) of its crossed rows (bid >
     ask) blank, for the parity forwards: such a row gets no vol, yet its mid made the forward of
     its expiry (clean_quotes drops it first), and one stale put (bid 8.15 > ask 8.05, its mid 3
-    above its value) moved every other vol of its expiry by up to 2.4 points, each "ok"."""
+    above its value) moved every other vol of its expiry by up to 2.4 points, each "ok". An
+    expiry with no other forward (no spot, no forward on every row, no uncrossed call and put of
+    one strike) keeps them: blank, they refused the whole file ("no call/put pairs")."""
     if not {"bid", "ask"} <= set(table.columns):
         return table
     crossed = (table["bid"] > table["ask"]).to_numpy()
+    if crossed.any() and "spot" not in table and "option_type" in table:
+        crossed = crossed & _forward_without(table, crossed)
     if not crossed.any():
         return table
     out = table.copy()  # with its attrs: the defaulted rate and the file lines
     out.loc[crossed, [c for c in ("bid", "ask", "mid", "price") if c in out]] = np.nan
     return out
+
+
+def _forward_without(table: pd.DataFrame, crossed: np.ndarray) -> np.ndarray:
+    """Whether each row's expiry has a forward without the ``crossed`` rows ``(R,)``: a
+    ``forward`` on each of its rows, or a call and a put of one strike priced uncrossed."""
+    expiry = table["maturity"].round(6).to_numpy()  # attach_forwards' expiries
+    priced = table["bid"].notna().to_numpy() & table["ask"].notna().to_numpy()
+    for column in ("mid", "price"):
+        if column in table:
+            priced |= table[column].notna().to_numpy()
+    priced &= ~crossed
+    kinds = pd.DataFrame({"expiry": expiry[priced], "strike": table["strike"].to_numpy()[priced],
+                          "type": table["option_type"].to_numpy()[priced]})  # fmt: skip
+    pairs = kinds.groupby(["expiry", "strike"])["type"].nunique()
+    ok = np.isin(expiry, pairs[pairs == 2].index.get_level_values("expiry"))
+    if "forward" in table:
+        given = pd.Series(table["forward"].notna().to_numpy()).groupby(expiry).transform("all")
+        ok |= given.to_numpy()
+    return ok
 
 
 def _on_rows(keep: np.ndarray, values: np.ndarray, fill: object) -> np.ndarray:

@@ -466,7 +466,7 @@ def test_pathwise_greeks_refuse_zero_volatility_at_the_money(payoff: str, is_cal
     # F = 100, T = 1), where the Black-Scholes vega tends to sqrt(T) phi(0) F = 39.9
     args = {"spot": 100.0, "maturity": 1.0, "volatility": 0.0, "rate": 0.05, "is_call": is_call,
             "payoff": payoff, "n_paths": 64}  # fmt: skip
-    with pytest.raises(ValueError, match=r"exactly the strike .* volatility > 0"):
+    with pytest.raises(ValueError, match=r"is the strike 100 .* volatility > 0"):
         mc_exotics.bs_pathwise_greeks(**args | {"rate": 0.0, "strike": 100.0})
     if payoff == "european":  # at the forward, not the spot
         with pytest.raises(ValueError, match="kink"):
@@ -476,6 +476,22 @@ def test_pathwise_greeks_refuse_zero_volatility_at_the_money(payoff: str, is_cal
                                       generator=_gen(4))  # fmt: skip
     assert r.delta.price.item() == pytest.approx(1.0 if is_call else -1.0, rel=1e-12)
     _assert_within(r.vega, torch.tensor(0.0, dtype=torch.float64), 0.0, "vega")
+
+
+@pytest.mark.parametrize(
+    ("spot", "average", "fixing_times"),
+    [(100.0, "arithmetic", [0.25, 0.5, 1.0]), (95.0, "geometric", None),
+     (100.0, "geometric", [0.25, 0.5, 1.0]), (3.0, "geometric", [0.25, 0.5, 1.0])],
+)  # fmt: skip
+def test_pathwise_greeks_refuse_a_zero_volatility_average_a_few_ulps_off_the_strike(
+    spot: float, average: str, fixing_times: list[float] | None
+) -> None:
+    # equal fixings average a few ulps off the strike (99.99999999999999 for three 100s), all on
+    # one side: exact equality let through a delta of 0 or +-1 and a vega of noise
+    with pytest.raises(ValueError, match="kink"):
+        mc_exotics.bs_pathwise_greeks(spot=spot, strike=spot, maturity=1.0, volatility=0.0,
+                                      payoff="asian", average=average, fixing_times=fixing_times,
+                                      n_paths=64)  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])

@@ -292,3 +292,12 @@ def test_asian_tw_adapter_refuses_inconsistent_seasoning_by_name(change, message
     asian = {"spot": 100.0, "strike": 100.0, "fixing_times": [1.0], "volatility": 0.2}
     with pytest.raises(ValueError, match=message):
         qlref.bs_asian_tw_price(**{**asian, **change})
+
+
+def test_asian_tw_adapter_takes_numpy_seasoning():
+    # a past_fixings of np.int64(1) passed the whole-number check, then failed in SWIG ("Wrong
+    # number or type of arguments for overloaded function 'new_DiscreteAveragingAsianOption'")
+    asian = {"spot": 100.0, "strike": 100.0, "fixing_times": [182 / 365, 1.0], "volatility": 0.2}
+    expected = qlref.bs_asian_tw_price(**asian, running_sum=100.0, past_fixings=1)
+    got = qlref.bs_asian_tw_price(**asian, running_sum=np.float64(100.0), past_fixings=np.int64(1))
+    assert got == pytest.approx(expected, rel=1e-15, abs=0)

@@ -154,6 +154,19 @@ def test_a_parquet_files_or_dataframes_own_columns_keep_their_values(tmp_path: P
         pd.testing.assert_series_equal(quotes["settle"], table["settle"])
 
 
+def test_a_dataframes_vol_columns_in_text_are_read_as_numbers() -> None:
+    # a DataFrame's bid_iv and ask_iv in text ("0.24") stayed text: clean_quotes failed on
+    # "operation 'pow' not supported for dtype 'str'" and spread weights on 'sub'
+    table = pd.DataFrame({"strike": [90.0, 110.0], "T": 1.0, "spot": 100.0, "iv": [0.25, 0.2],
+                          "bid_iv": ["0.24", "0.19"], "ask_iv": ["0.26", "0.21"],
+                          "market_iv": ["0.25", "0.2"], "ticker": ["0700", "0005"]})  # fmt: skip
+    quotes = read_quotes(table)
+    for column in ("bid_iv", "ask_iv", "market_iv"):
+        assert quotes[column].dtype == np.float64, column
+    np.testing.assert_allclose(quotes["bid_iv"], [0.24, 0.19], rtol=0, atol=0)
+    assert quotes["ticker"].tolist() == ["0700", "0005"]
+
+
 def test_parquet_and_csv_give_the_same_table(tmp_path: Path) -> None:
     table = pd.DataFrame(
         {"cp": ["C", "P"], "strike": [90.0, 110.0], "T": [0.5, 1.0], "spot": [100.0, 100.0]}

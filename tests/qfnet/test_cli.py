@@ -851,6 +851,27 @@ def test_iv_leaves_a_crossed_quote_out_of_the_parity_forward(tmp_path):
     np.testing.assert_allclose(expected["implied_vol"], 0.2, rtol=0, atol=2e-3)
 
 
+def test_iv_keeps_a_crossed_pair_that_is_its_expirys_only_forward(tmp_path):
+    # without a spot, an expiry whose only call/put pair had a crossed put refused the whole
+    # file ("no call/put pairs to imply the forward"); an expiry with other pairs still leaves
+    # its crossed quote out
+    table = pd.DataFrame({"option_type": ["call", "put", "call", "put", "call", "put"],
+                          "strike": [100.0, 100.0, 105.0, 105.0, 100.0, 100.0],
+                          "maturity": [0.5, 0.5, 0.5, 0.5, 1.0, 1.0],
+                          "bid": [5.5, 4.5, 3.0, 9.0, 8.0, 7.5],
+                          "ask": [5.7, 4.7, 3.2, 8.9, 8.2, 7.4]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ivs = pd.read_csv(out)
+    ok, crossed = "ok", "crossed quote (bid > ask)"
+    assert ivs["status"].tolist() == [ok, ok, ok, crossed, ok, crossed]
+    # 0.5: the pair at 100 alone; 1.0: the crossed pair's mids, 8.1 - 7.45 at discount 1
+    np.testing.assert_allclose(ivs["forward"], [101.0] * 4 + [100.65] * 2, rtol=1e-12, atol=0)
+    assert np.isfinite(ivs["implied_vol"][[0, 1, 2, 4]]).all()
+
+
 def test_iv_flags_a_zero_bid_whose_vol_is_the_mid_of_zero_and_the_ask(tmp_path):
     # the mid of (0, ask) was solved with the status ok: a far wing's vol from half its ask
     table = pd.DataFrame({"option_type": "call", "strike": [100.0, 150.0, 160.0], "maturity": 1.0,
