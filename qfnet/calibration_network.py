@@ -207,12 +207,15 @@ def train_network(
     val_fraction: float = 0.1,
     seed: int = 0,
     run_dir: str | None = None,
+    resume: bool = False,
 ) -> CalibrationNetwork:
     """Train a :class:`CalibrationNetwork` on ``(params, vols)`` through the shared Trainer.
 
     The loss is the MSE on box-normalised parameters; a ``val_fraction`` of the data (the last
     rows) drives early stopping and a one-cycle learning-rate schedule sets the step size.
     ``seed`` fixes the initial weights and the batch order: the same seed, the same network.
+    With a ``run_dir`` the Trainer writes its checkpoints there, and ``resume=True`` continues
+    an interrupted run from them (same data and settings: the same network as one run through).
 
     Shape:
         params: ``(N, 5)``, vols ``(N, 66)``.
@@ -244,7 +247,9 @@ def train_network(
                            progress_bar=False, tensorboard=False)  # fmt: skip
     early = EarlyStopping(monitor="val_loss", patience=max(5, max_epochs // 5),
                           restore_best_weights=True)  # fmt: skip
-    Trainer(net, loss=nn.functional.mse_loss, config=config, callbacks=[early]).fit(train, val)
+    trainer = Trainer(net, loss=nn.functional.mse_loss, config=config, callbacks=[early])
+    # without resume a new run removes the checkpoints it finds: an interrupted run was lost
+    trainer.fit(train, val, resume=resume)
     return net.eval()
 
 
@@ -647,12 +652,17 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--run-dir", default=None, help="checkpoints, metrics (for --resume)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     args = parser.parse_args(argv)
+    if args.resume and args.run_dir is None:
+        parser.error("--resume needs --run-dir (the run to continue)")
     torch.set_num_threads(args.threads)
     params, vols = make_dataset(args.n, seed=args.seed)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     net = train_network(params, vols, hidden=hidden, max_epochs=args.epochs,
-                        batch_size=args.batch, seed=args.seed)  # fmt: skip
+                        batch_size=args.batch, seed=args.seed, run_dir=args.run_dir,
+                        resume=args.resume)  # fmt: skip
     test_params, test_vols = make_dataset(2000, seed=args.seed + 1000)
     scores = accuracy(net, test_params, test_vols)
     save_network(net, args.out, training={"n": len(params), "epochs": args.epochs,

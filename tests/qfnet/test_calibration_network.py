@@ -709,3 +709,39 @@ def test_save_network_refuses_info_that_would_replace_its_own_fields(tmp_path, f
     with pytest.raises(ValueError, match=rf"info: \['{field}'\] are fields save_network writes"):
         save_network(CalibrationNetwork(hidden=(8,)), path, **{field: {"v0": [0.0, 1.0]}})
     assert not path.exists()
+
+
+def test_train_network_resumes_an_interrupted_run_to_the_same_weights(tmp_path, monkeypatch):
+    # train_network took a run_dir but no resume: a second call with the same run_dir started a
+    # new run, which removed the interrupted run's checkpoints
+    import qfnet.calibration_network as module
+
+    params, vols = make_dataset(48, seed=1)
+
+    def train(run_dir, resume=False) -> CalibrationNetwork:
+        return train_network(params, vols, hidden=(8,), max_epochs=4, batch_size=8, seed=0,
+                             run_dir=str(run_dir), resume=resume)  # fmt: skip
+
+    whole = train(tmp_path / "whole")
+
+    class Interrupted(module.EarlyStopping):
+        def on_epoch_end(self, trainer) -> None:
+            super().on_epoch_end(trainer)
+            trainer.should_stop = trainer.should_stop or trainer.epoch >= 1
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "EarlyStopping", Interrupted)
+        cut = train(tmp_path / "cut")
+    pairs = zip(cut.state_dict().values(), whole.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs)
+    resumed = train(tmp_path / "cut", resume=True)
+    for a, b in zip(resumed.state_dict().values(), whole.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_rebuild_command_refuses_resume_without_a_run_dir(capsys) -> None:
+    from qfnet.calibration_network import _main
+
+    with pytest.raises(SystemExit):
+        _main(["--resume"])
+    assert "--resume needs --run-dir" in capsys.readouterr().err
