@@ -206,7 +206,7 @@ def train_network(
     lr: float = 2e-3,
     val_fraction: float = 0.1,
     seed: int = 0,
-    run_dir: str | None = None,
+    run_dir: str | Path | None = None,
     resume: bool = False,
 ) -> CalibrationNetwork:
     """Train a :class:`CalibrationNetwork` on ``(params, vols)`` through the shared Trainer.
@@ -214,8 +214,14 @@ def train_network(
     The loss is the MSE on box-normalised parameters; a ``val_fraction`` of the data (the last
     rows) drives early stopping and a one-cycle learning-rate schedule sets the step size.
     ``seed`` fixes the initial weights and the batch order: the same seed, the same network.
-    With a ``run_dir`` the Trainer writes its checkpoints there, and ``resume=True`` continues
-    an interrupted run from them (same data and settings: the same network as one run through).
+    ``resume=True`` continues an interrupted run from the checkpoints of ``run_dir`` (same data
+    and settings: the same network as one run through).
+
+    Args:
+        run_dir: Where the run goes, as every qfnet run (``config.json``, ``metrics.csv``,
+            TensorBoard events, ``checkpoints/{last,best}.pt``, ``loss.png``) and, at the end,
+            ``model.pt``: the network file of :func:`save_network` (``None``: nothing written).
+            A run directory had neither the events nor a network to load.
 
     Shape:
         params: ``(N, 5)``, vols ``(N, 66)``.
@@ -244,13 +250,17 @@ def train_network(
     val = torch.utils.data.TensorDataset(vols[-n_val:], target[-n_val:])
     config = TrainerConfig(max_epochs=max_epochs, batch_size=batch_size, optimizer="adam", lr=lr,
                            scheduler="onecycle", seed=seed, run_dir=run_dir, device="cpu",
-                           progress_bar=False, tensorboard=False)  # fmt: skip
+                           progress_bar=False)  # fmt: skip
     early = EarlyStopping(monitor="val_loss", patience=max(5, max_epochs // 5),
                           restore_best_weights=True)  # fmt: skip
     trainer = Trainer(net, loss=nn.functional.mse_loss, config=config, callbacks=[early])
     # without resume a new run removes the checkpoints it finds: an interrupted run was lost
-    trainer.fit(train, val, resume=resume)
-    return net.eval()
+    history = trainer.fit(train, val, resume=resume)
+    net.eval()
+    if run_dir is not None and trainer.is_global_zero:
+        save_network(net, Path(run_dir) / "model.pt",
+                     training={"n": len(params), "epochs": len(history), "seed": seed})  # fmt: skip
+    return net
 
 
 def _check_training_data(

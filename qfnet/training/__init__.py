@@ -41,7 +41,8 @@ Runs (``config.run_dir``)
     ``metrics.csv``); ``checkpoints/last.pt`` (every epoch, every
     ``checkpoint_every_n_steps`` and where a callback's stop ends training mid-epoch),
     ``checkpoints/best.pt`` (best ``monitor``, a hard link to the ``last.pt`` of that epoch);
-    ``loss.png`` at the end. Only rank 0 writes.
+    ``loss.png`` at the end (a new run removes the replaced run's when it starts). Only rank 0
+    writes.
 
 Data
     Tensor-backed data (a tensor, a ``TensorDataset``, ``Subset`` of them) are batched by one

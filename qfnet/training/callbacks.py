@@ -486,6 +486,10 @@ class ProgressBar:
 class LossCurvePlot:
     """Write the train/validation loss curves per epoch as a PNG at the end of training.
 
+    A new run (``fit`` without resume) removes the plot of the run it replaces when it starts,
+    as it replaces ``metrics.csv`` and the checkpoints: a new run stopped before its end left
+    the replaced run's curves beside its own metrics.
+
     Args:
         path: Output file (``None``: ``run_dir/loss.png``).
 
@@ -508,9 +512,19 @@ class LossCurvePlot:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
 
+    def _target(self, trainer: Trainer) -> Path | None:
+        if not trainer.is_global_zero:
+            return None
+        return self.path or (trainer.run_dir / "loss.png" if trainer.run_dir else None)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        path = self._target(trainer)
+        if path is not None and _new_run(trainer):
+            path.unlink(missing_ok=True)
+
     def on_fit_end(self, trainer: Trainer) -> None:
-        path = self.path or (trainer.run_dir / "loss.png" if trainer.run_dir else None)
-        if path is None or not trainer.is_global_zero or not trainer.history.records:
+        path = self._target(trainer)
+        if path is None or not trainer.history.records:
             return
         plot_loss_curves(trainer.history.records, path)
 

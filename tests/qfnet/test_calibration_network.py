@@ -78,6 +78,27 @@ def test_save_load_round_trip_gives_identical_outputs(tiny: tuple, tmp_path) -> 
         torch.testing.assert_close(after[name], before[name], rtol=0.0, atol=0.0)
 
 
+def test_a_run_directory_holds_the_events_and_the_trained_network(tmp_path) -> None:
+    # the run had no TensorBoard events (tensorboard=False) and no model.pt to load: the
+    # trained network was only in memory, its weights in a training checkpoint
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    params, vols = make_dataset(48, seed=5)
+    net = train_network(params, vols, hidden=(8,), max_epochs=2, batch_size=16, seed=0,
+                        run_dir=tmp_path)  # fmt: skip
+    names = {p.name.split(".")[0] for p in tmp_path.iterdir()}
+    assert {"config", "metrics", "checkpoints", "loss", "events", "model"} <= names
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert "epoch/val_loss" in events.Tags()["scalars"]
+    assert set(torch.load(tmp_path / "model.pt", weights_only=True)) == {"state_dict", "metadata"}
+    loaded = load_network(tmp_path / "model.pt")
+    assert loaded.metadata["training"]["epochs"] == 2
+    surfaces = vols[:3]
+    for name, value in predict(loaded, surfaces).items():
+        torch.testing.assert_close(value, predict(net, surfaces)[name], rtol=0.0, atol=0.0)
+
+
 def test_network_method_reuses_a_loaded_file_until_it_is_rewritten(tiny: tuple, tmp_path) -> None:
     net, _, _ = tiny
     path = tmp_path / "net.pt"

@@ -241,6 +241,31 @@ def test_a_new_run_stopped_before_its_first_checkpoint_leaves_none_of_the_replac
     assert resumed.global_step == straight.global_step == 12
 
 
+def test_a_new_run_stopped_before_its_end_leaves_no_loss_plot_of_the_replaced_run(
+    regression, mlp, sq_error, tmp_path
+):
+    # loss.png is drawn at the end: a new run that crashed kept the replaced run's curves
+    # beside its own metrics.csv, as if they were its own
+    class Crash(Exception):
+        pass
+
+    class CrashInSecondEpoch:
+        def on_train_step_end(self, trainer):
+            if trainer.epoch == 1:
+                raise Crash
+
+    data = regression(n=32)
+    config = _lr_config(run_dir=tmp_path, max_epochs=2)
+    Trainer(mlp(), loss=sq_error, config=config).fit(data, data)
+    assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(Crash):
+        Trainer(mlp(), loss=sq_error, config=config, callbacks=[CrashInSecondEpoch()]).fit(data)
+    assert not (tmp_path / "loss.png").exists()
+    resumed = Trainer(mlp(), loss=sq_error, config=config)
+    resumed.fit(data, resume=True)  # a resumed run draws the whole run at its end
+    assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
 def test_run_dir_gets_config_metrics_csv_tensorboard_checkpoints_and_plot(
     regression, mlp, sq_error, tmp_path
 ):
