@@ -299,13 +299,16 @@ class ModelCheckpoint:
     def _remove_replaced(self, trainer: Trainer) -> None:
         """A new run's folder loses the ``last``, ``best`` and epoch files of the run it replaces:
         a new run stopped before its first checkpoint left them, and ``fit(resume=True)`` then
-        continued the replaced run (its weights and history, under the new run's metrics.csv)."""
+        continued the replaced run (its weights and history, under the new run's metrics.csv).
+        So do the temporaries of writes killed midway (``.last.pt.*.tmp``): never loaded, each
+        held a checkpoint's size of disk for good."""
         folder = self.dirpath
         if folder is None and trainer.run_dir is not None:
             folder = trainer.run_dir / "checkpoints"
         if folder is None or not trainer.is_global_zero:
             return
-        for path in (folder / "last.pt", folder / "best.pt", *folder.glob("epoch_[0-9]*.pt")):
+        stale = (*folder.glob("epoch_[0-9]*.pt"), *folder.glob(".*.pt.*.tmp"))
+        for path in (folder / "last.pt", folder / "best.pt", *stale):
             path.unlink(missing_ok=True)
 
     def _dir(self, trainer: Trainer) -> Path:

@@ -230,6 +230,8 @@ def test_a_new_run_stopped_before_its_first_checkpoint_leaves_none_of_the_replac
 
     trainer(0).fit(data, data)
     assert (tmp_path / "run" / "checkpoints" / "epoch_0002.pt").is_file()
+    killed = tmp_path / "run" / "checkpoints" / ".last.pt.k2j4x8.tmp"  # a write killed midway
+    killed.write_bytes(b"PK\x03\x04")
     with pytest.raises(Crash):
         trainer(1, CrashAtFirstStep()).fit(data, data)
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
