@@ -69,6 +69,7 @@ import torch
 from pricing._normalized_black import (
     REGION_UPPER,
     XConstants,
+    _small_step,
     gauss_terms,
     log_value_and_ratio,
     log_vega,
@@ -99,6 +100,7 @@ _EPS = torch.finfo(torch.float64).eps
 _AT_BOUND_ULPS = 16.0  # the normalised price's own rounding, a few ulps of the bound
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT3 = math.sqrt(3.0)
+_SMALL_S = math.sqrt(2.0) * _small_step(torch.float64)  # where the deep difference cancels
 
 
 def initial_guess(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -317,7 +319,8 @@ def _guess_and_steps(
     :func:`_near_start`). The formulas share their special functions: ``erfc(-t1)`` and
     ``erfc(-t2)`` serve the deep region (times ``exp(t^2)``, as in ``_fast_erfcx`` with the
     Dekker correction) and the regions above it, ``erfc(t1)`` replaces ``erfc(-t1)`` for the
-    upper objective. Deep elements with ``-t2 > 26`` (where ``erfc`` underflows) are not done.
+    upper objective. Deep elements with ``-t2 > 26`` (where ``erfc`` underflows) or a tiny ``s``
+    (where the difference cancels) are not done.
 
     Returns:
         ``s``, the converged mask, the start ``s0``, the objective's ``target`` and ``upper``.
@@ -351,7 +354,8 @@ def _guess_and_steps(
         p1 = t1 * t1
         exp1 = torch.exp(torch.where(deep, p1, -p1))  # off the deep region, exp(g) = b_max exp1
         diff = _dekker(e1 * exp1, -t1, p1) - _dekker(e2 * torch.exp(t2 * t2), -t2, t2 * t2)
-        ok = ~deep | (t2 >= -26.0)
+        # a tiny s: the difference cancels (see log_value_and_ratio); the eager steps take it
+        ok = ~deep | ((t2 >= -26.0) & (s >= _SMALL_S))
         value = torch.where(
             region == 1,
             (erf(t1) - erf(t2)) * w1 + (w1 - w2) * e2,

@@ -234,7 +234,8 @@ def implied_vol_with_status(
     Prices outside the no-arbitrage bounds ``D max(F-K, 0) <= C < D F`` (calls; puts:
     ``D max(K-F, 0) <= P < D K``) give NaN with status 1 (below intrinsic) or 2 (at or above the upper
     bound, or within rounding below it where no vol reproduces the price: total vols above ~16 all
-    round to the bound); a price equal to the intrinsic value gives 0. The solver works on the normalised
+    round to the bound); a price equal to the intrinsic value (within ``4 eps`` of it, its
+    rounding, in the inputs' dtype) gives 0. The solver works on the normalised
     out-of-the-money price with Householder steps of order 4 on a log-transformed objective, safeguarded
     by bisection, to about machine precision. ``initial_vol`` (optional, broadcast like the
     inputs) starts the iteration where it is positive and finite instead of the closed-form guess:
@@ -306,8 +307,9 @@ def _normalisation(
     call: torch.Tensor,
     eps: float,
 ) -> tuple[torch.Tensor, ...]:
-    """``x = -|ln(F/K)|``, the normalised OTM price ``beta`` and the masks ``invalid``, ``below``
-    (intrinsic value, less ``4 eps`` of it) and ``above`` (the upper bound) of the solver.
+    """``x = -|ln(F/K)|``, the normalised OTM price ``beta`` (0 within ``4 eps`` of the intrinsic
+    value) and the masks ``invalid``, ``below`` (intrinsic value, less ``4 eps`` of it) and
+    ``above`` (the upper bound) of the solver.
 
     Shape:
         All inputs the same shape; outputs: that shape.
@@ -325,6 +327,8 @@ def _normalisation(
     # p / d rounds: 5% of prices equal to d * intrinsic (black_price at vol 0) fell below it
     slack = 4.0 * eps * intrinsic  # the rounding of the inputs as given
     below = ~invalid & (undiscounted < intrinsic - slack)
+    # and 5% above it: that rounding, read as a time value, gave vols up to 0.66 with status 0
+    beta = torch.where(undiscounted - intrinsic <= slack, torch.zeros_like(beta), beta)
     above = ~invalid & ~below & (undiscounted >= bound)
     return x, beta, invalid, below, above
 

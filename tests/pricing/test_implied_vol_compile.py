@@ -35,3 +35,19 @@ def test_compiled_implied_vols_and_statuses_equal_the_eager_ones():
     vol_s, status_s = bs.implied_vol_with_status(**options, initial_vol=start, compile=True)
     assert torch.equal(status_s, status)
     torch.testing.assert_close(vol_s, vol, rtol=1e-13, atol=0.0, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_compiled_implied_vols_at_tiny_total_vol_are_accurate():
+    # The fused steps difference two erfcx values that cancel for a tiny s; such elements were
+    # "done" there with vols 3e-10 off (s = 1e-6): they go on to the eager, accurate steps.
+    rng = np.random.default_rng(13)
+    s = torch.as_tensor(np.exp(rng.uniform(math.log(1e-6), math.log(4e-3), 8192)))
+    z = torch.as_tensor(rng.uniform(1.05, 30.0, 8192))  # out of the money, d1 < -1
+    vol, strike = s * math.sqrt(365.0), torch.exp(z * s)
+    price = bs.black_price(forward=1.0, strike=strike, maturity=1 / 365, volatility=vol)
+    iv, status = bs.implied_vol_with_status(price=price, forward=1.0, strike=strike,
+                                            maturity=1 / 365, compile=True)  # fmt: skip
+    resolvable = price > 1e-300
+    assert bool((status[resolvable] == 0).all())
+    torch.testing.assert_close(iv[resolvable], vol[resolvable], rtol=1e-12, atol=0.0)
