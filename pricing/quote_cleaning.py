@@ -468,9 +468,11 @@ def carry_note(
 ) -> str | None:
     """The warning owed when expiries took ``carry`` forwards from a spot whose ``rate`` or
     ``dividend`` column was absent and read as 0 (``defaulted``, from ``read_quotes``'
-    ``attrs``), else None: their vols are those of the spot's forward, a year's carry off. A
-    missing rate is no gap where ``quotes`` gives a ``discount`` in every expiry (on one of its
-    rows at least): the carry is at its rate (:func:`parity_forwards`).
+    ``attrs``), or took their discount from a ``rate`` so read (one call/put pair, or an
+    implausible parity slope), else None: their vols are those of the spot's forward, a year's
+    carry off, or of a discount of 1. A missing rate is no gap where ``quotes`` gives a
+    ``discount`` in every expiry (on one of its rows at least): the carry is at its rate
+    (:func:`parity_forwards`).
 
     Examples:
         >>> print(carry_note(["rate"], {"carry": 2, "parity": 3}))  # doctest: +ELLIPSIS
@@ -485,12 +487,25 @@ def carry_note(
         # the spot was carried at the discount's rate: "with it at 0" was false
         defaulted = [column for column in defaulted if column != "rate"]
     n_carry = forward_sources.get("carry", 0)
-    if not (defaulted and n_carry):
-        return None
-    expiries = "expiry" if n_carry == 1 else "expiries"
-    return (f"no {' or '.join(defaulted)} column: {n_carry} {expiries} without call/put pairs "
-            "took their forwards from the spot with it at 0 (give it, or both calls and puts "
-            "for parity)")  # fmt: skip
+    notes = []
+    if defaulted and n_carry:
+        expiries = "expiry" if n_carry == 1 else "expiries"
+        notes.append(f"no {' or '.join(defaulted)} column: {n_carry} {expiries} without call/put "
+                     "pairs took their forwards from the spot with it at 0 (give it, or both "
+                     "calls and puts for parity)")  # fmt: skip
+    # a discount parity cannot fix is the rate's: at a rate read as 0, D = 1 (vols about r T
+    # of themselves low, 1 point at 20% vol and 5% over a year, without a word)
+    n_rate = sum(forward_sources.get(source, 0) for source in _RATE_DISCOUNTED)
+    if "rate" in defaulted and n_rate:
+        expiries = "expiry" if n_rate == 1 else "expiries"
+        notes.append(f"no rate column: {n_rate} {expiries} whose call/put pairs could not fix "
+                     "the discount (one pair, or an implausible slope) took it at rate 0 (give "
+                     "a rate or discount column)")  # fmt: skip
+    return "; ".join(notes) or None
+
+
+_RATE_DISCOUNTED = ("parity_one_pair", "parity_rate_discount")
+"""Forward sources whose discount is the ``rate`` column's (:func:`parity_forwards`)."""
 
 
 def _every_expiry_has(quotes: pd.DataFrame, column: str) -> bool:

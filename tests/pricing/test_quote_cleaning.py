@@ -290,6 +290,19 @@ def test_carry_forwards_without_rates_are_noted_in_the_report() -> None:
     np.testing.assert_allclose(discounted["forward"], 100.0 / 0.98, rtol=1e-12, atol=0)
 
 
+def test_a_one_pair_discount_at_a_missing_rate_is_noted_in_the_report() -> None:
+    # one call/put pair fixes the forward, not the discount: with no rate column it was 1 (the
+    # vols about r T of themselves low), without a word
+    pair = _chain(101.0, 0.95, 1.0, np.array([100.0]))
+    clean, report = clean_quotes(pair)
+    assert report.forward_sources == {"parity_one_pair": 1}
+    assert set(clean["discount"]) == {1.0}
+    assert any("1 expiry whose call/put pairs could not fix the discount" in note
+               for note in report.notes), report.notes  # fmt: skip
+    _, with_rate = clean_quotes(pair.assign(rate=-np.log(0.95)))
+    assert not any("could not fix the discount" in note for note in with_rate.notes)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"maturity_range": (30.0, 0.1)}, "maturity_range"), ({"moneyness_range": (0.5, math.nan)},
