@@ -174,8 +174,9 @@ _OPTION_TYPES = {
 }
 # Columns whose entries must all be present once the column exists (others may have gaps).
 _REQUIRED_VALUES = ("strike", "maturity", "spot", "rate", "dividend", "borrow")
-_POSITIVE = ("strike", "maturity", "spot", "forward", "discount", "implied_vol", "volatility")
-_NON_NEGATIVE = ("bid", "ask", "mid", "price")
+_POSITIVE = ("strike", "maturity", "spot", "forward", "discount", "implied_vol")
+# a Black-Scholes volatility of 0 prices the discounted intrinsic value, as --params takes it
+_NON_NEGATIVE = ("bid", "ask", "mid", "price", "volatility")
 
 
 def _stripped(name: object) -> str:

@@ -5,7 +5,9 @@ Mounted by :mod:`qfnet.cli` as ``app.command("calibrate")(calibrate_command)``.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -110,6 +112,21 @@ def _check_device(model: str, method: str, device: str) -> None:
         raise typer.BadParameter(str(error), param_hint="--device") from None
 
 
+def _leads_with_a_file(message: str) -> bool:
+    """Whether ``message`` begins with the path of an existing file (``"{path}: ..."``, ``"{path}
+    is ..."``), as a damaged network or surrogate file's does: it was put under the quotes'
+    name (``quotes.csv: .../network.pt is not a readable calibration network``).
+
+    Examples:
+        >>> _leads_with_a_file(f"{__file__} is not a readable calibration network: cut short")
+        True
+        >>> _leads_with_a_file("no quote has a positive weight: nothing to fit")
+        False
+    """
+    ends = (match.start() for match in re.finditer(r": | is ", message))
+    return any(Path(message[:end]).is_file() for end in itertools.islice(ends, 4))
+
+
 def _output_files(out: Path, quotes: Path, plot: bool) -> tuple[Path, Path]:
     """The residuals CSV and smiles PNG written beside ``out``, checked before the fit: one that
     would overwrite the quotes (``--quotes fit_residuals.csv --out fit.json``) is a usage error
@@ -209,9 +226,8 @@ def calibrate_command(
         raise fail(str(error)) from error
     except ValueError as error:  # QuoteError too: name the file unless the message does
         message = quote_message(str(error))
-        raise fail(
-            message if message.startswith(str(quotes)) else f"{quotes}: {message}"
-        ) from error
+        named = message.startswith(str(quotes)) or _leads_with_a_file(message)
+        raise fail(message if named else f"{quotes}: {message}") from error
     # each through a temporary file: an interrupted write cut the previous fit's file short
     write_table(result.residuals, residuals_file)
     # relative to the JSON's folder: relative to the working directory (--out sub/fit.json

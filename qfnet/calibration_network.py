@@ -227,8 +227,8 @@ def train_network(
         params: ``(N, 5)``, vols ``(N, 66)``.
 
     Raises:
-        ValueError: mismatched shapes, a parameter outside :data:`BOX`, a bad vol, or fewer
-            than 2 surfaces left for training.
+        ValueError: mismatched shapes, a parameter outside :data:`BOX`, a bad vol, a
+            ``val_fraction`` outside ``(0, 1)``, or fewer than 2 surfaces left for training.
 
     Examples:
         >>> p, v = make_dataset(64, seed=0)
@@ -237,6 +237,9 @@ def train_network(
         torch.Size([2])
     """
     params, vols = _check_training_data(params, vols)
+    # early stopping needs a validation set: 0 or a negative value held out one surface anyway
+    if isinstance(val_fraction, bool) or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     with torch.random.fork_rng(devices=[]):  # initial weights depend on the seed only
         torch.manual_seed(seed)
         net = CalibrationNetwork(hidden=hidden, activation=activation)

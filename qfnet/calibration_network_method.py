@@ -364,9 +364,10 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
     except FileNotFoundError:
         return [None] * len(problems)
     except ValueError as error:  # a damaged file: say whose start it is and how to do without
-        raise ValueError(f"the global start of Heston 'direct' and 'surrogate' fits, the "
-                         f"calibration network, cannot be loaded: {error}; restore the file, or "
-                         "pass global_start='scan' to fit without it") from error  # fmt: skip
+        # the loader's message first: it leads with the file's path (qfnet calibrate named it)
+        raise ValueError(f"{error}; the calibration network is the global start of Heston "
+                         "'direct' and 'surrogate' fits: restore the file, or pass "
+                         "global_start='scan' to fit without it") from error  # fmt: skip
     surfaces, errors = grid_surfaces([_read_quotes(p) for p in problems])
     starts = _predicted(net, surfaces, errors)
     for problem, values in zip(problems, starts, strict=True):

@@ -198,23 +198,35 @@ def _all_ranks(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
 
+# name -> (class, the parameters it takes)
+_MEASURES: dict[str, tuple[type[RiskMeasure], tuple[str, ...]]] = {
+    "es": (ExpectedShortfall, ("alpha",)),
+    "expected_shortfall": (ExpectedShortfall, ("alpha",)),
+    "entropic": (EntropicRisk, ("risk_aversion", "notional")),
+    "variance": (PnLVariance, ()),
+    "mean_variance": (MeanVariance, ("risk_aversion",)),
+}
+
+
 def make_risk_measure(name: str, **params: float) -> RiskMeasure:
     """Build a risk measure by name: ``es``/``expected_shortfall``, ``entropic``, ``variance``,
     ``mean_variance``.
+
+    Raises:
+        ValueError: an unknown name, a parameter the measure does not take, or a bad value.
 
     Examples:
         >>> make_risk_measure("es", alpha=0.99).alpha
         0.99
     """
     key = name.lower()
-    if key in ("es", "expected_shortfall"):
-        return ExpectedShortfall(**params)
-    if key == "entropic":
-        return EntropicRisk(**params)
-    if key == "variance":
-        return PnLVariance(**params)
-    if key == "mean_variance":
-        return MeanVariance(**params)
-    raise ValueError(
-        f"unknown risk measure {name!r}; expected one of es, entropic, variance, mean_variance"
-    )
+    if key not in _MEASURES:
+        raise ValueError(
+            f"unknown risk measure {name!r}; expected one of es, entropic, variance, mean_variance"
+        )
+    cls, takes = _MEASURES[key]
+    unknown = sorted(set(params) - set(takes))
+    if unknown:  # was the constructor's bare TypeError ("unexpected keyword argument")
+        raise ValueError(f"risk measure {name!r} takes no parameter(s) {unknown}; it takes "
+                         f"{list(takes) or 'none'}")  # fmt: skip
+    return cls(**params)

@@ -37,8 +37,10 @@ Custom forward
 Runs (``config.run_dir``)
     ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, lr, val_loss,
     val_<metric>..., seconds``); TensorBoard events (per step: ``train/loss``,
-    ``train/grad_norm``, ``lr``; per epoch, at its last global step: every column of
-    ``metrics.csv``); ``checkpoints/last.pt`` (every epoch, every
+    ``train/grad_norm``, ``lr``; per epoch, at its last global step: the columns of
+    ``metrics.csv`` but ``epoch`` and ``step``, a NaN or infinite value left out where
+    ``metrics.csv`` writes it);
+    ``checkpoints/last.pt`` (every epoch, every
     ``checkpoint_every_n_steps`` and where a callback's stop ends training mid-epoch),
     ``checkpoints/best.pt`` (best ``monitor``, a hard link to the ``last.pt`` of that epoch);
     ``loss.png`` at the end (a new run removes the replaced run's when it starts). Only rank 0

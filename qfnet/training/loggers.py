@@ -76,7 +76,8 @@ class CSVLogger:
 
 class TensorBoardLogger:
     """TensorBoard events: ``train/loss``, ``train/grad_norm`` and ``lr`` at every step, and every
-    epoch metric under ``epoch/<name>`` at the global step that ends the epoch.
+    finite epoch metric under ``epoch/<name>`` at the global step that ends the epoch (a NaN
+    epoch value, e.g. a mean over samples that all weigh 0, is left out; ``metrics.csv`` has it).
 
     Step values stay on the device in a buffer and are written every ``log_every_n_steps``
     steps (``None``: ``config.log_every_n_steps``) and at the end of each epoch, with one

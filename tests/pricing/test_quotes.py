@@ -204,6 +204,7 @@ def test_crossed_quote_raises_unless_allowed() -> None:
         ("maturity", 0.0, "must be > 0"),
         ("spot", 0.0, "must be > 0"),
         ("implied_vol", -0.2, "must be > 0"),
+        ("volatility", -0.2, "must be >= 0"),
         ("bid", -1.0, "must be >= 0"),
         ("strike", np.nan, "missing value"),
         ("rate", np.nan, "missing value"),
@@ -217,12 +218,21 @@ def test_invalid_values_name_the_row_and_column(column: str, value: float, messa
             "spot": [100.0, 100.0],
             "rate": [0.01, 0.01],
             "implied_vol": [0.2, 0.2],
+            "volatility": [0.2, 0.2],
             "bid": [1.0, 1.0],
         }
     )
     table.loc[1, column] = value
     with pytest.raises(QuoteError, match=rf"row 2, column '{column}': {message}"):
         read_quotes(table)
+
+
+def test_a_zero_volatility_is_read_as_the_pricers_take_it() -> None:
+    # black_price and QuantLib price volatility 0 (the discounted intrinsic value) and --params
+    # took it, but the file's column was refused: "must be > 0"
+    table = pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0, "spot": 100.0,
+                          "rate": 0.03, "volatility": [0.0, 0.2]})  # fmt: skip
+    assert read_quotes(table)["volatility"].tolist() == [0.0, 0.2]
 
 
 def test_shifted_strike_may_be_negative_when_strike_plus_shift_is_positive() -> None:

@@ -192,6 +192,27 @@ def test_heston_direct_starts_from_the_calibration_network(tmp_path: Path) -> No
     assert "network" in calibration._STARTS.get("heston", {})
 
 
+@pytest.mark.parametrize("method", ["direct", "network"])
+def test_a_damaged_calibration_network_is_named_first_not_the_quotes(
+    tmp_path: Path, monkeypatch, method: str
+) -> None:
+    # "error: implied_vols.csv: .../network.pt is not a readable calibration network": the
+    # quotes file's name led a message about the network file
+    import qfnet.calibration_network_method as network_method
+    from qfnet.calibration_network import default_path
+
+    network = tmp_path / "network.pt"
+    network.write_bytes(default_path().read_bytes()[:5000])  # cut short
+    monkeypatch.setattr(network_method, "default_path", lambda: network)
+    quotes = DATA_DIR.parent.parent / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    args = ["calibrate", "--model", "heston", "--method", method, "--quotes", str(quotes),
+            "--out", str(tmp_path / "fit.json")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1
+    assert f"error: {network} is not a readable calibration network" in result.output, result.output
+    assert str(quotes) not in result.output
+
+
 def test_no_clean_leaves_out_a_row_without_vol_or_price_and_says_so(tmp_path: Path) -> None:
     # one empty implied_vol in a vol-only file blamed a missing option_type column
     dax = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"

@@ -363,8 +363,8 @@ def test_a_damaged_network_file_names_itself_as_the_global_start(tmp_path, monke
     path.write_bytes(default_path().read_bytes()[:5000])  # cut short
     monkeypatch.setattr(method, "default_path", lambda: path)
     quotes = _synthetic_quotes(TRUTH)
-    with pytest.raises(ValueError, match=r"global start of Heston 'direct' and 'surrogate' fits.*"
-                       r"network\.pt is not a readable calibration network.*"
+    with pytest.raises(ValueError, match=r"network\.pt is not a readable calibration network.*"
+                       r"global start of Heston 'direct' and 'surrogate' fits.*"
                        r"pass global_start='scan'"):  # fmt: skip
         calibrate("heston", quotes)
     assert calibrate("heston", quotes, global_start="scan", n_scan=32).rmse_iv_bp < 1.0
@@ -720,6 +720,14 @@ def test_train_network_refuses_data_it_cannot_learn_naming_the_problem() -> None
         from_numpy.state_dict().values(), from_torch.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize("val_fraction", [-0.5, 0.0, 1.0, 2.0, math.nan])
+def test_train_network_refuses_a_val_fraction_it_cannot_honour(val_fraction: float) -> None:
+    # a negative fraction or 0 held out one surface without a word; 2.0 spoke of -32 surfaces
+    params, vols = make_dataset(32, seed=1)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\), got"):
+        train_network(params, vols, hidden=(8,), max_epochs=1, val_fraction=val_fraction)
 
 
 @pytest.mark.parametrize("field", ["box", "architecture", "grid", "format", "scaler"])

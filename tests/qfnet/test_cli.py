@@ -263,6 +263,26 @@ def test_price_negative_volatility_names_the_row(bs_quotes, tmp_path):
     assert "row 3" in result.output and "volatility" in result.output
 
 
+@pytest.mark.parametrize("engine", ["analytic", "quantlib"])
+def test_price_a_zero_volatility_column_as_params_gives_the_discounted_intrinsic(
+    bs_quotes, tmp_path, engine
+):
+    # --params '{"volatility": 0}' priced; the same 0 in the file's column was "must be > 0"
+    path, table = bs_quotes
+    table["volatility"] = 0.0
+    table.to_csv(path, index=False)
+    from_file = _price(path, tmp_path / "file.csv", "bs", engine)
+    without = tmp_path / "without.csv"
+    table.drop(columns="volatility").to_csv(without, index=False)
+    from_params = _price(without, tmp_path / "params.csv", "bs", engine, {"volatility": 0.0})
+    call = table["option_type"].str.lower().str.startswith("c").to_numpy()
+    forward = 100.0 * np.exp((0.03 - 0.01) * table["maturity"].to_numpy())
+    intrinsic = np.where(call, forward - table["strike"], table["strike"] - forward).clip(0.0)
+    expected = np.exp(-0.03 * table["maturity"].to_numpy()) * intrinsic
+    np.testing.assert_allclose(from_file["price"], expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(from_params["price"], from_file["price"], rtol=0.0, atol=0.0)
+
+
 def test_price_unknown_option_type_names_row_and_value(bs_quotes, tmp_path):
     path, table = bs_quotes
     table["option_type"] = table["option_type"].astype(object)

@@ -214,6 +214,14 @@ def test_variance_and_mean_variance_match_definitions() -> None:
         (lambda p: F.entropic_risk(p, 1.0, notional=-1.0), "notional"),
         (lambda p: F.mean_variance(p, -1.0), "risk_aversion"),
         (lambda p: losses.make_risk_measure("cvar"), "unknown risk measure"),
+        (
+            lambda p: losses.make_risk_measure("variance", risk_aversion=1.0),
+            r"risk measure 'variance' takes no parameter\(s\) \['risk_aversion'\]; it takes none",
+        ),
+        (
+            lambda p: losses.make_risk_measure("es", risk_aversion=1.0),
+            r"'es' takes no parameter\(s\) \['risk_aversion'\]; it takes \['alpha'\]",
+        ),
     ],
 )
 def test_bad_risk_parameters_raise_naming_the_parameter(call, match: str) -> None:
