@@ -804,3 +804,27 @@ def test_far_wing_of_a_tiny_skewed_variance_matches_the_control_variate_referenc
     reference = qlref.heston_price(forward=1.0, strike=1.001, maturity=0.011,
                                    engine="reference_cv", **model)  # fmt: skip
     assert ours.item() == pytest.approx(float(np.ravel(reference)[0]), rel=1e-8, abs=0.0)
+
+
+EDGE_OF_EXPLOSION_CASES = {
+    "v0": np.array([9.122759425366239e-06, 0.018697000976890567]),
+    "kappa": np.array([1.5, 1.0732492433379353]),
+    "theta": np.array([0.04, 0.04]),
+    "sigma": np.array([1.2759132820422725, 1.3050236551950152]),
+    "rho": np.array([-0.809042536434661, -0.7314265361012291]),
+    "maturity": np.array([0.013585959139982309, 30.0]),
+    "strike": np.exp([-0.029312076194898826, 2.4539310785263067]),
+    "is_call": np.array([False, True]),
+    "forward": 1.0,
+}
+"""Options whose saddle search ends within its difference step of the moment explosion."""
+
+
+def test_a_saddle_at_the_edge_of_moment_explosion_matches_quantlib() -> None:
+    # psi fell until the moment exploded, so the grid's minimum lay within the step h of the
+    # explosion: psi(alpha + h) = inf made the curvature infinite, the core 1e-149 long and the
+    # prices 5.3e-141 and 2.7e-139 for QuantLib's 3.3e-6 and 2.2e-5, at any node count
+    case = EDGE_OF_EXPLOSION_CASES
+    ours = heston.price(**{n: torch.as_tensor(v) for n, v in case.items()}).numpy()
+    reference = qlref.heston_price(engine="reference_cv", **case)
+    np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=0.0)
