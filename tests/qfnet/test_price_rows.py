@@ -72,6 +72,17 @@ def test_a_borrow_cost_enters_the_carry_as_quantlib_prices_it():
     np.testing.assert_allclose(priced, reference, rtol=1e-12, atol=0)
 
 
+def test_the_quantlib_engine_prices_heston_with_a_reference_engine():
+    # QuantLib's default 144-node Gauss-Laguerre priced this 1-day near-the-money call 0.235,
+    # where its adaptive engines and the analytic pricer give 1.37e-6
+    heston = {"v0": 1e-4, "kappa": 0.01, "theta": 0.05, "sigma": 2.5, "rho": -0.999}
+    table = read_quotes(pd.DataFrame({"option_type": "call", "strike": [4470.0],
+                                      "maturity": 1 / 365, "spot": 4468.17, "rate": 0.0}))  # fmt: skip
+    prices = {engine: price_table(table, model="heston", engine=engine, params=heston)["price"]
+              for engine in ("analytic", "quantlib")}  # fmt: skip
+    np.testing.assert_allclose(prices["quantlib"], prices["analytic"], rtol=1e-6, atol=0)
+
+
 def test_an_empty_shift_prices_as_zero_as_read_quotes_reads_it():
     # read_quotes (and iv) take an empty shift cell as 0; price refused it as "missing or
     # non-numeric value"
