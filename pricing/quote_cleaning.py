@@ -383,6 +383,9 @@ def attach_forwards(
     if "forward" in quotes:
         source = source.where(quotes["forward"].isna(), "given")
     per_expiry = source.groupby(key).agg(lambda s: s.mode().iloc[0])
+    # an expiry's own discount column fixes its discount, whatever its pairs (carry_note)
+    given = quotes["discount"].notna().groupby(key).any() if "discount" in quotes else False
+    out.attrs["rate_discounted"] = int((per_expiry.isin(_RATE_DISCOUNTED) & ~given).sum())
     out["mid"] = _mid(out)
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
 
@@ -464,7 +467,11 @@ def prepare_quotes(quotes: pd.DataFrame, *, n_pairs: int = 6) -> tuple[pd.DataFr
 
 
 def carry_note(
-    defaulted: list[str], forward_sources: dict[str, int], quotes: pd.DataFrame | None = None
+    defaulted: list[str],
+    forward_sources: dict[str, int],
+    quotes: pd.DataFrame | None = None,
+    *,
+    rate_discounted: int | None = None,
 ) -> str | None:
     """The warning owed when expiries took ``carry`` forwards from a spot whose ``rate`` or
     ``dividend`` column was absent and read as 0 (``defaulted``, from ``read_quotes``'
@@ -472,7 +479,10 @@ def carry_note(
     implausible parity slope), else None: their vols are those of the spot's forward, a year's
     carry off, or of a discount of 1. A missing rate is no gap where ``quotes`` gives a
     ``discount`` in every expiry (on one of its rows at least): the carry is at its rate
-    (:func:`parity_forwards`).
+    (:func:`parity_forwards`). ``rate_discounted``: the number of expiries whose discount came
+    from the ``rate`` column (``attrs["rate_discounted"]`` of :func:`attach_forwards`; ``None``:
+    those of ``forward_sources`` that parity could not fix, an expiry's given discount not
+    excluded).
 
     Examples:
         >>> print(carry_note(["rate"], {"carry": 2, "parity": 3}))  # doctest: +ELLIPSIS
@@ -495,7 +505,9 @@ def carry_note(
                      "calls and puts for parity)")  # fmt: skip
     # a discount parity cannot fix is the rate's: at a rate read as 0, D = 1 (vols about r T
     # of themselves low, 1 point at 20% vol and 5% over a year, without a word)
-    n_rate = sum(forward_sources.get(source, 0) for source in _RATE_DISCOUNTED)
+    n_rate = rate_discounted
+    if n_rate is None:
+        n_rate = sum(forward_sources.get(source, 0) for source in _RATE_DISCOUNTED)
     if "rate" in defaulted and n_rate:
         expiries = "expiry" if n_rate == 1 else "expiries"
         notes.append(f"no rate column: {n_rate} {expiries} whose call/put pairs could not fix "
@@ -780,7 +792,8 @@ def clean_quotes(
     live = quotes
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
-    note = carry_note(defaulted, report.forward_sources, quotes)
+    note = carry_note(defaulted, report.forward_sources, quotes,
+                      rate_discounted=frame.attrs.get("rate_discounted"))  # fmt: skip
     report.notes += [note] if note else []
     shift = shifts(frame)
     ratio = (frame["strike"] + shift) / (frame["forward"] + shift)

@@ -220,8 +220,9 @@ def train_network(
     Args:
         run_dir: Where the run goes, as every qfnet run (``config.json``, ``metrics.csv``,
             TensorBoard events, ``checkpoints/{last,best}.pt``, ``loss.png``) and, at the end,
-            ``model.pt``: the network file of :func:`save_network` (``None``: nothing written).
-            A run directory had neither the events nor a network to load.
+            ``model.pt``: the network file of :func:`save_network` (``None``: nothing written;
+            a new run removes the replaced run's when it starts). A run directory had neither
+            the events nor a network to load.
 
     Shape:
         params: ``(N, 5)``, vols ``(N, 66)``.
@@ -257,6 +258,10 @@ def train_network(
     early = EarlyStopping(monitor="val_loss", patience=max(5, max_epochs // 5),
                           restore_best_weights=True)  # fmt: skip
     trainer = Trainer(net, loss=nn.functional.mse_loss, config=config, callbacks=[early])
+    if run_dir is not None and not resume:
+        # a new run replaces the network as the Trainer its checkpoints and loss.png: a new run
+        # interrupted left the replaced run's model.pt beside its own metrics
+        (Path(run_dir) / "model.pt").unlink(missing_ok=True)
     # without resume a new run removes the checkpoints it finds: an interrupted run was lost
     history = trainer.fit(train, val, resume=resume)
     net.eval()

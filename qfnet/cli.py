@@ -394,7 +394,8 @@ def iv(
     typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable{flagged}) -> "
                f"{out}{kept}")  # fmt: skip
     # forwards of a spot carried at a rate read as 0 gave vols off by points, without a word
-    notes = [carry_note(table.attrs.get("defaulted", []), sources, live),
+    notes = [carry_note(table.attrs.get("defaulted", []), sources, live,
+                        rate_discounted=prepared.attrs.get("rate_discounted")),
              day_maturity_note(live, live_vol)]  # fmt: skip
     for note in filter(None, notes):
         typer.echo(f"  note: {note}")

@@ -303,6 +303,27 @@ def test_a_one_pair_discount_at_a_missing_rate_is_noted_in_the_report() -> None:
     assert not any("could not fix the discount" in note for note in with_rate.notes)
 
 
+def test_a_one_pair_expiry_with_its_own_discount_is_not_noted_as_at_rate_0() -> None:
+    # a discount column on some expiries: the one-pair expiry's own 0.95 was used, yet the
+    # note said it took the discount at rate 0 (counted from the sources alone)
+    pair = _chain(101.0, 0.95, 1.0, np.array([100.0]))
+    chain = _chain(103.0, 0.97, 0.5, np.arange(70.0, 135.0, 5.0))
+    own = pd.concat([pair.assign(discount=0.95), chain.assign(discount=np.nan)], ignore_index=True)
+    clean, report = clean_quotes(own)
+    assert report.forward_sources == {"parity": 1, "parity_one_pair": 1}
+    np.testing.assert_allclose(
+        clean.loc[clean["maturity"] == 1.0, "discount"], 0.95, rtol=1e-12, atol=0
+    )
+    assert not any("could not fix the discount" in note for note in report.notes), report.notes
+    # the other way round the one-pair expiry's discount is the missing rate's: noted
+    other = pd.concat(
+        [pair.assign(discount=np.nan), chain.assign(discount=0.97)], ignore_index=True
+    )
+    _, report = clean_quotes(other)
+    assert any("1 expiry whose call/put pairs could not fix the discount" in note
+               for note in report.notes), report.notes  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"maturity_range": (30.0, 0.1)}, "maturity_range"), ({"moneyness_range": (0.5, math.nan)},

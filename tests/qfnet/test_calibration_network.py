@@ -768,6 +768,26 @@ def test_train_network_resumes_an_interrupted_run_to_the_same_weights(tmp_path, 
         assert torch.equal(a, b)
 
 
+def test_a_new_run_interrupted_leaves_no_replaced_network_in_its_run_dir(tmp_path, monkeypatch):
+    # model.pt was written at the end only: a new run interrupted in the same run_dir left the
+    # replaced run's network beside the new run's metrics and checkpoints
+    import qfnet.calibration_network as module
+
+    params, vols = make_dataset(48, seed=1)
+    train_network(params, vols, hidden=(8,), max_epochs=2, batch_size=8, seed=0, run_dir=tmp_path)
+    assert (tmp_path / "model.pt").exists()
+
+    class Interrupted(module.EarlyStopping):
+        def on_epoch_end(self, trainer) -> None:
+            raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(module, "EarlyStopping", Interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_network(params, vols, hidden=(8,), max_epochs=2, batch_size=8, seed=1,
+                      run_dir=tmp_path)  # fmt: skip
+    assert not (tmp_path / "model.pt").exists()
+
+
 def test_rebuild_command_refuses_resume_without_a_run_dir(capsys) -> None:
     from qfnet.calibration_network import _main
 

@@ -785,6 +785,27 @@ def test_iv_notes_carry_forwards_made_with_a_missing_rate(tmp_path):
     np.testing.assert_allclose(forward, 100.0 * np.exp(-0.01) / 0.97, rtol=1e-12, atol=0)
 
 
+def test_iv_notes_no_rate_0_discount_for_a_one_pair_expiry_that_gives_its_own(tmp_path):
+    # the one-pair expiry gives its discount, the other expiry (full parity) none: the note said
+    # the one-pair expiry took its discount at rate 0 (it took 0.95, its own)
+    rows = []
+    for t, discount, strikes, given in (
+        (1.0, 0.95, [100.0], 0.95),
+        (0.5, 0.97, [90.0, 100.0, 110.0], np.nan),
+    ):
+        for is_call in (True, False):
+            k = torch.tensor(strikes, dtype=torch.float64)
+            price = bs.black_price(forward=103.0, strike=k, maturity=t, volatility=0.2,
+                                   discount=discount, is_call=is_call)  # fmt: skip
+            rows.append(pd.DataFrame({"option_type": "call" if is_call else "put", "strike": strikes,
+                                      "maturity": t, "price": price.numpy(), "discount": given}))  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    pd.concat(rows, ignore_index=True).to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
+    np.testing.assert_allclose(pd.read_csv(out)["implied_vol"], 0.2, rtol=1e-9, atol=0)
+
+
 def test_iv_takes_a_discount_given_on_some_rows_of_an_expiry_for_the_whole_expiry(tmp_path):
     # a call's discount 0.97 beside its put's gap: the put was written with discount 1 and both
     # with the parity forward of discount 1 (102.9), the call's vol solved with it and 0.97
