@@ -126,7 +126,10 @@ def _check_all(
     named: Mapping[str, torch.Tensor | float],
 ) -> None:
     for name, values in named.items():
-        values = torch.as_tensor(values)
+        # numbers in float64: torch's default float32 read a rate of 1e39 as inf (refused) and
+        # printed -0.2 as -0.20000000298023224
+        if not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(values, dtype=torch.float64)
         check_where(name, values, test(values), requirement)
 
 
