@@ -27,7 +27,15 @@ import numpy as np
 import pandas as pd
 import QuantLib as ql
 
-from pricing._validation import PARAMETER_DOMAINS, domain_requirement, inside_domain, is_whole
+from pricing._validation import (
+    PARAMETER_DOMAINS,
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    domain_requirement,
+    inside_domain,
+    is_whole,
+)
 from pricing.quotes import forward_and_discount, short_call_flags
 
 __all__ = [
@@ -763,8 +771,8 @@ def _barrier_option(
              "down_in": ql.Barrier.DownIn, "up_in": ql.Barrier.UpIn}  # fmt: skip
     if barrier_type not in kinds:
         raise ValueError(f"barrier_type must be one of {sorted(kinds)}, got {barrier_type!r}")
-    _check_numbers(_POSITIVE, strike=strike, barrier=barrier)
-    _check_numbers(_NONNEGATIVE, rebate=rebate)
+    check_positive(strike=strike, barrier=barrier)
+    check_nonnegative(rebate=rebate)
     if spot < barrier if barrier_type.startswith("down") else spot > barrier:
         raise ValueError(f"spot {spot} is beyond the barrier {barrier} of a {barrier_type} option "
                          "(already hit), which QuantLib's engines refuse; "
@@ -873,7 +881,7 @@ def _arithmetic_asian(
         raise ValueError("fixing_times must hold at least one fixing; got none")
     if not is_whole(past_fixings) or past_fixings < 0:  # SWIG's "Wrong number or type of arguments"
         raise ValueError(f"past_fixings must be a whole number >= 0, got {past_fixings!r}")
-    _check_numbers(_NONNEGATIVE, running_sum=running_sum)
+    check_nonnegative(running_sum=running_sum)
     if (running_sum > 0) != (past_fixings > 0):  # a running sum without its count was ignored
         raise ValueError(f"running_sum ({running_sum}) and past_fixings ({past_fixings}) must be "
                          "both 0 (no fixing known) or both > 0")  # fmt: skip
@@ -892,29 +900,14 @@ def _mc_samples(n_paths: int, antithetic: bool) -> int:
     return n_paths // 2 if antithetic else n_paths
 
 
-_POSITIVE, _NONNEGATIVE, _REAL = (
-    (0.0, math.inf, "()"),
-    (0.0, math.inf, "[)"),
-    (-math.inf, math.inf, "()"),
-)
-
-
-def _check_numbers(domain: tuple[float, float, str], **named: float) -> None:
-    """Refuse any of ``named`` that is not finite and inside ``domain`` (``(low, high,
-    brackets)``), naming it."""
-    for name, value in named.items():
-        if not bool(inside_domain(np.asarray(value, dtype=float), *domain).all()):
-            raise ValueError(f"{name} must be {domain_requirement(*domain)}, got {value}")
-
-
 def _bs_process(
     spot: float, volatility: float, rate: float, dividend: float
 ) -> ql.BlackScholesMertonProcess:
     """The flat Black-Scholes process, its inputs checked by name: QuantLib's barrier engines
     priced a volatility of -0.2 as 0.2 and one of 0 as NaN, and a NaN rate failed as "positive
     compound factor required"."""
-    _check_numbers(_POSITIVE, spot=spot, volatility=volatility)
-    _check_numbers(_REAL, rate=rate, dividend=dividend)
+    check_positive(spot=spot, volatility=volatility)
+    check_finite(rate=rate, dividend=dividend)
     curve = lambda x: ql.YieldTermStructureHandle(ql.FlatForward(EVALUATION_DATE, x, DAY_COUNTER))  # noqa: E731
     vol = ql.BlackVolTermStructureHandle(
         ql.BlackConstantVol(EVALUATION_DATE, CALENDAR, volatility, DAY_COUNTER)

@@ -244,11 +244,11 @@ BARRIER = {"spot": 100.0, "strike": 100.0, "barrier": 90.0, "barrier_type": "dow
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"volatility": -0.2}, r"volatility must be finite and > 0, got -0.2"),
-     ({"volatility": 0.0}, r"volatility must be finite and > 0, got 0.0"),
-     ({"barrier": -90.0}, r"barrier must be finite and > 0, got -90.0"),
-     ({"rebate": -1.0}, r"rebate must be finite and >= 0, got -1.0"),
-     ({"rate": math.nan}, r"rate must be finite, got nan"),
+    [({"volatility": -0.2}, r"volatility must be finite and > 0; got -0.2"),
+     ({"volatility": 0.0}, r"volatility must be finite and > 0; got 0.0"),
+     ({"barrier": -90.0}, r"barrier must be finite and > 0; got -90.0"),
+     ({"rebate": -1.0}, r"rebate must be finite and >= 0; got -1.0"),
+     ({"rate": math.nan}, r"rate must be finite; got nan"),
      ({"barrier": 110.0}, r"spot 100.0 is beyond the barrier 110.0 of a down_out option"),
      ({"barrier": 90.0, "barrier_type": "up_in"},
       r"spot 100.0 is beyond the barrier 90.0 of a up_in option")],
@@ -277,7 +277,7 @@ def test_barrier_adapter_prices_a_spot_on_the_barrier_as_hit():
 @pytest.mark.parametrize(
     ("change", "message"),
     [({"fixing_times": []}, r"fixing_times must hold at least one fixing; got none"),
-     ({"volatility": -0.2}, r"volatility must be finite and > 0, got -0.2"),
+     ({"volatility": -0.2}, r"volatility must be finite and > 0; got -0.2"),
      ({"running_sum": 100.0}, r"running_sum \(100.0\) and past_fixings \(0\) must be both 0"),
      ({"past_fixings": 1}, r"running_sum \(0.0\) and past_fixings \(1\) must be both 0"),
      ({"past_fixings": -1, "running_sum": 1.0}, r"past_fixings must be a whole number >= 0"),
