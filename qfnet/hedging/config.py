@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from pricing.heston import PARAM_NAMES as HESTON_PARAMS
+from qfnet.training.device import DEVICE_TYPES
 
 __all__ = [
     "BaselineConfig",
@@ -278,10 +279,6 @@ class ObjectiveConfig:
                     "remove it")  # fmt: skip
 
 
-_TRAINING_DEVICES = ("cpu", "cuda", "mps")
-"""Device types the shared Trainer trains on (:func:`qfnet.training.resolve_device`)."""
-
-
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation settings passed to the shared Trainer (``threads``: sets torch's CPU
@@ -320,7 +317,7 @@ class TrainingConfig:
                 kind = None
             # torch names more device types than the Trainer runs on: meta or xpu passed here
             # and failed in training with a traceback ("Torch not compiled with XPU enabled")
-            if kind not in _TRAINING_DEVICES:
+            if kind not in DEVICE_TYPES:
                 raise ConfigError(f"{prefix}.device must be auto, cpu, cuda[:N] or mps, got "
                                   f"{self.device!r}")  # fmt: skip
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DEVICE_TYPES",
     "accumulation_dtype",
     "check_float64_device",
     "deterministic_algorithms",
@@ -20,6 +21,9 @@ __all__ = [
     "resolve_precision",
     "seed_everything",
 ]
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+"""The device types the Trainer runs on (torch names more: meta, xpu, hpu, ...)."""
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -52,8 +56,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ValueError(f"device: unknown device name {name!r}") from exc
-    if device.type not in ("cpu", "cuda", "mps"):  # torch names meta, xpu, hpu, ... too: the
-        # Trainer then failed mid-training ("Tensor.item() cannot be called on meta tensors")
+    if device.type not in DEVICE_TYPES:  # the Trainer then failed mid-training on meta
+        # ("Tensor.item() cannot be called on meta tensors")
         raise ValueError(f"device: {name!r} is not one the Trainer runs on (cpu, cuda, mps)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
