@@ -384,7 +384,7 @@ def attach_forwards(
         source = source.where(quotes["forward"].isna(), "given")
     per_expiry = source.groupby(key).agg(lambda s: s.mode().iloc[0])
     # an expiry's own discount column fixes its discount, whatever its pairs (carry_note)
-    given = quotes["discount"].notna().groupby(key).any() if "discount" in quotes else False
+    given = _given_per_expiry(quotes, "discount")
     out.attrs["rate_discounted"] = int((per_expiry.isin(_RATE_DISCOUNTED) & ~given).sum())
     out["mid"] = _mid(out)
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
@@ -493,7 +493,7 @@ def carry_note(
         ...                                                  "discount": [0.97, None, 0.95]})) is None
         True
     """
-    if quotes is not None and "discount" in quotes and _every_expiry_has(quotes, "discount"):
+    if quotes is not None and bool(_given_per_expiry(quotes, "discount").all()):
         # the spot was carried at the discount's rate: "with it at 0" was false
         defaulted = [column for column in defaulted if column != "rate"]
     n_carry = forward_sources.get("carry", 0)
@@ -520,9 +520,12 @@ _RATE_DISCOUNTED = ("parity_one_pair", "parity_rate_discount")
 """Forward sources whose discount is the ``rate`` column's (:func:`parity_forwards`)."""
 
 
-def _every_expiry_has(quotes: pd.DataFrame, column: str) -> bool:
-    """Whether every expiry of ``quotes`` gives ``column`` on one of its rows at least."""
-    return bool(quotes[column].notna().groupby(_expiry_key(quotes)).any().all())
+def _given_per_expiry(quotes: pd.DataFrame, column: str) -> pd.Series:
+    """Per expiry (:func:`_expiry_key`), whether ``column`` is given on one of its rows at
+    least (all False where ``quotes`` has no such column)."""
+    key = _expiry_key(quotes)
+    given = quotes[column].notna() if column in quotes else pd.Series(False, quotes.index)
+    return given.groupby(key).any()
 
 
 DAY_MATURITY_VOL = 0.05
