@@ -52,8 +52,9 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order) or *long*
     (columns ``path``, ``step`` (numbers or dates), ``spot`` and optionally ``variance``; each
     path its ``T + 1`` rows, in the order of its own steps: windows of one history may keep
-    their dates). Each path is multiplied by ``spot / S_0`` so the option (struck relative to
-    ``spot``) is hedged on every window alike. ``variance`` is refused for a Black-Scholes
+    their dates). Each path is divided by its first price ``S_0`` and multiplied by ``spot``
+    so the option (struck relative to ``spot``) is hedged on every window alike; a price that
+    then leaves the market dtype's range is refused. ``variance`` is refused for a Black-Scholes
     market (its hedges use the constant ``market.volatility``). Without it a Heston market's
     implied-vol proxy stays at its time-0 level on every path and step
     (:meth:`Market.vol_proxy`; the deltas, the band and the learned policy's features see no
@@ -73,6 +74,8 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
         >>> raw.spot.shape, raw.spot[:, :2].tolist(), raw.variance
         (torch.Size([2, 6]), [[1.0, 1.01], [1.0, 0.98]], None)
     """
+    if Path(path).is_dir():  # it was "no such file", of a folder that is there
+        raise ValueError(f"paths file {path}: a directory, not a Parquet file")
     if not Path(path).is_file():
         raise FileNotFoundError(f"paths file {path}: no such file")
     try:
@@ -112,12 +115,37 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
             row, step = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"{path}: path {wide.index.tolist()[row]!r}, step {step}: column 'variance' "
                              f"is {variance[row, step]}, not a number >= 0")  # fmt: skip
-    spot = torch.as_tensor(values, dtype=market.dtype)
-    spot = spot * (market.market.spot / spot[:, :1])
+    spot = _rescaled(values, market, path, wide.index)
     var_t = None if variance is None else torch.as_tensor(variance, dtype=market.dtype)
     if var_t is None and "variance_swap" in market.market.instruments:
         raise ValueError(f"{path}: the variance_swap instrument needs a 'variance' column")
     return RawPaths(spot, var_t)
+
+
+def _rescaled(
+    values: np.ndarray, market: Market, path: str | Path, names: pd.Index
+) -> torch.Tensor:
+    """Each path divided by its first price, then times ``market.spot``, in the market's dtype:
+    multiplying by ``spot / S_0`` first made a start of 1e-320 an inf factor (every price inf,
+    a NaN P&L later). A path that still leaves the dtype's range once rescaled (a rise of
+    1e300 times its start, or 1e40 in float32) is refused, naming it.
+
+    Shape:
+        - values, output: (N, T + 1)
+    """
+    spot = market.market.spot
+    with np.errstate(over="ignore", under="ignore"):
+        relative = values / values[:, :1]
+    out = torch.as_tensor(relative * spot, dtype=market.dtype)
+    bad = (~torch.isfinite(out) | (out <= 0)).numpy()
+    if bad.any():
+        row, step = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: path {names.tolist()[row]!r}, step {step}: price "
+                         f"{values[row, step]} is {relative[row, step]:.3g} times the path's "
+                         f"first ({values[row, 0]}); rescaled to start at market.spot {spot} "
+                         f"it is {float(out[row, step])}, out of {market.dtype}'s "
+                         "range")  # fmt: skip
+    return out
 
 
 def _long_to_wide(

@@ -147,9 +147,10 @@ class MarketConfig:
 class DerivativeConfig:
     """The derivative sold. ``type`` in european, asian (arithmetic, fixings every step),
     barrier (``barrier``, ``barrier_type`` in up_out, down_out, up_in, down_in) or lookback
-    (floating strike); ``barrier`` and ``barrier_type`` are refused for another type (they were
-    ignored). ``premium`` (>= 0) is received at time 0 for the option sold (0: report the P&L
-    before premium); the hedger is always short the derivative.
+    (floating strike: struck at the running extremum, so ``strike`` is refused for it);
+    ``barrier`` and ``barrier_type`` are refused for another type (they were ignored).
+    ``premium`` (>= 0) is received at time 0 for the option sold (0: report the P&L before
+    premium); the hedger is always short the derivative.
 
     Examples:
         >>> DerivativeConfig(type="barrier").validate("derivative")
@@ -174,6 +175,12 @@ class DerivativeConfig:
             _unused(self, prefix, ("barrier", "barrier_type"),
                     f"is for type barrier; the {self.type} option has none",
                     f"remove it or set {prefix}.type")  # fmt: skip
+        if self.type == "lookback":  # it moved only the features' moneyness, read as a
+            # fixed-strike lookback's strike; the payoff S_T - min S (max S - S_T) has none
+            _unused(self, prefix, ("strike",),
+                    "is not a term of the floating-strike lookback (struck at the running "
+                    "extremum; its moneyness features are measured against market.spot)",
+                    "remove it")  # fmt: skip
         if self.type == "barrier":
             if self.barrier is None:
                 raise ConfigError(f"{prefix}.barrier is required when {prefix}.type is barrier")

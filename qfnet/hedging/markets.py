@@ -10,7 +10,8 @@ of the path-dependent one given the path so far (:mod:`qfnet.hedging.deltas`). T
 and the variance-swap hedge ratio use the same derivative's gamma and vega (:meth:`Market.greeks`),
 so a knocked-out barrier has neither; ``d1`` is the European moneyness for every derivative.
 
-Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))``, ``tau / T``,
+Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))`` (``K`` the strike; for
+the floating-strike lookback, which has none, ``market.spot``), ``tau / T``,
 ``sigma_hat / sigma0 - 1`` (implied-vol proxy), ``d1`` clipped to [-6, 6] (moneyness in
 standard deviations), and the Whalley-Wilmott band scale ``(cost S Gamma^2)^(1/3)`` scaled by 10.
 ``sigma_hat`` is the model's implied-vol proxy: the constant volatility under Black-Scholes, and
@@ -316,7 +317,9 @@ class Market:
     def _features(
         self, spot: torch.Tensor, tau: torch.Tensor, vol: torch.Tensor, gamma: torch.Tensor
     ) -> torch.Tensor:
-        m, strike = self.market, self.config.derivative.strike
+        m, d = self.market, self.config.derivative
+        # a floating-strike lookback has no strike: its moneyness is against the time-0 spot
+        strike = m.spot if d.type == "lookback" else d.strike
         sigma0 = self.initial_vol
         s = spot[:, :-1]
         log_m = torch.log(s / strike)

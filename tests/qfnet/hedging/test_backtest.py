@@ -388,3 +388,26 @@ def test_train_cli_reports_the_validation_loss_of_the_saved_model(tmp_path: Path
     with torch.no_grad():
         saved = float(model.risk_loss(model(pack(val).float())))
     assert printed == pytest.approx(saved, rel=1e-5, abs=1e-9)
+
+
+def test_path_files_starting_near_zero_are_rescaled_by_their_ratio_not_made_inf(
+    tmp_path: Path,
+) -> None:
+    # each path was multiplied by spot / S_0: a start of 1e-320 made the factor inf and every
+    # price inf, without a word (a NaN P&L later); now each price is divided by the start first
+    from qfnet.hedging.backtest import read_paths
+
+    market = Market(config_from_dict({"market": {"n_steps": 2, "spot": 100.0}}))
+    pd.DataFrame({"0": [1e-320, 5.0], "1": [2e-320, 6.0], "2": [4e-320, 4.0]}).to_parquet(
+        tmp_path / "tiny.parquet"
+    )
+    spot = read_paths(tmp_path / "tiny.parquet", market).spot
+    expected = torch.tensor([[100.0, 200.0, 400.0], [100.0, 120.0, 80.0]], dtype=spot.dtype)
+    torch.testing.assert_close(spot, expected, rtol=1e-3, atol=0.0)  # 1e-320 is subnormal
+    pd.DataFrame({"0": [5.0, 1e-300], "1": [6.0, 1.0], "2": [4.0, 1e10]}).to_parquet(
+        tmp_path / "huge.parquet"
+    )
+    with pytest.raises(
+        ValueError, match=r"huge\.parquet: path 1, step 2: price 10000000000\.0 is inf times"
+    ):
+        read_paths(tmp_path / "huge.parquet", market)

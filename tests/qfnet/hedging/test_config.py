@@ -275,13 +275,16 @@ def test_numbers_past_the_float_range_are_refused_naming_the_key(tmp_path):
       r"derivative\.barrier is for type barrier; the european option has none"),
      ({"derivative": {"type": "asian", "barrier_type": "down_in"}},
       r"derivative\.barrier_type is for type barrier; the asian option has none"),
+     ({"derivative": {"type": "lookback", "strike": 1.2}},
+      r"derivative\.strike is not a term of the floating-strike lookback .*: remove it, got 1\.2"),
      ({"objective": {"name": "entropic", "alpha": 0.99}},
       r"objective\.alpha is the es objective's level; entropic has none")],
 )  # fmt: skip
 def test_settings_the_chosen_model_derivative_or_objective_ignores_are_refused(data, match):
     # each trained without a word on what the config did not say: Heston parameters without
     # model: heston simulated Black-Scholes at vol 0.2, a barrier without type barrier sold a
-    # european, an alpha for the entropic objective was never read
+    # european, an alpha for the entropic objective was never read, a lookback's strike (it
+    # has none) only moved its moneyness features
     with pytest.raises(ConfigError, match=match):
         config_from_dict(data)
 

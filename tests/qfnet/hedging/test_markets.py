@@ -226,6 +226,8 @@ def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
     # a missing file said only its name; an empty one failed in torch.cat
     with pytest.raises(FileNotFoundError, match=r"paths file .*nope.parquet: no such file"):
         read_paths(tmp_path / "nope.parquet", market)
+    with pytest.raises(ValueError, match=r"paths file .*: a directory, not a Parquet file"):
+        read_paths(tmp_path, market)  # it said "no such file" of a folder that is there
     wide.iloc[:0].to_parquet(tmp_path / "empty.parquet")
     with pytest.raises(ValueError, match=r"no paths \(0 rows\)"):
         read_paths(tmp_path / "empty.parquet", market)
@@ -295,3 +297,19 @@ def test_spot_paths_out_of_the_float_range_name_the_market_keys(market, match) -
     market = Market(config_from_dict({"market": {"n_steps": 5, **market}}))
     with pytest.raises(ConfigError, match=match):
         market.simulate(16, generator=torch.Generator().manual_seed(0))
+
+
+def test_lookback_features_measure_moneyness_against_the_spot_it_has_no_strike() -> None:
+    # the floating-strike lookback's moneyness features used derivative.strike, which it does
+    # not have: at market.spot 100 (strike left at 1) log(S/K) / (sigma0 sqrt(T)) started at 81
+    # and d1 sat at its clip, 6, on every path; the same paths at spot 1 started at 0
+    config = {"n_steps": 5}
+    unit = Market(config_from_dict({"market": config, "derivative": {"type": "lookback"}}))
+    raw = unit.simulate(64, generator=torch.Generator().manual_seed(0))
+    scaled = Market(config_from_dict({"market": {**config, "spot": 100.0},
+                                      "derivative": {"type": "lookback"}}))  # fmt: skip
+    features = scaled.data(raw._replace(spot=raw.spot * 100.0)).features
+    torch.testing.assert_close(features[:, 0, 0], torch.zeros(64, dtype=features.dtype))
+    torch.testing.assert_close(
+        features[..., :4], unit.data(raw).features[..., :4], rtol=1e-12, atol=1e-12
+    )

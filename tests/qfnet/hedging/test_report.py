@@ -22,3 +22,27 @@ def test_histograms_of_more_than_2_pow_24_paths_in_all(tmp_path: Path) -> None:
     written = plot_histograms(results, tmp_path)
     assert written == ["pnl_hist_delta.png", "pnl_hist_learned.png"]
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+def test_histograms_cover_a_strategy_beyond_the_hedges_bins_and_count_the_clipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the bins spanned the hedging strategies' P&L only: no_hedge's was clamped into them, half
+    # its paths drawn in each edge bin and its VaR95 and ES95 off the histogram, without a word
+    from matplotlib.figure import Figure
+
+    figures = {}
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **_: figures.update({path.name: fig}))
+    n = 2001
+    empty = torch.zeros(1, 1, 1, dtype=torch.float64)
+    pnls = {"no_hedge": torch.linspace(-1.0, 1.0, n, dtype=torch.float64),
+            "delta": torch.linspace(-0.1, 0.1, n, dtype=torch.float64)}  # fmt: skip
+    plot_histograms({k: HedgeResult(empty, p, p, p) for k, p in pnls.items()}, tmp_path)
+    for name, pnl in pnls.items():
+        ax = figures[f"pnl_hist_{name}.png"].axes[0]
+        counts = [bar.get_height() for bar in ax.patches]
+        assert len(counts) == 120 and sum(counts) == n
+        assert max(counts) < 0.02 * n  # evenly spread: nothing piled in an edge bin
+        assert ax.patches[0].get_x() <= float(pnl[1])  # the bins reach the 0.05% quantile
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels[-1] == "1 below, 1 above: in the edge bins"
