@@ -6,9 +6,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["replace_atomically"]
+__all__ = ["replace_atomically", "save_figure_atomically"]
 
 
 def _read_umask() -> int:
@@ -46,3 +46,19 @@ def replace_atomically(path: str | Path, write: Callable[[BinaryIO], object]) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_figure_atomically(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` to ``path`` through :func:`replace_atomically`, in the format its suffix
+    names: a plot written in place (``loss.png`` at the end of every fit) was left cut short by
+    an interrupted write, and a reader could see half of one.
+
+    Examples:
+        >>> from matplotlib.figure import Figure
+        >>> p = Path(tempfile.mkdtemp()) / "plot.png"
+        >>> save_figure_atomically(Figure(), p).read_bytes()[1:4]
+        b'PNG'
+    """
+    path = Path(path)
+    form = path.suffix.removeprefix(".") or None  # a file object carries no name to read it from
+    return replace_atomically(path, lambda f: fig.savefig(f, format=form, **kwargs))

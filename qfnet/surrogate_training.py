@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pricing._atomic import save_figure_atomically
 from pricing._validation import json_safe, read_json
 from pricing.datasets import Domain, load_dataset
 from qfnet.surrogate import SurrogateNet, build_surrogate, load_surrogate, save_surrogate
@@ -424,7 +425,7 @@ def _plot_error_histogram(errors: torch.Tensor, path: Path) -> None:
     ax.set_ylabel("test points")
     ax.set_title(f"surrogate test errors: mean {e.mean():.2f} bp, max {e.max():.1f} bp")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomically(fig, path, dpi=100)
 
 
 def train_surrogate(

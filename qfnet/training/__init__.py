@@ -36,10 +36,10 @@ Custom forward
 
 Runs (``config.run_dir``)
     ``config.json``; ``metrics.csv`` (one row per epoch: ``epoch, step, train_loss, lr, val_loss,
-    val_<metric>..., seconds``); TensorBoard events (per step: ``train/loss``,
-    ``train/grad_norm``, ``lr``; per epoch, at its last global step: the columns of
-    ``metrics.csv`` but ``epoch`` and ``step``, a NaN or infinite value left out where
-    ``metrics.csv`` writes it);
+    val_<metric>..., seconds``, the last the epoch's time, that before a resume included);
+    TensorBoard events (per step: ``train/loss``, ``train/grad_norm``, ``lr``; per epoch, at its
+    last global step: the columns of ``metrics.csv`` but ``epoch`` and ``step``; a NaN or
+    infinite value, of a step or of an epoch, left out, where ``metrics.csv`` writes an epoch's);
     ``checkpoints/last.pt`` (every epoch, every
     ``checkpoint_every_n_steps`` and where a callback's stop ends training mid-epoch),
     ``checkpoints/best.pt`` (best ``monitor``, a hard link to the ``last.pt`` of that epoch);
@@ -64,10 +64,11 @@ Steps
 
 Resume
     ``trainer.fit(train, val, resume=True)`` continues from ``run_dir/checkpoints/last.pt``
-    (or from ``last.pt`` in the ``dirpath`` of a given ``ModelCheckpoint``; starting fresh when
-    it does not exist); ``fit(..., ckpt_path=path)`` from a given file. A new run (``fit``
-    without a checkpoint to resume) removes the ``last.pt``, ``best.pt`` and ``epoch_XXXX.pt``
-    of the run it replaces in that folder when it starts, so a resume never continues that run.
+    (or from ``last.pt`` in the ``dirpath`` of a given ``ModelCheckpoint``; starting fresh, with
+    a warning naming the folder, when it does not exist); ``fit(..., ckpt_path=path)`` from a
+    given file. A new run (``fit`` without a checkpoint to resume) removes the ``last.pt``,
+    ``best.pt`` and ``epoch_XXXX.pt`` of the run it replaces in that folder when it starts, so
+    a resume never continues that run.
     Checkpoints hold the model, optimizer, scheduler, GradScaler, callback states, loop position
     (epoch, batch within the epoch, global step), history and every RNG state. They are written
     atomically and read with ``torch.load(weights_only=True)``; a truncated, corrupted or

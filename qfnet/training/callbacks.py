@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pricing._atomic import save_figure_atomically
 from pricing._validation import check_positive_int
 from qfnet.training.checkpoint import link_checkpoint
 
@@ -54,7 +55,8 @@ HOOKS: dict[str, str] = {
     "on_fit_end": "once, after the last epoch (not after an exception)",
     "on_exception": "(exception): training raised; the exception propagates afterwards (a "
     "checkpoint written here holds the last completed optimizer step; under DDP it is written "
-    "only after the NaN guard's error, raised on every rank at once)",
+    "only after the NaN guard's error, raised on every rank at once); not called when the "
+    "checkpoint to resume from is refused (before on_fit_start)",
     "on_teardown": "always, last: close files",
 }
 
@@ -529,11 +531,22 @@ class LossCurvePlot:
         path = self._target(trainer)
         if path is None or not trainer.history.records:
             return
-        plot_loss_curves(trainer.history.records, path)
+        plot_loss_curves(trainer.history.records, path, ylabel=_loss_label(trainer.loss))
 
 
-def plot_loss_curves(records: list[dict[str, float]], path: Path) -> Path:
-    """Plot every ``*loss`` column of per-epoch records against the epoch (log scale if > 0)."""
+def _loss_label(loss: Any) -> str:
+    """``loss (<name>)``: the loss function's name (its class for a module), or ``loss`` for
+    an anonymous one. Every plot was labelled ``loss``, whatever it measured (``vol_loss_bp2``:
+    squared implied-vol errors in bp^2)."""
+    name = getattr(getattr(loss, "func", loss), "__name__", None)  # a partial's function
+    if name is None or isinstance(loss, torch.nn.Module):
+        name = type(loss).__name__
+    return "loss" if name.startswith("<") else f"loss ({name})"  # not "<lambda>"
+
+
+def plot_loss_curves(records: list[dict[str, float]], path: Path, *, ylabel: str = "loss") -> Path:
+    """Plot every ``*loss`` column of per-epoch records against the epoch (log scale if > 0),
+    with ``ylabel`` on the loss axis."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), dpi=100)
@@ -548,10 +561,8 @@ def plot_loss_curves(records: list[dict[str, float]], path: Path) -> Path:
     if positive and keys:
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return save_figure_atomically(fig, path)

@@ -77,7 +77,8 @@ class CSVLogger:
 class TensorBoardLogger:
     """TensorBoard events: ``train/loss``, ``train/grad_norm`` and ``lr`` at every step, and every
     finite epoch metric under ``epoch/<name>`` at the global step that ends the epoch (a NaN
-    epoch value, e.g. a mean over samples that all weigh 0, is left out; ``metrics.csv`` has it).
+    value, e.g. a mean over samples that all weigh 0, is left out, of a step as of an epoch;
+    ``metrics.csv`` has the epoch's).
 
     Step values stay on the device in a buffer and are written every ``log_every_n_steps``
     steps (``None``: ``config.log_every_n_steps``) and at the end of each epoch, with one
@@ -156,10 +157,14 @@ class TensorBoardLogger:
         for key, (rows, values) in self._values.items():
             tag = key if key.startswith("lr") else f"train/{key}"
             for row, value in zip(rows, _floats(values), strict=True):
-                per_step[row].append(Summary.Value(tag=tag, simple_value=value))
+                # left out where not finite, as the epoch values are: a step whose samples all
+                # weigh 0 (its mean loss 0/0, no update) was drawn as a NaN, its epoch's not
+                if math.isfinite(value):
+                    per_step[row].append(Summary.Value(tag=tag, simple_value=value))
         writer = self._writer._get_file_writer()
         for step, values in zip(self._steps, per_step, strict=True):
-            writer.add_summary(Summary(value=values), step)  # one event per step, all its tags
+            if values:  # one event per step, all its tags
+                writer.add_summary(Summary(value=values), step)
         self._steps, self._values = [], {}
 
     def on_epoch_end(self, trainer: Trainer) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from pricing._atomic import save_figure_atomically
 from qfnet.training.checkpoint import get_rng_state, set_rng_state
 from qfnet.training.data import DataSource
 from qfnet.training.step import EpochLoss, NonFiniteLossError, group_batches
@@ -59,10 +60,7 @@ class LRFinderResult:
         ax.set_title("LR range test")
         ax.legend()
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-        return path
+        return save_figure_atomically(fig, path)
 
 
 def lr_find(

@@ -59,6 +59,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "world_size": trainer.dist.world_size,
         "skipped_steps": trainer._skipped,
         "schedule_steps": trainer._schedule_steps,
+        "seconds": 0.0 if done else trainer._epoch_seconds(),
         "loader_generator": trainer._train.generator_state(done)
         if hasattr(trainer, "_train")
         else None,
@@ -231,6 +232,9 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     trainer._skipped = loop.get("skipped_steps", 0)
     # the steps the warmup has counted (all but the fp16 skipped ones); older checkpoints: all
     trainer._schedule_steps = loop.get("schedule_steps", loop["global_step"])
+    # the seconds the epoch had trained before the checkpoint (older checkpoints: none), which
+    # its row's ``seconds`` adds to those after the resume
+    trainer._resumed_seconds = float(loop.get("seconds", 0.0)) if loop["batch_in_epoch"] else 0.0
     # An older checkpoint's loop.should_stop is ignored: restored, it made every resume of a run
     # stopped at a checkpoint (a time budget) a no-op, while others trained on from the previous
     # checkpoint. EarlyStopping re-asserts its own stop from its state.

@@ -165,6 +165,11 @@ class Trainer:
         # but those the fp16 scaler skipped, whose overflows spent the warmup without an update
         self._schedule_steps = 0
         self._unsynced_error: BaseException | None = None
+        # the current epoch's start on the clock (None between epochs), and the seconds a
+        # checkpoint resumed mid-epoch had trained of it: the resumed epoch's row counted only
+        # those since the resume
+        self._epoch_start: float | None = None
+        self._resumed_seconds = 0.0
 
     def _default_callbacks(self, callbacks: list[Any]) -> list[Any]:
         cfg = self.config
@@ -350,7 +355,8 @@ class Trainer:
             train_data: A Dataset, a tensor (one sample per row) or a DataLoader.
             val_data: Validation data, evaluated every ``val_every_n_epochs`` epochs.
             resume: Continue from ``last.pt`` in the ModelCheckpoint's folder
-                (``run_dir/checkpoints`` by default) if it exists.
+                (``run_dir/checkpoints`` by default) if it exists; without one, warn and start
+                a new run.
             ckpt_path: Continue from this checkpoint (must exist).
 
         Returns:
@@ -367,23 +373,28 @@ class Trainer:
         # Not restored either: a stop whose reason lasts is re-asserted by its callback from
         # its own state (EarlyStopping); one that does not (a time budget) lets a resume train on.
         self.should_stop = False
-        self._rng_at_position = None
+        self._rng_at_position = self._epoch_start = None
+        self._resumed_seconds = 0.0  # restore_trainer sets a mid-epoch checkpoint's
         if path is None:
             seed_everything(self.config.seed)
             self.history = History()
             self.epoch = self.global_step = self.batch_in_epoch = self.step_in_epoch = 0
             self._skipped = self._schedule_steps = 0
-        self._write_config()
         with deterministic_algorithms(self.config.deterministic):
             return self._fit_epochs(path)
 
     def _fit_epochs(self, path: Path | None) -> History:
         """The epoch loop of :meth:`fit` (resuming from ``path`` when given), with its hooks."""
+        restored = path is None
         try:
             if path is not None:
                 # MPS cannot hold the checkpoint's float64 tensors: read it to the CPU there
                 where = "cpu" if self.device.type == "mps" else self.device
                 restore_trainer(self, ckpt.load_checkpoint(path, map_location=where), path)
+                restored = True
+            # only once the checkpoint has loaded: a resume refused (a damaged last.pt, another
+            # batch size) had replaced the run's config.json with the refused settings
+            self._write_config()
             self.call("on_fit_start")
             while self.epoch < self.config.max_epochs and not self._stop_requested():
                 if not self._run_epoch():
@@ -392,6 +403,8 @@ class Trainer:
                 self.call("on_train_stop")
             self.call("on_fit_end")
         except BaseException as exc:
+            if not restored:  # a refused resume: no training ran, and a crash handler's
+                raise  # checkpoint replaced the run's last.pt with the unrestored state
             # Under DDP, the NaN guard's error is the only one known to be raised on every rank
             # at the same step: after another, the other ranks may be waiting in a collective
             # (or gone), and a checkpoint written here (its collectives) waited for them until
@@ -421,7 +434,12 @@ class Trainer:
         if last is None:
             raise ValueError("fit(resume=True) needs TrainerConfig.run_dir or a ModelCheckpoint "
                              "with a dirpath (or pass ckpt_path)")  # fmt: skip
-        return last if last.exists() else None
+        if last.exists():
+            return last
+        if self.is_global_zero:  # a new run started without a word where the run was expected
+            warnings.warn(f"fit(resume=True): no checkpoint to resume in {last.parent} (no "
+                          f"{last.name}); starting a new run", stacklevel=3)  # fmt: skip
+        return None
 
     def _last_checkpoint(self) -> Path | None:
         """The ``last.pt`` of the ModelCheckpoint callbacks (the first that exists, else the
@@ -462,7 +480,8 @@ class Trainer:
         A stop set at the epoch's last step (of a known number) ends the epoch first, as in
         Lightning: that epoch's validation, history row and ``last.pt`` are not skipped.
         """
-        start = time.perf_counter()
+        start = self._epoch_start = time.perf_counter() - self._resumed_seconds
+        self._resumed_seconds = 0.0
         self._epoch_done = self.validated_this_epoch = False
         self._enter_train_mode()
         self._mark_position()
@@ -493,7 +512,15 @@ class Trainer:
         self._epoch_done = False
         self.batch_in_epoch = self.step_in_epoch = 0
         self._train_sums, self._epoch_loss = self._zero_sums(), EpochLoss()
+        self._epoch_start = None
         return True
+
+    def _epoch_seconds(self) -> float:
+        """Seconds the current epoch has trained so far, those before a resume included (what
+        a mid-epoch checkpoint saves); 0 at an epoch's start."""
+        if self._epoch_start is None or self.batch_in_epoch == 0:
+            return self._resumed_seconds
+        return time.perf_counter() - self._epoch_start
 
     def _enter_train_mode(self) -> None:
         """Train mode for a model wholly in eval mode (after ``model.eval()``, as loaded for

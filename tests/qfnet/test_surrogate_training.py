@@ -48,6 +48,32 @@ def test_error_summary_median_is_the_middle_of_an_even_count():
     assert summary["p99_bp"] == pytest.approx(np.quantile([1.0, 2.0, 3.0, 10.0], 0.99), rel=1e-15)
 
 
+def test_an_interrupted_error_histogram_write_keeps_the_previous_plot(tmp_path, monkeypatch):
+    # error_hist.png was written in place: a failure midway (a full disk) left it cut short
+    from matplotlib.figure import Figure
+
+    from qfnet.surrogate_training import _plot_error_histogram
+
+    path = tmp_path / "error_hist.png"
+    errors = torch.tensor([0.5, 2.0, 30.0], dtype=torch.float64)
+    _plot_error_histogram(errors, path)
+    before = path.read_bytes()
+
+    def disk_full(self, target, **kwargs):
+        if hasattr(target, "write"):
+            target.write(before[:4])
+        else:
+            with open(target, "wb") as f:
+                f.write(before[:4])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _plot_error_histogram(errors, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["error_hist.png"]  # no temporary left
+
+
 def test_reported_test_errors_match_a_recomputation_from_the_saved_model(sabr_data, tmp_path):
     summary = train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)
     frame, _ = load_dataset(sabr_data)

@@ -236,7 +236,8 @@ def test_a_new_run_stopped_before_its_first_checkpoint_leaves_none_of_the_replac
         trainer(1, CrashAtFirstStep()).fit(data, data)
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []
     resumed = trainer(1)
-    history = resumed.fit(data, data, resume=True)  # nothing to resume: the new run afresh
+    with pytest.warns(UserWarning, match="no checkpoint to resume"):
+        history = resumed.fit(data, data, resume=True)  # nothing to resume: the new run afresh
     straight = trainer(1)
     expected = straight.fit(data, data)
     assert history.records[-1]["train_loss"] == expected.records[-1]["train_loss"]
@@ -266,6 +267,56 @@ def test_a_new_run_stopped_before_its_end_leaves_no_loss_plot_of_the_replaced_ru
     resumed = Trainer(mlp(), loss=sq_error, config=config)
     resumed.fit(data, resume=True)  # a resumed run draws the whole run at its end
     assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_an_interrupted_loss_plot_write_keeps_the_previous_plot(
+    regression, mlp, sq_error, tmp_path, monkeypatch
+):
+    # loss.png was written in place: a failure midway (a full disk) left it cut short
+    from matplotlib.figure import Figure
+
+    data = regression(n=32)
+    config = _lr_config(run_dir=tmp_path, max_epochs=2)
+    Trainer(mlp(), loss=sq_error, config=config).fit(data)
+    before = (tmp_path / "loss.png").read_bytes()
+
+    def disk_full(self, target, **kwargs):
+        if hasattr(target, "write"):
+            target.write(PNG_MAGIC[:4])
+        else:
+            with open(target, "wb") as f:
+                f.write(PNG_MAGIC[:4])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        Trainer(mlp(), loss=sq_error, config=config).fit(data, resume=True)  # redraws at its end
+    assert (tmp_path / "loss.png").read_bytes() == before
+    assert not list(tmp_path.glob(".loss.png.*"))  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("loss", "label"),
+    [(torch.nn.MSELoss(), "loss (MSELoss)"), (None, "loss (per_sample_mse)"),
+     (lambda o, y: (o - y) ** 2, "loss")],
+)  # fmt: skip
+def test_the_loss_plot_names_the_loss_function(
+    regression, mlp, sq_error, tmp_path, monkeypatch, loss, label
+):
+    # every plot's axis read "loss", whatever the loss measured
+    from matplotlib.figure import Figure
+
+    labels = []
+    real = Figure.savefig
+
+    def record(self, target, **kwargs):
+        labels.append(self.axes[0].get_ylabel())
+        return real(self, target, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    config = _lr_config(run_dir=tmp_path, max_epochs=1)
+    Trainer(mlp(), loss=loss or sq_error, config=config).fit(regression(n=16))
+    assert labels == [label]
 
 
 def test_run_dir_gets_config_metrics_csv_tensorboard_checkpoints_and_plot(
@@ -620,6 +671,34 @@ def test_tensorboard_writes_a_step_metric_that_only_some_steps_have(
         (s, float(s)) for s in (2, 4, 6, 8)
     ]
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
+
+
+def test_tensorboard_leaves_out_a_steps_nan_loss_as_it_does_an_epochs(
+    regression, mlp, sq_error, tmp_path
+):
+    # a step whose samples all weigh 0 (nan_guard off: no update) was logged as a NaN loss and
+    # gradient norm, while the epoch values leave NaN out (the epoch's train_loss is finite)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from qfnet.training import TensorBoardLogger
+
+    x, y, w = regression(n=16, weighted=True).tensors
+    w = w.clone()
+    w[4:8] = 0.0  # the second batch of 4
+    cfg = TrainerConfig(max_epochs=1, batch_size=4, shuffle=False, nan_guard=False,
+                        progress_bar=False)  # fmt: skip
+    logger = TensorBoardLogger(tmp_path, log_every_n_steps=4)
+    history = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[logger]).fit(
+        TensorDataset(x, y, w)
+    )
+    assert math.isfinite(history["train_loss"][0])
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    for tag in ("train/loss", "train/grad_norm"):
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in logged] == [1, 3, 4], tag
+        assert all(math.isfinite(v) for _, v in logged), tag
+    assert [e.step for e in events.Scalars("lr")] == [1, 2, 3, 4]
 
 
 def _lr_config(**overrides):

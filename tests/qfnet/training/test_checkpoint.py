@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -539,6 +540,92 @@ def test_resuming_into_a_different_model_names_the_checkpoint(regression, mlp, t
     other = Trainer(mlp(hidden=5), loss=torch.nn.MSELoss(), config=cfg)
     with pytest.raises(CheckpointError, match=r"last\.pt: does not match this model"):
         other.fit(regression(n=16), resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "batch_size"])
+def test_a_refused_resume_leaves_the_runs_config_json_as_it_was(regression, mlp, tmp_path, damage):
+    # config.json was rewritten before the checkpoint was read: a resume refused (a cut
+    # last.pt, another batch size mid-epoch) left the run described by the refused settings
+    settings = {"max_epochs": 1, "batch_size": 4, "checkpoint_every_n_steps": 1,
+                "run_dir": tmp_path, "progress_bar": False, "tensorboard": False}  # fmt: skip
+    trainer = Trainer(mlp(), loss=torch.nn.MSELoss(), config=TrainerConfig(**settings),
+                      callbacks=[_StopAtStep(2)])  # fmt: skip
+    trainer.fit(regression(n=16))  # stopped mid-epoch: last.pt at step 2
+    before = (tmp_path / "config.json").read_text()
+    if damage == "truncated":
+        last = tmp_path / "checkpoints" / "last.pt"
+        last.write_bytes(last.read_bytes()[:100])
+    again = Trainer(mlp(), loss=torch.nn.MSELoss(),
+                    config=TrainerConfig(**(settings | {"batch_size": 8, "lr": 0.5})))  # fmt: skip
+    with pytest.raises((CheckpointError, ValueError), match=r"last\.pt"):
+        again.fit(regression(n=16), resume=True)
+    assert (tmp_path / "config.json").read_text() == before
+
+
+def test_a_refused_resume_calls_no_crash_handler_that_would_replace_last_pt(
+    regression, mlp, tmp_path
+):
+    # on_exception ran for the refusal: a crash handler's checkpoint (as save_checkpoint's
+    # docstring suggests) replaced the run's last.pt with the unrestored step-0 state
+    class SaveOnException:
+        def on_exception(self, trainer, exception) -> None:
+            trainer.save_checkpoint(tmp_path / "checkpoints" / "last.pt")
+
+    settings = {"max_epochs": 1, "batch_size": 8, "optimizer": "adam", "run_dir": tmp_path,
+                "progress_bar": False, "tensorboard": False}  # fmt: skip
+    Trainer(mlp(), loss=torch.nn.MSELoss(), config=TrainerConfig(**settings)).fit(regression(n=16))
+    again = Trainer(mlp(), loss=torch.nn.MSELoss(), callbacks=[SaveOnException()],
+                    config=TrainerConfig(**(settings | {"optimizer": "sgd"})))  # fmt: skip
+    with pytest.raises(ValueError, match="resume with the same optimizer settings"):
+        again.fit(regression(n=16), resume=True)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["loop"]["global_step"] == 2
+
+
+def test_resume_without_a_checkpoint_warns_naming_the_folder_and_starts_a_new_run(
+    regression, mlp, tmp_path
+):
+    # it started a new run without a word, where the user expected the run to continue
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, run_dir=tmp_path, progress_bar=False,
+                        tensorboard=False)  # fmt: skip
+    trainer = Trainer(mlp(), loss=torch.nn.MSELoss(), config=cfg)
+    folder = str(tmp_path / "checkpoints")
+    with pytest.warns(UserWarning, match=rf"no checkpoint to resume in {re.escape(folder)} "):
+        history = trainer.fit(regression(n=16), resume=True)
+    assert len(history.records) == 1 and (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+class _Clock:
+    """A clock that advances one second per optimizer step (no wall-clock reading)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def on_train_step_end(self, trainer) -> None:
+        self.now += 1.0
+
+
+def test_an_epoch_resumed_mid_way_reports_the_seconds_of_both_parts(
+    regression, mlp, tmp_path, monkeypatch
+):
+    # the resumed epoch's row counted only the seconds since the resume (here 2 of its 4 steps)
+    import qfnet.training.trainer as trainer_module
+
+    clock = _Clock()
+    monkeypatch.setattr(trainer_module, "time", clock)
+    settings = {"max_epochs": 2, "batch_size": 4, "run_dir": tmp_path, "progress_bar": False,
+                "tensorboard": False}  # fmt: skip
+    data = regression(n=16)  # 4 steps per epoch, one second each
+    stopped = Trainer(mlp(), loss=torch.nn.MSELoss(), config=TrainerConfig(**settings),
+                      callbacks=[clock, _StopAtStep(2)])  # fmt: skip
+    stopped.fit(data)  # last.pt at step 2 of epoch 0
+    clock.now = 1000.0  # the time between the stop and the resume is not the epoch's
+    resumed = Trainer(mlp(), loss=torch.nn.MSELoss(), config=TrainerConfig(**settings),
+                      callbacks=[clock])  # fmt: skip
+    history = resumed.fit(data, resume=True)
+    assert history["seconds"] == pytest.approx([4.0, 4.0], abs=1e-9)
 
 
 def test_resuming_from_a_checkpoint_of_another_writer_names_the_file_and_fields(
