@@ -36,6 +36,7 @@ __all__ = [
     "carry_note",
     "clean_quotes",
     "day_maturity_note",
+    "forward_notes",
     "parity_forwards",
     "prepare_quotes",
 ]
@@ -52,9 +53,10 @@ class CleaningReport:
             nothing; printed only when it removed some).
         notes: warnings about what was assumed (e.g. rates taken as 0 for carry forwards).
         forward_sources: per expiry, where the forward came from: ``given``, ``parity`` (regression
-            over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``),
-            ``parity_rate_discount`` (pairs whose regression was implausible, or within noise
-            of the given rate's discount: discount from ``rate``) or ``carry`` (spot, rate and
+            over near-the-money pairs), ``parity_one_pair`` (one pair, discount from ``rate``
+            or ``discount``), ``parity_rate_discount`` (pairs whose regression was implausible,
+            or within noise of the given rate's discount, or pairs of an expiry with a given
+            ``discount``: discount from ``rate`` or ``discount``) or ``carry`` (spot, rate and
             dividend).
 
     Examples:
@@ -115,12 +117,13 @@ stale or wide, stay out."""
 
 PARITY_RATE_ERRORS = 3.0
 """Standard errors (:func:`_line_fit`) within which a parity slope ``D`` agrees with the
-discount of a given ``rate`` (or ``discount``): the slope then says nothing beyond noise, and the
+discount of a given ``rate``: the slope then says nothing beyond noise, and the
 rate's discount is taken (``parity_rate_discount``). 7-day slopes from quotes noisy inside their
 spreads gave D = 0.9938 and 0.983 against 0.9994 (rates of 33% and 91%, inside
 :data:`PARITY_RATES`), and in-the-money quotes turned by parity with them came out up to 0.06 too
 dear (clean quotes removed as arbitrage); a slope further off keeps its own discount (the rate may
-be stale, or miss a repo)."""
+be stale, or miss a repo). A given ``discount`` is the expiry's whatever the slope: one beyond
+these standard errors of it gets a note (:func:`parity_forwards`)."""
 
 
 def _near_pairs(pairs: pd.DataFrame, n_pairs: int) -> pd.DataFrame:
@@ -229,15 +232,23 @@ def _either_units(discount: float, maturity: float) -> bool:
 
 
 def _pair_forward(
-    pairs: pd.DataFrame, carry_discount: float, n_pairs: int, maturity: float, rate_given: bool
-) -> tuple[tuple | None, QuoteError | None]:
-    """Forward and discount from call-minus-put prices of one expiry's pairs, or None; and the
+    pairs: pd.DataFrame,
+    carry_discount: float,
+    n_pairs: int,
+    maturity: float,
+    rate_given: bool,
+    discount_given: bool = False,
+) -> tuple[tuple | None, QuoteError | None, str | None]:
+    """Forward and discount from call-minus-put prices of one expiry's pairs, or None; the
     error of a slope that strikes or prices in other units explain (:func:`_units_error`), or
-    None. With ``rate_given`` (``carry_discount`` from a ``rate`` or ``discount`` column, not a
-    defaulted rate of 0), a slope within :data:`PARITY_RATE_ERRORS` of it takes that discount."""
+    None; and the note of a given discount the slope disagrees with, or None. With
+    ``rate_given`` (``carry_discount`` from a ``rate`` or ``discount`` column, not a defaulted
+    rate of 0), a slope within :data:`PARITY_RATE_ERRORS` of it takes that discount; with
+    ``discount_given`` (from a ``discount`` column) every slope does: the expiry's rows keep
+    their discount, and a forward fitted with another one mixed two in one expiry."""
     near = _near_pairs(pairs, n_pairs)
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
-    weights, units = _pair_weights(near), None
+    weights, units, note = _pair_weights(near), None, None
     if len(near) >= 2 and np.ptp(strikes) > 0:
         # C - P = D F - D K: a straight line in K with slope -D and intercept D F
         slope, intercept, error = _line_fit(strikes, diff, weights)
@@ -245,13 +256,20 @@ def _pair_forward(
         low, high = PARITY_RATES
         noise = rate_given and abs(discount - carry_discount) <= PARITY_RATE_ERRORS * error
         units = _units_error(discount, intercept, maturity, carry_discount, error, rate_given)
-        if not noise and units is None and discount > 0 and intercept > 0:
-            if low <= -np.log(discount) / maturity <= high:
-                return (intercept / discount, discount, "parity"), None
+        plausible = units is None and discount > 0 and intercept > 0
+        plausible = plausible and low <= -np.log(discount) / maturity <= high
+        if plausible and not noise and discount_given and math.isfinite(error):
+            note = (f"expiry T={maturity:.6g}: its call/put pairs' parity slope gives a discount "
+                    f"of {discount:.6g} (standard error {error:.2g}), beyond "
+                    f"{PARITY_RATE_ERRORS:g} standard errors of its given discount "
+                    f"{carry_discount:.6g}: the given one is used for all its rows (a stale "
+                    "discount column, or American or stale quotes?)")  # fmt: skip
+        elif plausible and not noise and not discount_given:
+            return (intercept / discount, discount, "parity"), None, None
     # the intercept with the slope fixed at -D: weighted least squares of D F = C - P + D K
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
-    return ((forward, carry_discount, source) if forward > 0 else None), units
+    return ((forward, carry_discount, source) if forward > 0 else None), units, note
 
 
 def _expiry_pairs(
@@ -260,15 +278,16 @@ def _expiry_pairs(
     n_pairs: int,
     maturity: float,
     rate_given: bool,
-) -> tuple[tuple | None, QuoteError | None]:
+    discount_given: bool,
+) -> tuple[tuple | None, QuoteError | None, str | None]:
     """Parity forward and discount of one expiry's quotes, or None without call/put pairs; and
-    the units error of :func:`_pair_forward`, or None."""
+    the units error and the note of :func:`_pair_forward`, or None."""
     if "option_type" not in group:
-        return None, None
+        return None, None, None
     valid = group.dropna(subset=["_mid"])
     table = valid.pivot_table(index="strike", columns="option_type", values="_mid")
     if not {"call", "put"} <= set(table.columns):
-        return None, None
+        return None, None, None
     pairs = table.dropna(subset=["call", "put"])[["call", "put"]]
     if {"bid", "ask"} <= set(valid.columns):
         spread = valid.assign(_spread=valid["ask"] - valid["bid"]).pivot_table(
@@ -278,8 +297,8 @@ def _expiry_pairs(
         pairs = pairs.assign(call_spread=spread["call"], put_spread=spread["put"])
     pairs = pairs.assign(_shift=float(shifts(group).iloc[0]))
     if not len(pairs):
-        return None, None
-    return _pair_forward(pairs, carry_discount, n_pairs, maturity, rate_given)
+        return None, None, None
+    return _pair_forward(pairs, carry_discount, n_pairs, maturity, rate_given, discount_given)
 
 
 def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
@@ -290,11 +309,16 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     are fitted by least squares to ``C - P = D (F - K)``, each pair weighted by ``1 / spread``
     (its call's and put's bid/ask spreads in quadrature) where every pair has bid and ask.
     With one pair (``parity_one_pair``), or a fit whose ``D`` implies a rate outside
-    :data:`PARITY_RATES` or, with a ``rate`` (or ``discount``) column, lies within
-    :data:`PARITY_RATE_ERRORS` standard errors of its discount (``parity_rate_discount``: a short
-    expiry's slope is mostly noise), ``D`` is the expiry's given ``discount`` (the mean of its rows
-    that give one: a discount on some rows is the expiry's), else ``exp(-r T)``, and ``F`` is the
-    weighted mean of ``K + (C - P) / D`` over the pairs.
+    :data:`PARITY_RATES` or, with a ``rate`` column, lies within :data:`PARITY_RATE_ERRORS`
+    standard errors of its discount (``parity_rate_discount``: a short expiry's slope is mostly
+    noise), or an expiry with a given ``discount`` (``parity_rate_discount`` too), ``D`` is the
+    expiry's given ``discount`` (the mean of its rows that give one: a discount on some rows is
+    the expiry's; rows further apart than :data:`DISCOUNT_ROUNDING` are refused), else
+    ``exp(-r T)``, and ``F`` is the weighted mean of ``K + (C - P) / D`` over the pairs. A given
+    discount is the expiry's whatever its slope (its rows keep it: a forward made with the
+    slope's ``D`` beside them mixed two discounts in one expiry); a slope beyond
+    :data:`PARITY_RATE_ERRORS` standard errors of it (three pairs or more) gets a note in the
+    ``attrs["notes"]`` of the result.
     Expiries without pairs use that ``D`` with their given ``forward`` (``given``), else with
     ``F = S exp(-(q + b) T) / D`` (``carry``; ``b`` a ``borrow`` cost, 0 without one).
 
@@ -305,7 +329,13 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             within :data:`PARITY_BAND` of the money are denser).
 
     Returns:
-        One row per expiry: ``maturity``, ``forward``, ``discount``, ``source``.
+        One row per expiry: ``maturity``, ``forward``, ``discount``, ``source``; ``attrs["notes"]``
+        the notes of given discounts their slope disagrees with.
+
+    Raises:
+        QuoteError: an expiry whose rows give discounts more than :data:`DISCOUNT_ROUNDING` apart
+            (naming two of the rows), without pairs or spot, or whose slope says strikes or
+            prices are in other units.
 
     Examples:
         >>> table = pd.DataFrame({"option_type": ["call", "put", "call", "put"],
@@ -319,7 +349,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     check_one_quote_date(quotes)  # a key per maturity pools two days' quotes
     rate_given = "rate" not in quotes.attrs.get("defaulted", [])  # not read as 0
     quotes = quotes.assign(_mid=_mid(quotes), _key=_expiry_key(quotes))
-    rows, units = [], None
+    rows, units, notes = [], None, []
     for key, group in quotes.groupby("_key", sort=True):
         t = float(group["maturity"].iloc[0])
         rate, dividend = float(group["rate"].iloc[0]), float(carry_yields(group)[0])
@@ -328,12 +358,13 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         if has_discount:
             # a given discount is the expiry's rate, on its rows without one too: a call's 0.97
             # beside a put's gap made a parity forward at the defaulted rate's 1, used with 0.97
-            discount, known = group["discount"].mean(), True
+            discount, known = _expiry_discount(quotes, group, t), True
         if has_discount and "forward" in group and group["forward"].notna().all():
             result = (group["forward"].mean(), discount, "given")
         else:
-            result, suspect = _expiry_pairs(group, discount, n_pairs, t, known)
+            result, suspect, note = _expiry_pairs(group, discount, n_pairs, t, known, has_discount)
             units = units or suspect  # decided over the file's expiries, below
+            notes += [note] if note else []
         if result is None and "forward" in group and group["forward"].notna().all():
             result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate
         if result is None:
@@ -355,7 +386,48 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         for row in rows
     ):
         raise units
-    return pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
+    implied = pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
+    implied.attrs["notes"] = notes
+    return implied
+
+
+DISCOUNT_ROUNDING = 5e-4
+"""Largest difference between the ``discount`` values of one expiry's rows read as rounding
+(half a unit in the third decimal: 0.951 beside 0.95123): their mean is the expiry's discount.
+A discount is one number per expiry, and values further apart (0.95 beside 0.90) are a file
+error, refused naming the rows: their mean was used without a word."""
+
+
+def _expiry_discount(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> float:
+    """The discount of one expiry's rows ``group`` of ``quotes`` that give one: their mean,
+    unless two lie more than :data:`DISCOUNT_ROUNDING` apart (a :class:`QuoteError` naming the
+    rows of the lowest and highest)."""
+    given = group["discount"].dropna()
+    low, high = given.idxmin(), given.idxmax()
+    if given[high] - given[low] <= DISCOUNT_ROUNDING * (1 + 1e-9):  # 0.9515 - 0.951 in floats
+        return float(given.mean())
+    first, second = _row_names(quotes, [low, high])
+    raise QuoteError(f"expiry T={maturity:.6g}: discount {given[low]:.6g} at {first} and "
+                     f"{given[high]:.6g} at {second}: one expiry has one discount factor (values "
+                     f"within {DISCOUNT_ROUNDING:g} are read as rounding)",
+                     column="discount")  # fmt: skip
+
+
+def _row_names(quotes: pd.DataFrame, labels: list) -> list[str]:
+    """``row i (file line l)`` of each index label: ``i`` the 1-based input row (``source_row``
+    of :func:`clean_quotes`, whose table keeps the file's lines; else the position in
+    ``quotes``, as :func:`pricing.quotes.row_error` counts), with its file line where known."""
+    lines = quotes.attrs.get("file_lines")
+    names = []
+    for label, position in zip(labels, quotes.index.get_indexer(labels), strict=True):
+        if "source_row" in quotes:
+            row = int(quotes.at[label, "source_row"])
+            known = lines is not None and row <= len(lines)
+        else:
+            row = position + 1
+            known = lines is not None and len(lines) == len(quotes)
+        names.append(f"row {row}" + (f" (file line {lines[row - 1]})" if known else ""))
+    return names
 
 
 def attach_forwards(
@@ -364,7 +436,10 @@ def attach_forwards(
     """A copy of ``quotes`` (from :func:`pricing.quotes.read_quotes`) with missing ``forward``
     and ``discount`` entries filled from :func:`parity_forwards` and a ``mid`` column (``mid``,
     else the bid/ask midpoint, else ``price``), and the per-expiry forward sources (source ->
-    count): the part of :func:`prepare_quotes` before any implied vol.
+    count): the part of :func:`prepare_quotes` before any implied vol. Its ``attrs`` say what
+    :func:`forward_notes` needs: ``rate_discounted`` and ``rate_carried``, the expiries whose
+    discount or carry forward came from the ``rate`` column (no ``discount`` on any of their
+    rows), and ``discount_notes``, those of :func:`parity_forwards`.
 
     Examples:
         >>> table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0,
@@ -373,7 +448,8 @@ def attach_forwards(
         >>> round(float(out["forward"].iloc[0]), 6), out["mid"].tolist(), sources
         (105.0, [9.0, 4.0], {'parity_one_pair': 1})
     """
-    lookup = parity_forwards(quotes, n_pairs=n_pairs).set_index("_key")
+    per_key = parity_forwards(quotes, n_pairs=n_pairs)
+    lookup = per_key.set_index("_key")
     key = _expiry_key(quotes)
     out = quotes.copy()
     for column in ("forward", "discount"):
@@ -386,6 +462,8 @@ def attach_forwards(
     # an expiry's own discount column fixes its discount, whatever its pairs (carry_note)
     given = _given_per_expiry(quotes, "discount")
     out.attrs["rate_discounted"] = int((per_expiry.isin(_RATE_DISCOUNTED) & ~given).sum())
+    out.attrs["rate_carried"] = int(((per_expiry == "carry") & ~given).sum())
+    out.attrs["discount_notes"] = list(per_key.attrs.get("notes", []))
     out["mid"] = _mid(out)
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
 
@@ -472,6 +550,7 @@ def carry_note(
     quotes: pd.DataFrame | None = None,
     *,
     rate_discounted: int | None = None,
+    rate_carried: int | None = None,
 ) -> str | None:
     """The warning owed when expiries took ``carry`` forwards from a spot whose ``rate`` or
     ``dividend`` column was absent and read as 0 (``defaulted``, from ``read_quotes``'
@@ -482,7 +561,10 @@ def carry_note(
     (:func:`parity_forwards`). ``rate_discounted``: the number of expiries whose discount came
     from the ``rate`` column (``attrs["rate_discounted"]`` of :func:`attach_forwards`; ``None``:
     those of ``forward_sources`` that parity could not fix, an expiry's given discount not
-    excluded).
+    excluded). ``rate_carried``: likewise the number of ``carry`` expiries without a given
+    discount (``attrs["rate_carried"]``; ``None``: every ``carry`` expiry): with only the
+    ``rate`` column missing, those are the ones counted (every ``carry`` expiry was, those
+    carried at their own discount's rate among them).
 
     Examples:
         >>> print(carry_note(["rate"], {"carry": 2, "parity": 3}))  # doctest: +ELLIPSIS
@@ -492,17 +574,24 @@ def carry_note(
         >>> carry_note(["rate"], {"carry": 2}, pd.DataFrame({"maturity": [1.0, 1.0, 2.0],
         ...                                                  "discount": [0.97, None, 0.95]})) is None
         True
+        >>> print(carry_note(["rate"], {"carry": 2}, rate_carried=1))  # doctest: +ELLIPSIS
+        no rate column: 1 expiry without call/put pairs took its forward from the spot ...
     """
     if quotes is not None and bool(_given_per_expiry(quotes, "discount").all()):
         # the spot was carried at the discount's rate: "with it at 0" was false
         defaulted = [column for column in defaulted if column != "rate"]
     n_carry = forward_sources.get("carry", 0)
+    n_rate_carried = n_carry if rate_carried is None else rate_carried
+    # an expiry with its own discount was carried at its rate, at a dividend of 0 where none
+    at_zero = [column for column in defaulted if column != "rate" or n_rate_carried]
+    n_carry = n_carry if "dividend" in at_zero else n_rate_carried
     notes = []
-    if defaulted and n_carry:
+    if at_zero and n_carry:
         expiries = "expiry" if n_carry == 1 else "expiries"
-        notes.append(f"no {' or '.join(defaulted)} column: {n_carry} {expiries} without call/put "
-                     "pairs took their forwards from the spot with it at 0 (give it, or both "
-                     "calls and puts for parity)")  # fmt: skip
+        took = "took its forward" if n_carry == 1 else "took their forwards"
+        notes.append(f"no {' or '.join(at_zero)} column: {n_carry} {expiries} without call/put "
+                     f"pairs {took} from the spot with it at 0 (give it, or both calls and puts "
+                     "for parity)")  # fmt: skip
     # a discount parity cannot fix is the rate's: at a rate read as 0, D = 1 (vols about r T
     # of themselves low, 1 point at 20% vol and 5% over a year, without a word)
     n_rate = rate_discounted
@@ -514,6 +603,31 @@ def carry_note(
                      "the discount (one pair, or an implausible slope) took it at rate 0 (give "
                      "a rate or discount column)")  # fmt: skip
     return "; ".join(notes) or None
+
+
+def forward_notes(
+    prepared: pd.DataFrame, forward_sources: dict[str, int], defaulted: list[str] | None = None
+) -> list[str]:
+    """The notes owed about the forwards and discounts that :func:`attach_forwards` (or
+    :func:`prepare_quotes`) gave a table: :func:`carry_note` and those of
+    :func:`parity_forwards` (a given discount its parity slope disagrees with), read from
+    ``prepared``'s ``attrs``; ``defaulted``: the columns :func:`pricing.quotes.read_quotes`
+    defaulted (None: ``prepared.attrs["defaulted"]``). One list for the cleaning report, ``qfnet
+    iv`` and ``qfnet calibrate --no-clean`` (which printed none of them).
+
+    Examples:
+        >>> table = read_quotes(pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0,
+        ...                                   "spot": 100.0, "iv": [0.25, 0.2]}))
+        >>> prepared, sources = prepare_quotes(table)
+        >>> print(forward_notes(prepared, sources)[0])  # doctest: +ELLIPSIS
+        no rate or dividend column: 1 expiry without call/put pairs took its forward from the spot...
+    """
+    if defaulted is None:
+        defaulted = prepared.attrs.get("defaulted", [])
+    note = carry_note(defaulted, forward_sources,
+                      rate_discounted=prepared.attrs.get("rate_discounted"),
+                      rate_carried=prepared.attrs.get("rate_carried"))  # fmt: skip
+    return [*([note] if note else []), *prepared.attrs.get("discount_notes", [])]
 
 
 _RATE_DISCOUNTED = ("parity_one_pair", "parity_rate_discount")
@@ -795,9 +909,7 @@ def clean_quotes(
     live = quotes
     quotes = _pre_price_filters(quotes, report, maturity_range)
     frame, report.forward_sources = prepare_quotes(quotes, n_pairs=n_pairs)
-    note = carry_note(defaulted, report.forward_sources, quotes,
-                      rate_discounted=frame.attrs.get("rate_discounted"))  # fmt: skip
-    report.notes += [note] if note else []
+    report.notes += forward_notes(frame, report.forward_sources, defaulted)
     shift = shifts(frame)
     ratio = (frame["strike"] + shift) / (frame["forward"] + shift)
     frame = _drop(frame, ~ratio.between(*moneyness_range), "moneyness_out_of_range", report)

@@ -11,11 +11,19 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
+import pandas as pd
 import typer
 
 from pricing._validation import json_safe
 from pricing.calibration import CalibrationResult, calibrate
-from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes
+from pricing.quote_cleaning import (
+    CleaningReport,
+    clean_quotes,
+    day_maturity_note,
+    forward_notes,
+    prepare_quotes,
+)
 from pricing.quotes import QuoteError, read_quotes
 from qfnet._cli import (
     DAYFIRST_FLAGS,
@@ -127,6 +135,13 @@ def _leads_with_a_file(message: str) -> bool:
     return any(Path(message[:end]).is_file() for end in itertools.islice(ends, 4))
 
 
+def _solved(table: pd.DataFrame) -> np.ndarray:
+    """The vols :func:`pricing.quote_cleaning.prepare_quotes` solved from prices ``(N,)``, NaN
+    where the file gave one (:func:`pricing.quote_cleaning.day_maturity_note` reads these)."""
+    given = table["implied_vol"].notna().to_numpy() if "implied_vol" in table else False
+    return np.where(given, np.nan, table["market_iv"].to_numpy(float))
+
+
 def _output_files(out: Path, quotes: Path, plot: bool) -> tuple[Path, Path]:
     """The residuals CSV and smiles PNG written beside ``out``, checked before the fit: one that
     would overwrite the quotes (``--quotes fit_residuals.csv --out fit.json``) is a usage error
@@ -213,13 +228,19 @@ def calibrate_command(
     if not quotes.exists():
         raise fail(f"{quotes}: no such file")
     try:
-        report = None
+        report, notes = None, []
         if clean:
             table, report = clean_quotes(quotes, dayfirst=dayfirst)
             if table.empty:
                 raise QuoteError(f"no quote is left after cleaning\n{report}", source=str(quotes))
         else:
-            table, _ = prepare_quotes(read_quotes(quotes, allow_crossed=True, dayfirst=dayfirst))
+            table, sources = prepare_quotes(
+                read_quotes(quotes, allow_crossed=True, dayfirst=dayfirst)
+            )
+            # the report's notes (a rate read as 0, a discount parity disagrees with, days
+            # read as years) were printed with cleaning only
+            notes = [*forward_notes(table, sources), day_maturity_note(table, _solved(table))]
+            notes = [note for note in notes if note]
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
                            device=device, **options)  # fmt: skip
     except NotImplementedError as error:
@@ -236,11 +257,13 @@ def calibrate_command(
     write_atomically(out, lambda f: f.write(text.encode("utf-8")))
     if report is not None:
         typer.echo(str(report))
+    for note in notes:
+        typer.echo(f"  note: {note}")
     rows = "row" if result.n_dropped == 1 else "rows"
-    notes = [f"{result.n_dropped} {rows} without a vol left out"] if result.n_dropped else []
+    left = [f"{result.n_dropped} {rows} without a vol left out"] if result.n_dropped else []
     zero = len(result.residuals) - result.n_quotes  # fitted rows of weight 0 (e.g. a vega's)
-    notes += [f"{zero} of weight 0, not in the RMSE"] if zero > 0 else []
-    unused = f" ({'; '.join(notes)})" if notes else ""
+    left += [f"{zero} of weight 0, not in the RMSE"] if zero > 0 else []
+    unused = f" ({'; '.join(left)})" if left else ""
     typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes"
                f"{unused}, {result.seconds:.2f} s -> {out}")  # fmt: skip
     if result.at_bounds:

@@ -337,7 +337,7 @@ def iv(
     Forwards and discounts come from put-call parity where the file gives
     none; shifted-lognormal vols where the file has a 'shift' column;
     unsolvable rows get NaN and a status reason."""
-    from pricing.quote_cleaning import attach_forwards, carry_note, day_maturity_note
+    from pricing.quote_cleaning import attach_forwards, day_maturity_note, forward_notes
 
     check_table_out(out)
     # a crossed row gets a status, not an error; so does an expired one (an exchange download's
@@ -394,8 +394,7 @@ def iv(
     typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable{flagged}) -> "
                f"{out}{kept}")  # fmt: skip
     # forwards of a spot carried at a rate read as 0 gave vols off by points, without a word
-    notes = [carry_note(table.attrs.get("defaulted", []), sources, live,
-                        rate_discounted=prepared.attrs.get("rate_discounted")),
+    notes = [*forward_notes(prepared, sources, table.attrs.get("defaulted", [])),
              day_maturity_note(live, live_vol)]  # fmt: skip
     for note in filter(None, notes):
         typer.echo(f"  note: {note}")

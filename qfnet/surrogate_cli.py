@@ -29,7 +29,7 @@ from pricing.datasets import (
     check_device,
     generate,
 )
-from pricing.quotes import forward_and_discount, shifts, short_call_flags
+from pricing.quotes import MISSING_VALUES, forward_and_discount, shifts, short_call_flags
 from qfnet._cli import fail, seed_option
 from qfnet.surrogate import (
     SurrogateNet,
@@ -298,11 +298,17 @@ def _check_unshifted(df: pd.DataFrame) -> None:
     """Refuse a SABR ``shift`` other than 0 (empty is 0), naming its row: the SABR surrogates
     price unshifted SABR, and a shift of 0.02 was ignored (a call at K = 0.025, F = 0.03 priced
     0.00778, the unshifted model's price, for the shifted model's 0.00923)."""
-    shift = pd.to_numeric(shifts(df), errors="coerce").to_numpy(dtype=np.float64)
+    given = shifts(df)
+    if given.dtype.kind not in "biuf":  # a raw table's text: '' and 'NA' are empty, as read_quotes'
+        given = given.mask(given.astype(str).str.strip().str.lower().isin(MISSING_VALUES), 0.0)
+    shift = pd.to_numeric(given, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~(shift == 0.0))
     if bad.size:
         row = int(bad[0])
-        raise ValueError(f"column 'shift' is {float(shift[row])!r} at {_row(df, row)}: the SABR "
+        value = given.iloc[row]  # the text itself: 'abc' (and '', before) was "nan"
+        if np.isfinite(shift[row]) or isinstance(value, np.generic):
+            value = float(shift[row])
+        raise ValueError(f"column 'shift' is {value!r} at {_row(df, row)}: the SABR "
                          "surrogate prices unshifted SABR (shift 0) only")  # fmt: skip
 
 

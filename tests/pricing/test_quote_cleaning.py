@@ -410,6 +410,88 @@ def test_a_discount_given_on_some_rows_of_an_expiry_is_the_expirys() -> None:
                                rtol=1e-9, atol=0)  # fmt: skip
 
 
+@pytest.mark.parametrize("on_rows", ["calls", "all"])
+def test_a_given_discount_is_the_expirys_whatever_the_parity_slope(on_rows: str) -> None:
+    # prices of D = 0.95 and a discount column of 0.97: the slope's 0.95 (beyond 3 standard errors)
+    # made the forward and filled the rows without a discount, the calls kept their 0.97 (two
+    # discounts in one expiry: calls and puts of a strike 3 vol points apart), without a word
+    strikes = np.arange(90.0, 120.0, 5.0)  # all within PARITY_BAND of the money
+    table = _chain(103.0, 0.95, 1.0, strikes)
+    calls = (table["option_type"] == "call").to_numpy()
+    table["discount"] = np.where(calls, 0.97, np.nan) if on_rows == "calls" else 0.97
+    prepared, sources = prepare_quotes(read_quotes(table))
+    assert sources == {"parity_rate_discount": 1}
+    np.testing.assert_allclose(prepared["discount"], 0.97, rtol=1e-15, atol=0)  # a mean of 0.97s
+    # the forward fitted with the slope at -0.97: the mean of K + (C - P) / 0.97
+    expected = np.mean(strikes + 0.95 * (103.0 - strikes) / 0.97)
+    np.testing.assert_allclose(prepared["forward"], expected, rtol=1e-12, atol=0)
+    notes = parity_forwards(read_quotes(table)).attrs["notes"]
+    assert len(notes) == 1 and notes[0].startswith("expiry T=1: its call/put pairs' parity slope")
+    assert "discount of 0.95 (standard error" in notes[0]
+    assert "beyond 3 standard errors of its given discount 0.97: the given one is used" in notes[0]
+    _, report = clean_quotes(table)
+    assert notes[0] in report.notes and f"note: {notes[0]}" in str(report)
+
+
+def test_a_given_discount_the_slope_agrees_with_gets_no_note() -> None:
+    table = _chain(103.0, 0.97, 1.0, np.arange(90.0, 120.0, 5.0)).assign(discount=0.97)
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], [103.0], rtol=1e-12, atol=0)
+    assert implied.attrs["notes"] == []
+
+
+def test_discounts_that_differ_within_an_expiry_are_refused_naming_the_rows() -> None:
+    # 0.95 on the calls, 0.90 on the puts: their mean 0.925 was the expiry's, without a word
+    table = _chain(103.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0))
+    calls = (table["option_type"] == "call").to_numpy()
+    table["discount"] = np.where(calls, 0.95, 0.90)
+    with pytest.raises(
+        QuoteError,
+        match=r"column 'discount': expiry T=1: discount 0\.9 at row 7 "
+        r"and 0\.95 at row 1: one expiry has one discount",
+    ):
+        prepare_quotes(read_quotes(table))
+    with pytest.raises(QuoteError, match=r"discount 0\.9 at row 7 and 0\.95 at row 1"):
+        clean_quotes(table)  # rows of the input, after its filters
+    # rounding (0.951 beside 0.9512, within DISCOUNT_ROUNDING): their mean
+    table["discount"] = np.where(calls, 0.951, 0.9512)
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["discount"], [0.9511], rtol=1e-12, atol=0)
+
+
+def test_differing_discounts_name_the_file_lines(tmp_path: Path) -> None:
+    # a first row of 60 years, which cleaning drops before the forwards: rows and lines of the file
+    table = _chain(103.0, 0.95, 1.0, np.array([95.0, 100.0]))
+    table["discount"] = [0.95, 0.95, 0.95, 0.90]
+    far = pd.DataFrame({"option_type": ["call"], "strike": 100.0, "price": 5.0, "maturity": 60.0,
+                        "spot": 100.0, "discount": 0.9})  # fmt: skip
+    path = tmp_path / "q.csv"
+    pd.concat([far, table], ignore_index=True).to_csv(path, index=False)
+    where = r"0\.9 at row 5 \(file line 6\) and 0\.95 at row 2 \(file line 3\)"
+    with pytest.raises(QuoteError, match=where):
+        prepare_quotes(read_quotes(path))
+    with pytest.raises(QuoteError, match=where):
+        clean_quotes(path)
+
+
+def test_the_carry_note_counts_only_the_expiries_carried_at_rate_0() -> None:
+    # two carry expiries, no rate column, one with its own discount: the note said 2 took their
+    # forwards from the spot at a rate of 0 (the 1-year one was carried at its discount's rate)
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 100.0, 110.0] * 2,
+                          "maturity": np.repeat([1.0, 2.0], 3), "spot": 100.0, "dividend": 0.0,
+                          "implied_vol": 0.2, "discount": np.repeat([0.95, np.nan], 3)})  # fmt: skip
+    clean, report = clean_quotes(table)
+    assert report.forward_sources == {"carry": 2}
+    assert report.notes == ["no rate column: 1 expiry without call/put pairs took its forward "
+                            "from the spot with it at 0 (give it, or both calls and puts for "
+                            "parity)"]  # fmt: skip
+    np.testing.assert_allclose(clean.groupby("maturity")["forward"].first(), [100 / 0.95, 100.0],
+                               rtol=1e-12, atol=0)  # fmt: skip
+    # without a dividend column every carry expiry took its dividend at 0
+    _, report = clean_quotes(table.drop(columns="dividend"))
+    assert report.notes[0].startswith("no rate or dividend column: 2 expiries without call/put")
+
+
 def test_carry_forwards_subtract_a_borrow_cost() -> None:
     # spot 100, rate 5%, dividend 1%, borrow 3%, no pairs: F = 100 exp(0.01) (borrow was ignored)
     table = read_quotes(pd.DataFrame({"option_type": ["call", "put"], "strike": [100.0, 110.0],

@@ -225,6 +225,40 @@ def test_no_clean_leaves_out_a_row_without_vol_or_price_and_says_so(tmp_path: Pa
     assert f"over {len(table) - 1} quotes (1 row without a vol left out)" in result.output
 
 
+def test_no_clean_prints_the_notes_on_forwards(tmp_path: Path) -> None:
+    # calls only, no rate or dividend column: cleaning's report said the forward was the spot
+    # carried at 0; with --no-clean (prepare_quotes, no report) nothing did
+    strikes = [80.0, 90.0, 100.0, 110.0, 120.0]
+    vols = lognormal_vol(forward=100.0, strike=strikes, maturity=1.0, alpha=0.2, beta=1.0,
+                         rho=-0.3, nu=0.6).numpy()  # fmt: skip
+    pd.DataFrame({"option_type": "call", "strike": strikes, "maturity": 1.0, "spot": 100.0,
+                  "implied_vol": vols}).to_csv(tmp_path / "q.csv", index=False)  # fmt: skip
+    args = ["calibrate", "--model", "sabr", "--quotes", str(tmp_path / "q.csv"), "--out",
+            str(tmp_path / "fit.json")]  # fmt: skip
+    note = "note: no rate or dividend column: 1 expiry without call/put pairs took its forward"
+    for clean in ("--clean", "--no-clean"):
+        result = CliRunner().invoke(_app(), [*args, clean])
+        assert result.exit_code == 0, result.output
+        assert note in result.output, (clean, result.output)
+
+
+def test_no_clean_prints_the_note_on_maturities_in_days(tmp_path: Path) -> None:
+    # maturities of 30 and 91 read as years: vols 19 times too small, noted with cleaning only
+    rows = []
+    for days in (30, 91):
+        strikes = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float64)
+        price = black_price(forward=100.0, strike=strikes, maturity=days / 365, volatility=0.2)
+        rows.append(pd.DataFrame({"option_type": "call", "strike": strikes.numpy(), "maturity":
+                                  float(days), "forward": 100.0, "discount": 1.0,
+                                  "price": price.numpy()}))  # fmt: skip
+    pd.concat(rows).to_csv(tmp_path / "q.csv", index=False)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(tmp_path / "q.csv"), "--out",
+            str(tmp_path / "fit.json"), "--no-clean"]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "note: maturities are whole numbers (30 to 91)" in result.output, result.output
+
+
 def test_no_clean_counts_a_row_of_weight_0_as_dropped(tmp_path: Path) -> None:
     # with --no-clean the JSON's n_dropped counted only rows without a vol: a strike 30 times the
     # forward at a 20% vol, whose vega weight underflows to 0, was in neither n_quotes (5) nor

@@ -785,6 +785,25 @@ def test_iv_notes_carry_forwards_made_with_a_missing_rate(tmp_path):
     np.testing.assert_allclose(forward, 100.0 * np.exp(-0.01) / 0.97, rtol=1e-12, atol=0)
 
 
+def test_iv_uses_one_discount_per_expiry_and_notes_a_slope_against_it(tmp_path):
+    # prices of D = 0.95, the calls giving 0.97: the puts were written with the slope's 0.95 and
+    # the calls with 0.97 in one expiry (a call and a put of a strike 2 vol points apart)
+    strikes = torch.arange(90.0, 120.0, 5.0, dtype=torch.float64)
+    rows = [pd.DataFrame({"option_type": "call" if is_call else "put", "strike": strikes.numpy(),
+                          "maturity": 1.0, "discount": 0.97 if is_call else np.nan,
+                          "mid": bs.black_price(forward=103.0, strike=strikes, maturity=1.0,
+                                               volatility=0.2, discount=0.95,
+                                               is_call=is_call).numpy()})
+            for is_call in (True, False)]  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    pd.concat(rows).to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(pd.read_csv(out)["discount"], 0.97, rtol=1e-15, atol=0)
+    assert re.search(r"note: expiry T=1: its call/put pairs' parity slope gives a discount of "
+                     r"0\.95 .*the given one is used", result.output), result.output  # fmt: skip
+
+
 def test_iv_notes_no_rate_0_discount_for_a_one_pair_expiry_that_gives_its_own(tmp_path):
     # the one-pair expiry gives its discount, the other expiry (full parity) none: the note said
     # the one-pair expiry took its discount at rate 0 (it took 0.95, its own)

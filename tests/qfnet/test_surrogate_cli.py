@@ -167,6 +167,20 @@ def test_price_rows_refuse_a_shifted_sabr_row():
     assert np.isfinite(price).all()
 
 
+def test_price_rows_name_a_text_shift_as_given_and_read_an_empty_one_as_0():
+    # a raw table's shift of 'abc' was "is nan", and its '' (an empty cell, 0 as the quote
+    # reader reads it) was refused as "is nan" too
+    from qfnet.surrogate import SABR_PDE_SURROGATE
+
+    rows = pd.DataFrame({"option_type": "call", "strike": [0.03, 0.025], "maturity": 2.0,
+                         "forward": 0.03, "discount": 1.0, "alpha": 0.05, "beta": 0.5,
+                         "rho": -0.3, "nu": 0.4, "shift": ["", "abc"]})  # fmt: skip
+    with pytest.raises(ValueError, match=r"'shift' is 'abc' at row 2: .* unshifted SABR"):
+        surrogate_price_rows(rows, SABR_PDE_SURROGATE)
+    price, _ = surrogate_price_rows(rows.assign(shift=["", " NA "]), SABR_PDE_SURROGATE)
+    assert np.isfinite(price).all()
+
+
 def test_train_command_rejects_empty_layers_and_reports_a_damaged_checkpoint(tmp_path):
     from pricing.datasets import generate
     from qfnet.surrogate_cli import train_surrogate_command
