@@ -70,6 +70,7 @@ from pricing._normalized_black import (
     REGION_UPPER,
     XConstants,
     _small_step,
+    erf_difference,
     gauss_terms,
     log_value_and_ratio,
     log_vega,
@@ -335,6 +336,7 @@ def _guess_and_steps(
     if start is not None:
         s0 = torch.where(torch.isfinite(start) & (start > 0), start, s0)
     w1, w2 = 0.5 * b_max, 0.5 * torch.exp(-0.5 * x)
+    sinh_half_x = torch.sinh(0.5 * x)  # w1 - w2, which cancels near the money (eps / |x|)
     s, step, nu, region, ok = s0, s0, s0, upper.int(), torch.ones_like(upper)
     for i in range(n):
         # Only the last step needs the objective to the last digit: the others take erf and erfc
@@ -356,9 +358,11 @@ def _guess_and_steps(
         diff = _dekker(e1 * exp1, -t1, p1) - _dekker(e2 * torch.exp(t2 * t2), -t2, t2 * t2)
         # a tiny s: the difference cancels (see log_value_and_ratio); the eager steps take it
         ok = ~deep | ((t2 >= -26.0) & (s >= _SMALL_S))
+        # the last step's erf difference without cancellation at a tiny s, as the pricer's
+        near = erf(t1) - erf(t2) if i < n - 1 else erf_difference(t1, s * (1.0 / math.sqrt(2.0)))
         value = torch.where(
             region == 1,
-            (erf(t1) - erf(t2)) * w1 + (w1 - w2) * e2,
+            near * w1 + sinh_half_x * e2,
             e1 * w1 + torch.where(region == 2, -w2, w2) * e2,
         )
         ln_value = torch.log(torch.where(deep, diff, value))

@@ -21,6 +21,7 @@ from pricing._typing import (
     DEFAULT_DTYPE,
     TensorLike,
     call_flag,
+    common_dtype_device,
     named_tensors,
     real_scalar,
     real_tensor,
@@ -65,10 +66,14 @@ def geometric_asian_price(
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         is_call: call flag(s).
-        fixing_times: future fixing times (M,), in (0, maturity]; None for continuous averaging.
+        fixing_times: fixing times (M,), in [0, maturity] (a fixing at 0 is today's spot, known);
+            None for continuous averaging.
         weights: weights of the fixings (M,), summing to 1; default equal weights.
         past_average: geometric average so far (seasoned options).
         past_weight: weight ``w_p`` of the past in the final average, in [0, 1).
+
+    Evaluated in float64; the result has the common dtype of ``spot``, ``strike`` and
+    ``volatility`` (as :func:`pricing._typing.as_tensors` picks it).
 
     Shape:
         Output: the broadcast shape of ``spot``, ``strike``, ``volatility`` and ``is_call``.
@@ -83,6 +88,8 @@ def geometric_asian_price(
         >>> round(float(p), 6)  # Clewlow & Strickland
         5.342561
     """
+    # of the result, as the other pricers': float32 inputs were priced in float64
+    dtype = common_dtype_device([spot, strike, volatility], None, None)[0]
     s, vol = named_tensors(spot=spot, volatility=volatility, dtype=DEFAULT_DTYPE)
     # one number each, by name; one that requires grad keeps its graph (rho, theta and the
     # past weight's sensitivity by autograd: real_number's float lost them)
@@ -128,7 +135,7 @@ def geometric_asian_price(
         volatility=var.sqrt(),
         discount=discount,
         is_call=is_call,  # black_price checks the flags
-    )
+    ).to(dtype)
 
 
 def levy_asian_price(
@@ -225,20 +232,22 @@ def discrete_asian_price(
 
     The option pays ``(A - K)^+`` (call) at the last fixing time, ``A`` the average of the spot at
     the ``M`` ``fixing_times``. At ``time`` the fixings at or before it are known (their sum is
-    ``running_sum``); the sum ``R`` of those after it, at ``u_i = t_i - time``, is replaced by the
-    lognormal variable with its exact first two moments: ``E[R] = S sum_i w_i`` with ``w_i =
-    e^{(r - q) u_i}``, and ``Var(R) / E[R]^2 = sum_i w_i (e^{sigma^2 u_i} - 1) (2 C_i - w_i) /
-    (sum_i w_i)^2`` with ``C_i = sum_{k >= i} w_k`` (a sum of positive terms: no cancellation at
-    low volatility). The option is ``1 / M`` of Black's on ``R`` struck at ``K' = M K -
-    running_sum``; for ``K' <= 0`` the call is ``1 / M`` of a forward, the put worthless. With one
-    fixing left the fit is exact: ``1 / M`` of the European struck at ``K'``.
+    ``running_sum``; a fixing within rounding, ``1e-12`` of the last fixing time, of ``time`` is at
+    it: a grid's 0.30000000000000004 against a fixing at 0.3); the sum ``R`` of those after it, at
+    ``u_i = t_i - time``, is replaced by the lognormal variable with its exact first two moments:
+    ``E[R] = S sum_i w_i`` with ``w_i = e^{(r - q) u_i}``, and ``Var(R) / E[R]^2 = sum_i w_i
+    (e^{sigma^2 u_i} - 1) (2 C_i - w_i) / (sum_i w_i)^2`` with ``C_i = sum_{k >= i} w_k`` (a sum of
+    positive terms: no cancellation at low volatility). The option is ``1 / M`` of Black's on ``R``
+    struck at ``K' = M K - running_sum``; for ``K' <= 0`` the call is ``1 / M`` of a forward, the
+    put worthless. With one fixing left the fit is exact: ``1 / M`` of the European struck at
+    ``K'``.
 
     Args:
         spot: spot price at ``time``, > 0.
         strike: strike, > 0.
         volatility: lognormal volatility, > 0.
         fixing_times: the whole schedule, past fixings included, in years, increasing, >= 0.
-        time: the valuation time, before the last fixing, >= 0.
+        time: the valuation time, before the last fixing (by more than rounding), >= 0.
         rate: continuously compounded rate.
         dividend: continuously compounded dividend yield.
         is_call: call (True) or put (False).
@@ -274,15 +283,18 @@ def discrete_asian_price(
     s, k, vol, now, past = (v.to(torch.float64) for v in tensors)
     t = real_tensor("fixing_times", fixing_times, dtype=torch.float64, device=s.device).flatten()
     _check_schedule(t, now)
+    # a fixing an ulp after time was a fixing to come, its value in running_sum counted again
+    # (25.19 for 2.50) or, left out of it, fitted into the lognormal (2.509)
+    same = _SAME_TIME * float(t[-1])
     check_positive(spot=s, strike=k, volatility=vol)
     check_nonnegative(running_sum=past)
     # the schedule's terms on time's own shape (a grid's (T,) stays (T, M), not (N, T, M))
     own = real_tensor("time", time, dtype=torch.float64, device=s.device)
     # a sum where no fixing is known yet was added to the average all the same
-    known = (t <= own.unsqueeze(-1)).any(-1)  # (*,) of time's own shape
+    known = (t <= own.unsqueeze(-1) + same).any(-1)  # (*,) of time's own shape
     sums, ok = torch.broadcast_tensors(past, (past == 0) | known)
     check_where("running_sum", sums, ok, "0 where no fixing is at or before time")
-    u, mean, weight = _discrete_moments(t, own, rate - dividend)
+    u, mean, weight = _discrete_moments(t, own, rate - dividend, same)
     relative = (torch.expm1(vol.unsqueeze(-1) ** 2 * u) * weight).sum(-1) / mean**2
     n = t.numel()
     discount = torch.exp(-rate * (t[-1] - now))
@@ -299,9 +311,10 @@ def discrete_asian_price(
 
 
 def _discrete_moments(
-    t: torch.Tensor, now: torch.Tensor, carry: float | torch.Tensor
+    t: torch.Tensor, now: torch.Tensor, carry: float | torch.Tensor, same: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Years ``u_i`` to the fixings after ``now`` (0 for those before), ``sum_i w_i`` and the
+    """Years ``u_i`` to the fixings after ``now`` by more than ``same`` (0 for the others, known),
+    ``sum_i w_i`` and the
     weights ``w_i (2 C_i - w_i)`` of ``e^{sigma^2 u_i} - 1`` in ``Var(R) / S^2``
     (:func:`discrete_asian_price`).
 
@@ -309,7 +322,7 @@ def _discrete_moments(
         t: (M,). now: (*). Outputs: (*, M), (*), (*, M).
     """
     u = t - now.unsqueeze(-1)  # (*, M)
-    future = u > 0
+    future = u > same
     u = torch.where(future, u, 0.0)
     w = torch.where(future, torch.exp(carry * u), 0.0)  # E[S(t_i)] / S, 0 for a past fixing
     tail = w.flip(-1).cumsum(-1).flip(-1)  # C_i = sum_{k >= i} w_k
@@ -322,7 +335,14 @@ def _check_schedule(t: torch.Tensor, now: torch.Tensor) -> None:
         raise ValueError("fixing_times must hold at least one fixing; got none")
     check_nonnegative(fixing_times=t)
     check_where("fixing_times", t[1:], t[1:] > t[:-1], "increasing")
-    check_where("time", now, (now >= 0) & (now < t[-1]), f"in [0, last fixing = {float(t[-1])})")
+    last = float(t[-1])
+    check_where("time", now, (now >= 0) & (now < last - _SAME_TIME * last),
+                f"in [0, last fixing = {last})")  # fmt: skip
+
+
+_SAME_TIME = 1e-12
+"""A fixing within this fraction of the last fixing time of ``time`` is at ``time`` (known): the
+rounding of a time grid built another way than the schedule."""
 
 
 _QUADRATURE_NODES = 32

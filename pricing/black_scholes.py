@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from pricing._implied_vol import IV_STATUS, solve_total_vol
-from pricing._normalized_black import normalized_call
+from pricing._normalized_black import log_moneyness, normalized_call
 from pricing._special import ndtr
 from pricing._typing import (
     TensorLike,
@@ -110,7 +110,7 @@ def black_price(
     s = vol * torch.sqrt(t)
     positive = s > 0
     s_safe = torch.where(positive, s, torch.ones_like(s))
-    x = torch.log(f / k)
+    x = log_moneyness(f, k)  # ln(f / k) rounds by eps: eps / s relative near the money
     # In the money, add the intrinsic value to the OTM price of the other side (parity). At the money
     # the branch that keeps x itself (calls: x <= 0, puts: x >= 0) carries the gradient, so autograd
     # sees the smooth price (|x| and max(., 0) alone would drop half the delta at F = K).
@@ -195,7 +195,7 @@ def greeks(
     check_finite(rate=r, dividend=q)
     call = is_call_tensor(is_call, s)
     sqrt_t = torch.sqrt(t)
-    d1 = (torch.log(s / k) + (r - q + 0.5 * vol * vol) * t) / (vol * sqrt_t)
+    d1 = (log_moneyness(s, k) + (r - q + 0.5 * vol * vol) * t) / (vol * sqrt_t)
     d2 = d1 - vol * sqrt_t
     pdf_d1 = torch.exp(-0.5 * d1 * d1) / math.sqrt(2.0 * math.pi)
     sign = torch.where(call, 1.0, -1.0).to(s.dtype)
@@ -320,7 +320,7 @@ def _normalisation(
     root_fk = torch.sqrt(f) * torch.sqrt(k)  # f * k overflowed (F = K = 1e155 gave vol 0)
     beta = (undiscounted - intrinsic) / root_fk
     bound = torch.where(call, f, k)
-    x = -torch.abs(torch.log(f / k))
+    x = -torch.abs(log_moneyness(f, k))  # ln(f / k) rounds: vols eps / s off near the money
     # an infinite forward, strike, maturity or discount passed as status 0 with a NaN or 0 vol
     positive = (f > 0) & (k > 0) & (t > 0) & (d > 0)
     invalid = ~(positive & torch.isfinite(p) & torch.isfinite(f + k + t + d))  # all > 0 here

@@ -152,6 +152,46 @@ def test_discrete_floating_lookback_is_at_least_the_european_at_its_extremum(is_
 
 
 @pytest.mark.parametrize(
+    ("is_call", "strike", "extremum", "interval"),
+    [(True, 80.0, 100.0, 1 / 12), (True, 100.0, 100.0, 1 / 52), (False, 120.0, 100.0, 1 / 12),
+     (True, 100.0, 105.0, 1.0)],
+)  # fmt: skip
+def test_discrete_fixed_lookback_is_at_least_its_value_with_the_expiry_alone(
+    is_call: bool, strike: float, extremum: float, interval: float
+) -> None:
+    # BGK's correction undercut the European floor where the drift outweighs the volatility
+    # (26.08 for 26.15 in the first case, 7.66 for 7.69 in the second); with the expiry the only
+    # date left (interval = maturity) the floor is the price: (M - K)^+ discounted plus the
+    # European struck at max(K, M) (calls)
+    rate, dividend, vol, t = (0.08, 0.0, 0.005, 1.0) if is_call else (0.0, 0.08, 0.005, 1.0)
+    price = discrete_lookback_price(spot=100.0, running_extremum=extremum, maturity=t,
+                                    volatility=vol, interval=interval, rate=rate,
+                                    dividend=dividend, kind="fixed", strike=strike,
+                                    is_call=is_call)  # fmt: skip
+    level = max(strike, extremum) if is_call else min(strike, extremum)
+    sign = 1.0 if is_call else -1.0
+    floor = math.exp(-rate * t) * max(sign * (extremum - strike), 0.0) + black_scholes.price(
+        spot=100.0, strike=level, maturity=t, volatility=vol, rate=rate, dividend=dividend,
+        is_call=is_call).item()  # fmt: skip
+    assert price.item() >= floor - 1e-12
+    if interval == t:
+        assert price.item() == pytest.approx(floor, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["floating", "fixed"])
+def test_discrete_lookback_refuses_an_interval_past_the_expiry(kind: str) -> None:
+    # a fixed strike call at the money was 6.6e-5 (its floor 3.78) at an interval of 5 years
+    # for 0.1; a hedging grid's last time to expiry, an ulp off its step, is accepted
+    args = {"spot": 100.0, "running_extremum": 100.0, "volatility": 0.3, "kind": kind,
+            "strike": 100.0 if kind == "fixed" else None}  # fmt: skip
+    with pytest.raises(ValueError, match=r"maturity must be >= interval = 5.0 .*; got 0.1 at "
+                                         r"index 1"):  # fmt: skip
+        discrete_lookback_price(**args, maturity=[6.0, 0.1], interval=5.0)
+    price = discrete_lookback_price(**args, maturity=math.nextafter(0.1, 0.0), interval=0.1)
+    assert bool(torch.isfinite(price))
+
+
+@pytest.mark.parametrize(
     ("kind", "strike", "extremum"), [("floating", None, 0.97), ("fixed", 105.0, 1.03)]
 )
 def test_discrete_lookback_of_float32_inputs_is_float32(

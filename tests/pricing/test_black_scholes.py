@@ -548,3 +548,39 @@ def test_implied_vol_compile_must_be_a_bool():
     # compile="no" would be truthy and compile
     with pytest.raises(ValueError, match="compile must be True or False"):
         bs.black_implied_vol(price=8.0, forward=100.0, strike=100.0, maturity=1.0, compile="no")
+
+
+@pytest.mark.parametrize("total_vol", [1e-8, 1e-6, 1e-4, 1e-3])
+def test_near_money_prices_greeks_and_implied_vols_at_tiny_total_vol_match_mpmath(total_vol):
+    # Regression: erf(d1/sqrt2) - erf(d2/sqrt2) and ln(F/K) both lost ~log10(1/s) digits near
+    # the money: prices 7e-12 off in relative terms at s = 1e-4 (5e-8 at 1e-8), autograd and
+    # closed-form deltas as much (6e-9 at 1e-8), and implied vols 2e-8 off at 1e-8 from prices
+    # exact to the last bit.
+    rng = np.random.default_rng(31)
+    forward = 100.0
+    strike = forward * np.exp(rng.uniform(-1.2, 1.2, 24) * total_vol)
+    is_call = rng.random(24) < 0.5
+    spot = torch.full((24,), forward, dtype=torch.float64, requires_grad=True)
+    vol = torch.full((24,), total_vol, dtype=torch.float64, requires_grad=True)
+    p = bs.black_price(forward=spot, strike=torch.as_tensor(strike), maturity=1.0, volatility=vol,
+                       is_call=torch.as_tensor(is_call))  # fmt: skip
+    delta, vega = torch.autograd.grad(p.sum(), (spot, vol))
+    ref = []
+    with mpmath.workdps(50):
+        for k, call in zip(strike, is_call, strict=True):
+            f, k, s = mpmath.mpf(forward), mpmath.mpf(float(k)), mpmath.mpf(total_vol)
+            d1 = mpmath.log(f / k) / s + s / 2
+            price = f * mpmath.ncdf(d1) - k * mpmath.ncdf(d1 - s) - (0 if call else f - k)
+            ref.append([float(price), float(mpmath.ncdf(d1)) - (0 if call else 1),
+                        float(f * mpmath.npdf(d1))])  # fmt: skip
+    ref = torch.tensor(ref, dtype=torch.float64)
+    torch.testing.assert_close(p.detach(), ref[:, 0], rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(delta, ref[:, 1], rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(vega, ref[:, 2], rtol=1e-14, atol=0.0)
+    closed = bs.greeks(spot=forward, strike=torch.as_tensor(strike), maturity=1.0,
+                       volatility=total_vol, is_call=torch.as_tensor(is_call))  # fmt: skip
+    torch.testing.assert_close(closed.delta, ref[:, 1], rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(closed.vega, ref[:, 2], rtol=1e-14, atol=0.0)
+    iv = bs.black_implied_vol(price=ref[:, 0], forward=forward, strike=torch.as_tensor(strike),
+                              maturity=1.0, is_call=torch.as_tensor(is_call))  # fmt: skip
+    torch.testing.assert_close(iv, vol.detach(), rtol=1e-14, atol=0.0)

@@ -91,12 +91,31 @@ def test_broadcasts_valuation_times_against_paths() -> None:
                                atol=1e-15)  # fmt: skip
 
 
+@pytest.mark.parametrize(("fixing", "running_sum"), [(0.25, 100.0), (0.5, 200.0)])
+@pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
+def test_a_fixing_within_rounding_of_the_valuation_time_is_known(
+    fixing: float, running_sum: float, is_call: bool
+) -> None:
+    # Regression: a time an ulp before a fixing (a grid's 0.30000000000000004 against 0.3) made
+    # it a fixing to come, counted again on top of running_sum (a call 25.19 for 2.50); before
+    # the first fixing the sum was refused as "no fixing known"
+    args = {"spot": 100.0, "strike": 100.0, "volatility": 0.2, "rate": 0.03, "is_call": is_call,
+            "fixing_times": [0.25, 0.5, 0.75, 1.0], "running_sum": running_sum}  # fmt: skip
+    at = discrete_asian_price(time=fixing, **args)
+    for time in (math.nextafter(fixing, 0.0), math.nextafter(fixing, 1.0)):
+        torch.testing.assert_close(
+            discrete_asian_price(time=time, **args), at, rtol=1e-12, atol=0.0
+        )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"fixing_times": [0.5, 0.25, 1.0]}, "fixing_times must be increasing"),
      ({"fixing_times": [-0.1, 0.5]}, "fixing_times must be finite and >= 0"),
      ({"fixing_times": []}, "fixing_times must hold at least one"),
      ({"time": 1.0}, r"time must be in \[0, last fixing = 1.0\)"),
+     # within rounding of the last fixing, none was left: "forward must be > 0"
+     ({"time": math.nextafter(1.0, 0.0)}, r"time must be in \[0, last fixing = 1.0\)"),
      ({"running_sum": -1.0}, "running_sum must be finite and >= 0"),
      # before the first fixing it was added to the average all the same (50.0 for 5.2036)
      ({"time": 0.2, "running_sum": 100.0},

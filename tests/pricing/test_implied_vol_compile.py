@@ -51,3 +51,18 @@ def test_compiled_implied_vols_at_tiny_total_vol_are_accurate():
     resolvable = price > 1e-300
     assert bool((status[resolvable] == 0).all())
     torch.testing.assert_close(iv[resolvable], vol[resolvable], rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.slow
+def test_compiled_implied_vols_near_the_money_at_tiny_total_vol_are_accurate():
+    # The fused steps took erf(t1) - erf(t2) and exp(x/2)/2 - exp(-x/2)/2 as they read, both of
+    # which cancel near the money at a tiny s: vols 3e-11 off (s from 1e-8 to 1e-3), status "ok".
+    rng = np.random.default_rng(14)
+    s = torch.as_tensor(np.exp(rng.uniform(math.log(1e-8), math.log(1e-3), 8192)))
+    strike = torch.exp(torch.as_tensor(rng.uniform(-0.99, 0.99, 8192)) * s)  # -1 < d1 < 1
+    vol = s * math.sqrt(365.0)
+    price = bs.black_price(forward=1.0, strike=strike, maturity=1 / 365, volatility=vol)
+    iv, status = bs.implied_vol_with_status(price=price, forward=1.0, strike=strike,
+                                            maturity=1 / 365, compile=True)  # fmt: skip
+    assert bool((status == 0).all())
+    torch.testing.assert_close(iv, vol, rtol=1e-14, atol=0.0)

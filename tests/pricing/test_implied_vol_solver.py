@@ -241,7 +241,10 @@ def test_near_start_steps_of_each_element_alone_equal_those_of_the_batch():
     for i in range(len(x)):
         s_one, done_one = iv._near_start(x[i : i + 1], start[i : i + 1], target[i : i + 1],
                                          upper[i : i + 1], 2)  # fmt: skip
-        assert torch.equal(s_one, s_all[i : i + 1]) and torch.equal(done_one, done_all[i : i + 1])
+        # to an ulp or two: torch's vectorised sinh (the weights) and its scalar loop for the
+        # tail of a tensor differ in the last bit on ~25% of inputs
+        torch.testing.assert_close(s_one, s_all[i : i + 1], rtol=4 * torch.finfo(F64).eps, atol=0.0)
+        assert torch.equal(done_one, done_all[i : i + 1])
 
 
 def test_a_far_start_is_not_marked_done_by_the_near_start_steps():

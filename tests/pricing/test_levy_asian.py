@@ -104,6 +104,21 @@ def test_geometric_asian_fixing_times_outside_the_life_name_the_field(times: lis
         geometric_asian_price(**args, fixing_times=times)
 
 
+@pytest.mark.parametrize("fixing_times", [None, [0.0, 0.5, 1.0]], ids=["continuous", "fixings"])
+def test_geometric_asian_of_float32_inputs_is_float32(fixing_times: list | None) -> None:
+    # as the other pricers: evaluated in float64, the result in the inputs' dtype (was float64);
+    # a fixing at 0 (today's spot) is accepted, as the docstring now says
+    from pricing.analytic_exotics import geometric_asian_price
+
+    spot = torch.tensor([90.0, 100.0, 110.0], dtype=torch.float32)
+    args = {"strike": 100.0, "maturity": 1.0, "volatility": 0.2, "rate": 0.03,
+            "fixing_times": fixing_times}  # fmt: skip
+    single = geometric_asian_price(spot=spot, **args)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), geometric_asian_price(spot=spot.double(), **args),
+                               rtol=1e-6, atol=0.0)  # fmt: skip
+
+
 def test_geometric_asian_weights_without_fixing_times_are_refused() -> None:
     # they were ignored: weights [0.9, 0.1] priced the continuous average (4.4319 at spot and
     # strike 100, 20% vol, 1 year)

@@ -85,3 +85,38 @@ def test_a_single_underflowing_price_has_zero_gradients(dtype: torch.dtype, s: f
     grads = torch.autograd.grad(b, (x, total_vol))
     assert b.shape == () and float(b.detach()) == 0.0
     assert all(float(g) == 0.0 for g in grads)
+
+
+# (x, s) near the money (-1 < d1 <= 1) at small total vols, where erf(d1/sqrt2) - erf(d2/sqrt2)
+# cancels, and a few above the series' range
+_NEAR = [(k * s, s) for k, s in itertools.product([-0.999, -0.7, -0.3, -1e-3, 0.0],
+                                                  [1e-8, 1e-6, 1e-4, 1e-3, 0.05, 0.1, 0.5])]  # fmt: skip
+
+
+def test_near_money_log_price_and_its_gradient_match_mpmath_at_tiny_total_vol() -> None:
+    # Regression: the erf difference lost ~log10(1/s) digits: b 7e-12 off in relative terms at
+    # s = 1e-4, 1e-7 at s = 1e-8 (and its autograd gradients as much).
+    x = torch.tensor([c[0] for c in _NEAR], dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([c[1] for c in _NEAR], dtype=torch.float64, requires_grad=True)
+    assert bool((nb.region_of(x / s + 0.5 * s) == 1).all())
+    ln_b = nb.log_normalized_call(x, s)
+    slope_x, slope_s = torch.autograd.grad(ln_b.sum(), (x, s))
+    ref = torch.tensor([_mp_log_price_and_slopes(float(a), float(b)) for a, b in _NEAR],
+                       dtype=torch.float64)  # fmt: skip
+    # ln b is ~ln s: compare b itself, in relative terms
+    torch.testing.assert_close(torch.exp(ln_b.detach() - ref[:, 0]), torch.ones_like(ln_b),
+                               rtol=1e-14, atol=0.0)  # fmt: skip
+    torch.testing.assert_close(slope_x, ref[:, 1], rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(slope_s, ref[:, 2], rtol=1e-14, atol=0.0)
+
+
+def test_log_moneyness_is_accurate_near_the_money() -> None:
+    # ln(F / K) rounds F / K: an absolute error eps in x, eps / s relative in a price at total vol s
+    forward = torch.tensor([100.0, 100.0, 1.0, 3.0, 1e-200], dtype=torch.float64)
+    strike = torch.tensor([100.0 + 1e-9, 100.0 - 3e-7, 0.7, 1.0, 1e100], dtype=torch.float64)
+    with mpmath.workdps(50):
+        ref = [float(mpmath.log(mpmath.mpf(float(f)) / mpmath.mpf(float(k))))
+               for f, k in zip(forward, strike, strict=True)]  # fmt: skip
+    torch.testing.assert_close(nb.log_moneyness(forward, strike), torch.tensor(ref,
+                               dtype=torch.float64), rtol=2 * torch.finfo(torch.float64).eps,
+                               atol=0.0)  # fmt: skip
