@@ -84,6 +84,9 @@ class ResumeMismatch(ValueError):
         ds was started with shard_size 8, not 4: resume with the values it was started with
         >>> print(error.describe(lambda keyword: "--" + keyword.replace("_", "-")))
         ds was started with --shard-size 8, not 4: resume with the values it was started with
+        >>> print(ResumeMismatch(Path("ds"), {"compile": (False, True)}).describe(
+        ...     lambda keyword: "--" + keyword, flags=True))
+        ds was started without --compile, not with it: resume with the values it was started with
     """
 
     def __init__(self, path: Path, changed: dict[str, tuple[Any, Any]]) -> None:
@@ -94,12 +97,22 @@ class ResumeMismatch(ValueError):
         """Pickled with its fields (its message alone did not rebuild it: across processes)."""
         return (type(self), (self.path, self.changed))
 
-    def describe(self, name: Callable[[str], str]) -> str:
+    def describe(self, name: Callable[[str], str], *, flags: bool = False) -> str:
         """The message, naming each argument as ``name(keyword)`` (``qfnet generate``: its
-        option, ``--shard-size``): a domain printed whole, twice, hid the field that differs."""
-        was = "; ".join(f"{name(key)} {_shown(before)}, not {_shown(now)}"
-                        for key, (before, now) in self.changed.items())  # fmt: skip
-        return f"{self.path} was started with {was}: resume with the values it was started with"
+        option, ``--shard-size``): a domain printed whole, twice, hid the field that differs.
+        With ``flags``, a boolean argument is a command's flag, given or not (``without
+        --compile, not with it``; it read ``--compile False, not True``)."""
+        parts, prefix = [], "with "  # "with a 1, not 2; b 3, not 4"
+        for key, (before, now) in self.changed.items():
+            if flags and isinstance(before, bool) and isinstance(now, bool):
+                was, given = ("with", "without") if before else ("without", "with")
+                parts.append(f"{was} {name(key)}, not {given} it")
+                prefix = "with "
+            else:
+                parts.append(f"{prefix}{name(key)} {_shown(before)}, not {_shown(now)}")
+                prefix = ""
+        return (f"{self.path} was started {'; '.join(parts)}: resume with the values it was "
+                "started with")  # fmt: skip
 
 
 def _as_arguments(

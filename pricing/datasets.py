@@ -735,7 +735,10 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
         ValueError: the metadata is not a qfnet dataset of a version this code reads (or is cut
             or edited: the message names its field), or a shard does not match it (unreadable,
             cut, replaced, copied from another dataset, without its labels or one of the
-            domain's input columns).
+            domain's input columns), or its ``engine``, ``compiled``, ``shard_size`` or
+            ``seed`` is not the one that made the shards (Heston ``analytic`` and ``quantlib``
+            labels agree too closely to tell apart; the seed is checked where the running scipy
+            is the generation's, whose Sobol engine drew the points).
 
     Examples:
         >>> import tempfile
@@ -776,6 +779,10 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
             # a shard of another seed whose sample_index matched loaded without a word
             raise ValueError(f"{root / name} is not the shard {meta_path} records (its SHA-256 "
                              "differs): a shard of another dataset, or an edited one")  # fmt: skip
+    # an edited seed, shard_size or engine loaded without a word (and went into a run's record)
+    _check_engine(meta_path, meta, frames)
+    _check_shard_sizes(meta_path, meta, frames)
+    _check_seed(meta_path, meta, frames[0])
     return frame, meta
 
 
@@ -875,3 +882,83 @@ def _check_sample_order(root: Path, names: list[str], frames: list[pd.DataFrame]
                                  f"not {offset} .. {offset + len(frame) - 1} (a replaced or "
                                  "reordered shard?)")  # fmt: skip
         offset += len(frame)
+
+
+def _check_engine(meta_path: Path, meta: dict[str, Any], frames: list[pd.DataFrame]) -> None:
+    """Field ``engine`` is one of the model's and made the shards' labels: ``mc`` labels, and
+    only they, carry a ``std_error`` column; SABR ``hagan`` labels are Hagan's vols (to
+    rounding), QuantLib's PDE labels are not. ``compiled`` is a flag, true only for Heston
+    ``analytic`` labels."""
+    model, engine = Domain.from_dict(meta["domain"]).model, meta.get("engine")
+    if engine is None:
+        return
+    if engine not in ENGINES[model]:
+        raise ValueError(f"{meta_path}: field 'engine' is {engine!r}, not one of the {model} "
+                         f"engines {sorted(ENGINES[model])}")  # fmt: skip
+    if any(("std_error" in frame.columns) != (engine == "mc") for frame in frames):
+        has = "lack" if engine == "mc" else "hold"
+        raise ValueError(f"{meta_path}: field 'engine' is {engine!r}, but its shards {has} the "
+                         "std_error column of Monte Carlo labels (an edited engine?)")  # fmt: skip
+    compiled = meta.get("compiled", False)
+    if not isinstance(compiled, bool) or (compiled and (model, engine) != ("heston", "analytic")):
+        raise ValueError(f"{meta_path}: field 'compiled' is {compiled!r}; it is true only for "
+                         "heston analytic labels, false otherwise")  # fmt: skip
+    hagan = _hagan_labels(frames[0]) if model == "sabr" else None
+    if hagan is not None and (engine == "hagan") != hagan:
+        which = "are not" if engine == "hagan" else "are"
+        raise ValueError(f"{meta_path}: field 'engine' is {engine!r}, but the labels {which} "
+                         "Hagan's vols (an edited engine?)")  # fmt: skip
+
+
+_CHECKED_ROWS = 8
+"""Rows of the first shard whose points (and SABR labels) :func:`load_dataset` makes again."""
+
+
+def _hagan_labels(frame: pd.DataFrame) -> bool | None:
+    """Whether the labelled rows among the first of a SABR shard are Hagan's vols; None where
+    none of them has a label (or the shard lacks a column of Hagan's formula)."""
+    from pricing.sabr import lognormal_vol
+
+    names = ["forward", "strike", "maturity", "alpha", "beta", "rho", "nu", "implied_vol"]
+    if not set(names) <= set(frame.columns):
+        return None
+    rows = frame.head(_CHECKED_ROWS)[names].to_numpy(float)  # (R, 8)
+    rows = rows[np.isfinite(rows).all(axis=1)]  # a NaN input is load_training_tensors' to name
+    if not len(rows):
+        return None
+    vols = lognormal_vol(**{n: torch.tensor(rows[:, i]) for i, n in enumerate(names[:-1])})
+    return bool(np.allclose(rows[:, -1], vols.numpy(), rtol=1e-9, atol=0.0))
+
+
+def _check_shard_sizes(meta_path: Path, meta: dict[str, Any], frames: list[pd.DataFrame]) -> None:
+    """Every shard holds ``shard_size`` rows but the last, which holds 1 to ``shard_size``."""
+    size = meta.get("shard_size")
+    for i, (name, frame) in enumerate(zip(meta["shards"], frames, strict=True)):
+        last = i == len(frames) - 1
+        if size is not None and len(frame) != size and not (last and 0 < len(frame) < size):
+            raise ValueError(f"{meta_path}: field 'shard_size' is {size}, but {name} holds "
+                             f"{len(frame)} rows (every shard holds shard_size rows, the last "
+                             "1 to shard_size)")  # fmt: skip
+
+
+def _check_seed(meta_path: Path, meta: dict[str, Any], first: pd.DataFrame) -> None:
+    """The first shard's first points are those of ``seed``'s Sobol sequence of the
+    ``sampling_domain``. Checked only where the running scipy is the generation's (its Sobol
+    engine draws the points: another version's may draw others for the same seed)."""
+    import scipy
+
+    if "seed" not in meta or "sampling_domain" not in meta:
+        return
+    versions = meta.get("versions")
+    if not isinstance(versions, dict) or versions.get("scipy") != scipy.__version__:
+        return
+    box = Domain.from_dict(meta["sampling_domain"])
+    rows = first.head(_CHECKED_ROWS)
+    points = sample(box, len(rows), seed=meta["seed"])
+    for name in [c for c in (*box.param_names, "maturity", "z") if c in rows]:
+        given, drawn = rows[name].to_numpy(float), points[name].to_numpy()
+        kept = np.isfinite(given)  # a NaN input is load_training_tensors' to name
+        if not np.allclose(given[kept], drawn[kept], rtol=1e-9, atol=1e-12):
+            raise ValueError(f"{meta_path}: field 'seed' is {meta['seed']}, but the first shard "
+                             f"does not hold that seed's points ({name} differs): an edited "
+                             "seed?")  # fmt: skip

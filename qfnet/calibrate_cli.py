@@ -5,9 +5,7 @@ Mounted by :mod:`qfnet.cli` as ``app.command("calibrate")(calibrate_command)``.
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +32,7 @@ from qfnet._cli import (
     write_atomically,
     write_table,
 )
+from qfnet.training.checkpoint import ModelFileError
 
 __all__ = ["bounds_line", "calibrate_command", "result_json"]
 
@@ -118,21 +117,6 @@ def _check_device(model: str, method: str, device: str) -> None:
         check_method_device(model, method, device)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--device") from None
-
-
-def _leads_with_a_file(message: str) -> bool:
-    """Whether ``message`` begins with the path of an existing file (``"{path}: ..."``, ``"{path}
-    is ..."``), as a damaged network or surrogate file's does: it was put under the quotes'
-    name (``quotes.csv: .../network.pt is not a readable calibration network``).
-
-    Examples:
-        >>> _leads_with_a_file(f"{__file__} is not a readable calibration network: cut short")
-        True
-        >>> _leads_with_a_file("no quote has a positive weight: nothing to fit")
-        False
-    """
-    ends = (match.start() for match in re.finditer(r": | is ", message))
-    return any(Path(message[:end]).is_file() for end in itertools.islice(ends, 4))
 
 
 def _solved(table: pd.DataFrame) -> np.ndarray:
@@ -243,11 +227,11 @@ def calibrate_command(
             notes = [note for note in notes if note]
         result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
                            device=device, **options)  # fmt: skip
-    except NotImplementedError as error:
+    except (NotImplementedError, ModelFileError) as error:  # a damaged model file is named
         raise fail(str(error)) from error
     except ValueError as error:  # QuoteError too: name the file unless the message does
         message = quote_message(str(error))
-        named = message.startswith(str(quotes)) or _leads_with_a_file(message)
+        named = message.startswith(str(quotes))
         raise fail(message if named else f"{quotes}: {message}") from error
     # each through a temporary file: an interrupted write cut the previous fit's file short
     write_table(result.residuals, residuals_file)

@@ -34,7 +34,12 @@ from pricing.quotes import DECIMAL_LIMITS
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig
-from qfnet.training.checkpoint import load_verified, save_atomically
+from qfnet.training.checkpoint import (
+    ModelFileError,
+    damage_summary,
+    load_verified,
+    save_atomically,
+)
 
 __all__ = [
     "BOX",
@@ -380,9 +385,9 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a Heston calibration network, or is damaged (cut, a damaged
-            byte, a missing or malformed field, another grid): the message names the file and
-            the field.
+        qfnet.training.checkpoint.ModelFileError: (a ValueError) the file is not a Heston
+            calibration network, or is damaged (cut, a damaged byte, a missing or malformed
+            field, another grid), or is a directory: the message names the file and the field.
 
     Examples:
         >>> net = load_network()
@@ -390,7 +395,7 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
         (128, 128, 128, 128)
     """
     path = Path(path) if path is not None else default_path()
-    if not path.is_file():  # a directory was an IsADirectoryError from torch
+    if not path.exists():  # a directory was an IsADirectoryError from torch
         hint = f" ({missing_hint()})" if path == default_path() else ""
         raise FileNotFoundError(f"no calibration network at {path}{hint}")
     # a cut or foreign file raised torch's RuntimeError, KeyError or JSONDecodeError, naming no
@@ -403,32 +408,37 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
                                  box=metadata["box"])  # fmt: skip
         net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{path} is a damaged Heston calibration network: {exc!r}") from exc
+        reason = f"{path} is a damaged Heston calibration network: {damage_summary(exc)}"
+        raise ModelFileError(path, reason) from exc
     net.metadata = metadata
     return net.eval()
 
 
 def _network_metadata(payload: Any, path: Path) -> dict[str, Any]:
     """The metadata of a loaded network file, checked against this module's input grid."""
+
+    def damaged(reason: str) -> ModelFileError:
+        return ModelFileError(path, f"{path}: {reason}")
+
     if not (isinstance(payload, dict) and isinstance(payload.get("metadata"), str)):
-        raise ValueError(f"{path}: not a Heston calibration network (no 'metadata' field)")
+        raise damaged("not a Heston calibration network (no 'metadata' field)")
     try:
         metadata = json.loads(payload["metadata"])
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: field 'metadata' is not valid JSON ({exc.msg})") from exc
+        raise damaged(f"field 'metadata' is not valid JSON ({exc.msg})") from exc
     if not isinstance(metadata, dict) or metadata.get("format") != _FORMAT:
         found = metadata.get("format") if isinstance(metadata, dict) else None
-        raise ValueError(f"{path}: not a Heston calibration network (format {found!r}, this "
-                         f"qfnet reads {_FORMAT!r})")  # fmt: skip
+        raise damaged(f"not a Heston calibration network (format {found!r}, this qfnet reads "
+                      f"{_FORMAT!r})")  # fmt: skip
     # a network of another grid or parameter order would read this grid's vols as its own
     if metadata.get("names") != list(NAMES):
-        raise ValueError(f"{path}: field 'names' is {metadata.get('names')!r}, not {list(NAMES)}")
+        raise damaged(f"field 'names' is {metadata.get('names')!r}, not {list(NAMES)}")
     grid = metadata.get("grid")
     expected = {"maturities": list(MATURITIES), "z": list(Z), "order": "maturity-major"}
     if not (isinstance(grid, dict) and all(grid.get(k) == v for k, v in expected.items())):
-        raise ValueError(f"{path}: field 'grid' is not this qfnet's grid (maturities "
-                         f"{[round(t, 4) for t in MATURITIES]}, z {Z[0]} .. {Z[-1]} by "
-                         f"{Z[1] - Z[0]}, maturity-major)")  # fmt: skip
+        raise damaged(f"field 'grid' is not this qfnet's grid (maturities "
+                      f"{[round(t, 4) for t in MATURITIES]}, z {Z[0]} .. {Z[-1]} by "
+                      f"{Z[1] - Z[0]}, maturity-major)")  # fmt: skip
     return metadata
 
 

@@ -54,6 +54,7 @@ from qfnet.calibration_network import (
     load_network,
     predict,
 )
+from qfnet.training.checkpoint import ModelFileError
 
 __all__ = [
     "fit_many_with_network",
@@ -334,8 +335,8 @@ def network_start(problem: CalibrationProblem) -> dict[str, float] | None:
     when there is no network file or the quotes cannot be put on its grid.
 
     Raises:
-        ValueError: the network file is damaged (the message names it, and
-            ``global_start="scan"``, which fits without it).
+        qfnet.training.checkpoint.ModelFileError: the network file is damaged (the message
+            names it, and ``global_start="scan"``, which fits without it).
 
     Examples:
         >>> quotes = pd.DataFrame({"strike": [80.0, 100.0, 125.0] * 2, "forward": 100.0,
@@ -363,11 +364,11 @@ def network_starts(problems: Sequence[CalibrationProblem]) -> list[dict[str, flo
         net = _network(None)
     except FileNotFoundError:
         return [None] * len(problems)
-    except ValueError as error:  # a damaged file: say whose start it is and how to do without
-        # the loader's message first: it leads with the file's path (qfnet calibrate named it)
-        raise ValueError(f"{error}; the calibration network is the global start of Heston "
-                         "'direct' and 'surrogate' fits: restore the file, or pass "
-                         "global_start='scan' to fit without it") from error  # fmt: skip
+    except ModelFileError as error:  # a damaged file: say whose start it is and how to do without
+        # the loader's message first: it leads with the file's path (qfnet calibrate prints it)
+        raise ModelFileError(error.path, f"{error}; the calibration network is the global start "
+                             "of Heston 'direct' and 'surrogate' fits: restore the file, or pass "
+                             "global_start='scan' to fit without it") from error  # fmt: skip
     surfaces, errors = grid_surfaces([_read_quotes(p) for p in problems])
     starts = _predicted(net, surfaces, errors)
     for problem, values in zip(problems, starts, strict=True):

@@ -66,7 +66,7 @@ def _surrogate(path: str | os.PathLike[str] | None) -> SurrogateNet:
     calibrated one call each loads and verifies the file once (~6 ms a call). The cached network
     stays inside this module, which never trains it."""
     target = Path(path) if path is not None else default_surrogate_path()
-    if target.is_dir():
+    if target.is_dir() and (target / "model.pt").exists():  # a run, as load_surrogate reads it
         target = target / "model.pt"
     version = file_version(target)
     if version is None:  # load_surrogate's own message (no such file, the shipped file's hint)

@@ -39,7 +39,12 @@ from pricing._validation import check_device, check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
 from qfnet.nets import MLP
-from qfnet.training.checkpoint import load_verified, save_atomically
+from qfnet.training.checkpoint import (
+    ModelFileError,
+    damage_summary,
+    load_verified,
+    save_atomically,
+)
 
 __all__ = [
     "BASES",
@@ -317,9 +322,11 @@ def load_surrogate(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a qfnet surrogate of this format version, or is corrupt (cut,
-            a damaged byte: the archive's checksums are verified, or a missing field); or
-            ``device`` is not a torch device here (``"cuda"`` without CUDA).
+        qfnet.training.checkpoint.ModelFileError: (a ValueError) the file is not a qfnet
+            surrogate of this format version, or is corrupt (cut, a damaged byte: the archive's
+            checksums are verified, or a missing field), or is a directory without a
+            ``model.pt``: the message names the file.
+        ValueError: ``device`` is not a torch device here (``"cuda"`` without CUDA).
 
     Examples:
         >>> net = load_surrogate()
@@ -329,25 +336,29 @@ def load_surrogate(
     if device is not None:  # "cuda" without CUDA was torch's bare AssertionError, after the load
         device = check_device(device)
     target = Path(path) if path is not None else default_surrogate_path()
-    if target.is_dir():
+    if target.is_dir() and (target / "model.pt").exists():  # a run directory
         target = target / "model.pt"
-    if not target.is_file():
+    if not target.exists():
         shipped = DEFAULT_SURROGATE.parent in target.parents
         hint = f" ({missing_hint()})" if shipped else ""
         raise FileNotFoundError(f"surrogate file {target} does not exist{hint}")
+    if target.is_dir():  # it was "surrogate file .../model.pt/model.pt does not exist"
+        raise ModelFileError(target, f"{target} is a directory, neither a surrogate file nor a "
+                             "run holding one (model.pt)")  # fmt: skip
     # its CRCs checked: a flipped bit in a weight loaded without a word
     payload = load_verified(target, "surrogate file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{target} is not a {FORMAT} file")
+        raise ModelFileError(target, f"{target} is not a {FORMAT} file")
     version = payload.get("format_version")
     # a newer file was read as this one; True (== 1) and 1.0 passed the != test
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ValueError(f"{target} is {FORMAT} version {version!r}; "
-                         f"this qfnet reads version {FORMAT_VERSION}")  # fmt: skip
+        raise ModelFileError(target, f"{target} is {FORMAT} version {version!r}; this qfnet "
+                             f"reads version {FORMAT_VERSION}")  # fmt: skip
     try:
         net = _from_payload(payload)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a field missing or damaged
-        raise ValueError(f"{target} is a corrupt {FORMAT} file: {exc!r}") from exc
+        reason = f"{target} is a corrupt {FORMAT} file: {damage_summary(exc)}"
+        raise ModelFileError(target, reason) from exc
     net.requires_grad_(False)  # an inference model: gradients flow to the inputs only (greeks)
     return net.eval().to(device) if device is not None else net.eval()
 

@@ -143,7 +143,8 @@ def generate_command(
                 resume=resume,
             )
     except ResumeMismatch as err:  # named by option, --shard-size (shard_size, a keyword)
-        raise fail(err.describe(lambda keyword: "--" + keyword.replace("_", "-"))) from err
+        option = lambda keyword: "--" + keyword.replace("_", "-")  # noqa: E731
+        raise fail(err.describe(option, flags=True)) from err
     except (OSError, ValueError) as err:  # an existing dataset, a bad --out, a dead scheduler
         raise fail(str(err)) from err
     meta = json.loads((path / "metadata.json").read_text())

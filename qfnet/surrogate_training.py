@@ -25,7 +25,7 @@ from pricing._atomic import save_figure_atomically
 from pricing._validation import json_safe, read_json
 from pricing.datasets import Domain, load_dataset
 from qfnet.surrogate import SurrogateNet, build_surrogate, load_surrogate, save_surrogate
-from qfnet.training.checkpoint import write_text_atomically
+from qfnet.training.checkpoint import ModelFileError, damage_summary, write_text_atomically
 
 __all__ = [
     "export_checkpoint",
@@ -607,6 +607,12 @@ def export_checkpoint(
     and ``split`` (a fine-tuning run from the file on that dataset must keep the split, as from
     the run itself).
 
+    Raises:
+        FileNotFoundError: ``run`` holds no surrogate run.
+        qfnet.training.CheckpointError: the checkpoint is missing, cut or damaged.
+        qfnet.training.checkpoint.ModelFileError: the checkpoint does not fit the run's
+            configuration (other layer widths, an unknown activation: an edited file).
+
     Examples:
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -626,11 +632,16 @@ def export_checkpoint(
         raise FileNotFoundError(f"{root} is not a surrogate run (no {_ARCH_FILE})")
     arch = _read_architecture(arch_path)
     domain = Domain.from_dict(arch["domain"]) if "domain" in arch else HESTON_DOMAIN
-    net = build_surrogate(domain, hidden=arch["hidden"], activation=arch["activation"],
-                          base=arch.get("base"))  # fmt: skip
-    state = load_checkpoint(root / "checkpoints" / f"{which}.pt")
-    net.load_state_dict(state["model"])
-    loop = state["loop"]
+    checkpoint = root / "checkpoints" / f"{which}.pt"
+    state = load_checkpoint(checkpoint)
+    try:  # torch's size mismatch, or an unknown activation, named neither file
+        net = build_surrogate(domain, hidden=arch["hidden"], activation=arch["activation"],
+                              base=arch.get("base"))  # fmt: skip
+        net.load_state_dict(state["model"])
+        loop = state["loop"]
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelFileError(checkpoint, f"{checkpoint} does not fit the run's {arch_path.name} "
+                             f"(an edited file?): {damage_summary(exc)}") from exc  # fmt: skip
     # The loop position after an epoch's end is the next epoch: best.pt of metrics.csv's epoch 5
     # was labelled epoch 6, whose validation loss is another one.
     complete = loop["batch_in_epoch"] == 0 and loop["epoch"] > 0

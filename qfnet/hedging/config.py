@@ -508,6 +508,9 @@ def _apply_calibration(config: HedgeConfig, path: Path) -> HedgeConfig:
     # TypeError: a JSON list; UnicodeDecodeError: not a text file (it was a traceback)
     except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"market.calibration: cannot read params from {path}: {exc}") from exc
+    if not isinstance(params, dict):  # a number or null was a TypeError; "v0" held v0
+        raise ConfigError(f"market.calibration: {path}: params must be an object of Heston "
+                          f"params, got {params!r}")  # fmt: skip
     keys = HESTON_PARAMS
     missing = [k for k in keys if k not in params]
     if missing:

@@ -25,7 +25,8 @@ from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_poli
 from qfnet.losses import ExpectedShortfall, RiskMeasure, make_risk_measure
 from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
 from qfnet.training.checkpoint import (
-    load_error_summary,
+    ModelFileError,
+    damage_summary,
     load_verified,
     save_atomically,
     write_text_atomically,
@@ -413,11 +414,12 @@ def _read_payload(path: Path) -> dict[str, Any]:
     # its CRCs checked: a damaged byte in a weight loaded without a word
     payload = load_verified(path, "trained hedging model")
     if not isinstance(payload, dict):
-        raise ValueError(f"{path} is not a readable trained hedging model: not a mapping")
+        raise ModelFileError(path, f"{path} is not a readable trained hedging model: not a mapping")
     fmt, version = payload.get("format", RUN_FORMAT), payload.get("format_version", 1)
     if fmt != RUN_FORMAT or type(version) is not int or version != RUN_FORMAT_VERSION:
-        raise ValueError(f"{path} is {fmt!r} version {version!r}; this qfnet reads "
-                         f"{RUN_FORMAT!r} version {RUN_FORMAT_VERSION} (train it again)")  # fmt: skip
+        raise ModelFileError(path, f"{path} is {fmt!r} version {version!r}; this qfnet reads "
+                             f"{RUN_FORMAT!r} version {RUN_FORMAT_VERSION} (train it "
+                             "again)")  # fmt: skip
     return payload
 
 
@@ -461,14 +463,11 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
     except ConfigError as exc:  # it named a config key, not the file that held it
         raise ConfigError(f"{path}: the saved config: {exc} (a run of another qfnet version, or "
                           "an edited file: train it again)") from exc  # fmt: skip
-    except KeyError as exc:  # a file of another writer, or of an older qfnet
-        reason = f"no field {exc}"
-        raise ValueError(f"{path} is not a readable trained hedging model: {reason}") from exc
-    except Exception as exc:  # not a hedging run, another architecture
-        reason = load_error_summary(exc)
-        raise ValueError(f"{path} is not a readable trained hedging model: {reason}") from exc
+    except Exception as exc:  # not a hedging run (a KeyError: another writer), another network
+        reason = f"{path} is not a readable trained hedging model: {damage_summary(exc)}"
+        raise ModelFileError(path, reason) from exc
     for key, value in meta.items():  # a text value failed later, in the backtest's baselines
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{path}: field {key!r} must be a number, got {value!r}")
+            raise ModelFileError(path, f"{path}: field {key!r} must be a number, got {value!r}")
     model.eval()
     return config, model, meta

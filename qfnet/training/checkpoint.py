@@ -24,7 +24,9 @@ from pricing._atomic import replace_atomically
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "ModelFileError",
     "archive_problem",
+    "damage_summary",
     "get_rng_state",
     "link_checkpoint",
     "load_checkpoint",
@@ -54,6 +56,44 @@ class CheckpointError(RuntimeError):
         ...
         qfnet.training.checkpoint.CheckpointError: checkpoint ...ck.pt: ...
     """
+
+
+class ModelFileError(ValueError):
+    """A model file (a surrogate, the calibration network, a trained hedging model) that cannot be
+    read: cut, damaged, of another format or field layout, or a directory in its place. The
+    message leads with the file's path (``path``): a command prints it as it is, where other
+    errors are put under the name of the input file they are about.
+
+    Examples:
+        >>> error = ModelFileError(Path("net.pt"), "net.pt is not a readable network: cut short")
+        >>> error.path, isinstance(error, ValueError)
+        (PosixPath('net.pt'), True)
+    """
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        """Pickled with its fields (its message alone did not rebuild it: across processes)."""
+        return (type(self), (self.path, str(self)))
+
+
+def damage_summary(exc: BaseException) -> str:
+    """Why a loaded model file's fields did not build its network, for an error message: a
+    missing field by name (a KeyError's repr was ``KeyError('state_dict')``), else
+    :func:`load_error_summary` (``load_state_dict``'s repr carried its ``\\n\\t``).
+
+    Examples:
+        >>> damage_summary(KeyError("state_dict"))
+        "no field 'state_dict'"
+        >>> damage_summary(RuntimeError("Error(s) in loading state_dict for Net:\\n\\t"
+        ...     'Missing key(s) in state_dict: "lower". '))
+        'Error(s) in loading state_dict for Net: Missing key(s) in state_dict: "lower".'
+    """
+    if isinstance(exc, KeyError):
+        return f"no field {exc}"
+    return load_error_summary(exc)
 
 
 def _loadable(value: Any) -> Any:
@@ -234,8 +274,8 @@ def archive_problem(path: str | Path) -> str | None:
 
 def load_verified(path: str | Path, what: str) -> Any:
     """``torch.load`` of a ``.pt`` file to the CPU with ``weights_only=True``, its CRCs checked
-    first (:func:`archive_problem`); a ValueError ``"{path} is not a readable {what}: why"``
-    where it is damaged, cut or refused by the unpickler.
+    first (:func:`archive_problem`); a :class:`ModelFileError` ``"{path} is not a readable
+    {what}: why"`` where it is damaged, cut or refused by the unpickler, or a directory.
 
     Examples:
         >>> import tempfile
@@ -245,15 +285,18 @@ def load_verified(path: str | Path, what: str) -> Any:
         ...     load_verified(path, "network")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: .../net.pt is not a readable network: truncated or corrupted, ...
+        qfnet.training.checkpoint.ModelFileError: .../net.pt is not a readable network: ...
     """
+    if Path(path).is_dir():  # "truncated or corrupted, not a valid archive (Is a directory)"
+        raise ModelFileError(path, f"{path} is a directory, not a {what} file")
     problem = archive_problem(path)
     if problem is not None:
-        raise ValueError(f"{path} is not a readable {what}: {problem}")
+        raise ModelFileError(path, f"{path} is not a readable {what}: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged or unsafe files
-        raise ValueError(f"{path} is not a readable {what}: {load_error_summary(exc)}") from exc
+        reason = load_error_summary(exc)
+        raise ModelFileError(path, f"{path} is not a readable {what}: {reason}") from exc
 
 
 def load_error_summary(exc: BaseException) -> str:

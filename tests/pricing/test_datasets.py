@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -523,6 +524,57 @@ def test_a_dataset_of_another_format_version_is_refused_naming_the_versions_read
         r"version\(s\) \[1\]",
     ):
         load_dataset(path)
+
+
+@pytest.mark.parametrize(
+    ("model", "edit", "message"),
+    [("sabr", {"seed": 1}, r"field 'seed' is 1, but the first shard does not hold that seed's "
+      r"points \(alpha differs\)"),
+     ("sabr", {"shard_size": 4}, r"field 'shard_size' is 4, but shard-00000\.parquet holds 3 "
+      r"rows"),
+     ("sabr", {"shard_size": 2}, r"field 'shard_size' is 2, but shard-00000\.parquet holds 3 "
+      r"rows"),
+     ("sabr", {"engine": "quantlib"}, r"field 'engine' is 'quantlib', but the labels are "
+      r"Hagan's vols"),
+     ("sabr", {"engine": "analytic"}, r"field 'engine' is 'analytic', not one of the sabr "
+      r"engines \['hagan', 'quantlib'\]"),
+     ("heston", {"engine": "mc"}, r"field 'engine' is 'mc', but its shards lack the std_error "
+      r"column"),
+     ("sabr", {"compiled": True}, r"field 'compiled' is True; it is true only for heston "
+      r"analytic labels")],
+    ids=["seed", "larger_shard_size", "smaller_shard_size", "sabr_quantlib", "foreign_engine",
+         "heston_mc", "compiled"],
+)  # fmt: skip
+def test_an_edited_seed_shard_size_or_engine_is_named(tmp_path, model, edit, message):
+    # each loaded without a word, and went into the record of a surrogate trained on the data
+    path = generate(tmp_path / "ds", model=model, n=7, shard_size=3, progress=False)
+    meta = load_dataset(path)[1]  # as generated: 3 shards, the last of 1 row
+    (path / "metadata.json").write_text(json.dumps(meta | edit))
+    with pytest.raises(ValueError, match=r"metadata\.json: " + message):
+        load_dataset(path)
+
+
+def test_the_seed_of_a_dataset_of_another_scipy_is_not_checked(tmp_path):
+    # scipy's Sobol engine draws the points: another version's may draw others for one seed
+    path = generate(tmp_path / "ds", model="sabr", n=4, progress=False)
+    meta = load_dataset(path)[1]
+    edited = meta | {"seed": 1, "versions": {**meta["versions"], "scipy": "0.0"}}
+    (path / "metadata.json").write_text(json.dumps(edited))
+    assert load_dataset(path)[1]["seed"] == 1
+
+
+def test_resume_mismatch_names_a_boolean_argument_as_a_flag_for_a_command():
+    # qfnet generate printed "started with --compile False, not True"
+    option = lambda keyword: "--" + keyword.replace("_", "-")  # noqa: E731
+    error = ResumeMismatch(Path("ds"), {"compile": (True, False), "shard_size": (8, 4)})
+    assert error.describe(option, flags=True).startswith(
+        "ds was started with --compile, not without it; with --shard-size 8, not 4: "
+    )
+    error = ResumeMismatch(Path("ds"), {"seed": (0, 1), "compile": (False, True)})
+    assert error.describe(option, flags=True).startswith(
+        "ds was started with --seed 0, not 1; without --compile, not with it: "
+    )
+    assert str(error).startswith("ds was started with seed 0, not 1; compile False, not True: ")
 
 
 def test_a_shard_copied_from_a_dataset_of_another_seed_is_refused_by_name(tmp_path):

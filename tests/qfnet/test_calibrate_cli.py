@@ -213,6 +213,26 @@ def test_a_damaged_calibration_network_is_named_first_not_the_quotes(
     assert str(quotes) not in result.output
 
 
+@pytest.mark.parametrize("method", ["direct", "network"])
+def test_a_directory_in_the_place_of_the_calibration_network_is_named(
+    tmp_path: Path, monkeypatch, method: str
+) -> None:
+    # 'direct' fitted without its network start and without a word (exit 0); 'network' said
+    # "needs a trained network: no calibration network at .../network.pt", a folder that is there
+    import qfnet.calibration_network_method as network_method
+
+    network = tmp_path / "network.pt"
+    network.mkdir()
+    monkeypatch.setattr(network_method, "default_path", lambda: network)
+    quotes = DATA_DIR.parent.parent / "data" / "dax_2002_sepp" / "implied_vols.csv"
+    args = ["calibrate", "--model", "heston", "--method", method, "--quotes", str(quotes),
+            "--out", str(tmp_path / "fit.json")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1, result.output
+    assert f"error: {network} is a directory, not a calibration network file" in result.output
+    assert str(quotes) not in result.output and not (tmp_path / "fit.json").exists()
+
+
 def test_no_clean_leaves_out_a_row_without_vol_or_price_and_says_so(tmp_path: Path) -> None:
     # one empty implied_vol in a vol-only file blamed a missing option_type column
     dax = Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv"

@@ -131,7 +131,7 @@ def _edited(metadata: dict, **changes) -> dict:
       r"field 'metadata' is not valid JSON"),
      (lambda data, payload: {**payload, "metadata": json.dumps(
          {k: v for k, v in json.loads(payload["metadata"]).items() if k != "architecture"})},
-      r"is a damaged Heston calibration network: KeyError\('architecture'\)"),
+      r"is a damaged Heston calibration network: no field 'architecture'$"),
      (lambda data, payload: {**payload, "metadata": json.dumps(_edited(
          json.loads(payload["metadata"]), grid={"maturities": [1.0], "z": [0.0]}))},
       r"field 'grid' is not this qfnet's grid"),
@@ -152,6 +152,41 @@ def test_load_names_a_damaged_or_foreign_file_and_its_field(tmp_path, damage, me
         torch.save(damaged, path)
     with pytest.raises(ValueError, match=message):
         load_network(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [("cut", r"is not a readable calibration network: truncated"),
+     ("no_state_dict", r"is a damaged Heston calibration network: no field 'state_dict'$"),
+     ("missing_weight", r"is a damaged Heston calibration network: Error\(s\) in loading "
+      r"state_dict for CalibrationNetwork: Missing key\(s\) in state_dict: \"lower\"\.$"),
+     ("directory", r"is a directory, not a calibration network file$")],
+)  # fmt: skip
+def test_every_damaged_network_file_is_a_model_file_error_naming_it(
+    tmp_path, damage, message
+) -> None:
+    # qfnet calibrate told a damaged network's error from the quotes' by whether its message
+    # began with the name of a file; a directory in the file's place was "no calibration network
+    # at ..." (and the global start of 'direct' fell back to the scan without a word); a missing
+    # field read "KeyError('state_dict')", torch's mismatch "RuntimeError('...\\n\\t...')"
+    from qfnet.training.checkpoint import ModelFileError
+
+    path = tmp_path / "net.pt"
+    save_network(CalibrationNetwork(hidden=(8,)), path)
+    payload = torch.load(path, weights_only=True)
+    if damage == "cut":
+        path.write_bytes(path.read_bytes()[:300])
+    elif damage == "no_state_dict":
+        torch.save({"metadata": payload["metadata"]}, path)
+    elif damage == "missing_weight":
+        state = {k: v for k, v in payload["state_dict"].items() if k != "lower"}
+        torch.save({**payload, "state_dict": state}, path)
+    else:
+        path.unlink()
+        path.mkdir()
+    with pytest.raises(ModelFileError, match=message) as caught:
+        load_network(path)
+    assert caught.value.path == path and str(caught.value).startswith(f"{path} ")
 
 
 def test_load_refuses_a_network_file_with_a_damaged_byte(tmp_path) -> None:

@@ -286,6 +286,28 @@ def test_generate_resume_with_other_options_names_them_as_options(app, tmp_path,
         assert "{" not in result.output and "sampling_domain" not in result.output
 
 
+def test_generate_resume_names_a_changed_compile_as_a_flag(app, tmp_path, monkeypatch):
+    # it read "started with --compile False, not True": a flag has no value on the command line
+    import pricing.datasets as datasets
+
+    args = ["generate", "--model", "heston", "--n", "16", "--shard-size", "8", "--out",
+            str(tmp_path / "ds")]  # fmt: skip
+    real = datasets._make_shard
+
+    def dies(task):  # killed while making the last shard: the plan and shard 0 stay
+        if task.index == 1:
+            raise OSError("worker lost")
+        return real(task)
+
+    monkeypatch.setattr(datasets, "_make_shard", dies)
+    assert CliRunner().invoke(app, args).exit_code == 1
+    result = CliRunner().invoke(app, [*args, "--resume", "--compile", "--seed", "1"])
+    assert result.exit_code == 1, result.output
+    assert ("started with --seed 0, not 1; without --compile, not with it: resume with the "
+            "values it was started with") in result.output, result.output  # fmt: skip
+    assert "False" not in result.output
+
+
 def test_generate_reports_a_bad_out_or_margin_without_leaving_a_folder(app, tmp_path):
     (tmp_path / "afile").write_text("")
     args = ["generate", "--model", "sabr", "--n", "4"]

@@ -261,6 +261,26 @@ def test_a_damaged_run_configuration_is_named_with_its_field(sabr_data, tmp_path
         train_surrogate(sabr_data, tmp_path / "run", epochs=1, resume=True, **COMMON)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [({"hidden": [16]}, r"Error\(s\) in loading state_dict for SurrogateNet: size mismatch"),
+     ({"activation": "nonsense"}, r"activation must be one of")],
+    ids=["other_widths", "unknown_activation"],
+)  # fmt: skip
+def test_export_names_a_checkpoint_that_does_not_fit_the_run_configuration(
+    sabr_data, tmp_path, edit, message
+):
+    # torch's RuntimeError (size mismatch) or the activation's ValueError named neither file
+    from qfnet.training.checkpoint import ModelFileError
+
+    train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)
+    config = tmp_path / "run" / "surrogate_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | edit))
+    with pytest.raises(ModelFileError, match=r"checkpoints/best\.pt does not fit the run's "
+                       r"surrogate_config\.json \(an edited file\?\): " + message):  # fmt: skip
+        export_checkpoint(tmp_path / "run")
+
+
 def test_a_run_configuration_that_is_not_text_is_named(sabr_data, tmp_path):
     # bytes that are no UTF-8 were a bare "'utf-8' codec can't decode", naming no file
     train_surrogate(sabr_data, tmp_path / "run", epochs=1, **COMMON)

@@ -153,6 +153,17 @@ def test_a_calibration_file_that_is_no_object_of_params_names_the_file(tmp_path,
                          base_dir=tmp_path)  # fmt: skip
 
 
+@pytest.mark.parametrize("params", [5, None, "v0 kappa theta sigma rho", [0.04]])
+def test_calibration_params_that_are_no_object_name_the_file(tmp_path, params):
+    # a number or null was a bare TypeError ("argument of type 'int' is not iterable"); a text
+    # was searched for the names as substrings
+    (tmp_path / "fit.json").write_text(json.dumps({"params": params}))
+    with pytest.raises(ConfigError, match=r"market.calibration: .*fit\.json: params must be an "
+                       r"object of Heston params, got "):  # fmt: skip
+        config_from_dict({"market": {"model": "heston", "calibration": "fit.json"}},
+                         base_dir=tmp_path)  # fmt: skip
+
+
 @pytest.mark.parametrize("v0", [float("nan"), "abc", True])
 def test_calibration_params_that_are_not_finite_numbers_name_the_file_and_key(tmp_path, v0):
     # NaN slipped past the v0 >= 0 check; "abc" was a bare ValueError; true was read as v0 = 1.0

@@ -204,6 +204,16 @@ def test_load_run_refuses_a_model_file_with_a_damaged_byte(small_run, tmp_path) 
         load_run(run)
 
 
+def test_load_run_names_a_directory_in_the_place_of_model_pt(tmp_path) -> None:
+    # "truncated or corrupted, not a valid archive ([Errno 21] Is a directory: ...)"
+    from qfnet.training.checkpoint import ModelFileError
+
+    (tmp_path / "model.pt").mkdir()
+    with pytest.raises(ModelFileError, match=r"model\.pt is a directory, not a trained hedging "
+                       "model file$"):  # fmt: skip
+        load_run(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("edit", "error", "message"),
     [(lambda p: p.update(config=json.dumps({"market": {"n_steps": -1}})), ConfigError,
