@@ -18,7 +18,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from qfnet import functional as F
-from qfnet.hedging.config import ConfigError, HedgeConfig, config_from_dict, config_to_dict
+from qfnet.hedging.config import (
+    ConfigError,
+    DerivativeConfig,
+    HedgeConfig,
+    MarketConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from qfnet.hedging.markets import HedgeData, Market, pack, unpack
 from qfnet.hedging.pnl import run_strategy
 from qfnet.hedging.strategies import LearnedStrategy, WhalleyWilmott, build_policy, ww_grid
@@ -377,6 +384,13 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
         ) from exc
     if not isinstance(saved, dict):  # a JSON list failed on its .get
         raise ValueError(f"{run}: the run's hedge_config.json is not a config (a JSON object)")
+    default = DerivativeConfig.strike  # only an earlier qfnet wrote another for a lookback
+    if saved.get("derivative", {}).get("strike", default) != default:
+        try:
+            saved = _lookback_strike_read(saved, version=1)
+        except ConfigError as exc:  # it said "resume it with its own config", which is refused
+            raise ValueError(f"{run}: the run's hedge_config.json: {exc}: train a new "
+                             "run") from exc  # fmt: skip
     given = _plain_config(config)
     epochs = saved.get("training", {}).get("epochs")
     for plain in (saved, given):
@@ -403,24 +417,47 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
 
 
 RUN_FORMAT = "qfnet-hedge-run"
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2
 """Version of ``model.pt``'s layout and of the policy's features: a later qfnet that changes
-either bumps it, so its runs are refused here instead of loading weights for other inputs."""
+either bumps it, so its runs are refused here instead of loading weights for other inputs.
+Version 2 measures a floating-strike lookback's moneyness features against ``market.spot``;
+version 1 against ``derivative.strike`` (1 unless set), read where the two are equal."""
+_READ_VERSIONS = (1, 2)
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
-    """``model.pt``'s contents, its archive checked and its format version this qfnet's (a file
-    without the fields, from before they were written, is version 1)."""
+    """``model.pt``'s contents, its archive checked and its format version one this qfnet
+    reads (a file without the fields, from before they were written, is version 1)."""
     # its CRCs checked: a damaged byte in a weight loaded without a word
     payload = load_verified(path, "trained hedging model")
     if not isinstance(payload, dict):
         raise ModelFileError(path, f"{path} is not a readable trained hedging model: not a mapping")
     fmt, version = payload.get("format", RUN_FORMAT), payload.get("format_version", 1)
-    if fmt != RUN_FORMAT or type(version) is not int or version != RUN_FORMAT_VERSION:
+    if fmt != RUN_FORMAT or type(version) is not int or version not in _READ_VERSIONS:
         raise ModelFileError(path, f"{path} is {fmt!r} version {version!r}; this qfnet reads "
-                             f"{RUN_FORMAT!r} version {RUN_FORMAT_VERSION} (train it "
-                             "again)")  # fmt: skip
+                             f"{RUN_FORMAT!r} version {' or '.join(map(str, _READ_VERSIONS))} "
+                             "(train it again)")  # fmt: skip
     return payload
+
+
+def _lookback_strike_read(plain: Any, *, version: int) -> Any:
+    """A saved plain config of a floating-strike lookback written by an earlier qfnet (format
+    version 1), which measured the policy's moneyness features against ``derivative.strike``:
+    read at the default strike (the type has none) where that strike is ``market.spot`` (the
+    features are this qfnet's), refused otherwise. Loaded as it was, the weights saw other
+    inputs without a word (spot 100 at the default strike 1: the first feature 81, now 0, and
+    ``d1`` 6, now 0.03)."""
+    derivative, market = (plain.get(k) if isinstance(plain, dict) else None
+                          for k in ("derivative", "market"))  # fmt: skip
+    if version >= 2 or not isinstance(derivative, dict) or derivative.get("type") != "lookback":
+        return plain
+    strike = derivative.get("strike", DerivativeConfig.strike)
+    spot = market.get("spot", MarketConfig.spot) if isinstance(market, dict) else MarketConfig.spot
+    if strike != spot:
+        raise ConfigError(f"derivative.strike {strike} of a floating-strike lookback: an "
+                          "earlier qfnet measured the policy's moneyness features against it, "
+                          f"this one against market.spot {spot}")  # fmt: skip
+    return plain | {"derivative": derivative | {"strike": DerivativeConfig.strike}}
 
 
 def _save(run_dir: Path, config: HedgeConfig, model: HedgeModel, ww: float, sec: float) -> None:
@@ -456,7 +493,9 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
         raise FileNotFoundError(f"no trained hedging model at {path} (run `qfnet hedge train`)")
     payload = _read_payload(path)
     try:
-        config = config_from_dict(json.loads(payload["config"]))
+        plain = json.loads(payload["config"])
+        version = payload.get("format_version", 1)
+        config = config_from_dict(_lookback_strike_read(plain, version=version))
         model = build_model(config, Market(config))
         model.load_state_dict(payload["model"])
         meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}

@@ -277,9 +277,9 @@ def test_load_run_of_a_config_of_another_version_says_so(small_run, tmp_path) ->
 
 @pytest.mark.parametrize(
     ("edit", "message"),
-    [(lambda p: p.update(format_version=2), r"'qfnet-hedge-run' version 2; this qfnet reads"),
+    [(lambda p: p.update(format_version=3), r"'qfnet-hedge-run' version 3; this qfnet reads"),
      (lambda p: p.update(format_version=True), r"version True; this qfnet reads"),
-     (lambda p: p.update(format="other-tool"), r"'other-tool' version 1; this qfnet reads")],
+     (lambda p: p.update(format="other-tool"), r"'other-tool' version 2; this qfnet reads")],
     ids=["newer", "bool", "other_writer"],
 )  # fmt: skip
 def test_load_run_refuses_another_format_version(small_run, tmp_path, edit, message) -> None:
@@ -294,3 +294,63 @@ def test_load_run_reads_a_run_saved_before_the_format_fields(small_run, tmp_path
 
     config, _, _ = load_run(_damaged_run(small_run, tmp_path, edit))
     assert config == load_run(small_run)[0]
+
+
+@pytest.fixture(scope="module")
+def lookback_run(tmp_path_factory: pytest.TempPathFactory):
+    config = config_from_dict({"market": {"n_steps": 5, "spot": 100.0},
+                               "derivative": {"type": "lookback"},
+                               "paths": {"train": 64, "val": 32, "test": 32},
+                               "training": {"epochs": 1, "batch_size": 32},
+                               "baselines": {"ww_risk_aversion": 1.0}})  # fmt: skip
+    run = tmp_path_factory.mktemp("lookback") / "run"
+    train(config, run)
+    return run
+
+
+@pytest.mark.parametrize(("strike", "loads"), [(None, False), (100.0, True), (90.0, False)])
+def test_a_lookback_run_of_an_earlier_qfnet_loads_only_where_its_features_are_the_same(
+    lookback_run, tmp_path, strike, loads
+) -> None:
+    # version 1 measured the lookback's moneyness features against derivative.strike, this
+    # qfnet against market.spot: a run at spot 100 and the default strike 1 loaded without a
+    # word, its policy fed a first feature of 0 and d1 of 0.03 for the 81 and 6 it trained on
+    def edit(payload):
+        config = json.loads(payload["config"])
+        if strike is None:
+            config["derivative"].pop("strike")  # the default, 1
+        else:
+            config["derivative"]["strike"] = strike
+        payload.update(format_version=1, config=json.dumps(config))
+
+    old = _damaged_run(lookback_run, tmp_path, edit)
+    if loads:  # features against 100 either way: read at the (unused) default strike
+        config, _, _ = load_run(old)
+        assert config == load_run(lookback_run)[0]
+    else:
+        shown = 1.0 if strike is None else strike
+        with pytest.raises(ConfigError, match=rf"model\.pt: the saved config: derivative\.strike "
+                           rf"{shown} of a floating-strike lookback: an earlier qfnet measured "
+                           r"the policy's moneyness features against it, this one against "
+                           r"market\.spot 100\.0"):  # fmt: skip
+            load_run(old)
+
+
+@pytest.mark.parametrize(("strike", "resumes"), [(100.0, True), (90.0, False)])
+def test_resuming_a_lookback_run_that_an_earlier_qfnet_gave_a_strike(
+    lookback_run, tmp_path, strike, resumes
+) -> None:
+    # the config's strike is refused for a lookback, and without it the resume was refused for
+    # "another derivative.strike than this config's: resume it with its own config"
+    run = tmp_path / "run"
+    shutil.copytree(lookback_run, run)
+    saved = json.loads((run / "hedge_config.json").read_text())
+    saved["derivative"]["strike"] = strike
+    (run / "hedge_config.json").write_text(json.dumps(saved))
+    config = load_run(lookback_run)[0]
+    if resumes:  # the features it trained on are this qfnet's
+        assert len(train(config, run, resume=True).history) == 1
+    else:
+        with pytest.raises(ValueError, match=r"hedge_config\.json: derivative\.strike 90\.0 of "
+                           r"a floating-strike lookback: .*: train a new run"):  # fmt: skip
+            train(config, run, resume=True)
