@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pricing._atomic import save_figure_atomically
 from pricing.calibration import CalibrationResult, model_vols
 
 __all__ = ["plot_smiles"]
@@ -85,9 +86,7 @@ def plot_smiles(
         fig.suptitle(f"{result.model} {result.method}: RMSE {result.rmse_iv_bp:.1f} bp",
                      fontsize=10)  # fmt: skip
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        path = save_figure_atomically(fig, path, dpi=110)
     finally:
         plt.close(fig)
     return path

@@ -49,7 +49,8 @@ _CI_METRICS = ("mean", "std", "var95", "es95", "es99", "entropic")
 def read_paths(path: str | Path, market: Market) -> RawPaths:
     """Read user price paths from Parquet and rescale each to start at ``market.spot``.
 
-    Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order) or *long*
+    Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order, and
+    optionally a ``path`` column of names, never read as a price) or *long*
     (columns ``path``, ``step`` (numbers or dates), ``spot`` and optionally ``variance``; each
     path its ``T + 1`` rows, in the order of its own steps: windows of one history may keep
     their dates). Each path is divided by its first price ``S_0`` and multiplied by ``spot``
@@ -94,8 +95,8 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
                              f"market.volatility {market.market.volatility}: drop the "
                              "column")  # fmt: skip
     else:
-        wide = frame.select_dtypes("number")  # text columns (labels) are not read
-        skipped = [str(c) for c in frame.columns if c not in wide.columns]
+        wide = _wide_prices(frame, path)
+        skipped = [str(c) for c in frame.columns if c not in wide.columns and c != "path"]
     values = wide.to_numpy(dtype=np.float64, copy=True)
     if values.ndim != 2 or values.shape[1] != steps + 1:
         # prices stored as text were "got 0" (or one price short), without a why
@@ -120,6 +121,20 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
     if var_t is None and "variance_swap" in market.market.instruments:
         raise ValueError(f"{path}: the variance_swap instrument needs a 'variance' column")
     return RawPaths(spot, var_t)
+
+
+def _wide_prices(frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """The wide layout's numeric columns, a ``path`` column as the paths' names (its numbers
+    were read as every path's first price, the ids as ``S_0``, where the column count allowed).
+    """
+    partial = {"step", "spot"} & set(frame.columns)
+    if partial:  # a long layout short of a column, whose steps were read as prices
+        missing = sorted({"path", "step", "spot"} - set(frame.columns))
+        raise ValueError(f"paths file {path}: columns {sorted(partial)} but no {missing}: the "
+                         "long layout has path, step and spot")  # fmt: skip
+    if "path" in frame.columns:
+        frame = frame.set_index("path")
+    return frame.select_dtypes("number")  # text columns (labels) are not read
 
 
 def _rescaled(

@@ -13,7 +13,10 @@ so a knocked-out barrier has neither; ``d1`` is the European moneyness for every
 Observable features per step (F = 5): ``log(S/K) / (sigma0 sqrt(T))`` (``K`` the strike; for
 the floating-strike lookback, which has none, ``market.spot``), ``tau / T``,
 ``sigma_hat / sigma0 - 1`` (implied-vol proxy), ``d1`` clipped to [-6, 6] (moneyness in
-standard deviations), and the Whalley-Wilmott band scale ``(cost S Gamma^2)^(1/3)`` scaled by 10.
+standard deviations), and the Whalley-Wilmott band scale ``(cost S Gamma^2)^(1/3)`` scaled by 10,
+at most 1e6 (a spot fallen to 1e-300 of its start gave a floating-strike lookback a gamma of
+1e299, an inf band and a NaN policy; no sensible path comes near, and a Whalley-Wilmott band of
+that scale trades no more than an infinite one).
 ``sigma_hat`` is the model's implied-vol proxy: the constant volatility under Black-Scholes, and
 the square root of the expected average variance to maturity (the rate of a continuously sampled
 variance swap, a market quote) under Heston. The hidden Heston variance itself is not a feature.
@@ -35,6 +38,7 @@ __all__ = ["N_FEATURES", "HedgeData", "Market", "RawPaths", "expected_variance",
 N_FEATURES = 5
 _BAND = 4  # the column of the Whalley-Wilmott band feature, (cost S Gamma^2)^(1/3) * _BAND_SCALE
 _BAND_SCALE = 10.0
+_BAND_MAX = 1e6  # the band feature's cap (legitimate ones stay below ~1e3: a barrier near expiry)
 DATA_BLOCK = 16384
 """Paths per block in :meth:`Market.data` (the result does not depend on it)."""
 
@@ -307,7 +311,7 @@ class Market:
     def cost_gamma_term(self, data: HedgeData) -> torch.Tensor:
         """``cost S Gamma^2`` of the derivative at steps ``0..T-1``, recovered from the band
         feature (computed once in :meth:`data`, with the derivative's own gamma), for the
-        Whalley-Wilmott band.
+        Whalley-Wilmott band (up to the feature's cap: ``1e15``, a band that never trades).
 
         Shape:
             - output: (N, T)
@@ -325,7 +329,10 @@ class Market:
         log_m = torch.log(s / strike)
         d1 = (log_m + (m.rate - m.dividend + 0.5 * vol**2) * tau) / (vol * tau.sqrt())
         cost = float(self.cost[0])
+        # capped: a gamma of 1e299 made gamma**2 inf, and the policy's positions NaN (at zero
+        # cost 0 * inf was NaN: that band is 0 whatever the gamma)
         band = (cost * s * gamma**2).pow(1.0 / 3.0) * _BAND_SCALE
+        band = band.clamp(max=_BAND_MAX) if cost else torch.zeros_like(band)
         cols = [  # the band is column _BAND
             log_m / (sigma0 * math.sqrt(m.maturity)),
             tau / m.maturity,

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from pricing._atomic import save_figure_atomically
 from qfnet import functional as F
 from qfnet.hedging.markets import HedgeData, Market
 from qfnet.hedging.pnl import HedgeResult
@@ -61,7 +62,7 @@ def plot_histograms(results: dict[str, HedgeResult], out_dir: Path) -> list[str]
         ax.legend()
         fig.tight_layout()
         file = f"pnl_hist_{name}.png"
-        fig.savefig(out_dir / file, dpi=90)
+        save_figure_atomically(fig, out_dir / file, dpi=90)
         names.append(file)
     return names
 
@@ -114,5 +115,5 @@ def plot_hedge_ratio(
     axes[0][0].legend(markerscale=5)
     fig.tight_layout()
     file = "hedge_ratio_vs_spot.png"
-    fig.savefig(out_dir / file, dpi=90)
+    save_figure_atomically(fig, out_dir / file, dpi=90)
     return file

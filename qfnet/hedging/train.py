@@ -266,7 +266,8 @@ def train(
     objective at its level is a mean, and the same either way).
 
     ``seconds`` is the wall time of the Trainer's ``fit`` (simulation excluded) and
-    ``cpu_seconds`` its process CPU time (all threads).
+    ``cpu_seconds`` its process CPU time (all threads), those of the run before a resume (up to
+    its checkpoint) included.
 
     Raises:
         ValueError: ``resume`` without a checkpoint in ``run_dir``, or with another config.
@@ -319,17 +320,44 @@ def train(
             seed=config.seed, run_dir=run_dir, progress_bar=progress_bar, device=t.device,
             tensorboard=run_dir is not None, precision="32",
         ),
-        callbacks=[EarlyStopping(monitor="val_loss", patience=t.patience, restore_best_weights=True)],
+        callbacks=[EarlyStopping(monitor="val_loss", patience=t.patience, restore_best_weights=True),
+                   clock := _TrainClock()],
     )  # fmt: skip
     train_set, val_set = PathSet(pack(train_data).to(dtype)), PathSet(pack(val_data).to(dtype))
-    start, cpu = time.perf_counter(), time.process_time()
+    clock.start()
     history = trainer.fit(train_set, val_set, resume=resume)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    seconds, cpu = clock.elapsed()
     model.cpu()
     if run_dir is not None and writer:
         _save(Path(run_dir), config, model, ww, seconds)
     barrier(group, device)  # the other ranks returned before rank 0 had written model.pt
     return TrainResult(model, history, seconds, ww, cpu)
+
+
+class _TrainClock:
+    """Wall and process CPU seconds the run has trained, those before a resume included: a
+    stateful callback, so each checkpoint holds the time up to it (a resumed run reported only
+    the seconds since the resume, as its model.pt's ``train_seconds``, while its ``epochs``
+    counted the whole run's)."""
+
+    def __init__(self) -> None:
+        self.before = (0.0, 0.0)
+        self.start()
+
+    def start(self) -> None:
+        self._start = (time.perf_counter(), time.process_time())
+
+    def elapsed(self) -> tuple[float, float]:
+        """``(seconds, cpu_seconds)`` since the run's start."""
+        wall, cpu = time.perf_counter() - self._start[0], time.process_time() - self._start[1]
+        return self.before[0] + wall, self.before[1] + cpu
+
+    def state_dict(self) -> dict[str, float]:
+        seconds, cpu = self.elapsed()
+        return {"seconds": seconds, "cpu_seconds": cpu}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.before = (float(state["seconds"]), float(state["cpu_seconds"]))
 
 
 def _choose_ww(config: HedgeConfig, market: Market, data: HedgeData) -> float:

@@ -77,8 +77,8 @@ class TrainerConfig:
         optimizer: One of ``sgd``, ``adam``, ``adamw``, ``rmsprop``.
         lr: Base learning rate.
         weight_decay: Weight decay of the default parameter group.
-        momentum: Momentum for SGD and RMSprop.
-        betas: Adam/AdamW betas.
+        momentum: Momentum for SGD and RMSprop, in ``[0, 1)``.
+        betas: Adam/AdamW betas, each in ``[0, 1)``.
         param_groups: Extra parameter groups, see :class:`ParamGroup`.
         scheduler: One of ``none``, ``onecycle`` (per optimizer step), ``step``, ``multistep``,
             ``exponential``, ``cosine`` (per epoch), ``plateau`` (on ``scheduler_monitor``).
@@ -191,11 +191,16 @@ class TrainerConfig:
         _check_names(self, "monitor", "scheduler_monitor")
         if self.run_dir is not None and not isinstance(self.run_dir, str | PathLike):
             raise ValueError(f"TrainerConfig.run_dir must be a path or None, got {self.run_dir!r}")
-        for name in ("lr", "weight_decay", "momentum"):  # a string or inf named nothing
+        for name in ("lr", "weight_decay"):  # a string or inf named nothing
             value = getattr(self, name)
             if not (_is_number(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"TrainerConfig.{name} must be a finite number >= 0, "
                                  f"got {value!r}")  # fmt: skip
+        # as the betas: torch refuses only < 0, and a momentum of 1 or more never forgets a
+        # gradient (at 2.0 the velocity doubles every step: a quadratic's weight was inf in 130 SGD steps)
+        if not (_is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise ValueError(f"TrainerConfig.momentum must be a number in [0, 1), "
+                             f"got {self.momentum!r}")  # fmt: skip
         # whole numbers: a warmup of 0.5 steps ran the first step at twice the learning rate
         _check_nonnegative_int(self, "warmup_steps", "seed")
         if self.seed >= 2**32:  # numpy's global seed is 32 bits; a float failed deep in fit

@@ -451,6 +451,34 @@ def test_a_smile_plot_that_fails_to_save_closes_its_figure(
     assert len(plt.get_fignums()) == before
 
 
+def test_an_interrupted_smile_plot_leaves_the_previous_file_and_no_temporary(
+    smile_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # the smiles were saved in place: a write cut short (a full disk) left half a PNG behind
+    import matplotlib.figure
+
+    from pricing.quotes import read_quotes
+    from pricing.smile_plot import plot_smiles
+
+    result = calibrate("sabr", read_quotes(smile_file))
+    png = plot_smiles(result, tmp_path / "out" / "smiles.png")
+    before = png.read_bytes()
+
+    def disk_full(self, target, **kwargs):
+        if hasattr(target, "write"):
+            target.write(before[:4])
+        else:
+            with open(target, "wb") as f:
+                f.write(before[:4])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        plot_smiles(result, png)
+    assert png.read_bytes() == before
+    assert [p.name for p in png.parent.iterdir()] == ["smiles.png"]  # no temporary left
+
+
 def test_a_smile_plot_that_cannot_be_written_ends_with_an_error(
     monkeypatch, smile_file: Path, tmp_path: Path
 ) -> None:

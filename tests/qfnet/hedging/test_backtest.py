@@ -411,3 +411,27 @@ def test_path_files_starting_near_zero_are_rescaled_by_their_ratio_not_made_inf(
         ValueError, match=r"huge\.parquet: path 1, step 2: price 10000000000\.0 is inf times"
     ):
         read_paths(tmp_path / "huge.parquet", market)
+
+
+def test_a_path_column_in_a_wide_file_names_the_paths_and_is_never_a_price(tmp_path: Path) -> None:
+    # without step/spot the numeric ids were read as each path's first price: with one price
+    # too few beside them the ids silently became S_0 (path 7 started at 7, not at 100)
+    from qfnet.hedging.backtest import read_paths
+
+    market = Market(config_from_dict({"market": {"n_steps": 2, "spot": 100.0}}))
+    wide = pd.DataFrame({"path": [7, 8], "1": [110.0, 45.0], "2": [121.0, 40.0]})
+    wide.to_parquet(tmp_path / "short.parquet")
+    with pytest.raises(ValueError, match=r"short\.parquet: expected 3 prices per path .*got 2"):
+        read_paths(tmp_path / "short.parquet", market)
+    wide.insert(1, "0", [100.0, 50.0])
+    wide.to_parquet(tmp_path / "ids.parquet")
+    spot = read_paths(tmp_path / "ids.parquet", market).spot
+    expected = torch.tensor([[100.0, 110.0, 121.0], [100.0, 90.0, 80.0]], dtype=spot.dtype)
+    torch.testing.assert_close(spot, expected, rtol=1e-12, atol=0.0)
+    wide.loc[1, "2"] = -1.0  # errors name a path by its id
+    wide.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet: path 8, step 2: price -1\.0 is not"):
+        read_paths(tmp_path / "bad.parquet", market)
+    wide.drop(columns="0").rename(columns={"1": "step"}).to_parquet(tmp_path / "long.parquet")
+    with pytest.raises(ValueError, match=r"columns \['step'\] but no \['spot'\]: the long layout"):
+        read_paths(tmp_path / "long.parquet", market)

@@ -313,3 +313,30 @@ def test_lookback_features_measure_moneyness_against_the_spot_it_has_no_strike()
     torch.testing.assert_close(
         features[..., :4], unit.data(raw).features[..., :4], rtol=1e-12, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("cost", [1e-3, 0.0])
+def test_a_path_fallen_to_1e_300_of_its_start_gives_the_policy_finite_features(
+    tmp_path, cost
+) -> None:
+    # the floating-strike lookback's gamma there is ~1e299: the band feature (cost S Gamma^2)^(1/3)
+    # was inf (NaN at zero cost), and the learned policy's positions and P&L NaN
+    from qfnet.hedging.train import build_model
+
+    config = config_from_dict({"market": {"n_steps": 4, "cost": cost},
+                               "derivative": {"type": "lookback", "is_call": True}})  # fmt: skip
+    market = Market(config)
+    fall = [100.0, 1e-298, 1e-298, 2e-298, 1e-298]
+    pd.DataFrame([fall, [100.0, 101.0, 99.0, 100.0, 102.0]], columns=[str(t) for t in range(5)]
+                 ).to_parquet(tmp_path / "fall.parquet")  # fmt: skip
+    data = market.data(read_paths(tmp_path / "fall.parquet", market))
+    assert torch.isfinite(data.features).all()
+    band = data.features[..., 4]
+    expected = 1e6 if cost else 0.0
+    torch.testing.assert_close(band[0, 1:], torch.full((3,), expected, dtype=band.dtype))
+    assert 0 < band[1].max() < 100 if cost else band[1].max() == 0  # the other path's: as before
+    learned = run_strategy(build_model(config, market).strategy, data, market)
+    assert torch.isfinite(learned.pnl).all()
+    positions = run_strategy(WhalleyWilmott(market, 1.0), data, market).positions[0, :, 0]
+    if cost:  # a band that never trades, as the infinite one
+        torch.testing.assert_close(positions[1:], positions[:1].expand(3), rtol=0, atol=0)

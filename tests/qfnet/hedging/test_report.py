@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qfnet.hedging.pnl import HedgeResult
-from qfnet.hedging.report import plot_histograms
+from qfnet.hedging.config import HedgeConfig
+from qfnet.hedging.markets import Market
+from qfnet.hedging.pnl import HedgeResult, run_strategy
+from qfnet.hedging.report import plot_hedge_ratio, plot_histograms
+from qfnet.hedging.strategies import BlackScholesDelta
 
 
 @pytest.mark.slow
@@ -29,10 +32,11 @@ def test_histograms_cover_a_strategy_beyond_the_hedges_bins_and_count_the_clippe
 ) -> None:
     # the bins spanned the hedging strategies' P&L only: no_hedge's was clamped into them, half
     # its paths drawn in each edge bin and its VaR95 and ES95 off the histogram, without a word
-    from matplotlib.figure import Figure
+    import qfnet.hedging.report
 
     figures = {}
-    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **_: figures.update({path.name: fig}))
+    monkeypatch.setattr(qfnet.hedging.report, "save_figure_atomically",
+                        lambda fig, path, **_: figures.update({path.name: fig}))  # fmt: skip
     n = 2001
     empty = torch.zeros(1, 1, 1, dtype=torch.float64)
     pnls = {"no_hedge": torch.linspace(-1.0, 1.0, n, dtype=torch.float64),
@@ -46,3 +50,41 @@ def test_histograms_cover_a_strategy_beyond_the_hedges_bins_and_count_the_clippe
         assert ax.patches[0].get_x() <= float(pnl[1])  # the bins reach the 0.05% quantile
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert labels[-1] == "1 below, 1 above: in the edge bins"
+
+
+def _write_histograms(out_dir: Path) -> str:
+    pnl = torch.linspace(-1.0, 1.0, 101, dtype=torch.float64)
+    empty = torch.zeros(1, 1, 1, dtype=torch.float64)
+    return plot_histograms({"delta": HedgeResult(empty, pnl, pnl, pnl)}, out_dir)[0]
+
+
+def _write_hedge_ratio(out_dir: Path) -> str:
+    market = Market(HedgeConfig())
+    data = market.data(market.simulate(16, generator=torch.Generator().manual_seed(0)))
+    results = {"delta": run_strategy(BlackScholesDelta(), data, market)}
+    return plot_hedge_ratio(results, data, market, out_dir)
+
+
+@pytest.mark.parametrize("write", [_write_histograms, _write_hedge_ratio])
+def test_an_interrupted_plot_leaves_the_previous_file_and_no_temporary(
+    write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the plots were saved in place: a write cut short (a full disk) left half a PNG behind
+    from matplotlib.figure import Figure
+
+    name = write(tmp_path)
+    before = (tmp_path / name).read_bytes()
+
+    def disk_full(self, target, **kwargs):
+        if hasattr(target, "write"):
+            target.write(before[:4])
+        else:
+            with open(target, "wb") as f:
+                f.write(before[:4])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write(tmp_path)
+    assert (tmp_path / name).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left

@@ -354,3 +354,29 @@ def test_resuming_a_lookback_run_that_an_earlier_qfnet_gave_a_strike(
         with pytest.raises(ValueError, match=r"hedge_config\.json: derivative\.strike 90\.0 of "
                            r"a floating-strike lookback: .*: train a new run"):  # fmt: skip
             train(config, run, resume=True)
+
+
+def test_a_resumed_run_reports_the_seconds_trained_before_the_resume(tmp_path, monkeypatch):
+    # `seconds` (and model.pt's train_seconds) counted only the time since the resume, while
+    # `epochs` counted the whole run's. A fake clock, advanced 100 s by every fit, is what each
+    # call trains for.
+    import types
+
+    import qfnet.hedging.train
+
+    now = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0], process_time=lambda: now[0] / 2)
+    monkeypatch.setattr(qfnet.hedging.train, "time", clock)
+    fit = Trainer.fit
+
+    def slow_fit(self, *args, **kwargs):
+        now[0] += 100.0
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", slow_fit)
+    small = {"paths": {"train": 400, "val": 200, "test": 200}, "baselines": {"ww_risk_aversion": 1}}
+    cut = train(config_from_dict(_tiny(**small, training={"epochs": 1})), tmp_path / "run")
+    resumed = train(config_from_dict(_tiny(**small)), tmp_path / "run", resume=True)
+    assert (cut.seconds, cut.cpu_seconds) == pytest.approx((100.0, 50.0), rel=0, abs=1e-9)
+    assert (resumed.seconds, resumed.cpu_seconds) == pytest.approx((200.0, 100.0), rel=0, abs=1e-9)
+    assert load_run(tmp_path / "run")[2]["train_seconds"] == pytest.approx(200.0, rel=0, abs=1e-9)

@@ -389,6 +389,9 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_clear_error(monkeypatch):
         ("clip_grad_value", "1.0"),  # was a TypeError from math.isfinite
         ("betas", (0.9,)),
         ("betas", (0.9, 1.5)),
+        ("momentum", 2.0),  # was taken (torch refuses only < 0): the weights overflowed
+        ("momentum", 1.0),
+        ("momentum", "0.9"),
         ("seed", 1.5),
         ("seed", -1),
         ("seed", 2**32),
