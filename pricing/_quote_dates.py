@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pricing._quote_errors import QuoteError, _Locator, _show, _years, row_error
+from pricing._quote_errors import QuoteError, _input_row, _Locator, _show, _years, row_error
 
 __all__ = ["DAYFIRST_HINT", "DAYFIRST_OPTIONS", "MATURITY_DATE_TOLERANCE", "check_one_quote_date"]
 
@@ -225,9 +225,10 @@ def check_one_quote_date(quotes: pd.DataFrame) -> None:
     if other:
         (first, first_value), (date, value) = dates[0], other[0]
         rows = [int(np.argmax((column == v).to_numpy())) for v in (first_value, value)]
+        row = _input_row(quotes, rows[0])[0]  # of the input, as row_error's
         raise row_error(
             quotes, rows[1], "quote_date", f"a second quote date, {date.date()} ({first.date()} "
-            f"in row {rows[0] + 1}): forwards, repeated contracts and smiles are per day; give "
+            f"in row {row}): forwards, repeated contracts and smiles are per day; give "
             "one quote date's quotes at a time"
         )  # fmt: skip
 

@@ -1,7 +1,8 @@
 """Errors of quote tables that name the row, file line and column, and the helpers that write them.
 
 Shared by :mod:`pricing.quotes` (reading and checking a table) and :mod:`pricing._quote_dates`
-(its dates); :class:`QuoteError` and :func:`row_error` are public through :mod:`pricing.quotes`.
+(its dates); :class:`QuoteError`, :class:`QuoteWarning` and :func:`row_error` are public through
+:mod:`pricing.quotes`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["QuoteError", "row_error"]
+__all__ = ["QuoteError", "QuoteWarning", "row_error"]
 
 
 class QuoteError(ValueError):
@@ -50,8 +51,17 @@ class QuoteError(ValueError):
         super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
 
 
+class QuoteWarning(UserWarning):
+    """What was assumed of a quote table that its vols depend on (a rate read as 0, a given
+    discount its parity slope disagrees with, maturities in days read as years): the notes of
+    :func:`pricing.quote_cleaning.forward_notes` and
+    :func:`pricing.quote_cleaning.day_maturity_note`, warned where no report or command prints
+    them (:func:`pricing.calibration.calibrate` on a table it prepares), and filtered by that
+    category where one does."""
+
+
 # Named where it is public, as before the split: tracebacks print pricing.quotes.QuoteError.
-QuoteError.__module__ = "pricing.quotes"
+QuoteError.__module__ = QuoteWarning.__module__ = "pricing.quotes"
 
 
 def _show(value: object) -> str:
@@ -76,10 +86,9 @@ class _Locator:
 
 
 def row_error(quotes: pd.DataFrame, position: int, column: str | None, reason: str) -> QuoteError:
-    """A :class:`QuoteError` naming the row at ``position`` (0-based) of ``quotes``, its file
-    line where :func:`pricing.quotes.read_quotes` recorded them (``attrs["file_lines"]``; a
-    table of other rows than the file's names none), and ``column``: the errors found after
-    reading, as those found while reading.
+    """A :class:`QuoteError` naming the row at ``position`` (0-based) of ``quotes`` as
+    :func:`_input_row` does, and ``column``: the errors found after reading, as those found
+    while reading.
 
     Examples:
         >>> table = pd.DataFrame({"rho": [0.1, -1.5]})
@@ -87,6 +96,25 @@ def row_error(quotes: pd.DataFrame, position: int, column: str | None, reason: s
         >>> print(row_error(table, 1, "rho", "must be in (-1, 1), got -1.5"))
         row 2 (file line 4), column 'rho': must be in (-1, 1), got -1.5
     """
-    lines = quotes.attrs.get("file_lines")
-    lines = np.asarray(lines) if lines is not None and len(lines) == len(quotes) else None
-    return _Locator(lines, None).error(position, column, reason)
+    row, line = _input_row(quotes, position)
+    return QuoteError(reason, row=row, line=line, column=column)
+
+
+def _input_row(quotes: pd.DataFrame, position: int) -> tuple[int, int | None]:
+    """The 1-based input row of the row at ``position`` (0-based) of ``quotes`` and its file
+    line, or None: ``attrs["input_rows"]`` and ``attrs["file_lines"]`` (from
+    :func:`pricing.quotes.read_quotes`) where they hold one entry per row of ``quotes`` (a table
+    of some of the input's rows, as ``qfnet iv``'s unexpired ones, sets both: its rows counted
+    among themselves named row 2 at the file line of row 3); else ``position + 1`` and no line
+    (a table of other rows than the file's).
+
+    Examples:
+        >>> table = pd.DataFrame({"rho": [0.1, -1.5]})
+        >>> table.attrs.update(input_rows=[2, 3], file_lines=[3, 4])  # row 1 left out
+        >>> _input_row(table, 1)
+        (3, 4)
+    """
+    rows, lines = quotes.attrs.get("input_rows"), quotes.attrs.get("file_lines")
+    row = int(rows[position]) if rows is not None and len(rows) == len(quotes) else position + 1
+    line = int(lines[position]) if lines is not None and len(lines) == len(quotes) else None
+    return row, line

@@ -37,8 +37,15 @@ from pricing._validation import (
     is_whole,
     outside_domain,
 )
-from pricing.quote_cleaning import prepare_quotes
-from pricing.quotes import DECIMAL_LIMITS, QuoteError, call_flags, read_quotes, shifts
+from pricing.quote_cleaning import day_maturity_note, forward_notes, prepare_quotes
+from pricing.quotes import (
+    DECIMAL_LIMITS,
+    QuoteError,
+    QuoteWarning,
+    call_flags,
+    read_quotes,
+    shifts,
+)
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -749,15 +756,20 @@ def _unusable(column: pd.Series | pd.DataFrame) -> bool:
     return bool(column.array.isna().any())
 
 
-def _prepare_rows(quotes: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+def _prepare_rows(
+    quotes: pd.DataFrame | str | Path, where: str = ""
+) -> tuple[pd.DataFrame, np.ndarray]:
     """:func:`_prepare`, with which input rows were kept ``(R,)`` in place of their count.
 
     A prepared table's ``market_iv`` is refreshed from ``implied_vol`` where that is given (the
-    canonical column: a caller who edits it after cleaning fits what they edited)."""
+    canonical column: a caller who edits it after cleaning fits what they edited). One it
+    prepares warns the notes of its forwards and maturities (:func:`_warn_notes`; ``where``
+    leads each)."""
     table = quotes if isinstance(quotes, pd.DataFrame) else read_quotes(quotes)
     if not set(_NEEDED) <= set(table.columns) or any(_unusable(table[c]) for c in _NEEDED):
         table = read_quotes(table, allow_crossed=True)
-        table, _ = prepare_quotes(table)
+        table, sources = prepare_quotes(table)
+        _warn_notes(table, sources, where)
     else:
         if "implied_vol" in table:
             given = table["implied_vol"].to_numpy(dtype=float)
@@ -773,6 +785,20 @@ def _prepare_rows(quotes: pd.DataFrame | str | Path) -> tuple[pd.DataFrame, np.n
     if len(table) == 0:
         raise QuoteError("no quote has a market implied vol", column="market_iv")
     return table, usable
+
+
+def _warn_notes(table: pd.DataFrame, sources: dict[str, int], where: str) -> None:
+    """Warn (:class:`pricing.quotes.QuoteWarning`) the notes that cleaning's report and the
+    CLI print of a table :func:`pricing.quote_cleaning.prepare_quotes` prepared: forwards carried
+    at a rate read as 0, a given discount its parity slope disagrees with, maturities in days
+    read as years (:func:`pricing.quote_cleaning.forward_notes`,
+    :func:`pricing.quote_cleaning.day_maturity_note`); a caller of :func:`calibrate` got no word
+    of them."""
+    given = table["implied_vol"].notna().to_numpy() if "implied_vol" in table else False
+    solved = np.where(given, np.nan, table["market_iv"].to_numpy(float))  # vols of prices
+    for note in [*forward_notes(table, sources), day_maturity_note(table, solved)]:
+        if note:  # warn, _prepare_rows, calibrate: the caller's line
+            warnings.warn(f"{where}{note}", QuoteWarning, stacklevel=4)
 
 
 Weights = str | Sequence[float] | np.ndarray
@@ -822,7 +848,9 @@ def calibrate(
             per expiry).
         quotes: a quote table or file (see :func:`pricing.quotes.read_quotes`); forwards, discount
             factors and market vols are derived when absent (:func:`pricing.quote_cleaning.
-            prepare_quotes`). Clean it first with :func:`pricing.quote_cleaning.clean_quotes`.
+            prepare_quotes`; what that assumed, such as a rate read as 0 or maturities in days,
+            is warned as a :class:`pricing.quotes.QuoteWarning`). Clean it first with
+            :func:`pricing.quote_cleaning.clean_quotes`.
         method: see :func:`available_methods`: ``direct`` (our differentiable pricer, exact
             Jacobian, Levenberg-Marquardt, global start) or ``quantlib`` (the reference).
         weights: ``"equal"``, ``"vega"``, ``"spread"`` or one weight per quote (per row of
@@ -953,7 +981,7 @@ def calibrate_many(
             if ready[i]:
                 prepared, usable = table, np.ones(len(table), dtype=bool)
             else:
-                prepared, usable = _prepare_rows(table)
+                prepared, usable = _prepare_rows(table, f"quote table {i}: ")
             n_dropped = int((~usable).sum())
             table_weights = quote_weights(prepared, _kept_weights(per_table[i], usable))
             problem = CalibrationProblem(prepared, table_weights, bounds, x0, beta, seed,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pricing._quote_errors import _input_row
 from pricing._validation import check_positive_int
 from pricing.black_scholes import black_implied_vol
 from pricing.quote_arbitrage import calendar_violations, strike_violations
@@ -319,8 +320,10 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     slope's ``D`` beside them mixed two discounts in one expiry); a slope beyond
     :data:`PARITY_RATE_ERRORS` standard errors of it (three pairs or more) gets a note in the
     ``attrs["notes"]`` of the result.
-    Expiries without pairs use that ``D`` with their given ``forward`` (``given``), else with
-    ``F = S exp(-(q + b) T) / D`` (``carry``; ``b`` a ``borrow`` cost, 0 without one).
+    Expiries without pairs use that ``D`` with their given ``forward`` (``given``: the mean of
+    its rows', given on every row; rows further apart than :data:`FORWARD_ROUNDING` are refused
+    whether or not every row gives one), else with ``F = S exp(-(q + b) T) / D`` (``carry``;
+    ``b`` a ``borrow`` cost, 0 without one).
 
     Args:
         quotes: a table from :func:`pricing.quotes.read_quotes` (needs ``strike``, ``maturity``,
@@ -333,9 +336,9 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
         the notes of given discounts their slope disagrees with.
 
     Raises:
-        QuoteError: an expiry whose rows give discounts more than :data:`DISCOUNT_ROUNDING` apart
-            (naming two of the rows), without pairs or spot, or whose slope says strikes or
-            prices are in other units.
+        QuoteError: an expiry whose rows give discounts more than :data:`DISCOUNT_ROUNDING` apart,
+            or forwards more than :data:`FORWARD_ROUNDING` (naming two of the rows), without
+            pairs or spot, or whose slope says strikes or prices are in other units.
 
     Examples:
         >>> table = pd.DataFrame({"option_type": ["call", "put", "call", "put"],
@@ -359,19 +362,18 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             # a given discount is the expiry's rate, on its rows without one too: a call's 0.97
             # beside a put's gap made a parity forward at the defaulted rate's 1, used with 0.97
             discount, known = _expiry_discount(quotes, group, t), True
-        if has_discount and "forward" in group and group["forward"].notna().all():
-            result = (group["forward"].mean(), discount, "given")
+        forward = _expiry_forward(quotes, group, t)  # None unless every row gives one
+        if has_discount and forward is not None:
+            result = (forward, discount, "given")
         else:
             result, suspect, note = _expiry_pairs(group, discount, n_pairs, t, known, has_discount)
             units = units or suspect  # decided over the file's expiries, below
             notes += [note] if note else []
-        if result is None and "forward" in group and group["forward"].notna().all():
-            result = (group["forward"].mean(), discount, "given")  # without pairs: D from rate
+        if result is None and forward is not None:
+            result = (forward, discount, "given")  # without pairs: D from rate
         if result is None:
             if "spot" not in group:
-                raise QuoteError(f"expiry T={t:.6g}: no call/put pairs to imply the forward, "
-                                 "and no spot: give a spot (or forward) column, or calls and "
-                                 "puts of the same strikes", column="spot")  # fmt: skip
+                raise _no_forward(quotes, group, t)
             spot = float(group["spot"].iloc[0])
             result = (spot * np.exp(-dividend * t) / discount, discount, "carry")
         forward, discount, source = result
@@ -413,20 +415,62 @@ def _expiry_discount(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float)
                      column="discount")  # fmt: skip
 
 
+def _no_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> QuoteError:
+    """The error of an expiry (rows ``group`` of ``quotes``) without pairs, spot or a forward on
+    every row, naming its first row without a forward where the file has a ``forward`` column
+    (it said "give a spot (or forward) column" to a file that gave one, with a gap)."""
+    gap = ""
+    if "forward" in group:
+        (name,) = _row_names(quotes, [group.index[group["forward"].isna().to_numpy()][0]])
+        gap = f"; {name} gives no forward"
+    return QuoteError(f"expiry T={maturity:.6g}: no call/put pairs to imply the forward, and no "
+                      "spot: give a spot column, a forward on each of its rows, or calls and puts "
+                      f"of the same strikes{gap}", column="spot")  # fmt: skip
+
+
+FORWARD_ROUNDING = 5e-4
+"""Largest difference between the ``forward`` values of one expiry's rows read as rounding,
+relative to the (shifted) forward: half a unit in the fourth significant digit (100.05 beside
+100.0, 4512 beside 4512.37): their mean is the expiry's forward. A forward is one number per
+expiry, and values further apart (100 beside 105) are a file error, refused naming the rows as
+:data:`DISCOUNT_ROUNDING` refuses discounts: their mean was the expiry's forward without a
+word."""
+
+
+def _expiry_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> float | None:
+    """The forward of one expiry's rows ``group`` of ``quotes``: the mean of their ``forward``
+    values where every row gives one, else None; a :class:`QuoteError` naming the rows of the
+    lowest and highest where two given ones lie more than :data:`FORWARD_ROUNDING` of the
+    larger (shifted) forward apart (rows without one too: each row keeps its own)."""
+    if "forward" not in group:
+        return None
+    given = group["forward"].dropna()
+    if given.empty:
+        return None
+    low, high = given.idxmin(), given.idxmax()
+    scale = (given + shifts(group).loc[given.index]).abs().max()
+    if given[high] - given[low] > FORWARD_ROUNDING * scale * (1 + 1e-9):
+        first, second = _row_names(quotes, [low, high])
+        raise QuoteError(f"expiry T={maturity:.6g}: forward {given[low]:.10g} at {first} and "
+                         f"{given[high]:.10g} at {second}: one expiry has one forward (values "
+                         f"within {FORWARD_ROUNDING:.2%} of it are read as rounding)",
+                         column="forward")  # fmt: skip
+    return float(given.mean()) if len(given) == len(group) else None
+
+
 def _row_names(quotes: pd.DataFrame, labels: list) -> list[str]:
     """``row i (file line l)`` of each index label: ``i`` the 1-based input row (``source_row``
-    of :func:`clean_quotes`, whose table keeps the file's lines; else the position in
-    ``quotes``, as :func:`pricing.quotes.row_error` counts), with its file line where known."""
+    of :func:`clean_quotes`, whose table keeps the file's lines; else as
+    :func:`pricing.quotes.row_error` counts), with its file line where known."""
     lines = quotes.attrs.get("file_lines")
     names = []
     for label, position in zip(labels, quotes.index.get_indexer(labels), strict=True):
         if "source_row" in quotes:
             row = int(quotes.at[label, "source_row"])
-            known = lines is not None and row <= len(lines)
+            line = lines[row - 1] if lines is not None and row <= len(lines) else None
         else:
-            row = position + 1
-            known = lines is not None and len(lines) == len(quotes)
-        names.append(f"row {row}" + (f" (file line {lines[row - 1]})" if known else ""))
+            row, line = _input_row(quotes, position)
+        names.append(f"row {row}" + (f" (file line {line})" if line is not None else ""))
     return names
 
 

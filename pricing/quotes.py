@@ -29,7 +29,7 @@ from pricing._quote_dates import (
     _year_fractions,
     check_one_quote_date,
 )
-from pricing._quote_errors import QuoteError, _Locator, _show, _years, row_error
+from pricing._quote_errors import QuoteError, QuoteWarning, _Locator, _show, _years, row_error
 
 __all__ = [
     "COLUMN_ALIASES",
@@ -42,6 +42,7 @@ __all__ = [
     "PATH_DEPENDENT_COLUMNS",
     "STRIKE_RATIO_LIMIT",
     "QuoteError",
+    "QuoteWarning",
     "call_flags",
     "carry_yields",
     "check_one_quote_date",

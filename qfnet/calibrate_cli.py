@@ -6,6 +6,7 @@ Mounted by :mod:`qfnet.cli` as ``app.command("calibrate")(calibrate_command)``.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from pricing.quote_cleaning import (
     forward_notes,
     prepare_quotes,
 )
-from pricing.quotes import QuoteError, read_quotes
+from pricing.quotes import QuoteError, QuoteWarning, read_quotes
 from qfnet._cli import (
     DAYFIRST_FLAGS,
     DAYFIRST_HELP,
@@ -225,8 +226,12 @@ def calibrate_command(
             # read as years) were printed with cleaning only
             notes = [*forward_notes(table, sources), day_maturity_note(table, _solved(table))]
             notes = [note for note in notes if note]
-        result = calibrate(model, table, method=method, weights=weights, beta=beta, seed=seed,
-                           device=device, **options)  # fmt: skip
+        with warnings.catch_warnings():
+            # the command prints the notes itself (the report's, or `notes`): a table with a
+            # row without a vol is prepared again by calibrate, whose warnings repeated them
+            warnings.simplefilter("ignore", QuoteWarning)
+            result = calibrate(model, table, method=method, weights=weights, beta=beta,
+                               seed=seed, device=device, **options)  # fmt: skip
     except (NotImplementedError, ModelFileError) as error:  # a damaged model file is named
         raise fail(str(error)) from error
     except ValueError as error:  # QuoteError too: name the file unless the message does

@@ -446,12 +446,14 @@ def _on_rows(keep: np.ndarray, values: np.ndarray, fill: object) -> np.ndarray:
 
 
 def _rows(table: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
-    """The rows ``keep`` ``(R,)`` of a table from ``read_quotes``, its file lines with them
-    (errors name the file's lines)."""
+    """The rows ``keep`` ``(R,)`` of a table from ``read_quotes``, their input rows and file
+    lines with them (errors name the input's rows, as :func:`pricing.quotes.row_error` reads
+    ``attrs``: counted among the rows kept, row 2 was the file line of row 3)."""
     if keep.all():
         return table
     part = table[keep]
     part.attrs = dict(table.attrs)
+    part.attrs["input_rows"] = (np.flatnonzero(keep) + 1).tolist()
     if "file_lines" in table.attrs:
         part.attrs["file_lines"] = np.asarray(table.attrs["file_lines"])[keep].tolist()
     return part

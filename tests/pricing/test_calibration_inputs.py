@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pricing.calibration import BOUND_TOLERANCE, bounds_reached, calibrate, calibrate_many
-from pricing.quotes import QuoteError
+from pricing.quotes import QuoteError, QuoteWarning
 from pricing.sabr import lognormal_vol
 
 HESTON_X0 = {"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.5, "rho": -0.7}
@@ -206,9 +206,25 @@ def test_x0_may_give_the_fixed_beta_or_a_free_one() -> None:
 def test_calibrate_many_names_the_table_whose_fit_fails() -> None:
     # the SABR fitters take one table at a time: the error of the second did not say which
     split = pd.concat([_smile(), _smile().assign(forward=110.0)], ignore_index=True)
+    prepared = split.assign(market_iv=split["implied_vol"], option_type="call")  # SABR's check
     for method in ("direct", "quantlib"):
-        with pytest.raises(QuoteError, match=r"quote table 1: column 'forward'.*forward varies"):
-            calibrate_many("sabr", [_smile(), split], method=method)
+        for table, found in ((split, "one expiry has one forward"), (prepared, "forward varies")):
+            with pytest.raises(QuoteError, match=rf"quote table 1: column 'forward'.*{found}"):
+                calibrate_many("sabr", [_smile(), table], method=method)
+
+
+def test_calibrate_warns_what_it_assumed_of_a_table_it_prepares() -> None:
+    # a spot without rate or dividend columns, carried at 0: qfnet's report and notes said so,
+    # calibrate on the table itself gave no word
+    table = _smile().drop(columns=["forward", "discount"]).assign(spot=100.0)
+    note = r"no rate or dividend column: 1 expiry without call/put pairs took its forward"
+    with pytest.warns(QuoteWarning, match=rf"^{note}"):
+        calibrate("sabr", table)
+    with pytest.warns(QuoteWarning, match=rf"^quote table 1: {note}"):
+        calibrate_many("sabr", [_smile(), table])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuoteWarning)
+        calibrate("sabr", _smile())  # its own forward and discount: nothing assumed
 
 
 def test_sabr_accepts_x0_without_beta_and_beta_bounds_with_free_beta() -> None:
@@ -241,8 +257,12 @@ def test_sabr_forward_must_be_one_per_expiry() -> None:
     # two smiles under one maturity (forwards 100 and 110) were fitted as one at their average
     # forward 105, which no quote has: 32 bp RMSE, converged, without a word
     table = pd.concat([_smile(), _smile().assign(forward=110.0)], ignore_index=True)
+    prepared = table.assign(market_iv=table["implied_vol"], option_type="call")
     for method in ("direct", "quantlib"):
         with pytest.raises(QuoteError, match=r"column 'forward'.*T=1: forward varies within"):
+            calibrate("sabr", prepared, method=method)
+        # a table calibrate prepares is refused there, naming the rows (parity_forwards)
+        with pytest.raises(QuoteError, match=r"forward 100 at row 1 and 110 at row 8: one"):
             calibrate("sabr", table, method=method)
     # forwards equal to rounding (one curve, maturities equal to 10 digits) are one smile
     near = _smile().assign(forward=100.0 * (1 + 1e-13 * np.arange(7)))

@@ -459,6 +459,31 @@ def test_discounts_that_differ_within_an_expiry_are_refused_naming_the_rows() ->
     np.testing.assert_allclose(implied["discount"], [0.9511], rtol=1e-12, atol=0)
 
 
+def test_forwards_that_differ_within_an_expiry_are_refused_naming_the_rows() -> None:
+    # forwards 103 on the calls, 100 on the puts: the expiry's forward was their mean, 101.5,
+    # without a word (each row kept its own)
+    table = _chain(103.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0)).assign(discount=0.95)
+    calls = (table["option_type"] == "call").to_numpy()
+    table["forward"] = np.where(calls, 103.0, 100.0)
+    where = r"column 'forward': expiry T=1: forward 100 at row 7 and 103 at row 1: one expiry has"
+    with pytest.raises(QuoteError, match=where):
+        parity_forwards(read_quotes(table))
+    with pytest.raises(QuoteError, match=where):
+        parity_forwards(read_quotes(table.drop(columns="discount")))  # D from the rate
+    with pytest.raises(QuoteError, match=r"forward 100 at row 7 and 103 at row 1"):
+        clean_quotes(table)  # rows of the input, after its filters
+    # given on some rows only: the others took parity's, beside two given ones
+    table["forward"] = np.where(calls, 103.0, np.nan)
+    table.loc[6, "forward"] = 100.0
+    with pytest.raises(QuoteError, match=r"forward 100 at row 7 and 103 at row 1"):
+        parity_forwards(read_quotes(table))
+    # rounding (103.03 beside 103.0, within FORWARD_ROUNDING of it): their mean
+    table["forward"] = np.where(calls, 103.0, 103.03)
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], [103.015], rtol=1e-12, atol=0)
+    assert implied["source"].tolist() == ["given"]
+
+
 def test_differing_discounts_name_the_file_lines(tmp_path: Path) -> None:
     # a first row of 60 years, which cleaning drops before the forwards: rows and lines of the file
     table = _chain(103.0, 0.95, 1.0, np.array([95.0, 100.0]))

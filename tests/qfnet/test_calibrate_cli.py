@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import BinaryIO
 
@@ -277,6 +278,32 @@ def test_no_clean_prints_the_note_on_maturities_in_days(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     assert "note: maturities are whole numbers (30 to 91)" in result.output, result.output
+
+
+def test_no_clean_prints_a_note_once_where_calibrate_prepares_the_table_again(
+    tmp_path: Path,
+) -> None:
+    # a row without a vol sends the prepared table through prepare_quotes again inside
+    # calibrate, whose warning of the days read as years repeated the command's note
+    rows = []
+    for days in (30, 91):
+        strikes = torch.tensor([90.0, 95.0, 100.0, 105.0, 110.0], dtype=torch.float64)
+        price = black_price(forward=100.0, strike=strikes, maturity=days / 365, volatility=0.2)
+        rows.append(pd.DataFrame({"option_type": "call", "strike": strikes.numpy(), "maturity":
+                                  float(days), "forward": 100.0, "discount": 1.0,
+                                  "price": price.numpy()}))  # fmt: skip
+    table = pd.concat(rows, ignore_index=True)
+    table.loc[0, "price"] = 5.0  # below the intrinsic value 10: no vol
+    table.to_csv(tmp_path / "q.csv", index=False)
+    args = ["calibrate", "--model", "sabr", "--quotes", str(tmp_path / "q.csv"), "--out",
+            str(tmp_path / "fit.json"), "--no-clean"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("maturities are whole numbers (30 to 91)") == 1, result.output
+    assert "1 row without a vol left out" in result.output
+    assert [str(w.message) for w in caught if "whole numbers" in str(w.message)] == []
 
 
 def test_no_clean_counts_a_row_of_weight_0_as_dropped(tmp_path: Path) -> None:

@@ -978,6 +978,38 @@ def test_iv_gives_options_expiring_on_the_quote_date_a_status_and_solves_the_oth
     assert (ivs["status"][6:] == "ok").all()
 
 
+def test_iv_errors_after_expired_rows_name_the_input_rows(tmp_path):
+    # an expired first row left out before the forwards: the rows after it were counted among
+    # those left ("row 2 (file line 4)" for the file's row 3)
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    head = "option_type,strike,maturity,spot,quote_date,discount,price\ncall,100,0,100,2024-01-05,"
+    path.write_text(f"{head}0.95,1\ncall,100,1,100,2024-01-05,0.95,10\n"
+                    "put,100,1,100,2024-01-05,0.90,5\n")  # fmt: skip
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert ("discount 0.9 at row 3 (file line 4) and 0.95 at row 2 (file line 3)"
+            in result.output), result.output  # fmt: skip
+    path.write_text(f"{head}0.95,1\ncall,100,1,100,2024-01-05,0.95,10\n"
+                    "put,100,1,100,2024-01-08,0.95,5\n")  # fmt: skip
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert ("row 3 (file line 4), column 'quote_date': a second quote date, 2024-01-08 "
+            "(2024-01-05 in row 2)" in result.output), result.output  # fmt: skip
+
+
+def test_iv_without_spot_or_pairs_names_the_row_without_a_forward(tmp_path):
+    # a forward column with a gap was told "give a spot (or forward) column"
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    path.write_text("option_type,strike,maturity,forward,price\ncall,100,0,100,10\n"
+                    "call,100,1,100,10\ncall,110,1,,5\n")  # fmt: skip
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 1
+    assert (
+        "no spot: give a spot column, a forward on each of its rows, or calls and puts of "
+        "the same strikes; row 3 (file line 4) gives no forward" in result.output
+    ), result.output
+
+
 def test_iv_names_a_one_sided_row_without_a_price(tmp_path):
     # a missing ask read as a gap, whose status said "invalid input (a non-finite value, ...)"
     path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
