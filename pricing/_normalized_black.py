@@ -192,9 +192,11 @@ def erf_difference(t1: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
     The plain difference loses ``~log10(1 / delta)`` digits (prices near the money 1e-12 off in
     relative terms at ``s = 1e-4``, 1e-7 at ``s = 1e-8``): below :func:`_erf_series_max` the
-    Taylor series of ``erf`` at the midpoint takes over (:func:`_erf_difference_series`). Both
-    are finite everywhere, so ``torch.where`` passes exact gradients; branch-free for
-    ``torch.compile``, and the series is skipped in eager mode where no element needs it.
+    Taylor series of ``erf`` at the midpoint takes over (:func:`_erf_difference_series`). In
+    eager mode the series runs on those elements only (~15x the cost of the plain difference per
+    element: on all of them it made ``black_price`` 1.4x and the eager implied-vol solve 1.2x
+    slower on a million options with a few at a small ``delta``); branch-free under
+    ``torch.compile`` (both are finite everywhere, so ``torch.where`` passes exact gradients).
 
     Shape:
         t1, delta: broadcastable; output: their broadcast shape.
@@ -206,11 +208,27 @@ def erf_difference(t1: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         >>> [f"{float(v):.12e}" for v in d]  # mpmath: 1.031260909928e-09, erf(0.3) - erf(-0.2)
         ['1.031260909928e-09', '5.513293486696e-01']
     """
-    plain = torch.special.erf(t1) - torch.special.erf(t1 - delta)
+    t1, delta = torch.broadcast_tensors(t1, delta)
+    plain = _erf_difference_plain(t1, delta)
     small = delta < _erf_series_max(delta.dtype)
-    if not torch.compiler.is_compiling() and not bool(small.any()):
+    if torch.compiler.is_compiling():
+        return torch.where(small, _erf_difference_near(t1, delta), plain)
+    if not bool(small.any()):
         return plain
-    return torch.where(small, _erf_difference_series(t1 - 0.5 * delta, 0.5 * delta), plain)
+    index = torch.nonzero(small.reshape(-1)).squeeze(1)
+    t1_small, delta_small = (v.reshape(-1).index_select(0, index) for v in (t1, delta))
+    near = _erf_difference_near(t1_small, delta_small)
+    return plain.reshape(-1).index_copy(0, index, near).reshape(plain.shape)
+
+
+def _erf_difference_plain(t1: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``erf(t1) - erf(t1 - delta)`` as it reads, for ``delta`` not small."""
+    return torch.special.erf(t1) - torch.special.erf(t1 - delta)
+
+
+def _erf_difference_near(t1: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``erf(t1) - erf(t1 - delta)`` for a small ``delta``, by :func:`_erf_difference_series`."""
+    return _erf_difference_series(t1 - 0.5 * delta, 0.5 * delta)
 
 
 def _erf_difference_series(m: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

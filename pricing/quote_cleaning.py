@@ -351,7 +351,11 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     require_columns(quotes, ["strike", "maturity", "rate", "dividend"], "parity forwards")
     check_one_quote_date(quotes)  # a key per maturity pools two days' quotes
     rate_given = "rate" not in quotes.attrs.get("defaulted", [])  # not read as 0
-    quotes = quotes.assign(_mid=_mid(quotes), _key=_expiry_key(quotes))
+    # _position: the rows' places, for errors naming them (labels may repeat: calls and puts
+    # read apart and concatenated)
+    quotes = quotes.assign(
+        _mid=_mid(quotes), _key=_expiry_key(quotes), _position=range(len(quotes))
+    )
     rows, units, notes = [], None, []
     for key, group in quotes.groupby("_key", sort=True):
         t = float(group["maturity"].iloc[0])
@@ -403,14 +407,15 @@ error, refused naming the rows: their mean was used without a word."""
 def _expiry_discount(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> float:
     """The discount of one expiry's rows ``group`` of ``quotes`` that give one: their mean,
     unless two lie more than :data:`DISCOUNT_ROUNDING` apart (a :class:`QuoteError` naming the
-    rows of the lowest and highest)."""
-    given = group["discount"].dropna()
-    low, high = given.idxmin(), given.idxmax()
-    if given[high] - given[low] <= DISCOUNT_ROUNDING * (1 + 1e-9):  # 0.9515 - 0.951 in floats
-        return float(given.mean())
-    first, second = _row_names(quotes, [low, high])
-    raise QuoteError(f"expiry T={maturity:.6g}: discount {given[low]:.6g} at {first} and "
-                     f"{given[high]:.6g} at {second}: one expiry has one discount factor (values "
+    rows of the lowest and highest, by their ``_position`` in ``quotes``)."""
+    given = group[group["discount"].notna()]  # by position: labels may repeat
+    values = given["discount"].to_numpy(float)
+    low, high = int(values.argmin()), int(values.argmax())
+    if values[high] - values[low] <= DISCOUNT_ROUNDING * (1 + 1e-9):  # 0.9515 - 0.951 in floats
+        return float(values.mean())
+    first, second = _row_names(quotes, given["_position"].to_numpy()[[low, high]].tolist())
+    raise QuoteError(f"expiry T={maturity:.6g}: discount {values[low]:.6g} at {first} and "
+                     f"{values[high]:.6g} at {second}: one expiry has one discount factor (values "
                      f"within {DISCOUNT_ROUNDING:g} are read as rounding)",
                      column="discount")  # fmt: skip
 
@@ -421,7 +426,8 @@ def _no_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> Q
     (it said "give a spot (or forward) column" to a file that gave one, with a gap)."""
     gap = ""
     if "forward" in group:
-        (name,) = _row_names(quotes, [group.index[group["forward"].isna().to_numpy()][0]])
+        missing = group["_position"].to_numpy()[group["forward"].isna().to_numpy()]
+        (name,) = _row_names(quotes, [int(missing[0])])
         gap = f"; {name} gives no forward"
     return QuoteError(f"expiry T={maturity:.6g}: no call/put pairs to imply the forward, and no "
                       "spot: give a spot column, a forward on each of its rows, or calls and puts "
@@ -441,16 +447,19 @@ def _expiry_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) 
     """The forward of one expiry's rows ``group`` of ``quotes``: the mean of their ``forward``
     values where every row gives one, else None; a :class:`QuoteError` naming the rows of the
     lowest and highest where two given ones lie more than :data:`FORWARD_ROUNDING` of the
-    larger (shifted) forward apart (rows without one too: each row keeps its own)."""
+    larger (shifted) forward apart (rows without one too: each row keeps its own), by their
+    ``_position`` in ``quotes``."""
     if "forward" not in group:
         return None
-    given = group["forward"].dropna()
-    if given.empty:
+    kept = group["forward"].notna().to_numpy()  # by position: labels may repeat
+    if not kept.any():
         return None
-    low, high = given.idxmin(), given.idxmax()
-    scale = (given + shifts(group).loc[given.index]).abs().max()
+    given = group["forward"].to_numpy(float)[kept]
+    low, high = int(given.argmin()), int(given.argmax())
+    scale = np.abs(given + shifts(group).to_numpy(float)[kept]).max()
     if given[high] - given[low] > FORWARD_ROUNDING * scale * (1 + 1e-9):
-        first, second = _row_names(quotes, [low, high])
+        places = group["_position"].to_numpy()[kept][[low, high]].tolist()
+        first, second = _row_names(quotes, places)
         raise QuoteError(f"expiry T={maturity:.6g}: forward {given[low]:.10g} at {first} and "
                          f"{given[high]:.10g} at {second}: one expiry has one forward (values "
                          f"within {FORWARD_ROUNDING:.2%} of it are read as rounding)",
@@ -458,15 +467,15 @@ def _expiry_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) 
     return float(given.mean()) if len(given) == len(group) else None
 
 
-def _row_names(quotes: pd.DataFrame, labels: list) -> list[str]:
-    """``row i (file line l)`` of each index label: ``i`` the 1-based input row (``source_row``
-    of :func:`clean_quotes`, whose table keeps the file's lines; else as
-    :func:`pricing.quotes.row_error` counts), with its file line where known."""
+def _row_names(quotes: pd.DataFrame, positions: list[int]) -> list[str]:
+    """``row i (file line l)`` of each 0-based position: ``i`` the 1-based input row
+    (``source_row`` of :func:`clean_quotes`, whose table keeps the file's lines; else the position
+    in ``quotes`` as :func:`pricing.quotes.row_error` counts it), with its file line where known."""
     lines = quotes.attrs.get("file_lines")
     names = []
-    for label, position in zip(labels, quotes.index.get_indexer(labels), strict=True):
+    for position in positions:
         if "source_row" in quotes:
-            row = int(quotes.at[label, "source_row"])
+            row = int(quotes["source_row"].iloc[position])
             line = lines[row - 1] if lines is not None and row <= len(lines) else None
         else:
             row, line = _input_row(quotes, position)

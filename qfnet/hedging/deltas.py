@@ -214,9 +214,11 @@ def _lookback(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:
     extremum = torch.cummin(past, dim=1).values if d.is_call else torch.cummax(past, dim=1).values
     interval = float(grid[1] - grid[0])  # the hedging grid is uniform
     tau = grid[-1] - grid[:-1]
-    value = discrete_lookback_price(spot=now, running_extremum=extremum, maturity=tau,
-                                    volatility=vol, rate=rate, dividend=dividend,
-                                    interval=interval, kind="floating",
+    # the steps before the last: the last one's tau, the interval to rounding, fell below it in
+    # a float32 grid (0.00396824 for 0.00396825 on 252 steps), which the pricer refuses
+    value = discrete_lookback_price(spot=now[:, :-1], running_extremum=extremum[:, :-1],
+                                    maturity=tau[:-1], volatility=vol[:, :-1], rate=rate,
+                                    dividend=dividend, interval=interval, kind="floating",
                                     is_call=d.is_call)  # fmt: skip
     # one date left, the expiry: the claim is the European struck at the extremum so far; BGK's
     # shift (an expansion in the number of dates) went above it where the carry outweighs the
@@ -224,7 +226,7 @@ def _lookback(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:
     last = black_scholes.price(spot=now[:, -1], strike=extremum[:, -1], maturity=tau[-1],
                                volatility=vol[:, -1], rate=rate, dividend=dividend,
                                is_call=d.is_call)  # fmt: skip
-    return torch.cat([value[:, :-1], last.unsqueeze(1).to(value.dtype)], dim=1)
+    return torch.cat([value, last.unsqueeze(1).to(value.dtype)], dim=1)
 
 
 def _barrier(d, now, spot, grid, vol, rate, dividend) -> torch.Tensor:

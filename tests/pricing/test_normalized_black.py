@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import mpmath
 import pytest
@@ -120,3 +121,29 @@ def test_log_moneyness_is_accurate_near_the_money() -> None:
     torch.testing.assert_close(nb.log_moneyness(forward, strike), torch.tensor(ref,
                                dtype=torch.float64), rtol=2 * torch.finfo(torch.float64).eps,
                                atol=0.0)  # fmt: skip
+
+
+def test_erf_difference_takes_the_series_on_its_small_steps_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the series, ~15x the plain difference's cost, ran on every element once any step was
+    # small: black_price 1.4x and the eager implied-vol solve 1.2x slower on a million options
+    t1 = torch.tensor([[0.3, -0.2, 0.5], [0.1, 0.6, -0.4]], dtype=torch.float64,
+                      requires_grad=True)  # fmt: skip
+    delta = torch.tensor([1e-9, 0.5], dtype=torch.float64).unsqueeze(-1)  # broadcast (2, 1)
+    sizes = []
+    series = nb._erf_difference_series
+    monkeypatch.setattr(nb, "_erf_difference_series",
+                        lambda m, h: sizes.append(m.numel()) or series(m, h))  # fmt: skip
+    d = nb.erf_difference(t1, delta)
+    assert sizes == [3] and d.shape == (2, 3)
+    with mpmath.workdps(40):
+        mp = mpmath.mpf
+        ref = [[float(mpmath.erf(mp(a)) - mpmath.erf(mp(a) - mp(b))) for a in row]
+               for row, b in zip(t1.tolist(), delta.flatten().tolist(), strict=True)]  # fmt: skip
+    torch.testing.assert_close(d, torch.tensor(ref, dtype=torch.float64), rtol=1e-14, atol=0.0)
+    # d/dt1 = 2/sqrt(pi) (exp(-t1^2) - exp(-(t1 - delta)^2)), through both formulas
+    (grad,) = torch.autograd.grad(d.sum(), t1)
+    x = t1.detach()
+    expected = 2 / math.sqrt(math.pi) * (torch.exp(-x * x) - torch.exp(-((x - delta) ** 2)))
+    torch.testing.assert_close(grad, expected, rtol=1e-7, atol=0.0)

@@ -484,6 +484,27 @@ def test_forwards_that_differ_within_an_expiry_are_refused_naming_the_rows() -> 
     assert implied["source"].tolist() == ["given"]
 
 
+def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:
+    # read_quotes of the calls and of the puts, concatenated: index labels 0..5 twice, on which
+    # the expiry's discount check failed ("The truth value of a Series is ambiguous")
+    table = _chain(103.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0)).assign(discount=0.95)
+    calls = (table["option_type"] == "call").to_numpy()
+    apart = pd.concat([read_quotes(table[calls]), read_quotes(table[~calls])])
+    prepared, sources = prepare_quotes(apart)
+    expected, _ = prepare_quotes(read_quotes(table))
+    assert sources == {"parity_rate_discount": 1}
+    np.testing.assert_allclose(prepared["forward"], expected["forward"], rtol=1e-15, atol=0)
+    # rows differing beyond rounding are named by their places in the table
+    apart.iloc[8, apart.columns.get_loc("discount")] = 0.90
+    with pytest.raises(QuoteError, match=r"discount 0\.9 at row 9 and 0\.95 at row 1"):
+        prepare_quotes(apart)
+    # and so are forwards (looked up by label, they failed alike)
+    apart["discount"] = 0.95
+    apart["forward"] = [103.0] * 11 + [100.0]
+    with pytest.raises(QuoteError, match=r"forward 100 at row 12 and 103 at row 1"):
+        prepare_quotes(apart)
+
+
 def test_differing_discounts_name_the_file_lines(tmp_path: Path) -> None:
     # a first row of 60 years, which cleaning drops before the forwards: rows and lines of the file
     table = _chain(103.0, 0.95, 1.0, np.array([95.0, 100.0]))

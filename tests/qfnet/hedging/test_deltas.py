@@ -228,6 +228,22 @@ def test_lookback_greeks_at_the_last_step_are_those_of_the_european_struck_at_th
     _assert_last_step(g, list(delta), list(gamma))
 
 
+@pytest.mark.parametrize("is_call", [True, False], ids=["call", "put"])
+def test_lookback_deltas_on_a_float32_grid_match_float64(is_call: bool) -> None:
+    # a float32 grid's last tau (0.00396824) fell below its interval (0.00396825) by rounding:
+    # discrete_lookback_price refused the whole hedge ("maturity must be >= interval")
+    grid64 = torch.linspace(0.0, 1.0, 253, dtype=torch.float64)
+    spot = gbm(16, 252, spot=1.0, volatility=0.2, maturity=1.0,
+               generator=torch.Generator().manual_seed(5))  # fmt: skip
+    vol = torch.full((16, 252), 0.2, dtype=torch.float64)
+    config = DerivativeConfig(type="lookback", is_call=is_call)
+    delta = path_dependent_delta(config, spot.float(), grid64.float(), vol.float(), rate=0.02,
+                                 dividend=0.0)  # fmt: skip
+    expected = path_dependent_delta(config, spot, grid64, vol, rate=0.02, dividend=0.0)
+    assert delta.dtype == torch.float32
+    torch.testing.assert_close(delta.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_shapes_and_types_are_checked() -> None:
     grid = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
     spot = torch.ones(2, 5, dtype=torch.float64)
