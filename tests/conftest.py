@@ -73,3 +73,21 @@ def gradient_matches_central_difference() -> Callable[..., None]:
                                    rtol=1e-7, atol=1e-7)  # fmt: skip
 
     return check
+
+
+@pytest.fixture()
+def fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """``fill_the_disk()``: from then on ``Figure.savefig`` writes a PNG's first 4 bytes and
+    fails as a full disk does (``OSError`` 28), into a file object or a path alike; for the
+    tests that a plot writer keeps its previous file and leaves no temporary."""
+    from matplotlib.figure import Figure
+
+    def disk_full(self, target, **kwargs) -> None:
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG")
+        else:
+            with open(target, "wb") as f:
+                f.write(b"\x89PNG")
+        raise OSError(28, "No space left on device")
+
+    return lambda: monkeypatch.setattr(Figure, "savefig", disk_full)

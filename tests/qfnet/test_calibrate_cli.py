@@ -479,11 +479,9 @@ def test_a_smile_plot_that_fails_to_save_closes_its_figure(
 
 
 def test_an_interrupted_smile_plot_leaves_the_previous_file_and_no_temporary(
-    smile_file: Path, tmp_path: Path, monkeypatch
+    smile_file: Path, tmp_path: Path, fill_the_disk
 ) -> None:
     # the smiles were saved in place: a write cut short (a full disk) left half a PNG behind
-    import matplotlib.figure
-
     from pricing.quotes import read_quotes
     from pricing.smile_plot import plot_smiles
 
@@ -491,15 +489,7 @@ def test_an_interrupted_smile_plot_leaves_the_previous_file_and_no_temporary(
     png = plot_smiles(result, tmp_path / "out" / "smiles.png")
     before = png.read_bytes()
 
-    def disk_full(self, target, **kwargs):
-        if hasattr(target, "write"):
-            target.write(before[:4])
-        else:
-            with open(target, "wb") as f:
-                f.write(before[:4])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    fill_the_disk()
     with pytest.raises(OSError, match="No space"):
         plot_smiles(result, png)
     assert png.read_bytes() == before

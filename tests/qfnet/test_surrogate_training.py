@@ -48,10 +48,8 @@ def test_error_summary_median_is_the_middle_of_an_even_count():
     assert summary["p99_bp"] == pytest.approx(np.quantile([1.0, 2.0, 3.0, 10.0], 0.99), rel=1e-15)
 
 
-def test_an_interrupted_error_histogram_write_keeps_the_previous_plot(tmp_path, monkeypatch):
+def test_an_interrupted_error_histogram_write_keeps_the_previous_plot(tmp_path, fill_the_disk):
     # error_hist.png was written in place: a failure midway (a full disk) left it cut short
-    from matplotlib.figure import Figure
-
     from qfnet.surrogate_training import _plot_error_histogram
 
     path = tmp_path / "error_hist.png"
@@ -59,15 +57,7 @@ def test_an_interrupted_error_histogram_write_keeps_the_previous_plot(tmp_path, 
     _plot_error_histogram(errors, path)
     before = path.read_bytes()
 
-    def disk_full(self, target, **kwargs):
-        if hasattr(target, "write"):
-            target.write(before[:4])
-        else:
-            with open(target, "wb") as f:
-                f.write(before[:4])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Figure, "savefig", disk_full)
+    fill_the_disk()
     with pytest.raises(OSError, match="No space left"):
         _plot_error_histogram(errors, path)
     assert path.read_bytes() == before

@@ -67,23 +67,13 @@ def _write_hedge_ratio(out_dir: Path) -> str:
 
 @pytest.mark.parametrize("write", [_write_histograms, _write_hedge_ratio])
 def test_an_interrupted_plot_leaves_the_previous_file_and_no_temporary(
-    write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    write, tmp_path: Path, fill_the_disk
 ) -> None:
     # the plots were saved in place: a write cut short (a full disk) left half a PNG behind
-    from matplotlib.figure import Figure
-
     name = write(tmp_path)
     before = (tmp_path / name).read_bytes()
 
-    def disk_full(self, target, **kwargs):
-        if hasattr(target, "write"):
-            target.write(before[:4])
-        else:
-            with open(target, "wb") as f:
-                f.write(before[:4])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Figure, "savefig", disk_full)
+    fill_the_disk()
     with pytest.raises(OSError, match="No space left"):
         write(tmp_path)
     assert (tmp_path / name).read_bytes() == before

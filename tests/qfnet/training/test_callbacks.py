@@ -270,25 +270,15 @@ def test_a_new_run_stopped_before_its_end_leaves_no_loss_plot_of_the_replaced_ru
 
 
 def test_an_interrupted_loss_plot_write_keeps_the_previous_plot(
-    regression, mlp, sq_error, tmp_path, monkeypatch
+    regression, mlp, sq_error, tmp_path, fill_the_disk
 ):
     # loss.png was written in place: a failure midway (a full disk) left it cut short
-    from matplotlib.figure import Figure
-
     data = regression(n=32)
     config = _lr_config(run_dir=tmp_path, max_epochs=2)
     Trainer(mlp(), loss=sq_error, config=config).fit(data)
     before = (tmp_path / "loss.png").read_bytes()
 
-    def disk_full(self, target, **kwargs):
-        if hasattr(target, "write"):
-            target.write(PNG_MAGIC[:4])
-        else:
-            with open(target, "wb") as f:
-                f.write(PNG_MAGIC[:4])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(Figure, "savefig", disk_full)
+    fill_the_disk()
     with pytest.raises(OSError, match="No space left"):
         Trainer(mlp(), loss=sq_error, config=config).fit(data, resume=True)  # redraws at its end
     assert (tmp_path / "loss.png").read_bytes() == before
