@@ -259,22 +259,29 @@ def test_generate_resume_continues_an_interrupted_generation(app, tmp_path, monk
     assert not (tmp_path / "ds" / "generation.json").exists()
 
 
-def test_generate_resume_with_other_options_names_them_as_options(app, tmp_path, monkeypatch):
-    # another --margin printed both sampling domains whole, naming neither the option nor the
-    # field; another --shard-size was named shard_size
+def _interrupted_generation(app, tmp_path, monkeypatch, model: str) -> list[str]:
+    """The arguments of a 16-option generation into ``tmp_path / "ds"``, run once and killed
+    while making its last shard (the plan and shard 0 stay), for a ``--resume`` to follow."""
     import pricing.datasets as datasets
 
-    args = ["generate", "--model", "sabr", "--n", "16", "--shard-size", "8", "--out",
+    args = ["generate", "--model", model, "--n", "16", "--shard-size", "8", "--out",
             str(tmp_path / "ds")]  # fmt: skip
     real = datasets._make_shard
 
-    def dies(task):  # killed while making the last shard: the plan and shard 0 stay
+    def dies(task):
         if task.index == 1:
             raise OSError("worker lost")
         return real(task)
 
     monkeypatch.setattr(datasets, "_make_shard", dies)
     assert CliRunner().invoke(app, args).exit_code == 1
+    return args
+
+
+def test_generate_resume_with_other_options_names_them_as_options(app, tmp_path, monkeypatch):
+    # another --margin printed both sampling domains whole, naming neither the option nor the
+    # field; another --shard-size was named shard_size
+    args = _interrupted_generation(app, tmp_path, monkeypatch, "sabr")
     cases = {
         ("--margin", "0.1"): "started with --margin 0, not 0.1: ",
         ("--shard-size", "4", "--seed", "1"): "started with --seed 0, not 1; --shard-size 8, not 4: ",
@@ -288,19 +295,7 @@ def test_generate_resume_with_other_options_names_them_as_options(app, tmp_path,
 
 def test_generate_resume_names_a_changed_compile_as_a_flag(app, tmp_path, monkeypatch):
     # it read "started with --compile False, not True": a flag has no value on the command line
-    import pricing.datasets as datasets
-
-    args = ["generate", "--model", "heston", "--n", "16", "--shard-size", "8", "--out",
-            str(tmp_path / "ds")]  # fmt: skip
-    real = datasets._make_shard
-
-    def dies(task):  # killed while making the last shard: the plan and shard 0 stay
-        if task.index == 1:
-            raise OSError("worker lost")
-        return real(task)
-
-    monkeypatch.setattr(datasets, "_make_shard", dies)
-    assert CliRunner().invoke(app, args).exit_code == 1
+    args = _interrupted_generation(app, tmp_path, monkeypatch, "heston")
     result = CliRunner().invoke(app, [*args, "--resume", "--compile", "--seed", "1"])
     assert result.exit_code == 1, result.output
     assert ("started with --seed 0, not 1; without --compile, not with it: resume with the "
