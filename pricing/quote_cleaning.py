@@ -952,6 +952,9 @@ def clean_quotes(
     """
     _check_settings(maturity_range, moneyness_range, n_pairs, tolerance)
     quotes = read_quotes(source, allow_crossed=True, allow_expired=True, dayfirst=dayfirst)
+    if len(quotes.attrs.get("file_lines", [])) != len(quotes):
+        # a table filtered since it was read keeps the file's lines: source_row named others'
+        quotes.attrs.pop("file_lines", None)
     defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     check_one_quote_date(quotes)  # before repeated contracts: two days' quotes are not repeats

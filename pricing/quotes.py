@@ -683,6 +683,11 @@ def read_quotes(
     lines, name = None, None
     if isinstance(source, pd.DataFrame):
         frame = source.copy()
+        if not (source.index.is_unique and source.index.is_monotonic_increasing):
+            # rows sorted or concatenated since they were read keep the attrs of the rows read:
+            # errors named the file lines of other rows
+            for key in ("file_lines", "input_rows"):
+                frame.attrs.pop(key, None)
     else:
         path = Path(source)
         frame, lines = _read_file(path)

@@ -94,7 +94,7 @@ def _synthetic_surface(noise_bp: float = 0.0, seed: int = 0) -> pd.DataFrame:
                            is_call=ratio >= 1).numpy()  # fmt: skip
     iv = iv + noise_bp * 1e-4 * np.random.default_rng(seed).standard_normal(len(iv))
     return pd.DataFrame({"strike": strike, "maturity": t, "spot": forward0, "rate": rate,
-                         "implied_vol": iv})  # fmt: skip
+                         "dividend": 0.0, "implied_vol": iv})  # fmt: skip
 
 
 def test_direct_recovers_known_parameters_from_a_clean_surface() -> None:
@@ -163,7 +163,7 @@ def test_short_dated_low_vol_surface_is_fit_by_the_fast_pricer_alone() -> None:
                            is_call=ratio >= 1).numpy()  # fmt: skip
     keep = otm.numpy() > 1e-6  # quotes worth quoting
     quotes = pd.DataFrame({"strike": strike, "maturity": t, "spot": 100.0, "rate": 0.02,
-                           "implied_vol": iv})[keep]  # fmt: skip
+                           "dividend": 0.0, "implied_vol": iv})[keep]  # fmt: skip
     assert bool((t[keep] < 10 / 365).any())
     fit = calibrate("heston", quotes, method="direct", polish=False)
     np.testing.assert_allclose([fit.params[n] for n in true], list(true.values()), rtol=1e-5)
@@ -284,7 +284,7 @@ def _one_expiry_smile(days: int, params: dict[str, float]) -> pd.DataFrame:
     iv = black_implied_vol(price=otm, forward=1.0, strike=ratio, maturity=torch.tensor(t),
                            is_call=ratio >= 1).numpy()  # fmt: skip
     return pd.DataFrame({"strike": forward * MONEYNESS, "maturity": t, "spot": 100.0,
-                         "rate": 0.02, "implied_vol": iv})  # fmt: skip
+                         "rate": 0.02, "dividend": 0.0, "implied_vol": iv})  # fmt: skip
 
 
 def test_direct_fits_exact_one_expiry_smiles_from_the_scan() -> None:
@@ -635,7 +635,7 @@ def _deep_wing_table() -> pd.DataFrame:
     forward = 100.0 * np.exp(0.02 * t)
     ratio = np.tile(np.exp(np.linspace(-0.765196, 0.593397, 13)), 5)
     return pd.DataFrame({"strike": forward * ratio, "maturity": t, "spot": 100.0, "rate": 0.02,
-                         "implied_vol": np.ravel(DEEP_WING_VOLS)})  # fmt: skip
+                         "dividend": 0.0, "implied_vol": np.ravel(DEEP_WING_VOLS)})  # fmt: skip
 
 
 def test_wings_below_the_fast_pricers_rounding_do_not_steer_the_fit() -> None:
@@ -693,7 +693,8 @@ def test_a_quote_below_the_floor_ends_at_the_reference_optimum(ratio: float, vol
 
     t = 3 / 365.0
     wing = pd.DataFrame({"strike": [100.0 * ratio * math.exp(0.02 * t)], "maturity": [t],
-                         "spot": 100.0, "rate": 0.02, "implied_vol": [vol]})  # fmt: skip
+                         "spot": 100.0, "rate": 0.02, "dividend": 0.0,
+                         "implied_vol": [vol]})  # fmt: skip
     table = pd.concat([_synthetic_surface(), wing], ignore_index=True)
     fit = calibrate("heston", table, global_start="scan")
     x = torch.tensor([[fit.params[n] for n in heston.NAMES]], dtype=torch.float64)
@@ -710,7 +711,7 @@ def test_only_surfaces_with_quotes_below_the_floor_polish_longer(monkeypatch) ->
 
     t = 3 / 365.0
     wing = pd.DataFrame({"strike": [80.0 * math.exp(0.02 * t)], "maturity": [t], "spot": 100.0,
-                         "rate": 0.02, "implied_vol": [0.15]})  # fmt: skip
+                         "rate": 0.02, "dividend": 0.0, "implied_vol": [0.15]})  # fmt: skip
     tables = [_synthetic_surface(noise_bp=50.0), pd.concat([_synthetic_surface(), wing])]
     calls = []
 

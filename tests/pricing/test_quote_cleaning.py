@@ -520,6 +520,18 @@ def test_differing_discounts_name_the_file_lines(tmp_path: Path) -> None:
         clean_quotes(path)
 
 
+def test_a_table_filtered_after_reading_names_no_other_rows_file_lines(tmp_path: Path) -> None:
+    # a read file filtered (its attrs kept the file's lines): cleaning numbered its rows among
+    # those left and named the file lines of the rows first in the file, 3 for the file's line 4
+    table = _chain(103.0, 0.95, 1.0, np.array([95.0, 100.0]))
+    table["discount"] = [0.95, 0.95, 0.95, 0.90]
+    far = table.iloc[[0]].assign(maturity=0.5)
+    pd.concat([far, table], ignore_index=True).to_csv(tmp_path / "q.csv", index=False)
+    read = read_quotes(tmp_path / "q.csv")
+    with pytest.raises(QuoteError, match=r"0\.9 at row 4 and 0\.95 at row 1: one expiry"):
+        clean_quotes(read[read["maturity"] == 1.0])
+
+
 def test_the_carry_note_counts_only_the_expiries_carried_at_rate_0() -> None:
     # two carry expiries, no rate column, one with its own discount: the note said 2 took their
     # forwards from the spot at a rate of 0 (the 1-year one was carried at its discount's rate)

@@ -671,6 +671,15 @@ def test_rows_after_a_quoted_line_break_name_their_own_file_line(tmp_path: Path)
     assert read_quotes(_write(tmp_path, text)).attrs["file_lines"] == [2, 4]
 
 
+def test_rows_sorted_or_concatenated_after_reading_name_no_file_lines(tmp_path: Path) -> None:
+    # attrs follow a table through sort_values and concat: errors named the file lines of the
+    # rows once in those positions (the file's line 2 for its line 4)
+    read = read_quotes(_write(tmp_path, "strike,maturity,spot\n90,1,100\n\n95,1,100\n"))
+    for table in (read.iloc[::-1], pd.concat([read, read])):
+        assert "file_lines" not in read_quotes(table).attrs
+    assert read_quotes(read).attrs["file_lines"] == [2, 4]  # read again: the same rows
+
+
 def test_extra_fields_after_a_blank_line_name_the_data_row(tmp_path: Path) -> None:
     # blank lines counted as rows here, not in every other error: 'row 2' for the first row
     with pytest.raises(QuoteError, match=r"row 1 \(file line 3\): 4 fields, but the header has 3"):
