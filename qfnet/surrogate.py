@@ -365,7 +365,7 @@ def load_surrogate(
 
 def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
     arch = payload["architecture"]
-    dtype = getattr(torch, arch["dtype"])
+    dtype = getattr(torch, arch["dtype"], None)  # a name torch lacks was an AttributeError
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"architecture dtype {arch['dtype']!r} is not a torch dtype")
     net = SurrogateNet(

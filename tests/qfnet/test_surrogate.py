@@ -416,6 +416,7 @@ def test_load_names_a_damaged_or_newer_surrogate_file_as_such(tmp_path):
         "no_state": {k: v for k, v in payload.items() if k != "state_dict"},
         "other_widths": {**payload, "architecture": {**payload["architecture"], "hidden": [8]}},
         "bad_dtype": {**payload, "architecture": {**payload["architecture"], "dtype": "os"}},
+        "no_dtype": {**payload, "architecture": {**payload["architecture"], "dtype": "float7"}},
     }
     for name, broken in damaged.items():
         torch.save(broken, tmp_path / f"{name}.pt")
