@@ -467,6 +467,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the bundled DAX surface and write a report directory."""
     from qfnet.demo import run_demo
+    from qfnet.training.checkpoint import ModelFileError
 
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out}: exists and is not a directory")
@@ -476,8 +477,8 @@ def demo(
         raise fail(f"--out {out}: cannot create the report directory ({error})") from error
     try:
         report = run_demo(out, quick=quick, seed=seed)
-    except FileExistsError as error:  # a folder of the demo's names it did not write
-        raise fail(str(error)) from error
+    except (FileExistsError, ModelFileError) as error:  # a folder it did not write, a damaged
+        raise fail(str(error)) from error  # shipped model (named by its path)
     typer.echo(report.read_text())
     typer.echo(f"report: {report.resolve()}")
 

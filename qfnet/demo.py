@@ -30,7 +30,7 @@ from pricing.quotes import read_quotes
 from qfnet._paths import data_dir
 from qfnet.calibration_notes import calibration_notes
 from qfnet.price_rows import price_table
-from qfnet.training.checkpoint import write_text_atomically
+from qfnet.training.checkpoint import ModelFileError, write_text_atomically
 
 __all__ = ["DAX_SURFACE", "DemoSettings", "otm_surface", "run_demo", "sabr_beyond_hagan"]
 
@@ -233,6 +233,8 @@ def _calibration_stage(out: Path, seed: int) -> tuple[list[str], dict[str, float
         try:
             with _warnings_kept(warned, f"`{method}`"):
                 results[method] = result = calibrate("heston", quotes, method=method, seed=seed)
+        except ModelFileError:  # a damaged shipped model: named, not "not applicable" (then
+            raise  # a KeyError on the missing direct fit)
         except ValueError as error:  # e.g. quotes outside the surrogate's domain
             rows.append(_calibration_row("heston", method, None, f"not applicable: {error}"))
             continue

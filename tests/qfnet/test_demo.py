@@ -51,3 +51,17 @@ def test_the_hedging_columns_are_explained_with_the_run_numbers():
     assert "(no liquidation at expiry)" in turnover and "`learned` 0.812, `delta` 1.94" in turnover
     assert cost.startswith("- `cost`: transaction costs paid per path")
     assert "5 bp of each trade's value" in cost and "`learned` 0.00031, `delta` 0.00075" in cost
+
+
+def test_a_damaged_shipped_network_is_named_not_a_key_error(tmp_path, monkeypatch) -> None:
+    # every Heston method that reads the network failed on it and was "not applicable", and
+    # the report's direct fit then raised KeyError('direct')
+    import qfnet.calibration_network_method as network_method
+    from qfnet.demo import _calibration_stage
+    from qfnet.training.checkpoint import ModelFileError
+
+    network = tmp_path / "network.pt"
+    network.write_bytes(b"not a zip archive")
+    monkeypatch.setattr(network_method, "default_path", lambda: network)
+    with pytest.raises(ModelFileError, match=f"^{network} is not a readable calibration network"):
+        _calibration_stage(tmp_path, seed=0)
