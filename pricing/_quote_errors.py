@@ -57,7 +57,16 @@ class QuoteWarning(UserWarning):
     :func:`pricing.quote_cleaning.forward_notes` and
     :func:`pricing.quote_cleaning.day_maturity_note`, warned where no report or command prints
     them (:func:`pricing.calibration.calibrate` on a table it prepares), and filtered by that
-    category where one does."""
+    category where one does.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warnings.warn("no rate column: ...", QuoteWarning)
+        >>> caught[0].category.__name__, issubclass(QuoteWarning, UserWarning)
+        ('QuoteWarning', True)
+    """
 
 
 # Named where it is public, as before the split: tracebacks print pricing.quotes.QuoteError.
