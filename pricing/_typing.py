@@ -20,6 +20,7 @@ __all__ = [
     "call_flag",
     "call_flags",
     "check_numbers",
+    "coarsest_eps",
     "common_dtype_device",
     "is_call_tensor",
     "named_tensors",
@@ -149,6 +150,32 @@ def real_tensor(
     if not array.flags.writeable:  # a read-only array (a pandas column of a parquet table):
         array = array.copy()  # shared with the tensor, torch warned of undefined behaviour
     return torch.as_tensor(array, dtype=dtype, device=device)
+
+
+def coarsest_eps(*values: object) -> float:
+    """Machine epsilon of the least precise floating-point value as given (a tensor's, a numpy
+    array's or scalar's dtype; float64's for Python numbers and integers): the rounding that
+    inputs converted to float64 still carry (a float32 time of 0.7 is 0.69999999 in float64).
+
+    Examples:
+        >>> coarsest_eps(0.7, [0.1, 0.2]) == torch.finfo(torch.float64).eps
+        True
+        >>> coarsest_eps(np.float32(0.7), 0.3) == torch.finfo(torch.float32).eps
+        True
+    """
+    eps = torch.finfo(torch.float64).eps
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point():
+                eps = max(eps, torch.finfo(value.dtype).eps)
+            continue
+        try:
+            dtype = np.asarray(value).dtype
+        except (TypeError, ValueError, RuntimeError):  # refused by name where it is converted
+            continue
+        if np.issubdtype(dtype, np.floating):
+            eps = max(eps, float(np.finfo(dtype).eps))
+    return eps
 
 
 def check_numbers(**named: object) -> None:

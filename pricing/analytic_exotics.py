@@ -21,6 +21,7 @@ from pricing._typing import (
     DEFAULT_DTYPE,
     TensorLike,
     call_flag,
+    coarsest_eps,
     common_dtype_device,
     named_tensors,
     real_scalar,
@@ -232,15 +233,16 @@ def discrete_asian_price(
 
     The option pays ``(A - K)^+`` (call) at the last fixing time, ``A`` the average of the spot at
     the ``M`` ``fixing_times``. At ``time`` the fixings at or before it are known (their sum is
-    ``running_sum``; a fixing within rounding, ``1e-12`` of the last fixing time, of ``time`` is at
-    it: a grid's 0.30000000000000004 against a fixing at 0.3); the sum ``R`` of those after it, at
-    ``u_i = t_i - time``, is replaced by the lognormal variable with its exact first two moments:
-    ``E[R] = S sum_i w_i`` with ``w_i = e^{(r - q) u_i}``, and ``Var(R) / E[R]^2 = sum_i w_i
-    (e^{sigma^2 u_i} - 1) (2 C_i - w_i) / (sum_i w_i)^2`` with ``C_i = sum_{k >= i} w_k`` (a sum of
-    positive terms: no cancellation at low volatility). The option is ``1 / M`` of Black's on ``R``
-    struck at ``K' = M K - running_sum``; for ``K' <= 0`` the call is ``1 / M`` of a forward, the
-    put worthless. With one fixing left the fit is exact: ``1 / M`` of the European struck at
-    ``K'``.
+    ``running_sum``; a fixing within rounding of ``time`` is at it: within ``1e-12`` of the last
+    fixing time in float64, a grid's 0.30000000000000004 against a fixing at 0.3, and a few
+    epsilons of a coarser ``time`` or ``fixing_times``, float32's 0.69999999 against 0.7); the
+    sum ``R`` of those after it, at ``u_i = t_i - time``, is replaced by the lognormal variable
+    with its exact first two moments: ``E[R] = S sum_i w_i`` with ``w_i = e^{(r - q) u_i}``, and
+    ``Var(R) / E[R]^2 = sum_i w_i (e^{sigma^2 u_i} - 1) (2 C_i - w_i) / (sum_i w_i)^2`` with
+    ``C_i = sum_{k >= i} w_k`` (a sum of positive terms: no cancellation at low volatility).
+    The option is ``1 / M`` of Black's on ``R`` struck at ``K' = M K - running_sum``; for
+    ``K' <= 0`` the call is ``1 / M`` of a forward, the put worthless. With one fixing left the
+    fit is exact: ``1 / M`` of the European struck at ``K'``.
 
     Args:
         spot: spot price at ``time``, > 0.
@@ -282,10 +284,10 @@ def discrete_asian_price(
     dtype = tensors[0].dtype  # of the result; the formula runs in float64, as Levy's
     s, k, vol, now, past = (v.to(torch.float64) for v in tensors)
     t = real_tensor("fixing_times", fixing_times, dtype=torch.float64, device=s.device).flatten()
-    _check_schedule(t, now)
     # a fixing an ulp after time was a fixing to come, its value in running_sum counted again
-    # (25.19 for 2.50) or, left out of it, fitted into the lognormal (2.509)
-    same = _SAME_TIME * float(t[-1])
+    # (25.19 for 2.50) or, left out of it, fitted into the lognormal (2.509); a float32 time's
+    # rounding (0.69999999 for a fixing at 0.7) is some 1e-8 of it, past float64's 1e-12
+    same = _check_schedule(t, now, _same_time(time, fixing_times))
     check_positive(spot=s, strike=k, volatility=vol)
     check_nonnegative(running_sum=past)
     # the schedule's terms on time's own shape (a grid's (T,) stays (T, M), not (N, T, M))
@@ -329,20 +331,33 @@ def _discrete_moments(
     return u, w.sum(-1), w * (2.0 * tail - w)
 
 
-def _check_schedule(t: torch.Tensor, now: torch.Tensor) -> None:
-    """Fixing times finite, >= 0 and increasing; every valuation time >= 0 and before the last."""
+def _check_schedule(t: torch.Tensor, now: torch.Tensor, rounding: float) -> float:
+    """Fixing times finite, >= 0 and increasing; every valuation time >= 0 and before the last
+    by more than ``same = rounding * last``, the years returned."""
     if t.numel() == 0:
         raise ValueError("fixing_times must hold at least one fixing; got none")
     check_nonnegative(fixing_times=t)
     check_where("fixing_times", t[1:], t[1:] > t[:-1], "increasing")
     last = float(t[-1])
-    check_where("time", now, (now >= 0) & (now < last - _SAME_TIME * last),
+    same = rounding * last
+    check_where("time", now, (now >= 0) & (now < last - same),
                 f"in [0, last fixing = {last})")  # fmt: skip
+    return same
 
 
 _SAME_TIME = 1e-12
 """A fixing within this fraction of the last fixing time of ``time`` is at ``time`` (known): the
-rounding of a time grid built another way than the schedule."""
+rounding of a time grid built another way than the schedule; in float64, and
+:data:`_SAME_TIME_EPS` machine epsilons of a coarser ``time`` or ``fixing_times``."""
+_SAME_TIME_EPS = 8.0
+
+
+def _same_time(time: object, fixing_times: object) -> float:
+    """The fraction of the last fixing time within which a fixing is at ``time``: the larger of
+    :data:`_SAME_TIME` and :data:`_SAME_TIME_EPS` epsilons of the coarser input (float32's
+    9.5e-7: a float32 ``time`` of 0.7, 0.69999999, left the fixing at 0.7 to come and counted
+    it twice, once in ``running_sum``: 20.00 for 0.71)."""
+    return max(_SAME_TIME, _SAME_TIME_EPS * coarsest_eps(time, fixing_times))
 
 
 _QUADRATURE_NODES = 32

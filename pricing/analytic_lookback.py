@@ -17,6 +17,7 @@ from pricing._special import log_ndtr, ndtr
 from pricing._typing import (
     TensorLike,
     call_flag,
+    coarsest_eps,
     common_dtype_device,
     named_tensors,
     real_number,
@@ -37,6 +38,10 @@ a day to 100 years and vols of 0.1% to 200%, against 80-digit arithmetic). A fix
 was 1.7e-5 off for a 100-year lookback at 0.1% vol, 1.7e-6 at 10 years, and up to 1e-8 at a
 day and 200% vol; moving ``b`` to 1e-7, before that, 4e-7 to 1e-5 off at ``r = q``."""
 _SAME_TIME = 1e-9  # relative: a hedging grid's last time to expiry rounds off its step
+_SAME_TIME_EPS = 8.0
+"""A maturity within the larger of :data:`_SAME_TIME` and this many machine epsilons of the
+coarser of ``maturity`` and ``interval`` below the interval is the interval: a float32
+maturity of 0.7 (0.69999999) was refused against an interval of 0.7."""
 
 
 def lookback_price(
@@ -172,6 +177,7 @@ def discrete_lookback_price(
         >>> bool(discrete_lookback_price(**args, interval=1 / 12) < lookback_price(**args))
         True
     """
+    rounding = max(_SAME_TIME, _SAME_TIME_EPS * coarsest_eps(maturity, interval))
     interval = real_number("interval", interval)
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval}")
@@ -183,7 +189,11 @@ def discrete_lookback_price(
     # an interval past the expiry moved the extremum as for dates that do not exist: a fixed
     # strike call at the money 6.6e-5 for 3.78 (its European floor) at 5 years for 0.1
     t_in = named_tensors(maturity=maturity)[0]
-    check_where("maturity", t_in, ~(t_in * (1.0 + _SAME_TIME) < interval),
+    # first: a maturity of 0 (or NaN, which passed the comparison) is no maturity at all, and it
+    # was "must be >= interval"
+    check_positive(maturity=t_in)
+    # in float64: compared with a float32 maturity the interval was rounded to float32 as well
+    check_where("maturity", t_in, t_in.to(torch.float64) * (1.0 + rounding) >= interval,
                 f">= interval = {interval} (the expiry is the last monitored date)")  # fmt: skip
     maximum = (kind == "floating") != is_call
     sign = -1.0 if maximum else 1.0

@@ -26,6 +26,7 @@ from pricing.calibration import (
     register_method,
 )
 from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from pricing.quote_cleaning import FORWARD_ROUNDING
 from pricing.quotes import QuoteError, shifts
 from pricing.sabr import lognormal_vol
 
@@ -62,8 +63,6 @@ deviations away; with this rule 2 did (2.9 and 8.8 bp). Smiles with a strike at 
 # relative of the optimum (scipy's least_squares stops at 1e-8).
 _TOLERANCES = {"ftol": 1e-10, "xtol": 1e-10, "gtol": 1e-12}
 _NAMES = MODEL_PARAMETERS["sabr"]
-_FORWARD_RTOL = 1e-9
-"""Forwards of one expiry further apart than this (relative) are two smiles, not one."""
 _BOX = {"beta": (0.0, 1.0), "rho": (-0.9999, 0.9999), "nu": (1e-8, 10.0)}
 """Default bounds of both fitters (alpha's are each fitter's own)."""
 
@@ -100,6 +99,11 @@ class SmileBatch:
 def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     """Group a prepared quote table by expiry into padded tensors.
 
+    An expiry's forward is the mean of its rows' ``forward`` values, which must agree within
+    :data:`pricing.quote_cleaning.FORWARD_ROUNDING` of the (shifted) forward; its ``shift``
+    is one value, and one of its quotes at least has a positive weight (else a
+    :class:`pricing.quotes.QuoteError`).
+
     Shape:
         Output tensors ``(E, 1)`` or ``(E, M)`` for E expiries of at most M strikes.
 
@@ -122,9 +126,12 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     w = np.asarray(weights, dtype=float)[order]
     f_row = quotes["forward"].to_numpy(float)[order]
     varies = np.maximum.reduceat(shift, first) > np.minimum.reduceat(shift, first)
-    # forwards from one curve agree to rounding; two smiles under one maturity were averaged
+    # forwards of one expiry agree to FORWARD_ROUNDING, as parity_forwards reads them (100.0
+    # beside 100.04 passed there and was refused here, at 1e-9): their mean is the smile's
+    # forward; two smiles under one maturity were averaged
     f_spread = np.maximum.reduceat(f_row, first) - np.minimum.reduceat(f_row, first)
-    forward_varies = f_spread > _FORWARD_RTOL * np.maximum.reduceat(np.abs(f_row), first)
+    scale = np.maximum.reduceat(np.abs(f_row + shift), first)  # of the shifted forward
+    forward_varies = f_spread > FORWARD_ROUNDING * scale * (1 + 1e-9)
     unweighted = ~np.maximum.reduceat(w > 0, first)
     for e in np.flatnonzero(varies | forward_varies | unweighted)[:1]:
         t0, rows = maturity[groups[e][0]], slice(first[e], first[e] + counts[e])
@@ -135,7 +142,9 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
         if forward_varies[e]:
             raise QuoteError(f"expiry T={t0:.6g}: forward varies within the smile "
                              f"({f_row[rows].min():.10g} to {f_row[rows].max():.10g}); SABR "
-                             "fits one forward per expiry", column="forward")  # fmt: skip
+                             "fits one forward per expiry (values within "
+                             f"{FORWARD_ROUNDING:.2%} of it are read as rounding)",
+                             column="forward")  # fmt: skip
         raise QuoteError(f"expiry T={t0:.6g}: every quote has weight 0; SABR fits each expiry on "
                          "its own (drop the expiry or weight it)", column="weight")  # fmt: skip
     forward = np.add.reduceat(f_row, first) / counts

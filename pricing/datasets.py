@@ -36,6 +36,7 @@ from pricing import _generation
 from pricing._atomic import replace_atomically
 from pricing._generation import ResumeMismatch
 from pricing._labels import ENGINES, check_compile, label, unlabelled_reason
+from pricing._typing import coarsest_eps
 from pricing._validation import (
     check_device,
     check_positive_int,
@@ -178,7 +179,7 @@ class Domain:
         """Yield ``(field, outside mask, bounds text)`` for each field of a query. Queries in a
         lower precision than float64 get edges as wide as their own rounding (an edge point
         given in float32 is 6e-8 off it)."""
-        rtol = max(self.rtol, 4.0 * _coarsest_eps(columns.values() if inputs is None else inputs))
+        rtol = max(self.rtol, 4.0 * coarsest_eps(*(columns.values() if inputs is None else inputs)))
         arrays = _broadcast_columns(columns, self.input_names)
         for name in (*self.param_names, "maturity"):
             low, high = self.bounds(name)
@@ -292,18 +293,6 @@ def _widen(name: str, low: float, high: float, margin: float) -> tuple[float, fl
         new_low = max(new_low, min(limits[0], low))
         new_high = min(new_high, max(limits[1], high))
     return new_low, new_high
-
-
-def _coarsest_eps(values: Any) -> float:
-    """Machine epsilon of the least precise floating input (float64's for plain numbers)."""
-    eps = float(np.finfo(np.float64).eps)
-    for value in values:
-        dtype = value.dtype if isinstance(value, (torch.Tensor, np.ndarray)) else None
-        if dtype is not None and (dtype.is_floating_point if isinstance(dtype, torch.dtype)
-                                  else np.issubdtype(dtype, np.floating)):  # fmt: skip
-            info = torch.finfo(dtype) if isinstance(dtype, torch.dtype) else np.finfo(dtype)
-            eps = max(eps, float(info.eps))
-    return eps
 
 
 def _within(x: np.ndarray, low: float, high: float, rtol: float) -> np.ndarray:

@@ -388,16 +388,34 @@ def iv(
         result[column] = _on_rows(~expired, prepared[column].to_numpy(float), np.nan)
     result["implied_vol"], result["status"] = vol, status
     write_table(result, out)
-    n_bad, n_flagged = int(np.isnan(vol).sum()), int(((status != "ok") & ~np.isnan(vol)).sum())
+    n_flagged = int(((status != "ok") & ~np.isnan(vol)).sum())
     rows = "row" if len(result) == 1 else "rows"
     flagged = f", {n_flagged} solved with a caveat in their status" if n_flagged else ""
-    typer.echo(f"implied vols for {len(result)} {rows} ({n_bad} unsolvable{flagged}) -> "
+    typer.echo(f"implied vols for {len(result)} {rows} ({_unsolved(vol, status)}{flagged}) -> "
                f"{out}{kept}")  # fmt: skip
     # forwards of a spot carried at a rate read as 0 gave vols off by points, without a word
     notes = [*forward_notes(prepared, sources, table.attrs.get("defaulted", [])),
              day_maturity_note(live, live_vol)]  # fmt: skip
     for note in filter(None, notes):
         typer.echo(f"  note: {note}")
+
+
+_UNSOLVED = {EXPIRED: "expired", CROSSED: "crossed", NO_PRICE: "without a price"}
+"""The statuses of rows :func:`iv` does not solve, by the name its summary counts them under;
+the other NaN vols are rows without a solution (a price outside the no-arbitrage bounds...)."""
+
+
+def _unsolved(vol: np.ndarray, status: np.ndarray) -> str:
+    """``N unsolved: a expired, b crossed, c without a price, d without a solution`` (the
+    categories with rows only) of the NaN ``vol`` ``(R,)`` by their ``status`` ``(R,)``: all of
+    them were "N unsolvable", expired and crossed rows, which were not solved, among them."""
+    unsolved = np.isnan(vol)
+    counts = {
+        name: int((unsolved & (status == reason)).sum()) for reason, name in _UNSOLVED.items()
+    }
+    counts["without a solution"] = int(unsolved.sum()) - sum(counts.values())
+    parts = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+    return f"{int(unsolved.sum())} unsolved" + (f": {parts}" if parts else "")
 
 
 def _without_crossed_prices(table: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from pricing import black_scholes as bs
+from pricing._typing import coarsest_eps
 from pricing._validation import (
     PARAMETER_DOMAINS,
     check_nonnegative,
@@ -327,27 +328,15 @@ def black_vols(
                                            discount=d, is_call=call)  # fmt: skip
     in_the_money = call != (k >= f)
     intrinsic = d * torch.where(call, f - k, k - f).clamp_min(0.0)
-    eps = _input_eps(prices, forward, strike, discount, shift)
+    # a float32 price rounds 5e8 times coarser than the float64 the vols are solved in (its deep
+    # in-the-money puts, whose time value was that rounding, came out "ok" with vols 20x too high)
+    eps = coarsest_eps(prices, forward, strike, discount, shift)
     lost = in_the_money & ((price - intrinsic).abs() <= 64 * eps * price.abs())
     status = np.array([bs.IV_STATUS[int(c)] for c in code.tolist()], dtype=object)
     status[lost.numpy()] = TIME_VALUE_LOST
     zero = (vol == 0) & ~lost  # a price at its lower bound: no time value, no vol to read
     status[zero.numpy()] = NO_TIME_VALUE
     return torch.where(lost | zero, torch.nan, vol).numpy(), status
-
-
-def _input_eps(*values: torch.Tensor | np.ndarray | float) -> float:
-    """Machine epsilon of the coarsest floating-point input: a float32 price rounds 5e8 times
-    coarser than the float64 the vols are solved in (its deep in-the-money puts, whose time value
-    was that rounding, came out "ok" with vols 20 times too high)."""
-    eps = torch.finfo(torch.float64).eps
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            if value.is_floating_point():
-                eps = max(eps, torch.finfo(value.dtype).eps)
-        elif np.issubdtype(np.asarray(value).dtype, np.floating):
-            eps = max(eps, float(np.finfo(np.asarray(value).dtype).eps))
-    return eps
 
 
 def add_implied_vols(

@@ -192,6 +192,33 @@ def test_discrete_lookback_refuses_an_interval_past_the_expiry(kind: str) -> Non
 
 
 @pytest.mark.parametrize(
+    "maturity",
+    [np.float32(0.7), np.array([0.7, 1.4], dtype=np.float32),
+     torch.tensor([0.7, 1.4], dtype=torch.float32)],
+    ids=["numpy-scalar", "numpy-array", "tensor"],
+)  # fmt: skip
+def test_discrete_lookback_accepts_a_float32_maturity_a_rounding_below_the_interval(
+    maturity: object,
+) -> None:
+    # Regression: the tolerance was 1e-9 whatever the dtype: float32's 0.7 (0.69999999) was
+    # refused as "maturity must be >= interval = 0.7"
+    args = {"spot": 100.0, "running_extremum": 100.0, "volatility": 0.3, "interval": 0.7}
+    price = discrete_lookback_price(**args, maturity=maturity)
+    exact = discrete_lookback_price(**args, maturity=[0.7, 1.4])
+    torch.testing.assert_close(price.double(), exact[: price.numel()].reshape(price.shape),
+                               rtol=1e-5, atol=0.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("maturity", [0.0, -1.0, math.nan, math.inf])
+def test_discrete_lookback_names_an_invalid_maturity_before_the_interval(maturity: float) -> None:
+    # Regression: 0 and -1 were "must be >= interval" (the interval's check came first), and
+    # NaN passed that check
+    with pytest.raises(ValueError, match=r"maturity must be finite and > 0"):
+        discrete_lookback_price(spot=100.0, running_extremum=100.0, volatility=0.3,
+                                maturity=[1.0, maturity], interval=0.1)  # fmt: skip
+
+
+@pytest.mark.parametrize(
     ("kind", "strike", "extremum"), [("floating", None, 0.97), ("fixed", 105.0, 1.03)]
 )
 def test_discrete_lookback_of_float32_inputs_is_float32(

@@ -269,6 +269,21 @@ def test_sabr_forward_must_be_one_per_expiry() -> None:
     assert calibrate("sabr", near).params["forward"] == [pytest.approx(100.0, rel=1e-12)]
 
 
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_sabr_fits_forwards_within_rounding_at_their_mean(method: str) -> None:
+    # Regression: 100.0 beside 100.04 (within FORWARD_ROUNDING, 0.05%) passed the quote check,
+    # each row kept its own, and SABR's own check (1e-9) refused them: "forward varies"
+    near = _smile().assign(forward=[100.0, 100.04] * 3 + [100.0])
+    fit = calibrate("sabr", near, method=method)
+    assert fit.params["forward"] == [pytest.approx(near["forward"].mean(), rel=1e-12)]
+    assert fit.rmse_iv_bp < 5.0  # the vols are those of forward 100: 0.04% off it
+    # beyond the rounding, two smiles: refused (a prepared table reaches SABR's own check)
+    apart = _smile().assign(forward=[100.0, 100.06] * 3 + [100.0])
+    prepared = apart.assign(market_iv=apart["implied_vol"], option_type="call")
+    with pytest.raises(QuoteError, match=r"forward varies within the smile \(100 to 100.06\)"):
+        calibrate("sabr", prepared, method=method)
+
+
 def test_editing_implied_vol_after_cleaning_is_what_gets_fitted() -> None:
     from pricing.quote_cleaning import clean_quotes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,28 @@ def test_a_fixing_within_rounding_of_the_valuation_time_is_known(
         torch.testing.assert_close(
             discrete_asian_price(time=time, **args), at, rtol=1e-12, atol=0.0
         )
+
+
+SCHEDULE = [0.1, 0.3, 0.5, 0.7, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("time", "fixing_times", "exact_time", "running_sum"),
+    [(np.float32(0.7), SCHEDULE, 0.7, 400.0),
+     (torch.tensor([0.7], dtype=torch.float32), SCHEDULE, 0.7, 400.0),
+     (0.3, np.array(SCHEDULE, dtype=np.float32), 0.3, 200.0)],  # 0.30000001 against 0.3
+    ids=["numpy-float32-time", "float32-tensor-time", "float32-schedule"],
+)  # fmt: skip
+def test_a_fixing_within_float32_rounding_of_the_valuation_time_is_known(
+    time: object, fixing_times: object, exact_time: float, running_sum: float
+) -> None:
+    # Regression: the tolerance was float64's 1e-12 whatever the inputs: a float32 time of 0.7
+    # (0.69999999) left the fixing at 0.7 to come, counted again on top of running_sum (20.00
+    # for 0.71)
+    args = {"spot": 100.0, "strike": 100.0, "volatility": 0.2, "running_sum": running_sum}
+    exact = discrete_asian_price(time=exact_time, fixing_times=SCHEDULE, **args)
+    rounded = discrete_asian_price(time=time, fixing_times=fixing_times, **args)
+    torch.testing.assert_close(rounded.double().reshape(()), exact, rtol=1e-5, atol=0.0)
 
 
 @pytest.mark.parametrize(

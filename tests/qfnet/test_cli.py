@@ -882,6 +882,22 @@ def test_iv_gives_a_crossed_row_a_status_and_solves_the_others(tmp_path):
     assert ivs["implied_vol"][0] > 0 and pd.isna(ivs["implied_vol"][1])
 
 
+def test_iv_summary_counts_unsolved_rows_by_reason(tmp_path):
+    # the summary's "(N unsolvable)" counted expired and crossed rows, never solved, with the
+    # prices no vol reproduces
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 100.0, 100.0, 80.0, 110.0],
+                          "maturity": [1.0, 1.0, 0.0, 1.0, 1.0], "forward": 100.0,
+                          "discount": 1.0, "bid": [12.0, 9.0, 1.0, 1.0, 3.0],
+                          "ask": [12.5, 8.0, 1.2, 1.2, None]})  # fmt: skip
+    path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
+    table.to_csv(path, index=False)
+    result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out)["implied_vol"].isna().tolist() == [False, True, True, True, True]
+    assert ("(4 unsolved: 1 expired, 1 crossed, 1 without a price, 1 without a solution)"
+            in result.output)  # fmt: skip
+
+
 def test_iv_leaves_a_crossed_quote_out_of_the_parity_forward(tmp_path):
     # one stale put (bid 8.15 > ask 8.05, its mid 3 above its value) made the parity forward:
     # every other vol of the expiry moved by up to 2.4 points, each with the status ok
@@ -945,7 +961,7 @@ def test_iv_flags_a_zero_bid_whose_vol_is_the_mid_of_zero_and_the_ask(tmp_path):
     assert ivs["status"][0] == "ok" and ivs["status"][1].startswith("zero bid: the vol is the mid")
     assert ivs["status"][2] == "ok"  # the file's own mid is what was solved
     assert (ivs["implied_vol"] > 0).all()
-    assert "(0 unsolvable, 1 solved with a caveat in their status)" in result.output
+    assert "(0 unsolved, 1 solved with a caveat in their status)" in result.output
 
 
 def test_iv_gives_options_expiring_on_the_quote_date_a_status_and_solves_the_others(tmp_path):
