@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ GRID_LOG_MONEYNESS = (
     * _Z_SCALE
     * torch.sqrt(torch.tensor(MATURITIES, dtype=torch.float64)[:, None])
 ).reshape(-1)  # (66,), maturity-major
+_GRID_LOG_MONEYNESS = f"z*{_Z_SCALE}*sqrt(T)"
 _FORMAT = "qfnet.heston_calibration_network/1"
 
 
@@ -361,7 +363,7 @@ def save_network(net: CalibrationNetwork, path: str | Path, **info: Any) -> None
         "grid": {
             "maturities": list(MATURITIES),
             "z": list(Z),
-            "log_moneyness": "z*0.2*sqrt(T)",
+            "log_moneyness": _GRID_LOG_MONEYNESS,
             "order": "maturity-major",
             "vols": "Black implied vols, forward 1",
         },
@@ -407,6 +409,7 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
         net = CalibrationNetwork(hidden=arch["hidden"], activation=arch["activation"],
                                  box=metadata["box"])  # fmt: skip
         net.load_state_dict(payload["state_dict"])
+        _check_loaded(net, metadata["box"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         reason = f"{path} is a damaged Heston calibration network: {damage_summary(exc)}"
         raise ModelFileError(path, reason) from exc
@@ -434,12 +437,41 @@ def _network_metadata(payload: Any, path: Path) -> dict[str, Any]:
     if metadata.get("names") != list(NAMES):
         raise damaged(f"field 'names' is {metadata.get('names')!r}, not {list(NAMES)}")
     grid = metadata.get("grid")
-    expected = {"maturities": list(MATURITIES), "z": list(Z), "order": "maturity-major"}
+    expected = {"maturities": list(MATURITIES), "z": list(Z), "order": "maturity-major",
+                "log_moneyness": _GRID_LOG_MONEYNESS}  # fmt: skip
     if not (isinstance(grid, dict) and all(grid.get(k) == v for k, v in expected.items())):
         raise damaged(f"field 'grid' is not this qfnet's grid (maturities "
                       f"{[round(t, 4) for t in MATURITIES]}, z {Z[0]} .. {Z[-1]} by "
-                      f"{Z[1] - Z[0]}, maturity-major)")  # fmt: skip
+                      f"{Z[1] - Z[0]}, log-moneyness {_GRID_LOG_MONEYNESS}, "
+                      "maturity-major)")  # fmt: skip
+    box = metadata.get("box")
+    if not (isinstance(box, dict) and sorted(box) == sorted(NAMES)):
+        found = sorted(box) if isinstance(box, dict) else box
+        raise damaged(f"field 'box' must bound exactly {list(NAMES)}, got {found!r}")
+    for name in NAMES:  # an inverted or NaN pair loaded without a word
+        pair = box[name]
+        if not (isinstance(pair, list) and len(pair) == 2 and _finite_below(*pair)):
+            raise damaged(f"field 'box' {name!r} must be [low, high], finite numbers with "
+                          f"low < high, got {pair!r}")  # fmt: skip
     return metadata
+
+
+def _finite_below(low: Any, high: Any) -> bool:
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high))
+    return numbers and math.isfinite(low) and math.isfinite(high) and low < high
+
+
+def _check_loaded(net: CalibrationNetwork, box: Mapping[str, Sequence[float]]) -> None:
+    """The loaded bounds and input scaler (``to_params`` and ``forward`` use the state_dict's
+    buffers, not the metadata): the box the file names, finite scales > 0 (NaN parameters
+    otherwise)."""
+    lower, upper = _box_tensors(box)
+    if not (torch.equal(net.lower, lower) and torch.equal(net.upper, upper)):
+        raise ValueError(f"field 'box' is not the weights' bounds (state_dict lower "
+                         f"{net.lower.tolist()}, upper {net.upper.tolist()})")  # fmt: skip
+    mean, std = net.input_mean, net.input_std
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0.0).all()):
+        raise ValueError("state_dict 'input_mean' and 'input_std' must be finite, the std > 0")
 
 
 def surface_from_quotes(quotes: pd.DataFrame) -> torch.Tensor:

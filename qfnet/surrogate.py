@@ -63,6 +63,9 @@ __all__ = [
 
 FORMAT = "qfnet-surrogate"
 FORMAT_VERSION = 1
+FEATURES = "base-vol log-ratio v1"
+"""Name of the feature map :meth:`SurrogateNet.features` computes (a file's ``features`` field)."""
+_READ_FEATURES = (FEATURES,)  # every feature map a qfnet surrogate file has named
 DEFAULT_SURROGATE = data_dir() / "surrogates" / "heston_default"
 """Directory of the shipped default Heston surrogate (``model.pt`` inside; ``$QFNET_DATA``
 relocates the ``data/`` folder, see :mod:`qfnet._paths`)."""
@@ -302,7 +305,7 @@ def save_surrogate(
             "hidden": list(net.hidden),
             "activation": net.activation,
             "dtype": str(net.mlp.head.weight.dtype).removeprefix("torch."),
-            "features": "base-vol log-ratio v1",
+            "features": FEATURES,
             "base": net.base,
         },
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
@@ -323,9 +326,10 @@ def load_surrogate(
     Raises:
         FileNotFoundError: no such file.
         qfnet.training.checkpoint.ModelFileError: (a ValueError) the file is not a qfnet
-            surrogate of this format version, or is corrupt (cut, a damaged byte: the archive's
-            checksums are verified, or a missing field), or is a directory without a
-            ``model.pt``: the message names the file.
+            surrogate of this format version, names a feature map this qfnet does not compute,
+            or is corrupt (cut, a damaged byte: the archive's checksums are verified, a missing
+            field, a dtype other than its weights', scalers not finite or a std <= 0), or is a
+            directory without a ``model.pt``: the message names the file.
         ValueError: ``device`` is not a torch device here (``"cuda"`` without CUDA).
 
     Examples:
@@ -354,6 +358,7 @@ def load_surrogate(
     if type(version) is not int or version != FORMAT_VERSION:
         raise ModelFileError(target, f"{target} is {FORMAT} version {version!r}; this qfnet "
                              f"reads version {FORMAT_VERSION}")  # fmt: skip
+    _check_features(payload, target)
     try:
         net = _from_payload(payload)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a field missing or damaged
@@ -363,11 +368,33 @@ def load_surrogate(
     return net.eval().to(device) if device is not None else net.eval()
 
 
+def _check_features(payload: Mapping[str, Any], target: Path) -> None:
+    """Refuse a file whose weights were trained on a feature map this qfnet does not compute
+    (``features`` edited to "foo" loaded without a word)."""
+    arch = payload.get("architecture")
+    if not isinstance(arch, dict):
+        return  # named as a missing or damaged field by _from_payload
+    features = arch.get("features")
+    if features not in _READ_FEATURES:
+        raise ModelFileError(target, f"{target}: field architecture.features is {features!r}, "
+                             f"a feature map this qfnet does not compute (it reads "
+                             f"{' or '.join(map(repr, _READ_FEATURES))})")  # fmt: skip
+
+
 def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
     arch = payload["architecture"]
     dtype = getattr(torch, arch["dtype"], None)  # a name torch lacks was an AttributeError
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"architecture dtype {arch['dtype']!r} is not a torch dtype")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"architecture dtype {arch['dtype']!r} is not a torch floating dtype")
+    state = payload["state_dict"]
+    if not isinstance(state, Mapping):  # its .items() below was an AttributeError traceback
+        raise TypeError(f"field 'state_dict' must be a mapping, got {type(state).__name__}")
+    weights = {v.dtype for k, v in state.items()
+               if k.startswith("mlp.") and isinstance(v, torch.Tensor)}  # fmt: skip
+    if weights - {dtype}:  # "bfloat16" over float32 weights rounded them without a word
+        found = sorted(str(w).removeprefix("torch.") for w in weights)
+        raise ValueError(f"architecture dtype {arch['dtype']!r} is not its weights' dtype "
+                         f"({', '.join(found)})")  # fmt: skip
     net = SurrogateNet(
         Domain.from_dict(payload["domain"]),
         hidden=arch["hidden"],
@@ -375,12 +402,25 @@ def _from_payload(payload: Mapping[str, Any]) -> SurrogateNet:
         dtype=dtype,
         base=arch.get("base", _LEGACY_BASE[payload["model"]]),
     )
-    net.load_state_dict(payload["state_dict"])
+    net.load_state_dict(state)
+    _check_scalers(net)
     training = payload.get("training", {})
     if not isinstance(training, dict):  # fine-tuning from it failed on a list's .get
         raise TypeError(f"field 'training' must be a mapping, got {type(training).__name__}")
     net.training_summary = training
     return net
+
+
+def _check_scalers(net: SurrogateNet) -> None:
+    """A standardisation that is not finite, or a scale <= 0 (never written: fit_scalers floors
+    them at 1e-12), gave NaN or wrong vols without a word."""
+    for name in ("in_mean", "in_std", "out_mean", "out_std"):
+        values, scale = getattr(net, name), name.endswith("std")
+        bad = ~torch.isfinite(values) | (values <= 0.0) if scale else ~torch.isfinite(values)
+        if bad.any():
+            need = "finite and > 0" if scale else "finite"
+            raise ValueError(f"state_dict {name!r} must be {need}, got "
+                             f"{values.reshape(-1)[bad.reshape(-1)][0].item()}")  # fmt: skip
 
 
 def _tensors(values: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ loss is ``model.risk_loss``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -525,6 +526,7 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
         version = payload.get("format_version", 1)
         config = config_from_dict(_lookback_strike_read(plain, version=version))
         model = build_model(config, Market(config))
+        cost = model.cost.clone()  # the config's
         model.load_state_dict(payload["model"])
         meta = {k: payload[k] for k in ("ww_risk_aversion", "train_seconds")}
     except ConfigError as exc:  # it named a config key, not the file that held it
@@ -536,5 +538,13 @@ def load_run(run_dir: str | Path) -> tuple[HedgeConfig, HedgeModel, dict[str, An
     for key, value in meta.items():  # a text value failed later, in the backtest's baselines
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ModelFileError(path, f"{path}: field {key!r} must be a number, got {value!r}")
+    ww = meta["ww_risk_aversion"]
+    if not (math.isfinite(ww) and ww > 0.0):  # failed later in the backtest, naming no file
+        raise ModelFileError(path, f"{path}: field 'ww_risk_aversion' must be finite and > 0 "
+                             f"(as baselines.ww_risk_aversion), got {ww!r}")  # fmt: skip
+    if not torch.equal(model.cost, cost):  # weights trained at other costs than the backtest's
+        found, saved = (", ".join(f"{c:g}" for c in x.tolist()) for x in (model.cost, cost))
+        raise ModelFileError(path, f"{path}: the weights' cost [{found}] is not the saved "
+                             f"config's market.cost [{saved}]")  # fmt: skip
     model.eval()
     return config, model, meta

@@ -154,6 +154,72 @@ def test_load_names_a_damaged_or_foreign_file_and_its_field(tmp_path, damage, me
         load_network(path)
 
 
+def _with_metadata(payload: dict, **changes) -> dict:
+    return {**payload, "metadata": json.dumps(_edited(json.loads(payload["metadata"]), **changes))}
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(lambda box, state: box.update(v0=[0.25, 0.01]), r"field 'box' 'v0' must be \[low, high\], "
+      r"finite numbers with low < high, got \[0\.25, 0\.01\]"),
+     (lambda box, state: box.update(kappa=[math.nan, 5.0]), r"field 'box' 'kappa' must be"),
+     (lambda box, state: box.update(rho=[-0.5, -0.5]), r"field 'box' 'rho' must be"),
+     (lambda box, state: box.update(sigma=[0.1, 1.0, 2.0]), r"field 'box' 'sigma' must be"),
+     (lambda box, state: box.update(nu=[0.1, 1.0]), r"field 'box' must bound exactly \['v0'"),
+     (lambda box, state: box.update(v0=[0.01, 0.5]), r"field 'box' is not the weights' bounds"),
+     (lambda box, state: (state["lower"].__setitem__(0, 0.25), state["upper"].__setitem__(0, 0.01)),
+      r"field 'box' is not the weights' bounds \(state_dict lower \[0\.25, ")],
+    ids=["inverted", "nan", "empty", "three", "extra_name", "not_the_weights", "weights_inverted"],
+)  # fmt: skip
+def test_load_refuses_a_box_that_is_not_finite_increasing_and_the_weights(
+    tmp_path, damage, message
+) -> None:
+    # an inverted, NaN or edited box loaded without a word (the metadata's box is replaced by
+    # the state_dict's bounds: it then lied); inverted bounds in the weights mirrored every
+    # answer in its box (v0 0.1293 for 0.1307)
+    from qfnet.training.checkpoint import ModelFileError
+
+    path = tmp_path / "net.pt"
+    save_network(CalibrationNetwork(hidden=(8,)), path)
+    payload = torch.load(path, weights_only=True)
+    box = json.loads(payload["metadata"])["box"]
+    damage(box, payload["state_dict"])
+    torch.save(_with_metadata(payload, box=box), path)
+    with pytest.raises(ModelFileError, match=message):
+        load_network(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("input_std", 0.0), ("input_std", math.nan), ("input_std", -0.1), ("input_mean", math.inf)],
+)
+def test_load_refuses_an_input_scaler_that_is_not_finite_or_not_positive(
+    tmp_path, name, value
+) -> None:
+    # every parameter predicted was NaN, without a word
+    path = tmp_path / "net.pt"
+    save_network(CalibrationNetwork(hidden=(8,)), path)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"][name][3] = value
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"state_dict 'input_mean' and 'input_std' must be "
+                       r"finite, the std > 0$"):  # fmt: skip
+        load_network(path)
+
+
+def test_load_refuses_a_grid_of_another_log_moneyness_scale(tmp_path) -> None:
+    # the grid's maturities and z were checked, their map to log-moneyness was not
+    path = tmp_path / "net.pt"
+    save_network(CalibrationNetwork(hidden=(8,)), path)
+    payload = torch.load(path, weights_only=True)
+    grid = json.loads(payload["metadata"])["grid"]
+    assert grid["log_moneyness"] == "z*0.2*sqrt(T)"  # what it writes
+    torch.save(_with_metadata(payload, grid={**grid, "log_moneyness": "z*0.1*sqrt(T)"}), path)
+    with pytest.raises(ValueError, match=r"field 'grid' is not this qfnet's grid .*log-moneyness "
+                       r"z\*0\.2\*sqrt\(T\)"):  # fmt: skip
+        load_network(path)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [("cut", r"is not a readable calibration network: truncated"),

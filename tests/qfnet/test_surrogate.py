@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -456,6 +457,57 @@ def test_every_damaged_surrogate_file_is_a_model_file_error_naming_it(tmp_path, 
     with pytest.raises(ModelFileError, match=message) as caught:
         load_surrogate(path)
     assert caught.value.path == path and str(caught.value).startswith(f"{path} ")
+
+
+@pytest.mark.parametrize("features", ["foo", None, "base-vol log-ratio v2"])
+def test_load_refuses_a_feature_map_this_qfnet_does_not_compute(tmp_path, features):
+    # the weights read features of this map: "foo" (or no field) loaded without a word
+    from qfnet.training.checkpoint import ModelFileError
+
+    path = save_surrogate(build_surrogate("heston", hidden=(8,)), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    assert payload["architecture"]["features"] == "base-vol log-ratio v1"  # what it writes
+    payload["architecture"]["features"] = features
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match=rf"model\.pt: field architecture\.features is "
+                       rf"{re.escape(repr(features))}, a feature map this qfnet does not "
+                       r"compute \(it reads 'base-vol log-ratio v1'\)"):  # fmt: skip
+        load_surrogate(path)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "message"),
+    [("bfloat16", r"architecture dtype 'bfloat16' is not its weights' dtype \(float32\)"),
+     ("complex64", r"architecture dtype 'complex64' is not a torch floating dtype")],
+    ids=["rounds_weights", "complex"],
+)  # fmt: skip
+def test_load_refuses_an_architecture_dtype_other_than_its_weights(tmp_path, dtype, message):
+    # "bfloat16" over float32 weights rounded them on load: a vol 2e-4 relative off, no word
+    path = save_surrogate(build_surrogate("heston", hidden=(8,)), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["architecture"]["dtype"] = dtype
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=rf"is a corrupt qfnet-surrogate file: {message}"):
+        load_surrogate(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "need"),
+    [("in_std", math.nan, "finite and > 0"), ("in_std", 0.0, "finite and > 0"),
+     ("in_std", -1.0, "finite and > 0"), ("out_std", math.inf, "finite and > 0"),
+     ("out_std", 0.0, "finite and > 0"), ("in_mean", math.inf, "finite"),
+     ("out_mean", math.nan, "finite")],
+)  # fmt: skip
+def test_load_refuses_scalers_that_are_not_finite_or_not_positive(tmp_path, name, value, need):
+    # they loaded, and every vol was NaN (a NaN or zero std), 0 (out_std inf) or the base vol
+    # (out_std 0), or wrong (in_std -1)
+    path = save_surrogate(build_surrogate("heston", hidden=(8,)), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"][name].reshape(-1)[0] = value
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=rf"corrupt qfnet-surrogate file: state_dict '{name}' "
+                       rf"must be {need}, got {value}$"):  # fmt: skip
+        load_surrogate(path)
 
 
 @pytest.mark.parametrize("version", [True, 1.0])

@@ -233,6 +233,29 @@ def test_load_run_names_the_file_and_field_of_a_damaged_payload(
         load_run(_damaged_run(small_run, tmp_path, edit))
 
 
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0])
+def test_load_run_refuses_a_risk_aversion_that_is_not_finite_and_positive(
+    small_run, tmp_path, value
+) -> None:
+    # it loaded, and the backtest's Whalley-Wilmott baseline failed later, naming no file
+    with pytest.raises(ValueError, match=r"model\.pt: field 'ww_risk_aversion' must be finite "
+                       rf"and > 0 \(as baselines\.ww_risk_aversion\), got {value}"):  # fmt: skip
+        load_run(_damaged_run(small_run, tmp_path, lambda p: p.update(ww_risk_aversion=value)))
+
+
+def test_load_run_refuses_weights_trained_at_another_cost_than_its_config(small_run, tmp_path):
+    # an edited market.cost loaded: the backtest ran the policy, trained at the weights' cost,
+    # at the config's as if trained for it
+    def edit(payload):
+        config = json.loads(payload["config"])
+        config["market"]["cost"] = 0.01
+        payload["config"] = json.dumps(config)
+
+    with pytest.raises(ValueError, match=r"model\.pt: the weights' cost \[0\.001\] is not the "
+                       r"saved config's market\.cost \[0\.01\]$"):  # fmt: skip
+        load_run(_damaged_run(small_run, tmp_path, edit))
+
+
 def test_resuming_a_run_whose_saved_config_is_no_object_names_the_file(small_run, tmp_path):
     # a JSON list there was a bare AttributeError ('list' object has no attribute 'get')
     config, _, _ = load_run(small_run)
