@@ -233,9 +233,9 @@ def discrete_asian_price(
 
     The option pays ``(A - K)^+`` (call) at the last fixing time, ``A`` the average of the spot at
     the ``M`` ``fixing_times``. At ``time`` the fixings at or before it are known (their sum is
-    ``running_sum``; a fixing within rounding of ``time`` is at it: within ``1e-12`` of the last
-    fixing time in float64, a grid's 0.30000000000000004 against a fixing at 0.3, and a few
-    epsilons of a coarser ``time`` or ``fixing_times``, float32's 0.69999999 against 0.7); the
+    ``running_sum``; a fixing within rounding of ``time`` is at it (within ``1e-12`` of the last
+    fixing time, relative, in float64: a grid's 0.30000000000000004 against a fixing at 0.3; 8
+    epsilons of a coarser ``time`` or ``fixing_times``: float32's 0.69999999 against 0.7); the
     sum ``R`` of those after it, at ``u_i = t_i - time``, is replaced by the lognormal variable
     with its exact first two moments: ``E[R] = S sum_i w_i`` with ``w_i = e^{(r - q) u_i}``, and
     ``Var(R) / E[R]^2 = sum_i w_i (e^{sigma^2 u_i} - 1) (2 C_i - w_i) / (sum_i w_i)^2`` with

@@ -727,7 +727,8 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
             domain's input columns), or its ``engine``, ``compiled``, ``shard_size`` or
             ``seed`` is not the one that made the shards (Heston ``analytic`` and ``quantlib``
             labels agree too closely to tell apart; the seed is checked where the running scipy
-            is the generation's, whose Sobol engine drew the points).
+            and numpy are the generation's: scipy's Sobol engine drew the points, scrambled by
+            numpy's generator).
 
     Examples:
         >>> import tempfile
