@@ -397,7 +397,7 @@ def load_network(path: str | Path | None = None) -> CalibrationNetwork:
         (128, 128, 128, 128)
     """
     path = Path(path) if path is not None else default_path()
-    if not path.exists():  # a directory was an IsADirectoryError from torch
+    if not path.exists():  # a directory goes on: load_verified names it as one
         hint = f" ({missing_hint()})" if path == default_path() else ""
         raise FileNotFoundError(f"no calibration network at {path}{hint}")
     # a cut or foreign file raised torch's RuntimeError, KeyError or JSONDecodeError, naming no

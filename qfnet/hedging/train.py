@@ -414,7 +414,8 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
     if not isinstance(saved, dict):  # a JSON list failed on its .get
         raise ValueError(f"{run}: the run's hedge_config.json is not a config (a JSON object)")
     default = DerivativeConfig.strike  # only an earlier qfnet wrote another for a lookback
-    if saved.get("derivative", {}).get("strike", default) != default:
+    derivative = saved.get("derivative")  # not an object: named below as another derivative
+    if isinstance(derivative, dict) and derivative.get("strike", default) != default:
         try:
             saved = _lookback_strike_read(saved, version=1)
         except ConfigError as exc:  # it said "resume it with its own config", which is refused

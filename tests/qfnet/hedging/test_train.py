@@ -403,3 +403,15 @@ def test_a_resumed_run_reports_the_seconds_trained_before_the_resume(tmp_path, m
     assert (cut.seconds, cut.cpu_seconds) == pytest.approx((100.0, 50.0), rel=0, abs=1e-9)
     assert (resumed.seconds, resumed.cpu_seconds) == pytest.approx((200.0, 100.0), rel=0, abs=1e-9)
     assert load_run(tmp_path / "run")[2]["train_seconds"] == pytest.approx(200.0, rel=0, abs=1e-9)
+
+
+def test_resuming_a_run_whose_saved_derivative_is_no_object_names_the_key(small_run, tmp_path):
+    # the check for an earlier qfnet's lookback strike read it with .get: a JSON list there was
+    # a bare AttributeError ('list' object has no attribute 'get')
+    config, _, _ = load_run(small_run)
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    saved = json.loads((run / "hedge_config.json").read_text())
+    (run / "hedge_config.json").write_text(json.dumps(saved | {"derivative": [1.2]}))
+    with pytest.raises(ValueError, match=r"was trained with another derivative than this"):
+        train(config, run, resume=True)
