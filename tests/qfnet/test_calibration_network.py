@@ -154,6 +154,13 @@ def test_load_names_a_damaged_or_foreign_file_and_its_field(tmp_path, damage, me
         load_network(path)
 
 
+def _saved_network(tmp_path: Path) -> tuple[Path, dict]:
+    """A small network saved to ``tmp_path / "net.pt"``, and the payload read back from it."""
+    path = tmp_path / "net.pt"
+    save_network(CalibrationNetwork(hidden=(8,)), path)
+    return path, torch.load(path, weights_only=True)
+
+
 def _with_metadata(payload: dict, **changes) -> dict:
     return {**payload, "metadata": json.dumps(_edited(json.loads(payload["metadata"]), **changes))}
 
@@ -179,9 +186,7 @@ def test_load_refuses_a_box_that_is_not_finite_increasing_and_the_weights(
     # answer in its box (v0 0.1293 for 0.1307)
     from qfnet.training.checkpoint import ModelFileError
 
-    path = tmp_path / "net.pt"
-    save_network(CalibrationNetwork(hidden=(8,)), path)
-    payload = torch.load(path, weights_only=True)
+    path, payload = _saved_network(tmp_path)
     box = json.loads(payload["metadata"])["box"]
     damage(box, payload["state_dict"])
     torch.save(_with_metadata(payload, box=box), path)
@@ -197,9 +202,7 @@ def test_load_refuses_an_input_scaler_that_is_not_finite_or_not_positive(
     tmp_path, name, value
 ) -> None:
     # every parameter predicted was NaN, without a word
-    path = tmp_path / "net.pt"
-    save_network(CalibrationNetwork(hidden=(8,)), path)
-    payload = torch.load(path, weights_only=True)
+    path, payload = _saved_network(tmp_path)
     payload["state_dict"][name][3] = value
     torch.save(payload, path)
     with pytest.raises(ValueError, match=r"state_dict 'input_mean' and 'input_std' must be "
@@ -209,9 +212,7 @@ def test_load_refuses_an_input_scaler_that_is_not_finite_or_not_positive(
 
 def test_load_refuses_a_grid_of_another_log_moneyness_scale(tmp_path) -> None:
     # the grid's maturities and z were checked, their map to log-moneyness was not
-    path = tmp_path / "net.pt"
-    save_network(CalibrationNetwork(hidden=(8,)), path)
-    payload = torch.load(path, weights_only=True)
+    path, payload = _saved_network(tmp_path)
     grid = json.loads(payload["metadata"])["grid"]
     assert grid["log_moneyness"] == "z*0.2*sqrt(T)"  # what it writes
     torch.save(_with_metadata(payload, grid={**grid, "log_moneyness": "z*0.1*sqrt(T)"}), path)
@@ -237,9 +238,7 @@ def test_every_damaged_network_file_is_a_model_file_error_naming_it(
     # field read "KeyError('state_dict')", torch's mismatch "RuntimeError('...\\n\\t...')"
     from qfnet.training.checkpoint import ModelFileError
 
-    path = tmp_path / "net.pt"
-    save_network(CalibrationNetwork(hidden=(8,)), path)
-    payload = torch.load(path, weights_only=True)
+    path, payload = _saved_network(tmp_path)
     if damage == "cut":
         path.write_bytes(path.read_bytes()[:300])
     elif damage == "no_state_dict":

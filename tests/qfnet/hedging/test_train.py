@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -243,14 +244,22 @@ def test_load_run_refuses_a_risk_aversion_that_is_not_finite_and_positive(
         load_run(_damaged_run(small_run, tmp_path, lambda p: p.update(ww_risk_aversion=value)))
 
 
+def _config_edit(section: str, key: str, value) -> Callable[[dict], None]:
+    """An edit of a ``model.pt`` payload (:func:`_damaged_run`) setting its saved config's
+    ``section.key`` to ``value``."""
+
+    def edit(payload: dict) -> None:
+        config = json.loads(payload["config"])
+        config[section][key] = value
+        payload["config"] = json.dumps(config)
+
+    return edit
+
+
 def test_load_run_refuses_weights_trained_at_another_cost_than_its_config(small_run, tmp_path):
     # an edited market.cost loaded: the backtest ran the policy, trained at the weights' cost,
     # at the config's as if trained for it
-    def edit(payload):
-        config = json.loads(payload["config"])
-        config["market"]["cost"] = 0.01
-        payload["config"] = json.dumps(config)
-
+    edit = _config_edit("market", "cost", 0.01)
     with pytest.raises(ValueError, match=r"model\.pt: the weights' cost \[0\.001\] is not the "
                        r"saved config's market\.cost \[0\.01\]$"):  # fmt: skip
         load_run(_damaged_run(small_run, tmp_path, edit))
@@ -278,21 +287,13 @@ def test_resuming_a_run_whose_saved_config_is_not_text_names_the_file(small_run,
 
 def test_load_run_of_weights_another_network_names_the_mismatch(small_run, tmp_path) -> None:
     # the message stopped at torch's header, "Error(s) in loading state_dict for HedgeModel:"
-    def edit(payload):
-        config = json.loads(payload["config"])
-        config["strategy"]["hidden"] = [8]
-        payload["config"] = json.dumps(config)
-
+    edit = _config_edit("strategy", "hidden", [8])
     with pytest.raises(ValueError, match=r"HedgeModel: Unexpected key\(s\) in state_dict"):
         load_run(_damaged_run(small_run, tmp_path, edit))
 
 
 def test_load_run_of_a_config_of_another_version_says_so(small_run, tmp_path) -> None:
-    def edit(payload):
-        config = json.loads(payload["config"])
-        config["market"]["jump_intensity"] = 0.1
-        payload["config"] = json.dumps(config)
-
+    edit = _config_edit("market", "jump_intensity", 0.1)
     with pytest.raises(ConfigError, match=r"model\.pt: the saved config: unknown key "
                        r"'market\.jump_intensity'.*another qfnet version"):  # fmt: skip
         load_run(_damaged_run(small_run, tmp_path, edit))
