@@ -406,18 +406,11 @@ error, refused naming the rows: their mean was used without a word."""
 
 def _expiry_discount(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> float:
     """The discount of one expiry's rows ``group`` of ``quotes`` that give one: their mean,
-    unless two lie more than :data:`DISCOUNT_ROUNDING` apart (a :class:`QuoteError` naming the
-    rows of the lowest and highest, by their ``_position`` in ``quotes``)."""
-    given = group[group["discount"].notna()]  # by position: labels may repeat
-    values = given["discount"].to_numpy(float)
-    low, high = int(values.argmin()), int(values.argmax())
-    if values[high] - values[low] <= DISCOUNT_ROUNDING * (1 + 1e-9):  # 0.9515 - 0.951 in floats
-        return float(values.mean())
-    first, second = _row_names(quotes, given["_position"].to_numpy()[[low, high]].tolist())
-    raise QuoteError(f"expiry T={maturity:.6g}: discount {values[low]:.6g} at {first} and "
-                     f"{values[high]:.6g} at {second}: one expiry has one discount factor (values "
-                     f"within {DISCOUNT_ROUNDING:g} are read as rounding)",
-                     column="discount")  # fmt: skip
+    unless two lie more than :data:`DISCOUNT_ROUNDING` apart (:func:`_one_value`)."""
+    values = _one_value(quotes, group, "discount", maturity, DISCOUNT_ROUNDING,
+                        what="discount factor", within=f"{DISCOUNT_ROUNDING:g}",
+                        shown=".6g")  # fmt: skip
+    return float(values.mean())
 
 
 def _no_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> QuoteError:
@@ -445,26 +438,49 @@ word."""
 
 def _expiry_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> float | None:
     """The forward of one expiry's rows ``group`` of ``quotes``: the mean of their ``forward``
-    values where every row gives one, else None; a :class:`QuoteError` naming the rows of the
-    lowest and highest where two given ones lie more than :data:`FORWARD_ROUNDING` of the
-    larger (shifted) forward apart (rows without one too: each row keeps its own), by their
-    ``_position`` in ``quotes``."""
+    values where every row gives one, else None; refused where two given ones lie more than
+    :data:`FORWARD_ROUNDING` of the larger (shifted) forward apart (:func:`_one_value`; rows
+    without one too: each row keeps its own)."""
     if "forward" not in group:
         return None
-    kept = group["forward"].notna().to_numpy()  # by position: labels may repeat
-    if not kept.any():
-        return None
-    given = group["forward"].to_numpy(float)[kept]
-    low, high = int(given.argmin()), int(given.argmax())
-    scale = np.abs(given + shifts(group).to_numpy(float)[kept]).max()
-    if given[high] - given[low] > FORWARD_ROUNDING * scale * (1 + 1e-9):
-        places = group["_position"].to_numpy()[kept][[low, high]].tolist()
-        first, second = _row_names(quotes, places)
-        raise QuoteError(f"expiry T={maturity:.6g}: forward {given[low]:.10g} at {first} and "
-                         f"{given[high]:.10g} at {second}: one expiry has one forward (values "
-                         f"within {FORWARD_ROUNDING:.2%} of it are read as rounding)",
-                         column="forward")  # fmt: skip
-    return float(given.mean()) if len(given) == len(group) else None
+    shifted = np.abs(group["forward"].to_numpy(float) + shifts(group).to_numpy(float))
+    scale = float(shifted[np.isfinite(shifted)].max(initial=0.0))  # of the given ones
+    values = _one_value(quotes, group, "forward", maturity, FORWARD_ROUNDING * scale,
+                        what="forward", within=f"{FORWARD_ROUNDING:.2%} of it",
+                        shown=".10g")  # fmt: skip
+    return float(values.mean()) if len(values) == len(group) else None
+
+
+def _one_value(
+    quotes: pd.DataFrame,
+    group: pd.DataFrame,
+    column: str,
+    maturity: float,
+    tolerance: float,
+    *,
+    what: str,
+    within: str,
+    shown: str,
+) -> np.ndarray:
+    """The values of ``column`` that one expiry's rows ``group`` of ``quotes`` give ``(G,)``, G
+    <= len(group); a :class:`QuoteError` naming the rows of the lowest and highest (by their
+    ``_position`` in ``quotes``: labels may repeat) where they lie more than ``tolerance``
+    apart: one expiry has one ``what``, and values ``within`` are read as rounding (each shown
+    in the format ``shown``)."""
+    kept = group[column].notna().to_numpy()
+    values = group[column].to_numpy(float)[kept]
+    if not values.size:
+        return values
+    low, high = int(values.argmin()), int(values.argmax())
+    if values[high] - values[low] > tolerance * (1 + 1e-9):  # 0.9515 - 0.951 in floats
+        first, second = _row_names(
+            quotes, group["_position"].to_numpy()[kept][[low, high]].tolist()
+        )
+        raise QuoteError(f"expiry T={maturity:.6g}: {column} {values[low]:{shown}} at {first} "
+                         f"and {values[high]:{shown}} at {second}: one expiry has one {what} "
+                         f"(values within {within} are read as rounding)",
+                         column=column)  # fmt: skip
+    return values
 
 
 def _row_names(quotes: pd.DataFrame, positions: list[int]) -> list[str]:
