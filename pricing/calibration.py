@@ -37,7 +37,7 @@ from pricing._validation import (
     is_whole,
     outside_domain,
 )
-from pricing.quote_cleaning import day_maturity_note, forward_notes, prepare_quotes
+from pricing.quote_cleaning import prepare_quotes, prepared_notes
 from pricing.quotes import (
     DECIMAL_LIMITS,
     QuoteError,
@@ -789,16 +789,12 @@ def _prepare_rows(
 
 def _warn_notes(table: pd.DataFrame, sources: dict[str, int], where: str) -> None:
     """Warn (:class:`pricing.quotes.QuoteWarning`) the notes that cleaning's report and the
-    CLI print of a table :func:`pricing.quote_cleaning.prepare_quotes` prepared: forwards carried
-    at a rate read as 0, a given discount its parity slope disagrees with, maturities in days
-    read as years (:func:`pricing.quote_cleaning.forward_notes`,
-    :func:`pricing.quote_cleaning.day_maturity_note`); a caller of :func:`calibrate` got no word
-    of them."""
-    given = table["implied_vol"].notna().to_numpy() if "implied_vol" in table else False
-    solved = np.where(given, np.nan, table["market_iv"].to_numpy(float))  # vols of prices
-    for note in [*forward_notes(table, sources), day_maturity_note(table, solved)]:
-        if note:  # warn, _prepare_rows, calibrate: the caller's line
-            warnings.warn(f"{where}{note}", QuoteWarning, stacklevel=4)
+    CLI print of a table :func:`pricing.quote_cleaning.prepare_quotes` prepared
+    (:func:`pricing.quote_cleaning.prepared_notes`: forwards carried at a rate read as 0, a
+    given discount its parity slope disagrees with, maturities in days read as years); a caller
+    of :func:`calibrate` got no word of them."""
+    for note in prepared_notes(table, sources):  # warn, _prepare_rows, calibrate: the caller's
+        warnings.warn(f"{where}{note}", QuoteWarning, stacklevel=4)
 
 
 Weights = str | Sequence[float] | np.ndarray

@@ -40,6 +40,7 @@ __all__ = [
     "forward_notes",
     "parity_forwards",
     "prepare_quotes",
+    "prepared_notes",
 ]
 
 
@@ -697,6 +698,24 @@ def forward_notes(
                       rate_discounted=prepared.attrs.get("rate_discounted"),
                       rate_carried=prepared.attrs.get("rate_carried"))  # fmt: skip
     return [*([note] if note else []), *prepared.attrs.get("discount_notes", [])]
+
+
+def prepared_notes(prepared: pd.DataFrame, forward_sources: dict[str, int]) -> list[str]:
+    """Every note owed about a table :func:`prepare_quotes` prepared: :func:`forward_notes` and
+    :func:`day_maturity_note` of the vols it solved from prices (NaN where ``implied_vol`` gave
+    one). One list for ``qfnet calibrate --no-clean``, which prints them, and
+    :func:`pricing.calibration.calibrate`, which warns them.
+
+    Examples:
+        >>> table = read_quotes(pd.DataFrame({"strike": [90.0, 110.0], "maturity": 1.0,
+        ...                                   "spot": 100.0, "iv": [0.25, 0.2]}))
+        >>> len(prepared_notes(*prepare_quotes(table)))  # the rate and dividend read as 0
+        1
+    """
+    given = prepared["implied_vol"].notna().to_numpy() if "implied_vol" in prepared else False
+    solved = np.where(given, np.nan, prepared["market_iv"].to_numpy(float))
+    notes = [*forward_notes(prepared, forward_sources), day_maturity_note(prepared, solved)]
+    return [note for note in notes if note]
 
 
 _RATE_DISCOUNTED = ("parity_one_pair", "parity_rate_discount")

@@ -10,19 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-import pandas as pd
 import typer
 
 from pricing._validation import json_safe
 from pricing.calibration import CalibrationResult, calibrate
-from pricing.quote_cleaning import (
-    CleaningReport,
-    clean_quotes,
-    day_maturity_note,
-    forward_notes,
-    prepare_quotes,
-)
+from pricing.quote_cleaning import CleaningReport, clean_quotes, prepare_quotes, prepared_notes
 from pricing.quotes import QuoteError, QuoteWarning, read_quotes
 from qfnet._cli import (
     DAYFIRST_FLAGS,
@@ -118,13 +110,6 @@ def _check_device(model: str, method: str, device: str) -> None:
         check_method_device(model, method, device)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--device") from None
-
-
-def _solved(table: pd.DataFrame) -> np.ndarray:
-    """The vols :func:`pricing.quote_cleaning.prepare_quotes` solved from prices ``(N,)``, NaN
-    where the file gave one (:func:`pricing.quote_cleaning.day_maturity_note` reads these)."""
-    given = table["implied_vol"].notna().to_numpy() if "implied_vol" in table else False
-    return np.where(given, np.nan, table["market_iv"].to_numpy(float))
 
 
 def _output_files(out: Path, quotes: Path, plot: bool) -> tuple[Path, Path]:
@@ -224,8 +209,7 @@ def calibrate_command(
             )
             # the report's notes (a rate read as 0, a discount parity disagrees with, days
             # read as years) were printed with cleaning only
-            notes = [*forward_notes(table, sources), day_maturity_note(table, _solved(table))]
-            notes = [note for note in notes if note]
+            notes = prepared_notes(table, sources)
         with warnings.catch_warnings():
             # the command prints the notes itself (the report's, or `notes`): a table with a
             # row without a vol is prepared again by calibrate, whose warnings repeated them
