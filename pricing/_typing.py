@@ -27,6 +27,7 @@ __all__ = [
     "real_number",
     "real_scalar",
     "real_tensor",
+    "rounding_tolerance",
 ]
 
 TensorLike = torch.Tensor | float | int | np.ndarray | Sequence[float]
@@ -176,6 +177,20 @@ def coarsest_eps(*values: object) -> float:
         if np.issubdtype(dtype, np.floating):
             eps = max(eps, float(np.finfo(dtype).eps))
     return eps
+
+
+def rounding_tolerance(*values: object, floor: float, epsilons: float = 8.0) -> float:
+    """A relative tolerance for values equal but for rounding: ``floor`` (that of float64
+    inputs built two ways), or ``epsilons`` machine epsilons of the coarsest input
+    (:func:`coarsest_eps`) where that is larger (float32's 9.5e-7 for 8).
+
+    Examples:
+        >>> rounding_tolerance(0.7, 0.3, floor=1e-12)
+        1e-12
+        >>> rounding_tolerance(np.float32(0.7), 0.3, floor=1e-12) == 8 * float(np.finfo(np.float32).eps)
+        True
+    """
+    return max(floor, epsilons * coarsest_eps(*values))
 
 
 def check_numbers(**named: object) -> None:

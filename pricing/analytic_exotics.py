@@ -21,11 +21,11 @@ from pricing._typing import (
     DEFAULT_DTYPE,
     TensorLike,
     call_flag,
-    coarsest_eps,
     common_dtype_device,
     named_tensors,
     real_scalar,
     real_tensor,
+    rounding_tolerance,
 )
 from pricing._validation import (
     check_finite,
@@ -287,7 +287,7 @@ def discrete_asian_price(
     # a fixing an ulp after time was a fixing to come, its value in running_sum counted again
     # (25.19 for 2.50) or, left out of it, fitted into the lognormal (2.509); a float32 time's
     # rounding (0.69999999 for a fixing at 0.7) is some 1e-8 of it, past float64's 1e-12
-    same = _check_schedule(t, now, _same_time(time, fixing_times))
+    same = _check_schedule(t, now, rounding_tolerance(time, fixing_times, floor=_SAME_TIME))
     check_positive(spot=s, strike=k, volatility=vol)
     check_nonnegative(running_sum=past)
     # the schedule's terms on time's own shape (a grid's (T,) stays (T, M), not (N, T, M))
@@ -347,17 +347,10 @@ def _check_schedule(t: torch.Tensor, now: torch.Tensor, rounding: float) -> floa
 
 _SAME_TIME = 1e-12
 """A fixing within this fraction of the last fixing time of ``time`` is at ``time`` (known): the
-rounding of a time grid built another way than the schedule; in float64, and
-:data:`_SAME_TIME_EPS` machine epsilons of a coarser ``time`` or ``fixing_times``."""
-_SAME_TIME_EPS = 8.0
-
-
-def _same_time(time: object, fixing_times: object) -> float:
-    """The fraction of the last fixing time within which a fixing is at ``time``: the larger of
-    :data:`_SAME_TIME` and :data:`_SAME_TIME_EPS` epsilons of the coarser input (float32's
-    9.5e-7: a float32 ``time`` of 0.7, 0.69999999, left the fixing at 0.7 to come and counted
-    it twice, once in ``running_sum``: 20.00 for 0.71)."""
-    return max(_SAME_TIME, _SAME_TIME_EPS * coarsest_eps(time, fixing_times))
+rounding of a time grid built another way than the schedule; in float64, and 8 machine
+epsilons of a coarser ``time`` or ``fixing_times`` (:func:`pricing._typing.rounding_tolerance`:
+float32's 9.5e-7, where a float32 ``time`` of 0.7, 0.69999999, left the fixing at 0.7 to come
+and counted it twice, once in ``running_sum``: 20.00 for 0.71)."""
 
 
 _QUADRATURE_NODES = 32

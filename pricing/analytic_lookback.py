@@ -17,11 +17,11 @@ from pricing._special import log_ndtr, ndtr
 from pricing._typing import (
     TensorLike,
     call_flag,
-    coarsest_eps,
     common_dtype_device,
     named_tensors,
     real_number,
     real_scalar,
+    rounding_tolerance,
 )
 from pricing._validation import check_finite, check_positive, check_where
 from pricing.analytic_barrier import _BGK_BETA  # the discrete-monitoring shift's constant
@@ -37,11 +37,11 @@ and the cancellation at the step are both about 1e-10 relative (3e-10 at most ov
 a day to 100 years and vols of 0.1% to 200%, against 80-digit arithmetic). A fixed step of 1e-6
 was 1.7e-5 off for a 100-year lookback at 0.1% vol, 1.7e-6 at 10 years, and up to 1e-8 at a
 day and 200% vol; moving ``b`` to 1e-7, before that, 4e-7 to 1e-5 off at ``r = q``."""
-_SAME_TIME = 1e-9  # relative: a hedging grid's last time to expiry rounds off its step
-_SAME_TIME_EPS = 8.0
-"""A maturity within the larger of :data:`_SAME_TIME` and this many machine epsilons of the
-coarser of ``maturity`` and ``interval`` below the interval is the interval: a float32
-maturity of 0.7 (0.69999999) was refused against an interval of 0.7."""
+_SAME_TIME = 1e-9
+"""A maturity within this fraction below the interval is the interval (a hedging grid's last
+time to expiry rounds off its step), or within 8 machine epsilons of the coarser of
+``maturity`` and ``interval`` (:func:`pricing._typing.rounding_tolerance`: a float32 maturity
+of 0.7, 0.69999999, was refused against an interval of 0.7)."""
 
 
 def lookback_price(
@@ -177,7 +177,7 @@ def discrete_lookback_price(
         >>> bool(discrete_lookback_price(**args, interval=1 / 12) < lookback_price(**args))
         True
     """
-    rounding = max(_SAME_TIME, _SAME_TIME_EPS * coarsest_eps(maturity, interval))
+    rounding = rounding_tolerance(maturity, interval, floor=_SAME_TIME)
     interval = real_number("interval", interval)
     if not interval > 0:
         raise ValueError(f"interval must be positive, got {interval}")
@@ -200,17 +200,18 @@ def discrete_lookback_price(
     e = torch.exp(sign * _BGK_BETA * vol_t.to(torch.float64) * math.sqrt(interval))
     common = {"spot": spot_t, "maturity": maturity, "volatility": volatility, "rate": rate,
               "dividend": dividend, "kind": kind, "is_call": is_call}  # fmt: skip
-    moved_strike = None if strike is None else named_tensors(strike=strike)[0] / e
+    strike_t = None if strike is None else named_tensors(strike=strike)[0]
+    moved_strike = None if strike_t is None else strike_t / e
     moved = lookback_price(**common, running_extremum=extremum_t / e, strike=moved_strike)
     # of the result, as lookback_price's: the moved extremum, float64, made float32 inputs price
     # in float64
     dtype = common_dtype_device([spot, running_extremum, maturity, volatility, strike], None,
                                 None)[0]  # fmt: skip
-    t = named_tensors(maturity=maturity)[0].to(torch.float64)
+    t = t_in.to(torch.float64)
     # one number (a graph kept): a dividend of [0.01] or np.array([0.01]) failed in '-' or '*'
     q = real_scalar("dividend", dividend)
     if kind == "fixed":
-        return torch.maximum(e * moved, _fixed_floor(spot_t, extremum_t, strike, t, vol_t, rate, q,
+        return torch.maximum(e * moved, _fixed_floor(spot_t, extremum_t, strike_t, t, vol_t, rate, q,
                                                      is_call)).to(dtype)  # fmt: skip
     forward_value = spot_t.to(torch.float64) * torch.exp(-q * t)
     out = e * moved - (1.0 if is_call else -1.0) * (e - 1.0) * forward_value
@@ -228,7 +229,7 @@ def _fixed_floor(spot, extremum, strike, t, vol, rate, dividend, is_call) -> tor
     monitoring: the call's ``(max(M, S_T) - K)^+ = (M - K)^+ + (S_T - max(K, M))^+``, the put's
     ``(K - min(m, S_T))^+ = (K - m)^+ + (min(K, m) - S_T)^+``. BGK's correction undercut it where
     the drift outweighs the volatility (a monthly call 26.08 for 26.15 at 0.5% vol, 8% rate)."""
-    k, m = (v.to(torch.float64) for v in (named_tensors(strike=strike)[0], extremum))
+    k, m = strike.to(torch.float64), extremum.to(torch.float64)
     sign = 1.0 if is_call else -1.0
     level = torch.maximum(k, m) if is_call else torch.minimum(k, m)
     rate = real_scalar("rate", rate)
