@@ -752,7 +752,8 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
     frames = [frame for frame, _ in shards]
     # a cut shard, a missing label column or a shortened shard list loaded without a word
     # (a shard without a parameter column failed later as pandas' "['kappa'] not in index")
-    needed = {"implied_vol", "price", *Domain.from_dict(meta["domain"]).input_names}
+    domain = Domain.from_dict(meta["domain"])
+    needed = {"implied_vol", "price", *domain.input_names}
     for name, frame in zip(meta["shards"], frames, strict=True):
         if not needed <= set(frame.columns):
             raise ValueError(f"{root / name} lacks column(s) {sorted(needed - set(frame.columns))}")
@@ -770,7 +771,7 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
             raise ValueError(f"{root / name} is not the shard {meta_path} records (its SHA-256 "
                              "differs): a shard of another dataset, or an edited one")  # fmt: skip
     # an edited seed, shard_size or engine loaded without a word (and went into a run's record)
-    _check_engine(meta_path, meta, frames)
+    _check_engine(meta_path, meta, domain.model, frames)
     _check_shard_sizes(meta_path, meta, frames)
     _check_seed(meta_path, meta, frames[0])
     return frame, meta
@@ -874,12 +875,14 @@ def _check_sample_order(root: Path, names: list[str], frames: list[pd.DataFrame]
         offset += len(frame)
 
 
-def _check_engine(meta_path: Path, meta: dict[str, Any], frames: list[pd.DataFrame]) -> None:
+def _check_engine(
+    meta_path: Path, meta: dict[str, Any], model: str, frames: list[pd.DataFrame]
+) -> None:
     """Field ``engine`` is one of the model's and made the shards' labels: ``mc`` labels, and
     only they, carry a ``std_error`` column; SABR ``hagan`` labels are Hagan's vols (to
     rounding), QuantLib's PDE labels are not. ``compiled`` is a flag, true only for Heston
-    ``analytic`` labels."""
-    model, engine = Domain.from_dict(meta["domain"]).model, meta.get("engine")
+    ``analytic`` labels (``model``: that of the field ``domain``)."""
+    engine = meta.get("engine")
     if engine is None:
         return
     if engine not in ENGINES[model]:
@@ -900,6 +903,8 @@ def _check_engine(meta_path: Path, meta: dict[str, Any], frames: list[pd.DataFra
                          "Hagan's vols (an edited engine?)")  # fmt: skip
 
 
+_DRAWS = ("scipy", "numpy")
+"""The libraries whose versions decide a seed's points (:func:`_check_seed`)."""
 _CHECKED_ROWS = 8
 """Rows of the first shard whose points (and SABR labels) :func:`load_dataset` makes again."""
 
@@ -938,13 +943,10 @@ def _check_seed(meta_path: Path, meta: dict[str, Any], first: pd.DataFrame) -> N
     ``sampling_domain``. Checked only where the running scipy and numpy are the generation's
     (scipy's Sobol engine draws the points, scrambled by numpy's generator: other versions may
     draw others for the same seed)."""
-    import scipy
-
     if "seed" not in meta or "sampling_domain" not in meta:
         return
-    versions = meta.get("versions")
-    running = {"scipy": scipy.__version__, "numpy": np.__version__}
-    if not isinstance(versions, dict) or any(versions.get(k) != v for k, v in running.items()):
+    versions, running = meta.get("versions"), _versions()  # as generate records them
+    if not isinstance(versions, dict) or any(versions.get(k) != running[k] for k in _DRAWS):
         return
     box = Domain.from_dict(meta["sampling_domain"])
     rows = first.head(_CHECKED_ROWS)
