@@ -91,3 +91,26 @@ def fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         raise OSError(28, "No space left on device")
 
     return lambda: monkeypatch.setattr(Figure, "savefig", disk_full)
+
+
+@pytest.fixture(scope="session")
+def damage_model_file() -> Callable[..., None]:
+    """``damage(path, damage, weight)``: a saved model file at ``path`` damaged one way:
+    ``"cut"`` (its first 300 bytes), ``"no_state_dict"`` (that field left out),
+    ``"missing_weight"`` (its ``state_dict`` without the entry ``weight``) or ``"directory"``
+    (a folder in its place)."""
+
+    def damage(path: Path, how: str, weight: str) -> None:
+        payload = torch.load(path, weights_only=True)
+        if how == "cut":
+            path.write_bytes(path.read_bytes()[:300])
+        elif how == "no_state_dict":
+            torch.save({k: v for k, v in payload.items() if k != "state_dict"}, path)
+        elif how == "missing_weight":
+            state = {k: v for k, v in payload["state_dict"].items() if k != weight}
+            torch.save({**payload, "state_dict": state}, path)
+        else:
+            path.unlink()
+            path.mkdir()
+
+    return damage

@@ -230,7 +230,7 @@ def test_load_refuses_a_grid_of_another_log_moneyness_scale(tmp_path) -> None:
      ("directory", r"is a directory, not a calibration network file$")],
 )  # fmt: skip
 def test_every_damaged_network_file_is_a_model_file_error_naming_it(
-    tmp_path, damage, message
+    tmp_path, damage_model_file, damage, message
 ) -> None:
     # qfnet calibrate told a damaged network's error from the quotes' by whether its message
     # began with the name of a file; a directory in the file's place was "no calibration network
@@ -238,17 +238,8 @@ def test_every_damaged_network_file_is_a_model_file_error_naming_it(
     # field read "KeyError('state_dict')", torch's mismatch "RuntimeError('...\\n\\t...')"
     from qfnet.training.checkpoint import ModelFileError
 
-    path, payload = _saved_network(tmp_path)
-    if damage == "cut":
-        path.write_bytes(path.read_bytes()[:300])
-    elif damage == "no_state_dict":
-        torch.save({"metadata": payload["metadata"]}, path)
-    elif damage == "missing_weight":
-        state = {k: v for k, v in payload["state_dict"].items() if k != "lower"}
-        torch.save({**payload, "state_dict": state}, path)
-    else:
-        path.unlink()
-        path.mkdir()
+    path, _ = _saved_network(tmp_path)
+    damage_model_file(path, damage, weight="lower")
     with pytest.raises(ModelFileError, match=message) as caught:
         load_network(path)
     assert caught.value.path == path and str(caught.value).startswith(f"{path} ")

@@ -436,24 +436,16 @@ def test_load_names_a_damaged_or_newer_surrogate_file_as_such(tmp_path):
       r"state_dict for SurrogateNet: Missing key\(s\) in state_dict: \"in_mean\"\.$"),
      ("directory", r"model\.pt is a directory, neither a surrogate file nor a run holding one")],
 )  # fmt: skip
-def test_every_damaged_surrogate_file_is_a_model_file_error_naming_it(tmp_path, damage, message):
+def test_every_damaged_surrogate_file_is_a_model_file_error_naming_it(
+    tmp_path, damage_model_file, damage, message
+):
     # qfnet calibrate told a damaged surrogate's error from the quotes' by whether its message
     # began with the name of a file; a directory in the shipped file's place was "surrogate file
     # .../model.pt/model.pt does not exist"; a missing field read "KeyError('state_dict')"
     from qfnet.training.checkpoint import ModelFileError
 
     path = save_surrogate(build_surrogate("sabr", hidden=(8,)), tmp_path / "model.pt")
-    payload = torch.load(path, weights_only=True)
-    if damage == "cut":
-        path.write_bytes(path.read_bytes()[:300])
-    elif damage == "no_state_dict":
-        torch.save({k: v for k, v in payload.items() if k != "state_dict"}, path)
-    elif damage == "missing_weight":
-        state = {k: v for k, v in payload["state_dict"].items() if k != "in_mean"}
-        torch.save({**payload, "state_dict": state}, path)
-    else:
-        path.unlink()
-        path.mkdir()
+    damage_model_file(path, damage, weight="in_mean")
     with pytest.raises(ModelFileError, match=message) as caught:
         load_surrogate(path)
     assert caught.value.path == path and str(caught.value).startswith(f"{path} ")
