@@ -918,8 +918,10 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     """QuantLib's HestonModelHelper calibration (see :func:`pricing.quantlib.heston_calibrate`).
 
     QuantLib counts whole days: maturities are rounded to ``round(365 T)`` days, with zero curves
-    through each expiry's rate ``-ln(D)/T`` and dividend yield ``rate - ln(F/S)/T``; the start is
-    QuantLib's test-suite start unless ``x0`` is given.
+    through each expiry's rate ``-ln(D)/T`` and dividend yield ``rate - ln(F/S)/T`` (averaged
+    over the expiry's rows, whose discounts and forwards agree to their rounding: the fit does
+    not depend on the rows' order); the start is QuantLib's test-suite start unless ``x0`` is
+    given.
     """
     from pricing.quantlib import heston_calibrate
 
@@ -932,12 +934,13 @@ def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:
     days = np.maximum(np.rint(t * 365.0).astype(int), 1)
     rate = -np.log(d) / t
     dividend = rate - np.log(f / spot) / t
-    pillars, first = np.unique(days, return_index=True)
+    pillars, pillar, count = np.unique(days, return_inverse=True, return_counts=True)
+    rate, dividend = (np.bincount(pillar, weights=x) / count for x in (rate, dividend))
     x0 = tuple(problem.x0[n] for n in NAMES) if problem.x0 else (0.1, 1.0, 0.1, 0.5, -0.5)
     fit = heston_calibrate(
         spot=spot, strike=quotes["strike"].to_numpy(float), period=days,
         market_vol=quotes["market_iv"].to_numpy(float), curve_days=pillars,
-        zero_rate=rate[first], dividend_yield=dividend[first], x0=x0, weights=problem.weights,
+        zero_rate=rate, dividend_yield=dividend, x0=x0, weights=problem.weights,
         **dict(problem.options),
     )  # fmt: skip
     edges = bounds_reached(NAMES, np.array(fit.params), *_QUANTLIB_CONSTRAINT)
