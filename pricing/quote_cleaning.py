@@ -321,10 +321,11 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     slope's ``D`` beside them mixed two discounts in one expiry); a slope beyond
     :data:`PARITY_RATE_ERRORS` standard errors of it (three pairs or more) gets a note in the
     ``attrs["notes"]`` of the result.
-    Expiries without pairs use that ``D`` with their given ``forward`` (``given``: the mean of
-    its rows', given on every row; rows further apart than :data:`FORWARD_ROUNDING` are refused
-    whether or not every row gives one), else with ``F = S exp(-(q + b) T) / D`` (``carry``;
-    ``b`` a ``borrow`` cost, 0 without one).
+    An expiry with a given ``forward`` takes it (``given``: the mean of its rows that give one:
+    as a discount, a forward on some rows is the expiry's, on its rows without one too; rows
+    further apart than :data:`FORWARD_ROUNDING` are refused), with that ``D`` (its pairs' where
+    it has them and no given discount); expiries without pairs or a forward take
+    ``F = S exp(-(q + b) T) / D`` (``carry``; ``b`` a ``borrow`` cost, 0 without one).
 
     Args:
         quotes: a table from :func:`pricing.quotes.read_quotes` (needs ``strike``, ``maturity``,
@@ -367,15 +368,17 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             # a given discount is the expiry's rate, on its rows without one too: a call's 0.97
             # beside a put's gap made a parity forward at the defaulted rate's 1, used with 0.97
             discount, known = _expiry_discount(quotes, group, t), True
-        forward = _expiry_forward(quotes, group, t)  # None unless every row gives one
+        forward = _expiry_forward(quotes, group, t)  # None where no row gives one
         if has_discount and forward is not None:
             result = (forward, discount, "given")
         else:
             result, suspect, note = _expiry_pairs(group, discount, n_pairs, t, known, has_discount)
             units = units or suspect  # decided over the file's expiries, below
             notes += [note] if note else []
-        if result is None and forward is not None:
-            result = (forward, discount, "given")  # without pairs: D from rate
+        if forward is not None:
+            # a forward on some rows is the expiry's: the others took parity's beside it (two
+            # forwards in one expiry); D is the pairs' where they gave one, else the rate's
+            result = (forward, discount if result is None else result[1], "given")
         if result is None:
             if "spot" not in group:
                 raise _no_forward(quotes, group, t)
@@ -415,16 +418,16 @@ def _expiry_discount(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float)
 
 
 def _no_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> QuoteError:
-    """The error of an expiry (rows ``group`` of ``quotes``) without pairs, spot or a forward on
-    every row, naming its first row without a forward where the file has a ``forward`` column
-    (it said "give a spot (or forward) column" to a file that gave one, with a gap)."""
+    """The error of an expiry (rows ``group`` of ``quotes``) without pairs, spot or a forward,
+    naming its first row where the file has a ``forward`` column (it said "give a spot (or
+    forward) column" to a file that gave one, with a gap at this expiry)."""
     gap = ""
     if "forward" in group:
         missing = group["_position"].to_numpy()[group["forward"].isna().to_numpy()]
         (name,) = _row_names(quotes, [int(missing[0])])
         gap = f"; {name} gives no forward"
     return QuoteError(f"expiry T={maturity:.6g}: no call/put pairs to imply the forward, and no "
-                      "spot: give a spot column, a forward on each of its rows, or calls and puts "
+                      "spot: give a spot column, a forward on its rows, or calls and puts "
                       f"of the same strikes{gap}", column="spot")  # fmt: skip
 
 
@@ -438,10 +441,9 @@ word."""
 
 
 def _expiry_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) -> float | None:
-    """The forward of one expiry's rows ``group`` of ``quotes``: the mean of their ``forward``
-    values where every row gives one, else None; refused where two given ones lie more than
-    :data:`FORWARD_ROUNDING` of the larger (shifted) forward apart (:func:`_one_value`; rows
-    without one too: each row keeps its own)."""
+    """The forward of one expiry's rows ``group`` of ``quotes``: the mean of the ``forward``
+    values they give (None where none does); refused where two lie more than
+    :data:`FORWARD_ROUNDING` of the larger (shifted) forward apart (:func:`_one_value`)."""
     if "forward" not in group:
         return None
     shifted = np.abs(group["forward"].to_numpy(float) + shifts(group).to_numpy(float))
@@ -449,7 +451,7 @@ def _expiry_forward(quotes: pd.DataFrame, group: pd.DataFrame, maturity: float) 
     values = _one_value(quotes, group, "forward", maturity, FORWARD_ROUNDING * scale,
                         what="forward", within=f"{FORWARD_ROUNDING:.2%} of it",
                         shown=".10g")  # fmt: skip
-    return float(values.mean()) if len(values) == len(group) else None
+    return float(values.mean()) if len(values) else None
 
 
 def _one_value(

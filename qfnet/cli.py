@@ -423,7 +423,7 @@ def _without_crossed_prices(table: pd.DataFrame) -> pd.DataFrame:
     ask) blank, for the parity forwards: such a row gets no vol, yet its mid made the forward of
     its expiry (clean_quotes drops it first), and one stale put (bid 8.15 > ask 8.05, its mid 3
     above its value) moved every other vol of its expiry by up to 2.4 points, each "ok". An
-    expiry with no other forward (no spot, no forward on every row, no uncrossed call and put of
+    expiry with no other forward (no spot, no forward on any row, no uncrossed call and put of
     one strike) keeps them: blank, they refused the whole file ("no call/put pairs")."""
     if not {"bid", "ask"} <= set(table.columns):
         return table
@@ -439,7 +439,8 @@ def _without_crossed_prices(table: pd.DataFrame) -> pd.DataFrame:
 
 def _forward_without(table: pd.DataFrame, crossed: np.ndarray) -> np.ndarray:
     """Whether each row's expiry has a forward without the ``crossed`` rows ``(R,)``: a
-    ``forward`` on each of its rows, or a call and a put of one strike priced uncrossed."""
+    ``forward`` on one of its rows (the expiry's), or a call and a put of one strike priced
+    uncrossed."""
     expiry = table["maturity"].round(6).to_numpy()  # attach_forwards' expiries
     priced = table["bid"].notna().to_numpy() & table["ask"].notna().to_numpy()
     for column in ("mid", "price"):
@@ -451,7 +452,7 @@ def _forward_without(table: pd.DataFrame, crossed: np.ndarray) -> np.ndarray:
     pairs = kinds.groupby(["expiry", "strike"])["type"].nunique()
     ok = np.isin(expiry, pairs[pairs == 2].index.get_level_values("expiry"))
     if "forward" in table:
-        given = pd.Series(table["forward"].notna().to_numpy()).groupby(expiry).transform("all")
+        given = pd.Series(table["forward"].notna().to_numpy()).groupby(expiry).transform("any")
         ok |= given.to_numpy()
     return ok
 

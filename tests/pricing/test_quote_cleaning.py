@@ -484,6 +484,27 @@ def test_forwards_that_differ_within_an_expiry_are_refused_naming_the_rows() -> 
     assert implied["source"].tolist() == ["given"]
 
 
+def test_a_forward_given_on_some_rows_is_the_expirys() -> None:
+    # forward 103 on the calls only, the pairs' parity saying 100: the puts took 100 beside the
+    # calls' 103 (two forwards in one expiry; put and call vols 4 points apart at one strike)
+    table = _chain(100.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0))
+    calls = (table["option_type"] == "call").to_numpy()
+    table["forward"] = np.where(calls, 103.0, np.nan)
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], [103.0], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(implied["discount"], [0.95], rtol=1e-9, atol=0)  # the pairs' D
+    assert implied["source"].tolist() == ["given"]
+    prepared, sources = prepare_quotes(read_quotes(table))
+    np.testing.assert_allclose(prepared["forward"], 103.0, rtol=1e-15, atol=0)
+    assert sources == {"given": 1}
+    # without pairs or spot, the rows without one take it too (they were refused)
+    single = read_quotes(table[calls].drop(columns="spot").assign(discount=0.95))
+    single.loc[single.index[-1], "forward"] = np.nan
+    out, sources = attach_forwards(single)
+    np.testing.assert_allclose(out["forward"], 103.0, rtol=1e-15, atol=0)
+    assert sources == {"given": 1}
+
+
 def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:
     # read_quotes of the calls and of the puts, concatenated: index labels 0..5 twice, on which
     # the expiry's discount check failed ("The truth value of a Series is ambiguous")

@@ -948,6 +948,31 @@ def test_iv_keeps_a_crossed_pair_that_is_its_expirys_only_forward(tmp_path):
     assert np.isfinite(ivs["implied_vol"][[0, 1, 2, 4]]).all()
 
 
+def test_iv_reads_a_forward_on_one_row_as_the_expirys_beside_crossed_pairs(tmp_path):
+    # a forward on one row is the expiry's (parity_forwards): its crossed pairs are left out as
+    # where every row gives it (they were kept for the forward and their slope made the discount)
+    strikes = torch.tensor([95.0, 100.0, 105.0], dtype=torch.float64)
+    rows = []
+    for is_call in (True, False):
+        price = bs.black_price(forward=100.0, strike=strikes, maturity=1.0, volatility=0.2,
+                               discount=0.96, is_call=is_call).tolist()  # fmt: skip
+        spread = 0.05 if is_call else -0.05  # the puts crossed
+        rows += [{"option_type": "call" if is_call else "put", "strike": float(k),
+                  "bid": round(p - spread, 2), "ask": round(p + spread, 2)}
+                 for k, p in zip(strikes, price, strict=True)]  # fmt: skip
+    table = pd.DataFrame(rows).assign(maturity=1.0, forward=100.0)
+    written = {}
+    for name, forward in (("every", table["forward"]), ("one", [100.0] + [None] * 5)):
+        path, out = tmp_path / f"{name}.csv", tmp_path / f"iv_{name}.csv"
+        table.assign(forward=forward).to_csv(path, index=False)
+        result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        written[name] = pd.read_csv(out)
+    for column in ("forward", "discount", "implied_vol"):
+        np.testing.assert_allclose(written["one"][column], written["every"][column], rtol=1e-15,
+                                   atol=0)  # fmt: skip
+
+
 def test_iv_flags_a_zero_bid_whose_vol_is_the_mid_of_zero_and_the_ask(tmp_path):
     # the mid of (0, ask) was solved with the status ok: a far wing's vol from half its ask
     table = pd.DataFrame({"option_type": "call", "strike": [100.0, 150.0, 160.0], "maturity": 1.0,
@@ -1014,14 +1039,14 @@ def test_iv_errors_after_expired_rows_name_the_input_rows(tmp_path):
 
 
 def test_iv_without_spot_or_pairs_names_the_row_without_a_forward(tmp_path):
-    # a forward column with a gap was told "give a spot (or forward) column"
+    # a forward column with a gap at one expiry was told "give a spot (or forward) column"
     path, out = tmp_path / "q.csv", tmp_path / "iv.csv"
     path.write_text("option_type,strike,maturity,forward,price\ncall,100,0,100,10\n"
-                    "call,100,1,100,10\ncall,110,1,,5\n")  # fmt: skip
+                    "call,100,2,100,10\ncall,110,1,,5\n")  # fmt: skip
     result = runner.invoke(app, ["iv", "--quotes", str(path), "--out", str(out)])
     assert result.exit_code == 1
     assert (
-        "no spot: give a spot column, a forward on each of its rows, or calls and puts of "
+        "no spot: give a spot column, a forward on its rows, or calls and puts of "
         "the same strikes; row 3 (file line 4) gives no forward" in result.output
     ), result.output
 
