@@ -345,16 +345,18 @@ def entropic_risk(
     """
     g = _check_risk_aversion(risk_aversion, notional)
     _check_pnl(pnl, "entropic_risk", check_finite)
-    x = -g * pnl
-    top = x.max().detach()  # the shift only: the gradient is the softmax of x either way
-    shifted = x - top  # <= 0: no overflow
+    loss = -pnl
+    top = loss.max().detach()  # the shift only: the gradient is the softmax of x either way
+    # g (loss - top), not -g pnl - g top: g |pnl| past the dtype's range (g = 1e308 on a loss
+    # of 2, or 3e38 in float32) was inf - inf, a NaN risk; the risk is near top there
+    shifted = g * (loss - top)  # x - m <= 0: no overflow (-inf: a path of no weight)
     excess = torch.expm1(shifted).mean()  # E[exp(x - m)] - 1, in (-1, 0]
     # logsumexp(x) - log(N) lost ~eps log(N) / g: 0.0 for a float32 risk of 8e-6 at g = 0.1;
     # log1p keeps a small excess exactly, log(E[exp]) a large one (its clamp: no inf gradient)
     log_mean = torch.where(
         excess > -0.5, torch.log1p(excess.clamp(min=-0.5)), torch.exp(shifted).mean().log()
     )
-    return (top + log_mean) / g
+    return top + log_mean / g
 
 
 def indifference_price(

@@ -47,7 +47,8 @@ _CI_METRICS = ("mean", "std", "var95", "es95", "es99", "entropic")
 
 
 def read_paths(path: str | Path, market: Market) -> RawPaths:
-    """Read user price paths from Parquet and rescale each to start at ``market.spot``.
+    """Read user price paths from Parquet (a file, or the folder of a dataset partitioned with
+    pandas' ``partition_cols``) and rescale each to start at ``market.spot``.
 
     Two layouts: *wide* (one row per path, ``T + 1`` numeric columns in time order, and
     optionally a ``path`` column of names, never read as a price) or *long*
@@ -75,9 +76,7 @@ def read_paths(path: str | Path, market: Market) -> RawPaths:
         >>> raw.spot.shape, raw.spot[:, :2].tolist(), raw.variance
         (torch.Size([2, 6]), [[1.0, 1.01], [1.0, 0.98]], None)
     """
-    if Path(path).is_dir():  # it was "no such file", of a folder that is there
-        raise ValueError(f"paths file {path}: a directory, not a Parquet file")
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a folder: a partitioned dataset (pandas' partition_cols)
         raise FileNotFoundError(f"paths file {path}: no such file")
     try:
         frame = pd.read_parquet(path)
@@ -143,7 +142,7 @@ def _rescaled(
     """Each path divided by its first price, then times ``market.spot``, in the market's dtype:
     multiplying by ``spot / S_0`` first made a start of 1e-320 an inf factor (every price inf,
     a NaN P&L later). A path that still leaves the dtype's range once rescaled (a rise of
-    1e300 times its start, or 1e40 in float32) is refused, naming it.
+    1e307 times its start at a ``spot`` of 100, or 1e37 in float32) is refused, naming it.
 
     Shape:
         - values, output: (N, T + 1)
@@ -182,6 +181,11 @@ def _long_to_wide(
         i = int(np.flatnonzero(repeated.to_numpy())[0])
         raise ValueError(f"paths file {path}: row {i + 1} repeats path "
                          f"{frame['path'].iloc[i]}, step {frame['step'].iloc[i]}")  # fmt: skip
+    for column in ("path", "step"):  # a folder partitioned on it reads it as a category
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):  # of the keys' type, in the
+            # order of the folders found: step=10 before step=2
+            keys = frame[column].cat.categories.dtype
+            frame = frame.assign(**{column: frame[column].astype(keys)})
     step = frame["step"]
     if not (pd.api.types.is_numeric_dtype(step) or pd.api.types.is_datetime64_any_dtype(step)):
         # text steps sorted as text: "10" came before "2", and the prices out of time order
@@ -306,7 +310,7 @@ def backtest(
         res = run_strategy(strategy, data, market)
         seconds = time.perf_counter() - start
         results[name] = res
-        entry = risk_metrics(res.pnl, entropic_risk_aversion=risk_aversion)
+        entry = _metrics(name, res.pnl, risk_aversion)
         entry.update(turnover=float(res.turnover.mean()), cost=float(res.cost.mean()))
         entry["seconds"] = seconds
         report[name] = entry
@@ -333,9 +337,8 @@ def _bootstrap(
     for _ in range(n_resamples):
         idx = torch.randint(n, (n,), generator=generator)
         for name, pnl in pnls.items():
-            for metric, value in risk_metrics(
-                pnl[idx], entropic_risk_aversion=risk_aversion
-            ).items():
+            metrics = _metrics(name, pnl[idx], risk_aversion, "a bootstrap resample of ")
+            for metric, value in metrics.items():
                 draws[name][metric].append(value)
     cis = {
         name: {m: _percentile_interval(v) for m, v in metrics.items()}
@@ -351,6 +354,20 @@ def _bootstrap(
                 value = float(_relative(float(F.expected_shortfall(pnls[name], 0.95)), point))
                 ratios[name] = {"relative": value, "ci95": _percentile_interval(list(rel))}
     return cis, ratios
+
+
+def _metrics(
+    name: str, pnl: torch.Tensor, risk_aversion: float, sample: str = ""
+) -> dict[str, float]:
+    """:func:`risk_metrics` of one strategy's P&L, its errors naming the strategy.
+
+    Shape:
+        - pnl: (N,)
+    """
+    try:
+        return risk_metrics(pnl, entropic_risk_aversion=risk_aversion)
+    except ValueError as error:
+        raise ValueError(f"{sample}the P&L of strategy {name!r}: {error}") from None
 
 
 def _relative(value, base):

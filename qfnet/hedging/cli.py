@@ -102,8 +102,8 @@ def backtest_command(
     paths: Path | None = typer.Option(
         None,
         "--paths",
-        help="Parquet of price paths (wide: one row per path, an optional path column naming "
-        "it; or long: path, step, spot and "
+        help="Parquet file (or partitioned folder) of price paths (wide: one row per path, "
+        "an optional path column naming it; or long: path, step, spot and "
         "optionally variance, for a Heston run). Without variance a Heston run's vol proxy "
         "stays at its time-0 level.",
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -79,16 +80,39 @@ def risk_metrics(
     VaR and ES are of the loss ``-pnl`` (positive is bad); ``entropic`` uses the given risk
     aversion per unit notional.
 
+    Raises:
+        ValueError: a NaN or infinite P&L, or a metric of a finite one that overflows (a mean
+            of P&L near float64's largest value).
+
     Examples:
         >>> sorted(risk_metrics(torch.randn(1000, dtype=torch.float64)))
         ['entropic', 'es95', 'es99', 'mean', 'std', 'var95']
     """
     p = pnl.to(torch.float64)
-    return {
+    metrics = {
         "mean": float(p.mean()),
-        "std": float(p.std()),
+        "std": _std(p),
         "var95": float(F.value_at_risk(p, 0.95)),
         "es95": float(F.expected_shortfall(p, 0.95)),
         "es99": float(F.expected_shortfall(p, 0.99)),
         "entropic": float(F.entropic_risk(p, entropic_risk_aversion, notional=notional)),
     }
+    for name, value in metrics.items():  # an inf metric was a NaN bootstrap interval
+        if not math.isfinite(value) and (name, p.numel()) != ("std", 1):  # 1 path: a NaN std
+            raise ValueError(f"risk_metrics: {name} is {value}: the P&L, from {float(p.min()):.4g} "
+                             f"to {float(p.max()):.4g}, overflows float64")  # fmt: skip
+    return metrics
+
+
+def _std(pnl: torch.Tensor) -> float:
+    """Sample standard deviation of ``pnl``, computed on ``pnl / max |pnl|``: the squares of a
+    finite P&L beyond 1e154 (a paths file's rise of 1e300 times its start) made it inf, and
+    the bootstrap's interval of it NaN, with numpy's "invalid value encountered in subtract".
+
+    Shape:
+        - pnl: (N,)
+    """
+    scale = pnl.abs().max()
+    if not 0.0 < float(scale) < math.inf:  # all zero: 0; a NaN or inf P&L: as torch gives it
+        return float(pnl.std())
+    return float(scale * (pnl / scale).std())

@@ -51,8 +51,10 @@ def plot_histograms(results: dict[str, HedgeResult], out_dir: Path) -> list[str]
         fig = Figure(figsize=(6, 4))
         ax = fig.subplots()
         ax.hist(pnl.clamp(lo, hi).numpy(), bins=120, range=(lo, hi), color="tab:blue", alpha=0.8)
-        var = -F.value_at_risk(pnl, 0.95).item()
-        es = -F.expected_shortfall(pnl, 0.95).item()
+        # + 0.0: a VaR or ES of 0 (a no_hedge of an option mostly out of the money) was
+        # labelled "-VaR95 = -0", its negation -0.0
+        var = -F.value_at_risk(pnl, 0.95).item() + 0.0
+        es = -F.expected_shortfall(pnl, 0.95).item() + 0.0
         ax.axvline(var, color="tab:orange", ls="--", label=f"-VaR95 = {var:.4g}")
         ax.axvline(es, color="tab:red", ls="-", label=f"-ES95 = {es:.4g}")
         below, above = int((pnl < lo).sum()), int((pnl > hi).sum())

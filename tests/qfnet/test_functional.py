@@ -344,6 +344,20 @@ def test_entropic_risk_of_a_large_loss_is_finite_in_every_dtype(dtype: torch.dty
     torch.testing.assert_close(pnl.grad, torch.tensor([-1.0, 0.0], dtype=dtype), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("dtype", "gamma"), [(DT, 1e308), (torch.float32, 3e38)])
+def test_entropic_risk_at_a_risk_aversion_past_the_dtype_range_is_the_worst_loss(
+    dtype: torch.dtype, gamma: float
+) -> None:
+    # -g pnl overflowed to inf where g |pnl| passed the dtype's largest value, and the shift by
+    # its maximum made inf - inf: a NaN risk; it is the worst loss, 2, less log(3) / g
+    pnl = torch.tensor([-2.0, 0.0, 1.0], dtype=dtype, requires_grad=True)
+    value = F.entropic_risk(pnl, gamma)
+    assert value.item() == pytest.approx(2.0, rel=1e-15)
+    value.backward()  # the softmax of -g pnl: all on the worst path
+    torch.testing.assert_close(pnl.grad, torch.tensor([-1.0, 0.0, 0.0], dtype=dtype), rtol=0,
+                               atol=1e-6)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "measure",
     [

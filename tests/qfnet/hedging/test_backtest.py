@@ -435,3 +435,34 @@ def test_a_path_column_in_a_wide_file_names_the_paths_and_is_never_a_price(tmp_p
     wide.drop(columns="0").rename(columns={"1": "step"}).to_parquet(tmp_path / "long.parquet")
     with pytest.raises(ValueError, match=r"columns \['step'\] but no \['spot'\]: the long layout"):
         read_paths(tmp_path / "long.parquet", market)
+
+
+def test_a_path_rising_1e300_times_gets_finite_intervals_and_an_overflow_is_named(
+    tmp_path: Path,
+) -> None:
+    # a rise of 1e300 times passed read_paths, its std overflowed to inf (the squares of 1e302)
+    # and the bootstrap interval of it was NaN, with numpy's "invalid value encountered in
+    # subtract"; a rise to float64's largest value overflows the mean: an error naming it
+    import warnings
+
+    from qfnet.hedging.backtest import read_paths
+
+    config = config_from_dict({"market": {"n_steps": 2, "spot": 100.0}})
+    market = Market(config)
+    for rise in (1e300, 1.7e306):
+        pd.DataFrame({"0": [1.0, 1.0, 1.0], "1": [1.0, 1.1, 1.0], "2": [rise, 1.2, 0.9]}
+                     ).to_parquet(tmp_path / f"{rise}.parquet")  # fmt: skip
+    data = market.data(read_paths(tmp_path / "1e+300.parquet", market))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report, _ = backtest(config, data, market, n_resamples=20)
+    # no_hedge owes about 1e302 on path 0, 20 and 0 on the others: deviations from the mean
+    # of -2/3, 1/3 and 1/3 times 1e302, a sample std of 1e302 / sqrt(3)
+    assert report["no_hedge"]["std"] == pytest.approx(1e302 / math.sqrt(3.0), rel=1e-9)
+    for name in report["strategies"]:
+        for low, high in report[name]["ci95"].values():
+            assert math.isfinite(low) and math.isfinite(high), name
+    data = market.data(read_paths(tmp_path / "1.7e+306.parquet", market))
+    with pytest.raises(ValueError, match=r"P&L of strategy 'no_hedge': risk_metrics: mean is "
+                                         r"-inf: the P&L, from -1\.7e\+308 .*overflows float64"):  # fmt: skip
+        backtest(config, data, market, n_resamples=20)

@@ -226,14 +226,36 @@ def test_read_paths_wide_and_long_layouts(tmp_path) -> None:
     # a missing file said only its name; an empty one failed in torch.cat
     with pytest.raises(FileNotFoundError, match=r"paths file .*nope.parquet: no such file"):
         read_paths(tmp_path / "nope.parquet", market)
-    with pytest.raises(ValueError, match=r"paths file .*: a directory, not a Parquet file"):
-        read_paths(tmp_path, market)  # it said "no such file" of a folder that is there
     wide.iloc[:0].to_parquet(tmp_path / "empty.parquet")
     with pytest.raises(ValueError, match=r"no paths \(0 rows\)"):
         read_paths(tmp_path / "empty.parquet", market)
     (tmp_path / "text.parquet").write_text("not parquet")
     with pytest.raises(ValueError, match=r"not a readable Parquet file"):
         read_paths(tmp_path / "text.parquet", market)
+
+
+def test_read_paths_of_a_partitioned_parquet_folder(tmp_path) -> None:
+    # a folder was refused ("a directory, not a Parquet file") though pandas reads a dataset
+    # written with partition_cols; its partition keys come back as categories, in the order of
+    # the folders found (path=10 before path=2), not as numbers
+    market = _market(spot=1.0)
+    long = pd.DataFrame([{"path": p, "step": t, "spot": 100.0 + p + t * (p - 5)}
+                         for p in range(12) for t in range(11)])  # fmt: skip
+    expected = torch.tensor([[(100.0 + p + t * (p - 5)) / (100.0 + p) for t in range(11)]
+                             for p in range(12)], dtype=torch.float64)  # fmt: skip
+    for key in ("path", "step"):
+        long.to_parquet(tmp_path / f"by_{key}", partition_cols=[key])
+        spot = read_paths(tmp_path / f"by_{key}", market).spot
+        torch.testing.assert_close(spot, expected, rtol=1e-14, atol=0.0)
+    wide = pd.DataFrame(expected.numpy() * 50.0, columns=[f"t{j}" for j in range(11)])
+    wide.insert(0, "desk", ["a", "b"] * 6)  # a text key: a label, never a price
+    wide.to_parquet(tmp_path / "by_desk", partition_cols=["desk"])
+    spot = read_paths(tmp_path / "by_desk", market).spot  # the a rows first, then the b rows
+    torch.testing.assert_close(spot, torch.cat([expected[0::2], expected[1::2]]), rtol=1e-14,
+                               atol=0.0)  # fmt: skip
+    (tmp_path / "by_desk" / "notes.txt").write_text("not parquet")
+    with pytest.raises(ValueError, match=r"by_desk: not a readable Parquet file"):
+        read_paths(tmp_path / "by_desk", market)
 
 
 @pytest.mark.parametrize(

@@ -78,3 +78,20 @@ def test_an_interrupted_plot_leaves_the_previous_file_and_no_temporary(
         write(tmp_path)
     assert (tmp_path / name).read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left
+
+
+def test_a_var_and_es_of_zero_are_labelled_0_not_minus_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the labels showed the negated VaR and ES: a VaR of 0.0 (the loss of an unhedged option
+    # that mostly expires worthless) was drawn as "-VaR95 = -0"
+    import qfnet.hedging.report
+
+    figures = {}
+    monkeypatch.setattr(qfnet.hedging.report, "save_figure_atomically",
+                        lambda fig, path, **_: figures.update({path.name: fig}))  # fmt: skip
+    empty = torch.zeros(1, 1, 1, dtype=torch.float64)
+    pnl = -torch.zeros(100, dtype=torch.float64)  # -payoff of an option that expires worthless
+    plot_histograms({"no_hedge": HedgeResult(empty, pnl, pnl, pnl)}, tmp_path)
+    legend = figures["pnl_hist_no_hedge.png"].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["-VaR95 = 0", "-ES95 = 0"]
