@@ -57,6 +57,7 @@ __all__ = [
     "bounds_reached",
     "calibrate",
     "calibrate_many",
+    "check_bounds",
     "check_method_device",
     "check_start_in_box",
     "methods_needing_import",
@@ -647,19 +648,9 @@ def _check_inputs(
         if value is not None and not isinstance(value, Mapping):  # a list: AttributeError
             raise TypeError(f"{name}: expected a mapping of parameter names, got "
                             f"{type(value).__name__}")  # fmt: skip
+    check_bounds(model, bounds)
     names = MODEL_PARAMETERS[model]
     expected = f"expected {', '.join(names)}"
-    for name, pair in (bounds or {}).items():
-        if name not in names:
-            raise ValueError(f"bounds: {model} has no parameter {name!r} ({expected})")
-        check_real(**{f"bounds[{name!r}]": pair})  # float() dropped a numpy imaginary part
-        try:
-            low, high = (float(v) for v in pair)
-        except (TypeError, ValueError):
-            raise ValueError(f"bounds[{name!r}]: expected (lower, upper), got {pair!r}") from None
-        if not low <= high:  # NaN too
-            raise ValueError(f"bounds[{name!r}]: lower {low} is not <= upper {high}")
-        check_bounds_in_domain(name, low, high)
     if x0 is not None:
         unknown = sorted(set(x0) - set(names))
         needed = [n for n in names if n not in x0 and not (model == "sabr" and n == "beta")]
@@ -679,6 +670,33 @@ def _check_inputs(
                                  f"[{float(low):g}, {float(high):g}]")  # fmt: skip
     if model == "sabr":
         _check_sabr_beta(beta, bounds, x0, bool(options.get("free_beta", False)))
+
+
+def check_bounds(model: str, bounds: Mapping[str, tuple[float, float]] | None) -> None:
+    """Refuse bounds on a parameter ``model`` does not have, malformed or inverted ones and ones
+    that leave the parameter's domain, naming the field (the check :func:`calibrate` makes; SABR's
+    fitters make it too, where an unknown name was ignored and an inverted pair fixed the
+    parameter at its upper end without a word).
+
+    Examples:
+        >>> check_bounds("sabr", {"rho": (0.5, -0.5)})
+        Traceback (most recent call last):
+        ...
+        ValueError: bounds['rho']: lower 0.5 is not <= upper -0.5
+    """
+    names = MODEL_PARAMETERS[model]
+    for name, pair in (bounds or {}).items():
+        if name not in names:
+            raise ValueError(f"bounds: {model} has no parameter {name!r} (expected "
+                             f"{', '.join(names)})")  # fmt: skip
+        check_real(**{f"bounds[{name!r}]": pair})  # float() dropped a numpy imaginary part
+        try:
+            low, high = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds[{name!r}]: expected (lower, upper), got {pair!r}") from None
+        if not low <= high:  # NaN too
+            raise ValueError(f"bounds[{name!r}]: lower {low} is not <= upper {high}")
+        check_bounds_in_domain(name, low, high)
 
 
 def _check_sabr_beta(

@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pricing._validation import check_real
+from pricing._validation import check_nonnegative, check_positive, check_positive_int, check_real
 from pricing.calibration import (
     MODEL_PARAMETERS,
     CalibrationProblem,
     FitOutput,
     bounds_reached,
+    check_bounds,
     check_start_in_box,
     register_method,
 )
@@ -104,6 +105,10 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     is one value, and one of its quotes at least has a positive weight (else a
     :class:`pricing.quotes.QuoteError`).
 
+    Raises:
+        ValueError: naming ``weights`` (not one finite weight >= 0 per quote) or ``market_iv``
+            (not finite and > 0), and the :class:`pricing.quotes.QuoteError` above.
+
     Shape:
         Output tensors ``(E, 1)`` or ``(E, M)`` for E expiries of at most M strikes.
 
@@ -123,7 +128,14 @@ def smile_batch(quotes: pd.DataFrame, weights: np.ndarray) -> SmileBatch:
     expiry = np.repeat(np.arange(len(groups)), counts)  # (R,) in sorted order
     slot = np.arange(len(order)) - np.repeat(first, counts)
     shift = shifts(quotes).to_numpy(float)[order]
-    w = np.asarray(weights, dtype=float)[order]
+    w = np.array(weights, dtype=float)  # a copy: torch refuses a reversed array's strides
+    if w.shape != maturity.shape:  # a longer array was cut to the table without a word
+        raise ValueError(f"weights: shape {w.shape} for {len(maturity)} quotes")
+    # a NaN vol failed as "alpha must be finite and > 0", and negative weights as "every quote
+    # has weight 0"
+    check_nonnegative(weights=w)
+    check_positive(market_iv=np.array(quotes["market_iv"], dtype=float))
+    w = w[order]
     f_row = quotes["forward"].to_numpy(float)[order]
     varies = np.maximum.reduceat(shift, first) > np.minimum.reduceat(shift, first)
     # forwards of one expiry agree to FORWARD_ROUNDING, as parity_forwards reads them (100.0
@@ -334,6 +346,8 @@ def fit_smiles(
         >>> [round(v, 6) for v in params[0].tolist()], bool(converged[0])
         ([2.0, 0.5, -0.3, 0.6], True)
     """
+    check_bounds("sabr", bounds)  # an unknown name was ignored; an inverted pair named no field
+    check_positive_int("n_starts", n_starts)  # 0 failed in a tensor reduction
     level, lower, upper = _solver_box(batch, beta, bounds)
     atm = _atm_vol(batch)
     starts, expiry = _candidates(batch, _FREE_BETA_GRID if beta is None else (beta,), atm)
@@ -511,6 +525,12 @@ def fit_smile_scipy(
     Returns:
         ``(alpha, beta, rho, nu)``, model vols, converged, function evaluations.
 
+    Raises:
+        ValueError: naming the field: ``strike``, ``market_iv`` and ``weight`` not 1-D of one
+            length; forward or strikes not > 0 after the shift; ``maturity`` or a vol not > 0; a
+            weight < 0, or all 0; ``beta`` outside [0, 1]; ``bounds`` on no SABR parameter,
+            inverted or outside the domain; a start outside the box.
+
     Examples:
         >>> strikes = np.array([80.0, 90.0, 100.0, 110.0, 120.0])
         >>> vols = lognormal_vol(forward=100.0, strike=strikes, maturity=1.0, alpha=2.0,
@@ -524,15 +544,25 @@ def fit_smile_scipy(
 
     from pricing.quantlib import sabr_vol
 
+    check_positive_int("max_iterations", max_iterations)  # 0 failed in scipy, naming max_nfev
     check_real(forward=forward, strike=strike, maturity=maturity, market_iv=market_iv,
                shift=shift, weight=weight)  # fmt: skip
-    w = np.ones(len(strike)) if weight is None else np.sqrt(weight)
+    # copies: torch, which checks them, refuses the negative strides of a reversed array
+    strike, market_iv = np.array(strike, dtype=float), np.array(market_iv, dtype=float)
+    weight = np.ones(strike.shape) if weight is None else np.array(weight, dtype=float)
+    _check_smile(forward + shift, strike + shift, maturity, market_iv, weight)
+    if beta is not None and not 0.0 <= float(beta) <= 1.0:  # QuantLib's error said (0, 1)
+        raise ValueError(f"beta must be in [0, 1] (None fits it), got {beta!r}")
+    check_bounds("sabr", bounds)
+    w = np.sqrt(weight)
     log_moneyness = np.log((strike + shift) / (forward + shift))
     atm = _vol_at_the_money(log_moneyness, market_iv, w)
     b0 = FREE_BETA_START if beta is None else beta
     box = _scipy_box(bounds) | ({} if beta is None else {"beta": (beta, beta)})
     lower, upper = (np.array([box[n][i] for n in _NAMES], dtype=float) for i in (0, 1))
     if x0 is not None:  # it was clipped into the box without a word
+        if np.shape(x0) != (len(_NAMES),):  # three values failed in zip(), naming no input
+            raise ValueError(f"x0: expected (alpha, beta, rho, nu), got {np.size(x0)} values")
         _check_start_beta(x0[1], beta)
         check_start_in_box(dict(zip(_NAMES, x0, strict=True)), box, method="sabr 'quantlib'")
     start = (atm * (forward + shift) ** (1 - b0), b0, 0.0, 0.5) if x0 is None else x0
@@ -562,6 +592,28 @@ def fit_smile_scipy(
                              max_nfev=max_iterations)  # fmt: skip
     params = full(solution.x)
     return params, model(solution.x), solution.status > 0, solution.nfev
+
+
+def _check_smile(
+    forward: float, strike: np.ndarray, maturity: float, market_iv: np.ndarray, weight: np.ndarray
+) -> None:
+    """Refuse a smile :func:`fit_smile_scipy` cannot fit, naming the field: negative vols were
+    fitted (to a smile of zeros, reported converged), a maturity of 0 too, weights all 0 returned
+    the start as converged, and a NaN vol, a negative strike or weight, or lengths that differ
+    failed in scipy or numpy without naming any input. ``forward`` and ``strike`` are shifted.
+
+    Shape:
+        ``strike``, ``market_iv`` and ``weight``: ``(N,)``, N >= 1.
+    """
+    shapes = (strike.shape, market_iv.shape, weight.shape)
+    if strike.ndim != 1 or not strike.size or len(set(shapes)) > 1:
+        raise ValueError(f"strike, market_iv and weight must be 1-D of one length >= 1, got "
+                         f"shapes {', '.join(map(str, shapes))}")  # fmt: skip
+    check_positive(**{"forward + shift": forward, "strike + shift": strike, "maturity": maturity,
+                      "market_iv": market_iv})  # fmt: skip
+    check_nonnegative(weight=weight)
+    if not (weight > 0).any():
+        raise ValueError("weight: every quote has weight 0 (nothing to fit)")
 
 
 def _fit_quantlib(problem: CalibrationProblem) -> FitOutput:

@@ -391,3 +391,86 @@ def test_only_smiles_without_strikes_near_the_money_refine_extra_starts(
     calibrate("sabr", _wing_smile([4.0, 4.5, 6.0, 800.0, 1000.0]), beta=0.7)
     calibrate("sabr", _smiles(), beta=0.5, n_starts=5)  # more than the gapped smiles' floor
     assert refined == [2, 4, 3 * 5]
+
+
+def _reference_smile() -> dict:
+    """:func:`fit_smile_scipy`'s arguments for the exact 1-year smile of :data:`SMILES`."""
+    first = _smiles().iloc[11:22]
+    return dict(forward=102.0, strike=first["strike"].to_numpy(), maturity=1.0,
+                market_iv=first["implied_vol"].to_numpy(), beta=0.5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"market_iv": -1.0}, r"^market_iv must be finite and > 0; got -0\.2\d* at index 0"),
+        ({"market_iv": np.nan}, r"^market_iv must be finite and > 0; got nan at index 0"),
+        ({"maturity": 0.0}, r"^maturity must be finite and > 0; got 0\.0"),
+        ({"forward": -102.0}, r"^forward \+ shift must be finite and > 0; got -102\.0"),
+        ({"strike": -1.0}, r"^strike \+ shift must be finite and > 0; got -\d"),
+        ({"weight": np.zeros(11)}, r"^weight: every quote has weight 0"),
+        ({"weight": -np.ones(11)}, r"^weight must be finite and >= 0; got -1\.0 at index 0"),
+        ({"weight": np.ones(3)}, r"^strike, market_iv and weight must be 1-D of one length"),
+        ({"beta": 2.0}, r"^beta must be in \[0, 1\] \(None fits it\), got 2\.0"),
+        ({"max_iterations": 0}, r"^max_iterations must be a positive integer, got 0"),
+        ({"x0": (2.0, 0.5, 0.0)}, r"^x0: expected \(alpha, beta, rho, nu\), got 3 values"),
+    ],
+    ids=["negative_vol", "nan_vol", "zero_maturity", "negative_forward", "negative_strike",
+         "zero_weights", "negative_weight", "short_weights", "beta", "max_iterations", "short_x0"],
+)  # fmt: skip
+def test_the_reference_fit_refuses_a_bad_smile_naming_the_field(change: dict, message: str) -> None:
+    # negative vols and a maturity of 0 were fitted (converged), zero weights returned the start
+    # as converged, and the rest failed in scipy, numpy or QuantLib naming no input (a negative
+    # forward: "float() argument must be ... not 'complex'"). A number given for strike or
+    # market_iv multiplies the smile's array.
+    from pricing.calibration_sabr import fit_smile_scipy
+
+    args = _reference_smile()
+    changed = {name: args[name] * value if name in ("strike", "market_iv") else value
+               for name, value in change.items()}  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        fit_smile_scipy(**(args | changed))
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        ({"Nu": (0.1, 2.0)}, r"^bounds: sabr has no parameter 'Nu' \(expected alpha, beta, rho"),
+        ({"rho": (0.5, -0.5)}, r"^bounds\['rho'\]: lower 0\.5 is not <= upper -0\.5"),
+    ],
+    ids=["unknown", "inverted"],
+)
+@pytest.mark.parametrize("fitter", ["fit_smiles", "fit_smile_scipy"])
+def test_both_fitters_refuse_unknown_or_inverted_bounds(fitter: str, bounds: dict, message: str):
+    # an unknown name was ignored; an inverted pair fixed rho at -0.5 in scipy (reported
+    # converged) and failed in the solver naming no parameter
+    from pricing.calibration_sabr import fit_smile_scipy, fit_smiles, smile_batch
+
+    args = _reference_smile()
+    with pytest.raises(ValueError, match=message):
+        if fitter == "fit_smiles":
+            table = pd.DataFrame({"strike": args["strike"], "forward": 102.0, "maturity": 1.0,
+                                  "market_iv": args["market_iv"]})  # fmt: skip
+            fit_smiles(smile_batch(table, np.ones(11)), beta=0.5, bounds=bounds)
+        else:
+            fit_smile_scipy(**args, bounds=bounds)
+
+
+def test_a_smile_batch_refuses_bad_vols_weights_and_start_counts_naming_them() -> None:
+    # a NaN vol failed as "alpha must be finite and > 0", negative weights as "every quote has
+    # weight 0", extra weights were cut to the table, and n_starts=0 failed in a reduction
+    from pricing.calibration_sabr import fit_smiles, smile_batch
+
+    args = _reference_smile()
+    table = pd.DataFrame({"strike": args["strike"], "forward": 102.0, "maturity": 1.0,
+                          "market_iv": args["market_iv"]})  # fmt: skip
+    vols = table["market_iv"].to_numpy().copy()
+    vols[3] = np.nan
+    with pytest.raises(ValueError, match=r"^market_iv must be finite and > 0; got nan at index 3"):
+        smile_batch(table.assign(market_iv=vols), np.ones(11))
+    with pytest.raises(ValueError, match=r"^weights must be finite and >= 0; got -1\.0 at index 0"):
+        smile_batch(table, -np.ones(11))
+    with pytest.raises(ValueError, match=r"^weights: shape \(12,\) for 11 quotes"):
+        smile_batch(table, np.ones(12))
+    with pytest.raises(ValueError, match=r"^n_starts must be a positive integer, got 0"):
+        fit_smiles(smile_batch(table, np.ones(11)), beta=0.5, n_starts=0)
