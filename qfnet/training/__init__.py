@@ -68,7 +68,11 @@ Resume
     a warning naming the folder, when it does not exist); ``fit(..., ckpt_path=path)`` from a
     given file. A new run (``fit`` without a checkpoint to resume) removes the ``last.pt``,
     ``best.pt`` and ``epoch_XXXX.pt`` of the run it replaces in that folder when it starts, so
-    a resume never continues that run.
+    a resume never continues that run. A resume is refused, naming the file, where the state
+    restored would not fit or would keep the checkpoint's settings without a word: another
+    optimizer or optimizer setting (``lr`` included), another learning-rate schedule or
+    ``scheduler_kwargs``, or, mid-epoch, another batch size, data order or set of training
+    metrics.
     Checkpoints hold the model, optimizer, scheduler, GradScaler, callback states, loop position
     (epoch, batch within the epoch, global step), history and every RNG state. They are written
     atomically and read with ``torch.load(weights_only=True)``; a truncated, corrupted or

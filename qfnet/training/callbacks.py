@@ -426,8 +426,8 @@ class LRMonitor:
 
 
 class ProgressBar:
-    """A tqdm bar per epoch with the running loss (mean of the epoch's steps so far, refreshed
-    every ``refresh_every`` steps).
+    """A tqdm bar per epoch with the running loss (mean of the epoch's steps so far, weighted by
+    their samples as ``train_loss`` is, refreshed every ``refresh_every`` steps).
 
     Disabled automatically when stderr is not a terminal, and on ranks other than 0.
 
@@ -448,14 +448,14 @@ class ProgressBar:
         self.refresh_every, self.leave = refresh_every, leave
         self._bar: Any = None
         self._total: torch.Tensor | None = None
-        self._count = 0
+        self._weight: torch.Tensor | int = 0
 
     def on_train_epoch_start(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero or not sys.stderr.isatty():
             return
         from tqdm.auto import tqdm
 
-        self._total, self._count = None, 0
+        self._total, self._weight = None, 0
         self._bar = tqdm(
             total=trainer.steps_per_epoch,
             initial=trainer.step_in_epoch,
@@ -468,12 +468,18 @@ class ProgressBar:
         if self._bar is None:
             return
         self._bar.update(1)
-        loss = trainer.step_metrics["loss"].detach()
-        self._total = loss if self._total is None else self._total + loss
-        self._count += 1
+        loss, weight = trainer.step_metrics["loss"].detach(), trainer.step_weight
+        # a step whose samples all weigh 0 adds nothing, as to train_loss: its loss is 0/0, and
+        # an unweighted mean showed NaN for the rest of the epoch (nan_guard=False)
+        if isinstance(weight, torch.Tensor):
+            part = torch.where(weight != 0, loss * weight, 0.0)
+        else:
+            part = loss * weight
+        self._total = part if self._total is None else self._total + part
+        self._weight = self._weight + weight
         if trainer.global_step % self.refresh_every == 0:
             # .item() synchronises the GPU: only every refresh_every steps
-            self._bar.set_postfix(loss=f"{(self._total / self._count).item():.4g}")
+            self._bar.set_postfix(loss=f"{(self._total / self._weight).item():.4g}")
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if self._bar is not None:

@@ -183,6 +183,7 @@ _TRAINER_ATTRS = (
     "batch_in_epoch",
     "step_in_epoch",
     "step_metrics",
+    "step_weight",
     "_train_sums",
     "_epoch_loss",
     "at_epoch_end",

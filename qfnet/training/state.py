@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
@@ -54,6 +55,7 @@ def trainer_state(trainer: Trainer) -> dict[str, Any]:
         "step_in_epoch": 0 if done else trainer.step_in_epoch,
         "global_step": trainer.global_step,
         "train_sums": trainer._zero_sums() if done else trainer._folded_train_sums(),
+        "metrics": list(trainer.metrics),  # the order of the metric sums in train_sums
         "batch_size": trainer.config.batch_size,
         "accumulate_grad_batches": trainer.config.accumulate_grad_batches,
         "world_size": trainer.dist.world_size,
@@ -142,17 +144,69 @@ def _check_order(trainer: Trainer, saved: dict[str, Any], path: Path) -> None:
                              "of the epoch would see another order)")  # fmt: skip
 
 
-_OPTIMIZER_KEYS = ("optimizer", "weight_decay", "momentum", "betas")
+def _check_train_metrics(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """Refuse a mid-epoch resume with ``train_metrics`` whose metrics are not the checkpoint's
+    (or that it did not compute): their partial sums are kept by position, so another set
+    failed in the first step on a shape mismatch and a renamed one carried on the old
+    metric's sums, and one not computed before reported part of the epoch."""
+    now = list(trainer.metrics)
+    if not trainer.config.train_metrics or not now:
+        return
+    loop, saved = state["loop"], state["loop"].get("metrics")
+    if not (state.get("config") or {}).get("train_metrics", True):
+        before = "train_metrics=False"
+    elif saved is None:  # older checkpoints: only the sums' length says how many
+        before = None if loop["train_sums"].shape[0] == 2 + 2 * len(now) else "other metrics"
+    else:
+        before = None if saved == now else f"the metrics {saved}"
+    if before is not None:
+        raise ValueError(f"checkpoint {path}: cannot resume mid-epoch with train_metrics for "
+                         f"the metrics {now}, the checkpoint was written with {before} (the "
+                         "sums of the epoch's train_ metrics so far are not this run's)")  # fmt: skip
+
+
+def _restored_sums(trainer: Trainer, loop: dict[str, Any]) -> torch.Tensor:
+    """The epoch's running ``[loss_sum, weight_sum, metric sums...]`` laid out for this run's
+    metrics: the checkpoint's metric sums only where they are this run's training metrics
+    (:func:`_check_train_metrics`), zeros otherwise (at an epoch's start they are zeros, and
+    without ``train_metrics`` unused)."""
+    # cast where they are (the CPU for MPS, which holds no float64), then moved
+    saved = loop["train_sums"].to(accumulation_dtype(trainer.device)).to(trainer.device)
+    if trainer.config.train_metrics and trainer.metrics and loop["batch_in_epoch"]:
+        return saved
+    sums = trainer._zero_sums()
+    sums[:2] = saved[:2]
+    return sums
+
+
+_OPTIMIZER_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "betas", "param_groups")
 
 
 def _check_optimizer(config: Any, saved: dict[str, Any], path: Path) -> None:
     """Refuse to resume with another optimizer or optimizer setting than the checkpoint's: its
-    state would not fit (a torch KeyError mid-step) or would silently keep the old settings."""
+    state would not fit (a torch KeyError mid-step) or would silently keep the old settings
+    (the rates of its parameter groups: another ``lr`` trained at the checkpoint's)."""
     now = config.to_dict()
     for key in _OPTIMIZER_KEYS:
         if key in saved and saved[key] != now[key]:
             raise ValueError(f"checkpoint {path}: written with {key}={saved[key]!r}, this run has "
                              f"{key}={now[key]!r}; resume with the same optimizer settings")  # fmt: skip
+
+
+def _check_schedule(config: Any, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with another ``scheduler`` or ``scheduler_kwargs`` than the checkpoint's:
+    torch's ``load_state_dict`` puts the saved scheduler's attributes over the new one's, so
+    another ``gamma`` kept the checkpoint's without a word, and another scheduler's state
+    failed mid-step (``onecycle``: ``KeyError: 'max_lr'``) or went on from its position. A
+    schedule's horizon is named as such (:func:`_check_horizon`)."""
+    now = config.to_dict()
+    for key in ("scheduler", "scheduler_kwargs"):
+        if key in saved and saved[key] != now[key]:
+            raise ValueError(f"checkpoint {path}: written with {key}={saved[key]!r}, this run "
+                             f"has {key}={now[key]!r}; resume with the same learning-rate "
+                             "schedule, or start a new run (e.g. fine-tune from it)")  # fmt: skip
+        if key == "scheduler":
+            _check_horizon(config, saved, path)
 
 
 _STATE_FIELDS = ("model", "loss", "optimizer", "scheduler", "scaler", "callbacks", "loop",
@@ -205,7 +259,9 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
                     f"the checkpoint was written with {key}={loop[key]}"
                 )
         _check_order(trainer, state.get("config") or {}, path)
+        _check_train_metrics(trainer, state, path)
     _check_optimizer(trainer.config, state.get("config") or {}, path)
+    _check_schedule(trainer.config, state.get("config") or {}, path)
     try:
         trainer.model.load_state_dict(state["model"])
         if isinstance(trainer.loss, nn.Module) and state["loss"] is not None:
@@ -216,7 +272,6 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
             f"checkpoint {path}: does not match this model or optimizer ({exc})"
         ) from exc
     if trainer.scheduler is not None and state["scheduler"] is not None:
-        _check_horizon(trainer.config, state.get("config") or {}, path)
         _check_total_steps(trainer, state, path)
         trainer.scheduler.load_state_dict(state["scheduler"])
     if trainer._scaler is not None and state["scaler"] is not None:
@@ -238,9 +293,7 @@ def restore_trainer(trainer: Trainer, state: dict[str, Any], path: Path) -> None
     # An older checkpoint's loop.should_stop is ignored: restored, it made every resume of a run
     # stopped at a checkpoint (a time budget) a no-op, while others trained on from the previous
     # checkpoint. EarlyStopping re-asserts its own stop from its state.
-    # cast where they are (the CPU for MPS, which holds no float64), then moved
-    sums = loop["train_sums"].to(accumulation_dtype(trainer.device))
-    trainer._train_sums = sums.to(trainer.device)
+    trainer._train_sums = _restored_sums(trainer, loop)
     if not trainer.dist.is_global_zero:  # the saved sums are already reduced over ranks
         trainer._train_sums.zero_()
     trainer._epoch_loss = EpochLoss()

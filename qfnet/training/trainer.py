@@ -96,6 +96,9 @@ class Trainer:
         global_step: Optimizer steps done since the start of training.
         step_metrics: Last step's ``loss`` and ``grad_norm`` (tensors) and ``lr``; the loss is
             the step's weighted mean over all processes under DDP.
+        step_weight: Last step's total sample weight over all processes (a tensor, or the
+            sample count for unweighted data); 0 for a step whose samples all weigh 0: its
+            loss is 0/0 (NaN), and without the NaN guard it makes no update.
         epoch_metrics: The current epoch's row.
         history: :class:`History` of all epoch rows.
         should_stop: Set by a callback to stop training: after the current optimizer step
@@ -146,6 +149,7 @@ class Trainer:
         self.should_stop = False
         self.at_epoch_end = self.has_validation = self.validated_this_epoch = False
         self.step_metrics: dict[str, Any] = {}
+        self.step_weight: torch.Tensor | int = 0
         self.epoch_metrics: dict[str, float] = {}
         self.steps_per_epoch: int | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -606,6 +610,7 @@ class Trainer:
         self._rng_at_position = None
         self.at_epoch_end = self.step_in_epoch == self.steps_per_epoch
         self.step_metrics.update(loss=loss_all, grad_norm=norm)
+        self.step_weight = total_all
         self.call("on_train_step_end")
         self._mark_position()
 

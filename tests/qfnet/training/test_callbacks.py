@@ -453,6 +453,25 @@ def test_progress_bar_shows_the_running_loss(regression, mlp, sq_error, monkeypa
     assert running[-1] == pytest.approx(history["train_loss"][-1], rel=1e-3)
 
 
+def test_progress_bar_running_loss_leaves_out_a_step_of_zero_weight(
+    regression, mlp, sq_error, monkeypatch, capsys
+):
+    # without the NaN guard a step whose samples all weigh 0 (its loss 0/0) makes no update,
+    # and the bar's running loss was NaN for the rest of the epoch
+    import re
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    data = regression(n=32, weighted=True)
+    data.tensors[2][8:16] = 0.0  # the second of four batches
+    cfg = TrainerConfig(max_epochs=1, batch_size=8, shuffle=False, nan_guard=False)
+    trainer = Trainer(mlp(), loss=sq_error, config=cfg, callbacks=[ProgressBar(refresh_every=1)])
+    history = trainer.fit(data)
+    running = re.findall(r"[ ,]loss=([^,\]\s]+)", capsys.readouterr().err)
+    assert len(running) == 4 and "nan" not in running
+    # weighted by the steps' samples, as the epoch's training loss
+    assert float(running[-1]) == pytest.approx(history["train_loss"][-1], rel=1e-3)
+
+
 def test_lr_finder_suggests_a_rate_below_divergence_and_plots(regression, mlp, sq_error, tmp_path):
     data = regression(n=256)
     model = mlp()

@@ -371,6 +371,39 @@ def test_resume_mid_epoch_with_another_data_order_is_refused(
         trainer.fit(train, resume=True)
 
 
+def _metrics_run(mlp, run_dir, metrics, callbacks=()):
+    """5 steps an epoch of 40 rows, last.pt every 2 steps, training metrics on."""
+    config = TrainerConfig(max_epochs=2, batch_size=4, accumulate_grad_batches=2, seed=3,
+                           run_dir=run_dir, checkpoint_every_n_steps=2, train_metrics=True,
+                           progress_bar=False, tensorboard=False)  # fmt: skip
+    return Trainer(mlp(), loss=torch.nn.MSELoss(), config=config, metrics=metrics,
+                   callbacks=callbacks)  # fmt: skip
+
+
+def _abs_error(output, target):
+    return (output - target).abs()
+
+
+def test_resume_mid_epoch_with_other_training_metrics_is_refused(regression, mlp, tmp_path):
+    # the epoch's metric sums are kept by position: another set of metrics failed in the first
+    # step on a shape mismatch (a renamed one would carry on the old metric's sums)
+    train = regression(n=40)
+    with pytest.raises(_Crash):
+        _metrics_run(mlp, tmp_path, {"mae": _abs_error}, [_CrashAtStep(3)]).fit(train)
+    trainer = _metrics_run(mlp, tmp_path, {"mae": _abs_error, "mae2": _abs_error})
+    message = r"last\.pt: cannot resume mid-epoch with train_metrics .* the metrics \['mae'\]"
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(train, resume=True)
+
+
+def test_resume_at_an_epoch_end_with_another_training_metric_computes_it(regression, mlp, tmp_path):
+    train = regression(n=40)
+    with pytest.raises(_Crash):
+        _metrics_run(mlp, tmp_path, {}, [_CrashAtStep(6)]).fit(train)  # last.pt: epoch 0's end
+    history = _metrics_run(mlp, tmp_path, {"mae": _abs_error}).fit(train, resume=True)
+    assert len(history.records) == 2 and math.isfinite(history.records[-1]["train_mae"])
+
+
 @pytest.mark.parametrize(("batch_size", "steps"), [(2, 30), (8, 9)])
 def test_resume_at_an_epoch_end_is_refused_when_a_onecycle_schedule_would_get_other_steps(
     regression, mlp, tmp_path, batch_size, steps
@@ -747,7 +780,7 @@ def test_resume_with_another_explicit_cosine_horizon_is_refused(regression, mlp,
 @pytest.mark.parametrize(
     ("changes", "key"),
     [({"optimizer": "sgd"}, "optimizer"), ({"optimizer": "adamw", "weight_decay": 0.5}, "optimizer"),
-     ({"weight_decay": 0.1}, "weight_decay")],
+     ({"weight_decay": 0.1}, "weight_decay"), ({"lr": 0.05}, "lr")],
 )  # fmt: skip
 def test_resume_with_other_optimizer_settings_is_refused(regression, mlp, tmp_path, changes, key):
     train = regression(n=40)
@@ -755,6 +788,24 @@ def test_resume_with_other_optimizer_settings_is_refused(regression, mlp, tmp_pa
     trainer.fit(train)
     _, trainer, _, _ = _resumable_run(mlp, tmp_path, scheduler="none", **changes)
     with pytest.raises(ValueError, match=rf"written with {key}=.*resume with the same optimizer"):
+        trainer.fit(train, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [({"scheduler": "onecycle", "scheduler_kwargs": {}}, "scheduler"),  # mis-named horizon
+     ({"scheduler_kwargs": {"step_size": 1, "gamma": 0.9}}, "scheduler_kwargs")],  # kept 0.5
+)  # fmt: skip
+def test_resume_with_another_learning_rate_schedule_is_refused(
+    regression, mlp, tmp_path, changes, key
+):
+    train = regression(n=40)
+    step = {"scheduler": "step", "scheduler_kwargs": {"step_size": 1, "gamma": 0.5}}
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, max_epochs=1, **step)
+    trainer.fit(train)
+    _, trainer, _, _ = _resumable_run(mlp, tmp_path, **(step | changes))
+    message = rf"last\.pt: written with {key}=.*resume with the same learning-rate schedule"
+    with pytest.raises(ValueError, match=message):
         trainer.fit(train, resume=True)
 
 
