@@ -705,13 +705,22 @@ def accuracy(net: CalibrationNetwork, params: torch.Tensor, vols: torch.Tensor) 
 
 def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and save the Heston calibration network.")
-    parser.add_argument("--out", default=str(default_path()))
-    parser.add_argument("--n", type=int, default=60_000)
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--hidden", default="128,128,128,128")
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--out",
+        default=str(default_path()),
+        help="network file to write (default: the shipped one, replaced)",
+    )
+    parser.add_argument("--n", type=int, default=60_000, help="synthetic surfaces to train on")
+    parser.add_argument("--epochs", type=int, default=300, help="most epochs (early stopping)")
+    parser.add_argument("--hidden", default="128,128,128,128", help="hidden widths")
+    parser.add_argument("--batch", type=int, default=512, help="batch size")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data, the weights and the batch order (test data: +1000)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--run-dir", default=None, help="checkpoints, metrics (for --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     args = parser.parse_args(argv)

@@ -66,7 +66,14 @@ def generate_command(
             "(held-out data needs another seed).",
         ),
     ] = 0,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1)] = 65_536,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size",
+            min=1,
+            help="Options per Parquet shard (one task of --workers or --scheduler each).",
+        ),
+    ] = 65_536,
     margin: Annotated[
         float,
         # checked below, not by min=0.0: click's range check let NaN by as "Input should be
@@ -79,7 +86,7 @@ def generate_command(
     domain: Annotated[
         str | None,
         typer.Option(
-            "--domain", help="Parameter box by name (default: the model's; sabr-pde: T <= 10y)."
+            "--domain", help="Parameter box: the model's (default), or sabr-pde (SABR to T = 10 y)."
         ),
     ] = None,
     compile: Annotated[
@@ -174,12 +181,19 @@ def _checked_device(device: str) -> str:
 def train_surrogate_command(
     data: Annotated[Path, typer.Option("--data", help="Dataset from `qfnet generate`.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory.")],
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 100,
+    epochs: Annotated[
+        int, typer.Option("--epochs", min=1, help="Epochs (the cosine learning-rate decay's span).")
+    ] = 100,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue OUT from its checkpoint.")
     ] = False,
-    seed: Annotated[int, seed_option("--seed")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
+    seed: Annotated[
+        int,
+        seed_option(
+            "--seed", help="Seed of the train/val/test split, the weights and the batch order."
+        ),
+    ] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")] = 4096,
     # checked below, as --margin is (click's range check took NaN for a number below 0)
     lr: Annotated[float, typer.Option("--lr", help="Learning rate (> 0).")] = 2e-3,
     hidden: Annotated[
@@ -188,7 +202,9 @@ def train_surrogate_command(
             "--hidden", help="Hidden widths (default 128,128,128,128; --resume: the run's)."
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1...")
+    ] = "auto",
     threads: Annotated[
         int, typer.Option("--threads", min=0, help="torch threads (0: default).")
     ] = 0,

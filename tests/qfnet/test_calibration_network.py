@@ -885,3 +885,19 @@ def test_rebuild_command_refuses_resume_without_a_run_dir(capsys) -> None:
     with pytest.raises(SystemExit):
         _main(["--resume"])
     assert "--resume needs --run-dir" in capsys.readouterr().err
+
+
+def test_rebuild_command_help_describes_every_option(capsys, monkeypatch) -> None:
+    # --out, --n, --epochs, --hidden, --batch, --seed and --threads had no help: `--help` listed
+    # bare names (and did not say that --out's default is the shipped file, which it replaces)
+    from qfnet.calibration_network import _main
+
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option
+    with pytest.raises(SystemExit):
+        _main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    options = [line.split() for line in lines if line.lstrip().startswith("--")]
+    assert len(options) == 9
+    bare = [words[0] for words in options if len(words) <= 2]  # the name and its metavar
+    assert not bare, bare
+    assert any("shipped" in line for line in lines if "--out" in line)

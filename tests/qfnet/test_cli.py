@@ -84,6 +84,29 @@ def test_every_command_has_help(command):
     assert not any(a == b == "" for a, b in itertools.pairwise(lines)), result.output
 
 
+def _commands(command, path=()):
+    """Every leaf command of the click tree under ``command``, with its path of names."""
+    subcommands = getattr(command, "commands", {})
+    if not subcommands:
+        yield path, command
+    for name, sub in subcommands.items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_option_has_help():
+    # generate --shard-size and train surrogate --epochs, --seed, --batch-size and --device had
+    # no help text: their --help rows showed only a default ("--device  [default: auto]")
+    import typer.main
+
+    blank = [
+        f"{' '.join(path)} {param.opts[0]}"
+        for path, command in _commands(typer.main.get_command(app))
+        for param in command.params
+        if param.opts[0] != "--help" and not (getattr(param, "help", None) or "").strip()
+    ]
+    assert not blank, blank
+
+
 def test_price_keeps_the_files_own_prices_and_vols_as_market_columns(bs_quotes, tmp_path):
     # a quote file's price and implied_vol (market values) were replaced by the model's in OUT
     path, table = bs_quotes
