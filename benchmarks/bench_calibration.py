@@ -185,7 +185,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer surfaces and smiles")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random surfaces")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     heston = bench_heston(4 if args.quick else 20, args.seed, 2 if args.quick else 3)

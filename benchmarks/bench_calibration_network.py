@@ -54,7 +54,7 @@ def _direct_seconds(vols: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="200 surfaces, not 1,000")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = 200 if args.quick else 1000

@@ -257,7 +257,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
-    parser.add_argument("--parts", default="heston,surrogate,generation,mc,rng,calibration")
+    parser.add_argument(
+        "--parts",
+        default="heston,surrogate,generation,mc,rng,calibration",
+        help="comma-separated parts to run",
+    )
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code paths")
     args = parser.parse_args()
     unknown = sorted(set(args.parts.split(",")) - set(TARGETS))

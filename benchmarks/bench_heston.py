@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,000 options, fewer repeats")
     parser.add_argument("--n", type=int, default=10_000, help="options in the batch")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is also reported)")
-    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--seed", type=int, default=2024, help="seed of the random options")
     args = parser.parse_args()
     n = 2_000 if args.quick else args.n
     repeats = 3 if args.quick else 7

@@ -63,7 +63,7 @@ def make_options(n: int, seed: int) -> dict[str, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="100k options instead of 1M")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--compile", action="store_true", help="also time compile=True")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="60 points, 10 on the fine grid")
     parser.add_argument("--surrogate", default=str(SABR_PDE_SURROGATE), help="surrogate file/run")
-    parser.add_argument("--seed", type=int, default=20_261_126)
+    parser.add_argument("--seed", type=int, default=20_261_126, help="seed of the test points")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n, n_fine = (60, 10) if args.quick else (600, 40)

@@ -154,8 +154,10 @@ def run_case(case: Case, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats (default 7, --quick 3)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scale, repeats = (4, 3) if args.quick else (1, 7)
