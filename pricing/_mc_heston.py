@@ -12,6 +12,7 @@ from pricing._heston_fourier import moment_explosion_time
 from pricing._mc_random import NormalSource, base_seed, drawn_slabs, step_normals
 from pricing._simulate_checks import (
     check_heston,
+    check_nonnegative,
     check_paths,
     check_positive,
     check_qe_sigma,
@@ -154,6 +155,8 @@ def conditional_chunks(
     if k.ndim > 1:  # as the other pricers: (1, 1) made each chunk's payoffs (1, C), refused as
         # "need at least 2 independent samples, got 1", and (1, K) named the forward's shape
         raise ValueError(f"strike must be a scalar or 1-D, got shape {tuple(k.shape)}")
+    # here: Black's formula said "strike must be finite and > 0", yet a zero strike is legal
+    check_nonnegative("strike", k)
     call = call_flags(is_call, device=grid.device)  # 0.5 or 2 was a call
     vector = k.ndim == 1 or call.ndim == 1
     # a zero strike is legal, as in every other Monte Carlo pricer (Black's formula refused it):

@@ -17,7 +17,7 @@ import torch
 from pricing import black_scholes, payoffs, simulate
 from pricing._mc_random import BLOCK_SIZE, base_seed, derive_seed, graph_chunk_size
 from pricing._mc_stats import MCResult, Moments, discount_factor, forward_mean, shape_samples
-from pricing._simulate_checks import check_paths, check_single
+from pricing._simulate_checks import check_nonnegative, check_paths, check_single
 from pricing._simulate_chunks import per_path
 from pricing._typing import (
     DEFAULT_DTYPE,
@@ -26,6 +26,7 @@ from pricing._typing import (
     call_flags,
     real_number,
     real_tensor,
+    rounding_tolerance,
 )
 from pricing.analytic_exotics import geometric_asian_price
 from pricing.monte_carlo import price_paths
@@ -499,7 +500,10 @@ def _asian_grid(
     if fixing_times is None:
         return simulate.time_grid(n_steps, maturity)
     times = torch.as_tensor(list(fixing_times), dtype=DEFAULT_DTYPE)
-    if times.numel() == 0 or not math.isclose(float(times[-1]), maturity, rel_tol=1e-9):
+    # times (or a maturity) given in float32 end within its rounding (as simulate.time_grid's): a
+    # float32 0.7 (0.69999999) was refused as not ending at maturity=0.7
+    tol = rounding_tolerance(fixing_times, maturity, floor=1e-9)
+    if times.numel() == 0 or not math.isclose(float(times[-1]), maturity, rel_tol=tol):
         raise ValueError("fixing_times must end at maturity (the payment date)")
     if not bool((times > 0).all()) or not bool((times.diff() > 0).all()):  # NaN too
         # the error named the simulation's time_grid, which the caller never gave
@@ -524,6 +528,8 @@ def _mean_with_zero_strikes(
     any ``K' > 0`` (here ``reference``, about the spot, so that nothing cancels).
     """
     k = real_tensor("strike", strike, dtype=DEFAULT_DTYPE)
+    # here: the closed forms said "strike must be finite and > 0", yet a zero strike is legal
+    check_nonnegative("strike", k)
     zero = k == 0
     if not bool(zero.any()):
         return mean(strike, is_call)

@@ -37,6 +37,7 @@ from pricing._mc_stats import (
 from pricing._simulate_checks import check_heston, check_nonnegative, check_positive
 from pricing._simulate_steps import HestonStep, qe_is_martingale
 from pricing._typing import DEFAULT_DTYPE, TensorLike, call_flags, real_number, real_tensor
+from pricing._validation import check_positive_int, is_whole
 
 __all__ = [
     "MCResult",
@@ -801,7 +802,9 @@ def price_european_rows(
         ``(price, std_error)``, two arrays (N,) in row order.
 
     Raises:
-        ValueError: naming the row (1-based) whose inputs are invalid.
+        ValueError: naming the row (1-based) whose inputs are invalid, or the argument
+            (``seed``, ``n_paths``, ``n_steps``, ``is_call`` other than 0/1) that is.
+        TypeError: for call flags that are not booleans or numbers (text such as "put").
 
     Examples:
         >>> p, se = price_european_rows(model="bs", forward=np.array([100.0]),
@@ -813,13 +816,24 @@ def price_european_rows(
     """
     if model not in ROW_PARAMETERS:
         raise ValueError(f"model must be one of {sorted(ROW_PARAMETERS)}, got {model!r}")
+    # torch's manual_seed named no argument: "expected a long, but got float" (1.5, None) or
+    # "Overflow when unpacking long long" (2**64)
+    if not is_whole(seed) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be a whole number in [-2**63, 2**64), got {seed!r}")
+    # here, for the whole table: Black-Scholes rows ignored n_steps (0 priced), and a bad
+    # n_paths was blamed on "row 1"
+    check_positive_int("n_paths", n_paths)
+    check_positive_int("n_steps", n_steps)
     known, optional = set(ROW_PARAMETERS[model]), {"shift"}
     missing, unknown = sorted(known - optional - set(params)), sorted(set(params) - known)
     if missing or unknown:  # a missing one was a KeyError, an unknown one ignored
         raise ValueError(f"params for {model}: missing {missing}, unknown {unknown}")
     names = [n for n in ROW_PARAMETERS[model] if n in params]
+    # by call_flags (a bool cast read "put", "False", 2 and 0.5 as calls, without a word), from
+    # an array: torch reads a pandas Series by its index labels
+    flags = call_flags(np.array(is_call)).numpy()  # a copy: a Series's array is read-only
     columns = {"forward": forward, "discount": discount, "maturity": maturity, "strike": strike,
-               "is_call": is_call, **{n: params[n] for n in names}}  # fmt: skip
+               "is_call": flags, **{n: params[n] for n in names}}  # fmt: skip
     arrays = {n: np.asarray(v, dtype=bool if n == "is_call" else float).reshape(-1)
               for n, v in columns.items()}  # fmt: skip
     sizes = {n: len(a) for n, a in arrays.items()}

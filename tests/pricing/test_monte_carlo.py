@@ -311,6 +311,30 @@ def test_arithmetic_asian_with_one_fixing_at_expiry_is_european() -> None:
     _assert_within(r, black_scholes.price(**args), 0.0, "one fixing")
 
 
+@pytest.mark.parametrize(
+    ("fixings", "maturity"),
+    [
+        (torch.tensor([0.35, 0.7], dtype=torch.float32), 0.7),
+        (np.array([0.35, 0.7], dtype=np.float32), 0.7),
+        ([0.35, 0.7], torch.tensor(0.7, dtype=torch.float32)),
+    ],
+)
+def test_asian_fixings_in_float32_end_at_maturity_within_their_rounding(fixings, maturity):
+    # float32's 0.69999999 was refused as "fixing_times must end at maturity", where
+    # simulate.time_grid takes a float32 grid's last time within its rounding
+    args = {"spot": 100.0, "strike": 100.0, "volatility": 0.2, "n_paths": 8192}
+    r = mc_exotics.bs_asian(**args, maturity=maturity, fixing_times=fixings, average="geometric",
+                            generator=_gen(2))  # fmt: skip
+    exact = geometric_asian_price(spot=100.0, strike=100.0, maturity=0.7, volatility=0.2,
+                                  fixing_times=[0.35, 0.7])  # fmt: skip
+    _assert_within(r, exact, 0.0, "float32 fixings")
+    greeks = mc_exotics.bs_pathwise_greeks(**args, maturity=maturity, fixing_times=fixings,
+                                           payoff="asian", generator=_gen(2))  # fmt: skip
+    assert greeks.price.n_paths == args["n_paths"]
+    with pytest.raises(ValueError, match="fixing_times must end at maturity"):
+        mc_exotics.bs_asian(**args, maturity=0.7, fixing_times=[0.35, 0.69999])
+
+
 def test_geometric_closed_form_reproduces_reference_rows(
     reference_table: Callable[[str], pd.DataFrame],
 ) -> None:
@@ -419,6 +443,8 @@ def test_conditional_heston_refuses_a_sigma_below_the_qe_floor_or_a_bool_by_name
             {"strike": torch.tensor([[100.0]])},
             r"strike must be a scalar or 1-D, got shape \(1, 1\)",
         ),
+        # the Black price's "strike must be finite and > 0", where a strike of 0 is priced
+        ({"strike": -1.0}, "strike must be non-negative and finite, got -1"),
         # TypeErrors naming nothing: "'float' object cannot be interpreted as an integer"
         ({"chunk_size": 2.5}, "chunk_size must be a positive integer, got 2.5"),
         ({"chunk_size": "1024"}, "chunk_size must be a positive integer, got '1024'"),
@@ -766,6 +792,41 @@ def test_price_european_rows_checks_its_rows(change, message):
         monte_carlo.price_european_rows(**rows | change)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # torch's manual_seed said "expected a long, but got float" or "Overflow when unpacking
+        # long long", naming no argument
+        *(({"seed": seed}, "seed must be a whole number") for seed in (1.5, None, "1", 2**64)),
+        # Black-Scholes rows ignored n_steps, and priced with 0
+        ({"n_steps": 0}, "n_steps must be a positive integer, got 0"),
+        ({"n_paths": 0}, "^n_paths must be a positive integer, got 0"),  # not "row 1: ..."
+    ],
+)
+def test_price_european_rows_names_a_bad_seed_or_size(change, message):
+    rows = dict(model="bs", forward=np.full(1, 100.0), discount=np.ones(1), strike=np.ones(1),
+                maturity=np.ones(1), is_call=np.array([True]),
+                params={"volatility": np.full(1, 0.2)}, n_paths=64, n_steps=1)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        monte_carlo.price_european_rows(**rows | change)
+
+
+@pytest.mark.parametrize(
+    "is_call", [np.array(["call", "put"]), np.array([1, 2]), np.array([1.0, 0.5])]
+)
+def test_price_european_rows_refuses_call_flags_that_are_not_booleans(is_call):
+    # a bool cast read "put", 2 and 0.5 as calls: the put row was priced as a call, silently
+    rows = dict(model="bs", forward=np.full(2, 100.0), discount=np.ones(2),
+                strike=np.array([100.0, 110.0]), maturity=np.ones(2), is_call=is_call,
+                params={"volatility": np.full(2, 0.2)}, n_paths=64, n_steps=1)  # fmt: skip
+    with pytest.raises((TypeError, ValueError), match="is_call must be booleans"):
+        monte_carlo.price_european_rows(**rows)
+    # flags of a filtered table, a Series indexed from 5, still price
+    flags = pd.Series([True, False], index=[5, 9])
+    price, _ = monte_carlo.price_european_rows(**rows | {"is_call": flags})
+    assert price[1] > 100.0 * (1.1 - 1.0)  # the put struck at 110 is worth more than 10
+
+
 def _assert_first_within(result: monte_carlo.MCResult, expected: float, tol: float) -> None:
     """The first strike's price within K_SE standard errors (plus ``tol``) of ``expected``."""
     price, se = result.price.reshape(-1)[0].item(), result.std_error.reshape(-1)[0].item()
@@ -810,6 +871,19 @@ def test_zero_strikes_price_with_every_estimator() -> None:
                                   n_steps=8, control=True, generator=_gen(14))  # fmt: skip
     exact = analytic_barrier.barrier_price(**barrier, strike=tiny)
     _assert_first_within(knock, exact.item(), 1e-8)
+
+
+@pytest.mark.parametrize("strike", [-5.0, float("nan")])
+@pytest.mark.parametrize("pricer", ["asian", "barrier"])
+def test_exotic_control_means_refuse_a_negative_strike_as_the_payoffs_do(pricer, strike):
+    # the closed-form means said "strike must be finite and > 0", where a zero strike is priced
+    args = {"spot": 100.0, "strike": strike, "maturity": 1.0, "volatility": 0.2, "n_paths": 64,
+            "control": True, "generator": _gen(0)}  # fmt: skip
+    with pytest.raises(ValueError, match="strike must be non-negative and finite"):
+        if pricer == "asian":
+            mc_exotics.bs_asian(**args)
+        else:
+            mc_exotics.bs_barrier(**args, barrier=90.0, barrier_type="down_out")
 
 
 def _warnings_saying(text: str, pricer, **args) -> list[str]:
