@@ -215,6 +215,14 @@ def finish(
         # broadcast as they are (checking K alone read them as per-column means when J == K)
         per_column = means.ndim == 1 and c.shape[-1] == 1 and c.shape[1] == means.shape[0]
         means = means[..., None] if per_column else means
+        expected = tuple(c.shape[1:])  # (K, J)
+        try:  # a torch broadcasting error (or a wrong price) named no argument
+            fits = torch.broadcast_shapes(means.shape, expected) == expected
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"control_means of shape {tuple(means.shape)} do not broadcast to "
+                             f"the controls' (K, J) = {expected}")  # fmt: skip
     if isinstance(moments, list):
         res = _replicate_estimate(moments, c, means, confidence, n_paths)
     else:

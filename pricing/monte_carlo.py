@@ -105,6 +105,9 @@ def estimate(
         (2.0, 0.408248, 4)
     """
     moments = Moments()
+    # numpy arrays too (an AttributeError on .ndim-less input named nothing)
+    samples = torch.as_tensor(samples)
+    controls = None if controls is None else torch.as_tensor(controls)
     y, c = shape_samples(samples, controls, antithetic)
     moments.add(y, c)
     return finish(moments, samples.ndim == 1, c, control_means, confidence, samples.shape[0])

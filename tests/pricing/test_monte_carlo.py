@@ -63,6 +63,20 @@ def test_estimate_plain_antithetic_and_perfect_control() -> None:
     assert exact.std_error.item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_estimate_takes_numpy_samples_and_names_control_means_of_another_shape() -> None:
+    # numpy samples failed with an AttributeError; three means for two controls with a torch
+    # broadcasting error naming no argument
+    y = np.array([1.0, 3.0, 2.0, 6.0])
+    from_numpy = monte_carlo.estimate(y, controls=np.stack([y, y**2], axis=1),
+                                      control_means=[3.0, 12.5])  # fmt: skip
+    from_torch = monte_carlo.estimate(torch.tensor(y), controls=torch.tensor(np.stack([y, y**2], 1)),
+                                      control_means=[3.0, 12.5])  # fmt: skip
+    assert from_numpy.price.item() == pytest.approx(from_torch.price.item(), rel=1e-15)
+    with pytest.raises(ValueError, match=r"control_means of shape \(3,\) do not broadcast to the "
+                                         r"controls' \(K, J\) = \(1, 2\)"):  # fmt: skip
+        monte_carlo.estimate(y, controls=np.stack([y, y**2], axis=1), control_means=[1.0, 2.0, 3.0])
+
+
 def test_bs_european_reference_prices(reference_table: Callable[[str], pd.DataFrame]) -> None:
     table = reference_table("bs_european_prices.csv")
     for i, row in enumerate(table.itertuples()):
