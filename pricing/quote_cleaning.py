@@ -249,6 +249,9 @@ def _pair_forward(
     ``discount_given`` (from a ``discount`` column) every slope does: the expiry's rows keep
     their discount, and a forward fitted with another one mixed two in one expiry."""
     near = _near_pairs(pairs, n_pairs)
+    # a (rate) forward below 0 is one whose shifted F + shift is > 0: parity refused it (D F <=
+    # 0), and the expiry was "no call/put pairs", or took the rate's discount beside a forward
+    shift = float(pairs["_shift"].iloc[0]) if "_shift" in pairs else 0.0
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
     weights, units, note = _pair_weights(near), None, None
     if len(near) >= 2 and np.ptp(strikes) > 0:
@@ -258,7 +261,7 @@ def _pair_forward(
         low, high = PARITY_RATES
         noise = rate_given and abs(discount - carry_discount) <= PARITY_RATE_ERRORS * error
         units = _units_error(discount, intercept, maturity, carry_discount, error, rate_given)
-        plausible = units is None and discount > 0 and intercept > 0
+        plausible = units is None and discount > 0 and intercept + discount * shift > 0
         plausible = plausible and low <= -np.log(discount) / maturity <= high
         if plausible and not noise and discount_given and math.isfinite(error):
             note = (f"expiry T={maturity:.6g}: its call/put pairs' parity slope gives a discount "
@@ -271,7 +274,7 @@ def _pair_forward(
     # the intercept with the slope fixed at -D: weighted least squares of D F = C - P + D K
     forward = float(np.average(strikes + diff / carry_discount, weights=weights**2))
     source = "parity_one_pair" if len(near) == 1 else "parity_rate_discount"
-    return ((forward, carry_discount, source) if forward > 0 else None), units, note
+    return ((forward, carry_discount, source) if forward + shift > 0 else None), units, note
 
 
 def _expiry_pairs(
@@ -334,8 +337,9 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             within :data:`PARITY_BAND` of the money are denser).
 
     Returns:
-        One row per expiry: ``maturity``, ``forward``, ``discount``, ``source``; ``attrs["notes"]``
-        the notes of given discounts their slope disagrees with.
+        One row per expiry: ``maturity``, ``forward``, ``discount``, ``source`` (and ``_pairs``,
+        the source its call/put pairs gave, None without: a given forward's discount may be
+        theirs); ``attrs["notes"]`` the notes of given discounts their slope disagrees with.
 
     Raises:
         QuoteError: an expiry whose rows give discounts more than :data:`DISCOUNT_ROUNDING` apart,
@@ -369,12 +373,17 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             # beside a put's gap made a parity forward at the defaulted rate's 1, used with 0.97
             discount, known = _expiry_discount(quotes, group, t), True
         forward = _expiry_forward(quotes, group, t)  # None where no row gives one
+        # pairs: the source of the pairs' discount, kept beside a given forward: a parity slope
+        # is evidence of the file's units, and a rate's discount owes its note (both were lost
+        # to "given")
+        pairs = None
         if has_discount and forward is not None:
             result = (forward, discount, "given")
         else:
             result, suspect, note = _expiry_pairs(group, discount, n_pairs, t, known, has_discount)
             units = units or suspect  # decided over the file's expiries, below
             notes += [note] if note else []
+            pairs = None if result is None else result[2]
         if forward is not None:
             # a forward on some rows is the expiry's: the others took parity's beside it (two
             # forwards in one expiry); D is the pairs' where they gave one, else the rate's
@@ -385,18 +394,18 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
             spot = float(group["spot"].iloc[0])
             result = (spot * np.exp(-dividend * t) / discount, discount, "carry")
         forward, discount, source = result
-        rows.append(
-            {"_key": key, "maturity": t, "forward": forward, "discount": discount, "source": source}
-        )
+        rows.append({"_key": key, "maturity": t, "forward": forward, "discount": discount,
+                     "source": source, "_pairs": pairs})  # fmt: skip
     # an expiry of stale pairs whose flat C - P looked like strikes x 100 refused a file whose
     # other expiries fit plausible discounts in its units; a long expiry's slope, plausible in
     # either unit, is no evidence (strikes x 100 of a 1y and a 10y expiry passed)
     if units is not None and not any(
-        row["source"] == "parity" and not _either_units(row["discount"], row["maturity"])
+        row["_pairs"] == "parity" and not _either_units(row["discount"], row["maturity"])
         for row in rows
     ):
         raise units
-    implied = pd.DataFrame(rows, columns=["_key", "maturity", "forward", "discount", "source"])
+    columns = ["_key", "maturity", "forward", "discount", "source", "_pairs"]
+    implied = pd.DataFrame(rows, columns=columns)
     implied.attrs["notes"] = notes
     return implied
 
@@ -531,9 +540,11 @@ def attach_forwards(
     if "forward" in quotes:
         source = source.where(quotes["forward"].isna(), "given")
     per_expiry = source.groupby(key).agg(lambda s: s.mode().iloc[0])
-    # an expiry's own discount column fixes its discount, whatever its pairs (carry_note)
+    # an expiry's own discount column fixes its discount, whatever its pairs (carry_note); a
+    # forward given beside pairs that could not fix the discount takes the rate's too
     given = _given_per_expiry(quotes, "discount")
-    out.attrs["rate_discounted"] = int((per_expiry.isin(_RATE_DISCOUNTED) & ~given).sum())
+    rated = lookup["_pairs"].reindex(per_expiry.index).isin(_RATE_DISCOUNTED)
+    out.attrs["rate_discounted"] = int(((per_expiry.isin(_RATE_DISCOUNTED) | rated) & ~given).sum())
     out.attrs["rate_carried"] = int(((per_expiry == "carry") & ~given).sum())
     out.attrs["discount_notes"] = list(per_key.attrs.get("notes", []))
     out["mid"] = _mid(out)

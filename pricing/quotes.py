@@ -521,18 +521,23 @@ def _check_maturity_scale(frame: pd.DataFrame, locate: _Locator) -> None:
 def _check_repo(frame: pd.DataFrame, locate: _Locator) -> None:
     """Refuse a ``repo`` column where a forward is to be made from the spot: a repo rate replaces
     ``rate`` in the forward by one convention and is a spread subtracted from the carry by
-    another (it was ignored). Where every row gives its ``forward``, the repo is in it."""
-    if "repo" not in frame or ("forward" in frame and frame["forward"].notna().all()):
+    another (it was ignored). A row that gives its ``forward`` has the repo in it: the first
+    row with a repo and no forward is named (it was the first with a repo, forward or not, told
+    to "give a 'forward' column" where the file gave one with a gap)."""
+    if "repo" not in frame:
         return
     text = frame["repo"].astype(str).str.strip().str.lower()
-    given = np.flatnonzero((frame["repo"].notna() & ~text.isin(MISSING_VALUES)).to_numpy())
+    used = frame["repo"].notna() & ~text.isin(MISSING_VALUES)
+    if "forward" in frame:
+        used &= frame["forward"].isna()
+    given = np.flatnonzero(used.to_numpy())
     if given.size:
+        hint = "its 'forward'" if "forward" in frame else "a 'forward' column"
         raise locate.error(int(given[0]), "repo", f"{_show(frame['repo'].iloc[int(given[0])])}: a "
                                                   "repo rate is ambiguous (the forward's rate, or "
                                                   "a borrow spread); name a borrow spread "
                                                   "'borrow' (forward = spot exp((rate - dividend "
-                                                  "- borrow) T)), or give a 'forward' "
-                                                  "column")  # fmt: skip
+                                                  f"- borrow) T)), or give {hint}")  # fmt: skip
 
 
 def _check_conventions(frame: pd.DataFrame, locate: _Locator) -> None:

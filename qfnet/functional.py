@@ -348,7 +348,10 @@ def entropic_risk(
     loss = -pnl
     top = loss.max().detach()  # the shift only: the gradient is the softmax of x either way
     # g (loss - top), not -g pnl - g top: g |pnl| past the dtype's range (g = 1e308 on a loss
-    # of 2, or 3e38 in float32) was inf - inf, a NaN risk; the risk is near top there
+    # of 2, or 3e38 in float32) was inf - inf, a NaN risk; the risk is near top there. A g
+    # itself past it (1e39 on a float32 P&L) was inf: inf * 0 on the top path, a NaN risk; the
+    # dtype's largest value gives the worst loss to the dtype's precision
+    g = min(g, torch.finfo(pnl.dtype).max)
     shifted = g * (loss - top)  # x - m <= 0: no overflow (-inf: a path of no weight)
     excess = torch.expm1(shifted).mean()  # E[exp(x - m)] - 1, in (-1, 0]
     # logsumexp(x) - log(N) lost ~eps log(N) / g: 0.0 for a float32 risk of 8e-6 at g = 0.1;

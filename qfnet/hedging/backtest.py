@@ -162,6 +162,20 @@ def _rescaled(
     return out
 
 
+def _partition_keys(keys: pd.Index) -> pd.Index:
+    """The text keys of a folder partitioned on ``step`` as numbers, else as dates, where every
+    one reads so (else as they are): pyarrow reads the keys ``step=0.25`` and ``step=2024-01-02``
+    as text, and such a folder was refused as text steps."""
+    for parse in (pd.to_numeric, lambda k: pd.to_datetime(k, format="ISO8601")):
+        try:
+            parsed = pd.Index(parse(keys))
+        except (TypeError, ValueError):
+            continue
+        if parsed.is_unique and not parsed.hasnans:  # "1" and "1.0": one step, twice
+            return parsed
+    return keys
+
+
 def _long_to_wide(
     frame: pd.DataFrame, path: str | Path, steps: int
 ) -> tuple[pd.DataFrame, np.ndarray | None]:
@@ -184,8 +198,11 @@ def _long_to_wide(
     for column in ("path", "step"):  # a folder partitioned on it reads it as a category
         if isinstance(frame[column].dtype, pd.CategoricalDtype):  # of the keys' type, in the
             # order of the folders found: step=10 before step=2
-            keys = frame[column].cat.categories.dtype
-            frame = frame.assign(**{column: frame[column].astype(keys)})
+            keys = frame[column].cat.categories
+            if column == "step" and not pd.api.types.is_numeric_dtype(keys):
+                keys = _partition_keys(keys)
+            values = frame[column].cat.rename_categories(keys).astype(keys.dtype)
+            frame = frame.assign(**{column: values})
     step = frame["step"]
     if not (pd.api.types.is_numeric_dtype(step) or pd.api.types.is_datetime64_any_dtype(step)):
         # text steps sorted as text: "10" came before "2", and the prices out of time order

@@ -17,6 +17,7 @@ from pricing.quote_arbitrage import calendar_violations, strike_violations
 from pricing.quote_cleaning import (
     attach_forwards,
     clean_quotes,
+    forward_notes,
     parity_forwards,
     prepare_quotes,
 )
@@ -503,6 +504,51 @@ def test_a_forward_given_on_some_rows_is_the_expirys() -> None:
     out, sources = attach_forwards(single)
     np.testing.assert_allclose(out["forward"], 103.0, rtol=1e-15, atol=0)
     assert sources == {"given": 1}
+
+
+def test_a_given_forward_keeps_its_pairs_evidence_of_units_and_of_a_rate_discount() -> None:
+    # a forward given beside pairs made the expiry's source "given": its parity slope was no
+    # longer evidence of the file's units (a file whose stale 2.5y pairs look like strikes x 100
+    # was refused), and a discount its one pair took at a rate read as 0 lost its note
+    near = [("call", k, 0.25, 5.1 + max(100.0 - k, 0.0)) for k in (90.0, 95.0, 100.0, 105.0)]
+    near += [("put", k, 0.25, 5.1 + max(k - 100.0, 0.0)) for k in (90.0, 95.0, 100.0, 105.0)]
+    stale = [("call", 100.0, 2.5, 20.0), ("put", 100.0, 2.5, 10.0), ("call", 105.0, 2.5, 19.0),
+             ("put", 105.0, 2.5, 9.17)]  # fmt: skip
+    table = pd.DataFrame(near + stale, columns=["option_type", "strike", "maturity", "price"])
+    for forward in ([100.0] * 8, [100.0]):  # on every row of the 3-month expiry, on one
+        given = table.assign(forward=forward + [np.nan] * (len(table) - len(forward)))
+        implied = parity_forwards(read_quotes(given))
+        assert implied["source"].tolist() == ["given", "parity_rate_discount"]
+    chain = _chain(100.0, 0.95, 1.0, np.array([90.0, 100.0, 110.0])).drop(columns="spot")
+    one_pair = chain[(chain["strike"] == 100.0) | ((chain["option_type"] == "call") ==
+                                                   (chain["strike"] > 100.0))]  # fmt: skip
+    for forward in (np.nan, 100.0):
+        quotes = read_quotes(one_pair.assign(forward=[forward, *[np.nan] * 3]))
+        out, sources = attach_forwards(quotes)
+        np.testing.assert_allclose(out["discount"], 1.0, rtol=0, atol=0)  # the rate's, at 0
+        (note,) = forward_notes(out, sources)
+        assert note.startswith("no rate column: 1 expiry whose call/put pairs could not fix")
+
+
+def test_parity_reads_the_negative_forward_of_shifted_quotes() -> None:
+    # a rate forward of -0.002 (shift 0.02): parity refused its D F < 0, and the expiry was
+    # "no call/put pairs" without spot, or, its forward given on one row, took the rate's
+    # discount (1 at a rate read as 0, for 0.98): vols from 0.23 to 0.16 for a flat 0.3
+    strikes = np.array([-0.008, -0.004, 0.0, 0.004, 0.008])
+    rows = []
+    for option_type in ("call", "put"):
+        price = black_price(forward=0.018, strike=torch.tensor(strikes + 0.02), maturity=1.0,
+                            volatility=0.3, discount=0.98,
+                            is_call=option_type == "call").numpy()  # fmt: skip
+        rows.append(pd.DataFrame({"option_type": option_type, "strike": strikes, "price": price}))
+    table = pd.concat(rows, ignore_index=True).assign(maturity=1.0, shift=0.02)
+    for forward, source in ((np.nan, "parity"), (-0.002, "given")):
+        quotes = read_quotes(table.assign(forward=[forward, *[np.nan] * (len(table) - 1)]))
+        prepared, sources = prepare_quotes(quotes)
+        assert sources == {source: 1}
+        np.testing.assert_allclose(prepared["forward"], -0.002, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(prepared["discount"], 0.98, rtol=1e-9, atol=0)
+        np.testing.assert_allclose(prepared["market_iv"], 0.3, rtol=1e-6, atol=0)
 
 
 def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:

@@ -578,6 +578,18 @@ def test_a_repo_column_is_refused_unless_every_row_gives_its_forward(name: str) 
     assert "repo" in read_quotes(table.assign(forward=101.0))
 
 
+def test_a_repo_beside_a_forward_column_with_gaps_names_the_row_without_one() -> None:
+    # the first row with a repo was named, though its forward holds the repo, and a file with a
+    # forward column was told to "give a 'forward' column"; a repo only on rows with a forward
+    # was refused
+    table = pd.DataFrame({"strike": [100.0, 100.0], "maturity": 1.0, "spot": 100.0,
+                          "repo": 0.01, "forward": [101.0, None]})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"^row 2, column 'repo': 0.01: a repo rate is ambiguous "
+                                         r".*or give its 'forward'$"):  # fmt: skip
+        read_quotes(table)
+    assert "repo" in read_quotes(table.assign(repo=[0.01, None]))
+
+
 @pytest.mark.parametrize("shift", [np.nan, np.inf, True, "0.01"])
 def test_a_shift_argument_that_is_no_finite_number_is_refused_by_name(shift: object) -> None:
     # shift=nan made a column of NaN, which shifts() reads as no shift: a strike of -0.001 was

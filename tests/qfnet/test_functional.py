@@ -344,7 +344,9 @@ def test_entropic_risk_of_a_large_loss_is_finite_in_every_dtype(dtype: torch.dty
     torch.testing.assert_close(pnl.grad, torch.tensor([-1.0, 0.0], dtype=dtype), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("dtype", "gamma"), [(DT, 1e308), (torch.float32, 3e38)])
+@pytest.mark.parametrize(
+    ("dtype", "gamma"), [(DT, 1e308), (torch.float32, 3e38), (torch.float32, 1e39)]
+)
 def test_entropic_risk_at_a_risk_aversion_past_the_dtype_range_is_the_worst_loss(
     dtype: torch.dtype, gamma: float
 ) -> None:

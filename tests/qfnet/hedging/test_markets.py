@@ -258,6 +258,22 @@ def test_read_paths_of_a_partitioned_parquet_folder(tmp_path) -> None:
         read_paths(tmp_path / "by_desk", market)
 
 
+def test_read_paths_of_a_folder_partitioned_on_float_or_date_steps(tmp_path) -> None:
+    # pyarrow reads the keys step=1.5 and step=2024-01-02 as text: such a folder was refused
+    # ("column 'step' must hold numbers or dates ..., got str values such as '1.5'")
+    market = _market(spot=1.0)
+    days = pd.date_range("2024-01-01", periods=11)
+    long = pd.DataFrame([{"path": p, "step": t, "spot": 100.0 + p + t * (p - 5)}
+                         for p in range(3) for t in range(11)])  # fmt: skip
+    expected = torch.tensor([[(100.0 + p + t * (p - 5)) / (100.0 + p) for t in range(11)]
+                             for p in range(3)], dtype=torch.float64)  # fmt: skip
+    # 1.5 t: the folder step=10.5 is found before step=3.0
+    for name, steps in (("floats", long["step"] * 1.5), ("dates", days[long["step"]])):
+        long.assign(step=steps).to_parquet(tmp_path / name, partition_cols=["step"])
+        spot = read_paths(tmp_path / name, market).spot
+        torch.testing.assert_close(spot, expected, rtol=1e-14, atol=0.0)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
