@@ -789,6 +789,7 @@ def _drop(frame: pd.DataFrame, mask: np.ndarray | pd.Series, reason: str, report
 def _pre_price_filters(frame: pd.DataFrame, report: CleaningReport, maturity_range) -> pd.DataFrame:
     low, high = maturity_range
     frame = _drop(frame, ~frame["maturity"].between(low, high), "maturity_out_of_range", report)
+    frame = _spread_given(frame)
     bid = frame["bid"] if "bid" in frame else pd.Series(np.nan, index=frame.index)
     ask = frame["ask"] if "ask" in frame else pd.Series(np.nan, index=frame.index)
     frame = _drop(frame, (bid > ask).to_numpy(), "crossed", report)
@@ -805,6 +806,27 @@ def _pre_price_filters(frame: pd.DataFrame, report: CleaningReport, maturity_ran
     if report.removed.get("no_price"):
         report.notes.append("no_price: a quote needs bid and ask, or mid, price or implied_vol")
     return _drop(frame, _duplicates(frame), "duplicate", report)
+
+
+def _spread_given(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each expiry's given ``discount`` and ``forward`` (:func:`_expiry_discount`,
+    :func:`_expiry_forward`: checked, naming the rows) on its rows without one, before the
+    price filters: given on a crossed, zero-bid or one-sided row alone, it was dropped with it
+    and the expiry took parity's or the spot's carry (or was refused without either)."""
+    columns = [c for c in ("discount", "forward") if c in frame and frame[c].notna().any()]
+    if not columns:
+        return frame
+    work = frame.assign(_key=_expiry_key(frame), _position=range(len(frame)))
+    out = frame.copy()
+    for _, group in work.groupby("_key", sort=False):
+        t = float(group["maturity"].iloc[0])
+        for column in columns:
+            gaps = group["_position"].to_numpy()[group[column].isna().to_numpy()]
+            if not gaps.size or gaps.size == len(group):
+                continue
+            given = (_expiry_discount if column == "discount" else _expiry_forward)(work, group, t)
+            out.iloc[gaps, out.columns.get_loc(column)] = given
+    return out
 
 
 def _duplicates(frame: pd.DataFrame) -> np.ndarray:
@@ -969,8 +991,10 @@ def clean_quotes(
     and vols but count a violation only beyond what moving the prices within their bid/ask can
     absorb (see :func:`pricing.quote_arbitrage.strike_violations`
     for which quote of a violation goes). Forwards come from parity on the quotes that pass the
-    first filters (see :func:`parity_forwards`). A table is one day's quotes: a ``quote_date``
-    column with two dates is an error (:func:`pricing.quotes.check_one_quote_date`).
+    first filters (see :func:`parity_forwards`); a forward or discount given on some rows of an
+    expiry is the expiry's, given on a row those filters drop too. A table is one day's quotes:
+    a ``quote_date`` column with two dates is an error
+    (:func:`pricing.quotes.check_one_quote_date`).
 
     Args:
         source: a table (any column spelling :func:`pricing.quotes.read_quotes` accepts) or a path.

@@ -551,6 +551,32 @@ def test_parity_reads_the_negative_forward_of_shifted_quotes() -> None:
         np.testing.assert_allclose(prepared["market_iv"], 0.3, rtol=1e-6, atol=0)
 
 
+def test_a_forward_or_discount_given_on_a_filtered_row_alone_stays_the_expirys() -> None:
+    # given on a crossed row only, it left with that row: the expiry had no forward (no pairs,
+    # no spot) and was refused, or took the rate's discount of 1
+    table = _chain(103.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0))
+    calls = table[table["option_type"] == "call"].drop(columns="spot").reset_index(drop=True)
+    calls["bid"], calls["ask"] = calls["price"] - 0.05, calls["price"] + 0.05
+    calls = calls.drop(columns="price")
+    calls.loc[0, ["bid", "ask"]] = [calls.loc[0, "ask"], calls.loc[0, "bid"]]  # crossed
+    calls["forward"], calls["discount"] = np.nan, 0.95
+    calls.loc[0, "forward"] = 103.0
+    clean, report = clean_quotes(calls)
+    assert report.removed["crossed"] == 1
+    np.testing.assert_allclose(clean["forward"], 103.0, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(clean["market_iv"], 0.2 - 0.1 * np.log(clean["strike"] / 103.0),
+                               rtol=0, atol=1e-6)  # fmt: skip
+    calls["forward"], calls["discount"] = 103.0, np.nan
+    calls.loc[0, "discount"] = 0.95
+    clean, _ = clean_quotes(calls)
+    np.testing.assert_allclose(clean["discount"], 0.95, rtol=1e-15, atol=0)
+    # their rows still agree, named as given (the crossed row's forward 100 beside 103)
+    calls["forward"] = np.nan
+    calls.loc[[0, 3], "forward"] = [100.0, 103.0]
+    with pytest.raises(QuoteError, match=r"forward 100 at row 1 and 103 at row 4"):
+        clean_quotes(calls)
+
+
 def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:
     # read_quotes of the calls and of the puts, concatenated: index labels 0..5 twice, on which
     # the expiry's discount check failed ("The truth value of a Series is ambiguous")
