@@ -541,13 +541,16 @@ def attach_forwards(
         source = source.where(quotes["forward"].isna(), "given")
     per_expiry = source.groupby(key).agg(lambda s: s.mode().iloc[0])
     # an expiry's own discount column fixes its discount, whatever its pairs (carry_note); a
-    # forward given beside pairs that could not fix the discount takes the rate's too
+    # forward given beside pairs that could not fix the discount takes the rate's too, as does
+    # one without pairs where its rows' prices are discounted by it (vols of D = 1 at rate 0)
+    out["mid"] = _mid(out)
     given = _given_per_expiry(quotes, "discount")
-    rated = lookup["_pairs"].reindex(per_expiry.index).isin(_RATE_DISCOUNTED)
+    pairs = lookup["_pairs"].reindex(per_expiry.index)
+    priced = out["mid"].notna().groupby(key).any().reindex(per_expiry.index)
+    rated = pairs.isin(_RATE_DISCOUNTED) | ((per_expiry == "given") & pairs.isna() & priced)
     out.attrs["rate_discounted"] = int(((per_expiry.isin(_RATE_DISCOUNTED) | rated) & ~given).sum())
     out.attrs["rate_carried"] = int(((per_expiry == "carry") & ~given).sum())
     out.attrs["discount_notes"] = list(per_key.attrs.get("notes", []))
-    out["mid"] = _mid(out)
     return out, {str(k): int(v) for k, v in per_expiry.value_counts().items()}
 
 
@@ -683,8 +686,8 @@ def carry_note(
     if "rate" in defaulted and n_rate:
         expiries = "expiry" if n_rate == 1 else "expiries"
         notes.append(f"no rate column: {n_rate} {expiries} whose call/put pairs could not fix "
-                     "the discount (one pair, or an implausible slope) took it at rate 0 (give "
-                     "a rate or discount column)")  # fmt: skip
+                     "the discount (none beside a given forward, one pair, or an implausible "
+                     "slope) took it at rate 0 (give a rate or discount column)")  # fmt: skip
     return "; ".join(notes) or None
 
 

@@ -577,6 +577,20 @@ def test_a_forward_or_discount_given_on_a_filtered_row_alone_stays_the_expirys()
         clean_quotes(calls)
 
 
+def test_a_given_forward_without_pairs_or_rate_notes_its_discount_of_1() -> None:
+    # prices discounted at the rate read as 0 (D = 1) gave vols without a word; given vols need
+    # no discount
+    table = pd.DataFrame({"option_type": "call", "strike": [90.0, 100.0, 110.0], "maturity": 1.0,
+                          "forward": 100.0, "price": [14.0, 8.0, 4.0]})  # fmt: skip
+    _, report = clean_quotes(table)
+    assert any(note.startswith("no rate column: 1 expiry whose call/put pairs could not fix the "
+                               "discount (none beside a given forward") for note in report.notes)  # fmt: skip
+    _, report = clean_quotes(table.drop(columns="price").assign(iv=0.2))
+    assert not any("could not fix the discount" in note for note in report.notes), report.notes
+    _, report = clean_quotes(table.assign(rate=0.03))
+    assert not any("could not fix the discount" in note for note in report.notes), report.notes
+
+
 def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:
     # read_quotes of the calls and of the puts, concatenated: index labels 0..5 twice, on which
     # the expiry's discount check failed ("The truth value of a Series is ambiguous")
