@@ -753,6 +753,20 @@ def _check_prepared(table: pd.DataFrame) -> None:
     call_flags(table["option_type"])
 
 
+def _check_model_quotes(model: str, table: pd.DataFrame) -> None:
+    """Refuse shifted-lognormal quotes (a ``shift`` other than 0) for Heston, whose vols are
+    lognormal: they were fitted as lognormal vols of the unshifted strikes without a word (a
+    Heston fit of 24 bp to an exact shifted SABR smile), and a strike at or below 0 failed in
+    the pricer at the index of a padded batch, or in QuantLib with a ``RuntimeError``."""
+    if model != "heston" or "shift" not in table:
+        return
+    shift = shifts(table).to_numpy(dtype=float)
+    if np.any(shift != 0.0):  # no row named: cleaning may have moved the rows
+        raise QuoteError(f"Heston fits lognormal vols; these are shifted-lognormal (shift "
+                         f"{shift[shift != 0.0][0]:g}): fit SABR, or give quotes without a shift",
+                         column="shift")  # fmt: skip
+
+
 _NEEDED = ("strike", "maturity", "forward", "discount", "market_iv", "option_type")
 """The columns of a prepared quote table (one without all of them goes through ``read_quotes``,
 which names what is missing)."""
@@ -864,7 +878,8 @@ def calibrate(
             factors and market vols are derived when absent (:func:`pricing.quote_cleaning.
             prepare_quotes`; what that assumed, such as a rate read as 0 or maturities in days,
             is warned as a :class:`pricing.quotes.QuoteWarning`). Clean it first with
-            :func:`pricing.quote_cleaning.clean_quotes`.
+            :func:`pricing.quote_cleaning.clean_quotes`. Heston refuses a ``shift`` other than 0
+            (shifted-lognormal vols).
         method: see :func:`available_methods`: ``direct`` (our differentiable pricer, exact
             Jacobian, Levenberg-Marquardt, global start) or ``quantlib`` (the reference).
         weights: ``"equal"``, ``"vega"``, ``"spread"`` or one weight per quote (per row of
@@ -906,6 +921,7 @@ def calibrate(
     _check_inputs(key, bounds, x0, beta, seed, options)
     options = _device_options(key, options)
     table, usable = _prepare_rows(quotes)
+    _check_model_quotes(key[0], table)
     n_dropped = int((~usable).sum())
     problem = CalibrationProblem(
         table, quote_weights(table, _kept_weights(weights, usable)), bounds, x0, beta, seed, options
@@ -996,6 +1012,7 @@ def calibrate_many(
                 prepared, usable = table, np.ones(len(table), dtype=bool)
             else:
                 prepared, usable = _prepare_rows(table, f"quote table {i}: ")
+            _check_model_quotes(key[0], prepared)
             n_dropped = int((~usable).sum())
             table_weights = quote_weights(prepared, _kept_weights(per_table[i], usable))
             problem = CalibrationProblem(prepared, table_weights, bounds, x0, beta, seed,

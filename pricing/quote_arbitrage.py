@@ -153,23 +153,33 @@ def _call_prices(k: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _price_floor(x: np.ndarray, low: np.ndarray, high: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """The least price at ``at`` of any smile that is convex and decreasing in strike and passes
-    between ``low`` and ``high`` at the nodes ``x`` (strikes sorted and distinct, call prices):
-    the nearest node's ``low`` to the right, and the chords beside the one holding ``at``
-    extended, from their near node's ``low`` through their far node's ``high`` (a far node
-    dearer than its bid makes the chord steeper, and its extension lower); capped by the chord
-    of ``low``, above a convex smile."""
-    n = len(x)
-    last = np.searchsorted(x, at, side="right") - 1  # the last node at or left of `at`
-    first = np.searchsorted(x, at, side="left")  # the first node at or right of `at`
-    floor = np.where(first < n, low[np.minimum(first, n - 1)], 0.0)
-    i = np.clip(last, 0, max(n - 2, 0))
-    for far, near in ((i - 1, i), (i + 2, i + 1)):  # chords (i - 1, i) and (i + 1, i + 2)
-        ok = (np.minimum(far, near) >= 0) & (np.maximum(far, near) < n)
-        f, m = np.clip(far, 0, n - 1), np.clip(near, 0, n - 1)
-        slope = (low[m] - high[f]) / np.where(ok, x[m] - x[f], 1.0)
-        floor = np.maximum(floor, np.where(ok, low[m] + slope * (at - x[m]), -np.inf))
-    return np.minimum(floor, np.interp(at, x, low))
+    """The least price at ``at`` of any smile that is convex and decreasing in strike, falling by
+    at most 1 per unit of strike, and passes between ``low`` and ``high`` at the nodes ``x``
+    (strikes sorted and distinct, call prices): the greatest, over the nodes, of the node's
+    ``low`` extended to ``at`` along the least steep line the smile may take there. Right of a
+    node that is the least steep chord from a far node's ``high`` on its left to its ``low`` (a
+    far node dearer than its bid makes the chord steeper, and its extension lower), or a slope
+    of -1; left of it, the steepest such chord from a far node on its right, or a flat line.
+    Capped by the chord of ``high``, above every such smile (it binds only where the nodes admit
+    none: the chord of ``low`` was no bound where bids fall faster than 1, a wide quote's bid
+    far below its neighbour's). Only the chords beside the one holding ``at`` left a quote
+    between the first two nodes held against the second node's ``low`` (a later put far below
+    an earlier put of a lower strike passed), and dropped the chords from beyond a wide quote.
+
+    Shape:
+        ``x``, ``low``, ``high``: (n,); ``at``, output: (m,).
+    """
+    gap = x[None, :] - x[:, None]  # (n, n): x[m] - x[j], far node j, near node m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chord = (low[None, :] - high[:, None]) / gap  # (n, n): slope from j's high to m's low
+    far_left = np.triu(np.ones_like(gap, dtype=bool), 1)  # (n, n): far node j < near node m
+    # slopes in [-1, 0] (the smile's own), which also tames chords of inconsistent quotes
+    rising = np.clip(np.where(far_left, chord, -np.inf).max(axis=0), -1.0, 0.0)  # (n,)
+    falling = np.clip(np.where(far_left.T, chord, np.inf).min(axis=0), -1.0, 0.0)  # (n,)
+    step = at[:, None] - x[None, :]  # (m, n)
+    slope = np.where(step >= 0, rising[None, :], falling[None, :])
+    floor = (low[None, :] + slope * step).max(axis=1)
+    return np.minimum(floor, np.interp(at, x, high))
 
 
 def _check_columns(**columns: np.ndarray) -> None:

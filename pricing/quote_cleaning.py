@@ -150,6 +150,37 @@ def _pair_weights(near: pd.DataFrame) -> np.ndarray:
     return 1 / np.sqrt(variance)
 
 
+PARITY_OUTLIER = 3.0
+"""Half bid/ask widths of a pair's ``C - P`` (its call's and put's half spreads added) by which it
+may miss the parity line of the other pairs: a pair further off (a stale or mistyped quote, its
+mid 1.6 times its value) is left out of the regression. One such near-the-money put moved the
+forward of its expiry by 0.05, and clean out-of-the-money quotes of it (puts become calls by
+parity with the forward), and of the next expiry by the calendar check, were removed as
+arbitrage beside or instead of it."""
+
+
+def _consistent_pairs(near: pd.DataFrame) -> pd.DataFrame:
+    """``near`` without the pairs that miss the weighted parity line of the pairs kept by more
+    than :data:`PARITY_OUTLIER` half bid/ask widths, the worst first, the line fitted again
+    after each, while more than three pairs are left; ``near`` itself unless every pair has a
+    bid/ask width (no width to measure a miss by)."""
+    if "call_spread" not in near:
+        return near
+    width = ((near["call_spread"] + near["put_spread"]) / 2).to_numpy(float)
+    if not (np.isfinite(width).all() and (width > 0).all()):
+        return near
+    weights = _pair_weights(near)
+    strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
+    keep = np.ones(len(near), dtype=bool)
+    while keep.sum() > 3 and np.ptp(strikes[keep]) > 0:
+        slope, intercept = np.polyfit(strikes[keep], diff[keep], 1, w=weights[keep])
+        miss = np.where(keep, np.abs(diff - intercept - slope * strikes) / width, 0.0)
+        if miss.max() <= PARITY_OUTLIER:
+            break
+        keep[miss.argmax()] = False
+    return near[keep]
+
+
 UNIT_SCALES: dict[float, tuple[str | None, str, str]] = {
     1000.0: ("strike", "1/1000 of", "strikes times 1000 (OptionMetrics strike_price)? give the "
                                  "strike itself"),
@@ -248,7 +279,7 @@ def _pair_forward(
     rate of 0), a slope within :data:`PARITY_RATE_ERRORS` of it takes that discount; with
     ``discount_given`` (from a ``discount`` column) every slope does: the expiry's rows keep
     their discount, and a forward fitted with another one mixed two in one expiry."""
-    near = _near_pairs(pairs, n_pairs)
+    near = _consistent_pairs(_near_pairs(pairs, n_pairs))
     # a (rate) forward below 0 is one whose shifted F + shift is > 0: parity refused it (D F <=
     # 0), and the expiry was "no call/put pairs", or took the rate's discount beside a forward
     shift = float(pairs["_shift"].iloc[0]) if "_shift" in pairs else 0.0
@@ -312,7 +343,9 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     For each expiry, the strikes quoted as both call and put within :data:`PARITY_BAND` (20%) of
     the at-the-money one (smallest ``|C - P|``), and at least the ``n_pairs`` nearest the money,
     are fitted by least squares to ``C - P = D (F - K)``, each pair weighted by ``1 / spread``
-    (its call's and put's bid/ask spreads in quadrature) where every pair has bid and ask.
+    (its call's and put's bid/ask spreads in quadrature) where every pair has bid and ask; there
+    a pair that misses the line of the others by more than :data:`PARITY_OUTLIER` half bid/ask
+    widths of its ``C - P`` (a stale quote) is left out, while more than three are left.
     With one pair (``parity_one_pair``), or a fit whose ``D`` implies a rate outside
     :data:`PARITY_RATES` or, with a ``rate`` column, lies within :data:`PARITY_RATE_ERRORS`
     standard errors of its discount (``parity_rate_discount``: a short expiry's slope is mostly

@@ -28,13 +28,15 @@ def _panel(
                     label="market bid/ask")  # fmt: skip
     axis.plot(strike, 100 * rows["market_iv"], "o", ms=3, color="tab:blue", label="market")
     grid = np.linspace(strike.min(), strike.max(), 60)
+    # an expiry of one strike: its curve, of length 0, was not drawn at all
+    mark = {"marker": "_", "ms": 12} if strike.min() == strike.max() else {}
     try:
         curve = model_vols(result, strike=grid, maturity=maturity, forward=forward)
-        axis.plot(
-            grid, 100 * curve, "-", color="tab:red", label=f"{result.model} ({result.method})"
-        )
+        axis.plot(grid, 100 * curve, "-", color="tab:red",
+                  label=f"{result.model} ({result.method})", **mark)  # fmt: skip
     except ValueError:
-        axis.plot(strike, 100 * rows["model_iv"], "-", color="tab:red", label=result.model)
+        axis.plot(strike, 100 * rows["model_iv"], "-", color="tab:red", label=result.model,
+                  **mark)  # fmt: skip
     axis.set_title(f"T = {maturity:.3f}y ({maturity * 365:.0f}d)", fontsize=9)
     axis.tick_params(labelsize=7)
 

@@ -253,6 +253,19 @@ def test_sabr_shift_must_be_one_per_expiry() -> None:
     assert calibrate("sabr", two).params["shift"] == [5.0, 0.0]
 
 
+@pytest.mark.parametrize("method", ["direct", "quantlib"])
+def test_heston_refuses_shifted_lognormal_quotes(method: str) -> None:
+    # fitted as lognormal vols of the unshifted strikes without a word (24 bp on an exact shifted
+    # smile); a strike at or below 0 failed in the pricer at a padded index, or in QuantLib
+    negative = _smile(shift=0.02).assign(strike=lambda t: t["strike"] / 1e4 - 0.01, forward=0.0)
+    for shifted in (_smile(shift=0.02), negative):
+        with pytest.raises(QuoteError, match=r"column 'shift': Heston fits lognormal vols"):
+            calibrate("heston", shifted, method=method)
+    with pytest.raises(QuoteError, match=r"quote table 1: column 'shift'"):
+        calibrate_many("heston", [_smile(), _smile(shift=0.02)], method=method)
+    assert calibrate("heston", _smile(shift=0.0), method="quantlib").n_quotes == 7  # shift 0
+
+
 def test_sabr_forward_must_be_one_per_expiry() -> None:
     # two smiles under one maturity (forwards 100 and 110) were fitted as one at their average
     # forward 105, which no quote has: 32 bp RMSE, converged, without a word

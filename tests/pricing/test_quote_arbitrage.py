@@ -3,6 +3,8 @@ which quote of a call-price violation goes; bid/ask spreads."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,73 @@ def test_a_call_and_a_put_whose_forwards_differ_by_float_noise_are_one_node() ->
     for call, put in ((1.0, 1.0001), (1.0001, 1.0)):
         w = np.concatenate([call * earlier, put * earlier, _smile_variance(fine, 1.02)])
         assert not calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w).any()
+
+
+def test_calendar_check_reads_a_later_quote_between_the_first_two_earlier_strikes() -> None:
+    # Left of every chord, the floor was the second node's price alone (below intrinsic here):
+    # a later put at k = -0.4 with 1/8 of the earlier total variance, worth a fiftieth of the
+    # earlier put at k = -0.6, passed at any variance down to 0.
+    k = np.array([-0.6, -0.2, 0.0, 0.2, -0.4])
+    maturity = np.array([1.0, 1.0, 1.0, 1.0, 1.5])
+    w = np.array([0.04, 0.04, 0.04, 0.04, 0.005])
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
+    assert drop.tolist() == [False, False, False, False, True]
+    w[-1] = 0.06  # above the earlier smile: kept
+    assert not calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w).any()
+
+
+def test_calendar_check_reads_past_a_wide_earlier_quote() -> None:
+    # An earlier quote at k = -0.5 with a bid of no time value: the chords beside the later
+    # quote (k = -0.45) were the only ones extended, and the later put, below the earlier put
+    # of a lower strike (k = -0.6), passed.
+    k = np.array([-0.6, -0.5, -0.3, -0.1, 0.0, 0.1, -0.45])
+    maturity = np.array([1.0] * 6 + [1.5])
+    w = np.array([0.04] * 6 + [0.02])
+    bid, ask = w.copy(), w.copy()
+    bid[1], ask[1] = 0.0, 0.08
+    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w,
+                               total_variance_bid=bid, total_variance_ask=ask)  # fmt: skip
+    assert drop.tolist() == [False] * 6 + [True]
+
+
+def _least_price_lp(x: np.ndarray, low: np.ndarray, high: np.ndarray, at: float) -> float:
+    """The least price at ``at`` of a call smile convex in strike with slopes in [-1, 0],
+    between ``low`` and ``high`` at ``x``, by linear programming (a node at ``at`` added)."""
+    from scipy.optimize import linprog
+
+    nodes = np.r_[x, at]
+    order = np.argsort(nodes)
+    rows = []
+    for a, b in itertools.pairwise(order):  # 0 >= slope >= -1
+        step, row = nodes[b] - nodes[a], np.zeros(len(nodes))
+        row[b], row[a] = 1 / step, -1 / step
+        rows += [(row, 0.0), (-row, 1.0)]
+    for a, b, c in zip(order[:-2], order[1:-1], order[2:], strict=True):  # convex
+        row = np.zeros(len(nodes))
+        row[a], row[c] = 1 / (nodes[b] - nodes[a]), 1 / (nodes[c] - nodes[b])
+        row[b] = -row[a] - row[c]
+        rows.append((-row, 0.0))
+    a_ub, b_ub = np.array([r for r, _ in rows]), np.array([b for _, b in rows])
+    objective = np.r_[np.zeros(len(x)), 1.0]
+    bounds = [*zip(low, high, strict=True), (0.0, None)]
+    result = linprog(objective, A_ub=a_ub, b_ub=b_ub + 1e-13, bounds=bounds, method="highs")
+    assert result.status == 0
+    return float(result.fun)
+
+
+def test_calendar_floor_is_the_least_price_of_any_smile_within_the_earlier_quotes() -> None:
+    from pricing.quote_arbitrage import _call_prices, _price_floor
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 8):
+        for _ in range(10):
+            k = np.sort(rng.choice(np.linspace(-0.6, 0.5, 111), n, replace=False))
+            w = (0.2 - 0.2 * rng.uniform() * k + 0.5 * rng.uniform() * k**2) ** 2
+            w *= rng.uniform(0.02, 2.0)
+            spread = 0.02 * rng.uniform() * rng.uniform(size=n)
+            exact = _call_prices(k, w)
+            low, high = np.maximum(exact - spread, 0.0), exact + spread
+            at = np.exp(rng.uniform(k[0], k[-1], 4))
+            floor = _price_floor(np.exp(k), low, high, at)
+            expected = [_least_price_lp(np.exp(k), low, high, a) for a in at]
+            np.testing.assert_allclose(floor, expected, rtol=0, atol=1e-9)

@@ -1180,3 +1180,22 @@ def test_the_calendar_check_takes_an_expiry_as_the_strike_check_does() -> None:
     expected, expected_report = clean_quotes(exact)
     assert report.removed["calendar_arbitrage"] == expected_report.removed["calendar_arbitrage"]
     assert clean["source_row"].tolist() == expected["source_row"].tolist()
+
+
+def test_a_stale_near_the_money_pair_is_left_out_of_the_parity_regression() -> None:
+    # A put at 1.6 times its value (bid and ask) took part in the parity regression: the forward
+    # of its expiry moved by 0.05 (100.153 for 100.2), and a clean quote was removed as strike
+    # arbitrage beside it.
+    spread, maturity = 0.05, 0.1
+    table = _noisy_heston_pairs((0.03, maturity), spread, seed=1)
+    stale = table.index[(table["maturity"] == maturity) & (table["option_type"] == "put")
+                        & (table["strike"] == 97.5)]  # fmt: skip
+    table.loc[stale, ["bid", "ask"]] *= 1.6
+    implied = parity_forwards(read_quotes(table)).set_index("maturity")
+    forward = 100.0 * math.exp(0.02 * maturity)
+    n_pairs = 17  # strikes 82.5 to 122.5 within PARITY_BAND, the stale one left out
+    atol = 4.0 * spread / math.sqrt(6.0 * n_pairs) / math.exp(-0.03 * maturity)
+    np.testing.assert_allclose(implied.loc[maturity, "forward"], forward, rtol=0, atol=atol)
+    clean, report = clean_quotes(table)
+    assert report.removed["strike_arbitrage"] + report.removed["calendar_arbitrage"] == 1
+    assert stale[0] + 1 not in clean["source_row"].tolist()

@@ -182,6 +182,19 @@ def test_a_missing_column_names_the_file(tmp_path: Path) -> None:
     assert f"error: {quotes}: quote cleaning needs column(s) strike" in result.output
 
 
+def test_heston_on_shifted_quotes_ends_with_an_error_naming_the_column(tmp_path: Path) -> None:
+    # a strike below 0 with a shift ended in QuantLib's RuntimeError and a traceback
+    text = "strike,maturity,forward,discount,implied_vol,shift\n-0.005,1,0.01,1,0.4,0.02\n"
+    text += "0.0,1,0.01,1,0.35,0.02\n0.01,1,0.01,1,0.3,0.02\n0.02,1,0.01,1,0.28,0.02\n"
+    quotes = tmp_path / "shifted.csv"
+    quotes.write_text(text)
+    args = ["calibrate", "--model", "heston", "--method", "quantlib", "--quotes", str(quotes),
+            "--out", str(tmp_path / "fit.json")]  # fmt: skip
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 1, result.output
+    assert f"error: {quotes}: column 'shift': Heston fits lognormal vols" in result.output
+
+
 def test_heston_direct_starts_from_the_calibration_network(tmp_path: Path) -> None:
     # The README's promise: qfnet calibrate races the network's answer beside the scan.
     import pricing.calibration as calibration
