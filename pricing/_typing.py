@@ -303,6 +303,8 @@ def call_flags(is_call: object, device: torch.device | str | None = None) -> tor
         ...
         TypeError: is_call must be booleans (True for calls), got 'False'
     """
+    if isinstance(is_call, np.ndarray) and not is_call.flags.writeable:  # as real_tensor's:
+        is_call = is_call.copy()  # shared with the tensor, torch warned of undefined behaviour
     try:
         raw = torch.as_tensor(is_call, device=device)
     except (TypeError, ValueError, RuntimeError):

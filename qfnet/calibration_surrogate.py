@@ -79,7 +79,15 @@ def _cached_surrogate(path: Path, version: tuple[int, int, int]) -> SurrogateNet
     return load_surrogate(path)
 
 
+def _check_heston(net: Any, source: str = "the surrogate") -> None:
+    """Refuse a surrogate of another model (a SABR one failed on a bare ``KeyError: 'v0'``)."""
+    if net.domain.model != "heston":
+        raise ValueError(f"{source} is a {net.domain.model} surrogate; method 'surrogate' "
+                         "calibrates Heston with a Heston surrogate")  # fmt: skip
+
+
 def _box(net: Any, bounds: Mapping[str, tuple[float, float]] | None) -> tuple[torch.Tensor, ...]:
+    _check_heston(net)
     domain = {name: (low, high) for name, low, high in net.domain.params}
     for name, (low, high) in (bounds or {}).items():
         if name not in domain:
@@ -124,6 +132,10 @@ def fit_with_surrogate(
     Returns:
         ``params (5,)``, surrogate vols ``(N,)``, converged, iterations.
 
+    Raises:
+        pricing.datasets.DomainError: a quote outside the surrogate's domain (maturity and
+            moneyness), naming its field and index.
+
     Examples:
         Recover the parameters of a surface made by the surrogate itself:
 
@@ -139,6 +151,9 @@ def fit_with_surrogate(
         ([0.04, 1.5, 0.05, 0.5, -0.7], True)
     """
     lower, upper = _box(net, bounds)
+    # its vol is NaN: every start's cost was, and the fit ended anywhere, "not converged"
+    centre = {name: 0.5 * (low + high) for name, low, high in net.domain.params}
+    net.domain.check({**centre, "maturity": maturity, "log_moneyness": log_moneyness})
     if n_scan == 0 and x0 is None:  # no start at all (a negative-dimension RuntimeError)
         raise ValueError("fit_with_surrogate needs n_scan > 0 or x0 starts")
     surrogate_vols = _vols_in_box(net, maturity, log_moneyness)
@@ -232,12 +247,14 @@ def _check_start(net: Any, problem: CalibrationProblem) -> None:
 
 def _fit_surrogate(problem: CalibrationProblem) -> FitOutput:
     options = dict(problem.options)
+    path = options.pop("surrogate", None)
     try:
-        net = _surrogate(options.pop("surrogate", None))
+        net = _surrogate(path)
     except FileNotFoundError as error:
         raise NotImplementedError(
             f"method 'surrogate' needs a trained surrogate: {error}"
         ) from error
+    _check_heston(net, f"option 'surrogate' ({path})")
     polish = bool(options.pop("polish", True))
     _check_start(net, problem)
     x0 = global_starts(problem, options, scan=SURROGATE_SCAN_WITH_PROPOSALS)

@@ -35,7 +35,7 @@ from qfnet.surrogate import (
     SurrogateNet,
     _at_unit_forward,
     _given_alpha,
-    implied_vol,
+    _implied_vol,
     load_surrogate,
 )
 
@@ -283,6 +283,19 @@ def train_surrogate_command(
         )
 
 
+_MARKET_COLUMNS = (
+    "strike",
+    "maturity",
+    "spot",
+    "forward",
+    "discount",
+    "rate",
+    "dividend",
+    "borrow",
+)
+"""Columns of a quote table that make a row's log-moneyness and maturity."""
+
+
 def _column(df: pd.DataFrame, name: str, default: float | None = None) -> torch.Tensor:
     if name not in df.columns:
         if default is None:
@@ -290,11 +303,21 @@ def _column(df: pd.DataFrame, name: str, default: float | None = None) -> torch.
         return torch.full((len(df),), default, dtype=torch.float64)
     values = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
-    if bad.any():
+    if bad.any():  # with its file line, as the domain's refusals (it named the row alone)
         raise ValueError(
-            f"column {name!r} is not a finite number at row {int(np.flatnonzero(bad)[0]) + 1}"
+            f"column {name!r} is not a finite number at {_row(df, int(np.flatnonzero(bad)[0]))}"
         )
     return torch.tensor(values)
+
+
+def _check_positive(df: pd.DataFrame, **columns: torch.Tensor) -> None:
+    """Refuse a strike or forward <= 0 naming it and its row: it was reported as
+    ``log_moneyness = nan`` outside the surrogate's domain."""
+    for name, values in columns.items():
+        bad = np.flatnonzero(~(values.numpy() > 0.0))
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(f"{name} must be > 0, got {float(values[row])} at {_row(df, row)}")
 
 
 def _is_call(df: pd.DataFrame) -> torch.Tensor:
@@ -350,8 +373,8 @@ def surrogate_price_rows(
         ``(price, implied_vol)`` arrays, one entry per row.
 
     Raises:
-        ValueError: a missing or non-numeric column, a bad option type, a SABR ``shift`` other
-            than 0 (naming the 1-based row).
+        ValueError: a missing or non-numeric column, a strike or forward <= 0, a bad option
+            type, a SABR ``shift`` other than 0 (naming the 1-based row).
         pricing.datasets.DomainError: a row outside the surrogate's domain (naming field and
             1-based row, and its file line where ``df`` is read from one).
 
@@ -374,11 +397,15 @@ def surrogate_price_rows(
     # per row as the other engines read them (a spot with a 5% discount and no rate was carried
     # at 0%: 7.17 for the 10.36 at the money; a gap in a forward column was an error)
     forward, discount = (torch.as_tensor(x) for x in forward_and_discount(df))
+    _check_positive(df, strike=k, forward=forward)
     given = {name: _column(df, name) for name in net.domain.param_names}
     params = _at_unit_forward(net, given, forward)  # SABR's alpha read at F = 1
+    # the domain's edges as tolerant as the table's own precision, as implied_vol's and price's
+    # are of their inputs': float32 strikes at the edge of the moneyness (37 of 80) were refused
+    inputs = [df[name] for name in (*_MARKET_COLUMNS, *net.domain.param_names) if name in df]
     with torch.no_grad():
         try:
-            iv = implied_vol(net, maturity=t, log_moneyness=torch.log(k / forward), **params)
+            iv = _implied_vol(net, t, torch.log(k / forward), "raise", params, inputs)
         except DomainError as error:  # its array index, as the table's 1-based row
             message = str(_given_alpha(error, net, given, forward))
             message = re.sub(r"at index (\d+)", lambda m: f"at {_row(df, int(m[1]))}", message,

@@ -550,3 +550,14 @@ def test_a_read_only_array_is_copied_not_shared(torch_warns_always) -> None:
         warnings.simplefilter("error")
         price = black_scholes.price(spot=100.0, strike=strike, maturity=1.0, volatility=0.2)
     assert price.shape == (3,)
+
+
+def test_a_read_only_is_call_array_is_copied_not_shared(torch_warns_always) -> None:
+    # a read-only is_call (a pandas column's to_numpy()) warned the same from call_flags
+    is_call = np.array([True, False, True])
+    is_call.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        price = black_scholes.price(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2,
+                                    is_call=is_call)  # fmt: skip
+    assert price.shape == (3,)

@@ -11,7 +11,7 @@ import torch
 
 from pricing.black_scholes import black_implied_vol
 from pricing.calibration import calibrate
-from pricing.datasets import HESTON_DOMAIN
+from pricing.datasets import HESTON_DOMAIN, DomainError
 from pricing.heston import otm_implied_vol
 from pricing.heston import price as heston_price
 from qfnet import calibration_surrogate  # registers the method
@@ -102,6 +102,30 @@ def test_bounds_outside_the_surrogate_domain_name_the_parameter(tiny_surrogate: 
                                          r"surrogate's domain kappa \[0.5, 5\]"):  # fmt: skip
         calibrate("heston", _synthetic_surface(), method="surrogate", surrogate=tiny_surrogate,
                   bounds={"kappa": (6.0, 10.0)}, global_start="scan")  # fmt: skip
+
+
+def test_a_surrogate_of_another_model_is_refused_naming_it(tmp_path: Path) -> None:
+    # a SABR surrogate failed on a bare KeyError: 'v0', by calibrate and fit_with_surrogate
+    sabr = save_surrogate(build_surrogate("sabr", hidden=(8,)), tmp_path / "sabr.pt")
+    with pytest.raises(ValueError, match=r"option 'surrogate' \(.*sabr\.pt\) is a sabr surrogate"):
+        calibrate("heston", _synthetic_surface(), method="surrogate", surrogate=sabr,
+                  global_start="scan")  # fmt: skip
+    ones = torch.ones(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"the surrogate is a sabr surrogate"):
+        fit_with_surrogate(load_surrogate(sabr), maturity=ones, log_moneyness=0.0 * ones,
+                           market_iv=0.2 * ones, weight=ones)  # fmt: skip
+
+
+def test_fit_with_surrogate_refuses_a_quote_outside_the_domain_naming_it(
+    tiny_surrogate: Path,
+) -> None:
+    # its surrogate vol was NaN, so was every start's cost: the fit ended anywhere, unconverged
+    net = load_surrogate(tiny_surrogate)
+    t = torch.tensor([0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 5.0], dtype=torch.float64)
+    k = torch.tensor([-0.1, 0.0, 0.1, -0.1, 0.0, 0.1, 0.0], dtype=torch.float64)
+    with pytest.raises(DomainError, match=r"maturity = 5\.0 at index 6 is outside"):
+        fit_with_surrogate(net, maturity=t, log_moneyness=k, market_iv=torch.full_like(t, 0.2),
+                           weight=torch.ones_like(t), n_scan=16, max_iterations=2)  # fmt: skip
 
 
 def test_surrogate_options_are_checked_by_name(tiny_surrogate: Path) -> None:

@@ -139,6 +139,46 @@ def test_price_rows_name_the_bad_column_row_or_domain_field(quotes, untrained):
         surrogate_price_rows(far, untrained)
 
 
+def test_price_rows_name_a_strike_or_forward_at_or_below_0_and_the_file_line(quotes, untrained):
+    # a strike of 0 or below, or a negative spot, was "log_moneyness = nan (or -inf) at row 2
+    # is outside the heston surrogate domain", and a gap in a column named no file line
+    for bad, message in [
+        (quotes.assign(strike=[105.0, 0.0, 100.0]), r"strike must be > 0, got 0\.0 at row 2"),
+        (quotes.assign(strike=[105.0, -5.0, 100.0]), r"strike must be > 0, got -5\.0 at row 2"),
+        (
+            quotes.assign(spot=[100.0, -100.0, 100.0]),
+            r"forward must be > 0, got -1\d+\.\d* at row 2",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            surrogate_price_rows(bad, untrained)
+    gap = quotes.assign(kappa=[1.5, None, 1.5])
+    gap.attrs["file_lines"] = [2, 4, 5]
+    with pytest.raises(
+        ValueError, match=r"'kappa' is not a finite number at row 2 \(file line 4\)"
+    ):
+        surrogate_price_rows(gap, untrained)
+
+
+def test_price_rows_take_float32_columns_at_the_moneyness_edge_as_the_python_api(untrained):
+    # float32 strikes at z = +-2.5 (a log-moneyness 3e-8 past the edge in float64) were refused
+    # (37 of 80 rows), where price() takes them to their own precision
+    maturity = np.linspace(0.1, 3.0, 40)
+    root = np.sqrt(np.concatenate([maturity, maturity]))
+    rows = pd.DataFrame({"option_type": "call",
+                         "strike": (100.0 * np.exp(0.5 * root * np.repeat([1, -1], 40))),
+                         "maturity": root**2, "spot": 100.0}).assign(**HESTON)  # fmt: skip
+    rows = rows.astype({name: np.float32 for name in rows.columns if name != "option_type"})
+    value, _ = surrogate_price_rows(rows, untrained)
+    expected = price(load_surrogate(untrained), spot=rows["spot"].to_numpy(),
+                     strike=rows["strike"].to_numpy(), maturity=rows["maturity"].to_numpy(),
+                     **{name: rows[name].to_numpy() for name in HESTON})  # fmt: skip
+    np.testing.assert_allclose(value, expected.numpy(), rtol=1e-12, atol=0)
+    with pytest.raises(DomainError, match=r"log_moneyness .* at row \d+ is outside"):
+        surrogate_price_rows(rows.astype({name: np.float64 for name in rows.columns
+                                          if name != "option_type"}), untrained)  # fmt: skip
+
+
 def test_price_rows_out_of_box_sabr_alpha_names_the_given_alpha_and_its_rescaling():
     # the error named alpha = 0.0045 for a row that gave 0.3 (rescaled to F = 1 at F = 4500)
     from qfnet.surrogate import SABR_PDE_SURROGATE
