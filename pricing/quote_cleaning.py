@@ -26,6 +26,7 @@ from pricing.quotes import (
     QuoteError,
     carry_yields,
     check_one_quote_date,
+    check_one_underlying,
     read_quotes,
     require_columns,
     shifts,
@@ -389,6 +390,7 @@ def parity_forwards(quotes: pd.DataFrame, *, n_pairs: int = 6) -> pd.DataFrame:
     """
     require_columns(quotes, ["strike", "maturity", "rate", "dividend"], "parity forwards")
     check_one_quote_date(quotes)  # a key per maturity pools two days' quotes
+    check_one_underlying(quotes)  # and two underlyings'
     rate_given = "rate" not in quotes.attrs.get("defaulted", [])  # not read as 0
     # _position: the rows' places, for errors naming them (labels may repeat: calls and puts
     # read apart and concatenated)
@@ -1028,9 +1030,10 @@ def clean_quotes(
     absorb (see :func:`pricing.quote_arbitrage.strike_violations`
     for which quote of a violation goes). Forwards come from parity on the quotes that pass the
     first filters (see :func:`parity_forwards`); a forward or discount given on some rows of an
-    expiry is the expiry's, given on a row those filters drop too. A table is one day's quotes:
-    a ``quote_date`` column with two dates is an error
-    (:func:`pricing.quotes.check_one_quote_date`).
+    expiry is the expiry's, given on a row those filters drop too. A table is one day's quotes
+    of one underlying: a ``quote_date`` column with two dates is an error
+    (:func:`pricing.quotes.check_one_quote_date`), as is an ``underlying`` column with two names
+    (:func:`pricing.quotes.check_one_underlying`).
 
     Args:
         source: a table (any column spelling :func:`pricing.quotes.read_quotes` accepts) or a path.
@@ -1066,6 +1069,7 @@ def clean_quotes(
     defaulted = quotes.attrs.get("defaulted", [])
     require_columns(quotes, ["strike", "maturity"], "quote cleaning")
     check_one_quote_date(quotes)  # before repeated contracts: two days' quotes are not repeats
+    check_one_underlying(quotes)  # nor two underlyings'
     quotes["source_row"] = np.arange(1, len(quotes) + 1)
     report = CleaningReport(n_input=len(quotes))
     # an expiry on the quote date (0DTE options) made the whole file unreadable

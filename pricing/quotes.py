@@ -29,7 +29,15 @@ from pricing._quote_dates import (
     _year_fractions,
     check_one_quote_date,
 )
-from pricing._quote_errors import QuoteError, QuoteWarning, _Locator, _show, _years, row_error
+from pricing._quote_errors import (
+    QuoteError,
+    QuoteWarning,
+    _input_row,
+    _Locator,
+    _show,
+    _years,
+    row_error,
+)
 
 __all__ = [
     "COLUMN_ALIASES",
@@ -41,11 +49,13 @@ __all__ = [
     "NUMERIC_COLUMNS",
     "PATH_DEPENDENT_COLUMNS",
     "STRIKE_RATIO_LIMIT",
+    "UNDERLYING_COLUMNS",
     "QuoteError",
     "QuoteWarning",
     "call_flags",
     "carry_yields",
     "check_one_quote_date",
+    "check_one_underlying",
     "forward_and_discount",
     "read_quotes",
     "require_columns",
@@ -786,6 +796,44 @@ def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], what
     if missing:
         have = ", ".join(map(str, df.columns)) or "no columns"
         raise QuoteError(f"{what} needs column(s) {', '.join(missing)}; the table has {have}")
+
+
+UNDERLYING_COLUMNS = ("underlying", "underlying_symbol", "ticker", "secid")
+"""Column names (any case, spaces read as ``_``) that name a quote's underlying: CBOE's
+``underlying_symbol``, OptionMetrics' ``ticker`` and ``secid``. Not ``symbol`` or ``root``: an
+option's own symbol differs per contract, and one index has several roots (SPX, SPXW)."""
+
+
+def check_one_underlying(quotes: pd.DataFrame) -> None:
+    """Raise :class:`QuoteError` when a column of :data:`UNDERLYING_COLUMNS` names two
+    underlyings, naming the first row of the second one: a table is one underlying's surface,
+    and two underlyings' quotes of one maturity were pooled into one expiry (one forward for
+    both, the other's quotes dropped as out of range or as arbitrage, a fit to neither).
+
+    Examples:
+        >>> table = pd.DataFrame({"Underlying Symbol": ["DAX", "DAX", "ESTX"], "strike": 1.0})
+        >>> try:
+        ...     check_one_underlying(table)
+        ... except QuoteError as error:
+        ...     print(error)  # doctest: +ELLIPSIS
+        row 3, column 'Underlying Symbol': a second underlying, ESTX (DAX in row 1): ...
+    """
+    for column in quotes.columns:
+        if _normalise_name(column) not in UNDERLYING_COLUMNS:
+            continue
+        values = quotes[column]
+        present = values.notna().to_numpy()
+        if not present.any():
+            continue
+        first = int(np.argmax(present))
+        other = present & (values != values.iloc[first]).to_numpy()
+        if other.any():
+            row = int(np.argmax(other))
+            raise row_error(quotes, row, str(column),
+                            f"a second underlying, {values.iloc[row]} ({values.iloc[first]} in "
+                            f"row {_input_row(quotes, first)[0]}): forwards, smiles and "
+                            "arbitrage checks are per underlying; give one underlying's quotes "
+                            "at a time")  # fmt: skip
 
 
 def forward_and_discount(quotes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

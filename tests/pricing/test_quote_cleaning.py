@@ -591,6 +591,21 @@ def test_a_given_forward_without_pairs_or_rate_notes_its_discount_of_1() -> None
     assert not any("could not fix the discount" in note for note in report.notes), report.notes
 
 
+def test_quotes_of_two_underlyings_are_refused_naming_the_row() -> None:
+    # a DAX and an ESTX chain in one file were pooled by expiry: one forward for both, the
+    # ESTX quotes dropped as out of range or arbitrage, and a fit to neither, without a word
+    dax = _chain(103.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0)).assign(underlying="DAX")
+    estx = _chain(51.5, 0.95, 1.0, np.arange(45.0, 60.0, 2.5)).assign(underlying="ESTX", spot=50.0)
+    both = pd.concat([dax, estx], ignore_index=True)
+    where = r"row 13, column 'underlying': a second underlying, ESTX \(DAX in row 1\)"
+    with pytest.raises(QuoteError, match=where):
+        clean_quotes(both)
+    with pytest.raises(QuoteError, match=where):
+        parity_forwards(read_quotes(both))
+    clean, _ = clean_quotes(dax.rename(columns={"underlying": "Underlying Symbol"}))
+    np.testing.assert_allclose(clean["forward"], 103.0, rtol=1e-10, atol=0)
+
+
 def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:
     # read_quotes of the calls and of the puts, concatenated: index labels 0..5 twice, on which
     # the expiry's discount check failed ("The truth value of a Series is ambiguous")
