@@ -227,7 +227,8 @@ class CalibrationResult:
         residuals: one row per quote with the columns of :data:`RESIDUAL_COLUMNS` (quotes of
             weight 0 included, with their weight).
         rmse_iv_bp: root-mean-square implied-vol error in basis points over the quotes used
-            in the fit (unweighted: each counts alike).
+            in the fit (unweighted: each counts alike) that have a model vol (a warning counts
+            those without one, e.g. whose model price underflows; NaN where none has one).
         max_abs_iv_bp: largest absolute implied-vol error in basis points of those quotes.
         sse: sum of ``(100 * IV error)^2`` over them (QuantLib's convention, vols in decimals).
         n_quotes: quotes used in the fit: those of positive weight (a quote weighted 0 is left
@@ -1027,7 +1028,7 @@ def calibrate_many(
         batch = _BATCH_REGISTRY.get(key)
         fits = batch(problems) if batch else _fit_tables(key, problems)
     share = (time.perf_counter() - start) / len(problems)
-    return _results(key, problems, fits, dropped, share)
+    return _results(key, problems, fits, dropped, share, many=True)
 
 
 def _in_table(i: int, error: ValueError) -> ValueError:
@@ -1078,11 +1079,15 @@ def _results(
     fits: Sequence[FitOutput],
     dropped: Sequence[int],
     seconds: float,
+    *,
+    many: bool = False,
 ) -> list[CalibrationResult]:
     """The :class:`CalibrationResult` of each fit, residual tables cut from one table of all
-    rows (:func:`pricing._calibration_batch.residual_tables`)."""
+    rows (:func:`pricing._calibration_batch.residual_tables`); warns of weighted quotes without
+    a model vol (:func:`_warn_unsolved`, naming their table where ``many``)."""
     tables, errors = residual_tables([p.quotes for p in problems], [f.model_iv for f in fits],
                                      [p.weights for p in problems])  # fmt: skip
+    _warn_unsolved(errors, [p.weights for p in problems], many=many)
     return [
         CalibrationResult(
             model=key[0],
@@ -1106,11 +1111,38 @@ def _fit_statistics(error: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
     """``rmse_iv_bp``, ``max_abs_iv_bp``, ``sse`` and ``n_quotes`` of the quotes of positive
     weight, from the vol errors in bp and the weights ``(N,)``: a quote weighted 0 is left out
     of the fit (beside an exact fit of 6 quotes, a 500 bp outlier weighted 0 made the RMSE
-    189 bp and the largest error 500 bp, and counted as a 7th quote used)."""
+    189 bp and the largest error 500 bp, and counted as a 7th quote used). The errors count
+    only the quotes with a model vol (NaN: none, e.g. a model price that underflows; one such
+    quote made a ``network`` fit's RMSE NaN, JSON null): :func:`_warn_unsolved` says how many
+    are left out; NaN where none has one. ``n_quotes`` counts them all."""
     used = error[np.asarray(weights) > 0]  # quote_weights refuses weights that are all 0
-    return {"rmse_iv_bp": float(np.sqrt(np.mean(used**2))),
-            "max_abs_iv_bp": float(np.max(np.abs(used))),
-            "sse": float(np.sum((used / 100) ** 2)), "n_quotes": len(used)}  # fmt: skip
+    solved = used[~np.isnan(used)]
+    if not len(solved):
+        return {"rmse_iv_bp": np.nan, "max_abs_iv_bp": np.nan, "sse": np.nan,
+                "n_quotes": len(used)}  # fmt: skip
+    return {"rmse_iv_bp": float(np.sqrt(np.mean(solved**2))),
+            "max_abs_iv_bp": float(np.max(np.abs(solved))),
+            "sse": float(np.sum((solved / 100) ** 2)), "n_quotes": len(used)}  # fmt: skip
+
+
+def _warn_unsolved(
+    errors: Sequence[np.ndarray], weights: Sequence[np.ndarray], *, many: bool
+) -> None:
+    """Warn of the tables whose weighted quotes include some without a model vol (vol errors
+    in bp ``errors`` NaN there, and weights, ``(N,)`` per table): the fit statistics leave
+    them out (:func:`_fit_statistics`)."""
+    found = []
+    for i, (error, weight) in enumerate(zip(errors, weights, strict=True)):
+        used = error[np.asarray(weight) > 0]
+        n_nan = int(np.isnan(used).sum())
+        if n_nan:
+            where = f"quote table {i}: " if many else ""
+            found.append(f"{where}{n_nan} of {len(used)} weighted quotes")
+    if found:
+        warnings.warn(f"no model implied vol at the fitted parameters for {'; '.join(found[:3])}"
+                      f"{'; ...' if len(found) > 3 else ''} (no Black vol reproduces the model's "
+                      "price there, e.g. one that underflows): rmse_iv_bp, max_abs_iv_bp and sse "
+                      "count the others", stacklevel=4)  # fmt: skip
 
 
 def model_vols(

@@ -176,6 +176,7 @@ def surfaces_from_quotes(
         quotes[c].to_numpy(float) for c in ("strike", "forward", "maturity", "market_iv")
     )
     w = _check_packing(weights, sizes, market_iv)
+    _check_vegas((strike, forward, maturity, market_iv), w, sizes)
     surface = np.repeat(np.arange(len(tables)), sizes)
     e, slot, pairs, first = _expiry_slots(surface, maturity.round(10), len(tables))
     m, q = int(e.max()) + 1, int(slot.max()) + 1
@@ -231,6 +232,31 @@ def _check_packing(weights: list[np.ndarray], sizes: np.ndarray, vol: np.ndarray
             i = int(np.searchsorted(ends, np.argmin(ok), side="right"))  # the table of that row
             raise ValueError(f"table {i}: {name} {what.format(n=sizes[i])}")
     return w
+
+
+def _check_vegas(quotes: tuple[np.ndarray, ...], w: np.ndarray, sizes: np.ndarray) -> None:
+    """Refuse weighted quotes ``(strike, forward, maturity, vol)`` ``(R,)`` each whose market
+    Black vega underflows (more than ~37.5 standard deviations out of the money: a vol of 0.5%
+    30% out of the money at 3 months, a 1-hour expiry at K/F 0.7 at 30%), naming the first table
+    that has them and its quotes: their price is 0 in float64, so no pricer sees them, and the
+    polish's residual of a model price without a vol, ``price / vega``, was 0 / 0 (the fit died
+    of "v0 must be finite; got nan at index (0, 0)")."""
+    strike, forward, t, vol = quotes
+    s = vol * np.sqrt(t)
+    d1 = -np.log(strike / forward) / s + 0.5 * s
+    log_vega = 0.5 * np.log(t) - 0.5 * d1 * d1 - 0.5 * math.log(2 * math.pi)
+    bad = (log_vega < math.log(np.finfo(float).tiny)) & (w > 0)
+    if not bad.any():
+        return
+    i = int(np.searchsorted(np.cumsum(sizes), np.argmax(bad), side="right"))  # the first table
+    rows = np.flatnonzero(bad & (np.repeat(np.arange(len(sizes)), sizes) == i))
+    listed = ", ".join(f"strike {strike[r]:g} at maturity {t[r]:.4g} with vol {vol[r]:g} "
+                       f"({abs(d1[r]):.0f} standard deviations)" for r in rows[:3])  # fmt: skip
+    raise ValueError(
+        f"table {i}: {len(rows)} quote(s) too far out of the money for float64 ({listed}"
+        f"{', ...' if len(rows) > 3 else ''}): their Black vega underflows, so no fit can "
+        "measure their vol error; drop them or weight them 0"
+    )
 
 
 def _box(

@@ -736,3 +736,24 @@ def test_only_surfaces_with_quotes_below_the_floor_polish_longer(monkeypatch) ->
     monkeypatch.setattr(heston, "_polish", spy)
     heston.calibrate_surfaces(_packed(tables), n_scan=32, n_starts=1)
     assert calls == [(1, heston._POLISH_ITERATIONS), (1, heston._DEEP_POLISH_ITERATIONS)]
+
+
+def test_quotes_whose_market_vega_underflows_are_refused_by_name() -> None:
+    # A 1-hour quote at 30% vol and K/F 0.7 lies 111 standard deviations out of the money: its
+    # Black price and vega are 0 in float64, and the polish's residual of a model price without
+    # a vol, price / vega, was 0 / 0: the fit died of "v0 must be finite; got nan at index (0, 0)"
+    t = 1 / (365 * 24)
+    wings = pd.DataFrame({"strike": [70.0, 130.0], "maturity": t, "spot": 100.0, "rate": 0.0,
+                          "dividend": 0.0, "implied_vol": 0.3})  # fmt: skip
+    table = pd.concat([_synthetic_surface(), wings], ignore_index=True)
+    with pytest.raises(ValueError, match=r"2 quote\(s\) too far out of the money for float64 "
+                       r"\(strike 70 at maturity 0.0001142 with vol 0.3 \(111 standard "
+                       r"deviations\), strike 130 .*drop them or weight them 0"):  # fmt: skip
+        calibrate("heston", table, x0=TRUE, global_start="scan", n_scan=0)
+    with pytest.raises(ValueError, match=r"table 1: 2 quote\(s\) too far out"):
+        calibrate_many("heston", [_synthetic_surface(), table], x0=TRUE, global_start="scan",
+                       n_scan=0)  # fmt: skip
+    weights = np.r_[np.ones(len(table) - 2), 0.0, 0.0]
+    fit = calibrate("heston", table, weights=weights, x0=TRUE, global_start="scan", n_scan=0)
+    assert fit.n_quotes == len(table) - 2
+    assert fit.rmse_iv_bp == pytest.approx(0.0, rel=0, abs=1e-6)

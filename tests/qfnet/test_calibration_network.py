@@ -901,3 +901,28 @@ def test_rebuild_command_help_describes_every_option(capsys, monkeypatch) -> Non
     bare = [words[0] for words in options if len(words) <= 2]  # the name and its metavar
     assert not bare, bare
     assert any("shipped" in line for line in lines if "--out" in line)
+
+
+def test_network_fit_statistics_count_the_quotes_with_a_model_vol() -> None:
+    # Two 1-hour quotes 30% out of the money: the model prices them at 0 in float64, so they have
+    # no model vol, and the answer's RMSE and largest error were NaN (JSON null) without a word
+    import qfnet.calibration_network_method  # noqa: F401
+
+    truth = {"v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 0.5, "rho": -0.6}
+    wings = pd.DataFrame({"strike": [70.0, 130.0], "maturity": 1 / (365 * 24), "forward": 100.0,
+                          "discount": 1.0, "implied_vol": 0.3})  # fmt: skip
+    table = pd.concat([_synthetic_quotes(truth), wings], ignore_index=True)
+    with pytest.warns(UserWarning) as caught:  # the expiries' gap and this
+        fit = calibrate("heston", table, method="network")
+    assert any(
+        "vol at the fitted parameters for 2 of 56 weighted" in str(w.message) for w in caught
+    )
+    error = fit.residuals["error_bp"].to_numpy()
+    assert np.isnan(error[-2:]).all() and fit.n_quotes == 56
+    expected = math.sqrt(float(np.mean(error[:-2] ** 2)))
+    assert fit.rmse_iv_bp == pytest.approx(expected, rel=1e-12)
+    assert fit.max_abs_iv_bp == pytest.approx(float(np.abs(error[:-2]).max()), rel=1e-12)
+    with pytest.warns(UserWarning) as caught:
+        many = calibrate_many("heston", [_synthetic_quotes(truth), table], method="network")
+    assert any("quote table 1: 2 of 56 weighted quotes" in str(w.message) for w in caught)
+    assert many[1].rmse_iv_bp == pytest.approx(fit.rmse_iv_bp, rel=1e-9)
