@@ -26,7 +26,13 @@ from pricing.calibration import (
     check_start_in_box,
     register_method,
 )
-from pricing.least_squares import elementwise_jacobian, levenberg_marquardt
+from pricing.least_squares import (
+    LeastSquaresResult,
+    ResidualFn,
+    elementwise_jacobian,
+    levenberg_marquardt,
+    value_and_jacobian,
+)
 from pricing.quote_cleaning import FORWARD_ROUNDING
 from pricing.quotes import QuoteError, shifts
 from pricing.sabr import lognormal_vol
@@ -48,6 +54,10 @@ reference starts it without ``x0``): the middle of [0, 1]. A start on the bound 
 beta past the edge and the two methods began from different points."""
 _RHO_GRID = (-0.75, -0.4, 0.0, 0.4)
 _NU_GRID = (0.1, 0.4, 1.0, 2.5)
+_ESCAPE_RHO = (-0.75, 0.75)
+_ESCAPE_NU = 0.4
+"""Where :func:`fit_smiles` refits an expiry whose best fit ended on nu's lower bound (see
+:func:`_nu_floor_escapes`)."""
 _FREE_BETA_GRID = (0.5, 1.0)
 _UNCOVERED_SD = 0.1
 _UNCOVERED_STARTS = 4
@@ -330,7 +340,9 @@ def fit_smiles(
     forward: the grid's ATM vol is then a guess across the gap, and two starts could both end in
     one local minimum), and the caller's ``x0`` (never dropped on its early cost), are refined
     together by :func:`pricing.least_squares.levenberg_marquardt`, and the best result per expiry
-    is kept.
+    is kept. An expiry whose best fit stopped on nu's lower bound (where rho moves no vol) is
+    refitted once from the rho that makes a rising nu lower the cost, when one does
+    (:func:`_nu_floor_escapes`).
 
     Returns:
         ``params`` ``(E, 4)`` as (alpha, beta, rho, nu), model vols ``(E, M)``, converged ``(E,)``
@@ -368,30 +380,77 @@ def fit_smiles(
     starts = torch.nan_to_num(starts, nan=0.0)
     starts = torch.minimum(torch.maximum(starts, lower[expiry]), upper[expiry])
 
-    def residual(params: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        e = expiry[index]
+    def residual(params: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return batch.weight[e] * (_vols(batch, params, e, level) - batch.market_iv[e])
 
-    cost = (residual(starts[:n_grid].unsqueeze(1), torch.arange(n_grid)) ** 2).sum(-1)
+    def solve(x0: torch.Tensor, owner: torch.Tensor) -> LeastSquaresResult:
+        fn = elementwise_jacobian(lambda p, i: residual(p, owner[i]), batch.strike.shape[1])
+        return levenberg_marquardt(fn, x0, lower=lower[owner], upper=upper[owner],
+                                   max_iterations=max_iterations, **_TOLERANCES)  # fmt: skip
+
+    cost = (residual(starts[:n_grid].unsqueeze(1), expiry[:n_grid]) ** 2).sum(-1)
     # x0 is always refined: scored with the grid, it was dropped where its early cost was above
     # the grid's best two (an exact 30-year smile of wing strikes was left at 152 bp, reported
     # converged, where scipy from that x0 fits it exactly)
     n_best = torch.where(_money_uncovered(batch, atm), max(n_starts, _UNCOVERED_STARTS), n_starts)
     pick = _best_per_expiry(cost, expiry[:n_grid], len(batch.rows), n_best.tolist())
     pick = torch.cat([pick, torch.arange(n_grid, len(starts))])
-    solved = levenberg_marquardt(
-        elementwise_jacobian(lambda p, i: residual(p, pick[i]), batch.strike.shape[1]),
-        starts[pick],
-        lower=lower[expiry[pick]],
-        upper=upper[expiry[pick]],
-        max_iterations=max_iterations,
-        **_TOLERANCES,
+    owner = expiry[pick]
+    solved = solve(starts[pick], owner)
+    best = _best_per_expiry(solved.cost, owner, len(batch.rows), 1)
+    again, again_owner = _nu_floor_escapes(
+        solved.x[best], lower, upper, residual, batch.strike.shape[1]
     )
-    best = _best_per_expiry(solved.cost, expiry[pick], len(batch.rows), 1)
+    if len(again):  # rare (0 to 3 expiries of 300 noisy random smiles): a small batch
+        escaped = solve(again, again_owner)
+        escaped = escaped._replace(
+            iterations=escaped.iterations + solved.iterations[best][again_owner]
+        )
+        solved = LeastSquaresResult(
+            *(torch.cat(pair) for pair in zip(solved, escaped, strict=True))
+        )
+        owner = torch.cat([owner, again_owner])
+    best = _best_per_expiry(solved.cost, owner, len(batch.rows), 1)
     params = solved.x[best].clone()
     vols = _vols(batch, params.unsqueeze(1), torch.arange(len(batch.rows)), level)
     params[:, 0] *= level[:, 0] ** (1 - params[:, 1])  # a -> alpha
     return params, vols, solved.converged[best], int(solved.iterations[best].max())
+
+
+def _nu_floor_escapes(
+    x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, residual: ResidualFn, n_strikes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh starts for the expiries whose best fit ``x`` ``(E, 4)`` ended with nu on its lower
+    bound though rho at one end of :data:`_ESCAPE_RHO` turns the cost's slope in nu downward
+    there, and their expiry indices: that rho, nu at :data:`_ESCAPE_NU` (in the box), a and beta
+    kept. ``residual`` is ``(params (B, M, 4), expiry (B,)) -> (B, n_strikes)``.
+
+    At nu = 0 the smile does not depend on rho, so the solver sees no slope in rho and stops
+    (reported converged) wherever rho left nu's slope pointing below the bound, though the rho
+    of the other sign lowers the cost as soon as nu rises.
+
+    Shape:
+        ``x``, ``lower``, ``upper``: ``(E, 4)``. Returns starts ``(S, 4)`` and indices ``(S,)``.
+    """
+    trapped = (x[:, 3] <= lower[:, 3]) & (lower[:, 3] < upper[:, 3]) & (lower[:, 2] < upper[:, 2])
+    owner = torch.nonzero(trapped).squeeze(-1).repeat_interleave(len(_ESCAPE_RHO))
+    if not len(owner):
+        return x[:0], owner
+    starts = x[owner].clone()
+    starts[:, 2] = torch.tensor(_ESCAPE_RHO, dtype=x.dtype).repeat(int(trapped.sum()))
+    starts = torch.minimum(torch.maximum(starts, lower[owner]), upper[owner])
+    r, jac = value_and_jacobian(
+        lambda p, i: residual(p, owner[i]), starts, torch.arange(len(owner)), n_strikes
+    )
+    slope = (jac[..., 3] * r).sum(-1).view(-1, len(_ESCAPE_RHO))  # d cost / d nu at the bound
+    side = slope.argmin(-1)
+    keep = slope.gather(-1, side.unsqueeze(-1)).squeeze(-1) < 0  # else a true minimum in nu
+    chosen = (torch.arange(len(side)) * len(_ESCAPE_RHO) + side)[keep]
+    starts, owner = starts[chosen], owner[chosen]
+    starts[:, 3] = torch.clamp(
+        torch.tensor(_ESCAPE_NU, dtype=x.dtype), lower[owner, 3], upper[owner, 3]
+    )
+    return starts, owner
 
 
 def _check_start(

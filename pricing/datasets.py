@@ -179,8 +179,11 @@ class Domain:
         """Yield ``(field, outside mask, bounds text)`` for each field of a query. Queries in a
         lower precision than float64 get edges as wide as their own rounding (an edge point
         given in float32 is 6e-8 off it)."""
-        rtol = max(self.rtol, 4.0 * coarsest_eps(*(columns.values() if inputs is None else inputs)))
         arrays = _broadcast_columns(columns, self.input_names)
+        # the query's own fields: a DataFrame's .values is an array ("'numpy.ndarray' object is
+        # not callable"), and a float32 column outside the query widened the edges
+        given = [columns[name] for name in self.input_names] if inputs is None else inputs
+        rtol = max(self.rtol, 4.0 * coarsest_eps(*given))
         for name in (*self.param_names, "maturity"):
             low, high = self.bounds(name)
             yield name, ~_within(arrays[name], low, high, rtol), f"[{low:g}, {high:g}]"
@@ -204,7 +207,8 @@ class Domain:
         """Boolean mask of the query rows inside the domain (NaN rows are outside).
 
         Args:
-            columns: arrays or tensors named by :attr:`input_names` (broadcast together).
+            columns: arrays or tensors named by :attr:`input_names` (broadcast together), as a
+                dict or a DataFrame (other columns are ignored).
             inputs: the caller's original values, when ``columns`` are converted copies (their
                 precision sets the edges' tolerance).
         """
@@ -760,16 +764,18 @@ def load_dataset(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, 
         text = [c for c in sorted(needed) if not pd.api.types.is_float_dtype(frame[c])]
         if text:  # implied vols stored as text loaded as an object column
             raise ValueError(f"{root / name}: column(s) {text} are not floating-point numbers")
+    # shards with digests are checked before the row count, which named no file for a cut
+    # shard or one of another dataset's shard_size ("holds 10 rows, its metadata n = 12");
+    # without digests the count comes first (a cut shard's successor is off, not the shard)
+    digested = "shard_sha256" in meta
+    if digested:
+        _check_shard_files(root, meta_path, meta, shards)
     frame = pd.concat(frames, ignore_index=True)
     if "n" in meta and len(frame) != meta["n"]:
         raise ValueError(f"{root} holds {len(frame)} rows, its metadata n = {meta['n']} "
                          "(a truncated or replaced shard?)")  # fmt: skip
-    _check_sample_order(root, meta["shards"], frames)
-    for i, name in enumerate(meta["shards"]):
-        if "shard_sha256" in meta and shards[i][1] != meta["shard_sha256"][i]:
-            # a shard of another seed whose sample_index matched loaded without a word
-            raise ValueError(f"{root / name} is not the shard {meta_path} records (its SHA-256 "
-                             "differs): a shard of another dataset, or an edited one")  # fmt: skip
+    if not digested:
+        _check_shard_files(root, meta_path, meta, shards)
     # an edited seed, shard_size or engine loaded without a word (and went into a run's record)
     _check_engine(meta_path, meta, domain.model, frames)
     _check_shard_sizes(meta_path, meta, frames)
@@ -860,11 +866,14 @@ def _check_sampled(meta_path: Path, domain: Domain, sampling: Any) -> None:
                              "on it would serve points no row holds")  # fmt: skip
 
 
-def _check_sample_order(root: Path, names: list[str], frames: list[pd.DataFrame]) -> None:
-    """Shard ``i`` holds the Sobol points that follow shard ``i - 1``'s: a shard replaced by a
-    copy of another (same length) loaded without a word, its rows trained on twice."""
-    offset = 0
-    for name, frame in zip(names, frames, strict=True):
+def _check_shard_files(
+    root: Path, meta_path: Path, meta: dict[str, Any], shards: list[tuple[pd.DataFrame, str]]
+) -> None:
+    """Shard ``i`` holds the Sobol points that follow shard ``i - 1``'s (a shard replaced by a
+    copy of another, same length, loaded without a word, its rows trained on twice) and is the
+    file whose SHA-256 the metadata records; the first shard that is not is named."""
+    offset, digests = 0, meta.get("shard_sha256")
+    for i, (name, (frame, digest)) in enumerate(zip(meta["shards"], shards, strict=True)):
         if "sample_index" in frame.columns:
             index = frame["sample_index"].to_numpy()
             expected = np.arange(offset, offset + len(frame))
@@ -872,6 +881,10 @@ def _check_sample_order(root: Path, names: list[str], frames: list[pd.DataFrame]
                 raise ValueError(f"{root / name} holds sample_index {index[0]} .. {index[-1]}, "
                                  f"not {offset} .. {offset + len(frame) - 1} (a replaced or "
                                  "reordered shard?)")  # fmt: skip
+        if digests is not None and digest != digests[i]:
+            # a shard of another seed whose sample_index matched loaded without a word
+            raise ValueError(f"{root / name} is not the shard {meta_path} records (its SHA-256 "
+                             "differs): a shard of another dataset, or an edited one")  # fmt: skip
         offset += len(frame)
 
 

@@ -72,6 +72,17 @@ def test_domain_edges_are_inclusive_within_relative_tolerance():
     assert not HESTON_DOMAIN.contains(outside).any()
 
 
+def test_domain_takes_a_data_frame_and_reads_only_its_query_columns():
+    # a DataFrame (sample's, load_dataset's) failed: "'numpy.ndarray' object is not callable"
+    points = sample(HESTON_DOMAIN, 64, seed=2)
+    assert HESTON_DOMAIN.contains(points).all()
+    HESTON_DOMAIN.check(points)
+    # a float32 column beside the float64 query no longer widens the edges to float32's
+    query = _heston_query(v0=0.25 * (1 + 1e-7))
+    assert not HESTON_DOMAIN.contains(query).any()
+    assert not HESTON_DOMAIN.contains(query | {"weight": np.float32(1.0)}).any()
+
+
 def test_domain_check_names_field_row_and_bounds():
     query = _heston_query(maturity=np.array([1.0, 1.0, 5.0]))
     with pytest.raises(DomainError, match=r"maturity = 5.0 at index 2 .*\[0.0821\d*, 3\]"):
@@ -433,7 +444,7 @@ def test_loading_checks_the_shards_against_the_metadata(tmp_path):
     shard = path / "shard-00001.parquet"
     whole = pd.read_parquet(shard)
     whole.iloc[:1].to_parquet(shard)
-    with pytest.raises(ValueError, match=r"holds 4 rows, its metadata n = 6"):
+    with pytest.raises(ValueError, match=r"shard-00001.parquet is not the shard .* records"):
         load_dataset(path)
     whole.drop(columns="implied_vol").to_parquet(shard)
     with pytest.raises(
@@ -444,6 +455,27 @@ def test_loading_checks_the_shards_against_the_metadata(tmp_path):
     meta = json.loads((path / "metadata.json").read_text())
     (path / "metadata.json").write_text(json.dumps(meta | {"shards": meta["shards"][:1]}))
     with pytest.raises(ValueError, match="lists 1 shards, not n_shards = 2"):
+        load_dataset(path)
+
+
+def test_a_cut_shard_or_one_of_another_shard_size_is_refused_by_name(tmp_path):
+    # both were refused as "holds 10 rows, its metadata n = 12", naming no file
+    path = generate(tmp_path / "ds", model="sabr", n=12, shard_size=4, progress=False)
+    middle = path / "shard-00001.parquet"
+    own = middle.read_bytes()
+    pd.read_parquet(middle).iloc[:2].to_parquet(middle, index=False)
+    with pytest.raises(ValueError, match=r"shard-00001.parquet is not the shard .* records"):
+        load_dataset(path)
+    middle.write_bytes(own)
+    other = generate(tmp_path / "other", model="sabr", n=16, shard_size=8, progress=False)
+    (path / "shard-00002.parquet").write_bytes((other / "shard-00001.parquet").read_bytes())
+    with pytest.raises(ValueError, match=r"shard-00002.parquet is not the shard .* records"):
+        load_dataset(path)
+    # without recorded digests (datasets written before them) the row count still refuses it
+    meta = json.loads((path / "metadata.json").read_text())
+    legacy = {k: v for k, v in meta.items() if k != "shard_sha256"}
+    (path / "metadata.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"holds 16 rows, its metadata n = 12"):
         load_dataset(path)
 
 

@@ -291,10 +291,58 @@ def test_alpha_from_atm_vol_in_float32_matches_float64():
     cases = _random_cases(500, seed=5)
     names = ("forward", "maturity", "beta", "rho", "nu", "shift")
     kw = {k: torch.as_tensor(cases[k]) for k in names} | {"atm_vol": torch.full((500,), 0.3)}
+    kw = {k: v[_float32_accepts(kw)] for k, v in kw.items()}
+    assert len(kw["beta"]) > 475  # the few refused: their vols are lost to float32 rounding
     alpha64 = sabr.alpha_from_atm_vol(**kw, dtype=torch.float64)
     alpha32 = sabr.alpha_from_atm_vol(**{k: v.float() for k, v in kw.items()})
     assert alpha32.dtype == torch.float32
     torch.testing.assert_close(alpha32.double(), alpha64, rtol=1e-5, atol=0.0)
+
+
+def _float32_accepts(kw: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Which cases :func:`sabr.alpha_from_atm_vol` answers in float32 (one call each)."""
+    accepted = []
+    for i in range(len(kw["beta"])):
+        try:
+            sabr.alpha_from_atm_vol(**{k: v[i].float() for k, v in kw.items()})
+            accepted.append(True)
+        except ValueError:
+            accepted.append(False)
+    return torch.tensor(accepted)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_alpha_from_atm_vol_reproduces_the_atm_vol_or_refuses(dtype: torch.dtype) -> None:
+    # beta near 1, rho < 0, large nu^2 T: the only root's cubic terms cancel to the ATM vol, and
+    # its vol was silently wrong (alpha 1.6e7 gave 1.95 for 2.0 at beta 0.999; 1.6e11 gave
+    # -1.1e7 at 0.99999); float32 sooner (-379 for 0.012 at beta 0.95, rho -0.9, nu 6, T 22)
+    cases = _random_cases(300, seed=11)
+    cases["nu"] = cases["nu"] * 4  # up to 4.8: into the cancelling corner
+    cases["beta"] = np.where(
+        np.arange(300) % 3 == 0, 1 - 10.0 ** -(np.arange(300) % 7), cases["beta"]
+    )
+    names = ("forward", "maturity", "beta", "rho", "nu", "shift")
+    tol = 1e-6 if dtype == torch.float64 else 1e-3  # the stated tolerances
+    refused = 0
+    for i in range(300):
+        kw = {k: torch.tensor(cases[k][i], dtype=dtype) for k in names}
+        try:
+            alpha = sabr.alpha_from_atm_vol(atm_vol=torch.tensor(0.3, dtype=dtype), **kw)
+        except ValueError as error:
+            assert "not reproducible" in str(error) or "reachable" in str(error)
+            refused += 1
+            continue
+        vol = sabr.lognormal_vol(strike=kw["forward"], alpha=alpha, **kw)
+        assert float(vol) == pytest.approx(0.3, rel=tol, abs=0.0), kw
+    assert refused < 150  # most are answered
+
+
+@pytest.mark.parametrize("beta", [0.999, 0.99999])
+def test_alpha_from_atm_vol_names_the_inputs_when_rounding_hides_the_vol(beta: float) -> None:
+    with pytest.raises(ValueError, match=rf"not reproducible.*beta={beta:g}, rho=-0.9, nu=3"):
+        sabr.alpha_from_atm_vol(
+            forward=100.0, maturity=20.0, atm_vol=2.0, beta=beta, rho=-0.9, nu=3.0
+        )
 
 
 def test_alpha_from_atm_vol_names_atm_vol_when_unreachable():
