@@ -30,8 +30,8 @@ def train_command(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue OUT from its last checkpoint (same config; --epochs may grow "
-        "with scheduler none).",
+        help="Continue OUT from its last checkpoint (same config, but for training.patience; "
+        "--epochs may grow with scheduler none).",
     ),
 ) -> None:
     """Train the configured hedging policy and write the run to OUT.

@@ -256,7 +256,8 @@ def train(
     With ``resume``, training continues from ``run_dir``'s last checkpoint: the path sets are
     simulated again from the seed (the same paths), and the config must be the run's, but for
     ``training.epochs`` (a run may be extended, except under a ``cosine`` or ``onecycle``
-    scheduler, planned over the epochs it was started with).
+    scheduler, planned over the epochs it was started with) and ``training.patience`` (a run
+    that early stopping ended trains on with a larger one).
 
     ``val_loss`` is the risk measure of the whole validation set: it is evaluated as one batch
     (without a graph), as the entropic risk and the variance of a set are not the mean of
@@ -271,7 +272,8 @@ def train(
     its checkpoint) included.
 
     Raises:
-        ValueError: ``resume`` without a checkpoint in ``run_dir``, or with another config.
+        ValueError: ``resume`` without a checkpoint in ``run_dir``, with another config, or
+            with fewer ``training.epochs`` than the run has trained.
 
     Examples:
         >>> import tempfile
@@ -327,6 +329,12 @@ def train(
     train_set, val_set = PathSet(pack(train_data).to(dtype)), PathSet(pack(val_data).to(dtype))
     clock.start()
     history = trainer.fit(train_set, val_set, resume=resume)
+    # a resume past its epochs trained none, and saved the run's model and config as one of
+    # the fewer epochs, without a word
+    if resume and len(history) > t.epochs:
+        raise ValueError(f"{run_dir} has trained {len(history)} epochs, more than "
+                         f"training.epochs {t.epochs}: nothing was trained (resume with more "
+                         "epochs to train on)")  # fmt: skip
     seconds, cpu = clock.elapsed()
     model.cpu()
     if run_dir is not None and writer:
@@ -398,10 +406,14 @@ def _write_config(run_dir: Path, config: HedgeConfig) -> None:
     write_text_atomically(text, run_dir / "hedge_config.json")
 
 
+_RESUME_MAY_CHANGE = ("epochs", "patience")
+"""The ``training`` keys a resumed run may change: neither moves its paths or its steps so far."""
+
+
 def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
     """A run to resume: its last checkpoint and its config, equal to ``config`` but for the
-    number of epochs (another seed or market would train on other paths), and that only where
-    no ``cosine`` or ``onecycle`` schedule was planned over it."""
+    number of epochs (only where no ``cosine`` or ``onecycle`` schedule was planned over them)
+    and the early-stopping patience (another seed or market would train on other paths)."""
     run = Path(run_dir) if run_dir is not None else None
     if run is None or not (run / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"{run_dir}: no checkpoint to resume (checkpoints/last.pt)")
@@ -423,12 +435,16 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
                              "run") from exc  # fmt: skip
     given = _plain_config(config)
     epochs = saved.get("training", {}).get("epochs")
+    # the patience too: EarlyStopping decides a restored stop again with the resumed one's (its
+    # warning on a stopped run says to resume with a larger patience, which was refused here)
     for plain in (saved, given):
-        plain.get("training", {}).pop("epochs", None)
+        for key in _RESUME_MAY_CHANGE:
+            plain.get("training", {}).pop(key, None)
     if saved != given:
         key = _first_difference(saved, given)
         raise ValueError(f"{run} was trained with another {key} than this config's: resume it "
-                         "with its own config (only training.epochs may change)")  # fmt: skip
+                         "with its own config (only training.epochs and training.patience may "
+                         "change)")  # fmt: skip
     # the Trainer's own refusal named its max_epochs, which neither the config nor the CLI has
     scheduler, now = config.training.scheduler, config.training.epochs
     if scheduler in _HORIZON_KEYS and epochs is not None and epochs != now:

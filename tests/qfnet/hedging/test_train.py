@@ -416,3 +416,30 @@ def test_resuming_a_run_whose_saved_derivative_is_no_object_names_the_key(small_
     (run / "hedge_config.json").write_text(json.dumps(saved | {"derivative": [1.2]}))
     with pytest.raises(ValueError, match=r"was trained with another derivative than this"):
         train(config, run, resume=True)
+
+
+def test_a_run_that_early_stopping_ended_trains_on_when_resumed_with_a_larger_patience(tmp_path):
+    # EarlyStopping's warning on resuming the stopped run says to resume with a larger patience,
+    # which resume refused: "trained with another training.patience ... (only training.epochs
+    # may change)"
+    small = {"paths": {"train": 256, "val": 64, "test": 64}, "baselines": {"ww_risk_aversion": 1}}
+    run = {"epochs": 4, "batch_size": 64, "lr": 0.05}
+    stopped = train(config_from_dict(_tiny(**small, training=run | {"patience": 1})), tmp_path)
+    assert len(stopped.history) < 4  # stopped early
+    patient = config_from_dict(_tiny(**small, training=run | {"patience": 10}))
+    resumed = train(patient, tmp_path, resume=True)
+    assert len(resumed.history) == 4
+    assert load_run(tmp_path)[0] == patient
+
+
+def test_resuming_a_run_with_fewer_epochs_than_it_trained_is_refused_keeping_its_files(tmp_path):
+    # nothing was trained, and the run's model.pt and hedge_config.json were saved again with
+    # the fewer epochs, as a run of 1 epoch that had trained 2
+    small = {"paths": {"train": 400, "val": 200, "test": 200}, "baselines": {"ww_risk_aversion": 1}}
+    config = config_from_dict(_tiny(**small))
+    train(config, tmp_path)
+    shorter = config_from_dict(_tiny(**small, training={"epochs": 1}))
+    with pytest.raises(ValueError, match=r"has trained 2 epochs, more than training\.epochs 1"):
+        train(shorter, tmp_path, resume=True)
+    assert load_run(tmp_path)[0] == config
+    assert json.loads((tmp_path / "hedge_config.json").read_text())["training"]["epochs"] == 2
