@@ -328,23 +328,27 @@ def _smile_nodes(k: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple:
 def _below_smile(
     smile: tuple[np.ndarray, np.ndarray, np.ndarray],
     k: np.ndarray,
-    w: np.ndarray,
-    rtol: float,
+    price: np.ndarray,
     atol: float,
 ) -> np.ndarray:
-    """Which quotes ``(k, w)`` inside the strike range of an earlier ``smile`` (from
-    :func:`_smile_nodes`: distinct sorted ``k`` and the least and greatest ``w`` there) lie below
-    every arbitrage-free smile within its bounds, by more than ``rtol`` in total variance and
-    ``atol`` in price on a unit forward."""
+    """Which quotes at ``k``, of call prices ``price`` (:func:`_call_prices`), inside the strike
+    range of an earlier ``smile`` (distinct sorted ``k`` from :func:`_smile_nodes` and the call
+    prices of its least and greatest ``w`` there) lie below every arbitrage-free smile within
+    its bounds by more than ``atol`` in price on a unit forward. The prices are the caller's,
+    once per expiry: three Black pricings per pair of expiries, the earlier one's the same each
+    time, took twice the calendar check's time besides the floor."""
     pk, low, high = smile
     # Compare call prices (increasing in w at fixed k) with the least price of any arbitrage-free
     # smile through the earlier quotes: between strikes, linear interpolation of w overstates a
     # convex smile and flagged clean surfaces. Calls on both sides of the money (puts by parity):
     # floors from out-of-the-money prices of one side missed the quotes between the last put and
     # the first call strike.
-    floor = _price_floor(np.exp(pk), _call_prices(pk, low), _call_prices(pk, high), np.exp(k))
-    below = _call_prices(k, w / (1 - rtol)) < floor - atol
-    return below & (k >= pk[0]) & (k <= pk[-1])
+    below = np.zeros(len(k), dtype=bool)
+    inside = np.flatnonzero((k >= pk[0]) & (k <= pk[-1]))
+    if inside.size:
+        floor = _price_floor(np.exp(pk), low, high, np.exp(k[inside]))
+        below[inside] = price[inside] < floor - atol
+    return below
 
 
 def _variance_bounds(w: np.ndarray, bid: np.ndarray | None, ask: np.ndarray | None) -> tuple:
@@ -412,9 +416,11 @@ def calendar_violations(
     earlier = []
     for t in np.unique(maturity.round(10)):
         rows = np.flatnonzero(np.isclose(maturity, t, rtol=0, atol=1e-10))
+        price = _call_prices(k[rows], high[rows] / (1 - rtol))  # total variance relaxed
         for smile in earlier:
-            drop[rows] |= _below_smile(smile, k[rows], high[rows], rtol, atol)
+            drop[rows] |= _below_smile(smile, k[rows], price, atol)
         kept = rows[~drop[rows]]
         if len(kept):
-            earlier.append(_smile_nodes(k[kept], low[kept], high[kept]))
+            nodes, least, greatest = _smile_nodes(k[kept], low[kept], high[kept])
+            earlier.append((nodes, _call_prices(nodes, least), _call_prices(nodes, greatest)))
     return drop

@@ -161,10 +161,13 @@ arbitrage beside or instead of it."""
 
 
 def _consistent_pairs(near: pd.DataFrame) -> pd.DataFrame:
-    """``near`` without the pairs that miss the weighted parity line of the pairs kept by more
-    than :data:`PARITY_OUTLIER` half bid/ask widths, the worst first, the line fitted again
-    after each, while more than three pairs are left; ``near`` itself unless every pair has a
-    bid/ask width (no width to measure a miss by)."""
+    """``near`` without the pairs that miss the weighted parity line of the other pairs kept by
+    more than :data:`PARITY_OUTLIER` half bid/ask widths, the worst first (the one whose removal
+    lowers the weighted squared misses most), the line fitted again after each, while more than
+    three pairs are left; ``near`` itself unless every pair has a bid/ask width (no width to
+    measure a miss by). The line of all the pairs, the pair's own among them, hid a stale pair
+    quoted tighter than the others (its weight pulled the line onto it) and left out clean pairs
+    in its place: a forward 0.4 off where keeping every pair left it 0.46 off."""
     if "call_spread" not in near:
         return near
     width = ((near["call_spread"] + near["put_spread"]) / 2).to_numpy(float)
@@ -174,11 +177,17 @@ def _consistent_pairs(near: pd.DataFrame) -> pd.DataFrame:
     strikes, diff = near.index.to_numpy(float), (near["call"] - near["put"]).to_numpy()
     keep = np.ones(len(near), dtype=bool)
     while keep.sum() > 3 and np.ptp(strikes[keep]) > 0:
-        slope, intercept = np.polyfit(strikes[keep], diff[keep], 1, w=weights[keep])
-        miss = np.where(keep, np.abs(diff - intercept - slope * strikes) / width, 0.0)
-        if miss.max() <= PARITY_OUTLIER:
+        rows = np.flatnonzero(keep)
+        x = strikes[rows] - strikes[rows].mean()  # centred: strikes in the thousands
+        design = np.stack([x, np.ones_like(x)], axis=1) * weights[rows, None]  # (n, 2)
+        q, _ = np.linalg.qr(design)
+        residual = diff[rows] - (q @ (q.T @ (diff[rows] * weights[rows]))) / weights[rows]
+        free = np.maximum(1.0 - (q**2).sum(axis=1), 1e-12)  # 1 - leverage, each pair's
+        worst = int(np.argmax(np.abs(residual) * weights[rows] / np.sqrt(free)))
+        # its miss of the line fitted without it
+        if abs(residual[worst]) / free[worst] <= PARITY_OUTLIER * width[rows[worst]]:
             break
-        keep[miss.argmax()] = False
+        keep[rows[worst]] = False
     return near[keep]
 
 

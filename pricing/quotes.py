@@ -798,10 +798,12 @@ def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], what
         raise QuoteError(f"{what} needs column(s) {', '.join(missing)}; the table has {have}")
 
 
-UNDERLYING_COLUMNS = ("underlying", "underlying_symbol", "ticker", "secid")
+UNDERLYING_COLUMNS = ("underlying", "underlying_symbol", "secid")
 """Column names (any case, spaces read as ``_``) that name a quote's underlying: CBOE's
-``underlying_symbol``, OptionMetrics' ``ticker`` and ``secid``. Not ``symbol`` or ``root``: an
-option's own symbol differs per contract, and one index has several roots (SPX, SPXW)."""
+``underlying_symbol``, OptionMetrics' ``secid``. Not ``symbol`` or ``root``: an option's own
+symbol differs per contract, and one index has several roots (SPX, SPXW); nor ``ticker``,
+OptionMetrics' underlying but Bloomberg's option (``DAX 12/20/02 C4500 Index``): a chain
+exported with it was refused as a second underlying on its second row."""
 
 
 def check_one_underlying(quotes: pd.DataFrame) -> None:

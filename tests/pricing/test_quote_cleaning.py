@@ -604,6 +604,11 @@ def test_quotes_of_two_underlyings_are_refused_naming_the_row() -> None:
         parity_forwards(read_quotes(both))
     clean, _ = clean_quotes(dax.rename(columns={"underlying": "Underlying Symbol"}))
     np.testing.assert_allclose(clean["forward"], 103.0, rtol=1e-10, atol=0)
+    # a Bloomberg chain's Ticker names each option, not the underlying: it was refused
+    kinds, strikes = dax["option_type"].str[0].str.upper(), dax["strike"].map("{:g}".format)
+    tickers = "DAX 12/20/02 " + kinds + strikes + " Index"
+    clean, _ = clean_quotes(dax.drop(columns="underlying").assign(Ticker=tickers))
+    np.testing.assert_allclose(clean["forward"], 103.0, rtol=1e-10, atol=0)
 
 
 def test_given_discounts_of_calls_and_puts_read_apart_and_concatenated() -> None:
@@ -1214,3 +1219,22 @@ def test_a_stale_near_the_money_pair_is_left_out_of_the_parity_regression() -> N
     clean, report = clean_quotes(table)
     assert report.removed["strike_arbitrage"] + report.removed["calendar_arbitrage"] == 1
     assert stale[0] + 1 not in clean["source_row"].tolist()
+
+
+def test_a_stale_pair_quoted_tighter_than_the_others_is_the_one_left_out() -> None:
+    # Its weight pulled the line of all the pairs, its own among them, onto it: clean pairs
+    # missed that line instead and were left out, and the forward came out 102.59 (D 0.907) for
+    # 103 (0.95), further off than with every pair kept.
+    table = _chain(103.0, 0.95, 1.0, np.arange(90.0, 120.0, 5.0))
+    tight = table["strike"] == 100.0
+    half = np.where(tight, 0.01, 0.1)
+    table["bid"], table["ask"] = table["price"] - half, table["price"] + half
+    stale = tight & (table["option_type"] == "put")
+    table.loc[stale, ["bid", "ask"]] += 0.5
+    table = table.drop(columns="price")
+    implied = parity_forwards(read_quotes(table))
+    np.testing.assert_allclose(implied["forward"], 103.0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(implied["discount"], 0.95, rtol=0, atol=1e-12)
+    clean, report = clean_quotes(table)
+    assert report.removed["strike_arbitrage"] == 1  # the stale put, out of the money
+    assert int(np.flatnonzero(stale)[0]) + 1 not in clean["source_row"].tolist()
