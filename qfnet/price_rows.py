@@ -101,6 +101,14 @@ def model_parameters(
     if model not in MODEL_PARAMETERS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(MODEL_PARAMETERS)}")
     params = dict(params or {})
+    if model != "sabr" and "shift" in quotes.columns:
+        # priced unshifted beside it, without a word: `iv` of the output then solved shifted
+        # vols of those prices (0.2511 became another vol)
+        shifted = np.flatnonzero(shifts(quotes).to_numpy(float) != 0.0)
+        if shifted.size:
+            raise row_error(quotes, int(shifted[0]), "shift",
+                            f"model {model} prices unshifted (lognormal) options; a shift is "
+                            "SABR's (shifted lognormal): drop the column or use model sabr")  # fmt: skip
     names = MODEL_PARAMETERS[model] + (("shift",) if model == "sabr" else ())
     unknown = sorted(set(params) - set(names))
     if unknown:

@@ -1383,3 +1383,25 @@ def test_price_bad_params_are_checked_against_the_model_domain(
                                  json.dumps(params)])  # fmt: skip
     assert result.exit_code == 1
     assert f"error: {message}" in result.output, result.output
+
+
+@pytest.mark.parametrize(("model", "params"), [
+    ("bs", '{"volatility": 0.2}'),
+    ("heston", '{"v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.3, "rho": -0.7}'),
+])  # fmt: skip
+@pytest.mark.parametrize("engine", ["analytic", "quantlib"])
+def test_price_refuses_a_shift_for_unshifted_models_naming_the_row(tmp_path, model, params, engine):
+    # priced unshifted beside a shift column, without a word: `iv` of the output then solved
+    # shifted vols of those prices
+    path, out = tmp_path / "q.csv", tmp_path / "p.csv"
+    path.write_text("option_type,strike,maturity,forward,discount,shift\n"
+                    "call,1.0,1.0,1.5,1.0,0\ncall,1.0,1.0,1.5,1.0,0.02\n")  # fmt: skip
+    args = ["price", "--model", model, "--quotes", str(path), "--out", str(out), "--engine",
+            engine, "--params", params]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert (f"row 2 (file line 3), column 'shift': model {model} prices unshifted (lognormal) "
+            "options" in result.output), result.output  # fmt: skip
+    assert not out.exists()
+    path.write_text("option_type,strike,maturity,forward,discount,shift\ncall,1.0,1.0,1.5,1.0,0\n")
+    assert runner.invoke(app, args).exit_code == 0  # a shift of 0 is no shift
