@@ -213,11 +213,12 @@ def _without_pde_vol(drawn: int, used: int) -> str:
     """The points drawn that the comparison left out, in words (empty when none).
 
     Examples:
-        >>> _without_pde_vol(64, 61), _without_pde_vol(8, 8)
-        ('3 of the 64 drawn have no PDE implied vol; ', '')
+        >>> _without_pde_vol(64, 61), _without_pde_vol(12, 11), _without_pde_vol(8, 8)
+        ('3 of the 64 drawn have no PDE implied vol; ', '1 of the 12 drawn has no PDE implied vol; ', '')
     """
     missing = drawn - used
-    return f"{missing} of the {drawn} drawn have no PDE implied vol; " if missing else ""
+    verb = "has" if missing == 1 else "have"
+    return f"{missing} of the {drawn} drawn {verb} no PDE implied vol; " if missing else ""
 
 
 def _calibration_stage(out: Path, seed: int) -> tuple[list[str], dict[str, float]]:
@@ -450,7 +451,8 @@ _MARKER = ".qfnet-demo"
 
 def _clear_previous_run(out: Path) -> None:
     """Remove what an earlier (or interrupted) demo left in ``out`` (a second ``make demo``
-    failed on its dataset), and nothing else: only where the demo's marker is.
+    failed on its dataset): its folders and its report, and nothing else: only where the demo's
+    marker is.
 
     Raises:
         FileExistsError: ``out`` has no marker but holds one of the demo's folders (another
@@ -460,6 +462,9 @@ def _clear_previous_run(out: Path) -> None:
     if (out / _MARKER).is_file():
         for name in _OWN_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
+        # written last: an interrupted rerun left the earlier run's report beside the new files
+        # (its numbers not theirs, its images of the folders just removed)
+        (out / "report.md").unlink(missing_ok=True)
     else:
         taken = [name for name in _OWN_DIRS if (out / name).exists()]
         if taken:

@@ -65,3 +65,24 @@ def test_a_damaged_shipped_network_is_named_not_a_key_error(tmp_path, monkeypatc
     monkeypatch.setattr(network_method, "default_path", lambda: network)
     with pytest.raises(ModelFileError, match=f"^{network} is not a readable calibration network"):
         _calibration_stage(tmp_path, seed=0)
+
+
+def test_an_interrupted_rerun_leaves_no_report_of_the_earlier_run(tmp_path, monkeypatch) -> None:
+    # the earlier run's report.md stayed beside the rerun's new files (and the folders it had
+    # removed) until the rerun reached its end
+    import qfnet.demo as demo
+
+    out = tmp_path / "demo_report"
+    (out / "surrogate_run").mkdir(parents=True)
+    (out / ".qfnet-demo").write_text("written by qfnet demo\n")
+    (out / "report.md").write_text("# qfnet demo report\n\nseed 0\n")
+    (out / "notes.txt").write_text("the user's\n")
+
+    def interrupted(out, seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "_calibration_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo(out, quick=True, seed=1)
+    assert not (out / "report.md").exists() and not (out / "surrogate_run").exists()
+    assert (out / "notes.txt").read_text() == "the user's\n"
