@@ -238,9 +238,9 @@ def _check_vegas(quotes: tuple[np.ndarray, ...], w: np.ndarray, sizes: np.ndarra
     """Refuse weighted quotes ``(strike, forward, maturity, vol)`` ``(R,)`` each whose market
     Black vega underflows (more than ~37.5 standard deviations out of the money: a vol of 0.5%
     30% out of the money at 3 months, a 1-hour expiry at K/F 0.7 at 30%), naming the first table
-    that has them and its quotes: their price is 0 in float64, so no pricer sees them, and the
-    polish's residual of a model price without a vol, ``price / vega``, was 0 / 0 (the fit died
-    of "v0 must be finite; got nan at index (0, 0)")."""
+    that has them (where there are several) and its quotes: their price is 0 in float64, so no
+    pricer sees them, and the polish's residual of a model price without a vol, ``price / vega``,
+    was 0 / 0 (the fit died of "v0 must be finite; got nan at index (0, 0)")."""
     strike, forward, t, vol = quotes
     s = vol * np.sqrt(t)
     d1 = -np.log(strike / forward) / s + 0.5 * s
@@ -252,8 +252,11 @@ def _check_vegas(quotes: tuple[np.ndarray, ...], w: np.ndarray, sizes: np.ndarra
     rows = np.flatnonzero(bad & (np.repeat(np.arange(len(sizes)), sizes) == i))
     listed = ", ".join(f"strike {strike[r]:g} at maturity {t[r]:.4g} with vol {vol[r]:g} "
                        f"({abs(d1[r]):.0f} standard deviations)" for r in rows[:3])  # fmt: skip
+    # one table is the caller's only one (calibrate said "table 0: ", and calibrate_many's
+    # surrogate polish "quote table 1: table 0: ")
+    where = f"quote table {i}: " if len(sizes) > 1 else ""
     raise ValueError(
-        f"table {i}: {len(rows)} quote(s) too far out of the money for float64 ({listed}"
+        f"{where}{len(rows)} quote(s) too far out of the money for float64 ({listed}"
         f"{', ...' if len(rows) > 3 else ''}): their Black vega underflows, so no fit can "
         "measure their vol error; drop them or weight them 0"
     )

@@ -236,6 +236,11 @@ def calibrate_command(
     left = [f"{result.n_dropped} {rows} without a vol left out"] if result.n_dropped else []
     zero = len(result.residuals) - result.n_quotes  # fitted rows of weight 0 (e.g. a vega's)
     left += [f"{zero} of weight 0, not in the RMSE"] if zero > 0 else []
+    # quotes whose model price no Black vol reproduces: the RMSE leaves them out (said "over 56
+    # quotes" for the 54 it counts, beside a list of the quotes it leaves out)
+    fitted = result.residuals[result.residuals["weight"] > 0]
+    unsolved = int(fitted["error_bp"].isna().sum())
+    left += [f"{unsolved} without a model vol, not in the RMSE"] if unsolved else []
     unused = f" ({'; '.join(left)})" if left else ""
     typer.echo(f"{model} ({method}): RMSE {result.rmse_iv_bp:.2f} bp over {result.n_quotes} quotes"
                f"{unused}, {result.seconds:.2f} s -> {out}")  # fmt: skip

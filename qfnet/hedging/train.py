@@ -35,6 +35,7 @@ from qfnet.training import EarlyStopping, Trainer, TrainerConfig, resolve_device
 from qfnet.training.checkpoint import (
     ModelFileError,
     damage_summary,
+    load_checkpoint,
     load_verified,
     save_atomically,
     write_text_atomically,
@@ -329,12 +330,6 @@ def train(
     train_set, val_set = PathSet(pack(train_data).to(dtype)), PathSet(pack(val_data).to(dtype))
     clock.start()
     history = trainer.fit(train_set, val_set, resume=resume)
-    # a resume past its epochs trained none, and saved the run's model and config as one of
-    # the fewer epochs, without a word
-    if resume and len(history) > t.epochs:
-        raise ValueError(f"{run_dir} has trained {len(history)} epochs, more than "
-                         f"training.epochs {t.epochs}: nothing was trained (resume with more "
-                         "epochs to train on)")  # fmt: skip
     seconds, cpu = clock.elapsed()
     model.cpu()
     if run_dir is not None and writer:
@@ -412,8 +407,9 @@ _RESUME_MAY_CHANGE = ("epochs", "patience")
 
 def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
     """A run to resume: its last checkpoint and its config, equal to ``config`` but for the
-    number of epochs (only where no ``cosine`` or ``onecycle`` schedule was planned over them)
-    and the early-stopping patience (another seed or market would train on other paths)."""
+    number of epochs (only where no ``cosine`` or ``onecycle`` schedule was planned over them,
+    and no fewer than the checkpoint has trained) and the early-stopping patience (another seed
+    or market would train on other paths)."""
     run = Path(run_dir) if run_dir is not None else None
     if run is None or not (run / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"{run_dir}: no checkpoint to resume (checkpoints/last.pt)")
@@ -451,6 +447,13 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
         raise ValueError(f"{run} was started with training.epochs {epochs}, over which its "
                          f"'{scheduler}' learning-rate schedule is planned, not {now}: resume it "
                          f"with the same (--epochs {epochs}), or train a new run")  # fmt: skip
+    # before the Trainer starts: a resume past its epochs trained none, and saved the run's
+    # model and config as one of the fewer epochs, without a word; refused after the fit, it
+    # had rewritten the run's config.json (max_epochs the fewer), metrics.csv and loss.png
+    trained = len(load_checkpoint(run / "checkpoints" / "last.pt")["history"])
+    if trained > now:
+        raise ValueError(f"{run} has trained {trained} epochs, more than training.epochs {now}: "
+                         "nothing was trained (resume with more epochs to train on)")  # fmt: skip
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

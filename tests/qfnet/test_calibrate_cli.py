@@ -632,3 +632,22 @@ def test_the_smile_plot_gets_the_bid_ask_of_the_quotes_fitted(monkeypatch, tmp_p
     np.testing.assert_array_equal(quotes.loc[residuals.index, "strike"], residuals["strike"])
     assert (quotes.loc[residuals.index, "bid_iv"] < residuals["market_iv"]).all()
     assert (quotes.loc[residuals.index, "ask_iv"] > residuals["market_iv"]).all()
+
+
+def test_the_summary_line_counts_quotes_without_a_model_vol_out_of_the_rmse(tmp_path: Path) -> None:
+    # two 1-hour quotes 30% out of the money, which the network's fit prices at 0 (no model
+    # vol): the RMSE leaves them out, but the line said "RMSE ... over 56 quotes" of the 54
+    maturity = np.repeat([0.1, 0.25, 0.5, 1.0, 2.0, 3.0], 9)
+    strike = 100.0 * np.exp(np.tile(np.linspace(-2.0, 2.0, 9), 6) * 0.2 * np.sqrt(maturity))
+    vol = 0.2 - 0.05 * np.log(strike / 100.0)
+    table = pd.DataFrame({"strike": [*strike, 70.0, 130.0],
+                          "maturity": [*maturity, 1 / (365 * 24), 1 / (365 * 24)],
+                          "forward": 100.0, "discount": 1.0, "implied_vol": [*vol, 0.3, 0.3]})  # fmt: skip
+    table.to_csv(tmp_path / "q.csv", index=False)
+    args = ["calibrate", "--model", "heston", "--method", "network", "--quotes",
+            str(tmp_path / "q.csv"), "--out", str(tmp_path / "fit.json"), "--no-clean"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "over 56 quotes (2 without a model vol, not in the RMSE)" in result.output, result.output

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pricing.black_scholes import black_implied_vol
-from pricing.calibration import calibrate
+from pricing.calibration import calibrate, calibrate_many
 from pricing.datasets import HESTON_DOMAIN, DomainError
 from pricing.heston import otm_implied_vol
 from pricing.heston import price as heston_price
@@ -268,3 +268,17 @@ def test_the_best_scan_point_races_beside_x0_rows_as_many_as_the_starts(
     _fit_six_quotes(tiny_surrogate, corners, n_starts=2)
     assert len(runs[0]["x0"]) == 3
     torch.testing.assert_close(runs[0]["x0"][:2], corners, rtol=0, atol=0)
+
+
+def test_the_polish_names_quotes_whose_vega_underflows_by_their_table_once(
+    tiny_surrogate: Path,
+) -> None:
+    # calibrate_many said "quote table 1: table 0: 2 quote(s) too far out of the money": the
+    # polish packs one table, which it named 0
+    wings = pd.DataFrame({"strike": [70.0, 130.0], "maturity": 1 / (365 * 24), "forward": 100.0,
+                          "discount": 1.0, "spot": 100.0, "implied_vol": 0.3})  # fmt: skip
+    table = pd.concat([_synthetic_surface(), wings], ignore_index=True)
+    with pytest.raises(ValueError, match=r"^quote table 1: 2 quote\(s\) too far out of the money"):
+        calibrate_many("heston", [_synthetic_surface(), table], method="surrogate",
+                       surrogate=tiny_surrogate, n_scan=16, n_starts=1, max_iterations=2,
+                       global_start="scan")  # fmt: skip

@@ -434,12 +434,16 @@ def test_a_run_that_early_stopping_ended_trains_on_when_resumed_with_a_larger_pa
 
 def test_resuming_a_run_with_fewer_epochs_than_it_trained_is_refused_keeping_its_files(tmp_path):
     # nothing was trained, and the run's model.pt and hedge_config.json were saved again with
-    # the fewer epochs, as a run of 1 epoch that had trained 2
+    # the fewer epochs, as a run of 1 epoch that had trained 2; refused after the Trainer ran,
+    # the run's config.json said max_epochs 1 and a second TensorBoard file was written
     small = {"paths": {"train": 400, "val": 200, "test": 200}, "baselines": {"ww_risk_aversion": 1}}
     config = config_from_dict(_tiny(**small))
     train(config, tmp_path)
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     shorter = config_from_dict(_tiny(**small, training={"epochs": 1}))
     with pytest.raises(ValueError, match=r"has trained 2 epochs, more than training\.epochs 1"):
         train(shorter, tmp_path, resume=True)
     assert load_run(tmp_path)[0] == config
     assert json.loads((tmp_path / "hedge_config.json").read_text())["training"]["epochs"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["max_epochs"] == 2
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
