@@ -59,6 +59,10 @@ class PathGreeks(NamedTuple):
     vega: torch.Tensor
 
 
+# ordinary tensors inside an inference_mode block too, whose tensors autograd refuses (and which
+# enable_grad does not lift): "element 0 of tensors does not require grad and does not have a
+# grad_fn" (as pricing.heston.delta)
+@torch.inference_mode(False)
 def path_dependent_greeks(
     derivative: DerivativeConfig,
     spot: torch.Tensor,
@@ -98,6 +102,7 @@ def path_dependent_greeks(
     return PathGreeks(*(torch.cat(field) for field in zip(*parts, strict=True)))
 
 
+@torch.inference_mode(False)  # as path_dependent_greeks
 def path_dependent_delta(
     derivative: DerivativeConfig,
     spot: torch.Tensor,

@@ -380,6 +380,32 @@ def test_greeks_take_option_flags_as_numbers_and_price_names_bad_market_inputs()
             price(net, **(kw | {"strike": 100.0, field: value}))
 
 
+def test_greeks_inside_inference_mode_equal_those_outside_it():
+    # under torch.inference_mode greeks raised "element 0 of tensors does not require grad" (and,
+    # given tensors made there, "Inference tensors cannot be saved for backward"), where
+    # pricing.heston.delta and the Monte Carlo greeks work
+    net = load_surrogate()
+    params = dict(v0=0.04, kappa=1.5, theta=0.04, sigma=0.3, rho=-0.7)
+
+    def market() -> dict[str, torch.Tensor]:
+        return dict(spot=torch.tensor([100.0, 105.0]), strike=torch.tensor([100.0, 95.0]),
+                    maturity=torch.tensor(1.0), dividend=torch.tensor(0.01, dtype=torch.float64),
+                    is_call=torch.tensor([True, False]))  # fmt: skip
+
+    expected = greeks(net, **market(), **params)
+    one = dict(spot=100.0, strike=100.0, maturity=1.0, dividend=0.01, **params)
+    expected_one = greeks(net, **one)
+    with torch.inference_mode():
+        given = greeks(
+            net, **market(), **{n: torch.tensor(v, dtype=torch.float64) for n, v in params.items()}
+        )
+        plain = greeks(net, **one)
+    for got, want in ((given, expected), (plain, expected_one)):
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=0.0)
+
+
 def test_sabr_price_and_greeks_take_alpha_at_the_forward_as_the_cli_does():
     # price and greeks passed alpha to the F = 1 surrogate unscaled: alpha = 2 at F = 100
     # (beta = 0.5, a lognormal level of 0.2) was refused, and alpha = 0.2 priced a 10x vol

@@ -306,6 +306,32 @@ def test_path_dependent_gamma_and_vega_are_derivatives_of_the_delta_and_price(
     torch.testing.assert_close(g.vega, fd_vega, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize(
+    "derivative",
+    [{"type": "asian"}, {"type": "lookback"}, {"type": "barrier", "barrier": 0.9,
+                                               "barrier_type": "down_in"}],
+    ids=["asian", "lookback", "down-in"],
+)  # fmt: skip
+def test_path_dependent_greeks_inside_inference_mode_equal_those_outside_it(
+    derivative: dict,
+) -> None:
+    # under torch.inference_mode both raised "element 0 of tensors does not require grad";
+    # the paths, grid and vols are made there too (inference tensors)
+    config = DerivativeConfig(**derivative)
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        spot = gbm(8, 6, spot=1.0, volatility=0.2, maturity=0.5,
+                   generator=torch.Generator().manual_seed(5))  # fmt: skip
+        return spot, torch.linspace(0.0, 0.5, 7, dtype=torch.float64), torch.full((8, 6), 0.2)
+
+    expected = path_dependent_greeks(config, *inputs(), rate=0.02, dividend=0.0)
+    with torch.inference_mode():
+        greeks = path_dependent_greeks(config, *inputs(), rate=0.02, dividend=0.0)
+        delta = path_dependent_delta(config, *inputs(), rate=0.02, dividend=0.0)
+    for got, want in zip((*greeks, delta), (*expected, expected.delta), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
+
+
 def test_a_knocked_out_barrier_has_no_band() -> None:
     # the band feature and the Whalley-Wilmott band come from the derivative's own gamma: zero
     # once an up-and-out barrier has been hit (the European gamma would not be)
