@@ -858,6 +858,9 @@ def _weights_per_table(weights: Weights | Sequence[Weights], n_tables: int) -> l
     return entries
 
 
+# inside a caller's torch.inference_mode block too: the SABR fit's autograd Jacobians failed there
+# ("element 0 of tensors does not require grad"); Heston's direct fit enters inference mode itself
+@torch.inference_mode(False)
 def calibrate(
     model: str,
     quotes: pd.DataFrame | str | Path,
@@ -956,6 +959,7 @@ def _warn_if_underdetermined(
                       "returned", stacklevel=3)  # fmt: skip
 
 
+@torch.inference_mode(False)  # as calibrate
 def calibrate_many(
     model: str,
     quotes: Sequence[pd.DataFrame | str | Path],

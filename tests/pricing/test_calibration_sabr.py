@@ -508,3 +508,17 @@ def test_a_smile_batch_refuses_bad_vols_weights_and_start_counts_naming_them() -
         smile_batch(table, np.ones(12))
     with pytest.raises(ValueError, match=r"^n_starts must be a positive integer, got 0"):
         fit_smiles(smile_batch(table, np.ones(11)), beta=0.5, n_starts=0)
+
+
+def test_calibrate_inside_inference_mode_fits_as_outside_it() -> None:
+    # the fit's autograd Jacobians failed inside a caller's torch.inference_mode block ("element
+    # 0 of tensors does not require grad and does not have a grad_fn")
+    from pricing.calibration import calibrate_many
+
+    table = _smiles(noise_bp=20.0)
+    outside = calibrate("sabr", table, method="direct", beta=0.5)
+    with torch.inference_mode():
+        inside = calibrate("sabr", table, method="direct", beta=0.5)
+        (many,) = calibrate_many("sabr", [table], method="direct", beta=0.5)
+    for fit in (inside, many):
+        np.testing.assert_allclose(fit.rmse_iv_bp, outside.rmse_iv_bp, rtol=1e-9, atol=0)
