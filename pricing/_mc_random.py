@@ -177,6 +177,9 @@ class NormalSource:
     times: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        for flag in ("antithetic", "sobol"):  # "no" was a true string: antithetic paths
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.antithetic and self.n_paths % 2:
             raise ValueError(f"n_paths must be even with antithetic=True, got {self.n_paths}")
         dim = self.n_steps * self.n_factors

@@ -69,3 +69,14 @@ def test_chunked_paths_equal_unchunked_ones_with_a_partial_last_block(antithetic
     gbm = [simulate.gbm(3000, 1000, spot=100.0, volatility=0.2, maturity=1.0, chunk_size=size,
                         generator=gen().manual_seed(1)) for size in (None, 2048)]  # fmt: skip
     assert torch.equal(gbm[0], gbm[1])
+
+
+@pytest.mark.parametrize("flag", ["antithetic", "sobol"])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_the_path_flags_must_be_booleans(flag, value) -> None:
+    # antithetic="no" is a true string: it simulated antithetic paths without a word
+    from pricing import monte_carlo
+
+    with pytest.raises(TypeError, match=f"{flag} must be True or False, got {value!r}"):
+        monte_carlo.bs_european(spot=100.0, strike=100.0, maturity=1.0, volatility=0.2,
+                                n_paths=64, **{flag: value})  # fmt: skip
