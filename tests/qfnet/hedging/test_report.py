@@ -27,16 +27,22 @@ def test_histograms_of_more_than_2_pow_24_paths_in_all(tmp_path: Path) -> None:
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
 
 
+@pytest.fixture()
+def figures(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The figures the report draws, by file name, kept instead of written."""
+    import qfnet.hedging.report
+
+    drawn: dict = {}
+    monkeypatch.setattr(qfnet.hedging.report, "save_figure_atomically",
+                        lambda fig, path, **_: drawn.update({path.name: fig}))  # fmt: skip
+    return drawn
+
+
 def test_histograms_cover_a_strategy_beyond_the_hedges_bins_and_count_the_clipped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, figures: dict
 ) -> None:
     # the bins spanned the hedging strategies' P&L only: no_hedge's was clamped into them, half
     # its paths drawn in each edge bin and its VaR95 and ES95 off the histogram, without a word
-    import qfnet.hedging.report
-
-    figures = {}
-    monkeypatch.setattr(qfnet.hedging.report, "save_figure_atomically",
-                        lambda fig, path, **_: figures.update({path.name: fig}))  # fmt: skip
     n = 2001
     empty = torch.zeros(1, 1, 1, dtype=torch.float64)
     pnls = {"no_hedge": torch.linspace(-1.0, 1.0, n, dtype=torch.float64),
@@ -80,16 +86,9 @@ def test_an_interrupted_plot_leaves_the_previous_file_and_no_temporary(
     assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left
 
 
-def test_a_var_and_es_of_zero_are_labelled_0_not_minus_0(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_var_and_es_of_zero_are_labelled_0_not_minus_0(tmp_path: Path, figures: dict) -> None:
     # the labels showed the negated VaR and ES: a VaR of 0.0 (the loss of an unhedged option
     # that mostly expires worthless) was drawn as "-VaR95 = -0"
-    import qfnet.hedging.report
-
-    figures = {}
-    monkeypatch.setattr(qfnet.hedging.report, "save_figure_atomically",
-                        lambda fig, path, **_: figures.update({path.name: fig}))  # fmt: skip
     empty = torch.zeros(1, 1, 1, dtype=torch.float64)
     pnl = -torch.zeros(100, dtype=torch.float64)  # -payoff of an option that expires worthless
     plot_histograms({"no_hedge": HedgeResult(empty, pnl, pnl, pnl)}, tmp_path)
