@@ -103,8 +103,9 @@ def model_parameters(
     params = dict(params or {})
     if model != "sabr" and "shift" in quotes.columns:
         # priced unshifted beside it, without a word: `iv` of the output then solved shifted
-        # vols of those prices (0.2511 became another vol)
-        shifted = np.flatnonzero(shifts(quotes).to_numpy(float) != 0.0)
+        # vols of those prices (0.2511 became another vol); read as SABR's is, by row (a text
+        # value was a bare "could not convert string to float", no row)
+        shifted = np.flatnonzero(_parameter_column(quotes, "shift", domains["shift"]) != 0.0)
         if shifted.size:
             raise row_error(quotes, int(shifted[0]), "shift",
                             f"model {model} prices unshifted (lognormal) options; a shift is "

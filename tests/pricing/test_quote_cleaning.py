@@ -1238,3 +1238,18 @@ def test_a_stale_pair_quoted_tighter_than_the_others_is_the_one_left_out() -> No
     clean, report = clean_quotes(table)
     assert report.removed["strike_arbitrage"] == 1  # the stale put, out of the money
     assert int(np.flatnonzero(stale)[0]) + 1 not in clean["source_row"].tolist()
+
+
+def test_a_tight_stale_edge_pair_is_left_out_beside_noisy_clean_pairs() -> None:
+    # The pair whose removal lowered the weighted squared misses most was a clean one within
+    # its spread, and the loop stopped there: the 110 pair, quoted tight and 7 of its half
+    # widths off the line of the others (its leverage high), stayed in, and the forward came
+    # out 99.84 with a discount of 1.011 for 100 and 0.99.
+    table = _chain(100.0, 0.99, 1.0, np.arange(90.0, 115.0, 5.0))
+    put = table["option_type"] == "put"
+    table.loc[put, "price"] += [0.07, -0.05, -0.02, 0.11, 0.38]  # within the spreads but 110's
+    spread = np.r_[0.21, 0.08, 0.26, 0.29, 0.05, 0.08, 0.21, 0.29, 0.23, 0.05]
+    table["bid"], table["ask"] = table["price"] - spread / 2, table["price"] + spread / 2
+    implied = parity_forwards(read_quotes(table.drop(columns="price")))
+    np.testing.assert_allclose(implied["forward"], 100.0, rtol=0, atol=0.03)
+    np.testing.assert_allclose(implied["discount"], 0.99, rtol=0, atol=0.001)

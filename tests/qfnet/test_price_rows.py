@@ -94,6 +94,21 @@ def test_an_empty_shift_prices_as_zero_as_read_quotes_reads_it():
     np.testing.assert_allclose(priced[1], unshifted["price"].to_numpy()[1], rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("model", ["bs", "heston"])
+def test_a_text_shift_beside_an_unshifted_model_is_named_by_row_as_sabr_names_it(model):
+    # the check of a shift beside bs or heston raised a bare "could not convert string to float:
+    # 'abc'" (no row, no column) where it priced before; a gap is 0 (read_quotes' reading)
+    params = {"volatility": 0.2} if model == "bs" else {
+        "v0": 0.04, "kappa": 1.5, "theta": 0.04, "sigma": 0.3, "rho": -0.5}  # fmt: skip
+    table = pd.DataFrame({"option_type": ["call", "put"], "strike": 100.0, "maturity": 1.0,
+                          "forward": 100.0, "shift": pd.Series([None, "abc"], dtype=object)})  # fmt: skip
+    with pytest.raises(QuoteError, match=r"row 2, column 'shift': not a number: 'abc'"):
+        price_table(table, model=model, params=params)
+    priced = price_table(table.assign(shift=[None, 0.0]), model=model, params=params)
+    unshifted = price_table(table.drop(columns="shift"), model=model, params=params)
+    np.testing.assert_allclose(priced["price"], unshifted["price"], rtol=1e-14, atol=0)
+
+
 def test_float32_prices_deep_in_the_money_have_no_resolvable_vol():
     # a 4-day put struck at twice the forward: its float32 price is its intrinsic value to float32
     # rounding, which black_vols solved in float64 as an "ok" vol of 1.37 (the true one: 0.064)
