@@ -442,7 +442,12 @@ def _premium(config: Any) -> str:
 
 
 _OWN_DIRS = ("heston_data", "surrogate_run", "hedge_run", "hedge_report")
-"""The demo's folders under ``out``: a rerun replaces them (its files it overwrites)."""
+"""The demo's folders under ``out``: a rerun replaces them."""
+
+_OWN_FILES = ("report.md", "dax_surface_prices.csv", "sabr_beyond_hagan.json",
+              "calibration_heston.json", "smiles_heston.png", "smiles_sabr.png")  # fmt: skip
+"""The demo's files directly under ``out``: a rerun removes them first (an interrupted one left
+the earlier run's beside its own: a report of other numbers, of images it had removed)."""
 
 
 _MARKER = ".qfnet-demo"
@@ -451,7 +456,7 @@ _MARKER = ".qfnet-demo"
 
 def _clear_previous_run(out: Path) -> None:
     """Remove what an earlier (or interrupted) demo left in ``out`` (a second ``make demo``
-    failed on its dataset): its folders and its report, and nothing else: only where the demo's
+    failed on its dataset): its folders and files, and nothing else: only where the demo's
     marker is.
 
     Raises:
@@ -462,9 +467,8 @@ def _clear_previous_run(out: Path) -> None:
     if (out / _MARKER).is_file():
         for name in _OWN_DIRS:
             shutil.rmtree(out / name, ignore_errors=True)
-        # written last: an interrupted rerun left the earlier run's report beside the new files
-        # (its numbers not theirs, its images of the folders just removed)
-        (out / "report.md").unlink(missing_ok=True)
+        for name in _OWN_FILES:
+            (out / name).unlink(missing_ok=True)
     else:
         taken = [name for name in _OWN_DIRS if (out / name).exists()]
         if taken:

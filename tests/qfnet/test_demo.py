@@ -76,6 +76,7 @@ def test_an_interrupted_rerun_leaves_no_report_of_the_earlier_run(tmp_path, monk
     (out / "surrogate_run").mkdir(parents=True)
     (out / ".qfnet-demo").write_text("written by qfnet demo\n")
     (out / "report.md").write_text("# qfnet demo report\n\nseed 0\n")
+    (out / "calibration_heston.json").write_text("{}")
     (out / "notes.txt").write_text("the user's\n")
 
     def interrupted(out, seed):
@@ -85,4 +86,5 @@ def test_an_interrupted_rerun_leaves_no_report_of_the_earlier_run(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         demo.run_demo(out, quick=True, seed=1)
     assert not (out / "report.md").exists() and not (out / "surrogate_run").exists()
+    assert not (out / "calibration_heston.json").exists()
     assert (out / "notes.txt").read_text() == "the user's\n"
