@@ -6,6 +6,7 @@ import math
 from statistics import NormalDist
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from pricing._typing import TensorLike, real_number
@@ -174,6 +175,10 @@ def shape_samples(
     y: torch.Tensor, c: torch.Tensor | None, antithetic: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bring samples to (n, K) and controls to (n, K, J); average antithetic pairs."""
+    # as the simulators' (NormalSource): "no", a true string, averaged pairs of independent
+    # samples (estimate, price_paths), a standard error of another estimator without a word
+    if not isinstance(antithetic, bool | np.bool_):
+        raise TypeError(f"antithetic must be True or False, got {antithetic!r}")
     y2 = y[:, None] if y.ndim == 1 else y
     if y2.ndim != 2:
         raise ValueError(f"samples must have shape (N,) or (N, K), got {tuple(y.shape)}")

@@ -315,6 +315,9 @@ def save_surrogate(
     return save_atomically(payload, target)
 
 
+# ordinary weights when loaded inside an inference_mode block too: greeks differentiate through
+# them, and a net loaded there made them fail ("Inference tensors cannot be saved for backward")
+@torch.inference_mode(False)
 def load_surrogate(
     path: str | os.PathLike[str] | None = None, *, device: torch.device | str | None = None
 ) -> SurrogateNet:

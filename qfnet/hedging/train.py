@@ -450,7 +450,10 @@ def _check_resume(config: HedgeConfig, run_dir: str | Path | None) -> None:
     # before the Trainer starts: a resume past its epochs trained none, and saved the run's
     # model and config as one of the fewer epochs, without a word; refused after the fit, it
     # had rewritten the run's config.json (max_epochs the fewer), metrics.csv and loss.png
-    trained = len(load_checkpoint(run / "checkpoints" / "last.pt")["history"])
+    # (a checkpoint without a list of rows is left to the Trainer, which names what it lacks:
+    # here it was a bare KeyError 'history')
+    history = load_checkpoint(run / "checkpoints" / "last.pt").get("history")
+    trained = len(history) if isinstance(history, list) else 0
     if trained > now:
         raise ValueError(f"{run} has trained {trained} epochs, more than training.epochs {now}: "
                          "nothing was trained (resume with more epochs to train on)")  # fmt: skip

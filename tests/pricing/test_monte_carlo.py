@@ -63,6 +63,20 @@ def test_estimate_plain_antithetic_and_perfect_control() -> None:
     assert exact.std_error.item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_estimate_and_price_paths_refuse_an_antithetic_flag_that_is_not_a_boolean(value) -> None:
+    # antithetic="no" (a true string) averaged pairs of independent samples: another standard
+    # error without a word, where the simulators refuse it
+    y = torch.tensor([1.0, 3.0, 2.0, 6.0], dtype=torch.float64)
+    message = f"antithetic must be True or False, got {value!r}"
+    with pytest.raises(TypeError, match=message):
+        monte_carlo.estimate(y, antithetic=value)
+    chunks = [(slice(0, 4), y[:, None])]
+    with pytest.raises(TypeError, match=message):
+        monte_carlo.price_paths(chunks, lambda s: s[:, -1], antithetic=value)
+    assert monte_carlo.estimate(y, antithetic=np.True_).n_paths == 4
+
+
 def test_estimate_takes_numpy_samples_and_names_control_means_of_another_shape() -> None:
     # numpy samples failed with an AttributeError; three means for two controls with a torch
     # broadcasting error naming no argument

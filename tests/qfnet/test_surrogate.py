@@ -406,6 +406,19 @@ def test_greeks_inside_inference_mode_equal_those_outside_it():
             torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=0.0)
 
 
+def test_greeks_of_a_surrogate_loaded_inside_inference_mode_equal_those_outside_it():
+    # a net loaded inside the block held inference-tensor weights, which the greeks'
+    # autograd refused: "Inference tensors cannot be saved for backward"
+    one = dict(spot=100.0, strike=100.0, maturity=1.0, dividend=0.01, v0=0.04, kappa=1.5,
+               theta=0.04, sigma=0.3, rho=-0.7)  # fmt: skip
+    expected = greeks(load_surrogate(), **one)
+    with torch.inference_mode():
+        got = greeks(load_surrogate(), **one)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=0.0)
+
+
 def test_sabr_price_and_greeks_take_alpha_at_the_forward_as_the_cli_does():
     # price and greeks passed alpha to the F = 1 surrogate unscaled: alpha = 2 at F = 100
     # (beta = 0.5, a lognormal level of 0.2) was refused, and alpha = 0.2 priced a 10x vol

@@ -23,6 +23,7 @@ from qfnet.hedging.train import (
     train,
 )
 from qfnet.training import NonFiniteLossError, Trainer, TrainerConfig
+from qfnet.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _tiny(**overrides: dict) -> dict:
@@ -447,3 +448,16 @@ def test_resuming_a_run_with_fewer_epochs_than_it_trained_is_refused_keeping_its
     assert json.loads((tmp_path / "hedge_config.json").read_text())["training"]["epochs"] == 2
     assert json.loads((tmp_path / "config.json").read_text())["max_epochs"] == 2
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+def test_resuming_from_a_checkpoint_without_a_history_names_the_missing_field(tmp_path) -> None:
+    # the epoch count read before the Trainer starts failed with a bare KeyError: 'history'
+    small = {"paths": {"train": 400, "val": 200, "test": 200}, "baselines": {"ww_risk_aversion": 1}}
+    config = config_from_dict(_tiny(**small))
+    train(config, tmp_path)
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    del state["history"]
+    save_checkpoint(state, last)
+    with pytest.raises(CheckpointError, match=r"lacks the field\(s\) \['history'\]"):
+        train(config_from_dict(_tiny(**small, training={"epochs": 3})), tmp_path, resume=True)
