@@ -297,14 +297,14 @@ def discrete_asian_price(
     sums, ok = torch.broadcast_tensors(past, (past == 0) | known)
     check_where("running_sum", sums, ok, "0 where no fixing is at or before time")
     u, mean, weight = _discrete_moments(t, own, rate - dividend, same)
-    relative = (torch.expm1(vol.unsqueeze(-1) ** 2 * u) * weight).sum(-1) / mean**2
+    variance = _log1p_relative(vol.unsqueeze(-1) ** 2 * u, weight, mean)
     n = t.numel()
     discount = torch.exp(-rate * (t[-1] - now))
     forward, struck = s * mean, n * k - past  # of the remaining sum R
     positive = struck > 0
     safe = torch.where(positive, struck, forward.detach())  # finite; its gradient unused
     call = black_scholes.black_price(forward=forward, strike=safe, maturity=1.0,
-                                     volatility=torch.log1p(relative).sqrt(), discount=discount)  # fmt: skip
+                                     volatility=variance.sqrt(), discount=discount)  # fmt: skip
     forward_value = discount * (forward - struck)  # the call where K' <= 0
     call = torch.where(positive, call, forward_value)
     if is_call:
@@ -329,6 +329,32 @@ def _discrete_moments(
     w = torch.where(future, torch.exp(carry * u), 0.0)  # E[S(t_i)] / S, 0 for a past fixing
     tail = w.flip(-1).cumsum(-1).flip(-1)  # C_i = sum_{k >= i} w_k
     return u, w.sum(-1), w * (2.0 * tail - w)
+
+
+def _log1p_relative(
+    exponent: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor
+) -> torch.Tensor:
+    """``ln(1 + sum_i weight_i (e^{exponent_i} - 1) / mean^2)``, the lognormal's variance in
+    :func:`discrete_asian_price`; past :data:`_FAR` in the largest exponent, factored by its
+    exponential: ``e^{sigma^2 u}`` overflowed beyond 709 (sigma 5 over 50 years), and the inf
+    variance was refused as an invalid ``volatility``.
+
+    Shape:
+        exponent, weight: (*, M). mean: (*). Output: (*).
+    """
+    top = exponent.max(-1).values
+    far = top > _FAR
+    if not bool(far.any()):
+        return torch.log1p((torch.expm1(exponent) * weight).sum(-1) / mean**2)
+    # each branch finite where unused: an inf there made the gradient (vega) NaN
+    near = torch.where(far.unsqueeze(-1), 0.0, exponent)
+    relative = (torch.expm1(near) * weight).sum(-1) / mean**2
+    m = torch.where(far, top, 0.0).unsqueeze(-1)
+    scaled = ((torch.exp(exponent - m) - torch.exp(-m)) * weight).sum(-1)  # e^{-m} of the sum
+    scaled = torch.where(far, scaled, 1.0)
+    log_relative = m.squeeze(-1) + torch.log(scaled) - 2.0 * torch.log(mean)
+    return torch.where(far, torch.logaddexp(torch.zeros_like(log_relative), log_relative),
+                       torch.log1p(relative))  # fmt: skip
 
 
 def _check_schedule(t: torch.Tensor, now: torch.Tensor, rounding: float) -> float:
@@ -370,9 +396,19 @@ def _log_moment_ratio(b: float, vol: torch.Tensor, t: torch.Tensor) -> torch.Ten
     rounded to a negative variance (NaN prices). Where :data:`_QUADRATURE_MAX_GAMMA` allows,
     ``log1p`` of the relative variance, a sum of positive terms, replaces it.
     """
-    closed = torch.log(2.0 * _divided_difference(b, vol * vol + b, t)) - 2.0 * torch.log(
-        _expm1_ratio(b, t)
-    )
+    c = vol * vol + b
+    # Past (2 b + sigma^2) t of about 709 the second moment's exponential overflowed: inf - inf,
+    # a NaN price (sigma = 5 over 50 years). There ``c t`` is large, and the log of the divided
+    # difference is ``ln E(b + c) + ln(1 - E(b) / E(b + c)) - ln c``, ``E`` increasing.
+    far = c * t > _FAR
+    # each branch finite where unused: an inf there made the gradient (vega) NaN
+    cn = torch.where(far, 0.0, c)
+    closed = torch.log(2.0 * _divided_difference(b, cn, t)) - 2.0 * torch.log(_expm1_ratio(b, t))
+    if bool(far.any()):
+        cf = torch.where(far, c, _FAR / t)
+        log_high, log_low = _log_expm1_ratio(b + cf, t), _log_expm1_ratio(b, t)
+        log_divided = log_high + torch.log(-torch.expm1(log_low - log_high)) - torch.log(cf)
+        closed = torch.where(far, math.log(2.0) + log_divided - 2.0 * log_low, closed)
     beta, gamma = b * t, vol * vol * t
     inside = (gamma <= _QUADRATURE_MAX_GAMMA) & (
         torch.as_tensor(beta).abs() <= _QUADRATURE_MAX_BETA
@@ -400,6 +436,24 @@ def _relative_variance(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     # int_x^1 e^(beta y) dy = e^(beta x) (e^(beta (1 - x)) - 1) / beta
     integrand = torch.exp(2.0 * b * x) * torch.expm1(g * x) * _expm1_ratio(b, 1.0 - x)
     return 2.0 * (integrand * w).sum(-1) / _expm1_ratio(beta, torch.ones_like(beta)) ** 2
+
+
+_FAR = 30.0
+"""Where ``(sigma^2 + b) t`` (Levy) or the largest ``sigma^2 u_i`` (discrete fixings) exceeds
+this, the second moment is taken by its logarithm, not itself, which overflowed past 709:
+:func:`_log_moment_ratio`, :func:`_log1p_relative`. At ``e^30`` both forms are exact to
+rounding, far from overflow."""
+
+
+def _log_expm1_ratio(x: torch.Tensor | float, t: torch.Tensor) -> torch.Tensor:
+    """``ln((exp(x t) - 1) / x)`` without overflow: ``x t + ln(1 - exp(-x t)) - ln x`` where ``x t >
+    _FAR``, else the logarithm of :func:`_expm1_ratio`."""
+    x = torch.as_tensor(x, dtype=t.dtype)
+    big = x * t > _FAR
+    xb = torch.where(big, x, _FAR / t)  # each branch finite where unused (no NaN gradients)
+    xs = torch.where(big, 0.0, x)
+    large = xb * t + torch.log(-torch.expm1(-xb * t)) - torch.log(xb)
+    return torch.where(big, large, torch.log(_expm1_ratio(xs, t)))
 
 
 _MIN_STEP = 1e-5

@@ -195,12 +195,17 @@ def discrete_lookback_price(
     # in float64: compared with a float32 maturity the interval was rounded to float32 as well
     check_where("maturity", t_in, t_in.to(torch.float64) * (1.0 + rounding) >= interval,
                 f">= interval = {interval} (the expiry is the last monitored date)")  # fmt: skip
+    strike_t = None if strike is None else named_tensors(strike=strike)[0]
+    # on the inputs themselves, not moved: a strike of -2 was reported as -2.068, a running
+    # extremum of -5 as -4.835 (lookback_price checks the moved ones, and their side of the spot)
+    check_positive(
+        running_extremum=extremum_t, **({} if strike_t is None else {"strike": strike_t})
+    )
     maximum = (kind == "floating") != is_call
     sign = -1.0 if maximum else 1.0
     e = torch.exp(sign * _BGK_BETA * vol_t.to(torch.float64) * math.sqrt(interval))
     common = {"spot": spot_t, "maturity": maturity, "volatility": volatility, "rate": rate,
               "dividend": dividend, "kind": kind, "is_call": is_call}  # fmt: skip
-    strike_t = None if strike is None else named_tensors(strike=strike)[0]
     moved_strike = None if strike_t is None else strike_t / e
     moved = lookback_price(**common, running_extremum=extremum_t / e, strike=moved_strike)
     # of the result, as lookback_price's: the moved extremum, float64, made float32 inputs price

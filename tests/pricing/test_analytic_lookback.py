@@ -399,3 +399,17 @@ def test_fixed_strike_greeks_at_inception_at_the_money(is_call: bool) -> None:
         -math.exp(-0.05 * 0.5) if is_call else math.exp(-0.05 * 0.5), rel=1e-12
     )
     assert d_extremum.item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"running_extremum": -5.0}, r"running_extremum must be finite and > 0; got -5\.0$"),
+     ({"kind": "fixed", "strike": -2.0}, r"strike must be finite and > 0; got -2\.0$")],
+)  # fmt: skip
+def test_discrete_lookback_reports_the_extremum_and_strike_as_given(kwargs, match):
+    # checked after the BGK shift, a strike of -2 was reported as the moved -2.068 and a running
+    # extremum of -5 as -4.835
+    args = {"spot": 100.0, "running_extremum": 100.0, "maturity": 1.0, "volatility": 0.2,
+            "rate": 0.05, "interval": 1 / 12}  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        discrete_lookback_price(**{**args, **kwargs})

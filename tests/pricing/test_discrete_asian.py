@@ -149,3 +149,33 @@ def test_bad_input_names_the_field(kwargs: dict, message: str) -> None:
     args = {"spot": 100.0, "strike": 100.0, "volatility": 0.2, "fixing_times": [0.5, 1.0]}
     with pytest.raises(ValueError, match=message):
         discrete_asian_price(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("volatility", "years", "dividend"), [(5.0, 50.0, 0.02), (3.0, 100.0, 0.1), (1.0, 40.0, 0.0)]
+)
+def test_huge_total_variance_matches_the_moments_in_high_precision(
+    volatility: float, years: float, dividend: float
+) -> None:
+    # e^{sigma^2 u} overflowed past sigma^2 u = 709 (sigma 5 over 50 years): the fitted variance
+    # was inf, refused as "volatility must be finite" (QuantLib's engine gives NaN there)
+    import mpmath
+
+    mpmath.mp.dps = 50
+    times = [years / 4, years / 2, years]
+    r, q, v = mpmath.mpf(0.05), mpmath.mpf(dividend), mpmath.mpf(volatility)
+    t = [mpmath.mpf(x) for x in times]
+    first = sum(100 * mpmath.exp((r - q) * x) for x in t)
+    second = sum(10_000 * mpmath.exp((r - q) * (a + b) + v**2 * min(a, b)) for a in t for b in t)
+    sd = mpmath.sqrt(mpmath.log(second / first**2))
+    for strike in (50.0, 100.0, 200.0):
+        d1 = (mpmath.log(first / (3 * strike)) + sd**2 / 2) / sd
+        call = first * mpmath.ncdf(d1) - 3 * strike * mpmath.ncdf(d1 - sd)
+        expected = float(mpmath.exp(-r * t[-1]) * call / 3)
+        spot, vol = (torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                     for v in (100.0, volatility))  # fmt: skip
+        price = discrete_asian_price(spot=spot, strike=strike, volatility=vol,
+                                     fixing_times=times, rate=0.05, dividend=dividend)  # fmt: skip
+        greeks = torch.autograd.grad(price, (spot, vol))  # an inf in the unused branch: NaN
+        assert price.item() == pytest.approx(expected, rel=1e-10, abs=1e-12), strike
+        assert all(math.isfinite(g.item()) for g in greeks)

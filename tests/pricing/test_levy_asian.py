@@ -184,6 +184,30 @@ def test_small_total_volatility_matches_the_formula_in_high_precision(
         assert levy_asian_price(**args).item() == pytest.approx(expected, rel=rtol), z
 
 
+@pytest.mark.parametrize(
+    ("maturity", "volatility", "dividend"),
+    [(50.0, 5.0, 0.02), (100.0, 3.0, 0.1), (40.0, 1.0, 0.0), (31.0, 1.0, -0.5)],
+)
+def test_huge_total_variance_matches_the_formula_in_high_precision(
+    maturity: float, volatility: float, dividend: float
+) -> None:
+    # past (2 b + sigma^2) T of about 709 the second moment's exponential overflowed, inf - inf:
+    # a silent NaN price (sigma 5 over 50 years)
+    import mpmath
+
+    mpmath.mp.dps = 50
+    for strike in (50.0, 100.0, 200.0):
+        args = {"spot": 100.0, "strike": strike, "maturity": maturity, "volatility": volatility,
+                "rate": 0.05, "dividend": dividend}  # fmt: skip
+        expected = float(_levy_call_mpmath(**args))
+        spot, vol = (torch.tensor(v, dtype=torch.float64, requires_grad=True)
+                     for v in (100.0, volatility))  # fmt: skip
+        price = levy_asian_price(**{**args, "spot": spot, "volatility": vol})
+        greeks = torch.autograd.grad(price, (spot, vol))  # an inf in the unused branch: NaN
+        assert price.item() == pytest.approx(expected, rel=1e-8), strike
+        assert all(math.isfinite(g.item()) for g in greeks)
+
+
 def _levy_call_mpmath(*, spot, strike, maturity, volatility, rate, dividend):
     """Haug (2007), section 4.20.2, in mpmath; the second moment at b + sigma^2 = 0 is its limit
     ``2 S^2 dE/db`` with ``E(x) = (exp(x T) - 1) / x``."""
