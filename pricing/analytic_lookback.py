@@ -197,10 +197,11 @@ def discrete_lookback_price(
                 f">= interval = {interval} (the expiry is the last monitored date)")  # fmt: skip
     strike_t = None if strike is None else named_tensors(strike=strike)[0]
     # on the inputs themselves, not moved: a strike of -2 was reported as -2.068, a running
-    # extremum of -5 as -4.835 (lookback_price checks the moved ones, and their side of the spot)
-    check_positive(
-        running_extremum=extremum_t, **({} if strike_t is None else {"strike": strike_t})
-    )
+    # extremum of -5 as -4.835 (lookback_price checks the moved ones, and their side of the spot);
+    # a strike only for kind "fixed": a floating one's is refused there as not taken (it was
+    # "strike must be finite and > 0" for a floating lookback given a strike of -1)
+    fixed_strike = {"strike": strike_t} if strike_t is not None and kind == "fixed" else {}
+    check_positive(running_extremum=extremum_t, **fixed_strike)
     maximum = (kind == "floating") != is_call
     sign = -1.0 if maximum else 1.0
     e = torch.exp(sign * _BGK_BETA * vol_t.to(torch.float64) * math.sqrt(interval))

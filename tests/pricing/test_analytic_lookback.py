@@ -413,3 +413,12 @@ def test_discrete_lookback_reports_the_extremum_and_strike_as_given(kwargs, matc
             "rate": 0.05, "interval": 1 / 12}  # fmt: skip
     with pytest.raises(ValueError, match=match):
         discrete_lookback_price(**{**args, **kwargs})
+
+
+def test_discrete_lookback_floating_given_a_strike_names_the_kind() -> None:
+    # checked for its sign first, a floating lookback's strike of -1 was "strike must be finite
+    # and > 0", not the strike not taken by a floating lookback
+    args = {"spot": 100.0, "running_extremum": 100.0, "maturity": 1.0, "volatility": 0.2,
+            "interval": 1 / 12}  # fmt: skip
+    with pytest.raises(ValueError, match="not taken for kind='floating'"):
+        discrete_lookback_price(**args, strike=-1.0)
