@@ -858,9 +858,6 @@ def _weights_per_table(weights: Weights | Sequence[Weights], n_tables: int) -> l
     return entries
 
 
-# inside a caller's torch.inference_mode block too: the SABR fit's autograd Jacobians failed there
-# ("element 0 of tensors does not require grad"); Heston's direct fit enters inference mode itself
-@torch.inference_mode(False)
 def calibrate(
     model: str,
     quotes: pd.DataFrame | str | Path,
@@ -932,7 +929,10 @@ def calibrate(
     )
     _warn_if_underdetermined(key[0], [problem], many=False)
     start = time.perf_counter()
-    with torch.no_grad():
+    # out of a caller's torch.inference_mode block too: the SABR fit's autograd Jacobians failed
+    # there ("element 0 of tensors does not require grad"); Heston's direct fit enters it itself.
+    # A block, not a decorator: its frame moved every warning's stacklevel off the caller's line
+    with torch.no_grad(), torch.inference_mode(False):
         fit = _REGISTRY[key](problem)
     return _results(key, [problem], [fit], [n_dropped], time.perf_counter() - start)[0]
 
@@ -959,7 +959,6 @@ def _warn_if_underdetermined(
                       "returned", stacklevel=3)  # fmt: skip
 
 
-@torch.inference_mode(False)  # as calibrate
 def calibrate_many(
     model: str,
     quotes: Sequence[pd.DataFrame | str | Path],
@@ -1028,7 +1027,7 @@ def calibrate_many(
         dropped.append(n_dropped)
     _warn_if_underdetermined(key[0], problems, many=True)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), torch.inference_mode(False):  # as calibrate's
         batch = _BATCH_REGISTRY.get(key)
         fits = batch(problems) if batch else _fit_tables(key, problems)
     share = (time.perf_counter() - start) / len(problems)

@@ -656,10 +656,17 @@ def _grid_neighbours(expiries: np.ndarray, count: np.ndarray) -> tuple[np.ndarra
     """The expiries the grid reads at each of its maturities, for tables of ``count`` ``(S,)``
     increasing ``expiries`` each ``(S, E)`` (inf past ``count``): positions ``(S, 6)`` of the
     expiry before and of the one at or after (total variance is interpolated between them),
-    both the nearest beyond the first or last expiry (the vol is flat there)."""
-    before = (expiries[:, None, :] < np.asarray(MATURITIES)[:, None]).sum(-1)  # (S, 6)
+    both the nearest beyond the first or last expiry (the vol is flat there), and both the expiry
+    at the grid maturity where one is (its vol alone: the expiry before it, read with weight 0,
+    was named by the strike warning, and a 30-day expiry, rounded to 10 digits below 30/365,
+    was mixed with the next). ``expiries`` are rounded to 10 digits, as the grid's here.
+    """
+    grid = np.round(MATURITIES, 10)[:, None]  # (6, 1)
+    before = (expiries[:, None, :] < grid).sum(-1)  # (S, 6)
     last = count[:, None] - 1
-    return np.clip(before - 1, 0, last), np.minimum(before, last)
+    above = np.minimum(before, last)
+    at = np.take_along_axis(expiries, above, -1) == grid.T  # (S, 6)
+    return np.where(at, above, np.clip(before - 1, 0, last)), above
 
 
 def _smiles_at(xs: np.ndarray, vs: np.ndarray, lengths: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -703,6 +710,27 @@ def accuracy(net: CalibrationNetwork, params: torch.Tensor, vols: torch.Tensor) 
     return scores
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive integer (the parser names the option and the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive layer widths, ``"128,128"``."""
+    try:
+        return tuple(_positive_int(width) for width in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated positive widths such as 128,128, got {text!r}"
+        ) from None
+
+
 def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and save the Heston calibration network.")
     parser.add_argument(
@@ -710,17 +738,18 @@ def _main(argv: Sequence[str] | None = None) -> None:
         default=str(default_path()),
         help="network file to write (default: the shipped one, replaced)",
     )
-    parser.add_argument("--n", type=int, default=60_000, help="synthetic surfaces to train on")
-    parser.add_argument("--epochs", type=int, default=300, help="most epochs (early stopping)")
-    parser.add_argument("--hidden", default="128,128,128,128", help="hidden widths")
-    parser.add_argument("--batch", type=int, default=512, help="batch size")
+    count = _positive_int  # a 0 epochs, batch or width failed after the data (70 s at the defaults)
+    parser.add_argument("--n", type=count, default=60_000, help="synthetic surfaces to train on")
+    parser.add_argument("--epochs", type=count, default=300, help="most epochs (early stopping)")
+    parser.add_argument("--hidden", type=_widths, default="128,128,128,128", help="hidden widths")
+    parser.add_argument("--batch", type=count, default=512, help="batch size")
     parser.add_argument(
         "--seed",
         type=int,
         default=0,
         help="seed of the data, the weights and the batch order (test data: +1000)",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=count, default=1, help="torch threads")
     parser.add_argument("--run-dir", default=None, help="checkpoints, metrics (for --resume)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     args = parser.parse_args(argv)
@@ -728,8 +757,7 @@ def _main(argv: Sequence[str] | None = None) -> None:
         parser.error("--resume needs --run-dir (the run to continue)")
     torch.set_num_threads(args.threads)
     params, vols = make_dataset(args.n, seed=args.seed)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
-    net = train_network(params, vols, hidden=hidden, max_epochs=args.epochs,
+    net = train_network(params, vols, hidden=args.hidden, max_epochs=args.epochs,
                         batch_size=args.batch, seed=args.seed, run_dir=args.run_dir,
                         resume=args.resume)  # fmt: skip
     test_params, test_vols = make_dataset(2000, seed=args.seed + 1000)

@@ -324,8 +324,8 @@ def _grid_surface_one_loop(quotes: pd.DataFrame, column: str) -> np.ndarray:
     out = []
     for t in MATURITIES:
         k = np.linspace(-2.5, 2.5, 11) * 0.2 * math.sqrt(t)
-        above = int(np.searchsorted(expiries, t))
-        if above in (0, len(expiries)):
+        above = int(np.searchsorted(expiries, round(t, 10)))
+        if above in (0, len(expiries)) or expiries[above] == round(t, 10):  # flat, or quoted
             out.append(np.interp(k, *smiles[min(above, len(expiries) - 1)]))
             continue
         t1, t2 = expiries[above - 1], expiries[above]
@@ -649,8 +649,9 @@ def test_network_method_warns_when_the_long_expiries_strikes_leave_its_grid_to_e
 
 @pytest.mark.parametrize(
     "expiries",
-    [[1.0], [0.01, 5.0], [2.5, 0.1, 0.7, 0.05], [0.25, 0.5, 1.0], [0.3, 0.15, 0.1, 0.2, 0.35, 1.5]],
-)
+    [[1.0], [0.01, 5.0], [2.5, 0.1, 0.7, 0.05], [0.25, 0.5, 1.0], [0.3, 0.15, 0.1, 0.2, 0.35, 1.5],
+     [0.1, 0.2, 0.25, 1.0, 30 / 365]],
+)  # fmt: skip
 def test_the_strike_warning_checks_the_expiries_the_grid_reads(expiries: list[float]) -> None:
     # the warning and grid_surfaces pick the expiries beside each grid maturity with one helper
     # (two copies could drift apart): with strikes too narrow everywhere, the warning names
@@ -662,7 +663,25 @@ def test_the_strike_warning_checks_the_expiries_the_grid_reads(expiries: list[fl
     moved = {t for t in expiries
              if not torch.equal(grid_surfaces([table.assign(market_iv=np.where(
                  table["maturity"] == t, 0.3, 0.2))])[0], base)}  # fmt: skip
-    assert {t for t, _, _ in _narrow_expiries(table)} == moved
+    assert {t for t, _, _ in _narrow_expiries(table)} == {round(t, 10) for t in moved}
+
+
+def test_the_strike_warning_passes_a_narrow_expiry_just_before_a_quoted_grid_maturity():
+    # the grid's 0.25- and 3-year rows read only the expiries at 0.25 and 3 years, but the
+    # expiries just before them (weight 0) were named: a warning and converged False for an
+    # answer equal to the one without them
+    truth = {"v0": 0.04, "kappa": 1.5, "theta": 0.06, "sigma": 0.5, "rho": -0.6}
+    full = _synthetic_quotes(truth)
+    near = full[np.abs(np.log(full["strike"] / full["forward"])) <= 0.03]
+    extra = pd.concat([near.query("maturity == 0.25").assign(maturity=0.2),
+                       near.query("maturity == 3.0").assign(maturity=2.5)])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = calibrate("heston", pd.concat([full, extra], ignore_index=True), method="network")
+    alone = calibrate("heston", full, method="network")
+    assert fit.converged
+    for name in NAMES:
+        assert fit.params[name] == pytest.approx(alone.params[name], rel=1e-12), name
 
 
 def test_network_method_leaves_out_the_quotes_weighted_zero():
@@ -885,6 +904,21 @@ def test_rebuild_command_refuses_resume_without_a_run_dir(capsys) -> None:
     with pytest.raises(SystemExit):
         _main(["--resume"])
     assert "--resume needs --run-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--epochs", "0"), ("--batch", "0"), ("--threads", "0"), ("--n", "-5"), ("--hidden", "8,0"),
+     ("--hidden", "8,x"), ("--hidden", "")],
+)  # fmt: skip
+def test_rebuild_command_refuses_a_bad_count_before_making_the_data(capsys, option, value) -> None:
+    # a 0 epochs, batch or width raised a traceback after the data set was labelled (70 s at
+    # the default --n 60000); --threads 0 and --hidden 8,x were tracebacks too
+    from qfnet.calibration_network import _main
+
+    with pytest.raises(SystemExit):
+        _main(["--n", "50", "--out", "unused.pt", option, value])
+    assert f"argument {option}: must be" in capsys.readouterr().err
 
 
 def test_rebuild_command_help_describes_every_option(capsys, monkeypatch) -> None:
