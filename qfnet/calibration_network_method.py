@@ -159,12 +159,12 @@ def _warn_if_extrapolated(tables: Sequence[pd.DataFrame]) -> set[int]:
                          f"T={t:.3g}{f' and {more} later expiries' if more else ''}")  # fmt: skip
         if len(short) > found:
             named.add(i)
-    if short:
+    if short:  # stacklevel 4, here and below: the caller of calibrate(_many) (3 was its line)
         warnings.warn(f"{_listed(short)}; the calibration network reads "
                       f"{MATURITIES[0]:.3g} to {MATURITIES[-1]:g} years and ln(K/F)/sqrt(T) "
                       f"{-_REACH:g} to {_REACH:g}, filled from the quotes by flat "
                       "extrapolation beyond them and interpolation between expiries: its answer "
-                      "is a rough start", stacklevel=3)  # fmt: skip
+                      "is a rough start", stacklevel=4)  # fmt: skip
     return named
 
 
@@ -217,7 +217,7 @@ def _warn_at_edge(net: CalibrationNetwork, fields: Sequence[dict[str, float] | N
     if found:
         warnings.warn(f"the calibration network's answer is at the edge of its training box: "
                       f"{_listed(found)}; the surface lies beyond what it was trained on (method "
-                      "'direct' fits it)", stacklevel=3)  # fmt: skip
+                      "'direct' fits it)", stacklevel=4)  # fmt: skip
     return named
 
 
@@ -237,7 +237,7 @@ def _clip_and_warn(
     if found:
         warnings.warn(f"the calibration network's answer lies outside the bounds and was clipped "
                       f"to them: {_listed(found)} (method 'direct' fits within the bounds)",
-                      stacklevel=3)  # fmt: skip
+                      stacklevel=4)  # fmt: skip
     return named
 
 

@@ -753,6 +753,28 @@ def test_network_method_says_when_the_callers_bounds_clip_its_answer():
     assert start["rho"] == -0.5  # a start is clipped without a word (the fit is within bounds)
 
 
+def test_network_method_warnings_point_at_the_callers_line() -> None:
+    # the grid, edge and clipping warnings pointed at calibrate's own line in
+    # pricing/calibration.py (its other warnings point at the caller's), in inference mode too
+    import qfnet.calibration_network_method  # noqa: F401
+
+    dax = str(Path(__file__).parents[2] / "data" / "dax_2002_sepp" / "implied_vols.csv")
+    table, rho = _synthetic_quotes(TRUTH), {"rho": (-0.5, 0.0)}
+    calls = [
+        (calibrate, dax, {}, ("rough start", "edge of its training box")),
+        (calibrate, table, {"bounds": rho}, ("clipped",)),
+        (calibrate_many, [dax, table], {"bounds": rho}, ("rough start", "edge of", "clipped")),
+    ]
+    for fit, quotes, kwargs, said in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.inference_mode():
+                fit("heston", quotes, method="network", **kwargs)
+        messages = " ".join(str(w.message) for w in caught)
+        assert all(words in messages for words in said), messages
+        assert {w.filename for w in caught} == {__file__}
+
+
 def test_network_method_is_converged_only_where_none_of_its_warnings_names_the_answer():
     # converged was True whatever the answer: one at the edge of the box (DAX: kappa 5.0 and
     # sigma 1.0, ~320 bp against direct's ~130), one clipped to the bounds, one read off a
