@@ -158,18 +158,24 @@ def test_calendar_check_compares_with_every_earlier_expiry_not_only_the_previous
     assert np.flatnonzero(drop).tolist() == [bad]
 
 
+def _assert_one_later_quote(k: list[float], *, below: float, above: float) -> None:
+    """Four 1-year quotes at total variance 0.04 and a fifth at 1.5 years, ``k`` their
+    log-moneyness: the fifth is a calendar violation at total variance ``below`` and kept at
+    ``above`` (above the earlier smile)."""
+    maturity = np.array([1.0, 1.0, 1.0, 1.0, 1.5])
+    w = np.array([0.04, 0.04, 0.04, 0.04, below])
+    drop = calendar_violations(maturity=maturity, log_moneyness=np.array(k), total_variance=w)
+    assert drop.tolist() == [False, False, False, False, True]
+    w[-1] = above
+    assert not calendar_violations(maturity=maturity, log_moneyness=np.array(k),
+                                   total_variance=w).any()  # fmt: skip
+
+
 def test_calendar_check_reads_quotes_between_the_last_put_and_first_call_strike() -> None:
     # The floor came from one side's out-of-the-money prices: a later quote at k = 0, right of
     # the last earlier put (k = -0.05) and left of the first earlier call (k = 0.05), was held
     # only against the 0.05 call and passed at 3/4 of the earlier total variance.
-    earlier = np.array([-0.1, -0.05, 0.05, 0.1])
-    k = np.concatenate([earlier, [0.0]])
-    maturity = np.array([1.0, 1.0, 1.0, 1.0, 1.5])
-    w = np.array([0.04, 0.04, 0.04, 0.04, 0.03])
-    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
-    assert drop.tolist() == [False, False, False, False, True]
-    w[-1] = 0.0405  # above the earlier smile: kept
-    assert not calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w).any()
+    _assert_one_later_quote([-0.1, -0.05, 0.05, 0.1, 0.0], below=0.03, above=0.0405)
 
 
 def test_calendar_check_with_bid_ask_variances_keeps_what_the_spread_explains() -> None:
@@ -248,13 +254,7 @@ def test_calendar_check_reads_a_later_quote_between_the_first_two_earlier_strike
     # Left of every chord, the floor was the second node's price alone (below intrinsic here):
     # a later put at k = -0.4 with 1/8 of the earlier total variance, worth a fiftieth of the
     # earlier put at k = -0.6, passed at any variance down to 0.
-    k = np.array([-0.6, -0.2, 0.0, 0.2, -0.4])
-    maturity = np.array([1.0, 1.0, 1.0, 1.0, 1.5])
-    w = np.array([0.04, 0.04, 0.04, 0.04, 0.005])
-    drop = calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w)
-    assert drop.tolist() == [False, False, False, False, True]
-    w[-1] = 0.06  # above the earlier smile: kept
-    assert not calendar_violations(maturity=maturity, log_moneyness=k, total_variance=w).any()
+    _assert_one_later_quote([-0.6, -0.2, 0.0, 0.2, -0.4], below=0.005, above=0.06)
 
 
 def test_calendar_check_reads_past_a_wide_earlier_quote() -> None:
