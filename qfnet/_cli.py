@@ -18,6 +18,7 @@ __all__ = [
     "DAYFIRST_HELP",
     "SEED_MAX",
     "fail",
+    "parse_widths",
     "quote_message",
     "seed_option",
     "write_atomically",
@@ -102,3 +103,26 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         replace_atomically(path, write)
     except (OSError, ValueError, TypeError) as error:  # pyarrow's errors are Value/TypeErrors
         raise fail(f"{path}: cannot write the output ({error})") from error
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """Hidden-layer widths from ``--hidden`` text: comma-separated positive integers.
+
+    Raises:
+        ValueError: anything else (an empty text, a width of 0, a word), quoting the text.
+
+    Examples:
+        >>> parse_widths("128,64")
+        (128, 64)
+        >>> parse_widths("8,0")
+        Traceback (most recent call last):
+        ...
+        ValueError: comma-separated positive integers, e.g. 128,128; got '8,0'
+    """
+    try:
+        widths = tuple(int(width) for width in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise ValueError(f"comma-separated positive integers, e.g. 128,128; got {text!r}")
+    return widths

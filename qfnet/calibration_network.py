@@ -722,13 +722,14 @@ def _positive_int(text: str) -> int:
 
 
 def _widths(text: str) -> tuple[int, ...]:
-    """An argparse type: comma-separated positive layer widths, ``"128,128"``."""
+    """An argparse type: comma-separated positive layer widths, ``"128,128"``
+    (:func:`qfnet._cli.parse_widths`, as ``qfnet train surrogate --hidden`` reads them)."""
+    from qfnet._cli import parse_widths  # typer: only for the command
+
     try:
-        return tuple(_positive_int(width) for width in text.split(","))
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated positive widths such as 128,128, got {text!r}"
-        ) from None
+        return parse_widths(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be {error}") from None
 
 
 def _main(argv: Sequence[str] | None = None) -> None:

@@ -30,7 +30,7 @@ from pricing.datasets import (
     generate,
 )
 from pricing.quotes import MISSING_VALUES, forward_and_discount, shifts, short_call_flags
-from qfnet._cli import fail, seed_option
+from qfnet._cli import fail, parse_widths, seed_option
 from qfnet.surrogate import (
     SurrogateNet,
     _at_unit_forward,
@@ -240,14 +240,9 @@ def train_surrogate_command(
     from qfnet.training.checkpoint import CheckpointError
 
     try:
-        widths = None if hidden is None else tuple(int(h) for h in hidden.split(","))
-    except ValueError:
-        widths = ()
-    if widths is not None and (not widths or min(widths) < 1):
-        raise typer.BadParameter(
-            f"comma-separated positive integers, e.g. 128,128; got {hidden!r}",
-            param_hint="--hidden",
-        )
+        widths = None if hidden is None else parse_widths(hidden)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--hidden") from None
     if device != "auto":  # as in generate: a usage error naming --device (it was exit 1)
         _checked_device(device)
     if resume and overwrite:  # one continues OUT, the other replaces it
