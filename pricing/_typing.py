@@ -24,6 +24,7 @@ __all__ = [
     "common_dtype_device",
     "is_call_tensor",
     "named_tensors",
+    "ordinary",
     "real_number",
     "real_scalar",
     "real_tensor",
@@ -347,3 +348,19 @@ def is_call_tensor(is_call: bool | TensorLike, like: torch.Tensor) -> torch.Tens
         raise ValueError(f"is_call: shape {tuple(flags.shape)} does not broadcast with the other "
                          f"inputs' shape {tuple(like.shape)}") from None  # fmt: skip
     return flags.expand(shape)
+
+
+def ordinary(value: object) -> object:
+    """``value``, or an ordinary copy of it where it is an inference tensor (made inside a
+    ``torch.inference_mode`` block), which autograd refuses to save for backward: greeks by
+    autograd copy their inputs through this.
+
+    Examples:
+        >>> with torch.inference_mode():
+        ...     made = torch.ones(2)
+        >>> made.is_inference(), ordinary(made).is_inference(), ordinary(1.5)
+        (True, False, 1.5)
+    """
+    if isinstance(value, torch.Tensor) and value.is_inference():
+        return value.clone()
+    return value

@@ -58,6 +58,7 @@ from pricing._typing import (
     broadcast_named,
     call_flags,
     named_tensors,
+    ordinary,
     real_tensor,
 )
 from pricing._validation import (
@@ -609,13 +610,6 @@ def otm_implied_vol(
     return torch.where(otm == 0, torch.nan, vol)  # a vol of 0 was reported there
 
 
-def _ordinary(value: object) -> object:
-    """``value``, or an ordinary copy of it where it is an inference tensor (see :func:`delta`)."""
-    if isinstance(value, torch.Tensor) and value.is_inference():
-        return value.clone()
-    return value
-
-
 # ordinary tensors inside an inference_mode block too, whose tensors autograd refuses (and which
 # enable_grad does not lift): "element 0 of tensors does not require grad"
 @torch.inference_mode(False)
@@ -665,14 +659,14 @@ def delta(
     # tensors cannot be saved for backward"): an ordinary copy of each goes into the graph
     fields = dict(strike=strike, maturity=maturity, v0=v0, kappa=kappa, theta=theta, sigma=sigma,
                   rho=rho, rate=rate, dividend=dividend)  # fmt: skip
-    plain = {n: _ordinary(v) for n, v in fields.items()}
+    plain = {n: ordinary(v) for n, v in fields.items()}
     if params is not None:
-        params = HestonParams(**{n: _ordinary(getattr(params, n)) for n in PARAM_NAMES})
+        params = HestonParams(**{n: ordinary(getattr(params, n)) for n in PARAM_NAMES})
     with torch.enable_grad():
         value = price(
             spot=spot_t,
             **plain,
-            is_call=_ordinary(is_call),
+            is_call=ordinary(is_call),
             params=params,
             dtype=spot_t.dtype,
             device=spot_t.device,

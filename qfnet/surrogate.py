@@ -34,7 +34,7 @@ from torch import nn
 
 from pricing import black_scholes
 from pricing._special import ndtr
-from pricing._typing import broadcast_named, broadcast_shapes, call_flags, real_tensor
+from pricing._typing import broadcast_named, broadcast_shapes, call_flags, ordinary, real_tensor
 from pricing._validation import check_device, check_finite, check_positive
 from pricing.datasets import DOMAINS, Domain, DomainError
 from qfnet._paths import data_dir, missing_hint
@@ -638,13 +638,6 @@ def _smooth_price(
     return torch.where(flag, call, call - torch.exp(-r * t) * (forward - strike))
 
 
-def _ordinary(value: Any) -> Any:
-    """``value``, or an ordinary copy of it where it is an inference tensor (see :func:`greeks`)."""
-    if isinstance(value, torch.Tensor) and value.is_inference():
-        return value.clone()
-    return value
-
-
 # ordinary tensors inside an inference_mode block too, whose tensors autograd refuses (and which
 # enable_grad does not lift): "element 0 of tensors does not require grad and does not have a
 # grad_fn" (as pricing.heston.delta)
@@ -682,8 +675,8 @@ def greeks(
     tensors = _tensors({**inputs, "strike": strike, "dividend": dividend}, net.in_mean.device)
     # a tensor made inside an inference_mode block is one autograd refuses to save ("Inference
     # tensors cannot be saved for backward"): an ordinary copy of each goes into the graph
-    tensors = {n: _ordinary(t) for n, t in tensors.items()}
-    is_call = _ordinary(is_call)
+    tensors = {n: ordinary(t) for n, t in tensors.items()}
+    is_call = ordinary(is_call)
     shape = broadcast_named({**tensors, "is_call": call_flags(is_call)}, "surrogate input")
     # one leaf per option, so that each gradient entry is that option's own sensitivity
     leaves = {n: tensors[n].expand(shape).clone().requires_grad_() for n in inputs}
